@@ -1,0 +1,87 @@
+/* conf: the libconfig file turned into a validated, immutable, reference-counted Conf. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define CONF_DEFAULT_PATH SYSCONFDIR "/hellod/hellod.conf"
+
+/* Built-in defaults; conf/hellod.conf and the README document the same values. */
+#define CONF_DEFAULT_PORT 9999
+#define CONF_DEFAULT_BACKLOG 511
+#define CONF_DEFAULT_MAX_CONNECTIONS 1024
+#define CONF_DEFAULT_MAX_CONNECTIONS_PER_IP 0
+#define CONF_DEFAULT_IDLE_TIMEOUT 60
+#define CONF_DEFAULT_MAX_LINE_LENGTH 1024
+#define CONF_DEFAULT_SHUTDOWN_TIMEOUT 10
+#define CONF_DEFAULT_GREETING "Welcome!"
+#define CONF_DEFAULT_REPLY "Hello, {name}!"
+#define CONF_DEFAULT_WORKER_STACK_SIZE (128 * 1024)
+
+/* The placeholder a reply template must contain exactly once. */
+#define CONF_REPLY_PLACEHOLDER "{name}"
+
+/* Upper bounds: a config cannot ask for more than these. */
+#define CONF_MAX_LINE_LENGTH_MAX (1024 * 1024)
+#define CONF_TEXT_MAX 1024 /* greeting and reply template, in bytes */
+#define CONF_LISTEN_MAX 64
+#define CONF_WORKER_STACK_MIN (64 * 1024)
+#define CONF_WORKER_STACK_MAX (64 * 1024 * 1024)
+
+typedef enum Framing {
+        FRAMING_LINE,
+        FRAMING_CHUNK,
+} Framing;
+
+/* One `listen` entry as written: host (a literal address or a name) and an optional port. */
+typedef struct ListenSpec {
+        char *host;    /* "0.0.0.0", "::", "127.0.0.1", "localhost", ... never brackets */
+        uint16_t port; /* 0: use Conf.port */
+} ListenSpec;
+
+typedef struct Conf {
+        char *path; /* the file it came from; NULL for built-in defaults */
+
+        ListenSpec *listen;
+        size_t n_listen;
+        bool listen_is_default; /* no `listen` key: an unavailable IPv6 stack is tolerated */
+
+        unsigned port;
+        unsigned backlog;
+        unsigned max_connections;
+        unsigned max_connections_per_ip; /* 0: no per-address limit */
+        unsigned idle_timeout;           /* seconds without a complete line; 0: never */
+        unsigned max_line_length;        /* bytes, terminator excluded */
+        unsigned shutdown_timeout;       /* seconds */
+        char *greeting;
+        char *reply_prefix; /* the reply template split at its placeholder */
+        char *reply_suffix;
+        Framing framing;
+        int log_level; /* a LOG_* priority from <syslog.h> */
+        size_t worker_stack_size;
+
+        int n_ref; /* atomic; conf_ref()/conf_unref() */
+} Conf;
+
+/* conf_load: parse and validate PATH. NULL PATH gives the built-in defaults.
+ * Returns 0 and a Conf with one reference, or a negative errno and, in ERR, a message
+ * that names the file, the line and the key ("hellod.conf:7: port: must be ...").
+ * -ENOENT when the file does not exist (the caller decides whether that is fatal). */
+int conf_load(const char *path, Conf **ret, char *err, size_t err_size);
+
+Conf *conf_ref(Conf *c);
+/* conf_unref: drops a reference and frees on the last one; NULL-safe; returns NULL. */
+Conf *conf_unref(Conf *c);
+void conf_unrefp(Conf **c);
+
+/* conf_print: the effective settings, in the config file's own syntax (for --check-config). */
+void conf_print(const Conf *c, FILE *f);
+
+/* listen_spec_parse: "host", "host:port", "[v6]", "[v6]:port" or a bare IPv6 literal.
+ * Returns 0, or -EINVAL with a reason in ERR. */
+int listen_spec_parse(const char *text, ListenSpec *ret, char *err, size_t err_size);
+void listen_spec_done(ListenSpec *s);
+
+const char *framing_to_string(Framing f);

@@ -1,0 +1,188 @@
+/* listener: address resolution, binding and carrying sockets over a reload. */
+#include "listener.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+
+static bool same_addr(const Listener *a, const Listener *b) {
+        return a->addr_len == b->addr_len && memcmp(&a->addr, &b->addr, a->addr_len) == 0;
+}
+
+static bool contains(const ListenerSet *set, const Listener *l) {
+        for (size_t i = 0; i < set->n; i++)
+                if (same_addr(&set->items[i], l))
+                        return true;
+        return false;
+}
+
+static int append(ListenerSet *set, const struct sockaddr *sa, socklen_t len) {
+        Listener l = { .fd = -1, .addr_len = len };
+
+        memcpy(&l.addr, sa, len);
+        if (contains(set, &l))
+                return 0; /* "localhost" and "127.0.0.1" may name the same socket */
+        Listener *items = realloc(set->items, (set->n + 1) * sizeof(*items));
+        if (!items)
+                return -ENOMEM;
+        addr_format(sa, l.name, sizeof(l.name));
+        items[set->n++] = l;
+        set->items = items;
+        return 0;
+}
+
+static int resolve_one(const ListenSpec *spec, unsigned port, ListenerSet *set, char *err, size_t err_size) {
+        struct addrinfo hints = {
+                .ai_flags = AI_PASSIVE | AI_NUMERICSERV,
+                .ai_family = AF_UNSPEC,
+                .ai_socktype = SOCK_STREAM,
+                .ai_protocol = IPPROTO_TCP,
+        };
+        struct addrinfo *res = NULL;
+        char service[8];
+
+        snprintf(service, sizeof(service), "%u", spec->port ? spec->port : port);
+        int r = getaddrinfo(spec->host, service, &hints, &res);
+        if (r != 0) {
+                snprintf(err, err_size, "cannot resolve listen address '%s': %s", spec->host,
+                         r == EAI_SYSTEM ? strerror(errno) : gai_strerror(r));
+                return -EADDRNOTAVAIL;
+        }
+        for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+                if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
+                        continue;
+                r = append(set, ai->ai_addr, ai->ai_addrlen);
+                if (r < 0) {
+                        freeaddrinfo(res);
+                        snprintf(err, err_size, "out of memory");
+                        return r;
+                }
+        }
+        freeaddrinfo(res);
+        return 0;
+}
+
+int listeners_resolve(const Conf *conf, ListenerSet *ret, char *err, size_t err_size) {
+        ListenerSet set = { 0 };
+
+        for (size_t i = 0; i < conf->n_listen; i++) {
+                int r = resolve_one(&conf->listen[i], conf->port, &set, err, err_size);
+                if (r < 0) {
+                        listener_set_done(&set);
+                        return r;
+                }
+        }
+        *ret = set;
+        return 0;
+}
+
+static int open_socket(Listener *l, unsigned backlog) {
+        static const int one = 1;
+        int fd = socket(l->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
+
+        if (fd < 0)
+                return -errno;
+        /* Restarts must not wait for TIME_WAIT; v6 sockets must not claim IPv4 too, so that
+         * "0.0.0.0" and "::" can both be bound. */
+        if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+            (l->addr.ss_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0) ||
+            bind(fd, (const struct sockaddr *) &l->addr, l->addr_len) < 0 || listen(fd, (int) backlog) < 0) {
+                int r = -errno;
+                close(fd);
+                return r;
+        }
+        l->fd = fd;
+        return 0;
+}
+
+/* ipv6_unavailable: errors that mean "this host has no IPv6", not "something is wrong". */
+static bool ipv6_unavailable(const Listener *l, int r) {
+        return l->addr.ss_family == AF_INET6 && (r == -EAFNOSUPPORT || r == -EADDRNOTAVAIL);
+}
+
+static Listener *find_open(ListenerSet *set, const Listener *l) {
+        if (!set)
+                return NULL;
+        for (size_t i = 0; i < set->n; i++)
+                if (set->items[i].fd >= 0 && same_addr(&set->items[i], l))
+                        return &set->items[i];
+        return NULL;
+}
+
+int listeners_open(const Conf *conf, ListenerSet *old, ListenerSet *ret, char *err, size_t err_size) {
+        ListenerSet want = { 0 };
+        size_t n_open = 0;
+        int r;
+
+        r = listeners_resolve(conf, &want, err, err_size);
+        if (r < 0)
+                return r;
+
+        /* First bind what is new; only when all of it worked, take sockets from OLD. */
+        for (size_t i = 0; i < want.n; i++) {
+                Listener *l = &want.items[i];
+                if (find_open(old, l))
+                        continue;
+                r = open_socket(l, conf->backlog);
+                if (r < 0 && conf->listen_is_default && ipv6_unavailable(l, r)) {
+                        log_warning_errno(r, "IPv6 is not available, not listening on %s", l->name);
+                        continue;
+                }
+                if (r < 0) {
+                        snprintf(err, err_size, "cannot listen on %s: %s", l->name, strerror(-r));
+                        listener_set_done(&want);
+                        return r;
+                }
+        }
+        for (size_t i = 0; i < want.n; i++) {
+                Listener *l = &want.items[i];
+                Listener *kept = find_open(old, l);
+                if (kept) {
+                        l->fd = kept->fd;
+                        kept->fd = -1;
+                        /* listen() again on a listening socket updates its backlog. */
+                        if (listen(l->fd, (int) conf->backlog) < 0)
+                                log_warning_errno(-errno, "cannot update the backlog of %s, ignoring", l->name);
+                }
+        }
+        /* Drop the entries skipped above (no IPv6). */
+        for (size_t i = 0; i < want.n; i++)
+                if (want.items[i].fd >= 0)
+                        want.items[n_open++] = want.items[i];
+        want.n = n_open;
+        if (want.n == 0) {
+                snprintf(err, err_size, "no address to listen on");
+                listener_set_done(&want);
+                return -EADDRNOTAVAIL;
+        }
+        *ret = want;
+        return 0;
+}
+
+void listener_set_done(ListenerSet *set) {
+        for (size_t i = 0; i < set->n; i++)
+                if (set->items[i].fd >= 0)
+                        close(set->items[i].fd);
+        free(set->items);
+        *set = (ListenerSet) { 0 };
+}
+
+const char *listeners_describe(const ListenerSet *set, char *buf, size_t size) {
+        size_t n = 0;
+
+        buf[0] = '\0';
+        for (size_t i = 0; i < set->n && n < size; i++) {
+                int m = snprintf(buf + n, size - n, "%s%s", i ? ", " : "", set->items[i].name);
+                if (m < 0)
+                        break;
+                n += (size_t) m;
+        }
+        return buf;
+}

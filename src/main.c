@@ -1,0 +1,177 @@
+/* main: command line, configuration, and the exit code; the daemon itself is server.c. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+
+#include "conf.h"
+#include "listener.h"
+#include "log.h"
+#include "server.h"
+
+#include "config.h"
+
+/* Exit codes, as documented in the README and hellod(8). */
+enum {
+        EXIT_OK = 0,
+        EXIT_RUNTIME = 1,
+        EXIT_USAGE = 2,
+        EXIT_CONFIG = 78, /* EX_CONFIG from sysexits.h, as `nginx -t` and `sshd -t` use */
+};
+
+/* Descriptors the daemon needs besides its clients: listeners, signalfd, reserve, stdio. */
+#define FD_OVERHEAD 32
+
+static const char *arg_config = NULL;
+static bool arg_check = false;
+static int arg_log_level = -1;
+
+static void help(void) {
+        printf("Usage: hellod [OPTION]...\n"
+               "A TCP greeting daemon: greets, answers every line with a hello, closes on exit.\n"
+               "\n"
+               "  -c, --config=PATH      configuration file (default %s)\n"
+               "  -t, --check-config     validate the configuration, print the effective\n"
+               "                         settings and exit (0: valid, 78: invalid)\n"
+               "  -l, --log-level=LEVEL  error, warning, notice, info or debug;\n"
+               "                         overrides log_level from the configuration\n"
+               "  -h, --help             show this help and exit\n"
+               "  -V, --version          show the version and exit\n"
+               "\n"
+               "Signals: SIGHUP reloads the configuration; SIGTERM or SIGINT stop gracefully.\n"
+               "Exit status: 0 clean exit, 1 runtime failure, 2 usage error, 78 configuration error.\n",
+               CONF_DEFAULT_PATH);
+}
+
+/* parse_argv: returns -1 to go on, or the exit code to exit with now. */
+static int parse_argv(int argc, char *argv[]) {
+        static const struct option options[] = {
+                { "config", required_argument, NULL, 'c' },
+                { "check-config", no_argument, NULL, 't' },
+                { "log-level", required_argument, NULL, 'l' },
+                { "help", no_argument, NULL, 'h' },
+                { "version", no_argument, NULL, 'V' },
+                { NULL, 0, NULL, 0 },
+        };
+        int c;
+
+        while ((c = getopt_long(argc, argv, "c:tl:hV", options, NULL)) >= 0)
+                switch (c) {
+                case 'c':
+                        arg_config = optarg;
+                        break;
+                case 't':
+                        arg_check = true;
+                        break;
+                case 'l':
+                        arg_log_level = log_level_from_string(optarg);
+                        if (arg_log_level < 0) {
+                                fprintf(stderr, "hellod: invalid log level '%s' (error, warning, notice, info, debug)\n",
+                                        optarg);
+                                return EXIT_USAGE;
+                        }
+                        break;
+                case 'h':
+                        help();
+                        return EXIT_OK;
+                case 'V':
+                        printf("hellod %s\n", VERSION);
+                        return EXIT_OK;
+                default:
+                        fprintf(stderr, "Try 'hellod --help' for more information.\n");
+                        return EXIT_USAGE;
+                }
+        if (optind < argc) {
+                fprintf(stderr, "hellod: unexpected argument '%s'\nTry 'hellod --help' for more information.\n",
+                        argv[optind]);
+                return EXIT_USAGE;
+        }
+        return -1;
+}
+
+/* check_config: like `nginx -t`: listen names must resolve too. */
+static int check_config(const Conf *conf, const char *path) {
+        ListenerSet set;
+        char err[512];
+
+        if (listeners_resolve(conf, &set, err, sizeof(err)) < 0) {
+                log_error("%s: %s", path, err);
+                return EXIT_CONFIG;
+        }
+        listener_set_done(&set);
+        conf_print(conf, stdout);
+        fprintf(stderr, "hellod: configuration %s is valid\n", path);
+        return EXIT_OK;
+}
+
+/* raise_fd_limit: a thread-per-connection daemon that never calls select() can use every
+ * descriptor it is allowed: lift the soft limit to the hard one. */
+static void raise_fd_limit(const Conf *conf) {
+        struct rlimit rl;
+
+        if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+                return;
+        if (rl.rlim_cur < rl.rlim_max) {
+                rl.rlim_cur = rl.rlim_max;
+                if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+                        (void) getrlimit(RLIMIT_NOFILE, &rl);
+        }
+        if (rl.rlim_cur != RLIM_INFINITY && (rlim_t) conf->max_connections + FD_OVERHEAD > rl.rlim_cur)
+                log_warning("max_connections %u exceeds what the open-files limit (%llu) allows; clients beyond "
+                            "it are refused as busy",
+                            conf->max_connections, (unsigned long long) rl.rlim_cur);
+}
+
+int main(int argc, char *argv[]) {
+        char err[512], names[1024];
+        Conf *conf = NULL;
+        Server *server = NULL;
+        bool defaulted;
+        int r, code;
+
+        code = parse_argv(argc, argv);
+        if (code >= 0)
+                return code;
+        if (arg_log_level >= 0)
+                log_set_max_level(arg_log_level);
+
+        const char *path = arg_config ? arg_config : CONF_DEFAULT_PATH;
+        r = conf_load_for(path, !arg_config, &conf, &defaulted, err, sizeof(err));
+        if (r < 0) {
+                log_error("%s", err);
+                return EXIT_CONFIG;
+        }
+        if (defaulted)
+                log_notice("%s not found, using built-in defaults", path);
+
+        if (arg_check) {
+                code = check_config(conf, path);
+                goto out;
+        }
+
+        r = server_block_signals();
+        if (r < 0) {
+                log_error_errno(r, "cannot block signals");
+                code = EXIT_RUNTIME;
+                goto out;
+        }
+        raise_fd_limit(conf);
+
+        ServerOptions opts = { .config_path = path, .config_optional = !arg_config, .log_level_override = arg_log_level };
+        r = server_new(&server, conf, &opts);
+        if (r < 0) {
+                code = EXIT_RUNTIME;
+                goto out;
+        }
+        log_notice("hellod %s started: config %s%s, listening on %s", VERSION, path,
+                   defaulted ? " (absent: built-in defaults)" : "", server_listening_on(server, names, sizeof(names)));
+
+        r = server_run(server);
+        code = r < 0 ? EXIT_RUNTIME : EXIT_OK;
+out:
+        server_free(server);
+        conf_unref(conf);
+        return code;
+}

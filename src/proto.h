@@ -1,0 +1,70 @@
+/* proto: the Welcome/Hello/exit protocol as a pure function of bytes in → bytes out.
+ * No sockets, no threads, no logging: the session feeds it what it read and writes what it
+ * produced, so the same code serves every worker model, the unit tests and the fuzzers. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "buf.h"
+#include "conf.h"
+
+#define PROTO_ERR_BUSY "ERR server busy\r\n"
+#define PROTO_ERR_TOO_LONG "ERR line too long\r\n"
+#define PROTO_ERR_IDLE "ERR idle timeout\r\n"
+#define PROTO_ERR_SHUTDOWN "ERR shutting down\r\n"
+#define PROTO_ERR_MAX 32 /* room any ERR line fits in */
+
+typedef enum ProtoStatus {
+        PROTO_CONTINUE, /* read more (or, if input is left over, flush and feed the rest) */
+        PROTO_CLOSE,    /* flush what is in the output buffer, then close */
+} ProtoStatus;
+
+typedef enum ProtoEnd {
+        PROTO_END_NONE,
+        PROTO_END_EXIT,     /* the client said exit */
+        PROTO_END_EOF,      /* the client closed its side */
+        PROTO_END_TOO_LONG, /* a line over max_line_length */
+        PROTO_END_IDLE,     /* no complete line within idle_timeout */
+        PROTO_END_SHUTDOWN, /* the server is stopping */
+} ProtoEnd;
+
+typedef struct Proto {
+        const Conf *conf; /* borrowed: the session holds the reference */
+        size_t greeting_len, prefix_len, suffix_len;
+        char *pending; /* an unterminated line carried between reads; line framing only */
+        size_t pending_len;
+        uint64_t lines; /* messages answered */
+        ProtoEnd end;
+} Proto;
+
+/* proto_init: returns 0 or -ENOMEM. */
+int proto_init(Proto *p, const Conf *conf);
+void proto_done(Proto *p);
+
+/* proto_output_min: the smallest output buffer that always holds one reply or ERR line. */
+size_t proto_output_min(const Conf *conf);
+
+/* proto_input_max: in chunk framing every read is one message, so the session reads at most
+ * this many bytes at once (the longest message plus its line terminator, plus one byte to
+ * notice a longer one). Line framing accepts reads of any size. */
+size_t proto_input_max(const Conf *conf);
+
+/* proto_greeting: appends the greeting; OUT must have proto_output_min() room. */
+void proto_greeting(Proto *p, Buf *out);
+
+/* proto_feed: consumes bytes of one read, appending replies to OUT while they fit.
+ * Returns the bytes consumed; fewer than N means OUT is full: flush it and feed the rest.
+ * *RET_STATUS says whether to go on or to close (p->end says why). */
+size_t proto_feed(Proto *p, const char *in, size_t n, Buf *out, ProtoStatus *ret_status);
+
+/* proto_eof: the client closed its side: answers an unterminated last line (line framing)
+ * and ends the session. OUT must have proto_output_min() room. */
+void proto_eof(Proto *p, Buf *out);
+
+/* proto_abort: ends the session for REASON (PROTO_END_IDLE, PROTO_END_SHUTDOWN), appending
+ * its ERR line. OUT must have PROTO_ERR_MAX room. */
+void proto_abort(Proto *p, ProtoEnd reason, Buf *out);
+
+const char *proto_end_to_string(ProtoEnd end);

@@ -1,0 +1,261 @@
+/* session: one connection's blocking I/O around the pure protocol. */
+#include "session.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+
+/* Read size in line framing; replies to one read go out in one write when they fit OUT. */
+#define SESSION_READ_SIZE 4096
+#define SESSION_OUT_SIZE 16384
+/* What a closing session still reads from a client that keeps sending. */
+#define SESSION_LINGER_USEC 1000000u
+#define SESSION_LINGER_BYTES (64u * 1024u)
+
+uint64_t now_usec(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
+}
+
+int session_new(Session **ret, int fd, Conf *conf, const struct sockaddr *peer) {
+        Session *s = calloc(1, sizeof(*s));
+
+        if (!s) {
+                close(fd);
+                return -ENOMEM;
+        }
+        s->fd = fd;
+        s->conf = conf_ref(conf);
+        s->started_usec = now_usec();
+        (void) ip_key_from_sockaddr(peer, &s->ip);
+        addr_format(peer, s->peer, sizeof(s->peer));
+
+        size_t out_cap = proto_output_min(conf);
+        s->out.cap = out_cap > SESSION_OUT_SIZE ? out_cap : SESSION_OUT_SIZE;
+        s->in_cap = conf->framing == FRAMING_CHUNK ? proto_input_max(conf) : SESSION_READ_SIZE;
+        s->out.data = malloc(s->out.cap);
+        s->in = malloc(s->in_cap);
+        if (!s->out.data || !s->in || proto_init(&s->proto, conf) < 0) {
+                session_free(s);
+                return -ENOMEM;
+        }
+        *ret = s;
+        return 0;
+}
+
+Session *session_free(Session *s) {
+        if (!s)
+                return NULL;
+        if (s->fd >= 0)
+                close(s->fd);
+        proto_done(&s->proto);
+        free(s->in);
+        free(s->out.data);
+        conf_unref(s->conf);
+        free(s);
+        return NULL;
+}
+
+void session_stop(Session *s) {
+        __atomic_store_n(&s->stop_requested, true, __ATOMIC_RELEASE);
+        /* A reader blocked in recv() sees EOF; a writer finishes what it is writing. */
+        (void) shutdown(s->fd, SHUT_RD);
+}
+
+void session_kill(Session *s) {
+        __atomic_store_n(&s->stop_requested, true, __ATOMIC_RELEASE);
+        (void) shutdown(s->fd, SHUT_RDWR);
+}
+
+static bool stop_requested(const Session *s) {
+        return __atomic_load_n(&s->stop_requested, __ATOMIC_ACQUIRE);
+}
+
+static int set_timeout(int fd, int option, uint64_t usec) {
+        struct timeval tv = { .tv_sec = (time_t) (usec / 1000000u), .tv_usec = (suseconds_t) (usec % 1000000u) };
+
+        if (setsockopt(fd, SOL_SOCKET, option, &tv, sizeof(tv)) < 0)
+                return -errno;
+        return 0;
+}
+
+/* flush: writes all of OUT; partial writes are completed, a stalled reader times out. */
+static int flush(Session *s) {
+        size_t done = 0;
+
+        while (done < s->out.len) {
+                ssize_t n = send(s->fd, s->out.data + done, s->out.len - done, MSG_NOSIGNAL);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return errno == EAGAIN || errno == EWOULDBLOCK ? -ETIMEDOUT : -errno;
+                }
+                done += (size_t) n;
+        }
+        s->out.len = 0;
+        return 0;
+}
+
+/* feed: hands one read to the protocol, flushing whenever the output buffer fills. */
+static int feed(Session *s, size_t n, ProtoStatus *status) {
+        size_t done = 0;
+
+        for (;;) {
+                done += proto_feed(&s->proto, s->in + done, n - done, &s->out, status);
+                if (done == n || *status == PROTO_CLOSE)
+                        return 0;
+                int r = flush(s);
+                if (r < 0)
+                        return r;
+        }
+}
+
+static void io_error(Session *s, int r) {
+        switch (-r) {
+        case ETIMEDOUT:
+                s->error = "write-timeout";
+                break;
+        case ECONNRESET:
+                s->error = "reset";
+                break;
+        case EPIPE:
+                s->error = "broken-pipe";
+                break;
+        default:
+                s->error = "io-error";
+                break;
+        }
+        log_debug_errno(r, "connection %" PRIu64 " from %s: I/O failed", s->id, s->peer);
+}
+
+/* The idle timer measures time without a complete line. When a partial line is in hand
+ * the receive timeout shrinks to what is left, so a client dribbling bytes is closed on
+ * time; a well-behaved client keeps the full timeout and pays no extra system call. */
+typedef struct IdleTimer {
+        uint64_t limit;    /* usec, 0: none */
+        uint64_t deadline; /* usec, CLOCK_MONOTONIC */
+        uint64_t armed;    /* the SO_RCVTIMEO in force */
+} IdleTimer;
+
+static void idle_reset(Session *s, IdleTimer *t) {
+        t->deadline = now_usec() + t->limit;
+        if (t->limit > 0 && t->armed != t->limit && set_timeout(s->fd, SO_RCVTIMEO, t->limit) == 0)
+                t->armed = t->limit;
+}
+
+/* idle_prepare: before a read; returns false when the deadline has passed. */
+static bool idle_prepare(Session *s, IdleTimer *t) {
+        if (t->limit == 0)
+                return true;
+        uint64_t now = now_usec();
+        if (now >= t->deadline)
+                return false;
+        uint64_t left = t->deadline - now;
+        if (left < t->armed && set_timeout(s->fd, SO_RCVTIMEO, left) == 0)
+                t->armed = left;
+        return true;
+}
+
+/* converse: greeting, then read → proto → write; returns 0 when the protocol ended the
+ * session, or a negative errno when the connection failed under it. */
+static int converse(Session *s) {
+        IdleTimer timer = { .limit = (uint64_t) s->conf->idle_timeout * 1000000u };
+        ProtoStatus status = PROTO_CONTINUE;
+        int r;
+
+        idle_reset(s, &timer);
+        if (timer.limit > 0)
+                (void) set_timeout(s->fd, SO_SNDTIMEO, timer.limit);
+
+        proto_greeting(&s->proto, &s->out);
+        if ((r = flush(s)) < 0)
+                return r;
+
+        while (status == PROTO_CONTINUE) {
+                if (stop_requested(s)) {
+                        /* The lines in hand were answered; the server is going away. */
+                        proto_abort(&s->proto, PROTO_END_SHUTDOWN, &s->out);
+                        break;
+                }
+                if (!idle_prepare(s, &timer)) {
+                        proto_abort(&s->proto, PROTO_END_IDLE, &s->out);
+                        break;
+                }
+                ssize_t n = recv(s->fd, s->in, s->in_cap, 0);
+                if (n < 0) {
+                        if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)
+                                continue; /* EAGAIN: the receive timeout; idle_prepare decides */
+                        return -errno;
+                }
+                if (n == 0) {
+                        if (stop_requested(s))
+                                proto_abort(&s->proto, PROTO_END_SHUTDOWN, &s->out);
+                        else
+                                proto_eof(&s->proto, &s->out);
+                        break;
+                }
+                if ((r = feed(s, (size_t) n, &status)) < 0)
+                        return r;
+                if (s->proto.pending_len == 0)
+                        idle_reset(s, &timer);
+                if ((r = flush(s)) < 0)
+                        return r;
+        }
+        return flush(s);
+}
+
+/* linger: when the server ends the conversation (exit, ERR) the client may still have bytes
+ * in flight; closing with unread data sends a RST that can destroy the reply or ERR line
+ * before the client reads it. Send FIN first and discard the client's leftovers, bounded
+ * in time and bytes, as nginx's lingering close does. */
+static void linger(Session *s) {
+        char sink[4096];
+        size_t total = 0;
+
+        if (shutdown(s->fd, SHUT_WR) < 0)
+                return;
+        if (set_timeout(s->fd, SO_RCVTIMEO, SESSION_LINGER_USEC) < 0)
+                return;
+        while (total < SESSION_LINGER_BYTES) {
+                ssize_t n = recv(s->fd, sink, sizeof(sink), 0);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n <= 0)
+                        return;
+                total += (size_t) n;
+        }
+}
+
+void session_run(Session *s) {
+        static const int one = 1;
+
+        /* Replies are small and answer a request: do not let Nagle hold them back. */
+        (void) setsockopt(s->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        log_debug("connection %" PRIu64 " from %s opened", s->id, s->peer);
+
+        int r = converse(s);
+        if (r < 0) {
+                io_error(s, r);
+                return;
+        }
+        if (s->proto.end != PROTO_END_EOF && s->proto.end != PROTO_END_SHUTDOWN)
+                linger(s);
+}
+
+void session_log_close(const Session *s) {
+        if (!log_enabled(LOG_DEBUG))
+                return;
+        uint64_t usec = now_usec() - s->started_usec;
+        log_debug("connection %" PRIu64 " from %s closed: %s, %" PRIu64 " lines, %" PRIu64 ".%03" PRIu64 " s",
+                  s->id, s->peer, s->error ? s->error : proto_end_to_string(s->proto.end), s->proto.lines,
+                  usec / 1000000u, (usec / 1000u) % 1000u);
+}

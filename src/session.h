@@ -1,0 +1,54 @@
+/* session: one client connection served with blocking I/O: the greeting, then read → proto →
+ * write until the client leaves, says exit, idles out or the server stops. Its state is
+ * small and explicit so that another worker model can drive the same pieces. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "addr.h"
+#include "buf.h"
+#include "conf.h"
+#include "proto.h"
+
+typedef struct Session {
+        int fd;
+        uint64_t id;
+        Conf *conf; /* one reference, held for the session's life: a reload changes new sessions only */
+        IpKey ip;
+        char peer[ADDR_STR_MAX];
+        uint64_t started_usec; /* CLOCK_MONOTONIC */
+
+        Proto proto;
+        Buf out;
+        char *in;
+        size_t in_cap;
+
+        bool stop_requested; /* atomic: set by session_stop() from the server thread */
+        const char *error;   /* why I/O ended early (a static string), or NULL */
+
+        struct Session *prev, *next; /* the server's list of live sessions */
+        void *userdata;
+} Session;
+
+/* session_new: takes ownership of FD (closed by session_free) and a new reference to CONF.
+ * Returns 0 or -ENOMEM. */
+int session_new(Session **ret, int fd, Conf *conf, const struct sockaddr *peer);
+/* session_free: closes the socket, drops the Conf reference; NULL-safe; returns NULL. */
+Session *session_free(Session *s);
+
+/* session_run: the whole conversation, on the calling (worker) thread. */
+void session_run(Session *s);
+
+/* session_stop: asks a running session, from another thread, to finish the message in hand
+ * and close: wakes a blocked read. session_kill: ends a session that is stuck writing.
+ * Both only act on the socket, so they are safe while the caller keeps the session
+ * registered (its fd cannot be closed and reused meanwhile). */
+void session_stop(Session *s);
+void session_kill(Session *s);
+
+/* session_log_close: one debug line with the peer, lines answered, duration and reason. */
+void session_log_close(const Session *s);
+
+uint64_t now_usec(void);

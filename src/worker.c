@@ -1,0 +1,190 @@
+/* worker: the thread cache behind the per-connection model. */
+#include "worker.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
+
+typedef struct Worker {
+        pthread_t thread;
+        struct Workers *pool;
+        WorkerJob job; /* set by the dispatcher, cleared by the worker when done */
+        void *arg;
+        pthread_cond_t wake;
+        struct Worker *next; /* on the parked or the finished list */
+} Worker;
+
+/* Lock order: only pool->lock exists; a job never runs with it held. */
+struct Workers {
+        pthread_mutex_t lock;
+        pthread_cond_t all_gone;
+        Worker *parked;   /* LIFO: the most recently used thread has the warmest stack */
+        Worker *finished; /* returned threads waiting for pthread_join */
+        unsigned n_parked, n_alive, max_idle;
+        size_t stack_size;
+        bool stopping;
+};
+
+/* park: called with the lock held after a job; false when the thread should exit. */
+static bool park(Workers *pool, Worker *w) {
+        if (pool->stopping || pool->n_parked >= pool->max_idle)
+                return false;
+        w->next = pool->parked;
+        pool->parked = w;
+        pool->n_parked++;
+        while (!w->job && !pool->stopping)
+                pthread_cond_wait(&w->wake, &pool->lock);
+        /* A stopping pool unlinked us already (workers_free); a dispatcher unlinked us too. */
+        return w->job != NULL;
+}
+
+static void *worker_main(void *arg) {
+        Worker *w = arg;
+        Workers *pool = w->pool;
+
+        (void) pthread_setname_np(pthread_self(), "hellod-worker");
+        pthread_mutex_lock(&pool->lock);
+        do {
+                WorkerJob job = w->job;
+                void *job_arg = w->arg;
+
+                pthread_mutex_unlock(&pool->lock);
+                job(job_arg);
+                pthread_mutex_lock(&pool->lock);
+                w->job = NULL;
+                w->arg = NULL;
+        } while (park(pool, w));
+
+        w->next = pool->finished;
+        pool->finished = w;
+        if (--pool->n_alive == 0)
+                pthread_cond_broadcast(&pool->all_gone);
+        pthread_mutex_unlock(&pool->lock);
+        return NULL;
+}
+
+static void worker_destroy(Worker *w) {
+        pthread_cond_destroy(&w->wake);
+        free(w);
+}
+
+/* reap: joins threads that have returned; called without the lock. */
+static void reap(Worker *list) {
+        while (list) {
+                Worker *next = list->next;
+                pthread_join(list->thread, NULL);
+                worker_destroy(list);
+                list = next;
+        }
+}
+
+static Worker *take_finished(Workers *pool) {
+        pthread_mutex_lock(&pool->lock);
+        Worker *list = pool->finished;
+        pool->finished = NULL;
+        pthread_mutex_unlock(&pool->lock);
+        return list;
+}
+
+int workers_new(Workers **ret, size_t stack_size, unsigned max_idle) {
+        Workers *pool = calloc(1, sizeof(*pool));
+
+        if (!pool)
+                return -ENOMEM;
+        pthread_mutex_init(&pool->lock, NULL);
+        pthread_cond_init(&pool->all_gone, NULL);
+        pool->stack_size = stack_size;
+        pool->max_idle = max_idle;
+        *ret = pool;
+        return 0;
+}
+
+Workers *workers_free(Workers *pool) {
+        if (!pool)
+                return NULL;
+
+        pthread_mutex_lock(&pool->lock);
+        pool->stopping = true;
+        for (Worker *w = pool->parked; w; w = w->next)
+                pthread_cond_signal(&w->wake);
+        pool->parked = NULL;
+        pool->n_parked = 0;
+        while (pool->n_alive > 0)
+                pthread_cond_wait(&pool->all_gone, &pool->lock);
+        pthread_mutex_unlock(&pool->lock);
+
+        reap(take_finished(pool));
+        pthread_cond_destroy(&pool->all_gone);
+        pthread_mutex_destroy(&pool->lock);
+        free(pool);
+        return NULL;
+}
+
+static int spawn(Workers *pool, WorkerJob job, void *arg) {
+        pthread_attr_t attr;
+        Worker *w = calloc(1, sizeof(*w));
+        int r;
+
+        if (!w)
+                return -ENOMEM;
+        w->pool = pool;
+        w->job = job;
+        w->arg = arg;
+        pthread_cond_init(&w->wake, NULL);
+
+        r = pthread_attr_init(&attr);
+        if (r != 0) {
+                worker_destroy(w);
+                return -r;
+        }
+        pthread_mutex_lock(&pool->lock);
+        size_t stack_size = pool->stack_size;
+        pool->n_alive++;
+        pthread_mutex_unlock(&pool->lock);
+
+        r = pthread_attr_setstacksize(&attr, stack_size);
+        if (r == 0)
+                r = pthread_create(&w->thread, &attr, worker_main, w);
+        pthread_attr_destroy(&attr);
+        if (r != 0) {
+                pthread_mutex_lock(&pool->lock);
+                if (--pool->n_alive == 0)
+                        pthread_cond_broadcast(&pool->all_gone);
+                pthread_mutex_unlock(&pool->lock);
+                worker_destroy(w);
+                return -r;
+        }
+        return 0;
+}
+
+int workers_run(Workers *pool, WorkerJob job, void *arg) {
+        reap(take_finished(pool));
+
+        pthread_mutex_lock(&pool->lock);
+        Worker *w = pool->parked;
+        if (w) {
+                pool->parked = w->next;
+                pool->n_parked--;
+                w->next = NULL;
+                w->job = job;
+                w->arg = arg;
+                pthread_cond_signal(&w->wake);
+        }
+        pthread_mutex_unlock(&pool->lock);
+
+        return w ? 0 : spawn(pool, job, arg);
+}
+
+void workers_set_stack_size(Workers *pool, size_t stack_size) {
+        pthread_mutex_lock(&pool->lock);
+        pool->stack_size = stack_size;
+        pthread_mutex_unlock(&pool->lock);
+}
+
+unsigned workers_count(Workers *pool) {
+        pthread_mutex_lock(&pool->lock);
+        unsigned n = pool->n_alive;
+        pthread_mutex_unlock(&pool->lock);
+        return n;
+}

@@ -1,0 +1,964 @@
+/* test_conf: conf_load() and listen_spec_parse() against their specification: the defaults, every key's
+ * type and range checks (with "FILE:LINE: KEY:" in the message), the listen forms, the reply template,
+ * escaping of echoed values, conf_print() round trips and reference counting. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <syslog.h>
+#include <unistd.h>
+
+#include "conf.h"
+#include "log.h"
+
+typedef struct Loaded {
+        int r;
+        Conf *conf;
+        char path[PATH_MAX];
+        char err[2048];
+} Loaded;
+
+/* temp_file: a new empty file under $TMPDIR (or /tmp); its name goes to PATH. */
+static int temp_file(char *path, size_t size) {
+        const char *dir = getenv("TMPDIR");
+        int fd;
+
+        if (!dir || !*dir)
+                dir = "/tmp";
+        cr_assert_lt(snprintf(path, size, "%s/test-conf-XXXXXX", dir), (int) size);
+        fd = mkstemp(path);
+        cr_assert_geq(fd, 0, "mkstemp(%s): %s", path, strerror(errno));
+        return fd;
+}
+
+static void write_temp(const char *text, char *path, size_t size) {
+        int fd = temp_file(path, size);
+        size_t len = strlen(text);
+
+        cr_assert_eq(write(fd, text, len), (ssize_t) len);
+        cr_assert_eq(close(fd), 0);
+}
+
+/* load_text: TEXT written to a temp file, loaded, and the file removed before anything is asserted. */
+static Loaded load_text(const char *text) {
+        Loaded l = { .r = 0 };
+
+        write_temp(text, l.path, sizeof(l.path));
+        l.r = conf_load(l.path, &l.conf, l.err, sizeof(l.err));
+        (void) unlink(l.path);
+        return l;
+}
+
+static Conf *load_ok(const char *text) {
+        Loaded l = load_text(text);
+
+        cr_assert_eq(l.r, 0, "config <<%s>> failed: %d, %s", text, l.r, l.err);
+        cr_assert_not_null(l.conf);
+        cr_assert_str_empty(l.err);
+        return l.conf;
+}
+
+static bool has_control_bytes(const char *s) {
+        for (; *s; s++)
+                if ((unsigned char) *s < 0x20 || *s == 0x7f)
+                        return true;
+        return false;
+}
+
+/* expect_error: TEXT must fail with -EINVAL and a message "PATH:LINE: KEY: ..." (no "KEY: " when KEY is
+ * NULL) that contains WHAT. */
+static void expect_error(const char *text, unsigned line, const char *key, const char *what) {
+        char prefix[PATH_MAX + 128];
+        Loaded l = load_text(text);
+
+        snprintf(prefix, sizeof(prefix), "%s:%u: %s%s", l.path, line, key ? key : "", key ? ": " : "");
+        cr_expect_eq(l.r, -EINVAL, "config <<%s>>: expected -EINVAL, got %d (%s)", text, l.r, l.err);
+        cr_expect_null(l.conf, "config <<%s>>: a Conf was returned on error", text);
+        cr_expect(strncmp(l.err, prefix, strlen(prefix)) == 0,
+                  "config <<%s>>: message '%s' does not start with '%s'", text, l.err, prefix);
+        if (what)
+                cr_expect(strstr(l.err, what), "config <<%s>>: message '%s' does not mention '%s'", text,
+                          l.err, what);
+        cr_expect(!has_control_bytes(l.err), "config <<%s>>: message has raw control bytes", text);
+        conf_unref(l.conf);
+}
+
+static void expect_defaults(const Conf *c) {
+        cr_assert_eq(c->n_listen, 2);
+        cr_expect_str_eq(c->listen[0].host, "0.0.0.0");
+        cr_expect_eq(c->listen[0].port, 0);
+        cr_expect_str_eq(c->listen[1].host, "::");
+        cr_expect_eq(c->listen[1].port, 0);
+        cr_expect(c->listen_is_default);
+        cr_expect_eq(c->port, 9999);
+        cr_expect_eq(c->backlog, 511);
+        cr_expect_eq(c->max_connections, 1024);
+        cr_expect_eq(c->max_connections_per_ip, 0);
+        cr_expect_eq(c->idle_timeout, 60);
+        cr_expect_eq(c->max_line_length, 1024);
+        cr_expect_eq(c->shutdown_timeout, 10);
+        cr_expect_str_eq(c->greeting, "Welcome!");
+        cr_expect_str_eq(c->reply_prefix, "Hello, ");
+        cr_expect_str_eq(c->reply_suffix, "!");
+        cr_expect_eq(c->framing, FRAMING_LINE);
+        cr_expect_eq(c->log_level, LOG_INFO);
+        cr_expect_eq(c->worker_stack_size, 128 * 1024);
+        cr_expect_eq(c->n_ref, 1);
+}
+
+/* expect_same: everything but the path. */
+static void expect_same(const Conf *a, const Conf *b) {
+        cr_assert_eq(a->n_listen, b->n_listen);
+        for (size_t i = 0; i < a->n_listen; i++) {
+                cr_expect_str_eq(a->listen[i].host, b->listen[i].host);
+                cr_expect_eq(a->listen[i].port, b->listen[i].port);
+        }
+        cr_expect_eq(a->listen_is_default, b->listen_is_default);
+        cr_expect_eq(a->port, b->port);
+        cr_expect_eq(a->backlog, b->backlog);
+        cr_expect_eq(a->max_connections, b->max_connections);
+        cr_expect_eq(a->max_connections_per_ip, b->max_connections_per_ip);
+        cr_expect_eq(a->idle_timeout, b->idle_timeout);
+        cr_expect_eq(a->max_line_length, b->max_line_length);
+        cr_expect_eq(a->shutdown_timeout, b->shutdown_timeout);
+        cr_expect_str_eq(a->greeting, b->greeting);
+        cr_expect_str_eq(a->reply_prefix, b->reply_prefix);
+        cr_expect_str_eq(a->reply_suffix, b->reply_suffix);
+        cr_expect_eq(a->framing, b->framing);
+        cr_expect_eq(a->log_level, b->log_level);
+        cr_expect_eq(a->worker_stack_size, b->worker_stack_size);
+}
+
+/* ---- defaults ---- */
+
+Test(conf_defaults, null_path_gives_builtin_defaults) {
+        char err[64] = "junk";
+        Conf *c = NULL;
+
+        cr_assert_eq(conf_load(NULL, &c, err, sizeof(err)), 0);
+        cr_assert_not_null(c);
+        cr_expect_null(c->path);
+        cr_expect_str_empty(err);
+        expect_defaults(c);
+        conf_unref(c);
+}
+
+Test(conf_defaults, empty_and_comment_only_files_give_defaults) {
+        static const char *const texts[] = {
+                "",
+                "\n\n",
+                "# nothing here\n// nor here\n/* nor\n here */\n",
+        };
+
+        for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
+                Loaded l = load_text(texts[i]);
+
+                cr_assert_eq(l.r, 0, "%s", l.err);
+                cr_expect_str_eq(l.conf->path, l.path);
+                expect_defaults(l.conf);
+                conf_unref(l.conf);
+        }
+}
+
+Test(conf_defaults, header_constants_match) {
+        Conf *c = NULL;
+
+        cr_assert_eq(conf_load(NULL, &c, NULL, 0), 0);
+        cr_expect_eq(c->port, CONF_DEFAULT_PORT);
+        cr_expect_eq(c->backlog, CONF_DEFAULT_BACKLOG);
+        cr_expect_eq(c->max_connections, CONF_DEFAULT_MAX_CONNECTIONS);
+        cr_expect_eq(c->max_connections_per_ip, CONF_DEFAULT_MAX_CONNECTIONS_PER_IP);
+        cr_expect_eq(c->idle_timeout, CONF_DEFAULT_IDLE_TIMEOUT);
+        cr_expect_eq(c->max_line_length, CONF_DEFAULT_MAX_LINE_LENGTH);
+        cr_expect_eq(c->shutdown_timeout, CONF_DEFAULT_SHUTDOWN_TIMEOUT);
+        cr_expect_str_eq(c->greeting, CONF_DEFAULT_GREETING);
+        cr_expect_eq(c->worker_stack_size, CONF_DEFAULT_WORKER_STACK_SIZE);
+        conf_unref(c);
+}
+
+/* The shipped sample must mean exactly the defaults. meson passes its path in
+ * HELLOD_SAMPLE_CONF; without it the test fails rather than pass unseen. */
+Test(conf_defaults, shipped_sample_config_gives_defaults) {
+        const char *path = getenv("HELLOD_SAMPLE_CONF");
+        char err[1024];
+        Conf *c = NULL;
+        int r;
+
+        cr_assert_not_null(path, "HELLOD_SAMPLE_CONF is not set (run through meson test)");
+        r = conf_load(path, &c, err, sizeof(err));
+        cr_assert_eq(r, 0, "%s", err);
+        expect_defaults(c);
+        conf_unref(c);
+}
+
+/* ---- every key, valid values ---- */
+
+static const char all_keys[] = "listen = [ \"127.0.0.1:7000\", \"[::1]:7001\", \"::\", \"localhost\" ];\n"
+                               "port = 8080;\n"
+                               "backlog = 128;\n"
+                               "max_connections = 10;\n"
+                               "max_connections_per_ip = 3;\n"
+                               "idle_timeout = 0;\n"
+                               "max_line_length = 80;\n"
+                               "shutdown_timeout = 0;\n"
+                               "greeting = \"Hi \\\"there\\\" \\\\ 100% %s\";\n"
+                               "reply = \"%s<{name}>%n\\\\\";\n"
+                               "framing = \"chunk\";\n"
+                               "log_level = \"debug\";\n"
+                               "worker_stack_size = 1048576;\n";
+
+Test(conf_keys, every_key_set_to_a_non_default_value) {
+        Conf *c = load_ok(all_keys);
+
+        cr_assert_eq(c->n_listen, 4);
+        cr_expect_str_eq(c->listen[0].host, "127.0.0.1");
+        cr_expect_eq(c->listen[0].port, 7000);
+        cr_expect_str_eq(c->listen[1].host, "::1");
+        cr_expect_eq(c->listen[1].port, 7001);
+        cr_expect_str_eq(c->listen[2].host, "::");
+        cr_expect_eq(c->listen[2].port, 0);
+        cr_expect_str_eq(c->listen[3].host, "localhost");
+        cr_expect_eq(c->listen[3].port, 0);
+        cr_expect_not(c->listen_is_default);
+        cr_expect_eq(c->port, 8080);
+        cr_expect_eq(c->backlog, 128);
+        cr_expect_eq(c->max_connections, 10);
+        cr_expect_eq(c->max_connections_per_ip, 3);
+        cr_expect_eq(c->idle_timeout, 0);
+        cr_expect_eq(c->max_line_length, 80);
+        cr_expect_eq(c->shutdown_timeout, 0);
+        cr_expect_str_eq(c->greeting, "Hi \"there\" \\ 100% %s");
+        cr_expect_str_eq(c->reply_prefix, "%s<");
+        cr_expect_str_eq(c->reply_suffix, ">%n\\");
+        cr_expect_eq(c->framing, FRAMING_CHUNK);
+        cr_expect_eq(c->log_level, LOG_DEBUG);
+        cr_expect_eq(c->worker_stack_size, 1048576);
+        conf_unref(c);
+}
+
+/* ---- integer keys ---- */
+
+typedef struct IntKey {
+        const char *name;
+        long long min, max;
+        size_t offset, size;
+} IntKey;
+
+#define INT_KEY(key, lo, hi)                                                                               \
+        {                                                                                                  \
+                .name = #key, .min = (lo), .max = (hi), .offset = offsetof(Conf, key),                     \
+                .size = sizeof(((Conf *) 0)->key),                                                         \
+        }
+
+static const IntKey int_keys[] = {
+        INT_KEY(port, 1, 65535),
+        INT_KEY(backlog, 1, 65535),
+        INT_KEY(max_connections, 1, 1000000),
+        INT_KEY(max_connections_per_ip, 0, 1000000),
+        INT_KEY(idle_timeout, 0, 86400),
+        INT_KEY(max_line_length, 1, CONF_MAX_LINE_LENGTH_MAX),
+        INT_KEY(shutdown_timeout, 0, 3600),
+        INT_KEY(worker_stack_size, CONF_WORKER_STACK_MIN, CONF_WORKER_STACK_MAX),
+};
+
+static const IntKey *int_key(const char *name) {
+        for (size_t i = 0; i < sizeof(int_keys) / sizeof(int_keys[0]); i++)
+                if (strcmp(int_keys[i].name, name) == 0)
+                        return &int_keys[i];
+        cr_assert_fail("no int key %s", name);
+        return NULL;
+}
+
+static long long int_field(const Conf *c, const IntKey *k) {
+        const char *p = (const char *) c + k->offset;
+
+        if (k->size == sizeof(size_t)) {
+                size_t v;
+
+                memcpy(&v, p, sizeof(v));
+                return (long long) v;
+        }
+        unsigned v;
+
+        memcpy(&v, p, sizeof(v));
+        return v;
+}
+
+/* The key sits on line 3, after a comment and a blank line, so that the line number is tested. */
+static void format_setting(char *buf, size_t size, const char *key, const char *value) {
+        snprintf(buf, size, "# test\n\n%s = %s;\n# end\n", key, value);
+}
+
+static void expect_int_accepted(const IntKey *k, const char *literal, long long want) {
+        char text[256];
+        Conf *c;
+
+        format_setting(text, sizeof(text), k->name, literal);
+        c = load_ok(text);
+        cr_expect_eq(int_field(c, k), want, "%s = %s: got %lld", k->name, literal, int_field(c, k));
+        conf_unref(c);
+}
+
+static void expect_int_range_error(const IntKey *k, const char *literal) {
+        char text[256], what[128];
+
+        format_setting(text, sizeof(text), k->name, literal);
+        snprintf(what, sizeof(what), "must be between %lld and %lld, got ", k->min, k->max);
+        expect_error(text, 3, k->name, what);
+}
+
+static void check_int_key(const char *name) {
+        static const char *const wrong_types[] = {
+                "1.5", "\"10\"", "true", "[ 1 ]", "( 1 )", "{ a = 1; }",
+        };
+        const IntKey *k = int_key(name);
+        char lit[64], text[256];
+
+        /* Both ends are accepted, also written as 64-bit and hex literals. */
+        snprintf(lit, sizeof(lit), "%lld", k->min);
+        expect_int_accepted(k, lit, k->min);
+        snprintf(lit, sizeof(lit), "%lld", k->max);
+        expect_int_accepted(k, lit, k->max);
+        snprintf(lit, sizeof(lit), "%lldL", k->max);
+        expect_int_accepted(k, lit, k->max);
+        snprintf(lit, sizeof(lit), "0x%llx", (unsigned long long) k->max);
+        expect_int_accepted(k, lit, k->max);
+
+        /* One past each end. */
+        snprintf(lit, sizeof(lit), "%lld", k->min - 1);
+        expect_int_range_error(k, lit);
+        snprintf(lit, sizeof(lit), "%lld", k->max + 1);
+        expect_int_range_error(k, lit);
+        snprintf(lit, sizeof(lit), "%lldL", k->max + 1);
+        expect_int_range_error(k, lit);
+        expect_int_range_error(k, "9223372036854775807L");
+        expect_int_range_error(k, "-9223372036854775807L");
+        /* libconfig 1.5 silently truncates these to 32 bits: MIN + 2^32 would come back as MIN. */
+        snprintf(lit, sizeof(lit), "%lld", k->min + 4294967296LL);
+        expect_int_range_error(k, lit);
+        snprintf(lit, sizeof(lit), "0x%llx", (unsigned long long) k->min + 0x100000000ULL);
+        expect_int_range_error(k, lit);
+        expect_int_range_error(k, "99999999999999999999999");
+
+        for (size_t i = 0; i < sizeof(wrong_types) / sizeof(wrong_types[0]); i++) {
+                format_setting(text, sizeof(text), k->name, wrong_types[i]);
+                expect_error(text, 3, k->name, "must be an integer");
+        }
+}
+
+Test(conf_int, port) {
+        check_int_key("port");
+}
+Test(conf_int, backlog) {
+        check_int_key("backlog");
+}
+Test(conf_int, max_connections) {
+        check_int_key("max_connections");
+}
+Test(conf_int, max_connections_per_ip) {
+        check_int_key("max_connections_per_ip");
+}
+Test(conf_int, idle_timeout) {
+        check_int_key("idle_timeout");
+}
+Test(conf_int, max_line_length) {
+        check_int_key("max_line_length");
+}
+Test(conf_int, shutdown_timeout) {
+        check_int_key("shutdown_timeout");
+}
+Test(conf_int, worker_stack_size) {
+        check_int_key("worker_stack_size");
+}
+
+Test(conf_int, message_names_the_value) {
+        expect_error("port = 70000;", 1, "port", "must be between 1 and 65535, got 70000");
+}
+
+/* Big numbers where libconfig does not read them as integers must not trip the truncation check. */
+Test(conf_int, big_numbers_in_comments_and_strings_are_not_integers) {
+        Conf *c = load_ok("# port = 99999999999;\n"
+                          "port = 80; // 99999999999\n"
+                          "/* 4294967297 */ backlog = 5;\n"
+                          "greeting = \"call 99999999999 or 0x100000000\";\n");
+
+        cr_expect_eq(c->port, 80);
+        cr_expect_eq(c->backlog, 5);
+        cr_expect_str_eq(c->greeting, "call 99999999999 or 0x100000000");
+        conf_unref(c);
+}
+
+/* ---- string keys ---- */
+
+static void check_string_key_types(const char *name) {
+        static const char *const wrong_types[] = {
+                "1", "1.5", "true", "[ \"x\" ]", "( \"x\" )", "{ a = \"x\"; }",
+        };
+        char text[256];
+
+        for (size_t i = 0; i < sizeof(wrong_types) / sizeof(wrong_types[0]); i++) {
+                format_setting(text, sizeof(text), name, wrong_types[i]);
+                expect_error(text, 3, name, "must be a string");
+        }
+}
+
+Test(conf_string, greeting) {
+        Conf *c;
+
+        check_string_key_types("greeting");
+        expect_error("\n\ngreeting = \"\";", 3, "greeting", "must not be empty");
+        expect_error("\n\ngreeting = \"a\\nb\";", 3, "greeting", "control characters");
+        expect_error("\n\ngreeting = \"a\\rb\";", 3, "greeting", "control characters");
+        expect_error("\n\ngreeting = \"a\\tb\";", 3, "greeting", "control characters");
+        expect_error("\n\ngreeting = \"\\x01\";", 3, "greeting", "control characters");
+        expect_error("\n\ngreeting = \"\\x7f\";", 3, "greeting", "control characters");
+
+        c = load_ok("greeting = \"%s%n%d %%\";");
+        cr_expect_str_eq(c->greeting, "%s%n%d %%");
+        conf_unref(c);
+        c = load_ok("greeting = \"Gr\xc3\xbc\xc3\x9f dich\";"); /* UTF-8 passes */
+        cr_expect_str_eq(c->greeting, "Gr\xc3\xbc\xc3\x9f dich");
+        conf_unref(c);
+}
+
+Test(conf_string, greeting_and_reply_length_limit) {
+        static const char *const keys[] = { "greeting", "reply" };
+        char text[CONF_TEXT_MAX + 64], value[CONF_TEXT_MAX + 2];
+
+        for (size_t i = 0; i < 2; i++) {
+                size_t len = CONF_TEXT_MAX;
+                Conf *c;
+
+                memset(value, 'a', sizeof(value));
+                if (i == 1)
+                        memcpy(value, CONF_REPLY_PLACEHOLDER, strlen(CONF_REPLY_PLACEHOLDER));
+                value[len] = '\0';
+                snprintf(text, sizeof(text), "%s = \"%s\";", keys[i], value);
+                c = load_ok(text);
+                conf_unref(c);
+
+                value[len] = 'a';
+                value[len + 1] = '\0';
+                snprintf(text, sizeof(text), "%s = \"%s\";", keys[i], value);
+                expect_error(text, 1, keys[i], "too long");
+        }
+}
+
+Test(conf_string, reply_template) {
+        Conf *c;
+
+        check_string_key_types("reply");
+        expect_error("\n\nreply = \"Hello!\";", 3, "reply", "must contain {name}");
+        expect_error("\n\nreply = \"{NAME} {nam}\";", 3, "reply", "must contain {name}");
+        expect_error("\n\nreply = \"{name} and {name}\";", 3, "reply", "must contain {name} exactly once");
+        expect_error("\n\nreply = \"{name}{name}{name}\";", 3, "reply", "must contain {name} exactly once");
+        expect_error("\n\nreply = \"{name}\\n\";", 3, "reply", "control characters");
+        expect_error("\n\nreply = \"\";", 3, "reply", "must contain {name}");
+
+        /* "must contain {name}" alone for zero, so the two cases can be told apart. */
+        {
+                Loaded l = load_text("reply = \"Hello!\";");
+
+                cr_expect_null(strstr(l.err, "exactly once"), "%s", l.err);
+        }
+
+        c = load_ok("reply = \"{name}\";");
+        cr_expect_str_eq(c->reply_prefix, "");
+        cr_expect_str_eq(c->reply_suffix, "");
+        conf_unref(c);
+        c = load_ok("reply = \"%s says {name} %d\";");
+        cr_expect_str_eq(c->reply_prefix, "%s says ");
+        cr_expect_str_eq(c->reply_suffix, " %d");
+        conf_unref(c);
+}
+
+Test(conf_string, framing) {
+        static const char *const bad[] = { "\"LINE\"", "\"\"", "\"lines\"", "\"chunk \"" };
+        char text[128];
+        Conf *c;
+
+        check_string_key_types("framing");
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                format_setting(text, sizeof(text), "framing", bad[i]);
+                expect_error(text, 3, "framing", "must be \"line\" or \"chunk\"");
+        }
+        c = load_ok("framing = \"chunk\";");
+        cr_expect_eq(c->framing, FRAMING_CHUNK);
+        conf_unref(c);
+        c = load_ok("framing = \"line\";");
+        cr_expect_eq(c->framing, FRAMING_LINE);
+        conf_unref(c);
+        cr_expect_str_eq(framing_to_string(FRAMING_LINE), "line");
+        cr_expect_str_eq(framing_to_string(FRAMING_CHUNK), "chunk");
+}
+
+Test(conf_string, log_level) {
+        static const struct {
+                const char *name;
+                int level;
+        } levels[] = {
+                { "error", LOG_ERR }, { "warning", LOG_WARNING }, { "notice", LOG_NOTICE },
+                { "info", LOG_INFO }, { "debug", LOG_DEBUG },
+        };
+        char text[128];
+
+        check_string_key_types("log_level");
+        for (size_t i = 0; i < sizeof(levels) / sizeof(levels[0]); i++) {
+                Conf *c;
+
+                snprintf(text, sizeof(text), "log_level = \"%s\";", levels[i].name);
+                c = load_ok(text);
+                cr_expect_eq(c->log_level, levels[i].level, "%s", levels[i].name);
+                conf_unref(c);
+        }
+        expect_error("\n\nlog_level = \"verbose\";", 3, "log_level", "\"verbose\"");
+        expect_error("\n\nlog_level = \"\";", 3, "log_level", "must be one of");
+}
+
+/* ---- listen ---- */
+
+typedef struct ValidSpec {
+        const char *text, *host;
+        uint16_t port;
+} ValidSpec;
+
+static const ValidSpec valid_specs[] = {
+        { "127.0.0.1", "127.0.0.1", 0 },
+        { "127.0.0.1:7000", "127.0.0.1", 7000 },
+        { "0.0.0.0:1", "0.0.0.0", 1 },
+        { "[::1]:7000", "::1", 7000 },
+        { "[fe80::2]", "fe80::2", 0 },
+        { "[::]:65535", "::", 65535 },
+        { "::", "::", 0 },
+        { "::1", "::1", 0 },
+        { "fe80::1", "fe80::1", 0 },
+        { "::ffff:192.0.2.1", "::ffff:192.0.2.1", 0 },
+        { "localhost", "localhost", 0 },
+        { "localhost:8080", "localhost", 8080 },
+        { "my-host", "my-host", 0 },
+        { "my-host.example.com:65535", "my-host.example.com", 65535 },
+        { "a", "a", 0 },
+        { "1.2.3.4a", "1.2.3.4a", 0 }, /* not all digits and dots: a name */
+};
+
+static const char *const invalid_specs[] = {
+        "",
+        "[::1",
+        "[1.2.3.4]",
+        "[1.2.3.4]:80",
+        "[localhost]",
+        "[]",
+        "[::1]x",
+        "[::1]:",
+        "[::1]:0",
+        "host:",
+        "host:0",
+        "host:65536",
+        "host:99999999999999999999",
+        "host:abc",
+        "host:+80",
+        "host:-1",
+        "host: 80",
+        "host:80 ",
+        "host:80x",
+        ":80",
+        "1.2.3.4.5",
+        "1.2.3",
+        "256.1.1.1",
+        "123",
+        "a b",
+        " localhost",
+        "*",
+        "*:80",
+        "fe80::zz",
+        "fe80::1%eth0",
+        "a..b",
+        ".a",
+        "a.",
+        "-a",
+        "a-",
+        "under_score",
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", /* a 64-byte label */
+};
+
+Test(listen_spec, valid_forms) {
+        for (size_t i = 0; i < sizeof(valid_specs) / sizeof(valid_specs[0]); i++) {
+                ListenSpec s = { .host = NULL };
+                char err[256] = "";
+
+                cr_assert_eq(listen_spec_parse(valid_specs[i].text, &s, err, sizeof(err)), 0, "'%s': %s",
+                             valid_specs[i].text, err);
+                cr_expect_str_eq(s.host, valid_specs[i].host, "'%s'", valid_specs[i].text);
+                cr_expect_eq(s.port, valid_specs[i].port, "'%s'", valid_specs[i].text);
+                listen_spec_done(&s);
+                cr_expect_null(s.host);
+        }
+}
+
+Test(listen_spec, invalid_forms) {
+        for (size_t i = 0; i < sizeof(invalid_specs) / sizeof(invalid_specs[0]); i++) {
+                ListenSpec s = { .host = NULL, .port = 4242 };
+                char err[256] = "";
+
+                cr_expect_eq(listen_spec_parse(invalid_specs[i], &s, err, sizeof(err)), -EINVAL, "'%s'",
+                             invalid_specs[i]);
+                cr_expect_neq(err[0], '\0', "'%s': no reason given", invalid_specs[i]);
+                cr_expect_null(s.host, "'%s': output touched on error", invalid_specs[i]);
+                cr_expect_eq(s.port, 4242, "'%s': output touched on error", invalid_specs[i]);
+        }
+}
+
+Test(listen_spec, reasons) {
+        static const struct {
+                const char *text, *why;
+        } cases[] = {
+                { "", "empty" },
+                { "[::1", "']'" },
+                { "[1.2.3.4]", "IPv6" },
+                { "host:", "empty port" },
+                { "host:0", "between 1 and 65535" },
+                { "host:65536", "between 1 and 65535" },
+                { "host:abc", "not a decimal number" },
+                { "1.2.3.4.5", "IPv4" },
+                { "*", "'*' is not accepted" },
+        };
+
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                ListenSpec s = { .host = NULL };
+                char err[256] = "";
+
+                (void) listen_spec_parse(cases[i].text, &s, err, sizeof(err));
+                cr_expect(strstr(err, cases[i].why), "'%s': reason '%s' lacks '%s'", cases[i].text, err,
+                          cases[i].why);
+        }
+}
+
+Test(listen_spec, name_length_limits) {
+        char name[300], err[256];
+        ListenSpec s = { .host = NULL };
+
+        /* 63-byte labels up to 253 bytes in all are fine; one byte more is not. */
+        memset(name, 'a', sizeof(name));
+        for (size_t i = 63; i < 253; i += 64)
+                name[i] = '.';
+        name[253] = '\0';
+        cr_assert_eq(listen_spec_parse(name, &s, err, sizeof(err)), 0, "%s", err);
+        cr_expect_str_eq(s.host, name);
+        listen_spec_done(&s);
+        name[253] = 'a';
+        name[254] = '\0';
+        cr_expect_eq(listen_spec_parse(name, &s, err, sizeof(err)), -EINVAL);
+        memset(name, 'a', sizeof(name) - 1);
+        name[sizeof(name) - 1] = '\0';
+        cr_expect_eq(listen_spec_parse(name, &s, err, sizeof(err)), -EINVAL);
+}
+
+Test(conf_listen, valid_forms_through_a_file) {
+        char text[2048];
+        size_t n = 0;
+        Conf *c;
+
+        n += (size_t) snprintf(text + n, sizeof(text) - n, "listen = [");
+        for (size_t i = 0; i < sizeof(valid_specs) / sizeof(valid_specs[0]); i++)
+                n += (size_t) snprintf(text + n, sizeof(text) - n, "%s\"%s\"", i ? ", " : " ",
+                                       valid_specs[i].text);
+        snprintf(text + n, sizeof(text) - n, " ];\n");
+
+        c = load_ok(text);
+        cr_assert_eq(c->n_listen, sizeof(valid_specs) / sizeof(valid_specs[0]));
+        cr_expect_not(c->listen_is_default);
+        for (size_t i = 0; i < c->n_listen; i++) {
+                cr_expect_str_eq(c->listen[i].host, valid_specs[i].host);
+                cr_expect_eq(c->listen[i].port, valid_specs[i].port);
+        }
+        conf_unref(c);
+
+        /* A ( ... ) list works like a [ ... ] array. */
+        c = load_ok("listen = ( \"127.0.0.1:7000\", \"[::1]:7000\" );");
+        cr_assert_eq(c->n_listen, 2);
+        cr_expect_str_eq(c->listen[1].host, "::1");
+        cr_expect_eq(c->listen[1].port, 7000);
+        conf_unref(c);
+}
+
+Test(conf_listen, invalid_forms_through_a_file) {
+        for (size_t i = 0; i < sizeof(invalid_specs) / sizeof(invalid_specs[0]); i++) {
+                char text[512], what[256];
+
+                snprintf(text, sizeof(text), "port = 1;\nlisten = [ \"127.0.0.1\", \"%s\" ];\n",
+                         invalid_specs[i]);
+                snprintf(what, sizeof(what), "\"%s\": ", invalid_specs[i]);
+                expect_error(text, 2, "listen", what);
+        }
+}
+
+Test(conf_listen, list_errors) {
+        char text[64 * 24 + 64];
+        size_t n;
+        Conf *c;
+
+        expect_error("\n\nlisten = [];", 3, "listen", "must not be empty");
+        expect_error("\n\nlisten = ();", 3, "listen", "must not be empty");
+        expect_error("\n\nlisten = \"127.0.0.1\";", 3, "listen", "must be a list of strings");
+        expect_error("\n\nlisten = 1;", 3, "listen", "must be a list of strings");
+        expect_error("\n\nlisten = { a = \"127.0.0.1\"; };", 3, "listen", "must be a list of strings");
+        expect_error("\n\nlisten = [ 1, 2 ];", 3, "listen", "must be strings");
+        expect_error("\n\nlisten = ( \"127.0.0.1\", 1 );", 3, "listen", "must be strings");
+        expect_error("\n\nlisten = ( \"127.0.0.1\", [ \"::1\" ] );", 3, "listen", "must be strings");
+        expect_error("\n\nlisten = [ \"a\", \"b\", \"a\" ];", 3, "listen", "\"a\" is listed twice");
+        expect_error("\n\nlisten = [ \"[::1]:80\", \"::1\", \"[::1]\" ];", 3, "listen", "listed twice");
+        expect_error("\n\nlisten = [ \"a:80\", \"a:80\" ];", 3, "listen", "listed twice");
+
+        /* CONF_LISTEN_MAX distinct entries are fine, one more is not. */
+        n = (size_t) snprintf(text, sizeof(text), "listen = [ \"h0\"");
+        for (int i = 1; i < CONF_LISTEN_MAX; i++)
+                n += (size_t) snprintf(text + n, sizeof(text) - n, ", \"h%d\"", i);
+        snprintf(text + n, sizeof(text) - n, " ];");
+        c = load_ok(text);
+        cr_expect_eq(c->n_listen, CONF_LISTEN_MAX);
+        conf_unref(c);
+        snprintf(text + n, sizeof(text) - n, ", \"extra\" ];");
+        expect_error(text, 1, "listen", "too many");
+
+        /* Same host, different ports, is not a duplicate. */
+        c = load_ok("listen = [ \"a:80\", \"a:81\", \"a\" ];");
+        cr_expect_eq(c->n_listen, 3);
+        conf_unref(c);
+}
+
+/* ---- file-level errors ---- */
+
+Test(conf_file, unknown_keys) {
+        expect_error("port = 1;\n\nprot = 2;\n", 3, NULL, "unknown key 'prot'");
+        expect_error("\nPort = 1;\n", 2, NULL, "unknown key 'Port'");
+        expect_error("\n\nhellod = { port = 1; };\n", 3, NULL, "unknown key 'hellod'");
+}
+
+Test(conf_file, syntax_errors) {
+        expect_error("port = 1;\n\nbacklog = ;\n", 3, NULL, "syntax error");
+        /* An unterminated string is noticed where the file ends. */
+        expect_error("port = 1;\ngreeting = \"unterminated;\nbacklog = 5;\n", 4, NULL, "syntax error");
+        expect_error("port = 1;\nport = 2;\n", 2, NULL, "duplicate");
+}
+
+Test(conf_file, nul_byte) {
+        char path[PATH_MAX], prefix[PATH_MAX + 16], err[1024];
+        static const char text[] = "port = 1;\nbacklog = 2;\0junk\n";
+        Conf *c = NULL;
+        int fd = temp_file(path, sizeof(path));
+
+        cr_assert_eq(write(fd, text, sizeof(text) - 1), (ssize_t) sizeof(text) - 1);
+        close(fd);
+        cr_expect_eq(conf_load(path, &c, err, sizeof(err)), -EINVAL);
+        unlink(path);
+        cr_expect_null(c);
+        snprintf(prefix, sizeof(prefix), "%s:2: ", path);
+        cr_expect(strncmp(err, prefix, strlen(prefix)) == 0, "%s", err);
+}
+
+Test(conf_file, missing_file) {
+        char path[PATH_MAX], want[PATH_MAX + 64], err[1024];
+        Conf *c = NULL;
+
+        close(temp_file(path, sizeof(path)));
+        unlink(path);
+        cr_assert_eq(conf_load(path, &c, err, sizeof(err)), -ENOENT);
+        cr_expect_null(c);
+        snprintf(want, sizeof(want), "%s: No such file or directory", path);
+        cr_expect_str_eq(err, want);
+}
+
+Test(conf_file, directory) {
+        char err[1024];
+        Conf *c = NULL;
+
+        cr_expect_eq(conf_load("/", &c, err, sizeof(err)), -EISDIR);
+        cr_expect_null(c);
+        cr_expect_str_eq(err, "/: Is a directory");
+}
+
+Test(conf_file, unreadable_file) {
+        char path[PATH_MAX], want[PATH_MAX + 64], err[1024];
+        Conf *c = NULL;
+        int r;
+
+        close(temp_file(path, sizeof(path)));
+        chmod(path, 0);
+        /* Root reads anything: look at the file as nobody (this test runs in its own
+         * process; the saved set-user-ID keeps root for the clean-up). */
+        if (geteuid() == 0)
+                cr_assert_eq(setresuid((uid_t) -1, 65534, 0), 0, "setresuid: %s", strerror(errno));
+        r = conf_load(path, &c, err, sizeof(err));
+        if (getuid() == 0)
+                cr_assert_eq(seteuid(0), 0);
+        unlink(path);
+        cr_expect_eq(r, -EACCES);
+        cr_expect_null(c);
+        snprintf(want, sizeof(want), "%s: Permission denied", path);
+        cr_expect_str_eq(err, want);
+}
+
+Test(conf_file, small_or_no_error_buffer) {
+        char err[8];
+        Loaded l = load_text("port = 0;");
+        Conf *c = NULL;
+
+        cr_expect_eq(l.r, -EINVAL);
+        write_temp("port = 0;", l.path, sizeof(l.path));
+        memset(err, 'x', sizeof(err));
+        cr_expect_eq(conf_load(l.path, &c, err, sizeof(err)), -EINVAL);
+        cr_expect_eq(strnlen(err, sizeof(err)), sizeof(err) - 1);
+        cr_expect_eq(conf_load(l.path, &c, NULL, 0), -EINVAL);
+        cr_expect_null(c);
+        unlink(l.path);
+}
+
+/* Values echoed in messages are escaped and cut short: they end up in logs. */
+Test(conf_file, echoed_values_are_escaped_and_truncated) {
+        char text[1024], long_value[400];
+        Loaded l;
+
+        l = load_text("listen = [ \"a\\x01\\x1b[31mb\" ];");
+        cr_expect_eq(l.r, -EINVAL);
+        cr_expect(strstr(l.err, "a\\x01\\x1b[31mb"), "%s", l.err);
+        cr_expect(!has_control_bytes(l.err), "%s", l.err);
+
+        l = load_text("framing = \"\\\"quoted\\\"\";");
+        cr_expect(strstr(l.err, "got \"\\\"quoted\\\"\""), "%s", l.err);
+
+        memset(long_value, 'x', sizeof(long_value) - 1);
+        long_value[sizeof(long_value) - 1] = '\0';
+        snprintf(text, sizeof(text), "framing = \"%s\";", long_value);
+        l = load_text(text);
+        cr_expect_eq(l.r, -EINVAL);
+        cr_expect(strstr(l.err, "..."), "%s", l.err);
+        cr_expect_lt(strlen(l.err), strlen(l.path) + 200, "%s", l.err);
+}
+
+/* ---- conf_print ---- */
+
+/* print_and_reload: C printed to a temp file, which is loaded back. */
+static Conf *print_and_reload(const Conf *c, char *out, size_t out_size) {
+        char path[PATH_MAX], err[1024];
+        Conf *again = NULL;
+        FILE *f;
+        size_t n;
+        int fd = temp_file(path, sizeof(path));
+
+        f = fdopen(fd, "w+");
+        cr_assert_not_null(f);
+        conf_print(c, f);
+        rewind(f);
+        n = fread(out, 1, out_size - 1, f);
+        out[n] = '\0';
+        fclose(f);
+        cr_expect_eq(conf_load(path, &again, err, sizeof(err)), 0, "%s\n%s", err, out);
+        unlink(path);
+        cr_assert_not_null(again);
+        return again;
+}
+
+Test(conf_print, defaults_round_trip) {
+        char out[4096];
+        Conf *c = NULL, *again;
+
+        cr_assert_eq(conf_load(NULL, &c, NULL, 0), 0);
+        again = print_and_reload(c, out, sizeof(out));
+        expect_same(c, again);
+        cr_expect(strncmp(out, "# hellod effective configuration (built-in defaults)\n", 53) == 0, "%s",
+                  out);
+        cr_expect(strstr(out, "\nport = 9999;\n"), "%s", out);
+        cr_expect(strstr(out, "\nbacklog = 511;\n"), "%s", out);
+        cr_expect(strstr(out, "\ngreeting = \"Welcome!\";\n"), "%s", out);
+        cr_expect(strstr(out, "\nreply = \"Hello, {name}!\";\n"), "%s", out);
+        cr_expect(strstr(out, "\nframing = \"line\";\n"), "%s", out);
+        cr_expect(strstr(out, "\nlog_level = \"info\";\n"), "%s", out);
+        cr_expect(strstr(out, "\nworker_stack_size = 131072;\n"), "%s", out);
+        cr_expect(strstr(out, "listen = [ \"0.0.0.0\", \"::\" ];"), "%s", out);
+        conf_unref(again);
+        conf_unref(c);
+}
+
+Test(conf_print, every_key_round_trips) {
+        char out[4096], header[PATH_MAX + 64];
+        Loaded l = load_text(all_keys);
+        Conf *again;
+
+        cr_assert_eq(l.r, 0, "%s", l.err);
+        again = print_and_reload(l.conf, out, sizeof(out));
+        expect_same(l.conf, again);
+        snprintf(header, sizeof(header), "# hellod effective configuration (from %s)\n", l.path);
+        cr_expect(strncmp(out, header, strlen(header)) == 0, "%s", out);
+        cr_expect(strstr(out, "\nlisten = [ \"127.0.0.1:7000\", \"[::1]:7001\", \"::\", \"localhost\" ];\n"),
+                  "%s", out);
+        cr_expect(strstr(out, "\ngreeting = \"Hi \\\"there\\\" \\\\ 100% %s\";\n"), "%s", out);
+        cr_expect(strstr(out, "\nreply = \"%s<{name}>%n\\\\\";\n"), "%s", out);
+        cr_expect(strstr(out, "\nframing = \"chunk\";\n"), "%s", out);
+        cr_expect(strstr(out, "\nlog_level = \"debug\";\n"), "%s", out);
+        conf_unref(again);
+        conf_unref(l.conf);
+}
+
+/* ---- reference counting and threads ---- */
+
+Test(conf_ref, ref_and_unref) {
+        Conf *c = NULL, *p;
+
+        cr_assert_eq(conf_load(NULL, &c, NULL, 0), 0);
+        cr_expect_eq(c->n_ref, 1);
+        cr_expect_eq(conf_ref(c), c);
+        cr_expect_eq(c->n_ref, 2);
+        cr_expect_null(conf_unref(c));
+        cr_expect_eq(c->n_ref, 1);
+        p = c;
+        conf_unrefp(&p); /* the last reference: freed (valgrind and ASan check that) */
+        cr_expect_null(p);
+        conf_unrefp(&p);
+        cr_expect_null(conf_ref(NULL));
+        cr_expect_null(conf_unref(NULL));
+        listen_spec_done(NULL);
+}
+
+typedef struct LoadJob {
+        const char *path;
+        unsigned port;
+        int failures;
+} LoadJob;
+
+static void *load_many(void *userdata) {
+        LoadJob *job = userdata;
+
+        for (int i = 0; i < 100; i++) {
+                char err[256];
+                Conf *c = NULL;
+
+                if (conf_load(job->path, &c, err, sizeof(err)) < 0 || c->port != job->port ||
+                    strcmp(c->listen[0].host, "localhost") != 0)
+                        job->failures++;
+                conf_unref(c);
+        }
+        return NULL;
+}
+
+/* Independent loads on several threads do not disturb each other (run under TSan/helgrind too). */
+Test(conf_ref, concurrent_loads) {
+        char paths[4][PATH_MAX], text[128];
+        pthread_t threads[4];
+        LoadJob jobs[4];
+
+        for (int i = 0; i < 4; i++) {
+                snprintf(text, sizeof(text), "listen = [ \"localhost\" ];\nport = %d;\n", 1000 + i);
+                write_temp(text, paths[i], sizeof(paths[i]));
+                jobs[i] = (LoadJob) { .path = paths[i], .port = 1000u + (unsigned) i };
+                cr_assert_eq(pthread_create(&threads[i], NULL, load_many, &jobs[i]), 0);
+        }
+        for (int i = 0; i < 4; i++) {
+                cr_assert_eq(pthread_join(threads[i], NULL), 0);
+                unlink(paths[i]);
+                cr_expect_eq(jobs[i].failures, 0);
+        }
+}
