@@ -116,10 +116,28 @@ static Listener *find_open(ListenerSet *set, const Listener *l) {
         return NULL;
 }
 
+/* somaxconn: the kernel's cap on listen() backlogs; 0 when it cannot be read. */
+static unsigned somaxconn(void) {
+        unsigned value = 0;
+        FILE *f = fopen("/proc/sys/net/core/somaxconn", "re");
+
+        if (!f)
+                return 0;
+        if (fscanf(f, "%u", &value) != 1)
+                value = 0;
+        fclose(f);
+        return value;
+}
+
 int listeners_open(const Conf *conf, ListenerSet *old, ListenerSet *ret, char *err, size_t err_size) {
         ListenerSet want = { 0 };
         size_t n_open = 0;
+        unsigned cap = somaxconn();
         int r;
+
+        /* The kernel clamps silently; an administrator tuning backlog should hear about it. */
+        if (cap > 0 && conf->backlog > cap)
+                log_notice("backlog %u exceeds net.core.somaxconn, the kernel uses %u", conf->backlog, cap);
 
         r = listeners_resolve(conf, &want, err, err_size);
         if (r < 0)

@@ -1,0 +1,1124 @@
+/* harness: drive the real hellod binary over loopback TCP for the integration tests. */
+#include "harness.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define STDERR_TAIL_MAX 3000
+#define REGISTRY_MAX 32
+#define RETRY_PAUSE_MS 50
+
+static HarnessFailFn fail_handler;
+static char step[256];
+static Hellod *registry[REGISTRY_MAX];
+
+/* --- failure reporting ------------------------------------------------------------------ */
+
+void harness_set_fail_handler(HarnessFailFn fn) {
+        fail_handler = fn;
+}
+
+void harness_step(const char *format, ...) {
+        va_list ap;
+
+        va_start(ap, format);
+        (void) vsnprintf(step, sizeof(step), format, ap);
+        va_end(ap);
+}
+
+static _Noreturn void fail_message(const char *message) {
+        if (fail_handler)
+                fail_handler(message);
+        /* No handler, or one that returned: still never let the test carry on. */
+        (void) fprintf(stderr, "harness: %s\n", message);
+        abort();
+}
+
+static _Noreturn void fail_va(const char *suffix, const char *format, va_list ap)
+        __attribute__((format(printf, 2, 0)));
+
+static _Noreturn void fail_va(const char *suffix, const char *format, va_list ap) {
+        static char message[STDERR_TAIL_MAX + 2048];
+        size_t n = 0;
+
+        if (step[0])
+                n = (size_t) snprintf(message, sizeof(message), "[%s] ", step);
+        if (n < sizeof(message))
+                (void) vsnprintf(message + n, sizeof(message) - n, format, ap);
+        if (suffix) {
+                n = strlen(message);
+                (void) snprintf(message + n, sizeof(message) - n, "%s", suffix);
+        }
+        fail_message(message);
+}
+
+/*
+ * dead_daemon_note: a failing client step ("connection refused", "got EOF") is often just the
+ * daemon having died; say so instead of leaving that to guesswork.
+ */
+static const char *dead_daemon_note(char *buf, size_t size) {
+        for (size_t i = 0; i < REGISTRY_MAX; i++) {
+                Hellod *d = registry[i];
+                char status[96];
+
+                if (!d || d->owner != getpid() || d->pid <= 0)
+                        continue;
+                /* A daemon's sockets close before it becomes reapable: give it a moment. */
+                if (!d->reaped && !harness_wait_pid(d->pid, 200, &d->status))
+                        continue;
+                d->reaped = true;
+                (void) snprintf(buf, size, "\n(hellod pid %d: %s)", (int) d->pid,
+                                harness_describe_status(d->status, status, sizeof(status)));
+                return buf;
+        }
+        return NULL;
+}
+
+_Noreturn void harness_fail(const char *format, ...) {
+        static bool failing;
+        const char *note = NULL;
+        char buf[160];
+        va_list ap;
+
+        /* dead_daemon_note() itself may fail (waitpid); do not recurse for a mere note. */
+        if (!failing) {
+                failing = true;
+                note = dead_daemon_note(buf, sizeof(buf));
+        }
+        failing = false;
+        va_start(ap, format);
+        fail_va(note, format, ap);
+}
+
+/* --- small utilities -------------------------------------------------------------------- */
+
+int64_t harness_now_ms(void) {
+        struct timespec ts;
+
+        (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void harness_sleep_ms(int ms) {
+        struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long) (ms % 1000) * 1000000 };
+
+        while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+                ;
+}
+
+static int remaining_ms(int64_t deadline) {
+        int64_t left = deadline - harness_now_ms();
+
+        return left > 0 ? (int) left : 0;
+}
+
+const char *harness_escape(const void *buf, size_t n, char *out, size_t size) {
+        const unsigned char *p = buf;
+        size_t o = 0;
+
+        if (size == 0)
+                return out;
+        for (size_t i = 0; i < n && o + 5 < size; i++) {
+                unsigned char c = p[i];
+
+                if (c == '\r')
+                        o += (size_t) snprintf(out + o, size - o, "\\r");
+                else if (c == '\n')
+                        o += (size_t) snprintf(out + o, size - o, "\\n");
+                else if (c == '\\' || c == '"')
+                        o += (size_t) snprintf(out + o, size - o, "\\%c", c);
+                else if (c < 0x20 || c >= 0x7f)
+                        o += (size_t) snprintf(out + o, size - o, "\\x%02x", c);
+                else
+                        out[o++] = (char) c;
+        }
+        out[o] = '\0';
+        return out;
+}
+
+char *harness_read_file(const char *path, size_t *ret_size) {
+        char *data = NULL;
+        size_t n = 0, cap = 0;
+        int fd;
+
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                harness_fail("open(%s): %s", path, strerror(errno));
+        for (;;) {
+                ssize_t k;
+
+                if (cap - n < 4096) {
+                        cap = cap ? cap * 2 : 8192;
+                        data = realloc(data, cap + 1);
+                        if (!data)
+                                harness_fail("out of memory reading %s", path);
+                }
+                k = read(fd, data + n, cap - n);
+                if (k < 0 && errno == EINTR)
+                        continue;
+                if (k < 0)
+                        harness_fail("read(%s): %s", path, strerror(errno));
+                if (k == 0)
+                        break;
+                n += (size_t) k;
+        }
+        (void) close(fd);
+        data[n] = '\0';
+        if (ret_size)
+                *ret_size = n;
+        return data;
+}
+
+static void write_all_fd(int fd, const char *data, size_t n, const char *what) {
+        while (n > 0) {
+                ssize_t k = write(fd, data, n);
+
+                if (k < 0 && errno == EINTR)
+                        continue;
+                if (k < 0)
+                        harness_fail("write(%s): %s", what, strerror(errno));
+                data += k;
+                n -= (size_t) k;
+        }
+}
+
+void harness_write_file(const char *path, const char *data, size_t n) {
+        char tmp[512];
+        int fd;
+
+        (void) snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+        fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (fd < 0)
+                harness_fail("open(%s): %s", tmp, strerror(errno));
+        write_all_fd(fd, data, n, tmp);
+        if (close(fd) < 0)
+                harness_fail("close(%s): %s", tmp, strerror(errno));
+        /* rename() so that a SIGHUP racing with the write sees the old or the new file, whole. */
+        if (rename(tmp, path) < 0)
+                harness_fail("rename(%s, %s): %s", tmp, path, strerror(errno));
+}
+
+const char *harness_describe_status(int status, char *buf, size_t size) {
+        if (WIFEXITED(status))
+                (void) snprintf(buf, size, "exited with status %d", WEXITSTATUS(status));
+        else if (WIFSIGNALED(status))
+                (void) snprintf(buf, size, "killed by signal %d (%s)%s", WTERMSIG(status),
+                                strsignal(WTERMSIG(status)), WCOREDUMP(status) ? ", core dumped" : "");
+        else
+                (void) snprintf(buf, size, "wait status 0x%x", (unsigned) status);
+        return buf;
+}
+
+const char *harness_env_path(const char *name) {
+        const char *v = getenv(name);
+
+        if (!v || !*v)
+                harness_fail("$%s is not set; the meson test wiring must export it", name);
+        if (access(v, F_OK) < 0)
+                harness_fail("$%s=%s: %s", name, v, strerror(errno));
+        return v;
+}
+
+uint64_t harness_cpu_ticks(pid_t pid) {
+        unsigned long long utime = 0, stime = 0;
+        char path[64], *stat, *p;
+
+        (void) snprintf(path, sizeof(path), "/proc/%d/stat", (int) pid);
+        stat = harness_read_file(path, NULL);
+        /* comm may contain spaces and parentheses: the fields start after the last ')'. */
+        p = strrchr(stat, ')');
+        if (!p || sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime,
+                         &stime) != 2) {
+                free(stat);
+                harness_fail("cannot parse %s", path);
+        }
+        free(stat);
+        return utime + stime;
+}
+
+void harness_loopback_up(void) {
+        struct ifreq ifr;
+        int fd;
+
+        memset(&ifr, 0, sizeof(ifr));
+        fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                harness_fail("socket(AF_INET, SOCK_DGRAM): %s", strerror(errno));
+        (void) snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "lo");
+        if (ioctl(fd, SIOCGIFFLAGS, &ifr) < 0)
+                harness_fail("ioctl(lo, SIOCGIFFLAGS): %s", strerror(errno));
+        ifr.ifr_flags |= IFF_UP;
+        if (ioctl(fd, SIOCSIFFLAGS, &ifr) < 0)
+                harness_fail("ioctl(lo, SIOCSIFFLAGS, IFF_UP): %s", strerror(errno));
+        (void) close(fd);
+}
+
+/* --- ports ------------------------------------------------------------------------------ */
+
+static socklen_t make_addr(const char *ip, uint16_t port, struct sockaddr_storage *ss) {
+        memset(ss, 0, sizeof(*ss));
+        if (strchr(ip, ':')) {
+                struct sockaddr_in6 *a = (struct sockaddr_in6 *) ss;
+
+                a->sin6_family = AF_INET6;
+                a->sin6_port = htons(port);
+                if (inet_pton(AF_INET6, ip, &a->sin6_addr) != 1)
+                        harness_fail("bad IPv6 address '%s'", ip);
+                return sizeof(*a);
+        } else {
+                struct sockaddr_in *a = (struct sockaddr_in *) ss;
+
+                a->sin_family = AF_INET;
+                a->sin_port = htons(port);
+                if (inet_pton(AF_INET, ip, &a->sin_addr) != 1)
+                        harness_fail("bad IPv4 address '%s'", ip);
+                return sizeof(*a);
+        }
+}
+
+static bool port_free_on(const char *ip, uint16_t port) {
+        struct sockaddr_storage ss;
+        socklen_t len = make_addr(ip, port, &ss);
+        bool ok;
+        int fd, one = 1;
+
+        fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                harness_fail("socket(): %s", strerror(errno));
+        if (ss.ss_family == AF_INET6)
+                (void) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+        /* No SO_REUSEADDR: a port with TIME_WAIT leftovers is skipped rather than shared. */
+        ok = bind(fd, (struct sockaddr *) &ss, len) == 0;
+        (void) close(fd);
+        return ok;
+}
+
+static void local_port_range(unsigned *ret_lo, unsigned *ret_hi) {
+        unsigned lo = 32768, hi = 60999;
+        FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "re");
+
+        if (f) {
+                if (fscanf(f, "%u %u", &lo, &hi) != 2) {
+                        lo = 32768;
+                        hi = 60999;
+                }
+                (void) fclose(f);
+        }
+        *ret_lo = lo;
+        *ret_hi = hi;
+}
+
+/*
+ * Why not bind(port 0): the kernel hands out ports from the ephemeral range, the same range
+ * that the hundreds of client sockets of tests running in parallel are auto-bound from. Such
+ * a port can be taken by some client's connect() between our probe and the daemon's bind(),
+ * which fails the daemon with EADDRINUSE. Ports below (or above) the ephemeral range are
+ * never auto-assigned, so a random one that binds now stays ours in practice.
+ */
+uint16_t harness_pick_port(void) {
+        unsigned lo, hi, first, count;
+        uint64_t seed = (uint64_t) harness_now_ms() * 2654435761u ^ (uint64_t) getpid() << 16;
+
+        local_port_range(&lo, &hi);
+        if (lo >= 11024) {
+                first = 10000;
+                count = lo - first;
+        } else if (hi < 64511) {
+                first = hi + 1;
+                count = 65535 - hi;
+        } else
+                harness_fail("ip_local_port_range %u-%u leaves no room for fixed test ports", lo, hi);
+
+        for (int attempt = 0; attempt < 200; attempt++) {
+                uint16_t port;
+
+                seed = seed * 6364136223846793005u + 1442695040888963407u;
+                port = (uint16_t) (first + (unsigned) (seed >> 33) % count);
+                if (port_free_on("127.0.0.1", port) && port_free_on("::1", port))
+                        return port;
+        }
+        harness_fail("no free TCP port on both 127.0.0.1 and ::1 in %u-%u (is IPv6 loopback "
+                     "available?)",
+                     first, first + count - 1);
+}
+
+/* --- processes -------------------------------------------------------------------------- */
+
+/* Only async-signal-safe calls from here to execv(): the test process may have threads. */
+static _Noreturn void spawn_child(const HarnessSpawn *s, pid_t parent, int errpipe) {
+        struct sigaction sa = { .sa_handler = SIG_DFL };
+        struct rlimit rl = { .rlim_cur = s->nofile, .rlim_max = s->nofile };
+        sigset_t none;
+        int in, out, err, e;
+
+        /* Dispositions and the mask survive exec: give the daemon a pristine signal state. */
+        for (int sig = 1; sig < NSIG; sig++)
+                (void) sigaction(sig, &sa, NULL);
+        (void) sigemptyset(&none);
+        (void) sigprocmask(SIG_SETMASK, &none, NULL);
+
+        /* A test that crashes or times out must not leave a daemon behind. */
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+                goto fail;
+        if (getppid() != parent) /* the parent died before prctl() */
+                _exit(127);
+
+        in = open("/dev/null", O_RDONLY);
+        out = open(s->stdout_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        err = open(s->stderr_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (in < 0 || out < 0 || err < 0)
+                goto fail;
+        if (dup2(in, STDIN_FILENO) < 0 || dup2(out, STDOUT_FILENO) < 0 || dup2(err, STDERR_FILENO) < 0)
+                goto fail;
+        /* Keep the CLOEXEC error pipe as fd 3, close everything else the test had open. */
+        if (errpipe != 3 && dup3(errpipe, 3, O_CLOEXEC) < 0)
+                goto fail;
+        errpipe = 3;
+        if (close_range(4, ~0U, 0) < 0)
+                for (int fd = 4; fd < 65536; fd++)
+                        (void) close(fd);
+
+        if (s->nofile > 0 && setrlimit(RLIMIT_NOFILE, &rl) < 0)
+                goto fail;
+
+        execv(s->argv[0], (char *const *) s->argv);
+fail:
+        e = errno;
+        (void) !write(errpipe, &e, sizeof(e));
+        _exit(127);
+}
+
+pid_t harness_spawn(const HarnessSpawn *s) {
+        struct pollfd pfd;
+        pid_t parent = getpid(), pid;
+        ssize_t k;
+        int p[2], e = 0;
+
+        if (pipe2(p, O_CLOEXEC) < 0)
+                harness_fail("pipe2(): %s", strerror(errno));
+        pid = fork();
+        if (pid < 0)
+                harness_fail("fork(): %s", strerror(errno));
+        if (pid == 0) {
+                (void) close(p[0]);
+                spawn_child(s, parent, p[1]);
+        }
+        (void) close(p[1]);
+
+        /* EOF on the CLOEXEC pipe means exec succeeded; an int on it is the child's errno. */
+        pfd = (struct pollfd) { .fd = p[0], .events = POLLIN };
+        if (poll(&pfd, 1, HARNESS_TIMEOUT_MS) <= 0)
+                harness_fail("%s: no exec within %d ms", s->argv[0], HARNESS_TIMEOUT_MS);
+        do
+                k = read(p[0], &e, sizeof(e));
+        while (k < 0 && errno == EINTR);
+        (void) close(p[0]);
+        if (k > 0) {
+                (void) harness_wait_pid(pid, HARNESS_TIMEOUT_MS, NULL);
+                harness_fail("cannot start %s: %s", s->argv[0], strerror(e));
+        }
+        return pid;
+}
+
+bool harness_wait_pid(pid_t pid, int timeout_ms, int *ret_status) {
+        int64_t deadline = harness_now_ms() + timeout_ms;
+        int status;
+
+        for (;;) {
+                pid_t r = waitpid(pid, &status, WNOHANG);
+
+                if (r == pid) {
+                        if (ret_status)
+                                *ret_status = status;
+                        return true;
+                }
+                if (r < 0 && errno != EINTR)
+                        harness_fail("waitpid(%d): %s", (int) pid, strerror(errno));
+                if (harness_now_ms() >= deadline)
+                        return false;
+                harness_sleep_ms(10);
+        }
+}
+
+int harness_run(const HarnessSpawn *s, int timeout_ms) {
+        pid_t pid = harness_spawn(s);
+        int status;
+
+        if (!harness_wait_pid(pid, timeout_ms, &status)) {
+                (void) kill(pid, SIGKILL);
+                (void) harness_wait_pid(pid, HARNESS_TIMEOUT_MS, NULL);
+                harness_fail("%s did not exit within %d ms", s->argv[0], timeout_ms);
+        }
+        return status;
+}
+
+/* --- hellod instances ------------------------------------------------------------------- */
+
+static void registry_add(Hellod *d) {
+        for (size_t i = 0; i < REGISTRY_MAX; i++)
+                if (!registry[i]) {
+                        registry[i] = d;
+                        return;
+                }
+        harness_fail("more than %d hellod instances in one test", REGISTRY_MAX);
+}
+
+static void registry_remove(Hellod *d) {
+        for (size_t i = 0; i < REGISTRY_MAX; i++)
+                if (registry[i] == d)
+                        registry[i] = NULL;
+}
+
+void harness_cleanup(void) {
+        for (size_t i = 0; i < REGISTRY_MAX; i++) {
+                /* A forked helper inherits the registry, but not the daemons: leave those alone. */
+                if (registry[i] && registry[i]->owner != getpid())
+                        registry[i] = NULL;
+                else
+                        registry[i] = hellod_free(registry[i]);
+        }
+}
+
+_Noreturn void hellod_fail(Hellod *d, const char *format, ...) {
+        char suffix[STDERR_TAIL_MAX + 128] = "";
+        va_list ap;
+
+        if (d && d->stderr_path[0] && access(d->stderr_path, R_OK) == 0) {
+                size_t n;
+                char *err = harness_read_file(d->stderr_path, &n);
+                const char *tail = n > STDERR_TAIL_MAX ? err + n - STDERR_TAIL_MAX : err;
+
+                (void) snprintf(suffix, sizeof(suffix), "\n--- hellod stderr%s ---\n%s--- end ---",
+                                tail != err ? " (tail)" : "", tail);
+                free(err);
+        }
+        va_start(ap, format);
+        fail_va(suffix, format, ap);
+}
+
+Hellod *hellod_new_with_port(uint16_t port) {
+        const char *tmp = getenv("TMPDIR");
+        Hellod *d;
+
+        d = calloc(1, sizeof(*d));
+        if (!d)
+                harness_fail("out of memory");
+        (void) snprintf(d->dir, sizeof(d->dir), "%s/hellod-test.XXXXXX", tmp && *tmp ? tmp : "/tmp");
+        if (!mkdtemp(d->dir)) {
+                int e = errno;
+
+                free(d);
+                harness_fail("mkdtemp(): %s", strerror(e));
+        }
+        (void) snprintf(d->conf_path, sizeof(d->conf_path), "%s/hellod.conf", d->dir);
+        (void) snprintf(d->stdout_path, sizeof(d->stdout_path), "%s/stdout", d->dir);
+        (void) snprintf(d->stderr_path, sizeof(d->stderr_path), "%s/stderr", d->dir);
+        d->port = port;
+        d->owner = getpid();
+        registry_add(d);
+        return d;
+}
+
+Hellod *hellod_new(void) {
+        return hellod_new_with_port(harness_pick_port());
+}
+
+static void write_config_va(Hellod *d, const char *prefix, const char *format, va_list ap)
+        __attribute__((format(printf, 3, 0)));
+
+static void write_config_va(Hellod *d, const char *prefix, const char *format, va_list ap) {
+        char *body = NULL, *all = NULL;
+        int n;
+
+        if (format && vasprintf(&body, format, ap) < 0)
+                harness_fail("out of memory");
+        n = asprintf(&all, "%s%s", prefix, body ? body : "");
+        free(body);
+        if (n < 0)
+                harness_fail("out of memory");
+        harness_write_file(d->conf_path, all, (size_t) n);
+        free(all);
+}
+
+void hellod_write_config(Hellod *d, const char *format, ...) {
+        va_list ap;
+
+        va_start(ap, format);
+        write_config_va(d, "", format, ap);
+        va_end(ap);
+}
+
+static void write_config_std_va(Hellod *d, const char *extra_format, va_list ap)
+        __attribute__((format(printf, 2, 0)));
+
+static void write_config_std_va(Hellod *d, const char *extra_format, va_list ap) {
+        char prefix[128];
+
+        (void) snprintf(prefix, sizeof(prefix), "listen = [ \"127.0.0.1\", \"::1\" ];\nport = %u;\n",
+                        (unsigned) d->port);
+        write_config_va(d, prefix, extra_format, ap);
+}
+
+void hellod_write_config_std(Hellod *d, const char *extra_format, ...) {
+        va_list ap;
+
+        va_start(ap, extra_format);
+        write_config_std_va(d, extra_format, ap);
+        va_end(ap);
+}
+
+void hellod_spawn(Hellod *d, const HellodOpts *opts) {
+        const char *argv[32];
+        size_t n = 0;
+
+        if (d->pid > 0 && !d->reaped)
+                harness_fail("hellod already running as %d", (int) d->pid);
+        argv[n++] = harness_env_path("HELLOD_BIN");
+        argv[n++] = "--config";
+        argv[n++] = d->conf_path;
+        for (size_t i = 0; opts && opts->extra_args && opts->extra_args[i]; i++) {
+                if (n + 1 >= sizeof(argv) / sizeof(argv[0]))
+                        harness_fail("too many hellod arguments");
+                argv[n++] = opts->extra_args[i];
+        }
+        argv[n] = NULL;
+
+        d->reaped = false;
+        d->pid = harness_spawn(&(HarnessSpawn) {
+                .argv = argv,
+                .stdout_path = d->stdout_path,
+                .stderr_path = d->stderr_path,
+                .nofile = opts ? opts->nofile : 0,
+        });
+}
+
+/*
+ * probe_drain: leave politely. Closing with the rest of the greeting unread would make our
+ * kernel answer with an RST, so every daemon would start its life with a reset connection in
+ * its logs. Half-close and read to EOF instead, for a short while only: the probe is not the
+ * place to judge the daemon's half-close handling.
+ */
+static void probe_drain(int fd) {
+        char buf[256];
+        ClientReadEnd end;
+
+        (void) shutdown(fd, SHUT_WR);
+        do
+                (void) client_read(fd, buf, sizeof(buf), NULL, 1000, &end);
+        while (end == CLIENT_READ_DONE);
+}
+
+/* probe_once: connected to the daemon; true once it sent a byte or closed. */
+static bool probe_once(Hellod *d, int fd, int64_t deadline) {
+        while (harness_now_ms() < deadline) {
+                ClientReadEnd end;
+                char c;
+
+                if (client_read(fd, &c, 1, NULL, 100, &end) == 1) {
+                        probe_drain(fd);
+                        return true;
+                }
+                if (end == CLIENT_READ_EOF)
+                        return true;
+                if (end == CLIENT_READ_RESET)
+                        return false;
+                if (!hellod_alive(d))
+                        return false;
+        }
+        return false;
+}
+
+void hellod_wait_ready(Hellod *d) {
+        int64_t deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;
+        char buf[64];
+
+        /*
+         * A real client round trip rather than a look at /proc/net/tcp: it proves the accept
+         * loop runs, so signals the test sends next hit an initialised daemon.
+         */
+        while (harness_now_ms() < deadline) {
+                int fd;
+
+                if (!hellod_alive(d))
+                        hellod_fail(d, "hellod exited before accepting on 127.0.0.1:%u: %s",
+                                    (unsigned) d->port,
+                                    harness_describe_status(d->status, buf, sizeof(buf)));
+                fd = client_try_connect("127.0.0.1", d->port, NULL);
+                if (fd >= 0) {
+                        bool ok = probe_once(d, fd, deadline);
+
+                        client_close(fd);
+                        if (ok)
+                                return;
+                } else if (fd != -ECONNREFUSED)
+                        hellod_fail(d, "connect(127.0.0.1:%u): %s", (unsigned) d->port, strerror(-fd));
+                harness_sleep_ms(20);
+        }
+        hellod_fail(d, "hellod did not serve 127.0.0.1:%u within %d ms", (unsigned) d->port,
+                    HARNESS_TIMEOUT_MS);
+}
+
+static Hellod *start_va(const HellodOpts *opts, const char *extra_format, va_list ap)
+        __attribute__((format(printf, 2, 0)));
+
+static Hellod *start_va(const HellodOpts *opts, const char *extra_format, va_list ap) {
+        Hellod *d = hellod_new();
+
+        write_config_std_va(d, extra_format, ap);
+        hellod_spawn(d, opts);
+        hellod_wait_ready(d);
+        return d;
+}
+
+Hellod *hellod_start(const char *extra_format, ...) {
+        va_list ap;
+        Hellod *d;
+
+        va_start(ap, extra_format);
+        d = start_va(NULL, extra_format, ap);
+        va_end(ap);
+        return d;
+}
+
+Hellod *hellod_start_opts(const HellodOpts *opts, const char *extra_format, ...) {
+        va_list ap;
+        Hellod *d;
+
+        va_start(ap, extra_format);
+        d = start_va(opts, extra_format, ap);
+        va_end(ap);
+        return d;
+}
+
+int hellod_run(Hellod *d, const char *const *args) {
+        const char *argv[32];
+        size_t n = 0;
+
+        if (d->pid > 0 && !d->reaped)
+                harness_fail("hellod_run() while a daemon of this instance runs");
+        argv[n++] = harness_env_path("HELLOD_BIN");
+        for (size_t i = 0; args && args[i]; i++) {
+                if (n + 1 >= sizeof(argv) / sizeof(argv[0]))
+                        harness_fail("too many hellod arguments");
+                argv[n++] = args[i];
+        }
+        argv[n] = NULL;
+        return harness_run(&(HarnessSpawn) {
+                .argv = argv,
+                .stdout_path = d->stdout_path,
+                .stderr_path = d->stderr_path,
+        }, HARNESS_TIMEOUT_MS);
+}
+
+void hellod_signal(Hellod *d, int sig) {
+        if (!hellod_alive(d))
+                hellod_fail(d, "cannot send signal %d: hellod is not running", sig);
+        if (kill(d->pid, sig) < 0)
+                harness_fail("kill(%d, %d): %s", (int) d->pid, sig, strerror(errno));
+}
+
+bool hellod_alive(Hellod *d) {
+        if (d->pid <= 0 || d->reaped)
+                return false;
+        if (harness_wait_pid(d->pid, 0, &d->status)) {
+                d->reaped = true;
+                return false;
+        }
+        return true;
+}
+
+int hellod_wait_exit(Hellod *d, int timeout_ms) {
+        if (d->pid <= 0)
+                harness_fail("hellod was never started");
+        if (!d->reaped) {
+                if (!harness_wait_pid(d->pid, timeout_ms, &d->status)) {
+                        (void) kill(d->pid, SIGKILL);
+                        (void) harness_wait_pid(d->pid, HARNESS_TIMEOUT_MS, &d->status);
+                        d->reaped = true;
+                        hellod_fail(d, "hellod (pid %d) still running after %d ms; killed it",
+                                    (int) d->pid, timeout_ms);
+                }
+                d->reaped = true;
+        }
+        return d->status;
+}
+
+int hellod_stop(Hellod *d) {
+        if (hellod_alive(d) && kill(d->pid, SIGTERM) < 0)
+                harness_fail("kill(%d, SIGTERM): %s", (int) d->pid, strerror(errno));
+        return hellod_wait_exit(d, HARNESS_STOP_TIMEOUT_MS);
+}
+
+void hellod_stop_clean(Hellod *d) {
+        int status = hellod_stop(d);
+        char buf[96];
+
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != HELLOD_EXIT_OK)
+                hellod_fail(d, "hellod did not exit cleanly on SIGTERM: %s",
+                            harness_describe_status(status, buf, sizeof(buf)));
+}
+
+char *hellod_stdout(Hellod *d) {
+        return harness_read_file(d->stdout_path, NULL);
+}
+
+char *hellod_stderr(Hellod *d) {
+        return harness_read_file(d->stderr_path, NULL);
+}
+
+void hellod_wait_stderr(Hellod *d, const char *needle) {
+        int64_t deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;
+
+        for (;;) {
+                char *err = hellod_stderr(d);
+                bool found = strstr(err, needle) != NULL;
+
+                free(err);
+                if (found)
+                        return;
+                if (harness_now_ms() >= deadline)
+                        hellod_fail(d, "hellod's stderr does not contain \"%s\" after %d ms", needle,
+                                    HARNESS_TIMEOUT_MS);
+                harness_sleep_ms(50);
+        }
+}
+
+static int rm_entry(const char *path, const struct stat *st, int type, struct FTW *ftw) {
+        (void) st;
+        (void) type;
+        (void) ftw;
+        (void) remove(path);
+        return 0;
+}
+
+Hellod *hellod_free(Hellod *d) {
+        if (!d)
+                return NULL;
+        /* Never fails: it also runs from the .fini hook after a failed assertion. */
+        if (d->owner != getpid()) {
+                /* Inherited over fork(): the daemon and the dir belong to the parent. */
+                registry_remove(d);
+                free(d);
+                return NULL;
+        }
+        if (d->pid > 0 && !d->reaped) {
+                (void) kill(d->pid, SIGKILL);
+                (void) waitpid(d->pid, &d->status, 0);
+                d->reaped = true;
+        }
+        if (d->dir[0])
+                (void) nftw(d->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+        registry_remove(d);
+        free(d);
+        return NULL;
+}
+
+/* --- clients ---------------------------------------------------------------------------- */
+
+/* wait_fd: true when FD has EVENTS (or an error/hangup) before DEADLINE. */
+static bool wait_fd(int fd, short events, int64_t deadline) {
+        for (;;) {
+                struct pollfd pfd = { .fd = fd, .events = events };
+                int r = poll(&pfd, 1, remaining_ms(deadline));
+
+                if (r > 0)
+                        return true;
+                if (r == 0)
+                        return false;
+                if (errno != EINTR)
+                        harness_fail("poll(): %s", strerror(errno));
+        }
+}
+
+static int finish_connect(int fd) {
+        int64_t deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;
+        socklen_t len = sizeof(int);
+        int e = 0;
+
+        if (!wait_fd(fd, POLLOUT, deadline))
+                return -ETIMEDOUT;
+        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &len) < 0)
+                return -errno;
+        return -e;
+}
+
+int client_try_connect(const char *ip, uint16_t port, const char *src_ip) {
+        struct sockaddr_storage ss;
+        socklen_t len = make_addr(ip, port, &ss);
+        int fd, r;
+
+        fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                harness_fail("socket(): %s", strerror(errno));
+        if (src_ip) {
+                struct sockaddr_storage src;
+                socklen_t src_len = make_addr(src_ip, 0, &src);
+
+                if (bind(fd, (struct sockaddr *) &src, src_len) < 0)
+                        harness_fail("bind(%s): %s", src_ip, strerror(errno));
+        }
+        r = connect(fd, (struct sockaddr *) &ss, len) < 0 ? -errno : 0;
+        if (r == -EINPROGRESS)
+                r = finish_connect(fd);
+        if (r < 0) {
+                (void) close(fd);
+                return r;
+        }
+        return fd;
+}
+
+int client_connect_to(const char *ip, uint16_t port, const char *src_ip) {
+        int fd = client_try_connect(ip, port, src_ip);
+
+        if (fd < 0)
+                harness_fail("connect(%s%s%s:%u%s%s): %s", strchr(ip, ':') ? "[" : "", ip,
+                             strchr(ip, ':') ? "]" : "", (unsigned) port, src_ip ? " from " : "",
+                             src_ip ? src_ip : "", strerror(-fd));
+        return fd;
+}
+
+int client_connect(uint16_t port) {
+        return client_connect_to("127.0.0.1", port, NULL);
+}
+
+int client_connect6(uint16_t port) {
+        return client_connect_to("::1", port, NULL);
+}
+
+static const char *end_name(ClientReadEnd end) {
+        switch (end) {
+        case CLIENT_READ_DONE:
+                return "complete";
+        case CLIENT_READ_EOF:
+                return "EOF";
+        case CLIENT_READ_RESET:
+                return "connection reset";
+        case CLIENT_READ_TIMEOUT:
+                return "timeout";
+        }
+        return "?";
+}
+
+int client_connect_greeted(const char *ip, uint16_t port, const char *src_ip, const char *want,
+                           const char *retry_on) {
+        int64_t deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;
+        char got[512], e1[1024], e2[1024];
+
+        for (;;) {
+                int fd = client_connect_to(ip, port, src_ip);
+                ClientReadEnd end;
+                size_t n = client_read(fd, got, sizeof(got) - 1, "\r\n", HARNESS_TIMEOUT_MS, &end);
+
+                got[n] = '\0';
+                if (end == CLIENT_READ_DONE && strcmp(got, want) == 0)
+                        return fd;
+                client_close(fd);
+                if (!retry_on || end != CLIENT_READ_DONE || strcmp(got, retry_on) != 0)
+                        harness_fail("expected greeting \"%s\", got \"%s\" (%s)",
+                                     harness_escape(want, strlen(want), e1, sizeof(e1)),
+                                     harness_escape(got, n, e2, sizeof(e2)), end_name(end));
+                if (harness_now_ms() >= deadline)
+                        harness_fail("still \"%s\" instead of \"%s\" after %d ms of retries",
+                                     harness_escape(retry_on, strlen(retry_on), e1, sizeof(e1)),
+                                     harness_escape(want, strlen(want), e2, sizeof(e2)),
+                                     HARNESS_TIMEOUT_MS);
+                harness_sleep_ms(RETRY_PAUSE_MS);
+        }
+}
+
+int client_try_send(int fd, const void *buf, size_t n) {
+        int64_t deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;
+        const char *p = buf;
+
+        while (n > 0) {
+                ssize_t k;
+
+                if (!wait_fd(fd, POLLOUT, deadline))
+                        return -ETIMEDOUT;
+                /* MSG_NOSIGNAL: a peer that already closed must fail the send, not kill us. */
+                k = send(fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+                if (k < 0) {
+                        if (errno == EAGAIN || errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                p += k;
+                n -= (size_t) k;
+        }
+        return 0;
+}
+
+void client_send(int fd, const void *buf, size_t n) {
+        int r = client_try_send(fd, buf, n);
+
+        if (r < 0)
+                harness_fail("send(%zu bytes): %s", n, strerror(-r));
+}
+
+void client_send_str(int fd, const char *s) {
+        client_send(fd, s, strlen(s));
+}
+
+void client_shutdown_write(int fd) {
+        if (shutdown(fd, SHUT_WR) < 0)
+                harness_fail("shutdown(SHUT_WR): %s", strerror(errno));
+}
+
+size_t client_read(int fd, void *buf, size_t size, const char *delim, int timeout_ms,
+                   ClientReadEnd *ret_end) {
+        int64_t deadline = harness_now_ms() + timeout_ms;
+        size_t n = 0, dlen = delim ? strlen(delim) : 0;
+        unsigned char *p = buf;
+        ClientReadEnd end = CLIENT_READ_DONE;
+
+        while (n < size) {
+                ssize_t k;
+
+                if (!wait_fd(fd, POLLIN, deadline)) {
+                        end = CLIENT_READ_TIMEOUT;
+                        break;
+                }
+                /* One byte at a time when looking for a delimiter: never eat the next reply. */
+                k = recv(fd, p + n, delim ? 1 : size - n, MSG_DONTWAIT);
+                if (k < 0 && (errno == EAGAIN || errno == EINTR))
+                        continue;
+                if (k < 0 && errno == ECONNRESET) {
+                        end = CLIENT_READ_RESET;
+                        break;
+                }
+                if (k < 0)
+                        harness_fail("recv(): %s", strerror(errno));
+                if (k == 0) {
+                        end = CLIENT_READ_EOF;
+                        break;
+                }
+                n += (size_t) k;
+                if (delim && n >= dlen && memcmp(p + n - dlen, delim, dlen) == 0)
+                        break;
+        }
+        *ret_end = end;
+        return n;
+}
+
+size_t client_read_line(int fd, char *buf, size_t size) {
+        char esc[1024];
+        ClientReadEnd end;
+        size_t n = client_read(fd, buf, size - 1, "\r\n", HARNESS_TIMEOUT_MS, &end);
+
+        buf[n] = '\0';
+        if (end != CLIENT_READ_DONE || n < 2 || memcmp(buf + n - 2, "\r\n", 2) != 0)
+                harness_fail("expected a CRLF-terminated line, got \"%s\" (%s)",
+                             harness_escape(buf, n, esc, sizeof(esc)), end_name(end));
+        return n;
+}
+
+void client_expect(int fd, const void *bytes, size_t n) {
+        char *got = malloc(n + 1), e1[2048], e2[2048];
+        ClientReadEnd end;
+        size_t k;
+
+        if (!got)
+                harness_fail("out of memory");
+        k = client_read(fd, got, n, NULL, HARNESS_TIMEOUT_MS, &end);
+        if (k != n || memcmp(got, bytes, n) != 0) {
+                (void) harness_escape(bytes, n, e1, sizeof(e1));
+                (void) harness_escape(got, k, e2, sizeof(e2));
+                free(got);
+                harness_fail("expected \"%s\", got \"%s\"%s%s", e1, e2, k != n ? " then " : "",
+                             k != n ? end_name(end) : "");
+        }
+        free(got);
+}
+
+void client_expect_str(int fd, const char *s) {
+        client_expect(fd, s, strlen(s));
+}
+
+void client_expect_eof(int fd, bool allow_reset) {
+        char got[256], esc[1024];
+        ClientReadEnd end;
+        size_t n = client_read(fd, got, sizeof(got), NULL, HARNESS_TIMEOUT_MS, &end);
+
+        if (n > 0)
+                harness_fail("expected EOF, got \"%s\" (%s)", harness_escape(got, n, esc, sizeof(esc)),
+                             end_name(end));
+        if (end == CLIENT_READ_EOF || (allow_reset && end == CLIENT_READ_RESET))
+                return;
+        harness_fail("expected EOF, got %s", end_name(end));
+}
+
+void client_expect_eof_after(int fd, const char *optional) {
+        size_t len = strlen(optional);
+        char got[512], e1[1024], e2[1024];
+        ClientReadEnd end;
+        size_t n;
+
+        if (len + 64 > sizeof(got))
+                harness_fail("client_expect_eof_after(): message too long");
+        n = client_read(fd, got, len + 64, NULL, HARNESS_TIMEOUT_MS, &end);
+        if (end == CLIENT_READ_EOF && (n == 0 || (n == len && memcmp(got, optional, len) == 0)))
+                return;
+        harness_fail("expected EOF, optionally after \"%s\"; got \"%s\" then %s",
+                     harness_escape(optional, len, e1, sizeof(e1)), harness_escape(got, n, e2, sizeof(e2)),
+                     end_name(end));
+}
+
+bool client_wait_readable(int fd, int ms) {
+        return wait_fd(fd, POLLIN, harness_now_ms() + ms);
+}
+
+void client_expect_silence(int fd, int ms) {
+        int64_t deadline = harness_now_ms() + ms;
+        char got[256], esc[1024];
+        ssize_t k;
+
+        if (!wait_fd(fd, POLLIN, deadline))
+                return;
+        k = recv(fd, got, sizeof(got), MSG_DONTWAIT | MSG_PEEK);
+        if (k > 0)
+                harness_fail("expected no reply yet, got \"%s\"",
+                             harness_escape(got, (size_t) k, esc, sizeof(esc)));
+        if (k == 0)
+                harness_fail("expected no reply yet, got EOF");
+        if (errno != EAGAIN)
+                harness_fail("expected no reply yet, got error: %s", strerror(errno));
+}
+
+void client_hello(int fd, const char *name) {
+        char line[512], reply[512];
+
+        (void) snprintf(line, sizeof(line), "%s\n", name);
+        (void) snprintf(reply, sizeof(reply), "Hello, %s!\r\n", name);
+        client_send_str(fd, line);
+        client_expect_str(fd, reply);
+}
+
+void client_close(int fd) {
+        if (fd >= 0)
+                (void) close(fd);
+}
+
+void client_reset(int fd) {
+        struct linger l = { .l_onoff = 1, .l_linger = 0 };
+
+        if (setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l)) < 0)
+                harness_fail("setsockopt(SO_LINGER): %s", strerror(errno));
+        (void) close(fd);
+}

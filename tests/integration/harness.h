@@ -1,0 +1,192 @@
+/* harness: drive the real hellod binary over loopback TCP for the integration tests. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/resource.h>
+#include <sys/types.h>
+
+/*
+ * Every blocking step of the harness (connect, recv, waiting for the daemon) gives up after
+ * HARNESS_TIMEOUT_MS. The bounds are deliberately generous: they only turn a hang into a loud
+ * failure, they never measure performance.
+ */
+#define HARNESS_TIMEOUT_MS 10000
+/* SIGTERM to exit: the tests keep shutdown_timeout small, this adds plenty of slack. */
+#define HARNESS_STOP_TIMEOUT_MS 15000
+
+/* Wire strings of the `line` framing with the default greeting. */
+#define HELLOD_GREETING "Welcome!\r\n"
+#define HELLOD_ERR_BUSY "ERR server busy\r\n"
+#define HELLOD_ERR_IDLE "ERR idle timeout\r\n"
+#define HELLOD_ERR_TOO_LONG "ERR line too long\r\n"
+#define HELLOD_ERR_SHUTDOWN "ERR shutting down\r\n"
+
+/* Exit statuses of the daemon's CLI contract. */
+#define HELLOD_EXIT_OK 0
+#define HELLOD_EXIT_FAILURE 1
+#define HELLOD_EXIT_USAGE 2
+#define HELLOD_EXIT_CONFIG 78
+
+/*
+ * Failure reporting. The harness never returns an error for something a test expects to
+ * work: it calls harness_fail(), which hands the message to the installed handler. The
+ * Criterion tests install one that turns it into a test failure; a forked helper process
+ * installs one that reports through a pipe and _exit()s. The handler must not return.
+ */
+typedef void (*HarnessFailFn)(const char *message);
+void harness_set_fail_handler(HarnessFailFn fn);
+_Noreturn void harness_fail(const char *format, ...) __attribute__((format(printf, 1, 2)));
+/* harness_step: names what the test is doing; failures are prefixed with it. */
+void harness_step(const char *format, ...) __attribute__((format(printf, 1, 2)));
+
+/* harness_cleanup: kills every daemon still running and removes the temp dirs (a .fini hook).
+ * Never fails. */
+void harness_cleanup(void);
+
+/* Small utilities. */
+int64_t harness_now_ms(void);
+void harness_sleep_ms(int ms);
+/* harness_escape: BUF rendered as a C string literal body (\r, \n, \xff...), into OUT. */
+const char *harness_escape(const void *buf, size_t n, char *out, size_t size);
+/* harness_read_file: the whole file, NUL-terminated, malloc'd; *RET_SIZE gets its length. */
+char *harness_read_file(const char *path, size_t *ret_size);
+/* harness_write_file: writes PATH atomically (temp file + rename), so a reader never sees
+ * half a file. */
+void harness_write_file(const char *path, const char *data, size_t n);
+/* harness_describe_status: "exited with status N" / "killed by signal S" for a wait status. */
+const char *harness_describe_status(int status, char *buf, size_t size);
+/* harness_pick_port: a TCP port that is free on 127.0.0.1 and ::1, outside the ephemeral
+ * range (see harness.c for why). */
+uint16_t harness_pick_port(void);
+/* harness_env_path: $NAME, which must be set and name an existing file. */
+const char *harness_env_path(const char *name);
+/* harness_cpu_ticks: utime+stime of PID in clock ticks (all its threads). */
+uint64_t harness_cpu_ticks(pid_t pid);
+/* harness_loopback_up: sets IFF_UP on `lo` of the current network namespace. */
+void harness_loopback_up(void);
+
+/* A child process with captured output, killed with SIGKILL if the test process dies. */
+typedef struct HarnessSpawn {
+        const char *const *argv; /* argv[0] is the absolute path of the program */
+        const char *stdout_path;
+        const char *stderr_path;
+        rlim_t nofile; /* soft=hard RLIMIT_NOFILE for the child; 0: inherit */
+} HarnessSpawn;
+
+/* harness_spawn: fork+exec; returns once exec succeeded (fails loudly if it did not). */
+pid_t harness_spawn(const HarnessSpawn *s);
+/* harness_wait_pid: reaps PID within TIMEOUT_MS; false (and PID untouched) on timeout. */
+bool harness_wait_pid(pid_t pid, int timeout_ms, int *ret_status);
+/* harness_run: spawn, wait TIMEOUT_MS (SIGKILL and fail after), return the wait status. */
+int harness_run(const HarnessSpawn *s, int timeout_ms);
+
+/* One hellod instance: a temp dir holding its config and captured output, and a port. */
+typedef struct Hellod {
+        pid_t owner; /* the process that created it; only that one may kill or free it */
+        pid_t pid;   /* 0: never started */
+        bool reaped;
+        int status; /* wait status, valid once reaped */
+        uint16_t port;
+        char dir[256];
+        char conf_path[320];
+        char stdout_path[320];
+        char stderr_path[320];
+} Hellod;
+
+typedef struct HellodOpts {
+        rlim_t nofile;                 /* 0: inherit the test's limit */
+        const char *const *extra_args; /* NULL-terminated, appended after --config PATH */
+} HellodOpts;
+
+/* hellod_new: temp dir and a free port (hellod_new_with_port: that port). */
+Hellod *hellod_new(void);
+Hellod *hellod_new_with_port(uint16_t port);
+/* hellod_write_config: the whole config file. */
+void hellod_write_config(Hellod *d, const char *format, ...) __attribute__((format(printf, 2, 3)));
+/* hellod_write_config_std: `listen = ["127.0.0.1", "::1"];` on line 1, `port = N;` on line 2,
+ * then EXTRA (which may be NULL) from line 3 on. */
+void hellod_write_config_std(Hellod *d, const char *extra_format, ...)
+        __attribute__((format(printf, 2, 3)));
+/* hellod_spawn: runs `hellod --config PATH [extra args]` without waiting for readiness. */
+void hellod_spawn(Hellod *d, const HellodOpts *opts);
+/* hellod_wait_ready: until a client on 127.0.0.1:port gets a first byte (or EOF) back. */
+void hellod_wait_ready(Hellod *d);
+/* hellod_start: new + std config (EXTRA) + spawn + wait_ready. */
+Hellod *hellod_start(const char *extra_format, ...) __attribute__((format(printf, 1, 2)));
+Hellod *hellod_start_opts(const HellodOpts *opts, const char *extra_format, ...)
+        __attribute__((format(printf, 2, 3)));
+/* hellod_run: a one-shot `hellod ARGS...` (no --config added), output captured in D's files;
+ * returns the wait status. D must not have a daemon running. */
+int hellod_run(Hellod *d, const char *const *args);
+
+void hellod_signal(Hellod *d, int sig);
+/* hellod_alive: true while the process has not exited (reaps it otherwise). */
+bool hellod_alive(Hellod *d);
+/* hellod_wait_exit: the wait status; fails (after SIGKILL) if it is still running after TIMEOUT_MS. */
+int hellod_wait_exit(Hellod *d, int timeout_ms);
+/* hellod_stop: SIGTERM, then hellod_wait_exit(HARNESS_STOP_TIMEOUT_MS). */
+int hellod_stop(Hellod *d);
+/* hellod_stop_clean: hellod_stop() and fail unless it exited with status 0. */
+void hellod_stop_clean(Hellod *d);
+/* hellod_stdout/_stderr: what the daemon wrote so far, malloc'd, NUL-terminated. */
+char *hellod_stdout(Hellod *d);
+char *hellod_stderr(Hellod *d);
+/* hellod_wait_stderr: until stderr contains NEEDLE (bounded). */
+void hellod_wait_stderr(Hellod *d, const char *needle);
+/* hellod_fail: harness_fail() with the tail of the daemon's stderr appended. */
+_Noreturn void hellod_fail(Hellod *d, const char *format, ...) __attribute__((format(printf, 2, 3)));
+/* hellod_free: SIGKILL if still running, reap, remove the temp dir; NULL-safe, returns NULL. */
+Hellod *hellod_free(Hellod *d);
+
+/* Clients. Sockets are non-blocking; every operation waits with poll() and a deadline. */
+typedef enum ClientReadEnd {
+        CLIENT_READ_DONE,    /* delimiter seen or buffer full */
+        CLIENT_READ_EOF,     /* recv() returned 0 */
+        CLIENT_READ_RESET,   /* ECONNRESET */
+        CLIENT_READ_TIMEOUT, /* nothing more within the timeout */
+} ClientReadEnd;
+
+/* client_try_connect: to IP:PORT, from SRC_IP (port 0) unless NULL; fd or -errno. */
+int client_try_connect(const char *ip, uint16_t port, const char *src_ip);
+/* client_connect_to: the same, failing loudly. */
+int client_connect_to(const char *ip, uint16_t port, const char *src_ip);
+int client_connect(uint16_t port);  /* 127.0.0.1 */
+int client_connect6(uint16_t port); /* ::1 */
+/*
+ * client_connect_greeted: connects and reads the first CRLF-terminated line. WANT: returns
+ * the fd. RETRY_ON (e.g. the busy error while a slot frees asynchronously): closes and retries
+ * for up to HARNESS_TIMEOUT_MS. Anything else fails.
+ */
+int client_connect_greeted(const char *ip, uint16_t port, const char *src_ip, const char *want,
+                           const char *retry_on);
+
+void client_send(int fd, const void *buf, size_t n);
+void client_send_str(int fd, const char *s);
+/* client_try_send: 0 or -errno (for peers that may already have closed). */
+int client_try_send(int fd, const void *buf, size_t n);
+void client_shutdown_write(int fd);
+
+/* client_read: up to SIZE bytes, stopping after DELIM (if not NULL), at EOF, reset or timeout. */
+size_t client_read(int fd, void *buf, size_t size, const char *delim, int timeout_ms,
+                   ClientReadEnd *ret_end);
+/* client_read_line: one CRLF-terminated line (CRLF kept), NUL-terminated; fails otherwise. */
+size_t client_read_line(int fd, char *buf, size_t size);
+/* client_expect: exactly these bytes next; fails with both renderings on any difference. */
+void client_expect(int fd, const void *bytes, size_t n);
+void client_expect_str(int fd, const char *s);
+/* client_expect_eof: EOF with no data before it; ECONNRESET is accepted when ALLOW_RESET. */
+void client_expect_eof(int fd, bool allow_reset);
+/* client_expect_eof_after: either EOF right away, or exactly OPTIONAL and then EOF. */
+void client_expect_eof_after(int fd, const char *optional);
+/* client_wait_readable: true if data, EOF or an error is pending within MS milliseconds
+ * (nothing is consumed). */
+bool client_wait_readable(int fd, int ms);
+/* client_expect_silence: nothing (no data, no EOF) arrives for MS milliseconds. */
+void client_expect_silence(int fd, int ms);
+/* client_hello: sends "NAME\n" and expects "Hello, NAME!\r\n". */
+void client_hello(int fd, const char *name);
+void client_close(int fd);
+/* client_reset: close with SO_LINGER {1, 0}, so the peer gets an RST instead of a FIN. */
+void client_reset(int fd);

@@ -1,0 +1,378 @@
+/* test-lifecycle: CLI, config checking, reload, shutdown, bind failure and the tutorial client. */
+#include <criterion/criterion.h>
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+static _Noreturn void fail_test(const char *message) {
+        cr_assert_fail("%s", message);
+        abort();
+}
+
+static void suite_init(void) {
+        harness_set_fail_handler(fail_test);
+}
+
+TestSuite(lifecycle, .init = suite_init, .fini = harness_cleanup);
+
+static bool exited_with(int status, int code) {
+        return WIFEXITED(status) && WEXITSTATUS(status) == code;
+}
+
+/* has_setting: TEXT contains "KEY = VALUE" as a whole key and a whole number. */
+static bool has_setting(const char *text, const char *key, unsigned value) {
+        char needle[64];
+        size_t len;
+
+        len = (size_t) snprintf(needle, sizeof(needle), "%s = %u", key, value);
+        for (const char *p = strstr(text, needle); p; p = strstr(p + 1, needle)) {
+                bool starts = p == text || !(isalnum((unsigned char) p[-1]) || p[-1] == '_');
+                bool ends = !isdigit((unsigned char) p[len]);
+
+                if (starts && ends)
+                        return true;
+        }
+        return false;
+}
+
+/* SIGHUP re-reads the file: new connections get the new greeting, a broken file changes nothing. */
+Test(lifecycle, sighup_reload, .timeout = 60) {
+        Hellod *d = hellod_start(NULL);
+        char needle[512];
+        int old, fd;
+
+        old = client_connect(d->port);
+        client_expect_str(old, HELLOD_GREETING);
+
+        /* The reload is asynchronous: old greetings are fine until the new one shows up. */
+        harness_step("reload with greeting Howdy!");
+        hellod_write_config_std(d, "greeting = \"Howdy!\";\n");
+        hellod_signal(d, SIGHUP);
+        fd = client_connect_greeted("127.0.0.1", d->port, NULL, "Howdy!\r\n", HELLOD_GREETING);
+        client_hello(fd, "new");
+        client_close(fd);
+
+        harness_step("connection from before the reload");
+        client_hello(old, "old");
+
+        harness_step("reload a broken config (unknown key on line 3)");
+        hellod_write_config_std(d, "no_such_key = 1;\ngreeting = \"Broken!\";\n");
+        hellod_signal(d, SIGHUP);
+        (void) snprintf(needle, sizeof(needle), "%s:3:", d->conf_path);
+        hellod_wait_stderr(d, needle);
+        cr_assert(hellod_alive(d), "hellod died on a broken config at reload");
+
+        harness_step("old config still in force");
+        fd = client_connect(d->port);
+        client_expect_str(fd, "Howdy!\r\n");
+        client_hello(fd, "still howdy");
+        client_close(fd);
+        client_hello(old, "old again");
+        client_close(old);
+
+        harness_step("stop");
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* SIGTERM with idle clients: each one is closed (maybe told first), and the exit status is 0. */
+Test(lifecycle, sigterm_with_clients, .timeout = 60) {
+        enum { N = 5 };
+        Hellod *d = hellod_start("shutdown_timeout = 3;\n");
+        int fds[N], status;
+        char buf[96];
+
+        for (int i = 0; i < N; i++) {
+                /* Both address families, so that both listeners are part of the shutdown. */
+                fds[i] = i % 2 ? client_connect6(d->port) : client_connect(d->port);
+                client_expect_str(fds[i], HELLOD_GREETING);
+        }
+        client_hello(fds[0], "busy before shutdown");
+
+        harness_step("SIGTERM");
+        hellod_signal(d, SIGTERM);
+        for (int i = 0; i < N; i++) {
+                harness_step("client %d after SIGTERM", i);
+                client_expect_eof_after(fds[i], HELLOD_ERR_SHUTDOWN);
+                client_close(fds[i]);
+        }
+
+        harness_step("exit status");
+        status = hellod_wait_exit(d, HARNESS_STOP_TIMEOUT_MS);
+        if (!exited_with(status, HELLOD_EXIT_OK))
+                hellod_fail(d, "after SIGTERM with %d clients: %s, expected exit status 0", N,
+                            harness_describe_status(status, buf, sizeof(buf)));
+        hellod_free(d);
+}
+
+/* SIGINT (Ctrl-C in a terminal) is a clean shutdown too. */
+Test(lifecycle, sigint_clean_exit, .timeout = 60) {
+        Hellod *d = hellod_start("shutdown_timeout = 3;\n");
+        int fd, status;
+        char buf[96];
+
+        fd = client_connect(d->port);
+        client_expect_str(fd, HELLOD_GREETING);
+
+        hellod_signal(d, SIGINT);
+        client_expect_eof_after(fd, HELLOD_ERR_SHUTDOWN);
+        client_close(fd);
+
+        status = hellod_wait_exit(d, HARNESS_STOP_TIMEOUT_MS);
+        if (!exited_with(status, HELLOD_EXIT_OK))
+                hellod_fail(d, "after SIGINT: %s, expected exit status 0",
+                            harness_describe_status(status, buf, sizeof(buf)));
+        hellod_free(d);
+}
+
+/* --check-config: effective settings on stdout and 0, or PATH:LINE on stderr and 78. */
+Test(lifecycle, check_config, .timeout = 60) {
+        Hellod *d = hellod_new();
+        char needle[512], buf[96], *out;
+        int status;
+
+        harness_step("good file");
+        hellod_write_config_std(d, "greeting = \"Hi\";\n");
+        status = hellod_run(d, (const char *const[]) { "--check-config", "--config", d->conf_path, NULL });
+        if (!exited_with(status, HELLOD_EXIT_OK))
+                hellod_fail(d, "--check-config on a good file: %s, expected 0",
+                            harness_describe_status(status, buf, sizeof(buf)));
+        out = hellod_stdout(d);
+        cr_assert(has_setting(out, "port", d->port), "--check-config stdout lacks \"port = %u\":\n%s",
+                  (unsigned) d->port, out);
+        free(out);
+
+        harness_step("good file, short options");
+        status = hellod_run(d, (const char *const[]) { "-t", "-c", d->conf_path, NULL });
+        if (!exited_with(status, HELLOD_EXIT_OK))
+                hellod_fail(d, "-t -c on a good file: %s, expected 0",
+                            harness_describe_status(status, buf, sizeof(buf)));
+
+        harness_step("port = \"x\" on line 2");
+        hellod_write_config(d, "listen = [ \"127.0.0.1\" ];\nport = \"x\";\n");
+        status = hellod_run(d, (const char *const[]) { "--check-config", "--config", d->conf_path, NULL });
+        if (!exited_with(status, HELLOD_EXIT_CONFIG))
+                hellod_fail(d, "--check-config on a bad file: %s, expected %d",
+                            harness_describe_status(status, buf, sizeof(buf)), HELLOD_EXIT_CONFIG);
+        (void) snprintf(needle, sizeof(needle), "%s:2:", d->conf_path);
+        out = hellod_stderr(d);
+        cr_assert(strstr(out, needle), "--check-config stderr lacks \"%s\":\n%s", needle, out);
+        free(out);
+
+        hellod_free(d);
+}
+
+/* The rest of the CLI contract: usage errors, --version, --help. */
+Test(lifecycle, command_line, .timeout = 60) {
+        Hellod *d = hellod_new();
+        char buf[96], *out;
+        int status;
+
+        harness_step("unknown option");
+        status = hellod_run(d, (const char *const[]) { "--no-such-option", NULL });
+        if (!exited_with(status, HELLOD_EXIT_USAGE))
+                hellod_fail(d, "unknown option: %s, expected %d",
+                            harness_describe_status(status, buf, sizeof(buf)), HELLOD_EXIT_USAGE);
+
+        harness_step("--version");
+        status = hellod_run(d, (const char *const[]) { "--version", NULL });
+        if (!exited_with(status, HELLOD_EXIT_OK))
+                hellod_fail(d, "--version: %s, expected 0",
+                            harness_describe_status(status, buf, sizeof(buf)));
+        out = hellod_stdout(d);
+        cr_assert(strstr(out, "hellod"), "--version stdout lacks \"hellod\": \"%s\"", out);
+        free(out);
+
+        harness_step("--help");
+        status = hellod_run(d, (const char *const[]) { "--help", NULL });
+        if (!exited_with(status, HELLOD_EXIT_OK))
+                hellod_fail(d, "--help: %s, expected 0",
+                            harness_describe_status(status, buf, sizeof(buf)));
+        out = hellod_stdout(d);
+        cr_assert(strstr(out, "--config"), "--help stdout does not mention --config: \"%s\"", out);
+        free(out);
+
+        hellod_free(d);
+}
+
+/* A port that is taken: exit status 1, and stderr names the address and the errno text. */
+Test(lifecycle, bind_failure, .timeout = 60) {
+        Hellod *d = hellod_new();
+        struct sockaddr_in a = {
+                .sin_family = AF_INET,
+                .sin_port = htons(d->port),
+                .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+        };
+        char needle[64], buf[96], *err;
+        int holder, status;
+
+        /* A plain listener, no SO_REUSEADDR/SO_REUSEPORT: nobody else can bind this port now. */
+        holder = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        cr_assert(holder >= 0, "socket(): %s", strerror(errno));
+        cr_assert(bind(holder, (struct sockaddr *) &a, sizeof(a)) == 0, "bind(127.0.0.1:%u): %s",
+                  (unsigned) d->port, strerror(errno));
+        cr_assert(listen(holder, 1) == 0, "listen(): %s", strerror(errno));
+
+        hellod_write_config(d, "listen = [ \"127.0.0.1\" ];\nport = %u;\n", (unsigned) d->port);
+        hellod_spawn(d, NULL);
+        status = hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
+        if (!exited_with(status, HELLOD_EXIT_FAILURE))
+                hellod_fail(d, "bind on a taken port: %s, expected %d",
+                            harness_describe_status(status, buf, sizeof(buf)), HELLOD_EXIT_FAILURE);
+
+        err = hellod_stderr(d);
+        (void) snprintf(needle, sizeof(needle), "127.0.0.1:%u", (unsigned) d->port);
+        cr_assert(strstr(err, needle), "stderr does not name \"%s\":\n%s", needle, err);
+        cr_assert(strstr(err, "Address already in use"), "stderr lacks the errno text:\n%s", err);
+        free(err);
+
+        (void) close(holder);
+        hellod_free(d);
+}
+
+/*
+ * The tutorial's client (seed 002) hard-codes 127.0.0.1:9999. It runs unchanged inside a
+ * private network namespace, so that port 9999 never clashes with anything on the host or
+ * with parallel tests. The namespace work happens in a forked child, which must not talk to
+ * Criterion: it reports failures through a pipe and its exit status.
+ */
+#define SEED_EXPECTED "Welcome!\nHello, Michael!\nHello, Tracy!\nHello, Sarah!\n"
+#define SEED_BUDGET_MS 60000
+
+static int seed_report_fd = -1;
+
+static _Noreturn void seed_child_fail(const char *message) {
+        size_t n = strlen(message);
+
+        while (n > 0) {
+                ssize_t k = write(seed_report_fd, message, n);
+
+                if (k <= 0)
+                        break;
+                message += k;
+                n -= (size_t) k;
+        }
+        harness_cleanup();
+        _exit(1);
+}
+
+static void seed_check_client(Hellod *d, int status) {
+        char path[512], buf[96], e_out[1024], e_err[1024], e_want[256], *out, *err;
+
+        (void) snprintf(path, sizeof(path), "%s/client.out", d->dir);
+        out = harness_read_file(path, NULL);
+        (void) snprintf(path, sizeof(path), "%s/client.err", d->dir);
+        err = harness_read_file(path, NULL);
+        if (!exited_with(status, 0) || strcmp(out, SEED_EXPECTED) != 0)
+                hellod_fail(d, "seed client %s\n  stdout: \"%s\"\n  wanted: \"%s\"\n  its stderr: \"%s\"",
+                            harness_describe_status(status, buf, sizeof(buf)),
+                            harness_escape(out, strlen(out), e_out, sizeof(e_out)),
+                            harness_escape(SEED_EXPECTED, strlen(SEED_EXPECTED), e_want, sizeof(e_want)),
+                            harness_escape(err, strlen(err), e_err, sizeof(e_err)));
+        free(out);
+        free(err);
+}
+
+static _Noreturn void seed_child(const char *client) {
+        char out_path[512], err_path[512];
+        Hellod *d;
+        int status;
+
+        harness_set_fail_handler(seed_child_fail);
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+                harness_fail("prctl(PR_SET_PDEATHSIG): %s", strerror(errno));
+        if (unshare(CLONE_NEWNET) < 0)
+                harness_fail("unshare(CLONE_NEWNET) failed: %s. This test needs root (CAP_SYS_ADMIN) "
+                             "for a private network namespace; it does not skip.",
+                             strerror(errno));
+        harness_loopback_up();
+
+        harness_step("daemon on 127.0.0.1:9999 in a private netns");
+        d = hellod_new_with_port(9999);
+        hellod_write_config(d, "listen = [ \"127.0.0.1\" ];\nport = 9999;\nframing = \"chunk\";\n");
+        hellod_spawn(d, NULL);
+        hellod_wait_ready(d);
+
+        harness_step("seed client");
+        (void) snprintf(out_path, sizeof(out_path), "%s/client.out", d->dir);
+        (void) snprintf(err_path, sizeof(err_path), "%s/client.err", d->dir);
+        status = harness_run(&(HarnessSpawn) {
+                .argv = (const char *const[]) { "/usr/bin/python3", client, NULL },
+                .stdout_path = out_path,
+                .stderr_path = err_path,
+        }, 15000);
+        seed_check_client(d, status);
+
+        harness_step("stop");
+        hellod_stop_clean(d);
+        hellod_free(d);
+        _exit(0);
+}
+
+/* seed_collect: the child's report (until EOF, bounded) and its wait status. */
+static int seed_collect(pid_t pid, int fd, char *report, size_t size) {
+        int64_t deadline = harness_now_ms() + SEED_BUDGET_MS;
+        size_t n = 0;
+        int status;
+
+        for (;;) {
+                struct pollfd pfd = { .fd = fd, .events = POLLIN };
+                int left = (int) (deadline - harness_now_ms());
+                ssize_t k;
+
+                if (left <= 0 || poll(&pfd, 1, left) == 0) {
+                        (void) kill(pid, SIGKILL);
+                        (void) waitpid(pid, NULL, 0);
+                        cr_assert_fail("seed client test child hung for %d ms", SEED_BUDGET_MS);
+                }
+                k = read(fd, report + n, size - 1 - n);
+                if (k < 0 && errno == EINTR)
+                        continue;
+                if (k <= 0 || (n += (size_t) k) == size - 1)
+                        break;
+        }
+        report[n] = '\0';
+        if (!harness_wait_pid(pid, HARNESS_TIMEOUT_MS, &status)) {
+                (void) kill(pid, SIGKILL);
+                (void) waitpid(pid, NULL, 0);
+                cr_assert_fail("seed client test child did not exit; report: %s", report);
+        }
+        return status;
+}
+
+Test(lifecycle, seed002_client_in_netns, .timeout = 90) {
+        const char *client = harness_env_path("HELLOD_SEED_CLIENT");
+        char report[8192], buf[96];
+        int p[2], status;
+        pid_t pid;
+
+        (void) harness_env_path("HELLOD_BIN");
+        cr_assert(access("/usr/bin/python3", X_OK) == 0, "/usr/bin/python3: %s", strerror(errno));
+        cr_assert(pipe2(p, O_CLOEXEC) == 0, "pipe2(): %s", strerror(errno));
+        pid = fork();
+        cr_assert(pid >= 0, "fork(): %s", strerror(errno));
+        if (pid == 0) {
+                (void) close(p[0]);
+                seed_report_fd = p[1];
+                seed_child(client);
+        }
+        (void) close(p[1]);
+
+        status = seed_collect(pid, p[0], report, sizeof(report));
+        (void) close(p[0]);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "seed client test child: %s\n%s",
+                  harness_describe_status(status, buf, sizeof(buf)), report);
+}

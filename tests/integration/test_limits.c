@@ -1,0 +1,263 @@
+/* test-limits: many clients, connection caps, abrupt resets and descriptor exhaustion. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+static _Noreturn void fail_test(const char *message) {
+        cr_assert_fail("%s", message);
+        abort();
+}
+
+static void suite_init(void) {
+        harness_set_fail_handler(fail_test);
+}
+
+TestSuite(limits, .init = suite_init, .fini = harness_cleanup);
+
+/* A client that must be served even if a slot of an earlier client is still being freed. */
+static int connect_served(uint16_t port, const char *src_ip) {
+        return client_connect_greeted("127.0.0.1", port, src_ip, HELLOD_GREETING, HELLOD_ERR_BUSY);
+}
+
+/* 200 clients connected at once: every greeting, then a distinct reply on each. */
+Test(limits, two_hundred_concurrent_clients, .timeout = 60) {
+        enum { N = 200 };
+        Hellod *d = hellod_start(NULL);
+        int fds[N];
+
+        harness_step("connect %d clients", N);
+        for (int i = 0; i < N; i++)
+                fds[i] = client_connect(d->port);
+
+        harness_step("greetings");
+        for (int i = 0; i < N; i++)
+                client_expect_str(fds[i], HELLOD_GREETING);
+
+        /* All lines first, then all replies: the sessions really run side by side. */
+        harness_step("distinct names");
+        for (int i = 0; i < N; i++) {
+                char line[32];
+
+                (void) snprintf(line, sizeof(line), "client-%03d\n", i);
+                client_send_str(fds[i], line);
+        }
+        for (int i = 0; i < N; i++) {
+                char reply[32];
+
+                (void) snprintf(reply, sizeof(reply), "Hello, client-%03d!\r\n", i);
+                client_expect_str(fds[i], reply);
+        }
+        for (int i = 0; i < N; i++)
+                client_close(fds[i]);
+
+        harness_step("stop");
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* At max_connections the next client is told "busy" and closed; the others do not notice. */
+Test(limits, max_connections, .timeout = 60) {
+        Hellod *d = hellod_start("max_connections = 3;\n");
+        int fds[3], extra;
+
+        /* The readiness probe's slot may not be released yet: retry on busy while filling up. */
+        harness_step("fill the 3 slots");
+        for (int i = 0; i < 3; i++)
+                fds[i] = connect_served(d->port, NULL);
+
+        harness_step("4th client refused");
+        extra = client_connect(d->port);
+        client_expect_str(extra, HELLOD_ERR_BUSY);
+        client_expect_eof(extra, false);
+        client_close(extra);
+
+        harness_step("existing clients unaffected");
+        client_hello(fds[0], "zero");
+        client_hello(fds[1], "one");
+        client_hello(fds[2], "two");
+
+        harness_step("a freed slot is reused");
+        client_close(fds[0]);
+        fds[0] = connect_served(d->port, NULL);
+        client_hello(fds[0], "new zero");
+        client_hello(fds[1], "one again");
+        client_hello(fds[2], "two again");
+
+        harness_step("full again");
+        extra = client_connect(d->port);
+        client_expect_str(extra, HELLOD_ERR_BUSY);
+        client_expect_eof(extra, false);
+        client_close(extra);
+
+        for (int i = 0; i < 3; i++)
+                client_close(fds[i]);
+        harness_step("stop");
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* max_connections_per_ip counts per source address: 127.0.0.2 is not limited by 127.0.0.1. */
+Test(limits, max_connections_per_ip, .timeout = 60) {
+        Hellod *d = hellod_start("max_connections_per_ip = 2;\n");
+        int a, b, third, other;
+
+        harness_step("two from 127.0.0.1");
+        a = connect_served(d->port, "127.0.0.1");
+        b = connect_served(d->port, "127.0.0.1");
+
+        harness_step("third from 127.0.0.1 refused");
+        third = client_connect_to("127.0.0.1", d->port, "127.0.0.1");
+        client_expect_str(third, HELLOD_ERR_BUSY);
+        client_expect_eof(third, false);
+        client_close(third);
+
+        harness_step("one from 127.0.0.2 served");
+        other = client_connect_to("127.0.0.1", d->port, "127.0.0.2");
+        client_expect_str(other, HELLOD_GREETING);
+        client_hello(other, "from two");
+
+        harness_step("the first two unaffected");
+        client_hello(a, "a");
+        client_hello(b, "b");
+
+        client_close(a);
+        client_close(b);
+        client_close(other);
+        harness_step("stop");
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/*
+ * Clients that vanish with an RST, mid-line or before even reading the greeting, must neither
+ * crash the daemon (think SIGPIPE, EPIPE, ECONNRESET) nor leak their slot: with
+ * max_connections = 20 and 60 resets, a leak would leave no slot for the final clients.
+ */
+Test(limits, abrupt_resets, .timeout = 60) {
+        Hellod *d = hellod_start("max_connections = 20;\n");
+        int fds[5];
+
+        harness_step("50 resets after a partial line");
+        for (int i = 0; i < 50; i++) {
+                int fd = client_connect(d->port);
+                char partial[32];
+
+                (void) snprintf(partial, sizeof(partial), "partial-%d", i);
+                /* The daemon may still be busy with earlier resets and refuse: then send fails. */
+                (void) client_try_send(fd, partial, strlen(partial));
+                client_reset(fd);
+        }
+
+        harness_step("10 resets right after connect");
+        for (int i = 0; i < 10; i++)
+                client_reset(client_connect(d->port));
+
+        harness_step("served afterwards");
+        for (int i = 0; i < 5; i++) {
+                fds[i] = connect_served(d->port, NULL);
+                client_hello(fds[i], "survivor");
+        }
+        for (int i = 0; i < 5; i++)
+                client_close(fds[i]);
+        cr_assert(hellod_alive(d), "hellod died after the resets");
+
+        harness_step("stop");
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+typedef enum SlotState {
+        SLOT_SERVED,  /* got the greeting */
+        SLOT_REFUSED, /* got the busy error, then EOF */
+        SLOT_WAITING, /* nothing yet: still in the listen backlog */
+} SlotState;
+
+/* classify: what a client of a saturated daemon sees; anything else fails. */
+static SlotState classify(int fd) {
+        ClientReadEnd end;
+        char c, esc[16];
+
+        if (!client_wait_readable(fd, 0))
+                return SLOT_WAITING;
+        if (client_read(fd, &c, 1, NULL, HARNESS_TIMEOUT_MS, &end) != 1)
+                harness_fail("a client of the saturated daemon was closed without a word (%s)",
+                             end == CLIENT_READ_EOF ? "EOF" : end == CLIENT_READ_RESET ? "reset" : "?");
+        if (c == HELLOD_ERR_BUSY[0]) {
+                client_expect_str(fd, &HELLOD_ERR_BUSY[1]);
+                client_expect_eof(fd, false);
+                return SLOT_REFUSED;
+        }
+        if (c != HELLOD_GREETING[0])
+                harness_fail("a client of the saturated daemon got \"%s...\"; expected the greeting, "
+                             "the busy error, or nothing yet",
+                             harness_escape(&c, 1, esc, sizeof(esc)));
+        client_expect_str(fd, &HELLOD_GREETING[1]);
+        return SLOT_SERVED;
+}
+
+/*
+ * With RLIMIT_NOFILE = 40 and 100 clients the daemon runs out of descriptors. It must stay
+ * up, must not spin on a listening socket it cannot accept from, must leave each client
+ * either served, refused with the busy error, or waiting in the backlog, and must serve
+ * normally again once the clients are gone.
+ */
+Test(limits, descriptor_exhaustion, .timeout = 90) {
+        enum { N = 100, NOFILE = 40, WINDOW_MS = 2000 };
+        Hellod *d = hellod_start_opts(&(HellodOpts) { .nofile = NOFILE }, NULL);
+        SlotState state[N];
+        int fds[N], served = 0, refused = 0, waiting = 0;
+        uint64_t t0, t1;
+        long hz = sysconf(_SC_CLK_TCK);
+        double cpu;
+
+        harness_step("connect %d clients", N);
+        for (int i = 0; i < N; i++)
+                fds[i] = client_connect(d->port);
+        harness_sleep_ms(500);
+
+        /* Without a pause on EMFILE the listener stays readable and the accept loop spins. */
+        harness_step("CPU use while saturated");
+        t0 = harness_cpu_ticks(d->pid);
+        harness_sleep_ms(WINDOW_MS);
+        t1 = harness_cpu_ticks(d->pid);
+        cpu = (double) (t1 - t0) / (double) hz;
+        cr_assert(hellod_alive(d), "hellod died with RLIMIT_NOFILE = %d", NOFILE);
+        cr_assert(cpu < 0.5 * WINDOW_MS / 1000.0,
+                  "hellod used %.2f s of CPU in %.1f s while out of descriptors: a busy loop?", cpu,
+                  WINDOW_MS / 1000.0);
+
+        harness_step("every client served, refused or waiting");
+        for (int i = 0; i < N; i++) {
+                state[i] = classify(fds[i]);
+                served += state[i] == SLOT_SERVED;
+                refused += state[i] == SLOT_REFUSED;
+                waiting += state[i] == SLOT_WAITING;
+        }
+        cr_log_info("descriptor exhaustion: %d served, %d refused, %d waiting", served, refused,
+                    waiting);
+        cr_assert(served > 0, "no client served at all with RLIMIT_NOFILE = %d", NOFILE);
+
+        harness_step("served clients work while saturated");
+        for (int i = 0; i < N; i++)
+                if (state[i] == SLOT_SERVED)
+                        client_hello(fds[i], "saturated");
+
+        harness_step("recovery");
+        for (int i = 0; i < N; i++)
+                client_close(fds[i]);
+        for (int i = 0; i < 5; i++) {
+                fds[i] = connect_served(d->port, NULL);
+                client_hello(fds[i], "recovered");
+        }
+        for (int i = 0; i < 5; i++)
+                client_close(fds[i]);
+        cr_assert(hellod_alive(d), "hellod died after the clients left");
+
+        harness_step("stop");
+        hellod_stop_clean(d);
+        hellod_free(d);
+}

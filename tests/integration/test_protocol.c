@@ -1,0 +1,347 @@
+/* test-protocol: the wire protocol of the real daemon, over real loopback TCP. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+
+static _Noreturn void fail_test(const char *message) {
+        cr_assert_fail("%s", message);
+        abort();
+}
+
+static void suite_init(void) {
+        harness_set_fail_handler(fail_test);
+}
+
+TestSuite(protocol, .init = suite_init, .fini = harness_cleanup);
+
+/* The greeting and one reply, over IPv4 and over IPv6 (::1), on the same daemon. */
+Test(protocol, greeting_and_reply_ipv4_ipv6, .timeout = 60) {
+        Hellod *d = hellod_start(NULL);
+        int fd;
+
+        harness_step("IPv4 client");
+        fd = client_connect(d->port);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_hello(fd, "Michael");
+        client_hello(fd, "Tracy");
+        client_close(fd);
+
+        harness_step("IPv6 client");
+        fd = client_connect6(d->port);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_hello(fd, "Sarah");
+        client_close(fd);
+
+        harness_step("stop");
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* `greeting` and `reply` from the config are what goes on the wire. */
+Test(protocol, custom_greeting_and_reply_template, .timeout = 60) {
+        Hellod *d = hellod_start("greeting = \"Hey there\";\nreply = \"<{name}> ok\";\n");
+        int fd;
+
+        fd = client_connect(d->port);
+        client_expect_str(fd, "Hey there\r\n");
+        client_send_str(fd, "Michael\n");
+        client_expect_str(fd, "<Michael> ok\r\n");
+        client_close(fd);
+
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* 50 lines in one send() get 50 replies, in order. */
+Test(protocol, pipelined_lines_in_one_segment, .timeout = 60) {
+        Hellod *d = hellod_start(NULL);
+        char lines[50 * 16], replies[50 * 32];
+        size_t nl = 0, nr = 0;
+        int fd;
+
+        for (int i = 0; i < 50; i++) {
+                nl += (size_t) snprintf(lines + nl, sizeof(lines) - nl, "line-%02d\n", i);
+                nr += (size_t) snprintf(replies + nr, sizeof(replies) - nr, "Hello, line-%02d!\r\n", i);
+        }
+
+        fd = client_connect(d->port);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_send(fd, lines, nl);
+        client_expect(fd, replies, nr);
+        client_expect_silence(fd, 200);
+        client_close(fd);
+
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* A line that arrives in several pieces is answered once, when its newline arrives. */
+Test(protocol, line_split_across_sends, .timeout = 60) {
+        Hellod *d = hellod_start(NULL);
+        int fd;
+
+        fd = client_connect(d->port);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_send_str(fd, "Mic");
+        client_expect_silence(fd, 150);
+        client_send_str(fd, "hae");
+        client_expect_silence(fd, 150);
+        client_send_str(fd, "l");
+        client_expect_silence(fd, 150);
+        client_send_str(fd, "\n");
+        client_expect_str(fd, "Hello, Michael!\r\n");
+
+        /* Also a CRLF split between its two bytes. */
+        client_send_str(fd, "Tracy\r");
+        client_expect_silence(fd, 150);
+        client_send_str(fd, "\n");
+        client_expect_str(fd, "Hello, Tracy!\r\n");
+        client_close(fd);
+
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+static void run_session(uint16_t port, const char *const *names, const char *terminator) {
+        int fd = client_connect(port);
+
+        client_expect_str(fd, HELLOD_GREETING);
+        for (size_t i = 0; names[i]; i++) {
+                char line[128], reply[128];
+
+                (void) snprintf(line, sizeof(line), "%s%s", names[i], terminator);
+                (void) snprintf(reply, sizeof(reply), "Hello, %s!\r\n", names[i]);
+                client_send_str(fd, line);
+                client_expect_str(fd, reply);
+        }
+        client_close(fd);
+}
+
+/* A telnet-style (CRLF) session and an nc-style (LF) session get byte-identical replies. */
+Test(protocol, crlf_and_lf_sessions_identical, .timeout = 60) {
+        static const char *const names[] = { "Michael", "Tracy Smith", "x", "a b  c", NULL };
+        Hellod *d = hellod_start(NULL);
+
+        harness_step("CRLF session");
+        run_session(d->port, names, "\r\n");
+        harness_step("LF session");
+        run_session(d->port, names, "\n");
+
+        harness_step("stop");
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* `exit` closes without a reply; what follows it in the same segment is never answered. */
+Test(protocol, exit_closes_without_reply, .timeout = 60) {
+        Hellod *d = hellod_start(NULL);
+        int fd;
+
+        harness_step("exit LF");
+        fd = client_connect(d->port);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_send_str(fd, "exit\n");
+        client_expect_eof(fd, false);
+        client_close(fd);
+
+        harness_step("exit CRLF");
+        fd = client_connect(d->port);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_send_str(fd, "exit\r\n");
+        client_expect_eof(fd, false);
+        client_close(fd);
+
+        /* Discarded bytes may be unread when the daemon closes: an RST is then legitimate. */
+        harness_step("bytes after exit");
+        fd = client_connect(d->port);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_send_str(fd, "before\nexit\nafter\nmore\n");
+        client_expect_str(fd, "Hello, before!\r\n");
+        client_expect_eof(fd, true);
+        client_close(fd);
+
+        harness_step("exit is a whole-line match");
+        fd = client_connect(d->port);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_hello(fd, "exits");
+        client_close(fd);
+
+        harness_step("stop");
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* After shutdown(SHUT_WR), complete lines and the unterminated last one are answered, then EOF. */
+Test(protocol, half_close_answers_pending_lines, .timeout = 60) {
+        Hellod *d = hellod_start(NULL);
+        int fd;
+
+        fd = client_connect(d->port);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_send_str(fd, "a\nb");
+        client_shutdown_write(fd);
+        client_expect_str(fd, "Hello, a!\r\nHello, b!\r\n");
+        client_expect_eof(fd, false);
+        client_close(fd);
+
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* Empty lines get no reply; NUL, CR inside a line and invalid UTF-8 come back verbatim. */
+Test(protocol, empty_lines_and_binary_bytes, .timeout = 60) {
+        static const char binary[] = "a\0b\xff\xfe\x80z\n";
+        static const char binary_reply[] = "Hello, a\0b\xff\xfe\x80z!\r\n";
+        Hellod *d = hellod_start(NULL);
+        int fd;
+
+        fd = client_connect(d->port);
+        client_expect_str(fd, HELLOD_GREETING);
+
+        harness_step("empty lines");
+        client_send_str(fd, "\n\r\n\n");
+        client_expect_silence(fd, 200);
+        client_send_str(fd, "\n\r\nx\n\n");
+        client_expect_str(fd, "Hello, x!\r\n");
+
+        harness_step("NUL and invalid UTF-8");
+        client_send(fd, binary, sizeof(binary) - 1);
+        client_expect(fd, binary_reply, sizeof(binary_reply) - 1);
+
+        harness_step("CR inside a line");
+        client_send_str(fd, "a\rb\n");
+        client_expect_str(fd, "Hello, a\rb!\r\n");
+
+        harness_step("still in sync");
+        client_hello(fd, "end");
+        client_close(fd);
+
+        harness_step("stop");
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* A client silent past idle_timeout, or one trickling bytes with no newline, is told and closed. */
+Test(protocol, idle_timeout, .timeout = 60) {
+        Hellod *d = hellod_start("idle_timeout = 1;\n");
+        int64_t deadline;
+        int silent, trickle;
+        bool closed = false;
+
+        silent = client_connect(d->port);
+        client_expect_str(silent, HELLOD_GREETING);
+        trickle = client_connect(d->port);
+        client_expect_str(trickle, HELLOD_GREETING);
+
+        /* Bytes without a newline do not count as activity: the timeout must still hit. */
+        harness_step("trickling client");
+        deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;
+        while (!closed && harness_now_ms() < deadline) {
+                if (client_wait_readable(trickle, 300))
+                        closed = true;
+                /* The daemon may close between two bytes: a failed send is fine here. */
+                else if (client_try_send(trickle, "z", 1) < 0)
+                        closed = true;
+        }
+        cr_assert(closed, "a client sending one byte per 300 ms and no newline was not closed after "
+                          "%d ms with idle_timeout = 1",
+                  HARNESS_TIMEOUT_MS);
+        client_expect_str(trickle, HELLOD_ERR_IDLE);
+        client_expect_eof(trickle, true);
+        client_close(trickle);
+
+        harness_step("silent client");
+        client_expect_str(silent, HELLOD_ERR_IDLE);
+        client_expect_eof(silent, false);
+        client_close(silent);
+
+        harness_step("stop");
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* max_line_length counts the line without its terminator; one byte more ends the connection. */
+Test(protocol, line_too_long, .timeout = 60) {
+        Hellod *d = hellod_start("max_line_length = 16;\n");
+        int ok, bad;
+
+        ok = client_connect(d->port);
+        client_expect_str(ok, HELLOD_GREETING);
+        bad = client_connect(d->port);
+        client_expect_str(bad, HELLOD_GREETING);
+
+        harness_step("16-byte line, LF and CRLF");
+        client_send_str(ok, "0123456789abcdef\n");
+        client_expect_str(ok, "Hello, 0123456789abcdef!\r\n");
+        client_send_str(ok, "0123456789abcdef\r\n");
+        client_expect_str(ok, "Hello, 0123456789abcdef!\r\n");
+
+        harness_step("17-byte line");
+        client_send_str(bad, "0123456789abcdefg\n");
+        client_expect_str(bad, HELLOD_ERR_TOO_LONG);
+        client_expect_eof(bad, true);
+        client_close(bad);
+
+        harness_step("others still served");
+        client_hello(ok, "still here");
+        client_close(ok);
+        ok = client_connect(d->port);
+        client_expect_str(ok, HELLOD_GREETING);
+        client_hello(ok, "newcomer");
+        client_close(ok);
+
+        harness_step("stop");
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* An endless line with no newline at all is cut off too: the line buffer is bounded. */
+Test(protocol, unterminated_flood_is_cut_off, .timeout = 60) {
+        Hellod *d = hellod_start("max_line_length = 16;\n");
+        char flood[4096];
+        int fd;
+
+        memset(flood, 'a', sizeof(flood));
+        fd = client_connect(d->port);
+        client_expect_str(fd, HELLOD_GREETING);
+        /* The daemon may close after the first 17 bytes: later ones may fail to send. */
+        (void) client_try_send(fd, flood, sizeof(flood));
+        client_expect_str(fd, HELLOD_ERR_TOO_LONG);
+        client_expect_eof(fd, true);
+        client_close(fd);
+
+        fd = client_connect(d->port);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_hello(fd, "after flood");
+        client_close(fd);
+
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* chunk framing: no terminators on the wire, each recv() is one message, `exit` closes. */
+Test(protocol, chunk_framing, .timeout = 60) {
+        Hellod *d = hellod_start("framing = \"chunk\";\n");
+        int fd;
+
+        fd = client_connect(d->port);
+        client_expect_str(fd, "Welcome!");
+        client_expect_silence(fd, 200);
+        /* One message at a time, each answered before the next, so each is one recv(). */
+        client_send_str(fd, "Michael");
+        client_expect_str(fd, "Hello, Michael!");
+        client_send_str(fd, "Tracy\n");
+        client_expect_str(fd, "Hello, Tracy!");
+        client_send_str(fd, "Sarah\r\n");
+        client_expect_str(fd, "Hello, Sarah!");
+        client_expect_silence(fd, 200);
+        client_send_str(fd, "exit");
+        client_expect_eof(fd, false);
+        client_close(fd);
+
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
