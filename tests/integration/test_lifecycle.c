@@ -15,18 +15,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "harness.h"
+#include "suite.h"
 
-static _Noreturn void fail_test(const char *message) {
-        cr_assert_fail("%s", message);
-        abort();
-}
-
-static void suite_init(void) {
-        harness_set_fail_handler(fail_test);
-}
-
-TestSuite(lifecycle, .init = suite_init, .fini = harness_cleanup);
+HELLOD_SUITE(lifecycle);
 
 static bool exited_with(int status, int code) {
         return WIFEXITED(status) && WEXITSTATUS(status) == code;

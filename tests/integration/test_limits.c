@@ -5,18 +5,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "harness.h"
+#include "suite.h"
 
-static _Noreturn void fail_test(const char *message) {
-        cr_assert_fail("%s", message);
-        abort();
-}
-
-static void suite_init(void) {
-        harness_set_fail_handler(fail_test);
-}
-
-TestSuite(limits, .init = suite_init, .fini = harness_cleanup);
+HELLOD_SUITE(limits);
 
 /* A client that must be served even if a slot of an earlier client is still being freed. */
 static int connect_served(uint16_t port, const char *src_ip) {

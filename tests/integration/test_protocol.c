@@ -4,18 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "harness.h"
+#include "suite.h"
 
-static _Noreturn void fail_test(const char *message) {
-        cr_assert_fail("%s", message);
-        abort();
-}
-
-static void suite_init(void) {
-        harness_set_fail_handler(fail_test);
-}
-
-TestSuite(protocol, .init = suite_init, .fini = harness_cleanup);
+HELLOD_SUITE(protocol);
 
 /* The greeting and one reply, over IPv4 and over IPv6 (::1), on the same daemon. */
 Test(protocol, greeting_and_reply_ipv4_ipv6, .timeout = 60) {
