@@ -188,3 +188,10 @@ unsigned workers_count(Workers *pool) {
         pthread_mutex_unlock(&pool->lock);
         return n;
 }
+
+unsigned workers_parked(Workers *pool) {
+        pthread_mutex_lock(&pool->lock);
+        unsigned n = pool->n_parked;
+        pthread_mutex_unlock(&pool->lock);
+        return n;
+}

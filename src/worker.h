@@ -24,5 +24,6 @@ int workers_run(Workers *w, WorkerJob job, void *arg);
 /* workers_set_stack_size: applies to threads created from now on. */
 void workers_set_stack_size(Workers *w, size_t stack_size);
 
-/* workers_count: threads alive (running a job or parked). */
+/* workers_count: threads alive (running a job or parked); workers_parked: those parked. */
 unsigned workers_count(Workers *w);
+unsigned workers_parked(Workers *w);

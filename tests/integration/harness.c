@@ -333,8 +333,12 @@ static void local_port_range(unsigned *ret_lo, unsigned *ret_hi) {
  * never auto-assigned, so a random one that binds now stays ours in practice.
  */
 uint16_t harness_pick_port(void) {
+        /* One generator per process: two picks in the same millisecond must differ. */
+        static uint64_t seed;
         unsigned lo, hi, first, count;
-        uint64_t seed = (uint64_t) harness_now_ms() * 2654435761u ^ (uint64_t) getpid() << 16;
+
+        if (seed == 0)
+                seed = (uint64_t) harness_now_ms() * 2654435761u ^ (uint64_t) getpid() << 16 ^ 1u;
 
         local_port_range(&lo, &hi);
         if (lo >= 11024) {

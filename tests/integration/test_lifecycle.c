@@ -367,3 +367,80 @@ Test(lifecycle, seed002_client_in_netns, .timeout = 90) {
         cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "seed client test child: %s\n%s",
                   harness_describe_status(status, buf, sizeof(buf)), report);
 }
+
+/* wait_listening: until connecting to IP:PORT succeeds (WANT) or is refused (!WANT), bounded. */
+static void wait_listening(Hellod *d, const char *ip, uint16_t port, bool want) {
+        int64_t deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;
+
+        for (;;) {
+                int fd = client_try_connect(ip, port, NULL);
+                if (fd >= 0)
+                        client_close(fd);
+                if ((fd >= 0) == want)
+                        return;
+                if (harness_now_ms() > deadline)
+                        hellod_fail(d, "%s:%u is %s after the reload", ip, (unsigned) port,
+                                    want ? "still not accepting" : "still accepting");
+                harness_sleep_ms(20);
+        }
+}
+
+/* SIGHUP adds and closes listeners to match `listen`; a listener kept across the reload keeps
+ * its socket, so its clients and its port are never interrupted. */
+Test(lifecycle, sighup_reconciles_listeners, .timeout = 60) {
+        Hellod *d = hellod_new();
+        uint16_t second = harness_pick_port();
+        int before, fd;
+
+        hellod_write_config(d, "listen = [\"127.0.0.1\"];\nport = %u;\n", (unsigned) d->port);
+        hellod_spawn(d, NULL);
+        hellod_wait_ready(d);
+        before = client_connect(d->port);
+        client_expect_str(before, HELLOD_GREETING);
+
+        harness_step("add 127.0.0.1:%u and [::1]", (unsigned) second);
+        hellod_write_config(d, "listen = [\"127.0.0.1\", \"127.0.0.1:%u\", \"::1\"];\nport = %u;\n",
+                            (unsigned) second, (unsigned) d->port);
+        hellod_signal(d, SIGHUP);
+        wait_listening(d, "127.0.0.1", second, true);
+        wait_listening(d, "::1", d->port, true);
+        fd = client_connect_to("127.0.0.1", second, NULL);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_hello(fd, "second port");
+        client_close(fd);
+        client_hello(before, "kept listener");
+
+        harness_step("drop the original port");
+        hellod_write_config(d, "listen = [\"127.0.0.1:%u\"];\nport = %u;\n", (unsigned) second,
+                            (unsigned) d->port);
+        hellod_signal(d, SIGHUP);
+        wait_listening(d, "127.0.0.1", d->port, false);
+        wait_listening(d, "::1", d->port, false);
+        wait_listening(d, "127.0.0.1", second, true);
+        /* A connection accepted on a closed listener lives on. */
+        client_hello(before, "after its listener closed");
+        client_close(before);
+
+        harness_step("a reload that cannot bind keeps the running listeners");
+        {
+                int blocker = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+                uint16_t taken = harness_pick_port();
+                struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(taken),
+                                         .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+                char needle[64];
+
+                cr_assert(blocker >= 0 && bind(blocker, (struct sockaddr *) &a, sizeof(a)) == 0 &&
+                          listen(blocker, 1) == 0);
+                hellod_write_config(d, "listen = [\"127.0.0.1:%u\", \"127.0.0.1:%u\"];\nport = %u;\n",
+                                    (unsigned) second, (unsigned) taken, (unsigned) d->port);
+                hellod_signal(d, SIGHUP);
+                snprintf(needle, sizeof(needle), "127.0.0.1:%u", (unsigned) taken);
+                hellod_wait_stderr(d, needle);
+                close(blocker);
+                fd = client_connect_to("127.0.0.1", second, NULL);
+                client_expect_str(fd, HELLOD_GREETING);
+                client_close(fd);
+        }
+        hellod_stop_clean(d);
+        hellod_free(d);
+}

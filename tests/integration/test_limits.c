@@ -1,5 +1,7 @@
 /* test-limits: many clients, connection caps, abrupt resets and descriptor exhaustion. */
 #include <criterion/criterion.h>
+#include <dirent.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -249,6 +251,59 @@ Test(limits, descriptor_exhaustion, .timeout = 90) {
         cr_assert(hellod_alive(d), "hellod died after the clients left");
 
         harness_step("stop");
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* worker_tids: the daemon's threads other than its main thread, from /proc. */
+static size_t worker_tids(pid_t pid, pid_t *tids, size_t max) {
+        char path[64];
+        size_t n = 0;
+        DIR *dir;
+        struct dirent *e;
+
+        snprintf(path, sizeof(path), "/proc/%d/task", (int) pid);
+        dir = opendir(path);
+        cr_assert_not_null(dir, "%s: %s", path, strerror(errno));
+        while ((e = readdir(dir)) && n < max) {
+                pid_t tid = (pid_t) atoi(e->d_name);
+                if (tid > 0 && tid != pid)
+                        tids[n++] = tid;
+        }
+        closedir(dir);
+        return n;
+}
+
+/* Connect/disconnect churn is served by cached threads: 60 sessions one after another run on
+ * a handful of worker threads, not on 60 new ones. */
+Test(limits, churn_reuses_worker_threads, .timeout = 60) {
+        enum { SESSIONS = 60, MAX_TIDS = 256 };
+        Hellod *d = hellod_start(NULL);
+        pid_t seen[MAX_TIDS];
+        size_t n_seen = 0;
+
+        for (int i = 0; i < SESSIONS; i++) {
+                pid_t now[MAX_TIDS];
+                int fd = client_connect(d->port);
+
+                client_expect_str(fd, HELLOD_GREETING);
+                client_hello(fd, "churn");
+                size_t n = worker_tids(d->pid, now, MAX_TIDS);
+                for (size_t j = 0; j < n; j++) {
+                        bool known = false;
+                        for (size_t k = 0; k < n_seen && !known; k++)
+                                known = seen[k] == now[j];
+                        if (!known && n_seen < MAX_TIDS)
+                                seen[n_seen++] = now[j];
+                }
+                client_send_str(fd, "exit\n");
+                client_expect_eof(fd, false);
+                client_close(fd);
+        }
+        harness_step("%zu distinct worker threads served %d sessions", n_seen, SESSIONS);
+        cr_assert_geq(n_seen, 1);
+        cr_assert_leq(n_seen, 8, "%zu distinct worker threads for %d sequential sessions: no reuse", n_seen,
+                      SESSIONS);
         hellod_stop_clean(d);
         hellod_free(d);
 }
