@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -181,6 +182,73 @@ int listeners_open(const Conf *conf, ListenerSet *old, ListenerSet *ret, char *e
                 return -EADDRNOTAVAIL;
         }
         *ret = want;
+        return 0;
+}
+
+static int adopt(Listener *l, int fd) {
+        int flags = fcntl(fd, F_GETFL);
+
+        /* systemd passes the sockets blocking and inheritable; the accept loop needs neither. */
+        if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
+                return -errno;
+        l->fd = fd;
+        l->addr_len = sizeof(l->addr);
+        if (getsockname(fd, (struct sockaddr *) &l->addr, &l->addr_len) < 0)
+                return -errno;
+        addr_format((const struct sockaddr *) &l->addr, l->name, sizeof(l->name));
+        return 0;
+}
+
+int listeners_inherit(ListenerSet *ret, char *err, size_t err_size) {
+        ListenerSet set = { 0 };
+        char **names = NULL;
+        int n, r = 0;
+
+        n = sd_listen_fds_with_names(true, &names);
+        if (n < 0) {
+                snprintf(err, err_size, "cannot read the sockets passed by systemd: %s", strerror(-n));
+                return n;
+        }
+        if (n > 0) {
+                set.items = calloc((size_t) n, sizeof(*set.items));
+                if (!set.items)
+                        r = -ENOMEM;
+        }
+        for (int i = 0; i < n && r >= 0; i++) {
+                int fd = SD_LISTEN_FDS_START + i;
+                const char *name = names && names[i] ? names[i] : "unknown";
+
+                r = sd_is_socket_inet(fd, AF_UNSPEC, SOCK_STREAM, 1, 0);
+                if (r == 0) {
+                        snprintf(err, err_size,
+                                 "passed file descriptor %d ('%s') is not a listening TCP socket (IPv4 or IPv6)", fd,
+                                 name);
+                        r = -EINVAL;
+                        break;
+                }
+                if (r > 0)
+                        r = adopt(&set.items[set.n], fd);
+                if (r < 0) {
+                        snprintf(err, err_size, "passed file descriptor %d ('%s'): %s", fd, name, strerror(-r));
+                        break;
+                }
+                set.n++;
+        }
+        if (r == -ENOMEM)
+                snprintf(err, err_size, "out of memory");
+        for (int i = 0; names && i < n; i++)
+                free(names[i]);
+        free(names);
+        if (r < 0) {
+                int adopted = (int) set.n;
+
+                listener_set_done(&set);
+                /* The rest were passed to us too: do not leave them open and unserved. */
+                for (int i = adopted; i < n; i++)
+                        close(SD_LISTEN_FDS_START + i);
+                return r;
+        }
+        *ret = set;
         return 0;
 }
 

@@ -31,6 +31,12 @@ int listeners_resolve(const Conf *conf, ListenerSet *ret, char *err, size_t err_
  * With conf->listen_is_default, an unavailable IPv6 stack is skipped with a warning. */
 int listeners_open(const Conf *conf, ListenerSet *old, ListenerSet *ret, char *err, size_t err_size);
 
+/* listeners_inherit: the sockets systemd passed (LISTEN_FDS, sd_listen_fds_with_names()); an
+ * empty set when there are none. Each must be a listening TCP socket (IPv4 or IPv6); anything
+ * else is an error naming the descriptor and its FileDescriptorName. The sockets are made
+ * non-blocking and close-on-exec. */
+int listeners_inherit(ListenerSet *ret, char *err, size_t err_size);
+
 /* listener_set_done: closes every socket still in the set and frees it. */
 void listener_set_done(ListenerSet *set);
 

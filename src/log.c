@@ -1,23 +1,38 @@
-/* log: leveled one-line messages on stderr, written with one write(2) each so that lines
- * from concurrent threads never interleave. */
+/* log: leveled messages to the journal (with structured fields) or to stderr, one write each
+ * so that lines from concurrent threads never interleave. */
 #include "log.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <systemd/sd-journal.h>
 #include <time.h>
 #include <unistd.h>
 
 #define LOG_LINE_MAX 2048
+#define LOG_FIELD_MAX 256
+#define LOG_FIELDS_MAX 12
 
-static int max_level = LOG_INFO; /* read and written with __atomic builtins */
+/* Written once at start-up (log_open, log_set_max_level) and read by every thread. */
+static int max_level = LOG_INFO;
+static LogTarget target = LOG_TARGET_STDERR;
+static bool stderr_prefixed; /* "<N>" prefixes: stderr is read by journald or syslog */
 
 static const char *const level_names[] = {
-        [LOG_EMERG] = "emerg",     [LOG_ALERT] = "alert", [LOG_CRIT] = "crit",
+        [LOG_EMERG] = "emerg",     [LOG_ALERT] = "alert",     [LOG_CRIT] = "crit",
         [LOG_ERR] = "error",       [LOG_WARNING] = "warning", [LOG_NOTICE] = "notice",
         [LOG_INFO] = "info",       [LOG_DEBUG] = "debug",
+};
+
+static const char *const target_names[] = {
+        [LOG_TARGET_AUTO] = "auto",
+        [LOG_TARGET_JOURNAL] = "journal",
+        [LOG_TARGET_STDERR] = "stderr",
 };
 
 int log_level_from_string(const char *s) {
@@ -34,12 +49,71 @@ const char *log_level_to_string(int level) {
         return level_names[level];
 }
 
+int log_target_from_string(const char *s) {
+        for (int t = LOG_TARGET_AUTO; t <= LOG_TARGET_STDERR; t++)
+                if (strcmp(s, target_names[t]) == 0)
+                        return t;
+        return -EINVAL;
+}
+
+const char *log_target_to_string(LogTarget t) {
+        return t <= LOG_TARGET_STDERR ? target_names[t] : "unknown";
+}
+
+/* stderr_is_journal: systemd connects stderr to the journal and says so in JOURNAL_STREAM
+ * ("DEVICE:INODE"); a redirected stderr no longer matches (systemd.exec(5)). */
+static bool stderr_is_journal(void) {
+        const char *e = getenv("JOURNAL_STREAM");
+        unsigned long long dev, ino;
+        struct stat st;
+
+        if (!e || sscanf(e, "%llu:%llu", &dev, &ino) != 2 || fstat(STDERR_FILENO, &st) < 0)
+                return false;
+        return (unsigned long long) st.st_dev == dev && (unsigned long long) st.st_ino == ino;
+}
+
+void log_open(LogTarget t) {
+        if (t == LOG_TARGET_AUTO)
+                t = stderr_is_journal() ? LOG_TARGET_JOURNAL : LOG_TARGET_STDERR;
+        target = t;
+        /* Under a service manager, whatever reads stderr understands "<N>" priorities and
+         * stamps the time itself. */
+        stderr_prefixed = getenv("JOURNAL_STREAM") || getenv("INVOCATION_ID");
+}
+
+LogTarget log_get_target(void) {
+        return target;
+}
+
 void log_set_max_level(int level) {
         __atomic_store_n(&max_level, level, __ATOMIC_RELAXED);
 }
 
 int log_get_max_level(void) {
         return __atomic_load_n(&max_level, __ATOMIC_RELAXED);
+}
+
+/* A message must stay one line: a stray control byte (from a caller that forgot to escape)
+ * becomes '?' instead of forging a second log line. */
+static void flatten(char *s, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                if ((unsigned char) s[i] < 0x20 || s[i] == 0x7f)
+                        s[i] = '?';
+}
+
+/* format_message: the message with ": strerror" appended, flattened; returns its length. */
+static size_t format_message(char *buf, size_t size, int errnum, const char *format, va_list ap) {
+        int m = vsnprintf(buf, size, format, ap);
+        size_t n = m < 0 ? 0 : (size_t) m < size ? (size_t) m : size - 1;
+
+        if (errnum != 0 && n < size - 1) {
+                char ebuf[128];
+                m = snprintf(buf + n, size - n, ": %s", strerror_r(errnum, ebuf, sizeof(ebuf)));
+                n = m < 0 ? n : (size_t) m < size - n ? n + (size_t) m : size - 1;
+        }
+        buf[n] = '\0';
+        flatten(buf, n);
+        return n;
 }
 
 static size_t format_timestamp(char *buf, size_t size) {
@@ -55,47 +129,75 @@ static size_t format_timestamp(char *buf, size_t size) {
         return m > 0 && (size_t) m < size - n ? n + (size_t) m : n;
 }
 
-/* A message must stay one line: a stray control byte (from a caller that forgot to escape)
- * becomes '?' instead of forging a second log line. */
-static void flatten(char *s, size_t n) {
-        for (size_t i = 0; i < n; i++)
-                if ((unsigned char) s[i] < 0x20 || s[i] == 0x7f)
-                        s[i] = '?';
-}
+static void write_stderr(int level, const char *message, size_t len) {
+        char line[LOG_LINE_MAX + 64];
+        size_t n;
 
-int log_internal(int level, int errnum, const char *format, ...) {
-        char line[LOG_LINE_MAX];
-        size_t n = format_timestamp(line, sizeof(line));
-        int saved_errno = errno;
-        va_list ap;
-
-        errnum = abs(errnum);
-        n += (size_t) snprintf(line + n, sizeof(line) - n, "%s: ", log_level_to_string(level));
-
-        va_start(ap, format);
-        int m = vsnprintf(line + n, sizeof(line) - n, format, ap);
-        va_end(ap);
-        if (m > 0) {
-                size_t body = (size_t) m < sizeof(line) - n ? (size_t) m : sizeof(line) - n - 1;
-                flatten(line + n, body);
-                n += body;
+        if (stderr_prefixed)
+                n = (size_t) snprintf(line, sizeof(line), "<%d>", level);
+        else {
+                n = format_timestamp(line, sizeof(line));
+                n += (size_t) snprintf(line + n, sizeof(line) - n, "%s: ", log_level_to_string(level));
         }
-
-        if (errnum != 0 && n < sizeof(line) - 1) {
-                char ebuf[128];
-                const char *text = strerror_r(errnum, ebuf, sizeof(ebuf));
-                m = snprintf(line + n, sizeof(line) - n, ": %s", text);
-                if (m > 0)
-                        n = (size_t) m < sizeof(line) - n ? n + (size_t) m : sizeof(line) - 1;
-        }
-
-        if (n >= sizeof(line) - 1)
-                n = sizeof(line) - 2; /* truncated: keep room for the newline */
+        if (len > sizeof(line) - n - 1)
+                len = sizeof(line) - n - 1;
+        memcpy(line + n, message, len);
+        n += len;
         line[n++] = '\n';
 
         /* Best effort: a log line that cannot be written has nowhere else to go. */
         ssize_t w = write(STDERR_FILENO, line, n);
         (void) w;
+}
+
+static void write_journal(int level, int errnum, const char *message_id, const LogField *fields,
+                          size_t n_fields, const char *message) {
+        char priority[16], errno_field[24], id_field[48];
+        char field_text[LOG_FIELDS_MAX][LOG_FIELD_MAX];
+        struct iovec iov[4 + 1 + LOG_FIELDS_MAX];
+        size_t n = 0;
+
+        iov[n++] = (struct iovec) { .iov_base = (void *) message, .iov_len = strlen(message) };
+        snprintf(priority, sizeof(priority), "PRIORITY=%d", level);
+        iov[n++] = (struct iovec) { .iov_base = priority, .iov_len = strlen(priority) };
+        iov[n++] = (struct iovec) { .iov_base = (void *) "SYSLOG_IDENTIFIER=hellod",
+                                    .iov_len = strlen("SYSLOG_IDENTIFIER=hellod") };
+        if (message_id) {
+                snprintf(id_field, sizeof(id_field), "MESSAGE_ID=%s", message_id);
+                iov[n++] = (struct iovec) { .iov_base = id_field, .iov_len = strlen(id_field) };
+        }
+        if (errnum != 0) {
+                snprintf(errno_field, sizeof(errno_field), "ERRNO=%d", errnum);
+                iov[n++] = (struct iovec) { .iov_base = errno_field, .iov_len = strlen(errno_field) };
+        }
+        for (size_t i = 0; i < n_fields && i < LOG_FIELDS_MAX; i++) {
+                int m = snprintf(field_text[i], LOG_FIELD_MAX, "%s=%s", fields[i].name, fields[i].value);
+                if (m < 0)
+                        continue;
+                iov[n++] = (struct iovec) { .iov_base = field_text[i],
+                                            .iov_len = (size_t) m < LOG_FIELD_MAX ? (size_t) m : LOG_FIELD_MAX - 1 };
+        }
+        if (sd_journal_sendv(iov, (int) n) < 0)
+                write_stderr(level, message + strlen("MESSAGE="), strlen(message) - strlen("MESSAGE="));
+}
+
+int log_struct_internal(int level, int errnum, const char *message_id, const LogField *fields, size_t n_fields,
+                        const char *format, ...) {
+        char message[sizeof("MESSAGE=") - 1 + LOG_LINE_MAX];
+        int saved_errno = errno;
+        size_t prefix = sizeof("MESSAGE=") - 1;
+        va_list ap;
+
+        errnum = abs(errnum);
+        memcpy(message, "MESSAGE=", prefix);
+        va_start(ap, format);
+        size_t len = format_message(message + prefix, sizeof(message) - prefix, errnum, format, ap);
+        va_end(ap);
+
+        if (target == LOG_TARGET_JOURNAL)
+                write_journal(level, errnum, message_id, fields, n_fields, message);
+        else
+                write_stderr(level, message + prefix, len);
 
         errno = saved_errno;
         return -errnum;

@@ -27,6 +27,7 @@ enum {
 static const char *arg_config = NULL;
 static bool arg_check = false;
 static int arg_log_level = -1;
+static LogTarget arg_log_target = LOG_TARGET_AUTO;
 
 static void help(void) {
         printf("Usage: hellod [OPTION]...\n"
@@ -37,9 +38,14 @@ static void help(void) {
                "                         settings and exit (0: valid, 78: invalid)\n"
                "  -l, --log-level=LEVEL  error, warning, notice, info or debug;\n"
                "                         overrides log_level from the configuration\n"
+               "      --log-target=TARGET\n"
+               "                         auto (default: the journal when stderr is connected\n"
+               "                         to it, else stderr), journal or stderr\n"
                "  -h, --help             show this help and exit\n"
                "  -V, --version          show the version and exit\n"
                "\n"
+               "Socket activation: with LISTEN_FDS (systemd), the passed sockets are served\n"
+               "and 'listen'/'port' from the configuration are not used.\n"
                "Signals: SIGHUP reloads the configuration; SIGTERM or SIGINT stop gracefully.\n"
                "Exit status: 0 clean exit, 1 runtime failure, 2 usage error, 78 configuration error.\n",
                CONF_DEFAULT_PATH);
@@ -47,7 +53,9 @@ static void help(void) {
 
 /* parse_argv: returns -1 to go on, or the exit code to exit with now. */
 static int parse_argv(int argc, char *argv[]) {
+        enum { ARG_LOG_TARGET = 0x100 };
         static const struct option options[] = {
+                { "log-target", required_argument, NULL, ARG_LOG_TARGET },
                 { "config", required_argument, NULL, 'c' },
                 { "check-config", no_argument, NULL, 't' },
                 { "log-level", required_argument, NULL, 'l' },
@@ -73,6 +81,15 @@ static int parse_argv(int argc, char *argv[]) {
                                 return EXIT_USAGE;
                         }
                         break;
+                case ARG_LOG_TARGET: {
+                        int t = log_target_from_string(optarg);
+                        if (t < 0) {
+                                fprintf(stderr, "hellod: invalid log target '%s' (auto, journal, stderr)\n", optarg);
+                                return EXIT_USAGE;
+                        }
+                        arg_log_target = (LogTarget) t;
+                        break;
+                }
                 case 'h':
                         help();
                         return EXIT_OK;
@@ -125,15 +142,17 @@ static void raise_fd_limit(const Conf *conf) {
 }
 
 int main(int argc, char *argv[]) {
-        char err[512], names[1024];
+        ListenerSet inherited = { 0 };
         Conf *conf = NULL;
         Server *server = NULL;
+        char err[512];
         bool defaulted;
         int r, code;
 
         code = parse_argv(argc, argv);
         if (code >= 0)
                 return code;
+        log_open(arg_check ? LOG_TARGET_STDERR : arg_log_target);
         if (arg_log_level >= 0)
                 log_set_max_level(arg_log_level);
 
@@ -151,6 +170,14 @@ int main(int argc, char *argv[]) {
                 goto out;
         }
 
+        /* Take the passed sockets first, before anything could open a descriptor of ours
+         * over their numbers. */
+        r = listeners_inherit(&inherited, err, sizeof(err));
+        if (r < 0) {
+                log_error("%s", err);
+                code = EXIT_RUNTIME;
+                goto out;
+        }
         r = server_block_signals();
         if (r < 0) {
                 log_error_errno(r, "cannot block signals");
@@ -159,19 +186,22 @@ int main(int argc, char *argv[]) {
         }
         raise_fd_limit(conf);
 
-        ServerOptions opts = { .config_path = path, .config_optional = !arg_config, .log_level_override = arg_log_level };
-        r = server_new(&server, conf, &opts);
+        ServerOptions opts = {
+                .config_path = path,
+                .config_optional = !arg_config,
+                .config_defaulted = defaulted,
+                .log_level_override = arg_log_level,
+        };
+        r = server_new(&server, conf, &opts, &inherited);
         if (r < 0) {
                 code = EXIT_RUNTIME;
                 goto out;
         }
-        log_notice("hellod %s started: config %s%s, listening on %s", VERSION, path,
-                   defaulted ? " (absent: built-in defaults)" : "", server_listening_on(server, names, sizeof(names)));
-
         r = server_run(server);
         code = r < 0 ? EXIT_RUNTIME : EXIT_OK;
 out:
         server_free(server);
+        listener_set_done(&inherited);
         conf_unref(conf);
         return code;
 }

@@ -20,7 +20,9 @@
 #include "iptable.h"
 #include "listener.h"
 #include "log.h"
+#include "notify.h"
 #include "proto.h"
+#include "ratelimit.h"
 #include "session.h"
 #include "worker.h"
 
@@ -37,12 +39,8 @@
 #define KILL_GRACE_MSEC 5000
 /* Refusals logged per second at most; the rest are counted and summarised. */
 #define REFUSAL_LOG_BURST 10
-
-typedef struct RateLimit {
-        uint64_t window_start; /* usec */
-        unsigned in_window;
-        unsigned suppressed;
-} RateLimit;
+/* How often STATUS= is refreshed while the counters change. */
+#define STATUS_INTERVAL_MSEC 1000
 
 struct Server {
         ServerOptions opts;
@@ -52,8 +50,13 @@ struct Server {
         int reserve_fd; /* spent to turn a client away when descriptors run out */
         Workers *workers;
         uint64_t accept_paused_until; /* usec, CLOCK_MONOTONIC; 0: accepting */
+        bool activated;        /* the listeners came from systemd and stay across reloads */
         RateLimit refusal_log;
         RateLimit exhaustion_log;
+        uint64_t watchdog_usec;    /* 0: no watchdog */
+        uint64_t watchdog_next;    /* usec, CLOCK_MONOTONIC */
+        uint64_t status_next;      /* usec; when STATUS= may be refreshed again */
+        char status_sent[128];
 
         pthread_mutex_t lock;
         pthread_cond_t drained; /* signalled when n_active drops to 0 */
@@ -93,33 +96,15 @@ int conf_load_for(const char *path, bool optional, Conf **ret, bool *ret_default
         return r;
 }
 
-/* rate_allow: true when one more line may be logged in this one-second window. */
-static bool rate_allow(RateLimit *rl, unsigned *ret_suppressed) {
-        uint64_t now = now_usec();
-
-        *ret_suppressed = 0;
-        if (now - rl->window_start >= 1000000u) {
-                *ret_suppressed = rl->suppressed;
-                rl->window_start = now;
-                rl->in_window = 0;
-                rl->suppressed = 0;
-        }
-        if (rl->in_window >= REFUSAL_LOG_BURST) {
-                rl->suppressed++;
-                return false;
-        }
-        rl->in_window++;
-        return true;
-}
-
-static void log_refusal(Server *s, const char *peer, const char *reason) {
+static void log_refusal(Server *s, const char *peer, const char *reason, const char *detail) {
         unsigned suppressed;
 
-        if (!rate_allow(&s->refusal_log, &suppressed))
+        if (!ratelimit_allow(&s->refusal_log, &suppressed))
                 return;
         if (suppressed > 0)
                 log_warning("%u more connections refused in the last second", suppressed);
-        log_warning("refused %s: %s", peer, reason);
+        LogField fields[] = { { "HELLOD_PEER", peer }, { "HELLOD_REASON", reason } };
+        log_struct(LOG_WARNING, MESSAGE_ID_REFUSED, fields, 2, "refused %s: %s", peer, detail);
 }
 
 /* turn_away: a short ERR line, then close without a RST that could eat it. */
@@ -134,12 +119,16 @@ static void turn_away(int fd) {
         close(fd);
 }
 
-static void refuse(Server *s, int fd, const char *peer, const char *reason) {
-        turn_away(fd);
+static void count_refusal(Server *s) {
         pthread_mutex_lock(&s->lock);
         s->n_refused++;
         pthread_mutex_unlock(&s->lock);
-        log_refusal(s, peer, reason);
+}
+
+static void refuse(Server *s, int fd, const char *peer, const char *reason, const char *detail) {
+        turn_away(fd);
+        count_refusal(s);
+        log_refusal(s, peer, reason, detail);
 }
 
 /* release: a session is over; called on its worker thread. */
@@ -169,25 +158,29 @@ static void serve(void *arg) {
 }
 
 /* admit: limits, then a session on a worker thread. Takes ownership of FD. */
-static void admit(Server *s, int fd, const struct sockaddr *peer) {
+static void admit(Server *s, int fd, const struct sockaddr *peer, const Listener *via) {
         const Conf *conf = s->conf;
         char name[ADDR_STR_MAX];
-        const char *reason = NULL;
+        const char *reason = NULL, *detail = NULL;
         Session *session = NULL;
         IpKey ip;
         int r;
 
         (void) ip_key_from_sockaddr(peer, &ip);
         pthread_mutex_lock(&s->lock);
-        if (s->n_active >= conf->max_connections)
-                reason = "server busy (max_connections reached)";
-        else if (conf->max_connections_per_ip > 0 && iptable_count(s->ips, &ip) >= conf->max_connections_per_ip)
-                reason = "server busy (max_connections_per_ip reached)";
-        else if (iptable_inc(s->ips, &ip) < 0)
-                reason = "out of memory";
-        else if (session_new(&session, fd, s->conf, peer) < 0) {
+        if (s->n_active >= conf->max_connections) {
+                reason = "max-connections";
+                detail = "server busy (max_connections reached)";
+        } else if (conf->max_connections_per_ip > 0 && iptable_count(s->ips, &ip) >= conf->max_connections_per_ip) {
+                reason = "max-connections-per-ip";
+                detail = "server busy (max_connections_per_ip reached)";
+        } else if (iptable_inc(s->ips, &ip) < 0) {
+                reason = "out-of-memory";
+                detail = "out of memory";
+        } else if (session_new(&session, fd, s->conf, peer, via->name) < 0) {
                 iptable_dec(s->ips, &ip);
-                reason = "out of memory";
+                reason = "out-of-memory";
+                detail = "out of memory";
                 fd = -1; /* session_new() closed it */
         } else {
                 session->id = ++s->next_id;
@@ -201,12 +194,14 @@ static void admit(Server *s, int fd, const struct sockaddr *peer) {
         }
         pthread_mutex_unlock(&s->lock);
 
-        addr_format(peer, name, sizeof(name));
         if (reason) {
+                addr_format(peer, name, sizeof(name));
                 if (fd >= 0)
-                        refuse(s, fd, name, reason);
-                else
-                        log_refusal(s, name, reason);
+                        refuse(s, fd, name, reason, detail);
+                else {
+                        count_refusal(s);
+                        log_refusal(s, name, reason, detail);
+                }
                 return;
         }
 
@@ -214,12 +209,13 @@ static void admit(Server *s, int fd, const struct sockaddr *peer) {
         if (r < 0) {
                 /* No thread to be had: undo the admission and turn the client away. */
                 log_warning_errno(r, "cannot start a worker thread");
+                snprintf(name, sizeof(name), "%s", session->peer);
                 session->fd = -1; /* keep the socket for refuse() */
                 pthread_mutex_lock(&s->lock);
                 s->n_accepted--;
                 pthread_mutex_unlock(&s->lock);
                 release(s, session);
-                refuse(s, fd, name, "no worker thread");
+                refuse(s, fd, name, "no-worker-thread", "server busy (no worker thread)");
         }
 }
 
@@ -237,26 +233,25 @@ static void out_of_descriptors(Server *s, int listen_fd, int error) {
                 close(s->reserve_fd);
                 s->reserve_fd = -1;
                 int fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
-                if (fd >= 0)
+                if (fd >= 0) {
                         turn_away(fd);
+                        count_refusal(s);
+                }
                 s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
         }
-        pthread_mutex_lock(&s->lock);
-        s->n_refused++;
-        pthread_mutex_unlock(&s->lock);
-        if (rate_allow(&s->exhaustion_log, &suppressed))
+        if (ratelimit_allow(&s->exhaustion_log, &suppressed))
                 log_warning_errno(error, "cannot accept connections, pausing for %d ms", ACCEPT_PAUSE_MSEC);
         pause_accepting(s);
 }
 
-static void accept_some(Server *s, int listen_fd) {
+static void accept_some(Server *s, const Listener *l) {
         for (int i = 0; i < ACCEPT_BATCH; i++) {
                 struct sockaddr_storage peer;
                 socklen_t len = sizeof(peer);
-                int fd = accept4(listen_fd, (struct sockaddr *) &peer, &len, SOCK_CLOEXEC);
+                int fd = accept4(l->fd, (struct sockaddr *) &peer, &len, SOCK_CLOEXEC);
 
                 if (fd >= 0) {
-                        admit(s, fd, (const struct sockaddr *) &peer);
+                        admit(s, fd, (const struct sockaddr *) &peer, l);
                         continue;
                 }
                 switch (errno) {
@@ -280,10 +275,10 @@ static void accept_some(Server *s, int listen_fd) {
                 case ENFILE:
                 case ENOBUFS:
                 case ENOMEM:
-                        out_of_descriptors(s, listen_fd, -errno);
+                        out_of_descriptors(s, l->fd, -errno);
                         return;
                 default:
-                        log_error_errno(-errno, "accept failed, pausing");
+                        log_error_errno(-errno, "accept on %s failed, pausing", l->name);
                         pause_accepting(s);
                         return;
                 }
@@ -294,35 +289,74 @@ static void apply_log_level(const Server *s) {
         log_set_max_level(s->opts.log_level_override >= 0 ? s->opts.log_level_override : s->conf->log_level);
 }
 
-static void reload(Server *s) {
-        char err[512];
-        Conf *conf = NULL;
-        bool defaulted;
+static void format_status(Server *s, char *buf, size_t size) {
+        pthread_mutex_lock(&s->lock);
+        snprintf(buf, size, "%u active, %" PRIu64 " served, %" PRIu64 " refused", s->n_active, s->n_accepted,
+                 s->n_refused);
+        pthread_mutex_unlock(&s->lock);
+}
+
+/* update_status: STATUS= when the counters changed, at most every STATUS_INTERVAL_MSEC. */
+static void update_status(Server *s) {
+        char status[sizeof(s->status_sent)];
+        uint64_t now = now_usec();
+
+        if (now < s->status_next)
+                return;
+        format_status(s, status, sizeof(status));
+        if (strcmp(status, s->status_sent) == 0)
+                return;
+        notify_status(status);
+        memcpy(s->status_sent, status, sizeof(status));
+        s->status_next = now + STATUS_INTERVAL_MSEC * 1000u;
+}
+
+static void ready(Server *s) {
+        format_status(s, s->status_sent, sizeof(s->status_sent));
+        notify_ready(s->status_sent);
+}
+
+static int reload_listeners(Server *s, const Conf *conf, char *err, size_t err_size) {
         ListenerSet listeners;
 
+        if (s->activated) {
+                log_info("socket-activated: keeping the sockets systemd passed, 'listen' and 'port' are not used");
+                return 0;
+        }
+        int r = listeners_open(conf, &s->listeners, &listeners, err, err_size);
+        if (r < 0)
+                return r;
+        listener_set_done(&s->listeners); /* closes the sockets that were not carried over */
+        s->listeners = listeners;
+        return 0;
+}
+
+static void reload(Server *s) {
+        char err[512], names[1024];
+        Conf *conf = NULL;
+        bool defaulted;
+
+        notify_reloading();
         log_info("reloading configuration from %s", s->opts.config_path);
         int r = conf_load_for(s->opts.config_path, s->opts.config_optional, &conf, &defaulted, err, sizeof(err));
-        if (r < 0) {
-                log_error("reload failed, keeping the running configuration: %s", err);
-                return;
-        }
-        r = listeners_open(conf, &s->listeners, &listeners, err, sizeof(err));
+        if (r >= 0)
+                r = reload_listeners(s, conf, err, sizeof(err));
         if (r < 0) {
                 log_error("reload failed, keeping the running configuration: %s", err);
                 conf_unref(conf);
+                ready(s);
                 return;
         }
-        listener_set_done(&s->listeners); /* closes the sockets that were not carried over */
-        s->listeners = listeners;
         conf_unref(s->conf);
         s->conf = conf;
         apply_log_level(s);
         workers_set_stack_size(s->workers, conf->worker_stack_size);
 
-        char names[1024];
-        log_notice("configuration reloaded from %s%s, listening on %s", s->opts.config_path,
-                   defaulted ? " (absent: built-in defaults)" : "",
-                   listeners_describe(&s->listeners, names, sizeof(names)));
+        listeners_describe(&s->listeners, names, sizeof(names));
+        LogField fields[] = { { "HELLOD_LISTEN", names }, { "HELLOD_CONFIG", s->opts.config_path } };
+        log_struct(LOG_NOTICE, MESSAGE_ID_RELOADED, fields, 2, "configuration reloaded from %s%s, listening on %s",
+                   s->opts.config_path, defaulted ? " (absent: built-in defaults)" : "", names);
+        ready(s);
 }
 
 /* read_signal: returns the signal number, 0 when none is pending. */
@@ -350,7 +384,8 @@ static unsigned active(Server *s) {
 }
 
 /* wait_drained: until no session is left or TIMEOUT_MSEC pass; a SIGTERM/SIGINT meanwhile
- * (the impatient second Ctrl+C) cuts the wait short. Returns true when drained. */
+ * (the impatient second Ctrl+C) cuts the wait short. Returns true when drained. The
+ * watchdog is fed meanwhile: draining is progress, not a hang. */
 static bool wait_drained(Server *s, uint64_t timeout_msec) {
         uint64_t deadline = now_usec() + timeout_msec * 1000u;
         struct pollfd pfd = { .fd = s->signal_fd, .events = POLLIN };
@@ -359,6 +394,8 @@ static bool wait_drained(Server *s, uint64_t timeout_msec) {
                 uint64_t now = now_usec();
                 if (now >= deadline)
                         return false;
+                if (s->watchdog_usec > 0)
+                        notify_watchdog();
                 uint64_t left_msec = (deadline - now + 999u) / 1000u;
                 /* Poll in short slices: the drained condition is not a descriptor. */
                 if (poll(&pfd, 1, left_msec < 50 ? (int) left_msec : 50) > 0) {
@@ -372,11 +409,18 @@ static bool wait_drained(Server *s, uint64_t timeout_msec) {
 
 static void shut_down(Server *s) {
         unsigned n = active(s);
+        char count[16];
 
+        notify_stopping();
         listener_set_done(&s->listeners); /* stop accepting: new clients are refused by the kernel */
-        if (n > 0)
-                log_notice("stopping: %u connection%s open, waiting up to %u s", n, n == 1 ? "" : "s",
-                           s->conf->shutdown_timeout);
+        snprintf(count, sizeof(count), "%u", n);
+        LogField fields[] = { { "HELLOD_ACTIVE", count } };
+        if (n == 0)
+                log_struct(LOG_NOTICE, MESSAGE_ID_STOPPING, fields, 1, "stopping: no connection open");
+        else
+                log_struct(LOG_NOTICE, MESSAGE_ID_STOPPING, fields, 1,
+                           "stopping: %u connection%s open, waiting up to %u s for them to finish", n,
+                           n == 1 ? "" : "s", s->conf->shutdown_timeout);
         stop_sessions(s, session_stop);
         if (!wait_drained(s, (uint64_t) s->conf->shutdown_timeout * 1000u)) {
                 n = active(s);
@@ -388,24 +432,58 @@ static void shut_down(Server *s) {
         s->workers = workers_free(s->workers);
 }
 
-/* poll_timeout: -1 normally; while accepting is paused, until the pause ends. */
+static uint64_t earliest(uint64_t a, uint64_t b) {
+        return a == 0 ? b : b == 0 ? a : a < b ? a : b;
+}
+
+/* poll_timeout: until the next timed duty: the end of an accept pause, the watchdog ping,
+ * a STATUS= refresh while connections come and go; -1 when there is none. */
 static int poll_timeout(Server *s) {
-        if (s->accept_paused_until == 0)
-                return -1;
-        uint64_t now = now_usec();
-        if (now >= s->accept_paused_until) {
+        uint64_t now = now_usec(), wake = 0;
+
+        if (s->accept_paused_until != 0 && now >= s->accept_paused_until)
                 s->accept_paused_until = 0;
+        wake = earliest(wake, s->accept_paused_until);
+        if (s->watchdog_usec > 0)
+                wake = earliest(wake, s->watchdog_next);
+        if (active(s) > 0 || s->status_next > now)
+                wake = earliest(wake, s->status_next > now ? s->status_next : now + STATUS_INTERVAL_MSEC * 1000u);
+        if (wake == 0)
                 return -1;
-        }
-        return (int) ((s->accept_paused_until - now + 999u) / 1000u);
+        return wake <= now ? 0 : (int) ((wake - now + 999u) / 1000u);
+}
+
+static void feed_watchdog(Server *s) {
+        uint64_t now = now_usec();
+
+        if (s->watchdog_usec == 0 || now < s->watchdog_next)
+                return;
+        notify_watchdog();
+        /* Twice per interval, as sd_watchdog_enabled(3) recommends. */
+        s->watchdog_next = now + s->watchdog_usec / 2;
+}
+
+static void log_started(Server *s) {
+        char names[1024];
+
+        listeners_describe(&s->listeners, names, sizeof(names));
+        LogField fields[] = { { "HELLOD_LISTEN", names }, { "HELLOD_CONFIG", s->opts.config_path } };
+        log_struct(LOG_NOTICE, MESSAGE_ID_STARTED, fields, 2, "hellod %s started: config %s%s, %s %s", VERSION,
+                   s->opts.config_path, s->opts.config_defaulted ? " (absent: built-in defaults)" : "",
+                   s->activated ? "serving the sockets passed by systemd:" : "listening on", names);
 }
 
 int server_run(Server *s) {
         struct pollfd *pfds = NULL;
-        bool stopping = false;
         int r = 0;
 
-        while (!stopping) {
+        log_started(s);
+        ready(s);
+        s->watchdog_usec = notify_watchdog_usec();
+        for (;;) {
+                feed_watchdog(s);
+                update_status(s);
+
                 int timeout = poll_timeout(s);
                 bool accepting = s->accept_paused_until == 0;
                 size_t n = 1 + s->listeners.n;
@@ -433,7 +511,6 @@ int server_run(Server *s) {
                         int sig = read_signal(s);
                         if (sig == SIGTERM || sig == SIGINT) {
                                 log_notice("received %s, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
-                                stopping = true;
                                 break;
                         }
                         if (sig == SIGHUP) {
@@ -443,7 +520,7 @@ int server_run(Server *s) {
                 }
                 for (size_t i = 0; i < s->listeners.n && s->accept_paused_until == 0; i++)
                         if (pfds[1 + i].revents & POLLIN)
-                                accept_some(s, pfds[1 + i].fd);
+                                accept_some(s, &s->listeners.items[i]);
         }
         free(pfds);
         shut_down(s);
@@ -453,7 +530,7 @@ int server_run(Server *s) {
         return r;
 }
 
-int server_new(Server **ret, Conf *conf, const ServerOptions *opts) {
+int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet *inherited) {
         Server *s = calloc(1, sizeof(*s));
         char err[512];
         sigset_t set;
@@ -465,6 +542,8 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts) {
         s->conf = conf_ref(conf);
         s->signal_fd = -1;
         s->reserve_fd = -1;
+        s->refusal_log = (RateLimit) RATELIMIT_INIT(REFUSAL_LOG_BURST);
+        s->exhaustion_log = (RateLimit) RATELIMIT_INIT(1);
         pthread_mutex_init(&s->lock, NULL);
         pthread_cond_init(&s->drained, NULL);
         apply_log_level(s);
@@ -490,20 +569,26 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts) {
                 log_error_errno(r, "cannot start");
                 goto fail;
         }
-        r = listeners_open(conf, NULL, &s->listeners, err, sizeof(err));
-        if (r < 0) {
-                log_error("%s", err);
-                goto fail;
+        if (inherited && inherited->n > 0) {
+                /* Socket activation: systemd owns the addresses; the config's are not used. */
+                s->listeners = *inherited;
+                *inherited = (ListenerSet) { 0 };
+                s->activated = true;
+                log_info("socket-activated: serving %zu passed socket%s, 'listen' and 'port' from the "
+                         "configuration are not used",
+                         s->listeners.n, s->listeners.n == 1 ? "" : "s");
+        } else {
+                r = listeners_open(conf, NULL, &s->listeners, err, sizeof(err));
+                if (r < 0) {
+                        log_error("%s", err);
+                        goto fail;
+                }
         }
         *ret = s;
         return 0;
 fail:
         server_free(s);
         return r;
-}
-
-const char *server_listening_on(const Server *s, char *buf, size_t size) {
-        return listeners_describe(&s->listeners, buf, size);
 }
 
 Server *server_free(Server *s) {
@@ -519,6 +604,8 @@ Server *server_free(Server *s) {
         conf_unref(s->conf);
         pthread_cond_destroy(&s->drained);
         pthread_mutex_destroy(&s->lock);
+        pthread_mutex_destroy(&s->refusal_log.lock);
+        pthread_mutex_destroy(&s->exhaustion_log.lock);
         free(s);
         return NULL;
 }

@@ -6,10 +6,12 @@
 #include <stddef.h>
 
 #include "conf.h"
+#include "listener.h"
 
 typedef struct ServerOptions {
         const char *config_path; /* re-read on SIGHUP */
         bool config_optional;    /* the default path: when absent, built-in defaults apply */
+        bool config_defaulted;   /* ... and it was absent at start-up */
         int log_level_override;  /* from --log-level, kept across reloads; -1: none */
 } ServerOptions;
 
@@ -19,9 +21,11 @@ typedef struct Server Server;
  * thread (before any thread starts) with server_block_signals(). */
 int server_block_signals(void);
 
-/* server_new: takes a reference to CONF, binds its listeners. On failure returns a negative
- * errno, having logged why (e.g. "cannot listen on 127.0.0.1:9999: Address already in use"). */
-int server_new(Server **ret, Conf *conf, const ServerOptions *opts);
+/* server_new: takes a reference to CONF. Serves INHERITED (socket activation; the set is
+ * moved into the server) when it is not empty, else binds the listeners CONF names. On
+ * failure returns a negative errno, having logged why (e.g. "cannot listen on
+ * 127.0.0.1:9999: Address already in use"). */
+int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet *inherited);
 
 /* server_run: serves until SIGTERM/SIGINT, then drains; returns 0, or a negative errno on a
  * failure that stops the daemon. */
@@ -29,8 +33,6 @@ int server_run(Server *s);
 
 Server *server_free(Server *s);
 
-/* server_listening_on: the bound addresses, "127.0.0.1:9999, [::1]:9999", into BUF. */
-const char *server_listening_on(const Server *s, char *buf, size_t size);
 
 /* conf_load_for: loads PATH, or the built-in defaults when OPTIONAL and PATH is absent
  * (*RET_DEFAULTED then says so). Errors as conf_load(). */

@@ -5,12 +5,14 @@
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "log.h"
+#include "ratelimit.h"
 
 /* Read size in line framing; replies to one read go out in one write when they fit OUT. */
 #define SESSION_READ_SIZE 4096
@@ -18,6 +20,8 @@
 /* What a closing session still reads from a client that keeps sending. */
 #define SESSION_LINGER_USEC 1000000u
 #define SESSION_LINGER_BYTES (64u * 1024u)
+/* Connection log lines per second, across all sessions; the rest are counted. */
+#define SESSION_LOG_BURST 100
 
 uint64_t now_usec(void) {
         struct timespec ts;
@@ -26,7 +30,7 @@ uint64_t now_usec(void) {
         return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
 }
 
-int session_new(Session **ret, int fd, Conf *conf, const struct sockaddr *peer) {
+int session_new(Session **ret, int fd, Conf *conf, const struct sockaddr *peer, const char *listen) {
         Session *s = calloc(1, sizeof(*s));
 
         if (!s) {
@@ -38,6 +42,7 @@ int session_new(Session **ret, int fd, Conf *conf, const struct sockaddr *peer) 
         s->started_usec = now_usec();
         (void) ip_key_from_sockaddr(peer, &s->ip);
         addr_format(peer, s->peer, sizeof(s->peer));
+        snprintf(s->listen, sizeof(s->listen), "%s", listen);
 
         size_t out_cap = proto_output_min(conf);
         s->out.cap = out_cap > SESSION_OUT_SIZE ? out_cap : SESSION_OUT_SIZE;
@@ -252,10 +257,29 @@ void session_run(Session *s) {
 }
 
 void session_log_close(const Session *s) {
-        if (!log_enabled(LOG_DEBUG))
+        static RateLimit limit = RATELIMIT_INIT(SESSION_LOG_BURST);
+        char id[24], lines[24], usec_text[24];
+        unsigned suppressed;
+
+        if (!log_enabled(LOG_INFO))
                 return;
+        if (!ratelimit_allow(&limit, &suppressed))
+                return;
+        if (suppressed > 0)
+                log_info("%u more connection log lines were suppressed in the last second", suppressed);
+
         uint64_t usec = now_usec() - s->started_usec;
-        log_debug("connection %" PRIu64 " from %s closed: %s, %" PRIu64 " lines, %" PRIu64 ".%03" PRIu64 " s",
-                  s->id, s->peer, s->error ? s->error : proto_end_to_string(s->proto.end), s->proto.lines,
-                  usec / 1000000u, (usec / 1000u) % 1000u);
+        const char *reason = s->error ? s->error : proto_end_to_string(s->proto.end);
+        snprintf(id, sizeof(id), "%" PRIu64, s->id);
+        snprintf(lines, sizeof(lines), "%" PRIu64, s->proto.lines);
+        snprintf(usec_text, sizeof(usec_text), "%" PRIu64, usec);
+        LogField fields[] = {
+                { "HELLOD_PEER", s->peer },   { "HELLOD_LISTEN", s->listen },
+                { "HELLOD_CONN_ID", id },     { "HELLOD_LINES", lines },
+                { "HELLOD_DURATION_USEC", usec_text }, { "HELLOD_REASON", reason },
+        };
+        log_struct(LOG_INFO, NULL, fields, sizeof(fields) / sizeof(fields[0]),
+                   "connection %" PRIu64 " from %s closed: %s, %" PRIu64 " line%s, %" PRIu64 ".%03" PRIu64 " s",
+                   s->id, s->peer, reason, s->proto.lines, s->proto.lines == 1 ? "" : "s", usec / 1000000u,
+                   (usec / 1000u) % 1000u);
 }

@@ -18,6 +18,7 @@ typedef struct Session {
         Conf *conf; /* one reference, held for the session's life: a reload changes new sessions only */
         IpKey ip;
         char peer[ADDR_STR_MAX];
+        char listen[ADDR_STR_MAX]; /* the listener it came through */
         uint64_t started_usec; /* CLOCK_MONOTONIC */
 
         Proto proto;
@@ -32,9 +33,9 @@ typedef struct Session {
         void *userdata;
 } Session;
 
-/* session_new: takes ownership of FD (closed by session_free) and a new reference to CONF.
- * Returns 0 or -ENOMEM. */
-int session_new(Session **ret, int fd, Conf *conf, const struct sockaddr *peer);
+/* session_new: takes ownership of FD (closed by session_free, or here on failure) and a new
+ * reference to CONF. Returns 0 or -ENOMEM. */
+int session_new(Session **ret, int fd, Conf *conf, const struct sockaddr *peer, const char *listen);
 /* session_free: closes the socket, drops the Conf reference; NULL-safe; returns NULL. */
 Session *session_free(Session *s);
 
@@ -48,7 +49,8 @@ void session_run(Session *s);
 void session_stop(Session *s);
 void session_kill(Session *s);
 
-/* session_log_close: one debug line with the peer, lines answered, duration and reason. */
+/* session_log_close: one info line with the peer, lines answered, duration and reason (and
+ * the same as journal fields), at most SESSION_LOG_BURST a second across all sessions. */
 void session_log_close(const Session *s);
 
 uint64_t now_usec(void);

@@ -366,7 +366,7 @@ uint16_t harness_pick_port(void) {
 /* --- processes -------------------------------------------------------------------------- */
 
 /* Only async-signal-safe calls from here to execv(): the test process may have threads. */
-static _Noreturn void spawn_child(const HarnessSpawn *s, pid_t parent, int errpipe) {
+static _Noreturn void spawn_child(const HarnessSpawn *s, char **envp, pid_t parent, int errpipe) {
         struct sigaction sa = { .sa_handler = SIG_DFL };
         struct rlimit rl = { .rlim_cur = s->nofile, .rlim_max = s->nofile };
         sigset_t none;
@@ -402,16 +402,35 @@ static _Noreturn void spawn_child(const HarnessSpawn *s, pid_t parent, int errpi
         if (s->nofile > 0 && setrlimit(RLIMIT_NOFILE, &rl) < 0)
                 goto fail;
 
-        execv(s->argv[0], (char *const *) s->argv);
+        execve(s->argv[0], (char *const *) s->argv, envp);
 fail:
         e = errno;
         (void) !write(errpipe, &e, sizeof(e));
         _exit(127);
 }
 
+/* build_env: environ plus EXTRA, built before fork() so that the child only calls execve(). */
+static char **build_env(const char *const *extra) {
+        size_t n = 0, m = 0;
+        char **envp;
+
+        while (environ[n])
+                n++;
+        while (extra && extra[m])
+                m++;
+        envp = calloc(n + m + 1, sizeof(*envp));
+        if (!envp)
+                harness_fail("out of memory");
+        memcpy(envp, environ, n * sizeof(*envp));
+        for (size_t i = 0; i < m; i++)
+                envp[n + i] = (char *) extra[i];
+        return envp;
+}
+
 pid_t harness_spawn(const HarnessSpawn *s) {
         struct pollfd pfd;
         pid_t parent = getpid(), pid;
+        char **envp = build_env(s->env);
         ssize_t k;
         int p[2], e = 0;
 
@@ -422,9 +441,10 @@ pid_t harness_spawn(const HarnessSpawn *s) {
                 harness_fail("fork(): %s", strerror(errno));
         if (pid == 0) {
                 (void) close(p[0]);
-                spawn_child(s, parent, p[1]);
+                spawn_child(s, envp, parent, p[1]);
         }
         (void) close(p[1]);
+        free(envp);
 
         /* EOF on the CLOEXEC pipe means exec succeeded; an int on it is the child's errno. */
         pfd = (struct pollfd) { .fd = p[0], .events = POLLIN };
@@ -594,6 +614,11 @@ void hellod_spawn(Hellod *d, const HellodOpts *opts) {
 
         if (d->pid > 0 && !d->reaped)
                 harness_fail("hellod already running as %d", (int) d->pid);
+        for (size_t i = 0; opts && opts->wrapper && opts->wrapper[i]; i++) {
+                if (n + 4 >= sizeof(argv) / sizeof(argv[0]))
+                        harness_fail("too many wrapper arguments");
+                argv[n++] = opts->wrapper[i];
+        }
         argv[n++] = harness_env_path("HELLOD_BIN");
         argv[n++] = "--config";
         argv[n++] = d->conf_path;
@@ -610,6 +635,7 @@ void hellod_spawn(Hellod *d, const HellodOpts *opts) {
                 .stdout_path = d->stdout_path,
                 .stderr_path = d->stderr_path,
                 .nofile = opts ? opts->nofile : 0,
+                .env = opts ? opts->env : NULL,
         });
 }
 

@@ -73,6 +73,7 @@ typedef struct HarnessSpawn {
         const char *stdout_path;
         const char *stderr_path;
         rlim_t nofile; /* soft=hard RLIMIT_NOFILE for the child; 0: inherit */
+        const char *const *env; /* NULL-terminated "NAME=value" added to the environment, or NULL */
 } HarnessSpawn;
 
 /* harness_spawn: fork+exec; returns once exec succeeded (fails loudly if it did not). */
@@ -98,6 +99,9 @@ typedef struct Hellod {
 typedef struct HellodOpts {
         rlim_t nofile;                 /* 0: inherit the test's limit */
         const char *const *extra_args; /* NULL-terminated, appended after --config PATH */
+        const char *const *wrapper;    /* NULL-terminated argv run in front of hellod (absolute argv[0]),
+                                        * e.g. systemd-socket-activate -l ADDR; or NULL */
+        const char *const *env;        /* NULL-terminated "NAME=value" for the daemon, or NULL */
 } HellodOpts;
 
 /* hellod_new: temp dir and a free port (hellod_new_with_port: that port). */

@@ -1,0 +1,300 @@
+/* test-systemd: what systemd sees of hellod without a PID 1: socket activation through
+ * systemd-socket-activate, the sd_notify protocol on a notification socket the test owns,
+ * and the log targets. The booted-systemd test (tests/systemd/) covers the rest. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "suite.h"
+
+HELLOD_SUITE(systemd);
+
+#define SOCKET_ACTIVATE "/usr/bin/systemd-socket-activate"
+
+/* --- a notification socket, as systemd's NOTIFY_SOCKET -------------------------------- */
+
+typedef struct Notify {
+        int fd;
+        char path[sizeof(((struct sockaddr_un *) 0)->sun_path)];
+        char env[sizeof("NOTIFY_SOCKET=") + sizeof(((struct sockaddr_un *) 0)->sun_path)];
+        char seen[16384]; /* every message so far, separated by "\n--\n" */
+        size_t seen_len;
+} Notify;
+
+static void notify_open(Notify *n, const Hellod *d) {
+        struct sockaddr_un a = { .sun_family = AF_UNIX };
+
+        memset(n, 0, sizeof(*n));
+        cr_assert_lt((size_t) snprintf(n->path, sizeof(n->path), "%s/notify", d->dir), sizeof(n->path));
+        memcpy(a.sun_path, n->path, sizeof(n->path));
+        cr_assert_lt((size_t) snprintf(n->env, sizeof(n->env), "NOTIFY_SOCKET=%s", n->path), sizeof(n->env));
+        n->fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        cr_assert(n->fd >= 0);
+        cr_assert_eq(bind(n->fd, (struct sockaddr *) &a, sizeof(a)), 0, "bind %s: %s", n->path, strerror(errno));
+}
+
+/* notify_wait: the next message containing NEEDLE (messages before it are kept in SEEN). */
+static const char *notify_wait(Notify *n, const char *needle) {
+        static char msg[4096];
+        int64_t deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;
+
+        for (;;) {
+                struct pollfd pfd = { .fd = n->fd, .events = POLLIN };
+                int64_t left = deadline - harness_now_ms();
+
+                if (left <= 0 || poll(&pfd, 1, (int) left) <= 0)
+                        cr_assert_fail("no notification with '%s' within %d ms; got:\n%.*s", needle,
+                                       HARNESS_TIMEOUT_MS, (int) n->seen_len, n->seen);
+                ssize_t k = recv(n->fd, msg, sizeof(msg) - 1, 0);
+                if (k < 0)
+                        continue;
+                msg[k] = '\0';
+                int m = snprintf(n->seen + n->seen_len, sizeof(n->seen) - n->seen_len, "%s\n--\n", msg);
+                if (m > 0 && (size_t) m < sizeof(n->seen) - n->seen_len)
+                        n->seen_len += (size_t) m;
+                if (strstr(msg, needle))
+                        return msg;
+        }
+}
+
+static bool has_line(const char *msg, const char *line) {
+        size_t len = strlen(line);
+
+        for (const char *p = strstr(msg, line); p; p = strstr(p + 1, line))
+                if ((p == msg || p[-1] == '\n') && (p[len] == '\n' || p[len] == '\0'))
+                        return true;
+        return false;
+}
+
+/* --- socket activation ------------------------------------------------------------------ */
+
+/* Two passed sockets (IPv4 and IPv6, two ports) are served; the config's own address is not
+ * bound; a reload keeps the passed sockets. */
+Test(systemd, socket_activation_serves_passed_sockets, .timeout = 60) {
+        Hellod *d = hellod_new();
+        uint16_t v6_port = harness_pick_port(), unused = harness_pick_port();
+        char l4[64], l6[64];
+        int fd;
+
+        snprintf(l4, sizeof(l4), "127.0.0.1:%u", (unsigned) d->port);
+        snprintf(l6, sizeof(l6), "[::1]:%u", (unsigned) v6_port);
+        const char *const wrapper[] = { SOCKET_ACTIVATE, "-l", l4, "-l", l6, "--fdname=hellod:hellod6", NULL };
+        hellod_write_config(d, "listen = [\"127.0.0.1\"];\nport = %u;\n", (unsigned) unused);
+        hellod_spawn(d, &(HellodOpts) { .wrapper = wrapper });
+        hellod_wait_ready(d);
+
+        fd = client_connect6(v6_port);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_hello(fd, "over IPv6");
+        client_close(fd);
+        fd = client_connect(d->port);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_hello(fd, "over IPv4");
+        client_close(fd);
+        cr_assert_lt(client_try_connect("127.0.0.1", unused, NULL), 0, "the config's own port was bound");
+        hellod_wait_stderr(d, "are not used");
+
+        harness_step("reload keeps the passed sockets");
+        hellod_write_config(d, "listen = [\"127.0.0.1\"];\nport = %u;\ngreeting = \"Howdy!\";\n", (unsigned) unused);
+        hellod_signal(d, SIGHUP);
+        fd = client_connect_greeted("::1", v6_port, NULL, "Howdy!\r\n", HELLOD_GREETING);
+        client_close(fd);
+        fd = client_connect(d->port);
+        client_expect_str(fd, "Howdy!\r\n");
+        client_close(fd);
+        cr_assert_lt(client_try_connect("127.0.0.1", unused, NULL), 0, "reload bound the config's port");
+
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* trigger_unix: systemd-socket-activate execs the daemon on the first connection. */
+static void trigger_unix(const char *path) {
+        struct sockaddr_un a = { .sun_family = AF_UNIX };
+        int64_t deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+        cr_assert_lt((size_t) snprintf(a.sun_path, sizeof(a.sun_path), "%s", path), sizeof(a.sun_path));
+        while (connect(fd, (struct sockaddr *) &a, sizeof(a)) < 0) {
+                cr_assert(harness_now_ms() < deadline, "cannot connect to %s: %s", path, strerror(errno));
+                harness_sleep_ms(20);
+        }
+        close(fd);
+}
+
+/* A passed socket that is not a listening TCP socket is an error that names it. */
+Test(systemd, socket_activation_rejects_a_unix_socket, .timeout = 60) {
+        Hellod *d = hellod_new();
+        char path[400], *err;
+        int status;
+
+        snprintf(path, sizeof(path), "%s/activate.sock", d->dir);
+        const char *const wrapper[] = { SOCKET_ACTIVATE, "-l", path, "--fdname=bogus", NULL };
+        hellod_write_config_std(d, NULL);
+        hellod_spawn(d, &(HellodOpts) { .wrapper = wrapper });
+        trigger_unix(path);
+        status = hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
+        err = hellod_stderr(d);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == HELLOD_EXIT_FAILURE, "status %d; stderr:\n%s",
+                  status, err);
+        cr_assert(strstr(err, "descriptor 3") && strstr(err, "'bogus'"), "stderr does not name fd 3 'bogus':\n%s",
+                  err);
+        free(err);
+        hellod_free(d);
+}
+
+Test(systemd, socket_activation_rejects_a_datagram_socket, .timeout = 60) {
+        Hellod *d = hellod_new();
+        char addr[64], *err;
+        int status, fd;
+
+        snprintf(addr, sizeof(addr), "127.0.0.1:%u", (unsigned) d->port);
+        const char *const wrapper[] = { SOCKET_ACTIVATE, "--datagram", "-l", addr, "--fdname=dgram", NULL };
+        hellod_write_config_std(d, NULL);
+        hellod_spawn(d, &(HellodOpts) { .wrapper = wrapper });
+        /* The first datagram makes systemd-socket-activate exec the daemon. */
+        fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(d->port),
+                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        for (int i = 0; i < 100 && hellod_alive(d); i++) {
+                (void) sendto(fd, "x", 1, 0, (struct sockaddr *) &a, sizeof(a));
+                if (strstr(err = hellod_stderr(d), "descriptor")) {
+                        free(err);
+                        break;
+                }
+                free(err);
+                harness_sleep_ms(50);
+        }
+        close(fd);
+        status = hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
+        err = hellod_stderr(d);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == HELLOD_EXIT_FAILURE, "status %d; stderr:\n%s",
+                  status, err);
+        cr_assert(strstr(err, "descriptor 3") && strstr(err, "'dgram'"), "stderr:\n%s", err);
+        free(err);
+        hellod_free(d);
+}
+
+/* --- sd_notify ---------------------------------------------------------------------------- */
+
+/* READY=1 with a STATUS=, STATUS= kept current, WATCHDOG=1 pings when WATCHDOG_USEC is set,
+ * RELOADING=1 (with MONOTONIC_USEC=) then READY=1 around SIGHUP, STOPPING=1 on SIGTERM. */
+Test(systemd, notify_protocol, .timeout = 60) {
+        Hellod *d = hellod_new();
+        Notify n;
+        const char *msg;
+        int fd;
+
+        notify_open(&n, d);
+        const char *const env[] = { n.env, "WATCHDOG_USEC=400000", NULL };
+        hellod_write_config_std(d, NULL);
+        hellod_spawn(d, &(HellodOpts) { .env = env });
+
+        msg = notify_wait(&n, "READY=1");
+        cr_assert(has_line(msg, "READY=1") && strstr(msg, "STATUS="), "READY without STATUS: %s", msg);
+        hellod_wait_ready(d);
+
+        harness_step("watchdog pings");
+        notify_wait(&n, "WATCHDOG=1");
+        notify_wait(&n, "WATCHDOG=1");
+
+        harness_step("STATUS follows the connections");
+        fd = client_connect(d->port);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_hello(fd, "status");
+        client_close(fd);
+        /* The readiness probe counts as one served connection too. */
+        msg = notify_wait(&n, "2 served");
+        cr_assert(strstr(msg, "STATUS=") && strstr(msg, "refused"), "%s", msg);
+
+        harness_step("reload");
+        hellod_signal(d, SIGHUP);
+        msg = notify_wait(&n, "RELOADING=1");
+        cr_assert(strstr(msg, "MONOTONIC_USEC="), "RELOADING=1 without MONOTONIC_USEC: %s", msg);
+        msg = notify_wait(&n, "READY=1");
+
+        harness_step("stop");
+        hellod_signal(d, SIGTERM);
+        notify_wait(&n, "STOPPING=1");
+        cr_assert_eq(hellod_wait_exit(d, HARNESS_STOP_TIMEOUT_MS), 0);
+        close(n.fd);
+        hellod_free(d);
+}
+
+/* Without NOTIFY_SOCKET the notifications are no-ops: nothing breaks. */
+Test(systemd, no_notify_socket_is_harmless, .timeout = 60) {
+        const char *const env[] = { "WATCHDOG_USEC=100000", NULL };
+        Hellod *d = hellod_new();
+        int fd;
+
+        hellod_write_config_std(d, NULL);
+        hellod_spawn(d, &(HellodOpts) { .env = env });
+        hellod_wait_ready(d);
+        fd = client_connect(d->port);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_hello(fd, "plain");
+        client_close(fd);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* --- log targets -------------------------------------------------------------------------- */
+
+static char *run_briefly(const char *const *args, const char *const *env) {
+        Hellod *d = hellod_new();
+        char *err;
+
+        hellod_write_config_std(d, NULL);
+        hellod_spawn(d, &(HellodOpts) { .extra_args = args, .env = env });
+        hellod_wait_ready(d);
+        hellod_stop_clean(d);
+        err = hellod_stderr(d);
+        hellod_free(d);
+        return err;
+}
+
+Test(systemd, stderr_target_under_systemd_uses_priority_prefixes, .timeout = 60) {
+        const char *const args[] = { "--log-target=stderr", NULL };
+        const char *const env[] = { "INVOCATION_ID=0123456789abcdef0123456789abcdef", NULL };
+        char *err = run_briefly(args, env);
+
+        /* notice is priority 5; no timestamp, the journal adds its own. */
+        cr_assert(strncmp(err, "<5>hellod ", 10) == 0 || strstr(err, "\n<5>hellod "), "stderr:\n%s", err);
+        cr_assert_null(strstr(err, "notice:"), "stderr:\n%s", err);
+        free(err);
+}
+
+Test(systemd, auto_target_with_a_foreign_journal_stream_stays_on_stderr, .timeout = 60) {
+        const char *const env[] = { "JOURNAL_STREAM=1:1", NULL };
+        char *err = run_briefly(NULL, env);
+
+        /* stderr is a file here, not the journal stream named: stderr, with prefixes. */
+        cr_assert_not_null(strstr(err, "<5>hellod "), "stderr:\n%s", err);
+        free(err);
+}
+
+Test(systemd, plain_stderr_outside_systemd, .timeout = 60) {
+        const char *const args[] = { "--log-target=auto", NULL };
+        char *err = run_briefly(args, NULL);
+
+        cr_assert_not_null(strstr(err, " notice: hellod "), "stderr:\n%s", err);
+        cr_assert_null(strstr(err, "<5>"), "stderr:\n%s", err);
+        free(err);
+}
+
+Test(systemd, bad_log_target_is_a_usage_error, .timeout = 60) {
+        Hellod *d = hellod_new();
+        const char *const args[] = { harness_env_path("HELLOD_BIN"), "--log-target=syslog", NULL };
+        int status = hellod_run(d, args);
+
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == HELLOD_EXIT_USAGE, "status %d", status);
+        hellod_free(d);
+}
