@@ -298,3 +298,33 @@ Test(systemd, bad_log_target_is_a_usage_error, .timeout = 60) {
         cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == HELLOD_EXIT_USAGE, "status %d", status);
         hellod_free(d);
 }
+
+/* What `ListenStream=9999` creates is one dual-stack [::] socket: IPv4 clients arrive as
+ * ::ffff:a.b.c.d and must be logged and limited as the plain IPv4 address they are. */
+Test(systemd, dual_stack_socket_sees_plain_ipv4, .timeout = 60) {
+        Hellod *d = hellod_new();
+        char addr[64], needle[64], *err;
+        int first, second;
+
+        snprintf(addr, sizeof(addr), "[::]:%u", (unsigned) d->port);
+        const char *const wrapper[] = { SOCKET_ACTIVATE, "-l", addr, "--fdname=hellod", NULL };
+        hellod_write_config_std(d, "max_connections_per_ip = 1;\n");
+        hellod_spawn(d, &(HellodOpts) { .wrapper = wrapper });
+        hellod_wait_ready(d);
+
+        first = client_connect_greeted("127.0.0.1", d->port, NULL, HELLOD_GREETING, HELLOD_ERR_BUSY);
+        second = client_connect(d->port);
+        client_expect_str(second, HELLOD_ERR_BUSY);
+        client_expect_eof(second, false);
+        client_close(second);
+        client_hello(first, "v4 over dual stack");
+        client_close(first);
+
+        snprintf(needle, sizeof(needle), "refused 127.0.0.1:");
+        hellod_wait_stderr(d, needle);
+        err = hellod_stderr(d);
+        cr_assert_null(strstr(err, "::ffff:"), "an IPv4 client was logged as IPv4-mapped IPv6:\n%s", err);
+        free(err);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
