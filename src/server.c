@@ -303,12 +303,12 @@ static void update_status(Server *s) {
 
         if (now < s->status_next)
                 return;
+        s->status_next = now + STATUS_INTERVAL_MSEC * 1000u;
         format_status(s, status, sizeof(status));
         if (strcmp(status, s->status_sent) == 0)
                 return;
         notify_status(status);
         memcpy(s->status_sent, status, sizeof(status));
-        s->status_next = now + STATUS_INTERVAL_MSEC * 1000u;
 }
 
 static void ready(Server *s) {
