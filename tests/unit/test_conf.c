@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "conf.h"
+#include "server.h"
 #include "log.h"
 
 typedef struct Loaded {
@@ -961,4 +962,43 @@ Test(conf_ref, concurrent_loads) {
                 unlink(paths[i]);
                 cr_expect_eq(jobs[i].failures, 0);
         }
+}
+
+/* ---- the default path may be absent, a named one may not (conf_load_for, server.h) ---- */
+
+Test(conf_file, absent_optional_path_gives_defaults_and_says_so) {
+        char err[256];
+        Conf *c = NULL;
+        bool defaulted = false;
+
+        cr_assert_eq(conf_load_for("/nonexistent/hellod.conf", true, &c, &defaulted, err, sizeof(err)), 0, "%s",
+                     err);
+        cr_assert(defaulted);
+        cr_assert_null(c->path);
+        expect_defaults(c);
+        conf_unref(c);
+}
+
+Test(conf_file, absent_named_path_is_an_error) {
+        char err[256];
+        Conf *c = NULL;
+        bool defaulted = true;
+
+        cr_assert_eq(conf_load_for("/nonexistent/hellod.conf", false, &c, &defaulted, err, sizeof(err)), -ENOENT);
+        cr_assert_not(defaulted);
+        cr_assert_null(c);
+        cr_assert_str_eq(err, "/nonexistent/hellod.conf: No such file or directory");
+}
+
+Test(conf_file, present_optional_path_is_read) {
+        char path[PATH_MAX], err[256];
+        Conf *c = NULL;
+        bool defaulted = true;
+
+        write_temp("port = 7777;\n", path, sizeof(path));
+        cr_assert_eq(conf_load_for(path, true, &c, &defaulted, err, sizeof(err)), 0, "%s", err);
+        unlink(path);
+        cr_assert_not(defaulted);
+        cr_assert_eq(c->port, 7777);
+        conf_unref(c);
 }
