@@ -846,22 +846,15 @@ static int conf_apply(Conf *c, const config_t *cfg, const ConfCtx *ctx) {
         return 0;
 }
 
-static int conf_parse_file(Conf *c, const ConfCtx *ctx) {
+/* conf_parse_text: TEXT (SIZE bytes, NUL-terminated) as a configuration file. */
+static int conf_parse_text(Conf *c, const ConfCtx *ctx, const char *text, size_t size) {
         WideLiteral wide;
         config_t cfg;
-        size_t size = 0;
-        char *text = NULL;
         int r;
 
-        r = read_file(ctx, &text, &size);
-        if (r < 0)
-                return r;
         /* libconfig reads a C string: anything after a NUL would be silently ignored. */
-        if (strlen(text) != size) {
-                r = file_error(ctx, -EINVAL, NULL, line_of(text, strlen(text)), "NUL byte in file");
-                free(text);
-                return r;
-        }
+        if (strlen(text) != size)
+                return file_error(ctx, -EINVAL, NULL, line_of(text, strlen(text)), "NUL byte in file");
 
         config_init(&cfg);
         if (!config_read_string(&cfg, text)) {
@@ -875,6 +868,18 @@ static int conf_parse_file(Conf *c, const ConfCtx *ctx) {
         else
                 r = conf_apply(c, &cfg, ctx);
         config_destroy(&cfg);
+        return r;
+}
+
+static int conf_parse_file(Conf *c, const ConfCtx *ctx) {
+        size_t size = 0;
+        char *text = NULL;
+        int r;
+
+        r = read_file(ctx, &text, &size);
+        if (r < 0)
+                return r;
+        r = conf_parse_text(c, ctx, text, size);
         free(text);
         return r;
 }
@@ -949,6 +954,33 @@ int conf_load(const char *path, Conf **ret, char *err, size_t err_size) {
                         conf_free(c);
                         return r;
                 }
+        }
+        *ret = c;
+        return 0;
+}
+
+int conf_load_text(const char *name, const char *text, size_t size, Conf **ret, char *err, size_t err_size) {
+        ConfCtx ctx = { .path = name, .err = err, .err_size = err_size };
+        char *copy;
+        Conf *c;
+        int r;
+
+        assert(name && ret);
+        if (err && err_size > 0)
+                err[0] = '\0';
+        /* The parser wants a NUL-terminated string; TEXT need not be one. */
+        copy = malloc(size + 1);
+        if (!copy || conf_new(name, &c) < 0) {
+                free(copy);
+                return oom_error(&ctx);
+        }
+        memcpy(copy, text, size);
+        copy[size] = '\0';
+        r = conf_parse_text(c, &ctx, copy, size);
+        free(copy);
+        if (r < 0) {
+                conf_free(c);
+                return r;
         }
         *ret = c;
         return 0;

@@ -71,6 +71,10 @@ typedef struct Conf {
  * -ENOENT when the file does not exist (the caller decides whether that is fatal). */
 int conf_load(const char *path, Conf **ret, char *err, size_t err_size);
 
+/* conf_load_text: the same from SIZE bytes of TEXT (need not be NUL-terminated); NAME stands
+ * for the file in messages and in Conf.path. For tests and fuzzers. */
+int conf_load_text(const char *name, const char *text, size_t size, Conf **ret, char *err, size_t err_size);
+
 Conf *conf_ref(Conf *c);
 /* conf_unref: drops a reference and frees on the last one; NULL-safe; returns NULL. */
 Conf *conf_unref(Conf *c);

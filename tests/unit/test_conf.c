@@ -1002,3 +1002,28 @@ Test(conf_file, present_optional_path_is_read) {
         cr_assert_eq(c->port, 7777);
         conf_unref(c);
 }
+
+/* ---- conf_load_text: the same parser over bytes in memory (fuzzers, tests) ---- */
+
+Test(conf_text, parses_unterminated_bytes_and_names_the_source) {
+        const char text[] = "port = 7000;\nbogus = 1;XXXX";
+        char err[256];
+        Conf *c = NULL;
+
+        cr_assert_eq(conf_load_text("mem.conf", text, strlen("port = 7000;\n"), &c, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(c->port, 7000);
+        cr_assert_str_eq(c->path, "mem.conf");
+        conf_unref(c);
+        cr_assert_eq(conf_load_text("mem.conf", text, strlen(text) - 4, &c, err, sizeof(err)), -EINVAL);
+        cr_assert_not_null(strstr(err, "mem.conf:2:"), "%s", err);
+}
+
+Test(conf_text, embedded_nul_is_an_error_with_its_line) {
+        const char text[] = "port = 7000;\n\0port = 1;\n";
+        char err[256];
+        Conf *c = NULL;
+
+        cr_assert_eq(conf_load_text("mem.conf", text, sizeof(text) - 1, &c, err, sizeof(err)), -EINVAL);
+        cr_assert_null(c);
+        cr_assert_not_null(strstr(err, "mem.conf:2:"), "%s", err);
+}
