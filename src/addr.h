@@ -1,6 +1,8 @@
 /* addr: socket addresses as text and as keys, IPv4-mapped IPv6 shown as plain IPv4. */
 #pragma once
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
 
@@ -18,3 +20,23 @@ const char *addr_format(const struct sockaddr *sa, char *buf, size_t size);
 
 /* ip_key_from_sockaddr: returns 0, or -EAFNOSUPPORT for non-IP families. */
 int ip_key_from_sockaddr(const struct sockaddr *sa, IpKey *ret);
+bool ip_key_is_ipv4(const IpKey *k);
+
+/* ip_key_mask: keeps the first V4_PREFIX bits of an IPv4 address, or V6_PREFIX bits of an IPv6
+ * one, so that clients of one network block count as one source (OpenSSH's
+ * PerSourceNetBlockSize): one host cannot dodge per-source limits by rotating addresses. */
+void ip_key_mask(IpKey *k, unsigned v4_prefix, unsigned v6_prefix);
+
+/* Cidr: an address prefix, IPv4 held IPv4-mapped (prefix length counted in that space). */
+typedef struct Cidr {
+        IpKey net;
+        unsigned bits; /* 0..128 */
+} Cidr;
+
+/* cidr_parse: "192.0.2.0/24", "2001:db8::/32", or a single address ("192.0.2.7", "::1").
+ * Host bits beyond the prefix are an error (a typo more often than not). Returns 0, or
+ * -EINVAL with a reason in ERR. */
+int cidr_parse(const char *text, Cidr *ret, char *err, size_t err_size);
+bool cidr_match(const Cidr *c, const IpKey *k);
+/* cidr_format: back to the text cidr_parse() takes. */
+const char *cidr_format(const Cidr *c, char *buf, size_t size);

@@ -580,6 +580,107 @@ static int parse_listen(Conf *c, const ConfKey *k, const config_setting_t *s, co
         return 0;
 }
 
+static int parse_cidr_list(const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx, Cidr **ret,
+                           size_t *ret_n) {
+        char buf[ECHO_BUF_SIZE], why[ERR_REASON_MAX];
+        int type = config_setting_type(s), n, r = 0;
+        Cidr *items;
+
+        if (type != CONFIG_TYPE_ARRAY && type != CONFIG_TYPE_LIST)
+                return key_error(ctx, s, k->name, "must be a list of strings, got %s", type_name(type));
+        n = config_setting_length(s);
+        if (n > CONF_CIDR_MAX)
+                return key_error(ctx, s, k->name, "has too many entries (%d, at most %d)", n, CONF_CIDR_MAX);
+        items = calloc(n > 0 ? (size_t) n : 1, sizeof(Cidr));
+        if (!items)
+                return oom_error(ctx);
+        for (int i = 0; i < n && r == 0; i++) {
+                const config_setting_t *e = config_setting_get_elem(s, (unsigned) i);
+                const char *text;
+
+                if (!e || config_setting_type(e) != CONFIG_TYPE_STRING) {
+                        r = key_error(ctx, e ? e : s, k->name, "entries must be strings, got %s",
+                                      type_name(e ? config_setting_type(e) : CONFIG_TYPE_NONE));
+                        break;
+                }
+                text = config_setting_get_string(e);
+                if (cidr_parse(text ? text : "", &items[i], why, sizeof(why)) < 0)
+                        r = key_error(ctx, e, k->name, "\"%s\": %s", echo(text ? text : "", buf), why);
+        }
+        if (r < 0) {
+                free(items);
+                return r;
+        }
+        free(*ret);
+        *ret = items;
+        *ret_n = (size_t) n;
+        return 0;
+}
+
+static int parse_allow(Conf *c, const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx) {
+        return parse_cidr_list(k, s, ctx, &c->allow, &c->n_allow);
+}
+
+static int parse_deny(Conf *c, const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx) {
+        return parse_cidr_list(k, s, ctx, &c->deny, &c->n_deny);
+}
+
+static int parse_overload(Conf *c, const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx) {
+        char buf[ECHO_BUF_SIZE];
+        const char *v = NULL;
+        int r;
+
+        r = parse_string(k, s, ctx, &v);
+        if (r < 0)
+                return r;
+        if (strcmp(v, "refuse") == 0)
+                c->overload = OVERLOAD_REFUSE;
+        else if (strcmp(v, "queue") == 0)
+                c->overload = OVERLOAD_QUEUE;
+        else
+                return key_error(ctx, s, k->name, "must be \"refuse\" or \"queue\", got \"%s\"", echo(v, buf));
+        return 0;
+}
+
+/* parse_name: a user or group name (or a numeric ID), as getpwnam()/getgrnam() take it; it is
+ * resolved when the daemon drops privileges, not here. */
+static int parse_name(const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx, char **ret) {
+        char buf[ECHO_BUF_SIZE];
+        const char *v = NULL;
+        char *copy;
+        size_t len;
+        int r;
+
+        r = parse_string(k, s, ctx, &v);
+        if (r < 0)
+                return r;
+        len = strlen(v);
+        if (len == 0 || len > CONF_NAME_MAX)
+                return key_error(ctx, s, k->name, "must be 1 to %d characters", CONF_NAME_MAX);
+        for (size_t i = 0; i < len; i++) {
+                char ch = v[i];
+                if (!is_ascii_alpha(ch) && !is_ascii_digit(ch) && ch != '_' && ch != '-' && ch != '.' &&
+                    !(ch == '$' && i == len - 1))
+                        return key_error(ctx, s, k->name, "\"%s\" is not a valid name", echo(v, buf));
+        }
+        if (v[0] == '-')
+                return key_error(ctx, s, k->name, "\"%s\" is not a valid name", echo(v, buf));
+        copy = strdup(v);
+        if (!copy)
+                return oom_error(ctx);
+        free(*ret);
+        *ret = copy;
+        return 0;
+}
+
+static int parse_user(Conf *c, const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx) {
+        return parse_name(k, s, ctx, &c->user);
+}
+
+static int parse_group(Conf *c, const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx) {
+        return parse_name(k, s, ctx, &c->group);
+}
+
 #define INT_KEY(key, parser, field, lo, hi)                                                               \
         { .name = (key), .parse = (parser), .offset = offsetof(Conf, field), .min = (lo), .max = (hi) }
 
@@ -598,6 +699,15 @@ static const ConfKey conf_keys[] = {
         { .name = "log_level", .parse = parse_log_level },
         INT_KEY("worker_stack_size", parse_size, worker_stack_size, CONF_WORKER_STACK_MIN,
                 CONF_WORKER_STACK_MAX),
+        { .name = "allow", .parse = parse_allow },
+        { .name = "deny", .parse = parse_deny },
+        INT_KEY("per_ip_ipv4_prefix", parse_unsigned, per_ip_ipv4_prefix, 1, 32),
+        INT_KEY("per_ip_ipv6_prefix", parse_unsigned, per_ip_ipv6_prefix, 1, 128),
+        INT_KEY("rate_limit_per_ip", parse_unsigned, rate_limit_per_ip, 0, 1000000),
+        INT_KEY("rate_limit_burst", parse_unsigned, rate_limit_burst, 1, 1000000),
+        { .name = "overload", .parse = parse_overload },
+        { .name = "user", .parse = parse_user },
+        { .name = "group", .parse = parse_group },
 };
 
 static const ConfKey *conf_key_find(const char *name, size_t len) {
@@ -892,6 +1002,10 @@ static void conf_free(Conf *c) {
         free(c->greeting);
         free(c->reply_prefix);
         free(c->reply_suffix);
+        free(c->allow);
+        free(c->deny);
+        free(c->user);
+        free(c->group);
         free(c);
 }
 
@@ -914,6 +1028,11 @@ static int conf_new(const char *path, Conf **ret) {
                 .framing = FRAMING_LINE,
                 .log_level = LOG_INFO,
                 .worker_stack_size = CONF_DEFAULT_WORKER_STACK_SIZE,
+                .per_ip_ipv4_prefix = CONF_DEFAULT_PER_IP_IPV4_PREFIX,
+                .per_ip_ipv6_prefix = CONF_DEFAULT_PER_IP_IPV6_PREFIX,
+                .rate_limit_per_ip = CONF_DEFAULT_RATE_LIMIT_PER_IP,
+                .rate_limit_burst = CONF_DEFAULT_RATE_LIMIT_BURST,
+                .overload = OVERLOAD_REFUSE,
         };
 
         c->listen = calloc(2, sizeof(ListenSpec));
@@ -1055,6 +1174,15 @@ static void print_listen(FILE *f, const Conf *c) {
         fputs(c->listen_is_default ? " ];  (built-in default)\n" : " ];\n", f);
 }
 
+static void print_cidrs(FILE *f, const char *key, const Cidr *items, size_t n) {
+        char buf[INET6_ADDRSTRLEN + 8];
+
+        fprintf(f, "%s = [", key);
+        for (size_t i = 0; i < n; i++)
+                fprintf(f, "%s \"%s\"", i ? "," : "", cidr_format(&items[i], buf, sizeof(buf)));
+        fputs(" ];\n", f);
+}
+
 void conf_print(const Conf *c, FILE *f) {
         const char *level = log_level_to_string(c->log_level);
 
@@ -1087,6 +1215,36 @@ void conf_print(const Conf *c, FILE *f) {
         fprintf(f, "framing = \"%s\";\n", framing_to_string(c->framing));
         fprintf(f, "log_level = \"%s\";\n", level ? level : "info");
         fprintf(f, "worker_stack_size = %zu;\n", c->worker_stack_size);
+        print_cidrs(f, "allow", c->allow, c->n_allow);
+        print_cidrs(f, "deny", c->deny, c->n_deny);
+        fprintf(f, "per_ip_ipv4_prefix = %u;\n", c->per_ip_ipv4_prefix);
+        fprintf(f, "per_ip_ipv6_prefix = %u;\n", c->per_ip_ipv6_prefix);
+        fprintf(f, "rate_limit_per_ip = %u;\n", c->rate_limit_per_ip);
+        fprintf(f, "rate_limit_burst = %u;\n", c->rate_limit_burst);
+        fprintf(f, "overload = \"%s\";\n", overload_to_string(c->overload));
+        /* Names were validated: letters, digits and _-.$ only; nothing to escape. */
+        if (c->user)
+                fprintf(f, "user = \"%s\";\n", c->user);
+        else
+                fputs("# user: not set\n", f);
+        if (c->group)
+                fprintf(f, "group = \"%s\";\n", c->group);
+        else
+                fputs("# group: not set\n", f);
+}
+
+const char *overload_to_string(Overload o) {
+        return o == OVERLOAD_QUEUE ? "queue" : "refuse";
+}
+
+bool conf_admits(const Conf *c, const IpKey *client) {
+        bool allowed = c->n_allow == 0;
+
+        for (size_t i = 0; i < c->n_allow && !allowed; i++)
+                allowed = cidr_match(&c->allow[i], client);
+        for (size_t i = 0; i < c->n_deny && allowed; i++)
+                allowed = !cidr_match(&c->deny[i], client);
+        return allowed;
 }
 
 const char *framing_to_string(Framing f) {

@@ -6,6 +6,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "addr.h"
+
 #define CONF_DEFAULT_PATH SYSCONFDIR "/hellod/hellod.conf"
 
 /* Built-in defaults; conf/hellod.conf and the README document the same values. */
@@ -19,6 +21,10 @@
 #define CONF_DEFAULT_GREETING "Welcome!"
 #define CONF_DEFAULT_REPLY "Hello, {name}!"
 #define CONF_DEFAULT_WORKER_STACK_SIZE (128 * 1024)
+#define CONF_DEFAULT_PER_IP_IPV4_PREFIX 32
+#define CONF_DEFAULT_PER_IP_IPV6_PREFIX 64
+#define CONF_DEFAULT_RATE_LIMIT_PER_IP 0
+#define CONF_DEFAULT_RATE_LIMIT_BURST 10
 
 /* The placeholder a reply template must contain exactly once. */
 #define CONF_REPLY_PLACEHOLDER "{name}"
@@ -27,6 +33,8 @@
 #define CONF_MAX_LINE_LENGTH_MAX (1024 * 1024)
 #define CONF_TEXT_MAX 1024 /* greeting and reply template, in bytes */
 #define CONF_LISTEN_MAX 64
+#define CONF_CIDR_MAX 1024 /* entries in `allow` or `deny` */
+#define CONF_NAME_MAX 64   /* `user`, `group` */
 #define CONF_WORKER_STACK_MIN (64 * 1024)
 #define CONF_WORKER_STACK_MAX (64 * 1024 * 1024)
 
@@ -34,6 +42,12 @@ typedef enum Framing {
         FRAMING_LINE,
         FRAMING_CHUNK,
 } Framing;
+
+/* What happens to a new client while max_connections are being served. */
+typedef enum Overload {
+        OVERLOAD_REFUSE, /* "ERR server busy", close */
+        OVERLOAD_QUEUE,  /* stop accepting: the kernel's backlog holds new clients */
+} Overload;
 
 /* One `listen` entry as written: host (a literal address or a name) and an optional port. */
 typedef struct ListenSpec {
@@ -62,6 +76,18 @@ typedef struct Conf {
         int log_level; /* a LOG_* priority from <syslog.h> */
         size_t worker_stack_size;
 
+        Cidr *allow; /* empty: everyone not denied */
+        size_t n_allow;
+        Cidr *deny;
+        size_t n_deny;
+        unsigned per_ip_ipv4_prefix; /* bits of an address that make one "source" */
+        unsigned per_ip_ipv6_prefix;
+        unsigned rate_limit_per_ip; /* new connections a second per source; 0: no limit */
+        unsigned rate_limit_burst;
+        Overload overload;
+        char *user; /* NULL: stay who we are started as */
+        char *group;
+
         int n_ref; /* atomic; conf_ref()/conf_unref() */
 } Conf;
 
@@ -89,3 +115,8 @@ int listen_spec_parse(const char *text, ListenSpec *ret, char *err, size_t err_s
 void listen_spec_done(ListenSpec *s);
 
 const char *framing_to_string(Framing f);
+const char *overload_to_string(Overload o);
+
+/* conf_admits: whether the client address passes `allow` and `deny`: it must match an
+ * `allow` entry if there are any, and no `deny` entry. */
+bool conf_admits(const Conf *c, const IpKey *client);

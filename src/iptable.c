@@ -1,7 +1,8 @@
-/* iptable: a chained hash of client address → live connections. */
+/* iptable: a chained hash of client source → live connections and rate bucket. */
 #include "iptable.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,14 +11,17 @@
 
 typedef struct IpEntry {
         IpKey key;
-        unsigned count;
+        unsigned count;    /* live connections */
+        uint64_t tokens;   /* rate bucket, in millitokens */
+        uint64_t refilled; /* usec of the last refill */
+        uint64_t full_at;  /* usec when the bucket is full again; 0: full (or never used) */
         struct IpEntry *next;
 } IpEntry;
 
 struct IpTable {
         IpEntry *buckets[IPTABLE_BUCKETS];
         size_t size;
-        uint64_t seed; /* per-table, so that clients cannot aim at one chain */
+        uint64_t seed;    /* per-table, so that clients cannot aim at one chain */
 };
 
 static size_t bucket_of(const IpTable *t, const IpKey *key) {
@@ -61,6 +65,32 @@ static IpEntry **find(IpTable *t, const IpKey *key) {
         return p;
 }
 
+static IpEntry *add(IpTable *t, IpEntry **slot, const IpKey *key) {
+        IpEntry *e = calloc(1, sizeof(*e));
+
+        if (!e)
+                return NULL;
+        e->key = *key;
+        *slot = e;
+        t->size++;
+        return e;
+}
+
+static bool idle(const IpEntry *e, uint64_t now) {
+        return e->count == 0 && now >= e->full_at;
+}
+
+/* drop_if_idle: removes *SLOT when nothing keeps it. */
+static void drop_if_idle(IpTable *t, IpEntry **slot, uint64_t now) {
+        IpEntry *e = *slot;
+
+        if (!idle(e, now))
+                return;
+        *slot = e->next;
+        free(e);
+        t->size--;
+}
+
 unsigned iptable_count(const IpTable *t, const IpKey *key) {
         IpEntry **p = find((IpTable *) t, key);
 
@@ -70,31 +100,63 @@ unsigned iptable_count(const IpTable *t, const IpKey *key) {
 int iptable_inc(IpTable *t, const IpKey *key) {
         IpEntry **p = find(t, key);
 
-        if (!*p) {
-                IpEntry *e = calloc(1, sizeof(*e));
-                if (!e)
-                        return -ENOMEM;
-                e->key = *key;
-                *p = e;
-                t->size++;
-        }
+        if (!*p && !add(t, p, key))
+                return -ENOMEM;
         (*p)->count++;
         return 0;
 }
 
-void iptable_dec(IpTable *t, const IpKey *key) {
+void iptable_dec(IpTable *t, const IpKey *key, uint64_t now) {
         IpEntry **p = find(t, key);
-        IpEntry *e = *p;
 
-        if (!e)
+        if (!*p || (*p)->count == 0)
                 return;
-        if (--e->count == 0) {
-                *p = e->next;
-                free(e);
-                t->size--;
-        }
+        (*p)->count--;
+        drop_if_idle(t, p, now);
 }
 
 size_t iptable_size(const IpTable *t) {
         return t->size;
+}
+
+int iptable_take_token(IpTable *t, const IpKey *key, unsigned rate, unsigned burst, uint64_t now) {
+        const uint64_t full = (uint64_t) burst * 1000u;
+        IpEntry **p = find(t, key);
+        IpEntry *e = *p;
+
+        if (!e) {
+                if (t->size >= IPTABLE_RATE_ENTRIES_MAX) {
+                        iptable_expire(t, now);
+                        if (t->size >= IPTABLE_RATE_ENTRIES_MAX)
+                                return -ENOSPC;
+                        p = find(t, key);
+                }
+                e = add(t, p, key);
+                if (!e)
+                        return -ENOMEM;
+        }
+        if (e->full_at == 0 || now >= e->full_at)
+                e->tokens = full; /* never drawn from, or refilled by now */
+        else /* millitokens gained: rate/s × elapsed µs / 1000 */
+                e->tokens = e->tokens + (now - e->refilled) * rate / 1000u >= full
+                                    ? full
+                                    : e->tokens + (now - e->refilled) * rate / 1000u;
+        e->refilled = now;
+
+        int allowed = e->tokens >= 1000u;
+        if (allowed)
+                e->tokens -= 1000u;
+        /* The entry must stay until the bucket is full again. */
+        e->full_at = now + ((full - e->tokens) * 1000u + rate - 1) / rate;
+        return allowed;
+}
+
+void iptable_expire(IpTable *t, uint64_t now) {
+        for (size_t i = 0; i < IPTABLE_BUCKETS; i++)
+                for (IpEntry **p = &t->buckets[i]; *p;) {
+                        if (idle(*p, now))
+                                drop_if_idle(t, p, now);
+                        else
+                                p = &(*p)->next;
+                }
 }

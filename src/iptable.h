@@ -1,8 +1,17 @@
-/* iptable: live connection counts per client address, for max_connections_per_ip.
+/* iptable: per-source state: live connections (for max_connections_per_ip) and a token
+ * bucket (for the connection rate limit). A source is a client address, or its network
+ * block once masked with ip_key_mask(). An entry lives while it has connections or its
+ * bucket is refilling, so the table holds only sources seen lately.
  * Not locked: the server serialises every call under its own mutex. */
 #pragma once
 
+#include <stdint.h>
+
 #include "addr.h"
+
+/* A bound on the sources tracked; when it is reached and nothing has expired, the rate limit
+ * fails open (admits) rather than refuse everyone, and the server says so. */
+#define IPTABLE_RATE_ENTRIES_MAX 65536
 
 typedef struct IpTable IpTable;
 
@@ -12,6 +21,13 @@ IpTable *iptable_free(IpTable *t);
 unsigned iptable_count(const IpTable *t, const IpKey *key);
 /* iptable_inc: returns 0 or -ENOMEM. */
 int iptable_inc(IpTable *t, const IpKey *key);
-/* iptable_dec: the entry goes away at zero, so the table only holds live clients. */
-void iptable_dec(IpTable *t, const IpKey *key);
+void iptable_dec(IpTable *t, const IpKey *key, uint64_t now_usec);
 size_t iptable_size(const IpTable *t);
+
+/* iptable_take_token: one connection from KEY's bucket, which holds BURST tokens and refills
+ * at RATE a second. Returns 1 (take it), 0 (over the rate), -ENOSPC (table full: the caller
+ * decides), -ENOMEM. */
+int iptable_take_token(IpTable *t, const IpKey *key, unsigned rate, unsigned burst, uint64_t now_usec);
+
+/* iptable_expire: drops the entries with no connection whose bucket has refilled. */
+void iptable_expire(IpTable *t, uint64_t now_usec);

@@ -9,6 +9,7 @@
 #include "conf.h"
 #include "listener.h"
 #include "log.h"
+#include "privileges.h"
 #include "server.h"
 
 #include "config.h"
@@ -194,6 +195,13 @@ int main(int argc, char *argv[]) {
         };
         r = server_new(&server, conf, &opts, &inherited);
         if (r < 0) {
+                code = EXIT_RUNTIME;
+                goto out;
+        }
+        /* The listeners are bound (ports below 1024 need root): now stop being root. */
+        r = privileges_drop(conf->user, conf->group, err, sizeof(err));
+        if (r < 0) {
+                log_error("cannot drop privileges: %s", err);
                 code = EXIT_RUNTIME;
                 goto out;
         }

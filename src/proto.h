@@ -11,6 +11,7 @@
 #include "conf.h"
 
 #define PROTO_ERR_BUSY "ERR server busy\r\n"
+#define PROTO_ERR_RATE "ERR rate limited\r\n"
 #define PROTO_ERR_TOO_LONG "ERR line too long\r\n"
 #define PROTO_ERR_IDLE "ERR idle timeout\r\n"
 #define PROTO_ERR_SHUTDOWN "ERR shutting down\r\n"

@@ -13,6 +13,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -57,6 +58,8 @@ struct Server {
         uint64_t watchdog_next;    /* usec, CLOCK_MONOTONIC */
         uint64_t status_next;      /* usec; when STATUS= may be refreshed again */
         char status_sent[128];
+        int wake_fd;               /* eventfd: a slot freed while accepting waits for one */
+        RateLimit table_full_log;
 
         pthread_mutex_t lock;
         pthread_cond_t drained; /* signalled when n_active drops to 0 */
@@ -64,6 +67,9 @@ struct Server {
         unsigned n_active;      /* under lock */
         IpTable *ips;           /* under lock */
         uint64_t n_accepted, n_refused, next_id;
+        /* overload = "queue": accepting waits while n_active >= slots (under lock). */
+        bool waiting_for_slot;
+        unsigned slots;
 };
 
 static const int handled_signals[] = { SIGTERM, SIGINT, SIGHUP };
@@ -108,10 +114,10 @@ static void log_refusal(Server *s, const char *peer, const char *reason, const c
 }
 
 /* turn_away: a short ERR line, then close without a RST that could eat it. */
-static void turn_away(int fd) {
+static void turn_away(int fd, const char *line) {
         char sink[512];
 
-        (void) send(fd, PROTO_ERR_BUSY, strlen(PROTO_ERR_BUSY), MSG_DONTWAIT | MSG_NOSIGNAL);
+        (void) send(fd, line, strlen(line), MSG_DONTWAIT | MSG_NOSIGNAL);
         (void) shutdown(fd, SHUT_WR);
         /* Bytes the client already sent would turn close() into a RST. */
         for (int i = 0; i < 8 && recv(fd, sink, sizeof(sink), MSG_DONTWAIT) > 0; i++)
@@ -126,7 +132,7 @@ static void count_refusal(Server *s) {
 }
 
 static void refuse(Server *s, int fd, const char *peer, const char *reason, const char *detail) {
-        turn_away(fd);
+        turn_away(fd, PROTO_ERR_BUSY);
         count_refusal(s);
         log_refusal(s, peer, reason, detail);
 }
@@ -140,12 +146,16 @@ static void release(Server *s, Session *session) {
                 s->sessions = session->next;
         if (session->next)
                 session->next->prev = session->prev;
-        iptable_dec(s->ips, &session->ip);
+        iptable_dec(s->ips, &session->ip, now_usec());
         /* Closing under the lock: the server may call shutdown() on any registered fd, and
          * the number must not be reused before it is unregistered. */
         session_free(session);
         if (--s->n_active == 0)
                 pthread_cond_broadcast(&s->drained);
+        if (s->waiting_for_slot && s->n_active < s->slots) {
+                s->waiting_for_slot = false;
+                (void) eventfd_write(s->wake_fd, 1);
+        }
         pthread_mutex_unlock(&s->lock);
 }
 
@@ -157,32 +167,64 @@ static void serve(void *arg) {
         release(session->userdata, session);
 }
 
-/* admit: limits, then a session on a worker thread. Takes ownership of FD. */
+/* rate_check: the source's connection-rate bucket; called under the lock. Returns the
+ * refusal reason, or NULL to go on. */
+static const char *rate_check(Server *s, const IpKey *source) {
+        const Conf *conf = s->conf;
+        unsigned suppressed;
+
+        if (conf->rate_limit_per_ip == 0)
+                return NULL;
+        int r = iptable_take_token(s->ips, source, conf->rate_limit_per_ip, conf->rate_limit_burst, now_usec());
+        if (r == 0)
+                return "rate-limited";
+        if (r < 0 && ratelimit_allow(&s->table_full_log, &suppressed))
+                /* Fail open: a flood of distinct sources must not lock everyone out. */
+                log_warning_errno(r, "cannot track more sources for rate_limit_per_ip, admitting");
+        return NULL;
+}
+
+/* admit: access lists and limits, then a session on a worker thread. Takes ownership of FD. */
 static void admit(Server *s, int fd, const struct sockaddr *peer, const Listener *via) {
         const Conf *conf = s->conf;
         char name[ADDR_STR_MAX];
         const char *reason = NULL, *detail = NULL;
         Session *session = NULL;
-        IpKey ip;
+        IpKey ip, source;
         int r;
 
         (void) ip_key_from_sockaddr(peer, &ip);
+        if (!conf_admits(conf, &ip)) {
+                /* Not worth an answer: the address may not talk to us at all. */
+                close(fd);
+                count_refusal(s);
+                log_refusal(s, addr_format(peer, name, sizeof(name)), "denied", "denied by allow/deny");
+                return;
+        }
+        /* Per-source limits count network blocks, so rotating addresses does not help. */
+        source = ip;
+        ip_key_mask(&source, conf->per_ip_ipv4_prefix, conf->per_ip_ipv6_prefix);
+
         pthread_mutex_lock(&s->lock);
-        if (s->n_active >= conf->max_connections) {
+        if ((reason = rate_check(s, &source))) {
+                detail = "too many connections from this source (rate_limit_per_ip)";
+        } else if (s->n_active >= conf->max_connections) {
                 reason = "max-connections";
                 detail = "server busy (max_connections reached)";
-        } else if (conf->max_connections_per_ip > 0 && iptable_count(s->ips, &ip) >= conf->max_connections_per_ip) {
+        } else if (conf->max_connections_per_ip > 0 &&
+                   iptable_count(s->ips, &source) >= conf->max_connections_per_ip) {
                 reason = "max-connections-per-ip";
                 detail = "server busy (max_connections_per_ip reached)";
-        } else if (iptable_inc(s->ips, &ip) < 0) {
+        } else if (iptable_inc(s->ips, &source) < 0) {
                 reason = "out-of-memory";
                 detail = "out of memory";
         } else if (session_new(&session, fd, s->conf, peer, via->name) < 0) {
-                iptable_dec(s->ips, &ip);
+                iptable_dec(s->ips, &source, now_usec());
                 reason = "out-of-memory";
                 detail = "out of memory";
                 fd = -1; /* session_new() closed it */
         } else {
+                session->ip = source; /* what release() gives back */
                 session->id = ++s->next_id;
                 session->userdata = s;
                 session->next = s->sessions;
@@ -197,11 +239,9 @@ static void admit(Server *s, int fd, const struct sockaddr *peer, const Listener
         if (reason) {
                 addr_format(peer, name, sizeof(name));
                 if (fd >= 0)
-                        refuse(s, fd, name, reason, detail);
-                else {
-                        count_refusal(s);
-                        log_refusal(s, name, reason, detail);
-                }
+                        turn_away(fd, strcmp(reason, "rate-limited") == 0 ? PROTO_ERR_RATE : PROTO_ERR_BUSY);
+                count_refusal(s);
+                log_refusal(s, name, reason, detail);
                 return;
         }
 
@@ -234,7 +274,7 @@ static void out_of_descriptors(Server *s, int listen_fd, int error) {
                 s->reserve_fd = -1;
                 int fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
                 if (fd >= 0) {
-                        turn_away(fd);
+                        turn_away(fd, PROTO_ERR_BUSY);
                         count_refusal(s);
                 }
                 s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -244,8 +284,23 @@ static void out_of_descriptors(Server *s, int listen_fd, int error) {
         pause_accepting(s);
 }
 
+/* at_capacity: with overload = "queue", whether accepting must wait for a free slot; if so,
+ * release() is asked to wake the accept loop when one frees up. */
+static bool at_capacity(Server *s) {
+        bool full;
+
+        if (s->conf->overload != OVERLOAD_QUEUE)
+                return false;
+        pthread_mutex_lock(&s->lock);
+        s->slots = s->conf->max_connections;
+        full = s->n_active >= s->slots;
+        s->waiting_for_slot = full;
+        pthread_mutex_unlock(&s->lock);
+        return full;
+}
+
 static void accept_some(Server *s, const Listener *l) {
-        for (int i = 0; i < ACCEPT_BATCH; i++) {
+        for (int i = 0; i < ACCEPT_BATCH && !at_capacity(s); i++) {
                 struct sockaddr_storage peer;
                 socklen_t len = sizeof(peer);
                 int fd = accept4(l->fd, (struct sockaddr *) &peer, &len, SOCK_CLOEXEC);
@@ -304,6 +359,10 @@ static void update_status(Server *s) {
         if (now < s->status_next)
                 return;
         s->status_next = now + STATUS_INTERVAL_MSEC * 1000u;
+        /* Sources whose rate bucket refilled are forgotten here, once a second at most. */
+        pthread_mutex_lock(&s->lock);
+        iptable_expire(s->ips, now);
+        pthread_mutex_unlock(&s->lock);
         format_status(s, status, sizeof(status));
         if (strcmp(status, s->status_sent) == 0)
                 return;
@@ -331,6 +390,10 @@ static int reload_listeners(Server *s, const Conf *conf, char *err, size_t err_s
         return 0;
 }
 
+static bool same_name(const char *a, const char *b) {
+        return a == b || (a && b && strcmp(a, b) == 0);
+}
+
 static void reload(Server *s) {
         char err[512], names[1024];
         Conf *conf = NULL;
@@ -347,6 +410,8 @@ static void reload(Server *s) {
                 ready(s);
                 return;
         }
+        if (!same_name(conf->user, s->conf->user) || !same_name(conf->group, s->conf->group))
+                log_warning("a change of 'user' or 'group' takes effect when hellod is restarted");
         conf_unref(s->conf);
         s->conf = conf;
         apply_log_level(s);
@@ -485,8 +550,8 @@ int server_run(Server *s) {
                 update_status(s);
 
                 int timeout = poll_timeout(s);
-                bool accepting = s->accept_paused_until == 0;
-                size_t n = 1 + s->listeners.n;
+                bool accepting = s->accept_paused_until == 0 && !at_capacity(s);
+                size_t n = 2 + s->listeners.n;
 
                 /* The listener set changes on reload: rebuild the poll set every round; it is
                  * a handful of entries. */
@@ -497,8 +562,9 @@ int server_run(Server *s) {
                 }
                 pfds = grown;
                 pfds[0] = (struct pollfd) { .fd = s->signal_fd, .events = POLLIN };
+                pfds[1] = (struct pollfd) { .fd = s->wake_fd, .events = POLLIN };
                 for (size_t i = 0; i < s->listeners.n; i++)
-                        pfds[1 + i] = (struct pollfd) { .fd = s->listeners.items[i].fd,
+                        pfds[2 + i] = (struct pollfd) { .fd = s->listeners.items[i].fd,
                                                         .events = accepting ? POLLIN : 0 };
 
                 if (poll(pfds, n, timeout) < 0) {
@@ -518,8 +584,12 @@ int server_run(Server *s) {
                                 continue; /* the pollfd array no longer matches the listeners */
                         }
                 }
+                if (pfds[1].revents & POLLIN) {
+                        eventfd_t drained;
+                        (void) eventfd_read(s->wake_fd, &drained); /* a slot freed: poll again */
+                }
                 for (size_t i = 0; i < s->listeners.n && s->accept_paused_until == 0; i++)
-                        if (pfds[1 + i].revents & POLLIN)
+                        if (pfds[2 + i].revents & POLLIN)
                                 accept_some(s, &s->listeners.items[i]);
         }
         free(pfds);
@@ -542,6 +612,8 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
         s->conf = conf_ref(conf);
         s->signal_fd = -1;
         s->reserve_fd = -1;
+        s->wake_fd = -1;
+        s->table_full_log = (RateLimit) RATELIMIT_INIT(1);
         s->refusal_log = (RateLimit) RATELIMIT_INIT(REFUSAL_LOG_BURST);
         s->exhaustion_log = (RateLimit) RATELIMIT_INIT(1);
         pthread_mutex_init(&s->lock, NULL);
@@ -557,6 +629,11 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
         s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
         if (s->reserve_fd < 0) {
                 r = log_error_errno(-errno, "cannot open /dev/null");
+                goto fail;
+        }
+        s->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (s->wake_fd < 0) {
+                r = log_error_errno(-errno, "cannot create an eventfd");
                 goto fail;
         }
         r = iptable_new(&s->ips);
@@ -601,11 +678,14 @@ Server *server_free(Server *s) {
                 close(s->reserve_fd);
         if (s->signal_fd >= 0)
                 close(s->signal_fd);
+        if (s->wake_fd >= 0)
+                close(s->wake_fd);
         conf_unref(s->conf);
         pthread_cond_destroy(&s->drained);
         pthread_mutex_destroy(&s->lock);
         pthread_mutex_destroy(&s->refusal_log.lock);
         pthread_mutex_destroy(&s->exhaustion_log.lock);
+        pthread_mutex_destroy(&s->table_full_log.lock);
         free(s);
         return NULL;
 }

@@ -73,13 +73,13 @@ Test(iptable, counts_up_and_down_and_forgets_at_zero) {
         cr_assert_eq(iptable_count(t, &ka), 2);
         cr_assert_eq(iptable_count(t, &kb), 1);
         cr_assert_eq(iptable_size(t), 2);
-        iptable_dec(t, &ka);
-        iptable_dec(t, &kb);
+        iptable_dec(t, &ka, 0);
+        iptable_dec(t, &kb, 0);
         cr_assert_eq(iptable_count(t, &ka), 1);
         cr_assert_eq(iptable_count(t, &kb), 0);
         cr_assert_eq(iptable_size(t), 1);
-        iptable_dec(t, &ka);
-        iptable_dec(t, &ka); /* one too many: harmless */
+        iptable_dec(t, &ka, 0);
+        iptable_dec(t, &ka, 0); /* one too many: harmless */
         cr_assert_eq(iptable_size(t), 0);
         cr_assert_null(iptable_free(t));
 }
@@ -99,8 +99,137 @@ Test(iptable, many_distinct_clients) {
                 IpKey k = { { 0x20, 0x01, 0x0d, 0xb8 } };
                 memcpy(k.bytes + 12, &i, sizeof(i));
                 cr_assert_eq(iptable_count(t, &k), 1);
-                iptable_dec(t, &k);
+                iptable_dec(t, &k, 0);
         }
         cr_assert_eq(iptable_size(t), 0);
+        iptable_free(t);
+}
+
+/* ---- network blocks ---- */
+
+static IpKey key_of(const char *ip) {
+        struct sockaddr_storage ss = { 0 };
+        IpKey k;
+
+        if (strchr(ip, ':')) {
+                struct sockaddr_in6 a = v6(ip, 1);
+                memcpy(&ss, &a, sizeof(a));
+        } else {
+                struct sockaddr_in a = v4(ip, 1);
+                memcpy(&ss, &a, sizeof(a));
+        }
+        cr_assert_eq(ip_key_from_sockaddr((struct sockaddr *) &ss, &k), 0);
+        return k;
+}
+
+Test(mask, ipv6_clients_in_one_64_are_one_source) {
+        IpKey a = key_of("2001:db8:1:2:aaaa::1"), b = key_of("2001:db8:1:2:bbbb::2"), c = key_of("2001:db8:1:3::1");
+
+        ip_key_mask(&a, 32, 64);
+        ip_key_mask(&b, 32, 64);
+        ip_key_mask(&c, 32, 64);
+        cr_assert_eq(memcmp(&a, &b, sizeof(a)), 0);
+        cr_assert_neq(memcmp(&a, &c, sizeof(a)), 0);
+}
+
+Test(mask, ipv4_keeps_its_own_prefix_and_stays_ipv4) {
+        IpKey a = key_of("192.0.2.7"), b = key_of("192.0.2.200"), c = key_of("192.0.2.7");
+
+        ip_key_mask(&a, 24, 64);
+        ip_key_mask(&b, 24, 64);
+        ip_key_mask(&c, 32, 64);
+        cr_assert_eq(memcmp(&a, &b, sizeof(a)), 0);
+        cr_assert(ip_key_is_ipv4(&a));
+        IpKey unmasked = key_of("192.0.2.7");
+        cr_assert_eq(memcmp(&c, &unmasked, sizeof(c)), 0);
+}
+
+Test(cidr, parse_match_and_format) {
+        struct { const char *text, *in, *out, *formatted; } cases[] = {
+                { "10.0.0.0/8", "10.255.1.2", "11.0.0.1", "10.0.0.0/8" },
+                { "192.0.2.7", "192.0.2.7", "192.0.2.8", "192.0.2.7/32" },
+                { "0.0.0.0/0", "203.0.113.9", "::1", "0.0.0.0/0" },
+                { "2001:db8::/32", "2001:db8:ffff::1", "2001:db9::1", "2001:db8::/32" },
+                { "::1", "::1", "::2", "::1/128" },
+                { "::/0", "2001:db8::1", NULL, "::/0" },
+        };
+        char buf[64], err[128];
+
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                Cidr c;
+                IpKey in = key_of(cases[i].in);
+
+                cr_assert_eq(cidr_parse(cases[i].text, &c, err, sizeof(err)), 0, "%s: %s", cases[i].text, err);
+                cr_assert(cidr_match(&c, &in), "%s should match %s", cases[i].text, cases[i].in);
+                if (cases[i].out) {
+                        IpKey out = key_of(cases[i].out);
+                        cr_assert_not(cidr_match(&c, &out), "%s should not match %s", cases[i].text, cases[i].out);
+                }
+                cr_assert_str_eq(cidr_format(&c, buf, sizeof(buf)), cases[i].formatted);
+        }
+}
+
+Test(cidr, invalid_forms) {
+        const char *bad[] = { "", "/8", "10.0.0.0/", "10.0.0.0/33", "10.0.0.0/-1", "10.0.0.0/+8", "10.0.0.0/8x",
+                              "2001:db8::/129", "example.com", "10.0.0.1/8", "2001:db8::1/32", "1.2.3.4 /32" };
+        char err[128];
+        Cidr c;
+
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+                cr_assert_eq(cidr_parse(bad[i], &c, err, sizeof(err)), -EINVAL, "'%s' was accepted", bad[i]);
+        cr_assert_eq(cidr_parse("10.0.0.1/8", &c, err, sizeof(err)), -EINVAL);
+        cr_assert_not_null(strstr(err, "10.0.0.0/8"), "no hint in: %s", err);
+}
+
+/* ---- the connection-rate bucket ---- */
+
+Test(bucket, burst_then_refill_at_the_rate) {
+        IpTable *t = NULL;
+        IpKey k = key_of("192.0.2.1"), other = key_of("192.0.2.2");
+        uint64_t now = 1000000000;
+
+        cr_assert_eq(iptable_new(&t), 0);
+        for (int i = 0; i < 3; i++)
+                cr_assert_eq(iptable_take_token(t, &k, 2, 3, now), 1, "burst token %d", i);
+        cr_assert_eq(iptable_take_token(t, &k, 2, 3, now), 0, "the burst is spent");
+        cr_assert_eq(iptable_take_token(t, &other, 2, 3, now), 1, "another source is not affected");
+        cr_assert_eq(iptable_take_token(t, &k, 2, 3, now + 400000), 0, "0.8 tokens after 0.4 s at 2/s");
+        cr_assert_eq(iptable_take_token(t, &k, 2, 3, now + 500000), 1, "1 token after 0.5 s at 2/s");
+        cr_assert_eq(iptable_take_token(t, &k, 2, 3, now + 500000), 0);
+        /* Refilled and unused: the entries are forgotten. */
+        iptable_expire(t, now + 10 * 1000000);
+        cr_assert_eq(iptable_size(t), 0);
+        cr_assert_eq(iptable_take_token(t, &k, 2, 3, now + 10 * 1000000), 1);
+        iptable_free(t);
+}
+
+Test(bucket, an_entry_with_connections_outlives_its_bucket) {
+        IpTable *t = NULL;
+        IpKey k = key_of("192.0.2.1");
+
+        cr_assert_eq(iptable_new(&t), 0);
+        cr_assert_eq(iptable_take_token(t, &k, 1, 1, 1000), 1);
+        cr_assert_eq(iptable_inc(t, &k), 0);
+        iptable_expire(t, 1000 + 60 * 1000000);
+        cr_assert_eq(iptable_count(t, &k), 1);
+        iptable_dec(t, &k, 1000 + 60 * 1000000);
+        cr_assert_eq(iptable_size(t), 0);
+        iptable_free(t);
+}
+
+Test(bucket, a_full_table_fails_open_to_the_caller) {
+        IpTable *t = NULL;
+        uint64_t now = 5000000;
+
+        cr_assert_eq(iptable_new(&t), 0);
+        for (uint32_t i = 0; i < IPTABLE_RATE_ENTRIES_MAX; i++) {
+                IpKey k = { { 0x20, 0x01, 0x0d, 0xb8 } };
+                memcpy(k.bytes + 12, &i, sizeof(i));
+                cr_assert_eq(iptable_take_token(t, &k, 1, 2, now), 1);
+        }
+        IpKey extra = { { 0x20, 0x01, 0x0d, 0xb9 } };
+        cr_assert_eq(iptable_take_token(t, &extra, 1, 2, now), -ENOSPC);
+        /* Once the buckets refill, room comes back. */
+        cr_assert_eq(iptable_take_token(t, &extra, 1, 2, now + 2 * 1000000), 1);
         iptable_free(t);
 }

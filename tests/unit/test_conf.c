@@ -108,6 +108,15 @@ static void expect_defaults(const Conf *c) {
         cr_expect_eq(c->framing, FRAMING_LINE);
         cr_expect_eq(c->log_level, LOG_INFO);
         cr_expect_eq(c->worker_stack_size, 128 * 1024);
+        cr_expect_eq(c->n_allow, 0);
+        cr_expect_eq(c->n_deny, 0);
+        cr_expect_eq(c->per_ip_ipv4_prefix, 32);
+        cr_expect_eq(c->per_ip_ipv6_prefix, 64);
+        cr_expect_eq(c->rate_limit_per_ip, 0);
+        cr_expect_eq(c->rate_limit_burst, 10);
+        cr_expect_eq(c->overload, OVERLOAD_REFUSE);
+        cr_expect_null(c->user);
+        cr_expect_null(c->group);
         cr_expect_eq(c->n_ref, 1);
 }
 
@@ -132,6 +141,17 @@ static void expect_same(const Conf *a, const Conf *b) {
         cr_expect_eq(a->framing, b->framing);
         cr_expect_eq(a->log_level, b->log_level);
         cr_expect_eq(a->worker_stack_size, b->worker_stack_size);
+        cr_assert_eq(a->n_allow, b->n_allow);
+        cr_expect(a->n_allow == 0 || memcmp(a->allow, b->allow, a->n_allow * sizeof(Cidr)) == 0);
+        cr_assert_eq(a->n_deny, b->n_deny);
+        cr_expect(a->n_deny == 0 || memcmp(a->deny, b->deny, a->n_deny * sizeof(Cidr)) == 0);
+        cr_expect_eq(a->per_ip_ipv4_prefix, b->per_ip_ipv4_prefix);
+        cr_expect_eq(a->per_ip_ipv6_prefix, b->per_ip_ipv6_prefix);
+        cr_expect_eq(a->rate_limit_per_ip, b->rate_limit_per_ip);
+        cr_expect_eq(a->rate_limit_burst, b->rate_limit_burst);
+        cr_expect_eq(a->overload, b->overload);
+        cr_expect((a->user == NULL) == (b->user == NULL) && (!a->user || strcmp(a->user, b->user) == 0));
+        cr_expect((a->group == NULL) == (b->group == NULL) && (!a->group || strcmp(a->group, b->group) == 0));
 }
 
 /* ---- defaults ---- */
@@ -264,6 +284,10 @@ static const IntKey int_keys[] = {
         INT_KEY(max_line_length, 1, CONF_MAX_LINE_LENGTH_MAX),
         INT_KEY(shutdown_timeout, 0, 3600),
         INT_KEY(worker_stack_size, CONF_WORKER_STACK_MIN, CONF_WORKER_STACK_MAX),
+        INT_KEY(per_ip_ipv4_prefix, 1, 32),
+        INT_KEY(per_ip_ipv6_prefix, 1, 128),
+        INT_KEY(rate_limit_per_ip, 0, 1000000),
+        INT_KEY(rate_limit_burst, 1, 1000000),
 };
 
 static const IntKey *int_key(const char *name) {
@@ -371,6 +395,18 @@ Test(conf_int, max_line_length) {
 }
 Test(conf_int, shutdown_timeout) {
         check_int_key("shutdown_timeout");
+}
+Test(conf_int, per_ip_ipv4_prefix) {
+        check_int_key("per_ip_ipv4_prefix");
+}
+Test(conf_int, per_ip_ipv6_prefix) {
+        check_int_key("per_ip_ipv6_prefix");
+}
+Test(conf_int, rate_limit_per_ip) {
+        check_int_key("rate_limit_per_ip");
+}
+Test(conf_int, rate_limit_burst) {
+        check_int_key("rate_limit_burst");
 }
 Test(conf_int, worker_stack_size) {
         check_int_key("worker_stack_size");
@@ -1026,4 +1062,73 @@ Test(conf_text, embedded_nul_is_an_error_with_its_line) {
         cr_assert_eq(conf_load_text("mem.conf", text, sizeof(text) - 1, &c, err, sizeof(err)), -EINVAL);
         cr_assert_null(c);
         cr_assert_not_null(strstr(err, "mem.conf:2:"), "%s", err);
+}
+
+/* ---- access control, overload, privileges ---- */
+
+Test(conf_access, allow_and_deny_lists) {
+        Conf *c = load_ok("allow = [ \"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.7\" ];\n"
+                          "deny = [ \"10.9.0.0/16\" ];\n");
+        char buf[64];
+
+        cr_assert_eq(c->n_allow, 3);
+        cr_assert_eq(c->n_deny, 1);
+        cr_expect_str_eq(cidr_format(&c->allow[1], buf, sizeof(buf)), "2001:db8::/32");
+        IpKey in = { { [10] = 0xff, [11] = 0xff, 10, 1, 2, 3 } };
+        IpKey denied = { { [10] = 0xff, [11] = 0xff, 10, 9, 2, 3 } };
+        IpKey outside = { { [10] = 0xff, [11] = 0xff, 11, 1, 2, 3 } };
+        cr_expect(conf_admits(c, &in));
+        cr_expect_not(conf_admits(c, &denied), "deny wins over allow");
+        cr_expect_not(conf_admits(c, &outside), "not in a non-empty allow list");
+        conf_unref(c);
+
+        c = load_ok("deny = [ \"10.0.0.0/8\" ];\n");
+        cr_expect(conf_admits(c, &outside), "an empty allow list admits everyone not denied");
+        cr_expect_not(conf_admits(c, &in));
+        conf_unref(c);
+}
+
+Test(conf_access, list_errors_name_line_and_key) {
+        expect_error("port = 1;\nallow = [ \"10.0.0.1/8\" ];\n", 2, "allow", "did you mean 10.0.0.0/8");
+        expect_error("\ndeny = [ \"example.com\" ];\n", 2, "deny", "not an IPv4 or IPv6 address");
+        expect_error("deny = \"10.0.0.0/8\";\n", 1, "deny", "must be a list of strings");
+        expect_error("deny = [ 10 ];\n", 1, "deny", "entries must be strings");
+        expect_error("allow = [ \"10.0.0.0/33\" ];\n", 1, "allow", "prefix length");
+}
+
+Test(conf_access, overload) {
+        Conf *c = load_ok("overload = \"queue\";\n");
+
+        cr_expect_eq(c->overload, OVERLOAD_QUEUE);
+        conf_unref(c);
+        expect_error("\n\noverload = \"wait\";\n", 3, "overload", "must be \"refuse\" or \"queue\"");
+        expect_error("overload = 1;\n", 1, "overload", "must be a string");
+}
+
+Test(conf_access, user_and_group) {
+        Conf *c = load_ok("user = \"nobody\";\ngroup = \"nogroup\";\n");
+
+        cr_expect_str_eq(c->user, "nobody");
+        cr_expect_str_eq(c->group, "nogroup");
+        conf_unref(c);
+        expect_error("user = \"\";\n", 1, "user", "1 to");
+        expect_error("user = \"a b\";\n", 1, "user", "not a valid name");
+        expect_error("\ngroup = \"-x\";\n", 2, "group", "not a valid name");
+        expect_error("group = \"../etc\";\n", 1, "group", "not a valid name");
+        expect_error("user = 0;\n", 1, "user", "must be a string");
+}
+
+Test(conf_access, new_keys_round_trip) {
+        char out[4096];
+        Conf *c = load_ok("allow = [ \"10.0.0.0/8\", \"::1\" ];\ndeny = [ \"10.1.0.0/16\" ];\n"
+                          "per_ip_ipv4_prefix = 24;\nper_ip_ipv6_prefix = 48;\nrate_limit_per_ip = 5;\n"
+                          "rate_limit_burst = 20;\noverload = \"queue\";\nuser = \"nobody\";\n"
+                          "group = \"nogroup\";\n");
+        Conf *again = print_and_reload(c, out, sizeof(out));
+
+        expect_same(c, again);
+        cr_expect(strstr(out, "\nallow = [ \"10.0.0.0/8\", \"::1/128\" ];\n"), "%s", out);
+        cr_expect(strstr(out, "\noverload = \"queue\";\n"), "%s", out);
+        conf_unref(again);
+        conf_unref(c);
 }

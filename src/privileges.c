@@ -1,0 +1,120 @@
+/* privileges: setgroups → setgid → setuid, each verified. */
+#include "privileges.h"
+
+#include <errno.h>
+#include <grp.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+
+/* parse_id: NAME as a decimal ID ("65534"), or -1. */
+static long long parse_id(const char *name) {
+        char *end;
+
+        if (name[0] < '0' || name[0] > '9')
+                return -1;
+        errno = 0;
+        unsigned long long v = strtoull(name, &end, 10);
+        if (errno != 0 || *end != '\0' || v >= (unsigned long long) UINT32_MAX)
+                return -1;
+        return (long long) v;
+}
+
+static int resolve_user(const char *user, uid_t *ret_uid, gid_t *ret_gid, char *err, size_t err_size) {
+        long long id = parse_id(user);
+        struct passwd *pw;
+
+        errno = 0;
+        pw = id >= 0 ? getpwuid((uid_t) id) : getpwnam(user);
+        if (pw) {
+                *ret_uid = pw->pw_uid;
+                *ret_gid = pw->pw_gid;
+                return 0;
+        }
+        if (id >= 0) { /* a numeric ID need not have a name; its group must then be given */
+                *ret_uid = (uid_t) id;
+                *ret_gid = (gid_t) -1;
+                return 0;
+        }
+        snprintf(err, err_size, "unknown user '%s'", user);
+        return errno > 0 ? -errno : -ESRCH;
+}
+
+static int resolve_group(const char *group, gid_t *ret, char *err, size_t err_size) {
+        long long id = parse_id(group);
+        struct group *gr;
+
+        if (id >= 0) {
+                *ret = (gid_t) id;
+                return 0;
+        }
+        errno = 0;
+        gr = getgrnam(group);
+        if (!gr) {
+                snprintf(err, err_size, "unknown group '%s'", group);
+                return errno > 0 ? -errno : -ESRCH;
+        }
+        *ret = gr->gr_gid;
+        return 0;
+}
+
+static int fail(int r, const char *what, char *err, size_t err_size) {
+        snprintf(err, err_size, "%s: %s", what, strerror(-r));
+        return r;
+}
+
+int privileges_drop(const char *user, const char *group, char *err, size_t err_size) {
+        uid_t uid = geteuid();
+        gid_t gid = getegid(), user_gid = (gid_t) -1;
+        int r;
+
+        if (geteuid() != 0) {
+                if (user || group)
+                        log_notice("not started as root: 'user' and 'group' are not used");
+                return 0;
+        }
+        if (!user && !group) {
+                log_warning("running as root: set 'user' and 'group' in the configuration to drop privileges");
+                return 0;
+        }
+        if (user && (r = resolve_user(user, &uid, &user_gid, err, err_size)) < 0)
+                return r;
+        if (group) {
+                if ((r = resolve_group(group, &gid, err, err_size)) < 0)
+                        return r;
+        } else if (user_gid != (gid_t) -1)
+                gid = user_gid;
+        else {
+                snprintf(err, err_size, "user '%s' has no passwd entry: set 'group' too", user);
+                return -EINVAL;
+        }
+
+        /* Order matters: groups and gid can only be changed while still root. */
+        if (setgroups(1, &gid) < 0)
+                return fail(-errno, "setgroups", err, err_size);
+        if (setresgid(gid, gid, gid) < 0)
+                return fail(-errno, "setresgid", err, err_size);
+        if (setresuid(uid, uid, uid) < 0)
+                return fail(-errno, "setresuid", err, err_size);
+
+        /* Trust, but verify: every ID changed, and root is out of reach. */
+        uid_t ru, eu, su;
+        gid_t rg, eg, sg;
+        if (getresuid(&ru, &eu, &su) < 0 || getresgid(&rg, &eg, &sg) < 0 || ru != uid || eu != uid || su != uid ||
+            rg != gid || eg != gid || sg != gid) {
+                snprintf(err, err_size, "the user and group IDs did not all change");
+                return -EPERM;
+        }
+        if (uid != 0 && (setuid(0) == 0 || seteuid(0) == 0)) {
+                snprintf(err, err_size, "root privileges could be regained after dropping them");
+                return -EPERM;
+        }
+        log_notice("dropped privileges to uid %ju, gid %ju", (uintmax_t) uid, (uintmax_t) gid);
+        return 0;
+}

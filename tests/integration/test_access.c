@@ -1,0 +1,244 @@
+/* test-access: who may connect and how often: allow/deny lists, per-source network blocks
+ * (IPv4 and, in a network namespace of the test's own, IPv6 /64), the connection-rate
+ * limit, overload = "queue", and dropping root privileges. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "suite.h"
+
+HELLOD_SUITE(access);
+
+/* expect_closed_unanswered: a denied client gets nothing but the end of the connection. */
+static void expect_closed_unanswered(const char *src, uint16_t port) {
+        int fd = client_connect_to("127.0.0.1", port, src);
+
+        client_expect_eof(fd, true);
+        client_close(fd);
+}
+
+static void expect_served(const char *ip, const char *src, uint16_t port, const char *greeting) {
+        int fd = client_connect_greeted(ip, port, src, greeting, HELLOD_ERR_BUSY);
+
+        client_hello(fd, src ? src : ip);
+        client_close(fd);
+}
+
+Test(access, allow_and_deny_lists_and_their_reload, .timeout = 60) {
+        Hellod *d = hellod_start("allow = [ \"127.0.0.0/8\", \"::1\" ];\ndeny = [ \"127.0.0.2\" ];\n");
+
+        expect_served("127.0.0.1", "127.0.0.1", d->port, HELLOD_GREETING);
+        expect_served("127.0.0.1", "127.0.0.3", d->port, HELLOD_GREETING);
+        expect_served("::1", NULL, d->port, HELLOD_GREETING);
+        expect_closed_unanswered("127.0.0.2", d->port);
+        hellod_wait_stderr(d, "refused 127.0.0.2:");
+        hellod_wait_stderr(d, "denied by allow/deny");
+
+        harness_step("reload: deny 127.0.0.3, allow only IPv4 loopback");
+        hellod_write_config_std(d, "allow = [ \"127.0.0.0/8\" ];\ndeny = [ \"127.0.0.3/32\" ];\n");
+        hellod_signal(d, SIGHUP);
+        hellod_wait_stderr(d, "configuration reloaded");
+        expect_closed_unanswered("127.0.0.3", d->port);
+        expect_served("127.0.0.1", "127.0.0.2", d->port, HELLOD_GREETING);
+        {
+                int fd = client_connect6(d->port);
+                client_expect_eof(fd, true);
+                client_close(fd);
+        }
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+Test(access, rate_limit_refuses_the_excess_of_one_source_only, .timeout = 60) {
+        /* One connection a second with a burst of 3: the fourth in quick succession is
+         * refused. The readiness probe comes from 127.0.0.1, so the test uses 127.0.0.3. */
+        Hellod *d = hellod_start("rate_limit_per_ip = 1;\nrate_limit_burst = 3;\n");
+        int fds[3], fd;
+
+        for (int i = 0; i < 3; i++) {
+                fds[i] = client_connect_to("127.0.0.1", d->port, "127.0.0.3");
+                client_expect_str(fds[i], HELLOD_GREETING);
+        }
+        fd = client_connect_to("127.0.0.1", d->port, "127.0.0.3");
+        client_expect_str(fd, "ERR rate limited\r\n");
+        client_expect_eof(fd, false);
+        client_close(fd);
+
+        harness_step("others are not affected, nor are the admitted connections");
+        expect_served("127.0.0.1", "127.0.0.4", d->port, HELLOD_GREETING);
+        for (int i = 0; i < 3; i++) {
+                client_hello(fds[i], "admitted");
+                client_close(fds[i]);
+        }
+        hellod_wait_stderr(d, "rate_limit_per_ip");
+
+        harness_step("the bucket refills: served again after a second or two");
+        int64_t deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;
+        for (;;) {
+                char line[64];
+                fd = client_connect_to("127.0.0.1", d->port, "127.0.0.3");
+                size_t n = client_read_line(fd, line, sizeof(line));
+                client_close(fd);
+                if (n == strlen(HELLOD_GREETING) && memcmp(line, HELLOD_GREETING, n) == 0)
+                        break;
+                cr_assert(harness_now_ms() < deadline, "127.0.0.3 still refused after the refill time");
+                harness_sleep_ms(300);
+        }
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+Test(access, ipv4_sources_grouped_by_prefix, .timeout = 60) {
+        Hellod *d = hellod_start("max_connections_per_ip = 1;\nper_ip_ipv4_prefix = 24;\n");
+        int held, fd;
+
+        held = client_connect_greeted("127.0.0.1", d->port, "127.0.0.5", HELLOD_GREETING, HELLOD_ERR_BUSY);
+        fd = client_connect_to("127.0.0.1", d->port, "127.0.0.6");
+        client_expect_str(fd, HELLOD_ERR_BUSY);
+        client_expect_eof(fd, false);
+        client_close(fd);
+        expect_served("127.0.0.1", "127.0.1.5", d->port, HELLOD_GREETING);
+        client_hello(held, "held");
+        client_close(held);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* run: a command, which must succeed. */
+static void run(const char *command) {
+        int status = system(command);
+
+        cr_assert(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0, "'%s' failed (%d)", command,
+                  status);
+}
+
+Test(access, ipv6_sources_grouped_by_64_in_a_private_namespace, .timeout = 60) {
+        Hellod *d;
+        int held, fd;
+
+        /* This test process (Criterion forks one per test) gets a network of its own, so it
+         * can give its loopback the IPv6 addresses of two /64 networks. */
+        cr_assert_eq(unshare(CLONE_NEWNET), 0, "unshare(CLONE_NEWNET): %s (needs root)", strerror(errno));
+        harness_loopback_up();
+        run("ip -6 addr add 2001:db8:0:1::a/64 dev lo nodad && ip -6 addr add 2001:db8:0:1::b/64 dev lo nodad && "
+            "ip -6 addr add 2001:db8:0:2::a/64 dev lo nodad");
+
+        d = hellod_start("max_connections_per_ip = 1;\n");
+        held = client_connect_greeted("::1", d->port, "2001:db8:0:1::a", HELLOD_GREETING, HELLOD_ERR_BUSY);
+        harness_step("another address of the same /64 counts as the same source");
+        fd = client_connect_to("::1", d->port, "2001:db8:0:1::b");
+        client_expect_str(fd, HELLOD_ERR_BUSY);
+        client_expect_eof(fd, false);
+        client_close(fd);
+        hellod_wait_stderr(d, "refused [2001:db8:0:1::b]:");
+        harness_step("another /64 is another source");
+        expect_served("::1", "2001:db8:0:2::a", d->port, HELLOD_GREETING);
+
+        harness_step("per_ip_ipv6_prefix = 128: every address is its own source");
+        hellod_write_config_std(d, "max_connections_per_ip = 1;\nper_ip_ipv6_prefix = 128;\n");
+        hellod_signal(d, SIGHUP);
+        hellod_wait_stderr(d, "configuration reloaded");
+        expect_served("::1", "2001:db8:0:1::b", d->port, HELLOD_GREETING);
+        client_hello(held, "held");
+        client_close(held);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+Test(access, overload_queue_holds_new_clients_until_a_slot_frees, .timeout = 60) {
+        Hellod *d = hellod_start("max_connections = 2;\noverload = \"queue\";\n");
+        int a, b, waiting;
+
+        a = client_connect_greeted("127.0.0.1", d->port, NULL, HELLOD_GREETING, HELLOD_ERR_BUSY);
+        b = client_connect_greeted("127.0.0.1", d->port, NULL, HELLOD_GREETING, HELLOD_ERR_BUSY);
+        /* The kernel completes the handshake; hellod does not accept while both slots are taken. */
+        waiting = client_connect(d->port);
+        client_expect_silence(waiting, 700);
+        client_hello(a, "first");
+        client_close(a);
+        client_expect_str(waiting, HELLOD_GREETING);
+        client_hello(waiting, "queued");
+        client_hello(b, "second");
+        client_close(waiting);
+        client_close(b);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* status_line: the value of KEY ("Uid:", "Gid:", "Groups:") in /proc/PID/status. */
+static void status_line(pid_t pid, const char *key, char *out, size_t size) {
+        char path[64], *text, *p;
+
+        snprintf(path, sizeof(path), "/proc/%d/status", (int) pid);
+        text = harness_read_file(path, NULL);
+        p = strstr(text, key);
+        cr_assert_not_null(p, "no %s in %s", key, path);
+        p += strlen(key);
+        while (*p == '\t' || *p == ' ')
+                p++;
+        size_t n = strcspn(p, "\n");
+        while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+                n--;
+        snprintf(out, size, "%.*s", (int) n, p);
+        free(text);
+}
+
+Test(access, root_drops_to_user_and_group, .timeout = 60) {
+        Hellod *d = hellod_new();
+        char ids[128];
+
+        cr_assert_eq(geteuid(), 0, "this test checks what hellod does when started as root");
+        hellod_write_config_std(d, "user = \"nobody\";\ngroup = \"nogroup\";\n");
+        /* nobody must be able to read the configuration again on reload. */
+        cr_assert_eq(chmod(d->dir, 0755), 0);
+        cr_assert_eq(chmod(d->conf_path, 0644), 0);
+        hellod_spawn(d, NULL);
+        hellod_wait_ready(d);
+
+        status_line(d->pid, "Uid:", ids, sizeof(ids));
+        cr_assert_str_eq(ids, "65534\t65534\t65534\t65534", "Uid: %s", ids);
+        status_line(d->pid, "Gid:", ids, sizeof(ids));
+        cr_assert_str_eq(ids, "65534\t65534\t65534\t65534", "Gid: %s", ids);
+        status_line(d->pid, "Groups:", ids, sizeof(ids));
+        cr_assert_str_eq(ids, "65534", "supplementary groups left: %s", ids);
+        hellod_wait_stderr(d, "dropped privileges to uid 65534, gid 65534");
+
+        expect_served("127.0.0.1", NULL, d->port, HELLOD_GREETING);
+        harness_step("reload as nobody");
+        hellod_write_config_std(d, "user = \"nobody\";\ngroup = \"nogroup\";\ngreeting = \"Howdy!\";\n");
+        hellod_signal(d, SIGHUP);
+        expect_served("127.0.0.1", NULL, d->port, "Howdy!\r\n");
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+Test(access, unknown_user_is_a_runtime_error, .timeout = 60) {
+        Hellod *d = hellod_new();
+        char *err;
+        int status;
+
+        hellod_write_config_std(d, "user = \"no-such-user-hellod\";\n");
+        hellod_spawn(d, NULL);
+        status = hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
+        err = hellod_stderr(d);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == HELLOD_EXIT_FAILURE, "status %d\n%s", status, err);
+        cr_assert_not_null(strstr(err, "unknown user 'no-such-user-hellod'"), "%s", err);
+        free(err);
+        hellod_free(d);
+}
+
+Test(access, root_without_user_warns, .timeout = 60) {
+        Hellod *d = hellod_start(NULL);
+
+        cr_assert_eq(geteuid(), 0, "this test checks what hellod does when started as root");
+        hellod_wait_stderr(d, "running as root");
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
