@@ -96,10 +96,10 @@ static void end_with(Proto *p, ProtoEnd reason, Buf *out) {
         p->pending_len = 0;
 }
 
-/* answer: one complete message made of A and B, terminator already removed.
+/* respond: one complete message made of A and B, terminator already removed.
  * Returns false when OUT lacks room (nothing was done), true otherwise. */
-static bool answer(Proto *p, const char *a, size_t a_len, const char *b, size_t b_len, Buf *out,
-                   ProtoStatus *status) {
+static bool respond(Proto *p, const char *a, size_t a_len, const char *b, size_t b_len, Buf *out,
+                    ProtoStatus *status) {
         size_t len = a_len + b_len;
 
         if (len > p->conf->max_line_length) {
@@ -119,6 +119,16 @@ static bool answer(Proto *p, const char *a, size_t a_len, const char *b, size_t 
         if (buf_room(out) < reply_size(p, len))
                 return false;
         append_reply(p, a, a_len, b, b_len, out);
+        return true;
+}
+
+/* answer: respond(), counting the message once it is dealt with (a message that did not fit
+ * comes back with the next feed). */
+static bool answer(Proto *p, const char *a, size_t a_len, const char *b, size_t b_len, Buf *out,
+                   ProtoStatus *status) {
+        if (!respond(p, a, a_len, b, b_len, out, status))
+                return false;
+        p->messages++;
         return true;
 }
 

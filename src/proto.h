@@ -36,7 +36,8 @@ typedef struct Proto {
         size_t greeting_len, prefix_len, suffix_len;
         char *pending; /* an unterminated line carried between reads; line framing only */
         size_t pending_len;
-        uint64_t lines; /* messages answered */
+        uint64_t lines;    /* messages answered */
+        uint64_t messages; /* complete messages seen, empty lines and exit included */
         ProtoEnd end;
 } Proto;
 

@@ -208,12 +208,16 @@ static int converse(Session *s) {
                                 proto_eof(&s->proto, &s->out);
                         break;
                 }
+                uint64_t messages = s->proto.messages;
                 if ((r = feed(s, (size_t) n, &status)) < 0)
                         return r;
-                if (s->proto.pending_len == 0)
-                        idle_reset(s, &timer);
                 if ((r = flush(s)) < 0)
                         return r;
+                /* A complete line (even an empty one) is activity; bytes of an unfinished
+                 * line are not. Reset after the writes: time spent waiting for a slow reader
+                 * is not the client being idle. */
+                if (s->proto.messages != messages)
+                        idle_reset(s, &timer);
         }
         return flush(s);
 }
@@ -223,14 +227,18 @@ static int converse(Session *s) {
  * before the client reads it. Send FIN first and discard the client's leftovers, bounded
  * in time and bytes, as nginx's lingering close does. */
 static void linger(Session *s) {
+        uint64_t deadline = now_usec() + SESSION_LINGER_USEC;
         char sink[4096];
         size_t total = 0;
 
         if (shutdown(s->fd, SHUT_WR) < 0)
                 return;
-        if (set_timeout(s->fd, SO_RCVTIMEO, SESSION_LINGER_USEC) < 0)
-                return;
+        /* One deadline for the whole linger: a client dribbling a byte now and then must not
+         * keep its slot and its thread. */
         while (total < SESSION_LINGER_BYTES) {
+                uint64_t now = now_usec();
+                if (now >= deadline || set_timeout(s->fd, SO_RCVTIMEO, deadline - now) < 0)
+                        return;
                 ssize_t n = recv(s->fd, sink, sizeof(sink), 0);
                 if (n < 0 && errno == EINTR)
                         continue;

@@ -336,3 +336,48 @@ Test(protocol, chunk_framing, .timeout = 60) {
         hellod_stop_clean(d);
         hellod_free(d);
 }
+
+/* A complete line is activity even when the same read ends in the middle of the next one. */
+Test(protocol, idle_timer_restarts_at_a_complete_line_followed_by_a_partial_one, .timeout = 60) {
+        Hellod *d = hellod_start("idle_timeout = 2;\n");
+        int fd = client_connect(d->port);
+
+        client_expect_str(fd, HELLOD_GREETING);
+        client_send_str(fd, "a");
+        harness_sleep_ms(1200);
+        client_send_str(fd, "\nb"); /* a line completes; another begins */
+        client_expect_str(fd, "Hello, a!\r\n");
+        harness_sleep_ms(1300); /* 2.5 s since connect, 1.3 s since the last complete line */
+        client_send_str(fd, "\n");
+        client_expect_str(fd, "Hello, b!\r\n");
+        client_close(fd);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* After exit the server lingers to read the client's leftovers for a bounded time in all,
+ * not per byte: a client dribbling bytes cannot keep its slot. */
+Test(protocol, linger_after_exit_is_bounded_in_total, .timeout = 60) {
+        Hellod *d = hellod_start(NULL);
+        int fd = client_connect(d->port);
+        int64_t start;
+        bool closed = false;
+
+        client_expect_str(fd, HELLOD_GREETING);
+        client_send_str(fd, "exit\n");
+        start = harness_now_ms();
+        while (!closed && harness_now_ms() - start < 8000) {
+                char *err;
+
+                harness_sleep_ms(250);
+                (void) client_try_send(fd, "x", 1);
+                err = hellod_stderr(d);
+                closed = strstr(err, "closed: exit") != NULL;
+                free(err);
+        }
+        cr_assert(closed, "the connection was still lingering after 8 s of dribbling");
+        harness_step("closed after %lld ms", (long long) (harness_now_ms() - start));
+        client_close(fd);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}

@@ -366,3 +366,23 @@ Test(chunk, eof_ends_quietly) {
         expect_out_str("Hello, a!");
         cr_assert_eq(proto.end, PROTO_END_EOF);
 }
+
+Test(line, messages_count_every_complete_line) {
+        feed_str("a\n\n\r\nb");
+        cr_assert_eq(proto.messages, 3, "empty lines count as complete lines");
+        cr_assert_eq(proto.lines, 1);
+        feed_str("\nexit\n");
+        cr_assert_eq(proto.messages, 5);
+}
+
+Test(line, a_message_that_did_not_fit_is_counted_once) {
+        char small[11];
+        Buf b = { .data = small, .cap = sizeof(small) };
+        ProtoStatus status;
+
+        cr_assert_eq(proto_feed(&proto, "x\nyy\n", 5, &b, &status), 2);
+        cr_assert_eq(proto.messages, 1);
+        b.len = 0;
+        cr_assert_eq(proto_feed(&proto, "yy\n", 3, &b, &status), 0, "12 bytes do not fit in 11");
+        cr_assert_eq(proto.messages, 1);
+}
