@@ -130,9 +130,39 @@ static unsigned somaxconn(void) {
         return value;
 }
 
+/* release_departing: closes the sockets of OLD that WANT does not keep. Binding "127.0.0.1:P"
+ * fails with EADDRINUSE while the old "0.0.0.0:P" is open, so such a move frees the port
+ * first. Returns how many were closed; their entries keep the address, with fd -1. */
+static size_t release_departing(ListenerSet *old, const ListenerSet *want) {
+        size_t n = 0;
+
+        for (size_t i = 0; old && i < old->n; i++) {
+                Listener *l = &old->items[i];
+                if (l->fd >= 0 && !contains(want, l)) {
+                        close(l->fd);
+                        l->fd = -1;
+                        n++;
+                }
+        }
+        return n;
+}
+
+/* restore_departing: a failed reload gives OLD back the sockets release_departing() closed,
+ * as far as they can be bound again. */
+static void restore_departing(ListenerSet *old, unsigned backlog) {
+        for (size_t i = 0; i < old->n; i++) {
+                Listener *l = &old->items[i];
+                if (l->fd >= 0)
+                        continue;
+                int r = open_socket(l, backlog);
+                if (r < 0)
+                        log_error_errno(r, "cannot listen on %s again after a failed reload", l->name);
+        }
+}
+
 int listeners_open(const Conf *conf, ListenerSet *old, ListenerSet *ret, char *err, size_t err_size) {
         ListenerSet want = { 0 };
-        size_t n_open = 0;
+        size_t n_open = 0, released = 0;
         unsigned cap = somaxconn();
         int r;
 
@@ -150,6 +180,8 @@ int listeners_open(const Conf *conf, ListenerSet *old, ListenerSet *ret, char *e
                 if (find_open(old, l))
                         continue;
                 r = open_socket(l, conf->backlog);
+                if (r == -EADDRINUSE && released == 0 && (released = release_departing(old, &want)) > 0)
+                        r = open_socket(l, conf->backlog);
                 if (r < 0 && conf->listen_is_default && ipv6_unavailable(l, r)) {
                         log_warning_errno(r, "IPv6 is not available, not listening on %s", l->name);
                         continue;
@@ -157,6 +189,8 @@ int listeners_open(const Conf *conf, ListenerSet *old, ListenerSet *ret, char *e
                 if (r < 0) {
                         snprintf(err, err_size, "cannot listen on %s: %s", l->name, strerror(-r));
                         listener_set_done(&want);
+                        if (released > 0)
+                                restore_departing(old, conf->backlog);
                         return r;
                 }
         }

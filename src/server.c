@@ -40,6 +40,8 @@
 #define KILL_GRACE_MSEC 5000
 /* Refusals logged per second at most; the rest are counted and summarised. */
 #define REFUSAL_LOG_BURST 10
+/* Worst-case session memory above which the configuration earns a warning. */
+#define MEMORY_WARN_BYTES (1ULL << 30)
 /* How often STATUS= is refreshed while the counters change. */
 #define STATUS_INTERVAL_MSEC 1000
 
@@ -58,6 +60,7 @@ struct Server {
         uint64_t watchdog_next;    /* usec, CLOCK_MONOTONIC */
         uint64_t status_next;      /* usec; when STATUS= may be refreshed again */
         char status_sent[128];
+        uint64_t changes_sent; /* the value of `changes` that status_sent shows */
         int wake_fd;               /* eventfd: a slot freed while accepting waits for one */
         RateLimit table_full_log;
 
@@ -67,6 +70,7 @@ struct Server {
         unsigned n_active;      /* under lock */
         IpTable *ips;           /* under lock */
         uint64_t n_accepted, n_refused, next_id;
+        uint64_t changes; /* bumped whenever a STATUS= figure changes (under lock) */
         /* overload = "queue": accepting waits while n_active >= slots (under lock). */
         bool waiting_for_slot;
         unsigned slots;
@@ -128,6 +132,7 @@ static void turn_away(int fd, const char *line) {
 static void count_refusal(Server *s) {
         pthread_mutex_lock(&s->lock);
         s->n_refused++;
+        s->changes++;
         pthread_mutex_unlock(&s->lock);
 }
 
@@ -150,6 +155,7 @@ static void release(Server *s, Session *session) {
         /* Closing under the lock: the server may call shutdown() on any registered fd, and
          * the number must not be reused before it is unregistered. */
         session_free(session);
+        s->changes++;
         if (--s->n_active == 0)
                 pthread_cond_broadcast(&s->drained);
         if (s->waiting_for_slot && s->n_active < s->slots) {
@@ -233,6 +239,7 @@ static void admit(Server *s, int fd, const struct sockaddr *peer, const Listener
                 s->sessions = session;
                 s->n_active++;
                 s->n_accepted++;
+                s->changes++;
         }
         pthread_mutex_unlock(&s->lock);
 
@@ -248,7 +255,9 @@ static void admit(Server *s, int fd, const struct sockaddr *peer, const Listener
         r = workers_run(s->workers, serve, session);
         if (r < 0) {
                 /* No thread to be had: undo the admission and turn the client away. */
-                log_warning_errno(r, "cannot start a worker thread");
+                unsigned suppressed;
+                if (ratelimit_allow(&s->exhaustion_log, &suppressed))
+                        log_warning_errno(r, "cannot start a worker thread");
                 snprintf(name, sizeof(name), "%s", session->peer);
                 session->fd = -1; /* keep the socket for refuse() */
                 pthread_mutex_lock(&s->lock);
@@ -340,38 +349,59 @@ static void accept_some(Server *s, const Listener *l) {
         }
 }
 
+/* check_memory: says so when max_connections sessions at their limits would need a lot of
+ * memory (a large max_line_length times many connections): bounded, but maybe not meant. */
+static void check_memory(const Conf *conf) {
+        unsigned long long worst = (unsigned long long) session_memory_max(conf) * conf->max_connections;
+
+        if (worst > MEMORY_WARN_BYTES)
+                log_warning("max_connections %u clients at max_line_length %u could make hellod use up to %llu MiB",
+                            conf->max_connections, conf->max_line_length, worst >> 20);
+}
+
 static void apply_log_level(const Server *s) {
         log_set_max_level(s->opts.log_level_override >= 0 ? s->opts.log_level_override : s->conf->log_level);
 }
 
-static void format_status(Server *s, char *buf, size_t size) {
+/* format_status: the STATUS= text; returns the change count it reflects. */
+static uint64_t format_status(Server *s, char *buf, size_t size) {
         pthread_mutex_lock(&s->lock);
+        uint64_t changes = s->changes;
         snprintf(buf, size, "%u active, %" PRIu64 " served, %" PRIu64 " refused", s->n_active, s->n_accepted,
                  s->n_refused);
         pthread_mutex_unlock(&s->lock);
+        return changes;
 }
 
-/* update_status: STATUS= when the counters changed, at most every STATUS_INTERVAL_MSEC. */
-static void update_status(Server *s) {
+static bool status_stale(Server *s) {
+        pthread_mutex_lock(&s->lock);
+        bool stale = s->changes != s->changes_sent;
+        pthread_mutex_unlock(&s->lock);
+        return stale;
+}
+
+/* tick: the once-a-second housekeeping while connections come and go: STATUS= when the
+ * figures changed, forgetting sources whose rate bucket refilled, joining exited threads. */
+static void tick(Server *s) {
         char status[sizeof(s->status_sent)];
         uint64_t now = now_usec();
 
-        if (now < s->status_next)
+        if (now < s->status_next || !status_stale(s))
                 return;
         s->status_next = now + STATUS_INTERVAL_MSEC * 1000u;
-        /* Sources whose rate bucket refilled are forgotten here, once a second at most. */
+        s->changes_sent = format_status(s, status, sizeof(status));
+        if (strcmp(status, s->status_sent) != 0) {
+                notify_status(status);
+                memcpy(s->status_sent, status, sizeof(status));
+        }
         pthread_mutex_lock(&s->lock);
         iptable_expire(s->ips, now);
         pthread_mutex_unlock(&s->lock);
-        format_status(s, status, sizeof(status));
-        if (strcmp(status, s->status_sent) == 0)
-                return;
-        notify_status(status);
-        memcpy(s->status_sent, status, sizeof(status));
+        workers_reap(s->workers);
 }
 
 static void ready(Server *s) {
-        format_status(s, s->status_sent, sizeof(s->status_sent));
+        s->changes_sent = format_status(s, s->status_sent, sizeof(s->status_sent));
         notify_ready(s->status_sent);
 }
 
@@ -415,6 +445,7 @@ static void reload(Server *s) {
         conf_unref(s->conf);
         s->conf = conf;
         apply_log_level(s);
+        check_memory(conf);
         workers_set_stack_size(s->workers, conf->worker_stack_size);
 
         listeners_describe(&s->listeners, names, sizeof(names));
@@ -472,7 +503,7 @@ static bool wait_drained(Server *s, uint64_t timeout_msec) {
         return true;
 }
 
-static void shut_down(Server *s) {
+static int shut_down(Server *s) {
         unsigned n = active(s);
         char count[16];
 
@@ -494,7 +525,16 @@ static void shut_down(Server *s) {
                 if (!wait_drained(s, KILL_GRACE_MSEC))
                         log_error("%u connections did not close", active(s));
         }
-        s->workers = workers_free(s->workers);
+        /* A worker stuck outside socket I/O must not keep the daemon from exiting: after the
+         * grace period the pool is left to the exiting process. */
+        int r = workers_stop(s->workers, KILL_GRACE_MSEC);
+        if (r < 0) {
+                log_error_errno(r, "worker threads did not finish, exiting without them");
+                s->workers = NULL;
+                return r;
+        }
+        s->workers = NULL;
+        return 0;
 }
 
 static uint64_t earliest(uint64_t a, uint64_t b) {
@@ -502,7 +542,7 @@ static uint64_t earliest(uint64_t a, uint64_t b) {
 }
 
 /* poll_timeout: until the next timed duty: the end of an accept pause, the watchdog ping,
- * a STATUS= refresh while connections come and go; -1 when there is none. */
+ * the tick after connections came or went; -1 when there is none, so an idle daemon sleeps. */
 static int poll_timeout(Server *s) {
         uint64_t now = now_usec(), wake = 0;
 
@@ -511,8 +551,8 @@ static int poll_timeout(Server *s) {
         wake = earliest(wake, s->accept_paused_until);
         if (s->watchdog_usec > 0)
                 wake = earliest(wake, s->watchdog_next);
-        if (active(s) > 0 || s->status_next > now)
-                wake = earliest(wake, s->status_next > now ? s->status_next : now + STATUS_INTERVAL_MSEC * 1000u);
+        if (status_stale(s))
+                wake = earliest(wake, s->status_next > now ? s->status_next : now);
         if (wake == 0)
                 return -1;
         return wake <= now ? 0 : (int) ((wake - now + 999u) / 1000u);
@@ -547,7 +587,7 @@ int server_run(Server *s) {
         s->watchdog_usec = notify_watchdog_usec();
         for (;;) {
                 feed_watchdog(s);
-                update_status(s);
+                tick(s);
 
                 int timeout = poll_timeout(s);
                 bool accepting = s->accept_paused_until == 0 && !at_capacity(s);
@@ -593,7 +633,9 @@ int server_run(Server *s) {
                                 accept_some(s, &s->listeners.items[i]);
         }
         free(pfds);
-        shut_down(s);
+        int k = shut_down(s);
+        if (r == 0)
+                r = k;
         if (r == 0)
                 log_notice("stopped: %" PRIu64 " connections served, %" PRIu64 " refused", s->n_accepted,
                            s->n_refused);
@@ -610,6 +652,7 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
                 return log_error_errno(-ENOMEM, "cannot start");
         s->opts = *opts;
         s->conf = conf_ref(conf);
+        check_memory(conf);
         s->signal_fd = -1;
         s->reserve_fd = -1;
         s->wake_fd = -1;

@@ -30,6 +30,21 @@ uint64_t now_usec(void) {
         return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
 }
 
+static size_t output_size(const Conf *conf) {
+        size_t min = proto_output_min(conf);
+
+        return min > SESSION_OUT_SIZE ? min : SESSION_OUT_SIZE;
+}
+
+static size_t input_size(const Conf *conf) {
+        return conf->framing == FRAMING_CHUNK ? proto_input_max(conf) : SESSION_READ_SIZE;
+}
+
+size_t session_memory_max(const Conf *conf) {
+        return sizeof(Session) + output_size(conf) + input_size(conf) + (size_t) conf->max_line_length + 1 +
+               conf->worker_stack_size;
+}
+
 int session_new(Session **ret, int fd, Conf *conf, const struct sockaddr *peer, const char *listen) {
         Session *s = calloc(1, sizeof(*s));
 
@@ -44,9 +59,8 @@ int session_new(Session **ret, int fd, Conf *conf, const struct sockaddr *peer, 
         addr_format(peer, s->peer, sizeof(s->peer));
         snprintf(s->listen, sizeof(s->listen), "%s", listen);
 
-        size_t out_cap = proto_output_min(conf);
-        s->out.cap = out_cap > SESSION_OUT_SIZE ? out_cap : SESSION_OUT_SIZE;
-        s->in_cap = conf->framing == FRAMING_CHUNK ? proto_input_max(conf) : SESSION_READ_SIZE;
+        s->out.cap = output_size(conf);
+        s->in_cap = input_size(conf);
         s->out.data = malloc(s->out.cap);
         s->in = malloc(s->in_cap);
         if (!s->out.data || !s->in || proto_init(&s->proto, conf) < 0) {

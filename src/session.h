@@ -53,4 +53,8 @@ void session_kill(Session *s);
  * the same as journal fields), at most SESSION_LOG_BURST a second across all sessions. */
 void session_log_close(const Session *s);
 
+/* session_memory_max: what one session can come to hold (buffers at their limits, and its
+ * worker's stack), for the operator's arithmetic. */
+size_t session_memory_max(const Conf *conf);
+
 uint64_t now_usec(void);

@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
+#include <time.h>
 
 typedef struct Worker {
         pthread_t thread;
@@ -12,6 +13,7 @@ typedef struct Worker {
         WorkerJob job; /* set by the dispatcher, cleared by the worker when done */
         void *arg;
         pthread_cond_t wake;
+        bool retire;         /* leave instead of waiting for a job (stack size changed) */
         struct Worker *next; /* on the parked or the finished list */
 } Worker;
 
@@ -33,9 +35,10 @@ static bool park(Workers *pool, Worker *w) {
         w->next = pool->parked;
         pool->parked = w;
         pool->n_parked++;
-        while (!w->job && !pool->stopping)
+        while (!w->job && !pool->stopping && !w->retire)
                 pthread_cond_wait(&w->wake, &pool->lock);
-        /* A stopping pool unlinked us already (workers_free); a dispatcher unlinked us too. */
+        /* Whoever woke us unlinked us: a dispatcher (with a job), workers_stop() or
+         * workers_set_stack_size() (without). */
         return w->job != NULL;
 }
 
@@ -89,36 +92,83 @@ static Worker *take_finished(Workers *pool) {
 
 int workers_new(Workers **ret, size_t stack_size, unsigned max_idle) {
         Workers *pool = calloc(1, sizeof(*pool));
+        pthread_condattr_t attr;
 
         if (!pool)
                 return -ENOMEM;
         pthread_mutex_init(&pool->lock, NULL);
-        pthread_cond_init(&pool->all_gone, NULL);
+        /* all_gone is waited on with a deadline: measure it on the monotonic clock. */
+        pthread_condattr_init(&attr);
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+        pthread_cond_init(&pool->all_gone, &attr);
+        pthread_condattr_destroy(&attr);
         pool->stack_size = stack_size;
         pool->max_idle = max_idle;
         *ret = pool;
         return 0;
 }
 
-Workers *workers_free(Workers *pool) {
-        if (!pool)
-                return NULL;
-
-        pthread_mutex_lock(&pool->lock);
-        pool->stopping = true;
-        for (Worker *w = pool->parked; w; w = w->next)
+/* unpark_all: wakes every parked thread without a job, so that it leaves; under the lock. */
+static void unpark_all(Workers *pool, bool retire) {
+        for (Worker *w = pool->parked; w; w = w->next) {
+                w->retire = retire;
                 pthread_cond_signal(&w->wake);
+        }
         pool->parked = NULL;
         pool->n_parked = 0;
-        while (pool->n_alive > 0)
-                pthread_cond_wait(&pool->all_gone, &pool->lock);
-        pthread_mutex_unlock(&pool->lock);
+}
 
+static void destroy(Workers *pool) {
         reap(take_finished(pool));
         pthread_cond_destroy(&pool->all_gone);
         pthread_mutex_destroy(&pool->lock);
         free(pool);
+}
+
+int workers_stop(Workers *pool, uint64_t timeout_msec) {
+        struct timespec deadline;
+        int r = 0;
+
+        if (!pool)
+                return 0;
+        clock_gettime(CLOCK_MONOTONIC, &deadline);
+        deadline.tv_sec += (time_t) (timeout_msec / 1000u);
+        deadline.tv_nsec += (long) (timeout_msec % 1000u) * 1000000L;
+        if (deadline.tv_nsec >= 1000000000L) {
+                deadline.tv_sec++;
+                deadline.tv_nsec -= 1000000000L;
+        }
+
+        pthread_mutex_lock(&pool->lock);
+        pool->stopping = true;
+        unpark_all(pool, false);
+        while (pool->n_alive > 0 && r == 0)
+                r = pthread_cond_timedwait(&pool->all_gone, &pool->lock, &deadline);
+        bool gone = pool->n_alive == 0;
+        pthread_mutex_unlock(&pool->lock);
+
+        if (!gone)
+                return -ETIMEDOUT; /* the pool stays: running threads still use it */
+        destroy(pool);
+        return 0;
+}
+
+Workers *workers_free(Workers *pool) {
+        if (!pool)
+                return NULL;
+        pthread_mutex_lock(&pool->lock);
+        pool->stopping = true;
+        unpark_all(pool, false);
+        while (pool->n_alive > 0)
+                pthread_cond_wait(&pool->all_gone, &pool->lock);
+        pthread_mutex_unlock(&pool->lock);
+        destroy(pool);
         return NULL;
+}
+
+void workers_reap(Workers *pool) {
+        if (pool)
+                reap(take_finished(pool));
 }
 
 static int spawn(Workers *pool, WorkerJob job, void *arg) {
@@ -178,7 +228,11 @@ int workers_run(Workers *pool, WorkerJob job, void *arg) {
 
 void workers_set_stack_size(Workers *pool, size_t stack_size) {
         pthread_mutex_lock(&pool->lock);
-        pool->stack_size = stack_size;
+        if (pool->stack_size != stack_size) {
+                pool->stack_size = stack_size;
+                /* Parked threads have the old size: let them go, new ones get the new one. */
+                unpark_all(pool, true);
+        }
         pthread_mutex_unlock(&pool->lock);
 }
 

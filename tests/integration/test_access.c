@@ -214,6 +214,7 @@ Test(access, root_drops_to_user_and_group, .timeout = 60) {
         harness_step("reload as nobody");
         hellod_write_config_std(d, "user = \"nobody\";\ngroup = \"nogroup\";\ngreeting = \"Howdy!\";\n");
         hellod_signal(d, SIGHUP);
+        hellod_wait_stderr(d, "configuration reloaded");
         expect_served("127.0.0.1", NULL, d->port, "Howdy!\r\n");
         hellod_stop_clean(d);
         hellod_free(d);

@@ -444,3 +444,37 @@ Test(lifecycle, sighup_reconciles_listeners, .timeout = 60) {
         hellod_stop_clean(d);
         hellod_free(d);
 }
+
+/* Moving a port from the wildcard address to a specific one: the old socket holds the port,
+ * so the reload frees it first (and a reload that fails gives it back). */
+Test(lifecycle, sighup_moves_a_port_from_wildcard_to_loopback, .timeout = 60) {
+        Hellod *d = hellod_new();
+        int fd;
+
+        hellod_write_config(d, "listen = [\"0.0.0.0\"];\nport = %u;\n", (unsigned) d->port);
+        hellod_spawn(d, NULL);
+        hellod_wait_ready(d);
+
+        hellod_write_config(d, "listen = [\"127.0.0.1\"];\nport = %u;\n", (unsigned) d->port);
+        hellod_signal(d, SIGHUP);
+        hellod_wait_stderr(d, "configuration reloaded");
+        fd = client_connect(d->port);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_close(fd);
+        {
+                char *err = hellod_stderr(d);
+                cr_assert_not(strstr(err, "reload failed"), "%s", err);
+                cr_assert(strstr(err, "listening on 127.0.0.1:"), "%s", err);
+                free(err);
+        }
+
+        harness_step("a failing reload restores the released socket");
+        hellod_write_config(d, "listen = [\"0.0.0.0\", \"192.0.2.1\"];\nport = %u;\n", (unsigned) d->port);
+        hellod_signal(d, SIGHUP);
+        hellod_wait_stderr(d, "reload failed");
+        fd = client_connect(d->port);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_close(fd);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}

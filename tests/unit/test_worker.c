@@ -1,5 +1,6 @@
 /* test_worker: the thread cache: reuse, its bound, and a shutdown that joins every thread. */
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <sys/syscall.h>
@@ -109,5 +110,41 @@ Test(workers, impossible_stack_size_is_an_error_not_a_crash) {
         cr_assert_eq(workers_new(&w, 1, 4), 0); /* below PTHREAD_STACK_MIN */
         cr_assert_lt(workers_run(w, record_job, &gate), 0);
         cr_assert_eq(workers_count(w), 0);
+        workers_free(w);
+}
+
+Test(workers, stop_gives_up_on_a_stuck_job_within_its_timeout) {
+        Workers *w = NULL;
+        struct timespec a, b;
+
+        gate.open = false;
+        cr_assert_eq(workers_new(&w, 128 * 1024, 4), 0);
+        cr_assert_eq(workers_run(w, blocking_job, &gate), 0);
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        cr_assert_eq(workers_stop(w, 200), -ETIMEDOUT);
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        cr_assert_lt(b.tv_sec - a.tv_sec, 5, "workers_stop() did not honour its timeout");
+        /* The pool was left to the job: let it finish, then a second stop succeeds. */
+        pthread_mutex_lock(&gate.lock);
+        gate.open = true;
+        pthread_cond_broadcast(&gate.cond);
+        pthread_mutex_unlock(&gate.lock);
+        cr_assert_eq(workers_stop(w, 5000), 0);
+}
+
+Test(workers, a_new_stack_size_retires_parked_threads) {
+        Workers *w = NULL;
+
+        cr_assert_eq(workers_new(&w, 128 * 1024, 4), 0);
+        cr_assert_eq(workers_run(w, record_job, &gate), 0);
+        wait_parked(w, 1);
+        workers_set_stack_size(w, 128 * 1024); /* unchanged: the thread stays */
+        cr_assert_eq(workers_parked(w), 1);
+        workers_set_stack_size(w, 256 * 1024);
+        cr_assert_eq(workers_parked(w), 0);
+        for (int i = 0; i < 5000 && workers_count(w) != 0; i++)
+                usleep(1000);
+        cr_assert_eq(workers_count(w), 0, "the retired thread did not exit");
+        workers_reap(w);
         workers_free(w);
 }
