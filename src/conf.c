@@ -56,7 +56,7 @@ static const char *escape(const char *s, size_t max_in, char *buf, size_t size) 
         size_t n = 0, i;
 
         assert(size > 0);
-        for (i = 0; s[i] && i < max_in; i++) {
+        for (i = 0; i < max_in && s[i]; i++) {
                 unsigned char ch = (unsigned char) s[i];
                 char seq[4];
                 size_t len;
