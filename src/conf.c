@@ -681,6 +681,37 @@ static int parse_group(Conf *c, const ConfKey *k, const config_setting_t *s, con
         return parse_name(k, s, ctx, &c->group);
 }
 
+/* parse_workers: "per-connection", "auto" (one loop per CPU) or a number of pool loops. */
+static int parse_workers(Conf *c, const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx) {
+        char buf[ECHO_BUF_SIZE];
+        int type = config_setting_type(s);
+
+        if (type == CONFIG_TYPE_INT || type == CONFIG_TYPE_INT64) {
+                long long v = config_setting_get_int64(s);
+                if (v < 1 || v > CONF_WORKERS_MAX)
+                        return key_error(ctx, s, k->name, "must be between 1 and %d, \"auto\" or \"per-connection\"; got %lld",
+                                         CONF_WORKERS_MAX, v);
+                c->workers = (unsigned) v;
+                c->workers_auto = false;
+                return 0;
+        }
+        if (type != CONFIG_TYPE_STRING)
+                return key_error(ctx, s, k->name, "must be \"per-connection\", \"auto\" or a number, got %s",
+                                 type_name(type));
+        const char *v = config_setting_get_string(s);
+        if (strcmp(v, "per-connection") == 0) {
+                c->workers = 0;
+                c->workers_auto = false;
+        } else if (strcmp(v, "auto") == 0) {
+                long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+                c->workers = cpus < 1 ? 1 : cpus > CONF_WORKERS_MAX ? CONF_WORKERS_MAX : (unsigned) cpus;
+                c->workers_auto = true;
+        } else
+                return key_error(ctx, s, k->name, "must be \"per-connection\", \"auto\" or a number, got \"%s\"",
+                                 echo(v, buf));
+        return 0;
+}
+
 #define INT_KEY(key, parser, field, lo, hi)                                                               \
         { .name = (key), .parse = (parser), .offset = offsetof(Conf, field), .min = (lo), .max = (hi) }
 
@@ -706,6 +737,7 @@ static const ConfKey conf_keys[] = {
         INT_KEY("rate_limit_per_ip", parse_unsigned, rate_limit_per_ip, 0, 1000000),
         INT_KEY("rate_limit_burst", parse_unsigned, rate_limit_burst, 1, 1000000),
         { .name = "overload", .parse = parse_overload },
+        { .name = "workers", .parse = parse_workers },
         { .name = "user", .parse = parse_user },
         { .name = "group", .parse = parse_group },
 };
@@ -1222,6 +1254,12 @@ void conf_print(const Conf *c, FILE *f) {
         fprintf(f, "rate_limit_per_ip = %u;\n", c->rate_limit_per_ip);
         fprintf(f, "rate_limit_burst = %u;\n", c->rate_limit_burst);
         fprintf(f, "overload = \"%s\";\n", overload_to_string(c->overload));
+        if (c->workers_auto)
+                fprintf(f, "workers = \"auto\"; # %u\n", c->workers);
+        else if (c->workers == 0)
+                fputs("workers = \"per-connection\";\n", f);
+        else
+                fprintf(f, "workers = %u;\n", c->workers);
         /* Names were validated: letters, digits and _-.$ only; nothing to escape. */
         if (c->user)
                 fprintf(f, "user = \"%s\";\n", c->user);

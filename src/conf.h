@@ -35,6 +35,7 @@
 #define CONF_LISTEN_MAX 64
 #define CONF_CIDR_MAX 1024 /* entries in `allow` or `deny` */
 #define CONF_NAME_MAX 64   /* `user`, `group` */
+#define CONF_WORKERS_MAX 256
 #define CONF_WORKER_STACK_MIN (64 * 1024)
 #define CONF_WORKER_STACK_MAX (64 * 1024 * 1024)
 
@@ -85,6 +86,8 @@ typedef struct Conf {
         unsigned rate_limit_per_ip; /* new connections a second per source; 0: no limit */
         unsigned rate_limit_burst;
         Overload overload;
+        unsigned workers;  /* 0: a thread per connection; N: a pool of N event loops */
+        bool workers_auto; /* "auto": N is the number of CPUs */
         char *user; /* NULL: stay who we are started as */
         char *group;
 

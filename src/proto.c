@@ -14,12 +14,8 @@ int proto_init(Proto *p, const Conf *conf) {
                 .prefix_len = strlen(conf->reply_prefix),
                 .suffix_len = strlen(conf->reply_suffix),
         };
-        if (conf->framing == FRAMING_LINE) {
-                /* Room for the longest line plus the '\r' that may precede its '\n'. */
-                p->pending = malloc((size_t) conf->max_line_length + 1);
-                if (!p->pending)
-                        return -ENOMEM;
-        }
+        /* The pending-line buffer comes when a line is first split across reads: most
+         * connections (and every idle one) never need it. */
         return 0;
 }
 
@@ -161,6 +157,12 @@ static size_t feed_line(Proto *p, const char *in, size_t n, Buf *out, ProtoStatu
                                 *status = PROTO_CLOSE;
                                 return n;
                         }
+                        /* Room for the longest line plus the '\r' that may precede its '\n'. */
+                        if (!p->pending && !(p->pending = malloc(max_pending))) {
+                                end_with(p, PROTO_END_NO_MEMORY, out);
+                                *status = PROTO_CLOSE;
+                                return n;
+                        }
                         memcpy(p->pending + p->pending_len, in + i, rest);
                         p->pending_len = total;
                         return n;
@@ -239,6 +241,8 @@ const char *proto_end_to_string(ProtoEnd end) {
                 return "idle-timeout";
         case PROTO_END_SHUTDOWN:
                 return "shutdown";
+        case PROTO_END_NO_MEMORY:
+                return "out-of-memory";
         }
         return "unknown";
 }

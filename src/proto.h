@@ -29,6 +29,7 @@ typedef enum ProtoEnd {
         PROTO_END_TOO_LONG, /* a line over max_line_length */
         PROTO_END_IDLE,     /* no complete line within idle_timeout */
         PROTO_END_SHUTDOWN, /* the server is stopping */
+        PROTO_END_NO_MEMORY, /* no memory to carry a line across reads */
 } ProtoEnd;
 
 typedef struct Proto {
@@ -41,7 +42,7 @@ typedef struct Proto {
         ProtoEnd end;
 } Proto;
 
-/* proto_init: returns 0 or -ENOMEM. */
+/* proto_init: allocates nothing (the pending-line buffer comes when first needed); returns 0. */
 int proto_init(Proto *p, const Conf *conf);
 void proto_done(Proto *p);
 

@@ -22,6 +22,7 @@
 #include "listener.h"
 #include "log.h"
 #include "notify.h"
+#include "pool.h"
 #include "proto.h"
 #include "ratelimit.h"
 #include "session.h"
@@ -51,7 +52,8 @@ struct Server {
         ListenerSet listeners;
         int signal_fd;
         int reserve_fd; /* spent to turn a client away when descriptors run out */
-        Workers *workers;
+        Workers *workers; /* workers = "per-connection": a thread per connection, cached */
+        Pool *pool;       /* workers = N: N event loops */
         uint64_t accept_paused_until; /* usec, CLOCK_MONOTONIC; 0: accepting */
         bool activated;        /* the listeners came from systemd and stay across reloads */
         RateLimit refusal_log;
@@ -165,12 +167,19 @@ static void release(Server *s, Session *session) {
         pthread_mutex_unlock(&s->lock);
 }
 
+/* serve: a worker thread's job in the per-connection model. */
 static void serve(void *arg) {
         Session *session = arg;
 
         session_run(session);
         session_log_close(session);
         release(session->userdata, session);
+}
+
+/* pool_done: a session of the pool model ended, on its loop thread. */
+static void pool_done(Session *session, void *userdata) {
+        session_log_close(session);
+        release(userdata, session);
 }
 
 /* rate_check: the source's connection-rate bucket; called under the lock. Returns the
@@ -252,7 +261,7 @@ static void admit(Server *s, int fd, const struct sockaddr *peer, const Listener
                 return;
         }
 
-        r = workers_run(s->workers, serve, session);
+        r = s->pool ? pool_add(s->pool, session) : workers_run(s->workers, serve, session);
         if (r < 0) {
                 /* No thread to be had: undo the admission and turn the client away. */
                 unsigned suppressed;
@@ -442,11 +451,14 @@ static void reload(Server *s) {
         }
         if (!same_name(conf->user, s->conf->user) || !same_name(conf->group, s->conf->group))
                 log_warning("a change of 'user' or 'group' takes effect when hellod is restarted");
+        if (conf->workers != s->conf->workers)
+                log_warning("a change of 'workers' takes effect when hellod is restarted");
         conf_unref(s->conf);
         s->conf = conf;
         apply_log_level(s);
         check_memory(conf);
-        workers_set_stack_size(s->workers, conf->worker_stack_size);
+        if (s->workers)
+                workers_set_stack_size(s->workers, conf->worker_stack_size);
 
         listeners_describe(&s->listeners, names, sizeof(names));
         LogField fields[] = { { "HELLOD_LISTEN", names }, { "HELLOD_CONFIG", s->opts.config_path } };
@@ -527,14 +539,12 @@ static int shut_down(Server *s) {
         }
         /* A worker stuck outside socket I/O must not keep the daemon from exiting: after the
          * grace period the pool is left to the exiting process. */
-        int r = workers_stop(s->workers, KILL_GRACE_MSEC);
-        if (r < 0) {
-                log_error_errno(r, "worker threads did not finish, exiting without them");
-                s->workers = NULL;
-                return r;
-        }
+        int r = s->pool ? pool_stop(s->pool, KILL_GRACE_MSEC) : workers_stop(s->workers, KILL_GRACE_MSEC);
+        s->pool = NULL;
         s->workers = NULL;
-        return 0;
+        if (r < 0)
+                log_error_errno(r, "worker threads did not finish, exiting without them");
+        return r;
 }
 
 static uint64_t earliest(uint64_t a, uint64_t b) {
@@ -573,8 +583,15 @@ static void log_started(Server *s) {
 
         listeners_describe(&s->listeners, names, sizeof(names));
         LogField fields[] = { { "HELLOD_LISTEN", names }, { "HELLOD_CONFIG", s->opts.config_path } };
-        log_struct(LOG_NOTICE, MESSAGE_ID_STARTED, fields, 2, "hellod %s started: config %s%s, %s %s", VERSION,
-                   s->opts.config_path, s->opts.config_defaulted ? " (absent: built-in defaults)" : "",
+        char model[48];
+
+        if (s->pool)
+                snprintf(model, sizeof(model), "a pool of %u event loop%s", s->conf->workers,
+                         s->conf->workers == 1 ? "" : "s");
+        else
+                snprintf(model, sizeof(model), "a thread per connection");
+        log_struct(LOG_NOTICE, MESSAGE_ID_STARTED, fields, 2, "hellod %s started: config %s%s, %s, %s %s", VERSION,
+                   s->opts.config_path, s->opts.config_defaulted ? " (absent: built-in defaults)" : "", model,
                    s->activated ? "serving the sockets passed by systemd:" : "listening on", names);
 }
 
@@ -684,9 +701,12 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
                 log_error_errno(r, "cannot start");
                 goto fail;
         }
-        r = workers_new(&s->workers, conf->worker_stack_size, WORKERS_MAX_IDLE);
+        if (conf->workers > 0)
+                r = pool_new(&s->pool, conf->workers, conf->worker_stack_size, pool_done, s);
+        else
+                r = workers_new(&s->workers, conf->worker_stack_size, WORKERS_MAX_IDLE);
         if (r < 0) {
-                log_error_errno(r, "cannot start");
+                log_error_errno(r, "cannot start the worker threads");
                 goto fail;
         }
         if (inherited && inherited->n > 0) {
@@ -715,6 +735,7 @@ Server *server_free(Server *s) {
         if (!s)
                 return NULL;
         workers_free(s->workers);
+        (void) pool_stop(s->pool, UINT64_MAX);
         listener_set_done(&s->listeners);
         iptable_free(s->ips);
         if (s->reserve_fd >= 0)

@@ -17,9 +17,6 @@
 /* Read size in line framing; replies to one read go out in one write when they fit OUT. */
 #define SESSION_READ_SIZE 4096
 #define SESSION_OUT_SIZE 16384
-/* What a closing session still reads from a client that keeps sending. */
-#define SESSION_LINGER_USEC 1000000u
-#define SESSION_LINGER_BYTES (64u * 1024u)
 /* Connection log lines per second, across all sessions; the rest are counted. */
 #define SESSION_LOG_BURST 100
 
@@ -30,7 +27,7 @@ uint64_t now_usec(void) {
         return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
 }
 
-static size_t output_size(const Conf *conf) {
+size_t session_output_size(const Conf *conf) {
         size_t min = proto_output_min(conf);
 
         return min > SESSION_OUT_SIZE ? min : SESSION_OUT_SIZE;
@@ -41,7 +38,7 @@ static size_t input_size(const Conf *conf) {
 }
 
 size_t session_memory_max(const Conf *conf) {
-        return sizeof(Session) + output_size(conf) + input_size(conf) + (size_t) conf->max_line_length + 1 +
+        return sizeof(Session) + session_output_size(conf) + input_size(conf) + (size_t) conf->max_line_length + 1 +
                conf->worker_stack_size;
 }
 
@@ -59,14 +56,9 @@ int session_new(Session **ret, int fd, Conf *conf, const struct sockaddr *peer, 
         addr_format(peer, s->peer, sizeof(s->peer));
         snprintf(s->listen, sizeof(s->listen), "%s", listen);
 
-        s->out.cap = output_size(conf);
+        s->out.cap = session_output_size(conf);
         s->in_cap = input_size(conf);
-        s->out.data = malloc(s->out.cap);
-        s->in = malloc(s->in_cap);
-        if (!s->out.data || !s->in || proto_init(&s->proto, conf) < 0) {
-                session_free(s);
-                return -ENOMEM;
-        }
+        (void) proto_init(&s->proto, conf);
         *ret = s;
         return 0;
 }
@@ -95,8 +87,12 @@ void session_kill(Session *s) {
         (void) shutdown(s->fd, SHUT_RDWR);
 }
 
-static bool stop_requested(const Session *s) {
+bool session_stop_requested(const Session *s) {
         return __atomic_load_n(&s->stop_requested, __ATOMIC_ACQUIRE);
+}
+
+bool session_lingers(const Session *s) {
+        return s->proto.end != PROTO_END_EOF && s->proto.end != PROTO_END_SHUTDOWN;
 }
 
 static int set_timeout(int fd, int option, uint64_t usec) {
@@ -200,7 +196,7 @@ static int converse(Session *s) {
                 return r;
 
         while (status == PROTO_CONTINUE) {
-                if (stop_requested(s)) {
+                if (session_stop_requested(s)) {
                         /* The lines in hand were answered; the server is going away. */
                         proto_abort(&s->proto, PROTO_END_SHUTDOWN, &s->out);
                         break;
@@ -216,7 +212,7 @@ static int converse(Session *s) {
                         return -errno;
                 }
                 if (n == 0) {
-                        if (stop_requested(s))
+                        if (session_stop_requested(s))
                                 proto_abort(&s->proto, PROTO_END_SHUTDOWN, &s->out);
                         else
                                 proto_eof(&s->proto, &s->out);
@@ -269,12 +265,18 @@ void session_run(Session *s) {
         (void) setsockopt(s->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         log_debug("connection %" PRIu64 " from %s opened", s->id, s->peer);
 
+        s->in = malloc(s->in_cap);
+        s->out.data = malloc(s->out.cap);
+        if (!s->in || !s->out.data) {
+                s->error = "out-of-memory";
+                return;
+        }
         int r = converse(s);
         if (r < 0) {
                 io_error(s, r);
                 return;
         }
-        if (s->proto.end != PROTO_END_EOF && s->proto.end != PROTO_END_SHUTDOWN)
+        if (session_lingers(s))
                 linger(s);
 }
 

@@ -22,15 +22,26 @@ typedef struct Session {
         uint64_t started_usec; /* CLOCK_MONOTONIC */
 
         Proto proto;
+        /* Buffers. The thread-per-connection model allocates both for the session's life;
+         * the pool reads and writes through its loop's scratch buffers and allocates them
+         * only to keep input it could not consume yet or output the client did not take. */
         Buf out;
+        size_t out_off; /* pool: bytes of OUT already sent */
         char *in;
-        size_t in_cap;
+        size_t in_cap;        /* the read size: 4 KiB, or one message in chunk framing */
+        size_t in_off, in_len; /* pool: unconsumed input kept in IN */
 
         bool stop_requested; /* atomic: set by session_stop() from the server thread */
         const char *error;   /* why I/O ended early (a static string), or NULL */
 
         struct Session *prev, *next; /* the server's list of live sessions */
         void *userdata;
+
+        /* Pool model only, owned by the session's loop thread. */
+        struct Session *timer_prev, *timer_next; /* the loop's sessions, by deadline */
+        uint64_t deadline;                       /* usec: idle timeout or end of linger */
+        bool lingering;                          /* ended; discarding what the client still sends */
+        bool want_write;                         /* output pending: waiting for EPOLLOUT */
 } Session;
 
 /* session_new: takes ownership of FD (closed by session_free, or here on failure) and a new
@@ -39,8 +50,17 @@ int session_new(Session **ret, int fd, Conf *conf, const struct sockaddr *peer, 
 /* session_free: closes the socket, drops the Conf reference; NULL-safe; returns NULL. */
 Session *session_free(Session *s);
 
-/* session_run: the whole conversation, on the calling (worker) thread. */
+/* session_run: the whole conversation with blocking I/O, on the calling (worker) thread. */
 void session_run(Session *s);
+
+/* The pieces both models share. */
+#define SESSION_LINGER_USEC 1000000u
+#define SESSION_LINGER_BYTES (64u * 1024u)
+size_t session_output_size(const Conf *conf);
+/* session_lingers: whether the server ended the conversation and should read the client's
+ * leftovers before closing (exit, ERR lines), rather than close at once (EOF, shutdown). */
+bool session_lingers(const Session *s);
+bool session_stop_requested(const Session *s);
 
 /* session_stop: asks a running session, from another thread, to finish the message in hand
  * and close: wakes a blocked read. session_kill: ends a session that is stuck writing.

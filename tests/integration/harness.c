@@ -2,6 +2,7 @@
 #include "harness.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -268,6 +269,124 @@ void harness_loopback_up(void) {
         if (ioctl(fd, SIOCSIFFLAGS, &ifr) < 0)
                 harness_fail("ioctl(lo, SIOCSIFFLAGS, IFF_UP): %s", strerror(errno));
         (void) close(fd);
+}
+
+rlim_t harness_raise_nofile(void) {
+        struct rlimit rl;
+
+        if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+                harness_fail("getrlimit(RLIMIT_NOFILE): %s", strerror(errno));
+        if (rl.rlim_cur != rl.rlim_max) {
+                rl.rlim_cur = rl.rlim_max;
+                if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+                        harness_fail("setrlimit(RLIMIT_NOFILE, %llu): %s", (unsigned long long) rl.rlim_max,
+                                     strerror(errno));
+        }
+        return rl.rlim_cur;
+}
+
+/* --- /proc (never fails: sampler threads use these) -------------------------------------- */
+
+/* read_small: up to SIZE-1 bytes of PATH, NUL-terminated; -1 if it cannot be read. */
+static ssize_t read_small(const char *path, char *buf, size_t size) {
+        size_t n = 0;
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+        if (fd < 0)
+                return -1;
+        while (n + 1 < size) {
+                ssize_t k = read(fd, buf + n, size - 1 - n);
+
+                if (k < 0 && errno == EINTR)
+                        continue;
+                if (k <= 0)
+                        break;
+                n += (size_t) k;
+        }
+        (void) close(fd);
+        buf[n] = '\0';
+        return (ssize_t) n;
+}
+
+long harness_proc_status_field(pid_t pid, const char *name) {
+        char path[64], buf[8192], key[64];
+        size_t klen;
+        char *p;
+
+        (void) snprintf(path, sizeof(path), "/proc/%d/status", (int) pid);
+        if (read_small(path, buf, sizeof(buf)) < 0)
+                return -1;
+        klen = (size_t) snprintf(key, sizeof(key), "%s:", name);
+        for (p = buf; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
+                if (strncmp(p, key, klen) == 0)
+                        return strtol(p + klen, NULL, 10);
+        return -1;
+}
+
+int harness_proc_fd_count(pid_t pid) {
+        char path[64];
+        struct dirent *e;
+        int n = 0;
+        DIR *dir;
+
+        (void) snprintf(path, sizeof(path), "/proc/%d/fd", (int) pid);
+        dir = opendir(path);
+        if (!dir)
+                return -1;
+        while ((e = readdir(dir)))
+                if (e->d_name[0] != '.')
+                        n++;
+        (void) closedir(dir);
+        return n;
+}
+
+int harness_proc_thread_count(pid_t pid, const char *name) {
+        char path[64];
+        struct dirent *e;
+        int n = 0;
+        DIR *dir;
+
+        (void) snprintf(path, sizeof(path), "/proc/%d/task", (int) pid);
+        dir = opendir(path);
+        if (!dir)
+                return -1;
+        while ((e = readdir(dir))) {
+                char comm_path[384], comm[64];
+                ssize_t k;
+
+                if (e->d_name[0] == '.')
+                        continue;
+                if (!name) {
+                        n++;
+                        continue;
+                }
+                (void) snprintf(comm_path, sizeof(comm_path), "%s/%s/comm", path, e->d_name);
+                k = read_small(comm_path, comm, sizeof(comm));
+                if (k <= 0) /* the thread ended meanwhile */
+                        continue;
+                if (comm[k - 1] == '\n')
+                        comm[k - 1] = '\0';
+                n += strcmp(comm, name) == 0;
+        }
+        (void) closedir(dir);
+        return n;
+}
+
+bool harness_proc_maps_contain(pid_t pid, const char *needle) {
+        char path[64], *line = NULL;
+        size_t cap = 0;
+        bool found = false;
+        FILE *f;
+
+        (void) snprintf(path, sizeof(path), "/proc/%d/maps", (int) pid);
+        f = fopen(path, "re");
+        if (!f)
+                return false;
+        while (!found && getline(&line, &cap, f) > 0)
+                found = strstr(line, needle) != NULL;
+        free(line);
+        (void) fclose(f);
+        return found;
 }
 
 /* --- ports ------------------------------------------------------------------------------ */
@@ -571,9 +690,16 @@ static void write_config_va(Hellod *d, const char *prefix, const char *format, v
         char *body = NULL, *all = NULL;
         int n;
 
+        /* HELLOD_TEST_CONF_EXTRA (e.g. "workers = 2;") goes at the end of every config, so that
+         * the whole suite runs once per worker model; line numbers above it do not move. */
+        const char *extra = getenv("HELLOD_TEST_CONF_EXTRA");
+
         if (format && vasprintf(&body, format, ap) < 0)
                 harness_fail("out of memory");
-        n = asprintf(&all, "%s%s", prefix, body ? body : "");
+        /* A test that picks its worker model itself keeps it. */
+        if (extra && (!*extra || (body && strstr(body, "workers"))))
+                extra = NULL;
+        n = asprintf(&all, "%s%s%s%s", prefix, body ? body : "", extra ? "\n" : "", extra ? extra : "");
         free(body);
         if (n < 0)
                 harness_fail("out of memory");
@@ -830,6 +956,51 @@ void hellod_wait_stderr(Hellod *d, const char *needle) {
         }
 }
 
+static pid_t running_pid(Hellod *d) {
+        if (!hellod_alive(d))
+                hellod_fail(d, "hellod is not running");
+        return d->pid;
+}
+
+int hellod_fd_count(Hellod *d) {
+        int n = harness_proc_fd_count(running_pid(d));
+
+        if (n < 0)
+                hellod_fail(d, "cannot list /proc/%d/fd", (int) d->pid);
+        return n;
+}
+
+int hellod_thread_count(Hellod *d) {
+        int n = harness_proc_thread_count(running_pid(d), NULL);
+
+        if (n < 0)
+                hellod_fail(d, "cannot list /proc/%d/task", (int) d->pid);
+        return n;
+}
+
+int hellod_worker_count(Hellod *d) {
+        int n = harness_proc_thread_count(running_pid(d), "hellod-worker");
+
+        if (n < 0)
+                hellod_fail(d, "cannot list /proc/%d/task", (int) d->pid);
+        return n;
+}
+
+long hellod_rss_kib(Hellod *d) {
+        long kib = harness_proc_status_field(running_pid(d), "VmRSS");
+
+        if (kib < 0)
+                hellod_fail(d, "no VmRSS in /proc/%d/status", (int) d->pid);
+        return kib;
+}
+
+bool hellod_sanitized(Hellod *d) {
+        pid_t pid = running_pid(d);
+
+        return harness_proc_maps_contain(pid, "libasan") || harness_proc_maps_contain(pid, "libtsan") ||
+               harness_proc_maps_contain(pid, "libubsan");
+}
+
 static int rm_entry(const char *path, const struct stat *st, int type, struct FTW *ftw) {
         (void) st;
         (void) type;
@@ -908,6 +1079,23 @@ int client_try_connect(const char *ip, uint16_t port, const char *src_ip) {
         if (r == -EINPROGRESS)
                 r = finish_connect(fd);
         if (r < 0) {
+                (void) close(fd);
+                return r;
+        }
+        return fd;
+}
+
+int client_start_connect(const char *ip, uint16_t port) {
+        struct sockaddr_storage ss;
+        socklen_t len = make_addr(ip, port, &ss);
+        int fd;
+
+        fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return -errno;
+        if (connect(fd, (struct sockaddr *) &ss, len) < 0 && errno != EINPROGRESS) {
+                int r = -errno;
+
                 (void) close(fd);
                 return r;
         }

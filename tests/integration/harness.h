@@ -66,6 +66,24 @@ const char *harness_env_path(const char *name);
 uint64_t harness_cpu_ticks(pid_t pid);
 /* harness_loopback_up: sets IFF_UP on `lo` of the current network namespace. */
 void harness_loopback_up(void);
+/* harness_raise_nofile: raises the calling process's soft RLIMIT_NOFILE to its hard limit
+ * (for tests that hold hundreds of sockets); returns the new soft limit. */
+rlim_t harness_raise_nofile(void);
+
+/*
+ * Looks at a running process through /proc. These never fail and call nothing that could, so
+ * sampler threads may use them: -1 (or false) means the process, or the field, is gone.
+ */
+/* harness_proc_status_field: the number after "NAME:" in /proc/PID/status (VmRSS in KiB,
+ * Threads, ...). */
+long harness_proc_status_field(pid_t pid, const char *name);
+/* harness_proc_fd_count: the entries of /proc/PID/fd. */
+int harness_proc_fd_count(pid_t pid);
+/* harness_proc_thread_count: threads of PID whose name (/proc/PID/task/TID/comm) is NAME, or all
+ * of them when NAME is NULL. */
+int harness_proc_thread_count(pid_t pid, const char *name);
+/* harness_proc_maps_contain: whether a mapping of PID names a file containing NEEDLE. */
+bool harness_proc_maps_contain(pid_t pid, const char *needle);
 
 /* A child process with captured output, killed with SIGKILL if the test process dies. */
 typedef struct HarnessSpawn {
@@ -139,6 +157,15 @@ char *hellod_stdout(Hellod *d);
 char *hellod_stderr(Hellod *d);
 /* hellod_wait_stderr: until stderr contains NEEDLE (bounded). */
 void hellod_wait_stderr(Hellod *d, const char *needle);
+/* The running daemon's resources (harness_proc_*); these fail if it is not running. */
+int hellod_fd_count(Hellod *d);
+/* hellod_thread_count: all its threads; hellod_worker_count: its worker threads (busy or parked). */
+int hellod_thread_count(Hellod *d);
+int hellod_worker_count(Hellod *d);
+long hellod_rss_kib(Hellod *d);
+/* hellod_sanitized: the daemon runs with ASan, TSan or UBSan's runtime mapped (slower, and with
+ * a much larger memory footprint). */
+bool hellod_sanitized(Hellod *d);
 /* hellod_fail: harness_fail() with the tail of the daemon's stderr appended. */
 _Noreturn void hellod_fail(Hellod *d, const char *format, ...) __attribute__((format(printf, 2, 3)));
 /* hellod_free: SIGKILL if still running, reap, remove the temp dir; NULL-safe, returns NULL. */
@@ -158,6 +185,10 @@ int client_try_connect(const char *ip, uint16_t port, const char *src_ip);
 int client_connect_to(const char *ip, uint16_t port, const char *src_ip);
 int client_connect(uint16_t port);  /* 127.0.0.1 */
 int client_connect6(uint16_t port); /* ::1 */
+/* client_start_connect: a non-blocking socket whose connect() to IP:PORT has started (it may
+ * still be in progress: wait for POLLOUT, then read SO_ERROR); -errno on failure. Never calls
+ * harness_fail() for a network error, so helper threads may use it. */
+int client_start_connect(const char *ip, uint16_t port);
 /*
  * client_connect_greeted: connects and reads the first CRLF-terminated line. WANT: returns
  * the fd. RETRY_ON (e.g. the busy error while a slot frees asynchronously): closes and retries

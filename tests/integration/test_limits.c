@@ -307,3 +307,43 @@ Test(limits, churn_reuses_worker_threads, .timeout = 60) {
         hellod_stop_clean(d);
         hellod_free(d);
 }
+
+/* thread_names: how many of the daemon's threads carry NAME (comm). */
+static size_t threads_named(pid_t pid, const char *name) {
+        pid_t tids[512];
+        size_t n = worker_tids(pid, tids, 512), count = 0;
+
+        for (size_t i = 0; i < n; i++) {
+                char path[64], *comm;
+                snprintf(path, sizeof(path), "/proc/%d/task/%d/comm", (int) pid, (int) tids[i]);
+                comm = harness_read_file(path, NULL);
+                if (strncmp(comm, name, strlen(name)) == 0)
+                        count++;
+                free(comm);
+        }
+        return count;
+}
+
+/* workers = 3: three event loops serve everyone; no thread is made per connection. */
+Test(limits, pool_serves_many_clients_on_its_loops, .timeout = 60) {
+        enum { N = 60 };
+        Hellod *d = hellod_start("workers = 3;\n");
+        int fds[N];
+        char name[32];
+
+        for (int i = 0; i < N; i++) {
+                fds[i] = client_connect(d->port);
+                client_expect_str(fds[i], HELLOD_GREETING);
+        }
+        for (int i = 0; i < N; i++) {
+                snprintf(name, sizeof(name), "pool-%d", i);
+                client_hello(fds[i], name);
+        }
+        cr_assert_eq(threads_named(d->pid, "hellod-loop"), 3);
+        cr_assert_eq(threads_named(d->pid, "hellod-worker"), 0);
+        for (int i = 0; i < N; i++)
+                client_close(fds[i]);
+        hellod_wait_stderr(d, "a pool of 3 event loops");
+        hellod_stop_clean(d);
+        hellod_free(d);
+}

@@ -1132,3 +1132,43 @@ Test(conf_access, new_keys_round_trip) {
         conf_unref(again);
         conf_unref(c);
 }
+
+Test(conf_workers, forms) {
+        Conf *c = load_ok("workers = 4;\n");
+
+        cr_expect_eq(c->workers, 4);
+        cr_expect_not(c->workers_auto);
+        conf_unref(c);
+        c = load_ok("workers = \"per-connection\";\n");
+        cr_expect_eq(c->workers, 0);
+        conf_unref(c);
+        c = load_ok("workers = \"auto\";\n");
+        cr_expect_geq(c->workers, 1);
+        cr_expect(c->workers_auto);
+        conf_unref(c);
+        c = load_ok("");
+        cr_expect_eq(c->workers, 0, "the default is a thread per connection");
+        conf_unref(c);
+}
+
+Test(conf_workers, errors) {
+        expect_error("workers = 0;\n", 1, "workers", "between 1 and 256");
+        expect_error("\nworkers = 257;\n", 2, "workers", "between 1 and 256");
+        expect_error("workers = \"pool\";\n", 1, "workers", "\"per-connection\", \"auto\" or a number");
+        expect_error("workers = 1.5;\n", 1, "workers", "got a float");
+}
+
+Test(conf_workers, round_trip) {
+        char out[4096];
+        Conf *c = load_ok("workers = \"auto\";\n"), *again = print_and_reload(c, out, sizeof(out));
+
+        cr_expect(again->workers_auto);
+        cr_expect_eq(again->workers, c->workers);
+        conf_unref(again);
+        conf_unref(c);
+        c = load_ok("workers = 3;\n");
+        again = print_and_reload(c, out, sizeof(out));
+        cr_expect_eq(again->workers, 3);
+        conf_unref(again);
+        conf_unref(c);
+}

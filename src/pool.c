@@ -1,0 +1,574 @@
+/* pool: N epoll loops, each serving many non-blocking sessions.
+ *
+ * Ownership: pool_add() moves a session into a loop's incoming queue; from the moment the
+ * loop starts it, only that loop's thread touches it, until done() hands it back to the
+ * server (which unregisters, closes and frees it). The server thread may meanwhile call
+ * session_stop()/session_kill(), which only act on the socket.
+ *
+ * Per request the loop makes one recv() and one send(): input is read into the loop's
+ * scratch buffer and replies are built in its scratch output buffer; a session keeps
+ * buffers of its own only while it has input it could not consume yet or output the client
+ * has not taken (then it stops reading until the output is gone: back-pressure). An idle
+ * session costs its Session struct and nothing else. */
+#include "pool.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+
+#define EVENTS_MAX 256
+/* Reads per event for one session before the loop turns to the others: fairness. */
+#define READS_PER_EVENT 8
+
+typedef struct Loop {
+        struct Pool *pool;
+        pthread_t thread;
+        int epoll_fd;
+        int wake_fd; /* eventfd: sessions were queued, or the pool is stopping */
+
+        pthread_mutex_t lock; /* guards incoming and stopping */
+        Session *incoming;    /* handed over, not started yet (linked through timer_next) */
+        bool stopping;
+
+        unsigned n_sessions; /* atomic: queued and running, to pick the least busy loop */
+
+        /* Loop thread only. */
+        Session *first, *last; /* running sessions, by deadline */
+        char *in_buf, *out_buf;
+        size_t in_cap, out_cap;
+} Loop;
+
+struct Pool {
+        Loop *loops;
+        unsigned n;
+        PoolDone done;
+        void *userdata;
+
+        pthread_mutex_t lock;
+        pthread_cond_t all_gone; /* CLOCK_MONOTONIC; signalled when n_running drops to 0 */
+        unsigned n_running;      /* loop threads that have not returned yet */
+};
+
+static const uint64_t NO_DEADLINE = UINT64_MAX;
+
+/* ---- the loop's sessions, ordered by deadline ---- */
+
+static void timer_remove(Loop *l, Session *s) {
+        if (s->timer_prev)
+                s->timer_prev->timer_next = s->timer_next;
+        else
+                l->first = s->timer_next;
+        if (s->timer_next)
+                s->timer_next->timer_prev = s->timer_prev;
+        else
+                l->last = s->timer_prev;
+        s->timer_prev = s->timer_next = NULL;
+}
+
+/* timer_insert: from the back, where a new deadline (now + the same timeout) nearly always
+ * belongs; only after a reload changed idle_timeout does it walk past a few. */
+static void timer_insert(Loop *l, Session *s) {
+        Session *after = l->last;
+
+        while (after && after->deadline > s->deadline)
+                after = after->timer_prev;
+        s->timer_prev = after;
+        s->timer_next = after ? after->timer_next : l->first;
+        if (s->timer_next)
+                s->timer_next->timer_prev = s;
+        else
+                l->last = s;
+        if (after)
+                after->timer_next = s;
+        else
+                l->first = s;
+}
+
+static void set_deadline(Loop *l, Session *s, uint64_t deadline) {
+        timer_remove(l, s);
+        s->deadline = deadline;
+        timer_insert(l, s);
+}
+
+static uint64_t idle_deadline(const Session *s) {
+        unsigned idle = s->conf->idle_timeout;
+
+        return idle == 0 ? NO_DEADLINE : now_usec() + (uint64_t) idle * 1000000u;
+}
+
+/* ---- one session ---- */
+
+static int set_interest(Loop *l, Session *s, uint32_t events) {
+        struct epoll_event ev = { .events = events, .data.ptr = s };
+
+        return epoll_ctl(l->epoll_fd, EPOLL_CTL_MOD, s->fd, &ev) < 0 ? -errno : 0;
+}
+
+static void finish(Loop *l, Session *s, const char *error) {
+        (void) epoll_ctl(l->epoll_fd, EPOLL_CTL_DEL, s->fd, NULL);
+        timer_remove(l, s);
+        if (error && !s->error)
+                s->error = error;
+        __atomic_sub_fetch(&l->n_sessions, 1, __ATOMIC_RELAXED);
+        l->pool->done(s, l->pool->userdata);
+}
+
+static const char *error_name(int r) {
+        switch (-r) {
+        case ECONNRESET:
+                return "reset";
+        case EPIPE:
+                return "broken-pipe";
+        case ENOMEM:
+                return "out-of-memory";
+        default:
+                return "io-error";
+        }
+}
+
+/* send_out: OUT (scratch) to the client; what it does not take now is kept in the
+ * session and the loop waits for EPOLLOUT. */
+static int send_out(Loop *l, Session *s, const Buf *out) {
+        ssize_t n = 0;
+
+        if (out->len == 0)
+                return 0;
+        n = send(s->fd, out->data, out->len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0) {
+                if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+                        return -errno;
+                n = 0;
+        }
+        if ((size_t) n == out->len)
+                return 0;
+        if (!s->out.data && !(s->out.data = malloc(s->out.cap)))
+                return -ENOMEM;
+        memcpy(s->out.data, out->data + n, out->len - (size_t) n);
+        s->out.len = out->len - (size_t) n;
+        s->out_off = 0;
+        s->want_write = true;
+        return set_interest(l, s, EPOLLOUT);
+}
+
+/* flush_kept: returns 1 when the kept output is gone, 0 when the client still lags. */
+static int flush_kept(Loop *l, Session *s) {
+        while (s->out_off < s->out.len) {
+                ssize_t n = send(s->fd, s->out.data + s->out_off, s->out.len - s->out_off, MSG_NOSIGNAL | MSG_DONTWAIT);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
+                }
+                s->out_off += (size_t) n;
+        }
+        s->out.len = s->out_off = 0;
+        s->want_write = false;
+        /* The client took its replies: that is progress, not idleness. */
+        set_deadline(l, s, idle_deadline(s));
+        int r = set_interest(l, s, EPOLLIN);
+        return r < 0 ? r : 1;
+}
+
+/* keep_input: input the protocol could not take yet (the output was full). */
+static int keep_input(Session *s, const char *data, size_t n) {
+        if (data >= s->in && s->in && data < s->in + s->in_cap) {
+                s->in_off = (size_t) (data - s->in); /* already ours: just advance */
+                return 0;
+        }
+        if (!s->in && !(s->in = malloc(s->in_cap)))
+                return -ENOMEM;
+        memmove(s->in, data, n);
+        s->in_off = 0;
+        s->in_len = n;
+        return 0;
+}
+
+/* conclude: the protocol has ended and its last words are sent: linger or close. */
+static void conclude(Loop *l, Session *s) {
+        if (!session_lingers(s) || shutdown(s->fd, SHUT_WR) < 0) {
+                finish(l, s, NULL);
+                return;
+        }
+        s->lingering = true;
+        s->in_off = s->in_len = 0; /* from here on in_len counts what was discarded */
+        set_deadline(l, s, now_usec() + SESSION_LINGER_USEC);
+}
+
+static void linger(Loop *l, Session *s) {
+        for (;;) {
+                ssize_t n = recv(s->fd, l->in_buf, l->in_cap, 0);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+                        return;
+                if (n <= 0 || (s->in_len += (size_t) n) >= SESSION_LINGER_BYTES) {
+                        finish(l, s, NULL);
+                        return;
+                }
+        }
+}
+
+/* end_with: the protocol's closing words (EOF answer, ERR line), then conclude. */
+static void end_with(Loop *l, Session *s, ProtoEnd reason) {
+        Buf out = { .data = l->out_buf, .cap = s->out.cap };
+
+        if (reason == PROTO_END_EOF)
+                proto_eof(&s->proto, &out);
+        else
+                proto_abort(&s->proto, reason, &out);
+        int r = send_out(l, s, &out);
+        if (r < 0)
+                finish(l, s, error_name(r));
+        else if (!s->want_write)
+                conclude(l, s);
+}
+
+/* read_some: one read into the loop's scratch buffer. Returns the bytes read, 0 when the
+ * session ended (EOF or an error, already dealt with), -EAGAIN when there is nothing now. */
+static ssize_t read_some(Loop *l, Session *s) {
+        ssize_t k = recv(s->fd, l->in_buf, s->in_cap, 0);
+
+        if (k > 0)
+                return k;
+        if (k == 0)
+                end_with(l, s, session_stop_requested(s) ? PROTO_END_SHUTDOWN : PROTO_END_EOF);
+        else if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+                return -EAGAIN;
+        else
+                finish(l, s, error_name(-errno));
+        return 0;
+}
+
+/* serve: input to replies until the socket is drained, the output backs up or the
+ * conversation ends. */
+static void serve(Loop *l, Session *s) {
+        for (int round = 0; round < READS_PER_EVENT; round++) {
+                bool kept = s->in_len > s->in_off;
+                const char *data = kept ? s->in + s->in_off : l->in_buf;
+                size_t n = kept ? s->in_len - s->in_off : 0;
+                ProtoStatus status;
+                int r = 0;
+
+                if (session_stop_requested(s)) {
+                        end_with(l, s, PROTO_END_SHUTDOWN);
+                        return;
+                }
+                if (!kept) {
+                        ssize_t k = read_some(l, s);
+                        if (k <= 0)
+                                return;
+                        n = (size_t) k;
+                }
+
+                Buf out = { .data = l->out_buf, .cap = s->out.cap };
+                uint64_t messages = s->proto.messages;
+                size_t used = proto_feed(&s->proto, data, n, &out, &status);
+                if (status == PROTO_CONTINUE && used < n)
+                        r = keep_input(s, data + used, n - used);
+                else
+                        s->in_off = s->in_len = 0;
+                if (r == 0)
+                        r = send_out(l, s, &out);
+                if (r < 0) {
+                        finish(l, s, error_name(r));
+                        return;
+                }
+                if (s->proto.messages != messages && !s->want_write)
+                        set_deadline(l, s, idle_deadline(s));
+                if (status == PROTO_CLOSE) {
+                        if (!s->want_write)
+                                conclude(l, s);
+                        return;
+                }
+                /* Back-pressure: nothing more is read until the client takes its replies.
+                 * Otherwise one read per event, unless the read filled the buffer (more is
+                 * probably waiting) or kept input remains. */
+                if (s->want_write || (!kept && n < s->in_cap && s->in_len == s->in_off))
+                        return;
+        }
+}
+
+static void on_event(Loop *l, Session *s) {
+        if (s->want_write) {
+                int r = flush_kept(l, s);
+                if (r < 0)
+                        finish(l, s, error_name(r));
+                else if (r > 0 && s->proto.end != PROTO_END_NONE)
+                        conclude(l, s);
+                else if (r > 0)
+                        serve(l, s);
+                return;
+        }
+        if (s->lingering)
+                linger(l, s);
+        else
+                serve(l, s);
+}
+
+static void on_deadline(Loop *l, Session *s) {
+        if (s->lingering) {
+                finish(l, s, NULL);
+                return;
+        }
+        if (s->want_write) { /* the client stopped reading its replies */
+                finish(l, s, "write-timeout");
+                return;
+        }
+        end_with(l, s, PROTO_END_IDLE);
+        if (s->want_write && !s->lingering)
+                /* The ERR line waits for a client that is not reading: a last short grace. */
+                set_deadline(l, s, now_usec() + SESSION_LINGER_USEC);
+}
+
+/* grow: the scratch buffers fit every session's sizes (they differ across reloads). */
+static int grow(char **buf, size_t *cap, size_t want) {
+        if (*cap >= want)
+                return 0;
+        char *p = realloc(*buf, want);
+        if (!p)
+                return -ENOMEM;
+        *buf = p;
+        *cap = want;
+        return 0;
+}
+
+static void start(Loop *l, Session *s) {
+        static const int one = 1;
+        struct epoll_event ev = { .events = EPOLLIN, .data.ptr = s };
+        int flags = fcntl(s->fd, F_GETFL);
+        Buf out;
+        int r;
+
+        log_debug("connection %" PRIu64 " from %s opened", s->id, s->peer);
+        s->deadline = idle_deadline(s);
+        timer_insert(l, s);
+        if (grow(&l->in_buf, &l->in_cap, s->in_cap) < 0 || grow(&l->out_buf, &l->out_cap, s->out.cap) < 0) {
+                finish(l, s, "out-of-memory");
+                return;
+        }
+        if (flags < 0 || fcntl(s->fd, F_SETFL, flags | O_NONBLOCK) < 0 ||
+            epoll_ctl(l->epoll_fd, EPOLL_CTL_ADD, s->fd, &ev) < 0) {
+                finish(l, s, "io-error");
+                return;
+        }
+        (void) setsockopt(s->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+
+        out = (Buf) { .data = l->out_buf, .cap = s->out.cap };
+        proto_greeting(&s->proto, &out);
+        r = send_out(l, s, &out);
+        if (r < 0)
+                finish(l, s, error_name(r));
+}
+
+/* take_incoming: the queued sessions, oldest first; false when the loop should exit. */
+static bool take_incoming(Loop *l, Session **ret) {
+        eventfd_t ignored;
+        Session *list, *reversed = NULL;
+        bool go_on;
+
+        (void) eventfd_read(l->wake_fd, &ignored);
+        pthread_mutex_lock(&l->lock);
+        list = l->incoming;
+        l->incoming = NULL;
+        go_on = !l->stopping;
+        pthread_mutex_unlock(&l->lock);
+        while (list) {
+                Session *next = list->timer_next;
+                list->timer_next = reversed;
+                reversed = list;
+                list = next;
+        }
+        *ret = reversed;
+        return go_on;
+}
+
+static int poll_timeout(const Loop *l) {
+        if (!l->first || l->first->deadline == NO_DEADLINE)
+                return -1;
+        uint64_t now = now_usec();
+        if (l->first->deadline <= now)
+                return 0;
+        uint64_t ms = (l->first->deadline - now + 999u) / 1000u;
+        return ms > 60000 ? 60000 : (int) ms;
+}
+
+static void *loop_main(void *arg) {
+        Loop *l = arg;
+        struct epoll_event events[EVENTS_MAX];
+        bool stopping = false;
+
+        (void) pthread_setname_np(pthread_self(), "hellod-loop");
+        while (!stopping || l->first) {
+                int n = epoll_wait(l->epoll_fd, events, EVENTS_MAX, poll_timeout(l));
+                if (n < 0 && errno != EINTR) {
+                        log_error_errno(-errno, "epoll_wait failed");
+                        break;
+                }
+                for (int i = 0; i < n; i++) {
+                        if (events[i].data.ptr) {
+                                on_event(l, events[i].data.ptr);
+                                continue;
+                        }
+                        Session *queued;
+                        stopping = !take_incoming(l, &queued);
+                        while (queued) {
+                                Session *next = queued->timer_next;
+                                queued->timer_next = NULL;
+                                start(l, queued);
+                                queued = next;
+                        }
+                }
+                uint64_t now = now_usec();
+                while (l->first && l->first->deadline <= now)
+                        on_deadline(l, l->first);
+        }
+
+        pthread_mutex_lock(&l->pool->lock);
+        if (--l->pool->n_running == 0)
+                pthread_cond_broadcast(&l->pool->all_gone);
+        pthread_mutex_unlock(&l->pool->lock);
+        return NULL;
+}
+
+/* ---- the pool ---- */
+
+static void loop_done(Loop *l) {
+        if (l->epoll_fd >= 0)
+                close(l->epoll_fd);
+        if (l->wake_fd >= 0)
+                close(l->wake_fd);
+        pthread_mutex_destroy(&l->lock);
+        free(l->in_buf);
+        free(l->out_buf);
+}
+
+static int loop_start(Pool *p, Loop *l, size_t stack_size) {
+        struct epoll_event ev = { .events = EPOLLIN, .data.ptr = NULL };
+        pthread_attr_t attr;
+        int r;
+
+        l->pool = p;
+        l->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+        l->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        pthread_mutex_init(&l->lock, NULL);
+        if (l->epoll_fd < 0 || l->wake_fd < 0 || epoll_ctl(l->epoll_fd, EPOLL_CTL_ADD, l->wake_fd, &ev) < 0)
+                return -errno;
+        r = pthread_attr_init(&attr);
+        if (r == 0)
+                r = pthread_attr_setstacksize(&attr, stack_size);
+        pthread_mutex_lock(&p->lock);
+        if (r == 0)
+                r = pthread_create(&l->thread, &attr, loop_main, l);
+        if (r == 0)
+                p->n_running++;
+        pthread_mutex_unlock(&p->lock);
+        pthread_attr_destroy(&attr);
+        return -r;
+}
+
+static void stop_loop(Loop *l) {
+        pthread_mutex_lock(&l->lock);
+        l->stopping = true;
+        pthread_mutex_unlock(&l->lock);
+        (void) eventfd_write(l->wake_fd, 1);
+}
+
+int pool_new(Pool **ret, unsigned n, size_t stack_size, PoolDone done, void *userdata) {
+        Pool *p = calloc(1, sizeof(*p));
+        int r = 0;
+
+        if (!p || !(p->loops = calloc(n, sizeof(Loop)))) {
+                free(p);
+                return -ENOMEM;
+        }
+        pthread_condattr_t attr;
+
+        p->done = done;
+        p->userdata = userdata;
+        pthread_mutex_init(&p->lock, NULL);
+        pthread_condattr_init(&attr);
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+        pthread_cond_init(&p->all_gone, &attr);
+        pthread_condattr_destroy(&attr);
+        for (unsigned i = 0; i < n && r == 0; i++) {
+                p->loops[i].epoll_fd = p->loops[i].wake_fd = -1;
+                r = loop_start(p, &p->loops[i], stack_size);
+                if (r == 0)
+                        p->n++;
+                else
+                        loop_done(&p->loops[i]);
+        }
+        if (r < 0) {
+                (void) pool_stop(p, UINT64_MAX);
+                return r;
+        }
+        *ret = p;
+        return 0;
+}
+
+int pool_add(Pool *p, Session *s) {
+        Loop *best = &p->loops[0];
+
+        for (unsigned i = 1; i < p->n; i++)
+                if (__atomic_load_n(&p->loops[i].n_sessions, __ATOMIC_RELAXED) <
+                    __atomic_load_n(&best->n_sessions, __ATOMIC_RELAXED))
+                        best = &p->loops[i];
+        __atomic_add_fetch(&best->n_sessions, 1, __ATOMIC_RELAXED);
+        pthread_mutex_lock(&best->lock);
+        s->timer_next = best->incoming;
+        best->incoming = s;
+        pthread_mutex_unlock(&best->lock);
+        if (eventfd_write(best->wake_fd, 1) < 0)
+                log_warning_errno(-errno, "cannot wake a pool loop, ignoring");
+        return 0;
+}
+
+int pool_stop(Pool *p, uint64_t timeout_msec) {
+        struct timespec deadline;
+        int r = 0;
+
+        if (!p)
+                return 0;
+        clock_gettime(CLOCK_MONOTONIC, &deadline);
+        deadline.tv_sec += (time_t) (timeout_msec / 1000u < 86400u ? timeout_msec / 1000u : 86400u);
+        deadline.tv_nsec += (long) (timeout_msec % 1000u) * 1000000L;
+        if (deadline.tv_nsec >= 1000000000L) {
+                deadline.tv_sec++;
+                deadline.tv_nsec -= 1000000000L;
+        }
+        for (unsigned i = 0; i < p->n; i++)
+                stop_loop(&p->loops[i]);
+
+        /* Wait on a counter, then join: pthread_join() alone cannot time out. */
+        pthread_mutex_lock(&p->lock);
+        while (p->n_running > 0 && r == 0)
+                r = timeout_msec == UINT64_MAX ? pthread_cond_wait(&p->all_gone, &p->lock)
+                                               : pthread_cond_timedwait(&p->all_gone, &p->lock, &deadline);
+        bool gone = p->n_running == 0;
+        pthread_mutex_unlock(&p->lock);
+        if (!gone)
+                return -ETIMEDOUT; /* a loop still runs: the pool is left to it */
+
+        for (unsigned i = 0; i < p->n; i++) {
+                pthread_join(p->loops[i].thread, NULL);
+                loop_done(&p->loops[i]);
+        }
+        pthread_cond_destroy(&p->all_gone);
+        pthread_mutex_destroy(&p->lock);
+        free(p->loops);
+        free(p);
+        return 0;
+}
