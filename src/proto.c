@@ -49,7 +49,9 @@ static bool is_exit(const char *a, size_t a_len, const char *b, size_t b_len) {
 
         if (a_len + b_len != word_len)
                 return false;
-        return memcmp(a, EXIT_WORD, a_len) == 0 && memcmp(b, EXIT_WORD + a_len, b_len) == 0;
+        /* A is NULL while no line was ever carried over: no memcmp() on it then. */
+        return (a_len == 0 || memcmp(a, EXIT_WORD, a_len) == 0) &&
+               (b_len == 0 || memcmp(b, EXIT_WORD + a_len, b_len) == 0);
 }
 
 static size_t reply_size(const Proto *p, size_t name_len) {
