@@ -103,21 +103,40 @@ static int set_timeout(int fd, int option, uint64_t usec) {
         return 0;
 }
 
-/* flush: writes all of OUT; partial writes are completed, a stalled reader times out. */
+/* flush: writes all of OUT; partial writes are completed, a stalled reader times out.
+ * SO_SNDTIMEO (idle_timeout) bounds each send(); when one returns short, the rest of the
+ * flush gets only what is left of idle_timeout from the flush's start, so a client that
+ * reads a trickle cannot hold its worker for several timeouts in a row. */
 static int flush(Session *s) {
+        const uint64_t limit = (uint64_t) s->conf->idle_timeout * 1000000u;
+        const uint64_t deadline = limit ? now_usec() + limit : 0;
+        bool shortened = false;
         size_t done = 0;
+        int r = 0;
 
         while (done < s->out.len) {
                 ssize_t n = send(s->fd, s->out.data + done, s->out.len - done, MSG_NOSIGNAL);
+                if (n < 0 && errno == EINTR)
+                        continue;
                 if (n < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return errno == EAGAIN || errno == EWOULDBLOCK ? -ETIMEDOUT : -errno;
+                        r = errno == EAGAIN || errno == EWOULDBLOCK ? -ETIMEDOUT : -errno;
+                        break;
                 }
                 done += (size_t) n;
+                if (done == s->out.len || limit == 0)
+                        continue;
+                /* The slow path: a short write. */
+                uint64_t now = now_usec();
+                if (now >= deadline || (r = set_timeout(s->fd, SO_SNDTIMEO, deadline - now)) < 0) {
+                        r = r < 0 ? r : -ETIMEDOUT;
+                        break;
+                }
+                shortened = true;
         }
+        if (shortened)
+                (void) set_timeout(s->fd, SO_SNDTIMEO, limit);
         s->out.len = 0;
-        return 0;
+        return r;
 }
 
 /* feed: hands one read to the protocol, flushing whenever the output buffer fills. */
