@@ -102,6 +102,9 @@ static void flatten(char *s, size_t n) {
 }
 
 /* format_message: the message with ": strerror" appended, flattened; returns its length. */
+static size_t format_message(char *buf, size_t size, int errnum, const char *format, va_list ap)
+        __attribute__((format(printf, 4, 0)));
+
 static size_t format_message(char *buf, size_t size, int errnum, const char *format, va_list ap) {
         int m = vsnprintf(buf, size, format, ap);
         size_t n = m < 0 ? 0 : (size_t) m < size ? (size_t) m : size - 1;

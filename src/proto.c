@@ -51,7 +51,7 @@ static bool is_exit(const char *a, size_t a_len, const char *b, size_t b_len) {
                 return false;
         /* A is NULL while no line was ever carried over: no memcmp() on it then. */
         return (a_len == 0 || memcmp(a, EXIT_WORD, a_len) == 0) &&
-               (b_len == 0 || memcmp(b, EXIT_WORD + a_len, b_len) == 0);
+               (b_len == 0 || memcmp(b, &EXIT_WORD[a_len], b_len) == 0);
 }
 
 static size_t reply_size(const Proto *p, size_t name_len) {

@@ -1172,3 +1172,9 @@ Test(conf_workers, round_trip) {
         conf_unref(again);
         conf_unref(c);
 }
+
+Test(conf_file, syntax_error_after_a_string) {
+        /* libconfig 1.5 leaks the token (its issue #142): suppressed in tests/sanitizers/lsan.supp. */
+        expect_error("port = 1;\n\"str\"\n", 2, NULL, "syntax error");
+        expect_error("listen = [ \"::1\" ];\nli\"notice\" ];\n", 2, NULL, "syntax error");
+}

@@ -386,3 +386,12 @@ Test(line, a_message_that_did_not_fit_is_counted_once) {
         cr_assert_eq(proto_feed(&proto, "yy\n", 3, &b, &status), 0, "12 bytes do not fit in 11");
         cr_assert_eq(proto.messages, 1);
 }
+
+Test(line, four_byte_first_line_without_pending_buffer) {
+        /* The pending buffer comes lazily: "exit"-sized lines must not compare against NULL
+         * (UBSan; found by the fuzzer). */
+        cr_assert_null(proto.pending);
+        cr_assert_eq(feed_str("abcd\nexit\n"), PROTO_CLOSE);
+        expect_out_str("Hello, abcd!\r\n");
+        cr_assert_eq(proto.end, PROTO_END_EXIT);
+}
