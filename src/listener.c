@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -92,6 +93,9 @@ static int open_socket(Listener *l, unsigned backlog) {
                 return -errno;
         /* Restarts must not wait for TIME_WAIT; v6 sockets must not claim IPv4 too, so that
          * "0.0.0.0" and "::" can both be bound. */
+        /* Accepted sockets inherit TCP_NODELAY from their listener: one call here instead of
+         * one per connection. Replies answer requests; Nagle would only delay them. */
+        (void) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
             (l->addr.ss_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0) ||
             bind(fd, (const struct sockaddr *) &l->addr, l->addr_len) < 0 || listen(fd, (int) backlog) < 0) {
@@ -226,6 +230,8 @@ static int adopt(Listener *l, int fd) {
         if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
                 return -errno;
         l->fd = fd;
+        /* As for our own listeners (hellod.socket sets NoDelay=true too). */
+        (void) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &(int) { 1 }, sizeof(int));
         l->addr_len = sizeof(l->addr);
         if (getsockname(fd, (struct sockaddr *) &l->addr, &l->addr_len) < 0)
                 return -errno;

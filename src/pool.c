@@ -14,9 +14,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <fcntl.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -118,7 +116,8 @@ static int set_interest(Loop *l, Session *s, uint32_t events) {
 }
 
 static void finish(Loop *l, Session *s, const char *error) {
-        (void) epoll_ctl(l->epoll_fd, EPOLL_CTL_DEL, s->fd, NULL);
+        /* No EPOLL_CTL_DEL: done() closes the socket (the only descriptor of it), which
+         * takes it out of the epoll set, and nothing in this loop runs in between. */
         timer_remove(l, s);
         if (error && !s->error)
                 s->error = error;
@@ -346,9 +345,7 @@ static int grow(char **buf, size_t *cap, size_t want) {
 }
 
 static void start(Loop *l, Session *s) {
-        static const int one = 1;
         struct epoll_event ev = { .events = EPOLLIN, .data.ptr = s };
-        int flags = fcntl(s->fd, F_GETFL);
         Buf out;
         int r;
 
@@ -359,12 +356,11 @@ static void start(Loop *l, Session *s) {
                 finish(l, s, "out-of-memory");
                 return;
         }
-        if (flags < 0 || fcntl(s->fd, F_SETFL, flags | O_NONBLOCK) < 0 ||
-            epoll_ctl(l->epoll_fd, EPOLL_CTL_ADD, s->fd, &ev) < 0) {
+        /* The socket was accepted non-blocking, and TCP_NODELAY came from its listener. */
+        if (epoll_ctl(l->epoll_fd, EPOLL_CTL_ADD, s->fd, &ev) < 0) {
                 finish(l, s, "io-error");
                 return;
         }
-        (void) setsockopt(s->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 
         out = (Buf) { .data = l->out_buf, .cap = s->out.cap };
         proto_greeting(&s->proto, &out);

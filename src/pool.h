@@ -16,8 +16,8 @@ typedef void (*PoolDone)(Session *s, void *userdata);
 /* pool_new: starts N loop threads with STACK_SIZE stacks. Returns 0 or a negative errno. */
 int pool_new(Pool **ret, unsigned n, size_t stack_size, PoolDone done, void *userdata);
 
-/* pool_add: hands S (registered by the server) to a loop. On failure the caller still
- * owns S. */
+/* pool_add: hands S (registered by the server, its socket accepted with SOCK_NONBLOCK) to a
+ * loop. On failure the caller still owns S. */
 int pool_add(Pool *p, Session *s);
 
 /* pool_stop: the loops exit once their sessions are gone (the server stops them first);

@@ -321,7 +321,8 @@ static void accept_some(Server *s, const Listener *l) {
         for (int i = 0; i < ACCEPT_BATCH && !at_capacity(s); i++) {
                 struct sockaddr_storage peer;
                 socklen_t len = sizeof(peer);
-                int fd = accept4(l->fd, (struct sockaddr *) &peer, &len, SOCK_CLOEXEC);
+                /* The pool's loops want non-blocking sockets; per-connection workers block. */
+                int fd = accept4(l->fd, (struct sockaddr *) &peer, &len, SOCK_CLOEXEC | (s->pool ? SOCK_NONBLOCK : 0));
 
                 if (fd >= 0) {
                         admit(s, fd, (const struct sockaddr *) &peer, l);

@@ -4,7 +4,6 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -92,6 +91,10 @@ bool session_stop_requested(const Session *s) {
 }
 
 bool session_lingers(const Session *s) {
+        /* Also after a clean exit: bytes the client sent after it may still be in flight, and
+         * closing before they arrive would answer them with a RST. (Closing at once when
+         * nothing is queued was measured 8% faster for connection churn, and failed the
+         * hostile tests for exactly that reason.) */
         return s->proto.end != PROTO_END_EOF && s->proto.end != PROTO_END_SHUTDOWN;
 }
 
@@ -278,10 +281,7 @@ static void linger(Session *s) {
 }
 
 void session_run(Session *s) {
-        static const int one = 1;
-
-        /* Replies are small and answer a request: do not let Nagle hold them back. */
-        (void) setsockopt(s->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        /* TCP_NODELAY comes from the listener (listener.c). */
         log_debug("connection %" PRIu64 " from %s opened", s->id, s->peer);
 
         s->in = malloc(s->in_cap);
