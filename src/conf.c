@@ -681,6 +681,13 @@ static int parse_group(Conf *c, const ConfKey *k, const config_setting_t *s, con
         return parse_name(k, s, ctx, &c->group);
 }
 
+/* workers_auto: one event loop per CPU. */
+static unsigned workers_auto(void) {
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+
+        return cpus < 1 ? 1 : cpus > CONF_WORKERS_MAX ? CONF_WORKERS_MAX : (unsigned) cpus;
+}
+
 /* parse_workers: "per-connection", "auto" (one loop per CPU) or a number of pool loops. */
 static int parse_workers(Conf *c, const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx) {
         char buf[ECHO_BUF_SIZE];
@@ -703,8 +710,7 @@ static int parse_workers(Conf *c, const ConfKey *k, const config_setting_t *s, c
                 c->workers = 0;
                 c->workers_auto = false;
         } else if (strcmp(v, "auto") == 0) {
-                long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-                c->workers = cpus < 1 ? 1 : cpus > CONF_WORKERS_MAX ? CONF_WORKERS_MAX : (unsigned) cpus;
+                c->workers = workers_auto();
                 c->workers_auto = true;
         } else
                 return key_error(ctx, s, k->name, "must be \"per-connection\", \"auto\" or a number, got \"%s\"",
@@ -1065,6 +1071,10 @@ static int conf_new(const char *path, Conf **ret) {
                 .rate_limit_per_ip = CONF_DEFAULT_RATE_LIMIT_PER_IP,
                 .rate_limit_burst = CONF_DEFAULT_RATE_LIMIT_BURST,
                 .overload = OVERLOAD_REFUSE,
+                /* The pool, one loop per CPU: measured faster and far leaner than a thread per
+                 * connection (README, Performance). */
+                .workers = workers_auto(),
+                .workers_auto = true,
         };
 
         c->listen = calloc(2, sizeof(ListenSpec));

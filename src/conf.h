@@ -87,7 +87,7 @@ typedef struct Conf {
         unsigned rate_limit_burst;
         Overload overload;
         unsigned workers;  /* 0: a thread per connection; N: a pool of N event loops */
-        bool workers_auto; /* "auto": N is the number of CPUs */
+        bool workers_auto; /* "auto" (the default): N is the number of CPUs */
         char *user; /* NULL: stay who we are started as */
         char *group;
 

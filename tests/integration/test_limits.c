@@ -274,11 +274,11 @@ static size_t worker_tids(pid_t pid, pid_t *tids, size_t max) {
         return n;
 }
 
-/* Connect/disconnect churn is served by cached threads: 60 sessions one after another run on
- * a handful of worker threads, not on 60 new ones. */
+/* In the per-connection model, connect/disconnect churn is served by cached threads: 60
+ * sessions one after another run on a handful of worker threads, not on 60 new ones. */
 Test(limits, churn_reuses_worker_threads, .timeout = 60) {
         enum { SESSIONS = 60, MAX_TIDS = 256 };
-        Hellod *d = hellod_start(NULL);
+        Hellod *d = hellod_start("workers = \"per-connection\";\n");
         pid_t seen[MAX_TIDS];
         size_t n_seen = 0;
 

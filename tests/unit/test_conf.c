@@ -117,6 +117,7 @@ static void expect_defaults(const Conf *c) {
         cr_expect_eq(c->overload, OVERLOAD_REFUSE);
         cr_expect_null(c->user);
         cr_expect_null(c->group);
+        cr_expect(c->workers_auto);
         cr_expect_eq(c->n_ref, 1);
 }
 
@@ -1147,7 +1148,8 @@ Test(conf_workers, forms) {
         cr_expect(c->workers_auto);
         conf_unref(c);
         c = load_ok("");
-        cr_expect_eq(c->workers, 0, "the default is a thread per connection");
+        cr_expect(c->workers_auto, "the default is the pool, one loop per CPU");
+        cr_expect_geq(c->workers, 1);
         conf_unref(c);
 }
 
