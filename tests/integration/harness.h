@@ -225,3 +225,20 @@ void client_hello(int fd, const char *name);
 void client_close(int fd);
 /* client_reset: close with SO_LINGER {1, 0}, so the peer gets an RST instead of a FIN. */
 void client_reset(int fd);
+
+/* A small seeded PRNG (splitmix64) for reproducible random traffic: print the seed. */
+typedef struct Rng {
+        uint64_t s;
+} Rng;
+
+static inline uint64_t rng_next(Rng *r) {
+        uint64_t z = (r->s += 0x9e3779b97f4a7c15u);
+
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
+        return z ^ (z >> 31);
+}
+
+static inline size_t rng_below(Rng *r, size_t n) {
+        return n ? (size_t) (rng_next(r) % n) : 0;
+}

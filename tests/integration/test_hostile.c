@@ -888,22 +888,6 @@ enum {
         GARBAGE_POLITE_EVERY = 10,
 };
 
-typedef struct Rng {
-        uint64_t s;
-} Rng;
-
-/* splitmix64 */
-static uint64_t rng_next(Rng *r) {
-        uint64_t z = (r->s += 0x9e3779b97f4a7c15u);
-
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
-        return z ^ (z >> 31);
-}
-
-static size_t rng_below(Rng *r, size_t n) {
-        return n ? (size_t) (rng_next(r) % n) : 0;
-}
 
 /* nasty_byte: anything but '\n', biased to what breaks parsers and terminals. */
 static unsigned char nasty_byte(Rng *r) {

@@ -74,22 +74,6 @@ static int64_t now_us(void) {
         return (int64_t) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-typedef struct Rng {
-        uint64_t s;
-} Rng;
-
-/* splitmix64 */
-static uint64_t rng_next(Rng *r) {
-        uint64_t z = (r->s += 0x9e3779b97f4a7c15u);
-
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
-        return z ^ (z >> 31);
-}
-
-static size_t rng_below(Rng *r, size_t n) {
-        return n ? (size_t) (rng_next(r) % n) : 0;
-}
 
 /* Errors: a count and the first few messages, per thread. */
 typedef struct Errors {
