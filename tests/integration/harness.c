@@ -1340,3 +1340,55 @@ void client_reset(int fd) {
                 harness_fail("setsockopt(SO_LINGER): %s", strerror(errno));
         (void) close(fd);
 }
+
+size_t harness_model_replies(const char *prefix, const char *suffix, const unsigned char *in, size_t n,
+                             size_t max_line, char *out) {
+        size_t i = 0, o = 0, pl = strlen(prefix), sl = strlen(suffix);
+
+        while (i < n) {
+                const unsigned char *line = in + i, *nl = memchr(line, '\n', n - i);
+                size_t len = nl ? (size_t) (nl - line) : n - i;
+
+                if (len > 0 && line[len - 1] == '\r')
+                        len--;
+                if (len > max_line) {
+                        memcpy(out + o, HELLOD_ERR_TOO_LONG, strlen(HELLOD_ERR_TOO_LONG));
+                        return o + strlen(HELLOD_ERR_TOO_LONG);
+                }
+                if (len == 4 && memcmp(line, "exit", 4) == 0)
+                        return o;
+                if (len > 0) {
+                        memcpy(out + o, prefix, pl);
+                        memcpy(out + o + pl, line, len);
+                        memcpy(out + o + pl + len, suffix, sl);
+                        memcpy(out + o + pl + len + sl, "\r\n", 2);
+                        o += pl + len + sl + 2;
+                }
+                if (!nl)
+                        break;
+                i = (size_t) (nl - in) + 1;
+        }
+        return o;
+}
+
+ClientState client_classify(int fd) {
+        ClientReadEnd end;
+        char c, esc[16];
+
+        if (!client_wait_readable(fd, 0))
+                return CLIENT_WAITING;
+        if (client_read(fd, &c, 1, NULL, HARNESS_TIMEOUT_MS, &end) != 1)
+                harness_fail("a client of the saturated daemon was closed without a word (%s)",
+                             end == CLIENT_READ_EOF ? "EOF" : end == CLIENT_READ_RESET ? "reset" : "?");
+        if (c == HELLOD_ERR_BUSY[0]) {
+                client_expect_str(fd, &HELLOD_ERR_BUSY[1]);
+                client_expect_eof(fd, false);
+                return CLIENT_REFUSED;
+        }
+        if (c != HELLOD_GREETING[0])
+                harness_fail("a client of the saturated daemon got \"%s...\"; expected the greeting, the busy "
+                             "error, or nothing yet",
+                             harness_escape(&c, 1, esc, sizeof(esc)));
+        client_expect_str(fd, &HELLOD_GREETING[1]);
+        return CLIENT_SERVED;
+}

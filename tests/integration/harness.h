@@ -226,6 +226,26 @@ void client_close(int fd);
 /* client_reset: close with SO_LINGER {1, 0}, so the peer gets an RST instead of a FIN. */
 void client_reset(int fd);
 
+/* What a client of a saturated daemon has seen so far. */
+typedef enum ClientState {
+        CLIENT_WAITING, /* nothing yet: in the listen backlog */
+        CLIENT_SERVED,  /* got the greeting */
+        CLIENT_REFUSED, /* got the busy error, then EOF */
+        CLIENT_GONE,    /* closed by the test */
+} ClientState;
+/* client_classify: the greeting, the busy error (then EOF) or nothing yet; anything else fails. */
+ClientState client_classify(int fd);
+
+/*
+ * harness_model_replies: what hellod answers, after its greeting, to IN followed by a
+ * half-close, per the README (line framing, reply PREFIX{name}SUFFIX): each '\n'-terminated
+ * line (an unterminated last one too) loses one trailing '\r'; a line over MAX_LINE gets the
+ * ERR and ends it all; "exit" ends it without a reply; an empty line gets nothing; any other
+ * line gets PREFIX, its bytes verbatim, SUFFIX and CRLF. OUT must have room; returns its length.
+ */
+size_t harness_model_replies(const char *prefix, const char *suffix, const unsigned char *in, size_t n,
+                             size_t max_line, char *out);
+
 /* A small seeded PRNG (splitmix64) for reproducible random traffic: print the seed. */
 typedef struct Rng {
         uint64_t s;

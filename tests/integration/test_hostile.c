@@ -947,40 +947,6 @@ static size_t gen_structured(Rng *r, unsigned char *buf, size_t cap) {
 }
 
 /*
- * model: what hellod answers after its greeting to IN followed by a half-close, per the
- * README: each '\n'-terminated line (an unterminated last one too) loses one trailing '\r'; a
- * line over max_line_length gets the ERR and ends it all; "exit" ends it without a reply; an
- * empty line gets nothing; any other line gets "Hello, <line>!\r\n", its bytes verbatim.
- */
-static size_t model(const unsigned char *in, size_t n, size_t max_line, char *out) {
-        size_t i = 0, o = 0;
-
-        while (i < n) {
-                const unsigned char *line = in + i, *nl = memchr(line, '\n', n - i);
-                size_t len = nl ? (size_t) (nl - line) : n - i;
-
-                if (len > 0 && line[len - 1] == '\r')
-                        len--;
-                if (len > max_line) {
-                        memcpy(out + o, HELLOD_ERR_TOO_LONG, strlen(HELLOD_ERR_TOO_LONG));
-                        return o + strlen(HELLOD_ERR_TOO_LONG);
-                }
-                if (len == 4 && memcmp(line, "exit", 4) == 0)
-                        return o;
-                if (len > 0) {
-                        memcpy(out + o, "Hello, ", 7);
-                        memcpy(out + o + 7, line, len);
-                        memcpy(out + o + 7 + len, "!\r\n", 3);
-                        o += len + 10;
-                }
-                if (!nl)
-                        break;
-                i = (size_t) (nl - in) + 1;
-        }
-        return o;
-}
-
-/*
  * exchange: sends IN in random-sized pieces (TCP_NODELAY, so they leave as they are), then
  * half-closes, reading all the while until EOF or a reset. Stops sending if the daemon is
  * gone. Returns the bytes read (malloc'd in *RET).
@@ -1072,7 +1038,7 @@ static void garbage_case(GarbageRun *g, const char *what, const void *in, size_t
         if (!want)
                 harness_fail("out of memory");
         memcpy(want, HELLOD_GREETING, glen);
-        wlen = glen + model(in, n, GARBAGE_MAX_LINE, want + glen);
+        wlen = glen + harness_model_replies("Hello, ", "!", in, n, GARBAGE_MAX_LINE, want + glen);
         fd = client_connect(g->d->port);
         glen_got = exchange(fd, in, n, &g->rng, pieces[rng_below(&g->rng, sizeof(pieces) / sizeof(pieces[0]))],
                             &got, &end);
@@ -1437,36 +1403,6 @@ enum {
         EXHAUST_DRAIN_MS = 60000,
 };
 
-typedef enum ClientState {
-        STATE_WAITING, /* nothing yet: in the listen backlog */
-        STATE_SERVED,  /* got the greeting */
-        STATE_REFUSED, /* got the busy error, then EOF */
-        STATE_GONE,    /* closed by the test */
-} ClientState;
-
-/* classify: what a client of a saturated daemon has seen so far; anything else fails. */
-static ClientState classify(int fd) {
-        ClientReadEnd end;
-        char c, esc[16];
-
-        if (!client_wait_readable(fd, 0))
-                return STATE_WAITING;
-        if (client_read(fd, &c, 1, NULL, HARNESS_TIMEOUT_MS, &end) != 1)
-                harness_fail("a client of the saturated daemon was closed without a word (%s)",
-                             end == CLIENT_READ_EOF ? "EOF" : end == CLIENT_READ_RESET ? "reset" : "?");
-        if (c == HELLOD_ERR_BUSY[0]) {
-                client_expect_str(fd, &HELLOD_ERR_BUSY[1]);
-                client_expect_eof(fd, false);
-                return STATE_REFUSED;
-        }
-        if (c != HELLOD_GREETING[0])
-                harness_fail("a client of the saturated daemon got \"%s...\"; expected the greeting, the busy "
-                             "error, or nothing yet",
-                             harness_escape(&c, 1, esc, sizeof(esc)));
-        client_expect_str(fd, &HELLOD_GREETING[1]);
-        return STATE_SERVED;
-}
-
 /*
  * The daemon with RLIMIT_NOFILE = 64 and 500 clients: it stays up, does not spin (CPU while at
  * the limit), leaves each client served, refused with the busy error or waiting in the
@@ -1518,23 +1454,23 @@ Test(hostile, descriptor_exhaustion, .timeout = 180) {
 
         harness_step("exhaustion: every client served, refused or waiting");
         for (int i = 0; i < EXHAUST_CLIENTS; i++) {
-                state[i] = classify(fds[i]);
+                state[i] = client_classify(fds[i]);
                 counts[state[i]]++;
         }
         report("exhaustion: %d clients connected in %" PRId64 " ms; at the limit: %d served, %d refused, %d "
                "waiting; daemon fds %d; daemon CPU %.2f s in %.1f s (%.0f%% of a core)",
-               EXHAUST_CLIENTS, connected_ms, counts[STATE_SERVED], counts[STATE_REFUSED], counts[STATE_WAITING],
+               EXHAUST_CLIENTS, connected_ms, counts[CLIENT_SERVED], counts[CLIENT_REFUSED], counts[CLIENT_WAITING],
                hellod_fd_count(d), cpu, EXHAUST_CPU_WINDOW_MS / 1000.0, 100.0 * cpu * 1000.0 / EXHAUST_CPU_WINDOW_MS);
         cr_assert(cpu < 0.5 * EXHAUST_CPU_WINDOW_MS / 1000.0,
                   "hellod used %.2f s of CPU in %.1f s while out of descriptors: a busy loop?", cpu,
                   EXHAUST_CPU_WINDOW_MS / 1000.0);
-        cr_assert(counts[STATE_SERVED] > 0, "no client served at all with RLIMIT_NOFILE = %d", EXHAUST_NOFILE);
-        cr_assert(counts[STATE_SERVED] < EXHAUST_NOFILE, "%d clients served with only %d descriptors?",
-                  counts[STATE_SERVED], EXHAUST_NOFILE);
+        cr_assert(counts[CLIENT_SERVED] > 0, "no client served at all with RLIMIT_NOFILE = %d", EXHAUST_NOFILE);
+        cr_assert(counts[CLIENT_SERVED] < EXHAUST_NOFILE, "%d clients served with only %d descriptors?",
+                  counts[CLIENT_SERVED], EXHAUST_NOFILE);
 
         harness_step("exhaustion: served clients work while saturated");
         for (int i = 0; i < EXHAUST_CLIENTS; i++)
-                if (state[i] == STATE_SERVED)
+                if (state[i] == CLIENT_SERVED)
                         client_hello(fds[i], "saturated");
 
         /* Served clients leave, refused ones are closed; the backlog must then be worked off:
@@ -1545,20 +1481,20 @@ Test(hostile, descriptor_exhaustion, .timeout = 180) {
         for (;;) {
                 left = 0;
                 for (int i = 0; i < EXHAUST_CLIENTS; i++) {
-                        if (state[i] == STATE_WAITING) {
-                                state[i] = classify(fds[i]);
-                                if (state[i] != STATE_WAITING) {
+                        if (state[i] == CLIENT_WAITING) {
+                                state[i] = client_classify(fds[i]);
+                                if (state[i] != CLIENT_WAITING) {
                                         total[state[i]]++;
-                                        total[STATE_WAITING]--;
-                                        if (state[i] == STATE_SERVED)
+                                        total[CLIENT_WAITING]--;
+                                        if (state[i] == CLIENT_SERVED)
                                                 client_hello(fds[i], "from the backlog");
                                 }
                         }
-                        if (state[i] == STATE_SERVED || state[i] == STATE_REFUSED) {
+                        if (state[i] == CLIENT_SERVED || state[i] == CLIENT_REFUSED) {
                                 client_close(fds[i]);
-                                state[i] = STATE_GONE;
+                                state[i] = CLIENT_GONE;
                         }
-                        left += state[i] == STATE_WAITING;
+                        left += state[i] == CLIENT_WAITING;
                 }
                 if (left == 0)
                         break;
@@ -1569,7 +1505,7 @@ Test(hostile, descriptor_exhaustion, .timeout = 180) {
         }
         report("exhaustion: backlog worked off in %" PRId64 " ms (%d polls): in all %d served, %d refused, "
                "none dropped",
-               harness_now_ms() - t0, rounds, total[STATE_SERVED], total[STATE_REFUSED]);
+               harness_now_ms() - t0, rounds, total[CLIENT_SERVED], total[CLIENT_REFUSED]);
 
         harness_step("exhaustion: recovery");
         for (int i = 0; i < 5; i++)

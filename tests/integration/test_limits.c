@@ -163,35 +163,6 @@ Test(limits, abrupt_resets, .timeout = 60) {
         hellod_free(d);
 }
 
-typedef enum SlotState {
-        SLOT_SERVED,  /* got the greeting */
-        SLOT_REFUSED, /* got the busy error, then EOF */
-        SLOT_WAITING, /* nothing yet: still in the listen backlog */
-} SlotState;
-
-/* classify: what a client of a saturated daemon sees; anything else fails. */
-static SlotState classify(int fd) {
-        ClientReadEnd end;
-        char c, esc[16];
-
-        if (!client_wait_readable(fd, 0))
-                return SLOT_WAITING;
-        if (client_read(fd, &c, 1, NULL, HARNESS_TIMEOUT_MS, &end) != 1)
-                harness_fail("a client of the saturated daemon was closed without a word (%s)",
-                             end == CLIENT_READ_EOF ? "EOF" : end == CLIENT_READ_RESET ? "reset" : "?");
-        if (c == HELLOD_ERR_BUSY[0]) {
-                client_expect_str(fd, &HELLOD_ERR_BUSY[1]);
-                client_expect_eof(fd, false);
-                return SLOT_REFUSED;
-        }
-        if (c != HELLOD_GREETING[0])
-                harness_fail("a client of the saturated daemon got \"%s...\"; expected the greeting, "
-                             "the busy error, or nothing yet",
-                             harness_escape(&c, 1, esc, sizeof(esc)));
-        client_expect_str(fd, &HELLOD_GREETING[1]);
-        return SLOT_SERVED;
-}
-
 /*
  * With RLIMIT_NOFILE = 40 and 100 clients the daemon runs out of descriptors. It must stay
  * up, must not spin on a listening socket it cannot accept from, must leave each client
@@ -201,7 +172,7 @@ static SlotState classify(int fd) {
 Test(limits, descriptor_exhaustion, .timeout = 90) {
         enum { N = 100, NOFILE = 40, WINDOW_MS = 2000 };
         Hellod *d = hellod_start_opts(&(HellodOpts) { .nofile = NOFILE }, NULL);
-        SlotState state[N];
+        ClientState state[N];
         int fds[N], served = 0, refused = 0, waiting = 0;
         uint64_t t0, t1;
         long hz = sysconf(_SC_CLK_TCK);
@@ -225,10 +196,10 @@ Test(limits, descriptor_exhaustion, .timeout = 90) {
 
         harness_step("every client served, refused or waiting");
         for (int i = 0; i < N; i++) {
-                state[i] = classify(fds[i]);
-                served += state[i] == SLOT_SERVED;
-                refused += state[i] == SLOT_REFUSED;
-                waiting += state[i] == SLOT_WAITING;
+                state[i] = client_classify(fds[i]);
+                served += state[i] == CLIENT_SERVED;
+                refused += state[i] == CLIENT_REFUSED;
+                waiting += state[i] == CLIENT_WAITING;
         }
         cr_log_info("descriptor exhaustion: %d served, %d refused, %d waiting", served, refused,
                     waiting);
@@ -236,7 +207,7 @@ Test(limits, descriptor_exhaustion, .timeout = 90) {
 
         harness_step("served clients work while saturated");
         for (int i = 0; i < N; i++)
-                if (state[i] == SLOT_SERVED)
+                if (state[i] == CLIENT_SERVED)
                         client_hello(fds[i], "saturated");
 
         harness_step("recovery");

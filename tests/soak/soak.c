@@ -617,36 +617,6 @@ typedef struct Garbage {
         Errors err;
 } Garbage;
 
-/* model: hellod's answer to IN and a half-close, after the greeting (see test_hostile.c). */
-static size_t model(const Template *t, const unsigned char *in, size_t n, char *out) {
-        size_t i = 0, o = 0, pl = strlen(t->prefix), sl = strlen(t->suffix);
-
-        while (i < n) {
-                const unsigned char *line = in + i, *nl = memchr(line, '\n', n - i);
-                size_t len = nl ? (size_t) (nl - line) : n - i;
-
-                if (len > 0 && line[len - 1] == '\r')
-                        len--;
-                if (len > MAX_LINE) {
-                        memcpy(out + o, HELLOD_ERR_TOO_LONG, strlen(HELLOD_ERR_TOO_LONG));
-                        return o + strlen(HELLOD_ERR_TOO_LONG);
-                }
-                if (len == 4 && memcmp(line, "exit", 4) == 0)
-                        return o;
-                if (len > 0) {
-                        memcpy(out + o, t->prefix, pl);
-                        memcpy(out + o + pl, line, len);
-                        memcpy(out + o + pl + len, t->suffix, sl);
-                        memcpy(out + o + pl + len + sl, "\r\n", 2);
-                        o += pl + len + sl + 2;
-                }
-                if (!nl)
-                        break;
-                i = (size_t) (nl - in) + 1;
-        }
-        return o;
-}
-
 static unsigned char nasty_byte(Rng *r) {
         static const unsigned char special[] = { 0x00, 0xff, 0xfb, 0xfd, 0xf4, '\r', 0x80, 0xc0, 0xed, 0x1b, '%', '{' };
         unsigned char c;
@@ -690,7 +660,7 @@ static void garbage_stream(Garbage *g) {
                         if (lines > 1 || rng_below(&g->rng, 3))
                                 in[n++] = '\n';
                 }
-        wlen = model(&templates[tpl], in, n, want);
+        wlen = harness_model_replies(templates[tpl].prefix, templates[tpl].suffix, in, n, MAX_LINE, want);
 
         (void) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
         for (size_t off = 0;;) {
