@@ -489,7 +489,9 @@ static int parse_reply(Conf *c, const ConfKey *k, const config_setting_t *s, con
         return 0;
 }
 
-static int parse_framing(Conf *c, const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx) {
+/* parse_either: a string that must be FIRST or SECOND; *RET_SECOND says which. */
+static int parse_either(const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx, const char *first,
+                        const char *second, bool *ret_second) {
         char buf[ECHO_BUF_SIZE];
         const char *v = NULL;
         int r;
@@ -497,13 +499,20 @@ static int parse_framing(Conf *c, const ConfKey *k, const config_setting_t *s, c
         r = parse_string(k, s, ctx, &v);
         if (r < 0)
                 return r;
-        if (strcmp(v, "line") == 0)
-                c->framing = FRAMING_LINE;
-        else if (strcmp(v, "chunk") == 0)
-                c->framing = FRAMING_CHUNK;
-        else
-                return key_error(ctx, s, k->name, "must be \"line\" or \"chunk\", got \"%s\"", echo(v, buf));
+        if (strcmp(v, first) != 0 && strcmp(v, second) != 0)
+                return key_error(ctx, s, k->name, "must be \"%s\" or \"%s\", got \"%s\"", first, second,
+                                 echo(v, buf));
+        *ret_second = strcmp(v, second) == 0;
         return 0;
+}
+
+static int parse_framing(Conf *c, const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx) {
+        bool chunk;
+        int r = parse_either(k, s, ctx, "line", "chunk", &chunk);
+
+        if (r == 0)
+                c->framing = chunk ? FRAMING_CHUNK : FRAMING_LINE;
+        return r;
 }
 
 static int parse_log_level(Conf *c, const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx) {
@@ -626,20 +635,12 @@ static int parse_deny(Conf *c, const ConfKey *k, const config_setting_t *s, cons
 }
 
 static int parse_overload(Conf *c, const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx) {
-        char buf[ECHO_BUF_SIZE];
-        const char *v = NULL;
-        int r;
+        bool queue;
+        int r = parse_either(k, s, ctx, "refuse", "queue", &queue);
 
-        r = parse_string(k, s, ctx, &v);
-        if (r < 0)
-                return r;
-        if (strcmp(v, "refuse") == 0)
-                c->overload = OVERLOAD_REFUSE;
-        else if (strcmp(v, "queue") == 0)
-                c->overload = OVERLOAD_QUEUE;
-        else
-                return key_error(ctx, s, k->name, "must be \"refuse\" or \"queue\", got \"%s\"", echo(v, buf));
-        return 0;
+        if (r == 0)
+                c->overload = queue ? OVERLOAD_QUEUE : OVERLOAD_REFUSE;
+        return r;
 }
 
 /* parse_name: a user or group name (or a numeric ID), as getpwnam()/getgrnam() take it; it is
@@ -1145,6 +1146,17 @@ int conf_load_text(const char *name, const char *text, size_t size, Conf **ret, 
         }
         *ret = c;
         return 0;
+}
+
+int conf_load_for(const char *path, bool optional, Conf **ret, bool *ret_defaulted, char *err, size_t err_size) {
+        int r = conf_load(path, ret, err, err_size);
+
+        *ret_defaulted = false;
+        if (r == -ENOENT && optional) {
+                *ret_defaulted = true;
+                return conf_load(NULL, ret, err, err_size);
+        }
+        return r;
 }
 
 Conf *conf_ref(Conf *c) {

@@ -104,6 +104,10 @@ int conf_load(const char *path, Conf **ret, char *err, size_t err_size);
  * for the file in messages and in Conf.path. For tests and fuzzers. */
 int conf_load_text(const char *name, const char *text, size_t size, Conf **ret, char *err, size_t err_size);
 
+/* conf_load_for: loads PATH, or the built-in defaults when OPTIONAL and PATH is absent
+ * (*RET_DEFAULTED then says so). Errors as conf_load(). */
+int conf_load_for(const char *path, bool optional, Conf **ret, bool *ret_defaulted, char *err, size_t err_size);
+
 Conf *conf_ref(Conf *c);
 /* conf_unref: drops a reference and frees on the last one; NULL-safe; returns NULL. */
 Conf *conf_unref(Conf *c);

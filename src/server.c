@@ -97,17 +97,6 @@ int server_block_signals(void) {
         return -pthread_sigmask(SIG_BLOCK, &set, NULL);
 }
 
-int conf_load_for(const char *path, bool optional, Conf **ret, bool *ret_defaulted, char *err, size_t err_size) {
-        int r = conf_load(path, ret, err, err_size);
-
-        *ret_defaulted = false;
-        if (r == -ENOENT && optional) {
-                *ret_defaulted = true;
-                return conf_load(NULL, ret, err, err_size);
-        }
-        return r;
-}
-
 static void log_refusal(Server *s, const char *peer, const char *reason, const char *detail) {
         unsigned suppressed;
 

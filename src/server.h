@@ -32,8 +32,3 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
 int server_run(Server *s);
 
 Server *server_free(Server *s);
-
-
-/* conf_load_for: loads PATH, or the built-in defaults when OPTIONAL and PATH is absent
- * (*RET_DEFAULTED then says so). Errors as conf_load(). */
-int conf_load_for(const char *path, bool optional, Conf **ret, bool *ret_defaulted, char *err, size_t err_size);

@@ -13,7 +13,6 @@
 #include <unistd.h>
 
 #include "conf.h"
-#include "server.h"
 #include "log.h"
 
 typedef struct Loaded {
@@ -1001,7 +1000,7 @@ Test(conf_ref, concurrent_loads) {
         }
 }
 
-/* ---- the default path may be absent, a named one may not (conf_load_for, server.h) ---- */
+/* ---- the default path may be absent, a named one may not (conf_load_for) ---- */
 
 Test(conf_file, absent_optional_path_gives_defaults_and_says_so) {
         char err[256];
