@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 /* A power of two; chains stay short for tens of thousands of distinct clients. */
 #define IPTABLE_BUCKETS 4096
@@ -40,7 +41,10 @@ int iptable_new(IpTable **ret) {
 
         if (!t)
                 return -ENOMEM;
-        t->seed = ((uint64_t) random() << 32) ^ (uint64_t) (uintptr_t) t;
+        /* A seed clients cannot guess, so that they cannot aim many sources at one bucket.
+         * GRND_NONBLOCK: never wait at early boot; the address is a weak fallback then. */
+        if (getrandom(&t->seed, sizeof(t->seed), GRND_NONBLOCK) != (ssize_t) sizeof(t->seed))
+                t->seed = (uint64_t) (uintptr_t) t ^ 0x9e3779b97f4a7c15u;
         *ret = t;
         return 0;
 }

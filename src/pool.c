@@ -1,20 +1,22 @@
-/* pool: N epoll loops, each serving many non-blocking sessions.
+/* pool: the event-driven driver: N epoll loops, each serving many non-blocking sessions
+ * (memcached's layout). The server hands each connection to the least busy loop.
  *
  * Ownership: pool_add() moves a session into a loop's incoming queue; from the moment the
- * loop starts it, only that loop's thread touches it, until done() hands it back to the
- * server (which unregisters, closes and frees it). The server thread may meanwhile call
- * session_stop()/session_kill(), which only act on the socket.
+ * loop starts it, only that loop's thread touches it, until engine_session_done() hands it
+ * back. Every function below that can end a session returns a Fate, and GONE means the
+ * session is freed: the caller returns at once without touching it.
  *
  * Per request the loop makes one recv() and one send(): input is read into the loop's
  * scratch buffer and replies are built in its scratch output buffer; a session keeps
  * buffers of its own only while it has input it could not consume yet or output the client
  * has not taken (then it stops reading until the output is gone: back-pressure). An idle
- * session costs its Session struct and nothing else. */
-#include "pool.h"
-
+ * session costs its Session struct and nothing else.
+ *
+ * Fairness: a session gets READS_PER_EVENT rounds per turn. Input left in its own buffer
+ * after its turn is not in the kernel, so no event would bring it back: it goes on the
+ * loop's ready list and gets another turn after the next poll (which then does not wait). */
 #include <errno.h>
 #include <inttypes.h>
-#include <netinet/in.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -25,11 +27,17 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "engine.h"
 #include "log.h"
 
 #define EVENTS_MAX 256
-/* Reads per event for one session before the loop turns to the others: fairness. */
+/* Reads per turn for one session before the loop turns to the others. */
 #define READS_PER_EVENT 8
+
+typedef enum Fate {
+        ALIVE,
+        GONE, /* ended and freed: do not touch */
+} Fate;
 
 typedef struct Loop {
         struct Pool *pool;
@@ -45,22 +53,20 @@ typedef struct Loop {
 
         /* Loop thread only. */
         Session *first, *last; /* running sessions, by deadline */
+        Session *ready;        /* sessions with kept input waiting for a turn */
         char *in_buf, *out_buf;
         size_t in_cap, out_cap;
 } Loop;
 
-struct Pool {
+typedef struct Pool {
+        Engine engine; /* first: the engine is the driver */
         Loop *loops;
         unsigned n;
-        PoolDone done;
-        void *userdata;
 
         pthread_mutex_t lock;
         pthread_cond_t all_gone; /* CLOCK_MONOTONIC; signalled when n_running drops to 0 */
         unsigned n_running;      /* loop threads that have not returned yet */
-};
-
-static const uint64_t NO_DEADLINE = UINT64_MAX;
+} Pool;
 
 /* ---- the loop's sessions, ordered by deadline ---- */
 
@@ -101,10 +107,26 @@ static void set_deadline(Loop *l, Session *s, uint64_t deadline) {
         timer_insert(l, s);
 }
 
-static uint64_t idle_deadline(const Session *s) {
-        unsigned idle = s->conf->idle_timeout;
+/* ---- the ready list: kept input that no event will announce ---- */
 
-        return idle == 0 ? NO_DEADLINE : now_usec() + (uint64_t) idle * 1000000u;
+static void ready_push(Loop *l, Session *s) {
+        if (s->ready)
+                return;
+        s->ready = true;
+        s->ready_next = l->ready;
+        l->ready = s;
+}
+
+static void ready_remove(Loop *l, Session *s) {
+        if (!s->ready)
+                return;
+        for (Session **p = &l->ready; *p; p = &(*p)->ready_next)
+                if (*p == s) {
+                        *p = s->ready_next;
+                        break;
+                }
+        s->ready = false;
+        s->ready_next = NULL;
 }
 
 /* ---- one session ---- */
@@ -115,31 +137,21 @@ static int set_interest(Loop *l, Session *s, uint32_t events) {
         return epoll_ctl(l->epoll_fd, EPOLL_CTL_MOD, s->fd, &ev) < 0 ? -errno : 0;
 }
 
-static void finish(Loop *l, Session *s, const char *error) {
-        /* No EPOLL_CTL_DEL: done() closes the socket (the only descriptor of it), which
+/* finish: the one way out. R: the I/O failure that ended it, or 0. */
+static Fate finish(Loop *l, Session *s, int r) {
+        /* No EPOLL_CTL_DEL: the done path closes the socket (its only descriptor), which
          * takes it out of the epoll set, and nothing in this loop runs in between. */
         timer_remove(l, s);
-        if (error && !s->error)
-                s->error = error;
+        ready_remove(l, s);
+        if (r < 0)
+                session_fail(s, r);
         __atomic_sub_fetch(&l->n_sessions, 1, __ATOMIC_RELAXED);
-        l->pool->done(s, l->pool->userdata);
-}
-
-static const char *error_name(int r) {
-        switch (-r) {
-        case ECONNRESET:
-                return "reset";
-        case EPIPE:
-                return "broken-pipe";
-        case ENOMEM:
-                return "out-of-memory";
-        default:
-                return "io-error";
-        }
+        engine_session_done(&l->pool->engine, s);
+        return GONE;
 }
 
 /* send_out: OUT (scratch) to the client; what it does not take now is kept in the
- * session and the loop waits for EPOLLOUT. */
+ * session, the loop waits for EPOLLOUT and the write deadline runs. */
 static int send_out(Loop *l, Session *s, const Buf *out) {
         ssize_t n = 0;
 
@@ -159,10 +171,11 @@ static int send_out(Loop *l, Session *s, const Buf *out) {
         s->out.len = out->len - (size_t) n;
         s->out_off = 0;
         s->want_write = true;
+        set_deadline(l, s, session_write_deadline(s, now_usec()));
         return set_interest(l, s, EPOLLOUT);
 }
 
-/* flush_kept: returns 1 when the kept output is gone, 0 when the client still lags. */
+/* flush_kept: 1 when the kept output is gone, 0 when the client still lags, or -errno. */
 static int flush_kept(Loop *l, Session *s) {
         while (s->out_off < s->out.len) {
                 ssize_t n = send(s->fd, s->out.data + s->out_off, s->out.len - s->out_off, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -176,14 +189,15 @@ static int flush_kept(Loop *l, Session *s) {
         s->out.len = s->out_off = 0;
         s->want_write = false;
         /* The client took its replies: that is progress, not idleness. */
-        set_deadline(l, s, idle_deadline(s));
+        set_deadline(l, s, session_idle_deadline(s, now_usec()));
         int r = set_interest(l, s, EPOLLIN);
         return r < 0 ? r : 1;
 }
 
-/* keep_input: input the protocol could not take yet (the output was full). */
+/* keep_input: the N bytes at DATA that the protocol could not take yet (the output was
+ * full), kept in the session's own buffer. */
 static int keep_input(Session *s, const char *data, size_t n) {
-        if (data >= s->in && s->in && data < s->in + s->in_cap) {
+        if (s->in && data >= s->in && data < s->in + s->in_cap) {
                 s->in_off = (size_t) (data - s->in); /* already ours: just advance */
                 return 0;
         }
@@ -195,33 +209,36 @@ static int keep_input(Session *s, const char *data, size_t n) {
         return 0;
 }
 
-/* conclude: the protocol has ended and its last words are sent: linger or close. */
-static void conclude(Loop *l, Session *s) {
-        if (!session_lingers(s) || shutdown(s->fd, SHUT_WR) < 0) {
-                finish(l, s, NULL);
-                return;
-        }
-        s->lingering = true;
-        s->in_off = s->in_len = 0; /* from here on in_len counts what was discarded */
-        set_deadline(l, s, now_usec() + SESSION_LINGER_USEC);
+static bool has_kept_input(const Session *s) {
+        return s->in_len > s->in_off;
 }
 
-static void linger(Loop *l, Session *s) {
+/* conclude: the protocol has ended and its last words are sent: linger or close. */
+static Fate conclude(Loop *l, Session *s) {
+        if (!session_lingers(s) || shutdown(s->fd, SHUT_WR) < 0)
+                return finish(l, s, 0);
+        s->lingering = true;
+        s->in_off = s->in_len = 0; /* from here on in_len counts what was discarded */
+        ready_remove(l, s);
+        set_deadline(l, s, now_usec() + SESSION_LINGER_USEC);
+        return ALIVE;
+}
+
+static Fate linger(Loop *l, Session *s) {
         for (;;) {
                 ssize_t n = recv(s->fd, l->in_buf, l->in_cap, 0);
                 if (n < 0 && errno == EINTR)
                         continue;
                 if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-                        return;
-                if (n <= 0 || (s->in_len += (size_t) n) >= SESSION_LINGER_BYTES) {
-                        finish(l, s, NULL);
-                        return;
-                }
+                        return ALIVE;
+                if (n <= 0 || (s->in_len += (size_t) n) >= SESSION_LINGER_BYTES)
+                        return finish(l, s, 0);
         }
 }
 
-/* end_with: the protocol's closing words (EOF answer, ERR line), then conclude. */
-static void end_with(Loop *l, Session *s, ProtoEnd reason) {
+/* end_with: the protocol's closing words (EOF answer, ERR line), then conclude once they
+ * are sent. */
+static Fate end_with(Loop *l, Session *s, ProtoEnd reason) {
         Buf out = { .data = l->out_buf, .cap = s->out.cap };
 
         if (reason == PROTO_END_EOF)
@@ -230,106 +247,89 @@ static void end_with(Loop *l, Session *s, ProtoEnd reason) {
                 proto_abort(&s->proto, reason, &out);
         int r = send_out(l, s, &out);
         if (r < 0)
-                finish(l, s, error_name(r));
-        else if (!s->want_write)
-                conclude(l, s);
+                return finish(l, s, r);
+        return s->want_write ? ALIVE : conclude(l, s);
 }
 
-/* read_some: one read into the loop's scratch buffer. Returns the bytes read, 0 when the
- * session ended (EOF or an error, already dealt with), -EAGAIN when there is nothing now. */
-static ssize_t read_some(Loop *l, Session *s) {
-        ssize_t k = recv(s->fd, l->in_buf, s->in_cap, 0);
+/* serve_once: one round: a read (or the kept input) through the protocol, the replies out.
+ * *MORE: whether another round may find more to do right away. */
+static Fate serve_once(Loop *l, Session *s, bool *more) {
+        bool kept = has_kept_input(s);
+        const char *data = kept ? s->in + s->in_off : l->in_buf;
+        size_t n = kept ? s->in_len - s->in_off : 0;
+        ProtoStatus status;
+        int r = 0;
 
-        if (k > 0)
-                return k;
-        if (k == 0)
-                end_with(l, s, session_stop_requested(s) ? PROTO_END_SHUTDOWN : PROTO_END_EOF);
-        else if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-                return -EAGAIN;
+        *more = false;
+        if (session_stop_requested(s))
+                return end_with(l, s, PROTO_END_SHUTDOWN);
+        if (!kept) {
+                ssize_t k = recv(s->fd, l->in_buf, s->in_cap, 0);
+                if (k == 0)
+                        return end_with(l, s, session_stop_requested(s) ? PROTO_END_SHUTDOWN : PROTO_END_EOF);
+                if (k < 0)
+                        return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? ALIVE
+                                                                                        : finish(l, s, -errno);
+                n = (size_t) k;
+        }
+
+        Buf out = { .data = l->out_buf, .cap = s->out.cap };
+        uint64_t messages = s->proto.messages;
+        size_t used = proto_feed(&s->proto, data, n, &out, &status);
+        if (status == PROTO_CONTINUE && used < n)
+                r = keep_input(s, data + used, n - used);
         else
-                finish(l, s, error_name(-errno));
-        return 0;
+                s->in_off = s->in_len = 0;
+        if (r == 0)
+                r = send_out(l, s, &out);
+        if (r < 0)
+                return finish(l, s, r);
+        if (status == PROTO_CLOSE)
+                return s->want_write ? ALIVE : conclude(l, s);
+        if (s->proto.messages != messages && !s->want_write)
+                set_deadline(l, s, session_idle_deadline(s, now_usec()));
+        /* Back-pressure: nothing more is read until the client takes its replies. A read
+         * that filled the buffer probably left more in the kernel. */
+        *more = !s->want_write && (has_kept_input(s) || (!kept && n == s->in_cap));
+        return ALIVE;
 }
 
-/* serve: input to replies until the socket is drained, the output backs up or the
- * conversation ends. */
-static void serve(Loop *l, Session *s) {
-        for (int round = 0; round < READS_PER_EVENT; round++) {
-                bool kept = s->in_len > s->in_off;
-                const char *data = kept ? s->in + s->in_off : l->in_buf;
-                size_t n = kept ? s->in_len - s->in_off : 0;
-                ProtoStatus status;
-                int r = 0;
+/* serve: a turn of up to READS_PER_EVENT rounds. */
+static Fate serve(Loop *l, Session *s) {
+        bool more = true;
 
-                if (session_stop_requested(s)) {
-                        end_with(l, s, PROTO_END_SHUTDOWN);
-                        return;
-                }
-                if (!kept) {
-                        ssize_t k = read_some(l, s);
-                        if (k <= 0)
-                                return;
-                        n = (size_t) k;
-                }
-
-                Buf out = { .data = l->out_buf, .cap = s->out.cap };
-                uint64_t messages = s->proto.messages;
-                size_t used = proto_feed(&s->proto, data, n, &out, &status);
-                if (status == PROTO_CONTINUE && used < n)
-                        r = keep_input(s, data + used, n - used);
-                else
-                        s->in_off = s->in_len = 0;
-                if (r == 0)
-                        r = send_out(l, s, &out);
-                if (r < 0) {
-                        finish(l, s, error_name(r));
-                        return;
-                }
-                if (s->proto.messages != messages && !s->want_write)
-                        set_deadline(l, s, idle_deadline(s));
-                if (status == PROTO_CLOSE) {
-                        if (!s->want_write)
-                                conclude(l, s);
-                        return;
-                }
-                /* Back-pressure: nothing more is read until the client takes its replies.
-                 * Otherwise one read per event, unless the read filled the buffer (more is
-                 * probably waiting) or kept input remains. */
-                if (s->want_write || (!kept && n < s->in_cap && s->in_len == s->in_off))
-                        return;
-        }
+        for (int round = 0; round < READS_PER_EVENT && more; round++)
+                if (serve_once(l, s, &more) == GONE)
+                        return GONE;
+        /* Kept input is not in the kernel: without this, nothing would wake the session. */
+        if (has_kept_input(s) && !s->want_write)
+                ready_push(l, s);
+        return ALIVE;
 }
 
-static void on_event(Loop *l, Session *s) {
-        if (s->want_write) {
-                int r = flush_kept(l, s);
-                if (r < 0)
-                        finish(l, s, error_name(r));
-                else if (r > 0 && s->proto.end != PROTO_END_NONE)
-                        conclude(l, s);
-                else if (r > 0)
-                        serve(l, s);
-                return;
-        }
+static Fate on_event(Loop *l, Session *s) {
         if (s->lingering)
-                linger(l, s);
-        else
-                serve(l, s);
+                return linger(l, s);
+        if (!s->want_write)
+                return serve(l, s);
+        int r = flush_kept(l, s);
+        if (r < 0)
+                return finish(l, s, r);
+        if (r == 0)
+                return ALIVE;
+        if (s->proto.end != PROTO_END_NONE)
+                return conclude(l, s);
+        return serve(l, s);
 }
 
-static void on_deadline(Loop *l, Session *s) {
-        if (s->lingering) {
-                finish(l, s, NULL);
-                return;
-        }
-        if (s->want_write) { /* the client stopped reading its replies */
-                finish(l, s, "write-timeout");
-                return;
-        }
-        end_with(l, s, PROTO_END_IDLE);
-        if (s->want_write && !s->lingering)
-                /* The ERR line waits for a client that is not reading: a last short grace. */
-                set_deadline(l, s, now_usec() + SESSION_LINGER_USEC);
+static Fate on_deadline(Loop *l, Session *s) {
+        if (s->lingering)
+                return finish(l, s, 0);
+        if (s->want_write) /* the client stopped reading its replies */
+                return finish(l, s, -ETIMEDOUT);
+        /* Idle: the ERR line; if the client does not take it, send_out() gave it the last
+         * short grace (session_write_deadline), and the next deadline finishes it. */
+        return end_with(l, s, PROTO_END_IDLE);
 }
 
 /* grow: the scratch buffers fit every session's sizes (they differ across reloads). */
@@ -344,29 +344,23 @@ static int grow(char **buf, size_t *cap, size_t want) {
         return 0;
 }
 
-static void start(Loop *l, Session *s) {
+static Fate start(Loop *l, Session *s) {
         struct epoll_event ev = { .events = EPOLLIN, .data.ptr = s };
         Buf out;
         int r;
 
-        log_debug("connection %" PRIu64 " from %s opened", s->id, s->peer);
-        s->deadline = idle_deadline(s);
+        s->deadline = session_idle_deadline(s, now_usec());
         timer_insert(l, s);
-        if (grow(&l->in_buf, &l->in_cap, s->in_cap) < 0 || grow(&l->out_buf, &l->out_cap, s->out.cap) < 0) {
-                finish(l, s, "out-of-memory");
-                return;
-        }
+        if ((r = grow(&l->in_buf, &l->in_cap, s->in_cap)) < 0 || (r = grow(&l->out_buf, &l->out_cap, s->out.cap)) < 0)
+                return finish(l, s, r);
         /* The socket was accepted non-blocking, and TCP_NODELAY came from its listener. */
-        if (epoll_ctl(l->epoll_fd, EPOLL_CTL_ADD, s->fd, &ev) < 0) {
-                finish(l, s, "io-error");
-                return;
-        }
+        if (epoll_ctl(l->epoll_fd, EPOLL_CTL_ADD, s->fd, &ev) < 0)
+                return finish(l, s, -errno);
 
         out = (Buf) { .data = l->out_buf, .cap = s->out.cap };
         proto_greeting(&s->proto, &out);
         r = send_out(l, s, &out);
-        if (r < 0)
-                finish(l, s, error_name(r));
+        return r < 0 ? finish(l, s, r) : ALIVE;
 }
 
 /* take_incoming: the queued sessions, oldest first; false when the loop should exit. */
@@ -392,13 +386,39 @@ static bool take_incoming(Loop *l, Session **ret) {
 }
 
 static int poll_timeout(const Loop *l) {
-        if (!l->first || l->first->deadline == NO_DEADLINE)
+        if (l->ready)
+                return 0;
+        if (!l->first || l->first->deadline == SESSION_NO_DEADLINE)
                 return -1;
         uint64_t now = now_usec();
         if (l->first->deadline <= now)
                 return 0;
         uint64_t ms = (l->first->deadline - now + 999u) / 1000u;
         return ms > 60000 ? 60000 : (int) ms;
+}
+
+/* run_ready: one more turn for each session that has kept input. Sessions that still have
+ * some after their turn queue up again for the next round, after the next poll. */
+static void run_ready(Loop *l) {
+        Session *list = l->ready;
+
+        l->ready = NULL;
+        while (list) {
+                Session *s = list;
+                list = s->ready_next;
+                s->ready = false;
+                s->ready_next = NULL;
+                (void) serve(l, s);
+        }
+}
+
+/* run_deadlines: every session whose deadline has passed. Each call either ends the
+ * session or moves its deadline to the future, so this terminates. */
+static void run_deadlines(Loop *l) {
+        uint64_t now = now_usec();
+
+        while (l->first && l->first->deadline <= now)
+                (void) on_deadline(l, l->first);
 }
 
 static void *loop_main(void *arg) {
@@ -415,7 +435,7 @@ static void *loop_main(void *arg) {
                 }
                 for (int i = 0; i < n; i++) {
                         if (events[i].data.ptr) {
-                                on_event(l, events[i].data.ptr);
+                                (void) on_event(l, events[i].data.ptr);
                                 continue;
                         }
                         Session *queued;
@@ -423,13 +443,12 @@ static void *loop_main(void *arg) {
                         while (queued) {
                                 Session *next = queued->timer_next;
                                 queued->timer_next = NULL;
-                                start(l, queued);
+                                (void) start(l, queued);
                                 queued = next;
                         }
                 }
-                uint64_t now = now_usec();
-                while (l->first && l->first->deadline <= now)
-                        on_deadline(l, l->first);
+                run_ready(l);
+                run_deadlines(l);
         }
 
         pthread_mutex_lock(&l->pool->lock);
@@ -463,8 +482,9 @@ static int loop_start(Pool *p, Loop *l, size_t stack_size) {
         if (l->epoll_fd < 0 || l->wake_fd < 0 || epoll_ctl(l->epoll_fd, EPOLL_CTL_ADD, l->wake_fd, &ev) < 0)
                 return -errno;
         r = pthread_attr_init(&attr);
-        if (r == 0)
-                r = pthread_attr_setstacksize(&attr, stack_size);
+        if (r != 0)
+                return -r;
+        r = pthread_attr_setstacksize(&attr, stack_size);
         pthread_mutex_lock(&p->lock);
         if (r == 0)
                 r = pthread_create(&l->thread, &attr, loop_main, l);
@@ -482,40 +502,8 @@ static void stop_loop(Loop *l) {
         (void) eventfd_write(l->wake_fd, 1);
 }
 
-int pool_new(Pool **ret, unsigned n, size_t stack_size, PoolDone done, void *userdata) {
-        Pool *p = calloc(1, sizeof(*p));
-        int r = 0;
-
-        if (!p || !(p->loops = calloc(n, sizeof(Loop)))) {
-                free(p);
-                return -ENOMEM;
-        }
-        pthread_condattr_t attr;
-
-        p->done = done;
-        p->userdata = userdata;
-        pthread_mutex_init(&p->lock, NULL);
-        pthread_condattr_init(&attr);
-        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-        pthread_cond_init(&p->all_gone, &attr);
-        pthread_condattr_destroy(&attr);
-        for (unsigned i = 0; i < n && r == 0; i++) {
-                p->loops[i].epoll_fd = p->loops[i].wake_fd = -1;
-                r = loop_start(p, &p->loops[i], stack_size);
-                if (r == 0)
-                        p->n++;
-                else
-                        loop_done(&p->loops[i]);
-        }
-        if (r < 0) {
-                (void) pool_stop(p, UINT64_MAX);
-                return r;
-        }
-        *ret = p;
-        return 0;
-}
-
-int pool_add(Pool *p, Session *s) {
+static int pool_add(Engine *e, Session *s) {
+        Pool *p = (Pool *) e;
         Loop *best = &p->loops[0];
 
         for (unsigned i = 1; i < p->n; i++)
@@ -527,17 +515,28 @@ int pool_add(Pool *p, Session *s) {
         s->timer_next = best->incoming;
         best->incoming = s;
         pthread_mutex_unlock(&best->lock);
-        if (eventfd_write(best->wake_fd, 1) < 0)
-                log_warning_errno(-errno, "cannot wake a pool loop, ignoring");
+        /* An eventfd write fails only when the counter would overflow: it is read on every
+         * wakeup, so it cannot, and the loop is awake anyway if it were that full. */
+        (void) eventfd_write(best->wake_fd, 1);
         return 0;
 }
 
-int pool_stop(Pool *p, uint64_t timeout_msec) {
+static void pool_free(Pool *p) {
+        for (unsigned i = 0; i < p->n; i++) {
+                pthread_join(p->loops[i].thread, NULL);
+                loop_done(&p->loops[i]);
+        }
+        pthread_cond_destroy(&p->all_gone);
+        pthread_mutex_destroy(&p->lock);
+        free(p->loops);
+        free(p);
+}
+
+static int pool_stop(Engine *e, uint64_t timeout_msec) {
+        Pool *p = (Pool *) e;
         struct timespec deadline;
         int r = 0;
 
-        if (!p)
-                return 0;
         clock_gettime(CLOCK_MONOTONIC, &deadline);
         deadline.tv_sec += (time_t) (timeout_msec / 1000u < 86400u ? timeout_msec / 1000u : 86400u);
         deadline.tv_nsec += (long) (timeout_msec % 1000u) * 1000000L;
@@ -557,14 +556,54 @@ int pool_stop(Pool *p, uint64_t timeout_msec) {
         pthread_mutex_unlock(&p->lock);
         if (!gone)
                 return -ETIMEDOUT; /* a loop still runs: the pool is left to it */
+        pool_free(p);
+        return 0;
+}
 
-        for (unsigned i = 0; i < p->n; i++) {
-                pthread_join(p->loops[i].thread, NULL);
-                loop_done(&p->loops[i]);
+static void pool_reconfigure(Engine *e, const Conf *old, const Conf *conf) {
+        (void) e;
+        if (conf->workers != old->workers)
+                log_warning("a change of 'workers' takes effect when hellod is restarted");
+        else if (conf->worker_stack_size != old->worker_stack_size)
+                log_warning("a change of 'worker_stack_size' takes effect for the event loops when hellod is "
+                            "restarted");
+}
+
+static const EngineOps pool_ops = {
+        .add = pool_add,
+        .stop = pool_stop,
+        .reconfigure = pool_reconfigure,
+        .nonblocking = true,
+};
+
+int pool_engine_new(Engine **ret, const Conf *conf, EngineDone done, void *userdata) {
+        unsigned n = conf->workers;
+        Pool *p = calloc(1, sizeof(*p));
+        pthread_condattr_t attr;
+        int r = 0;
+
+        if (!p || !(p->loops = calloc(n, sizeof(Loop)))) {
+                free(p);
+                return -ENOMEM;
         }
-        pthread_cond_destroy(&p->all_gone);
-        pthread_mutex_destroy(&p->lock);
-        free(p->loops);
-        free(p);
+        p->engine = (Engine) { .ops = &pool_ops, .done = done, .userdata = userdata };
+        pthread_mutex_init(&p->lock, NULL);
+        pthread_condattr_init(&attr);
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+        pthread_cond_init(&p->all_gone, &attr);
+        pthread_condattr_destroy(&attr);
+        for (unsigned i = 0; i < n && r == 0; i++) {
+                p->loops[i].epoll_fd = p->loops[i].wake_fd = -1;
+                r = loop_start(p, &p->loops[i], conf->worker_stack_size);
+                if (r == 0)
+                        p->n++;
+                else
+                        loop_done(&p->loops[i]);
+        }
+        if (r < 0) {
+                (void) pool_stop(&p->engine, UINT64_MAX);
+                return r;
+        }
+        *ret = &p->engine;
         return 0;
 }

@@ -1,7 +1,7 @@
 /* server: accept loop, limits, signals, reload and shutdown.
  *
  * Threads: the server thread runs the accept loop and owns the listeners, the current Conf
- * and the Workers. Worker threads run sessions. They share only what `lock` guards: the
+ * and the Engine. The engine's threads run sessions. They share only what `lock` guards: the
  * list of live sessions, the connection counters and the per-address table. */
 #include "server.h"
 
@@ -18,15 +18,14 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "engine.h"
 #include "iptable.h"
 #include "listener.h"
 #include "log.h"
 #include "notify.h"
-#include "pool.h"
 #include "proto.h"
 #include "ratelimit.h"
 #include "session.h"
-#include "worker.h"
 
 #include "config.h"
 
@@ -35,8 +34,6 @@
 #define ACCEPT_BATCH 64
 /* How long accepting pauses when the process is out of descriptors or memory. */
 #define ACCEPT_PAUSE_MSEC 100
-/* Parked worker threads kept for reuse. */
-#define WORKERS_MAX_IDLE 64
 /* After shutdown_timeout, how long killed sessions get to notice. */
 #define KILL_GRACE_MSEC 5000
 /* Refusals logged per second at most; the rest are counted and summarised. */
@@ -52,8 +49,8 @@ struct Server {
         ListenerSet listeners;
         int signal_fd;
         int reserve_fd; /* spent to turn a client away when descriptors run out */
-        Workers *workers; /* workers = "per-connection": a thread per connection, cached */
-        Pool *pool;       /* workers = N: N event loops */
+        Engine *engine;   /* the worker model: runs the sessions */
+        bool abandoned;   /* the engine did not stop in time: its threads may still use `lock` */
         uint64_t accept_paused_until; /* usec, CLOCK_MONOTONIC; 0: accepting */
         bool activated;        /* the listeners came from systemd and stay across reloads */
         RateLimit refusal_log;
@@ -67,7 +64,6 @@ struct Server {
         RateLimit table_full_log;
 
         pthread_mutex_t lock;
-        pthread_cond_t drained; /* signalled when n_active drops to 0 */
         Session *sessions;      /* under lock */
         unsigned n_active;      /* under lock */
         IpTable *ips;           /* under lock */
@@ -133,8 +129,8 @@ static void refuse(Server *s, int fd, const char *peer, const char *reason, cons
         log_refusal(s, peer, reason, detail);
 }
 
-/* release: a session is over; called on its worker thread. */
-static void release(Server *s, Session *session) {
+/* unregister: takes SESSION off the books and frees it. */
+static void unregister(Server *s, Session *session) {
         pthread_mutex_lock(&s->lock);
         if (session->prev)
                 session->prev->next = session->next;
@@ -147,8 +143,7 @@ static void release(Server *s, Session *session) {
          * the number must not be reused before it is unregistered. */
         session_free(session);
         s->changes++;
-        if (--s->n_active == 0)
-                pthread_cond_broadcast(&s->drained);
+        s->n_active--;
         if (s->waiting_for_slot && s->n_active < s->slots) {
                 s->waiting_for_slot = false;
                 (void) eventfd_write(s->wake_fd, 1);
@@ -156,19 +151,11 @@ static void release(Server *s, Session *session) {
         pthread_mutex_unlock(&s->lock);
 }
 
-/* serve: a worker thread's job in the per-connection model. */
-static void serve(void *arg) {
-        Session *session = arg;
-
-        session_run(session);
-        session_log_close(session);
-        release(session->userdata, session);
-}
-
-/* pool_done: a session of the pool model ended, on its loop thread. */
-static void pool_done(Session *session, void *userdata) {
-        session_log_close(session);
-        release(userdata, session);
+/* session_done: the engine's done callback, on the thread that drove the session: the one
+ * way every session ends. */
+static void session_done(Session *session, void *userdata) {
+        session_log_closed(session);
+        unregister(userdata, session);
 }
 
 /* rate_check: the source's connection-rate bucket; called under the lock. Returns the
@@ -228,9 +215,8 @@ static void admit(Server *s, int fd, const struct sockaddr *peer, const Listener
                 detail = "out of memory";
                 fd = -1; /* session_new() closed it */
         } else {
-                session->ip = source; /* what release() gives back */
+                session->ip = source; /* what unregister() gives back */
                 session->id = ++s->next_id;
-                session->userdata = s;
                 session->next = s->sessions;
                 if (s->sessions)
                         s->sessions->prev = session;
@@ -250,7 +236,8 @@ static void admit(Server *s, int fd, const struct sockaddr *peer, const Listener
                 return;
         }
 
-        r = s->pool ? pool_add(s->pool, session) : workers_run(s->workers, serve, session);
+        session_log_opened(session);
+        r = engine_add(s->engine, session);
         if (r < 0) {
                 /* No thread to be had: undo the admission and turn the client away. */
                 unsigned suppressed;
@@ -261,7 +248,7 @@ static void admit(Server *s, int fd, const struct sockaddr *peer, const Listener
                 pthread_mutex_lock(&s->lock);
                 s->n_accepted--;
                 pthread_mutex_unlock(&s->lock);
-                release(s, session);
+                unregister(s, session);
                 refuse(s, fd, name, "no-worker-thread", "server busy (no worker thread)");
         }
 }
@@ -310,8 +297,8 @@ static void accept_some(Server *s, const Listener *l) {
         for (int i = 0; i < ACCEPT_BATCH && !at_capacity(s); i++) {
                 struct sockaddr_storage peer;
                 socklen_t len = sizeof(peer);
-                /* The pool's loops want non-blocking sockets; per-connection workers block. */
-                int fd = accept4(l->fd, (struct sockaddr *) &peer, &len, SOCK_CLOEXEC | (s->pool ? SOCK_NONBLOCK : 0));
+                int fd = accept4(l->fd, (struct sockaddr *) &peer, &len,
+                                 SOCK_CLOEXEC | (engine_nonblocking(s->engine) ? SOCK_NONBLOCK : 0));
 
                 if (fd >= 0) {
                         admit(s, fd, (const struct sockaddr *) &peer, l);
@@ -396,7 +383,7 @@ static void tick(Server *s) {
         pthread_mutex_lock(&s->lock);
         iptable_expire(s->ips, now);
         pthread_mutex_unlock(&s->lock);
-        workers_reap(s->workers);
+        engine_reap(s->engine);
 }
 
 static void ready(Server *s) {
@@ -441,14 +428,11 @@ static void reload(Server *s) {
         }
         if (!same_name(conf->user, s->conf->user) || !same_name(conf->group, s->conf->group))
                 log_warning("a change of 'user' or 'group' takes effect when hellod is restarted");
-        if (conf->workers != s->conf->workers)
-                log_warning("a change of 'workers' takes effect when hellod is restarted");
+        engine_reconfigure(s->engine, s->conf, conf);
         conf_unref(s->conf);
         s->conf = conf;
         apply_log_level(s);
         check_memory(conf);
-        if (s->workers)
-                workers_set_stack_size(s->workers, conf->worker_stack_size);
 
         listeners_describe(&s->listeners, names, sizeof(names));
         LogField fields[] = { { "HELLOD_LISTEN", names }, { "HELLOD_CONFIG", s->opts.config_path } };
@@ -528,12 +512,14 @@ static int shut_down(Server *s) {
                         log_error("%u connections did not close", active(s));
         }
         /* A worker stuck outside socket I/O must not keep the daemon from exiting: after the
-         * grace period the pool is left to the exiting process. */
-        int r = s->pool ? pool_stop(s->pool, KILL_GRACE_MSEC) : workers_stop(s->workers, KILL_GRACE_MSEC);
-        s->pool = NULL;
-        s->workers = NULL;
-        if (r < 0)
+         * grace period the engine is left to the exiting process, and with it what its
+         * threads may still touch (see server_free). */
+        int r = engine_stop(s->engine, KILL_GRACE_MSEC);
+        s->engine = NULL;
+        if (r < 0) {
+                s->abandoned = true;
                 log_error_errno(r, "worker threads did not finish, exiting without them");
+        }
         return r;
 }
 
@@ -575,7 +561,7 @@ static void log_started(Server *s) {
         LogField fields[] = { { "HELLOD_LISTEN", names }, { "HELLOD_CONFIG", s->opts.config_path } };
         char model[48];
 
-        if (s->pool)
+        if (s->conf->workers > 0)
                 snprintf(model, sizeof(model), "a pool of %u event loop%s", s->conf->workers,
                          s->conf->workers == 1 ? "" : "s");
         else
@@ -667,7 +653,6 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
         s->refusal_log = (RateLimit) RATELIMIT_INIT(REFUSAL_LOG_BURST);
         s->exhaustion_log = (RateLimit) RATELIMIT_INIT(1);
         pthread_mutex_init(&s->lock, NULL);
-        pthread_cond_init(&s->drained, NULL);
         apply_log_level(s);
 
         handled_sigset(&set);
@@ -691,10 +676,7 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
                 log_error_errno(r, "cannot start");
                 goto fail;
         }
-        if (conf->workers > 0)
-                r = pool_new(&s->pool, conf->workers, conf->worker_stack_size, pool_done, s);
-        else
-                r = workers_new(&s->workers, conf->worker_stack_size, WORKERS_MAX_IDLE);
+        r = engine_new(&s->engine, conf, session_done, s);
         if (r < 0) {
                 log_error_errno(r, "cannot start the worker threads");
                 goto fail;
@@ -724,10 +706,8 @@ fail:
 Server *server_free(Server *s) {
         if (!s)
                 return NULL;
-        workers_free(s->workers);
-        (void) pool_stop(s->pool, UINT64_MAX);
+        (void) engine_stop(s->engine, UINT64_MAX);
         listener_set_done(&s->listeners);
-        iptable_free(s->ips);
         if (s->reserve_fd >= 0)
                 close(s->reserve_fd);
         if (s->signal_fd >= 0)
@@ -735,7 +715,11 @@ Server *server_free(Server *s) {
         if (s->wake_fd >= 0)
                 close(s->wake_fd);
         conf_unref(s->conf);
-        pthread_cond_destroy(&s->drained);
+        if (s->abandoned)
+                /* Threads that did not stop may still lock, unregister and log: what they use
+                 * stays; the process is exiting and takes it along. */
+                return NULL;
+        iptable_free(s->ips);
         pthread_mutex_destroy(&s->lock);
         pthread_mutex_destroy(&s->refusal_log.lock);
         pthread_mutex_destroy(&s->exhaustion_log.lock);

@@ -1,6 +1,7 @@
-/* session: one client connection served with blocking I/O: the greeting, then read → proto →
- * write until the client leaves, says exit, idles out or the server stops. Its state is
- * small and explicit so that another worker model can drive the same pieces. */
+/* session: one client connection, the record both worker models drive, and the policy they
+ * share: buffer sizes, idle and linger deadlines, why a session ended, the log lines.
+ * The I/O itself lives in the drivers (engine.h): perconn.c (blocking, a thread each) and
+ * pool.c (non-blocking, many per event loop). */
 #pragma once
 
 #include <stdbool.h>
@@ -12,36 +13,45 @@
 #include "conf.h"
 #include "proto.h"
 
+/* After the server ends a conversation (exit, ERR), how long and how much of the client's
+ * leftovers are read and discarded before closing (nginx's lingering close). */
+#define SESSION_LINGER_USEC 1000000u
+#define SESSION_LINGER_BYTES (64u * 1024u)
+/* A deadline that never comes (idle_timeout = 0). */
+#define SESSION_NO_DEADLINE UINT64_MAX
+
 typedef struct Session {
         int fd;
         uint64_t id;
         Conf *conf; /* one reference, held for the session's life: a reload changes new sessions only */
-        IpKey ip;
+        IpKey ip;   /* the source's network block, as counted by the server */
         char peer[ADDR_STR_MAX];
         char listen[ADDR_STR_MAX]; /* the listener it came through */
-        uint64_t started_usec; /* CLOCK_MONOTONIC */
+        uint64_t started_usec;     /* CLOCK_MONOTONIC */
 
         Proto proto;
-        /* Buffers. The thread-per-connection model allocates both for the session's life;
-         * the pool reads and writes through its loop's scratch buffers and allocates them
-         * only to keep input it could not consume yet or output the client did not take. */
+        /* Buffers. The per-connection driver allocates both for the session's life; the pool
+         * reads and writes through its loop's scratch buffers and allocates them only to keep
+         * input it could not consume yet or output the client did not take. */
         Buf out;
-        size_t out_off; /* pool: bytes of OUT already sent */
+        size_t out_off; /* bytes of OUT already sent */
         char *in;
-        size_t in_cap;        /* the read size: 4 KiB, or one message in chunk framing */
-        size_t in_off, in_len; /* pool: unconsumed input kept in IN */
+        size_t in_cap;         /* the read size: 4 KiB, or one message in chunk framing */
+        size_t in_off, in_len; /* unconsumed input kept in IN */
 
         bool stop_requested; /* atomic: set by session_stop() from the server thread */
         const char *error;   /* why I/O ended early (a static string), or NULL */
 
-        struct Session *prev, *next; /* the server's list of live sessions */
-        void *userdata;
+        struct Session *prev, *next; /* the server's list of live sessions (under its lock) */
 
-        /* Pool model only, owned by the session's loop thread. */
-        struct Session *timer_prev, *timer_next; /* the loop's sessions, by deadline */
-        uint64_t deadline;                       /* usec: idle timeout or end of linger */
+        /* Driver state, owned by the thread that drives the session. */
+        struct Engine *engine;                   /* the driver, set by engine_add() */
+        uint64_t deadline;                       /* usec: idle timeout, write timeout or end of linger */
+        struct Session *timer_prev, *timer_next; /* pool: the loop's sessions, by deadline */
+        struct Session *ready_next;              /* pool: kept input waiting for its turn */
+        bool ready;                              /* pool: on the loop's ready list */
         bool lingering;                          /* ended; discarding what the client still sends */
-        bool want_write;                         /* output pending: waiting for EPOLLOUT */
+        bool want_write;                         /* output pending: waiting for the client to read */
 } Session;
 
 /* session_new: takes ownership of FD (closed by session_free, or here on failure) and a new
@@ -50,17 +60,28 @@ int session_new(Session **ret, int fd, Conf *conf, const struct sockaddr *peer, 
 /* session_free: closes the socket, drops the Conf reference; NULL-safe; returns NULL. */
 Session *session_free(Session *s);
 
-/* session_run: the whole conversation with blocking I/O, on the calling (worker) thread. */
-void session_run(Session *s);
-
-/* The pieces both models share. */
-#define SESSION_LINGER_USEC 1000000u
-#define SESSION_LINGER_BYTES (64u * 1024u)
+/* Sizes: the output buffer always holds one reply or ERR line; the read size is 4 KiB, or one
+ * whole message in chunk framing. */
 size_t session_output_size(const Conf *conf);
+size_t session_input_size(const Conf *conf);
+
+/* session_idle_deadline: NOW plus idle_timeout, or SESSION_NO_DEADLINE. The idle timer runs
+ * while no complete line arrives, and is re-armed after the replies to one have been written,
+ * so that time spent waiting for a slow reader is not counted as the client being idle. */
+uint64_t session_idle_deadline(const Session *s, uint64_t now);
+/* session_write_deadline: how long a client that does not read gets to take its replies:
+ * idle_timeout from NOW; after `ERR idle timeout` only the linger time, so that a client that
+ * neither writes nor reads cannot hold its slot for two timeouts. */
+uint64_t session_write_deadline(const Session *s, uint64_t now);
+
 /* session_lingers: whether the server ended the conversation and should read the client's
  * leftovers before closing (exit, ERR lines), rather than close at once (EOF, shutdown). */
 bool session_lingers(const Session *s);
-bool session_stop_requested(const Session *s);
+
+/* session_fail: records why I/O ended early, from a negative errno (the first cause wins). */
+void session_fail(Session *s, int r);
+/* session_reason: the end reason for logs: the I/O failure, else the protocol's. */
+const char *session_reason(const Session *s);
 
 /* session_stop: asks a running session, from another thread, to finish the message in hand
  * and close: wakes a blocked read. session_kill: ends a session that is stuck writing.
@@ -68,13 +89,16 @@ bool session_stop_requested(const Session *s);
  * registered (its fd cannot be closed and reused meanwhile). */
 void session_stop(Session *s);
 void session_kill(Session *s);
+bool session_stop_requested(const Session *s);
 
-/* session_log_close: one info line with the peer, lines answered, duration and reason (and
- * the same as journal fields), at most SESSION_LOG_BURST a second across all sessions. */
-void session_log_close(const Session *s);
-
-/* session_memory_max: what one session can come to hold (buffers at their limits, and its
- * worker's stack), for the operator's arithmetic. */
-size_t session_memory_max(const Conf *conf);
+/* session_log_opened: a debug line. session_log_closed: one info line with the peer, lines
+ * answered, duration and reason (and the same as journal fields), at most SESSION_LOG_BURST a
+ * second across all sessions. */
+void session_log_opened(const Session *s);
+void session_log_closed(const Session *s);
 
 uint64_t now_usec(void);
+
+/* session_memory_max: what one session can come to hold at worst (its buffers at their limits,
+ * and in the per-connection model its thread's stack), for the operator's arithmetic. */
+size_t session_memory_max(const Conf *conf);

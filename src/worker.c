@@ -13,6 +13,7 @@ typedef struct Worker {
         WorkerJob job; /* set by the dispatcher, cleared by the worker when done */
         void *arg;
         pthread_cond_t wake;
+        size_t stack_size;   /* what it was created with */
         bool retire;         /* leave instead of waiting for a job (stack size changed) */
         struct Worker *next; /* on the parked or the finished list */
 } Worker;
@@ -30,7 +31,9 @@ struct Workers {
 
 /* park: called with the lock held after a job; false when the thread should exit. */
 static bool park(Workers *pool, Worker *w) {
-        if (pool->stopping || pool->n_parked >= pool->max_idle)
+        /* A thread created before a reload changed the stack size retires instead of
+         * serving more connections on the old size. */
+        if (pool->stopping || pool->n_parked >= pool->max_idle || w->stack_size != pool->stack_size)
                 return false;
         w->next = pool->parked;
         pool->parked = w;
@@ -189,7 +192,7 @@ static int spawn(Workers *pool, WorkerJob job, void *arg) {
                 return -r;
         }
         pthread_mutex_lock(&pool->lock);
-        size_t stack_size = pool->stack_size;
+        size_t stack_size = w->stack_size = pool->stack_size;
         pool->n_alive++;
         pthread_mutex_unlock(&pool->lock);
 

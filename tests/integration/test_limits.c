@@ -2,6 +2,7 @@
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -315,6 +316,69 @@ Test(limits, pool_serves_many_clients_on_its_loops, .timeout = 60) {
         for (int i = 0; i < N; i++)
                 client_close(fds[i]);
         hellod_wait_stderr(d, "a pool of 3 event loops");
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* reload_with: rewrites D's config (the same port) and waits for the reload to finish. */
+static void reload_with(Hellod *d, const char *extra) {
+        char *before = hellod_stderr(d);
+        size_t seen = strlen(before);
+
+        free(before);
+        hellod_write_config_std(d, "%s", extra);
+        hellod_signal(d, SIGHUP);
+        for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS;; harness_sleep_ms(20)) {
+                char *err = hellod_stderr(d);
+                bool done = strstr(err + seen, "configuration reloaded") != NULL;
+                free(err);
+                if (done)
+                        return;
+                if (harness_now_ms() > end)
+                        hellod_fail(d, "the reload did not finish");
+        }
+}
+
+/* A thread that was serving a connection while a reload changed worker_stack_size retires
+ * when its connection ends, rather than park with the old size for the next one. */
+Test(limits, reload_retires_threads_of_the_old_stack_size, .timeout = 60) {
+        Hellod *d = hellod_start("workers = \"per-connection\";\nworker_stack_size = 262144;\n");
+        int busy = client_connect(d->port);
+
+        client_expect_str(busy, HELLOD_GREETING);
+        cr_assert_eq(threads_named(d->pid, "hellod-worker"), 1);
+        reload_with(d, "workers = \"per-connection\";\nworker_stack_size = 524288;\n");
+        client_hello(busy, "still served");
+        client_send_str(busy, "exit\n");
+        client_expect_eof(busy, false);
+        client_close(busy);
+        harness_step("the thread of the old size exits instead of parking");
+        for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS; threads_named(d->pid, "hellod-worker") > 0;
+             harness_sleep_ms(20))
+                if (harness_now_ms() > end)
+                        hellod_fail(d, "a worker thread of the old stack size is still parked");
+        int fd = client_connect(d->port);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_hello(fd, "new thread");
+        client_close(fd);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* The event loops keep their stacks until a restart, and a reload says so. */
+Test(limits, reload_says_what_it_cannot_change, .timeout = 60) {
+        Hellod *d = hellod_start("workers = 2;\nworker_stack_size = 262144;\n");
+
+        reload_with(d, "workers = 2;\nworker_stack_size = 524288;\n");
+        hellod_wait_stderr(d, "a change of 'worker_stack_size' takes effect for the event loops when hellod is "
+                              "restarted");
+        reload_with(d, "workers = 3;\nworker_stack_size = 524288;\n");
+        hellod_wait_stderr(d, "a change of 'workers' takes effect when hellod is restarted");
+        int fd = client_connect(d->port);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_hello(fd, "after reloads");
+        client_close(fd);
+        cr_assert_eq(threads_named(d->pid, "hellod-loop"), 2);
         hellod_stop_clean(d);
         hellod_free(d);
 }

@@ -1,0 +1,233 @@
+/* perconn: the per-connection driver: each session runs on a thread of its own (from the
+ * thread cache in worker.c) with blocking I/O: the greeting, then read → proto → write until
+ * the client leaves, says exit, idles out or the server stops. Timeouts are socket options
+ * (SO_RCVTIMEO, SO_SNDTIMEO) measured against the session's deadlines. */
+#include <errno.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine.h"
+#include "log.h"
+#include "worker.h"
+
+/* Parked threads kept for reuse. */
+#define PERCONN_MAX_IDLE 64
+
+typedef struct PerConn {
+        Engine engine; /* first: the engine is the driver */
+        Workers *workers;
+} PerConn;
+
+static int set_timeout(int fd, int option, uint64_t usec) {
+        struct timeval tv = { .tv_sec = (time_t) (usec / 1000000u), .tv_usec = (suseconds_t) (usec % 1000000u) };
+
+        if (setsockopt(fd, SOL_SOCKET, option, &tv, sizeof(tv)) < 0)
+                return -errno;
+        return 0;
+}
+
+/* A socket timeout is armed only when it must shrink or grow back: a well-behaved client
+ * costs no extra system call per line. */
+typedef struct Timer {
+        int option; /* SO_RCVTIMEO or SO_SNDTIMEO */
+        uint64_t armed; /* usec in force; 0: none */
+} Timer;
+
+/* How late a timeout may fire rather than pay a setsockopt() per read. */
+#define TIMER_SLACK_USEC 20000u
+
+/* timer_arm: the socket's timeout ends at DEADLINE (or within TIMER_SLACK_USEC after it);
+ * false when DEADLINE has passed. The caller loops on EAGAIN: a timeout that fires early
+ * only costs a wakeup. */
+static bool timer_arm(Session *s, Timer *t, uint64_t deadline) {
+        if (deadline == SESSION_NO_DEADLINE)
+                return true;
+        uint64_t now = now_usec();
+        if (now >= deadline)
+                return false;
+        uint64_t left = deadline - now;
+        bool rearm = t->armed == 0 || left + TIMER_SLACK_USEC < t->armed || left / 2 > t->armed;
+        if (rearm && set_timeout(s->fd, t->option, left) == 0)
+                t->armed = left;
+        return true;
+}
+
+/* flush: writes all of OUT; the client has until the session's write deadline to take it,
+ * in total, so that one reading a trickle cannot hold its thread for several timeouts. */
+static int flush(Session *s, Timer *send_timer) {
+        uint64_t deadline = session_write_deadline(s, now_usec());
+        int r = 0;
+
+        while (s->out_off < s->out.len) {
+                if (!timer_arm(s, send_timer, deadline)) {
+                        r = -ETIMEDOUT;
+                        break;
+                }
+                ssize_t n = send(s->fd, s->out.data + s->out_off, s->out.len - s->out_off, MSG_NOSIGNAL);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+                        continue; /* the send timeout: timer_arm decides */
+                if (n < 0) {
+                        r = -errno;
+                        break;
+                }
+                s->out_off += (size_t) n;
+        }
+        s->out.len = s->out_off = 0;
+        return r;
+}
+
+/* feed: hands one read to the protocol, flushing whenever the output buffer fills. */
+static int feed(Session *s, size_t n, ProtoStatus *status, Timer *send_timer) {
+        size_t done = 0;
+
+        for (;;) {
+                done += proto_feed(&s->proto, s->in + done, n - done, &s->out, status);
+                if (done == n || *status == PROTO_CLOSE)
+                        return 0;
+                int r = flush(s, send_timer);
+                if (r < 0)
+                        return r;
+        }
+}
+
+/* converse: greeting, then read → proto → write; returns 0 when the protocol ended the
+ * session, or a negative errno when the connection failed under it. */
+static int converse(Session *s) {
+        Timer recv_timer = { .option = SO_RCVTIMEO }, send_timer = { .option = SO_SNDTIMEO };
+        ProtoStatus status = PROTO_CONTINUE;
+        int r;
+
+        s->deadline = session_idle_deadline(s, now_usec());
+        proto_greeting(&s->proto, &s->out);
+        if ((r = flush(s, &send_timer)) < 0)
+                return r;
+
+        while (status == PROTO_CONTINUE) {
+                if (session_stop_requested(s)) {
+                        /* The lines in hand were answered; the server is going away. */
+                        proto_abort(&s->proto, PROTO_END_SHUTDOWN, &s->out);
+                        break;
+                }
+                if (!timer_arm(s, &recv_timer, s->deadline)) {
+                        proto_abort(&s->proto, PROTO_END_IDLE, &s->out);
+                        break;
+                }
+                ssize_t n = recv(s->fd, s->in, s->in_cap, 0);
+                if (n < 0) {
+                        if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)
+                                continue; /* EAGAIN: the receive timeout; timer_arm decides */
+                        return -errno;
+                }
+                if (n == 0) {
+                        if (session_stop_requested(s))
+                                proto_abort(&s->proto, PROTO_END_SHUTDOWN, &s->out);
+                        else
+                                proto_eof(&s->proto, &s->out);
+                        break;
+                }
+                uint64_t messages = s->proto.messages;
+                if ((r = feed(s, (size_t) n, &status, &send_timer)) < 0)
+                        return r;
+                if ((r = flush(s, &send_timer)) < 0)
+                        return r;
+                /* A complete line (even an empty one) is activity; bytes of an unfinished
+                 * line are not. Re-armed after the writes (session_idle_deadline). */
+                if (s->proto.messages != messages)
+                        s->deadline = session_idle_deadline(s, now_usec());
+        }
+        return flush(s, &send_timer);
+}
+
+/* linger: send FIN, then discard the client's leftovers until it closes, bounded in time
+ * and bytes in total (a client dribbling a byte now and then must not keep its thread). */
+static void linger(Session *s) {
+        const uint64_t deadline = now_usec() + SESSION_LINGER_USEC;
+        Timer recv_timer = { .option = SO_RCVTIMEO };
+        char sink[4096];
+        size_t total = 0;
+
+        if (shutdown(s->fd, SHUT_WR) < 0)
+                return;
+        while (total < SESSION_LINGER_BYTES && timer_arm(s, &recv_timer, deadline)) {
+                ssize_t n = recv(s->fd, sink, sizeof(sink), 0);
+                if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK))
+                        continue;
+                if (n <= 0)
+                        return;
+                total += (size_t) n;
+        }
+}
+
+/* run: the whole session on a worker thread, then the engine's done path. */
+static void run(Session *s) {
+        s->in = malloc(s->in_cap);
+        s->out.data = malloc(s->out.cap);
+        if (!s->in || !s->out.data) {
+                session_fail(s, -ENOMEM);
+                return;
+        }
+        int r = converse(s);
+        if (r < 0)
+                session_fail(s, r);
+        else if (session_lingers(s))
+                linger(s);
+}
+
+static void job_main(void *arg) {
+        Session *s = arg;
+
+        run(s);
+        engine_session_done(s->engine, s);
+}
+
+static int perconn_add(Engine *e, Session *s) {
+        return workers_run(((PerConn *) e)->workers, job_main, s);
+}
+
+static int perconn_stop(Engine *e, uint64_t timeout_msec) {
+        PerConn *p = (PerConn *) e;
+        int r = workers_stop(p->workers, timeout_msec);
+
+        if (r < 0)
+                return r; /* a job still runs and uses P: leave it to the exiting process */
+        free(p);
+        return 0;
+}
+
+static void perconn_reap(Engine *e) {
+        workers_reap(((PerConn *) e)->workers);
+}
+
+static void perconn_reconfigure(Engine *e, const Conf *old, const Conf *conf) {
+        (void) old;
+        /* Threads of the old size retire as they finish; new ones get the new size. */
+        workers_set_stack_size(((PerConn *) e)->workers, conf->worker_stack_size);
+}
+
+static const EngineOps perconn_ops = {
+        .add = perconn_add,
+        .stop = perconn_stop,
+        .reap = perconn_reap,
+        .reconfigure = perconn_reconfigure,
+        .nonblocking = false,
+};
+
+int perconn_engine_new(Engine **ret, const Conf *conf, EngineDone done, void *userdata) {
+        PerConn *p = calloc(1, sizeof(*p));
+        int r;
+
+        if (!p)
+                return -ENOMEM;
+        r = workers_new(&p->workers, conf->worker_stack_size, PERCONN_MAX_IDLE);
+        if (r < 0) {
+                free(p);
+                return r;
+        }
+        p->engine = (Engine) { .ops = &perconn_ops, .done = done, .userdata = userdata };
+        *ret = &p->engine;
+        return 0;
+}

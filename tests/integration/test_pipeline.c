@@ -1,0 +1,114 @@
+/* test-pipeline: pipelined bursts are answered in full and at once, in every worker model.
+ * Regression tests for a pool that kept input in a session after its turn and waited for an
+ * event that never came, until the idle timeout: the client got `ERR idle timeout` instead
+ * of its replies. idle_timeout is short here, so a stall shows as that ERR line, byte for
+ * byte against the model, not as a measured delay. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "suite.h"
+
+HELLOD_SUITE(pipeline);
+
+/* A ~100-character reply template, as in the review's reproduction. */
+#define LONG_PREFIX "Hello there, dear client; this reply is long on purpose so that the output fills: "
+#define LONG_SUFFIX " -- and that is all!"
+
+/* expect_model: the replies the model gives for IN (no half-close: IN ends with a newline). */
+static void expect_model(int fd, const char *prefix, const char *suffix, const char *in, size_t n) {
+        size_t room = n / 2 * (strlen(prefix) + strlen(suffix) + 3) + 4096;
+        char *want = malloc(room), *got = malloc(room), e1[256], e2[256];
+        ClientReadEnd end;
+
+        cr_assert(want && got);
+        size_t wn = harness_model_replies(prefix, suffix, (const unsigned char *) in, n, 1024, want);
+        cr_assert(wn < room);
+        size_t gn = client_read(fd, got, wn, NULL, HARNESS_TIMEOUT_MS, &end);
+        size_t at = 0;
+        while (at < gn && got[at] == want[at])
+                at++;
+        if (at < wn) {
+                size_t from = at > 40 ? at - 40 : 0;
+                harness_fail("replies differ from the model at byte %zu of %zu (after %zu bytes: %s): expected "
+                             "\"...%s\", got \"...%s\"",
+                             at, wn, gn, gn < wn ? "the read stopped" : "a wrong byte",
+                             harness_escape(want + from, wn - from < 80 ? wn - from : 80, e1, sizeof(e1)),
+                             harness_escape(got + from, gn - from < 80 ? gn - from : 80, e2, sizeof(e2)));
+        }
+        free(want);
+        free(got);
+}
+
+/* burst: LINES lines of "a" in one write, with the reply PREFIX{name}SUFFIX; every reply comes
+ * back, and the session still works afterwards. */
+static void burst(unsigned lines, const char *prefix, const char *suffix) {
+        Hellod *d = hellod_start("idle_timeout = 3;\nreply = \"%s{name}%s\";\n", prefix, suffix);
+        size_t n = (size_t) lines * 2;
+        char *in = malloc(n);
+        int fd;
+
+        cr_assert(in);
+        for (unsigned i = 0; i < lines; i++)
+                memcpy(in + 2 * i, "a\n", 2);
+        fd = client_connect(d->port);
+        client_expect_str(fd, HELLOD_GREETING);
+        harness_step("%u pipelined lines in one write", lines);
+        client_send(fd, in, n);
+        expect_model(fd, prefix, suffix, in, n);
+        harness_step("the session goes on");
+        client_send_str(fd, "b\n");
+        expect_model(fd, prefix, suffix, "b\n", 2);
+        client_send_str(fd, "exit\n");
+        client_expect_eof(fd, false);
+        client_close(fd);
+        free(in);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+Test(pipeline, burst_2048_lines_default_reply, .timeout = 60) {
+        burst(2048, "Hello, ", "!");
+}
+
+Test(pipeline, burst_2048_lines_long_reply, .timeout = 60) {
+        burst(2048, LONG_PREFIX, LONG_SUFFIX);
+}
+
+Test(pipeline, burst_20000_lines_default_reply, .timeout = 60) {
+        burst(20000, "Hello, ", "!");
+}
+
+Test(pipeline, burst_20000_lines_long_reply, .timeout = 60) {
+        burst(20000, LONG_PREFIX, LONG_SUFFIX);
+}
+
+/* Several reads that fill the input buffer with long lines, then short lines: the kept input
+ * of the last full read must not wait for an event. */
+Test(pipeline, long_reads_then_short_lines, .timeout = 60) {
+        Hellod *d = hellod_start("idle_timeout = 3;\nmax_line_length = 1024;\nreply = \"%s{name}%s\";\n",
+                                 LONG_PREFIX, LONG_SUFFIX);
+        char *in = malloc(64 * 1024);
+        size_t n = 0;
+        int fd;
+
+        cr_assert(in);
+        for (int i = 0; i < 40; i++) { /* 40 lines of 1,000 bytes: ten full 4 KiB reads */
+                memset(in + n, 'A' + i % 26, 1000);
+                n += 1000;
+                in[n++] = '\n';
+        }
+        for (int i = 0; i < 3000; i++) {
+                memcpy(in + n, "xy\n", 3);
+                n += 3;
+        }
+        fd = client_connect(d->port);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_send(fd, in, n);
+        expect_model(fd, LONG_PREFIX, LONG_SUFFIX, in, n);
+        client_close(fd);
+        free(in);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
