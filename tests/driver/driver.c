@@ -1,0 +1,504 @@
+/* driver: the model-checked test of the I/O drivers. Random clients talk to the real hellod
+ * over loopback and every byte they receive is checked against the protocol's model
+ * (harness_model_replies, the one the fuzzer and the hostile tests use).
+ *
+ *   driver [--seconds N] [--seed N] [--hellod PATH]      (20 s by default; else $HELLOD_BIN)
+ *
+ * Each session follows a random plan made from its own seed (printed on failure, so a plan
+ * can be replayed with --seed): lines of 0 bytes to max_line_length (sometimes one over),
+ * sometimes a pipelined burst of thousands of lines, the stream cut into random writes, read
+ * in random sizes with pauses where the client reads nothing, and an ending: a half-close,
+ * `exit`, a close once everything is answered, or a reset at a random point. The daemon runs
+ * once per configuration, with reply templates from the default to the 1,024-byte maximum;
+ * HELLOD_TEST_CONF_EXTRA picks the worker model as in the integration suite.
+ *
+ * A burst must be answered without waiting for any timeout: idle_timeout is far above any
+ * pause a client makes, so a session that stalls in the daemon shows as `ERR idle timeout`
+ * where the model has a reply (a byte mismatch), or as no progress within IO_TIMEOUT_MS.
+ *
+ * Load threads never call harness_fail(): they record what went wrong; the main thread
+ * reports. Output: the figures, one PASS/FAIL line per check, then
+ * "driver checks: P passed, F failed"; exit status 1 on any failure. */
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+#define DEFAULT_SECONDS 20
+#define MAX_SECONDS 3600
+#define CLIENT_THREADS 8
+#define IO_TIMEOUT_MS 20000   /* no progress at all for this long: a stall */
+#define IDLE_TIMEOUT 30       /* seconds; no client pause comes near it */
+#define READ_PAUSE_MAX_MS 300 /* "not reading for a while" */
+#define WRITE_PAUSE_MAX_MS 20
+#define BURST_MIN_LINES 1000
+#define BURST_MAX_LINES 6000
+#define INPUT_MAX (512 * 1024)
+#define FAILURES_KEPT 8
+
+/* The daemon configurations, run in turn, each for a share of the time. */
+typedef struct Setup {
+        const char *name;
+        unsigned max_line;
+        const char *prefix, *suffix; /* the reply template around {name} */
+} Setup;
+
+static char long_prefix[1024];
+static Setup setups[] = {
+        { "default reply, max_line_length 64", 64, "Hello, ", "!" },
+        { "100-byte reply, max_line_length 1024", 1024,
+          "Hello there, dear client; this reply is long on purpose so that the output fills up: ", " -- bye!" },
+        { "1,024-byte reply, max_line_length 5000", 5000, long_prefix, "" },
+};
+#define N_SETUPS (sizeof(setups) / sizeof(setups[0]))
+
+typedef enum Ending {
+        END_HALF_CLOSE, /* shutdown(SHUT_WR) after the last byte: every line answered, then EOF */
+        END_EXIT,       /* the last line is exit: its answers, then EOF */
+        END_CLOSE,      /* close() once every reply has arrived */
+        END_RESET,      /* RST at a random point: what arrived must be a prefix of the model */
+        N_ENDINGS,
+} Ending;
+
+static const char *const ending_names[N_ENDINGS] = { "half-close", "exit", "close", "reset" };
+
+/* A session's plan. */
+typedef struct Plan {
+        uint64_t seed;
+        Ending ending;
+        unsigned char *in;
+        size_t n;
+        char *want; /* the greeting, then the model's replies */
+        size_t want_n;
+        bool want_eof;         /* the server closes after WANT */
+        size_t reset_written;  /* END_RESET: reset once this much is written ... */
+        size_t reset_received; /* ... and this much received (or all there is) */
+        bool burst;
+        bool too_long; /* the last line is over max_line_length */
+        size_t lines;
+} Plan;
+
+/* Shared figures. */
+static atomic_uint_fast64_t n_sessions, n_lines, n_bytes_sent, n_bytes_checked, n_bursts, n_pauses,
+        n_too_long, n_endings[N_ENDINGS];
+static atomic_uint_fast64_t n_failures;
+static pthread_mutex_t failures_lock = PTHREAD_MUTEX_INITIALIZER;
+static char failures[FAILURES_KEPT][1024];
+
+static atomic_bool stop_load;
+static uint16_t port;
+static const Setup *setup;
+static uint64_t base_seed;
+static atomic_uint_fast64_t next_session;
+
+static void record_failure(const Plan *p, const char *format, ...) __attribute__((format(printf, 2, 3)));
+
+static void record_failure(const Plan *p, const char *format, ...) {
+        uint64_t k = atomic_fetch_add(&n_failures, 1);
+        char text[900];
+        va_list ap;
+
+        if (k >= FAILURES_KEPT)
+                return;
+        va_start(ap, format);
+        vsnprintf(text, sizeof(text), format, ap);
+        va_end(ap);
+        pthread_mutex_lock(&failures_lock);
+        snprintf(failures[k], sizeof(failures[k]), "[%s; session seed %" PRIu64 ", %s, %zu lines%s] %s",
+                 setup->name, p->seed, ending_names[p->ending], p->lines, p->burst ? " (burst)" : "", text);
+        pthread_mutex_unlock(&failures_lock);
+}
+
+/* ---- plans ---- */
+
+/* line_byte: any byte but '\n' (the terminator) and 0xFF (telnet's IAC in line framing). */
+static unsigned char line_byte(Rng *r) {
+        unsigned char c;
+
+        do
+                c = (unsigned char) (rng_below(r, 4) == 0 ? rng_below(r, 256) : ' ' + rng_below(r, 95));
+        while (c == '\n' || c == 0xff);
+        return c;
+}
+
+/* line_length: mostly short, sometimes exactly the limit. */
+static size_t line_length(Rng *r, size_t max_line, bool burst) {
+        size_t k = rng_below(r, 100);
+
+        if (burst)
+                return rng_below(r, (max_line < 40 ? max_line : 40) + 1);
+        if (k < 5)
+                return max_line;
+        if (k < 25)
+                return rng_below(r, max_line + 1);
+        return rng_below(r, (max_line < 30 ? max_line : 30) + 1);
+}
+
+/* append_line: one line of LEN bytes, '\r\n' or '\n' terminated; never "exit" by chance. */
+static void append_line(Plan *p, Rng *r, size_t len) {
+        for (size_t i = 0; i < len; i++)
+                p->in[p->n + i] = line_byte(r);
+        if (len == 4 && memcmp(p->in + p->n, "exit", 4) == 0)
+                p->in[p->n] = 'E';
+        p->n += len;
+        if (len > 0 && rng_below(r, 4) == 0 && p->in[p->n - 1] != '\r') {
+                /* A CRLF terminator: the '\r' is not part of the line, so the limit holds. */
+                p->in[p->n++] = '\r';
+        }
+        p->in[p->n++] = '\n';
+        p->lines++;
+}
+
+static bool plan_make(Plan *p, uint64_t seed) {
+        Rng r = { seed };
+        size_t max_line = setup->max_line;
+
+        memset(p, 0, sizeof(*p));
+        p->seed = seed;
+        p->ending = (Ending) rng_below(&r, N_ENDINGS);
+        p->burst = rng_below(&r, 5) == 0;
+        size_t lines = p->burst ? BURST_MIN_LINES + rng_below(&r, BURST_MAX_LINES - BURST_MIN_LINES + 1)
+                                : rng_below(&r, 40);
+        if (!(p->in = malloc(INPUT_MAX + max_line + 16)))
+                return false;
+        for (size_t i = 0; i < lines && p->n + max_line + 2 < INPUT_MAX; i++)
+                append_line(p, &r, line_length(&r, max_line, p->burst));
+        if (!p->burst && rng_below(&r, 12) == 0) {
+                /* One over the limit, last: the daemon answers ERR and discards the rest. */
+                size_t len = max_line + 1;
+                for (size_t i = 0; i < len; i++)
+                        p->in[p->n + i] = 'L';
+                p->n += len;
+                p->in[p->n++] = '\n';
+                p->lines++;
+                p->too_long = true;
+        } else if (p->ending == END_EXIT) {
+                const char *line = rng_below(&r, 2) ? "exit\r\n" : "exit\n";
+                memcpy(p->in + p->n, line, strlen(line));
+                p->n += strlen(line);
+        } else if (p->ending == END_HALF_CLOSE && rng_below(&r, 3) == 0) {
+                /* An unterminated last line: answered at EOF. */
+                size_t len = 1 + rng_below(&r, max_line < 20 ? max_line : 20);
+                for (size_t i = 0; i < len; i++)
+                        p->in[p->n + i] = (unsigned char) ('a' + rng_below(&r, 26));
+                p->n += len;
+        }
+
+        size_t pl = strlen(setup->prefix), sl = strlen(setup->suffix);
+        size_t room = strlen(HELLOD_GREETING) + (p->lines + 2) * (pl + sl + max_line + 4) + 64;
+        if (!(p->want = malloc(room)))
+                return false;
+        memcpy(p->want, HELLOD_GREETING, strlen(HELLOD_GREETING));
+        p->want_n = strlen(HELLOD_GREETING) + harness_model_replies(setup->prefix, setup->suffix, p->in, p->n,
+                                                                     max_line, p->want + strlen(HELLOD_GREETING));
+        /* The daemon closes after exit, ERR and at EOF; after CLOSE and RESET the client does. */
+        p->want_eof = p->ending == END_HALF_CLOSE || p->ending == END_EXIT || p->too_long;
+        if (p->want_eof && p->ending == END_CLOSE)
+                p->ending = END_HALF_CLOSE; /* the ERR ends it anyway: wait for the daemon's EOF */
+        p->reset_written = rng_below(&r, p->n + 1);
+        p->reset_received = rng_below(&r, p->want_n + 1);
+        return true;
+}
+
+static void plan_free(Plan *p) {
+        free(p->in);
+        free(p->want);
+}
+
+/* ---- one client ---- */
+
+static int64_t now_ms(void) {
+        return harness_now_ms();
+}
+
+static void reset_close(int fd) {
+        struct linger l = { .l_onoff = 1, .l_linger = 0 };
+
+        (void) setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+        close(fd);
+}
+
+/* check: the bytes that just arrived at offset AT against the model. */
+static bool check(const Plan *p, const char *got, size_t n, size_t at) {
+        char e1[200], e2[200];
+
+        if (at + n <= p->want_n && memcmp(p->want + at, got, n) == 0)
+                return true;
+        size_t i = 0;
+        while (i < n && at + i < p->want_n && p->want[at + i] == got[i])
+                i++;
+        size_t show = n - i < 60 ? n - i : 60;
+        size_t wshow = at + i < p->want_n ? (p->want_n - at - i < 60 ? p->want_n - at - i : 60) : 0;
+        record_failure(p, "byte %zu of %zu differs from the model: expected \"%s\", got \"%s\"", at + i, p->want_n,
+                       harness_escape(p->want + at + i, wshow, e1, sizeof(e1)),
+                       harness_escape(got + i, show, e2, sizeof(e2)));
+        return false;
+}
+
+/* run_session: the plan against the daemon; false on a failure (recorded). */
+static bool run_session(Plan *p, Rng *r) {
+        const char *ip = rng_below(r, 2) ? "127.0.0.1" : "::1";
+        size_t written = 0, received = 0, chunk_end = 0;
+        int64_t progress = now_ms(), read_pause_until = 0, write_pause_until = 0;
+        bool write_shut = false, ok = false;
+        char buf[65536];
+        int fd = client_start_connect(ip, port);
+
+        if (fd < 0) {
+                record_failure(p, "connect: %s", strerror(-fd));
+                return false;
+        }
+        for (;;) {
+                int64_t now = now_ms();
+                if (now - progress > IO_TIMEOUT_MS) {
+                        record_failure(p, "no progress for %d ms: %zu of %zu bytes written, %zu of %zu received",
+                                       IO_TIMEOUT_MS, written, p->n, received, p->want_n);
+                        break;
+                }
+                if (p->ending == END_RESET && written >= p->reset_written && received >= p->reset_received) {
+                        reset_close(fd);
+                        return true; /* every byte so far was checked */
+                }
+                if (p->ending == END_CLOSE && written == p->n && received == p->want_n) {
+                        close(fd);
+                        return true;
+                }
+                if (written == p->n && p->ending == END_HALF_CLOSE && !write_shut) {
+                        (void) shutdown(fd, SHUT_WR);
+                        write_shut = true;
+                }
+
+                bool can_write = written < p->n && now >= write_pause_until;
+                bool can_read = now >= read_pause_until;
+                struct pollfd pfd = { .fd = fd, .events = (short) ((can_write ? POLLOUT : 0) | (can_read ? POLLIN : 0)) };
+                int64_t wake = 100;
+                if (!can_read)
+                        wake = read_pause_until - now;
+                if (!can_write && written < p->n && write_pause_until - now < wake)
+                        wake = write_pause_until - now;
+                if (poll(&pfd, 1, (int) (wake > 0 ? wake : 0)) < 0 && errno != EINTR) {
+                        record_failure(p, "poll: %s", strerror(errno));
+                        break;
+                }
+                if (pfd.revents & POLLOUT) {
+                        if (written == chunk_end) /* a new write: 1 byte to everything left */
+                                chunk_end = written + 1 + rng_below(r, rng_below(r, 4) == 0 ? p->n - written : 64);
+                        if (chunk_end > p->n)
+                                chunk_end = p->n;
+                        ssize_t k = send(fd, p->in + written, chunk_end - written, MSG_NOSIGNAL);
+                        if (k > 0) {
+                                written += (size_t) k;
+                                progress = now_ms();
+                                atomic_fetch_add(&n_bytes_sent, (uint64_t) k);
+                                if (rng_below(r, 50) == 0)
+                                        write_pause_until = now_ms() + (int64_t) rng_below(r, WRITE_PAUSE_MAX_MS);
+                        } else if (k < 0 && errno != EAGAIN && errno != EINTR) {
+                                /* The daemon may close after exit or ERR while the rest is in flight. */
+                                if (!p->want_eof) {
+                                        record_failure(p, "send after %zu bytes: %s", written, strerror(errno));
+                                        break;
+                                }
+                                written = p->n; /* nothing more goes through */
+                        }
+                }
+                if (pfd.revents & (POLLIN | POLLHUP | POLLERR)) {
+                        size_t want = 1 + rng_below(r, rng_below(r, 3) == 0 ? sizeof(buf) : 512);
+                        if (p->ending == END_RESET && received < p->reset_received && p->reset_received - received < want)
+                                want = p->reset_received - received;
+                        ssize_t k = recv(fd, buf, want, 0);
+                        if (k > 0) {
+                                if (!check(p, buf, (size_t) k, received))
+                                        break;
+                                received += (size_t) k;
+                                progress = now_ms();
+                                atomic_fetch_add(&n_bytes_checked, (uint64_t) k);
+                                if (rng_below(r, 40) == 0) {
+                                        read_pause_until = now_ms() + 20 + (int64_t) rng_below(r, READ_PAUSE_MAX_MS);
+                                        atomic_fetch_add(&n_pauses, 1);
+                                }
+                        } else if (k == 0) {
+                                if (!p->want_eof)
+                                        record_failure(p, "EOF after %zu of %zu bytes; the model keeps it open", received,
+                                                       p->want_n);
+                                else if (received != p->want_n)
+                                        record_failure(p, "EOF after %zu of %zu bytes", received, p->want_n);
+                                else
+                                        ok = true;
+                                break;
+                        } else if (errno != EAGAIN && errno != EINTR) {
+                                record_failure(p, "recv after %zu of %zu bytes: %s", received, p->want_n,
+                                               strerror(errno));
+                                break;
+                        }
+                }
+        }
+        close(fd);
+        return ok;
+}
+
+static void *load_thread(void *arg) {
+        (void) arg;
+        while (!atomic_load(&stop_load)) {
+                uint64_t seed = base_seed + atomic_fetch_add(&next_session, 1) * 0x9e3779b97f4a7c15u;
+                Rng r = { seed ^ 0x5bd1e995u };
+                Plan p;
+
+                if (!plan_make(&p, seed)) {
+                        record_failure(&p, "out of memory");
+                        plan_free(&p);
+                        break;
+                }
+                if (run_session(&p, &r)) {
+                        atomic_fetch_add(&n_sessions, 1);
+                        atomic_fetch_add(&n_lines, p.lines);
+                        atomic_fetch_add(&n_endings[p.ending], 1);
+                        atomic_fetch_add(&n_bursts, p.burst ? 1 : 0);
+                        if (p.too_long)
+                                atomic_fetch_add(&n_too_long, 1);
+                }
+                plan_free(&p);
+        }
+        return NULL;
+}
+
+/* ---- the run ---- */
+
+static unsigned checks_passed, checks_failed;
+
+static void verdict(bool ok, const char *format, ...) __attribute__((format(printf, 2, 3)));
+
+static void verdict(bool ok, const char *format, ...) {
+        va_list ap;
+
+        printf("%s: ", ok ? "PASS" : "FAIL");
+        va_start(ap, format);
+        vprintf(format, ap);
+        va_end(ap);
+        printf("\n");
+        if (ok)
+                checks_passed++;
+        else
+                checks_failed++;
+}
+
+static _Noreturn void fail_hard(const char *message) {
+        fprintf(stderr, "driver: %s\n", message);
+        printf("FAIL: %s\ndriver checks: %u passed, %u failed\n", message, checks_passed, checks_failed + 1);
+        harness_cleanup();
+        exit(1);
+}
+
+static void run_setup(const Setup *s, unsigned seconds) {
+        pthread_t threads[CLIENT_THREADS];
+        uint64_t before = atomic_load(&n_sessions), failed_before = atomic_load(&n_failures);
+
+        setup = s;
+        Hellod *d = hellod_start("idle_timeout = %d;\nmax_line_length = %u;\nreply = \"%s{name}%s\";\n"
+                                 "max_connections = 1000;\n",
+                                 IDLE_TIMEOUT, s->max_line, s->prefix, s->suffix);
+        port = d->port;
+        harness_sleep_ms(100); /* the readiness probe's connection is gone */
+        int fds_before = hellod_fd_count(d);
+        atomic_store(&stop_load, false);
+        for (int i = 0; i < CLIENT_THREADS; i++)
+                if (pthread_create(&threads[i], NULL, load_thread, NULL) != 0)
+                        fail_hard("cannot start a client thread");
+        for (int64_t end = now_ms() + (int64_t) seconds * 1000; now_ms() < end && hellod_alive(d);)
+                harness_sleep_ms(100);
+        atomic_store(&stop_load, true);
+        for (int i = 0; i < CLIENT_THREADS; i++)
+                pthread_join(threads[i], NULL);
+
+        uint64_t sessions = atomic_load(&n_sessions) - before, failed = atomic_load(&n_failures) - failed_before;
+        verdict(failed == 0 && sessions > 0, "%s: %" PRIu64 " sessions matched the model, %" PRIu64 " failed", s->name,
+                sessions, failed);
+        bool alive = hellod_alive(d);
+        verdict(alive, "%s: the daemon is still running", s->name);
+        if (!alive)
+                return;
+        /* Every session has ended on the client's side; the daemon's lingering closes end
+         * within a second. */
+        int fds = hellod_fd_count(d);
+        for (int64_t end = now_ms() + 5000; fds > fds_before && now_ms() < end; fds = hellod_fd_count(d))
+                harness_sleep_ms(50);
+        verdict(fds <= fds_before, "%s: descriptors back to %d (now %d)", s->name, fds_before, fds);
+        int status = hellod_stop(d);
+        verdict(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s: clean stop", s->name);
+        char *err = hellod_stderr(d);
+        bool clean = !strstr(err, "ERROR: AddressSanitizer") && !strstr(err, "WARNING: ThreadSanitizer") &&
+                     !strstr(err, "runtime error:");
+        verdict(clean, "%s: no sanitizer report", s->name);
+        if (!clean)
+                fprintf(stderr, "%s\n", err);
+        free(err);
+        hellod_free(d);
+}
+
+static _Noreturn void on_harness_failure(const char *message) {
+        fail_hard(message);
+}
+
+int main(int argc, char **argv) {
+        unsigned seconds = DEFAULT_SECONDS;
+        const char *bin = NULL;
+
+        base_seed = (uint64_t) time(NULL) ^ ((uint64_t) getpid() << 32);
+        for (int i = 1; i < argc; i++) {
+                if (strcmp(argv[i], "--seconds") == 0 && i + 1 < argc)
+                        seconds = (unsigned) strtoul(argv[++i], NULL, 10);
+                else if (strcmp(argv[i], "--seed") == 0 && i + 1 < argc)
+                        base_seed = strtoull(argv[++i], NULL, 10);
+                else if (strcmp(argv[i], "--hellod") == 0 && i + 1 < argc)
+                        bin = argv[++i];
+                else {
+                        fprintf(stderr, "usage: driver [--seconds N] [--seed N] [--hellod PATH]\n");
+                        return 2;
+                }
+        }
+        if (seconds == 0 || seconds > MAX_SECONDS) {
+                fprintf(stderr, "driver: --seconds must be 1..%d\n", MAX_SECONDS);
+                return 2;
+        }
+        if (bin && setenv("HELLOD_BIN", bin, 1) < 0)
+                return 1;
+        harness_set_fail_handler(on_harness_failure);
+        signal(SIGPIPE, SIG_IGN);
+        harness_raise_nofile();
+        /* The longest template hellod accepts: 1,024 bytes with {name}. */
+        memset(long_prefix, 'r', sizeof(long_prefix) - 1 - strlen("{name}"));
+        long_prefix[sizeof(long_prefix) - 1 - strlen("{name}")] = '\0';
+
+        const char *extra = getenv("HELLOD_TEST_CONF_EXTRA");
+        printf("driver: seed %" PRIu64 ", %u s, %d client threads, worker model: %s\n", base_seed, seconds,
+               CLIENT_THREADS, extra && *extra ? extra : "the default");
+        fflush(stdout);
+        for (size_t i = 0; i < N_SETUPS; i++)
+                run_setup(&setups[i], (seconds + N_SETUPS - 1) / N_SETUPS);
+
+        printf("driver figures: %" PRIu64 " sessions, %" PRIu64 " lines, %" PRIu64 " bursts of %d-%d lines, %" PRIu64
+               " bytes sent, %" PRIu64 " bytes received and checked, %" PRIu64 " read pauses, %" PRIu64
+               " lines over the limit; endings: %" PRIu64 " half-close, %" PRIu64 " exit, %" PRIu64 " close, %" PRIu64
+               " reset\n",
+               atomic_load(&n_sessions), atomic_load(&n_lines), atomic_load(&n_bursts), BURST_MIN_LINES,
+               BURST_MAX_LINES, atomic_load(&n_bytes_sent), atomic_load(&n_bytes_checked), atomic_load(&n_pauses),
+               atomic_load(&n_too_long), atomic_load(&n_endings[END_HALF_CLOSE]), atomic_load(&n_endings[END_EXIT]),
+               atomic_load(&n_endings[END_CLOSE]), atomic_load(&n_endings[END_RESET]));
+        uint64_t nf = atomic_load(&n_failures);
+        for (uint64_t i = 0; i < nf && i < FAILURES_KEPT; i++)
+                printf("failure: %s\n", failures[i]);
+        verdict(nf == 0, "%" PRIu64 " failures in all", nf);
+        printf("driver checks: %u passed, %u failed\n", checks_passed, checks_failed);
+        harness_cleanup();
+        return checks_failed == 0 ? 0 : 1;
+}
