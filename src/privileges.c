@@ -83,6 +83,11 @@ int privileges_drop(const char *user, const char *group, char *err, size_t err_s
                 log_warning("running as root: set 'user' and 'group' in the configuration to drop privileges");
                 return 0;
         }
+        /* conf refuses this; setgid() alone would leave us root with every capability. */
+        if (group && !user) {
+                snprintf(err, err_size, "'group' is set without 'user'");
+                return -EINVAL;
+        }
         if (user && (r = resolve_user(user, &uid, &user_gid, err, err_size)) < 0)
                 return r;
         if (group) {
