@@ -228,6 +228,26 @@ static int host_check(const char *h, char *err, size_t size) {
         return host_name_check(h, err, size);
 }
 
+/* bare_ipv6_check: "::1:9999" is a valid address (::0.1.153.153), but hardly what anyone means:
+ * when the text before the last ':' is an address by itself and the rest is a decimal port,
+ * make the writer say which one with brackets. */
+static int bare_ipv6_check(const char *host, char *err, size_t size) {
+        const char *colon = strrchr(host, ':');
+        struct in6_addr a6;
+        char head[INET6_ADDRSTRLEN + 1];
+        size_t n = (size_t) (colon - host);
+
+        if (!colon[1] || strspn(colon + 1, "0123456789") != strlen(colon + 1) || strlen(colon + 1) > 5 ||
+            n == 0 || n >= sizeof(head))
+                return 0;
+        memcpy(head, host, n);
+        head[n] = '\0';
+        if (inet_pton(AF_INET6, head, &a6) != 1)
+                return 0;
+        return reason(err, size, "ambiguous: write \"[%s]:%s\" for port %s on %s, or \"[%s]\" for that "
+                                 "address", head, colon + 1, colon + 1, head, host);
+}
+
 int listen_spec_parse(const char *text, ListenSpec *ret, char *err, size_t err_size) {
         struct in6_addr a6;
         const char *host_start, *host_end, *port_text = NULL, *first_colon;
@@ -281,9 +301,18 @@ int listen_spec_parse(const char *text, ListenSpec *ret, char *err, size_t err_s
                         r = reason(err, err_size,
                                    "not a valid IPv6 address (write \"[ADDRESS]:PORT\" to give a port)");
                 else
-                        r = 0;
+                        r = bare_ipv6_check(host, err, err_size);
         } else
                 r = host_check(host, err, err_size);
+        if (r >= 0 && strchr(host, ':') && IN6_IS_ADDR_V4MAPPED(&a6)) {
+                char v4[INET_ADDRSTRLEN];
+
+                inet_ntop(AF_INET, &a6.s6_addr[12], v4, sizeof(v4));
+                r = reason(err, err_size,
+                           "an IPv4-mapped IPv6 address cannot be listened on (hellod's IPv6 sockets are "
+                           "IPv6-only); write \"%s%s%s\" instead",
+                           v4, port_text ? ":" : "", port_text ? port_text : "");
+        }
         if (r >= 0 && port_text)
                 r = port_parse(port_text, &port, err, err_size);
         if (r < 0) {

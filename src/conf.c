@@ -581,14 +581,21 @@ static void print_log_level(const Conf *c, const ConfKey *k, FILE *f) {
 }
 
 static void print_listen_spec(FILE *f, const ListenSpec *s) {
+        ListenSpec bare = { .host = NULL };
+        bool brackets = strchr(s->host, ':') && (s->port != 0 || listen_spec_parse(s->host, &bare, NULL, 0) < 0);
+
+        /* IPv6 in brackets when bare it would not load again ("::1:9999" reads as ambiguous). */
+        listen_spec_done(&bare);
         fputc('"', f);
-        if (s->port == 0)
-                print_escaped(f, s->host);
-        else if (strchr(s->host, ':')) {
+        if (brackets) {
                 fputc('[', f);
                 print_escaped(f, s->host);
-                fprintf(f, "]:%u", (unsigned) s->port);
-        } else {
+                fputc(']', f);
+                if (s->port != 0)
+                        fprintf(f, ":%u", (unsigned) s->port);
+        } else if (s->port == 0)
+                print_escaped(f, s->host);
+        else {
                 print_escaped(f, s->host);
                 fprintf(f, ":%u", (unsigned) s->port);
         }

@@ -69,20 +69,12 @@ static int fail(int r, const char *what, char *err, size_t err_size) {
         return r;
 }
 
-int privileges_drop(const char *user, const char *group, char *err, size_t err_size) {
+int privileges_resolve(const char *user, const char *group, uid_t *ret_uid, gid_t *ret_gid, char *err,
+                       size_t err_size) {
         uid_t uid = geteuid();
         gid_t gid = getegid(), user_gid = (gid_t) -1;
         int r;
 
-        if (geteuid() != 0) {
-                if (user || group)
-                        log_notice("not started as root: 'user' and 'group' are not used");
-                return 0;
-        }
-        if (!user && !group) {
-                log_warning("running as root: set 'user' and 'group' in the configuration to drop privileges");
-                return 0;
-        }
         /* conf refuses this; setgid() alone would leave us root with every capability. */
         if (group && !user) {
                 snprintf(err, err_size, "'group' is set without 'user'");
@@ -95,10 +87,32 @@ int privileges_drop(const char *user, const char *group, char *err, size_t err_s
                         return r;
         } else if (user_gid != (gid_t) -1)
                 gid = user_gid;
-        else {
+        else if (user) {
                 snprintf(err, err_size, "user '%s' has no passwd entry: set 'group' too", user);
                 return -EINVAL;
         }
+        *ret_uid = uid;
+        *ret_gid = gid;
+        return 0;
+}
+
+int privileges_drop(const char *user, const char *group, char *err, size_t err_size) {
+        uid_t uid = geteuid();
+        gid_t gid = getegid();
+        int r;
+
+        if (geteuid() != 0) {
+                if (user || group)
+                        log_notice("not started as root: 'user' and 'group' are not used");
+                return 0;
+        }
+        if (!user && !group) {
+                log_warning("running as root: set 'user' and 'group' in the configuration to drop privileges");
+                return 0;
+        }
+        r = privileges_resolve(user, group, &uid, &gid, err, err_size);
+        if (r < 0)
+                return r;
 
         /* Order matters: groups and gid can only be changed while still root. */
         if (setgroups(1, &gid) < 0)

@@ -19,7 +19,8 @@ static const ValidSpec valid_specs[] = {
         { "::", "::", 0 },
         { "::1", "::1", 0 },
         { "fe80::1", "fe80::1", 0 },
-        { "::ffff:192.0.2.1", "::ffff:192.0.2.1", 0 },
+        { "::1:ffff", "::1:ffff", 0 }, /* the last group is no decimal port: not ambiguous */
+        { "[::1:9999]", "::1:9999", 0 },
         { "localhost", "localhost", 0 },
         { "localhost:8080", "localhost", 8080 },
         { "my-host", "my-host", 0 },
@@ -59,6 +60,10 @@ static const char *const invalid_specs[] = {
         "*:80",
         "fe80::zz",
         "fe80::1%eth0",
+        "::1:9999",                  /* [::1]:9999 or [::1:9999]? */
+        "2001:db8::1:80",
+        "::ffff:192.0.2.1",          /* IPv4-mapped: IPv6-only sockets cannot take IPv4 */
+        "[::ffff:127.0.0.1]:7003",
         "a..b",
         ".a",
         "a.",

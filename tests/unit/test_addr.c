@@ -277,6 +277,9 @@ Test(listen_spec, reasons) {
                 { "host:abc", "not a decimal number" },
                 { "1.2.3.4.5", "IPv4" },
                 { "*", "'*' is not accepted" },
+                { "::1:9999", "write \"[::1]:9999\" for port 9999 on ::1, or \"[::1:9999]\"" },
+                { "[::ffff:127.0.0.1]:7003", "write \"127.0.0.1:7003\" instead" },
+                { "::ffff:10.0.0.1", "IPv4-mapped" },
         };
 
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {

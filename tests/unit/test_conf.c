@@ -1225,3 +1225,16 @@ Test(conf_file, duplicate_names_the_key) {
         expect_error("port = 1; backlog = 2;\nidle_timeout = 3; backlog = 4;\n", 2, "backlog",
                      "first set on line 1");
 }
+
+/* An address that needs its brackets keeps them when printed, or the output would not load. */
+Test(conf_print, bracketed_address_round_trips) {
+        Conf *c = load_ok("listen = [ \"[::1:9999]\", \"::1\" ];\n");
+        char out[4096];
+        Conf *again = print_and_reload(c, out, sizeof(out));
+
+        cr_expect(strstr(out, "\"[::1:9999]\""), "%s", out);
+        cr_expect(strstr(out, "\"::1\""), "%s", out);
+        expect_same(c, again);
+        conf_unref(again);
+        conf_unref(c);
+}
