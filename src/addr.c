@@ -1,8 +1,9 @@
-/* addr: socket address formatting and per-client keys. */
+/* addr: socket address formatting, per-client keys, prefixes and the `listen` entry grammar. */
 #include "addr.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -134,4 +135,205 @@ const char *cidr_format(const Cidr *c, char *buf, size_t size) {
                 inet_ntop(AF_INET6, c->net.bytes, host, sizeof(host));
         snprintf(buf, size, "%s/%u", host, v4 ? c->bits - 96 : c->bits);
         return buf;
+}
+
+/* ---- listen specs ---- */
+
+static bool is_ascii_digit(char c) {
+        return c >= '0' && c <= '9';
+}
+
+static bool is_ascii_alpha(char c) {
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+static int reason(char *err, size_t size, const char *format, ...) __attribute__((format(printf, 3, 4)));
+static int reason(char *err, size_t size, const char *format, ...) {
+        va_list ap;
+
+        if (err && size > 0) {
+                err[0] = '\0';
+                va_start(ap, format);
+                (void) vsnprintf(err, size, format, ap);
+                va_end(ap);
+        }
+        return -EINVAL;
+}
+
+/* port_parse: strictly decimal digits, 1..65535; no sign, no blanks, nothing after. */
+static int port_parse(const char *s, uint16_t *ret, char *err, size_t size) {
+        unsigned long v = 0;
+
+        if (!*s)
+                return reason(err, size, "empty port after ':'");
+        for (const char *p = s; *p; p++) {
+                if (!is_ascii_digit(*p))
+                        return reason(err, size, "port is not a decimal number");
+                if (v <= 65535)
+                        v = v * 10 + (unsigned long) (*p - '0');
+        }
+        if (v < 1 || v > 65535)
+                return reason(err, size, "port must be between 1 and 65535");
+        *ret = (uint16_t) v;
+        return 0;
+}
+
+/* host_name_check: what a DNS name can look like (RFC 1123); it is resolved later, not here. */
+static int host_name_check(const char *h, char *err, size_t size) {
+        size_t label = 0;
+        const char *p;
+
+        if (strlen(h) > 253)
+                return reason(err, size, "host name is longer than 253 characters");
+        for (p = h; *p; p++) {
+                if (*p == '.') {
+                        if (label == 0)
+                                return reason(err, size, "host name has an empty label");
+                        if (p[-1] == '-')
+                                return reason(err, size, "host name label ends with '-'");
+                        label = 0;
+                        continue;
+                }
+                if (!is_ascii_alpha(*p) && !is_ascii_digit(*p) && *p != '-')
+                        return reason(err, size, "not an IP address, and not a host name "
+                                                 "(letters, digits, '-' and '.' only)");
+                if (*p == '-' && label == 0)
+                        return reason(err, size, "host name label starts with '-'");
+                if (++label > 63)
+                        return reason(err, size, "host name label is longer than 63 characters");
+        }
+        if (label == 0)
+                return reason(err, size, "host name has an empty label");
+        if (p[-1] == '-')
+                return reason(err, size, "host name label ends with '-'");
+        return 0;
+}
+
+/* host_check: HOST as written outside brackets: an IPv4 literal or a DNS name. */
+static int host_check(const char *h, char *err, size_t size) {
+        struct in_addr a4;
+
+        if (!*h)
+                return reason(err, size, "empty host");
+        if (strcmp(h, "*") == 0)
+                return reason(err, size,
+                              "'*' is not accepted; to listen on all addresses, leave out 'listen' "
+                              "or list \"0.0.0.0\" and \"::\"");
+        /* getaddrinfo() would happily read "1.2.3" or "123" as an IPv4 address; we do not. */
+        if (strspn(h, "0123456789.") == strlen(h)) {
+                if (inet_pton(AF_INET, h, &a4) != 1)
+                        return reason(err, size, "not a valid IPv4 address");
+                return 0;
+        }
+        return host_name_check(h, err, size);
+}
+
+/* bare_ipv6_check: "::1:9999" is a valid address (::0.1.153.153), but hardly what anyone means:
+ * when the text before the last ':' is an address by itself and the rest is a decimal port,
+ * make the writer say which one with brackets. */
+static int bare_ipv6_check(const char *host, char *err, size_t size) {
+        const char *colon = strrchr(host, ':');
+        struct in6_addr a6;
+        char head[INET6_ADDRSTRLEN + 1];
+        size_t n = (size_t) (colon - host);
+
+        if (!colon[1] || strspn(colon + 1, "0123456789") != strlen(colon + 1) || strlen(colon + 1) > 5 ||
+            n == 0 || n >= sizeof(head))
+                return 0;
+        memcpy(head, host, n);
+        head[n] = '\0';
+        if (inet_pton(AF_INET6, head, &a6) != 1)
+                return 0;
+        return reason(err, size, "ambiguous: write \"[%s]:%s\" for port %s on %s, or \"[%s]\" for that "
+                                 "address", head, colon + 1, colon + 1, head, host);
+}
+
+int listen_spec_parse(const char *text, ListenSpec *ret, char *err, size_t err_size) {
+        struct in6_addr a6;
+        const char *host_start, *host_end, *port_text = NULL, *first_colon;
+        uint16_t port = 0;
+        char *host;
+        int r;
+
+        if (!text || !*text)
+                return reason(err, err_size, "empty address");
+        /* Longest sane form: "[" 253-byte name "]:65535"; refuse early instead of copying megabytes. */
+        if (strlen(text) > 253 + 8)
+                return reason(err, err_size, "too long");
+
+        if (text[0] == '[') {
+                const char *close = strchr(text, ']');
+
+                if (!close)
+                        return reason(err, err_size, "missing ']' after IPv6 address");
+                host_start = text + 1;
+                host_end = close;
+                if (close[1] == ':')
+                        port_text = close + 2;
+                else if (close[1] != '\0')
+                        return reason(err, err_size,
+                                      "unexpected text after ']' (expected ':PORT' or nothing)");
+        } else {
+                host_start = text;
+                first_colon = strchr(text, ':');
+                if (first_colon && !strchr(first_colon + 1, ':')) {
+                        host_end = first_colon;
+                        port_text = first_colon + 1;
+                } else
+                        /* No colon, or two or more: a bare IPv6 literal, which takes no port. */
+                        host_end = text + strlen(text);
+        }
+
+        host = strndup(host_start, (size_t) (host_end - host_start));
+        if (!host) {
+                (void) reason(err, err_size, "out of memory");
+                return -ENOMEM;
+        }
+
+        if (text[0] == '[') {
+                if (inet_pton(AF_INET6, host, &a6) != 1)
+                        r = reason(err, err_size,
+                                   "brackets are only for IPv6 addresses, and this is not one");
+                else
+                        r = 0;
+        } else if (strchr(host, ':')) {
+                if (inet_pton(AF_INET6, host, &a6) != 1)
+                        r = reason(err, err_size,
+                                   "not a valid IPv6 address (write \"[ADDRESS]:PORT\" to give a port)");
+                else
+                        r = bare_ipv6_check(host, err, err_size);
+        } else
+                r = host_check(host, err, err_size);
+        if (r >= 0 && strchr(host, ':') && IN6_IS_ADDR_V4MAPPED(&a6)) {
+                char v4[INET_ADDRSTRLEN];
+
+                inet_ntop(AF_INET, &a6.s6_addr[12], v4, sizeof(v4));
+                r = reason(err, err_size,
+                           "an IPv4-mapped IPv6 address cannot be listened on (hellod's IPv6 sockets are "
+                           "IPv6-only); write \"%s%s%s\" instead",
+                           v4, port_text ? ":" : "", port_text ? port_text : "");
+        }
+        if (r >= 0 && port_text)
+                r = port_parse(port_text, &port, err, err_size);
+        if (r < 0) {
+                free(host);
+                return r;
+        }
+
+        *ret = (ListenSpec) { .host = host, .port = port };
+        return 0;
+}
+
+void listen_spec_done(ListenSpec *s) {
+        if (!s)
+                return;
+        free(s->host);
+        s->host = NULL;
+        s->port = 0;
+}
+
+void listen_specs_free(ListenSpec *specs, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                listen_spec_done(&specs[i]);
+        free(specs);
 }

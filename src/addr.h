@@ -1,4 +1,5 @@
-/* addr: socket addresses as text and as keys, IPv4-mapped IPv6 shown as plain IPv4. */
+/* addr: socket addresses as text and as keys (IPv4-mapped IPv6 shown as plain IPv4), address
+ * prefixes, and the grammar of a `listen` entry. */
 #pragma once
 
 #include <stdbool.h>
@@ -40,3 +41,16 @@ int cidr_parse(const char *text, Cidr *ret, char *err, size_t err_size);
 bool cidr_match(const Cidr *c, const IpKey *k);
 /* cidr_format: back to the text cidr_parse() takes. */
 const char *cidr_format(const Cidr *c, char *buf, size_t size);
+
+/* One `listen` entry as written: host (a literal address or a name) and an optional port. */
+typedef struct ListenSpec {
+        char *host;    /* "0.0.0.0", "::", "127.0.0.1", "localhost", ... never brackets */
+        uint16_t port; /* 0: use Conf.port */
+} ListenSpec;
+
+/* listen_spec_parse: "host", "host:port", "[v6]", "[v6]:port" or a bare IPv6 literal.
+ * Returns 0, -EINVAL with a reason in ERR (RET untouched), or -ENOMEM. */
+int listen_spec_parse(const char *text, ListenSpec *ret, char *err, size_t err_size);
+void listen_spec_done(ListenSpec *s);
+/* listen_specs_free: done on each of N specs, then the array; NULL-safe. */
+void listen_specs_free(ListenSpec *specs, size_t n);

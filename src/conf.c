@@ -1,8 +1,11 @@
-/* conf: the libconfig file turned into a validated, immutable, reference-counted Conf. */
+/* conf: the libconfig file turned into a validated, immutable, reference-counted Conf.
+ *
+ * Every key is one line of conf_keys[]: its name, its parser, its printer, where it goes in Conf,
+ * its range and its default. The defaults are applied by parsing them like a file would, so a
+ * default can never be a value the file could not give. */
 #include <arpa/inet.h>
 #include <assert.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <libconfig.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -11,10 +14,8 @@
 #include <unistd.h>
 
 #include "conf.h"
+#include "conftext.h"
 #include "log.h"
-
-/* A greeting daemon's config is a few hundred bytes; refuse to slurp anything absurd into memory. */
-#define CONF_FILE_SIZE_MAX (1024 * 1024)
 
 /* Values from the file that are echoed in messages are cut to this many bytes, since messages end up
  * in logs. */
@@ -26,19 +27,28 @@
 /* Where messages go and what they name while one file is loaded. */
 typedef struct ConfCtx {
         const char *path;
+        const ConfText *text; /* maps a line of what libconfig parsed to a file and line; or NULL */
         char *err;
         size_t err_size;
 } ConfCtx;
 
 typedef struct ConfKey ConfKey;
 typedef int (*ConfKeyParser)(Conf *c, const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx);
+typedef void (*ConfKeyPrinter)(const Conf *c, const ConfKey *k, FILE *f);
 
 struct ConfKey {
         const char *name;
         ConfKeyParser parse;
-        size_t offset; /* integers only: where the value goes in Conf */
-        long long min, max;
+        ConfKeyPrinter print;
+        size_t offset, offset_n; /* where the value (and a list's length) goes in Conf */
+        size_t size;             /* integers: sizeof the field */
+        long long min, max;      /* integers */
+        const char *const *names; /* enumerations: the value's name at its index, NULL-terminated */
+        const char *def;         /* the default, in config syntax; NULL: zero */
 };
+
+static const char *const framing_names[] = { [FRAMING_LINE] = "line", [FRAMING_CHUNK] = "chunk", NULL };
+static const char *const overload_names[] = { [OVERLOAD_REFUSE] = "refuse", [OVERLOAD_QUEUE] = "queue", NULL };
 
 static bool is_ascii_digit(char c) {
         return c >= '0' && c <= '9';
@@ -115,13 +125,16 @@ static void err_append(char *err, size_t size, const char *format, ...) {
         va_end(ap);
 }
 
-/* err_prefix: starts a message with "FILE:LINE: " (or "FILE: " without a line). FILE can come from an
- * @include in the config text, so it is escaped like any other value. */
+/* err_prefix: starts a message with "FILE:LINE: " (or "FILE: " without a line), LINE being a line of
+ * the spliced text when FILE is NULL. FILE can come from an @include in the config text, so it is
+ * escaped like any other value. */
 static void err_prefix(const ConfCtx *ctx, const char *file, unsigned line) {
         size_t n;
 
         if (!ctx->err || ctx->err_size == 0)
                 return;
+        if (!file && line > 0 && ctx->text)
+                conf_text_locate(ctx->text, line, &file, &line);
         ctx->err[0] = '\0';
         (void) escape(file ? file : ctx->path, SIZE_MAX, ctx->err, ctx->err_size);
         n = strlen(ctx->err);
@@ -151,7 +164,7 @@ static int key_error(const ConfCtx *ctx, const config_setting_t *s, const char *
         char k[ECHO_BUF_SIZE];
         va_list ap;
 
-        err_prefix(ctx, config_setting_source_file(s), config_setting_source_line(s));
+        err_prefix(ctx, NULL, config_setting_source_line(s));
         err_append(ctx->err, ctx->err_size, "%s: ", echo(key, k));
         va_start(ap, format);
         err_vappend(ctx->err, ctx->err_size, format, ap);
@@ -185,175 +198,18 @@ static const char *type_name(int type) {
         }
 }
 
-/* ---- listen specs ---- */
+/* ---- parsers ---- */
 
-static int reason(char *err, size_t size, const char *format, ...) __attribute__((format(printf, 3, 4)));
-static int reason(char *err, size_t size, const char *format, ...) {
-        va_list ap;
-
-        if (err && size > 0) {
-                err[0] = '\0';
-                va_start(ap, format);
-                err_vappend(err, size, format, ap);
-                va_end(ap);
-        }
-        return -EINVAL;
+static void *field(Conf *c, size_t offset) {
+        return (char *) c + offset;
 }
 
-/* port_parse: strictly decimal digits, 1..65535; no sign, no blanks, nothing after. */
-static int port_parse(const char *s, uint16_t *ret, char *err, size_t size) {
-        char buf[ECHO_BUF_SIZE];
-        unsigned long v = 0;
-
-        if (!*s)
-                return reason(err, size, "empty port after ':'");
-        for (const char *p = s; *p; p++) {
-                if (!is_ascii_digit(*p))
-                        return reason(err, size, "port \"%s\" is not a decimal number", echo(s, buf));
-                if (v <= 65535)
-                        v = v * 10 + (unsigned long) (*p - '0');
-        }
-        if (v < 1 || v > 65535)
-                return reason(err, size, "port must be between 1 and 65535, got %s", echo(s, buf));
-        *ret = (uint16_t) v;
-        return 0;
+static const void *cfield(const Conf *c, size_t offset) {
+        return (const char *) c + offset;
 }
 
-/* host_name_check: what a DNS name can look like (RFC 1123); it is resolved later, not here. */
-static int host_name_check(const char *h, char *err, size_t size) {
-        size_t label = 0;
-        const char *p;
-
-        if (strlen(h) > 253)
-                return reason(err, size, "host name is longer than 253 characters");
-        for (p = h; *p; p++) {
-                if (*p == '.') {
-                        if (label == 0)
-                                return reason(err, size, "host name has an empty label");
-                        if (p[-1] == '-')
-                                return reason(err, size, "host name label ends with '-'");
-                        label = 0;
-                        continue;
-                }
-                if (!is_ascii_alpha(*p) && !is_ascii_digit(*p) && *p != '-')
-                        return reason(err, size, "not an IP address, and not a host name "
-                                                 "(letters, digits, '-' and '.' only)");
-                if (*p == '-' && label == 0)
-                        return reason(err, size, "host name label starts with '-'");
-                if (++label > 63)
-                        return reason(err, size, "host name label is longer than 63 characters");
-        }
-        if (label == 0)
-                return reason(err, size, "host name has an empty label");
-        if (p[-1] == '-')
-                return reason(err, size, "host name label ends with '-'");
-        return 0;
-}
-
-/* host_check: HOST as written outside brackets: an IPv4 literal or a DNS name. */
-static int host_check(const char *h, char *err, size_t size) {
-        struct in_addr a4;
-
-        if (!*h)
-                return reason(err, size, "empty host");
-        if (strcmp(h, "*") == 0)
-                return reason(err, size,
-                              "'*' is not accepted; to listen on all addresses, leave out 'listen' "
-                              "or list \"0.0.0.0\" and \"::\"");
-        /* getaddrinfo() would happily read "1.2.3" or "123" as an IPv4 address; we do not. */
-        if (strspn(h, "0123456789.") == strlen(h)) {
-                if (inet_pton(AF_INET, h, &a4) != 1)
-                        return reason(err, size, "not a valid IPv4 address");
-                return 0;
-        }
-        return host_name_check(h, err, size);
-}
-
-int listen_spec_parse(const char *text, ListenSpec *ret, char *err, size_t err_size) {
-        struct in6_addr a6;
-        const char *host_start, *host_end, *port_text = NULL, *first_colon;
-        uint16_t port = 0;
-        char *host;
-        int r;
-
-        assert(ret);
-        if (!text || !*text)
-                return reason(err, err_size, "empty address");
-        /* Longest sane form: "[" 253-byte name "]:65535"; refuse early instead of copying megabytes. */
-        if (strlen(text) > 253 + 8)
-                return reason(err, err_size, "too long");
-
-        if (text[0] == '[') {
-                const char *close = strchr(text, ']');
-
-                if (!close)
-                        return reason(err, err_size, "missing ']' after IPv6 address");
-                host_start = text + 1;
-                host_end = close;
-                if (close[1] == ':')
-                        port_text = close + 2;
-                else if (close[1] != '\0')
-                        return reason(err, err_size,
-                                      "unexpected text after ']' (expected ':PORT' or nothing)");
-        } else {
-                host_start = text;
-                first_colon = strchr(text, ':');
-                if (first_colon && !strchr(first_colon + 1, ':')) {
-                        host_end = first_colon;
-                        port_text = first_colon + 1;
-                } else
-                        /* No colon, or two or more: a bare IPv6 literal, which takes no port. */
-                        host_end = text + strlen(text);
-        }
-
-        host = strndup(host_start, (size_t) (host_end - host_start));
-        if (!host) {
-                (void) reason(err, err_size, "out of memory");
-                return -ENOMEM;
-        }
-
-        if (text[0] == '[') {
-                if (inet_pton(AF_INET6, host, &a6) != 1)
-                        r = reason(err, err_size,
-                                   "brackets are only for IPv6 addresses, and this is not one");
-                else
-                        r = 0;
-        } else if (strchr(host, ':')) {
-                if (inet_pton(AF_INET6, host, &a6) != 1)
-                        r = reason(err, err_size,
-                                   "not a valid IPv6 address (write \"[ADDRESS]:PORT\" to give a port)");
-                else
-                        r = 0;
-        } else
-                r = host_check(host, err, err_size);
-        if (r >= 0 && port_text)
-                r = port_parse(port_text, &port, err, err_size);
-        if (r < 0) {
-                free(host);
-                return r;
-        }
-
-        *ret = (ListenSpec) { .host = host, .port = port };
-        return 0;
-}
-
-void listen_spec_done(ListenSpec *s) {
-        if (!s)
-                return;
-        free(s->host);
-        s->host = NULL;
-        s->port = 0;
-}
-
-static void listen_specs_free(ListenSpec *specs, size_t n) {
-        for (size_t i = 0; i < n; i++)
-                listen_spec_done(&specs[i]);
-        free(specs);
-}
-
-/* ---- keys ---- */
-
-static int parse_integer(const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx, long long *ret) {
+/* parse_int: an integer within the key's range, into an unsigned or a size_t field. */
+static int parse_int(Conf *c, const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx) {
         int type = config_setting_type(s);
         long long v;
 
@@ -363,31 +219,12 @@ static int parse_integer(const ConfKey *k, const config_setting_t *s, const Conf
         if (v < k->min || v > k->max)
                 return key_error(ctx, s, k->name, "must be between %lld and %lld, got %lld", k->min, k->max,
                                  v);
-        *ret = v;
-        return 0;
-}
-
-static int parse_unsigned(Conf *c, const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx) {
-        long long v = 0;
-        int r;
-
-        assert(k->min >= 0 && k->max <= UINT_MAX);
-        r = parse_integer(k, s, ctx, &v);
-        if (r < 0)
-                return r;
-        *(unsigned *) ((char *) c + k->offset) = (unsigned) v;
-        return 0;
-}
-
-static int parse_size(Conf *c, const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx) {
-        long long v = 0;
-        int r;
-
-        assert(k->min >= 0);
-        r = parse_integer(k, s, ctx, &v);
-        if (r < 0)
-                return r;
-        *(size_t *) ((char *) c + k->offset) = (size_t) v;
+        if (k->size == sizeof(size_t))
+                *(size_t *) field(c, k->offset) = (size_t) v;
+        else {
+                assert(k->size == sizeof(unsigned) && k->max <= UINT_MAX);
+                *(unsigned *) field(c, k->offset) = (unsigned) v;
+        }
         return 0;
 }
 
@@ -427,9 +264,19 @@ static int parse_text(const ConfKey *k, const config_setting_t *s, const ConfCtx
         return 0;
 }
 
+/* replace: frees the string at *FIELD and puts a copy of V there. */
+static int replace(char **f, const char *v, const ConfCtx *ctx) {
+        char *copy = strdup(v);
+
+        if (!copy)
+                return oom_error(ctx);
+        free(*f);
+        *f = copy;
+        return 0;
+}
+
 static int parse_greeting(Conf *c, const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx) {
         const char *v = NULL;
-        char *copy;
         int r;
 
         r = parse_text(k, s, ctx, &v);
@@ -437,12 +284,7 @@ static int parse_greeting(Conf *c, const ConfKey *k, const config_setting_t *s, 
                 return r;
         if (!*v)
                 return key_error(ctx, s, k->name, "must not be empty: a greeting daemon has to greet");
-        copy = strdup(v);
-        if (!copy)
-                return oom_error(ctx);
-        free(c->greeting);
-        c->greeting = copy;
-        return 0;
+        return replace(field(c, k->offset), v, ctx);
 }
 
 /* reply_split: TEMPLATE cut at its one placeholder. -EINVAL: none; -E2BIG: more than one. */
@@ -489,30 +331,26 @@ static int parse_reply(Conf *c, const ConfKey *k, const config_setting_t *s, con
         return 0;
 }
 
-/* parse_either: a string that must be FIRST or SECOND; *RET_SECOND says which. */
-static int parse_either(const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx, const char *first,
-                        const char *second, bool *ret_second) {
-        char buf[ECHO_BUF_SIZE];
+/* parse_enum: one of the key's names, stored as its index. */
+static int parse_enum(Conf *c, const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx) {
+        char buf[ECHO_BUF_SIZE], choices[128] = "";
         const char *v = NULL;
+        size_t n = 0;
         int r;
 
         r = parse_string(k, s, ctx, &v);
         if (r < 0)
                 return r;
-        if (strcmp(v, first) != 0 && strcmp(v, second) != 0)
-                return key_error(ctx, s, k->name, "must be \"%s\" or \"%s\", got \"%s\"", first, second,
-                                 echo(v, buf));
-        *ret_second = strcmp(v, second) == 0;
-        return 0;
-}
-
-static int parse_framing(Conf *c, const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx) {
-        bool chunk;
-        int r = parse_either(k, s, ctx, "line", "chunk", &chunk);
-
-        if (r == 0)
-                c->framing = chunk ? FRAMING_CHUNK : FRAMING_LINE;
-        return r;
+        for (unsigned i = 0; k->names[i]; i++) {
+                if (strcmp(v, k->names[i]) == 0) {
+                        *(unsigned *) field(c, k->offset) = i;
+                        return 0;
+                }
+                n += (size_t) snprintf(choices + n, sizeof(choices) - n, "%s\"%s\"",
+                                       i == 0 ? "" : k->names[i + 1] ? ", " : " or ", k->names[i]);
+                assert(n < sizeof(choices));
+        }
+        return key_error(ctx, s, k->name, "must be %s, got \"%s\"", choices, echo(v, buf));
 }
 
 static int parse_log_level(Conf *c, const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx) {
@@ -529,53 +367,66 @@ static int parse_log_level(Conf *c, const ConfKey *k, const config_setting_t *s,
                                  "must be one of \"error\", \"warning\", \"notice\", \"info\", \"debug\"; "
                                  "got \"%s\"",
                                  echo(v, buf));
-        c->log_level = level;
+        *(int *) field(c, k->offset) = level;
+        return 0;
+}
+
+/* list_elem_string: element I of the list S, which must be a string. */
+static int list_elem_string(const ConfKey *k, const config_setting_t *s, int i, const ConfCtx *ctx,
+                            const config_setting_t **ret_elem, const char **ret) {
+        const config_setting_t *e = config_setting_get_elem(s, (unsigned) i);
+        const char *text;
+
+        if (!e || config_setting_type(e) != CONFIG_TYPE_STRING)
+                return key_error(ctx, e ? e : s, k->name, "entries must be strings, got %s",
+                                 type_name(e ? config_setting_type(e) : CONFIG_TYPE_NONE));
+        text = config_setting_get_string(e);
+        *ret_elem = e;
+        *ret = text ? text : "";
+        return 0;
+}
+
+/* list_length: S must be a list or array of at most MAX entries. */
+static int list_length(const ConfKey *k, const config_setting_t *s, int max, const ConfCtx *ctx, int *ret) {
+        int type = config_setting_type(s), n;
+
+        if (type != CONFIG_TYPE_ARRAY && type != CONFIG_TYPE_LIST)
+                return key_error(ctx, s, k->name, "must be a list of strings, got %s", type_name(type));
+        n = config_setting_length(s);
+        if (n > max)
+                return key_error(ctx, s, k->name, "has too many entries (%d, at most %d)", n, max);
+        *ret = n;
         return 0;
 }
 
 static int parse_listen(Conf *c, const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx) {
         char buf[ECHO_BUF_SIZE], why[ERR_REASON_MAX];
-        int type = config_setting_type(s), n, i, r = 0;
         ListenSpec *specs;
+        int n, i, r;
 
-        if (type != CONFIG_TYPE_ARRAY && type != CONFIG_TYPE_LIST)
-                return key_error(ctx, s, k->name, "must be a list of strings, got %s", type_name(type));
-        n = config_setting_length(s);
+        r = list_length(k, s, CONF_LISTEN_MAX, ctx, &n);
+        if (r < 0)
+                return r;
         if (n <= 0)
                 return key_error(ctx, s, k->name, "must not be empty: hellod has to listen somewhere");
-        if (n > CONF_LISTEN_MAX)
-                return key_error(ctx, s, k->name, "has too many entries (%d, at most %d)", n,
-                                 CONF_LISTEN_MAX);
-
         specs = calloc((size_t) n, sizeof(ListenSpec));
         if (!specs)
                 return oom_error(ctx);
-        for (i = 0; i < n; i++) {
-                const config_setting_t *e = config_setting_get_elem(s, (unsigned) i);
-                const char *text;
+        for (i = 0; i < n && r >= 0; i++) {
+                const config_setting_t *e = NULL;
+                const char *text = NULL;
 
-                if (!e || config_setting_type(e) != CONFIG_TYPE_STRING) {
-                        r = key_error(ctx, e ? e : s, k->name, "entries must be strings, got %s",
-                                      type_name(e ? config_setting_type(e) : CONFIG_TYPE_NONE));
-                        break;
-                }
-                text = config_setting_get_string(e);
-                r = listen_spec_parse(text, &specs[i], why, sizeof(why));
-                if (r == -ENOMEM) {
-                        r = oom_error(ctx);
-                        break;
-                }
-                if (r < 0) {
-                        r = key_error(ctx, e, k->name, "\"%s\": %s", echo(text ? text : "", buf), why);
-                        break;
-                }
-                for (int j = 0; j < i; j++)
-                        if (specs[j].port == specs[i].port && strcmp(specs[j].host, specs[i].host) == 0) {
-                                r = key_error(ctx, e, k->name, "\"%s\" is listed twice", echo(text, buf));
-                                break;
-                        }
+                r = list_elem_string(k, s, i, ctx, &e, &text);
                 if (r < 0)
                         break;
+                r = listen_spec_parse(text, &specs[i], why, sizeof(why));
+                if (r == -ENOMEM)
+                        r = oom_error(ctx);
+                else if (r < 0)
+                        r = key_error(ctx, e, k->name, "\"%s\": %s", echo(text, buf), why);
+                for (int j = 0; j < i && r >= 0; j++)
+                        if (specs[j].port == specs[i].port && strcmp(specs[j].host, specs[i].host) == 0)
+                                r = key_error(ctx, e, k->name, "\"%s\" is listed twice", echo(text, buf));
         }
         if (r < 0) {
                 listen_specs_free(specs, (size_t) n);
@@ -589,66 +440,41 @@ static int parse_listen(Conf *c, const ConfKey *k, const config_setting_t *s, co
         return 0;
 }
 
-static int parse_cidr_list(const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx, Cidr **ret,
-                           size_t *ret_n) {
+/* parse_cidrs: a list of address prefixes, into a Cidr array and its length. */
+static int parse_cidrs(Conf *c, const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx) {
         char buf[ECHO_BUF_SIZE], why[ERR_REASON_MAX];
-        int type = config_setting_type(s), n, r = 0;
-        Cidr *items;
+        Cidr **items = field(c, k->offset), *new;
+        int n, r;
 
-        if (type != CONFIG_TYPE_ARRAY && type != CONFIG_TYPE_LIST)
-                return key_error(ctx, s, k->name, "must be a list of strings, got %s", type_name(type));
-        n = config_setting_length(s);
-        if (n > CONF_CIDR_MAX)
-                return key_error(ctx, s, k->name, "has too many entries (%d, at most %d)", n, CONF_CIDR_MAX);
-        items = calloc(n > 0 ? (size_t) n : 1, sizeof(Cidr));
-        if (!items)
+        r = list_length(k, s, CONF_CIDR_MAX, ctx, &n);
+        if (r < 0)
+                return r;
+        new = calloc(n > 0 ? (size_t) n : 1, sizeof(Cidr));
+        if (!new)
                 return oom_error(ctx);
-        for (int i = 0; i < n && r == 0; i++) {
-                const config_setting_t *e = config_setting_get_elem(s, (unsigned) i);
-                const char *text;
+        for (int i = 0; i < n && r >= 0; i++) {
+                const config_setting_t *e = NULL;
+                const char *text = NULL;
 
-                if (!e || config_setting_type(e) != CONFIG_TYPE_STRING) {
-                        r = key_error(ctx, e ? e : s, k->name, "entries must be strings, got %s",
-                                      type_name(e ? config_setting_type(e) : CONFIG_TYPE_NONE));
-                        break;
-                }
-                text = config_setting_get_string(e);
-                if (cidr_parse(text ? text : "", &items[i], why, sizeof(why)) < 0)
-                        r = key_error(ctx, e, k->name, "\"%s\": %s", echo(text ? text : "", buf), why);
+                r = list_elem_string(k, s, i, ctx, &e, &text);
+                if (r >= 0 && cidr_parse(text, &new[i], why, sizeof(why)) < 0)
+                        r = key_error(ctx, e, k->name, "\"%s\": %s", echo(text, buf), why);
         }
         if (r < 0) {
-                free(items);
+                free(new);
                 return r;
         }
-        free(*ret);
-        *ret = items;
-        *ret_n = (size_t) n;
+        free(*items);
+        *items = new;
+        *(size_t *) field(c, k->offset_n) = (size_t) n;
         return 0;
 }
 
-static int parse_allow(Conf *c, const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx) {
-        return parse_cidr_list(k, s, ctx, &c->allow, &c->n_allow);
-}
-
-static int parse_deny(Conf *c, const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx) {
-        return parse_cidr_list(k, s, ctx, &c->deny, &c->n_deny);
-}
-
-static int parse_overload(Conf *c, const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx) {
-        bool queue;
-        int r = parse_either(k, s, ctx, "refuse", "queue", &queue);
-
-        if (r == 0)
-                c->overload = queue ? OVERLOAD_QUEUE : OVERLOAD_REFUSE;
-        return r;
-}
-
-/* parse_name: a user or group name (or a numeric ID), as getpwnam()/getgrnam() take it; it is
- * resolved when the daemon drops privileges, not here. */
-static int parse_name(const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx, char **ret) {
+/* parse_name: a user or group name (or a numeric ID), as getpwnam()/getgrnam() take it; whether it
+ * exists is a start-time check (preflight), not a matter of syntax. */
+static int parse_name(Conf *c, const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx) {
         char buf[ECHO_BUF_SIZE];
         const char *v = NULL;
-        char *copy;
         size_t len;
         int r;
 
@@ -666,20 +492,7 @@ static int parse_name(const ConfKey *k, const config_setting_t *s, const ConfCtx
         }
         if (v[0] == '-')
                 return key_error(ctx, s, k->name, "\"%s\" is not a valid name", echo(v, buf));
-        copy = strdup(v);
-        if (!copy)
-                return oom_error(ctx);
-        free(*ret);
-        *ret = copy;
-        return 0;
-}
-
-static int parse_user(Conf *c, const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx) {
-        return parse_name(k, s, ctx, &c->user);
-}
-
-static int parse_group(Conf *c, const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx) {
-        return parse_name(k, s, ctx, &c->group);
+        return replace(field(c, k->offset), v, ctx);
 }
 
 /* workers_auto: one event loop per CPU. */
@@ -693,20 +506,22 @@ static unsigned workers_auto(void) {
 static int parse_workers(Conf *c, const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx) {
         char buf[ECHO_BUF_SIZE];
         int type = config_setting_type(s);
+        const char *v;
 
         if (type == CONFIG_TYPE_INT || type == CONFIG_TYPE_INT64) {
-                long long v = config_setting_get_int64(s);
-                if (v < 1 || v > CONF_WORKERS_MAX)
-                        return key_error(ctx, s, k->name, "must be between 1 and %d, \"auto\" or \"per-connection\"; got %lld",
-                                         CONF_WORKERS_MAX, v);
-                c->workers = (unsigned) v;
+                long long n = config_setting_get_int64(s);
+                if (n < 1 || n > CONF_WORKERS_MAX)
+                        return key_error(ctx, s, k->name,
+                                         "must be between 1 and %d, \"auto\" or \"per-connection\"; got %lld",
+                                         CONF_WORKERS_MAX, n);
+                c->workers = (unsigned) n;
                 c->workers_auto = false;
                 return 0;
         }
         if (type != CONFIG_TYPE_STRING)
                 return key_error(ctx, s, k->name, "must be \"per-connection\", \"auto\" or a number, got %s",
                                  type_name(type));
-        const char *v = config_setting_get_string(s);
+        v = config_setting_get_string(s);
         if (strcmp(v, "per-connection") == 0) {
                 c->workers = 0;
                 c->workers_auto = false;
@@ -714,39 +529,169 @@ static int parse_workers(Conf *c, const ConfKey *k, const config_setting_t *s, c
                 c->workers = workers_auto();
                 c->workers_auto = true;
         } else
-                return key_error(ctx, s, k->name, "must be \"per-connection\", \"auto\" or a number, got \"%s\"",
-                                 echo(v, buf));
+                return key_error(ctx, s, k->name,
+                                 "must be \"per-connection\", \"auto\" or a number, got \"%s\"", echo(v, buf));
         return 0;
 }
 
-#define INT_KEY(key, parser, field, lo, hi)                                                               \
-        { .name = (key), .parse = (parser), .offset = offsetof(Conf, field), .min = (lo), .max = (hi) }
+/* ---- printers: each writes its key back in the file's own syntax ---- */
 
+/* print_escaped: S as the inside of a libconfig string literal; nothing is truncated here, unlike in
+ * messages. Bytes from 0x80 up pass through, so UTF-8 text stays readable. */
+static void print_escaped(FILE *f, const char *s) {
+        for (; *s; s++) {
+                unsigned char ch = (unsigned char) *s;
+
+                if (ch == '"' || ch == '\\')
+                        fprintf(f, "\\%c", ch);
+                else if (ch < 0x20 || ch == 0x7f)
+                        fprintf(f, "\\x%02x", ch);
+                else
+                        fputc(ch, f);
+        }
+}
+
+static void print_int(const Conf *c, const ConfKey *k, FILE *f) {
+        if (k->size == sizeof(size_t))
+                fprintf(f, "%s = %zu;\n", k->name, *(const size_t *) cfield(c, k->offset));
+        else
+                fprintf(f, "%s = %u;\n", k->name, *(const unsigned *) cfield(c, k->offset));
+}
+
+static void print_string(const Conf *c, const ConfKey *k, FILE *f) {
+        fprintf(f, "%s = \"", k->name);
+        print_escaped(f, *(char *const *) cfield(c, k->offset));
+        fputs("\";\n", f);
+}
+
+static void print_reply(const Conf *c, const ConfKey *k, FILE *f) {
+        fprintf(f, "%s = \"", k->name);
+        print_escaped(f, c->reply_prefix);
+        print_escaped(f, CONF_REPLY_PLACEHOLDER);
+        print_escaped(f, c->reply_suffix);
+        fputs("\";\n", f);
+}
+
+static void print_enum(const Conf *c, const ConfKey *k, FILE *f) {
+        fprintf(f, "%s = \"%s\";\n", k->name, k->names[*(const unsigned *) cfield(c, k->offset)]);
+}
+
+static void print_log_level(const Conf *c, const ConfKey *k, FILE *f) {
+        fprintf(f, "%s = \"%s\";\n", k->name, log_level_to_string(*(const int *) cfield(c, k->offset)));
+}
+
+static void print_listen_spec(FILE *f, const ListenSpec *s) {
+        ListenSpec bare = { .host = NULL };
+        bool brackets = strchr(s->host, ':') && (s->port != 0 || listen_spec_parse(s->host, &bare, NULL, 0) < 0);
+
+        /* IPv6 in brackets when bare it would not load again ("::1:9999" reads as ambiguous). */
+        listen_spec_done(&bare);
+        fputc('"', f);
+        if (brackets) {
+                fputc('[', f);
+                print_escaped(f, s->host);
+                fputc(']', f);
+                if (s->port != 0)
+                        fprintf(f, ":%u", (unsigned) s->port);
+        } else if (s->port == 0)
+                print_escaped(f, s->host);
+        else {
+                print_escaped(f, s->host);
+                fprintf(f, ":%u", (unsigned) s->port);
+        }
+        fputc('"', f);
+}
+
+static void print_listen(const Conf *c, const ConfKey *k, FILE *f) {
+        /* The built-in default tolerates a missing IPv6 stack, and the same list written out would not:
+         * print it commented out, so that this output, loaded again, means exactly the same thing. */
+        fprintf(f, "%s%s = [ ", c->listen_is_default ? "# " : "", k->name);
+        for (size_t i = 0; i < c->n_listen; i++) {
+                if (i > 0)
+                        fputs(", ", f);
+                print_listen_spec(f, &c->listen[i]);
+        }
+        fputs(c->listen_is_default ? " ];  (built-in default)\n" : " ];\n", f);
+}
+
+static void print_cidrs(const Conf *c, const ConfKey *k, FILE *f) {
+        const Cidr *items = *(Cidr *const *) cfield(c, k->offset);
+        size_t n = *(const size_t *) cfield(c, k->offset_n);
+        char buf[INET6_ADDRSTRLEN + 8];
+
+        fprintf(f, "%s = [", k->name);
+        for (size_t i = 0; i < n; i++)
+                fprintf(f, "%s \"%s\"", i ? "," : "", cidr_format(&items[i], buf, sizeof(buf)));
+        fputs(" ];\n", f);
+}
+
+static void print_workers(const Conf *c, const ConfKey *k, FILE *f) {
+        if (c->workers_auto)
+                fprintf(f, "%s = \"auto\"; # %u\n", k->name, c->workers);
+        else if (c->workers == 0)
+                fprintf(f, "%s = \"per-connection\";\n", k->name);
+        else
+                fprintf(f, "%s = %u;\n", k->name, c->workers);
+}
+
+static void print_name(const Conf *c, const ConfKey *k, FILE *f) {
+        const char *v = *(char *const *) cfield(c, k->offset);
+
+        /* Names were validated: letters, digits and _-.$ only; nothing to escape. */
+        if (v)
+                fprintf(f, "%s = \"%s\";\n", k->name, v);
+        else
+                fprintf(f, "# %s: not set\n", k->name);
+}
+
+/* ---- the keys ---- */
+
+#define FIELD_SIZE(f) sizeof(((Conf *) NULL)->f)
+#define STR_(x) #x
+#define STR(x) STR_(x)
+
+#define INT_KEY(key, f, lo, hi, dflt)                                                                    \
+        { .name = (key), .parse = parse_int, .print = print_int, .offset = offsetof(Conf, f),              \
+          .size = FIELD_SIZE(f), .min = (lo), .max = (hi), .def = STR(dflt) }
+#define ENUM_KEY(key, f, choices, dflt)                                                                   \
+        { .name = (key), .parse = parse_enum, .print = print_enum, .offset = offsetof(Conf, f),            \
+          .names = (choices), .def = "\"" dflt "\"" }
+#define KEY(key, parser, printer, f, dflt)                                                                \
+        { .name = (key), .parse = (parser), .print = (printer), .offset = offsetof(Conf, f), .def = (dflt) }
+#define LIST_KEY(key, parser, printer, f, dflt)                                                           \
+        { .name = (key), .parse = (parser), .print = (printer), .offset = offsetof(Conf, f),              \
+          .offset_n = offsetof(Conf, n_##f), .def = (dflt) }
+
+_Static_assert(sizeof(Framing) == sizeof(unsigned) && sizeof(Overload) == sizeof(unsigned),
+               "parse_enum stores an unsigned");
+
+/* In the order conf_print() writes them. */
 static const ConfKey conf_keys[] = {
-        { .name = "listen", .parse = parse_listen },
-        INT_KEY("port", parse_unsigned, port, 1, 65535),
-        INT_KEY("backlog", parse_unsigned, backlog, 1, 65535),
-        INT_KEY("max_connections", parse_unsigned, max_connections, 1, 1000000),
-        INT_KEY("max_connections_per_ip", parse_unsigned, max_connections_per_ip, 0, 1000000),
-        INT_KEY("idle_timeout", parse_unsigned, idle_timeout, 0, 86400),
-        INT_KEY("max_line_length", parse_unsigned, max_line_length, 1, CONF_MAX_LINE_LENGTH_MAX),
-        INT_KEY("shutdown_timeout", parse_unsigned, shutdown_timeout, 0, 3600),
-        { .name = "greeting", .parse = parse_greeting },
-        { .name = "reply", .parse = parse_reply },
-        { .name = "framing", .parse = parse_framing },
-        { .name = "log_level", .parse = parse_log_level },
-        INT_KEY("worker_stack_size", parse_size, worker_stack_size, CONF_WORKER_STACK_MIN,
-                CONF_WORKER_STACK_MAX),
-        { .name = "allow", .parse = parse_allow },
-        { .name = "deny", .parse = parse_deny },
-        INT_KEY("per_ip_ipv4_prefix", parse_unsigned, per_ip_ipv4_prefix, 1, 32),
-        INT_KEY("per_ip_ipv6_prefix", parse_unsigned, per_ip_ipv6_prefix, 1, 128),
-        INT_KEY("rate_limit_per_ip", parse_unsigned, rate_limit_per_ip, 0, 1000000),
-        INT_KEY("rate_limit_burst", parse_unsigned, rate_limit_burst, 1, 1000000),
-        { .name = "overload", .parse = parse_overload },
-        { .name = "workers", .parse = parse_workers },
-        { .name = "user", .parse = parse_user },
-        { .name = "group", .parse = parse_group },
+        LIST_KEY("listen", parse_listen, print_listen, listen, "[ \"0.0.0.0\", \"::\" ]"),
+        INT_KEY("port", port, 1, 65535, CONF_DEFAULT_PORT),
+        INT_KEY("backlog", backlog, 1, 65535, CONF_DEFAULT_BACKLOG),
+        INT_KEY("max_connections", max_connections, 1, 1000000, CONF_DEFAULT_MAX_CONNECTIONS),
+        INT_KEY("max_connections_per_ip", max_connections_per_ip, 0, 1000000, CONF_DEFAULT_MAX_CONNECTIONS_PER_IP),
+        INT_KEY("idle_timeout", idle_timeout, 0, 86400, CONF_DEFAULT_IDLE_TIMEOUT),
+        INT_KEY("max_line_length", max_line_length, 1, CONF_MAX_LINE_LENGTH_MAX, CONF_DEFAULT_MAX_LINE_LENGTH),
+        INT_KEY("shutdown_timeout", shutdown_timeout, 0, 3600, CONF_DEFAULT_SHUTDOWN_TIMEOUT),
+        KEY("greeting", parse_greeting, print_string, greeting, "\"" CONF_DEFAULT_GREETING "\""),
+        KEY("reply", parse_reply, print_reply, reply_prefix, "\"" CONF_DEFAULT_REPLY "\""),
+        ENUM_KEY("framing", framing, framing_names, "line"),
+        KEY("log_level", parse_log_level, print_log_level, log_level, "\"info\""),
+        INT_KEY("worker_stack_size", worker_stack_size, CONF_WORKER_STACK_MIN, CONF_WORKER_STACK_MAX,
+                CONF_DEFAULT_WORKER_STACK_SIZE),
+        LIST_KEY("allow", parse_cidrs, print_cidrs, allow, NULL),
+        LIST_KEY("deny", parse_cidrs, print_cidrs, deny, NULL),
+        INT_KEY("per_ip_ipv4_prefix", per_ip_ipv4_prefix, 1, 32, CONF_DEFAULT_PER_IP_IPV4_PREFIX),
+        INT_KEY("per_ip_ipv6_prefix", per_ip_ipv6_prefix, 1, 128, CONF_DEFAULT_PER_IP_IPV6_PREFIX),
+        INT_KEY("rate_limit_per_ip", rate_limit_per_ip, 0, 1000000, CONF_DEFAULT_RATE_LIMIT_PER_IP),
+        INT_KEY("rate_limit_burst", rate_limit_burst, 1, 1000000, CONF_DEFAULT_RATE_LIMIT_BURST),
+        ENUM_KEY("overload", overload, overload_names, "refuse"),
+        /* The pool, one loop per CPU: measured faster and far leaner than a thread per connection. */
+        KEY("workers", parse_workers, print_workers, workers, "\"auto\""),
+        KEY("user", parse_name, print_name, user, NULL),
+        KEY("group", parse_name, print_name, group, NULL),
 };
 
 static const ConfKey *conf_key_find(const char *name, size_t len) {
@@ -756,122 +701,9 @@ static const ConfKey *conf_key_find(const char *name, size_t len) {
         return NULL;
 }
 
-/* ---- libconfig 1.5 integer truncation ---- */
+/* ---- loading ---- */
 
-/* libconfig 1.5 reads an integer literal without an L suffix through a plain cast to int, so
- * `port = 4294967297;` arrives as 1 and `idle_timeout = 4294967296;` as 0 (never), with no error.
- * The API cannot tell, so scan the (already syntax-checked) text for such literals ourselves. Only the
- * main file is scanned: @include'd files are read by libconfig directly. */
-typedef struct WideLiteral {
-        const char *key, *text;
-        size_t key_len, text_len;
-        unsigned line;
-} WideLiteral;
-
-static bool literal_is_wide(const char *t, size_t len) {
-        unsigned long long v = 0, limit;
-        bool negative = false, hex = false, saturated = false;
-        size_t i = 0, digits = 0;
-
-        if (t[i] == '-' || t[i] == '+')
-                negative = t[i++] == '-';
-        if (i + 1 < len && t[i] == '0' && (t[i + 1] == 'x' || t[i + 1] == 'X')) {
-                hex = true;
-                i += 2;
-        }
-        for (; i < len; i++, digits++) {
-                char ch = t[i];
-                unsigned d;
-
-                if (is_ascii_digit(ch))
-                        d = (unsigned) (ch - '0');
-                else if (hex && ((ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F')))
-                        d = (unsigned) ((ch | 0x20) - 'a' + 10);
-                else
-                        break;
-                if (v > (ULLONG_MAX - d) / (hex ? 16 : 10))
-                        saturated = true;
-                else
-                        v = v * (hex ? 16 : 10) + d;
-        }
-        if (digits == 0)
-                return false;
-        if (len - i == 1 && t[i] == 'L')
-                limit = (unsigned long long) LLONG_MAX;
-        else if (len - i == 2 && t[i] == 'L' && t[i + 1] == 'L')
-                limit = (unsigned long long) LLONG_MAX;
-        else if (i == len)
-                limit = INT_MAX;
-        else
-                return false; /* a float, or not a number at all */
-        return saturated || v > limit + (negative ? 1 : 0);
-}
-
-static void skip_string(const char **p, unsigned *line) {
-        const char *q = *p + 1;
-
-        for (; *q && *q != '"'; q++) {
-                if (*q == '\\' && q[1])
-                        q++;
-                if (*q == '\n')
-                        (*line)++;
-        }
-        *p = *q ? q + 1 : q;
-}
-
-static void skip_comment(const char **p, unsigned *line) {
-        const char *q = *p;
-
-        if (q[0] == '/' && q[1] == '*') {
-                for (q += 2; *q && !(q[0] == '*' && q[1] == '/'); q++)
-                        if (*q == '\n')
-                                (*line)++;
-                *p = *q ? q + 2 : q;
-                return;
-        }
-        *p = q + strcspn(q, "\n");
-}
-
-static bool find_wide_literal(const char *text, WideLiteral *ret) {
-        const char *p = text, *name = NULL, *key = NULL;
-        size_t name_len = 0, key_len = 0;
-        unsigned line = 1, name_line = 0, key_line = 0;
-
-        while (*p) {
-                const char *start = p;
-
-                if (*p == '\n') {
-                        line++;
-                        p++;
-                } else if (*p == '"')
-                        skip_string(&p, &line);
-                else if (*p == '#' || (p[0] == '/' && (p[1] == '/' || p[1] == '*')))
-                        skip_comment(&p, &line);
-                else if (is_ascii_alpha(*p) || *p == '*') {
-                        p += strspn(p, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_*-");
-                        name = start;
-                        name_len = (size_t) (p - start);
-                        name_line = line;
-                } else if (is_ascii_digit(*p) || *p == '-' || *p == '+' || *p == '.') {
-                        p += strspn(p, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.+-");
-                        if (key && literal_is_wide(start, (size_t) (p - start))) {
-                                *ret = (WideLiteral) { .key = key, .key_len = key_len, .line = key_line,
-                                                       .text = start, .text_len = (size_t) (p - start) };
-                                return true;
-                        }
-                } else {
-                        if ((*p == '=' || *p == ':') && name) {
-                                key = name;
-                                key_len = name_len;
-                                key_line = name_line;
-                        }
-                        p++;
-                }
-        }
-        return false;
-}
-
-static int wide_literal_error(const WideLiteral *w, const ConfCtx *ctx) {
+static int wide_literal_error(const ConfWide *w, const ConfCtx *ctx) {
         char key[ECHO_BUF_SIZE], lit[ECHO_BUF_SIZE], *k, *t;
         const ConfKey *known = conf_key_find(w->key, w->key_len);
         int r;
@@ -880,7 +712,7 @@ static int wide_literal_error(const WideLiteral *w, const ConfCtx *ctx) {
         t = strndup(w->text, w->text_len);
         if (!k || !t)
                 r = oom_error(ctx);
-        else if (known && (known->parse == parse_unsigned || known->parse == parse_size))
+        else if (known && known->parse == parse_int)
                 r = file_error(ctx, -EINVAL, NULL, w->line, "%s: must be between %lld and %lld, got %s",
                                echo(k, key), known->min, known->max, echo(t, lit));
         else
@@ -892,79 +724,30 @@ static int wide_literal_error(const WideLiteral *w, const ConfCtx *ctx) {
         return r;
 }
 
-/* ---- loading ---- */
+/* syntax_error: libconfig's message, and for a duplicate the name it does not give. */
+static int syntax_error(const config_t *cfg, const ConfCtx *ctx) {
+        const char *what = config_error_text(cfg);
+        unsigned line = config_error_line(cfg) > 0 ? (unsigned) config_error_line(cfg) : 0;
+        char name[ECHO_BUF_SIZE], shown[ECHO_BUF_SIZE];
+        unsigned first = 0;
 
-/* read_file: the whole file, NUL-terminated. We read it ourselves rather than let libconfig do it:
- * libconfig 1.5 cannot tell a missing file from a syntax error, and a read error (a directory, EIO)
- * makes its flex scanner exit() the whole process. */
-static int read_file(const ConfCtx *ctx, char **ret, size_t *ret_size) {
-        size_t size = 0, alloc = 4096;
-        char msg[128];
-        char *buf = NULL;
-        int fd, r = 0;
+        if (what && strcmp(what, "duplicate setting name") == 0 && ctx->text &&
+            conf_text_duplicate(ctx->text, line, name, sizeof(name), &first)) {
+                const char *file, *first_file;
+                unsigned at;
 
-        /* A directory opens fine and fails in read() with EISDIR, which is the message we want. */
-        fd = open(ctx->path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-        if (fd < 0)
-                r = -errno;
-        else if (!(buf = malloc(alloc)))
-                r = -ENOMEM;
-
-        while (r == 0) {
-                ssize_t n;
-
-                if (size + 1 >= alloc) {
-                        char *p;
-
-                        if (alloc > CONF_FILE_SIZE_MAX) {
-                                r = -EFBIG;
-                                break;
-                        }
-                        p = realloc(buf, alloc * 2);
-                        if (!p) {
-                                r = -ENOMEM;
-                                break;
-                        }
-                        buf = p;
-                        alloc *= 2;
-                }
-                n = read(fd, buf + size, alloc - size - 1);
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n < 0)
-                        r = -errno;
-                else if (n == 0)
-                        break;
+                conf_text_locate(ctx->text, line, &file, &at);
+                conf_text_locate(ctx->text, first, &first_file, &first);
+                err_prefix(ctx, file, at);
+                err_append(ctx->err, ctx->err_size, "%s: ", echo(name, shown));
+                if (first_file == file)
+                        err_append(ctx->err, ctx->err_size, "duplicate setting, first set on line %u", first);
                 else
-                        size += (size_t) n;
+                        err_append(ctx->err, ctx->err_size, "duplicate setting, first set in %s line %u",
+                                   escape(first_file, SIZE_MAX, shown, sizeof(shown)), first);
+                return -EINVAL;
         }
-        if (fd >= 0)
-                (void) close(fd);
-
-        if (r == 0 && size > CONF_FILE_SIZE_MAX)
-                r = -EFBIG;
-        if (r < 0) {
-                free(buf);
-                if (r == -EFBIG)
-                        return file_error(ctx, -EINVAL, NULL, 0, "file is larger than %d bytes",
-                                          CONF_FILE_SIZE_MAX);
-                if (r == -ENOMEM)
-                        return oom_error(ctx);
-                return file_error(ctx, r, NULL, 0, "%s", strerror_r(-r, msg, sizeof(msg)));
-        }
-        buf[size] = '\0';
-        *ret = buf;
-        *ret_size = size;
-        return 0;
-}
-
-static unsigned line_of(const char *text, size_t offset) {
-        unsigned line = 1;
-
-        for (size_t i = 0; i < offset; i++)
-                if (text[i] == '\n')
-                        line++;
-        return line;
+        return file_error(ctx, -EINVAL, NULL, line, "%s", what ? what : "syntax error");
 }
 
 static int conf_apply(Conf *c, const config_t *cfg, const ConfCtx *ctx) {
@@ -985,8 +768,7 @@ static int conf_apply(Conf *c, const config_t *cfg, const ConfCtx *ctx) {
                         name = "";
                 k = conf_key_find(name, strlen(name));
                 if (!k)
-                        return file_error(ctx, -EINVAL, config_setting_source_file(s),
-                                          config_setting_source_line(s), "unknown key '%s'",
+                        return file_error(ctx, -EINVAL, NULL, config_setting_source_line(s), "unknown key '%s'",
                                           echo(name, buf));
                 r = k->parse(c, k, s, ctx);
                 if (r < 0)
@@ -995,41 +777,52 @@ static int conf_apply(Conf *c, const config_t *cfg, const ConfCtx *ctx) {
         return 0;
 }
 
-/* conf_parse_text: TEXT (SIZE bytes, NUL-terminated) as a configuration file. */
-static int conf_parse_text(Conf *c, const ConfCtx *ctx, const char *text, size_t size) {
-        WideLiteral wide;
+/* conf_validate: rules between keys, once the whole file is read. */
+static int conf_validate(const Conf *c, const config_t *cfg, const ConfCtx *ctx) {
+        /* setgid() alone would leave hellod running as root, with every capability. */
+        if (c->group && !c->user)
+                return key_error(ctx, config_lookup(cfg, "group"), "group",
+                                 "is set without 'user': hellod would stay root; set 'user' too (the group "
+                                 "then replaces the user's own), or remove 'group'");
+        return 0;
+}
+
+/* conf_parse: TEXT, which libconfig may read: no @include is left in it. */
+static int conf_parse(Conf *c, const ConfCtx *ctx, const char *text) {
+        ConfWide wide;
         config_t cfg;
         int r;
 
-        /* libconfig reads a C string: anything after a NUL would be silently ignored. */
-        if (strlen(text) != size)
-                return file_error(ctx, -EINVAL, NULL, line_of(text, strlen(text)), "NUL byte in file");
-
         config_init(&cfg);
-        if (!config_read_string(&cfg, text)) {
-                const char *what = config_error_text(&cfg);
-
-                r = file_error(ctx, -EINVAL, config_error_file(&cfg),
-                               config_error_line(&cfg) > 0 ? (unsigned) config_error_line(&cfg) : 0, "%s",
-                               what ? what : "syntax error");
-        } else if (find_wide_literal(text, &wide))
+        if (!config_read_string(&cfg, text))
+                r = syntax_error(&cfg, ctx);
+        else if (ctx->text && conf_text_find_wide(ctx->text, &wide))
                 r = wide_literal_error(&wide, ctx);
-        else
+        else {
                 r = conf_apply(c, &cfg, ctx);
+                if (r >= 0)
+                        r = conf_validate(c, &cfg, ctx);
+        }
         config_destroy(&cfg);
         return r;
 }
 
-static int conf_parse_file(Conf *c, const ConfCtx *ctx) {
-        size_t size = 0;
-        char *text = NULL;
+/* conf_parse_text: NAME's TEXT (SIZE bytes, NUL-terminated), its includes spliced in first. */
+static int conf_parse_text(Conf *c, const char *name, const ConfCtx *outer, const char *text, size_t size) {
+        ConfCtx ctx = *outer;
+        ConfTextError te;
+        ConfText t;
         int r;
 
-        r = read_file(ctx, &text, &size);
-        if (r < 0)
+        r = conf_text_build(&t, name, text, size, &te);
+        if (r < 0) {
+                r = te.r == -ENOMEM ? oom_error(&ctx) : file_error(&ctx, te.r, te.file, te.line, "%s", te.message);
+                conf_text_done(&t);
                 return r;
-        r = conf_parse_text(c, ctx, text, size);
-        free(text);
+        }
+        ctx.text = &t;
+        r = conf_parse(c, &ctx, t.text);
+        conf_text_done(&t);
         return r;
 }
 
@@ -1048,47 +841,40 @@ static void conf_free(Conf *c) {
         free(c);
 }
 
+/* conf_defaults: every key's default, parsed as a file holding them would be. */
+static int conf_defaults(Conf *c) {
+        ConfCtx ctx = { .path = "(built-in defaults)" };
+        char *text = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&text, &len);
+        int r;
+
+        if (!f)
+                return -ENOMEM;
+        for (size_t i = 0; i < sizeof(conf_keys) / sizeof(conf_keys[0]); i++)
+                if (conf_keys[i].def)
+                        fprintf(f, "%s = %s;\n", conf_keys[i].name, conf_keys[i].def);
+        if (fclose(f) != 0) {
+                free(text);
+                return -ENOMEM;
+        }
+        r = conf_parse(c, &ctx, text);
+        free(text);
+        /* Only memory can fail here: conf_defaults_are_valid in test_conf holds the table to that. */
+        if (r < 0)
+                return -ENOMEM;
+        c->listen_is_default = true;
+        return 0;
+}
+
 static int conf_new(const char *path, Conf **ret) {
         Conf *c;
 
         c = calloc(1, sizeof(Conf));
         if (!c)
                 return -ENOMEM;
-        *c = (Conf) {
-                .n_ref = 1,
-                .listen_is_default = true,
-                .port = CONF_DEFAULT_PORT,
-                .backlog = CONF_DEFAULT_BACKLOG,
-                .max_connections = CONF_DEFAULT_MAX_CONNECTIONS,
-                .max_connections_per_ip = CONF_DEFAULT_MAX_CONNECTIONS_PER_IP,
-                .idle_timeout = CONF_DEFAULT_IDLE_TIMEOUT,
-                .max_line_length = CONF_DEFAULT_MAX_LINE_LENGTH,
-                .shutdown_timeout = CONF_DEFAULT_SHUTDOWN_TIMEOUT,
-                .framing = FRAMING_LINE,
-                .log_level = LOG_INFO,
-                .worker_stack_size = CONF_DEFAULT_WORKER_STACK_SIZE,
-                .per_ip_ipv4_prefix = CONF_DEFAULT_PER_IP_IPV4_PREFIX,
-                .per_ip_ipv6_prefix = CONF_DEFAULT_PER_IP_IPV6_PREFIX,
-                .rate_limit_per_ip = CONF_DEFAULT_RATE_LIMIT_PER_IP,
-                .rate_limit_burst = CONF_DEFAULT_RATE_LIMIT_BURST,
-                .overload = OVERLOAD_REFUSE,
-                /* The pool, one loop per CPU: measured faster and far leaner than a thread per
-                 * connection (README, Performance). */
-                .workers = workers_auto(),
-                .workers_auto = true,
-        };
-
-        c->listen = calloc(2, sizeof(ListenSpec));
-        if (c->listen) {
-                c->n_listen = 2;
-                c->listen[0].host = strdup("0.0.0.0");
-                c->listen[1].host = strdup("::");
-        }
-        c->greeting = strdup(CONF_DEFAULT_GREETING);
-        if (path)
-                c->path = strdup(path);
-        if (!c->listen || !c->listen[0].host || !c->listen[1].host || !c->greeting || (path && !c->path) ||
-            reply_split(CONF_DEFAULT_REPLY, &c->reply_prefix, &c->reply_suffix) < 0) {
+        c->n_ref = 1;
+        if ((path && !(c->path = strdup(path))) || conf_defaults(c) < 0) {
                 conf_free(c);
                 return -ENOMEM;
         }
@@ -1097,7 +883,10 @@ static int conf_new(const char *path, Conf **ret) {
 }
 
 int conf_load(const char *path, Conf **ret, char *err, size_t err_size) {
-        ConfCtx ctx = { .path = path, .err = err, .err_size = err_size };
+        ConfCtx ctx = { .path = path ? path : "hellod", .err = err, .err_size = err_size };
+        ConfTextError te;
+        size_t size = 0;
+        char *text = NULL;
         Conf *c;
         int r;
 
@@ -1105,13 +894,15 @@ int conf_load(const char *path, Conf **ret, char *err, size_t err_size) {
         if (err && err_size > 0)
                 err[0] = '\0';
 
-        r = conf_new(path, &c);
-        if (r < 0) {
-                ctx.path = path ? path : "hellod";
+        if (conf_new(path, &c) < 0)
                 return oom_error(&ctx);
-        }
         if (path) {
-                r = conf_parse_file(c, &ctx);
+                r = conf_text_read(path, &text, &size, &te);
+                if (r < 0)
+                        r = r == -ENOMEM ? oom_error(&ctx) : file_error(&ctx, r, NULL, 0, "%s", te.message);
+                else
+                        r = conf_parse_text(c, path, &ctx, text, size);
+                free(text);
                 if (r < 0) {
                         conf_free(c);
                         return r;
@@ -1138,7 +929,7 @@ int conf_load_text(const char *name, const char *text, size_t size, Conf **ret, 
         }
         memcpy(copy, text, size);
         copy[size] = '\0';
-        r = conf_parse_text(c, &ctx, copy, size);
+        r = conf_parse_text(c, name, &ctx, copy, size);
         free(copy);
         if (r < 0) {
                 conf_free(c);
@@ -1184,62 +975,7 @@ void conf_unrefp(Conf **c) {
                 *c = conf_unref(*c);
 }
 
-/* ---- printing ---- */
-
-/* print_escaped: S as the inside of a libconfig string literal; nothing is truncated here, unlike in
- * messages. Bytes from 0x80 up pass through, so UTF-8 text stays readable. */
-static void print_escaped(FILE *f, const char *s) {
-        for (; *s; s++) {
-                unsigned char ch = (unsigned char) *s;
-
-                if (ch == '"' || ch == '\\')
-                        fprintf(f, "\\%c", ch);
-                else if (ch < 0x20 || ch == 0x7f)
-                        fprintf(f, "\\x%02x", ch);
-                else
-                        fputc(ch, f);
-        }
-}
-
-static void print_listen_spec(FILE *f, const ListenSpec *s) {
-        fputc('"', f);
-        if (s->port == 0)
-                print_escaped(f, s->host);
-        else if (strchr(s->host, ':')) {
-                fputc('[', f);
-                print_escaped(f, s->host);
-                fprintf(f, "]:%u", (unsigned) s->port);
-        } else {
-                print_escaped(f, s->host);
-                fprintf(f, ":%u", (unsigned) s->port);
-        }
-        fputc('"', f);
-}
-
-static void print_listen(FILE *f, const Conf *c) {
-        /* The built-in default tolerates a missing IPv6 stack, and the same list written out would not:
-         * print it commented out, so that this output, loaded again, means exactly the same thing. */
-        fputs(c->listen_is_default ? "# listen = [ " : "listen = [ ", f);
-        for (size_t i = 0; i < c->n_listen; i++) {
-                if (i > 0)
-                        fputs(", ", f);
-                print_listen_spec(f, &c->listen[i]);
-        }
-        fputs(c->listen_is_default ? " ];  (built-in default)\n" : " ];\n", f);
-}
-
-static void print_cidrs(FILE *f, const char *key, const Cidr *items, size_t n) {
-        char buf[INET6_ADDRSTRLEN + 8];
-
-        fprintf(f, "%s = [", key);
-        for (size_t i = 0; i < n; i++)
-                fprintf(f, "%s \"%s\"", i ? "," : "", cidr_format(&items[i], buf, sizeof(buf)));
-        fputs(" ];\n", f);
-}
-
 void conf_print(const Conf *c, FILE *f) {
-        const char *level = log_level_to_string(c->log_level);
-
         assert(c);
         assert(f);
 
@@ -1250,51 +986,16 @@ void conf_print(const Conf *c, FILE *f) {
                 fputs(")\n", f);
         } else
                 fputs("# hellod effective configuration (built-in defaults)\n", f);
+        for (size_t i = 0; i < sizeof(conf_keys) / sizeof(conf_keys[0]); i++)
+                conf_keys[i].print(c, &conf_keys[i], f);
+}
 
-        print_listen(f, c);
-        fprintf(f, "port = %u;\n", c->port);
-        fprintf(f, "backlog = %u;\n", c->backlog);
-        fprintf(f, "max_connections = %u;\n", c->max_connections);
-        fprintf(f, "max_connections_per_ip = %u;\n", c->max_connections_per_ip);
-        fprintf(f, "idle_timeout = %u;\n", c->idle_timeout);
-        fprintf(f, "max_line_length = %u;\n", c->max_line_length);
-        fprintf(f, "shutdown_timeout = %u;\n", c->shutdown_timeout);
-        fputs("greeting = \"", f);
-        print_escaped(f, c->greeting);
-        fputs("\";\nreply = \"", f);
-        print_escaped(f, c->reply_prefix);
-        print_escaped(f, CONF_REPLY_PLACEHOLDER);
-        print_escaped(f, c->reply_suffix);
-        fputs("\";\n", f);
-        fprintf(f, "framing = \"%s\";\n", framing_to_string(c->framing));
-        fprintf(f, "log_level = \"%s\";\n", level ? level : "info");
-        fprintf(f, "worker_stack_size = %zu;\n", c->worker_stack_size);
-        print_cidrs(f, "allow", c->allow, c->n_allow);
-        print_cidrs(f, "deny", c->deny, c->n_deny);
-        fprintf(f, "per_ip_ipv4_prefix = %u;\n", c->per_ip_ipv4_prefix);
-        fprintf(f, "per_ip_ipv6_prefix = %u;\n", c->per_ip_ipv6_prefix);
-        fprintf(f, "rate_limit_per_ip = %u;\n", c->rate_limit_per_ip);
-        fprintf(f, "rate_limit_burst = %u;\n", c->rate_limit_burst);
-        fprintf(f, "overload = \"%s\";\n", overload_to_string(c->overload));
-        if (c->workers_auto)
-                fprintf(f, "workers = \"auto\"; # %u\n", c->workers);
-        else if (c->workers == 0)
-                fputs("workers = \"per-connection\";\n", f);
-        else
-                fprintf(f, "workers = %u;\n", c->workers);
-        /* Names were validated: letters, digits and _-.$ only; nothing to escape. */
-        if (c->user)
-                fprintf(f, "user = \"%s\";\n", c->user);
-        else
-                fputs("# user: not set\n", f);
-        if (c->group)
-                fprintf(f, "group = \"%s\";\n", c->group);
-        else
-                fputs("# group: not set\n", f);
+const char *framing_to_string(Framing f) {
+        return f <= FRAMING_CHUNK ? framing_names[f] : NULL;
 }
 
 const char *overload_to_string(Overload o) {
-        return o == OVERLOAD_QUEUE ? "queue" : "refuse";
+        return o == OVERLOAD_QUEUE ? overload_names[OVERLOAD_QUEUE] : overload_names[OVERLOAD_REFUSE];
 }
 
 bool conf_admits(const Conf *c, const IpKey *client) {
@@ -1305,14 +1006,4 @@ bool conf_admits(const Conf *c, const IpKey *client) {
         for (size_t i = 0; i < c->n_deny && allowed; i++)
                 allowed = !cidr_match(&c->deny[i], client);
         return allowed;
-}
-
-const char *framing_to_string(Framing f) {
-        switch (f) {
-        case FRAMING_LINE:
-                return "line";
-        case FRAMING_CHUNK:
-                return "chunk";
-        }
-        return NULL;
 }

@@ -20,7 +20,7 @@
 #define CONF_DEFAULT_SHUTDOWN_TIMEOUT 10
 #define CONF_DEFAULT_GREETING "Welcome!"
 #define CONF_DEFAULT_REPLY "Hello, {name}!"
-#define CONF_DEFAULT_WORKER_STACK_SIZE (128 * 1024)
+#define CONF_DEFAULT_WORKER_STACK_SIZE 131072 /* 128 KiB */
 #define CONF_DEFAULT_PER_IP_IPV4_PREFIX 32
 #define CONF_DEFAULT_PER_IP_IPV6_PREFIX 64
 #define CONF_DEFAULT_RATE_LIMIT_PER_IP 0
@@ -49,12 +49,6 @@ typedef enum Overload {
         OVERLOAD_REFUSE, /* "ERR server busy", close */
         OVERLOAD_QUEUE,  /* stop accepting: the kernel's backlog holds new clients */
 } Overload;
-
-/* One `listen` entry as written: host (a literal address or a name) and an optional port. */
-typedef struct ListenSpec {
-        char *host;    /* "0.0.0.0", "::", "127.0.0.1", "localhost", ... never brackets */
-        uint16_t port; /* 0: use Conf.port */
-} ListenSpec;
 
 typedef struct Conf {
         char *path; /* the file it came from; NULL for built-in defaults */
@@ -115,11 +109,6 @@ void conf_unrefp(Conf **c);
 
 /* conf_print: the effective settings, in the config file's own syntax (for --check-config). */
 void conf_print(const Conf *c, FILE *f);
-
-/* listen_spec_parse: "host", "host:port", "[v6]", "[v6]:port" or a bare IPv6 literal.
- * Returns 0, or -EINVAL with a reason in ERR. */
-int listen_spec_parse(const char *text, ListenSpec *ret, char *err, size_t err_size);
-void listen_spec_done(ListenSpec *s);
 
 const char *framing_to_string(Framing f);
 const char *overload_to_string(Overload o);

@@ -8,7 +8,9 @@
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/uio.h>
 #include <systemd/sd-journal.h>
 #include <time.h>
@@ -22,6 +24,7 @@
 static int max_level = LOG_INFO;
 static LogTarget target = LOG_TARGET_STDERR;
 static bool stderr_prefixed; /* "<N>" prefixes: stderr is read by journald or syslog */
+static bool stderr_console;  /* "hellod: LEVEL: " prefixes: a person reads it (hellod -t) */
 
 static const char *const level_names[] = {
         [LOG_EMERG] = "emerg",     [LOG_ALERT] = "alert",     [LOG_CRIT] = "crit",
@@ -72,13 +75,40 @@ static bool stderr_is_journal(void) {
         return (unsigned long long) st.st_dev == dev && (unsigned long long) st.st_ino == ino;
 }
 
+/* journal_reachable: whether journald's socket takes datagrams; 0 or a negative errno. Without
+ * it, sd_journal_sendv() fails on every message, and a daemon told to log there would run blind. */
+static int journal_reachable(void) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX, .sun_path = LOG_JOURNAL_SOCKET };
+        int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0), r = 0;
+
+        if (fd < 0)
+                return -errno;
+        if (connect(fd, (const struct sockaddr *) &sa, sizeof(sa)) < 0)
+                r = -errno;
+        (void) close(fd);
+        return r;
+}
+
 void log_open(LogTarget t) {
+        int r = 0;
+
         if (t == LOG_TARGET_AUTO)
                 t = stderr_is_journal() ? LOG_TARGET_JOURNAL : LOG_TARGET_STDERR;
+        if (t == LOG_TARGET_JOURNAL && (r = journal_reachable()) < 0)
+                t = LOG_TARGET_STDERR;
         target = t;
         /* Under a service manager, whatever reads stderr understands "<N>" priorities and
          * stamps the time itself. */
         stderr_prefixed = getenv("JOURNAL_STREAM") || getenv("INVOCATION_ID");
+        if (r < 0)
+                log_warning_errno(r, "cannot reach the journal at %s, logging to stderr instead",
+                                  LOG_JOURNAL_SOCKET);
+}
+
+void log_open_console(void) {
+        log_open(LOG_TARGET_STDERR);
+        stderr_console = true;
+        stderr_prefixed = false;
 }
 
 LogTarget log_get_target(void) {
@@ -136,7 +166,10 @@ static void write_stderr(int level, const char *message, size_t len) {
         char line[LOG_LINE_MAX + 64];
         size_t n;
 
-        if (stderr_prefixed)
+        if (stderr_console)
+                n = (size_t) snprintf(line, sizeof(line), "hellod: %s%s", level <= LOG_ERR ? "" : log_level_to_string(level),
+                                      level <= LOG_ERR ? "" : ": ");
+        else if (stderr_prefixed)
                 n = (size_t) snprintf(line, sizeof(line), "<%d>", level);
         else {
                 n = format_timestamp(line, sizeof(line));

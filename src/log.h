@@ -30,8 +30,14 @@ const char *log_level_to_string(int level);
 int log_target_from_string(const char *s);
 const char *log_target_to_string(LogTarget t);
 
-/* log_open: picks the backend; AUTO is resolved here, once, from JOURNAL_STREAM. */
+#define LOG_JOURNAL_SOCKET "/run/systemd/journal/socket"
+
+/* log_open: picks the backend; AUTO is resolved here, once, from JOURNAL_STREAM. When the
+ * journal cannot be reached, stderr is used instead, with a warning. */
 void log_open(LogTarget target);
+/* log_open_console: stderr for a person at a terminal (hellod -t): "hellod: warning: ...",
+ * no timestamps. */
+void log_open_console(void);
 LogTarget log_get_target(void);
 
 void log_set_max_level(int level);

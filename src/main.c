@@ -9,6 +9,7 @@
 #include "conf.h"
 #include "listener.h"
 #include "log.h"
+#include "preflight.h"
 #include "privileges.h"
 #include "server.h"
 
@@ -22,11 +23,9 @@ enum {
         EXIT_CONFIG = 78, /* EX_CONFIG from sysexits.h, as `nginx -t` and `sshd -t` use */
 };
 
-/* Descriptors the daemon needs besides its clients: listeners, signalfd, reserve, stdio. */
-#define FD_OVERHEAD 32
-
 static const char *arg_config = NULL;
 static bool arg_check = false;
+static bool arg_dump = false; /* -T: the check, then the effective settings on stdout */
 static int arg_log_level = -1;
 static LogTarget arg_log_target = LOG_TARGET_AUTO;
 
@@ -35,8 +34,10 @@ static void help(void) {
                "A TCP greeting daemon: greets, answers every line with a hello, closes on exit.\n"
                "\n"
                "  -c, --config=PATH      configuration file (default %s)\n"
-               "  -t, --check-config     validate the configuration, print the effective\n"
-               "                         settings and exit (0: valid, 78: invalid)\n"
+               "  -t, --check-config     check the configuration as a start would (users, groups,\n"
+               "                         addresses, limits), print a short verdict and exit\n"
+               "                         (0: valid, 78: invalid)\n"
+               "  -T, --dump-config      the same check, then print the effective settings\n"
                "  -l, --log-level=LEVEL  error, warning, notice, info or debug;\n"
                "                         overrides log_level from the configuration\n"
                "      --log-target=TARGET\n"
@@ -59,6 +60,7 @@ static int parse_argv(int argc, char *argv[]) {
                 { "log-target", required_argument, NULL, ARG_LOG_TARGET },
                 { "config", required_argument, NULL, 'c' },
                 { "check-config", no_argument, NULL, 't' },
+                { "dump-config", no_argument, NULL, 'T' },
                 { "log-level", required_argument, NULL, 'l' },
                 { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, 'V' },
@@ -66,13 +68,22 @@ static int parse_argv(int argc, char *argv[]) {
         };
         int c;
 
-        while ((c = getopt_long(argc, argv, "c:tl:hV", options, NULL)) >= 0)
+        /* getopt's own messages would name argv[0] ("../build/src/hellod: ..."): ours say hellod. */
+        opterr = 0;
+        while ((c = getopt_long(argc, argv, ":c:tTl:hV", options, NULL)) >= 0)
                 switch (c) {
                 case 'c':
+                        if (!*optarg) {
+                                fprintf(stderr, "hellod: --config needs a file name\n");
+                                return EXIT_USAGE;
+                        }
                         arg_config = optarg;
                         break;
                 case 't':
                         arg_check = true;
+                        break;
+                case 'T':
+                        arg_check = arg_dump = true;
                         break;
                 case 'l':
                         arg_log_level = log_level_from_string(optarg);
@@ -97,7 +108,15 @@ static int parse_argv(int argc, char *argv[]) {
                 case 'V':
                         printf("hellod %s\n", VERSION);
                         return EXIT_OK;
+                case ':':
+                        fprintf(stderr, "hellod: option '%s' needs an argument\n", argv[optind - 1]);
+                        fprintf(stderr, "Try 'hellod --help' for more information.\n");
+                        return EXIT_USAGE;
                 default:
+                        if (optopt)
+                                fprintf(stderr, "hellod: unknown option '-%c'\n", optopt);
+                        else
+                                fprintf(stderr, "hellod: unknown option '%s'\n", argv[optind - 1]);
                         fprintf(stderr, "Try 'hellod --help' for more information.\n");
                         return EXIT_USAGE;
                 }
@@ -109,37 +128,29 @@ static int parse_argv(int argc, char *argv[]) {
         return -1;
 }
 
-/* check_config: like `nginx -t`: listen names must resolve too. */
-static int check_config(const Conf *conf, const char *path) {
-        ListenerSet set;
-        char err[512];
-
-        if (listeners_resolve(conf, &set, err, sizeof(err)) < 0) {
-                log_error("%s: %s", path, err);
-                return EXIT_CONFIG;
-        }
-        listener_set_done(&set);
-        conf_print(conf, stdout);
-        fprintf(stderr, "hellod: configuration %s is valid\n", path);
+/* check_config: `hellod -t` (a verdict) and `-T` (the settings too), as nginx splits them. The
+ * checks themselves already ran: they are the start's. */
+static int check_config(const Conf *conf, const char *path, bool defaulted) {
+        if (arg_dump)
+                conf_print(conf, stdout);
+        if (defaulted)
+                fprintf(stderr, "hellod: %s not found, built-in defaults apply\n", path);
+        else
+                fprintf(stderr, "hellod: configuration %s is valid\n", path);
         return EXIT_OK;
 }
 
-/* raise_fd_limit: a thread-per-connection daemon that never calls select() can use every
- * descriptor it is allowed: lift the soft limit to the hard one. */
-static void raise_fd_limit(const Conf *conf) {
+/* raise_fd_limit: a daemon that never calls select() can use every descriptor it is allowed:
+ * lift the soft limit to the hard one (preflight_check() measured against the hard one). */
+static void raise_fd_limit(void) {
         struct rlimit rl;
 
-        if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= rl.rlim_max)
                 return;
-        if (rl.rlim_cur < rl.rlim_max) {
-                rl.rlim_cur = rl.rlim_max;
-                if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
-                        (void) getrlimit(RLIMIT_NOFILE, &rl);
-        }
-        if (rl.rlim_cur != RLIM_INFINITY && (rlim_t) conf->max_connections + FD_OVERHEAD > rl.rlim_cur)
-                log_warning("max_connections %u exceeds what the open-files limit (%llu) allows; clients beyond "
-                            "it are refused as busy",
-                            conf->max_connections, (unsigned long long) rl.rlim_cur);
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+                log_warning_errno(-errno, "cannot raise the open-files limit to %llu, ignoring",
+                                  (unsigned long long) rl.rlim_max);
 }
 
 int main(int argc, char *argv[]) {
@@ -153,7 +164,10 @@ int main(int argc, char *argv[]) {
         code = parse_argv(argc, argv);
         if (code >= 0)
                 return code;
-        log_open(arg_check ? LOG_TARGET_STDERR : arg_log_target);
+        if (arg_check)
+                log_open_console();
+        else
+                log_open(arg_log_target);
         if (arg_log_level >= 0)
                 log_set_max_level(arg_log_level);
 
@@ -163,11 +177,17 @@ int main(int argc, char *argv[]) {
                 log_error("%s", err);
                 return EXIT_CONFIG;
         }
-        if (defaulted)
-                log_notice("%s not found, using built-in defaults", path);
-
+        if (defaulted && !arg_check)
+                log_notice("%s not found, built-in defaults apply", path);
+        r = preflight_check(conf, path, err, sizeof(err));
+        if (r < 0) {
+                log_error("%s", err);
+                code = EXIT_CONFIG;
+                goto out;
+        }
         if (arg_check) {
-                code = check_config(conf, path);
+                (void) preflight_warn(conf);
+                code = check_config(conf, path, defaulted);
                 goto out;
         }
 
@@ -185,7 +205,7 @@ int main(int argc, char *argv[]) {
                 code = EXIT_RUNTIME;
                 goto out;
         }
-        raise_fd_limit(conf);
+        raise_fd_limit();
 
         ServerOptions opts = {
                 .config_path = path,

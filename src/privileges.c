@@ -69,9 +69,36 @@ static int fail(int r, const char *what, char *err, size_t err_size) {
         return r;
 }
 
-int privileges_drop(const char *user, const char *group, char *err, size_t err_size) {
+int privileges_resolve(const char *user, const char *group, uid_t *ret_uid, gid_t *ret_gid, char *err,
+                       size_t err_size) {
         uid_t uid = geteuid();
         gid_t gid = getegid(), user_gid = (gid_t) -1;
+        int r;
+
+        /* conf refuses this; setgid() alone would leave us root with every capability. */
+        if (group && !user) {
+                snprintf(err, err_size, "'group' is set without 'user'");
+                return -EINVAL;
+        }
+        if (user && (r = resolve_user(user, &uid, &user_gid, err, err_size)) < 0)
+                return r;
+        if (group) {
+                if ((r = resolve_group(group, &gid, err, err_size)) < 0)
+                        return r;
+        } else if (user_gid != (gid_t) -1)
+                gid = user_gid;
+        else if (user) {
+                snprintf(err, err_size, "user '%s' has no passwd entry: set 'group' too", user);
+                return -EINVAL;
+        }
+        *ret_uid = uid;
+        *ret_gid = gid;
+        return 0;
+}
+
+int privileges_drop(const char *user, const char *group, char *err, size_t err_size) {
+        uid_t uid = geteuid();
+        gid_t gid = getegid();
         int r;
 
         if (geteuid() != 0) {
@@ -83,17 +110,9 @@ int privileges_drop(const char *user, const char *group, char *err, size_t err_s
                 log_warning("running as root: set 'user' and 'group' in the configuration to drop privileges");
                 return 0;
         }
-        if (user && (r = resolve_user(user, &uid, &user_gid, err, err_size)) < 0)
+        r = privileges_resolve(user, group, &uid, &gid, err, err_size);
+        if (r < 0)
                 return r;
-        if (group) {
-                if ((r = resolve_group(group, &gid, err, err_size)) < 0)
-                        return r;
-        } else if (user_gid != (gid_t) -1)
-                gid = user_gid;
-        else {
-                snprintf(err, err_size, "user '%s' has no passwd entry: set 'group' too", user);
-                return -EINVAL;
-        }
 
         /* Order matters: groups and gid can only be changed while still root. */
         if (setgroups(1, &gid) < 0)

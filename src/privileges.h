@@ -2,9 +2,16 @@
 #pragma once
 
 #include <stddef.h>
+#include <sys/types.h>
 
 /* privileges_drop: when running as root and USER or GROUP is set (either may be NULL; a
  * missing group is the user's primary group), switches to them for good: supplementary
  * groups, then group, then user, then checks that root cannot be regained. Returns 0 (also
  * when there was nothing to do), or a negative errno with the reason in ERR. */
 int privileges_drop(const char *user, const char *group, char *err, size_t err_size);
+
+/* privileges_resolve: the IDs USER and GROUP name (numeric IDs too; GROUP NULL: the user's own
+ * group), without changing anything: for the start-time checks. Returns 0, or a negative errno
+ * with "unknown user 'x'" or the like in ERR. */
+int privileges_resolve(const char *user, const char *group, uid_t *ret_uid, gid_t *ret_gid, char *err,
+                       size_t err_size);

@@ -23,6 +23,7 @@
 #include "listener.h"
 #include "log.h"
 #include "notify.h"
+#include "preflight.h"
 #include "proto.h"
 #include "ratelimit.h"
 #include "session.h"
@@ -38,8 +39,6 @@
 #define KILL_GRACE_MSEC 5000
 /* Refusals logged per second at most; the rest are counted and summarised. */
 #define REFUSAL_LOG_BURST 10
-/* Worst-case session memory above which the configuration earns a warning. */
-#define MEMORY_WARN_BYTES (1ULL << 30)
 /* How often STATUS= is refreshed while the counters change. */
 #define STATUS_INTERVAL_MSEC 1000
 
@@ -335,16 +334,6 @@ static void accept_some(Server *s, const Listener *l) {
         }
 }
 
-/* check_memory: says so when max_connections sessions at their limits would need a lot of
- * memory (a large max_line_length times many connections): bounded, but maybe not meant. */
-static void check_memory(const Conf *conf) {
-        unsigned long long worst = (unsigned long long) session_memory_max(conf) * conf->max_connections;
-
-        if (worst > MEMORY_WARN_BYTES)
-                log_warning("max_connections %u clients at max_line_length %u could make hellod use up to %llu MiB",
-                            conf->max_connections, conf->max_line_length, worst >> 20);
-}
-
 static void apply_log_level(const Server *s) {
         log_set_max_level(s->opts.log_level_override >= 0 ? s->opts.log_level_override : s->conf->log_level);
 }
@@ -432,7 +421,7 @@ static void reload(Server *s) {
         conf_unref(s->conf);
         s->conf = conf;
         apply_log_level(s);
-        check_memory(conf);
+        (void) preflight_warn(conf);
 
         listeners_describe(&s->listeners, names, sizeof(names));
         LogField fields[] = { { "HELLOD_LISTEN", names }, { "HELLOD_CONFIG", s->opts.config_path } };
@@ -630,8 +619,8 @@ int server_run(Server *s) {
         if (r == 0)
                 r = k;
         if (r == 0)
-                log_notice("stopped: %" PRIu64 " connections served, %" PRIu64 " refused", s->n_accepted,
-                           s->n_refused);
+                log_notice("stopped: %" PRIu64 " connection%s served, %" PRIu64 " refused", s->n_accepted,
+                           s->n_accepted == 1 ? "" : "s", s->n_refused);
         return r;
 }
 
@@ -645,7 +634,7 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
                 return log_error_errno(-ENOMEM, "cannot start");
         s->opts = *opts;
         s->conf = conf_ref(conf);
-        check_memory(conf);
+        (void) preflight_warn(conf);
         s->signal_fd = -1;
         s->reserve_fd = -1;
         s->wake_fd = -1;

@@ -7,8 +7,8 @@
  *     same message cut to a small buffer is a NUL-terminated prefix of it;
  *   - an accepted file gives a Conf within the documented limits, and conf_print() of it is itself
  *     a valid config that loads to the same settings: printing it again gives the same text.
- * Inputs containing "@include" are skipped: libconfig would open the named file, and the fuzzer
- * must not touch the file system. */
+ * Inputs containing "@include" are skipped: conf would open the named file, and the fuzzer must
+ * not touch the file system (test_conf covers @include). */
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -144,7 +144,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         int r;
 
         if (memmem(data, size, "@include", strlen("@include")))
-                return -1; /* libconfig would read the named file: keep it out of the corpus */
+                return -1; /* conf would read the named file: keep it out of the corpus */
 
         r = conf_load_text(NAME, (const char *) data, size, &c, err, sizeof(err));
         /* FUZZ_CONF_VERBOSE=1 shows each verdict, e.g. when writing a seed. */

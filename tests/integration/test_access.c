@@ -220,7 +220,9 @@ Test(access, root_drops_to_user_and_group, .timeout = 60) {
         hellod_free(d);
 }
 
-Test(access, unknown_user_is_a_runtime_error, .timeout = 60) {
+/* A user that does not exist is a configuration error (78), found by the start-time checks that
+ * `hellod -t` runs too. */
+Test(access, unknown_user_is_a_config_error, .timeout = 60) {
         Hellod *d = hellod_new();
         char *err;
         int status;
@@ -229,7 +231,7 @@ Test(access, unknown_user_is_a_runtime_error, .timeout = 60) {
         hellod_spawn(d, NULL);
         status = hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
         err = hellod_stderr(d);
-        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == HELLOD_EXIT_FAILURE, "status %d\n%s", status, err);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == HELLOD_EXIT_CONFIG, "status %d\n%s", status, err);
         cr_assert_not_null(strstr(err, "unknown user 'no-such-user-hellod'"), "%s", err);
         free(err);
         hellod_free(d);

@@ -129,7 +129,7 @@ Test(lifecycle, sigint_clean_exit, .timeout = 60) {
         hellod_free(d);
 }
 
-/* --check-config: effective settings on stdout and 0, or PATH:LINE on stderr and 78. */
+/* --dump-config: effective settings on stdout and 0, or PATH:LINE on stderr and 78. */
 Test(lifecycle, check_config, .timeout = 60) {
         Hellod *d = hellod_new();
         char needle[512], buf[96], *out;
@@ -137,12 +137,12 @@ Test(lifecycle, check_config, .timeout = 60) {
 
         harness_step("good file");
         hellod_write_config_std(d, "greeting = \"Hi\";\n");
-        status = hellod_run(d, (const char *const[]) { "--check-config", "--config", d->conf_path, NULL });
+        status = hellod_run(d, (const char *const[]) { "--dump-config", "--config", d->conf_path, NULL });
         if (!exited_with(status, HELLOD_EXIT_OK))
-                hellod_fail(d, "--check-config on a good file: %s, expected 0",
+                hellod_fail(d, "--dump-config on a good file: %s, expected 0",
                             harness_describe_status(status, buf, sizeof(buf)));
         out = hellod_stdout(d);
-        cr_assert(has_setting(out, "port", d->port), "--check-config stdout lacks \"port = %u\":\n%s",
+        cr_assert(has_setting(out, "port", d->port), "--dump-config stdout lacks \"port = %u\":\n%s",
                   (unsigned) d->port, out);
         free(out);
 

@@ -1,4 +1,4 @@
-/* test_addr: address text and per-client keys; the per-address table. */
+/* test_addr: address text and per-client keys; the per-address table; the `listen` entry grammar. */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -7,6 +7,7 @@
 
 #include "addr.h"
 #include "iptable.h"
+#include "listen_cases.h"
 
 static struct sockaddr_in v4(const char *ip, uint16_t port) {
         struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port) };
@@ -232,4 +233,81 @@ Test(bucket, a_full_table_fails_open_to_the_caller) {
         /* Once the buckets refill, room comes back. */
         cr_assert_eq(iptable_take_token(t, &extra, 1, 2, now + 2 * 1000000), 1);
         iptable_free(t);
+}
+
+/* ---- listen entries ---- */
+
+Test(listen_spec, valid_forms) {
+        for (size_t i = 0; i < sizeof(valid_specs) / sizeof(valid_specs[0]); i++) {
+                ListenSpec s = { .host = NULL };
+                char err[256] = "";
+
+                cr_assert_eq(listen_spec_parse(valid_specs[i].text, &s, err, sizeof(err)), 0, "'%s': %s",
+                             valid_specs[i].text, err);
+                cr_expect_str_eq(s.host, valid_specs[i].host, "'%s'", valid_specs[i].text);
+                cr_expect_eq(s.port, valid_specs[i].port, "'%s'", valid_specs[i].text);
+                listen_spec_done(&s);
+                cr_expect_null(s.host);
+        }
+}
+
+Test(listen_spec, invalid_forms) {
+        for (size_t i = 0; i < sizeof(invalid_specs) / sizeof(invalid_specs[0]); i++) {
+                ListenSpec s = { .host = NULL, .port = 4242 };
+                char err[256] = "";
+
+                cr_expect_eq(listen_spec_parse(invalid_specs[i], &s, err, sizeof(err)), -EINVAL, "'%s'",
+                             invalid_specs[i]);
+                cr_expect_neq(err[0], '\0', "'%s': no reason given", invalid_specs[i]);
+                cr_expect_null(s.host, "'%s': output touched on error", invalid_specs[i]);
+                cr_expect_eq(s.port, 4242, "'%s': output touched on error", invalid_specs[i]);
+        }
+}
+
+Test(listen_spec, reasons) {
+        static const struct {
+                const char *text, *why;
+        } cases[] = {
+                { "", "empty" },
+                { "[::1", "']'" },
+                { "[1.2.3.4]", "IPv6" },
+                { "host:", "empty port" },
+                { "host:0", "between 1 and 65535" },
+                { "host:65536", "between 1 and 65535" },
+                { "host:abc", "not a decimal number" },
+                { "1.2.3.4.5", "IPv4" },
+                { "*", "'*' is not accepted" },
+                { "::1:9999", "write \"[::1]:9999\" for port 9999 on ::1, or \"[::1:9999]\"" },
+                { "[::ffff:127.0.0.1]:7003", "write \"127.0.0.1:7003\" instead" },
+                { "::ffff:10.0.0.1", "IPv4-mapped" },
+        };
+
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                ListenSpec s = { .host = NULL };
+                char err[256] = "";
+
+                (void) listen_spec_parse(cases[i].text, &s, err, sizeof(err));
+                cr_expect(strstr(err, cases[i].why), "'%s': reason '%s' lacks '%s'", cases[i].text, err,
+                          cases[i].why);
+        }
+}
+
+Test(listen_spec, name_length_limits) {
+        char name[300], err[256];
+        ListenSpec s = { .host = NULL };
+
+        /* 63-byte labels up to 253 bytes in all are fine; one byte more is not. */
+        memset(name, 'a', sizeof(name));
+        for (size_t i = 63; i < 253; i += 64)
+                name[i] = '.';
+        name[253] = '\0';
+        cr_assert_eq(listen_spec_parse(name, &s, err, sizeof(err)), 0, "%s", err);
+        cr_expect_str_eq(s.host, name);
+        listen_spec_done(&s);
+        name[253] = 'a';
+        name[254] = '\0';
+        cr_expect_eq(listen_spec_parse(name, &s, err, sizeof(err)), -EINVAL);
+        memset(name, 'a', sizeof(name) - 1);
+        name[sizeof(name) - 1] = '\0';
+        cr_expect_eq(listen_spec_parse(name, &s, err, sizeof(err)), -EINVAL);
 }

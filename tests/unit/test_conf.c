@@ -1,4 +1,4 @@
-/* test_conf: conf_load() and listen_spec_parse() against their specification: the defaults, every key's
+/* test_conf: conf_load() against its specification: the defaults, every key's
  * type and range checks (with "FILE:LINE: KEY:" in the message), the listen forms, the reply template,
  * escaping of echoed values, conf_print() round trips and reference counting. */
 #include <criterion/criterion.h>
@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "conf.h"
+#include "listen_cases.h"
 #include "log.h"
 
 typedef struct Loaded {
@@ -558,142 +559,6 @@ Test(conf_string, log_level) {
 
 /* ---- listen ---- */
 
-typedef struct ValidSpec {
-        const char *text, *host;
-        uint16_t port;
-} ValidSpec;
-
-static const ValidSpec valid_specs[] = {
-        { "127.0.0.1", "127.0.0.1", 0 },
-        { "127.0.0.1:7000", "127.0.0.1", 7000 },
-        { "0.0.0.0:1", "0.0.0.0", 1 },
-        { "[::1]:7000", "::1", 7000 },
-        { "[fe80::2]", "fe80::2", 0 },
-        { "[::]:65535", "::", 65535 },
-        { "::", "::", 0 },
-        { "::1", "::1", 0 },
-        { "fe80::1", "fe80::1", 0 },
-        { "::ffff:192.0.2.1", "::ffff:192.0.2.1", 0 },
-        { "localhost", "localhost", 0 },
-        { "localhost:8080", "localhost", 8080 },
-        { "my-host", "my-host", 0 },
-        { "my-host.example.com:65535", "my-host.example.com", 65535 },
-        { "a", "a", 0 },
-        { "1.2.3.4a", "1.2.3.4a", 0 }, /* not all digits and dots: a name */
-};
-
-static const char *const invalid_specs[] = {
-        "",
-        "[::1",
-        "[1.2.3.4]",
-        "[1.2.3.4]:80",
-        "[localhost]",
-        "[]",
-        "[::1]x",
-        "[::1]:",
-        "[::1]:0",
-        "host:",
-        "host:0",
-        "host:65536",
-        "host:99999999999999999999",
-        "host:abc",
-        "host:+80",
-        "host:-1",
-        "host: 80",
-        "host:80 ",
-        "host:80x",
-        ":80",
-        "1.2.3.4.5",
-        "1.2.3",
-        "256.1.1.1",
-        "123",
-        "a b",
-        " localhost",
-        "*",
-        "*:80",
-        "fe80::zz",
-        "fe80::1%eth0",
-        "a..b",
-        ".a",
-        "a.",
-        "-a",
-        "a-",
-        "under_score",
-        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", /* a 64-byte label */
-};
-
-Test(listen_spec, valid_forms) {
-        for (size_t i = 0; i < sizeof(valid_specs) / sizeof(valid_specs[0]); i++) {
-                ListenSpec s = { .host = NULL };
-                char err[256] = "";
-
-                cr_assert_eq(listen_spec_parse(valid_specs[i].text, &s, err, sizeof(err)), 0, "'%s': %s",
-                             valid_specs[i].text, err);
-                cr_expect_str_eq(s.host, valid_specs[i].host, "'%s'", valid_specs[i].text);
-                cr_expect_eq(s.port, valid_specs[i].port, "'%s'", valid_specs[i].text);
-                listen_spec_done(&s);
-                cr_expect_null(s.host);
-        }
-}
-
-Test(listen_spec, invalid_forms) {
-        for (size_t i = 0; i < sizeof(invalid_specs) / sizeof(invalid_specs[0]); i++) {
-                ListenSpec s = { .host = NULL, .port = 4242 };
-                char err[256] = "";
-
-                cr_expect_eq(listen_spec_parse(invalid_specs[i], &s, err, sizeof(err)), -EINVAL, "'%s'",
-                             invalid_specs[i]);
-                cr_expect_neq(err[0], '\0', "'%s': no reason given", invalid_specs[i]);
-                cr_expect_null(s.host, "'%s': output touched on error", invalid_specs[i]);
-                cr_expect_eq(s.port, 4242, "'%s': output touched on error", invalid_specs[i]);
-        }
-}
-
-Test(listen_spec, reasons) {
-        static const struct {
-                const char *text, *why;
-        } cases[] = {
-                { "", "empty" },
-                { "[::1", "']'" },
-                { "[1.2.3.4]", "IPv6" },
-                { "host:", "empty port" },
-                { "host:0", "between 1 and 65535" },
-                { "host:65536", "between 1 and 65535" },
-                { "host:abc", "not a decimal number" },
-                { "1.2.3.4.5", "IPv4" },
-                { "*", "'*' is not accepted" },
-        };
-
-        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-                ListenSpec s = { .host = NULL };
-                char err[256] = "";
-
-                (void) listen_spec_parse(cases[i].text, &s, err, sizeof(err));
-                cr_expect(strstr(err, cases[i].why), "'%s': reason '%s' lacks '%s'", cases[i].text, err,
-                          cases[i].why);
-        }
-}
-
-Test(listen_spec, name_length_limits) {
-        char name[300], err[256];
-        ListenSpec s = { .host = NULL };
-
-        /* 63-byte labels up to 253 bytes in all are fine; one byte more is not. */
-        memset(name, 'a', sizeof(name));
-        for (size_t i = 63; i < 253; i += 64)
-                name[i] = '.';
-        name[253] = '\0';
-        cr_assert_eq(listen_spec_parse(name, &s, err, sizeof(err)), 0, "%s", err);
-        cr_expect_str_eq(s.host, name);
-        listen_spec_done(&s);
-        name[253] = 'a';
-        name[254] = '\0';
-        cr_expect_eq(listen_spec_parse(name, &s, err, sizeof(err)), -EINVAL);
-        memset(name, 'a', sizeof(name) - 1);
-        name[sizeof(name) - 1] = '\0';
-        cr_expect_eq(listen_spec_parse(name, &s, err, sizeof(err)), -EINVAL);
-}
-
 Test(conf_listen, valid_forms_through_a_file) {
         char text[2048];
         size_t n = 0;
@@ -779,7 +644,6 @@ Test(conf_file, syntax_errors) {
         expect_error("port = 1;\n\nbacklog = ;\n", 3, NULL, "syntax error");
         /* An unterminated string is noticed where the file ends. */
         expect_error("port = 1;\ngreeting = \"unterminated;\nbacklog = 5;\n", 4, NULL, "syntax error");
-        expect_error("port = 1;\nport = 2;\n", 2, NULL, "duplicate");
 }
 
 Test(conf_file, nul_byte) {
@@ -1178,4 +1042,199 @@ Test(conf_file, syntax_error_after_a_string) {
         /* libconfig 1.5 leaks the token (its issue #142): suppressed in tests/sanitizers/lsan.supp. */
         expect_error("port = 1;\n\"str\"\n", 2, NULL, "syntax error");
         expect_error("listen = [ \"::1\" ];\nli\"notice\" ];\n", 2, NULL, "syntax error");
+}
+
+/* ---- @include ---- */
+
+/* An include tree under a fresh directory: main.conf and whatever files a test puts next to it. */
+typedef struct IncDir {
+        char dir[PATH_MAX];
+        char main[PATH_MAX + 16];
+} IncDir;
+
+static void inc_dir(IncDir *d) {
+        const char *tmp = getenv("TMPDIR");
+
+        snprintf(d->dir, sizeof(d->dir), "%s/test-conf-inc-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+        cr_assert_not_null(mkdtemp(d->dir), "mkdtemp: %s", strerror(errno));
+        snprintf(d->main, sizeof(d->main), "%s/main.conf", d->dir);
+}
+
+static void inc_write(const IncDir *d, const char *name, const char *text) {
+        char path[PATH_MAX * 2];
+        FILE *f;
+
+        snprintf(path, sizeof(path), "%s/%s", d->dir, name);
+        f = fopen(path, "w");
+        cr_assert_not_null(f, "%s: %s", path, strerror(errno));
+        cr_assert_eq(fputs(text, f) >= 0, true);
+        cr_assert_eq(fclose(f), 0);
+}
+
+static void inc_cleanup(const IncDir *d) {
+        char cmd[PATH_MAX + 16];
+
+        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", d->dir);
+        cr_assert_eq(system(cmd), 0);
+}
+
+/* inc_expect_error: main.conf fails with -EINVAL and a message starting "DIR/FILE:LINE: " and
+ * containing WHAT. */
+static void inc_expect_error(const IncDir *d, const char *file, unsigned line, const char *what) {
+        char prefix[PATH_MAX * 2], err[2048];
+        Conf *c = NULL;
+        int r = conf_load(d->main, &c, err, sizeof(err));
+
+        snprintf(prefix, sizeof(prefix), "%s/%s:%u: ", d->dir, file, line);
+        cr_expect_eq(r, -EINVAL, "expected -EINVAL, got %d (%s)", r, err);
+        cr_expect_null(c);
+        cr_expect(strncmp(err, prefix, strlen(prefix)) == 0, "message '%s' does not start with '%s'", err,
+                  prefix);
+        cr_expect(strstr(err, what), "message '%s' does not mention '%s'", err, what);
+        cr_expect(!has_control_bytes(err));
+        conf_unref(c);
+}
+
+Test(conf_include, relative_to_the_main_file_and_lines_stay_right) {
+        char err[1024];
+        IncDir d;
+        Conf *c = NULL;
+
+        inc_dir(&d);
+        inc_write(&d, "main.conf", "port = 7000;\n@include \"limits.conf\"\n  @include \"sub/greeting.conf\" # why\n"
+                                   "backlog = 7;\n");
+        inc_write(&d, "limits.conf", "max_connections = 5;\nidle_timeout = 9;"); /* no final newline */
+        cr_assert_eq(mkdir(strcat(strcpy(err, d.dir), "/sub"), 0755), 0);
+        inc_write(&d, "sub/greeting.conf", "greeting = \"Hi\";\n");
+        /* Run from elsewhere: names are relative to the main file's directory, not to ours. */
+        cr_assert_eq(chdir("/"), 0);
+        cr_assert_eq(conf_load(d.main, &c, err, sizeof(err)), 0, "%s", err);
+        cr_expect_eq(c->port, 7000);
+        cr_expect_eq(c->max_connections, 5);
+        cr_expect_eq(c->idle_timeout, 9);
+        cr_expect_str_eq(c->greeting, "Hi");
+        cr_expect_eq(c->backlog, 7);
+        conf_unref(c);
+
+        /* Errors after, in and around includes name the right file and line. */
+        inc_write(&d, "main.conf", "port = 7000;\n@include \"limits.conf\"\n\nbacklog = 0;\n");
+        inc_expect_error(&d, "main.conf", 4, "backlog: must be between 1 and 65535");
+        inc_write(&d, "limits.conf", "max_connections = 5;\n\nprot = 1;\n");
+        inc_expect_error(&d, "limits.conf", 3, "unknown key 'prot'");
+        inc_write(&d, "limits.conf", "max_connections = 5;\nbacklog = ;\n");
+        inc_expect_error(&d, "limits.conf", 2, "syntax error");
+        inc_cleanup(&d);
+}
+
+/* libconfig 1.5 would truncate these in an included file as it does in the main one. */
+Test(conf_include, wide_integers_in_an_included_file) {
+        IncDir d;
+
+        inc_dir(&d);
+        inc_write(&d, "main.conf", "backlog = 7;\n@include \"more.conf\"\n");
+        inc_write(&d, "more.conf", "# limits\nidle_timeout = 4294967296;\n");
+        inc_expect_error(&d, "more.conf", 2, "idle_timeout: must be between 0 and 86400, got 4294967296");
+        inc_write(&d, "more.conf", "\n\nport = 4294967297;\n");
+        inc_expect_error(&d, "more.conf", 3, "port: must be between 1 and 65535");
+        inc_cleanup(&d);
+}
+
+Test(conf_include, missing_directory_fifo_and_unreadable, .timeout = 20) {
+        char path[PATH_MAX * 2];
+        IncDir d;
+
+        inc_dir(&d);
+        inc_write(&d, "main.conf", "port = 7000;\n@include \"nope.conf\"\n");
+        inc_expect_error(&d, "main.conf", 2, "@include \"nope.conf\"");
+        inc_expect_error(&d, "main.conf", 2, "/nope.conf): No such file or directory");
+
+        snprintf(path, sizeof(path), "%s/dir.conf", d.dir);
+        cr_assert_eq(mkdir(path, 0755), 0);
+        inc_write(&d, "main.conf", "port = 7000;\n\n@include \"dir.conf\"\n");
+        inc_expect_error(&d, "main.conf", 3, "is a directory");
+
+        /* Nobody writes to this FIFO: opening it for reading the usual way would block forever. */
+        snprintf(path, sizeof(path), "%s/fifo.conf", d.dir);
+        cr_assert_eq(mkfifo(path, 0644), 0);
+        inc_write(&d, "main.conf", "@include \"fifo.conf\"\n");
+        inc_expect_error(&d, "main.conf", 1, "is not a regular file");
+
+        inc_write(&d, "main.conf", "@include \"/dev/null\"\n");
+        inc_expect_error(&d, "main.conf", 1, "is not a regular file");
+
+        inc_write(&d, "secret.conf", "port = 1;\n");
+        snprintf(path, sizeof(path), "%s/secret.conf", d.dir);
+        cr_assert_eq(chmod(path, 0), 0);
+        inc_write(&d, "main.conf", "@include \"secret.conf\"\n");
+        /* Root reads anything: look as nobody (this test runs in its own process). */
+        cr_assert_eq(chmod(d.dir, 0755), 0);
+        if (geteuid() == 0)
+                cr_assert_eq(setresuid((uid_t) -1, 65534, 0), 0, "setresuid: %s", strerror(errno));
+        inc_expect_error(&d, "main.conf", 1, "Permission denied");
+        if (getuid() == 0)
+                cr_assert_eq(seteuid(0), 0);
+        inc_cleanup(&d);
+}
+
+Test(conf_include, bounds_and_form) {
+        IncDir d;
+
+        inc_dir(&d);
+        inc_write(&d, "main.conf", "port = 7000;\n@include \"main.conf\"\n");
+        inc_expect_error(&d, "main.conf", 2, "does a file include itself?");
+
+        inc_write(&d, "main.conf", "port = 7000; @include \"x.conf\"\n");
+        inc_expect_error(&d, "main.conf", 1, "only a line @include \"FILE\"");
+        inc_write(&d, "main.conf", "@include \"x.conf\" port = 1;\n");
+        inc_expect_error(&d, "main.conf", 1, "must be alone on its line");
+        inc_write(&d, "main.conf", "\n@include x.conf\n");
+        inc_expect_error(&d, "main.conf", 2, "in double quotes");
+        inc_write(&d, "main.conf", "@include \"\"\n");
+        inc_expect_error(&d, "main.conf", 1, "empty file name");
+        inc_write(&d, "main.conf", "@inclde \"x.conf\"\n");
+        inc_expect_error(&d, "main.conf", 1, "only a line @include");
+
+        /* A string or comment cannot run out of an included file into the next. */
+        inc_write(&d, "main.conf", "@include \"open.conf\"\n\";\n");
+        inc_write(&d, "open.conf", "greeting = \"abc\n");
+        inc_expect_error(&d, "open.conf", 2, "ends inside a string or a comment");
+
+        /* In strings and comments, @include is just text. */
+        inc_write(&d, "main.conf", "# @include \"x.conf\"\ngreeting = \"@include \\\"x\\\"\";\n/*\n@include \"x\"\n*/\n");
+        Conf *c = NULL;
+        char err[1024];
+        cr_assert_eq(conf_load(d.main, &c, err, sizeof(err)), 0, "%s", err);
+        cr_expect_str_eq(c->greeting, "@include \"x\"");
+        conf_unref(c);
+        inc_cleanup(&d);
+}
+
+/* ---- rules between keys, and messages libconfig leaves vague ---- */
+
+Test(conf_access, group_needs_user) {
+        Conf *c;
+
+        expect_error("port = 7000;\n\ngroup = \"nogroup\";\n", 3, "group", "set 'user' too");
+        c = load_ok("user = \"nobody\";\n");
+        cr_expect_null(c->group);
+        conf_unref(c);
+}
+
+Test(conf_file, duplicate_names_the_key) {
+        expect_error("port = 1;\n\nport = 2;\n", 3, "port", "duplicate setting, first set on line 1");
+        expect_error("port = 1; backlog = 2;\nidle_timeout = 3; backlog = 4;\n", 2, "backlog",
+                     "first set on line 1");
+}
+
+/* An address that needs its brackets keeps them when printed, or the output would not load. */
+Test(conf_print, bracketed_address_round_trips) {
+        Conf *c = load_ok("listen = [ \"[::1:9999]\", \"::1\" ];\n");
+        char out[4096];
+        Conf *again = print_and_reload(c, out, sizeof(out));
+
+        cr_expect(strstr(out, "\"[::1:9999]\""), "%s", out);
+        cr_expect(strstr(out, "\"::1\""), "%s", out);
+        expect_same(c, again);
+        conf_unref(again);
+        conf_unref(c);
 }

@@ -1,0 +1,619 @@
+/* conftext: a config file's text before libconfig parses it.
+ *
+ * libconfig 1.5 (Debian 12) opens @include files itself: a directory makes its flex scanner call
+ * exit(), a FIFO blocks it forever, and it cannot be told not to (config_set_include_func() came
+ * in 1.7). So libconfig never sees an @include: every `@include "FILE"` line is replaced here by
+ * the text of FILE, read with the same bounds as the main file, and a line map turns a line of the
+ * spliced text back into the file and line a message must name. */
+#include "conftext.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static bool is_ascii_digit(char c) {
+        return c >= '0' && c <= '9';
+}
+
+static bool is_ascii_alpha(char c) {
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+static int text_error(ConfTextError *err, int r, const char *file, unsigned line, const char *format, ...)
+        __attribute__((format(printf, 5, 6)));
+static int text_error(ConfTextError *err, int r, const char *file, unsigned line, const char *format, ...) {
+        va_list ap;
+
+        err->file = file;
+        err->line = line;
+        err->r = r;
+        va_start(ap, format);
+        (void) vsnprintf(err->message, sizeof(err->message), format, ap);
+        va_end(ap);
+        return r;
+}
+
+/* ---- tokens ---- */
+
+/* Just enough of libconfig's lexical rules to know what is a name, a number, a string or a
+ * comment: the text has been (or will be) checked by libconfig itself. */
+typedef enum TokType {
+        TOK_END,
+        TOK_NAME,
+        TOK_NUMBER,
+        TOK_STRING,
+        TOK_PUNCT,
+} TokType;
+
+typedef struct Token {
+        TokType type;
+        const char *start;
+        size_t len;
+        unsigned line;
+        bool line_start; /* only blanks before it on its line */
+} Token;
+
+typedef struct Scanner {
+        const char *p;
+        const char *bol; /* where the current line begins */
+        unsigned line;
+        bool unterminated; /* a string or a block comment runs to the end */
+} Scanner;
+
+static void scanner_init(Scanner *sc, const char *text) {
+        *sc = (Scanner) { .p = text, .bol = text, .line = 1 };
+}
+
+static void newline_at(Scanner *sc, const char *p) {
+        sc->line++;
+        sc->bol = p + 1;
+}
+
+static Token scan_next(Scanner *sc) {
+        for (;;) {
+                const char *p = sc->p, *q;
+                Token t = { .start = p, .line = sc->line };
+
+                if (!*p)
+                        return (Token) { .type = TOK_END, .start = p, .line = sc->line };
+                if (*p == '\n') {
+                        newline_at(sc, p);
+                        sc->p = p + 1;
+                        continue;
+                }
+                if (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\f' || *p == '\v') {
+                        sc->p = p + 1;
+                        continue;
+                }
+                if (*p == '#' || (p[0] == '/' && p[1] == '/')) {
+                        sc->p = p + strcspn(p, "\n");
+                        continue;
+                }
+                if (p[0] == '/' && p[1] == '*') {
+                        for (q = p + 2; *q && !(q[0] == '*' && q[1] == '/'); q++)
+                                if (*q == '\n')
+                                        newline_at(sc, q);
+                        sc->unterminated |= !*q;
+                        sc->p = *q ? q + 2 : q;
+                        continue;
+                }
+
+                t.line_start = strspn(sc->bol, " \t") >= (size_t) (p - sc->bol);
+                if (*p == '"') {
+                        for (q = p + 1; *q && *q != '"'; q++) {
+                                if (*q == '\\' && q[1])
+                                        q++;
+                                if (*q == '\n')
+                                        newline_at(sc, q);
+                        }
+                        sc->unterminated |= !*q;
+                        q = *q ? q + 1 : q;
+                        t.type = TOK_STRING;
+                } else if (is_ascii_alpha(*p) || *p == '*') {
+                        q = p + strspn(p, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_*-");
+                        t.type = TOK_NAME;
+                } else if (is_ascii_digit(*p) || *p == '-' || *p == '+' || *p == '.') {
+                        q = p + strspn(p, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.+-");
+                        t.type = TOK_NUMBER;
+                } else {
+                        q = p + 1;
+                        t.type = TOK_PUNCT;
+                }
+                t.len = (size_t) (q - p);
+                sc->p = q;
+                return t;
+        }
+}
+
+static bool is_punct(const Token *t, char c) {
+        return t->type == TOK_PUNCT && t->start[0] == c;
+}
+
+/* ---- reading ---- */
+
+/* read_fd: all of FD, NUL-terminated, at most LIMIT bytes. */
+static int read_fd(int fd, size_t limit, char **ret, size_t *ret_size) {
+        size_t size = 0, alloc = 4096;
+        char *buf = malloc(alloc);
+
+        if (!buf)
+                return -ENOMEM;
+        for (;;) {
+                ssize_t n;
+
+                if (size + 1 >= alloc) {
+                        char *p;
+
+                        if (alloc > limit) {
+                                free(buf);
+                                return -EFBIG;
+                        }
+                        p = realloc(buf, alloc * 2);
+                        if (!p) {
+                                free(buf);
+                                return -ENOMEM;
+                        }
+                        buf = p;
+                        alloc *= 2;
+                }
+                n = read(fd, buf + size, alloc - size - 1);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0) {
+                        int r = -errno;
+                        free(buf);
+                        return r;
+                }
+                if (n == 0)
+                        break;
+                size += (size_t) n;
+        }
+        if (size > limit) {
+                free(buf);
+                return -EFBIG;
+        }
+        buf[size] = '\0';
+        *ret = buf;
+        *ret_size = size;
+        return 0;
+}
+
+int conf_text_read(const char *path, char **ret, size_t *ret_size, ConfTextError *err) {
+        char msg[128];
+        int fd, r;
+
+        /* A directory opens fine and fails in read() with EISDIR, which is the message we want. */
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        if (fd < 0)
+                r = -errno;
+        else {
+                r = read_fd(fd, CONF_TEXT_SIZE_MAX, ret, ret_size);
+                (void) close(fd);
+        }
+        if (r == -EFBIG)
+                return text_error(err, -EINVAL, NULL, 0, "file is larger than %d bytes", CONF_TEXT_SIZE_MAX);
+        if (r < 0)
+                return text_error(err, r, NULL, 0, "%s", strerror_r(-r, msg, sizeof(msg)));
+        return 0;
+}
+
+/* ---- splicing ---- */
+
+typedef struct Builder {
+        ConfText *t;
+        size_t alloc, segs_alloc;
+        unsigned line; /* the line of the spliced text being written */
+        char *dir;     /* where relative include names start */
+        ConfTextError *err;
+} Builder;
+
+static int emit(Builder *b, const char *s, size_t n) {
+        ConfText *t = b->t;
+
+        if (t->size + n > CONF_TEXT_SIZE_MAX)
+                return text_error(b->err, -EINVAL, NULL, 0, "with its includes, the configuration is larger than %d bytes",
+                                  CONF_TEXT_SIZE_MAX);
+        if (t->size + n + 1 > b->alloc) {
+                size_t alloc = b->alloc ? b->alloc : 4096;
+                char *p;
+
+                while (alloc < t->size + n + 1)
+                        alloc *= 2;
+                p = realloc(t->text, alloc);
+                if (!p)
+                        return text_error(b->err, -ENOMEM, NULL, 0, "out of memory");
+                t->text = p;
+                b->alloc = alloc;
+        }
+        memcpy(t->text + t->size, s, n);
+        t->size += n;
+        t->text[t->size] = '\0';
+        for (size_t i = 0; i < n; i++)
+                b->line += s[i] == '\n';
+        return 0;
+}
+
+static int add_seg(Builder *b, unsigned file_line, const char *file) {
+        ConfText *t = b->t;
+
+        if (t->n_segs == b->segs_alloc) {
+                size_t alloc = b->segs_alloc ? b->segs_alloc * 2 : 8;
+                ConfSegment *p = realloc(t->segs, alloc * sizeof(*p));
+
+                if (!p)
+                        return text_error(b->err, -ENOMEM, NULL, 0, "out of memory");
+                t->segs = p;
+                b->segs_alloc = alloc;
+        }
+        t->segs[t->n_segs++] = (ConfSegment) { .first = b->line, .file_line = file_line, .file = file };
+        return 0;
+}
+
+/* printable: NAME for a message, with anything but printable ASCII shown as '?'. */
+static const char *printable(const char *name, char *buf, size_t size) {
+        size_t i;
+
+        for (i = 0; name[i] && i + 1 < size; i++)
+                buf[i] = (unsigned char) name[i] < 0x20 || (unsigned char) name[i] >= 0x7f ? '?' : name[i];
+        buf[i] = '\0';
+        return buf;
+}
+
+/* parse_directive: `@include "NAME"` at P, then only blanks or a comment to the end of the line.
+ * *RET_END: the '\n' or NUL ending the line. */
+static int parse_directive(Builder *b, const char *file, unsigned line, const char *p, char **ret_name,
+                           const char **ret_end) {
+        const char *q = p + strlen("@include"), *name, *end;
+        size_t n;
+
+        if (strncmp(p, "@include", strlen("@include")) != 0 || (*q != ' ' && *q != '\t'))
+                return text_error(b->err, -EINVAL, file, line,
+                                  "'@' outside a string: only a line @include \"FILE\" is understood");
+        q += strspn(q, " \t");
+        if (*q != '"')
+                return text_error(b->err, -EINVAL, file, line, "@include: expected a file name in double quotes");
+        name = ++q;
+        n = strcspn(name, "\"\\\n");
+        if (name[n] != '"')
+                return text_error(b->err, -EINVAL, file, line,
+                                  "@include: the file name must be one line, in double quotes, without '\\'");
+        if (n == 0)
+                return text_error(b->err, -EINVAL, file, line, "@include: empty file name");
+        for (size_t i = 0; i < n; i++)
+                if ((unsigned char) name[i] < 0x20 || name[i] == 0x7f)
+                        return text_error(b->err, -EINVAL, file, line,
+                                          "@include: control character in the file name");
+        end = name + n + 1;
+        end += strspn(end, " \t\r");
+        if (*end == '#' || (end[0] == '/' && end[1] == '/'))
+                end += strcspn(end, "\n");
+        if (*end != '\n' && *end != '\0')
+                return text_error(b->err, -EINVAL, file, line, "@include \"%.*s\": must be alone on its line",
+                                  (int) n, name);
+        *ret_name = strndup(name, n);
+        if (!*ret_name)
+                return text_error(b->err, -ENOMEM, NULL, 0, "out of memory");
+        *ret_end = end;
+        return 0;
+}
+
+static int splice_text(Builder *b, const char *file, const char *text, unsigned depth);
+
+/* include: NAME, as written on LINE of FILE, read and spliced in. */
+static int include(Builder *b, const char *file, unsigned line, const char *name, unsigned depth) {
+        char shown[256], msg[128], *path = NULL, *text = NULL;
+        const char *why = NULL;
+        size_t size = 0;
+        struct stat st;
+        int fd = -1, r;
+
+        printable(name, shown, sizeof(shown));
+        if (depth > CONF_INCLUDE_DEPTH_MAX)
+                return text_error(b->err, -EINVAL, file, line,
+                                  "@include \"%s\": more than %d nested includes (does a file include itself?)",
+                                  shown, CONF_INCLUDE_DEPTH_MAX);
+        if (b->t->n_files >= CONF_INCLUDE_FILES_MAX + 1)
+                return text_error(b->err, -EINVAL, file, line, "@include \"%s\": more than %d included files",
+                                  shown, CONF_INCLUDE_FILES_MAX);
+        if (name[0] == '/')
+                path = strdup(name);
+        else if (asprintf(&path, "%s/%s", b->dir, name) < 0)
+                path = NULL;
+        if (!path)
+                return text_error(b->err, -ENOMEM, NULL, 0, "out of memory");
+
+        /* O_NONBLOCK: opening a FIFO must not wait for a writer; only regular files are read. */
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+        if (fd < 0)
+                why = strerror_r(errno, msg, sizeof(msg));
+        else if (fstat(fd, &st) < 0)
+                why = strerror_r(errno, msg, sizeof(msg));
+        else if (S_ISDIR(st.st_mode))
+                why = "is a directory, not a file";
+        else if (!S_ISREG(st.st_mode))
+                why = "is not a regular file";
+        else if ((r = read_fd(fd, CONF_TEXT_SIZE_MAX, &text, &size)) < 0)
+                why = r == -EFBIG ? "file is too large" : strerror_r(-r, msg, sizeof(msg));
+        else if (strlen(text) != size)
+                why = "NUL byte in file";
+        if (fd >= 0)
+                (void) close(fd);
+        if (why) {
+                char resolved[256];
+
+                r = text_error(b->err, -EINVAL, file, line, "@include \"%s\"%s%s%s: %s", shown,
+                               name[0] == '/' ? "" : " (", name[0] == '/' ? "" : printable(path, resolved, sizeof(resolved)),
+                               name[0] == '/' ? "" : ")", why);
+                free(path);
+                free(text);
+                return r;
+        }
+
+        b->t->files[b->t->n_files++] = path;
+        r = splice_text(b, path, text, depth);
+        free(text);
+        return r;
+}
+
+/* splice: TEXT of FILE onto the output, its @include lines replaced. */
+static int splice_text(Builder *b, const char *file, const char *text, unsigned depth) {
+        const char *copied = text;
+        Scanner sc;
+        Token tk;
+        int r;
+
+        r = add_seg(b, 1, file);
+        if (r < 0)
+                return r;
+        scanner_init(&sc, text);
+        while ((tk = scan_next(&sc)).type != TOK_END) {
+                const char *end = NULL, *bol = sc.bol;
+                char *name = NULL;
+
+                if (!is_punct(&tk, '@'))
+                        continue;
+                if (!tk.line_start)
+                        return text_error(b->err, -EINVAL, file, tk.line,
+                                          "'@' outside a string: only a line @include \"FILE\" is understood");
+                r = parse_directive(b, file, tk.line, tk.start, &name, &end);
+                if (r >= 0)
+                        r = emit(b, copied, (size_t) (bol - copied));
+                if (r >= 0)
+                        r = include(b, file, tk.line, name, depth + 1);
+                free(name);
+                if (r < 0)
+                        return r;
+                if (*end == '\n') {
+                        newline_at(&sc, end);
+                        end++;
+                }
+                sc.p = copied = end;
+                r = add_seg(b, sc.line, file);
+                if (r < 0)
+                        return r;
+        }
+        if (sc.unterminated && depth > 0)
+                return text_error(b->err, -EINVAL, file, sc.line, "the file ends inside a string or a comment");
+        r = emit(b, copied, strlen(copied));
+        /* Whatever follows an included file starts on a line of its own. */
+        if (r >= 0 && depth > 0 && b->t->size > 0 && b->t->text[b->t->size - 1] != '\n')
+                r = emit(b, "\n", 1);
+        return r;
+}
+
+int conf_text_build(ConfText *t, const char *name, const char *text, size_t size, ConfTextError *err) {
+        Builder b = { .t = t, .line = 1, .err = err };
+        const char *slash = strrchr(name, '/');
+        int r;
+
+        *t = (ConfText) { 0 };
+        *err = (ConfTextError) { 0 };
+        /* libconfig reads a C string: anything after a NUL would be silently ignored. */
+        if (strlen(text) != size) {
+                unsigned line = 1;
+
+                for (size_t i = 0; i < strlen(text); i++)
+                        line += text[i] == '\n';
+                return text_error(err, -EINVAL, NULL, line, "NUL byte in file");
+        }
+        t->files = calloc(CONF_INCLUDE_FILES_MAX + 1, sizeof(char *));
+        b.dir = slash ? strndup(name, slash == name ? 1 : (size_t) (slash - name)) : strdup(".");
+        if (!t->files || !b.dir || !(t->files[0] = strdup(name))) {
+                free(b.dir);
+                conf_text_done(t);
+                return text_error(err, -ENOMEM, NULL, 0, "out of memory");
+        }
+        t->n_files = 1;
+        r = splice_text(&b, t->files[0], text, 0);
+        if (r >= 0 && !t->text)
+                r = emit(&b, "", 0);
+        free(b.dir);
+        if (r < 0) {
+                /* The message may point at a file name the ConfText owns: keep them. */
+                free(t->text);
+                t->text = NULL;
+                t->size = 0;
+        }
+        return r;
+}
+
+void conf_text_done(ConfText *t) {
+        if (!t)
+                return;
+        free(t->text);
+        free(t->segs);
+        for (size_t i = 0; t->files && i < t->n_files; i++)
+                free(t->files[i]);
+        free(t->files);
+        *t = (ConfText) { 0 };
+}
+
+void conf_text_locate(const ConfText *t, unsigned line, const char **ret_file, unsigned *ret_line) {
+        const ConfSegment *s = NULL;
+
+        for (size_t i = 0; i < t->n_segs && t->segs[i].first <= line; i++)
+                s = &t->segs[i];
+        if (!s) {
+                *ret_file = t->n_files > 0 ? t->files[0] : NULL;
+                *ret_line = line;
+                return;
+        }
+        *ret_file = s->file;
+        *ret_line = s->file_line + (line - s->first);
+}
+
+/* ---- libconfig 1.5 integer truncation ---- */
+
+/* libconfig 1.5 reads an integer literal without an L suffix through a plain cast to int, so
+ * `port = 4294967297;` arrives as 1 and `idle_timeout = 4294967296;` as 0 (never), with no error.
+ * The API cannot tell, so the (spliced, already syntax-checked) text is scanned for such literals. */
+static bool literal_is_wide(const char *t, size_t len) {
+        unsigned long long v = 0, limit;
+        bool negative = false, hex = false, saturated = false;
+        size_t i = 0, digits = 0;
+
+        if (t[i] == '-' || t[i] == '+')
+                negative = t[i++] == '-';
+        if (i + 1 < len && t[i] == '0' && (t[i + 1] == 'x' || t[i + 1] == 'X')) {
+                hex = true;
+                i += 2;
+        }
+        for (; i < len; i++, digits++) {
+                char ch = t[i];
+                unsigned d;
+
+                if (is_ascii_digit(ch))
+                        d = (unsigned) (ch - '0');
+                else if (hex && ((ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F')))
+                        d = (unsigned) ((ch | 0x20) - 'a' + 10);
+                else
+                        break;
+                if (v > (ULLONG_MAX - d) / (hex ? 16 : 10))
+                        saturated = true;
+                else
+                        v = v * (hex ? 16 : 10) + d;
+        }
+        if (digits == 0)
+                return false;
+        if (len - i == 1 && t[i] == 'L')
+                limit = (unsigned long long) LLONG_MAX;
+        else if (len - i == 2 && t[i] == 'L' && t[i + 1] == 'L')
+                limit = (unsigned long long) LLONG_MAX;
+        else if (i == len)
+                limit = INT_MAX;
+        else
+                return false; /* a float, or not a number at all */
+        return saturated || v > limit + (negative ? 1 : 0);
+}
+
+bool conf_text_find_wide(const ConfText *t, ConfWide *ret) {
+        Token tk, name = { .type = TOK_END }, key = { .type = TOK_END };
+        Scanner sc;
+
+        scanner_init(&sc, t->text);
+        while ((tk = scan_next(&sc)).type != TOK_END) {
+                if (tk.type == TOK_NAME)
+                        name = tk;
+                else if ((is_punct(&tk, '=') || is_punct(&tk, ':')) && name.type == TOK_NAME)
+                        key = name;
+                else if (tk.type == TOK_NUMBER && key.type == TOK_NAME && literal_is_wide(tk.start, tk.len)) {
+                        *ret = (ConfWide) { .key = key.start, .key_len = key.len, .line = key.line,
+                                            .text = tk.start, .text_len = tk.len };
+                        return true;
+                }
+        }
+        return false;
+}
+
+/* ---- duplicate names ---- */
+
+#define SCOPES_MAX 64
+
+/* Setting NAMEs followed by '=' or ':', with the group ('{' ... '}') they are in: group 0 is the
+ * file itself. VISIT returns true to stop. */
+typedef bool (*SettingVisitor)(const Token *name, unsigned scope, void *userdata);
+
+static void visit_settings(const ConfText *t, SettingVisitor visit, void *userdata) {
+        unsigned stack[SCOPES_MAX], depth = 0, next_scope = 1;
+        Token tk, prev = { .type = TOK_END };
+        Scanner sc;
+
+        stack[0] = 0;
+        scanner_init(&sc, t->text);
+        while ((tk = scan_next(&sc)).type != TOK_END) {
+                if (is_punct(&tk, '{') && depth + 1 < SCOPES_MAX)
+                        stack[++depth] = next_scope++;
+                else if (is_punct(&tk, '}') && depth > 0)
+                        depth--;
+                else if ((is_punct(&tk, '=') || is_punct(&tk, ':')) && prev.type == TOK_NAME &&
+                         visit(&prev, stack[depth], userdata))
+                        return;
+                prev = tk;
+        }
+}
+
+typedef struct DupSearch {
+        unsigned line;
+        const char *after; /* candidates start past this */
+        Token candidate;
+        unsigned scope;
+        bool found;
+        unsigned first_line;
+} DupSearch;
+
+static bool same_name(const Token *a, const Token *b) {
+        return a->len == b->len && memcmp(a->start, b->start, a->len) == 0;
+}
+
+/* find_candidate: the next setting on the line. */
+static bool find_candidate(const Token *name, unsigned scope, void *userdata) {
+        DupSearch *d = userdata;
+
+        if (name->line < d->line || (d->after && name->start <= d->after))
+                return false;
+        if (name->line == d->line) {
+                d->candidate = *name;
+                d->scope = scope;
+        }
+        return true;
+}
+
+/* find_first: an earlier setting of the candidate's name in its group. */
+static bool find_first(const Token *name, unsigned scope, void *userdata) {
+        DupSearch *d = userdata;
+
+        if (name->start >= d->candidate.start)
+                return true;
+        if (scope == d->scope && same_name(name, &d->candidate)) {
+                d->found = true;
+                d->first_line = name->line;
+                return true;
+        }
+        return false;
+}
+
+bool conf_text_duplicate(const ConfText *t, unsigned line, char *buf, size_t size, unsigned *ret_first) {
+        DupSearch d = { .line = line };
+
+        if (!t->text || size == 0)
+                return false;
+        /* libconfig stops at the first duplicate: the first setting on its line that repeats a name
+         * in its group is the one. */
+        while (!d.found) {
+                d.candidate = (Token) { .type = TOK_END };
+                visit_settings(t, find_candidate, &d);
+                if (d.candidate.type != TOK_NAME)
+                        return false;
+                visit_settings(t, find_first, &d);
+                d.after = d.candidate.start;
+        }
+        (void) snprintf(buf, size, "%.*s", (int) d.candidate.len, d.candidate.start);
+        *ret_first = d.first_line;
+        return true;
+}

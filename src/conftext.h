@@ -1,0 +1,65 @@
+/* conftext: a config file's text before libconfig parses it: bounded reading, @include splicing
+ * with a line map back to each file, and the scans libconfig 1.5 cannot do itself. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+
+/* A greeting daemon's config is a few hundred bytes; refuse to slurp anything absurd into memory.
+ * The bound holds for the main file and for all of it with its includes spliced in. */
+#define CONF_TEXT_SIZE_MAX (1024 * 1024)
+/* libconfig's own limit; deeper nesting is almost certainly a file including itself. */
+#define CONF_INCLUDE_DEPTH_MAX 10
+#define CONF_INCLUDE_FILES_MAX 64
+
+/* Lines FIRST.. of the spliced text come from FILE, starting at its line FILE_LINE. */
+typedef struct ConfSegment {
+        unsigned first;
+        unsigned file_line;
+        const char *file; /* owned by the ConfText */
+} ConfSegment;
+
+typedef struct ConfText {
+        char *text; /* NUL-terminated; no @include left in it */
+        size_t size;
+        ConfSegment *segs;
+        size_t n_segs;
+        char **files; /* every file name the segments point to */
+        size_t n_files;
+} ConfText;
+
+/* Why building failed: FILE (NULL: the main file) and LINE (0: none) and a message. FILE points
+ * into the ConfText, which must outlive its use. */
+typedef struct ConfTextError {
+        const char *file;
+        unsigned line;
+        int r; /* -EINVAL for what the file says; -ENOMEM; -ENOENT etc. for the main file only */
+        char message[320];
+} ConfTextError;
+
+/* conf_text_read: the main file PATH, whole: -ENOENT when it does not exist, -EINVAL for a
+ * directory, a NUL byte or a file over the size bound (reason in ERR). */
+int conf_text_read(const char *path, char **ret, size_t *ret_size, ConfTextError *err);
+
+/* conf_text_build: NAME's TEXT (SIZE bytes, NUL-terminated) with every `@include "FILE"` line
+ * replaced by FILE's text, recursively. FILE is absolute, or relative to NAME's directory; it
+ * must be a readable regular file (never a FIFO or a device: opening one could block), within the
+ * size, depth and count bounds. Returns 0, or a negative errno with ERR filled in. */
+int conf_text_build(ConfText *t, const char *name, const char *text, size_t size, ConfTextError *err);
+void conf_text_done(ConfText *t);
+
+/* conf_text_locate: the file and line of line LINE of the spliced text. */
+void conf_text_locate(const ConfText *t, unsigned line, const char **ret_file, unsigned *ret_line);
+
+/* An integer literal wider than libconfig 1.5's int, which it would silently truncate. */
+typedef struct ConfWide {
+        const char *key, *text; /* into the ConfText, not NUL-terminated */
+        size_t key_len, text_len;
+        unsigned line; /* of the spliced text */
+} ConfWide;
+bool conf_text_find_wide(const ConfText *t, ConfWide *ret);
+
+/* conf_text_duplicate: the name of a setting given twice in the same group whose second
+ * occurrence is on LINE (where libconfig reports "duplicate setting name"), into BUF; and the
+ * line of its first occurrence. False when none is found. */
+bool conf_text_duplicate(const ConfText *t, unsigned line, char *buf, size_t size, unsigned *ret_first);

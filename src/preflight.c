@@ -1,0 +1,99 @@
+/* preflight: the start-time checks, shared by `hellod -t` and the start. */
+#include "preflight.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "listener.h"
+#include "log.h"
+#include "privileges.h"
+#include "session.h"
+
+unsigned long long preflight_fds_needed(const Conf *conf) {
+        /* Each pool loop holds an epoll and an eventfd. */
+        return (unsigned long long) conf->max_connections + conf->n_listen + 2ULL * conf->workers +
+               PREFLIGHT_FD_OVERHEAD;
+}
+
+static unsigned long long physical_memory(void) {
+        long pages = sysconf(_SC_PHYS_PAGES), size = sysconf(_SC_PAGESIZE);
+
+        return pages > 0 && size > 0 ? (unsigned long long) pages * (unsigned long long) size : 0;
+}
+
+static int check_identity(const Conf *conf, const char *path, char *err, size_t err_size) {
+        char why[256];
+        uid_t uid;
+        gid_t gid;
+
+        if (!conf->user && !conf->group)
+                return 0;
+        if (privileges_resolve(conf->user, conf->group, &uid, &gid, why, sizeof(why)) >= 0)
+                return 0;
+        /* Which key: an unknown group names the group; anything else is about the user. */
+        snprintf(err, err_size, "%s: %s: %s: create it (adduser --system), or name an existing one", path,
+                 conf->group && strstr(why, "group") ? "group" : "user", why);
+        return -EINVAL;
+}
+
+/* warn_fds: max_connections the open-files limit cannot hold. Not an error: the daemon refuses
+ * clients beyond it as busy, and keeps serving the others. */
+static unsigned warn_fds(const Conf *conf) {
+        unsigned long long need = preflight_fds_needed(conf), spare = need - conf->max_connections;
+        struct rlimit rl;
+
+        if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_max == RLIM_INFINITY || need <= rl.rlim_max)
+                return 0;
+        log_warning("max_connections %u needs about %llu open files, and the open-files limit is %llu: clients "
+                    "beyond %llu are refused as busy; lower max_connections, or raise the limit "
+                    "(LimitNOFILE= in the service, ulimit -Hn)",
+                    conf->max_connections, need, (unsigned long long) rl.rlim_max,
+                    rl.rlim_max > spare ? (unsigned long long) rl.rlim_max - spare : 0ULL);
+        return 1;
+}
+
+/* warn_memory: max_connections sessions at their limits would need a lot of memory (a large
+ * max_line_length times many connections): bounded, but maybe not meant. */
+static unsigned warn_memory(const Conf *conf) {
+        unsigned long long per = session_memory_max(conf), worst = per * conf->max_connections;
+        unsigned long long ram = physical_memory();
+
+        if (worst <= PREFLIGHT_MEMORY_WARN_BYTES && (ram == 0 || worst <= ram))
+                return 0;
+        if (ram > 0 && worst > ram)
+                log_warning("max_connections %u clients at max_line_length %u could need %llu MiB, more than the "
+                            "%llu MiB of memory of this machine: lower max_connections to %llu or less, or "
+                            "max_line_length",
+                            conf->max_connections, conf->max_line_length, worst >> 20, ram >> 20, ram / per);
+        else
+                log_warning("max_connections %u clients at max_line_length %u could make hellod use up to %llu MiB",
+                            conf->max_connections, conf->max_line_length, worst >> 20);
+        return 1;
+}
+
+static int check_listen(const Conf *conf, const char *path, char *err, size_t err_size) {
+        char why[512];
+        ListenerSet set;
+
+        if (listeners_resolve(conf, &set, why, sizeof(why)) < 0) {
+                snprintf(err, err_size, "%s: listen: %s", path, why);
+                return -EINVAL;
+        }
+        listener_set_done(&set);
+        return 0;
+}
+
+int preflight_check(const Conf *conf, const char *path, char *err, size_t err_size) {
+        int r = check_identity(conf, path, err, err_size);
+
+        if (r >= 0)
+                r = check_listen(conf, path, err, err_size);
+        return r;
+}
+
+unsigned preflight_warn(const Conf *conf) {
+        return warn_fds(conf) + warn_memory(conf);
+}

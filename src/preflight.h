@@ -1,0 +1,26 @@
+/* preflight: what starting hellod checks before it serves, in one place, so that `hellod -t`
+ * and the start itself reach the same verdict. */
+#pragma once
+
+#include <stddef.h>
+
+#include "conf.h"
+
+/* Past this, the worst case of max_connections sessions earns a warning. */
+#define PREFLIGHT_MEMORY_WARN_BYTES (1ULL << 30)
+/* Descriptors the daemon needs besides its clients: signalfd, reserve, stdio, journal... */
+#define PREFLIGHT_FD_OVERHEAD 32
+
+/* preflight_fds_needed: descriptors for max_connections clients, the listeners and the
+ * workers' event loops. */
+unsigned long long preflight_fds_needed(const Conf *conf);
+
+/* preflight_check: what would make the start fail: `user` and `group` must exist, `listen`
+ * names resolve. Returns 0, or -EINVAL with ERR naming the file, the key and the fix. */
+int preflight_check(const Conf *conf, const char *path, char *err, size_t err_size);
+
+/* preflight_warn: logs what is allowed but maybe not meant: max_connections beyond the
+ * open-files limit (the hard one: the daemon raises its soft limit to it), or a worst case of
+ * sessions above PREFLIGHT_MEMORY_WARN_BYTES or the machine's memory. Returns the number of
+ * warnings. */
+unsigned preflight_warn(const Conf *conf);

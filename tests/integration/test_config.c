@@ -1,0 +1,306 @@
+/* test-config: the configuration through the real binary: `-t` and `-T`, @include, reloads of a
+ * broken configuration, and the messages an operator reads. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "suite.h"
+
+HELLOD_SUITE(config);
+
+/* A verdict must come at once: a FIFO or a slow check would show here as seconds. */
+#define PROMPT_MS 3000
+
+static bool exited_with(int status, int code) {
+        return WIFEXITED(status) && WEXITSTATUS(status) == code;
+}
+
+/* in_dir: PATH for NAME in D's directory. */
+static const char *in_dir(const Hellod *d, const char *name, char *buf, size_t size) {
+        snprintf(buf, size, "%s/%s", d->dir, name);
+        return buf;
+}
+
+static void write_in_dir(const Hellod *d, const char *name, const char *text) {
+        char path[512];
+
+        harness_write_file(in_dir(d, name, path, sizeof(path)), text, strlen(text));
+}
+
+/* run_check: `hellod ARG -c CONF` (ARG: -t or -T); its status, promptly. */
+static int run_check(Hellod *d, const char *arg) {
+        int64_t start = harness_now_ms();
+        int status = hellod_run(d, (const char *const[]) { arg, "-c", d->conf_path, NULL });
+        int64_t took = harness_now_ms() - start;
+
+        if (took > PROMPT_MS)
+                hellod_fail(d, "hellod %s took %lld ms", arg, (long long) took);
+        return status;
+}
+
+/* expect_check_fails: `hellod -t` exits 78 and stderr contains every NEEDLE (NULL-terminated). */
+static void expect_check_fails(Hellod *d, const char *const *needles) {
+        char buf[96], *err;
+        int status = run_check(d, "-t");
+
+        err = hellod_stderr(d);
+        if (!exited_with(status, HELLOD_EXIT_CONFIG))
+                hellod_fail(d, "-t: %s, expected %d; stderr:\n%s", harness_describe_status(status, buf, sizeof(buf)),
+                            HELLOD_EXIT_CONFIG, err);
+        for (size_t i = 0; needles[i]; i++)
+                cr_expect(strstr(err, needles[i]), "-t stderr lacks \"%s\":\n%s", needles[i], err);
+        free(err);
+}
+
+/* ---- @include ---- */
+
+Test(config, check_refuses_bad_includes_promptly, .timeout = 60) {
+        Hellod *d = hellod_new();
+        char path[512], needle[600];
+
+        harness_step("@include of a directory");
+        cr_assert_eq(mkdir(in_dir(d, "dir.conf", path, sizeof(path)), 0755), 0);
+        hellod_write_config_std(d, "@include \"dir.conf\"\n");
+        snprintf(needle, sizeof(needle), "%s:3: @include \"dir.conf\"", d->conf_path);
+        expect_check_fails(d, (const char *const[]) { needle, "is a directory", NULL });
+
+        harness_step("@include of a FIFO nobody writes to");
+        cr_assert_eq(mkfifo(in_dir(d, "fifo.conf", path, sizeof(path)), 0644), 0);
+        hellod_write_config_std(d, "@include \"fifo.conf\"\n");
+        expect_check_fails(d, (const char *const[]) { "@include \"fifo.conf\"", "is not a regular file", NULL });
+
+        harness_step("@include of a missing file");
+        hellod_write_config_std(d, "\n@include \"missing.conf\"\n");
+        snprintf(needle, sizeof(needle), "%s:4: @include \"missing.conf\"", d->conf_path);
+        expect_check_fails(d, (const char *const[]) { needle, "No such file or directory", NULL });
+
+        harness_step("an out-of-range integer in an included file");
+        write_in_dir(d, "wide.conf", "\nidle_timeout = 4294967296;\n");
+        hellod_write_config_std(d, "@include \"wide.conf\"\n");
+        snprintf(needle, sizeof(needle), "%s:2: idle_timeout: must be between 0 and 86400",
+                 in_dir(d, "wide.conf", path, sizeof(path)));
+        expect_check_fails(d, (const char *const[]) { needle, NULL });
+        hellod_free(d);
+}
+
+Test(config, check_refuses_group_without_user, .timeout = 60) {
+        Hellod *d = hellod_new();
+        char needle[600];
+
+        hellod_write_config_std(d, "group = \"nogroup\";\n");
+        snprintf(needle, sizeof(needle), "%s:3: group: ", d->conf_path);
+        expect_check_fails(d, (const char *const[]) { needle, "set 'user' too", NULL });
+
+        harness_step("and the daemon does not start either");
+        hellod_spawn(d, NULL);
+        int status = hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
+        cr_assert(exited_with(status, HELLOD_EXIT_CONFIG), "start with group alone: status %d", status);
+        hellod_free(d);
+}
+
+/* A reload whose includes cannot be read keeps the running configuration, and never blocks. */
+Test(config, reload_with_bad_include_keeps_old_config, .timeout = 90) {
+        static const char *const bad[] = { "dir.conf", "fifo.conf", "wide.conf" };
+        Hellod *d = hellod_start("greeting = \"Before!\";\n");
+        char path[512];
+        int fd;
+
+        cr_assert_eq(mkdir(in_dir(d, "dir.conf", path, sizeof(path)), 0755), 0);
+        cr_assert_eq(mkfifo(in_dir(d, "fifo.conf", path, sizeof(path)), 0644), 0);
+        write_in_dir(d, "wide.conf", "idle_timeout = 4294967296;\n");
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                char needle[600];
+
+                harness_step("reload with @include \"%s\"", bad[i]);
+                hellod_write_config_std(d, "greeting = \"After!\";\n@include \"%s\"\n", bad[i]);
+                hellod_signal(d, SIGHUP);
+                if (i < 2)
+                        snprintf(needle, sizeof(needle),
+                                 "reload failed, keeping the running configuration: %s:4: @include \"%s\"",
+                                 d->conf_path, bad[i]);
+                else
+                        snprintf(needle, sizeof(needle),
+                                 "reload failed, keeping the running configuration: %s:1: idle_timeout",
+                                 in_dir(d, "wide.conf", path, sizeof(path)));
+                hellod_wait_stderr(d, needle);
+                cr_assert(hellod_alive(d), "hellod died reloading an @include of %s", bad[i]);
+                fd = client_connect(d->port);
+                client_expect_str(fd, "Before!\r\n");
+                client_hello(fd, "still before");
+                client_close(fd);
+        }
+
+        harness_step("a good reload still works afterwards");
+        hellod_write_config_std(d, "greeting = \"After!\";\n");
+        hellod_signal(d, SIGHUP);
+        fd = client_connect_greeted("127.0.0.1", d->port, NULL, "After!\r\n", "Before!\r\n");
+        client_close(fd);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* ---- -t runs what a start would, -T prints the settings ---- */
+
+/* Each configuration of issue 10 point 3 that used to pass -t and fail at start: 78, and a
+ * message naming the key and the fix. */
+Test(config, check_runs_the_start_time_checks, .timeout = 60) {
+        static const struct {
+                const char *text, *key, *fix;
+        } cases[] = {
+                { "user = \"no-such-user-hellod\";\n", "user: unknown user 'no-such-user-hellod'", "create it" },
+                { "user = \"nobody\";\ngroup = \"no-such-group-hellod\";\n", "group: unknown group", "create it" },
+                { "listen = [ \"::1:9999\" ];\n", "listen: \"::1:9999\"", "write \"[::1]:9999\"" },
+                { "listen = [ \"[::ffff:127.0.0.1]:7003\" ];\n", "listen: \"[::ffff:127.0.0.1]:7003\"",
+                  "write \"127.0.0.1:7003\" instead" },
+        };
+        Hellod *d = hellod_new();
+
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                harness_step("%s", cases[i].text);
+                hellod_write_config(d, "%s", cases[i].text);
+                expect_check_fails(d, (const char *const[]) { cases[i].key, cases[i].fix, NULL });
+                harness_step("-T too: %s", cases[i].text);
+                int status = run_check(d, "-T");
+                cr_expect(exited_with(status, HELLOD_EXIT_CONFIG), "-T on a bad file: status %d", status);
+        }
+        hellod_free(d);
+}
+
+static unsigned count_lines(const char *s) {
+        unsigned n = 0;
+
+        for (; *s; s++)
+                n += *s == '\n';
+        return n;
+}
+
+Test(config, check_is_short_and_dump_prints_settings, .timeout = 60) {
+        Hellod *d = hellod_new();
+        char buf[96], *out, *err;
+        int status;
+
+        hellod_write_config_std(d, "greeting = \"Hi\";\n");
+        status = run_check(d, "-t");
+        out = hellod_stdout(d);
+        err = hellod_stderr(d);
+        cr_assert(exited_with(status, HELLOD_EXIT_OK), "-t: %s\n%s", harness_describe_status(status, buf, sizeof(buf)),
+                  err);
+        cr_expect_str_empty(out, "-t printed settings:\n%s", out);
+        cr_expect(count_lines(out) + count_lines(err) <= 2, "-t printed more than two lines:\n%s%s", out, err);
+        cr_expect(strstr(err, "is valid"), "-t: no verdict:\n%s", err);
+        cr_expect(strncmp(err, "hellod: ", 8) == 0, "-t: not 'hellod: ...':\n%s", err);
+        free(out);
+        free(err);
+
+        status = run_check(d, "-T");
+        out = hellod_stdout(d);
+        cr_assert(exited_with(status, HELLOD_EXIT_OK), "-T: %s", harness_describe_status(status, buf, sizeof(buf)));
+        cr_expect(strstr(out, "greeting = \"Hi\";"), "-T lacks the greeting:\n%s", out);
+        cr_expect(strstr(out, "max_connections = 1024;"), "-T lacks max_connections:\n%s", out);
+        free(out);
+        hellod_free(d);
+}
+
+/* Limits a start only warns about are shown by -t too, which still says valid. */
+Test(config, check_shows_limit_warnings, .timeout = 60) {
+        Hellod *d = hellod_new();
+        char *err;
+        int status;
+
+        hellod_write_config_std(d, "max_connections = 1000000;\nmax_line_length = 1048576;\n");
+        status = run_check(d, "-t");
+        err = hellod_stderr(d);
+        cr_assert(exited_with(status, HELLOD_EXIT_OK), "status %d\n%s", status, err);
+        cr_expect(strstr(err, "hellod: warning: max_connections 1000000 clients at max_line_length 1048576 could"),
+                  "no memory warning:\n%s", err);
+        free(err);
+
+        /* 40000 sessions: about 0.8 GiB of buffers at worst, under the warning; with a 128 KiB stack
+         * each (per-connection), about 6 GiB. */
+        harness_step("a pooled session has no stack of its own: the pool does not warn");
+        hellod_write_config_std(d, "max_connections = 40000;\nworkers = 2;\n");
+        status = hellod_run(d, (const char *const[]) { "-t", "-c", d->conf_path, NULL });
+        err = hellod_stderr(d);
+        cr_assert(exited_with(status, HELLOD_EXIT_OK), "status %d\n%s", status, err);
+        cr_expect(!strstr(err, "could make hellod use") && !strstr(err, "could need"), "pool warned:\n%s", err);
+        free(err);
+        harness_step("a thread per connection does");
+        hellod_write_config_std(d, "max_connections = 40000;\nworkers = \"per-connection\";\n");
+        status = hellod_run(d, (const char *const[]) { "-t", "-c", d->conf_path, NULL });
+        err = hellod_stderr(d);
+        cr_assert(exited_with(status, HELLOD_EXIT_OK), "status %d\n%s", status, err);
+        cr_expect(strstr(err, "could make hellod use"), "per-connection did not warn:\n%s", err);
+        free(err);
+
+        harness_step("the open-files limit");
+        hellod_write_config_std(d, "max_connections = 5000;\n");
+        status = harness_run(&(HarnessSpawn) {
+                .argv = (const char *const[]) { harness_env_path("HELLOD_BIN"), "-t", "-c", d->conf_path, NULL },
+                .stdout_path = d->stdout_path,
+                .stderr_path = d->stderr_path,
+                .nofile = 1024,
+        }, HARNESS_TIMEOUT_MS);
+        err = hellod_stderr(d);
+        cr_assert(exited_with(status, HELLOD_EXIT_OK), "status %d\n%s", status, err);
+        cr_expect(strstr(err, "open-files limit is 1024"), "no open-files warning:\n%s", err);
+        free(err);
+        hellod_free(d);
+}
+
+Test(config, messages, .timeout = 60) {
+        Hellod *d = hellod_new();
+        char *err;
+        int status;
+
+        harness_step("--config= (empty)");
+        status = hellod_run(d, (const char *const[]) { "--config=", NULL });
+        err = hellod_stderr(d);
+        cr_expect(exited_with(status, HELLOD_EXIT_USAGE), "status %d", status);
+        cr_expect(strstr(err, "hellod: --config needs a file name"), "%s", err);
+        free(err);
+
+        harness_step("an unknown option names hellod, not argv[0]");
+        status = hellod_run(d, (const char *const[]) { "--no-such-option", NULL });
+        err = hellod_stderr(d);
+        cr_expect(exited_with(status, HELLOD_EXIT_USAGE), "status %d", status);
+        cr_expect(strncmp(err, "hellod: unknown option '--no-such-option'", 41) == 0, "%s", err);
+        free(err);
+
+        harness_step("the duplicate key is named");
+        hellod_write_config_std(d, "backlog = 5;\nbacklog = 6;\n");
+        char needle[600];
+        snprintf(needle, sizeof(needle), "%s:4: backlog: duplicate setting, first set on line 3", d->conf_path);
+        expect_check_fails(d, (const char *const[]) { needle, NULL });
+
+        harness_step("one connection is singular");
+        hellod_write_config_std(d, "shutdown_timeout = 1;\n");
+        hellod_spawn(d, NULL);
+        hellod_wait_ready(d); /* the readiness probe is a connection */
+        hellod_stop_clean(d);
+        err = hellod_stderr(d);
+        cr_expect(strstr(err, "stopped: 1 connection served"), "%s", err);
+        free(err);
+        hellod_free(d);
+}
+
+/* --log-target=journal without a journal: stderr, with a warning, never silence. */
+Test(config, journal_unreachable_falls_back_to_stderr, .timeout = 60) {
+        /* Hide any real journal: the daemon runs in its own mount namespace with an empty /run. */
+        static const char *const hide[] = { "/usr/bin/unshare", "--mount", "--", "/bin/sh", "-c",
+                                            "mount -t tmpfs none /run && exec \"$0\" \"$@\"", NULL };
+        Hellod *d = hellod_new();
+
+        hellod_write_config_std(d, NULL);
+        hellod_spawn(d, &(HellodOpts) { .wrapper = hide, .extra_args = (const char *const[]) { "--log-target=journal", NULL } });
+        hellod_wait_ready(d);
+        hellod_wait_stderr(d, "cannot reach the journal at /run/systemd/journal/socket, logging to stderr instead");
+        hellod_wait_stderr(d, "listening on");
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
