@@ -210,7 +210,11 @@ check_generator_broken() {
                   journal_since "$cursor" -o verbose | grep -B14 -A3 'hellod.socket keeps' | tail -n 40; return 1; }
         generator_said "$cursor" 'port: must be between 1 and 65535' ||
                 { echo "the generator's message does not name the key:"; generator_lines "$cursor"; return 1; }
-        echo "# journal: $(generator_lines "$cursor" | tail -n 1)"
+        # What the documentation tells the operator to run.
+        local by_id
+        by_id=$(timeout 10 journalctl -b --no-pager -o cat -t hellod-socket-generator)
+        grep -qF 'port: must be between 1 and 65535' <<<"$by_id" ||
+                { echo "journalctl -b -t hellod-socket-generator does not show it: $by_id"; return 1; }
         sctl restart hellod.socket || { unit_state; return 1; }
         [ "$(prop hellod.socket Listen)" = '[::]:9999 (Stream)' ] ||
                 { echo "hellod.socket Listen=$(prop hellod.socket Listen)"; return 1; }
