@@ -312,3 +312,91 @@ const char *listeners_describe(const ListenerSet *set, char *buf, size_t size) {
         }
         return buf;
 }
+
+static bool is_dual_stack(const Listener *l) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *) &l->addr;
+        int v6only = 1;
+        socklen_t len = sizeof(v6only);
+
+        if (l->addr.ss_family != AF_INET6 || !IN6_IS_ADDR_UNSPECIFIED(&in6->sin6_addr) || l->fd < 0)
+                return false;
+        return getsockopt(l->fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &len) == 0 && v6only == 0;
+}
+
+/* endpoints: the addresses INHERITED accepts connections on, a dual-stack socket counted as
+ * its IPv4 half too; every fd -1 (nothing here owns a socket). */
+static int endpoints(const ListenerSet *inherited, ListenerSet *ret) {
+        ListenerSet set = { 0 };
+        int r = 0;
+
+        for (size_t i = 0; i < inherited->n && r >= 0; i++) {
+                const Listener *l = &inherited->items[i];
+                r = append(&set, (const struct sockaddr *) &l->addr, l->addr_len);
+                if (r >= 0 && is_dual_stack(l)) {
+                        struct sockaddr_in in = {
+                                .sin_family = AF_INET,
+                                .sin_port = ((const struct sockaddr_in6 *) &l->addr)->sin6_port,
+                                .sin_addr.s_addr = htonl(INADDR_ANY),
+                        };
+                        r = append(&set, (const struct sockaddr *) &in, sizeof(in));
+                }
+        }
+        if (r < 0) {
+                listener_set_done(&set);
+                return r;
+        }
+        *ret = set;
+        return 0;
+}
+
+static bool subset(const ListenerSet *a, const ListenerSet *b) {
+        for (size_t i = 0; i < a->n; i++)
+                if (!contains(b, &a->items[i]))
+                        return false;
+        return true;
+}
+
+int listeners_match_conf(const ListenerSet *inherited, const Conf *conf, char *why, size_t why_size) {
+        ListenerSet have = { 0 }, want = { 0 };
+        char have_names[512], want_names[512];
+        int r;
+
+        r = listeners_resolve(conf, &want, why, why_size);
+        if (r < 0)
+                return r;
+        r = endpoints(inherited, &have);
+        if (r < 0) {
+                snprintf(why, why_size, "out of memory");
+                listener_set_done(&want);
+                return r;
+        }
+        r = subset(&have, &want) && subset(&want, &have);
+        if (!r)
+                snprintf(why, why_size, "systemd passed %s, the configuration asks for %s",
+                         listeners_describe(inherited, have_names, sizeof(have_names)),
+                         listeners_describe(&want, want_names, sizeof(want_names)));
+        listener_set_done(&have);
+        listener_set_done(&want);
+        return r;
+}
+
+void listeners_report_match(const ListenerSet *inherited, const Conf *conf) {
+        char why[1024];
+        int r = listeners_match_conf(inherited, conf, why, sizeof(why));
+
+        /* Under socket activation systemd owns the addresses, and hellod-socket-generator makes
+         * them the configuration's; they differ when the file changed since the last
+         * daemon-reload, names a host, or a hand-made drop-in overrides the generated one. */
+        if (r > 0)
+                log_info("socket-activated: serving %zu passed socket%s, as 'listen' and 'port' say", inherited->n,
+                         inherited->n == 1 ? "" : "s");
+        else if (r == 0)
+                log_warning("socket-activated: the sockets do not match 'listen' and 'port' in %s (%s); serving the "
+                            "passed sockets. To apply the configuration: systemctl daemon-reload && systemctl "
+                            "restart hellod.socket",
+                            conf->path ? conf->path : "the built-in defaults", why);
+        else
+                log_warning("socket-activated: cannot compare the passed sockets with 'listen' and 'port' (%s); "
+                            "serving the passed sockets",
+                            why);
+}

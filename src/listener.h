@@ -42,3 +42,14 @@ void listener_set_done(ListenerSet *set);
 
 /* listeners_describe: "127.0.0.1:9999, [::1]:9999" into BUF. */
 const char *listeners_describe(const ListenerSet *set, char *buf, size_t size);
+
+/* listeners_match_conf: whether the sockets systemd passed (INHERITED) are the ones CONF's
+ * `listen` and `port` ask for, as a set. A dual-stack "[::]:P" socket (IPV6_V6ONLY off, what
+ * `ListenStream=P` makes) stands for both "0.0.0.0:P" and "[::]:P", the built-in default.
+ * Returns 1 when they match, 0 when not (WHY then says both sides), or a negative errno when
+ * CONF's addresses cannot be resolved (WHY says why). Non-logging. */
+int listeners_match_conf(const ListenerSet *inherited, const Conf *conf, char *why, size_t why_size);
+
+/* listeners_report_match: logs whether the passed sockets match CONF: info when they do, a
+ * warning with the fix (daemon-reload, restart hellod.socket) when they do not. */
+void listeners_report_match(const ListenerSet *inherited, const Conf *conf);

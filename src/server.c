@@ -384,7 +384,7 @@ static int reload_listeners(Server *s, const Conf *conf, char *err, size_t err_s
         ListenerSet listeners;
 
         if (s->activated) {
-                log_info("socket-activated: keeping the sockets systemd passed, 'listen' and 'port' are not used");
+                listeners_report_match(&s->listeners, conf);
                 return 0;
         }
         int r = listeners_open(conf, &s->listeners, &listeners, err, err_size);
@@ -675,9 +675,7 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
                 s->listeners = *inherited;
                 *inherited = (ListenerSet) { 0 };
                 s->activated = true;
-                log_info("socket-activated: serving %zu passed socket%s, 'listen' and 'port' from the "
-                         "configuration are not used",
-                         s->listeners.n, s->listeners.n == 1 ? "" : "s");
+                listeners_report_match(&s->listeners, conf);
         } else {
                 r = listeners_open(conf, NULL, &s->listeners, err, sizeof(err));
                 if (r < 0) {

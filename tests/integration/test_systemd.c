@@ -7,6 +7,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -100,7 +101,9 @@ Test(systemd, socket_activation_serves_passed_sockets, .timeout = 60) {
         client_hello(fd, "over IPv4");
         client_close(fd);
         cr_assert_lt(client_try_connect("127.0.0.1", unused, NULL), 0, "the config's own port was bound");
-        hellod_wait_stderr(d, "are not used");
+        /* The config asks for another port: said at warning level, with the fix. */
+        hellod_wait_stderr(d, "the sockets do not match 'listen' and 'port'");
+        hellod_wait_stderr(d, "systemctl daemon-reload && systemctl restart hellod.socket");
 
         harness_step("reload keeps the passed sockets");
         hellod_write_config(d, "listen = [\"127.0.0.1\"];\nport = %u;\ngreeting = \"Howdy!\";\n", (unsigned) unused);
@@ -112,6 +115,57 @@ Test(systemd, socket_activation_serves_passed_sockets, .timeout = 60) {
         client_close(fd);
         cr_assert_lt(client_try_connect("127.0.0.1", unused, NULL), 0, "reload bound the config's port");
 
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* expect_match_verdict: the start (and a reload) report sockets matching the config, and
+ * never warn that they do not. */
+static void expect_match_verdict(Hellod *d) {
+        hellod_wait_stderr(d, "as 'listen' and 'port' say");
+        char *err = hellod_stderr(d);
+        cr_assert_null(strstr(err, "do not match"), "warned about matching sockets:\n%s", err);
+        free(err);
+}
+
+/* Sockets that are what the config's `listen` and `port` ask for (what hellod-socket-generator
+ * makes systemd bind): no warning, at start or on reload. */
+Test(systemd, socket_activation_matching_config_is_not_warned_about, .timeout = 60) {
+        Hellod *d = hellod_new();
+        uint16_t v6_port = harness_pick_port();
+        char l4[64], l6[64];
+
+        snprintf(l4, sizeof(l4), "127.0.0.1:%u", (unsigned) d->port);
+        snprintf(l6, sizeof(l6), "[::1]:%u", (unsigned) v6_port);
+        const char *const wrapper[] = { SOCKET_ACTIVATE, "-l", l4, "-l", l6, NULL };
+        hellod_write_config(d, "listen = [\"127.0.0.1\", \"[::1]:%u\"];\nport = %u;\n", (unsigned) v6_port,
+                            (unsigned) d->port);
+        hellod_spawn(d, &(HellodOpts) { .wrapper = wrapper });
+        hellod_wait_ready(d);
+        expect_match_verdict(d);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* `ListenStream=PORT` (the packaged hellod.socket) is one dual-stack [::]:PORT socket, which
+ * is what the built-in listen default ("0.0.0.0" and "::") asks for; a config that moved to
+ * another port, or to 127.0.0.1 only, is warned about on reload. */
+Test(systemd, socket_activation_dual_stack_matches_the_default_listen, .timeout = 60) {
+        Hellod *d = hellod_new();
+        char port[16];
+
+        snprintf(port, sizeof(port), "%u", (unsigned) d->port);
+        const char *const wrapper[] = { SOCKET_ACTIVATE, "-l", port, NULL };
+        hellod_write_config(d, "port = %u;\n", (unsigned) d->port);
+        hellod_spawn(d, &(HellodOpts) { .wrapper = wrapper });
+        hellod_wait_ready(d);
+        expect_match_verdict(d);
+
+        harness_step("reload with listen = [\"127.0.0.1\"]: warned");
+        hellod_write_config(d, "listen = [\"127.0.0.1\"];\nport = %u;\n", (unsigned) d->port);
+        hellod_signal(d, SIGHUP);
+        hellod_wait_stderr(d, "the sockets do not match 'listen' and 'port'");
+        hellod_wait_stderr(d, "systemd passed [::]:");
         hellod_stop_clean(d);
         hellod_free(d);
 }

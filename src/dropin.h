@@ -1,0 +1,22 @@
+/* dropin: hellod.conf's `listen`, `port` and `backlog` as a drop-in for hellod.socket. */
+#pragma once
+
+#include <stddef.h>
+
+#include "conf.h"
+
+/* Where the generator puts it, relative to its output directory. */
+#define DROPIN_DIR "hellod.socket.d"
+#define DROPIN_FILE "50-hellod-conf.conf"
+
+/* dropin_format: the [Socket] drop-in that makes systemd listen where CONF says: an empty
+ * `ListenStream=` (dropping the packaged one), one `ListenStream=` per address, `Backlog=`.
+ * Without a `listen` key (the built-in "0.0.0.0" and "::") it is `ListenStream=PORT`, the
+ * packaged form: one dual-stack socket, or IPv4 alone on a host without IPv6. An explicit
+ * list gets `BindIPv6Only=ipv6-only`, as hellod's own IPv6 sockets are, so that "0.0.0.0"
+ * and "::" can both be listed, and `FreeBind=yes`, so that an address the network brings
+ * up after sockets.target can be bound at boot.
+ * Only literal addresses and "localhost" (127.0.0.1 and ::1) can be written: a generator
+ * runs before the network and must not block on DNS. Any other host name is refused.
+ * Returns 0 and the text in *RET (free() it), -EINVAL with the reason in ERR, or -ENOMEM. */
+int dropin_format(const Conf *conf, char **ret, char *err, size_t err_size);
