@@ -537,3 +537,27 @@ Test(proxyproto, feed_in_three_pieces_at_every_pair_of_cuts) {
                         cr_assert(same_header(&want, &got));
                 }
 }
+
+/* ---- what Debian's HAProxy 2.6 really sends (captured on loopback) ---- */
+
+Test(proxyproto, haproxy_health_checks_and_a_relayed_client) {
+        /* `send-proxy` health check: a v1 line with HAProxy's own connection. */
+        static const char v1_check[] = "PROXY TCP4 127.0.0.1 127.0.0.1 49248 17101\r\n";
+        /* `send-proxy-v2` health check: LOCAL, AF_UNSPEC, no address block. */
+        static const uint8_t v2_check[] = { 0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51,
+                                            0x55, 0x49, 0x54, 0x0a, 0x20, 0x00, 0x00, 0x00 };
+        /* `send-proxy-v2` for a client from 127.0.0.2:54739 to the frontend 127.0.0.1:17100. */
+        static const uint8_t v2_client[] = { 0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49,
+                                             0x54, 0x0a, 0x21, 0x11, 0x00, 0x0c, 0x7f, 0x00, 0x00, 0x02,
+                                             0x7f, 0x00, 0x00, 0x01, 0xd5, 0xd3, 0x42, 0xcc };
+        ProxyHeader h = expect_done(v1_check, sizeof(v1_check) - 1);
+
+        cr_assert_eq(h.command, PROXY_COMMAND_PROXY);
+        check_v4(&h.source, "127.0.0.1", 49248);
+        h = expect_done(v2_check, sizeof(v2_check));
+        cr_assert_eq(h.command, PROXY_COMMAND_LOCAL);
+        h = expect_done(v2_client, sizeof(v2_client));
+        cr_assert_eq(h.command, PROXY_COMMAND_PROXY);
+        check_v4(&h.source, "127.0.0.2", 54739);
+        check_v4(&h.destination, "127.0.0.1", 17100);
+}
