@@ -6,7 +6,9 @@
 #include <string.h>
 
 /* The v2 signature: a CRLF pair, a NUL and "QUIT", which no text protocol parses. */
-static const uint8_t v2_signature[12] = { 0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a };
+static const uint8_t v2_signature[12] = {
+        0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a,
+};
 static const char v1_prefix[] = "PROXY ";
 #define V1_PREFIX_LEN (sizeof(v1_prefix) - 1)
 
@@ -370,7 +372,8 @@ static ProxyStatus parse_v2(const uint8_t *in, size_t n, ProxyHeader *ret, size_
         }
 }
 
-ProxyStatus proxy_parse(const void *in, size_t n, ProxyHeader *ret, size_t *ret_len, const char **ret_reason) {
+ProxyStatus proxy_parse(const void *in, size_t n, ProxyHeader *ret, size_t *ret_len,
+                        const char **ret_reason) {
         const uint8_t *p = in;
 
         if (n == 0)

@@ -51,7 +51,8 @@ typedef struct ProxyHeader {
  *     seen: a first byte that starts neither version is refused on its own.
  * RET, RET_LEN and RET_REASON are written only for the status they belong to; any may be NULL.
  */
-ProxyStatus proxy_parse(const void *in, size_t n, ProxyHeader *ret, size_t *ret_len, const char **ret_reason);
+ProxyStatus proxy_parse(const void *in, size_t n, ProxyHeader *ret, size_t *ret_len,
+                        const char **ret_reason);
 
 /* ProxyParser: proxy_parse() over bytes that arrive in pieces, for a caller that has nowhere
  * else to keep them. */

@@ -71,7 +71,9 @@ static void check_address(const struct sockaddr_storage *ss, int family) {
 }
 
 static void check_well_formed(const uint8_t *data, size_t size, const ProxyHeader *h, size_t len) {
-        static const uint8_t sig[12] = { 0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a };
+        static const uint8_t sig[12] = {
+                0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a,
+        };
 
         check(len > 0 && len <= size && len <= PROXY_HEADER_MAX, "header length %zu of %zu bytes", len, size);
         if (h->version == 1) {
@@ -81,7 +83,8 @@ static void check_well_formed(const uint8_t *data, size_t size, const ProxyHeade
                 check(memchr(data, '\n', len - 1) == NULL, "v1 line with an LF inside");
         } else {
                 check(h->version == 2, "version %u", h->version);
-                check(len >= PROXY_V2_HEADER_MIN && memcmp(data, sig, sizeof(sig)) == 0, "v2 without signature");
+                check(len >= PROXY_V2_HEADER_MIN && memcmp(data, sig, sizeof(sig)) == 0,
+                      "v2 without signature");
                 check(len == PROXY_V2_HEADER_MIN + ((size_t) data[14] << 8 | data[15]), "v2 length %zu", len);
         }
         if (h->command == PROXY_COMMAND_PROXY) {
@@ -112,12 +115,14 @@ static size_t check_prefixes(const uint8_t *data, size_t size, ProxyStatus final
                 ProxyStatus s = proxy_parse(data, k, &h, &len, &reason);
 
                 if (invalid) {
-                        check(s == PROXY_INVALID, "invalid at %zu bytes, then %d at %zu", invalid_from, (int) s, k);
+                        check(s == PROXY_INVALID, "invalid at %zu bytes, then %d at %zu", invalid_from,
+                              (int) s, k);
                         continue;
                 }
                 if (header_len > 0) {
                         check(s == PROXY_DONE && len == header_len && same_header(&h, want),
-                              "done at %zu bytes, then status %d, length %zu at %zu", header_len, (int) s, len, k);
+                              "done at %zu bytes, then status %d, length %zu at %zu", header_len, (int) s,
+                              len, k);
                         continue;
                 }
                 if (s == PROXY_NEED_MORE) {
@@ -173,7 +178,8 @@ static void check_pieces(const uint8_t *data, size_t size, ProxyStatus want_stat
         }
         check(s == want_status, "pieces give status %d, one parse %d", (int) s, (int) want_status);
         if (s == PROXY_DONE) {
-                check(used_total == want_len, "pieces used %zu bytes, the header has %zu", used_total, want_len);
+                check(used_total == want_len, "pieces used %zu bytes, the header has %zu", used_total,
+                      want_len);
                 check(same_header(&h, want), "pieces give another header");
         }
 }
@@ -181,7 +187,9 @@ static void check_pieces(const uint8_t *data, size_t size, ProxyStatus want_stat
 /* check_round_trip: the addresses written back as a v1 line and a v2 header parse the same. */
 static void check_round_trip(const ProxyHeader *h) {
         char src[INET6_ADDRSTRLEN], dst[INET6_ADDRSTRLEN], line[PROXY_V1_MAX + 1];
-        uint8_t bin[16 + 36] = { 0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a, 0x21 };
+        uint8_t bin[16 + 36] = {
+                0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a, 0x21, /* PROXY */
+        };
         ProxyHeader back;
         size_t len = 0, bin_len;
         int n;

@@ -321,8 +321,8 @@ Test(haproxy, plain_and_tls_sessions_through_haproxy_with_health_checks, .timeou
         wait_server(&h, "b", "UP", "L7OK");
         before_a = server_sessions(&h, "a");
         before_b = server_sessions(&h, "b");
-        cr_assert_eq(before_a + before_b, 0, "sessions before any client: %ld + %ld (checks are not sessions)",
-                     before_a, before_b);
+        cr_assert_eq(before_a + before_b, 0, "sessions before any client: %ld + %ld (checks are not "
+                     "sessions)", before_a, before_b);
 
         harness_step("plain TCP clients, round robin over both instances");
         for (int i = 0; i < 4; i++) {

@@ -393,7 +393,8 @@ Test(proxyproto, v2_unspec_unix_and_datagrams_fall_back_to_the_real_endpoints) {
         ProxyHeader h;
 
         for (size_t i = 0; i < sizeof(fams); i++) {
-                size_t len = (fams[i] >> 4) == 3 ? 216 : (fams[i] >> 4) == 2 ? 36 : (fams[i] >> 4) == 1 ? 12 : 0;
+                static const size_t block[4] = { 0, 12, 36, 216 }; /* by family */
+                size_t len = block[fams[i] >> 4];
 
                 cr_log_info("family/transport 0x%02x", fams[i]);
                 h = expect_done(buf, v2(buf, 0x21, fams[i], body, len));
