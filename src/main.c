@@ -47,7 +47,7 @@ static void help(void) {
                "  -V, --version          show the version and exit\n"
                "\n"
                "Socket activation: with LISTEN_FDS (systemd), the passed sockets are served\n"
-               "and 'listen'/'port' from the configuration are not used.\n"
+               "(hellod-socket-generator makes hellod.socket follow 'listen' and 'port').\n"
                "Signals: SIGHUP reloads the configuration; SIGTERM or SIGINT stop gracefully.\n"
                "Exit status: 0 clean exit, 1 runtime failure, 2 usage error, 78 configuration error.\n",
                CONF_DEFAULT_PATH);
