@@ -264,13 +264,13 @@ static bool telnet_command(Proto *p, unsigned char c, Buf *out, ProtoStatus *sta
 
 /* telnet_option: the option byte after WILL/WONT/DO/DONT. Returns false when OUT lacks room. */
 static bool telnet_option(Proto *p, unsigned char option, Buf *out) {
-        unsigned char answer[3] = { TELNET_IAC, 0, option };
+        unsigned char reply[3] = { TELNET_IAC, 0, option };
 
         if (p->telnet_verb == TELNET_DO)
-                answer[1] = option == TELNET_OPT_TIMING_MARK ? TELNET_WILL : TELNET_WONT;
+                reply[1] = option == TELNET_OPT_TIMING_MARK ? TELNET_WILL : TELNET_WONT;
         else if (p->telnet_verb == TELNET_WILL)
-                answer[1] = TELNET_DONT;
-        if (answer[1] != 0 && !telnet_answer(out, answer, sizeof(answer)))
+                reply[1] = TELNET_DONT;
+        if (reply[1] != 0 && !telnet_answer(out, reply, sizeof(reply)))
                 return false;
         p->telnet = PROTO_TELNET_DATA;
         return true;
