@@ -206,8 +206,8 @@ static size_t feed_line(Proto *p, const char *in, size_t n, Buf *out, ProtoStatu
 /*
  * Telnet in line framing. Commands are taken out of the byte stream before it is cut into
  * lines: they are never echoed, and a command in the middle of a line leaves the line whole.
- *   - IAC IP, AO, BRK, EOF and ABORT (Ctrl+C, Ctrl+\ in telnet) end the session as `exit`
- *     does: no reply, an unterminated line and what follows are discarded.
+ *   - IAC IP, AO, BRK, EOF and ABORT (telnet's Ctrl+C is IP, its Ctrl+\ BRK) end the
+ *     session as `exit` does: no reply, an unterminated line and what follows are discarded.
  *   - Option negotiation is refused, as RFC 1143 asks of a side that enables nothing: DO gets
  *     WONT, WILL gets DONT, and WONT and DONT (which confirm the state hellod is already in)
  *     get nothing, so no two peers can loop. The exception is DO TIMING-MARK, answered with
@@ -216,6 +216,8 @@ static size_t feed_line(Proto *p, const char *in, size_t n, Buf *out, ProtoStatu
  *   - IAC SB ... IAC SE is skipped; one longer than max_line_length ends the session as an
  *     overlong line does (a client that enabled nothing has nothing to subnegotiate).
  *   - IAC AYT gets "[Yes]"; the other commands (NOP, DM, GA, EC, EL, SUSP, ...) are dropped.
+ *     SUSP (telnet's Ctrl+Z) among them: hellod has nothing to suspend, and ending the
+ *     session would take away one the user meant to keep.
  *   - IAC IAC is one 0xFF data byte. IAC before a byte that is no command (below 236) is
  *     dropped and the byte is data: a stray 0xFF never swallows a newline.
  * Every answer waits, like a reply, until the output buffer has room for it.
