@@ -7,6 +7,27 @@
 #define CRLF "\r\n"
 #define EXIT_WORD "exit"
 
+/* Telnet command bytes (RFC 854; EOF, SUSP and ABORT from RFC 1184) and the one option
+ * hellod treats apart, TIMING-MARK (RFC 860). */
+enum {
+        TELNET_EOF = 236, /* the lowest command byte */
+        TELNET_ABORT = 238,
+        TELNET_SE = 240,
+        TELNET_BRK = 243,
+        TELNET_IP = 244,
+        TELNET_AO = 245,
+        TELNET_AYT = 246,
+        TELNET_SB = 250,
+        TELNET_WILL = 251,
+        TELNET_WONT = 252,
+        TELNET_DO = 253,
+        TELNET_DONT = 254,
+        TELNET_IAC = 255,
+        TELNET_OPT_TIMING_MARK = 6,
+};
+/* The visible evidence RFC 854 asks for in answer to Are You There. */
+#define TELNET_AYT_ANSWER "[Yes]\r\n"
+
 int proto_init(Proto *p, const Conf *conf) {
         *p = (Proto) {
                 .conf = conf,
@@ -182,6 +203,162 @@ static size_t feed_line(Proto *p, const char *in, size_t n, Buf *out, ProtoStatu
         return n;
 }
 
+/*
+ * Telnet in line framing. Commands are taken out of the byte stream before it is cut into
+ * lines: they are never echoed, and a command in the middle of a line leaves the line whole.
+ *   - IAC IP, AO, BRK, EOF and ABORT (telnet's Ctrl+C is IP, its Ctrl+\ BRK) end the
+ *     session as `exit` does: no reply, an unterminated line and what follows are discarded.
+ *   - Option negotiation is refused, as RFC 1143 asks of a side that enables nothing: DO gets
+ *     WONT, WILL gets DONT, and WONT and DONT (which confirm the state hellod is already in)
+ *     get nothing, so no two peers can loop. The exception is DO TIMING-MARK, answered with
+ *     WILL TIMING-MARK (RFC 860): telnet sends it after Ctrl+C or Ctrl+Z and throws away all
+ *     it receives until the answer comes, and since hellod answers in order, WILL is true.
+ *   - IAC SB ... IAC SE is skipped; one longer than max_line_length ends the session as an
+ *     overlong line does (a client that enabled nothing has nothing to subnegotiate).
+ *   - IAC AYT gets "[Yes]"; the other commands (NOP, DM, GA, EC, EL, SUSP, ...) are dropped.
+ *     SUSP (telnet's Ctrl+Z) among them: hellod has nothing to suspend, and ending the
+ *     session would take away one the user meant to keep.
+ *   - IAC IAC is one 0xFF data byte. IAC before a byte that is no command (below 236) is
+ *     dropped and the byte is data: a stray 0xFF never swallows a newline.
+ * Every answer waits, like a reply, until the output buffer has room for it.
+ */
+
+static bool telnet_answer(Buf *out, const void *answer, size_t n) {
+        if (buf_room(out) < n)
+                return false;
+        buf_append(out, answer, n);
+        return true;
+}
+
+/* telnet_command: the byte C after an IAC (C >= TELNET_EOF, C != IAC). Returns false when OUT
+ * lacks room for the answer (nothing was done). */
+static bool telnet_command(Proto *p, unsigned char c, Buf *out, ProtoStatus *status) {
+        switch (c) {
+        case TELNET_IP:
+        case TELNET_AO:
+        case TELNET_BRK:
+        case TELNET_EOF:
+        case TELNET_ABORT:
+                end_with(p, PROTO_END_INTERRUPT, out);
+                *status = PROTO_CLOSE;
+                return true;
+        case TELNET_AYT:
+                if (!telnet_answer(out, TELNET_AYT_ANSWER, sizeof(TELNET_AYT_ANSWER) - 1))
+                        return false;
+                break;
+        case TELNET_SB:
+                p->telnet = PROTO_TELNET_SB;
+                p->telnet_sb_len = 0;
+                return true;
+        case TELNET_WILL:
+        case TELNET_WONT:
+        case TELNET_DO:
+        case TELNET_DONT:
+                p->telnet = PROTO_TELNET_OPTION;
+                p->telnet_verb = c;
+                return true;
+        default:
+                break;
+        }
+        p->telnet = PROTO_TELNET_DATA;
+        return true;
+}
+
+/* telnet_option: the option byte after WILL/WONT/DO/DONT. Returns false when OUT lacks room. */
+static bool telnet_option(Proto *p, unsigned char option, Buf *out) {
+        unsigned char reply[3] = { TELNET_IAC, 0, option };
+
+        if (p->telnet_verb == TELNET_DO)
+                reply[1] = option == TELNET_OPT_TIMING_MARK ? TELNET_WILL : TELNET_WONT;
+        else if (p->telnet_verb == TELNET_WILL)
+                reply[1] = TELNET_DONT;
+        if (reply[1] != 0 && !telnet_answer(out, reply, sizeof(reply)))
+                return false;
+        p->telnet = PROTO_TELNET_DATA;
+        return true;
+}
+
+/* telnet_subnegotiation: one byte inside IAC SB ... IAC SE; an "IAC x" pair inside counts two.
+ * Returns false when OUT lacks room for the ERR line that ends an overlong one. */
+static bool telnet_subnegotiation(Proto *p, unsigned char c, Buf *out, ProtoStatus *status) {
+        size_t len = p->telnet_sb_len;
+
+        if (p->telnet == PROTO_TELNET_SB) {
+                if (c == TELNET_IAC) {
+                        p->telnet = PROTO_TELNET_SB_IAC;
+                        return true;
+                }
+                len++;
+        } else if (c == TELNET_SE) {
+                p->telnet = PROTO_TELNET_DATA;
+                return true;
+        } else
+                len += 2;
+        if (len > p->conf->max_line_length) {
+                if (buf_room(out) < PROTO_ERR_MAX)
+                        return false;
+                end_with(p, PROTO_END_TOO_LONG, out);
+                *status = PROTO_CLOSE;
+                return true;
+        }
+        p->telnet = PROTO_TELNET_SB;
+        p->telnet_sb_len = len;
+        return true;
+}
+
+/* feed_telnet: line framing with telnet commands taken out; the runs of data between them go
+ * to feed_line(). Returns the bytes consumed, as proto_feed(). */
+static size_t feed_telnet(Proto *p, const char *in, size_t n, Buf *out, ProtoStatus *status) {
+        size_t i = 0;
+
+        while (i < n) {
+                unsigned char c = (unsigned char) in[i];
+                bool done = true;
+
+                switch (p->telnet) {
+                case PROTO_TELNET_DATA: {
+                        const char *iac = memchr(in + i, TELNET_IAC, n - i);
+                        size_t run = iac ? (size_t) (iac - (in + i)) : n - i;
+                        size_t used = feed_line(p, in + i, run, out, status);
+
+                        if (*status == PROTO_CLOSE)
+                                return n;
+                        i += used;
+                        if (used < run || !iac)
+                                return i;
+                        p->telnet = PROTO_TELNET_IAC;
+                        break;
+                }
+                case PROTO_TELNET_IAC:
+                        if (c < TELNET_EOF) {
+                                p->telnet = PROTO_TELNET_DATA; /* the IAC alone is dropped */
+                                continue;
+                        }
+                        if (c == TELNET_IAC) {
+                                /* The escaped 0xFF is a data run of its own: this very byte. */
+                                done = feed_line(p, in + i, 1, out, status) == 1;
+                                if (done)
+                                        p->telnet = PROTO_TELNET_DATA;
+                        } else
+                                done = telnet_command(p, c, out, status);
+                        break;
+                case PROTO_TELNET_OPTION:
+                        done = telnet_option(p, c, out);
+                        break;
+                case PROTO_TELNET_SB:
+                case PROTO_TELNET_SB_IAC:
+                        done = telnet_subnegotiation(p, c, out, status);
+                        break;
+                }
+                if (*status == PROTO_CLOSE)
+                        return n;
+                if (!done)
+                        return i; /* output full: flush, then this byte again */
+                i++;
+        }
+        return n;
+}
+
 static size_t feed_chunk(Proto *p, const char *in, size_t n, Buf *out, ProtoStatus *status) {
         size_t len = n;
 
@@ -205,7 +382,7 @@ size_t proto_feed(Proto *p, const char *in, size_t n, Buf *out, ProtoStatus *ret
         }
         if (p->conf->framing == FRAMING_CHUNK)
                 return feed_chunk(p, in, n, out, ret_status);
-        return feed_line(p, in, n, out, ret_status);
+        return feed_telnet(p, in, n, out, ret_status);
 }
 
 void proto_eof(Proto *p, Buf *out) {
@@ -245,6 +422,8 @@ const char *proto_end_to_string(ProtoEnd end) {
                 return "shutdown";
         case PROTO_END_NO_MEMORY:
                 return "out-of-memory";
+        case PROTO_END_INTERRUPT:
+                return "interrupt";
         }
         return "unknown";
 }

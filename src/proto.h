@@ -30,13 +30,26 @@ typedef enum ProtoEnd {
         PROTO_END_IDLE,     /* no complete line within idle_timeout */
         PROTO_END_SHUTDOWN, /* the server is stopping */
         PROTO_END_NO_MEMORY, /* no memory to carry a line across reads */
+        PROTO_END_INTERRUPT, /* line framing: telnet's interrupt, abort, break or EOF command */
 } ProtoEnd;
+
+/* Where a telnet command split across reads stopped (line framing; see proto.c). */
+typedef enum ProtoTelnet {
+        PROTO_TELNET_DATA,   /* plain bytes */
+        PROTO_TELNET_IAC,    /* after IAC: a command byte comes next */
+        PROTO_TELNET_OPTION, /* after IAC WILL/WONT/DO/DONT: the option byte comes next */
+        PROTO_TELNET_SB,     /* inside IAC SB ... IAC SE, skipped */
+        PROTO_TELNET_SB_IAC, /* an IAC inside the subnegotiation: SE ends it */
+} ProtoTelnet;
 
 typedef struct Proto {
         const Conf *conf; /* borrowed: the session holds the reference */
         size_t greeting_len, prefix_len, suffix_len;
         char *pending; /* an unterminated line carried between reads; line framing only */
         size_t pending_len;
+        ProtoTelnet telnet;
+        unsigned char telnet_verb; /* the WILL/WONT/DO/DONT waiting for its option byte */
+        size_t telnet_sb_len;      /* bytes of the subnegotiation skipped so far */
         uint64_t lines;    /* messages answered */
         uint64_t messages; /* complete messages seen, empty lines and exit included */
         ProtoEnd end;
@@ -57,7 +70,8 @@ size_t proto_input_max(const Conf *conf);
 /* proto_greeting: appends the greeting; OUT must have proto_output_min() room. */
 void proto_greeting(Proto *p, Buf *out);
 
-/* proto_feed: consumes bytes of one read, appending replies to OUT while they fit.
+/* proto_feed: consumes bytes of one read, appending replies to OUT while they fit (in line
+ * framing, the answers to telnet commands too).
  * Returns the bytes consumed; fewer than N means OUT is full: flush it and feed the rest.
  * *RET_STATUS says whether to go on or to close (p->end says why). */
 size_t proto_feed(Proto *p, const char *in, size_t n, Buf *out, ProtoStatus *ret_status);

@@ -23,8 +23,9 @@
  *     progress when it leaves input unconsumed (else the session would loop forever);
  *   - after PROTO_CLOSE nothing more is produced, whatever is fed or called;
  *   - the bytes written, and where the writes are cut, equal what the model (model_read() and
- *     model_end(): a plain re-implementation of the README's Protocol section, which keeps whole
- *     lines in an unbounded buffer) predicts for the same reads;
+ *     model_end(): a plain re-implementation of the README's Protocol section, telnet commands
+ *     of line framing included, byte by byte, which keeps whole lines in an unbounded buffer)
+ *     predicts for the same reads;
  *   - proto.end, proto.lines (replies) and proto.messages (complete lines, the activity that resets
  *     the idle timer) agree with the model. */
 #include <stdint.h>
@@ -216,6 +217,9 @@ typedef struct Model {
         Cuts cuts;         /* where the writes end */
         size_t buffered;   /* bytes in the (modelled) output buffer */
         Bytes pending;     /* line framing: the unterminated line so far (unbounded here) */
+        int telnet;        /* line framing: where in a telnet command (TN_*) */
+        unsigned char verb; /* the WILL/WONT/DO/DONT waiting for its option byte */
+        size_t sb_len;     /* bytes of the subnegotiation skipped so far */
         bool closed;
         ProtoEnd end;
         uint64_t lines;    /* replies */
@@ -280,29 +284,108 @@ static void model_message(Model *m, const char *msg, size_t len) {
         bytes_free(&reply);
 }
 
-static void model_read_line(Model *m, const char *in, size_t n) {
-        size_t max = m->conf->max_line_length;
+/* model_check_pending: "sent as soon as the limit is passed, without waiting for the newline": an
+ * unterminated line is hopeless once it holds more than max + 1 bytes, or max + 1 bytes that do not
+ * end in the '\r' of a CRLF to come. Checked where proto looks: at the end of each read, and where a
+ * telnet IAC interrupts the data (proto frames the data between two commands as it frames a read). */
+static void model_check_pending(Model *m) {
+        size_t len = m->pending.len, max = m->conf->max_line_length;
 
-        for (size_t i = 0; i < n && !m->closed; i++) {
-                if (in[i] != '\n') {
-                        bytes_add(&m->pending, &in[i], 1);
-                        continue;
+        if (!m->closed && (len > max + 1 || (len == max + 1 && m->pending.data[len - 1] != '\r')))
+                model_close(m, PROTO_END_TOO_LONG);
+}
+
+/* model_data: one data byte of line framing. */
+static void model_data(Model *m, char c) {
+        if (c != '\n') {
+                bytes_add(&m->pending, &c, 1);
+                return;
+        }
+        size_t len = m->pending.len;
+        if (len > 0 && m->pending.data[len - 1] == '\r')
+                len--;
+        model_message(m, m->pending.data, len);
+        m->pending.len = 0;
+}
+
+/* Telnet in line framing, as the README's Protocol section states it. */
+enum {
+        TN_DATA,
+        TN_IAC,
+        TN_OPTION,
+        TN_SB,
+        TN_SB_IAC,
+};
+
+/* model_sb_count: N more bytes of subnegotiation; over max_line_length it is too long. */
+static void model_sb_count(Model *m, size_t n) {
+        m->sb_len += n;
+        m->telnet = TN_SB;
+        if (m->sb_len > m->conf->max_line_length)
+                model_close(m, PROTO_END_TOO_LONG);
+}
+
+static void model_telnet_byte(Model *m, unsigned char c) {
+        switch (m->telnet) {
+        case TN_DATA:
+                if (c != 0xff) {
+                        model_data(m, (char) c);
+                        break;
                 }
-                size_t len = m->pending.len;
-                if (len > 0 && m->pending.data[len - 1] == '\r')
-                        len--;
-                model_message(m, m->pending.data, len);
-                m->pending.len = 0;
-        }
-        /* "sent as soon as the limit is passed, without waiting for the newline": an unterminated
-         * line is hopeless once it holds more than max + 1 bytes, or max + 1 bytes that do not end in
-         * the '\r' of a CRLF to come. */
-        if (!m->closed) {
-                size_t len = m->pending.len;
+                model_check_pending(m);
+                m->telnet = TN_IAC;
+                break;
+        case TN_IAC:
+                m->telnet = TN_DATA;
+                if (c == 0xff) { /* IAC IAC: one 0xff data byte */
+                        model_data(m, (char) c);
+                        model_check_pending(m);
+                } else if (c < 236) /* not a command: the IAC is dropped, the byte is data */
+                        model_data(m, (char) c);
+                else if (c == 244 || c == 245 || c == 243 || c == 236 || c == 238) /* IP AO BRK EOF ABORT */
+                        model_close(m, PROTO_END_INTERRUPT);
+                else if (c == 246) /* AYT */
+                        model_emit(m, "[Yes]\r\n", 7, false);
+                else if (c == 250) { /* SB */
+                        m->telnet = TN_SB;
+                        m->sb_len = 0;
+                } else if (c >= 251 && c <= 254) { /* WILL WONT DO DONT */
+                        m->telnet = TN_OPTION;
+                        m->verb = c;
+                }
+                break; /* any other command is dropped */
+        case TN_OPTION: {
+                char answer[3] = { (char) 0xff, 0, (char) c };
 
-                if (len > max + 1 || (len == max + 1 && m->pending.data[len - 1] != '\r'))
-                        model_close(m, PROTO_END_TOO_LONG);
+                m->telnet = TN_DATA;
+                if (m->verb == 253) /* DO: WONT, but WILL for TIMING-MARK */
+                        answer[1] = (char) (c == 6 ? 251 : 252);
+                else if (m->verb == 251) /* WILL: DONT */
+                        answer[1] = (char) 254;
+                else
+                        break; /* WONT and DONT are not answered */
+                model_emit(m, answer, 3, false);
+                break;
         }
+        case TN_SB:
+                if (c == 0xff)
+                        m->telnet = TN_SB_IAC;
+                else
+                        model_sb_count(m, 1);
+                break;
+        default: /* TN_SB_IAC */
+                if (c == 0xf0) /* SE */
+                        m->telnet = TN_DATA;
+                else
+                        model_sb_count(m, 2);
+                break;
+        }
+}
+
+static void model_read_line(Model *m, const char *in, size_t n) {
+        for (size_t i = 0; i < n && !m->closed; i++)
+                model_telnet_byte(m, (unsigned char) in[i]);
+        model_check_pending(m);
 }
 
 static void model_read_chunk(Model *m, const char *in, size_t n) {

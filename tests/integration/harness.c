@@ -1341,34 +1341,134 @@ void client_reset(int fd) {
         (void) close(fd);
 }
 
+/* ModelLine: harness_model_replies()'s state: the line so far and the replies. */
+typedef struct ModelLine {
+        const char *prefix, *suffix;
+        size_t max_line;
+        unsigned char *line;
+        size_t len;
+        char *out;
+        size_t o;
+        bool ended;
+} ModelLine;
+
+static void model_put(ModelLine *m, const void *p, size_t n) {
+        memcpy(m->out + m->o, p, n);
+        m->o += n;
+}
+
+static void model_too_long(ModelLine *m) {
+        model_put(m, HELLOD_ERR_TOO_LONG, strlen(HELLOD_ERR_TOO_LONG));
+        m->ended = true;
+}
+
+/* model_line_end: the line is complete (newline or EOF). */
+static void model_line_end(ModelLine *m) {
+        size_t len = m->len;
+
+        m->len = 0;
+        if (len > 0 && m->line[len - 1] == '\r')
+                len--;
+        if (len > m->max_line)
+                model_too_long(m);
+        else if (len == 4 && memcmp(m->line, "exit", 4) == 0)
+                m->ended = true;
+        else if (len > 0) {
+                model_put(m, m->prefix, strlen(m->prefix));
+                model_put(m, m->line, len);
+                model_put(m, m->suffix, strlen(m->suffix));
+                model_put(m, "\r\n", 2);
+        }
+}
+
+static void model_data(ModelLine *m, unsigned char c) {
+        if (c == '\n')
+                model_line_end(m);
+        else
+                m->line[m->len++] = c;
+}
+
+/* model_check: the ERR goes out as soon as the line cannot end within max_line, at the latest
+ * where a telnet command interrupts it (the daemon frames the data between commands as it
+ * frames its reads, so where its reads are cut does not change what it answers). */
+static void model_check(ModelLine *m) {
+        if (m->len > m->max_line + 1 || (m->len == m->max_line + 1 && m->line[m->len - 1] != '\r'))
+                model_too_long(m);
+}
+
 size_t harness_model_replies(const char *prefix, const char *suffix, const unsigned char *in, size_t n,
                              size_t max_line, char *out) {
-        size_t i = 0, o = 0, pl = strlen(prefix), sl = strlen(suffix);
+        /* Telnet (README): WHERE is 0 in data, 1 after IAC, 2 before an option byte, 3 inside
+         * IAC SB ... IAC SE, 4 after an IAC there. */
+        ModelLine m = { .prefix = prefix, .suffix = suffix, .max_line = max_line, .out = out };
+        int where = 0;
+        unsigned char verb = 0;
+        size_t sb = 0;
 
-        while (i < n) {
-                const unsigned char *line = in + i, *nl = memchr(line, '\n', n - i);
-                size_t len = nl ? (size_t) (nl - line) : n - i;
+        m.line = malloc(n + 1);
+        if (!m.line)
+                harness_fail("out of memory");
+        for (size_t i = 0; i < n && !m.ended; i++) {
+                unsigned char c = in[i];
 
-                if (len > 0 && line[len - 1] == '\r')
-                        len--;
-                if (len > max_line) {
-                        memcpy(out + o, HELLOD_ERR_TOO_LONG, strlen(HELLOD_ERR_TOO_LONG));
-                        return o + strlen(HELLOD_ERR_TOO_LONG);
-                }
-                if (len == 4 && memcmp(line, "exit", 4) == 0)
-                        return o;
-                if (len > 0) {
-                        memcpy(out + o, prefix, pl);
-                        memcpy(out + o + pl, line, len);
-                        memcpy(out + o + pl + len, suffix, sl);
-                        memcpy(out + o + pl + len + sl, "\r\n", 2);
-                        o += pl + len + sl + 2;
-                }
-                if (!nl)
+                switch (where) {
+                case 0:
+                        if (c == 0xff) {
+                                model_check(&m);
+                                where = 1;
+                        } else
+                                model_data(&m, c);
                         break;
-                i = (size_t) (nl - in) + 1;
+                case 1:
+                        where = 0;
+                        if (c == 0xff) { /* IAC IAC: one 0xff data byte */
+                                model_data(&m, c);
+                                model_check(&m);
+                        } else if (c < 236) /* no command: the IAC alone is dropped */
+                                model_data(&m, c);
+                        else if (c == 244 || c == 245 || c == 243 || c == 236 || c == 238)
+                                m.ended = true; /* IP AO BRK EOF ABORT: as exit */
+                        else if (c == 246) /* AYT */
+                                model_put(&m, "[Yes]\r\n", 7);
+                        else if (c == 250) { /* SB */
+                                where = 3;
+                                sb = 0;
+                        } else if (c >= 251 && c <= 254) { /* WILL WONT DO DONT */
+                                where = 2;
+                                verb = c;
+                        }
+                        break;
+                case 2:
+                        where = 0;
+                        if (verb == 253) /* DO: WONT, but WILL TIMING-MARK */
+                                model_put(&m, c == 6 ? "\xff\xfb" : "\xff\xfc", 2);
+                        else if (verb == 251) /* WILL: DONT */
+                                model_put(&m, "\xff\xfe", 2);
+                        if (verb == 253 || verb == 251)
+                                model_put(&m, &c, 1);
+                        break;
+                default:
+                        if (where == 3 && c == 0xff) {
+                                where = 4;
+                                break;
+                        }
+                        if (where == 4 && c == 0xf0) { /* IAC SE */
+                                where = 0;
+                                break;
+                        }
+                        sb += where == 4 ? 2 : 1;
+                        where = 3;
+                        if (sb > max_line)
+                                model_too_long(&m);
+                        break;
+                }
         }
-        return o;
+        if (!m.ended)
+                model_check(&m);
+        if (!m.ended && m.len > 0) /* EOF: an unterminated last line is answered too */
+                model_line_end(&m);
+        free(m.line);
+        return m.o;
 }
 
 ClientState client_classify(int fd) {

@@ -241,7 +241,9 @@ ClientState client_classify(int fd);
  * half-close, per the README (line framing, reply PREFIX{name}SUFFIX): each '\n'-terminated
  * line (an unterminated last one too) loses one trailing '\r'; a line over MAX_LINE gets the
  * ERR and ends it all; "exit" ends it without a reply; an empty line gets nothing; any other
- * line gets PREFIX, its bytes verbatim, SUFFIX and CRLF. OUT must have room; returns its length.
+ * line gets PREFIX, its bytes verbatim, SUFFIX and CRLF. Telnet commands are taken out first
+ * and answered in place (IP and its kind end it all; a command costs at most 4 bytes of OUT per
+ * byte of IN). OUT must have room; returns its length.
  */
 size_t harness_model_replies(const char *prefix, const char *suffix, const unsigned char *in, size_t n,
                              size_t max_line, char *out);

@@ -1108,7 +1108,7 @@ Test(hostile, garbage, .timeout = 180) {
                 CASE("Zo\xc3\xab \xf0\x9f\x98\x80\n"),                      /* valid UTF-8 */
                 CASE("\xff\xfd\x18\xff\xfd\x20\xff\xfd\x23\xff\xfd\x27\xff\xfb\x03Michael\r\n"), /* telnet's opening */
                 CASE("\xff\xfb\x01\xff\xfd\x03\r\n"),
-                CASE("\xff\xf4\xff\xfd\x06exit\r\nexit\r\n"), /* telnet ^C: its IAC IP is part of the line */
+                CASE("\xff\xf4\xff\xfd\x06exit\r\nexit\r\n"), /* telnet ^C: its IAC IP ends the session */
                 CASE("\xff\xfa\x18\x00xterm\xff\xf0\r\nTracy\r\n"), /* subnegotiation */
                 CASE("\xff\xff\n"),
                 CASE("\xff\xfb"), /* half an IAC sequence, at EOF */
@@ -1182,7 +1182,7 @@ Test(hostile, garbage, .timeout = 180) {
         harness_step("garbage: the ERR comes without waiting for a newline or EOF");
         fd = client_connect(d->port);
         client_expect_str(fd, HELLOD_GREETING);
-        memset(buf, 0xff, GARBAGE_MAX_LINE + 1);
+        memset(buf, 0xfe, GARBAGE_MAX_LINE + 1); /* not 0xff: IAC IAC is one data byte */
         client_send(fd, buf, GARBAGE_MAX_LINE + 1);
         client_expect_str(fd, HELLOD_ERR_TOO_LONG);
         client_expect_eof(fd, false);
@@ -1192,6 +1192,7 @@ Test(hostile, garbage, .timeout = 180) {
         fd = client_connect(d->port);
         client_expect_str(fd, HELLOD_GREETING);
         client_send(fd, "\xff\xfb\x01\x00\x80junk", 10);
+        client_expect(fd, "\xff\xfe\x01", 3); /* telnet WILL ECHO refused: DONT ECHO */
         client_expect_str(fd, HELLOD_ERR_IDLE);
         client_expect_eof(fd, false);
         client_close(fd);

@@ -1,8 +1,16 @@
 /* test-protocol: the wire protocol of the real daemon, over real loopback TCP. */
 #include <criterion/criterion.h>
+#include <errno.h>
+#include <poll.h>
+#include <pty.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <unistd.h>
 
 #include "suite.h"
 
@@ -184,7 +192,8 @@ Test(protocol, half_close_answers_pending_lines, .timeout = 60) {
 
 /* Empty lines get no reply; NUL, CR inside a line and invalid UTF-8 come back verbatim. */
 Test(protocol, empty_lines_and_binary_bytes, .timeout = 60) {
-        static const char binary[] = "a\0b\xff\xfe\x80z\n";
+        /* 0xff is sent as telnet's IAC IAC (README): it comes back as one 0xff. */
+        static const char binary[] = "a\0b\xff\xff\xfe\x80z\n";
         static const char binary_reply[] = "Hello, a\0b\xff\xfe\x80z!\r\n";
         Hellod *d = hellod_start(NULL);
         int fd;
@@ -378,6 +387,191 @@ Test(protocol, linger_after_exit_is_bounded_in_total, .timeout = 60) {
         cr_assert(closed, "the connection was still lingering after 8 s of dribbling");
         harness_step("closed after %lld ms", (long long) (harness_now_ms() - start));
         client_close(fd);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* ---- telnet in line framing (README, Protocol) ---- */
+
+#define IAC "\xff"
+/* Literals that may hold NUL bytes. */
+#define send_lit(fd, s) client_send((fd), (s), sizeof(s) - 1)
+#define expect_lit(fd, s) client_expect((fd), (s), sizeof(s) - 1)
+
+/* Telnet commands over raw bytes: never echoed, answered or dropped, Ctrl+C ends the session. */
+Test(protocol, telnet_commands_raw, .timeout = 60) {
+        Hellod *d = hellod_start(NULL);
+        int fd;
+
+        harness_step("negotiation refused, TIMING-MARK confirmed, WONT and DONT unanswered");
+        fd = client_connect(d->port);
+        client_expect_str(fd, HELLOD_GREETING);
+        /* DO ECHO, WILL NAWS, DO TIMING-MARK, WONT SGA, DONT ECHO */
+        send_lit(fd, IAC "\xfd\x01" IAC "\xfb\x1f" IAC "\xfd\x06" IAC "\xfc\x03" IAC "\xfe\x01");
+        expect_lit(fd, IAC "\xfc\x01" IAC "\xfe\x1f" IAC "\xfb\x06");
+        client_expect_silence(fd, 200);
+
+        harness_step("the session goes on after a negotiation");
+        client_hello(fd, "Michael");
+        send_lit(fd, "Mi" IAC "\xfd\x18" "chael\r\n");
+        expect_lit(fd, IAC "\xfc\x18" "Hello, Michael!\r\n");
+
+        harness_step("subnegotiation and NOP inside a line, AYT");
+        send_lit(fd, "Tr" IAC "\xfa\x18\x00xterm" IAC "\xf0" "a" IAC "\xf1" "cy\r\n");
+        client_expect_str(fd, "Hello, Tracy!\r\n");
+        send_lit(fd, IAC "\xf6");
+        client_expect_str(fd, "[Yes]\r\n");
+
+        harness_step("IAC IAC is one 0xff");
+        send_lit(fd, "\xfe" IAC IAC "\xfe\r\n");
+        expect_lit(fd, "Hello, \xfe\xff\xfe!\r\n");
+
+        harness_step("Ctrl+C, cut after its IAC, ends the session without a word");
+        send_lit(fd, "unfinished" IAC);
+        client_expect_silence(fd, 200);
+        send_lit(fd, "\xf4" IAC "\xfd\x06");
+        client_expect_eof(fd, false);
+        client_close(fd);
+        hellod_wait_stderr(d, "closed: interrupt");
+
+        harness_step("exit with a command inside still exits");
+        fd = client_connect(d->port);
+        client_expect_str(fd, HELLOD_GREETING);
+        send_lit(fd, "ex" IAC "\xf1" "it\r\n");
+        client_expect_eof(fd, false);
+        client_close(fd);
+
+        harness_step("stop");
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* chunk framing keeps the tutorial's behaviour: telnet commands are data, echoed as they are. */
+Test(protocol, telnet_commands_are_data_in_chunk_framing, .timeout = 60) {
+        Hellod *d = hellod_start("framing = \"chunk\";\n");
+        int fd;
+
+        fd = client_connect(d->port);
+        client_expect_str(fd, "Welcome!");
+        send_lit(fd, IAC "\xf4" IAC "\xfd\x06");
+        expect_lit(fd, "Hello, " IAC "\xf4" IAC "\xfd\x06!");
+        client_send_str(fd, "exit");
+        client_expect_eof(fd, false);
+        client_close(fd);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* The real telnet client, in a pseudo-terminal, as a user runs it. */
+typedef struct Telnet {
+        pid_t pid;
+        int fd;          /* the pty's master side */
+        char seen[8192]; /* what telnet printed, NUL-terminated */
+        size_t len, from;
+} Telnet;
+
+static Telnet *telnet_start(uint16_t port, const char *home) {
+        Telnet *t = calloc(1, sizeof(*t));
+        struct winsize ws = { .ws_row = 24, .ws_col = 80 };
+        char port_text[8];
+
+        if (!t)
+                harness_fail("out of memory");
+        (void) snprintf(port_text, sizeof(port_text), "%u", (unsigned) port);
+        t->pid = forkpty(&t->fd, NULL, NULL, &ws);
+        if (t->pid < 0)
+                harness_fail("forkpty(): %s", strerror(errno));
+        if (t->pid == 0) {
+                /* A telnet left behind by a failed test dies with it. No ~/.telnetrc of the
+                 * user's; a terminal type every system knows. */
+                (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+                (void) setenv("HOME", home, 1);
+                (void) setenv("TERM", "dumb", 1);
+                execlp("telnet", "telnet", "127.0.0.1", port_text, (char *) NULL);
+                (void) dprintf(STDOUT_FILENO, "exec telnet: %s (Debian package telnet, scripts/deps)\n",
+                               strerror(errno));
+                _exit(127);
+        }
+        return t;
+}
+
+/* telnet_expect: waits until telnet has printed NEEDLE after what earlier calls matched. */
+static void telnet_expect(Telnet *t, const char *needle) {
+        int64_t deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;
+        char esc[2048];
+
+        for (;;) {
+                char *at = strstr(t->seen + t->from, needle);
+                struct pollfd pfd = { .fd = t->fd, .events = POLLIN };
+                int64_t left = deadline - harness_now_ms();
+                ssize_t k;
+
+                if (at) {
+                        t->from = (size_t) (at - t->seen) + strlen(needle);
+                        return;
+                }
+                if (left <= 0 || t->len + 1 >= sizeof(t->seen) || poll(&pfd, 1, (int) left) <= 0)
+                        break;
+                k = read(t->fd, t->seen + t->len, sizeof(t->seen) - 1 - t->len);
+                if (k <= 0) /* EIO: telnet exited and the pty is closed */
+                        break;
+                t->len += (size_t) k;
+                t->seen[t->len] = '\0';
+        }
+        harness_fail("telnet did not print \"%s\"; it printed \"%s\"", needle,
+                     harness_escape(t->seen, t->len, esc, sizeof(esc)));
+}
+
+/* telnet_type: keys typed at telnet's terminal. */
+static void telnet_type(Telnet *t, const char *keys) {
+        size_t n = strlen(keys);
+
+        if (write(t->fd, keys, n) != (ssize_t) n)
+                harness_fail("write to telnet's terminal: %s", strerror(errno));
+}
+
+/* telnet_wait: telnet exits on its own, within the harness's timeout; its wait status. */
+static int telnet_wait(Telnet *t) {
+        int status;
+
+        if (!harness_wait_pid(t->pid, HARNESS_TIMEOUT_MS, &status)) {
+                (void) kill(t->pid, SIGKILL);
+                (void) waitpid(t->pid, NULL, 0);
+                harness_fail("telnet was still running %d ms after the session ended", HARNESS_TIMEOUT_MS);
+        }
+        (void) close(t->fd);
+        free(t);
+        return status;
+}
+
+/*
+ * telnet's Ctrl+Z sends IAC SUSP IAC DO TIMING-MARK and shows nothing until the answer: the
+ * session goes on. Its Ctrl+C sends IAC IP IAC DO TIMING-MARK: the session ends, telnet says
+ * "Connection closed by foreign host." and exits.
+ */
+Test(protocol, telnet_client_ctrl_z_then_ctrl_c, .timeout = 60) {
+        Hellod *d = hellod_start(NULL);
+        Telnet *t = telnet_start(d->port, d->dir);
+        char how[64];
+        int status;
+
+        harness_step("connect");
+        telnet_expect(t, "Welcome!\r\n");
+        harness_step("a line");
+        telnet_type(t, "Michael\r");
+        telnet_expect(t, "Hello, Michael!\r\n");
+        harness_step("Ctrl+Z, then a line");
+        telnet_type(t, "\x1a");
+        telnet_type(t, "Tracy\r");
+        telnet_expect(t, "Hello, Tracy!\r\n");
+        harness_step("Ctrl+C");
+        telnet_type(t, "\x03");
+        telnet_expect(t, "Connection closed by foreign host.");
+        status = telnet_wait(t);
+        hellod_wait_stderr(d, "closed: interrupt, 2 lines");
+        cr_assert(WIFEXITED(status), "telnet %s", harness_describe_status(status, how, sizeof(how)));
+
+        harness_step("stop");
         hellod_stop_clean(d);
         hellod_free(d);
 }

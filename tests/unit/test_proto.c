@@ -154,8 +154,9 @@ Test(line, empty_lines_are_ignored) {
 }
 
 Test(line, nul_and_invalid_utf8_are_echoed_verbatim) {
-        const char in[] = "a\0b\xff\xfe\xc3\x28\n";
-        const char expected[] = "Hello, a\0b\xff\xfe\xc3\x28!\r\n";
+        /* 0xff is telnet's IAC in line framing: see the telnet suite. */
+        const char in[] = "a\0b\xfe\xc3\x28\x80\n";
+        const char expected[] = "Hello, a\0b\xfe\xc3\x28\x80!\r\n";
 
         feed(in, sizeof(in) - 1);
         expect_out(expected, sizeof(expected) - 1);
@@ -394,4 +395,294 @@ Test(line, four_byte_first_line_without_pending_buffer) {
         cr_assert_eq(feed_str("abcd\nexit\n"), PROTO_CLOSE);
         expect_out_str("Hello, abcd!\r\n");
         cr_assert_eq(proto.end, PROTO_END_EXIT);
+}
+
+/* ---- telnet commands in line framing (README, Protocol) ---- */
+
+#define IAC "\xff"
+#define WILL "\xfb"
+#define WONT "\xfc"
+#define DO "\xfd"
+#define DONT "\xfe"
+#define SB "\xfa"
+#define SE "\xf0"
+#define TM "\x06"
+
+/* feed_lit: a string literal that may hold NUL bytes. */
+#define feed_lit(s) feed((s), sizeof(s) - 1)
+#define expect_lit(s) expect_out((s), sizeof(s) - 1)
+
+TestSuite(telnet, .init = setup_line, .fini = teardown);
+
+Test(telnet, ctrl_c_ends_the_session_without_echo) {
+        /* What telnet sends for Ctrl+C: IAC IP IAC DO TIMING-MARK. */
+        cr_assert_eq(feed_str("Michael\r\n"), PROTO_CONTINUE);
+        cr_assert_eq(feed_lit(IAC "\xf4" IAC DO TM), PROTO_CLOSE);
+        cr_assert_eq(proto.end, PROTO_END_INTERRUPT);
+        expect_out_str("Hello, Michael!\r\n");
+        cr_assert_str_eq(proto_end_to_string(proto.end), "interrupt");
+}
+
+Test(telnet, interrupt_abort_break_eof_end_the_session_and_drop_the_line) {
+        static const char ends[] = { '\xf4', '\xf5', '\xf3', '\xec', '\xee' }; /* IP AO BRK EOF ABORT */
+
+        for (size_t k = 0; k < sizeof(ends); k++) {
+                char in[] = "a\nunterminated" IAC "?" "b\n";
+
+                in[sizeof("a\nunterminated" IAC) - 1] = ends[k];
+                teardown();
+                setup_line();
+                cr_assert_eq(feed(in, sizeof(in) - 1), PROTO_CLOSE, "command 0x%02x", (unsigned char) ends[k]);
+                cr_assert_eq(proto.end, PROTO_END_INTERRUPT);
+                expect_out_str("Hello, a!\r\n");
+                proto_eof(&proto, &out); /* the unterminated line is gone for good */
+                expect_out_str("Hello, a!\r\n");
+        }
+}
+
+Test(telnet, two_byte_commands_are_dropped_from_the_line) {
+        /* NOP DM GA EC EL SUSP EOR, and SE outside a subnegotiation. */
+        static const char dropped[] = { '\xf1', '\xf2', '\xf9', '\xf7', '\xf8', '\xed', '\xef', '\xf0' };
+
+        for (size_t k = 0; k < sizeof(dropped); k++) {
+                char in[] = "Mi" IAC "?" "chael\n";
+
+                in[3] = dropped[k];
+                feed(in, sizeof(in) - 1);
+        }
+        cr_assert_eq(proto.end, PROTO_END_NONE);
+        cr_assert_eq(proto.lines, sizeof(dropped));
+        for (size_t k = 0; k < sizeof(dropped); k++)
+                cr_assert(memcmp(out.data + k * 17, "Hello, Michael!\r\n", 17) == 0, "command %zu", k);
+        cr_assert_eq(out.len, sizeof(dropped) * 17);
+}
+
+Test(telnet, commands_inside_exit_leave_exit) {
+        cr_assert_eq(feed_lit("ex" IAC "\xf1" "it\r\n"), PROTO_CLOSE);
+        cr_assert_eq(proto.end, PROTO_END_EXIT);
+        cr_assert_eq(out.len, 0);
+}
+
+Test(telnet, do_is_refused_with_wont) {
+        feed_lit(IAC DO "\x01" IAC DO "\x03" IAC DO "\x18");
+        expect_lit(IAC WONT "\x01" IAC WONT "\x03" IAC WONT "\x18");
+}
+
+Test(telnet, will_is_refused_with_dont) {
+        feed_lit(IAC WILL "\x1f" IAC WILL "\x18" IAC WILL TM);
+        expect_lit(IAC DONT "\x1f" IAC DONT "\x18" IAC DONT TM);
+}
+
+Test(telnet, wont_and_dont_get_no_answer) {
+        /* They confirm the state hellod is in: answering them could loop. */
+        cr_assert_eq(feed_lit(IAC WONT "\x01" IAC DONT "\x03" IAC WONT TM IAC DONT TM "a\n"), PROTO_CONTINUE);
+        expect_out_str("Hello, a!\r\n");
+}
+
+Test(telnet, do_timing_mark_gets_will_timing_mark_in_order) {
+        /* RFC 860: WILL TIMING-MARK after the answers to everything before it. */
+        feed_lit("a\n" IAC DO TM "b\n");
+        expect_lit("Hello, a!\r\n" IAC WILL TM "Hello, b!\r\n");
+}
+
+Test(telnet, ctrl_z_is_dropped_and_its_timing_mark_answered) {
+        /* telnet's Ctrl+Z: IAC SUSP IAC DO TIMING-MARK; it shows nothing until the answer. */
+        cr_assert_eq(feed_lit(IAC "\xed" IAC DO TM "Tracy\r\n"), PROTO_CONTINUE);
+        expect_lit(IAC WILL TM "Hello, Tracy!\r\n");
+}
+
+Test(telnet, session_continues_after_negotiation) {
+        feed_lit(IAC DO "\x03" IAC WILL "\x22" "Mic" IAC DO "\x01" "hael\r\n");
+        expect_lit(IAC WONT "\x03" IAC DONT "\x22" IAC WONT "\x01" "Hello, Michael!\r\n");
+        cr_assert_eq(feed_str("exit\r\n"), PROTO_CLOSE);
+        cr_assert_eq(proto.end, PROTO_END_EXIT);
+}
+
+Test(telnet, are_you_there_gets_yes) {
+        feed_lit("a" IAC "\xf6" "b\n");
+        expect_lit("[Yes]\r\nHello, ab!\r\n");
+}
+
+Test(telnet, iac_iac_is_one_ff_data_byte) {
+        feed_lit("a" IAC IAC "b\n" IAC IAC "\n");
+        expect_lit("Hello, a\xff" "b!\r\nHello, \xff!\r\n");
+}
+
+Test(telnet, iac_before_a_non_command_is_dropped_alone) {
+        /* A stray 0xFF never swallows the newline after it. */
+        feed_lit("abc" IAC "\n" IAC "x\n");
+        expect_lit("Hello, abc!\r\nHello, x!\r\n");
+        feed_lit("d" IAC);
+        feed_lit("\xeb" "e\n"); /* 0xeb: just below the command bytes */
+        expect_lit("Hello, abc!\r\nHello, x!\r\nHello, d\xeb" "e!\r\n");
+}
+
+Test(telnet, other_bytes_stay_8_bit_clean) {
+        const char in[] = "\x00\x80\xfe\xf4\xfd\xc3\x28\r\x1b\n";
+        const char expected[] = "Hello, \x00\x80\xfe\xf4\xfd\xc3\x28\r\x1b!\r\n";
+
+        feed(in, sizeof(in) - 1);
+        expect_out(expected, sizeof(expected) - 1);
+}
+
+Test(telnet, subnegotiation_is_skipped_in_full) {
+        /* NAWS 80x24, TTYPE IS "xterm" with an escaped 0xFF and a stray IAC x inside. */
+        feed_lit("a" IAC SB "\x1f\x00\x50\x00\x18" IAC SE "b" IAC SB "\x18\x00xt" IAC IAC "e" IAC "\xf1" "rm" IAC SE
+                         "c\n");
+        expect_lit("Hello, abc!\r\n");
+        cr_assert_eq(proto.telnet, PROTO_TELNET_DATA);
+}
+
+Test(telnet, subnegotiation_of_max_line_length_is_skipped) {
+        /* 16 bytes between IAC SB and IAC SE, the IAC IAC pair counting two. */
+        feed_lit(IAC SB "0123456789abcd" IAC IAC IAC SE "x\n");
+        expect_lit("Hello, x!\r\n");
+}
+
+Test(telnet, subnegotiation_over_max_line_length_ends_the_session) {
+        cr_assert_eq(feed_lit(IAC SB "0123456789abcdef"), PROTO_CONTINUE);
+        cr_assert_eq(feed_lit("g"), PROTO_CLOSE);
+        cr_assert_eq(proto.end, PROTO_END_TOO_LONG);
+        expect_out_str("ERR line too long\r\n");
+}
+
+Test(telnet, subnegotiation_bound_counts_iac_pairs) {
+        cr_assert_eq(feed_lit(IAC SB "0123456789abcde" IAC "\xf1"), PROTO_CLOSE);
+        expect_out_str("ERR line too long\r\n");
+}
+
+Test(telnet, escaped_ff_counts_against_max_line_length) {
+        feed_lit("0123456789abcde" IAC IAC "\n");
+        expect_lit("Hello, 0123456789abcde\xff!\r\n");
+        cr_assert_eq(feed_lit("0123456789abcdef" IAC IAC "\n"), PROTO_CLOSE);
+        expect_lit("Hello, 0123456789abcde\xff!\r\nERR line too long\r\n");
+}
+
+Test(telnet, overlong_line_ends_before_a_later_command_is_answered) {
+        cr_assert_eq(feed_lit("0123456789abcdefgh" IAC DO "\x01" "\n"), PROTO_CLOSE);
+        expect_out_str("ERR line too long\r\n");
+}
+
+Test(telnet, cr_command_lf_is_a_crlf) {
+        feed_lit("0123456789abcdef\r" IAC "\xf1" "\n");
+        expect_out_str("Hello, 0123456789abcdef!\r\n");
+}
+
+Test(telnet, eof_inside_a_command_answers_the_line_before_it) {
+        feed_lit("abc" IAC);
+        proto_eof(&proto, &out);
+        expect_out_str("Hello, abc!\r\n");
+        cr_assert_eq(proto.end, PROTO_END_EOF);
+}
+
+/* One input with every class of command; split in two at every byte, and byte by byte, it
+ * must give the output it gives in one piece. */
+static const char every_class[] = "Mi" IAC "\xf1" "ch" IAC DO "\x01" "ae" IAC SB "\x1f\x00\x50" IAC IAC "\x18" IAC SE
+                                  "l" IAC IAC "\r\n" IAC WILL "\x03" IAC WONT "\x05" IAC "\xf6" "x" IAC "y\n" IAC DO TM
+                                  IAC "\xf4" IAC DO TM "never\n";
+static const char every_class_out[] = IAC WONT "\x01" "Hello, Michael\xff!\r\n" IAC DONT "\x03" "[Yes]\r\n"
+                                      "Hello, xy!\r\n" IAC WILL TM;
+
+Test(telnet, every_class_in_one_piece) {
+        cr_assert_eq(feed(every_class, sizeof(every_class) - 1), PROTO_CLOSE);
+        expect_lit(every_class_out);
+        cr_assert_eq(proto.end, PROTO_END_INTERRUPT);
+        cr_assert_eq(proto.lines, 2);
+}
+
+Test(telnet, every_class_split_at_every_byte) {
+        const size_t n = sizeof(every_class) - 1;
+
+        for (size_t cut = 1; cut < n; cut++) {
+                teardown();
+                setup_line();
+                ProtoStatus status = feed(every_class, cut);
+
+                /* The IAC IP ends it, wherever the cut is: what follows is discarded. */
+                cr_assert_eq(status, cut < n - sizeof("never\n" IAC DO TM) + 1 ? PROTO_CONTINUE : PROTO_CLOSE,
+                             "cut at %zu", cut);
+                cr_assert_eq(proto_feed(&proto, every_class + cut, n - cut, &out, &status), n - cut);
+                cr_assert_eq(status, PROTO_CLOSE, "cut at %zu", cut);
+                expect_lit(every_class_out);
+                cr_assert_eq(proto.end, PROTO_END_INTERRUPT);
+        }
+}
+
+Test(telnet, every_class_byte_by_byte) {
+        ProtoStatus status = PROTO_CONTINUE;
+
+        for (size_t i = 0; i < sizeof(every_class) - 1 && status == PROTO_CONTINUE; i++)
+                status = feed(every_class + i, 1);
+        cr_assert_eq(status, PROTO_CLOSE);
+        expect_lit(every_class_out);
+}
+
+/* feed_tight: feeds IN into an output buffer of CAP bytes, recording how much each call
+ * consumed, flushing into OUT (the test's big buffer) whenever proto leaves input over. */
+static ProtoStatus feed_tight(const char *in, size_t n, size_t cap, size_t *ret_first_used) {
+        char small[64];
+        Buf b = { .data = small, .cap = cap };
+        ProtoStatus status = PROTO_CONTINUE;
+        size_t done = 0;
+
+        cr_assert_leq(cap, sizeof(small));
+        for (int calls = 0; done < n && status == PROTO_CONTINUE; calls++) {
+                size_t used = proto_feed(&proto, in + done, n - done, &b, &status);
+
+                if (calls == 0)
+                        *ret_first_used = used;
+                cr_assert(used > 0 || b.len > 0 || status == PROTO_CLOSE, "no progress with an empty buffer");
+                done += used;
+                buf_append(&out, small, b.len);
+                b.len = 0;
+        }
+        return status;
+}
+
+Test(telnet, full_output_waits_in_the_middle_of_a_negotiation) {
+        size_t first;
+
+        /* 11 bytes of reply leave 1 byte: the WONT waits for its option byte. */
+        cr_assert_eq(feed_tight("a\n" IAC DO "\x01" "b\n", 7, 12, &first), PROTO_CONTINUE);
+        cr_assert_eq(first, 4, "consumed up to the option byte, got %zu", first);
+        expect_lit("Hello, a!\r\n" IAC WONT "\x01" "Hello, b!\r\n");
+}
+
+Test(telnet, full_output_waits_before_are_you_there) {
+        size_t first;
+
+        cr_assert_eq(feed_tight("a\n" IAC "\xf6" "b\n", 6, 17, &first), PROTO_CONTINUE);
+        cr_assert_eq(first, 3);
+        expect_lit("Hello, a!\r\n[Yes]\r\nHello, b!\r\n");
+}
+
+Test(telnet, full_output_waits_before_the_err_of_an_overlong_subnegotiation) {
+        size_t first;
+
+        cr_assert_eq(feed_tight("a\n" IAC SB "0123456789abcdefg", 21, 40, &first), PROTO_CLOSE);
+        cr_assert_eq(first, 20, "the byte over the limit waits, got %zu", first);
+        expect_out_str("Hello, a!\r\nERR line too long\r\n");
+}
+
+Test(telnet, full_output_waits_before_the_err_of_an_escaped_ff) {
+        size_t first;
+
+        cr_assert_eq(feed_tight("a\n0123456789abcdef" IAC IAC, 20, 40, &first), PROTO_CLOSE);
+        cr_assert_eq(first, 19, "the second IAC waits, got %zu", first);
+        expect_out_str("Hello, a!\r\nERR line too long\r\n");
+}
+
+Test(telnet, full_output_every_class_with_a_tight_buffer) {
+        /* proto_output_min() for this configuration is 7 + 16 + 1 + 2 + 32 = 58 bytes. */
+        size_t first;
+
+        cr_assert_eq(proto_output_min(&conf), 58);
+        cr_assert_eq(feed_tight(every_class, sizeof(every_class) - 1, 58, &first), PROTO_CLOSE);
+        expect_lit(every_class_out);
+}
+
+Test(chunk, telnet_commands_are_data_in_chunk_framing) {
+        /* The tutorial's framing interprets nothing. */
+        cr_assert_eq(feed_lit(IAC "\xf4" IAC DO TM), PROTO_CONTINUE);
+        expect_lit("Hello, " IAC "\xf4" IAC DO TM "!");
 }
