@@ -47,6 +47,7 @@ void harness_cleanup(void);
 
 /* Small utilities. */
 int64_t harness_now_ms(void);
+int64_t harness_now_us(void);
 void harness_sleep_ms(int ms);
 /* harness_escape: BUF rendered as a C string literal body (\r, \n, \xff...), into OUT. */
 const char *harness_escape(const void *buf, size_t n, char *out, size_t size);

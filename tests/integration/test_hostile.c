@@ -5,7 +5,6 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -14,22 +13,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "clients.h"
 #include "suite.h"
 
 HELLOD_SUITE(hostile);
-
-/* src/server.c WORKERS_MAX_IDLE: worker threads the daemon keeps parked for reuse. */
-#define WORKERS_CACHED_MAX 64
-/* How long the daemon gets to be back to its baseline after a scenario: lingering closes take
- * up to 1 s, hundreds of sessions end at once, and a sanitized daemon is slow. */
-#define SETTLE_TIMEOUT_MS 30000
-/* RSS growth allowed from the baseline. Sanitizers keep freed memory in quarantine and
- * shadow what is touched: their bound only catches runaway growth. */
-#define RSS_SLACK_KIB (64L * 1024)
-#define RSS_SLACK_SANITIZED_KIB (1024L * 1024)
 
 /* --- reporting and small helpers ---------------------------------------------------------- */
 
@@ -46,13 +35,6 @@ static void report(const char *format, ...) {
         (void) fprintf(stderr, "[hostile] %s\n", line);
 }
 
-static int64_t now_us(void) {
-        struct timespec ts;
-
-        (void) clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (int64_t) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 static void *xcalloc(size_t n, size_t size) {
         void *p = calloc(n, size);
 
@@ -61,46 +43,12 @@ static void *xcalloc(size_t n, size_t size) {
         return p;
 }
 
-/* Latency samples in microseconds. */
-typedef struct Stats {
-        int64_t *v;
-        size_t n, cap;
-} Stats;
-
-static void stats_add(Stats *s, int64_t us) {
-        if (s->n == s->cap) {
-                size_t cap = s->cap ? 2 * s->cap : 256;
-                int64_t *v = realloc(s->v, cap * sizeof(*v));
-
-                if (!v)
-                        harness_fail("out of memory");
-                s->v = v;
-                s->cap = cap;
-        }
-        s->v[s->n++] = us;
-}
-
-static int cmp_i64(const void *a, const void *b) {
-        int64_t x = *(const int64_t *) a, y = *(const int64_t *) b;
-
-        return (x > y) - (x < y);
-}
-
-/* stats_report: sorts the samples, prints count/min/p50/p99/max, returns the max (us). */
+/* stats_report: the samples' figures; returns the largest (us). */
 static int64_t stats_report(const char *what, Stats *s) {
-        if (s->n == 0) {
-                report("%s: no samples", what);
-                return 0;
-        }
-        qsort(s->v, s->n, sizeof(*s->v), cmp_i64);
-        report("%s: n=%zu min %.3f ms, p50 %.3f ms, p99 %.3f ms, max %.3f ms", what, s->n, s->v[0] / 1000.0,
-               s->v[s->n / 2] / 1000.0, s->v[(s->n * 99) / 100] / 1000.0, s->v[s->n - 1] / 1000.0);
-        return s->v[s->n - 1];
-}
+        char figures[256];
 
-static void stats_free(Stats *s) {
-        free(s->v);
-        *s = (Stats) { 0 };
+        report("%s: %s", what, stats_describe(s, figures, sizeof(figures)));
+        return stats_max(s);
 }
 
 /* --- the daemon's baseline ------------------------------------------------------------------ */
@@ -140,36 +88,14 @@ static long rss_stop(RssSampler *r) {
         return atomic_load(&r->peak_kib);
 }
 
-typedef struct Baseline {
-        int fds;
-        int other_threads; /* not workers: the main thread, a sanitizer's own */
-        long rss_kib;
-        bool sanitized;
-} Baseline;
-
-/* baseline_take: an idle daemon's figures. The readiness probe's session may still be
- * closing: wait for a steady descriptor count first. */
-static Baseline baseline_take(Hellod *d) {
-        int64_t deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;
-        int last = -1, same = 0;
+/* expect_baseline: an idle daemon's figures, once its descriptor count holds still. */
+static Baseline expect_baseline(Hellod *d) {
         Baseline b;
 
         harness_step("baseline");
-        while (same < 3) {
-                int n = hellod_fd_count(d);
-
-                same = n == last ? same + 1 : 0;
-                last = n;
-                if (harness_now_ms() >= deadline)
-                        hellod_fail(d, "the descriptor count of an idle hellod does not settle (%d)", n);
-                harness_sleep_ms(100);
-        }
-        b = (Baseline) {
-                .fds = last,
-                .other_threads = hellod_thread_count(d) - hellod_worker_count(d),
-                .rss_kib = hellod_rss_kib(d),
-                .sanitized = hellod_sanitized(d),
-        };
+        b = baseline_take(d);
+        if (!b.steady)
+                hellod_fail(d, "the descriptor count of an idle hellod does not settle (%d)", b.fds);
         report("baseline: %d fds, %d non-worker threads, RSS %ld KiB%s", b.fds, b.other_threads, b.rss_kib,
                b.sanitized ? " (sanitized daemon)" : "");
         return b;
@@ -186,14 +112,14 @@ static void expect_serving(Hellod *d, const char *name) {
 }
 
 /*
- * expect_settled: after SCENARIO, within SETTLE_TIMEOUT_MS: alive, serving, its descriptors
- * back to the baseline (no session left open), no more threads than the cache keeps, and its
- * memory back under the baseline plus a generous bound.
+ * expect_settled: after SCENARIO, within HELLOD_SETTLE_TIMEOUT_MS: alive, serving, its
+ * descriptors back to the baseline (no session left open), no more threads than the cache
+ * keeps, and its memory back under the baseline plus a generous bound.
  */
 static void expect_settled(Hellod *d, const Baseline *b, long peak_kib, const char *scenario) {
-        int64_t t0 = harness_now_ms(), deadline = t0 + SETTLE_TIMEOUT_MS;
-        long slack = b->sanitized ? RSS_SLACK_SANITIZED_KIB : RSS_SLACK_KIB, end_kib;
-        int fds, workers, others;
+        int64_t t0 = harness_now_ms();
+        long end_kib;
+        Usage u;
 
         harness_step("%s: alive and serving", scenario);
         if (!hellod_alive(d))
@@ -201,44 +127,20 @@ static void expect_settled(Hellod *d, const Baseline *b, long peak_kib, const ch
         expect_serving(d, "after");
 
         harness_step("%s: back to the baseline", scenario);
-        for (;;) {
-                fds = hellod_fd_count(d);
-                workers = hellod_worker_count(d);
-                others = hellod_thread_count(d) - workers;
-                if (fds <= b->fds && workers <= WORKERS_CACHED_MAX && others <= b->other_threads)
-                        break;
-                if (harness_now_ms() >= deadline)
-                        hellod_fail(d,
-                                    "%s: still %d fds (baseline %d), %d workers (cache keeps %d), %d other "
-                                    "threads (baseline %d) after %d ms",
-                                    scenario, fds, b->fds, workers, WORKERS_CACHED_MAX, others, b->other_threads,
-                                    SETTLE_TIMEOUT_MS);
-                harness_sleep_ms(50);
-        }
+        if (!baseline_wait_settled(d, b, HELLOD_SETTLE_TIMEOUT_MS, &u))
+                hellod_fail(d,
+                            "%s: still %d fds (baseline %d), %d workers (cache keeps %d), %d other "
+                            "threads (baseline %d) after %d ms",
+                            scenario, u.fds, b->fds, u.workers, HELLOD_WORKERS_CACHED_MAX, u.others, b->other_threads,
+                            HELLOD_SETTLE_TIMEOUT_MS);
         end_kib = hellod_rss_kib(d);
         report("%s: settled in %" PRId64 " ms: %d fds (baseline %d), %d threads = %d workers + %d others; "
                "RSS baseline %ld KiB, peak %ld KiB, end %ld KiB (bound %ld KiB)",
-               scenario, harness_now_ms() - t0, fds, b->fds, workers + others, workers, others, b->rss_kib,
-               peak_kib, end_kib, b->rss_kib + slack);
-        cr_assert(end_kib <= b->rss_kib + slack, "%s: hellod's RSS stays at %ld KiB, baseline %ld KiB", scenario,
+               scenario, harness_now_ms() - t0, u.fds, b->fds, u.workers + u.others, u.workers, u.others, b->rss_kib,
+               peak_kib, end_kib, baseline_rss_bound(b));
+        cr_assert(end_kib <= baseline_rss_bound(b), "%s: hellod's RSS stays at %ld KiB, baseline %ld KiB", scenario,
                   end_kib, b->rss_kib);
         cr_assert(hellod_alive(d), "hellod died after %s", scenario);
-}
-
-/* wait_connected: a client_start_connect() socket; 0 or -errno. */
-static int wait_connected(int fd) {
-        struct pollfd pfd = { .fd = fd, .events = POLLOUT };
-        socklen_t len = sizeof(int);
-        int e = 0, r;
-
-        do
-                r = poll(&pfd, 1, HARNESS_TIMEOUT_MS);
-        while (r < 0 && errno == EINTR);
-        if (r == 0)
-                return -ETIMEDOUT;
-        if (r < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &len) < 0)
-                return -errno;
-        return -e;
 }
 
 /* --- slowloris ------------------------------------------------------------------------------ */
@@ -248,6 +150,7 @@ enum {
         LORIS_ATTACK_MS = 8000,       /* closed attackers are replaced during this window */
         LORIS_MAX_SESSIONS = 1500,    /* and this many attacker sessions at most */
         LORIS_TICK_MS = 1000,         /* one dribble per attacker per tick */
+        LORIS_FAST_EVERY = 3,         /* every third attacker is fast */
         LORIS_FAST_BYTES = 10,        /* a fast attacker's dribble: the second passes the line limit */
         LORIS_CLOSE_GRACE_MS = 15000, /* after the window, every attacker must be closed by then */
         LORIS_PROBE_MAX = 400,        /* well-behaved sessions during the attack, at most */
@@ -258,221 +161,6 @@ enum {
         LORIS_MAX_LINE = 16,
 };
 
-typedef enum LorisKind {
-        LORIS_SLOW, /* one byte a tick: never a line, never too long; idle_timeout closes it */
-        LORIS_FAST, /* LORIS_FAST_BYTES a tick: max_line_length closes it */
-} LorisKind;
-
-typedef struct LorisSlot {
-        int fd; /* -1: free */
-        LorisKind kind;
-        bool connected, greeted;
-        int64_t started_ms, next_send_ms;
-        size_t sent, n_got;
-        char got[64];
-} LorisSlot;
-
-typedef struct Loris {
-        uint16_t port;
-        atomic_int greeted;    /* attacker sessions that got the greeting */
-        atomic_bool attacking; /* false once the window is over */
-        LorisSlot slots[LORIS_SLOTS];
-        /* Results: read after the join. */
-        int sessions, closed[2], n_errors;
-        int64_t close_ms_min[2], close_ms_max[2];
-        size_t sent_max[2];
-        char error[1024];
-} Loris;
-
-static const char *const loris_kind_name[] = { "slow", "fast" };
-
-static void loris_error(Loris *l, const char *format, ...) __attribute__((format(printf, 2, 3)));
-
-static void loris_error(Loris *l, const char *format, ...) {
-        va_list ap;
-
-        if (l->n_errors++ > 0)
-                return;
-        va_start(ap, format);
-        (void) vsnprintf(l->error, sizeof(l->error), format, ap);
-        va_end(ap);
-}
-
-static void loris_open(Loris *l, int index, int64_t first_send_ms) {
-        LorisSlot *s = &l->slots[index];
-        int fd = client_start_connect("127.0.0.1", l->port);
-
-        *s = (LorisSlot) { .fd = -1 };
-        if (fd < 0) {
-                loris_error(l, "attacker connect(): %s", strerror(-fd));
-                return;
-        }
-        s->fd = fd;
-        s->kind = index % 3 == 2 ? LORIS_FAST : LORIS_SLOW;
-        s->started_ms = harness_now_ms();
-        s->next_send_ms = first_send_ms;
-        l->sessions++;
-}
-
-/* loris_finish: the daemon closed the attacker (HOW: NULL for EOF, else the error). */
-static void loris_finish(Loris *l, LorisSlot *s, const char *how) {
-        const char *err = s->kind == LORIS_FAST ? HELLOD_ERR_TOO_LONG : HELLOD_ERR_IDLE;
-        char want[64], e1[256], e2[256];
-        size_t wlen = (size_t) snprintf(want, sizeof(want), "%s%s", HELLOD_GREETING, err);
-        int64_t ms = harness_now_ms() - s->started_ms;
-        int k = (int) s->kind;
-
-        if (!how && s->n_got == wlen && memcmp(s->got, want, wlen) == 0) {
-                if (l->closed[k] == 0 || ms < l->close_ms_min[k])
-                        l->close_ms_min[k] = ms;
-                if (ms > l->close_ms_max[k])
-                        l->close_ms_max[k] = ms;
-                if (s->sent > l->sent_max[k])
-                        l->sent_max[k] = s->sent;
-                l->closed[k]++;
-        } else
-                loris_error(l,
-                            "a %s attacker (%zu bytes sent in %" PRId64 " ms) got \"%s\" then %s; "
-                            "expected \"%s\" then EOF",
-                            loris_kind_name[k], s->sent, ms,
-                            harness_escape(s->got, s->n_got < sizeof(s->got) ? s->n_got : sizeof(s->got), e1,
-                                           sizeof(e1)),
-                            how ? how : "EOF", harness_escape(want, wlen, e2, sizeof(e2)));
-        (void) close(s->fd);
-        s->fd = -1;
-}
-
-static void loris_read(Loris *l, LorisSlot *s) {
-        const size_t glen = strlen(HELLOD_GREETING);
-
-        for (;;) {
-                char buf[128];
-                ssize_t k = recv(s->fd, buf, sizeof(buf), MSG_DONTWAIT);
-
-                if (k > 0) {
-                        size_t room = sizeof(s->got) - (s->n_got < sizeof(s->got) ? s->n_got : sizeof(s->got));
-                        size_t take = (size_t) k < room ? (size_t) k : room;
-
-                        memcpy(s->got + sizeof(s->got) - room, buf, take);
-                        s->n_got += (size_t) k;
-                        if (!s->greeted && s->n_got >= glen && memcmp(s->got, HELLOD_GREETING, glen) == 0) {
-                                s->greeted = true;
-                                atomic_fetch_add(&l->greeted, 1);
-                        }
-                        continue;
-                }
-                if (k == 0) {
-                        loris_finish(l, s, NULL);
-                        return;
-                }
-                if (errno == EINTR)
-                        continue;
-                if (errno != EAGAIN && errno != EWOULDBLOCK)
-                        loris_finish(l, s, strerror(errno));
-                return;
-        }
-}
-
-/* loris_main: the attack, on its own thread: one poll loop over every attacker. It reports
- * through Loris only (harness_fail() belongs to the test's main thread). */
-static void *loris_main(void *arg) {
-        static const char dribble[LORIS_FAST_BYTES] = "xxxxxxxxxx";
-        const size_t glen = strlen(HELLOD_GREETING);
-        Loris *l = arg;
-        int64_t start = harness_now_ms();
-        struct pollfd pfds[LORIS_SLOTS];
-        int map[LORIS_SLOTS];
-
-        /* Staggered over the first tick, as real attackers would be. */
-        for (int i = 0; i < LORIS_SLOTS; i++)
-                loris_open(l, i, start + (int64_t) i * LORIS_TICK_MS / LORIS_SLOTS);
-
-        for (;;) {
-                int64_t now = harness_now_ms();
-                bool attacking = now < start + LORIS_ATTACK_MS && l->sessions < LORIS_MAX_SESSIONS;
-                int n = 0, timeout = 100, r;
-
-                if (!attacking)
-                        atomic_store(&l->attacking, false);
-                for (int i = 0; i < LORIS_SLOTS; i++) {
-                        LorisSlot *s = &l->slots[i];
-
-                        if (s->fd < 0 && attacking)
-                                loris_open(l, i, now);
-                        if (s->fd < 0)
-                                continue;
-                        pfds[n] = (struct pollfd) { .fd = s->fd, .events = s->connected ? POLLIN : POLLOUT };
-                        map[n++] = i;
-                        if (s->connected && s->n_got <= glen) {
-                                int64_t wait = s->next_send_ms - now;
-
-                                if (wait < timeout)
-                                        timeout = wait > 0 ? (int) wait : 0;
-                        }
-                }
-                if (n == 0 && !attacking)
-                        break;
-                if (now > start + LORIS_ATTACK_MS + LORIS_CLOSE_GRACE_MS) {
-                        for (int k = 0; k < n; k++) {
-                                LorisSlot *s = &l->slots[map[k]];
-
-                                loris_error(l,
-                                            "a %s attacker (%zu bytes sent) was still open %" PRId64
-                                            " ms after it connected",
-                                            loris_kind_name[s->kind], s->sent, now - s->started_ms);
-                                (void) close(s->fd);
-                                s->fd = -1;
-                        }
-                        break;
-                }
-
-                r = poll(pfds, (nfds_t) n, timeout);
-                if (r < 0 && errno != EINTR) {
-                        loris_error(l, "poll(): %s", strerror(errno));
-                        break;
-                }
-                for (int k = 0; r > 0 && k < n; k++) {
-                        LorisSlot *s = &l->slots[map[k]];
-
-                        if (!pfds[k].revents)
-                                continue;
-                        if (!s->connected) {
-                                socklen_t len = sizeof(int);
-                                int e = 0;
-
-                                (void) getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &e, &len);
-                                if (e != 0) {
-                                        loris_error(l, "attacker connect(): %s", strerror(e));
-                                        (void) close(s->fd);
-                                        s->fd = -1;
-                                        continue;
-                                }
-                                s->connected = true;
-                                continue;
-                        }
-                        loris_read(l, s);
-                }
-
-                /* Dribble; an attacker that got anything beyond the greeting stops. */
-                now = harness_now_ms();
-                for (int i = 0; i < LORIS_SLOTS; i++) {
-                        LorisSlot *s = &l->slots[i];
-                        size_t len = s->kind == LORIS_FAST ? LORIS_FAST_BYTES : 1;
-                        ssize_t k;
-
-                        if (s->fd < 0 || !s->connected || s->n_got > glen || now < s->next_send_ms)
-                                continue;
-                        k = send(s->fd, dribble, len, MSG_NOSIGNAL | MSG_DONTWAIT);
-                        if (k > 0)
-                                s->sent += (size_t) k;
-                        /* A failed send is the daemon closing: the read side will tell. */
-                        s->next_send_ms += LORIS_TICK_MS;
-                }
-        }
-        atomic_store(&l->attacking, false);
-        return NULL;
-}
-
 /*
  * Slowloris: 300 clients dribble bytes and never finish a line; closed ones are replaced for
  * 8 s. Each must be closed with exactly its ERR line (idle_timeout for one byte a second,
@@ -480,12 +168,12 @@ static void *loris_main(void *arg) {
  */
 Test(hostile, slowloris, .timeout = 180) {
         Hellod *d;
-        Loris *l = xcalloc(1, sizeof(*l));
+        static const char *const greetings[] = { HELLOD_GREETING, NULL };
+        Loris *l;
         Stats greet = { 0 }, rtt = { 0 };
         int64_t greet_max, rtt_max, t0, t1;
         uint64_t cpu0, cpu1;
         long hz = sysconf(_SC_CLK_TCK);
-        pthread_t thread;
         RssSampler rss;
         Baseline b;
         int rounds = 0;
@@ -493,15 +181,19 @@ Test(hostile, slowloris, .timeout = 180) {
         report("slowloris: own RLIMIT_NOFILE raised to %llu", (unsigned long long) harness_raise_nofile());
         d = hellod_start("max_connections = 1000;\nidle_timeout = %d;\nmax_line_length = %d;\n", LORIS_IDLE_TIMEOUT,
                          LORIS_MAX_LINE);
-        b = baseline_take(d);
+        b = expect_baseline(d);
         rss_start(&rss, d);
 
         harness_step("slowloris: %d attackers connect", LORIS_SLOTS);
-        l->port = d->port;
-        atomic_init(&l->greeted, 0);
-        atomic_init(&l->attacking, true);
-        if (pthread_create(&thread, NULL, loris_main, l) != 0)
-                harness_fail("pthread_create(): cannot start the attack");
+        l = loris_start(&(LorisConfig) {
+                .port = d->port,
+                .greetings = greetings,
+                .mix = { LORIS_SLOTS, LORIS_FAST_EVERY, LORIS_FAST_BYTES, LORIS_TICK_MS },
+                .end = { .attack_ms = LORIS_ATTACK_MS, .max_sessions = LORIS_MAX_SESSIONS,
+                         .close_grace_ms = LORIS_CLOSE_GRACE_MS },
+        });
+        if (!l)
+                harness_fail("cannot start the attack: %s", strerror(errno));
         t0 = harness_now_ms();
         while (atomic_load(&l->greeted) < LORIS_SLOTS && atomic_load(&l->attacking)) {
                 if (harness_now_ms() - t0 > HARNESS_TIMEOUT_MS)
@@ -515,18 +207,18 @@ Test(hostile, slowloris, .timeout = 180) {
         t0 = harness_now_ms();
         cpu0 = harness_cpu_ticks(d->pid);
         while (atomic_load(&l->attacking) && rounds < LORIS_PROBE_MAX) {
-                int64_t t = now_us();
+                int64_t t = harness_now_us();
                 int fd = client_connect(d->port);
 
                 client_expect_str(fd, HELLOD_GREETING);
-                stats_add(&greet, now_us() - t);
+                stats_add(&greet, harness_now_us() - t);
                 for (int i = 0; i < LORIS_PROBE_NAMES; i++) {
                         char name[32];
 
                         (void) snprintf(name, sizeof(name), "polite-%d-%d", rounds, i);
-                        t = now_us();
+                        t = harness_now_us();
                         client_hello(fd, name);
-                        stats_add(&rtt, now_us() - t);
+                        stats_add(&rtt, harness_now_us() - t);
                 }
                 client_send_str(fd, "exit\n");
                 client_expect_eof(fd, false);
@@ -538,19 +230,19 @@ Test(hostile, slowloris, .timeout = 180) {
         t1 = harness_now_ms();
 
         harness_step("slowloris: every attacker closed");
-        (void) pthread_join(thread, NULL);
+        loris_join(l);
         report("slowloris: %d attacker sessions: %d slow closed by idle_timeout in %" PRId64 "-%" PRId64
                " ms (at most %zu bytes sent), %d fast closed by max_line_length in %" PRId64 "-%" PRId64
-               " ms, %d wrong",
+               " ms, %u wrong",
                l->sessions, l->closed[LORIS_SLOW], l->close_ms_min[LORIS_SLOW], l->close_ms_max[LORIS_SLOW],
                l->sent_max[LORIS_SLOW], l->closed[LORIS_FAST], l->close_ms_min[LORIS_FAST],
-               l->close_ms_max[LORIS_FAST], l->n_errors);
+               l->close_ms_max[LORIS_FAST], l->err.n);
         report("slowloris: daemon CPU during the attack: %.2f s in %.1f s", (double) (cpu1 - cpu0) / (double) hz,
                (double) (t1 - t0) / 1000.0);
         greet_max = stats_report("slowloris: well-behaved connect to greeting", &greet);
         rtt_max = stats_report("slowloris: well-behaved round trip", &rtt);
-        cr_assert(l->n_errors == 0, "%d of %d attackers were not closed as the protocol says; first: %s", l->n_errors,
-                  l->sessions, l->error);
+        cr_assert(l->err.n == 0, "%u of %d attackers were not closed as the protocol says; first: %s", l->err.n,
+                  l->sessions, l->err.first[0]);
         cr_assert(l->closed[LORIS_SLOW] > 0 && l->closed[LORIS_FAST] > 0);
         cr_assert(rounds > 0, "no well-behaved session ran during the attack");
         cr_assert(greet_max < LORIS_RTT_BOUND_MS * 1000 && rtt_max < LORIS_RTT_BOUND_MS * 1000,
@@ -558,7 +250,7 @@ Test(hostile, slowloris, .timeout = 180) {
                   greet_max / 1000.0, rtt_max / 1000.0, LORIS_RTT_BOUND_MS);
         stats_free(&greet);
         stats_free(&rtt);
-        free(l);
+        loris_free(l);
 
         expect_settled(d, &b, rss_stop(&rss), "slowloris");
         hellod_stop_clean(d);
@@ -651,7 +343,7 @@ Test(hostile, flood_pipelined_then_read, .timeout = 180) {
         const uint64_t in_total = (uint64_t) FLOOD_LINES * FLOOD_LINE_LEN;
         const uint64_t out_total = (uint64_t) FLOOD_LINES * FLOOD_REPLY_LEN;
         Hellod *d = hellod_start("idle_timeout = 60;\n");
-        Baseline b = baseline_take(d);
+        Baseline b = expect_baseline(d);
         uint64_t sent = 0, received = 0, sent_quiet;
         int64_t t0, t_progress, t_stall = -1, t_read, t_done, other_us = -1;
         RssSampler rss;
@@ -676,14 +368,14 @@ Test(hostile, flood_pipelined_then_read, .timeout = 180) {
                         t_stall = t_progress - t0;
                 if (other_us < 0 && (t_stall >= 0 || sent == in_total)) {
                         /* The flooder's worker is blocked writing: another client must not notice. */
-                        int64_t t = now_us();
+                        int64_t t = harness_now_us();
                         int other = client_connect_greeted("127.0.0.1", d->port, NULL, HELLOD_GREETING, NULL);
 
                         client_hello(other, "bystander");
                         client_send_str(other, "exit\n");
                         client_expect_eof(other, false);
                         client_close(other);
-                        other_us = now_us() - t;
+                        other_us = harness_now_us() - t;
                 }
                 if (sent == in_total)
                         harness_sleep_ms(20);
@@ -744,7 +436,7 @@ Test(hostile, flood_pipelined_then_read, .timeout = 180) {
                out_total / 1e6, t_done - t_read, FLOOD_LINES * 1000.0 / (double) (t_done - t_read + 1));
         report("flood: RSS baseline %ld KiB, peak while not reading %ld KiB, peak overall %ld KiB", b.rss_kib,
                peak_quiet, peak);
-        cr_assert(peak <= b.rss_kib + (b.sanitized ? RSS_SLACK_SANITIZED_KIB : RSS_SLACK_KIB),
+        cr_assert(peak <= baseline_rss_bound(&b),
                   "hellod's RSS peaked at %ld KiB during the flood, baseline %ld KiB", peak, b.rss_kib);
 
         expect_settled(d, &b, peak, "flood");
@@ -760,7 +452,7 @@ Test(hostile, flood_pipelined_then_read, .timeout = 180) {
  */
 Test(hostile, flood_never_read, .timeout = 120) {
         Hellod *d = hellod_start("idle_timeout = 2;\n");
-        Baseline b = baseline_take(d);
+        Baseline b = expect_baseline(d);
         uint64_t sent = 0, received = 0;
         int64_t t0, stalled_at = -1, released_at;
         ClientReadEnd end = CLIENT_READ_DONE;
@@ -889,131 +581,6 @@ enum {
 };
 
 
-/* nasty_byte: anything but '\n', biased to what breaks parsers and terminals. */
-static unsigned char nasty_byte(Rng *r) {
-        static const unsigned char special[] = { 0x00, 0xff, 0xfb, 0xfc, 0xfd, 0xfe, 0xf4, 0xf0, 0xfa, '\r', 0x80,
-                                                 0xbf, 0xc0, 0xc1, 0xed, 0xf5, 0x1b, 0x7f, '%', '{', '}', '\\' };
-        unsigned char c;
-
-        switch (rng_below(r, 4)) {
-        case 0:
-                return special[rng_below(r, sizeof(special))];
-        case 1:
-                return (unsigned char) (0x20 + rng_below(r, 0x5f));
-        default:
-                c = (unsigned char) rng_next(r);
-                return c == '\n' ? 0 : c;
-        }
-}
-
-/* gen_structured: random lines of nasty bytes, some empty, near or over the limit, exit,
- * telnet negotiations, "\n" or "\r\n" ends, maybe an unterminated last line. */
-static size_t gen_structured(Rng *r, unsigned char *buf, size_t cap) {
-        size_t n = 0, lines = 1 + rng_below(r, 40);
-
-        for (size_t i = 0; i < lines; i++) {
-                size_t pick = rng_below(r, 100), len;
-
-                if (pick < 3)
-                        len = GARBAGE_MAX_LINE + 1 + rng_below(r, 40);
-                else if (pick < 8)
-                        len = GARBAGE_MAX_LINE - rng_below(r, 2);
-                else if (pick < 14)
-                        len = 0;
-                else
-                        len = rng_below(r, 60);
-                if (n + len + 16 > cap)
-                        break;
-                if (pick >= 14 && pick < 17) {
-                        memcpy(buf + n, "exit", 4);
-                        n += 4;
-                } else {
-                        if (pick >= 17 && pick < 25) /* a telnet negotiation first */
-                                for (size_t k = 1 + rng_below(r, 3); k > 0; k--) {
-                                        buf[n++] = 0xff;
-                                        buf[n++] = (unsigned char) (0xfb + rng_below(r, 4));
-                                        buf[n++] = (unsigned char) rng_below(r, 40);
-                                }
-                        for (size_t k = 0; k < len; k++)
-                                buf[n++] = nasty_byte(r);
-                }
-                if (i + 1 == lines && rng_below(r, 4) == 0)
-                        break; /* unterminated, answered at EOF */
-                if (rng_below(r, 2))
-                        buf[n++] = '\r';
-                buf[n++] = '\n';
-        }
-        return n;
-}
-
-/*
- * exchange: sends IN in random-sized pieces (TCP_NODELAY, so they leave as they are), then
- * half-closes, reading all the while until EOF or a reset. Stops sending if the daemon is
- * gone. Returns the bytes read (malloc'd in *RET).
- */
-static size_t exchange(int fd, const void *in, size_t n, Rng *r, size_t max_piece, char **ret, ClientReadEnd *ret_end) {
-        static const int one = 1;
-        int64_t deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;
-        size_t off = 0, got = 0, cap = 4096;
-        bool shut = false;
-        char *out = malloc(cap);
-
-        if (!out)
-                harness_fail("out of memory");
-        (void) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        for (;;) {
-                struct pollfd pfd = { .fd = fd, .events = POLLIN | (off < n ? POLLOUT : 0) };
-                int rp = poll(&pfd, 1, 100);
-
-                if (harness_now_ms() > deadline) {
-                        *ret_end = CLIENT_READ_TIMEOUT;
-                        break;
-                }
-                if (rp < 0 && errno != EINTR)
-                        harness_fail("poll(): %s", strerror(errno));
-                if (rp <= 0)
-                        continue;
-                if ((pfd.revents & POLLOUT) && off < n) {
-                        size_t piece = 1 + rng_below(r, max_piece);
-                        ssize_t k = send(fd, (const char *) in + off, piece < n - off ? piece : n - off,
-                                         MSG_NOSIGNAL | MSG_DONTWAIT);
-
-                        if (k > 0)
-                                off += (size_t) k;
-                        else if (k < 0 && errno != EAGAIN && errno != EINTR)
-                                off = n; /* EPIPE, ECONNRESET: the daemon closed; read what it said */
-                }
-                if (off == n && !shut) {
-                        (void) shutdown(fd, SHUT_WR);
-                        shut = true;
-                }
-                if (pfd.revents & (POLLIN | POLLHUP | POLLERR)) {
-                        ssize_t k;
-
-                        if (got == cap) {
-                                char *grown = realloc(out, cap *= 2);
-
-                                if (!grown)
-                                        harness_fail("out of memory");
-                                out = grown;
-                        }
-                        k = recv(fd, out + got, cap - got, MSG_DONTWAIT);
-                        if (k > 0)
-                                got += (size_t) k;
-                        else if (k == 0) {
-                                *ret_end = CLIENT_READ_EOF;
-                                break;
-                        } else if (errno == ECONNRESET) {
-                                *ret_end = CLIENT_READ_RESET;
-                                break;
-                        } else if (errno != EAGAIN && errno != EINTR)
-                                harness_fail("recv(): %s", strerror(errno));
-                }
-        }
-        *ret = out;
-        return got;
-}
-
 typedef struct GarbageRun {
         Hellod *d;
         Rng rng;
@@ -1030,49 +597,44 @@ typedef struct GarbageRun {
 static void garbage_case(GarbageRun *g, const char *what, const void *in, size_t n, bool allow_reset) {
         static const size_t pieces[] = { 7, 64, 600, 4096 }; /* largest piece per send() */
         const size_t glen = strlen(HELLOD_GREETING);
-        char *want = malloc(glen + n * 6 + 64), *got, e1[512], e2[512];
-        size_t wlen, glen_got;
-        ClientReadEnd end;
-        int fd;
+        char *want = malloc(glen + n * 6 + 64), e1[512], e2[512];
+        size_t wlen;
+        Exchange x;
+        int fd, r;
 
         if (!want)
                 harness_fail("out of memory");
         memcpy(want, HELLOD_GREETING, glen);
         wlen = glen + harness_model_replies("Hello, ", "!", in, n, GARBAGE_MAX_LINE, want + glen);
         fd = client_connect(g->d->port);
-        glen_got = exchange(fd, in, n, &g->rng, pieces[rng_below(&g->rng, sizeof(pieces) / sizeof(pieces[0]))],
-                            &got, &end);
+        r = client_exchange(fd, in, n, &g->rng, pieces[rng_below(&g->rng, sizeof(pieces) / sizeof(pieces[0]))], &x);
         client_close(fd);
+        if (r < 0)
+                harness_fail("garbage case %d (%s): the client failed: %s", g->cases, what, strerror(-r));
         if (!hellod_alive(g->d))
                 hellod_fail(g->d, "hellod died on garbage case %d (%s), seed %" PRIu64, g->cases, what, g->seed);
-        if (glen_got != wlen || memcmp(got, want, wlen) != 0) {
-                size_t i = 0, from, len;
+        if (x.n != wlen || memcmp(x.got, want, wlen) != 0) {
+                size_t i = bytes_first_difference(x.got, x.n, want, wlen), from = i > 24 ? i - 24 : 0, len = 72;
 
-                while (i < wlen && i < glen_got && got[i] == want[i])
-                        i++;
-                from = i > 24 ? i - 24 : 0;
-                len = 72;
                 hellod_fail(g->d,
                             "garbage case %d (%s, %zu bytes in, seed %" PRIu64 "): output differs at byte %zu of %zu "
                             "(got %zu): expected \"%s\", got \"%s\"",
-                            g->cases, what, n, g->seed, i, wlen, glen_got,
+                            g->cases, what, n, g->seed, i, wlen, x.n,
                             harness_escape(want + from, wlen - from < len ? wlen - from : len, e1, sizeof(e1)),
-                            harness_escape(got + from,
-                                           glen_got > from ? (glen_got - from < len ? glen_got - from : len) : 0, e2,
-                                           sizeof(e2)));
+                            harness_escape(x.got + from, x.n > from ? (x.n - from < len ? x.n - from : len) : 0,
+                                           e2, sizeof(e2)));
         }
-        if (!(end == CLIENT_READ_EOF || (allow_reset && end == CLIENT_READ_RESET)))
+        if (!(x.end == CLIENT_READ_EOF || (allow_reset && x.end == CLIENT_READ_RESET)))
                 hellod_fail(g->d, "garbage case %d (%s, seed %" PRIu64 "): the right output, then %s instead of EOF",
                             g->cases, what, g->seed,
-                            end == CLIENT_READ_RESET ? "a reset" : end == CLIENT_READ_TIMEOUT ? "a timeout" : "?");
-        if (wlen >= strlen(HELLOD_ERR_TOO_LONG) &&
-            memcmp(want + wlen - strlen(HELLOD_ERR_TOO_LONG), HELLOD_ERR_TOO_LONG, strlen(HELLOD_ERR_TOO_LONG)) == 0)
+                            x.end == CLIENT_READ_RESET ? "a reset" : x.end == CLIENT_READ_TIMEOUT ? "a timeout" : "?");
+        if (bytes_end_with(want, wlen, HELLOD_ERR_TOO_LONG))
                 g->errs++;
         g->cases++;
         g->bytes_in += n;
-        g->bytes_out += glen_got;
+        g->bytes_out += x.n;
         free(want);
-        free(got);
+        free(x.got);
         if (g->cases % GARBAGE_POLITE_EVERY == 0) {
                 expect_serving(g->d, "polite");
                 g->polite++;
@@ -1084,7 +646,7 @@ static uint64_t garbage_seed(void) {
 
         if (env && *env)
                 return strtoull(env, NULL, 0);
-        return (uint64_t) now_us() ^ ((uint64_t) getpid() << 32);
+        return (uint64_t) harness_now_us() ^ ((uint64_t) getpid() << 32);
 }
 
 /*
@@ -1127,7 +689,7 @@ Test(hostile, garbage, .timeout = 180) {
 #undef CASE
         Hellod *d = hellod_start("max_line_length = %d;\nidle_timeout = %d;\n", GARBAGE_MAX_LINE,
                                  GARBAGE_IDLE_TIMEOUT);
-        Baseline b = baseline_take(d);
+        Baseline b = expect_baseline(d);
         GarbageRun g = { .d = d };
         unsigned char *buf = xcalloc(1, GARBAGE_BIG + 16);
         int64_t t0 = harness_now_ms();
@@ -1163,7 +725,7 @@ Test(hostile, garbage, .timeout = 180) {
 
                         memcpy(buf, "first\n", 6);
                         for (size_t k = 0; k < len; k++)
-                                buf[6 + k] = nasty_byte(&g.rng);
+                                buf[6 + k] = hostile_byte(&g.rng);
                         n = 6 + len;
                         memcpy(buf + n, edges[i].tail, strlen(edges[i].tail));
                         n += strlen(edges[i].tail);
@@ -1175,7 +737,7 @@ Test(hostile, garbage, .timeout = 180) {
 
         harness_step("garbage: 100 KiB without a newline (seed %" PRIu64 ")", g.seed);
         for (size_t k = 0; k < GARBAGE_BIG; k++)
-                buf[k] = nasty_byte(&g.rng);
+                buf[k] = hostile_byte(&g.rng);
         /* The daemon drains 64 KiB after its ERR, then closes: the rest may come back as a reset. */
         garbage_case(&g, "100 KiB unterminated", buf, GARBAGE_BIG, true);
 
@@ -1199,15 +761,13 @@ Test(hostile, garbage, .timeout = 180) {
 
         harness_step("garbage: %d random line-structured streams (seed %" PRIu64 ")", GARBAGE_STRUCTURED, g.seed);
         for (int i = 0; i < GARBAGE_STRUCTURED; i++) {
-                n = gen_structured(&g.rng, buf, GARBAGE_STREAM_MAX);
+                n = hostile_lines(&g.rng, GARBAGE_MAX_LINE, buf, GARBAGE_STREAM_MAX);
                 garbage_case(&g, "random lines", buf, n, false);
         }
 
         harness_step("garbage: %d uniformly random streams (seed %" PRIu64 ")", GARBAGE_UNIFORM, g.seed);
         for (int i = 0; i < GARBAGE_UNIFORM; i++) {
-                n = 1 + rng_below(&g.rng, 4096);
-                for (size_t k = 0; k < n; k++)
-                        buf[k] = (unsigned char) rng_next(&g.rng);
+                n = hostile_uniform(&g.rng, buf, 4096);
                 garbage_case(&g, "random bytes", buf, n, false);
         }
 
@@ -1231,17 +791,6 @@ enum {
         STORM_DEADLINE_MS = 60000,
 };
 
-/* count_in_stderr: occurrences of NEEDLE in the daemon's log so far. */
-static int count_in_stderr(Hellod *d, const char *needle) {
-        char *err = hellod_stderr(d);
-        int n = 0;
-
-        for (const char *p = err; (p = strstr(p, needle)); p += strlen(needle))
-                n++;
-        free(err);
-        return n;
-}
-
 /*
  * Abrupt ends: RSTs in the middle of a line and in the middle of the daemon's writes,
  * half-closes with data still pending, and a storm of 2000 connections closed at once (FIN or
@@ -1258,7 +807,7 @@ Test(hostile, abrupt_ends, .timeout = 180) {
 
         harness_raise_nofile();
         d = hellod_start(NULL);
-        b = baseline_take(d);
+        b = expect_baseline(d);
         rss_start(&rss, d);
 
         harness_step("abrupt: %d RSTs in the middle of a line", ABRUPT_MIDLINE);
@@ -1365,7 +914,7 @@ Test(hostile, abrupt_ends, .timeout = 180) {
                         storm_modes[mode[j]]++;
                         if (mode[j] <= 1)
                                 continue;
-                        r = wait_connected(fds[j]);
+                        r = client_wait_connected(fds[j], HARNESS_TIMEOUT_MS);
                         if (r < 0)
                                 hellod_fail(d, "storm connect(%s): %s", ip, strerror(-r));
                         if (mode[j] == 2)
@@ -1389,8 +938,8 @@ Test(hostile, abrupt_ends, .timeout = 180) {
         expect_settled(d, &b, rss_stop(&rss), "abrupt ends");
         report("abrupt: daemon log: %d closed by reset, %d broken pipe, %d eof, %d exit (connection lines are "
                "rate-limited to 100/s)",
-               count_in_stderr(d, "closed: reset"), count_in_stderr(d, "closed: broken-pipe"),
-               count_in_stderr(d, "closed: eof"), count_in_stderr(d, "closed: exit"));
+               hellod_count_in_stderr(d, "closed: reset"), hellod_count_in_stderr(d, "closed: broken-pipe"),
+               hellod_count_in_stderr(d, "closed: eof"), hellod_count_in_stderr(d, "closed: exit"));
         hellod_stop_clean(d);
         hellod_free(d);
 }
@@ -1424,7 +973,7 @@ Test(hostile, descriptor_exhaustion, .timeout = 180) {
 
         report("exhaustion: own RLIMIT_NOFILE raised to %llu", (unsigned long long) harness_raise_nofile());
         d = hellod_start_opts(&(HellodOpts) { .nofile = EXHAUST_NOFILE }, NULL);
-        b = baseline_take(d);
+        b = expect_baseline(d);
         rss_start(&rss, d);
 
         harness_step("exhaustion: %d clients against RLIMIT_NOFILE = %d", EXHAUST_CLIENTS, EXHAUST_NOFILE);
@@ -1435,7 +984,7 @@ Test(hostile, descriptor_exhaustion, .timeout = 180) {
                         harness_fail("connect(): %s", strerror(-fds[i]));
         }
         for (int i = 0; i < EXHAUST_CLIENTS; i++) {
-                int r = wait_connected(fds[i]);
+                int r = client_wait_connected(fds[i], HARNESS_TIMEOUT_MS);
 
                 if (r < 0)
                         hellod_fail(d, "client %d: connect(): %s", i, strerror(-r));

@@ -16,7 +16,6 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -27,9 +26,9 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "clients.h"
 #include "harness.h"
 
 #define SOAK_DEFAULT_SECONDS 60
@@ -37,16 +36,14 @@
 #define IO_TIMEOUT_MS 10000 /* any single wait of a client: a hang, not slowness */
 #define RELOAD_EVERY_MS 2500
 #define SAMPLE_EVERY_MS 250
-#define SETTLE_TIMEOUT_MS 30000
-#define WORKERS_CACHED_MAX 64 /* src/server.c WORKERS_MAX_IDLE */
-#define RSS_SLACK_KIB (64L * 1024)
-#define RSS_SLACK_SANITIZED_KIB (1024L * 1024)
 #define IDLE_TIMEOUT 3
 #define MAX_LINE 64
 #define POLITE_THREADS 3
 #define POLITE_PAUSE_MS 5
 #define LORIS_SLOTS 40
+#define LORIS_FAST_EVERY 4  /* every fourth attacker is fast */
 #define LORIS_FAST_BYTES 40 /* a fast dribbler passes MAX_LINE at its second dribble */
+#define LORIS_TICK_MS 1000
 #define FLOOD_PAUSE_MS 200
 #define GARBAGE_PAUSE_MS 10
 #define STORM_EVERY_MS 2000
@@ -67,78 +64,11 @@ static atomic_bool stopping;
 
 /* --- small helpers -------------------------------------------------------------------------- */
 
-static int64_t now_us(void) {
-        struct timespec ts;
-
-        (void) clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (int64_t) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
-
-/* Errors: a count and the first few messages, per thread. */
-typedef struct Errors {
-        unsigned n;
-        char first[3][512];
-} Errors;
-
-static void errors_add(Errors *e, const char *format, ...) __attribute__((format(printf, 2, 3)));
-
-static void errors_add(Errors *e, const char *format, ...) {
-        va_list ap;
-
-        if (e->n < sizeof(e->first) / sizeof(e->first[0])) {
-                va_start(ap, format);
-                (void) vsnprintf(e->first[e->n], sizeof(e->first[0]), format, ap);
-                va_end(ap);
-        }
-        e->n++;
-}
-
-static void errors_merge(Errors *into, const Errors *from) {
-        for (unsigned i = 0; i < from->n && i < sizeof(from->first) / sizeof(from->first[0]); i++)
-                errors_add(into, "%s", from->first[i]);
-        if (from->n > sizeof(from->first) / sizeof(from->first[0]))
-                into->n += from->n - (unsigned) (sizeof(from->first) / sizeof(from->first[0]));
-}
-
-/* Latency samples in microseconds. */
-typedef struct Stats {
-        int64_t *v;
-        size_t n, cap;
-} Stats;
-
-static void stats_add(Stats *s, int64_t us) {
-        if (s->n == s->cap) {
-                size_t cap = s->cap ? 2 * s->cap : 1024;
-                int64_t *v = realloc(s->v, cap * sizeof(*v));
-
-                if (!v)
-                        return; /* a lost sample, not a failure */
-                s->v = v;
-                s->cap = cap;
-        }
-        s->v[s->n++] = us;
-}
-
-static void stats_merge(Stats *into, const Stats *from) {
-        for (size_t i = 0; i < from->n; i++)
-                stats_add(into, from->v[i]);
-}
-
-static int cmp_i64(const void *a, const void *b) {
-        int64_t x = *(const int64_t *) a, y = *(const int64_t *) b;
-
-        return (x > y) - (x < y);
-}
-
+/* stats_print: one line of the samples' figures. */
 static void stats_print(const char *what, Stats *s) {
-        if (s->n == 0) {
-                printf("soak: %s: no samples\n", what);
-                return;
-        }
-        qsort(s->v, s->n, sizeof(*s->v), cmp_i64);
-        printf("soak: %s: n=%zu p50 %.3f ms, p99 %.3f ms, max %.3f ms\n", what, s->n, s->v[s->n / 2] / 1000.0,
-               s->v[(s->n * 99) / 100] / 1000.0, s->v[s->n - 1] / 1000.0);
+        char figures[256];
+
+        printf("soak: %s: %s\n", what, stats_describe(s, figures, sizeof(figures)));
 }
 
 /* --- client I/O (blocking, every wait bounded) ------------------------------------------------ */
@@ -147,19 +77,14 @@ static void stats_print(const char *what, Stats *s) {
  * -errno. */
 static int soak_connect(void) {
         struct timeval tv = { .tv_sec = IO_TIMEOUT_MS / 1000 };
-        struct pollfd pfd;
-        socklen_t len = sizeof(int);
-        int fd = client_start_connect("127.0.0.1", port), e = 0, r;
+        int fd = client_start_connect("127.0.0.1", port), e;
 
         if (fd < 0)
                 return fd;
-        pfd = (struct pollfd) { .fd = fd, .events = POLLOUT };
-        do
-                r = poll(&pfd, 1, IO_TIMEOUT_MS);
-        while (r < 0 && errno == EINTR);
-        if (r <= 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &len) < 0 || e != 0) {
+        e = client_wait_connected(fd, IO_TIMEOUT_MS);
+        if (e < 0) {
                 (void) close(fd);
-                return r == 0 ? -ETIMEDOUT : e ? -e : -errno;
+                return e;
         }
         if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0 ||
             setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0 ||
@@ -289,14 +214,14 @@ static void polite_session(Polite *p) {
         static const char alphabet[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 -_.";
         char who[64], name[64], line[96], want[160], got[256], e1[400], e2[400];
         const char *why;
-        int64_t t0 = now_us();
+        int64_t t0 = harness_now_us();
         int tpl, fd, names = 1 + (int) rng_below(&p->rng, 4);
 
         (void) snprintf(who, sizeof(who), "well-behaved %d session %" PRIu64, p->id, p->sessions);
         fd = greet(&p->err, who, &tpl);
         if (fd < 0)
                 return;
-        stats_add(&p->greeting, now_us() - t0);
+        stats_add(&p->greeting, harness_now_us() - t0);
         p->greeted[tpl]++;
         for (int i = 0; i < names; i++) {
                 size_t len = (size_t) snprintf(name, sizeof(name), "p%d-%" PRIu64 "-%d-", p->id, p->sessions, i);
@@ -310,7 +235,7 @@ static void polite_session(Polite *p) {
                 (void) snprintf(line, sizeof(line), "%s%s%s", rng_below(&p->rng, 8) == 0 ? "\n" : "", name,
                                 rng_below(&p->rng, 2) ? "\r\n" : "\n");
                 (void) snprintf(want, sizeof(want), "%s%s%s\r\n", templates[tpl].prefix, name, templates[tpl].suffix);
-                t = now_us();
+                t = harness_now_us();
                 why = send_all(fd, line, strlen(line));
                 if (!why && read_crlf(fd, got, sizeof(got), &why) >= 0 && strcmp(got, want) != 0)
                         why = "a wrong reply";
@@ -322,7 +247,7 @@ static void polite_session(Polite *p) {
                         (void) close(fd);
                         return;
                 }
-                stats_add(&p->rtt, now_us() - t);
+                stats_add(&p->rtt, harness_now_us() - t);
                 p->lines++;
         }
         why = send_all(fd, "exit\n", 5);
@@ -347,163 +272,21 @@ static void *polite_main(void *arg) {
 
 /* --- slowloris -------------------------------------------------------------------------------- */
 
-typedef struct LorisSlot {
-        int fd;
-        bool fast, connected;
-        int64_t next_send_ms, started_ms;
-        size_t n_got;
-        char got[64];
-} LorisSlot;
+/* loris_begin: the attack (clients.c), against either greeting, until the load stops. */
+static Loris *loris_begin(void) {
+        static char lines[2][64];
+        static const char *greetings[3];
 
-typedef struct Loris {
-        pthread_t thread;
-        LorisSlot slots[LORIS_SLOTS];
-        uint64_t sessions, closed_idle, closed_long;
-        Errors err;
-} Loris;
-
-static void loris_open(Loris *l, int i, int64_t first_send) {
-        LorisSlot *s = &l->slots[i];
-        int fd = client_start_connect("127.0.0.1", port);
-
-        *s = (LorisSlot) { .fd = -1 };
-        if (fd < 0) {
-                errors_add(&l->err, "slowloris: connect(): %s", strerror(-fd));
-                return;
+        for (int i = 0; i < 2; i++) {
+                (void) snprintf(lines[i], sizeof(lines[i]), "%s\r\n", templates[i].greeting);
+                greetings[i] = lines[i];
         }
-        s->fd = fd;
-        s->fast = i % 4 == 3;
-        s->next_send_ms = first_send;
-        s->started_ms = harness_now_ms();
-        l->sessions++;
-}
-
-/* loris_answered: something beyond the greeting line arrived. */
-static bool loris_answered(const LorisSlot *s) {
-        size_t have = s->n_got < sizeof(s->got) ? s->n_got : sizeof(s->got);
-        const char *nl = memchr(s->got, '\n', have);
-
-        return nl && s->n_got > (size_t) (nl - s->got) + 1;
-}
-
-/* loris_finish: greeting (either), then the ERR line of its kind, then EOF. */
-static void loris_finish(Loris *l, LorisSlot *s, const char *how) {
-        const char *err = s->fast ? HELLOD_ERR_TOO_LONG : HELLOD_ERR_IDLE;
-        bool ok = false;
-        char esc[300];
-
-        for (int t = 0; t < 2 && !how; t++) {
-                char want[64];
-                size_t n = (size_t) snprintf(want, sizeof(want), "%s\r\n%s", templates[t].greeting, err);
-
-                ok = ok || (s->n_got == n && memcmp(s->got, want, n) == 0);
-        }
-        if (ok && s->fast)
-                l->closed_long++;
-        else if (ok)
-                l->closed_idle++;
-        else
-                errors_add(&l->err, "slowloris (%s) after %" PRId64 " ms: got \"%s\" then %s",
-                           s->fast ? "fast" : "slow", harness_now_ms() - s->started_ms,
-                           harness_escape(s->got, s->n_got < sizeof(s->got) ? s->n_got : sizeof(s->got), esc,
-                                          sizeof(esc)),
-                           how ? how : "EOF");
-        (void) close(s->fd);
-        s->fd = -1;
-}
-
-static void *loris_main(void *arg) {
-        static const char dribble[LORIS_FAST_BYTES + 1] = "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
-        Loris *l = arg;
-        int64_t start = harness_now_ms(), stop_at = 0;
-        struct pollfd pfds[LORIS_SLOTS];
-        int map[LORIS_SLOTS];
-
-        for (int i = 0; i < LORIS_SLOTS; i++)
-                loris_open(l, i, start + (int64_t) i * 1000 / LORIS_SLOTS);
-        for (;;) {
-                int64_t now = harness_now_ms();
-                bool attacking = !atomic_load(&stopping);
-                int n = 0, r;
-
-                if (!attacking && stop_at == 0)
-                        stop_at = now;
-                for (int i = 0; i < LORIS_SLOTS; i++) {
-                        LorisSlot *s = &l->slots[i];
-
-                        if (s->fd < 0 && attacking)
-                                loris_open(l, i, now);
-                        if (s->fd < 0)
-                                continue;
-                        pfds[n] = (struct pollfd) { .fd = s->fd, .events = s->connected ? POLLIN : POLLOUT };
-                        map[n++] = i;
-                }
-                if (n == 0 && !attacking)
-                        break;
-                if (n == 0) { /* no attacker could connect: the daemon is gone; do not spin */
-                        harness_sleep_ms(50);
-                        continue;
-                }
-                if (stop_at && now - stop_at > IO_TIMEOUT_MS) {
-                        for (int k = 0; k < n; k++) {
-                                errors_add(&l->err, "slowloris: an attacker still open %d ms after the load stopped",
-                                           IO_TIMEOUT_MS);
-                                (void) close(l->slots[map[k]].fd);
-                                l->slots[map[k]].fd = -1;
-                        }
-                        break;
-                }
-                r = poll(pfds, (nfds_t) n, 50);
-                for (int k = 0; r > 0 && k < n; k++) {
-                        LorisSlot *s = &l->slots[map[k]];
-
-                        if (!pfds[k].revents)
-                                continue;
-                        if (!s->connected) {
-                                socklen_t len = sizeof(int);
-                                int e = 0;
-
-                                (void) getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &e, &len);
-                                if (e) {
-                                        errors_add(&l->err, "slowloris: connect(): %s", strerror(e));
-                                        (void) close(s->fd);
-                                        s->fd = -1;
-                                } else
-                                        s->connected = true;
-                                continue;
-                        }
-                        for (;;) {
-                                char buf[128];
-                                ssize_t got = recv(s->fd, buf, sizeof(buf), MSG_DONTWAIT);
-
-                                if (got > 0) {
-                                        size_t have = s->n_got < sizeof(s->got) ? s->n_got : sizeof(s->got);
-                                        size_t room = sizeof(s->got) - have;
-                                        size_t take = (size_t) got < room ? (size_t) got : room;
-
-                                        memcpy(s->got + have, buf, take);
-                                        s->n_got += (size_t) got;
-                                        continue;
-                                }
-                                if (got == 0)
-                                        loris_finish(l, s, NULL);
-                                else if (errno != EAGAIN && errno != EINTR)
-                                        loris_finish(l, s, strerror(errno));
-                                break;
-                        }
-                }
-                now = harness_now_ms();
-                for (int i = 0; i < LORIS_SLOTS; i++) {
-                        LorisSlot *s = &l->slots[i];
-
-                        /* Dribble until anything beyond the greeting line arrived. */
-                        if (s->fd < 0 || !s->connected || now < s->next_send_ms || loris_answered(s))
-                                continue;
-                        (void) send(s->fd, dribble, s->fast ? LORIS_FAST_BYTES : 1, MSG_NOSIGNAL | MSG_DONTWAIT);
-                        s->next_send_ms += 1000;
-                }
-        }
-        return NULL;
+        return loris_start(&(LorisConfig) {
+                .port = port,
+                .greetings = greetings,
+                .mix = { LORIS_SLOTS, LORIS_FAST_EVERY, LORIS_FAST_BYTES, LORIS_TICK_MS },
+                .end = { .stop = &stopping, .close_grace_ms = IO_TIMEOUT_MS },
+        });
 }
 
 /* --- floods ----------------------------------------------------------------------------------- */
@@ -617,114 +400,41 @@ typedef struct Garbage {
         Errors err;
 } Garbage;
 
-static unsigned char nasty_byte(Rng *r) {
-        static const unsigned char special[] = { 0x00, 0xff, 0xfb, 0xfd, 0xf4, '\r', 0x80, 0xc0, 0xed, 0x1b, '%', '{' };
-        unsigned char c;
-
-        switch (rng_below(r, 3)) {
-        case 0:
-                return special[rng_below(r, sizeof(special))];
-        case 1:
-                return (unsigned char) (0x20 + rng_below(r, 0x5f));
-        default:
-                c = (unsigned char) rng_next(r);
-                return c == '\n' ? 0 : c;
-        }
-}
-
-/* garbage_stream: random lines (or uniform bytes) in random pieces, a half-close, and the
+/* garbage_stream: hostile lines (or uniform bytes) in random pieces, a half-close, and the
  * output checked byte for byte against the model. */
 static void garbage_stream(Garbage *g) {
         unsigned char in[4096];
-        char want[4096 * 12 + 64], got[4096 * 12 + 64], e1[300], e2[300];
-        size_t n = 0, wlen, glen = 0;
-        int tpl, fd = greet(&g->err, "garbage", &tpl);
-        bool uniform = rng_below(&g->rng, 4) == 0, shut = false;
-        int64_t t0 = harness_now_ms();
+        char want[4096 * 12 + 64], e1[300], e2[300]; /* the model: at most 7 bytes a byte in, and a reply */
+        size_t n, wlen, i;
+        int tpl, r, fd = greet(&g->err, "garbage", &tpl);
+        bool uniform = rng_below(&g->rng, 4) == 0;
+        Exchange x;
 
         if (fd < 0)
                 return;
-        if (uniform) {
-                n = 1 + rng_below(&g->rng, sizeof(in));
-                for (size_t i = 0; i < n; i++)
-                        in[i] = (unsigned char) rng_next(&g->rng);
-        } else
-                for (size_t lines = 1 + rng_below(&g->rng, 20); lines > 0; lines--) {
-                        size_t len = rng_below(&g->rng, 20) == 0 ? MAX_LINE + 1 + rng_below(&g->rng, 8)
-                                                                  : rng_below(&g->rng, MAX_LINE + 1);
-
-                        if (n + len + 2 > sizeof(in))
-                                break;
-                        for (size_t k = 0; k < len; k++)
-                                in[n++] = nasty_byte(&g->rng);
-                        if (lines > 1 || rng_below(&g->rng, 3))
-                                in[n++] = '\n';
-                }
+        n = uniform ? hostile_uniform(&g->rng, in, sizeof(in)) : hostile_lines(&g->rng, MAX_LINE, in, sizeof(in));
         wlen = harness_model_replies(templates[tpl].prefix, templates[tpl].suffix, in, n, MAX_LINE, want);
-
-        (void) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
-        for (size_t off = 0;;) {
-                struct pollfd pfd = { .fd = fd, .events = POLLIN | (off < n ? POLLOUT : 0) };
-                ssize_t k;
-
-                if (harness_now_ms() - t0 > IO_TIMEOUT_MS) {
-                        errors_add(&g->err, "garbage: no EOF within %d ms", IO_TIMEOUT_MS);
-                        (void) close(fd);
-                        return;
-                }
-                /* All sent (possibly nothing at all): half-close before waiting for the answer. */
-                if (off == n && !shut) {
-                        (void) shutdown(fd, SHUT_WR);
-                        shut = true;
-                }
-                if (poll(&pfd, 1, 100) <= 0)
-                        continue;
-                if ((pfd.revents & POLLOUT) && off < n) {
-                        size_t piece = 1 + rng_below(&g->rng, 700);
-
-                        k = send(fd, in + off, piece < n - off ? piece : n - off, MSG_NOSIGNAL | MSG_DONTWAIT);
-                        if (k > 0)
-                                off += (size_t) k;
-                        else if (k < 0 && errno != EAGAIN && errno != EINTR)
-                                off = n;
-                }
-                if (off == n && !shut) {
-                        (void) shutdown(fd, SHUT_WR);
-                        shut = true;
-                }
-                if (pfd.revents & (POLLIN | POLLHUP | POLLERR)) {
-                        k = recv(fd, got + glen, sizeof(got) - glen, MSG_DONTWAIT);
-                        if (k > 0 && glen + (size_t) k < sizeof(got)) {
-                                glen += (size_t) k;
-                                continue;
-                        }
-                        if (k < 0 && (errno == EAGAIN || errno == EINTR))
-                                continue;
-                        if (k != 0) {
-                                errors_add(&g->err, "garbage: %s after %zu bytes",
-                                           k > 0 ? "too much output" : strerror(errno), glen);
-                                (void) close(fd);
-                                return;
-                        }
-                        break; /* EOF */
-                }
-        }
+        r = client_exchange(fd, in, n, &g->rng, 700, &x);
         (void) close(fd);
-        if (glen != wlen || memcmp(got, want, wlen) != 0) {
-                size_t i = 0;
-
-                while (i < glen && i < wlen && got[i] == want[i])
-                        i++;
+        if (r < 0 || x.end != CLIENT_READ_EOF) {
+                errors_add(&g->err, "garbage: %s after %zu bytes",
+                           r < 0 ? strerror(-r) : x.end == CLIENT_READ_TIMEOUT ? "no EOF in time" : "a reset", x.n);
+                free(x.got);
+                return;
+        }
+        i = bytes_first_difference(x.got, x.n, want, wlen);
+        if (i < x.n || i < wlen) {
                 errors_add(&g->err, "garbage (%s, %zu bytes): output differs at byte %zu: expected \"%s\", got \"%s\"",
                            uniform ? "uniform" : "lines", n, i,
                            harness_escape(want + i, wlen - i < 40 ? wlen - i : 40, e1, sizeof(e1)),
-                           harness_escape(got + i, glen - i < 40 ? glen - i : 40, e2, sizeof(e2)));
+                           harness_escape(x.got + i, x.n - i < 40 ? x.n - i : 40, e2, sizeof(e2)));
+                free(x.got);
                 return;
         }
+        free(x.got);
         g->streams++;
         g->bytes += n;
-        if (wlen >= strlen(HELLOD_ERR_TOO_LONG) &&
-            memcmp(want + wlen - strlen(HELLOD_ERR_TOO_LONG), HELLOD_ERR_TOO_LONG, strlen(HELLOD_ERR_TOO_LONG)) == 0)
+        if (bytes_end_with(want, wlen, HELLOD_ERR_TOO_LONG))
                 g->too_long++;
 }
 
@@ -832,16 +542,6 @@ static void write_config(Hellod *d, int tpl) {
                                 templates[tpl].suffix);
 }
 
-static int count_in_log(Hellod *d, const char *needle) {
-        char *log = hellod_stderr(d);
-        int n = 0;
-
-        for (const char *p = log; (p = strstr(p, needle)); p += strlen(needle))
-                n++;
-        free(log);
-        return n;
-}
-
 static int passed, failed;
 
 static void check(bool ok, const char *format, ...) __attribute__((format(printf, 2, 3)));
@@ -875,20 +575,21 @@ static _Noreturn void usage(const char *message) {
 
 int main(int argc, char **argv) {
         Polite polite[POLITE_THREADS];
-        Loris *loris = calloc(1, sizeof(*loris));
+        Loris *loris;
         Flood flood = { 0 };
         Garbage garbage = { 0 };
         Polite final = { .id = 99 };
         Stats rtt = { 0 }, greeting = { 0 };
         Errors polite_err = { 0 }, hostile_err = { 0 };
         uint64_t seconds = SOAK_DEFAULT_SECONDS, seed = 0, sessions = 0, lines = 0, greeted[2] = { 0 };
-        long hz = sysconf(_SC_CLK_TCK), rss_start, rss_peak, rss_end, slack;
-        int fds_start, fds_end = -1, others_start, workers_end = -1, others_end = -1, reloads = 0, status;
-        int threads_peak = 0, fds_peak = 0;
+        long hz = sysconf(_SC_CLK_TCK), rss_peak, rss_end;
+        int reloads = 0, status, threads_peak = 0, fds_peak = 0;
+        Usage settled = { -1, -1, -1 };
+        Baseline start;
         int64_t t_start, t_end, next_reload, next_sample, t_settle;
         uint64_t cpu0, cpu1;
         double cpu;
-        bool died = false, sanitized;
+        bool died = false;
         pid_t pid;
         Hellod *d;
         char buf[96];
@@ -913,10 +614,8 @@ int main(int argc, char **argv) {
                 } else
                         usage("unknown argument");
         }
-        if (!loris)
-                soak_fatal("out of memory");
         if (seed == 0)
-                seed = (uint64_t) now_us() ^ ((uint64_t) getpid() << 32);
+                seed = (uint64_t) harness_now_us() ^ ((uint64_t) getpid() << 32);
         harness_set_fail_handler(soak_fatal);
         (void) harness_raise_nofile();
 
@@ -927,26 +626,10 @@ int main(int argc, char **argv) {
         hellod_spawn(d, NULL);
         hellod_wait_ready(d);
         pid = d->pid;
-        sanitized = hellod_sanitized(d);
-        {
-                int64_t deadline = harness_now_ms() + IO_TIMEOUT_MS;
-                int last = -1, same = 0;
-
-                /* The readiness probe's session may still be closing. */
-                while (same < 3 && harness_now_ms() < deadline) {
-                        int n = hellod_fd_count(d);
-
-                        same = n == last ? same + 1 : 0;
-                        last = n;
-                        harness_sleep_ms(100);
-                }
-                fds_start = last;
-        }
-        others_start = hellod_thread_count(d) - hellod_worker_count(d);
-        rss_start = rss_peak = hellod_rss_kib(d);
-        slack = sanitized ? RSS_SLACK_SANITIZED_KIB : RSS_SLACK_KIB;
+        start = baseline_take(d);
+        rss_peak = start.rss_kib;
         printf("soak: %" PRIu64 " s against %s (pid %d%s) on port %u, seed %" PRIu64 "%s%s\n", seconds,
-               harness_env_path("HELLOD_BIN"), (int) pid, sanitized ? ", sanitized" : "", (unsigned) port, seed,
+               harness_env_path("HELLOD_BIN"), (int) pid, start.sanitized ? ", sanitized" : "", (unsigned) port, seed,
                getenv("HELLOD_TEST_CONF_EXTRA") && *getenv("HELLOD_TEST_CONF_EXTRA") ? ", config extra: " : "",
                getenv("HELLOD_TEST_CONF_EXTRA") ? getenv("HELLOD_TEST_CONF_EXTRA") : "");
         printf("soak: load: %d well-behaved threads, %d slowloris attackers, a flooder, garbage/resets/half-closes, "
@@ -962,8 +645,10 @@ int main(int argc, char **argv) {
         }
         flood.rng.s = seed + 100;
         garbage.rng.s = seed + 200;
-        if (pthread_create(&loris->thread, NULL, loris_main, loris) != 0 ||
-            pthread_create(&flood.thread, NULL, flood_main, &flood) != 0 ||
+        loris = loris_begin();
+        if (!loris)
+                harness_fail("cannot start the slowloris attack: %s", strerror(errno));
+        if (pthread_create(&flood.thread, NULL, flood_main, &flood) != 0 ||
             pthread_create(&garbage.thread, NULL, garbage_main, &garbage) != 0)
                 harness_fail("pthread_create() failed");
 
@@ -1010,7 +695,7 @@ int main(int argc, char **argv) {
                 stats_merge(&greeting, &polite[i].greeting);
                 errors_merge(&polite_err, &polite[i].err);
         }
-        (void) pthread_join(loris->thread, NULL);
+        loris_join(loris);
         (void) pthread_join(flood.thread, NULL);
         (void) pthread_join(garbage.thread, NULL);
         errors_merge(&hostile_err, &loris->err);
@@ -1020,14 +705,7 @@ int main(int argc, char **argv) {
         /* Back to the start: no session left, threads within the cache, memory bounded. */
         t_settle = harness_now_ms();
         if (!died && hellod_alive(d)) {
-                while (harness_now_ms() - t_settle < SETTLE_TIMEOUT_MS) {
-                        fds_end = hellod_fd_count(d);
-                        workers_end = hellod_worker_count(d);
-                        others_end = hellod_thread_count(d) - workers_end;
-                        if (fds_end <= fds_start && workers_end <= WORKERS_CACHED_MAX && others_end <= others_start)
-                                break;
-                        harness_sleep_ms(50);
-                }
+                (void) baseline_wait_settled(d, &start, HELLOD_SETTLE_TIMEOUT_MS, &settled);
                 t_settle = harness_now_ms() - t_settle;
                 polite_session(&final);
         } else {
@@ -1045,23 +723,23 @@ int main(int argc, char **argv) {
                sessions, greeted[0], templates[0].greeting, greeted[1], templates[1].greeting, lines, polite_err.n);
         stats_print("well-behaved round trip (line to reply)", &rtt);
         stats_print("well-behaved connect to greeting", &greeting);
-        printf("soak: hostile: slowloris %" PRIu64 " sessions (%" PRIu64 " idle-timeout, %" PRIu64 " line-too-long); "
+        printf("soak: hostile: slowloris %d sessions (%d idle-timeout, %d line-too-long); "
                "floods %" PRIu64 " (%" PRIu64 " lines); garbage %" PRIu64 " streams (%" PRIu64 " bytes, %" PRIu64
                " ERR line too long); %" PRIu64 " resets mid-line; %" PRIu64 " half-closes; %" PRIu64 " storms (%" PRIu64
                " connections); %u anomalies\n",
-               loris->sessions, loris->closed_idle, loris->closed_long, flood.sessions, flood.lines, garbage.streams,
-               garbage.bytes, garbage.too_long, garbage.resets, garbage.half_closes, garbage.storms,
+               loris->sessions, loris->closed[LORIS_SLOW], loris->closed[LORIS_FAST], flood.sessions, flood.lines,
+               garbage.streams, garbage.bytes, garbage.too_long, garbage.resets, garbage.half_closes, garbage.storms,
                garbage.storm_connections, hostile_err.n);
         if (died)
                 printf("soak: daemon: pid %d DIED (a restart would be needed); descriptors %d at start, %d peak; "
                        "threads %d peak; RSS %ld KiB at start, %ld KiB peak\n",
-                       (int) pid, fds_start, fds_peak, threads_peak, rss_start, rss_peak);
+                       (int) pid, start.fds, fds_peak, threads_peak, start.rss_kib, rss_peak);
         else
                 printf("soak: daemon: restarts 0 (pid %d alive throughout); descriptors %d at start, %d peak, %d at "
                        "end; threads %d peak, %d at end (%d workers + %d others); RSS %ld KiB at start, %ld KiB peak, "
                        "%ld KiB at end; settled in %" PRId64 " ms\n",
-                       (int) pid, fds_start, fds_peak, fds_end, threads_peak, workers_end + others_end, workers_end,
-                       others_end, rss_start, rss_peak, rss_end, t_settle);
+                       (int) pid, start.fds, fds_peak, settled.fds, threads_peak, settled.workers + settled.others,
+                       settled.workers, settled.others, start.rss_kib, rss_peak, rss_end, t_settle);
         for (unsigned i = 0; i < polite_err.n && i < 3; i++)
                 printf("soak: well-behaved error: %s\n", polite_err.first[i]);
         for (unsigned i = 0; i < hostile_err.n && i < 3; i++)
@@ -1076,30 +754,33 @@ int main(int argc, char **argv) {
         check(reloads == 0 || (greeted[0] > 0 && greeted[1] > 0),
               "reloads took effect: both greetings seen (%" PRIu64 " / %" PRIu64 ")", greeted[0], greeted[1]);
         check(hostile_err.n == 0, "hostile clients answered per the protocol: %u anomalies", hostile_err.n);
-        check(loris->closed_idle > 0 && loris->closed_long > 0 && flood.sessions > 0 && garbage.streams > 0 &&
-                      garbage.resets > 0 && garbage.half_closes > 0 &&
+        check(loris->closed[LORIS_SLOW] > 0 && loris->closed[LORIS_FAST] > 0 && flood.sessions > 0 &&
+                      garbage.streams > 0 && garbage.resets > 0 && garbage.half_closes > 0 &&
                       (seconds * 1000 < STORM_EVERY_MS || garbage.storms > 0),
               "every hostile kind ran");
         if (!died) {
-                int logged = count_in_log(d, "configuration reloaded"), rejected = count_in_log(d, "reload failed");
+                int logged = hellod_count_in_stderr(d, "configuration reloaded");
+                int rejected = hellod_count_in_stderr(d, "reload failed");
 
                 check(logged == reloads && rejected == 0, "reloads: %d sent, %d logged as done, %d failed", reloads,
                       logged, rejected);
-                check(fds_end >= 0 && fds_end <= fds_start, "descriptors back to the start: %d (start %d)", fds_end,
-                      fds_start);
-                check(workers_end <= WORKERS_CACHED_MAX && others_end <= others_start,
-                      "threads within the cache: %d workers (at most %d), %d others (start %d)", workers_end,
-                      WORKERS_CACHED_MAX, others_end, others_start);
-                check(rss_end <= rss_start + slack, "RSS at the end %ld KiB <= start %ld KiB + %ld KiB", rss_end,
-                      rss_start, slack);
+                check(settled.fds >= 0 && settled.fds <= start.fds, "descriptors back to the start: %d (start %d)",
+                      settled.fds, start.fds);
+                check(settled.workers <= HELLOD_WORKERS_CACHED_MAX && settled.others <= start.other_threads,
+                      "threads within the cache: %d workers (at most %d), %d others (start %d)", settled.workers,
+                      HELLOD_WORKERS_CACHED_MAX, settled.others, start.other_threads);
+                check(rss_end <= baseline_rss_bound(&start), "RSS at the end %ld KiB <= start %ld KiB + %ld KiB",
+                      rss_end, start.rss_kib, baseline_rss_bound(&start) - start.rss_kib);
                 check(final.err.n == 0 && final.sessions == 1, "serving after the soak");
                 status = hellod_stop(d);
                 check(WIFEXITED(status) && WEXITSTATUS(status) == 0, "clean exit on SIGTERM: %s",
                       harness_describe_status(status, buf, sizeof(buf)));
         }
         {
-                int reports = count_in_log(d, "ERROR: AddressSanitizer") + count_in_log(d, "ERROR: LeakSanitizer") +
-                              count_in_log(d, "WARNING: ThreadSanitizer") + count_in_log(d, "runtime error:");
+                int reports = hellod_count_in_stderr(d, "ERROR: AddressSanitizer") +
+                              hellod_count_in_stderr(d, "ERROR: LeakSanitizer") +
+                              hellod_count_in_stderr(d, "WARNING: ThreadSanitizer") +
+                              hellod_count_in_stderr(d, "runtime error:");
 
                 check(reports == 0, "sanitizer reports in the daemon's log: %d", reports);
                 if (reports > 0 || failed > 0) {
@@ -1115,13 +796,13 @@ int main(int argc, char **argv) {
         hellod_free(d);
         harness_cleanup();
         for (int i = 0; i < POLITE_THREADS; i++) {
-                free(polite[i].rtt.v);
-                free(polite[i].greeting.v);
+                stats_free(&polite[i].rtt);
+                stats_free(&polite[i].greeting);
         }
-        free(rtt.v);
-        free(greeting.v);
-        free(final.rtt.v);
-        free(final.greeting.v);
-        free(loris);
+        stats_free(&rtt);
+        stats_free(&greeting);
+        stats_free(&final.rtt);
+        stats_free(&final.greeting);
+        loris_free(loris);
         return failed > 0 ? 1 : 0;
 }
