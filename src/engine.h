@@ -1,12 +1,15 @@
 /* engine: the interface behind which each worker model drives its sessions.
  *
- *   pool.c     workers = N | "auto": N event loops, each serving many non-blocking sessions
- *   perconn.c  workers = "per-connection": a thread per session, from a cache (worker.c)
+ *   pool.c     workers = N | "auto": N event loops, each serving many non-blocking sessions,
+ *              each accepting from the listeners itself
+ *   perconn.c  workers = "per-connection": a thread per session, from a cache (worker.c);
+ *              the server's thread accepts
  *
- * The server admits a connection, registers it and hands it over with engine_add(); from
- * then on only the engine's thread touches the session (the server may still call
+ * A connection is admitted by the server's hooks (limits, access lists, registration), on
+ * whichever thread accepted it; an engine that does not accept gets it with engine_add().
+ * From then on only the engine's thread touches the session (the server may still call
  * session_stop()/session_kill(), which act on the socket alone) until the engine calls the
- * done callback, exactly once per session, which takes the session back for good. */
+ * done hook, exactly once per session, which takes the session back for good. */
 #pragma once
 
 #include <stdbool.h>
@@ -14,13 +17,32 @@
 #include <stdint.h>
 
 #include "conf.h"
+#include "listener.h"
 #include "session.h"
 
 typedef struct Engine Engine;
 
-/* EngineDone: S has ended. Called on the thread that drove it, which never touches S again:
- * the callback owns it (logs, unregisters and frees it). */
-typedef void (*EngineDone)(Session *s, void *userdata);
+/* The server's side, called from the engine's threads. */
+typedef struct EngineHooks {
+        void *userdata;
+        /* done: S has ended. Called on the thread that drove it, which never touches S again:
+         * the hook owns it (logs, unregisters and frees it). */
+        void (*done)(Session *s, void *userdata);
+        /* admit: FD was accepted (non-blocking) from VIA by the engine: the access lists and
+         * limits decide. Returns the registered session to start, or NULL: the client was
+         * turned away and FD is closed. */
+        Session *(*admit)(void *userdata, int fd, const struct sockaddr *peer, const Listener *via);
+        /* must_wait: overload = "queue" and every slot taken: accept nothing now; the server
+         * calls engine_slot_freed() when one frees. */
+        bool (*must_wait)(void *userdata);
+        /* exhausted: accepting from LISTEN_FD failed for lack of descriptors or memory
+         * (-ERROR): the server turns that client away with its reserve descriptor. The engine
+         * then pauses accepting for ENGINE_ACCEPT_PAUSE_USEC. */
+        void (*exhausted)(void *userdata, int listen_fd, int error);
+} EngineHooks;
+
+/* How long accepting pauses when the process is out of descriptors or memory. */
+#define ENGINE_ACCEPT_PAUSE_USEC 100000u
 
 typedef struct EngineOps {
         /* add: S's socket was accepted non-blocking when `nonblocking`. 0, or a negative errno
@@ -34,23 +56,27 @@ typedef struct EngineOps {
         void (*reap)(Engine *e);
         /* reconfigure: applies what it can of CONF to the running engine, logs what it cannot. */
         void (*reconfigure)(Engine *e, const Conf *old, const Conf *conf);
+        /* set_listeners: an accepting engine accepts from SET's sockets from now on (the empty
+         * set: from none). Returns once no engine thread uses a socket of the previous set any
+         * more, so that the server may close those. NULL for an engine that does not accept. */
+        void (*set_listeners)(Engine *e, const ListenerSet *set);
+        /* slot_freed: overload = "queue": a slot is free again (see must_wait). */
+        void (*slot_freed)(Engine *e);
         bool nonblocking; /* the sessions' sockets must be non-blocking */
 } EngineOps;
 
 struct Engine {
         const EngineOps *ops;
-        EngineDone done;
-        void *userdata;
+        EngineHooks hooks;
 };
 
 /* The drivers. Each returns 0 or a negative errno. */
-int pool_engine_new(Engine **ret, const Conf *conf, EngineDone done, void *userdata);
-int perconn_engine_new(Engine **ret, const Conf *conf, EngineDone done, void *userdata);
+int pool_engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks);
+int perconn_engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks);
 
 /* engine_new: the model CONF chooses (its `workers`). */
-static inline int engine_new(Engine **ret, const Conf *conf, EngineDone done, void *userdata) {
-        return conf->workers > 0 ? pool_engine_new(ret, conf, done, userdata)
-                                 : perconn_engine_new(ret, conf, done, userdata);
+static inline int engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks) {
+        return conf->workers > 0 ? pool_engine_new(ret, conf, hooks) : perconn_engine_new(ret, conf, hooks);
 }
 
 static inline int engine_add(Engine *e, Session *s) {
@@ -76,7 +102,22 @@ static inline bool engine_nonblocking(const Engine *e) {
         return e->ops->nonblocking;
 }
 
+/* engine_accepts: whether the engine accepts from the listeners itself. */
+static inline bool engine_accepts(const Engine *e) {
+        return e->ops->set_listeners != NULL;
+}
+
+static inline void engine_set_listeners(Engine *e, const ListenerSet *set) {
+        if (e->ops->set_listeners)
+                e->ops->set_listeners(e, set);
+}
+
+static inline void engine_slot_freed(Engine *e) {
+        if (e->ops->slot_freed)
+                e->ops->slot_freed(e);
+}
+
 /* engine_session_done: how a driver ends a session: the single exit path. */
 static inline void engine_session_done(Engine *e, Session *s) {
-        e->done(s, e->userdata);
+        e->hooks.done(s, e->hooks.userdata);
 }

@@ -400,3 +400,31 @@ void listeners_report_match(const ListenerSet *inherited, const Conf *conf) {
                             "serving the passed sockets",
                             why);
 }
+
+AcceptError listener_accept_error(int errnum) {
+        switch (errnum) {
+        case EAGAIN:
+#if EAGAIN != EWOULDBLOCK
+        case EWOULDBLOCK:
+#endif
+                return ACCEPT_DRAINED;
+        case EINTR:
+        case ECONNABORTED:
+        case EPROTO:
+        case ENETDOWN:
+        case ENOPROTOOPT:
+        case EHOSTDOWN:
+        case ENONET:
+        case EHOSTUNREACH:
+        case EOPNOTSUPP:
+        case ENETUNREACH:
+                return ACCEPT_RETRY;
+        case EMFILE:
+        case ENFILE:
+        case ENOBUFS:
+        case ENOMEM:
+                return ACCEPT_EXHAUSTED;
+        default:
+                return ACCEPT_FAILED;
+        }
+}

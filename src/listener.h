@@ -53,3 +53,13 @@ int listeners_match_conf(const ListenerSet *inherited, const Conf *conf, char *w
 /* listeners_report_match: logs whether the passed sockets match CONF: info when they do, a
  * warning with the fix (daemon-reload, restart hellod.socket) when they do not. */
 void listeners_report_match(const ListenerSet *inherited, const Conf *conf);
+
+/* What a failed accept4() means for the accepting loop. */
+typedef enum AcceptError {
+        ACCEPT_DRAINED,   /* EAGAIN: nothing more to accept now */
+        ACCEPT_RETRY,     /* the client's problem (accept(2), "Error handling"): go on */
+        ACCEPT_EXHAUSTED, /* out of descriptors or memory: turn the client away, pause */
+        ACCEPT_FAILED,    /* anything else: log, pause */
+} AcceptError;
+
+AcceptError listener_accept_error(int errnum);

@@ -216,7 +216,7 @@ static const EngineOps perconn_ops = {
         .nonblocking = false,
 };
 
-int perconn_engine_new(Engine **ret, const Conf *conf, EngineDone done, void *userdata) {
+int perconn_engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks) {
         PerConn *p = calloc(1, sizeof(*p));
         int r;
 
@@ -227,7 +227,7 @@ int perconn_engine_new(Engine **ret, const Conf *conf, EngineDone done, void *us
                 free(p);
                 return r;
         }
-        p->engine = (Engine) { .ops = &perconn_ops, .done = done, .userdata = userdata };
+        p->engine = (Engine) { .ops = &perconn_ops, .hooks = *hooks };
         *ret = &p->engine;
         return 0;
 }

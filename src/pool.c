@@ -1,8 +1,17 @@
-/* pool: the event-driven driver: N epoll loops, each serving many non-blocking sessions
- * (memcached's layout). The server hands each connection to the least busy loop.
+/* pool: the event-driven driver: N epoll loops, each serving many non-blocking sessions.
  *
- * Ownership: pool_add() moves a session into a loop's incoming queue; from the moment the
- * loop starts it, only that loop's thread touches it, until engine_session_done() hands it
+ * Accepting: every loop has every listener in its epoll set with EPOLLEXCLUSIVE, so the
+ * kernel wakes one idle loop per new connection, and the loop that accepts a connection
+ * serves it: no hand-off between threads, no accept thread. Admission (limits, access lists)
+ * is the server's, through its hooks, under its lock, so it is exact across loops. The
+ * listener set is published by the server (pool_set_listeners) and taken up by each loop at
+ * the top of its next round; the server waits until every loop has let go of the previous set
+ * before it closes any of its sockets. A loop stops accepting (takes the listeners out of its
+ * set) while it is out of descriptors (for ENGINE_ACCEPT_PAUSE_USEC) and, with overload =
+ * "queue", while every slot is taken (until the server says one freed).
+ *
+ * Ownership: from the moment a loop starts a session (accepted there, or handed over by
+ * pool_add()), only that loop's thread touches it, until engine_session_done() hands it
  * back. Every function below that can end a session returns a Fate, and GONE means the
  * session is freed: the caller returns at once without touching it.
  *
@@ -33,6 +42,13 @@
 #define EVENTS_MAX 256
 /* Reads per turn for one session before the loop turns to the others. */
 #define READS_PER_EVENT 8
+/* Connections accepted per listener event before the loop turns to its sessions. */
+#define ACCEPT_BATCH 16
+/* How long the server waits for the loops to let go of a listener set before it says so. */
+#define LISTENERS_WAIT_WARN_SEC 5
+/* epoll data of a listener: its (aligned) address with the low bit set; sessions have it
+ * clear; the loop's eventfd is 0. */
+#define LISTENER_TAG 1u
 
 typedef enum Fate {
         ALIVE,
@@ -50,12 +66,20 @@ typedef struct Loop {
         bool stopping;
 
         unsigned n_sessions; /* atomic: queued and running, to pick the least busy loop */
+        uint64_t listen_acked; /* under pool->lock: the listener generation this loop took up */
 
         /* Loop thread only. */
         Session *first, *last; /* running sessions, by deadline */
         Session *ready;        /* sessions with kept input waiting for a turn */
         char *in_buf, *out_buf;
         size_t in_cap, out_cap;
+        const Listener *listening; /* the listener set this loop accepts from ... */
+        size_t n_listening;
+        uint64_t listen_gen;  /* ... its generation */
+        bool attached;        /* ... and whether it is in the epoll set now */
+        bool exiting;         /* the pool is stopping: accept nothing more */
+        bool waiting_slot;    /* overload = "queue": every slot taken */
+        uint64_t paused_until; /* usec: out of descriptors; 0: not paused */
 } Loop;
 
 typedef struct Pool {
@@ -66,6 +90,10 @@ typedef struct Pool {
         pthread_mutex_t lock;
         pthread_cond_t all_gone; /* CLOCK_MONOTONIC; signalled when n_running drops to 0 */
         unsigned n_running;      /* loop threads that have not returned yet */
+        pthread_cond_t acked;    /* CLOCK_MONOTONIC; a loop took up a listener generation */
+        Listener *listeners;     /* under lock: the set published by the server */
+        size_t n_listeners;
+        uint64_t listen_gen; /* written under lock, read atomically by the loops */
 } Pool;
 
 /* ---- the loop's sessions, ordered by deadline ---- */
@@ -386,15 +414,119 @@ static bool take_incoming(Loop *l, Session **ret) {
 }
 
 static int poll_timeout(const Loop *l) {
+        uint64_t wake = l->first ? l->first->deadline : SESSION_NO_DEADLINE;
+
         if (l->ready)
                 return 0;
-        if (!l->first || l->first->deadline == SESSION_NO_DEADLINE)
+        if (l->paused_until != 0 && l->paused_until < wake)
+                wake = l->paused_until;
+        if (wake == SESSION_NO_DEADLINE)
                 return -1;
         uint64_t now = now_usec();
-        if (l->first->deadline <= now)
+        if (wake <= now)
                 return 0;
-        uint64_t ms = (l->first->deadline - now + 999u) / 1000u;
+        uint64_t ms = (wake - now + 999u) / 1000u;
         return ms > 60000 ? 60000 : (int) ms;
+}
+
+/* ---- accepting ---- */
+
+/* attach, detach: the loop's listeners in or out of its epoll set. EPOLLEXCLUSIVE can only be
+ * given to EPOLL_CTL_ADD, so a pause is a removal and a resumption an addition. */
+static void attach(Loop *l) {
+        for (size_t i = 0; i < l->n_listening; i++) {
+                struct epoll_event ev = { .events = EPOLLIN | EPOLLEXCLUSIVE,
+                                          .data.u64 = (uintptr_t) &l->listening[i] | LISTENER_TAG };
+                if (epoll_ctl(l->epoll_fd, EPOLL_CTL_ADD, l->listening[i].fd, &ev) < 0)
+                        log_error_errno(-errno, "cannot accept from %s in an event loop", l->listening[i].name);
+        }
+        l->attached = true;
+}
+
+static void detach(Loop *l) {
+        if (!l->attached)
+                return;
+        for (size_t i = 0; i < l->n_listening; i++)
+                (void) epoll_ctl(l->epoll_fd, EPOLL_CTL_DEL, l->listening[i].fd, NULL);
+        l->attached = false;
+}
+
+/* sync_listeners: at the top of each round (no event of the previous set is in hand): takes
+ * up a new listener set, and attaches or detaches as accepting is allowed or not. */
+static void sync_listeners(Loop *l) {
+        Pool *p = l->pool;
+
+        if (__atomic_load_n(&p->listen_gen, __ATOMIC_ACQUIRE) != l->listen_gen) {
+                detach(l);
+                pthread_mutex_lock(&p->lock);
+                l->listening = p->listeners;
+                l->n_listening = p->n_listeners;
+                l->listen_gen = l->listen_acked = p->listen_gen;
+                pthread_cond_broadcast(&p->acked);
+                pthread_mutex_unlock(&p->lock);
+        }
+        if (l->paused_until != 0 && now_usec() >= l->paused_until)
+                l->paused_until = 0;
+        bool accepting = !l->exiting && !l->waiting_slot && l->paused_until == 0;
+        if (accepting && !l->attached)
+                attach(l);
+        else if (!accepting)
+                detach(l);
+}
+
+static void on_listener(Loop *l, const Listener *via) {
+        const EngineHooks *hooks = &l->pool->engine.hooks;
+
+        /* Detached earlier in this batch (paused, or waiting for a slot): not now. */
+        for (int i = 0; i < ACCEPT_BATCH && l->attached; i++) {
+                struct sockaddr_storage peer;
+                socklen_t len = sizeof(peer);
+
+                if (hooks->must_wait(hooks->userdata)) {
+                        l->waiting_slot = true;
+                        detach(l);
+                        return;
+                }
+                int fd = accept4(via->fd, (struct sockaddr *) &peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                if (fd < 0) {
+                        int r = -errno;
+                        switch (listener_accept_error(-r)) {
+                        case ACCEPT_DRAINED:
+                                return;
+                        case ACCEPT_RETRY:
+                                continue;
+                        case ACCEPT_EXHAUSTED:
+                                hooks->exhausted(hooks->userdata, via->fd, r);
+                                break;
+                        case ACCEPT_FAILED:
+                                log_error_errno(r, "accept on %s failed, pausing", via->name);
+                                break;
+                        }
+                        l->paused_until = now_usec() + ENGINE_ACCEPT_PAUSE_USEC;
+                        detach(l);
+                        return;
+                }
+                Session *s = hooks->admit(hooks->userdata, fd, (const struct sockaddr *) &peer, via);
+                if (!s)
+                        continue;
+                __atomic_add_fetch(&l->n_sessions, 1, __ATOMIC_RELAXED);
+                s->engine = &l->pool->engine;
+                (void) start(l, s);
+        }
+}
+
+/* on_wake: the eventfd: sessions handed over, a slot freed, new listeners, or the stop. */
+static void on_wake(Loop *l) {
+        Session *queued;
+
+        l->exiting = !take_incoming(l, &queued) || l->exiting;
+        l->waiting_slot = false; /* try again: must_wait() says whether it is still full */
+        while (queued) {
+                Session *next = queued->timer_next;
+                queued->timer_next = NULL;
+                (void) start(l, queued);
+                queued = next;
+        }
 }
 
 /* run_ready: one more turn for each session that has kept input. Sessions that still have
@@ -424,34 +556,32 @@ static void run_deadlines(Loop *l) {
 static void *loop_main(void *arg) {
         Loop *l = arg;
         struct epoll_event events[EVENTS_MAX];
-        bool stopping = false;
 
         (void) pthread_setname_np(pthread_self(), "hellod-loop");
-        while (!stopping || l->first) {
+        while (!l->exiting || l->first) {
+                sync_listeners(l);
                 int n = epoll_wait(l->epoll_fd, events, EVENTS_MAX, poll_timeout(l));
                 if (n < 0 && errno != EINTR) {
                         log_error_errno(-errno, "epoll_wait failed");
                         break;
                 }
                 for (int i = 0; i < n; i++) {
-                        if (events[i].data.ptr) {
-                                (void) on_event(l, events[i].data.ptr);
-                                continue;
-                        }
-                        Session *queued;
-                        stopping = !take_incoming(l, &queued);
-                        while (queued) {
-                                Session *next = queued->timer_next;
-                                queued->timer_next = NULL;
-                                (void) start(l, queued);
-                                queued = next;
-                        }
+                        uint64_t data = events[i].data.u64;
+                        if (data == 0)
+                                on_wake(l);
+                        else if (data & LISTENER_TAG)
+                                on_listener(l, (const Listener *) (uintptr_t) (data & ~(uint64_t) LISTENER_TAG));
+                        else
+                                (void) on_event(l, (Session *) (uintptr_t) data);
                 }
                 run_ready(l);
                 run_deadlines(l);
         }
 
+        detach(l);
         pthread_mutex_lock(&l->pool->lock);
+        l->listen_acked = UINT64_MAX; /* gone: holds no listener */
+        pthread_cond_broadcast(&l->pool->acked);
         if (--l->pool->n_running == 0)
                 pthread_cond_broadcast(&l->pool->all_gone);
         pthread_mutex_unlock(&l->pool->lock);
@@ -471,7 +601,7 @@ static void loop_done(Loop *l) {
 }
 
 static int loop_start(Pool *p, Loop *l, size_t stack_size) {
-        struct epoll_event ev = { .events = EPOLLIN, .data.ptr = NULL };
+        struct epoll_event ev = { .events = EPOLLIN, .data.u64 = 0 };
         pthread_attr_t attr;
         int r;
 
@@ -526,6 +656,8 @@ static void pool_free(Pool *p) {
                 pthread_join(p->loops[i].thread, NULL);
                 loop_done(&p->loops[i]);
         }
+        free(p->listeners);
+        pthread_cond_destroy(&p->acked);
         pthread_cond_destroy(&p->all_gone);
         pthread_mutex_destroy(&p->lock);
         free(p->loops);
@@ -560,6 +692,57 @@ static int pool_stop(Engine *e, uint64_t timeout_msec) {
         return 0;
 }
 
+static void wake_all(Pool *p) {
+        for (unsigned i = 0; i < p->n; i++)
+                (void) eventfd_write(p->loops[i].wake_fd, 1);
+}
+
+static bool all_acked(const Pool *p, uint64_t gen) {
+        for (unsigned i = 0; i < p->n; i++)
+                if (p->loops[i].listen_acked < gen)
+                        return false;
+        return true;
+}
+
+static void pool_set_listeners(Engine *e, const ListenerSet *set) {
+        Pool *p = (Pool *) e;
+        Listener *copy = NULL;
+        struct timespec deadline;
+
+        if (set->n > 0 && !(copy = calloc(set->n, sizeof(Listener)))) {
+                /* Keep serving the sockets the loops have; the server keeps them open. */
+                log_error_errno(-ENOMEM, "cannot hand the listeners to the event loops");
+                return;
+        }
+        if (set->n > 0)
+                memcpy(copy, set->items, set->n * sizeof(Listener));
+        pthread_mutex_lock(&p->lock);
+        Listener *old = p->listeners;
+        p->listeners = copy;
+        p->n_listeners = set->n;
+        uint64_t gen = p->listen_gen + 1;
+        __atomic_store_n(&p->listen_gen, gen, __ATOMIC_RELEASE);
+        pthread_mutex_unlock(&p->lock);
+
+        /* Wait until no loop can touch a socket of the previous set; a loop is never blocked
+         * for long, so this is quick; the warning is for a loop that is stuck. */
+        wake_all(p);
+        pthread_mutex_lock(&p->lock);
+        while (!all_acked(p, gen)) {
+                clock_gettime(CLOCK_MONOTONIC, &deadline);
+                deadline.tv_sec += LISTENERS_WAIT_WARN_SEC;
+                if (pthread_cond_timedwait(&p->acked, &p->lock, &deadline) == ETIMEDOUT)
+                        log_warning("an event loop has not taken up the new listeners for %d s, waiting",
+                                    LISTENERS_WAIT_WARN_SEC);
+        }
+        pthread_mutex_unlock(&p->lock);
+        free(old);
+}
+
+static void pool_slot_freed(Engine *e) {
+        wake_all((Pool *) e);
+}
+
 static void pool_reconfigure(Engine *e, const Conf *old, const Conf *conf) {
         (void) e;
         if (conf->workers != old->workers)
@@ -573,10 +756,12 @@ static const EngineOps pool_ops = {
         .add = pool_add,
         .stop = pool_stop,
         .reconfigure = pool_reconfigure,
+        .set_listeners = pool_set_listeners,
+        .slot_freed = pool_slot_freed,
         .nonblocking = true,
 };
 
-int pool_engine_new(Engine **ret, const Conf *conf, EngineDone done, void *userdata) {
+int pool_engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks) {
         unsigned n = conf->workers;
         Pool *p = calloc(1, sizeof(*p));
         pthread_condattr_t attr;
@@ -586,11 +771,12 @@ int pool_engine_new(Engine **ret, const Conf *conf, EngineDone done, void *userd
                 free(p);
                 return -ENOMEM;
         }
-        p->engine = (Engine) { .ops = &pool_ops, .done = done, .userdata = userdata };
+        p->engine = (Engine) { .ops = &pool_ops, .hooks = *hooks };
         pthread_mutex_init(&p->lock, NULL);
         pthread_condattr_init(&attr);
         pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
         pthread_cond_init(&p->all_gone, &attr);
+        pthread_cond_init(&p->acked, &attr);
         pthread_condattr_destroy(&attr);
         for (unsigned i = 0; i < n && r == 0; i++) {
                 p->loops[i].epoll_fd = p->loops[i].wake_fd = -1;

@@ -1,8 +1,11 @@
-/* server: accept loop, limits, signals, reload and shutdown.
+/* server: admission and limits, signals, reload and shutdown, and the accept loop for an
+ * engine that does not accept by itself.
  *
- * Threads: the server thread runs the accept loop and owns the listeners, the current Conf
- * and the Engine. The engine's threads run sessions. They share only what `lock` guards: the
- * list of live sessions, the connection counters and the per-address table. */
+ * Threads: the server thread owns the listeners and the Engine, and is the only one to
+ * change the current Conf. The engine's threads accept (the pool), run sessions and call the
+ * hooks below. They share only what `lock` guards: the current Conf pointer (read by the
+ * hooks), the list of live sessions, the connection counters, the per-address table and the
+ * reserve descriptor. */
 #include "server.h"
 
 #include <errno.h>
@@ -33,8 +36,6 @@
 /* Connections taken from one listener per wakeup, so that one busy listener cannot starve
  * the others or the signals. */
 #define ACCEPT_BATCH 64
-/* How long accepting pauses when the process is out of descriptors or memory. */
-#define ACCEPT_PAUSE_MSEC 100
 /* After shutdown_timeout, how long killed sessions get to notice. */
 #define KILL_GRACE_MSEC 5000
 /* Refusals logged per second at most; the rest are counted and summarised. */
@@ -44,13 +45,13 @@
 
 struct Server {
         ServerOptions opts;
-        Conf *conf; /* server thread only */
+        Conf *conf; /* written by the server thread under lock; read by the hooks under lock */
         ListenerSet listeners;
         int signal_fd;
-        int reserve_fd; /* spent to turn a client away when descriptors run out */
+        int reserve_fd; /* under lock: spent to turn a client away when descriptors run out */
         Engine *engine;   /* the worker model: runs the sessions */
         bool abandoned;   /* the engine did not stop in time: its threads may still use `lock` */
-        uint64_t accept_paused_until; /* usec, CLOCK_MONOTONIC; 0: accepting */
+        uint64_t accept_paused_until; /* usec, CLOCK_MONOTONIC; 0: accepting (own accept loop) */
         bool activated;        /* the listeners came from systemd and stay across reloads */
         RateLimit refusal_log;
         RateLimit exhaustion_log;
@@ -71,6 +72,7 @@ struct Server {
         /* overload = "queue": accepting waits while n_active >= slots (under lock). */
         bool waiting_for_slot;
         unsigned slots;
+        bool queue_overload; /* atomic: the current Conf's overload is "queue" */
 };
 
 static const int handled_signals[] = { SIGTERM, SIGINT, SIGHUP };
@@ -145,7 +147,10 @@ static void unregister(Server *s, Session *session) {
         s->n_active--;
         if (s->waiting_for_slot && s->n_active < s->slots) {
                 s->waiting_for_slot = false;
-                (void) eventfd_write(s->wake_fd, 1);
+                if (engine_accepts(s->engine))
+                        engine_slot_freed(s->engine);
+                else
+                        (void) eventfd_write(s->wake_fd, 1);
         }
         pthread_mutex_unlock(&s->lock);
 }
@@ -174,45 +179,34 @@ static const char *rate_check(Server *s, const IpKey *source) {
         return NULL;
 }
 
-/* admit: access lists and limits, then a session on a worker thread. Takes ownership of FD. */
-static void admit(Server *s, int fd, const struct sockaddr *peer, const Listener *via) {
+/* register_session: the limits, then a registered session for FD; called under the lock.
+ * Returns NULL with *REASON and *DETAIL set when the client is refused; *FD is -1 when the
+ * socket was closed on the way. */
+static Session *register_session(Server *s, int *fd, const struct sockaddr *peer, const IpKey *ip,
+                                 const Listener *via, const char **reason, const char **detail) {
         const Conf *conf = s->conf;
-        char name[ADDR_STR_MAX];
-        const char *reason = NULL, *detail = NULL;
         Session *session = NULL;
-        IpKey ip, source;
-        int r;
-
-        (void) ip_key_from_sockaddr(peer, &ip);
-        if (!conf_admits(conf, &ip)) {
-                /* Not worth an answer: the address may not talk to us at all. */
-                close(fd);
-                count_refusal(s);
-                log_refusal(s, addr_format(peer, name, sizeof(name)), "denied", "denied by allow/deny");
-                return;
-        }
         /* Per-source limits count network blocks, so rotating addresses does not help. */
-        source = ip;
-        ip_key_mask(&source, conf->per_ip_ipv4_prefix, conf->per_ip_ipv6_prefix);
+        IpKey source = *ip;
 
-        pthread_mutex_lock(&s->lock);
-        if ((reason = rate_check(s, &source))) {
-                detail = "too many connections from this source (rate_limit_per_ip)";
+        ip_key_mask(&source, conf->per_ip_ipv4_prefix, conf->per_ip_ipv6_prefix);
+        if ((*reason = rate_check(s, &source))) {
+                *detail = "too many connections from this source (rate_limit_per_ip)";
         } else if (s->n_active >= conf->max_connections) {
-                reason = "max-connections";
-                detail = "server busy (max_connections reached)";
+                *reason = "max-connections";
+                *detail = "server busy (max_connections reached)";
         } else if (conf->max_connections_per_ip > 0 &&
                    iptable_count(s->ips, &source) >= conf->max_connections_per_ip) {
-                reason = "max-connections-per-ip";
-                detail = "server busy (max_connections_per_ip reached)";
+                *reason = "max-connections-per-ip";
+                *detail = "server busy (max_connections_per_ip reached)";
         } else if (iptable_inc(s->ips, &source) < 0) {
-                reason = "out-of-memory";
-                detail = "out of memory";
-        } else if (session_new(&session, fd, s->conf, peer, via->name) < 0) {
+                *reason = "out-of-memory";
+                *detail = "out of memory";
+        } else if (session_new(&session, *fd, s->conf, peer, via->name) < 0) {
                 iptable_dec(s->ips, &source, now_usec());
-                reason = "out-of-memory";
-                detail = "out of memory";
-                fd = -1; /* session_new() closed it */
+                *reason = "out-of-memory";
+                *detail = "out of memory";
+                *fd = -1; /* session_new() closed it */
         } else {
                 session->ip = source; /* what unregister() gives back */
                 session->id = ++s->next_id;
@@ -224,18 +218,50 @@ static void admit(Server *s, int fd, const struct sockaddr *peer, const Listener
                 s->n_accepted++;
                 s->changes++;
         }
+        return session;
+}
+
+/* admit: the access lists and limits for a connection accepted from VIA, on any thread.
+ * Returns the registered session, or NULL when the client was turned away (FD closed). */
+static Session *admit(Server *s, int fd, const struct sockaddr *peer, const Listener *via) {
+        const char *reason = NULL, *detail = NULL;
+        char name[ADDR_STR_MAX];
+        Session *session = NULL;
+        IpKey ip;
+
+        (void) ip_key_from_sockaddr(peer, &ip);
+        pthread_mutex_lock(&s->lock);
+        if (!conf_admits(s->conf, &ip))
+                reason = "denied";
+        else
+                session = register_session(s, &fd, peer, &ip, via, &reason, &detail);
         pthread_mutex_unlock(&s->lock);
 
-        if (reason) {
-                addr_format(peer, name, sizeof(name));
-                if (fd >= 0)
-                        turn_away(fd, strcmp(reason, "rate-limited") == 0 ? PROTO_ERR_RATE : PROTO_ERR_BUSY);
-                count_refusal(s);
-                log_refusal(s, name, reason, detail);
-                return;
+        if (session) {
+                session_log_opened(session);
+                return session;
         }
+        addr_format(peer, name, sizeof(name));
+        if (strcmp(reason, "denied") == 0) {
+                /* Not worth an answer: the address may not talk to us at all. */
+                close(fd);
+                detail = "denied by allow/deny";
+        } else if (fd >= 0) {
+                turn_away(fd, strcmp(reason, "rate-limited") == 0 ? PROTO_ERR_RATE : PROTO_ERR_BUSY);
+        }
+        count_refusal(s);
+        log_refusal(s, name, reason, detail);
+        return NULL;
+}
 
-        session_log_opened(session);
+/* admit_and_hand_over: for an engine that does not accept: admission, then engine_add(). */
+static void admit_and_hand_over(Server *s, int fd, const struct sockaddr *peer, const Listener *via) {
+        char name[ADDR_STR_MAX];
+        Session *session = admit(s, fd, peer, via);
+        int r;
+
+        if (!session)
+                return;
         r = engine_add(s->engine, session);
         if (r < 0) {
                 /* No thread to be had: undo the admission and turn the client away. */
@@ -253,43 +279,64 @@ static void admit(Server *s, int fd, const struct sockaddr *peer, const Listener
 }
 
 static void pause_accepting(Server *s) {
-        s->accept_paused_until = now_usec() + ACCEPT_PAUSE_MSEC * 1000u;
+        s->accept_paused_until = now_usec() + ENGINE_ACCEPT_PAUSE_USEC;
 }
 
-/* out_of_descriptors: EMFILE/ENFILE/ENOBUFS/ENOMEM. The pending client would otherwise
- * keep the listener readable and the loop spinning: spend the reserve descriptor to accept
- * and turn it away, then pause accepting briefly. */
+/* out_of_descriptors: EMFILE/ENFILE/ENOBUFS/ENOMEM, on any accepting thread. The pending
+ * client would otherwise keep the listener readable and the loop spinning: spend the reserve
+ * descriptor to accept and turn it away; the accepting loop then pauses briefly. */
 static void out_of_descriptors(Server *s, int listen_fd, int error) {
         unsigned suppressed;
+        bool refused = false;
 
+        pthread_mutex_lock(&s->lock);
         if (s->reserve_fd >= 0) {
                 close(s->reserve_fd);
                 s->reserve_fd = -1;
                 int fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
                 if (fd >= 0) {
                         turn_away(fd, PROTO_ERR_BUSY);
-                        count_refusal(s);
+                        refused = true;
                 }
                 s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
         }
+        pthread_mutex_unlock(&s->lock);
+        if (refused)
+                count_refusal(s);
         if (ratelimit_allow(&s->exhaustion_log, &suppressed))
-                log_warning_errno(error, "cannot accept connections, pausing for %d ms", ACCEPT_PAUSE_MSEC);
-        pause_accepting(s);
+                log_warning_errno(error, "cannot accept connections, pausing for %u ms",
+                                  ENGINE_ACCEPT_PAUSE_USEC / 1000u);
 }
 
 /* at_capacity: with overload = "queue", whether accepting must wait for a free slot; if so,
- * release() is asked to wake the accept loop when one frees up. */
+ * unregister() wakes the accepting side when one frees up. Any thread. */
 static bool at_capacity(Server *s) {
-        bool full;
+        bool full = false;
 
-        if (s->conf->overload != OVERLOAD_QUEUE)
+        /* Read without the lock first: the common case (refuse) costs nothing per accept. */
+        if (!__atomic_load_n(&s->queue_overload, __ATOMIC_RELAXED))
                 return false;
         pthread_mutex_lock(&s->lock);
-        s->slots = s->conf->max_connections;
-        full = s->n_active >= s->slots;
-        s->waiting_for_slot = full;
+        if (s->conf->overload == OVERLOAD_QUEUE) {
+                s->slots = s->conf->max_connections;
+                full = s->n_active >= s->slots;
+                s->waiting_for_slot = full;
+        }
         pthread_mutex_unlock(&s->lock);
         return full;
+}
+
+/* The hooks an accepting engine calls, on its threads. */
+static Session *hook_admit(void *userdata, int fd, const struct sockaddr *peer, const Listener *via) {
+        return admit(userdata, fd, peer, via);
+}
+
+static bool hook_must_wait(void *userdata) {
+        return at_capacity(userdata);
+}
+
+static void hook_exhausted(void *userdata, int listen_fd, int error) {
+        out_of_descriptors(userdata, listen_fd, error);
 }
 
 static void accept_some(Server *s, const Listener *l) {
@@ -300,37 +347,24 @@ static void accept_some(Server *s, const Listener *l) {
                                  SOCK_CLOEXEC | (engine_nonblocking(s->engine) ? SOCK_NONBLOCK : 0));
 
                 if (fd >= 0) {
-                        admit(s, fd, (const struct sockaddr *) &peer, l);
+                        admit_and_hand_over(s, fd, (const struct sockaddr *) &peer, l);
                         continue;
                 }
-                switch (errno) {
-                case EAGAIN:
-#if EAGAIN != EWOULDBLOCK
-                case EWOULDBLOCK:
-#endif
+                int r = -errno;
+                switch (listener_accept_error(-r)) {
+                case ACCEPT_DRAINED:
                         return;
-                case EINTR:
-                case ECONNABORTED:
-                case EPROTO:
-                case ENETDOWN:
-                case ENOPROTOOPT:
-                case EHOSTDOWN:
-                case ENONET:
-                case EHOSTUNREACH:
-                case EOPNOTSUPP:
-                case ENETUNREACH:
-                        continue; /* the client's problem, not ours (accept(2), "Error handling") */
-                case EMFILE:
-                case ENFILE:
-                case ENOBUFS:
-                case ENOMEM:
-                        out_of_descriptors(s, l->fd, -errno);
-                        return;
-                default:
-                        log_error_errno(-errno, "accept on %s failed, pausing", l->name);
-                        pause_accepting(s);
-                        return;
+                case ACCEPT_RETRY:
+                        continue;
+                case ACCEPT_EXHAUSTED:
+                        out_of_descriptors(s, l->fd, r);
+                        break;
+                case ACCEPT_FAILED:
+                        log_error_errno(r, "accept on %s failed, pausing", l->name);
+                        break;
                 }
+                pause_accepting(s);
+                return;
         }
 }
 
@@ -387,12 +421,18 @@ static int reload_listeners(Server *s, const Conf *conf, char *err, size_t err_s
                 listeners_report_match(&s->listeners, conf);
                 return 0;
         }
+        /* The engine lets go of every listener first: listeners_open() may close departing
+         * sockets before it binds (a port moving between addresses), and a loop must not be
+         * accepting from a descriptor that is closed and reused meanwhile. Clients wait in
+         * the backlog for those few milliseconds. */
+        engine_set_listeners(s->engine, &(ListenerSet) { 0 });
         int r = listeners_open(conf, &s->listeners, &listeners, err, err_size);
-        if (r < 0)
-                return r;
-        listener_set_done(&s->listeners); /* closes the sockets that were not carried over */
-        s->listeners = listeners;
-        return 0;
+        if (r == 0) {
+                listener_set_done(&s->listeners); /* closes the sockets that were not carried over */
+                s->listeners = listeners;
+        }
+        engine_set_listeners(s->engine, &s->listeners);
+        return r;
 }
 
 static bool same_name(const char *a, const char *b) {
@@ -418,8 +458,12 @@ static void reload(Server *s) {
         if (!same_name(conf->user, s->conf->user) || !same_name(conf->group, s->conf->group))
                 log_warning("a change of 'user' or 'group' takes effect when hellod is restarted");
         engine_reconfigure(s->engine, s->conf, conf);
-        conf_unref(s->conf);
+        pthread_mutex_lock(&s->lock);
+        Conf *old = s->conf;
         s->conf = conf;
+        __atomic_store_n(&s->queue_overload, conf->overload == OVERLOAD_QUEUE, __ATOMIC_RELAXED);
+        pthread_mutex_unlock(&s->lock);
+        conf_unref(old);
         apply_log_level(s);
         (void) preflight_warn(conf);
 
@@ -483,7 +527,9 @@ static int shut_down(Server *s) {
         char count[16];
 
         notify_stopping();
-        listener_set_done(&s->listeners); /* stop accepting: new clients are refused by the kernel */
+        /* Stop accepting: new clients are refused by the kernel. */
+        engine_set_listeners(s->engine, &(ListenerSet) { 0 });
+        listener_set_done(&s->listeners);
         snprintf(count, sizeof(count), "%u", n);
         LogField fields[] = { { "HELLOD_ACTIVE", count } };
         if (n == 0)
@@ -572,8 +618,10 @@ int server_run(Server *s) {
                 tick(s);
 
                 int timeout = poll_timeout(s);
-                bool accepting = s->accept_paused_until == 0 && !at_capacity(s);
-                size_t n = 2 + s->listeners.n;
+                /* An engine that accepts by itself has the listeners in its own loops. */
+                bool own_accept = !engine_accepts(s->engine);
+                bool accepting = own_accept && s->accept_paused_until == 0 && !at_capacity(s);
+                size_t n = 2 + (own_accept ? s->listeners.n : 0);
 
                 /* The listener set changes on reload: rebuild the poll set every round; it is
                  * a handful of entries. */
@@ -585,7 +633,7 @@ int server_run(Server *s) {
                 pfds = grown;
                 pfds[0] = (struct pollfd) { .fd = s->signal_fd, .events = POLLIN };
                 pfds[1] = (struct pollfd) { .fd = s->wake_fd, .events = POLLIN };
-                for (size_t i = 0; i < s->listeners.n; i++)
+                for (size_t i = 0; i + 2 < n; i++)
                         pfds[2 + i] = (struct pollfd) { .fd = s->listeners.items[i].fd,
                                                         .events = accepting ? POLLIN : 0 };
 
@@ -610,7 +658,7 @@ int server_run(Server *s) {
                         eventfd_t drained;
                         (void) eventfd_read(s->wake_fd, &drained); /* a slot freed: poll again */
                 }
-                for (size_t i = 0; i < s->listeners.n && s->accept_paused_until == 0; i++)
+                for (size_t i = 0; i + 2 < n && s->accept_paused_until == 0; i++)
                         if (pfds[2 + i].revents & POLLIN)
                                 accept_some(s, &s->listeners.items[i]);
         }
@@ -665,7 +713,15 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
                 log_error_errno(r, "cannot start");
                 goto fail;
         }
-        r = engine_new(&s->engine, conf, session_done, s);
+        __atomic_store_n(&s->queue_overload, conf->overload == OVERLOAD_QUEUE, __ATOMIC_RELAXED);
+        EngineHooks hooks = {
+                .userdata = s,
+                .done = session_done,
+                .admit = hook_admit,
+                .must_wait = hook_must_wait,
+                .exhausted = hook_exhausted,
+        };
+        r = engine_new(&s->engine, conf, &hooks);
         if (r < 0) {
                 log_error_errno(r, "cannot start the worker threads");
                 goto fail;
@@ -683,6 +739,7 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
                         goto fail;
                 }
         }
+        engine_set_listeners(s->engine, &s->listeners);
         *ret = s;
         return 0;
 fail:

@@ -115,6 +115,38 @@ typedef struct Bench {
         Engine *engine;
 } Bench;
 
+/* The server's hooks, as small as they can be: every connection is admitted. */
+static Conf *admit_conf;
+static unsigned admitted;
+
+static Session *test_admit(void *userdata, int fd, const struct sockaddr *peer, const Listener *via) {
+        Session *s;
+
+        (void) userdata;
+        if (session_new(&s, fd, admit_conf, peer, via->name) < 0)
+                return NULL;
+        __atomic_add_fetch(&admitted, 1, __ATOMIC_RELAXED);
+        return s;
+}
+
+static bool test_must_wait(void *userdata) {
+        (void) userdata;
+        return false;
+}
+
+static void test_exhausted(void *userdata, int listen_fd, int error) {
+        (void) userdata;
+        (void) listen_fd;
+        (void) error;
+}
+
+static const EngineHooks hooks = {
+        .done = on_done,
+        .admit = test_admit,
+        .must_wait = test_must_wait,
+        .exhausted = test_exhausted,
+};
+
 static Bench bench_new(const char *model, const char *extra) {
         char text[2048], err[512];
         Bench b = { 0 };
@@ -122,7 +154,8 @@ static Bench bench_new(const char *model, const char *extra) {
         record_init();
         snprintf(text, sizeof(text), "workers = %s;\n%s", model, extra ? extra : "");
         cr_assert_eq(conf_load_text("test.conf", text, strlen(text), &b.conf, err, sizeof(err)), 0, "%s", err);
-        cr_assert_eq(engine_new(&b.engine, b.conf, on_done, NULL), 0);
+        admit_conf = b.conf;
+        cr_assert_eq(engine_new(&b.engine, b.conf, &hooks), 0);
         return b;
 }
 
@@ -376,5 +409,51 @@ ParameterizedTest(int *model, engine, stop_times_out, .timeout = 30) {
         wait_done(1);
         /* The engine was left to the stuck thread, which has finished its session now: a
          * second stop joins it and frees the engine. */
+        bench_free(&b);
+}
+
+/* The pool accepts in its loops: every loop has the listener; connections are admitted
+ * through the hook and served where they were accepted. A new listener set replaces the old
+ * one: once set_listeners returns, nothing accepts from the old socket any more. */
+Test(engine, pool_accepts_in_its_loops, .timeout = 30) {
+        Bench b = bench_new("2", NULL);
+        Listener l = { .fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0) };
+        struct sockaddr_in addr = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001) };
+        socklen_t len = sizeof(addr);
+        int fds[20];
+
+        cr_assert(engine_accepts(b.engine));
+        snprintf(l.name, sizeof(l.name), "test");
+        cr_assert_eq(bind(l.fd, (struct sockaddr *) &addr, sizeof(addr)), 0);
+        cr_assert_eq(listen(l.fd, 64), 0);
+        cr_assert_eq(getsockname(l.fd, (struct sockaddr *) &addr, &len), 0);
+        engine_set_listeners(b.engine, &(ListenerSet) { .items = &l, .n = 1 });
+        for (int i = 0; i < 20; i++) {
+                struct timeval tv = { .tv_sec = WAIT_MS / 1000 };
+                fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+                cr_assert_eq(connect(fds[i], (struct sockaddr *) &addr, sizeof(addr)), 0);
+                cr_assert_eq(setsockopt(fds[i], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
+                expect_str(fds[i], "Welcome!\r\n");
+        }
+        for (int i = 0; i < 20; i++) {
+                send_all(fds[i], "loop\nexit\n", 10);
+                expect_str(fds[i], "Hello, loop!\r\n");
+                expect_eof(fds[i]);
+                close(fds[i]);
+        }
+        wait_done(20);
+        cr_expect_eq(__atomic_load_n(&admitted, __ATOMIC_RELAXED), 20);
+
+        /* Let go of the listener: a connection now waits in the backlog, unanswered. */
+        engine_set_listeners(b.engine, &(ListenerSet) { 0 });
+        int waiting = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        cr_assert_eq(connect(waiting, (struct sockaddr *) &addr, sizeof(addr)), 0);
+        cr_expect(!readable_within(waiting, 300), "a loop accepted from a listener it was told to let go");
+        engine_set_listeners(b.engine, &(ListenerSet) { .items = &l, .n = 1 });
+        cr_expect(readable_within(waiting, WAIT_MS), "the listener given back was not served");
+        close(waiting);
+        wait_done(21);
+        engine_set_listeners(b.engine, &(ListenerSet) { 0 });
+        close(l.fd);
         bench_free(&b);
 }
