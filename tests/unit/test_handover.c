@@ -731,3 +731,33 @@ Test(conf_hash, changes_with_what_shapes_the_bytes) {
         b.max_line_length = 1023;
         cr_assert_neq(handover_conf_hash(&b), h);
 }
+
+/* ---- what a passed descriptor is (listener.c) ------------------------------------------------------ */
+
+#include "listener.h"
+
+Test(inherit, classify) {
+        uint64_t id = 0;
+
+        /* A listening socket is a listener, whatever its name. */
+        cr_expect_eq(inherit_classify("hellod", FD_KIND_LISTENING_TCP, &id), INHERIT_LISTENER);
+        cr_expect_eq(inherit_classify("c5", FD_KIND_LISTENING_TCP, &id), INHERIT_LISTENER);
+        cr_expect_eq(inherit_classify("state", FD_KIND_LISTENING_TCP, &id), INHERIT_LISTENER);
+        /* What the store keeps, when name and kind agree. */
+        cr_expect_eq(inherit_classify("state", FD_KIND_REGULAR, &id), INHERIT_STATE);
+        cr_expect_eq(inherit_classify("c17", FD_KIND_CONNECTED_TCP, &id), INHERIT_CONNECTION);
+        cr_expect_eq(id, 17);
+        /* Ours by name, unusable: closed and removed. */
+        cr_expect_eq(inherit_classify("state", FD_KIND_CONNECTED_TCP, &id), INHERIT_UNKNOWN_STORED);
+        cr_expect_eq(inherit_classify("state", FD_KIND_OTHER, &id), INHERIT_UNKNOWN_STORED);
+        cr_expect_eq(inherit_classify("state-v2", FD_KIND_REGULAR, &id), INHERIT_UNKNOWN_STORED);
+        cr_expect_eq(inherit_classify("c17", FD_KIND_REGULAR, &id), INHERIT_UNKNOWN_STORED);
+        cr_expect_eq(inherit_classify("c0", FD_KIND_CONNECTED_TCP, &id), INHERIT_UNKNOWN_STORED);
+        cr_expect_eq(inherit_classify("c007", FD_KIND_CONNECTED_TCP, &id), INHERIT_UNKNOWN_STORED);
+        cr_expect_eq(inherit_classify("c99999999999999999999", FD_KIND_CONNECTED_TCP, &id), INHERIT_UNKNOWN_STORED);
+        /* Not ours, not a listener: the misconfigured socket unit of before. */
+        cr_expect_eq(inherit_classify("bogus", FD_KIND_OTHER, &id), INHERIT_INVALID);
+        cr_expect_eq(inherit_classify("dgram", FD_KIND_OTHER, &id), INHERIT_INVALID);
+        cr_expect_eq(inherit_classify("hellod", FD_KIND_CONNECTED_TCP, &id), INHERIT_INVALID);
+        cr_expect_eq(inherit_classify("unknown", FD_KIND_REGULAR, &id), INHERIT_INVALID);
+}
