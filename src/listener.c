@@ -365,24 +365,22 @@ int listeners_inherit_split(ListenerSet *ret, InheritedStore *ret_store, char *e
         InheritRole *roles = NULL;
         bool *taken = NULL;
         char **names = NULL;
-        int n, r = 0;
+        int n, r;
 
         n = sd_listen_fds_with_names(true, &names);
         if (n < 0) {
                 snprintf(err, err_size, "cannot read the sockets passed by systemd: %s", strerror(-n));
                 return n;
         }
-        if (n > 0) {
-                set.items = calloc((size_t) n, sizeof(*set.items));
-                store.conns = calloc((size_t) n, sizeof(*store.conns));
-                roles = calloc((size_t) n, sizeof(*roles));
-                taken = calloc((size_t) n, sizeof(*taken));
-                if (!set.items || !store.conns || !roles || !taken) {
-                        snprintf(err, err_size, "out of memory");
-                        r = -ENOMEM;
-                }
-        }
-        if (r >= 0)
+        /* One slot per passed descriptor in each (calloc(1) for none, so NULL means failure). */
+        set.items = calloc((size_t) n + 1, sizeof(*set.items));
+        store.conns = calloc((size_t) n + 1, sizeof(*store.conns));
+        roles = calloc((size_t) n + 1, sizeof(*roles));
+        taken = calloc((size_t) n + 1, sizeof(*taken));
+        if (!set.items || !store.conns || !roles || !taken) {
+                snprintf(err, err_size, "out of memory");
+                r = -ENOMEM;
+        } else
                 r = split(n, names, &set, &store, roles, taken, err, err_size);
         if (r >= 0)
                 drop_unknown(&store, names, roles, taken, n);
