@@ -1,4 +1,5 @@
-/* dropin: hellod.conf's `listen`, `port` and `backlog` as a drop-in for hellod.socket. */
+/* dropin: hellod.conf's `listen`, `port` and `backlog` as a drop-in for hellod.socket, and its
+ * `max_connections` as one for hellod.service. */
 #pragma once
 
 #include <stddef.h>
@@ -8,6 +9,12 @@
 /* Where the generator puts it, relative to its output directory. */
 #define DROPIN_DIR "hellod.socket.d"
 #define DROPIN_FILE "50-hellod-conf.conf"
+#define DROPIN_SERVICE_DIR "hellod.service.d"
+
+/* Room in the file descriptor store beyond max_connections: the hand-over state memfd, and a
+ * margin for a max_connections lowered while the stored connections of the old value are
+ * still being resumed (journald's unit keeps 128 beyond its 4096 streams for the same). */
+#define DROPIN_FDSTORE_SLACK 64
 
 /* dropin_format: the [Socket] drop-in that makes systemd listen where CONF says: an empty
  * `ListenStream=` (dropping the packaged one), one `ListenStream=` per address, `Backlog=`.
@@ -20,3 +27,9 @@
  * runs before the network and must not block on DNS. Any other host name is refused.
  * Returns 0 and the text in *RET (free() it), -EINVAL with the reason in ERR, or -ENOMEM. */
 int dropin_format(const Conf *conf, char **ret, char *err, size_t err_size);
+
+/* dropin_service_format: the [Service] drop-in that sizes the file descriptor store for CONF:
+ * `FileDescriptorStoreMax=` max_connections + DROPIN_FDSTORE_SLACK, so that every live
+ * conversation can be handed to the next process (docs/zero-downtime.md). Returns 0 and the
+ * text in *RET (free() it), or -ENOMEM. */
+int dropin_service_format(const Conf *conf, char **ret);

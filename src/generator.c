@@ -1,11 +1,14 @@
 /* hellod-socket-generator: a systemd generator (systemd.generator(7)) that makes hellod.socket
- * listen where hellod.conf's `listen`, `port` and `backlog` say. systemd runs it at boot and on
- * every `systemctl daemon-reload`, with its output directory (/run/systemd/generator) as
- * argv[1]; it writes DROPIN_DIR/DROPIN_FILE there and nothing anywhere else.
+ * listen where hellod.conf's `listen`, `port` and `backlog` say, and sizes hellod.service's
+ * file descriptor store from its `max_connections`. systemd runs it at boot and on every
+ * `systemctl daemon-reload`, with its output directory (/run/systemd/generator) as argv[1]; it
+ * writes DROPIN_DIR/DROPIN_FILE and DROPIN_SERVICE_DIR/DROPIN_FILE there and nothing anywhere
+ * else.
  *
- * A configuration it cannot use (absent, unreadable, invalid, or a host name in `listen`)
- * leaves hellod.socket as packaged, says why, and still exits 0: a failing generator would
- * only add a second message, and the socket must come up either way. */
+ * A configuration it cannot use (absent, unreadable, invalid) leaves both units as packaged; a
+ * host name in `listen` leaves hellod.socket as packaged (the service's drop-in is still
+ * written). Either way it says why, and still exits 0: a failing generator would only add a
+ * second message, and the socket must come up either way. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -95,19 +98,19 @@ static int write_all(int fd, const char *text) {
         return 0;
 }
 
-/* write_dropin: DIR/DROPIN_DIR/DROPIN_FILE holds TEXT. O_NOFOLLOW throughout: the output
+/* write_dropin: DIR/SUBDIR/DROPIN_FILE holds TEXT. O_NOFOLLOW throughout: the output
  * directory is ours to write, and only it. */
-static int write_dropin(const char *dir, const char *text) {
+static int write_dropin(const char *dir, const char *subdir, const char *text) {
         int dfd = -1, fd = -1, r;
 
         dfd = open(dir, O_DIRECTORY | O_CLOEXEC);
         if (dfd < 0)
                 return -errno;
-        if (mkdirat(dfd, DROPIN_DIR, 0755) < 0 && errno != EEXIST) {
+        if (mkdirat(dfd, subdir, 0755) < 0 && errno != EEXIST) {
                 r = -errno;
                 goto out;
         }
-        r = openat(dfd, DROPIN_DIR, O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        r = openat(dfd, subdir, O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (r < 0) {
                 r = -errno;
                 goto out;
@@ -129,11 +132,47 @@ out:
         return r;
 }
 
+/* write_service_dropin: the file descriptor store's size; 0, or EXIT_FAILURE once it said why. */
+static int write_service_dropin(const char *dir, const Conf *conf) {
+        char *text = NULL;
+        int r = dropin_service_format(conf, &text);
+
+        if (r >= 0) {
+                r = write_dropin(dir, DROPIN_SERVICE_DIR, text);
+                free(text);
+        }
+        if (r < 0) {
+                say(LOG_ERR, "cannot write %s/" DROPIN_SERVICE_DIR "/" DROPIN_FILE ": %s", dir, strerror(-r));
+                return EXIT_FAILURE;
+        }
+        return 0;
+}
+
+/* write_socket_dropin: the socket's addresses; 0, or EXIT_FAILURE once it said why. A configuration the
+ * socket cannot follow is said, and not a failure. */
+static int write_socket_dropin(const char *dir, const Conf *conf) {
+        char err[1024];
+        char *text = NULL;
+        int r = dropin_format(conf, &text, err, sizeof(err));
+
+        if (r < 0) {
+                say(LOG_WARNING, "%s; hellod.socket keeps its packaged addresses (port %u) until this is fixed", err,
+                    CONF_DEFAULT_PORT);
+                return 0;
+        }
+        r = write_dropin(dir, DROPIN_DIR, text);
+        free(text);
+        if (r < 0) {
+                say(LOG_ERR, "cannot write %s/" DROPIN_DIR "/" DROPIN_FILE ": %s", dir, strerror(-r));
+                return EXIT_FAILURE;
+        }
+        return 0;
+}
+
 int main(int argc, char *argv[]) {
         /* The tests point it at their own files; systemd passes no environment of this name. */
         const char *path = getenv("HELLOD_GENERATOR_CONFIG");
         char err[1024];
-        char *text = NULL;
         Conf *conf = NULL;
         int r;
 
@@ -147,23 +186,16 @@ int main(int argc, char *argv[]) {
 
         r = conf_load(path, &conf, err, sizeof(err));
         if (r == -ENOENT) {
-                say(LOG_NOTICE, "%s not found: hellod.socket keeps its packaged addresses", path);
+                say(LOG_NOTICE, "%s not found: hellod.socket and hellod.service keep their packaged settings", path);
                 return EXIT_SUCCESS;
         }
-        if (r >= 0)
-                r = dropin_format(conf, &text, err, sizeof(err));
+        if (r < 0) {
+                say(LOG_WARNING, "%s; hellod.socket keeps its packaged addresses (port %u) and hellod.service its "
+                    "packaged settings until this is fixed", err, CONF_DEFAULT_PORT);
+                return EXIT_SUCCESS;
+        }
+        int code = write_socket_dropin(argv[1], conf);
+        int code_service = write_service_dropin(argv[1], conf);
         conf_unref(conf);
-        if (r < 0) {
-                say(LOG_WARNING, "%s; hellod.socket keeps its packaged addresses (port %u) until this is fixed",
-                    err, CONF_DEFAULT_PORT);
-                return EXIT_SUCCESS;
-        }
-
-        r = write_dropin(argv[1], text);
-        free(text);
-        if (r < 0) {
-                say(LOG_ERR, "cannot write %s/" DROPIN_DIR "/" DROPIN_FILE ": %s", argv[1], strerror(-r));
-                return EXIT_FAILURE;
-        }
-        return EXIT_SUCCESS;
+        return code ? code : code_service ? code_service : EXIT_SUCCESS;
 }

@@ -9,10 +9,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include "handover.h"
 #include "log.h"
+#include "notify.h"
 
 static bool same_addr(const Listener *a, const Listener *b) {
         return a->addr_len == b->addr_len && memcmp(&a->addr, &b->addr, a->addr_len) == 0;
@@ -239,57 +242,203 @@ static int adopt(Listener *l, int fd) {
         return 0;
 }
 
-int listeners_inherit(ListenerSet *ret, char *err, size_t err_size) {
+InheritRole inherit_classify(const char *name, FdKind kind, uint64_t *ret_id) {
+        if (kind == FD_KIND_LISTENING_TCP)
+                return INHERIT_LISTENER;
+        if (!handover_fdname_is_stored(name))
+                return INHERIT_INVALID;
+        if (strcmp(name, HANDOVER_FDNAME_STATE) == 0)
+                return kind == FD_KIND_REGULAR ? INHERIT_STATE : INHERIT_UNKNOWN_STORED;
+        if (kind == FD_KIND_CONNECTED_TCP && handover_fdname_parse_conn(name, ret_id))
+                return INHERIT_CONNECTION;
+        return INHERIT_UNKNOWN_STORED;
+}
+
+static FdKind fd_kind(int fd) {
+        struct stat st;
+
+        if (sd_is_socket_inet(fd, AF_UNSPEC, SOCK_STREAM, 1, 0) > 0)
+                return FD_KIND_LISTENING_TCP;
+        if (sd_is_socket_inet(fd, AF_UNSPEC, SOCK_STREAM, 0, 0) > 0)
+                return FD_KIND_CONNECTED_TCP;
+        if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode))
+                return FD_KIND_REGULAR;
+        return FD_KIND_OTHER;
+}
+
+static bool store_has_conn(const InheritedStore *store, uint64_t id) {
+        for (size_t i = 0; i < store->n_conns; i++)
+                if (store->conns[i].id == id)
+                        return true;
+        return false;
+}
+
+/* keep_stored: takes FD into STORE in ROLE. 1: taken; 0: a second descriptor of a name
+ * already taken (the caller closes it); -ENOMEM. */
+static int keep_stored(InheritedStore *store, InheritRole role, int fd, uint64_t id) {
+        if (role == INHERIT_STATE) {
+                if (store->state_fd >= 0)
+                        return 0;
+                store->state_fd = fd;
+        } else {
+                if (store_has_conn(store, id))
+                        return 0;
+                store->conns[store->n_conns++] = (StoredConn) { .fd = fd, .id = id };
+        }
+        (void) fcntl(fd, F_SETFD, FD_CLOEXEC);
+        return 1;
+}
+
+/* store_keeps_name: whether a descriptor named NAME was taken, so that removing NAME from the
+ * store would drop it too. */
+static bool store_keeps_name(const InheritedStore *store, const char *name) {
+        uint64_t id;
+
+        if (strcmp(name, HANDOVER_FDNAME_STATE) == 0)
+                return store->state_fd >= 0;
+        return handover_fdname_parse_conn(name, &id) && store_has_conn(store, id);
+}
+
+/* drop_unknown: closes the stored descriptors classify() could not use, and removes their
+ * names from the store once it is known which names were taken. */
+static void drop_unknown(const InheritedStore *store, char **names, const InheritRole *roles, const bool *taken,
+                         int n) {
+        for (int i = 0; i < n; i++) {
+                const char *name = names && names[i] ? names[i] : "unknown";
+
+                if (roles[i] == INHERIT_LISTENER || taken[i])
+                        continue;
+                if (roles[i] == INHERIT_UNKNOWN_STORED && !store_keeps_name(store, name)) {
+                        log_warning("passed file descriptor %d ('%s') is not one hellod can resume: closed and "
+                                    "removed from the file descriptor store",
+                                    SD_LISTEN_FDS_START + i, name);
+                        int r = notify_fdstore_remove(name);
+                        if (r < 0)
+                                log_warning_errno(r, "cannot remove '%s' from the file descriptor store, ignoring",
+                                                  name);
+                } else
+                        log_warning("passed file descriptor %d ('%s') has the name of another one: closed",
+                                    SD_LISTEN_FDS_START + i, name);
+                close(SD_LISTEN_FDS_START + i);
+        }
+}
+
+/* split: classifies the N passed descriptors into SET and STORE; TAKEN says which of them are
+ * now owned there. */
+static int split(int n, char **names, ListenerSet *set, InheritedStore *store, InheritRole *roles, bool *taken,
+                 char *err, size_t err_size) {
+        for (int i = 0; i < n; i++) {
+                int fd = SD_LISTEN_FDS_START + i, r;
+                const char *name = names && names[i] ? names[i] : "unknown";
+                uint64_t id = 0;
+
+                roles[i] = inherit_classify(name, fd_kind(fd), &id);
+                switch (roles[i]) {
+                case INHERIT_LISTENER:
+                        r = adopt(&set->items[set->n], fd);
+                        if (r < 0) {
+                                snprintf(err, err_size, "passed file descriptor %d ('%s'): %s", fd, name, strerror(-r));
+                                return r;
+                        }
+                        set->n++;
+                        taken[i] = true;
+                        break;
+                case INHERIT_STATE:
+                case INHERIT_CONNECTION:
+                        taken[i] = keep_stored(store, roles[i], fd, id) > 0;
+                        break;
+                case INHERIT_UNKNOWN_STORED:
+                        break;
+                case INHERIT_INVALID:
+                        snprintf(err, err_size,
+                                 "passed file descriptor %d ('%s') is not a listening TCP socket (IPv4 or IPv6)", fd,
+                                 name);
+                        return -EINVAL;
+                }
+        }
+        return 0;
+}
+
+int listeners_inherit_split(ListenerSet *ret, InheritedStore *ret_store, char *err, size_t err_size) {
         ListenerSet set = { 0 };
+        InheritedStore store = INHERITED_STORE_NULL;
+        InheritRole *roles = NULL;
+        bool *taken = NULL;
         char **names = NULL;
-        int n, r = 0;
+        int n, r;
 
         n = sd_listen_fds_with_names(true, &names);
         if (n < 0) {
                 snprintf(err, err_size, "cannot read the sockets passed by systemd: %s", strerror(-n));
                 return n;
         }
-        if (n > 0) {
-                set.items = calloc((size_t) n, sizeof(*set.items));
-                if (!set.items)
-                        r = -ENOMEM;
-        }
-        for (int i = 0; i < n && r >= 0; i++) {
-                int fd = SD_LISTEN_FDS_START + i;
-                const char *name = names && names[i] ? names[i] : "unknown";
-
-                r = sd_is_socket_inet(fd, AF_UNSPEC, SOCK_STREAM, 1, 0);
-                if (r == 0) {
-                        snprintf(err, err_size,
-                                 "passed file descriptor %d ('%s') is not a listening TCP socket (IPv4 or IPv6)", fd,
-                                 name);
-                        r = -EINVAL;
-                        break;
-                }
-                if (r > 0)
-                        r = adopt(&set.items[set.n], fd);
-                if (r < 0) {
-                        snprintf(err, err_size, "passed file descriptor %d ('%s'): %s", fd, name, strerror(-r));
-                        break;
-                }
-                set.n++;
-        }
-        if (r == -ENOMEM)
+        /* One slot per passed descriptor in each (calloc(1) for none, so NULL means failure). */
+        set.items = calloc((size_t) n + 1, sizeof(*set.items));
+        store.conns = calloc((size_t) n + 1, sizeof(*store.conns));
+        roles = calloc((size_t) n + 1, sizeof(*roles));
+        taken = calloc((size_t) n + 1, sizeof(*taken));
+        if (!set.items || !store.conns || !roles || !taken) {
                 snprintf(err, err_size, "out of memory");
+                r = -ENOMEM;
+        } else
+                r = split(n, names, &set, &store, roles, taken, err, err_size);
+        if (r >= 0)
+                drop_unknown(&store, names, roles, taken, n);
+        else {
+                listener_set_done(&set);
+                inherited_store_done(&store);
+                /* The rest were passed to us too: do not leave them open and unserved. */
+                for (int i = 0; i < n; i++)
+                        if (!taken || !taken[i])
+                                close(SD_LISTEN_FDS_START + i);
+        }
         for (int i = 0; names && i < n; i++)
                 free(names[i]);
         free(names);
-        if (r < 0) {
-                int adopted = (int) set.n;
-
-                listener_set_done(&set);
-                /* The rest were passed to us too: do not leave them open and unserved. */
-                for (int i = adopted; i < n; i++)
-                        close(SD_LISTEN_FDS_START + i);
+        free(roles);
+        free(taken);
+        if (r < 0)
                 return r;
-        }
         *ret = set;
+        *ret_store = store;
         return 0;
+}
+
+int listeners_inherit(ListenerSet *ret, char *err, size_t err_size) {
+        InheritedStore store;
+        int r = listeners_inherit_split(ret, &store, err, err_size);
+
+        if (r < 0)
+                return r;
+        inherited_store_discard(&store, "this process resumes no connections");
+        return 0;
+}
+
+void inherited_store_discard(InheritedStore *store, const char *why) {
+        char name[HANDOVER_FDNAME_MAX];
+        size_t n = store->n_conns;
+        bool state = store->state_fd >= 0;
+
+        if (n == 0 && !state) {
+                inherited_store_done(store);
+                return;
+        }
+        for (size_t i = 0; i < store->n_conns; i++)
+                (void) notify_fdstore_remove(handover_fdname_conn(store->conns[i].id, name, sizeof(name)));
+        if (state)
+                (void) notify_fdstore_remove(HANDOVER_FDNAME_STATE);
+        log_warning("%zu stored connection%s%s closed and removed from the file descriptor store: %s", n,
+                    n == 1 ? "" : "s", state ? " and the hand-over state" : "", why);
+        inherited_store_done(store);
+}
+
+void inherited_store_done(InheritedStore *store) {
+        if (store->state_fd >= 0)
+                close(store->state_fd);
+        for (size_t i = 0; i < store->n_conns; i++)
+                close(store->conns[i].fd);
+        free(store->conns);
+        *store = INHERITED_STORE_NULL;
 }
 
 void listener_set_done(ListenerSet *set) {

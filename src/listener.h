@@ -3,6 +3,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/socket.h>
 
 #include "addr.h"
@@ -31,11 +32,64 @@ int listeners_resolve(const Conf *conf, ListenerSet *ret, char *err, size_t err_
  * With conf->listen_is_default, an unavailable IPv6 stack is skipped with a warning. */
 int listeners_open(const Conf *conf, ListenerSet *old, ListenerSet *ret, char *err, size_t err_size);
 
-/* listeners_inherit: the sockets systemd passed (LISTEN_FDS, sd_listen_fds_with_names()); an
- * empty set when there are none. Each must be a listening TCP socket (IPv4 or IPv6); anything
- * else is an error naming the descriptor and its FileDescriptorName. The sockets are made
- * non-blocking and close-on-exec. */
+/* What the file descriptor store gave back (handover.h has the names): the state memfd and
+ * the connections, each close-on-exec and otherwise as stored. */
+typedef struct StoredConn {
+        int fd;
+        uint64_t id; /* from its name, "c<id>" */
+} StoredConn;
+
+typedef struct InheritedStore {
+        int state_fd; /* -1: none */
+        StoredConn *conns;
+        size_t n_conns;
+} InheritedStore;
+
+#define INHERITED_STORE_NULL ((InheritedStore) { .state_fd = -1 })
+
+/* What a passed descriptor is, as far as inherit_classify() needs to know. */
+typedef enum FdKind {
+        FD_KIND_LISTENING_TCP,
+        FD_KIND_CONNECTED_TCP, /* a TCP stream socket not listening */
+        FD_KIND_REGULAR,       /* a file or memfd */
+        FD_KIND_OTHER,
+} FdKind;
+
+typedef enum InheritRole {
+        INHERIT_LISTENER,
+        INHERIT_STATE,
+        INHERIT_CONNECTION,
+        INHERIT_UNKNOWN_STORED, /* in hellod's store namespace, but not something it can use */
+        INHERIT_INVALID,        /* not a listener, not stored: a misconfigured socket unit */
+} InheritRole;
+
+/* inherit_classify: the role of a passed descriptor of KIND named NAME. A listening TCP socket
+ * is a listener whatever its FileDescriptorName=; otherwise the name decides: "state" (a
+ * regular file) and "c<id>" (a connected TCP socket) are taken, any other name of the store's
+ * namespace (handover_fdname_is_stored()) is unknown (left by another version of hellod, or
+ * damaged), and anything else is invalid. *RET_ID is set for a connection. Pure. */
+InheritRole inherit_classify(const char *name, FdKind kind, uint64_t *ret_id);
+
+/* listeners_inherit_split: the descriptors systemd passed (LISTEN_FDS,
+ * sd_listen_fds_with_names()): the listening sockets into RET (made non-blocking and
+ * close-on-exec), what the file descriptor store kept into RET_STORE. An unknown stored
+ * descriptor, and a second one of a name already taken, is closed with a warning; the unknown
+ * ones are also removed from the store (FDSTOREREMOVE), unless a descriptor of the same name was
+ * taken, since removal goes by name. A passed descriptor that is neither listener nor stored is
+ * an error naming the descriptor and its FileDescriptorName; nothing is then returned and every
+ * passed descriptor is closed. */
+int listeners_inherit_split(ListenerSet *ret, InheritedStore *ret_store, char *err, size_t err_size);
+
+/* listeners_inherit: as listeners_inherit_split(), for a process that resumes nothing: what the
+ * store kept is closed and removed from it, with one log line. */
 int listeners_inherit(ListenerSet *ret, char *err, size_t err_size);
+
+/* inherited_store_discard: closes what STORE still holds, removes it from the file descriptor
+ * store, logs how many with WHY, and empties STORE. */
+void inherited_store_discard(InheritedStore *store, const char *why);
+/* inherited_store_done: closes what STORE still holds (left in the file descriptor store) and
+ * frees it. */
+void inherited_store_done(InheritedStore *store);
 
 /* listener_set_done: closes every socket still in the set and frees it. */
 void listener_set_done(ListenerSet *set);

@@ -2,7 +2,10 @@
  * since the daemon serves the same with or without a service manager. */
 #include "notify.h"
 
+#include <errno.h>
 #include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
 #include <systemd/sd-daemon.h>
 #include <time.h>
 
@@ -52,4 +55,39 @@ uint64_t notify_watchdog_usec(void) {
 
 void notify_watchdog(void) {
         send_state("WATCHDOG=1");
+}
+
+/* FDNAME_MAX in systemd's fdset.h. */
+#define FDNAME_MAX 255
+
+bool notify_fdname_valid(const char *name) {
+        size_t n = strlen(name);
+
+        if (n == 0 || n > FDNAME_MAX)
+                return false;
+        for (const char *p = name; *p; p++)
+                if (*p <= ' ' || *p >= 0x7f || *p == ':')
+                        return false;
+        return true;
+}
+
+int notify_fdstore_add(int fd, const char *name) {
+        char msg[32 + FDNAME_MAX];
+
+        if (fd < 0 || !notify_fdname_valid(name))
+                return -EINVAL;
+        snprintf(msg, sizeof(msg), "FDSTORE=1\nFDNAME=%s", name);
+        /* One descriptor, one name, one message: FDNAME= names every descriptor sent with it. */
+        int r = sd_pid_notify_with_fds(0, false, msg, &fd, 1);
+        return r > 0 ? 1 : r;
+}
+
+int notify_fdstore_remove(const char *name) {
+        char msg[32 + FDNAME_MAX];
+
+        if (!notify_fdname_valid(name))
+                return -EINVAL;
+        snprintf(msg, sizeof(msg), "FDSTOREREMOVE=1\nFDNAME=%s", name);
+        int r = sd_pid_notify_with_fds(0, false, msg, NULL, 0);
+        return r > 0 ? 1 : r;
 }

@@ -1,7 +1,9 @@
 /* notify: the service manager's side channel (sd_notify): readiness, status, reload,
- * stopping and the watchdog. Every call is a harmless no-op outside systemd. */
+ * stopping, the watchdog and the file descriptor store. Every call is a harmless no-op
+ * outside systemd. */
 #pragma once
 
+#include <stdbool.h>
 #include <stdint.h>
 
 void notify_ready(const char *status);
@@ -13,3 +15,23 @@ void notify_stopping(void);
 /* notify_watchdog_usec: the watchdog interval systemd expects pings within; 0: none. */
 uint64_t notify_watchdog_usec(void);
 void notify_watchdog(void);
+
+/* The file descriptor store (sd_pid_notify_with_fds(3), FileDescriptorStoreMax= in
+ * systemd.service(5)): what hellod parks there comes back to the next process of the service
+ * after a restart or a crash, in LISTEN_FDS after the listeners. Names are not unique in the
+ * store, so every descriptor gets its own (handover.h lists them).
+ *
+ * notify_fdstore_add: FDSTORE=1 with FDNAME=NAME and a duplicate of FD (the caller keeps
+ * FD). No FDPOLL=0: PID 1 then drops a stored connection by itself once the client hangs up or
+ * resets (EPOLLHUP/EPOLLERR), which is what a conversation that ended needs; a memfd cannot be
+ * polled and is kept regardless. PID 1 drops, with a log line of its own, what goes beyond
+ * FileDescriptorStoreMax=: a success here does not mean it was kept.
+ * notify_fdstore_remove: FDSTOREREMOVE=1 with FDNAME=NAME: PID 1 closes every stored
+ * descriptor of that name.
+ * Both return 1 when sent, 0 outside systemd (no $NOTIFY_SOCKET), -EINVAL for a name systemd
+ * would refuse (notify_fdname_valid()), or another negative errno. Non-logging. */
+int notify_fdstore_add(int fd, const char *name);
+int notify_fdstore_remove(const char *name);
+/* notify_fdname_valid: what systemd accepts as FDNAME=: 1 to 255 printable ASCII characters,
+ * no space and no ':' (LISTEN_FDNAMES separates names with ':'). */
+bool notify_fdname_valid(const char *name);

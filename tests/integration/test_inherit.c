@@ -1,0 +1,281 @@
+/* test_inherit: listeners_inherit_split() on real descriptors passed the way systemd passes
+ * them (fds from 3 on, LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES): listeners, the file descriptor
+ * store's connections and state memfd, and what it must close and remove from the store (the
+ * FDSTOREREMOVE messages land on a $NOTIFY_SOCKET the test owns). Each case runs in a child
+ * process, since it takes over descriptors 3 and up. */
+#include <criterion/criterion.h>
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "listener.h"
+
+#define PASSED_MAX 8
+#define HIGH_FD 200 /* where descriptors wait before they are moved to 3.. */
+#define RESULT_FD 300
+
+typedef enum Kind {
+        LISTENER,
+        CONNECTION, /* the server side of a loopback TCP connection */
+        MEMFD,
+        UNIX_DGRAM,
+} Kind;
+
+typedef struct Passed {
+        Kind kind;
+        const char *name;
+} Passed;
+
+static int listen_fd = -1; /* the child's loopback listener the connections come from */
+
+static int tcp_listener(void) {
+        struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+        if (fd < 0 || bind(fd, (struct sockaddr *) &a, sizeof(a)) < 0 || listen(fd, 16) < 0)
+                return -1;
+        return fd;
+}
+
+/* connection: the accepted side of a new connection to LISTEN_FD; *RET_CLIENT the other. */
+static int connection(int *ret_client) {
+        struct sockaddr_in a;
+        socklen_t len = sizeof(a);
+        int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+        if (c < 0 || getsockname(listen_fd, (struct sockaddr *) &a, &len) < 0 ||
+            connect(c, (struct sockaddr *) &a, len) < 0)
+                return -1;
+        *ret_client = c;
+        return accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
+}
+
+static int make(Kind kind, int *ret_client) {
+        switch (kind) {
+        case LISTENER:
+                return tcp_listener();
+        case CONNECTION:
+                return connection(ret_client);
+        case MEMFD:
+                return memfd_create("test-state", MFD_CLOEXEC);
+        case UNIX_DGRAM:
+                return socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        }
+        return -1;
+}
+
+static char failure[1024];
+
+static void fail(const char *format, ...) __attribute__((format(printf, 1, 2)));
+static void fail(const char *format, ...) {
+        va_list ap;
+
+        if (failure[0])
+                return; /* the first one says most */
+        va_start(ap, format);
+        vsnprintf(failure, sizeof(failure), format, ap);
+        va_end(ap);
+}
+
+static bool is_open(int fd) {
+        return fcntl(fd, F_GETFD) >= 0;
+}
+
+static bool cloexec(int fd) {
+        int flags = fcntl(fd, F_GETFD);
+        return flags >= 0 && (flags & FD_CLOEXEC);
+}
+
+/* pass: in the child, makes descriptors 3..3+N-1 as systemd would and sets the environment.
+ * CLIENTS gets the client end of each connection (-1 elsewhere). */
+static void pass(const Passed *p, size_t n, int clients[], const char *notify) {
+        char names[512] = "", count[8], pid[16];
+
+        listen_fd = tcp_listener();
+        for (size_t i = 0; i < n; i++) {
+                int client = -1, fd = make(p[i].kind, &client);
+                if (fd < 0)
+                        fail("cannot make descriptor %zu: %s", i, strerror(errno));
+                if (dup3(fd, HIGH_FD + (int) i, 0) < 0)
+                        fail("dup3: %s", strerror(errno));
+                close(fd);
+                clients[i] = client >= 0 ? fcntl(client, F_DUPFD_CLOEXEC, HIGH_FD + 50) : -1;
+                if (client >= 0)
+                        close(client);
+                snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s", i ? ":" : "", p[i].name);
+        }
+        for (size_t i = 0; i < n; i++) {
+                if (dup2(HIGH_FD + (int) i, 3 + (int) i) < 0)
+                        fail("dup2: %s", strerror(errno));
+                close(HIGH_FD + (int) i);
+        }
+        snprintf(count, sizeof(count), "%zu", n);
+        snprintf(pid, sizeof(pid), "%d", (int) getpid());
+        setenv("LISTEN_PID", pid, 1);
+        setenv("LISTEN_FDS", count, 1);
+        setenv("LISTEN_FDNAMES", names, 1);
+        setenv("NOTIFY_SOCKET", notify, 1);
+}
+
+typedef void (*Check)(int r, const char *err, ListenerSet *set, InheritedStore *store, const int clients[]);
+
+typedef struct Outcome {
+        char failure[1024];
+        char messages[8][128]; /* what reached $NOTIFY_SOCKET, in order */
+        size_t n_messages;
+} Outcome;
+
+/* run: passes P in a child, calls listeners_inherit_split() (or, with WRAPPER,
+ * listeners_inherit()) and CHECK there, and collects the notify messages. */
+static Outcome run(const Passed *p, size_t n, bool wrapper, Check check) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        Outcome o = { 0 };
+        int pipefd[2];
+        char notify[64];
+
+        snprintf(notify, sizeof(notify), "@hellod-test-inherit-%d", (int) getpid());
+        snprintf(sa.sun_path + 1, sizeof(sa.sun_path) - 1, "%s", notify + 1);
+        int nfd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        cr_assert_geq(nfd, 0);
+        cr_assert_eq(bind(nfd, (struct sockaddr *) &sa, (socklen_t) (offsetof(struct sockaddr_un, sun_path) + strlen(notify))),
+                     0, "bind: %s", strerror(errno));
+        cr_assert_eq(pipe2(pipefd, O_CLOEXEC), 0);
+
+        pid_t pid = fork();
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+                int result = fcntl(pipefd[1], F_DUPFD_CLOEXEC, RESULT_FD), clients[PASSED_MAX];
+                ListenerSet set = { 0 };
+                InheritedStore store = INHERITED_STORE_NULL;
+                char err[512] = "";
+
+                close(pipefd[0]);
+                close(pipefd[1]);
+                close(nfd);
+                pass(p, n, clients, notify);
+                int r = wrapper ? listeners_inherit(&set, err, sizeof(err))
+                                : listeners_inherit_split(&set, &store, err, sizeof(err));
+                if (getenv("LISTEN_FDS"))
+                        fail("LISTEN_FDS is still set");
+                if (!failure[0])
+                        check(r, err, &set, &store, clients);
+                ssize_t w = write(result, failure, strlen(failure));
+                _exit(w < 0 ? 2 : 0);
+        }
+        close(pipefd[1]);
+        ssize_t got = read(pipefd[0], o.failure, sizeof(o.failure) - 1);
+        o.failure[got > 0 ? got : 0] = '\0';
+        close(pipefd[0]);
+        int status;
+        cr_assert_eq(waitpid(pid, &status, 0), pid);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the child failed (status %d)", status);
+        for (; o.n_messages < 8; o.n_messages++) {
+                ssize_t m = recv(nfd, o.messages[o.n_messages], sizeof(o.messages[0]) - 1, 0);
+                if (m < 0)
+                        break;
+                o.messages[o.n_messages][m] = '\0';
+        }
+        close(nfd);
+        return o;
+}
+
+/* ---- the cases --------------------------------------------------------------------------------- */
+
+static void check_everything(int r, const char *err, ListenerSet *set, InheritedStore *store, const int clients[]) {
+        char buf[8];
+
+        if (r < 0)
+                return fail("failed: %s", err);
+        if (set->n != 1 || set->items[0].fd != 3)
+                return fail("%zu listeners, the first fd %d", set->n, set->n ? set->items[0].fd : -1);
+        if (store->state_fd != 5)
+                return fail("state fd %d, expected 5", store->state_fd);
+        if (store->n_conns != 1 || store->conns[0].fd != 4 || store->conns[0].id != 7)
+                return fail("%zu connections", store->n_conns);
+        for (int fd = 3; fd <= 5; fd++)
+                if (!cloexec(fd))
+                        return fail("fd %d is not close-on-exec", fd);
+        for (int fd = 6; fd <= 9; fd++)
+                if (is_open(fd))
+                        return fail("fd %d is still open", fd);
+        /* The stored connection is the client's conversation. */
+        if (write(clients[1], "hi\n", 3) != 3 || read(4, buf, sizeof(buf)) != 3 || memcmp(buf, "hi\n", 3) != 0)
+                return fail("the stored connection does not carry the client's bytes");
+        listener_set_done(set);
+        inherited_store_done(store);
+        for (int fd = 3; fd <= 5; fd++)
+                if (is_open(fd))
+                        return fail("fd %d is still open after done", fd);
+}
+
+Test(inherit, listeners_connections_state_and_unknowns) {
+        const Passed p[] = {
+                { LISTENER, "hellod" }, { CONNECTION, "c7" },   { MEMFD, "state" },     { CONNECTION, "c0" },
+                { MEMFD, "c9" },        { CONNECTION, "state" }, { CONNECTION, "c7" },
+        };
+        Outcome o = run(p, sizeof(p) / sizeof(p[0]), false, check_everything);
+
+        cr_assert_str_empty(o.failure, "%s", o.failure);
+        /* c0 (no valid id) and c9 (not a socket) are removed; the second "state" and "c7" only
+         * closed, since removing their names would drop the ones taken. */
+        cr_assert_eq(o.n_messages, 2, "%zu messages, the first '%s'", o.n_messages, o.messages[0]);
+        cr_expect_str_eq(o.messages[0], "FDSTOREREMOVE=1\nFDNAME=c0");
+        cr_expect_str_eq(o.messages[1], "FDSTOREREMOVE=1\nFDNAME=c9");
+}
+
+static void check_discarded(int r, const char *err, ListenerSet *set, InheritedStore *store, const int clients[]) {
+        char c;
+
+        (void) store;
+        if (r < 0)
+                return fail("failed: %s", err);
+        if (set->n != 1 || set->items[0].fd != 3)
+                return fail("%zu listeners", set->n);
+        if (is_open(4) || is_open(5))
+                return fail("a stored descriptor is still open");
+        /* The client sees its connection closed (the store's copy aside). */
+        if (read(clients[1], &c, 1) != 0)
+                return fail("the client's connection is not closed");
+        listener_set_done(set);
+}
+
+Test(inherit, a_process_that_resumes_nothing_closes_and_removes_the_store) {
+        const Passed p[] = { { LISTENER, "hellod" }, { CONNECTION, "c3" }, { MEMFD, "state" } };
+        Outcome o = run(p, 3, true, check_discarded);
+
+        cr_assert_str_empty(o.failure, "%s", o.failure);
+        cr_assert_eq(o.n_messages, 2);
+        cr_expect_str_eq(o.messages[0], "FDSTOREREMOVE=1\nFDNAME=c3");
+        cr_expect_str_eq(o.messages[1], "FDSTOREREMOVE=1\nFDNAME=state");
+}
+
+static void check_refused(int r, const char *err, ListenerSet *set, InheritedStore *store, const int clients[]) {
+        (void) clients;
+        if (r != -EINVAL)
+                return fail("returned %d, expected -EINVAL", r);
+        if (!strstr(err, "passed file descriptor 5 ('bogus') is not a listening TCP socket"))
+                return fail("error '%s'", err);
+        if (set->n != 0 || store->n_conns != 0 || store->state_fd != -1)
+                return fail("something was returned with the error");
+        for (int fd = 3; fd <= 6; fd++)
+                if (is_open(fd))
+                        return fail("fd %d is still open", fd);
+}
+
+Test(inherit, a_foreign_descriptor_is_still_an_error_that_names_it) {
+        const Passed p[] = { { LISTENER, "hellod" }, { CONNECTION, "c3" }, { UNIX_DGRAM, "bogus" }, { MEMFD, "state" } };
+        Outcome o = run(p, 4, false, check_refused);
+
+        cr_assert_str_empty(o.failure, "%s", o.failure);
+        cr_expect_eq(o.n_messages, 0);
+}
