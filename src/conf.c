@@ -49,6 +49,10 @@ struct ConfKey {
 
 static const char *const framing_names[] = { [FRAMING_LINE] = "line", [FRAMING_CHUNK] = "chunk", NULL };
 static const char *const overload_names[] = { [OVERLOAD_REFUSE] = "refuse", [OVERLOAD_QUEUE] = "queue", NULL };
+static const char *const handover_names[] = { [HANDOVER_MODE_RESTART] = "restart",
+                                              [HANDOVER_MODE_ALWAYS] = "always",
+                                              [HANDOVER_MODE_OFF] = "off",
+                                              NULL };
 
 static bool is_ascii_digit(char c) {
         return c >= '0' && c <= '9';
@@ -662,7 +666,8 @@ static void print_name(const Conf *c, const ConfKey *k, FILE *f) {
         { .name = (key), .parse = (parser), .print = (printer), .offset = offsetof(Conf, f),              \
           .offset_n = offsetof(Conf, n_##f), .def = (dflt) }
 
-_Static_assert(sizeof(Framing) == sizeof(unsigned) && sizeof(Overload) == sizeof(unsigned),
+_Static_assert(sizeof(Framing) == sizeof(unsigned) && sizeof(Overload) == sizeof(unsigned) &&
+                       sizeof(HandoverMode) == sizeof(unsigned),
                "parse_enum stores an unsigned");
 
 /* In the order conf_print() writes them. */
@@ -688,6 +693,7 @@ static const ConfKey conf_keys[] = {
         INT_KEY("rate_limit_per_ip", rate_limit_per_ip, 0, 1000000, CONF_DEFAULT_RATE_LIMIT_PER_IP),
         INT_KEY("rate_limit_burst", rate_limit_burst, 1, 1000000, CONF_DEFAULT_RATE_LIMIT_BURST),
         ENUM_KEY("overload", overload, overload_names, "refuse"),
+        ENUM_KEY("handover", handover, handover_names, "restart"),
         /* The pool, one loop per CPU: measured faster and far leaner than a thread per connection. */
         KEY("workers", parse_workers, print_workers, workers, "\"auto\""),
         KEY("user", parse_name, print_name, user, NULL),

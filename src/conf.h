@@ -50,6 +50,13 @@ typedef enum Overload {
         OVERLOAD_QUEUE,  /* stop accepting: the kernel's backlog holds new clients */
 } Overload;
 
+/* What becomes of live conversations when hellod's process ends (docs/zero-downtime.md). */
+typedef enum HandoverMode {
+        HANDOVER_MODE_RESTART, /* handed to the next process at a restart; ended at a stop */
+        HANDOVER_MODE_ALWAYS,  /* also kept in systemd's store from accept to close: survive a crash */
+        HANDOVER_MODE_OFF,     /* always ended (ERR shutting down) */
+} HandoverMode;
+
 typedef struct Conf {
         char *path; /* the file it came from; NULL for built-in defaults */
 
@@ -80,6 +87,7 @@ typedef struct Conf {
         unsigned rate_limit_per_ip; /* new connections a second per source; 0: no limit */
         unsigned rate_limit_burst;
         Overload overload;
+        HandoverMode handover;
         unsigned workers;  /* 0: a thread per connection; N: a pool of N event loops */
         bool workers_auto; /* "auto" (the default): N is the number of CPUs */
         char *user; /* NULL: stay who we are started as */

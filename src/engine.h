@@ -39,6 +39,9 @@ typedef struct EngineHooks {
          * (-ERROR): the server turns that client away with its reserve descriptor. The engine
          * then pauses accepting for ENGINE_ACCEPT_PAUSE_USEC. */
         void (*exhausted)(void *userdata, int listen_fd, int error);
+        /* handed_over: S is at rest for the hand-over to the next process (engine_hand_over):
+         * the hook records it and owns it from then on, like done. */
+        void (*handed_over)(Session *s, void *userdata);
 } EngineHooks;
 
 /* How long accepting pauses when the process is out of descriptors or memory. */
@@ -62,6 +65,10 @@ typedef struct EngineOps {
         void (*set_listeners)(Engine *e, const ListenerSet *set);
         /* slot_freed: overload = "queue": a slot is free again (see must_wait). */
         void (*slot_freed)(Engine *e);
+        /* hand_over: like stop, but instead of ending its sessions the engine brings each to
+         * rest between two reads, writes nothing more to its client, and passes it to the
+         * handed_over hook. NULL for an engine that cannot. */
+        int (*hand_over)(Engine *e, uint64_t timeout_msec);
         bool nonblocking; /* the sessions' sockets must be non-blocking */
 } EngineOps;
 
@@ -110,6 +117,15 @@ static inline bool engine_accepts(const Engine *e) {
 static inline void engine_set_listeners(Engine *e, const ListenerSet *set) {
         if (e->ops->set_listeners)
                 e->ops->set_listeners(e, set);
+}
+
+/* engine_can_hand_over: whether the engine can pass its sessions on to another process. */
+static inline bool engine_can_hand_over(const Engine *e) {
+        return e->ops->hand_over != NULL;
+}
+
+static inline int engine_hand_over(Engine *e, uint64_t timeout_msec) {
+        return e->ops->hand_over(e, timeout_msec);
 }
 
 static inline void engine_slot_freed(Engine *e) {

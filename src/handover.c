@@ -330,7 +330,7 @@ static const char *check_state(const HandoverRecord *rec, const HandoverLimits *
         if (rec->framing != limits->framing)
                 return rec->framing == FRAMING_LINE ? "session in line framing, the configuration now says chunk"
                                                     : "session in chunk framing, the configuration now says line";
-        if (rec->end < PROTO_END_NONE || rec->end > PROTO_END_NO_MEMORY)
+        if (rec->end < PROTO_END_NONE || rec->end > _PROTO_END_LAST)
                 return "unknown end reason";
         if (rec->flags & ~_HANDOVER_FLAGS_ALL)
                 return "unknown flags";

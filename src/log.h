@@ -11,6 +11,8 @@
 #define MESSAGE_ID_RELOADED "5c1e2f3a4b5d4c6e8f7a9b0c1d2e3f40"
 #define MESSAGE_ID_STOPPING "8e7d6c5b4a394f2e9d1c0b2a3f4e5d60"
 #define MESSAGE_ID_REFUSED "2f3e4d5c6b7a4890a1b2c3d4e5f60718"
+#define MESSAGE_ID_HANDED_OVER "7d1c9a4e3b2f4c8a9e6d5b4a3c2f1e07"
+#define MESSAGE_ID_RESUMED "4a8e2c6f1d3b4e9a8c7f6e5d4b3a2918"
 
 typedef enum LogTarget {
         LOG_TARGET_AUTO,    /* the journal when stderr is connected to it, else stderr */

@@ -155,6 +155,7 @@ static void raise_fd_limit(void) {
 
 int main(int argc, char *argv[]) {
         ListenerSet inherited = { 0 };
+        InheritedStore store = INHERITED_STORE_NULL;
         Conf *conf = NULL;
         Server *server = NULL;
         char err[512];
@@ -193,7 +194,7 @@ int main(int argc, char *argv[]) {
 
         /* Take the passed sockets first, before anything could open a descriptor of ours
          * over their numbers. */
-        r = listeners_inherit(&inherited, err, sizeof(err));
+        r = listeners_inherit_split(&inherited, &store, err, sizeof(err));
         if (r < 0) {
                 log_error("%s", err);
                 code = EXIT_RUNTIME;
@@ -213,7 +214,7 @@ int main(int argc, char *argv[]) {
                 .config_defaulted = defaulted,
                 .log_level_override = arg_log_level,
         };
-        r = server_new(&server, conf, &opts, &inherited);
+        r = server_new(&server, conf, &opts, &inherited, &store);
         if (r < 0) {
                 code = EXIT_RUNTIME;
                 goto out;
@@ -230,6 +231,9 @@ int main(int argc, char *argv[]) {
 out:
         server_free(server);
         listener_set_done(&inherited);
+        /* Left in the store (server_new() took what it resumed): a start that failed leaves
+         * the conversations to the next attempt. */
+        inherited_store_done(&store);
         conf_unref(conf);
         return code;
 }

@@ -4,6 +4,7 @@
  * (SO_RCVTIMEO, SO_SNDTIMEO) measured against the session's deadlines. */
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -101,10 +102,21 @@ static int converse(Session *s) {
         ProtoStatus status = PROTO_CONTINUE;
         int r;
 
-        s->deadline = session_idle_deadline(s, now_usec());
-        proto_greeting(&s->proto, &s->out);
+        if (!s->resumed) {
+                s->deadline = session_idle_deadline(s, now_usec());
+                proto_greeting(&s->proto, &s->out);
+        } else if (s->in_len > s->in_off) {
+                /* Handed over with replies still to send and input still to answer. */
+                size_t n = s->in_len - s->in_off;
+                memmove(s->in, s->in + s->in_off, n);
+                s->in_off = s->in_len = 0;
+                if ((r = flush(s, &send_timer)) < 0 || (r = feed(s, n, &status, &send_timer)) < 0)
+                        return r;
+        }
         if ((r = flush(s, &send_timer)) < 0)
                 return r;
+        if (s->proto.end != PROTO_END_NONE)
+                status = PROTO_CLOSE;
 
         while (status == PROTO_CONTINUE) {
                 if (session_stop_requested(s)) {
@@ -164,10 +176,17 @@ static void linger(Session *s) {
 
 /* run: the whole session on a worker thread, then the engine's done path. */
 static void run(Session *s) {
-        s->in = malloc(s->in_cap);
-        s->out.data = malloc(s->out.cap);
+        /* A resumed session may have brought buffers of its own. */
+        if (!s->in)
+                s->in = malloc(s->in_cap);
+        if (!s->out.data)
+                s->out.data = malloc(s->out.cap);
         if (!s->in || !s->out.data) {
                 session_fail(s, -ENOMEM);
+                return;
+        }
+        if (s->lingering) {
+                linger(s);
                 return;
         }
         int r = converse(s);

@@ -21,11 +21,21 @@
  * has not taken (then it stops reading until the output is gone: back-pressure). An idle
  * session costs its Session struct and nothing else.
  *
- * Fairness: a session gets READS_PER_EVENT rounds per turn. Input left in its own buffer
- * after its turn is not in the kernel, so no event would bring it back: it goes on the
- * loop's ready list and gets another turn after the next poll (which then does not wait). */
+ * Sessions are edge-triggered (EPOLLET): an event says something new arrived (or room to
+ * write), not that something is there. Fairness: a session gets READS_PER_EVENT rounds per
+ * turn. When its turn ends with more to do (input kept in its own buffer, or a read that
+ * filled the buffer and so probably left more in the kernel), no event would bring it back:
+ * it goes on the loop's ready list and gets another turn after the next poll (which then does
+ * not wait).
+ *
+ * With handover = "always" (a stored session) a partial line is left in the kernel, read
+ * with MSG_PEEK and taken only with its line end, so that a crash of this process loses none
+ * of what the client sent (docs/zero-downtime.md). Edge triggering is what lets such a
+ * session wait for the rest of its line with bytes still unread. */
 #include <errno.h>
 #include <inttypes.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -78,6 +88,7 @@ typedef struct Loop {
         uint64_t listen_gen;  /* ... its generation */
         bool attached;        /* ... and whether it is in the epoll set now */
         bool exiting;         /* the pool is stopping: accept nothing more */
+        bool handing_over;    /* the pool is handing its sessions over: pass them on, then exit */
         bool waiting_slot;    /* overload = "queue": every slot taken */
         uint64_t paused_until; /* usec: out of descriptors; 0: not paused */
 } Loop;
@@ -94,6 +105,7 @@ typedef struct Pool {
         Listener *listeners;     /* under lock: the set published by the server */
         size_t n_listeners;
         uint64_t listen_gen; /* written under lock, read atomically by the loops */
+        bool hand_over;      /* under lock: stop by handing the sessions over */
 } Pool;
 
 /* ---- the loop's sessions, ordered by deadline ---- */
@@ -200,7 +212,7 @@ static int send_out(Loop *l, Session *s, const Buf *out) {
         s->out_off = 0;
         s->want_write = true;
         set_deadline(l, s, session_write_deadline(s, now_usec()));
-        return set_interest(l, s, EPOLLOUT);
+        return set_interest(l, s, EPOLLOUT | EPOLLRDHUP | EPOLLET);
 }
 
 /* flush_kept: 1 when the kept output is gone, 0 when the client still lags, or -errno. */
@@ -218,7 +230,7 @@ static int flush_kept(Loop *l, Session *s) {
         s->want_write = false;
         /* The client took its replies: that is progress, not idleness. */
         set_deadline(l, s, session_idle_deadline(s, now_usec()));
-        int r = set_interest(l, s, EPOLLIN);
+        int r = set_interest(l, s, EPOLLIN | EPOLLRDHUP | EPOLLET);
         return r < 0 ? r : 1;
 }
 
@@ -279,6 +291,34 @@ static Fate end_with(Loop *l, Session *s, ProtoEnd reason) {
         return s->want_write ? ALIVE : conclude(l, s);
 }
 
+/* peer_closed: whether the client has sent its FIN (a peeked partial line is then its last). */
+static bool peer_closed(int fd) {
+        struct tcp_info info;
+        socklen_t len = sizeof(info);
+
+        return getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) == 0 && info.tcpi_state == TCP_CLOSE_WAIT;
+}
+
+/* read_lines: the read of a stored session: only whole lines leave the kernel (peeked first);
+ * a line longer than the buffer is read as it is. Returns as recv(), or -1 with EAGAIN while
+ * a partial line waits for its end. */
+static ssize_t read_lines(Loop *l, Session *s) {
+        ssize_t k = recv(s->fd, l->in_buf, s->in_cap, MSG_PEEK);
+
+        if (k <= 0)
+                return k;
+        const char *nl = memrchr(l->in_buf, '\n', (size_t) k);
+        if (!nl && (size_t) k < s->in_cap && !peer_closed(s->fd)) {
+                errno = EAGAIN; /* the next bytes bring a new edge */
+                return -1;
+        }
+        return recv(s->fd, l->in_buf, nl ? (size_t) (nl - l->in_buf) + 1 : (size_t) k, 0);
+}
+
+static bool reads_lines(const Session *s) {
+        return s->stored && s->conf->framing == FRAMING_LINE && s->proto.pending_len == 0;
+}
+
 /* serve_once: one round: a read (or the kept input) through the protocol, the replies out.
  * *MORE: whether another round may find more to do right away. */
 static Fate serve_once(Loop *l, Session *s, bool *more) {
@@ -292,9 +332,10 @@ static Fate serve_once(Loop *l, Session *s, bool *more) {
         if (session_stop_requested(s))
                 return end_with(l, s, PROTO_END_SHUTDOWN);
         if (!kept) {
-                ssize_t k = recv(s->fd, l->in_buf, s->in_cap, 0);
+                ssize_t k = reads_lines(s) ? read_lines(l, s) : recv(s->fd, l->in_buf, s->in_cap, 0);
                 if (k == 0)
                         return end_with(l, s, session_stop_requested(s) ? PROTO_END_SHUTDOWN : PROTO_END_EOF);
+                s->unread = k > 0 && (size_t) k == s->in_cap;
                 if (k < 0)
                         return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? ALIVE
                                                                                         : finish(l, s, -errno);
@@ -317,20 +358,22 @@ static Fate serve_once(Loop *l, Session *s, bool *more) {
         if (s->proto.messages != messages && !s->want_write)
                 set_deadline(l, s, session_idle_deadline(s, now_usec()));
         /* Back-pressure: nothing more is read until the client takes its replies. A read
-         * that filled the buffer probably left more in the kernel. */
-        *more = !s->want_write && (has_kept_input(s) || (!kept && n == s->in_cap));
+         * that filled the buffer probably left more in the kernel; after the client's FIN a
+         * short read did not take the end of the stream, and no new edge will come for it. */
+        *more = !s->want_write && (has_kept_input(s) || s->unread || s->peer_shut);
         return ALIVE;
 }
 
 /* serve: a turn of up to READS_PER_EVENT rounds. */
 static Fate serve(Loop *l, Session *s) {
-        bool more = true;
+        bool more = !s->want_write; /* output first: new replies must not overtake kept ones */
 
         for (int round = 0; round < READS_PER_EVENT && more; round++)
                 if (serve_once(l, s, &more) == GONE)
                         return GONE;
-        /* Kept input is not in the kernel: without this, nothing would wake the session. */
-        if (has_kept_input(s) && !s->want_write)
+        /* Edge-triggered: what is left now (kept input, or unread bytes after a full read)
+         * brings no new event; without this the session would wait for the idle timeout. */
+        if (more)
                 ready_push(l, s);
         return ALIVE;
 }
@@ -373,17 +416,25 @@ static int grow(char **buf, size_t *cap, size_t want) {
 }
 
 static Fate start(Loop *l, Session *s) {
-        struct epoll_event ev = { .events = EPOLLIN, .data.ptr = s };
+        struct epoll_event ev = { .events = (s->want_write ? EPOLLOUT : EPOLLIN) | EPOLLRDHUP | EPOLLET, .data.ptr = s };
         Buf out;
         int r;
 
-        s->deadline = session_idle_deadline(s, now_usec());
+        if (!s->resumed)
+                s->deadline = session_idle_deadline(s, now_usec());
         timer_insert(l, s);
         if ((r = grow(&l->in_buf, &l->in_cap, s->in_cap)) < 0 || (r = grow(&l->out_buf, &l->out_cap, s->out.cap)) < 0)
                 return finish(l, s, r);
-        /* The socket was accepted non-blocking, and TCP_NODELAY came from its listener. */
+        /* The socket was accepted non-blocking, and TCP_NODELAY came from its listener (a
+         * resumed one is made non-blocking by the server). */
         if (epoll_ctl(l->epoll_fd, EPOLL_CTL_ADD, s->fd, &ev) < 0)
                 return finish(l, s, -errno);
+        if (s->resumed) {
+                /* Greeted by the process that handed it over: go on where it was. */
+                if (has_kept_input(s) && !s->want_write && !s->lingering)
+                        ready_push(l, s);
+                return ALIVE;
+        }
 
         out = (Buf) { .data = l->out_buf, .cap = s->out.cap };
         proto_greeting(&s->proto, &out);
@@ -515,11 +566,30 @@ static void on_listener(Loop *l, const Listener *via) {
         }
 }
 
+/* hand_over_all: every session of the loop, at rest between two reads (nothing of a read is
+ * in hand now), to the handed_over hook; nothing more is written to the clients. */
+static void hand_over_all(Loop *l) {
+        const EngineHooks *hooks = &l->pool->engine.hooks;
+
+        while (l->first) {
+                Session *s = l->first;
+                timer_remove(l, s);
+                ready_remove(l, s);
+                __atomic_sub_fetch(&l->n_sessions, 1, __ATOMIC_RELAXED);
+                hooks->handed_over(s, hooks->userdata);
+        }
+}
+
 /* on_wake: the eventfd: sessions handed over, a slot freed, new listeners, or the stop. */
 static void on_wake(Loop *l) {
         Session *queued;
 
         l->exiting = !take_incoming(l, &queued) || l->exiting;
+        if (l->exiting) {
+                pthread_mutex_lock(&l->pool->lock);
+                l->handing_over = l->pool->hand_over;
+                pthread_mutex_unlock(&l->pool->lock);
+        }
         l->waiting_slot = false; /* try again: must_wait() says whether it is still full */
         while (queued) {
                 Session *next = queued->timer_next;
@@ -559,6 +629,10 @@ static void *loop_main(void *arg) {
 
         (void) pthread_setname_np(pthread_self(), "hellod-loop");
         while (!l->exiting || l->first) {
+                if (l->handing_over) {
+                        hand_over_all(l);
+                        break;
+                }
                 sync_listeners(l);
                 int n = epoll_wait(l->epoll_fd, events, EVENTS_MAX, poll_timeout(l));
                 if (n < 0 && errno != EINTR) {
@@ -571,8 +645,12 @@ static void *loop_main(void *arg) {
                                 on_wake(l);
                         else if (data & LISTENER_TAG)
                                 on_listener(l, (const Listener *) (uintptr_t) (data & ~(uint64_t) LISTENER_TAG));
-                        else
-                                (void) on_event(l, (Session *) (uintptr_t) data);
+                        else {
+                                Session *s = (Session *) (uintptr_t) data;
+                                if (events[i].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+                                        s->peer_shut = true;
+                                (void) on_event(l, s);
+                        }
                 }
                 run_ready(l);
                 run_deadlines(l);
@@ -739,6 +817,15 @@ static void pool_set_listeners(Engine *e, const ListenerSet *set) {
         free(old);
 }
 
+static int pool_hand_over(Engine *e, uint64_t timeout_msec) {
+        Pool *p = (Pool *) e;
+
+        pthread_mutex_lock(&p->lock);
+        p->hand_over = true;
+        pthread_mutex_unlock(&p->lock);
+        return pool_stop(e, timeout_msec);
+}
+
 static void pool_slot_freed(Engine *e) {
         wake_all((Pool *) e);
 }
@@ -758,6 +845,7 @@ static const EngineOps pool_ops = {
         .reconfigure = pool_reconfigure,
         .set_listeners = pool_set_listeners,
         .slot_freed = pool_slot_freed,
+        .hand_over = pool_hand_over,
         .nonblocking = true,
 };
 

@@ -40,6 +40,23 @@ int proto_init(Proto *p, const Conf *conf) {
         return 0;
 }
 
+int proto_resume(Proto *p, const char *pending, size_t pending_len, uint64_t lines, uint64_t messages, ProtoEnd end) {
+        const size_t max_pending = (size_t) p->conf->max_line_length + 1;
+
+        if (pending_len > 0 && (p->conf->framing != FRAMING_LINE || pending_len > max_pending))
+                return -EINVAL;
+        if (pending_len > 0) {
+                if (!p->pending && !(p->pending = malloc(max_pending)))
+                        return -ENOMEM;
+                memcpy(p->pending, pending, pending_len);
+        }
+        p->pending_len = pending_len;
+        p->lines = lines;
+        p->messages = messages;
+        p->end = end;
+        return 0;
+}
+
 void proto_done(Proto *p) {
         free(p->pending);
         p->pending = NULL;

@@ -31,6 +31,7 @@ typedef enum ProtoEnd {
         PROTO_END_SHUTDOWN, /* the server is stopping */
         PROTO_END_NO_MEMORY, /* no memory to carry a line across reads */
         PROTO_END_INTERRUPT, /* line framing: telnet's interrupt, abort, break or EOF command */
+        _PROTO_END_LAST = PROTO_END_INTERRUPT, /* for range checks: keep it the last */
 } ProtoEnd;
 
 /* Where a telnet command split across reads stopped (line framing; see proto.c). */
@@ -58,6 +59,12 @@ typedef struct Proto {
 /* proto_init: allocates nothing (the pending-line buffer comes when first needed); returns 0. */
 int proto_init(Proto *p, const Conf *conf);
 void proto_done(Proto *p);
+
+/* proto_resume: the state of a conversation another process had (hand-over): the pending
+ * line (at most max_line_length + 1 bytes, line framing only), the counters and the end.
+ * Telnet command state is not carried: a command cut by the hand-over is read as new. Returns
+ * 0, -EINVAL when PENDING does not fit, or -ENOMEM. */
+int proto_resume(Proto *p, const char *pending, size_t pending_len, uint64_t lines, uint64_t messages, ProtoEnd end);
 
 /* proto_output_min: the smallest output buffer that always holds one reply or ERR line. */
 size_t proto_output_min(const Conf *conf);

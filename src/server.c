@@ -22,6 +22,8 @@
 #include <unistd.h>
 
 #include "engine.h"
+#include "handoff.h"
+#include "handover.h"
 #include "iptable.h"
 #include "listener.h"
 #include "log.h"
@@ -73,6 +75,8 @@ struct Server {
         bool waiting_for_slot;
         unsigned slots;
         bool queue_overload; /* atomic: the current Conf's overload is "queue" */
+        HandoverBuf handover;   /* under lock: the records of the sessions handed over */
+        size_t n_handed, n_handed_failed; /* under lock */
 };
 
 static const int handled_signals[] = { SIGTERM, SIGINT, SIGHUP };
@@ -158,8 +162,45 @@ static void unregister(Server *s, Session *session) {
 /* session_done: the engine's done callback, on the thread that drove the session: the one
  * way every session ends. */
 static void session_done(Session *session, void *userdata) {
+        char name[HANDOVER_FDNAME_MAX];
+
         session_log_closed(session);
+        /* Out of the store before the socket closes: PID 1's copy would keep it open. */
+        if (session->stored)
+                (void) notify_fdstore_remove(handover_fdname_conn(session->id, name, sizeof(name)));
         unregister(userdata, session);
+}
+
+/* store_session: handover = "always": the connection goes into systemd's store at once, so
+ * that the next process finds it after a crash. */
+static void store_session(Session *session) {
+        char name[HANDOVER_FDNAME_MAX];
+
+        session->stored = notify_fdstore_add(session->fd, handover_fdname_conn(session->id, name, sizeof(name))) > 0;
+}
+
+/* session_handed_over: the engine's handed_over hook: SESSION's record for the next process,
+ * its connection into systemd's store (unless it is there already); then it leaves this
+ * process without a word to the client. */
+static void session_handed_over(Session *session, void *userdata) {
+        Server *s = userdata;
+        HandoverRecord rec;
+        char name[HANDOVER_FDNAME_MAX];
+
+        handoff_record(session, now_usec(), &rec);
+        pthread_mutex_lock(&s->lock);
+        int r = rec.peer.ss_family == AF_UNSPEC ? -ENOTCONN : handover_state_add(&s->handover, &rec);
+        if (r == 0)
+                s->n_handed++;
+        else
+                s->n_handed_failed++;
+        pthread_mutex_unlock(&s->lock);
+        if (r == 0 && !session->stored)
+                r = notify_fdstore_add(session->fd, handover_fdname_conn(session->id, name, sizeof(name)));
+        if (r < 0)
+                log_warning_errno(r, "connection %" PRIu64 " from %s cannot be handed over, closing it", session->id,
+                                  session->peer);
+        unregister(s, session);
 }
 
 /* rate_check: the source's connection-rate bucket; called under the lock. Returns the
@@ -239,6 +280,8 @@ static Session *admit(Server *s, int fd, const struct sockaddr *peer, const List
 
         if (session) {
                 session_log_opened(session);
+                if (session->conf->handover == HANDOVER_MODE_ALWAYS)
+                        store_session(session);
                 return session;
         }
         addr_format(peer, name, sizeof(name));
@@ -522,14 +565,73 @@ static bool wait_drained(Server *s, uint64_t timeout_msec) {
         return true;
 }
 
+/* wants_hand_over: whether to hand the conversations over rather than end them: the
+ * configuration allows it, the engine can, systemd keeps descriptors for us, and it is
+ * restarting the service rather than stopping it. */
+static bool wants_hand_over(Server *s) {
+        char why[256];
+
+        if (s->conf->handover == HANDOVER_MODE_OFF || !getenv("NOTIFY_SOCKET"))
+                return false;
+        if (!engine_can_hand_over(s->engine)) {
+                log_notice("the per-connection worker model does not hand conversations over; ending them");
+                return false;
+        }
+        bool restart = handoff_restart_pending(why, sizeof(why));
+        log_info("%s: %s", why, restart ? "handing the conversations over to the next process" : "ending them");
+        return restart;
+}
+
+/* hand_over: every live conversation to the next process of the service, through systemd's
+ * file descriptor store: the connections as c<ID>, then their records as "state". */
+static int hand_over(Server *s) {
+        uint64_t started = now_usec();
+        HandoverHeader header;
+        char count[24], failed[24];
+        int r;
+
+        pthread_mutex_lock(&s->lock);
+        r = handoff_header(&header, s->next_id); /* nothing is accepted any more */
+        if (r == 0)
+                r = handover_state_begin(&s->handover, &header);
+        pthread_mutex_unlock(&s->lock);
+        if (r < 0)
+                return log_error_errno(r, "cannot hand the conversations over");
+        r = engine_hand_over(s->engine, KILL_GRACE_MSEC);
+        s->engine = NULL;
+        if (r < 0) {
+                s->abandoned = true;
+                return log_error_errno(r, "worker threads did not finish, exiting without them");
+        }
+        /* The engine's threads are gone: nothing else touches the records now. */
+        r = handover_state_finish(&s->handover);
+        int fd = r < 0 ? r : handoff_memfd(&s->handover);
+        r = fd < 0 ? fd : notify_fdstore_add(fd, HANDOVER_FDNAME_STATE);
+        if (fd >= 0)
+                close(fd);
+        if (r < 0)
+                return log_error_errno(r, "cannot store the hand-over state: %zu conversations are lost", s->n_handed);
+        snprintf(count, sizeof(count), "%zu", s->n_handed);
+        snprintf(failed, sizeof(failed), "%zu", s->n_handed_failed);
+        uint64_t usec = now_usec() - started;
+        LogField fields[] = { { "HELLOD_HANDED_OVER", count }, { "HELLOD_CLOSED", failed } };
+        log_struct(LOG_NOTICE, MESSAGE_ID_HANDED_OVER, fields, 2,
+                   "handed %zu conversation%s over to the next process (%zu closed) in %" PRIu64 ".%03" PRIu64 " ms",
+                   s->n_handed, s->n_handed == 1 ? "" : "s", s->n_handed_failed, usec / 1000u, usec % 1000u);
+        return 0;
+}
+
 static int shut_down(Server *s) {
         unsigned n = active(s);
         char count[16];
 
         notify_stopping();
-        /* Stop accepting: new clients are refused by the kernel. */
+        /* Stop accepting: new clients are refused by the kernel (or wait in the socket unit's
+         * backlog for the next process). */
         engine_set_listeners(s->engine, &(ListenerSet) { 0 });
         listener_set_done(&s->listeners);
+        if (wants_hand_over(s))
+                return hand_over(s);
         snprintf(count, sizeof(count), "%u", n);
         LogField fields[] = { { "HELLOD_ACTIVE", count } };
         if (n == 0)
@@ -672,7 +774,178 @@ int server_run(Server *s) {
         return r;
 }
 
-int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet *inherited) {
+/* ---- resuming what the previous process handed over ---- */
+
+typedef struct ResumeCounts {
+        size_t resumed, refused, gone, fresh;
+        uint64_t gap_usec;
+        bool have_state;
+} ResumeCounts;
+
+/* adopt_session: registers a resumed SESSION (no limits: it was admitted before) and hands it
+ * to the engine. */
+static void adopt_session(Server *s, Session *session) {
+        int flags = fcntl(session->fd, F_GETFL);
+        bool nonblocking = engine_nonblocking(s->engine);
+
+        if (flags >= 0)
+                (void) fcntl(session->fd, F_SETFL, nonblocking ? flags | O_NONBLOCK : flags & ~O_NONBLOCK);
+        (void) fcntl(session->fd, F_SETFD, FD_CLOEXEC);
+        pthread_mutex_lock(&s->lock);
+        ip_key_mask(&session->ip, s->conf->per_ip_ipv4_prefix, s->conf->per_ip_ipv6_prefix);
+        (void) iptable_inc(s->ips, &session->ip);
+        if (session->id == 0)
+                session->id = ++s->next_id;
+        else if (session->id > s->next_id)
+                s->next_id = session->id;
+        session->next = s->sessions;
+        if (s->sessions)
+                s->sessions->prev = session;
+        s->sessions = session;
+        s->n_active++;
+        s->changes++;
+        pthread_mutex_unlock(&s->lock);
+        session->stored = s->conf->handover == HANDOVER_MODE_ALWAYS;
+        if (engine_add(s->engine, session) < 0) {
+                session->fd = -1; /* closed below, without a word: like a refused resume */
+                unregister(s, session);
+        }
+}
+
+/* take_conn: the stored connection ID, moved out of STORE; -1 when there is none. */
+static int take_conn(InheritedStore *store, uint64_t id) {
+        for (size_t i = 0; i < store->n_conns; i++)
+                if (store->conns[i].fd >= 0 && store->conns[i].id == id) {
+                        int fd = store->conns[i].fd;
+                        store->conns[i].fd = -1;
+                        return fd;
+                }
+        return -1;
+}
+
+/* forget_conn: a stored connection that is not resumed: out of the store, closed. */
+static void forget_conn(int fd, uint64_t id) {
+        char name[HANDOVER_FDNAME_MAX];
+
+        (void) notify_fdstore_remove(handover_fdname_conn(id, name, sizeof(name)));
+        close(fd);
+}
+
+/* resume_records: every record of the state in STORE, with its connection. */
+static void resume_records(Server *s, InheritedStore *store, ResumeCounts *c) {
+        HandoverLimits limits = handoff_limits(s->conf);
+        HandoverState state;
+        uint8_t boot_id[16], *data = NULL;
+        size_t size = 0;
+        char err[256];
+        int r;
+
+        r = handoff_read_state(store->state_fd, handover_state_size_max(&limits), &data, &size);
+        if (r < 0)
+                snprintf(err, sizeof(err), "%s", strerror(-r));
+        if (r == 0 && (r = handoff_boot_id(boot_id)) < 0)
+                snprintf(err, sizeof(err), "cannot read the boot id: %s", strerror(-r));
+        if (r == 0)
+                r = handover_state_decode(data, size, &limits, boot_id, &state, err, sizeof(err));
+        close(store->state_fd);
+        store->state_fd = -1;
+        (void) notify_fdstore_remove(HANDOVER_FDNAME_STATE);
+        if (r < 0) {
+                log_warning("cannot resume the conversations of the previous process: its state: %s", err);
+                free(data);
+                return;
+        }
+        c->have_state = true;
+        c->gap_usec = handover_gap_usec(&state.header, handoff_boottime_usec());
+        pthread_mutex_lock(&s->lock);
+        if (state.header.next_id > s->next_id)
+                s->next_id = state.header.next_id;
+        pthread_mutex_unlock(&s->lock);
+
+        uint64_t now = now_usec();
+        for (size_t i = 0; i < state.header.count; i++) {
+                HandoverRecord rec;
+                const char *reason = NULL;
+                Session *session;
+
+                if (handover_state_record(&state, i, &limits, &rec, &reason) < 0) {
+                        log_warning("cannot resume record %zu of the hand-over state: %s", i, reason);
+                        c->refused++;
+                        continue;
+                }
+                int fd = take_conn(store, rec.id);
+                if (fd < 0) {
+                        c->gone++; /* the client left during the gap; PID 1 dropped it */
+                        continue;
+                }
+                if (handoff_session(&rec, fd, s->conf, now, &session, &reason) < 0) {
+                        log_warning("cannot resume connection %" PRIu64 ": %s, closing it", rec.id, reason);
+                        (void) notify_fdstore_remove(handover_fdname_conn(rec.id, err, sizeof(err)));
+                        c->refused++;
+                        continue;
+                }
+                adopt_session(s, session);
+                c->resumed++;
+        }
+        handover_state_done(&state);
+        free(data);
+}
+
+/* resume: the conversations STORE holds. With a state, each record with its connection; a
+ * connection without a record is closed. Without a state (a crash with handover = "always"),
+ * each connection goes on as a fresh conversation without a greeting: what the crashed
+ * process held of it is lost (docs/zero-downtime.md). In "always" mode the connections stay in
+ * the store; otherwise they leave it once taken. */
+static void resume(Server *s, InheritedStore *store) {
+        ResumeCounts c = { 0 };
+        bool keep_stored = s->conf->handover == HANDOVER_MODE_ALWAYS;
+        char name[HANDOVER_FDNAME_MAX];
+
+        if (store->state_fd < 0 && store->n_conns == 0)
+                return;
+        if (store->state_fd >= 0)
+                resume_records(s, store, &c);
+        for (size_t i = 0; i < store->n_conns; i++) {
+                StoredConn *conn = &store->conns[i];
+                Session *session;
+
+                if (conn->fd < 0) { /* resumed from its record */
+                        if (!keep_stored)
+                                (void) notify_fdstore_remove(handover_fdname_conn(conn->id, name, sizeof(name)));
+                        continue;
+                }
+                if (c.have_state || !keep_stored || handoff_session_fresh(conn->fd, s->conf, &session) < 0) {
+                        if (c.have_state || !keep_stored)
+                                forget_conn(conn->fd, conn->id);
+                        else
+                                (void) notify_fdstore_remove(handover_fdname_conn(conn->id, name, sizeof(name)));
+                        conn->fd = -1;
+                        c.refused++;
+                        continue;
+                }
+                conn->fd = -1;
+                session->id = conn->id;
+                adopt_session(s, session);
+                c.fresh++;
+        }
+
+        char resumed[24], refused[24];
+        snprintf(resumed, sizeof(resumed), "%zu", c.resumed + c.fresh);
+        snprintf(refused, sizeof(refused), "%zu", c.refused);
+        LogField fields[] = { { "HELLOD_RESUMED", resumed }, { "HELLOD_REFUSED", refused } };
+        if (c.have_state)
+                log_struct(LOG_NOTICE, MESSAGE_ID_RESUMED, fields, 2,
+                           "resumed %zu conversation%s handed over by the previous process after a gap of %" PRIu64
+                           " ms (%zu refused, %zu ended during the gap)",
+                           c.resumed, c.resumed == 1 ? "" : "s", c.gap_usec / 1000u, c.refused, c.gone);
+        else
+                log_struct(LOG_NOTICE, MESSAGE_ID_RESUMED, fields, 2,
+                           "resumed %zu conversation%s kept in the store across the end of the previous process "
+                           "(its state was lost: no greeting, the next line is answered; %zu refused)",
+                           c.fresh, c.fresh == 1 ? "" : "s", c.refused);
+}
+
+int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet *inherited, InheritedStore *store) {
         Server *s = calloc(1, sizeof(*s));
         char err[512];
         sigset_t set;
@@ -720,6 +993,7 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
                 .admit = hook_admit,
                 .must_wait = hook_must_wait,
                 .exhausted = hook_exhausted,
+                .handed_over = session_handed_over,
         };
         r = engine_new(&s->engine, conf, &hooks);
         if (r < 0) {
@@ -739,6 +1013,8 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
                         goto fail;
                 }
         }
+        if (store)
+                resume(s, store);
         engine_set_listeners(s->engine, &s->listeners);
         *ret = s;
         return 0;
@@ -759,6 +1035,7 @@ Server *server_free(Server *s) {
         if (s->wake_fd >= 0)
                 close(s->wake_fd);
         conf_unref(s->conf);
+        free(s->handover.data);
         if (s->abandoned)
                 /* Threads that did not stop may still lock, unregister and log: what they use
                  * stays; the process is exiting and takes it along. */

@@ -22,10 +22,11 @@ typedef struct Server Server;
 int server_block_signals(void);
 
 /* server_new: takes a reference to CONF. Serves INHERITED (socket activation; the set is
- * moved into the server) when it is not empty, else binds the listeners CONF names. On
- * failure returns a negative errno, having logged why (e.g. "cannot listen on
- * 127.0.0.1:9999: Address already in use"). */
-int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet *inherited);
+ * moved into the server) when it is not empty, else binds the listeners CONF names, and
+ * resumes the conversations STORE holds (handed over by the previous process, or kept across a
+ * crash; what it takes is moved out of STORE). On failure returns a negative errno, having
+ * logged why (e.g. "cannot listen on 127.0.0.1:9999: Address already in use"). */
+int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet *inherited, InheritedStore *store);
 
 /* server_run: serves until SIGTERM/SIGINT, then drains; returns 0, or a negative errno on a
  * failure that stops the daemon. */

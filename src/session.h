@@ -50,8 +50,12 @@ typedef struct Session {
         struct Session *timer_prev, *timer_next; /* pool: the loop's sessions, by deadline */
         struct Session *ready_next;              /* pool: kept input waiting for its turn */
         bool ready;                              /* pool: on the loop's ready list */
+        bool peer_shut;                          /* pool: the client's FIN has arrived (EPOLLRDHUP) */
+        bool unread;                             /* pool: the last read filled the buffer: more waits */
         bool lingering;                          /* ended; discarding what the client still sends */
         bool want_write;                         /* output pending: waiting for the client to read */
+        bool resumed; /* taken over from another process: greeted already, state restored */
+        bool stored;  /* in systemd's file descriptor store (handover = "always") */
 } Session;
 
 /* session_new: takes ownership of FD (closed by session_free, or here on failure) and a new

@@ -239,7 +239,7 @@ Test(record, encoder_refuses_what_the_format_cannot_hold) {
         rec.peer.ss_family = AF_UNIX;
         cr_expect_eq(handover_record_encode(&b, &rec), -EINVAL);
         rec = small_record();
-        rec.end = PROTO_END_NO_MEMORY + 1;
+        rec.end = _PROTO_END_LAST + 1;
         cr_expect_eq(handover_record_encode(&b, &rec), -EINVAL);
         rec = small_record();
         rec.flags = 1u << 7;
@@ -418,7 +418,7 @@ Test(hostile, raw_fields_out_of_range) {
                 const char *why;
         } cases[] = {
                 { 16, 2, "chunk framing" },       /* framing 2 is neither, so not the configured one */
-                { 17, 7, "unknown end reason" },  /* end past PROTO_END_NO_MEMORY */
+                { 17, _PROTO_END_LAST + 1, "unknown end reason" }, /* end past the last ProtoEnd */
                 { 18, 4, "unknown flags" },       /* flag bit 2 */
                 { 19, 5, "neither IPv4 nor IPv6" }, /* family */
                 { 26, 1, "stray bytes" },         /* IPv4 address byte 5 */

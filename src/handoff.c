@@ -1,0 +1,281 @@
+/* handoff: the hand-over's glue between sessions, the state format and the system. */
+#include "handoff.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <systemd/sd-bus.h>
+#include <systemd/sd-id128.h>
+#include <systemd/sd-login.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "addr.h"
+
+#include "config.h"
+
+/* How long the restart-or-stop question may take: a stop must not wait on a busy bus. */
+#define BUS_TIMEOUT_USEC 500000u
+
+static int unit_job_type(sd_bus *bus, const char *unit, char **ret_type) {
+        sd_bus_error error = SD_BUS_ERROR_NULL;
+        sd_bus_message *reply = NULL;
+        char *path = NULL;
+        const char *job_path = NULL;
+        uint32_t job_id = 0;
+        int r;
+
+        r = sd_bus_path_encode("/org/freedesktop/systemd1/unit", unit, &path);
+        if (r >= 0)
+                r = sd_bus_get_property(bus, "org.freedesktop.systemd1", path, "org.freedesktop.systemd1.Unit", "Job",
+                                        &error, &reply, "(uo)");
+        if (r >= 0)
+                r = sd_bus_message_read(reply, "(uo)", &job_id, &job_path);
+        if (r >= 0 && job_id == 0)
+                r = -ENOENT; /* no job: a SIGTERM that is not systemd's */
+        if (r >= 0)
+                r = sd_bus_get_property_string(bus, "org.freedesktop.systemd1", job_path,
+                                               "org.freedesktop.systemd1.Job", "JobType", &error, ret_type);
+        sd_bus_message_unref(reply);
+        sd_bus_error_free(&error);
+        free(path);
+        return r;
+}
+
+bool handoff_restart_pending(char *why, size_t why_size) {
+        sd_bus *bus = NULL;
+        char *unit = NULL, *type = NULL;
+        bool restart = false;
+        int r;
+
+        r = sd_pid_get_unit(0, &unit);
+        if (r < 0) {
+                snprintf(why, why_size, "not started as a systemd service");
+                return false;
+        }
+        r = sd_bus_open_system(&bus);
+        if (r >= 0)
+                r = sd_bus_set_method_call_timeout(bus, BUS_TIMEOUT_USEC);
+        if (r >= 0)
+                r = unit_job_type(bus, unit, &type);
+        if (r == -ENOENT)
+                snprintf(why, why_size, "%s has no job: not stopped by systemd", unit);
+        else if (r < 0)
+                snprintf(why, why_size, "cannot ask systemd about %s: %s", unit, strerror(-r));
+        else {
+                /* A try-restart collapses into a restart job when the unit is running. */
+                restart = strcmp(type, "restart") == 0 || strcmp(type, "try-restart") == 0;
+                snprintf(why, why_size, "%s job of %s", type, unit);
+        }
+        free(type);
+        free(unit);
+        sd_bus_flush_close_unref(bus);
+        return restart;
+}
+
+HandoverLimits handoff_limits(const Conf *conf) {
+        return (HandoverLimits) {
+                .framing = conf->framing,
+                .max_line_length = conf->max_line_length,
+                .input_max = session_input_size(conf),
+                .output_max = session_output_size(conf),
+                .discard_max = SESSION_LINGER_BYTES,
+                .records_max = conf->max_connections,
+        };
+}
+
+static struct sockaddr_storage peer_of(const Session *s) {
+        struct sockaddr_storage peer = { 0 };
+        socklen_t len = sizeof(peer);
+
+        /* The address the session was admitted with: the socket's own peer. */
+        if (getpeername(s->fd, (struct sockaddr *) &peer, &len) < 0)
+                peer.ss_family = AF_UNSPEC;
+        return peer;
+}
+
+void handoff_record(const Session *s, uint64_t now, HandoverRecord *rec) {
+        *rec = (HandoverRecord) {
+                .id = s->id,
+                .framing = s->conf->framing,
+                .end = (int) s->proto.end,
+                .flags = (s->lingering ? HANDOVER_LINGERING : 0u) | (s->want_write ? HANDOVER_WANT_WRITE : 0u),
+                .peer = peer_of(s),
+                .age_usec = now - s->started_usec,
+                .deadline_left_usec = s->deadline == SESSION_NO_DEADLINE ? HANDOVER_NO_DEADLINE
+                                      : s->deadline > now                ? s->deadline - now
+                                                                         : 0,
+                .lines = s->proto.lines,
+                .messages = s->proto.messages,
+                .conf_hash = handover_conf_hash(s->conf),
+                /* While lingering, in_len counts what was discarded (pool.c). */
+                .discarded = s->lingering ? (uint32_t) s->in_len : 0,
+                .listen = s->listen,
+                .listen_len = strlen(s->listen),
+                .pending = (const uint8_t *) s->proto.pending,
+                .pending_len = s->proto.pending_len,
+                .input = s->lingering ? NULL : (const uint8_t *) s->in + s->in_off,
+                .input_len = s->lingering ? 0 : s->in_len - s->in_off,
+                .output = (const uint8_t *) s->out.data + s->out_off,
+                .output_len = s->out.len - s->out_off,
+        };
+}
+
+/* restore: the buffers and state of REC into the new session S. */
+static int restore(Session *s, const HandoverRecord *rec, uint64_t now, const char **reason) {
+        if (proto_resume(&s->proto, (const char *) rec->pending, rec->pending_len, rec->lines, rec->messages,
+                         (ProtoEnd) rec->end) < 0) {
+                *reason = "cannot restore the pending line";
+                return -EINVAL;
+        }
+        if (rec->input_len > 0) {
+                if (!(s->in = malloc(s->in_cap)))
+                        return -ENOMEM;
+                memcpy(s->in, rec->input, rec->input_len);
+                s->in_len = rec->input_len;
+        }
+        if (rec->output_len > 0) {
+                if (!(s->out.data = malloc(s->out.cap)))
+                        return -ENOMEM;
+                memcpy(s->out.data, rec->output, rec->output_len);
+                s->out.len = rec->output_len;
+        }
+        s->lingering = rec->flags & HANDOVER_LINGERING;
+        if (s->lingering)
+                s->in_len = rec->discarded;
+        s->want_write = rec->output_len > 0;
+        s->started_usec = now > rec->age_usec ? now - rec->age_usec : 0;
+        /* The gap is not the client's idleness: what was left of its deadline starts now. */
+        s->deadline = rec->deadline_left_usec == HANDOVER_NO_DEADLINE ? SESSION_NO_DEADLINE
+                                                                       : now + rec->deadline_left_usec;
+        s->resumed = true;
+        return 0;
+}
+
+int handoff_session(const HandoverRecord *rec, int fd, Conf *conf, uint64_t now, Session **ret,
+                    const char **reason) {
+        char listen[ADDR_STR_MAX];
+        Session *s;
+        int r;
+
+        snprintf(listen, sizeof(listen), "%.*s", (int) rec->listen_len, rec->listen);
+        r = session_new(&s, fd, conf, (const struct sockaddr *) &rec->peer, listen);
+        if (r < 0) {
+                *reason = "out of memory";
+                return r;
+        }
+        s->id = rec->id;
+        r = restore(s, rec, now, reason);
+        if (r < 0) {
+                if (r == -ENOMEM)
+                        *reason = "out of memory";
+                session_free(s);
+                return r;
+        }
+        *ret = s;
+        return 0;
+}
+
+int handoff_session_fresh(int fd, Conf *conf, Session **ret) {
+        struct sockaddr_storage peer = { 0 }, local = { 0 };
+        socklen_t peer_len = sizeof(peer), local_len = sizeof(local);
+        char listen[ADDR_STR_MAX];
+        Session *s;
+        int r;
+
+        if (getpeername(fd, (struct sockaddr *) &peer, &peer_len) < 0 ||
+            getsockname(fd, (struct sockaddr *) &local, &local_len) < 0) {
+                r = -errno;
+                close(fd);
+                return r;
+        }
+        addr_format((const struct sockaddr *) &local, listen, sizeof(listen));
+        r = session_new(&s, fd, conf, (const struct sockaddr *) &peer, listen);
+        if (r < 0)
+                return r;
+        s->resumed = true; /* greeted by the process that crashed */
+        *ret = s;
+        return 0;
+}
+
+int handoff_memfd(const HandoverBuf *b) {
+        int fd = memfd_create("hellod-state", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        size_t done = 0;
+
+        if (fd < 0)
+                return -errno;
+        while (done < b->len) {
+                ssize_t n = write(fd, b->data + done, b->len - done);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n <= 0) {
+                        int r = n < 0 ? -errno : -EIO;
+                        close(fd);
+                        return r;
+                }
+                done += (size_t) n;
+        }
+        /* Sealed: what the next process reads is what was written, whoever else holds it. */
+        if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0) {
+                int r = -errno;
+                close(fd);
+                return r;
+        }
+        return fd;
+}
+
+int handoff_read_state(int fd, size_t max, uint8_t **ret, size_t *ret_size) {
+        struct stat st;
+        uint8_t *data;
+        size_t done = 0;
+
+        if (fstat(fd, &st) < 0)
+                return -errno;
+        if (!S_ISREG(st.st_mode))
+                return -EBADF;
+        if (st.st_size < 0 || (uint64_t) st.st_size > max)
+                return -EFBIG;
+        if (!(data = malloc(st.st_size > 0 ? (size_t) st.st_size : 1)))
+                return -ENOMEM;
+        while (done < (size_t) st.st_size) {
+                ssize_t n = pread(fd, data + done, (size_t) st.st_size - done, (off_t) done);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n <= 0) {
+                        free(data);
+                        return n < 0 ? -errno : -EIO;
+                }
+                done += (size_t) n;
+        }
+        *ret = data;
+        *ret_size = done;
+        return 0;
+}
+
+uint64_t handoff_boottime_usec(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_BOOTTIME, &ts);
+        return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
+}
+
+int handoff_boot_id(uint8_t ret[16]) {
+        sd_id128_t id;
+        int r = sd_id128_get_boot(&id);
+
+        if (r < 0)
+                return r;
+        memcpy(ret, id.bytes, 16);
+        return 0;
+}
+
+int handoff_header(HandoverHeader *h, uint64_t next_id) {
+        *h = (HandoverHeader) { .version = HANDOVER_VERSION, .written_usec = handoff_boottime_usec(), .next_id = next_id };
+        snprintf(h->writer, sizeof(h->writer), "hellod %s", VERSION);
+        return handoff_boot_id(h->boot_id);
+}

@@ -1,0 +1,45 @@
+/* handoff: what the hand-over (docs/zero-downtime.md) needs between live sessions and the
+ * state format of handover.h: a record from a session and a session from a record, the
+ * limits of this process, the sealed memfd, the clocks, and the question whether the service
+ * manager is restarting us or stopping us. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "conf.h"
+#include "handover.h"
+#include "session.h"
+
+/* handoff_restart_pending: whether systemd is restarting this service (a restart or
+ * try-restart job on its unit) rather than stopping it, asked over the system bus with a short
+ * timeout. false when it cannot tell (not a service, no bus): WHY then says why. */
+bool handoff_restart_pending(char *why, size_t why_size);
+
+/* handoff_limits: what this process can resume with CONF. */
+HandoverLimits handoff_limits(const Conf *conf);
+
+/* handoff_record: S at rest, as a record (pointing into S's buffers), NOW (CLOCK_MONOTONIC). */
+void handoff_record(const Session *s, uint64_t now, HandoverRecord *rec);
+
+/* handoff_session: the session REC describes, on the connection FD, under CONF: no greeting,
+ * the protocol's state, the kept input and output, the deadline from NOW. Takes FD (closed on
+ * failure, with a static *REASON). Returns 0 or a negative errno. */
+int handoff_session(const HandoverRecord *rec, int fd, Conf *conf, uint64_t now, Session **ret,
+                    const char **reason);
+
+/* handoff_session_fresh: a session for a connection whose state is lost (a crash): the
+ * conversation goes on from the next line, without a greeting. Takes FD. */
+int handoff_session_fresh(int fd, Conf *conf, Session **ret);
+
+/* handoff_memfd: B's bytes in a sealed memfd; the fd or a negative errno. */
+int handoff_memfd(const HandoverBuf *b);
+/* handoff_read_state: the whole of FD (from its start) if it is at most MAX bytes, malloc'd. */
+int handoff_read_state(int fd, size_t max, uint8_t **ret, size_t *ret_size);
+
+/* handoff_header: a state header for this process: the version, the boot, the time. */
+int handoff_header(HandoverHeader *h, uint64_t next_id);
+/* handoff_boottime_usec: CLOCK_BOOTTIME, as the header's written_usec. */
+uint64_t handoff_boottime_usec(void);
+int handoff_boot_id(uint8_t ret[16]);
