@@ -11,7 +11,6 @@
 #include <sys/stat.h>
 #include <systemd/sd-bus.h>
 #include <systemd/sd-id128.h>
-#include <systemd/sd-login.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -22,60 +21,71 @@
 /* How long the restart-or-stop question may take: a stop must not wait on a busy bus. */
 #define BUS_TIMEOUT_USEC 500000u
 
-static int unit_job_type(sd_bus *bus, const char *unit, char **ret_type) {
+/* unit_job_type: the type of the job pending on the caller's own unit ("restart", "stop"),
+ * -ENOENT when there is none. GetUnitByPID(0) names the caller's unit from PID 1's side,
+ * which works in a sandbox that hides the cgroup file system. */
+static int unit_job_type(sd_bus *bus, char **ret_unit, char **ret_type) {
         sd_bus_error error = SD_BUS_ERROR_NULL;
-        sd_bus_message *reply = NULL;
-        char *path = NULL;
-        const char *job_path = NULL;
+        sd_bus_message *reply = NULL, *job = NULL;
+        const char *unit_path = NULL, *job_path = NULL;
         uint32_t job_id = 0;
         int r;
 
-        r = sd_bus_path_encode("/org/freedesktop/systemd1/unit", unit, &path);
+        r = sd_bus_call_method(bus, "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
+                               "org.freedesktop.systemd1.Manager", "GetUnitByPID", &error, &reply, "u", (uint32_t) 0);
         if (r >= 0)
-                r = sd_bus_get_property(bus, "org.freedesktop.systemd1", path, "org.freedesktop.systemd1.Unit", "Job",
-                                        &error, &reply, "(uo)");
+                r = sd_bus_message_read(reply, "o", &unit_path);
         if (r >= 0)
-                r = sd_bus_message_read(reply, "(uo)", &job_id, &job_path);
+                r = sd_bus_get_property_string(bus, "org.freedesktop.systemd1", unit_path, "org.freedesktop.systemd1.Unit",
+                                               "Id", &error, ret_unit);
+        if (r >= 0)
+                r = sd_bus_get_property(bus, "org.freedesktop.systemd1", unit_path, "org.freedesktop.systemd1.Unit", "Job",
+                                        &error, &job, "(uo)");
+        if (r >= 0)
+                r = sd_bus_message_read(job, "(uo)", &job_id, &job_path);
         if (r >= 0 && job_id == 0)
                 r = -ENOENT; /* no job: a SIGTERM that is not systemd's */
         if (r >= 0)
                 r = sd_bus_get_property_string(bus, "org.freedesktop.systemd1", job_path,
                                                "org.freedesktop.systemd1.Job", "JobType", &error, ret_type);
+        sd_bus_message_unref(job);
         sd_bus_message_unref(reply);
         sd_bus_error_free(&error);
-        free(path);
         return r;
 }
 
-bool handoff_restart_pending(char *why, size_t why_size) {
+HandoffJob handoff_job(char *why, size_t why_size) {
         sd_bus *bus = NULL;
         char *unit = NULL, *type = NULL;
-        bool restart = false;
+        HandoffJob job = HANDOFF_JOB_UNKNOWN;
         int r;
 
-        r = sd_pid_get_unit(0, &unit);
-        if (r < 0) {
+        if (!getenv("INVOCATION_ID")) {
                 snprintf(why, why_size, "not started as a systemd service");
-                return false;
+                return HANDOFF_JOB_STOP;
         }
         r = sd_bus_open_system(&bus);
         if (r >= 0)
                 r = sd_bus_set_method_call_timeout(bus, BUS_TIMEOUT_USEC);
         if (r >= 0)
-                r = unit_job_type(bus, unit, &type);
-        if (r == -ENOENT)
-                snprintf(why, why_size, "%s has no job: not stopped by systemd", unit);
-        else if (r < 0)
-                snprintf(why, why_size, "cannot ask systemd about %s: %s", unit, strerror(-r));
-        else {
+                r = unit_job_type(bus, &unit, &type);
+        if (r == -ENOENT) {
+                snprintf(why, why_size, "%s has no job: not stopped by systemd", unit ? unit : "the unit");
+                job = HANDOFF_JOB_STOP;
+        } else if (r < 0) {
+                /* dbus-daemon cuts off a DynamicUser= service (it cannot resolve the user
+                 * without deadlocking on PID 1); dbus-broker does not. */
+                snprintf(why, why_size, "cannot ask systemd whether this is a restart: %s", strerror(-r));
+        } else {
                 /* A try-restart collapses into a restart job when the unit is running. */
-                restart = strcmp(type, "restart") == 0 || strcmp(type, "try-restart") == 0;
-                snprintf(why, why_size, "%s job of %s", type, unit);
+                job = strcmp(type, "restart") == 0 || strcmp(type, "try-restart") == 0 ? HANDOFF_JOB_RESTART
+                                                                                      : HANDOFF_JOB_STOP;
+                snprintf(why, why_size, "a %s job on %s", type, unit);
         }
         free(type);
         free(unit);
         sd_bus_flush_close_unref(bus);
-        return restart;
+        return job;
 }
 
 HandoverLimits handoff_limits(const Conf *conf) {
@@ -274,8 +284,11 @@ int handoff_boot_id(uint8_t ret[16]) {
         return 0;
 }
 
-int handoff_header(HandoverHeader *h, uint64_t next_id) {
+void handoff_header(HandoverHeader *h, uint64_t next_id) {
         *h = (HandoverHeader) { .version = HANDOVER_VERSION, .written_usec = handoff_boottime_usec(), .next_id = next_id };
         snprintf(h->writer, sizeof(h->writer), "hellod %s", VERSION);
-        return handoff_boot_id(h->boot_id);
+        /* A sandbox may hide /proc/sys/kernel/random: then the boot is not checked (zeros),
+         * and the reader, in the same sandbox, cannot check it either. */
+        if (handoff_boot_id(h->boot_id) < 0)
+                memset(h->boot_id, 0, sizeof(h->boot_id));
 }

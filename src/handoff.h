@@ -12,10 +12,16 @@
 #include "handover.h"
 #include "session.h"
 
-/* handoff_restart_pending: whether systemd is restarting this service (a restart or
- * try-restart job on its unit) rather than stopping it, asked over the system bus with a short
- * timeout. false when it cannot tell (not a service, no bus): WHY then says why. */
-bool handoff_restart_pending(char *why, size_t why_size);
+/* HandoffJob: what systemd is doing to this service, as far as it can be told. */
+typedef enum HandoffJob {
+        HANDOFF_JOB_RESTART, /* a restart (or try-restart) job on the unit */
+        HANDOFF_JOB_STOP,    /* any other job, or none: a stop, or a SIGTERM not from systemd */
+        HANDOFF_JOB_UNKNOWN, /* cannot ask: no system bus, or the bus refuses a DynamicUser= */
+} HandoffJob;
+
+/* handoff_job: asks PID 1 over the system bus, with a short timeout, about the job on this
+ * service's unit; WHY says what it found. Not a service (no INVOCATION_ID): STOP. */
+HandoffJob handoff_job(char *why, size_t why_size);
 
 /* handoff_limits: what this process can resume with CONF. */
 HandoverLimits handoff_limits(const Conf *conf);
@@ -38,8 +44,9 @@ int handoff_memfd(const HandoverBuf *b);
 /* handoff_read_state: the whole of FD (from its start) if it is at most MAX bytes, malloc'd. */
 int handoff_read_state(int fd, size_t max, uint8_t **ret, size_t *ret_size);
 
-/* handoff_header: a state header for this process: the version, the boot, the time. */
-int handoff_header(HandoverHeader *h, uint64_t next_id);
+/* handoff_header: a state header for this process: the version, the boot (zeros when it
+ * cannot be read), the time. */
+void handoff_header(HandoverHeader *h, uint64_t next_id);
 /* handoff_boottime_usec: CLOCK_BOOTTIME, as the header's written_usec. */
 uint64_t handoff_boottime_usec(void);
 int handoff_boot_id(uint8_t ret[16]);

@@ -566,8 +566,9 @@ static bool wait_drained(Server *s, uint64_t timeout_msec) {
 }
 
 /* wants_hand_over: whether to hand the conversations over rather than end them: the
- * configuration allows it, the engine can, systemd keeps descriptors for us, and it is
- * restarting the service rather than stopping it. */
+ * configuration allows it, the engine can, systemd keeps descriptors for us, and it is not a
+ * stop. When systemd cannot be asked, they are handed over: at a stop, systemd then closes
+ * them (docs/zero-downtime.md). */
 static bool wants_hand_over(Server *s) {
         char why[256];
 
@@ -577,9 +578,12 @@ static bool wants_hand_over(Server *s) {
                 log_notice("the per-connection worker model does not hand conversations over; ending them");
                 return false;
         }
-        bool restart = handoff_restart_pending(why, sizeof(why));
-        log_info("%s: %s", why, restart ? "handing the conversations over to the next process" : "ending them");
-        return restart;
+        HandoffJob job = handoff_job(why, sizeof(why));
+        log_info("%s: %s", why,
+                 job == HANDOFF_JOB_STOP      ? "ending the conversations"
+                 : job == HANDOFF_JOB_RESTART ? "handing the conversations over to the next process"
+                                              : "handing the conversations over (at a stop, systemd closes them)");
+        return job != HANDOFF_JOB_STOP;
 }
 
 /* hand_over: every live conversation to the next process of the service, through systemd's
@@ -591,12 +595,13 @@ static int hand_over(Server *s) {
         int r;
 
         pthread_mutex_lock(&s->lock);
-        r = handoff_header(&header, s->next_id); /* nothing is accepted any more */
-        if (r == 0)
-                r = handover_state_begin(&s->handover, &header);
+        handoff_header(&header, s->next_id); /* nothing is accepted any more */
+        r = handover_state_begin(&s->handover, &header);
         pthread_mutex_unlock(&s->lock);
-        if (r < 0)
-                return log_error_errno(r, "cannot hand the conversations over");
+        if (r < 0) {
+                log_error_errno(r, "cannot hand the conversations over, ending them");
+                return r;
+        }
         r = engine_hand_over(s->engine, KILL_GRACE_MSEC);
         s->engine = NULL;
         if (r < 0) {
@@ -630,10 +635,15 @@ static int shut_down(Server *s) {
          * backlog for the next process). */
         engine_set_listeners(s->engine, &(ListenerSet) { 0 });
         listener_set_done(&s->listeners);
-        if (wants_hand_over(s))
-                return hand_over(s);
         snprintf(count, sizeof(count), "%u", n);
         LogField fields[] = { { "HELLOD_ACTIVE", count } };
+        if (wants_hand_over(s)) {
+                log_struct(LOG_NOTICE, MESSAGE_ID_STOPPING, fields, 1, "stopping: %u connection%s open, handing %s over",
+                           n, n == 1 ? "" : "s", n == 1 ? "it" : "them");
+                int r = hand_over(s);
+                if (!s->engine) /* handed over, or given up on */
+                        return r;
+        }
         if (n == 0)
                 log_struct(LOG_NOTICE, MESSAGE_ID_STOPPING, fields, 1, "stopping: no connection open");
         else
@@ -836,6 +846,7 @@ static void resume_records(Server *s, InheritedStore *store, ResumeCounts *c) {
         HandoverLimits limits = handoff_limits(s->conf);
         HandoverState state;
         uint8_t boot_id[16], *data = NULL;
+        bool have_boot_id;
         size_t size = 0;
         char err[256];
         int r;
@@ -843,10 +854,10 @@ static void resume_records(Server *s, InheritedStore *store, ResumeCounts *c) {
         r = handoff_read_state(store->state_fd, handover_state_size_max(&limits), &data, &size);
         if (r < 0)
                 snprintf(err, sizeof(err), "%s", strerror(-r));
-        if (r == 0 && (r = handoff_boot_id(boot_id)) < 0)
-                snprintf(err, sizeof(err), "cannot read the boot id: %s", strerror(-r));
+        /* A sandbox may hide the boot id (handoff_header()): then it is not checked. */
+        have_boot_id = handoff_boot_id(boot_id) == 0;
         if (r == 0)
-                r = handover_state_decode(data, size, &limits, boot_id, &state, err, sizeof(err));
+                r = handover_state_decode(data, size, &limits, have_boot_id ? boot_id : NULL, &state, err, sizeof(err));
         close(store->state_fd);
         store->state_fd = -1;
         (void) notify_fdstore_remove(HANDOVER_FDNAME_STATE);

@@ -235,3 +235,55 @@ generator_restore() {
         cp -p "$work/conf.before-move" "$conf" || return 1
         sctl daemon-reload && sctl restart hellod.socket
 }
+
+# ---------------------------------------------------------------------------------------------
+# The hand-over (docs/zero-downtime.md), shared by guest-checks and guest-install:
+# handover-clients (bound at /mnt/handover-clients) holds conversations across a restart, an
+# upgrade or a crash and checks each byte for byte afterwards.
+handover_clients=/mnt/handover-clients
+
+# hold_start N GREETING: N conversations on 127.0.0.1:9999, each in its state; waits for them.
+hold_start() {
+        rm -f "$work/hold.cmd"
+        mkfifo "$work/hold.cmd"
+        "$handover_clients" -p 9999 -n "$1" -t 30 -g "$2" hold <"$work/hold.cmd" >"$work/hold.report" \
+                2>"$work/hold.errors" &
+        hold_pid=$!
+        exec 4>"$work/hold.cmd"
+        if ! wait_for 60 grep -q "^ready $1\$" "$work/hold.report"; then
+                echo "the conversations did not get ready:"
+                cat "$work/hold.report"
+                head -n 5 "$work/hold.errors"
+                exec 4>&-
+                kill "$hold_pid" 2>/dev/null
+                wait "$hold_pid"
+                return 1
+        fi
+}
+
+# hold_check STOP_MS STATUS PATTERN: the check; the exit status and report must be as given.
+hold_check() {
+        local status
+        echo "check $1" >&4
+        exec 4>&-
+        wait "$hold_pid"
+        status=$?
+        cat "$work/hold.report"
+        head -n 5 "$work/hold.errors"
+        [ "$status" = "$2" ] || { echo "handover-clients exited with $status, expected $2"; return 1; }
+        grep -Eq -- "$3" "$work/hold.report" || { echo "the report does not match /$3/"; return 1; }
+}
+
+# greet_start GREETING, greet_done: 50 new clients, from now on, each greeted and answered.
+greet_start() {
+        "$handover_clients" -p 9999 -n 50 -t 30 -g "$1" greet >"$work/greet.report" 2>&1 &
+        greet_pid=$!
+}
+greet_done() {
+        wait "$greet_pid" || { echo "clients connecting during the gap:"; cat "$work/greet.report"; return 1; }
+}
+
+# hold_figures LABEL: the report's figures, as a comment line in the test output.
+hold_figures() { echo "# $1: $(grep -o 'conversations: .*' "$work/hold.report" 2>/dev/null)"; }
+
+kept_all() { echo "^handover-clients: $1 conversations: kept $1, dropped 0, refused 0, wrong 0, stalled 0"; }
