@@ -49,6 +49,8 @@ struct ConfKey {
 
 static const char *const framing_names[] = { [FRAMING_LINE] = "line", [FRAMING_CHUNK] = "chunk", NULL };
 static const char *const overload_names[] = { [OVERLOAD_REFUSE] = "refuse", [OVERLOAD_QUEUE] = "queue", NULL };
+static const char *const io_backend_names[] = { [IO_BACKEND_EPOLL] = "epoll", [IO_BACKEND_IO_URING] = "io_uring",
+                                                NULL };
 
 static bool is_ascii_digit(char c) {
         return c >= '0' && c <= '9';
@@ -662,7 +664,8 @@ static void print_name(const Conf *c, const ConfKey *k, FILE *f) {
         { .name = (key), .parse = (parser), .print = (printer), .offset = offsetof(Conf, f),              \
           .offset_n = offsetof(Conf, n_##f), .def = (dflt) }
 
-_Static_assert(sizeof(Framing) == sizeof(unsigned) && sizeof(Overload) == sizeof(unsigned),
+_Static_assert(sizeof(Framing) == sizeof(unsigned) && sizeof(Overload) == sizeof(unsigned) &&
+                       sizeof(IoBackend) == sizeof(unsigned),
                "parse_enum stores an unsigned");
 
 /* In the order conf_print() writes them. */
@@ -690,6 +693,7 @@ static const ConfKey conf_keys[] = {
         ENUM_KEY("overload", overload, overload_names, "refuse"),
         /* The pool, one loop per CPU: measured faster and far leaner than a thread per connection. */
         KEY("workers", parse_workers, print_workers, workers, "\"auto\""),
+        ENUM_KEY("io_backend", io_backend, io_backend_names, "epoll"),
         KEY("user", parse_name, print_name, user, NULL),
         KEY("group", parse_name, print_name, group, NULL),
 };
@@ -992,6 +996,10 @@ void conf_print(const Conf *c, FILE *f) {
 
 const char *framing_to_string(Framing f) {
         return f <= FRAMING_CHUNK ? framing_names[f] : NULL;
+}
+
+const char *io_backend_to_string(IoBackend b) {
+        return b == IO_BACKEND_IO_URING ? io_backend_names[IO_BACKEND_IO_URING] : io_backend_names[IO_BACKEND_EPOLL];
 }
 
 const char *overload_to_string(Overload o) {
