@@ -25,7 +25,7 @@ suite=bookworm
 # Everything the guest needs: systemd itself, hellod's run-time libraries, and the tools the
 # checks use (nc, ss, ps/kill). Changing this list (or ROOTFS_RECIPE) builds a new root.
 # The Debian package's dependencies must all be here: the guest has no network.
-guest_packages=systemd,systemd-sysv,dbus,iproute2,procps,libconfig9,netcat-openbsd
+guest_packages=systemd,systemd-sysv,dbus,iproute2,procps,libconfig9,liburing2,netcat-openbsd
 ROOTFS_RECIPE=1
 
 n=0 passed=0 failed=0
