@@ -53,6 +53,8 @@ static const char *const handover_names[] = { [HANDOVER_MODE_RESTART] = "restart
                                               [HANDOVER_MODE_ALWAYS] = "always",
                                               [HANDOVER_MODE_OFF] = "off",
                                               NULL };
+static const char *const io_backend_names[] = { [IO_BACKEND_EPOLL] = "epoll", [IO_BACKEND_IO_URING] = "io_uring",
+                                                NULL };
 
 static bool is_ascii_digit(char c) {
         return c >= '0' && c <= '9';
@@ -667,7 +669,8 @@ static void print_name(const Conf *c, const ConfKey *k, FILE *f) {
           .offset_n = offsetof(Conf, n_##f), .def = (dflt) }
 
 _Static_assert(sizeof(Framing) == sizeof(unsigned) && sizeof(Overload) == sizeof(unsigned) &&
-                       sizeof(HandoverMode) == sizeof(unsigned),
+                       sizeof(HandoverMode) == sizeof(unsigned) &&
+                       sizeof(IoBackend) == sizeof(unsigned),
                "parse_enum stores an unsigned");
 
 /* In the order conf_print() writes them. */
@@ -696,6 +699,7 @@ static const ConfKey conf_keys[] = {
         ENUM_KEY("handover", handover, handover_names, "restart"),
         /* The pool, one loop per CPU: measured faster and far leaner than a thread per connection. */
         KEY("workers", parse_workers, print_workers, workers, "\"auto\""),
+        ENUM_KEY("io_backend", io_backend, io_backend_names, "epoll"),
         KEY("user", parse_name, print_name, user, NULL),
         KEY("group", parse_name, print_name, group, NULL),
 };
@@ -998,6 +1002,10 @@ void conf_print(const Conf *c, FILE *f) {
 
 const char *framing_to_string(Framing f) {
         return f <= FRAMING_CHUNK ? framing_names[f] : NULL;
+}
+
+const char *io_backend_to_string(IoBackend b) {
+        return b == IO_BACKEND_IO_URING ? io_backend_names[IO_BACKEND_IO_URING] : io_backend_names[IO_BACKEND_EPOLL];
 }
 
 const char *overload_to_string(Overload o) {

@@ -57,6 +57,12 @@ typedef enum HandoverMode {
         HANDOVER_MODE_OFF,     /* always ended (ERR shutting down) */
 } HandoverMode;
 
+/* How the pool's event loops talk to the kernel (workers = N or "auto"). */
+typedef enum IoBackend {
+        IO_BACKEND_EPOLL,
+        IO_BACKEND_IO_URING, /* falls back to epoll, with a notice, where io_uring is unavailable */
+} IoBackend;
+
 typedef struct Conf {
         char *path; /* the file it came from; NULL for built-in defaults */
 
@@ -90,6 +96,7 @@ typedef struct Conf {
         HandoverMode handover;
         unsigned workers;  /* 0: a thread per connection; N: a pool of N event loops */
         bool workers_auto; /* "auto" (the default): N is the number of CPUs */
+        IoBackend io_backend;
         char *user; /* NULL: stay who we are started as */
         char *group;
 
@@ -120,6 +127,7 @@ void conf_print(const Conf *c, FILE *f);
 
 const char *framing_to_string(Framing f);
 const char *overload_to_string(Overload o);
+const char *io_backend_to_string(IoBackend b);
 
 /* conf_admits: whether the client address passes `allow` and `deny`: it must match an
  * `allow` entry if there are any, and no `deny` entry. */

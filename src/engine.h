@@ -2,6 +2,7 @@
  *
  *   pool.c     workers = N | "auto": N event loops, each serving many non-blocking sessions,
  *              each accepting from the listeners itself
+ *   uring.c    the same pool on io_uring (io_backend = "io_uring")
  *   perconn.c  workers = "per-connection": a thread per session, from a cache (worker.c);
  *              the server's thread accepts
  *
@@ -80,10 +81,17 @@ struct Engine {
 /* The drivers. Each returns 0 or a negative errno. */
 int pool_engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks);
 int perconn_engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks);
+/* uring_engine_new: the pool on io_uring; where io_uring is unavailable, logs why (notice) and
+ * returns the epoll pool. */
+int uring_engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks);
 
-/* engine_new: the model CONF chooses (its `workers`). */
+/* engine_new: the model CONF chooses (its `workers`, and for the pool its `io_backend`). */
 static inline int engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks) {
-        return conf->workers > 0 ? pool_engine_new(ret, conf, hooks) : perconn_engine_new(ret, conf, hooks);
+        if (conf->workers == 0)
+                return perconn_engine_new(ret, conf, hooks);
+        if (conf->io_backend == IO_BACKEND_IO_URING)
+                return uring_engine_new(ret, conf, hooks);
+        return pool_engine_new(ret, conf, hooks);
 }
 
 static inline int engine_add(Engine *e, Session *s) {

@@ -690,6 +690,39 @@ Hellod *hellod_new(void) {
         return hellod_new_with_port(harness_pick_port());
 }
 
+/* extra_unless_set: the statements of EXTRA ("key = value;" ...) whose key BODY does not
+ * mention; NULL when none is left. */
+static char *extra_unless_set(const char *extra, const char *body) {
+        size_t len = extra ? strlen(extra) : 0, n = 0;
+        char *out;
+
+        if (len == 0)
+                return NULL;
+        if (!(out = malloc(len + 1)))
+                harness_fail("out of memory");
+        for (const char *p = extra; *p;) {
+                const char *end = strchr(p, ';');
+                size_t stmt = end ? (size_t) (end - p) + 1 : strlen(p);
+                const char *k = p;
+                while (*k == ' ' || *k == '\n' || *k == '\t')
+                        k++;
+                size_t klen = strcspn(k, " =\t");
+                char key[64];
+                snprintf(key, sizeof(key), "%.*s", (int) (klen < sizeof(key) ? klen : sizeof(key) - 1), k);
+                if (klen == 0 || !body || !strstr(body, key)) {
+                        memcpy(out + n, p, stmt);
+                        n += stmt;
+                }
+                p += stmt;
+        }
+        out[n] = '\0';
+        if (n == 0) {
+                free(out);
+                return NULL;
+        }
+        return out;
+}
+
 static void write_config_va(Hellod *d, const char *prefix, const char *format, va_list ap)
         __attribute__((format(printf, 3, 0)));
 
@@ -703,10 +736,10 @@ static void write_config_va(Hellod *d, const char *prefix, const char *format, v
 
         if (format && vasprintf(&body, format, ap) < 0)
                 harness_fail("out of memory");
-        /* A test that picks its worker model itself keeps it. */
-        if (extra && (!*extra || (body && strstr(body, "workers"))))
-                extra = NULL;
-        n = asprintf(&all, "%s%s%s%s", prefix, body ? body : "", extra ? "\n" : "", extra ? extra : "");
+        /* A test that sets a key of the extra itself (its worker model, say) keeps its own. */
+        char *kept = extra_unless_set(extra, body);
+        n = asprintf(&all, "%s%s%s%s", prefix, body ? body : "", kept ? "\n" : "", kept ? kept : "");
+        free(kept);
         free(body);
         if (n < 0)
                 harness_fail("out of memory");

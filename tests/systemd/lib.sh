@@ -25,9 +25,7 @@ suite=bookworm
 # Everything the guest needs: systemd itself, hellod's run-time libraries, and the tools the
 # checks use (nc, ss, ps/kill). Changing this list (or ROOTFS_RECIPE) builds a new root.
 # The Debian package's dependencies must all be here: the guest has no network.
-# libnss-systemd: dbus-daemon must resolve hellod's DynamicUser= to let it ask systemd whether
-# a SIGTERM is a restart (the hand-over); Debian installs it with systemd (Recommends).
-guest_packages=systemd,systemd-sysv,dbus,libnss-systemd,iproute2,procps,libconfig9,netcat-openbsd
+guest_packages=systemd,systemd-sysv,dbus,iproute2,procps,libconfig9,liburing2,netcat-openbsd
 ROOTFS_RECIPE=2
 
 n=0 passed=0 failed=0

@@ -3,6 +3,7 @@
  * is pending, and a stop that times out. Every scenario runs against each worker model. */
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
+#include <criterion/redirect.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -11,10 +12,12 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "engine.h"
+#include "../seccomp/deny_io_uring.h"
 
 #define WAIT_MS 10000
 
@@ -227,8 +230,10 @@ static bool readable_within(int fd, int ms) {
 
 /* Parameters are indexes: Criterion runs each test in a new process, where pointers into
  * the parent's memory mean nothing. */
-static const char *const models[] = { "1", "2", "\"per-connection\"" };
-static int model_ids[] = { 0, 1, 2 };
+static const char *const models[] = {
+        "1", "2", "\"per-connection\"", "1;\nio_backend = \"io_uring\"", "2;\nio_backend = \"io_uring\"",
+};
+static int model_ids[] = { 0, 1, 2, 3, 4 };
 #define N_MODELS (sizeof(model_ids) / sizeof(model_ids[0]))
 
 ParameterizedTestParameters(engine, conversation) {
@@ -341,8 +346,8 @@ ParameterizedTest(int *model, engine, pipelined_burst_long_reply, .timeout = 30)
 }
 
 ParameterizedTestParameters(engine, deadline_with_reset_pending) {
-        static int pool_models[] = { 0 };
-        return cr_make_param_array(int, pool_models, 1);
+        static int pool_models[] = { 0, 3 };
+        return cr_make_param_array(int, pool_models, 2);
 }
 
 /* The review's use-after-free: the loop is held (here in the done callback of another
@@ -412,11 +417,16 @@ ParameterizedTest(int *model, engine, stop_times_out, .timeout = 30) {
         bench_free(&b);
 }
 
+ParameterizedTestParameters(engine, pool_accepts_in_its_loops) {
+        static int two_loops[] = { 1, 4 };
+        return cr_make_param_array(int, two_loops, 2);
+}
+
 /* The pool accepts in its loops: every loop has the listener; connections are admitted
  * through the hook and served where they were accepted. A new listener set replaces the old
  * one: once set_listeners returns, nothing accepts from the old socket any more. */
-Test(engine, pool_accepts_in_its_loops, .timeout = 30) {
-        Bench b = bench_new("2", NULL);
+ParameterizedTest(int *model, engine, pool_accepts_in_its_loops, .timeout = 30) {
+        Bench b = bench_new(models[*model], NULL);
         Listener l = { .fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0) };
         struct sockaddr_in addr = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001) };
         socklen_t len = sizeof(addr);
@@ -456,4 +466,48 @@ Test(engine, pool_accepts_in_its_loops, .timeout = 30) {
         engine_set_listeners(b.engine, &(ListenerSet) { 0 });
         close(l.fd);
         bench_free(&b);
+}
+
+static void redirect_stderr(void) {
+        cr_redirect_stderr();
+}
+
+/* Where io_uring is refused (a seccomp filter, as systemd's SystemCallFilter= makes, with
+ * either error the kernel or a filter gives), io_backend = "io_uring" says so and serves on
+ * epoll. */
+Test(engine, io_uring_unavailable_falls_back_to_epoll, .init = redirect_stderr, .timeout = 30) {
+        static const int errnums[] = { ENOSYS, EPERM };
+
+        for (size_t i = 0; i < sizeof(errnums) / sizeof(errnums[0]); i++) {
+                pid_t pid = fork();
+                cr_assert_geq(pid, 0);
+                if (pid == 0) {
+                        /* In a child: the filter cannot be taken off again. */
+                        if (deny_io_uring(errnums[i]) < 0)
+                                _exit(3);
+                        Bench b = bench_new("2;\nio_backend = \"io_uring\"", NULL);
+                        int fd = bench_client(&b);
+                        expect_str(fd, "Welcome!\r\n");
+                        send_all(fd, "Lindsay\nexit\n", 13);
+                        expect_str(fd, "Hello, Lindsay!\r\n");
+                        expect_eof(fd);
+                        close(fd);
+                        wait_done(1);
+                        bench_free(&b);
+                        _exit(0);
+                }
+                int status;
+                cr_assert_eq(waitpid(pid, &status, 0), pid);
+                cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the child failed (status %#x)", status);
+        }
+        fflush(stderr);
+        char text[4096];
+        size_t n = fread(text, 1, sizeof(text) - 1, cr_get_redirected_stderr());
+        text[n] = '\0';
+        cr_expect(strstr(text, "io_backend = \"io_uring\" is unavailable (cannot set up io_uring: Function not "
+                               "implemented); the event loops use epoll"),
+                  "no notice of ENOSYS in: %s", text);
+        cr_expect(strstr(text, "io_backend = \"io_uring\" is unavailable (cannot set up io_uring: Operation not "
+                               "permitted); the event loops use epoll"),
+                  "no notice of EPERM in: %s", text);
 }

@@ -1,0 +1,1243 @@
+/* uring: the pool's event loops on io_uring instead of epoll (io_backend = "io_uring").
+ *
+ * The same model as pool.c, the same hooks and the same session policy (session.h); only the
+ * way each loop talks to the kernel differs. A loop owns one ring, set up on its own thread
+ * (IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN: completions are produced only when the loop asks
+ * for them, so no other thread and no interrupt does its work), and makes one system call a
+ * round: io_uring_submit_and_wait_timeout() submits everything the previous round prepared and
+ * waits for completions or the first deadline.
+ *
+ * Operations:
+ *   accept   one single-shot IORING_OP_ACCEPT per listener per loop, re-armed after each
+ *            completion. Not multishot: a multishot accept cannot report each client's address
+ *            (it would cost a getpeername() per connection, the system call this backend is
+ *            meant to save), and an armed multishot accept keeps accepting while every slot
+ *            is taken (overload = "queue"). The kernel wakes one waiter per connection for
+ *            accept (its poll is exclusive), so every loop arms every listener, as with
+ *            EPOLLEXCLUSIVE in pool.c.
+ *   receive  line framing: one multishot IORING_OP_RECV per session with buffers from the
+ *            loop's provided-buffer ring (an idle session holds no buffer); chunk framing, where
+ *            each read is one message of up to session_input_size() bytes: a single-shot
+ *            receive into the session's own buffer of that size.
+ *   send     IORING_OP_SEND of the session's output buffer (from the loop's cache); a short
+ *            send is resubmitted with the rest, and the receive is cancelled meanwhile
+ *            (back-pressure) until the client has taken its replies.
+ *   wake     an IORING_OP_READ on the loop's eventfd: sessions handed over, a slot freed, new
+ *            listeners, the stop.
+ *
+ * Lifetime: a session's Conn holds the operations the kernel has on it (inflight). Ending a
+ * session (finish) cancels them; the done hook runs, and the Conn is freed, only once the last
+ * of their completions has arrived, so no completion ever points at freed memory and no
+ * buffer is freed under the kernel. Every function that can end a session returns a Fate;
+ * GONE means ended: the caller returns without touching it.
+ *
+ * Kept input: data that arrives while a send is in flight (or that the protocol could not take
+ * because the output was full) is kept in the Conn and fed once the send completes; that
+ * completion is the event that brings it back, so no ready list is needed. Its size is bounded:
+ * past KEPT_MAX the receive is cancelled. */
+#include <errno.h>
+#include <liburing.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine.h"
+#include "log.h"
+
+#define SQ_ENTRIES 256
+#define CQ_ENTRIES 4096
+/* The provided-buffer ring: BUF_COUNT buffers of BUF_SIZE per loop (1 MiB), shared by all of
+ * its sessions in line framing; a buffer is back in the ring as soon as its data is fed. */
+#define BUF_GROUP 0
+#define BUF_COUNT 256
+#define BUF_SIZE 4096
+/* Input kept while output is pending, beyond which the receive is cancelled. */
+#define KEPT_MAX (64u * 1024u)
+/* Output buffers a loop keeps for reuse. */
+#define OBUF_CACHE 64
+#define LISTENERS_WAIT_WARN_SEC 5
+/* Completions copied out of the ring at a time. */
+#define CQE_BATCH 64
+
+/* user_data: a pointer (8-byte aligned at least) with the operation in its low bits. */
+enum {
+        OP_RECV = 1,   /* Conn */
+        OP_SEND = 2,   /* Conn */
+        OP_ACCEPT = 3, /* Acceptor */
+        OP_WAKE = 4,   /* Loop */
+        OP_IGNORE = 5, /* no pointer: cancellations, whose own completion says nothing we need */
+};
+#define OP_MASK 7u
+
+typedef enum Fate {
+        ALIVE,
+        GONE, /* ended: the Conn may be freed already, do not touch */
+} Fate;
+
+/* A completion, copied out of the ring so that its slot is free before it is handled. */
+typedef struct Completion {
+        uint64_t user_data;
+        int32_t res;
+        uint32_t flags;
+} Completion;
+
+typedef struct Conn {
+        Session *s;
+        struct Conn *prev, *next; /* the loop's sessions, by deadline */
+        char *kept;               /* input read but not fed yet */
+        size_t kept_off, kept_len, kept_cap;
+        char *rbuf; /* chunk framing: the buffer of the single-shot receive */
+        size_t discarded; /* lingering: bytes read and thrown away */
+        unsigned inflight; /* operations the kernel holds on this Conn */
+        bool chunk;        /* chunk framing: single-shot receives into rbuf */
+        bool recv_armed, recv_cancelling, sending, eof, ended;
+} Conn;
+
+typedef struct Acceptor {
+        struct Loop *loop;
+        const Listener *via; /* in the pool's listener set of this loop's generation */
+        struct sockaddr_storage peer;
+        socklen_t peer_len;
+        bool armed, cancelling;
+        int parked_fd; /* accepted while every slot was taken (overload = "queue"); -1: none */
+        struct sockaddr_storage parked_peer;
+} Acceptor;
+
+typedef struct Loop {
+        struct Uring *pool;
+        pthread_t thread;
+        int wake_fd; /* eventfd, blocking: io_uring polls it rather than failing with EAGAIN */
+
+        pthread_mutex_t lock; /* guards incoming, stopping and the setup result */
+        pthread_cond_t set_up;
+        Session *incoming; /* handed over by uring_add(), linked through timer_next */
+        bool stopping;
+        int setup_r;       /* 1 until the thread has set up its ring, then 0 or -errno */
+        char setup_why[96];
+
+        unsigned n_sessions;   /* atomic: queued and running, to pick the least busy loop */
+        uint64_t listen_acked; /* under pool->lock */
+
+        /* Loop thread only. */
+        struct io_uring ring;
+        bool ring_ok;
+        struct io_uring_buf_ring *br;
+        char *bufs;
+        uint64_t wake_value;
+        Conn *first, *last;
+        unsigned n_conns;
+        char **obufs; /* cached output buffers of obuf_size */
+        unsigned n_obufs;
+        size_t obuf_size;
+        Acceptor *acc; /* one per listener of generation listen_gen */
+        size_t n_acc;
+        unsigned acc_inflight; /* accepts the kernel holds */
+        uint64_t listen_gen;
+        bool retiring;    /* the accepts of the previous set are being cancelled */
+        bool exiting;     /* the pool is stopping */
+        bool waiting_slot; /* overload = "queue": every slot taken */
+        uint64_t paused_until;
+        /* CLOCK_MONOTONIC, read once a round: deadlines are whole seconds, and reading the
+         * clock per request was 3-4% of the loop's time under load (perf). */
+        uint64_t now;
+} Loop;
+
+typedef struct Uring {
+        Engine engine; /* first: the engine is the driver */
+        Loop *loops;
+        unsigned n;
+
+        pthread_mutex_t lock;
+        pthread_cond_t all_gone; /* CLOCK_MONOTONIC */
+        unsigned n_running;
+        pthread_cond_t acked; /* CLOCK_MONOTONIC */
+        Listener *listeners;
+        size_t n_listeners;
+        uint64_t listen_gen; /* written under lock, read atomically by the loops */
+} Uring;
+
+static uint64_t tag(const void *p, unsigned op) {
+        return (uint64_t) (uintptr_t) p | op;
+}
+
+/* ---- submission ---- */
+
+/* sqe: a free submission entry; when the queue is full, what is in it is submitted first. */
+static struct io_uring_sqe *sqe(Loop *l) {
+        struct io_uring_sqe *e = io_uring_get_sqe(&l->ring);
+
+        while (!e) {
+                int r = io_uring_submit(&l->ring);
+                if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY) {
+                        /* The ring is broken: nothing can go on. */
+                        log_error_errno(r, "io_uring_submit failed");
+                        abort();
+                }
+                e = io_uring_get_sqe(&l->ring);
+        }
+        return e;
+}
+
+static void cancel(Loop *l, uint64_t user_data) {
+        struct io_uring_sqe *e = sqe(l);
+
+        io_uring_prep_cancel64(e, user_data, 0);
+        io_uring_sqe_set_data64(e, OP_IGNORE);
+}
+
+/* ---- the deadline list ---- */
+
+static void deadline_unlink(Loop *l, Conn *c) {
+        if (c->prev)
+                c->prev->next = c->next;
+        else if (l->first == c)
+                l->first = c->next;
+        if (c->next)
+                c->next->prev = c->prev;
+        else if (l->last == c)
+                l->last = c->prev;
+        c->prev = c->next = NULL;
+}
+
+/* deadline_set: new deadlines are nearly always the latest (now + the same timeout), so the
+ * walk starts at the back. */
+static void deadline_set(Loop *l, Conn *c, uint64_t deadline) {
+        Conn *after;
+
+        deadline_unlink(l, c);
+        c->s->deadline = deadline;
+        after = l->last;
+        while (after && after->s->deadline > deadline)
+                after = after->prev;
+        c->prev = after;
+        c->next = after ? after->next : l->first;
+        if (c->next)
+                c->next->prev = c;
+        else
+                l->last = c;
+        if (after)
+                after->next = c;
+        else
+                l->first = c;
+}
+
+/* ---- buffers ---- */
+
+static char *obuf_get(Loop *l, size_t size) {
+        if (size == l->obuf_size && l->n_obufs > 0)
+                return l->obufs[--l->n_obufs];
+        return malloc(size);
+}
+
+static void obuf_put(Loop *l, Session *s) {
+        if (!s->out.data)
+                return;
+        if (s->out.cap != l->obuf_size) { /* a reload changed the size: cache the new one */
+                while (l->n_obufs > 0)
+                        free(l->obufs[--l->n_obufs]);
+                l->obuf_size = s->out.cap;
+        }
+        if (l->n_obufs < OBUF_CACHE)
+                l->obufs[l->n_obufs++] = s->out.data;
+        else
+                free(s->out.data);
+        s->out.data = NULL;
+        s->out.len = s->out_off = 0;
+}
+
+static void ring_buf_return(Loop *l, unsigned bid) {
+        io_uring_buf_ring_add(l->br, l->bufs + (size_t) bid * BUF_SIZE, BUF_SIZE, (unsigned short) bid,
+                              io_uring_buf_ring_mask(BUF_COUNT), 0);
+        io_uring_buf_ring_advance(l->br, 1);
+}
+
+static bool has_kept(const Conn *c) {
+        return c->kept_len > c->kept_off;
+}
+
+/* keep: N bytes at DATA appended to the kept input. */
+static int keep(Conn *c, const char *data, size_t n) {
+        size_t have = c->kept_len - c->kept_off;
+
+        if (c->kept_off > 0) {
+                memmove(c->kept, c->kept + c->kept_off, have);
+                c->kept_off = 0;
+                c->kept_len = have;
+        }
+        if (have + n > c->kept_cap) {
+                size_t cap = c->kept_cap ? c->kept_cap : BUF_SIZE;
+                while (cap < have + n)
+                        cap *= 2;
+                char *p = realloc(c->kept, cap);
+                if (!p)
+                        return -ENOMEM;
+                c->kept = p;
+                c->kept_cap = cap;
+        }
+        memcpy(c->kept + c->kept_len, data, n);
+        c->kept_len += n;
+        return 0;
+}
+
+static void kept_drop(Conn *c) {
+        free(c->kept);
+        c->kept = NULL;
+        c->kept_off = c->kept_len = c->kept_cap = 0;
+}
+
+/* ---- one session ---- */
+
+/* settle: an ended Conn whose last operation has completed goes back to the server. */
+static Fate settle(Loop *l, Conn *c) {
+        if (c->inflight > 0)
+                return GONE;
+        Session *s = c->s;
+        obuf_put(l, s);
+        kept_drop(c);
+        free(c->rbuf);
+        free(c);
+        l->n_conns--;
+        __atomic_sub_fetch(&l->n_sessions, 1, __ATOMIC_RELAXED);
+        engine_session_done(&l->pool->engine, s);
+        return GONE;
+}
+
+/* finish: the one way out. R: the I/O failure that ended it, or 0. The operations still in
+ * the kernel are cancelled; the Conn is released when their completions are in. */
+static Fate finish(Loop *l, Conn *c, int r) {
+        if (r < 0)
+                session_fail(c->s, r);
+        c->ended = true;
+        deadline_unlink(l, c);
+        if (c->recv_armed && !c->recv_cancelling) {
+                c->recv_cancelling = true;
+                cancel(l, tag(c, OP_RECV));
+        }
+        if (c->sending)
+                cancel(l, tag(c, OP_SEND));
+        return settle(l, c);
+}
+
+static void arm_recv(Loop *l, Conn *c) {
+        struct io_uring_sqe *e;
+
+        if (c->recv_armed || c->eof)
+                return;
+        e = sqe(l);
+        if (c->chunk) {
+                io_uring_prep_recv(e, c->s->fd, c->rbuf, c->s->in_cap, 0);
+        } else {
+                io_uring_prep_recv_multishot(e, c->s->fd, NULL, 0, 0);
+                e->flags |= IOSQE_BUFFER_SELECT;
+                e->buf_group = BUF_GROUP;
+        }
+        io_uring_sqe_set_data64(e, tag(c, OP_RECV));
+        c->recv_armed = true;
+        c->inflight++;
+}
+
+/* stop_recv: back-pressure: no more input until the output is taken. */
+static void stop_recv(Loop *l, Conn *c) {
+        if (c->recv_armed && !c->recv_cancelling) {
+                c->recv_cancelling = true;
+                cancel(l, tag(c, OP_RECV));
+        }
+}
+
+static void submit_send(Loop *l, Conn *c) {
+        Session *s = c->s;
+        struct io_uring_sqe *e = sqe(l);
+
+        io_uring_prep_send(e, s->fd, s->out.data + s->out_off, s->out.len - s->out_off, MSG_NOSIGNAL);
+        io_uring_sqe_set_data64(e, tag(c, OP_SEND));
+        c->sending = true;
+        c->inflight++;
+}
+
+/* out_begin: the session's output buffer, empty, for the protocol to write into. */
+static int out_begin(Loop *l, Session *s) {
+        if (!s->out.data && !(s->out.data = obuf_get(l, s->out.cap)))
+                return -ENOMEM;
+        s->out.len = s->out_off = 0;
+        return 0;
+}
+
+/* out_end: sends what the protocol wrote, if anything. */
+static void out_end(Loop *l, Conn *c) {
+        if (c->s->out.len > 0)
+                submit_send(l, c);
+        else
+                obuf_put(l, c->s);
+}
+
+/* conclude: the protocol has ended and its last words are sent: linger or close. */
+static Fate conclude(Loop *l, Conn *c) {
+        Session *s = c->s;
+
+        if (c->eof || !session_lingers(s) || shutdown(s->fd, SHUT_WR) < 0)
+                return finish(l, c, 0);
+        s->lingering = true;
+        kept_drop(c);
+        c->discarded = 0;
+        deadline_set(l, c, l->now + SESSION_LINGER_USEC);
+        arm_recv(l, c);
+        return ALIVE;
+}
+
+/* end_with: the protocol's closing words (the EOF answer, an ERR line); pump() concludes
+ * once they are sent. */
+static Fate end_with(Loop *l, Conn *c, ProtoEnd reason) {
+        Session *s = c->s;
+        int r = out_begin(l, s);
+
+        if (r < 0)
+                return finish(l, c, r);
+        if (reason == PROTO_END_EOF)
+                proto_eof(&s->proto, &s->out);
+        else
+                proto_abort(&s->proto, reason, &s->out);
+        /* What arrives from here on is not read as requests (on_input), and the receive
+         * stays armed for the lingering close. */
+        kept_drop(c);
+        deadline_set(l, c, session_write_deadline(s, l->now));
+        out_end(l, c);
+        return c->sending ? ALIVE : conclude(l, c);
+}
+
+/* feed: N bytes at DATA (the kept input, or a receive buffer) through the protocol, the
+ * replies out. What the protocol cannot take yet (its output is full) is kept. */
+static Fate feed(Loop *l, Conn *c, const char *data, size_t n) {
+        Session *s = c->s;
+        bool from_kept = data == c->kept + c->kept_off && has_kept(c);
+        ProtoStatus status;
+        int r;
+
+        if (session_stop_requested(s))
+                return end_with(l, c, PROTO_END_SHUTDOWN);
+        r = out_begin(l, s);
+        if (r < 0)
+                return finish(l, c, r);
+        uint64_t messages = s->proto.messages;
+        size_t used = proto_feed(&s->proto, data, n, &s->out, &status);
+        if (status == PROTO_CLOSE) {
+                kept_drop(c);
+        } else if (from_kept) {
+                c->kept_off += used;
+                if (!has_kept(c))
+                        kept_drop(c);
+        } else if (used < n && (r = keep(c, data + used, n - used)) < 0) {
+                return finish(l, c, r);
+        }
+        if (s->proto.messages != messages)
+                deadline_set(l, c, session_idle_deadline(s, l->now));
+        out_end(l, c);
+        return ALIVE;
+}
+
+/* pump: takes C as far as it can go now. Called whenever what it waits for has changed: a
+ * send completed, input or EOF arrived, the receive ended. */
+static Fate pump(Loop *l, Conn *c) {
+        Session *s = c->s;
+
+        while (!c->sending) {
+                if (s->lingering) {
+                        if (c->eof)
+                                return finish(l, c, 0);
+                        if (!c->recv_cancelling)
+                                arm_recv(l, c);
+                        return ALIVE;
+                }
+                if (s->proto.end != PROTO_END_NONE)
+                        return conclude(l, c);
+                if (session_stop_requested(s))
+                        return end_with(l, c, PROTO_END_SHUTDOWN);
+                if (has_kept(c)) {
+                        if (feed(l, c, c->kept + c->kept_off, c->kept_len - c->kept_off) == GONE)
+                                return GONE;
+                        continue;
+                }
+                if (c->eof)
+                        return end_with(l, c, PROTO_END_EOF);
+                if (!c->recv_cancelling)
+                        arm_recv(l, c);
+                return ALIVE;
+        }
+        return ALIVE;
+}
+
+/* on_input: N bytes received. */
+static Fate on_input(Loop *l, Conn *c, const char *data, size_t n) {
+        Session *s = c->s;
+        int r;
+
+        if (s->lingering) {
+                c->discarded += n;
+                return c->discarded >= SESSION_LINGER_BYTES ? finish(l, c, 0) : ALIVE;
+        }
+        if (s->proto.end != PROTO_END_NONE)
+                return ALIVE; /* ended, last words on their way: nothing more is read */
+        if (c->sending || has_kept(c)) {
+                if ((r = keep(c, data, n)) < 0)
+                        return finish(l, c, r);
+                if (c->kept_len - c->kept_off > KEPT_MAX)
+                        stop_recv(l, c);
+                return ALIVE;
+        }
+        if (feed(l, c, data, n) == GONE)
+                return GONE;
+        return pump(l, c);
+}
+
+static Fate on_recv(Loop *l, Conn *c, const Completion *cqe) {
+        bool more = cqe->flags & IORING_CQE_F_MORE;
+        bool buffer = cqe->flags & IORING_CQE_F_BUFFER;
+        unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+        Fate fate = ALIVE;
+
+        if (!more) {
+                c->recv_armed = c->recv_cancelling = false;
+                c->inflight--;
+        }
+        if (c->ended) {
+                if (buffer)
+                        ring_buf_return(l, bid);
+                return settle(l, c);
+        }
+        if (cqe->res > 0) {
+                /* The buffer goes back only after the data is fed or kept. */
+                const char *data = buffer ? l->bufs + (size_t) bid * BUF_SIZE : c->rbuf;
+                fate = on_input(l, c, data, (size_t) cqe->res);
+                if (buffer)
+                        ring_buf_return(l, bid);
+                if (fate == GONE || more)
+                        return fate;
+                return pump(l, c);
+        }
+        if (buffer)
+                ring_buf_return(l, bid);
+        if (cqe->res == 0) {
+                c->eof = true;
+                if (c->s->proto.end != PROTO_END_NONE && !c->s->lingering)
+                        return ALIVE; /* last words on their way; conclude() sees the EOF */
+                return pump(l, c);
+        }
+        switch (-cqe->res) {
+        case ECANCELED: /* back-pressure, or the end of a session */
+        case ENOBUFS:   /* the ring ran dry for a moment: its buffers are back now */
+        case EINTR:
+        case EAGAIN:
+                return more ? ALIVE : pump(l, c);
+        default:
+                if (c->s->lingering)
+                        return finish(l, c, 0);
+                return finish(l, c, cqe->res);
+        }
+}
+
+static Fate on_send(Loop *l, Conn *c, int res) {
+        Session *s = c->s;
+
+        c->sending = false;
+        c->inflight--;
+        if (c->ended)
+                return settle(l, c);
+        if (res < 0)
+                return finish(l, c, res == -ECANCELED ? -ETIMEDOUT : res);
+        s->out_off += (size_t) res;
+        if (s->out_off < s->out.len) {
+                /* The client lags: keep the rest, wait for it, read nothing meanwhile. */
+                if (!s->want_write) {
+                        s->want_write = true;
+                        deadline_set(l, c, session_write_deadline(s, l->now));
+                }
+                stop_recv(l, c);
+                submit_send(l, c);
+                return ALIVE;
+        }
+        obuf_put(l, s);
+        if (s->want_write) {
+                /* The client took its replies: that is progress, not idleness. */
+                s->want_write = false;
+                if (s->proto.end == PROTO_END_NONE)
+                        deadline_set(l, c, session_idle_deadline(s, l->now));
+        }
+        return pump(l, c);
+}
+
+static Fate on_deadline(Loop *l, Conn *c) {
+        if (c->s->lingering)
+                return finish(l, c, 0);
+        if (c->sending) /* the client stopped reading its replies */
+                return finish(l, c, -ETIMEDOUT);
+        return end_with(l, c, PROTO_END_IDLE);
+}
+
+static Fate start(Loop *l, Session *s) {
+        Conn *c = calloc(1, sizeof(*c));
+        int r;
+
+        l->n_conns++;
+        if (!c) {
+                l->n_conns--;
+                __atomic_sub_fetch(&l->n_sessions, 1, __ATOMIC_RELAXED);
+                session_fail(s, -ENOMEM);
+                engine_session_done(&l->pool->engine, s);
+                return GONE;
+        }
+        c->s = s;
+        c->chunk = s->conf->framing == FRAMING_CHUNK;
+        deadline_set(l, c, session_idle_deadline(s, l->now));
+        if (c->chunk && !(c->rbuf = malloc(s->in_cap)))
+                return finish(l, c, -ENOMEM);
+        if ((r = out_begin(l, s)) < 0)
+                return finish(l, c, r);
+        proto_greeting(&s->proto, &s->out);
+        out_end(l, c);
+        /* In line framing the receive is armed at once: the greeting's send and the first
+         * request travel together. */
+        arm_recv(l, c);
+        return ALIVE;
+}
+
+/* ---- accepting ---- */
+
+static void arm_accept(Loop *l, Acceptor *a) {
+        struct io_uring_sqe *e = sqe(l);
+
+        a->peer_len = sizeof(a->peer);
+        io_uring_prep_accept(e, a->via->fd, (struct sockaddr *) &a->peer, &a->peer_len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        io_uring_sqe_set_data64(e, tag(a, OP_ACCEPT));
+        a->armed = true;
+        l->acc_inflight++;
+}
+
+static bool accepting(const Loop *l) {
+        return !l->exiting && !l->retiring && !l->waiting_slot && l->paused_until == 0;
+}
+
+static void admit(Loop *l, Acceptor *a, int fd, const struct sockaddr *peer) {
+        const EngineHooks *hooks = &l->pool->engine.hooks;
+        Session *s = hooks->admit(hooks->userdata, fd, peer, a->via);
+
+        if (!s)
+                return;
+        __atomic_add_fetch(&l->n_sessions, 1, __ATOMIC_RELAXED);
+        s->engine = &l->pool->engine;
+        (void) start(l, s);
+}
+
+/* admit_parked: connections accepted while every slot was taken, once one is free (or the
+ * listener set changes: the server decides then). */
+static void admit_parked(Loop *l, bool force) {
+        const EngineHooks *hooks = &l->pool->engine.hooks;
+
+        for (size_t i = 0; i < l->n_acc; i++) {
+                Acceptor *a = &l->acc[i];
+                if (a->parked_fd < 0)
+                        continue;
+                if (!force && hooks->must_wait(hooks->userdata)) {
+                        l->waiting_slot = true;
+                        return;
+                }
+                int fd = a->parked_fd;
+                a->parked_fd = -1;
+                admit(l, a, fd, (const struct sockaddr *) &a->parked_peer);
+        }
+}
+
+static void on_accept(Loop *l, Acceptor *a, int res) {
+        const EngineHooks *hooks = &l->pool->engine.hooks;
+
+        a->armed = a->cancelling = false;
+        l->acc_inflight--;
+        if (res == -ECANCELED)
+                return;
+        if (res >= 0 && l->exiting) {
+                close(res); /* accepted as the loop stopped: nobody would stop that session */
+                return;
+        }
+        if (res >= 0) {
+                if (hooks->must_wait(hooks->userdata)) {
+                        /* Accepted a moment too late: it waits here, as in the backlog. */
+                        a->parked_fd = res;
+                        a->parked_peer = a->peer;
+                        l->waiting_slot = true;
+                        return;
+                }
+                admit(l, a, res, (const struct sockaddr *) &a->peer);
+                return;
+        }
+        switch (listener_accept_error(-res)) {
+        case ACCEPT_DRAINED:
+        case ACCEPT_RETRY:
+                return;
+        case ACCEPT_EXHAUSTED:
+                hooks->exhausted(hooks->userdata, a->via->fd, res);
+                break;
+        case ACCEPT_FAILED:
+                log_error_errno(res, "accept on %s failed, pausing", a->via->name);
+                break;
+        }
+        l->paused_until = l->now + ENGINE_ACCEPT_PAUSE_USEC;
+}
+
+static void acceptors_cancel(Loop *l) {
+        for (size_t i = 0; i < l->n_acc; i++)
+                if (l->acc[i].armed && !l->acc[i].cancelling) {
+                        l->acc[i].cancelling = true;
+                        cancel(l, tag(&l->acc[i], OP_ACCEPT));
+                }
+}
+
+/* acceptors_take: the pool's current listener set, acknowledged. */
+static void acceptors_take(Loop *l) {
+        Uring *p = l->pool;
+
+        free(l->acc);
+        l->acc = NULL;
+        l->n_acc = 0;
+        pthread_mutex_lock(&p->lock);
+        if (p->n_listeners > 0 && (l->acc = calloc(p->n_listeners, sizeof(Acceptor)))) {
+                l->n_acc = p->n_listeners;
+                for (size_t i = 0; i < l->n_acc; i++)
+                        l->acc[i] = (Acceptor) { .loop = l, .via = &p->listeners[i], .parked_fd = -1 };
+        }
+        bool failed = p->n_listeners > 0 && !l->acc;
+        l->listen_gen = l->listen_acked = p->listen_gen;
+        pthread_cond_broadcast(&p->acked);
+        pthread_mutex_unlock(&p->lock);
+        if (failed)
+                log_error_errno(-ENOMEM, "cannot accept in an event loop");
+}
+
+/* sync_listeners: at the top of each round. A new listener set: the accepts of the old one are
+ * cancelled, and only when their last completion is in does the loop take up the new set and
+ * acknowledge it, so that the server may close the old sockets. Then the accepts are
+ * (re-)armed as far as accepting is allowed. */
+static void sync_listeners(Loop *l) {
+        uint64_t gen = __atomic_load_n(&l->pool->listen_gen, __ATOMIC_ACQUIRE);
+
+        if (gen != l->listen_gen)
+                l->retiring = true;
+        if (l->retiring || l->exiting)
+                acceptors_cancel(l);
+        if (l->retiring && l->acc_inflight == 0) {
+                admit_parked(l, true);
+                l->retiring = false;
+                acceptors_take(l);
+        }
+        if (l->paused_until != 0 && l->now >= l->paused_until)
+                l->paused_until = 0;
+        if (!accepting(l))
+                return;
+        for (size_t i = 0; i < l->n_acc; i++)
+                if (!l->acc[i].armed && l->acc[i].parked_fd < 0)
+                        arm_accept(l, &l->acc[i]);
+}
+
+/* ---- the loop ---- */
+
+static void arm_wake(Loop *l) {
+        struct io_uring_sqe *e = sqe(l);
+
+        io_uring_prep_read(e, l->wake_fd, &l->wake_value, sizeof(l->wake_value), 0);
+        io_uring_sqe_set_data64(e, tag(l, OP_WAKE));
+}
+
+/* on_wake: sessions handed over, a slot freed, new listeners, or the stop. */
+static void on_wake(Loop *l, int res) {
+        Session *list, *reversed = NULL;
+
+        if (res < 0 && res != -EINTR && res != -EAGAIN && res != -ECANCELED)
+                log_error_errno(res, "reading the event loop's eventfd failed");
+        pthread_mutex_lock(&l->lock);
+        list = l->incoming;
+        l->incoming = NULL;
+        if (l->stopping)
+                l->exiting = true;
+        pthread_mutex_unlock(&l->lock);
+        if (!l->exiting)
+                arm_wake(l);
+        while (list) { /* oldest first */
+                Session *next = list->timer_next;
+                list->timer_next = reversed;
+                reversed = list;
+                list = next;
+        }
+        while (reversed) {
+                Session *next = reversed->timer_next;
+                reversed->timer_next = NULL;
+                (void) start(l, reversed);
+                reversed = next;
+        }
+        l->waiting_slot = false; /* must_wait() says whether it is still full */
+        admit_parked(l, false);
+}
+
+static void dispatch(Loop *l, const Completion *cqe) {
+        uint64_t data = cqe->user_data;
+        void *p = (void *) (uintptr_t) (data & ~(uint64_t) OP_MASK);
+
+        switch (data & OP_MASK) {
+        case OP_RECV:
+                (void) on_recv(l, p, cqe);
+                break;
+        case OP_SEND:
+                (void) on_send(l, p, cqe->res);
+                break;
+        case OP_ACCEPT:
+                on_accept(l, p, cqe->res);
+                break;
+        case OP_WAKE:
+                on_wake(l, cqe->res);
+                break;
+        default:
+                break;
+        }
+}
+
+/* run_deadlines: each call ends the session or moves its deadline on, so this terminates. */
+static void run_deadlines(Loop *l) {
+        while (l->first && l->first->s->deadline <= l->now)
+                (void) on_deadline(l, l->first);
+}
+
+/* wait_time: until the first deadline or the end of an accept pause; false: no limit. */
+static bool wait_time(const Loop *l, struct __kernel_timespec *ts) {
+        uint64_t wake = l->first ? l->first->s->deadline : SESSION_NO_DEADLINE;
+
+        if (l->paused_until != 0 && l->paused_until < wake)
+                wake = l->paused_until;
+        if (wake == SESSION_NO_DEADLINE)
+                return false;
+        uint64_t now = now_usec(), usec = wake > now ? wake - now : 0;
+        ts->tv_sec = (long long) (usec / 1000000u);
+        ts->tv_nsec = (long long) (usec % 1000000u) * 1000;
+        return true;
+}
+
+static void loop_run(Loop *l) {
+        l->now = now_usec();
+        arm_wake(l);
+        while (!l->exiting || l->n_conns > 0 || l->acc_inflight > 0) {
+                struct io_uring_cqe *cqe, *batch[CQE_BATCH];
+                struct __kernel_timespec ts;
+                Completion done[CQE_BATCH];
+                unsigned n;
+
+                sync_listeners(l);
+                int r = io_uring_submit_and_wait_timeout(&l->ring, &cqe, 1, wait_time(l, &ts) ? &ts : NULL, NULL);
+                if (r < 0 && r != -ETIME && r != -EINTR && r != -EBUSY && r != -EAGAIN) {
+                        log_error_errno(r, "io_uring_submit_and_wait_timeout failed");
+                        abort(); /* sessions in the kernel's hands cannot be recovered */
+                }
+                l->now = now_usec();
+                while ((n = io_uring_peek_batch_cqe(&l->ring, batch, CQE_BATCH)) > 0) {
+                        for (unsigned i = 0; i < n; i++)
+                                done[i] = (Completion) { .user_data = batch[i]->user_data, .res = batch[i]->res,
+                                                         .flags = batch[i]->flags };
+                        io_uring_cq_advance(&l->ring, n);
+                        for (unsigned i = 0; i < n; i++)
+                                dispatch(l, &done[i]);
+                }
+                run_deadlines(l);
+        }
+        for (size_t i = 0; i < l->n_acc; i++)
+                if (l->acc[i].parked_fd >= 0)
+                        close(l->acc[i].parked_fd);
+}
+
+/* ---- setting up a loop's ring, on its own thread ---- */
+
+static int probe_ops(struct io_uring *ring, char *why, size_t size) {
+        static const struct {
+                int op;
+                const char *name;
+        } needed[] = {
+                { IORING_OP_ACCEPT, "accept" }, { IORING_OP_RECV, "recv" },
+                { IORING_OP_SEND, "send" },     { IORING_OP_READ, "read" },
+                { IORING_OP_ASYNC_CANCEL, "cancel" },
+        };
+        struct io_uring_probe *probe = io_uring_get_probe_ring(ring);
+
+        if (!probe) {
+                snprintf(why, size, "cannot probe its operations");
+                return -EOPNOTSUPP;
+        }
+        for (size_t i = 0; i < sizeof(needed) / sizeof(needed[0]); i++)
+                if (!io_uring_opcode_supported(probe, needed[i].op)) {
+                        snprintf(why, size, "the kernel lacks its %s operation", needed[i].name);
+                        io_uring_free_probe(probe);
+                        return -EOPNOTSUPP;
+                }
+        io_uring_free_probe(probe);
+        if (!(ring->features & IORING_FEAT_FAST_POLL) || !(ring->features & IORING_FEAT_EXT_ARG) ||
+            !(ring->features & IORING_FEAT_NODROP)) {
+                snprintf(why, size, "the kernel lacks fast poll, extended wait arguments or no-drop completions");
+                return -EOPNOTSUPP;
+        }
+        return 0;
+}
+
+/* probe_multishot: a multishot receive with a provided buffer, tried on a socketpair: kernels
+ * before 6.0 have the opcode but not the mode, and say so only when it is used. */
+static int probe_multishot(Loop *l, char *why, size_t size) {
+        struct io_uring_cqe *cqe;
+        int sv[2], r;
+        bool ok = false;
+
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+                return -errno;
+        struct io_uring_sqe *e = io_uring_get_sqe(&l->ring); /* the ring is empty: never NULL */
+        if (!e) {
+                close(sv[0]);
+                close(sv[1]);
+                return -EBUSY;
+        }
+        io_uring_prep_recv_multishot(e, sv[0], NULL, 0, 0);
+        e->flags |= IOSQE_BUFFER_SELECT;
+        e->buf_group = BUF_GROUP;
+        io_uring_sqe_set_data64(e, 1);
+        r = (int) send(sv[1], "x", 1, MSG_NOSIGNAL);
+        if (r == 1)
+                r = io_uring_submit_and_wait(&l->ring, 1);
+        if (r >= 0 && (r = io_uring_peek_cqe(&l->ring, &cqe)) == 0) {
+                ok = cqe->res == 1 && (cqe->flags & IORING_CQE_F_MORE) && (cqe->flags & IORING_CQE_F_BUFFER);
+                if (cqe->flags & IORING_CQE_F_BUFFER)
+                        ring_buf_return(l, cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+                r = ok ? 0 : cqe->res < 0 ? cqe->res : -EOPNOTSUPP;
+                io_uring_cqe_seen(&l->ring, cqe);
+        }
+        /* Closing both ends ends the receive (EOF); drain until its last completion. */
+        close(sv[1]);
+        close(sv[0]);
+        for (bool more = ok; more;) {
+                if (io_uring_wait_cqe(&l->ring, &cqe) < 0)
+                        break;
+                more = cqe->flags & IORING_CQE_F_MORE;
+                if (cqe->flags & IORING_CQE_F_BUFFER)
+                        ring_buf_return(l, cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+                io_uring_cqe_seen(&l->ring, cqe);
+        }
+        if (!ok)
+                snprintf(why, size, "the kernel lacks multishot receive (Linux 6.0)");
+        return ok ? 0 : r < 0 ? r : -EOPNOTSUPP;
+}
+
+static int ring_setup(Loop *l, char *why, size_t size) {
+        struct io_uring_params params = {
+                .flags = IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN |
+                         IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+                .cq_entries = CQ_ENTRIES,
+        };
+        int r = io_uring_queue_init_params(SQ_ENTRIES, &l->ring, &params);
+
+        if (r == -EINVAL) { /* before Linux 6.1: without the task-work flags */
+                params = (struct io_uring_params) { .flags = IORING_SETUP_CQSIZE, .cq_entries = CQ_ENTRIES };
+                r = io_uring_queue_init_params(SQ_ENTRIES, &l->ring, &params);
+        }
+        if (r < 0) {
+                snprintf(why, size, "cannot set up io_uring");
+                return r;
+        }
+        l->ring_ok = true;
+        if ((r = probe_ops(&l->ring, why, size)) < 0)
+                return r;
+
+        size_t ring_size = BUF_COUNT * sizeof(struct io_uring_buf);
+        void *mem = mmap(NULL, ring_size, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+        if (mem == MAP_FAILED) {
+                snprintf(why, size, "cannot map its buffer ring");
+                return -errno;
+        }
+        l->br = mem;
+        io_uring_buf_ring_init(l->br);
+        struct io_uring_buf_reg reg = { .ring_addr = (uintptr_t) mem, .ring_entries = BUF_COUNT, .bgid = BUF_GROUP };
+        if ((r = io_uring_register_buf_ring(&l->ring, &reg, 0)) < 0) {
+                snprintf(why, size, "cannot register a provided-buffer ring (Linux 5.19)");
+                return r;
+        }
+        if (!(l->bufs = malloc((size_t) BUF_COUNT * BUF_SIZE)) || !(l->obufs = calloc(OBUF_CACHE, sizeof(char *)))) {
+                snprintf(why, size, "out of memory");
+                return -ENOMEM;
+        }
+        for (unsigned i = 0; i < BUF_COUNT; i++)
+                io_uring_buf_ring_add(l->br, l->bufs + (size_t) i * BUF_SIZE, BUF_SIZE, (unsigned short) i,
+                                      io_uring_buf_ring_mask(BUF_COUNT), (int) i);
+        io_uring_buf_ring_advance(l->br, BUF_COUNT);
+        return probe_multishot(l, why, size);
+}
+
+static void ring_teardown(Loop *l) {
+        if (l->ring_ok) {
+                if (l->br)
+                        (void) io_uring_unregister_buf_ring(&l->ring, BUF_GROUP);
+                io_uring_queue_exit(&l->ring);
+        }
+        if (l->br)
+                munmap(l->br, BUF_COUNT * sizeof(struct io_uring_buf));
+        free(l->bufs);
+        while (l->n_obufs > 0)
+                free(l->obufs[--l->n_obufs]);
+        free(l->obufs);
+        free(l->acc);
+        l->ring_ok = false;
+        l->br = NULL;
+        l->bufs = NULL;
+        l->obufs = NULL;
+        l->acc = NULL;
+}
+
+static void *loop_main(void *arg) {
+        Loop *l = arg;
+        char why[sizeof(l->setup_why)] = "";
+        int r;
+
+        (void) pthread_setname_np(pthread_self(), "hellod-loop");
+        r = ring_setup(l, why, sizeof(why));
+        pthread_mutex_lock(&l->lock);
+        l->setup_r = r;
+        memcpy(l->setup_why, why, sizeof(why));
+        pthread_cond_broadcast(&l->set_up);
+        pthread_mutex_unlock(&l->lock);
+        if (r == 0)
+                loop_run(l);
+        ring_teardown(l);
+
+        pthread_mutex_lock(&l->pool->lock);
+        l->listen_acked = UINT64_MAX; /* gone: holds no listener */
+        pthread_cond_broadcast(&l->pool->acked);
+        if (--l->pool->n_running == 0)
+                pthread_cond_broadcast(&l->pool->all_gone);
+        pthread_mutex_unlock(&l->pool->lock);
+        return NULL;
+}
+
+/* ---- the engine ---- */
+
+static void loop_done(Loop *l) {
+        if (l->wake_fd >= 0)
+                close(l->wake_fd);
+        pthread_cond_destroy(&l->set_up);
+        pthread_mutex_destroy(&l->lock);
+}
+
+static void loop_stop(Loop *l) {
+        pthread_mutex_lock(&l->lock);
+        l->stopping = true;
+        pthread_mutex_unlock(&l->lock);
+        (void) eventfd_write(l->wake_fd, 1);
+}
+
+/* loop_start: the thread, and its ring's setup result (WHY says what failed). */
+static int loop_start(Uring *p, Loop *l, size_t stack_size, char *why, size_t size) {
+        pthread_attr_t attr;
+        int r;
+
+        l->pool = p;
+        l->setup_r = 1;
+        pthread_mutex_init(&l->lock, NULL);
+        pthread_cond_init(&l->set_up, NULL);
+        if ((l->wake_fd = eventfd(0, EFD_CLOEXEC)) < 0)
+                return -errno;
+        r = pthread_attr_init(&attr);
+        if (r != 0)
+                return -r;
+        r = pthread_attr_setstacksize(&attr, stack_size);
+        pthread_mutex_lock(&p->lock);
+        if (r == 0)
+                r = pthread_create(&l->thread, &attr, loop_main, l);
+        if (r == 0)
+                p->n_running++;
+        pthread_mutex_unlock(&p->lock);
+        pthread_attr_destroy(&attr);
+        if (r != 0)
+                return -r;
+        pthread_mutex_lock(&l->lock);
+        while (l->setup_r == 1)
+                pthread_cond_wait(&l->set_up, &l->lock);
+        r = l->setup_r;
+        snprintf(why, size, "%s", l->setup_why);
+        pthread_mutex_unlock(&l->lock);
+        return r;
+}
+
+static int uring_add(Engine *e, Session *s) {
+        Uring *p = (Uring *) e;
+        Loop *best = &p->loops[0];
+
+        for (unsigned i = 1; i < p->n; i++)
+                if (__atomic_load_n(&p->loops[i].n_sessions, __ATOMIC_RELAXED) <
+                    __atomic_load_n(&best->n_sessions, __ATOMIC_RELAXED))
+                        best = &p->loops[i];
+        __atomic_add_fetch(&best->n_sessions, 1, __ATOMIC_RELAXED);
+        pthread_mutex_lock(&best->lock);
+        s->timer_next = best->incoming;
+        best->incoming = s;
+        pthread_mutex_unlock(&best->lock);
+        (void) eventfd_write(best->wake_fd, 1);
+        return 0;
+}
+
+static void uring_free(Uring *p) {
+        for (unsigned i = 0; i < p->n; i++) {
+                pthread_join(p->loops[i].thread, NULL);
+                loop_done(&p->loops[i]);
+        }
+        free(p->listeners);
+        pthread_cond_destroy(&p->acked);
+        pthread_cond_destroy(&p->all_gone);
+        pthread_mutex_destroy(&p->lock);
+        free(p->loops);
+        free(p);
+}
+
+static int uring_stop(Engine *e, uint64_t timeout_msec) {
+        Uring *p = (Uring *) e;
+        struct timespec deadline;
+        int r = 0;
+
+        clock_gettime(CLOCK_MONOTONIC, &deadline);
+        deadline.tv_sec += (time_t) (timeout_msec / 1000u < 86400u ? timeout_msec / 1000u : 86400u);
+        deadline.tv_nsec += (long) (timeout_msec % 1000u) * 1000000L;
+        if (deadline.tv_nsec >= 1000000000L) {
+                deadline.tv_sec++;
+                deadline.tv_nsec -= 1000000000L;
+        }
+        for (unsigned i = 0; i < p->n; i++)
+                loop_stop(&p->loops[i]);
+        pthread_mutex_lock(&p->lock);
+        while (p->n_running > 0 && r == 0)
+                r = timeout_msec == UINT64_MAX ? pthread_cond_wait(&p->all_gone, &p->lock)
+                                               : pthread_cond_timedwait(&p->all_gone, &p->lock, &deadline);
+        bool gone = p->n_running == 0;
+        pthread_mutex_unlock(&p->lock);
+        if (!gone)
+                return -ETIMEDOUT;
+        uring_free(p);
+        return 0;
+}
+
+static void wake_all(Uring *p) {
+        for (unsigned i = 0; i < p->n; i++)
+                (void) eventfd_write(p->loops[i].wake_fd, 1);
+}
+
+static bool all_acked(const Uring *p, uint64_t gen) {
+        for (unsigned i = 0; i < p->n; i++)
+                if (p->loops[i].listen_acked < gen)
+                        return false;
+        return true;
+}
+
+static void uring_set_listeners(Engine *e, const ListenerSet *set) {
+        Uring *p = (Uring *) e;
+        Listener *copy = NULL;
+        struct timespec deadline;
+
+        if (set->n > 0 && !(copy = calloc(set->n, sizeof(Listener)))) {
+                log_error_errno(-ENOMEM, "cannot hand the listeners to the event loops");
+                return;
+        }
+        if (set->n > 0)
+                memcpy(copy, set->items, set->n * sizeof(Listener));
+        pthread_mutex_lock(&p->lock);
+        Listener *old = p->listeners;
+        p->listeners = copy;
+        p->n_listeners = set->n;
+        uint64_t gen = p->listen_gen + 1;
+        __atomic_store_n(&p->listen_gen, gen, __ATOMIC_RELEASE);
+        pthread_mutex_unlock(&p->lock);
+
+        /* Each loop acknowledges once the last completion of its accepts on the old sockets
+         * is in: only then may the server close them. */
+        wake_all(p);
+        pthread_mutex_lock(&p->lock);
+        while (!all_acked(p, gen)) {
+                clock_gettime(CLOCK_MONOTONIC, &deadline);
+                deadline.tv_sec += LISTENERS_WAIT_WARN_SEC;
+                if (pthread_cond_timedwait(&p->acked, &p->lock, &deadline) == ETIMEDOUT)
+                        log_warning("an event loop has not taken up the new listeners for %d s, waiting",
+                                    LISTENERS_WAIT_WARN_SEC);
+        }
+        pthread_mutex_unlock(&p->lock);
+        free(old);
+}
+
+static void uring_slot_freed(Engine *e) {
+        wake_all((Uring *) e);
+}
+
+static void uring_reconfigure(Engine *e, const Conf *old, const Conf *conf) {
+        (void) e;
+        if (conf->workers != old->workers)
+                log_warning("a change of 'workers' takes effect when hellod is restarted");
+        else if (conf->io_backend != old->io_backend)
+                log_warning("a change of 'io_backend' takes effect when hellod is restarted");
+        else if (conf->worker_stack_size != old->worker_stack_size)
+                log_warning("a change of 'worker_stack_size' takes effect for the event loops when hellod is "
+                            "restarted");
+}
+
+static const EngineOps uring_ops = {
+        .add = uring_add,
+        .stop = uring_stop,
+        .reconfigure = uring_reconfigure,
+        .set_listeners = uring_set_listeners,
+        .slot_freed = uring_slot_freed,
+        .nonblocking = true,
+};
+
+/* uring_try: the engine, or a negative errno and WHY when io_uring cannot be had. */
+static int uring_try(Engine **ret, const Conf *conf, const EngineHooks *hooks, char *why, size_t size) {
+        unsigned n = conf->workers;
+        Uring *p = calloc(1, sizeof(*p));
+        pthread_condattr_t attr;
+        int r = 0;
+
+        if (!p || !(p->loops = calloc(n, sizeof(Loop)))) {
+                free(p);
+                snprintf(why, size, "out of memory");
+                return -ENOMEM;
+        }
+        p->engine = (Engine) { .ops = &uring_ops, .hooks = *hooks };
+        pthread_mutex_init(&p->lock, NULL);
+        pthread_condattr_init(&attr);
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+        pthread_cond_init(&p->all_gone, &attr);
+        pthread_cond_init(&p->acked, &attr);
+        pthread_condattr_destroy(&attr);
+        for (unsigned i = 0; i < n && r == 0; i++) {
+                p->loops[i].wake_fd = -1;
+                r = loop_start(p, &p->loops[i], conf->worker_stack_size, why, size);
+                if (r == 0 || p->loops[i].setup_r != 1)
+                        p->n++; /* its thread runs (and exits at once after a failed setup) */
+                else
+                        loop_done(&p->loops[i]);
+        }
+        if (r < 0) {
+                (void) uring_stop(&p->engine, UINT64_MAX);
+                return r;
+        }
+        *ret = &p->engine;
+        return 0;
+}
+
+int uring_engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks) {
+        char why[96] = "";
+        int r = uring_try(ret, conf, hooks, why, sizeof(why));
+
+        if (r == 0)
+                return 0;
+        /* Seccomp (a SystemCallFilter= without io_uring), kernel.io_uring_disabled, an old
+         * kernel: the pool serves the same on epoll. */
+        log_notice("io_backend = \"io_uring\" is unavailable (%s: %s); the event loops use epoll",
+                   why[0] ? why : "cannot start", strerror(-r));
+        return pool_engine_new(ret, conf, hooks);
+}
