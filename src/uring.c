@@ -592,12 +592,13 @@ static Fate start(Loop *l, Session *s) {
         }
         c->s = s;
         c->chunk = s->conf->framing == FRAMING_CHUNK;
-        deadline_set(l, c, session_idle_deadline(s, l->now));
+        deadline_set(l, c, s->resumed ? s->deadline : session_idle_deadline(s, l->now));
         if (c->chunk && !(c->rbuf = malloc(s->in_cap)))
                 return finish(l, c, -ENOMEM);
         if ((r = out_begin(l, s)) < 0)
                 return finish(l, c, r);
-        proto_greeting(&s->proto, &s->out);
+        if (!s->resumed) /* a resumed one was greeted by the process before */
+                proto_greeting(&s->proto, &s->out);
         out_end(l, c);
         /* In line framing the receive is armed at once: the greeting's send and the first
          * request travel together. */
@@ -1071,6 +1072,11 @@ static int loop_start(Uring *p, Loop *l, size_t stack_size, char *why, size_t si
 static int uring_add(Engine *e, Session *s) {
         Uring *p = (Uring *) e;
         Loop *best = &p->loops[0];
+
+        /* A conversation resumed after a crash goes on from its next line; one handed over
+         * with buffers or a lingering close in hand is for the epoll pool, which hands over. */
+        if (s->resumed && (s->in_len > s->in_off || s->out.len > s->out_off || s->lingering))
+                return -EOPNOTSUPP;
 
         for (unsigned i = 1; i < p->n; i++)
                 if (__atomic_load_n(&p->loops[i].n_sessions, __ATOMIC_RELAXED) <
