@@ -1,5 +1,5 @@
 /* yardstick-threads: the naive thread-per-connection server hellod's per-connection model is
- * measured against: blocking accept(), then pthread_create() and pthread_detach() for every
+ * measured against: blocking accept(), then pthread_create() of a detached thread for every
  * connection (no thread cache, default stacks), blocking recv()/send() in the thread. A
  * benchmark fixture (scripts/bench): it prints nothing per connection. */
 #include <pthread.h>
@@ -64,12 +64,19 @@ done:
 
 int main(int argc, char **argv) {
         YsArgs args = ys_parse_args(argc, argv, false);
+        pthread_attr_t attr;
         int listen_fd;
 
         arg_chunk = args.chunk;
         (void) signal(SIGPIPE, SIG_IGN);
         ys_raise_nofile();
         listen_fd = ys_listen(&args, false, false);
+        /* Detached from the start: pthread_detach() after pthread_create() raced with a thread
+         * that had already exited, and crashed in pthread_detach() under churn (glibc 2.36). */
+        if (pthread_attr_init(&attr) != 0 || pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) != 0) {
+                fprintf(stderr, "yardstick-threads: cannot set up the thread attributes\n");
+                return 1;
+        }
         for (;;) {
                 pthread_t t;
                 int fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
@@ -79,10 +86,9 @@ int main(int argc, char **argv) {
                                 usleep(10000);
                         continue;
                 }
-                if (pthread_create(&t, NULL, serve, (void *) (intptr_t) fd) != 0) {
+                if (pthread_create(&t, &attr, serve, (void *) (intptr_t) fd) != 0) {
                         close(fd);
                         continue;
                 }
-                pthread_detach(t);
         }
 }
