@@ -328,8 +328,8 @@ void listen_spec_done(ListenSpec *s) {
         if (!s)
                 return;
         free(s->host);
-        s->host = NULL;
-        s->port = 0;
+        free(s->fdname);
+        *s = (ListenSpec) { .host = NULL };
 }
 
 void listen_specs_free(ListenSpec *specs, size_t n) {

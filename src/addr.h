@@ -42,10 +42,13 @@ bool cidr_match(const Cidr *c, const IpKey *k);
 /* cidr_format: back to the text cidr_parse() takes. */
 const char *cidr_format(const Cidr *c, char *buf, size_t size);
 
-/* One `listen` entry as written: host (a literal address or a name) and an optional port. */
+/* One `listen` entry as written: an address (host, a literal address or a name, and an optional
+ * port), or the FileDescriptorName= of sockets systemd passes (never bound by hellod itself). */
 typedef struct ListenSpec {
-        char *host;    /* "0.0.0.0", "::", "127.0.0.1", "localhost", ... never brackets */
-        uint16_t port; /* 0: use Conf.port */
+        char *host;          /* "0.0.0.0", "::", "127.0.0.1", "localhost", ... never brackets; NULL for a name */
+        uint16_t port;       /* 0: use Conf.port */
+        char *fdname;        /* a socket unit's FileDescriptorName=; NULL for an address */
+        bool proxy_protocol; /* clients arrive through a balancer that sends a PROXY header */
 } ListenSpec;
 
 /* listen_spec_parse: "host", "host:port", "[v6]", "[v6]:port" or a bare IPv6 literal.

@@ -691,6 +691,7 @@ static const ConfKey conf_keys[] = {
                 CONF_DEFAULT_WORKER_STACK_SIZE),
         LIST_KEY("allow", parse_cidrs, print_cidrs, allow, NULL),
         LIST_KEY("deny", parse_cidrs, print_cidrs, deny, NULL),
+        LIST_KEY("proxy_from", parse_cidrs, print_cidrs, proxy_from, NULL),
         INT_KEY("per_ip_ipv4_prefix", per_ip_ipv4_prefix, 1, 32, CONF_DEFAULT_PER_IP_IPV4_PREFIX),
         INT_KEY("per_ip_ipv6_prefix", per_ip_ipv6_prefix, 1, 128, CONF_DEFAULT_PER_IP_IPV6_PREFIX),
         INT_KEY("rate_limit_per_ip", rate_limit_per_ip, 0, 1000000, CONF_DEFAULT_RATE_LIMIT_PER_IP),
@@ -846,6 +847,7 @@ static void conf_free(Conf *c) {
         free(c->reply_suffix);
         free(c->allow);
         free(c->deny);
+        free(c->proxy_from);
         free(c->user);
         free(c->group);
         free(c);
@@ -1020,4 +1022,11 @@ bool conf_admits(const Conf *c, const IpKey *client) {
         for (size_t i = 0; i < c->n_deny && allowed; i++)
                 allowed = !cidr_match(&c->deny[i], client);
         return allowed;
+}
+
+bool conf_proxy_trusted(const Conf *c, const IpKey *balancer) {
+        for (size_t i = 0; i < c->n_proxy_from; i++)
+                if (cidr_match(&c->proxy_from[i], balancer))
+                        return true;
+        return false;
 }

@@ -88,6 +88,8 @@ typedef struct Conf {
         size_t n_allow;
         Cidr *deny;
         size_t n_deny;
+        Cidr *proxy_from; /* the balancers trusted to send a PROXY header */
+        size_t n_proxy_from;
         unsigned per_ip_ipv4_prefix; /* bits of an address that make one "source" */
         unsigned per_ip_ipv6_prefix;
         unsigned rate_limit_per_ip; /* new connections a second per source; 0: no limit */
@@ -132,3 +134,7 @@ const char *io_backend_to_string(IoBackend b);
 /* conf_admits: whether the client address passes `allow` and `deny`: it must match an
  * `allow` entry if there are any, and no `deny` entry. */
 bool conf_admits(const Conf *c, const IpKey *client);
+
+/* conf_proxy_trusted: whether BALANCER (the peer of a PROXY listener) is in `proxy_from`, so
+ * that the PROXY header it sends is believed. */
+bool conf_proxy_trusted(const Conf *c, const IpKey *balancer);

@@ -28,12 +28,15 @@ static bool contains(const ListenerSet *set, const Listener *l) {
         return false;
 }
 
-static int append(ListenerSet *set, const struct sockaddr *sa, socklen_t len) {
-        Listener l = { .fd = -1, .addr_len = len };
+static int append(ListenerSet *set, const struct sockaddr *sa, socklen_t len, bool proxy) {
+        Listener l = { .fd = -1, .addr_len = len, .proxy = proxy };
 
         memcpy(&l.addr, sa, len);
-        if (contains(set, &l))
-                return 0; /* "localhost" and "127.0.0.1" may name the same socket */
+        for (size_t i = 0; i < set->n; i++)
+                if (same_addr(&set->items[i], &l))
+                        /* "localhost" and "127.0.0.1" may name the same socket; but one socket cannot both
+                         * expect a PROXY header and not. */
+                        return set->items[i].proxy == proxy ? 0 : -ENOTUNIQ;
         Listener *items = realloc(set->items, (set->n + 1) * sizeof(*items));
         if (!items)
                 return -ENOMEM;
@@ -63,10 +66,18 @@ static int resolve_one(const ListenSpec *spec, unsigned port, ListenerSet *set, 
         for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
                 if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
                         continue;
-                r = append(set, ai->ai_addr, ai->ai_addrlen);
+                r = append(set, ai->ai_addr, ai->ai_addrlen, spec->proxy_protocol);
+                if (r == -ENOTUNIQ) {
+                        char name[ADDR_STR_MAX];
+                        snprintf(err, err_size,
+                                 "listen address '%s' is %s, which another entry also names, one with "
+                                 "proxy_protocol and one without",
+                                 spec->host, addr_format(ai->ai_addr, name, sizeof(name)));
+                }
                 if (r < 0) {
                         freeaddrinfo(res);
-                        snprintf(err, err_size, "out of memory");
+                        if (r == -ENOMEM)
+                                snprintf(err, err_size, "out of memory");
                         return r;
                 }
         }
@@ -78,7 +89,11 @@ int listeners_resolve(const Conf *conf, ListenerSet *ret, char *err, size_t err_
         ListenerSet set = { 0 };
 
         for (size_t i = 0; i < conf->n_listen; i++) {
-                int r = resolve_one(&conf->listen[i], conf->port, &set, err, err_size);
+                int r;
+
+                if (!conf->listen[i].host)
+                        continue; /* a socket systemd passes by name: never bound here */
+                r = resolve_one(&conf->listen[i], conf->port, &set, err, err_size);
                 if (r < 0) {
                         listener_set_done(&set);
                         return r;
@@ -340,6 +355,9 @@ static int split(int n, char **names, ListenerSet *set, InheritedStore *store, I
                                 snprintf(err, err_size, "passed file descriptor %d ('%s'): %s", fd, name, strerror(-r));
                                 return r;
                         }
+                        /* Longer names cannot match a `listen` entry's name (CONF_FDNAME_MAX). */
+                        snprintf(set->items[set->n].fdname, sizeof(set->items[set->n].fdname), "%s",
+                                 names && names[i] ? names[i] : "");
                         set->n++;
                         taken[i] = true;
                         break;
@@ -454,7 +472,8 @@ const char *listeners_describe(const ListenerSet *set, char *buf, size_t size) {
 
         buf[0] = '\0';
         for (size_t i = 0; i < set->n && n < size; i++) {
-                int m = snprintf(buf + n, size - n, "%s%s", i ? ", " : "", set->items[i].name);
+                int m = snprintf(buf + n, size - n, "%s%s%s", i ? ", " : "", set->items[i].name,
+                                 set->items[i].proxy ? " (PROXY)" : "");
                 if (m < 0)
                         break;
                 n += (size_t) m;
@@ -480,14 +499,14 @@ static int endpoints(const ListenerSet *inherited, ListenerSet *ret) {
 
         for (size_t i = 0; i < inherited->n && r >= 0; i++) {
                 const Listener *l = &inherited->items[i];
-                r = append(&set, (const struct sockaddr *) &l->addr, l->addr_len);
+                r = append(&set, (const struct sockaddr *) &l->addr, l->addr_len, false);
                 if (r >= 0 && is_dual_stack(l)) {
                         struct sockaddr_in in = {
                                 .sin_family = AF_INET,
                                 .sin_port = ((const struct sockaddr_in6 *) &l->addr)->sin6_port,
                                 .sin_addr.s_addr = htonl(INADDR_ANY),
                         };
-                        r = append(&set, (const struct sockaddr *) &in, sizeof(in));
+                        r = append(&set, (const struct sockaddr *) &in, sizeof(in), false);
                 }
         }
         if (r < 0) {
@@ -527,6 +546,62 @@ int listeners_match_conf(const ListenerSet *inherited, const Conf *conf, char *w
         listener_set_done(&have);
         listener_set_done(&want);
         return r;
+}
+
+/* spec_numeric_addr: the address a numeric `listen` entry names, into RET; false for an entry by
+ * name, or by a host name (AI_NUMERICHOST: nothing is looked up). */
+static bool spec_numeric_addr(const ListenSpec *spec, unsigned port, Listener *ret) {
+        struct addrinfo hints = {
+                .ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV,
+                .ai_family = AF_UNSPEC,
+                .ai_socktype = SOCK_STREAM,
+                .ai_protocol = IPPROTO_TCP,
+        };
+        struct addrinfo *res = NULL;
+        char service[8];
+        bool ok;
+
+        if (!spec->host)
+                return false;
+        snprintf(service, sizeof(service), "%u", spec->port ? spec->port : port);
+        if (getaddrinfo(spec->host, service, &hints, &res) != 0 || !res)
+                return false;
+        ok = res->ai_addrlen <= sizeof(ret->addr);
+        if (ok) {
+                *ret = (Listener) { .fd = -1, .addr_len = res->ai_addrlen };
+                memcpy(&ret->addr, res->ai_addr, res->ai_addrlen);
+        }
+        freeaddrinfo(res);
+        return ok;
+}
+
+bool listener_matches_spec(const Listener *l, bool dual_stack, const ListenSpec *spec, unsigned port) {
+        Listener want;
+
+        if (spec->fdname)
+                return strcmp(l->fdname, spec->fdname) == 0;
+        if (!spec_numeric_addr(spec, port, &want))
+                return false;
+        if (same_addr(l, &want))
+                return true;
+        /* A dual-stack "[::]:P" also accepts what "0.0.0.0:P" would. */
+        if (!dual_stack || want.addr.ss_family != AF_INET)
+                return false;
+        const struct sockaddr_in *in = (const struct sockaddr_in *) &want.addr;
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *) &l->addr;
+        return in->sin_addr.s_addr == htonl(INADDR_ANY) && in->sin_port == in6->sin6_port;
+}
+
+void listeners_mark_proxy(ListenerSet *set, const Conf *conf) {
+        for (size_t i = 0; i < set->n; i++) {
+                Listener *l = &set->items[i];
+                bool dual = is_dual_stack(l);
+
+                l->proxy = false;
+                for (size_t j = 0; j < conf->n_listen && !l->proxy; j++)
+                        l->proxy = conf->listen[j].proxy_protocol &&
+                                   listener_matches_spec(l, dual, &conf->listen[j], conf->port);
+        }
 }
 
 void listeners_report_match(const ListenerSet *inherited, const Conf *conf) {
