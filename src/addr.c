@@ -31,6 +31,17 @@ const char *addr_format(const struct sockaddr *sa, char *buf, size_t size) {
         return buf;
 }
 
+const char *addr_strip_port(const char *formatted, char *buf, size_t size) {
+        const char *colon = strrchr(formatted, ':');
+        size_t n = colon ? (size_t) (colon - formatted) : strlen(formatted);
+
+        if (formatted[0] == '[' && n >= 2 && formatted[n - 1] == ']')
+                snprintf(buf, size, "%.*s", (int) (n - 2), formatted + 1);
+        else
+                snprintf(buf, size, "%.*s", (int) n, formatted);
+        return buf;
+}
+
 /* ::ffff:0:0/96, where IPv4 addresses live in IPv6 space. */
 static const uint8_t v4_mapped_prefix[12] = { [10] = 0xff, [11] = 0xff };
 

@@ -18,6 +18,8 @@ typedef struct IpKey {
 
 /* addr_format: "a.b.c.d:port" or "[v6]:port" into BUF (ADDR_STR_MAX); returns BUF. */
 const char *addr_format(const struct sockaddr *sa, char *buf, size_t size);
+/* addr_strip_port: the address alone of what addr_format() wrote ("a.b.c.d", "v6"). */
+const char *addr_strip_port(const char *formatted, char *buf, size_t size);
 
 /* ip_key_from_sockaddr: returns 0, or -EAFNOSUPPORT for non-IP families. */
 int ip_key_from_sockaddr(const struct sockaddr *sa, IpKey *ret);

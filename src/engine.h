@@ -43,6 +43,12 @@ typedef struct EngineHooks {
         /* handed_over: S is at rest for the hand-over to the next process (engine_hand_over):
          * the hook records it and owns it from then on, like done. */
         void (*handed_over)(Session *s, void *userdata);
+        /* proxied: S came through a PROXY listener and its header is in (STATUS PROXY_DONE,
+         * HEADER), malformed or late (PROXY_INVALID, REASON): the server admits the client the
+         * header names, or turns it away. true: go on (greet, then the bytes after the
+         * header); false: end the session (the server has said what there was to say). */
+        bool (*proxied)(void *userdata, Session *s, ProxyStatus status, const ProxyHeader *header,
+                        const char *reason);
 } EngineHooks;
 
 /* How long accepting pauses when the process is out of descriptors or memory. */
@@ -86,6 +92,13 @@ int perconn_engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks)
 int uring_engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks);
 
 /* engine_new: the model CONF chooses (its `workers`, and for the pool its `io_backend`). */
+static inline bool engine_conf_has_proxy(const Conf *conf) {
+        for (size_t i = 0; i < conf->n_listen; i++)
+                if (conf->listen[i].proxy_protocol)
+                        return true;
+        return false;
+}
+
 static inline int engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks) {
         if (conf->workers == 0)
                 return perconn_engine_new(ret, conf, hooks);

@@ -105,8 +105,10 @@ static int converse(Session *s) {
         if (!s->resumed) {
                 s->deadline = session_idle_deadline(s, now_usec());
                 proto_greeting(&s->proto, &s->out);
-        } else if (s->in_len > s->in_off) {
-                /* Handed over with replies still to send and input still to answer. */
+        }
+        if (s->in_len > s->in_off) {
+                /* Handed over with replies still to send and input still to answer, or bytes
+                 * that came after a PROXY header. */
                 size_t n = s->in_len - s->in_off;
                 memmove(s->in, s->in + s->in_off, n);
                 s->in_off = s->in_len = 0;
@@ -174,6 +176,37 @@ static void linger(Session *s) {
         }
 }
 
+/* proxy_header: reads the PROXY header (at most SESSION_PROXY_TIMEOUT_USEC) and hands it to
+ * the server; the bytes after it are kept in S->in. false: the session ends here. */
+static bool proxy_header(Session *s) {
+        const EngineHooks *hooks = &s->engine->hooks;
+        const uint64_t deadline = now_usec() + SESSION_PROXY_TIMEOUT_USEC;
+        Timer recv_timer = { .option = SO_RCVTIMEO };
+        const char *reason = "no PROXY header in time";
+        ProxyStatus status = PROXY_INVALID;
+        ProxyHeader header;
+        size_t used = 0;
+        ssize_t n = 0;
+
+        while (timer_arm(s, &recv_timer, deadline)) {
+                n = recv(s->fd, s->in, s->in_cap, 0);
+                if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK))
+                        continue;
+                if (n <= 0) {
+                        reason = n == 0 ? "closed before its PROXY header was complete" : strerror(errno);
+                        break;
+                }
+                status = proxy_feed(s->proxy, s->in, (size_t) n, &used, &header, &reason);
+                if (status != PROXY_NEED_MORE)
+                        break;
+        }
+        if (!hooks->proxied(hooks->userdata, s, status == PROXY_NEED_MORE ? PROXY_INVALID : status, &header, reason))
+                return false;
+        s->in_off = used;
+        s->in_len = (size_t) n;
+        return true;
+}
+
 /* run: the whole session on a worker thread, then the engine's done path. */
 static void run(Session *s) {
         /* A resumed session may have brought buffers of its own. */
@@ -189,6 +222,8 @@ static void run(Session *s) {
                 linger(s);
                 return;
         }
+        if (s->proxy && !proxy_header(s))
+                return;
         int r = converse(s);
         if (r < 0)
                 session_fail(s, r);

@@ -319,6 +319,49 @@ static bool reads_lines(const Session *s) {
         return s->stored && s->conf->framing == FRAMING_LINE && s->proto.pending_len == 0;
 }
 
+/* proxy_refused: the header is malformed, late, or the connection ended before it. */
+static Fate proxy_refused(Loop *l, Session *s, const char *reason) {
+        const EngineHooks *hooks = &l->pool->engine.hooks;
+
+        (void) hooks->proxied(hooks->userdata, s, PROXY_INVALID, NULL, reason);
+        return finish(l, s, 0);
+}
+
+/* serve_proxy: a read while the PROXY header is awaited; once it is in and the server admits
+ * the client it names, the greeting, and the bytes after the header as kept input. */
+static Fate serve_proxy(Loop *l, Session *s, bool *more) {
+        const EngineHooks *hooks = &l->pool->engine.hooks;
+        const char *reason = NULL;
+        ProxyHeader header;
+        size_t used;
+        ssize_t k = recv(s->fd, l->in_buf, s->in_cap, 0);
+
+        *more = false;
+        if (k == 0)
+                return proxy_refused(l, s, "closed before its PROXY header was complete");
+        if (k < 0)
+                return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? ALIVE : finish(l, s, -errno);
+        ProxyStatus status = proxy_feed(s->proxy, l->in_buf, (size_t) k, &used, &header, &reason);
+        if (status == PROXY_NEED_MORE) {
+                *more = (size_t) k == s->in_cap;
+                return ALIVE;
+        }
+        if (!hooks->proxied(hooks->userdata, s, status, &header, reason))
+                return finish(l, s, 0);
+
+        Buf out = { .data = l->out_buf, .cap = s->out.cap };
+        int r = (size_t) k > used ? keep_input(s, l->in_buf + used, (size_t) k - used) : 0;
+        proto_greeting(&s->proto, &out);
+        if (r == 0)
+                r = send_out(l, s, &out);
+        if (r < 0)
+                return finish(l, s, r);
+        if (!s->want_write)
+                set_deadline(l, s, session_idle_deadline(s, now_usec()));
+        *more = !s->want_write && has_kept_input(s);
+        return ALIVE;
+}
+
 /* serve_once: one round: a read (or the kept input) through the protocol, the replies out.
  * *MORE: whether another round may find more to do right away. */
 static Fate serve_once(Loop *l, Session *s, bool *more) {
@@ -330,7 +373,9 @@ static Fate serve_once(Loop *l, Session *s, bool *more) {
 
         *more = false;
         if (session_stop_requested(s))
-                return end_with(l, s, PROTO_END_SHUTDOWN);
+                return s->proxy ? finish(l, s, 0) : end_with(l, s, PROTO_END_SHUTDOWN);
+        if (s->proxy)
+                return serve_proxy(l, s, more);
         if (!kept) {
                 ssize_t k = reads_lines(s) ? read_lines(l, s) : recv(s->fd, l->in_buf, s->in_cap, 0);
                 if (k == 0)
@@ -394,6 +439,8 @@ static Fate on_event(Loop *l, Session *s) {
 }
 
 static Fate on_deadline(Loop *l, Session *s) {
+        if (s->proxy)
+                return proxy_refused(l, s, "no PROXY header in time");
         if (s->lingering)
                 return finish(l, s, 0);
         if (s->want_write) /* the client stopped reading its replies */
@@ -429,6 +476,11 @@ static Fate start(Loop *l, Session *s) {
          * resumed one is made non-blocking by the server). */
         if (epoll_ctl(l->epoll_fd, EPOLL_CTL_ADD, s->fd, &ev) < 0)
                 return finish(l, s, -errno);
+        if (s->proxy) {
+                /* A PROXY listener: the balancer's header first, the greeting after it. */
+                set_deadline(l, s, now_usec() + SESSION_PROXY_TIMEOUT_USEC);
+                return ALIVE;
+        }
         if (s->resumed) {
                 /* Greeted by the process that handed it over: go on where it was. */
                 if (has_kept_input(s) && !s->want_write && !s->lingering)

@@ -98,15 +98,28 @@ int server_block_signals(void) {
         return -pthread_sigmask(SIG_BLOCK, &set, NULL);
 }
 
-static void log_refusal(Server *s, const char *peer, const char *reason, const char *detail) {
+/* log_refusal: PEER ("addr:port") refused for REASON; BALANCER ("addr:port" or NULL): the
+ * load balancer it came through. */
+static void log_refusal_via(Server *s, const char *peer, const char *balancer, const char *reason,
+                            const char *detail) {
+        char address[ADDR_STR_MAX];
         unsigned suppressed;
 
         if (!ratelimit_allow(&s->refusal_log, &suppressed))
                 return;
         if (suppressed > 0)
                 log_warning("%u more connections refused in the last second", suppressed);
-        LogField fields[] = { { "HELLOD_PEER", peer }, { "HELLOD_REASON", reason } };
-        log_struct(LOG_WARNING, MESSAGE_ID_REFUSED, fields, 2, "refused %s: %s", peer, detail);
+        addr_strip_port(peer, address, sizeof(address));
+        LogField fields[] = { { "HELLOD_PEER", peer },
+                              { "HELLOD_PEER_ADDRESS", address },
+                              { "HELLOD_REASON", reason },
+                              { "HELLOD_PROXY", balancer ? balancer : "" } };
+        log_struct(LOG_WARNING, MESSAGE_ID_REFUSED, fields, balancer ? 4 : 3, "refused %s%s%s: %s", peer,
+                   balancer ? " via " : "", balancer ? balancer : "", detail);
+}
+
+static void log_refusal(Server *s, const char *peer, const char *reason, const char *detail) {
+        log_refusal_via(s, peer, NULL, reason, detail);
 }
 
 /* turn_away: a short ERR line, then close without a RST that could eat it. */
@@ -143,7 +156,8 @@ static void unregister(Server *s, Session *session) {
                 s->sessions = session->next;
         if (session->next)
                 session->next->prev = session->prev;
-        iptable_dec(s->ips, &session->ip, now_usec());
+        if (session->counted)
+                iptable_dec(s->ips, &session->ip, now_usec());
         /* Closing under the lock: the server may call shutdown() on any registered fd, and
          * the number must not be reused before it is unregistered. */
         session_free(session);
@@ -187,6 +201,10 @@ static void session_handed_over(Session *session, void *userdata) {
         HandoverRecord rec;
         char name[HANDOVER_FDNAME_MAX];
 
+        if (session->proxy) { /* not greeted yet: the balancer retries elsewhere */
+                unregister(s, session);
+                return;
+        }
         handoff_record(session, now_usec(), &rec);
         pthread_mutex_lock(&s->lock);
         int r = rec.peer.ss_family == AF_UNSPEC ? -ENOTCONN : handover_state_add(&s->handover, &rec);
@@ -220,36 +238,52 @@ static const char *rate_check(Server *s, const IpKey *source) {
         return NULL;
 }
 
+/* count_source: the per-source limits for the client at IP, and its count taken; called
+ * under the lock. Returns false with *REASON and *DETAIL set when it is refused; else *SOURCE
+ * is its network block, as counted. */
+static bool count_source(Server *s, const IpKey *ip, IpKey *source, const char **reason, const char **detail) {
+        const Conf *conf = s->conf;
+
+        /* Per-source limits count network blocks, so rotating addresses does not help. */
+        *source = *ip;
+        ip_key_mask(source, conf->per_ip_ipv4_prefix, conf->per_ip_ipv6_prefix);
+        if ((*reason = rate_check(s, source))) {
+                *detail = "too many connections from this source (rate_limit_per_ip)";
+        } else if (conf->max_connections_per_ip > 0 &&
+                   iptable_count(s->ips, source) >= conf->max_connections_per_ip) {
+                *reason = "max-connections-per-ip";
+                *detail = "server busy (max_connections_per_ip reached)";
+        } else if (iptable_inc(s->ips, source) < 0) {
+                *reason = "out-of-memory";
+                *detail = "out of memory";
+        }
+        return *reason == NULL;
+}
+
 /* register_session: the limits, then a registered session for FD; called under the lock.
- * Returns NULL with *REASON and *DETAIL set when the client is refused; *FD is -1 when the
- * socket was closed on the way. */
+ * Behind a PROXY listener the per-source limits wait for the header: the peer is the
+ * balancer. Returns NULL with *REASON and *DETAIL set when the client is refused; *FD is -1
+ * when the socket was closed on the way. */
 static Session *register_session(Server *s, int *fd, const struct sockaddr *peer, const IpKey *ip,
                                  const Listener *via, const char **reason, const char **detail) {
         const Conf *conf = s->conf;
         Session *session = NULL;
-        /* Per-source limits count network blocks, so rotating addresses does not help. */
-        IpKey source = *ip;
+        IpKey source = { 0 };
 
-        ip_key_mask(&source, conf->per_ip_ipv4_prefix, conf->per_ip_ipv6_prefix);
-        if ((*reason = rate_check(s, &source))) {
-                *detail = "too many connections from this source (rate_limit_per_ip)";
-        } else if (s->n_active >= conf->max_connections) {
+        if (s->n_active >= conf->max_connections) {
                 *reason = "max-connections";
                 *detail = "server busy (max_connections reached)";
-        } else if (conf->max_connections_per_ip > 0 &&
-                   iptable_count(s->ips, &source) >= conf->max_connections_per_ip) {
-                *reason = "max-connections-per-ip";
-                *detail = "server busy (max_connections_per_ip reached)";
-        } else if (iptable_inc(s->ips, &source) < 0) {
-                *reason = "out-of-memory";
-                *detail = "out of memory";
+        } else if (!via->proxy && !count_source(s, ip, &source, reason, detail)) {
+                ; /* refused, *REASON says why */
         } else if (session_new(&session, *fd, s->conf, peer, via->name) < 0) {
-                iptable_dec(s->ips, &source, now_usec());
+                if (!via->proxy)
+                        iptable_dec(s->ips, &source, now_usec());
                 *reason = "out-of-memory";
                 *detail = "out of memory";
                 *fd = -1; /* session_new() closed it */
         } else {
                 session->ip = source; /* what unregister() gives back */
+                session->counted = !via->proxy;
                 session->id = ++s->next_id;
                 session->next = s->sessions;
                 if (s->sessions)
@@ -272,12 +306,17 @@ static Session *admit(Server *s, int fd, const struct sockaddr *peer, const List
 
         (void) ip_key_from_sockaddr(peer, &ip);
         pthread_mutex_lock(&s->lock);
-        if (!conf_admits(s->conf, &ip))
-                reason = "denied";
+        if (via->proxy ? !conf_proxy_trusted(s->conf, &ip) : !conf_admits(s->conf, &ip))
+                reason = via->proxy ? "untrusted-proxy" : "denied";
         else
                 session = register_session(s, &fd, peer, &ip, via, &reason, &detail);
         pthread_mutex_unlock(&s->lock);
 
+        if (session && via->proxy && session_proxy_begin(session) < 0) {
+                session_fail(session, -ENOMEM);
+                unregister(s, session);
+                return NULL;
+        }
         if (session) {
                 session_log_opened(session);
                 if (session->conf->handover == HANDOVER_MODE_ALWAYS)
@@ -285,10 +324,12 @@ static Session *admit(Server *s, int fd, const struct sockaddr *peer, const List
                 return session;
         }
         addr_format(peer, name, sizeof(name));
-        if (strcmp(reason, "denied") == 0) {
-                /* Not worth an answer: the address may not talk to us at all. */
+        if (strcmp(reason, "denied") == 0 || strcmp(reason, "untrusted-proxy") == 0) {
+                /* Not worth an answer: the address may not talk to us at all (or not in the
+                 * PROXY protocol: no greeting before a header). */
                 close(fd);
-                detail = "denied by allow/deny";
+                detail = via->proxy ? "a PROXY protocol listener, and not from a balancer in proxy_from"
+                                    : "denied by allow/deny";
         } else if (fd >= 0) {
                 turn_away(fd, strcmp(reason, "rate-limited") == 0 ? PROTO_ERR_RATE : PROTO_ERR_BUSY);
         }
@@ -369,6 +410,57 @@ static bool at_capacity(Server *s) {
         return full;
 }
 
+/* proxied: the PROXY header of SESSION (see EngineHooks.proxied): the client it names goes
+ * through the access lists and the per-source limits in the balancer's stead. */
+static bool proxied(Server *s, Session *session, ProxyStatus status, const ProxyHeader *header,
+                    const char *why) {
+        const char *reason = NULL, *detail = NULL;
+        char name[ADDR_STR_MAX];
+        IpKey ip, source;
+
+        session_proxy_end(session);
+        if (status == PROXY_DONE && !header)
+                status = PROXY_INVALID;
+        if (status != PROXY_DONE) {
+                reason = "proxy-invalid";
+                snprintf(name, sizeof(name), "%s", session->peer);
+                detail = why;
+        } else if (header->command != PROXY_COMMAND_PROXY) {
+                /* The balancer's own connection (a health check): it speaks for itself. */
+                session->proxy_local = true;
+                return true;
+        } else {
+                addr_format((const struct sockaddr *) &header->source, name, sizeof(name));
+                (void) ip_key_from_sockaddr((const struct sockaddr *) &header->source, &ip);
+                pthread_mutex_lock(&s->lock);
+                if (!conf_admits(s->conf, &ip)) {
+                        reason = "denied";
+                        detail = "denied by allow/deny";
+                } else if (count_source(s, &ip, &source, &reason, &detail)) {
+                        session->ip = source;
+                        session->counted = true;
+                }
+                pthread_mutex_unlock(&s->lock);
+        }
+        if (!reason) {
+                snprintf(session->peer, sizeof(session->peer), "%s", name);
+                return true;
+        }
+        /* Refused as it would have been without a balancer: an ERR line for the limits, not a
+         * word for a denied client or a broken header. */
+        if (strcmp(reason, "denied") != 0 && strcmp(reason, "proxy-invalid") != 0) {
+                const char *line = strcmp(reason, "rate-limited") == 0 ? PROTO_ERR_RATE : PROTO_ERR_BUSY;
+                (void) send(session->fd, line, strlen(line), MSG_DONTWAIT | MSG_NOSIGNAL);
+        }
+        session->refused = true;
+        pthread_mutex_lock(&s->lock);
+        s->n_accepted--;
+        pthread_mutex_unlock(&s->lock);
+        count_refusal(s);
+        log_refusal_via(s, name, session->balancer, reason, detail);
+        return false;
+}
+
 /* The hooks an accepting engine calls, on its threads. */
 static Session *hook_admit(void *userdata, int fd, const struct sockaddr *peer, const Listener *via) {
         return admit(userdata, fd, peer, via);
@@ -380,6 +472,11 @@ static bool hook_must_wait(void *userdata) {
 
 static void hook_exhausted(void *userdata, int listen_fd, int error) {
         out_of_descriptors(userdata, listen_fd, error);
+}
+
+static bool hook_proxied(void *userdata, Session *session, ProxyStatus status, const ProxyHeader *header,
+                         const char *reason) {
+        return proxied(userdata, session, status, header, reason);
 }
 
 static void accept_some(Server *s, const Listener *l) {
@@ -462,6 +559,11 @@ static int reload_listeners(Server *s, const Conf *conf, char *err, size_t err_s
 
         if (s->activated) {
                 listeners_report_match(&s->listeners, conf);
+                /* Which passed sockets speak the PROXY protocol may have changed: the loops
+                 * take the marked set up like a new one. */
+                engine_set_listeners(s->engine, &(ListenerSet) { 0 });
+                listeners_mark_proxy(&s->listeners, conf);
+                engine_set_listeners(s->engine, &s->listeners);
                 return 0;
         }
         /* The engine lets go of every listener first: listeners_open() may close departing
@@ -1006,6 +1108,7 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
                 .must_wait = hook_must_wait,
                 .exhausted = hook_exhausted,
                 .handed_over = session_handed_over,
+                .proxied = hook_proxied,
         };
         r = engine_new(&s->engine, conf, &hooks);
         if (r < 0) {
@@ -1018,6 +1121,7 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
                 *inherited = (ListenerSet) { 0 };
                 s->activated = true;
                 listeners_report_match(&s->listeners, conf);
+                listeners_mark_proxy(&s->listeners, conf);
         } else {
                 r = listeners_open(conf, NULL, &s->listeners, err, sizeof(err));
                 if (r < 0) {

@@ -5,6 +5,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -65,9 +66,23 @@ int session_new(Session **ret, int fd, Conf *conf, const struct sockaddr *peer, 
         return 0;
 }
 
+int session_proxy_begin(Session *s) {
+        if (!(s->proxy = malloc(sizeof(*s->proxy))))
+                return -ENOMEM;
+        proxy_parser_init(s->proxy);
+        snprintf(s->balancer, sizeof(s->balancer), "%s", s->peer);
+        return 0;
+}
+
+void session_proxy_end(Session *s) {
+        free(s->proxy);
+        s->proxy = NULL;
+}
+
 Session *session_free(Session *s) {
         if (!s)
                 return NULL;
+        session_proxy_end(s);
         if (s->fd >= 0)
                 close(s->fd);
         proto_done(&s->proto);
@@ -148,12 +163,22 @@ void session_log_opened(const Session *s) {
         log_debug("connection %" PRIu64 " from %s opened", s->id, s->peer);
 }
 
+/* health_check: a connection that said nothing (a balancer's health check, a port scan), or
+ * a balancer's own (PROXY LOCAL): counted, but logged at debug level only, so that checks every
+ * few seconds do not fill the journal. */
+static bool health_check(const Session *s) {
+        bool silent = s->proto.messages == 0 && s->proto.pending_len == 0 &&
+                      (s->proto.end == PROTO_END_EOF || (s->error && strcmp(s->error, "reset") == 0));
+        return s->proxy_local || silent;
+}
+
 void session_log_closed(const Session *s) {
         static RateLimit limit = RATELIMIT_INIT(SESSION_LOG_BURST);
-        char id[24], lines[24], usec_text[24];
+        char id[24], lines[24], usec_text[24], address[ADDR_STR_MAX];
         unsigned suppressed;
+        int level = health_check(s) ? LOG_DEBUG : LOG_INFO;
 
-        if (!log_enabled(LOG_INFO))
+        if (s->refused || !log_enabled(level))
                 return;
         if (!ratelimit_allow(&limit, &suppressed))
                 return;
@@ -166,13 +191,16 @@ void session_log_closed(const Session *s) {
         snprintf(id, sizeof(id), "%" PRIu64, s->id);
         snprintf(lines, sizeof(lines), "%" PRIu64, s->proto.lines);
         snprintf(usec_text, sizeof(usec_text), "%" PRIu64, usec);
+        addr_strip_port(s->peer, address, sizeof(address));
         LogField fields[] = {
-                { "HELLOD_PEER", s->peer },   { "HELLOD_LISTEN", s->listen },
-                { "HELLOD_CONN_ID", id },     { "HELLOD_LINES", lines },
-                { "HELLOD_DURATION_USEC", usec_text }, { "HELLOD_REASON", reason },
+                { "HELLOD_PEER", s->peer },   { "HELLOD_PEER_ADDRESS", address },
+                { "HELLOD_LISTEN", s->listen }, { "HELLOD_CONN_ID", id },
+                { "HELLOD_LINES", lines },    { "HELLOD_DURATION_USEC", usec_text },
+                { "HELLOD_REASON", reason },  { "HELLOD_PROXY", s->balancer },
         };
-        log_struct(LOG_INFO, NULL, fields, sizeof(fields) / sizeof(fields[0]),
-                   "connection %" PRIu64 " from %s closed: %s, %" PRIu64 " line%s, %" PRIu64 ".%03" PRIu64 " s",
-                   s->id, s->peer, reason, s->proto.lines, s->proto.lines == 1 ? "" : "s", usec / 1000000u,
-                   (usec / 1000u) % 1000u);
+        size_t n_fields = sizeof(fields) / sizeof(fields[0]) - (s->balancer[0] ? 0 : 1);
+        log_struct(level, NULL, fields, n_fields,
+                   "connection %" PRIu64 " from %s%s%s closed: %s, %" PRIu64 " line%s, %" PRIu64 ".%03" PRIu64 " s",
+                   s->id, s->peer, s->balancer[0] ? " via " : "", s->balancer, reason, s->proto.lines,
+                   s->proto.lines == 1 ? "" : "s", usec / 1000000u, (usec / 1000u) % 1000u);
 }

@@ -12,6 +12,7 @@
 #include "buf.h"
 #include "conf.h"
 #include "proto.h"
+#include "proxyproto.h"
 
 /* After the server ends a conversation (exit, ERR), how long and how much of the client's
  * leftovers are read and discarded before closing (nginx's lingering close). */
@@ -19,13 +20,21 @@
 #define SESSION_LINGER_BYTES (64u * 1024u)
 /* A deadline that never comes (idle_timeout = 0). */
 #define SESSION_NO_DEADLINE UINT64_MAX
+/* On a PROXY protocol listener, how long the balancer has to send the whole header. A
+ * balancer sends it at once, in one segment; a client that dawdles is not a balancer. */
+#define SESSION_PROXY_TIMEOUT_USEC 3000000u
 
 typedef struct Session {
         int fd;
         uint64_t id;
         Conf *conf; /* one reference, held for the session's life: a reload changes new sessions only */
         IpKey ip;   /* the source's network block, as counted by the server */
-        char peer[ADDR_STR_MAX];
+        bool counted; /* IP is counted in the server's per-source table */
+        char peer[ADDR_STR_MAX]; /* the client: behind a balancer, what its PROXY header says */
+        char balancer[ADDR_STR_MAX]; /* the balancer the connection came from, or "" */
+        ProxyParser *proxy;      /* awaiting the PROXY header (NULL once it is in, or without one) */
+        bool proxy_local;        /* the balancer's own connection (LOCAL, UNKNOWN): a health check */
+        bool refused;            /* turned away after its PROXY header: logged as a refusal */
         char listen[ADDR_STR_MAX]; /* the listener it came through */
         uint64_t started_usec;     /* CLOCK_MONOTONIC */
 
@@ -94,6 +103,12 @@ const char *session_reason(const Session *s);
 void session_stop(Session *s);
 void session_kill(Session *s);
 bool session_stop_requested(const Session *s);
+
+/* session_proxy_begin: the connection came through a PROXY listener: the header is awaited
+ * before anything else (no greeting until it is in). Returns 0 or -ENOMEM. */
+int session_proxy_begin(Session *s);
+/* session_proxy_end: the header is in (or the session ends): the parser is freed. */
+void session_proxy_end(Session *s);
 
 /* session_log_opened: a debug line. session_log_closed: one info line with the peer, lines
  * answered, duration and reason (and the same as journal fields), at most SESSION_LOG_BURST a

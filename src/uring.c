@@ -1237,6 +1237,12 @@ static int uring_try(Engine **ret, const Conf *conf, const EngineHooks *hooks, c
 
 int uring_engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks) {
         char why[96] = "";
+
+        if (engine_conf_has_proxy(conf)) {
+                log_notice("io_backend = \"io_uring\" does not read PROXY protocol headers; the event loops use "
+                           "epoll");
+                return pool_engine_new(ret, conf, hooks);
+        }
         int r = uring_try(ret, conf, hooks, why, sizeof(why));
 
         if (r == 0)
