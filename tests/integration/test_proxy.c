@@ -1,0 +1,217 @@
+/* test-proxy: PROXY protocol listeners through the real daemon: headers as HAProxy sends them,
+ * written by hand (v1 text, v2 binary), and everything a direct client can do wrong. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "suite.h"
+
+HELLOD_SUITE(proxy);
+
+/* A daemon with a plain listener on d->port (the harness's readiness probe uses it) and a
+ * PROXY listener on *PROXY_PORT, trusting the balancers in TRUSTED, with EXTRA settings. */
+static Hellod *start(uint16_t *proxy_port, const char *trusted, const char *extra) {
+        Hellod *d = hellod_new();
+
+        *proxy_port = harness_pick_port();
+        hellod_write_config(d,
+                            "listen = ( \"127.0.0.1:%u\", { address = \"127.0.0.1:%u\"; proxy_protocol = true; } );\n"
+                            "proxy_from = [ %s ];\nlog_level = \"debug\";\n%s",
+                            (unsigned) d->port, (unsigned) *proxy_port, trusted, extra ? extra : "");
+        hellod_spawn(d, NULL);
+        hellod_wait_ready(d);
+        return d;
+}
+
+/* v2: the signature, version 2 with COMMAND, then FAMILY/TRANSPORT and the addresses. */
+static size_t v2_header(unsigned char *buf, bool local, const char *src, unsigned src_port, unsigned dst_port) {
+        static const unsigned char sig[12] = { 0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a };
+        unsigned a, b, c, e;
+
+        memcpy(buf, sig, 12);
+        buf[12] = local ? 0x20 : 0x21;
+        if (local) {
+                buf[13] = 0x00;
+                buf[14] = buf[15] = 0;
+                return 16;
+        }
+        buf[13] = 0x11; /* AF_INET, STREAM */
+        buf[14] = 0;
+        buf[15] = 12;
+        cr_assert_eq(sscanf(src, "%u.%u.%u.%u", &a, &b, &c, &e), 4);
+        unsigned char *p = buf + 16;
+        p[0] = (unsigned char) a, p[1] = (unsigned char) b, p[2] = (unsigned char) c, p[3] = (unsigned char) e;
+        p[4] = 127, p[5] = 0, p[6] = 0, p[7] = 1;
+        p[8] = (unsigned char) (src_port >> 8), p[9] = (unsigned char) src_port;
+        p[10] = (unsigned char) (dst_port >> 8), p[11] = (unsigned char) dst_port;
+        return 28;
+}
+
+/* proxied_client: a connection to PORT whose v1 header says it is SRC:SRC_PORT. */
+static int proxied_client(uint16_t port, const char *src, unsigned src_port) {
+        char header[128];
+        int fd = client_connect(port);
+
+        snprintf(header, sizeof(header), "PROXY TCP4 %s 127.0.0.1 %u %u\r\n", src, src_port, (unsigned) port);
+        client_send_str(fd, header);
+        return fd;
+}
+
+Test(proxy, v1_header_then_the_conversation_as_that_client, .timeout = 60) {
+        uint16_t port;
+        Hellod *d = start(&port, "\"127.0.0.1\"", NULL);
+        int fd = proxied_client(port, "192.0.2.7", 51234);
+
+        client_expect_str(fd, HELLOD_GREETING);
+        client_hello(fd, "Michael");
+        client_send_str(fd, "exit\n");
+        client_expect_eof(fd, false);
+        client_close(fd);
+        hellod_wait_stderr(d, "from 192.0.2.7:51234 via 127.0.0.1:");
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* The header and the first line in one segment, as a client's first bytes often follow at once. */
+Test(proxy, v2_header_and_first_line_together, .timeout = 60) {
+        uint16_t port;
+        Hellod *d = start(&port, "\"127.0.0.0/8\"", NULL);
+        unsigned char buf[64];
+        size_t n = v2_header(buf, false, "198.51.100.9", 40000, port);
+        int fd = client_connect(port);
+
+        memcpy(buf + n, "Tracy\n", 6);
+        client_send(fd, buf, n + 6);
+        client_expect_str(fd, HELLOD_GREETING "Hello, Tracy!\r\n");
+        client_close(fd);
+        hellod_wait_stderr(d, "from 198.51.100.9:40000 via 127.0.0.1:");
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* A LOCAL header (HAProxy's health check with send-proxy-v2) is the balancer speaking for itself:
+ * greeted, and its close is not an info line. */
+Test(proxy, v2_local_is_a_health_check, .timeout = 60) {
+        uint16_t port;
+        Hellod *d = start(&port, "\"127.0.0.1\"", NULL);
+        unsigned char buf[16];
+        int fd = client_connect(port);
+
+        client_send(fd, buf, v2_header(buf, true, NULL, 0, 0));
+        client_expect_str(fd, HELLOD_GREETING);
+        client_close(fd);
+        hellod_wait_stderr(d, "via 127.0.0.1");
+        char *err = hellod_stderr(d), *line = strtok(err, "\n");
+        bool found = false;
+        for (; line; line = strtok(NULL, "\n")) {
+                if (!strstr(line, " via ") || !strstr(line, "closed: eof, 0 lines"))
+                        continue;
+                found = true;
+                cr_expect(strstr(line, "debug") != NULL, "the health check was logged above debug: %s", line);
+        }
+        cr_expect(found, "no line for the health check's close");
+        free(err);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* refused_unanswered: FD gets no byte at all, then EOF (or a reset). */
+static void refused_unanswered(int fd) {
+        client_expect_eof(fd, true);
+        client_close(fd);
+}
+
+Test(proxy, a_direct_client_without_a_header_gets_nothing, .timeout = 60) {
+        uint16_t port;
+        Hellod *d = start(&port, "\"127.0.0.1\"", NULL);
+        int fd = client_connect(port);
+
+        client_send_str(fd, "Michael\n");
+        refused_unanswered(fd);
+        hellod_wait_stderr(d, "proxy-invalid");
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+Test(proxy, a_header_from_an_untrusted_address_is_refused, .timeout = 60) {
+        uint16_t port;
+        Hellod *d = start(&port, "\"127.0.0.2\"", NULL);
+        int fd = proxied_client(port, "192.0.2.7", 51234); /* from 127.0.0.1: not a balancer */
+
+        refused_unanswered(fd);
+        hellod_wait_stderr(d, "not from a balancer in proxy_from");
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+Test(proxy, a_slow_or_truncated_header_is_refused, .timeout = 60) {
+        uint16_t port;
+        Hellod *d = start(&port, "\"127.0.0.1\"", NULL);
+
+        harness_step("half a header, then nothing: refused after the header's time limit");
+        int fd = client_connect(port);
+        client_send_str(fd, "PROXY TCP4 192.0.2.7 ");
+        refused_unanswered(fd);
+        hellod_wait_stderr(d, "no PROXY header in time");
+
+        harness_step("half a header, then the client's close");
+        fd = client_connect(port);
+        client_send_str(fd, "PROXY TCP4 192.0.2.7 ");
+        client_shutdown_write(fd);
+        refused_unanswered(fd);
+        hellod_wait_stderr(d, "closed before its PROXY header was complete");
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+Test(proxy, a_v1_line_over_107_bytes_is_refused, .timeout = 60) {
+        uint16_t port;
+        Hellod *d = start(&port, "\"127.0.0.1\"", NULL);
+        char line[160];
+        int fd = client_connect(port);
+
+        memset(line, ' ', sizeof(line));
+        memcpy(line, "PROXY UNKNOWN", 13);
+        memcpy(line + 120, "\r\n", 2);
+        client_send(fd, line, 122);
+        refused_unanswered(fd);
+        hellod_wait_stderr(d, "proxy-invalid");
+
+        harness_step("the daemon is unaffected");
+        fd = proxied_client(port, "192.0.2.7", 1);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_hello(fd, "after");
+        client_close(fd);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* Limits and access lists apply to the client the header names, not to the balancer. */
+Test(proxy, per_source_limits_and_deny_see_the_real_client, .timeout = 60) {
+        uint16_t port;
+        Hellod *d = start(&port, "\"127.0.0.1\"", "max_connections_per_ip = 2;\ndeny = [ \"192.0.2.9\" ];\n");
+        int a = proxied_client(port, "192.0.2.7", 1), b = proxied_client(port, "192.0.2.7", 2);
+
+        client_expect_str(a, HELLOD_GREETING);
+        client_expect_str(b, HELLOD_GREETING);
+        harness_step("a third connection of 192.0.2.7 is refused");
+        int c = proxied_client(port, "192.0.2.7", 3);
+        client_expect_str(c, HELLOD_ERR_BUSY);
+        client_close(c);
+        hellod_wait_stderr(d, "refused 192.0.2.7:3 via 127.0.0.1:");
+        harness_step("another client behind the same balancer is served");
+        int other = proxied_client(port, "192.0.2.8", 4);
+        client_expect_str(other, HELLOD_GREETING);
+        client_hello(other, "other");
+        harness_step("a denied client behind the balancer gets nothing");
+        int denied = proxied_client(port, "192.0.2.9", 5);
+        refused_unanswered(denied);
+        hellod_wait_stderr(d, "refused 192.0.2.9:5 via 127.0.0.1:");
+        client_hello(a, "still");
+        client_close(a);
+        client_close(b);
+        client_close(other);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
