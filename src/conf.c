@@ -206,6 +206,8 @@ static const char *type_name(int type) {
 
 /* ---- parsers ---- */
 
+static const ConfKey *conf_key_find(const char *name, size_t len);
+
 static void *field(Conf *c, size_t offset) {
         return (char *) c + offset;
 }
@@ -405,34 +407,156 @@ static int list_length(const ConfKey *k, const config_setting_t *s, int max, con
         return 0;
 }
 
-static int parse_listen(Conf *c, const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx) {
+/* listen_address: a string entry of `listen`, or a group's `address`, into RET. */
+static int listen_address(const ConfKey *k, const config_setting_t *e, const char *text, ListenSpec *ret,
+                          const ConfCtx *ctx) {
         char buf[ECHO_BUF_SIZE], why[ERR_REASON_MAX];
-        ListenSpec *specs;
-        int n, i, r;
+        int r = listen_spec_parse(text, ret, why, sizeof(why));
 
-        r = list_length(k, s, CONF_LISTEN_MAX, ctx, &n);
+        if (r == -ENOMEM)
+                return oom_error(ctx);
         if (r < 0)
-                return r;
+                return key_error(ctx, e, k->name, "\"%s\": %s", echo(text, buf), why);
+        return 0;
+}
+
+/* fdname_valid: what systemd takes as FileDescriptorName= (printable ASCII, no ':'), short
+ * enough for Listener.fdname. */
+static bool fdname_valid(const char *name) {
+        size_t len = strlen(name);
+
+        if (len == 0 || len > CONF_FDNAME_MAX)
+                return false;
+        for (size_t i = 0; i < len; i++)
+                if (name[i] < 0x21 || name[i] > 0x7e || name[i] == ':')
+                        return false;
+        return true;
+}
+
+static int listen_name(const ConfKey *k, const config_setting_t *e, const char *text, ListenSpec *ret,
+                       const ConfCtx *ctx) {
+        char buf[ECHO_BUF_SIZE];
+
+        if (!fdname_valid(text))
+                return key_error(ctx, e, k->name,
+                                 "name \"%s\": a FileDescriptorName= is 1 to %d printable ASCII characters, "
+                                 "no spaces or ':'",
+                                 echo(text, buf), CONF_FDNAME_MAX);
+        ret->fdname = strdup(text);
+        return ret->fdname ? 0 : oom_error(ctx);
+}
+
+/* listen_group_member: one setting E of a listen group into RET. */
+static int listen_group_member(const ConfKey *k, const config_setting_t *e, ListenSpec *ret, const ConfCtx *ctx) {
+        const char *name = config_setting_name(e), *text;
+        int type = config_setting_type(e);
+        char buf[ECHO_BUF_SIZE];
+
+        name = name ? name : "";
+        if (strcmp(name, "proxy_protocol") == 0) {
+                if (type != CONFIG_TYPE_BOOL)
+                        return key_error(ctx, e, k->name, "'proxy_protocol' must be true or false, got %s",
+                                         type_name(type));
+                ret->proxy_protocol = config_setting_get_bool(e) != 0;
+                return 0;
+        }
+        if (strcmp(name, "address") != 0 && strcmp(name, "name") != 0) {
+                if (conf_key_find(name, strlen(name)))
+                        return key_error(ctx, e, k->name, "unknown key '%s' in a listen group (%s is a top-level "
+                                                          "setting)",
+                                         echo(name, buf), name);
+                return key_error(ctx, e, k->name,
+                                 "unknown key '%s' in a listen group (it takes address, name and proxy_protocol)",
+                                 echo(name, buf));
+        }
+        if (type != CONFIG_TYPE_STRING)
+                return key_error(ctx, e, k->name, "'%s' must be a string, got %s", name, type_name(type));
+        if (ret->host || ret->fdname)
+                return key_error(ctx, e, k->name, "a listen group takes one 'address' or one 'name', not both");
+        text = config_setting_get_string(e);
+        text = text ? text : "";
+        if (name[0] == 'n')
+                return listen_name(k, e, text, ret, ctx);
+        bool proxy = ret->proxy_protocol;
+        int r = listen_address(k, e, text, ret, ctx);
+        ret->proxy_protocol = proxy; /* listen_spec_parse() fills all of RET */
+        return r;
+}
+
+/* listen_group: { address = "..."; name = "..."; proxy_protocol = BOOL; } into RET. */
+static int listen_group(const ConfKey *k, const config_setting_t *g, ListenSpec *ret, const ConfCtx *ctx) {
+        int n = config_setting_length(g);
+
+        for (int i = 0; i < n; i++) {
+                const config_setting_t *e = config_setting_get_elem(g, (unsigned) i);
+                int r = e ? listen_group_member(k, e, ret, ctx) : 0;
+                if (r < 0)
+                        return r;
+        }
+        if (!ret->host && !ret->fdname)
+                return key_error(ctx, g, k->name,
+                                 "a listen group needs an 'address' (as a string entry gives it) or the 'name' of "
+                                 "sockets systemd passes");
+        return 0;
+}
+
+static int listen_entry(const ConfKey *k, const config_setting_t *e, ListenSpec *ret, const ConfCtx *ctx) {
+        int type = config_setting_type(e);
+        const char *text;
+
+        if (type == CONFIG_TYPE_GROUP)
+                return listen_group(k, e, ret, ctx);
+        if (type != CONFIG_TYPE_STRING)
+                return key_error(ctx, e, k->name, "entries must be strings or groups, got %s", type_name(type));
+        text = config_setting_get_string(e);
+        return listen_address(k, e, text ? text : "", ret, ctx);
+}
+
+/* listen_entry_text: what entry E says, for messages: the string, or a group's address or name. */
+static const char *listen_entry_text(const config_setting_t *e) {
+        const config_setting_t *m = e;
+        const char *text;
+
+        if (config_setting_type(e) == CONFIG_TYPE_GROUP) {
+                m = config_setting_get_member(e, "address");
+                if (!m)
+                        m = config_setting_get_member(e, "name");
+        }
+        text = m ? config_setting_get_string(m) : NULL;
+        return text ? text : "";
+}
+
+static bool listen_same(const ListenSpec *a, const ListenSpec *b) {
+        if (a->fdname || b->fdname)
+                return a->fdname && b->fdname && strcmp(a->fdname, b->fdname) == 0;
+        return a->port == b->port && strcmp(a->host, b->host) == 0;
+}
+
+/* parse_listen: a list of entries, each a string (an address) or a group; an array (strings
+ * only) too. */
+static int parse_listen(Conf *c, const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx) {
+        int type = config_setting_type(s), n, i, r = 0;
+        char buf[ECHO_BUF_SIZE];
+        ListenSpec *specs;
+
+        if (type != CONFIG_TYPE_ARRAY && type != CONFIG_TYPE_LIST)
+                return key_error(ctx, s, k->name, "must be a list of addresses or groups, got %s", type_name(type));
+        n = config_setting_length(s);
+        if (n > CONF_LISTEN_MAX)
+                return key_error(ctx, s, k->name, "has too many entries (%d, at most %d)", n, CONF_LISTEN_MAX);
         if (n <= 0)
                 return key_error(ctx, s, k->name, "must not be empty: hellod has to listen somewhere");
         specs = calloc((size_t) n, sizeof(ListenSpec));
         if (!specs)
                 return oom_error(ctx);
         for (i = 0; i < n && r >= 0; i++) {
-                const config_setting_t *e = NULL;
-                const char *text = NULL;
+                const config_setting_t *e = config_setting_get_elem(s, (unsigned) i);
 
-                r = list_elem_string(k, s, i, ctx, &e, &text);
-                if (r < 0)
-                        break;
-                r = listen_spec_parse(text, &specs[i], why, sizeof(why));
-                if (r == -ENOMEM)
-                        r = oom_error(ctx);
-                else if (r < 0)
-                        r = key_error(ctx, e, k->name, "\"%s\": %s", echo(text, buf), why);
+                r = e ? listen_entry(k, e, &specs[i], ctx) : key_error(ctx, s, k->name, "missing entry");
                 for (int j = 0; j < i && r >= 0; j++)
-                        if (specs[j].port == specs[i].port && strcmp(specs[j].host, specs[i].host) == 0)
-                                r = key_error(ctx, e, k->name, "\"%s\" is listed twice", echo(text, buf));
+                        if (listen_same(&specs[j], &specs[i]))
+                                r = key_error(ctx, e, k->name, "%s\"%s\" is listed twice",
+                                              specs[i].fdname ? "name " : "", echo(listen_entry_text(e), buf));
         }
         if (r < 0) {
                 listen_specs_free(specs, (size_t) n);
@@ -450,7 +574,7 @@ static int parse_listen(Conf *c, const ConfKey *k, const config_setting_t *s, co
 static int parse_cidrs(Conf *c, const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx) {
         char buf[ECHO_BUF_SIZE], why[ERR_REASON_MAX];
         Cidr **items = field(c, k->offset), *new;
-        int n, r;
+        int n = 0, r;
 
         r = list_length(k, s, CONF_CIDR_MAX, ctx, &n);
         if (r < 0)
@@ -608,16 +732,41 @@ static void print_listen_spec(FILE *f, const ListenSpec *s) {
         fputc('"', f);
 }
 
+/* print_listen_entry: a plain address as a string, anything more as a group. */
+static void print_listen_entry(FILE *f, const ListenSpec *s) {
+        if (!s->fdname && !s->proxy_protocol) {
+                print_listen_spec(f, s);
+                return;
+        }
+        fputs("{ ", f);
+        if (s->fdname) {
+                /* Names were validated: printable ASCII; quotes and backslashes still need escaping. */
+                fputs("name = \"", f);
+                print_escaped(f, s->fdname);
+                fputs("\"; ", f);
+        } else {
+                fputs("address = ", f);
+                print_listen_spec(f, s);
+                fputs("; ", f);
+        }
+        fprintf(f, "proxy_protocol = %s; }", s->proxy_protocol ? "true" : "false");
+}
+
 static void print_listen(const Conf *c, const ConfKey *k, FILE *f) {
+        bool groups = false;
+
+        for (size_t i = 0; i < c->n_listen; i++)
+                groups = groups || c->listen[i].fdname || c->listen[i].proxy_protocol;
         /* The built-in default tolerates a missing IPv6 stack, and the same list written out would not:
-         * print it commented out, so that this output, loaded again, means exactly the same thing. */
-        fprintf(f, "%s%s = [ ", c->listen_is_default ? "# " : "", k->name);
+         * print it commented out, so that this output, loaded again, means exactly the same thing.
+         * Groups need a ( ) list: a [ ] array holds scalars only. */
+        fprintf(f, "%s%s = %s ", c->listen_is_default ? "# " : "", k->name, groups ? "(" : "[");
         for (size_t i = 0; i < c->n_listen; i++) {
                 if (i > 0)
                         fputs(", ", f);
-                print_listen_spec(f, &c->listen[i]);
+                print_listen_entry(f, &c->listen[i]);
         }
-        fputs(c->listen_is_default ? " ];  (built-in default)\n" : " ];\n", f);
+        fprintf(f, " %s;%s\n", groups ? ")" : "]", c->listen_is_default ? "  (built-in default)" : "");
 }
 
 static void print_cidrs(const Conf *c, const ConfKey *k, FILE *f) {
@@ -788,8 +937,39 @@ static int conf_apply(Conf *c, const config_t *cfg, const ConfCtx *ctx) {
         return 0;
 }
 
+static bool any_proxy_listener(const Conf *c) {
+        for (size_t i = 0; i < c->n_listen; i++)
+                if (c->listen[i].proxy_protocol)
+                        return true;
+        return false;
+}
+
+/* warn_unused_proxy_from: `proxy_from` without a PROXY listener does nothing; likely a listen
+ * group was forgotten, but the file means something, so it loads. */
+static void warn_unused_proxy_from(const Conf *c, const config_t *cfg, const ConfCtx *ctx) {
+        char msg[ERR_REASON_MAX + PATH_MAX];
+        ConfCtx quiet = *ctx;
+
+        if (c->n_proxy_from == 0 || any_proxy_listener(c))
+                return;
+        msg[0] = '\0';
+        quiet.err = msg;
+        quiet.err_size = sizeof(msg);
+        (void) key_error(&quiet, config_lookup(cfg, "proxy_from"), "proxy_from",
+                         "no listen entry has proxy_protocol = true: ignored");
+        log_warning("%s", msg);
+}
+
 /* conf_validate: rules between keys, once the whole file is read. */
 static int conf_validate(const Conf *c, const config_t *cfg, const ConfCtx *ctx) {
+        /* A PROXY header from anyone would let any client claim any address. */
+        if (any_proxy_listener(c) && c->n_proxy_from == 0) {
+                const config_setting_t *s = config_lookup(cfg, "proxy_from");
+                return key_error(ctx, s ? s : config_lookup(cfg, "listen"), "proxy_from",
+                                 "must list the balancers trusted to send a PROXY header (e.g. [ \"127.0.0.1\" ]), "
+                                 "since a listen entry has proxy_protocol = true");
+        }
+        warn_unused_proxy_from(c, cfg, ctx);
         /* setgid() alone would leave hellod running as root, with every capability. */
         if (c->group && !c->user)
                 return key_error(ctx, config_lookup(cfg, "group"), "group",

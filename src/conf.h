@@ -35,6 +35,7 @@
 #define CONF_LISTEN_MAX 64
 #define CONF_CIDR_MAX 1024 /* entries in `allow` or `deny` */
 #define CONF_NAME_MAX 64   /* `user`, `group` */
+#define CONF_FDNAME_MAX 63 /* a listen group's `name`: fits Listener.fdname */
 #define CONF_WORKERS_MAX 256
 #define CONF_WORKER_STACK_MIN (64 * 1024)
 #define CONF_WORKER_STACK_MAX (64 * 1024 * 1024)

@@ -491,14 +491,25 @@ static bool is_dual_stack(const Listener *l) {
         return getsockopt(l->fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &len) == 0 && v6only == 0;
 }
 
+/* named_by_conf: whether CONF has an entry by name for L's FileDescriptorName=. */
+static bool named_by_conf(const Listener *l, const Conf *conf) {
+        for (size_t i = 0; i < conf->n_listen; i++)
+                if (conf->listen[i].fdname && strcmp(conf->listen[i].fdname, l->fdname) == 0)
+                        return true;
+        return false;
+}
+
 /* endpoints: the addresses INHERITED accepts connections on, a dual-stack socket counted as
- * its IPv4 half too; every fd -1 (nothing here owns a socket). */
-static int endpoints(const ListenerSet *inherited, ListenerSet *ret) {
+ * its IPv4 half too; every fd -1 (nothing here owns a socket). Sockets CONF names by their
+ * FileDescriptorName= are left out: their addresses are their socket unit's business. */
+static int endpoints(const ListenerSet *inherited, const Conf *conf, ListenerSet *ret) {
         ListenerSet set = { 0 };
         int r = 0;
 
         for (size_t i = 0; i < inherited->n && r >= 0; i++) {
                 const Listener *l = &inherited->items[i];
+                if (named_by_conf(l, conf))
+                        continue;
                 r = append(&set, (const struct sockaddr *) &l->addr, l->addr_len, false);
                 if (r >= 0 && is_dual_stack(l)) {
                         struct sockaddr_in in = {
@@ -532,7 +543,7 @@ int listeners_match_conf(const ListenerSet *inherited, const Conf *conf, char *w
         r = listeners_resolve(conf, &want, why, why_size);
         if (r < 0)
                 return r;
-        r = endpoints(inherited, &have);
+        r = endpoints(inherited, conf, &have);
         if (r < 0) {
                 snprintf(why, why_size, "out of memory");
                 listener_set_done(&want);

@@ -102,6 +102,7 @@ const char *listeners_describe(const ListenerSet *set, char *buf, size_t size);
 /* listeners_match_conf: whether the sockets systemd passed (INHERITED) are the ones CONF's
  * `listen` and `port` ask for, as a set. A dual-stack "[::]:P" socket (IPV6_V6ONLY off, what
  * `ListenStream=P` makes) stands for both "0.0.0.0:P" and "[::]:P", the built-in default.
+ * Sockets an entry names by FileDescriptorName= (`name`) are left out of the comparison.
  * Returns 1 when they match, 0 when not (WHY then says both sides), or a negative errno when
  * CONF's addresses cannot be resolved (WHY says why). Non-logging. */
 int listeners_match_conf(const ListenerSet *inherited, const Conf *conf, char *why, size_t why_size);

@@ -2,7 +2,8 @@
  * them (fds from 3 on, LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES): listeners, the file descriptor
  * store's connections and state memfd, and what it must close and remove from the store (the
  * FDSTOREREMOVE messages land on a $NOTIFY_SOCKET the test owns). Each case runs in a child
- * process, since it takes over descriptors 3 and up. */
+ * process, since it takes over descriptors 3 and up. listeners_mark_proxy() is tested here too,
+ * on the listeners so inherited, with their FileDescriptorName= and real dual-stack sockets. */
 #include <criterion/criterion.h>
 #include <arpa/inet.h>
 #include <errno.h>
@@ -25,7 +26,8 @@
 #define RESULT_FD 300
 
 typedef enum Kind {
-        LISTENER,
+        LISTENER,      /* 127.0.0.1, an ephemeral port */
+        DUAL_LISTENER, /* [::] with IPV6_V6ONLY off, as ListenStream=PORT makes */
         CONNECTION, /* the server side of a loopback TCP connection */
         MEMFD,
         UNIX_DGRAM,
@@ -37,6 +39,16 @@ typedef struct Passed {
 } Passed;
 
 static int listen_fd = -1; /* the child's loopback listener the connections come from */
+
+static int dual_listener(void) {
+        struct sockaddr_in6 a = { .sin6_family = AF_INET6, .sin6_addr = IN6ADDR_ANY_INIT };
+        int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+        if (fd < 0 || setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &(int) { 0 }, sizeof(int)) < 0 ||
+            bind(fd, (struct sockaddr *) &a, sizeof(a)) < 0 || listen(fd, 16) < 0)
+                return -1;
+        return fd;
+}
 
 static int tcp_listener(void) {
         struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
@@ -64,6 +76,8 @@ static int make(Kind kind, int *ret_client) {
         switch (kind) {
         case LISTENER:
                 return tcp_listener();
+        case DUAL_LISTENER:
+                return dual_listener();
         case CONNECTION:
                 return connection(ret_client);
         case MEMFD:
@@ -278,4 +292,131 @@ Test(inherit, a_foreign_descriptor_is_still_an_error_that_names_it) {
 
         cr_assert_str_empty(o.failure, "%s", o.failure);
         cr_expect_eq(o.n_messages, 0);
+}
+
+/* ---- listeners_mark_proxy ---------------------------------------------------------------------- */
+
+static unsigned port_of(const Listener *l) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *) &l->addr;
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *) &l->addr;
+
+        return ntohs(l->addr.ss_family == AF_INET ? in->sin_port : in6->sin6_port);
+}
+
+static Conf *conf_text(const char *format, ...) __attribute__((format(printf, 1, 2)));
+static Conf *conf_text(const char *format, ...) {
+        char text[1024], err[512];
+        Conf *c = NULL;
+        va_list ap;
+
+        va_start(ap, format);
+        vsnprintf(text, sizeof(text), format, ap);
+        va_end(ap);
+        if (conf_load_text("test.conf", text, strlen(text), &c, err, sizeof(err)) < 0) {
+                fail("config <<%s>>: %s", text, err);
+                return NULL;
+        }
+        return c;
+}
+
+/* expect_proxy: which of SET's listeners are marked, as a string of 0s and 1s, must be WANT. */
+static bool expect_proxy(const ListenerSet *set, const char *want, const char *after) {
+        char got[PASSED_MAX + 1] = "";
+
+        for (size_t i = 0; i < set->n && i < PASSED_MAX; i++)
+                got[i] = set->items[i].proxy ? '1' : '0';
+        if (strcmp(got, want) != 0) {
+                fail("%s: proxy marks %s, expected %s", after, got, want);
+                return false;
+        }
+        return true;
+}
+
+static void check_marked(int r, const char *err, ListenerSet *set, InheritedStore *store, const int clients[]) {
+        static const char *const names[] = { "hellod-proxy", "hellod.socket", "other", "hellod.socket" };
+        char why[512], desc[512];
+        unsigned p1, p2, p3;
+        Conf *c;
+
+        (void) store;
+        (void) clients;
+        if (r < 0 || set->n != 4)
+                return fail("failed (%d, %zu listeners): %s", r, set->n, err);
+        for (size_t i = 0; i < 4; i++)
+                if (strcmp(set->items[i].fdname, names[i]) != 0 || set->items[i].proxy)
+                        return fail("listener %zu: fdname '%s', proxy %d", i, set->items[i].fdname, set->items[i].proxy);
+        p1 = port_of(&set->items[1]);
+        p2 = port_of(&set->items[2]);
+        p3 = port_of(&set->items[3]);
+
+        /* By name, by a numeric address, and a dual-stack socket by its IPv4 half. */
+        c = conf_text("listen = ( { name = \"hellod-proxy\"; proxy_protocol = true; },\n"
+                      "  { address = \"127.0.0.1:%u\"; proxy_protocol = true; }, \"127.0.0.1:%u\",\n"
+                      "  { address = \"0.0.0.0:%u\"; proxy_protocol = true; } );\nproxy_from = [ \"127.0.0.1\" ];\n",
+                      p1, p2, p3);
+        if (!c)
+                return;
+        listeners_mark_proxy(set, c);
+        if (!expect_proxy(set, "1101", "by name and address"))
+                return;
+        listeners_describe(set, desc, sizeof(desc));
+        if (!strstr(desc, "127.0.0.1:") || !strstr(desc, " (PROXY), ") || strstr(desc, "(PROXY) (PROXY)"))
+                return fail("described as '%s'", desc);
+        conf_unref(c);
+
+        /* The socket named in 'listen' is its socket unit's business: left out when the passed
+         * sockets are compared with the addresses; without that entry, it is one too many. */
+        c = conf_text("listen = ( { name = \"hellod-proxy\"; }, \"127.0.0.1:%u\", \"127.0.0.1:%u\", \"0.0.0.0:%u\", "
+                      "\"[::]:%u\" );\n",
+                      p1, p2, p3, p3);
+        if (!c)
+                return;
+        r = listeners_match_conf(set, c, why, sizeof(why));
+        conf_unref(c);
+        if (r != 1)
+                return fail("listeners_match_conf with the name: %d, %s", r, why);
+        c = conf_text("listen = ( \"127.0.0.1:%u\", \"127.0.0.1:%u\", \"0.0.0.0:%u\", \"[::]:%u\" );\n", p1, p2, p3, p3);
+        if (!c)
+                return;
+        r = listeners_match_conf(set, c, why, sizeof(why));
+        conf_unref(c);
+        if (r != 0)
+                return fail("listeners_match_conf without the name: %d, %s", r, why);
+
+        /* A reload: marks follow the new file, cleared where it no longer asks; "[::]:P" names the
+         * dual-stack socket too, a host name never matches (nothing is resolved). */
+        c = conf_text("listen = ( { name = \"hellod.socket\"; }, { address = \"localhost:%u\"; proxy_protocol = true; },\n"
+                      "  { address = \"127.0.0.1:%u\"; proxy_protocol = true; }, { address = \"[::]:%u\"; "
+                      "proxy_protocol = true; } );\nproxy_from = [ \"::1\" ];\n",
+                      p1, p2, p3);
+        if (!c)
+                return;
+        listeners_mark_proxy(set, c);
+        if (!expect_proxy(set, "0011", "after a reload"))
+                return;
+        conf_unref(c);
+
+        /* A plain configuration clears every mark; a specific address does not name the dual-stack one. */
+        c = conf_text("listen = ( \"127.0.0.1:%u\", { address = \"127.0.0.1:%u\"; proxy_protocol = false; },\n"
+                      "  { address = \"[::1]:%u\"; proxy_protocol = true; } );\nproxy_from = [ \"::1\" ];\n",
+                      p1, p2, p3);
+        if (!c)
+                return;
+        listeners_mark_proxy(set, c);
+        if (!expect_proxy(set, "0000", "without PROXY entries"))
+                return;
+        conf_unref(c);
+        listener_set_done(set);
+}
+
+Test(inherit, proxy_listeners_are_marked_by_name_and_by_address) {
+        const Passed p[] = {
+                { LISTENER, "hellod-proxy" },
+                { LISTENER, "hellod.socket" },
+                { LISTENER, "other" },
+                { DUAL_LISTENER, "hellod.socket" },
+        };
+        Outcome o = run(p, 4, false, check_marked);
+
+        cr_assert_str_empty(o.failure, "%s", o.failure);
 }

@@ -2,8 +2,11 @@
  * type and range checks (with "FILE:LINE: KEY:" in the message), the listen forms, the reply template,
  * escaping of echoed values, conf_print() round trips and reference counting. */
 #include <criterion/criterion.h>
+#include <criterion/redirect.h>
+#include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -125,8 +128,16 @@ static void expect_defaults(const Conf *c) {
 static void expect_same(const Conf *a, const Conf *b) {
         cr_assert_eq(a->n_listen, b->n_listen);
         for (size_t i = 0; i < a->n_listen; i++) {
-                cr_expect_str_eq(a->listen[i].host, b->listen[i].host);
-                cr_expect_eq(a->listen[i].port, b->listen[i].port);
+                const ListenSpec *x = &a->listen[i], *y = &b->listen[i];
+                cr_expect((x->host == NULL) == (y->host == NULL) && (!x->host || strcmp(x->host, y->host) == 0),
+                          "listen entry %zu: host %s vs %s", i, x->host ? x->host : "(none)",
+                          y->host ? y->host : "(none)");
+                cr_expect((x->fdname == NULL) == (y->fdname == NULL) &&
+                                  (!x->fdname || strcmp(x->fdname, y->fdname) == 0),
+                          "listen entry %zu: name %s vs %s", i, x->fdname ? x->fdname : "(none)",
+                          y->fdname ? y->fdname : "(none)");
+                cr_expect_eq(x->port, y->port);
+                cr_expect_eq(x->proxy_protocol, y->proxy_protocol, "listen entry %zu: proxy_protocol", i);
         }
         cr_expect_eq(a->listen_is_default, b->listen_is_default);
         cr_expect_eq(a->port, b->port);
@@ -146,6 +157,9 @@ static void expect_same(const Conf *a, const Conf *b) {
         cr_expect(a->n_allow == 0 || memcmp(a->allow, b->allow, a->n_allow * sizeof(Cidr)) == 0);
         cr_assert_eq(a->n_deny, b->n_deny);
         cr_expect(a->n_deny == 0 || memcmp(a->deny, b->deny, a->n_deny * sizeof(Cidr)) == 0);
+        cr_assert_eq(a->n_proxy_from, b->n_proxy_from);
+        cr_expect(a->n_proxy_from == 0 ||
+                  memcmp(a->proxy_from, b->proxy_from, a->n_proxy_from * sizeof(Cidr)) == 0);
         cr_expect_eq(a->per_ip_ipv4_prefix, b->per_ip_ipv4_prefix);
         cr_expect_eq(a->per_ip_ipv6_prefix, b->per_ip_ipv6_prefix);
         cr_expect_eq(a->rate_limit_per_ip, b->rate_limit_per_ip);
@@ -605,9 +619,9 @@ Test(conf_listen, list_errors) {
 
         expect_error("\n\nlisten = [];", 3, "listen", "must not be empty");
         expect_error("\n\nlisten = ();", 3, "listen", "must not be empty");
-        expect_error("\n\nlisten = \"127.0.0.1\";", 3, "listen", "must be a list of strings");
-        expect_error("\n\nlisten = 1;", 3, "listen", "must be a list of strings");
-        expect_error("\n\nlisten = { a = \"127.0.0.1\"; };", 3, "listen", "must be a list of strings");
+        expect_error("\n\nlisten = \"127.0.0.1\";", 3, "listen", "must be a list of addresses or groups");
+        expect_error("\n\nlisten = 1;", 3, "listen", "must be a list of addresses or groups");
+        expect_error("\n\nlisten = { a = \"127.0.0.1\"; };", 3, "listen", "must be a list of addresses or groups");
         expect_error("\n\nlisten = [ 1, 2 ];", 3, "listen", "must be strings");
         expect_error("\n\nlisten = ( \"127.0.0.1\", 1 );", 3, "listen", "must be strings");
         expect_error("\n\nlisten = ( \"127.0.0.1\", [ \"::1\" ] );", 3, "listen", "must be strings");
@@ -1235,6 +1249,168 @@ Test(conf_print, bracketed_address_round_trips) {
         cr_expect(strstr(out, "\"[::1:9999]\""), "%s", out);
         cr_expect(strstr(out, "\"::1\""), "%s", out);
         expect_same(c, again);
+        conf_unref(again);
+        conf_unref(c);
+}
+
+/* ---- listen groups and proxy_from (PROXY protocol) ---- */
+
+Test(conf_proxy, groups_and_strings_mix_in_a_list) {
+        Conf *c = load_ok("listen = ( \"0.0.0.0\", { address = \"127.0.0.1:10001\"; proxy_protocol = true; },\n"
+                          "           { name = \"hellod-proxy\"; proxy_protocol = true; },\n"
+                          "           { address = \"[::1]\"; }, { proxy_protocol = false; name = \"plain\"; } );\n"
+                          "proxy_from = [ \"127.0.0.1\", \"10.0.0.0/8\" ];\n");
+
+        cr_assert_eq(c->n_listen, 5);
+        cr_expect_str_eq(c->listen[0].host, "0.0.0.0");
+        cr_expect_null(c->listen[0].fdname);
+        cr_expect_not(c->listen[0].proxy_protocol);
+        cr_expect_str_eq(c->listen[1].host, "127.0.0.1");
+        cr_expect_eq(c->listen[1].port, 10001);
+        cr_expect(c->listen[1].proxy_protocol);
+        cr_expect_null(c->listen[2].host);
+        cr_expect_str_eq(c->listen[2].fdname, "hellod-proxy");
+        cr_expect(c->listen[2].proxy_protocol);
+        cr_expect_str_eq(c->listen[3].host, "::1");
+        cr_expect_not(c->listen[3].proxy_protocol, "proxy_protocol defaults to false");
+        cr_expect_str_eq(c->listen[4].fdname, "plain");
+        cr_expect_not(c->listen[4].proxy_protocol);
+        cr_assert_eq(c->n_proxy_from, 2);
+        conf_unref(c);
+}
+
+Test(conf_proxy, trusted_balancers) {
+        Conf *c = load_ok("listen = ( { address = \"127.0.0.1\"; proxy_protocol = true; } );\n"
+                          "proxy_from = [ \"127.0.0.1\", \"10.0.0.0/8\", \"2001:db8::/32\" ];\n");
+        IpKey k;
+        struct sockaddr_in in = { .sin_family = AF_INET };
+        struct sockaddr_in6 in6 = { .sin6_family = AF_INET6 };
+        static const struct {
+                const char *addr;
+                bool trusted;
+        } cases[] = {
+                { "127.0.0.1", true },   { "127.0.0.2", false }, { "10.200.3.4", true },
+                { "11.0.0.1", false },   { "2001:db8::7", true }, { "2001:db9::7", false },
+                { "::ffff:10.0.0.1", true }, /* IPv4 through a dual-stack socket */
+        };
+
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                if (inet_pton(AF_INET, cases[i].addr, &in.sin_addr) == 1)
+                        cr_assert_eq(ip_key_from_sockaddr((struct sockaddr *) &in, &k), 0);
+                else {
+                        cr_assert_eq(inet_pton(AF_INET6, cases[i].addr, &in6.sin6_addr), 1);
+                        cr_assert_eq(ip_key_from_sockaddr((struct sockaddr *) &in6, &k), 0);
+                }
+                cr_expect_eq(conf_proxy_trusted(c, &k), cases[i].trusted, "%s", cases[i].addr);
+        }
+        conf_unref(c);
+
+        /* Without proxy_from (no PROXY listener), nobody is trusted. */
+        c = load_ok("");
+        cr_assert_eq(inet_pton(AF_INET, "127.0.0.1", &in.sin_addr), 1);
+        cr_assert_eq(ip_key_from_sockaddr((struct sockaddr *) &in, &k), 0);
+        cr_expect_not(conf_proxy_trusted(c, &k));
+        conf_unref(c);
+}
+
+Test(conf_proxy, group_errors_name_file_line_and_key) {
+        expect_error("port = 1;\n\nlisten = ( { address = \"127.0.0.1\"; proxy_from = [ \"::1\" ]; } );\n", 3,
+                     "listen", "unknown key 'proxy_from' in a listen group (proxy_from is a top-level setting)");
+        expect_error("\nlisten = ( \"::1\",\n  { adress = \"127.0.0.1\"; } );\n", 3, "listen",
+                     "unknown key 'adress' in a listen group");
+        expect_error("listen = ( { address = 1; } );\n", 1, "listen", "'address' must be a string, got an integer");
+        expect_error("listen = ( { name = true; } );\n", 1, "listen", "'name' must be a string, got a boolean");
+        expect_error("listen = ( { address = \"127.0.0.1\"; proxy_protocol = 1; } );\n", 1, "listen",
+                     "'proxy_protocol' must be true or false, got an integer");
+        expect_error("listen = ( { address = \"127.0.0.1\"; proxy_protocol = \"yes\"; } );\n", 1, "listen",
+                     "'proxy_protocol' must be true or false, got a string");
+        expect_error("listen = ( { address = \"127.0.0.1\"; name = \"x\"; } );\n", 1, "listen",
+                     "not both");
+        expect_error("listen = ( { proxy_protocol = true; } );\n", 1, "listen", "needs an 'address'");
+        expect_error("listen = ( { } );\n", 1, "listen", "needs an 'address'");
+        expect_error("listen = ( { address = \"[::1\"; } );\n", 1, "listen", "\"[::1\": missing ']'");
+        expect_error("listen = ( { name = \"\"; } );\n", 1, "listen", "FileDescriptorName=");
+        expect_error("listen = ( { name = \"a b\"; } );\n", 1, "listen", "FileDescriptorName=");
+        expect_error("listen = ( { name = \"a:b\"; } );\n", 1, "listen", "FileDescriptorName=");
+        expect_error("listen = ( { name = \"0123456789012345678901234567890123456789012345678901234567890123\"; } );\n",
+                     1, "listen", "1 to 63");
+        expect_error("listen = ( { name = \"s\"; }, { name = \"s\"; proxy_protocol = true; } );\n", 1, "listen",
+                     "name \"s\" is listed twice");
+        expect_error("listen = ( \"127.0.0.1:80\", { address = \"127.0.0.1:80\"; proxy_protocol = true; } );\n"
+                     "proxy_from = [ \"::1\" ];\n",
+                     1, "listen", "\"127.0.0.1:80\" is listed twice");
+        expect_error("listen = ( { address = \"127.0.0.1\"; listen = ( ); } );\n", 1, "listen",
+                     "(listen is a top-level setting)");
+        expect_error("listen = ( ( \"127.0.0.1\" ) );\n", 1, "listen", "must be strings or groups, got a list");
+}
+
+Test(conf_proxy, proxy_from_is_required_by_a_proxy_listener) {
+        expect_error("port = 1;\nlisten = ( { address = \"127.0.0.1\"; proxy_protocol = true; } );\n", 2,
+                     "proxy_from", "trusted to send a PROXY header");
+        expect_error("listen = ( { name = \"p\"; proxy_protocol = true; } );\n\nproxy_from = [ ];\n", 3,
+                     "proxy_from", "trusted to send a PROXY header");
+        expect_error("proxy_from = [ \"10.0.0.0/33\" ];\n", 1, "proxy_from", "prefix length");
+        expect_error("proxy_from = \"10.0.0.1\";\n", 1, "proxy_from", "must be a list of strings");
+}
+
+static void redirect_stderr(void) {
+        cr_redirect_stderr();
+}
+
+Test(conf_proxy, proxy_from_without_a_proxy_listener_is_a_warning, .init = redirect_stderr) {
+        Loaded l = load_text("listen = [ \"127.0.0.1\" ];\nproxy_from = [ \"10.0.0.1\" ];\n");
+        char text[2048], want[PATH_MAX + 128];
+        size_t n;
+
+        cr_assert_eq(l.r, 0, "%s", l.err);
+        cr_expect_eq(l.conf->n_proxy_from, 1);
+        conf_unref(l.conf);
+        fflush(stderr);
+        n = fread(text, 1, sizeof(text) - 1, cr_get_redirected_stderr());
+        text[n] = '\0';
+        snprintf(want, sizeof(want), "%s:2: proxy_from: no listen entry has proxy_protocol = true", l.path);
+        cr_expect(strstr(text, want), "no warning '%s' in: %s", want, text);
+}
+
+Test(conf_proxy, groups_round_trip) {
+        char out[4096];
+        Conf *c = load_ok("listen = ( \"0.0.0.0\", { address = \"[::1]:10001\"; proxy_protocol = true; },\n"
+                          "  { name = \"hellod-proxy\"; proxy_protocol = true; }, { name = \"x\\\"y\"; },\n"
+                          "  { address = \"[::1:9999]\"; proxy_protocol = true; } );\n"
+                          "proxy_from = [ \"127.0.0.1\", \"10.0.0.0/8\" ];\n");
+        Conf *again = print_and_reload(c, out, sizeof(out));
+
+        expect_same(c, again);
+        cr_expect(strstr(out, "\nlisten = ( \"0.0.0.0\", { address = \"[::1]:10001\"; proxy_protocol = true; }, "
+                              "{ name = \"hellod-proxy\"; proxy_protocol = true; }, "
+                              "{ name = \"x\\\"y\"; proxy_protocol = false; }, "
+                              "{ address = \"[::1:9999]\"; proxy_protocol = true; } );\n"),
+                  "%s", out);
+        cr_expect(strstr(out, "\nproxy_from = [ \"127.0.0.1/32\", \"10.0.0.0/8\" ];\n"), "%s", out);
+        conf_unref(again);
+        conf_unref(c);
+
+        /* Without groups, listen stays an array; conf_load_text() reads conf_print()'s output too. */
+        c = load_ok("listen = ( \"127.0.0.1\" );\n");
+        again = print_and_reload(c, out, sizeof(out));
+        cr_expect(strstr(out, "\nlisten = [ \"127.0.0.1\" ];\n"), "%s", out);
+        conf_unref(again);
+        conf_unref(c);
+}
+
+Test(conf_proxy, conf_print_output_loads_as_text) {
+        char *text = NULL, err[512] = "";
+        size_t len = 0;
+        FILE *f = open_memstream(&text, &len);
+        Conf *c = load_ok("listen = ( { name = \"p\"; proxy_protocol = true; } );\nproxy_from = [ \"::1\" ];\n"),
+             *again = NULL;
+
+        cr_assert_not_null(f);
+        conf_print(c, f);
+        cr_assert_eq(fclose(f), 0);
+        cr_assert_eq(conf_load_text("printed", text, len, &again, err, sizeof(err)), 0, "%s\n%s", err, text);
+        expect_same(c, again);
+        free(text);
         conf_unref(again);
         conf_unref(c);
 }
