@@ -343,7 +343,7 @@ static Fate serve_proxy(Loop *l, Session *s, bool *more) {
                 return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? ALIVE : finish(l, s, -errno);
         ProxyStatus status = proxy_feed(s->proxy, l->in_buf, (size_t) k, &used, &header, &reason);
         if (status == PROXY_NEED_MORE) {
-                *more = (size_t) k == s->in_cap;
+                *more = (size_t) k == s->in_cap || s->peer_shut; /* edge-triggered: see serve_once */
                 return ALIVE;
         }
         if (!hooks->proxied(hooks->userdata, s, status, &header, reason))

@@ -415,7 +415,7 @@ static bool at_capacity(Server *s) {
 static bool proxied(Server *s, Session *session, ProxyStatus status, const ProxyHeader *header,
                     const char *why) {
         const char *reason = NULL, *detail = NULL;
-        char name[ADDR_STR_MAX];
+        char name[ADDR_STR_MAX], detail_buf[160];
         IpKey ip, source;
 
         session_proxy_end(session);
@@ -424,7 +424,8 @@ static bool proxied(Server *s, Session *session, ProxyStatus status, const Proxy
         if (status != PROXY_DONE) {
                 reason = "proxy-invalid";
                 snprintf(name, sizeof(name), "%s", session->peer);
-                detail = why;
+                snprintf(detail_buf, sizeof(detail_buf), "PROXY protocol listener: %s", why ? why : "no header");
+                detail = detail_buf;
         } else if (header->command != PROXY_COMMAND_PROXY) {
                 /* The balancer's own connection (a health check): it speaks for itself. */
                 session->proxy_local = true;
@@ -457,7 +458,8 @@ static bool proxied(Server *s, Session *session, ProxyStatus status, const Proxy
         s->n_accepted--;
         pthread_mutex_unlock(&s->lock);
         count_refusal(s);
-        log_refusal_via(s, name, session->balancer, reason, detail);
+        /* A broken header is the balancer's (or a direct client's): no "via" then. */
+        log_refusal_via(s, name, strcmp(reason, "proxy-invalid") == 0 ? NULL : session->balancer, reason, detail);
         return false;
 }
 

@@ -129,7 +129,7 @@ Test(proxy, a_direct_client_without_a_header_gets_nothing, .timeout = 60) {
 
         client_send_str(fd, "Michael\n");
         refused_unanswered(fd);
-        hellod_wait_stderr(d, "proxy-invalid");
+        hellod_wait_stderr(d, "PROXY protocol listener: not a PROXY protocol header");
         hellod_stop_clean(d);
         hellod_free(d);
 }
@@ -176,7 +176,7 @@ Test(proxy, a_v1_line_over_107_bytes_is_refused, .timeout = 60) {
         memcpy(line + 120, "\r\n", 2);
         client_send(fd, line, 122);
         refused_unanswered(fd);
-        hellod_wait_stderr(d, "proxy-invalid");
+        hellod_wait_stderr(d, "PROXY protocol listener: ");
 
         harness_step("the daemon is unaffected");
         fd = proxied_client(port, "192.0.2.7", 1);
