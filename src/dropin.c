@@ -52,6 +52,10 @@ static int collect(const Conf *conf, Streams *s, char *err, size_t err_size) {
                 const ListenSpec *spec = &conf->listen[i];
                 unsigned port = spec->port ? spec->port : conf->port;
 
+                /* A socket by name belongs to a socket unit the administrator writes (with its
+                 * FileDescriptorName= and in hellod.service's Sockets=), not to hellod.socket. */
+                if (!spec->host)
+                        continue;
                 if (add_literal(s, spec->host, port))
                         continue;
                 /* RFC 6761: "localhost" is the loopback, whatever a resolver says; it is the one
@@ -66,6 +70,14 @@ static int collect(const Conf *conf, Streams *s, char *err, size_t err_size) {
                          "addresses (and \"localhost\") only, since names cannot be resolved before the "
                          "network is up: write the address instead",
                          conf->path ? conf->path : "hellod.conf", spec->host);
+                return -EINVAL;
+        }
+        if (s->n == 0) {
+                snprintf(err, err_size,
+                         "%s: listen: every entry is a socket by name; hellod.socket needs at least one address "
+                         "(or leave hellod.socket disabled and start hellod through the socket units that pass "
+                         "those names)",
+                         conf->path ? conf->path : "hellod.conf");
                 return -EINVAL;
         }
         return 0;

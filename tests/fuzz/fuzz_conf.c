@@ -81,9 +81,15 @@ static void check_limits(const Conf *c) {
         size_t reply_len = strlen(c->reply_prefix) + strlen(CONF_REPLY_PLACEHOLDER) + strlen(c->reply_suffix);
 
         check(c->n_listen >= 1 && c->n_listen <= CONF_LISTEN_MAX, "n_listen %zu", c->n_listen);
-        for (size_t i = 0; i < c->n_listen; i++)
-                check(c->listen[i].host && *c->listen[i].host && !has_control(c->listen[i].host),
+        for (size_t i = 0; i < c->n_listen; i++) {
+                const ListenSpec *l = &c->listen[i];
+                /* An address or a FileDescriptorName=, never both. */
+                check(l->host ? !l->fdname && *l->host && !has_control(l->host)
+                              : l->fdname && *l->fdname && !has_control(l->fdname) &&
+                                        strlen(l->fdname) <= CONF_FDNAME_MAX,
                       "listen entry %zu", i);
+                check(!l->proxy_protocol || c->n_proxy_from > 0, "listen entry %zu: PROXY without proxy_from", i);
+        }
         check(c->port >= 1 && c->port <= 65535, "port %u", c->port);
         check(c->backlog >= 1 && c->backlog <= 65535, "backlog %u", c->backlog);
         check(c->max_connections >= 1 && c->max_connections <= 1000000, "max_connections %u",
@@ -167,6 +173,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
               text2);
         check_same_cidrs("allow", c->allow, c->n_allow, c2->allow, c2->n_allow);
         check_same_cidrs("deny", c->deny, c->n_deny, c2->deny, c2->n_deny);
+        check_same_cidrs("proxy_from", c->proxy_from, c->n_proxy_from, c2->proxy_from, c2->n_proxy_from);
 
         free(text);
         free(text2);

@@ -99,6 +99,25 @@ Test(dropin, a_host_name_is_refused_with_the_file_and_the_name) {
         cr_expect(strstr(f.err, "write the address instead"), "%s", f.err);
 }
 
+/* PROXY listeners by address are hellod.socket's like any other; sockets by name belong to a
+ * socket unit the administrator writes, so they add nothing here. */
+Test(dropin, listen_groups) {
+        expect_dropin("listen = ( \"0.0.0.0\", { address = \"127.0.0.1:10001\"; proxy_protocol = true; },\n"
+                      "  { name = \"hellod-proxy\"; proxy_protocol = true; }, { address = \"[::1]\"; } );\n"
+                      "proxy_from = [ \"127.0.0.1\" ];\n",
+                      "[Socket]\nListenStream=\nListenStream=0.0.0.0:9999\nListenStream=127.0.0.1:10001\n"
+                      "ListenStream=[::1]:9999\nBindIPv6Only=ipv6-only\nFreeBind=yes\nBacklog=511\n");
+}
+
+Test(dropin, names_only_leave_hellod_socket_without_an_address) {
+        Formatted f = format_conf("listen = ( { name = \"a\"; }, { name = \"b\"; proxy_protocol = true; } );\n"
+                                  "proxy_from = [ \"::1\" ];\n");
+
+        cr_assert_eq(f.r, -EINVAL);
+        cr_assert_null(f.text);
+        cr_expect(strstr(f.err, "/etc/hellod/hellod.conf: listen: every entry is a socket by name"), "%s", f.err);
+}
+
 Test(dropin, the_header_names_the_file_and_the_next_step) {
         Formatted f = format_conf("port = 7777;\n");
 
