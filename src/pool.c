@@ -179,8 +179,13 @@ static int set_interest(Loop *l, Session *s, uint32_t events) {
 
 /* finish: the one way out. R: the I/O failure that ended it, or 0. */
 static Fate finish(Loop *l, Session *s, int r) {
-        /* No EPOLL_CTL_DEL: the done path closes the socket (its only descriptor), which
-         * takes it out of the epoll set, and nothing in this loop runs in between. */
+        /* Closing the socket takes it out of the epoll set only when it is the last
+         * descriptor of the connection: one systemd keeps in its store (handover = "always",
+         * or a resumed one until PID 1 drops its copy) would go on reporting events for a
+         * freed session. Otherwise no EPOLL_CTL_DEL: the done path closes the socket, and
+         * nothing in this loop runs in between. */
+        if (s->stored || s->resumed)
+                (void) epoll_ctl(l->epoll_fd, EPOLL_CTL_DEL, s->fd, NULL);
         timer_remove(l, s);
         ready_remove(l, s);
         if (r < 0)
