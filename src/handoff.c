@@ -21,8 +21,8 @@
 /* How long the restart-or-stop question may take: a stop must not wait on a busy bus. */
 #define BUS_TIMEOUT_USEC 500000u
 
-/* unit_job_type: the type of the job pending on the caller's own unit ("restart", "stop"),
- * -ENOENT when there is none. GetUnitByPID(0) names the caller's unit from PID 1's side,
+/* unit_job_type: the type of the job pending on the caller's own unit ("restart", "stop"):
+ * 1 with *RET_TYPE, 0 when there is none, or a negative errno when systemd cannot be asked. GetUnitByPID(0) names the caller's unit from PID 1's side,
  * which works in a sandbox that hides the cgroup file system. */
 static int unit_job_type(sd_bus *bus, char **ret_unit, char **ret_type) {
         sd_bus_error error = SD_BUS_ERROR_NULL;
@@ -44,10 +44,12 @@ static int unit_job_type(sd_bus *bus, char **ret_unit, char **ret_type) {
         if (r >= 0)
                 r = sd_bus_message_read(job, "(uo)", &job_id, &job_path);
         if (r >= 0 && job_id == 0)
-                r = -ENOENT; /* no job: a SIGTERM that is not systemd's */
-        if (r >= 0)
+                r = 0; /* no job: a SIGTERM that is not systemd's */
+        else if (r >= 0)
                 r = sd_bus_get_property_string(bus, "org.freedesktop.systemd1", job_path,
-                                               "org.freedesktop.systemd1.Job", "JobType", &error, ret_type);
+                                               "org.freedesktop.systemd1.Job", "JobType", &error, ret_type) < 0
+                            ? -EIO
+                            : 1;
         sd_bus_message_unref(job);
         sd_bus_message_unref(reply);
         sd_bus_error_free(&error);
@@ -69,7 +71,7 @@ HandoffJob handoff_job(char *why, size_t why_size) {
                 r = sd_bus_set_method_call_timeout(bus, BUS_TIMEOUT_USEC);
         if (r >= 0)
                 r = unit_job_type(bus, &unit, &type);
-        if (r == -ENOENT) {
+        if (r == 0) {
                 snprintf(why, why_size, "%s has no job: not stopped by systemd", unit ? unit : "the unit");
                 job = HANDOFF_JOB_STOP;
         } else if (r < 0) {

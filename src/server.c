@@ -892,7 +892,7 @@ int server_run(Server *s) {
 /* ---- resuming what the previous process handed over ---- */
 
 typedef struct ResumeCounts {
-        size_t resumed, refused, gone, fresh;
+        size_t resumed, refused, gone, fresh, orphans;
         uint64_t gap_usec;
         bool have_state;
 } ResumeCounts;
@@ -1036,7 +1036,11 @@ static void resume(Server *s, InheritedStore *store) {
                         else
                                 (void) notify_fdstore_remove(handover_fdname_conn(conn->id, name, sizeof(name)));
                         conn->fd = -1;
-                        c.refused++;
+                        /* With a state, a connection without a usable record (counted with
+                         * its record) is closed; without one, it could not be taken up. */
+                        if (!c.have_state)
+                                c.refused++;
+                        c.orphans++;
                         continue;
                 }
                 conn->fd = -1;

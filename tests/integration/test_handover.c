@@ -1,0 +1,360 @@
+/* test-handover: the hand-over between two hellod processes, without systemd: the test plays
+ * PID 1's part. It owns the listening socket (as hellod.socket would) and a $NOTIFY_SOCKET
+ * that keeps what hellod stores (FDSTORE=1) and drops what it removes (FDSTOREREMOVE=1), and it
+ * starts the next process with the listener and the stored descriptors in LISTEN_FDS, named
+ * in LISTEN_FDNAMES, as systemd does. With INVOCATION_ID set and no system bus to ask, hellod
+ * cannot tell a stop from a restart and hands over (docs/zero-downtime.md). */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "suite.h"
+
+HELLOD_SUITE(handover);
+
+#define STORE_MAX 256
+
+/* The file descriptor store: name -> descriptor, as PID 1 keeps it. */
+typedef struct Store {
+        int sock;
+        char path[108];
+        pthread_t thread;
+        pthread_mutex_t lock;
+        char names[STORE_MAX][32];
+        int fds[STORE_MAX];
+        unsigned n, added, removed;
+        bool stop;
+} Store;
+
+static void store_take(Store *st, const char *msg, int fd) {
+        const char *name = strstr(msg, "FDNAME=");
+        char n[32] = "";
+
+        if (name)
+                sscanf(name + 7, "%31[^\n]", n);
+        pthread_mutex_lock(&st->lock);
+        if (strstr(msg, "FDSTORE=1") && fd >= 0 && st->n < STORE_MAX) {
+                snprintf(st->names[st->n], sizeof(st->names[0]), "%s", n);
+                st->fds[st->n++] = fd;
+                st->added++;
+                fd = -1;
+        } else if (strstr(msg, "FDSTOREREMOVE=1")) {
+                for (unsigned i = 0; i < st->n; i++)
+                        if (strcmp(st->names[i], n) == 0) {
+                                close(st->fds[i]);
+                                st->fds[i] = st->fds[--st->n];
+                                memcpy(st->names[i], st->names[st->n], sizeof(st->names[0]));
+                                st->removed++;
+                                break;
+                        }
+        }
+        pthread_mutex_unlock(&st->lock);
+        if (fd >= 0)
+                close(fd);
+}
+
+static void *store_main(void *arg) {
+        Store *st = arg;
+
+        while (!__atomic_load_n(&st->stop, __ATOMIC_ACQUIRE)) {
+                struct pollfd p = { .fd = st->sock, .events = POLLIN };
+                if (poll(&p, 1, 100) <= 0)
+                        continue;
+                char msg[4096], control[CMSG_SPACE(sizeof(int) * 8)];
+                struct iovec iov = { .iov_base = msg, .iov_len = sizeof(msg) - 1 };
+                struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control,
+                                     .msg_controllen = sizeof(control) };
+                ssize_t k = recvmsg(st->sock, &mh, MSG_CMSG_CLOEXEC);
+                if (k < 0)
+                        continue;
+                msg[k] = '\0';
+                int fd = -1;
+                for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+                        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+                                memcpy(&fd, CMSG_DATA(c), sizeof(int));
+                store_take(st, msg, fd);
+        }
+        return NULL;
+}
+
+static void store_start(Store *st, const char *dir) {
+        struct sockaddr_un addr = { .sun_family = AF_UNIX };
+
+        memset(st, 0, sizeof(*st));
+        pthread_mutex_init(&st->lock, NULL);
+        snprintf(st->path, sizeof(st->path), "%s/notify", dir);
+        snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", st->path);
+        st->sock = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        cr_assert(st->sock >= 0);
+        cr_assert_eq(bind(st->sock, (struct sockaddr *) &addr, sizeof(addr)), 0);
+        cr_assert_eq(pthread_create(&st->thread, NULL, store_main, st), 0);
+}
+
+static void store_stop(Store *st) {
+        __atomic_store_n(&st->stop, true, __ATOMIC_RELEASE);
+        pthread_join(st->thread, NULL);
+        for (unsigned i = 0; i < st->n; i++)
+                close(st->fds[i]);
+        close(st->sock);
+}
+
+/* store_count: descriptors held whose name starts with PREFIX. */
+static unsigned store_count(Store *st, const char *prefix) {
+        unsigned n = 0;
+
+        pthread_mutex_lock(&st->lock);
+        for (unsigned i = 0; i < st->n; i++)
+                n += strncmp(st->names[i], prefix, strlen(prefix)) == 0;
+        pthread_mutex_unlock(&st->lock);
+        return n;
+}
+
+/* store_wait: until the store holds N descriptors whose name starts with PREFIX (the
+ * messages of a process that just exited may still be on their way). */
+static void store_wait(Hellod *d, Store *st, const char *prefix, unsigned n) {
+        for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS; store_count(st, prefix) != n; harness_sleep_ms(10))
+                if (harness_now_ms() > end)
+                        hellod_fail(d, "the store holds %u descriptors named %s*, expected %u", store_count(st, prefix),
+                                     prefix, n);
+}
+
+/* A process of the "service": LISTEN_FDS = the listener, then what the store holds. */
+static pid_t start_hellod(Hellod *d, Store *st, int listener) {
+        int fds[STORE_MAX + 1];
+        char names[STORE_MAX * 32 + 16] = "hellod", env_fds[32], env_names[sizeof(names) + 16], env_notify[160];
+        unsigned n = 0;
+
+        fds[n++] = listener;
+        pthread_mutex_lock(&st->lock);
+        for (unsigned i = 0; i < st->n; i++) {
+                fds[n++] = st->fds[i];
+                strcat(names, ":");
+                strcat(names, st->names[i]);
+        }
+        pthread_mutex_unlock(&st->lock);
+        snprintf(env_fds, sizeof(env_fds), "LISTEN_FDS=%u", n);
+        snprintf(env_names, sizeof(env_names), "LISTEN_FDNAMES=%s", names);
+        snprintf(env_notify, sizeof(env_notify), "NOTIFY_SOCKET=%s", st->path);
+        int err = open(d->stderr_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+        cr_assert(err >= 0);
+
+        pid_t pid = fork();
+        cr_assert(pid >= 0);
+        if (pid == 0) {
+                /* Above every descriptor to be placed, then 3, 4, ... as systemd does. */
+                for (unsigned i = 0; i < n; i++)
+                        fds[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 3 + (int) n + 64);
+                for (unsigned i = 0; i < n; i++)
+                        if (dup2(fds[i], 3 + (int) i) < 0)
+                                _exit(127);
+                char env_pid[32], invocation[] = "INVOCATION_ID=0123456789abcdef0123456789abcdef",
+                                  path[] = "PATH=/usr/bin:/bin";
+                snprintf(env_pid, sizeof(env_pid), "LISTEN_PID=%d", (int) getpid());
+                char *envp[] = { env_fds, env_names, env_pid, env_notify, invocation, path, NULL };
+                dup2(err, 2);
+                execle(harness_env_path("HELLOD_BIN"), "hellod", "--config", d->conf_path, "--log-target=stderr",
+                       (char *) NULL, envp);
+                _exit(127);
+        }
+        close(err);
+        d->pid = pid;
+        d->reaped = false;
+        return pid;
+}
+
+static int listening_socket(uint16_t *port) {
+        struct sockaddr_in addr = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001) };
+        socklen_t len = sizeof(addr);
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+        cr_assert(fd >= 0);
+        cr_assert_eq(bind(fd, (struct sockaddr *) &addr, sizeof(addr)), 0);
+        cr_assert_eq(listen(fd, 128), 0);
+        cr_assert_eq(getsockname(fd, (struct sockaddr *) &addr, &len), 0);
+        *port = ntohs(addr.sin_port);
+        return fd;
+}
+
+static void stop_and_wait(Hellod *d) {
+        int status = hellod_stop(d);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "hellod %s",
+                  harness_describe_status(status, (char[64]) { 0 }, 64));
+}
+
+#define CLIENTS 60
+
+/* Conversations mid-way (a partial line, replies not read, idle) pass to the next process:
+ * no second greeting, the next replies byte-exact; clients that connect in the gap are
+ * greeted by it. */
+Test(handover, restart_keeps_every_conversation, .timeout = 60) {
+        Hellod *d = hellod_new();
+        Store st;
+        uint16_t port;
+        int listener = listening_socket(&port), fds[CLIENTS];
+        char line[64], want[128];
+
+        store_start(&st, d->dir);
+        hellod_write_config(d, "log_level = \"info\";\nworkers = 2;\nio_backend = \"epoll\";\n");
+        start_hellod(d, &st, listener);
+        hellod_wait_stderr(d, "started");
+        for (int i = 0; i < CLIENTS; i++) {
+                fds[i] = client_connect(port);
+                client_expect_str(fds[i], HELLOD_GREETING);
+                snprintf(line, sizeof(line), i % 3 == 0 ? "partial-%d" : i % 3 == 1 ? "unread-%d\n" : "idle-%d\n", i);
+                client_send_str(fds[i], line);
+                if (i % 3 == 2) {
+                        snprintf(want, sizeof(want), "Hello, idle-%d!\r\n", i);
+                        client_expect_str(fds[i], want);
+                }
+        }
+        harness_sleep_ms(200); /* the partial lines and the unread lines are in hellod */
+
+        harness_step("SIGTERM: the conversations are handed over");
+        stop_and_wait(d);
+        store_wait(d, &st, "state", 1);
+        cr_assert_eq(store_count(&st, "c"), CLIENTS, "%u of %d connections stored", store_count(&st, "c"), CLIENTS);
+        hellod_wait_stderr(d, "handed 60 conversations over to the next process");
+
+        harness_step("a client connecting in the gap waits in the backlog");
+        int gap = client_connect(port);
+
+        harness_step("the next process resumes them");
+        start_hellod(d, &st, listener);
+        hellod_wait_stderr(d, "resumed 60 conversations handed over by the previous process");
+        client_expect_str(gap, HELLOD_GREETING);
+        client_hello(gap, "gap");
+        client_close(gap);
+        for (int i = 0; i < CLIENTS; i++) {
+                if (i % 3 == 0) {
+                        client_send_str(fds[i], "-end\n");
+                        snprintf(want, sizeof(want), "Hello, partial-%d-end!\r\n", i);
+                } else if (i % 3 == 1) {
+                        snprintf(want, sizeof(want), "Hello, unread-%d!\r\n", i);
+                } else {
+                        client_send_str(fds[i], "again\n");
+                        snprintf(want, sizeof(want), "Hello, again!\r\n");
+                }
+                client_expect_str(fds[i], want);
+                client_send_str(fds[i], "exit\n");
+                client_expect_eof(fds[i], false);
+                client_close(fds[i]);
+        }
+        store_wait(d, &st, "state", 0);
+        store_wait(d, &st, "c", 0); /* resumed: out of the store */
+        stop_and_wait(d);
+        store_stop(&st);
+        close(listener);
+        hellod_free(d);
+}
+
+/* A state whose header does not check out (one byte changed): every stored connection is
+ * closed, cleanly and logged; the new process serves new clients. (A damaged record costs its
+ * own connection only: tests/unit/test_handover.c.) */
+Test(handover, a_corrupt_state_closes_the_conversations_cleanly, .timeout = 60) {
+        Hellod *d = hellod_new();
+        Store st;
+        uint16_t port;
+        int listener = listening_socket(&port), fds[5];
+
+        store_start(&st, d->dir);
+        hellod_write_config(d, "workers = 1;\nio_backend = \"epoll\";\n");
+        start_hellod(d, &st, listener);
+        hellod_wait_stderr(d, "started");
+        for (int i = 0; i < 5; i++) {
+                fds[i] = client_connect(port);
+                client_expect_str(fds[i], HELLOD_GREETING);
+        }
+        stop_and_wait(d);
+        store_wait(d, &st, "state", 1);
+
+        harness_step("one byte of the state changed");
+        pthread_mutex_lock(&st.lock);
+        for (unsigned i = 0; i < st.n; i++) {
+                if (strcmp(st.names[i], "state") != 0)
+                        continue;
+                char buf[65536];
+                ssize_t k = pread(st.fds[i], buf, sizeof(buf), 0);
+                cr_assert_gt(k, 40);
+                buf[13] ^= 0x40; /* in the header: nothing of the state can be trusted */
+                int copy = memfd_create("state-copy", MFD_CLOEXEC);
+                cr_assert_eq(write(copy, buf, (size_t) k), k);
+                close(st.fds[i]);
+                st.fds[i] = copy;
+        }
+        pthread_mutex_unlock(&st.lock);
+
+        start_hellod(d, &st, listener);
+        hellod_wait_stderr(d, "cannot resume");
+        for (int i = 0; i < 5; i++) {
+                if (!client_wait_readable(fds[i], HARNESS_TIMEOUT_MS))
+                        hellod_fail(d, "stored connection %d was not closed", i);
+                client_expect_eof(fds[i], true);
+                client_close(fds[i]);
+        }
+        int fd = client_connect(port);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_hello(fd, "new");
+        client_close(fd);
+        stop_and_wait(d);
+        store_stop(&st);
+        close(listener);
+        hellod_free(d);
+}
+
+/* handover = "always": each connection is stored from accept to close and removed when it
+ * ends, while the store keeps its copy; the daemon must never touch a session it ended
+ * (the copy keeps the socket, and its events, alive). */
+Test(handover, always_stores_and_removes_each_connection, .timeout = 60) {
+        Hellod *d = hellod_new();
+        Store st;
+        uint16_t port;
+        int listener = listening_socket(&port);
+
+        store_start(&st, d->dir);
+        hellod_write_config(d, "handover = \"always\";\nlog_level = \"notice\";\n");
+        start_hellod(d, &st, listener);
+        hellod_wait_stderr(d, "started");
+        for (int i = 0; i < 200; i++) {
+                int fd = client_connect(port);
+                client_expect_str(fd, HELLOD_GREETING);
+                client_hello(fd, "stored");
+                if (i % 3 == 0) {
+                        client_send_str(fd, "exit\n");
+                        client_expect_eof(fd, false);
+                        client_close(fd);
+                } else if (i % 3 == 1) {
+                        client_shutdown_write(fd);
+                        client_expect_eof(fd, false);
+                        client_close(fd);
+                } else {
+                        client_reset(fd);
+                }
+        }
+        for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS; store_count(&st, "c") > 0; harness_sleep_ms(20))
+                cr_assert_lt(harness_now_ms(), end, "%u connections still stored", store_count(&st, "c"));
+        pthread_mutex_lock(&st.lock);
+        unsigned added = st.added, removed = st.removed;
+        pthread_mutex_unlock(&st.lock);
+        cr_expect_geq(added, 200, "%u stored", added);
+        cr_expect_eq(added, removed, "%u stored, %u removed", added, removed);
+        cr_assert(hellod_alive(d), "hellod died");
+        int fd = client_connect(port);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_close(fd);
+        stop_and_wait(d);
+        store_stop(&st);
+        close(listener);
+        hellod_free(d);
+}
