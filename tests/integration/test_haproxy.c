@@ -1,7 +1,8 @@
 /* test-haproxy: Debian's real HAProxy on loopback in front of two hellod instances, as the
- * scale-out guide (docs/scale-out.md) sets it up: round robin, a tcp-check that expects the
- * greeting, a stats socket, and TLS terminated by HAProxy with a certificate the test makes.
- * (The PROXY protocol between them comes with issue 13's wiring; these servers get plain TCP.) */
+ * scale-out guide (docs/scale-out.md) sets it up: PROXY listeners fed send-proxy and
+ * send-proxy-v2, round robin, a tcp-check that expects the greeting, a stats socket, and TLS
+ * terminated by HAProxy with a certificate the test makes. Clients come from their own loopback
+ * addresses (127.0.0.2...), so that what hellod logs, counts and denies can be told from HAProxy's. */
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <poll.h>
@@ -28,7 +29,7 @@ typedef struct Haproxy {
         pid_t pid;
         const char *dir; /* borrowed: a hellod instance's temp dir, removed with it */
         char cfg[400], stats[400], pem[400];
-        uint16_t port, tls_port;
+        uint16_t port, tls_port, one_port;
 } Haproxy;
 
 static void need_program(const char *path) {
@@ -75,21 +76,13 @@ static void make_certificate(const char *dir, char *pem, size_t pem_size, char *
         free(key_text);
 }
 
-/* haproxy_start: HAProxy in the foreground with a plain and a TLS frontend, balancing over the
- * two hellod ports with a tcp-check that expects the greeting. The config is checked first
- * (haproxy -c), so that a mistake in it fails with HAProxy's own message. */
-static void haproxy_start(Haproxy *h, const char *dir, uint16_t port_a, uint16_t port_b) {
-        char out[400], err[400], cert[400], text[4096];
-        int n, status;
-
-        need_program(HAPROXY_BIN);
-        need_program(OPENSSL_BIN);
-        *h = (Haproxy) { .dir = dir, .port = harness_pick_port(), .tls_port = harness_pick_port() };
-        (void) snprintf(h->cfg, sizeof(h->cfg), "%s/haproxy.cfg", dir);
-        (void) snprintf(h->stats, sizeof(h->stats), "%s/haproxy.sock", dir);
-        (void) snprintf(out, sizeof(out), "%s/haproxy.out", dir);
-        (void) snprintf(err, sizeof(err), "%s/haproxy.err", dir);
-        make_certificate(dir, h->pem, sizeof(h->pem), cert, sizeof(cert));
+/* haproxy_write_config: a plain and a TLS frontend balancing round robin over the two hellod
+ * PROXY listeners (one fed the v1 line, the other the v2 header), with a tcp-check that expects
+ * the greeting; and a third frontend whose backend is instance A alone, so that where a client's
+ * connections land (for the per-client limit) does not depend on the round robin's turn. */
+static void haproxy_write_config(Haproxy *h, uint16_t proxy_a, uint16_t proxy_b) {
+        char text[4096];
+        int n;
 
         n = snprintf(text, sizeof(text),
                      "global\n"
@@ -107,15 +100,44 @@ static void haproxy_start(Haproxy *h, const char *dir, uint16_t port_a, uint16_t
                      "frontend hellod_tls\n"
                      "    bind 127.0.0.1:%u ssl crt %s\n"
                      "    default_backend hellod\n"
+                     "frontend hellod_one\n"
+                     "    bind 127.0.0.1:%u\n"
+                     "    default_backend hellod_one\n"
                      "backend hellod\n"
                      "    balance roundrobin\n"
                      "    option tcp-check\n"
                      "    tcp-check expect string Welcome!\n"
-                     "    server a 127.0.0.1:%u " CHECK_PARAMS "\n"
-                     "    server b 127.0.0.1:%u " CHECK_PARAMS "\n",
-                     h->stats, h->port, h->tls_port, h->pem, port_a, port_b);
+                     /* The checks carry the header too (HAProxy 2.6 needs no check-send-proxy for
+                      * that): v1 a PROXY TCP4 line naming HAProxy itself, v2 a LOCAL header. */
+                     "    server a 127.0.0.1:%u send-proxy " CHECK_PARAMS "\n"
+                     "    server b 127.0.0.1:%u send-proxy-v2 " CHECK_PARAMS "\n"
+                     /* No check here: a server without one is always UP, and the checks above
+                      * already watch instance A. */
+                     "backend hellod_one\n"
+                     "    server a 127.0.0.1:%u send-proxy-v2\n",
+                     h->stats, h->port, h->tls_port, h->pem, h->one_port, proxy_a, proxy_b, proxy_a);
         cr_assert(n > 0 && (size_t) n < sizeof(text));
         harness_write_file(h->cfg, text, (size_t) n);
+}
+
+/* haproxy_start: HAProxy in the foreground (haproxy_write_config). The config is checked first
+ * (haproxy -c), so that a mistake in it fails with HAProxy's own message. */
+static void haproxy_start(Haproxy *h, const char *dir, uint16_t proxy_a, uint16_t proxy_b) {
+        char out[400], err[400], cert[400];
+        int status;
+
+        need_program(HAPROXY_BIN);
+        need_program(OPENSSL_BIN);
+        *h = (Haproxy) { .dir = dir,
+                         .port = harness_pick_port(),
+                         .tls_port = harness_pick_port(),
+                         .one_port = harness_pick_port() };
+        (void) snprintf(h->cfg, sizeof(h->cfg), "%s/haproxy.cfg", dir);
+        (void) snprintf(h->stats, sizeof(h->stats), "%s/haproxy.sock", dir);
+        (void) snprintf(out, sizeof(out), "%s/haproxy.out", dir);
+        (void) snprintf(err, sizeof(err), "%s/haproxy.err", dir);
+        make_certificate(dir, h->pem, sizeof(h->pem), cert, sizeof(cert));
+        haproxy_write_config(h, proxy_a, proxy_b);
 
         harness_step("haproxy -c: the configuration is valid");
         {
@@ -279,9 +301,9 @@ static long server_sessions(const Haproxy *h, const char *server) {
         return n;
 }
 
-/* tls_session: `openssl s_client` through the TLS frontend, trusting only the test's certificate
- * and checking its name, sends "NAME\nexit\n"; returns what it printed (malloc'd). */
-static char *tls_session(const Haproxy *h, const char *name) {
+/* tls_session: `openssl s_client` from SRC_IP through the TLS frontend, trusting only the test's
+ * certificate and checking its name, sends "NAME\nexit\n"; returns what it printed (malloc'd). */
+static char *tls_session(const Haproxy *h, const char *src_ip, const char *name) {
         char cmd[1600], input[400], out[400], err[400], cert[400];
         int status;
 
@@ -295,8 +317,8 @@ static char *tls_session(const Haproxy *h, const char *name) {
          * session ends when hellod closes after "exit". */
         (void) snprintf(cmd, sizeof(cmd),
                         "exec %s s_client -connect 127.0.0.1:%u -servername localhost -CAfile %s "
-                        "-verify_hostname localhost -verify_return_error -quiet <%s",
-                        OPENSSL_BIN, h->tls_port, cert, input);
+                        "-verify_hostname localhost -verify_return_error -quiet -bind %s:0 <%s",
+                        OPENSSL_BIN, h->tls_port, cert, src_ip, input);
         {
                 const char *const argv[] = { SH_BIN, "-c", cmd, NULL };
                 HarnessSpawn s = { .argv = argv, .stdout_path = out, .stderr_path = err };
@@ -310,49 +332,177 @@ static char *tls_session(const Haproxy *h, const char *name) {
         return harness_read_file(out, NULL);
 }
 
-Test(haproxy, plain_and_tls_sessions_through_haproxy_with_health_checks, .timeout = 120) {
-        Hellod *a = hellod_start(NULL), *b = hellod_start(NULL);
+/* instance_start: a hellod with a plain listener on d->port (the harness's readiness probe uses
+ * it) and a PROXY listener on *PROXY_PORT trusting HAProxy (127.0.0.1); at most two connections
+ * per client, 127.0.0.4 denied; info level, so that a health check's line would show. */
+static Hellod *instance_start(uint16_t *proxy_port) {
+        Hellod *d = hellod_new();
+
+        *proxy_port = harness_pick_port();
+        hellod_write_config(d,
+                            "listen = ( \"127.0.0.1:%u\", { address = \"127.0.0.1:%u\"; proxy_protocol = true; } );\n"
+                            "proxy_from = [ \"127.0.0.1\" ];\n"
+                            "log_level = \"info\";\n"
+                            "max_connections_per_ip = 2;\n"
+                            "deny = [ \"127.0.0.4\" ];\n",
+                            (unsigned) d->port, (unsigned) *proxy_port);
+        hellod_spawn(d, NULL);
+        hellod_wait_ready(d);
+        return d;
+}
+
+/* closed_lines: the connection close lines in D's log so far. Every one must name a client
+ * from 127.0.0.2 up by its own address, via HAProxy (127.0.0.1): a line from 127.0.0.1 itself
+ * would be HAProxy's health check logged at info level, or a header not read. */
+static int closed_lines(Hellod *d) {
+        char *err = hellod_stderr(d), *save = NULL;
+        int n = 0;
+
+        for (char *line = strtok_r(err, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+                if (!strstr(line, " closed: "))
+                        continue;
+                if (!strstr(line, " via 127.0.0.1:") || strstr(line, " from 127.0.0.1:"))
+                        hellod_fail(d, "a close line that is not a real client's through HAProxy: %s", line);
+                n++;
+        }
+        free(err);
+        return n;
+}
+
+/* wait_closed_lines: until A and B have logged WANT close lines between them (bounded). */
+static void wait_closed_lines(Hellod *a, Hellod *b, int want) {
+        int64_t deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;
+        int got;
+
+        while ((got = closed_lines(a) + closed_lines(b)) < want) {
+                if (harness_now_ms() > deadline)
+                        harness_fail("%d close lines after %d ms, expected %d", got, HARNESS_TIMEOUT_MS, want);
+                harness_sleep_ms(20);
+        }
+        cr_assert_eq(got, want, "close lines: %d, sessions: %d", got, want);
+}
+
+/* session: a client from SRC_IP through PORT: greeted, one reply, "exit", closed by hellod. */
+static void session(uint16_t port, const char *src_ip, const char *name) {
+        int fd = client_connect_greeted("127.0.0.1", port, src_ip, HELLOD_GREETING, NULL);
+
+        client_hello(fd, name);
+        client_send_str(fd, "exit\n");
+        client_expect_eof(fd, false);
+        client_close(fd);
+}
+
+static long server_checks_failed(const Haproxy *h, const char *server) {
+        char *stats = stats_query(h, "show stat\n");
+        char field[64];
+        long n;
+
+        cr_assert_not_null(stats, "the stats socket went away");
+        n = strtol(server_stat(stats, server, "chkfail", field, sizeof(field)), NULL, 10);
+        free(stats);
+        return n;
+}
+
+Test(haproxy, clients_behind_haproxy_keep_their_own_addresses, .timeout = 120) {
+        uint16_t proxy_a, proxy_b;
+        Hellod *a = instance_start(&proxy_a), *b = instance_start(&proxy_b);
+        int sessions = 0, held[3];
         Haproxy h;
         char *text;
-        long before_a, before_b;
 
-        haproxy_start(&h, a->dir, a->port, b->port);
+        haproxy_start(&h, a->dir, proxy_a, proxy_b);
+        harness_step("health checks through the PROXY header: both servers UP");
         wait_server(&h, "a", "UP", "L7OK");
         wait_server(&h, "b", "UP", "L7OK");
-        before_a = server_sessions(&h, "a");
-        before_b = server_sessions(&h, "b");
-        cr_assert_eq(before_a + before_b, 0, "sessions before any client: %ld + %ld (checks are not "
-                     "sessions)", before_a, before_b);
+        cr_assert_eq(server_sessions(&h, "a") + server_sessions(&h, "b"), 0,
+                     "sessions before any client (checks are not sessions)");
 
-        harness_step("plain TCP clients, round robin over both instances");
-        for (int i = 0; i < 4; i++) {
-                int fd = client_connect_greeted("127.0.0.1", h.port, NULL, HELLOD_GREETING, NULL);
-
-                client_hello(fd, "Michael");
-                client_send_str(fd, "exit\n");
-                client_expect_eof(fd, false);
-                client_close(fd);
-        }
+        harness_step("clients from 127.0.0.2 and 127.0.0.3, round robin over both instances");
+        session(h.port, "127.0.0.2", "Michael");
+        session(h.port, "127.0.0.2", "Michael");
+        session(h.port, "127.0.0.3", "Sarah");
+        session(h.port, "127.0.0.3", "Sarah");
+        sessions += 4;
         cr_assert_eq(server_sessions(&h, "a"), 2);
         cr_assert_eq(server_sessions(&h, "b"), 2);
+        /* Round robin alternates: each instance had one of each client, whatever its header. */
+        hellod_wait_stderr(a, " from 127.0.0.2:");
+        hellod_wait_stderr(a, " from 127.0.0.3:");
+        hellod_wait_stderr(b, " from 127.0.0.2:");
+        hellod_wait_stderr(b, " from 127.0.0.3:");
+        wait_closed_lines(a, b, sessions);
 
         harness_step("TLS terminated by haproxy: openssl s_client gets the greeting and a reply");
-        text = tls_session(&h, "Tracy");
+        text = tls_session(&h, "127.0.0.5", "Tracy");
         cr_assert_str_eq(text, HELLOD_GREETING "Hello, Tracy!\r\n");
         free(text);
+        sessions++;
         cr_assert_eq(server_sessions(&h, "a") + server_sessions(&h, "b"), 5);
+        wait_closed_lines(a, b, sessions);
+        {
+                char *err_a = hellod_stderr(a), *err_b = hellod_stderr(b);
+
+                cr_assert(strstr(err_a, " from 127.0.0.5:") || strstr(err_b, " from 127.0.0.5:"),
+                          "the TLS client is not named by its own address");
+                free(err_a);
+                free(err_b);
+        }
+
+        harness_step("max_connections_per_ip = 2: the third connection of 127.0.0.2 is refused");
+        /* Through the one-server backend: all three reach instance A. A slot of an earlier
+         * session may still be freeing just after its close line: retry on busy for these two. */
+        held[0] = client_connect_greeted("127.0.0.1", h.one_port, "127.0.0.2", HELLOD_GREETING, HELLOD_ERR_BUSY);
+        held[1] = client_connect_greeted("127.0.0.1", h.one_port, "127.0.0.2", HELLOD_GREETING, HELLOD_ERR_BUSY);
+        {
+                int fd = client_connect_to("127.0.0.1", h.one_port, "127.0.0.2");
+
+                client_expect_str(fd, HELLOD_ERR_BUSY);
+                client_expect_eof(fd, true);
+                client_close(fd);
+        }
+        hellod_wait_stderr(a, "refused 127.0.0.2:");
+        hellod_wait_stderr(a, " via 127.0.0.1:");
+        hellod_wait_stderr(a, ": server busy (max_connections_per_ip reached)");
+        harness_step("another client behind the same haproxy is served meanwhile");
+        held[2] = client_connect_greeted("127.0.0.1", h.one_port, "127.0.0.3", HELLOD_GREETING, NULL);
+        client_hello(held[2], "Sarah");
+        /* Each says something: a session that said nothing is logged like a health check. */
+        client_hello(held[0], "Michael");
+        client_hello(held[1], "Michael");
+        for (int i = 0; i < 3; i++)
+                client_close(held[i]);
+        sessions += 3;
+        wait_closed_lines(a, b, sessions);
+
+        harness_step("deny = [ 127.0.0.4 ]: no greeting through haproxy, on either instance");
+        for (int i = 0; i < 2; i++) {
+                int fd = client_connect_to("127.0.0.1", h.port, "127.0.0.4");
+
+                client_expect_eof(fd, true);
+                client_close(fd);
+        }
+        hellod_wait_stderr(a, "refused 127.0.0.4:");
+        hellod_wait_stderr(b, "refused 127.0.0.4:");
+        session(h.port, "127.0.0.3", "Sarah");
+        sessions++;
+        wait_closed_lines(a, b, sessions);
+
+        harness_step("health checks: still UP, and no close line of theirs at info level");
+        /* Five check intervals more: each would have left a line by now. */
+        harness_sleep_ms(1000);
+        wait_server(&h, "a", "UP", "L7OK");
+        wait_server(&h, "b", "UP", "L7OK");
+        cr_assert_eq(server_checks_failed(&h, "a"), 0);
+        cr_assert_eq(server_checks_failed(&h, "b"), 0);
+        wait_closed_lines(a, b, sessions);
 
         harness_step("a stopped instance goes DOWN; the other serves every client");
         hellod_stop_clean(b);
         wait_server(&h, "b", "DOWN", "L4CON");
         wait_server(&h, "a", "UP", "L7OK");
-        for (int i = 0; i < 3; i++) {
-                int fd = client_connect_greeted("127.0.0.1", h.port, NULL, HELLOD_GREETING, NULL);
-
-                client_hello(fd, "Sarah");
-                client_close(fd);
-        }
-        text = tls_session(&h, "Sarah");
+        for (int i = 0; i < 3; i++)
+                session(h.port, "127.0.0.3", "Sarah");
+        text = tls_session(&h, "127.0.0.5", "Sarah");
         cr_assert_str_eq(text, HELLOD_GREETING "Hello, Sarah!\r\n");
         free(text);
 
