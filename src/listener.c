@@ -663,3 +663,19 @@ AcceptError listener_accept_error(int errnum) {
                 return ACCEPT_FAILED;
         }
 }
+
+int listener_accept(const Listener *l, int flags, struct sockaddr_storage *peer, AcceptError *kind,
+                    void (*exhausted)(void *userdata, int listen_fd, int error), void *userdata) {
+        socklen_t len = sizeof(*peer);
+        int fd = accept4(l->fd, (struct sockaddr *) peer, &len, flags);
+
+        if (fd >= 0)
+                return fd;
+        int r = -errno;
+        *kind = listener_accept_error(-r);
+        if (*kind == ACCEPT_EXHAUSTED)
+                exhausted(userdata, l->fd, r);
+        else if (*kind == ACCEPT_FAILED)
+                log_error_errno(r, "accept on %s failed, pausing", l->name);
+        return -1;
+}

@@ -258,9 +258,21 @@ static bool has_kept_input(const Session *s) {
         return s->in_len > s->in_off;
 }
 
+/* client_gone: the client has closed its side and nothing of it is left unread: closing now
+ * cannot answer anything with a reset, so the lingering close has nothing to wait for. */
+static bool client_gone(Loop *l, Session *s) {
+        ssize_t n;
+
+        if (!s->peer_shut)
+                return false;
+        while ((n = recv(s->fd, l->in_buf, l->in_cap, MSG_DONTWAIT)) > 0)
+                ;
+        return n == 0;
+}
+
 /* conclude: the protocol has ended and its last words are sent: linger or close. */
 static Fate conclude(Loop *l, Session *s) {
-        if (!session_lingers(s) || shutdown(s->fd, SHUT_WR) < 0)
+        if (!session_lingers(s) || client_gone(l, s) || shutdown(s->fd, SHUT_WR) < 0)
                 return finish(l, s, 0);
         s->lingering = true;
         s->in_off = s->in_len = 0; /* from here on in_len counts what was discarded */
@@ -588,30 +600,22 @@ static void on_listener(Loop *l, const Listener *via) {
         /* Detached earlier in this batch (paused, or waiting for a slot): not now. */
         for (int i = 0; i < ACCEPT_BATCH && l->attached; i++) {
                 struct sockaddr_storage peer;
-                socklen_t len = sizeof(peer);
+                AcceptError kind;
 
                 if (hooks->must_wait(hooks->userdata)) {
                         l->waiting_slot = true;
                         detach(l);
                         return;
                 }
-                int fd = accept4(via->fd, (struct sockaddr *) &peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                int fd = listener_accept(via, SOCK_NONBLOCK | SOCK_CLOEXEC, &peer, &kind, hooks->exhausted,
+                                         hooks->userdata);
+                if (fd < 0 && kind == ACCEPT_RETRY)
+                        continue;
                 if (fd < 0) {
-                        int r = -errno;
-                        switch (listener_accept_error(-r)) {
-                        case ACCEPT_DRAINED:
-                                return;
-                        case ACCEPT_RETRY:
-                                continue;
-                        case ACCEPT_EXHAUSTED:
-                                hooks->exhausted(hooks->userdata, via->fd, r);
-                                break;
-                        case ACCEPT_FAILED:
-                                log_error_errno(r, "accept on %s failed, pausing", via->name);
-                                break;
+                        if (kind != ACCEPT_DRAINED) {
+                                l->paused_until = now_usec() + ENGINE_ACCEPT_PAUSE_USEC;
+                                detach(l);
                         }
-                        l->paused_until = now_usec() + ENGINE_ACCEPT_PAUSE_USEC;
-                        detach(l);
                         return;
                 }
                 Session *s = hooks->admit(hooks->userdata, fd, (const struct sockaddr *) &peer, via);

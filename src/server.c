@@ -484,28 +484,18 @@ static bool hook_proxied(void *userdata, Session *session, ProxyStatus status, c
 static void accept_some(Server *s, const Listener *l) {
         for (int i = 0; i < ACCEPT_BATCH && !at_capacity(s); i++) {
                 struct sockaddr_storage peer;
-                socklen_t len = sizeof(peer);
-                int fd = accept4(l->fd, (struct sockaddr *) &peer, &len,
-                                 SOCK_CLOEXEC | (engine_nonblocking(s->engine) ? SOCK_NONBLOCK : 0));
+                AcceptError kind;
+                int fd = listener_accept(l, SOCK_CLOEXEC | (engine_nonblocking(s->engine) ? SOCK_NONBLOCK : 0), &peer,
+                                         &kind, hook_exhausted, s);
 
                 if (fd >= 0) {
                         admit_and_hand_over(s, fd, (const struct sockaddr *) &peer, l);
                         continue;
                 }
-                int r = -errno;
-                switch (listener_accept_error(-r)) {
-                case ACCEPT_DRAINED:
-                        return;
-                case ACCEPT_RETRY:
+                if (kind == ACCEPT_RETRY)
                         continue;
-                case ACCEPT_EXHAUSTED:
-                        out_of_descriptors(s, l->fd, r);
-                        break;
-                case ACCEPT_FAILED:
-                        log_error_errno(r, "accept on %s failed, pausing", l->name);
-                        break;
-                }
-                pause_accepting(s);
+                if (kind != ACCEPT_DRAINED)
+                        pause_accepting(s);
                 return;
         }
 }
