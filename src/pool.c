@@ -48,14 +48,13 @@
 
 #include "engine.h"
 #include "log.h"
+#include "loopset.h"
 
 #define EVENTS_MAX 256
 /* Reads per turn for one session before the loop turns to the others. */
 #define READS_PER_EVENT 8
 /* Connections accepted per listener event before the loop turns to its sessions. */
 #define ACCEPT_BATCH 16
-/* How long the server waits for the loops to let go of a listener set before it says so. */
-#define LISTENERS_WAIT_WARN_SEC 5
 /* epoll data of a listener: its (aligned) address with the low bit set; sessions have it
  * clear; the loop's eventfd is 0. */
 #define LISTENER_TAG 1u
@@ -66,17 +65,8 @@ typedef enum Fate {
 } Fate;
 
 typedef struct Loop {
-        struct Pool *pool;
-        pthread_t thread;
+        LoopBase base; /* first: the shared part (loopset.h) */
         int epoll_fd;
-        int wake_fd; /* eventfd: sessions were queued, or the pool is stopping */
-
-        pthread_mutex_t lock; /* guards incoming and stopping */
-        Session *incoming;    /* handed over, not started yet (linked through timer_next) */
-        bool stopping;
-
-        unsigned n_sessions; /* atomic: queued and running, to pick the least busy loop */
-        uint64_t listen_acked; /* under pool->lock: the listener generation this loop took up */
 
         /* Loop thread only. */
         Session *first, *last; /* running sessions, by deadline */
@@ -94,19 +84,17 @@ typedef struct Loop {
 } Loop;
 
 typedef struct Pool {
-        Engine engine; /* first: the engine is the driver */
-        Loop *loops;
-        unsigned n;
-
-        pthread_mutex_t lock;
-        pthread_cond_t all_gone; /* CLOCK_MONOTONIC; signalled when n_running drops to 0 */
-        unsigned n_running;      /* loop threads that have not returned yet */
-        pthread_cond_t acked;    /* CLOCK_MONOTONIC; a loop took up a listener generation */
-        Listener *listeners;     /* under lock: the set published by the server */
-        size_t n_listeners;
-        uint64_t listen_gen; /* written under lock, read atomically by the loops */
-        bool hand_over;      /* under lock: stop by handing the sessions over */
+        LoopSet set; /* first: the engine, the loops, the listeners */
+        bool hand_over; /* under set.lock: stop by handing the sessions over */
 } Pool;
+
+static Pool *pool_of(const Loop *l) {
+        return (Pool *) l->base.set;
+}
+
+static const EngineHooks *hooks_of(const Loop *l) {
+        return &l->base.set->engine.hooks;
+}
 
 /* ---- the loop's sessions, ordered by deadline ---- */
 
@@ -190,8 +178,8 @@ static Fate finish(Loop *l, Session *s, int r) {
         ready_remove(l, s);
         if (r < 0)
                 session_fail(s, r);
-        __atomic_sub_fetch(&l->n_sessions, 1, __ATOMIC_RELAXED);
-        engine_session_done(&l->pool->engine, s);
+        __atomic_sub_fetch(&l->base.n_sessions, 1, __ATOMIC_RELAXED);
+        engine_session_done(&l->base.set->engine, s);
         return GONE;
 }
 
@@ -338,7 +326,7 @@ static bool reads_lines(const Session *s) {
 
 /* proxy_refused: the header is malformed, late, or the connection ended before it. */
 static Fate proxy_refused(Loop *l, Session *s, const char *reason) {
-        const EngineHooks *hooks = &l->pool->engine.hooks;
+        const EngineHooks *hooks = hooks_of(l);
 
         (void) hooks->proxied(hooks->userdata, s, PROXY_INVALID, NULL, reason);
         return finish(l, s, 0);
@@ -347,7 +335,7 @@ static Fate proxy_refused(Loop *l, Session *s, const char *reason) {
 /* serve_proxy: a read while the PROXY header is awaited; once it is in and the server admits
  * the client it names, the greeting, and the bytes after the header as kept input. */
 static Fate serve_proxy(Loop *l, Session *s, bool *more) {
-        const EngineHooks *hooks = &l->pool->engine.hooks;
+        const EngineHooks *hooks = hooks_of(l);
         const char *reason = NULL;
         ProxyHeader header;
         size_t used;
@@ -514,23 +502,9 @@ static Fate start(Loop *l, Session *s) {
 /* take_incoming: the queued sessions, oldest first; false when the loop should exit. */
 static bool take_incoming(Loop *l, Session **ret) {
         eventfd_t ignored;
-        Session *list, *reversed = NULL;
-        bool go_on;
 
-        (void) eventfd_read(l->wake_fd, &ignored);
-        pthread_mutex_lock(&l->lock);
-        list = l->incoming;
-        l->incoming = NULL;
-        go_on = !l->stopping;
-        pthread_mutex_unlock(&l->lock);
-        while (list) {
-                Session *next = list->timer_next;
-                list->timer_next = reversed;
-                reversed = list;
-                list = next;
-        }
-        *ret = reversed;
-        return go_on;
+        (void) eventfd_read(l->base.wake_fd, &ignored);
+        return loopset_take_incoming(&l->base, ret);
 }
 
 static int poll_timeout(const Loop *l) {
@@ -574,16 +548,9 @@ static void detach(Loop *l) {
 /* sync_listeners: at the top of each round (no event of the previous set is in hand): takes
  * up a new listener set, and attaches or detaches as accepting is allowed or not. */
 static void sync_listeners(Loop *l) {
-        Pool *p = l->pool;
-
-        if (__atomic_load_n(&p->listen_gen, __ATOMIC_ACQUIRE) != l->listen_gen) {
+        if (loopset_listen_gen(l->base.set) != l->listen_gen) {
                 detach(l);
-                pthread_mutex_lock(&p->lock);
-                l->listening = p->listeners;
-                l->n_listening = p->n_listeners;
-                l->listen_gen = l->listen_acked = p->listen_gen;
-                pthread_cond_broadcast(&p->acked);
-                pthread_mutex_unlock(&p->lock);
+                l->listen_gen = loopset_take_listeners(&l->base, &l->listening, &l->n_listening);
         }
         if (l->paused_until != 0 && now_usec() >= l->paused_until)
                 l->paused_until = 0;
@@ -595,7 +562,7 @@ static void sync_listeners(Loop *l) {
 }
 
 static void on_listener(Loop *l, const Listener *via) {
-        const EngineHooks *hooks = &l->pool->engine.hooks;
+        const EngineHooks *hooks = hooks_of(l);
 
         /* Detached earlier in this batch (paused, or waiting for a slot): not now. */
         for (int i = 0; i < ACCEPT_BATCH && l->attached; i++) {
@@ -621,8 +588,8 @@ static void on_listener(Loop *l, const Listener *via) {
                 Session *s = hooks->admit(hooks->userdata, fd, (const struct sockaddr *) &peer, via);
                 if (!s)
                         continue;
-                __atomic_add_fetch(&l->n_sessions, 1, __ATOMIC_RELAXED);
-                s->engine = &l->pool->engine;
+                __atomic_add_fetch(&l->base.n_sessions, 1, __ATOMIC_RELAXED);
+                s->engine = &l->base.set->engine;
                 (void) start(l, s);
         }
 }
@@ -630,13 +597,13 @@ static void on_listener(Loop *l, const Listener *via) {
 /* hand_over_all: every session of the loop, at rest between two reads (nothing of a read is
  * in hand now), to the handed_over hook; nothing more is written to the clients. */
 static void hand_over_all(Loop *l) {
-        const EngineHooks *hooks = &l->pool->engine.hooks;
+        const EngineHooks *hooks = hooks_of(l);
 
         while (l->first) {
                 Session *s = l->first;
                 timer_remove(l, s);
                 ready_remove(l, s);
-                __atomic_sub_fetch(&l->n_sessions, 1, __ATOMIC_RELAXED);
+                __atomic_sub_fetch(&l->base.n_sessions, 1, __ATOMIC_RELAXED);
                 hooks->handed_over(s, hooks->userdata);
         }
 }
@@ -647,9 +614,9 @@ static void on_wake(Loop *l) {
 
         l->exiting = !take_incoming(l, &queued) || l->exiting;
         if (l->exiting) {
-                pthread_mutex_lock(&l->pool->lock);
-                l->handing_over = l->pool->hand_over;
-                pthread_mutex_unlock(&l->pool->lock);
+                pthread_mutex_lock(&l->base.set->lock);
+                l->handing_over = pool_of(l)->hand_over;
+                pthread_mutex_unlock(&l->base.set->lock);
         }
         l->waiting_slot = false; /* try again: must_wait() says whether it is still full */
         while (queued) {
@@ -687,8 +654,13 @@ static void run_deadlines(Loop *l) {
 static void *loop_main(void *arg) {
         Loop *l = arg;
         struct epoll_event events[EVENTS_MAX];
+        struct epoll_event wake = { .events = EPOLLIN, .data.u64 = 0 };
 
         (void) pthread_setname_np(pthread_self(), "hellod-loop");
+        if (epoll_ctl(l->epoll_fd, EPOLL_CTL_ADD, l->base.wake_fd, &wake) < 0) {
+                log_error_errno(-errno, "cannot start an event loop");
+                l->exiting = true;
+        }
         while (!l->exiting || l->first) {
                 if (l->handing_over) {
                         hand_over_all(l);
@@ -718,177 +690,44 @@ static void *loop_main(void *arg) {
         }
 
         detach(l);
-        pthread_mutex_lock(&l->pool->lock);
-        l->listen_acked = UINT64_MAX; /* gone: holds no listener */
-        pthread_cond_broadcast(&l->pool->acked);
-        if (--l->pool->n_running == 0)
-                pthread_cond_broadcast(&l->pool->all_gone);
-        pthread_mutex_unlock(&l->pool->lock);
+        loopset_exited(&l->base);
         return NULL;
 }
 
 /* ---- the pool ---- */
 
-static void loop_done(Loop *l) {
+static void loop_done(LoopBase *base) {
+        Loop *l = (Loop *) base;
+
         if (l->epoll_fd >= 0)
                 close(l->epoll_fd);
-        if (l->wake_fd >= 0)
-                close(l->wake_fd);
-        pthread_mutex_destroy(&l->lock);
         free(l->in_buf);
         free(l->out_buf);
 }
 
-static int loop_start(Pool *p, Loop *l, size_t stack_size) {
-        struct epoll_event ev = { .events = EPOLLIN, .data.u64 = 0 };
-        pthread_attr_t attr;
-        int r;
-
-        l->pool = p;
-        l->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
-        l->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-        pthread_mutex_init(&l->lock, NULL);
-        if (l->epoll_fd < 0 || l->wake_fd < 0 || epoll_ctl(l->epoll_fd, EPOLL_CTL_ADD, l->wake_fd, &ev) < 0)
-                return -errno;
-        r = pthread_attr_init(&attr);
-        if (r != 0)
-                return -r;
-        r = pthread_attr_setstacksize(&attr, stack_size);
-        pthread_mutex_lock(&p->lock);
-        if (r == 0)
-                r = pthread_create(&l->thread, &attr, loop_main, l);
-        if (r == 0)
-                p->n_running++;
-        pthread_mutex_unlock(&p->lock);
-        pthread_attr_destroy(&attr);
-        return -r;
-}
-
-static void stop_loop(Loop *l) {
-        pthread_mutex_lock(&l->lock);
-        l->stopping = true;
-        pthread_mutex_unlock(&l->lock);
-        (void) eventfd_write(l->wake_fd, 1);
-}
-
 static int pool_add(Engine *e, Session *s) {
-        Pool *p = (Pool *) e;
-        Loop *best = &p->loops[0];
-
-        for (unsigned i = 1; i < p->n; i++)
-                if (__atomic_load_n(&p->loops[i].n_sessions, __ATOMIC_RELAXED) <
-                    __atomic_load_n(&best->n_sessions, __ATOMIC_RELAXED))
-                        best = &p->loops[i];
-        __atomic_add_fetch(&best->n_sessions, 1, __ATOMIC_RELAXED);
-        pthread_mutex_lock(&best->lock);
-        s->timer_next = best->incoming;
-        best->incoming = s;
-        pthread_mutex_unlock(&best->lock);
-        /* An eventfd write fails only when the counter would overflow: it is read on every
-         * wakeup, so it cannot, and the loop is awake anyway if it were that full. */
-        (void) eventfd_write(best->wake_fd, 1);
-        return 0;
-}
-
-static void pool_free(Pool *p) {
-        for (unsigned i = 0; i < p->n; i++) {
-                pthread_join(p->loops[i].thread, NULL);
-                loop_done(&p->loops[i]);
-        }
-        free(p->listeners);
-        pthread_cond_destroy(&p->acked);
-        pthread_cond_destroy(&p->all_gone);
-        pthread_mutex_destroy(&p->lock);
-        free(p->loops);
-        free(p);
+        return loopset_add(&((Pool *) e)->set, s);
 }
 
 static int pool_stop(Engine *e, uint64_t timeout_msec) {
-        Pool *p = (Pool *) e;
-        struct timespec deadline;
-        int r = 0;
-
-        clock_gettime(CLOCK_MONOTONIC, &deadline);
-        deadline.tv_sec += (time_t) (timeout_msec / 1000u < 86400u ? timeout_msec / 1000u : 86400u);
-        deadline.tv_nsec += (long) (timeout_msec % 1000u) * 1000000L;
-        if (deadline.tv_nsec >= 1000000000L) {
-                deadline.tv_sec++;
-                deadline.tv_nsec -= 1000000000L;
-        }
-        for (unsigned i = 0; i < p->n; i++)
-                stop_loop(&p->loops[i]);
-
-        /* Wait on a counter, then join: pthread_join() alone cannot time out. */
-        pthread_mutex_lock(&p->lock);
-        while (p->n_running > 0 && r == 0)
-                r = timeout_msec == UINT64_MAX ? pthread_cond_wait(&p->all_gone, &p->lock)
-                                               : pthread_cond_timedwait(&p->all_gone, &p->lock, &deadline);
-        bool gone = p->n_running == 0;
-        pthread_mutex_unlock(&p->lock);
-        if (!gone)
-                return -ETIMEDOUT; /* a loop still runs: the pool is left to it */
-        pool_free(p);
-        return 0;
-}
-
-static void wake_all(Pool *p) {
-        for (unsigned i = 0; i < p->n; i++)
-                (void) eventfd_write(p->loops[i].wake_fd, 1);
-}
-
-static bool all_acked(const Pool *p, uint64_t gen) {
-        for (unsigned i = 0; i < p->n; i++)
-                if (p->loops[i].listen_acked < gen)
-                        return false;
-        return true;
-}
-
-static void pool_set_listeners(Engine *e, const ListenerSet *set) {
-        Pool *p = (Pool *) e;
-        Listener *copy = NULL;
-        struct timespec deadline;
-
-        if (set->n > 0 && !(copy = calloc(set->n, sizeof(Listener)))) {
-                /* Keep serving the sockets the loops have; the server keeps them open. */
-                log_error_errno(-ENOMEM, "cannot hand the listeners to the event loops");
-                return;
-        }
-        if (set->n > 0)
-                memcpy(copy, set->items, set->n * sizeof(Listener));
-        pthread_mutex_lock(&p->lock);
-        Listener *old = p->listeners;
-        p->listeners = copy;
-        p->n_listeners = set->n;
-        uint64_t gen = p->listen_gen + 1;
-        __atomic_store_n(&p->listen_gen, gen, __ATOMIC_RELEASE);
-        pthread_mutex_unlock(&p->lock);
-
-        /* Wait until no loop can touch a socket of the previous set; a loop is never blocked
-         * for long, so this is quick; the warning is for a loop that is stuck. */
-        wake_all(p);
-        pthread_mutex_lock(&p->lock);
-        while (!all_acked(p, gen)) {
-                clock_gettime(CLOCK_MONOTONIC, &deadline);
-                deadline.tv_sec += LISTENERS_WAIT_WARN_SEC;
-                if (pthread_cond_timedwait(&p->acked, &p->lock, &deadline) == ETIMEDOUT)
-                        log_warning("an event loop has not taken up the new listeners for %d s, waiting",
-                                    LISTENERS_WAIT_WARN_SEC);
-        }
-        pthread_mutex_unlock(&p->lock);
-        free(old);
+        return loopset_stop(&((Pool *) e)->set, timeout_msec, loop_done);
 }
 
 static int pool_hand_over(Engine *e, uint64_t timeout_msec) {
         Pool *p = (Pool *) e;
 
-        pthread_mutex_lock(&p->lock);
+        pthread_mutex_lock(&p->set.lock);
         p->hand_over = true;
-        pthread_mutex_unlock(&p->lock);
+        pthread_mutex_unlock(&p->set.lock);
         return pool_stop(e, timeout_msec);
 }
 
+static void pool_set_listeners(Engine *e, const ListenerSet *set) {
+        loopset_publish_listeners(&((Pool *) e)->set, set);
+}
+
 static void pool_slot_freed(Engine *e) {
-        wake_all((Pool *) e);
+        loopset_wake_all(&((Pool *) e)->set);
 }
 
 static void pool_reconfigure(Engine *e, const Conf *old, const Conf *conf) {
@@ -911,34 +750,29 @@ static const EngineOps pool_ops = {
 };
 
 int pool_engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks) {
-        unsigned n = conf->workers;
         Pool *p = calloc(1, sizeof(*p));
-        pthread_condattr_t attr;
-        int r = 0;
+        int r;
 
-        if (!p || !(p->loops = calloc(n, sizeof(Loop)))) {
-                free(p);
+        if (!p)
                 return -ENOMEM;
-        }
-        p->engine = (Engine) { .ops = &pool_ops, .hooks = *hooks };
-        pthread_mutex_init(&p->lock, NULL);
-        pthread_condattr_init(&attr);
-        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-        pthread_cond_init(&p->all_gone, &attr);
-        pthread_cond_init(&p->acked, &attr);
-        pthread_condattr_destroy(&attr);
-        for (unsigned i = 0; i < n && r == 0; i++) {
-                p->loops[i].epoll_fd = p->loops[i].wake_fd = -1;
-                r = loop_start(p, &p->loops[i], conf->worker_stack_size);
-                if (r == 0)
-                        p->n++;
-                else
-                        loop_done(&p->loops[i]);
-        }
+        r = loopset_init(&p->set, conf->workers, sizeof(Loop), &pool_ops, hooks);
         if (r < 0) {
-                (void) pool_stop(&p->engine, UINT64_MAX);
+                free(p);
                 return r;
         }
-        *ret = &p->engine;
+        for (unsigned i = 0; i < conf->workers; i++)
+                ((Loop *) loopset_loop(&p->set, i))->epoll_fd = -1;
+        for (unsigned i = 0; i < conf->workers && r == 0; i++) {
+                Loop *l = (Loop *) loopset_loop(&p->set, i);
+                if ((l->epoll_fd = epoll_create1(EPOLL_CLOEXEC)) < 0)
+                        r = -errno;
+                else
+                        r = loopset_start(&p->set, &l->base, conf->worker_stack_size, EFD_NONBLOCK, loop_main);
+        }
+        if (r < 0) {
+                (void) pool_stop(&p->set.engine, UINT64_MAX);
+                return r;
+        }
+        *ret = &p->set.engine;
         return 0;
 }

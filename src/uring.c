@@ -49,6 +49,7 @@
 
 #include "engine.h"
 #include "log.h"
+#include "loopset.h"
 
 #define SQ_ENTRIES 256
 #define CQ_ENTRIES 4096
@@ -61,7 +62,6 @@
 #define KEPT_MAX (64u * 1024u)
 /* Output buffers a loop keeps for reuse. */
 #define OBUF_CACHE 64
-#define LISTENERS_WAIT_WARN_SEC 5
 /* Completions copied out of the ring at a time. */
 #define CQE_BATCH 64
 
@@ -110,19 +110,11 @@ typedef struct Acceptor {
 } Acceptor;
 
 typedef struct Loop {
-        struct Uring *pool;
-        pthread_t thread;
-        int wake_fd; /* eventfd, blocking: io_uring polls it rather than failing with EAGAIN */
-
-        pthread_mutex_t lock; /* guards incoming, stopping and the setup result */
-        pthread_cond_t set_up;
-        Session *incoming; /* handed over by uring_add(), linked through timer_next */
-        bool stopping;
-        int setup_r;       /* 1 until the thread has set up its ring, then 0 or -errno */
+        LoopBase base; /* first: the shared part (loopset.h); its eventfd is blocking here:
+                        * io_uring reads it rather than failing with EAGAIN */
+        pthread_cond_t set_up; /* with base.lock: the ring's setup result is in */
+        int setup_r;           /* 1 until the thread has set up its ring, then 0 or -errno */
         char setup_why[96];
-
-        unsigned n_sessions;   /* atomic: queued and running, to pick the least busy loop */
-        uint64_t listen_acked; /* under pool->lock */
 
         /* Loop thread only. */
         struct io_uring ring;
@@ -149,17 +141,7 @@ typedef struct Loop {
 } Loop;
 
 typedef struct Uring {
-        Engine engine; /* first: the engine is the driver */
-        Loop *loops;
-        unsigned n;
-
-        pthread_mutex_t lock;
-        pthread_cond_t all_gone; /* CLOCK_MONOTONIC */
-        unsigned n_running;
-        pthread_cond_t acked; /* CLOCK_MONOTONIC */
-        Listener *listeners;
-        size_t n_listeners;
-        uint64_t listen_gen; /* written under lock, read atomically by the loops */
+        LoopSet set; /* first: the engine, the loops, the listeners */
 } Uring;
 
 static uint64_t tag(const void *p, unsigned op) {
@@ -303,8 +285,8 @@ static Fate settle(Loop *l, Conn *c) {
         free(c->rbuf);
         free(c);
         l->n_conns--;
-        __atomic_sub_fetch(&l->n_sessions, 1, __ATOMIC_RELAXED);
-        engine_session_done(&l->pool->engine, s);
+        __atomic_sub_fetch(&l->base.n_sessions, 1, __ATOMIC_RELAXED);
+        engine_session_done(&l->base.set->engine, s);
         return GONE;
 }
 
@@ -585,9 +567,9 @@ static Fate start(Loop *l, Session *s) {
         l->n_conns++;
         if (!c) {
                 l->n_conns--;
-                __atomic_sub_fetch(&l->n_sessions, 1, __ATOMIC_RELAXED);
+                __atomic_sub_fetch(&l->base.n_sessions, 1, __ATOMIC_RELAXED);
                 session_fail(s, -ENOMEM);
-                engine_session_done(&l->pool->engine, s);
+                engine_session_done(&l->base.set->engine, s);
                 return GONE;
         }
         c->s = s;
@@ -623,20 +605,20 @@ static bool accepting(const Loop *l) {
 }
 
 static void admit(Loop *l, Acceptor *a, int fd, const struct sockaddr *peer) {
-        const EngineHooks *hooks = &l->pool->engine.hooks;
+        const EngineHooks *hooks = &l->base.set->engine.hooks;
         Session *s = hooks->admit(hooks->userdata, fd, peer, a->via);
 
         if (!s)
                 return;
-        __atomic_add_fetch(&l->n_sessions, 1, __ATOMIC_RELAXED);
-        s->engine = &l->pool->engine;
+        __atomic_add_fetch(&l->base.n_sessions, 1, __ATOMIC_RELAXED);
+        s->engine = &l->base.set->engine;
         (void) start(l, s);
 }
 
 /* admit_parked: connections accepted while every slot was taken, once one is free (or the
  * listener set changes: the server decides then). */
 static void admit_parked(Loop *l, bool force) {
-        const EngineHooks *hooks = &l->pool->engine.hooks;
+        const EngineHooks *hooks = &l->base.set->engine.hooks;
 
         for (size_t i = 0; i < l->n_acc; i++) {
                 Acceptor *a = &l->acc[i];
@@ -653,7 +635,7 @@ static void admit_parked(Loop *l, bool force) {
 }
 
 static void on_accept(Loop *l, Acceptor *a, int res) {
-        const EngineHooks *hooks = &l->pool->engine.hooks;
+        const EngineHooks *hooks = &l->base.set->engine.hooks;
 
         a->armed = a->cancelling = false;
         l->acc_inflight--;
@@ -698,21 +680,19 @@ static void acceptors_cancel(Loop *l) {
 
 /* acceptors_take: the pool's current listener set, acknowledged. */
 static void acceptors_take(Loop *l) {
-        Uring *p = l->pool;
+        const Listener *listeners;
+        size_t n;
 
         free(l->acc);
         l->acc = NULL;
         l->n_acc = 0;
-        pthread_mutex_lock(&p->lock);
-        if (p->n_listeners > 0 && (l->acc = calloc(p->n_listeners, sizeof(Acceptor)))) {
-                l->n_acc = p->n_listeners;
+        l->listen_gen = loopset_take_listeners(&l->base, &listeners, &n);
+        if (n > 0 && (l->acc = calloc(n, sizeof(Acceptor)))) {
+                l->n_acc = n;
                 for (size_t i = 0; i < l->n_acc; i++)
-                        l->acc[i] = (Acceptor) { .loop = l, .via = &p->listeners[i], .parked_fd = -1 };
+                        l->acc[i] = (Acceptor) { .loop = l, .via = &listeners[i], .parked_fd = -1 };
         }
-        bool failed = p->n_listeners > 0 && !l->acc;
-        l->listen_gen = l->listen_acked = p->listen_gen;
-        pthread_cond_broadcast(&p->acked);
-        pthread_mutex_unlock(&p->lock);
+        bool failed = n > 0 && !l->acc;
         if (failed)
                 log_error_errno(-ENOMEM, "cannot accept in an event loop");
 }
@@ -722,7 +702,7 @@ static void acceptors_take(Loop *l) {
  * acknowledge it, so that the server may close the old sockets. Then the accepts are
  * (re-)armed as far as accepting is allowed. */
 static void sync_listeners(Loop *l) {
-        uint64_t gen = __atomic_load_n(&l->pool->listen_gen, __ATOMIC_ACQUIRE);
+        uint64_t gen = loopset_listen_gen(l->base.set);
 
         if (gen != l->listen_gen)
                 l->retiring = true;
@@ -747,31 +727,21 @@ static void sync_listeners(Loop *l) {
 static void arm_wake(Loop *l) {
         struct io_uring_sqe *e = sqe(l);
 
-        io_uring_prep_read(e, l->wake_fd, &l->wake_value, sizeof(l->wake_value), 0);
+        io_uring_prep_read(e, l->base.wake_fd, &l->wake_value, sizeof(l->wake_value), 0);
         io_uring_sqe_set_data64(e, tag(l, OP_WAKE));
 }
 
 /* on_wake: sessions handed over, a slot freed, new listeners, or the stop. */
 static void on_wake(Loop *l, int res) {
-        Session *list, *reversed = NULL;
+        Session *reversed;
 
         if (res < 0 && res != -EINTR && res != -EAGAIN && res != -ECANCELED)
                 log_error_errno(res, "reading the event loop's eventfd failed");
-        pthread_mutex_lock(&l->lock);
-        list = l->incoming;
-        l->incoming = NULL;
-        if (l->stopping)
+        if (!loopset_take_incoming(&l->base, &reversed))
                 l->exiting = true;
-        pthread_mutex_unlock(&l->lock);
         if (!l->exiting)
                 arm_wake(l);
-        while (list) { /* oldest first */
-                Session *next = list->timer_next;
-                list->timer_next = reversed;
-                reversed = list;
-                list = next;
-        }
-        while (reversed) {
+        while (reversed) { /* oldest first */
                 Session *next = reversed->timer_next;
                 reversed->timer_next = NULL;
                 (void) start(l, reversed);
@@ -1002,182 +972,60 @@ static void *loop_main(void *arg) {
 
         (void) pthread_setname_np(pthread_self(), "hellod-loop");
         r = ring_setup(l, why, sizeof(why));
-        pthread_mutex_lock(&l->lock);
+        pthread_mutex_lock(&l->base.lock);
         l->setup_r = r;
         memcpy(l->setup_why, why, sizeof(why));
         pthread_cond_broadcast(&l->set_up);
-        pthread_mutex_unlock(&l->lock);
+        pthread_mutex_unlock(&l->base.lock);
         if (r == 0)
                 loop_run(l);
         ring_teardown(l);
 
-        pthread_mutex_lock(&l->pool->lock);
-        l->listen_acked = UINT64_MAX; /* gone: holds no listener */
-        pthread_cond_broadcast(&l->pool->acked);
-        if (--l->pool->n_running == 0)
-                pthread_cond_broadcast(&l->pool->all_gone);
-        pthread_mutex_unlock(&l->pool->lock);
+        loopset_exited(&l->base);
         return NULL;
 }
 
 /* ---- the engine ---- */
 
-static void loop_done(Loop *l) {
-        if (l->wake_fd >= 0)
-                close(l->wake_fd);
-        pthread_cond_destroy(&l->set_up);
-        pthread_mutex_destroy(&l->lock);
-}
-
-static void loop_stop(Loop *l) {
-        pthread_mutex_lock(&l->lock);
-        l->stopping = true;
-        pthread_mutex_unlock(&l->lock);
-        (void) eventfd_write(l->wake_fd, 1);
+static void loop_done(LoopBase *base) {
+        pthread_cond_destroy(&((Loop *) base)->set_up);
 }
 
 /* loop_start: the thread, and its ring's setup result (WHY says what failed). */
 static int loop_start(Uring *p, Loop *l, size_t stack_size, char *why, size_t size) {
-        pthread_attr_t attr;
-        int r;
+        int r = loopset_start(&p->set, &l->base, stack_size, 0, loop_main);
 
-        l->pool = p;
-        l->setup_r = 1;
-        pthread_mutex_init(&l->lock, NULL);
-        pthread_cond_init(&l->set_up, NULL);
-        if ((l->wake_fd = eventfd(0, EFD_CLOEXEC)) < 0)
-                return -errno;
-        r = pthread_attr_init(&attr);
-        if (r != 0)
-                return -r;
-        r = pthread_attr_setstacksize(&attr, stack_size);
-        pthread_mutex_lock(&p->lock);
-        if (r == 0)
-                r = pthread_create(&l->thread, &attr, loop_main, l);
-        if (r == 0)
-                p->n_running++;
-        pthread_mutex_unlock(&p->lock);
-        pthread_attr_destroy(&attr);
-        if (r != 0)
-                return -r;
-        pthread_mutex_lock(&l->lock);
+        if (r < 0)
+                return r;
+        pthread_mutex_lock(&l->base.lock);
         while (l->setup_r == 1)
-                pthread_cond_wait(&l->set_up, &l->lock);
+                pthread_cond_wait(&l->set_up, &l->base.lock);
         r = l->setup_r;
         snprintf(why, size, "%s", l->setup_why);
-        pthread_mutex_unlock(&l->lock);
+        pthread_mutex_unlock(&l->base.lock);
         return r;
 }
 
 static int uring_add(Engine *e, Session *s) {
-        Uring *p = (Uring *) e;
-        Loop *best = &p->loops[0];
-
         /* A conversation resumed after a crash goes on from its next line; one handed over
          * with buffers or a lingering close in hand is for the epoll pool, which hands over. */
         if (s->resumed && (s->in_len > s->in_off || s->out.len > s->out_off || s->lingering))
                 return -EOPNOTSUPP;
-
-        for (unsigned i = 1; i < p->n; i++)
-                if (__atomic_load_n(&p->loops[i].n_sessions, __ATOMIC_RELAXED) <
-                    __atomic_load_n(&best->n_sessions, __ATOMIC_RELAXED))
-                        best = &p->loops[i];
-        __atomic_add_fetch(&best->n_sessions, 1, __ATOMIC_RELAXED);
-        pthread_mutex_lock(&best->lock);
-        s->timer_next = best->incoming;
-        best->incoming = s;
-        pthread_mutex_unlock(&best->lock);
-        (void) eventfd_write(best->wake_fd, 1);
-        return 0;
-}
-
-static void uring_free(Uring *p) {
-        for (unsigned i = 0; i < p->n; i++) {
-                pthread_join(p->loops[i].thread, NULL);
-                loop_done(&p->loops[i]);
-        }
-        free(p->listeners);
-        pthread_cond_destroy(&p->acked);
-        pthread_cond_destroy(&p->all_gone);
-        pthread_mutex_destroy(&p->lock);
-        free(p->loops);
-        free(p);
+        return loopset_add(&((Uring *) e)->set, s);
 }
 
 static int uring_stop(Engine *e, uint64_t timeout_msec) {
-        Uring *p = (Uring *) e;
-        struct timespec deadline;
-        int r = 0;
-
-        clock_gettime(CLOCK_MONOTONIC, &deadline);
-        deadline.tv_sec += (time_t) (timeout_msec / 1000u < 86400u ? timeout_msec / 1000u : 86400u);
-        deadline.tv_nsec += (long) (timeout_msec % 1000u) * 1000000L;
-        if (deadline.tv_nsec >= 1000000000L) {
-                deadline.tv_sec++;
-                deadline.tv_nsec -= 1000000000L;
-        }
-        for (unsigned i = 0; i < p->n; i++)
-                loop_stop(&p->loops[i]);
-        pthread_mutex_lock(&p->lock);
-        while (p->n_running > 0 && r == 0)
-                r = timeout_msec == UINT64_MAX ? pthread_cond_wait(&p->all_gone, &p->lock)
-                                               : pthread_cond_timedwait(&p->all_gone, &p->lock, &deadline);
-        bool gone = p->n_running == 0;
-        pthread_mutex_unlock(&p->lock);
-        if (!gone)
-                return -ETIMEDOUT;
-        uring_free(p);
-        return 0;
-}
-
-static void wake_all(Uring *p) {
-        for (unsigned i = 0; i < p->n; i++)
-                (void) eventfd_write(p->loops[i].wake_fd, 1);
-}
-
-static bool all_acked(const Uring *p, uint64_t gen) {
-        for (unsigned i = 0; i < p->n; i++)
-                if (p->loops[i].listen_acked < gen)
-                        return false;
-        return true;
+        return loopset_stop(&((Uring *) e)->set, timeout_msec, loop_done);
 }
 
 static void uring_set_listeners(Engine *e, const ListenerSet *set) {
-        Uring *p = (Uring *) e;
-        Listener *copy = NULL;
-        struct timespec deadline;
-
-        if (set->n > 0 && !(copy = calloc(set->n, sizeof(Listener)))) {
-                log_error_errno(-ENOMEM, "cannot hand the listeners to the event loops");
-                return;
-        }
-        if (set->n > 0)
-                memcpy(copy, set->items, set->n * sizeof(Listener));
-        pthread_mutex_lock(&p->lock);
-        Listener *old = p->listeners;
-        p->listeners = copy;
-        p->n_listeners = set->n;
-        uint64_t gen = p->listen_gen + 1;
-        __atomic_store_n(&p->listen_gen, gen, __ATOMIC_RELEASE);
-        pthread_mutex_unlock(&p->lock);
-
-        /* Each loop acknowledges once the last completion of its accepts on the old sockets
-         * is in: only then may the server close them. */
-        wake_all(p);
-        pthread_mutex_lock(&p->lock);
-        while (!all_acked(p, gen)) {
-                clock_gettime(CLOCK_MONOTONIC, &deadline);
-                deadline.tv_sec += LISTENERS_WAIT_WARN_SEC;
-                if (pthread_cond_timedwait(&p->acked, &p->lock, &deadline) == ETIMEDOUT)
-                        log_warning("an event loop has not taken up the new listeners for %d s, waiting",
-                                    LISTENERS_WAIT_WARN_SEC);
-        }
-        pthread_mutex_unlock(&p->lock);
-        free(old);
+        /* Each loop takes up the new set once the last completion of its accepts on the old
+         * sockets is in (sync_listeners): only then may the server close them. */
+        loopset_publish_listeners(&((Uring *) e)->set, set);
 }
 
 static void uring_slot_freed(Engine *e) {
-        wake_all((Uring *) e);
+        loopset_wake_all(&((Uring *) e)->set);
 }
 
 static void uring_reconfigure(Engine *e, const Conf *old, const Conf *conf) {
@@ -1202,36 +1050,27 @@ static const EngineOps uring_ops = {
 
 /* uring_try: the engine, or a negative errno and WHY when io_uring cannot be had. */
 static int uring_try(Engine **ret, const Conf *conf, const EngineHooks *hooks, char *why, size_t size) {
-        unsigned n = conf->workers;
         Uring *p = calloc(1, sizeof(*p));
-        pthread_condattr_t attr;
-        int r = 0;
+        int r;
 
-        if (!p || !(p->loops = calloc(n, sizeof(Loop)))) {
+        if (!p || (r = loopset_init(&p->set, conf->workers, sizeof(Loop), &uring_ops, hooks)) < 0) {
                 free(p);
                 snprintf(why, size, "out of memory");
                 return -ENOMEM;
         }
-        p->engine = (Engine) { .ops = &uring_ops, .hooks = *hooks };
-        pthread_mutex_init(&p->lock, NULL);
-        pthread_condattr_init(&attr);
-        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-        pthread_cond_init(&p->all_gone, &attr);
-        pthread_cond_init(&p->acked, &attr);
-        pthread_condattr_destroy(&attr);
-        for (unsigned i = 0; i < n && r == 0; i++) {
-                p->loops[i].wake_fd = -1;
-                r = loop_start(p, &p->loops[i], conf->worker_stack_size, why, size);
-                if (r == 0 || p->loops[i].setup_r != 1)
-                        p->n++; /* its thread runs (and exits at once after a failed setup) */
-                else
-                        loop_done(&p->loops[i]);
+        for (unsigned i = 0; i < conf->workers; i++) {
+                Loop *l = (Loop *) loopset_loop(&p->set, i);
+                l->setup_r = 1;
+                pthread_cond_init(&l->set_up, NULL);
         }
+        for (unsigned i = 0; i < conf->workers && r == 0; i++)
+                r = loop_start(p, (Loop *) loopset_loop(&p->set, i), conf->worker_stack_size, why, size);
         if (r < 0) {
-                (void) uring_stop(&p->engine, UINT64_MAX);
+                /* A loop whose setup failed has returned already; the others are stopped. */
+                (void) uring_stop(&p->set.engine, UINT64_MAX);
                 return r;
         }
-        *ret = &p->engine;
+        *ret = &p->set.engine;
         return 0;
 }
 

@@ -1,0 +1,226 @@
+/* loopset: the shared machinery of the event-loop drivers. */
+#include "loopset.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+
+struct timespec timespec_in_msec(uint64_t msec) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_sec += (time_t) (msec / 1000u < 86400u ? msec / 1000u : 86400u);
+        ts.tv_nsec += (long) (msec % 1000u) * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+        }
+        return ts;
+}
+
+int loopset_init(LoopSet *set, unsigned n, size_t loop_size, const EngineOps *ops, const EngineHooks *hooks) {
+        pthread_condattr_t attr;
+
+        if (!(set->loops = calloc(n, loop_size)))
+                return -ENOMEM;
+        set->n_alloc = n;
+        set->loop_size = loop_size;
+        set->engine = (Engine) { .ops = ops, .hooks = *hooks };
+        pthread_mutex_init(&set->lock, NULL);
+        pthread_condattr_init(&attr);
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+        pthread_cond_init(&set->all_gone, &attr);
+        pthread_cond_init(&set->acked, &attr);
+        pthread_condattr_destroy(&attr);
+        for (unsigned i = 0; i < n; i++) {
+                LoopBase *l = loopset_loop(set, i);
+                l->set = set;
+                l->wake_fd = -1;
+                pthread_mutex_init(&l->lock, NULL);
+        }
+        return 0;
+}
+
+LoopBase *loopset_loop(const LoopSet *set, unsigned i) {
+        return (LoopBase *) ((char *) set->loops + (size_t) i * set->loop_size);
+}
+
+int loopset_start(LoopSet *set, LoopBase *l, size_t stack_size, int eventfd_flags, void *(*main)(void *)) {
+        pthread_attr_t attr;
+        int r;
+
+        if ((l->wake_fd = eventfd(0, eventfd_flags | EFD_CLOEXEC)) < 0)
+                return -errno;
+        r = pthread_attr_init(&attr);
+        if (r != 0)
+                return -r;
+        r = pthread_attr_setstacksize(&attr, stack_size);
+        pthread_mutex_lock(&set->lock);
+        if (r == 0)
+                r = pthread_create(&l->thread, &attr, main, l);
+        if (r == 0) {
+                set->n_running++;
+                set->n++;
+        }
+        pthread_mutex_unlock(&set->lock);
+        pthread_attr_destroy(&attr);
+        return -r;
+}
+
+void loopset_exited(LoopBase *l) {
+        LoopSet *set = l->set;
+
+        pthread_mutex_lock(&set->lock);
+        l->listen_acked = UINT64_MAX; /* gone: holds no listener */
+        pthread_cond_broadcast(&set->acked);
+        if (--set->n_running == 0)
+                pthread_cond_broadcast(&set->all_gone);
+        pthread_mutex_unlock(&set->lock);
+}
+
+int loopset_add(LoopSet *set, Session *s) {
+        LoopBase *best = loopset_loop(set, 0);
+
+        for (unsigned i = 1; i < set->n; i++) {
+                LoopBase *l = loopset_loop(set, i);
+                if (__atomic_load_n(&l->n_sessions, __ATOMIC_RELAXED) < __atomic_load_n(&best->n_sessions, __ATOMIC_RELAXED))
+                        best = l;
+        }
+        __atomic_add_fetch(&best->n_sessions, 1, __ATOMIC_RELAXED);
+        pthread_mutex_lock(&best->lock);
+        s->timer_next = best->incoming;
+        best->incoming = s;
+        pthread_mutex_unlock(&best->lock);
+        /* An eventfd write fails only when the counter would overflow: it is read on every
+         * wakeup, so it cannot, and the loop is awake anyway if it were that full. */
+        (void) eventfd_write(best->wake_fd, 1);
+        return 0;
+}
+
+bool loopset_take_incoming(LoopBase *l, Session **ret) {
+        Session *list, *reversed = NULL;
+        bool go_on;
+
+        pthread_mutex_lock(&l->lock);
+        list = l->incoming;
+        l->incoming = NULL;
+        go_on = !l->stopping;
+        pthread_mutex_unlock(&l->lock);
+        while (list) {
+                Session *next = list->timer_next;
+                list->timer_next = reversed;
+                reversed = list;
+                list = next;
+        }
+        *ret = reversed;
+        return go_on;
+}
+
+void loopset_wake_all(LoopSet *set) {
+        for (unsigned i = 0; i < set->n; i++)
+                (void) eventfd_write(loopset_loop(set, i)->wake_fd, 1);
+}
+
+static bool all_acked(const LoopSet *set, uint64_t gen) {
+        for (unsigned i = 0; i < set->n; i++)
+                if (loopset_loop(set, i)->listen_acked < gen)
+                        return false;
+        return true;
+}
+
+void loopset_publish_listeners(LoopSet *set, const ListenerSet *listeners) {
+        Listener *copy = NULL;
+
+        if (listeners->n > 0 && !(copy = calloc(listeners->n, sizeof(Listener)))) {
+                /* Keep serving the sockets the loops have; the server keeps them open. */
+                log_error_errno(-ENOMEM, "cannot hand the listeners to the event loops");
+                return;
+        }
+        if (listeners->n > 0)
+                memcpy(copy, listeners->items, listeners->n * sizeof(Listener));
+        pthread_mutex_lock(&set->lock);
+        Listener *old = set->listeners;
+        set->listeners = copy;
+        set->n_listeners = listeners->n;
+        uint64_t gen = set->listen_gen + 1;
+        __atomic_store_n(&set->listen_gen, gen, __ATOMIC_RELEASE);
+        pthread_mutex_unlock(&set->lock);
+
+        /* Wait until no loop can touch a socket of the previous set; a loop is never blocked
+         * for long, so this is quick; the warning is for a loop that is stuck. */
+        loopset_wake_all(set);
+        pthread_mutex_lock(&set->lock);
+        while (!all_acked(set, gen)) {
+                struct timespec deadline = timespec_in_msec(LOOPSET_LISTENERS_WAIT_WARN_SEC * 1000u);
+                if (pthread_cond_timedwait(&set->acked, &set->lock, &deadline) == ETIMEDOUT)
+                        log_warning("an event loop has not taken up the new listeners for %d s, waiting",
+                                    LOOPSET_LISTENERS_WAIT_WARN_SEC);
+        }
+        pthread_mutex_unlock(&set->lock);
+        free(old);
+}
+
+uint64_t loopset_listen_gen(const LoopSet *set) {
+        return __atomic_load_n(&set->listen_gen, __ATOMIC_ACQUIRE);
+}
+
+uint64_t loopset_take_listeners(LoopBase *l, const Listener **ret, size_t *ret_n) {
+        LoopSet *set = l->set;
+
+        pthread_mutex_lock(&set->lock);
+        *ret = set->listeners;
+        *ret_n = set->n_listeners;
+        uint64_t gen = l->listen_acked = set->listen_gen;
+        pthread_cond_broadcast(&set->acked);
+        pthread_mutex_unlock(&set->lock);
+        return gen;
+}
+
+/* free_set: every thread has returned: join them, clean every loop up (the driver's part,
+ * then the base), free the set (and with it the driver, which it begins). */
+static void free_set(LoopSet *set, void (*loop_done)(LoopBase *l)) {
+        for (unsigned i = 0; i < set->n; i++)
+                pthread_join(loopset_loop(set, i)->thread, NULL);
+        for (unsigned i = 0; i < set->n_alloc; i++) {
+                LoopBase *l = loopset_loop(set, i);
+                loop_done(l);
+                if (l->wake_fd >= 0)
+                        close(l->wake_fd);
+                pthread_mutex_destroy(&l->lock);
+        }
+        free(set->listeners);
+        pthread_cond_destroy(&set->acked);
+        pthread_cond_destroy(&set->all_gone);
+        pthread_mutex_destroy(&set->lock);
+        free(set->loops);
+        free(set);
+}
+
+int loopset_stop(LoopSet *set, uint64_t timeout_msec, void (*loop_done)(LoopBase *l)) {
+        struct timespec deadline = timespec_in_msec(timeout_msec);
+        int r = 0;
+
+        for (unsigned i = 0; i < set->n; i++) {
+                LoopBase *l = loopset_loop(set, i);
+                pthread_mutex_lock(&l->lock);
+                l->stopping = true;
+                pthread_mutex_unlock(&l->lock);
+                (void) eventfd_write(l->wake_fd, 1);
+        }
+        /* Wait on a counter, then join: pthread_join() alone cannot time out. */
+        pthread_mutex_lock(&set->lock);
+        while (set->n_running > 0 && r == 0)
+                r = timeout_msec == UINT64_MAX ? pthread_cond_wait(&set->all_gone, &set->lock)
+                                               : pthread_cond_timedwait(&set->all_gone, &set->lock, &deadline);
+        bool gone = set->n_running == 0;
+        pthread_mutex_unlock(&set->lock);
+        if (!gone)
+                return -ETIMEDOUT; /* a loop still runs: the set is left to it */
+        free_set(set, loop_done);
+        return 0;
+}
