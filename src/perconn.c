@@ -56,21 +56,27 @@ static bool timer_arm(Session *s, Timer *t, uint64_t deadline) {
 }
 
 /* flush: writes all of OUT; the client has until the session's write deadline to take it,
- * in total, so that one reading a trickle cannot hold its thread for several timeouts. */
+ * in total, so that one reading a trickle cannot hold its thread for several timeouts. The
+ * first send does not block: when the socket has room, as it nearly always has, no send
+ * timeout needs arming (one setsockopt() less per connection, measured with strace -c). */
 static int flush(Session *s, Timer *send_timer) {
         uint64_t deadline = session_write_deadline(s, now_usec());
+        bool blocking = false;
         int r = 0;
 
         while (s->out_off < s->out.len) {
-                if (!timer_arm(s, send_timer, deadline)) {
+                if (blocking && !timer_arm(s, send_timer, deadline)) {
                         r = -ETIMEDOUT;
                         break;
                 }
-                ssize_t n = send(s->fd, s->out.data + s->out_off, s->out.len - s->out_off, MSG_NOSIGNAL);
+                ssize_t n = send(s->fd, s->out.data + s->out_off, s->out.len - s->out_off,
+                                 MSG_NOSIGNAL | (blocking ? 0 : MSG_DONTWAIT));
                 if (n < 0 && errno == EINTR)
                         continue;
-                if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-                        continue; /* the send timeout: timer_arm decides */
+                if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                        blocking = true; /* from now on the send timeout bounds the wait */
+                        continue;
+                }
                 if (n < 0) {
                         r = -errno;
                         break;
