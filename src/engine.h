@@ -77,6 +77,7 @@ typedef struct EngineOps {
          * handed_over hook. NULL for an engine that cannot. */
         int (*hand_over)(Engine *e, uint64_t timeout_msec);
         bool nonblocking; /* the sessions' sockets must be non-blocking */
+        bool reads_proxy; /* reads a PROXY header before the greeting (EngineHooks.proxied) */
 } EngineOps;
 
 struct Engine {

@@ -101,12 +101,15 @@ HandoverLimits handoff_limits(const Conf *conf) {
         };
 }
 
+/* peer_of: the client the session was admitted as: behind a balancer, the one its PROXY
+ * header named, not the socket's peer. (The balancer itself is not recorded: after a resume
+ * the journal names the client alone.) */
 static struct sockaddr_storage peer_of(const Session *s) {
-        struct sockaddr_storage peer = { 0 };
+        struct sockaddr_storage peer = s->peer_addr;
         socklen_t len = sizeof(peer);
 
-        /* The address the session was admitted with: the socket's own peer. */
-        if (getpeername(s->fd, (struct sockaddr *) &peer, &len) < 0)
+        if (peer.ss_family != AF_INET && peer.ss_family != AF_INET6 &&
+            getpeername(s->fd, (struct sockaddr *) &peer, &len) < 0)
                 peer.ss_family = AF_UNSPEC;
         return peer;
 }

@@ -187,7 +187,7 @@ static bool encodable(const HandoverRecord *rec) {
         int family = rec->peer.ss_family;
 
         return rec->id != 0 && (rec->framing == FRAMING_LINE || rec->framing == FRAMING_CHUNK) &&
-               rec->end >= PROTO_END_NONE && rec->end <= PROTO_END_NO_MEMORY && (rec->flags & ~_HANDOVER_FLAGS_ALL) == 0 &&
+               rec->end >= PROTO_END_NONE && rec->end <= _PROTO_END_LAST && (rec->flags & ~_HANDOVER_FLAGS_ALL) == 0 &&
                (family == AF_INET || family == AF_INET6) && rec->listen_len <= UINT16_MAX &&
                (rec->listen || rec->listen_len == 0) && rec->pending_len <= UINT32_MAX &&
                (rec->pending || rec->pending_len == 0) && rec->input_len <= UINT32_MAX &&

@@ -274,6 +274,7 @@ static const EngineOps perconn_ops = {
         .reap = perconn_reap,
         .reconfigure = perconn_reconfigure,
         .nonblocking = false,
+        .reads_proxy = true,
 };
 
 int perconn_engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks) {

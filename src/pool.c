@@ -305,19 +305,26 @@ static bool peer_closed(int fd) {
 }
 
 /* read_lines: the read of a stored session: only whole lines leave the kernel (peeked first);
- * a line longer than the buffer is read as it is. Returns as recv(), or -1 with EAGAIN while
- * a partial line waits for its end. */
-static ssize_t read_lines(Loop *l, Session *s) {
+ * a line longer than the buffer, and anything with a telnet command in it (an interrupt has no
+ * line end, and the client waits for its answer), is read as it is. Returns as recv(), or -1
+ * with EAGAIN while a partial line waits for its end; *MORE: bytes were left in the kernel
+ * (the peek filled the buffer, or whole lines were taken and more follows), which no new edge
+ * will announce. */
+static ssize_t read_lines(Loop *l, Session *s, bool *more) {
         ssize_t k = recv(s->fd, l->in_buf, s->in_cap, MSG_PEEK);
 
+        *more = false;
         if (k <= 0)
                 return k;
         const char *nl = memrchr(l->in_buf, '\n', (size_t) k);
-        if (!nl && (size_t) k < s->in_cap && !peer_closed(s->fd)) {
+        bool whole = memchr(l->in_buf, 0xff, (size_t) k) != NULL || (size_t) k == s->in_cap;
+        if (!nl && !whole && !peer_closed(s->fd)) {
                 errno = EAGAIN; /* the next bytes bring a new edge */
                 return -1;
         }
-        return recv(s->fd, l->in_buf, nl ? (size_t) (nl - l->in_buf) + 1 : (size_t) k, 0);
+        size_t take = nl && !whole ? (size_t) (nl - l->in_buf) + 1 : (size_t) k;
+        *more = (size_t) k == s->in_cap || take < (size_t) k;
+        return recv(s->fd, l->in_buf, take, 0);
 }
 
 static bool reads_lines(const Session *s) {
@@ -363,7 +370,10 @@ static Fate serve_proxy(Loop *l, Session *s, bool *more) {
                 return finish(l, s, r);
         if (!s->want_write)
                 set_deadline(l, s, session_idle_deadline(s, now_usec()));
-        *more = !s->want_write && has_kept_input(s);
+        /* Edge-triggered: a full read, or the client's FIN behind the header, brings no new
+         * event (see serve_once). */
+        s->unread = (size_t) k == s->in_cap;
+        *more = !s->want_write && (has_kept_input(s) || s->unread || s->peer_shut);
         return ALIVE;
 }
 
@@ -382,10 +392,11 @@ static Fate serve_once(Loop *l, Session *s, bool *more) {
         if (s->proxy)
                 return serve_proxy(l, s, more);
         if (!kept) {
-                ssize_t k = reads_lines(s) ? read_lines(l, s) : recv(s->fd, l->in_buf, s->in_cap, 0);
+                bool left = false;
+                ssize_t k = reads_lines(s) ? read_lines(l, s, &left) : recv(s->fd, l->in_buf, s->in_cap, 0);
                 if (k == 0)
                         return end_with(l, s, session_stop_requested(s) ? PROTO_END_SHUTDOWN : PROTO_END_EOF);
-                s->unread = k > 0 && (size_t) k == s->in_cap;
+                s->unread = left || (k > 0 && (size_t) k == s->in_cap);
                 if (k < 0)
                         return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? ALIVE
                                                                                         : finish(l, s, -errno);
@@ -747,6 +758,7 @@ static const EngineOps pool_ops = {
         .slot_freed = pool_slot_freed,
         .hand_over = pool_hand_over,
         .nonblocking = true,
+        .reads_proxy = true,
 };
 
 int pool_engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks) {

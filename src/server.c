@@ -165,7 +165,7 @@ static void unregister(Server *s, Session *session) {
         s->n_active--;
         if (s->waiting_for_slot && s->n_active < s->slots) {
                 s->waiting_for_slot = false;
-                if (engine_accepts(s->engine))
+                if (s->engine && engine_accepts(s->engine))
                         engine_slot_freed(s->engine);
                 else
                         (void) eventfd_write(s->wake_fd, 1);
@@ -305,6 +305,16 @@ static Session *admit(Server *s, int fd, const struct sockaddr *peer, const List
         IpKey ip;
 
         (void) ip_key_from_sockaddr(peer, &ip);
+        if (via->proxy && !s->engine->ops->reads_proxy) {
+                /* A PROXY listener added by a reload to the io_uring pool (which left PROXY
+                 * listeners to epoll at start): never greet before the header. */
+                close(fd);
+                count_refusal(s);
+                log_refusal(s, addr_format(peer, name, sizeof(name)), "proxy-unsupported",
+                            "a PROXY protocol listener, and io_backend = \"io_uring\" does not read PROXY "
+                            "headers: restart hellod to serve it with epoll");
+                return NULL;
+        }
         pthread_mutex_lock(&s->lock);
         if (via->proxy ? !conf_proxy_trusted(s->conf, &ip) : !conf_admits(s->conf, &ip))
                 reason = via->proxy ? "untrusted-proxy" : "denied";
@@ -445,6 +455,7 @@ static bool proxied(Server *s, Session *session, ProxyStatus status, const Proxy
         }
         if (!reason) {
                 snprintf(session->peer, sizeof(session->peer), "%s", name);
+                session->peer_addr = header->source;
                 return true;
         }
         /* Refused as it would have been without a balancer: an ERR line for the limits, not a
@@ -659,6 +670,14 @@ static bool wait_drained(Server *s, uint64_t timeout_msec) {
         return true;
 }
 
+/* forget_engine: the engine is stopped (or left to threads that would not stop, which may
+ * still unregister sessions: hence the lock). */
+static void forget_engine(Server *s) {
+        pthread_mutex_lock(&s->lock);
+        s->engine = NULL;
+        pthread_mutex_unlock(&s->lock);
+}
+
 /* wants_hand_over: whether to hand the conversations over rather than end them: the
  * configuration allows it, the engine can, systemd keeps descriptors for us, and it is not a
  * stop. When systemd cannot be asked, they are handed over: at a stop, systemd then closes
@@ -698,7 +717,7 @@ static int hand_over(Server *s) {
                 return r;
         }
         r = engine_hand_over(s->engine, KILL_GRACE_MSEC);
-        s->engine = NULL;
+        forget_engine(s);
         if (r < 0) {
                 s->abandoned = true;
                 return log_error_errno(r, "worker threads did not finish, exiting without them");
@@ -757,7 +776,7 @@ static int shut_down(Server *s) {
          * grace period the engine is left to the exiting process, and with it what its
          * threads may still touch (see server_free). */
         int r = engine_stop(s->engine, KILL_GRACE_MSEC);
-        s->engine = NULL;
+        forget_engine(s);
         if (r < 0) {
                 s->abandoned = true;
                 log_error_errno(r, "worker threads did not finish, exiting without them");
@@ -898,7 +917,7 @@ static void adopt_session(Server *s, Session *session) {
         (void) fcntl(session->fd, F_SETFD, FD_CLOEXEC);
         pthread_mutex_lock(&s->lock);
         ip_key_mask(&session->ip, s->conf->per_ip_ipv4_prefix, s->conf->per_ip_ipv6_prefix);
-        (void) iptable_inc(s->ips, &session->ip);
+        session->counted = iptable_inc(s->ips, &session->ip) == 0;
         if (session->id == 0)
                 session->id = ++s->next_id;
         else if (session->id > s->next_id)
@@ -912,7 +931,11 @@ static void adopt_session(Server *s, Session *session) {
         pthread_mutex_unlock(&s->lock);
         session->stored = s->conf->handover == HANDOVER_MODE_ALWAYS;
         if (engine_add(s->engine, session) < 0) {
-                session->fd = -1; /* closed below, without a word: like a refused resume */
+                /* Closed without a word, like a refused resume, and out of the store. */
+                char name[HANDOVER_FDNAME_MAX];
+                log_warning("connection %" PRIu64 " from %s cannot be resumed by this worker model, closing it",
+                            session->id, session->peer);
+                (void) notify_fdstore_remove(handover_fdname_conn(session->id, name, sizeof(name)));
                 unregister(s, session);
         }
 }
@@ -1140,6 +1163,11 @@ Server *server_free(Server *s) {
                 return NULL;
         (void) engine_stop(s->engine, UINT64_MAX);
         listener_set_done(&s->listeners);
+        if (s->abandoned)
+                /* Threads that did not stop may still lock, admit, unregister (and write the
+                 * wake eventfd), record a hand-over and log: what they use stays; the process is
+                 * exiting and takes it along. */
+                return NULL;
         if (s->reserve_fd >= 0)
                 close(s->reserve_fd);
         if (s->signal_fd >= 0)
@@ -1148,10 +1176,6 @@ Server *server_free(Server *s) {
                 close(s->wake_fd);
         conf_unref(s->conf);
         free(s->handover.data);
-        if (s->abandoned)
-                /* Threads that did not stop may still lock, unregister and log: what they use
-                 * stays; the process is exiting and takes it along. */
-                return NULL;
         iptable_free(s->ips);
         pthread_mutex_destroy(&s->lock);
         pthread_mutex_destroy(&s->refusal_log.lock);

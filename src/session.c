@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,6 +56,10 @@ int session_new(Session **ret, int fd, Conf *conf, const struct sockaddr *peer, 
         s->conf = conf_ref(conf);
         s->started_usec = now_usec();
         s->deadline = SESSION_NO_DEADLINE;
+        memcpy(&s->peer_addr, peer,
+               peer->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+               : peer->sa_family == AF_INET ? sizeof(struct sockaddr_in)
+                                            : sizeof(sa_family_t));
         (void) ip_key_from_sockaddr(peer, &s->ip);
         addr_format(peer, s->peer, sizeof(s->peer));
         snprintf(s->listen, sizeof(s->listen), "%s", listen);

@@ -31,6 +31,7 @@ typedef struct Session {
         IpKey ip;   /* the source's network block, as counted by the server */
         bool counted; /* IP is counted in the server's per-source table */
         char peer[ADDR_STR_MAX]; /* the client: behind a balancer, what its PROXY header says */
+        struct sockaddr_storage peer_addr; /* the same, as an address (the hand-over records it) */
         char balancer[ADDR_STR_MAX]; /* the balancer the connection came from, or "" */
         ProxyParser *proxy;      /* awaiting the PROXY header (NULL once it is in, or without one) */
         bool proxy_local;        /* the balancer's own connection (LOCAL, UNKNOWN): a health check */

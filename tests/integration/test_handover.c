@@ -358,3 +358,40 @@ Test(handover, always_stores_and_removes_each_connection, .timeout = 60) {
         close(listener);
         hellod_free(d);
 }
+
+/* handover = "always" reads whole lines only (a partial one stays in the kernel): a burst
+ * larger than the read buffer is still answered in full, and a telnet interrupt, which has no
+ * line end, still ends the session at once. */
+Test(handover, always_answers_bursts_and_telnet_interrupts, .timeout = 60) {
+        Hellod *d = hellod_new();
+        Store st;
+        uint16_t port;
+        int listener = listening_socket(&port);
+        char in[12000], *want = malloc(sizeof(in) * 8);
+        size_t n = 0, wn = 0;
+
+        cr_assert(want);
+        store_start(&st, d->dir);
+        hellod_write_config(d, "handover = \"always\";\nio_backend = \"epoll\";\nidle_timeout = 30;\n");
+        start_hellod(d, &st, listener);
+        hellod_wait_stderr(d, "started");
+        for (int i = 0; n + 16 < sizeof(in); i++) {
+                int k = snprintf(in + n, sizeof(in) - n, "l%d\n", i);
+                wn += (size_t) sprintf(want + wn, "Hello, l%d!\r\n", i);
+                n += (size_t) k;
+        }
+        int fd = client_connect(port);
+        client_expect_str(fd, HELLOD_GREETING);
+        harness_step("%zu bytes of short lines in one write", n);
+        client_send(fd, in, n);
+        client_expect(fd, want, wn);
+        harness_step("telnet's Ctrl+C: IAC IP IAC DO TIMING-MARK");
+        client_send(fd, "\xff\xf4\xff\xfd\x06", 5);
+        client_expect_eof(fd, false); /* the interrupt ends it as exit does */
+        client_close(fd);
+        free(want);
+        stop_and_wait(d);
+        store_stop(&st);
+        close(listener);
+        hellod_free(d);
+}

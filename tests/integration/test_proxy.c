@@ -215,3 +215,19 @@ Test(proxy, per_source_limits_and_deny_see_the_real_client, .timeout = 60) {
         hellod_stop_clean(d);
         hellod_free(d);
 }
+
+/* A header, then the balancer's close (a health check that says nothing more): greeted, then
+ * closed at once, not held until the idle timeout. */
+Test(proxy, a_header_then_the_close_ends_at_once, .timeout = 60) {
+        uint16_t port;
+        Hellod *d = start(&port, "\"127.0.0.1\"", "idle_timeout = 60;\n");
+        int fd = client_connect(port);
+
+        client_send_str(fd, "PROXY UNKNOWN\r\n");
+        client_shutdown_write(fd);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_expect_eof(fd, false);
+        client_close(fd);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
