@@ -80,7 +80,7 @@ static void reseal_state(uint8_t *p, size_t size) {
 static void check_record(const HandoverRecord *rec, const HandoverLimits *limits) {
         check(rec->id != 0, "id 0 accepted");
         check(rec->framing == limits->framing, "framing %d accepted", (int) rec->framing);
-        check(rec->end >= PROTO_END_NONE && rec->end <= PROTO_END_NO_MEMORY, "end %d", rec->end);
+        check(rec->end >= PROTO_END_NONE && rec->end <= _PROTO_END_LAST, "end %d", rec->end);
         check(rec->lines <= rec->messages, "lines over messages");
         check(rec->listen_len >= 1 && rec->listen_len <= HANDOVER_LISTEN_MAX, "listen of %zu", rec->listen_len);
         check(rec->pending_len <= limits->max_line_length + 1, "pending of %zu", rec->pending_len);
