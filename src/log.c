@@ -59,10 +59,6 @@ int log_target_from_string(const char *s) {
         return -EINVAL;
 }
 
-const char *log_target_to_string(LogTarget t) {
-        return t <= LOG_TARGET_STDERR ? target_names[t] : "unknown";
-}
-
 /* stderr_is_journal: systemd connects stderr to the journal and says so in JOURNAL_STREAM
  * ("DEVICE:INODE"); a redirected stderr no longer matches (systemd.exec(5)). */
 static bool stderr_is_journal(void) {
@@ -109,10 +105,6 @@ void log_open_console(void) {
         log_open(LOG_TARGET_STDERR);
         stderr_console = true;
         stderr_prefixed = false;
-}
-
-LogTarget log_get_target(void) {
-        return target;
 }
 
 void log_set_max_level(int level) {

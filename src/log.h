@@ -30,7 +30,6 @@ typedef struct LogField {
 int log_level_from_string(const char *s);
 const char *log_level_to_string(int level);
 int log_target_from_string(const char *s);
-const char *log_target_to_string(LogTarget t);
 
 #define LOG_JOURNAL_SOCKET "/run/systemd/journal/socket"
 
@@ -40,7 +39,6 @@ void log_open(LogTarget target);
 /* log_open_console: stderr for a person at a terminal (hellod -t): "hellod: warning: ...",
  * no timestamps. */
 void log_open_console(void);
-LogTarget log_get_target(void);
 
 void log_set_max_level(int level);
 int log_get_max_level(void);
