@@ -296,6 +296,15 @@ static Session *register_session(Server *s, int *fd, const struct sockaddr *peer
         return session;
 }
 
+/* refusal_line: what a client refused for REASON is told before the close: nothing when it may
+ * not talk to us at all (denied, or not a balancer's header on a PROXY listener). */
+static const char *refusal_line(const char *reason) {
+        if (strcmp(reason, "denied") == 0 || strcmp(reason, "untrusted-proxy") == 0 ||
+            strcmp(reason, "proxy-invalid") == 0)
+                return NULL;
+        return strcmp(reason, "rate-limited") == 0 ? PROTO_ERR_RATE : PROTO_ERR_BUSY;
+}
+
 /* admit: the access lists and limits for a connection accepted from VIA, on any thread.
  * Returns the registered session, or NULL when the client was turned away (FD closed). */
 static Session *admit(Server *s, int fd, const struct sockaddr *peer, const Listener *via) {
@@ -334,14 +343,15 @@ static Session *admit(Server *s, int fd, const struct sockaddr *peer, const List
                 return session;
         }
         addr_format(peer, name, sizeof(name));
-        if (strcmp(reason, "denied") == 0 || strcmp(reason, "untrusted-proxy") == 0) {
+        const char *line = refusal_line(reason);
+        if (!line) {
                 /* Not worth an answer: the address may not talk to us at all (or not in the
                  * PROXY protocol: no greeting before a header). */
                 close(fd);
                 detail = via->proxy ? "a PROXY protocol listener, and not from a balancer in proxy_from"
                                     : "denied by allow/deny";
         } else if (fd >= 0) {
-                turn_away(fd, strcmp(reason, "rate-limited") == 0 ? PROTO_ERR_RATE : PROTO_ERR_BUSY);
+                turn_away(fd, line);
         }
         count_refusal(s);
         log_refusal(s, name, reason, detail);
@@ -460,10 +470,9 @@ static bool proxied(Server *s, Session *session, ProxyStatus status, const Proxy
         }
         /* Refused as it would have been without a balancer: an ERR line for the limits, not a
          * word for a denied client or a broken header. */
-        if (strcmp(reason, "denied") != 0 && strcmp(reason, "proxy-invalid") != 0) {
-                const char *line = strcmp(reason, "rate-limited") == 0 ? PROTO_ERR_RATE : PROTO_ERR_BUSY;
+        const char *line = refusal_line(reason);
+        if (line)
                 (void) send(session->fd, line, strlen(line), MSG_DONTWAIT | MSG_NOSIGNAL);
-        }
         session->refused = true;
         pthread_mutex_lock(&s->lock);
         s->n_accepted--;
@@ -901,7 +910,7 @@ int server_run(Server *s) {
 /* ---- resuming what the previous process handed over ---- */
 
 typedef struct ResumeCounts {
-        size_t resumed, refused, gone, fresh, orphans;
+        size_t resumed, refused, gone, fresh;
         uint64_t gap_usec;
         bool have_state;
 } ResumeCounts;
@@ -1036,30 +1045,32 @@ static void resume(Server *s, InheritedStore *store) {
                 resume_records(s, store, &c);
         for (size_t i = 0; i < store->n_conns; i++) {
                 StoredConn *conn = &store->conns[i];
+                int fd = conn->fd;
                 Session *session;
 
-                if (conn->fd < 0) { /* resumed from its record */
+                conn->fd = -1;
+                if (fd < 0) { /* resumed from its record */
                         if (!keep_stored)
                                 (void) notify_fdstore_remove(handover_fdname_conn(conn->id, name, sizeof(name)));
                         continue;
                 }
-                if (c.have_state || !keep_stored || handoff_session_fresh(conn->fd, s->conf, &session) < 0) {
-                        if (c.have_state || !keep_stored)
-                                forget_conn(conn->fd, conn->id);
-                        else
-                                (void) notify_fdstore_remove(handover_fdname_conn(conn->id, name, sizeof(name)));
-                        conn->fd = -1;
-                        /* With a state, a connection without a usable record (counted with
-                         * its record) is closed; without one, it could not be taken up. */
-                        if (!c.have_state)
-                                c.refused++;
-                        c.orphans++;
+                /* No state (a crash) but a connection kept in the store: it goes on from its next
+                 * line. handoff_session_fresh() closes FD when it cannot. */
+                bool fresh = !c.have_state && keep_stored;
+                if (fresh && handoff_session_fresh(fd, s->conf, &session) == 0) {
+                        session->id = conn->id;
+                        adopt_session(s, session);
+                        c.fresh++;
                         continue;
                 }
-                conn->fd = -1;
-                session->id = conn->id;
-                adopt_session(s, session);
-                c.fresh++;
+                /* With a state, a connection without a usable record (counted with its record) is
+                 * closed; without one, it could not be taken up. */
+                if (fresh)
+                        (void) notify_fdstore_remove(handover_fdname_conn(conn->id, name, sizeof(name)));
+                else
+                        forget_conn(fd, conn->id);
+                if (!c.have_state)
+                        c.refused++;
         }
 
         char resumed[24], refused[24];
