@@ -8,20 +8,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "log.h"
-
-struct timespec timespec_in_msec(uint64_t msec) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_sec += (time_t) (msec / 1000u < 86400u ? msec / 1000u : 86400u);
-        ts.tv_nsec += (long) (msec % 1000u) * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-        }
-        return ts;
-}
 
 int loopset_init(LoopSet *set, unsigned n, size_t loop_size, const EngineOps *ops, const EngineHooks *hooks) {
         pthread_condattr_t attr;

@@ -79,6 +79,3 @@ uint64_t loopset_take_listeners(LoopBase *l, const Listener **ret, size_t *ret_n
  * UINT64_MAX: no limit). 0: joined; LOOP_DONE was called for each loop and SET is freed.
  * -ETIMEDOUT: a thread still runs, SET is left to it; stop may be called again. */
 int loopset_stop(LoopSet *set, uint64_t timeout_msec, void (*loop_done)(LoopBase *l));
-
-/* timespec_in_msec: CLOCK_MONOTONIC now plus MSEC (at most a day), for timed waits. */
-struct timespec timespec_in_msec(uint64_t msec);

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "clock.h"
+
 typedef struct Worker {
         pthread_t thread;
         struct Workers *pool;
@@ -129,18 +131,11 @@ static void destroy(Workers *pool) {
 }
 
 int workers_stop(Workers *pool, uint64_t timeout_msec) {
-        struct timespec deadline;
+        struct timespec deadline = timespec_in_msec(timeout_msec);
         int r = 0;
 
         if (!pool)
                 return 0;
-        clock_gettime(CLOCK_MONOTONIC, &deadline);
-        deadline.tv_sec += (time_t) (timeout_msec / 1000u);
-        deadline.tv_nsec += (long) (timeout_msec % 1000u) * 1000000L;
-        if (deadline.tv_nsec >= 1000000000L) {
-                deadline.tv_sec++;
-                deadline.tv_nsec -= 1000000000L;
-        }
 
         pthread_mutex_lock(&pool->lock);
         pool->stopping = true;
