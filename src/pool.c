@@ -23,8 +23,9 @@
  *
  * Sessions are edge-triggered (EPOLLET): an event says something new arrived (or room to
  * write), not that something is there. Fairness: a session gets READS_PER_EVENT rounds per
- * turn. When its turn ends with more to do (input kept in its own buffer, or a read that
- * filled the buffer and so probably left more in the kernel), no event would bring it back:
+ * turn. When its turn ends with more to do (input kept in its own buffer, a read that
+ * filled the buffer and so probably left more in the kernel, or an edge taken while the kept
+ * input was being answered, with nothing read since), no event would bring it back:
  * it goes on the loop's ready list and gets another turn after the next poll (which then does
  * not wait).
  *
@@ -693,6 +694,11 @@ static void *loop_main(void *arg) {
                                 Session *s = (Session *) (uintptr_t) data;
                                 if (events[i].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
                                         s->peer_shut = true;
+                                /* An edge announces new input even while the session is still
+                                 * answering input it kept, and so reads nothing this turn: the
+                                 * read that follows the kept input must not be skipped. */
+                                if (events[i].events & EPOLLIN)
+                                        s->unread = true;
                                 (void) on_event(l, s);
                         }
                 }

@@ -61,7 +61,7 @@ typedef struct Session {
         struct Session *ready_next;              /* pool: kept input waiting for its turn */
         bool ready;                              /* pool: on the loop's ready list */
         bool peer_shut;                          /* pool: the client's FIN has arrived (EPOLLRDHUP) */
-        bool unread;                             /* pool: the last read filled the buffer: more waits */
+        bool unread; /* pool: more may wait in the kernel (a full read, or an edge not read yet) */
         bool lingering;                          /* ended; discarding what the client still sends */
         bool want_write;                         /* output pending: waiting for the client to read */
         bool resumed; /* taken over from another process: greeted already, state restored */

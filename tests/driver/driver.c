@@ -3,14 +3,16 @@
  * (harness_model_replies, the one the fuzzer and the hostile tests use).
  *
  *   driver [--seconds N] [--seed N] [--hellod PATH]      (20 s by default; else $HELLOD_BIN)
+ *   driver --replay SESSION-SEED --setup I [--seconds N]  (one failed plan, on every client thread)
  *
- * Each session follows a random plan made from its own seed (printed on failure, so a plan
- * can be replayed with --seed): lines of 0 bytes to max_line_length (sometimes one over),
- * sometimes a pipelined burst of thousands of lines, the stream cut into random writes, read
- * in random sizes with pauses where the client reads nothing, and an ending: a half-close,
- * `exit`, a close once everything is answered, or a reset at a random point. The daemon runs
- * once per configuration, with reply templates from the default to the 1,024-byte maximum;
- * HELLOD_TEST_CONF_EXTRA picks the worker model as in the integration suite.
+ * Each session follows a random plan made from its own seed (printed on failure, so that a
+ * plan can be replayed with --replay, against the setup it failed in): lines of 0 bytes to
+ * max_line_length (sometimes one over), sometimes a pipelined burst of thousands of lines, the
+ * stream cut into random writes, read in random sizes with pauses where the client reads
+ * nothing, and an ending: a half-close, `exit`, a close once everything is answered, or a reset
+ * at a random point. The daemon runs once per configuration, with reply templates from the
+ * default to the 1,024-byte maximum; HELLOD_TEST_CONF_EXTRA picks the worker model as in the
+ * integration suite.
  *
  * A burst must be answered without waiting for any timeout: idle_timeout is far above any
  * pause a client makes, so a session that stalls in the daemon shows as `ERR idle timeout`
@@ -100,6 +102,7 @@ static atomic_bool stop_load;
 static uint16_t port;
 static const Setup *setup;
 static uint64_t base_seed;
+static uint64_t replay_seed; /* --replay: every session runs this plan; 0: none */
 static atomic_uint_fast64_t next_session;
 
 static void record_failure(const Plan *p, const char *format, ...) __attribute__((format(printf, 2, 3)));
@@ -115,8 +118,8 @@ static void record_failure(const Plan *p, const char *format, ...) {
         vsnprintf(text, sizeof(text), format, ap);
         va_end(ap);
         pthread_mutex_lock(&failures_lock);
-        snprintf(failures[k], sizeof(failures[k]), "[%s; session seed %" PRIu64 ", %s, %zu lines%s] %s",
-                 setup->name, p->seed, ending_names[p->ending], p->lines, p->burst ? " (burst)" : "", text);
+        snprintf(failures[k], sizeof(failures[k]), "[%s (--setup %zu); session seed %" PRIu64 ", %s, %zu lines%s] %s",
+                 setup->name, (size_t) (setup - setups), p->seed, ending_names[p->ending], p->lines, p->burst ? " (burst)" : "", text);
         pthread_mutex_unlock(&failures_lock);
 }
 
@@ -350,7 +353,8 @@ static bool run_session(Plan *p, Rng *r) {
 static void *load_thread(void *arg) {
         (void) arg;
         while (!atomic_load(&stop_load)) {
-                uint64_t seed = base_seed + atomic_fetch_add(&next_session, 1) * 0x9e3779b97f4a7c15u;
+                uint64_t seed = replay_seed ? replay_seed
+                                            : base_seed + atomic_fetch_add(&next_session, 1) * 0x9e3779b97f4a7c15u;
                 Rng r = { seed ^ 0x5bd1e995u };
                 Plan p;
 
@@ -452,6 +456,7 @@ static _Noreturn void on_harness_failure(const char *message) {
 int main(int argc, char **argv) {
         unsigned seconds = DEFAULT_SECONDS;
         const char *bin = NULL;
+        long only_setup = -1;
 
         base_seed = (uint64_t) time(NULL) ^ ((uint64_t) getpid() << 32);
         for (int i = 1; i < argc; i++) {
@@ -461,10 +466,19 @@ int main(int argc, char **argv) {
                         base_seed = strtoull(argv[++i], NULL, 10);
                 else if (strcmp(argv[i], "--hellod") == 0 && i + 1 < argc)
                         bin = argv[++i];
+                else if (strcmp(argv[i], "--replay") == 0 && i + 1 < argc)
+                        replay_seed = strtoull(argv[++i], NULL, 10);
+                else if (strcmp(argv[i], "--setup") == 0 && i + 1 < argc)
+                        only_setup = strtol(argv[++i], NULL, 10);
                 else {
-                        fprintf(stderr, "usage: driver [--seconds N] [--seed N] [--hellod PATH]\n");
+                        fprintf(stderr, "usage: driver [--seconds N] [--seed N] [--hellod PATH] "
+                                        "[--replay SESSION-SEED --setup I]\n");
                         return 2;
                 }
+        }
+        if (only_setup >= (long) N_SETUPS || (replay_seed && only_setup < 0)) {
+                fprintf(stderr, "driver: --setup must be 0..%zu (needed with --replay)\n", N_SETUPS - 1);
+                return 2;
         }
         if (seconds == 0 || seconds > MAX_SECONDS) {
                 fprintf(stderr, "driver: --seconds must be 1..%d\n", MAX_SECONDS);
@@ -484,7 +498,8 @@ int main(int argc, char **argv) {
                CLIENT_THREADS, extra && *extra ? extra : "the default");
         fflush(stdout);
         for (size_t i = 0; i < N_SETUPS; i++)
-                run_setup(&setups[i], (seconds + N_SETUPS - 1) / N_SETUPS);
+                if (only_setup < 0 || (size_t) only_setup == i)
+                        run_setup(&setups[i], only_setup < 0 ? (seconds + N_SETUPS - 1) / N_SETUPS : seconds);
 
         printf("driver figures: %" PRIu64 " sessions, %" PRIu64 " lines, %" PRIu64 " bursts of %d-%d lines, %" PRIu64
                " bytes sent, %" PRIu64 " bytes received and checked, %" PRIu64 " read pauses, %" PRIu64
