@@ -112,11 +112,11 @@ static int feed(Session *s, size_t n, ProtoStatus *status, Timer *send_timer) {
 static int converse(Session *s) {
         Timer recv_timer = { .option = SO_RCVTIMEO }, send_timer = { .option = SO_SNDTIMEO };
         ProtoStatus status = PROTO_CONTINUE;
-        uint64_t now = now_usec(); /* read once a round: after the writes, before the next read */
+        uint64_t messages = s->proto.messages, now;
         int r;
 
         if (!s->resumed) {
-                s->deadline = session_idle_deadline(s, now);
+                s->deadline = session_idle_deadline(s, now_usec());
                 proto_greeting(&s->proto, &s->out);
         }
         if (s->in_len > s->in_off) {
@@ -133,6 +133,11 @@ static int converse(Session *s) {
         if (s->proto.end != PROTO_END_NONE)
                 status = PROTO_CLOSE;
 
+        /* The clock is read once a round: after the writes (which may have blocked), before
+         * the next read; the lines answered so far were activity (session_idle_deadline). */
+        now = now_usec();
+        if (s->proto.messages != messages)
+                s->deadline = session_idle_deadline(s, now);
         while (status == PROTO_CONTINUE) {
                 if (session_stop_requested(s)) {
                         /* The lines in hand were answered; the server is going away. */
@@ -157,7 +162,7 @@ static int converse(Session *s) {
                                 proto_eof(&s->proto, &s->out);
                         break;
                 }
-                uint64_t messages = s->proto.messages;
+                messages = s->proto.messages;
                 if ((r = feed(s, (size_t) n, &status, &send_timer)) < 0)
                         return r;
                 if ((r = flush(s, &send_timer)) < 0)

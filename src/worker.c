@@ -34,8 +34,8 @@ struct Workers {
         bool stopping;
 };
 
-/* park: called with the lock held after a job; returns with it held. false when the
- * thread should exit. */
+/* park: called with the lock held after a job. true: a job was handed over (the lock is
+ * released); false: the thread should exit (the lock is held). */
 static bool park(Workers *pool, Worker *w) {
         /* A thread created before a reload changed the stack size retires instead of
          * serving more connections on the old size. */

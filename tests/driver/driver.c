@@ -449,6 +449,15 @@ static void run_setup(const Setup *s, unsigned seconds) {
         hellod_free(d);
 }
 
+/* parse_u64: the whole of TEXT as a decimal number. */
+static bool parse_u64(const char *text, uint64_t *ret) {
+        char *end;
+
+        errno = 0;
+        *ret = strtoull(text, &end, 10);
+        return errno == 0 && end != text && *end == '\0' && text[0] != '-';
+}
+
 static _Noreturn void on_harness_failure(const char *message) {
         fail_hard(message);
 }
@@ -457,6 +466,7 @@ int main(int argc, char **argv) {
         unsigned seconds = DEFAULT_SECONDS;
         const char *bin = NULL;
         long only_setup = -1;
+        uint64_t setup_arg;
 
         base_seed = (uint64_t) time(NULL) ^ ((uint64_t) getpid() << 32);
         for (int i = 1; i < argc; i++) {
@@ -466,10 +476,11 @@ int main(int argc, char **argv) {
                         base_seed = strtoull(argv[++i], NULL, 10);
                 else if (strcmp(argv[i], "--hellod") == 0 && i + 1 < argc)
                         bin = argv[++i];
-                else if (strcmp(argv[i], "--replay") == 0 && i + 1 < argc)
-                        replay_seed = strtoull(argv[++i], NULL, 10);
-                else if (strcmp(argv[i], "--setup") == 0 && i + 1 < argc)
-                        only_setup = strtol(argv[++i], NULL, 10);
+                else if (strcmp(argv[i], "--replay") == 0 && i + 1 < argc && parse_u64(argv[i + 1], &replay_seed) &&
+                         replay_seed != 0)
+                        i++;
+                else if (strcmp(argv[i], "--setup") == 0 && i + 1 < argc && parse_u64(argv[i + 1], &setup_arg))
+                        only_setup = (long) (setup_arg < N_SETUPS ? setup_arg : N_SETUPS), i++;
                 else {
                         fprintf(stderr, "usage: driver [--seconds N] [--seed N] [--hellod PATH] "
                                         "[--replay SESSION-SEED --setup I]\n");

@@ -385,6 +385,62 @@ ParameterizedTest(int *model, engine, input_arriving_while_kept_input_is_answere
         bench_free(&b);
 }
 
+static double seconds_now(void) {
+        struct timespec t;
+
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        return (double) t.tv_sec + (double) t.tv_nsec / 1e9;
+}
+
+/* The per-connection model answers input it starts with (bytes that came with a PROXY header,
+ * or a resumed session's) before its first read. Those lines are activity like any other: when
+ * their replies take long to be read, the idle timeout counts from the last of them written,
+ * as in the pool (session_idle_deadline), not from the start of the session. */
+Test(engine, per_connection_idle_timeout_after_slowly_read_kept_replies, .timeout = 60) {
+        enum { LINES = 1000 };
+        char prefix[1001], extra[1200];
+        memset(prefix, 'r', sizeof(prefix) - 1);
+        prefix[sizeof(prefix) - 1] = '\0';
+        snprintf(extra, sizeof(extra), "idle_timeout = 2;\nreply = \"%s{name}\";\n", prefix);
+        Bench b = bench_new("\"per-connection\"", extra);
+        struct sockaddr_in peer = { .sin_family = AF_INET, .sin_port = htons(4242),
+                                    .sin_addr.s_addr = htonl(0x7f000001) };
+        struct timeval tv = { .tv_sec = WAIT_MS / 1000 };
+        size_t want = strlen("Welcome!\r\n") + LINES * (sizeof(prefix) - 1 + 3), have = 0;
+        char *buf = malloc(want), line[64];
+        Session *s;
+        int sv[2];
+
+        cr_assert(buf);
+        cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+        cr_assert_eq(setsockopt(sv[1], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
+        cr_assert_eq(session_new(&s, sv[0], b.conf, (struct sockaddr *) &peer, "test"), 0);
+        cr_assert((s->in = malloc(s->in_cap)));
+        for (int i = 0; i < LINES; i++)
+                memcpy(s->in + 2 * i, "a\n", 2);
+        s->in_len = 2 * LINES;
+        cr_assert_eq(engine_add(b.engine, s), 0);
+        usleep(1500000); /* the daemon's writes block meanwhile */
+        while (have < want) {
+                ssize_t k = recv(sv[1], buf + have, want - have, 0);
+                cr_assert_gt(k, 0, "after %zu of %zu bytes", have, want);
+                have += (size_t) k;
+        }
+        double replies_read = seconds_now();
+        ssize_t k = recv(sv[1], line, sizeof(line) - 1, 0);
+        double waited = seconds_now() - replies_read;
+        cr_assert_gt(k, 0);
+        line[k] = '\0';
+        cr_expect_str_eq(line, "ERR idle timeout\r\n");
+        /* The last replies left the daemon as the client read them (1.5 s in): the timeout
+         * comes idle_timeout (2 s) later, not at 2 s from the start. */
+        cr_expect_gt(waited, 1.5, "ERR idle timeout came %.2f s after the replies were read", waited);
+        close(sv[1]);
+        wait_done(1);
+        free(buf);
+        bench_free(&b);
+}
+
 ParameterizedTestParameters(engine, deadline_with_reset_pending) {
         static int pool_models[] = { 0, 3 };
         return cr_make_param_array(int, pool_models, 2);
