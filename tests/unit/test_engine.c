@@ -363,7 +363,7 @@ ParameterizedTest(int *model, engine, input_arriving_while_kept_input_is_answere
         Bench b = bench_new(models[*model], extra);
         int fd = bench_client(&b);
         size_t reply = sizeof(prefix) - 1 + 3, wn = 0;
-        char *want = malloc((FIRST + SECOND) * reply);
+        char *want = malloc((FIRST + SECOND) * reply + 1); /* + sprintf's NUL */
 
         cr_assert(want);
         for (int i = 0; i < FIRST + SECOND; i++) {
