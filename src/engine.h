@@ -3,11 +3,12 @@
  *   pool.c     workers = N | "auto": N event loops, each serving many non-blocking sessions,
  *              each accepting from the listeners itself
  *   uring.c    the same pool on io_uring (io_backend = "io_uring")
- *   perconn.c  workers = "per-connection": a thread per session, from a cache (worker.c);
- *              the server's thread accepts
+ *   perconn.c  workers = "per-connection": a thread per session (worker.c); the threads
+ *              waiting for a connection accept it themselves
  *
  * A connection is admitted by the server's hooks (limits, access lists, registration), on
- * whichever thread accepted it; an engine that does not accept gets it with engine_add().
+ * whichever engine thread accepted it; a session resumed from another process is given to
+ * the engine with engine_add().
  * From then on only the engine's thread touches the session (the server may still call
  * session_stop()/session_kill(), which act on the socket alone) until the engine calls the
  * done hook, exactly once per session, which takes the session back for good. */
@@ -55,8 +56,9 @@ typedef struct EngineHooks {
 #define ENGINE_ACCEPT_PAUSE_USEC 100000u
 
 typedef struct EngineOps {
-        /* add: S's socket was accepted non-blocking when `nonblocking`. 0, or a negative errno
-         * when no thread can take it: the caller still owns S. */
+        /* add: S was resumed from another process (its socket made non-blocking when
+         * `nonblocking`). 0, or a negative errno when no thread can take it: the caller still
+         * owns S. */
         int (*add)(Engine *e, Session *s);
         /* stop: once the server has stopped every session, waits for the threads at most
          * TIMEOUT_MSEC. 0: joined and freed. -ETIMEDOUT: a thread is still running and the
@@ -66,9 +68,9 @@ typedef struct EngineOps {
         void (*reap)(Engine *e);
         /* reconfigure: applies what it can of CONF to the running engine, logs what it cannot. */
         void (*reconfigure)(Engine *e, const Conf *old, const Conf *conf);
-        /* set_listeners: an accepting engine accepts from SET's sockets from now on (the empty
-         * set: from none). Returns once no engine thread uses a socket of the previous set any
-         * more, so that the server may close those. NULL for an engine that does not accept. */
+        /* set_listeners: the engine accepts from SET's sockets from now on (the empty set: from
+         * none). Returns once no engine thread uses a socket of the previous set any more, so
+         * that the server may close those. */
         void (*set_listeners)(Engine *e, const ListenerSet *set);
         /* slot_freed: overload = "queue": a slot is free again (see must_wait). */
         void (*slot_freed)(Engine *e);
@@ -131,14 +133,8 @@ static inline bool engine_nonblocking(const Engine *e) {
         return e->ops->nonblocking;
 }
 
-/* engine_accepts: whether the engine accepts from the listeners itself. */
-static inline bool engine_accepts(const Engine *e) {
-        return e->ops->set_listeners != NULL;
-}
-
 static inline void engine_set_listeners(Engine *e, const ListenerSet *set) {
-        if (e->ops->set_listeners)
-                e->ops->set_listeners(e, set);
+        e->ops->set_listeners(e, set);
 }
 
 /* engine_can_hand_over: whether the engine can pass its sessions on to another process. */

@@ -1,11 +1,25 @@
-/* perconn: the per-connection driver: each session runs on a thread of its own (from the
- * thread cache in worker.c) with blocking I/O: the greeting, then read → proto → write until
- * the client leaves, says exit, idles out or the server stops. Timeouts are socket options
- * (SO_RCVTIMEO, SO_SNDTIMEO) measured against the session's deadlines. */
+/* perconn: the per-connection driver: each session runs on a thread of its own with
+ * blocking I/O: the greeting, then read → proto → write until the client leaves, says exit,
+ * idles out or the server stops. Timeouts are socket options (SO_RCVTIMEO, SO_SNDTIMEO)
+ * measured against the session's deadlines.
+ *
+ * Accepting: the threads that wait for a connection (worker.c) all wait in one epoll set
+ * holding the listeners, each one-shot (EPOLLONESHOT). epoll wakes one waiting thread per
+ * event; that thread accepts, re-arms the listener (so that the next connection wakes
+ * another) and serves the connection itself: no accept thread, no hand-off between threads.
+ * Admission (limits, access lists) is the server's, through its hooks. A listener stays
+ * disarmed while overload = "queue" finds every slot taken (until the server says one freed)
+ * and, after descriptors ran out, for ENGINE_ACCEPT_PAUSE_USEC: a timerfd in the same set
+ * re-arms every listener then. The listener set is replaced under a write lock, so that once
+ * perconn_set_listeners() returns no thread uses a socket of the old set. */
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -13,12 +27,24 @@
 #include "log.h"
 #include "worker.h"
 
-/* Parked threads kept for reuse. */
+/* Waiting threads kept for the next connections; more leave after their session. */
 #define PERCONN_MAX_IDLE 64
+
+/* epoll data of the control descriptors; a listener's is (generation << 32) | its index,
+ * generations starting at 1. */
+enum { KEY_STOP = 1, KEY_RESUME = 2 };
 
 typedef struct PerConn {
         Engine engine; /* first: the engine is the driver */
         Workers *workers;
+        int epoll_fd;  /* the listeners (one-shot), stop_fd and resume_fd */
+        int stop_fd;   /* eventfd: written at the stop and never read, so that every waiting
+                        * thread wakes to it in turn (level-triggered) */
+        int resume_fd; /* timerfd: accepting resumes (a slot freed, or a pause ended) */
+        pthread_rwlock_t listen_lock; /* read: a thread accepting; write: a new set */
+        Listener *listeners;          /* the server's set, copied */
+        size_t n_listeners;
+        uint32_t listen_gen;
 } PerConn;
 
 static int set_timeout(int fd, int option, uint64_t usec) {
@@ -251,24 +277,163 @@ static void run(Session *s) {
                 linger(s);
 }
 
-static void job_main(void *arg) {
-        Session *s = arg;
+/* ---- accepting ---- */
 
+static uint64_t listener_key(uint32_t gen, size_t i) {
+        return (uint64_t) gen << 32 | (uint32_t) i;
+}
+
+/* arm: the listener I (of the current set; under listen_lock) wakes a waiting thread again. */
+static void arm(PerConn *p, size_t i) {
+        struct epoll_event ev = { .events = EPOLLIN | EPOLLONESHOT, .data.u64 = listener_key(p->listen_gen, i) };
+
+        if (epoll_ctl(p->epoll_fd, EPOLL_CTL_MOD, p->listeners[i].fd, &ev) < 0)
+                log_error_errno(-errno, "cannot accept from %s", p->listeners[i].name);
+}
+
+static void arm_all(PerConn *p) {
+        pthread_rwlock_rdlock(&p->listen_lock);
+        for (size_t i = 0; i < p->n_listeners; i++)
+                arm(p, i);
+        pthread_rwlock_unlock(&p->listen_lock);
+}
+
+/* resume_in: every listener is armed again in USEC (at least 1). */
+static void resume_in(PerConn *p, uint64_t usec) {
+        struct itimerspec t = { .it_value = { .tv_sec = (time_t) (usec / 1000000u),
+                                              .tv_nsec = (long) (usec % 1000000u) * 1000 + 1 } };
+
+        if (timerfd_settime(p->resume_fd, 0, &t, NULL) < 0)
+                log_error_errno(-errno, "cannot schedule accepting");
+}
+
+/* take_connection: the listener behind KEY said a client is waiting: accept and admit it.
+ * NULL when there is none to serve (taken by another thread, refused, or not now); *LEAVE
+ * when this thread should leave instead (workers_stale). */
+static Session *take_connection(PerConn *p, uint64_t key, bool *leave) {
+        const EngineHooks *hooks = &p->engine.hooks;
+        size_t i = (uint32_t) key;
+        struct sockaddr_storage peer;
+        Session *s = NULL;
+        AcceptError kind;
+
+        pthread_rwlock_rdlock(&p->listen_lock);
+        if (key >> 32 != p->listen_gen || i >= p->n_listeners) {
+                ; /* an event of a set let go of */
+        } else if (workers_stale(p->workers)) {
+                arm(p, i); /* for a thread of the current stack size */
+                *leave = true;
+        } else if (hooks->must_wait(hooks->userdata)) {
+                ; /* stays disarmed: the server calls slot_freed */
+        } else {
+                const Listener *l = &p->listeners[i];
+                int fd = listener_accept(l, SOCK_CLOEXEC, &peer, &kind, hooks->exhausted, hooks->userdata);
+                if (fd >= 0 || kind == ACCEPT_DRAINED || kind == ACCEPT_RETRY)
+                        arm(p, i);
+                else
+                        resume_in(p, ENGINE_ACCEPT_PAUSE_USEC); /* disarmed until then */
+                if (fd >= 0 && (s = hooks->admit(hooks->userdata, fd, (const struct sockaddr *) &peer, l)))
+                        s->engine = &p->engine;
+        }
+        pthread_rwlock_unlock(&p->listen_lock);
+        return s;
+}
+
+/* wait_for_client: WorkerCalls.wait: a connection accepted and admitted, or NULL at the stop
+ * (or for a thread of an old stack size). */
+static void *wait_for_client(void *userdata) {
+        PerConn *p = userdata;
+
+        for (;;) {
+                struct epoll_event ev;
+                bool leave = false;
+                int n = epoll_wait(p->epoll_fd, &ev, 1, -1);
+
+                if (n < 0 && errno != EINTR) {
+                        log_error_errno(-errno, "epoll_wait failed");
+                        return NULL;
+                }
+                if (n <= 0)
+                        continue;
+                if (ev.data.u64 == KEY_STOP)
+                        return NULL;
+                if (ev.data.u64 == KEY_RESUME) {
+                        uint64_t expirations;
+                        if (read(p->resume_fd, &expirations, sizeof(expirations)) > 0)
+                                arm_all(p);
+                        continue;
+                }
+                Session *s = take_connection(p, ev.data.u64, &leave);
+                if (s || leave)
+                        return s;
+        }
+}
+
+/* serve: WorkerCalls.serve: the whole session, then the engine's done path. */
+static void serve(void *userdata, void *job) {
+        Session *s = job;
+
+        (void) userdata;
         run(s);
         engine_session_done(s->engine, s);
 }
 
+static void perconn_set_listeners(Engine *e, const ListenerSet *set) {
+        PerConn *p = (PerConn *) e;
+        Listener *copy = set->n ? calloc(set->n, sizeof(*copy)) : NULL;
+
+        pthread_rwlock_wrlock(&p->listen_lock);
+        for (size_t i = 0; i < p->n_listeners; i++)
+                (void) epoll_ctl(p->epoll_fd, EPOLL_CTL_DEL, p->listeners[i].fd, NULL);
+        free(p->listeners);
+        p->listeners = copy;
+        p->n_listeners = copy ? set->n : 0;
+        if (set->n && !copy)
+                log_error("cannot accept from the new listeners: out of memory");
+        if (copy)
+                memcpy(copy, set->items, set->n * sizeof(*copy));
+        p->listen_gen++;
+        for (size_t i = 0; i < p->n_listeners; i++) {
+                struct epoll_event ev = { .events = EPOLLIN | EPOLLONESHOT, .data.u64 = listener_key(p->listen_gen, i) };
+                if (epoll_ctl(p->epoll_fd, EPOLL_CTL_ADD, copy[i].fd, &ev) < 0)
+                        log_error_errno(-errno, "cannot accept from %s", copy[i].name);
+        }
+        pthread_rwlock_unlock(&p->listen_lock);
+}
+
+/* perconn_slot_freed: overload = "queue": a slot is free; a waiting thread re-arms the
+ * listeners (under the server's lock: no lock of ours is taken here). */
+static void perconn_slot_freed(Engine *e) {
+        resume_in((PerConn *) e, 0);
+}
+
+/* ---- the engine ---- */
+
 static int perconn_add(Engine *e, Session *s) {
-        return workers_run(((PerConn *) e)->workers, job_main, s);
+        return workers_run(((PerConn *) e)->workers, s);
+}
+
+static void perconn_free(PerConn *p) {
+        if (p->epoll_fd >= 0)
+                close(p->epoll_fd);
+        if (p->stop_fd >= 0)
+                close(p->stop_fd);
+        if (p->resume_fd >= 0)
+                close(p->resume_fd);
+        pthread_rwlock_destroy(&p->listen_lock);
+        free(p->listeners);
+        free(p);
 }
 
 static int perconn_stop(Engine *e, uint64_t timeout_msec) {
         PerConn *p = (PerConn *) e;
-        int r = workers_stop(p->workers, timeout_msec);
 
+        workers_shutdown(p->workers);
+        (void) eventfd_write(p->stop_fd, 1); /* every waiting thread, one after the other */
+        int r = workers_stop(p->workers, timeout_msec);
         if (r < 0)
                 return r; /* a job still runs and uses P: leave it to the exiting process */
-        free(p);
+        perconn_free(p);
         return 0;
 }
 
@@ -278,7 +443,8 @@ static void perconn_reap(Engine *e) {
 
 static void perconn_reconfigure(Engine *e, const Conf *old, const Conf *conf) {
         (void) old;
-        /* Threads of the old size retire as they finish; new ones get the new size. */
+        /* Threads of the old size leave as they finish, or before they accept; new ones get
+         * the new size. */
         workers_set_stack_size(((PerConn *) e)->workers, conf->worker_stack_size);
 }
 
@@ -287,22 +453,51 @@ static const EngineOps perconn_ops = {
         .stop = perconn_stop,
         .reap = perconn_reap,
         .reconfigure = perconn_reconfigure,
+        .set_listeners = perconn_set_listeners,
+        .slot_freed = perconn_slot_freed,
         .nonblocking = false,
         .reads_proxy = true,
 };
 
+/* open_control: the epoll set, its stop eventfd and resume timerfd. */
+static int open_control(PerConn *p) {
+        struct epoll_event stop = { .events = EPOLLIN, .data.u64 = KEY_STOP };
+        struct epoll_event resume = { .events = EPOLLIN, .data.u64 = KEY_RESUME };
+
+        p->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+        p->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        p->resume_fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+        if (p->epoll_fd < 0 || p->stop_fd < 0 || p->resume_fd < 0 ||
+            epoll_ctl(p->epoll_fd, EPOLL_CTL_ADD, p->stop_fd, &stop) < 0 ||
+            epoll_ctl(p->epoll_fd, EPOLL_CTL_ADD, p->resume_fd, &resume) < 0)
+                return -errno;
+        return 0;
+}
+
 int perconn_engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks) {
         PerConn *p = calloc(1, sizeof(*p));
+        pthread_rwlockattr_t attr;
         int r;
 
         if (!p)
                 return -ENOMEM;
-        r = workers_new(&p->workers, conf->worker_stack_size, PERCONN_MAX_IDLE);
+        p->epoll_fd = p->stop_fd = p->resume_fd = -1;
+        /* A new listener set must not wait behind a stream of accepting threads. */
+        pthread_rwlockattr_init(&attr);
+        pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+        pthread_rwlock_init(&p->listen_lock, &attr);
+        pthread_rwlockattr_destroy(&attr);
+        p->engine = (Engine) { .ops = &perconn_ops, .hooks = *hooks };
+        r = open_control(p);
+        if (r == 0)
+                r = workers_new(&p->workers, conf->worker_stack_size, PERCONN_MAX_IDLE,
+                                &(WorkerCalls) { .wait = wait_for_client, .serve = serve, .userdata = p });
+        if (r == 0 && (r = workers_start(p->workers)) < 0)
+                p->workers = workers_free(p->workers);
         if (r < 0) {
-                free(p);
+                perconn_free(p);
                 return r;
         }
-        p->engine = (Engine) { .ops = &perconn_ops, .hooks = *hooks };
         *ret = &p->engine;
         return 0;
 }

@@ -1,9 +1,8 @@
-/* server: admission and limits, signals, reload and shutdown, and the accept loop for an
- * engine that does not accept by itself.
+/* server: admission and limits, signals, reload and shutdown.
  *
  * Threads: the server thread owns the listeners and the Engine, and is the only one to
- * change the current Conf. The engine's threads accept (the pool), run sessions and call the
- * hooks below. They share only what `lock` guards: the current Conf pointer (read by the
+ * change the current Conf. The engine's threads accept, run sessions and call the hooks
+ * below. They share only what `lock` guards: the current Conf pointer (read by the
  * hooks), the list of live sessions, the connection counters, the per-address table and the
  * reserve descriptor. */
 #include "server.h"
@@ -16,7 +15,6 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -35,9 +33,6 @@
 
 #include "config.h"
 
-/* Connections taken from one listener per wakeup, so that one busy listener cannot starve
- * the others or the signals. */
-#define ACCEPT_BATCH 64
 /* After shutdown_timeout, how long killed sessions get to notice. */
 #define KILL_GRACE_MSEC 5000
 /* Refusals logged per second at most; the rest are counted and summarised. */
@@ -53,7 +48,6 @@ struct Server {
         int reserve_fd; /* under lock: spent to turn a client away when descriptors run out */
         Engine *engine;   /* the worker model: runs the sessions */
         bool abandoned;   /* the engine did not stop in time: its threads may still use `lock` */
-        uint64_t accept_paused_until; /* usec, CLOCK_MONOTONIC; 0: accepting (own accept loop) */
         bool activated;        /* the listeners came from systemd and stay across reloads */
         RateLimit refusal_log;
         RateLimit exhaustion_log;
@@ -62,7 +56,6 @@ struct Server {
         uint64_t status_next;      /* usec; when STATUS= may be refreshed again */
         char status_sent[128];
         uint64_t changes_sent; /* the value of `changes` that status_sent shows */
-        int wake_fd;               /* eventfd: a slot freed while accepting waits for one */
         RateLimit table_full_log;
 
         pthread_mutex_t lock;
@@ -141,12 +134,6 @@ static void count_refusal(Server *s) {
         pthread_mutex_unlock(&s->lock);
 }
 
-static void refuse(Server *s, int fd, const char *peer, const char *reason, const char *detail) {
-        turn_away(fd, PROTO_ERR_BUSY);
-        count_refusal(s);
-        log_refusal(s, peer, reason, detail);
-}
-
 /* unregister: takes SESSION off the books and frees it. */
 static void unregister(Server *s, Session *session) {
         pthread_mutex_lock(&s->lock);
@@ -158,19 +145,18 @@ static void unregister(Server *s, Session *session) {
                 session->next->prev = session->prev;
         if (session->counted)
                 iptable_dec(s->ips, &session->ip, now_usec());
-        /* Closing under the lock: the server may call shutdown() on any registered fd, and
-         * the number must not be reused before it is unregistered. */
-        session_free(session);
         s->changes++;
         s->n_active--;
         if (s->waiting_for_slot && s->n_active < s->slots) {
                 s->waiting_for_slot = false;
-                if (s->engine && engine_accepts(s->engine))
+                if (s->engine)
                         engine_slot_freed(s->engine);
-                else
-                        (void) eventfd_write(s->wake_fd, 1);
         }
         pthread_mutex_unlock(&s->lock);
+        /* Closed once off the list: the server calls shutdown() on registered sockets only,
+         * so the number cannot be reused under it; and a close, the costliest call of a
+         * session (perf), is not made with every accepting thread waiting on the lock. */
+        session_free(session);
 }
 
 /* session_done: the engine's done callback, on the thread that drove the session: the one
@@ -358,34 +344,6 @@ static Session *admit(Server *s, int fd, const struct sockaddr *peer, const List
         return NULL;
 }
 
-/* admit_and_hand_over: for an engine that does not accept: admission, then engine_add(). */
-static void admit_and_hand_over(Server *s, int fd, const struct sockaddr *peer, const Listener *via) {
-        char name[ADDR_STR_MAX];
-        Session *session = admit(s, fd, peer, via);
-        int r;
-
-        if (!session)
-                return;
-        r = engine_add(s->engine, session);
-        if (r < 0) {
-                /* No thread to be had: undo the admission and turn the client away. */
-                unsigned suppressed;
-                if (ratelimit_allow(&s->exhaustion_log, &suppressed))
-                        log_warning_errno(r, "cannot start a worker thread");
-                snprintf(name, sizeof(name), "%s", session->peer);
-                session->fd = -1; /* keep the socket for refuse() */
-                pthread_mutex_lock(&s->lock);
-                s->n_accepted--;
-                pthread_mutex_unlock(&s->lock);
-                unregister(s, session);
-                refuse(s, fd, name, "no-worker-thread", "server busy (no worker thread)");
-        }
-}
-
-static void pause_accepting(Server *s) {
-        s->accept_paused_until = now_usec() + ENGINE_ACCEPT_PAUSE_USEC;
-}
-
 /* out_of_descriptors: EMFILE/ENFILE/ENOBUFS/ENOMEM, on any accepting thread. The pending
  * client would otherwise keep the listener readable and the loop spinning: spend the reserve
  * descriptor to accept and turn it away; the accepting loop then pauses briefly. */
@@ -499,25 +457,6 @@ static void hook_exhausted(void *userdata, int listen_fd, int error) {
 static bool hook_proxied(void *userdata, Session *session, ProxyStatus status, const ProxyHeader *header,
                          const char *reason) {
         return proxied(userdata, session, status, header, reason);
-}
-
-static void accept_some(Server *s, const Listener *l) {
-        for (int i = 0; i < ACCEPT_BATCH && !at_capacity(s); i++) {
-                struct sockaddr_storage peer;
-                AcceptError kind;
-                int fd = listener_accept(l, SOCK_CLOEXEC | (engine_nonblocking(s->engine) ? SOCK_NONBLOCK : 0), &peer,
-                                         &kind, hook_exhausted, s);
-
-                if (fd >= 0) {
-                        admit_and_hand_over(s, fd, (const struct sockaddr *) &peer, l);
-                        continue;
-                }
-                if (kind == ACCEPT_RETRY)
-                        continue;
-                if (kind != ACCEPT_DRAINED)
-                        pause_accepting(s);
-                return;
-        }
 }
 
 static void apply_log_level(const Server *s) {
@@ -797,14 +736,11 @@ static uint64_t earliest(uint64_t a, uint64_t b) {
         return a == 0 ? b : b == 0 ? a : a < b ? a : b;
 }
 
-/* poll_timeout: until the next timed duty: the end of an accept pause, the watchdog ping,
- * the tick after connections came or went; -1 when there is none, so an idle daemon sleeps. */
+/* poll_timeout: until the next timed duty: the watchdog ping, the tick after connections
+ * came or went; -1 when there is none, so an idle daemon sleeps. */
 static int poll_timeout(Server *s) {
         uint64_t now = now_usec(), wake = 0;
 
-        if (s->accept_paused_until != 0 && now >= s->accept_paused_until)
-                s->accept_paused_until = 0;
-        wake = earliest(wake, s->accept_paused_until);
         if (s->watchdog_usec > 0)
                 wake = earliest(wake, s->watchdog_next);
         if (status_stale(s))
@@ -842,7 +778,6 @@ static void log_started(Server *s) {
 }
 
 int server_run(Server *s) {
-        struct pollfd *pfds = NULL;
         int r = 0;
 
         log_started(s);
@@ -852,52 +787,25 @@ int server_run(Server *s) {
                 feed_watchdog(s);
                 tick(s);
 
-                int timeout = poll_timeout(s);
-                /* An engine that accepts by itself has the listeners in its own loops. */
-                bool own_accept = !engine_accepts(s->engine);
-                bool accepting = own_accept && s->accept_paused_until == 0 && !at_capacity(s);
-                size_t n = 2 + (own_accept ? s->listeners.n : 0);
-
-                /* The listener set changes on reload: rebuild the poll set every round; it is
-                 * a handful of entries. */
-                struct pollfd *grown = realloc(pfds, n * sizeof(*pfds));
-                if (!grown) {
-                        r = log_error_errno(-ENOMEM, "cannot poll");
-                        break;
-                }
-                pfds = grown;
-                pfds[0] = (struct pollfd) { .fd = s->signal_fd, .events = POLLIN };
-                pfds[1] = (struct pollfd) { .fd = s->wake_fd, .events = POLLIN };
-                for (size_t i = 0; i + 2 < n; i++)
-                        pfds[2 + i] = (struct pollfd) { .fd = s->listeners.items[i].fd,
-                                                        .events = accepting ? POLLIN : 0 };
-
-                if (poll(pfds, n, timeout) < 0) {
+                /* The engine's threads accept and serve; this thread only answers signals and
+                 * keeps the books. */
+                struct pollfd pfd = { .fd = s->signal_fd, .events = POLLIN };
+                if (poll(&pfd, 1, poll_timeout(s)) < 0) {
                         if (errno == EINTR)
                                 continue;
                         r = log_error_errno(-errno, "poll failed");
                         break;
                 }
-                if (pfds[0].revents & POLLIN) {
+                if (pfd.revents & POLLIN) {
                         int sig = read_signal(s);
                         if (sig == SIGTERM || sig == SIGINT) {
                                 log_notice("received %s, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
                                 break;
                         }
-                        if (sig == SIGHUP) {
+                        if (sig == SIGHUP)
                                 reload(s);
-                                continue; /* the pollfd array no longer matches the listeners */
-                        }
                 }
-                if (pfds[1].revents & POLLIN) {
-                        eventfd_t drained;
-                        (void) eventfd_read(s->wake_fd, &drained); /* a slot freed: poll again */
-                }
-                for (size_t i = 0; i + 2 < n && s->accept_paused_until == 0; i++)
-                        if (pfds[2 + i].revents & POLLIN)
-                                accept_some(s, &s->listeners.items[i]);
         }
-        free(pfds);
         int k = shut_down(s);
         if (r == 0)
                 r = k;
@@ -1102,7 +1010,6 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
         (void) preflight_warn(conf);
         s->signal_fd = -1;
         s->reserve_fd = -1;
-        s->wake_fd = -1;
         s->table_full_log = (RateLimit) RATELIMIT_INIT(1);
         s->refusal_log = (RateLimit) RATELIMIT_INIT(REFUSAL_LOG_BURST);
         s->exhaustion_log = (RateLimit) RATELIMIT_INIT(1);
@@ -1118,11 +1025,6 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
         s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
         if (s->reserve_fd < 0) {
                 r = log_error_errno(-errno, "cannot open /dev/null");
-                goto fail;
-        }
-        s->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-        if (s->wake_fd < 0) {
-                r = log_error_errno(-errno, "cannot create an eventfd");
                 goto fail;
         }
         r = iptable_new(&s->ips);
@@ -1175,16 +1077,14 @@ Server *server_free(Server *s) {
         (void) engine_stop(s->engine, UINT64_MAX);
         listener_set_done(&s->listeners);
         if (s->abandoned)
-                /* Threads that did not stop may still lock, admit, unregister (and write the
-                 * wake eventfd), record a hand-over and log: what they use stays; the process is
+                /* Threads that did not stop may still lock, admit, unregister, record a
+                 * hand-over and log: what they use stays; the process is
                  * exiting and takes it along. */
                 return NULL;
         if (s->reserve_fd >= 0)
                 close(s->reserve_fd);
         if (s->signal_fd >= 0)
                 close(s->signal_fd);
-        if (s->wake_fd >= 0)
-                close(s->wake_fd);
         conf_unref(s->conf);
         free(s->handover.data);
         iptable_free(s->ips);

@@ -1,5 +1,6 @@
-/* server: the accept loop over all listeners, connection limits, signals (via signalfd),
- * reload on SIGHUP and the orderly shutdown on SIGTERM/SIGINT. */
+/* server: the listeners, admission and connection limits (hooks the engine's accepting
+ * threads call), signals (via signalfd), reload on SIGHUP and the orderly shutdown on
+ * SIGTERM/SIGINT. */
 #pragma once
 
 #include <stdbool.h>

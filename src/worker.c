@@ -1,73 +1,90 @@
-/* worker: the thread cache behind the per-connection model. */
+/* worker: the threads of the per-connection model (see worker.h). */
 #include "worker.h"
 
 #include <errno.h>
 #include <pthread.h>
-#include <semaphore.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <time.h>
 
 #include "clock.h"
+#include "log.h"
 
 typedef struct Worker {
         pthread_t thread;
         struct Workers *pool;
-        WorkerJob job; /* set by the dispatcher, cleared by the worker when done */
-        void *arg;
-        /* Posted once per unpark, after the pool lock is released: the parked thread wakes to
-         * an uncontended lock-free path (one futex wake, one futex wait per connection;
-         * a condition variable signalled under the lock cost ~6 futex calls, strace -c). */
-        sem_t wake;
+        void *first;         /* the job it was started with (workers_run), or NULL */
         size_t stack_size;   /* what it was created with */
-        struct Worker *next; /* on the parked or the finished list */
+        struct Worker *next; /* on the finished list */
 } Worker;
 
-/* Lock order: only pool->lock exists; a job never runs with it held. */
+/* Lock order: only pool->lock exists; neither wait nor serve is called with it held. A
+ * session's way through a thread (serve, wait, serve) takes no lock: n_waiting, stack_size
+ * and stopping are atomics there (strace -c under churn: the two lock round trips a session
+ * were a futex call each, contended by ten threads on two cores). */
 struct Workers {
         pthread_mutex_t lock;
         pthread_cond_t all_gone;
-        Worker *parked;   /* LIFO: the most recently used thread has the warmest stack */
-        Worker *finished; /* returned threads waiting for pthread_join */
-        unsigned n_parked, n_alive, max_idle;
-        size_t stack_size;
-        bool stopping;
+        WorkerCalls calls;
+        Worker *finished; /* under lock: threads that returned, waiting for pthread_join */
+        unsigned n_alive; /* under lock */
+        unsigned n_waiting; /* atomic */
+        unsigned max_idle;
+        size_t stack_size; /* atomic; written under lock */
+        bool stopping;     /* atomic; written under lock */
 };
 
-/* park: called with the lock held after a job. true: a job was handed over (the lock is
- * released); false: the thread should exit (the lock is held). */
-static bool park(Workers *pool, Worker *w) {
-        /* A thread created before a reload changed the stack size retires instead of
-         * serving more connections on the old size. */
-        if (pool->stopping || pool->n_parked >= pool->max_idle || w->stack_size != pool->stack_size)
+/* The Worker of the calling thread (NULL on the server's). */
+static _Thread_local Worker *self;
+
+static int spawn(Workers *pool, void *first);
+
+static bool stopping(Workers *pool) {
+        return __atomic_load_n(&pool->stopping, __ATOMIC_ACQUIRE);
+}
+
+/* keep_one_waiting: called by a thread about to serve or to leave (still counted alive, so
+ * that the pool cannot be freed meanwhile); starts a waiting thread when none waits. */
+static void keep_one_waiting(Workers *pool) {
+        if (stopping(pool) || __atomic_load_n(&pool->n_waiting, __ATOMIC_ACQUIRE) > 0)
+                return;
+        int r = spawn(pool, NULL);
+        if (r < 0)
+                log_warning_errno(r, "cannot start a worker thread to accept connections");
+}
+
+/* wait_again: whether the thread W may wait for another connection; if so it is counted
+ * waiting. A thread created before a reload changed the stack size leaves instead of serving
+ * more connections on the old size, as does one that would make more than max_idle wait. */
+static bool wait_again(Workers *pool, Worker *w) {
+        if (stopping(pool) || w->stack_size != __atomic_load_n(&pool->stack_size, __ATOMIC_RELAXED))
                 return false;
-        w->next = pool->parked;
-        pool->parked = w;
-        pool->n_parked++;
-        pthread_mutex_unlock(&pool->lock);
-        while (sem_wait(&w->wake) < 0)
-                ; /* EINTR only */
-        /* Whoever posted unlinked us first: a dispatcher (with a job), workers_stop() or
-         * workers_set_stack_size() (without); the semaphore orders their writes before our
-         * reads. */
-        if (w->job)
+        if (__atomic_fetch_add(&pool->n_waiting, 1, __ATOMIC_ACQ_REL) < pool->max_idle)
                 return true;
-        pthread_mutex_lock(&pool->lock);
+        __atomic_sub_fetch(&pool->n_waiting, 1, __ATOMIC_ACQ_REL);
         return false;
 }
 
 static void *worker_main(void *arg) {
         Worker *w = arg;
         Workers *pool = w->pool;
+        void *job = w->first;
 
+        self = w;
         (void) pthread_setname_np(pthread_self(), "hellod-worker");
-        do {
-                w->job(w->arg);
-                pthread_mutex_lock(&pool->lock);
-                w->job = NULL;
-                w->arg = NULL;
-        } while (park(pool, w));
-
+        for (;;) {
+                if (job)
+                        pool->calls.serve(pool->calls.userdata, job);
+                if (!wait_again(pool, w))
+                        break;
+                job = pool->calls.wait(pool->calls.userdata);
+                __atomic_sub_fetch(&pool->n_waiting, 1, __ATOMIC_ACQ_REL);
+                if (!job)
+                        break;
+                keep_one_waiting(pool); /* before serving: the next client must not wait for us */
+        }
+        keep_one_waiting(pool);
+        pthread_mutex_lock(&pool->lock);
         w->next = pool->finished;
         pool->finished = w;
         if (--pool->n_alive == 0)
@@ -76,17 +93,12 @@ static void *worker_main(void *arg) {
         return NULL;
 }
 
-static void worker_destroy(Worker *w) {
-        sem_destroy(&w->wake);
-        free(w);
-}
-
 /* reap: joins threads that have returned; called without the lock. */
 static void reap(Worker *list) {
         while (list) {
                 Worker *next = list->next;
                 pthread_join(list->thread, NULL);
-                worker_destroy(list);
+                free(list);
                 list = next;
         }
 }
@@ -99,7 +111,7 @@ static Worker *take_finished(Workers *pool) {
         return list;
 }
 
-int workers_new(Workers **ret, size_t stack_size, unsigned max_idle) {
+int workers_new(Workers **ret, size_t stack_size, unsigned max_idle, const WorkerCalls *calls) {
         Workers *pool = calloc(1, sizeof(*pool));
         pthread_condattr_t attr;
 
@@ -111,20 +123,11 @@ int workers_new(Workers **ret, size_t stack_size, unsigned max_idle) {
         pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
         pthread_cond_init(&pool->all_gone, &attr);
         pthread_condattr_destroy(&attr);
+        pool->calls = *calls;
         pool->stack_size = stack_size;
-        pool->max_idle = max_idle;
+        pool->max_idle = max_idle > 0 ? max_idle : 1;
         *ret = pool;
         return 0;
-}
-
-/* unpark_all: wakes every parked thread without a job, so that it leaves; under the lock. */
-static void unpark_all(Workers *pool) {
-        for (Worker *w = pool->parked, *next; w; w = next) {
-                next = w->next;
-                sem_post(&w->wake); /* w->job is NULL: it leaves */
-        }
-        pool->parked = NULL;
-        pool->n_parked = 0;
 }
 
 static void destroy(Workers *pool) {
@@ -132,6 +135,12 @@ static void destroy(Workers *pool) {
         pthread_cond_destroy(&pool->all_gone);
         pthread_mutex_destroy(&pool->lock);
         free(pool);
+}
+
+void workers_shutdown(Workers *pool) {
+        pthread_mutex_lock(&pool->lock);
+        __atomic_store_n(&pool->stopping, true, __ATOMIC_RELEASE);
+        pthread_mutex_unlock(&pool->lock);
 }
 
 int workers_stop(Workers *pool, uint64_t timeout_msec) {
@@ -142,8 +151,7 @@ int workers_stop(Workers *pool, uint64_t timeout_msec) {
                 return 0;
 
         pthread_mutex_lock(&pool->lock);
-        pool->stopping = true;
-        unpark_all(pool);
+        __atomic_store_n(&pool->stopping, true, __ATOMIC_RELEASE);
         while (pool->n_alive > 0 && r == 0)
                 r = pthread_cond_timedwait(&pool->all_gone, &pool->lock, &deadline);
         bool gone = pool->n_alive == 0;
@@ -159,8 +167,7 @@ Workers *workers_free(Workers *pool) {
         if (!pool)
                 return NULL;
         pthread_mutex_lock(&pool->lock);
-        pool->stopping = true;
-        unpark_all(pool);
+        __atomic_store_n(&pool->stopping, true, __ATOMIC_RELEASE);
         while (pool->n_alive > 0)
                 pthread_cond_wait(&pool->all_gone, &pool->lock);
         pthread_mutex_unlock(&pool->lock);
@@ -169,11 +176,21 @@ Workers *workers_free(Workers *pool) {
 }
 
 void workers_reap(Workers *pool) {
-        if (pool)
-                reap(take_finished(pool));
+        if (!pool)
+                return;
+        reap(take_finished(pool));
+        pthread_mutex_lock(&pool->lock);
+        bool none_waits = !stopping(pool) && workers_waiting(pool) == 0 && pool->n_alive > 0;
+        pthread_mutex_unlock(&pool->lock);
+        /* n_alive > 0: the pool was started; a thread between its wait and its serve starts
+         * the next one itself, so this only starts one where that failed (one more waiting
+         * thread at worst). */
+        if (none_waits)
+                (void) spawn(pool, NULL);
 }
 
-static int spawn(Workers *pool, WorkerJob job, void *arg) {
+/* spawn: a thread serving FIRST (if any), then waiting; called without the lock. */
+static int spawn(Workers *pool, void *first) {
         pthread_attr_t attr;
         Worker *w = calloc(1, sizeof(*w));
         int r;
@@ -181,20 +198,15 @@ static int spawn(Workers *pool, WorkerJob job, void *arg) {
         if (!w)
                 return -ENOMEM;
         w->pool = pool;
-        w->job = job;
-        w->arg = arg;
-        if (sem_init(&w->wake, 0, 0) < 0) {
-                free(w);
-                return -errno;
-        }
+        w->first = first;
 
         r = pthread_attr_init(&attr);
         if (r != 0) {
-                worker_destroy(w);
+                free(w);
                 return -r;
         }
         pthread_mutex_lock(&pool->lock);
-        size_t stack_size = w->stack_size = pool->stack_size;
+        size_t stack_size = w->stack_size = __atomic_load_n(&pool->stack_size, __ATOMIC_RELAXED);
         pool->n_alive++;
         pthread_mutex_unlock(&pool->lock);
 
@@ -207,39 +219,29 @@ static int spawn(Workers *pool, WorkerJob job, void *arg) {
                 if (--pool->n_alive == 0)
                         pthread_cond_broadcast(&pool->all_gone);
                 pthread_mutex_unlock(&pool->lock);
-                worker_destroy(w);
+                free(w);
                 return -r;
         }
         return 0;
 }
 
-int workers_run(Workers *pool, WorkerJob job, void *arg) {
+int workers_start(Workers *pool) {
+        return spawn(pool, NULL);
+}
+
+int workers_run(Workers *pool, void *job) {
         reap(take_finished(pool));
-
-        pthread_mutex_lock(&pool->lock);
-        Worker *w = pool->parked;
-        if (w) {
-                pool->parked = w->next;
-                pool->n_parked--;
-                w->next = NULL;
-                w->job = job;
-                w->arg = arg;
-        }
-        pthread_mutex_unlock(&pool->lock);
-        if (w)
-                sem_post(&w->wake);
-
-        return w ? 0 : spawn(pool, job, arg);
+        return spawn(pool, job);
 }
 
 void workers_set_stack_size(Workers *pool, size_t stack_size) {
         pthread_mutex_lock(&pool->lock);
-        if (pool->stack_size != stack_size) {
-                pool->stack_size = stack_size;
-                /* Parked threads have the old size: let them go, new ones get the new one. */
-                unpark_all(pool);
-        }
+        __atomic_store_n(&pool->stack_size, stack_size, __ATOMIC_RELAXED);
         pthread_mutex_unlock(&pool->lock);
+}
+
+bool workers_stale(Workers *pool) {
+        return self && self->pool == pool && self->stack_size != __atomic_load_n(&pool->stack_size, __ATOMIC_RELAXED);
 }
 
 unsigned workers_count(Workers *pool) {
@@ -249,9 +251,6 @@ unsigned workers_count(Workers *pool) {
         return n;
 }
 
-unsigned workers_parked(Workers *pool) {
-        pthread_mutex_lock(&pool->lock);
-        unsigned n = pool->n_parked;
-        pthread_mutex_unlock(&pool->lock);
-        return n;
+unsigned workers_waiting(Workers *pool) {
+        return __atomic_load_n(&pool->n_waiting, __ATOMIC_ACQUIRE);
 }

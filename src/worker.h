@@ -1,39 +1,61 @@
-/* worker: a thread per connection, from a cache of idle threads.
- * A finished worker parks for the next connection instead of exiting, so connect/disconnect
- * churn does not pay pthread_create() each time; every thread is joined, none detached.
- * All calls but the job itself come from one thread (the server's). */
+/* worker: the threads of the per-connection model. Each thread waits for its next connection
+ * itself (WorkerCalls.wait, which accepts and admits one: no thread hands a connection to
+ * another), serves it (WorkerCalls.serve) and waits again. While the pool runs, one thread
+ * always waits: the thread that takes the last waiting place starts another before it
+ * serves. At most MAX_IDLE threads wait; one that would be the next leaves after its session
+ * instead. Every thread is joined, none detached. All calls but wait and serve come from one
+ * thread (the server's). */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
-typedef void (*WorkerJob)(void *arg);
+typedef struct WorkerCalls {
+        /* wait: blocks until there is a job (a connection accepted and admitted); NULL: the
+         * thread leaves (the pool stops, or workers_stale() said so). */
+        void *(*wait)(void *userdata);
+        void (*serve)(void *userdata, void *job);
+        void *userdata;
+} WorkerCalls;
 
 typedef struct Workers Workers;
 
-/* workers_new: MAX_IDLE threads at most are kept parked; returns 0 or a negative errno. */
-int workers_new(Workers **ret, size_t stack_size, unsigned max_idle);
+/* workers_new: no thread yet; returns 0 or a negative errno. */
+int workers_new(Workers **ret, size_t stack_size, unsigned max_idle, const WorkerCalls *calls);
 
-/* workers_free: wakes parked threads, waits for every thread to return, joins them.
- * Callers first make running jobs end (the server stops its sessions). NULL-safe. */
-Workers *workers_free(Workers *w);
+/* workers_start: the first waiting thread. 0 or a negative errno. */
+int workers_start(Workers *w);
 
-/* workers_stop: the same, waiting at most TIMEOUT_MSEC. Returns 0 (the pool is freed), or
- * -ETIMEDOUT: some job is still running, and the pool is left to it (the caller is exiting). */
+/* workers_shutdown: no thread is started from now on, and every thread leaves after its job;
+ * the caller then makes WAIT return NULL. */
+void workers_shutdown(Workers *w);
+
+/* workers_stop: the pool stops; once WAIT returns NULL to every waiting thread (the caller
+ * sees to that) and the running jobs end (the server stops its sessions), waits at most
+ * TIMEOUT_MSEC for every thread and joins them. Returns 0 (the pool is freed), or -ETIMEDOUT:
+ * some job is still running, and the pool is left to it (the caller is exiting). */
 int workers_stop(Workers *w, uint64_t timeout_msec);
 
-/* workers_reap: joins the threads that exited since the last call (also done on each
- * workers_run()), so that their stacks are unmapped without waiting for a new connection. */
+/* workers_free: the same without a time limit. NULL-safe. */
+Workers *workers_free(Workers *w);
+
+/* workers_reap: joins the threads that left since the last call, so that their stacks are
+ * unmapped; and starts a waiting thread if none waits (a start that failed earlier). */
 void workers_reap(Workers *w);
 
-/* workers_run: JOB(ARG) on a parked thread, or a new one. -EAGAIN and friends when no
- * thread can be had: the caller still owns ARG. */
-int workers_run(Workers *w, WorkerJob job, void *arg);
+/* workers_run: JOB on a new thread, which then waits like the others (a session resumed from
+ * another process). -EAGAIN and friends when no thread can be had: the caller still owns JOB. */
+int workers_run(Workers *w, void *job);
 
-/* workers_set_stack_size: applies to threads created from now on; parked threads of the
- * old size exit, so that new connections run on the new size. */
+/* workers_set_stack_size: applies to threads created from now on. A thread of the old size
+ * leaves after its session; a waiting one asks workers_stale() before it takes a connection. */
 void workers_set_stack_size(Workers *w, size_t stack_size);
 
-/* workers_count: threads alive (running a job or parked); workers_parked: those parked. */
+/* workers_stale: on a thread of the pool, whether it was created with a stack size that is
+ * no longer the pool's: it should leave rather than take a connection. */
+bool workers_stale(Workers *w);
+
+/* workers_count: threads alive (serving or waiting); workers_waiting: those waiting. */
 unsigned workers_count(Workers *w);
-unsigned workers_parked(Workers *w);
+unsigned workers_waiting(Workers *w);

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "suite.h"
@@ -339,27 +340,80 @@ static void reload_with(Hellod *d, const char *extra) {
         }
 }
 
-/* A thread that was serving a connection while a reload changed worker_stack_size retires
- * when its connection ends, rather than park with the old size for the next one. */
+/* in_read: whether the daemon's thread TID is blocked in a read (recv() is recvfrom(2)), as
+ * the thread serving an idle connection is; waiting threads are in epoll_wait(). */
+static bool in_read(pid_t pid, pid_t tid) {
+        char path[64], *text;
+        long nr;
+
+        snprintf(path, sizeof(path), "/proc/%d/task/%d/syscall", (int) pid, (int) tid);
+        text = harness_read_file(path, NULL);
+        bool yes = text && sscanf(text, "%ld", &nr) == 1 && nr == SYS_recvfrom;
+        free(text);
+        return yes;
+}
+
+/* reading_thread: the one thread of PID blocked in a read, waited for (a thread that sent the
+ * greeting is about to read), or 0 when there is none or more than one. */
+static pid_t reading_thread(pid_t pid) {
+        enum { MAX_TIDS = 256 };
+        pid_t tids[MAX_TIDS], found = 0;
+
+        for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS; found == 0 && harness_now_ms() < end;) {
+                size_t n = worker_tids(pid, tids, MAX_TIDS), readers = 0;
+                for (size_t i = 0; i < n; i++)
+                        if (in_read(pid, tids[i])) {
+                                readers++;
+                                found = tids[i];
+                        }
+                if (readers > 1)
+                        return 0;
+                if (found == 0)
+                        harness_sleep_ms(10);
+        }
+        return found;
+}
+
+static bool tid_in(pid_t tid, const pid_t *set, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                if (set[i] == tid)
+                        return true;
+        return false;
+}
+
+/* A reload that changes worker_stack_size: the thread that was serving a connection leaves
+ * when its connection ends, and the next connection is served by a thread created after the
+ * reload (one of the old size that was waiting leaves rather than take it). */
 Test(limits, reload_retires_threads_of_the_old_stack_size, .timeout = 60) {
+        enum { MAX_TIDS = 256 };
         Hellod *d = hellod_start("workers = \"per-connection\";\nworker_stack_size = 262144;\n");
+        pid_t before[MAX_TIDS], now[MAX_TIDS];
         int busy = client_connect(d->port);
 
         client_expect_str(busy, HELLOD_GREETING);
-        cr_assert_geq(threads_named(d->pid, "hellod-worker"), 1);
+        pid_t busy_tid = reading_thread(d->pid);
+        size_t n_before = worker_tids(d->pid, before, MAX_TIDS);
+        cr_assert_neq(busy_tid, 0, "not one thread of the daemon reads the connection");
         reload_with(d, "workers = \"per-connection\";\nworker_stack_size = 524288;\n");
         client_hello(busy, "still served");
         client_send_str(busy, "exit\n");
         client_expect_eof(busy, false);
         client_close(busy);
-        harness_step("the thread of the old size exits instead of parking");
-        for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS; threads_named(d->pid, "hellod-worker") > 0;
-             harness_sleep_ms(20))
+        harness_step("the thread of the old size leaves after its connection");
+        for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS;; harness_sleep_ms(20)) {
+                size_t n = worker_tids(d->pid, now, MAX_TIDS);
+                if (!tid_in(busy_tid, now, n))
+                        break;
                 if (harness_now_ms() > end)
-                        hellod_fail(d, "a worker thread of the old stack size is still parked");
+                        hellod_fail(d, "the thread of the old stack size did not leave");
+        }
+        harness_step("the next connection is served by a thread created after the reload");
         int fd = client_connect(d->port);
         client_expect_str(fd, HELLOD_GREETING);
         client_hello(fd, "new thread");
+        pid_t tid = reading_thread(d->pid);
+        cr_assert_neq(tid, 0, "not one thread of the daemon reads the connection");
+        cr_assert(!tid_in(tid, before, n_before), "thread %d, older than the reload, serves it", (int) tid);
         client_close(fd);
         hellod_stop_clean(d);
         hellod_free(d);

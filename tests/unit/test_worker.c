@@ -1,150 +1,210 @@
-/* test_worker: the thread cache: reuse, its bound, and a shutdown that joins every thread. */
+/* test_worker: the per-connection model's threads: one always waits, threads are reused, idle
+ * ones are bounded, threads of an old stack size leave, and a stop joins every thread. The
+ * threads wait on a queue here (in hellod: in epoll for a connection). */
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <pthread.h>
-#include <stdatomic.h>
+#include <stdbool.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "worker.h"
 
-typedef struct Gate {
+enum { QUEUE_MAX = 64 };
+
+typedef struct Job {
+        bool block; /* wait for the gate to open */
+} Job;
+
+/* The queue the threads wait on, and what the jobs did. */
+static struct {
         pthread_mutex_t lock;
         pthread_cond_t cond;
-        bool open;
+        Job *jobs[QUEUE_MAX];
+        size_t n;
+        bool closed, open;
         unsigned done;
         pid_t tid; /* of the last job */
-} Gate;
+        Workers *pool;
+} q = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, { 0 }, 0, false, false, 0, 0, NULL };
 
-static Gate gate = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, 0, 0 };
+static void *queue_wait(void *userdata) {
+        Job *job = NULL;
 
-static void record_job(void *arg) {
-        Gate *g = arg;
-
-        pthread_mutex_lock(&g->lock);
-        g->tid = (pid_t) syscall(SYS_gettid);
-        g->done++;
-        pthread_cond_broadcast(&g->cond);
-        pthread_mutex_unlock(&g->lock);
+        (void) userdata;
+        pthread_mutex_lock(&q.lock);
+        while (!q.closed && q.n == 0)
+                pthread_cond_wait(&q.cond, &q.lock);
+        /* A thread of an old stack size leaves the job to another (as hellod re-arms the
+         * listener). */
+        if (!q.closed && !workers_stale(q.pool))
+                job = q.jobs[--q.n];
+        pthread_cond_broadcast(&q.cond);
+        pthread_mutex_unlock(&q.lock);
+        return job;
 }
 
-static void blocking_job(void *arg) {
-        Gate *g = arg;
+static void run_job(void *userdata, void *arg) {
+        Job *job = arg;
 
-        pthread_mutex_lock(&g->lock);
-        while (!g->open)
-                pthread_cond_wait(&g->cond, &g->lock);
-        g->done++;
-        pthread_cond_broadcast(&g->cond);
-        pthread_mutex_unlock(&g->lock);
+        (void) userdata;
+        pthread_mutex_lock(&q.lock);
+        while (job->block && !q.open)
+                pthread_cond_wait(&q.cond, &q.lock);
+        q.tid = (pid_t) syscall(SYS_gettid);
+        q.done++;
+        pthread_cond_broadcast(&q.cond);
+        pthread_mutex_unlock(&q.lock);
 }
 
-static void wait_done(Gate *g, unsigned n) {
-        pthread_mutex_lock(&g->lock);
-        while (g->done < n)
-                pthread_cond_wait(&g->cond, &g->lock);
-        pthread_mutex_unlock(&g->lock);
-}
-
-/* wait_parked: a job returns before its thread parks; give it a moment, bounded. */
-static void wait_parked(Workers *w, unsigned want) {
-        for (int i = 0; i < 5000 && workers_parked(w) != want; i++)
-                usleep(1000);
-        cr_assert_eq(workers_parked(w), want);
-}
-
-Test(workers, sequential_jobs_reuse_one_thread) {
+static Workers *pool_new(size_t stack_size, unsigned max_idle) {
         Workers *w = NULL;
-        pid_t first = 0;
 
-        cr_assert_eq(workers_new(&w, 128 * 1024, 4), 0);
+        q.n = q.done = 0;
+        q.closed = q.open = false;
+        cr_assert_eq(workers_new(&w, stack_size, max_idle,
+                                 &(WorkerCalls) { .wait = queue_wait, .serve = run_job, .userdata = NULL }),
+                     0);
+        q.pool = w;
+        return w;
+}
+
+static void push(Job *job) {
+        pthread_mutex_lock(&q.lock);
+        cr_assert_lt(q.n, QUEUE_MAX);
+        q.jobs[q.n++] = job;
+        pthread_cond_broadcast(&q.cond);
+        pthread_mutex_unlock(&q.lock);
+}
+
+static void open_gate(void) {
+        pthread_mutex_lock(&q.lock);
+        q.open = true;
+        pthread_cond_broadcast(&q.cond);
+        pthread_mutex_unlock(&q.lock);
+}
+
+static void wait_done(unsigned n) {
+        pthread_mutex_lock(&q.lock);
+        while (q.done < n)
+                pthread_cond_wait(&q.cond, &q.lock);
+        pthread_mutex_unlock(&q.lock);
+}
+
+/* settle: a job returns before its thread waits again or leaves; give it a moment, bounded. */
+static void settle(Workers *w, unsigned want_waiting, unsigned want_count) {
+        for (int i = 0; i < 5000 && (workers_waiting(w) != want_waiting || workers_count(w) != want_count); i++)
+                usleep(1000);
+        cr_assert_eq(workers_waiting(w), want_waiting);
+        cr_assert_eq(workers_count(w), want_count);
+}
+
+/* stop: what perconn_stop() does: no new thread, WAIT returns NULL to everyone, join. */
+static int stop(Workers *w, uint64_t timeout_msec) {
+        workers_shutdown(w);
+        pthread_mutex_lock(&q.lock);
+        q.closed = true;
+        pthread_cond_broadcast(&q.cond);
+        pthread_mutex_unlock(&q.lock);
+        return workers_stop(w, timeout_msec);
+}
+
+Test(workers, one_thread_waits_from_the_start) {
+        Workers *w = pool_new(128 * 1024, 4);
+
+        cr_assert_eq(workers_start(w), 0);
+        settle(w, 1, 1);
+        cr_assert_eq(stop(w, 5000), 0);
+}
+
+Test(workers, sequential_jobs_reuse_the_threads) {
+        Workers *w = pool_new(128 * 1024, 4);
+        Job job = { .block = false };
+        pid_t seen[2] = { 0, 0 };
+
+        cr_assert_eq(workers_start(w), 0);
         for (unsigned i = 1; i <= 20; i++) {
-                cr_assert_eq(workers_run(w, record_job, &gate), 0);
-                wait_done(&gate, i);
-                wait_parked(w, 1);
-                cr_assert_eq(workers_count(w), 1, "a second thread was started");
-                if (i == 1)
-                        first = gate.tid;
-                cr_assert_eq(gate.tid, first, "job %u ran on thread %d, not the cached %d", i, gate.tid, first);
+                push(&job);
+                wait_done(i);
+                /* The thread that took the job started one to wait in its place. */
+                settle(w, 2, 2);
+                if (seen[0] == 0 || seen[0] == q.tid)
+                        seen[0] = q.tid;
+                else if (seen[1] == 0)
+                        seen[1] = q.tid;
+                cr_assert(q.tid == seen[0] || q.tid == seen[1], "job %u ran on a third thread", i);
         }
-        cr_assert_neq(first, (pid_t) syscall(SYS_gettid));
-        w = workers_free(w);
-        cr_assert_null(w);
+        cr_assert_neq(seen[0], (pid_t) syscall(SYS_gettid));
+        cr_assert_eq(stop(w, 5000), 0);
 }
 
 Test(workers, concurrent_jobs_get_their_own_threads_and_idle_ones_are_bounded) {
         enum { JOBS = 8, MAX_IDLE = 3 };
-        Workers *w = NULL;
+        Workers *w = pool_new(128 * 1024, MAX_IDLE);
+        Job job = { .block = true };
 
-        cr_assert_eq(workers_new(&w, 128 * 1024, MAX_IDLE), 0);
-        for (int i = 0; i < JOBS; i++)
-                cr_assert_eq(workers_run(w, blocking_job, &gate), 0);
-        cr_assert_eq(workers_count(w), JOBS); /* all blocked at once: one thread each */
-
-        pthread_mutex_lock(&gate.lock);
-        gate.open = true;
-        pthread_cond_broadcast(&gate.cond);
-        pthread_mutex_unlock(&gate.lock);
-        wait_done(&gate, JOBS);
-        wait_parked(w, MAX_IDLE);
-        /* The rest exit instead of parking. */
-        for (int i = 0; i < 5000 && workers_count(w) != MAX_IDLE; i++)
-                usleep(1000);
-        cr_assert_eq(workers_count(w), MAX_IDLE);
-        workers_free(w);
+        cr_assert_eq(workers_start(w), 0);
+        for (int i = 0; i < JOBS; i++) {
+                push(&job);
+                /* Each is taken before the next is pushed: all blocked at once, one each. */
+                for (int k = 0; k < 5000 && (workers_count(w) != (unsigned) i + 2 || workers_waiting(w) != 1); k++)
+                        usleep(1000);
+        }
+        settle(w, 1, JOBS + 1); /* and one waiting */
+        open_gate();
+        wait_done(JOBS);
+        /* The rest leave instead of waiting. */
+        settle(w, MAX_IDLE, MAX_IDLE);
+        workers_reap(w);
+        cr_assert_eq(stop(w, 5000), 0);
 }
 
-Test(workers, free_with_nothing_run_and_null) {
-        Workers *w = NULL;
+Test(workers, impossible_stack_size_is_an_error_not_a_crash) {
+        Workers *w = pool_new(1, 4); /* below PTHREAD_STACK_MIN */
 
-        cr_assert_eq(workers_new(&w, 128 * 1024, 4), 0);
+        cr_assert_lt(workers_start(w), 0);
         cr_assert_eq(workers_count(w), 0);
         cr_assert_null(workers_free(w));
         cr_assert_null(workers_free(NULL));
 }
 
-Test(workers, impossible_stack_size_is_an_error_not_a_crash) {
-        Workers *w = NULL;
-
-        cr_assert_eq(workers_new(&w, 1, 4), 0); /* below PTHREAD_STACK_MIN */
-        cr_assert_lt(workers_run(w, record_job, &gate), 0);
-        cr_assert_eq(workers_count(w), 0);
-        workers_free(w);
-}
-
 Test(workers, stop_gives_up_on_a_stuck_job_within_its_timeout) {
-        Workers *w = NULL;
+        Workers *w = pool_new(128 * 1024, 4);
+        Job job = { .block = true };
         struct timespec a, b;
 
-        gate.open = false;
-        cr_assert_eq(workers_new(&w, 128 * 1024, 4), 0);
-        cr_assert_eq(workers_run(w, blocking_job, &gate), 0);
+        cr_assert_eq(workers_start(w), 0);
+        push(&job);
+        settle(w, 1, 2);
         clock_gettime(CLOCK_MONOTONIC, &a);
-        cr_assert_eq(workers_stop(w, 200), -ETIMEDOUT);
+        cr_assert_eq(stop(w, 200), -ETIMEDOUT);
         clock_gettime(CLOCK_MONOTONIC, &b);
         cr_assert_lt(b.tv_sec - a.tv_sec, 5, "workers_stop() did not honour its timeout");
         /* The pool was left to the job: let it finish, then a second stop succeeds. */
-        pthread_mutex_lock(&gate.lock);
-        gate.open = true;
-        pthread_cond_broadcast(&gate.cond);
-        pthread_mutex_unlock(&gate.lock);
+        open_gate();
         cr_assert_eq(workers_stop(w, 5000), 0);
 }
 
-Test(workers, a_new_stack_size_retires_parked_threads) {
-        Workers *w = NULL;
+Test(workers, threads_of_an_old_stack_size_leave_and_a_new_one_takes_the_job) {
+        Workers *w = pool_new(128 * 1024, 4);
+        Job job = { .block = false };
 
-        cr_assert_eq(workers_new(&w, 128 * 1024, 4), 0);
-        cr_assert_eq(workers_run(w, record_job, &gate), 0);
-        wait_parked(w, 1);
-        workers_set_stack_size(w, 128 * 1024); /* unchanged: the thread stays */
-        cr_assert_eq(workers_parked(w), 1);
+        cr_assert_eq(workers_start(w), 0);
+        push(&job);
+        wait_done(1);
+        settle(w, 2, 2);
+        pid_t old = q.tid;
+        workers_set_stack_size(w, 128 * 1024); /* unchanged: nothing leaves */
+        push(&job);
+        wait_done(2);
+        settle(w, 2, 2);
         workers_set_stack_size(w, 256 * 1024);
-        cr_assert_eq(workers_parked(w), 0);
-        for (int i = 0; i < 5000 && workers_count(w) != 0; i++)
-                usleep(1000);
-        cr_assert_eq(workers_count(w), 0, "the retired thread did not exit");
+        push(&job);
+        wait_done(3);
+        cr_assert_neq(q.tid, old, "a thread of the old stack size took the job");
+        /* Both old threads left when they woke; new ones took their places. */
+        settle(w, 2, 2);
         workers_reap(w);
-        workers_free(w);
+        cr_assert_eq(stop(w, 5000), 0);
 }
