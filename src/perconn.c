@@ -328,12 +328,14 @@ static Session *take_connection(PerConn *p, uint64_t key, bool *leave) {
         } else {
                 const Listener *l = &p->listeners[i];
                 int fd = listener_accept(l, SOCK_CLOEXEC, &peer, &kind, hooks->exhausted, hooks->userdata);
+                if (fd >= 0 && (s = hooks->admit(hooks->userdata, fd, (const struct sockaddr *) &peer, l)))
+                        s->engine = &p->engine;
+                /* Re-armed once this client is admitted, not before: the next thread's
+                 * must_wait() then counts it (overload = "queue" queues, never refuses). */
                 if (fd >= 0 || kind == ACCEPT_DRAINED || kind == ACCEPT_RETRY)
                         arm(p, i);
                 else
                         resume_in(p, ENGINE_ACCEPT_PAUSE_USEC); /* disarmed until then */
-                if (fd >= 0 && (s = hooks->admit(hooks->userdata, fd, (const struct sockaddr *) &peer, l)))
-                        s->engine = &p->engine;
         }
         pthread_rwlock_unlock(&p->listen_lock);
         return s;

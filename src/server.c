@@ -15,6 +15,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -66,6 +67,7 @@ struct Server {
         uint64_t changes; /* bumped whenever a STATUS= figure changes (under lock) */
         /* overload = "queue": accepting waits while n_active >= slots (under lock). */
         bool waiting_for_slot;
+        int wake_fd; /* eventfd: the figures changed while the server thread slept */
         unsigned slots;
         bool queue_overload; /* atomic: the current Conf's overload is "queue" */
         HandoverBuf handover;   /* under lock: the records of the sessions handed over */
@@ -127,10 +129,18 @@ static void turn_away(int fd, const char *line) {
         close(fd);
 }
 
+/* changed: the figures changed (under lock). The first change after a STATUS= wakes the
+ * server thread, which otherwise sleeps while the engine's threads accept and serve: its
+ * tick refreshes STATUS=, expires the rate table and joins exited threads. */
+static void changed(Server *s) {
+        if (s->changes++ == s->changes_sent)
+                (void) eventfd_write(s->wake_fd, 1);
+}
+
 static void count_refusal(Server *s) {
         pthread_mutex_lock(&s->lock);
         s->n_refused++;
-        s->changes++;
+        changed(s);
         pthread_mutex_unlock(&s->lock);
 }
 
@@ -145,7 +155,7 @@ static void unregister(Server *s, Session *session) {
                 session->next->prev = session->prev;
         if (session->counted)
                 iptable_dec(s->ips, &session->ip, now_usec());
-        s->changes++;
+        changed(s);
         s->n_active--;
         if (s->waiting_for_slot && s->n_active < s->slots) {
                 s->waiting_for_slot = false;
@@ -277,7 +287,7 @@ static Session *register_session(Server *s, int *fd, const struct sockaddr *peer
                 s->sessions = session;
                 s->n_active++;
                 s->n_accepted++;
-                s->changes++;
+                changed(s);
         }
         return session;
 }
@@ -355,6 +365,7 @@ static void out_of_descriptors(Server *s, int listen_fd, int error) {
         if (s->reserve_fd >= 0) {
                 close(s->reserve_fd);
                 s->reserve_fd = -1;
+        s->wake_fd = -1;
                 int fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
                 if (fd >= 0) {
                         turn_away(fd, PROTO_ERR_BUSY);
@@ -382,7 +393,9 @@ static bool at_capacity(Server *s) {
         if (s->conf->overload == OVERLOAD_QUEUE) {
                 s->slots = s->conf->max_connections;
                 full = s->n_active >= s->slots;
-                s->waiting_for_slot = full;
+                /* Cleared only by unregister(), which then says a slot freed: with several
+                 * listeners (or loops) one that finds room must not hide one still waiting. */
+                s->waiting_for_slot = s->waiting_for_slot || full;
         }
         pthread_mutex_unlock(&s->lock);
         return full;
@@ -463,14 +476,13 @@ static void apply_log_level(const Server *s) {
         log_set_max_level(s->opts.log_level_override >= 0 ? s->opts.log_level_override : s->conf->log_level);
 }
 
-/* format_status: the STATUS= text; returns the change count it reflects. */
-static uint64_t format_status(Server *s, char *buf, size_t size) {
+/* format_status: the STATUS= text, and the change count it reflects noted as sent. */
+static void format_status(Server *s, char *buf, size_t size) {
         pthread_mutex_lock(&s->lock);
-        uint64_t changes = s->changes;
+        s->changes_sent = s->changes;
         snprintf(buf, size, "%u active, %" PRIu64 " served, %" PRIu64 " refused", s->n_active, s->n_accepted,
                  s->n_refused);
         pthread_mutex_unlock(&s->lock);
-        return changes;
 }
 
 static bool status_stale(Server *s) {
@@ -489,7 +501,7 @@ static void tick(Server *s) {
         if (now < s->status_next || !status_stale(s))
                 return;
         s->status_next = now + STATUS_INTERVAL_MSEC * 1000u;
-        s->changes_sent = format_status(s, status, sizeof(status));
+        format_status(s, status, sizeof(status));
         if (strcmp(status, s->status_sent) != 0) {
                 notify_status(status);
                 memcpy(s->status_sent, status, sizeof(status));
@@ -501,7 +513,7 @@ static void tick(Server *s) {
 }
 
 static void ready(Server *s) {
-        s->changes_sent = format_status(s, s->status_sent, sizeof(s->status_sent));
+        format_status(s, s->status_sent, sizeof(s->status_sent));
         notify_ready(s->status_sent);
 }
 
@@ -558,6 +570,12 @@ static void reload(Server *s) {
         Conf *old = s->conf;
         s->conf = conf;
         __atomic_store_n(&s->queue_overload, conf->overload == OVERLOAD_QUEUE, __ATOMIC_RELAXED);
+        if (s->waiting_for_slot) {
+                /* The limit or the overload policy may have changed: accepting that waits
+                 * for a slot checks again under the new configuration. */
+                s->waiting_for_slot = false;
+                engine_slot_freed(s->engine);
+        }
         pthread_mutex_unlock(&s->lock);
         conf_unref(old);
         apply_log_level(s);
@@ -787,16 +805,21 @@ int server_run(Server *s) {
                 feed_watchdog(s);
                 tick(s);
 
-                /* The engine's threads accept and serve; this thread only answers signals and
+                /* The engine's threads accept and serve; this thread answers signals and
                  * keeps the books. */
-                struct pollfd pfd = { .fd = s->signal_fd, .events = POLLIN };
-                if (poll(&pfd, 1, poll_timeout(s)) < 0) {
+                struct pollfd pfds[2] = { { .fd = s->signal_fd, .events = POLLIN },
+                                          { .fd = s->wake_fd, .events = POLLIN } };
+                if (poll(pfds, 2, poll_timeout(s)) < 0) {
                         if (errno == EINTR)
                                 continue;
                         r = log_error_errno(-errno, "poll failed");
                         break;
                 }
-                if (pfd.revents & POLLIN) {
+                if (pfds[1].revents & POLLIN) {
+                        eventfd_t ignored;
+                        (void) eventfd_read(s->wake_fd, &ignored); /* the figures changed: tick */
+                }
+                if (pfds[0].revents & POLLIN) {
                         int sig = read_signal(s);
                         if (sig == SIGTERM || sig == SIGINT) {
                                 log_notice("received %s, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
@@ -844,7 +867,7 @@ static void adopt_session(Server *s, Session *session) {
                 s->sessions->prev = session;
         s->sessions = session;
         s->n_active++;
-        s->changes++;
+        changed(s);
         pthread_mutex_unlock(&s->lock);
         session->stored = s->conf->handover == HANDOVER_MODE_ALWAYS;
         if (engine_add(s->engine, session) < 0) {
@@ -1027,6 +1050,11 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
                 r = log_error_errno(-errno, "cannot open /dev/null");
                 goto fail;
         }
+        s->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (s->wake_fd < 0) {
+                r = log_error_errno(-errno, "cannot create an eventfd");
+                goto fail;
+        }
         r = iptable_new(&s->ips);
         if (r < 0) {
                 log_error_errno(r, "cannot start");
@@ -1077,14 +1105,16 @@ Server *server_free(Server *s) {
         (void) engine_stop(s->engine, UINT64_MAX);
         listener_set_done(&s->listeners);
         if (s->abandoned)
-                /* Threads that did not stop may still lock, admit, unregister, record a
-                 * hand-over and log: what they use stays; the process is
+                /* Threads that did not stop may still lock, admit, unregister (and write the
+                 * wake eventfd), record a hand-over and log: what they use stays; the process is
                  * exiting and takes it along. */
                 return NULL;
         if (s->reserve_fd >= 0)
                 close(s->reserve_fd);
         if (s->signal_fd >= 0)
                 close(s->signal_fd);
+        if (s->wake_fd >= 0)
+                close(s->wake_fd);
         conf_unref(s->conf);
         free(s->handover.data);
         iptable_free(s->ips);

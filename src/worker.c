@@ -9,6 +9,7 @@
 
 #include "clock.h"
 #include "log.h"
+#include "ratelimit.h"
 
 typedef struct Worker {
         pthread_t thread;
@@ -32,6 +33,8 @@ struct Workers {
         unsigned max_idle;
         size_t stack_size; /* atomic; written under lock */
         bool stopping;     /* atomic; written under lock */
+        bool started;      /* under lock: workers_start() was called */
+        RateLimit spawn_log;
 };
 
 /* The Worker of the calling thread (NULL on the server's). */
@@ -48,8 +51,9 @@ static bool stopping(Workers *pool) {
 static void keep_one_waiting(Workers *pool) {
         if (stopping(pool) || __atomic_load_n(&pool->n_waiting, __ATOMIC_ACQUIRE) > 0)
                 return;
+        unsigned suppressed;
         int r = spawn(pool, NULL);
-        if (r < 0)
+        if (r < 0 && ratelimit_allow(&pool->spawn_log, &suppressed))
                 log_warning_errno(r, "cannot start a worker thread to accept connections");
 }
 
@@ -124,6 +128,7 @@ int workers_new(Workers **ret, size_t stack_size, unsigned max_idle, const Worke
         pthread_cond_init(&pool->all_gone, &attr);
         pthread_condattr_destroy(&attr);
         pool->calls = *calls;
+        pool->spawn_log = (RateLimit) RATELIMIT_INIT(1);
         pool->stack_size = stack_size;
         pool->max_idle = max_idle > 0 ? max_idle : 1;
         *ret = pool;
@@ -134,6 +139,7 @@ static void destroy(Workers *pool) {
         reap(take_finished(pool));
         pthread_cond_destroy(&pool->all_gone);
         pthread_mutex_destroy(&pool->lock);
+        pthread_mutex_destroy(&pool->spawn_log.lock);
         free(pool);
 }
 
@@ -180,21 +186,24 @@ void workers_reap(Workers *pool) {
                 return;
         reap(take_finished(pool));
         pthread_mutex_lock(&pool->lock);
-        bool none_waits = !stopping(pool) && workers_waiting(pool) == 0 && pool->n_alive > 0;
+        bool none_waits = pool->started && !stopping(pool) && workers_waiting(pool) == 0;
         pthread_mutex_unlock(&pool->lock);
-        /* n_alive > 0: the pool was started; a thread between its wait and its serve starts
-         * the next one itself, so this only starts one where that failed (one more waiting
-         * thread at worst). */
-        if (none_waits)
-                (void) spawn(pool, NULL);
+        /* A thread between its wait and its serve starts the next one itself, so this only
+         * starts one where that failed, even with no thread left (one more waiting thread at
+         * worst). */
+        if (none_waits && spawn(pool, NULL) < 0)
+                log_warning("no thread accepts connections: cannot start one");
 }
 
-/* spawn: a thread serving FIRST (if any), then waiting; called without the lock. */
+/* spawn: a thread serving FIRST (if any), then waiting; called without the lock. Threads
+ * that left are joined first: the server thread's tick may be far off. */
 static int spawn(Workers *pool, void *first) {
         pthread_attr_t attr;
-        Worker *w = calloc(1, sizeof(*w));
+        Worker *w;
         int r;
 
+        reap(take_finished(pool));
+        w = calloc(1, sizeof(*w));
         if (!w)
                 return -ENOMEM;
         w->pool = pool;
@@ -226,11 +235,13 @@ static int spawn(Workers *pool, void *first) {
 }
 
 int workers_start(Workers *pool) {
+        pthread_mutex_lock(&pool->lock);
+        pool->started = true;
+        pthread_mutex_unlock(&pool->lock);
         return spawn(pool, NULL);
 }
 
 int workers_run(Workers *pool, void *job) {
-        reap(take_finished(pool));
         return spawn(pool, job);
 }
 
