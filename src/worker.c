@@ -73,14 +73,16 @@ static void *worker_main(void *arg) {
         Worker *w = arg;
         Workers *pool = w->pool;
         void *job = w->first;
+        bool counted = !job; /* started to wait: spawn() counted it waiting already */
 
         self = w;
         (void) pthread_setname_np(pthread_self(), "hellod-worker");
         for (;;) {
                 if (job)
                         pool->calls.serve(pool->calls.userdata, job);
-                if (!wait_again(pool, w))
+                if (!counted && !wait_again(pool, w))
                         break;
+                counted = false;
                 job = pool->calls.wait(pool->calls.userdata);
                 __atomic_sub_fetch(&pool->n_waiting, 1, __ATOMIC_ACQ_REL);
                 if (!job)
@@ -196,7 +198,9 @@ void workers_reap(Workers *pool) {
 }
 
 /* spawn: a thread serving FIRST (if any), then waiting; called without the lock. Threads
- * that left are joined first: the server thread's tick may be far off. */
+ * that left are joined first: the server thread's tick may be far off. A thread started to
+ * wait counts as waiting from now on, not from when it is first scheduled: on a busy machine
+ * the next connection must not start yet another. */
 static int spawn(Workers *pool, void *first) {
         pthread_attr_t attr;
         Worker *w;
@@ -218,12 +222,16 @@ static int spawn(Workers *pool, void *first) {
         size_t stack_size = w->stack_size = __atomic_load_n(&pool->stack_size, __ATOMIC_RELAXED);
         pool->n_alive++;
         pthread_mutex_unlock(&pool->lock);
+        if (!first)
+                __atomic_add_fetch(&pool->n_waiting, 1, __ATOMIC_ACQ_REL);
 
         r = pthread_attr_setstacksize(&attr, stack_size);
         if (r == 0)
                 r = pthread_create(&w->thread, &attr, worker_main, w);
         pthread_attr_destroy(&attr);
         if (r != 0) {
+                if (!first)
+                        __atomic_sub_fetch(&pool->n_waiting, 1, __ATOMIC_ACQ_REL);
                 pthread_mutex_lock(&pool->lock);
                 if (--pool->n_alive == 0)
                         pthread_cond_broadcast(&pool->all_gone);
