@@ -365,7 +365,6 @@ static void out_of_descriptors(Server *s, int listen_fd, int error) {
         if (s->reserve_fd >= 0) {
                 close(s->reserve_fd);
                 s->reserve_fd = -1;
-        s->wake_fd = -1;
                 int fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
                 if (fd >= 0) {
                         turn_away(fd, PROTO_ERR_BUSY);
@@ -1033,6 +1032,7 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
         (void) preflight_warn(conf);
         s->signal_fd = -1;
         s->reserve_fd = -1;
+        s->wake_fd = -1;
         s->table_full_log = (RateLimit) RATELIMIT_INIT(1);
         s->refusal_log = (RateLimit) RATELIMIT_INIT(REFUSAL_LOG_BURST);
         s->exhaustion_log = (RateLimit) RATELIMIT_INIT(1);
