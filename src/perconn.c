@@ -279,16 +279,19 @@ static void run(Session *s) {
 
 /* ---- accepting ---- */
 
-static uint64_t listener_key(uint32_t gen, size_t i) {
-        return (uint64_t) gen << 32 | (uint32_t) i;
+/* listen_ctl: OP (EPOLL_CTL_ADD, or MOD to re-arm) for the listener I of the current set
+ * (under listen_lock): one-shot, so that it wakes one waiting thread until re-armed. */
+static void listen_ctl(PerConn *p, int op, size_t i) {
+        struct epoll_event ev = { .events = EPOLLIN | EPOLLONESHOT,
+                                  .data.u64 = (uint64_t) p->listen_gen << 32 | (uint32_t) i };
+
+        if (epoll_ctl(p->epoll_fd, op, p->listeners[i].fd, &ev) < 0)
+                log_error_errno(-errno, "cannot accept from %s", p->listeners[i].name);
 }
 
-/* arm: the listener I (of the current set; under listen_lock) wakes a waiting thread again. */
+/* arm: the listener I wakes a waiting thread again. */
 static void arm(PerConn *p, size_t i) {
-        struct epoll_event ev = { .events = EPOLLIN | EPOLLONESHOT, .data.u64 = listener_key(p->listen_gen, i) };
-
-        if (epoll_ctl(p->epoll_fd, EPOLL_CTL_MOD, p->listeners[i].fd, &ev) < 0)
-                log_error_errno(-errno, "cannot accept from %s", p->listeners[i].name);
+        listen_ctl(p, EPOLL_CTL_MOD, i);
 }
 
 static void arm_all(PerConn *p) {
@@ -395,11 +398,8 @@ static void perconn_set_listeners(Engine *e, const ListenerSet *set) {
         if (copy)
                 memcpy(copy, set->items, set->n * sizeof(*copy));
         p->listen_gen++;
-        for (size_t i = 0; i < p->n_listeners; i++) {
-                struct epoll_event ev = { .events = EPOLLIN | EPOLLONESHOT, .data.u64 = listener_key(p->listen_gen, i) };
-                if (epoll_ctl(p->epoll_fd, EPOLL_CTL_ADD, copy[i].fd, &ev) < 0)
-                        log_error_errno(-errno, "cannot accept from %s", copy[i].name);
-        }
+        for (size_t i = 0; i < p->n_listeners; i++)
+                listen_ctl(p, EPOLL_CTL_ADD, i);
         pthread_rwlock_unlock(&p->listen_lock);
 }
 

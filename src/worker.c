@@ -46,6 +46,11 @@ static bool stopping(Workers *pool) {
         return __atomic_load_n(&pool->stopping, __ATOMIC_ACQUIRE);
 }
 
+/* stale: W was created with a stack size that is no longer the pool's. */
+static bool stale(Workers *pool, const Worker *w) {
+        return w->stack_size != __atomic_load_n(&pool->stack_size, __ATOMIC_RELAXED);
+}
+
 /* keep_one_waiting: called by a thread about to serve or to leave (still counted alive, so
  * that the pool cannot be freed meanwhile); starts a waiting thread when none waits. */
 static void keep_one_waiting(Workers *pool) {
@@ -61,7 +66,7 @@ static void keep_one_waiting(Workers *pool) {
  * waiting. A thread created before a reload changed the stack size leaves instead of serving
  * more connections on the old size, as does one that would make more than max_idle wait. */
 static bool wait_again(Workers *pool, Worker *w) {
-        if (stopping(pool) || w->stack_size != __atomic_load_n(&pool->stack_size, __ATOMIC_RELAXED))
+        if (stopping(pool) || stale(pool, w))
                 return false;
         if (__atomic_fetch_add(&pool->n_waiting, 1, __ATOMIC_ACQ_REL) < pool->max_idle)
                 return true;
@@ -260,7 +265,7 @@ void workers_set_stack_size(Workers *pool, size_t stack_size) {
 }
 
 bool workers_stale(Workers *pool) {
-        return self && self->pool == pool && self->stack_size != __atomic_load_n(&pool->stack_size, __ATOMIC_RELAXED);
+        return self && self->pool == pool && stale(pool, self);
 }
 
 unsigned workers_count(Workers *pool) {
