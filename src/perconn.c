@@ -34,6 +34,12 @@
  * generations starting at 1. */
 enum { KEY_STOP = 1, KEY_RESUME = 2 };
 
+typedef struct Queued {
+        int fd;
+        struct sockaddr_storage peer;
+        struct Queued *next;
+} Queued;
+
 typedef struct PerConn {
         Engine engine; /* first: the engine is the driver */
         Workers *workers;
@@ -45,6 +51,12 @@ typedef struct PerConn {
         Listener *listeners;          /* the server's set, copied */
         size_t n_listeners;
         uint32_t listen_gen;
+        /* overload = "queue": for each listener of the set, the clients accepted as another
+         * thread took the last slot, oldest first. They wait here, as they would have in the
+         * backlog, and their listener is armed again once none is left. */
+        Queued **queued;
+        pthread_mutex_t queue_lock;
+        uint64_t resumes; /* atomic: resume() calls begun */
 } PerConn;
 
 static int set_timeout(int fd, int option, uint64_t usec) {
@@ -294,11 +306,108 @@ static void arm(PerConn *p, size_t i) {
         listen_ctl(p, EPOLL_CTL_MOD, i);
 }
 
-static void arm_all(PerConn *p) {
+/* queue_push: FD (from PEER) waits in listener I, at the FRONT (the client was the oldest)
+ * or the back; false: out of memory. Under listen_lock (read). */
+static bool queue_push(PerConn *p, size_t i, int fd, const struct sockaddr_storage *peer, bool front) {
+        Queued *q = malloc(sizeof(*q));
+
+        if (!q)
+                return false;
+        *q = (Queued) { .fd = fd, .peer = *peer };
+        pthread_mutex_lock(&p->queue_lock);
+        Queued **at = &p->queued[i];
+        while (!front && *at)
+                at = &(*at)->next;
+        q->next = *at;
+        *at = q;
+        pthread_mutex_unlock(&p->queue_lock);
+        return true;
+}
+
+/* queue_pop: the oldest client waiting in listener I (-1: none), its address in *PEER. */
+static int queue_pop(PerConn *p, size_t i, struct sockaddr_storage *peer) {
+        pthread_mutex_lock(&p->queue_lock);
+        Queued *q = p->queued[i];
+        if (q)
+                p->queued[i] = q->next;
+        pthread_mutex_unlock(&p->queue_lock);
+        if (!q)
+                return -1;
+        int fd = q->fd;
+        *peer = q->peer;
+        free(q);
+        return fd;
+}
+
+/* start_elsewhere: S, admitted by a thread that serves another, gets a thread of its own. */
+static void start_elsewhere(PerConn *p, Session *s) {
+        int r = workers_run(p->workers, s);
+
+        if (r < 0) {
+                session_fail(s, r);
+                engine_session_done(&p->engine, s);
+        }
+}
+
+/* admit_now: FD, accepted from listener I, cannot wait (out of memory, or its listener goes
+ * away): the server admits it if it can (on a thread of its own), else turns it away. */
+static void admit_now(PerConn *p, size_t i, int fd, const struct sockaddr_storage *peer) {
+        const EngineHooks *hooks = &p->engine.hooks;
+        Session *s = hooks->admit(hooks->userdata, fd, (const struct sockaddr *) peer, &p->listeners[i], NULL);
+
+        if (s) {
+                s->engine = &p->engine;
+                start_elsewhere(p, s);
+        }
+}
+
+/* resume: accepting resumes (a slot freed, or a pause ended): the clients queued in the
+ * listeners are admitted first, then each listener without one is armed. Returns one client
+ * admitted for this thread to serve; the others admitted get threads of their own. */
+static Session *resume(PerConn *p) {
+        const EngineHooks *hooks = &p->engine.hooks;
+        Session *mine = NULL;
+
+        /* Counted before any queue is looked at: see take_connection(). */
+        __atomic_add_fetch(&p->resumes, 1, __ATOMIC_ACQ_REL);
         pthread_rwlock_rdlock(&p->listen_lock);
-        for (size_t i = 0; i < p->n_listeners; i++)
-                arm(p, i);
+        for (size_t i = 0; i < p->n_listeners; i++) {
+                struct sockaddr_storage peer;
+                bool queued = false;
+                int fd;
+
+                while (!queued && (fd = queue_pop(p, i, &peer)) >= 0) {
+                        Session *s = hooks->admit(hooks->userdata, fd, (const struct sockaddr *) &peer,
+                                                  &p->listeners[i], &queued);
+                        if (queued && !queue_push(p, i, fd, &peer, true)) {
+                                admit_now(p, i, fd, &peer);
+                                queued = false;
+                        }
+                        if (s) {
+                                s->engine = &p->engine;
+                                if (mine)
+                                        start_elsewhere(p, s);
+                                else
+                                        mine = s;
+                        }
+                }
+                if (!queued) /* else still full: stays disarmed */
+                        arm(p, i);
+        }
         pthread_rwlock_unlock(&p->listen_lock);
+        return mine;
+}
+
+/* admit_all_queued: the listener set goes away: its queued clients are admitted now or
+ * refused (the server decides), each served on a thread of its own. Under the write lock. */
+static void admit_all_queued(PerConn *p) {
+        for (size_t i = 0; i < p->n_listeners; i++) {
+                struct sockaddr_storage peer;
+                int fd;
+
+                while ((fd = queue_pop(p, i, &peer)) >= 0)
+                        admit_now(p, i, fd, &peer);
+        }
 }
 
 /* resume_in: every listener is armed again in USEC (at least 1). */
@@ -330,12 +439,24 @@ static Session *take_connection(PerConn *p, uint64_t key, bool *leave) {
                 ; /* stays disarmed: the server calls slot_freed */
         } else {
                 const Listener *l = &p->listeners[i];
+                uint64_t resumes = __atomic_load_n(&p->resumes, __ATOMIC_ACQUIRE);
+                bool queued = false;
                 int fd = listener_accept(l, SOCK_CLOEXEC, &peer, &kind, hooks->exhausted, hooks->userdata);
-                if (fd >= 0 && (s = hooks->admit(hooks->userdata, fd, (const struct sockaddr *) &peer, l)))
+                if (fd >= 0 && (s = hooks->admit(hooks->userdata, fd, (const struct sockaddr *) &peer, l, &queued)))
                         s->engine = &p->engine;
                 /* Re-armed once this client is admitted, not before: the next thread's
-                 * must_wait() then counts it (overload = "queue" queues, never refuses). */
-                if (fd >= 0 || kind == ACCEPT_DRAINED || kind == ACCEPT_RETRY)
+                 * must_wait() then counts it (overload = "queue" queues, never refuses). A
+                 * client that found the last slot taken by a thread of another listener waits
+                 * in this one, disarmed until resume(). */
+                if (queued && !queue_push(p, i, fd, &peer, false)) {
+                        admit_now(p, i, fd, &peer);
+                        arm(p, i);
+                } else if (queued) {
+                        /* A slot that freed after admit() said "full" may have been announced
+                         * to a resume() that found no client queued here yet: once more. */
+                        if (__atomic_load_n(&p->resumes, __ATOMIC_ACQUIRE) != resumes)
+                                resume_in(p, 0);
+                } else if (fd >= 0 || kind == ACCEPT_DRAINED || kind == ACCEPT_RETRY)
                         arm(p, i);
                 else
                         resume_in(p, ENGINE_ACCEPT_PAUSE_USEC); /* disarmed until then */
@@ -364,8 +485,11 @@ static void *wait_for_client(void *userdata) {
                         return NULL;
                 if (ev.data.u64 == KEY_RESUME) {
                         uint64_t expirations;
+                        Session *s = NULL;
                         if (read(p->resume_fd, &expirations, sizeof(expirations)) > 0)
-                                arm_all(p);
+                                s = resume(p);
+                        if (s)
+                                return s;
                         continue;
                 }
                 Session *s = take_connection(p, ev.data.u64, &leave);
@@ -386,12 +510,22 @@ static void serve(void *userdata, void *job) {
 static void perconn_set_listeners(Engine *e, const ListenerSet *set) {
         PerConn *p = (PerConn *) e;
         Listener *copy = set->n ? calloc(set->n, sizeof(*copy)) : NULL;
+        Queued **queued = set->n ? calloc(set->n, sizeof(*queued)) : NULL;
 
+        if (!copy != !queued) {
+                free(copy);
+                free(queued);
+                copy = NULL;
+                queued = NULL;
+        }
         pthread_rwlock_wrlock(&p->listen_lock);
+        admit_all_queued(p);
         for (size_t i = 0; i < p->n_listeners; i++)
                 (void) epoll_ctl(p->epoll_fd, EPOLL_CTL_DEL, p->listeners[i].fd, NULL);
         free(p->listeners);
+        free(p->queued);
         p->listeners = copy;
+        p->queued = queued;
         p->n_listeners = copy ? set->n : 0;
         if (set->n && !copy)
                 log_error("cannot accept from the new listeners: out of memory");
@@ -422,7 +556,15 @@ static void perconn_free(PerConn *p) {
                 close(p->stop_fd);
         if (p->resume_fd >= 0)
                 close(p->resume_fd);
+        for (size_t i = 0; i < p->n_listeners; i++) {
+                struct sockaddr_storage peer;
+                int fd;
+                while ((fd = queue_pop(p, i, &peer)) >= 0) /* never greeted: like a client left in the backlog */
+                        close(fd);
+        }
         pthread_rwlock_destroy(&p->listen_lock);
+        pthread_mutex_destroy(&p->queue_lock);
+        free(p->queued);
         free(p->listeners);
         free(p);
 }
@@ -489,6 +631,7 @@ int perconn_engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks)
         pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
         pthread_rwlock_init(&p->listen_lock, &attr);
         pthread_rwlockattr_destroy(&attr);
+        pthread_mutex_init(&p->queue_lock, NULL);
         p->engine = (Engine) { .ops = &perconn_ops, .hooks = *hooks };
         r = open_control(p);
         if (r == 0)

@@ -82,6 +82,11 @@ typedef struct Loop {
         bool handing_over;    /* the pool is handing its sessions over: pass them on, then exit */
         bool waiting_slot;    /* overload = "queue": every slot taken */
         uint64_t paused_until; /* usec: out of descriptors; 0: not paused */
+        /* overload = "queue": a client accepted as another loop took the last slot waits here,
+         * as it would have in the backlog, until a slot frees; -1: none. */
+        int queued_fd;
+        struct sockaddr_storage queued_peer;
+        const Listener *queued_via; /* of the set in use */
 } Loop;
 
 typedef struct Pool {
@@ -557,10 +562,38 @@ static void detach(Loop *l) {
         l->attached = false;
 }
 
+/* begin: S, admitted, is this loop's. */
+static void begin(Loop *l, Session *s) {
+        __atomic_add_fetch(&l->base.n_sessions, 1, __ATOMIC_RELAXED);
+        s->engine = &l->base.set->engine;
+        (void) start(l, s);
+}
+
+/* admit_queued: the client queued in this loop, once a slot is free; or, FORCE, as the
+ * listener set changes (its listener goes away): the server admits or refuses it then. */
+static void admit_queued(Loop *l, bool force) {
+        const EngineHooks *hooks = hooks_of(l);
+        int fd = l->queued_fd;
+        bool queued = false;
+
+        if (fd < 0)
+                return;
+        l->queued_fd = -1;
+        Session *s = hooks->admit(hooks->userdata, fd, (const struct sockaddr *) &l->queued_peer, l->queued_via,
+                                  force ? NULL : &queued);
+        if (queued) {
+                l->queued_fd = fd;
+                l->waiting_slot = true;
+        } else if (s) {
+                begin(l, s);
+        }
+}
+
 /* sync_listeners: at the top of each round (no event of the previous set is in hand): takes
  * up a new listener set, and attaches or detaches as accepting is allowed or not. */
 static void sync_listeners(Loop *l) {
         if (loopset_listen_gen(l->base.set) != l->listen_gen) {
+                admit_queued(l, true);
                 detach(l);
                 l->listen_gen = loopset_take_listeners(&l->base, &l->listening, &l->n_listening);
         }
@@ -597,12 +630,18 @@ static void on_listener(Loop *l, const Listener *via) {
                         }
                         return;
                 }
-                Session *s = hooks->admit(hooks->userdata, fd, (const struct sockaddr *) &peer, via);
-                if (!s)
-                        continue;
-                __atomic_add_fetch(&l->base.n_sessions, 1, __ATOMIC_RELAXED);
-                s->engine = &l->base.set->engine;
-                (void) start(l, s);
+                bool queued;
+                Session *s = hooks->admit(hooks->userdata, fd, (const struct sockaddr *) &peer, via, &queued);
+                if (queued) { /* another loop took the last slot since must_wait() */
+                        l->queued_fd = fd;
+                        l->queued_peer = peer;
+                        l->queued_via = via;
+                        l->waiting_slot = true;
+                        detach(l);
+                        return;
+                }
+                if (s)
+                        begin(l, s);
         }
 }
 
@@ -631,6 +670,8 @@ static void on_wake(Loop *l) {
                 pthread_mutex_unlock(&l->base.set->lock);
         }
         l->waiting_slot = false; /* try again: must_wait() says whether it is still full */
+        if (!l->exiting)
+                admit_queued(l, false);
         while (queued) {
                 Session *next = queued->timer_next;
                 queued->timer_next = NULL;
@@ -707,6 +748,8 @@ static void *loop_main(void *arg) {
         }
 
         detach(l);
+        if (l->queued_fd >= 0) /* never greeted: like a client left in the backlog */
+                close(l->queued_fd);
         loopset_exited(&l->base);
         return NULL;
 }
@@ -778,8 +821,10 @@ int pool_engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks) {
                 free(p);
                 return r;
         }
-        for (unsigned i = 0; i < conf->workers; i++)
-                ((Loop *) loopset_loop(&p->set, i))->epoll_fd = -1;
+        for (unsigned i = 0; i < conf->workers; i++) {
+                Loop *l = (Loop *) loopset_loop(&p->set, i);
+                l->epoll_fd = l->queued_fd = -1;
+        }
         for (unsigned i = 0; i < conf->workers && r == 0; i++) {
                 Loop *l = (Loop *) loopset_loop(&p->set, i);
                 if ((l->epoll_fd = epoll_create1(EPOLL_CLOEXEC)) < 0)

@@ -259,14 +259,19 @@ static bool count_source(Server *s, const IpKey *ip, IpKey *source, const char *
 /* register_session: the limits, then a registered session for FD; called under the lock.
  * Behind a PROXY listener the per-source limits wait for the header: the peer is the
  * balancer. Returns NULL with *REASON and *DETAIL set when the client is refused; *FD is -1
- * when the socket was closed on the way. */
+ * when the socket was closed on the way. With overload = "queue" and every slot taken, the
+ * client is not refused when the caller can keep it (QUEUED not NULL): NULL with *QUEUED set
+ * and no reason, and unregister() says when a slot frees. */
 static Session *register_session(Server *s, int *fd, const struct sockaddr *peer, const IpKey *ip,
-                                 const Listener *via, const char **reason, const char **detail) {
+                                 const Listener *via, bool *queued, const char **reason, const char **detail) {
         const Conf *conf = s->conf;
         Session *session = NULL;
         IpKey source = { 0 };
 
-        if (s->n_active >= conf->max_connections) {
+        if (s->n_active >= conf->max_connections && queued && conf->overload == OVERLOAD_QUEUE) {
+                s->slots = conf->max_connections;
+                s->waiting_for_slot = *queued = true;
+        } else if (s->n_active >= conf->max_connections) {
                 *reason = "max-connections";
                 *detail = "server busy (max_connections reached)";
         } else if (!via->proxy && !count_source(s, ip, &source, reason, detail)) {
@@ -302,8 +307,9 @@ static const char *refusal_line(const char *reason) {
 }
 
 /* admit: the access lists and limits for a connection accepted from VIA, on any thread.
- * Returns the registered session, or NULL when the client was turned away (FD closed). */
-static Session *admit(Server *s, int fd, const struct sockaddr *peer, const Listener *via) {
+ * Returns the registered session, or NULL: the client was turned away (FD closed), or it is
+ * queued (*QUEUED set, see register_session: FD is still the caller's). */
+static Session *admit(Server *s, int fd, const struct sockaddr *peer, const Listener *via, bool *queued) {
         const char *reason = NULL, *detail = NULL;
         char name[ADDR_STR_MAX];
         Session *session = NULL;
@@ -324,8 +330,10 @@ static Session *admit(Server *s, int fd, const struct sockaddr *peer, const List
         if (via->proxy ? !conf_proxy_trusted(s->conf, &ip) : !conf_admits(s->conf, &ip))
                 reason = via->proxy ? "untrusted-proxy" : "denied";
         else
-                session = register_session(s, &fd, peer, &ip, via, &reason, &detail);
+                session = register_session(s, &fd, peer, &ip, via, queued, &reason, &detail);
         pthread_mutex_unlock(&s->lock);
+        if (queued && *queued)
+                return NULL;
 
         if (session && via->proxy && session_proxy_begin(session) < 0) {
                 session_fail(session, -ENOMEM);
@@ -454,8 +462,11 @@ static bool proxied(Server *s, Session *session, ProxyStatus status, const Proxy
 }
 
 /* The hooks an accepting engine calls, on its threads. */
-static Session *hook_admit(void *userdata, int fd, const struct sockaddr *peer, const Listener *via) {
-        return admit(userdata, fd, peer, via);
+static Session *hook_admit(void *userdata, int fd, const struct sockaddr *peer, const Listener *via,
+                           bool *queued) {
+        if (queued)
+                *queued = false;
+        return admit(userdata, fd, peer, via, queued);
 }
 
 static bool hook_must_wait(void *userdata) {

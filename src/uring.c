@@ -604,10 +604,20 @@ static bool accepting(const Loop *l) {
         return !l->exiting && !l->retiring && !l->waiting_slot && l->paused_until == 0;
 }
 
-static void admit(Loop *l, Acceptor *a, int fd, const struct sockaddr *peer) {
+/* admit: FD, accepted from A. With overload = "queue" and the last slot taken by another loop
+ * since must_wait() (unless FORCE), it waits parked in A, as it would have in the backlog. */
+static void admit(Loop *l, Acceptor *a, int fd, const struct sockaddr_storage *peer, bool force) {
         const EngineHooks *hooks = &l->base.set->engine.hooks;
-        Session *s = hooks->admit(hooks->userdata, fd, peer, a->via);
+        bool queued = false;
+        Session *s = hooks->admit(hooks->userdata, fd, (const struct sockaddr *) peer, a->via, force ? NULL : &queued);
 
+        if (queued) {
+                if (peer != &a->parked_peer)
+                        a->parked_peer = *peer;
+                a->parked_fd = fd;
+                l->waiting_slot = true;
+                return;
+        }
         if (!s)
                 return;
         __atomic_add_fetch(&l->base.n_sessions, 1, __ATOMIC_RELAXED);
@@ -630,7 +640,7 @@ static void admit_parked(Loop *l, bool force) {
                 }
                 int fd = a->parked_fd;
                 a->parked_fd = -1;
-                admit(l, a, fd, (const struct sockaddr *) &a->parked_peer);
+                admit(l, a, fd, &a->parked_peer, force);
         }
 }
 
@@ -653,7 +663,7 @@ static void on_accept(Loop *l, Acceptor *a, int res) {
                         l->waiting_slot = true;
                         return;
                 }
-                admit(l, a, res, (const struct sockaddr *) &a->peer);
+                admit(l, a, res, &a->peer, false);
                 return;
         }
         switch (listener_accept_error(-res)) {

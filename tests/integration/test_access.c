@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "clients.h"
 #include "suite.h"
 
 HELLOD_SUITE(access);
@@ -168,6 +169,61 @@ Test(access, overload_queue_holds_new_clients_until_a_slot_frees, .timeout = 60)
         client_hello(b, "second");
         client_close(waiting);
         client_close(b);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* overload = "queue" queues, it never refuses: a burst of clients at one slot is served one by
+ * one, though each time the slot frees every event loop (or a waiting thread for each
+ * listener) may go for the next client at once. The check and the taking of the slot are one step: with two loops,
+ * the one that found the last slot free and the one that took it were not always the same,
+ * and a queued client was told the server was busy. */
+Test(access, overload_queue_serves_a_burst_one_by_one, .timeout = 120) {
+        enum { BURST = 24 };
+        Hellod *d = hellod_start("max_connections = 1;\noverload = \"queue\";\n");
+        int fds[BURST], served = 0;
+        int64_t stalled_since = harness_now_ms();
+
+        harness_step("%d clients at once, one slot, through both listeners", BURST);
+        for (int i = 0; i < BURST; i++) {
+                fds[i] = client_start_connect(i % 2 ? "::1" : "127.0.0.1", d->port);
+                if (fds[i] < 0)
+                        hellod_fail(d, "client %d: connect(): %s", i, strerror(-fds[i]));
+        }
+        for (int i = 0; i < BURST; i++) {
+                int r = client_wait_connected(fds[i], HARNESS_TIMEOUT_MS);
+                if (r < 0)
+                        hellod_fail(d, "client %d: connect(): %s", i, strerror(-r));
+        }
+
+        harness_step("each is greeted in turn, none is refused");
+        while (served < BURST) {
+                bool progress = false;
+                for (int i = 0; i < BURST; i++) {
+                        if (fds[i] < 0)
+                                continue;
+                        ClientState state = client_classify(fds[i]);
+                        if (state == CLIENT_REFUSED)
+                                hellod_fail(d, "client %d was told the server is busy after %d served: "
+                                               "overload = \"queue\" must keep it waiting", i, served);
+                        if (state != CLIENT_SERVED)
+                                continue;
+                        client_hello(fds[i], "queued");
+                        client_send_str(fds[i], "exit\n");
+                        client_expect_eof(fds[i], false);
+                        client_close(fds[i]);
+                        fds[i] = -1;
+                        served++;
+                        progress = true;
+                }
+                if (progress)
+                        stalled_since = harness_now_ms();
+                else if (harness_now_ms() - stalled_since > HARNESS_TIMEOUT_MS)
+                        hellod_fail(d, "%d of %d queued clients served, then none for %d ms", served, BURST,
+                                    HARNESS_TIMEOUT_MS);
+                else
+                        harness_sleep_ms(2);
+        }
         hellod_stop_clean(d);
         hellod_free(d);
 }

@@ -122,10 +122,12 @@ typedef struct Bench {
 static Conf *admit_conf;
 static unsigned admitted;
 
-static Session *test_admit(void *userdata, int fd, const struct sockaddr *peer, const Listener *via) {
+static Session *test_admit(void *userdata, int fd, const struct sockaddr *peer, const Listener *via, bool *queued) {
         Session *s;
 
         (void) userdata;
+        if (queued)
+                *queued = false;
         if (session_new(&s, fd, admit_conf, peer, via->name) < 0)
                 return NULL;
         __atomic_add_fetch(&admitted, 1, __ATOMIC_RELAXED);
