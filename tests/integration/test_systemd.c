@@ -283,6 +283,66 @@ Test(systemd, notify_protocol, .timeout = 60) {
         hellod_free(d);
 }
 
+/* STATUS= still follows the connections after the process ran out of descriptors: the
+ * server thread is woken by every change, before, during and after the episode. (A misplaced
+ * edit once lost the wake-up at the first EMFILE: STATUS= froze at the figures of the
+ * episode.) */
+Test(systemd, status_follows_connections_after_descriptors_ran_out, .timeout = 60) {
+        enum { CLIENTS = 120, NOFILE = 64 };
+        Hellod *d = hellod_new();
+        unsigned active = 1;
+        unsigned long served = 0, refused = 0;
+        int fds[CLIENTS];
+        Notify n;
+
+        harness_raise_nofile();
+        notify_open(&n, d);
+        const char *const env[] = { n.env, NULL };
+        hellod_write_config_std(d, NULL);
+        hellod_spawn(d, &(HellodOpts) { .env = env, .nofile = NOFILE });
+        notify_wait(&n, "READY=1");
+        hellod_wait_ready(d);
+
+        harness_step("%d clients against RLIMIT_NOFILE = %d", CLIENTS, NOFILE);
+        for (int i = 0; i < CLIENTS; i++)
+                fds[i] = client_connect(d->port);
+        for (int64_t deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;;) {
+                char *err = hellod_stderr(d);
+                bool exhausted = strstr(err, "cannot accept connections") != NULL;
+                free(err);
+                if (exhausted)
+                        break;
+                if (harness_now_ms() > deadline)
+                        hellod_fail(d, "no \"cannot accept connections\" with %d clients and RLIMIT_NOFILE = %d",
+                                    CLIENTS, NOFILE);
+                harness_sleep_ms(20);
+        }
+
+        harness_step("every client leaves: STATUS= comes back to 0 active, all counted");
+        for (int i = 0; i < CLIENTS; i++)
+                client_close(fds[i]);
+        while (active != 0 || served + refused < CLIENTS + 1) { /* + the readiness probe */
+                const char *msg = strstr(notify_wait(&n, "STATUS="), "STATUS=");
+                cr_assert_eq(sscanf(msg, "STATUS=%u active, %lu served, %lu refused", &active, &served, &refused), 3,
+                             "%s", msg);
+        }
+        cr_assert(refused > 0, "no client refused with RLIMIT_NOFILE = %d: did descriptors run out?", NOFILE);
+
+        harness_step("and goes on following them");
+        int fd = client_connect_greeted("127.0.0.1", d->port, NULL, HELLOD_GREETING, HELLOD_ERR_BUSY);
+        client_hello(fd, "after");
+        client_close(fd);
+        unsigned long before = served;
+        while (active != 0 || served <= before) {
+                const char *msg = strstr(notify_wait(&n, "STATUS="), "STATUS=");
+                cr_assert_eq(sscanf(msg, "STATUS=%u active, %lu served, %lu refused", &active, &served, &refused), 3,
+                             "%s", msg);
+        }
+        hellod_stop_clean(d);
+        close(n.fd);
+        hellod_free(d);
+}
+
 /* Without NOTIFY_SOCKET the notifications are no-ops: nothing breaks. */
 Test(systemd, no_notify_socket_is_harmless, .timeout = 60) {
         const char *const env[] = { "WATCHDOG_USEC=100000", NULL };
