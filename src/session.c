@@ -88,7 +88,7 @@ Session *session_free(Session *s) {
         if (!s)
                 return NULL;
         session_proxy_end(s);
-        if (s->fd >= 0)
+        if (s->fd >= 0 && !s->fd_kept)
                 close(s->fd);
         proto_done(&s->proto);
         free(s->in);

@@ -94,6 +94,8 @@ static void *worker_main(void *arg) {
                         break;
                 keep_one_waiting(pool); /* before serving: the next client must not wait for us */
         }
+        if (pool->calls.leave)
+                pool->calls.leave(pool->calls.userdata, stopping(pool));
         keep_one_waiting(pool);
         pthread_mutex_lock(&pool->lock);
         w->next = pool->finished;

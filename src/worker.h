@@ -16,6 +16,10 @@ typedef struct WorkerCalls {
          * thread leaves (the pool stops, or workers_stale() said so). */
         void *(*wait)(void *userdata);
         void (*serve)(void *userdata, void *job);
+        /* leave: on the thread, just before it exits (after its last serve or wait): STOPPING
+         * when the pool stops, false when the thread was one too many waiting or of an old
+         * stack size. NULL: nothing to do. */
+        void (*leave)(void *userdata, bool stopping);
         void *userdata;
 } WorkerCalls;
 

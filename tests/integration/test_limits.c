@@ -95,6 +95,41 @@ Test(limits, max_connections, .timeout = 60) {
         hellod_free(d);
 }
 
+/* In the per-connection model a conversation's slot frees when the conversation ends, not when
+ * its lingering close does (at most 1 s later): the thread that served it keeps the
+ * half-closed socket while it goes on (src/perconn.c). And that socket still closes by itself,
+ * after the linger time, when the client keeps its end open and says nothing. */
+Test(limits, per_connection_slot_frees_when_the_conversation_ends, .timeout = 60) {
+        Hellod *d = hellod_start("workers = \"per-connection\";\nmax_connections = 1;\n");
+        int lingering, next, fds_before;
+
+        harness_step("a client says exit and keeps its end open");
+        lingering = connect_served(d->port, NULL);
+        fds_before = hellod_fd_count(d);
+        client_send_str(lingering, "exit\n");
+        client_expect_eof(lingering, false);
+
+        harness_step("the next client is served while that socket still lingers");
+        /* The slot frees just after the client sees its EOF: a busy answer may come first. */
+        next = client_connect_greeted("127.0.0.1", d->port, NULL, HELLOD_GREETING, HELLOD_ERR_BUSY);
+        cr_assert_geq(hellod_fd_count(d), fds_before + 1,
+                      "the next client was served only once the lingering socket had closed");
+        client_hello(next, "next");
+        client_close(next);
+
+        harness_step("the lingering socket closes within the linger time all the same");
+        int64_t start = harness_now_ms();
+        while (hellod_fd_count(d) >= fds_before) {
+                if (harness_now_ms() - start > 5000)
+                        hellod_fail(d, "hellod still holds %d descriptors (%d with the lingering client) after 5 s",
+                                    hellod_fd_count(d), fds_before);
+                harness_sleep_ms(20);
+        }
+        client_close(lingering);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 /* max_connections_per_ip counts per source address: 127.0.0.2 is not limited by 127.0.0.1. */
 Test(limits, max_connections_per_ip, .timeout = 60) {
         Hellod *d = hellod_start("max_connections_per_ip = 2;\n");

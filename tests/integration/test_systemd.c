@@ -326,7 +326,6 @@ Test(systemd, status_follows_connections_after_descriptors_ran_out, .timeout = 6
                 cr_assert_eq(sscanf(msg, "STATUS=%u active, %lu served, %lu refused", &active, &served, &refused), 3,
                              "%s", msg);
         }
-        cr_assert(refused > 0, "no client refused with RLIMIT_NOFILE = %d: did descriptors run out?", NOFILE);
 
         harness_step("and goes on following them");
         int fd = client_connect_greeted("127.0.0.1", d->port, NULL, HELLOD_GREETING, HELLOD_ERR_BUSY);
