@@ -39,6 +39,33 @@ static bool has_setting(const char *text, const char *key, unsigned value) {
         return false;
 }
 
+/* A reload's idle_timeout applies to the connections that come after it, and not to those
+ * already open. (The per-connection model hands the timeout to new connections through the
+ * listeners, src/perconn.c: a reload must change it there too.) */
+Test(lifecycle, sighup_reload_changes_idle_timeout_for_new_connections, .timeout = 60) {
+        Hellod *d = hellod_start("idle_timeout = 30;\ngreeting = \"Slow\";\n");
+        int old, fd;
+
+        old = client_connect(d->port);
+        client_expect_str(old, "Slow\r\n");
+
+        harness_step("reload with idle_timeout = 1");
+        hellod_write_config_std(d, "idle_timeout = 1;\ngreeting = \"Quick\";\n");
+        hellod_signal(d, SIGHUP);
+        fd = client_connect_greeted("127.0.0.1", d->port, NULL, "Quick\r\n", "Slow\r\n");
+        client_hello(fd, "new");
+
+        harness_step("the new connection idles out after 1 s; the old one does not");
+        client_expect_str(fd, HELLOD_ERR_IDLE);
+        client_expect_eof(fd, false);
+        client_close(fd);
+        client_expect_silence(old, 1500);
+        client_hello(old, "old");
+        client_close(old);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 /* SIGHUP re-reads the file: new connections get the new greeting, a broken file changes nothing. */
 Test(lifecycle, sighup_reload, .timeout = 60) {
         Hellod *d = hellod_start(NULL);
