@@ -52,11 +52,6 @@ typedef struct PerConn {
         Listener *listeners;          /* the server's set, copied */
         size_t n_listeners;
         uint32_t listen_gen;
-        /* idle_timeout as every listener's SO_RCVTIMEO, which accepted sockets inherit: a
-         * session's first read needs no setsockopt() of its own (0: not set). idle_usec is
-         * what the configuration says (the server thread's). */
-        uint64_t listen_rcvtimeo;
-        uint64_t idle_usec;
         /* overload = "queue": for each listener of the set, the clients accepted as another
          * thread took the last slot, oldest first. They wait here, as they would have in the
          * backlog, and their listener is armed again once none is left. */
@@ -154,8 +149,7 @@ static int feed(Session *s, size_t n, ProtoStatus *status, Timer *send_timer) {
 /* converse: greeting, then read → proto → write; returns 0 when the protocol ended the
  * session, or a negative errno when the connection failed under it. */
 static int converse(Session *s) {
-        Timer recv_timer = { .option = SO_RCVTIMEO, .armed = s->rcvtimeo_usec };
-        Timer send_timer = { .option = SO_SNDTIMEO };
+        Timer recv_timer = { .option = SO_RCVTIMEO }, send_timer = { .option = SO_SNDTIMEO };
         ProtoStatus status = PROTO_CONTINUE;
         uint64_t messages = s->proto.messages, now;
         int r;
@@ -285,7 +279,7 @@ static int msec_until(uint64_t deadline) {
 static bool proxy_header(Session *s) {
         const EngineHooks *hooks = &s->engine->hooks;
         const uint64_t deadline = now_usec() + SESSION_PROXY_TIMEOUT_USEC;
-        Timer recv_timer = { .option = SO_RCVTIMEO, .armed = s->rcvtimeo_usec };
+        Timer recv_timer = { .option = SO_RCVTIMEO };
         const char *reason = "no PROXY header in time";
         ProxyStatus status = PROXY_INVALID;
         ProxyHeader header;
@@ -304,7 +298,6 @@ static bool proxy_header(Session *s) {
                 if (status != PROXY_NEED_MORE)
                         break;
         }
-        s->rcvtimeo_usec = recv_timer.armed;
         if (!hooks->proxied(hooks->userdata, s, status == PROXY_NEED_MORE ? PROXY_INVALID : status, &header, reason))
                 return false;
         s->in_off = used;
@@ -404,7 +397,6 @@ static void admit_now(PerConn *p, size_t i, int fd, const struct sockaddr_storag
 
         if (s) {
                 s->engine = &p->engine;
-                s->rcvtimeo_usec = p->listen_rcvtimeo;
                 start_elsewhere(p, s);
         }
 }
@@ -433,7 +425,6 @@ static Session *resume(PerConn *p) {
                         }
                         if (s) {
                                 s->engine = &p->engine;
-                                s->rcvtimeo_usec = p->listen_rcvtimeo;
                                 if (mine)
                                         start_elsewhere(p, s);
                                 else
@@ -491,10 +482,8 @@ static Session *take_connection(PerConn *p, uint64_t key, bool *leave) {
                 uint64_t resumes = __atomic_load_n(&p->resumes, __ATOMIC_ACQUIRE);
                 bool queued = false;
                 int fd = listener_accept(l, SOCK_CLOEXEC, &peer, &kind, hooks->exhausted, hooks->userdata);
-                if (fd >= 0 && (s = hooks->admit(hooks->userdata, fd, (const struct sockaddr *) &peer, l, &queued))) {
+                if (fd >= 0 && (s = hooks->admit(hooks->userdata, fd, (const struct sockaddr *) &peer, l, &queued)))
                         s->engine = &p->engine;
-                        s->rcvtimeo_usec = p->listen_rcvtimeo;
-                }
                 /* Re-armed once this client is admitted, not before: the next thread's
                  * must_wait() then counts it (overload = "queue" queues, never refuses). A
                  * client that found the last slot taken by a thread of another listener waits
@@ -572,14 +561,6 @@ static void serve(void *userdata, void *job) {
         engine_session_done(s->engine, s);
 }
 
-/* set_listen_timeouts: idle_usec as SO_RCVTIMEO of every listener; under the write lock. */
-static void set_listen_timeouts(PerConn *p) {
-        p->listen_rcvtimeo = p->idle_usec;
-        for (size_t i = 0; i < p->n_listeners; i++)
-                if (set_timeout(p->listeners[i].fd, SO_RCVTIMEO, p->idle_usec) < 0)
-                        p->listen_rcvtimeo = 0; /* each session arms its own */
-}
-
 static void perconn_set_listeners(Engine *e, const ListenerSet *set) {
         PerConn *p = (PerConn *) e;
         Listener *copy = set->n ? calloc(set->n, sizeof(*copy)) : NULL;
@@ -605,7 +586,6 @@ static void perconn_set_listeners(Engine *e, const ListenerSet *set) {
         if (copy)
                 memcpy(copy, set->items, set->n * sizeof(*copy));
         p->listen_gen++;
-        set_listen_timeouts(p);
         for (size_t i = 0; i < p->n_listeners; i++)
                 listen_ctl(p, EPOLL_CTL_ADD, i);
         pthread_rwlock_unlock(&p->listen_lock);
@@ -660,16 +640,10 @@ static void perconn_reap(Engine *e) {
 }
 
 static void perconn_reconfigure(Engine *e, const Conf *old, const Conf *conf) {
-        PerConn *p = (PerConn *) e;
-
         (void) old;
         /* Threads of the old size leave as they finish, or before they accept; new ones get
          * the new size. */
-        workers_set_stack_size(p->workers, conf->worker_stack_size);
-        pthread_rwlock_wrlock(&p->listen_lock);
-        p->idle_usec = (uint64_t) conf->idle_timeout * 1000000u;
-        set_listen_timeouts(p);
-        pthread_rwlock_unlock(&p->listen_lock);
+        workers_set_stack_size(((PerConn *) e)->workers, conf->worker_stack_size);
 }
 
 static const EngineOps perconn_ops = {
@@ -713,7 +687,6 @@ int perconn_engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks)
         pthread_rwlockattr_destroy(&attr);
         pthread_mutex_init(&p->queue_lock, NULL);
         p->engine = (Engine) { .ops = &perconn_ops, .hooks = *hooks };
-        p->idle_usec = (uint64_t) conf->idle_timeout * 1000000u;
         r = open_control(p);
         if (r == 0)
                 r = workers_new(&p->workers, conf->worker_stack_size, PERCONN_MAX_IDLE,

@@ -57,7 +57,6 @@ typedef struct Session {
         /* Driver state, owned by the thread that drives the session. */
         struct Engine *engine;                   /* the driver, set by engine_add() */
         uint64_t deadline;                       /* usec: idle timeout, write timeout or end of linger */
-        uint64_t rcvtimeo_usec; /* perconn: the socket's SO_RCVTIMEO (inherited from its listener) */
         struct Session *timer_prev, *timer_next; /* pool: the loop's sessions, by deadline */
         struct Session *ready_next;              /* pool: kept input waiting for its turn */
         bool ready;                              /* pool: on the loop's ready list */

@@ -40,8 +40,7 @@ static bool has_setting(const char *text, const char *key, unsigned value) {
 }
 
 /* A reload's idle_timeout applies to the connections that come after it, and not to those
- * already open. (The per-connection model hands the timeout to new connections through the
- * listeners, src/perconn.c: a reload must change it there too.) */
+ * already open. */
 Test(lifecycle, sighup_reload_changes_idle_timeout_for_new_connections, .timeout = 60) {
         Hellod *d = hellod_start("idle_timeout = 30;\ngreeting = \"Slow\";\n");
         int old, fd;
