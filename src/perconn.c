@@ -35,9 +35,11 @@
  * generations starting at 1. */
 enum { KEY_STOP = 1, KEY_RESUME = 2 };
 
+/* A client queued by overload = "queue" (see PerConn.queued). */
 typedef struct Queued {
         int fd;
         struct sockaddr_storage peer;
+        Listener via; /* a copy: a client may outlive its listener set (a reload) */
         struct Queued *next;
 } Queued;
 
@@ -56,7 +58,8 @@ typedef struct PerConn {
          * thread took the last slot, oldest first. They wait here, as they would have in the
          * backlog, and their listener is armed again once none is left. */
         Queued **queued;
-        pthread_mutex_t queue_lock;
+        Queued *orphans; /* queued through listeners of an earlier set: admitted first */
+        pthread_mutex_t queue_lock; /* the lists of queued and orphans */
         uint64_t resumes; /* atomic: resume() calls begun */
 } PerConn;
 
@@ -223,8 +226,10 @@ static int converse(Session *s) {
  * thread half-closes, ends the session (its slot is free), and keeps the socket while it waits
  * for or serves its next connection: it reads what arrived without blocking whenever it comes
  * back to wait, and closes the socket at the client's EOF, after SESSION_LINGER_BYTES, or once
- * SESSION_LINGER_USEC have passed (its wait ends then at the latest). One socket per thread at
- * most; a thread about to exit closes its own (WorkerCalls.leave). */
+ * SESSION_LINGER_USEC have passed (its wait ends then at the latest; a deadline that passes
+ * while the thread serves is noticed after). One socket per thread at most: the next one
+ * waits for the previous one's end (carry). A thread about to exit ends its own lingering
+ * (WorkerCalls.leave), or closes it at once at the stop. */
 typedef struct Carried {
         int fd; /* -1: none */
         uint64_t deadline;
@@ -257,21 +262,34 @@ static uint64_t settle_carried(bool final) {
         return 0;
 }
 
-/* carry: S's FIN is sent; its socket lingers with this thread from now on (the one carried
- * so far closes first). S ends without closing it (S->fd stays as it is: the server may
- * still shutdown() it until S is done). */
-static void carry(Session *s) {
-        (void) settle_carried(true);
-        carried = (Carried) { .fd = s->fd, .deadline = now_usec() + SESSION_LINGER_USEC };
-        s->fd_kept = true;
-}
-
-/* msec_until: epoll_wait's timeout for DEADLINE (rounded up); -1 for none. */
+/* msec_until: a poll timeout for DEADLINE (rounded up); -1 for none. */
 static int msec_until(uint64_t deadline) {
         if (deadline == 0)
                 return -1;
         uint64_t now = now_usec();
         return now >= deadline ? 0 : (int) ((deadline - now + 999u) / 1000u);
+}
+
+/* finish_carried: the carried socket's lingering runs to its end here, waiting if need be;
+ * at once when NOW. */
+static void finish_carried(bool now) {
+        uint64_t deadline;
+
+        while (!now && (deadline = settle_carried(false)) != 0) {
+                struct pollfd pfd = { .fd = carried.fd, .events = POLLIN };
+                (void) poll(&pfd, 1, msec_until(deadline));
+        }
+        (void) settle_carried(true);
+}
+
+/* carry: S's FIN is sent; its socket lingers with this thread from now on. The one carried so
+ * far ends its lingering first: its client has had a whole session's time to close, and
+ * nearly always has, so this rarely waits. S ends without closing its socket (S->fd stays as
+ * it is: the server may still shutdown() it until S is done). */
+static void carry(Session *s) {
+        finish_carried(false);
+        carried = (Carried) { .fd = s->fd, .deadline = now_usec() + SESSION_LINGER_USEC };
+        s->fd_kept = true;
 }
 
 /* proxy_header: reads the PROXY header (at most SESSION_PROXY_TIMEOUT_USEC) and hands it to
@@ -346,107 +364,86 @@ static void arm(PerConn *p, size_t i) {
         listen_ctl(p, EPOLL_CTL_MOD, i);
 }
 
-/* queue_push: FD (from PEER) waits in listener I, at the FRONT (the client was the oldest)
- * or the back; false: out of memory. Under listen_lock (read). */
-static bool queue_push(PerConn *p, size_t i, int fd, const struct sockaddr_storage *peer, bool front) {
-        Queued *q = malloc(sizeof(*q));
-
-        if (!q)
-                return false;
-        *q = (Queued) { .fd = fd, .peer = *peer };
+/* queue_put: Q waits in the list *HEAD, at the FRONT (it was the oldest) or the back. */
+static void queue_put(PerConn *p, Queued **head, Queued *q, bool front) {
         pthread_mutex_lock(&p->queue_lock);
-        Queued **at = &p->queued[i];
-        while (!front && *at)
-                at = &(*at)->next;
-        q->next = *at;
-        *at = q;
+        while (!front && *head)
+                head = &(*head)->next;
+        q->next = *head;
+        *head = q;
         pthread_mutex_unlock(&p->queue_lock);
-        return true;
 }
 
-/* queue_pop: the oldest client waiting in listener I (-1: none), its address in *PEER. */
-static int queue_pop(PerConn *p, size_t i, struct sockaddr_storage *peer) {
+/* queue_take: the oldest client of the list *HEAD, or NULL. */
+static Queued *queue_take(PerConn *p, Queued **head) {
         pthread_mutex_lock(&p->queue_lock);
-        Queued *q = p->queued[i];
+        Queued *q = *head;
         if (q)
-                p->queued[i] = q->next;
+                *head = q->next;
         pthread_mutex_unlock(&p->queue_lock);
-        if (!q)
-                return -1;
-        int fd = q->fd;
-        *peer = q->peer;
-        free(q);
-        return fd;
+        return q;
 }
 
-/* start_elsewhere: S, admitted by a thread that serves another, gets a thread of its own. */
+/* start_elsewhere: S, admitted by a thread that serves another, gets a thread of its own; or
+ * the busy line, when no thread can be had. */
 static void start_elsewhere(PerConn *p, Session *s) {
-        int r = workers_run(p->workers, s);
-
-        if (r < 0) {
-                session_fail(s, r);
+        if (workers_run(p->workers, s) < 0) {
+                (void) send(s->fd, PROTO_ERR_BUSY, strlen(PROTO_ERR_BUSY), MSG_DONTWAIT | MSG_NOSIGNAL);
+                s->error = "out-of-threads";
                 engine_session_done(&p->engine, s);
         }
 }
 
-/* admit_now: FD, accepted from listener I, cannot wait (out of memory, or its listener goes
- * away): the server admits it if it can (on a thread of its own), else turns it away. */
-static void admit_now(PerConn *p, size_t i, int fd, const struct sockaddr_storage *peer) {
+/* admit_queue: the clients of the list *HEAD, oldest first, as long as slots are free: the
+ * first admitted goes to *MINE (for this thread to serve), the others get threads of their
+ * own. true when the list is empty now; false: every slot is taken again. */
+static bool admit_queue(PerConn *p, Queued **head, Session **mine) {
         const EngineHooks *hooks = &p->engine.hooks;
-        Session *s = hooks->admit(hooks->userdata, fd, (const struct sockaddr *) peer, &p->listeners[i], NULL);
+        Queued *q;
 
-        if (s) {
+        while ((q = queue_take(p, head))) {
+                bool queued = false;
+                Session *s = hooks->admit(hooks->userdata, q->fd, (const struct sockaddr *) &q->peer, &q->via, &queued);
+                if (queued) {
+                        queue_put(p, head, q, true);
+                        return false;
+                }
+                free(q);
+                if (!s)
+                        continue; /* turned away */
                 s->engine = &p->engine;
-                start_elsewhere(p, s);
+                if (*mine)
+                        start_elsewhere(p, s);
+                else
+                        *mine = s;
         }
+        return true;
 }
 
-/* resume: accepting resumes (a slot freed, or a pause ended): the clients queued in the
- * listeners are admitted first, then each listener without one is armed. Returns one client
+/* resume: accepting resumes (a slot freed, or a pause ended): the queued clients are admitted
+ * first, oldest first, then each listener without one waiting is armed. Returns one client
  * admitted for this thread to serve; the others admitted get threads of their own. */
 static Session *resume(PerConn *p) {
-        const EngineHooks *hooks = &p->engine.hooks;
         Session *mine = NULL;
 
         /* Counted before any queue is looked at: see take_connection(). */
         __atomic_add_fetch(&p->resumes, 1, __ATOMIC_ACQ_REL);
         pthread_rwlock_rdlock(&p->listen_lock);
-        for (size_t i = 0; i < p->n_listeners; i++) {
-                struct sockaddr_storage peer;
-                bool queued = false;
-                int fd;
-
-                while (!queued && (fd = queue_pop(p, i, &peer)) >= 0) {
-                        Session *s = hooks->admit(hooks->userdata, fd, (const struct sockaddr *) &peer,
-                                                  &p->listeners[i], &queued);
-                        if (queued && !queue_push(p, i, fd, &peer, true)) {
-                                admit_now(p, i, fd, &peer);
-                                queued = false;
-                        }
-                        if (s) {
-                                s->engine = &p->engine;
-                                if (mine)
-                                        start_elsewhere(p, s);
-                                else
-                                        mine = s;
-                        }
-                }
-                if (!queued) /* else still full: stays disarmed */
+        (void) admit_queue(p, &p->orphans, &mine);
+        for (size_t i = 0; i < p->n_listeners; i++)
+                if (admit_queue(p, &p->queued[i], &mine)) /* else still full: stays disarmed */
                         arm(p, i);
-        }
         pthread_rwlock_unlock(&p->listen_lock);
         return mine;
 }
 
-/* admit_all_queued: the listener set goes away: its queued clients are admitted now or
- * refused (the server decides), each served on a thread of its own. Under the write lock. */
-static void admit_all_queued(PerConn *p) {
+/* orphan_queued: the listener set goes away; its queued clients wait on, oldest first (their
+ * listeners' lists in turn: the order between listeners is not kept). Under the write lock. */
+static void orphan_queued(PerConn *p) {
         for (size_t i = 0; i < p->n_listeners; i++) {
-                struct sockaddr_storage peer;
-                int fd;
-
-                while ((fd = queue_pop(p, i, &peer)) >= 0)
-                        admit_now(p, i, fd, &peer);
+                Queued *q;
+                while ((q = queue_take(p, &p->queued[i])))
+                        queue_put(p, &p->orphans, q, false);
         }
 }
 
@@ -488,10 +485,14 @@ static Session *take_connection(PerConn *p, uint64_t key, bool *leave) {
                  * must_wait() then counts it (overload = "queue" queues, never refuses). A
                  * client that found the last slot taken by a thread of another listener waits
                  * in this one, disarmed until resume(). */
-                if (queued && !queue_push(p, i, fd, &peer, false)) {
-                        admit_now(p, i, fd, &peer);
+                Queued *q = queued ? malloc(sizeof(*q)) : NULL;
+                if (queued && !q) { /* cannot keep it waiting: the server decides now */
+                        if ((s = hooks->admit(hooks->userdata, fd, (const struct sockaddr *) &peer, l, NULL)))
+                                s->engine = &p->engine;
                         arm(p, i);
                 } else if (queued) {
+                        *q = (Queued) { .fd = fd, .peer = peer, .via = *l };
+                        queue_put(p, &p->queued[i], q, false);
                         /* A slot that freed after admit() said "full" may have been announced
                          * to a resume() that found no client queued here yet: once more. */
                         if (__atomic_load_n(&p->resumes, __ATOMIC_ACQUIRE) != resumes)
@@ -542,14 +543,8 @@ static void *wait_for_client(void *userdata) {
  * (a thread leaves when too many wait, or for a new stack size); at the stop, it closes at
  * once, as the process is going away. */
 static void thread_leaves(void *userdata, bool stopping) {
-        uint64_t deadline;
-
         (void) userdata;
-        while (!stopping && (deadline = settle_carried(false)) != 0) {
-                struct pollfd pfd = { .fd = carried.fd, .events = POLLIN };
-                (void) poll(&pfd, 1, msec_until(deadline));
-        }
-        (void) settle_carried(true);
+        finish_carried(stopping);
 }
 
 /* serve: WorkerCalls.serve: the whole session, then the engine's done path. */
@@ -573,7 +568,7 @@ static void perconn_set_listeners(Engine *e, const ListenerSet *set) {
                 queued = NULL;
         }
         pthread_rwlock_wrlock(&p->listen_lock);
-        admit_all_queued(p);
+        orphan_queued(p);
         for (size_t i = 0; i < p->n_listeners; i++)
                 (void) epoll_ctl(p->epoll_fd, EPOLL_CTL_DEL, p->listeners[i].fd, NULL);
         free(p->listeners);
@@ -610,11 +605,10 @@ static void perconn_free(PerConn *p) {
                 close(p->stop_fd);
         if (p->resume_fd >= 0)
                 close(p->resume_fd);
-        for (size_t i = 0; i < p->n_listeners; i++) {
-                struct sockaddr_storage peer;
-                int fd;
-                while ((fd = queue_pop(p, i, &peer)) >= 0) /* never greeted: like a client left in the backlog */
-                        close(fd);
+        orphan_queued(p);
+        for (Queued *q; (q = queue_take(p, &p->orphans));) {
+                close(q->fd); /* never greeted: like a client left in the backlog */
+                free(q);
         }
         pthread_rwlock_destroy(&p->listen_lock);
         pthread_mutex_destroy(&p->queue_lock);

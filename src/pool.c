@@ -86,7 +86,7 @@ typedef struct Loop {
          * as it would have in the backlog, until a slot frees; -1: none. */
         int queued_fd;
         struct sockaddr_storage queued_peer;
-        const Listener *queued_via; /* of the set in use */
+        Listener queued_via; /* a copy: the client may outlive its listener set (a reload) */
 } Loop;
 
 typedef struct Pool {
@@ -569,9 +569,8 @@ static void begin(Loop *l, Session *s) {
         (void) start(l, s);
 }
 
-/* admit_queued: the client queued in this loop, once a slot is free; or, FORCE, as the
- * listener set changes (its listener goes away): the server admits or refuses it then. */
-static void admit_queued(Loop *l, bool force) {
+/* admit_queued: the client queued in this loop, once a slot is free. */
+static void admit_queued(Loop *l) {
         const EngineHooks *hooks = hooks_of(l);
         int fd = l->queued_fd;
         bool queued = false;
@@ -579,8 +578,8 @@ static void admit_queued(Loop *l, bool force) {
         if (fd < 0)
                 return;
         l->queued_fd = -1;
-        Session *s = hooks->admit(hooks->userdata, fd, (const struct sockaddr *) &l->queued_peer, l->queued_via,
-                                  force ? NULL : &queued);
+        Session *s = hooks->admit(hooks->userdata, fd, (const struct sockaddr *) &l->queued_peer, &l->queued_via,
+                                  &queued);
         if (queued) {
                 l->queued_fd = fd;
                 l->waiting_slot = true;
@@ -593,7 +592,6 @@ static void admit_queued(Loop *l, bool force) {
  * up a new listener set, and attaches or detaches as accepting is allowed or not. */
 static void sync_listeners(Loop *l) {
         if (loopset_listen_gen(l->base.set) != l->listen_gen) {
-                admit_queued(l, true);
                 detach(l);
                 l->listen_gen = loopset_take_listeners(&l->base, &l->listening, &l->n_listening);
         }
@@ -630,12 +628,12 @@ static void on_listener(Loop *l, const Listener *via) {
                         }
                         return;
                 }
-                bool queued;
+                bool queued = false;
                 Session *s = hooks->admit(hooks->userdata, fd, (const struct sockaddr *) &peer, via, &queued);
                 if (queued) { /* another loop took the last slot since must_wait() */
                         l->queued_fd = fd;
                         l->queued_peer = peer;
-                        l->queued_via = via;
+                        l->queued_via = *via;
                         l->waiting_slot = true;
                         detach(l);
                         return;
@@ -671,7 +669,7 @@ static void on_wake(Loop *l) {
         }
         l->waiting_slot = false; /* try again: must_wait() says whether it is still full */
         if (!l->exiting)
-                admit_queued(l, false);
+                admit_queued(l);
         while (queued) {
                 Session *next = queued->timer_next;
                 queued->timer_next = NULL;

@@ -105,9 +105,16 @@ typedef struct Acceptor {
         struct sockaddr_storage peer;
         socklen_t peer_len;
         bool armed, cancelling;
-        int parked_fd; /* accepted while every slot was taken (overload = "queue"); -1: none */
-        struct sockaddr_storage parked_peer;
 } Acceptor;
+
+/* A client accepted while every slot was taken (overload = "queue"): it waits in its loop, as
+ * it would have in the backlog, until a slot frees. */
+typedef struct Parked {
+        int fd;
+        struct sockaddr_storage peer;
+        Listener via; /* a copy: the client may outlive its listener set (a reload) */
+        struct Parked *next;
+} Parked;
 
 typedef struct Loop {
         LoopBase base; /* first: the shared part (loopset.h); its eventfd is blocking here:
@@ -128,6 +135,7 @@ typedef struct Loop {
         unsigned n_obufs;
         size_t obuf_size;
         Acceptor *acc; /* one per listener of generation listen_gen */
+        Parked *parked; /* oldest first; accepting waits while one is there */
         size_t n_acc;
         unsigned acc_inflight; /* accepts the kernel holds */
         uint64_t listen_gen;
@@ -604,20 +612,31 @@ static bool accepting(const Loop *l) {
         return !l->exiting && !l->retiring && !l->waiting_slot && l->paused_until == 0;
 }
 
-/* admit: FD, accepted from A. With overload = "queue" and the last slot taken by another loop
- * since must_wait() (unless FORCE), it waits parked in A, as it would have in the backlog. */
-static void admit(Loop *l, Acceptor *a, int fd, const struct sockaddr_storage *peer, bool force) {
+/* park: FD (from PEER through VIA) waits for a slot, at the FRONT of the line (it was the
+ * oldest) or its back. false: out of memory (the caller still has FD). */
+static bool park(Loop *l, int fd, const struct sockaddr_storage *peer, const Listener *via, bool front) {
+        Parked *p = malloc(sizeof(*p)), **at = &l->parked;
+
+        if (!p)
+                return false;
+        *p = (Parked) { .fd = fd, .peer = *peer, .via = *via };
+        while (!front && *at)
+                at = &(*at)->next;
+        p->next = *at;
+        *at = p;
+        l->waiting_slot = true;
+        return true;
+}
+
+/* admit: FD, accepted from VIA. With overload = "queue" and the last slot taken by another loop
+ * since must_wait(), it is parked (at the FRONT when it was the oldest). */
+static void admit(Loop *l, int fd, const struct sockaddr_storage *peer, const Listener *via, bool front) {
         const EngineHooks *hooks = &l->base.set->engine.hooks;
         bool queued = false;
-        Session *s = hooks->admit(hooks->userdata, fd, (const struct sockaddr *) peer, a->via, force ? NULL : &queued);
+        Session *s = hooks->admit(hooks->userdata, fd, (const struct sockaddr *) peer, via, &queued);
 
-        if (queued) {
-                if (peer != &a->parked_peer)
-                        a->parked_peer = *peer;
-                a->parked_fd = fd;
-                l->waiting_slot = true;
-                return;
-        }
+        if (queued && !park(l, fd, peer, via, front)) /* cannot wait: the server decides now */
+                s = hooks->admit(hooks->userdata, fd, (const struct sockaddr *) peer, via, NULL);
         if (!s)
                 return;
         __atomic_add_fetch(&l->base.n_sessions, 1, __ATOMIC_RELAXED);
@@ -625,22 +644,14 @@ static void admit(Loop *l, Acceptor *a, int fd, const struct sockaddr_storage *p
         (void) start(l, s);
 }
 
-/* admit_parked: connections accepted while every slot was taken, once one is free (or the
- * listener set changes: the server decides then). */
-static void admit_parked(Loop *l, bool force) {
-        const EngineHooks *hooks = &l->base.set->engine.hooks;
-
-        for (size_t i = 0; i < l->n_acc; i++) {
-                Acceptor *a = &l->acc[i];
-                if (a->parked_fd < 0)
-                        continue;
-                if (!force && hooks->must_wait(hooks->userdata)) {
-                        l->waiting_slot = true;
-                        return;
-                }
-                int fd = a->parked_fd;
-                a->parked_fd = -1;
-                admit(l, a, fd, &a->parked_peer, force);
+/* admit_parked: the clients accepted while every slot was taken, oldest first, as long as
+ * slots are free. */
+static void admit_parked(Loop *l) {
+        while (l->parked && !l->waiting_slot) {
+                Parked *p = l->parked;
+                l->parked = p->next;
+                admit(l, p->fd, &p->peer, &p->via, true);
+                free(p);
         }
 }
 
@@ -656,14 +667,10 @@ static void on_accept(Loop *l, Acceptor *a, int res) {
                 return;
         }
         if (res >= 0) {
-                if (hooks->must_wait(hooks->userdata)) {
-                        /* Accepted a moment too late: it waits here, as in the backlog. */
-                        a->parked_fd = res;
-                        a->parked_peer = a->peer;
-                        l->waiting_slot = true;
+                /* Accepted a moment too late: it waits here, as in the backlog. */
+                if (hooks->must_wait(hooks->userdata) && park(l, res, &a->peer, a->via, false))
                         return;
-                }
-                admit(l, a, res, &a->peer, false);
+                admit(l, res, &a->peer, a->via, false);
                 return;
         }
         switch (listener_accept_error(-res)) {
@@ -700,7 +707,7 @@ static void acceptors_take(Loop *l) {
         if (n > 0 && (l->acc = calloc(n, sizeof(Acceptor)))) {
                 l->n_acc = n;
                 for (size_t i = 0; i < l->n_acc; i++)
-                        l->acc[i] = (Acceptor) { .loop = l, .via = &listeners[i], .parked_fd = -1 };
+                        l->acc[i] = (Acceptor) { .loop = l, .via = &listeners[i] };
         }
         bool failed = n > 0 && !l->acc;
         if (failed)
@@ -719,7 +726,6 @@ static void sync_listeners(Loop *l) {
         if (l->retiring || l->exiting)
                 acceptors_cancel(l);
         if (l->retiring && l->acc_inflight == 0) {
-                admit_parked(l, true);
                 l->retiring = false;
                 acceptors_take(l);
         }
@@ -728,7 +734,7 @@ static void sync_listeners(Loop *l) {
         if (!accepting(l))
                 return;
         for (size_t i = 0; i < l->n_acc; i++)
-                if (!l->acc[i].armed && l->acc[i].parked_fd < 0)
+                if (!l->acc[i].armed)
                         arm_accept(l, &l->acc[i]);
 }
 
@@ -758,7 +764,8 @@ static void on_wake(Loop *l, int res) {
                 reversed = next;
         }
         l->waiting_slot = false; /* must_wait() says whether it is still full */
-        admit_parked(l, false);
+        if (!l->exiting)
+                admit_parked(l);
 }
 
 static void dispatch(Loop *l, const Completion *cqe) {
@@ -829,9 +836,12 @@ static void loop_run(Loop *l) {
                 }
                 run_deadlines(l);
         }
-        for (size_t i = 0; i < l->n_acc; i++)
-                if (l->acc[i].parked_fd >= 0)
-                        close(l->acc[i].parked_fd);
+        while (l->parked) { /* never greeted: like clients left in the backlog */
+                Parked *p = l->parked;
+                l->parked = p->next;
+                close(p->fd);
+                free(p);
+        }
 }
 
 /* ---- setting up a loop's ring, on its own thread ---- */

@@ -94,9 +94,9 @@ static void *worker_main(void *arg) {
                         break;
                 keep_one_waiting(pool); /* before serving: the next client must not wait for us */
         }
+        keep_one_waiting(pool); /* first: leave() may take a while */
         if (pool->calls.leave)
                 pool->calls.leave(pool->calls.userdata, stopping(pool));
-        keep_one_waiting(pool);
         pthread_mutex_lock(&pool->lock);
         w->next = pool->finished;
         pool->finished = w;
