@@ -491,7 +491,11 @@ static Session *take_connection(PerConn *p, uint64_t key, bool *leave) {
                                 s->engine = &p->engine;
                         arm(p, i);
                 } else if (queued) {
-                        *q = (Queued) { .fd = fd, .peer = peer, .via = *l };
+                        q->fd = fd; /* field by field: a Queued literal would be a 0.6 KiB
+                                     * temporary on every accepting thread's stack */
+                        q->peer = peer;
+                        q->via = *l;
+                        q->next = NULL;
                         queue_put(p, &p->queued[i], q, false);
                         /* A slot that freed after admit() said "full" may have been announced
                          * to a resume() that found no client queued here yet: once more. */
