@@ -30,11 +30,12 @@ typedef struct EngineHooks {
         /* done: S has ended. Called on the thread that drove it, which never touches S again:
          * the hook owns it (logs, unregisters and frees it). */
         void (*done)(Session *s, void *userdata);
-        /* admit: FD was accepted (non-blocking) from VIA by the engine: the access lists and
-         * limits decide. Returns the registered session to start, or NULL: the client was
-         * turned away and FD is closed; or, when QUEUED is not NULL and *QUEUED is set,
-         * overload = "queue" found every slot taken: FD is still the engine's, to admit again
-         * (and accept nothing more) once the server calls engine_slot_freed(). must_wait()
+        /* admit: FD was accepted from VIA by the engine: the access lists and limits decide.
+         * Returns the registered session to start, or NULL: the client was turned away and FD
+         * is closed; or, when QUEUED is not NULL and *QUEUED is set, overload = "queue" found
+         * every slot taken: FD is still the engine's, to keep waiting (accepting nothing after
+         * it that could pass it) and admit again once the server calls engine_slot_freed(); VIA
+         * may be a copy, kept by the engine for that. must_wait()
          * spares the accept while the server is full; this decides, under the same lock that
          * takes the slot, for a client accepted while another thread took the last one. */
         Session *(*admit)(void *userdata, int fd, const struct sockaddr *peer, const Listener *via, bool *queued);

@@ -483,8 +483,8 @@ static Session *take_connection(PerConn *p, uint64_t key, bool *leave) {
                         s->engine = &p->engine;
                 /* Re-armed once this client is admitted, not before: the next thread's
                  * must_wait() then counts it (overload = "queue" queues, never refuses). A
-                 * client that found the last slot taken by a thread of another listener waits
-                 * in this one, disarmed until resume(). */
+                 * client that found every slot taken after all (by a thread of another
+                 * listener, or a resume()) waits in this one, disarmed until resume(). */
                 Queued *q = queued ? malloc(sizeof(*q)) : NULL;
                 if (queued && !q) { /* cannot keep it waiting: the server decides now */
                         if ((s = hooks->admit(hooks->userdata, fd, (const struct sockaddr *) &peer, l, NULL)))
@@ -657,15 +657,15 @@ static const EngineOps perconn_ops = {
 
 /* open_control: the epoll set, its stop eventfd and resume timerfd. */
 static int open_control(PerConn *p) {
-        struct epoll_event stop = { .events = EPOLLIN, .data.u64 = KEY_STOP };
-        struct epoll_event resume = { .events = EPOLLIN, .data.u64 = KEY_RESUME };
+        struct epoll_event stop_ev = { .events = EPOLLIN, .data.u64 = KEY_STOP };
+        struct epoll_event resume_ev = { .events = EPOLLIN, .data.u64 = KEY_RESUME };
 
         p->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
         p->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         p->resume_fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
         if (p->epoll_fd < 0 || p->stop_fd < 0 || p->resume_fd < 0 ||
-            epoll_ctl(p->epoll_fd, EPOLL_CTL_ADD, p->stop_fd, &stop) < 0 ||
-            epoll_ctl(p->epoll_fd, EPOLL_CTL_ADD, p->resume_fd, &resume) < 0)
+            epoll_ctl(p->epoll_fd, EPOLL_CTL_ADD, p->stop_fd, &stop_ev) < 0 ||
+            epoll_ctl(p->epoll_fd, EPOLL_CTL_ADD, p->resume_fd, &resume_ev) < 0)
                 return -errno;
         return 0;
 }

@@ -17,8 +17,8 @@ typedef struct WorkerCalls {
         void *(*wait)(void *userdata);
         void (*serve)(void *userdata, void *job);
         /* leave: on the thread, just before it exits (after its last serve or wait): STOPPING
-         * when the pool stops, false when the thread was one too many waiting or of an old
-         * stack size. NULL: nothing to do. */
+         * when the pool stops, false otherwise (one too many waiting, an old stack size, a
+         * wait that failed). NULL: nothing to do. */
         void (*leave)(void *userdata, bool stopping);
         void *userdata;
 } WorkerCalls;
