@@ -26,6 +26,7 @@
 
 #include "engine.h"
 #include "log.h"
+#include "queued.h"
 #include "worker.h"
 
 /* Waiting threads kept for the next connections; more leave after their session. */
@@ -34,14 +35,6 @@
 /* epoll data of the control descriptors; a listener's is (generation << 32) | its index,
  * generations starting at 1. */
 enum { KEY_STOP = 1, KEY_RESUME = 2 };
-
-/* A client queued by overload = "queue" (see PerConn.queued). */
-typedef struct Queued {
-        int fd;
-        struct sockaddr_storage peer;
-        Listener via; /* a copy: a client may outlive its listener set (a reload) */
-        struct Queued *next;
-} Queued;
 
 typedef struct PerConn {
         Engine engine; /* first: the engine is the driver */
@@ -57,8 +50,8 @@ typedef struct PerConn {
         /* overload = "queue": for each listener of the set, the clients accepted as another
          * thread took the last slot, oldest first. They wait here, as they would have in the
          * backlog, and their listener is armed again once none is left. */
-        Queued **queued;
-        Queued *orphans; /* queued through listeners of an earlier set: admitted first */
+        QueuedClient **queued;
+        QueuedClient *orphans; /* queued through listeners of an earlier set: admitted first */
         pthread_mutex_t queue_lock; /* the lists of queued and orphans */
         uint64_t resumes; /* atomic: resume() calls begun */
 } PerConn;
@@ -364,22 +357,16 @@ static void arm(PerConn *p, size_t i) {
         listen_ctl(p, EPOLL_CTL_MOD, i);
 }
 
-/* queue_put: Q waits in the list *HEAD, at the FRONT (it was the oldest) or the back. */
-static void queue_put(PerConn *p, Queued **head, Queued *q, bool front) {
+/* queue_put, queue_take: queued_put() and queued_take() under queue_lock. */
+static void queue_put(PerConn *p, QueuedClient **head, QueuedClient *q, bool front) {
         pthread_mutex_lock(&p->queue_lock);
-        while (!front && *head)
-                head = &(*head)->next;
-        q->next = *head;
-        *head = q;
+        queued_put(head, q, front);
         pthread_mutex_unlock(&p->queue_lock);
 }
 
-/* queue_take: the oldest client of the list *HEAD, or NULL. */
-static Queued *queue_take(PerConn *p, Queued **head) {
+static QueuedClient *queue_take(PerConn *p, QueuedClient **head) {
         pthread_mutex_lock(&p->queue_lock);
-        Queued *q = *head;
-        if (q)
-                *head = q->next;
+        QueuedClient *q = queued_take(head);
         pthread_mutex_unlock(&p->queue_lock);
         return q;
 }
@@ -397,9 +384,9 @@ static void start_elsewhere(PerConn *p, Session *s) {
 /* admit_queue: the clients of the list *HEAD, oldest first, as long as slots are free: the
  * first admitted goes to *MINE (for this thread to serve), the others get threads of their
  * own. true when the list is empty now; false: every slot is taken again. */
-static bool admit_queue(PerConn *p, Queued **head, Session **mine) {
+static bool admit_queue(PerConn *p, QueuedClient **head, Session **mine) {
         const EngineHooks *hooks = &p->engine.hooks;
-        Queued *q;
+        QueuedClient *q;
 
         while ((q = queue_take(p, head))) {
                 bool queued = false;
@@ -441,7 +428,7 @@ static Session *resume(PerConn *p) {
  * listeners' lists in turn: the order between listeners is not kept). Under the write lock. */
 static void orphan_queued(PerConn *p) {
         for (size_t i = 0; i < p->n_listeners; i++) {
-                Queued *q;
+                QueuedClient *q;
                 while ((q = queue_take(p, &p->queued[i])))
                         queue_put(p, &p->orphans, q, false);
         }
@@ -485,17 +472,12 @@ static Session *take_connection(PerConn *p, uint64_t key, bool *leave) {
                  * must_wait() then counts it (overload = "queue" queues, never refuses). A
                  * client that found every slot taken after all (by a thread of another
                  * listener, or a resume()) waits in this one, disarmed until resume(). */
-                Queued *q = queued ? malloc(sizeof(*q)) : NULL;
+                QueuedClient *q = queued ? queued_new(fd, &peer, l) : NULL;
                 if (queued && !q) { /* cannot keep it waiting: the server decides now */
                         if ((s = hooks->admit(hooks->userdata, fd, (const struct sockaddr *) &peer, l, NULL)))
                                 s->engine = &p->engine;
                         arm(p, i);
                 } else if (queued) {
-                        q->fd = fd; /* field by field: a Queued literal would be a 0.6 KiB
-                                     * temporary on every accepting thread's stack */
-                        q->peer = peer;
-                        q->via = *l;
-                        q->next = NULL;
                         queue_put(p, &p->queued[i], q, false);
                         /* A slot that freed after admit() said "full" may have been announced
                          * to a resume() that found no client queued here yet: once more. */
@@ -563,7 +545,7 @@ static void serve(void *userdata, void *job) {
 static void perconn_set_listeners(Engine *e, const ListenerSet *set) {
         PerConn *p = (PerConn *) e;
         Listener *copy = set->n ? calloc(set->n, sizeof(*copy)) : NULL;
-        Queued **queued = set->n ? calloc(set->n, sizeof(*queued)) : NULL;
+        QueuedClient **queued = set->n ? calloc(set->n, sizeof(*queued)) : NULL;
 
         if (!copy != !queued) {
                 free(copy);
@@ -610,10 +592,7 @@ static void perconn_free(PerConn *p) {
         if (p->resume_fd >= 0)
                 close(p->resume_fd);
         orphan_queued(p);
-        for (Queued *q; (q = queue_take(p, &p->orphans));) {
-                close(q->fd); /* never greeted: like a client left in the backlog */
-                free(q);
-        }
+        queued_close_all(&p->orphans); /* no thread is left to take the lock */
         pthread_rwlock_destroy(&p->listen_lock);
         pthread_mutex_destroy(&p->queue_lock);
         free(p->queued);

@@ -50,6 +50,7 @@
 #include "engine.h"
 #include "log.h"
 #include "loopset.h"
+#include "queued.h"
 
 #define SQ_ENTRIES 256
 #define CQ_ENTRIES 4096
@@ -107,15 +108,6 @@ typedef struct Acceptor {
         bool armed, cancelling;
 } Acceptor;
 
-/* A client accepted while every slot was taken (overload = "queue"): it waits in its loop, as
- * it would have in the backlog, until a slot frees. */
-typedef struct Parked {
-        int fd;
-        struct sockaddr_storage peer;
-        Listener via; /* a copy: the client may outlive its listener set (a reload) */
-        struct Parked *next;
-} Parked;
-
 typedef struct Loop {
         LoopBase base; /* first: the shared part (loopset.h); its eventfd is blocking here:
                         * io_uring reads it rather than failing with EAGAIN */
@@ -135,7 +127,7 @@ typedef struct Loop {
         unsigned n_obufs;
         size_t obuf_size;
         Acceptor *acc; /* one per listener of generation listen_gen */
-        Parked *parked; /* oldest first; accepting waits while one is there */
+        QueuedClient *parked; /* overload = "queue" (queued.h); accepting waits while one is there */
         size_t n_acc;
         unsigned acc_inflight; /* accepts the kernel holds */
         uint64_t listen_gen;
@@ -615,15 +607,11 @@ static bool accepting(const Loop *l) {
 /* park: FD (from PEER through VIA) waits for a slot, at the FRONT of the line (it was the
  * oldest) or its back. false: out of memory (the caller still has FD). */
 static bool park(Loop *l, int fd, const struct sockaddr_storage *peer, const Listener *via, bool front) {
-        Parked *p = malloc(sizeof(*p)), **at = &l->parked;
+        QueuedClient *q = queued_new(fd, peer, via);
 
-        if (!p)
+        if (!q)
                 return false;
-        *p = (Parked) { .fd = fd, .peer = *peer, .via = *via };
-        while (!front && *at)
-                at = &(*at)->next;
-        p->next = *at;
-        *at = p;
+        queued_put(&l->parked, q, front);
         l->waiting_slot = true;
         return true;
 }
@@ -648,10 +636,9 @@ static void admit(Loop *l, int fd, const struct sockaddr_storage *peer, const Li
  * slots are free. */
 static void admit_parked(Loop *l) {
         while (l->parked && !l->waiting_slot) {
-                Parked *p = l->parked;
-                l->parked = p->next;
-                admit(l, p->fd, &p->peer, &p->via, true);
-                free(p);
+                QueuedClient *q = queued_take(&l->parked);
+                admit(l, q->fd, &q->peer, &q->via, true);
+                free(q);
         }
 }
 
@@ -836,12 +823,7 @@ static void loop_run(Loop *l) {
                 }
                 run_deadlines(l);
         }
-        while (l->parked) { /* never greeted: like clients left in the backlog */
-                Parked *p = l->parked;
-                l->parked = p->next;
-                close(p->fd);
-                free(p);
-        }
+        queued_close_all(&l->parked);
 }
 
 /* ---- setting up a loop's ring, on its own thread ---- */
