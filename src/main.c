@@ -214,24 +214,25 @@ int main(int argc, char *argv[]) {
                 .config_defaulted = defaulted,
                 .log_level_override = arg_log_level,
         };
-        r = server_new(&server, conf, &opts, &inherited, &store);
+        r = server_new(&server, conf, &opts, &inherited);
         if (r < 0) {
                 code = EXIT_RUNTIME;
                 goto out;
         }
-        /* The listeners are bound (ports below 1024 need root): now stop being root. */
+        /* The listeners are bound (ports below 1024 need root): now stop being root, before
+         * server_run() serves the first client. */
         r = privileges_drop(conf->user, conf->group, err, sizeof(err));
         if (r < 0) {
                 log_error("cannot drop privileges: %s", err);
                 code = EXIT_RUNTIME;
                 goto out;
         }
-        r = server_run(server);
+        r = server_run(server, &store);
         code = r < 0 ? EXIT_RUNTIME : EXIT_OK;
 out:
         server_free(server);
         listener_set_done(&inherited);
-        /* Left in the store (server_new() took what it resumed): a start that failed leaves
+        /* Left in the store (server_run() took what it resumed): a start that failed leaves
          * the conversations to the next attempt. */
         inherited_store_done(&store);
         conf_unref(conf);

@@ -805,9 +805,14 @@ static void log_started(Server *s) {
                    s->activated ? "serving the sockets passed by systemd:" : "listening on", names);
 }
 
-int server_run(Server *s) {
+static void resume(Server *s, InheritedStore *store);
+
+int server_run(Server *s, InheritedStore *store) {
         int r = 0;
 
+        if (store)
+                resume(s, store);
+        engine_set_listeners(s->engine, &s->listeners);
         log_started(s);
         ready(s);
         s->watchdog_usec = notify_watchdog_usec();
@@ -1030,7 +1035,7 @@ static void resume(Server *s, InheritedStore *store) {
                            c.fresh, c.fresh == 1 ? "" : "s", c.refused);
 }
 
-int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet *inherited, InheritedStore *store) {
+int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet *inherited) {
         Server *s = calloc(1, sizeof(*s));
         char err[512];
         sigset_t set;
@@ -1100,9 +1105,6 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
                         goto fail;
                 }
         }
-        if (store)
-                resume(s, store);
-        engine_set_listeners(s->engine, &s->listeners);
         *ret = s;
         return 0;
 fail:

@@ -22,15 +22,17 @@ typedef struct Server Server;
  * thread (before any thread starts) with server_block_signals(). */
 int server_block_signals(void);
 
-/* server_new: takes a reference to CONF. Serves INHERITED (socket activation; the set is
- * moved into the server) when it is not empty, else binds the listeners CONF names, and
- * resumes the conversations STORE holds (handed over by the previous process, or kept across a
- * crash; what it takes is moved out of STORE). On failure returns a negative errno, having
- * logged why (e.g. "cannot listen on 127.0.0.1:9999: Address already in use"). */
-int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet *inherited, InheritedStore *store);
+/* server_new: takes a reference to CONF. Takes INHERITED (socket activation; the set is moved
+ * into the server) when it is not empty, else binds the listeners CONF names. Nothing is
+ * accepted or served yet: clients wait in the backlog until server_run(), so that the caller
+ * can drop its privileges in between. On failure returns a negative errno, having logged why
+ * (e.g. "cannot listen on 127.0.0.1:9999: Address already in use"). */
+int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet *inherited);
 
-/* server_run: serves until SIGTERM/SIGINT, then drains; returns 0, or a negative errno on a
- * failure that stops the daemon. */
-int server_run(Server *s);
+/* server_run: resumes the conversations STORE holds (handed over by the previous process, or
+ * kept across a crash; what it takes is moved out of STORE), accepts and serves until
+ * SIGTERM/SIGINT, then drains; returns 0, or a negative errno on a failure that stops the
+ * daemon. */
+int server_run(Server *s, InheritedStore *store);
 
 Server *server_free(Server *s);

@@ -278,6 +278,46 @@ Test(access, root_drops_to_user_and_group, .timeout = 60) {
         hellod_free(d);
 }
 
+/* The listeners are bound as root, but nothing is served before the privileges are dropped:
+ * clients that connect the moment the port is bound wait in the backlog, and are greeted by a
+ * process that is already nobody. Each client is logged when its session opens (debug), so
+ * the order of the two lines on stderr says which came first. */
+Test(access, nothing_is_served_before_privileges_are_dropped, .timeout = 60) {
+        enum { EARLY = 8 };
+        Hellod *d = hellod_new();
+        int fds[EARLY];
+        int64_t deadline;
+        int n = 0;
+
+        cr_assert_eq(geteuid(), 0, "this test checks what hellod does when started as root");
+        hellod_write_config_std(d, "user = \"nobody\";\ngroup = \"nogroup\";\nlog_level = \"debug\";\n");
+        hellod_spawn(d, NULL);
+        deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;
+        while (n < EARLY && harness_now_ms() < deadline) { /* no pause: the first moment it listens */
+                int fd = client_try_connect("127.0.0.1", d->port, NULL);
+                if (fd >= 0)
+                        fds[n++] = fd;
+                else if (fd != -ECONNREFUSED)
+                        hellod_fail(d, "connect(127.0.0.1:%u): %s", (unsigned) d->port, strerror(-fd));
+                else if (!hellod_alive(d))
+                        hellod_fail(d, "hellod exited before it listened");
+        }
+        cr_assert_eq(n, EARLY, "hellod did not listen within %d ms", HARNESS_TIMEOUT_MS);
+        for (int i = 0; i < n; i++) {
+                client_expect_str(fds[i], HELLOD_GREETING);
+                client_close(fds[i]);
+        }
+        hellod_wait_stderr(d, "connection 1 from");
+        hellod_wait_stderr(d, "dropped privileges to uid 65534");
+        char *err = hellod_stderr(d);
+        const char *dropped = strstr(err, "dropped privileges to uid 65534");
+        const char *served = strstr(err, "connection 1 from");
+        cr_assert(dropped < served, "a client was served before the privileges were dropped:\n%s", err);
+        free(err);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 /* A user that does not exist is a configuration error (78), found by the start-time checks that
  * `hellod -t` runs too. */
 Test(access, unknown_user_is_a_config_error, .timeout = 60) {
