@@ -167,7 +167,11 @@ void report_text(const Result *r) {
                 printf("  %-10s pid %ld: CPU %.1f %% (%.2f µs per %s), RSS %.1f MiB, %u thread%s\n",
                        "server", (long) o->pid, server_pct, per_op, what,
                        (double) r->server_rss_kib / 1024, r->server_threads, threads_s);
-        printf("  %-10s CPU %.1f %%\n", "client", client_pct);
+        if (o->scenario == SCENARIO_HOLD || !r->completed)
+                printf("  %-10s CPU %.1f %%\n", "client", client_pct);
+        else
+                printf("  %-10s CPU %.1f %% (%.2f µs per %s)\n", "client", client_pct,
+                       1e6 * r->client_cpu_s / (double) r->completed, what);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -230,8 +234,9 @@ void report_json(const Result *r) {
                 json_string(r->sample[k]);
                 first = false;
         }
-        printf("},\"client_cpu_percent\":%.1f,\"server\":",
-               r->measured_s > 0 ? 100 * r->client_cpu_s / r->measured_s : 0);
+        printf("},\"client_cpu_percent\":%.1f,\"client_cpu_us_per_op\":%.3f,\"server\":",
+               r->measured_s > 0 ? 100 * r->client_cpu_s / r->measured_s : 0,
+               r->completed ? 1e6 * r->client_cpu_s / (double) r->completed : 0);
         if (!r->server_ok) {
                 printf("null");
         } else {
