@@ -127,12 +127,17 @@ static void text_errors(const Result *r) {
                                r->sample[k]);
 }
 
+/* us_per_op: CPU_S seconds of CPU time per completed request or session, in µs (0: none). */
+static double us_per_op(const Result *r, double cpu_s) {
+        return r->completed ? 1e6 * cpu_s / (double) r->completed : 0;
+}
+
 void report_text(const Result *r) {
         const Options *o = r->opt;
         const char *what = o->scenario == SCENARIO_CHURN ? "session" : "request";
         double server_pct = r->measured_s > 0 ? 100 * r->server_cpu_s / r->measured_s : 0;
         double client_pct = r->measured_s > 0 ? 100 * r->client_cpu_s / r->measured_s : 0;
-        double per_op = r->completed ? 1e6 * r->server_cpu_s / (double) r->completed : 0;
+        double per_op = us_per_op(r, r->server_cpu_s);
         const char *threads_s = r->server_threads == 1 ? "" : "s";
 
         printf("hellod-bench %s: %s, %s framing, %u connection%s on %u thread%s",
@@ -171,7 +176,7 @@ void report_text(const Result *r) {
                 printf("  %-10s CPU %.1f %%\n", "client", client_pct);
         else
                 printf("  %-10s CPU %.1f %% (%.2f µs per %s)\n", "client", client_pct,
-                       1e6 * r->client_cpu_s / (double) r->completed, what);
+                       us_per_op(r, r->client_cpu_s), what);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -236,14 +241,14 @@ void report_json(const Result *r) {
         }
         printf("},\"client_cpu_percent\":%.1f,\"client_cpu_us_per_op\":%.3f,\"server\":",
                r->measured_s > 0 ? 100 * r->client_cpu_s / r->measured_s : 0,
-               r->completed ? 1e6 * r->client_cpu_s / (double) r->completed : 0);
+               us_per_op(r, r->client_cpu_s));
         if (!r->server_ok) {
                 printf("null");
         } else {
                 printf("{\"pid\":%ld,\"cpu_percent\":%.1f,\"cpu_us_per_op\":%.3f,\"rss_kib\":%" PRIu64
                        ",\"server_threads\":%u}",
                        (long) o->pid, r->measured_s > 0 ? 100 * r->server_cpu_s / r->measured_s : 0,
-                       r->completed ? 1e6 * r->server_cpu_s / (double) r->completed : 0,
+                       us_per_op(r, r->server_cpu_s),
                        r->server_rss_kib, r->server_threads);
         }
         if (o->scenario == SCENARIO_HOLD) {
