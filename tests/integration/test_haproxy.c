@@ -176,6 +176,22 @@ static void haproxy_stop(Haproxy *h) {
         h->pid = 0;
 }
 
+/* haproxy_expect_running: fails with HAProxy's own words if it has exited (a port taken between
+ * the pick and its bind, a refused certificate), rather than timing out on its silence later. */
+static void haproxy_expect_running(Haproxy *h) {
+        char err[400];
+        int status;
+        pid_t r = waitpid(h->pid, &status, WNOHANG);
+
+        if (r == 0)
+                return;
+        h->pid = 0;
+        (void) snprintf(err, sizeof(err), "%s/haproxy.err", h->dir);
+        if (r > 0 && WIFEXITED(status))
+                harness_fail("haproxy exited with status %d: %s", WEXITSTATUS(status), harness_read_file(err, NULL));
+        harness_fail("haproxy ended (wait status %d): %s", r > 0 ? status : -1, harness_read_file(err, NULL));
+}
+
 /* stats_query: COMMAND on the stats socket, the whole answer (malloc'd); NULL if the socket is
  * not there yet or refuses. Every wait is bounded. */
 static char *stats_query(const Haproxy *h, const char *command) {
@@ -268,24 +284,32 @@ static const char *server_stat(const char *stats, const char *server, const char
 
 /* wait_server: until the stats say SERVER is STATUS ("UP", "DOWN") with check result CHECK
  * ("L7OK": the greeting was seen; "L4CON": refused), bounded. */
-static void wait_server(const Haproxy *h, const char *server, const char *status, const char *check) {
+static void wait_server(Haproxy *h, const char *server, const char *status, const char *check) {
         int64_t deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;
         char got_status[64] = "", got_check[64] = "";
+        bool answered = false;
 
         harness_step("wait for server %s: %s, %s", server, status, check);
         for (;;) {
                 char *stats = stats_query(h, "show stat\n");
 
                 if (stats) {
+                        answered = true;
                         server_stat(stats, server, "status", got_status, sizeof(got_status));
                         server_stat(stats, server, "check_status", got_check, sizeof(got_check));
                         free(stats);
                         if (strcmp(got_status, status) == 0 && strcmp(got_check, check) == 0)
                                 return;
-                }
-                if (harness_now_ms() > deadline)
+                } else
+                        haproxy_expect_running(h);
+                if (harness_now_ms() > deadline) {
+                        if (!answered)
+                                harness_fail("the stats socket %s never answered in %d ms (haproxy is "
+                                             "running)",
+                                             h->stats, HARNESS_TIMEOUT_MS);
                         harness_fail("server %s is '%s' (check '%s'), not %s (%s), after %d ms", server,
                                      got_status, got_check, status, check, HARNESS_TIMEOUT_MS);
+                }
                 harness_sleep_ms(50);
         }
 }
