@@ -92,6 +92,10 @@ struct Engine {
         EngineHooks hooks;
 };
 
+/* workers = "per-connection": waiting threads kept for the next connections; more leave after
+ * their session. */
+#define PERCONN_MAX_IDLE 64
+
 /* The drivers. Each returns 0 or a negative errno. */
 int pool_engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks);
 int perconn_engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks);

@@ -29,9 +29,6 @@
 #include "queued.h"
 #include "worker.h"
 
-/* Waiting threads kept for the next connections; more leave after their session. */
-#define PERCONN_MAX_IDLE 64
-
 /* epoll data of the control descriptors; a listener's is (generation << 32) | its index,
  * generations starting at 1. */
 enum { KEY_STOP = 1, KEY_RESUME = 2 };

@@ -7,15 +7,22 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "engine.h"
 #include "listener.h"
 #include "log.h"
 #include "privileges.h"
 #include "session.h"
 
 unsigned long long preflight_fds_needed(const Conf *conf) {
+        unsigned long long clients = conf->max_connections, base = clients + conf->n_listen + PREFLIGHT_FD_OVERHEAD;
+
         /* Each pool loop holds an epoll and an eventfd. */
-        return (unsigned long long) conf->max_connections + conf->n_listen + 2ULL * conf->workers +
-               PREFLIGHT_FD_OVERHEAD;
+        if (conf->workers > 0)
+                return base + 2ULL * conf->workers;
+        /* A thread per connection: an epoll, an eventfd and a timerfd; and each thread, serving
+         * or waiting, may still hold its previous client's socket for the lingering close
+         * (perconn.c), at worst for a second. */
+        return base + 3 + clients + PERCONN_MAX_IDLE;
 }
 
 static unsigned long long physical_memory(void) {

@@ -11,8 +11,9 @@
 /* Descriptors the daemon needs besides its clients: signalfd, reserve, stdio, journal... */
 #define PREFLIGHT_FD_OVERHEAD 32
 
-/* preflight_fds_needed: descriptors for max_connections clients, the listeners and the
- * workers' event loops. */
+/* preflight_fds_needed: descriptors for max_connections clients (and, with a thread per
+ * connection, the sockets their threads still linger on), the listeners and the workers' event
+ * loops. */
 unsigned long long preflight_fds_needed(const Conf *conf);
 
 /* preflight_check: what would make the start fail: `user` and `group` must exist, `listen`

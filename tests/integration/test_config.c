@@ -250,6 +250,25 @@ Test(config, check_shows_limit_warnings, .timeout = 60) {
         cr_assert(exited_with(status, HELLOD_EXIT_OK), "status %d\n%s", status, err);
         cr_expect(strstr(err, "open-files limit is 1024"), "no open-files warning:\n%s", err);
         free(err);
+
+        /* A thread per connection may hold two sockets at once: its client's, and the previous
+         * client's lingering close (perconn.c), so 600 clients fit 1024 in a pool only. */
+        harness_step("the open-files limit, counting the per-connection model's lingering sockets");
+        for (int per_connection = 0; per_connection <= 1; per_connection++) {
+                hellod_write_config_std(d, per_connection ? "max_connections = 600;\nworkers = \"per-connection\";\n"
+                                                          : "max_connections = 600;\nworkers = 2;\n");
+                status = harness_run(&(HarnessSpawn) {
+                        .argv = (const char *const[]) { harness_env_path("HELLOD_BIN"), "-t", "-c", d->conf_path, NULL },
+                        .stdout_path = d->stdout_path,
+                        .stderr_path = d->stderr_path,
+                        .nofile = 1024,
+                }, HARNESS_TIMEOUT_MS);
+                err = hellod_stderr(d);
+                cr_assert(exited_with(status, HELLOD_EXIT_OK), "status %d\n%s", status, err);
+                cr_expect(!strstr(err, "open-files limit") == !per_connection, "%s: %s warning:\n%s",
+                          per_connection ? "per-connection" : "pool", per_connection ? "no" : "an", err);
+                free(err);
+        }
         hellod_free(d);
 }
 
