@@ -368,14 +368,18 @@ static QueuedClient *queue_take(PerConn *p, QueuedClient **head) {
         return q;
 }
 
+/* turn_away: S, admitted, gets the busy line instead of a thread: none can be had. */
+static void turn_away(PerConn *p, Session *s) {
+        (void) send(s->fd, PROTO_ERR_BUSY, strlen(PROTO_ERR_BUSY), MSG_DONTWAIT | MSG_NOSIGNAL);
+        s->error = "out-of-threads";
+        engine_session_done(&p->engine, s);
+}
+
 /* start_elsewhere: S, admitted by a thread that serves another, gets a thread of its own; or
  * the busy line, when no thread can be had. */
 static void start_elsewhere(PerConn *p, Session *s) {
-        if (workers_run(p->workers, s) < 0) {
-                (void) send(s->fd, PROTO_ERR_BUSY, strlen(PROTO_ERR_BUSY), MSG_DONTWAIT | MSG_NOSIGNAL);
-                s->error = "out-of-threads";
-                engine_session_done(&p->engine, s);
-        }
+        if (workers_run(p->workers, s) < 0)
+                turn_away(p, s);
 }
 
 /* admit_queue: the clients of the list *HEAD, oldest first, as long as slots are free: the
@@ -530,6 +534,11 @@ static void thread_leaves(void *userdata, bool stopping) {
         finish_carried(stopping);
 }
 
+/* refuse: WorkerCalls.refuse: no other thread could be started to accept after this one. */
+static void refuse(void *userdata, void *job) {
+        turn_away(userdata, job);
+}
+
 /* serve: WorkerCalls.serve: the whole session, then the engine's done path. */
 static void serve(void *userdata, void *job) {
         Session *s = job;
@@ -664,8 +673,8 @@ int perconn_engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks)
         r = open_control(p);
         if (r == 0)
                 r = workers_new(&p->workers, conf->worker_stack_size, PERCONN_MAX_IDLE,
-                                &(WorkerCalls) { .wait = wait_for_client, .serve = serve, .leave = thread_leaves,
-                                                 .userdata = p });
+                                &(WorkerCalls) { .wait = wait_for_client, .serve = serve, .refuse = refuse,
+                                                 .leave = thread_leaves, .userdata = p });
         if (r == 0 && (r = workers_start(p->workers)) < 0)
                 p->workers = workers_free(p->workers);
         if (r < 0) {

@@ -16,6 +16,8 @@ typedef struct Worker {
         struct Workers *pool;
         void *first;         /* the job it was started with (workers_run), or NULL */
         size_t stack_size;   /* what it was created with */
+        bool pinned;         /* no other thread waits and none could be started: it stays,
+                              * whatever its stack size (stale) */
         struct Worker *next; /* on the finished list */
 } Worker;
 
@@ -46,20 +48,34 @@ static bool stopping(Workers *pool) {
         return __atomic_load_n(&pool->stopping, __ATOMIC_ACQUIRE);
 }
 
-/* stale: W was created with a stack size that is no longer the pool's. */
+/* stale: W was created with a stack size that is no longer the pool's (and may leave). */
 static bool stale(Workers *pool, const Worker *w) {
-        return w->stack_size != __atomic_load_n(&pool->stack_size, __ATOMIC_RELAXED);
+        return !w->pinned && w->stack_size != __atomic_load_n(&pool->stack_size, __ATOMIC_RELAXED);
 }
 
 /* keep_one_waiting: called by a thread about to serve or to leave (still counted alive, so
- * that the pool cannot be freed meanwhile); starts a waiting thread when none waits. */
-static void keep_one_waiting(Workers *pool) {
+ * that the pool cannot be freed meanwhile); starts a waiting thread when none waits. false
+ * when none waits and none could be started (TasksMax, RLIMIT_NPROC, memory): the caller is
+ * then the only thread left to accept, and must neither serve nor leave. */
+static bool keep_one_waiting(Workers *pool) {
         if (stopping(pool) || __atomic_load_n(&pool->n_waiting, __ATOMIC_ACQUIRE) > 0)
-                return;
+                return true;
         unsigned suppressed;
         int r = spawn(pool, NULL);
-        if (r < 0 && ratelimit_allow(&pool->spawn_log, &suppressed))
-                log_warning_errno(r, "cannot start a worker thread to accept connections");
+        if (r >= 0)
+                return true;
+        if (ratelimit_allow(&pool->spawn_log, &suppressed))
+                log_warning_errno(r, "cannot start a worker thread to accept connections; new clients are "
+                                     "turned away as busy until one can be");
+        return false;
+}
+
+/* may_leave: whether W, about to leave (one too many waiting, an old stack size, a wait that
+ * failed), can: only if another thread waits or can be started. Otherwise W stays pinned to
+ * the pool, so that a client never meets a pool where no thread accepts. */
+static bool may_leave(Workers *pool, Worker *w) {
+        w->pinned = !keep_one_waiting(pool);
+        return !w->pinned;
 }
 
 /* wait_again: whether the thread W may wait for another connection; if so it is counted
@@ -85,16 +101,29 @@ static void *worker_main(void *arg) {
         for (;;) {
                 if (job)
                         pool->calls.serve(pool->calls.userdata, job);
-                if (!counted && !wait_again(pool, w))
-                        break;
+                w->pinned = false; /* each session (or refusal) tries again to start a thread */
+                if (!counted && !wait_again(pool, w)) {
+                        if (may_leave(pool, w))
+                                break;
+                        __atomic_add_fetch(&pool->n_waiting, 1, __ATOMIC_ACQ_REL);
+                }
                 counted = false;
                 job = pool->calls.wait(pool->calls.userdata);
                 __atomic_sub_fetch(&pool->n_waiting, 1, __ATOMIC_ACQ_REL);
-                if (!job)
-                        break;
-                keep_one_waiting(pool); /* before serving: the next client must not wait for us */
+                if (!job) {
+                        if (stopping(pool) || may_leave(pool, w))
+                                break;
+                        continue;
+                }
+                /* Before serving: the next client must not wait for us. Where no thread can
+                 * be had, serving this client would leave nobody to accept the next ones, who
+                 * would wait unanswered: this one is turned away instead, and the thread
+                 * stays to accept (and turn away) until a thread can be started again. */
+                if (!keep_one_waiting(pool)) {
+                        pool->calls.refuse(pool->calls.userdata, job);
+                        job = NULL;
+                }
         }
-        keep_one_waiting(pool); /* first: leave() may take a while */
         if (pool->calls.leave)
                 pool->calls.leave(pool->calls.userdata, stopping(pool));
         pthread_mutex_lock(&pool->lock);

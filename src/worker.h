@@ -2,8 +2,9 @@
  * itself (WorkerCalls.wait, which accepts and admits one: no thread hands a connection to
  * another), serves it (WorkerCalls.serve) and waits again. While the pool runs, one thread
  * always waits: the thread that takes the last waiting place starts another before it
- * serves. At most MAX_IDLE threads wait; one that would be the next leaves after its session
- * instead. Every thread is joined, none detached. All calls but wait and serve come from one
+ * serves, and where none can be started it turns its client away and waits again; a thread
+ * leaves only if another waits. At most MAX_IDLE threads wait; one that would be the next
+ * leaves after its session instead. Every thread is joined, none detached. All calls but wait and serve come from one
  * thread (the server's). */
 #pragma once
 
@@ -16,6 +17,9 @@ typedef struct WorkerCalls {
          * thread leaves (the pool stops, or workers_stale() said so). */
         void *(*wait)(void *userdata);
         void (*serve)(void *userdata, void *job);
+        /* refuse: JOB is turned away (the busy line) rather than served: no other thread could
+         * be started to accept the next connections. */
+        void (*refuse)(void *userdata, void *job);
         /* leave: on the thread, just before it exits (after its last serve or wait): STOPPING
          * when the pool stops, false otherwise (one too many waiting, an old stack size, a
          * wait that failed). NULL: nothing to do. */

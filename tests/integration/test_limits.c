@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -452,6 +453,107 @@ Test(limits, reload_retires_threads_of_the_old_stack_size, .timeout = 60) {
         client_close(fd);
         hellod_stop_clean(d);
         hellod_free(d);
+}
+
+#define PIDS_CGROUP_ROOT "/sys/fs/cgroup/pids"
+
+/* cgroup_write: VALUE into the cgroup file DIR/NAME. */
+static void cgroup_write(const char *dir, const char *name, const char *value) {
+        char path[256];
+        FILE *f;
+
+        (void) snprintf(path, sizeof(path), "%s/%s", dir, name);
+        f = fopen(path, "w");
+        cr_assert_not_null(f, "%s: %s", path, strerror(errno));
+        cr_assert(fputs(value, f) >= 0 && fclose(f) == 0, "writing '%s' to %s: %s", value, path, strerror(errno));
+}
+
+/* cgroup_read: the number in DIR/NAME. */
+static long cgroup_read(const char *dir, const char *name) {
+        char path[256];
+        char *text;
+        long v;
+
+        (void) snprintf(path, sizeof(path), "%s/%s", dir, name);
+        text = harness_read_file(path, NULL);
+        /* pids.events reads "max N": the forks the cap refused. */
+        v = strtol(strncmp(text, "max ", 4) == 0 ? text + 4 : text, NULL, 10);
+        free(text);
+        return v;
+}
+
+/* remove_stale_cgroups: the cgroups a failed run of the test below left (empty once its daemon
+ * was killed); rmdir refuses one still in use. */
+static void remove_stale_cgroups(void) {
+        DIR *dir = opendir(PIDS_CGROUP_ROOT);
+        struct dirent *e;
+
+        while (dir && (e = readdir(dir))) {
+                char path[320];
+
+                if (strncmp(e->d_name, "hellod-test-", 12) != 0)
+                        continue;
+                (void) snprintf(path, sizeof(path), PIDS_CGROUP_ROOT "/%s", e->d_name);
+                (void) rmdir(path);
+        }
+        if (dir)
+                closedir(dir);
+}
+
+/* Threads run out (TasksMax, RLIMIT_NPROC, memory): the per-connection model keeps one
+ * thread accepting, which turns new clients away as busy rather than leaving them in the
+ * backlog with no thread to accept them, even a thread of an old stack size after a reload;
+ * and it serves again once threads can be started. The cap is what systemd's TasksMax= sets:
+ * pids.max of a pids cgroup (here one of the test's own, that the daemon is moved into). */
+Test(limits, out_of_threads_new_clients_are_told_busy_then_served_again, .timeout = 60) {
+        static const char conf[] = "workers = \"per-connection\";\n";
+        char cgroup[128], value[32];
+        Hellod *d = hellod_start(conf);
+        int served, fd;
+
+        remove_stale_cgroups();
+        (void) snprintf(cgroup, sizeof(cgroup), PIDS_CGROUP_ROOT "/hellod-test-%d", (int) getpid());
+        cr_assert(mkdir(cgroup, 0755) == 0 || errno == EEXIST,
+                  "mkdir %s: %s (this test needs the cgroup v1 pids controller at " PIDS_CGROUP_ROOT ")", cgroup,
+                  strerror(errno));
+        (void) snprintf(value, sizeof(value), "%d", (int) d->pid);
+        cgroup_write(cgroup, "cgroup.procs", value); /* the whole process, every thread */
+
+        harness_step("a client is served; then no thread more can be started");
+        served = connect_served(d->port, NULL); /* its thread started one to wait before greeting */
+        (void) snprintf(value, sizeof(value), "%ld", cgroup_read(cgroup, "pids.current"));
+        cgroup_write(cgroup, "pids.max", value);
+
+        harness_step("the next clients are told busy at once");
+        for (int i = 0; i < 3; i++) {
+                fd = client_connect(d->port);
+                client_expect_str(fd, HELLOD_ERR_BUSY);
+                client_expect_eof(fd, false);
+                client_close(fd);
+        }
+        hellod_wait_stderr(d, "cannot start a worker thread to accept connections");
+        cr_assert_gt(cgroup_read(cgroup, "pids.events"), 0, "the cap never refused a thread");
+        client_hello(served, "still served");
+
+        harness_step("a reload to a new stack size: the waiting thread, now of the old size, stays");
+        reload_with(d, "workers = \"per-connection\";\nworker_stack_size = 262144;\n");
+        fd = client_connect(d->port);
+        client_expect_str(fd, HELLOD_ERR_BUSY);
+        client_expect_eof(fd, false);
+        client_close(fd);
+
+        harness_step("threads can be started again: new clients are served");
+        cgroup_write(cgroup, "pids.max", "max");
+        for (int i = 0; i < 3; i++) {
+                fd = connect_served(d->port, NULL);
+                client_hello(fd, "served again");
+                client_close(fd);
+        }
+        client_hello(served, "and still served");
+        client_close(served);
+        hellod_stop_clean(d);
+        hellod_free(d);
+        cr_expect_eq(rmdir(cgroup), 0, "rmdir %s: %s", cgroup, strerror(errno));
 }
 
 /* The event loops keep their stacks until a restart, and a reload says so. */

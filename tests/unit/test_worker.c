@@ -26,10 +26,10 @@ static struct {
         Job *jobs[QUEUE_MAX];
         size_t n;
         bool closed, open;
-        unsigned done;
+        unsigned done, refused;
         pid_t tid; /* of the last job */
         Workers *pool;
-} q = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, { 0 }, 0, false, false, 0, 0, NULL };
+} q = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, { 0 }, 0, false, false, 0, 0, 0, NULL };
 
 static void *queue_wait(void *userdata) {
         Job *job = NULL;
@@ -60,13 +60,24 @@ static void run_job(void *userdata, void *arg) {
         pthread_mutex_unlock(&q.lock);
 }
 
+/* refuse_job: a job turned away (in hellod: the busy line). */
+static void refuse_job(void *userdata, void *arg) {
+        (void) userdata;
+        (void) arg;
+        pthread_mutex_lock(&q.lock);
+        q.refused++;
+        pthread_cond_broadcast(&q.cond);
+        pthread_mutex_unlock(&q.lock);
+}
+
 static Workers *pool_new(size_t stack_size, unsigned max_idle) {
         Workers *w = NULL;
 
-        q.n = q.done = 0;
+        q.n = q.done = q.refused = 0;
         q.closed = q.open = false;
         cr_assert_eq(workers_new(&w, stack_size, max_idle,
-                                 &(WorkerCalls) { .wait = queue_wait, .serve = run_job, .userdata = NULL }),
+                                 &(WorkerCalls) { .wait = queue_wait, .serve = run_job, .refuse = refuse_job,
+                                                  .userdata = NULL }),
                      0);
         q.pool = w;
         return w;
@@ -92,6 +103,21 @@ static void wait_done(unsigned n) {
         while (q.done < n)
                 pthread_cond_wait(&q.cond, &q.lock);
         pthread_mutex_unlock(&q.lock);
+}
+
+/* wait_refused: until N jobs were turned away, bounded: a pool with no thread left to take
+ * them never would. */
+static void wait_refused(unsigned n) {
+        struct timespec deadline;
+
+        clock_gettime(CLOCK_REALTIME, &deadline);
+        deadline.tv_sec += 5;
+        pthread_mutex_lock(&q.lock);
+        while (q.refused < n && pthread_cond_timedwait(&q.cond, &q.lock, &deadline) == 0)
+                ;
+        unsigned refused = q.refused, done = q.done;
+        pthread_mutex_unlock(&q.lock);
+        cr_assert_eq(refused, n, "%u jobs turned away, %u served, expected %u turned away", refused, done, n);
 }
 
 /* settle: a job returns before its thread waits again or leaves; give it a moment, bounded. */
@@ -169,6 +195,34 @@ Test(workers, impossible_stack_size_is_an_error_not_a_crash) {
         cr_assert_eq(workers_count(w), 0);
         cr_assert_null(workers_free(w));
         cr_assert_null(workers_free(NULL));
+}
+
+/* Threads cannot be started (here: a stack size pthread refuses; in hellod: TasksMax,
+ * RLIMIT_NPROC or memory). The waiting thread, of the old size, would leave for one of the new
+ * size; it stays instead, and turns each job away (serving it would leave nobody to take the
+ * next), until threads can be started again. */
+Test(workers, the_last_thread_stays_and_turns_jobs_away_while_none_can_be_started) {
+        Workers *w = pool_new(128 * 1024, 4);
+        Job job = { .block = false };
+
+        cr_assert_eq(workers_start(w), 0);
+        settle(w, 1, 1);
+        workers_set_stack_size(w, 1); /* below PTHREAD_STACK_MIN: every start fails */
+        for (unsigned i = 1; i <= 3; i++) {
+                push(&job);
+                wait_refused(i);
+                settle(w, 1, 1); /* it is still there, waiting */
+        }
+        workers_reap(w); /* the server's retry: fails too, and changes nothing */
+        settle(w, 1, 1);
+        cr_assert_eq(q.done, 0);
+
+        workers_set_stack_size(w, 128 * 1024); /* threads can be had again */
+        push(&job);
+        wait_done(1);
+        settle(w, 2, 2); /* it served, and started one to wait in its place */
+        cr_assert_eq(q.refused, 3);
+        cr_assert_eq(stop(w, 5000), 0);
 }
 
 Test(workers, stop_gives_up_on_a_stuck_job_within_its_timeout) {
