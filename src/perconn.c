@@ -306,6 +306,10 @@ static bool proxy_header(Session *s) {
                 if (status != PROXY_NEED_MORE)
                         break;
         }
+        /* The conversation arms its own timeout, if it has one: none of the header's is left
+         * (without an idle timeout, it would wake the thread up as long as the client idles). */
+        if (recv_timer.armed != 0)
+                (void) set_timeout(s->fd, SO_RCVTIMEO, 0);
         if (!hooks->proxied(hooks->userdata, s, status == PROXY_NEED_MORE ? PROXY_INVALID : status, &header, reason))
                 return false;
         s->in_off = used;
