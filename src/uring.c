@@ -34,7 +34,8 @@
  * Kept input: data that arrives while a send is in flight (or that the protocol could not take
  * because the output was full) is kept in the Conn and fed once the send completes; that
  * completion is the event that brings it back, so no ready list is needed. Its size is bounded:
- * past KEPT_MAX the receive is cancelled. */
+ * the receive is cancelled as soon as input must be kept while a send is in flight (or past
+ * KEPT_MAX), and resumes with receives of one buffer at a time (stop_recv). */
 #include <errno.h>
 #include <liburing.h>
 #include <pthread.h>
@@ -97,6 +98,8 @@ typedef struct Conn {
         size_t discarded; /* lingering: bytes read and thrown away */
         unsigned inflight; /* operations the kernel holds on this Conn */
         bool chunk;        /* chunk framing: single-shot receives into rbuf */
+        bool throttled;    /* after back-pressure: single-shot receives of one buffer, until one
+                            * finds the socket drained (stop_recv) */
         bool recv_armed, recv_cancelling, sending, eof, ended;
 } Conn;
 
@@ -314,6 +317,10 @@ static void arm_recv(Loop *l, Conn *c) {
         e = sqe(l);
         if (c->chunk) {
                 io_uring_prep_recv(e, c->s->fd, c->rbuf, c->s->in_cap, 0);
+        } else if (c->throttled) {
+                io_uring_prep_recv(e, c->s->fd, NULL, BUF_SIZE, 0);
+                e->flags |= IOSQE_BUFFER_SELECT;
+                e->buf_group = BUF_GROUP;
         } else {
                 io_uring_prep_recv_multishot(e, c->s->fd, NULL, 0, 0);
                 e->flags |= IOSQE_BUFFER_SELECT;
@@ -324,11 +331,17 @@ static void arm_recv(Loop *l, Conn *c) {
         c->inflight++;
 }
 
-/* stop_recv: back-pressure: no more input until the output is taken. */
+/* stop_recv: back-pressure: no more input until the output is taken. A multishot receive
+ * hands over whatever the socket holds, up to the whole buffer ring, and all of it would have
+ * to be kept while the replies wait (0.5 MiB a connection was seen under a flood): its cancel
+ * is submitted at once, not with the round (if that fails, the round's submits it), and the
+ * receives that follow take one buffer at a time until one finds the socket drained. */
 static void stop_recv(Loop *l, Conn *c) {
+        c->throttled = true;
         if (c->recv_armed && !c->recv_cancelling) {
                 c->recv_cancelling = true;
                 cancel(l, tag(c, OP_RECV));
+                (void) io_uring_submit(&l->ring);
         }
 }
 
@@ -467,7 +480,10 @@ static Fate on_input(Loop *l, Conn *c, const char *data, size_t n) {
         if (c->sending || has_kept(c)) {
                 if ((r = keep(c, data, n)) < 0)
                         return finish(l, c, r);
-                if (c->kept_len - c->kept_off > KEPT_MAX)
+                /* The replies back up: no more input until they are out, but what a multishot
+                 * receive has already taken must be kept (bounded by KEPT_MAX, at worst by the
+                 * buffer ring). */
+                if (c->sending || c->kept_len - c->kept_off > KEPT_MAX)
                         stop_recv(l, c);
                 return ALIVE;
         }
@@ -492,6 +508,8 @@ static Fate on_recv(Loop *l, Conn *c, const Completion *cqe) {
                 return settle(l, c);
         }
         if (cqe->res > 0) {
+                if (!more && (size_t) cqe->res < BUF_SIZE)
+                        c->throttled = false; /* the socket had less than a buffer: drained */
                 /* The buffer goes back only after the data is fed or kept. */
                 const char *data = buffer ? l->bufs + (size_t) bid * BUF_SIZE : c->rbuf;
                 fate = on_input(l, c, data, (size_t) cqe->res);

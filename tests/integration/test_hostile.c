@@ -312,6 +312,18 @@ static bool flood_send(int fd, uint64_t lines, uint64_t *off) {
         }
 }
 
+/* flood_send_once: one write of up to 16 KiB of LINES lines, from *OFF on; false on an error. */
+static bool flood_send_once(int fd, uint64_t lines, uint64_t *off) {
+        char buf[16384];
+        size_t n = flood_stream(false, lines, *off, buf, sizeof(buf));
+        ssize_t k = n ? send(fd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT) : 0;
+
+        if (k < 0)
+                return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
+        *off += (uint64_t) k;
+        return true;
+}
+
 /* flood_check: DATA, received at reply offset OFF, is what the replies to LINES lines say;
  * fails otherwise. */
 static void flood_check(uint64_t lines, uint64_t off, const char *data, size_t n) {
@@ -531,6 +543,59 @@ Test(hostile, flood_never_read, .timeout = 120) {
         client_close(fd);
 
         expect_settled(d, &b, rss_stop(&rss), "flood (never read)");
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+
+enum {
+        FLOODERS = 64,
+        FLOODERS_MS = 4000,        /* each sends what its socket takes, never reading, this long */
+        FLOODER_KIB = 96,          /* what one costs the daemon on average: its buffers, the input
+                                    * a backend keeps while a reply waits, and slack (measured: epoll
+                                    * 8 KiB, a thread each 24, io_uring 42-61; 114-242 before a fix) */
+        FLOODER_KIB_SANITIZED = 1024, /* sanitizers add redzones, and keep what was freed */
+};
+
+/* Many clients flood without reading: the daemon stops reading each once its replies back up,
+ * so that what one client costs is bounded by its buffers, whatever it sends (io_uring's
+ * multishot receive once kept 0.5 MiB a connection, growing while its cancel was pending). */
+Test(hostile, flooders_that_never_read_cost_bounded_memory_each, .timeout = 120) {
+        Hellod *d = hellod_start("max_connections = 100;\n");
+        Baseline b = expect_baseline(d);
+        uint64_t sent[FLOODERS] = { 0 };
+        int fds[FLOODERS];
+        RssSampler rss;
+        long peak, per, bound = b.sanitized ? FLOODER_KIB_SANITIZED : FLOODER_KIB;
+        int64_t end;
+
+        for (int i = 0; i < FLOODERS; i++)
+                fds[i] = client_connect_greeted("127.0.0.1", d->port, NULL, HELLOD_GREETING, NULL);
+        rss_start(&rss, d);
+        harness_step("%d clients flood for %d ms, never reading", FLOODERS, FLOODERS_MS);
+        end = harness_now_ms() + FLOODERS_MS;
+        while (harness_now_ms() < end) {
+                struct pollfd pfd[FLOODERS];
+
+                for (int i = 0; i < FLOODERS; i++)
+                        pfd[i] = (struct pollfd) { .fd = fds[i], .events = POLLOUT };
+                if (poll(pfd, FLOODERS, 50) < 0 && errno != EINTR)
+                        harness_fail("poll(): %s", strerror(errno));
+                /* One write each in turn, as many clients at once would send. */
+                for (int i = 0; i < FLOODERS; i++)
+                        if ((pfd[i].revents & POLLOUT) && !flood_send_once(fds[i], FLOOD_NEVER_READ_LINES, &sent[i]))
+                                harness_fail("flooder %d: send(): %s", i, strerror(errno));
+        }
+        peak = rss_stop(&rss);
+        per = (peak - b.rss_kib) / FLOODERS;
+        report("flooders: %d sent %" PRIu64 " KiB each on average; RSS baseline %ld KiB, peak %ld KiB: %ld KiB a "
+               "flooder (bound %ld)",
+               FLOODERS, (sent[0] + sent[FLOODERS / 2] + sent[FLOODERS - 1]) / 3 / 1024, b.rss_kib, peak, per, bound);
+        cr_assert(per <= bound, "a client that floods without reading costs the daemon %ld KiB (bound %ld KiB)", per,
+                  bound);
+        for (int i = 0; i < FLOODERS; i++)
+                client_close(fds[i]);
+        expect_settled(d, &b, peak, "flooders");
         hellod_stop_clean(d);
         hellod_free(d);
 }
