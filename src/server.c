@@ -67,6 +67,10 @@ struct Server {
         uint64_t changes; /* bumped whenever a STATUS= figure changes (under lock) */
         /* overload = "queue": accepting waits while n_active >= slots (under lock). */
         bool waiting_for_slot;
+        /* under lock: the stop has begun; no client is admitted any more (a client an engine
+         * accepted and kept waiting for a slot would otherwise be greeted as the slot frees,
+         * after the sessions were told to stop) */
+        bool stopping;
         int wake_fd; /* eventfd: the figures changed while the server thread slept */
         unsigned slots;
         bool queue_overload; /* atomic: the current Conf's overload is "queue" */
@@ -303,6 +307,8 @@ static const char *refusal_line(const char *reason) {
         if (strcmp(reason, "denied") == 0 || strcmp(reason, "untrusted-proxy") == 0 ||
             strcmp(reason, "proxy-invalid") == 0)
                 return NULL;
+        if (strcmp(reason, "shutting-down") == 0)
+                return PROTO_ERR_SHUTDOWN;
         return strcmp(reason, "rate-limited") == 0 ? PROTO_ERR_RATE : PROTO_ERR_BUSY;
 }
 
@@ -327,7 +333,11 @@ static Session *admit(Server *s, int fd, const struct sockaddr *peer, const List
                 return NULL;
         }
         pthread_mutex_lock(&s->lock);
-        if (via->proxy ? !conf_proxy_trusted(s->conf, &ip) : !conf_admits(s->conf, &ip))
+        if (s->stopping) {
+                reason = "shutting-down";
+                detail = "hellod is stopping";
+        }
+        else if (via->proxy ? !conf_proxy_trusted(s->conf, &ip) : !conf_admits(s->conf, &ip))
                 reason = via->proxy ? "untrusted-proxy" : "denied";
         else
                 session = register_session(s, &fd, peer, &ip, via, queued, &reason, &detail);
@@ -725,6 +735,9 @@ static int shut_down(Server *s) {
          * backlog for the next process). */
         engine_set_listeners(s->engine, &(ListenerSet) { 0 });
         listener_set_done(&s->listeners);
+        pthread_mutex_lock(&s->lock);
+        s->stopping = true;
+        pthread_mutex_unlock(&s->lock);
         snprintf(count, sizeof(count), "%u", n);
         LogField fields[] = { { "HELLOD_ACTIVE", count } };
         if (wants_hand_over(s)) {

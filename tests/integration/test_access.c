@@ -173,6 +173,44 @@ Test(access, overload_queue_holds_new_clients_until_a_slot_frees, .timeout = 60)
         hellod_free(d);
 }
 
+/* A stop while clients queue: the client served is told the server is shutting down, and no
+ * queued client is greeted, whether the kernel still holds it in the backlog (reset when the
+ * listener closes) or a loop has accepted it already (io_uring's armed accepts complete while
+ * every slot is taken): it is closed, or told "ERR shutting down". The stop then ends at once.
+ * (A queued client used to be admitted as the served one left: greeted after the stop began,
+ * never stopped, the stop waited for shutdown_timeout and hellod exited failed.) */
+Test(access, overload_queue_a_stop_greets_no_queued_client, .timeout = 90) {
+        enum { QUEUED = 3 };
+        Hellod *d = hellod_start("max_connections = 1;\noverload = \"queue\";\nworkers = 2;\n"
+                                 "io_backend = \"io_uring\";\nshutdown_timeout = 30;\n");
+        int served, queued[QUEUED], status;
+
+        served = client_connect_greeted("127.0.0.1", d->port, NULL, HELLOD_GREETING, HELLOD_ERR_BUSY);
+        for (int i = 0; i < QUEUED; i++)
+                queued[i] = client_connect(d->port);
+        client_expect_silence(queued[0], 300);
+
+        harness_step("stop");
+        hellod_signal(d, SIGTERM);
+        client_expect_str(served, HELLOD_ERR_SHUTDOWN);
+        client_expect_eof(served, false);
+        client_close(served);
+        for (int i = 0; i < QUEUED; i++) {
+                char buf[256], e[512];
+                ClientReadEnd end;
+                size_t n = client_read(queued[i], buf, sizeof(buf) - 1, NULL, HARNESS_TIMEOUT_MS, &end);
+
+                buf[n] = '\0';
+                if (end == CLIENT_READ_TIMEOUT || (n > 0 && strcmp(buf, HELLOD_ERR_SHUTDOWN) != 0))
+                        hellod_fail(d, "queued client %d after the stop: \"%s\"%s", i,
+                                    harness_escape(buf, n, e, sizeof(e)), end == CLIENT_READ_TIMEOUT ? ", still open" : "");
+                client_close(queued[i]);
+        }
+        status = hellod_wait_exit(d, HARNESS_STOP_TIMEOUT_MS);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "hellod's stop: wait status %d", status);
+        hellod_free(d);
+}
+
 /* overload = "queue" queues, it never refuses: a burst of clients at one slot is served one by
  * one, though each time the slot frees every event loop (or a waiting thread for each
  * listener) may go for the next client at once, and reloads come in between. The check and the taking of the slot are one step: with two loops,
