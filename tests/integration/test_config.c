@@ -208,6 +208,24 @@ Test(config, check_is_short_and_dump_prints_settings, .timeout = 60) {
 }
 
 /* Limits a start only warns about are shown by -t too, which still says valid. */
+/* check_with_nofile: `hellod -t` of BODY under an open-files limit of NOFILE, which must pass;
+ * returns its stderr (malloc'd). */
+static char *check_with_nofile(Hellod *d, const char *body, rlim_t nofile) {
+        char *err;
+        int status;
+
+        hellod_write_config_std(d, "%s", body);
+        status = harness_run(&(HarnessSpawn) {
+                .argv = (const char *const[]) { harness_env_path("HELLOD_BIN"), "-t", "-c", d->conf_path, NULL },
+                .stdout_path = d->stdout_path,
+                .stderr_path = d->stderr_path,
+                .nofile = nofile,
+        }, HARNESS_TIMEOUT_MS);
+        err = hellod_stderr(d);
+        cr_assert(exited_with(status, HELLOD_EXIT_OK), "status %d\n%s", status, err);
+        return err;
+}
+
 Test(config, check_shows_limit_warnings, .timeout = 60) {
         Hellod *d = hellod_new();
         char *err;
@@ -239,15 +257,7 @@ Test(config, check_shows_limit_warnings, .timeout = 60) {
         free(err);
 
         harness_step("the open-files limit");
-        hellod_write_config_std(d, "max_connections = 5000;\n");
-        status = harness_run(&(HarnessSpawn) {
-                .argv = (const char *const[]) { harness_env_path("HELLOD_BIN"), "-t", "-c", d->conf_path, NULL },
-                .stdout_path = d->stdout_path,
-                .stderr_path = d->stderr_path,
-                .nofile = 1024,
-        }, HARNESS_TIMEOUT_MS);
-        err = hellod_stderr(d);
-        cr_assert(exited_with(status, HELLOD_EXIT_OK), "status %d\n%s", status, err);
+        err = check_with_nofile(d, "max_connections = 5000;\n", 1024);
         cr_expect(strstr(err, "open-files limit is 1024"), "no open-files warning:\n%s", err);
         free(err);
 
@@ -255,16 +265,10 @@ Test(config, check_shows_limit_warnings, .timeout = 60) {
          * client's lingering close (perconn.c), so 600 clients fit 1024 in a pool only. */
         harness_step("the open-files limit, counting the per-connection model's lingering sockets");
         for (int per_connection = 0; per_connection <= 1; per_connection++) {
-                hellod_write_config_std(d, per_connection ? "max_connections = 600;\nworkers = \"per-connection\";\n"
-                                                          : "max_connections = 600;\nworkers = 2;\n");
-                status = harness_run(&(HarnessSpawn) {
-                        .argv = (const char *const[]) { harness_env_path("HELLOD_BIN"), "-t", "-c", d->conf_path, NULL },
-                        .stdout_path = d->stdout_path,
-                        .stderr_path = d->stderr_path,
-                        .nofile = 1024,
-                }, HARNESS_TIMEOUT_MS);
-                err = hellod_stderr(d);
-                cr_assert(exited_with(status, HELLOD_EXIT_OK), "status %d\n%s", status, err);
+                err = check_with_nofile(d,
+                                        per_connection ? "max_connections = 600;\nworkers = \"per-connection\";\n"
+                                                       : "max_connections = 600;\nworkers = 2;\n",
+                                        1024);
                 cr_expect(!strstr(err, "open-files limit") == !per_connection, "%s: %s warning:\n%s",
                           per_connection ? "per-connection" : "pool", per_connection ? "no" : "an", err);
                 free(err);
