@@ -116,13 +116,23 @@ static void timer_remove(Loop *l, Session *s) {
         s->timer_prev = s->timer_next = NULL;
 }
 
-/* timer_insert: from the back, where a new deadline (now + the same timeout) nearly always
- * belongs; only after a reload changed idle_timeout does it walk past a few. */
+/* timer_insert: S at its place by deadline, walking from the nearer end. An idle deadline
+ * (now + idle_timeout) nearly always belongs at the back; a shorter one (the lingering close's
+ * second) at or near the front: walking to it from the back would pass every idle connection
+ * of the loop, for each session that ends. */
 static void timer_insert(Loop *l, Session *s) {
-        Session *after = l->last;
+        const uint64_t at = s->deadline;
+        Session *after;
 
-        while (after && after->deadline > s->deadline)
-                after = after->timer_prev;
+        if (!l->first || at < l->first->deadline)
+                after = NULL;
+        else if (at >= l->last->deadline || l->last->deadline - at <= at - l->first->deadline)
+                for (after = l->last; after->deadline > at; after = after->timer_prev)
+                        ;
+        else
+                for (after = l->first; after->timer_next && after->timer_next->deadline <= at;
+                     after = after->timer_next)
+                        ;
         s->timer_prev = after;
         s->timer_next = after ? after->timer_next : l->first;
         if (s->timer_next)

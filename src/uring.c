@@ -190,16 +190,24 @@ static void deadline_unlink(Loop *l, Conn *c) {
         c->prev = c->next = NULL;
 }
 
-/* deadline_set: new deadlines are nearly always the latest (now + the same timeout), so the
- * walk starts at the back. */
+/* deadline_set: C at its place by DEADLINE, walking from the nearer end. An idle deadline
+ * (now + idle_timeout) nearly always belongs at the back; a shorter one (the lingering close's
+ * second) at or near the front: walking to it from the back would pass every idle connection
+ * of the loop, for each session that ends. */
 static void deadline_set(Loop *l, Conn *c, uint64_t deadline) {
         Conn *after;
 
         deadline_unlink(l, c);
         c->s->deadline = deadline;
-        after = l->last;
-        while (after && after->s->deadline > deadline)
-                after = after->prev;
+        if (!l->first || deadline < l->first->s->deadline)
+                after = NULL;
+        else if (deadline >= l->last->s->deadline ||
+                 l->last->s->deadline - deadline <= deadline - l->first->s->deadline)
+                for (after = l->last; after->s->deadline > deadline; after = after->prev)
+                        ;
+        else
+                for (after = l->first; after->next && after->next->s->deadline <= deadline; after = after->next)
+                        ;
         c->prev = after;
         c->next = after ? after->next : l->first;
         if (c->next)
