@@ -75,7 +75,9 @@ typedef struct EngineOps {
         void (*reconfigure)(Engine *e, const Conf *old, const Conf *conf);
         /* set_listeners: the engine accepts from SET's sockets from now on (the empty set: from
          * none). Returns once no engine thread uses a socket of the previous set any more, so
-         * that the server may close those. */
+         * that the server may close those. SET's array is the engine's to read (not copied:
+         * a copy could fail halfway through a reload) until the next call: the server leaves
+         * it unchanged until then. Cannot fail. */
         void (*set_listeners)(Engine *e, const ListenerSet *set);
         /* slot_freed: overload = "queue": a slot is free again (see must_wait). */
         void (*slot_freed)(Engine *e);

@@ -122,18 +122,8 @@ static bool all_acked(const LoopSet *set, uint64_t gen) {
 }
 
 void loopset_publish_listeners(LoopSet *set, const ListenerSet *listeners) {
-        Listener *copy = NULL;
-
-        if (listeners->n > 0 && !(copy = calloc(listeners->n, sizeof(Listener)))) {
-                /* Keep serving the sockets the loops have; the server keeps them open. */
-                log_error_errno(-ENOMEM, "cannot hand the listeners to the event loops");
-                return;
-        }
-        if (listeners->n > 0)
-                memcpy(copy, listeners->items, listeners->n * sizeof(Listener));
         pthread_mutex_lock(&set->lock);
-        Listener *old = set->listeners;
-        set->listeners = copy;
+        set->listeners = listeners->items;
         set->n_listeners = listeners->n;
         uint64_t gen = set->listen_gen + 1;
         __atomic_store_n(&set->listen_gen, gen, __ATOMIC_RELEASE);
@@ -150,7 +140,6 @@ void loopset_publish_listeners(LoopSet *set, const ListenerSet *listeners) {
                                     LOOPSET_LISTENERS_WAIT_WARN_SEC);
         }
         pthread_mutex_unlock(&set->lock);
-        free(old);
 }
 
 uint64_t loopset_listen_gen(const LoopSet *set) {
@@ -181,7 +170,6 @@ static void free_set(LoopSet *set, void (*loop_done)(LoopBase *l)) {
                         close(l->wake_fd);
                 pthread_mutex_destroy(&l->lock);
         }
-        free(set->listeners);
         pthread_cond_destroy(&set->acked);
         pthread_cond_destroy(&set->all_gone);
         pthread_mutex_destroy(&set->lock);

@@ -42,7 +42,7 @@ struct LoopSet {
         pthread_cond_t all_gone; /* CLOCK_MONOTONIC; n_running dropped to 0 */
         pthread_cond_t acked;    /* CLOCK_MONOTONIC; a loop took up a listener generation */
         unsigned n_running;      /* loop threads that have not returned yet */
-        Listener *listeners;     /* under lock: the set published by the server */
+        const Listener *listeners; /* under lock: the set published by the server (its array) */
         size_t n_listeners;
         uint64_t listen_gen; /* written under lock, read atomically by the loops */
 };
@@ -66,8 +66,10 @@ int loopset_add(LoopSet *set, Session *s);
 bool loopset_take_incoming(LoopBase *l, Session **ret);
 void loopset_wake_all(LoopSet *set);
 
-/* loopset_publish_listeners: from now on SET's sockets (copied) are the loops' listeners;
- * returns once every loop has taken up the new set (see loopset_take_listeners). */
+/* loopset_publish_listeners: from now on LISTENERS' sockets are the loops' listeners;
+ * returns once every loop has taken up the new set (see loopset_take_listeners). The array is
+ * borrowed, not copied (a copy could fail, halfway through a reload): the caller keeps it
+ * unchanged until it publishes the next set. */
 void loopset_publish_listeners(LoopSet *set, const ListenerSet *listeners);
 /* loopset_listen_gen: the generation published last (to compare with the one a loop has). */
 uint64_t loopset_listen_gen(const LoopSet *set);

@@ -41,12 +41,13 @@ typedef struct PerConn {
                         * thread wakes to it in turn (level-triggered) */
         int resume_fd; /* timerfd: accepting resumes (a slot freed, or a pause ended) */
         pthread_rwlock_t listen_lock; /* read: a thread accepting; write: a new set */
-        Listener *listeners;          /* the server's set, copied */
+        const Listener *listeners;    /* the server's set (its array: engine.h, set_listeners) */
         size_t n_listeners;
         uint32_t listen_gen;
         /* overload = "queue": for each listener of the set, the clients accepted as another
          * thread took the last slot, oldest first. They wait here, as they would have in the
-         * backlog, and their listener is armed again once none is left. */
+         * backlog, and their listener is armed again once none is left. NULL when it could
+         * not be allocated: they wait with the orphans then (queue_of). */
         QueuedClient **queued;
         QueuedClient *orphans; /* queued through listeners of an earlier set: admitted first */
         pthread_mutex_t queue_lock; /* the lists of queued and orphans */
@@ -386,6 +387,11 @@ static void start_elsewhere(PerConn *p, Session *s) {
                 turn_away(p, s);
 }
 
+/* queue_of: the list where clients of the listener I wait (under listen_lock). */
+static QueuedClient **queue_of(PerConn *p, size_t i) {
+        return p->queued ? &p->queued[i] : &p->orphans;
+}
+
 /* admit_queue: the clients of the list *HEAD, oldest first, as long as slots are free: the
  * first admitted goes to *MINE (for this thread to serve), the others get threads of their
  * own. true when the list is empty now; false: every slot is taken again. */
@@ -423,7 +429,7 @@ static Session *resume(PerConn *p) {
         pthread_rwlock_rdlock(&p->listen_lock);
         (void) admit_queue(p, &p->orphans, &mine);
         for (size_t i = 0; i < p->n_listeners; i++)
-                if (admit_queue(p, &p->queued[i], &mine)) /* else still full: stays disarmed */
+                if (admit_queue(p, queue_of(p, i), &mine)) /* else still full: stays disarmed */
                         arm(p, i);
         pthread_rwlock_unlock(&p->listen_lock);
         return mine;
@@ -432,7 +438,7 @@ static Session *resume(PerConn *p) {
 /* orphan_queued: the listener set goes away; its queued clients wait on, oldest first (their
  * listeners' lists in turn: the order between listeners is not kept). Under the write lock. */
 static void orphan_queued(PerConn *p) {
-        for (size_t i = 0; i < p->n_listeners; i++) {
+        for (size_t i = 0; p->queued && i < p->n_listeners; i++) {
                 QueuedClient *q;
                 while ((q = queue_take(p, &p->queued[i])))
                         queue_put(p, &p->orphans, q, false);
@@ -483,7 +489,7 @@ static Session *take_connection(PerConn *p, uint64_t key, bool *leave) {
                                 s->engine = &p->engine;
                         arm(p, i);
                 } else if (queued) {
-                        queue_put(p, &p->queued[i], q, false);
+                        queue_put(p, queue_of(p, i), q, false);
                         /* A slot that freed after admit() said "full" may have been announced
                          * to a resume() that found no client queued here yet: once more. */
                         if (__atomic_load_n(&p->resumes, __ATOMIC_ACQUIRE) != resumes)
@@ -554,28 +560,18 @@ static void serve(void *userdata, void *job) {
 
 static void perconn_set_listeners(Engine *e, const ListenerSet *set) {
         PerConn *p = (PerConn *) e;
-        Listener *copy = set->n ? calloc(set->n, sizeof(*copy)) : NULL;
+        /* Only this can fail: the listeners are borrowed, and without the lists their queued
+         * clients wait with the orphans. */
         QueuedClient **queued = set->n ? calloc(set->n, sizeof(*queued)) : NULL;
 
-        if (!copy != !queued) {
-                free(copy);
-                free(queued);
-                copy = NULL;
-                queued = NULL;
-        }
         pthread_rwlock_wrlock(&p->listen_lock);
         orphan_queued(p);
         for (size_t i = 0; i < p->n_listeners; i++)
                 (void) epoll_ctl(p->epoll_fd, EPOLL_CTL_DEL, p->listeners[i].fd, NULL);
-        free(p->listeners);
         free(p->queued);
-        p->listeners = copy;
+        p->listeners = set->items;
+        p->n_listeners = set->n;
         p->queued = queued;
-        p->n_listeners = copy ? set->n : 0;
-        if (set->n && !copy)
-                log_error("cannot accept from the new listeners: out of memory");
-        if (copy)
-                memcpy(copy, set->items, set->n * sizeof(*copy));
         p->listen_gen++;
         for (size_t i = 0; i < p->n_listeners; i++)
                 listen_ctl(p, EPOLL_CTL_ADD, i);
@@ -606,7 +602,6 @@ static void perconn_free(PerConn *p) {
         pthread_rwlock_destroy(&p->listen_lock);
         pthread_mutex_destroy(&p->queue_lock);
         free(p->queued);
-        free(p->listeners);
         free(p);
 }
 
