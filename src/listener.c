@@ -170,16 +170,20 @@ static size_t release_departing(ListenerSet *old, const ListenerSet *want) {
 }
 
 /* restore_departing: a failed reload gives OLD back the sockets release_departing() closed,
- * as far as they can be bound again. */
+ * as far as they can be bound again (another process may have taken the port meanwhile); an
+ * entry that cannot is dropped, so that no engine is handed a closed descriptor to accept on. */
 static void restore_departing(ListenerSet *old, unsigned backlog) {
+        size_t n = 0;
+
         for (size_t i = 0; i < old->n; i++) {
                 Listener *l = &old->items[i];
-                if (l->fd >= 0)
-                        continue;
-                int r = open_socket(l, backlog);
+                int r = l->fd >= 0 ? 0 : open_socket(l, backlog);
                 if (r < 0)
                         log_error_errno(r, "cannot listen on %s again after a failed reload", l->name);
+                else
+                        old->items[n++] = *l;
         }
+        old->n = n;
 }
 
 int listeners_open(const Conf *conf, ListenerSet *old, ListenerSet *ret, char *err, size_t err_size) {

@@ -30,7 +30,8 @@ int listeners_resolve(const Conf *conf, ListenerSet *ret, char *err, size_t err_
 /* listeners_open: the sockets CONF asks for. A socket of OLD (may be NULL) already bound to
  * a wanted address is carried over (moved out of OLD, its backlog updated), so a reload
  * keeps its listeners without a gap; the others are bound anew. All or nothing: on failure
- * nothing of OLD is taken, and ERR names the address and the reason.
+ * nothing of OLD is taken, and ERR names the address and the reason (a socket of OLD closed to
+ * free its port for a wanted address, and that cannot be bound again, leaves OLD).
  * With conf->listen_is_default, an unavailable IPv6 stack is skipped with a warning. */
 int listeners_open(const Conf *conf, ListenerSet *old, ListenerSet *ret, char *err, size_t err_size);
 
