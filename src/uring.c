@@ -135,6 +135,7 @@ typedef struct Loop {
         unsigned acc_inflight; /* accepts the kernel holds */
         uint64_t listen_gen;
         bool retiring;    /* the accepts of the previous set are being cancelled */
+        bool acc_failed;  /* the acceptors of the current set could not be allocated */
         bool exiting;     /* the pool is stopping */
         bool waiting_slot; /* overload = "queue": every slot taken */
         uint64_t paused_until;
@@ -708,7 +709,9 @@ static void acceptors_cancel(Loop *l) {
                 }
 }
 
-/* acceptors_take: the pool's current listener set, acknowledged. */
+/* acceptors_take: the pool's current listener set, acknowledged. Without memory for its
+ * acceptors the loop takes it up again after a pause (retiring stays set: nothing accepts
+ * meanwhile), and says so once. */
 static void acceptors_take(Loop *l) {
         const Listener *listeners;
         size_t n;
@@ -723,8 +726,15 @@ static void acceptors_take(Loop *l) {
                         l->acc[i] = (Acceptor) { .loop = l, .via = &listeners[i] };
         }
         bool failed = n > 0 && !l->acc;
-        if (failed)
-                log_error_errno(-ENOMEM, "cannot accept in an event loop");
+        if (failed && !l->acc_failed)
+                log_error_errno(-ENOMEM, "cannot accept in an event loop, trying again");
+        else if (!failed && l->acc_failed)
+                log_notice("an event loop accepts again");
+        l->acc_failed = failed;
+        if (failed) {
+                l->retiring = true;
+                l->paused_until = l->now + ENGINE_ACCEPT_PAUSE_USEC;
+        }
 }
 
 /* sync_listeners: at the top of each round. A new listener set: the accepts of the old one are
@@ -738,7 +748,7 @@ static void sync_listeners(Loop *l) {
                 l->retiring = true;
         if (l->retiring || l->exiting)
                 acceptors_cancel(l);
-        if (l->retiring && l->acc_inflight == 0) {
+        if (l->retiring && l->acc_inflight == 0 && (!l->acc_failed || l->now >= l->paused_until)) {
                 l->retiring = false;
                 acceptors_take(l);
         }
