@@ -122,8 +122,8 @@ void handoff_record(const Session *s, uint64_t now, HandoverRecord *rec) {
                 .flags = (s->lingering ? HANDOVER_LINGERING : 0u) | (s->want_write ? HANDOVER_WANT_WRITE : 0u),
                 .peer = peer_of(s),
                 .age_usec = now - s->started_usec,
-                .deadline_left_usec = s->deadline == SESSION_NO_DEADLINE ? HANDOVER_NO_DEADLINE
-                                      : s->deadline > now                ? s->deadline - now
+                .deadline_left_usec = s->timer.at == SESSION_NO_DEADLINE ? HANDOVER_NO_DEADLINE
+                                      : s->timer.at > now                ? s->timer.at - now
                                                                          : 0,
                 .lines = s->proto.lines,
                 .messages = s->proto.messages,
@@ -166,7 +166,7 @@ static int restore(Session *s, const HandoverRecord *rec, uint64_t now, const ch
         s->want_write = rec->output_len > 0;
         s->started_usec = now > rec->age_usec ? now - rec->age_usec : 0;
         /* The gap is not the client's idleness: what was left of its deadline starts now. */
-        s->deadline = rec->deadline_left_usec == HANDOVER_NO_DEADLINE ? SESSION_NO_DEADLINE
+        s->timer.at = rec->deadline_left_usec == HANDOVER_NO_DEADLINE ? SESSION_NO_DEADLINE
                                                                        : now + rec->deadline_left_usec;
         s->resumed = true;
         return 0;

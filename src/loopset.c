@@ -81,7 +81,7 @@ int loopset_add(LoopSet *set, Session *s) {
         }
         __atomic_add_fetch(&best->n_sessions, 1, __ATOMIC_RELAXED);
         pthread_mutex_lock(&best->lock);
-        s->timer_next = best->incoming;
+        s->incoming_next = best->incoming;
         best->incoming = s;
         pthread_mutex_unlock(&best->lock);
         /* An eventfd write fails only when the counter would overflow: it is read on every
@@ -100,8 +100,8 @@ bool loopset_take_incoming(LoopBase *l, Session **ret) {
         go_on = !l->stopping;
         pthread_mutex_unlock(&l->lock);
         while (list) {
-                Session *next = list->timer_next;
-                list->timer_next = reversed;
+                Session *next = list->incoming_next;
+                list->incoming_next = reversed;
                 reversed = list;
                 list = next;
         }

@@ -25,7 +25,7 @@ typedef struct LoopBase {
         pthread_t thread;
         int wake_fd;          /* eventfd: sessions queued, a slot freed, new listeners, the stop */
         pthread_mutex_t lock; /* guards incoming and stopping (and what a driver adds) */
-        Session *incoming;    /* handed over by loopset_add(), linked through timer_next */
+        Session *incoming;    /* handed over by loopset_add(), linked through incoming_next */
         bool stopping;
         unsigned n_sessions;   /* atomic: queued and running, for loopset_add() */
         uint64_t listen_acked; /* under set->lock: the listener generation taken up */

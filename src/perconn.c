@@ -149,7 +149,7 @@ static int converse(Session *s) {
         int r;
 
         if (!s->resumed) {
-                s->deadline = session_idle_deadline(s, now_usec());
+                s->timer.at = session_idle_deadline(s, now_usec());
                 proto_greeting(&s->proto, &s->out);
         }
         if (s->in_len > s->in_off) {
@@ -170,14 +170,14 @@ static int converse(Session *s) {
          * the next read; the lines answered so far were activity (session_idle_deadline). */
         now = now_usec();
         if (s->proto.messages != messages)
-                s->deadline = session_idle_deadline(s, now);
+                s->timer.at = session_idle_deadline(s, now);
         while (status == PROTO_CONTINUE) {
                 if (session_stop_requested(s)) {
                         /* The lines in hand were answered; the server is going away. */
                         proto_abort(&s->proto, PROTO_END_SHUTDOWN, &s->out);
                         break;
                 }
-                if (!timer_arm(s, &recv_timer, s->deadline, now)) {
+                if (!timer_arm(s, &recv_timer, s->timer.at, now)) {
                         proto_abort(&s->proto, PROTO_END_IDLE, &s->out);
                         break;
                 }
@@ -204,7 +204,7 @@ static int converse(Session *s) {
                  * line are not. Re-armed after the writes (session_idle_deadline). */
                 now = now_usec();
                 if (s->proto.messages != messages)
-                        s->deadline = session_idle_deadline(s, now);
+                        s->timer.at = session_idle_deadline(s, now);
         }
         return flush(s, &send_timer);
 }

@@ -70,7 +70,7 @@ typedef struct Loop {
         int epoll_fd;
 
         /* Loop thread only. */
-        Session *first, *last; /* running sessions, by deadline */
+        Deadlines deadlines; /* running sessions (Session.timer) */
         Session *ready;        /* sessions with kept input waiting for a turn */
         char *in_buf, *out_buf;
         size_t in_cap, out_cap;
@@ -104,51 +104,12 @@ static const EngineHooks *hooks_of(const Loop *l) {
 
 /* ---- the loop's sessions, ordered by deadline ---- */
 
-static void timer_remove(Loop *l, Session *s) {
-        if (s->timer_prev)
-                s->timer_prev->timer_next = s->timer_next;
-        else
-                l->first = s->timer_next;
-        if (s->timer_next)
-                s->timer_next->timer_prev = s->timer_prev;
-        else
-                l->last = s->timer_prev;
-        s->timer_prev = s->timer_next = NULL;
-}
-
-/* timer_insert: S at its place by deadline, walking from the nearer end. An idle deadline
- * (now + idle_timeout) nearly always belongs at the back; a shorter one (the lingering close's
- * second) at or near the front: walking to it from the back would pass every idle connection
- * of the loop, for each session that ends. */
-static void timer_insert(Loop *l, Session *s) {
-        const uint64_t at = s->deadline;
-        Session *after;
-
-        if (!l->first || at < l->first->deadline)
-                after = NULL;
-        else if (at >= l->last->deadline || l->last->deadline - at <= at - l->first->deadline)
-                for (after = l->last; after->deadline > at; after = after->timer_prev)
-                        ;
-        else
-                for (after = l->first; after->timer_next && after->timer_next->deadline <= at;
-                     after = after->timer_next)
-                        ;
-        s->timer_prev = after;
-        s->timer_next = after ? after->timer_next : l->first;
-        if (s->timer_next)
-                s->timer_next->timer_prev = s;
-        else
-                l->last = s;
-        if (after)
-                after->timer_next = s;
-        else
-                l->first = s;
+static Session *session_of(Deadline *d) {
+        return d ? DEADLINE_OWNER(d, Session, timer) : NULL;
 }
 
 static void set_deadline(Loop *l, Session *s, uint64_t deadline) {
-        timer_remove(l, s);
-        s->deadline = deadline;
-        timer_insert(l, s);
+        deadlines_set(&l->deadlines, &s->timer, deadline);
 }
 
 /* ---- the ready list: kept input that no event will announce ---- */
@@ -190,7 +151,7 @@ static Fate finish(Loop *l, Session *s, int r) {
          * nothing in this loop runs in between. */
         if (s->stored || s->resumed)
                 (void) epoll_ctl(l->epoll_fd, EPOLL_CTL_DEL, s->fd, NULL);
-        timer_remove(l, s);
+        deadlines_remove(&l->deadlines, &s->timer);
         ready_remove(l, s);
         if (r < 0)
                 session_fail(s, r);
@@ -499,9 +460,7 @@ static Fate start(Loop *l, Session *s) {
         Buf out;
         int r;
 
-        if (!s->resumed)
-                s->deadline = session_idle_deadline(s, now_usec());
-        timer_insert(l, s);
+        set_deadline(l, s, s->resumed ? s->timer.at : session_idle_deadline(s, now_usec()));
         if ((r = grow(&l->in_buf, &l->in_cap, s->in_cap)) < 0 || (r = grow(&l->out_buf, &l->out_cap, s->out.cap)) < 0)
                 return finish(l, s, r);
         /* The socket was accepted non-blocking, and TCP_NODELAY came from its listener (a
@@ -535,7 +494,7 @@ static bool take_incoming(Loop *l, Session **ret) {
 }
 
 static int poll_timeout(const Loop *l) {
-        uint64_t wake = l->first ? l->first->deadline : SESSION_NO_DEADLINE;
+        uint64_t wake = l->deadlines.first ? l->deadlines.first->at : SESSION_NO_DEADLINE;
 
         if (l->ready)
                 return 0;
@@ -658,9 +617,9 @@ static void on_listener(Loop *l, const Listener *via) {
 static void hand_over_all(Loop *l) {
         const EngineHooks *hooks = hooks_of(l);
 
-        while (l->first) {
-                Session *s = l->first;
-                timer_remove(l, s);
+        while (l->deadlines.first) {
+                Session *s = session_of(l->deadlines.first);
+                deadlines_remove(&l->deadlines, &s->timer);
                 ready_remove(l, s);
                 __atomic_sub_fetch(&l->base.n_sessions, 1, __ATOMIC_RELAXED);
                 hooks->handed_over(s, hooks->userdata);
@@ -681,8 +640,8 @@ static void on_wake(Loop *l) {
         if (!l->exiting)
                 admit_queued(l);
         while (queued) {
-                Session *next = queued->timer_next;
-                queued->timer_next = NULL;
+                Session *next = queued->incoming_next;
+                queued->incoming_next = NULL;
                 (void) start(l, queued);
                 queued = next;
         }
@@ -708,8 +667,8 @@ static void run_ready(Loop *l) {
 static void run_deadlines(Loop *l) {
         uint64_t now = now_usec();
 
-        while (l->first && l->first->deadline <= now)
-                (void) on_deadline(l, l->first);
+        while (l->deadlines.first && l->deadlines.first->at <= now)
+                (void) on_deadline(l, session_of(l->deadlines.first));
 }
 
 static void *loop_main(void *arg) {
@@ -722,7 +681,7 @@ static void *loop_main(void *arg) {
                 log_error_errno(-errno, "cannot start an event loop");
                 l->exiting = true;
         }
-        while (!l->exiting || l->first) {
+        while (!l->exiting || l->deadlines.first) {
                 if (l->handing_over) {
                         hand_over_all(l);
                         break;

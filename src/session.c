@@ -55,7 +55,7 @@ int session_new(Session **ret, int fd, Conf *conf, const struct sockaddr *peer, 
         s->fd = fd;
         s->conf = conf_ref(conf);
         s->started_usec = now_usec();
-        s->deadline = SESSION_NO_DEADLINE;
+        s->timer.at = SESSION_NO_DEADLINE;
         memcpy(&s->peer_addr, peer,
                peer->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
                : peer->sa_family == AF_INET ? sizeof(struct sockaddr_in)

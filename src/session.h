@@ -11,6 +11,7 @@
 #include "addr.h"
 #include "buf.h"
 #include "conf.h"
+#include "deadlines.h"
 #include "proto.h"
 #include "proxyproto.h"
 
@@ -56,8 +57,9 @@ typedef struct Session {
 
         /* Driver state, owned by the thread that drives the session. */
         struct Engine *engine;                   /* the driver, set by engine_add() */
-        uint64_t deadline;                       /* usec: idle timeout, write timeout or end of linger */
-        struct Session *timer_prev, *timer_next; /* pool: the loop's sessions, by deadline */
+        Deadline timer;                /* timer.at: idle timeout, write timeout or end of linger;
+                                        * pool: in the loop's list by deadline */
+        struct Session *incoming_next; /* loopset: queued for a loop (loopset_add) */
         struct Session *ready_next;              /* pool: kept input waiting for its turn */
         bool ready;                              /* pool: on the loop's ready list */
         bool peer_shut;                          /* pool: the client's FIN has arrived (EPOLLRDHUP) */

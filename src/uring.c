@@ -91,7 +91,7 @@ typedef struct Completion {
 
 typedef struct Conn {
         Session *s;
-        struct Conn *prev, *next; /* the loop's sessions, by deadline */
+        Deadline timer;           /* in the loop's deadlines */
         char *kept;               /* input read but not fed yet */
         size_t kept_off, kept_len, kept_cap;
         char *rbuf; /* chunk framing: the buffer of the single-shot receive */
@@ -124,7 +124,7 @@ typedef struct Loop {
         struct io_uring_buf_ring *br;
         char *bufs;
         uint64_t wake_value;
-        Conn *first, *last;
+        Deadlines deadlines; /* the sessions (Conn.timer) */
         unsigned n_conns;
         char **obufs; /* cached output buffers of obuf_size */
         unsigned n_obufs;
@@ -179,46 +179,15 @@ static void cancel(Loop *l, uint64_t user_data) {
 
 /* ---- the deadline list ---- */
 
-static void deadline_unlink(Loop *l, Conn *c) {
-        if (c->prev)
-                c->prev->next = c->next;
-        else if (l->first == c)
-                l->first = c->next;
-        if (c->next)
-                c->next->prev = c->prev;
-        else if (l->last == c)
-                l->last = c->prev;
-        c->prev = c->next = NULL;
+static Conn *conn_of(Deadline *d) {
+        return d ? DEADLINE_OWNER(d, Conn, timer) : NULL;
 }
 
-/* deadline_set: C at its place by DEADLINE, walking from the nearer end. An idle deadline
- * (now + idle_timeout) nearly always belongs at the back; a shorter one (the lingering close's
- * second) at or near the front: walking to it from the back would pass every idle connection
- * of the loop, for each session that ends. */
+/* deadline_set: C due at DEADLINE; the session's copy (Session.timer.at, which this driver
+ * does not link) says the same. */
 static void deadline_set(Loop *l, Conn *c, uint64_t deadline) {
-        Conn *after;
-
-        deadline_unlink(l, c);
-        c->s->deadline = deadline;
-        if (!l->first || deadline < l->first->s->deadline)
-                after = NULL;
-        else if (deadline >= l->last->s->deadline ||
-                 l->last->s->deadline - deadline <= deadline - l->first->s->deadline)
-                for (after = l->last; after->s->deadline > deadline; after = after->prev)
-                        ;
-        else
-                for (after = l->first; after->next && after->next->s->deadline <= deadline; after = after->next)
-                        ;
-        c->prev = after;
-        c->next = after ? after->next : l->first;
-        if (c->next)
-                c->next->prev = c;
-        else
-                l->last = c;
-        if (after)
-                after->next = c;
-        else
-                l->first = c;
+        deadlines_set(&l->deadlines, &c->timer, deadline);
+        c->s->timer.at = deadline;
 }
 
 /* ---- buffers ---- */
@@ -308,7 +277,7 @@ static Fate finish(Loop *l, Conn *c, int r) {
         if (r < 0)
                 session_fail(c->s, r);
         c->ended = true;
-        deadline_unlink(l, c);
+        deadlines_remove(&l->deadlines, &c->timer);
         if (c->recv_armed && !c->recv_cancelling) {
                 c->recv_cancelling = true;
                 cancel(l, tag(c, OP_RECV));
@@ -601,7 +570,7 @@ static Fate start(Loop *l, Session *s) {
         }
         c->s = s;
         c->chunk = s->conf->framing == FRAMING_CHUNK;
-        deadline_set(l, c, s->resumed ? s->deadline : session_idle_deadline(s, l->now));
+        deadline_set(l, c, s->resumed ? s->timer.at : session_idle_deadline(s, l->now));
         if (c->chunk && !(c->rbuf = malloc(s->in_cap)))
                 return finish(l, c, -ENOMEM);
         if ((r = out_begin(l, s)) < 0)
@@ -781,8 +750,8 @@ static void on_wake(Loop *l, int res) {
         if (!l->exiting)
                 arm_wake(l);
         while (reversed) { /* oldest first */
-                Session *next = reversed->timer_next;
-                reversed->timer_next = NULL;
+                Session *next = reversed->incoming_next;
+                reversed->incoming_next = NULL;
                 (void) start(l, reversed);
                 reversed = next;
         }
@@ -815,13 +784,13 @@ static void dispatch(Loop *l, const Completion *cqe) {
 
 /* run_deadlines: each call ends the session or moves its deadline on, so this terminates. */
 static void run_deadlines(Loop *l) {
-        while (l->first && l->first->s->deadline <= l->now)
-                (void) on_deadline(l, l->first);
+        while (l->deadlines.first && l->deadlines.first->at <= l->now)
+                (void) on_deadline(l, conn_of(l->deadlines.first));
 }
 
 /* wait_time: until the first deadline or the end of an accept pause; false: no limit. */
 static bool wait_time(const Loop *l, struct __kernel_timespec *ts) {
-        uint64_t wake = l->first ? l->first->s->deadline : SESSION_NO_DEADLINE;
+        uint64_t wake = l->deadlines.first ? l->deadlines.first->at : SESSION_NO_DEADLINE;
 
         if (l->paused_until != 0 && l->paused_until < wake)
                 wake = l->paused_until;
