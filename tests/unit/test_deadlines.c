@@ -12,7 +12,10 @@ enum { ENTRIES = 24 };
 typedef struct Timed {
         int id;
         Deadline timer;
-        uint64_t order; /* when its deadline was last set: the model's tie-break */
+        /* The model, kept by the test alone: */
+        bool in;        /* set and not removed since */
+        uint64_t at;    /* the time it was last set to */
+        uint64_t order; /* when that was: the tie-break between equal times */
 } Timed;
 
 /* xorshift64*: reproducible from the seed the failure message names. */
@@ -23,19 +26,27 @@ static uint64_t next_random(uint64_t *state) {
         return *state * 2685821657736338717ull;
 }
 
-/* check: LIST against the model ITEMS (linked or not), in order of (at, order). */
+/* check: LIST against the model ITEMS: exactly those set and not removed, each at the time it
+ * was given, in order of (at, order). */
 static void check(const Deadlines *list, const Timed *items, uint64_t seed, int step) {
         const Deadline *prev = NULL;
         size_t n_list = 0, n_model = 0;
 
-        for (int i = 0; i < ENTRIES; i++)
-                n_model += items[i].timer.linked;
+        for (int i = 0; i < ENTRIES; i++) {
+                n_model += items[i].in;
+                cr_assert_eq(items[i].timer.linked, items[i].in, "seed %llu step %d: entry %d is %s, the model says %s",
+                             (unsigned long long) seed, step, i, items[i].timer.linked ? "linked" : "not linked",
+                             items[i].in ? "set" : "removed");
+        }
         for (const Deadline *d = list->first; d; prev = d, d = d->next) {
                 const Timed *t = DEADLINE_OWNER(d, const Timed, timer);
                 cr_assert(d->linked, "seed %llu step %d: entry %d in the list, not marked linked",
                           (unsigned long long) seed, step, t->id);
                 cr_assert_eq(d->prev, prev, "seed %llu step %d: entry %d's prev link is wrong",
                              (unsigned long long) seed, step, t->id);
+                cr_assert(t->in && d->at == t->at, "seed %llu step %d: entry %d in the list at %llu, the model says %s %llu",
+                          (unsigned long long) seed, step, t->id, (unsigned long long) d->at,
+                          t->in ? "set to" : "removed, last set to", (unsigned long long) t->at);
                 if (prev) {
                         const Timed *p = DEADLINE_OWNER(prev, const Timed, timer);
                         cr_assert(prev->at < d->at || (prev->at == d->at && p->order < t->order),
@@ -83,12 +94,15 @@ Test(deadlines, random_operations_keep_the_order_a_model_predicts) {
                         if ((r >> 32) % 4 == 0) {
                                 uint64_t at = t->timer.at;
                                 deadlines_remove(&list, &t->timer);
+                                t->in = false;
                                 cr_assert(!t->timer.linked && t->timer.at == at,
                                           "seed %llu step %d: a removed entry is still linked or lost its time",
                                           (unsigned long long) seed, step);
                         } else {
-                                deadlines_set(&list, &t->timer, pick_deadline(&state));
+                                t->at = pick_deadline(&state);
+                                t->in = true;
                                 t->order = ++order;
+                                deadlines_set(&list, &t->timer, t->at);
                         }
                         check(&list, items, seed, step);
                 }
