@@ -169,26 +169,34 @@ static size_t release_departing(ListenerSet *old, const ListenerSet *want) {
         return n;
 }
 
+/* drop_closed: the entries of SET without a socket (fd -1) taken out, the others kept in order. */
+static void drop_closed(ListenerSet *set) {
+        size_t n = 0;
+
+        for (size_t i = 0; i < set->n; i++)
+                if (set->items[i].fd >= 0)
+                        set->items[n++] = set->items[i];
+        set->n = n;
+}
+
 /* restore_departing: a failed reload gives OLD back the sockets release_departing() closed,
  * as far as they can be bound again (another process may have taken the port meanwhile); an
  * entry that cannot is dropped, so that no engine is handed a closed descriptor to accept on. */
 static void restore_departing(ListenerSet *old, unsigned backlog) {
-        size_t n = 0;
-
         for (size_t i = 0; i < old->n; i++) {
                 Listener *l = &old->items[i];
-                int r = l->fd >= 0 ? 0 : open_socket(l, backlog);
+                if (l->fd >= 0)
+                        continue;
+                int r = open_socket(l, backlog);
                 if (r < 0)
                         log_error_errno(r, "cannot listen on %s again after a failed reload", l->name);
-                else
-                        old->items[n++] = *l;
         }
-        old->n = n;
+        drop_closed(old);
 }
 
 int listeners_open(const Conf *conf, ListenerSet *old, ListenerSet *ret, char *err, size_t err_size) {
         ListenerSet want = { 0 };
-        size_t n_open = 0, released = 0;
+        size_t released = 0;
         unsigned cap = somaxconn();
         int r;
 
@@ -231,11 +239,7 @@ int listeners_open(const Conf *conf, ListenerSet *old, ListenerSet *ret, char *e
                                 log_warning_errno(-errno, "cannot update the backlog of %s, ignoring", l->name);
                 }
         }
-        /* Drop the entries skipped above (no IPv6). */
-        for (size_t i = 0; i < want.n; i++)
-                if (want.items[i].fd >= 0)
-                        want.items[n_open++] = want.items[i];
-        want.n = n_open;
+        drop_closed(&want); /* the entries skipped above (no IPv6) */
         if (want.n == 0) {
                 snprintf(err, err_size, "no address to listen on");
                 listener_set_done(&want);
