@@ -105,7 +105,7 @@ static const EngineHooks *hooks_of(const Loop *l) {
 /* ---- the loop's sessions, ordered by deadline ---- */
 
 static Session *session_of(Deadline *d) {
-        return d ? DEADLINE_OWNER(d, Session, timer) : NULL;
+        return DEADLINE_OWNER(d, Session, timer);
 }
 
 static void set_deadline(Loop *l, Session *s, uint64_t deadline) {

@@ -57,8 +57,10 @@ typedef struct Session {
 
         /* Driver state, owned by the thread that drives the session. */
         struct Engine *engine;                   /* the driver, set by engine_add() */
-        Deadline timer;                /* timer.at: idle timeout, write timeout or end of linger;
-                                        * pool: in the loop's list by deadline */
+        Deadline timer;                /* timer.at: idle timeout, write timeout or end of linger
+                                        * (the one a resumed session brings); the epoll pool
+                                        * links it in its loop's list, io_uring keeps its own
+                                        * in its Conn from the start on */
         struct Session *incoming_next; /* loopset: queued for a loop (loopset_add) */
         struct Session *ready_next;              /* pool: kept input waiting for its turn */
         bool ready;                              /* pool: on the loop's ready list */

@@ -180,14 +180,11 @@ static void cancel(Loop *l, uint64_t user_data) {
 /* ---- the deadline list ---- */
 
 static Conn *conn_of(Deadline *d) {
-        return d ? DEADLINE_OWNER(d, Conn, timer) : NULL;
+        return DEADLINE_OWNER(d, Conn, timer);
 }
 
-/* deadline_set: C due at DEADLINE; the session's copy (Session.timer.at, which this driver
- * does not link) says the same. */
 static void deadline_set(Loop *l, Conn *c, uint64_t deadline) {
         deadlines_set(&l->deadlines, &c->timer, deadline);
-        c->s->timer.at = deadline;
 }
 
 /* ---- buffers ---- */
