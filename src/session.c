@@ -62,7 +62,9 @@ int session_new(Session **ret, int fd, Conf *conf, const struct sockaddr *peer, 
                                             : sizeof(sa_family_t));
         (void) ip_key_from_sockaddr(peer, &s->ip);
         addr_format(peer, s->peer, sizeof(s->peer));
-        snprintf(s->listen, sizeof(s->listen), "%s", listen);
+        size_t n = strnlen(listen, sizeof(s->listen) - 1); /* not snprintf: once a connection */
+        memcpy(s->listen, listen, n);
+        s->listen[n] = '\0';
 
         s->out.cap = session_output_size(conf);
         s->in_cap = session_input_size(conf);

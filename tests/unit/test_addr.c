@@ -3,6 +3,8 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "addr.h"
@@ -37,6 +39,72 @@ Test(addr, v4_mapped_is_shown_as_ipv4) {
         struct sockaddr_in6 a = v6("::ffff:192.0.2.7", 40000);
 
         cr_assert_str_eq(addr_format((struct sockaddr *) &a, buf, sizeof(buf)), "192.0.2.7:40000");
+}
+
+/* reference_format: the test's own model of addr_format (the libc formatters). */
+static void reference_format(const struct sockaddr *sa, char *buf, size_t size) {
+        char host[INET6_ADDRSTRLEN];
+
+        if (sa->sa_family == AF_INET) {
+                const struct sockaddr_in *in = (const struct sockaddr_in *) sa;
+                inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+                snprintf(buf, size, "%s:%u", host, ntohs(in->sin_port));
+                return;
+        }
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *) sa;
+        if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
+                inet_ntop(AF_INET, &in6->sin6_addr.s6_addr[12], host, sizeof(host));
+                snprintf(buf, size, "%s:%u", host, ntohs(in6->sin6_port));
+        } else {
+                inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+                snprintf(buf, size, "[%s]:%u", host, ntohs(in6->sin6_port));
+        }
+}
+
+/* Addresses and ports of every digit count (0, 9, 10, 99, 100, 255 in each octet; ports 0 to
+ * 65535), v4-mapped and plain IPv6, each into every buffer size from 1 to ADDR_STR_MAX: the
+ * text, and where it is cut, match the model byte for byte, and nothing past SIZE is written. */
+Test(addr, format_matches_the_model_for_random_addresses_and_every_buffer_size) {
+        static const uint8_t edges[] = { 0, 1, 9, 10, 99, 100, 199, 200, 255 };
+        static const uint16_t ports[] = { 0, 1, 9, 10, 99, 100, 999, 1000, 9999, 10000, 65535 };
+        unsigned seed = 11;
+
+        for (int i = 0; i < 4000; i++) {
+                struct sockaddr_storage ss = { 0 };
+                uint8_t bytes[16];
+                for (size_t k = 0; k < sizeof(bytes); k++)
+                        bytes[k] = i % 2 ? edges[rand_r(&seed) % sizeof(edges)] : (uint8_t) rand_r(&seed);
+                uint16_t port = i % 3 ? ports[rand_r(&seed) % (sizeof(ports) / sizeof(ports[0]))] : (uint16_t) rand_r(&seed);
+                switch (i % 3) {
+                case 0: {
+                        struct sockaddr_in *in = (struct sockaddr_in *) &ss;
+                        in->sin_family = AF_INET;
+                        in->sin_port = htons(port);
+                        memcpy(&in->sin_addr, bytes, 4);
+                        break;
+                }
+                default: {
+                        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *) &ss;
+                        in6->sin6_family = AF_INET6;
+                        in6->sin6_port = htons(port);
+                        memcpy(&in6->sin6_addr, bytes, 16);
+                        if (i % 3 == 1) { /* v4-mapped */
+                                memset(in6->sin6_addr.s6_addr, 0, 10);
+                                in6->sin6_addr.s6_addr[10] = in6->sin6_addr.s6_addr[11] = 0xff;
+                        }
+                        break;
+                }
+                }
+                for (size_t size = 1; size <= ADDR_STR_MAX; size++) {
+                        char want[ADDR_STR_MAX + 8], got[ADDR_STR_MAX + 8];
+                        memset(want, '#', sizeof(want));
+                        memset(got, '#', sizeof(got));
+                        reference_format((const struct sockaddr *) &ss, want, size);
+                        cr_assert_eq(addr_format((const struct sockaddr *) &ss, got, size), got);
+                        cr_assert_eq(memcmp(got, want, sizeof(got)), 0, "case %d, size %zu: \"%.*s\", want \"%s\"", i,
+                                     size, (int) size, got, want);
+                }
+        }
 }
 
 Test(addr, v4_and_v4_mapped_are_the_same_client) {
