@@ -173,23 +173,32 @@ static void unregister(Server *s, Session *session) {
         session_free(session);
 }
 
+/* forget_stored: SESSION leaves systemd's store, if it is there: PID 1's copy would keep the
+ * connection open after this process closes it. */
+static void forget_stored(const Session *session) {
+        char name[HANDOVER_FDNAME_MAX];
+
+        if (session->stored)
+                (void) notify_fdstore_remove(handover_fdname_conn(session->id, name, sizeof(name)));
+}
+
 /* session_done: the engine's done callback, on the thread that drove the session: the one
  * way every session ends. */
 static void session_done(Session *session, void *userdata) {
-        char name[HANDOVER_FDNAME_MAX];
-
         session_log_closed(session);
-        /* Out of the store before the socket closes: PID 1's copy would keep it open. */
-        if (session->stored)
-                (void) notify_fdstore_remove(handover_fdname_conn(session->id, name, sizeof(name)));
+        forget_stored(session); /* before the socket closes */
         unregister(userdata, session);
 }
 
-/* store_session: handover = "always": the connection goes into systemd's store at once, so
- * that the next process finds it after a crash. */
+/* store_session: handover = "always": the conversation goes into systemd's store as soon as
+ * it is one, so that the next process finds it after a crash and goes on from its next line.
+ * Behind a balancer that is once its PROXY header is in: a connection still waiting for it
+ * would have the header answered as a line. */
 static void store_session(Session *session) {
         char name[HANDOVER_FDNAME_MAX];
 
+        if (session->conf->handover != HANDOVER_MODE_ALWAYS || session->proxy)
+                return;
         session->stored = notify_fdstore_add(session->fd, handover_fdname_conn(session->id, name, sizeof(name))) > 0;
 }
 
@@ -202,6 +211,7 @@ static void session_handed_over(Session *session, void *userdata) {
         char name[HANDOVER_FDNAME_MAX];
 
         if (session->proxy) { /* not greeted yet: the balancer retries elsewhere */
+                forget_stored(session);
                 unregister(s, session);
                 return;
         }
@@ -215,9 +225,11 @@ static void session_handed_over(Session *session, void *userdata) {
         pthread_mutex_unlock(&s->lock);
         if (r == 0 && !session->stored)
                 r = notify_fdstore_add(session->fd, handover_fdname_conn(session->id, name, sizeof(name)));
-        if (r < 0)
+        if (r < 0) {
                 log_warning_errno(r, "connection %" PRIu64 " from %s cannot be handed over, closing it", session->id,
                                   session->peer);
+                forget_stored(session);
+        }
         unregister(s, session);
 }
 
@@ -352,8 +364,7 @@ static Session *admit(Server *s, int fd, const struct sockaddr *peer, const List
         }
         if (session) {
                 session_log_opened(session);
-                if (session->conf->handover == HANDOVER_MODE_ALWAYS)
-                        store_session(session);
+                store_session(session);
                 return session;
         }
         addr_format(peer, name, sizeof(name));
@@ -437,6 +448,7 @@ static bool proxied(Server *s, Session *session, ProxyStatus status, const Proxy
         } else if (header->command != PROXY_COMMAND_PROXY) {
                 /* The balancer's own connection (a health check): it speaks for itself. */
                 session->proxy_local = true;
+                store_session(session);
                 return true;
         } else {
                 addr_format((const struct sockaddr *) &header->source, name, sizeof(name));
@@ -454,6 +466,7 @@ static bool proxied(Server *s, Session *session, ProxyStatus status, const Proxy
         if (!reason) {
                 snprintf(session->peer, sizeof(session->peer), "%s", name);
                 session->peer_addr = header->source;
+                store_session(session);
                 return true;
         }
         /* Refused as it would have been without a balancer: an ERR line for the limits, not a
@@ -998,9 +1011,13 @@ static void resume(Server *s, InheritedStore *store) {
         bool keep_stored = s->conf->handover == HANDOVER_MODE_ALWAYS;
         char name[HANDOVER_FDNAME_MAX];
 
-        if (store->state_fd < 0 && store->n_conns == 0)
+        /* A state that was passed but cannot be used (corrupt, another format or boot) is
+         * not a crash: its connections are closed, not taken up as fresh conversations. */
+        bool state_passed = store->state_fd >= 0;
+
+        if (!state_passed && store->n_conns == 0)
                 return;
-        if (store->state_fd >= 0)
+        if (state_passed)
                 resume_records(s, store, &c);
         for (size_t i = 0; i < store->n_conns; i++) {
                 StoredConn *conn = &store->conns[i];
@@ -1015,7 +1032,7 @@ static void resume(Server *s, InheritedStore *store) {
                 }
                 /* No state (a crash) but a connection kept in the store: it goes on from its next
                  * line. handoff_session_fresh() closes FD when it cannot. */
-                bool fresh = !c.have_state && keep_stored;
+                bool fresh = !state_passed && keep_stored;
                 if (fresh && handoff_session_fresh(fd, s->conf, &session) == 0) {
                         session->id = conn->id;
                         adopt_session(s, session);
@@ -1041,6 +1058,11 @@ static void resume(Server *s, InheritedStore *store) {
                            "resumed %zu conversation%s handed over by the previous process after a gap of %" PRIu64
                            " ms (%zu refused, %zu ended during the gap)",
                            c.resumed, c.resumed == 1 ? "" : "s", c.gap_usec / 1000u, c.refused, c.gone);
+        else if (state_passed)
+                log_struct(LOG_NOTICE, MESSAGE_ID_RESUMED, fields, 2,
+                           "resumed no conversation of the previous process: its state could not be used "
+                           "(%zu connection%s closed)",
+                           c.refused, c.refused == 1 ? "" : "s");
         else
                 log_struct(LOG_NOTICE, MESSAGE_ID_RESUMED, fields, 2,
                            "resumed %zu conversation%s kept in the store across the end of the previous process "

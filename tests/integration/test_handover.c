@@ -395,3 +395,223 @@ Test(handover, always_answers_bursts_and_telnet_interrupts, .timeout = 60) {
         close(listener);
         hellod_free(d);
 }
+
+/* handover = "always" behind a balancer: a connection goes into the store once its PROXY
+ * header is in, not at accept. Stored before, a crash had the next process take it up as a
+ * greeted conversation (no state: it goes on from its next line) and answer the balancer's
+ * header as a line, "Hello, PROXY TCP4 ...!". Now the crash closes it, like any connection the
+ * process alone held. */
+Test(handover, always_a_crash_before_the_proxy_header_closes_the_balancer_connection, .timeout = 60) {
+        Hellod *d = hellod_new();
+        Store st;
+        uint16_t port;
+        int listener = listening_socket(&port);
+        char buf[256] = "";
+        ClientReadEnd end;
+
+        store_start(&st, d->dir);
+        hellod_write_config(d,
+                            "listen = ( { address = \"127.0.0.1:%u\"; proxy_protocol = true; } );\n"
+                            "proxy_from = [ \"127.0.0.1\" ];\nhandover = \"always\";\nio_backend = \"epoll\";\n"
+                            "log_level = \"debug\";\n",
+                            (unsigned) port);
+        start_hellod(d, &st, listener);
+        hellod_wait_stderr(d, "started");
+        int fd = client_connect(port); /* the balancer: its header not sent yet */
+        hellod_wait_stderr(d, "opened");
+        cr_expect_eq(store_count(&st, "c"), 0, "stored before its PROXY header: a crash would resume it as a conversation");
+
+        harness_step("kill -9 while the header is awaited");
+        hellod_signal(d, SIGKILL);
+        (void) hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
+        cr_assert_eq(truncate(d->stderr_path, 0), 0); /* the next process's "started" */
+        start_hellod(d, &st, listener);
+        hellod_wait_stderr(d, "started");
+
+        harness_step("the balancer's header arrives now");
+        client_send_str(fd, "PROXY TCP4 192.0.2.7 127.0.0.1 40000 9999\r\n");
+        size_t n = client_read(fd, buf, sizeof(buf) - 1, "\n", 2000, &end);
+        buf[n] = '\0';
+        cr_expect(strstr(buf, "Hello, PROXY") == NULL, "the PROXY header was answered as a line: '%s'", buf);
+        cr_expect(n == 0 || strcmp(buf, HELLOD_GREETING) == 0, "expected the greeting or a close, got '%s'", buf);
+        client_close(fd);
+        stop_and_wait(d);
+        store_stop(&st);
+        close(listener);
+        hellod_free(d);
+}
+
+
+/* handover = "always", a restart while a connection still waits for its PROXY header: it is
+ * closed at the hand-over (the balancer retries elsewhere, docs/zero-downtime.md) and nothing of
+ * it is left in the store, where PID 1's copy held it open until the next process started. */
+Test(handover, always_a_restart_before_the_proxy_header_closes_it_and_leaves_no_store_entry, .timeout = 60) {
+        Hellod *d = hellod_new();
+        Store st;
+        uint16_t port;
+        int listener = listening_socket(&port);
+
+        store_start(&st, d->dir);
+        hellod_write_config(d,
+                            "listen = ( { address = \"127.0.0.1:%u\"; proxy_protocol = true; } );\n"
+                            "proxy_from = [ \"127.0.0.1\" ];\nhandover = \"always\";\nio_backend = \"epoll\";\n"
+                            "log_level = \"debug\";\n",
+                            (unsigned) port);
+        start_hellod(d, &st, listener);
+        hellod_wait_stderr(d, "started");
+        int fd = client_connect(port);
+        hellod_wait_stderr(d, "opened");
+        cr_expect_eq(store_count(&st, "c"), 0, "stored before its PROXY header: a crash would resume it as a conversation");
+        stop_and_wait(d);
+        store_wait(d, &st, "state", 1);
+        cr_expect_eq(store_count(&st, "c"), 0, "the unheadered PROXY connection is still in the store");
+        cr_expect(client_wait_readable(fd, 1000), "the balancer's connection was not closed at the hand-over");
+        client_close(fd);
+        store_stop(&st);
+        close(listener);
+        hellod_free(d);
+}
+
+
+/* handover = "always" and a state passed but refused as a whole (one header byte changed; the
+ * same for another format version after an upgrade or a downgrade, or another boot): every
+ * stored connection is closed, as in the restart mode (docs/zero-downtime.md). It used to be
+ * taken up "fresh", as after a crash, its kept output and input, pending line, lingering and
+ * PROXY peer silently dropped. */
+Test(handover, always_a_refused_state_closes_the_conversations, .timeout = 60) {
+        Hellod *d = hellod_new();
+        Store st;
+        uint16_t port;
+        int listener = listening_socket(&port), fds[3];
+
+        store_start(&st, d->dir);
+        hellod_write_config(d, "workers = 1;\nio_backend = \"epoll\";\nhandover = \"always\";\nlog_level = \"info\";\n");
+        start_hellod(d, &st, listener);
+        hellod_wait_stderr(d, "started");
+        for (int i = 0; i < 3; i++) {
+                fds[i] = client_connect(port);
+                client_expect_str(fds[i], HELLOD_GREETING);
+        }
+        stop_and_wait(d);
+        store_wait(d, &st, "state", 1);
+        pthread_mutex_lock(&st.lock);
+        for (unsigned i = 0; i < st.n; i++) {
+                if (strcmp(st.names[i], "state") != 0)
+                        continue;
+                char buf[65536];
+                ssize_t k = pread(st.fds[i], buf, sizeof(buf), 0);
+                cr_assert_gt(k, 40);
+                buf[13] ^= 0x40;
+                int copy = memfd_create("state-copy", MFD_CLOEXEC);
+                cr_assert_eq(write(copy, buf, (size_t) k), k);
+                close(st.fds[i]);
+                st.fds[i] = copy;
+        }
+        pthread_mutex_unlock(&st.lock);
+        start_hellod(d, &st, listener);
+        hellod_wait_stderr(d, "cannot resume");
+        int closed = 0;
+        for (int i = 0; i < 3; i++) {
+                closed += client_wait_readable(fds[i], 1000);
+                client_close(fds[i]);
+        }
+        cr_expect_eq(closed, 3, "%d of 3 conversations closed after a refused state", closed);
+        stop_and_wait(d);
+        store_stop(&st);
+        close(listener);
+        hellod_free(d);
+}
+
+/* A pool hands over to a per-connection process: partial and pipelined lines are answered
+ * byte for byte. */
+Test(handover, pool_to_per_connection_keeps_partial_and_pipelined_lines, .timeout = 60) {
+        Hellod *d = hellod_new();
+        Store st;
+        uint16_t port;
+        int listener = listening_socket(&port), fds[6];
+        char want[64];
+
+        store_start(&st, d->dir);
+        hellod_write_config(d, "workers = 2;\nio_backend = \"epoll\";\nlog_level = \"info\";\n");
+        start_hellod(d, &st, listener);
+        hellod_wait_stderr(d, "started");
+        for (int i = 0; i < 6; i++) {
+                fds[i] = client_connect(port);
+                client_expect_str(fds[i], HELLOD_GREETING);
+                client_send_str(fds[i], i % 2 ? "part" : "a\nb\nc");
+        }
+        harness_sleep_ms(200);
+        stop_and_wait(d);
+        store_wait(d, &st, "state", 1);
+        hellod_write_config(d, "workers = \"per-connection\";\nlog_level = \"info\";\n");
+        start_hellod(d, &st, listener);
+        hellod_wait_stderr(d, "resumed 6 conversations");
+        for (int i = 0; i < 6; i++) {
+                if (i % 2) {
+                        client_send_str(fds[i], "ial\n");
+                        client_expect_str(fds[i], "Hello, partial!\r\n");
+                } else {
+                        /* a and b were answered before; c is pending */
+                        client_expect_str(fds[i], "Hello, a!\r\nHello, b!\r\n");
+                        client_send_str(fds[i], "d\n");
+                        snprintf(want, sizeof(want), "Hello, cd!\r\n");
+                        client_expect_str(fds[i], want);
+                }
+                client_send_str(fds[i], "exit\n");
+                client_expect_eof_after(fds[i], "Bye!\r\n");
+                client_close(fds[i]);
+        }
+        stop_and_wait(d);
+        store_stop(&st);
+        close(listener);
+        hellod_free(d);
+}
+
+/* Back-pressure across a hand-over: 60,000 pipelined lines, the replies the client has not
+ * taken kept as output and the lines not yet answered as input; every reply arrives once, in
+ * order, byte for byte. */
+Test(handover, kept_output_and_input_cross_the_hand_over_byte_for_byte, .timeout = 60) {
+        Hellod *d = hellod_new();
+        Store st;
+        uint16_t port;
+        int listener = listening_socket(&port);
+        enum { LINES = 60000 };
+        static char in[LINES * 8];
+        size_t n = 0;
+
+        store_start(&st, d->dir);
+        hellod_write_config(d, "workers = 1;\nio_backend = \"epoll\";\nlog_level = \"info\";\nidle_timeout = 30;\n");
+        start_hellod(d, &st, listener);
+        hellod_wait_stderr(d, "started");
+        int fd = client_connect(port);
+        client_expect_str(fd, HELLOD_GREETING);
+        for (int i = 0; i < LINES; i++)
+                n += (size_t) sprintf(in + n, "%06d\n", i);
+        size_t sent = 0;
+        while (sent < n) {
+                int r = client_try_send(fd, in + sent, n - sent > 4096 ? 4096 : n - sent);
+                if (r < 0)
+                        break;
+                sent += n - sent > 4096 ? 4096 : n - sent;
+        }
+        harness_step("sent %zu of %zu bytes", sent, n);
+        harness_sleep_ms(300);
+        stop_and_wait(d);
+        store_wait(d, &st, "state", 1);
+        start_hellod(d, &st, listener);
+        hellod_wait_stderr(d, "resumed 1 conversation");
+        for (int i = 0; i < (int) (sent / 7); i++) {
+                char want[32];
+                snprintf(want, sizeof(want), "Hello, %06d!\r\n", i);
+                client_expect_str(fd, want);
+                if (sent < n && i == 1000) {
+                        client_send(fd, in + sent, n - sent);
+                        sent = n;
+                }
+        }
+        client_close(fd);
+        stop_and_wait(d);
+        store_stop(&st);
+        close(listener);
+        hellod_free(d);
+}
