@@ -827,7 +827,7 @@ static const ConfKey conf_keys[] = {
         LIST_KEY("listen", parse_listen, print_listen, listen, "[ \"0.0.0.0\", \"::\" ]"),
         INT_KEY("port", port, 1, 65535, CONF_DEFAULT_PORT),
         INT_KEY("backlog", backlog, 1, 65535, CONF_DEFAULT_BACKLOG),
-        INT_KEY("max_connections", max_connections, 1, 1000000, CONF_DEFAULT_MAX_CONNECTIONS),
+        INT_KEY("max_connections", max_connections, 1, CONF_MAX_CONNECTIONS_LIMIT, CONF_DEFAULT_MAX_CONNECTIONS),
         INT_KEY("max_connections_per_ip", max_connections_per_ip, 0, 1000000, CONF_DEFAULT_MAX_CONNECTIONS_PER_IP),
         INT_KEY("idle_timeout", idle_timeout, 0, 86400, CONF_DEFAULT_IDLE_TIMEOUT),
         INT_KEY("max_line_length", max_line_length, 1, CONF_MAX_LINE_LENGTH_MAX, CONF_DEFAULT_MAX_LINE_LENGTH),

@@ -97,7 +97,9 @@ HandoverLimits handoff_limits(const Conf *conf) {
                 .input_max = session_input_size(conf),
                 .output_max = session_output_size(conf),
                 .discard_max = SESSION_LINGER_BYTES,
-                .records_max = conf->max_connections,
+                /* Not this process's max_connections: a restart that lowers it keeps the
+                 * conversations admitted before, as a reload does. */
+                .records_max = CONF_MAX_CONNECTIONS_LIMIT,
         };
 }
 

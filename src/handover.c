@@ -522,7 +522,7 @@ int handover_state_decode(const uint8_t *data, size_t size, const HandoverLimits
         if (boot_id && memcmp(boot_id, st.header.boot_id, 16) != 0)
                 return fail(err, err_size, -EBADMSG, "state written during another boot");
         if (st.header.count > limits->records_max)
-                return fail(err, err_size, -EBADMSG, "%" PRIu32 " records, more than max_connections (%zu)",
+                return fail(err, err_size, -EBADMSG, "%" PRIu32 " records, more than max_connections can be (%zu)",
                             st.header.count, limits->records_max);
         /* Before allocating: the count must fit the data. */
         if (st.header.count > (size - pos) / RECORD_FIXED)

@@ -88,7 +88,7 @@ typedef struct HandoverHeader {
 /* HandoverLimits: what the reading process can take; a record beyond them is refused. The
  * caller fills them from its own Conf: framing and max_line_length, input_max =
  * session_input_size(), output_max = session_output_size(), discard_max =
- * SESSION_LINGER_BYTES, records_max = max_connections. */
+ * SESSION_LINGER_BYTES, records_max = the most max_connections can be. */
 typedef struct HandoverLimits {
         Framing framing;
         size_t max_line_length;

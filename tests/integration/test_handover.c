@@ -567,6 +567,52 @@ Test(handover, pool_to_per_connection_keeps_partial_and_pipelined_lines, .timeou
         hellod_free(d);
 }
 
+/* A restart that lowers max_connections below the conversations alive (or after a reload that
+ * lowered it) keeps every one of them, as a reload does; new clients are told busy until
+ * enough have ended. The whole state used to be refused ("6 records, more than
+ * max_connections (5)"), every conversation closed. */
+Test(handover, a_lower_max_connections_keeps_the_conversations, .timeout = 60) {
+        Hellod *d = hellod_new();
+        Store st;
+        uint16_t port;
+        int listener = listening_socket(&port), fds[6];
+
+        store_start(&st, d->dir);
+        hellod_write_config(d, "workers = 1;\nio_backend = \"epoll\";\nmax_connections = 10;\nlog_level = \"info\";\n");
+        start_hellod(d, &st, listener);
+        hellod_wait_stderr(d, "started");
+        for (int i = 0; i < 6; i++) {
+                fds[i] = client_connect(port);
+                client_expect_str(fds[i], HELLOD_GREETING);
+        }
+        stop_and_wait(d);
+        store_wait(d, &st, "state", 1);
+
+        harness_step("the next process has max_connections = 5");
+        hellod_write_config(d, "workers = 1;\nio_backend = \"epoll\";\nmax_connections = 5;\nlog_level = \"info\";\n");
+        start_hellod(d, &st, listener);
+        hellod_wait_stderr(d, "started");
+        hellod_wait_stderr(d, "resumed 6 conversations");
+        int extra = client_connect(port);
+        client_expect_str(extra, HELLOD_ERR_BUSY);
+        client_close(extra);
+        int kept = 0;
+        for (int i = 0; i < 6; i++) {
+                char buf[128];
+                ClientReadEnd end;
+                client_try_send(fds[i], "still\n", 6);
+                size_t n = client_read(fds[i], buf, sizeof(buf) - 1, "\n", 1000, &end);
+                buf[n] = '\0';
+                kept += strcmp(buf, "Hello, still!\r\n") == 0;
+                client_close(fds[i]);
+        }
+        cr_expect_eq(kept, 6, "only %d of 6 conversations survived a restart with max_connections 10 -> 5", kept);
+        stop_and_wait(d);
+        store_stop(&st);
+        close(listener);
+        hellod_free(d);
+}
+
 /* Back-pressure across a hand-over: 60,000 pipelined lines, the replies the client has not
  * taken kept as output and the lines not yet answered as input; every reply arrives once, in
  * order, byte for byte. */
