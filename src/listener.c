@@ -567,48 +567,47 @@ int listeners_match_conf(const ListenerSet *inherited, const Conf *conf, char *w
         return r;
 }
 
-/* spec_numeric_addr: the address a numeric `listen` entry names, into RET; false for an entry by
- * name, or by a host name (AI_NUMERICHOST: nothing is looked up). */
-static bool spec_numeric_addr(const ListenSpec *spec, unsigned port, Listener *ret) {
+/* listener_is: whether L listens on the address SA; a dual-stack "[::]:P" socket also on
+ * what "0.0.0.0:P" would. */
+static bool listener_is(const Listener *l, bool dual_stack, const struct sockaddr *sa, socklen_t len) {
+        Listener want = { .fd = -1, .addr_len = len };
+
+        if (len > sizeof(want.addr))
+                return false;
+        memcpy(&want.addr, sa, len);
+        if (same_addr(l, &want))
+                return true;
+        if (!dual_stack || sa->sa_family != AF_INET)
+                return false;
+        const struct sockaddr_in *in = (const struct sockaddr_in *) sa;
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *) &l->addr;
+        return in->sin_addr.s_addr == htonl(INADDR_ANY) && in->sin_port == in6->sin6_port;
+}
+
+bool listener_matches_spec(const Listener *l, bool dual_stack, const ListenSpec *spec, unsigned port) {
         struct addrinfo hints = {
-                .ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV,
+                .ai_flags = AI_PASSIVE | AI_NUMERICSERV,
                 .ai_family = AF_UNSPEC,
                 .ai_socktype = SOCK_STREAM,
                 .ai_protocol = IPPROTO_TCP,
         };
         struct addrinfo *res = NULL;
         char service[8];
-        bool ok;
-
-        if (!spec->host)
-                return false;
-        snprintf(service, sizeof(service), "%u", spec->port ? spec->port : port);
-        if (getaddrinfo(spec->host, service, &hints, &res) != 0 || !res)
-                return false;
-        ok = res->ai_addrlen <= sizeof(ret->addr);
-        if (ok) {
-                *ret = (Listener) { .fd = -1, .addr_len = res->ai_addrlen };
-                memcpy(&ret->addr, res->ai_addr, res->ai_addrlen);
-        }
-        freeaddrinfo(res);
-        return ok;
-}
-
-bool listener_matches_spec(const Listener *l, bool dual_stack, const ListenSpec *spec, unsigned port) {
-        Listener want;
+        bool match = false;
 
         if (spec->fdname)
                 return strcmp(l->fdname, spec->fdname) == 0;
-        if (!spec_numeric_addr(spec, port, &want))
+        if (!spec->host)
                 return false;
-        if (same_addr(l, &want))
-                return true;
-        /* A dual-stack "[::]:P" also accepts what "0.0.0.0:P" would. */
-        if (!dual_stack || want.addr.ss_family != AF_INET)
+        /* Resolved as listeners_resolve() does: "localhost" is 127.0.0.1 and ::1 (a PROXY
+         * listener written so was served as a plain one when matched numerically only). */
+        snprintf(service, sizeof(service), "%u", spec->port ? spec->port : port);
+        if (getaddrinfo(spec->host, service, &hints, &res) != 0)
                 return false;
-        const struct sockaddr_in *in = (const struct sockaddr_in *) &want.addr;
-        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *) &l->addr;
-        return in->sin_addr.s_addr == htonl(INADDR_ANY) && in->sin_port == in6->sin6_port;
+        for (const struct addrinfo *ai = res; ai && !match; ai = ai->ai_next)
+                match = listener_is(l, dual_stack, ai->ai_addr, ai->ai_addrlen);
+        freeaddrinfo(res);
+        return match;
 }
 
 void listeners_mark_proxy(ListenerSet *set, const Conf *conf) {

@@ -109,15 +109,14 @@ const char *listeners_describe(const ListenerSet *set, char *buf, size_t size);
 int listeners_match_conf(const ListenerSet *inherited, const Conf *conf, char *why, size_t why_size);
 
 /* listeners_mark_proxy: sets `proxy` on each inherited listener of SET that a listen entry with
- * proxy_protocol = true names: by its FileDescriptorName= (the entry's `name`), or by its
- * address (numeric entries only: names are never resolved here; a dual-stack "[::]:P" socket
- * stands for "0.0.0.0:P" and "[::]:P"); clears it on the others, so it can be called again
- * after a reload. */
+ * proxy_protocol = true names: by its FileDescriptorName= (the entry's `name`), or by any
+ * address its host resolves to (a dual-stack "[::]:P" socket stands for "0.0.0.0:P" and
+ * "[::]:P"); clears it on the others, so it can be called again after a reload. */
 void listeners_mark_proxy(ListenerSet *set, const Conf *conf);
 
 /* listener_matches_spec: whether the inherited listener L is what SPEC names: its
- * FileDescriptorName= for an entry by name, else its address (PORT when SPEC has none), numeric
- * hosts only; DUAL_STACK: L is an "[::]" socket with IPV6_V6ONLY off. Pure. */
+ * FileDescriptorName= for an entry by name, else one of the addresses its host resolves to
+ * (PORT when SPEC has none); DUAL_STACK: L is an "[::]" socket with IPV6_V6ONLY off. */
 bool listener_matches_spec(const Listener *l, bool dual_stack, const ListenSpec *spec, unsigned port);
 
 /* listeners_report_match: logs whether the passed sockets match CONF: info when they do, a

@@ -129,6 +129,42 @@ static void refused_unanswered(int fd) {
         client_close(fd);
 }
 
+/* Socket-activated (systemd passes the sockets, hellod binds nothing): a PROXY entry by host
+ * name marks the passed socket its name resolves to. "localhost" used to be matched
+ * numerically only, never, so its socket was served as a plain one: direct clients greeted,
+ * the balancer's header answered as a line, allow/deny applied to the balancer. */
+Test(proxy, socket_activated_a_proxy_entry_by_host_name_is_a_proxy_listener, .timeout = 60) {
+        Hellod *d = hellod_new();
+        uint16_t port = harness_pick_port();
+        char plain[32], proxied[32];
+
+        snprintf(plain, sizeof(plain), "127.0.0.1:%u", (unsigned) d->port);
+        snprintf(proxied, sizeof(proxied), "127.0.0.1:%u", (unsigned) port);
+        const char *const wrapper[] = { "/usr/bin/systemd-socket-activate", "-l", plain, "-l", proxied, NULL };
+        hellod_write_config(d,
+                            "listen = ( \"127.0.0.1:%u\", { address = \"localhost:%u\"; proxy_protocol = true; } );\n"
+                            "proxy_from = [ \"127.0.0.1\" ];\nlog_level = \"debug\";\n",
+                            (unsigned) d->port, (unsigned) port);
+        hellod_spawn(d, &(HellodOpts) { .wrapper = wrapper });
+        hellod_wait_ready(d);
+        hellod_wait_stderr(d, (const char *) proxied);
+        char *log = hellod_stderr(d);
+        cr_expect(strstr(log, "(PROXY)") != NULL, "the passed %s is not described as a PROXY listener", proxied);
+        free(log);
+
+        int fd = client_connect(port);
+        client_send_str(fd, "Michael\n");
+        refused_unanswered(fd);
+        hellod_wait_stderr(d, "PROXY protocol listener: not a PROXY protocol header");
+        fd = proxied_client(port, "192.0.2.7", 51234);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_hello(fd, "Michael");
+        client_close(fd);
+        hellod_wait_stderr(d, "from 192.0.2.7:51234 via 127.0.0.1:");
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 Test(proxy, a_direct_client_without_a_header_gets_nothing, .timeout = 60) {
         uint16_t port;
         Hellod *d = start(&port, "\"127.0.0.1\"", NULL);
