@@ -155,6 +155,7 @@ int cidr_parse(const char *text, Cidr *ret, char *err, size_t err_size) {
                 }
         }
         c.bits = (unsigned) bits + (v4 ? 96 : 0);
+        c.ipv6_only = !v4 && !(c.bits >= 96 && ip_key_is_ipv4(&c.net));
 
         IpKey masked = c.net;
         clear_after(&masked, c.bits);
@@ -171,6 +172,9 @@ int cidr_parse(const char *text, Cidr *ret, char *err, size_t err_size) {
 
 bool cidr_match(const Cidr *c, const IpKey *k) {
         IpKey masked = *k;
+
+        if (c->ipv6_only && ip_key_is_ipv4(k))
+                return false;
 
         clear_after(&masked, c->bits);
         return memcmp(&masked, &c->net, sizeof(masked)) == 0;

@@ -34,10 +34,13 @@ void ip_key_mask(IpKey *k, unsigned v4_prefix, unsigned v6_prefix);
 typedef struct Cidr {
         IpKey net;
         unsigned bits; /* 0..128 */
+        bool ipv6_only; /* written as IPv6, outside ::ffff:0:0/96: IPv4 clients never match */
 } Cidr;
 
 /* cidr_parse: "192.0.2.0/24", "2001:db8::/32", or a single address ("192.0.2.7", "::1").
- * Host bits beyond the prefix are an error (a typo more often than not). Returns 0, or
+ * Host bits beyond the prefix are an error (a typo more often than not). A prefix written in
+ * IPv6 matches IPv6 clients only ("::/0" is every IPv6 client, not everyone), unless it is
+ * written inside ::ffff:0:0/96, where IPv4 clients live. Returns 0, or
  * -EINVAL with a reason in ERR. */
 int cidr_parse(const char *text, Cidr *ret, char *err, size_t err_size);
 bool cidr_match(const Cidr *c, const IpKey *k);
