@@ -63,7 +63,8 @@ typedef struct Scanner {
         const char *p;
         const char *bol; /* where the current line begins */
         unsigned line;
-        bool unterminated; /* a string or a block comment runs to the end */
+        unsigned open_line;    /* where a string or block comment that runs to the end opens; 0: none */
+        const char *open_what; /* "string" or "comment" */
 } Scanner;
 
 static void scanner_init(Scanner *sc, const char *text) {
@@ -99,7 +100,10 @@ static Token scan_next(Scanner *sc) {
                         for (q = p + 2; *q && !(q[0] == '*' && q[1] == '/'); q++)
                                 if (*q == '\n')
                                         newline_at(sc, q);
-                        sc->unterminated |= !*q;
+                        if (!*q) {
+                                sc->open_line = t.line;
+                                sc->open_what = "comment";
+                        }
                         sc->p = *q ? q + 2 : q;
                         continue;
                 }
@@ -112,7 +116,10 @@ static Token scan_next(Scanner *sc) {
                                 if (*q == '\n')
                                         newline_at(sc, q);
                         }
-                        sc->unterminated |= !*q;
+                        if (!*q) {
+                                sc->open_line = t.line;
+                                sc->open_what = "string";
+                        }
                         q = *q ? q + 1 : q;
                         t.type = TOK_STRING;
                 } else if (is_ascii_alpha(*p) || *p == '*') {
@@ -398,8 +405,11 @@ static int splice_text(Builder *b, const char *file, const char *text, unsigned 
                 if (r < 0)
                         return r;
         }
-        if (sc.unterminated && depth > 0)
-                return text_error(b->err, -EINVAL, file, sc.line, "the file ends inside a string or a comment");
+        /* libconfig would take a comment left open as the end of the file, in silence, and
+         * report a string left open at the line past the end: hellod names where it opens. */
+        if (sc.open_line != 0)
+                return text_error(b->err, -EINVAL, file, sc.open_line, "a %s opened here runs to the end of the file",
+                                  sc.open_what);
         r = emit(b, copied, strlen(copied));
         /* Whatever follows an included file starts on a line of its own. */
         if (r >= 0 && depth > 0 && b->t->size > 0 && b->t->text[b->t->size - 1] != '\n')

@@ -656,8 +656,8 @@ Test(conf_file, unknown_keys) {
 
 Test(conf_file, syntax_errors) {
         expect_error("port = 1;\n\nbacklog = ;\n", 3, NULL, "syntax error");
-        /* An unterminated string is noticed where the file ends. */
-        expect_error("port = 1;\ngreeting = \"unterminated;\nbacklog = 5;\n", 4, NULL, "syntax error");
+        /* An unterminated string is reported where it opens. */
+        expect_error("port = 1;\ngreeting = \"unterminated;\nbacklog = 5;\n", 2, NULL, "a string opened here");
 }
 
 Test(conf_file, nul_byte) {
@@ -1211,7 +1211,7 @@ Test(conf_include, bounds_and_form) {
         /* A string or comment cannot run out of an included file into the next. */
         inc_write(&d, "main.conf", "@include \"open.conf\"\n\";\n");
         inc_write(&d, "open.conf", "greeting = \"abc\n");
-        inc_expect_error(&d, "open.conf", 2, "ends inside a string or a comment");
+        inc_expect_error(&d, "open.conf", 1, "a string opened here runs to the end of the file");
 
         /* In strings and comments, @include is just text. */
         inc_write(&d, "main.conf", "# @include \"x.conf\"\ngreeting = \"@include \\\"x\\\"\";\n/*\n@include \"x\"\n*/\n");
@@ -1412,5 +1412,19 @@ Test(conf_proxy, conf_print_output_loads_as_text) {
         expect_same(c, again);
         free(text);
         conf_unref(again);
+        conf_unref(c);
+}
+
+/* A block comment or a string that never ends is an error in the main file too, at the line
+ * where it opens: an unclosed comment used to swallow the rest of the file in silence (here an
+ * out-of-range value and an unknown key), and an unclosed string was a syntax error at the
+ * line past the end. */
+Test(conf_text, a_comment_or_string_left_open_is_an_error_where_it_opens) {
+        expect_error("port = 7000;\n/* forgot to close\nmax_connections = 0;\nbogus = 1;\n", 2, NULL,
+                     "a comment opened here runs to the end of the file");
+        expect_error("port = 7000;\ngreeting = \"Hello;\nmax_connections = 5;\n", 2, NULL,
+                     "a string opened here runs to the end of the file");
+        Conf *c = load_ok("port = 7000; /* closed */\ngreeting = \"a /* not a comment\";\n");
+        cr_expect_str_eq(c->greeting, "a /* not a comment");
         conf_unref(c);
 }
