@@ -588,6 +588,9 @@ static void reload(Server *s) {
         notify_reloading();
         log_info("reloading configuration from %s", s->opts.config_path);
         int r = conf_load_for(s->opts.config_path, s->opts.config_optional, &conf, &defaulted, err, sizeof(err));
+        /* What `hellod -t` and a start check too: a file they refuse is not applied. */
+        if (r >= 0)
+                r = preflight_check(conf, s->opts.config_path, err, sizeof(err));
         if (r >= 0)
                 r = reload_listeners(s, conf, err, sizeof(err));
         if (r < 0) {

@@ -145,6 +145,24 @@ Test(config, reload_with_bad_include_keeps_old_config, .timeout = 90) {
         hellod_free(d);
 }
 
+/* A reload runs the checks `hellod -t` and a start run: a file naming a user that does not
+ * exist is refused, the running configuration kept. It used to be applied (the new greeting
+ * served), and the next restart failed with 78. */
+Test(config, reload_refuses_what_the_check_refuses, .timeout = 60) {
+        Hellod *d = hellod_start("greeting = \"Before!\";\n");
+        char needle[600];
+
+        hellod_write_config_std(d, "greeting = \"After!\";\nuser = \"no-such-hellod-user\";\n");
+        snprintf(needle, sizeof(needle), "reload failed, keeping the running configuration: %s: user: ", d->conf_path);
+        hellod_signal(d, SIGHUP);
+        hellod_wait_stderr(d, needle);
+        int fd = client_connect(d->port);
+        client_expect_str(fd, "Before!\r\n");
+        client_close(fd);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 /* ---- -t runs what a start would, -T prints the settings ---- */
 
 /* Each configuration of issue 10 point 3 that used to pass -t and fail at start: 78, and a
