@@ -220,30 +220,25 @@ int handoff_session_fresh(int fd, Conf *conf, Session **ret) {
         return 0;
 }
 
-int handoff_memfd(const HandoverBuf *b) {
+int handoff_memfd_new(void) {
         int fd = memfd_create("hellod-state", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+
+        return fd < 0 ? -errno : fd;
+}
+
+int handoff_memfd_fill(int fd, const HandoverBuf *b) {
         size_t done = 0;
 
-        if (fd < 0)
-                return -errno;
         while (done < b->len) {
-                ssize_t n = write(fd, b->data + done, b->len - done);
+                ssize_t n = pwrite(fd, b->data + done, b->len - done, (off_t) done);
                 if (n < 0 && errno == EINTR)
                         continue;
-                if (n <= 0) {
-                        int r = n < 0 ? -errno : -EIO;
-                        close(fd);
-                        return r;
-                }
+                if (n <= 0)
+                        return n < 0 ? -errno : -EIO;
                 done += (size_t) n;
         }
         /* Sealed: what the next process reads is what was written, whoever else holds it. */
-        if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0) {
-                int r = -errno;
-                close(fd);
-                return r;
-        }
-        return fd;
+        return fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0 ? -errno : 0;
 }
 
 int handoff_read_state(int fd, size_t max, uint8_t **ret, size_t *ret_size) {

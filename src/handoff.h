@@ -39,8 +39,12 @@ int handoff_session(const HandoverRecord *rec, int fd, Conf *conf, uint64_t now,
  * conversation goes on from the next line, without a greeting. Takes FD. */
 int handoff_session_fresh(int fd, Conf *conf, Session **ret);
 
-/* handoff_memfd: B's bytes in a sealed memfd; the fd or a negative errno. */
-int handoff_memfd(const HandoverBuf *b);
+/* handoff_memfd_new: an empty memfd for the state, stored before the connections so that a
+ * full store refuses connections, not the state all of them need. The fd or a negative
+ * errno. handoff_memfd_fill: B's bytes into it, then sealed. Empty, it says the hand-over
+ * never finished (handoff_state_written()). */
+int handoff_memfd_new(void);
+int handoff_memfd_fill(int fd, const HandoverBuf *b);
 /* handoff_read_state: the whole of FD (from its start) if it is at most MAX bytes, malloc'd. */
 int handoff_read_state(int fd, size_t max, uint8_t **ret, size_t *ret_size);
 

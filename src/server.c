@@ -18,6 +18,7 @@
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "engine.h"
@@ -702,34 +703,49 @@ static bool wants_hand_over(Server *s) {
         return job != HANDOFF_JOB_STOP;
 }
 
+/* store_state_first: an empty memfd into systemd's store as "state", before any connection:
+ * when the store is full (FileDescriptorStoreMax= below max_connections after a reload that
+ * raised it), PID 1 refuses the connections that come last, not the state that every one of
+ * them needs. Filled once the records are written. The fd, or a negative errno. */
+static int store_state_first(void) {
+        int fd = handoff_memfd_new();
+        int r = fd < 0 ? fd : notify_fdstore_add(fd, HANDOVER_FDNAME_STATE);
+
+        if (r < 0 && fd >= 0)
+                close(fd);
+        return r < 0 ? r : fd;
+}
+
 /* hand_over: every live conversation to the next process of the service, through systemd's
- * file descriptor store: the connections as c<ID>, then their records as "state". */
+ * file descriptor store: a place for their records as "state", the connections as c<ID>, then
+ * the records into that place. */
 static int hand_over(Server *s) {
         uint64_t started = now_usec();
         HandoverHeader header;
         char count[24], failed[24];
-        int r;
+        int r, state_fd;
 
         pthread_mutex_lock(&s->lock);
         handoff_header(&header, s->next_id); /* nothing is accepted any more */
         r = handover_state_begin(&s->handover, &header);
         pthread_mutex_unlock(&s->lock);
-        if (r < 0) {
-                log_error_errno(r, "cannot hand the conversations over, ending them");
-                return r;
+        state_fd = r < 0 ? r : store_state_first();
+        if (state_fd < 0) {
+                log_error_errno(state_fd, "cannot hand the conversations over, ending them");
+                return state_fd;
         }
         r = engine_hand_over(s->engine, KILL_GRACE_MSEC);
         forget_engine(s);
         if (r < 0) {
+                close(state_fd);
                 s->abandoned = true;
                 return log_error_errno(r, "worker threads did not finish, exiting without them");
         }
         /* The engine's threads are gone: nothing else touches the records now. */
         r = handover_state_finish(&s->handover);
-        int fd = r < 0 ? r : handoff_memfd(&s->handover);
-        r = fd < 0 ? fd : notify_fdstore_add(fd, HANDOVER_FDNAME_STATE);
-        if (fd >= 0)
-                close(fd);
+        if (r >= 0)
+                r = handoff_memfd_fill(state_fd, &s->handover);
+        close(state_fd);
         if (r < 0)
                 return log_error_errno(r, "cannot store the hand-over state: %zu conversations are lost", s->n_handed);
         snprintf(count, sizeof(count), "%zu", s->n_handed);
@@ -1004,6 +1020,19 @@ static void resume_records(Server *s, InheritedStore *store, ResumeCounts *c) {
         free(data);
 }
 
+/* drop_unwritten_state: an empty state is the place a previous process kept for its records
+ * and never filled (it ended during its hand-over): no state, as after a crash. */
+static void drop_unwritten_state(InheritedStore *store) {
+        struct stat st;
+
+        if (store->state_fd < 0 || fstat(store->state_fd, &st) < 0 || st.st_size != 0)
+                return;
+        log_warning("the previous process ended during its hand-over, before it wrote its state");
+        close(store->state_fd);
+        store->state_fd = -1;
+        (void) notify_fdstore_remove(HANDOVER_FDNAME_STATE);
+}
+
 /* resume: the conversations STORE holds. With a state, each record with its connection; a
  * connection without a record is closed. Without a state (a crash with handover = "always"),
  * each connection goes on as a fresh conversation without a greeting: what the crashed
@@ -1014,6 +1043,7 @@ static void resume(Server *s, InheritedStore *store) {
         bool keep_stored = s->conf->handover == HANDOVER_MODE_ALWAYS;
         char name[HANDOVER_FDNAME_MAX];
 
+        drop_unwritten_state(store);
         /* A state that was passed but cannot be used (corrupt, another format or boot) is
          * not a crash: its connections are closed, not taken up as fresh conversations. */
         bool state_passed = store->state_fd >= 0;

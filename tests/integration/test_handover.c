@@ -522,6 +522,47 @@ Test(handover, always_a_refused_state_closes_the_conversations, .timeout = 60) {
         hellod_free(d);
 }
 
+/* handover = "always": a process that died during its hand-over leaves the state's place in
+ * the store empty. That is no state, as after a crash: the stored conversations go on from
+ * their next line (not closed as for a state refused). */
+Test(handover, always_an_empty_state_is_a_crash, .timeout = 60) {
+        Hellod *d = hellod_new();
+        Store st;
+        uint16_t port;
+        int listener = listening_socket(&port), fds[3];
+
+        store_start(&st, d->dir);
+        hellod_write_config(d, "workers = 1;\nio_backend = \"epoll\";\nhandover = \"always\";\nlog_level = \"info\";\n");
+        start_hellod(d, &st, listener);
+        hellod_wait_stderr(d, "started");
+        for (int i = 0; i < 3; i++) {
+                fds[i] = client_connect(port);
+                client_expect_str(fds[i], HELLOD_GREETING);
+        }
+        store_wait(d, &st, "c", 3);
+        hellod_signal(d, SIGKILL);
+        (void) hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
+        pthread_mutex_lock(&st.lock);
+        cr_assert_lt(st.n, STORE_MAX);
+        snprintf(st.names[st.n], sizeof(st.names[0]), "state");
+        st.fds[st.n] = memfd_create("empty-state", MFD_CLOEXEC);
+        cr_assert_geq(st.fds[st.n++], 0);
+        pthread_mutex_unlock(&st.lock);
+
+        start_hellod(d, &st, listener);
+        hellod_wait_stderr(d, "before it wrote its state");
+        hellod_wait_stderr(d, "resumed 3 conversations kept in the store");
+        for (int i = 0; i < 3; i++) {
+                client_hello(fds[i], "again");
+                client_close(fds[i]);
+        }
+        cr_expect_eq(store_count(&st, "state"), 0, "the empty state is still in the store");
+        stop_and_wait(d);
+        store_stop(&st);
+        close(listener);
+        hellod_free(d);
+}
+
 /* A pool hands over to a per-connection process: partial and pipelined lines are answered
  * byte for byte. */
 Test(handover, pool_to_per_connection_keeps_partial_and_pipelined_lines, .timeout = 60) {
@@ -607,6 +648,52 @@ Test(handover, a_lower_max_connections_keeps_the_conversations, .timeout = 60) {
                 client_close(fds[i]);
         }
         cr_expect_eq(kept, 6, "only %d of 6 conversations survived a restart with max_connections 10 -> 5", kept);
+        stop_and_wait(d);
+        store_stop(&st);
+        close(listener);
+        hellod_free(d);
+}
+
+/* A full file descriptor store (PID 1 refuses beyond FileDescriptorStoreMax=, and
+ * sd_pid_notify_with_fds() still succeeds; this store refuses beyond STORE_MAX = 256, as PID 1
+ * would with FileDescriptorStoreMax=256, e.g. after a reload raised max_connections above the
+ * generated value - 64) costs the connections that did not fit, not all of them: the state's
+ * place is stored first. Stored last, the state was the one refused and the next process closed
+ * every connection. */
+#define MORE_THAN_THE_STORE 260
+Test(handover, a_full_store_costs_the_connections_that_do_not_fit, .timeout = 90) {
+        Hellod *d = hellod_new();
+        Store st;
+        uint16_t port;
+        int listener = listening_socket(&port), *fds = calloc(MORE_THAN_THE_STORE, sizeof(int));
+
+        store_start(&st, d->dir);
+        hellod_write_config(d, "workers = 1;\nio_backend = \"epoll\";\nmax_connections = 1000;\nlog_level = \"info\";\n");
+        start_hellod(d, &st, listener);
+        hellod_wait_stderr(d, "started");
+        for (int i = 0; i < MORE_THAN_THE_STORE; i++) {
+                fds[i] = client_connect(port);
+                client_expect_str(fds[i], HELLOD_GREETING);
+        }
+        stop_and_wait(d);
+        store_wait(d, &st, "c", STORE_MAX - 1);
+        cr_expect_eq(store_count(&st, "state"), 1, "the store holds no state");
+        start_hellod(d, &st, listener);
+        hellod_wait_stderr(d, "started");
+        harness_sleep_ms(300);
+        int kept = 0;
+        for (int i = 0; i < MORE_THAN_THE_STORE; i++) {
+                char buf[128];
+                ClientReadEnd end;
+                (void) client_try_send(fds[i], "still\n", 6);
+                size_t n = client_read(fds[i], buf, sizeof(buf) - 1, "\n", 300, &end);
+                buf[n] = '\0';
+                kept += strcmp(buf, "Hello, still!\r\n") == 0;
+                client_close(fds[i]);
+        }
+        cr_expect_eq(kept, STORE_MAX - 1, "%d of %d conversations survived a store of %d", kept, MORE_THAN_THE_STORE,
+                      STORE_MAX);
+        free(fds);
         stop_and_wait(d);
         store_stop(&st);
         close(listener);
