@@ -1428,3 +1428,13 @@ Test(conf_text, a_comment_or_string_left_open_is_an_error_where_it_opens) {
         cr_expect_str_eq(c->greeting, "a /* not a comment");
         conf_unref(c);
 }
+
+/* "\x00" in a string is an error at its line: libconfig dropped the byte in silence, so
+ * greeting = "Hello\x00 there" became "Hello there" and user = "nobody\x00x" "nobodyx". */
+Test(conf_text, a_nul_escape_in_a_string_is_an_error) {
+        expect_error("port = 7000;\ngreeting = \"Hello\\x00 there\";\n", 2, NULL, "cannot hold a NUL byte");
+        expect_error("user = \"nobody\\x00x\";\n", 1, NULL, "cannot hold a NUL byte");
+        Conf *c = load_ok("greeting = \"an escaped backslash: \\\\x00 is text\";\n");
+        cr_expect_str_eq(c->greeting, "an escaped backslash: \\x00 is text");
+        conf_unref(c);
+}
