@@ -280,6 +280,9 @@ static int host_check(const char *h, char *err, size_t size) {
                         return reason(err, size, "not a valid IPv4 address");
                 return 0;
         }
+        /* Nor "0x7f.1" (127.0.0.1) or any other form inet_aton() reads, as getaddrinfo() does. */
+        if (inet_aton(h, &a4) != 0)
+                return reason(err, size, "not a valid IPv4 address (write it as a.b.c.d)");
         return host_name_check(h, err, size);
 }
 

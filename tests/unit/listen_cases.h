@@ -54,6 +54,9 @@ static const char *const invalid_specs[] = {
         "1.2.3",
         "256.1.1.1",
         "123",
+        "0x7f.1:7000",               /* inet_aton forms, which getaddrinfo reads as 127.0.0.1 */
+        "0x7f000001",
+        "0x7f.0.0.1",
         "a b",
         " localhost",
         "*",
