@@ -221,6 +221,19 @@ static bool has_kept(const Conn *c) {
         return c->kept_len > c->kept_off;
 }
 
+/* kept_capacity: room for NEED bytes of kept input, from CAP: doubling up to KEPT_MAX and one
+ * buffer more (what arrives before the receive stops), by whole buffers past that (completions
+ * already on their way when it stopped). Doubling on past KEPT_MAX took 128 KiB for 68. */
+static size_t kept_capacity(size_t cap, size_t need) {
+        const size_t soft = KEPT_MAX + BUF_SIZE;
+
+        if (cap == 0)
+                cap = BUF_SIZE;
+        while (cap < need && cap < soft)
+                cap = cap * 2 > soft ? soft : cap * 2;
+        return cap >= need ? cap : (need + BUF_SIZE - 1) / BUF_SIZE * BUF_SIZE;
+}
+
 /* keep: N bytes at DATA appended to the kept input. */
 static int keep(Conn *c, const char *data, size_t n) {
         size_t have = c->kept_len - c->kept_off;
@@ -231,9 +244,7 @@ static int keep(Conn *c, const char *data, size_t n) {
                 c->kept_len = have;
         }
         if (have + n > c->kept_cap) {
-                size_t cap = c->kept_cap ? c->kept_cap : BUF_SIZE;
-                while (cap < have + n)
-                        cap *= 2;
+                size_t cap = kept_capacity(c->kept_cap, have + n);
                 char *p = realloc(c->kept, cap);
                 if (!p)
                         return -ENOMEM;
@@ -938,7 +949,16 @@ static int ring_setup(Loop *l, char *why, size_t size) {
                 snprintf(why, size, "cannot register a provided-buffer ring (Linux 5.19)");
                 return r;
         }
-        if (!(l->bufs = malloc((size_t) BUF_COUNT * BUF_SIZE)) || !(l->obufs = calloc(OBUF_CACHE, sizeof(char *)))) {
+        /* Resident from the start: the kernel takes the buffers in turn, so that a loop under
+         * load soon touches every one of them; its megabyte is a fixed cost, not a growth. */
+        void *bufs = mmap(NULL, (size_t) BUF_COUNT * BUF_SIZE, PROT_READ | PROT_WRITE,
+                          MAP_ANONYMOUS | MAP_PRIVATE | MAP_POPULATE, -1, 0);
+        if (bufs == MAP_FAILED) {
+                snprintf(why, size, "cannot map its receive buffers");
+                return -errno;
+        }
+        l->bufs = bufs;
+        if (!(l->obufs = calloc(OBUF_CACHE, sizeof(char *)))) {
                 snprintf(why, size, "out of memory");
                 return -ENOMEM;
         }
@@ -957,7 +977,8 @@ static void ring_teardown(Loop *l) {
         }
         if (l->br)
                 munmap(l->br, BUF_COUNT * sizeof(struct io_uring_buf));
-        free(l->bufs);
+        if (l->bufs)
+                munmap(l->bufs, (size_t) BUF_COUNT * BUF_SIZE);
         while (l->n_obufs > 0)
                 free(l->obufs[--l->n_obufs]);
         free(l->obufs);
@@ -1034,11 +1055,7 @@ static void uring_slot_freed(Engine *e) {
 
 static void uring_reconfigure(Engine *e, const Conf *old, const Conf *conf) {
         (void) e;
-        if (conf->workers != old->workers)
-                log_warning("a change of 'workers' takes effect when hellod is restarted");
-        else if (conf->io_backend != old->io_backend)
-                log_warning("a change of 'io_backend' takes effect when hellod is restarted");
-        else if (conf->worker_stack_size != old->worker_stack_size)
+        if (conf->workers == old->workers && conf->worker_stack_size != old->worker_stack_size)
                 log_warning("a change of 'worker_stack_size' takes effect for the event loops when hellod is "
                             "restarted");
 }

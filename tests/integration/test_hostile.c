@@ -553,7 +553,8 @@ enum {
         FLOODERS_MS = 4000,        /* each sends what its socket takes, never reading, this long */
         FLOODER_KIB = 96,          /* what one costs the daemon on average: its buffers, the input
                                     * a backend keeps while a reply waits, and slack (measured: epoll
-                                    * 8 KiB, a thread each 24, io_uring 42-61; 114-242 before a fix) */
+                                    * 8 KiB, a thread each 24, io_uring 10, 88 with the cores busy;
+                                    * 114-242 before a fix) */
         /* Sanitizers add redzones and keep what was freed, and TSan's runtime costs about 2 MiB
          * a thread (per-connection: a thread a flooder): the bound that counts is the one above. */
         FLOODER_KIB_SANITIZED = 4096,
