@@ -759,9 +759,7 @@ static void pool_slot_freed(Engine *e) {
 
 static void pool_reconfigure(Engine *e, const Conf *old, const Conf *conf) {
         (void) e;
-        if (conf->workers != old->workers)
-                log_warning("a change of 'workers' takes effect when hellod is restarted");
-        else if (conf->worker_stack_size != old->worker_stack_size)
+        if (conf->workers == old->workers && conf->worker_stack_size != old->worker_stack_size)
                 log_warning("a change of 'worker_stack_size' takes effect for the event loops when hellod is "
                             "restarted");
 }

@@ -76,7 +76,7 @@ struct Server {
         unsigned slots;
         bool queue_overload; /* atomic: the current Conf's overload is "queue" */
         HandoverBuf handover;   /* under lock: the records of the sessions handed over */
-        size_t n_handed, n_handed_failed; /* under lock */
+        size_t n_handed, n_handed_failed; /* counted by the engine's threads (atomic), read once they are gone */
 };
 
 static const int handled_signals[] = { SIGTERM, SIGINT, SIGHUP };
@@ -211,21 +211,19 @@ static void session_handed_over(Session *session, void *userdata) {
         HandoverRecord rec;
         char name[HANDOVER_FDNAME_MAX];
 
-        if (session->proxy) { /* not greeted yet: the balancer retries elsewhere */
-                forget_stored(session);
+        if (session->proxy) { /* not greeted yet (nor stored): the balancer retries elsewhere */
                 unregister(s, session);
                 return;
         }
         handoff_record(session, now_usec(), &rec);
         pthread_mutex_lock(&s->lock);
         int r = rec.peer.ss_family == AF_UNSPEC ? -ENOTCONN : handover_state_add(&s->handover, &rec);
-        if (r == 0)
-                s->n_handed++;
-        else
-                s->n_handed_failed++;
         pthread_mutex_unlock(&s->lock);
         if (r == 0 && !session->stored)
                 r = notify_fdstore_add(session->fd, handover_fdname_conn(session->id, name, sizeof(name)));
+        /* Counted once its connection is stored as well (PID 1 may still refuse it, in silence:
+         * the next process then counts its record as without a descriptor). */
+        __atomic_add_fetch(r >= 0 ? &s->n_handed : &s->n_handed_failed, 1, __ATOMIC_RELAXED);
         if (r < 0) {
                 log_warning_errno(r, "connection %" PRIu64 " from %s cannot be handed over, closing it", session->id,
                                   session->peer);
@@ -602,6 +600,11 @@ static void reload(Server *s) {
         }
         if (!same_name(conf->user, s->conf->user) || !same_name(conf->group, s->conf->group))
                 log_warning("a change of 'user' or 'group' takes effect when hellod is restarted");
+        /* The engine is the one started; it takes up what it can of the rest. */
+        if (conf->workers != s->conf->workers)
+                log_warning("a change of 'workers' takes effect when hellod is restarted");
+        else if (conf->io_backend != s->conf->io_backend && conf->workers != 0)
+                log_warning("a change of 'io_backend' takes effect when hellod is restarted");
         engine_reconfigure(s->engine, s->conf, conf);
         pthread_mutex_lock(&s->lock);
         Conf *old = s->conf;

@@ -573,3 +573,24 @@ Test(limits, reload_says_what_it_cannot_change, .timeout = 60) {
         hellod_stop_clean(d);
         hellod_free(d);
 }
+
+/* A change of worker model or backend waits for a restart, and a reload says so whatever the
+ * running model: the thread-per-connection model and the epoll pool used to say nothing. */
+Test(limits, reload_says_a_worker_model_change_waits_for_a_restart, .timeout = 60) {
+        Hellod *d = hellod_start("workers = \"per-connection\";\n");
+
+        reload_with(d, "workers = 2;\n");
+        hellod_wait_stderr(d, "a change of 'workers' takes effect when hellod is restarted");
+        int fd = client_connect(d->port);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_close(fd);
+        hellod_stop_clean(d);
+        hellod_free(d);
+
+        d = hellod_start("workers = 1;\nio_backend = \"epoll\";\n");
+        reload_with(d, "workers = 1;\nio_backend = \"io_uring\";\n");
+        hellod_wait_stderr(d, "a change of 'io_backend' takes effect when hellod is restarted");
+        cr_expect_eq(threads_named(d->pid, "hellod-loop"), 1);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
