@@ -387,6 +387,7 @@ void listen_spec_done(ListenSpec *s) {
                 return;
         free(s->host);
         free(s->fdname);
+        free(s->at);
         *s = (ListenSpec) { .host = NULL };
 }
 

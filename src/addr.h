@@ -54,6 +54,7 @@ typedef struct ListenSpec {
         uint16_t port;       /* 0: use Conf.port */
         char *fdname;        /* a socket unit's FileDescriptorName=; NULL for an address */
         bool proxy_protocol; /* clients arrive through a balancer that sends a PROXY header */
+        char *at;            /* "FILE:LINE" of the entry, for errors at the start; NULL: built in */
 } ListenSpec;
 
 /* listen_spec_parse: "host", "host:port", "[v6]", "[v6]:port" or a bare IPv6 literal.

@@ -41,6 +41,7 @@ struct ConfKey {
         ConfKeyParser parse;
         ConfKeyPrinter print;
         size_t offset, offset_n; /* where the value (and a list's length) goes in Conf */
+        size_t offset_at;        /* where its "FILE:LINE" goes, for start-time checks; 0: not kept */
         size_t size;             /* integers: sizeof the field */
         long long min, max;      /* integers */
         const char *const *names; /* enumerations: the value's name at its index, NULL-terminated */
@@ -131,23 +132,38 @@ static void err_append(char *err, size_t size, const char *format, ...) {
         va_end(ap);
 }
 
-/* err_prefix: starts a message with "FILE:LINE: " (or "FILE: " without a line), LINE being a line of
- * the spliced text when FILE is NULL. FILE can come from an @include in the config text, so it is
- * escaped like any other value. */
+/* where: "FILE:LINE" (or "FILE" without a line) into BUF, LINE being a line of the spliced text
+ * when FILE is NULL. FILE can come from an @include in the config text, so it is escaped like
+ * any other value. err_prefix: a message starts with it and ": ". */
+static void where(const ConfCtx *ctx, const char *file, unsigned line, char *buf, size_t size) {
+        size_t n;
+
+        if (!file && line > 0 && ctx->text)
+                conf_text_locate(ctx->text, line, &file, &line);
+        buf[0] = '\0';
+        (void) escape(file ? file : ctx->path, SIZE_MAX, buf, size);
+        n = strlen(buf);
+        if (line > 0)
+                err_append(buf + n, size - n, ":%u", line);
+}
+
 static void err_prefix(const ConfCtx *ctx, const char *file, unsigned line) {
         size_t n;
 
         if (!ctx->err || ctx->err_size == 0)
                 return;
-        if (!file && line > 0 && ctx->text)
-                conf_text_locate(ctx->text, line, &file, &line);
-        ctx->err[0] = '\0';
-        (void) escape(file ? file : ctx->path, SIZE_MAX, ctx->err, ctx->err_size);
+        where(ctx, file, line, ctx->err, ctx->err_size);
         n = strlen(ctx->err);
-        if (line > 0)
-                err_append(ctx->err + n, ctx->err_size - n, ":%u: ", line);
-        else
-                err_append(ctx->err + n, ctx->err_size - n, ": ");
+        err_append(ctx->err + n, ctx->err_size - n, ": ");
+}
+
+/* origin: "FILE:LINE" of the setting S, kept for what only the start can check (a user that
+ * must exist, a name that must resolve); NULL when out of memory. */
+static char *origin(const ConfCtx *ctx, const config_setting_t *s) {
+        char buf[CONF_ORIGIN_MAX];
+
+        where(ctx, NULL, config_setting_source_line(s), buf, sizeof(buf));
+        return strdup(buf);
 }
 
 static int file_error(const ConfCtx *ctx, int r, const char *file, unsigned line, const char *format, ...)
@@ -500,7 +516,7 @@ static int listen_group(const ConfKey *k, const config_setting_t *g, ListenSpec 
         return 0;
 }
 
-static int listen_entry(const ConfKey *k, const config_setting_t *e, ListenSpec *ret, const ConfCtx *ctx) {
+static int listen_entry_parse(const ConfKey *k, const config_setting_t *e, ListenSpec *ret, const ConfCtx *ctx) {
         int type = config_setting_type(e);
         const char *text;
 
@@ -510,6 +526,15 @@ static int listen_entry(const ConfKey *k, const config_setting_t *e, ListenSpec 
                 return key_error(ctx, e, k->name, "entries must be strings or groups, got %s", type_name(type));
         text = config_setting_get_string(e);
         return listen_address(k, e, text ? text : "", ret, ctx);
+}
+
+/* listen_entry: entry E into RET, with where it is written (names are resolved at the start). */
+static int listen_entry(const ConfKey *k, const config_setting_t *e, ListenSpec *ret, const ConfCtx *ctx) {
+        int r = listen_entry_parse(k, e, ret, ctx);
+
+        if (r >= 0 && ctx->text && !(ret->at = origin(ctx, e)))
+                return oom_error(ctx);
+        return r;
 }
 
 /* listen_entry_text: what entry E says, for messages: the string, or a group's address or name. */
@@ -622,6 +647,10 @@ static int parse_name(Conf *c, const ConfKey *k, const config_setting_t *s, cons
         }
         if (v[0] == '-')
                 return key_error(ctx, s, k->name, "\"%s\" is not a valid name", echo(v, buf));
+        char **at = field(c, k->offset_at);
+        free(*at);
+        if (!(*at = origin(ctx, s)))
+                return oom_error(ctx);
         return replace(field(c, k->offset), v, ctx);
 }
 
@@ -813,6 +842,9 @@ static void print_name(const Conf *c, const ConfKey *k, FILE *f) {
           .names = (choices), .def = "\"" dflt "\"" }
 #define KEY(key, parser, printer, f, dflt)                                                                \
         { .name = (key), .parse = (parser), .print = (printer), .offset = offsetof(Conf, f), .def = (dflt) }
+#define NAME_KEY(key, f)                                                                                  \
+        { .name = (key), .parse = parse_name, .print = print_name, .offset = offsetof(Conf, f),            \
+          .offset_at = offsetof(Conf, f##_at) }
 #define LIST_KEY(key, parser, printer, f, dflt)                                                           \
         { .name = (key), .parse = (parser), .print = (printer), .offset = offsetof(Conf, f),              \
           .offset_n = offsetof(Conf, n_##f), .def = (dflt) }
@@ -850,8 +882,8 @@ static const ConfKey conf_keys[] = {
         /* The pool, one loop per CPU: measured faster and far leaner than a thread per connection. */
         KEY("workers", parse_workers, print_workers, workers, "\"auto\""),
         ENUM_KEY("io_backend", io_backend, io_backend_names, "epoll"),
-        KEY("user", parse_name, print_name, user, NULL),
-        KEY("group", parse_name, print_name, group, NULL),
+        NAME_KEY("user", user),
+        NAME_KEY("group", group),
 };
 
 static const ConfKey *conf_key_find(const char *name, size_t len) {
@@ -1030,6 +1062,8 @@ static void conf_free(Conf *c) {
         free(c->proxy_from);
         free(c->user);
         free(c->group);
+        free(c->user_at);
+        free(c->group_at);
         free(c);
 }
 

@@ -36,6 +36,7 @@
 #define CONF_LISTEN_MAX 64
 #define CONF_CIDR_MAX 1024 /* entries in `allow` or `deny` */
 #define CONF_NAME_MAX 64   /* `user`, `group` */
+#define CONF_ORIGIN_MAX 4200 /* "FILE:LINE", the file's name escaped */
 #define CONF_FDNAME_MAX 63 /* a listen group's `name`: fits Listener.fdname */
 #define CONF_WORKERS_MAX 256
 #define CONF_WORKER_STACK_MIN (64 * 1024)
@@ -103,6 +104,7 @@ typedef struct Conf {
         IoBackend io_backend;
         char *user; /* NULL: stay who we are started as */
         char *group;
+        char *user_at, *group_at; /* "FILE:LINE" where they are set, for the start's checks */
 
         int n_ref; /* atomic; conf_ref()/conf_unref() */
 } Conf;

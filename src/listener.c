@@ -87,14 +87,17 @@ static int resolve_one(const ListenSpec *spec, unsigned port, ListenerSet *set, 
 
 int listeners_resolve(const Conf *conf, ListenerSet *ret, char *err, size_t err_size) {
         ListenerSet set = { 0 };
+        char why[512];
 
         for (size_t i = 0; i < conf->n_listen; i++) {
                 int r;
 
                 if (!conf->listen[i].host)
                         continue; /* a socket systemd passes by name: never bound here */
-                r = resolve_one(&conf->listen[i], conf->port, &set, err, err_size);
+                r = resolve_one(&conf->listen[i], conf->port, &set, why, sizeof(why));
                 if (r < 0) {
+                        const char *at = conf->listen[i].at ? conf->listen[i].at : conf->path;
+                        snprintf(err, err_size, "%s: listen: %s", at ? at : "(built-in defaults)", why);
                         listener_set_done(&set);
                         return r;
                 }

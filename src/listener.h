@@ -24,7 +24,8 @@ typedef struct ListenerSet {
 } ListenerSet;
 
 /* listeners_resolve: every listen entry through getaddrinfo, duplicates removed; the
- * result's fds are -1. Errors (a name that does not resolve) are described in ERR. */
+ * result's fds are -1. Errors (a name that does not resolve) are described in ERR, from the
+ * entry's "FILE:LINE: listen: " on. */
 int listeners_resolve(const Conf *conf, ListenerSet *ret, char *err, size_t err_size);
 
 /* listeners_open: the sockets CONF asks for. A socket of OLD (may be NULL) already bound to

@@ -41,8 +41,10 @@ static int check_identity(const Conf *conf, const char *path, char *err, size_t 
         if (privileges_resolve(conf->user, conf->group, &uid, &gid, why, sizeof(why)) >= 0)
                 return 0;
         /* Which key: an unknown group names the group; anything else is about the user. */
-        snprintf(err, err_size, "%s: %s: %s: create it (adduser --system), or name an existing one", path,
-                 conf->group && strstr(why, "group") ? "group" : "user", why);
+        bool group = conf->group && strstr(why, "group");
+        const char *at = group ? conf->group_at : conf->user_at;
+        snprintf(err, err_size, "%s: %s: %s: create it (adduser --system), or name an existing one", at ? at : path,
+                 group ? "group" : "user", why);
         return -EINVAL;
 }
 
@@ -81,14 +83,11 @@ static unsigned warn_memory(const Conf *conf) {
         return 1;
 }
 
-static int check_listen(const Conf *conf, const char *path, char *err, size_t err_size) {
-        char why[512];
+static int check_listen(const Conf *conf, char *err, size_t err_size) {
         ListenerSet set;
 
-        if (listeners_resolve(conf, &set, why, sizeof(why)) < 0) {
-                snprintf(err, err_size, "%s: listen: %s", path, why);
+        if (listeners_resolve(conf, &set, err, err_size) < 0) /* ERR names the file and line */
                 return -EINVAL;
-        }
         listener_set_done(&set);
         return 0;
 }
@@ -97,7 +96,7 @@ int preflight_check(const Conf *conf, const char *path, char *err, size_t err_si
         int r = check_identity(conf, path, err, err_size);
 
         if (r >= 0)
-                r = check_listen(conf, path, err, err_size);
+                r = check_listen(conf, err, err_size);
         return r;
 }
 

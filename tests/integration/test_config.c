@@ -153,7 +153,7 @@ Test(config, reload_refuses_what_the_check_refuses, .timeout = 60) {
         char needle[600];
 
         hellod_write_config_std(d, "greeting = \"After!\";\nuser = \"no-such-hellod-user\";\n");
-        snprintf(needle, sizeof(needle), "reload failed, keeping the running configuration: %s: user: ", d->conf_path);
+        snprintf(needle, sizeof(needle), "reload failed, keeping the running configuration: %s:4: user: ", d->conf_path);
         hellod_signal(d, SIGHUP);
         hellod_wait_stderr(d, needle);
         int fd = client_connect(d->port);
@@ -166,27 +166,49 @@ Test(config, reload_refuses_what_the_check_refuses, .timeout = 60) {
 /* ---- -t runs what a start would, -T prints the settings ---- */
 
 /* Each configuration of issue 10 point 3 that used to pass -t and fail at start: 78, and a
- * message naming the key and the fix. */
+ * message naming the file, the line, the key and the fix (the checks only a start can make
+ * named the file alone). */
 Test(config, check_runs_the_start_time_checks, .timeout = 60) {
         static const struct {
-                const char *text, *key, *fix;
+                const char *text;
+                unsigned line;
+                const char *key, *fix;
         } cases[] = {
-                { "user = \"no-such-user-hellod\";\n", "user: unknown user 'no-such-user-hellod'", "create it" },
-                { "user = \"nobody\";\ngroup = \"no-such-group-hellod\";\n", "group: unknown group", "create it" },
-                { "listen = [ \"::1:9999\" ];\n", "listen: \"::1:9999\"", "write \"[::1]:9999\"" },
-                { "listen = [ \"[::ffff:127.0.0.1]:7003\" ];\n", "listen: \"[::ffff:127.0.0.1]:7003\"",
+                { "user = \"no-such-user-hellod\";\n", 1, "user: unknown user 'no-such-user-hellod'", "create it" },
+                { "user = \"nobody\";\ngroup = \"no-such-group-hellod\";\n", 2, "group: unknown group", "create it" },
+                { "listen = [ \"::1:9999\" ];\n", 1, "listen: \"::1:9999\"", "write \"[::1]:9999\"" },
+                { "listen = [ \"[::ffff:127.0.0.1]:7003\" ];\n", 1, "listen: \"[::ffff:127.0.0.1]:7003\"",
                   "write \"127.0.0.1:7003\" instead" },
+                { "listen = ( \"localhost:7003\",\n  { address = \"127.0.0.1:7003\"; proxy_protocol = true; } );\n"
+                  "proxy_from = [ \"127.0.0.1\" ];\n",
+                  2, "listen: listen address '127.0.0.1' is 127.0.0.1:7003, which another entry also names",
+                  "one with proxy_protocol and one without" },
         };
         Hellod *d = hellod_new();
 
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                char where[600];
+
                 harness_step("%s", cases[i].text);
                 hellod_write_config(d, "%s", cases[i].text);
-                expect_check_fails(d, (const char *const[]) { cases[i].key, cases[i].fix, NULL });
+                snprintf(where, sizeof(where), "%s:%u: %s", d->conf_path, cases[i].line, cases[i].key);
+                expect_check_fails(d, (const char *const[]) { where, cases[i].fix, NULL });
                 harness_step("-T too: %s", cases[i].text);
                 int status = run_check(d, "-T");
                 cr_expect(exited_with(status, HELLOD_EXIT_CONFIG), "-T on a bad file: status %d", status);
         }
+        hellod_free(d);
+}
+
+/* A user named in an @included file: the message names that file and its line. */
+Test(config, check_names_the_included_file_of_an_unknown_user, .timeout = 60) {
+        Hellod *d = hellod_new();
+        char where[600], path[512];
+
+        write_in_dir(d, "who.conf", "# who runs hellod\n\nuser = \"no-such-user-hellod\";\n");
+        hellod_write_config(d, "greeting = \"Hi\";\n@include \"who.conf\"\n");
+        snprintf(where, sizeof(where), "%s:3: user: unknown user", in_dir(d, "who.conf", path, sizeof(path)));
+        expect_check_fails(d, (const char *const[]) { where, NULL });
         hellod_free(d);
 }
 
