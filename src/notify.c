@@ -46,6 +46,13 @@ void notify_stopping(void) {
         send_state("STOPPING=1\nSTATUS=Stopping");
 }
 
+void notify_extend_timeout(uint64_t usec) {
+        int r = sd_notifyf(false, "EXTEND_TIMEOUT_USEC=%llu", (unsigned long long) usec);
+
+        if (r < 0)
+                log_debug_errno(r, "sd_notify failed, ignoring");
+}
+
 uint64_t notify_watchdog_usec(void) {
         uint64_t usec = 0;
 

@@ -11,6 +11,9 @@ void notify_status(const char *status);
 /* notify_reloading: RELOADING=1 with MONOTONIC_USEC= (systemd ≥ 253 wants it; 252 ignores it). */
 void notify_reloading(void);
 void notify_stopping(void);
+/* notify_extend_timeout: EXTEND_TIMEOUT_USEC=: the stop may take USEC more from now (a long
+ * hand-over), whatever TimeoutStopSec= says (systemd ≥ 236). */
+void notify_extend_timeout(uint64_t usec);
 
 /* notify_watchdog_usec: the watchdog interval systemd expects pings within; 0: none. */
 uint64_t notify_watchdog_usec(void);

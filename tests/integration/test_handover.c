@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -24,7 +25,8 @@
 
 HELLOD_SUITE(handover);
 
-#define STORE_MAX 256
+#define STORE_CAPACITY 4096 /* descriptors the fake store can hold */
+#define STORE_MAX 256       /* what it takes by default: FileDescriptorStoreMax= */
 
 /* The file descriptor store: name -> descriptor, as PID 1 keeps it. */
 typedef struct Store {
@@ -32,8 +34,11 @@ typedef struct Store {
         char path[108];
         pthread_t thread;
         pthread_mutex_t lock;
-        char names[STORE_MAX][32];
-        int fds[STORE_MAX];
+        char names[STORE_CAPACITY][32];
+        int fds[STORE_CAPACITY];
+        unsigned limit;    /* FileDescriptorStoreMax=: what is stored beyond it is refused */
+        unsigned delay_us; /* how long each message takes, as a slow PID 1 would */
+        unsigned long long extended_usec; /* the last EXTEND_TIMEOUT_USEC= */
         unsigned n, added, removed;
         bool stop;
 } Store;
@@ -45,7 +50,10 @@ static void store_take(Store *st, const char *msg, int fd) {
         if (name)
                 sscanf(name + 7, "%31[^\n]", n);
         pthread_mutex_lock(&st->lock);
-        if (strstr(msg, "FDSTORE=1") && fd >= 0 && st->n < STORE_MAX) {
+        const char *extend = strstr(msg, "EXTEND_TIMEOUT_USEC=");
+        if (extend)
+                st->extended_usec = strtoull(extend + 20, NULL, 10);
+        if (strstr(msg, "FDSTORE=1") && fd >= 0 && st->n < st->limit) {
                 snprintf(st->names[st->n], sizeof(st->names[0]), "%s", n);
                 st->fds[st->n++] = fd;
                 st->added++;
@@ -85,6 +93,8 @@ static void *store_main(void *arg) {
                         if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
                                 memcpy(&fd, CMSG_DATA(c), sizeof(int));
                 store_take(st, msg, fd);
+                if (st->delay_us > 0)
+                        usleep(st->delay_us);
         }
         return NULL;
 }
@@ -93,6 +103,7 @@ static void store_start(Store *st, const char *dir) {
         struct sockaddr_un addr = { .sun_family = AF_UNIX };
 
         memset(st, 0, sizeof(*st));
+        st->limit = STORE_MAX;
         pthread_mutex_init(&st->lock, NULL);
         snprintf(st->path, sizeof(st->path), "%s/notify", dir);
         snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", st->path);
@@ -132,10 +143,12 @@ static void store_wait(Hellod *d, Store *st, const char *prefix, unsigned n) {
 
 /* A process of the "service": LISTEN_FDS = the listener, then what the store holds. */
 static pid_t start_hellod(Hellod *d, Store *st, int listener) {
-        int fds[STORE_MAX + 1];
-        char names[STORE_MAX * 32 + 16] = "hellod", env_fds[32], env_names[sizeof(names) + 16], env_notify[160];
+        static int fds[STORE_CAPACITY + 1];
+        static char names[STORE_CAPACITY * 32 + 16], env_names[sizeof(names) + 16];
+        char env_fds[32], env_notify[160];
         unsigned n = 0;
 
+        snprintf(names, sizeof(names), "hellod");
         fds[n++] = listener;
         pthread_mutex_lock(&st->lock);
         for (unsigned i = 0; i < st->n; i++) {
@@ -542,7 +555,7 @@ Test(handover, always_an_empty_state_is_a_crash, .timeout = 60) {
         hellod_signal(d, SIGKILL);
         (void) hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
         pthread_mutex_lock(&st.lock);
-        cr_assert_lt(st.n, STORE_MAX);
+        cr_assert_lt(st.n, st.limit);
         snprintf(st.names[st.n], sizeof(st.names[0]), "state");
         st.fds[st.n] = memfd_create("empty-state", MFD_CLOEXEC);
         cr_assert_geq(st.fds[st.n++], 0);
@@ -692,6 +705,54 @@ Test(handover, a_full_store_costs_the_connections_that_do_not_fit, .timeout = 90
         }
         cr_expect_eq(kept, STORE_MAX - 1, "%d of %d conversations survived a store of %d", kept, MORE_THAN_THE_STORE,
                       STORE_MAX);
+        free(fds);
+        stop_and_wait(d);
+        store_stop(&st);
+        close(listener);
+        hellod_free(d);
+}
+
+/* Thousands of conversations and a slow PID 1 (systemd 252 checks each new descriptor against
+ * the whole store: 0.6 ms each with 19,000 stored): the hand-over gets the time it needs, a
+ * millisecond a conversation over the grace for the threads. With a fixed five seconds it was
+ * cut short and every conversation was lost. Here the store takes 2 ms a message: 3,000
+ * conversations need 6 s. */
+#define MANY_CONVERSATIONS 3000
+Test(handover, a_slow_store_gets_the_time_thousands_of_conversations_need, .timeout = 120) {
+        Hellod *d = hellod_new();
+        Store st;
+        uint16_t port;
+        int listener = listening_socket(&port), *fds = calloc(MANY_CONVERSATIONS, sizeof(int));
+        struct rlimit nofile;
+
+        cr_assert_eq(getrlimit(RLIMIT_NOFILE, &nofile), 0);
+        nofile.rlim_cur = nofile.rlim_max;
+        cr_assert_eq(setrlimit(RLIMIT_NOFILE, &nofile), 0);
+        cr_assert_geq(nofile.rlim_cur, 3 * MANY_CONVERSATIONS + 100, "open-files limit %llu too low",
+                      (unsigned long long) nofile.rlim_cur);
+        store_start(&st, d->dir);
+        st.limit = STORE_CAPACITY;
+        hellod_write_config(d, "workers = 2;\nio_backend = \"epoll\";\nmax_connections = 4000;\nlog_level = \"notice\";\n");
+        start_hellod(d, &st, listener);
+        hellod_wait_stderr(d, "started");
+        for (int i = 0; i < MANY_CONVERSATIONS; i++) {
+                fds[i] = client_connect(port);
+                client_expect_str(fds[i], HELLOD_GREETING);
+        }
+        st.delay_us = 2000;
+        harness_step("SIGTERM with %d conversations and 2 ms a stored descriptor", MANY_CONVERSATIONS);
+        stop_and_wait(d);
+        st.delay_us = 0;
+        store_wait(d, &st, "c", MANY_CONVERSATIONS);
+        store_wait(d, &st, "state", 1);
+        cr_expect_geq(st.extended_usec, (5000ULL + MANY_CONVERSATIONS) * 1000u, "systemd was told EXTEND_TIMEOUT_USEC=%llu",
+                      st.extended_usec);
+        start_hellod(d, &st, listener);
+        hellod_wait_stderr(d, "resumed 3000 conversations");
+        for (int i = 0; i < MANY_CONVERSATIONS; i += 97)
+                client_hello(fds[i], "still here");
+        for (int i = 0; i < MANY_CONVERSATIONS; i++)
+                client_close(fds[i]);
         free(fds);
         stop_and_wait(d);
         store_stop(&st);
