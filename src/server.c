@@ -80,6 +80,7 @@ struct Server {
         unsigned slots;
         bool queue_overload; /* atomic: the current Conf's overload is "queue" */
         HandoverBuf handover;   /* under lock: the records of the sessions handed over */
+        int state_fd;           /* the state's place in systemd's store, stored empty; -1: none yet */
         size_t n_handed, n_handed_failed; /* counted by the engine's threads (atomic), read once they are gone */
 };
 
@@ -553,6 +554,45 @@ static void ready(Server *s) {
         notify_ready(s->status_sent);
 }
 
+/* keep_state_place: an empty memfd into systemd's store as "state", before any connection of
+ * a hand-over (at the hand-over; in the crash mode, where every connection is stored from its
+ * accept, from the start): when the store is full (FileDescriptorStoreMax= below
+ * max_connections after a reload that raised it), PID 1 refuses the connections that come last,
+ * not the state that every one of them needs. Filled once the records are written; left empty
+ * by a crash, it reads as no state (drop_unwritten_state()). */
+static int keep_state_place(Server *s) {
+        if (s->state_fd >= 0)
+                return 0;
+        int fd = handoff_memfd_new();
+        int r = fd < 0 ? fd : notify_fdstore_add(fd, HANDOVER_FDNAME_STATE);
+
+        if (r < 0) {
+                if (fd >= 0)
+                        close(fd);
+                return r;
+        }
+        s->state_fd = fd;
+        return 0;
+}
+
+/* keep_state_place_if_always: in the crash mode the place is taken before the first accept
+ * (at the start, or at the reload that turns the mode on). */
+static void keep_state_place_if_always(Server *s) {
+        int r = s->conf->handover == HANDOVER_MODE_ALWAYS ? keep_state_place(s) : 0;
+
+        if (r < 0)
+                log_warning_errno(r, "cannot keep a place for the hand-over state in systemd's store");
+}
+
+/* forget_state_place: a stop without a hand-over: the place is of no use to anyone. */
+static void forget_state_place(Server *s) {
+        if (s->state_fd < 0)
+                return;
+        (void) notify_fdstore_remove(HANDOVER_FDNAME_STATE);
+        close(s->state_fd);
+        s->state_fd = -1;
+}
+
 static int reload_listeners(Server *s, const Conf *conf, char *err, size_t err_size) {
         ListenerSet listeners;
 
@@ -622,6 +662,7 @@ static void reload(Server *s) {
         }
         pthread_mutex_unlock(&s->lock);
         conf_unref(old);
+        keep_state_place_if_always(s);
         apply_log_level(s);
         (void) preflight_warn(conf);
 
@@ -710,19 +751,6 @@ static bool wants_hand_over(Server *s) {
         return job != HANDOFF_JOB_STOP;
 }
 
-/* store_state_first: an empty memfd into systemd's store as "state", before any connection:
- * when the store is full (FileDescriptorStoreMax= below max_connections after a reload that
- * raised it), PID 1 refuses the connections that come last, not the state that every one of
- * them needs. Filled once the records are written. The fd, or a negative errno. */
-static int store_state_first(void) {
-        int fd = handoff_memfd_new();
-        int r = fd < 0 ? fd : notify_fdstore_add(fd, HANDOVER_FDNAME_STATE);
-
-        if (r < 0 && fd >= 0)
-                close(fd);
-        return r < 0 ? r : fd;
-}
-
 /* hand_over: every live conversation to the next process of the service, through systemd's
  * file descriptor store: a place for their records as "state", the connections as c<ID>, then
  * the records into that place. */
@@ -730,16 +758,17 @@ static int hand_over(Server *s) {
         uint64_t started = now_usec();
         HandoverHeader header;
         char count[24], failed[24];
-        int r, state_fd;
+        int r;
 
         pthread_mutex_lock(&s->lock);
         handoff_header(&header, s->next_id); /* nothing is accepted any more */
         r = handover_state_begin(&s->handover, &header);
         pthread_mutex_unlock(&s->lock);
-        state_fd = r < 0 ? r : store_state_first();
-        if (state_fd < 0) {
-                log_error_errno(state_fd, "cannot hand the conversations over, ending them");
-                return state_fd;
+        if (r >= 0)
+                r = keep_state_place(s);
+        if (r < 0) {
+                log_error_errno(r, "cannot hand the conversations over, ending them");
+                return r;
         }
         /* Thousands of conversations take seconds to store: the threads get that time, and
          * systemd is told so (TimeoutStopSec= would end the hand-over otherwise). */
@@ -748,17 +777,18 @@ static int hand_over(Server *s) {
         r = engine_hand_over(s->engine, grace_msec);
         forget_engine(s);
         if (r < 0) {
-                close(state_fd);
-                s->abandoned = true;
+                s->abandoned = true; /* the place stays empty: no state, as after a crash */
                 return log_error_errno(r, "worker threads did not finish, exiting without them");
         }
         /* The engine's threads are gone: nothing else touches the records now. */
         r = handover_state_finish(&s->handover);
         if (r >= 0)
-                r = handoff_memfd_fill(state_fd, &s->handover);
-        close(state_fd);
-        if (r < 0)
+                r = handoff_memfd_fill(s->state_fd, &s->handover);
+        if (r < 0) {
+                /* Empty again, not half written: the next process reads no state, not a broken one. */
+                (void) ftruncate(s->state_fd, 0);
                 return log_error_errno(r, "cannot store the hand-over state: %zu conversations are lost", s->n_handed);
+        }
         snprintf(count, sizeof(count), "%zu", s->n_handed);
         snprintf(failed, sizeof(failed), "%zu", s->n_handed_failed);
         uint64_t usec = now_usec() - started;
@@ -790,6 +820,7 @@ static int shut_down(Server *s) {
                 if (!s->engine) /* handed over, or given up on */
                         return r;
         }
+        forget_state_place(s);
         if (n == 0)
                 log_struct(LOG_NOTICE, MESSAGE_ID_STOPPING, fields, 1, "stopping: no connection open");
         else
@@ -868,6 +899,7 @@ int server_run(Server *s, InheritedStore *store) {
 
         if (store)
                 resume(s, store);
+        keep_state_place_if_always(s);
         engine_set_listeners(s->engine, &s->listeners);
         log_started(s);
         ready(s);
@@ -1032,13 +1064,13 @@ static void resume_records(Server *s, InheritedStore *store, ResumeCounts *c) {
 }
 
 /* drop_unwritten_state: an empty state is the place a previous process kept for its records
- * and never filled (it ended during its hand-over): no state, as after a crash. */
+ * and never filled (it crashed, or ended during its hand-over): no state, a crash. */
 static void drop_unwritten_state(InheritedStore *store) {
         struct stat st;
 
         if (store->state_fd < 0 || fstat(store->state_fd, &st) < 0 || st.st_size != 0)
                 return;
-        log_warning("the previous process ended during its hand-over, before it wrote its state");
+        log_debug("the previous process wrote no state (it ended without a hand-over)");
         close(store->state_fd);
         store->state_fd = -1;
         (void) notify_fdstore_remove(HANDOVER_FDNAME_STATE);
@@ -1128,6 +1160,7 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
         s->signal_fd = -1;
         s->reserve_fd = -1;
         s->wake_fd = -1;
+        s->state_fd = -1;
         s->table_full_log = (RateLimit) RATELIMIT_INIT(1);
         s->refusal_log = (RateLimit) RATELIMIT_INIT(REFUSAL_LOG_BURST);
         s->exhaustion_log = (RateLimit) RATELIMIT_INIT(1);
@@ -1207,6 +1240,8 @@ Server *server_free(Server *s) {
                 close(s->signal_fd);
         if (s->wake_fd >= 0)
                 close(s->wake_fd);
+        if (s->state_fd >= 0)
+                close(s->state_fd);
         conf_unref(s->conf);
         free(s->handover.data);
         iptable_free(s->ips);
