@@ -71,8 +71,9 @@ typedef struct EngineOps {
         int (*stop)(Engine *e, uint64_t timeout_msec);
         /* reap: housekeeping from the server thread (joins exited threads). */
         void (*reap)(Engine *e);
-        /* reconfigure: applies what it can of CONF to the running engine, logs what it cannot. */
-        void (*reconfigure)(Engine *e, const Conf *old, const Conf *conf);
+        /* reconfigure: applies what it can of CONF to the running engine, logs what it cannot;
+         * STARTED is the configuration it was started with. */
+        void (*reconfigure)(Engine *e, const Conf *started, const Conf *conf);
         /* set_listeners: the engine accepts from SET's sockets from now on (the empty set: from
          * none). Returns once no engine thread uses a socket of the previous set any more, so
          * that the server may close those. SET's array is the engine's to read (not copied:
@@ -136,8 +137,8 @@ static inline void engine_reap(Engine *e) {
                 e->ops->reap(e);
 }
 
-static inline void engine_reconfigure(Engine *e, const Conf *old, const Conf *conf) {
-        e->ops->reconfigure(e, old, conf);
+static inline void engine_reconfigure(Engine *e, const Conf *started, const Conf *conf) {
+        e->ops->reconfigure(e, started, conf);
 }
 
 static inline bool engine_nonblocking(const Engine *e) {

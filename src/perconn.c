@@ -621,8 +621,8 @@ static void perconn_reap(Engine *e) {
         workers_reap(((PerConn *) e)->workers);
 }
 
-static void perconn_reconfigure(Engine *e, const Conf *old, const Conf *conf) {
-        (void) old;
+static void perconn_reconfigure(Engine *e, const Conf *started, const Conf *conf) {
+        (void) started;
         /* Threads of the old size leave as they finish, or before they accept; new ones get
          * the new size. */
         workers_set_stack_size(((PerConn *) e)->workers, conf->worker_stack_size);

@@ -757,9 +757,9 @@ static void pool_slot_freed(Engine *e) {
         loopset_wake_all(&((Pool *) e)->set);
 }
 
-static void pool_reconfigure(Engine *e, const Conf *old, const Conf *conf) {
+static void pool_reconfigure(Engine *e, const Conf *started, const Conf *conf) {
         (void) e;
-        if (conf->workers == old->workers && conf->worker_stack_size != old->worker_stack_size)
+        if (conf->workers == started->workers && conf->worker_stack_size != started->worker_stack_size)
                 log_warning("a change of 'worker_stack_size' takes effect for the event loops when hellod is "
                             "restarted");
 }

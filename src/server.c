@@ -81,6 +81,7 @@ struct Server {
         bool queue_overload; /* atomic: the current Conf's overload is "queue" */
         HandoverBuf handover;   /* under lock: the records of the sessions handed over */
         int state_fd;           /* the state's place in systemd's store, stored empty; -1: none yet */
+        Conf *started;          /* the configuration the process started with: its engine, its user */
         size_t n_handed, n_handed_failed; /* counted by the engine's threads (atomic), read once they are gone */
 };
 
@@ -642,14 +643,15 @@ static void reload(Server *s) {
                 ready(s);
                 return;
         }
-        if (!same_name(conf->user, s->conf->user) || !same_name(conf->group, s->conf->group))
+        /* The user, the worker model and the backend are the ones started with; the engine
+         * takes up what it can of the rest. */
+        if (!same_name(conf->user, s->started->user) || !same_name(conf->group, s->started->group))
                 log_warning("a change of 'user' or 'group' takes effect when hellod is restarted");
-        /* The engine is the one started; it takes up what it can of the rest. */
-        if (conf->workers != s->conf->workers)
+        if (conf->workers != s->started->workers)
                 log_warning("a change of 'workers' takes effect when hellod is restarted");
-        else if (conf->io_backend != s->conf->io_backend && conf->workers != 0)
+        else if (conf->io_backend != s->started->io_backend && conf->workers != 0)
                 log_warning("a change of 'io_backend' takes effect when hellod is restarted");
-        engine_reconfigure(s->engine, s->conf, conf);
+        engine_reconfigure(s->engine, s->started, conf);
         pthread_mutex_lock(&s->lock);
         Conf *old = s->conf;
         s->conf = conf;
@@ -1156,6 +1158,7 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
                 return log_error_errno(-ENOMEM, "cannot start");
         s->opts = *opts;
         s->conf = conf_ref(conf);
+        s->started = conf_ref(conf);
         (void) preflight_warn(conf);
         s->signal_fd = -1;
         s->reserve_fd = -1;
@@ -1243,6 +1246,7 @@ Server *server_free(Server *s) {
         if (s->state_fd >= 0)
                 close(s->state_fd);
         conf_unref(s->conf);
+        conf_unref(s->started);
         free(s->handover.data);
         iptable_free(s->ips);
         pthread_mutex_destroy(&s->lock);

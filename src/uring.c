@@ -1053,9 +1053,9 @@ static void uring_slot_freed(Engine *e) {
         loopset_wake_all(&((Uring *) e)->set);
 }
 
-static void uring_reconfigure(Engine *e, const Conf *old, const Conf *conf) {
+static void uring_reconfigure(Engine *e, const Conf *started, const Conf *conf) {
         (void) e;
-        if (conf->workers == old->workers && conf->worker_stack_size != old->worker_stack_size)
+        if (conf->workers == started->workers && conf->worker_stack_size != started->worker_stack_size)
                 log_warning("a change of 'worker_stack_size' takes effect for the event loops when hellod is "
                             "restarted");
 }

@@ -581,6 +581,14 @@ Test(limits, reload_says_a_worker_model_change_waits_for_a_restart, .timeout = 6
 
         reload_with(d, "workers = 2;\n");
         hellod_wait_stderr(d, "a change of 'workers' takes effect when hellod is restarted");
+        harness_step("back to the model that runs: nothing to say");
+        char *before = hellod_stderr(d);
+        size_t seen = strlen(before);
+        free(before);
+        reload_with(d, "workers = \"per-connection\";\n");
+        char *after = hellod_stderr(d);
+        cr_expect(strstr(after + seen, "a change of 'workers'") == NULL, "warned for the model that runs:\n%s", after + seen);
+        free(after);
         int fd = client_connect(d->port);
         client_expect_str(fd, HELLOD_GREETING);
         client_close(fd);
