@@ -572,7 +572,7 @@ int listeners_match_conf(const ListenerSet *inherited, const Conf *conf, char *w
 
 /* listener_is: whether L listens on the address SA; a dual-stack "[::]:P" socket also on
  * what "0.0.0.0:P" would. */
-static bool listener_is(const Listener *l, bool dual_stack, const struct sockaddr *sa, socklen_t len) {
+static bool listener_is(const Listener *l, const struct sockaddr *sa, socklen_t len) {
         Listener want = { .fd = -1, .addr_len = len };
 
         if (len > sizeof(want.addr))
@@ -580,14 +580,18 @@ static bool listener_is(const Listener *l, bool dual_stack, const struct sockadd
         memcpy(&want.addr, sa, len);
         if (same_addr(l, &want))
                 return true;
-        if (!dual_stack || sa->sa_family != AF_INET)
+        if (sa->sa_family != AF_INET || !is_dual_stack(l))
                 return false;
         const struct sockaddr_in *in = (const struct sockaddr_in *) sa;
         const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *) &l->addr;
         return in->sin_addr.s_addr == htonl(INADDR_ANY) && in->sin_port == in6->sin6_port;
 }
 
-bool listener_matches_spec(const Listener *l, bool dual_stack, const ListenSpec *spec, unsigned port) {
+/* mark_entry: MARKS[i] for each listener of SET that SPEC names: by its FileDescriptorName=,
+ * or by an address its host resolves to, looked up once and as listeners_resolve() does
+ * ("localhost" is 127.0.0.1 and ::1: matched numerically only, a PROXY listener written so was
+ * served as a plain one). */
+static void mark_entry(const ListenerSet *set, const ListenSpec *spec, unsigned port, bool *marks) {
         struct addrinfo hints = {
                 .ai_flags = AI_PASSIVE | AI_NUMERICSERV,
                 .ai_family = AF_UNSPEC,
@@ -596,33 +600,38 @@ bool listener_matches_spec(const Listener *l, bool dual_stack, const ListenSpec 
         };
         struct addrinfo *res = NULL;
         char service[8];
-        bool match = false;
 
-        if (spec->fdname)
-                return strcmp(l->fdname, spec->fdname) == 0;
+        if (spec->fdname) {
+                for (size_t i = 0; i < set->n; i++)
+                        marks[i] |= strcmp(set->items[i].fdname, spec->fdname) == 0;
+                return;
+        }
         if (!spec->host)
-                return false;
-        /* Resolved as listeners_resolve() does: "localhost" is 127.0.0.1 and ::1 (a PROXY
-         * listener written so was served as a plain one when matched numerically only). */
+                return;
         snprintf(service, sizeof(service), "%u", spec->port ? spec->port : port);
         if (getaddrinfo(spec->host, service, &hints, &res) != 0)
-                return false;
-        for (const struct addrinfo *ai = res; ai && !match; ai = ai->ai_next)
-                match = listener_is(l, dual_stack, ai->ai_addr, ai->ai_addrlen);
+                return;
+        for (const struct addrinfo *ai = res; ai; ai = ai->ai_next)
+                for (size_t i = 0; i < set->n; i++)
+                        marks[i] |= listener_is(&set->items[i], ai->ai_addr, ai->ai_addrlen);
         freeaddrinfo(res);
-        return match;
 }
 
-void listeners_mark_proxy(ListenerSet *set, const Conf *conf) {
-        for (size_t i = 0; i < set->n; i++) {
-                Listener *l = &set->items[i];
-                bool dual = is_dual_stack(l);
+int listeners_proxy_marks(const ListenerSet *set, const Conf *conf, bool **ret) {
+        bool *marks = calloc(set->n > 0 ? set->n : 1, sizeof(bool));
 
-                l->proxy = false;
-                for (size_t j = 0; j < conf->n_listen && !l->proxy; j++)
-                        l->proxy = conf->listen[j].proxy_protocol &&
-                                   listener_matches_spec(l, dual, &conf->listen[j], conf->port);
-        }
+        if (!marks)
+                return -ENOMEM;
+        for (size_t j = 0; j < conf->n_listen; j++)
+                if (conf->listen[j].proxy_protocol)
+                        mark_entry(set, &conf->listen[j], conf->port, marks);
+        *ret = marks;
+        return 0;
+}
+
+void listeners_set_proxy(ListenerSet *set, const bool *marks) {
+        for (size_t i = 0; i < set->n; i++)
+                set->items[i].proxy = marks[i];
 }
 
 void listeners_report_match(const ListenerSet *inherited, const Conf *conf) {

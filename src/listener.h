@@ -109,16 +109,14 @@ const char *listeners_describe(const ListenerSet *set, char *buf, size_t size);
  * CONF's addresses cannot be resolved (WHY says why). Non-logging. */
 int listeners_match_conf(const ListenerSet *inherited, const Conf *conf, char *why, size_t why_size);
 
-/* listeners_mark_proxy: sets `proxy` on each inherited listener of SET that a listen entry with
- * proxy_protocol = true names: by its FileDescriptorName= (the entry's `name`), or by any
- * address its host resolves to (a dual-stack "[::]:P" socket stands for "0.0.0.0:P" and
- * "[::]:P"); clears it on the others, so it can be called again after a reload. */
-void listeners_mark_proxy(ListenerSet *set, const Conf *conf);
-
-/* listener_matches_spec: whether the inherited listener L is what SPEC names: its
- * FileDescriptorName= for an entry by name, else one of the addresses its host resolves to
- * (PORT when SPEC has none); DUAL_STACK: L is an "[::]" socket with IPV6_V6ONLY off. */
-bool listener_matches_spec(const Listener *l, bool dual_stack, const ListenSpec *spec, unsigned port);
+/* listeners_proxy_marks: *RET[i] (malloc'd, one per listener of SET): whether a listen entry
+ * with proxy_protocol = true names the inherited listener i: by its FileDescriptorName= (the
+ * entry's `name`), or by an address its host resolves to (each entry looked up once; a
+ * dual-stack "[::]:P" socket stands for "0.0.0.0:P" and "[::]:P"). 0 or -ENOMEM.
+ * listeners_set_proxy: MARKS into SET's `proxy` flags, set or cleared (a reload computes the
+ * marks first, with names looked up while the listeners still accept, then swaps them in). */
+int listeners_proxy_marks(const ListenerSet *set, const Conf *conf, bool **ret);
+void listeners_set_proxy(ListenerSet *set, const bool *marks);
 
 /* listeners_report_match: logs whether the passed sockets match CONF: info when they do, a
  * warning with the fix (daemon-reload, restart hellod.socket) when they do not. */

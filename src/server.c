@@ -598,12 +598,19 @@ static int reload_listeners(Server *s, const Conf *conf, char *err, size_t err_s
         ListenerSet listeners;
 
         if (s->activated) {
+                bool *marks;
                 listeners_report_match(&s->listeners, conf);
-                /* Which passed sockets speak the PROXY protocol may have changed: the loops
-                 * take the marked set up like a new one. */
+                /* Which passed sockets speak the PROXY protocol may have changed: the marks are
+                 * worked out (names looked up) while the loops accept, then the loops take the
+                 * marked set up like a new one. */
+                if (listeners_proxy_marks(&s->listeners, conf, &marks) < 0) {
+                        snprintf(err, err_size, "out of memory");
+                        return -ENOMEM;
+                }
                 engine_set_listeners(s->engine, &(ListenerSet) { 0 });
-                listeners_mark_proxy(&s->listeners, conf);
+                listeners_set_proxy(&s->listeners, marks);
                 engine_set_listeners(s->engine, &s->listeners);
+                free(marks);
                 return 0;
         }
         /* The engine lets go of every listener first: listeners_open() may close departing
@@ -1211,8 +1218,14 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
                 s->listeners = *inherited;
                 *inherited = (ListenerSet) { 0 };
                 s->activated = true;
+                bool *marks;
                 listeners_report_match(&s->listeners, conf);
-                listeners_mark_proxy(&s->listeners, conf);
+                if ((r = listeners_proxy_marks(&s->listeners, conf, &marks)) < 0) {
+                        log_error_errno(r, "cannot start");
+                        goto fail;
+                }
+                listeners_set_proxy(&s->listeners, marks);
+                free(marks);
         } else {
                 r = listeners_open(conf, NULL, &s->listeners, err, sizeof(err));
                 if (r < 0) {

@@ -2,7 +2,7 @@
  * them (fds from 3 on, LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES): listeners, the file descriptor
  * store's connections and state memfd, and what it must close and remove from the store (the
  * FDSTOREREMOVE messages land on a $NOTIFY_SOCKET the test owns). Each case runs in a child
- * process, since it takes over descriptors 3 and up. listeners_mark_proxy() is tested here too,
+ * process, since it takes over descriptors 3 and up. listeners_proxy_marks() is tested here too,
  * on the listeners so inherited, with their FileDescriptorName= and real dual-stack sockets. */
 #include <criterion/criterion.h>
 #include <arpa/inet.h>
@@ -294,7 +294,16 @@ Test(inherit, a_foreign_descriptor_is_still_an_error_that_names_it) {
         cr_expect_eq(o.n_messages, 0);
 }
 
-/* ---- listeners_mark_proxy ---------------------------------------------------------------------- */
+/* ---- listeners_proxy_marks ---------------------------------------------------------------------- */
+
+/* mark_proxy: the marks CONF gives SET, swapped in as a start or a reload does. */
+static void mark_proxy(ListenerSet *set, const Conf *conf) {
+        bool *marks;
+
+        cr_assert_eq(listeners_proxy_marks(set, conf, &marks), 0);
+        listeners_set_proxy(set, marks);
+        free(marks);
+}
 
 static unsigned port_of(const Listener *l) {
         const struct sockaddr_in *in = (const struct sockaddr_in *) &l->addr;
@@ -356,7 +365,7 @@ static void check_marked(int r, const char *err, ListenerSet *set, InheritedStor
                       p1, p2, p3);
         if (!c)
                 return;
-        listeners_mark_proxy(set, c);
+        mark_proxy(set, c);
         if (!expect_proxy(set, "1101", "by name and address"))
                 return;
         listeners_describe(set, desc, sizeof(desc));
@@ -392,7 +401,7 @@ static void check_marked(int r, const char *err, ListenerSet *set, InheritedStor
                       p1, p2, p3);
         if (!c)
                 return;
-        listeners_mark_proxy(set, c);
+        mark_proxy(set, c);
         if (!expect_proxy(set, "0111", "after a reload"))
                 return;
         conf_unref(c);
@@ -403,7 +412,7 @@ static void check_marked(int r, const char *err, ListenerSet *set, InheritedStor
                       p1, p2, p3);
         if (!c)
                 return;
-        listeners_mark_proxy(set, c);
+        mark_proxy(set, c);
         if (!expect_proxy(set, "0000", "without PROXY entries"))
                 return;
         conf_unref(c);
