@@ -939,8 +939,9 @@ static int ring_setup(Loop *l, char *why, size_t size) {
         size_t ring_size = BUF_COUNT * sizeof(struct io_uring_buf);
         void *mem = mmap(NULL, ring_size, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
         if (mem == MAP_FAILED) {
+                r = -errno;
                 snprintf(why, size, "cannot map its buffer ring");
-                return -errno;
+                return r;
         }
         l->br = mem;
         io_uring_buf_ring_init(l->br);
@@ -954,8 +955,9 @@ static int ring_setup(Loop *l, char *why, size_t size) {
         void *bufs = mmap(NULL, (size_t) BUF_COUNT * BUF_SIZE, PROT_READ | PROT_WRITE,
                           MAP_ANONYMOUS | MAP_PRIVATE | MAP_POPULATE, -1, 0);
         if (bufs == MAP_FAILED) {
+                r = -errno;
                 snprintf(why, size, "cannot map its receive buffers");
-                return -errno;
+                return r;
         }
         l->bufs = bufs;
         if (!(l->obufs = calloc(OBUF_CACHE, sizeof(char *)))) {
