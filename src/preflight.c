@@ -1,6 +1,7 @@
 /* preflight: the start-time checks, shared by `hellod -t` and the start. */
 #include "preflight.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -100,6 +101,32 @@ int preflight_check(const Conf *conf, const char *path, char *err, size_t err_si
         return r;
 }
 
+/* warn_v4_space: KEY's IPv6 prefix over where IPv4 addresses live (::ffff:0:0/96: "::/0",
+ * "::/8") matches IPv6 clients only; with no IPv4 prefix in the same list, it was most likely
+ * meant for everyone. */
+static unsigned warn_v4_space(const char *key, const Cidr *list, size_t n) {
+        static const IpKey v4_zero = { .bytes = { [10] = 0xff, [11] = 0xff } };
+        const Cidr *wide = NULL;
+        char text[INET6_ADDRSTRLEN + 8];
+
+        for (size_t i = 0; i < n; i++) {
+                Cidr all_families = list[i];
+                all_families.ipv6_only = false;
+                if (!list[i].ipv6_only)
+                        return 0; /* IPv4 clients are seen to */
+                if (list[i].bits < 96 && cidr_match(&all_families, &v4_zero))
+                        wide = &list[i];
+        }
+        if (!wide)
+                return 0;
+        log_warning("%s: \"%s\" matches IPv6 clients only, no IPv4 one; add \"0.0.0.0/0\" (or an IPv4 prefix) "
+                    "for those",
+                    key, cidr_format(wide, text, sizeof(text)));
+        return 1;
+}
+
 unsigned preflight_warn(const Conf *conf) {
-        return warn_fds(conf) + warn_memory(conf);
+        return warn_fds(conf) + warn_memory(conf) + warn_v4_space("allow", conf->allow, conf->n_allow) +
+               warn_v4_space("deny", conf->deny, conf->n_deny) +
+               warn_v4_space("proxy_from", conf->proxy_from, conf->n_proxy_from);
 }

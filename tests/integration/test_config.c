@@ -266,6 +266,36 @@ static char *check_with_nofile(Hellod *d, const char *body, rlim_t nofile) {
         return err;
 }
 
+/* An IPv6 prefix over where IPv4 addresses live ("::/0", "::/8") is for IPv6 clients only:
+ * written alone in a list, it was most likely meant for everyone, and -t says so; with an
+ * IPv4 prefix beside it, it was not. */
+Test(config, check_warns_of_an_ipv6_prefix_meant_for_everyone, .timeout = 60) {
+        static const struct {
+                const char *text;
+                bool warned;
+        } cases[] = {
+                { "allow = [ \"::/0\" ];\n", true },
+                { "deny = [ \"::/8\" ];\n", true },
+                { "proxy_from = [ \"::/0\" ];\n", true },
+                { "allow = [ \"::/0\", \"0.0.0.0/0\" ];\n", false },
+                { "allow = [ \"2001:db8::/32\" ];\n", false },
+                { "allow = [ \"::ffff:0:0/96\" ];\n", false },
+        };
+        Hellod *d = hellod_new();
+
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                harness_step("%s", cases[i].text);
+                hellod_write_config_std(d, "%s", cases[i].text);
+                int status = hellod_run(d, (const char *const[]) { "-t", "-c", d->conf_path, NULL });
+                char *err = hellod_stderr(d);
+                cr_expect(exited_with(status, HELLOD_EXIT_OK), "status %d\n%s", status, err);
+                bool warned = strstr(err, "matches IPv6 clients only") != NULL;
+                cr_expect_eq(warned, cases[i].warned, "%s: warned %d:\n%s", cases[i].text, warned, err);
+                free(err);
+        }
+        hellod_free(d);
+}
+
 Test(config, check_shows_limit_warnings, .timeout = 60) {
         Hellod *d = hellod_new();
         char *err;
