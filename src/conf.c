@@ -1069,7 +1069,7 @@ static void conf_free(Conf *c) {
 
 /* conf_defaults: every key's default, parsed as a file holding them would be. */
 static int conf_defaults(Conf *c) {
-        ConfCtx ctx = { .path = "(built-in defaults)" };
+        ConfCtx ctx = { .path = CONF_DEFAULTS_NAME };
         char *text = NULL;
         size_t len = 0;
         FILE *f = open_memstream(&text, &len);

@@ -37,6 +37,7 @@
 #define CONF_CIDR_MAX 1024 /* entries in `allow` or `deny` */
 #define CONF_NAME_MAX 64   /* `user`, `group` */
 #define CONF_ORIGIN_MAX 4200 /* "FILE:LINE", the file's name escaped */
+#define CONF_DEFAULTS_NAME "(built-in defaults)" /* the file name of what no file set */
 #define CONF_FDNAME_MAX 63 /* a listen group's `name`: fits Listener.fdname */
 #define CONF_WORKERS_MAX 256
 #define CONF_WORKER_STACK_MIN (64 * 1024)

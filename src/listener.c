@@ -97,7 +97,7 @@ int listeners_resolve(const Conf *conf, ListenerSet *ret, char *err, size_t err_
                 r = resolve_one(&conf->listen[i], conf->port, &set, why, sizeof(why));
                 if (r < 0) {
                         const char *at = conf->listen[i].at ? conf->listen[i].at : conf->path;
-                        snprintf(err, err_size, "%s: listen: %s", at ? at : "(built-in defaults)", why);
+                        snprintf(err, err_size, "%s: listen: %s", at ? at : CONF_DEFAULTS_NAME, why);
                         listener_set_done(&set);
                         return r;
                 }

@@ -1427,6 +1427,11 @@ Test(conf_text, a_comment_or_string_left_open_is_an_error_where_it_opens) {
         Conf *c = load_ok("port = 7000; /* closed */\ngreeting = \"a /* not a comment\";\n");
         cr_expect_str_eq(c->greeting, "a /* not a comment");
         conf_unref(c);
+        /* Quotes and comment openers inside line comments open nothing. */
+        c = load_ok("# a lone \" in a comment\n// and /* here\nport = 7000; # \"\ngreeting = \"b # c // d\";\n");
+        cr_expect_str_eq(c->greeting, "b # c // d");
+        cr_expect_eq(c->port, 7000);
+        conf_unref(c);
 }
 
 /* "\x00" in a string is an error at its line: libconfig dropped the byte in silence, so
