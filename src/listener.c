@@ -85,6 +85,14 @@ static int resolve_one(const ListenSpec *spec, unsigned port, ListenerSet *set, 
         return 0;
 }
 
+/* all_by_name: whether every listen entry names a socket systemd passes (none an address). */
+static bool all_by_name(const Conf *conf) {
+        for (size_t i = 0; i < conf->n_listen; i++)
+                if (conf->listen[i].host)
+                        return false;
+        return true;
+}
+
 int listeners_resolve(const Conf *conf, ListenerSet *ret, char *err, size_t err_size) {
         ListenerSet set = { 0 };
         char why[512];
@@ -244,7 +252,11 @@ int listeners_open(const Conf *conf, ListenerSet *old, ListenerSet *ret, char *e
         }
         drop_closed(&want); /* the entries skipped above (no IPv6) */
         if (want.n == 0) {
-                snprintf(err, err_size, "no address to listen on");
+                const ListenSpec *first = conf->n_listen > 0 ? &conf->listen[0] : NULL;
+                const char *at = first && first->at ? first->at : conf->path ? conf->path : CONF_DEFAULTS_NAME;
+                snprintf(err, err_size, "%s: listen: no address to listen on (%s)", at,
+                         all_by_name(conf) ? "each entry names a socket systemd passes, and none was passed"
+                                           : "IPv6 is not available here");
                 listener_set_done(&want);
                 return -EADDRNOTAVAIL;
         }

@@ -200,6 +200,22 @@ Test(config, check_runs_the_start_time_checks, .timeout = 60) {
         hellod_free(d);
 }
 
+/* Started without socket activation, a listen list of socket names has nothing to bind: the
+ * start fails and says where and why (it said "no address to listen on", no more). */
+Test(config, a_start_with_only_socket_names_says_where_and_why, .timeout = 60) {
+        Hellod *d = hellod_new();
+        char needle[600];
+
+        hellod_write_config(d, "greeting = \"Hi\";\nlisten = ( { name = \"hellod-extra\"; } );\n");
+        hellod_spawn(d, NULL);
+        int status = hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
+        cr_expect(!exited_with(status, HELLOD_EXIT_OK), "started with nothing to listen on");
+        snprintf(needle, sizeof(needle), "%s:2: listen: no address to listen on (each entry names a socket systemd passes",
+                 d->conf_path);
+        hellod_wait_stderr(d, needle);
+        hellod_free(d);
+}
+
 /* A user named in an @included file: the message names that file and its line. */
 Test(config, check_names_the_included_file_of_an_unknown_user, .timeout = 60) {
         Hellod *d = hellod_new();
