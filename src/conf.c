@@ -551,17 +551,30 @@ static const char *listen_entry_text(const config_setting_t *e) {
         return text ? text : "";
 }
 
-static bool listen_same(const ListenSpec *a, const ListenSpec *b) {
+/* listen_same: whether A and B name one socket, an entry without a port taking PORT
+ * ("127.0.0.1" and "127.0.0.1:9999" with port = 9999). */
+static bool listen_same(const ListenSpec *a, const ListenSpec *b, unsigned port) {
         if (a->fdname || b->fdname)
                 return a->fdname && b->fdname && strcmp(a->fdname, b->fdname) == 0;
-        return a->port == b->port && strcmp(a->host, b->host) == 0;
+        return (a->port ? a->port : port) == (b->port ? b->port : port) && strcmp(a->host, b->host) == 0;
+}
+
+/* listed_twice: the first `listen` entry that names the socket of an earlier one, *EARLIER;
+ * -1: none. Checked once every key is read, since `port` may come after `listen`. */
+static int listed_twice(const Conf *c, size_t *earlier) {
+        for (size_t j = 1; j < c->n_listen; j++)
+                for (size_t i = 0; i < j; i++)
+                        if (listen_same(&c->listen[i], &c->listen[j], c->port)) {
+                                *earlier = i;
+                                return (int) j;
+                        }
+        return -1;
 }
 
 /* parse_listen: a list of entries, each a string (an address) or a group; an array (strings
  * only) too. */
 static int parse_listen(Conf *c, const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx) {
         int type = config_setting_type(s), n, i, r = 0;
-        char buf[ECHO_BUF_SIZE];
         ListenSpec *specs;
 
         if (type != CONFIG_TYPE_ARRAY && type != CONFIG_TYPE_LIST)
@@ -578,10 +591,6 @@ static int parse_listen(Conf *c, const ConfKey *k, const config_setting_t *s, co
                 const config_setting_t *e = config_setting_get_elem(s, (unsigned) i);
 
                 r = e ? listen_entry(k, e, &specs[i], ctx) : key_error(ctx, s, k->name, "missing entry");
-                for (int j = 0; j < i && r >= 0; j++)
-                        if (listen_same(&specs[j], &specs[i]))
-                                r = key_error(ctx, e, k->name, "%s\"%s\" is listed twice",
-                                              specs[i].fdname ? "name " : "", echo(listen_entry_text(e), buf));
         }
         if (r < 0) {
                 listen_specs_free(specs, (size_t) n);
@@ -994,6 +1003,17 @@ static void warn_unused_proxy_from(const Conf *c, const config_t *cfg, const Con
 
 /* conf_validate: rules between keys, once the whole file is read. */
 static int conf_validate(const Conf *c, const config_t *cfg, const ConfCtx *ctx) {
+        size_t earlier = 0;
+        int twice = c->listen_is_default ? -1 : listed_twice(c, &earlier);
+        if (twice >= 0) {
+                char buf[ECHO_BUF_SIZE];
+                const ListenSpec *a = &c->listen[earlier], *b = &c->listen[twice];
+                const config_setting_t *s = config_lookup(cfg, "listen");
+                const config_setting_t *e = s ? config_setting_get_elem(s, (unsigned) twice) : NULL;
+                return key_error(ctx, e ? e : s, "listen", "%s\"%s\" is listed twice%s", b->fdname ? "name " : "",
+                                 e ? echo(listen_entry_text(e), buf) : "",
+                                 a->port != b->port ? " (an entry without a port takes 'port')" : "");
+        }
         /* A PROXY header from anyone would let any client claim any address. */
         if (any_proxy_listener(c) && c->n_proxy_from == 0) {
                 const config_setting_t *s = config_lookup(cfg, "proxy_from");

@@ -628,6 +628,11 @@ Test(conf_listen, list_errors) {
         expect_error("\n\nlisten = [ \"a\", \"b\", \"a\" ];", 3, "listen", "\"a\" is listed twice");
         expect_error("\n\nlisten = [ \"[::1]:80\", \"::1\", \"[::1]\" ];", 3, "listen", "listed twice");
         expect_error("\n\nlisten = [ \"a:80\", \"a:80\" ];", 3, "listen", "listed twice");
+        /* An entry without a port takes `port`, which may come after `listen`. */
+        expect_error("listen = [ \"127.0.0.1\",\n  \"127.0.0.1:7003\" ];\nport = 7003;\n", 2, "listen",
+                     "\"127.0.0.1:7003\" is listed twice (an entry without a port takes 'port')");
+        Conf *other_port = load_ok("listen = [ \"127.0.0.1\", \"127.0.0.1:7004\" ];\nport = 7003;\n");
+        conf_unref(other_port);
 
         /* CONF_LISTEN_MAX distinct entries are fine, one more is not. */
         n = (size_t) snprintf(text, sizeof(text), "listen = [ \"h0\"");
