@@ -221,17 +221,19 @@ static bool has_kept(const Conn *c) {
         return c->kept_len > c->kept_off;
 }
 
-/* kept_capacity: room for NEED bytes of kept input, from CAP: doubling up to KEPT_MAX and one
- * buffer more (what arrives before the receive stops), by whole buffers past that (completions
- * already on their way when it stopped). Doubling on past KEPT_MAX took 128 KiB for 68. */
+/* kept_capacity: room for NEED bytes of kept input, from CAP: doubling, with a stop at KEPT_MAX
+ * and one buffer more (what usually arrives before the receive stops; doubling straight past it
+ * took 128 KiB for 68). Geometric beyond as well: completions already on their way when the
+ * receive stopped can add many buffers, and growing a buffer at a time copies (and, under
+ * ASan, quarantines) quadratically. */
 static size_t kept_capacity(size_t cap, size_t need) {
         const size_t soft = KEPT_MAX + BUF_SIZE;
 
         if (cap == 0)
                 cap = BUF_SIZE;
-        while (cap < need && cap < soft)
-                cap = cap * 2 > soft ? soft : cap * 2;
-        return cap >= need ? cap : (need + BUF_SIZE - 1) / BUF_SIZE * BUF_SIZE;
+        while (cap < need)
+                cap = cap < soft && cap * 2 > soft ? soft : cap * 2;
+        return cap;
 }
 
 /* keep: N bytes at DATA appended to the kept input. */
