@@ -46,18 +46,31 @@ static int append(ListenerSet *set, const struct sockaddr *sa, socklen_t len, bo
         return 0;
 }
 
-static int resolve_one(const ListenSpec *spec, unsigned port, ListenerSet *set, char *err, size_t err_size) {
+/* look_up: the addresses SPEC's host and port (PORT when it has none) stand for, into *RES
+ * (freeaddrinfo() it); getaddrinfo()'s result. The one lookup binding and marking share. */
+static int look_up(const ListenSpec *spec, unsigned port, struct addrinfo **res) {
         struct addrinfo hints = {
                 .ai_flags = AI_PASSIVE | AI_NUMERICSERV,
                 .ai_family = AF_UNSPEC,
                 .ai_socktype = SOCK_STREAM,
                 .ai_protocol = IPPROTO_TCP,
         };
-        struct addrinfo *res = NULL;
         char service[8];
 
         snprintf(service, sizeof(service), "%u", spec->port ? spec->port : port);
-        int r = getaddrinfo(spec->host, service, &hints, &res);
+        *res = NULL;
+        return getaddrinfo(spec->host, service, &hints, res);
+}
+
+/* spec_origin: "FILE:LINE" of SPEC, or the file, for messages. */
+static const char *spec_origin(const Conf *conf, const ListenSpec *spec) {
+        return spec && spec->at ? spec->at : conf->path ? conf->path : CONF_DEFAULTS_NAME;
+}
+
+static int resolve_one(const ListenSpec *spec, unsigned port, ListenerSet *set, char *err, size_t err_size) {
+        struct addrinfo *res;
+        int r = look_up(spec, port, &res);
+
         if (r != 0) {
                 snprintf(err, err_size, "cannot resolve listen address '%s': %s", spec->host,
                          r == EAI_SYSTEM ? strerror(errno) : gai_strerror(r));
@@ -104,8 +117,7 @@ int listeners_resolve(const Conf *conf, ListenerSet *ret, char *err, size_t err_
                         continue; /* a socket systemd passes by name: never bound here */
                 r = resolve_one(&conf->listen[i], conf->port, &set, why, sizeof(why));
                 if (r < 0) {
-                        const char *at = conf->listen[i].at ? conf->listen[i].at : conf->path;
-                        snprintf(err, err_size, "%s: listen: %s", at ? at : CONF_DEFAULTS_NAME, why);
+                        snprintf(err, err_size, "%s: listen: %s", spec_origin(conf, &conf->listen[i]), why);
                         listener_set_done(&set);
                         return r;
                 }
@@ -252,9 +264,8 @@ int listeners_open(const Conf *conf, ListenerSet *old, ListenerSet *ret, char *e
         }
         drop_closed(&want); /* the entries skipped above (no IPv6) */
         if (want.n == 0) {
-                const ListenSpec *first = conf->n_listen > 0 ? &conf->listen[0] : NULL;
-                const char *at = first && first->at ? first->at : conf->path ? conf->path : CONF_DEFAULTS_NAME;
-                snprintf(err, err_size, "%s: listen: no address to listen on (%s)", at,
+                snprintf(err, err_size, "%s: listen: no address to listen on (%s)",
+                         spec_origin(conf, conf->n_listen > 0 ? &conf->listen[0] : NULL),
                          all_by_name(conf) ? "each entry names a socket systemd passes, and none was passed"
                                            : "IPv6 is not available here");
                 listener_set_done(&want);
@@ -604,24 +615,14 @@ static bool listener_is(const Listener *l, const struct sockaddr *sa, socklen_t 
  * ("localhost" is 127.0.0.1 and ::1: matched numerically only, a PROXY listener written so was
  * served as a plain one). */
 static void mark_entry(const ListenerSet *set, const ListenSpec *spec, unsigned port, bool *marks) {
-        struct addrinfo hints = {
-                .ai_flags = AI_PASSIVE | AI_NUMERICSERV,
-                .ai_family = AF_UNSPEC,
-                .ai_socktype = SOCK_STREAM,
-                .ai_protocol = IPPROTO_TCP,
-        };
-        struct addrinfo *res = NULL;
-        char service[8];
+        struct addrinfo *res;
 
         if (spec->fdname) {
                 for (size_t i = 0; i < set->n; i++)
                         marks[i] |= strcmp(set->items[i].fdname, spec->fdname) == 0;
                 return;
         }
-        if (!spec->host)
-                return;
-        snprintf(service, sizeof(service), "%u", spec->port ? spec->port : port);
-        if (getaddrinfo(spec->host, service, &hints, &res) != 0)
+        if (!spec->host || look_up(spec, port, &res) != 0)
                 return;
         for (const struct addrinfo *ai = res; ai; ai = ai->ai_next)
                 for (size_t i = 0; i < set->n; i++)
