@@ -210,9 +210,10 @@ static int converse(Session *s) {
 }
 
 /* ---- the lingering close, carried by the thread ----
- * When hellod ends a conversation (exit, an ERR line) what the client still sends must be read
- * before the socket closes, or the kernel answers it with a reset that can destroy the last
- * reply (session_lingers). Sleeping in recv() until the client's FIN cost a context switch and
+ * When hellod ends a conversation (exit, an ERR line) while its replies are still on their way
+ * or bytes of the client's unread, what the client still sends must be read before the socket
+ * closes, or the kernel answers it with a reset that can destroy the last reply
+ * (session_send_fin). Sleeping in recv() until the client's FIN cost a context switch and
  * a socket timer a session (measured: churn 5% slower than closing at once). Instead the
  * thread half-closes, ends the session (its slot is free), and keeps the socket while it waits
  * for or serves its next connection: it reads what arrived without blocking whenever it comes
@@ -338,7 +339,7 @@ static void run(Session *s) {
         int r = converse(s);
         if (r < 0)
                 session_fail(s, r);
-        else if (session_lingers(s) && shutdown(s->fd, SHUT_WR) == 0)
+        else if (session_lingers(s) && session_send_fin(s))
                 carry(s);
 }
 

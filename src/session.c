@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -115,10 +117,30 @@ uint64_t session_write_deadline(const Session *s, uint64_t now) {
 
 bool session_lingers(const Session *s) {
         /* Also after a clean exit: bytes the client sent after it may still be in flight, and
-         * closing before they arrive would answer them with a RST. (Closing at once when
-         * nothing is queued was measured 8% faster for connection churn, and failed the
-         * hostile tests for exactly that reason.) */
+         * closing before they arrive would answer them with a RST. */
         return s->proto.end != PROTO_END_EOF && s->proto.end != PROTO_END_SHUTDOWN;
+}
+
+/* A reset destroys what the closing side still had to send, and on some stacks what the
+ * receiving side had not yet read. So, once the FIN is out: if the client has acknowledged
+ * every byte sent before it (at most the FIN itself is outstanding: its ACK is delayed until
+ * the client answers it) and nothing it sent waits unread, the socket is closed at once.
+ * Bytes the client writes later draw a reset that arrives behind the FIN: a client that
+ * reads sees its replies and the end of file all the same (Linux and the BSDs keep received
+ * data over a reset; Windows drops what its application has not read yet, so there a client
+ * that writes after exit before reading can lose replies, as with nginx's default), and its
+ * further writes fail. Lingering on such a socket would only
+ * wait for the client's FIN: a wakeup, a recv() and the socket's teardown on the server's
+ * side (docs/benchmarks.md measures it). Bytes that arrived unread, and replies still on
+ * their way to a client that does not read, keep the lingering close (nginx's default,
+ * lingering_close "on", lingers only for unread bytes). */
+bool session_send_fin(const Session *s) {
+        int unacked, unread;
+
+        if (shutdown(s->fd, SHUT_WR) < 0)
+                return false;
+        return ioctl(s->fd, SIOCOUTQ, &unacked) < 0 || unacked > 1 || ioctl(s->fd, SIOCINQ, &unread) < 0 ||
+               unread > 0;
 }
 
 void session_fail(Session *s, int r) {

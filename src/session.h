@@ -94,9 +94,14 @@ uint64_t session_idle_deadline(const Session *s, uint64_t now);
  * neither writes nor reads cannot hold its slot for two timeouts. */
 uint64_t session_write_deadline(const Session *s, uint64_t now);
 
-/* session_lingers: whether the server ended the conversation and should read the client's
- * leftovers before closing (exit, ERR lines), rather than close at once (EOF, shutdown). */
+/* session_lingers: whether the server ended the conversation and may have to read the
+ * client's leftovers before closing (exit, ERR lines: session_send_fin decides), rather than
+ * close at once (EOF, shutdown). */
 bool session_lingers(const Session *s);
+/* session_send_fin: for a session that lingers: its FIN goes out (shutdown(SHUT_WR)), and the
+ * answer is whether the socket must then linger, reading and discarding what the client still
+ * sends until its own FIN, or may be closed at once (also when the FIN could not be sent). */
+bool session_send_fin(const Session *s);
 
 /* session_fail: records why I/O ended early, from a negative errno (the first cause wins). */
 void session_fail(Session *s, int r);

@@ -363,7 +363,7 @@ static void out_end(Loop *l, Conn *c) {
 static Fate conclude(Loop *l, Conn *c) {
         Session *s = c->s;
 
-        if (c->eof || !session_lingers(s) || shutdown(s->fd, SHUT_WR) < 0)
+        if (c->eof || !session_lingers(s) || !session_send_fin(s))
                 return finish(l, c, 0);
         s->lingering = true;
         kept_drop(c);

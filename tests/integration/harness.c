@@ -7,7 +7,9 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <net/if.h>
+#include <linux/sockios.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -1509,6 +1511,100 @@ size_t harness_model_replies(const char *prefix, const char *suffix, const unsig
                 model_line_end(&m);
         free(m.line);
         return m.o;
+}
+
+/* tcp_state_v4: the state (/proc/net/tcp's "st", e.g. TCP_FIN_WAIT1) of the IPv4 socket
+ * LOCAL_PORT <-> REMOTE_PORT on 127.0.0.1, or -1 if there is none. */
+static int tcp_state_v4(uint16_t local_port, uint16_t remote_port) {
+        FILE *f = fopen("/proc/net/tcp", "re");
+        char line[512];
+        int state = -1;
+
+        if (!f)
+                harness_fail("/proc/net/tcp: %s", strerror(errno));
+        while (state < 0 && fgets(line, sizeof(line), f)) {
+                unsigned lport, rport, st;
+
+                if (sscanf(line, " %*u: %*x:%x %*x:%x %x", &lport, &rport, &st) == 3 && lport == local_port &&
+                    rport == remote_port)
+                        state = (int) st;
+        }
+        fclose(f);
+        return state;
+}
+
+static uint16_t local_port_of(int fd) {
+        struct sockaddr_in sin;
+        socklen_t len = sizeof(sin);
+
+        if (getsockname(fd, (struct sockaddr *) &sin, &len) < 0)
+                harness_fail("getsockname(): %s", strerror(errno));
+        return ntohs(sin.sin_port);
+}
+
+static struct tcp_info tcp_info_of(int fd) {
+        struct tcp_info info;
+        socklen_t len = sizeof(info);
+
+        if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) < 0)
+                harness_fail("getsockopt(TCP_INFO): %s", strerror(errno));
+        return info;
+}
+
+int client_exit_replies_unread(uint16_t port) {
+        enum { LINES = 100, NAME_LEN = 70 }; /* 8 KiB of replies against a window of about 2 */
+        static const char name[NAME_LEN + 1] = "the-client-reads-none-of-these-replies-until-hellod-has-ended-it-01234";
+        char request[LINES * (NAME_LEN + 1)], want[sizeof(HELLOD_GREETING) + LINES * (NAME_LEN + 12)];
+        size_t reply_len = strlen("Hello, ") + NAME_LEN + strlen("!\r\n"), glen = strlen(HELLOD_GREETING);
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), rcvbuf = 2048, r;
+        struct sockaddr_in sin = { .sin_family = AF_INET, .sin_port = htons(port),
+                                   .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        int64_t deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;
+
+        if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf)) < 0)
+                harness_fail("a small-window client socket: %s", strerror(errno));
+        r = connect(fd, (struct sockaddr *) &sin, sizeof(sin)) < 0 ? -errno : 0;
+        if (r == -EINPROGRESS)
+                r = finish_connect(fd);
+        if (r < 0)
+                harness_fail("connect(127.0.0.1:%u): %s", port, strerror(-r));
+        for (int i = 0; i < LINES; i++) {
+                memcpy(request + i * (NAME_LEN + 1), name, NAME_LEN);
+                request[i * (NAME_LEN + 1) + NAME_LEN] = '\n';
+        }
+        client_send(fd, request, LINES * (NAME_LEN + 1));
+        client_send_str(fd, "exit\n");
+        while (tcp_state_v4(port, local_port_of(fd)) != TCP_FIN_WAIT1) {
+                if (harness_now_ms() > deadline)
+                        harness_fail("hellod did not end the conversation after exit within %d ms", HARNESS_TIMEOUT_MS);
+                harness_sleep_ms(5);
+        }
+        memcpy(want, HELLOD_GREETING, glen);
+        for (int i = 0; i < LINES; i++)
+                snprintf(want + glen + i * reply_len, reply_len + 1, "Hello, %s!\r\n", name);
+        client_expect(fd, want, glen + LINES * reply_len);
+        client_expect_eof(fd, false);
+        return fd;
+}
+
+ClientLate client_write_late(int fd) {
+        int64_t deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;
+
+        if (client_try_send(fd, "late\n", 5) < 0)
+                return CLIENT_LATE_RESET;
+        for (;;) {
+                struct tcp_info info = tcp_info_of(fd);
+                int unacked;
+
+                if (info.tcpi_state == TCP_CLOSE)
+                        return CLIENT_LATE_RESET;
+                if (info.tcpi_state == TCP_CLOSE_WAIT && ioctl(fd, SIOCOUTQ, &unacked) == 0 && unacked == 0)
+                        return CLIENT_LATE_DISCARDED;
+                if (harness_now_ms() > deadline)
+                        harness_fail("a late write met neither an acknowledgement nor a reset within %d ms (state %u)",
+                                     HARNESS_TIMEOUT_MS, info.tcpi_state);
+                harness_sleep_ms(2);
+        }
 }
 
 ClientState client_classify(int fd) {

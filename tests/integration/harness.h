@@ -227,6 +227,20 @@ void client_close(int fd);
 /* client_reset: close with SO_LINGER {1, 0}, so the peer gets an RST instead of a FIN. */
 void client_reset(int fd);
 
+/*
+ * hellod's lingering close (src/session.c, session_send_fin). client_exit_replies_unread:
+ * connects from 127.0.0.1 with a receive window smaller than the replies it then asks for,
+ * pipelined with `exit`, and waits until hellod has ended the conversation (its socket in
+ * FIN_WAIT1, read from /proc/net/tcp) with replies still unacknowledged: the case hellod
+ * lingers for. Then reads the greeting, every reply and the EOF. Returns the fd, its end still
+ * open. client_write_late: writes a line after the EOF and tells what met it: the lingering
+ * server reading and acknowledging it (the client stays in CLOSE_WAIT with nothing
+ * unacknowledged), or a closed socket's reset.
+ */
+int client_exit_replies_unread(uint16_t port);
+typedef enum ClientLate { CLIENT_LATE_DISCARDED, CLIENT_LATE_RESET } ClientLate;
+ClientLate client_write_late(int fd);
+
 /* What a client of a saturated daemon has seen so far. */
 typedef enum ClientState {
         CLIENT_WAITING, /* nothing yet: in the listen backlog */

@@ -943,15 +943,18 @@ Test(hostile, abrupt_ends, .timeout = 180) {
                 client_expect_eof(fd, false);
                 client_close(fd);
 
+                /* Bytes after exit: hellod may have closed before they arrive (every reply
+                 * taken, nothing unread: src/session.c), so they may meet a reset and the
+                 * half-close fail; what the client reads is whole all the same. */
                 fd = client_connect(d->port);
                 {
                         char junk[32768];
 
                         memset(junk, 'j', sizeof(junk));
                         client_send_str(fd, "exit\n");
-                        client_send(fd, junk, sizeof(junk));
+                        if (client_try_send(fd, junk, sizeof(junk)) == 0)
+                                (void) shutdown(fd, SHUT_WR);
                 }
-                client_shutdown_write(fd);
                 client_expect_str(fd, HELLOD_GREETING);
                 client_expect_eof(fd, false);
                 client_close(fd);

@@ -364,16 +364,50 @@ Test(protocol, idle_timer_restarts_at_a_complete_line_followed_by_a_partial_one,
         hellod_free(d);
 }
 
+/* The lingering close (src/session.c): after exit, with every reply in the client's hands
+ * and nothing of it unread, hellod closes at once: the client reads its replies and a clean
+ * EOF, and a line it writes later meets a closed socket. */
+Test(protocol, exit_closes_at_once_once_the_client_has_every_reply, .timeout = 60) {
+        Hellod *d = hellod_start(NULL);
+        int fd = client_connect(d->port);
+
+        client_expect_str(fd, HELLOD_GREETING);
+        client_hello(fd, "last");
+        client_send_str(fd, "exit\n");
+        client_expect_eof(fd, false);
+        /* hellod decides right after sending its FIN; a line written before that would be
+         * unread bytes, which it lingers for. Its linger would last 1 s: the line comes well
+         * inside it. */
+        harness_sleep_ms(200);
+        cr_assert_eq(client_write_late(fd), CLIENT_LATE_RESET,
+                     "hellod lingered although the client had acknowledged every reply and sent nothing more");
+        client_close(fd);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* ... and while replies are still on their way to a client that has not taken them, it
+ * lingers: what the client writes after exit is read and dropped, not answered with a reset
+ * that could destroy those replies. */
+Test(protocol, exit_lingers_while_replies_are_unacknowledged, .timeout = 60) {
+        Hellod *d = hellod_start(NULL);
+        int fd = client_exit_replies_unread(d->port);
+
+        cr_assert_eq(client_write_late(fd), CLIENT_LATE_DISCARDED,
+                     "a write after exit met a reset while hellod's replies were unacknowledged");
+        client_close(fd);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 /* After exit the server lingers to read the client's leftovers for a bounded time in all,
  * not per byte: a client dribbling bytes cannot keep its slot. */
 Test(protocol, linger_after_exit_is_bounded_in_total, .timeout = 60) {
         Hellod *d = hellod_start(NULL);
-        int fd = client_connect(d->port);
+        int fd = client_exit_replies_unread(d->port);
         int64_t start;
         bool closed = false;
 
-        client_expect_str(fd, HELLOD_GREETING);
-        client_send_str(fd, "exit\n");
         start = harness_now_ms();
         while (!closed && harness_now_ms() - start < 8000) {
                 char *err;
