@@ -54,6 +54,7 @@ int proto_resume(Proto *p, const char *pending, size_t pending_len, uint64_t lin
         p->lines = lines;
         p->messages = messages;
         p->end = end;
+        p->input_after_end = end != PROTO_END_NONE; /* not carried over: assume the client goes on */
         return 0;
 }
 
@@ -214,8 +215,10 @@ static size_t feed_line(Proto *p, const char *in, size_t n, Buf *out, ProtoStatu
                         return i; /* output full: flush and feed from this line again */
                 p->pending_len = 0;
                 i = (size_t) (nl - in) + 1;
-                if (*status == PROTO_CLOSE)
+                if (*status == PROTO_CLOSE) {
+                        p->input_after_end = i < n;
                         return n; /* bytes after exit or an error are discarded */
+                }
         }
         return n;
 }
@@ -338,8 +341,10 @@ static size_t feed_telnet(Proto *p, const char *in, size_t n, Buf *out, ProtoSta
                         size_t run = iac ? (size_t) (iac - (in + i)) : n - i;
                         size_t used = feed_line(p, in + i, run, out, status);
 
-                        if (*status == PROTO_CLOSE)
+                        if (*status == PROTO_CLOSE) {
+                                p->input_after_end |= run < n - i;
                                 return n;
+                        }
                         i += used;
                         if (used < run || !iac)
                                 return i;
@@ -367,8 +372,10 @@ static size_t feed_telnet(Proto *p, const char *in, size_t n, Buf *out, ProtoSta
                         done = telnet_subnegotiation(p, c, out, status);
                         break;
                 }
-                if (*status == PROTO_CLOSE)
+                if (*status == PROTO_CLOSE) {
+                        p->input_after_end = i + 1 < n;
                         return n;
+                }
                 if (!done)
                         return i; /* output full: flush, then this byte again */
                 i++;
@@ -394,6 +401,7 @@ static size_t feed_chunk(Proto *p, const char *in, size_t n, Buf *out, ProtoStat
 size_t proto_feed(Proto *p, const char *in, size_t n, Buf *out, ProtoStatus *ret_status) {
         *ret_status = PROTO_CONTINUE;
         if (p->end != PROTO_END_NONE) {
+                p->input_after_end |= n > 0;
                 *ret_status = PROTO_CLOSE;
                 return n;
         }

@@ -54,6 +54,7 @@ typedef struct Proto {
         uint64_t lines;    /* messages answered */
         uint64_t messages; /* complete messages seen, empty lines and exit included */
         ProtoEnd end;
+        bool input_after_end; /* bytes came after the end (exit, an interrupt, an ERR) in its read */
 } Proto;
 
 /* proto_init: allocates nothing (the pending-line buffer comes when first needed); returns 0. */

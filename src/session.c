@@ -121,26 +121,36 @@ bool session_lingers(const Session *s) {
         return s->proto.end != PROTO_END_EOF && s->proto.end != PROTO_END_SHUTDOWN;
 }
 
+/* asked_to_end: the client ended the conversation itself (exit, a telnet interrupt) and sent
+ * nothing after it in that read: it is not in the middle of sending. After an ERR line it may
+ * well be (a line over the limit), and behind a balancer the acknowledgements below are the
+ * balancer's, not the client's. */
+static bool asked_to_end(const Session *s) {
+        return (s->proto.end == PROTO_END_EXIT || s->proto.end == PROTO_END_INTERRUPT) &&
+               !s->proto.input_after_end && s->balancer[0] == '\0';
+}
+
 /* A reset destroys what the closing side still had to send, and on some stacks what the
- * receiving side had not yet read. So, once the FIN is out: if the client has acknowledged
- * every byte sent before it (at most the FIN itself is outstanding: its ACK is delayed until
- * the client answers it) and nothing it sent waits unread, the socket is closed at once.
- * Bytes the client writes later draw a reset that arrives behind the FIN: a client that
- * reads sees its replies and the end of file all the same (Linux and the BSDs keep received
- * data over a reset; Windows drops what its application has not read yet, so there a client
- * that writes after exit before reading can lose replies, as with nginx's default), and its
- * further writes fail. Lingering on such a socket would only
- * wait for the client's FIN: a wakeup, a recv() and the socket's teardown on the server's
- * side (docs/benchmarks.md measures it). Bytes that arrived unread, and replies still on
- * their way to a client that does not read, keep the lingering close (nginx's default,
- * lingering_close "on", lingers only for unread bytes). */
+ * receiving side had not yet read. So, once the FIN is out: if the client asked to end, has
+ * acknowledged every byte sent before the FIN (at most the FIN itself is outstanding: its ACK
+ * is delayed until the client answers it), the FIN has left (a zero window holds it back),
+ * and nothing the client sent waits unread, the socket is closed at once. Bytes the client
+ * writes later draw a reset that arrives behind the FIN: a client that reads sees its replies
+ * and the end of file all the same (Linux and the BSDs keep received data over a reset;
+ * Windows drops what its application has not read yet, so there a client that writes after
+ * exit before reading can lose replies), and its further writes fail. Lingering on such a
+ * socket would only wait for the client's FIN: a wakeup, a recv() and the socket's teardown
+ * on the server's side (docs/benchmarks.md measures it). In every other case the lingering
+ * close stays: nginx's default (lingering_close "on") also lingers only when more may come. */
 bool session_send_fin(const Session *s) {
-        int unacked, unread;
+        int unacked, unsent, unread;
 
         if (shutdown(s->fd, SHUT_WR) < 0)
                 return false;
-        return ioctl(s->fd, SIOCOUTQ, &unacked) < 0 || unacked > 1 || ioctl(s->fd, SIOCINQ, &unread) < 0 ||
-               unread > 0;
+        if (!asked_to_end(s))
+                return true;
+        return ioctl(s->fd, SIOCOUTQ, &unacked) < 0 || unacked > 1 || ioctl(s->fd, SIOCOUTQNSD, &unsent) < 0 ||
+               unsent > 0 || ioctl(s->fd, SIOCINQ, &unread) < 0 || unread > 0;
 }
 
 void session_fail(Session *s, int r) {

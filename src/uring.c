@@ -463,8 +463,10 @@ static Fate on_input(Loop *l, Conn *c, const char *data, size_t n) {
                 c->discarded += n;
                 return c->discarded >= SESSION_LINGER_BYTES ? finish(l, c, 0) : ALIVE;
         }
-        if (s->proto.end != PROTO_END_NONE)
+        if (s->proto.end != PROTO_END_NONE) {
+                s->proto.input_after_end = true; /* the client goes on sending: linger */
                 return ALIVE; /* ended, last words on their way: nothing more is read */
+        }
         if (c->sending || has_kept(c)) {
                 if ((r = keep(c, data, n)) < 0)
                         return finish(l, c, r);

@@ -367,21 +367,42 @@ Test(protocol, idle_timer_restarts_at_a_complete_line_followed_by_a_partial_one,
 /* The lingering close (src/session.c): after exit, with every reply in the client's hands
  * and nothing of it unread, hellod closes at once: the client reads its replies and a clean
  * EOF, and a line it writes later meets a closed socket. */
-Test(protocol, exit_closes_at_once_once_the_client_has_every_reply, .timeout = 60) {
-        Hellod *d = hellod_start(NULL);
+/* late_after: a client that sends SEND at once after its greeting, reads WANT and the EOF,
+ * then writes a line: what met it. */
+static ClientLate late_after(Hellod *d, const char *send, const char *want) {
         int fd = client_connect(d->port);
+        ClientLate late;
 
         client_expect_str(fd, HELLOD_GREETING);
-        client_hello(fd, "last");
-        client_send_str(fd, "exit\n");
+        client_send_str(fd, send);
+        client_expect_str(fd, want);
         client_expect_eof(fd, false);
-        /* hellod decides right after sending its FIN; a line written before that would be
-         * unread bytes, which it lingers for. Its linger would last 1 s: the line comes well
-         * inside it. */
+        /* hellod decides right after sending its FIN; a line arriving before that is unread
+         * input, which it lingers for. The linger lasts 1 s: the line comes well inside it. */
         harness_sleep_ms(200);
-        cr_assert_eq(client_write_late(fd), CLIENT_LATE_RESET,
-                     "hellod lingered although the client had acknowledged every reply and sent nothing more");
+        late = client_write_late(fd);
         client_close(fd);
+        return late;
+}
+
+Test(protocol, exit_closes_at_once_once_the_client_has_every_reply, .timeout = 60) {
+        Hellod *d = hellod_start(NULL);
+
+        cr_assert_eq(late_after(d, "exit\n", ""), CLIENT_LATE_RESET,
+                     "hellod lingered although the client had acknowledged every reply and sent nothing more");
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* A client that sent more after exit, or that is cut off in the middle of a line, may still
+ * be sending: hellod lingers. */
+Test(protocol, exit_with_more_behind_it_and_err_lines_linger, .timeout = 60) {
+        Hellod *d = hellod_start("max_line_length = 16;\n");
+
+        cr_assert_eq(late_after(d, "exit\nmore\n", ""), CLIENT_LATE_DISCARDED,
+                     "a write after exit and more met a reset");
+        cr_assert_eq(late_after(d, "a-line-longer-than-sixteen-bytes", HELLOD_ERR_TOO_LONG), CLIENT_LATE_DISCARDED,
+                     "a write after ERR line too long met a reset");
         hellod_stop_clean(d);
         hellod_free(d);
 }

@@ -686,3 +686,40 @@ Test(chunk, telnet_commands_are_data_in_chunk_framing) {
         cr_assert_eq(feed_lit(IAC "\xf4" IAC DO TM), PROTO_CONTINUE);
         expect_lit("Hello, " IAC "\xf4" IAC DO TM "!");
 }
+
+/* input_after_end: whether the client sent more in the read that ended the conversation (it
+ * may still be sending: the server lingers, src/session.c). */
+Test(line, exit_as_the_last_line_leaves_nothing_after_the_end) {
+        cr_assert_eq(feed_str("a\nexit\r\n"), PROTO_CLOSE);
+        cr_assert_not(proto.input_after_end);
+}
+
+Test(line, bytes_after_exit_in_its_read_are_input_after_the_end) {
+        cr_assert_eq(feed_str("exit\nb"), PROTO_CLOSE);
+        cr_assert(proto.input_after_end);
+}
+
+Test(line, a_read_after_the_end_is_input_after_the_end) {
+        cr_assert_eq(feed_str("exit\n"), PROTO_CLOSE);
+        cr_assert_not(proto.input_after_end);
+        cr_assert_eq(feed_str("late\n"), PROTO_CLOSE);
+        cr_assert(proto.input_after_end);
+}
+
+Test(chunk, exit_leaves_nothing_after_the_end) {
+        cr_assert_eq(feed_str("exit\n"), PROTO_CLOSE);
+        cr_assert_not(proto.input_after_end);
+}
+
+Test(telnet, an_interrupt_and_what_follows_it) {
+        cr_assert_eq(feed_lit(IAC "\xf4"), PROTO_CLOSE);
+        cr_assert_not(proto.input_after_end, "the interrupt was the last byte");
+        teardown();
+        setup_line();
+        cr_assert_eq(feed_lit(IAC "\xf4" IAC DO TM), PROTO_CLOSE);
+        cr_assert(proto.input_after_end, "telnet's DO TIMING-MARK follows its interrupt");
+        teardown();
+        setup_line();
+        cr_assert_eq(feed_lit("exit\n" IAC "\xf4"), PROTO_CLOSE);
+        cr_assert(proto.input_after_end, "a command after exit");
+}
