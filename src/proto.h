@@ -54,7 +54,7 @@ typedef struct Proto {
         uint64_t lines;    /* messages answered */
         uint64_t messages; /* complete messages seen, empty lines and exit included */
         ProtoEnd end;
-        bool input_after_end; /* bytes came after the end (exit, an interrupt, an ERR) in its read */
+        bool input_after_end; /* after exit or an interrupt: more came behind it in its read, or later */
 } Proto;
 
 /* proto_init: allocates nothing (the pending-line buffer comes when first needed); returns 0. */

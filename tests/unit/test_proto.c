@@ -689,14 +689,20 @@ Test(chunk, telnet_commands_are_data_in_chunk_framing) {
 
 /* input_after_end: whether the client sent more in the read that ended the conversation (it
  * may still be sending: the server lingers, src/session.c). */
-Test(line, exit_as_the_last_line_leaves_nothing_after_the_end) {
-        cr_assert_eq(feed_str("a\nexit\r\n"), PROTO_CLOSE);
-        cr_assert_not(proto.input_after_end);
-}
+Test(line, input_after_end_is_what_followed_the_ending_line) {
+        static const struct {
+                const char *in;
+                bool after;
+        } cases[] = {
+                { "a\nexit\r\n", false }, { "exit\nb", true }, { "exit\n\n", true },
+        };
 
-Test(line, bytes_after_exit_in_its_read_are_input_after_the_end) {
-        cr_assert_eq(feed_str("exit\nb"), PROTO_CLOSE);
-        cr_assert(proto.input_after_end);
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                teardown();
+                setup_line();
+                cr_assert_eq(feed_str(cases[i].in), PROTO_CLOSE, "%s", cases[i].in);
+                cr_assert_eq(proto.input_after_end, cases[i].after, "%s", cases[i].in);
+        }
 }
 
 Test(line, a_read_after_the_end_is_input_after_the_end) {
