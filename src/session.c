@@ -143,7 +143,7 @@ static bool asked_to_end(const Session *s) {
  * on the server's side (docs/benchmarks.md measures it). In every other case the lingering
  * close stays: nginx's default (lingering_close "on") also lingers only when more may come. */
 bool session_send_fin(const Session *s) {
-        int unacked, unsent, unread;
+        int unacked = 0, unsent = 0, unread = 0; /* valgrind does not know what SIOCOUTQNSD writes */
 
         if (shutdown(s->fd, SHUT_WR) < 0)
                 return false;
