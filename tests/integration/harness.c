@@ -1102,7 +1102,9 @@ static int finish_connect(int fd) {
         return -e;
 }
 
-int client_try_connect(const char *ip, uint16_t port, const char *src_ip) {
+/* try_connect: client_try_connect(), with a receive buffer of RCVBUF bytes set before the
+ * connect (so that the window the client advertises is that small), unless 0. */
+static int try_connect(const char *ip, uint16_t port, const char *src_ip, int rcvbuf) {
         struct sockaddr_storage ss;
         socklen_t len = make_addr(ip, port, &ss);
         int fd, r;
@@ -1110,6 +1112,8 @@ int client_try_connect(const char *ip, uint16_t port, const char *src_ip) {
         fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd < 0)
                 harness_fail("socket(): %s", strerror(errno));
+        if (rcvbuf > 0 && setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf)) < 0)
+                harness_fail("setsockopt(SO_RCVBUF): %s", strerror(errno));
         if (src_ip) {
                 struct sockaddr_storage src;
                 socklen_t src_len = make_addr(src_ip, 0, &src);
@@ -1125,6 +1129,10 @@ int client_try_connect(const char *ip, uint16_t port, const char *src_ip) {
                 return r;
         }
         return fd;
+}
+
+int client_try_connect(const char *ip, uint16_t port, const char *src_ip) {
+        return try_connect(ip, port, src_ip, 0);
 }
 
 int client_start_connect(const char *ip, uint16_t port) {
@@ -1556,18 +1564,11 @@ int client_exit_replies_unread(uint16_t port) {
         static const char name[NAME_LEN + 1] = "the-client-reads-none-of-these-replies-until-hellod-has-ended-it-01234";
         char request[LINES * (NAME_LEN + 1)], want[sizeof(HELLOD_GREETING) + LINES * (NAME_LEN + 12)];
         size_t reply_len = strlen("Hello, ") + NAME_LEN + strlen("!\r\n"), glen = strlen(HELLOD_GREETING);
-        int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), rcvbuf = 2048, r;
-        struct sockaddr_in sin = { .sin_family = AF_INET, .sin_port = htons(port),
-                                   .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        int fd = try_connect("127.0.0.1", port, NULL, 2048);
         int64_t deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;
 
-        if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf)) < 0)
-                harness_fail("a small-window client socket: %s", strerror(errno));
-        r = connect(fd, (struct sockaddr *) &sin, sizeof(sin)) < 0 ? -errno : 0;
-        if (r == -EINPROGRESS)
-                r = finish_connect(fd);
-        if (r < 0)
-                harness_fail("connect(127.0.0.1:%u): %s", port, strerror(-r));
+        if (fd < 0)
+                harness_fail("connect(127.0.0.1:%u) with a small window: %s", port, strerror(-fd));
         for (int i = 0; i < LINES; i++) {
                 memcpy(request + i * (NAME_LEN + 1), name, NAME_LEN);
                 request[i * (NAME_LEN + 1) + NAME_LEN] = '\n';

@@ -364,9 +364,6 @@ Test(protocol, idle_timer_restarts_at_a_complete_line_followed_by_a_partial_one,
         hellod_free(d);
 }
 
-/* The lingering close (src/session.c): after exit, with every reply in the client's hands
- * and nothing of it unread, hellod closes at once: the client reads its replies and a clean
- * EOF, and a line it writes later meets a closed socket. */
 /* late_after: a client that sends SEND at once after its greeting, reads WANT and the EOF,
  * then writes a line: what met it. */
 static ClientLate late_after(Hellod *d, const char *send, const char *want) {
@@ -385,6 +382,9 @@ static ClientLate late_after(Hellod *d, const char *send, const char *want) {
         return late;
 }
 
+/* The lingering close (src/session.c): after exit, with every reply in the client's hands
+ * and nothing of it unread, hellod closes at once: the client reads its replies and a clean
+ * EOF, and a line it writes later meets a closed socket. */
 Test(protocol, exit_closes_at_once_once_the_client_has_every_reply, .timeout = 60) {
         Hellod *d = hellod_start(NULL);
 
