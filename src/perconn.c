@@ -1,7 +1,8 @@
 /* perconn: the per-connection driver: each session runs on a thread of its own with
  * blocking I/O: the greeting, then read → proto → write until the client leaves, says exit,
- * idles out or the server stops. Timeouts are socket options (SO_RCVTIMEO, SO_SNDTIMEO)
- * measured against the session's deadlines.
+ * idles out or the server stops. The idle timeout and the lingering close are the watcher's
+ * (watcher.h): a thread reads without a receive timeout and leaves a lingering socket to it.
+ * A write that blocks is bounded by SO_SNDTIMEO, measured against the session's deadline.
  *
  * Accepting: the threads that wait for a connection (worker.c) all wait in one epoll set
  * holding the listeners, each one-shot (EPOLLONESHOT). epoll wakes one waiting thread per
@@ -27,6 +28,7 @@
 #include "engine.h"
 #include "log.h"
 #include "queued.h"
+#include "watcher.h"
 #include "worker.h"
 
 /* epoll data of the control descriptors; a listener's is (generation << 32) | its index,
@@ -36,6 +38,7 @@ enum { KEY_STOP = 1, KEY_RESUME = 2 };
 typedef struct PerConn {
         Engine engine; /* first: the engine is the driver */
         Workers *workers;
+        Watcher *watcher; /* idle deadlines and lingering sockets */
         int epoll_fd;  /* the listeners (one-shot), stop_fd and resume_fd */
         int stop_fd;   /* eventfd: written at the stop and never read, so that every waiting
                         * thread wakes to it in turn (level-triggered) */
@@ -142,16 +145,27 @@ static int feed(Session *s, size_t n, ProtoStatus *status, Timer *send_timer) {
 
 /* converse: greeting, then read → proto → write; returns 0 when the protocol ended the
  * session, or a negative errno when the connection failed under it. */
+/* The calling thread's entry in the watcher's list (watcher.h). */
+static __thread Watch watch = WATCH_INIT;
+
+/* set_idle_deadline: the idle timer starts again from NOW (session_idle_deadline); the
+ * watcher is told. */
+static void set_idle_deadline(Session *s, uint64_t now) {
+        s->timer.at = session_idle_deadline(s, now);
+        watch_set(((PerConn *) s->engine)->watcher, &watch, s->timer.at);
+}
+
 static int converse(Session *s) {
-        Timer recv_timer = { .option = SO_RCVTIMEO }, send_timer = { .option = SO_SNDTIMEO };
+        Timer send_timer = { .option = SO_SNDTIMEO };
         ProtoStatus status = PROTO_CONTINUE;
         uint64_t messages = s->proto.messages, now;
         int r;
 
         if (!s->resumed) {
-                s->timer.at = session_idle_deadline(s, now_usec());
+                set_idle_deadline(s, now_usec());
                 proto_greeting(&s->proto, &s->out);
-        }
+        } else
+                watch_set(((PerConn *) s->engine)->watcher, &watch, s->timer.at);
         if (s->in_len > s->in_off) {
                 /* Handed over with replies still to send and input still to answer, or bytes
                  * that came after a PROXY header. */
@@ -170,14 +184,14 @@ static int converse(Session *s) {
          * the next read; the lines answered so far were activity (session_idle_deadline). */
         now = now_usec();
         if (s->proto.messages != messages)
-                s->timer.at = session_idle_deadline(s, now);
+                set_idle_deadline(s, now);
         while (status == PROTO_CONTINUE) {
                 if (session_stop_requested(s)) {
                         /* The lines in hand were answered; the server is going away. */
                         proto_abort(&s->proto, PROTO_END_SHUTDOWN, &s->out);
                         break;
                 }
-                if (!timer_arm(s, &recv_timer, s->timer.at, now)) {
+                if (now >= s->timer.at) {
                         proto_abort(&s->proto, PROTO_END_IDLE, &s->out);
                         break;
                 }
@@ -185,12 +199,15 @@ static int converse(Session *s) {
                 if (n < 0) {
                         if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)
                                 return -errno;
-                        now = now_usec(); /* EAGAIN: the receive timeout; timer_arm decides */
+                        now = now_usec();
                         continue;
                 }
                 if (n == 0) {
+                        /* The server's stop and the watcher shut the read side down too. */
                         if (session_stop_requested(s))
                                 proto_abort(&s->proto, PROTO_END_SHUTDOWN, &s->out);
+                        else if (watch_fired(&watch))
+                                proto_abort(&s->proto, PROTO_END_IDLE, &s->out);
                         else
                                 proto_eof(&s->proto, &s->out);
                         break;
@@ -204,84 +221,9 @@ static int converse(Session *s) {
                  * line are not. Re-armed after the writes (session_idle_deadline). */
                 now = now_usec();
                 if (s->proto.messages != messages)
-                        s->timer.at = session_idle_deadline(s, now);
+                        set_idle_deadline(s, now);
         }
         return flush(s, &send_timer);
-}
-
-/* ---- the lingering close, carried by the thread ----
- * When hellod ends a conversation (exit, an ERR line) while its replies are still on their way
- * or bytes of the client's unread, what the client still sends must be read before the socket
- * closes, or the kernel answers it with a reset that can destroy the last reply
- * (session_send_fin). Sleeping in recv() until the client's FIN cost a context switch and
- * a socket timer a session (measured: churn 5% slower than closing at once). Instead the
- * thread half-closes, ends the session (its slot is free), and keeps the socket while it waits
- * for or serves its next connection: it reads what arrived without blocking whenever it comes
- * back to wait, and closes the socket at the client's EOF, after SESSION_LINGER_BYTES, or once
- * SESSION_LINGER_USEC have passed (its wait ends then at the latest; a deadline that passes
- * while the thread serves is noticed after). One socket per thread at most: the next one
- * waits for the previous one's end (carry). A thread about to exit ends its own lingering
- * (WorkerCalls.leave), or closes it at once at the stop. */
-typedef struct Carried {
-        int fd; /* -1: none */
-        uint64_t deadline;
-        size_t discarded;
-} Carried;
-
-static __thread Carried carried = { .fd = -1 };
-
-/* settle_carried: reads what the carried socket's client sent, and closes the socket at its
- * EOF, after SESSION_LINGER_BYTES, past its deadline, or, FINAL, at once. Returns the deadline
- * still to wait for, 0 when no socket is carried any more. */
-static uint64_t settle_carried(bool final) {
-        char sink[4096];
-
-        if (carried.fd < 0)
-                return 0;
-        for (;;) {
-                ssize_t n = recv(carried.fd, sink, sizeof(sink), MSG_DONTWAIT);
-
-                if (n > 0 && (carried.discarded += (size_t) n) < SESSION_LINGER_BYTES)
-                        continue;
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && !final && now_usec() < carried.deadline)
-                        return carried.deadline;
-                break;
-        }
-        close(carried.fd);
-        carried.fd = -1;
-        return 0;
-}
-
-/* msec_until: a poll timeout for DEADLINE (rounded up); -1 for none. */
-static int msec_until(uint64_t deadline) {
-        if (deadline == 0)
-                return -1;
-        uint64_t now = now_usec();
-        return now >= deadline ? 0 : (int) ((deadline - now + 999u) / 1000u);
-}
-
-/* finish_carried: the carried socket's lingering runs to its end here, waiting if need be;
- * at once when NOW. */
-static void finish_carried(bool now) {
-        uint64_t deadline;
-
-        while (!now && (deadline = settle_carried(false)) != 0) {
-                struct pollfd pfd = { .fd = carried.fd, .events = POLLIN };
-                (void) poll(&pfd, 1, msec_until(deadline));
-        }
-        (void) settle_carried(true);
-}
-
-/* carry: S's FIN is sent; its socket lingers with this thread from now on. The one carried so
- * far ends its lingering first: its client has had a whole session's time to close, and
- * nearly always has, so this rarely waits. S ends without closing its socket (S->fd stays as
- * it is: the server may still shutdown() it until S is done). */
-static void carry(Session *s) {
-        finish_carried(false);
-        carried = (Carried) { .fd = s->fd, .deadline = now_usec() + SESSION_LINGER_USEC };
-        s->fd_kept = true;
 }
 
 /* proxy_header: reads the PROXY header (at most SESSION_PROXY_TIMEOUT_USEC) and hands it to
@@ -319,8 +261,17 @@ static bool proxy_header(Session *s) {
         return true;
 }
 
-/* run: the whole session on a worker thread, then the engine's done path. */
-static void run(Session *s) {
+/* Linger: a socket to leave to the watcher once its session is over (serve). */
+typedef struct Linger {
+        int fd; /* -1: none */
+        uint64_t deadline;
+        size_t discarded;
+} Linger;
+
+/* run: the whole session on a worker thread; *LINGER: its socket, if it lingers. */
+static void run(Session *s, Linger *linger) {
+        Watcher *watcher = ((PerConn *) s->engine)->watcher;
+
         /* A resumed session may have brought buffers of its own. */
         if (!s->in)
                 s->in = malloc(s->in_cap);
@@ -330,17 +281,24 @@ static void run(Session *s) {
                 session_fail(s, -ENOMEM);
                 return;
         }
-        if (s->lingering) { /* resumed after its FIN was sent */
-                carry(s);
+        if (s->lingering) { /* resumed after its FIN was sent: with what it brought */
+                *linger = (Linger) { .fd = s->fd, .deadline = s->timer.at, .discarded = s->in_len };
+                s->fd_kept = true;
                 return;
         }
         if (s->proxy && !proxy_header(s))
                 return;
+        if (s->resumed) /* the receive timeout of the process it comes from, if it set one */
+                (void) set_timeout(s->fd, SO_RCVTIMEO, 0);
+        watch_begin(watcher, &watch, s->fd);
         int r = converse(s);
+        watch_end(watcher, &watch);
         if (r < 0)
                 session_fail(s, r);
-        else if (session_lingers(s) && session_send_fin(s))
-                carry(s);
+        else if (session_lingers(s) && session_send_fin(s)) {
+                *linger = (Linger) { .fd = s->fd, .deadline = now_usec() + SESSION_LINGER_USEC };
+                s->fd_kept = true;
+        }
 }
 
 /* ---- accepting ---- */
@@ -512,7 +470,7 @@ static void *wait_for_client(void *userdata) {
         for (;;) {
                 struct epoll_event ev;
                 bool leave = false;
-                int n = epoll_wait(p->epoll_fd, &ev, 1, msec_until(settle_carried(false)));
+                int n = epoll_wait(p->epoll_fd, &ev, 1, -1);
 
                 if (n < 0 && errno != EINTR) {
                         log_error_errno(-errno, "epoll_wait failed");
@@ -537,12 +495,12 @@ static void *wait_for_client(void *userdata) {
         }
 }
 
-/* thread_leaves: WorkerCalls.leave: the thread's lingering socket ends its lingering first
- * (a thread leaves when too many wait, or for a new stack size); at the stop, it closes at
- * once, as the process is going away. */
+/* thread_leaves: WorkerCalls.leave: the thread's entry leaves the watcher's list. */
 static void thread_leaves(void *userdata, bool stopping) {
-        (void) userdata;
-        finish_carried(stopping);
+        PerConn *p = userdata;
+
+        (void) stopping;
+        watch_leave(p->watcher, &watch);
 }
 
 /* refuse: WorkerCalls.refuse: no other thread could be started to accept after this one. */
@@ -550,13 +508,18 @@ static void refuse(void *userdata, void *job) {
         turn_away(userdata, job);
 }
 
-/* serve: WorkerCalls.serve: the whole session, then the engine's done path. */
+/* serve: WorkerCalls.serve: the whole session, then the engine's done path. A lingering
+ * socket goes to the watcher only after that: the watcher may close it at once, and the
+ * server calls shutdown() on the sockets of its registered sessions. */
 static void serve(void *userdata, void *job) {
+        PerConn *p = userdata;
         Session *s = job;
+        Linger linger = { .fd = -1 };
 
-        (void) userdata;
-        run(s);
+        run(s, &linger);
         engine_session_done(s->engine, s);
+        if (linger.fd >= 0)
+                watcher_linger(p->watcher, linger.fd, linger.deadline, linger.discarded);
 }
 
 static void perconn_set_listeners(Engine *e, const ListenerSet *set) {
@@ -592,6 +555,7 @@ static int perconn_add(Engine *e, Session *s) {
 }
 
 static void perconn_free(PerConn *p) {
+        watcher_free(p->watcher); /* every thread has left */
         if (p->epoll_fd >= 0)
                 close(p->epoll_fd);
         if (p->stop_fd >= 0)
@@ -671,6 +635,8 @@ int perconn_engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks)
         pthread_mutex_init(&p->queue_lock, NULL);
         p->engine = (Engine) { .ops = &perconn_ops, .hooks = *hooks };
         r = open_control(p);
+        if (r == 0)
+                r = watcher_new(&p->watcher);
         if (r == 0)
                 r = workers_new(&p->workers, conf->worker_stack_size, PERCONN_MAX_IDLE,
                                 &(WorkerCalls) { .wait = wait_for_client, .serve = serve, .refuse = refuse,

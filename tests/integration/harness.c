@@ -1521,9 +1521,10 @@ size_t harness_model_replies(const char *prefix, const char *suffix, const unsig
         return m.o;
 }
 
-/* tcp_state_v4: the state (/proc/net/tcp's "st", e.g. TCP_FIN_WAIT1) of the IPv4 socket
- * LOCAL_PORT <-> REMOTE_PORT on 127.0.0.1, or -1 if there is none. */
-static int tcp_state_v4(uint16_t local_port, uint16_t remote_port) {
+/* tcp_socket_v4: the state (/proc/net/tcp's "st", e.g. TCP_FIN_WAIT1) of the IPv4 socket
+ * LOCAL_PORT <-> REMOTE_PORT on 127.0.0.1, or -1 if there is none; *INODE (if not NULL): its
+ * inode, 0 once no process holds it (closed, the kernel finishing the connection alone). */
+static int tcp_socket_v4(uint16_t local_port, uint16_t remote_port, unsigned long *inode) {
         FILE *f = fopen("/proc/net/tcp", "re");
         char line[512];
         int state = -1;
@@ -1532,13 +1533,22 @@ static int tcp_state_v4(uint16_t local_port, uint16_t remote_port) {
                 harness_fail("/proc/net/tcp: %s", strerror(errno));
         while (state < 0 && fgets(line, sizeof(line), f)) {
                 unsigned lport, rport, st;
+                unsigned long ino;
 
-                if (sscanf(line, " %*u: %*x:%x %*x:%x %x", &lport, &rport, &st) == 3 && lport == local_port &&
-                    rport == remote_port)
+                if (sscanf(line, " %*u: %*x:%x %*x:%x %x %*x:%*x %*x:%*x %*x %*u %*d %lu", &lport, &rport, &st, &ino) ==
+                            4 &&
+                    lport == local_port && rport == remote_port) {
                         state = (int) st;
+                        if (inode)
+                                *inode = ino;
+                }
         }
         fclose(f);
         return state;
+}
+
+static int tcp_state_v4(uint16_t local_port, uint16_t remote_port) {
+        return tcp_socket_v4(local_port, remote_port, NULL);
 }
 
 static uint16_t local_port_of(int fd) {
@@ -1586,6 +1596,12 @@ int client_exit_replies_unread(uint16_t port) {
         client_expect(fd, want, glen + LINES * reply_len);
         client_expect_eof(fd, false);
         return fd;
+}
+
+bool hellod_holds_socket_of(uint16_t port, int fd) {
+        unsigned long inode = 0;
+
+        return tcp_socket_v4(port, local_port_of(fd), &inode) >= 0 && inode != 0;
 }
 
 ClientLate client_write_late(int fd) {

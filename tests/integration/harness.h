@@ -240,6 +240,9 @@ void client_reset(int fd);
 int client_exit_replies_unread(uint16_t port);
 typedef enum ClientLate { CLIENT_LATE_DISCARDED, CLIENT_LATE_RESET } ClientLate;
 ClientLate client_write_late(int fd);
+/* hellod_holds_socket_of: whether a process (hellod) still holds the server's end of the IPv4
+ * connection of FD to PORT: its socket in /proc/net/tcp with an inode. */
+bool hellod_holds_socket_of(uint16_t port, int fd);
 
 /* What a client of a saturated daemon has seen so far. */
 typedef enum ClientState {

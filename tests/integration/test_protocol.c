@@ -421,6 +421,39 @@ Test(protocol, exit_lingers_while_replies_are_unacknowledged, .timeout = 60) {
         hellod_free(d);
 }
 
+/* The linger's bound holds whatever else the server does meanwhile. Here other clients
+ * connect and stay: in the per-connection model, the thread that served the lingering
+ * conversation goes on to one of them (it used to keep the lingering socket, unread and open,
+ * for as long as that next conversation lasted). */
+Test(protocol, linger_ends_in_time_while_other_clients_stay, .timeout = 60) {
+        enum { OTHERS = 4, BOUND_MS = 5000 };
+        Hellod *d = hellod_start(NULL);
+        int fd = client_connect(d->port), others[OTHERS];
+        int64_t start;
+
+        client_expect_str(fd, HELLOD_GREETING);
+        client_send_str(fd, "exit\nmore\n"); /* more behind exit: hellod lingers */
+        client_expect_eof(fd, false);
+        start = harness_now_ms();
+        for (int i = 0; i < OTHERS; i++) {
+                others[i] = client_connect(d->port);
+                client_expect_str(others[i], HELLOD_GREETING);
+        }
+        while (hellod_holds_socket_of(d->port, fd) && harness_now_ms() - start < BOUND_MS)
+                harness_sleep_ms(20);
+        cr_assert(!hellod_holds_socket_of(d->port, fd),
+                  "the lingering socket was still open %d ms after exit, with other clients connected", BOUND_MS);
+        harness_step("lingering socket closed after %lld ms", (long long) (harness_now_ms() - start));
+        cr_assert_eq(client_write_late(fd), CLIENT_LATE_RESET, "a write after the linger met an open socket");
+        for (int i = 0; i < OTHERS; i++) {
+                client_hello(others[i], "still here");
+                client_close(others[i]);
+        }
+        client_close(fd);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 /* After exit the server lingers to read the client's leftovers for a bounded time in all,
  * not per byte: a client dribbling bytes cannot keep its slot. */
 Test(protocol, linger_after_exit_is_bounded_in_total, .timeout = 60) {
