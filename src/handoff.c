@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "addr.h"
+#include "clock.h"
 
 #include "config.h"
 
@@ -216,6 +217,7 @@ int handoff_session_fresh(int fd, Conf *conf, Session **ret) {
         if (r < 0)
                 return r;
         s->resumed = true; /* greeted by the process that crashed */
+        s->timer.at = session_idle_deadline(s, now_usec()); /* its deadline was lost too */
         *ret = s;
         return 0;
 }

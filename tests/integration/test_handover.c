@@ -546,6 +546,43 @@ Test(handover, always_an_empty_state_is_a_crash, .timeout = 60) {
         hellod_free(d);
 }
 
+/* crash_resumed_idles_out: WORKERS (a config value); a silent client's conversation, resumed
+ * after a crash, ends with ERR idle timeout. */
+static void crash_resumed_idles_out(const char *workers) {
+        Hellod *d = hellod_new();
+        Store st;
+        uint16_t port;
+        int listener = listening_socket(&port), fd;
+
+        store_start(&st, d->dir);
+        hellod_write_config(d, "workers = %s;\nio_backend = \"epoll\";\nhandover = \"always\";\nidle_timeout = 2;\n",
+                            workers);
+        start_hellod(d, &st, listener);
+        hellod_wait_stderr(d, "started");
+        greeted_clients(port, &fd, 1);
+        store_wait(d, &st, "c", 1);
+        hellod_signal(d, SIGKILL);
+        (void) hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
+
+        start_hellod(d, &st, listener);
+        hellod_wait_stderr(d, "resumed 1 conversation");
+        harness_step("workers = %s: the resumed client stays silent", workers);
+        client_expect_str(fd, HELLOD_ERR_IDLE);
+        client_expect_eof(fd, false);
+        client_close(fd);
+        stop_and_wait(d);
+        store_stop(&st);
+        close(listener);
+        hellod_free(d);
+}
+
+/* A conversation resumed after a crash brings no deadline (no state was written): its idle
+ * timer starts afresh. It used to have none, and a silent client kept its slot for good. */
+Test(handover, always_a_crash_resumed_conversation_idles_out, .timeout = 60) {
+        crash_resumed_idles_out("1");
+        crash_resumed_idles_out("\"per-connection\"");
+}
+
 /* A pool hands over to a per-connection process: partial and pipelined lines are answered
  * byte for byte. */
 Test(handover, pool_to_per_connection_keeps_partial_and_pipelined_lines, .timeout = 60) {
