@@ -1109,6 +1109,13 @@ int uring_engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks) {
                            "epoll");
                 return pool_engine_new(ret, conf, hooks);
         }
+        if (conf->handover == HANDOVER_MODE_ALWAYS) {
+                /* Its multishot receive takes every byte in: a partial line is not left in the
+                 * kernel (pool.c, read_lines), and a crash would lose it. */
+                log_notice("io_backend = \"io_uring\" cannot leave partial lines in the kernel for "
+                           "handover = \"always\"; the event loops use epoll");
+                return pool_engine_new(ret, conf, hooks);
+        }
         int r = uring_try(ret, conf, hooks, why, sizeof(why));
 
         if (r == 0)

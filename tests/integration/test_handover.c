@@ -576,6 +576,44 @@ static void crash_resumed_idles_out(const char *workers) {
         hellod_free(d);
 }
 
+/* crash_keeps_partial_line: BACKEND (a config value); a line half sent before a crash is
+ * answered whole after it. */
+static void crash_keeps_partial_line(const char *backend) {
+        Hellod *d = hellod_new();
+        Store st;
+        uint16_t port;
+        int listener = listening_socket(&port), fd;
+
+        store_start(&st, d->dir);
+        hellod_write_config(d, "workers = 1;\nio_backend = \"%s\";\nhandover = \"always\";\n", backend);
+        start_hellod(d, &st, listener);
+        hellod_wait_stderr(d, "started");
+        greeted_clients(port, &fd, 1);
+        store_wait(d, &st, "c", 1);
+        client_send_str(fd, "Ali");
+        harness_step("io_backend = %s: kill -9 after \"Ali\"", backend);
+        hellod_signal(d, SIGKILL);
+        (void) hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
+
+        start_hellod(d, &st, listener);
+        hellod_wait_stderr(d, "resumed 1 conversation");
+        client_send_str(fd, "ce\n");
+        client_expect_str(fd, "Hello, Alice!\r\n");
+        client_close(fd);
+        stop_and_wait(d);
+        store_stop(&st);
+        close(listener);
+        hellod_free(d);
+}
+
+/* handover = "always" keeps a partial line in the kernel, on either backend: io_uring's
+ * receive takes every byte in, so with "always" the loops run on epoll (they answered
+ * "Hello, ce!" after the crash). */
+Test(handover, always_a_crash_keeps_the_partial_line_on_every_backend, .timeout = 60) {
+        crash_keeps_partial_line("epoll");
+        crash_keeps_partial_line("io_uring");
+}
+
 /* A conversation resumed after a crash brings no deadline (no state was written): its idle
  * timer starts afresh. It used to have none, and a silent client kept its slot for good. */
 Test(handover, always_a_crash_resumed_conversation_idles_out, .timeout = 60) {
