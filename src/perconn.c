@@ -155,8 +155,41 @@ static void set_idle_deadline(Session *s, uint64_t now) {
         watch_set(((PerConn *) s->engine)->watcher, &watch, s->timer.at);
 }
 
+/* recv_lines: the read of a stored session (handover = "always"), as the pool's read_lines:
+ * only whole lines leave the kernel (peeked first), so that a crash loses no partial line; a
+ * line longer than the buffer, and anything with a telnet command in it, is read as it is.
+ * While a partial line waits for its end, SO_RCVLOWAT one byte past it makes the peek block
+ * until more comes; the client's FIN, the stop and the watcher end that wait, and the line
+ * is taken as it is then. *LOWAT: the socket's SO_RCVLOWAT (1 to begin with). */
+static ssize_t recv_lines(Session *s, int *lowat) {
+        for (;;) {
+                ssize_t k = recv(s->fd, s->in, s->in_cap, MSG_PEEK);
+                if (k <= 0)
+                        return k;
+                const char *nl = memrchr(s->in, '\n', (size_t) k);
+                bool whole = memchr(s->in, 0xff, (size_t) k) != NULL || (size_t) k == s->in_cap;
+                /* A peek that came back short of the mark: what it waited for ended the wait. */
+                bool waits = !nl && !whole && (int) k + 1 != *lowat && !session_peer_closed(s) &&
+                             !session_stop_requested(s) && !watch_fired(&watch);
+                int want = waits ? (int) k + 1 : 1;
+                if (want != *lowat) {
+                        if (setsockopt(s->fd, SOL_SOCKET, SO_RCVLOWAT, &want, sizeof(want)) == 0)
+                                *lowat = want;
+                        else
+                                waits = false; /* cannot wait without spinning: taken as it is */
+                }
+                if (!waits)
+                        return recv(s->fd, s->in, nl && !whole ? (size_t) (nl - s->in) + 1 : (size_t) k, 0);
+        }
+}
+
+static bool reads_lines(const Session *s) {
+        return s->stored && s->conf->framing == FRAMING_LINE && s->proto.pending_len == 0;
+}
+
 static int converse(Session *s) {
         Timer send_timer = { .option = SO_SNDTIMEO };
+        int lowat = 1; /* SO_RCVLOWAT, for recv_lines */
         ProtoStatus status = PROTO_CONTINUE;
         uint64_t messages = s->proto.messages, now;
         int r;
@@ -195,7 +228,7 @@ static int converse(Session *s) {
                         proto_abort(&s->proto, PROTO_END_IDLE, &s->out);
                         break;
                 }
-                ssize_t n = recv(s->fd, s->in, s->in_cap, 0);
+                ssize_t n = reads_lines(s) ? recv_lines(s, &lowat) : recv(s->fd, s->in, s->in_cap, 0);
                 if (n < 0) {
                         if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)
                                 return -errno;
@@ -288,8 +321,11 @@ static void run(Session *s, Linger *linger) {
         }
         if (s->proxy && !proxy_header(s))
                 return;
-        if (s->resumed) /* the receive timeout of the process it comes from, if it set one */
+        if (s->resumed) { /* the receive timeout and mark the process it comes from set, if any */
+                int one = 1;
                 (void) set_timeout(s->fd, SO_RCVTIMEO, 0);
+                (void) setsockopt(s->fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
+        }
         watch_begin(watcher, &watch, s->fd);
         int r = converse(s);
         watch_end(watcher, &watch);

@@ -36,7 +36,6 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -273,14 +272,6 @@ static Fate end_with(Loop *l, Session *s, ProtoEnd reason) {
         return s->want_write ? ALIVE : conclude(l, s);
 }
 
-/* peer_closed: whether the client has sent its FIN (a peeked partial line is then its last). */
-static bool peer_closed(int fd) {
-        struct tcp_info info;
-        socklen_t len = sizeof(info);
-
-        return getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) == 0 && info.tcpi_state == TCP_CLOSE_WAIT;
-}
-
 /* read_lines: the read of a stored session: only whole lines leave the kernel (peeked first);
  * a line longer than the buffer, and anything with a telnet command in it (an interrupt has no
  * line end, and the client waits for its answer), is read as it is. Returns as recv(), or -1
@@ -295,7 +286,7 @@ static ssize_t read_lines(Loop *l, Session *s, bool *more) {
                 return k;
         const char *nl = memrchr(l->in_buf, '\n', (size_t) k);
         bool whole = memchr(l->in_buf, 0xff, (size_t) k) != NULL || (size_t) k == s->in_cap;
-        if (!nl && !whole && !peer_closed(s->fd)) {
+        if (!nl && !whole && !session_peer_closed(s)) {
                 errno = EAGAIN; /* the next bytes bring a new edge */
                 return -1;
         }

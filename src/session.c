@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -119,6 +120,13 @@ bool session_lingers(const Session *s) {
         /* Also after a clean exit: bytes the client sent after it may still be in flight, and
          * closing before they arrive would answer them with a RST. */
         return s->proto.end != PROTO_END_EOF && s->proto.end != PROTO_END_SHUTDOWN;
+}
+
+bool session_peer_closed(const Session *s) {
+        struct tcp_info info;
+        socklen_t len = sizeof(info);
+
+        return getsockopt(s->fd, IPPROTO_TCP, TCP_INFO, &info, &len) == 0 && info.tcpi_state == TCP_CLOSE_WAIT;
 }
 
 /* asked_to_end: the client ended the conversation itself (exit, a telnet interrupt) and sent

@@ -98,6 +98,10 @@ uint64_t session_write_deadline(const Session *s, uint64_t now);
  * client's leftovers before closing (exit, ERR lines: session_send_fin decides), rather than
  * close at once (EOF, shutdown). */
 bool session_lingers(const Session *s);
+
+/* session_peer_closed: whether the client has sent its FIN (a partial line peeked and left in
+ * the kernel is then its last: handover = "always"). */
+bool session_peer_closed(const Session *s);
 /* session_send_fin: for a session that lingers: its FIN goes out (shutdown(SHUT_WR)), and the
  * answer is whether the socket must then linger, reading and discarding what the client still
  * sends until its own FIN, or may be closed at once (also when the FIN could not be sent). */

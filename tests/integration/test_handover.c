@@ -403,7 +403,7 @@ Test(handover, always_stores_and_removes_each_connection, .timeout = 60) {
 /* handover = "always" reads whole lines only (a partial one stays in the kernel): a burst
  * larger than the read buffer is still answered in full, and a telnet interrupt, which has no
  * line end, still ends the session at once. */
-Test(handover, always_answers_bursts_and_telnet_interrupts, .timeout = 60) {
+static void always_answers_bursts_and_telnet_interrupts_in(const char *model) {
         Hellod *d = hellod_new();
         Store st;
         uint16_t port;
@@ -413,7 +413,7 @@ Test(handover, always_answers_bursts_and_telnet_interrupts, .timeout = 60) {
 
         cr_assert(want);
         store_start(&st, d->dir);
-        hellod_write_config(d, "handover = \"always\";\nio_backend = \"epoll\";\nidle_timeout = 30;\n");
+        hellod_write_config(d, "handover = \"always\";\n%s\nidle_timeout = 30;\n", model);
         start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "started");
         for (int i = 0; n + 16 < sizeof(in); i++) {
@@ -435,6 +435,11 @@ Test(handover, always_answers_bursts_and_telnet_interrupts, .timeout = 60) {
         store_stop(&st);
         close(listener);
         hellod_free(d);
+}
+
+Test(handover, always_answers_bursts_and_telnet_interrupts, .timeout = 60) {
+        always_answers_bursts_and_telnet_interrupts_in("io_backend = \"epoll\";");
+        always_answers_bursts_and_telnet_interrupts_in("workers = \"per-connection\";");
 }
 
 /* handover = "always" behind a balancer: a connection goes into the store once its PROXY
@@ -546,8 +551,9 @@ Test(handover, always_an_empty_state_is_a_crash, .timeout = 60) {
         hellod_free(d);
 }
 
-/* crash_resumed_idles_out: WORKERS (a config value); a silent client's conversation, resumed
- * after a crash, ends with ERR idle timeout. */
+/* crash_resumed_idles_out: WORKERS (a config value); the conversation of a client that sent
+ * half a line and then nothing, resumed after a crash, ends with ERR idle timeout (the half
+ * line waits in the kernel for its end meanwhile). */
 static void crash_resumed_idles_out(const char *workers) {
         Hellod *d = hellod_new();
         Store st;
@@ -561,6 +567,7 @@ static void crash_resumed_idles_out(const char *workers) {
         hellod_wait_stderr(d, "started");
         greeted_clients(port, &fd, 1);
         store_wait(d, &st, "c", 1);
+        client_send_str(fd, "Ali");
         hellod_signal(d, SIGKILL);
         (void) hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
 
@@ -576,22 +583,22 @@ static void crash_resumed_idles_out(const char *workers) {
         hellod_free(d);
 }
 
-/* crash_keeps_partial_line: BACKEND (a config value); a line half sent before a crash is
+/* crash_keeps_partial_line: MODEL (config lines); a line half sent before a crash is
  * answered whole after it. */
-static void crash_keeps_partial_line(const char *backend) {
+static void crash_keeps_partial_line(const char *model) {
         Hellod *d = hellod_new();
         Store st;
         uint16_t port;
         int listener = listening_socket(&port), fd;
 
         store_start(&st, d->dir);
-        hellod_write_config(d, "workers = 1;\nio_backend = \"%s\";\nhandover = \"always\";\n", backend);
+        hellod_write_config(d, "%s\nhandover = \"always\";\n", model);
         start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "started");
         greeted_clients(port, &fd, 1);
         store_wait(d, &st, "c", 1);
         client_send_str(fd, "Ali");
-        harness_step("io_backend = %s: kill -9 after \"Ali\"", backend);
+        harness_step("%s kill -9 after \"Ali\"", model);
         hellod_signal(d, SIGKILL);
         (void) hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
 
@@ -606,12 +613,14 @@ static void crash_keeps_partial_line(const char *backend) {
         hellod_free(d);
 }
 
-/* handover = "always" keeps a partial line in the kernel, on either backend: io_uring's
- * receive takes every byte in, so with "always" the loops run on epoll (they answered
- * "Hello, ce!" after the crash). */
-Test(handover, always_a_crash_keeps_the_partial_line_on_every_backend, .timeout = 60) {
-        crash_keeps_partial_line("epoll");
-        crash_keeps_partial_line("io_uring");
+/* handover = "always" keeps a partial line in the kernel, in every model. io_uring's receive
+ * takes every byte in, so with "always" the loops run on epoll; the per-connection threads
+ * peek and wait for the line's end with SO_RCVLOWAT. Both answered "Hello, ce!" after the
+ * crash. */
+Test(handover, always_a_crash_keeps_the_partial_line_in_every_model, .timeout = 60) {
+        crash_keeps_partial_line("workers = 1; io_backend = \"epoll\";");
+        crash_keeps_partial_line("workers = 1; io_backend = \"io_uring\";");
+        crash_keeps_partial_line("workers = \"per-connection\";");
 }
 
 /* A conversation resumed after a crash brings no deadline (no state was written): its idle
