@@ -88,6 +88,9 @@ typedef struct EngineOps {
         int (*hand_over)(Engine *e, uint64_t timeout_msec);
         bool nonblocking; /* the sessions' sockets must be non-blocking */
         bool reads_proxy; /* reads a PROXY header before the greeting (EngineHooks.proxied) */
+        /* keeps_partial_lines: a stored session's partial line stays in the kernel until its
+         * end arrives (handover = "always": a crash then loses none of it) */
+        bool keeps_partial_lines;
 } EngineOps;
 
 struct Engine {

@@ -638,6 +638,7 @@ static const EngineOps perconn_ops = {
         .slot_freed = perconn_slot_freed,
         .nonblocking = false,
         .reads_proxy = true,
+        .keeps_partial_lines = true,
 };
 
 /* open_control: the epoll set, its stop eventfd and resume timerfd. */

@@ -764,6 +764,7 @@ static const EngineOps pool_ops = {
         .hand_over = pool_hand_over,
         .nonblocking = true,
         .reads_proxy = true,
+        .keeps_partial_lines = true,
 };
 
 int pool_engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks) {

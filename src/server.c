@@ -199,10 +199,13 @@ static void session_done(Session *session, void *userdata) {
  * it is one, so that the next process finds it after a crash and goes on from its next line.
  * Behind a balancer that is once its PROXY header is in: a connection still waiting for it
  * would have the header answered as a line. */
-static void store_session(Session *session) {
+static void store_session(Server *s, Session *session) {
         char name[HANDOVER_FDNAME_MAX];
 
-        if (session->conf->handover != HANDOVER_MODE_ALWAYS || session->proxy)
+        /* An engine that takes partial lines in (io_uring, turned to "always" by a reload) would
+         * have the next process answer the end of a line as a whole one: a crash closes its
+         * connections instead, as those of a process not in the crash mode. */
+        if (session->conf->handover != HANDOVER_MODE_ALWAYS || session->proxy || !s->engine->ops->keeps_partial_lines)
                 return;
         session->stored = notify_fdstore_add(session->fd, handover_fdname_conn(session->id, name, sizeof(name))) > 0;
 }
@@ -367,7 +370,7 @@ static Session *admit(Server *s, int fd, const struct sockaddr *peer, const List
         }
         if (session) {
                 session_log_opened(session);
-                store_session(session);
+                store_session(s, session);
                 return session;
         }
         addr_format(peer, name, sizeof(name));
@@ -451,7 +454,7 @@ static bool proxied(Server *s, Session *session, ProxyStatus status, const Proxy
         } else if (header->command != PROXY_COMMAND_PROXY) {
                 /* The balancer's own connection (a health check): it speaks for itself. */
                 session->proxy_local = true;
-                store_session(session);
+                store_session(s, session);
                 return true;
         } else {
                 addr_format((const struct sockaddr *) &header->source, name, sizeof(name));
@@ -469,7 +472,7 @@ static bool proxied(Server *s, Session *session, ProxyStatus status, const Proxy
         if (!reason) {
                 snprintf(session->peer, sizeof(session->peer), "%s", name);
                 session->peer_addr = header->source;
-                store_session(session);
+                store_session(s, session);
                 return true;
         }
         /* Refused as it would have been without a balancer: an ERR line for the limits, not a
@@ -656,6 +659,9 @@ static void reload(Server *s) {
                 log_warning("a change of 'workers' takes effect when hellod is restarted");
         else if (conf->io_backend != s->started->io_backend && conf->workers != 0)
                 log_warning("a change of 'io_backend' takes effect when hellod is restarted");
+        if (conf->handover == HANDOVER_MODE_ALWAYS && !s->engine->ops->keeps_partial_lines)
+                log_warning("handover = \"always\" takes effect when hellod is restarted: the io_uring loops "
+                            "cannot leave partial lines in the kernel (epoll will serve instead)");
         engine_reconfigure(s->engine, s->started, conf);
         pthread_mutex_lock(&s->lock);
         Conf *old = s->conf;

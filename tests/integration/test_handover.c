@@ -623,6 +623,44 @@ Test(handover, always_a_crash_keeps_the_partial_line_in_every_model, .timeout = 
         crash_keeps_partial_line("workers = \"per-connection\";");
 }
 
+/* reload_turns_always_on: BACKEND; a reload turns handover = "always" on, and a client that
+ * comes after it is stored (STORED) or not. */
+static void reload_turns_always_on(const char *backend, bool stored) {
+        Hellod *d = hellod_new();
+        Store st;
+        uint16_t port;
+        int listener = listening_socket(&port), fd;
+
+        store_start(&st, d->dir);
+        hellod_write_config(d, "workers = 1;\nio_backend = \"%s\";\n", backend);
+        start_hellod(d, &st, listener);
+        hellod_wait_stderr(d, "started");
+        hellod_write_config(d, "workers = 1;\nio_backend = \"%s\";\nhandover = \"always\";\n", backend);
+        hellod_signal(d, SIGHUP);
+        hellod_wait_stderr(d, "configuration reloaded");
+        if (!stored)
+                hellod_wait_stderr(d, "handover = \"always\" takes effect when hellod is restarted");
+        greeted_clients(port, &fd, 1);
+        if (stored)
+                store_wait(d, &st, "c", 1);
+        else
+                store_stays(d, &st, "c", 0, 300);
+        client_hello(fd, "after the reload");
+        client_close(fd);
+        stop_and_wait(d);
+        store_stop(&st);
+        close(listener);
+        hellod_free(d);
+}
+
+/* A reload cannot move io_uring's loops to epoll: with "always" turned on by one, io_uring
+ * stores no connection (its receive takes partial lines in, and the next process would answer
+ * the end of one as a whole line) and says that the mode takes effect at the restart. */
+Test(handover, always_turned_on_by_a_reload_waits_for_the_restart_on_io_uring, .timeout = 60) {
+        reload_turns_always_on("epoll", true);
+        reload_turns_always_on("io_uring", false);
+}
+
 /* A conversation resumed after a crash brings no deadline (no state was written): its idle
  * timer starts afresh. It used to have none, and a silent client kept its slot for good. */
 Test(handover, always_a_crash_resumed_conversation_idles_out, .timeout = 60) {
