@@ -465,7 +465,11 @@ static Fate on_input(Loop *l, Conn *c, const char *data, size_t n) {
         }
         if (s->proto.end != PROTO_END_NONE) {
                 s->proto.input_after_end = true; /* the client goes on sending: linger */
-                return ALIVE; /* ended, last words on their way: nothing more is read */
+                /* Ended, last words on their way: nothing more is read until they are out (as
+                 * in the pool), or a client flooding behind a stalled send would be read and
+                 * thrown away at full speed until the write deadline. */
+                stop_recv(l, c);
+                return ALIVE;
         }
         if (c->sending || has_kept(c)) {
                 if ((r = keep(c, data, n)) < 0)
