@@ -370,7 +370,7 @@ static QueuedClient *queue_take(PerConn *p, QueuedClient **head) {
 
 /* turn_away: S, admitted, gets the busy line instead of a thread: none can be had. */
 static void turn_away(PerConn *p, Session *s) {
-        (void) send(s->fd, PROTO_ERR_BUSY, strlen(PROTO_ERR_BUSY), MSG_DONTWAIT | MSG_NOSIGNAL);
+        session_say_last(s->fd, PROTO_ERR_BUSY);
         s->error = "out-of-threads";
         engine_session_done(&p->engine, s);
 }

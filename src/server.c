@@ -128,13 +128,7 @@ static void log_refusal(Server *s, const char *peer, const char *reason, const c
 
 /* turn_away: a short ERR line, then close without a RST that could eat it. */
 static void turn_away(int fd, const char *line) {
-        char sink[512];
-
-        (void) send(fd, line, strlen(line), MSG_DONTWAIT | MSG_NOSIGNAL);
-        (void) shutdown(fd, SHUT_WR);
-        /* Bytes the client already sent would turn close() into a RST. */
-        for (int i = 0; i < 8 && recv(fd, sink, sizeof(sink), MSG_DONTWAIT) > 0; i++)
-                ;
+        session_say_last(fd, line);
         close(fd);
 }
 
@@ -479,7 +473,7 @@ static bool proxied(Server *s, Session *session, ProxyStatus status, const Proxy
          * word for a denied client or a broken header. */
         const char *line = refusal_line(reason);
         if (line)
-                (void) send(session->fd, line, strlen(line), MSG_DONTWAIT | MSG_NOSIGNAL);
+                session_say_last(session->fd, line);
         session->refused = true;
         pthread_mutex_lock(&s->lock);
         s->n_accepted--;
@@ -547,6 +541,10 @@ static void tick(Server *s) {
         }
         pthread_mutex_lock(&s->lock);
         iptable_expire(s->ips, now);
+        /* Spent, and its number taken by another thread's socket before it could be opened
+         * again (out_of_descriptors): without it a client is no longer told it is refused. */
+        if (s->reserve_fd < 0)
+                s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
         pthread_mutex_unlock(&s->lock);
         engine_reap(s->engine);
 }

@@ -122,6 +122,18 @@ bool session_lingers(const Session *s) {
         return s->proto.end != PROTO_END_EOF && s->proto.end != PROTO_END_SHUTDOWN;
 }
 
+void session_say_last(int fd, const char *line) {
+        char sink[4096];
+        size_t read = 0;
+        ssize_t n;
+
+        if (line)
+                (void) send(fd, line, strlen(line), MSG_DONTWAIT | MSG_NOSIGNAL);
+        (void) shutdown(fd, SHUT_WR);
+        while (read < SESSION_LINGER_BYTES && (n = recv(fd, sink, sizeof(sink), MSG_DONTWAIT)) > 0)
+                read += (size_t) n;
+}
+
 bool session_peer_closed(const Session *s) {
         struct tcp_info info;
         socklen_t len = sizeof(info);

@@ -99,6 +99,12 @@ uint64_t session_write_deadline(const Session *s, uint64_t now);
  * close at once (EOF, shutdown). */
 bool session_lingers(const Session *s);
 
+/* session_say_last: LINE (none if NULL) as the last words on FD, the FIN, then what the
+ * client has sent so far read away (up to SESSION_LINGER_BYTES, without waiting), so that the
+ * close that follows sends no reset that could destroy the line. For a client turned away
+ * before or just after its greeting would have come; the caller closes FD. */
+void session_say_last(int fd, const char *line);
+
 /* session_peer_closed: whether the client has sent its FIN (a partial line peeked and left in
  * the kernel is then its last: handover = "always"). */
 bool session_peer_closed(const Session *s);

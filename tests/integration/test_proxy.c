@@ -256,6 +256,35 @@ Test(proxy, per_source_limits_and_deny_see_the_real_client, .timeout = 60) {
         hellod_free(d);
 }
 
+/* A client refused after its header, with more of what it sent still unread: the ERR line,
+ * then a clean end, not a reset (closing over unread bytes sends one, and it can destroy the
+ * line before the client reads it). */
+Test(proxy, a_refusal_after_the_header_is_not_cut_by_a_reset, .timeout = 60) {
+        enum { LINES = 8192 };
+        uint16_t port;
+        Hellod *d = start(&port, "\"127.0.0.1\"", "max_connections_per_ip = 1;\n");
+        int a = proxied_client(port, "192.0.2.7", 1);
+        char *burst = malloc(LINES * 2 + 128);
+        size_t n;
+
+        cr_assert(burst);
+        client_expect_str(a, HELLOD_GREETING);
+        n = (size_t) snprintf(burst, 128, "PROXY TCP4 192.0.2.7 127.0.0.1 2 %u\r\n", (unsigned) port);
+        for (int i = 0; i < LINES; i++, n += 2)
+                memcpy(burst + n, "x\n", 2);
+        harness_step("a second connection of 192.0.2.7: its header and %d lines in one write", LINES);
+        int b = client_connect(port);
+        client_send(b, burst, n);
+        client_expect_str(b, HELLOD_ERR_BUSY);
+        client_expect_eof(b, false);
+        client_close(b);
+        free(burst);
+        client_hello(a, "still");
+        client_close(a);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 /* A header, then the balancer's close (a health check that says nothing more): greeted, then
  * closed at once, not held until the idle timeout. */
 Test(proxy, a_header_then_the_close_ends_at_once, .timeout = 60) {
