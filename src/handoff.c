@@ -218,6 +218,10 @@ int handoff_session_fresh(int fd, Conf *conf, Session **ret) {
                 return r;
         s->resumed = true; /* greeted by the process that crashed */
         s->timer.at = session_idle_deadline(s, now_usec()); /* its deadline was lost too */
+        /* A per-connection thread may have crashed waiting for a line's end with the mark past
+         * it (perconn.c, recv_lines): an epoll pool would not see the next bytes. */
+        int one = 1;
+        (void) setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
         *ret = s;
         return 0;
 }

@@ -51,6 +51,7 @@ struct Server {
         int signal_fd;
         int reserve_fd; /* under lock: spent to turn a client away when descriptors run out */
         Engine *engine;   /* the worker model: runs the sessions */
+        bool keeps_partial_lines; /* the engine's EngineOps.keeps_partial_lines, for any thread */
         bool abandoned;   /* the engine did not stop in time: its threads may still use `lock` */
         bool activated;        /* the listeners came from systemd and stay across reloads */
         RateLimit refusal_log;
@@ -199,7 +200,7 @@ static void store_session(Server *s, Session *session) {
         /* An engine that takes partial lines in (io_uring, turned to "always" by a reload) would
          * have the next process answer the end of a line as a whole one: a crash closes its
          * connections instead, as those of a process not in the crash mode. */
-        if (session->conf->handover != HANDOVER_MODE_ALWAYS || session->proxy || !s->engine->ops->keeps_partial_lines)
+        if (session->conf->handover != HANDOVER_MODE_ALWAYS || session->proxy || !s->keeps_partial_lines)
                 return;
         session->stored = notify_fdstore_add(session->fd, handover_fdname_conn(session->id, name, sizeof(name))) > 0;
 }
@@ -657,7 +658,7 @@ static void reload(Server *s) {
                 log_warning("a change of 'workers' takes effect when hellod is restarted");
         else if (conf->io_backend != s->started->io_backend && conf->workers != 0)
                 log_warning("a change of 'io_backend' takes effect when hellod is restarted");
-        if (conf->handover == HANDOVER_MODE_ALWAYS && !s->engine->ops->keeps_partial_lines)
+        if (conf->handover == HANDOVER_MODE_ALWAYS && !s->keeps_partial_lines)
                 log_warning("handover = \"always\" takes effect when hellod is restarted: the io_uring loops "
                             "cannot leave partial lines in the kernel (epoll will serve instead)");
         engine_reconfigure(s->engine, s->started, conf);
@@ -1223,6 +1224,7 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
                 log_error_errno(r, "cannot start the worker threads");
                 goto fail;
         }
+        s->keeps_partial_lines = s->engine->ops->keeps_partial_lines;
         if (inherited && inherited->n > 0) {
                 /* Socket activation: systemd owns the addresses; the config's are not used. */
                 s->listeners = *inherited;
