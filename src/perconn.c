@@ -1,8 +1,8 @@
 /* perconn: the per-connection driver: each session runs on a thread of its own with
  * blocking I/O: the greeting, then read → proto → write until the client leaves, says exit,
- * idles out or the server stops. The idle timeout and the lingering close are the watcher's
- * (watcher.h): a thread reads without a receive timeout and leaves a lingering socket to it.
- * A write that blocks is bounded by SO_SNDTIMEO, measured against the session's deadline.
+ * idles out or the server stops. Timeouts are socket options (SO_RCVTIMEO, SO_SNDTIMEO)
+ * measured against the session's deadlines. The lingering close is the lingerer's
+ * (lingerer.h): a thread leaves the socket to it and goes on.
  *
  * Accepting: the threads that wait for a connection (worker.c) all wait in one epoll set
  * holding the listeners, each one-shot (EPOLLONESHOT). epoll wakes one waiting thread per
@@ -26,9 +26,9 @@
 #include <unistd.h>
 
 #include "engine.h"
+#include "lingerer.h"
 #include "log.h"
 #include "queued.h"
-#include "watcher.h"
 #include "worker.h"
 
 /* epoll data of the control descriptors; a listener's is (generation << 32) | its index,
@@ -38,7 +38,7 @@ enum { KEY_STOP = 1, KEY_RESUME = 2 };
 typedef struct PerConn {
         Engine engine; /* first: the engine is the driver */
         Workers *workers;
-        Watcher *watcher; /* idle deadlines and lingering sockets */
+        Lingerer *lingerer; /* the lingering sockets */
         int epoll_fd;  /* the listeners (one-shot), stop_fd and resume_fd */
         int stop_fd;   /* eventfd: written at the stop and never read, so that every waiting
                         * thread wakes to it in turn (level-triggered) */
@@ -143,24 +143,12 @@ static int feed(Session *s, size_t n, ProtoStatus *status, Timer *send_timer) {
         }
 }
 
-/* converse: greeting, then read → proto → write; returns 0 when the protocol ended the
- * session, or a negative errno when the connection failed under it. */
-/* The calling thread's entry in the watcher's list (watcher.h). */
-static __thread Watch watch = WATCH_INIT;
-
-/* set_idle_deadline: the idle timer starts again from NOW (session_idle_deadline); the
- * watcher is told. */
-static void set_idle_deadline(Session *s, uint64_t now) {
-        s->timer.at = session_idle_deadline(s, now);
-        watch_set(((PerConn *) s->engine)->watcher, &watch, s->timer.at);
-}
-
 /* recv_lines: the read of a stored session (handover = "always"), as the pool's read_lines:
  * only whole lines leave the kernel (peeked first), so that a crash loses no partial line; a
  * line longer than the buffer, and anything with a telnet command in it, is read as it is.
  * While a partial line waits for its end, SO_RCVLOWAT one byte past it makes the peek block
- * until more comes; the client's FIN, the stop and the watcher end that wait, and the line
- * is taken as it is then. *LOWAT: the socket's SO_RCVLOWAT (1 to begin with). */
+ * until more comes; the client's FIN, the stop and the receive timeout end that wait, and
+ * the line is taken as it is then. *LOWAT: the socket's SO_RCVLOWAT (1 to begin with). */
 static ssize_t recv_lines(Session *s, int *lowat) {
         for (;;) {
                 ssize_t k = recv(s->fd, s->in, s->in_cap, MSG_PEEK);
@@ -170,7 +158,7 @@ static ssize_t recv_lines(Session *s, int *lowat) {
                 bool whole = memchr(s->in, 0xff, (size_t) k) != NULL || (size_t) k == s->in_cap;
                 /* A peek that came back short of the mark: what it waited for ended the wait. */
                 bool waits = !nl && !whole && (int) k + 1 != *lowat && !session_peer_closed(s) &&
-                             !session_stop_requested(s) && !watch_fired(&watch);
+                             !session_stop_requested(s);
                 int want = waits ? (int) k + 1 : 1;
                 if (want != *lowat) {
                         if (setsockopt(s->fd, SOL_SOCKET, SO_RCVLOWAT, &want, sizeof(want)) == 0)
@@ -187,18 +175,19 @@ static bool reads_lines(const Session *s) {
         return s->stored && s->conf->framing == FRAMING_LINE && s->proto.pending_len == 0;
 }
 
+/* converse: greeting, then read → proto → write; returns 0 when the protocol ended the
+ * session, or a negative errno when the connection failed under it. */
 static int converse(Session *s) {
-        Timer send_timer = { .option = SO_SNDTIMEO };
+        Timer recv_timer = { .option = SO_RCVTIMEO }, send_timer = { .option = SO_SNDTIMEO };
         int lowat = 1; /* SO_RCVLOWAT, for recv_lines */
         ProtoStatus status = PROTO_CONTINUE;
         uint64_t messages = s->proto.messages, now;
         int r;
 
         if (!s->resumed) {
-                set_idle_deadline(s, now_usec());
+                s->timer.at = session_idle_deadline(s, now_usec());
                 proto_greeting(&s->proto, &s->out);
-        } else
-                watch_set(((PerConn *) s->engine)->watcher, &watch, s->timer.at);
+        }
         if (s->in_len > s->in_off) {
                 /* Handed over with replies still to send and input still to answer, or bytes
                  * that came after a PROXY header. */
@@ -217,14 +206,14 @@ static int converse(Session *s) {
          * the next read; the lines answered so far were activity (session_idle_deadline). */
         now = now_usec();
         if (s->proto.messages != messages)
-                set_idle_deadline(s, now);
+                s->timer.at = session_idle_deadline(s, now);
         while (status == PROTO_CONTINUE) {
                 if (session_stop_requested(s)) {
                         /* The lines in hand were answered; the server is going away. */
                         proto_abort(&s->proto, PROTO_END_SHUTDOWN, &s->out);
                         break;
                 }
-                if (now >= s->timer.at) {
+                if (!timer_arm(s, &recv_timer, s->timer.at, now)) {
                         proto_abort(&s->proto, PROTO_END_IDLE, &s->out);
                         break;
                 }
@@ -232,15 +221,12 @@ static int converse(Session *s) {
                 if (n < 0) {
                         if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)
                                 return -errno;
-                        now = now_usec();
+                        now = now_usec(); /* EAGAIN: the receive timeout; timer_arm decides */
                         continue;
                 }
                 if (n == 0) {
-                        /* The server's stop and the watcher shut the read side down too. */
                         if (session_stop_requested(s))
                                 proto_abort(&s->proto, PROTO_END_SHUTDOWN, &s->out);
-                        else if (watch_fired(&watch))
-                                proto_abort(&s->proto, PROTO_END_IDLE, &s->out);
                         else
                                 proto_eof(&s->proto, &s->out);
                         break;
@@ -254,7 +240,11 @@ static int converse(Session *s) {
                  * line are not. Re-armed after the writes (session_idle_deadline). */
                 now = now_usec();
                 if (s->proto.messages != messages)
-                        set_idle_deadline(s, now);
+                        s->timer.at = session_idle_deadline(s, now);
+        }
+        if (lowat != 1) { /* a wait for a line's end ended otherwise: the lingerer's epoll needs 1 */
+                lowat = 1;
+                (void) setsockopt(s->fd, SOL_SOCKET, SO_RCVLOWAT, &lowat, sizeof(lowat));
         }
         return flush(s, &send_timer);
 }
@@ -294,7 +284,7 @@ static bool proxy_header(Session *s) {
         return true;
 }
 
-/* Linger: a socket to leave to the watcher once its session is over (serve). */
+/* Linger: a socket to leave to the lingerer once its session is over (serve). */
 typedef struct Linger {
         int fd; /* -1: none */
         uint64_t deadline;
@@ -303,8 +293,6 @@ typedef struct Linger {
 
 /* run: the whole session on a worker thread; *LINGER: its socket, if it lingers. */
 static void run(Session *s, Linger *linger) {
-        Watcher *watcher = ((PerConn *) s->engine)->watcher;
-
         /* A resumed session may have brought buffers of its own. */
         if (!s->in)
                 s->in = malloc(s->in_cap);
@@ -321,14 +309,9 @@ static void run(Session *s, Linger *linger) {
         }
         if (s->proxy && !proxy_header(s))
                 return;
-        if (s->resumed) { /* the receive timeout and mark the process it comes from set, if any */
-                int one = 1;
+        if (s->resumed) /* the receive timeout of the process it comes from, if it set one */
                 (void) set_timeout(s->fd, SO_RCVTIMEO, 0);
-                (void) setsockopt(s->fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
-        }
-        watch_begin(watcher, &watch, s->fd);
         int r = converse(s);
-        watch_end(watcher, &watch);
         if (r < 0)
                 session_fail(s, r);
         else if (session_lingers(s) && session_send_fin(s)) {
@@ -531,21 +514,13 @@ static void *wait_for_client(void *userdata) {
         }
 }
 
-/* thread_leaves: WorkerCalls.leave: the thread's entry leaves the watcher's list. */
-static void thread_leaves(void *userdata, bool stopping) {
-        PerConn *p = userdata;
-
-        (void) stopping;
-        watch_leave(p->watcher, &watch);
-}
-
 /* refuse: WorkerCalls.refuse: no other thread could be started to accept after this one. */
 static void refuse(void *userdata, void *job) {
         turn_away(userdata, job);
 }
 
 /* serve: WorkerCalls.serve: the whole session, then the engine's done path. A lingering
- * socket goes to the watcher only after that: the watcher may close it at once, and the
+ * socket goes to the lingerer only after that: the lingerer may close it at once, and the
  * server calls shutdown() on the sockets of its registered sessions. */
 static void serve(void *userdata, void *job) {
         PerConn *p = userdata;
@@ -555,7 +530,7 @@ static void serve(void *userdata, void *job) {
         run(s, &linger);
         engine_session_done(s->engine, s);
         if (linger.fd >= 0)
-                watcher_linger(p->watcher, linger.fd, linger.deadline, linger.discarded);
+                lingerer_add(p->lingerer, linger.fd, linger.deadline, linger.discarded);
 }
 
 static void perconn_set_listeners(Engine *e, const ListenerSet *set) {
@@ -591,7 +566,7 @@ static int perconn_add(Engine *e, Session *s) {
 }
 
 static void perconn_free(PerConn *p) {
-        watcher_free(p->watcher); /* every thread has left */
+        lingerer_free(p->lingerer); /* every thread has left */
         if (p->epoll_fd >= 0)
                 close(p->epoll_fd);
         if (p->stop_fd >= 0)
@@ -623,10 +598,13 @@ static void perconn_reap(Engine *e) {
 }
 
 static void perconn_reconfigure(Engine *e, const Conf *started, const Conf *conf) {
+        PerConn *p = (PerConn *) e;
+
         (void) started;
         /* Threads of the old size leave as they finish, or before they accept; new ones get
          * the new size. */
-        workers_set_stack_size(((PerConn *) e)->workers, conf->worker_stack_size);
+        workers_set_stack_size(p->workers, conf->worker_stack_size);
+        lingerer_set_max(p->lingerer, conf->max_connections);
 }
 
 static const EngineOps perconn_ops = {
@@ -673,11 +651,11 @@ int perconn_engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks)
         p->engine = (Engine) { .ops = &perconn_ops, .hooks = *hooks };
         r = open_control(p);
         if (r == 0)
-                r = watcher_new(&p->watcher);
+                r = lingerer_new(&p->lingerer, conf->max_connections);
         if (r == 0)
                 r = workers_new(&p->workers, conf->worker_stack_size, PERCONN_MAX_IDLE,
                                 &(WorkerCalls) { .wait = wait_for_client, .serve = serve, .refuse = refuse,
-                                                 .leave = thread_leaves, .userdata = p });
+                                                 .userdata = p });
         if (r == 0 && (r = workers_start(p->workers)) < 0)
                 p->workers = workers_free(p->workers);
         if (r < 0) {

@@ -20,10 +20,9 @@ unsigned long long preflight_fds_needed(const Conf *conf) {
         /* Each pool loop holds an epoll and an eventfd. */
         if (conf->workers > 0)
                 return base + 2ULL * conf->workers;
-        /* A thread per connection: an epoll, an eventfd and a timerfd; and each thread, serving
-         * or waiting, may still hold its previous client's socket for the lingering close
-         * (perconn.c), at worst for a second. */
-        return base + 3 + clients + PERCONN_MAX_IDLE;
+        /* A thread per connection: an epoll, an eventfd and a timerfd; the lingerer's epoll and
+         * eventfd, and up to max_connections sockets lingering there (lingerer.h). */
+        return base + 3 + 2 + clients;
 }
 
 static unsigned long long physical_memory(void) {

@@ -124,8 +124,6 @@ static void *worker_main(void *arg) {
                         job = NULL;
                 }
         }
-        if (pool->calls.leave)
-                pool->calls.leave(pool->calls.userdata, stopping(pool));
         pthread_mutex_lock(&pool->lock);
         w->next = pool->finished;
         pool->finished = w;

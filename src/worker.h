@@ -20,10 +20,6 @@ typedef struct WorkerCalls {
         /* refuse: JOB is turned away (the busy line) rather than served: no other thread could
          * be started to accept the next connections. */
         void (*refuse)(void *userdata, void *job);
-        /* leave: on the thread, just before it exits (after its last serve or wait): STOPPING
-         * when the pool stops, false otherwise (one too many waiting, an old stack size, a
-         * wait that failed). NULL: nothing to do. */
-        void (*leave)(void *userdata, bool stopping);
         void *userdata;
 } WorkerCalls;
 

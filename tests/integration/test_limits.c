@@ -97,9 +97,9 @@ Test(limits, max_connections, .timeout = 60) {
 }
 
 /* In the per-connection model a conversation's slot frees when the conversation ends, not when
- * its lingering close does (at most 1 s later): the thread that served it keeps the
- * half-closed socket while it goes on (src/perconn.c). And that socket still closes by itself,
- * after the linger time, when the client keeps its end open and says nothing. */
+ * its lingering close does (at most 1 s later): the lingerer thread keeps the half-closed
+ * socket (src/lingerer.c). And that socket still closes by itself, after the linger time, when
+ * the client keeps its end open and says nothing. */
 Test(limits, per_connection_slot_frees_when_the_conversation_ends, .timeout = 60) {
         Hellod *d = hellod_start("workers = \"per-connection\";\nmax_connections = 1;\n");
         int lingering, next, fds_before;
@@ -279,6 +279,29 @@ static size_t worker_tids(pid_t pid, pid_t *tids, size_t max) {
         }
         closedir(dir);
         return n;
+}
+
+/* ... and the sockets lingering there are bounded like the conversations, at max_connections:
+ * past that an ended conversation's socket closes at once, so that clients that end their
+ * conversations in a loop and keep their ends open cannot run hellod out of descriptors. */
+Test(limits, per_connection_lingering_is_bounded_by_max_connections, .timeout = 60) {
+        enum { MAX = 2, CLIENTS = 4 };
+        Hellod *d = hellod_start("workers = \"per-connection\";\nmax_connections = %d;\n", MAX);
+        int fds[CLIENTS], held = 0;
+
+        harness_step("%d clients in turn say exit before taking their replies, and keep their ends open", CLIENTS);
+        for (int i = 0; i < CLIENTS; i++)
+                fds[i] = client_exit_replies_unread(d->port);
+        for (int i = 0; i < CLIENTS; i++)
+                held += hellod_holds_socket_of(d->port, fds[i]);
+        harness_step("hellod holds %d of their sockets", held);
+        cr_assert_leq(held, MAX, "%d sockets lingered with max_connections = %d", held, MAX);
+        cr_assert_eq(client_write_late(fds[CLIENTS - 1]), CLIENT_LATE_RESET,
+                     "the last client's socket lingered past the bound");
+        for (int i = 0; i < CLIENTS; i++)
+                client_close(fds[i]);
+        hellod_stop_clean(d);
+        hellod_free(d);
 }
 
 /* In the per-connection model, connect/disconnect churn is served by cached threads: 60

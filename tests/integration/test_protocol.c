@@ -407,6 +407,17 @@ Test(protocol, exit_with_more_behind_it_and_err_lines_linger, .timeout = 60) {
         hellod_free(d);
 }
 
+/* An idle timeout is an ERR line like the others: hellod lingers after it, and what the
+ * client sends then is read and dropped, not answered with a reset that could destroy the line. */
+Test(protocol, an_idle_timeout_lingers, .timeout = 60) {
+        Hellod *d = hellod_start("idle_timeout = 1;\n");
+
+        cr_assert_eq(late_after(d, "", HELLOD_ERR_IDLE), CLIENT_LATE_DISCARDED,
+                     "a write after ERR idle timeout met a reset");
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 /* ... and while replies are still on their way to a client that has not taken them, it
  * lingers: what the client writes after exit is read and dropped, not answered with a reset
  * that could destroy those replies. */

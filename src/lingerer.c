@@ -1,0 +1,254 @@
+/* lingerer: see lingerer.h. */
+#include "lingerer.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "clock.h"
+#include "log.h"
+#include "session.h"
+
+/* Lingering: a socket the lingerer waits on, in its list by deadline, earliest first. Freed
+ * only by the lingerer's thread (or after it has been joined). */
+typedef struct Lingering {
+        struct Lingering *prev, *next;
+        int fd;
+        uint64_t deadline;
+        size_t discarded;
+} Lingering;
+
+struct Lingerer {
+        pthread_t thread;
+        int epoll_fd; /* the lingering sockets (data.ptr: their Lingering) and wake_fd (NULL) */
+        int wake_fd;  /* eventfd: an earlier deadline, or the stop */
+        pthread_mutex_t lock; /* everything below */
+        Lingering *first, *last;
+        size_t n, max;
+        uint64_t sleep_until; /* the lingerer's next look, at the latest */
+        bool stop;
+};
+
+/* ---- the list (under the lock) ---- */
+
+static void unlink_lingering(Lingerer *g, Lingering *l) {
+        if (l->prev)
+                l->prev->next = l->next;
+        else
+                g->first = l->next;
+        if (l->next)
+                l->next->prev = l->prev;
+        else
+                g->last = l->prev;
+        g->n--;
+}
+
+/* insert_lingering: by deadline, walking from the back: a new socket's deadline (now plus the
+ * linger time) is nearly always the latest. */
+static void insert_lingering(Lingerer *g, Lingering *l) {
+        Lingering *after = g->last;
+
+        while (after && after->deadline > l->deadline)
+                after = after->prev;
+        l->prev = after;
+        l->next = after ? after->next : g->first;
+        if (l->next)
+                l->next->prev = l;
+        else
+                g->last = l;
+        if (after)
+                after->next = l;
+        else
+                g->first = l;
+        g->n++;
+}
+
+/* take_expired: the sockets whose deadline has passed, off the list into *EXPIRED (linked by
+ * next), to be closed outside the lock; returns the next deadline. */
+static uint64_t take_expired(Lingerer *g, uint64_t now, Lingering **expired) {
+        Lingering *l;
+
+        *expired = NULL;
+        while ((l = g->first) && l->deadline <= now) {
+                unlink_lingering(g, l);
+                l->next = *expired;
+                *expired = l;
+        }
+        return l ? l->deadline : SESSION_NO_DEADLINE;
+}
+
+/* ---- closing ---- */
+
+/* release: out of the epoll set first: with handover = "always", systemd may still hold a copy
+ * of the socket for a moment, and the registration would outlive the close. */
+static void release(Lingerer *g, Lingering *l) {
+        (void) epoll_ctl(g->epoll_fd, EPOLL_CTL_DEL, l->fd, NULL);
+        close(l->fd);
+        free(l);
+}
+
+static void release_all(Lingerer *g, Lingering *l) {
+        while (l) {
+                Lingering *next = l->next;
+                release(g, l);
+                l = next;
+        }
+}
+
+/* drain: reads what the client sent; closes the socket at its EOF, on an error, or past
+ * SESSION_LINGER_BYTES. On the lingerer's thread. */
+static void drain(Lingerer *g, Lingering *l) {
+        char sink[4096];
+
+        for (;;) {
+                ssize_t n = recv(l->fd, sink, sizeof(sink), MSG_DONTWAIT);
+
+                if (n > 0 && (l->discarded += (size_t) n) < SESSION_LINGER_BYTES)
+                        continue;
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+                        return;
+                pthread_mutex_lock(&g->lock);
+                unlink_lingering(g, l);
+                pthread_mutex_unlock(&g->lock);
+                release(g, l);
+                return;
+        }
+}
+
+void lingerer_add(Lingerer *g, int fd, uint64_t deadline, size_t discarded) {
+        Lingering *l = malloc(sizeof(*l));
+        struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP, .data.ptr = l };
+        uint64_t sleep_until;
+
+        if (!l) { /* cannot wait for the client: the FIN is out, close now */
+                close(fd);
+                return;
+        }
+        *l = (Lingering) { .fd = fd, .deadline = deadline, .discarded = discarded };
+        pthread_mutex_lock(&g->lock);
+        if (g->n >= g->max) {
+                pthread_mutex_unlock(&g->lock);
+                free(l);
+                close(fd);
+                return;
+        }
+        /* Listed and registered in one step under the lock: the lingerer cannot close it (its
+         * deadline may have passed already) before it is registered, nor read it before it is
+         * listed. Without the registration (out of memory) it still closes at its deadline. */
+        insert_lingering(g, l);
+        if (epoll_ctl(g->epoll_fd, EPOLL_CTL_ADD, fd, &ev) < 0)
+                log_warning_errno(-errno, "cannot wait for a lingering client, closing it at its deadline");
+        sleep_until = g->sleep_until;
+        pthread_mutex_unlock(&g->lock);
+        if (deadline < sleep_until)
+                (void) eventfd_write(g->wake_fd, 1);
+}
+
+/* ---- the thread ---- */
+
+/* msec_until: an epoll timeout for DEADLINE, late by up to LINGERER_SLACK_USEC; -1: none. */
+static int msec_until(uint64_t deadline, uint64_t now) {
+        if (deadline == SESSION_NO_DEADLINE)
+                return -1;
+        uint64_t usec = deadline > now ? deadline - now + LINGERER_SLACK_USEC : 0;
+        return (int) ((usec + 999u) / 1000u);
+}
+
+static void *lingerer_main(void *arg) {
+        Lingerer *g = arg;
+        struct epoll_event events[64];
+
+        (void) pthread_setname_np(pthread_self(), "hellod-linger");
+        for (;;) {
+                Lingering *expired;
+                eventfd_t ignored;
+
+                pthread_mutex_lock(&g->lock);
+                if (g->stop) {
+                        pthread_mutex_unlock(&g->lock);
+                        return NULL;
+                }
+                uint64_t now = now_usec();
+                uint64_t until = g->sleep_until = take_expired(g, now, &expired);
+                pthread_mutex_unlock(&g->lock);
+                release_all(g, expired);
+
+                int n = epoll_wait(g->epoll_fd, events, 64, msec_until(until, now));
+                if (n < 0 && errno != EINTR) {
+                        log_error_errno(-errno, "the lingerer's epoll_wait failed");
+                        (void) usleep(LINGERER_SLACK_USEC);
+                }
+                for (int i = 0; i < n; i++) {
+                        if (events[i].data.ptr)
+                                drain(g, events[i].data.ptr);
+                        else
+                                (void) eventfd_read(g->wake_fd, &ignored);
+                }
+        }
+}
+
+/* ---- the lingerer ---- */
+
+static void destroy(Lingerer *g) {
+        Lingering *l;
+
+        while ((l = g->first)) {
+                unlink_lingering(g, l);
+                release(g, l);
+        }
+        if (g->epoll_fd >= 0)
+                close(g->epoll_fd);
+        if (g->wake_fd >= 0)
+                close(g->wake_fd);
+        pthread_mutex_destroy(&g->lock);
+        free(g);
+}
+
+int lingerer_new(Lingerer **ret, size_t max) {
+        Lingerer *g = calloc(1, sizeof(*g));
+        struct epoll_event ev = { .events = EPOLLIN, .data.ptr = NULL };
+        int r;
+
+        if (!g)
+                return -ENOMEM;
+        pthread_mutex_init(&g->lock, NULL);
+        g->max = max;
+        g->sleep_until = SESSION_NO_DEADLINE;
+        g->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+        g->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (g->epoll_fd < 0 || g->wake_fd < 0 || epoll_ctl(g->epoll_fd, EPOLL_CTL_ADD, g->wake_fd, &ev) < 0) {
+                r = -errno;
+                destroy(g);
+                return r;
+        }
+        if ((r = -pthread_create(&g->thread, NULL, lingerer_main, g)) < 0) {
+                destroy(g);
+                return r;
+        }
+        *ret = g;
+        return 0;
+}
+
+void lingerer_set_max(Lingerer *g, size_t max) {
+        pthread_mutex_lock(&g->lock);
+        g->max = max;
+        pthread_mutex_unlock(&g->lock);
+}
+
+void lingerer_free(Lingerer *g) {
+        if (!g)
+                return;
+        pthread_mutex_lock(&g->lock);
+        g->stop = true;
+        pthread_mutex_unlock(&g->lock);
+        (void) eventfd_write(g->wake_fd, 1);
+        (void) pthread_join(g->thread, NULL);
+        destroy(g);
+}

@@ -1,0 +1,34 @@
+/* lingerer: the per-connection model's helper thread for lingering sockets. A conversation that
+ * ended with its FIN sent (session_send_fin) leaves its socket here; the lingerer reads and
+ * discards what the client still sends and closes the socket at the client's EOF, after
+ * SESSION_LINGER_BYTES or at its deadline, while the thread that served it goes on to its
+ * next client. (A thread that kept the socket itself left it open and unread for as long as
+ * its next conversation lasted.) At most a set number of sockets linger: past it, a socket is
+ * closed at once (its FIN is out; a reset may then answer bytes the client still sends), so
+ * that lingering needs no more descriptors than the connections themselves.
+ *
+ * The lingerer sleeps in an epoll set holding the lingering sockets and an eventfd (an earlier
+ * deadline, or the stop), until the earliest deadline (within LINGERER_SLACK_USEC, so that
+ * deadlines close together cost one wakeup). */
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct Lingerer Lingerer;
+
+/* How late the lingerer may close a socket past its deadline. */
+#define LINGERER_SLACK_USEC 20000u
+
+/* lingerer_new: starts the thread; at most MAX sockets linger at a time. 0 or a negative
+ * errno. */
+int lingerer_new(Lingerer **ret, size_t max);
+/* lingerer_set_max: at most MAX from now on (a reload). */
+void lingerer_set_max(Lingerer *g, size_t max);
+/* lingerer_free: stops and joins the thread, and closes the lingering sockets at once (the
+ * process is going away). NULL-safe. */
+void lingerer_free(Lingerer *g);
+
+/* lingerer_add: FD (its FIN sent) is the lingerer's until DEADLINE, DISCARDED bytes of it read
+ * already. */
+void lingerer_add(Lingerer *g, int fd, uint64_t deadline, size_t discarded);
