@@ -131,6 +131,10 @@ void lingerer_add(Lingerer *g, int fd, uint64_t deadline, size_t discarded) {
                 close(fd);
                 return;
         }
+        /* At most the linger time from now, whatever a resumed session brought. */
+        uint64_t latest = now_usec() + SESSION_LINGER_USEC;
+        if (deadline > latest)
+                deadline = latest;
         *l = (Lingering) { .fd = fd, .deadline = deadline, .discarded = discarded };
         pthread_mutex_lock(&g->lock);
         if (g->n >= g->max) {
@@ -147,7 +151,7 @@ void lingerer_add(Lingerer *g, int fd, uint64_t deadline, size_t discarded) {
                 log_warning_errno(-errno, "cannot wait for a lingering client, closing it at its deadline");
         sleep_until = g->sleep_until;
         pthread_mutex_unlock(&g->lock);
-        if (deadline < sleep_until)
+        if (deadline < sleep_until) /* not l->deadline: L may be gone already */
                 (void) eventfd_write(g->wake_fd, 1);
 }
 

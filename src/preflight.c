@@ -49,7 +49,8 @@ static int check_identity(const Conf *conf, const char *path, char *err, size_t 
 }
 
 /* warn_fds: max_connections the open-files limit cannot hold. Not an error: the daemon refuses
- * clients beyond it as busy, and keeps serving the others. */
+ * clients beyond it as busy, and keeps serving the others. The figure is the worst case (in
+ * the per-connection model, every client's socket also lingering). */
 static unsigned warn_fds(const Conf *conf) {
         unsigned long long need = preflight_fds_needed(conf), spare = need - conf->max_connections;
         struct rlimit rl;
@@ -57,7 +58,7 @@ static unsigned warn_fds(const Conf *conf) {
         if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_max == RLIM_INFINITY || need <= rl.rlim_max)
                 return 0;
         log_warning("max_connections %u needs about %llu open files, and the open-files limit is %llu: clients "
-                    "beyond %llu are refused as busy; lower max_connections, or raise the limit "
+                    "beyond %llu may be refused as busy; lower max_connections, or raise the limit "
                     "(LimitNOFILE= in the service, ulimit -Hn)",
                     conf->max_connections, need, (unsigned long long) rl.rlim_max,
                     rl.rlim_max > spare ? (unsigned long long) rl.rlim_max - spare : 0ULL);

@@ -12,7 +12,7 @@
 #define PREFLIGHT_FD_OVERHEAD 32
 
 /* preflight_fds_needed: descriptors for max_connections clients (and, with a thread per
- * connection, the sockets their threads still linger on), the listeners and the workers' event
+ * connection, as many lingering sockets: lingerer.h), the listeners and the workers' event
  * loops. */
 unsigned long long preflight_fds_needed(const Conf *conf);
 

@@ -1,6 +1,8 @@
 /* test-protocol: the wire protocol of the real daemon, over real loopback TCP. */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pty.h>
 #include <signal.h>
@@ -411,9 +413,24 @@ Test(protocol, exit_with_more_behind_it_and_err_lines_linger, .timeout = 60) {
  * client sends then is read and dropped, not answered with a reset that could destroy the line. */
 Test(protocol, an_idle_timeout_lingers, .timeout = 60) {
         Hellod *d = hellod_start("idle_timeout = 1;\n");
+        int fd = client_connect(d->port);
+        struct tcp_info info;
+        socklen_t len = sizeof(info);
 
-        cr_assert_eq(late_after(d, "", HELLOD_ERR_IDLE), CLIENT_LATE_DISCARDED,
-                     "a write after ERR idle timeout met a reset");
+        client_expect_str(fd, HELLOD_GREETING);
+        client_expect_str(fd, HELLOD_ERR_IDLE);
+        client_expect_eof(fd, false);
+        cr_assert_eq(client_write_late(fd), CLIENT_LATE_DISCARDED, "a write after ERR idle timeout met a reset");
+        harness_step("hellod lets go of the socket within the linger time, having read the late line");
+        int64_t start = harness_now_ms();
+        while (hellod_holds_socket_of(d->port, fd) && harness_now_ms() - start < 5000)
+                harness_sleep_ms(20);
+        cr_assert(!hellod_holds_socket_of(d->port, fd), "the socket still lingered 5 s after the late line");
+        /* Closed with the line unread, it would have sent a reset: the client would be CLOSED. */
+        cr_assert_eq(getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len), 0);
+        cr_assert_eq(info.tcpi_state, TCP_CLOSE_WAIT, "the client's socket is in state %u, not CLOSE_WAIT",
+                     (unsigned) info.tcpi_state);
+        client_close(fd);
         hellod_stop_clean(d);
         hellod_free(d);
 }
