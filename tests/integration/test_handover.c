@@ -551,29 +551,37 @@ Test(handover, always_an_empty_state_is_a_crash, .timeout = 60) {
         hellod_free(d);
 }
 
-/* crash_resumed_idles_out: WORKERS (a config value); the conversation of a client that sent
- * half a line and then nothing, resumed after a crash, ends with ERR idle timeout (the half
- * line waits in the kernel for its end meanwhile). */
-static void crash_resumed_idles_out(const char *workers) {
+/* crash_after_half_line: hellod started with CONFIG and handover = "always", a greeted client
+ * that sent "Ali", kill -9, and the next process resuming it. Returns the client. */
+static int crash_after_half_line(Hellod *d, Store *st, int listener, uint16_t port, const char *config) {
+        int fd;
+
+        hellod_write_config(d, "%s\nhandover = \"always\";\n", config);
+        start_hellod(d, st, listener);
+        hellod_wait_stderr(d, "started");
+        greeted_clients(port, &fd, 1);
+        store_wait(d, st, "c", 1);
+        client_send_str(fd, "Ali");
+        harness_step("%s: kill -9 after \"Ali\"", config);
+        hellod_signal(d, SIGKILL);
+        (void) hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
+        start_hellod(d, st, listener);
+        hellod_wait_stderr(d, "resumed 1 conversation");
+        return fd;
+}
+
+/* crash_resumed_idles_out: CONFIG (the model); the conversation of a client that sent half a
+ * line and then nothing, resumed after a crash, ends with ERR idle timeout (the half line
+ * waits in the kernel for its end meanwhile). */
+static void crash_resumed_idles_out(const char *config) {
         Hellod *d = hellod_new();
         Store st;
         uint16_t port;
-        int listener = listening_socket(&port), fd;
+        int listener = listening_socket(&port);
 
         store_start(&st, d->dir);
-        hellod_write_config(d, "workers = %s;\nio_backend = \"epoll\";\nhandover = \"always\";\nidle_timeout = 2;\n",
-                            workers);
-        start_hellod(d, &st, listener);
-        hellod_wait_stderr(d, "started");
-        greeted_clients(port, &fd, 1);
-        store_wait(d, &st, "c", 1);
-        client_send_str(fd, "Ali");
-        hellod_signal(d, SIGKILL);
-        (void) hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
-
-        start_hellod(d, &st, listener);
-        hellod_wait_stderr(d, "resumed 1 conversation");
-        harness_step("workers = %s: the resumed client stays silent", workers);
+        int fd = crash_after_half_line(d, &st, listener, port, config);
+        harness_step("%s: the resumed client stays silent", config);
         client_expect_str(fd, HELLOD_ERR_IDLE);
         client_expect_eof(fd, false);
         client_close(fd);
@@ -583,27 +591,16 @@ static void crash_resumed_idles_out(const char *workers) {
         hellod_free(d);
 }
 
-/* crash_keeps_partial_line: MODEL (config lines); a line half sent before a crash is
- * answered whole after it. */
-static void crash_keeps_partial_line(const char *model) {
+/* crash_keeps_partial_line: CONFIG (the model); a line half sent before a crash is answered
+ * whole after it. */
+static void crash_keeps_partial_line(const char *config) {
         Hellod *d = hellod_new();
         Store st;
         uint16_t port;
-        int listener = listening_socket(&port), fd;
+        int listener = listening_socket(&port);
 
         store_start(&st, d->dir);
-        hellod_write_config(d, "%s\nhandover = \"always\";\n", model);
-        start_hellod(d, &st, listener);
-        hellod_wait_stderr(d, "started");
-        greeted_clients(port, &fd, 1);
-        store_wait(d, &st, "c", 1);
-        client_send_str(fd, "Ali");
-        harness_step("%s kill -9 after \"Ali\"", model);
-        hellod_signal(d, SIGKILL);
-        (void) hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
-
-        start_hellod(d, &st, listener);
-        hellod_wait_stderr(d, "resumed 1 conversation");
+        int fd = crash_after_half_line(d, &st, listener, port, config);
         client_send_str(fd, "ce\n");
         client_expect_str(fd, "Hello, Alice!\r\n");
         client_close(fd);
@@ -664,8 +661,8 @@ Test(handover, always_turned_on_by_a_reload_waits_for_the_restart_on_io_uring, .
 /* A conversation resumed after a crash brings no deadline (no state was written): its idle
  * timer starts afresh. It used to have none, and a silent client kept its slot for good. */
 Test(handover, always_a_crash_resumed_conversation_idles_out, .timeout = 60) {
-        crash_resumed_idles_out("1");
-        crash_resumed_idles_out("\"per-connection\"");
+        crash_resumed_idles_out("workers = 1; io_backend = \"epoll\"; idle_timeout = 2;");
+        crash_resumed_idles_out("workers = \"per-connection\"; idle_timeout = 2;");
 }
 
 /* A pool hands over to a per-connection process: partial and pipelined lines are answered
