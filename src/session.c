@@ -124,14 +124,14 @@ bool session_lingers(const Session *s) {
 
 void session_say_last(int fd, const char *line) {
         char sink[4096];
-        size_t read = 0;
+        size_t drained = 0;
         ssize_t n;
 
         if (line)
                 (void) send(fd, line, strlen(line), MSG_DONTWAIT | MSG_NOSIGNAL);
         (void) shutdown(fd, SHUT_WR);
-        while (read < SESSION_LINGER_BYTES && (n = recv(fd, sink, sizeof(sink), MSG_DONTWAIT)) > 0)
-                read += (size_t) n;
+        while (drained < SESSION_LINGER_BYTES && (n = recv(fd, sink, sizeof(sink), MSG_DONTWAIT)) > 0)
+                drained += (size_t) n;
 }
 
 bool session_peer_closed(const Session *s) {
