@@ -11,15 +11,16 @@
 #include <unistd.h>
 
 #include "clock.h"
+#include "deadlines.h"
 #include "log.h"
 #include "session.h"
 
-/* Lingering: a socket the lingerer waits on, in its list by deadline, earliest first. Freed
+/* Lingering: a socket the lingerer waits on, in its list by deadline (deadlines.h). Freed
  * only by the lingerer's thread (or after it has been joined). */
 typedef struct Lingering {
-        struct Lingering *prev, *next;
+        Deadline timer;
+        struct Lingering *expired_next; /* off the list, to be closed (take_expired) */
         int fd;
-        uint64_t deadline;
         size_t discarded;
 } Lingering;
 
@@ -28,58 +29,35 @@ struct Lingerer {
         int epoll_fd; /* the lingering sockets (data.ptr: their Lingering) and wake_fd (NULL) */
         int wake_fd;  /* eventfd: an earlier deadline, or the stop */
         pthread_mutex_t lock; /* everything below */
-        Lingering *first, *last;
-        size_t n, max;
+        Deadlines list;
+        size_t n, max; /* in the list; at most */
         uint64_t sleep_until; /* the lingerer's next look, at the latest */
         bool stop;
 };
 
 /* ---- the list (under the lock) ---- */
 
+static Lingering *first_lingering(const Lingerer *g) {
+        return g->list.first ? DEADLINE_OWNER(g->list.first, Lingering, timer) : NULL;
+}
+
 static void unlink_lingering(Lingerer *g, Lingering *l) {
-        if (l->prev)
-                l->prev->next = l->next;
-        else
-                g->first = l->next;
-        if (l->next)
-                l->next->prev = l->prev;
-        else
-                g->last = l->prev;
+        deadlines_remove(&g->list, &l->timer);
         g->n--;
 }
 
-/* insert_lingering: by deadline, walking from the back: a new socket's deadline (now plus the
- * linger time) is nearly always the latest. */
-static void insert_lingering(Lingerer *g, Lingering *l) {
-        Lingering *after = g->last;
-
-        while (after && after->deadline > l->deadline)
-                after = after->prev;
-        l->prev = after;
-        l->next = after ? after->next : g->first;
-        if (l->next)
-                l->next->prev = l;
-        else
-                g->last = l;
-        if (after)
-                after->next = l;
-        else
-                g->first = l;
-        g->n++;
-}
-
 /* take_expired: the sockets whose deadline has passed, off the list into *EXPIRED (linked by
- * next), to be closed outside the lock; returns the next deadline. */
+ * expired_next), to be closed outside the lock; returns the next deadline. */
 static uint64_t take_expired(Lingerer *g, uint64_t now, Lingering **expired) {
         Lingering *l;
 
         *expired = NULL;
-        while ((l = g->first) && l->deadline <= now) {
+        while ((l = first_lingering(g)) && l->timer.at <= now) {
                 unlink_lingering(g, l);
-                l->next = *expired;
+                l->expired_next = *expired;
                 *expired = l;
         }
-        return l ? l->deadline : SESSION_NO_DEADLINE;
+        return l ? l->timer.at : SESSION_NO_DEADLINE;
 }
 
 /* ---- closing ---- */
@@ -94,7 +72,7 @@ static void release(Lingerer *g, Lingering *l) {
 
 static void release_all(Lingerer *g, Lingering *l) {
         while (l) {
-                Lingering *next = l->next;
+                Lingering *next = l->expired_next;
                 release(g, l);
                 l = next;
         }
@@ -135,7 +113,7 @@ void lingerer_add(Lingerer *g, int fd, uint64_t deadline, size_t discarded) {
         uint64_t latest = now_usec() + SESSION_LINGER_USEC;
         if (deadline > latest)
                 deadline = latest;
-        *l = (Lingering) { .fd = fd, .deadline = deadline, .discarded = discarded };
+        *l = (Lingering) { .fd = fd, .discarded = discarded };
         pthread_mutex_lock(&g->lock);
         if (g->n >= g->max) {
                 pthread_mutex_unlock(&g->lock);
@@ -146,12 +124,13 @@ void lingerer_add(Lingerer *g, int fd, uint64_t deadline, size_t discarded) {
         /* Listed and registered in one step under the lock: the lingerer cannot close it (its
          * deadline may have passed already) before it is registered, nor read it before it is
          * listed. Without the registration (out of memory) it still closes at its deadline. */
-        insert_lingering(g, l);
+        deadlines_set(&g->list, &l->timer, deadline);
+        g->n++;
         if (epoll_ctl(g->epoll_fd, EPOLL_CTL_ADD, fd, &ev) < 0)
                 log_warning_errno(-errno, "cannot wait for a lingering client, closing it at its deadline");
         sleep_until = g->sleep_until;
         pthread_mutex_unlock(&g->lock);
-        if (deadline < sleep_until) /* not l->deadline: L may be gone already */
+        if (deadline < sleep_until) /* not l->timer.at: L may be gone already */
                 (void) eventfd_write(g->wake_fd, 1);
 }
 
@@ -203,7 +182,7 @@ static void *lingerer_main(void *arg) {
 static void destroy(Lingerer *g) {
         Lingering *l;
 
-        while ((l = g->first)) {
+        while ((l = first_lingering(g))) {
                 unlink_lingering(g, l);
                 release(g, l);
         }
