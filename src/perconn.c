@@ -144,20 +144,18 @@ static int feed(Session *s, size_t n, ProtoStatus *status, Timer *send_timer) {
 }
 
 /* recv_lines: the read of a stored session (handover = "always"), as the pool's read_lines:
- * only whole lines leave the kernel (peeked first), so that a crash loses no partial line; a
- * line longer than the buffer, and anything with a telnet command in it, is read as it is.
- * While a partial line waits for its end, SO_RCVLOWAT one byte past it makes the peek block
- * until more comes; the client's FIN, the stop and the receive timeout end that wait, and
- * the line is taken as it is then. *LOWAT: the socket's SO_RCVLOWAT (1 to begin with). */
+ * peeked first, then what session_lines_taken() says. While a partial line waits for its end,
+ * SO_RCVLOWAT one byte past it makes the peek block until more comes; the client's FIN, the
+ * stop and the receive timeout end that wait, and the line is taken as it is then. *LOWAT:
+ * the socket's SO_RCVLOWAT (1 to begin with). */
 static ssize_t recv_lines(Session *s, int *lowat) {
         for (;;) {
                 ssize_t k = recv(s->fd, s->in, s->in_cap, MSG_PEEK);
                 if (k <= 0)
                         return k;
-                const char *nl = memrchr(s->in, '\n', (size_t) k);
-                bool whole = memchr(s->in, 0xff, (size_t) k) != NULL || (size_t) k == s->in_cap;
+                size_t take = session_lines_taken(s, s->in, (size_t) k);
                 /* A peek that came back short of the mark: what it waited for ended the wait. */
-                bool waits = !nl && !whole && (int) k + 1 != *lowat && !session_peer_closed(s) &&
+                bool waits = take == 0 && (int) k + 1 != *lowat && !session_peer_closed(s) &&
                              !session_stop_requested(s);
                 int want = waits ? (int) k + 1 : 1;
                 if (want != *lowat) {
@@ -167,7 +165,7 @@ static ssize_t recv_lines(Session *s, int *lowat) {
                                 waits = false; /* cannot wait without spinning: taken as it is */
                 }
                 if (!waits)
-                        return recv(s->fd, s->in, nl && !whole ? (size_t) (nl - s->in) + 1 : (size_t) k, 0);
+                        return recv(s->fd, s->in, take ? take : (size_t) k, 0);
         }
 }
 

@@ -272,25 +272,23 @@ static Fate end_with(Loop *l, Session *s, ProtoEnd reason) {
         return s->want_write ? ALIVE : conclude(l, s);
 }
 
-/* read_lines: the read of a stored session: only whole lines leave the kernel (peeked first);
- * a line longer than the buffer, and anything with a telnet command in it (an interrupt has no
- * line end, and the client waits for its answer), is read as it is. Returns as recv(), or -1
- * with EAGAIN while a partial line waits for its end; *MORE: bytes were left in the kernel
- * (the peek filled the buffer, or whole lines were taken and more follows), which no new edge
- * will announce. */
+/* read_lines: the read of a stored session: peeked first, then what session_lines_taken()
+ * says. Returns as recv(), or -1 with EAGAIN while a partial line waits for its end; *MORE:
+ * bytes were left in the kernel (the peek filled the buffer, or whole lines were taken and more
+ * follows), which no new edge will announce. */
 static ssize_t read_lines(Loop *l, Session *s, bool *more) {
         ssize_t k = recv(s->fd, l->in_buf, s->in_cap, MSG_PEEK);
 
         *more = false;
         if (k <= 0)
                 return k;
-        const char *nl = memrchr(l->in_buf, '\n', (size_t) k);
-        bool whole = memchr(l->in_buf, 0xff, (size_t) k) != NULL || (size_t) k == s->in_cap;
-        if (!nl && !whole && !session_peer_closed(s)) {
+        size_t take = session_lines_taken(s, l->in_buf, (size_t) k);
+        if (take == 0 && !session_peer_closed(s)) {
                 errno = EAGAIN; /* the next bytes bring a new edge */
                 return -1;
         }
-        size_t take = nl && !whole ? (size_t) (nl - l->in_buf) + 1 : (size_t) k;
+        if (take == 0) /* the client's last, partial line */
+                take = (size_t) k;
         *more = (size_t) k == s->in_cap || take < (size_t) k;
         return recv(s->fd, l->in_buf, take, 0);
 }
