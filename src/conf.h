@@ -17,6 +17,7 @@
 #define CONF_MAX_CONNECTIONS_LIMIT 1000000 /* the most max_connections can be */
 #define CONF_DEFAULT_MAX_CONNECTIONS_PER_IP 0
 #define CONF_DEFAULT_IDLE_TIMEOUT 60
+#define CONF_IDLE_TIMEOUT_MAX 86400 /* seconds: the most idle_timeout can be */
 #define CONF_DEFAULT_MAX_LINE_LENGTH 1024
 #define CONF_DEFAULT_SHUTDOWN_TIMEOUT 10
 #define CONF_DEFAULT_GREETING "Welcome!"

@@ -336,6 +336,11 @@ static const char *check_state(const HandoverRecord *rec, const HandoverLimits *
                 return "unknown flags";
         if (rec->lines > rec->messages)
                 return "more lines answered than messages seen";
+        /* The idle deadline is the furthest a session has (write and linger deadlines come
+         * sooner); a larger one would wrap around when added to the clock. */
+        if (rec->deadline_left_usec != HANDOVER_NO_DEADLINE &&
+            rec->deadline_left_usec > (uint64_t) CONF_IDLE_TIMEOUT_MAX * 1000000u)
+                return "deadline further away than idle_timeout can set";
         if (rec->listen_len == 0 || rec->listen_len > HANDOVER_LISTEN_MAX || !printable(rec->listen, rec->listen_len))
                 return "listener name empty, too long or not printable";
         why = check_pending(rec, limits);

@@ -50,7 +50,7 @@ static HandoverRecord random_record(Strings *s) {
         int kind = (int) rnd_below(4);
 
         rec.age_usec = rnd();
-        rec.deadline_left_usec = rnd_below(8) ? rnd() : HANDOVER_NO_DEADLINE;
+        rec.deadline_left_usec = rnd_below(8) ? rnd() % ((uint64_t) CONF_IDLE_TIMEOUT_MAX * 1000000u + 1) : HANDOVER_NO_DEADLINE;
         rec.messages = rnd() >> 1;
         rec.lines = rec.messages ? rnd() % rec.messages : 0;
         rec.conf_generation = rnd();
@@ -367,6 +367,12 @@ static void empty_listen(HandoverRecord *r) {
 static void unprintable_listen(HandoverRecord *r) {
         r->listen = "127.0.0.1\n9999";
 }
+static void deadline_past_any_timeout(HandoverRecord *r) {
+        r->deadline_left_usec = (uint64_t) CONF_IDLE_TIMEOUT_MAX * 1000000u + 1;
+}
+static void deadline_that_wraps_the_clock(HandoverRecord *r) {
+        r->deadline_left_usec = HANDOVER_NO_DEADLINE - 1;
+}
 static void long_listen(HandoverRecord *r) {
         static char name[HANDOVER_LISTEN_MAX + 1];
         memset(name, 'a', sizeof(name));
@@ -389,6 +395,8 @@ Test(hostile, fields_a_live_session_cannot_have) {
         expect_hostile(empty_listen, &LIMITS, "listener name");
         expect_hostile(unprintable_listen, &LIMITS, "listener name");
         expect_hostile(long_listen, &LIMITS, "listener name");
+        expect_hostile(deadline_past_any_timeout, &LIMITS, "deadline");
+        expect_hostile(deadline_that_wraps_the_clock, &LIMITS, "deadline");
 }
 
 /* A smaller max_line_length in the new configuration refuses a pending line the old allowed. */
