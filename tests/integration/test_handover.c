@@ -551,16 +551,24 @@ Test(handover, always_an_empty_state_is_a_crash, .timeout = 60) {
         hellod_free(d);
 }
 
-/* crash_after_half_line: hellod started with CONFIG and handover = "always", a greeted client
- * that sent "Ali", kill -9, and the next process resuming it. Returns the client. */
-static int crash_after_half_line(Hellod *d, Store *st, int listener, uint16_t port, const char *config) {
+/* stored_client: hellod started with CONFIG, then EXTRA, and handover = "always"; returns a
+ * greeted client it has stored. */
+static int stored_client(Hellod *d, Store *st, int listener, uint16_t port, const char *config, const char *extra) {
         int fd;
 
-        hellod_write_config(d, "%s\nhandover = \"always\";\n", config);
+        hellod_write_config(d, "%s\n%shandover = \"always\";\n", config, extra);
         start_hellod(d, st, listener);
         hellod_wait_stderr(d, "started");
         greeted_clients(port, &fd, 1);
         store_wait(d, st, "c", 1);
+        return fd;
+}
+
+/* crash_after_half_line: hellod started with CONFIG and handover = "always", a greeted client
+ * that sent "Ali", kill -9, and the next process resuming it. Returns the client. */
+static int crash_after_half_line(Hellod *d, Store *st, int listener, uint16_t port, const char *config) {
+        int fd = stored_client(d, st, listener, port, config, "");
+
         client_send_str(fd, "Ali");
         harness_step("%s: kill -9 after \"Ali\"", config);
         hellod_signal(d, SIGKILL);
@@ -589,6 +597,39 @@ static void crash_resumed_idles_out(const char *config) {
         store_stop(&st);
         close(listener);
         hellod_free(d);
+}
+
+/* trickle_idles_out: CONFIG (the model); with handover = "always" (so a partial line waits in
+ * the kernel for its end), a client that sends its line a byte at a time and never ends it is
+ * timed out all the same: a byte is not a line, and only lines are activity. */
+static void trickle_idles_out(const char *config) {
+        enum { EVERY_MS = 250, GIVE_UP_MS = 8000 };
+        Hellod *d = hellod_new();
+        Store st;
+        uint16_t port;
+        int listener = listening_socket(&port);
+
+        store_start(&st, d->dir);
+        int fd = stored_client(d, &st, listener, port, config, "idle_timeout = 1;\n");
+        harness_step("%s: a byte every %d ms, no line end, against idle_timeout = 1", config, EVERY_MS);
+        int64_t start = harness_now_ms();
+        do {
+                cr_assert_lt(harness_now_ms() - start, GIVE_UP_MS,
+                             "%s: a trickle of bytes with no line end held off a 1 s idle timeout for %d ms",
+                             config, GIVE_UP_MS);
+                cr_assert_eq(client_try_send(fd, "x", 1), 0, "%s: the trickle met a closed socket", config);
+        } while (!client_wait_readable(fd, EVERY_MS));
+        client_expect_str(fd, HELLOD_ERR_IDLE);
+        client_close(fd);
+        stop_and_wait(d);
+        store_stop(&st);
+        close(listener);
+        hellod_free(d);
+}
+
+Test(handover, always_a_partial_line_trickling_in_idles_out, .timeout = 60) {
+        trickle_idles_out("workers = 1; io_backend = \"epoll\";");
+        trickle_idles_out("workers = \"per-connection\";");
 }
 
 /* crash_keeps_partial_line: CONFIG (the model); a line half sent before a crash is answered
