@@ -135,10 +135,12 @@ void session_say_last(int fd, const char *line) {
 }
 
 size_t session_lines_taken(const Session *s, const char *buf, size_t k) {
-        if (k == s->in_cap || memchr(buf, 0xff, k))
+        if (memchr(buf, 0xff, k))
                 return k;
         const char *nl = memrchr(buf, '\n', k);
-        return nl ? (size_t) (nl - buf) + 1 : 0;
+        if (nl)
+                return (size_t) (nl - buf) + 1;
+        return k == s->in_cap ? k : 0;
 }
 
 bool session_peer_closed(const Session *s) {

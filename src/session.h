@@ -107,9 +107,11 @@ void session_say_last(int fd, const char *line);
 
 /* session_lines_taken: of K bytes peeked into BUF from a stored session (handover = "always":
  * only whole lines leave the kernel, so that a crash loses no partial line), how many to take:
- * up to the last line end; all K when they fill the read buffer (a line longer than it) or
- * hold a telnet command (an interrupt has no line end, and the client waits for its answer);
- * 0 when they are one partial line, to be left waiting for its end. */
+ * up to the last line end, also when they fill the read buffer (the rest is read next, and a
+ * line cut there would leave a partial line in hellod's hands); all K when they fill it with
+ * no line end (a line longer than it) or hold a telnet command (an interrupt has no line end,
+ * and the client waits for its answer); 0 when they are one partial line, to be left waiting
+ * for its end. */
 size_t session_lines_taken(const Session *s, const char *buf, size_t k);
 
 /* session_peer_closed: whether the client has sent its FIN (a partial line peeked and left in

@@ -565,12 +565,27 @@ static int stored_client(Hellod *d, Store *st, int listener, uint16_t port, cons
 }
 
 /* crash_after_half_line: hellod started with CONFIG and handover = "always", a greeted client
- * that sent "Ali", kill -9, and the next process resuming it. Returns the client. */
-static int crash_after_half_line(Hellod *d, Store *st, int listener, uint16_t port, const char *config) {
+ * that sent LINES lines "ab" (answered) and "Ali" in one write, kill -9, and the next process
+ * resuming it. Returns the client. */
+static int crash_after_half_line(Hellod *d, Store *st, int listener, uint16_t port, const char *config, int lines) {
+        enum { LINE = 3, REPLY = 12 };
         int fd = stored_client(d, st, listener, port, config, "");
+        char *burst = malloc((size_t) lines * LINE + 4), *want = malloc((size_t) lines * REPLY + 1);
 
-        client_send_str(fd, "Ali");
-        harness_step("%s: kill -9 after \"Ali\"", config);
+        cr_assert(burst && want);
+        for (int i = 0; i < lines; i++) {
+                memcpy(burst + i * LINE, "ab\n", LINE);
+                memcpy(want + i * REPLY, "Hello, ab!\r\n", REPLY);
+        }
+        memcpy(burst + lines * LINE, "Ali", 4);
+        client_send_str(fd, burst);
+        if (lines > 0) {
+                client_expect(fd, want, (size_t) lines * REPLY);
+                harness_sleep_ms(100); /* "Ali" reaches hellod's socket */
+        }
+        free(burst);
+        free(want);
+        harness_step("%s: kill -9 after %d lines and \"Ali\"", config, lines);
         hellod_signal(d, SIGKILL);
         (void) hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
         start_hellod(d, st, listener);
@@ -588,7 +603,7 @@ static void crash_resumed_idles_out(const char *config) {
         int listener = listening_socket(&port);
 
         store_start(&st, d->dir);
-        int fd = crash_after_half_line(d, &st, listener, port, config);
+        int fd = crash_after_half_line(d, &st, listener, port, config, 0);
         harness_step("%s: the resumed client stays silent", config);
         client_expect_str(fd, HELLOD_ERR_IDLE);
         client_expect_eof(fd, false);
@@ -632,16 +647,16 @@ Test(handover, always_a_partial_line_trickling_in_idles_out, .timeout = 60) {
         trickle_idles_out("workers = \"per-connection\";");
 }
 
-/* crash_keeps_partial_line: CONFIG (the model); a line half sent before a crash is answered
- * whole after it. */
-static void crash_keeps_partial_line(const char *config) {
+/* crash_keeps_partial_line: CONFIG (the model); a line half sent before a crash, behind LINES
+ * whole ones, is answered whole after it. */
+static void crash_keeps_partial_line(const char *config, int lines) {
         Hellod *d = hellod_new();
         Store st;
         uint16_t port;
         int listener = listening_socket(&port);
 
         store_start(&st, d->dir);
-        int fd = crash_after_half_line(d, &st, listener, port, config);
+        int fd = crash_after_half_line(d, &st, listener, port, config, lines);
         client_send_str(fd, "ce\n");
         client_expect_str(fd, "Hello, Alice!\r\n");
         client_close(fd);
@@ -651,14 +666,22 @@ static void crash_keeps_partial_line(const char *config) {
         hellod_free(d);
 }
 
+/* The same behind a burst of short lines larger than hellod's read buffer (9000 bytes, cut
+ * mid-line at 4 KiB): the reads that fill the buffer take whole lines only. They used to take
+ * it all, a line cut at its end too, and every later read then took all it found. */
+Test(handover, always_a_crash_after_a_burst_keeps_the_partial_line, .timeout = 90) {
+        crash_keeps_partial_line("workers = 1; io_backend = \"epoll\";", 3000);
+        crash_keeps_partial_line("workers = \"per-connection\";", 3000);
+}
+
 /* handover = "always" keeps a partial line in the kernel, in every model. io_uring's receive
  * takes every byte in, so with "always" the loops run on epoll; the per-connection threads
  * peek and wait for the line's end with SO_RCVLOWAT. Both answered "Hello, ce!" after the
  * crash. */
 Test(handover, always_a_crash_keeps_the_partial_line_in_every_model, .timeout = 60) {
-        crash_keeps_partial_line("workers = 1; io_backend = \"epoll\";");
-        crash_keeps_partial_line("workers = 1; io_backend = \"io_uring\";");
-        crash_keeps_partial_line("workers = \"per-connection\";");
+        crash_keeps_partial_line("workers = 1; io_backend = \"epoll\";", 0);
+        crash_keeps_partial_line("workers = 1; io_backend = \"io_uring\";", 0);
+        crash_keeps_partial_line("workers = \"per-connection\";", 0);
 }
 
 /* reload_turns_always_on: BACKEND; a reload turns handover = "always" on, and a client that
