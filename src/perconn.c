@@ -314,7 +314,9 @@ static void run(Session *s, Linger *linger) {
         int r = converse(s);
         if (r < 0)
                 session_fail(s, r);
-        else if (session_lingers(s) && session_send_fin(s)) {
+        else if (!session_lingers(s))
+                session_drain_at_stop(s);
+        else if (session_send_fin(s)) {
                 *linger = (Linger) { .fd = s->fd, .deadline = now_usec() + SESSION_LINGER_USEC };
                 s->fd_kept = true;
         }

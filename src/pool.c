@@ -236,7 +236,11 @@ static bool client_gone(Loop *l, Session *s) {
 
 /* conclude: the protocol has ended and its last words are sent: linger or close. */
 static Fate conclude(Loop *l, Session *s) {
-        if (!session_lingers(s) || client_gone(l, s) || !session_send_fin(s))
+        if (!session_lingers(s)) {
+                session_drain_at_stop(s);
+                return finish(l, s, 0);
+        }
+        if (client_gone(l, s) || !session_send_fin(s))
                 return finish(l, s, 0);
         s->lingering = true;
         s->in_off = s->in_len = 0; /* from here on in_len counts what was discarded */

@@ -134,6 +134,11 @@ void session_say_last(int fd, const char *line) {
                 drained += (size_t) n;
 }
 
+void session_drain_at_stop(const Session *s) {
+        if (s->proto.end == PROTO_END_SHUTDOWN && !s->error)
+                session_say_last(s->fd, NULL);
+}
+
 size_t session_lines_taken(const Session *s, const char *buf, size_t k) {
         if (memchr(buf, 0xff, k))
                 return k;

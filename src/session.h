@@ -99,6 +99,13 @@ uint64_t session_write_deadline(const Session *s, uint64_t now);
  * close at once (EOF, shutdown). */
 bool session_lingers(const Session *s);
 
+/* session_drain_at_stop: for a session that does not linger, just before its close. A stop
+ * (ERR shutting down) does not wait for the client, who may still be sending: what it sent
+ * that was not read is read away after the FIN (session_say_last, without waiting), so that the
+ * close sends no reset that could destroy the line and the replies before it. After the
+ * client's EOF nothing can follow: nothing to do. */
+void session_drain_at_stop(const Session *s);
+
 /* session_say_last: LINE (none if NULL) as the last words on FD, the FIN, then what the
  * client has sent so far read away (up to SESSION_LINGER_BYTES, without waiting), so that the
  * close that follows sends no reset that could destroy the line. For a client turned away

@@ -363,7 +363,11 @@ static void out_end(Loop *l, Conn *c) {
 static Fate conclude(Loop *l, Conn *c) {
         Session *s = c->s;
 
-        if (c->eof || !session_lingers(s) || !session_send_fin(s))
+        if (!session_lingers(s)) {
+                session_drain_at_stop(s);
+                return finish(l, c, 0);
+        }
+        if (c->eof || !session_send_fin(s))
                 return finish(l, c, 0);
         s->lingering = true;
         kept_drop(c);

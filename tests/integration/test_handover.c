@@ -41,6 +41,7 @@ typedef struct Store {
         unsigned long long extended_usec; /* the last EXTEND_TIMEOUT_USEC= */
         unsigned n, added, removed;
         bool stop;
+        bool not_a_service; /* start hellod without INVOCATION_ID: a stop ends the conversations */
 } Store;
 
 static void store_take(Store *st, const char *msg, int fd) {
@@ -184,7 +185,9 @@ static pid_t start_hellod(Hellod *d, Store *st, int listener) {
                 char env_pid[32], invocation[] = "INVOCATION_ID=0123456789abcdef0123456789abcdef",
                                   path[] = "PATH=/usr/bin:/bin";
                 snprintf(env_pid, sizeof(env_pid), "LISTEN_PID=%d", (int) getpid());
-                char *envp[] = { env_fds, env_names, env_pid, env_notify, invocation, path, NULL };
+                char *envp[] = { env_fds, env_names, env_pid, env_notify, path, invocation, NULL };
+                if (st->not_a_service)
+                        envp[5] = NULL;
                 dup2(err, 2);
                 execle(harness_env_path("HELLOD_BIN"), "hellod", "--config", d->conf_path, "--log-target=stderr",
                        (char *) NULL, envp);
@@ -645,6 +648,39 @@ static void trickle_idles_out(const char *config) {
 Test(handover, always_a_partial_line_trickling_in_idles_out, .timeout = 60) {
         trickle_idles_out("workers = 1; io_backend = \"epoll\";");
         trickle_idles_out("workers = \"per-connection\";");
+}
+
+/* stop_reads_away_partial_line: CONFIG (the model); with handover = "always" a partial line
+ * waits in the kernel for its end. A stop that ends the conversation (hellod not started as a
+ * service, or the per-connection model, which does not hand over) does not wait for the rest,
+ * but reads away what it has not read after its FIN: the close sends no reset, and the client
+ * reads ERR shutting down and a clean EOF. The close used to reset the connection. */
+static void stop_reads_away_partial_line(const char *config) {
+        Hellod *d = hellod_new();
+        Store st;
+        uint16_t port;
+        int listener = listening_socket(&port);
+
+        store_start(&st, d->dir);
+        st.not_a_service = true;
+        int fd = stored_client(d, &st, listener, port, config, "");
+        client_send_str(fd, "Ali");
+        harness_sleep_ms(100);
+        harness_step("%s: a stop with \"Ali\" unread", config);
+        hellod_signal(d, SIGTERM);
+        client_expect_eof_after(fd, HELLOD_ERR_SHUTDOWN);
+        client_close(fd);
+        int status = hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "hellod %s",
+                  harness_describe_status(status, (char[64]) { 0 }, 64));
+        store_stop(&st);
+        close(listener);
+        hellod_free(d);
+}
+
+Test(handover, always_a_stop_with_a_partial_line_unread_ends_without_a_reset, .timeout = 60) {
+        stop_reads_away_partial_line("workers = 1; io_backend = \"epoll\";");
+        stop_reads_away_partial_line("workers = \"per-connection\";");
 }
 
 /* crash_keeps_partial_line: CONFIG (the model); a line half sent before a crash, behind LINES
