@@ -182,6 +182,8 @@ static int converse(Session *s) {
         int lowat = 1; /* SO_RCVLOWAT, for recv_lines */
         ProtoStatus status = PROTO_CONTINUE;
         uint64_t messages = s->proto.messages, now;
+        /* Handed over while the client lagged: its deadline is the write deadline. */
+        bool kept_output = s->resumed && s->out.len > s->out_off;
         int r;
 
         if (!s->resumed) {
@@ -205,7 +207,7 @@ static int converse(Session *s) {
         /* The clock is read once a round: after the writes (which may have blocked), before
          * the next read; the lines answered so far were activity (session_idle_deadline). */
         now = now_usec();
-        if (s->proto.messages != messages)
+        if (s->proto.messages != messages || kept_output) /* taking replies is progress, as in pool.c */
                 s->timer.at = session_idle_deadline(s, now);
         while (status == PROTO_CONTINUE) {
                 if (session_stop_requested(s)) {
