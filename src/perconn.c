@@ -145,30 +145,28 @@ static int feed(Session *s, size_t n, ProtoStatus *status, Timer *send_timer) {
 
 /* recv_lines: the read of a stored session (handover = "always"), as the pool's read_lines:
  * peeked first, then what session_lines_taken() says. While a partial line waits for its end,
- * SO_RCVLOWAT one byte past it makes the next peek block until more comes; the client's FIN,
- * the stop and the receive timeout end that wait, and the line is taken as it is then. Each
- * new mark returns -1 with EAGAIN, so that the caller checks the session's deadline and arms
- * the receive timeout to it before the next peek: bytes that end no line are no activity, and
- * a client sending its line a byte at a time must not restart the timeout with each. *LOWAT:
- * the socket's SO_RCVLOWAT (1 to begin with). */
+ * SO_RCVLOWAT one byte past it makes the next peek block until more comes, and the call
+ * returns -1 with EAGAIN: the caller checks the session's deadline and arms the receive
+ * timeout to it before peeking again. So bytes that end no line are no activity (a client
+ * sending its line a byte at a time does not restart the timeout), and a receive timeout that
+ * fires before the deadline (timer_arm keeps one that is a little short) leaves the line in
+ * the kernel. The client's FIN or reset, and the stop, end the wait: the line is taken as it
+ * is then. *LOWAT: the socket's SO_RCVLOWAT (1 to begin with). */
 static ssize_t recv_lines(Session *s, int *lowat) {
         ssize_t k = recv(s->fd, s->in, s->in_cap, MSG_PEEK);
         if (k <= 0)
                 return k;
         size_t take = session_lines_taken(s, s->in, (size_t) k);
-        /* A peek that came back short of the mark: what it waited for ended the wait. */
-        bool waits = take == 0 && (int) k + 1 != *lowat && !session_peer_closed(s) && !session_stop_requested(s);
-        int want = waits ? (int) k + 1 : 1;
-        if (want != *lowat) {
-                if (setsockopt(s->fd, SOL_SOCKET, SO_RCVLOWAT, &want, sizeof(want)) == 0)
-                        *lowat = want;
-                else
-                        waits = false; /* cannot wait without spinning: taken as it is */
+        if (take == 0 && !session_peer_closed(s) && !session_stop_requested(s)) {
+                int mark = (int) k + 1;
+                if (mark == *lowat || setsockopt(s->fd, SOL_SOCKET, SO_RCVLOWAT, &mark, sizeof(mark)) == 0) {
+                        *lowat = mark;
+                        errno = EAGAIN;
+                        return -1;
+                }
+                /* Cannot wait without spinning: taken as it is. */
         }
-        if (!waits)
-                return recv(s->fd, s->in, take ? take : (size_t) k, 0);
-        errno = EAGAIN;
-        return -1;
+        return recv(s->fd, s->in, take ? take : (size_t) k, 0);
 }
 
 static bool reads_lines(const Session *s) {
@@ -223,7 +221,7 @@ static int converse(Session *s) {
                 if (n < 0) {
                         if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)
                                 return -errno;
-                        now = now_usec(); /* EAGAIN: the receive timeout; timer_arm decides */
+                        now = now_usec(); /* EAGAIN: a receive timeout, or recv_lines waiting; timer_arm decides */
                         continue;
                 }
                 if (n == 0) {

@@ -152,7 +152,7 @@ bool session_peer_closed(const Session *s) {
         struct tcp_info info;
         socklen_t len = sizeof(info);
 
-        return getsockopt(s->fd, IPPROTO_TCP, TCP_INFO, &info, &len) == 0 && info.tcpi_state == TCP_CLOSE_WAIT;
+        return getsockopt(s->fd, IPPROTO_TCP, TCP_INFO, &info, &len) == 0 && info.tcpi_state != TCP_ESTABLISHED;
 }
 
 /* asked_to_end: the client ended the conversation itself (exit, a telnet interrupt) and sent

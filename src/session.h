@@ -101,9 +101,10 @@ bool session_lingers(const Session *s);
 
 /* session_drain_at_stop: for a session that does not linger, just before its close. A stop
  * (ERR shutting down) does not wait for the client, who may still be sending: what it sent
- * that was not read is read away after the FIN (session_say_last, without waiting), so that the
- * close sends no reset that could destroy the line and the replies before it. After the
- * client's EOF nothing can follow: nothing to do. */
+ * and hellod did not read is read away after the FIN (session_say_last: up to 64 KiB, without
+ * waiting), so that the close does not answer it with a reset that could destroy the line and
+ * the replies before it. Bytes arriving after that still draw a reset, behind the FIN. After
+ * the client's EOF nothing can follow: nothing to do. */
 void session_drain_at_stop(const Session *s);
 
 /* session_say_last: LINE (none if NULL) as the last words on FD, the FIN, then what the
@@ -121,8 +122,9 @@ void session_say_last(int fd, const char *line);
  * for its end. */
 size_t session_lines_taken(const Session *s, const char *buf, size_t k);
 
-/* session_peer_closed: whether the client has sent its FIN (a partial line peeked and left in
- * the kernel is then its last: handover = "always"). */
+/* session_peer_closed: whether the client has sent its FIN or reset the connection (the
+ * connection is no longer established): a partial line peeked and left in the kernel is then
+ * its last (handover = "always"). */
 bool session_peer_closed(const Session *s);
 /* session_send_fin: for a session that lingers: its FIN goes out (shutdown(SHUT_WR)), and the
  * answer is whether the socket must then linger, reading and discarding what the client still

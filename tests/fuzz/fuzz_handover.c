@@ -82,6 +82,9 @@ static void check_record(const HandoverRecord *rec, const HandoverLimits *limits
         check(rec->framing == limits->framing, "framing %d accepted", (int) rec->framing);
         check(rec->end >= PROTO_END_NONE && rec->end <= _PROTO_END_LAST, "end %d", rec->end);
         check(rec->lines <= rec->messages, "lines over messages");
+        check(rec->deadline_left_usec == HANDOVER_NO_DEADLINE ||
+                      rec->deadline_left_usec <= (uint64_t) CONF_IDLE_TIMEOUT_MAX * 1000000u,
+              "deadline %llu µs away", (unsigned long long) rec->deadline_left_usec);
         check(rec->listen_len >= 1 && rec->listen_len <= HANDOVER_LISTEN_MAX, "listen of %zu", rec->listen_len);
         check(rec->pending_len <= limits->max_line_length + 1, "pending of %zu", rec->pending_len);
         check(rec->pending_len == 0 || !memchr(rec->pending, '\n', rec->pending_len), "LF in pending");

@@ -654,7 +654,9 @@ Test(handover, always_a_partial_line_trickling_in_idles_out, .timeout = 60) {
  * waits in the kernel for its end. A stop that ends the conversation (hellod not started as a
  * service, or the per-connection model, which does not hand over) does not wait for the rest,
  * but reads away what it has not read after its FIN: the close sends no reset, and the client
- * reads ERR shutting down and a clean EOF. The close used to reset the connection. */
+ * reads ERR shutting down and a clean EOF. In the pool the close used to reset the connection;
+ * a per-connection thread takes the partial line in when the stop wakes its peek, and had
+ * nothing unread then either. */
 static void stop_reads_away_partial_line(const char *config) {
         Hellod *d = hellod_new();
         Store st;
@@ -681,6 +683,41 @@ static void stop_reads_away_partial_line(const char *config) {
 Test(handover, always_a_stop_with_a_partial_line_unread_ends_without_a_reset, .timeout = 60) {
         stop_reads_away_partial_line("workers = 1; io_backend = \"epoll\";");
         stop_reads_away_partial_line("workers = \"per-connection\";");
+}
+
+/* A per-connection thread waits for a partial line's end in a peek bounded by SO_RCVTIMEO,
+ * which it re-arms only when the time left changed much (perconn.c, timer_arm). Here the
+ * timeout in force when "y" comes is 5 s (armed when "x" came, 3 s in), while the line before
+ * it pushed the deadline to 11.3 s: it fires at 8.5 s, 3 s before the deadline, and the partial
+ * line must stay in the kernel. It used to be taken in then, and a crash at 9.5 s lost it. */
+Test(handover, always_an_early_receive_timeout_leaves_the_partial_line_in_the_kernel, .timeout = 60) {
+        Hellod *d = hellod_new();
+        Store st;
+        uint16_t port;
+        int listener = listening_socket(&port);
+
+        store_start(&st, d->dir);
+        int fd = stored_client(d, &st, listener, port, "workers = \"per-connection\";", "idle_timeout = 8;\n");
+        harness_sleep_ms(3000);
+        client_send_str(fd, "x");
+        harness_sleep_ms(300);
+        client_send_str(fd, "\n");
+        client_expect_str(fd, "Hello, x!\r\n");
+        harness_sleep_ms(200);
+        client_send_str(fd, "y");
+        harness_sleep_ms(6000);
+        harness_step("kill -9 after the timeout armed for \"x\" fired, before the deadline");
+        hellod_signal(d, SIGKILL);
+        (void) hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
+        start_hellod(d, &st, listener);
+        hellod_wait_stderr(d, "resumed 1 conversation");
+        client_send_str(fd, "es\n");
+        client_expect_str(fd, "Hello, yes!\r\n");
+        client_close(fd);
+        stop_and_wait(d);
+        store_stop(&st);
+        close(listener);
+        hellod_free(d);
 }
 
 /* crash_keeps_partial_line: CONFIG (the model); a line half sent before a crash, behind LINES
