@@ -143,29 +143,43 @@ static int feed(Session *s, size_t n, ProtoStatus *status, Timer *send_timer) {
         }
 }
 
+/* set_lowat: SO_RCVLOWAT to MARK; false when the kernel did not keep it (it caps the mark at
+ * half the largest receive buffer). */
+static bool set_lowat(int fd, int mark) {
+        int kept = 0;
+        socklen_t len = sizeof(kept);
+
+        return setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &mark, sizeof(mark)) == 0 &&
+               getsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &kept, &len) == 0 && kept == mark;
+}
+
 /* recv_lines: the read of a stored session (handover = "always"), as the pool's read_lines:
- * peeked first, then what session_lines_taken() says. While a partial line waits for its end,
- * SO_RCVLOWAT one byte past it makes the next peek block until more comes, and the call
- * returns -1 with EAGAIN: the caller checks the session's deadline and arms the receive
- * timeout to it before peeking again. So bytes that end no line are no activity (a client
- * sending its line a byte at a time does not restart the timeout), and a receive timeout that
- * fires before the deadline (timer_arm keeps one that is a little short) leaves the line in
- * the kernel. The client's FIN or reset, and the stop, end the wait: the line is taken as it
- * is then. *LOWAT: the socket's SO_RCVLOWAT (1 to begin with). */
-static ssize_t recv_lines(Session *s, int *lowat) {
+ * peeked first, then what session_lines_taken() says. While a partial line waits for its end
+ * (session_line_end_awaited), SO_RCVLOWAT one byte past it makes the next peek block until
+ * more comes, and the call returns -1 with EAGAIN: the caller checks the session's deadline
+ * and arms the receive timeout to it before peeking again. So bytes that end no line are no
+ * activity (a client sending its line a byte at a time does not restart the timeout), and a
+ * receive timeout that fires before the deadline (timer_arm keeps one up to half the time
+ * left) leaves the line in the kernel. A peek that comes back with nothing new and was not
+ * ended by the timeout cannot wait without spinning: the line is taken as it is. Once bytes
+ * are taken the mark goes back to 1. *LOWAT: the socket's SO_RCVLOWAT (1 to begin with);
+ * TIMEOUT: the receive timeout in force (usec, 0: none), BEGAN: when the peek began. */
+static ssize_t recv_lines(Session *s, int *lowat, uint64_t timeout, uint64_t began) {
         ssize_t k = recv(s->fd, s->in, s->in_cap, MSG_PEEK);
         if (k <= 0)
                 return k;
         size_t take = session_lines_taken(s, s->in, (size_t) k);
-        if (take == 0 && !session_peer_closed(s) && !session_stop_requested(s)) {
+        if (take == 0 && session_line_end_awaited(s)) {
                 int mark = (int) k + 1;
-                if (mark == *lowat || setsockopt(s->fd, SOL_SOCKET, SO_RCVLOWAT, &mark, sizeof(mark)) == 0) {
+                bool timed_out = timeout > 0 && now_usec() - began + TIMER_SLACK_USEC >= timeout;
+                if (mark == *lowat ? timed_out : set_lowat(s->fd, mark)) {
                         *lowat = mark;
                         errno = EAGAIN;
                         return -1;
                 }
-                /* Cannot wait without spinning: taken as it is. */
         }
+        if (*lowat != 1 && set_lowat(s->fd, 1))
+                *lowat = 1;
         return recv(s->fd, s->in, take ? take : (size_t) k, 0);
 }
 
@@ -217,7 +231,8 @@ static int converse(Session *s) {
                         proto_abort(&s->proto, PROTO_END_IDLE, &s->out);
                         break;
                 }
-                ssize_t n = reads_lines(s) ? recv_lines(s, &lowat) : recv(s->fd, s->in, s->in_cap, 0);
+                ssize_t n = reads_lines(s) ? recv_lines(s, &lowat, recv_timer.armed, now)
+                                           : recv(s->fd, s->in, s->in_cap, 0);
                 if (n < 0) {
                         if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)
                                 return -errno;

@@ -287,11 +287,11 @@ static ssize_t read_lines(Loop *l, Session *s, bool *more) {
         if (k <= 0)
                 return k;
         size_t take = session_lines_taken(s, l->in_buf, (size_t) k);
-        if (take == 0 && !session_peer_closed(s)) {
+        if (take == 0 && session_line_end_awaited(s)) {
                 errno = EAGAIN; /* the next bytes bring a new edge */
                 return -1;
         }
-        if (take == 0) /* the client's last, partial line */
+        if (take == 0) /* the client's last, partial line, or one cut by urgent data */
                 take = (size_t) k;
         *more = (size_t) k == s->in_cap || take < (size_t) k;
         return recv(s->fd, l->in_buf, take, 0);

@@ -148,11 +148,19 @@ size_t session_lines_taken(const Session *s, const char *buf, size_t k) {
         return k == s->in_cap ? k : 0;
 }
 
-bool session_peer_closed(const Session *s) {
+static bool still_established(const Session *s) {
         struct tcp_info info;
         socklen_t len = sizeof(info);
 
-        return getsockopt(s->fd, IPPROTO_TCP, TCP_INFO, &info, &len) == 0 && info.tcpi_state != TCP_ESTABLISHED;
+        return getsockopt(s->fd, IPPROTO_TCP, TCP_INFO, &info, &len) < 0 || info.tcpi_state == TCP_ESTABLISHED;
+}
+
+bool session_line_end_awaited(const Session *s) {
+        char urgent;
+
+        /* An urgent byte not yet passed (SIOCINQ, too, counts only up to its mark). */
+        return !session_stop_requested(s) && still_established(s) &&
+               recv(s->fd, &urgent, 1, MSG_OOB | MSG_PEEK | MSG_DONTWAIT) != 1;
 }
 
 /* asked_to_end: the client ended the conversation itself (exit, a telnet interrupt) and sent

@@ -122,10 +122,12 @@ void session_say_last(int fd, const char *line);
  * for its end. */
 size_t session_lines_taken(const Session *s, const char *buf, size_t k);
 
-/* session_peer_closed: whether the client has sent its FIN or reset the connection (the
- * connection is no longer established): a partial line peeked and left in the kernel is then
- * its last (handover = "always"). */
-bool session_peer_closed(const Session *s);
+/* session_line_end_awaited: a peek of a stored session (handover = "always") held a partial
+ * line only: whether to leave it in the kernel and wait for its end. Not when the connection
+ * is no longer established (the client's FIN or reset: the line was its last), the server is
+ * stopping, or an urgent byte is pending: the kernel ends every read at its mark, and no wait
+ * would get past it. Otherwise the line is taken as it is. */
+bool session_line_end_awaited(const Session *s);
 /* session_send_fin: for a session that lingers: its FIN goes out (shutdown(SHUT_WR)), and the
  * answer is whether the socket must then linger, reading and discarding what the client still
  * sends until its own FIN, or may be closed at once (also when the FIN could not be sent). */

@@ -685,6 +685,47 @@ Test(handover, always_a_stop_with_a_partial_line_unread_ends_without_a_reset, .t
         stop_reads_away_partial_line("workers = \"per-connection\";");
 }
 
+/* stored_lines_answered: CONFIG (the model); with handover = "always" a stored session takes
+ * whole lines only, and still answers at once: a short line after a long one sent in two
+ * parts (a per-connection thread waits for a line's end with SO_RCVLOWAT past what is there:
+ * the mark must come back down), and a line with a byte of urgent data in it (the kernel ends
+ * every read at the urgent mark, so waiting there for the line's end would wait for ever; a
+ * thread used to spin on it, and the pool stalled until the idle timeout). */
+static void stored_lines_answered(const char *config) {
+        Hellod *d = hellod_new();
+        Store st;
+        uint16_t port;
+        int listener = listening_socket(&port);
+
+        store_start(&st, d->dir);
+        int fd = stored_client(d, &st, listener, port, config, "");
+        harness_step("%s: \"hello\", then its line end, then a shorter line", config);
+        client_send_str(fd, "hello");
+        harness_sleep_ms(100);
+        client_send_str(fd, "\n");
+        client_expect_str(fd, "Hello, hello!\r\n");
+        client_send_str(fd, "ab\n");
+        client_expect_str(fd, "Hello, ab!\r\n");
+        harness_step("%s: \"a\", a byte of urgent data, \"b\" and the line end", config);
+        client_send_str(fd, "a");
+        harness_sleep_ms(100);
+        cr_assert_eq(send(fd, "!", 1, MSG_OOB), 1);
+        harness_sleep_ms(100);
+        client_send_str(fd, "b\n");
+        client_expect_str(fd, "Hello, ab!\r\n");
+        client_hello(fd, "still answering");
+        client_close(fd);
+        stop_and_wait(d);
+        store_stop(&st);
+        close(listener);
+        hellod_free(d);
+}
+
+Test(handover, always_short_lines_and_urgent_data_are_answered_at_once, .timeout = 60) {
+        stored_lines_answered("workers = 1; io_backend = \"epoll\";");
+        stored_lines_answered("workers = \"per-connection\";");
+}
+
 /* A per-connection thread waits for a partial line's end in a peek bounded by SO_RCVTIMEO,
  * which it re-arms only when the time left changed much (perconn.c, timer_arm). Here the
  * timeout in force when "y" comes is 5 s (armed when "x" came, 3 s in), while the line before
