@@ -143,14 +143,15 @@ static int feed(Session *s, size_t n, ProtoStatus *status, Timer *send_timer) {
         }
 }
 
-/* set_lowat: SO_RCVLOWAT to MARK; false when the kernel did not keep it (it caps the mark at
- * half the largest receive buffer). */
-static bool set_lowat(int fd, int mark) {
-        int kept = 0;
-        socklen_t len = sizeof(kept);
+/* set_lowat: SO_RCVLOWAT to MARK, *LOWAT what is in force then; false when that is not MARK
+ * (the kernel caps the mark at half the receive buffer). */
+static bool set_lowat(int fd, int mark, int *lowat) {
+        socklen_t len = sizeof(*lowat);
 
-        return setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &mark, sizeof(mark)) == 0 &&
-               getsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &kept, &len) == 0 && kept == mark;
+        if (setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &mark, sizeof(mark)) == 0 &&
+            getsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, lowat, &len) < 0)
+                *lowat = -1; /* unknown: set again before the next wait */
+        return *lowat == mark;
 }
 
 /* recv_lines: the read of a stored session (handover = "always"), as the pool's read_lines:
@@ -172,14 +173,13 @@ static ssize_t recv_lines(Session *s, int *lowat, uint64_t timeout, uint64_t beg
         if (take == 0 && session_line_end_awaited(s)) {
                 int mark = (int) k + 1;
                 bool timed_out = timeout > 0 && now_usec() - began + TIMER_SLACK_USEC >= timeout;
-                if (mark == *lowat ? timed_out : set_lowat(s->fd, mark)) {
-                        *lowat = mark;
+                if (mark == *lowat ? timed_out : set_lowat(s->fd, mark, lowat)) {
                         errno = EAGAIN;
                         return -1;
                 }
         }
-        if (*lowat != 1 && set_lowat(s->fd, 1))
-                *lowat = 1;
+        if (*lowat != 1)
+                (void) set_lowat(s->fd, 1, lowat);
         return recv(s->fd, s->in, take ? take : (size_t) k, 0);
 }
 

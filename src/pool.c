@@ -278,8 +278,9 @@ static Fate end_with(Loop *l, Session *s, ProtoEnd reason) {
 
 /* read_lines: the read of a stored session: peeked first, then what session_lines_taken()
  * says. Returns as recv(), or -1 with EAGAIN while a partial line waits for its end; *MORE:
- * bytes were left in the kernel (the peek filled the buffer, or whole lines were taken and more
- * follows), which no new edge will announce. */
+ * bytes may be left in the kernel (the peek filled the buffer, whole lines were taken and more
+ * follows, or a partial line was taken as it is: behind an urgent byte's mark), which no new
+ * edge will announce. */
 static ssize_t read_lines(Loop *l, Session *s, bool *more) {
         ssize_t k = recv(s->fd, l->in_buf, s->in_cap, MSG_PEEK);
 
@@ -291,9 +292,9 @@ static ssize_t read_lines(Loop *l, Session *s, bool *more) {
                 errno = EAGAIN; /* the next bytes bring a new edge */
                 return -1;
         }
-        if (take == 0) /* the client's last, partial line, or one cut by urgent data */
+        *more = take == 0 || (size_t) k == s->in_cap || take < (size_t) k;
+        if (take == 0) /* the client's last, partial line, or one cut at an urgent byte's mark */
                 take = (size_t) k;
-        *more = (size_t) k == s->in_cap || take < (size_t) k;
         return recv(s->fd, l->in_buf, take, 0);
 }
 

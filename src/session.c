@@ -155,12 +155,18 @@ static bool still_established(const Session *s) {
         return getsockopt(s->fd, IPPROTO_TCP, TCP_INFO, &info, &len) < 0 || info.tcpi_state == TCP_ESTABLISHED;
 }
 
-bool session_line_end_awaited(const Session *s) {
+/* cut_at_urgent_mark: an urgent byte ahead ends every read at its mark (SIOCINQ, too, counts
+ * only up to it); a read that begins at the mark skips the byte and goes on. */
+static bool cut_at_urgent_mark(int fd) {
         char urgent;
+        int at_mark = 0;
 
-        /* An urgent byte not yet passed (SIOCINQ, too, counts only up to its mark). */
-        return !session_stop_requested(s) && still_established(s) &&
-               recv(s->fd, &urgent, 1, MSG_OOB | MSG_PEEK | MSG_DONTWAIT) != 1;
+        return recv(fd, &urgent, 1, MSG_OOB | MSG_PEEK | MSG_DONTWAIT) == 1 && ioctl(fd, SIOCATMARK, &at_mark) == 0 &&
+               !at_mark;
+}
+
+bool session_line_end_awaited(const Session *s) {
+        return !session_stop_requested(s) && still_established(s) && !cut_at_urgent_mark(s->fd);
 }
 
 /* asked_to_end: the client ended the conversation itself (exit, a telnet interrupt) and sent

@@ -125,8 +125,9 @@ size_t session_lines_taken(const Session *s, const char *buf, size_t k);
 /* session_line_end_awaited: a peek of a stored session (handover = "always") held a partial
  * line only: whether to leave it in the kernel and wait for its end. Not when the connection
  * is no longer established (the client's FIN or reset: the line was its last), the server is
- * stopping, or an urgent byte is pending: the kernel ends every read at its mark, and no wait
- * would get past it. Otherwise the line is taken as it is. */
+ * stopping, or the peek stopped at an urgent byte's mark: every read that begins before the
+ * mark ends there, so no wait would bring the line's end. Otherwise the line is taken as it
+ * is. */
 bool session_line_end_awaited(const Session *s);
 /* session_send_fin: for a session that lingers: its FIN goes out (shutdown(SHUT_WR)), and the
  * answer is whether the socket must then linger, reading and discarding what the client still
