@@ -154,6 +154,11 @@ static bool set_lowat(int fd, int mark, int *lowat) {
         return *lowat == mark;
 }
 
+/* timed_out: whether a wait that BEGAN then ran into the receive TIMEOUT (usec, 0: none). */
+static bool timed_out(uint64_t timeout, uint64_t began) {
+        return timeout > 0 && now_usec() - began + TIMER_SLACK_USEC >= timeout;
+}
+
 /* recv_lines: the read of a stored session (handover = "always"), as the pool's read_lines:
  * peeked first, then what session_lines_taken() says. While a partial line waits for its end
  * (session_line_end_awaited), SO_RCVLOWAT one byte past it makes the next peek block until
@@ -172,8 +177,7 @@ static ssize_t recv_lines(Session *s, int *lowat, uint64_t timeout, uint64_t beg
         size_t take = session_lines_taken(s, s->in, (size_t) k);
         if (take == 0 && session_line_end_awaited(s)) {
                 int mark = (int) k + 1;
-                bool timed_out = timeout > 0 && now_usec() - began + TIMER_SLACK_USEC >= timeout;
-                if (mark == *lowat ? timed_out : set_lowat(s->fd, mark, lowat)) {
+                if (mark == *lowat ? timed_out(timeout, began) : set_lowat(s->fd, mark, lowat)) {
                         errno = EAGAIN;
                         return -1;
                 }
@@ -257,10 +261,8 @@ static int converse(Session *s) {
                 if (s->proto.messages != messages)
                         s->timer.at = session_idle_deadline(s, now);
         }
-        if (lowat != 1) { /* a wait for a line's end ended otherwise: the lingerer's epoll needs 1 */
-                lowat = 1;
-                (void) setsockopt(s->fd, SOL_SOCKET, SO_RCVLOWAT, &lowat, sizeof(lowat));
-        }
+        if (lowat != 1) /* a wait for a line's end ended otherwise: the lingerer's epoll needs 1 */
+                (void) set_lowat(s->fd, 1, &lowat);
         return flush(s, &send_timer);
 }
 

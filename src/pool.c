@@ -292,7 +292,7 @@ static ssize_t read_lines(Loop *l, Session *s, bool *more) {
                 errno = EAGAIN; /* the next bytes bring a new edge */
                 return -1;
         }
-        *more = take == 0 || (size_t) k == s->in_cap || take < (size_t) k;
+        *more = (size_t) k == s->in_cap || take < (size_t) k;
         if (take == 0) /* the client's last, partial line, or one cut at an urgent byte's mark */
                 take = (size_t) k;
         return recv(s->fd, l->in_buf, take, 0);
