@@ -199,6 +199,13 @@ static pid_t start_hellod(Hellod *d, Store *st, int listener) {
         return pid;
 }
 
+/* end_rig: the test's part of PID 1 ends with it: the store, the listening socket, and D. */
+static void end_rig(Hellod *d, Store *st, int listener) {
+        store_stop(st);
+        close(listener);
+        hellod_free(d);
+}
+
 static int listening_socket(uint16_t *port) {
         struct sockaddr_in addr = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001) };
         socklen_t len = sizeof(addr);
@@ -287,9 +294,7 @@ Test(handover, restart_keeps_every_conversation, .timeout = 60) {
         store_wait(d, &st, "state", 0);
         store_wait(d, &st, "c", 0); /* resumed: out of the store */
         stop_and_wait(d);
-        store_stop(&st);
-        close(listener);
-        hellod_free(d);
+        end_rig(d, &st, listener);
 }
 
 /* A state whose header does not check out (one byte changed): every stored connection is
@@ -338,9 +343,7 @@ static void corrupt_state(const char *mode) {
         client_hello(fd, "new");
         client_close(fd);
         stop_and_wait(d);
-        store_stop(&st);
-        close(listener);
-        hellod_free(d);
+        end_rig(d, &st, listener);
 }
 
 Test(handover, a_corrupt_state_closes_the_conversations_cleanly, .timeout = 60) {
@@ -398,9 +401,7 @@ Test(handover, always_stores_and_removes_each_connection, .timeout = 60) {
         client_expect_str(fd, HELLOD_GREETING);
         client_close(fd);
         stop_and_wait(d);
-        store_stop(&st);
-        close(listener);
-        hellod_free(d);
+        end_rig(d, &st, listener);
 }
 
 /* handover = "always" reads whole lines only (a partial one stays in the kernel): a burst
@@ -435,9 +436,7 @@ static void always_answers_bursts_and_telnet_interrupts_in(const char *model) {
         client_close(fd);
         free(want);
         stop_and_wait(d);
-        store_stop(&st);
-        close(listener);
-        hellod_free(d);
+        end_rig(d, &st, listener);
 }
 
 Test(handover, always_answers_bursts_and_telnet_interrupts, .timeout = 60) {
@@ -485,9 +484,7 @@ Test(handover, always_a_crash_before_the_proxy_header_closes_the_balancer_connec
         cr_expect(n == 0 || strcmp(buf, HELLOD_GREETING) == 0, "expected the greeting or a close, got '%s'", buf);
         client_close(fd);
         stop_and_wait(d);
-        store_stop(&st);
-        close(listener);
-        hellod_free(d);
+        end_rig(d, &st, listener);
 }
 
 
@@ -515,9 +512,7 @@ Test(handover, always_a_restart_before_the_proxy_header_closes_it_and_leaves_no_
         cr_expect_eq(store_count(&st, "c"), 0, "the unheadered PROXY connection is still in the store");
         cr_expect(client_wait_readable(fd, 1000), "the balancer's connection was not closed at the hand-over");
         client_close(fd);
-        store_stop(&st);
-        close(listener);
-        hellod_free(d);
+        end_rig(d, &st, listener);
 }
 
 
@@ -549,9 +544,7 @@ Test(handover, always_an_empty_state_is_a_crash, .timeout = 60) {
         }
         cr_expect_eq(store_count(&st, "state"), 1, "no place for the next state: %u", store_count(&st, "state"));
         stop_and_wait(d);
-        store_stop(&st);
-        close(listener);
-        hellod_free(d);
+        end_rig(d, &st, listener);
 }
 
 /* stored_client: hellod started with CONFIG, then EXTRA, and handover = "always"; returns a
@@ -612,9 +605,7 @@ static void crash_resumed_idles_out(const char *config) {
         client_expect_eof(fd, false);
         client_close(fd);
         stop_and_wait(d);
-        store_stop(&st);
-        close(listener);
-        hellod_free(d);
+        end_rig(d, &st, listener);
 }
 
 /* trickle_idles_out: CONFIG (the model); with handover = "always" (so a partial line waits in
@@ -640,9 +631,7 @@ static void trickle_idles_out(const char *config) {
         client_expect_str(fd, HELLOD_ERR_IDLE);
         client_close(fd);
         stop_and_wait(d);
-        store_stop(&st);
-        close(listener);
-        hellod_free(d);
+        end_rig(d, &st, listener);
 }
 
 Test(handover, always_a_partial_line_trickling_in_idles_out, .timeout = 60) {
@@ -675,9 +664,7 @@ static void stop_reads_away_partial_line(const char *config) {
         int status = hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
         cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "hellod %s",
                   harness_describe_status(status, (char[64]) { 0 }, 64));
-        store_stop(&st);
-        close(listener);
-        hellod_free(d);
+        end_rig(d, &st, listener);
 }
 
 Test(handover, always_a_stop_with_a_partial_line_unread_ends_without_a_reset, .timeout = 60) {
@@ -721,9 +708,7 @@ static void stored_lines_answered(const char *config) {
         client_hello(fd, "still answering");
         client_close(fd);
         stop_and_wait(d);
-        store_stop(&st);
-        close(listener);
-        hellod_free(d);
+        end_rig(d, &st, listener);
 }
 
 Test(handover, always_short_lines_and_urgent_data_are_answered_at_once, .timeout = 60) {
@@ -761,9 +746,7 @@ Test(handover, always_an_early_receive_timeout_leaves_the_partial_line_in_the_ke
         client_expect_str(fd, "Hello, yes!\r\n");
         client_close(fd);
         stop_and_wait(d);
-        store_stop(&st);
-        close(listener);
-        hellod_free(d);
+        end_rig(d, &st, listener);
 }
 
 /* crash_keeps_partial_line: CONFIG (the model); a line half sent before a crash, behind LINES
@@ -780,9 +763,7 @@ static void crash_keeps_partial_line(const char *config, int lines) {
         client_expect_str(fd, "Hello, Alice!\r\n");
         client_close(fd);
         stop_and_wait(d);
-        store_stop(&st);
-        close(listener);
-        hellod_free(d);
+        end_rig(d, &st, listener);
 }
 
 /* The same behind a burst of short lines larger than hellod's read buffer (9000 bytes, cut
@@ -828,9 +809,7 @@ static void reload_turns_always_on(const char *backend, bool stored) {
         client_hello(fd, "after the reload");
         client_close(fd);
         stop_and_wait(d);
-        store_stop(&st);
-        close(listener);
-        hellod_free(d);
+        end_rig(d, &st, listener);
 }
 
 /* A reload cannot move io_uring's loops to epoll: with "always" turned on by one, io_uring
@@ -888,9 +867,7 @@ Test(handover, pool_to_per_connection_keeps_partial_and_pipelined_lines, .timeou
                 client_close(fds[i]);
         }
         stop_and_wait(d);
-        store_stop(&st);
-        close(listener);
-        hellod_free(d);
+        end_rig(d, &st, listener);
 }
 
 /* A restart that lowers max_connections below the conversations alive (or after a reload that
@@ -931,9 +908,7 @@ Test(handover, a_lower_max_connections_keeps_the_conversations, .timeout = 60) {
         }
         cr_expect_eq(kept, 6, "only %d of 6 conversations survived a restart with max_connections 10 -> 5", kept);
         stop_and_wait(d);
-        store_stop(&st);
-        close(listener);
-        hellod_free(d);
+        end_rig(d, &st, listener);
 }
 
 /* A full file descriptor store (PID 1 refuses beyond FileDescriptorStoreMax=, and
@@ -974,9 +949,7 @@ static void full_store(const char *mode) {
                       STORE_MAX);
         free(fds);
         stop_and_wait(d);
-        store_stop(&st);
-        close(listener);
-        hellod_free(d);
+        end_rig(d, &st, listener);
 }
 
 Test(handover, a_full_store_costs_the_connections_that_do_not_fit, .timeout = 90) {
@@ -1029,9 +1002,7 @@ Test(handover, a_slow_store_gets_the_time_thousands_of_conversations_need, .time
                 client_close(fds[i]);
         free(fds);
         stop_and_wait(d);
-        store_stop(&st);
-        close(listener);
-        hellod_free(d);
+        end_rig(d, &st, listener);
 }
 
 /* Back-pressure across a hand-over: 60,000 pipelined lines, the replies the client has not
@@ -1078,7 +1049,5 @@ Test(handover, kept_output_and_input_cross_the_hand_over_byte_for_byte, .timeout
         }
         client_close(fd);
         stop_and_wait(d);
-        store_stop(&st);
-        close(listener);
-        hellod_free(d);
+        end_rig(d, &st, listener);
 }
