@@ -32,7 +32,13 @@
  * With handover = "always" (a stored session) a partial line is left in the kernel, read
  * with MSG_PEEK and taken only with its line end, so that a crash of this process loses none
  * of what the client sent (docs/zero-downtime.md). Edge triggering is what lets such a
- * session wait for the rest of its line with bytes still unread. */
+ * session wait for the rest of its line with bytes still unread.
+ *
+ * Urgent data (MSG_OOB; telnet sends its Synch so): the kernel ends every read at an urgent
+ * byte's mark, so a short read does not say that nothing is left, and what is queued behind
+ * the mark brings no new edge. A reading session is also told of urgent data (EPOLLPRI, in
+ * READING); after that, every read that took something is followed by another, until one
+ * finds nothing (Session.urgent). Other sessions pay nothing for it. */
 #include <errno.h>
 #include <inttypes.h>
 #include <netinet/in.h>
@@ -58,6 +64,9 @@
 /* epoll data of a listener: its (aligned) address with the low bit set; sessions have it
  * clear; the loop's eventfd is 0. */
 #define LISTENER_TAG 1u
+/* A session's interest: its input (and urgent data: see the top), or room for its output. */
+#define READING (EPOLLIN | EPOLLPRI | EPOLLRDHUP | EPOLLET)
+#define WRITING (EPOLLOUT | EPOLLRDHUP | EPOLLET)
 
 typedef enum Fate {
         ALIVE,
@@ -181,7 +190,7 @@ static int send_out(Loop *l, Session *s, const Buf *out) {
         s->out_off = 0;
         s->want_write = true;
         set_deadline(l, s, session_write_deadline(s, now_usec()));
-        return set_interest(l, s, EPOLLOUT | EPOLLRDHUP | EPOLLET);
+        return set_interest(l, s, WRITING);
 }
 
 /* flush_kept: 1 when the kept output is gone, 0 when the client still lags, or -errno. */
@@ -199,7 +208,8 @@ static int flush_kept(Loop *l, Session *s) {
         s->want_write = false;
         /* The client took its replies: that is progress, not idleness. */
         set_deadline(l, s, session_idle_deadline(s, now_usec()));
-        int r = set_interest(l, s, EPOLLIN | EPOLLRDHUP | EPOLLET);
+        /* Input (or urgent data) that came meanwhile: EPOLL_CTL_MOD reports it as a new event. */
+        int r = set_interest(l, s, READING);
         return r < 0 ? r : 1;
 }
 
@@ -302,6 +312,22 @@ static bool reads_lines(const Session *s) {
         return s->stored && s->conf->framing == FRAMING_LINE && s->proto.pending_len == 0;
 }
 
+static ssize_t read_once(Loop *l, Session *s, bool *left) {
+        return reads_lines(s) ? read_lines(l, s, left) : recv(s->fd, l->in_buf, s->in_cap, 0);
+}
+
+/* read_input: the session's next read. After urgent data, one that found nothing is made
+ * again: while a signal is pending for the thread (a SIGSTOP, the cgroup freezer), the kernel
+ * returns EAGAIN at an urgent byte's mark without passing it, and what is queued behind it
+ * gets no new edge. The signal is taken on the way back, so the second read passes the mark. */
+static ssize_t read_input(Loop *l, Session *s, bool *left) {
+        ssize_t k = read_once(l, s, left);
+
+        if (k < 0 && errno == EAGAIN && s->urgent)
+                k = read_once(l, s, left);
+        return k;
+}
+
 /* proxy_refused: the header is malformed, late, or the connection ended before it. */
 static Fate proxy_refused(Loop *l, Session *s, const char *reason) {
         const EngineHooks *hooks = hooks_of(l);
@@ -326,7 +352,7 @@ static Fate serve_proxy(Loop *l, Session *s, bool *more) {
                 return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? ALIVE : finish(l, s, -errno);
         ProxyStatus status = proxy_feed(s->proxy, l->in_buf, (size_t) k, &used, &header, &reason);
         if (status == PROXY_NEED_MORE) {
-                *more = (size_t) k == s->in_cap || s->peer_shut; /* edge-triggered: see serve_once */
+                *more = (size_t) k == s->in_cap || s->urgent || s->peer_shut; /* edge-triggered: see serve_once */
                 return ALIVE;
         }
         if (!hooks->proxied(hooks->userdata, s, status, &header, reason))
@@ -343,7 +369,7 @@ static Fate serve_proxy(Loop *l, Session *s, bool *more) {
                 set_deadline(l, s, session_idle_deadline(s, now_usec()));
         /* Edge-triggered: a full read, or the client's FIN behind the header, brings no new
          * event (see serve_once). */
-        s->unread = (size_t) k == s->in_cap;
+        s->unread = (size_t) k == s->in_cap || s->urgent;
         *more = !s->want_write && (has_kept_input(s) || s->unread || s->peer_shut);
         return ALIVE;
 }
@@ -364,13 +390,15 @@ static Fate serve_once(Loop *l, Session *s, bool *more) {
                 return serve_proxy(l, s, more);
         if (!kept) {
                 bool left = false;
-                ssize_t k = reads_lines(s) ? read_lines(l, s, &left) : recv(s->fd, l->in_buf, s->in_cap, 0);
+                ssize_t k = read_input(l, s, &left);
                 if (k == 0)
                         return end_with(l, s, session_stop_requested(s) ? PROTO_END_SHUTDOWN : PROTO_END_EOF);
-                s->unread = left || (k > 0 && (size_t) k == s->in_cap);
-                if (k < 0)
+                s->unread = left || (k > 0 && ((size_t) k == s->in_cap || s->urgent));
+                if (k < 0) {
+                        s->urgent = false; /* read to the end (or failed) */
                         return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? ALIVE
                                                                                         : finish(l, s, -errno);
+                }
                 n = (size_t) k;
         }
 
@@ -450,7 +478,7 @@ static int grow(char **buf, size_t *cap, size_t want) {
 }
 
 static Fate start(Loop *l, Session *s) {
-        struct epoll_event ev = { .events = (s->want_write ? EPOLLOUT : EPOLLIN) | EPOLLRDHUP | EPOLLET, .data.ptr = s };
+        struct epoll_event ev = { .events = s->want_write ? WRITING : READING, .data.ptr = s };
         Buf out;
         int r;
 
@@ -701,6 +729,8 @@ static void *loop_main(void *arg) {
                                  * read that follows the kept input must not be skipped. */
                                 if (events[i].events & EPOLLIN)
                                         s->unread = true;
+                                if (events[i].events & EPOLLPRI)
+                                        s->urgent = true;
                                 (void) on_event(l, s);
                         }
                 }

@@ -66,6 +66,8 @@ typedef struct Session {
         bool ready;                              /* pool: on the loop's ready list */
         bool peer_shut;                          /* pool: the client's FIN has arrived (EPOLLRDHUP) */
         bool unread; /* pool: more may wait in the kernel (a full read, or an edge not read yet) */
+        bool urgent; /* pool: urgent data came (EPOLLPRI): a short read may have stopped at its
+                      * mark, so reads go on until one finds nothing (pool.c) */
         bool lingering;                          /* ended; discarding what the client still sends */
         bool want_write;                         /* output pending: waiting for the client to read */
         bool resumed; /* taken over from another process: greeted already, state restored */

@@ -8,11 +8,12 @@
  * Each session follows a random plan made from its own seed (printed on failure, so that a
  * plan can be replayed with --replay, against the setup it failed in): lines of 0 bytes to
  * max_line_length (sometimes one over), sometimes a pipelined burst of thousands of lines, the
- * stream cut into random writes, read in random sizes with pauses where the client reads
- * nothing, and an ending: a half-close, `exit`, a close once everything is answered, or a reset
- * at a random point. The daemon runs once per configuration, with reply templates from the
- * default to the 1,024-byte maximum; HELLOD_TEST_CONF_EXTRA picks the worker model as in the
- * integration suite.
+ * stream cut into random writes, sometimes a byte of urgent data among them (sent out of band,
+ * so not part of the stream the model answers; the kernel ends every read at its mark), read
+ * in random sizes with pauses where the client reads nothing, and an ending: a half-close,
+ * `exit`, a close once everything is answered, or a reset at a random point. The daemon runs
+ * once per configuration, with reply templates from the default to the 1,024-byte maximum;
+ * HELLOD_TEST_CONF_EXTRA picks the worker model as in the integration suite.
  *
  * A burst must be answered without waiting for any timeout: idle_timeout is far above any
  * pause a client makes, so a session that stalls in the daemon shows as `ERR idle timeout`
@@ -87,13 +88,15 @@ typedef struct Plan {
         size_t reset_written;  /* END_RESET: reset once this much is written ... */
         size_t reset_received; /* ... and this much received (or all there is) */
         bool burst;
+        bool urgent;      /* a byte of urgent data is sent once URGENT_AT bytes of IN are */
+        size_t urgent_at; /* written (one at most: a second could pull the first into the stream) */
         bool too_long; /* the last line is over max_line_length */
         size_t lines;
 } Plan;
 
 /* Shared figures. */
 static atomic_uint_fast64_t n_sessions, n_lines, n_bytes_sent, n_bytes_checked, n_bursts, n_pauses,
-        n_too_long, n_endings[N_ENDINGS];
+        n_too_long, n_urgent, n_endings[N_ENDINGS];
 static atomic_uint_fast64_t n_failures;
 static pthread_mutex_t failures_lock = PTHREAD_MUTEX_INITIALIZER;
 static char failures[FAILURES_KEPT][1024];
@@ -211,6 +214,8 @@ static bool plan_make(Plan *p, uint64_t seed) {
                 p->ending = END_HALF_CLOSE; /* the ERR ends it anyway: wait for the daemon's EOF */
         p->reset_written = rng_below(&r, p->n + 1);
         p->reset_received = rng_below(&r, p->want_n + 1);
+        p->urgent = rng_below(&r, 4) == 0;
+        p->urgent_at = rng_below(&r, p->n + 1);
         return true;
 }
 
@@ -254,7 +259,7 @@ static bool run_session(Plan *p, Rng *r) {
         const char *ip = rng_below(r, 2) ? "127.0.0.1" : "::1";
         size_t written = 0, received = 0, chunk_end = 0;
         int64_t progress = now_ms(), read_pause_until = 0, write_pause_until = 0;
-        bool write_shut = false, ok = false;
+        bool write_shut = false, urgent_sent = !p->urgent, ok = false;
         char buf[65536];
         int fd = client_start_connect(ip, port);
 
@@ -273,32 +278,48 @@ static bool run_session(Plan *p, Rng *r) {
                         reset_close(fd);
                         return true; /* every byte so far was checked */
                 }
-                if (p->ending == END_CLOSE && written == p->n && received == p->want_n) {
+                bool writes_left = written < p->n || !urgent_sent;
+                if (p->ending == END_CLOSE && !writes_left && received == p->want_n) {
                         close(fd);
                         return true;
                 }
-                if (written == p->n && p->ending == END_HALF_CLOSE && !write_shut) {
+                if (!writes_left && p->ending == END_HALF_CLOSE && !write_shut) {
                         (void) shutdown(fd, SHUT_WR);
                         write_shut = true;
                 }
 
-                bool can_write = written < p->n && now >= write_pause_until;
+                bool can_write = writes_left && now >= write_pause_until;
                 bool can_read = now >= read_pause_until;
                 struct pollfd pfd = { .fd = fd, .events = (short) ((can_write ? POLLOUT : 0) | (can_read ? POLLIN : 0)) };
                 int64_t wake = 100;
                 if (!can_read)
                         wake = read_pause_until - now;
-                if (!can_write && written < p->n && write_pause_until - now < wake)
+                if (!can_write && writes_left && write_pause_until - now < wake)
                         wake = write_pause_until - now;
                 if (poll(&pfd, 1, (int) (wake > 0 ? wake : 0)) < 0 && errno != EINTR) {
                         record_failure(p, "poll: %s", strerror(errno));
                         break;
                 }
-                if (pfd.revents & POLLOUT) {
+                if ((pfd.revents & POLLOUT) && !urgent_sent && written == p->urgent_at) {
+                        ssize_t k = send(fd, "U", 1, MSG_NOSIGNAL | MSG_OOB);
+                        if (k == 1) {
+                                urgent_sent = true;
+                                progress = now_ms();
+                                atomic_fetch_add(&n_urgent, 1);
+                        } else if (k < 0 && errno != EAGAIN && errno != EINTR) {
+                                if (!p->want_eof) {
+                                        record_failure(p, "urgent send after %zu bytes: %s", written, strerror(errno));
+                                        break;
+                                }
+                                written = p->n, urgent_sent = true; /* nothing more goes through */
+                        }
+                } else if (pfd.revents & POLLOUT) {
                         if (written == chunk_end) /* a new write: 1 byte to everything left */
                                 chunk_end = written + 1 + rng_below(r, rng_below(r, 4) == 0 ? p->n - written : 64);
                         if (chunk_end > p->n)
                                 chunk_end = p->n;
+                        if (!urgent_sent && written < p->urgent_at && chunk_end > p->urgent_at)
+                                chunk_end = p->urgent_at; /* the urgent byte goes between two writes */
                         ssize_t k = send(fd, p->in + written, chunk_end - written, MSG_NOSIGNAL);
                         if (k > 0) {
                                 written += (size_t) k;
@@ -312,7 +333,7 @@ static bool run_session(Plan *p, Rng *r) {
                                         record_failure(p, "send after %zu bytes: %s", written, strerror(errno));
                                         break;
                                 }
-                                written = p->n; /* nothing more goes through */
+                                written = p->n, urgent_sent = true; /* nothing more goes through */
                         }
                 }
                 if (pfd.revents & (POLLIN | POLLHUP | POLLERR)) {
@@ -514,12 +535,13 @@ int main(int argc, char **argv) {
 
         printf("driver figures: %" PRIu64 " sessions, %" PRIu64 " lines, %" PRIu64 " bursts of %d-%d lines, %" PRIu64
                " bytes sent, %" PRIu64 " bytes received and checked, %" PRIu64 " read pauses, %" PRIu64
-               " lines over the limit; endings: %" PRIu64 " half-close, %" PRIu64 " exit, %" PRIu64 " close, %" PRIu64
-               " reset\n",
+               " lines over the limit, %" PRIu64 " bytes of urgent data; endings: %" PRIu64 " half-close, %" PRIu64
+               " exit, %" PRIu64 " close, %" PRIu64 " reset\n",
                atomic_load(&n_sessions), atomic_load(&n_lines), atomic_load(&n_bursts), BURST_MIN_LINES,
                BURST_MAX_LINES, atomic_load(&n_bytes_sent), atomic_load(&n_bytes_checked), atomic_load(&n_pauses),
-               atomic_load(&n_too_long), atomic_load(&n_endings[END_HALF_CLOSE]), atomic_load(&n_endings[END_EXIT]),
-               atomic_load(&n_endings[END_CLOSE]), atomic_load(&n_endings[END_RESET]));
+               atomic_load(&n_too_long), atomic_load(&n_urgent), atomic_load(&n_endings[END_HALF_CLOSE]),
+               atomic_load(&n_endings[END_EXIT]), atomic_load(&n_endings[END_CLOSE]),
+               atomic_load(&n_endings[END_RESET]));
         uint64_t nf = atomic_load(&n_failures);
         for (uint64_t i = 0; i < nf && i < FAILURES_KEPT; i++)
                 printf("failure: %s\n", failures[i]);

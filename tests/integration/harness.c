@@ -932,6 +932,41 @@ void hellod_signal(Hellod *d, int sig) {
                 harness_fail("kill(%d, %d): %s", (int) d->pid, sig, strerror(errno));
 }
 
+/* all_stopped: every thread of PID is stopped (state T in its stat; t under a tracer). */
+static bool all_stopped(pid_t pid) {
+        char path[64], stat[512];
+        bool stopped = true;
+        struct dirent *e;
+        DIR *dir;
+
+        (void) snprintf(path, sizeof(path), "/proc/%d/task", (int) pid);
+        if (!(dir = opendir(path)))
+                return false;
+        while (stopped && (e = readdir(dir))) {
+                char stat_path[384];
+                if (e->d_name[0] == '.')
+                        continue;
+                (void) snprintf(stat_path, sizeof(stat_path), "%s/%s/stat", path, e->d_name);
+                if (read_small(stat_path, stat, sizeof(stat)) <= 0) /* the thread ended meanwhile */
+                        continue;
+                const char *end_of_name = strrchr(stat, ')');
+                stopped = end_of_name && end_of_name[1] == ' ' && (end_of_name[2] == 'T' || end_of_name[2] == 't');
+        }
+        closedir(dir);
+        return stopped;
+}
+
+void hellod_freeze(Hellod *d) {
+        hellod_signal(d, SIGSTOP);
+        for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS; !all_stopped(d->pid); harness_sleep_ms(5))
+                if (harness_now_ms() > end)
+                        hellod_fail(d, "its threads did not all stop after SIGSTOP");
+}
+
+void hellod_thaw(Hellod *d) {
+        hellod_signal(d, SIGCONT);
+}
+
 bool hellod_alive(Hellod *d) {
         if (d->pid <= 0 || d->reaped)
                 return false;

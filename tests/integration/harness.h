@@ -145,6 +145,10 @@ Hellod *hellod_start_opts(const HellodOpts *opts, const char *extra_format, ...)
 int hellod_run(Hellod *d, const char *const *args);
 
 void hellod_signal(Hellod *d, int sig);
+/* hellod_freeze: SIGSTOP, returning once every thread has stopped, so that what clients send
+ * until hellod_thaw() (SIGCONT) waits in the kernel and is found all at once. */
+void hellod_freeze(Hellod *d);
+void hellod_thaw(Hellod *d);
 /* hellod_alive: true while the process has not exited (reaps it otherwise). */
 bool hellod_alive(Hellod *d);
 /* hellod_wait_exit: the wait status; fails (after SIGKILL) if it is still running after TIMEOUT_MS. */

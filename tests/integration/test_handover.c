@@ -685,7 +685,7 @@ static void stored_lines_answered(const char *config) {
         int listener = listening_socket(&port);
 
         store_start(&st, d->dir);
-        int fd = stored_client(d, &st, listener, port, config, "");
+        int fd = stored_client(d, &st, listener, port, config, "idle_timeout = 5;\n"); /* a stall: ERR idle timeout */
         harness_step("%s: \"hello\", then its line end, then a shorter line", config);
         client_send_str(fd, "hello");
         harness_sleep_ms(100);
@@ -705,6 +705,14 @@ static void stored_lines_answered(const char *config) {
         cr_assert_eq(send(fd, "!", 1, MSG_OOB), 1);
         client_send_str(fd, "d\n");
         client_expect_str(fd, "Hello, cd!\r\n");
+        harness_step("%s: a line, a byte of urgent data and a line, queued at once", config);
+        hellod_freeze(d); /* a peek that stops at the mark, with a line behind it */
+        client_send_str(fd, "e\n");
+        cr_assert_eq(send(fd, "!", 1, MSG_OOB), 1);
+        client_send_str(fd, "f\n");
+        harness_sleep_ms(100);
+        hellod_thaw(d);
+        client_expect_str(fd, "Hello, e!\r\nHello, f!\r\n");
         client_hello(fd, "still answering");
         client_close(fd);
         stop_and_wait(d);

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "suite.h"
 
@@ -109,6 +110,43 @@ Test(pipeline, long_reads_then_short_lines, .timeout = 60) {
         expect_model(fd, LONG_PREFIX, LONG_SUFFIX, in, n);
         client_close(fd);
         free(in);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* urgent_burst: BEFORE, a byte of urgent data, then AFTER, sent while the daemon is stopped,
+ * so that it finds all of them queued at once. The kernel ends every read at the urgent
+ * byte's mark (and leaves that byte out of band), so a read stops short there with the rest
+ * already queued: an edge-triggered loop gets no new event for it. WANT: the replies. */
+static void urgent_burst(Hellod *d, int fd, const char *before, const char *after, const char *want) {
+        char e1[64], e2[64];
+
+        harness_step("\"%s\", a byte of urgent data and \"%s\", queued at once",
+                     harness_escape(before, strlen(before), e1, sizeof(e1)),
+                     harness_escape(after, strlen(after), e2, sizeof(e2)));
+        hellod_freeze(d);
+        client_send_str(fd, before);
+        cr_assert_eq(send(fd, "!", 1, MSG_OOB), 1);
+        client_send_str(fd, after);
+        harness_sleep_ms(100); /* loopback: delivered by now, even to a stopped process */
+        hellod_thaw(d);
+        client_expect_str(fd, want);
+}
+
+/* Urgent data (telnet sends its Synch so) amid pipelined lines: the bytes behind its mark are
+ * answered at once, not after the client's next write or the idle timeout (ERR idle timeout). */
+Test(pipeline, lines_behind_an_urgent_mark_are_answered_at_once, .timeout = 60) {
+        Hellod *d = hellod_start("idle_timeout = 3;\n");
+        int fd = client_connect(d->port);
+
+        client_expect_str(fd, HELLOD_GREETING);
+        urgent_burst(d, fd, "hel", "lo\nworld\n", "Hello, hello!\r\nHello, world!\r\n");
+        urgent_burst(d, fd, "one\n", "two\n", "Hello, one!\r\nHello, two!\r\n");
+        urgent_burst(d, fd, "three\nfo", "ur\n", "Hello, three!\r\nHello, four!\r\n");
+        client_hello(fd, "still answering");
+        client_send_str(fd, "exit\n");
+        client_expect_eof(fd, false);
+        client_close(fd);
         hellod_stop_clean(d);
         hellod_free(d);
 }
