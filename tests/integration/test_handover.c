@@ -1,9 +1,5 @@
 /* test-handover: the hand-over between two hellod processes, without systemd: the test plays
- * PID 1's part. It owns the listening socket (as hellod.socket would) and a $NOTIFY_SOCKET
- * that keeps what hellod stores (FDSTORE=1) and drops what it removes (FDSTOREREMOVE=1), and it
- * starts the next process with the listener and the stored descriptors in LISTEN_FDS, named
- * in LISTEN_FDNAMES, as systemd does. With INVOCATION_ID set and no system bus to ask, hellod
- * cannot tell a stop from a restart and hands over (docs/zero-downtime.md). */
+ * PID 1's part (store.h). */
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -21,203 +17,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "store.h"
 #include "suite.h"
 
 HELLOD_SUITE(handover);
 
-#define STORE_CAPACITY 4096 /* descriptors the fake store can hold */
-#define STORE_MAX 256       /* what it takes by default: FileDescriptorStoreMax= */
-
-/* The file descriptor store: name -> descriptor, as PID 1 keeps it. */
-typedef struct Store {
-        int sock;
-        char path[108];
-        pthread_t thread;
-        pthread_mutex_t lock;
-        char names[STORE_CAPACITY][32];
-        int fds[STORE_CAPACITY];
-        unsigned limit;    /* FileDescriptorStoreMax=: what is stored beyond it is refused */
-        unsigned delay_us; /* how long each message takes, as a slow PID 1 would */
-        unsigned long long extended_usec; /* the last EXTEND_TIMEOUT_USEC= */
-        unsigned n, added, removed;
-        bool stop;
-        bool not_a_service; /* start hellod without INVOCATION_ID: a stop ends the conversations */
-} Store;
-
-static void store_take(Store *st, const char *msg, int fd) {
-        const char *name = strstr(msg, "FDNAME=");
-        char n[32] = "";
-
-        if (name)
-                sscanf(name + 7, "%31[^\n]", n);
-        pthread_mutex_lock(&st->lock);
-        const char *extend = strstr(msg, "EXTEND_TIMEOUT_USEC=");
-        if (extend)
-                st->extended_usec = strtoull(extend + 20, NULL, 10);
-        if (strstr(msg, "FDSTORE=1") && fd >= 0 && st->n < st->limit) {
-                snprintf(st->names[st->n], sizeof(st->names[0]), "%s", n);
-                st->fds[st->n++] = fd;
-                st->added++;
-                fd = -1;
-        } else if (strstr(msg, "FDSTOREREMOVE=1")) {
-                for (unsigned i = 0; i < st->n; i++)
-                        if (strcmp(st->names[i], n) == 0) {
-                                close(st->fds[i]);
-                                st->fds[i] = st->fds[--st->n];
-                                memcpy(st->names[i], st->names[st->n], sizeof(st->names[0]));
-                                st->removed++;
-                                break;
-                        }
-        }
-        pthread_mutex_unlock(&st->lock);
-        if (fd >= 0)
-                close(fd);
-}
-
-static void *store_main(void *arg) {
-        Store *st = arg;
-
-        while (!__atomic_load_n(&st->stop, __ATOMIC_ACQUIRE)) {
-                struct pollfd p = { .fd = st->sock, .events = POLLIN };
-                if (poll(&p, 1, 100) <= 0)
-                        continue;
-                char msg[4096], control[CMSG_SPACE(sizeof(int) * 8)];
-                struct iovec iov = { .iov_base = msg, .iov_len = sizeof(msg) - 1 };
-                struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control,
-                                     .msg_controllen = sizeof(control) };
-                ssize_t k = recvmsg(st->sock, &mh, MSG_CMSG_CLOEXEC);
-                if (k < 0)
-                        continue;
-                msg[k] = '\0';
-                int fd = -1;
-                for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
-                        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
-                                memcpy(&fd, CMSG_DATA(c), sizeof(int));
-                store_take(st, msg, fd);
-                if (st->delay_us > 0)
-                        usleep(st->delay_us);
-        }
-        return NULL;
-}
-
-static void store_start(Store *st, const char *dir) {
-        struct sockaddr_un addr = { .sun_family = AF_UNIX };
-
-        memset(st, 0, sizeof(*st));
-        st->limit = STORE_MAX;
-        pthread_mutex_init(&st->lock, NULL);
-        snprintf(st->path, sizeof(st->path), "%s/notify", dir);
-        snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", st->path);
-        st->sock = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-        cr_assert(st->sock >= 0);
-        cr_assert_eq(bind(st->sock, (struct sockaddr *) &addr, sizeof(addr)), 0);
-        cr_assert_eq(pthread_create(&st->thread, NULL, store_main, st), 0);
-}
-
-static void store_stop(Store *st) {
-        __atomic_store_n(&st->stop, true, __ATOMIC_RELEASE);
-        pthread_join(st->thread, NULL);
-        for (unsigned i = 0; i < st->n; i++)
-                close(st->fds[i]);
-        close(st->sock);
-}
-
-/* store_count: descriptors held whose name starts with PREFIX. */
-static unsigned store_count(Store *st, const char *prefix) {
-        unsigned n = 0;
-
-        pthread_mutex_lock(&st->lock);
-        for (unsigned i = 0; i < st->n; i++)
-                n += strncmp(st->names[i], prefix, strlen(prefix)) == 0;
-        pthread_mutex_unlock(&st->lock);
-        return n;
-}
-
-/* store_wait: until the store holds N descriptors whose name starts with PREFIX (the
- * messages of a process that just exited may still be on their way). */
-static void store_wait(Hellod *d, Store *st, const char *prefix, unsigned n) {
-        for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS; store_count(st, prefix) != n; harness_sleep_ms(10))
-                if (harness_now_ms() > end)
-                        hellod_fail(d, "the store holds %u descriptors named %s*, expected %u", store_count(st, prefix),
-                                     prefix, n);
-}
-
-/* store_stays: the store holds N descriptors named PREFIX* for MS milliseconds on end (a
- * message that is not sent can only be waited for). */
-static void store_stays(Hellod *d, Store *st, const char *prefix, unsigned n, int ms) {
-        for (int64_t end = harness_now_ms() + ms; harness_now_ms() < end; harness_sleep_ms(10))
-                if (store_count(st, prefix) != n)
-                        hellod_fail(d, "the store holds %u descriptors named %s*, expected %u", store_count(st, prefix),
-                                    prefix, n);
-}
-
-/* A process of the "service": LISTEN_FDS = the listener, then what the store holds. */
-static pid_t start_hellod(Hellod *d, Store *st, int listener) {
-        static int fds[STORE_CAPACITY + 1];
-        static char names[STORE_CAPACITY * 32 + 16], env_names[sizeof(names) + 16];
-        char env_fds[32], env_notify[160];
-        unsigned n = 0;
-
-        snprintf(names, sizeof(names), "hellod");
-        fds[n++] = listener;
-        pthread_mutex_lock(&st->lock);
-        for (unsigned i = 0; i < st->n; i++) {
-                fds[n++] = st->fds[i];
-                strcat(names, ":");
-                strcat(names, st->names[i]);
-        }
-        pthread_mutex_unlock(&st->lock);
-        snprintf(env_fds, sizeof(env_fds), "LISTEN_FDS=%u", n);
-        snprintf(env_names, sizeof(env_names), "LISTEN_FDNAMES=%s", names);
-        snprintf(env_notify, sizeof(env_notify), "NOTIFY_SOCKET=%s", st->path);
-        int err = open(d->stderr_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-        cr_assert(err >= 0);
-
-        pid_t pid = fork();
-        cr_assert(pid >= 0);
-        if (pid == 0) {
-                /* Above every descriptor to be placed, then 3, 4, ... as systemd does. */
-                for (unsigned i = 0; i < n; i++)
-                        fds[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 3 + (int) n + 64);
-                for (unsigned i = 0; i < n; i++)
-                        if (dup2(fds[i], 3 + (int) i) < 0)
-                                _exit(127);
-                char env_pid[32], invocation[] = "INVOCATION_ID=0123456789abcdef0123456789abcdef",
-                                  path[] = "PATH=/usr/bin:/bin";
-                snprintf(env_pid, sizeof(env_pid), "LISTEN_PID=%d", (int) getpid());
-                char *envp[] = { env_fds, env_names, env_pid, env_notify, path, invocation, NULL };
-                if (st->not_a_service)
-                        envp[5] = NULL;
-                dup2(err, 2);
-                execle(harness_env_path("HELLOD_BIN"), "hellod", "--config", d->conf_path, "--log-target=stderr",
-                       (char *) NULL, envp);
-                _exit(127);
-        }
-        close(err);
-        d->pid = pid;
-        d->reaped = false;
-        return pid;
-}
-
-/* end_rig: the test's part of PID 1 ends with it: the store, the listening socket, and D. */
-static void end_rig(Hellod *d, Store *st, int listener) {
-        store_stop(st);
-        close(listener);
-        hellod_free(d);
-}
-
-static int listening_socket(uint16_t *port) {
-        struct sockaddr_in addr = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001) };
-        socklen_t len = sizeof(addr);
-        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-        cr_assert(fd >= 0);
-        cr_assert_eq(bind(fd, (struct sockaddr *) &addr, sizeof(addr)), 0);
-        cr_assert_eq(listen(fd, 128), 0);
-        cr_assert_eq(getsockname(fd, (struct sockaddr *) &addr, &len), 0);
-        *port = ntohs(addr.sin_port);
-        return fd;
-}
 
 /* greeted_clients: N clients of PORT into FDS, each greeted. */
 static void greeted_clients(uint16_t port, int *fds, int n) {
@@ -242,12 +46,12 @@ Test(handover, restart_keeps_every_conversation, .timeout = 60) {
         Hellod *d = hellod_new();
         Store st;
         uint16_t port;
-        int listener = listening_socket(&port), fds[CLIENTS];
+        int listener = store_listener(&port), fds[CLIENTS];
         char line[64], want[128];
 
         store_start(&st, d->dir);
         hellod_write_config(d, "log_level = \"info\";\nworkers = 2;\nio_backend = \"epoll\";\n");
-        start_hellod(d, &st, listener);
+        store_start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "started");
         for (int i = 0; i < CLIENTS; i++) {
                 fds[i] = client_connect(port);
@@ -271,7 +75,7 @@ Test(handover, restart_keeps_every_conversation, .timeout = 60) {
         int gap = client_connect(port);
 
         harness_step("the next process resumes them");
-        start_hellod(d, &st, listener);
+        store_start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "resumed 60 conversations handed over by the previous process");
         client_expect_str(gap, HELLOD_GREETING);
         client_hello(gap, "gap");
@@ -294,7 +98,7 @@ Test(handover, restart_keeps_every_conversation, .timeout = 60) {
         store_wait(d, &st, "state", 0);
         store_wait(d, &st, "c", 0); /* resumed: out of the store */
         stop_and_wait(d);
-        end_rig(d, &st, listener);
+        store_end_rig(d, &st, listener);
 }
 
 /* A state whose header does not check out (one byte changed): every stored connection is
@@ -304,11 +108,11 @@ static void corrupt_state(const char *mode) {
         Hellod *d = hellod_new();
         Store st;
         uint16_t port;
-        int listener = listening_socket(&port), fds[5];
+        int listener = store_listener(&port), fds[5];
 
         store_start(&st, d->dir);
         hellod_write_config(d, "workers = 1;\nio_backend = \"epoll\";\nhandover = \"%s\";\n", mode);
-        start_hellod(d, &st, listener);
+        store_start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "started");
         greeted_clients(port, fds, 5);
         stop_and_wait(d);
@@ -330,7 +134,7 @@ static void corrupt_state(const char *mode) {
         }
         pthread_mutex_unlock(&st.lock);
 
-        start_hellod(d, &st, listener);
+        store_start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "cannot resume");
         for (int i = 0; i < 5; i++) {
                 if (!client_wait_readable(fds[i], HARNESS_TIMEOUT_MS))
@@ -343,7 +147,7 @@ static void corrupt_state(const char *mode) {
         client_hello(fd, "new");
         client_close(fd);
         stop_and_wait(d);
-        end_rig(d, &st, listener);
+        store_end_rig(d, &st, listener);
 }
 
 Test(handover, a_corrupt_state_closes_the_conversations_cleanly, .timeout = 60) {
@@ -365,11 +169,11 @@ Test(handover, always_stores_and_removes_each_connection, .timeout = 60) {
         Hellod *d = hellod_new();
         Store st;
         uint16_t port;
-        int listener = listening_socket(&port);
+        int listener = store_listener(&port);
 
         store_start(&st, d->dir);
         hellod_write_config(d, "handover = \"always\";\nlog_level = \"notice\";\n");
-        start_hellod(d, &st, listener);
+        store_start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "started");
         for (int i = 0; i < 200; i++) {
                 int fd = client_connect(port);
@@ -401,7 +205,7 @@ Test(handover, always_stores_and_removes_each_connection, .timeout = 60) {
         client_expect_str(fd, HELLOD_GREETING);
         client_close(fd);
         stop_and_wait(d);
-        end_rig(d, &st, listener);
+        store_end_rig(d, &st, listener);
 }
 
 /* handover = "always" reads whole lines only (a partial one stays in the kernel): a burst
@@ -411,14 +215,14 @@ static void always_answers_bursts_and_telnet_interrupts_in(const char *model) {
         Hellod *d = hellod_new();
         Store st;
         uint16_t port;
-        int listener = listening_socket(&port);
+        int listener = store_listener(&port);
         char in[12000], *want = malloc(sizeof(in) * 8);
         size_t n = 0, wn = 0;
 
         cr_assert(want);
         store_start(&st, d->dir);
         hellod_write_config(d, "handover = \"always\";\n%s\nidle_timeout = 30;\n", model);
-        start_hellod(d, &st, listener);
+        store_start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "started");
         for (int i = 0; n + 16 < sizeof(in); i++) {
                 int k = snprintf(in + n, sizeof(in) - n, "l%d\n", i);
@@ -436,7 +240,7 @@ static void always_answers_bursts_and_telnet_interrupts_in(const char *model) {
         client_close(fd);
         free(want);
         stop_and_wait(d);
-        end_rig(d, &st, listener);
+        store_end_rig(d, &st, listener);
 }
 
 Test(handover, always_answers_bursts_and_telnet_interrupts, .timeout = 60) {
@@ -453,7 +257,7 @@ Test(handover, always_a_crash_before_the_proxy_header_closes_the_balancer_connec
         Hellod *d = hellod_new();
         Store st;
         uint16_t port;
-        int listener = listening_socket(&port);
+        int listener = store_listener(&port);
         char buf[256] = "";
         ClientReadEnd end;
 
@@ -463,7 +267,7 @@ Test(handover, always_a_crash_before_the_proxy_header_closes_the_balancer_connec
                             "proxy_from = [ \"127.0.0.1\" ];\nhandover = \"always\";\nio_backend = \"epoll\";\n"
                             "log_level = \"debug\";\n",
                             (unsigned) port);
-        start_hellod(d, &st, listener);
+        store_start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "started");
         int fd = client_connect(port); /* the balancer: its header not sent yet */
         hellod_wait_stderr(d, "opened");
@@ -473,7 +277,7 @@ Test(handover, always_a_crash_before_the_proxy_header_closes_the_balancer_connec
         hellod_signal(d, SIGKILL);
         (void) hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
         cr_assert_eq(truncate(d->stderr_path, 0), 0); /* the next process's "started" */
-        start_hellod(d, &st, listener);
+        store_start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "started");
 
         harness_step("the balancer's header arrives now");
@@ -484,7 +288,7 @@ Test(handover, always_a_crash_before_the_proxy_header_closes_the_balancer_connec
         cr_expect(n == 0 || strcmp(buf, HELLOD_GREETING) == 0, "expected the greeting or a close, got '%s'", buf);
         client_close(fd);
         stop_and_wait(d);
-        end_rig(d, &st, listener);
+        store_end_rig(d, &st, listener);
 }
 
 
@@ -495,7 +299,7 @@ Test(handover, always_a_restart_before_the_proxy_header_closes_it_and_leaves_no_
         Hellod *d = hellod_new();
         Store st;
         uint16_t port;
-        int listener = listening_socket(&port);
+        int listener = store_listener(&port);
 
         store_start(&st, d->dir);
         hellod_write_config(d,
@@ -503,7 +307,7 @@ Test(handover, always_a_restart_before_the_proxy_header_closes_it_and_leaves_no_
                             "proxy_from = [ \"127.0.0.1\" ];\nhandover = \"always\";\nio_backend = \"epoll\";\n"
                             "log_level = \"debug\";\n",
                             (unsigned) port);
-        start_hellod(d, &st, listener);
+        store_start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "started");
         int fd = client_connect(port);
         hellod_wait_stderr(d, "opened");
@@ -512,7 +316,7 @@ Test(handover, always_a_restart_before_the_proxy_header_closes_it_and_leaves_no_
         cr_expect_eq(store_count(&st, "c"), 0, "the unheadered PROXY connection is still in the store");
         cr_expect(client_wait_readable(fd, 1000), "the balancer's connection was not closed at the hand-over");
         client_close(fd);
-        end_rig(d, &st, listener);
+        store_end_rig(d, &st, listener);
 }
 
 
@@ -524,11 +328,11 @@ Test(handover, always_an_empty_state_is_a_crash, .timeout = 60) {
         Hellod *d = hellod_new();
         Store st;
         uint16_t port;
-        int listener = listening_socket(&port), fds[3];
+        int listener = store_listener(&port), fds[3];
 
         store_start(&st, d->dir);
         hellod_write_config(d, "workers = 1;\nio_backend = \"epoll\";\nhandover = \"always\";\nlog_level = \"info\";\n");
-        start_hellod(d, &st, listener);
+        store_start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "started");
         greeted_clients(port, fds, 3);
         store_wait(d, &st, "c", 3);
@@ -536,7 +340,7 @@ Test(handover, always_an_empty_state_is_a_crash, .timeout = 60) {
         hellod_signal(d, SIGKILL);
         (void) hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
 
-        start_hellod(d, &st, listener);
+        store_start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "resumed 3 conversations kept in the store");
         for (int i = 0; i < 3; i++) {
                 client_hello(fds[i], "again");
@@ -544,7 +348,7 @@ Test(handover, always_an_empty_state_is_a_crash, .timeout = 60) {
         }
         cr_expect_eq(store_count(&st, "state"), 1, "no place for the next state: %u", store_count(&st, "state"));
         stop_and_wait(d);
-        end_rig(d, &st, listener);
+        store_end_rig(d, &st, listener);
 }
 
 /* stored_client: hellod started with CONFIG, then EXTRA, and handover = "always"; returns a
@@ -553,7 +357,7 @@ static int stored_client(Hellod *d, Store *st, int listener, uint16_t port, cons
         int fd;
 
         hellod_write_config(d, "%s\n%shandover = \"always\";\n", config, extra);
-        start_hellod(d, st, listener);
+        store_start_hellod(d, st, listener);
         hellod_wait_stderr(d, "started");
         greeted_clients(port, &fd, 1);
         store_wait(d, st, "c", 1);
@@ -584,7 +388,7 @@ static int crash_after_half_line(Hellod *d, Store *st, int listener, uint16_t po
         harness_step("%s: kill -9 after %d lines and \"Ali\"", config, lines);
         hellod_signal(d, SIGKILL);
         (void) hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
-        start_hellod(d, st, listener);
+        store_start_hellod(d, st, listener);
         hellod_wait_stderr(d, "resumed 1 conversation");
         return fd;
 }
@@ -596,7 +400,7 @@ static void crash_resumed_idles_out(const char *config) {
         Hellod *d = hellod_new();
         Store st;
         uint16_t port;
-        int listener = listening_socket(&port);
+        int listener = store_listener(&port);
 
         store_start(&st, d->dir);
         int fd = crash_after_half_line(d, &st, listener, port, config, 0);
@@ -605,7 +409,7 @@ static void crash_resumed_idles_out(const char *config) {
         client_expect_eof(fd, false);
         client_close(fd);
         stop_and_wait(d);
-        end_rig(d, &st, listener);
+        store_end_rig(d, &st, listener);
 }
 
 /* trickle_idles_out: CONFIG (the model); with handover = "always" (so a partial line waits in
@@ -616,7 +420,7 @@ static void trickle_idles_out(const char *config) {
         Hellod *d = hellod_new();
         Store st;
         uint16_t port;
-        int listener = listening_socket(&port);
+        int listener = store_listener(&port);
 
         store_start(&st, d->dir);
         int fd = stored_client(d, &st, listener, port, config, "idle_timeout = 1;\n");
@@ -631,7 +435,7 @@ static void trickle_idles_out(const char *config) {
         client_expect_str(fd, HELLOD_ERR_IDLE);
         client_close(fd);
         stop_and_wait(d);
-        end_rig(d, &st, listener);
+        store_end_rig(d, &st, listener);
 }
 
 Test(handover, always_a_partial_line_trickling_in_idles_out, .timeout = 60) {
@@ -650,7 +454,7 @@ static void stop_reads_away_partial_line(const char *config) {
         Hellod *d = hellod_new();
         Store st;
         uint16_t port;
-        int listener = listening_socket(&port);
+        int listener = store_listener(&port);
 
         store_start(&st, d->dir);
         st.not_a_service = true;
@@ -664,7 +468,7 @@ static void stop_reads_away_partial_line(const char *config) {
         int status = hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
         cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "hellod %s",
                   harness_describe_status(status, (char[64]) { 0 }, 64));
-        end_rig(d, &st, listener);
+        store_end_rig(d, &st, listener);
 }
 
 Test(handover, always_a_stop_with_a_partial_line_unread_ends_without_a_reset, .timeout = 60) {
@@ -682,7 +486,7 @@ static void stored_lines_answered(const char *config) {
         Hellod *d = hellod_new();
         Store st;
         uint16_t port;
-        int listener = listening_socket(&port);
+        int listener = store_listener(&port);
 
         store_start(&st, d->dir);
         int fd = stored_client(d, &st, listener, port, config, "idle_timeout = 5;\n"); /* a stall: ERR idle timeout */
@@ -716,7 +520,7 @@ static void stored_lines_answered(const char *config) {
         client_hello(fd, "still answering");
         client_close(fd);
         stop_and_wait(d);
-        end_rig(d, &st, listener);
+        store_end_rig(d, &st, listener);
 }
 
 Test(handover, always_short_lines_and_urgent_data_are_answered_at_once, .timeout = 60) {
@@ -733,7 +537,7 @@ Test(handover, always_an_early_receive_timeout_leaves_the_partial_line_in_the_ke
         Hellod *d = hellod_new();
         Store st;
         uint16_t port;
-        int listener = listening_socket(&port);
+        int listener = store_listener(&port);
 
         store_start(&st, d->dir);
         int fd = stored_client(d, &st, listener, port, "workers = \"per-connection\";", "idle_timeout = 8;\n");
@@ -748,13 +552,13 @@ Test(handover, always_an_early_receive_timeout_leaves_the_partial_line_in_the_ke
         harness_step("kill -9 after the timeout armed for \"x\" fired, before the deadline");
         hellod_signal(d, SIGKILL);
         (void) hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
-        start_hellod(d, &st, listener);
+        store_start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "resumed 1 conversation");
         client_send_str(fd, "es\n");
         client_expect_str(fd, "Hello, yes!\r\n");
         client_close(fd);
         stop_and_wait(d);
-        end_rig(d, &st, listener);
+        store_end_rig(d, &st, listener);
 }
 
 /* crash_keeps_partial_line: CONFIG (the model); a line half sent before a crash, behind LINES
@@ -763,7 +567,7 @@ static void crash_keeps_partial_line(const char *config, int lines) {
         Hellod *d = hellod_new();
         Store st;
         uint16_t port;
-        int listener = listening_socket(&port);
+        int listener = store_listener(&port);
 
         store_start(&st, d->dir);
         int fd = crash_after_half_line(d, &st, listener, port, config, lines);
@@ -771,7 +575,7 @@ static void crash_keeps_partial_line(const char *config, int lines) {
         client_expect_str(fd, "Hello, Alice!\r\n");
         client_close(fd);
         stop_and_wait(d);
-        end_rig(d, &st, listener);
+        store_end_rig(d, &st, listener);
 }
 
 /* The same behind a burst of short lines larger than hellod's read buffer (9000 bytes, cut
@@ -798,11 +602,11 @@ static void reload_turns_always_on(const char *backend, bool stored) {
         Hellod *d = hellod_new();
         Store st;
         uint16_t port;
-        int listener = listening_socket(&port), fd;
+        int listener = store_listener(&port), fd;
 
         store_start(&st, d->dir);
         hellod_write_config(d, "workers = 1;\nio_backend = \"%s\";\n", backend);
-        start_hellod(d, &st, listener);
+        store_start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "started");
         hellod_write_config(d, "workers = 1;\nio_backend = \"%s\";\nhandover = \"always\";\n", backend);
         hellod_signal(d, SIGHUP);
@@ -817,7 +621,7 @@ static void reload_turns_always_on(const char *backend, bool stored) {
         client_hello(fd, "after the reload");
         client_close(fd);
         stop_and_wait(d);
-        end_rig(d, &st, listener);
+        store_end_rig(d, &st, listener);
 }
 
 /* A reload cannot move io_uring's loops to epoll: with "always" turned on by one, io_uring
@@ -841,12 +645,12 @@ Test(handover, pool_to_per_connection_keeps_partial_and_pipelined_lines, .timeou
         Hellod *d = hellod_new();
         Store st;
         uint16_t port;
-        int listener = listening_socket(&port), fds[6];
+        int listener = store_listener(&port), fds[6];
         char want[64];
 
         store_start(&st, d->dir);
         hellod_write_config(d, "workers = 2;\nio_backend = \"epoll\";\nlog_level = \"info\";\n");
-        start_hellod(d, &st, listener);
+        store_start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "started");
         for (int i = 0; i < 6; i++) {
                 fds[i] = client_connect(port);
@@ -857,7 +661,7 @@ Test(handover, pool_to_per_connection_keeps_partial_and_pipelined_lines, .timeou
         stop_and_wait(d);
         store_wait(d, &st, "state", 1);
         hellod_write_config(d, "workers = \"per-connection\";\nlog_level = \"info\";\n");
-        start_hellod(d, &st, listener);
+        store_start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "resumed 6 conversations");
         for (int i = 0; i < 6; i++) {
                 if (i % 2) {
@@ -875,7 +679,7 @@ Test(handover, pool_to_per_connection_keeps_partial_and_pipelined_lines, .timeou
                 client_close(fds[i]);
         }
         stop_and_wait(d);
-        end_rig(d, &st, listener);
+        store_end_rig(d, &st, listener);
 }
 
 /* A restart that lowers max_connections below the conversations alive (or after a reload that
@@ -886,11 +690,11 @@ Test(handover, a_lower_max_connections_keeps_the_conversations, .timeout = 60) {
         Hellod *d = hellod_new();
         Store st;
         uint16_t port;
-        int listener = listening_socket(&port), fds[6];
+        int listener = store_listener(&port), fds[6];
 
         store_start(&st, d->dir);
         hellod_write_config(d, "workers = 1;\nio_backend = \"epoll\";\nmax_connections = 10;\nlog_level = \"info\";\n");
-        start_hellod(d, &st, listener);
+        store_start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "started");
         greeted_clients(port, fds, 6);
         stop_and_wait(d);
@@ -898,7 +702,7 @@ Test(handover, a_lower_max_connections_keeps_the_conversations, .timeout = 60) {
 
         harness_step("the next process has max_connections = 5");
         hellod_write_config(d, "workers = 1;\nio_backend = \"epoll\";\nmax_connections = 5;\nlog_level = \"info\";\n");
-        start_hellod(d, &st, listener);
+        store_start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "started");
         hellod_wait_stderr(d, "resumed 6 conversations");
         int extra = client_connect(port);
@@ -916,7 +720,7 @@ Test(handover, a_lower_max_connections_keeps_the_conversations, .timeout = 60) {
         }
         cr_expect_eq(kept, 6, "only %d of 6 conversations survived a restart with max_connections 10 -> 5", kept);
         stop_and_wait(d);
-        end_rig(d, &st, listener);
+        store_end_rig(d, &st, listener);
 }
 
 /* A full file descriptor store (PID 1 refuses beyond FileDescriptorStoreMax=, and
@@ -930,17 +734,17 @@ static void full_store(const char *mode) {
         Hellod *d = hellod_new();
         Store st;
         uint16_t port;
-        int listener = listening_socket(&port), *fds = calloc(MORE_THAN_THE_STORE, sizeof(int));
+        int listener = store_listener(&port), *fds = calloc(MORE_THAN_THE_STORE, sizeof(int));
 
         store_start(&st, d->dir);
         hellod_write_config(d, "workers = 1;\nio_backend = \"epoll\";\nmax_connections = 1000;\nhandover = \"%s\";\n", mode);
-        start_hellod(d, &st, listener);
+        store_start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "started");
         greeted_clients(port, fds, MORE_THAN_THE_STORE);
         stop_and_wait(d);
         store_wait(d, &st, "c", STORE_MAX - 1);
         cr_expect_eq(store_count(&st, "state"), 1, "the store holds no state");
-        start_hellod(d, &st, listener);
+        store_start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "started");
         harness_sleep_ms(300);
         int kept = 0;
@@ -957,7 +761,7 @@ static void full_store(const char *mode) {
                       STORE_MAX);
         free(fds);
         stop_and_wait(d);
-        end_rig(d, &st, listener);
+        store_end_rig(d, &st, listener);
 }
 
 Test(handover, a_full_store_costs_the_connections_that_do_not_fit, .timeout = 90) {
@@ -980,7 +784,7 @@ Test(handover, a_slow_store_gets_the_time_thousands_of_conversations_need, .time
         Hellod *d = hellod_new();
         Store st;
         uint16_t port;
-        int listener = listening_socket(&port), *fds = calloc(MANY_CONVERSATIONS, sizeof(int));
+        int listener = store_listener(&port), *fds = calloc(MANY_CONVERSATIONS, sizeof(int));
         struct rlimit nofile;
 
         cr_assert_eq(getrlimit(RLIMIT_NOFILE, &nofile), 0);
@@ -991,7 +795,7 @@ Test(handover, a_slow_store_gets_the_time_thousands_of_conversations_need, .time
         store_start(&st, d->dir);
         st.limit = STORE_CAPACITY;
         hellod_write_config(d, "workers = 2;\nio_backend = \"epoll\";\nmax_connections = 4000;\nlog_level = \"notice\";\n");
-        start_hellod(d, &st, listener);
+        store_start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "started");
         greeted_clients(port, fds, MANY_CONVERSATIONS);
         st.delay_us = 2000;
@@ -1002,7 +806,7 @@ Test(handover, a_slow_store_gets_the_time_thousands_of_conversations_need, .time
         store_wait(d, &st, "state", 1);
         cr_expect_geq(st.extended_usec, (5000ULL + MANY_CONVERSATIONS) * 1000u, "systemd was told EXTEND_TIMEOUT_USEC=%llu",
                       st.extended_usec);
-        start_hellod(d, &st, listener);
+        store_start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "resumed 3000 conversations");
         for (int i = 0; i < MANY_CONVERSATIONS; i += 97)
                 client_hello(fds[i], "still here");
@@ -1010,7 +814,7 @@ Test(handover, a_slow_store_gets_the_time_thousands_of_conversations_need, .time
                 client_close(fds[i]);
         free(fds);
         stop_and_wait(d);
-        end_rig(d, &st, listener);
+        store_end_rig(d, &st, listener);
 }
 
 /* Back-pressure across a hand-over: 60,000 pipelined lines, the replies the client has not
@@ -1020,14 +824,14 @@ Test(handover, kept_output_and_input_cross_the_hand_over_byte_for_byte, .timeout
         Hellod *d = hellod_new();
         Store st;
         uint16_t port;
-        int listener = listening_socket(&port);
+        int listener = store_listener(&port);
         enum { LINES = 60000 };
         static char in[LINES * 8];
         size_t n = 0;
 
         store_start(&st, d->dir);
         hellod_write_config(d, "workers = 1;\nio_backend = \"epoll\";\nlog_level = \"info\";\nidle_timeout = 30;\n");
-        start_hellod(d, &st, listener);
+        store_start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "started");
         int fd = client_connect(port);
         client_expect_str(fd, HELLOD_GREETING);
@@ -1044,7 +848,7 @@ Test(handover, kept_output_and_input_cross_the_hand_over_byte_for_byte, .timeout
         harness_sleep_ms(300);
         stop_and_wait(d);
         store_wait(d, &st, "state", 1);
-        start_hellod(d, &st, listener);
+        store_start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "resumed 1 conversation");
         for (int i = 0; i < (int) (sent / 7); i++) {
                 char want[32];
@@ -1057,5 +861,5 @@ Test(handover, kept_output_and_input_cross_the_hand_over_byte_for_byte, .timeout
         }
         client_close(fd);
         stop_and_wait(d);
-        end_rig(d, &st, listener);
+        store_end_rig(d, &st, listener);
 }

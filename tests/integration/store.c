@@ -1,0 +1,185 @@
+/* store: see store.h. */
+#include "store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+/* must: COND, or the test fails with WHAT and errno. */
+static void must(bool cond, const char *what) {
+        if (!cond)
+                harness_fail("%s: %s", what, strerror(errno));
+}
+
+static void store_take(Store *st, const char *msg, int fd) {
+        const char *name = strstr(msg, "FDNAME=");
+        char n[32] = "";
+
+        if (name)
+                sscanf(name + 7, "%31[^\n]", n);
+        pthread_mutex_lock(&st->lock);
+        const char *extend = strstr(msg, "EXTEND_TIMEOUT_USEC=");
+        if (extend)
+                st->extended_usec = strtoull(extend + 20, NULL, 10);
+        if (strstr(msg, "FDSTORE=1") && fd >= 0 && st->n < st->limit) {
+                snprintf(st->names[st->n], sizeof(st->names[0]), "%s", n);
+                st->fds[st->n++] = fd;
+                st->added++;
+                fd = -1;
+        } else if (strstr(msg, "FDSTOREREMOVE=1")) {
+                for (unsigned i = 0; i < st->n; i++)
+                        if (strcmp(st->names[i], n) == 0) {
+                                close(st->fds[i]);
+                                st->fds[i] = st->fds[--st->n];
+                                memcpy(st->names[i], st->names[st->n], sizeof(st->names[0]));
+                                st->removed++;
+                                break;
+                        }
+        }
+        pthread_mutex_unlock(&st->lock);
+        if (fd >= 0)
+                close(fd);
+}
+
+static void *store_main(void *arg) {
+        Store *st = arg;
+
+        while (!__atomic_load_n(&st->stop, __ATOMIC_ACQUIRE)) {
+                struct pollfd p = { .fd = st->sock, .events = POLLIN };
+                if (poll(&p, 1, 100) <= 0)
+                        continue;
+                char msg[4096], control[CMSG_SPACE(sizeof(int) * 8)];
+                struct iovec iov = { .iov_base = msg, .iov_len = sizeof(msg) - 1 };
+                struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control,
+                                     .msg_controllen = sizeof(control) };
+                ssize_t k = recvmsg(st->sock, &mh, MSG_CMSG_CLOEXEC);
+                if (k < 0)
+                        continue;
+                msg[k] = '\0';
+                int fd = -1;
+                for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+                        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+                                memcpy(&fd, CMSG_DATA(c), sizeof(int));
+                store_take(st, msg, fd);
+                if (st->delay_us > 0)
+                        usleep(st->delay_us);
+        }
+        return NULL;
+}
+
+void store_start(Store *st, const char *dir) {
+        struct sockaddr_un addr = { .sun_family = AF_UNIX };
+
+        memset(st, 0, sizeof(*st));
+        st->limit = STORE_MAX;
+        pthread_mutex_init(&st->lock, NULL);
+        snprintf(st->path, sizeof(st->path), "%s/notify", dir);
+        snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", st->path);
+        st->sock = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        must(st->sock >= 0 && bind(st->sock, (struct sockaddr *) &addr, sizeof(addr)) == 0, "the store's socket");
+        must(pthread_create(&st->thread, NULL, store_main, st) == 0, "the store's thread");
+}
+
+void store_stop(Store *st) {
+        __atomic_store_n(&st->stop, true, __ATOMIC_RELEASE);
+        pthread_join(st->thread, NULL);
+        for (unsigned i = 0; i < st->n; i++)
+                close(st->fds[i]);
+        close(st->sock);
+}
+
+unsigned store_count(Store *st, const char *prefix) {
+        unsigned n = 0;
+
+        pthread_mutex_lock(&st->lock);
+        for (unsigned i = 0; i < st->n; i++)
+                n += strncmp(st->names[i], prefix, strlen(prefix)) == 0;
+        pthread_mutex_unlock(&st->lock);
+        return n;
+}
+
+void store_wait(Hellod *d, Store *st, const char *prefix, unsigned n) {
+        for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS; store_count(st, prefix) != n; harness_sleep_ms(10))
+                if (harness_now_ms() > end)
+                        hellod_fail(d, "the store holds %u descriptors named %s*, expected %u", store_count(st, prefix),
+                                     prefix, n);
+}
+
+void store_stays(Hellod *d, Store *st, const char *prefix, unsigned n, int ms) {
+        for (int64_t end = harness_now_ms() + ms; harness_now_ms() < end; harness_sleep_ms(10))
+                if (store_count(st, prefix) != n)
+                        hellod_fail(d, "the store holds %u descriptors named %s*, expected %u", store_count(st, prefix),
+                                    prefix, n);
+}
+
+pid_t store_start_hellod(Hellod *d, Store *st, int listener) {
+        static int fds[STORE_CAPACITY + 1];
+        static char names[STORE_CAPACITY * 32 + 16], env_names[sizeof(names) + 16];
+        char env_fds[32], env_notify[160];
+        unsigned n = 0;
+
+        snprintf(names, sizeof(names), "hellod");
+        fds[n++] = listener;
+        pthread_mutex_lock(&st->lock);
+        for (unsigned i = 0; i < st->n; i++) {
+                fds[n++] = st->fds[i];
+                strcat(names, ":");
+                strcat(names, st->names[i]);
+        }
+        pthread_mutex_unlock(&st->lock);
+        snprintf(env_fds, sizeof(env_fds), "LISTEN_FDS=%u", n);
+        snprintf(env_names, sizeof(env_names), "LISTEN_FDNAMES=%s", names);
+        snprintf(env_notify, sizeof(env_notify), "NOTIFY_SOCKET=%s", st->path);
+        int err = open(d->stderr_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+        must(err >= 0, d->stderr_path);
+
+        pid_t pid = fork();
+        must(pid >= 0, "fork");
+        if (pid == 0) {
+                /* Above every descriptor to be placed, then 3, 4, ... as systemd does. */
+                for (unsigned i = 0; i < n; i++)
+                        fds[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 3 + (int) n + 64);
+                for (unsigned i = 0; i < n; i++)
+                        if (dup2(fds[i], 3 + (int) i) < 0)
+                                _exit(127);
+                char env_pid[32], invocation[] = "INVOCATION_ID=0123456789abcdef0123456789abcdef",
+                                  path[] = "PATH=/usr/bin:/bin";
+                snprintf(env_pid, sizeof(env_pid), "LISTEN_PID=%d", (int) getpid());
+                char *envp[] = { env_fds, env_names, env_pid, env_notify, path, invocation, NULL };
+                if (st->not_a_service)
+                        envp[5] = NULL;
+                dup2(err, 2);
+                execle(harness_env_path("HELLOD_BIN"), "hellod", "--config", d->conf_path, "--log-target=stderr",
+                       (char *) NULL, envp);
+                _exit(127);
+        }
+        close(err);
+        d->pid = pid;
+        d->reaped = false;
+        return pid;
+}
+
+void store_end_rig(Hellod *d, Store *st, int listener) {
+        store_stop(st);
+        close(listener);
+        hellod_free(d);
+}
+
+int store_listener(uint16_t *port) {
+        struct sockaddr_in addr = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001) };
+        socklen_t len = sizeof(addr);
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+        must(fd >= 0 && bind(fd, (struct sockaddr *) &addr, sizeof(addr)) == 0 && listen(fd, 128) == 0 &&
+                     getsockname(fd, (struct sockaddr *) &addr, &len) == 0,
+             "the listening socket");
+        *port = ntohs(addr.sin_port);
+        return fd;
+}

@@ -1,0 +1,52 @@
+/* store: the test plays PID 1's part in a hand-over, without systemd. It owns the listening
+ * socket (as hellod.socket would) and a $NOTIFY_SOCKET that keeps what hellod stores
+ * (FDSTORE=1) and drops what it removes (FDSTOREREMOVE=1), and it starts hellod with the
+ * listener and the stored descriptors in LISTEN_FDS, named in LISTEN_FDNAMES, as systemd does.
+ * With INVOCATION_ID set and no system bus to ask, hellod cannot tell a stop from a restart and
+ * hands over (docs/zero-downtime.md). Used by test-handover and by the driver's stored
+ * sessions (handover = "always"). Failures go through harness_fail(). */
+#pragma once
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "harness.h"
+
+#define STORE_CAPACITY 4096 /* descriptors the fake store can hold */
+#define STORE_MAX 256       /* what it takes by default: FileDescriptorStoreMax= */
+
+/* The file descriptor store: name -> descriptor, as PID 1 keeps it. */
+typedef struct Store {
+        int sock;
+        char path[108];
+        pthread_t thread;
+        pthread_mutex_t lock;
+        char names[STORE_CAPACITY][32];
+        int fds[STORE_CAPACITY];
+        unsigned limit;    /* FileDescriptorStoreMax=: what is stored beyond it is refused */
+        unsigned delay_us; /* how long each message takes, as a slow PID 1 would */
+        unsigned long long extended_usec; /* the last EXTEND_TIMEOUT_USEC= */
+        unsigned n, added, removed;
+        bool stop;
+        bool not_a_service; /* start hellod without INVOCATION_ID: a stop ends the conversations */
+} Store;
+
+void store_start(Store *st, const char *dir);
+void store_stop(Store *st);
+/* store_count: descriptors held whose name starts with PREFIX. */
+unsigned store_count(Store *st, const char *prefix);
+/* store_wait: until the store holds N descriptors whose name starts with PREFIX (the
+ * messages of a process that just exited may still be on their way). */
+void store_wait(Hellod *d, Store *st, const char *prefix, unsigned n);
+/* store_stays: the store holds N descriptors named PREFIX* for MS milliseconds on end (a
+ * message that is not sent can only be waited for). */
+void store_stays(Hellod *d, Store *st, const char *prefix, unsigned n, int ms);
+/* store_start_hellod: a process of the "service" with D's configuration: LISTEN_FDS = the
+ * LISTENER, then what the store holds. */
+pid_t store_start_hellod(Hellod *d, Store *st, int listener);
+/* store_listener: PID 1's listening socket on 127.0.0.1, on a free *PORT. */
+int store_listener(uint16_t *port);
+/* store_end_rig: the test's part of PID 1 ends with it: the store, the listening socket, and D. */
+void store_end_rig(Hellod *d, Store *st, int listener);
