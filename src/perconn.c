@@ -172,7 +172,9 @@ static bool timed_out(uint64_t timeout, uint64_t began) {
  * TIMEOUT: the receive timeout in force (usec, 0: none), BEGAN: when the peek began. */
 static ssize_t recv_lines(Session *s, int *lowat, uint64_t timeout, uint64_t began) {
         ssize_t k = recv(s->fd, s->in, s->in_cap, MSG_PEEK);
-        if (k <= 0)
+        if (k == 0) /* the end: session_read_end */
+                return session_read_end(s, s->in, s->in_cap);
+        if (k < 0)
                 return k;
         size_t take = session_lines_taken(s, s->in, (size_t) k);
         if (take == 0 && session_line_end_awaited(s)) {

@@ -289,13 +289,15 @@ static Fate end_with(Loop *l, Session *s, ProtoEnd reason) {
 /* read_lines: the read of a stored session: peeked first, then what session_lines_taken()
  * says. Returns as recv(), or -1 with EAGAIN while a partial line waits for its end; *MORE:
  * bytes may be left in the kernel (the peek filled the buffer, whole lines were taken and more
- * follows, or a partial line was taken as it is: behind an urgent byte's mark), which no new
- * edge will announce. */
+ * follows, or a partial line was taken as it is: session_line_end_awaited says when), which
+ * no new edge will announce. */
 static ssize_t read_lines(Loop *l, Session *s, bool *more) {
         ssize_t k = recv(s->fd, l->in_buf, s->in_cap, MSG_PEEK);
 
         *more = false;
-        if (k <= 0)
+        if (k == 0) /* the end: session_read_end */
+                return session_read_end(s, l->in_buf, s->in_cap);
+        if (k < 0)
                 return k;
         size_t take = session_lines_taken(s, l->in_buf, (size_t) k);
         if (take == 0 && session_line_end_awaited(s)) {
@@ -303,7 +305,7 @@ static ssize_t read_lines(Loop *l, Session *s, bool *more) {
                 return -1;
         }
         *more = (size_t) k == s->in_cap || take < (size_t) k;
-        if (take == 0) /* the client's last, partial line, or one cut at an urgent byte's mark */
+        if (take == 0) /* a partial line not to wait for (session_line_end_awaited) */
                 take = (size_t) k;
         return recv(s->fd, l->in_buf, take, 0);
 }

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sock_diag.h>
 #include <linux/sockios.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -165,8 +166,26 @@ static bool cut_at_urgent_mark(int fd) {
                !at_mark;
 }
 
+ssize_t session_read_end(const Session *s, void *buf, size_t size) {
+        return recv(s->fd, buf, size, 0);
+}
+
+/* receive_memory_tight: the receive queue takes more than half the socket's buffer. It counts
+ * whole segments, not the bytes left in them: a partial line keeps all of the (possibly merged)
+ * segment it came in. Below half the buffer free, Linux stops advancing the window it offers
+ * and lets it close (__tcp_select_window); above, the window stays open and the line's end can
+ * come. */
+static bool receive_memory_tight(int fd) {
+        uint32_t mem[SK_MEMINFO_VARS] = { 0 };
+        socklen_t len = sizeof(mem);
+
+        return getsockopt(fd, SOL_SOCKET, SO_MEMINFO, mem, &len) == 0 && len > SK_MEMINFO_RCVBUF * sizeof(uint32_t) &&
+               mem[SK_MEMINFO_RMEM_ALLOC] > mem[SK_MEMINFO_RCVBUF] / 2;
+}
+
 bool session_line_end_awaited(const Session *s) {
-        return !session_stop_requested(s) && still_established(s) && !cut_at_urgent_mark(s->fd);
+        return !session_stop_requested(s) && still_established(s) && !cut_at_urgent_mark(s->fd) &&
+               !receive_memory_tight(s->fd);
 }
 
 /* asked_to_end: the client ended the conversation itself (exit, a telnet interrupt) and sent

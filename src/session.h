@@ -127,10 +127,16 @@ size_t session_lines_taken(const Session *s, const char *buf, size_t k);
 /* session_line_end_awaited: a peek of a stored session (handover = "always") held a partial
  * line only: whether to leave it in the kernel and wait for its end. Not when the connection
  * is no longer established (the client's FIN or reset: the line was its last), the server is
- * stopping, or the peek stopped at an urgent byte's mark: every read that begins before the
- * mark ends there, so no wait would bring the line's end. Otherwise the line is taken as it
- * is. */
+ * stopping, the peek stopped at an urgent byte's mark (every read that begins before the mark
+ * ends there), or the segments the line came in hold more than half the receive buffer (TCP
+ * may then offer no window): no wait would bring the line's end. Otherwise the line is taken as
+ * it is. */
 bool session_line_end_awaited(const Session *s);
+/* session_read_end: a stored session's peek found the end of the stream: the same read
+ * without MSG_PEEK into BUF (of SIZE), returned as recv() returns it. A peek passes an urgent
+ * byte at its mark without taking it, and a socket closed with it unread sends a reset, not a
+ * FIN, which can destroy the last replies. */
+ssize_t session_read_end(const Session *s, void *buf, size_t size);
 /* session_send_fin: for a session that lingers: its FIN goes out (shutdown(SHUT_WR)), and the
  * answer is whether the socket must then linger, reading and discarding what the client still
  * sends until its own FIN, or may be closed at once (also when the FIN could not be sent). */

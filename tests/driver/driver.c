@@ -2,8 +2,9 @@
  * over loopback and every byte they receive is checked against the protocol's model
  * (harness_model_replies, the one the fuzzer and the hostile tests use).
  *
- *   driver [--seconds N] [--seed N] [--hellod PATH]      (20 s by default; else $HELLOD_BIN)
- *   driver --replay SESSION-SEED --setup I [--seconds N]  (one failed plan, on every client thread)
+ *   driver [--seconds N] [--seed N] [--hellod PATH] [--stored]  (20 s; else $HELLOD_BIN)
+ *   driver --replay SESSION-SEED --setup I [--seconds N] [--stored]  (one failed plan, on every
+ *                                                                     client thread)
  *
  * Each session follows a random plan made from its own seed (printed on failure, so that a
  * plan can be replayed with --replay, against the setup it failed in): lines of 0 bytes to
@@ -13,7 +14,10 @@
  * in random sizes with pauses where the client reads nothing, and an ending: a half-close,
  * `exit`, a close once everything is answered, or a reset at a random point. The daemon runs
  * once per configuration, with reply templates from the default to the 1,024-byte maximum;
- * HELLOD_TEST_CONF_EXTRA picks the worker model as in the integration suite.
+ * HELLOD_TEST_CONF_EXTRA picks the worker model as in the integration suite. With --stored the
+ * daemon runs as a service under the test's PID 1 (store.h) with handover = "always": every
+ * session is stored, so it reads with MSG_PEEK and takes whole lines only (and, in the
+ * per-connection model, waits for a line's end with SO_RCVLOWAT).
  *
  * A burst must be answered without waiting for any timeout: idle_timeout is far above any
  * pause a client makes, so a session that stalls in the daemon shows as `ERR idle timeout`
@@ -37,6 +41,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "store.h"
 
 #define DEFAULT_SECONDS 20
 #define MAX_SECONDS 3600
@@ -106,6 +111,7 @@ static uint16_t port;
 static const Setup *setup;
 static uint64_t base_seed;
 static uint64_t replay_seed; /* --replay: every session runs this plan; 0: none */
+static bool stored;          /* --stored: handover = "always", under the test's PID 1 */
 static atomic_uint_fast64_t next_session;
 
 static void record_failure(const Plan *p, const char *format, ...) __attribute__((format(printf, 2, 3)));
@@ -256,7 +262,8 @@ static bool check(const Plan *p, const char *got, size_t n, size_t at) {
 
 /* run_session: the plan against the daemon; false on a failure (recorded). */
 static bool run_session(Plan *p, Rng *r) {
-        const char *ip = rng_below(r, 2) ? "127.0.0.1" : "::1";
+        bool v4 = rng_below(r, 2) || stored; /* PID 1's listener (store_listener) is IPv4 */
+        const char *ip = v4 ? "127.0.0.1" : "::1";
         size_t written = 0, received = 0, chunk_end = 0;
         int64_t progress = now_ms(), read_pause_until = 0, write_pause_until = 0;
         bool write_shut = false, urgent_sent = !p->urgent, ok = false;
@@ -424,16 +431,30 @@ static _Noreturn void fail_hard(const char *message) {
         exit(1);
 }
 
+/* The daemon's configuration: idle_timeout, max_line_length, the reply's prefix and suffix. */
+#define CONFIG "idle_timeout = %d;\nmax_line_length = %u;\nreply = \"%s{name}%s\";\nmax_connections = 1000;\n"
+
 static void run_setup(const Setup *s, unsigned seconds) {
         pthread_t threads[CLIENT_THREADS];
         uint64_t before = atomic_load(&n_sessions), failed_before = atomic_load(&n_failures);
 
         setup = s;
-        Hellod *d = hellod_start("idle_timeout = %d;\nmax_line_length = %u;\nreply = \"%s{name}%s\";\n"
-                                 "max_connections = 1000;\n",
-                                 IDLE_TIMEOUT, s->max_line, s->prefix, s->suffix);
-        port = d->port;
-        harness_sleep_ms(100); /* the readiness probe's connection is gone */
+        Store st;
+        int listener = -1;
+        Hellod *d;
+        if (stored) {
+                d = hellod_new();
+                store_start(&st, d->dir);
+                listener = store_listener(&port);
+                hellod_write_config(d, CONFIG "handover = \"always\";\n", IDLE_TIMEOUT, s->max_line, s->prefix,
+                                    s->suffix);
+                store_start_hellod(d, &st, listener);
+                hellod_wait_stderr(d, "started");
+        } else {
+                d = hellod_start(CONFIG, IDLE_TIMEOUT, s->max_line, s->prefix, s->suffix);
+                port = d->port;
+        }
+        harness_sleep_ms(100); /* hellod_start's readiness probe: its connection is gone */
         int fds_before = hellod_fd_count(d);
         atomic_store(&stop_load, false);
         for (int i = 0; i < CLIENT_THREADS; i++)
@@ -448,10 +469,20 @@ static void run_setup(const Setup *s, unsigned seconds) {
         uint64_t sessions = atomic_load(&n_sessions) - before, failed = atomic_load(&n_failures) - failed_before;
         verdict(failed == 0 && sessions > 0, "%s: %" PRIu64 " sessions matched the model, %" PRIu64 " failed", s->name,
                 sessions, failed);
+        if (stored) { /* what the mode is for: the sessions were stored, so read a line at a time */
+                pthread_mutex_lock(&st.lock);
+                unsigned added = st.added;
+                pthread_mutex_unlock(&st.lock);
+                verdict(added >= sessions, "%s: %u connections stored, for %" PRIu64 " sessions", s->name, added,
+                        sessions);
+        }
         bool alive = hellod_alive(d);
         verdict(alive, "%s: the daemon is still running", s->name);
-        if (!alive)
+        if (!alive) {
+                if (stored)
+                        store_end_rig(d, &st, listener);
                 return;
+        }
         /* Every session has ended on the client's side; the daemon's lingering closes end
          * within a second. */
         int fds = hellod_fd_count(d);
@@ -467,7 +498,10 @@ static void run_setup(const Setup *s, unsigned seconds) {
         if (!clean)
                 fprintf(stderr, "%s\n", err);
         free(err);
-        hellod_free(d);
+        if (stored)
+                store_end_rig(d, &st, listener);
+        else
+                hellod_free(d);
 }
 
 /* parse_u64: the whole of TEXT as a decimal number. */
@@ -495,6 +529,8 @@ int main(int argc, char **argv) {
                         seconds = (unsigned) strtoul(argv[++i], NULL, 10);
                 else if (strcmp(argv[i], "--seed") == 0 && i + 1 < argc)
                         base_seed = strtoull(argv[++i], NULL, 10);
+                else if (strcmp(argv[i], "--stored") == 0)
+                        stored = true;
                 else if (strcmp(argv[i], "--hellod") == 0 && i + 1 < argc)
                         bin = argv[++i];
                 else if (strcmp(argv[i], "--replay") == 0 && i + 1 < argc && parse_u64(argv[i + 1], &replay_seed) &&
@@ -504,7 +540,7 @@ int main(int argc, char **argv) {
                         only_setup = (long) (setup_arg < N_SETUPS ? setup_arg : N_SETUPS), i++;
                 else {
                         fprintf(stderr, "usage: driver [--seconds N] [--seed N] [--hellod PATH] "
-                                        "[--replay SESSION-SEED --setup I]\n");
+                                        "[--replay SESSION-SEED --setup I] [--stored]\n");
                         return 2;
                 }
         }
@@ -526,8 +562,8 @@ int main(int argc, char **argv) {
         long_prefix[sizeof(long_prefix) - 1 - strlen("{name}")] = '\0';
 
         const char *extra = getenv("HELLOD_TEST_CONF_EXTRA");
-        printf("driver: seed %" PRIu64 ", %u s, %d client threads, worker model: %s\n", base_seed, seconds,
-               CLIENT_THREADS, extra && *extra ? extra : "the default");
+        printf("driver: seed %" PRIu64 ", %u s, %d client threads, worker model: %s%s\n", base_seed, seconds,
+               CLIENT_THREADS, extra && *extra ? extra : "the default", stored ? ", stored sessions" : "");
         fflush(stdout);
         for (size_t i = 0; i < N_SETUPS; i++)
                 if (only_setup < 0 || (size_t) only_setup == i)

@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "clients.h"
 #include "store.h"
 #include "suite.h"
 
@@ -526,6 +527,83 @@ static void stored_lines_answered(const char *config) {
 Test(handover, always_short_lines_and_urgent_data_are_answered_at_once, .timeout = 60) {
         stored_lines_answered("workers = 1; io_backend = \"epoll\";");
         stored_lines_answered("workers = \"per-connection\";");
+}
+
+/* urgent_byte_then_eof: CONFIG (the model); a stored session reads with MSG_PEEK, which
+ * passes an urgent byte at its mark without taking it. An urgent byte and then the client's
+ * FIN: the session ends at EOF, and the close must not find the byte unread (a reset, not a
+ * FIN: the client got ECONNRESET where it waited for its end of file). Found by the driver. */
+static void urgent_byte_then_eof(const char *config) {
+        Hellod *d = hellod_new();
+        Store st;
+        uint16_t port;
+        int listener = store_listener(&port);
+
+        store_start(&st, d->dir);
+        int fd = stored_client(d, &st, listener, port, config, "");
+        client_hello(fd, "before");
+        harness_step("%s: a byte of urgent data, then the client's FIN", config);
+        cr_assert_eq(send(fd, "!", 1, MSG_OOB), 1);
+        cr_assert_eq(shutdown(fd, SHUT_WR), 0);
+        client_expect_eof(fd, false);
+        client_close(fd);
+        stop_and_wait(d);
+        store_end_rig(d, &st, listener);
+}
+
+Test(handover, always_an_urgent_byte_before_the_end_closes_with_a_fin, .timeout = 60) {
+        urgent_byte_then_eof("workers = 1; io_backend = \"epoll\";");
+        urgent_byte_then_eof("workers = \"per-connection\";");
+}
+
+/* partial_line_behind_a_full_buffer: CONFIG (the model); a stored session leaves a partial
+ * line in the kernel until its end comes. But a socket's receive memory counts whole segments,
+ * not the bytes left in them, and segments that queue up while the daemon is busy are merged
+ * into a few large ones. Here a burst fills the receive buffer while the daemon is stopped, so
+ * that the window closes somewhere in a line; once running again it answers every whole line,
+ * and the partial one kept the large segment it arrived in: TCP advertised no window, the
+ * line's end could never come, and the session stalled until the idle timeout. Found by the
+ * driver (--stored). */
+static void partial_line_behind_a_full_buffer(const char *config) {
+        enum { LINES = 150000, LINE = 3 };
+        Hellod *d = hellod_new();
+        Store st;
+        uint16_t port;
+        int listener = store_listener(&port);
+        size_t n = LINES * LINE, room = LINES * 12 + 64, sent = 0;
+        char *burst = malloc(n), *want = malloc(room);
+        Exchange ex;
+        Rng rng = { 0x5eed };
+
+        cr_assert(burst && want);
+        for (size_t i = 0; i < n; i += LINE)
+                memcpy(burst + i, "ab\n", LINE);
+        size_t want_n = harness_model_replies("Hello, ", "!", (const unsigned char *) burst, n, 1024, want);
+        store_start(&st, d->dir);
+        int fd = stored_client(d, &st, listener, port, config, "idle_timeout = 5;\n"); /* a stall: ERR idle timeout */
+        harness_step("%s: %d lines, as many as the buffers take while the daemon is stopped", config, LINES);
+        cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &(int) { 16384 }, sizeof(int)), 0); /* not megabytes */
+        hellod_freeze(d);
+        for (ssize_t k; sent < n && (k = send(fd, burst + sent, n - sent, MSG_DONTWAIT)) > 0;)
+                sent += (size_t) k;
+        cr_assert(sent < n, "the buffers took all %zu bytes: the window never closed", n);
+        harness_step("%s: %zu bytes sent, the rest once it runs again", config, sent);
+        hellod_thaw(d);
+        cr_assert_eq(client_exchange(fd, burst + sent, n - sent, &rng, 65536, &ex), 0);
+        size_t at = bytes_first_difference(want, want_n, ex.got, ex.n);
+        cr_assert(at == want_n && ex.n == want_n && ex.end == CLIENT_READ_EOF,
+                  "%zu of %zu reply bytes as the model has them, %zu received", at, want_n, ex.n);
+        free(ex.got);
+        client_close(fd);
+        free(burst);
+        free(want);
+        stop_and_wait(d);
+        store_end_rig(d, &st, listener);
+}
+
+Test(handover, always_a_partial_line_behind_a_full_buffer_is_answered, .timeout = 60) {
+        partial_line_behind_a_full_buffer("workers = 1; io_backend = \"epoll\";");
+        partial_line_behind_a_full_buffer("workers = \"per-connection\";");
 }
 
 /* A per-connection thread waits for a partial line's end in a peek bounded by SO_RCVTIMEO,
