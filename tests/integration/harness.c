@@ -932,10 +932,11 @@ void hellod_signal(Hellod *d, int sig) {
                 harness_fail("kill(%d, %d): %s", (int) d->pid, sig, strerror(errno));
 }
 
-/* all_stopped: every thread of PID is stopped (state T in its stat; t under a tracer). */
+/* all_stopped: every thread of PID is stopped (state T in its stat; t under a tracer), and there
+ * was one to read. */
 static bool all_stopped(pid_t pid) {
         char path[64], stat[512];
-        bool stopped = true;
+        bool stopped = true, seen = false;
         struct dirent *e;
         DIR *dir;
 
@@ -951,15 +952,18 @@ static bool all_stopped(pid_t pid) {
                         continue;
                 const char *end_of_name = strrchr(stat, ')');
                 stopped = end_of_name && end_of_name[1] == ' ' && (end_of_name[2] == 'T' || end_of_name[2] == 't');
+                seen = true;
         }
         closedir(dir);
-        return stopped;
+        return stopped && seen;
 }
 
 void hellod_freeze(Hellod *d) {
         hellod_signal(d, SIGSTOP);
         for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS; !all_stopped(d->pid); harness_sleep_ms(5))
-                if (harness_now_ms() > end)
+                if (!hellod_alive(d))
+                        hellod_fail(d, "it exited instead of stopping");
+                else if (harness_now_ms() > end)
                         hellod_fail(d, "its threads did not all stop after SIGSTOP");
 }
 

@@ -32,6 +32,7 @@ static void store_take(Store *st, const char *msg, int fd) {
                 snprintf(st->names[st->n], sizeof(st->names[0]), "%s", n);
                 st->fds[st->n++] = fd;
                 st->added++;
+                st->conns_added += strncmp(n, "c", 1) == 0;
                 fd = -1;
         } else if (strstr(msg, "FDSTOREREMOVE=1")) {
                 for (unsigned i = 0; i < st->n; i++)
@@ -84,7 +85,9 @@ void store_start(Store *st, const char *dir) {
         snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", st->path);
         st->sock = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
         must(st->sock >= 0 && bind(st->sock, (struct sockaddr *) &addr, sizeof(addr)) == 0, "the store's socket");
-        must(pthread_create(&st->thread, NULL, store_main, st) == 0, "the store's thread");
+        int r = pthread_create(&st->thread, NULL, store_main, st);
+        if (r != 0)
+                harness_fail("the store's thread: %s", strerror(r));
 }
 
 void store_stop(Store *st) {
@@ -101,6 +104,13 @@ unsigned store_count(Store *st, const char *prefix) {
         pthread_mutex_lock(&st->lock);
         for (unsigned i = 0; i < st->n; i++)
                 n += strncmp(st->names[i], prefix, strlen(prefix)) == 0;
+        pthread_mutex_unlock(&st->lock);
+        return n;
+}
+
+unsigned store_conns_added(Store *st) {
+        pthread_mutex_lock(&st->lock);
+        unsigned n = st->conns_added;
         pthread_mutex_unlock(&st->lock);
         return n;
 }

@@ -29,6 +29,7 @@ typedef struct Store {
         unsigned delay_us; /* how long each message takes, as a slow PID 1 would */
         unsigned long long extended_usec; /* the last EXTEND_TIMEOUT_USEC= */
         unsigned n, added, removed;
+        unsigned conns_added; /* of ADDED, the connections ("c<id>") */
         bool stop;
         bool not_a_service; /* start hellod without INVOCATION_ID: a stop ends the conversations */
 } Store;
@@ -37,6 +38,8 @@ void store_start(Store *st, const char *dir);
 void store_stop(Store *st);
 /* store_count: descriptors held whose name starts with PREFIX. */
 unsigned store_count(Store *st, const char *prefix);
+/* store_conns_added: connections stored so far, those since removed too. */
+unsigned store_conns_added(Store *st);
 /* store_wait: until the store holds N descriptors whose name starts with PREFIX (the
  * messages of a process that just exited may still be on their way). */
 void store_wait(Hellod *d, Store *st, const char *prefix, unsigned n);
