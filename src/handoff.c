@@ -95,7 +95,8 @@ HandoverLimits handoff_limits(const Conf *conf) {
         return (HandoverLimits) {
                 .framing = conf->framing,
                 .max_line_length = conf->max_line_length,
-                .input_max = session_input_size(conf),
+                .input_max = session_input_size(conf) > SESSION_HANDOVER_INPUT_MAX ? session_input_size(conf)
+                                                                                  : SESSION_HANDOVER_INPUT_MAX,
                 .output_max = session_output_size(conf),
                 .discard_max = SESSION_LINGER_BYTES,
                 /* Not this process's max_connections: a restart that lowers it keeps the
@@ -152,6 +153,10 @@ static int restore(Session *s, const HandoverRecord *rec, uint64_t now, const ch
                 return -EINVAL;
         }
         if (rec->input_len > 0) {
+                /* More than one read's worth (handed over by an io_uring loop): the session
+                 * reads that much at a time, so its input buffer holds it all. */
+                if (rec->input_len > s->in_cap)
+                        s->in_cap = rec->input_len;
                 if (!(s->in = malloc(s->in_cap)))
                         return -ENOMEM;
                 memcpy(s->in, rec->input, rec->input_len);

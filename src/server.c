@@ -751,8 +751,7 @@ static bool wants_hand_over(Server *s) {
         if (s->conf->handover == HANDOVER_MODE_OFF || !getenv("NOTIFY_SOCKET"))
                 return false;
         if (!engine_can_hand_over(s->engine)) {
-                log_notice("this worker model (per-connection, or the io_uring pool) does not hand conversations "
-                           "over; ending them");
+                log_notice("the per-connection worker model does not hand conversations over; ending them");
                 return false;
         }
         HandoffJob job = handoff_job(why, sizeof(why));

@@ -24,6 +24,11 @@
 /* On a PROXY protocol listener, how long the balancer has to send the whole header. A
  * balancer sends it at once, in one segment; a client that dawdles is not a balancer. */
 #define SESSION_PROXY_TIMEOUT_USEC 3000000u
+/* The most input read and not yet answered that a session can be handed over with (and so
+ * the most a resumed one can bring). An epoll loop keeps at most one read of it
+ * (session_input_size()); an io_uring loop keeps what its multishot receive brought in while
+ * the replies backed up (uring.c: KEPT_MAX and what was already on its way). */
+#define SESSION_HANDOVER_INPUT_MAX (128u * 1024u)
 
 typedef struct Session {
         int fd;

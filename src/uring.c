@@ -35,8 +35,15 @@
  * because the output was full) is kept in the Conn and fed once the send completes; that
  * completion is the event that brings it back, so no ready list is needed. Its size is bounded:
  * the receive is cancelled as soon as input must be kept while a send is in flight (or past
- * KEPT_MAX), and resumes with receives of one buffer at a time (stop_recv). */
+ * KEPT_MAX), and resumes with receives of one buffer at a time (stop_recv).
+ *
+ * Hand-over (docs/zero-downtime.md): the loop cancels each session's receive and send, keeps
+ * what the receive still brings without answering it, counts what the send wrote, and passes
+ * the session to the server's handed_over hook once its last completion is in (give), with
+ * its kept input and unsent output in the Session, as pool.c has them. A resumed session
+ * comes the other way (resume). */
 #include <errno.h>
+#include <inttypes.h>
 #include <liburing.h>
 #include <pthread.h>
 #include <stdbool.h>
@@ -101,6 +108,7 @@ typedef struct Conn {
         bool throttled;    /* after back-pressure: single-shot receives of one buffer, until one
                             * finds the socket drained (stop_recv) */
         bool recv_armed, recv_cancelling, sending, eof, ended;
+        bool handing; /* the hand-over: its operations are being cancelled (hand_over_begin) */
 } Conn;
 
 typedef struct Acceptor {
@@ -137,6 +145,7 @@ typedef struct Loop {
         bool retiring;    /* the accepts of the previous set are being cancelled */
         bool acc_failed;  /* the acceptors of the current set could not be allocated */
         bool exiting;     /* the pool is stopping */
+        bool handing_over; /* ... by handing its sessions over: each goes once its operations are in */
         bool waiting_slot; /* overload = "queue": every slot taken */
         uint64_t paused_until;
         /* CLOCK_MONOTONIC, read once a round: deadlines are whole seconds, and reading the
@@ -146,6 +155,7 @@ typedef struct Loop {
 
 typedef struct Uring {
         LoopSet set; /* first: the engine, the loops, the listeners */
+        bool hand_over; /* under set.lock: stop by handing the sessions over */
 } Uring;
 
 static uint64_t tag(const void *p, unsigned op) {
@@ -490,6 +500,82 @@ static Fate on_input(Loop *l, Conn *c, const char *data, size_t n) {
         return pump(l, c);
 }
 
+/* ---- the hand-over (docs/zero-downtime.md) ---- */
+
+/* give: C, its last operation in, at rest for the next process. What it read and has not fed
+ * becomes the session's kept input, as pool.c keeps it; the rest of its output and its deadline
+ * stay with it. The server records it, and the Conn is gone. */
+static Fate give(Loop *l, Conn *c) {
+        const EngineHooks *hooks = &l->base.set->engine.hooks;
+        Session *s = c->s;
+        size_t kept = c->kept_len - c->kept_off;
+
+        if (!s->lingering && kept > SESSION_HANDOVER_INPUT_MAX) {
+                /* Only when completions on their way as the receive stopped brought many
+                 * buffers at once (KEPT_MAX is half of it). */
+                log_warning("connection %" PRIu64 " from %s sent %zu bytes ahead of its replies, more than "
+                            "can be handed over; closing it",
+                            s->id, s->peer, kept);
+                return finish(l, c, 0);
+        }
+        deadlines_remove(&l->deadlines, &c->timer);
+        s->timer.at = c->timer.at;
+        if (s->lingering) {
+                s->in_len = c->discarded; /* while lingering, in_len counts it (pool.c) */
+        } else if (kept > 0) {
+                s->in = c->kept;
+                s->in_off = c->kept_off;
+                s->in_len = c->kept_len;
+                c->kept = NULL;
+        }
+        s->want_write = s->out.len > s->out_off;
+        if (!s->want_write)
+                obuf_put(l, s);
+        kept_drop(c);
+        free(c->rbuf);
+        free(c);
+        l->n_conns--;
+        __atomic_sub_fetch(&l->base.n_sessions, 1, __ATOMIC_RELAXED);
+        hooks->handed_over(s, hooks->userdata);
+        return GONE;
+}
+
+/* hand_over_begin: every session of the loop is to go: its receive and its send are cancelled,
+ * and each goes (give) as the last of their completions comes in. */
+static void hand_over_begin(Loop *l) {
+        Deadline *next;
+
+        for (Deadline *d = l->deadlines.first; d; d = next) {
+                Conn *c = conn_of(d);
+                next = d->next;
+                c->handing = true;
+                if (c->recv_armed && !c->recv_cancelling) {
+                        c->recv_cancelling = true;
+                        cancel(l, tag(c, OP_RECV));
+                }
+                if (c->sending)
+                        cancel(l, tag(c, OP_SEND));
+                if (c->inflight == 0)
+                        (void) give(l, c);
+        }
+}
+
+/* handing_recv: a completion of C's receive during the hand-over: its bytes are kept as they
+ * came, not fed (or counted, lingering); nothing more is written to the client. */
+static Fate handing_recv(Loop *l, Conn *c, const Completion *cqe, bool buffer, unsigned bid) {
+        int r = 0;
+
+        if (cqe->res > 0 && c->s->lingering)
+                c->discarded += (size_t) cqe->res;
+        else if (cqe->res > 0)
+                r = keep(c, buffer ? l->bufs + (size_t) bid * BUF_SIZE : c->rbuf, (size_t) cqe->res);
+        if (buffer)
+                ring_buf_return(l, bid);
+        if (r < 0)
+                return finish(l, c, r);
+        return c->inflight == 0 ? give(l, c) : ALIVE;
+}
+
 static Fate on_recv(Loop *l, Conn *c, const Completion *cqe) {
         bool more = cqe->flags & IORING_CQE_F_MORE;
         bool buffer = cqe->flags & IORING_CQE_F_BUFFER;
@@ -505,6 +591,8 @@ static Fate on_recv(Loop *l, Conn *c, const Completion *cqe) {
                         ring_buf_return(l, bid);
                 return settle(l, c);
         }
+        if (c->handing)
+                return handing_recv(l, c, cqe, buffer, bid);
         if (cqe->res > 0) {
                 if (!more && (size_t) cqe->res < BUF_SIZE)
                         c->throttled = false; /* the socket had less than a buffer: drained */
@@ -545,6 +633,12 @@ static Fate on_send(Loop *l, Conn *c, int res) {
         c->inflight--;
         if (c->ended)
                 return settle(l, c);
+        if (c->handing) { /* cancelled, or done: what it sent is counted */
+                if (res < 0 && res != -ECANCELED)
+                        return finish(l, c, res);
+                s->out_off += res > 0 ? (size_t) res : 0;
+                return c->inflight == 0 ? give(l, c) : ALIVE;
+        }
         if (res < 0)
                 return finish(l, c, res == -ECANCELED ? -ETIMEDOUT : res);
         s->out_off += (size_t) res;
@@ -576,6 +670,26 @@ static Fate on_deadline(Loop *l, Conn *c) {
         return end_with(l, c, PROTO_END_IDLE);
 }
 
+/* resume: a session handed over by the previous process (or kept across its crash) goes on
+ * where it was: its kept input to be fed, its output sent, its lingering close. */
+static Fate resume(Loop *l, Conn *c) {
+        Session *s = c->s;
+        int r = 0;
+
+        if (s->lingering)
+                c->discarded = s->in_len; /* while lingering, in_len counts it (pool.c) */
+        else if (s->in_len > s->in_off)
+                r = keep(c, s->in + s->in_off, s->in_len - s->in_off);
+        free(s->in);
+        s->in = NULL;
+        s->in_off = s->in_len = 0;
+        if (r < 0)
+                return finish(l, c, r);
+        if (s->out.len > s->out_off)
+                submit_send(l, c);
+        return pump(l, c);
+}
+
 static Fate start(Loop *l, Session *s) {
         Conn *c = calloc(1, sizeof(*c));
         int r;
@@ -593,10 +707,11 @@ static Fate start(Loop *l, Session *s) {
         deadline_set(l, c, s->resumed ? s->timer.at : session_idle_deadline(s, l->now));
         if (c->chunk && !(c->rbuf = malloc(s->in_cap)))
                 return finish(l, c, -ENOMEM);
+        if (s->resumed) /* greeted by the process before */
+                return resume(l, c);
         if ((r = out_begin(l, s)) < 0)
                 return finish(l, c, r);
-        if (!s->resumed) /* a resumed one was greeted by the process before */
-                proto_greeting(&s->proto, &s->out);
+        proto_greeting(&s->proto, &s->out);
         out_end(l, c);
         /* In line framing the receive is armed at once: the greeting's send and the first
          * request travel together. */
@@ -769,11 +884,20 @@ static void on_wake(Loop *l, int res) {
                 l->exiting = true;
         if (!l->exiting)
                 arm_wake(l);
+        else if (!l->handing_over) {
+                pthread_mutex_lock(&l->base.set->lock);
+                l->handing_over = ((Uring *) l->base.set)->hand_over;
+                pthread_mutex_unlock(&l->base.set->lock);
+        }
         while (reversed) { /* oldest first */
                 Session *next = reversed->incoming_next;
                 reversed->incoming_next = NULL;
                 (void) start(l, reversed);
                 reversed = next;
+        }
+        if (l->handing_over) {
+                hand_over_begin(l);
+                return;
         }
         l->waiting_slot = false; /* must_wait() says whether it is still full */
         if (!l->exiting)
@@ -804,6 +928,8 @@ static void dispatch(Loop *l, const Completion *cqe) {
 
 /* run_deadlines: each call ends the session or moves its deadline on, so this terminates. */
 static void run_deadlines(Loop *l) {
+        if (l->handing_over) /* the deadlines go with the sessions */
+                return;
         while (l->deadlines.first && l->deadlines.first->at <= l->now)
                 (void) on_deadline(l, conn_of(l->deadlines.first));
 }
@@ -812,6 +938,8 @@ static void run_deadlines(Loop *l) {
 static bool wait_time(const Loop *l, struct __kernel_timespec *ts) {
         uint64_t wake = l->deadlines.first ? l->deadlines.first->at : SESSION_NO_DEADLINE;
 
+        if (l->handing_over) /* the cancellations' completions are what comes next */
+                return false;
         if (l->paused_until != 0 && l->paused_until < wake)
                 wake = l->paused_until;
         if (wake == SESSION_NO_DEADLINE)
@@ -1046,15 +1174,20 @@ static int loop_start(Uring *p, Loop *l, size_t stack_size, char *why, size_t si
 }
 
 static int uring_add(Engine *e, Session *s) {
-        /* A conversation resumed after a crash goes on from its next line; one handed over
-         * with buffers or a lingering close in hand is for the epoll pool, which hands over. */
-        if (s->resumed && (s->in_len > s->in_off || s->out.len > s->out_off || s->lingering))
-                return -EOPNOTSUPP;
         return loopset_add(&((Uring *) e)->set, s);
 }
 
 static int uring_stop(Engine *e, uint64_t timeout_msec) {
         return loopset_stop(&((Uring *) e)->set, timeout_msec, loop_done);
+}
+
+static int uring_hand_over(Engine *e, uint64_t timeout_msec) {
+        Uring *p = (Uring *) e;
+
+        pthread_mutex_lock(&p->set.lock);
+        p->hand_over = true;
+        pthread_mutex_unlock(&p->set.lock);
+        return uring_stop(e, timeout_msec);
 }
 
 static void uring_set_listeners(Engine *e, const ListenerSet *set) {
@@ -1080,6 +1213,7 @@ static const EngineOps uring_ops = {
         .reconfigure = uring_reconfigure,
         .set_listeners = uring_set_listeners,
         .slot_freed = uring_slot_freed,
+        .hand_over = uring_hand_over,
         .nonblocking = true,
 };
 

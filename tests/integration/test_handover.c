@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -40,18 +41,19 @@ static void stop_and_wait(Hellod *d) {
 
 #define CLIENTS 60
 
-/* Conversations mid-way (a partial line, replies not read, idle) pass to the next process:
- * no second greeting, the next replies byte-exact; clients that connect in the gap are
- * greeted by it. */
-Test(handover, restart_keeps_every_conversation, .timeout = 60) {
+/* restart_keeps_every_conversation_from: conversations mid-way (a partial line, replies not
+ * read, idle) pass from a pool on the backend FROM to one on TO: no second greeting, the next
+ * replies byte-exact; clients that connect in the gap are greeted by the next process. */
+static void restart_keeps_every_conversation_from(const char *from, const char *to) {
         Hellod *d = hellod_new();
         Store st;
         uint16_t port;
         int listener = store_listener(&port), fds[CLIENTS];
         char line[64], want[128];
 
+        harness_step("from %s to %s", from, to);
         store_start(&st, d->dir);
-        hellod_write_config(d, "log_level = \"info\";\nworkers = 2;\nio_backend = \"epoll\";\n");
+        hellod_write_config(d, "log_level = \"info\";\nworkers = 2;\nio_backend = \"%s\";\n", from);
         store_start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "started");
         for (int i = 0; i < CLIENTS; i++) {
@@ -76,6 +78,7 @@ Test(handover, restart_keeps_every_conversation, .timeout = 60) {
         int gap = client_connect(port);
 
         harness_step("the next process resumes them");
+        hellod_write_config(d, "log_level = \"info\";\nworkers = 2;\nio_backend = \"%s\";\n", to);
         store_start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "resumed 60 conversations handed over by the previous process");
         client_expect_str(gap, HELLOD_GREETING);
@@ -100,6 +103,17 @@ Test(handover, restart_keeps_every_conversation, .timeout = 60) {
         store_wait(d, &st, "c", 0); /* resumed: out of the store */
         stop_and_wait(d);
         store_end_rig(d, &st, listener);
+}
+
+Test(handover, restart_keeps_every_conversation, .timeout = 60) {
+        restart_keeps_every_conversation_from("epoll", "epoll");
+}
+
+/* The io_uring loops hand over as the epoll ones do, and take up what either hands over. */
+Test(handover, restart_keeps_every_conversation_on_io_uring, .timeout = 90) {
+        restart_keeps_every_conversation_from("io_uring", "io_uring");
+        restart_keeps_every_conversation_from("epoll", "io_uring");
+        restart_keeps_every_conversation_from("io_uring", "epoll");
 }
 
 /* A state whose header does not check out (one byte changed): every stored connection is
@@ -896,26 +910,29 @@ Test(handover, a_slow_store_gets_the_time_thousands_of_conversations_need, .time
         store_end_rig(d, &st, listener);
 }
 
-/* Back-pressure across a hand-over: 60,000 pipelined lines, the replies the client has not
- * taken kept as output and the lines not yet answered as input; every reply arrives once, in
- * order, byte for byte. */
-Test(handover, kept_output_and_input_cross_the_hand_over_byte_for_byte, .timeout = 60) {
+/* kept_cross_from: back-pressure across a hand-over from a loop on the backend FROM to one on
+ * TO: 500,000 pipelined lines of 3 bytes, more replies than the kernel's buffers hold (up to 4
+ * MiB) and four times the bytes of their lines, so that the replies the client has not taken
+ * are kept as output and the lines read but not answered as input; every reply arrives once,
+ * in order, byte for byte. */
+static void kept_cross_from(const char *from, const char *to) {
         Hellod *d = hellod_new();
         Store st;
         uint16_t port;
         int listener = store_listener(&port);
-        enum { LINES = 60000 };
-        static char in[LINES * 8];
+        enum { LINES = 500000, LINE = 3 };
+        static char in[LINES * LINE + 1];
         size_t n = 0;
 
+        harness_step("from %s to %s", from, to);
         store_start(&st, d->dir);
-        hellod_write_config(d, "workers = 1;\nio_backend = \"epoll\";\nlog_level = \"info\";\nidle_timeout = 30;\n");
+        hellod_write_config(d, "workers = 1;\nio_backend = \"%s\";\nlog_level = \"info\";\nidle_timeout = 30;\n", from);
         store_start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "started");
         int fd = client_connect(port);
         client_expect_str(fd, HELLOD_GREETING);
         for (int i = 0; i < LINES; i++)
-                n += (size_t) sprintf(in + n, "%06d\n", i);
+                n += (size_t) sprintf(in + n, "%c%c\n", 'a' + i % 26, 'a' + i / 26 % 26);
         size_t sent = 0;
         while (sent < n) {
                 int r = client_try_send(fd, in + sent, n - sent > 4096 ? 4096 : n - sent);
@@ -927,11 +944,12 @@ Test(handover, kept_output_and_input_cross_the_hand_over_byte_for_byte, .timeout
         harness_sleep_ms(300);
         stop_and_wait(d);
         store_wait(d, &st, "state", 1);
+        hellod_write_config(d, "workers = 1;\nio_backend = \"%s\";\nlog_level = \"info\";\nidle_timeout = 30;\n", to);
         store_start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "resumed 1 conversation");
-        for (int i = 0; i < (int) (sent / 7); i++) {
-                char want[32];
-                snprintf(want, sizeof(want), "Hello, %06d!\r\n", i);
+        for (int i = 0; i < (int) (sent / LINE); i++) {
+                char want[LINE + 16];
+                snprintf(want, sizeof(want), "Hello, %c%c!\r\n", 'a' + i % 26, 'a' + i / 26 % 26);
                 client_expect_str(fd, want);
                 if (sent < n && i == 1000) {
                         client_send(fd, in + sent, n - sent);
@@ -941,4 +959,61 @@ Test(handover, kept_output_and_input_cross_the_hand_over_byte_for_byte, .timeout
         client_close(fd);
         stop_and_wait(d);
         store_end_rig(d, &st, listener);
+}
+
+Test(handover, kept_output_and_input_cross_the_hand_over_byte_for_byte, .timeout = 60) {
+        kept_cross_from("epoll", "epoll");
+}
+
+Test(handover, kept_output_and_input_cross_the_hand_over_on_io_uring, .timeout = 90) {
+        kept_cross_from("io_uring", "io_uring");
+        kept_cross_from("epoll", "io_uring");
+        kept_cross_from("io_uring", "epoll");
+}
+
+/* lingering_crosses_from: a lingering close (the client said exit before taking its replies:
+ * src/session.c) handed over from a loop on FROM to one on TO goes on in the next process: a
+ * line the client writes late is read and dropped there, and the socket closes without the
+ * reset that unread input would cause (and that could destroy replies still on their way). */
+static void lingering_crosses_from(const char *from, const char *to) {
+        Hellod *d = hellod_new();
+        Store st;
+        uint16_t port;
+        int listener = store_listener(&port);
+        struct tcp_info info;
+        socklen_t len = sizeof(info);
+
+        harness_step("from %s to %s", from, to);
+        store_start(&st, d->dir);
+        hellod_write_config(d, "workers = 1;\nio_backend = \"%s\";\nlog_level = \"info\";\n", from);
+        store_start_hellod(d, &st, listener);
+        hellod_wait_stderr(d, "started");
+        int fd = client_exit_replies_unread(port); /* hellod lingers for a second from here */
+        stop_and_wait(d);
+        hellod_wait_stderr(d, "handed 1 conversation over");
+        store_wait(d, &st, "state", 1);
+        hellod_write_config(d, "workers = 1;\nio_backend = \"%s\";\nlog_level = \"info\";\n", to);
+        store_start_hellod(d, &st, listener);
+        hellod_wait_stderr(d, "resumed 1 conversation");
+        cr_assert_eq(client_write_late(fd), CLIENT_LATE_DISCARDED, "a late write met a reset after the hand-over");
+        store_wait(d, &st, "c", 0); /* resumed: out of the store */
+        int64_t start = harness_now_ms();
+        while (hellod_holds_socket_of(port, fd)) {
+                if (harness_now_ms() - start > HARNESS_TIMEOUT_MS)
+                        hellod_fail(d, "the resumed lingering close did not end within %d ms", HARNESS_TIMEOUT_MS);
+                harness_sleep_ms(20);
+        }
+        cr_assert_eq(getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len), 0);
+        cr_assert_eq(info.tcpi_state, TCP_CLOSE_WAIT, "the lingering socket was closed with the late line unread (state %u)",
+                     info.tcpi_state);
+        client_close(fd);
+        stop_and_wait(d);
+        store_end_rig(d, &st, listener);
+}
+
+Test(handover, a_lingering_close_goes_on_in_the_next_process, .timeout = 60) {
+        lingering_crosses_from("epoll", "epoll");
+        lingering_crosses_from("io_uring", "io_uring");
+        lingering_crosses_from("epoll", "io_uring");
+        lingering_crosses_from("io_uring", "epoll");
 }
