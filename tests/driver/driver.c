@@ -434,6 +434,14 @@ static _Noreturn void fail_hard(const char *message) {
 /* The daemon's configuration: idle_timeout, max_line_length, the reply's prefix and suffix. */
 #define CONFIG "idle_timeout = %d;\nmax_line_length = %u;\nreply = \"%s{name}%s\";\nmax_connections = 1000;\n"
 
+/* end_daemon: D gone, and with --stored the test's part of PID 1 (ST, LISTENER) too. */
+static void end_daemon(Hellod *d, Store *st, int listener) {
+        if (stored)
+                store_end_rig(d, st, listener);
+        else
+                hellod_free(d);
+}
+
 static void run_setup(const Setup *s, unsigned seconds) {
         pthread_t threads[CLIENT_THREADS];
         uint64_t before = atomic_load(&n_sessions), failed_before = atomic_load(&n_failures);
@@ -472,8 +480,10 @@ static void run_setup(const Setup *s, unsigned seconds) {
         bool alive = hellod_alive(d);
         verdict(alive, "%s: the daemon is still running", s->name);
         if (!alive) {
-                if (stored)
-                        store_end_rig(d, &st, listener);
+                char *err = hellod_stderr(d); /* how it died */
+                fprintf(stderr, "%s\n", err);
+                free(err);
+                end_daemon(d, &st, listener);
                 return;
         }
         /* Every session has ended on the client's side; the daemon's lingering closes end
@@ -502,10 +512,7 @@ static void run_setup(const Setup *s, unsigned seconds) {
         if (!clean)
                 fprintf(stderr, "%s\n", err);
         free(err);
-        if (stored)
-                store_end_rig(d, &st, listener);
-        else
-                hellod_free(d);
+        end_daemon(d, &st, listener);
 }
 
 /* parse_u64: the whole of TEXT as a decimal number. */
