@@ -95,8 +95,7 @@ HandoverLimits handoff_limits(const Conf *conf) {
         return (HandoverLimits) {
                 .framing = conf->framing,
                 .max_line_length = conf->max_line_length,
-                .input_max = session_input_size(conf) > SESSION_HANDOVER_INPUT_MAX ? session_input_size(conf)
-                                                                                  : SESSION_HANDOVER_INPUT_MAX,
+                .input_max = session_handover_input_max(conf),
                 .output_max = session_output_size(conf),
                 .discard_max = SESSION_LINGER_BYTES,
                 /* Not this process's max_connections: a restart that lowers it keeps the
@@ -153,11 +152,9 @@ static int restore(Session *s, const HandoverRecord *rec, uint64_t now, const ch
                 return -EINVAL;
         }
         if (rec->input_len > 0) {
-                /* More than one read's worth (handed over by an io_uring loop): the session
-                 * reads that much at a time, so its input buffer holds it all. */
-                if (rec->input_len > s->in_cap)
-                        s->in_cap = rec->input_len;
-                if (!(s->in = malloc(s->in_cap)))
+                /* More than one read's worth (handed over by an io_uring loop): the buffer
+                 * holds it all, and reads go on a read's worth at a time (in_cap). */
+                if (!(s->in = malloc(rec->input_len > s->in_cap ? rec->input_len : s->in_cap)))
                         return -ENOMEM;
                 memcpy(s->in, rec->input, rec->input_len);
                 s->in_len = rec->input_len;

@@ -41,6 +41,10 @@ size_t session_input_size(const Conf *conf) {
         return conf->framing == FRAMING_CHUNK ? proto_input_max(conf) : SESSION_READ_SIZE;
 }
 
+size_t session_handover_input_max(const Conf *conf) {
+        return conf->framing == FRAMING_LINE ? SESSION_URING_KEPT_MAX : session_input_size(conf);
+}
+
 size_t session_memory_max(const Conf *conf) {
         size_t n = sizeof(Session) + session_output_size(conf) + session_input_size(conf) +
                    (size_t) conf->max_line_length + 1;

@@ -24,11 +24,10 @@
 /* On a PROXY protocol listener, how long the balancer has to send the whole header. A
  * balancer sends it at once, in one segment; a client that dawdles is not a balancer. */
 #define SESSION_PROXY_TIMEOUT_USEC 3000000u
-/* The most input read and not yet answered that a session can be handed over with (and so
- * the most a resumed one can bring). An epoll loop keeps at most one read of it
- * (session_input_size()); an io_uring loop keeps what its multishot receive brought in while
- * the replies backed up (uring.c: KEPT_MAX and what was already on its way). */
-#define SESSION_HANDOVER_INPUT_MAX (128u * 1024u)
+/* What an io_uring loop may keep of a session's input while its replies back up (uring.c:
+ * KEPT_MAX before it stops the receive, and what was already on its way, at worst its whole
+ * buffer ring). */
+#define SESSION_URING_KEPT_MAX ((64u + 256u * 4u) * 1024u)
 
 typedef struct Session {
         int fd;
@@ -91,6 +90,10 @@ Session *session_free(Session *s);
  * whole message in chunk framing. */
 size_t session_output_size(const Conf *conf);
 size_t session_input_size(const Conf *conf);
+/* session_handover_input_max: the most input read and not yet answered that a session can be
+ * handed over with, and so the most a resumed one brings. An epoll loop keeps at most one read
+ * (session_input_size()); an io_uring loop in line framing, SESSION_URING_KEPT_MAX. */
+size_t session_handover_input_max(const Conf *conf);
 
 /* session_idle_deadline: NOW plus idle_timeout, or SESSION_NO_DEADLINE. The idle timer runs
  * while no complete line arrives, and is re-armed after the replies to one have been written,

@@ -69,6 +69,8 @@
 #define BUF_SIZE 4096
 /* Input kept while output is pending, beyond which the receive is cancelled. */
 #define KEPT_MAX (64u * 1024u)
+_Static_assert(KEPT_MAX + (size_t) BUF_COUNT * BUF_SIZE <= SESSION_URING_KEPT_MAX,
+               "what a loop may keep of a session's input can be handed over");
 /* Output buffers a loop keeps for reuse. */
 #define OBUF_CACHE 64
 /* Completions copied out of the ring at a time. */
@@ -510,9 +512,8 @@ static Fate give(Loop *l, Conn *c) {
         Session *s = c->s;
         size_t kept = c->kept_len - c->kept_off;
 
-        if (!s->lingering && kept > SESSION_HANDOVER_INPUT_MAX) {
-                /* Only when completions on their way as the receive stopped brought many
-                 * buffers at once (KEPT_MAX is half of it). */
+        if (!s->lingering && kept > session_handover_input_max(s->conf)) {
+                /* Chunk framing: more than a read (single-shot receives). */
                 log_warning("connection %" PRIu64 " from %s sent %zu bytes ahead of its replies, more than "
                             "can be handed over; closing it",
                             s->id, s->peer, kept);
@@ -563,16 +564,19 @@ static void hand_over_begin(Loop *l) {
 /* handing_recv: a completion of C's receive during the hand-over: its bytes are kept as they
  * came, not fed (or counted, lingering); nothing more is written to the client. */
 static Fate handing_recv(Loop *l, Conn *c, const Completion *cqe, bool buffer, unsigned bid) {
+        Session *s = c->s;
         int r = 0;
 
-        if (cqe->res > 0 && c->s->lingering)
-                c->discarded += (size_t) cqe->res;
+        if (cqe->res > 0 && s->lingering) /* as on_input: the linger's bound holds */
+                r = (c->discarded += (size_t) cqe->res) >= SESSION_LINGER_BYTES ? -ECONNABORTED : 0;
+        else if (cqe->res > 0 && s->proto.end != PROTO_END_NONE)
+                s->proto.input_after_end = true; /* as on_input: not a request, not kept */
         else if (cqe->res > 0)
                 r = keep(c, buffer ? l->bufs + (size_t) bid * BUF_SIZE : c->rbuf, (size_t) cqe->res);
         if (buffer)
                 ring_buf_return(l, bid);
         if (r < 0)
-                return finish(l, c, r);
+                return finish(l, c, r == -ECONNABORTED ? 0 : r);
         return c->inflight == 0 ? give(l, c) : ALIVE;
 }
 

@@ -11,12 +11,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <linux/sockios.h>
 
 #include "clients.h"
 #include "store.h"
@@ -40,6 +43,29 @@ static void stop_and_wait(Hellod *d) {
 }
 
 #define CLIENTS 60
+
+/* not_fallen_back: io_uring falls back to epoll, with a notice, where it cannot be had (seccomp,
+ * kernel.io_uring_disabled, an old kernel): a test of it must not pass on epoll. */
+static void not_fallen_back(Hellod *d) {
+        char *err = hellod_stderr(d);
+        bool fell_back = strstr(err, "the event loops use epoll") != NULL;
+
+        free(err);
+        if (fell_back)
+                hellod_fail(d, "io_uring is unavailable here: the loops ran on epoll");
+}
+
+/* state_size: the bytes of the hand-over state in ST (the fake PID 1's store). */
+static off_t state_size(Store *st) {
+        struct stat sb = { 0 };
+
+        pthread_mutex_lock(&st->lock);
+        for (unsigned i = 0; i < st->n; i++)
+                if (strcmp(st->names[i], "state") == 0)
+                        cr_assert_eq(fstat(st->fds[i], &sb), 0);
+        pthread_mutex_unlock(&st->lock);
+        return sb.st_size;
+}
 
 /* restart_keeps_every_conversation_from: conversations mid-way (a partial line, replies not
  * read, idle) pass from a pool on the backend FROM to one on TO: no second greeting, the next
@@ -81,6 +107,7 @@ static void restart_keeps_every_conversation_from(const char *from, const char *
         hellod_write_config(d, "log_level = \"info\";\nworkers = 2;\nio_backend = \"%s\";\n", to);
         store_start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "resumed 60 conversations handed over by the previous process");
+        not_fallen_back(d);
         client_expect_str(gap, HELLOD_GREETING);
         client_hello(gap, "gap");
         client_close(gap);
@@ -910,6 +937,24 @@ Test(handover, a_slow_store_gets_the_time_thousands_of_conversations_need, .time
         store_end_rig(d, &st, listener);
 }
 
+/* wait_backed_up: until what FD has sent and been sent stays the same for 300 ms: hellod has
+ * filled the kernel's buffers with replies and stopped reading (a fixed sleep was too short
+ * for a daemon under TSan). */
+static void wait_backed_up(Hellod *d, int fd) {
+        int in = -1, out = -1, last_in = -2, last_out = -2, same = 0;
+
+        for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS; same < 3; harness_sleep_ms(100)) {
+                cr_assert_eq(ioctl(fd, SIOCINQ, &in), 0);
+                cr_assert_eq(ioctl(fd, SIOCOUTQ, &out), 0);
+                same = in == last_in && out == last_out ? same + 1 : 0;
+                last_in = in;
+                last_out = out;
+                if (harness_now_ms() > end)
+                        hellod_fail(d, "the replies did not back up within %d ms (%d bytes unread, %d unsent)",
+                                    HARNESS_TIMEOUT_MS, in, out);
+        }
+}
+
 /* kept_cross_from: back-pressure across a hand-over from a loop on the backend FROM to one on
  * TO: 500,000 pipelined lines of 3 bytes, more replies than the kernel's buffers hold (up to 4
  * MiB) and four times the bytes of their lines, so that the replies the client has not taken
@@ -941,12 +986,16 @@ static void kept_cross_from(const char *from, const char *to) {
                 sent += n - sent > 4096 ? 4096 : n - sent;
         }
         harness_step("sent %zu of %zu bytes", sent, n);
-        harness_sleep_ms(300);
+        wait_backed_up(d, fd);
         stop_and_wait(d);
         store_wait(d, &st, "state", 1);
+        /* One record with nothing kept takes about 100 bytes; here it carried 3-30 KiB. */
+        off_t size = state_size(&st);
+        cr_assert_gt(size, 1024, "the state is %lld bytes: hellod kept no output or input to hand over", (long long) size);
         hellod_write_config(d, "workers = 1;\nio_backend = \"%s\";\nlog_level = \"info\";\nidle_timeout = 30;\n", to);
         store_start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "resumed 1 conversation");
+        not_fallen_back(d);
         for (int i = 0; i < (int) (sent / LINE); i++) {
                 char want[LINE + 16];
                 snprintf(want, sizeof(want), "Hello, %c%c!\r\n", 'a' + i % 26, 'a' + i / 26 % 26);
@@ -995,6 +1044,7 @@ static void lingering_crosses_from(const char *from, const char *to) {
         hellod_write_config(d, "workers = 1;\nio_backend = \"%s\";\nlog_level = \"info\";\n", to);
         store_start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "resumed 1 conversation");
+        not_fallen_back(d);
         cr_assert_eq(client_write_late(fd), CLIENT_LATE_DISCARDED, "a late write met a reset after the hand-over");
         store_wait(d, &st, "c", 0); /* resumed: out of the store */
         int64_t start = harness_now_ms();
