@@ -176,6 +176,20 @@ static void free_set(LoopSet *set, void (*loop_done)(LoopBase *l)) {
         free(set);
 }
 
+int loopset_hand_over(LoopSet *set, uint64_t timeout_msec, void (*loop_done)(LoopBase *l)) {
+        pthread_mutex_lock(&set->lock);
+        set->hand_over = true;
+        pthread_mutex_unlock(&set->lock);
+        return loopset_stop(set, timeout_msec, loop_done);
+}
+
+bool loopset_handing_over(LoopSet *set) {
+        pthread_mutex_lock(&set->lock);
+        bool r = set->hand_over;
+        pthread_mutex_unlock(&set->lock);
+        return r;
+}
+
 int loopset_stop(LoopSet *set, uint64_t timeout_msec, void (*loop_done)(LoopBase *l)) {
         struct timespec deadline = timespec_in_msec(timeout_msec);
         int r = 0;

@@ -45,6 +45,7 @@ struct LoopSet {
         const Listener *listeners; /* under lock: the set published by the server (its array) */
         size_t n_listeners;
         uint64_t listen_gen; /* written under lock, read atomically by the loops */
+        bool hand_over;      /* under lock: the stop hands the sessions over (loopset_hand_over) */
 };
 
 /* loopset_init: room for N loops of LOOP_SIZE bytes (zeroed), no thread yet. 0 or -ENOMEM.
@@ -81,3 +82,8 @@ uint64_t loopset_take_listeners(LoopBase *l, const Listener **ret, size_t *ret_n
  * UINT64_MAX: no limit). 0: joined; LOOP_DONE was called for each loop and SET is freed.
  * -ETIMEDOUT: a thread still runs, SET is left to it; stop may be called again. */
 int loopset_stop(LoopSet *set, uint64_t timeout_msec, void (*loop_done)(LoopBase *l));
+/* loopset_hand_over: loopset_stop(), with the loops told to hand their sessions over to the
+ * server's handed_over hook instead of ending them; loopset_handing_over: whether they are to,
+ * for a loop that found it is stopping. */
+int loopset_hand_over(LoopSet *set, uint64_t timeout_msec, void (*loop_done)(LoopBase *l));
+bool loopset_handing_over(LoopSet *set);

@@ -103,12 +103,7 @@ typedef struct Loop {
 
 typedef struct Pool {
         LoopSet set; /* first: the engine, the loops, the listeners */
-        bool hand_over; /* under set.lock: stop by handing the sessions over */
 } Pool;
-
-static Pool *pool_of(const Loop *l) {
-        return (Pool *) l->base.set;
-}
 
 static const EngineHooks *hooks_of(const Loop *l) {
         return &l->base.set->engine.hooks;
@@ -662,11 +657,8 @@ static void on_wake(Loop *l) {
         Session *queued;
 
         l->exiting = !take_incoming(l, &queued) || l->exiting;
-        if (l->exiting) {
-                pthread_mutex_lock(&l->base.set->lock);
-                l->handing_over = pool_of(l)->hand_over;
-                pthread_mutex_unlock(&l->base.set->lock);
-        }
+        if (l->exiting)
+                l->handing_over = loopset_handing_over(l->base.set);
         l->waiting_slot = false; /* try again: must_wait() says whether it is still full */
         if (!l->exiting)
                 admit_queued(l);
@@ -775,12 +767,7 @@ static int pool_stop(Engine *e, uint64_t timeout_msec) {
 }
 
 static int pool_hand_over(Engine *e, uint64_t timeout_msec) {
-        Pool *p = (Pool *) e;
-
-        pthread_mutex_lock(&p->set.lock);
-        p->hand_over = true;
-        pthread_mutex_unlock(&p->set.lock);
-        return pool_stop(e, timeout_msec);
+        return loopset_hand_over(&((Pool *) e)->set, timeout_msec, loop_done);
 }
 
 static void pool_set_listeners(Engine *e, const ListenerSet *set) {

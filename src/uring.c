@@ -157,7 +157,6 @@ typedef struct Loop {
 
 typedef struct Uring {
         LoopSet set; /* first: the engine, the loops, the listeners */
-        bool hand_over; /* under set.lock: stop by handing the sessions over */
 } Uring;
 
 static uint64_t tag(const void *p, unsigned op) {
@@ -278,17 +277,23 @@ static void kept_drop(Conn *c) {
 
 /* ---- one session ---- */
 
+/* conn_free: C, its last operation in, and what it holds are gone; its session leaves the
+ * loop (to the server: ended, or handed over). */
+static void conn_free(Loop *l, Conn *c) {
+        kept_drop(c);
+        free(c->rbuf);
+        free(c);
+        l->n_conns--;
+        __atomic_sub_fetch(&l->base.n_sessions, 1, __ATOMIC_RELAXED);
+}
+
 /* settle: an ended Conn whose last operation has completed goes back to the server. */
 static Fate settle(Loop *l, Conn *c) {
         if (c->inflight > 0)
                 return GONE;
         Session *s = c->s;
         obuf_put(l, s);
-        kept_drop(c);
-        free(c->rbuf);
-        free(c);
-        l->n_conns--;
-        __atomic_sub_fetch(&l->base.n_sessions, 1, __ATOMIC_RELAXED);
+        conn_free(l, c);
         engine_session_done(&l->base.set->engine, s);
         return GONE;
 }
@@ -532,11 +537,7 @@ static Fate give(Loop *l, Conn *c) {
         s->want_write = s->out.len > s->out_off;
         if (!s->want_write)
                 obuf_put(l, s);
-        kept_drop(c);
-        free(c->rbuf);
-        free(c);
-        l->n_conns--;
-        __atomic_sub_fetch(&l->base.n_sessions, 1, __ATOMIC_RELAXED);
+        conn_free(l, c);
         hooks->handed_over(s, hooks->userdata);
         return GONE;
 }
@@ -888,11 +889,8 @@ static void on_wake(Loop *l, int res) {
                 l->exiting = true;
         if (!l->exiting)
                 arm_wake(l);
-        else if (!l->handing_over) {
-                pthread_mutex_lock(&l->base.set->lock);
-                l->handing_over = ((Uring *) l->base.set)->hand_over;
-                pthread_mutex_unlock(&l->base.set->lock);
-        }
+        else
+                l->handing_over = loopset_handing_over(l->base.set);
         while (reversed) { /* oldest first */
                 Session *next = reversed->incoming_next;
                 reversed->incoming_next = NULL;
@@ -1186,12 +1184,7 @@ static int uring_stop(Engine *e, uint64_t timeout_msec) {
 }
 
 static int uring_hand_over(Engine *e, uint64_t timeout_msec) {
-        Uring *p = (Uring *) e;
-
-        pthread_mutex_lock(&p->set.lock);
-        p->hand_over = true;
-        pthread_mutex_unlock(&p->set.lock);
-        return uring_stop(e, timeout_msec);
+        return loopset_hand_over(&((Uring *) e)->set, timeout_msec, loop_done);
 }
 
 static void uring_set_listeners(Engine *e, const ListenerSet *set) {
