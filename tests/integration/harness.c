@@ -1560,34 +1560,30 @@ size_t harness_model_replies(const char *prefix, const char *suffix, const unsig
         return m.o;
 }
 
-/* tcp_socket_v4: the state (/proc/net/tcp's "st", e.g. TCP_FIN_WAIT1) of the IPv4 socket
- * LOCAL_PORT <-> REMOTE_PORT on 127.0.0.1, or -1 if there is none; *INODE (if not NULL): its
- * inode, 0 once no process holds it (closed, the kernel finishing the connection alone). */
-static int tcp_socket_v4(uint16_t local_port, uint16_t remote_port, unsigned long *inode) {
+/* tcp_socket_v4: the IPv4 socket LOCAL_PORT <-> REMOTE_PORT on 127.0.0.1 as /proc/net/tcp has
+ * it; state -1 if there is none. */
+static TcpSocket tcp_socket_v4(uint16_t local_port, uint16_t remote_port) {
         FILE *f = fopen("/proc/net/tcp", "re");
         char line[512];
-        int state = -1;
+        TcpSocket sock = { .state = -1 };
 
         if (!f)
                 harness_fail("/proc/net/tcp: %s", strerror(errno));
-        while (state < 0 && fgets(line, sizeof(line), f)) {
+        while (sock.state < 0 && fgets(line, sizeof(line), f)) {
                 unsigned lport, rport, st;
-                unsigned long ino;
+                unsigned long tx, rx, ino;
 
-                if (sscanf(line, " %*u: %*x:%x %*x:%x %x %*x:%*x %*x:%*x %*x %*u %*d %lu", &lport, &rport, &st, &ino) ==
-                            4 &&
-                    lport == local_port && rport == remote_port) {
-                        state = (int) st;
-                        if (inode)
-                                *inode = ino;
-                }
+                if (sscanf(line, " %*u: %*x:%x %*x:%x %x %lx:%lx %*x:%*x %*x %*u %*d %lu", &lport, &rport, &st, &tx, &rx,
+                           &ino) == 6 &&
+                    lport == local_port && rport == remote_port)
+                        sock = (TcpSocket) { .state = (int) st, .inode = ino, .tx_queue = tx, .rx_queue = rx };
         }
         fclose(f);
-        return state;
+        return sock;
 }
 
 static int tcp_state_v4(uint16_t local_port, uint16_t remote_port) {
-        return tcp_socket_v4(local_port, remote_port, NULL);
+        return tcp_socket_v4(local_port, remote_port).state;
 }
 
 static uint16_t local_port_of(int fd) {
@@ -1637,10 +1633,14 @@ int client_exit_replies_unread(uint16_t port) {
         return fd;
 }
 
-bool hellod_holds_socket_of(uint16_t port, int fd) {
-        unsigned long inode = 0;
+TcpSocket hellod_socket_of(uint16_t port, int fd) {
+        return tcp_socket_v4(port, local_port_of(fd));
+}
 
-        return tcp_socket_v4(port, local_port_of(fd), &inode) >= 0 && inode != 0;
+bool hellod_holds_socket_of(uint16_t port, int fd) {
+        TcpSocket sock = hellod_socket_of(port, fd);
+
+        return sock.state >= 0 && sock.inode != 0;
 }
 
 ClientLate client_write_late(int fd) {

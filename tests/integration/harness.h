@@ -244,6 +244,15 @@ void client_reset(int fd);
 int client_exit_replies_unread(uint16_t port);
 typedef enum ClientLate { CLIENT_LATE_DISCARDED, CLIENT_LATE_RESET } ClientLate;
 ClientLate client_write_late(int fd);
+/* The server's end of an IPv4 connection on 127.0.0.1, as /proc/net/tcp has it. */
+typedef struct TcpSocket {
+        int state;              /* "st", e.g. TCP_FIN_WAIT1; -1: no such socket */
+        unsigned long inode;    /* 0 once no process holds it (the kernel finishing it alone) */
+        unsigned long tx_queue; /* bytes written and not yet acknowledged */
+        unsigned long rx_queue; /* bytes received and not yet read */
+} TcpSocket;
+/* hellod_socket_of: the server's end of the connection of FD to PORT. */
+TcpSocket hellod_socket_of(uint16_t port, int fd);
 /* hellod_holds_socket_of: whether a process (hellod) still holds the server's end of the IPv4
  * connection of FD to PORT: its socket in /proc/net/tcp with an inode. */
 bool hellod_holds_socket_of(uint16_t port, int fd);

@@ -931,26 +931,6 @@ Test(handover, a_slow_store_gets_the_time_thousands_of_conversations_need, .time
         store_end_rig(d, &st, listener);
 }
 
-/* server_queues: *TX and *RX of hellod's end of the connection FD has to PORT (/proc/net/tcp:
- * bytes written and not yet acknowledged, bytes received and not yet read). */
-static void server_queues(uint16_t port, int fd, unsigned long *tx, unsigned long *rx) {
-        struct sockaddr_in me;
-        socklen_t len = sizeof(me);
-        char line[512];
-        bool found = false;
-
-        cr_assert_eq(getsockname(fd, (struct sockaddr *) &me, &len), 0);
-        FILE *f = fopen("/proc/net/tcp", "re");
-        cr_assert(f, "/proc/net/tcp: %s", strerror(errno));
-        while (!found && fgets(line, sizeof(line), f)) {
-                unsigned lport, rport;
-                found = sscanf(line, " %*u: %*x:%x %*x:%x %*x %lx:%lx", &lport, &rport, tx, rx) == 4 && lport == port &&
-                        rport == ntohs(me.sin_port);
-        }
-        fclose(f);
-        cr_assert(found, "hellod's end of the connection is not in /proc/net/tcp");
-}
-
 /* wait_backed_up: until hellod, serving FD's LINE-byte lines (each answered with REPLY bytes) of
  * which SENT bytes were written, holds replies (or lines read and not yet answered, counted as
  * their replies) that are not in the kernel, and nothing has moved for 300 ms: it has filled
@@ -959,14 +939,16 @@ static void server_queues(uint16_t port, int fd, unsigned long *tx, unsigned lon
  * fixed sleep mid-way. Returns the reply bytes it holds (an io_uring loop, which stops reading
  * as soon as a send waits, may hold a few dozen; an epoll loop up to its 16 KiB). */
 static size_t wait_backed_up(Hellod *d, uint16_t port, int fd, size_t sent, size_t line, size_t reply) {
-        unsigned long tx = 0, rx = 0, last = 0;
+        unsigned long last = 0;
         int in = 0, out = 0, same = 0;
         size_t held = 0;
 
         for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS; same < 3; harness_sleep_ms(100)) {
                 cr_assert_eq(ioctl(fd, SIOCINQ, &in), 0);
                 cr_assert_eq(ioctl(fd, SIOCOUTQ, &out), 0);
-                server_queues(port, fd, &tx, &rx);
+                TcpSocket sock = hellod_socket_of(port, fd);
+                cr_assert_geq(sock.state, 0, "hellod's end of the connection is not in /proc/net/tcp");
+                unsigned long tx = sock.tx_queue, rx = sock.rx_queue;
                 size_t read = sent - (size_t) out - rx, in_kernel = tx + (size_t) in;
                 size_t answerable = read / line * reply;
                 unsigned long now = tx + rx + (unsigned long) in + (unsigned long) out;
