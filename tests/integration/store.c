@@ -153,7 +153,10 @@ pid_t store_start_hellod(Hellod *d, Store *st, int listener) {
         pid_t pid = fork();
         must(pid >= 0, "fork");
         if (pid == 0) {
-                /* Above every descriptor to be placed, then 3, 4, ... as systemd does. */
+                /* Above every descriptor to be placed, then 3, 4, ... as systemd does. The
+                 * stderr file too: opened in the test, it may have a number among 3, 4, ...
+                 * (the driver's restarts wrote hellod's log into a client's connection). */
+                err = fcntl(err, F_DUPFD_CLOEXEC, 3 + (int) n + 64);
                 for (unsigned i = 0; i < n; i++)
                         fds[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 3 + (int) n + 64);
                 for (unsigned i = 0; i < n; i++)
