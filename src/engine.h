@@ -84,7 +84,7 @@ typedef struct EngineOps {
         void (*slot_freed)(Engine *e);
         /* hand_over: like stop, but instead of ending its sessions the engine brings each to
          * rest between two reads, writes nothing more to its client, and passes it to the
-         * handed_over hook. NULL for an engine that cannot. */
+         * handed_over hook. */
         int (*hand_over)(Engine *e, uint64_t timeout_msec);
         bool nonblocking; /* the sessions' sockets must be non-blocking */
         bool reads_proxy; /* reads a PROXY header before the greeting (EngineHooks.proxied) */
@@ -150,11 +150,6 @@ static inline bool engine_nonblocking(const Engine *e) {
 
 static inline void engine_set_listeners(Engine *e, const ListenerSet *set) {
         e->ops->set_listeners(e, set);
-}
-
-/* engine_can_hand_over: whether the engine can pass its sessions on to another process. */
-static inline bool engine_can_hand_over(const Engine *e) {
-        return e->ops->hand_over != NULL;
 }
 
 static inline int engine_hand_over(Engine *e, uint64_t timeout_msec) {

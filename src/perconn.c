@@ -12,10 +12,17 @@
  * disarmed while overload = "queue" finds every slot taken (until the server says one freed)
  * and, after descriptors ran out, for ENGINE_ACCEPT_PAUSE_USEC: a timerfd in the same set
  * re-arms every listener then. The listener set is replaced under a write lock, so that once
- * perconn_set_listeners() returns no thread uses a socket of the old set. */
+ * perconn_set_listeners() returns no thread uses a socket of the old set.
+ *
+ * The hand-over (perconn_hand_over): a thread blocked in recv() or send() is woken by a
+ * signal (WAKE_SIGNAL, caught without SA_RESTART, so the call returns EINTR or what it
+ * transferred) and sees the engine handing over: it leaves its session at rest, with what it
+ * read and did not answer as kept input and what it did not send as kept output, for the
+ * server's handed_over hook. Nothing on the socket changes: the next process goes on with it. */
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -34,6 +41,26 @@
 /* epoll data of the control descriptors; a listener's is (generation << 32) | its index,
  * generations starting at 1. */
 enum { KEY_STOP = 1, KEY_RESUME = 2 };
+
+/* Serving: a thread serving a session, listed for the hand-over to wake it (serve). */
+typedef struct Serving {
+        pthread_t thread;
+        struct Serving *prev, *next;
+} Serving;
+
+/* How often the hand-over wakes the threads still serving: a signal that comes just before a
+ * thread blocks (after it looked at `handing`) is lost, and the next one wakes it. */
+#define WAKE_INTERVAL_NSEC 2000000L
+
+/* What a thread's session came to (run). */
+typedef enum Outcome {
+        OUTCOME_DONE,   /* ended: the done hook */
+        OUTCOME_HANDED, /* at rest for the hand-over: the handed_over hook */
+} Outcome;
+
+/* converse() and flush(): the session is at rest for the hand-over (no errno can be this:
+ * send() and recv() never fail with ECANCELED). */
+#define HANDING_OVER (-ECANCELED)
 
 typedef struct PerConn {
         Engine engine; /* first: the engine is the driver */
@@ -55,7 +82,25 @@ typedef struct PerConn {
         QueuedClient *orphans; /* queued through listeners of an earlier set: admitted first */
         pthread_mutex_t queue_lock; /* the lists of queued and orphans */
         uint64_t resumes; /* atomic: resume() calls begun */
+        bool handing;     /* atomic: the hand-over: serving threads bring their sessions to rest */
+        pthread_mutex_t serving_lock;
+        Serving *serving; /* under serving_lock: the threads serving a session */
 } PerConn;
+
+/* The hand-over's wakeup. SIGURG, as Go's scheduler chose for its preemption: ignored by
+ * default, sent by nothing else here (no socket of hellod has an owner, F_SETOWN), and not a
+ * real-time signal: one pending at most, however often the hand-over sends it to a thread
+ * that is busy elsewhere. */
+#define WAKE_SIGNAL SIGURG
+
+static void on_wake_signal(int sig) {
+        (void) sig; /* the point is the EINTR */
+}
+
+/* handing_over: whether S's engine hands its sessions over: S goes to rest now. */
+static bool handing_over(const Session *s) {
+        return __atomic_load_n(&((const PerConn *) s->engine)->handing, __ATOMIC_ACQUIRE);
+}
 
 static int set_timeout(int fd, int option, uint64_t usec) {
         struct timeval tv = { .tv_sec = (time_t) (usec / 1000000u), .tv_usec = (suseconds_t) (usec % 1000000u) };
@@ -102,6 +147,11 @@ static int flush(Session *s, Timer *send_timer) {
         int r = 0;
 
         while (s->out_off < s->out.len) {
+                if (blocking && handing_over(s)) {
+                        /* Kept output: the client has until the write deadline to take it. */
+                        s->timer.at = deadline ? deadline : session_write_deadline(s, now_usec());
+                        return HANDING_OVER;
+                }
                 if (blocking) {
                         uint64_t now = now_usec();
                         if (deadline == 0)
@@ -129,7 +179,8 @@ static int flush(Session *s, Timer *send_timer) {
         return r;
 }
 
-/* feed: hands one read to the protocol, flushing whenever the output buffer fills. */
+/* feed: hands one read (the N bytes at S->in) to the protocol, flushing whenever the output
+ * buffer fills. At a hand-over what the protocol has not taken stays in S->in as kept input. */
 static int feed(Session *s, size_t n, ProtoStatus *status, Timer *send_timer) {
         size_t done = 0;
 
@@ -138,6 +189,10 @@ static int feed(Session *s, size_t n, ProtoStatus *status, Timer *send_timer) {
                 if (done == n || *status == PROTO_CLOSE)
                         return 0;
                 int r = flush(s, send_timer);
+                if (r == HANDING_OVER) {
+                        s->in_off = done;
+                        s->in_len = n;
+                }
                 if (r < 0)
                         return r;
         }
@@ -210,11 +265,14 @@ static int converse(Session *s) {
         }
         if (s->in_len > s->in_off) {
                 /* Handed over with replies still to send and input still to answer, or bytes
-                 * that came after a PROXY header. */
+                 * that came after a PROXY header: the replies first (a hand-over meanwhile
+                 * keeps the input where it is). */
+                if ((r = flush(s, &send_timer)) < 0)
+                        return r;
                 size_t n = s->in_len - s->in_off;
                 memmove(s->in, s->in + s->in_off, n);
                 s->in_off = s->in_len = 0;
-                if ((r = flush(s, &send_timer)) < 0 || (r = feed(s, n, &status, &send_timer)) < 0)
+                if ((r = feed(s, n, &status, &send_timer)) < 0)
                         return r;
         }
         if ((r = flush(s, &send_timer)) < 0)
@@ -227,7 +285,12 @@ static int converse(Session *s) {
         now = now_usec();
         if (s->proto.messages != messages || kept_output) /* taking replies is progress, as in pool.c */
                 s->timer.at = session_idle_deadline(s, now);
+        r = 0;
         while (status == PROTO_CONTINUE) {
+                if (handing_over(s)) { /* between two reads: at rest */
+                        r = HANDING_OVER;
+                        break;
+                }
                 if (session_stop_requested(s)) {
                         /* The lines in hand were answered; the server is going away. */
                         proto_abort(&s->proto, PROTO_END_SHUTDOWN, &s->out);
@@ -265,12 +328,13 @@ static int converse(Session *s) {
         }
         if (lowat != 1) /* a wait for a line's end ended otherwise: the lingerer's epoll needs 1 */
                 (void) set_lowat(s->fd, 1, &lowat);
-        return flush(s, &send_timer);
+        return r == HANDING_OVER ? r : flush(s, &send_timer);
 }
 
 /* proxy_header: reads the PROXY header (at most SESSION_PROXY_TIMEOUT_USEC) and hands it to
- * the server; the bytes after it are kept in S->in. false: the session ends here. */
-static bool proxy_header(Session *s) {
+ * the server; the bytes after it are kept in S->in. 0: go on; -1: the session ends here;
+ * HANDING_OVER: still waiting for it at the hand-over. */
+static int proxy_header(Session *s) {
         const EngineHooks *hooks = &s->engine->hooks;
         const uint64_t deadline = now_usec() + SESSION_PROXY_TIMEOUT_USEC;
         Timer recv_timer = { .option = SO_RCVTIMEO };
@@ -281,6 +345,8 @@ static bool proxy_header(Session *s) {
         ssize_t n = 0;
 
         while (timer_arm(s, &recv_timer, deadline, now_usec())) {
+                if (handing_over(s))
+                        return HANDING_OVER; /* not greeted: the server closes it in silence */
                 n = recv(s->fd, s->in, s->in_cap, 0);
                 if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK))
                         continue;
@@ -297,10 +363,10 @@ static bool proxy_header(Session *s) {
         if (recv_timer.armed != 0)
                 (void) set_timeout(s->fd, SO_RCVTIMEO, 0);
         if (!hooks->proxied(hooks->userdata, s, status == PROXY_NEED_MORE ? PROXY_INVALID : status, &header, reason))
-                return false;
+                return -1;
         s->in_off = used;
         s->in_len = (size_t) n;
-        return true;
+        return 0;
 }
 
 /* Linger: a socket to leave to the lingerer once its session is over (serve). */
@@ -311,7 +377,7 @@ typedef struct Linger {
 } Linger;
 
 /* run: the whole session on a worker thread; *LINGER: its socket, if it lingers. */
-static void run(Session *s, Linger *linger) {
+static Outcome run(Session *s, Linger *linger) {
         /* A resumed session may have brought buffers of its own. */
         if (!s->in)
                 s->in = malloc(s->in_cap);
@@ -319,26 +385,44 @@ static void run(Session *s, Linger *linger) {
                 s->out.data = malloc(s->out.cap);
         if (!s->in || !s->out.data) {
                 session_fail(s, -ENOMEM);
-                return;
+                return OUTCOME_DONE;
         }
         if (s->lingering) { /* resumed after its FIN was sent: with what it brought */
                 *linger = (Linger) { .fd = s->fd, .deadline = s->timer.at, .discarded = s->in_len };
                 s->fd_kept = true;
-                return;
+                return OUTCOME_DONE;
         }
-        if (s->proxy && !proxy_header(s))
-                return;
+        int r = s->proxy ? proxy_header(s) : 0;
+        if (r == HANDING_OVER)
+                return OUTCOME_HANDED;
+        if (r < 0)
+                return OUTCOME_DONE;
         if (s->resumed) /* the receive timeout of the process it comes from, if it set one */
                 (void) set_timeout(s->fd, SO_RCVTIMEO, 0);
-        int r = converse(s);
+        r = converse(s);
+        if (r == HANDING_OVER) {
+                s->want_write = s->out.len > s->out_off;
+                return OUTCOME_HANDED;
+        }
         if (r < 0)
                 session_fail(s, r);
         else if (!session_lingers(s))
                 session_drain_at_stop(s);
         else if (session_send_fin(s)) {
-                *linger = (Linger) { .fd = s->fd, .deadline = now_usec() + SESSION_LINGER_USEC };
+                uint64_t deadline = now_usec() + SESSION_LINGER_USEC;
+                if (handing_over(s)) {
+                        /* Ended during the hand-over: the next process lingers (the lingerer
+                         * is about to close what it holds). Lingering, in_len counts what was
+                         * discarded. */
+                        s->lingering = true;
+                        s->timer.at = deadline;
+                        s->in_off = s->in_len = 0;
+                        return OUTCOME_HANDED;
+                }
+                *linger = (Linger) { .fd = s->fd, .deadline = deadline };
                 s->fd_kept = true;
         }
+        return OUTCOME_DONE;
 }
 
 /* ---- accepting ---- */
@@ -535,6 +619,47 @@ static void *wait_for_client(void *userdata) {
         }
 }
 
+/* ---- serving, and the hand-over's wakeups ---- */
+
+static void serving_add(PerConn *p, Serving *me) {
+        pthread_mutex_lock(&p->serving_lock);
+        me->next = p->serving;
+        if (me->next)
+                me->next->prev = me;
+        p->serving = me;
+        pthread_mutex_unlock(&p->serving_lock);
+}
+
+/* serving_remove: ME is no longer woken. A wakeup sent before may still be pending: once the
+ * hand-over has begun, this thread blocks it, so that it interrupts nothing more (the handed_over
+ * hook's message to systemd, say); the thread leaves after this session. */
+static void serving_remove(PerConn *p, Serving *me) {
+        pthread_mutex_lock(&p->serving_lock);
+        if (me->prev)
+                me->prev->next = me->next;
+        else
+                p->serving = me->next;
+        if (me->next)
+                me->next->prev = me->prev;
+        pthread_mutex_unlock(&p->serving_lock);
+        if (__atomic_load_n(&p->handing, __ATOMIC_ACQUIRE)) {
+                sigset_t set;
+                sigemptyset(&set);
+                sigaddset(&set, WAKE_SIGNAL);
+                (void) pthread_sigmask(SIG_BLOCK, &set, NULL);
+        }
+}
+
+/* wake_serving: signals every thread still serving; false when none is. */
+static bool wake_serving(PerConn *p) {
+        pthread_mutex_lock(&p->serving_lock);
+        bool any = p->serving != NULL;
+        for (Serving *t = p->serving; t; t = t->next)
+                (void) pthread_kill(t->thread, WAKE_SIGNAL);
+        pthread_mutex_unlock(&p->serving_lock);
+        return any;
+}
+
 /* refuse: WorkerCalls.refuse: no other thread could be started to accept after this one. */
 static void refuse(void *userdata, void *job) {
         turn_away(userdata, job);
@@ -546,9 +671,16 @@ static void refuse(void *userdata, void *job) {
 static void serve(void *userdata, void *job) {
         PerConn *p = userdata;
         Session *s = job;
+        Serving me = { .thread = pthread_self() };
         Linger linger = { .fd = -1 };
 
-        run(s, &linger);
+        serving_add(p, &me);
+        Outcome outcome = run(s, &linger);
+        serving_remove(p, &me);
+        if (outcome == OUTCOME_HANDED) {
+                p->engine.hooks.handed_over(s, p->engine.hooks.userdata);
+                return;
+        }
         engine_session_done(s->engine, s);
         if (linger.fd >= 0)
                 lingerer_add(p->lingerer, linger.fd, linger.deadline, linger.discarded);
@@ -598,8 +730,30 @@ static void perconn_free(PerConn *p) {
         queued_close_all(&p->orphans); /* no thread is left to take the lock */
         pthread_rwlock_destroy(&p->listen_lock);
         pthread_mutex_destroy(&p->queue_lock);
+        pthread_mutex_destroy(&p->serving_lock);
         free(p->queued);
         free(p);
+}
+
+static int perconn_stop(Engine *e, uint64_t timeout_msec);
+
+/* perconn_hand_over: EngineOps.hand_over: no thread waits for a connection any more, and each
+ * serving thread, woken until it is done, brings its session to rest for the handed_over hook
+ * (a session that ends meanwhile ends as usual); then as perconn_stop. */
+static int perconn_hand_over(Engine *e, uint64_t timeout_msec) {
+        PerConn *p = (PerConn *) e;
+        struct sigaction wake = { .sa_handler = on_wake_signal }; /* no SA_RESTART: EINTR */
+        uint64_t deadline = now_usec() + timeout_msec * 1000u, now;
+
+        sigemptyset(&wake.sa_mask);
+        if (sigaction(WAKE_SIGNAL, &wake, NULL) < 0)
+                return log_error_errno(-errno, "cannot install the hand-over's wakeup");
+        __atomic_store_n(&p->handing, true, __ATOMIC_RELEASE);
+        workers_shutdown(p->workers); /* no thread is started for a client queued meanwhile */
+        while (wake_serving(p) && (now = now_usec()) < deadline)
+                (void) nanosleep(&(struct timespec) { .tv_nsec = WAKE_INTERVAL_NSEC }, NULL);
+        now = now_usec();
+        return perconn_stop(e, now < deadline ? (deadline - now) / 1000u : 0);
 }
 
 static int perconn_stop(Engine *e, uint64_t timeout_msec) {
@@ -635,6 +789,7 @@ static const EngineOps perconn_ops = {
         .reconfigure = perconn_reconfigure,
         .set_listeners = perconn_set_listeners,
         .slot_freed = perconn_slot_freed,
+        .hand_over = perconn_hand_over,
         .nonblocking = false,
         .reads_proxy = true,
         .keeps_partial_lines = true,
@@ -669,6 +824,7 @@ int perconn_engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks)
         pthread_rwlock_init(&p->listen_lock, &attr);
         pthread_rwlockattr_destroy(&attr);
         pthread_mutex_init(&p->queue_lock, NULL);
+        pthread_mutex_init(&p->serving_lock, NULL);
         p->engine = (Engine) { .ops = &perconn_ops, .hooks = *hooks };
         r = open_control(p);
         if (r == 0)

@@ -742,18 +742,14 @@ static void forget_engine(Server *s) {
 }
 
 /* wants_hand_over: whether to hand the conversations over rather than end them: the
- * configuration allows it, the engine can, systemd keeps descriptors for us, and it is not a
- * stop. When systemd cannot be asked, they are handed over: at a stop, systemd then closes
- * them (docs/zero-downtime.md). */
+ * configuration allows it, systemd keeps descriptors for us, and it is not a stop. When
+ * systemd cannot be asked, they are handed over: at a stop, systemd then closes them
+ * (docs/zero-downtime.md). */
 static bool wants_hand_over(Server *s) {
         char why[256];
 
         if (s->conf->handover == HANDOVER_MODE_OFF || !getenv("NOTIFY_SOCKET"))
                 return false;
-        if (!engine_can_hand_over(s->engine)) {
-                log_notice("the per-connection worker model does not hand conversations over; ending them");
-                return false;
-        }
         HandoffJob job = handoff_job(why, sizeof(why));
         log_info("%s: %s", why,
                  job == HANDOFF_JOB_STOP      ? "ending the conversations"

@@ -62,6 +62,26 @@ static const char *const URING_CROSSINGS[][2] = {
 };
 #define N_URING_CROSSINGS (sizeof(URING_CROSSINGS) / sizeof(URING_CROSSINGS[0]))
 
+/* The hand-overs from a per-connection process, and to one from io_uring, whose records can
+ * carry more input than one read (an epoll pool to per-connection: further below). */
+static const char *const PERCONN_CROSSINGS[][2] = {
+        { "per-connection", "per-connection" },
+        { "per-connection", "epoll" },
+        { "io_uring", "per-connection" },
+};
+#define N_PERCONN_CROSSINGS (sizeof(PERCONN_CROSSINGS) / sizeof(PERCONN_CROSSINGS[0]))
+
+/* model_config: the configuration lines of the worker model NAME into BUF: "per-connection", or
+ * a pool of LOOPS loops on the backend NAME ("epoll", "io_uring"). */
+static const char *model_config(const char *name, int loops, char *buf, size_t size) {
+        if (strcmp(name, "per-connection") == 0)
+                snprintf(buf, size, "workers = \"per-connection\";\n");
+        else
+                snprintf(buf, size, "workers = %d;\nio_backend = \"%s\";\n", loops, name);
+        return buf;
+}
+#define MODEL(name, loops) model_config(name, loops, (char[64]) { 0 }, 64)
+
 /* restart_keeps_every_conversation_from: conversations mid-way (a partial line, replies not
  * read, idle) pass from a pool on the backend FROM to one on TO: no second greeting, the next
  * replies byte-exact; clients that connect in the gap are greeted by the next process. */
@@ -74,7 +94,7 @@ static void restart_keeps_every_conversation_from(const char *from, const char *
 
         harness_step("from %s to %s", from, to);
         store_start(&st, d->dir);
-        hellod_write_config(d, "log_level = \"info\";\nworkers = 2;\nio_backend = \"%s\";\n", from);
+        hellod_write_config(d, "log_level = \"info\";\n%s", MODEL(from, 2));
         store_start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "started");
         for (int i = 0; i < CLIENTS; i++) {
@@ -99,7 +119,7 @@ static void restart_keeps_every_conversation_from(const char *from, const char *
         int gap = client_connect(port);
 
         harness_step("the next process resumes them");
-        hellod_write_config(d, "log_level = \"info\";\nworkers = 2;\nio_backend = \"%s\";\n", to);
+        hellod_write_config(d, "log_level = \"info\";\n%s", MODEL(to, 2));
         store_start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "resumed 60 conversations handed over by the previous process");
         not_fallen_back(d);
@@ -135,6 +155,13 @@ Test(handover, restart_keeps_every_conversation, .timeout = 60) {
 Test(handover, restart_keeps_every_conversation_on_io_uring, .timeout = 90) {
         for (size_t i = 0; i < N_URING_CROSSINGS; i++)
                 restart_keeps_every_conversation_from(URING_CROSSINGS[i][0], URING_CROSSINGS[i][1]);
+}
+
+/* A per-connection process hands over as a pool does: each thread brings its conversation to
+ * rest between two reads, woken out of a blocking read or write. */
+Test(handover, restart_keeps_every_conversation_per_connection, .timeout = 90) {
+        for (size_t i = 0; i < N_PERCONN_CROSSINGS; i++)
+                restart_keeps_every_conversation_from(PERCONN_CROSSINGS[i][0], PERCONN_CROSSINGS[i][1]);
 }
 
 /* A state whose header does not check out (one byte changed): every stored connection is
@@ -962,29 +989,38 @@ static size_t wait_backed_up(Hellod *d, uint16_t port, int fd, size_t sent, size
         return held;
 }
 
-/* kept_cross_from: back-pressure across a hand-over from a loop on the backend FROM to one on
- * TO: 500,000 pipelined lines of 3 bytes, more replies than the kernel's buffers hold (up to 4
- * MiB) and four times the bytes of their lines, so that the replies the client has not taken
- * are kept as output and the lines read but not answered as input; every reply arrives once,
- * in order, byte for byte. */
-static void kept_cross_from(const char *from, const char *to) {
+/* kept_line: the line I of kept_cross_from, LINE bytes long (2 or 3, its newline included). */
+static int kept_line(char *buf, size_t size, int i, size_t line) {
+        if (line == 2)
+                return snprintf(buf, size, "%c\n", 'a' + i % 26);
+        return snprintf(buf, size, "%c%c\n", 'a' + i % 26, 'a' + i / 26 % 26);
+}
+
+/* kept_cross_from: back-pressure across a hand-over from the model FROM to TO: 500,000
+ * pipelined lines of LINE bytes, more replies than the kernel's buffers hold (up to 4 MiB) and
+ * four (LINE 3) or five and a half (LINE 2) times the bytes of their lines, so that the replies
+ * the client has not taken are kept as output and the lines read but not answered as input.
+ * With 2-byte lines the replies to one 4 KiB read overflow the 16 KiB output buffer, so that a
+ * thread blocked writing holds part of its read unanswered. Every reply arrives once, in order,
+ * byte for byte, and a last line's reply comes right after them: none more, none fewer. */
+static void kept_cross_from(const char *from, const char *to, size_t line) {
         Hellod *d = hellod_new();
         Store st;
         uint16_t port;
         int listener = store_listener(&port);
-        enum { LINES = 500000, LINE = 3 };
-        static char in[LINES * LINE + 1];
+        enum { LINES = 500000 };
+        static char in[LINES * 3 + 1];
         size_t n = 0;
 
-        harness_step("from %s to %s", from, to);
+        harness_step("from %s to %s, lines of %zu bytes", from, to, line);
         store_start(&st, d->dir);
-        hellod_write_config(d, "workers = 1;\nio_backend = \"%s\";\nlog_level = \"info\";\nidle_timeout = 30;\n", from);
+        hellod_write_config(d, "%slog_level = \"info\";\nidle_timeout = 30;\n", MODEL(from, 1));
         store_start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "started");
         int fd = client_connect(port);
         client_expect_str(fd, HELLOD_GREETING);
         for (int i = 0; i < LINES; i++)
-                n += (size_t) sprintf(in + n, "%c%c\n", 'a' + i % 26, 'a' + i / 26 % 26);
+                n += (size_t) kept_line(in + n, sizeof(in) - n, i, line);
         size_t sent = 0;
         while (sent < n) {
                 int r = client_try_send(fd, in + sent, n - sent > 4096 ? 4096 : n - sent);
@@ -993,35 +1029,44 @@ static void kept_cross_from(const char *from, const char *to) {
                 sent += n - sent > 4096 ? 4096 : n - sent;
         }
         harness_step("sent %zu of %zu bytes", sent, n);
-        size_t held = wait_backed_up(d, port, fd, sent, LINE, strlen("Hello, xx!\r\n"));
+        size_t held = wait_backed_up(d, port, fd, sent, line, line + strlen("Hello, !\r\n") - 1);
         harness_step("hellod holds %zu reply bytes (or their lines), the state is to carry them", held);
         stop_and_wait(d);
         store_wait(d, &st, "state", 1);
-        hellod_write_config(d, "workers = 1;\nio_backend = \"%s\";\nlog_level = \"info\";\nidle_timeout = 30;\n", to);
+        hellod_write_config(d, "%slog_level = \"info\";\nidle_timeout = 30;\n", MODEL(to, 1));
         store_start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "resumed 1 conversation");
         not_fallen_back(d);
-        for (int i = 0; i < (int) (sent / LINE); i++) {
-                char want[LINE + 16];
-                snprintf(want, sizeof(want), "Hello, %c%c!\r\n", 'a' + i % 26, 'a' + i / 26 % 26);
+        for (int i = 0; i < (int) (sent / line); i++) {
+                char want[32], text[8];
+                kept_line(text, sizeof(text), i, line);
+                snprintf(want, sizeof(want), "Hello, %.*s!\r\n", (int) line - 1, text);
                 client_expect_str(fd, want);
                 if (sent < n && i == 1000) {
                         client_send(fd, in + sent, n - sent);
                         sent = n;
                 }
         }
+        client_hello(fd, "the last");
         client_close(fd);
         stop_and_wait(d);
         store_end_rig(d, &st, listener);
 }
 
 Test(handover, kept_output_and_input_cross_the_hand_over_byte_for_byte, .timeout = 60) {
-        kept_cross_from("epoll", "epoll");
+        kept_cross_from("epoll", "epoll", 3);
 }
 
 Test(handover, kept_output_and_input_cross_the_hand_over_on_io_uring, .timeout = 90) {
         for (size_t i = 0; i < N_URING_CROSSINGS; i++)
-                kept_cross_from(URING_CROSSINGS[i][0], URING_CROSSINGS[i][1]);
+                kept_cross_from(URING_CROSSINGS[i][0], URING_CROSSINGS[i][1], 3);
+}
+
+/* A per-connection thread blocked writing replies the client does not take hands them over,
+ * with the rest of the read it was answering (2-byte lines: see kept_cross_from). */
+Test(handover, kept_output_and_input_cross_the_hand_over_per_connection, .timeout = 90) {
+        for (size_t i = 0; i < N_PERCONN_CROSSINGS; i++)
+                kept_cross_from(PERCONN_CROSSINGS[i][0], PERCONN_CROSSINGS[i][1], 2);
 }
 
 /* lingering_crosses_from: a lingering close (the client said exit before taking its replies:
@@ -1038,14 +1083,14 @@ static void lingering_crosses_from(const char *from, const char *to) {
 
         harness_step("from %s to %s", from, to);
         store_start(&st, d->dir);
-        hellod_write_config(d, "workers = 1;\nio_backend = \"%s\";\nlog_level = \"info\";\n", from);
+        hellod_write_config(d, "%slog_level = \"info\";\n", MODEL(from, 1));
         store_start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "started");
         int fd = client_exit_replies_unread(port); /* hellod lingers for a second from here */
         stop_and_wait(d);
         hellod_wait_stderr(d, "handed 1 conversation over");
         store_wait(d, &st, "state", 1);
-        hellod_write_config(d, "workers = 1;\nio_backend = \"%s\";\nlog_level = \"info\";\n", to);
+        hellod_write_config(d, "%slog_level = \"info\";\n", MODEL(to, 1));
         store_start_hellod(d, &st, listener);
         hellod_wait_stderr(d, "resumed 1 conversation");
         not_fallen_back(d);
