@@ -631,6 +631,13 @@ static Fate on_recv(Loop *l, Conn *c, const Completion *cqe) {
         }
 }
 
+/* cancelled: a send's result when it was cancelled before it sent anything: -ECANCELED, or
+ * -EINTR when the cancellation interrupted it while it ran (io-wq; seen under the driver's
+ * restarts). What it sent before a cancellation comes back as a count. */
+static bool cancelled(int res) {
+        return res == -ECANCELED || res == -EINTR;
+}
+
 static Fate on_send(Loop *l, Conn *c, int res) {
         Session *s = c->s;
 
@@ -639,13 +646,13 @@ static Fate on_send(Loop *l, Conn *c, int res) {
         if (c->ended)
                 return settle(l, c);
         if (c->handing) { /* cancelled, or done: what it sent is counted */
-                if (res < 0 && res != -ECANCELED)
+                if (res < 0 && !cancelled(res))
                         return finish(l, c, res);
                 s->out_off += res > 0 ? (size_t) res : 0;
                 return c->inflight == 0 ? give(l, c) : ALIVE;
         }
         if (res < 0)
-                return finish(l, c, res == -ECANCELED ? -ETIMEDOUT : res);
+                return finish(l, c, cancelled(res) ? -ETIMEDOUT : res);
         s->out_off += (size_t) res;
         if (s->out_off < s->out.len) {
                 /* The client lags: keep the rest, wait for it, read nothing meanwhile. */

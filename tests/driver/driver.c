@@ -2,9 +2,10 @@
  * over loopback and every byte they receive is checked against the protocol's model
  * (harness_model_replies, the one the fuzzer and the hostile tests use).
  *
- *   driver [--seconds N] [--seed N] [--hellod PATH] [--stored]  (20 s; else $HELLOD_BIN)
- *   driver --replay SESSION-SEED --setup I [--seconds N] [--stored]  (one failed plan, on every
- *                                                                     client thread)
+ *   driver [--seconds N] [--seed N] [--hellod PATH] [--stored] [--restarts]
+ *          (20 s; else $HELLOD_BIN)
+ *   driver --replay SESSION-SEED --setup I [--seconds N] [--stored] [--restarts]
+ *          (one failed plan, on every client thread)
  *
  * Each session follows a random plan made from its own seed (printed on failure, so that a
  * plan can be replayed with --replay, against the setup it failed in): lines of 0 bytes to
@@ -17,7 +18,11 @@
  * HELLOD_TEST_CONF_EXTRA picks the worker model as in the integration suite. With --stored the
  * daemon runs as a service under the test's PID 1 (store.h) with handover = "always": every
  * session is stored, so it reads with MSG_PEEK and takes whole lines only (and, in the
- * per-connection model, waits for a line's end with SO_RCVLOWAT).
+ * per-connection model, waits for a line's end with SO_RCVLOWAT). With --restarts it runs as
+ * such a service too, and the test restarts it every RESTART_MIN_MS to RESTART_MAX_MS while the
+ * clients go on: each process hands every conversation over to the next (docs/zero-downtime.md)
+ * at whatever point it has reached, and the clients, who see none of it, still check every
+ * byte against the model: nothing lost, nothing doubled, no second greeting.
  *
  * A burst must be answered without waiting for any timeout: idle_timeout is far above any
  * pause a client makes, so a session that stalls in the daemon shows as `ERR idle timeout`
@@ -54,6 +59,10 @@
 #define BURST_MAX_LINES 6000
 #define INPUT_MAX (512 * 1024)
 #define FAILURES_KEPT 8
+#define RESTART_MIN_MS 200    /* --restarts: the time between two restarts, at random */
+#define RESTART_MAX_MS 1200
+#define STR_(x) #x
+#define STR(x) STR_(x)
 
 /* The daemon configurations, run in turn, each for a share of the time. */
 typedef struct Setup {
@@ -112,7 +121,13 @@ static const Setup *setup;
 static uint64_t base_seed;
 static uint64_t replay_seed; /* --replay: every session runs this plan; 0: none */
 static bool stored;          /* --stored: handover = "always", under the test's PID 1 */
+static bool restarts;        /* --restarts: under the test's PID 1, restarted again and again */
 static atomic_uint_fast64_t next_session;
+
+/* as_service: the daemon runs under the test's PID 1 (store.h). */
+static bool as_service(void) {
+        return stored || restarts;
+}
 
 static void record_failure(const Plan *p, const char *format, ...) __attribute__((format(printf, 2, 3)));
 
@@ -262,7 +277,7 @@ static bool check(const Plan *p, const char *got, size_t n, size_t at) {
 
 /* run_session: the plan against the daemon; false on a failure (recorded). */
 static bool run_session(Plan *p, Rng *r) {
-        bool v4 = rng_below(r, 2) || stored; /* PID 1's listener (store_listener) is IPv4 */
+        bool v4 = rng_below(r, 2) || as_service(); /* PID 1's listener (store_listener) is IPv4 */
         const char *ip = v4 ? "127.0.0.1" : "::1";
         size_t written = 0, received = 0, chunk_end = 0;
         int64_t progress = now_ms(), read_pause_until = 0, write_pause_until = 0;
@@ -434,12 +449,37 @@ static _Noreturn void fail_hard(const char *message) {
 /* The daemon's configuration: idle_timeout, max_line_length, the reply's prefix and suffix. */
 #define CONFIG "idle_timeout = %d;\nmax_line_length = %u;\nreply = \"%s{name}%s\";\nmax_connections = 1000;\n"
 
-/* end_daemon: D gone, and with --stored the test's part of PID 1 (ST, LISTENER) too. */
+/* end_daemon: D gone, and as a service the test's part of PID 1 (ST, LISTENER) too. */
 static void end_daemon(Hellod *d, Store *st, int listener) {
-        if (stored)
+        if (as_service())
                 store_end_rig(d, st, listener);
         else
                 hellod_free(d);
+}
+
+/* restarts_verdict: the N restarts of D (UNCLEAN of them not a clean exit) each handed every
+ * conversation over: one "handed ... over" line each, none with a conversation closed, and no
+ * record refused by the next process. */
+static void restarts_verdict(Hellod *d, const Setup *s, unsigned n, unsigned unclean) {
+        char *err = hellod_stderr(d);
+        unsigned handed = 0, conversations = 0, closed = 0;
+
+        /* "handed N conversation(s) over to the next process (M closed) in ..." */
+        for (const char *at = strstr(err, "handed "); at; at = strstr(at + 1, "handed ")) {
+                unsigned k, lost;
+                if (sscanf(at, "handed %u conversation%*[s] over to the next process (%u closed)", &k, &lost) != 2 &&
+                    sscanf(at, "handed %u conversation over to the next process (%u closed)", &k, &lost) != 2)
+                        continue;
+                handed++;
+                conversations += k;
+                closed += lost;
+        }
+        bool refused = strstr(err, "cannot resume") || strstr(err, "cannot be handed over");
+        free(err);
+        verdict(n > 0 && unclean == 0, "%s: %u restarts, %u without a clean exit", s->name, n, unclean);
+        verdict(handed == n && conversations > 0 && closed == 0 && !refused,
+                "%s: %u hand-overs logged for %u restarts, %u conversations handed over, %u closed%s", s->name, handed, n,
+                conversations, closed, refused ? ", a record refused" : "");
 }
 
 static void run_setup(const Setup *s, unsigned seconds) {
@@ -450,12 +490,12 @@ static void run_setup(const Setup *s, unsigned seconds) {
         Store st;
         int listener = -1;
         Hellod *d;
-        if (stored) {
+        if (as_service()) {
                 d = hellod_new();
                 store_start(&st, d->dir);
                 listener = store_listener(&port);
-                hellod_write_config(d, CONFIG "handover = \"always\";\n", IDLE_TIMEOUT, s->max_line, s->prefix,
-                                    s->suffix);
+                hellod_write_config(d, CONFIG "handover = \"%s\";\n", IDLE_TIMEOUT, s->max_line, s->prefix,
+                                    s->suffix, stored ? "always" : "restart");
                 store_start_hellod(d, &st, listener);
                 hellod_wait_stderr(d, "started");
         } else {
@@ -468,8 +508,19 @@ static void run_setup(const Setup *s, unsigned seconds) {
         for (int i = 0; i < CLIENT_THREADS; i++)
                 if (pthread_create(&threads[i], NULL, load_thread, NULL) != 0)
                         fail_hard("cannot start a client thread");
-        for (int64_t end = now_ms() + (int64_t) seconds * 1000; now_ms() < end && hellod_alive(d);)
-                harness_sleep_ms(100);
+        Rng rng = { base_seed ^ (uint64_t) (s - setups) };
+        unsigned n_restarts = 0, n_unclean = 0;
+        int64_t next_restart = now_ms() + RESTART_MIN_MS + (int64_t) rng_below(&rng, RESTART_MAX_MS - RESTART_MIN_MS);
+        for (int64_t end = now_ms() + (int64_t) seconds * 1000; now_ms() < end && hellod_alive(d);) {
+                harness_sleep_ms(restarts ? 10 : 100);
+                if (!restarts || now_ms() < next_restart)
+                        continue;
+                int status = hellod_stop(d); /* SIGTERM: it hands over, as systemctl restart has it */
+                n_unclean += !WIFEXITED(status) || WEXITSTATUS(status) != 0;
+                store_start_hellod(d, &st, listener);
+                n_restarts++;
+                next_restart = now_ms() + RESTART_MIN_MS + (int64_t) rng_below(&rng, RESTART_MAX_MS - RESTART_MIN_MS);
+        }
         atomic_store(&stop_load, true);
         for (int i = 0; i < CLIENT_THREADS; i++)
                 pthread_join(threads[i], NULL);
@@ -477,6 +528,8 @@ static void run_setup(const Setup *s, unsigned seconds) {
         uint64_t sessions = atomic_load(&n_sessions) - before, failed = atomic_load(&n_failures) - failed_before;
         verdict(failed == 0 && sessions > 0, "%s: %" PRIu64 " sessions matched the model, %" PRIu64 " failed", s->name,
                 sessions, failed);
+        if (restarts)
+                restarts_verdict(d, s, n_restarts, n_unclean);
         bool alive = hellod_alive(d);
         verdict(alive, "%s: the daemon is still running", s->name);
         if (!alive) {
@@ -492,6 +545,13 @@ static void run_setup(const Setup *s, unsigned seconds) {
         for (int64_t end = now_ms() + 5000; fds > fds_before && now_ms() < end; fds = hellod_fd_count(d))
                 harness_sleep_ms(50);
         verdict(fds <= fds_before, "%s: descriptors back to %d (now %d)", s->name, fds_before, fds);
+        if (restarts && !stored) { /* stored: checked below */
+                /* Each process took its conversations out of the store as it resumed them. */
+                unsigned held = store_count(&st, "c");
+                for (int64_t end = now_ms() + 5000; held > 0 && now_ms() < end; held = store_count(&st, "c"))
+                        harness_sleep_ms(20);
+                verdict(held == 0, "%s: PID 1 holds %u connections once they closed", s->name, held);
+        }
         if (stored) {
                 /* What the mode is for: every connection was stored (so it read a line at a
                  * time), and PID 1 holds none once they closed. Its messages may still be on
@@ -542,6 +602,8 @@ int main(int argc, char **argv) {
                         base_seed = strtoull(argv[++i], NULL, 10);
                 else if (strcmp(argv[i], "--stored") == 0)
                         stored = true;
+                else if (strcmp(argv[i], "--restarts") == 0)
+                        restarts = true;
                 else if (strcmp(argv[i], "--hellod") == 0 && i + 1 < argc)
                         bin = argv[++i];
                 else if (strcmp(argv[i], "--replay") == 0 && i + 1 < argc && parse_u64(argv[i + 1], &replay_seed) &&
@@ -551,7 +613,7 @@ int main(int argc, char **argv) {
                         only_setup = (long) (setup_arg < N_SETUPS ? setup_arg : N_SETUPS), i++;
                 else {
                         fprintf(stderr, "usage: driver [--seconds N] [--seed N] [--hellod PATH] "
-                                        "[--replay SESSION-SEED --setup I] [--stored]\n");
+                                        "[--replay SESSION-SEED --setup I] [--stored] [--restarts]\n");
                         return 2;
                 }
         }
@@ -573,8 +635,9 @@ int main(int argc, char **argv) {
         long_prefix[sizeof(long_prefix) - 1 - strlen("{name}")] = '\0';
 
         const char *extra = getenv("HELLOD_TEST_CONF_EXTRA");
-        printf("driver: seed %" PRIu64 ", %u s, %d client threads, worker model: %s%s\n", base_seed, seconds,
-               CLIENT_THREADS, extra && *extra ? extra : "the default", stored ? ", stored sessions" : "");
+        printf("driver: seed %" PRIu64 ", %u s, %d client threads, worker model: %s%s%s\n", base_seed, seconds,
+               CLIENT_THREADS, extra && *extra ? extra : "the default", stored ? ", stored sessions" : "",
+               restarts ? ", restarted every " STR(RESTART_MIN_MS) "-" STR(RESTART_MAX_MS) " ms" : "");
         fflush(stdout);
         for (size_t i = 0; i < N_SETUPS; i++)
                 if (only_setup < 0 || (size_t) only_setup == i)
