@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include "conf.h"
+#include "handover.h"
 #include "listener.h"
 #include "session.h"
 
@@ -49,6 +50,10 @@ typedef struct EngineHooks {
         /* handed_over: S is at rest for the hand-over to the next process (engine_hand_over):
          * the hook records it and owns it from then on, like done. */
         void (*handed_over)(Session *s, void *userdata);
+        /* handed_over_lingering: the same for a conversation that ended before (its done hook
+         * was called) and lingers on the socket FD, which the engine kept: REC is its record
+         * (handoff_lingering_at()); the hook owns FD from then on. */
+        void (*handed_over_lingering)(void *userdata, const HandoverRecord *rec, int fd);
         /* proxied: S came through a PROXY listener and its header is in (STATUS PROXY_DONE,
          * HEADER), malformed or late (PROXY_INVALID, REASON): the server admits the client the
          * header names, or turns it away. true: go on (greet, then the bytes after the

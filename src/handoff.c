@@ -144,6 +144,30 @@ void handoff_record(const Session *s, uint64_t now, HandoverRecord *rec) {
         };
 }
 
+HandoffLingering *handoff_lingering_new(const Session *s) {
+        size_t listen_len = strlen(s->listen);
+        HandoffLingering *l = malloc(sizeof(*l) + listen_len + 1);
+
+        if (!l)
+                return NULL;
+        handoff_record(s, s->started_usec, &l->rec);
+        l->started_usec = s->started_usec;
+        memcpy(l->listen, s->listen, listen_len + 1);
+        l->rec.listen = l->listen;
+        l->rec.flags = HANDOVER_LINGERING;
+        /* Lingering: nothing of the conversation is kept but its counters and its end. */
+        l->rec.pending = l->rec.input = l->rec.output = NULL;
+        l->rec.pending_len = l->rec.input_len = l->rec.output_len = 0;
+        return l;
+}
+
+const HandoverRecord *handoff_lingering_at(HandoffLingering *l, uint64_t now, uint64_t deadline, size_t discarded) {
+        l->rec.age_usec = now - l->started_usec;
+        l->rec.deadline_left_usec = deadline > now ? deadline - now : 0;
+        l->rec.discarded = discarded > UINT32_MAX ? UINT32_MAX : (uint32_t) discarded;
+        return &l->rec;
+}
+
 /* restore: the buffers and state of REC into the new session S. */
 static int restore(Session *s, const HandoverRecord *rec, uint64_t now, const char **reason) {
         if (proto_resume(&s->proto, (const char *) rec->pending, rec->pending_len, rec->lines, rec->messages,

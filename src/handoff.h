@@ -29,6 +29,22 @@ HandoverLimits handoff_limits(const Conf *conf);
 /* handoff_record: S at rest, as a record (pointing into S's buffers), NOW (CLOCK_MONOTONIC). */
 void handoff_record(const Session *s, uint64_t now, HandoverRecord *rec);
 
+/* HandoffLingering: the record of a conversation that has ended and lingers (its FIN sent) on
+ * a socket its session no longer holds: the per-connection model's lingerer keeps the socket
+ * (lingerer.h) and this, self-contained, for a hand-over. */
+typedef struct HandoffLingering {
+        HandoverRecord rec;    /* LINGERING; listen points into the text below; nothing kept */
+        uint64_t started_usec; /* the connection's accept, for rec.age_usec */
+        char listen[];
+} HandoffLingering;
+
+/* handoff_lingering_new: S's record as it goes to linger (its conversation over); NULL when
+ * out of memory. Freed with free(). */
+HandoffLingering *handoff_lingering_new(const Session *s);
+/* handoff_lingering_at: L's record as of NOW: lingering until DEADLINE, DISCARDED bytes read
+ * away so far. */
+const HandoverRecord *handoff_lingering_at(HandoffLingering *l, uint64_t now, uint64_t deadline, size_t discarded);
+
 /* handoff_session: the session REC describes, on the connection FD, under CONF: no greeting,
  * the protocol's state, the kept input and output, the deadline from NOW. Takes FD (closed on
  * failure, with a static *REASON). Returns 0 or a negative errno. */

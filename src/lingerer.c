@@ -22,6 +22,7 @@ typedef struct Lingering {
         struct Lingering *expired_next; /* off the list, to be closed (take_expired) */
         int fd;
         size_t discarded;
+        void *record; /* lingerer_add()'s, or NULL */
 } Lingering;
 
 struct Lingerer {
@@ -67,6 +68,7 @@ static uint64_t take_expired(Lingerer *g, uint64_t now, Lingering **expired) {
 static void release(Lingerer *g, Lingering *l) {
         (void) epoll_ctl(g->epoll_fd, EPOLL_CTL_DEL, l->fd, NULL);
         close(l->fd);
+        free(l->record);
         free(l);
 }
 
@@ -100,25 +102,25 @@ static void drain(Lingerer *g, Lingering *l) {
         }
 }
 
-void lingerer_add(Lingerer *g, int fd, uint64_t deadline, size_t discarded) {
+void lingerer_add(Lingerer *g, int fd, uint64_t deadline, size_t discarded, void *record) {
         Lingering *l = malloc(sizeof(*l));
         struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP, .data.ptr = l };
         uint64_t sleep_until;
 
         if (!l) { /* cannot wait for the client: the FIN is out, close now */
                 close(fd);
+                free(record);
                 return;
         }
         /* At most the linger time from now, whatever a resumed session brought. */
         uint64_t latest = now_usec() + SESSION_LINGER_USEC;
         if (deadline > latest)
                 deadline = latest;
-        *l = (Lingering) { .fd = fd, .discarded = discarded };
+        *l = (Lingering) { .fd = fd, .discarded = discarded, .record = record };
         pthread_mutex_lock(&g->lock);
         if (g->n >= g->max) {
                 pthread_mutex_unlock(&g->lock);
-                free(l);
-                close(fd);
+                release(g, l); /* not registered: the EPOLL_CTL_DEL fails, harmlessly */
                 return;
         }
         /* Listed and registered in one step under the lock: the lingerer cannot close it (its
@@ -225,13 +227,34 @@ void lingerer_set_max(Lingerer *g, size_t max) {
         pthread_mutex_unlock(&g->lock);
 }
 
-void lingerer_free(Lingerer *g) {
-        if (!g)
-                return;
+/* stop_thread: the thread is gone: everything is this caller's. */
+static void stop_thread(Lingerer *g) {
         pthread_mutex_lock(&g->lock);
         g->stop = true;
         pthread_mutex_unlock(&g->lock);
         (void) eventfd_write(g->wake_fd, 1);
         (void) pthread_join(g->thread, NULL);
+}
+
+void lingerer_free(Lingerer *g) {
+        if (!g)
+                return;
+        stop_thread(g);
+        destroy(g);
+}
+
+void lingerer_hand_over(Lingerer *g, LingererGive give, void *userdata) {
+        Lingering *l, *next;
+
+        stop_thread(g);
+        for (l = first_lingering(g); l; l = next) {
+                next = l->timer.next ? DEADLINE_OWNER(l->timer.next, Lingering, timer) : NULL;
+                if (!l->record)
+                        continue; /* closed with the others below */
+                unlink_lingering(g, l);
+                (void) epoll_ctl(g->epoll_fd, EPOLL_CTL_DEL, l->fd, NULL);
+                give(userdata, l->fd, l->record, l->timer.at, l->discarded);
+                free(l);
+        }
         destroy(g);
 }

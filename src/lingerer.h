@@ -29,6 +29,15 @@ void lingerer_set_max(Lingerer *g, size_t max);
  * process is going away). NULL-safe. */
 void lingerer_free(Lingerer *g);
 
+/* LingererGive: at a hand-over, a lingering socket FD with the RECORD lingerer_add() was given,
+ * its DEADLINE and the bytes DISCARDED so far; it owns FD and RECORD from then on. */
+typedef void (*LingererGive)(void *userdata, int fd, void *record, uint64_t deadline, size_t discarded);
+
+/* lingerer_hand_over: lingerer_free(), but each socket that has a record goes to GIVE instead
+ * of being closed (to linger on in the next process). */
+void lingerer_hand_over(Lingerer *g, LingererGive give, void *userdata);
+
 /* lingerer_add: FD (its FIN sent) is the lingerer's until DEADLINE, DISCARDED bytes of it read
- * already. */
-void lingerer_add(Lingerer *g, int fd, uint64_t deadline, size_t discarded);
+ * already; RECORD (malloc'd, or NULL) goes with it: freed when it closes, or given at a
+ * hand-over. */
+void lingerer_add(Lingerer *g, int fd, uint64_t deadline, size_t discarded, void *record);

@@ -18,7 +18,8 @@
  * signal (WAKE_SIGNAL, caught without SA_RESTART, so the call returns EINTR or what it
  * transferred) and sees the engine handing over: it leaves its session at rest, with what it
  * read and did not answer as kept input and what it did not send as kept output, for the
- * server's handed_over hook. Nothing on the socket changes: the next process goes on with it. */
+ * server's handed_over hook. The connection is not shut down (as the stop's shutdown(SHUT_RD)
+ * would, for the next process too): the next one goes on with it. */
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
@@ -33,6 +34,7 @@
 #include <unistd.h>
 
 #include "engine.h"
+#include "handoff.h"
 #include "lingerer.h"
 #include "log.h"
 #include "queued.h"
@@ -49,8 +51,11 @@ typedef struct Serving {
 } Serving;
 
 /* How often the hand-over wakes the threads still serving: a signal that comes just before a
- * thread blocks (after it looked at `handing`) is lost, and the next one wakes it. */
-#define WAKE_INTERVAL_NSEC 2000000L
+ * thread blocks (after it looked at `handing`) is lost, and the next one wakes it. The first
+ * wakes nearly every thread; the interval doubles from 1 ms to 32 ms, so that thousands of
+ * threads are not signalled again and again while they line up to leave the list. */
+#define WAKE_INTERVAL_MIN_NSEC 1000000L
+#define WAKE_INTERVAL_MAX_NSEC 32000000L
 
 /* What a thread's session came to (run). */
 typedef enum Outcome {
@@ -140,9 +145,9 @@ static bool timer_arm(Session *s, Timer *t, uint64_t deadline, uint64_t now) {
  * first send does not block: when the socket has room, as it nearly always has, no send
  * timeout needs arming (one setsockopt() less per connection, measured with strace -c), and
  * the clock is not read (perf under rr: three clock reads a request cost 3% of the server's
- * time, more than all of hellod's own code). */
-static int flush(Session *s, Timer *send_timer) {
-        uint64_t deadline = 0;
+ * time, more than all of hellod's own code). DEADLINE: the write deadline already running
+ * (kept output a session was handed over with), or 0: from the first wait. */
+static int flush(Session *s, Timer *send_timer, uint64_t deadline) {
         bool blocking = false;
         int r = 0;
 
@@ -188,7 +193,7 @@ static int feed(Session *s, size_t n, ProtoStatus *status, Timer *send_timer) {
                 done += proto_feed(&s->proto, s->in + done, n - done, &s->out, status);
                 if (done == n || *status == PROTO_CLOSE)
                         return 0;
-                int r = flush(s, send_timer);
+                int r = flush(s, send_timer, 0);
                 if (r == HANDING_OVER) {
                         s->in_off = done;
                         s->in_len = n;
@@ -231,6 +236,12 @@ static ssize_t recv_lines(Session *s, int *lowat, uint64_t timeout, uint64_t beg
                 return session_read_end(s, s->in, s->in_cap);
         if (k < 0)
                 return k;
+        if (handing_over(s)) {
+                /* The hand-over's signal ends a peek with what is there, before the mark: the
+                 * partial line stays in the kernel, as the crash mode wants it. */
+                errno = EINTR;
+                return -1;
+        }
         size_t take = session_lines_taken(s, s->in, (size_t) k);
         if (take == 0 && session_line_end_awaited(s)) {
                 int mark = (int) k + 1;
@@ -255,8 +266,9 @@ static int converse(Session *s) {
         int lowat = 1; /* SO_RCVLOWAT, for recv_lines */
         ProtoStatus status = PROTO_CONTINUE;
         uint64_t messages = s->proto.messages, now;
-        /* Handed over while the client lagged: its deadline is the write deadline. */
+        /* Handed over while the client lagged: its deadline is the write deadline, running. */
         bool kept_output = s->resumed && s->out.len > s->out_off;
+        uint64_t kept_deadline = kept_output ? s->timer.at : 0;
         int r;
 
         if (!s->resumed) {
@@ -267,7 +279,7 @@ static int converse(Session *s) {
                 /* Handed over with replies still to send and input still to answer, or bytes
                  * that came after a PROXY header: the replies first (a hand-over meanwhile
                  * keeps the input where it is). */
-                if ((r = flush(s, &send_timer)) < 0)
+                if ((r = flush(s, &send_timer, kept_deadline)) < 0)
                         return r;
                 size_t n = s->in_len - s->in_off;
                 memmove(s->in, s->in + s->in_off, n);
@@ -275,7 +287,7 @@ static int converse(Session *s) {
                 if ((r = feed(s, n, &status, &send_timer)) < 0)
                         return r;
         }
-        if ((r = flush(s, &send_timer)) < 0)
+        if ((r = flush(s, &send_timer, kept_deadline)) < 0)
                 return r;
         if (s->proto.end != PROTO_END_NONE)
                 status = PROTO_CLOSE;
@@ -318,7 +330,7 @@ static int converse(Session *s) {
                 messages = s->proto.messages;
                 if ((r = feed(s, (size_t) n, &status, &send_timer)) < 0)
                         return r;
-                if ((r = flush(s, &send_timer)) < 0)
+                if ((r = flush(s, &send_timer, 0)) < 0)
                         return r;
                 /* A complete line (even an empty one) is activity; bytes of an unfinished
                  * line are not. Re-armed after the writes (session_idle_deadline). */
@@ -328,7 +340,7 @@ static int converse(Session *s) {
         }
         if (lowat != 1) /* a wait for a line's end ended otherwise: the lingerer's epoll needs 1 */
                 (void) set_lowat(s->fd, 1, &lowat);
-        return r == HANDING_OVER ? r : flush(s, &send_timer);
+        return r == HANDING_OVER ? r : flush(s, &send_timer, 0);
 }
 
 /* proxy_header: reads the PROXY header (at most SESSION_PROXY_TIMEOUT_USEC) and hands it to
@@ -397,8 +409,10 @@ static Outcome run(Session *s, Linger *linger) {
                 return OUTCOME_HANDED;
         if (r < 0)
                 return OUTCOME_DONE;
-        if (s->resumed) /* the receive timeout of the process it comes from, if it set one */
+        if (s->resumed) { /* the timeouts of the process it comes from, if it set them */
                 (void) set_timeout(s->fd, SO_RCVTIMEO, 0);
+                (void) set_timeout(s->fd, SO_SNDTIMEO, 0);
+        }
         r = converse(s);
         if (r == HANDING_OVER) {
                 s->want_write = s->out.len > s->out_off;
@@ -415,6 +429,7 @@ static Outcome run(Session *s, Linger *linger) {
                          * is about to close what it holds). Lingering, in_len counts what was
                          * discarded. */
                         s->lingering = true;
+                        s->want_write = false; /* a resumed session's, its output long sent */
                         s->timer.at = deadline;
                         s->in_off = s->in_len = 0;
                         return OUTCOME_HANDED;
@@ -667,7 +682,9 @@ static void refuse(void *userdata, void *job) {
 
 /* serve: WorkerCalls.serve: the whole session, then the engine's done path. A lingering
  * socket goes to the lingerer only after that: the lingerer may close it at once, and the
- * server calls shutdown() on the sockets of its registered sessions. */
+ * server calls shutdown() on the sockets of its registered sessions. It takes the session's
+ * record along, for a hand-over while it lingers (none is made with handover = "off"; and
+ * without memory the socket closes at a hand-over, as at a stop). */
 static void serve(void *userdata, void *job) {
         PerConn *p = userdata;
         Session *s = job;
@@ -681,9 +698,20 @@ static void serve(void *userdata, void *job) {
                 p->engine.hooks.handed_over(s, p->engine.hooks.userdata);
                 return;
         }
+        HandoffLingering *record =
+                linger.fd >= 0 && s->conf->handover != HANDOVER_MODE_OFF ? handoff_lingering_new(s) : NULL;
         engine_session_done(s->engine, s);
         if (linger.fd >= 0)
-                lingerer_add(p->lingerer, linger.fd, linger.deadline, linger.discarded);
+                lingerer_add(p->lingerer, linger.fd, linger.deadline, linger.discarded, record);
+}
+
+/* give_lingering: LingererGive: a lingering socket, at the hand-over, to the server's hook. */
+static void give_lingering(void *userdata, int fd, void *record, uint64_t deadline, size_t discarded) {
+        const EngineHooks *hooks = &((PerConn *) userdata)->engine.hooks;
+        const HandoverRecord *rec = handoff_lingering_at(record, now_usec(), deadline, discarded);
+
+        hooks->handed_over_lingering(hooks->userdata, rec, fd);
+        free(record);
 }
 
 static void perconn_set_listeners(Engine *e, const ListenerSet *set) {
@@ -719,7 +747,12 @@ static int perconn_add(Engine *e, Session *s) {
 }
 
 static void perconn_free(PerConn *p) {
-        lingerer_free(p->lingerer); /* every thread has left */
+        /* Every thread has left. At a hand-over the lingering sockets linger on in the next
+         * process. */
+        if (__atomic_load_n(&p->handing, __ATOMIC_ACQUIRE) && p->lingerer)
+                lingerer_hand_over(p->lingerer, give_lingering, p);
+        else
+                lingerer_free(p->lingerer);
         if (p->epoll_fd >= 0)
                 close(p->epoll_fd);
         if (p->stop_fd >= 0)
@@ -739,7 +772,8 @@ static int perconn_stop(Engine *e, uint64_t timeout_msec);
 
 /* perconn_hand_over: EngineOps.hand_over: no thread waits for a connection any more, and each
  * serving thread, woken until it is done, brings its session to rest for the handed_over hook
- * (a session that ends meanwhile ends as usual); then as perconn_stop. */
+ * (a session that ends meanwhile is handed over lingering, or closes); then as perconn_stop,
+ * but the lingerer's sockets go to the handed_over_lingering hook. */
 static int perconn_hand_over(Engine *e, uint64_t timeout_msec) {
         PerConn *p = (PerConn *) e;
         struct sigaction wake = { .sa_handler = on_wake_signal }; /* no SA_RESTART: EINTR */
@@ -750,8 +784,9 @@ static int perconn_hand_over(Engine *e, uint64_t timeout_msec) {
                 return log_error_errno(-errno, "cannot install the hand-over's wakeup");
         __atomic_store_n(&p->handing, true, __ATOMIC_RELEASE);
         workers_shutdown(p->workers); /* no thread is started for a client queued meanwhile */
-        while (wake_serving(p) && (now = now_usec()) < deadline)
-                (void) nanosleep(&(struct timespec) { .tv_nsec = WAKE_INTERVAL_NSEC }, NULL);
+        for (long pause = WAKE_INTERVAL_MIN_NSEC; wake_serving(p) && (now = now_usec()) < deadline;
+             pause = pause < WAKE_INTERVAL_MAX_NSEC ? pause * 2 : pause)
+                (void) nanosleep(&(struct timespec) { .tv_nsec = pause }, NULL);
         now = now_usec();
         return perconn_stop(e, now < deadline ? (deadline - now) / 1000u : 0);
 }

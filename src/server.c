@@ -205,33 +205,51 @@ static void store_session(Server *s, Session *session) {
         session->stored = notify_fdstore_add(session->fd, handover_fdname_conn(session->id, name, sizeof(name))) > 0;
 }
 
+/* hand_over_record: REC into the state for the next process, and its connection FD into
+ * systemd's store (unless STORED there already). 0 or a negative errno. */
+static int hand_over_record(Server *s, const HandoverRecord *rec, int fd, bool stored) {
+        char name[HANDOVER_FDNAME_MAX];
+
+        pthread_mutex_lock(&s->lock);
+        int r = rec->peer.ss_family == AF_UNSPEC ? -ENOTCONN : handover_state_add(&s->handover, rec);
+        pthread_mutex_unlock(&s->lock);
+        if (r == 0 && !stored)
+                r = notify_fdstore_add(fd, handover_fdname_conn(rec->id, name, sizeof(name)));
+        /* Counted once its connection is stored as well (PID 1 may still refuse it, in silence:
+         * the next process then counts its record as without a descriptor). */
+        __atomic_add_fetch(r >= 0 ? &s->n_handed : &s->n_handed_failed, 1, __ATOMIC_RELAXED);
+        return r;
+}
+
 /* session_handed_over: the engine's handed_over hook: SESSION's record for the next process,
  * its connection into systemd's store (unless it is there already); then it leaves this
  * process without a word to the client. */
 static void session_handed_over(Session *session, void *userdata) {
         Server *s = userdata;
         HandoverRecord rec;
-        char name[HANDOVER_FDNAME_MAX];
 
         if (session->proxy) { /* not greeted yet (nor stored): the balancer retries elsewhere */
                 unregister(s, session);
                 return;
         }
         handoff_record(session, now_usec(), &rec);
-        pthread_mutex_lock(&s->lock);
-        int r = rec.peer.ss_family == AF_UNSPEC ? -ENOTCONN : handover_state_add(&s->handover, &rec);
-        pthread_mutex_unlock(&s->lock);
-        if (r == 0 && !session->stored)
-                r = notify_fdstore_add(session->fd, handover_fdname_conn(session->id, name, sizeof(name)));
-        /* Counted once its connection is stored as well (PID 1 may still refuse it, in silence:
-         * the next process then counts its record as without a descriptor). */
-        __atomic_add_fetch(r >= 0 ? &s->n_handed : &s->n_handed_failed, 1, __ATOMIC_RELAXED);
+        int r = hand_over_record(s, &rec, session->fd, session->stored);
         if (r < 0) {
                 log_warning_errno(r, "connection %" PRIu64 " from %s cannot be handed over, closing it", session->id,
                                   session->peer);
                 forget_stored(session);
         }
         unregister(s, session);
+}
+
+/* lingering_handed_over: the engine's handed_over_lingering hook: the connection lingers on in
+ * the next process; this one lets go of it. */
+static void lingering_handed_over(void *userdata, const HandoverRecord *rec, int fd) {
+        int r = hand_over_record(userdata, rec, fd, false);
+
+        if (r < 0)
+                log_warning_errno(r, "lingering connection %" PRIu64 " cannot be handed over, closing it", rec->id);
+        close(fd);
 }
 
 /* rate_check: the source's connection-rate bucket; called under the lock. Returns the
@@ -1212,6 +1230,7 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
                 .must_wait = hook_must_wait,
                 .exhausted = hook_exhausted,
                 .handed_over = session_handed_over,
+                .handed_over_lingering = lingering_handed_over,
                 .proxied = hook_proxied,
         };
         r = engine_new(&s->engine, conf, &hooks);

@@ -1115,3 +1115,10 @@ Test(handover, a_lingering_close_goes_on_in_the_next_process, .timeout = 60) {
         for (size_t i = 0; i < N_URING_CROSSINGS; i++)
                 lingering_crosses_from(URING_CROSSINGS[i][0], URING_CROSSINGS[i][1]);
 }
+
+/* A per-connection process hands over the sockets its lingerer holds (the conversation ended
+ * and its thread went on), and takes up a lingering close. */
+Test(handover, a_lingering_close_goes_on_in_the_next_process_per_connection, .timeout = 60) {
+        for (size_t i = 0; i < N_PERCONN_CROSSINGS; i++)
+                lingering_crosses_from(PERCONN_CROSSINGS[i][0], PERCONN_CROSSINGS[i][1]);
+}
