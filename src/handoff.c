@@ -122,7 +122,8 @@ void handoff_record(const Session *s, uint64_t now, HandoverRecord *rec) {
                 .id = s->id,
                 .framing = s->conf->framing,
                 .end = (int) s->proto.end,
-                .flags = (s->lingering ? HANDOVER_LINGERING : 0u) | (s->want_write ? HANDOVER_WANT_WRITE : 0u),
+                .flags = (s->lingering ? HANDOVER_LINGERING : 0u) | (s->want_write ? HANDOVER_WANT_WRITE : 0u) |
+                         (s->close_logged ? HANDOVER_LOGGED : 0u),
                 .peer = peer_of(s),
                 .age_usec = now - s->started_usec,
                 .deadline_left_usec = s->timer.at == SESSION_NO_DEADLINE ? HANDOVER_NO_DEADLINE
@@ -154,7 +155,7 @@ HandoffLingering *handoff_lingering_new(const Session *s) {
         l->started_usec = s->started_usec;
         memcpy(l->listen, s->listen, listen_len + 1);
         l->rec.listen = l->listen;
-        l->rec.flags = HANDOVER_LINGERING;
+        l->rec.flags = HANDOVER_LINGERING | HANDOVER_LOGGED; /* by the done hook, about to run */
         /* Lingering: nothing of the conversation is kept but its counters and its end. */
         l->rec.pending = l->rec.input = l->rec.output = NULL;
         l->rec.pending_len = l->rec.input_len = l->rec.output_len = 0;
@@ -190,6 +191,7 @@ static int restore(Session *s, const HandoverRecord *rec, uint64_t now, const ch
                 s->out.len = rec->output_len;
         }
         s->lingering = rec->flags & HANDOVER_LINGERING;
+        s->close_logged = rec->flags & HANDOVER_LOGGED;
         if (s->lingering)
                 s->in_len = rec->discarded;
         s->want_write = rec->output_len > 0;

@@ -356,6 +356,8 @@ static const char *check_state(const HandoverRecord *rec, const HandoverLimits *
                 return "bytes discarded by a session that is not lingering";
         if ((rec->flags & HANDOVER_WANT_WRITE) && rec->output_len == 0)
                 return "waiting to write with no output";
+        if ((rec->flags & HANDOVER_LOGGED) && !lingering)
+                return "logged as closed but not lingering";
         if (lingering && (rec->end == PROTO_END_NONE || rec->end == PROTO_END_EOF || rec->end == PROTO_END_SHUTDOWN))
                 return "lingering after an end that does not linger";
         if (lingering && (rec->pending_len || rec->input_len || rec->output_len))

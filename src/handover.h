@@ -48,7 +48,11 @@
 typedef enum HandoverFlags {
         HANDOVER_LINGERING = 1u << 0,  /* ended; discarding what the client still sends */
         HANDOVER_WANT_WRITE = 1u << 1, /* output pending: waiting for the client to read */
-        _HANDOVER_FLAGS_ALL = HANDOVER_LINGERING | HANDOVER_WANT_WRITE,
+        /* lingering, its closing line logged already: the per-connection model logs it when
+         * the conversation ends, before its socket lingers (a hellod before this flag refuses
+         * the record and closes that lingering socket) */
+        HANDOVER_LOGGED = 1u << 2,
+        _HANDOVER_FLAGS_ALL = HANDOVER_LINGERING | HANDOVER_WANT_WRITE | HANDOVER_LOGGED,
 } HandoverFlags;
 
 /* HandoverRecord: one live session. The byte strings point into the caller's memory: the

@@ -281,6 +281,7 @@ static int converse(Session *s) {
                  * keeps the input where it is). */
                 if ((r = flush(s, &send_timer, kept_deadline)) < 0)
                         return r;
+                kept_deadline = 0; /* the kept output is out: new replies get a deadline of their own */
                 size_t n = s->in_len - s->in_off;
                 memmove(s->in, s->in + s->in_off, n);
                 s->in_off = s->in_len = 0;

@@ -289,7 +289,7 @@ void session_log_closed(const Session *s) {
         unsigned suppressed;
         int level = health_check(s) ? LOG_DEBUG : LOG_INFO;
 
-        if (s->refused || !log_enabled(level))
+        if (s->refused || s->close_logged || !log_enabled(level))
                 return;
         if (!ratelimit_allow(&limit, &suppressed))
                 return;

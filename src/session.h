@@ -75,6 +75,7 @@ typedef struct Session {
         bool lingering;                          /* ended; discarding what the client still sends */
         bool want_write;                         /* output pending: waiting for the client to read */
         bool resumed; /* taken over from another process: greeted already, state restored */
+        bool close_logged; /* its closing line is logged already (HANDOVER_LOGGED) */
         bool stored;  /* in systemd's file descriptor store (handover = "always") */
         bool fd_kept; /* perconn: the socket outlives the session (the lingerer keeps it);
                        * session_free() leaves it open. Never read by the server thread. */

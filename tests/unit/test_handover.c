@@ -73,7 +73,7 @@ static HandoverRecord random_record(Strings *s) {
         rec.listen = s->listen;
         if (kind == 0) { /* lingering after exit */
                 rec.end = PROTO_END_EXIT;
-                rec.flags = HANDOVER_LINGERING;
+                rec.flags = HANDOVER_LINGERING | (rnd() & 1 ? HANDOVER_LOGGED : 0u);
                 rec.discarded = (uint32_t) rnd_below(LIMITS.discard_max + 1);
                 return rec;
         }
@@ -361,6 +361,9 @@ static void lingering_with_pending(HandoverRecord *r) {
 static void want_write_without_output(HandoverRecord *r) {
         r->flags = HANDOVER_WANT_WRITE;
 }
+static void logged_not_lingering(HandoverRecord *r) {
+        r->flags = HANDOVER_LOGGED;
+}
 static void empty_listen(HandoverRecord *r) {
         r->listen_len = 0;
 }
@@ -392,6 +395,7 @@ Test(hostile, fields_a_live_session_cannot_have) {
         expect_hostile(lingering_without_end, &LIMITS, "does not linger");
         expect_hostile(lingering_with_pending, &LIMITS, "data still to handle");
         expect_hostile(want_write_without_output, &LIMITS, "no output");
+        expect_hostile(logged_not_lingering, &LIMITS, "not lingering");
         expect_hostile(empty_listen, &LIMITS, "listener name");
         expect_hostile(unprintable_listen, &LIMITS, "listener name");
         expect_hostile(long_listen, &LIMITS, "listener name");
@@ -427,7 +431,7 @@ Test(hostile, raw_fields_out_of_range) {
         } cases[] = {
                 { 16, 2, "chunk framing" },       /* framing 2 is neither, so not the configured one */
                 { 17, _PROTO_END_LAST + 1, "unknown end reason" }, /* end past the last ProtoEnd */
-                { 18, 4, "unknown flags" },       /* flag bit 2 */
+                { 18, 8, "unknown flags" },       /* flag bit 3 */
                 { 19, 5, "neither IPv4 nor IPv6" }, /* family */
                 { 26, 1, "stray bytes" },         /* IPv4 address byte 5 */
         };
