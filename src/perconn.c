@@ -426,9 +426,9 @@ static Outcome run(Session *s, Linger *linger) {
         else if (session_send_fin(s)) {
                 uint64_t deadline = now_usec() + SESSION_LINGER_USEC;
                 if (handing_over(s)) {
-                        /* Ended during the hand-over: the next process lingers (the lingerer
-                         * is about to close what it holds). Lingering, in_len counts what was
-                         * discarded. */
+                        /* Ended during the hand-over: it lingers on in the next process,
+                         * handed over now rather than through the lingerer, which is stopping.
+                         * Lingering, in_len counts what was discarded. */
                         s->lingering = true;
                         s->want_write = false; /* a resumed session's, its output long sent */
                         s->timer.at = deadline;
