@@ -244,14 +244,15 @@ void lingerer_free(Lingerer *g) {
 }
 
 void lingerer_hand_over(Lingerer *g, LingererGive give, void *userdata) {
-        Lingering *l, *next;
+        Lingering *l;
 
         stop_thread(g);
-        for (l = first_lingering(g); l; l = next) {
-                next = l->timer.next ? DEADLINE_OWNER(l->timer.next, Lingering, timer) : NULL;
-                if (!l->record)
-                        continue; /* closed with the others below */
+        while ((l = first_lingering(g))) {
                 unlink_lingering(g, l);
+                if (!l->record) { /* nothing to hand over with it: closed, as at a stop */
+                        release(g, l);
+                        continue;
+                }
                 (void) epoll_ctl(g->epoll_fd, EPOLL_CTL_DEL, l->fd, NULL);
                 give(userdata, l->fd, l->record, l->timer.at, l->discarded);
                 free(l);

@@ -102,9 +102,14 @@ static void on_wake_signal(int sig) {
         (void) sig; /* the point is the EINTR */
 }
 
-/* handing_over: whether S's engine hands its sessions over: S goes to rest now. */
+/* handing: whether P hands its sessions over; handing_over: whether S's engine does: S goes
+ * to rest now. */
+static bool handing(const PerConn *p) {
+        return __atomic_load_n(&p->handing, __ATOMIC_ACQUIRE);
+}
+
 static bool handing_over(const Session *s) {
-        return __atomic_load_n(&((const PerConn *) s->engine)->handing, __ATOMIC_ACQUIRE);
+        return handing((const PerConn *) s->engine);
 }
 
 static int set_timeout(int fd, int option, uint64_t usec) {
@@ -658,7 +663,7 @@ static void serving_remove(PerConn *p, Serving *me) {
         if (me->next)
                 me->next->prev = me->prev;
         pthread_mutex_unlock(&p->serving_lock);
-        if (__atomic_load_n(&p->handing, __ATOMIC_ACQUIRE)) {
+        if (handing(p)) {
                 sigset_t set;
                 sigemptyset(&set);
                 sigaddset(&set, WAKE_SIGNAL);
@@ -750,7 +755,7 @@ static int perconn_add(Engine *e, Session *s) {
 static void perconn_free(PerConn *p) {
         /* Every thread has left. At a hand-over the lingering sockets linger on in the next
          * process. */
-        if (__atomic_load_n(&p->handing, __ATOMIC_ACQUIRE) && p->lingerer)
+        if (handing(p) && p->lingerer)
                 lingerer_hand_over(p->lingerer, give_lingering, p);
         else
                 lingerer_free(p->lingerer);

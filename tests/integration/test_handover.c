@@ -1109,11 +1109,7 @@ static void lingering_crosses_from(const char *from, const char *to) {
         stop_and_wait(d);
         /* Logged once, by whichever process saw it close (the per-connection model logs it
          * before it lingers, and says so in the record). */
-        char *err = hellod_stderr(d);
-        int closed = 0;
-        for (const char *at = strstr(err, "closed: exit"); at; at = strstr(at + 1, "closed: exit"))
-                closed++;
-        free(err);
+        int closed = hellod_count_in_stderr(d, "closed: exit");
         if (closed != 1)
                 hellod_fail(d, "the conversation was logged as closed %d times", closed);
         store_end_rig(d, &st, listener);
