@@ -208,15 +208,17 @@ static bool asked_to_end(const Session *s) {
 /* A reset destroys what the closing side still had to send, and on some stacks what the
  * receiving side had not yet read. So: if the client asked to end, has acknowledged every
  * byte sent (nothing in flight, nothing unsent), its window is open (a zero window would hold
- * the FIN back), and nothing it sent waits unread, the socket is closed at once; close() sends
- * the FIN. Bytes the client writes later draw a reset that arrives behind the FIN: a client
- * that reads sees its replies and the end of file all the same (Linux and the BSDs keep
- * received data over a reset; Windows drops what its application has not read yet, so there
- * a client that writes after exit before reading can lose replies), and its further writes
- * fail. Lingering on such a socket would only wait for the client's FIN: a wakeup, a recv()
- * and the socket's teardown on the server's side (docs/benchmarks.md measures it). One
- * TCP_INFO and one SIOCINQ decide it, before the FIN: a half-close first would cost a system
- * call more on the common path. In every other case the FIN goes out now and the close
+ * the FIN back), and nothing it sent waits unread, the socket is closed at once. One TCP_INFO
+ * and one SIOCINQ decide it, before the FIN (after it, the FIN is in flight, and telling it
+ * from a reply not yet acknowledged takes two ioctl()s more). The FIN goes out first all the
+ * same: bytes the client writes while hellod decides, or after, or that SIOCINQ does not see
+ * (an urgent byte: it counts only up to the mark), draw a reset that arrives behind the FIN
+ * (a close with them unread sends the reset instead of the FIN). A client that reads sees its
+ * replies and the end of file all the same (Linux and the BSDs keep received data over a
+ * reset; Windows drops what its application has not read yet, so there a client that writes
+ * after exit before reading can lose replies), and its further writes fail. Lingering on such
+ * a socket would only wait for the client's FIN: a wakeup, a recv() and the socket's teardown
+ * on the server's side (docs/benchmarks.md measures it). In every other case the close
  * lingers: nginx's default (lingering_close "on") also lingers only when more may come. */
 static bool closes_at_once(const Session *s) {
         struct tcp_info info;
@@ -231,7 +233,9 @@ static bool closes_at_once(const Session *s) {
 }
 
 bool session_send_fin(const Session *s) {
-        return !closes_at_once(s) && shutdown(s->fd, SHUT_WR) == 0;
+        bool at_once = closes_at_once(s);
+
+        return shutdown(s->fd, SHUT_WR) == 0 && !at_once;
 }
 
 void session_fail(Session *s, int r) {

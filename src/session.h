@@ -146,10 +146,9 @@ bool session_line_end_awaited(const Session *s);
  * byte at its mark without taking it, and a socket closed with it unread sends a reset, not a
  * FIN, which can destroy the last replies. */
 ssize_t session_read_end(const Session *s, void *buf, size_t size);
-/* session_send_fin: for a session that lingers: whether its socket must linger, reading and
- * discarding what the client still sends until its own FIN, and then its FIN has gone out
- * (shutdown(SHUT_WR)); or may be closed at once (close() sends the FIN; also when the
- * half-close failed). */
+/* session_send_fin: for a session that lingers: its FIN goes out (shutdown(SHUT_WR)), and the
+ * answer is whether the socket must then linger, reading and discarding what the client still
+ * sends until its own FIN, or may be closed at once (also when the FIN could not be sent). */
 bool session_send_fin(const Session *s);
 
 /* session_fail: records why I/O ended early, from a negative errno (the first cause wins). */
