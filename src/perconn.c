@@ -1,8 +1,9 @@
 /* perconn: the per-connection driver: each session runs on a thread of its own with
  * blocking I/O: the greeting, then read → proto → write until the client leaves, says exit,
- * idles out or the server stops. Timeouts are socket options (SO_RCVTIMEO, SO_SNDTIMEO)
- * measured against the session's deadlines. The lingering close is the lingerer's
- * (lingerer.h): a thread leaves the socket to it and goes on.
+ * idles out or the server stops. A read that runs past the idle deadline is woken by a signal
+ * (serving.h); a write that blocks, by a send timeout (SO_SNDTIMEO) measured against the
+ * session's write deadline. The lingering close is the lingerer's (lingerer.h): a thread
+ * leaves the socket to it and goes on.
  *
  * Accepting: the threads that wait for a connection (worker.c) all wait in one epoll set
  * holding the listeners, each one-shot (EPOLLONESHOT). epoll wakes one waiting thread per
@@ -14,11 +15,10 @@
  * re-arms every listener then. The listener set is replaced under a write lock, so that once
  * perconn_set_listeners() returns no thread uses a socket of the old set.
  *
- * The hand-over (perconn_hand_over): a thread blocked in recv() or send() is woken by a
- * signal (WAKE_SIGNAL, caught without SA_RESTART, so the call returns EINTR or what it
- * transferred) and sees the engine handing over: it leaves its session at rest, with what it
- * read and did not answer as kept input and what it did not send as kept output, for the
- * server's handed_over hook. The connection is not shut down (as the stop's shutdown(SHUT_RD)
+ * The hand-over (perconn_hand_over): a thread blocked in recv() or send() is woken by the
+ * same signal (serving_wake_all) and sees the engine handing over: it leaves its session at
+ * rest, with what it read and did not answer as kept input and what it did not send as kept
+ * output, for the server's handed_over hook. The connection is not shut down (as the stop's shutdown(SHUT_RD)
  * would, for the next process too): the next one goes on with it. */
 #include <errno.h>
 #include <poll.h>
@@ -38,17 +38,12 @@
 #include "lingerer.h"
 #include "log.h"
 #include "queued.h"
+#include "serving.h"
 #include "worker.h"
 
 /* epoll data of the control descriptors; a listener's is (generation << 32) | its index,
  * generations starting at 1. */
 enum { KEY_STOP = 1, KEY_RESUME = 2 };
-
-/* Serving: a thread serving a session, listed for the hand-over to wake it (serve). */
-typedef struct Serving {
-        pthread_t thread;
-        struct Serving *prev, *next;
-} Serving;
 
 /* How often the hand-over wakes the threads still serving: a signal that comes just before a
  * thread blocks (after it looked at `handing`) is lost, and the next one wakes it. The first
@@ -88,19 +83,8 @@ typedef struct PerConn {
         pthread_mutex_t queue_lock; /* the lists of queued and orphans */
         uint64_t resumes; /* atomic: resume() calls begun */
         bool handing;     /* atomic: the hand-over: serving threads bring their sessions to rest */
-        pthread_mutex_t serving_lock;
-        Serving *serving; /* under serving_lock: the threads serving a session */
+        ServingSet *serving; /* the threads serving a session, and their wakeups */
 } PerConn;
-
-/* The hand-over's wakeup. SIGURG, as Go's scheduler chose for its preemption: ignored by
- * default, sent by nothing else here (no socket of hellod has an owner, F_SETOWN), and not a
- * real-time signal: one pending at most, however often the hand-over sends it to a thread
- * that is busy elsewhere. */
-#define WAKE_SIGNAL SIGURG
-
-static void on_wake_signal(int sig) {
-        (void) sig; /* the point is the EINTR */
-}
 
 /* handing: whether P hands its sessions over; handing_over: whether S's engine does: S goes
  * to rest now. */
@@ -219,38 +203,39 @@ static bool set_lowat(int fd, int mark, int *lowat) {
         return *lowat == mark;
 }
 
-/* timed_out: whether a wait that BEGAN then ran into the receive TIMEOUT (usec, 0: none). */
-static bool timed_out(uint64_t timeout, uint64_t began) {
-        return timeout > 0 && now_usec() - began + TIMER_SLACK_USEC >= timeout;
+/* idled_out: whether S's idle deadline has passed at NOW. */
+static bool idled_out(const Session *s, uint64_t now) {
+        return s->timer.at != SESSION_NO_DEADLINE && now >= s->timer.at;
 }
 
 /* recv_lines: the read of a stored session (handover = "always"), as the pool's read_lines:
  * peeked first, then what session_lines_taken() says. While a partial line waits for its end
  * (session_line_end_awaited), SO_RCVLOWAT one byte past it makes the next peek block until
  * more comes, and the call returns -1 with EAGAIN: the caller checks the session's deadline
- * and arms the receive timeout to it before peeking again. So bytes that end no line are no
- * activity (a client sending its line a byte at a time does not restart the timeout), and a
- * receive timeout that fires before the deadline (timer_arm keeps one up to half the time
- * left) leaves the line in the kernel. A peek that comes back with nothing new and was not
- * ended by the timeout cannot wait without spinning: the line is taken as it is. Once bytes
- * are taken the mark goes back to 1. *LOWAT: the socket's SO_RCVLOWAT (1 to begin with);
- * TIMEOUT: the receive timeout in force (usec, 0: none), BEGAN: when the peek began. */
-static ssize_t recv_lines(Session *s, int *lowat, uint64_t timeout, uint64_t began) {
+ * before peeking again. So bytes that end no line are no activity (a client sending its line
+ * a byte at a time does not restart the timeout), and a peek that a signal ends (the idle
+ * watch's at the deadline, the hand-over's) returns -1 with EINTR, its line left in the
+ * kernel. A peek that comes back with nothing new otherwise cannot wait without spinning (the
+ * client's FIN behind a partial line, say): the line is taken as it is. Once bytes are taken
+ * the mark goes back to 1. *LOWAT: the socket's SO_RCVLOWAT (1 to begin with). */
+static ssize_t recv_lines(Session *s, int *lowat) {
+        serving_signal_clear();
         ssize_t k = recv(s->fd, s->in, s->in_cap, MSG_PEEK);
         if (k == 0) /* the end: session_read_end */
                 return session_read_end(s, s->in, s->in_cap);
         if (k < 0)
                 return k;
-        if (handing_over(s)) {
-                /* The hand-over's signal ends a peek with what is there, before the mark: the
-                 * partial line stays in the kernel, as the crash mode wants it. */
+        if (serving_signalled() || handing_over(s)) {
+                /* A signal (the hand-over's, the idle watch's) ends a peek with what is there,
+                 * before the mark: the partial line stays in the kernel, as the crash mode
+                 * wants it, and the caller looks at why it was woken. */
                 errno = EINTR;
                 return -1;
         }
         size_t take = session_lines_taken(s, s->in, (size_t) k);
         if (take == 0 && session_line_end_awaited(s)) {
                 int mark = (int) k + 1;
-                if (mark == *lowat ? timed_out(timeout, began) : set_lowat(s->fd, mark, lowat)) {
+                if (mark != *lowat && set_lowat(s->fd, mark, lowat)) {
                         errno = EAGAIN;
                         return -1;
                 }
@@ -266,8 +251,8 @@ static bool reads_lines(const Session *s) {
 
 /* converse: greeting, then read → proto → write; returns 0 when the protocol ended the
  * session, or a negative errno when the connection failed under it. */
-static int converse(Session *s) {
-        Timer recv_timer = { .option = SO_RCVTIMEO }, send_timer = { .option = SO_SNDTIMEO };
+static int converse(Session *s, ServingThread *me) {
+        Timer send_timer = { .option = SO_SNDTIMEO };
         int lowat = 1; /* SO_RCVLOWAT, for recv_lines */
         ProtoStatus status = PROTO_CONTINUE;
         uint64_t messages = s->proto.messages, now;
@@ -314,16 +299,16 @@ static int converse(Session *s) {
                         proto_abort(&s->proto, PROTO_END_SHUTDOWN, &s->out);
                         break;
                 }
-                if (!timer_arm(s, &recv_timer, s->timer.at, now)) {
+                if (idled_out(s, now)) {
                         proto_abort(&s->proto, PROTO_END_IDLE, &s->out);
                         break;
                 }
-                ssize_t n = reads_lines(s) ? recv_lines(s, &lowat, recv_timer.armed, now)
-                                           : recv(s->fd, s->in, s->in_cap, 0);
+                serving_idle_until(me, s->timer.at);
+                ssize_t n = reads_lines(s) ? recv_lines(s, &lowat) : recv(s->fd, s->in, s->in_cap, 0);
                 if (n < 0) {
                         if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)
                                 return -errno;
-                        now = now_usec(); /* EAGAIN: a receive timeout, or recv_lines waiting; timer_arm decides */
+                        now = now_usec(); /* the watch's signal, or recv_lines waiting: idled_out decides */
                         continue;
                 }
                 if (n == 0) {
@@ -395,7 +380,7 @@ typedef struct Linger {
 } Linger;
 
 /* run: the whole session on a worker thread; *LINGER: its socket, if it lingers. */
-static Outcome run(Session *s, Linger *linger) {
+static Outcome run(Session *s, ServingThread *me, Linger *linger) {
         /* A resumed session may have brought buffers of its own. */
         if (!s->in)
                 s->in = malloc(s->in_cap);
@@ -419,7 +404,8 @@ static Outcome run(Session *s, Linger *linger) {
                 (void) set_timeout(s->fd, SO_RCVTIMEO, 0);
                 (void) set_timeout(s->fd, SO_SNDTIMEO, 0);
         }
-        r = converse(s);
+        r = converse(s, me);
+        serving_idle_until(me, 0);
         if (r == HANDING_OVER) {
                 s->want_write = s->out.len > s->out_off;
                 return OUTCOME_HANDED;
@@ -640,46 +626,7 @@ static void *wait_for_client(void *userdata) {
         }
 }
 
-/* ---- serving, and the hand-over's wakeups ---- */
-
-static void serving_add(PerConn *p, Serving *me) {
-        pthread_mutex_lock(&p->serving_lock);
-        me->next = p->serving;
-        if (me->next)
-                me->next->prev = me;
-        p->serving = me;
-        pthread_mutex_unlock(&p->serving_lock);
-}
-
-/* serving_remove: ME is no longer woken. A wakeup sent before may still be pending: once the
- * hand-over has begun, this thread blocks it, so that it interrupts nothing more (the handed_over
- * hook's message to systemd, say); the thread leaves after this session. */
-static void serving_remove(PerConn *p, Serving *me) {
-        pthread_mutex_lock(&p->serving_lock);
-        if (me->prev)
-                me->prev->next = me->next;
-        else
-                p->serving = me->next;
-        if (me->next)
-                me->next->prev = me->prev;
-        pthread_mutex_unlock(&p->serving_lock);
-        if (handing(p)) {
-                sigset_t set;
-                sigemptyset(&set);
-                sigaddset(&set, WAKE_SIGNAL);
-                (void) pthread_sigmask(SIG_BLOCK, &set, NULL);
-        }
-}
-
-/* wake_serving: signals every thread still serving; false when none is. */
-static bool wake_serving(PerConn *p) {
-        pthread_mutex_lock(&p->serving_lock);
-        bool any = p->serving != NULL;
-        for (Serving *t = p->serving; t; t = t->next)
-                (void) pthread_kill(t->thread, WAKE_SIGNAL);
-        pthread_mutex_unlock(&p->serving_lock);
-        return any;
-}
+/* ---- serving ---- */
 
 /* refuse: WorkerCalls.refuse: no other thread could be started to accept after this one. */
 static void refuse(void *userdata, void *job) {
@@ -694,12 +641,12 @@ static void refuse(void *userdata, void *job) {
 static void serve(void *userdata, void *job) {
         PerConn *p = userdata;
         Session *s = job;
-        Serving me = { .thread = pthread_self() };
+        ServingThread me = { .thread = pthread_self() };
         Linger linger = { .fd = -1 };
 
-        serving_add(p, &me);
-        Outcome outcome = run(s, &linger);
-        serving_remove(p, &me);
+        serving_add(p->serving, &me);
+        Outcome outcome = run(s, &me, &linger);
+        serving_remove(p->serving, &me, handing(p));
         if (outcome == OUTCOME_HANDED) {
                 p->engine.hooks.handed_over(s, p->engine.hooks.userdata);
                 return;
@@ -769,7 +716,7 @@ static void perconn_free(PerConn *p) {
         queued_close_all(&p->orphans); /* no thread is left to take the lock */
         pthread_rwlock_destroy(&p->listen_lock);
         pthread_mutex_destroy(&p->queue_lock);
-        pthread_mutex_destroy(&p->serving_lock);
+        serving_free(p->serving);
         free(p->queued);
         free(p);
 }
@@ -782,15 +729,11 @@ static int perconn_stop(Engine *e, uint64_t timeout_msec);
  * but the lingerer's sockets go to the handed_over_lingering hook. */
 static int perconn_hand_over(Engine *e, uint64_t timeout_msec) {
         PerConn *p = (PerConn *) e;
-        struct sigaction wake = { .sa_handler = on_wake_signal }; /* no SA_RESTART: EINTR */
         uint64_t deadline = now_usec() + timeout_msec * 1000u, now;
 
-        sigemptyset(&wake.sa_mask);
-        if (sigaction(WAKE_SIGNAL, &wake, NULL) < 0)
-                return log_error_errno(-errno, "cannot install the hand-over's wakeup");
         __atomic_store_n(&p->handing, true, __ATOMIC_RELEASE);
         workers_shutdown(p->workers); /* no thread is started for a client queued meanwhile */
-        for (long pause = WAKE_INTERVAL_MIN_NSEC; wake_serving(p) && (now = now_usec()) < deadline;
+        for (long pause = WAKE_INTERVAL_MIN_NSEC; serving_wake_all(p->serving) && (now = now_usec()) < deadline;
              pause = pause < WAKE_INTERVAL_MAX_NSEC ? pause * 2 : pause)
                 (void) nanosleep(&(struct timespec) { .tv_nsec = pause }, NULL);
         now = now_usec();
@@ -865,9 +808,10 @@ int perconn_engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks)
         pthread_rwlock_init(&p->listen_lock, &attr);
         pthread_rwlockattr_destroy(&attr);
         pthread_mutex_init(&p->queue_lock, NULL);
-        pthread_mutex_init(&p->serving_lock, NULL);
         p->engine = (Engine) { .ops = &perconn_ops, .hooks = *hooks };
         r = open_control(p);
+        if (r == 0)
+                r = serving_new(&p->serving);
         if (r == 0)
                 r = lingerer_new(&p->lingerer, conf->max_connections);
         if (r == 0)

@@ -20,6 +20,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -956,6 +957,22 @@ static bool all_stopped(pid_t pid) {
         }
         closedir(dir);
         return stopped && seen;
+}
+
+int hellod_signal_threads(Hellod *d, int sig) {
+        char path[64];
+        struct dirent *e;
+        int sent = 0;
+        DIR *dir;
+
+        (void) snprintf(path, sizeof(path), "/proc/%d/task", (int) d->pid);
+        if (!hellod_alive(d) || !(dir = opendir(path)))
+                hellod_fail(d, "cannot send signal %d to its threads: hellod is not running", sig);
+        while ((e = readdir(dir)))
+                if (e->d_name[0] != '.' && syscall(SYS_tgkill, (int) d->pid, atoi(e->d_name), sig) == 0)
+                        sent++;
+        closedir(dir);
+        return sent;
 }
 
 void hellod_freeze(Hellod *d) {

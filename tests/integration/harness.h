@@ -145,6 +145,9 @@ Hellod *hellod_start_opts(const HellodOpts *opts, const char *extra_format, ...)
 int hellod_run(Hellod *d, const char *const *args);
 
 void hellod_signal(Hellod *d, int sig);
+/* hellod_signal_threads: SIG to each thread of hellod (tgkill), as a signal sent to the
+ * process reaches whichever thread does not block it; returns how many were sent it. */
+int hellod_signal_threads(Hellod *d, int sig);
 /* hellod_freeze: SIGSTOP, returning once every thread has stopped, so that what clients send
  * until hellod_thaw() (SIGCONT) waits in the kernel and is found all at once. */
 void hellod_freeze(Hellod *d);

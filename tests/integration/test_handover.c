@@ -669,11 +669,11 @@ Test(handover, always_a_partial_line_behind_a_full_buffer_is_answered, .timeout 
         partial_line_behind_a_full_buffer("workers = \"per-connection\";");
 }
 
-/* A per-connection thread waits for a partial line's end in a peek bounded by SO_RCVTIMEO,
- * which it re-arms only when the time left changed much (perconn.c, timer_arm). Here the
- * timeout in force when "y" comes is 5 s (armed when "x" came, 3 s in), while the line before
- * it pushed the deadline to 11.3 s: it fires at 8.5 s, 3 s before the deadline, and the partial
- * line must stay in the kernel. It used to be taken in then, and a crash at 9.5 s lost it. */
+/* A per-connection thread waits for a partial line's end in a peek, until its idle deadline
+ * (11.3 s here: 8 s after "x" ended its line) or a signal. The partial line must stay in the
+ * kernel all along, when a signal ends the peek too (the thread is sent SIGURG at 6.5 s). It
+ * used to be taken in when a receive timeout armed for "x" (5 s, 3 s in) fired early, at
+ * 8.5 s, and the crash at 9.5 s lost it. */
 Test(handover, always_an_early_receive_timeout_leaves_the_partial_line_in_the_kernel, .timeout = 60) {
         Hellod *d = hellod_new();
         Store st;
@@ -689,8 +689,11 @@ Test(handover, always_an_early_receive_timeout_leaves_the_partial_line_in_the_ke
         client_expect_str(fd, "Hello, x!\r\n");
         harness_sleep_ms(200);
         client_send_str(fd, "y");
-        harness_sleep_ms(6000);
-        harness_step("kill -9 after the timeout armed for \"x\" fired, before the deadline");
+        harness_sleep_ms(3000);
+        harness_step("SIGURG to every thread of hellod while \"y\" waits for its line's end");
+        cr_assert_gt(hellod_signal_threads(d, SIGURG), 0);
+        harness_sleep_ms(3000);
+        harness_step("kill -9 before the deadline, after the old receive timeout would have fired");
         hellod_signal(d, SIGKILL);
         (void) hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
         store_start_hellod(d, &st, listener);

@@ -384,6 +384,31 @@ static ClientLate late_after(Hellod *d, const char *send, const char *want) {
         return late;
 }
 
+/* SIGURG wakes the per-connection model's serving threads (src/serving.h). Sent from outside,
+ * to every thread, it changes nothing: a line half-read goes on, a new client is served. */
+Test(protocol, sigurg_from_outside_disturbs_nothing, .timeout = 60) {
+        Hellod *d = hellod_start("idle_timeout = 30;\n");
+        int fd = client_connect(d->port);
+
+        client_expect_str(fd, HELLOD_GREETING);
+        client_send_str(fd, "ab");
+        harness_sleep_ms(100);
+        for (int i = 0; i < 3; i++) {
+                cr_assert_gt(hellod_signal_threads(d, SIGURG), 0);
+                harness_sleep_ms(50);
+        }
+        client_send_str(fd, "c\n");
+        client_expect_str(fd, "Hello, abc!\r\n");
+        int other = client_connect(d->port);
+        client_expect_str(other, HELLOD_GREETING);
+        client_send_str(other, "d\n");
+        client_expect_str(other, "Hello, d!\r\n");
+        client_close(other);
+        client_close(fd);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 /* The lingering close (src/session.c): after exit, with every reply in the client's hands
  * and nothing of it unread, hellod closes at once: the client reads its replies and a clean
  * EOF, and a line it writes later meets a closed socket. */
