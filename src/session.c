@@ -4,13 +4,12 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <netinet/in.h>
-#include <stddef.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <linux/sock_diag.h>
 #include <linux/sockios.h>
-#include <linux/tcp.h> /* glibc's struct tcp_info ends before tcpi_snd_wnd */
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -154,14 +153,11 @@ size_t session_lines_taken(const Session *s, const char *buf, size_t k) {
         return k == s->in_cap ? k : 0;
 }
 
-/* A TCP state of tcpi_state: include/net/tcp_states.h, which the uapi headers do not export. */
-#define TCP_STATE_ESTABLISHED 1
-
 static bool still_established(const Session *s) {
         struct tcp_info info;
         socklen_t len = sizeof(info);
 
-        return getsockopt(s->fd, IPPROTO_TCP, TCP_INFO, &info, &len) < 0 || info.tcpi_state == TCP_STATE_ESTABLISHED;
+        return getsockopt(s->fd, IPPROTO_TCP, TCP_INFO, &info, &len) < 0 || info.tcpi_state == TCP_ESTABLISHED;
 }
 
 /* cut_at_urgent_mark: an urgent byte ahead ends every read at its mark (SIOCINQ, too, counts
@@ -206,36 +202,30 @@ static bool asked_to_end(const Session *s) {
 }
 
 /* A reset destroys what the closing side still had to send, and on some stacks what the
- * receiving side had not yet read. So: if the client asked to end, has acknowledged every
- * byte sent (nothing in flight, nothing unsent), its window is open (a zero window would hold
- * the FIN back), and nothing it sent waits unread, the socket is closed at once. One TCP_INFO
- * and one SIOCINQ decide it, before the FIN (after it, the FIN is in flight, and telling it
- * from a reply not yet acknowledged takes two ioctl()s more). The FIN goes out first all the
- * same: bytes the client writes while hellod decides, or after, or that SIOCINQ does not see
- * (an urgent byte: it counts only up to the mark), draw a reset that arrives behind the FIN
- * (a close with them unread sends the reset instead of the FIN). A client that reads sees its
- * replies and the end of file all the same (Linux and the BSDs keep received data over a
- * reset; Windows drops what its application has not read yet, so there a client that writes
- * after exit before reading can lose replies), and its further writes fail. Lingering on such
- * a socket would only wait for the client's FIN: a wakeup, a recv() and the socket's teardown
- * on the server's side (docs/benchmarks.md measures it). In every other case the close
- * lingers: nginx's default (lingering_close "on") also lingers only when more may come. */
-static bool closes_at_once(const Session *s) {
-        struct tcp_info info;
-        socklen_t len = sizeof(info);
-        int unread = 0;
-
-        if (!asked_to_end(s) || getsockopt(s->fd, IPPROTO_TCP, TCP_INFO, &info, &len) < 0 ||
-            len < offsetof(struct tcp_info, tcpi_snd_wnd) + sizeof(info.tcpi_snd_wnd))
-                return false; /* a kernel before 5.4 does not say: linger */
-        return info.tcpi_unacked == 0 && info.tcpi_notsent_bytes == 0 && info.tcpi_snd_wnd > 0 &&
-               ioctl(s->fd, SIOCINQ, &unread) == 0 && unread == 0;
-}
-
+ * receiving side had not yet read. So, once the FIN is out: if the client asked to end, has
+ * acknowledged every byte sent before the FIN (at most the FIN itself is outstanding: its ACK
+ * is delayed until the client answers it), the FIN has left (a zero window holds it back),
+ * and nothing the client sent waits unread, the socket is closed at once. Bytes the client
+ * writes later, or an urgent byte (SIOCINQ counts only up to its mark), draw a reset that
+ * arrives behind the FIN. That is why the FIN goes first: closed with them unread and no FIN
+ * out, the socket sends the reset instead, and the client reads ECONNRESET, not the end of
+ * file (and deciding first saves nothing: one TCP_INFO read costs what two ioctl()s do). A
+ * client that reads sees its replies and the end of file all the same (Linux and the BSDs
+ * keep received data over a reset; Windows drops what its application has not read yet, so
+ * there a client that writes after exit before reading can lose replies), and its further
+ * writes fail. Lingering on such a socket would only wait for the client's FIN: a wakeup, a
+ * recv() and the socket's teardown on the server's side (docs/benchmarks.md measures it). In
+ * every other case the lingering close stays: nginx's default (lingering_close "on") also
+ * lingers only when more may come. */
 bool session_send_fin(const Session *s) {
-        bool at_once = closes_at_once(s);
+        int unacked = 0, unsent = 0, unread = 0; /* valgrind does not know what SIOCOUTQNSD writes */
 
-        return shutdown(s->fd, SHUT_WR) == 0 && !at_once;
+        if (shutdown(s->fd, SHUT_WR) < 0)
+                return false;
+        if (!asked_to_end(s))
+                return true;
+        return ioctl(s->fd, SIOCOUTQ, &unacked) < 0 || unacked > 1 || ioctl(s->fd, SIOCOUTQNSD, &unsent) < 0 ||
+               unsent > 0 || ioctl(s->fd, SIOCINQ, &unread) < 0 || unread > 0;
 }
 
 void session_fail(Session *s, int r) {
