@@ -366,24 +366,6 @@ Test(protocol, idle_timer_restarts_at_a_complete_line_followed_by_a_partial_one,
         hellod_free(d);
 }
 
-/* late_after: a client that sends SEND at once after its greeting, reads WANT and the EOF,
- * then writes a line: what met it. */
-static ClientLate late_after(Hellod *d, const char *send, const char *want) {
-        int fd = client_connect(d->port);
-        ClientLate late;
-
-        client_expect_str(fd, HELLOD_GREETING);
-        client_send_str(fd, send);
-        client_expect_str(fd, want);
-        client_expect_eof(fd, false);
-        /* hellod decides right after sending its FIN; a line arriving before that is unread
-         * input, which it lingers for. The linger lasts 1 s: the line comes well inside it. */
-        harness_sleep_ms(200);
-        late = client_write_late(fd);
-        client_close(fd);
-        return late;
-}
-
 /* SIGURG wakes the per-connection model's serving threads (src/serving.h). Sent from outside,
  * to every thread, it changes nothing: a line half-read goes on, a new client is served. */
 Test(protocol, sigurg_from_outside_disturbs_nothing, .timeout = 60) {
@@ -407,6 +389,24 @@ Test(protocol, sigurg_from_outside_disturbs_nothing, .timeout = 60) {
         client_close(fd);
         hellod_stop_clean(d);
         hellod_free(d);
+}
+
+/* late_after: a client that sends SEND at once after its greeting, reads WANT and the EOF,
+ * then writes a line: what met it. */
+static ClientLate late_after(Hellod *d, const char *send, const char *want) {
+        int fd = client_connect(d->port);
+        ClientLate late;
+
+        client_expect_str(fd, HELLOD_GREETING);
+        client_send_str(fd, send);
+        client_expect_str(fd, want);
+        client_expect_eof(fd, false);
+        /* hellod decides right after sending its FIN; a line arriving before that is unread
+         * input, which it lingers for. The linger lasts 1 s: the line comes well inside it. */
+        harness_sleep_ms(200);
+        late = client_write_late(fd);
+        client_close(fd);
+        return late;
 }
 
 /* The lingering close (src/session.c): after exit, with every reply in the client's hands
