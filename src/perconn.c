@@ -18,12 +18,11 @@
  * The hand-over (perconn_hand_over): a thread blocked in recv() or send() is woken by the
  * same signal (serving_wake_all) and sees the engine handing over: it leaves its session at
  * rest, with what it read and did not answer as kept input and what it did not send as kept
- * output, for the server's handed_over hook. The connection is not shut down (as the stop's shutdown(SHUT_RD)
- * would, for the next process too): the next one goes on with it. */
+ * output, for the server's handed_over hook. The connection is not shut down (as the stop's
+ * shutdown(SHUT_RD) would, for the next process too): the next one goes on with it. */
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
