@@ -32,6 +32,7 @@
 #include "proto.h"
 #include "ratelimit.h"
 #include "session.h"
+#include "serving.h"
 
 #include "config.h"
 
@@ -96,8 +97,8 @@ int server_block_signals(void) {
         sigset_t set;
 
         handled_sigset(&set);
-        /* The per-connection model's wakeup: only its serving threads take it (serving.h). */
-        sigaddset(&set, SIGURG);
+        /* The per-connection model's wakeup: only its serving threads take it. */
+        sigaddset(&set, SERVING_SIGNAL);
         /* A client that goes away mid-write must not kill the daemon: sends use
          * MSG_NOSIGNAL, and SIGPIPE is ignored for anything else. */
         if (signal(SIGPIPE, SIG_IGN) == SIG_ERR)
