@@ -154,6 +154,21 @@ static size_t format_timestamp(char *buf, size_t size) {
         return m > 0 && (size_t) m < size - n ? n + (size_t) m : n;
 }
 
+/* write_whole: best effort (a log line that cannot be written has nowhere else to go), but
+ * not cut short by a signal: the per-connection model's threads take SIGURG without
+ * SA_RESTART while they serve, and stderr may be a full pipe. */
+static void write_whole(int fd, const char *p, size_t n) {
+        while (n > 0) {
+                ssize_t w = write(fd, p, n);
+                if (w < 0 && errno == EINTR)
+                        continue;
+                if (w <= 0)
+                        return;
+                p += w;
+                n -= (size_t) w;
+        }
+}
+
 static void write_stderr(int level, const char *message, size_t len) {
         char line[LOG_LINE_MAX + 64];
         size_t n;
@@ -173,9 +188,7 @@ static void write_stderr(int level, const char *message, size_t len) {
         n += len;
         line[n++] = '\n';
 
-        /* Best effort: a log line that cannot be written has nowhere else to go. */
-        ssize_t w = write(STDERR_FILENO, line, n);
-        (void) w;
+        write_whole(STDERR_FILENO, line, n);
 }
 
 static void write_journal(int level, int errnum, const char *message_id, const LogField *fields,
@@ -205,7 +218,11 @@ static void write_journal(int level, int errnum, const char *message_id, const L
                 iov[n++] = (struct iovec) { .iov_base = field_text[i],
                                             .iov_len = (size_t) m < LOG_FIELD_MAX ? (size_t) m : LOG_FIELD_MAX - 1 };
         }
-        if (sd_journal_sendv(iov, (int) n) < 0)
+        int r;
+        do /* a signal, as for write_whole() */
+                r = sd_journal_sendv(iov, (int) n);
+        while (r == -EINTR);
+        if (r < 0)
                 write_stderr(level, message + strlen("MESSAGE="), strlen(message) - strlen("MESSAGE="));
 }
 

@@ -78,6 +78,18 @@ bool notify_fdname_valid(const char *name) {
         return true;
 }
 
+/* send_with_fds: a signal that interrupts the send sent nothing, so it is sent again: the
+ * per-connection model's threads take SIGURG without SA_RESTART while they serve, and they
+ * store and remove their connections themselves (handover = "always"). */
+static int send_with_fds(const char *msg, int *fds, unsigned n_fds) {
+        int r;
+
+        do
+                r = sd_pid_notify_with_fds(0, false, msg, fds, n_fds);
+        while (r == -EINTR);
+        return r > 0 ? 1 : r;
+}
+
 int notify_fdstore_add(int fd, const char *name) {
         char msg[32 + FDNAME_MAX];
 
@@ -85,8 +97,7 @@ int notify_fdstore_add(int fd, const char *name) {
                 return -EINVAL;
         snprintf(msg, sizeof(msg), "FDSTORE=1\nFDNAME=%s", name);
         /* One descriptor, one name, one message: FDNAME= names every descriptor sent with it. */
-        int r = sd_pid_notify_with_fds(0, false, msg, &fd, 1);
-        return r > 0 ? 1 : r;
+        return send_with_fds(msg, &fd, 1);
 }
 
 int notify_fdstore_remove(const char *name) {
@@ -95,6 +106,5 @@ int notify_fdstore_remove(const char *name) {
         if (!notify_fdname_valid(name))
                 return -EINVAL;
         snprintf(msg, sizeof(msg), "FDSTOREREMOVE=1\nFDNAME=%s", name);
-        int r = sd_pid_notify_with_fds(0, false, msg, NULL, 0);
-        return r > 0 ? 1 : r;
+        return send_with_fds(msg, NULL, 0);
 }
