@@ -1,5 +1,6 @@
 /* log: leveled messages to the journal (with structured fields) or to stderr, one write each
- * so that lines from concurrent threads never interleave. */
+ * so that lines from concurrent threads do not interleave (a line is shorter than PIPE_BUF;
+ * only a terminal takes part of one, and the rest follows in a second write). */
 #include "log.h"
 
 #include <errno.h>

@@ -78,10 +78,11 @@ bool notify_fdname_valid(const char *name) {
         return true;
 }
 
-/* send_with_fds: a signal that interrupts the send sent nothing, so it is sent again: the
- * per-connection model's threads take SIGURG without SA_RESTART while they serve, and they
- * store and remove their connections themselves (handover = "always"). */
-static int send_with_fds(const char *msg, int *fds, unsigned n_fds) {
+/* send_with_fds: the per-connection model's threads take SIGURG without SA_RESTART while they
+ * serve, and they store and remove their connections themselves (handover = "always"). The
+ * message is one datagram on a Unix socket, which goes whole, descriptors with it, or not at
+ * all: a send the signal ended sent nothing, and is made again. */
+static int send_with_fds(const char *msg, const int *fds, unsigned n_fds) {
         int r;
 
         do
