@@ -674,6 +674,45 @@ Test(handover, always_a_partial_line_behind_a_full_buffer_is_answered, .timeout 
  * kernel all along, when a signal ends the peek too (the thread is sent SIGURG at 6.5 s). It
  * used to be taken in when a receive timeout armed for "x" (5 s, 3 s in) fired early, at
  * 8.5 s, and the crash at 9.5 s lost it. */
+/* restart_keeps_waiting_partial_line: CONFIG (the model); with handover = "always" a partial
+ * line waits in the kernel for its end (in the per-connection model, a thread in a peek that
+ * SO_RCVLOWAT holds until more comes). A restart wakes it, and the line stays in the kernel:
+ * taken into the process at the wakeup, it would cross the hand-over in the state, and then
+ * live only in the next process's memory, which a crash there loses. So the next process is
+ * killed before the client ends its line, and the one after it answers the line whole. */
+static void restart_keeps_waiting_partial_line(const char *config) {
+        Hellod *d = hellod_new();
+        Store st;
+        uint16_t port;
+        int listener = store_listener(&port);
+
+        store_start(&st, d->dir);
+        int fd = stored_client(d, &st, listener, port, config, "");
+        client_send_str(fd, "Ali");
+        harness_sleep_ms(200); /* "Ali" waits in hellod's socket */
+        harness_step("%s: a restart while \"Ali\" waits for its line's end", config);
+        stop_and_wait(d);
+        hellod_wait_stderr(d, "handed 1 conversation over to the next process");
+        store_start_hellod(d, &st, listener);
+        hellod_wait_stderr(d, "resumed 1 conversation handed over");
+        harness_sleep_ms(200); /* the next process waits for the line's end */
+        harness_step("%s: kill -9 of the next process, \"Ali\" still waiting", config);
+        hellod_signal(d, SIGKILL);
+        (void) hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
+        store_start_hellod(d, &st, listener);
+        hellod_wait_stderr(d, "resumed 1 conversation kept in the store");
+        client_send_str(fd, "ce\n");
+        client_expect_str(fd, "Hello, Alice!\r\n");
+        client_close(fd);
+        stop_and_wait(d);
+        store_end_rig(d, &st, listener);
+}
+
+Test(handover, always_a_restart_while_a_partial_line_waits_keeps_it_whole, .timeout = 60) {
+        restart_keeps_waiting_partial_line("workers = 1; io_backend = \"epoll\";");
+        restart_keeps_waiting_partial_line("workers = \"per-connection\";");
+}
+
 Test(handover, always_an_early_receive_timeout_leaves_the_partial_line_in_the_kernel, .timeout = 60) {
         Hellod *d = hellod_new();
         Store st;
