@@ -669,11 +669,6 @@ Test(handover, always_a_partial_line_behind_a_full_buffer_is_answered, .timeout 
         partial_line_behind_a_full_buffer("workers = \"per-connection\";");
 }
 
-/* A per-connection thread waits for a partial line's end in a peek, until its idle deadline
- * (11.3 s here: 8 s after "x" ended its line) or a signal. The partial line must stay in the
- * kernel all along, when a signal ends the peek too (the thread is sent SIGURG at 6.5 s). It
- * used to be taken in when a receive timeout armed for "x" (5 s, 3 s in) fired early, at
- * 8.5 s, and the crash at 9.5 s lost it. */
 /* restart_keeps_waiting_partial_line: CONFIG (the model); with handover = "always" a partial
  * line waits in the kernel for its end (in the per-connection model, a thread in a peek that
  * SO_RCVLOWAT holds until more comes). A restart wakes it, and the line stays in the kernel:
@@ -713,6 +708,11 @@ Test(handover, always_a_restart_while_a_partial_line_waits_keeps_it_whole, .time
         restart_keeps_waiting_partial_line("workers = \"per-connection\";");
 }
 
+/* A per-connection thread waits for a partial line's end in a peek, until its idle deadline
+ * (11.3 s here: 8 s after "x" ended its line) or a signal. The partial line must stay in the
+ * kernel all along, when a signal ends the peek too (the thread is sent SIGURG at 6.5 s). It
+ * used to be taken in when a receive timeout armed for "x" (5 s, 3 s in) fired early, at
+ * 8.5 s, and the crash at 9.5 s lost it. */
 Test(handover, always_an_early_receive_timeout_leaves_the_partial_line_in_the_kernel, .timeout = 60) {
         Hellod *d = hellod_new();
         Store st;
