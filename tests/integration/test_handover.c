@@ -41,6 +41,30 @@ static void stop_and_wait(Hellod *d) {
                   harness_describe_status(status, (char[64]) { 0 }, 64));
 }
 
+/* Rig: the test as PID 1 for one hellod (store.h): the daemon D, not started yet, the store ST
+ * that keeps its conversations between processes, and the listening socket LISTENER on PORT,
+ * which outlives each process as hellod.socket would. */
+typedef struct Rig {
+        Hellod *d;
+        Store st;
+        uint16_t port;
+        int listener;
+} Rig;
+
+/* rig_start: R's daemon first, then its listener, then its store (whose socket lives in the
+ * daemon's directory). */
+static void rig_start(Rig *r) {
+        r->d = hellod_new();
+        r->listener = store_listener(&r->port);
+        store_start(&r->st, r->d->dir);
+}
+
+/* rig_end: R's last process must stop cleanly before the rig is taken down under it. */
+static void rig_end(Rig *r) {
+        stop_and_wait(r->d);
+        store_end_rig(r->d, &r->st, r->listener);
+}
+
 #define CLIENTS 60
 
 /* not_fallen_back: io_uring falls back to epoll, with a notice, where it cannot be had (seccomp,
@@ -86,19 +110,17 @@ static const char *model_config(const char *name, int loops, char *buf, size_t s
  * read, idle) pass from a pool on the backend FROM to one on TO: no second greeting, the next
  * replies byte-exact; clients that connect in the gap are greeted by the next process. */
 static void restart_keeps_every_conversation_from(const char *from, const char *to) {
-        Hellod *d = hellod_new();
-        Store st;
-        uint16_t port;
-        int listener = store_listener(&port), fds[CLIENTS];
+        Rig r;
+        int fds[CLIENTS];
         char line[64], want[128];
 
         harness_step("from %s to %s", from, to);
-        store_start(&st, d->dir);
-        hellod_write_config(d, "log_level = \"info\";\n%s", MODEL(from, 2));
-        store_start_hellod(d, &st, listener);
-        hellod_wait_stderr(d, "started");
+        rig_start(&r);
+        hellod_write_config(r.d, "log_level = \"info\";\n%s", MODEL(from, 2));
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "started");
         for (int i = 0; i < CLIENTS; i++) {
-                fds[i] = client_connect(port);
+                fds[i] = client_connect(r.port);
                 client_expect_str(fds[i], HELLOD_GREETING);
                 snprintf(line, sizeof(line), i % 3 == 0 ? "partial-%d" : i % 3 == 1 ? "unread-%d\n" : "idle-%d\n", i);
                 client_send_str(fds[i], line);
@@ -110,19 +132,19 @@ static void restart_keeps_every_conversation_from(const char *from, const char *
         harness_sleep_ms(200); /* the partial lines and the unread lines are in hellod */
 
         harness_step("SIGTERM: the conversations are handed over");
-        stop_and_wait(d);
-        store_wait(d, &st, "c", CLIENTS);
-        store_wait(d, &st, "state", 1);
-        hellod_wait_stderr(d, "handed 60 conversations over to the next process");
+        stop_and_wait(r.d);
+        store_wait(r.d, &r.st, "c", CLIENTS);
+        store_wait(r.d, &r.st, "state", 1);
+        hellod_wait_stderr(r.d, "handed 60 conversations over to the next process");
 
         harness_step("a client connecting in the gap waits in the backlog");
-        int gap = client_connect(port);
+        int gap = client_connect(r.port);
 
         harness_step("the next process resumes them");
-        hellod_write_config(d, "log_level = \"info\";\n%s", MODEL(to, 2));
-        store_start_hellod(d, &st, listener);
-        hellod_wait_stderr(d, "resumed 60 conversations handed over by the previous process");
-        not_fallen_back(d);
+        hellod_write_config(r.d, "log_level = \"info\";\n%s", MODEL(to, 2));
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "resumed 60 conversations handed over by the previous process");
+        not_fallen_back(r.d);
         client_expect_str(gap, HELLOD_GREETING);
         client_hello(gap, "gap");
         client_close(gap);
@@ -141,10 +163,9 @@ static void restart_keeps_every_conversation_from(const char *from, const char *
                 client_expect_eof(fds[i], false);
                 client_close(fds[i]);
         }
-        store_wait(d, &st, "state", 0);
-        store_wait(d, &st, "c", 0); /* resumed: out of the store */
-        stop_and_wait(d);
-        store_end_rig(d, &st, listener);
+        store_wait(r.d, &r.st, "state", 0);
+        store_wait(r.d, &r.st, "c", 0); /* resumed: out of the store */
+        rig_end(&r);
 }
 
 Test(handover, restart_keeps_every_conversation, .timeout = 60) {
@@ -168,49 +189,46 @@ Test(handover, restart_keeps_every_conversation_per_connection, .timeout = 90) {
  * closed, cleanly and logged; the new process serves new clients. (A damaged record costs its
  * own connection only: tests/unit/test_handover.c.) */
 static void corrupt_state(const char *mode) {
-        Hellod *d = hellod_new();
-        Store st;
-        uint16_t port;
-        int listener = store_listener(&port), fds[5];
+        Rig r;
+        int fds[5];
 
-        store_start(&st, d->dir);
-        hellod_write_config(d, "workers = 1;\nio_backend = \"epoll\";\nhandover = \"%s\";\n", mode);
-        store_start_hellod(d, &st, listener);
-        hellod_wait_stderr(d, "started");
-        greeted_clients(port, fds, 5);
-        stop_and_wait(d);
-        store_wait(d, &st, "state", 1);
+        rig_start(&r);
+        hellod_write_config(r.d, "workers = 1;\nio_backend = \"epoll\";\nhandover = \"%s\";\n", mode);
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "started");
+        greeted_clients(r.port, fds, 5);
+        stop_and_wait(r.d);
+        store_wait(r.d, &r.st, "state", 1);
 
         harness_step("one byte of the state changed");
-        pthread_mutex_lock(&st.lock);
-        for (unsigned i = 0; i < st.n; i++) {
-                if (strcmp(st.names[i], "state") != 0)
+        pthread_mutex_lock(&r.st.lock);
+        for (unsigned i = 0; i < r.st.n; i++) {
+                if (strcmp(r.st.names[i], "state") != 0)
                         continue;
                 char buf[65536];
-                ssize_t k = pread(st.fds[i], buf, sizeof(buf), 0);
+                ssize_t k = pread(r.st.fds[i], buf, sizeof(buf), 0);
                 cr_assert_gt(k, 40);
                 buf[13] ^= 0x40; /* in the header: nothing of the state can be trusted */
                 int copy = memfd_create("state-copy", MFD_CLOEXEC);
                 cr_assert_eq(write(copy, buf, (size_t) k), k);
-                close(st.fds[i]);
-                st.fds[i] = copy;
+                close(r.st.fds[i]);
+                r.st.fds[i] = copy;
         }
-        pthread_mutex_unlock(&st.lock);
+        pthread_mutex_unlock(&r.st.lock);
 
-        store_start_hellod(d, &st, listener);
-        hellod_wait_stderr(d, "cannot resume");
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "cannot resume");
         for (int i = 0; i < 5; i++) {
                 if (!client_wait_readable(fds[i], HARNESS_TIMEOUT_MS))
-                        hellod_fail(d, "stored connection %d was not closed", i);
+                        hellod_fail(r.d, "stored connection %d was not closed", i);
                 client_expect_eof(fds[i], true);
                 client_close(fds[i]);
         }
-        int fd = client_connect(port);
+        int fd = client_connect(r.port);
         client_expect_str(fd, HELLOD_GREETING);
         client_hello(fd, "new");
         client_close(fd);
-        stop_and_wait(d);
-        store_end_rig(d, &st, listener);
+        rig_end(&r);
 }
 
 Test(handover, a_corrupt_state_closes_the_conversations_cleanly, .timeout = 60) {
@@ -229,17 +247,14 @@ Test(handover, always_a_refused_state_closes_the_conversations, .timeout = 60) {
  * ends, while the store keeps its copy; the daemon must never touch a session it ended
  * (the copy keeps the socket, and its events, alive). */
 Test(handover, always_stores_and_removes_each_connection, .timeout = 60) {
-        Hellod *d = hellod_new();
-        Store st;
-        uint16_t port;
-        int listener = store_listener(&port);
+        Rig r;
 
-        store_start(&st, d->dir);
-        hellod_write_config(d, "handover = \"always\";\nlog_level = \"notice\";\n");
-        store_start_hellod(d, &st, listener);
-        hellod_wait_stderr(d, "started");
+        rig_start(&r);
+        hellod_write_config(r.d, "handover = \"always\";\nlog_level = \"notice\";\n");
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "started");
         for (int i = 0; i < 200; i++) {
-                int fd = client_connect(port);
+                int fd = client_connect(r.port);
                 client_expect_str(fd, HELLOD_GREETING);
                 client_hello(fd, "stored");
                 if (i % 3 == 0) {
@@ -254,45 +269,41 @@ Test(handover, always_stores_and_removes_each_connection, .timeout = 60) {
                         client_reset(fd);
                 }
         }
-        for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS; store_count(&st, "c") > 0; harness_sleep_ms(20))
-                cr_assert_lt(harness_now_ms(), end, "%u connections still stored", store_count(&st, "c"));
-        pthread_mutex_lock(&st.lock);
-        unsigned added = st.added, removed = st.removed;
-        pthread_mutex_unlock(&st.lock);
+        for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS; store_count(&r.st, "c") > 0; harness_sleep_ms(20))
+                cr_assert_lt(harness_now_ms(), end, "%u connections still stored", store_count(&r.st, "c"));
+        pthread_mutex_lock(&r.st.lock);
+        unsigned added = r.st.added, removed = r.st.removed;
+        pthread_mutex_unlock(&r.st.lock);
         cr_expect_geq(added, 201, "%u stored", added);
         /* Every connection out again; the state's place stays, empty, for a hand-over. */
         cr_expect_eq(added, removed + 1, "%u stored, %u removed", added, removed);
-        cr_expect_eq(store_count(&st, "state"), 1);
-        cr_assert(hellod_alive(d), "hellod died");
-        int fd = client_connect(port);
+        cr_expect_eq(store_count(&r.st, "state"), 1);
+        cr_assert(hellod_alive(r.d), "hellod died");
+        int fd = client_connect(r.port);
         client_expect_str(fd, HELLOD_GREETING);
         client_close(fd);
-        stop_and_wait(d);
-        store_end_rig(d, &st, listener);
+        rig_end(&r);
 }
 
 /* handover = "always" reads whole lines only (a partial one stays in the kernel): a burst
  * larger than the read buffer is still answered in full, and a telnet interrupt, which has no
  * line end, still ends the session at once. */
 static void always_answers_bursts_and_telnet_interrupts_in(const char *model) {
-        Hellod *d = hellod_new();
-        Store st;
-        uint16_t port;
-        int listener = store_listener(&port);
+        Rig r;
         char in[12000], *want = malloc(sizeof(in) * 8);
         size_t n = 0, wn = 0;
 
         cr_assert(want);
-        store_start(&st, d->dir);
-        hellod_write_config(d, "handover = \"always\";\n%s\nidle_timeout = 30;\n", model);
-        store_start_hellod(d, &st, listener);
-        hellod_wait_stderr(d, "started");
+        rig_start(&r);
+        hellod_write_config(r.d, "handover = \"always\";\n%s\nidle_timeout = 30;\n", model);
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "started");
         for (int i = 0; n + 16 < sizeof(in); i++) {
                 int k = snprintf(in + n, sizeof(in) - n, "l%d\n", i);
                 wn += (size_t) sprintf(want + wn, "Hello, l%d!\r\n", i);
                 n += (size_t) k;
         }
-        int fd = client_connect(port);
+        int fd = client_connect(r.port);
         client_expect_str(fd, HELLOD_GREETING);
         harness_step("%zu bytes of short lines in one write", n);
         client_send(fd, in, n);
@@ -302,8 +313,7 @@ static void always_answers_bursts_and_telnet_interrupts_in(const char *model) {
         client_expect_eof(fd, false); /* the interrupt ends it as exit does */
         client_close(fd);
         free(want);
-        stop_and_wait(d);
-        store_end_rig(d, &st, listener);
+        rig_end(&r);
 }
 
 Test(handover, always_answers_bursts_and_telnet_interrupts, .timeout = 60) {
@@ -317,31 +327,28 @@ Test(handover, always_answers_bursts_and_telnet_interrupts, .timeout = 60) {
  * header as a line, "Hello, PROXY TCP4 ...!". Now the crash closes it, like any connection the
  * process alone held. */
 Test(handover, always_a_crash_before_the_proxy_header_closes_the_balancer_connection, .timeout = 60) {
-        Hellod *d = hellod_new();
-        Store st;
-        uint16_t port;
-        int listener = store_listener(&port);
+        Rig r;
         char buf[256] = "";
         ClientReadEnd end;
 
-        store_start(&st, d->dir);
-        hellod_write_config(d,
+        rig_start(&r);
+        hellod_write_config(r.d,
                             "listen = ( { address = \"127.0.0.1:%u\"; proxy_protocol = true; } );\n"
                             "proxy_from = [ \"127.0.0.1\" ];\nhandover = \"always\";\nio_backend = \"epoll\";\n"
                             "log_level = \"debug\";\n",
-                            (unsigned) port);
-        store_start_hellod(d, &st, listener);
-        hellod_wait_stderr(d, "started");
-        int fd = client_connect(port); /* the balancer: its header not sent yet */
-        hellod_wait_stderr(d, "opened");
-        store_stays(d, &st, "c", 0, 300); /* stored before its header, a crash would resume it as a conversation */
+                            (unsigned) r.port);
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "started");
+        int fd = client_connect(r.port); /* the balancer: its header not sent yet */
+        hellod_wait_stderr(r.d, "opened");
+        store_stays(r.d, &r.st, "c", 0, 300); /* stored before its header, a crash would resume it as a conversation */
 
         harness_step("kill -9 while the header is awaited");
-        hellod_signal(d, SIGKILL);
-        (void) hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
-        cr_assert_eq(truncate(d->stderr_path, 0), 0); /* the next process's "started" */
-        store_start_hellod(d, &st, listener);
-        hellod_wait_stderr(d, "started");
+        hellod_signal(r.d, SIGKILL);
+        (void) hellod_wait_exit(r.d, HARNESS_TIMEOUT_MS);
+        cr_assert_eq(truncate(r.d->stderr_path, 0), 0); /* the next process's "started" */
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "started");
 
         harness_step("the balancer's header arrives now");
         client_send_str(fd, "PROXY TCP4 192.0.2.7 127.0.0.1 40000 9999\r\n");
@@ -350,8 +357,7 @@ Test(handover, always_a_crash_before_the_proxy_header_closes_the_balancer_connec
         cr_expect(strstr(buf, "Hello, PROXY") == NULL, "the PROXY header was answered as a line: '%s'", buf);
         cr_expect(n == 0 || strcmp(buf, HELLOD_GREETING) == 0, "expected the greeting or a close, got '%s'", buf);
         client_close(fd);
-        stop_and_wait(d);
-        store_end_rig(d, &st, listener);
+        rig_end(&r);
 }
 
 
@@ -359,27 +365,24 @@ Test(handover, always_a_crash_before_the_proxy_header_closes_the_balancer_connec
  * closed at the hand-over (the balancer retries elsewhere, docs/zero-downtime.md) and nothing of
  * it is left in the store, where PID 1's copy held it open until the next process started. */
 Test(handover, always_a_restart_before_the_proxy_header_closes_it_and_leaves_no_store_entry, .timeout = 60) {
-        Hellod *d = hellod_new();
-        Store st;
-        uint16_t port;
-        int listener = store_listener(&port);
+        Rig r;
 
-        store_start(&st, d->dir);
-        hellod_write_config(d,
+        rig_start(&r);
+        hellod_write_config(r.d,
                             "listen = ( { address = \"127.0.0.1:%u\"; proxy_protocol = true; } );\n"
                             "proxy_from = [ \"127.0.0.1\" ];\nhandover = \"always\";\nio_backend = \"epoll\";\n"
                             "log_level = \"debug\";\n",
-                            (unsigned) port);
-        store_start_hellod(d, &st, listener);
-        hellod_wait_stderr(d, "started");
-        int fd = client_connect(port);
-        hellod_wait_stderr(d, "opened");
-        store_stays(d, &st, "c", 0, 300); /* stored before its header, a crash would resume it as a conversation */
-        stop_and_wait(d);
-        cr_expect_eq(store_count(&st, "c"), 0, "the unheadered PROXY connection is still in the store");
+                            (unsigned) r.port);
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "started");
+        int fd = client_connect(r.port);
+        hellod_wait_stderr(r.d, "opened");
+        store_stays(r.d, &r.st, "c", 0, 300); /* stored before its header, a crash would resume it as a conversation */
+        stop_and_wait(r.d);
+        cr_expect_eq(store_count(&r.st, "c"), 0, "the unheadered PROXY connection is still in the store");
         cr_expect(client_wait_readable(fd, 1000), "the balancer's connection was not closed at the hand-over");
         client_close(fd);
-        store_end_rig(d, &st, listener);
+        store_end_rig(r.d, &r.st, r.listener);
 }
 
 
@@ -388,51 +391,48 @@ Test(handover, always_a_restart_before_the_proxy_header_closes_it_and_leaves_no_
  * an empty state is no state: the stored conversations go on from their next line (not closed
  * as for a state refused). */
 Test(handover, always_an_empty_state_is_a_crash, .timeout = 60) {
-        Hellod *d = hellod_new();
-        Store st;
-        uint16_t port;
-        int listener = store_listener(&port), fds[3];
+        Rig r;
+        int fds[3];
 
-        store_start(&st, d->dir);
-        hellod_write_config(d, "workers = 1;\nio_backend = \"epoll\";\nhandover = \"always\";\nlog_level = \"info\";\n");
-        store_start_hellod(d, &st, listener);
-        hellod_wait_stderr(d, "started");
-        greeted_clients(port, fds, 3);
-        store_wait(d, &st, "c", 3);
-        store_wait(d, &st, "state", 1);
-        hellod_signal(d, SIGKILL);
-        (void) hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
+        rig_start(&r);
+        hellod_write_config(r.d, "workers = 1;\nio_backend = \"epoll\";\nhandover = \"always\";\nlog_level = \"info\";\n");
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "started");
+        greeted_clients(r.port, fds, 3);
+        store_wait(r.d, &r.st, "c", 3);
+        store_wait(r.d, &r.st, "state", 1);
+        hellod_signal(r.d, SIGKILL);
+        (void) hellod_wait_exit(r.d, HARNESS_TIMEOUT_MS);
 
-        store_start_hellod(d, &st, listener);
-        hellod_wait_stderr(d, "resumed 3 conversations kept in the store");
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "resumed 3 conversations kept in the store");
         for (int i = 0; i < 3; i++) {
                 client_hello(fds[i], "again");
                 client_close(fds[i]);
         }
-        cr_expect_eq(store_count(&st, "state"), 1, "no place for the next state: %u", store_count(&st, "state"));
-        stop_and_wait(d);
-        store_end_rig(d, &st, listener);
+        cr_expect_eq(store_count(&r.st, "state"), 1, "no place for the next state: %u", store_count(&r.st, "state"));
+        rig_end(&r);
 }
 
 /* stored_client: hellod started with CONFIG, then EXTRA, and handover = "always"; returns a
  * greeted client it has stored. */
-static int stored_client(Hellod *d, Store *st, int listener, uint16_t port, const char *config, const char *extra) {
+static int stored_client(Rig *r, const char *config, const char *extra) {
         int fd;
 
-        hellod_write_config(d, "%s\n%shandover = \"always\";\n", config, extra);
-        store_start_hellod(d, st, listener);
-        hellod_wait_stderr(d, "started");
-        greeted_clients(port, &fd, 1);
-        store_wait(d, st, "c", 1);
+        hellod_write_config(r->d, "%s\n%shandover = \"always\";\n", config, extra);
+        store_start_hellod(r->d, &r->st, r->listener);
+        hellod_wait_stderr(r->d, "started");
+        greeted_clients(r->port, &fd, 1);
+        store_wait(r->d, &r->st, "c", 1);
         return fd;
 }
 
 /* crash_after_half_line: hellod started with CONFIG and handover = "always", a greeted client
  * that sent LINES lines "ab" (answered) and "Ali" in one write, kill -9, and the next process
  * resuming it. Returns the client. */
-static int crash_after_half_line(Hellod *d, Store *st, int listener, uint16_t port, const char *config, int lines) {
+static int crash_after_half_line(Rig *r, const char *config, int lines) {
         enum { LINE = 3, REPLY = 12 };
-        int fd = stored_client(d, st, listener, port, config, "");
+        int fd = stored_client(r, config, "");
         char *burst = malloc((size_t) lines * LINE + 4), *want = malloc((size_t) lines * REPLY + 1);
 
         cr_assert(burst && want);
@@ -449,10 +449,10 @@ static int crash_after_half_line(Hellod *d, Store *st, int listener, uint16_t po
         free(burst);
         free(want);
         harness_step("%s: kill -9 after %d lines and \"Ali\"", config, lines);
-        hellod_signal(d, SIGKILL);
-        (void) hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
-        store_start_hellod(d, st, listener);
-        hellod_wait_stderr(d, "resumed 1 conversation");
+        hellod_signal(r->d, SIGKILL);
+        (void) hellod_wait_exit(r->d, HARNESS_TIMEOUT_MS);
+        store_start_hellod(r->d, &r->st, r->listener);
+        hellod_wait_stderr(r->d, "resumed 1 conversation");
         return fd;
 }
 
@@ -460,19 +460,15 @@ static int crash_after_half_line(Hellod *d, Store *st, int listener, uint16_t po
  * line and then nothing, resumed after a crash, ends with ERR idle timeout (the half line
  * waits in the kernel for its end meanwhile). */
 static void crash_resumed_idles_out(const char *config) {
-        Hellod *d = hellod_new();
-        Store st;
-        uint16_t port;
-        int listener = store_listener(&port);
+        Rig r;
 
-        store_start(&st, d->dir);
-        int fd = crash_after_half_line(d, &st, listener, port, config, 0);
+        rig_start(&r);
+        int fd = crash_after_half_line(&r, config, 0);
         harness_step("%s: the resumed client stays silent", config);
         client_expect_str(fd, HELLOD_ERR_IDLE);
         client_expect_eof(fd, false);
         client_close(fd);
-        stop_and_wait(d);
-        store_end_rig(d, &st, listener);
+        rig_end(&r);
 }
 
 /* trickle_idles_out: CONFIG (the model); with handover = "always" (so a partial line waits in
@@ -480,13 +476,10 @@ static void crash_resumed_idles_out(const char *config) {
  * timed out all the same: a byte is not a line, and only lines are activity. */
 static void trickle_idles_out(const char *config) {
         enum { EVERY_MS = 250, GIVE_UP_MS = 8000 };
-        Hellod *d = hellod_new();
-        Store st;
-        uint16_t port;
-        int listener = store_listener(&port);
+        Rig r;
 
-        store_start(&st, d->dir);
-        int fd = stored_client(d, &st, listener, port, config, "idle_timeout = 1;\n");
+        rig_start(&r);
+        int fd = stored_client(&r, config, "idle_timeout = 1;\n");
         harness_step("%s: a byte every %d ms, no line end, against idle_timeout = 1", config, EVERY_MS);
         int64_t start = harness_now_ms();
         do {
@@ -497,8 +490,7 @@ static void trickle_idles_out(const char *config) {
         } while (!client_wait_readable(fd, EVERY_MS));
         client_expect_str(fd, HELLOD_ERR_IDLE);
         client_close(fd);
-        stop_and_wait(d);
-        store_end_rig(d, &st, listener);
+        rig_end(&r);
 }
 
 Test(handover, always_a_partial_line_trickling_in_idles_out, .timeout = 60) {
@@ -514,24 +506,21 @@ Test(handover, always_a_partial_line_trickling_in_idles_out, .timeout = 60) {
  * a per-connection thread takes the partial line in when the stop wakes its peek, and had
  * nothing unread then either. */
 static void stop_reads_away_partial_line(const char *config) {
-        Hellod *d = hellod_new();
-        Store st;
-        uint16_t port;
-        int listener = store_listener(&port);
+        Rig r;
 
-        store_start(&st, d->dir);
-        st.not_a_service = true;
-        int fd = stored_client(d, &st, listener, port, config, "");
+        rig_start(&r);
+        r.st.not_a_service = true;
+        int fd = stored_client(&r, config, "");
         client_send_str(fd, "Ali");
         harness_sleep_ms(100);
         harness_step("%s: a stop with \"Ali\" unread", config);
-        hellod_signal(d, SIGTERM);
+        hellod_signal(r.d, SIGTERM);
         client_expect_eof_after(fd, HELLOD_ERR_SHUTDOWN);
         client_close(fd);
-        int status = hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
+        int status = hellod_wait_exit(r.d, HARNESS_TIMEOUT_MS);
         cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "hellod %s",
                   harness_describe_status(status, (char[64]) { 0 }, 64));
-        store_end_rig(d, &st, listener);
+        store_end_rig(r.d, &r.st, r.listener);
 }
 
 Test(handover, always_a_stop_with_a_partial_line_unread_ends_without_a_reset, .timeout = 60) {
@@ -546,13 +535,10 @@ Test(handover, always_a_stop_with_a_partial_line_unread_ends_without_a_reset, .t
  * every read at the urgent mark, so waiting there for the line's end would wait for ever; a
  * thread used to spin on it, and the pool stalled until the idle timeout). */
 static void stored_lines_answered(const char *config) {
-        Hellod *d = hellod_new();
-        Store st;
-        uint16_t port;
-        int listener = store_listener(&port);
+        Rig r;
 
-        store_start(&st, d->dir);
-        int fd = stored_client(d, &st, listener, port, config, "idle_timeout = 5;\n"); /* a stall: ERR idle timeout */
+        rig_start(&r);
+        int fd = stored_client(&r, config, "idle_timeout = 5;\n"); /* a stall: ERR idle timeout */
         harness_step("%s: \"hello\", then its line end, then a shorter line", config);
         client_send_str(fd, "hello");
         harness_sleep_ms(100);
@@ -573,17 +559,16 @@ static void stored_lines_answered(const char *config) {
         client_send_str(fd, "d\n");
         client_expect_str(fd, "Hello, cd!\r\n");
         harness_step("%s: a line, a byte of urgent data and a line, queued at once", config);
-        hellod_freeze(d); /* a peek that stops at the mark, with a line behind it */
+        hellod_freeze(r.d); /* a peek that stops at the mark, with a line behind it */
         client_send_str(fd, "e\n");
         cr_assert_eq(send(fd, "!", 1, MSG_OOB), 1);
         client_send_str(fd, "f\n");
         harness_sleep_ms(100);
-        hellod_thaw(d);
+        hellod_thaw(r.d);
         client_expect_str(fd, "Hello, e!\r\nHello, f!\r\n");
         client_hello(fd, "still answering");
         client_close(fd);
-        stop_and_wait(d);
-        store_end_rig(d, &st, listener);
+        rig_end(&r);
 }
 
 Test(handover, always_short_lines_and_urgent_data_are_answered_at_once, .timeout = 60) {
@@ -596,21 +581,17 @@ Test(handover, always_short_lines_and_urgent_data_are_answered_at_once, .timeout
  * FIN: the session ends at EOF, and the close must not find the byte unread (a reset, not a
  * FIN: the client got ECONNRESET where it waited for its end of file). Found by the driver. */
 static void urgent_byte_then_eof(const char *config) {
-        Hellod *d = hellod_new();
-        Store st;
-        uint16_t port;
-        int listener = store_listener(&port);
+        Rig r;
 
-        store_start(&st, d->dir);
-        int fd = stored_client(d, &st, listener, port, config, "");
+        rig_start(&r);
+        int fd = stored_client(&r, config, "");
         client_hello(fd, "before");
         harness_step("%s: a byte of urgent data, then the client's FIN", config);
         cr_assert_eq(send(fd, "!", 1, MSG_OOB), 1);
         cr_assert_eq(shutdown(fd, SHUT_WR), 0);
         client_expect_eof(fd, false);
         client_close(fd);
-        stop_and_wait(d);
-        store_end_rig(d, &st, listener);
+        rig_end(&r);
 }
 
 Test(handover, always_an_urgent_byte_before_the_end_closes_with_a_fin, .timeout = 60) {
@@ -628,10 +609,7 @@ Test(handover, always_an_urgent_byte_before_the_end_closes_with_a_fin, .timeout 
  * driver (--stored). */
 static void partial_line_behind_a_full_buffer(const char *config) {
         enum { LINES = 10000, LINE = 60 }; /* long lines: the window almost never closes at a line end */
-        Hellod *d = hellod_new();
-        Store st;
-        uint16_t port;
-        int listener = store_listener(&port);
+        Rig r;
         size_t n = LINES * LINE, room = LINES * (LINE + 16) + 64, sent = 0;
         char *burst = malloc(n), *want = malloc(room);
         Exchange ex;
@@ -642,16 +620,16 @@ static void partial_line_behind_a_full_buffer(const char *config) {
         for (size_t i = LINE - 1; i < n; i += LINE)
                 burst[i] = '\n';
         size_t want_n = harness_model_replies("Hello, ", "!", (const unsigned char *) burst, n, 1024, want);
-        store_start(&st, d->dir);
-        int fd = stored_client(d, &st, listener, port, config, "idle_timeout = 5;\n"); /* a stall: ERR idle timeout */
+        rig_start(&r);
+        int fd = stored_client(&r, config, "idle_timeout = 5;\n"); /* a stall: ERR idle timeout */
         harness_step("%s: %d lines, as many as the buffers take while the daemon is stopped", config, LINES);
         cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &(int) { 16384 }, sizeof(int)), 0); /* not megabytes */
-        hellod_freeze(d);
+        hellod_freeze(r.d);
         for (ssize_t k; sent < n && (k = send(fd, burst + sent, n - sent, MSG_DONTWAIT)) > 0;)
                 sent += (size_t) k;
         cr_assert(sent < n, "the buffers took all %zu bytes: the window never closed", n);
         harness_step("%s: %zu bytes sent, the rest once it runs again", config, sent);
-        hellod_thaw(d);
+        hellod_thaw(r.d);
         cr_assert_eq(client_exchange(fd, burst + sent, n - sent, &rng, 65536, &ex), 0);
         size_t at = bytes_first_difference(want, want_n, ex.got, ex.n);
         cr_assert(at == want_n && ex.n == want_n && ex.end == CLIENT_READ_EOF,
@@ -660,8 +638,7 @@ static void partial_line_behind_a_full_buffer(const char *config) {
         client_close(fd);
         free(burst);
         free(want);
-        stop_and_wait(d);
-        store_end_rig(d, &st, listener);
+        rig_end(&r);
 }
 
 Test(handover, always_a_partial_line_behind_a_full_buffer_is_answered, .timeout = 60) {
@@ -676,31 +653,27 @@ Test(handover, always_a_partial_line_behind_a_full_buffer_is_answered, .timeout 
  * live only in the next process's memory, which a crash there loses. So the next process is
  * killed before the client ends its line, and the one after it answers the line whole. */
 static void restart_keeps_waiting_partial_line(const char *config) {
-        Hellod *d = hellod_new();
-        Store st;
-        uint16_t port;
-        int listener = store_listener(&port);
+        Rig r;
 
-        store_start(&st, d->dir);
-        int fd = stored_client(d, &st, listener, port, config, "");
+        rig_start(&r);
+        int fd = stored_client(&r, config, "");
         client_send_str(fd, "Ali");
         harness_sleep_ms(200); /* "Ali" waits in hellod's socket */
         harness_step("%s: a restart while \"Ali\" waits for its line's end", config);
-        stop_and_wait(d);
-        hellod_wait_stderr(d, "handed 1 conversation over to the next process");
-        store_start_hellod(d, &st, listener);
-        hellod_wait_stderr(d, "resumed 1 conversation handed over");
+        stop_and_wait(r.d);
+        hellod_wait_stderr(r.d, "handed 1 conversation over to the next process");
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "resumed 1 conversation handed over");
         harness_sleep_ms(200); /* the next process waits for the line's end */
         harness_step("%s: kill -9 of the next process, \"Ali\" still waiting", config);
-        hellod_signal(d, SIGKILL);
-        (void) hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
-        store_start_hellod(d, &st, listener);
-        hellod_wait_stderr(d, "resumed 1 conversation kept in the store");
+        hellod_signal(r.d, SIGKILL);
+        (void) hellod_wait_exit(r.d, HARNESS_TIMEOUT_MS);
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "resumed 1 conversation kept in the store");
         client_send_str(fd, "ce\n");
         client_expect_str(fd, "Hello, Alice!\r\n");
         client_close(fd);
-        stop_and_wait(d);
-        store_end_rig(d, &st, listener);
+        rig_end(&r);
 }
 
 Test(handover, always_a_restart_while_a_partial_line_waits_keeps_it_whole, .timeout = 60) {
@@ -714,13 +687,10 @@ Test(handover, always_a_restart_while_a_partial_line_waits_keeps_it_whole, .time
  * used to be taken in when a receive timeout armed for "x" (5 s, 3 s in) fired early, at
  * 8.5 s, and the crash at 9.5 s lost it. */
 Test(handover, always_an_early_receive_timeout_leaves_the_partial_line_in_the_kernel, .timeout = 60) {
-        Hellod *d = hellod_new();
-        Store st;
-        uint16_t port;
-        int listener = store_listener(&port);
+        Rig r;
 
-        store_start(&st, d->dir);
-        int fd = stored_client(d, &st, listener, port, "workers = \"per-connection\";", "idle_timeout = 8;\n");
+        rig_start(&r);
+        int fd = stored_client(&r, "workers = \"per-connection\";", "idle_timeout = 8;\n");
         harness_sleep_ms(3000);
         client_send_str(fd, "x");
         harness_sleep_ms(300);
@@ -730,35 +700,30 @@ Test(handover, always_an_early_receive_timeout_leaves_the_partial_line_in_the_ke
         client_send_str(fd, "y");
         harness_sleep_ms(3000);
         harness_step("SIGURG to every thread of hellod while \"y\" waits for its line's end");
-        cr_assert_gt(hellod_signal_threads(d, SIGURG), 0);
+        cr_assert_gt(hellod_signal_threads(r.d, SIGURG), 0);
         harness_sleep_ms(3000);
         harness_step("kill -9 before the deadline, after the old receive timeout would have fired");
-        hellod_signal(d, SIGKILL);
-        (void) hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
-        store_start_hellod(d, &st, listener);
-        hellod_wait_stderr(d, "resumed 1 conversation");
+        hellod_signal(r.d, SIGKILL);
+        (void) hellod_wait_exit(r.d, HARNESS_TIMEOUT_MS);
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "resumed 1 conversation");
         client_send_str(fd, "es\n");
         client_expect_str(fd, "Hello, yes!\r\n");
         client_close(fd);
-        stop_and_wait(d);
-        store_end_rig(d, &st, listener);
+        rig_end(&r);
 }
 
 /* crash_keeps_partial_line: CONFIG (the model); a line half sent before a crash, behind LINES
  * whole ones, is answered whole after it. */
 static void crash_keeps_partial_line(const char *config, int lines) {
-        Hellod *d = hellod_new();
-        Store st;
-        uint16_t port;
-        int listener = store_listener(&port);
+        Rig r;
 
-        store_start(&st, d->dir);
-        int fd = crash_after_half_line(d, &st, listener, port, config, lines);
+        rig_start(&r);
+        int fd = crash_after_half_line(&r, config, lines);
         client_send_str(fd, "ce\n");
         client_expect_str(fd, "Hello, Alice!\r\n");
         client_close(fd);
-        stop_and_wait(d);
-        store_end_rig(d, &st, listener);
+        rig_end(&r);
 }
 
 /* The same behind a burst of short lines larger than hellod's read buffer (9000 bytes, cut
@@ -782,29 +747,26 @@ Test(handover, always_a_crash_keeps_the_partial_line_in_every_model, .timeout = 
 /* reload_turns_always_on: BACKEND; a reload turns handover = "always" on, and a client that
  * comes after it is stored (STORED) or not. */
 static void reload_turns_always_on(const char *backend, bool stored) {
-        Hellod *d = hellod_new();
-        Store st;
-        uint16_t port;
-        int listener = store_listener(&port), fd;
+        Rig r;
+        int fd;
 
-        store_start(&st, d->dir);
-        hellod_write_config(d, "workers = 1;\nio_backend = \"%s\";\n", backend);
-        store_start_hellod(d, &st, listener);
-        hellod_wait_stderr(d, "started");
-        hellod_write_config(d, "workers = 1;\nio_backend = \"%s\";\nhandover = \"always\";\n", backend);
-        hellod_signal(d, SIGHUP);
-        hellod_wait_stderr(d, "configuration reloaded");
+        rig_start(&r);
+        hellod_write_config(r.d, "workers = 1;\nio_backend = \"%s\";\n", backend);
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "started");
+        hellod_write_config(r.d, "workers = 1;\nio_backend = \"%s\";\nhandover = \"always\";\n", backend);
+        hellod_signal(r.d, SIGHUP);
+        hellod_wait_stderr(r.d, "configuration reloaded");
         if (!stored)
-                hellod_wait_stderr(d, "handover = \"always\" takes effect when hellod is restarted");
-        greeted_clients(port, &fd, 1);
+                hellod_wait_stderr(r.d, "handover = \"always\" takes effect when hellod is restarted");
+        greeted_clients(r.port, &fd, 1);
         if (stored)
-                store_wait(d, &st, "c", 1);
+                store_wait(r.d, &r.st, "c", 1);
         else
-                store_stays(d, &st, "c", 0, 300);
+                store_stays(r.d, &r.st, "c", 0, 300);
         client_hello(fd, "after the reload");
         client_close(fd);
-        stop_and_wait(d);
-        store_end_rig(d, &st, listener);
+        rig_end(&r);
 }
 
 /* A reload cannot move io_uring's loops to epoll: with "always" turned on by one, io_uring
@@ -825,27 +787,25 @@ Test(handover, always_a_crash_resumed_conversation_idles_out, .timeout = 60) {
 /* A pool hands over to a per-connection process: partial and pipelined lines are answered
  * byte for byte. */
 Test(handover, pool_to_per_connection_keeps_partial_and_pipelined_lines, .timeout = 60) {
-        Hellod *d = hellod_new();
-        Store st;
-        uint16_t port;
-        int listener = store_listener(&port), fds[6];
+        Rig r;
+        int fds[6];
         char want[64];
 
-        store_start(&st, d->dir);
-        hellod_write_config(d, "workers = 2;\nio_backend = \"epoll\";\nlog_level = \"info\";\n");
-        store_start_hellod(d, &st, listener);
-        hellod_wait_stderr(d, "started");
+        rig_start(&r);
+        hellod_write_config(r.d, "workers = 2;\nio_backend = \"epoll\";\nlog_level = \"info\";\n");
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "started");
         for (int i = 0; i < 6; i++) {
-                fds[i] = client_connect(port);
+                fds[i] = client_connect(r.port);
                 client_expect_str(fds[i], HELLOD_GREETING);
                 client_send_str(fds[i], i % 2 ? "part" : "a\nb\nc");
         }
         harness_sleep_ms(200);
-        stop_and_wait(d);
-        store_wait(d, &st, "state", 1);
-        hellod_write_config(d, "workers = \"per-connection\";\nlog_level = \"info\";\n");
-        store_start_hellod(d, &st, listener);
-        hellod_wait_stderr(d, "resumed 6 conversations");
+        stop_and_wait(r.d);
+        store_wait(r.d, &r.st, "state", 1);
+        hellod_write_config(r.d, "workers = \"per-connection\";\nlog_level = \"info\";\n");
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "resumed 6 conversations");
         for (int i = 0; i < 6; i++) {
                 if (i % 2) {
                         client_send_str(fds[i], "ial\n");
@@ -861,8 +821,7 @@ Test(handover, pool_to_per_connection_keeps_partial_and_pipelined_lines, .timeou
                 client_expect_eof_after(fds[i], "Bye!\r\n");
                 client_close(fds[i]);
         }
-        stop_and_wait(d);
-        store_end_rig(d, &st, listener);
+        rig_end(&r);
 }
 
 /* A restart that lowers max_connections below the conversations alive (or after a reload that
@@ -870,25 +829,23 @@ Test(handover, pool_to_per_connection_keeps_partial_and_pipelined_lines, .timeou
  * enough have ended. The whole state used to be refused ("6 records, more than
  * max_connections (5)"), every conversation closed. */
 Test(handover, a_lower_max_connections_keeps_the_conversations, .timeout = 60) {
-        Hellod *d = hellod_new();
-        Store st;
-        uint16_t port;
-        int listener = store_listener(&port), fds[6];
+        Rig r;
+        int fds[6];
 
-        store_start(&st, d->dir);
-        hellod_write_config(d, "workers = 1;\nio_backend = \"epoll\";\nmax_connections = 10;\nlog_level = \"info\";\n");
-        store_start_hellod(d, &st, listener);
-        hellod_wait_stderr(d, "started");
-        greeted_clients(port, fds, 6);
-        stop_and_wait(d);
-        store_wait(d, &st, "state", 1);
+        rig_start(&r);
+        hellod_write_config(r.d, "workers = 1;\nio_backend = \"epoll\";\nmax_connections = 10;\nlog_level = \"info\";\n");
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "started");
+        greeted_clients(r.port, fds, 6);
+        stop_and_wait(r.d);
+        store_wait(r.d, &r.st, "state", 1);
 
         harness_step("the next process has max_connections = 5");
-        hellod_write_config(d, "workers = 1;\nio_backend = \"epoll\";\nmax_connections = 5;\nlog_level = \"info\";\n");
-        store_start_hellod(d, &st, listener);
-        hellod_wait_stderr(d, "started");
-        hellod_wait_stderr(d, "resumed 6 conversations");
-        int extra = client_connect(port);
+        hellod_write_config(r.d, "workers = 1;\nio_backend = \"epoll\";\nmax_connections = 5;\nlog_level = \"info\";\n");
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "started");
+        hellod_wait_stderr(r.d, "resumed 6 conversations");
+        int extra = client_connect(r.port);
         client_expect_str(extra, HELLOD_ERR_BUSY);
         client_close(extra);
         int kept = 0;
@@ -902,8 +859,7 @@ Test(handover, a_lower_max_connections_keeps_the_conversations, .timeout = 60) {
                 client_close(fds[i]);
         }
         cr_expect_eq(kept, 6, "only %d of 6 conversations survived a restart with max_connections 10 -> 5", kept);
-        stop_and_wait(d);
-        store_end_rig(d, &st, listener);
+        rig_end(&r);
 }
 
 /* A full file descriptor store (PID 1 refuses beyond FileDescriptorStoreMax=, and
@@ -914,21 +870,19 @@ Test(handover, a_lower_max_connections_keeps_the_conversations, .timeout = 60) {
  * every connection. */
 #define MORE_THAN_THE_STORE 260
 static void full_store(const char *mode) {
-        Hellod *d = hellod_new();
-        Store st;
-        uint16_t port;
-        int listener = store_listener(&port), *fds = calloc(MORE_THAN_THE_STORE, sizeof(int));
+        Rig r;
+        int *fds = calloc(MORE_THAN_THE_STORE, sizeof(int));
 
-        store_start(&st, d->dir);
-        hellod_write_config(d, "workers = 1;\nio_backend = \"epoll\";\nmax_connections = 1000;\nhandover = \"%s\";\n", mode);
-        store_start_hellod(d, &st, listener);
-        hellod_wait_stderr(d, "started");
-        greeted_clients(port, fds, MORE_THAN_THE_STORE);
-        stop_and_wait(d);
-        store_wait(d, &st, "c", STORE_MAX - 1);
-        cr_expect_eq(store_count(&st, "state"), 1, "the store holds no state");
-        store_start_hellod(d, &st, listener);
-        hellod_wait_stderr(d, "started");
+        rig_start(&r);
+        hellod_write_config(r.d, "workers = 1;\nio_backend = \"epoll\";\nmax_connections = 1000;\nhandover = \"%s\";\n", mode);
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "started");
+        greeted_clients(r.port, fds, MORE_THAN_THE_STORE);
+        stop_and_wait(r.d);
+        store_wait(r.d, &r.st, "c", STORE_MAX - 1);
+        cr_expect_eq(store_count(&r.st, "state"), 1, "the store holds no state");
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "started");
         harness_sleep_ms(300);
         int kept = 0;
         for (int i = 0; i < MORE_THAN_THE_STORE; i++) {
@@ -943,8 +897,7 @@ static void full_store(const char *mode) {
         cr_expect_eq(kept, STORE_MAX - 1, "%d of %d conversations survived a store of %d", kept, MORE_THAN_THE_STORE,
                       STORE_MAX);
         free(fds);
-        stop_and_wait(d);
-        store_end_rig(d, &st, listener);
+        rig_end(&r);
 }
 
 Test(handover, a_full_store_costs_the_connections_that_do_not_fit, .timeout = 90) {
@@ -964,10 +917,8 @@ Test(handover, always_a_full_store_costs_the_connections_that_do_not_fit, .timeo
  * conversations need 6 s. */
 #define MANY_CONVERSATIONS 3000
 Test(handover, a_slow_store_gets_the_time_thousands_of_conversations_need, .timeout = 120) {
-        Hellod *d = hellod_new();
-        Store st;
-        uint16_t port;
-        int listener = store_listener(&port), *fds = calloc(MANY_CONVERSATIONS, sizeof(int));
+        Rig r;
+        int *fds = calloc(MANY_CONVERSATIONS, sizeof(int));
         struct rlimit nofile;
 
         cr_assert_eq(getrlimit(RLIMIT_NOFILE, &nofile), 0);
@@ -975,29 +926,28 @@ Test(handover, a_slow_store_gets_the_time_thousands_of_conversations_need, .time
         cr_assert_eq(setrlimit(RLIMIT_NOFILE, &nofile), 0);
         cr_assert_geq(nofile.rlim_cur, 3 * MANY_CONVERSATIONS + 100, "open-files limit %llu too low",
                       (unsigned long long) nofile.rlim_cur);
-        store_start(&st, d->dir);
-        st.limit = STORE_CAPACITY;
-        hellod_write_config(d, "workers = 2;\nio_backend = \"epoll\";\nmax_connections = 4000;\nlog_level = \"notice\";\n");
-        store_start_hellod(d, &st, listener);
-        hellod_wait_stderr(d, "started");
-        greeted_clients(port, fds, MANY_CONVERSATIONS);
-        st.delay_us = 2000;
+        rig_start(&r);
+        r.st.limit = STORE_CAPACITY;
+        hellod_write_config(r.d, "workers = 2;\nio_backend = \"epoll\";\nmax_connections = 4000;\nlog_level = \"notice\";\n");
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "started");
+        greeted_clients(r.port, fds, MANY_CONVERSATIONS);
+        r.st.delay_us = 2000;
         harness_step("SIGTERM with %d conversations and 2 ms a stored descriptor", MANY_CONVERSATIONS);
-        stop_and_wait(d);
-        st.delay_us = 0;
-        store_wait(d, &st, "c", MANY_CONVERSATIONS);
-        store_wait(d, &st, "state", 1);
-        cr_expect_geq(st.extended_usec, (5000ULL + MANY_CONVERSATIONS) * 1000u, "systemd was told EXTEND_TIMEOUT_USEC=%llu",
-                      st.extended_usec);
-        store_start_hellod(d, &st, listener);
-        hellod_wait_stderr(d, "resumed 3000 conversations");
+        stop_and_wait(r.d);
+        r.st.delay_us = 0;
+        store_wait(r.d, &r.st, "c", MANY_CONVERSATIONS);
+        store_wait(r.d, &r.st, "state", 1);
+        cr_expect_geq(r.st.extended_usec, (5000ULL + MANY_CONVERSATIONS) * 1000u, "systemd was told EXTEND_TIMEOUT_USEC=%llu",
+                      r.st.extended_usec);
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "resumed 3000 conversations");
         for (int i = 0; i < MANY_CONVERSATIONS; i += 97)
                 client_hello(fds[i], "still here");
         for (int i = 0; i < MANY_CONVERSATIONS; i++)
                 client_close(fds[i]);
         free(fds);
-        stop_and_wait(d);
-        store_end_rig(d, &st, listener);
+        rig_end(&r);
 }
 
 /* wait_backed_up: until hellod, serving FD's LINE-byte lines (each answered with REPLY bytes) of
@@ -1046,39 +996,36 @@ static int kept_line(char *buf, size_t size, int i, size_t line) {
  * thread blocked writing holds part of its read unanswered. Every reply arrives once, in order,
  * byte for byte, and a last line's reply comes right after them: none more, none fewer. */
 static void kept_cross_from(const char *from, const char *to, size_t line) {
-        Hellod *d = hellod_new();
-        Store st;
-        uint16_t port;
-        int listener = store_listener(&port);
+        Rig r;
         enum { LINES = 500000 };
         static char in[LINES * 3 + 1];
         size_t n = 0;
 
         harness_step("from %s to %s, lines of %zu bytes", from, to, line);
-        store_start(&st, d->dir);
-        hellod_write_config(d, "%slog_level = \"info\";\nidle_timeout = 30;\n", MODEL(from, 1));
-        store_start_hellod(d, &st, listener);
-        hellod_wait_stderr(d, "started");
-        int fd = client_connect(port);
+        rig_start(&r);
+        hellod_write_config(r.d, "%slog_level = \"info\";\nidle_timeout = 30;\n", MODEL(from, 1));
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "started");
+        int fd = client_connect(r.port);
         client_expect_str(fd, HELLOD_GREETING);
         for (int i = 0; i < LINES; i++)
                 n += (size_t) kept_line(in + n, sizeof(in) - n, i, line);
         size_t sent = 0;
         while (sent < n) {
-                int r = client_try_send(fd, in + sent, n - sent > 4096 ? 4096 : n - sent);
-                if (r < 0)
+                int rc = client_try_send(fd, in + sent, n - sent > 4096 ? 4096 : n - sent);
+                if (rc < 0)
                         break;
                 sent += n - sent > 4096 ? 4096 : n - sent;
         }
         harness_step("sent %zu of %zu bytes", sent, n);
-        size_t held = wait_backed_up(d, port, fd, sent, line, line + strlen("Hello, !\r\n") - 1);
+        size_t held = wait_backed_up(r.d, r.port, fd, sent, line, line + strlen("Hello, !\r\n") - 1);
         harness_step("hellod holds %zu reply bytes (or their lines), the state is to carry them", held);
-        stop_and_wait(d);
-        store_wait(d, &st, "state", 1);
-        hellod_write_config(d, "%slog_level = \"info\";\nidle_timeout = 30;\n", MODEL(to, 1));
-        store_start_hellod(d, &st, listener);
-        hellod_wait_stderr(d, "resumed 1 conversation");
-        not_fallen_back(d);
+        stop_and_wait(r.d);
+        store_wait(r.d, &r.st, "state", 1);
+        hellod_write_config(r.d, "%slog_level = \"info\";\nidle_timeout = 30;\n", MODEL(to, 1));
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "resumed 1 conversation");
+        not_fallen_back(r.d);
         for (int i = 0; i < (int) (sent / line); i++) {
                 char want[32], text[8];
                 kept_line(text, sizeof(text), i, line);
@@ -1091,8 +1038,7 @@ static void kept_cross_from(const char *from, const char *to, size_t line) {
         }
         client_hello(fd, "the last");
         client_close(fd);
-        stop_and_wait(d);
-        store_end_rig(d, &st, listener);
+        rig_end(&r);
 }
 
 Test(handover, kept_output_and_input_cross_the_hand_over_byte_for_byte, .timeout = 60) {
@@ -1116,45 +1062,42 @@ Test(handover, kept_output_and_input_cross_the_hand_over_per_connection, .timeou
  * line the client writes late is read and dropped there, and the socket closes without the
  * reset that unread input would cause (and that could destroy replies still on their way). */
 static void lingering_crosses_from(const char *from, const char *to) {
-        Hellod *d = hellod_new();
-        Store st;
-        uint16_t port;
-        int listener = store_listener(&port);
+        Rig r;
         struct tcp_info info;
         socklen_t len = sizeof(info);
 
         harness_step("from %s to %s", from, to);
-        store_start(&st, d->dir);
-        hellod_write_config(d, "%slog_level = \"info\";\n", MODEL(from, 1));
-        store_start_hellod(d, &st, listener);
-        hellod_wait_stderr(d, "started");
-        int fd = client_exit_replies_unread(port); /* hellod lingers for a second from here */
-        stop_and_wait(d);
-        hellod_wait_stderr(d, "handed 1 conversation over");
-        store_wait(d, &st, "state", 1);
-        hellod_write_config(d, "%slog_level = \"info\";\n", MODEL(to, 1));
-        store_start_hellod(d, &st, listener);
-        hellod_wait_stderr(d, "resumed 1 conversation");
-        not_fallen_back(d);
+        rig_start(&r);
+        hellod_write_config(r.d, "%slog_level = \"info\";\n", MODEL(from, 1));
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "started");
+        int fd = client_exit_replies_unread(r.port); /* hellod lingers for a second from here */
+        stop_and_wait(r.d);
+        hellod_wait_stderr(r.d, "handed 1 conversation over");
+        store_wait(r.d, &r.st, "state", 1);
+        hellod_write_config(r.d, "%slog_level = \"info\";\n", MODEL(to, 1));
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "resumed 1 conversation");
+        not_fallen_back(r.d);
         cr_assert_eq(client_write_late(fd), CLIENT_LATE_DISCARDED, "a late write met a reset after the hand-over");
-        store_wait(d, &st, "c", 0); /* resumed: out of the store */
+        store_wait(r.d, &r.st, "c", 0); /* resumed: out of the store */
         int64_t start = harness_now_ms();
-        while (hellod_holds_socket_of(port, fd)) {
+        while (hellod_holds_socket_of(r.port, fd)) {
                 if (harness_now_ms() - start > HARNESS_TIMEOUT_MS)
-                        hellod_fail(d, "the resumed lingering close did not end within %d ms", HARNESS_TIMEOUT_MS);
+                        hellod_fail(r.d, "the resumed lingering close did not end within %d ms", HARNESS_TIMEOUT_MS);
                 harness_sleep_ms(20);
         }
         cr_assert_eq(getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len), 0);
         cr_assert_eq(info.tcpi_state, TCP_CLOSE_WAIT, "the lingering socket was closed with the late line unread (state %u)",
                      info.tcpi_state);
         client_close(fd);
-        stop_and_wait(d);
+        stop_and_wait(r.d);
         /* Logged once, by whichever process saw it close (the per-connection model logs it
          * before it lingers, and says so in the record). */
-        int closed = hellod_count_in_stderr(d, "closed: exit");
+        int closed = hellod_count_in_stderr(r.d, "closed: exit");
         if (closed != 1)
-                hellod_fail(d, "the conversation was logged as closed %d times", closed);
-        store_end_rig(d, &st, listener);
+                hellod_fail(r.d, "the conversation was logged as closed %d times", closed);
+        store_end_rig(r.d, &r.st, r.listener);
 }
 
 Test(handover, a_lingering_close_goes_on_in_the_next_process, .timeout = 60) {
