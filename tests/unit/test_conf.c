@@ -167,6 +167,10 @@ static void expect_same(const Conf *a, const Conf *b) {
         cr_expect_eq(a->overload, b->overload);
         cr_expect((a->user == NULL) == (b->user == NULL) && (!a->user || strcmp(a->user, b->user) == 0));
         cr_expect((a->group == NULL) == (b->group == NULL) && (!a->group || strcmp(a->group, b->group) == 0));
+        cr_expect_eq(a->handover, b->handover);
+        cr_expect_eq(a->workers, b->workers);
+        cr_expect_eq(a->workers_auto, b->workers_auto);
+        cr_expect_eq(a->io_backend, b->io_backend);
 }
 
 /* ---- defaults ---- */
@@ -229,6 +233,39 @@ Test(conf_defaults, shipped_sample_config_gives_defaults) {
         cr_assert_eq(r, 0, "%s", err);
         expect_defaults(c);
         conf_unref(c);
+}
+
+/* The sample shows each key that has a default as a setting line, "# key = value;", at that
+ * default: all those lines uncommented load to the defaults. (The listen list is then given rather than
+ * defaulted: the one difference a written value makes.) */
+Test(conf_defaults, shipped_sample_setting_lines_state_the_defaults) {
+        const char *path = getenv("HELLOD_SAMPLE_CONF");
+        char line[512], text[8192] = "", err[1024];
+        size_t used = 0;
+        int settings = 0;
+        Conf *defaults = NULL;
+        FILE *f;
+
+        cr_assert_not_null(path, "HELLOD_SAMPLE_CONF is not set (run through meson test)");
+        cr_assert_not_null(f = fopen(path, "r"), "%s: %s", path, strerror(errno));
+        while (fgets(line, sizeof(line), f)) {
+                size_t key = strspn(line + 2, "abcdefghijklmnopqrstuvwxyz_");
+                if (strncmp(line, "# ", 2) != 0 || key == 0 || strncmp(line + 2 + key, " = ", 3) != 0)
+                        continue; /* prose, or an example ("#   e.g. ...") */
+                int n = snprintf(text + used, sizeof(text) - used, "%s", line + 2);
+                cr_assert(n > 0 && (size_t) n < sizeof(text) - used, "the setting lines outgrow the buffer");
+                used += (size_t) n;
+                settings++;
+        }
+        fclose(f);
+        cr_assert_geq(settings, 22, "only %d setting lines in %s:\n%s", settings, path, text);
+        Conf *c = load_ok(text);
+        cr_assert_eq(conf_load(NULL, &defaults, err, sizeof(err)), 0, "%s", err);
+        cr_expect_not(c->listen_is_default);
+        c->listen_is_default = defaults->listen_is_default;
+        expect_same(c, defaults);
+        conf_unref(c);
+        conf_unref(defaults);
 }
 
 /* ---- every key, valid values ---- */
