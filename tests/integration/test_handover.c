@@ -1057,6 +1057,67 @@ Test(handover, kept_output_and_input_cross_the_hand_over_per_connection, .timeou
                 kept_cross_from(PERCONN_CROSSINGS[i][0], PERCONN_CROSSINGS[i][1], 2);
 }
 
+/* write_deadline_carried: MODEL, in both processes. A client that takes none of its replies
+ * has idle_timeout (4 s here) from the moment they back up, in all: a restart 2 s in hands the
+ * deadline over with the replies, and the next process closes the session when it comes. A
+ * deadline that the hand-over started afresh would come at least 6 s after the stall. */
+static void write_deadline_carried(const char *model) {
+        enum { LINES = 2000000, IDLE_S = 4, RESTART_MS = 2000, BOUND_MS = 5000, QUIET_MS = 300 };
+        static char in[LINES * 3 + 1];
+        size_t n = 0, sent = 0;
+        Rig r;
+
+        harness_step("%s: replies backed up, a restart %d ms later, idle_timeout = %d", model, RESTART_MS, IDLE_S);
+        for (int i = 0; i < LINES; i++)
+                n += (size_t) kept_line(in + n, sizeof(in) - n, i, 3);
+        rig_start(&r);
+        hellod_write_config(r.d, "%slog_level = \"info\";\nidle_timeout = %d;\n", MODEL(model, 1), IDLE_S);
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "started");
+        int fd = client_connect(r.port);
+        client_expect_str(fd, HELLOD_GREETING);
+        /* Small buffers on the client's side, so that megabytes do not vanish into them. */
+        cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &(int) { 16384 }, sizeof(int)), 0);
+        cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &(int) { 16384 }, sizeof(int)), 0);
+        /* Sent without blocking until hellod stops reading: then its replies have backed up. */
+        for (int64_t moved = harness_now_ms(); sent < n && harness_now_ms() - moved < QUIET_MS;) {
+                ssize_t k = send(fd, in + sent, n - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+                if (k > 0) {
+                        sent += (size_t) k;
+                        moved = harness_now_ms();
+                        continue;
+                }
+                cr_assert(k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK), "send: %s", strerror(errno));
+                harness_sleep_ms(10);
+        }
+        cr_assert_lt(sent, n, "hellod took all %zu bytes: its replies never backed up", n);
+        (void) wait_backed_up(r.d, r.port, fd, sent, 3, strlen("Hello, ab!\r\n"));
+        int64_t stalled = harness_now_ms(); /* the deadline began before this */
+        harness_sleep_ms(RESTART_MS);
+        harness_step("%s: the restart, %d ms after the stall", model, RESTART_MS);
+        stop_and_wait(r.d);
+        store_wait(r.d, &r.st, "state", 1);
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "resumed 1 conversation");
+        not_fallen_back(r.d);
+        while (hellod_count_in_stderr(r.d, "closed: write-timeout") == 0) {
+                if (harness_now_ms() - stalled > BOUND_MS)
+                        hellod_fail(r.d, "%s: the session was not closed for its write deadline %d ms after its "
+                                         "replies backed up (idle_timeout = %d s): the hand-over restarted it",
+                                    model, BOUND_MS, IDLE_S);
+                harness_sleep_ms(20);
+        }
+        harness_step("%s: closed %lld ms after the stall was seen", model, (long long) (harness_now_ms() - stalled));
+        client_close(fd);
+        rig_end(&r);
+}
+
+Test(handover, kept_output_keeps_its_write_deadline_across_the_hand_over, .timeout = 90) {
+        write_deadline_carried("epoll");
+        write_deadline_carried("io_uring");
+        write_deadline_carried("per-connection");
+}
+
 /* lingering_crosses_from: a lingering close (the client said exit before taking its replies:
  * src/session.c) handed over from a loop on FROM to one on TO goes on in the next process: a
  * line the client writes late is read and dropped there, and the socket closes without the
