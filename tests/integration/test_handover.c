@@ -1173,3 +1173,85 @@ Test(handover, a_lingering_close_goes_on_in_the_next_process_per_connection, .ti
         for (size_t i = 0; i < N_PERCONN_CROSSINGS; i++)
                 lingering_crosses_from(PERCONN_CROSSINGS[i][0], PERCONN_CROSSINGS[i][1]);
 }
+
+/* ending_during_hand_over: MODEL, in both processes. A hand-over that takes a while (PID 1
+ * takes 10 ms a descriptor), and a quarter of the clients say exit, a quarter close, a quarter
+ * reset and a quarter wait: FROZEN, all while hellod is stopped with the SIGTERM pending, so
+ * that it meets both at once and ends some conversations while it hands others over (io_uring
+ * mostly does); or else once the hand-over has begun storing, so that the next process finds
+ * the endings. Whichever process sees an ending ends the conversation there, once: each exit
+ * is logged once and gets a clean end of file (no reset), the next process leaves none of the
+ * ended ones in the store, and the clients that waited are answered by it. */
+static void ending_during_hand_over(const char *model, bool frozen) {
+        enum { CONVERSATIONS = 120, DELAY_US = 10000 };
+        int fds[CONVERSATIONS];
+        Rig r;
+
+        harness_step("%s: %d conversations, %d us a stored descriptor, %s", model, CONVERSATIONS, DELAY_US,
+                     frozen ? "the endings and the SIGTERM at once" : "the endings during the hand-over");
+        rig_start(&r);
+        hellod_write_config(r.d, "%slog_level = \"info\";\n", MODEL(model, 1));
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "started");
+        greeted_clients(r.port, fds, CONVERSATIONS);
+        r.st.delay_us = DELAY_US;
+        if (frozen) {
+                hellod_freeze(r.d);
+        } else {
+                hellod_signal(r.d, SIGTERM);
+                for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS; store_count(&r.st, "c") == 0;
+                     harness_sleep_ms(1))
+                        cr_assert_lt(harness_now_ms(), end, "%s: the hand-over stored nothing", model);
+        }
+        for (int i = 0; i < CONVERSATIONS; i++) {
+                if (i % 4 == 0)
+                        client_send_str(fds[i], "exit\n");
+                else if (i % 4 == 1)
+                        cr_assert_eq(shutdown(fds[i], SHUT_WR), 0);
+                else if (i % 4 == 2) {
+                        struct linger reset = { .l_onoff = 1, .l_linger = 0 };
+                        cr_assert_eq(setsockopt(fds[i], SOL_SOCKET, SO_LINGER, &reset, sizeof(reset)), 0);
+                        client_close(fds[i]);
+                        fds[i] = -1;
+                }
+        }
+        if (frozen) {
+                hellod_signal(r.d, SIGTERM);
+                hellod_thaw(r.d);
+        }
+        int status = hellod_wait_exit(r.d, HARNESS_STOP_TIMEOUT_MS);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s: hellod %s", model,
+                  harness_describe_status(status, (char[64]) { 0 }, 64));
+        /* The rest of its messages, still queued for the slow store, first: systemd too reads
+         * what a process sent before it acts on its exit. */
+        r.st.delay_us = 0;
+        store_wait(r.d, &r.st, "state", 1);
+        for (unsigned stored = ~0u; stored != store_count(&r.st, "c"); harness_sleep_ms(200))
+                stored = store_count(&r.st, "c");
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "resumed");
+        store_wait(r.d, &r.st, "c", 0); /* resumed, or ended: out of the store */
+        harness_step("%s: the next process", model);
+        for (int i = 0; i < CONVERSATIONS; i++) {
+                if (i % 4 == 0 || i % 4 == 1)
+                        client_expect_eof(fds[i], false);
+                else if (i % 4 == 3)
+                        client_hello(fds[i], "still here");
+                if (fds[i] >= 0)
+                        client_close(fds[i]);
+        }
+        int exits = hellod_count_in_stderr(r.d, "closed: exit");
+        if (exits != CONVERSATIONS / 4)
+                hellod_fail(r.d, "%s: %d exits logged by the two processes, for %d clients", model, exits,
+                            CONVERSATIONS / 4);
+        rig_end(&r);
+}
+
+Test(handover, conversations_ending_during_the_hand_over_end_cleanly, .timeout = 120) {
+        static const char *const models[] = { "epoll", "io_uring", "per-connection" };
+
+        for (size_t i = 0; i < sizeof(models) / sizeof(models[0]); i++) {
+                ending_during_hand_over(models[i], true);
+                ending_during_hand_over(models[i], false);
+        }
+}
