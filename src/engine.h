@@ -54,6 +54,9 @@ typedef struct EngineHooks {
          * was called) and lingers on the socket FD, which the engine kept: REC is its record
          * (handoff_lingering_at()); the hook owns FD from then on. */
         void (*handed_over_lingering)(void *userdata, const HandoverRecord *rec, int fd);
+        /* handed_over_waiting: the same for a client admit() left waiting (QUEUED), never
+         * greeted: FD, accepted from VIA (a copy) with PEER; the hook owns FD from then on. */
+        void (*handed_over_waiting)(void *userdata, int fd, const struct sockaddr_storage *peer, const Listener *via);
         /* proxied: S came through a PROXY listener and its header is in (STATUS PROXY_DONE,
          * HEADER), malformed or late (PROXY_INVALID, REASON): the server admits the client the
          * header names, or turns it away. true: go on (greet, then the bytes after the

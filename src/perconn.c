@@ -711,8 +711,10 @@ static void perconn_free(PerConn *p) {
                 close(p->stop_fd);
         if (p->resume_fd >= 0)
                 close(p->resume_fd);
-        orphan_queued(p);
-        queued_close_all(&p->orphans); /* no thread is left to take the lock */
+        orphan_queued(p); /* no thread is left to take the lock */
+        if (handing(p)) /* the next process greets them */
+                queued_give_all(&p->orphans, p->engine.hooks.handed_over_waiting, p->engine.hooks.userdata);
+        queued_close_all(&p->orphans);
         pthread_rwlock_destroy(&p->listen_lock);
         pthread_mutex_destroy(&p->queue_lock);
         serving_free(p->serving);

@@ -37,3 +37,10 @@ void queued_close_all(QueuedClient **head) {
                 free(q);
         }
 }
+
+void queued_give_all(QueuedClient **head, QueuedGive give, void *userdata) {
+        for (QueuedClient *q; (q = queued_take(head));) {
+                give(userdata, q->fd, &q->peer, &q->via);
+                free(q);
+        }
+}

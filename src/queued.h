@@ -27,5 +27,13 @@ void queued_put(QueuedClient **head, QueuedClient *q, bool front);
 QueuedClient *queued_take(QueuedClient **head);
 
 /* queued_close_all: every client of *HEAD closed, never greeted (like clients left in a
- * backlog), the list emptied. */
+ * backlog at a stop), the list emptied. */
 void queued_close_all(QueuedClient **head);
+
+/* QueuedGive: takes a waiting client's descriptor FD (it owns it from then on), accepted from
+ * VIA with PEER: EngineHooks.handed_over_waiting's shape. */
+typedef void (*QueuedGive)(void *userdata, int fd, const struct sockaddr_storage *peer, const Listener *via);
+
+/* queued_give_all: every client of *HEAD, oldest first, to GIVE, the list emptied: at a
+ * hand-over, the next process greets them (clients left in the backlog are greeted by it too). */
+void queued_give_all(QueuedClient **head, QueuedGive give, void *userdata);

@@ -76,6 +76,7 @@ struct Server {
          * accepted and kept waiting for a slot would otherwise be greeted as the slot frees,
          * after the sessions were told to stop) */
         bool stopping;
+        bool handing_over; /* stopping, and the conversations go to the next process */
         int wake_fd; /* eventfd: the figures changed while the server thread slept */
         unsigned slots;
         bool queue_overload; /* atomic: the current Conf's overload is "queue" */
@@ -255,6 +256,44 @@ static void lingering_handed_over(void *userdata, const HandoverRecord *rec, int
         close(fd);
 }
 
+/* waiting_handed_over: the engine's handed_over_waiting hook: a client accepted while every
+ * slot was taken (overload = "queue"), not greeted yet. In the socket's backlog it would have
+ * been greeted by the next process; so it goes to it as a conversation whose greeting is still
+ * to be sent, and is greeted at once there, as every conversation handed over goes on. (It
+ * met the access lists here, not yet the per-source limits.) Behind a PROXY listener its
+ * header is not read yet: closed, as session_handed_over() does. */
+static void waiting_handed_over(void *userdata, int fd, const struct sockaddr_storage *peer, const Listener *via) {
+        Server *s = userdata;
+        Session *session;
+        HandoverRecord rec;
+
+        if (via->proxy) {
+                close(fd);
+                return;
+        }
+        pthread_mutex_lock(&s->lock);
+        Conf *conf = conf_ref(s->conf);
+        uint64_t id = ++s->next_id;
+        pthread_mutex_unlock(&s->lock);
+        int r = session_new(&session, fd, conf, (const struct sockaddr *) peer, via->name); /* closes FD on failure */
+        conf_unref(conf);
+        if (r < 0)
+                return;
+        session->id = id;
+        session->timer.at = session_idle_deadline(session, session->started_usec);
+        if (!(session->out.data = malloc(session->out.cap)))
+                r = -ENOMEM;
+        else {
+                proto_greeting(&session->proto, &session->out);
+                session->want_write = true;
+                handoff_record(session, session->started_usec, &rec);
+                r = hand_over_record(s, &rec, session->fd, false);
+        }
+        if (r < 0)
+                log_warning_errno(r, "a client waiting for a slot (%s) cannot be handed over, closing it", session->peer);
+        session_free(session);
+}
+
 /* rate_check: the source's connection-rate bucket; called under the lock. Returns the
  * refusal reason, or NULL to go on. */
 static const char *rate_check(Server *s, const IpKey *source) {
@@ -367,7 +406,11 @@ static Session *admit(Server *s, int fd, const struct sockaddr *peer, const List
                 return NULL;
         }
         pthread_mutex_lock(&s->lock);
-        if (s->stopping) {
+        if (s->stopping && s->handing_over && queued) {
+                /* Accepted while every slot was taken, and now the hand-over: it waits on in
+                 * the engine, which gives it to the next process (handed_over_waiting). */
+                *queued = true;
+        } else if (s->stopping) {
                 reason = "shutting-down";
                 detail = "hellod is stopping";
         }
@@ -844,17 +887,22 @@ static int shut_down(Server *s) {
          * backlog for the next process). */
         engine_set_listeners(s->engine, &(ListenerSet) { 0 });
         listener_set_done(&s->listeners);
+        bool handing = wants_hand_over(s);
         pthread_mutex_lock(&s->lock);
         s->stopping = true;
+        s->handing_over = handing;
         pthread_mutex_unlock(&s->lock);
         snprintf(count, sizeof(count), "%u", n);
         LogField fields[] = { { "HELLOD_ACTIVE", count } };
-        if (wants_hand_over(s)) {
+        if (handing) {
                 log_struct(LOG_NOTICE, MESSAGE_ID_STOPPING, fields, 1, "stopping: %u connection%s open, handing %s over",
                            n, n == 1 ? "" : "s", n == 1 ? "it" : "them");
                 int r = hand_over(s);
                 if (!s->engine) /* handed over, or given up on */
                         return r;
+                pthread_mutex_lock(&s->lock);
+                s->handing_over = false; /* not begun: a stop after all */
+                pthread_mutex_unlock(&s->lock);
         }
         forget_state_place(s);
         if (n == 0)
@@ -1234,6 +1282,7 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
                 .exhausted = hook_exhausted,
                 .handed_over = session_handed_over,
                 .handed_over_lingering = lingering_handed_over,
+                .handed_over_waiting = waiting_handed_over,
                 .proxied = hook_proxied,
         };
         r = engine_new(&s->engine, conf, &hooks);

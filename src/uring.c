@@ -985,6 +985,10 @@ static void loop_run(Loop *l) {
                 }
                 run_deadlines(l);
         }
+        if (l->handing_over) { /* the next process greets them */
+                const EngineHooks *hooks = &l->base.set->engine.hooks;
+                queued_give_all(&l->parked, hooks->handed_over_waiting, hooks->userdata);
+        }
         queued_close_all(&l->parked);
 }
 

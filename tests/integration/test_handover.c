@@ -1255,3 +1255,50 @@ Test(handover, conversations_ending_during_the_hand_over_end_cleanly, .timeout =
                 ending_during_hand_over(models[i], false);
         }
 }
+
+/* waiting_client_crosses_to: a client accepted while every slot was taken (overload = "queue":
+ * io_uring's armed accept takes one while the server is full) waits in the engine, never
+ * greeted. At a restart it goes to the next process, on TO, which greets it at once and serves
+ * it, as it goes on with the conversations handed over; the clients still in the socket's
+ * backlog are greeted as slots free. It used to be closed without a word. */
+static void waiting_client_crosses_to(const char *to) {
+        static const char limits[] = "max_connections = 1;\noverload = \"queue\";\nlog_level = \"info\";\n";
+        Rig r;
+
+        harness_step("from io_uring to %s", to);
+        rig_start(&r);
+        hellod_write_config(r.d, "%s%s", MODEL("io_uring", 1), limits);
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "started");
+        not_fallen_back(r.d);
+        int served = client_connect(r.port);
+        client_expect_str(served, HELLOD_GREETING);
+        int waiting = client_connect(r.port), backlog = client_connect(r.port);
+        client_expect_silence(waiting, 300);
+        client_expect_silence(backlog, 0);
+        stop_and_wait(r.d);
+        store_wait(r.d, &r.st, "state", 1);
+        hellod_write_config(r.d, "%s%s", MODEL(to, 1), limits);
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "resumed");
+        client_expect_str(waiting, HELLOD_GREETING);
+        client_hello(waiting, "waited");
+        client_hello(served, "served");
+        client_send_str(waiting, "exit\n");
+        client_expect_eof(waiting, false);
+        client_send_str(served, "exit\n");
+        client_expect_eof(served, false);
+        client_expect_str(backlog, HELLOD_GREETING);
+        client_hello(backlog, "from the backlog");
+        client_close(waiting);
+        client_close(served);
+        client_close(backlog);
+        store_wait(r.d, &r.st, "c", 0);
+        rig_end(&r);
+}
+
+Test(handover, a_client_waiting_for_a_slot_is_greeted_by_the_next_process, .timeout = 60) {
+        waiting_client_crosses_to("io_uring");
+        waiting_client_crosses_to("epoll");
+        waiting_client_crosses_to("per-connection");
+}

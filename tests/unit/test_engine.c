@@ -121,11 +121,21 @@ typedef struct Bench {
 /* The server's hooks, as small as they can be: every connection is admitted. */
 static Conf *admit_conf;
 static unsigned admitted;
+/* With it set, admit() leaves every client waiting, as the server does for overload = "queue"
+ * with every slot taken; the hand-over gives them to handed_over_waiting, into GIVEN. */
+static bool queue_everyone;
+static unsigned left_waiting, given;
+static int given_fds[4];
 
 static Session *test_admit(void *userdata, int fd, const struct sockaddr *peer, const Listener *via, bool *queued) {
         Session *s;
 
         (void) userdata;
+        if (queued && __atomic_load_n(&queue_everyone, __ATOMIC_ACQUIRE)) {
+                *queued = true;
+                __atomic_add_fetch(&left_waiting, 1, __ATOMIC_RELEASE);
+                return NULL;
+        }
         if (queued)
                 *queued = false;
         if (session_new(&s, fd, admit_conf, peer, via->name) < 0)
@@ -145,11 +155,25 @@ static void test_exhausted(void *userdata, int listen_fd, int error) {
         (void) error;
 }
 
+static void test_waiting_handed_over(void *userdata, int fd, const struct sockaddr_storage *peer,
+                                     const Listener *via) {
+        (void) userdata;
+        (void) peer;
+        (void) via;
+        pthread_mutex_lock(&rec.lock);
+        if (given < sizeof(given_fds) / sizeof(given_fds[0]))
+                given_fds[given++] = fd;
+        else
+                close(fd);
+        pthread_mutex_unlock(&rec.lock);
+}
+
 static const EngineHooks hooks = {
         .done = on_done,
         .admit = test_admit,
         .must_wait = test_must_wait,
         .exhausted = test_exhausted,
+        .handed_over_waiting = test_waiting_handed_over,
 };
 
 static Bench bench_new(const char *model, const char *extra) {
@@ -564,6 +588,51 @@ ParameterizedTest(int *model, engine, accepts_on_the_threads_that_serve, .timeou
         engine_set_listeners(b.engine, &(ListenerSet) { 0 });
         close(l.fd);
         bench_free(&b);
+}
+
+ParameterizedTestParameters(engine, a_waiting_client_is_given_at_the_hand_over) {
+        static int accepting[] = { 0, 2, 3 }; /* a loop (epoll, io_uring), per-connection */
+        return cr_make_param_array(int, accepting, 3);
+}
+
+/* A client admit() leaves waiting for a slot (overload = "queue", every slot taken) is never
+ * greeted here. At a hand-over the engine gives it, still connected, to handed_over_waiting
+ * (the next process greets it), where a stop closes it (access.overload_queue_*). */
+ParameterizedTest(int *model, engine, a_waiting_client_is_given_at_the_hand_over, .timeout = 30) {
+        Bench b = bench_new(models[*model], NULL);
+        Listener l = { .fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0) };
+        struct sockaddr_in addr = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001) };
+        struct timeval tv = { .tv_sec = WAIT_MS / 1000 };
+        socklen_t len = sizeof(addr);
+        char buf[16];
+
+        snprintf(l.name, sizeof(l.name), "test");
+        cr_assert_eq(bind(l.fd, (struct sockaddr *) &addr, sizeof(addr)), 0);
+        cr_assert_eq(listen(l.fd, 64), 0);
+        cr_assert_eq(getsockname(l.fd, (struct sockaddr *) &addr, &len), 0);
+        __atomic_store_n(&queue_everyone, true, __ATOMIC_RELEASE);
+        engine_set_listeners(b.engine, &(ListenerSet) { .items = &l, .n = 1 });
+        int client = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        cr_assert_eq(connect(client, (struct sockaddr *) &addr, sizeof(addr)), 0);
+        cr_assert_eq(setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
+        for (int ms = 0; __atomic_load_n(&left_waiting, __ATOMIC_ACQUIRE) == 0; ms += 10) {
+                cr_assert_lt(ms, WAIT_MS, "the client was never accepted");
+                (void) usleep(10000);
+        }
+        cr_expect(!readable_within(client, 200), "a client left waiting was greeted, or closed");
+
+        engine_set_listeners(b.engine, &(ListenerSet) { 0 }); /* as the server's stop does */
+        cr_assert_eq(engine_hand_over(b.engine, WAIT_MS), 0);
+        cr_assert_eq(given, 1, "%u clients given at the hand-over", given);
+        send_all(given_fds[0], "next\n", 5); /* the very connection, still open */
+        cr_assert_eq(recv(client, buf, sizeof(buf), 0), 5);
+        cr_expect_eq(memcmp(buf, "next\n", 5), 0);
+        close(given_fds[0]);
+        close(client);
+        close(l.fd);
+        __atomic_store_n(&queue_everyone, false, __ATOMIC_RELEASE);
+        left_waiting = given = 0;
+        conf_unref(b.conf);
 }
 
 static void redirect_stderr(void) {
