@@ -258,10 +258,12 @@ static void lingering_handed_over(void *userdata, const HandoverRecord *rec, int
 
 /* waiting_handed_over: the engine's handed_over_waiting hook: a client accepted while every
  * slot was taken (overload = "queue"), not greeted yet. In the socket's backlog it would have
- * been greeted by the next process; so it goes to it as a conversation whose greeting is still
- * to be sent, and is greeted at once there, as every conversation handed over goes on. (It
- * met the access lists here, not yet the per-source limits.) Behind a PROXY listener its
- * header is not read yet: closed, as session_handed_over() does. */
+ * been greeted by the next process; so it is greeted now (its socket has room: nothing was
+ * sent on it) and goes to the next process as a conversation begun, as every conversation
+ * handed over goes on there. Greeted here, not there: should the hand-over fail after its
+ * connection is stored, a next process in the crash mode takes it up as greeted. (It met the
+ * access lists here, not yet the per-source limits.) Behind a PROXY listener its header is not
+ * read yet: closed, as session_handed_over() does. */
 static void waiting_handed_over(void *userdata, int fd, const struct sockaddr_storage *peer, const Listener *via) {
         Server *s = userdata;
         Session *session;
@@ -277,18 +279,31 @@ static void waiting_handed_over(void *userdata, int fd, const struct sockaddr_st
         pthread_mutex_unlock(&s->lock);
         int r = session_new(&session, fd, conf, (const struct sockaddr *) peer, via->name); /* closes FD on failure */
         conf_unref(conf);
-        if (r < 0)
+        if (r < 0) {
+                __atomic_add_fetch(&s->n_handed_failed, 1, __ATOMIC_RELAXED);
+                log_warning_errno(r, "a client waiting for a slot cannot be handed over, closing it");
                 return;
+        }
         session->id = id;
         session->timer.at = session_idle_deadline(session, session->started_usec);
+        bool recorded = false; /* hand_over_record() counts what it was given */
         if (!(session->out.data = malloc(session->out.cap)))
                 r = -ENOMEM;
         else {
                 proto_greeting(&session->proto, &session->out);
-                session->want_write = true;
-                handoff_record(session, session->started_usec, &rec);
-                r = hand_over_record(s, &rec, session->fd, false);
+                ssize_t n = send(session->fd, session->out.data, session->out.len, MSG_DONTWAIT | MSG_NOSIGNAL);
+                if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+                        r = -errno; /* gone already */
+                else {
+                        session->out_off = n > 0 ? (size_t) n : 0; /* the rest, if any, is sent there */
+                        session->want_write = session->out_off < session->out.len;
+                        handoff_record(session, session->started_usec, &rec);
+                        r = hand_over_record(s, &rec, session->fd, false);
+                        recorded = true;
+                }
         }
+        if (r < 0 && !recorded)
+                __atomic_add_fetch(&s->n_handed_failed, 1, __ATOMIC_RELAXED);
         if (r < 0)
                 log_warning_errno(r, "a client waiting for a slot (%s) cannot be handed over, closing it", session->peer);
         session_free(session);
@@ -902,6 +917,7 @@ static int shut_down(Server *s) {
                         return r;
                 pthread_mutex_lock(&s->lock);
                 s->handing_over = false; /* not begun: a stop after all */
+                engine_slot_freed(s->engine); /* clients kept waiting meanwhile are told so now */
                 pthread_mutex_unlock(&s->lock);
         }
         forget_state_place(s);

@@ -1302,3 +1302,45 @@ Test(handover, a_client_waiting_for_a_slot_is_greeted_by_the_next_process, .time
         waiting_client_crosses_to("epoll");
         waiting_client_crosses_to("per-connection");
 }
+
+/* A hand-over that fails once the connections are stored leaves an empty state (the threads
+ * did not finish, the state could not be written, the process was killed): a next process in
+ * the crash mode takes the stored connections up as conversations already greeted. A client
+ * that waited for a slot is among them: the hand-over greets it before it stores it, or it
+ * would wait for a greeting that never comes. (The test empties the state itself.) */
+Test(handover, always_a_failed_hand_over_after_a_waiting_client_still_greets_it, .timeout = 60) {
+        static const char limits[] = "max_connections = 1;\noverload = \"queue\";\n";
+        Rig r;
+
+        rig_start(&r);
+        hellod_write_config(r.d, "%s%s", MODEL("io_uring", 1), limits);
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "started");
+        not_fallen_back(r.d);
+        int served = client_connect(r.port);
+        client_expect_str(served, HELLOD_GREETING);
+        int waiting = client_connect(r.port);
+        client_expect_silence(waiting, 300);
+        stop_and_wait(r.d);
+        store_wait(r.d, &r.st, "state", 1);
+        store_wait(r.d, &r.st, "c", 2);
+
+        harness_step("the state emptied, as a hand-over that failed after the stores leaves it");
+        pthread_mutex_lock(&r.st.lock);
+        for (unsigned i = 0; i < r.st.n; i++)
+                if (strcmp(r.st.names[i], "state") == 0) {
+                        close(r.st.fds[i]);
+                        r.st.fds[i] = memfd_create("state-empty", MFD_CLOEXEC);
+                        cr_assert_geq(r.st.fds[i], 0);
+                }
+        pthread_mutex_unlock(&r.st.lock);
+        hellod_write_config(r.d, "workers = 1;\nio_backend = \"epoll\";\nhandover = \"always\";\n%s", limits);
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "kept in the store");
+        client_expect_str(waiting, HELLOD_GREETING);
+        client_hello(waiting, "waited");
+        client_hello(served, "served");
+        client_close(waiting);
+        client_close(served);
+        rig_end(&r);
+}
