@@ -712,7 +712,7 @@ static void perconn_free(PerConn *p) {
         if (p->resume_fd >= 0)
                 close(p->resume_fd);
         orphan_queued(p); /* no thread is left to take the lock */
-        if (handing(p)) /* the next process greets them */
+        if (handing(p)) /* greeted and handed over by the server */
                 queued_give_all(&p->orphans, p->engine.hooks.handed_over_waiting, p->engine.hooks.userdata);
         queued_close_all(&p->orphans);
         pthread_rwlock_destroy(&p->listen_lock);

@@ -741,7 +741,7 @@ static void *loop_main(void *arg) {
         }
 
         detach(l);
-        if (l->queued_fd >= 0 && l->handing_over) { /* the next process greets it */
+        if (l->queued_fd >= 0 && l->handing_over) { /* greeted and handed over by the server */
                 const EngineHooks *hooks = hooks_of(l);
                 hooks->handed_over_waiting(hooks->userdata, l->queued_fd, &l->queued_peer, &l->queued_via);
         } else if (l->queued_fd >= 0) { /* never greeted: like a client left in the backlog at a stop */

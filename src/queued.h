@@ -35,5 +35,5 @@ void queued_close_all(QueuedClient **head);
 typedef void (*QueuedGive)(void *userdata, int fd, const struct sockaddr_storage *peer, const Listener *via);
 
 /* queued_give_all: every client of *HEAD, oldest first, to GIVE, the list emptied: at a
- * hand-over, the next process greets them (clients left in the backlog are greeted by it too). */
+ * hand-over they go on in the next process (as clients left in the backlog do). */
 void queued_give_all(QueuedClient **head, QueuedGive give, void *userdata);

@@ -985,7 +985,7 @@ static void loop_run(Loop *l) {
                 }
                 run_deadlines(l);
         }
-        if (l->handing_over) { /* the next process greets them */
+        if (l->handing_over) { /* greeted and handed over by the server */
                 const EngineHooks *hooks = &l->base.set->engine.hooks;
                 queued_give_all(&l->parked, hooks->handed_over_waiting, hooks->userdata);
         }
