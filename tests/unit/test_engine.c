@@ -539,6 +539,19 @@ ParameterizedTest(int *model, engine, stop_times_out, .timeout = 30) {
         bench_free(&b);
 }
 
+/* bench_listener: a listening socket named "test" on 127.0.0.1 into L; returns its address. */
+static struct sockaddr_in bench_listener(Listener *l) {
+        struct sockaddr_in addr = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001) };
+        socklen_t len = sizeof(addr);
+
+        *l = (Listener) { .fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0) };
+        snprintf(l->name, sizeof(l->name), "test");
+        cr_assert_eq(bind(l->fd, (struct sockaddr *) &addr, sizeof(addr)), 0);
+        cr_assert_eq(listen(l->fd, 64), 0);
+        cr_assert_eq(getsockname(l->fd, (struct sockaddr *) &addr, &len), 0);
+        return addr;
+}
+
 ParameterizedTestParameters(engine, accepts_on_the_threads_that_serve) {
         static int accepting[] = { 1, 2, 4 }; /* two loops (epoll, io_uring), per-connection */
         return cr_make_param_array(int, accepting, 3);
@@ -550,15 +563,10 @@ ParameterizedTestParameters(engine, accepts_on_the_threads_that_serve) {
  * one: once set_listeners returns, nothing accepts from the old socket any more. */
 ParameterizedTest(int *model, engine, accepts_on_the_threads_that_serve, .timeout = 30) {
         Bench b = bench_new(models[*model], NULL);
-        Listener l = { .fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0) };
-        struct sockaddr_in addr = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001) };
-        socklen_t len = sizeof(addr);
+        Listener l;
+        struct sockaddr_in addr = bench_listener(&l);
         int fds[20];
 
-        snprintf(l.name, sizeof(l.name), "test");
-        cr_assert_eq(bind(l.fd, (struct sockaddr *) &addr, sizeof(addr)), 0);
-        cr_assert_eq(listen(l.fd, 64), 0);
-        cr_assert_eq(getsockname(l.fd, (struct sockaddr *) &addr, &len), 0);
         engine_set_listeners(b.engine, &(ListenerSet) { .items = &l, .n = 1 });
         for (int i = 0; i < 20; i++) {
                 struct timeval tv = { .tv_sec = WAIT_MS / 1000 };
@@ -597,19 +605,14 @@ ParameterizedTestParameters(engine, a_waiting_client_is_given_at_the_hand_over) 
 
 /* A client admit() leaves waiting for a slot (overload = "queue", every slot taken) is never
  * greeted here. At a hand-over the engine gives it, still connected, to handed_over_waiting
- * (the next process greets it), where a stop closes it (access.overload_queue_*). */
+ * (the server greets it and hands it over), where a stop closes it (access.overload_queue_*). */
 ParameterizedTest(int *model, engine, a_waiting_client_is_given_at_the_hand_over, .timeout = 30) {
         Bench b = bench_new(models[*model], NULL);
-        Listener l = { .fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0) };
-        struct sockaddr_in addr = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001) };
+        Listener l;
+        struct sockaddr_in addr = bench_listener(&l);
         struct timeval tv = { .tv_sec = WAIT_MS / 1000 };
-        socklen_t len = sizeof(addr);
         char buf[16];
 
-        snprintf(l.name, sizeof(l.name), "test");
-        cr_assert_eq(bind(l.fd, (struct sockaddr *) &addr, sizeof(addr)), 0);
-        cr_assert_eq(listen(l.fd, 64), 0);
-        cr_assert_eq(getsockname(l.fd, (struct sockaddr *) &addr, &len), 0);
         __atomic_store_n(&queue_everyone, true, __ATOMIC_RELEASE);
         engine_set_listeners(b.engine, &(ListenerSet) { .items = &l, .n = 1 });
         int client = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
