@@ -8,6 +8,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,6 +66,29 @@ static void rig_end(Rig *r) {
         store_end_rig(r->d, &r->st, r->listener);
 }
 
+/* rig_serve: R's configuration written (FORMAT), and a process of it started and serving. */
+static void rig_serve(Rig *r, const char *format, ...) __attribute__((format(printf, 2, 3)));
+
+static void rig_serve(Rig *r, const char *format, ...) {
+        char config[4096];
+        va_list ap;
+
+        va_start(ap, format);
+        int n = vsnprintf(config, sizeof(config), format, ap);
+        va_end(ap);
+        cr_assert(n >= 0 && (size_t) n < sizeof(config), "the configuration outgrows the buffer");
+        hellod_write_config(r->d, "%s", config);
+        store_start_hellod(r->d, &r->st, r->listener);
+        hellod_wait_stderr(r->d, "started");
+}
+
+/* rig_crash: kill -9 of R's process, and the next one started with what the store holds. */
+static void rig_crash(Rig *r) {
+        hellod_signal(r->d, SIGKILL);
+        (void) hellod_wait_exit(r->d, HARNESS_TIMEOUT_MS);
+        store_start_hellod(r->d, &r->st, r->listener);
+}
+
 #define CLIENTS 60
 
 /* not_fallen_back: io_uring falls back to epoll, with a notice, where it cannot be had (seccomp,
@@ -116,9 +140,7 @@ static void restart_keeps_every_conversation_from(const char *from, const char *
 
         harness_step("from %s to %s", from, to);
         rig_start(&r);
-        hellod_write_config(r.d, "log_level = \"info\";\n%s", MODEL(from, 2));
-        store_start_hellod(r.d, &r.st, r.listener);
-        hellod_wait_stderr(r.d, "started");
+        rig_serve(&r, "log_level = \"info\";\n%s", MODEL(from, 2));
         for (int i = 0; i < CLIENTS; i++) {
                 fds[i] = client_connect(r.port);
                 client_expect_str(fds[i], HELLOD_GREETING);
@@ -193,9 +215,7 @@ static void corrupt_state(const char *mode) {
         int fds[5];
 
         rig_start(&r);
-        hellod_write_config(r.d, "workers = 1;\nio_backend = \"epoll\";\nhandover = \"%s\";\n", mode);
-        store_start_hellod(r.d, &r.st, r.listener);
-        hellod_wait_stderr(r.d, "started");
+        rig_serve(&r, "workers = 1;\nio_backend = \"epoll\";\nhandover = \"%s\";\n", mode);
         greeted_clients(r.port, fds, 5);
         stop_and_wait(r.d);
         store_wait(r.d, &r.st, "state", 1);
@@ -250,9 +270,7 @@ Test(handover, always_stores_and_removes_each_connection, .timeout = 60) {
         Rig r;
 
         rig_start(&r);
-        hellod_write_config(r.d, "handover = \"always\";\nlog_level = \"notice\";\n");
-        store_start_hellod(r.d, &r.st, r.listener);
-        hellod_wait_stderr(r.d, "started");
+        rig_serve(&r, "handover = \"always\";\nlog_level = \"notice\";\n");
         for (int i = 0; i < 200; i++) {
                 int fd = client_connect(r.port);
                 client_expect_str(fd, HELLOD_GREETING);
@@ -295,9 +313,7 @@ static void always_answers_bursts_and_telnet_interrupts_in(const char *model) {
 
         cr_assert(want);
         rig_start(&r);
-        hellod_write_config(r.d, "handover = \"always\";\n%s\nidle_timeout = 30;\n", model);
-        store_start_hellod(r.d, &r.st, r.listener);
-        hellod_wait_stderr(r.d, "started");
+        rig_serve(&r, "handover = \"always\";\n%s\nidle_timeout = 30;\n", model);
         for (int i = 0; n + 16 < sizeof(in); i++) {
                 int k = snprintf(in + n, sizeof(in) - n, "l%d\n", i);
                 wn += (size_t) sprintf(want + wn, "Hello, l%d!\r\n", i);
@@ -321,6 +337,15 @@ Test(handover, always_answers_bursts_and_telnet_interrupts, .timeout = 60) {
         always_answers_bursts_and_telnet_interrupts_in("workers = \"per-connection\";");
 }
 
+/* rig_serve_behind_a_balancer: R serves a PROXY listener on its port, handover = "always". */
+static void rig_serve_behind_a_balancer(Rig *r) {
+        rig_serve(r,
+                  "listen = ( { address = \"127.0.0.1:%u\"; proxy_protocol = true; } );\n"
+                  "proxy_from = [ \"127.0.0.1\" ];\nhandover = \"always\";\nio_backend = \"epoll\";\n"
+                  "log_level = \"debug\";\n",
+                  (unsigned) r->port);
+}
+
 /* handover = "always" behind a balancer: a connection goes into the store once its PROXY
  * header is in, not at accept. Stored before, a crash had the next process take it up as a
  * greeted conversation (no state: it goes on from its next line) and answer the balancer's
@@ -332,13 +357,7 @@ Test(handover, always_a_crash_before_the_proxy_header_closes_the_balancer_connec
         ClientReadEnd end;
 
         rig_start(&r);
-        hellod_write_config(r.d,
-                            "listen = ( { address = \"127.0.0.1:%u\"; proxy_protocol = true; } );\n"
-                            "proxy_from = [ \"127.0.0.1\" ];\nhandover = \"always\";\nio_backend = \"epoll\";\n"
-                            "log_level = \"debug\";\n",
-                            (unsigned) r.port);
-        store_start_hellod(r.d, &r.st, r.listener);
-        hellod_wait_stderr(r.d, "started");
+        rig_serve_behind_a_balancer(&r);
         int fd = client_connect(r.port); /* the balancer: its header not sent yet */
         hellod_wait_stderr(r.d, "opened");
         store_stays(r.d, &r.st, "c", 0, 300); /* stored before its header, a crash would resume it as a conversation */
@@ -368,13 +387,7 @@ Test(handover, always_a_restart_before_the_proxy_header_closes_it_and_leaves_no_
         Rig r;
 
         rig_start(&r);
-        hellod_write_config(r.d,
-                            "listen = ( { address = \"127.0.0.1:%u\"; proxy_protocol = true; } );\n"
-                            "proxy_from = [ \"127.0.0.1\" ];\nhandover = \"always\";\nio_backend = \"epoll\";\n"
-                            "log_level = \"debug\";\n",
-                            (unsigned) r.port);
-        store_start_hellod(r.d, &r.st, r.listener);
-        hellod_wait_stderr(r.d, "started");
+        rig_serve_behind_a_balancer(&r);
         int fd = client_connect(r.port);
         hellod_wait_stderr(r.d, "opened");
         store_stays(r.d, &r.st, "c", 0, 300); /* stored before its header, a crash would resume it as a conversation */
@@ -395,16 +408,12 @@ Test(handover, always_an_empty_state_is_a_crash, .timeout = 60) {
         int fds[3];
 
         rig_start(&r);
-        hellod_write_config(r.d, "workers = 1;\nio_backend = \"epoll\";\nhandover = \"always\";\nlog_level = \"info\";\n");
-        store_start_hellod(r.d, &r.st, r.listener);
-        hellod_wait_stderr(r.d, "started");
+        rig_serve(&r, "workers = 1;\nio_backend = \"epoll\";\nhandover = \"always\";\nlog_level = \"info\";\n");
         greeted_clients(r.port, fds, 3);
         store_wait(r.d, &r.st, "c", 3);
         store_wait(r.d, &r.st, "state", 1);
-        hellod_signal(r.d, SIGKILL);
-        (void) hellod_wait_exit(r.d, HARNESS_TIMEOUT_MS);
+        rig_crash(&r);
 
-        store_start_hellod(r.d, &r.st, r.listener);
         hellod_wait_stderr(r.d, "resumed 3 conversations kept in the store");
         for (int i = 0; i < 3; i++) {
                 client_hello(fds[i], "again");
@@ -419,9 +428,7 @@ Test(handover, always_an_empty_state_is_a_crash, .timeout = 60) {
 static int stored_client(Rig *r, const char *config, const char *extra) {
         int fd;
 
-        hellod_write_config(r->d, "%s\n%shandover = \"always\";\n", config, extra);
-        store_start_hellod(r->d, &r->st, r->listener);
-        hellod_wait_stderr(r->d, "started");
+        rig_serve(r, "%s\n%shandover = \"always\";\n", config, extra);
         greeted_clients(r->port, &fd, 1);
         store_wait(r->d, &r->st, "c", 1);
         return fd;
@@ -449,9 +456,7 @@ static int crash_after_half_line(Rig *r, const char *config, int lines) {
         free(burst);
         free(want);
         harness_step("%s: kill -9 after %d lines and \"Ali\"", config, lines);
-        hellod_signal(r->d, SIGKILL);
-        (void) hellod_wait_exit(r->d, HARNESS_TIMEOUT_MS);
-        store_start_hellod(r->d, &r->st, r->listener);
+        rig_crash(r);
         hellod_wait_stderr(r->d, "resumed 1 conversation");
         return fd;
 }
@@ -666,9 +671,7 @@ static void restart_keeps_waiting_partial_line(const char *config) {
         hellod_wait_stderr(r.d, "resumed 1 conversation handed over");
         harness_sleep_ms(200); /* the next process waits for the line's end */
         harness_step("%s: kill -9 of the next process, \"Ali\" still waiting", config);
-        hellod_signal(r.d, SIGKILL);
-        (void) hellod_wait_exit(r.d, HARNESS_TIMEOUT_MS);
-        store_start_hellod(r.d, &r.st, r.listener);
+        rig_crash(&r);
         hellod_wait_stderr(r.d, "resumed 1 conversation kept in the store");
         client_send_str(fd, "ce\n");
         client_expect_str(fd, "Hello, Alice!\r\n");
@@ -703,9 +706,7 @@ Test(handover, always_an_early_receive_timeout_leaves_the_partial_line_in_the_ke
         cr_assert_gt(hellod_signal_threads(r.d, SIGURG), 0);
         harness_sleep_ms(3000);
         harness_step("kill -9 before the deadline, after the old receive timeout would have fired");
-        hellod_signal(r.d, SIGKILL);
-        (void) hellod_wait_exit(r.d, HARNESS_TIMEOUT_MS);
-        store_start_hellod(r.d, &r.st, r.listener);
+        rig_crash(&r);
         hellod_wait_stderr(r.d, "resumed 1 conversation");
         client_send_str(fd, "es\n");
         client_expect_str(fd, "Hello, yes!\r\n");
@@ -751,9 +752,7 @@ static void reload_turns_always_on(const char *backend, bool stored) {
         int fd;
 
         rig_start(&r);
-        hellod_write_config(r.d, "workers = 1;\nio_backend = \"%s\";\n", backend);
-        store_start_hellod(r.d, &r.st, r.listener);
-        hellod_wait_stderr(r.d, "started");
+        rig_serve(&r, "workers = 1;\nio_backend = \"%s\";\n", backend);
         hellod_write_config(r.d, "workers = 1;\nio_backend = \"%s\";\nhandover = \"always\";\n", backend);
         hellod_signal(r.d, SIGHUP);
         hellod_wait_stderr(r.d, "configuration reloaded");
@@ -792,9 +791,7 @@ Test(handover, pool_to_per_connection_keeps_partial_and_pipelined_lines, .timeou
         char want[64];
 
         rig_start(&r);
-        hellod_write_config(r.d, "workers = 2;\nio_backend = \"epoll\";\nlog_level = \"info\";\n");
-        store_start_hellod(r.d, &r.st, r.listener);
-        hellod_wait_stderr(r.d, "started");
+        rig_serve(&r, "workers = 2;\nio_backend = \"epoll\";\nlog_level = \"info\";\n");
         for (int i = 0; i < 6; i++) {
                 fds[i] = client_connect(r.port);
                 client_expect_str(fds[i], HELLOD_GREETING);
@@ -833,17 +830,13 @@ Test(handover, a_lower_max_connections_keeps_the_conversations, .timeout = 60) {
         int fds[6];
 
         rig_start(&r);
-        hellod_write_config(r.d, "workers = 1;\nio_backend = \"epoll\";\nmax_connections = 10;\nlog_level = \"info\";\n");
-        store_start_hellod(r.d, &r.st, r.listener);
-        hellod_wait_stderr(r.d, "started");
+        rig_serve(&r, "workers = 1;\nio_backend = \"epoll\";\nmax_connections = 10;\nlog_level = \"info\";\n");
         greeted_clients(r.port, fds, 6);
         stop_and_wait(r.d);
         store_wait(r.d, &r.st, "state", 1);
 
         harness_step("the next process has max_connections = 5");
-        hellod_write_config(r.d, "workers = 1;\nio_backend = \"epoll\";\nmax_connections = 5;\nlog_level = \"info\";\n");
-        store_start_hellod(r.d, &r.st, r.listener);
-        hellod_wait_stderr(r.d, "started");
+        rig_serve(&r, "workers = 1;\nio_backend = \"epoll\";\nmax_connections = 5;\nlog_level = \"info\";\n");
         hellod_wait_stderr(r.d, "resumed 6 conversations");
         int extra = client_connect(r.port);
         client_expect_str(extra, HELLOD_ERR_BUSY);
@@ -874,9 +867,7 @@ static void full_store(const char *mode) {
         int *fds = calloc(MORE_THAN_THE_STORE, sizeof(int));
 
         rig_start(&r);
-        hellod_write_config(r.d, "workers = 1;\nio_backend = \"epoll\";\nmax_connections = 1000;\nhandover = \"%s\";\n", mode);
-        store_start_hellod(r.d, &r.st, r.listener);
-        hellod_wait_stderr(r.d, "started");
+        rig_serve(&r, "workers = 1;\nio_backend = \"epoll\";\nmax_connections = 1000;\nhandover = \"%s\";\n", mode);
         greeted_clients(r.port, fds, MORE_THAN_THE_STORE);
         stop_and_wait(r.d);
         store_wait(r.d, &r.st, "c", STORE_MAX - 1);
@@ -928,9 +919,7 @@ Test(handover, a_slow_store_gets_the_time_thousands_of_conversations_need, .time
                       (unsigned long long) nofile.rlim_cur);
         rig_start(&r);
         r.st.limit = STORE_CAPACITY;
-        hellod_write_config(r.d, "workers = 2;\nio_backend = \"epoll\";\nmax_connections = 4000;\nlog_level = \"notice\";\n");
-        store_start_hellod(r.d, &r.st, r.listener);
-        hellod_wait_stderr(r.d, "started");
+        rig_serve(&r, "workers = 2;\nio_backend = \"epoll\";\nmax_connections = 4000;\nlog_level = \"notice\";\n");
         greeted_clients(r.port, fds, MANY_CONVERSATIONS);
         r.st.delay_us = 2000;
         harness_step("SIGTERM with %d conversations and 2 ms a stored descriptor", MANY_CONVERSATIONS);
@@ -1003,9 +992,7 @@ static void kept_cross_from(const char *from, const char *to, size_t line) {
 
         harness_step("from %s to %s, lines of %zu bytes", from, to, line);
         rig_start(&r);
-        hellod_write_config(r.d, "%slog_level = \"info\";\nidle_timeout = 30;\n", MODEL(from, 1));
-        store_start_hellod(r.d, &r.st, r.listener);
-        hellod_wait_stderr(r.d, "started");
+        rig_serve(&r, "%slog_level = \"info\";\nidle_timeout = 30;\n", MODEL(from, 1));
         int fd = client_connect(r.port);
         client_expect_str(fd, HELLOD_GREETING);
         for (int i = 0; i < LINES; i++)
@@ -1071,9 +1058,7 @@ static void write_deadline_carried(const char *model) {
         for (int i = 0; i < LINES; i++)
                 n += (size_t) kept_line(in + n, sizeof(in) - n, i, 3);
         rig_start(&r);
-        hellod_write_config(r.d, "%slog_level = \"info\";\nidle_timeout = %d;\n", MODEL(model, 1), IDLE_S);
-        store_start_hellod(r.d, &r.st, r.listener);
-        hellod_wait_stderr(r.d, "started");
+        rig_serve(&r, "%slog_level = \"info\";\nidle_timeout = %d;\n", MODEL(model, 1), IDLE_S);
         int fd = client_connect(r.port);
         client_expect_str(fd, HELLOD_GREETING);
         /* Small buffers on the client's side, so that megabytes do not vanish into them. */
@@ -1129,9 +1114,7 @@ static void lingering_crosses_from(const char *from, const char *to) {
 
         harness_step("from %s to %s", from, to);
         rig_start(&r);
-        hellod_write_config(r.d, "%slog_level = \"info\";\n", MODEL(from, 1));
-        store_start_hellod(r.d, &r.st, r.listener);
-        hellod_wait_stderr(r.d, "started");
+        rig_serve(&r, "%slog_level = \"info\";\n", MODEL(from, 1));
         int fd = client_exit_replies_unread(r.port); /* hellod lingers for a second from here */
         stop_and_wait(r.d);
         hellod_wait_stderr(r.d, "handed 1 conversation over");
@@ -1190,9 +1173,7 @@ static void ending_during_hand_over(const char *model, bool frozen) {
         harness_step("%s: %d conversations, %d us a stored descriptor, %s", model, CONVERSATIONS, DELAY_US,
                      frozen ? "the endings and the SIGTERM at once" : "the endings during the hand-over");
         rig_start(&r);
-        hellod_write_config(r.d, "%slog_level = \"info\";\n", MODEL(model, 1));
-        store_start_hellod(r.d, &r.st, r.listener);
-        hellod_wait_stderr(r.d, "started");
+        rig_serve(&r, "%slog_level = \"info\";\n", MODEL(model, 1));
         greeted_clients(r.port, fds, CONVERSATIONS);
         r.st.delay_us = DELAY_US;
         if (frozen) {
@@ -1267,9 +1248,7 @@ static void waiting_client_crosses_to(const char *to) {
 
         harness_step("from io_uring to %s", to);
         rig_start(&r);
-        hellod_write_config(r.d, "%s%s", MODEL("io_uring", 1), limits);
-        store_start_hellod(r.d, &r.st, r.listener);
-        hellod_wait_stderr(r.d, "started");
+        rig_serve(&r, "%s%s", MODEL("io_uring", 1), limits);
         not_fallen_back(r.d);
         int served = client_connect(r.port);
         client_expect_str(served, HELLOD_GREETING);
@@ -1313,9 +1292,7 @@ Test(handover, always_a_failed_hand_over_after_a_waiting_client_still_greets_it,
         Rig r;
 
         rig_start(&r);
-        hellod_write_config(r.d, "%s%s", MODEL("io_uring", 1), limits);
-        store_start_hellod(r.d, &r.st, r.listener);
-        hellod_wait_stderr(r.d, "started");
+        rig_serve(&r, "%s%s", MODEL("io_uring", 1), limits);
         not_fallen_back(r.d);
         int served = client_connect(r.port);
         client_expect_str(served, HELLOD_GREETING);
