@@ -1282,6 +1282,39 @@ Test(handover, a_client_waiting_for_a_slot_is_greeted_by_the_next_process, .time
         waiting_client_crosses_to("per-connection");
 }
 
+/* A hand-over that cannot begin (systemd's store takes no place for the state: here PID 1's
+ * socket is gone) is a stop after all: the conversation gets the shutdown line, and a client
+ * that waited for a slot, kept waiting while a hand-over was on its way, is told at once. With
+ * the server still marked handing over it was closed without a word. */
+Test(handover, a_hand_over_that_cannot_begin_is_a_stop, .timeout = 60) {
+        static const char limits[] = "max_connections = 1;\noverload = \"queue\";\n";
+        Rig r;
+
+        rig_start(&r);
+        rig_serve(&r, "%s%s", MODEL("io_uring", 1), limits);
+        not_fallen_back(r.d);
+        int served = client_connect(r.port);
+        client_expect_str(served, HELLOD_GREETING);
+        int waiting = client_connect(r.port);
+        client_expect_silence(waiting, 300);
+
+        harness_step("PID 1's socket gone, then the stop");
+        store_stop(&r.st);
+        hellod_signal(r.d, SIGTERM);
+        client_expect_str(served, HELLOD_ERR_SHUTDOWN);
+        client_expect_eof(served, false);
+        client_expect_str(waiting, HELLOD_ERR_SHUTDOWN);
+        client_expect_eof(waiting, false);
+        int status = hellod_wait_exit(r.d, HARNESS_STOP_TIMEOUT_MS);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "hellod %s",
+                  harness_describe_status(status, (char[64]) { 0 }, 64));
+        hellod_wait_stderr(r.d, "cannot hand the conversations over, ending them");
+        client_close(served);
+        client_close(waiting);
+        close(r.listener);
+        hellod_free(r.d);
+}
+
 /* A hand-over that fails once the connections are stored leaves an empty state (the threads
  * did not finish, the state could not be written, the process was killed): a next process in
  * the crash mode takes the stored connections up as conversations already greeted. A client
