@@ -467,6 +467,54 @@ Test(engine, per_connection_idle_timeout_after_slowly_read_kept_replies, .timeou
         bench_free(&b);
 }
 
+/* A session handed over while its client lagged brings its replies and its write deadline,
+ * and no input. Once the client has taken those replies it has made progress: its idle
+ * timeout counts from then, as in the pool (flush_kept), not from the deadline it came with. */
+Test(engine, per_connection_idle_timeout_after_kept_output_is_taken, .timeout = 60) {
+        enum { KEPT = 16000, CAME_WITH_MS = 1000, READ_AT_MS = 400 };
+        Bench b = bench_new("\"per-connection\"", "idle_timeout = 2;\n");
+        struct sockaddr_in peer = { .sin_family = AF_INET, .sin_port = htons(4242),
+                                    .sin_addr.s_addr = htonl(0x7f000001) };
+        struct timeval tv = { .tv_sec = WAIT_MS / 1000 };
+        char *buf = malloc(KEPT), line[64];
+        Session *s;
+        int sv[2];
+
+        cr_assert(buf);
+        cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+        /* A small send buffer: the kept replies do not fit, and the thread waits to write. */
+        cr_assert_eq(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &(int) { 4096 }, sizeof(int)), 0);
+        cr_assert_eq(setsockopt(sv[1], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
+        cr_assert_eq(session_new(&s, sv[0], b.conf, (struct sockaddr *) &peer, "test"), 0);
+        cr_assert_leq(KEPT, s->out.cap);
+        cr_assert((s->out.data = malloc(s->out.cap)));
+        memset(s->out.data, 'k', KEPT);
+        s->out.len = KEPT;
+        s->resumed = true;
+        s->want_write = true;
+        s->timer.at = now_usec() + CAME_WITH_MS * 1000u; /* the write deadline it came with */
+        cr_assert_eq(engine_add(b.engine, s), 0);
+        usleep(READ_AT_MS * 1000);
+        for (size_t have = 0; have < KEPT;) {
+                ssize_t k = recv(sv[1], buf + have, KEPT - have, 0);
+                cr_assert_gt(k, 0, "after %zu of %d bytes", have, (int) KEPT);
+                have += (size_t) k;
+        }
+        double replies_read = seconds_now();
+        ssize_t k = recv(sv[1], line, sizeof(line) - 1, 0);
+        double waited = seconds_now() - replies_read;
+        cr_assert_gt(k, 0);
+        line[k] = '\0';
+        cr_expect_str_eq(line, "ERR idle timeout\r\n");
+        /* Taken 0.4 s in: the timeout comes idle_timeout (2 s) after that, not at the 1 s
+         * the session came with. */
+        cr_expect_gt(waited, 1.5, "ERR idle timeout came %.2f s after the kept replies were read", waited);
+        close(sv[1]);
+        wait_done(1);
+        free(buf);
+        bench_free(&b);
+}
+
 ParameterizedTestParameters(engine, deadline_with_reset_pending) {
         static int pool_models[] = { 0, 3 };
         return cr_make_param_array(int, pool_models, 2);
