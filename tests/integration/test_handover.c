@@ -533,6 +533,46 @@ Test(handover, always_a_stop_with_a_partial_line_unread_ends_without_a_reset, .t
         stop_reads_away_partial_line("workers = \"per-connection\";");
 }
 
+/* partial_line_left_at_the_end: CONFIG (the model); with handover = "always" a stored session
+ * takes whole lines only. When its conversation ends with a partial line still in the kernel
+ * (IDLE: "Ali" and an idle timeout; otherwise "exit\nab" in one write), hellod lingers, and
+ * must read those bytes away although no new ones come: the client, silent with its socket
+ * open, gets a clean close at the end of the linger, not a reset for bytes left unread (by
+ * hellod's close or PID 1's). The epoll loop's linger reads on its next event, and no new byte
+ * comes: the event is the client's acknowledgement of the FIN, which wakes the socket (a
+ * review took the loop to wait for ever; it does not). */
+static void partial_line_left_at_the_end(const char *config, bool idle) {
+        struct tcp_info info;
+        socklen_t len = sizeof(info);
+        Rig r;
+
+        rig_start(&r);
+        int fd = stored_client(&r, config, idle ? "idle_timeout = 1;\n" : "");
+        harness_step("%s: %s", config, idle ? "\"Ali\", then silence until the idle timeout" : "\"exit\\nab\"");
+        client_send_str(fd, idle ? "Ali" : "exit\nab");
+        if (idle)
+                client_expect_str(fd, HELLOD_ERR_IDLE);
+        client_expect_eof(fd, false);
+        int64_t start = harness_now_ms();
+        while (hellod_holds_socket_of(r.port, fd) && harness_now_ms() - start < 5000)
+                harness_sleep_ms(20);
+        cr_assert(!hellod_holds_socket_of(r.port, fd), "%s: the socket still lingered after 5 s", config);
+        store_wait(r.d, &r.st, "c", 0); /* PID 1's copy closed too: now the socket is */
+        harness_sleep_ms(100);
+        cr_assert_eq(getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len), 0);
+        cr_assert_eq(info.tcpi_state, TCP_CLOSE_WAIT, "%s: the client's socket is in state %u, not CLOSE_WAIT: a reset",
+                     config, (unsigned) info.tcpi_state);
+        client_close(fd);
+        rig_end(&r);
+}
+
+Test(handover, always_a_partial_line_left_at_the_end_is_read_away, .timeout = 60) {
+        partial_line_left_at_the_end("workers = 1; io_backend = \"epoll\";", false);
+        partial_line_left_at_the_end("workers = 1; io_backend = \"epoll\";", true);
+        partial_line_left_at_the_end("workers = \"per-connection\";", false);
+        partial_line_left_at_the_end("workers = \"per-connection\";", true);
+}
+
 /* stored_lines_answered: CONFIG (the model); with handover = "always" a stored session takes
  * whole lines only, and still answers at once: a short line after a long one sent in two
  * parts (a per-connection thread waits for a line's end with SO_RCVLOWAT past what is there:
