@@ -175,21 +175,25 @@ static unsigned somaxconn(void) {
         return value;
 }
 
+/* departing: whether OLD holds a socket that WANT does not keep. */
+static bool departing(const ListenerSet *old, const ListenerSet *want) {
+        for (size_t i = 0; old && i < old->n; i++)
+                if (old->items[i].fd >= 0 && !contains(want, &old->items[i]))
+                        return true;
+        return false;
+}
+
 /* release_departing: closes the sockets of OLD that WANT does not keep. Binding "127.0.0.1:P"
  * fails with EADDRINUSE while the old "0.0.0.0:P" is open, so such a move frees the port
- * first. Returns how many were closed; their entries keep the address, with fd -1. */
-static size_t release_departing(ListenerSet *old, const ListenerSet *want) {
-        size_t n = 0;
-
+ * first. Their entries keep the address, with fd -1. */
+static void release_departing(ListenerSet *old, const ListenerSet *want) {
         for (size_t i = 0; old && i < old->n; i++) {
                 Listener *l = &old->items[i];
                 if (l->fd >= 0 && !contains(want, l)) {
                         close(l->fd);
                         l->fd = -1;
-                        n++;
                 }
         }
-        return n;
 }
 
 /* drop_closed: the entries of SET without a socket (fd -1) taken out, the others kept in order. */
@@ -217,10 +221,55 @@ static void restore_departing(ListenerSet *old, unsigned backlog) {
         drop_closed(old);
 }
 
-int listeners_open(const Conf *conf, ListenerSet *old, ListenerSet *ret, char *err, size_t err_size) {
-        ListenerSet want = { 0 };
-        size_t released = 0;
+/* no_address: WANT has nothing to listen on (every entry a name systemd did not pass, or an
+ * IPv6 address on a host without IPv6). */
+static int no_address(const Conf *conf, ListenerSet *want, char *err, size_t err_size) {
+        snprintf(err, err_size, "%s: listen: no address to listen on (%s)",
+                 spec_origin(conf, conf->n_listen > 0 ? &conf->listen[0] : NULL),
+                 all_by_name(conf) ? "each entry names a socket systemd passes, and none was passed"
+                                   : "IPv6 is not available here");
+        listener_set_done(want);
+        return -EADDRNOTAVAIL;
+}
+
+/* bind_new: binds the entries of WANT that OLD has no socket for, leaving OLD as it is. An
+ * address whose port a departing socket of OLD holds is marked in PORT_HELD (bound once that
+ * socket is closed); an entry skipped (no IPv6) keeps fd -1. Returns how many entries will
+ * have a socket, or a negative errno (ERR says which address) with WANT's sockets closed. */
+static ssize_t bind_new(const Conf *conf, ListenerSet *want, ListenerSet *old, bool *port_held, char *err,
+                        size_t err_size) {
+        ssize_t usable = 0;
+
+        for (size_t i = 0; i < want->n; i++) {
+                Listener *l = &want->items[i];
+                if (find_open(old, l)) {
+                        usable++;
+                        continue;
+                }
+                int r = open_socket(l, conf->backlog);
+                if (r == -EADDRINUSE && departing(old, want)) {
+                        port_held[i] = true;
+                        usable++;
+                        continue;
+                }
+                if (r < 0 && conf->listen_is_default && ipv6_unavailable(l, r)) {
+                        log_warning_errno(r, "IPv6 is not available, not listening on %s", l->name);
+                        continue;
+                }
+                if (r < 0) {
+                        snprintf(err, err_size, "cannot listen on %s: %s", l->name, strerror(-r));
+                        listener_set_done(want);
+                        return r;
+                }
+                usable++;
+        }
+        return usable;
+}
+
+int listeners_reopen(const Conf *conf, const ListenersReopen *how, ListenerSet *ret, char *err, size_t err_size) {
+        ListenerSet want = { 0 }, *old = how ? how->old : NULL;
         unsigned cap = somaxconn();
+        bool *port_held, waiting = false;
         int r;
 
         /* The kernel clamps silently; an administrator tuning backlog should hear about it. */
@@ -230,27 +279,36 @@ int listeners_open(const Conf *conf, ListenerSet *old, ListenerSet *ret, char *e
         r = listeners_resolve(conf, &want, err, err_size);
         if (r < 0)
                 return r;
-
-        /* First bind what is new; only when all of it worked, take sockets from OLD. */
-        for (size_t i = 0; i < want.n; i++) {
+        if (!(port_held = calloc(want.n + 1, sizeof(*port_held)))) {
+                snprintf(err, err_size, "out of memory");
+                listener_set_done(&want);
+                return -ENOMEM;
+        }
+        /* First bind what is new. Until all of it worked, OLD is not touched: a reload that
+         * fails on any address leaves every running listener and its backlog as it was. */
+        ssize_t usable = bind_new(conf, &want, old, port_held, err, err_size);
+        if (usable <= 0) {
+                free(port_held);
+                return usable < 0 ? (int) usable : no_address(conf, &want, err, err_size);
+        }
+        /* From here on OLD changes: whoever accepts from it lets go first. */
+        if (how && how->pause)
+                how->pause(how->userdata);
+        for (size_t i = 0; i < want.n; i++)
+                waiting |= port_held[i];
+        if (waiting)
+                release_departing(old, &want);
+        for (size_t i = 0; i < want.n && waiting; i++) {
                 Listener *l = &want.items[i];
-                if (find_open(old, l))
-                        continue;
-                r = open_socket(l, conf->backlog);
-                if (r == -EADDRINUSE && released == 0 && (released = release_departing(old, &want)) > 0)
-                        r = open_socket(l, conf->backlog);
-                if (r < 0 && conf->listen_is_default && ipv6_unavailable(l, r)) {
-                        log_warning_errno(r, "IPv6 is not available, not listening on %s", l->name);
-                        continue;
-                }
-                if (r < 0) {
+                if (port_held[i] && (r = open_socket(l, conf->backlog)) < 0) {
                         snprintf(err, err_size, "cannot listen on %s: %s", l->name, strerror(-r));
                         listener_set_done(&want);
-                        if (released > 0)
-                                restore_departing(old, conf->backlog);
+                        restore_departing(old, how->old_backlog);
+                        free(port_held);
                         return r;
                 }
         }
+        free(port_held);
         for (size_t i = 0; i < want.n; i++) {
                 Listener *l = &want.items[i];
                 Listener *kept = find_open(old, l);
@@ -263,16 +321,12 @@ int listeners_open(const Conf *conf, ListenerSet *old, ListenerSet *ret, char *e
                 }
         }
         drop_closed(&want); /* the entries skipped above (no IPv6) */
-        if (want.n == 0) {
-                snprintf(err, err_size, "%s: listen: no address to listen on (%s)",
-                         spec_origin(conf, conf->n_listen > 0 ? &conf->listen[0] : NULL),
-                         all_by_name(conf) ? "each entry names a socket systemd passes, and none was passed"
-                                           : "IPv6 is not available here");
-                listener_set_done(&want);
-                return -EADDRNOTAVAIL;
-        }
         *ret = want;
         return 0;
+}
+
+int listeners_open(const Conf *conf, ListenerSet *ret, char *err, size_t err_size) {
+        return listeners_reopen(conf, NULL, ret, err, err_size);
 }
 
 static int adopt(Listener *l, int fd) {

@@ -28,13 +28,30 @@ typedef struct ListenerSet {
  * entry's "FILE:LINE: listen: " on. */
 int listeners_resolve(const Conf *conf, ListenerSet *ret, char *err, size_t err_size);
 
-/* listeners_open: the sockets CONF asks for. A socket of OLD (may be NULL) already bound to
- * a wanted address is carried over (moved out of OLD, its backlog updated), so a reload
- * keeps its listeners without a gap; the others are bound anew. All or nothing: on failure
- * nothing of OLD is taken, and ERR names the address and the reason (a socket of OLD closed to
- * free its port for a wanted address, and that cannot be bound again, leaves OLD).
- * With conf->listen_is_default, an unavailable IPv6 stack is skipped with a warning. */
-int listeners_open(const Conf *conf, ListenerSet *old, ListenerSet *ret, char *err, size_t err_size);
+/* listeners_open: the sockets CONF asks for, each bound anew (at the start). With
+ * conf->listen_is_default, an unavailable IPv6 stack is skipped with a warning. ERR names the
+ * address that failed and the reason. */
+int listeners_open(const Conf *conf, ListenerSet *ret, char *err, size_t err_size);
+
+/* ListenersReopen: the running set at a reload, and how to take sockets from it. */
+typedef struct ListenersReopen {
+        ListenerSet *old;     /* the running set */
+        unsigned old_backlog; /* the backlog its sockets were bound with */
+        /* Called once, before OLD is first changed (and only if it is): from then on no one
+         * may accept from OLD's sockets until the caller hands the result (or, on failure,
+         * OLD) out again. */
+        void (*pause)(void *userdata);
+        void *userdata;
+} ListenersReopen;
+
+/* listeners_reopen: listeners_open() at a reload: a socket of HOW->old already bound to a
+ * wanted address is carried over (moved out of OLD, its backlog updated), so the reload keeps
+ * its listeners without a gap; the others are bound anew, and OLD is touched only once every
+ * new address is bound. One exception, a port moving from the wildcard to a specific address
+ * ("0.0.0.0:P" to "127.0.0.1:P"): the old socket holds the port and is closed first; if the
+ * new one cannot be bound after all, the old is bound again with OLD_BACKLOG (and dropped
+ * from OLD, with an error logged, if another process took the port meanwhile). */
+int listeners_reopen(const Conf *conf, const ListenersReopen *how, ListenerSet *ret, char *err, size_t err_size);
 
 /* What the file descriptor store gave back (handover.h has the names): the state memfd and
  * the connections, each close-on-exec and otherwise as stored. */

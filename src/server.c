@@ -673,7 +673,26 @@ static void forget_state_place(Server *s) {
         s->state_fd = -1;
 }
 
+/* pause_accepting: ListenersReopen.pause: the engine lets go of every listener (clients wait in
+ * the backlog) while the set changes; PAUSED records that it did. */
+typedef struct Pause {
+        Engine *engine;
+        bool paused;
+} Pause;
+
+static void pause_accepting(void *userdata) {
+        Pause *p = userdata;
+
+        engine_set_listeners(p->engine, &(ListenerSet) { 0 });
+        p->paused = true;
+}
+
+/* reload_listeners: S->listeners made what CONF asks for. On success the engine accepts from
+ * nothing: the caller hands it the new set once CONF is in force, so that no client of a new
+ * listener meets the old access lists or PROXY sources. On failure the engine accepts from
+ * S->listeners as before (the sockets of a port moving between addresses bound again). */
 static int reload_listeners(Server *s, const Conf *conf, char *err, size_t err_size) {
+        Pause pause = { .engine = s->engine };
         ListenerSet listeners;
 
         if (s->activated) {
@@ -686,24 +705,37 @@ static int reload_listeners(Server *s, const Conf *conf, char *err, size_t err_s
                         snprintf(err, err_size, "out of memory");
                         return -ENOMEM;
                 }
-                engine_set_listeners(s->engine, &(ListenerSet) { 0 });
+                pause_accepting(&pause);
                 listeners_set_proxy(&s->listeners, marks);
-                engine_set_listeners(s->engine, &s->listeners);
                 free(marks);
                 return 0;
         }
-        /* The engine lets go of every listener first: listeners_open() may close departing
-         * sockets before it binds (a port moving between addresses), and a loop must not be
-         * accepting from a descriptor that is closed and reused meanwhile. Clients wait in
-         * the backlog for those few milliseconds. */
-        engine_set_listeners(s->engine, &(ListenerSet) { 0 });
-        int r = listeners_open(conf, &s->listeners, &listeners, err, err_size);
-        if (r == 0) {
-                listener_set_done(&s->listeners); /* closes the sockets that were not carried over */
-                s->listeners = listeners;
+        /* The running listeners are left to the loops until every new address is bound; then
+         * the loops let go of them (listeners_reopen calls pause_accepting): departing sockets
+         * close and kept ones move to the new set. */
+        ListenersReopen how = { .old = &s->listeners, .old_backlog = s->conf->backlog, .pause = pause_accepting,
+                                .userdata = &pause };
+        int r = listeners_reopen(conf, &how, &listeners, err, err_size);
+        if (r < 0) {
+                if (pause.paused)
+                        engine_set_listeners(s->engine, &s->listeners);
+                return r;
         }
-        engine_set_listeners(s->engine, &s->listeners);
-        return r;
+        if (!pause.paused)
+                pause_accepting(&pause);
+        listener_set_done(&s->listeners); /* closes the sockets that were not carried over */
+        s->listeners = listeners;
+        return 0;
+}
+
+/* warn_proxy_unread: a PROXY listener that this engine cannot serve (added by a reload to an
+ * io_uring pool, which left PROXY listeners to epoll at the start): its clients are refused. */
+static void warn_proxy_unread(Server *s) {
+        for (size_t i = 0; i < s->listeners.n && !s->engine->ops->reads_proxy; i++)
+                if (s->listeners.items[i].proxy)
+                        log_warning("%s speaks the PROXY protocol, which io_backend = \"io_uring\" does not read: "
+                                    "its clients are refused until hellod is restarted (then epoll serves)",
+                                    s->listeners.items[i].name);
 }
 
 static bool same_name(const char *a, const char *b) {
@@ -745,6 +777,10 @@ static void reload(Server *s) {
         Conf *old = s->conf;
         s->conf = conf;
         __atomic_store_n(&s->queue_overload, conf->overload == OVERLOAD_QUEUE, __ATOMIC_RELAXED);
+        pthread_mutex_unlock(&s->lock);
+        engine_set_listeners(s->engine, &s->listeners); /* accepting again, under CONF */
+        warn_proxy_unread(s);
+        pthread_mutex_lock(&s->lock);
         if (s->waiting_for_slot) {
                 /* The limit or the overload policy may have changed: accepting that waits
                  * for a slot checks again under the new configuration. */
@@ -1321,7 +1357,7 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
                 listeners_set_proxy(&s->listeners, marks);
                 free(marks);
         } else {
-                r = listeners_open(conf, NULL, &s->listeners, err, sizeof(err));
+                r = listeners_open(conf, &s->listeners, err, sizeof(err));
                 if (r < 0) {
                         log_error("%s", err);
                         goto fail;

@@ -471,6 +471,43 @@ Test(lifecycle, sighup_reconciles_listeners, .timeout = 60) {
         hellod_free(d);
 }
 
+/* A reload that fails on one address touches none of the running listeners: clients waiting
+ * in the backlog of the wildcard socket (every slot taken, overload = "queue") stay there and
+ * are served once a slot frees. The reload used to close that socket to free its port for
+ * "127.0.0.1", then fail on the next address and bind it anew: they met a reset. */
+Test(lifecycle, a_failed_reload_keeps_the_backlog, .timeout = 60) {
+        static const char limits[] = "max_connections = 1;\noverload = \"queue\";\n";
+        enum { WAITING = 3 };
+        Hellod *d = hellod_new();
+        int waiting[WAITING];
+
+        hellod_write_config(d, "listen = [\"0.0.0.0\"];\nport = %u;\n%s", (unsigned) d->port, limits);
+        hellod_spawn(d, NULL);
+        hellod_wait_ready(d);
+        int served = client_connect(d->port);
+        client_expect_str(served, HELLOD_GREETING);
+        for (int i = 0; i < WAITING; i++) /* one may wait in a loop, the others in the backlog */
+                waiting[i] = client_connect(d->port);
+        client_expect_silence(waiting[WAITING - 1], 200);
+
+        harness_step("a reload to 127.0.0.1 and an address not on this host");
+        hellod_write_config(d, "listen = [\"127.0.0.1\", \"192.0.2.1\"];\nport = %u;\n%s", (unsigned) d->port,
+                            limits);
+        hellod_signal(d, SIGHUP);
+        hellod_wait_stderr(d, "reload failed");
+        client_send_str(served, "exit\n");
+        client_expect_eof(served, false);
+        client_close(served);
+        for (int i = 0; i < WAITING; i++) {
+                client_expect_str(waiting[i], HELLOD_GREETING);
+                client_send_str(waiting[i], "exit\n");
+                client_expect_eof(waiting[i], false);
+                client_close(waiting[i]);
+        }
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 /* Moving a port from the wildcard address to a specific one: the old socket holds the port,
  * so the reload frees it first (and a reload that fails gives it back). */
 Test(lifecycle, sighup_moves_a_port_from_wildcard_to_loopback, .timeout = 60) {
@@ -494,7 +531,7 @@ Test(lifecycle, sighup_moves_a_port_from_wildcard_to_loopback, .timeout = 60) {
                 free(err);
         }
 
-        harness_step("a failing reload restores the released socket");
+        harness_step("a reload failing on another address leaves the socket alone");
         hellod_write_config(d, "listen = [\"0.0.0.0\", \"192.0.2.1\"];\nport = %u;\n", (unsigned) d->port);
         hellod_signal(d, SIGHUP);
         hellod_wait_stderr(d, "reload failed");

@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -349,6 +350,42 @@ Test(proxy, no_header_timeout_outlives_the_header, .timeout = 60) {
         cr_expect(tv.tv_sec == 0 && tv.tv_usec == 0, "a receive timeout of %ld.%06ld s is left on the connection",
                   (long) tv.tv_sec, (long) tv.tv_usec);
         close(end);
+        client_close(fd);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* An io_uring daemon leaves PROXY listeners to epoll at its start; one that a reload adds
+ * cannot be served until the restart. The reload says so, naming the listener, and its
+ * clients are closed before any greeting (a header answered as a line would be worse); the
+ * other listeners serve on. */
+Test(proxy, a_proxy_listener_added_to_io_uring_by_a_reload_is_named_and_refused, .timeout = 60) {
+        Hellod *d = hellod_new();
+        uint16_t port = harness_pick_port();
+        char name[64];
+
+        hellod_write_config(d, "listen = [ \"127.0.0.1:%u\" ];\nworkers = 1;\nio_backend = \"io_uring\";\n",
+                            (unsigned) d->port);
+        hellod_spawn(d, NULL);
+        hellod_wait_ready(d);
+        char *err = hellod_stderr(d);
+        cr_assert_null(strstr(err, "the event loops use epoll"), "io_uring fell back to epoll: %s", err);
+        free(err);
+        hellod_write_config(d,
+                            "listen = ( \"127.0.0.1:%u\", { address = \"127.0.0.1:%u\"; proxy_protocol = true; } );\n"
+                            "proxy_from = [ \"127.0.0.1\" ];\nworkers = 1;\nio_backend = \"io_uring\";\n",
+                            (unsigned) d->port, (unsigned) port);
+        hellod_signal(d, SIGHUP);
+        hellod_wait_stderr(d, "configuration reloaded");
+        snprintf(name, sizeof(name), "127.0.0.1:%u speaks the PROXY protocol", (unsigned) port);
+        hellod_wait_stderr(d, name);
+        int fd = proxied_client(port, "192.0.2.7", 51234);
+        client_expect_eof(fd, true);
+        client_close(fd);
+        hellod_wait_stderr(d, "does not read PROXY headers");
+        fd = client_connect(d->port);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_hello(fd, "still served");
         client_close(fd);
         hellod_stop_clean(d);
         hellod_free(d);
