@@ -34,9 +34,11 @@ typedef struct EngineHooks {
         /* admit: FD was accepted from VIA by the engine: the access lists and limits decide.
          * Returns the registered session to start, or NULL: the client was turned away and FD
          * is closed; or, when QUEUED is not NULL and *QUEUED is set, overload = "queue" found
-         * every slot taken: FD is still the engine's, to keep waiting (accepting nothing after
-         * it that could pass it) and admit again once the server calls engine_slot_freed(); VIA
-         * may be a copy, kept by the engine for that. must_wait()
+         * every slot taken (or other clients waiting before it): FD is still the engine's, to
+         * keep waiting (counted in Engine.waiting, accepting nothing after it that could pass
+         * it) and admit again once the server calls engine_slot_freed(), with *QUEUED true on
+         * the way in (false for a client just accepted); VIA may be a copy, kept by the engine
+         * for that. must_wait()
          * spares the accept while the server is full; this decides, under the same lock that
          * takes the slot, for a client accepted while another thread took the last one. */
         Session *(*admit)(void *userdata, int fd, const struct sockaddr *peer, const Listener *via, bool *queued);
@@ -104,7 +106,20 @@ typedef struct EngineOps {
 struct Engine {
         const EngineOps *ops;
         EngineHooks hooks;
+        /* atomic: clients admit() left waiting (QUEUED) that the engine holds now. While there
+         * are any, a client accepted after them waits too, and accepting waits (must_wait), so
+         * that none of them is passed by a client from the backlog. */
+        unsigned waiting;
 };
+
+/* engine_waiting_add: the engine holds DELTA more (or fewer) waiting clients. */
+static inline void engine_waiting_add(Engine *e, int delta) {
+        __atomic_add_fetch(&e->waiting, (unsigned) delta, __ATOMIC_ACQ_REL);
+}
+
+static inline unsigned engine_waiting(const Engine *e) {
+        return e ? __atomic_load_n(&e->waiting, __ATOMIC_ACQUIRE) : 0;
+}
 
 /* workers = "per-connection": waiting threads kept for the next connections; more leave after
  * their session. */

@@ -448,16 +448,20 @@ static void arm(PerConn *p, size_t i) {
         listen_ctl(p, EPOLL_CTL_MOD, i);
 }
 
-/* queue_put, queue_take: queued_put() and queued_take() under queue_lock. */
+/* queue_put, queue_take: queued_put() and queued_take() under queue_lock, counted in the
+ * engine's waiting clients. */
 static void queue_put(PerConn *p, QueuedClient **head, QueuedClient *q, bool front) {
         pthread_mutex_lock(&p->queue_lock);
         queued_put(head, q, front);
+        engine_waiting_add(&p->engine, 1);
         pthread_mutex_unlock(&p->queue_lock);
 }
 
 static QueuedClient *queue_take(PerConn *p, QueuedClient **head) {
         pthread_mutex_lock(&p->queue_lock);
         QueuedClient *q = queued_take(head);
+        if (q)
+                engine_waiting_add(&p->engine, -1);
         pthread_mutex_unlock(&p->queue_lock);
         return q;
 }
@@ -489,7 +493,7 @@ static bool admit_queue(PerConn *p, QueuedClient **head, Session **mine) {
         QueuedClient *q;
 
         while ((q = queue_take(p, head))) {
-                bool queued = false;
+                bool queued = true; /* it waited */
                 Session *s = hooks->admit(hooks->userdata, q->fd, (const struct sockaddr *) &q->peer, &q->via, &queued);
                 if (queued) {
                         queue_put(p, head, q, true);

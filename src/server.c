@@ -152,6 +152,19 @@ static void count_refusal(Server *s) {
         pthread_mutex_unlock(&s->lock);
 }
 
+/* wake_if_slot_free: under the lock: when accepting waits for a slot and one is free, the
+ * engines are told (they admit the clients they keep waiting first, then accept again). Also
+ * after a waiting client's turn that left a slot free (it was refused, or more are free), and
+ * after a client was made to wait behind others while a slot is free: their engine may have
+ * taken its wakeup already. */
+static void wake_if_slot_free(Server *s) {
+        if (s->waiting_for_slot && s->n_active < s->slots) {
+                s->waiting_for_slot = false;
+                if (s->engine)
+                        engine_slot_freed(s->engine);
+        }
+}
+
 /* unregister: takes SESSION off the books and frees it. */
 static void unregister(Server *s, Session *session) {
         pthread_mutex_lock(&s->lock);
@@ -165,11 +178,7 @@ static void unregister(Server *s, Session *session) {
                 iptable_dec(s->ips, &session->ip, now_usec());
         changed(s);
         s->n_active--;
-        if (s->waiting_for_slot && s->n_active < s->slots) {
-                s->waiting_for_slot = false;
-                if (s->engine)
-                        engine_slot_freed(s->engine);
-        }
+        wake_if_slot_free(s);
         pthread_mutex_unlock(&s->lock);
         /* Closed once off the list: the server calls shutdown() on registered sockets only,
          * so the number cannot be reused under it; and a close, the costliest call of a
@@ -353,14 +362,18 @@ static bool count_source(Server *s, const IpKey *ip, IpKey *source, const char *
  * balancer. Returns NULL with *REASON and *DETAIL set when the client is refused; *FD is -1
  * when the socket was closed on the way. With overload = "queue" and every slot taken, the
  * client is not refused when the caller can keep it (QUEUED not NULL): NULL with *QUEUED set
- * and no reason, and unregister() says when a slot frees. */
+ * and no reason, and unregister() says when a slot frees. A client accepted after others the
+ * engines keep waiting (not WAITED itself) waits behind them, slot or not: none of them may be
+ * passed by a newer one. */
 static Session *register_session(Server *s, int *fd, const struct sockaddr *peer, const IpKey *ip,
-                                 const Listener *via, bool *queued, const char **reason, const char **detail) {
+                                 const Listener *via, bool waited, bool *queued, const char **reason,
+                                 const char **detail) {
         const Conf *conf = s->conf;
         Session *session = NULL;
         IpKey source = { 0 };
+        bool full = s->n_active >= conf->max_connections;
 
-        if (s->n_active >= conf->max_connections && queued && conf->overload == OVERLOAD_QUEUE) {
+        if (queued && conf->overload == OVERLOAD_QUEUE && (full || (!waited && engine_waiting(s->engine) > 0))) {
                 s->slots = conf->max_connections;
                 s->waiting_for_slot = *queued = true;
         } else if (s->n_active >= conf->max_connections) {
@@ -408,7 +421,10 @@ static Session *admit(Server *s, int fd, const struct sockaddr *peer, const List
         char name[ADDR_STR_MAX];
         Session *session = NULL;
         IpKey ip;
+        bool waited = queued && *queued; /* kept waiting by the engine until now */
 
+        if (queued)
+                *queued = false;
         (void) ip_key_from_sockaddr(peer, &ip);
         if (via->proxy && !s->engine->ops->reads_proxy) {
                 /* A PROXY listener added by a reload to the io_uring pool (which left PROXY
@@ -432,7 +448,9 @@ static Session *admit(Server *s, int fd, const struct sockaddr *peer, const List
         else if (via->proxy ? !conf_proxy_trusted(s->conf, &ip) : !conf_admits(s->conf, &ip))
                 reason = via->proxy ? "untrusted-proxy" : "denied";
         else
-                session = register_session(s, &fd, peer, &ip, via, queued, &reason, &detail);
+                session = register_session(s, &fd, peer, &ip, via, waited, queued, &reason, &detail);
+        if (waited || (queued && *queued))
+                wake_if_slot_free(s);
         pthread_mutex_unlock(&s->lock);
         if (queued && *queued)
                 return NULL;
@@ -500,7 +518,7 @@ static bool at_capacity(Server *s) {
         pthread_mutex_lock(&s->lock);
         if (s->conf->overload == OVERLOAD_QUEUE) {
                 s->slots = s->conf->max_connections;
-                full = s->n_active >= s->slots;
+                full = s->n_active >= s->slots || engine_waiting(s->engine) > 0;
                 /* Cleared only by unregister(), which then says a slot freed: with several
                  * listeners (or loops) one that finds room must not hide one still waiting. */
                 s->waiting_for_slot = s->waiting_for_slot || full;
@@ -567,8 +585,6 @@ static bool proxied(Server *s, Session *session, ProxyStatus status, const Proxy
 /* The hooks an accepting engine calls, on its threads. */
 static Session *hook_admit(void *userdata, int fd, const struct sockaddr *peer, const Listener *via,
                            bool *queued) {
-        if (queued)
-                *queued = false;
         return admit(userdata, fd, peer, via, queued);
 }
 

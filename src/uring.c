@@ -755,6 +755,7 @@ static bool park(Loop *l, int fd, const struct sockaddr_storage *peer, const Lis
         if (!q)
                 return false;
         queued_put(&l->parked, q, front);
+        engine_waiting_add(&l->base.set->engine, 1);
         l->waiting_slot = true;
         return true;
 }
@@ -763,7 +764,7 @@ static bool park(Loop *l, int fd, const struct sockaddr_storage *peer, const Lis
  * since must_wait(), it is parked (at the FRONT when it was the oldest). */
 static void admit(Loop *l, int fd, const struct sockaddr_storage *peer, const Listener *via, bool front) {
         const EngineHooks *hooks = &l->base.set->engine.hooks;
-        bool queued = false;
+        bool queued = front; /* FRONT: it waited (admit_parked) */
         Session *s = hooks->admit(hooks->userdata, fd, (const struct sockaddr *) peer, via, &queued);
 
         if (queued && !park(l, fd, peer, via, front)) /* cannot wait: the server decides now */
@@ -780,6 +781,7 @@ static void admit(Loop *l, int fd, const struct sockaddr_storage *peer, const Li
 static void admit_parked(Loop *l) {
         while (l->parked && !l->waiting_slot) {
                 QueuedClient *q = queued_take(&l->parked);
+                engine_waiting_add(&l->base.set->engine, -1);
                 admit(l, q->fd, &q->peer, &q->via, true);
                 free(q);
         }
@@ -873,8 +875,16 @@ static void sync_listeners(Loop *l) {
         if (!accepting(l))
                 return;
         for (size_t i = 0; i < l->n_acc; i++)
-                if (!l->acc[i].armed)
+                if (!l->acc[i].armed) {
+                        /* An accept armed while clients wait for a slot (here or in another
+                         * loop) would take the next one from the backlog past them. */
+                        const EngineHooks *hooks = &l->base.set->engine.hooks;
+                        if (hooks->must_wait(hooks->userdata)) {
+                                l->waiting_slot = true;
+                                return;
+                        }
                         arm_accept(l, &l->acc[i]);
+                }
 }
 
 /* ---- the loop ---- */

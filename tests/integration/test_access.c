@@ -173,6 +173,57 @@ Test(access, overload_queue_holds_new_clients_until_a_slot_frees, .timeout = 60)
         hellod_free(d);
 }
 
+/* overload = "queue": a client an event loop accepted while the slot was taken, and keeps
+ * waiting, is not passed by clients still in the backlog. When the slot frees, every loop is
+ * woken; one that kept no client used to accept the next one from the backlog and take the
+ * slot, again and again (on io_uring the first client waited until the last had left). */
+static void waiting_not_passed(const char *model) {
+        enum { WAITING = 8 };
+        Hellod *d = hellod_start("max_connections = 1;\noverload = \"queue\";\n%s\n", model);
+        int served, waiting[WAITING], order[WAITING];
+
+        served = client_connect_greeted("127.0.0.1", d->port, NULL, HELLOD_GREETING, HELLOD_ERR_BUSY);
+        for (int i = 0; i < WAITING; i++) {
+                waiting[i] = client_connect(d->port); /* each accepted, or in the backlog, in turn */
+        }
+        client_expect_silence(waiting[0], 200);
+        for (int turn = 0; turn < WAITING; turn++) {
+                client_send_str(served, "exit\n");
+                client_expect_eof(served, false);
+                client_close(served);
+                served = -1;
+                for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS; served < 0; harness_sleep_ms(5)) {
+                        if (harness_now_ms() > end)
+                                hellod_fail(d, "%s: turn %d: no waiting client was greeted", model, turn);
+                        for (int i = 0; i < WAITING && served < 0; i++)
+                                if (waiting[i] >= 0 && client_wait_readable(waiting[i], 0)) {
+                                        client_expect_str(waiting[i], HELLOD_GREETING);
+                                        served = waiting[i];
+                                        waiting[i] = -1;
+                                        order[turn] = i;
+                                }
+                }
+        }
+        /* With two loops at most two clients wait in them (one each; per connection, the
+         * thread that raced another for the slot keeps one), all accepted before any client
+         * of the backlog: the first is served first or second. */
+        for (int turn = 0; turn < WAITING; turn++)
+                if (order[turn] == 0 && turn > 1)
+                        hellod_fail(d, "%s: the first client to wait was served %d-th, after %d newer ones", model,
+                                    turn + 1, turn);
+        client_send_str(served, "exit\n");
+        client_expect_eof(served, false);
+        client_close(served);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+Test(access, overload_queue_a_waiting_client_is_not_passed_by_the_backlog, .timeout = 120) {
+        waiting_not_passed("workers = 2; io_backend = \"epoll\";");
+        waiting_not_passed("workers = 2; io_backend = \"io_uring\";");
+        waiting_not_passed("workers = \"per-connection\";");
+}
+
 /* A stop while clients queue: the client served is told the server is shutting down, and no
  * queued client is greeted, whether the kernel still holds it in the backlog (reset when the
  * listener closes) or a loop has accepted it already (io_uring's armed accepts complete while

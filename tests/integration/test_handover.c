@@ -1278,8 +1278,8 @@ Test(handover, conversations_ending_during_the_hand_over_end_cleanly, .timeout =
 }
 
 /* waiting_client_crosses_to: a client accepted while every slot was taken (overload = "queue":
- * io_uring's armed accept takes one while the server is full) waits in the engine, never
- * greeted. At a restart it goes to the next process, on TO, which greets it at once and serves
+ * with two io_uring loops, the other loop's accept, armed before the server filled, takes one
+ * while it is full) waits in the engine, never greeted. At a restart it goes to the next process, on TO, which greets it at once and serves
  * it, as it goes on with the conversations handed over; the clients still in the socket's
  * backlog are greeted as slots free. It used to be closed without a word. */
 static void waiting_client_crosses_to(const char *to) {
@@ -1288,7 +1288,7 @@ static void waiting_client_crosses_to(const char *to) {
 
         harness_step("from io_uring to %s", to);
         rig_start(&r);
-        rig_serve(&r, "%s%s", MODEL("io_uring", 1), limits);
+        rig_serve(&r, "%s%s", MODEL("io_uring", 2), limits);
         not_fallen_back(r.d);
         int served = client_connect(r.port);
         client_expect_str(served, HELLOD_GREETING);
@@ -1331,7 +1331,7 @@ Test(handover, a_hand_over_that_cannot_begin_is_a_stop, .timeout = 60) {
         Rig r;
 
         rig_start(&r);
-        rig_serve(&r, "%s%s", MODEL("io_uring", 1), limits);
+        rig_serve(&r, "%s%s", MODEL("io_uring", 2), limits);
         not_fallen_back(r.d);
         int served = client_connect(r.port);
         client_expect_str(served, HELLOD_GREETING);
@@ -1365,7 +1365,7 @@ Test(handover, always_a_failed_hand_over_after_a_waiting_client_still_greets_it,
         Rig r;
 
         rig_start(&r);
-        rig_serve(&r, "%s%s", MODEL("io_uring", 1), limits);
+        rig_serve(&r, "%s%s", MODEL("io_uring", 2), limits);
         not_fallen_back(r.d);
         int served = client_connect(r.port);
         client_expect_str(served, HELLOD_GREETING);

@@ -125,12 +125,15 @@ static unsigned admitted;
  * with every slot taken; the hand-over gives them to handed_over_waiting, into GIVEN. */
 static bool queue_everyone;
 static unsigned left_waiting, given;
+static unsigned waited_again; /* admit() calls for a client that had been left waiting */
 static int given_fds[4];
 
 static Session *test_admit(void *userdata, int fd, const struct sockaddr *peer, const Listener *via, bool *queued) {
         Session *s;
 
         (void) userdata;
+        if (queued && *queued)
+                __atomic_add_fetch(&waited_again, 1, __ATOMIC_RELEASE);
         if (queued && __atomic_load_n(&queue_everyone, __ATOMIC_ACQUIRE)) {
                 *queued = true;
                 __atomic_add_fetch(&left_waiting, 1, __ATOMIC_RELEASE);
@@ -671,6 +674,16 @@ ParameterizedTest(int *model, engine, a_waiting_client_is_given_at_the_hand_over
                 (void) usleep(10000);
         }
         cr_expect(!readable_within(client, 200), "a client left waiting was greeted, or closed");
+        cr_expect_eq(engine_waiting(b.engine), 1, "the engine counts %u clients waiting", engine_waiting(b.engine));
+
+        /* A slot frees: the client is admitted again, as one that waited, and waits on. */
+        engine_slot_freed(b.engine);
+        for (int ms = 0; __atomic_load_n(&waited_again, __ATOMIC_ACQUIRE) == 0; ms += 10) {
+                cr_assert_lt(ms, WAIT_MS, "the waiting client was not admitted again after a slot freed");
+                (void) usleep(10000);
+        }
+        cr_expect_eq(__atomic_load_n(&left_waiting, __ATOMIC_ACQUIRE), 2);
+        cr_expect_eq(engine_waiting(b.engine), 1, "the engine counts %u clients waiting", engine_waiting(b.engine));
 
         engine_set_listeners(b.engine, &(ListenerSet) { 0 }); /* as the server's stop does */
         cr_assert_eq(engine_hand_over(b.engine, WAIT_MS), 0);
@@ -682,7 +695,7 @@ ParameterizedTest(int *model, engine, a_waiting_client_is_given_at_the_hand_over
         close(client);
         close(l.fd);
         __atomic_store_n(&queue_everyone, false, __ATOMIC_RELEASE);
-        left_waiting = given = 0;
+        left_waiting = given = waited_again = 0;
         conf_unref(b.conf);
 }
 
