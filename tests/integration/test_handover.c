@@ -1277,27 +1277,38 @@ Test(handover, conversations_ending_during_the_hand_over_end_cleanly, .timeout =
         }
 }
 
+/* One slot, and clients beyond it wait (overload = "queue"). */
+#define QUEUE_OF_ONE "max_connections = 1;\noverload = \"queue\";\n"
+
+/* rig_serve_one_and_park_one: R started on two io_uring loops with one slot (EXTRA: more
+ * settings): *SERVED greeted, *WAITING accepted by the other loop's accept (armed before the
+ * slot was taken) and kept waiting in that loop, never greeted. */
+static void rig_serve_one_and_park_one(Rig *r, const char *extra, int *served, int *waiting) {
+        rig_start(r);
+        rig_serve(r, "%s" QUEUE_OF_ONE "%s", MODEL("io_uring", 2), extra);
+        not_fallen_back(r->d);
+        *served = client_connect(r->port);
+        client_expect_str(*served, HELLOD_GREETING);
+        *waiting = client_connect(r->port);
+        client_expect_silence(*waiting, 300);
+}
+
 /* waiting_client_crosses_to: a client accepted while every slot was taken (overload = "queue":
  * with two io_uring loops, the other loop's accept, armed before the server filled, takes one
  * while it is full) waits in the engine, never greeted. At a restart it goes to the next process, on TO, which greets it at once and serves
  * it, as it goes on with the conversations handed over; the clients still in the socket's
  * backlog are greeted as slots free. It used to be closed without a word. */
 static void waiting_client_crosses_to(const char *to) {
-        static const char limits[] = "max_connections = 1;\noverload = \"queue\";\nlog_level = \"info\";\n";
+        int served, waiting;
         Rig r;
 
         harness_step("from io_uring to %s", to);
-        rig_start(&r);
-        rig_serve(&r, "%s%s", MODEL("io_uring", 2), limits);
-        not_fallen_back(r.d);
-        int served = client_connect(r.port);
-        client_expect_str(served, HELLOD_GREETING);
-        int waiting = client_connect(r.port), backlog = client_connect(r.port);
-        client_expect_silence(waiting, 300);
+        rig_serve_one_and_park_one(&r, "log_level = \"info\";\n", &served, &waiting);
+        int backlog = client_connect(r.port);
         client_expect_silence(backlog, 0);
         stop_and_wait(r.d);
         store_wait(r.d, &r.st, "state", 1);
-        hellod_write_config(r.d, "%s%s", MODEL(to, 1), limits);
+        hellod_write_config(r.d, "%s" QUEUE_OF_ONE "log_level = \"info\";\n", MODEL(to, 1));
         store_start_hellod(r.d, &r.st, r.listener);
         hellod_wait_stderr(r.d, "resumed");
         client_expect_str(waiting, HELLOD_GREETING);
@@ -1327,16 +1338,10 @@ Test(handover, a_client_waiting_for_a_slot_is_greeted_by_the_next_process, .time
  * that waited for a slot, kept waiting while a hand-over was on its way, is told at once. With
  * the server still marked handing over it was closed without a word. */
 Test(handover, a_hand_over_that_cannot_begin_is_a_stop, .timeout = 60) {
-        static const char limits[] = "max_connections = 1;\noverload = \"queue\";\n";
+        int served, waiting;
         Rig r;
 
-        rig_start(&r);
-        rig_serve(&r, "%s%s", MODEL("io_uring", 2), limits);
-        not_fallen_back(r.d);
-        int served = client_connect(r.port);
-        client_expect_str(served, HELLOD_GREETING);
-        int waiting = client_connect(r.port);
-        client_expect_silence(waiting, 300);
+        rig_serve_one_and_park_one(&r, "", &served, &waiting);
 
         harness_step("PID 1's socket gone, then the stop");
         store_stop(&r.st);
@@ -1361,16 +1366,10 @@ Test(handover, a_hand_over_that_cannot_begin_is_a_stop, .timeout = 60) {
  * that waited for a slot is among them: the hand-over greets it before it stores it, or it
  * would wait for a greeting that never comes. (The test empties the state itself.) */
 Test(handover, always_a_failed_hand_over_after_a_waiting_client_still_greets_it, .timeout = 60) {
-        static const char limits[] = "max_connections = 1;\noverload = \"queue\";\n";
+        int served, waiting;
         Rig r;
 
-        rig_start(&r);
-        rig_serve(&r, "%s%s", MODEL("io_uring", 2), limits);
-        not_fallen_back(r.d);
-        int served = client_connect(r.port);
-        client_expect_str(served, HELLOD_GREETING);
-        int waiting = client_connect(r.port);
-        client_expect_silence(waiting, 300);
+        rig_serve_one_and_park_one(&r, "", &served, &waiting);
         stop_and_wait(r.d);
         store_wait(r.d, &r.st, "state", 1);
         store_wait(r.d, &r.st, "c", 2);
@@ -1384,7 +1383,7 @@ Test(handover, always_a_failed_hand_over_after_a_waiting_client_still_greets_it,
                         cr_assert_geq(r.st.fds[i], 0);
                 }
         pthread_mutex_unlock(&r.st.lock);
-        hellod_write_config(r.d, "workers = 1;\nio_backend = \"epoll\";\nhandover = \"always\";\n%s", limits);
+        hellod_write_config(r.d, "workers = 1;\nio_backend = \"epoll\";\nhandover = \"always\";\n" QUEUE_OF_ONE);
         store_start_hellod(r.d, &r.st, r.listener);
         hellod_wait_stderr(r.d, "kept in the store");
         client_expect_str(waiting, HELLOD_GREETING);

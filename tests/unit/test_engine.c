@@ -421,6 +421,28 @@ static double seconds_now(void) {
         return (double) t.tv_sec + (double) t.tv_nsec / 1e9;
 }
 
+/* recv_exactly: N bytes from FD into BUF (FD has a receive timeout). */
+static void recv_exactly(int fd, char *buf, size_t n) {
+        for (size_t have = 0; have < n;) {
+                ssize_t k = recv(fd, buf + have, n - have, 0);
+                cr_assert_gt(k, 0, "after %zu of %zu bytes", have, n);
+                have += (size_t) k;
+        }
+}
+
+/* idle_timeout_in: the seconds until FD's next line, which must be the idle timeout's. */
+static double idle_timeout_in(int fd) {
+        char line[64];
+        double from = seconds_now();
+        ssize_t k = recv(fd, line, sizeof(line) - 1, 0);
+        double waited = seconds_now() - from;
+
+        cr_assert_gt(k, 0);
+        line[k] = '\0';
+        cr_expect_str_eq(line, "ERR idle timeout\r\n");
+        return waited;
+}
+
 /* The per-connection model answers input it starts with (bytes that came with a PROXY header,
  * or a resumed session's) before its first read. Those lines are activity like any other: when
  * their replies take long to be read, the idle timeout counts from the last of them written,
@@ -435,8 +457,8 @@ Test(engine, per_connection_idle_timeout_after_slowly_read_kept_replies, .timeou
         struct sockaddr_in peer = { .sin_family = AF_INET, .sin_port = htons(4242),
                                     .sin_addr.s_addr = htonl(0x7f000001) };
         struct timeval tv = { .tv_sec = WAIT_MS / 1000 };
-        size_t want = strlen("Welcome!\r\n") + LINES * (sizeof(prefix) - 1 + 3), have = 0;
-        char *buf = malloc(want), line[64];
+        size_t want = strlen("Welcome!\r\n") + LINES * (sizeof(prefix) - 1 + 3);
+        char *buf = malloc(want);
         Session *s;
         int sv[2];
 
@@ -450,17 +472,8 @@ Test(engine, per_connection_idle_timeout_after_slowly_read_kept_replies, .timeou
         s->in_len = 2 * LINES;
         cr_assert_eq(engine_add(b.engine, s), 0);
         usleep(1500000); /* the daemon's writes block meanwhile */
-        while (have < want) {
-                ssize_t k = recv(sv[1], buf + have, want - have, 0);
-                cr_assert_gt(k, 0, "after %zu of %zu bytes", have, want);
-                have += (size_t) k;
-        }
-        double replies_read = seconds_now();
-        ssize_t k = recv(sv[1], line, sizeof(line) - 1, 0);
-        double waited = seconds_now() - replies_read;
-        cr_assert_gt(k, 0);
-        line[k] = '\0';
-        cr_expect_str_eq(line, "ERR idle timeout\r\n");
+        recv_exactly(sv[1], buf, want);
+        double waited = idle_timeout_in(sv[1]);
         /* The last replies left the daemon as the client read them (1.5 s in): the timeout
          * comes idle_timeout (2 s) later, not at 2 s from the start. */
         cr_expect_gt(waited, 1.5, "ERR idle timeout came %.2f s after the replies were read", waited);
@@ -479,7 +492,7 @@ Test(engine, per_connection_idle_timeout_after_kept_output_is_taken, .timeout = 
         struct sockaddr_in peer = { .sin_family = AF_INET, .sin_port = htons(4242),
                                     .sin_addr.s_addr = htonl(0x7f000001) };
         struct timeval tv = { .tv_sec = WAIT_MS / 1000 };
-        char *buf = malloc(KEPT), line[64];
+        char *buf = malloc(KEPT);
         Session *s;
         int sv[2];
 
@@ -498,17 +511,8 @@ Test(engine, per_connection_idle_timeout_after_kept_output_is_taken, .timeout = 
         s->timer.at = now_usec() + CAME_WITH_MS * 1000u; /* the write deadline it came with */
         cr_assert_eq(engine_add(b.engine, s), 0);
         usleep(READ_AT_MS * 1000);
-        for (size_t have = 0; have < KEPT;) {
-                ssize_t k = recv(sv[1], buf + have, KEPT - have, 0);
-                cr_assert_gt(k, 0, "after %zu of %d bytes", have, (int) KEPT);
-                have += (size_t) k;
-        }
-        double replies_read = seconds_now();
-        ssize_t k = recv(sv[1], line, sizeof(line) - 1, 0);
-        double waited = seconds_now() - replies_read;
-        cr_assert_gt(k, 0);
-        line[k] = '\0';
-        cr_expect_str_eq(line, "ERR idle timeout\r\n");
+        recv_exactly(sv[1], buf, KEPT);
+        double waited = idle_timeout_in(sv[1]);
         /* Taken 0.4 s in: the timeout comes idle_timeout (2 s) after that, not at the 1 s
          * the session came with. */
         cr_expect_gt(waited, 1.5, "ERR idle timeout came %.2f s after the kept replies were read", waited);
