@@ -175,23 +175,40 @@ static unsigned somaxconn(void) {
         return value;
 }
 
-/* departing: whether OLD holds a socket that WANT does not keep. */
-static bool departing(const ListenerSet *old, const ListenerSet *want) {
-        for (size_t i = 0; old && i < old->n; i++)
-                if (old->items[i].fd >= 0 && !contains(want, &old->items[i]))
+/* port_of: L's port, in host order (0 for a family without one). */
+static unsigned port_of(const Listener *l) {
+        if (l->addr.ss_family == AF_INET)
+                return ntohs(((const struct sockaddr_in *) &l->addr)->sin_port);
+        if (l->addr.ss_family == AF_INET6)
+                return ntohs(((const struct sockaddr_in6 *) &l->addr)->sin6_port);
+        return 0;
+}
+
+/* holds_port_of: whether OLD has a socket that WANT does not keep on L's family and port:
+ * binding "127.0.0.1:P" fails with EADDRINUSE while the old "0.0.0.0:P" is open. */
+static bool holds_port_of(const ListenerSet *old, const ListenerSet *want, const Listener *l) {
+        for (size_t i = 0; old && i < old->n; i++) {
+                const Listener *o = &old->items[i];
+                if (o->fd >= 0 && !contains(want, o) && o->addr.ss_family == l->addr.ss_family &&
+                    port_of(o) == port_of(l))
                         return true;
+        }
         return false;
 }
 
-/* release_departing: closes the sockets of OLD that WANT does not keep. Binding "127.0.0.1:P"
- * fails with EADDRINUSE while the old "0.0.0.0:P" is open, so such a move frees the port
- * first. Their entries keep the address, with fd -1. */
-static void release_departing(ListenerSet *old, const ListenerSet *want) {
+/* release_departing: closes the sockets of OLD that WANT does not keep and that hold the port
+ * of an entry of WANT marked in PORT_HELD, so that such a move frees the port first. Their
+ * entries keep the address, with fd -1. */
+static void release_departing(ListenerSet *old, const ListenerSet *want, const bool *port_held) {
         for (size_t i = 0; old && i < old->n; i++) {
-                Listener *l = &old->items[i];
-                if (l->fd >= 0 && !contains(want, l)) {
-                        close(l->fd);
-                        l->fd = -1;
+                Listener *o = &old->items[i];
+                bool holds = false;
+                for (size_t j = 0; j < want->n && !holds; j++)
+                        holds = port_held[j] && o->addr.ss_family == want->items[j].addr.ss_family &&
+                                port_of(o) == port_of(&want->items[j]);
+                if (o->fd >= 0 && holds && !contains(want, o)) {
+                        close(o->fd);
+                        o->fd = -1;
                 }
         }
 }
@@ -247,7 +264,7 @@ static ssize_t bind_new(const Conf *conf, ListenerSet *want, ListenerSet *old, b
                         continue;
                 }
                 int r = open_socket(l, conf->backlog);
-                if (r == -EADDRINUSE && departing(old, want)) {
+                if (r == -EADDRINUSE && holds_port_of(old, want, l)) {
                         port_held[i] = true;
                         usable++;
                         continue;
@@ -297,7 +314,7 @@ int listeners_reopen(const Conf *conf, const ListenersReopen *how, ListenerSet *
         for (size_t i = 0; i < want.n; i++)
                 waiting |= port_held[i];
         if (waiting)
-                release_departing(old, &want);
+                release_departing(old, &want, port_held);
         for (size_t i = 0; i < want.n && waiting; i++) {
                 Listener *l = &want.items[i];
                 if (port_held[i] && (r = open_socket(l, conf->backlog)) < 0) {

@@ -37,9 +37,9 @@ int listeners_open(const Conf *conf, ListenerSet *ret, char *err, size_t err_siz
 typedef struct ListenersReopen {
         ListenerSet *old;     /* the running set */
         unsigned old_backlog; /* the backlog its sockets were bound with */
-        /* Called once, before OLD is first changed (and only if it is): from then on no one
-         * may accept from OLD's sockets until the caller hands the result (or, on failure,
-         * OLD) out again. */
+        /* Called once every new address is bound, before OLD is first changed (not when the
+         * reload fails before that): from then on no one may accept from OLD's sockets until
+         * the caller hands the result (or, on failure, OLD) out again. */
         void (*pause)(void *userdata);
         void *userdata;
 } ListenersReopen;

@@ -471,11 +471,13 @@ Test(lifecycle, sighup_reconciles_listeners, .timeout = 60) {
         hellod_free(d);
 }
 
-/* A reload that fails on one address touches none of the running listeners: clients waiting
- * in the backlog of the wildcard socket (every slot taken, overload = "queue") stay there and
- * are served once a slot frees. The reload used to close that socket to free its port for
- * "127.0.0.1", then fail on the next address and bind it anew: they met a reset. */
-Test(lifecycle, a_failed_reload_keeps_the_backlog, .timeout = 60) {
+/* failed_reload_keeps_the_backlog_with: a reload that fails on one address (SECOND, beside
+ * "127.0.0.1", which needs the running wildcard socket's port) touches none of the running
+ * listeners: clients waiting in the wildcard socket's backlog (every slot taken, overload =
+ * "queue") stay there and are served once a slot frees, whichever is greeted first. The reload
+ * used to close that socket to free its port for "127.0.0.1", then fail on SECOND and bind it
+ * anew: they met a reset. */
+static void failed_reload_keeps_the_backlog_with(const char *second) {
         static const char limits[] = "max_connections = 1;\noverload = \"queue\";\n";
         enum { WAITING = 3 };
         Hellod *d = hellod_new();
@@ -486,26 +488,50 @@ Test(lifecycle, a_failed_reload_keeps_the_backlog, .timeout = 60) {
         hellod_wait_ready(d);
         int served = client_connect(d->port);
         client_expect_str(served, HELLOD_GREETING);
-        for (int i = 0; i < WAITING; i++) /* one may wait in a loop, the others in the backlog */
+        for (int i = 0; i < WAITING; i++) /* some may wait in a loop, the others in the backlog */
                 waiting[i] = client_connect(d->port);
         client_expect_silence(waiting[WAITING - 1], 200);
 
-        harness_step("a reload to 127.0.0.1 and an address not on this host");
-        hellod_write_config(d, "listen = [\"127.0.0.1\", \"192.0.2.1\"];\nport = %u;\n%s", (unsigned) d->port,
+        harness_step("a reload to 127.0.0.1 and %s", second);
+        hellod_write_config(d, "listen = [\"127.0.0.1\", \"%s\"];\nport = %u;\n%s", second, (unsigned) d->port,
                             limits);
         hellod_signal(d, SIGHUP);
         hellod_wait_stderr(d, "reload failed");
-        client_send_str(served, "exit\n");
-        client_expect_eof(served, false);
-        client_close(served);
-        for (int i = 0; i < WAITING; i++) {
-                client_expect_str(waiting[i], HELLOD_GREETING);
-                client_send_str(waiting[i], "exit\n");
-                client_expect_eof(waiting[i], false);
-                client_close(waiting[i]);
+        for (int left = WAITING; left >= 0; left--) {
+                client_send_str(served, "exit\n");
+                client_expect_eof(served, false);
+                client_close(served);
+                served = -1;
+                for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS; left > 0 && served < 0; harness_sleep_ms(5)) {
+                        if (harness_now_ms() > end)
+                                hellod_fail(d, "%s: none of %d waiting clients was greeted", second, left);
+                        for (int i = 0; i < WAITING && served < 0; i++)
+                                if (waiting[i] >= 0 && client_wait_readable(waiting[i], 0)) {
+                                        client_expect_str(waiting[i], HELLOD_GREETING);
+                                        served = waiting[i];
+                                        waiting[i] = -1;
+                                }
+                }
+                if (left == 0)
+                        break;
         }
         hellod_stop_clean(d);
         hellod_free(d);
+}
+
+Test(lifecycle, a_failed_reload_keeps_the_backlog, .timeout = 60) {
+        char taken_at[32];
+        uint16_t taken = harness_pick_port();
+        struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(taken),
+                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        int blocker = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0); /* another process's port, say */
+
+        cr_assert(blocker >= 0 && bind(blocker, (struct sockaddr *) &a, sizeof(a)) == 0 && listen(blocker, 1) == 0);
+
+        failed_reload_keeps_the_backlog_with("192.0.2.1"); /* not on this host */
+        snprintf(taken_at, sizeof(taken_at), "127.0.0.1:%u", (unsigned) taken);
+        failed_reload_keeps_the_backlog_with(taken_at); /* in use, but not by hellod */
+        close(blocker);
 }
 
 /* Moving a port from the wildcard address to a specific one: the old socket holds the port,
