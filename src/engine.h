@@ -106,9 +106,12 @@ typedef struct EngineOps {
 struct Engine {
         const EngineOps *ops;
         EngineHooks hooks;
-        /* atomic: clients admit() left waiting (QUEUED) that the engine holds now. While there
-         * are any, a client accepted after them waits too, and accepting waits (must_wait), so
-         * that none of them is passed by a client from the backlog. */
+        /* atomic: clients left waiting (QUEUED) that the engine holds now, counted by admit()
+         * under the server's lock as it tells a client to wait and takes a waiting one back (an
+         * engine counts only what it keeps without asking admit(), and gives back the count of a
+         * client it cannot keep after all). While there are any, a client accepted after them
+         * waits too, and accepting waits (must_wait), so that none of them is passed by a client
+         * from the backlog. */
         unsigned waiting;
 };
 

@@ -448,20 +448,16 @@ static void arm(PerConn *p, size_t i) {
         listen_ctl(p, EPOLL_CTL_MOD, i);
 }
 
-/* queue_put, queue_take: queued_put() and queued_take() under queue_lock, counted in the
- * engine's waiting clients. */
+/* queue_put, queue_take: queued_put() and queued_take() under queue_lock. */
 static void queue_put(PerConn *p, QueuedClient **head, QueuedClient *q, bool front) {
         pthread_mutex_lock(&p->queue_lock);
         queued_put(head, q, front);
-        engine_waiting_add(&p->engine, 1);
         pthread_mutex_unlock(&p->queue_lock);
 }
 
 static QueuedClient *queue_take(PerConn *p, QueuedClient **head) {
         pthread_mutex_lock(&p->queue_lock);
         QueuedClient *q = queued_take(head);
-        if (q)
-                engine_waiting_add(&p->engine, -1);
         pthread_mutex_unlock(&p->queue_lock);
         return q;
 }
@@ -578,6 +574,7 @@ static Session *take_connection(PerConn *p, uint64_t key, bool *leave) {
                  * listener, or a resume()) waits in this one, disarmed until resume(). */
                 QueuedClient *q = queued ? queued_new(fd, &peer, l) : NULL;
                 if (queued && !q) { /* cannot keep it waiting: the server decides now */
+                        engine_waiting_add(&p->engine, -1);
                         if ((s = hooks->admit(hooks->userdata, fd, (const struct sockaddr *) &peer, l, NULL)))
                                 s->engine = &p->engine;
                         arm(p, i);

@@ -573,12 +573,10 @@ static void admit_queued(Loop *l) {
         if (fd < 0)
                 return;
         l->queued_fd = -1;
-        engine_waiting_add(&l->base.set->engine, -1);
         Session *s = hooks->admit(hooks->userdata, fd, (const struct sockaddr *) &l->queued_peer, &l->queued_via,
                                   &queued);
         if (queued) {
                 l->queued_fd = fd;
-                engine_waiting_add(&l->base.set->engine, 1);
                 l->waiting_slot = true;
         } else if (s) {
                 begin(l, s);
@@ -629,7 +627,6 @@ static void on_listener(Loop *l, const Listener *via) {
                 Session *s = hooks->admit(hooks->userdata, fd, (const struct sockaddr *) &peer, via, &queued);
                 if (queued) { /* another loop took the last slot since must_wait() */
                         l->queued_fd = fd;
-                        engine_waiting_add(&l->base.set->engine, 1);
                         l->queued_peer = peer;
                         l->queued_via = *via;
                         l->waiting_slot = true;

@@ -376,6 +376,7 @@ static Session *register_session(Server *s, int *fd, const struct sockaddr *peer
         if (queued && conf->overload == OVERLOAD_QUEUE && (full || (!waited && engine_waiting(s->engine) > 0))) {
                 s->slots = conf->max_connections;
                 s->waiting_for_slot = *queued = true;
+                engine_waiting_add(s->engine, 1);
         } else if (s->n_active >= conf->max_connections) {
                 *reason = "max-connections";
                 *detail = "server busy (max_connections reached)";
@@ -429,6 +430,12 @@ static Session *admit(Server *s, int fd, const struct sockaddr *peer, const List
         if (via->proxy && !s->engine->ops->reads_proxy) {
                 /* A PROXY listener added by a reload to the io_uring pool (which left PROXY
                  * listeners to epoll at start): never greet before the header. */
+                if (waited) {
+                        pthread_mutex_lock(&s->lock);
+                        engine_waiting_add(s->engine, -1);
+                        wake_if_slot_free(s);
+                        pthread_mutex_unlock(&s->lock);
+                }
                 close(fd);
                 count_refusal(s);
                 log_refusal(s, addr_format(peer, name, sizeof(name)), "proxy-unsupported",
@@ -437,10 +444,13 @@ static Session *admit(Server *s, int fd, const struct sockaddr *peer, const List
                 return NULL;
         }
         pthread_mutex_lock(&s->lock);
+        if (waited) /* its turn: counted again if it must wait on */
+                engine_waiting_add(s->engine, -1);
         if (s->stopping && s->handing_over && queued) {
                 /* Accepted while every slot was taken, and now the hand-over: it waits on in
                  * the engine, which gives it to the next process (handed_over_waiting). */
                 *queued = true;
+                engine_waiting_add(s->engine, 1);
         } else if (s->stopping) {
                 reason = "shutting-down";
                 detail = "hellod is stopping";

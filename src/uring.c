@@ -755,7 +755,6 @@ static bool park(Loop *l, int fd, const struct sockaddr_storage *peer, const Lis
         if (!q)
                 return false;
         queued_put(&l->parked, q, front);
-        engine_waiting_add(&l->base.set->engine, 1);
         l->waiting_slot = true;
         return true;
 }
@@ -767,8 +766,10 @@ static void admit(Loop *l, int fd, const struct sockaddr_storage *peer, const Li
         bool queued = front; /* FRONT: it waited (admit_parked) */
         Session *s = hooks->admit(hooks->userdata, fd, (const struct sockaddr *) peer, via, &queued);
 
-        if (queued && !park(l, fd, peer, via, front)) /* cannot wait: the server decides now */
+        if (queued && !park(l, fd, peer, via, front)) { /* cannot wait: the server decides now */
+                engine_waiting_add(&l->base.set->engine, -1);
                 s = hooks->admit(hooks->userdata, fd, (const struct sockaddr *) peer, via, NULL);
+        }
         if (!s)
                 return;
         __atomic_add_fetch(&l->base.n_sessions, 1, __ATOMIC_RELAXED);
@@ -781,7 +782,6 @@ static void admit(Loop *l, int fd, const struct sockaddr_storage *peer, const Li
 static void admit_parked(Loop *l) {
         while (l->parked && !l->waiting_slot) {
                 QueuedClient *q = queued_take(&l->parked);
-                engine_waiting_add(&l->base.set->engine, -1);
                 admit(l, q->fd, &q->peer, &q->via, true);
                 free(q);
         }
@@ -800,8 +800,11 @@ static void on_accept(Loop *l, Acceptor *a, int res) {
         }
         if (res >= 0) {
                 /* Accepted a moment too late: it waits here, as in the backlog. */
-                if (hooks->must_wait(hooks->userdata) && park(l, res, &a->peer, a->via, false))
+                if (hooks->must_wait(hooks->userdata) && park(l, res, &a->peer, a->via, false)) {
+                        /* Counted here: admit() counts the clients it tells to wait. */
+                        engine_waiting_add(&l->base.set->engine, 1);
                         return;
+                }
                 admit(l, res, &a->peer, a->via, false);
                 return;
         }
