@@ -550,7 +550,17 @@ Test(limits, out_of_threads_new_clients_are_told_busy_then_served_again, .timeou
 
         harness_step("a client is served; then no thread more can be started");
         served = connect_served(d->port, NULL); /* its thread started one to wait before greeting */
-        (void) snprintf(value, sizeof(value), "%ld", cgroup_read(cgroup, "pids.current"));
+        /* The cap at the threads there are once none is starting or leaving (a busy machine may
+         * still be finishing one): read until two reads 200 ms apart agree. */
+        long current = cgroup_read(cgroup, "pids.current");
+        for (int64_t end = harness_now_ms() + 5000; harness_now_ms() < end;) {
+                harness_sleep_ms(200);
+                long again = cgroup_read(cgroup, "pids.current");
+                if (again == current)
+                        break;
+                current = again;
+        }
+        (void) snprintf(value, sizeof(value), "%ld", current);
         cgroup_write(cgroup, "pids.max", value);
 
         harness_step("the next clients are told busy at once");
