@@ -1408,6 +1408,16 @@ bool client_wait_readable(int fd, int ms) {
         return wait_fd(fd, POLLIN, harness_now_ms() + ms);
 }
 
+int hellod_next_greeted(Hellod *d, const int *fds, int n) {
+        for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS; harness_now_ms() <= end; harness_sleep_ms(5))
+                for (int i = 0; i < n; i++)
+                        if (fds[i] >= 0 && client_wait_readable(fds[i], 0)) {
+                                client_expect_str(fds[i], HELLOD_GREETING);
+                                return i;
+                        }
+        hellod_fail(d, "none of the waiting clients was greeted");
+}
+
 void client_expect_silence(int fd, int ms) {
         int64_t deadline = harness_now_ms() + ms;
         char got[256], esc[1024];

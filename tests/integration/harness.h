@@ -228,6 +228,10 @@ void client_expect_eof_after(int fd, const char *optional);
 bool client_wait_readable(int fd, int ms);
 /* client_expect_silence: nothing (no data, no EOF) arrives for MS milliseconds. */
 void client_expect_silence(int fd, int ms);
+/* hellod_next_greeted: waits for the first of the waiting clients FDS[0..N) (entries < 0 are
+ * skipped) to be greeted, reads its greeting and returns its index; fails with D's stderr if
+ * none is within HARNESS_TIMEOUT_MS. For overload = "queue", where the order is the question. */
+int hellod_next_greeted(Hellod *d, const int *fds, int n);
 /* client_hello: sends "NAME\n" and expects "Hello, NAME!\r\n". */
 void client_hello(int fd, const char *name);
 void client_close(int fd);

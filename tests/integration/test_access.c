@@ -179,9 +179,11 @@ Test(access, overload_queue_holds_new_clients_until_a_slot_frees, .timeout = 60)
  * slot, again and again (on io_uring the first client waited until the last had left). */
 static void waiting_not_passed(const char *model) {
         enum { WAITING = 8 };
-        Hellod *d = hellod_start("max_connections = 1;\noverload = \"queue\";\n%s\n", model);
         int served, waiting[WAITING], order[WAITING];
+        Hellod *d;
 
+        harness_step("%s", model);
+        d = hellod_start("max_connections = 1;\noverload = \"queue\";\n%s\n", model);
         served = client_connect_greeted("127.0.0.1", d->port, NULL, HELLOD_GREETING, HELLOD_ERR_BUSY);
         for (int i = 0; i < WAITING; i++) {
                 waiting[i] = client_connect(d->port); /* each accepted, or in the backlog, in turn */
@@ -191,18 +193,9 @@ static void waiting_not_passed(const char *model) {
                 client_send_str(served, "exit\n");
                 client_expect_eof(served, false);
                 client_close(served);
-                served = -1;
-                for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS; served < 0; harness_sleep_ms(5)) {
-                        if (harness_now_ms() > end)
-                                hellod_fail(d, "%s: turn %d: no waiting client was greeted", model, turn);
-                        for (int i = 0; i < WAITING && served < 0; i++)
-                                if (waiting[i] >= 0 && client_wait_readable(waiting[i], 0)) {
-                                        client_expect_str(waiting[i], HELLOD_GREETING);
-                                        served = waiting[i];
-                                        waiting[i] = -1;
-                                        order[turn] = i;
-                                }
-                }
+                order[turn] = hellod_next_greeted(d, waiting, WAITING);
+                served = waiting[order[turn]];
+                waiting[order[turn]] = -1;
         }
         /* With two loops at most two clients wait in them (one each; per connection, the
          * thread that raced another for the slot keeps one), all accepted before any client
