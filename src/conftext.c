@@ -196,16 +196,25 @@ static int read_fd(int fd, size_t limit, char **ret, size_t *ret_size) {
 
 int conf_text_read(const char *path, char **ret, size_t *ret_size, ConfTextError *err) {
         char msg[128];
+        struct stat st;
         int fd, r;
 
-        /* A directory opens fine and fails in read() with EISDIR, which is the message we want. */
-        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        /* As for @include, only a regular file is read: O_NONBLOCK, for a FIFO at the path must
+         * not hang a reload (and the watchdog with it) until a writer comes. A directory opens
+         * fine and fails in read() with EISDIR, which is the message we want. */
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
         if (fd < 0)
                 r = -errno;
-        else {
+        else if (fstat(fd, &st) < 0)
+                r = -errno;
+        else if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode))
+                r = -ENOTSUP;
+        else
                 r = read_fd(fd, CONF_TEXT_SIZE_MAX, ret, ret_size);
+        if (fd >= 0)
                 (void) close(fd);
-        }
+        if (r == -ENOTSUP)
+                return text_error(err, -EINVAL, NULL, 0, "is not a regular file");
         if (r == -EFBIG)
                 return text_error(err, -EINVAL, NULL, 0, "file is larger than %d bytes", CONF_TEXT_SIZE_MAX);
         if (r < 0)

@@ -37,8 +37,9 @@ typedef struct ConfTextError {
         char message[320];
 } ConfTextError;
 
-/* conf_text_read: the main file PATH, whole: -ENOENT when it does not exist, -EINVAL for a
- * directory, a NUL byte or a file over the size bound (reason in ERR). */
+/* conf_text_read: the main file PATH, whole: -ENOENT when it does not exist, -EISDIR for a
+ * directory, -EINVAL for anything else that is not a regular file (a FIFO, a device), a NUL
+ * byte or a file over the size bound (reason in ERR). */
 int conf_text_read(const char *path, char **ret, size_t *ret_size, ConfTextError *err);
 
 /* conf_text_build: NAME's TEXT (SIZE bytes, NUL-terminated) with every `@include "FILE"` line

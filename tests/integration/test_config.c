@@ -145,6 +145,44 @@ Test(config, reload_with_bad_include_keeps_old_config, .timeout = 90) {
         hellod_free(d);
 }
 
+/* The main file, too, is read only when it is a regular file: a FIFO left at its path used to
+ * block `hellod -t` and the reload itself in open() until a writer came, the daemon's main
+ * loop (signals, the watchdog) with it. */
+Test(config, a_fifo_as_the_config_file_is_refused_promptly, .timeout = 60) {
+        Hellod *d = hellod_start("greeting = \"Before!\";\n");
+        char needle[600];
+        int fd, status;
+
+        harness_step("a reload keeps the running configuration");
+        cr_assert_eq(unlink(d->conf_path), 0);
+        cr_assert_eq(mkfifo(d->conf_path, 0644), 0);
+        hellod_signal(d, SIGHUP);
+        snprintf(needle, sizeof(needle), "reload failed, keeping the running configuration: %s: is not a regular file",
+                 d->conf_path);
+        hellod_wait_stderr(d, needle);
+        fd = client_connect(d->port);
+        client_expect_str(fd, "Before!\r\n");
+        client_close(fd);
+
+        harness_step("a good reload still works afterwards");
+        cr_assert_eq(unlink(d->conf_path), 0);
+        hellod_write_config_std(d, "greeting = \"After!\";\n");
+        hellod_signal(d, SIGHUP);
+        fd = client_connect_greeted("127.0.0.1", d->port, NULL, "After!\r\n", "Before!\r\n");
+        client_close(fd);
+        hellod_stop_clean(d);
+
+        harness_step("-t and a start refuse it");
+        cr_assert_eq(unlink(d->conf_path), 0);
+        cr_assert_eq(mkfifo(d->conf_path, 0644), 0);
+        snprintf(needle, sizeof(needle), "%s: is not a regular file", d->conf_path);
+        expect_check_fails(d, (const char *const[]) { needle, NULL });
+        hellod_spawn(d, NULL);
+        status = hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
+        cr_assert(exited_with(status, HELLOD_EXIT_CONFIG), "start with a FIFO: status %d", status);
+        hellod_free(d);
+}
+
 /* A reload runs the checks `hellod -t` and a start run: a file naming a user that does not
  * exist is refused, the running configuration kept. It used to be applied (the new greeting
  * served), and the next restart failed with 78. */

@@ -738,6 +738,27 @@ Test(conf_file, directory) {
         cr_expect_str_eq(err, "/: Is a directory");
 }
 
+/* Only a regular file is read, as for @include: a FIFO left at the path would block open()
+ * until a writer came, the reload (and the watchdog) with it, or give an empty file and so
+ * the built-in defaults; a device is no configuration either. */
+Test(conf_file, fifo_or_device, .timeout = 20) {
+        char path[PATH_MAX], want[PATH_MAX + 64], err[1024];
+        Conf *c = NULL;
+
+        close(temp_file(path, sizeof(path)));
+        unlink(path);
+        cr_assert_eq(mkfifo(path, 0644), 0, "mkfifo(%s): %s", path, strerror(errno));
+        cr_expect_eq(conf_load(path, &c, err, sizeof(err)), -EINVAL);
+        unlink(path);
+        cr_expect_null(c);
+        snprintf(want, sizeof(want), "%s: is not a regular file", path);
+        cr_expect_str_eq(err, want);
+
+        cr_expect_eq(conf_load("/dev/null", &c, err, sizeof(err)), -EINVAL);
+        cr_expect_null(c);
+        cr_expect_str_eq(err, "/dev/null: is not a regular file");
+}
+
 Test(conf_file, unreadable_file) {
         char path[PATH_MAX], want[PATH_MAX + 64], err[1024];
         Conf *c = NULL;
