@@ -67,15 +67,24 @@ static const char *spec_origin(const Conf *conf, const ListenSpec *spec) {
         return spec && spec->at ? spec->at : conf->path ? conf->path : CONF_DEFAULTS_NAME;
 }
 
+/* look_up_or_explain: look_up(), or -EADDRNOTAVAIL with the reason in ERR. */
+static int look_up_or_explain(const ListenSpec *spec, unsigned port, struct addrinfo **res, char *err,
+                              size_t err_size) {
+        int r = look_up(spec, port, res);
+
+        if (r == 0)
+                return 0;
+        snprintf(err, err_size, "cannot resolve listen address '%s': %s", spec->host,
+                 r == EAI_SYSTEM ? strerror(errno) : gai_strerror(r));
+        return -EADDRNOTAVAIL;
+}
+
 static int resolve_one(const ListenSpec *spec, unsigned port, ListenerSet *set, char *err, size_t err_size) {
         struct addrinfo *res;
-        int r = look_up(spec, port, &res);
+        int r = look_up_or_explain(spec, port, &res, err, err_size);
 
-        if (r != 0) {
-                snprintf(err, err_size, "cannot resolve listen address '%s': %s", spec->host,
-                         r == EAI_SYSTEM ? strerror(errno) : gai_strerror(r));
-                return -EADDRNOTAVAIL;
-        }
+        if (r < 0)
+                return r;
         for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
                 if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
                         continue;
@@ -684,31 +693,51 @@ static bool listener_is(const Listener *l, const struct sockaddr *sa, socklen_t 
 /* mark_entry: MARKS[i] for each listener of SET that SPEC names: by its FileDescriptorName=,
  * or by an address its host resolves to, looked up once and as listeners_resolve() does
  * ("localhost" is 127.0.0.1 and ::1: matched numerically only, a PROXY listener written so was
- * served as a plain one). */
-static void mark_entry(const ListenerSet *set, const ListenSpec *spec, unsigned port, bool *marks) {
+ * served as a plain one). A name that cannot be looked up is an error, not "no listener": the
+ * PROXY listener it names would be served as a plain one, every client taken for the balancer. */
+static int mark_entry(const ListenerSet *set, const ListenSpec *spec, unsigned port, bool *marks, char *err,
+                      size_t err_size) {
         struct addrinfo *res;
+        int r;
 
         if (spec->fdname) {
                 for (size_t i = 0; i < set->n; i++)
                         marks[i] |= strcmp(set->items[i].fdname, spec->fdname) == 0;
-                return;
+                return 0;
         }
-        if (!spec->host || look_up(spec, port, &res) != 0)
-                return;
+        if (!spec->host)
+                return 0;
+        r = look_up_or_explain(spec, port, &res, err, err_size);
+        if (r < 0)
+                return r;
         for (const struct addrinfo *ai = res; ai; ai = ai->ai_next)
                 for (size_t i = 0; i < set->n; i++)
                         marks[i] |= listener_is(&set->items[i], ai->ai_addr, ai->ai_addrlen);
         freeaddrinfo(res);
+        return 0;
 }
 
-int listeners_proxy_marks(const ListenerSet *set, const Conf *conf, bool **ret) {
+int listeners_proxy_marks(const ListenerSet *set, const Conf *conf, bool **ret, char *err, size_t err_size) {
         bool *marks = calloc(set->n > 0 ? set->n : 1, sizeof(bool));
+        char why[512];
 
-        if (!marks)
+        if (!marks) {
+                snprintf(err, err_size, "out of memory");
                 return -ENOMEM;
-        for (size_t j = 0; j < conf->n_listen; j++)
-                if (conf->listen[j].proxy_protocol)
-                        mark_entry(set, &conf->listen[j], conf->port, marks);
+        }
+        for (size_t j = 0; j < conf->n_listen; j++) {
+                const ListenSpec *spec = &conf->listen[j];
+                int r;
+
+                if (!spec->proxy_protocol)
+                        continue;
+                r = mark_entry(set, spec, conf->port, marks, why, sizeof(why));
+                if (r < 0) {
+                        snprintf(err, err_size, "%s: listen: %s", spec_origin(conf, spec), why);
+                        free(marks);
+                        return r;
+                }
+        }
         *ret = marks;
         return 0;
 }

@@ -129,10 +129,11 @@ int listeners_match_conf(const ListenerSet *inherited, const Conf *conf, char *w
 /* listeners_proxy_marks: *RET[i] (malloc'd, one per listener of SET): whether a listen entry
  * with proxy_protocol = true names the inherited listener i: by its FileDescriptorName= (the
  * entry's `name`), or by an address its host resolves to (each entry looked up once; a
- * dual-stack "[::]:P" socket stands for "0.0.0.0:P" and "[::]:P"). 0 or -ENOMEM.
+ * dual-stack "[::]:P" socket stands for "0.0.0.0:P" and "[::]:P"). 0, -ENOMEM, or
+ * -EADDRNOTAVAIL when such an entry's name cannot be looked up (ERR says which and why).
  * listeners_set_proxy: MARKS into SET's `proxy` flags, set or cleared (a reload computes the
  * marks first, with names looked up while the listeners still accept, then swaps them in). */
-int listeners_proxy_marks(const ListenerSet *set, const Conf *conf, bool **ret);
+int listeners_proxy_marks(const ListenerSet *set, const Conf *conf, bool **ret, char *err, size_t err_size);
 void listeners_set_proxy(ListenerSet *set, const bool *marks);
 
 /* listeners_report_match: logs whether the passed sockets match CONF: info when they do, a

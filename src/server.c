@@ -723,14 +723,16 @@ static int reload_listeners(Server *s, const Conf *conf, char *err, size_t err_s
 
         if (s->activated) {
                 bool *marks;
+                int r;
+
                 listeners_report_match(&s->listeners, conf);
                 /* Which passed sockets speak the PROXY protocol may have changed: the marks are
                  * worked out (names looked up) while the loops accept, then the loops take the
-                 * marked set up like a new one. */
-                if (listeners_proxy_marks(&s->listeners, conf, &marks) < 0) {
-                        snprintf(err, err_size, "out of memory");
-                        return -ENOMEM;
-                }
+                 * marked set up like a new one. A name that cannot be looked up fails the
+                 * reload: the marks stay as they were. */
+                r = listeners_proxy_marks(&s->listeners, conf, &marks, err, err_size);
+                if (r < 0)
+                        return r;
                 pause_accepting(&pause);
                 listeners_set_proxy(&s->listeners, marks);
                 free(marks);
@@ -1376,8 +1378,8 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
                 s->activated = true;
                 bool *marks;
                 listeners_report_match(&s->listeners, conf);
-                if ((r = listeners_proxy_marks(&s->listeners, conf, &marks)) < 0) {
-                        log_error_errno(r, "cannot start");
+                if ((r = listeners_proxy_marks(&s->listeners, conf, &marks, err, sizeof(err))) < 0) {
+                        log_error("%s", err);
                         goto fail;
                 }
                 listeners_set_proxy(&s->listeners, marks);

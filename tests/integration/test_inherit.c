@@ -298,9 +298,10 @@ Test(inherit, a_foreign_descriptor_is_still_an_error_that_names_it) {
 
 /* mark_proxy: the marks CONF gives SET, swapped in as a start or a reload does. */
 static void mark_proxy(ListenerSet *set, const Conf *conf) {
+        char err[512];
         bool *marks;
 
-        cr_assert_eq(listeners_proxy_marks(set, conf, &marks), 0);
+        cr_assert_eq(listeners_proxy_marks(set, conf, &marks, err, sizeof(err)), 0, "%s", err);
         listeners_set_proxy(set, marks);
         free(marks);
 }
@@ -345,6 +346,7 @@ static void check_marked(int r, const char *err, ListenerSet *set, InheritedStor
         static const char *const names[] = { "hellod-proxy", "hellod.socket", "other", "hellod.socket" };
         char why[512], desc[512];
         unsigned p1, p2, p3;
+        bool *marks;
         Conf *c;
 
         (void) store;
@@ -416,6 +418,19 @@ static void check_marked(int r, const char *err, ListenerSet *set, InheritedStor
         if (!expect_proxy(set, "0000", "without PROXY entries"))
                 return;
         conf_unref(c);
+
+        /* A PROXY entry whose name cannot be looked up is an error naming it, not "no socket":
+         * the socket it names would lose its mark, served as a plain one. (A reload looks the
+         * names up in its checks first; this is the lookup a moment later failing.) */
+        c = conf_text("listen = ( { address = \"hellod-test.invalid:%u\"; proxy_protocol = true; } );\n"
+                      "proxy_from = [ \"::1\" ];\n",
+                      p2);
+        if (!c)
+                return;
+        r = listeners_proxy_marks(set, c, &marks, why, sizeof(why));
+        conf_unref(c);
+        if (r != -EADDRNOTAVAIL || !strstr(why, "test.conf:1: listen: cannot resolve listen address 'hellod-test.invalid'"))
+                return fail("an unknown PROXY name: %d, '%s'", r, r < 0 ? why : "");
         listener_set_done(set);
 }
 

@@ -163,6 +163,62 @@ Test(proxy, socket_activated_a_proxy_entry_by_host_name_is_a_proxy_listener, .ti
         hellod_free(d);
 }
 
+/* Socket-activated, a reload whose PROXY entry names a host that cannot be looked up fails,
+ * and the passed socket stays a PROXY listener; such a file does not start hellod either. (The
+ * checks a reload runs first look the names up; the marks' own lookup failing a moment later,
+ * which used to unmark the socket in silence, is tested in inherit/.) */
+Test(proxy, socket_activated_a_proxy_name_that_cannot_be_looked_up_fails_the_reload, .timeout = 60) {
+        static const char unknown[] = "hellod-test.invalid"; /* RFC 6761: never resolves */
+        Hellod *d = hellod_new();
+        uint16_t port = harness_pick_port();
+        char plain[32], proxied[32], needle[512];
+
+        snprintf(plain, sizeof(plain), "127.0.0.1:%u", (unsigned) d->port);
+        snprintf(proxied, sizeof(proxied), "127.0.0.1:%u", (unsigned) port);
+        const char *const wrapper[] = { "/usr/bin/systemd-socket-activate", "-l", plain, "-l", proxied, NULL };
+        hellod_write_config(d,
+                            "listen = ( \"127.0.0.1:%u\", { address = \"127.0.0.1:%u\"; proxy_protocol = true; } );\n"
+                            "proxy_from = [ \"127.0.0.1\" ];\n",
+                            (unsigned) d->port, (unsigned) port);
+        hellod_spawn(d, &(HellodOpts) { .wrapper = wrapper });
+        hellod_wait_ready(d);
+
+        harness_step("a reload naming %s for the PROXY listener", unknown);
+        hellod_write_config(d,
+                            "listen = ( \"127.0.0.1:%u\", { address = \"%s:%u\"; proxy_protocol = true; } );\n"
+                            "proxy_from = [ \"127.0.0.1\" ];\n",
+                            (unsigned) d->port, unknown, (unsigned) port);
+        hellod_signal(d, SIGHUP);
+        snprintf(needle, sizeof(needle), "%s:1: listen: cannot resolve listen address '%s'", d->conf_path, unknown);
+        hellod_wait_stderr(d, needle);
+        hellod_wait_stderr(d, "reload failed");
+
+        harness_step("the passed socket still wants the header");
+        int fd = client_connect(port);
+        client_send_str(fd, "Michael\n");
+        refused_unanswered(fd);
+        fd = proxied_client(port, "192.0.2.7", 51234);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_hello(fd, "Michael");
+        client_close(fd);
+
+        harness_step("and such a file does not start the daemon");
+        hellod_stop_clean(d);
+        hellod_spawn(d, &(HellodOpts) { .wrapper = wrapper });
+        /* systemd-socket-activate starts hellod on the first connection, once it listens. */
+        for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS; (fd = client_try_connect("127.0.0.1", d->port, NULL)) < 0;
+             harness_sleep_ms(10))
+                if (harness_now_ms() > end)
+                        hellod_fail(d, "systemd-socket-activate never listened: %s", strerror(-fd));
+        int status = hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
+        client_close(fd);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) != 0, "started with an unknown PROXY name: status %d", status);
+        char *err = hellod_stderr(d);
+        cr_expect(strstr(err, needle), "stderr lacks \"%s\":\n%s", needle, err);
+        free(err);
+        hellod_free(d);
+}
+
 Test(proxy, a_direct_client_without_a_header_gets_nothing, .timeout = 60) {
         uint16_t port;
         Hellod *d = start(&port, "\"127.0.0.1\"", NULL);
