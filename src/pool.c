@@ -203,6 +203,9 @@ static int flush_kept(Loop *l, Session *s) {
                 }
                 s->out_off += (size_t) n;
         }
+        /* A session that caught up holds no buffer: an idle one costs its struct alone. */
+        free(s->out.data);
+        s->out.data = NULL;
         s->out.len = s->out_off = 0;
         s->want_write = false;
         /* The client took its replies: that is progress, not idleness. */
@@ -406,10 +409,13 @@ static Fate serve_once(Loop *l, Session *s, bool *more) {
         Buf out = { .data = l->out_buf, .cap = s->out.cap };
         uint64_t messages = s->proto.messages;
         size_t used = proto_feed(&s->proto, data, n, &out, &status);
-        if (status == PROTO_CONTINUE && used < n)
+        if (status == PROTO_CONTINUE && used < n) {
                 r = keep_input(s, data + used, n - used);
-        else
+        } else { /* fed to the end: the kept input's buffer goes back, as the output's does */
+                free(s->in);
+                s->in = NULL;
                 s->in_off = s->in_len = 0;
+        }
         if (r == 0)
                 r = send_out(l, s, &out);
         if (r < 0)

@@ -610,6 +610,83 @@ Test(hostile, flooders_that_never_read_cost_bounded_memory_each, .timeout = 120)
         hellod_free(d);
 }
 
+enum {
+        CAUGHT_UP = 48,
+        CAUGHT_UP_WARM = 4, /* the first ones also grow what a loop keeps: caches, malloc's arenas */
+        /* What one more costs: an idle session (measured: epoll 2 KiB, io_uring 3) and slack. The
+         * epoll pool's sessions kept the buffers they filled, 8 KiB of them resident each. */
+        CAUGHT_UP_KIB = 5,
+        /* A thread each, with its stack and buffers of its own (measured: 24 KiB). */
+        CAUGHT_UP_KIB_PER_CONNECTION = 48,
+};
+
+/* caught_up_client: a client that floods without reading until the daemon stops reading it
+ * (back-pressure: its replies, and input it could not take yet, wait in the session), then
+ * reads every reply to the lines it sent whole, exact, and falls idle. */
+static int caught_up_client(Hellod *d) {
+        int fd = client_connect_greeted("127.0.0.1", d->port, NULL, HELLOD_GREETING, NULL);
+        uint64_t sent = 0, received = 0, replies;
+        int64_t t0 = harness_now_ms();
+
+        for (;;) {
+                struct pollfd pfd = { .fd = fd, .events = POLLOUT };
+                int r = poll(&pfd, 1, FLOOD_STALL_MS);
+
+                if (r == 0)
+                        break;
+                if (r > 0 && !flood_send(fd, FLOOD_NEVER_READ_LINES, &sent))
+                        harness_fail("flooder send(): %s", strerror(errno));
+                if (harness_now_ms() - t0 > HARNESS_TIMEOUT_MS)
+                        hellod_fail(d, "the daemon took all %" PRIu64 " bytes: no back-pressure", sent);
+        }
+        replies = sent / FLOOD_LINE_LEN * FLOOD_REPLY_LEN;
+        while (received < replies) {
+                char buf[65536];
+                ClientReadEnd end = CLIENT_READ_DONE;
+                size_t want = replies - received < sizeof(buf) ? (size_t) (replies - received) : sizeof(buf);
+                size_t k = client_read(fd, buf, want, NULL, HARNESS_TIMEOUT_MS, &end);
+
+                flood_check(FLOOD_NEVER_READ_LINES, received, buf, k);
+                received += k;
+                if (k == 0)
+                        hellod_fail(d, "%" PRIu64 " of %" PRIu64 " reply bytes, then nothing", received, replies);
+        }
+        return fd;
+}
+
+/* Clients that were back-pressured once and then took every reply cost what idle ones do: a
+ * session gives its buffers back once they are empty (the epoll pool kept 20 KiB a session
+ * for as long as the session lived, found in a review). */
+Test(hostile, clients_that_caught_up_cost_what_idle_ones_do, .timeout = 180) {
+        Hellod *d = hellod_start("max_connections = 100;\n");
+        Baseline b = expect_baseline(d);
+        const char *extra = getenv("HELLOD_TEST_CONF_EXTRA"); /* the suite's pass for a model */
+        bool per_connection = extra && strstr(extra, "per-connection");
+        long per, warm_kib = 0, end_kib, bound = b.sanitized            ? FLOODER_KIB_SANITIZED
+                                                 : per_connection ? CAUGHT_UP_KIB_PER_CONNECTION
+                                                                  : CAUGHT_UP_KIB;
+        int fds[CAUGHT_UP];
+
+        harness_step("%d clients in turn flood, are held back, then read every reply", CAUGHT_UP);
+        for (int i = 0; i < CAUGHT_UP; i++) {
+                fds[i] = caught_up_client(d);
+                if (i + 1 == CAUGHT_UP_WARM)
+                        warm_kib = hellod_rss_kib(d);
+        }
+        end_kib = hellod_rss_kib(d);
+        per = (end_kib - warm_kib) / (CAUGHT_UP - CAUGHT_UP_WARM);
+        report("caught up: RSS baseline %ld KiB, %ld KiB after %d idle clients that caught up, %ld KiB after %d: "
+               "%ld KiB a client (bound %ld)",
+               b.rss_kib, warm_kib, CAUGHT_UP_WARM, end_kib, CAUGHT_UP, per, bound);
+        cr_assert(per <= bound, "a client that caught up costs the daemon %ld KiB while idle (bound %ld KiB)", per,
+                  bound);
+        for (int i = 0; i < CAUGHT_UP; i++)
+                client_close(fds[i]);
+        expect_settled(d, &b, end_kib, "caught up");
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 /*
  * The other side of slowloris: a slow writer that is active must not be taken for one. A
  * complete line every 500 ms against idle_timeout = 2, each write ending with the start of the
