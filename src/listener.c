@@ -193,13 +193,17 @@ static unsigned port_of(const Listener *l) {
         return 0;
 }
 
+/* same_port: whether A and B are of one family and port (one may hold the other's port). */
+static bool same_port(const Listener *a, const Listener *b) {
+        return a->addr.ss_family == b->addr.ss_family && port_of(a) == port_of(b);
+}
+
 /* holds_port_of: whether OLD has a socket that WANT does not keep on L's family and port:
  * binding "127.0.0.1:P" fails with EADDRINUSE while the old "0.0.0.0:P" is open. */
 static bool holds_port_of(const ListenerSet *old, const ListenerSet *want, const Listener *l) {
         for (size_t i = 0; old && i < old->n; i++) {
                 const Listener *o = &old->items[i];
-                if (o->fd >= 0 && !contains(want, o) && o->addr.ss_family == l->addr.ss_family &&
-                    port_of(o) == port_of(l))
+                if (o->fd >= 0 && !contains(want, o) && same_port(o, l))
                         return true;
         }
         return false;
@@ -213,8 +217,7 @@ static void release_departing(ListenerSet *old, const ListenerSet *want, const b
                 Listener *o = &old->items[i];
                 bool holds = false;
                 for (size_t j = 0; j < want->n && !holds; j++)
-                        holds = port_held[j] && o->addr.ss_family == want->items[j].addr.ss_family &&
-                                port_of(o) == port_of(&want->items[j]);
+                        holds = port_held[j] && same_port(o, &want->items[j]);
                 if (o->fd >= 0 && holds && !contains(want, o)) {
                         close(o->fd);
                         o->fd = -1;
