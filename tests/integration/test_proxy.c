@@ -130,24 +130,49 @@ static void refused_unanswered(int fd) {
         client_close(fd);
 }
 
+/* Activation: systemd-socket-activate passing two sockets: on D's port (the plain one) and on
+ * PORT (the one a PROXY entry names). */
+typedef struct Activation {
+        uint16_t port;
+        char plain[32], proxied[32];
+        const char *wrapper[6];
+} Activation;
+
+static void activation_init(Activation *a, const Hellod *d) {
+        a->port = harness_pick_port();
+        snprintf(a->plain, sizeof(a->plain), "127.0.0.1:%u", (unsigned) d->port);
+        snprintf(a->proxied, sizeof(a->proxied), "127.0.0.1:%u", (unsigned) a->port);
+        const char *const wrapper[] = { "/usr/bin/systemd-socket-activate", "-l", a->plain, "-l", a->proxied, NULL };
+        memcpy(a->wrapper, wrapper, sizeof(wrapper));
+}
+
+/* activation_write_config: D's configuration lists the plain socket of A and, with
+ * proxy_protocol, PROXY_HOST on A's port; then EXTRA. */
+static void activation_write_config(Hellod *d, const Activation *a, const char *proxy_host, const char *extra) {
+        hellod_write_config(d,
+                            "listen = ( \"127.0.0.1:%u\", { address = \"%s:%u\"; proxy_protocol = true; } );\n"
+                            "proxy_from = [ \"127.0.0.1\" ];\n%s",
+                            (unsigned) d->port, proxy_host, (unsigned) a->port, extra);
+}
+
+/* activated_start: D started under A's systemd-socket-activate, as activation_write_config() says. */
+static void activated_start(Hellod *d, Activation *a, const char *proxy_host, const char *extra) {
+        activation_init(a, d);
+        activation_write_config(d, a, proxy_host, extra);
+        hellod_spawn(d, &(HellodOpts) { .wrapper = a->wrapper });
+        hellod_wait_ready(d);
+}
+
 /* Socket-activated (systemd passes the sockets, hellod binds nothing): a PROXY entry by host
  * name marks the passed socket its name resolves to. "localhost" used to be matched
  * numerically only, never, so its socket was served as a plain one: direct clients greeted,
  * the balancer's header answered as a line, allow/deny applied to the balancer. */
 Test(proxy, socket_activated_a_proxy_entry_by_host_name_is_a_proxy_listener, .timeout = 60) {
         Hellod *d = hellod_new();
-        uint16_t port = harness_pick_port();
-        char plain[32], proxied[32];
+        Activation a;
 
-        snprintf(plain, sizeof(plain), "127.0.0.1:%u", (unsigned) d->port);
-        snprintf(proxied, sizeof(proxied), "127.0.0.1:%u", (unsigned) port);
-        const char *const wrapper[] = { "/usr/bin/systemd-socket-activate", "-l", plain, "-l", proxied, NULL };
-        hellod_write_config(d,
-                            "listen = ( \"127.0.0.1:%u\", { address = \"localhost:%u\"; proxy_protocol = true; } );\n"
-                            "proxy_from = [ \"127.0.0.1\" ];\nlog_level = \"debug\";\n",
-                            (unsigned) d->port, (unsigned) port);
-        hellod_spawn(d, &(HellodOpts) { .wrapper = wrapper });
-        hellod_wait_ready(d);
+        activated_start(d, &a, "localhost", "log_level = \"debug\";\n");
+        uint16_t port = a.port;
         hellod_wait_stderr(d, "(PROXY)"); /* "serving the sockets passed by systemd: ... (PROXY)" */
 
         int fd = client_connect(port);
@@ -170,24 +195,14 @@ Test(proxy, socket_activated_a_proxy_entry_by_host_name_is_a_proxy_listener, .ti
 Test(proxy, socket_activated_a_proxy_name_that_cannot_be_looked_up_fails_the_reload, .timeout = 60) {
         static const char unknown[] = "hellod-test.invalid"; /* RFC 6761: never resolves */
         Hellod *d = hellod_new();
-        uint16_t port = harness_pick_port();
-        char plain[32], proxied[32], needle[512];
+        char needle[512];
+        Activation a;
 
-        snprintf(plain, sizeof(plain), "127.0.0.1:%u", (unsigned) d->port);
-        snprintf(proxied, sizeof(proxied), "127.0.0.1:%u", (unsigned) port);
-        const char *const wrapper[] = { "/usr/bin/systemd-socket-activate", "-l", plain, "-l", proxied, NULL };
-        hellod_write_config(d,
-                            "listen = ( \"127.0.0.1:%u\", { address = \"127.0.0.1:%u\"; proxy_protocol = true; } );\n"
-                            "proxy_from = [ \"127.0.0.1\" ];\n",
-                            (unsigned) d->port, (unsigned) port);
-        hellod_spawn(d, &(HellodOpts) { .wrapper = wrapper });
-        hellod_wait_ready(d);
+        activated_start(d, &a, "127.0.0.1", "");
+        uint16_t port = a.port;
 
         harness_step("a reload naming %s for the PROXY listener", unknown);
-        hellod_write_config(d,
-                            "listen = ( \"127.0.0.1:%u\", { address = \"%s:%u\"; proxy_protocol = true; } );\n"
-                            "proxy_from = [ \"127.0.0.1\" ];\n",
-                            (unsigned) d->port, unknown, (unsigned) port);
+        activation_write_config(d, &a, unknown, "");
         hellod_signal(d, SIGHUP);
         snprintf(needle, sizeof(needle), "%s:1: listen: cannot resolve listen address '%s'", d->conf_path, unknown);
         hellod_wait_stderr(d, needle);
@@ -204,7 +219,7 @@ Test(proxy, socket_activated_a_proxy_name_that_cannot_be_looked_up_fails_the_rel
 
         harness_step("and such a file does not start the daemon");
         hellod_stop_clean(d);
-        hellod_spawn(d, &(HellodOpts) { .wrapper = wrapper });
+        hellod_spawn(d, &(HellodOpts) { .wrapper = a.wrapper });
         /* systemd-socket-activate starts hellod on the first connection, once it listens. */
         for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS; (fd = client_try_connect("127.0.0.1", d->port, NULL)) < 0;
              harness_sleep_ms(10))
