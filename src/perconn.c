@@ -466,6 +466,7 @@ static QueuedClient *queue_take(PerConn *p, QueuedClient **head) {
 static void turn_away(PerConn *p, Session *s) {
         session_say_last(s->fd, PROTO_ERR_BUSY);
         s->error = "out-of-threads";
+        s->turned_away = true;
         engine_session_done(&p->engine, s);
 }
 

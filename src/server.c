@@ -176,6 +176,10 @@ static void unregister(Server *s, Session *session) {
                 session->next->prev = session->prev;
         if (session->counted)
                 iptable_dec(s->ips, &session->ip, now_usec());
+        if (session->turned_away) { /* admitted, then no thread could serve it: a refusal */
+                s->n_accepted--;
+                s->n_refused++;
+        }
         changed(s);
         s->n_active--;
         wake_if_slot_free(s);

@@ -41,6 +41,7 @@ typedef struct Session {
         ProxyParser *proxy;      /* awaiting the PROXY header (NULL once it is in, or without one) */
         bool proxy_local;        /* the balancer's own connection (LOCAL, UNKNOWN): a health check */
         bool refused;            /* turned away after its PROXY header: logged as a refusal */
+        bool turned_away;        /* admitted, then told busy: no thread could be had for it */
         char listen[ADDR_STR_MAX]; /* the listener it came through */
         uint64_t started_usec;     /* CLOCK_MONOTONIC */
 

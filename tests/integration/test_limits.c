@@ -591,6 +591,10 @@ Test(limits, out_of_threads_new_clients_are_told_busy_then_served_again, .timeou
         client_hello(served, "and still served");
         client_close(served);
         hellod_stop_clean(d);
+        /* Five greeted (hellod_wait_ready()'s probe among them), every other client (and any
+         * retry above) told busy: refused, not served (those turned away for want of a thread
+         * used to be counted as served). */
+        hellod_wait_stderr(d, "stopped: 5 connections served, ");
         hellod_free(d);
         cr_expect_eq(rmdir(cgroup), 0, "rmdir %s: %s", cgroup, strerror(errno));
 }
