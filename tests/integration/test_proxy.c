@@ -131,18 +131,20 @@ static void refused_unanswered(int fd) {
 }
 
 /* Activation: systemd-socket-activate passing two sockets: on D's port (the plain one) and on
- * PORT (the one a PROXY entry names). */
+ * PORT (the one a PROXY entry names). A name that cannot be looked up gets one short try: with
+ * an unreachable nameserver, the resolver's default (5 s, twice) would outlast the test's waits. */
 typedef struct Activation {
         uint16_t port;
         char plain[32], proxied[32];
-        const char *wrapper[6];
+        const char *wrapper[8];
 } Activation;
 
 static void activation_init(Activation *a, const Hellod *d) {
         a->port = harness_pick_port();
         snprintf(a->plain, sizeof(a->plain), "127.0.0.1:%u", (unsigned) d->port);
         snprintf(a->proxied, sizeof(a->proxied), "127.0.0.1:%u", (unsigned) a->port);
-        const char *const wrapper[] = { "/usr/bin/systemd-socket-activate", "-l", a->plain, "-l", a->proxied, NULL };
+        const char *const wrapper[] = { "/usr/bin/systemd-socket-activate", "-l", a->plain, "-l", a->proxied,
+                                        "-E", "RES_OPTIONS=timeout:1 attempts:1", NULL };
         memcpy(a->wrapper, wrapper, sizeof(wrapper));
 }
 
