@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -49,6 +50,32 @@ static void store_take(Store *st, const char *msg, int fd) {
                 close(fd);
 }
 
+static void set_reading(Store *st, bool reading) {
+        pthread_mutex_lock(&st->lock);
+        st->reading = reading;
+        pthread_mutex_unlock(&st->lock);
+}
+
+/* store_settle: until every message already sent to the store has been taken in. PID 1 reads
+ * the notifications a service sent before it handles the service's exit (its notify socket
+ * has the higher event priority), so the next process finds every descriptor the last one
+ * stored; starting it while some were still queued lost them, and their clients met a reset
+ * once a later process found a descriptor without a record. */
+static void store_settle(Store *st) {
+        for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS;; harness_sleep_ms(1)) {
+                int queued = 0;
+
+                pthread_mutex_lock(&st->lock);
+                bool reading = st->reading;
+                pthread_mutex_unlock(&st->lock);
+                must(ioctl(st->sock, FIONREAD, &queued) == 0, "FIONREAD on the store's socket");
+                if (!reading && queued == 0)
+                        return;
+                if (harness_now_ms() > end)
+                        harness_fail("the store did not take its queued messages in %d ms", HARNESS_TIMEOUT_MS);
+        }
+}
+
 static void *store_main(void *arg) {
         Store *st = arg;
 
@@ -60,17 +87,21 @@ static void *store_main(void *arg) {
                 struct iovec iov = { .iov_base = msg, .iov_len = sizeof(msg) - 1 };
                 struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control,
                                      .msg_controllen = sizeof(control) };
-                ssize_t k = recvmsg(st->sock, &mh, MSG_CMSG_CLOEXEC);
-                if (k < 0)
+                set_reading(st, true); /* from the queue to the store: store_settle() waits for it */
+                ssize_t k = recvmsg(st->sock, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+                if (k < 0) {
+                        set_reading(st, false);
                         continue;
+                }
                 msg[k] = '\0';
                 int fd = -1;
                 for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
                         if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
                                 memcpy(&fd, CMSG_DATA(c), sizeof(int));
-                store_take(st, msg, fd);
                 if (st->delay_us > 0)
                         usleep(st->delay_us);
+                store_take(st, msg, fd);
+                set_reading(st, false);
         }
         return NULL;
 }
@@ -137,6 +168,7 @@ pid_t store_start_hellod(Hellod *d, Store *st, int listener) {
 
         snprintf(names, sizeof(names), "hellod");
         fds[n++] = listener;
+        store_settle(st);
         pthread_mutex_lock(&st->lock);
         for (unsigned i = 0; i < st->n; i++) {
                 fds[n++] = st->fds[i];

@@ -31,6 +31,7 @@ typedef struct Store {
         unsigned n, added, removed;
         unsigned conns_added; /* of ADDED, the connections ("c<id>") */
         bool stop;
+        bool reading;       /* the store's thread is taking a message in (under LOCK) */
         bool not_a_service; /* start hellod without INVOCATION_ID: a stop ends the conversations */
 } Store;
 
