@@ -535,6 +535,7 @@ static void remove_stale_cgroups(void) {
  * and it serves again once threads can be started. The cap is what systemd's TasksMax= sets:
  * pids.max of a pids cgroup (here one of the test's own, that the daemon is moved into). */
 Test(limits, out_of_threads_new_clients_are_told_busy_then_served_again, .timeout = 60) {
+        enum { MAX_EARLY = 4 };
         static const char conf[] = "workers = \"per-connection\";\n";
         char cgroup[128], value[32];
         Hellod *d = hellod_start(conf);
@@ -563,7 +564,25 @@ Test(limits, out_of_threads_new_clients_are_told_busy_then_served_again, .timeou
         (void) snprintf(value, sizeof(value), "%ld", current);
         cgroup_write(cgroup, "pids.max", value);
 
-        harness_step("the next clients are told busy at once");
+        /* A thread already waiting serves its client without starting another. Usually one
+         * waits; two do when the probe's thread was still finishing the probe as `served` was
+         * accepted (the accepting thread then started a waiting one, and the probe's thread
+         * waited too). So a client may be greeted before the first is told busy. */
+        harness_step("the next clients are told busy, once the threads already waiting are taken");
+        int greeted[MAX_EARLY], n_greeted = 0;
+        for (;;) {
+                char line[64];
+                fd = client_connect(d->port);
+                client_read_line(fd, line, sizeof(line));
+                if (strcmp(line, HELLOD_ERR_BUSY) == 0)
+                        break;
+                cr_assert_str_eq(line, HELLOD_GREETING);
+                cr_assert_lt(n_greeted, MAX_EARLY - 1, "%d clients greeted with no thread to spare",
+                             n_greeted + 1);
+                greeted[n_greeted++] = fd;
+        }
+        client_expect_eof(fd, false);
+        client_close(fd);
         for (int i = 0; i < 3; i++) {
                 fd = client_connect(d->port);
                 client_expect_str(fd, HELLOD_ERR_BUSY);
@@ -573,6 +592,10 @@ Test(limits, out_of_threads_new_clients_are_told_busy_then_served_again, .timeou
         hellod_wait_stderr(d, "cannot start a worker thread to accept connections");
         cr_assert_gt(cgroup_read(cgroup, "pids.events"), 0, "the cap never refused a thread");
         client_hello(served, "still served");
+        for (int i = 0; i < n_greeted; i++) {
+                client_hello(greeted[i], "greeted by a thread that was waiting");
+                client_close(greeted[i]);
+        }
 
         harness_step("a reload to a new stack size: the waiting thread, now of the old size, stays");
         reload_with(d, "workers = \"per-connection\";\nworker_stack_size = 262144;\n");
@@ -591,10 +614,12 @@ Test(limits, out_of_threads_new_clients_are_told_busy_then_served_again, .timeou
         client_hello(served, "and still served");
         client_close(served);
         hellod_stop_clean(d);
-        /* Five greeted (hellod_wait_ready()'s probe among them), every other client (and any
-         * retry above) told busy: refused, not served (those turned away for want of a thread
-         * used to be counted as served). */
-        hellod_wait_stderr(d, "stopped: 5 connections served, ");
+        /* Five greeted (hellod_wait_ready()'s probe among them) and those the waiting threads
+         * took, every other client (and any retry above) told busy: refused, not served (those
+         * turned away for want of a thread used to be counted as served). */
+        char stopped[64];
+        (void) snprintf(stopped, sizeof(stopped), "stopped: %d connections served, ", 5 + n_greeted);
+        hellod_wait_stderr(d, stopped);
         hellod_free(d);
         cr_expect_eq(rmdir(cgroup), 0, "rmdir %s: %s", cgroup, strerror(errno));
 }
