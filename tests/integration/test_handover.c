@@ -1282,15 +1282,29 @@ Test(handover, conversations_ending_during_the_hand_over_end_cleanly, .timeout =
 
 /* rig_serve_one_and_park_one: R started on two io_uring loops with one slot (EXTRA: more
  * settings): *SERVED greeted, *WAITING accepted by the other loop's accept (armed before the
- * slot was taken) and kept waiting in that loop, never greeted. */
+ * slot was taken) and kept waiting in that loop, never greeted. Should no accept be armed
+ * when *WAITING comes (one that completes without a client, say EAGAIN, is not armed again
+ * while the server is full), it stays in the socket's backlog, as it should, and hellod holds
+ * no socket of it: the tests' premise is missing (a CI run under ASan met it: the waiting
+ * client was never greeted at the hand-over), and the rig is built again. */
 static void rig_serve_one_and_park_one(Rig *r, const char *extra, int *served, int *waiting) {
-        rig_start(r);
-        rig_serve(r, "%s" QUEUE_OF_ONE "%s", MODEL("io_uring", 2), extra);
-        not_fallen_back(r->d);
-        *served = client_connect(r->port);
-        client_expect_str(*served, HELLOD_GREETING);
-        *waiting = client_connect(r->port);
-        client_expect_silence(*waiting, 300);
+        enum { ATTEMPTS = 5 };
+
+        for (int attempt = 1;; attempt++) {
+                rig_start(r);
+                rig_serve(r, "%s" QUEUE_OF_ONE "%s", MODEL("io_uring", 2), extra);
+                not_fallen_back(r->d);
+                *served = client_connect(r->port);
+                client_expect_str(*served, HELLOD_GREETING);
+                *waiting = client_connect(r->port);
+                client_expect_silence(*waiting, 300);
+                if (hellod_holds_socket_of(r->port, *waiting))
+                        return;
+                cr_assert_lt(attempt, ATTEMPTS, "in %d rigs no loop took the waiting client", ATTEMPTS);
+                client_close(*waiting);
+                client_close(*served);
+                rig_end(r);
+        }
 }
 
 /* waiting_client_crosses_to: a client accepted while every slot was taken (overload = "queue":
