@@ -11,6 +11,7 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 /* must: COND, or the test fails with WHAT and errno. */
@@ -76,8 +77,26 @@ static void store_settle(Store *st) {
         }
 }
 
+/* pace: a message that takes DELAY_US, as a slow PID 1's would: it is done DELAY_US after the
+ * one before it was (or after it came, if the store was idle), on the clock: a sleep that
+ * overruns (a loaded machine) is not added to every message after it. *DONE_US: the last
+ * one's end. */
+static void pace(unsigned delay_us, int64_t *done_us) {
+        int64_t now = harness_now_us();
+
+        if (delay_us == 0) {
+                *done_us = 0;
+                return;
+        }
+        *done_us = (*done_us > now ? *done_us : now) + delay_us;
+        struct timespec until = { .tv_sec = *done_us / 1000000, .tv_nsec = (*done_us % 1000000) * 1000 };
+        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL) == EINTR)
+                ;
+}
+
 static void *store_main(void *arg) {
         Store *st = arg;
+        int64_t done_us = 0; /* pace() */
 
         while (!__atomic_load_n(&st->stop, __ATOMIC_ACQUIRE)) {
                 struct pollfd p = { .fd = st->sock, .events = POLLIN };
@@ -98,8 +117,7 @@ static void *store_main(void *arg) {
                 for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
                         if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
                                 memcpy(&fd, CMSG_DATA(c), sizeof(int));
-                if (st->delay_us > 0)
-                        usleep(st->delay_us);
+                pace(__atomic_load_n(&st->delay_us, __ATOMIC_RELAXED), &done_us);
                 store_take(st, msg, fd);
                 set_reading(st, false);
         }

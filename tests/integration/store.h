@@ -26,7 +26,7 @@ typedef struct Store {
         char names[STORE_CAPACITY][32];
         int fds[STORE_CAPACITY];
         unsigned limit;    /* FileDescriptorStoreMax=: what is stored beyond it is refused */
-        unsigned delay_us; /* how long each message takes, as a slow PID 1 would */
+        unsigned delay_us; /* how long each message takes, as a slow PID 1 would (set atomically) */
         unsigned long long extended_usec; /* the last EXTEND_TIMEOUT_USEC= */
         unsigned n, added, removed;
         unsigned conns_added; /* of ADDED, the connections ("c<id>") */

@@ -966,10 +966,10 @@ Test(handover, a_slow_store_gets_the_time_thousands_of_conversations_need, .time
         r.st.limit = STORE_CAPACITY;
         rig_serve(&r, "workers = 2;\nio_backend = \"epoll\";\nmax_connections = 4000;\nlog_level = \"notice\";\n");
         greeted_clients(r.port, fds, MANY_CONVERSATIONS);
-        r.st.delay_us = 2000;
+        __atomic_store_n(&r.st.delay_us, 2000, __ATOMIC_RELAXED);
         harness_step("SIGTERM with %d conversations and 2 ms a stored descriptor", MANY_CONVERSATIONS);
         stop_and_wait(r.d);
-        r.st.delay_us = 0;
+        __atomic_store_n(&r.st.delay_us, 0, __ATOMIC_RELAXED);
         store_wait(r.d, &r.st, "c", MANY_CONVERSATIONS);
         store_wait(r.d, &r.st, "state", 1);
         cr_expect_geq(r.st.extended_usec, (5000ULL + MANY_CONVERSATIONS) * 1000u, "systemd was told EXTEND_TIMEOUT_USEC=%llu",
@@ -1225,7 +1225,7 @@ static void ending_during_hand_over(const char *model, bool frozen) {
         rig_start(&r);
         rig_serve(&r, "%slog_level = \"info\";\n", MODEL(model, 1));
         greeted_clients(r.port, fds, CONVERSATIONS);
-        r.st.delay_us = DELAY_US;
+        __atomic_store_n(&r.st.delay_us, DELAY_US, __ATOMIC_RELAXED);
         if (frozen) {
                 hellod_freeze(r.d);
         } else {
@@ -1255,7 +1255,7 @@ static void ending_during_hand_over(const char *model, bool frozen) {
                   harness_describe_status(status, (char[64]) { 0 }, 64));
         /* The rest of its messages, still queued for the slow store, first: systemd too reads
          * what a process sent before it acts on its exit. */
-        r.st.delay_us = 0;
+        __atomic_store_n(&r.st.delay_us, 0, __ATOMIC_RELAXED);
         store_wait(r.d, &r.st, "state", 1);
         for (unsigned stored = ~0u; stored != store_count(&r.st, "c"); harness_sleep_ms(200))
                 stored = store_count(&r.st, "c");
