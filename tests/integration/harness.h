@@ -65,6 +65,10 @@ uint16_t harness_pick_port(void);
 const char *harness_env_path(const char *name);
 /* harness_cpu_ticks: utime+stime of PID in clock ticks (all its threads). */
 uint64_t harness_cpu_ticks(pid_t pid);
+/* harness_cpu_quietest: the CPU seconds PID used in the quietest of up to WINDOWS windows of
+ * WINDOW_MS in a row, stopping at the first under QUIET: a state that spins fails every window,
+ * while work left from before the state (a slow machine's) passes with the next. */
+double harness_cpu_quietest(pid_t pid, int window_ms, int windows, double quiet);
 /* harness_loopback_up: sets IFF_UP on `lo` of the current network namespace. */
 void harness_loopback_up(void);
 /* harness_raise_nofile: raises the calling process's soft RLIMIT_NOFILE to its hard limit
