@@ -727,26 +727,27 @@ Test(handover, always_a_restart_while_a_partial_line_waits_keeps_it_whole, .time
 }
 
 /* A per-connection thread waits for a partial line's end in a peek, until its idle deadline
- * (11.3 s here: 8 s after "x" ended its line) or a signal. The partial line must stay in the
- * kernel all along, when a signal ends the peek too (the thread is sent SIGURG at 6.5 s). It
- * used to be taken in when a receive timeout armed for "x" (5 s, 3 s in) fired early, at
- * 8.5 s, and the crash at 9.5 s lost it. */
+ * (13.3 s here: 8 s after "x" ended its line) or a signal. The partial line must stay in the
+ * kernel all along, when a signal ends the peek too (the thread is sent SIGURG at 7.5 s). It
+ * used to be taken in when a receive timeout armed for "x" (3 s, 5 s in) fired early, at 8 s,
+ * and the crash at 9.5 s lost it. (The crash comes 3.8 s before the deadline: a slow machine
+ * must not let the deadline come first.) */
 Test(handover, always_an_early_receive_timeout_leaves_the_partial_line_in_the_kernel, .timeout = 60) {
         Rig r;
 
         rig_start(&r);
         int fd = stored_client(&r, "workers = \"per-connection\";", "idle_timeout = 8;\n");
-        harness_sleep_ms(3000);
+        harness_sleep_ms(5000);
         client_send_str(fd, "x");
         harness_sleep_ms(300);
         client_send_str(fd, "\n");
         client_expect_str(fd, "Hello, x!\r\n");
         harness_sleep_ms(200);
         client_send_str(fd, "y");
-        harness_sleep_ms(3000);
+        harness_sleep_ms(2000);
         harness_step("SIGURG to every thread of hellod while \"y\" waits for its line's end");
         cr_assert_gt(hellod_signal_threads(r.d, SIGURG), 0);
-        harness_sleep_ms(3000);
+        harness_sleep_ms(2000);
         harness_step("kill -9 before the deadline, after the old receive timeout would have fired");
         rig_crash(&r);
         hellod_wait_stderr(r.d, "resumed 1 conversation");
@@ -888,7 +889,7 @@ Test(handover, a_lower_max_connections_keeps_the_conversations, .timeout = 60) {
                 char buf[128];
                 ClientReadEnd end;
                 client_try_send(fds[i], "still\n", 6);
-                size_t n = client_read(fds[i], buf, sizeof(buf) - 1, "\n", 1000, &end);
+                size_t n = client_read(fds[i], buf, sizeof(buf) - 1, "\n", HARNESS_TIMEOUT_MS, &end);
                 buf[n] = '\0';
                 kept += strcmp(buf, "Hello, still!\r\n") == 0;
                 client_close(fds[i]);
