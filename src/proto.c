@@ -35,8 +35,8 @@ int proto_init(Proto *p, const Conf *conf) {
                 .prefix_len = strlen(conf->reply_prefix),
                 .suffix_len = strlen(conf->reply_suffix),
         };
-        /* The pending-line buffer comes when a line is first split across reads: most
-         * connections (and every idle one) never need it. */
+        /* The pending-line buffer comes when a line is split across reads, and goes when it
+         * is answered: most connections (and every idle one) never need it. */
         return 0;
 }
 
@@ -213,6 +213,13 @@ static size_t feed_line(Proto *p, const char *in, size_t n, Buf *out, ProtoStatu
                 strip_cr(p->pending, &a_len, in + i, &b_len);
                 if (!answer(p, p->pending, a_len, in + i, b_len, out, status))
                         return i; /* output full: flush and feed from this line again */
+                if (p->pending) {
+                        /* Answered: the buffer goes back, so that an idle session costs no
+                         * more for a line that once came in pieces (max_line_length + 1 bytes,
+                         * resident as far as it was filled). */
+                        free(p->pending);
+                        p->pending = NULL;
+                }
                 p->pending_len = 0;
                 i = (size_t) (nl - in) + 1;
                 if (*status == PROTO_CLOSE) {

@@ -397,6 +397,21 @@ Test(line, four_byte_first_line_without_pending_buffer) {
         cr_assert_eq(proto.end, PROTO_END_EXIT);
 }
 
+Test(line, pending_buffer_goes_once_its_line_is_answered) {
+        /* A session keeps no buffer for a line that once came in pieces: an idle one costs
+         * its struct alone (tests/integration: hostile/clients_that_split_a_line_...). */
+        cr_assert_eq(feed_str("ab"), PROTO_CONTINUE);
+        cr_assert_not_null(proto.pending);
+        cr_assert_eq(feed_str("c\nde"), PROTO_CONTINUE);
+        expect_out_str("Hello, abc!\r\n");
+        cr_assert_not_null(proto.pending, "\"de\" is the next line's start");
+        cr_assert_eq(proto.pending_len, 2);
+        cr_assert_eq(feed_str("f\n"), PROTO_CONTINUE);
+        expect_out_str("Hello, abc!\r\nHello, def!\r\n");
+        cr_assert_null(proto.pending);
+        cr_assert_eq(proto.pending_len, 0);
+}
+
 /* ---- telnet commands in line framing (README, Protocol) ---- */
 
 #define IAC "\xff"
