@@ -517,7 +517,11 @@ static void run_setup(const Setup *s, unsigned seconds) {
                         continue;
                 int status = hellod_stop(d); /* SIGTERM: it hands over, as systemctl restart has it */
                 n_unclean += !WIFEXITED(status) || WEXITSTATUS(status) != 0;
+                unsigned readies = store_readies(&st);
                 store_start_hellod(d, &st, listener);
+                /* The next restart once this start is done, as systemctl's waits for it: a
+                 * SIGTERM before hellod takes signals up would end it without a hand-over. */
+                store_wait_ready(d, &st, readies + 1);
                 n_restarts++;
                 next_restart = now_ms() + RESTART_MIN_MS + (int64_t) rng_below(&rng, RESTART_MAX_MS - RESTART_MIN_MS);
         }

@@ -389,7 +389,8 @@ int harness_proc_thread_count(pid_t pid, const char *name) {
                         continue;
                 if (comm[k - 1] == '\n')
                         comm[k - 1] = '\0';
-                n += strcmp(comm, name) == 0;
+                size_t len = strlen(name);
+                n += name[len - 1] == '*' ? strncmp(comm, name, len - 1) == 0 : strcmp(comm, name) == 0;
         }
         (void) closedir(dir);
         return n;
@@ -1083,10 +1084,11 @@ int hellod_fd_count(Hellod *d) {
 
 int hellod_thread_count(Hellod *d) {
         int n = harness_proc_thread_count(running_pid(d), NULL);
+        int kernel = harness_proc_thread_count(running_pid(d), "iou-*");
 
-        if (n < 0)
+        if (n < 0 || kernel < 0)
                 hellod_fail(d, "cannot list /proc/%d/task", (int) d->pid);
-        return n;
+        return n - kernel;
 }
 
 int hellod_worker_count(Hellod *d) {

@@ -30,6 +30,7 @@ static void store_take(Store *st, const char *msg, int fd) {
         const char *extend = strstr(msg, "EXTEND_TIMEOUT_USEC=");
         if (extend)
                 st->extended_usec = strtoull(extend + 20, NULL, 10);
+        st->readies += strstr(msg, "READY=1") != NULL;
         if (strstr(msg, "FDSTORE=1") && fd >= 0 && st->n < st->limit) {
                 snprintf(st->names[st->n], sizeof(st->names[0]), "%s", n);
                 st->fds[st->n++] = fd;
@@ -169,6 +170,20 @@ void store_wait(Hellod *d, Store *st, const char *prefix, unsigned n) {
                 if (harness_now_ms() > end)
                         hellod_fail(d, "the store holds %u descriptors named %s*, expected %u", store_count(st, prefix),
                                      prefix, n);
+}
+
+unsigned store_readies(Store *st) {
+        pthread_mutex_lock(&st->lock);
+        unsigned n = st->readies;
+        pthread_mutex_unlock(&st->lock);
+        return n;
+}
+
+void store_wait_ready(Hellod *d, Store *st, unsigned n) {
+        for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS; store_readies(st) < n; harness_sleep_ms(5))
+                if (harness_now_ms() > end)
+                        hellod_fail(d, "%u READY=1 notifications in %d ms, expected %u", store_readies(st),
+                                    HARNESS_TIMEOUT_MS, n);
 }
 
 void store_stays(Hellod *d, Store *st, const char *prefix, unsigned n, int ms) {

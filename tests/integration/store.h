@@ -30,6 +30,7 @@ typedef struct Store {
         unsigned long long extended_usec; /* the last EXTEND_TIMEOUT_USEC= */
         unsigned n, added, removed;
         unsigned conns_added; /* of ADDED, the connections ("c<id>") */
+        unsigned readies;     /* READY=1 notifications taken */
         bool stop;
         bool reading;       /* the store's thread is taking a message in (under LOCK) */
         bool not_a_service; /* start hellod without INVOCATION_ID: a stop ends the conversations */
@@ -50,6 +51,11 @@ void store_stays(Hellod *d, Store *st, const char *prefix, unsigned n, int ms);
 /* store_start_hellod: a process of the "service" with D's configuration: LISTEN_FDS = the
  * LISTENER, then what the store holds. */
 pid_t store_start_hellod(Hellod *d, Store *st, int listener);
+/* store_wait_ready: until the store has taken N READY=1 notifications in all (a start job
+ * done, as `systemctl restart` waits for it). */
+void store_wait_ready(Hellod *d, Store *st, unsigned n);
+/* store_readies: the READY=1 notifications taken so far. */
+unsigned store_readies(Store *st);
 /* store_listener: PID 1's listening socket on 127.0.0.1, on a free *PORT. */
 int store_listener(uint16_t *port);
 /* store_end_rig: the test's part of PID 1 ends with it: the store, the listening socket, and D. */

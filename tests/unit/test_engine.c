@@ -452,7 +452,9 @@ Test(engine, per_connection_idle_timeout_after_slowly_read_kept_replies, .timeou
         char prefix[1001], extra[1200];
         memset(prefix, 'r', sizeof(prefix) - 1);
         prefix[sizeof(prefix) - 1] = '\0';
-        snprintf(extra, sizeof(extra), "idle_timeout = 2;\nreply = \"%s{name}\";\n", prefix);
+        /* Seconds apart, the two outcomes (from the start: 2 s; from the last reply: 4 s), so
+         * that a slow machine's late wake-up cannot make one look like the other. */
+        snprintf(extra, sizeof(extra), "idle_timeout = 4;\nreply = \"%s{name}\";\n", prefix);
         Bench b = bench_new("\"per-connection\"", extra);
         struct sockaddr_in peer = { .sin_family = AF_INET, .sin_port = htons(4242),
                                     .sin_addr.s_addr = htonl(0x7f000001) };
@@ -471,12 +473,12 @@ Test(engine, per_connection_idle_timeout_after_slowly_read_kept_replies, .timeou
                 memcpy(s->in + 2 * i, "a\n", 2);
         s->in_len = 2 * LINES;
         cr_assert_eq(engine_add(b.engine, s), 0);
-        usleep(1500000); /* the daemon's writes block meanwhile */
+        usleep(2000000); /* the daemon's writes block meanwhile */
         recv_exactly(sv[1], buf, want);
         double waited = idle_timeout_in(sv[1]);
-        /* The last replies left the daemon as the client read them (1.5 s in): the timeout
-         * comes idle_timeout (2 s) later, not at 2 s from the start. */
-        cr_expect_gt(waited, 1.5, "ERR idle timeout came %.2f s after the replies were read", waited);
+        /* The last replies left the daemon as the client read them (2 s in): the timeout
+         * comes idle_timeout (4 s) later, not at 4 s from the start. */
+        cr_expect_gt(waited, 3.0, "ERR idle timeout came %.2f s after the replies were read", waited);
         close(sv[1]);
         wait_done(1);
         free(buf);
@@ -487,8 +489,8 @@ Test(engine, per_connection_idle_timeout_after_slowly_read_kept_replies, .timeou
  * and no input. Once the client has taken those replies it has made progress: its idle
  * timeout counts from then, as in the pool (flush_kept), not from the deadline it came with. */
 Test(engine, per_connection_idle_timeout_after_kept_output_is_taken, .timeout = 60) {
-        enum { KEPT = 16000, CAME_WITH_MS = 1000, READ_AT_MS = 400 };
-        Bench b = bench_new("\"per-connection\"", "idle_timeout = 2;\n");
+        enum { KEPT = 16000, CAME_WITH_MS = 2000, READ_AT_MS = 400 };
+        Bench b = bench_new("\"per-connection\"", "idle_timeout = 4;\n");
         struct sockaddr_in peer = { .sin_family = AF_INET, .sin_port = htons(4242),
                                     .sin_addr.s_addr = htonl(0x7f000001) };
         struct timeval tv = { .tv_sec = WAIT_MS / 1000 };
@@ -513,9 +515,9 @@ Test(engine, per_connection_idle_timeout_after_kept_output_is_taken, .timeout = 
         usleep(READ_AT_MS * 1000);
         recv_exactly(sv[1], buf, KEPT);
         double waited = idle_timeout_in(sv[1]);
-        /* Taken 0.4 s in: the timeout comes idle_timeout (2 s) after that, not at the 1 s
-         * the session came with. */
-        cr_expect_gt(waited, 1.5, "ERR idle timeout came %.2f s after the kept replies were read", waited);
+        /* Taken 0.4 s in: the timeout comes idle_timeout (4 s) after that, not at the 2 s
+         * the session came with (1.6 s after). */
+        cr_expect_gt(waited, 3.0, "ERR idle timeout came %.2f s after the kept replies were read", waited);
         close(sv[1]);
         wait_done(1);
         free(buf);
@@ -532,7 +534,7 @@ ParameterizedTestParameters(engine, deadline_with_reset_pending) {
  * then ends a session whose ERR line cannot be sent: the session is freed on that path, and
  * nothing may touch it afterwards (ASan: heap-use-after-free in on_deadline). */
 ParameterizedTest(int *model, engine, deadline_with_reset_pending, .timeout = 30) {
-        Bench b = bench_new(models[*model], "idle_timeout = 1;\n");
+        Bench b = bench_new(models[*model], "idle_timeout = 2;\n"); /* the set-up well within it */
         int idle = bench_client(&b), other = bench_client(&b);
 
         /* Neither client reads its greeting: closing with unread data resets the pair. */
@@ -543,7 +545,7 @@ ParameterizedTest(int *model, engine, deadline_with_reset_pending, .timeout = 30
         close(other); /* its session ends: the loop sits in our callback */
         wait_holding();
         close(idle); /* the reset, pending while the loop is held */
-        usleep(1200 * 1000); /* ... past the idle deadline */
+        usleep(2200 * 1000); /* ... past the idle deadline */
         let_go();
         wait_done(2);
         cr_expect(strcmp(reason(1), "reset") == 0 || strcmp(reason(1), "broken-pipe") == 0,
@@ -681,7 +683,10 @@ ParameterizedTest(int *model, engine, a_waiting_client_is_given_at_the_hand_over
 
         /* A slot frees: the client is admitted again, as one that waited, and waits on. */
         engine_slot_freed(b.engine);
-        for (int ms = 0; __atomic_load_n(&waited_again, __ATOMIC_ACQUIRE) == 0; ms += 10) {
+        /* test_admit counts it admitted again, then left waiting again: both, not the first. */
+        for (int ms = 0; __atomic_load_n(&waited_again, __ATOMIC_ACQUIRE) == 0 ||
+                         __atomic_load_n(&left_waiting, __ATOMIC_ACQUIRE) < 2;
+             ms += 10) {
                 cr_assert_lt(ms, WAIT_MS, "the waiting client was not admitted again after a slot freed");
                 (void) usleep(10000);
         }
