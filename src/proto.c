@@ -213,19 +213,20 @@ static size_t feed_line(Proto *p, const char *in, size_t n, Buf *out, ProtoStatu
                 strip_cr(p->pending, &a_len, in + i, &b_len);
                 if (!answer(p, p->pending, a_len, in + i, b_len, out, status))
                         return i; /* output full: flush and feed from this line again */
-                if (p->pending) {
-                        /* Answered: the buffer goes back, so that an idle session costs no
-                         * more for a line that once came in pieces (max_line_length + 1 bytes,
-                         * resident as far as it was filled). */
-                        free(p->pending);
-                        p->pending = NULL;
-                }
                 p->pending_len = 0;
                 i = (size_t) (nl - in) + 1;
                 if (*status == PROTO_CLOSE) {
                         p->input_after_end = i < n;
                         return n; /* bytes after exit or an error are discarded */
                 }
+        }
+        if (p->pending_len == 0) {
+                /* The read ended at a line's end: the buffer of a line that came in pieces goes
+                 * back, so that an idle session costs no more for it (max_line_length + 1
+                 * bytes, resident as far as they were filled). Not per line: a read that ends
+                 * in the middle of the next one needs it again. */
+                free(p->pending);
+                p->pending = NULL;
         }
         return n;
 }
