@@ -78,18 +78,16 @@ static void store_settle(Store *st) {
         }
 }
 
-/* pace: a message that takes DELAY_US, as a slow PID 1's would: it is done DELAY_US after the
- * one before it was (or after it came, if the store was idle), on the clock: a sleep that
- * overruns (a loaded machine) is not added to every message after it. *DONE_US: the last
- * one's end. */
-static void pace(unsigned delay_us, int64_t *done_us) {
-        int64_t now = harness_now_us();
-
+/* pace: a message that takes DELAY_US, as a slow PID 1's would: done DELAY_US after the one
+ * before it was when it was already queued then (QUEUED), else DELAY_US after now. On the clock:
+ * a sleep that overruns (a loaded machine) is not added to every message queued behind it.
+ * *DONE_US: the last one's end. */
+static void pace(unsigned delay_us, bool queued, int64_t *done_us) {
         if (delay_us == 0) {
                 *done_us = 0;
                 return;
         }
-        *done_us = (*done_us > now ? *done_us : now) + delay_us;
+        *done_us = (queued && *done_us > 0 ? *done_us : harness_now_us()) + delay_us;
         struct timespec until = { .tv_sec = *done_us / 1000000, .tv_nsec = (*done_us % 1000000) * 1000 };
         while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL) == EINTR)
                 ;
@@ -98,6 +96,7 @@ static void pace(unsigned delay_us, int64_t *done_us) {
 static void *store_main(void *arg) {
         Store *st = arg;
         int64_t done_us = 0; /* pace() */
+        bool queued = false; /* a message waited as the last one was done */
 
         while (!__atomic_load_n(&st->stop, __ATOMIC_ACQUIRE)) {
                 struct pollfd p = { .fd = st->sock, .events = POLLIN };
@@ -118,8 +117,10 @@ static void *store_main(void *arg) {
                 for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
                         if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
                                 memcpy(&fd, CMSG_DATA(c), sizeof(int));
-                pace(__atomic_load_n(&st->delay_us, __ATOMIC_RELAXED), &done_us);
+                pace(__atomic_load_n(&st->delay_us, __ATOMIC_RELAXED), queued, &done_us);
                 store_take(st, msg, fd);
+                int next = 0;
+                queued = ioctl(st->sock, FIONREAD, &next) == 0 && next > 0;
                 set_reading(st, false);
         }
         return NULL;
