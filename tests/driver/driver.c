@@ -497,6 +497,7 @@ static void run_setup(const Setup *s, unsigned seconds) {
                 hellod_write_config(d, CONFIG "handover = \"%s\";\n", IDLE_TIMEOUT, s->max_line, s->prefix,
                                     s->suffix, stored ? "always" : "restart");
                 store_start_hellod(d, &st, listener);
+                store_wait_ready(d, &st, 1); /* counted before the first restart counts on */
                 hellod_wait_stderr(d, "started");
         } else {
                 d = hellod_start(CONFIG, IDLE_TIMEOUT, s->max_line, s->prefix, s->suffix);

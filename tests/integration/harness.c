@@ -389,8 +389,35 @@ int harness_proc_thread_count(pid_t pid, const char *name) {
                         continue;
                 if (comm[k - 1] == '\n')
                         comm[k - 1] = '\0';
-                size_t len = strlen(name);
-                n += name[len - 1] == '*' ? strncmp(comm, name, len - 1) == 0 : strcmp(comm, name) == 0;
+                n += strcmp(comm, name) == 0;
+        }
+        (void) closedir(dir);
+        return n;
+}
+
+int harness_proc_thread_count_but(pid_t pid, const char *prefix, int *ret_excluded) {
+        char path[64];
+        size_t len = strlen(prefix);
+        struct dirent *e;
+        int n = 0;
+        DIR *dir;
+
+        *ret_excluded = 0;
+        (void) snprintf(path, sizeof(path), "/proc/%d/task", (int) pid);
+        if (!(dir = opendir(path)))
+                return -1;
+        while ((e = readdir(dir))) {
+                char comm_path[384], comm[64];
+
+                if (e->d_name[0] == '.')
+                        continue;
+                (void) snprintf(comm_path, sizeof(comm_path), "%s/%s/comm", path, e->d_name);
+                if (read_small(comm_path, comm, sizeof(comm)) <= 0) /* the thread ended meanwhile */
+                        continue;
+                if (strncmp(comm, prefix, len) == 0)
+                        ++*ret_excluded;
+                else
+                        n++;
         }
         (void) closedir(dir);
         return n;
@@ -1083,12 +1110,15 @@ int hellod_fd_count(Hellod *d) {
 }
 
 int hellod_thread_count(Hellod *d) {
-        int n = harness_proc_thread_count(running_pid(d), NULL);
-        int kernel = harness_proc_thread_count(running_pid(d), "iou-*");
+        int kernel = 0, n = harness_proc_thread_count_but(running_pid(d), "iou-", &kernel);
 
-        if (n < 0 || kernel < 0)
+        if (n < 0)
                 hellod_fail(d, "cannot list /proc/%d/task", (int) d->pid);
-        return n - kernel;
+        /* io-wq keeps an idle worker or two per ring: hundreds would be work that blocks. */
+        if (kernel > HELLOD_IO_URING_WORKERS_MAX)
+                hellod_fail(d, "%d io_uring worker threads in the kernel (at most %d expected)", kernel,
+                            HELLOD_IO_URING_WORKERS_MAX);
+        return n;
 }
 
 int hellod_worker_count(Hellod *d) {

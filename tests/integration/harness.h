@@ -84,9 +84,12 @@ rlim_t harness_raise_nofile(void);
 long harness_proc_status_field(pid_t pid, const char *name);
 /* harness_proc_fd_count: the entries of /proc/PID/fd. */
 int harness_proc_fd_count(pid_t pid);
-/* harness_proc_thread_count: threads of PID whose name (/proc/PID/task/TID/comm) is NAME (a
- * NAME ending in '*': begins with the rest), or all of them when NAME is NULL. */
+/* harness_proc_thread_count: threads of PID whose name (/proc/PID/task/TID/comm) is NAME, or all
+ * of them when NAME is NULL. */
 int harness_proc_thread_count(pid_t pid, const char *name);
+/* harness_proc_thread_count_but: threads of PID whose name does not begin with PREFIX; those
+ * that do in *RET_EXCLUDED (one look at /proc). -1 if PID's threads cannot be listed. */
+int harness_proc_thread_count_but(pid_t pid, const char *prefix, int *ret_excluded);
 /* harness_proc_maps_contain: whether a mapping of PID names a file containing NEEDLE. */
 bool harness_proc_maps_contain(pid_t pid, const char *needle);
 
@@ -172,8 +175,10 @@ void hellod_wait_stderr(Hellod *d, const char *needle);
 /* The running daemon's resources (harness_proc_*); these fail if it is not running. */
 int hellod_fd_count(Hellod *d);
 /* hellod_thread_count: all its threads but the kernel's io_uring workers (iou-wrk-*, iou-sqp-*:
- * io-wq keeps its last one for the ring's life, and that is no thread of hellod's);
- * hellod_worker_count: its worker threads (busy or parked). */
+ * io-wq keeps its last one for the ring's life, and that is no thread of hellod's), of which
+ * more than HELLOD_IO_URING_WORKERS_MAX fail the test; hellod_worker_count: its worker threads
+ * (busy or parked). */
+#define HELLOD_IO_URING_WORKERS_MAX 16
 int hellod_thread_count(Hellod *d);
 int hellod_worker_count(Hellod *d);
 long hellod_rss_kib(Hellod *d);

@@ -52,7 +52,7 @@ void store_stays(Hellod *d, Store *st, const char *prefix, unsigned n, int ms);
  * LISTENER, then what the store holds. */
 pid_t store_start_hellod(Hellod *d, Store *st, int listener);
 /* store_wait_ready: until the store has taken N READY=1 notifications in all (a start job
- * done, as `systemctl restart` waits for it). */
+ * done, as `systemctl restart` waits for it). A reload sends one too, done or failed. */
 void store_wait_ready(Hellod *d, Store *st, unsigned n);
 /* store_readies: the READY=1 notifications taken so far. */
 unsigned store_readies(Store *st);
