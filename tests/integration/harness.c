@@ -363,12 +363,16 @@ int harness_proc_fd_count(pid_t pid) {
         return n;
 }
 
-int harness_proc_thread_count(pid_t pid, const char *name) {
+/* count_threads: PID's threads, and in *RET_NAMED those whose name (/proc/PID/task/TID/comm)
+ * is NAME, or begins with it when PREFIX (one look at /proc; NAME NULL: no name is read, and
+ * *RET_NAMED is 0). -1 if they cannot be listed. */
+static int count_threads(pid_t pid, const char *name, bool prefix, int *ret_named) {
         char path[64];
         struct dirent *e;
         int n = 0;
         DIR *dir;
 
+        *ret_named = 0;
         (void) snprintf(path, sizeof(path), "/proc/%d/task", (int) pid);
         dir = opendir(path);
         if (!dir)
@@ -389,38 +393,23 @@ int harness_proc_thread_count(pid_t pid, const char *name) {
                         continue;
                 if (comm[k - 1] == '\n')
                         comm[k - 1] = '\0';
-                n += strcmp(comm, name) == 0;
+                n++;
+                *ret_named += prefix ? strncmp(comm, name, strlen(name)) == 0 : strcmp(comm, name) == 0;
         }
         (void) closedir(dir);
         return n;
 }
 
+int harness_proc_thread_count(pid_t pid, const char *name) {
+        int named, n = count_threads(pid, name, false, &named);
+
+        return n < 0 || !name ? n : named;
+}
+
 int harness_proc_thread_count_but(pid_t pid, const char *prefix, int *ret_excluded) {
-        char path[64];
-        size_t len = strlen(prefix);
-        struct dirent *e;
-        int n = 0;
-        DIR *dir;
+        int n = count_threads(pid, prefix, true, ret_excluded);
 
-        *ret_excluded = 0;
-        (void) snprintf(path, sizeof(path), "/proc/%d/task", (int) pid);
-        if (!(dir = opendir(path)))
-                return -1;
-        while ((e = readdir(dir))) {
-                char comm_path[384], comm[64];
-
-                if (e->d_name[0] == '.')
-                        continue;
-                (void) snprintf(comm_path, sizeof(comm_path), "%s/%s/comm", path, e->d_name);
-                if (read_small(comm_path, comm, sizeof(comm)) <= 0) /* the thread ended meanwhile */
-                        continue;
-                if (strncmp(comm, prefix, len) == 0)
-                        ++*ret_excluded;
-                else
-                        n++;
-        }
-        (void) closedir(dir);
-        return n;
+        return n < 0 ? n : n - *ret_excluded;
 }
 
 bool harness_proc_maps_contain(pid_t pid, const char *needle) {
