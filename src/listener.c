@@ -15,6 +15,7 @@
 
 #include "handover.h"
 #include "log.h"
+#include "lookup.h"
 #include "notify.h"
 
 static bool same_addr(const Listener *a, const Listener *b) {
@@ -47,7 +48,7 @@ static int append(ListenerSet *set, const struct sockaddr *sa, socklen_t len, bo
 }
 
 /* look_up: the addresses SPEC's host and port (PORT when it has none) stand for, into *RES
- * (freeaddrinfo() it); getaddrinfo()'s result. The one lookup binding and marking share. */
+ * (freeaddrinfo() it); lookup_addrinfo()'s result. The one lookup binding and marking share. */
 static int look_up(const ListenSpec *spec, unsigned port, struct addrinfo **res) {
         struct addrinfo hints = {
                 .ai_flags = AI_PASSIVE | AI_NUMERICSERV,
@@ -58,8 +59,7 @@ static int look_up(const ListenSpec *spec, unsigned port, struct addrinfo **res)
         char service[8];
 
         snprintf(service, sizeof(service), "%u", spec->port ? spec->port : port);
-        *res = NULL;
-        return getaddrinfo(spec->host, service, &hints, res);
+        return lookup_addrinfo(spec->host, service, &hints, res);
 }
 
 /* spec_origin: "FILE:LINE" of SPEC, or the file, for messages. */
@@ -74,8 +74,7 @@ static int look_up_or_explain(const ListenSpec *spec, unsigned port, struct addr
 
         if (r == 0)
                 return 0;
-        snprintf(err, err_size, "cannot resolve listen address '%s': %s", spec->host,
-                 r == EAI_SYSTEM ? strerror(errno) : gai_strerror(r));
+        snprintf(err, err_size, "cannot resolve listen address '%s': %s", spec->host, lookup_strerror(r));
         return -EADDRNOTAVAIL;
 }
 

@@ -27,6 +27,7 @@
 #include "iptable.h"
 #include "listener.h"
 #include "log.h"
+#include "lookup.h"
 #include "notify.h"
 #include "preflight.h"
 #include "proto.h"
@@ -1043,6 +1044,16 @@ static void feed_watchdog(Server *s) {
         s->watchdog_next = now + s->watchdog_usec / 2;
 }
 
+/* keep_waiting_for_lookup: the LookupWaiter of the main thread. A listen address looked up
+ * (at the start, at a reload) keeps systemd's watchdog fed, and gives way to a stop: SIGTERM
+ * or SIGINT, left pending for the loop to read. */
+static bool keep_waiting_for_lookup(void *userdata) {
+        sigset_t pending;
+
+        feed_watchdog(userdata);
+        return sigpending(&pending) < 0 || (!sigismember(&pending, SIGTERM) && !sigismember(&pending, SIGINT));
+}
+
 static void log_started(Server *s) {
         char names[1024];
 
@@ -1335,6 +1346,7 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
         s->exhaustion_log = (RateLimit) RATELIMIT_INIT(1);
         pthread_mutex_init(&s->lock, NULL);
         apply_log_level(s);
+        lookup_set_waiter(keep_waiting_for_lookup, s);
 
         handled_sigset(&set);
         s->signal_fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
@@ -1405,6 +1417,7 @@ fail:
 Server *server_free(Server *s) {
         if (!s)
                 return NULL;
+        lookup_set_waiter(NULL, NULL);
         (void) engine_stop(s->engine, UINT64_MAX);
         listener_set_done(&s->listeners);
         if (s->abandoned)

@@ -3,6 +3,7 @@
  * and the log targets. The booted-systemd test (tests/systemd/) covers the rest. */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -42,18 +43,19 @@ static void notify_open(Notify *n, const Hellod *d) {
         cr_assert_eq(bind(n->fd, (struct sockaddr *) &a, sizeof(a)), 0, "bind %s: %s", n->path, strerror(errno));
 }
 
-/* notify_wait: the next message containing NEEDLE (messages before it are kept in SEEN). */
-static const char *notify_wait(Notify *n, const char *needle) {
+/* notify_wait_within: the next message containing NEEDLE within MS (messages before it are
+ * kept in SEEN); notify_wait: within the harness's timeout. */
+static const char *notify_wait_within(Notify *n, const char *needle, int ms) {
         static char msg[4096];
-        int64_t deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;
+        int64_t deadline = harness_now_ms() + ms;
 
         for (;;) {
                 struct pollfd pfd = { .fd = n->fd, .events = POLLIN };
                 int64_t left = deadline - harness_now_ms();
 
                 if (left <= 0 || poll(&pfd, 1, (int) left) <= 0)
-                        cr_assert_fail("no notification with '%s' within %d ms; got:\n%.*s", needle,
-                                       HARNESS_TIMEOUT_MS, (int) n->seen_len, n->seen);
+                        cr_assert_fail("no notification with '%s' within %d ms; got:\n%.*s", needle, ms,
+                                       (int) n->seen_len, n->seen);
                 ssize_t k = recv(n->fd, msg, sizeof(msg) - 1, 0);
                 if (k < 0)
                         continue;
@@ -64,6 +66,10 @@ static const char *notify_wait(Notify *n, const char *needle) {
                 if (strstr(msg, needle))
                         return msg;
         }
+}
+
+static const char *notify_wait(Notify *n, const char *needle) {
+        return notify_wait_within(n, needle, HARNESS_TIMEOUT_MS);
 }
 
 static bool has_line(const char *msg, const char *line) {
@@ -356,6 +362,131 @@ Test(systemd, no_notify_socket_is_harmless, .timeout = 60) {
         client_hello(fd, "plain");
         client_close(fd);
         hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* --- name lookups during a reload ------------------------------------------------------ */
+
+/* A name server that takes queries and answers none: a UDP socket on port 53 of a loopback
+ * address of its own, and a resolv.conf naming it (with OPTIONS) that hellod sees in place of
+ * /etc/resolv.conf, in a mount namespace of its own (WRAPPER). The lookups are glibc's own,
+ * as a host whose name server went away makes them. */
+typedef struct SilentResolver {
+        int fd;
+        char conf_path[320];
+        char script[512];
+        const char *wrapper[7];
+} SilentResolver;
+
+static void silent_resolver_open(SilentResolver *r, const Hellod *d, const char *options) {
+        struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(53) };
+        char resolv[256];
+        unsigned seed = (unsigned) getpid() ^ (unsigned) harness_now_us();
+        int tries = 0, bound;
+
+        r->fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        cr_assert(r->fd >= 0, "socket: %s", strerror(errno));
+        /* 127.53.0.0/16, clear of the harness's client addresses; another run may hold one. */
+        do {
+                a.sin_addr.s_addr = htonl(0x7f350000u | (uint32_t) (1 + rand_r(&seed) % 65000));
+                bound = bind(r->fd, (struct sockaddr *) &a, sizeof(a));
+        } while (bound < 0 && errno == EADDRINUSE && ++tries < 100);
+        cr_assert_eq(bound, 0, "no free port 53 on 127.53.0.0/16: %s", strerror(errno));
+        int len = snprintf(resolv, sizeof(resolv), "nameserver %s\noptions %s\n",
+                           inet_ntoa(a.sin_addr), options);
+        cr_assert(len > 0 && (size_t) len < sizeof(resolv));
+        cr_assert_lt((size_t) snprintf(r->conf_path, sizeof(r->conf_path), "%s/resolv.conf", d->dir),
+                     sizeof(r->conf_path));
+        harness_write_file(r->conf_path, resolv, (size_t) len);
+        cr_assert_lt((size_t) snprintf(r->script, sizeof(r->script),
+                                       "mount --bind %s /etc/resolv.conf && exec \"$0\" \"$@\"", r->conf_path),
+                     sizeof(r->script));
+        const char *wrapper[] = { "/usr/bin/unshare", "--mount", "--", "/bin/sh", "-c", r->script, NULL };
+        memcpy(r->wrapper, wrapper, sizeof(wrapper));
+}
+
+/* The name hellod is asked to listen on: not in /etc/hosts, so asked of the name server. */
+#define UNANSWERED_NAME "hellod-lookup.test"
+
+/* A reload whose listen address is a name the name server never answers: the watchdog is fed
+ * all the while (systemd would kill a daemon that stops pinging, WatchdogSec= in the unit),
+ * clients are served meanwhile, and hellod gives up on its own after 30 s however long the
+ * resolver is told to try (here 5 × 30 s), keeping the running configuration. */
+Test(systemd, a_reload_stuck_on_a_name_lookup_feeds_the_watchdog_and_gives_up, .timeout = 120) {
+        Hellod *d = hellod_new();
+        SilentResolver resolver;
+        Notify n;
+        int fd, pings = 0;
+
+        silent_resolver_open(&resolver, d, "timeout:30 attempts:5");
+        notify_open(&n, d);
+        const char *const env[] = { n.env, "WATCHDOG_USEC=1000000", NULL };
+        hellod_write_config_std(d, NULL);
+        hellod_spawn(d, &(HellodOpts) { .env = env, .wrapper = resolver.wrapper });
+        notify_wait(&n, "READY=1");
+        hellod_wait_ready(d);
+
+        harness_step("reload with a listen name the name server never answers");
+        hellod_write_config(d, "listen = [ \"127.0.0.1\", \"" UNANSWERED_NAME "\" ];\nport = %u;\n",
+                            (unsigned) d->port);
+        hellod_signal(d, SIGHUP);
+        notify_wait(&n, "RELOADING=1");
+        hellod_wait_stderr(d, "reloading configuration");
+
+        harness_step("a client is served while the reload waits");
+        fd = client_connect_greeted("127.0.0.1", d->port, NULL, HELLOD_GREETING, NULL);
+        client_hello(fd, "during the lookup");
+        client_close(fd);
+
+        harness_step("pings until the reload gives up (hellod's bound: 30 s)");
+        for (;;) {
+                const char *msg = notify_wait_within(&n, "=1", 60000);
+                if (has_line(msg, "WATCHDOG=1"))
+                        pings++;
+                if (has_line(msg, "READY=1"))
+                        break;
+        }
+        /* Twice a WatchdogSec= of 1 s, over 30 s: about 60. Without pings, systemd kills. */
+        cr_assert_geq(pings, 10, "%d watchdog pings while the reload waited 30 s", pings);
+        hellod_wait_stderr(d, "reload failed, keeping the running configuration");
+        char *err = hellod_stderr(d);
+        cr_assert(strstr(err, "hellod.conf:1: listen: cannot resolve listen address '" UNANSWERED_NAME
+                              "': no answer within 30 s"),
+                  "%s", err);
+        free(err);
+
+        harness_step("the running configuration serves");
+        fd = client_connect_greeted("127.0.0.1", d->port, NULL, HELLOD_GREETING, NULL);
+        client_hello(fd, "after");
+        client_close(fd);
+        hellod_stop_clean(d);
+        close(n.fd);
+        close(resolver.fd);
+        hellod_free(d);
+}
+
+/* SIGTERM during a reload stuck on a name lookup: hellod stops at once, the reload abandoned,
+ * not when the lookup ends (systemctl stop would otherwise wait it out). */
+Test(systemd, a_stop_during_a_stuck_name_lookup_is_not_held_up, .timeout = 120) {
+        Hellod *d = hellod_new();
+        SilentResolver resolver;
+
+        silent_resolver_open(&resolver, d, "timeout:30 attempts:5");
+        hellod_write_config_std(d, NULL);
+        hellod_spawn(d, &(HellodOpts) { .wrapper = resolver.wrapper });
+        hellod_wait_ready(d);
+
+        hellod_write_config(d, "listen = [ \"127.0.0.1\", \"" UNANSWERED_NAME "\" ];\nport = %u;\n",
+                            (unsigned) d->port);
+        hellod_signal(d, SIGHUP);
+        hellod_wait_stderr(d, "reloading configuration");
+        hellod_signal(d, SIGTERM);
+        /* Well inside hellod's own 30 s bound on the lookup. */
+        cr_assert_eq(hellod_wait_exit(d, HARNESS_STOP_TIMEOUT_MS), 0);
+        char *err = hellod_stderr(d);
+        cr_assert(strstr(err, "cannot resolve listen address '" UNANSWERED_NAME "': hellod is stopping"), "%s", err);
+        free(err);
+        close(resolver.fd);
         hellod_free(d);
 }
 

@@ -1,0 +1,32 @@
+/* lookup: getaddrinfo() that neither holds its caller past a bound nor keeps it from its
+ * duties meanwhile. glibc's lookup cannot be interrupted and may take as long as the
+ * resolver's timeouts add up to (minutes, with resolv.conf's options raised). The main thread
+ * that reloads the configuration must keep feeding systemd's watchdog, and must be able to
+ * stop, while a listen address is looked up; so the lookup runs on a thread of its own and
+ * the caller waits for it, calling the waiter (lookup_set_waiter) every LOOKUP_TICK_MSEC.
+ * A lookup given up on (the bound, or the waiter) finishes on its thread and frees itself. */
+#pragma once
+
+#include <netdb.h>
+#include <stdbool.h>
+
+#define LOOKUP_TIMEOUT_SEC 30 /* nginx's resolver_timeout; glibc's default gives up after 10 s a server */
+#define LOOKUP_TICK_MSEC 100
+
+/* Besides getaddrinfo()'s codes (negative): the lookup gave no answer within LOOKUP_TIMEOUT_SEC,
+ * or the waiter gave it up (the only waiter does when hellod is to stop). */
+enum { LOOKUP_TIMED_OUT = 1, LOOKUP_ABANDONED = 2 };
+
+/* LookupWaiter: called on the waiting thread while a lookup runs; false gives the lookup up. */
+typedef bool (*LookupWaiter)(void *userdata);
+
+/* lookup_set_waiter: WAITER (NULL: none) for the lookups that follow; set and used by one
+ * thread (the main thread). */
+void lookup_set_waiter(LookupWaiter waiter, void *userdata);
+
+/* lookup_addrinfo: getaddrinfo(HOST, SERVICE, HINTS, RES), bounded; 0 with *RES to
+ * freeaddrinfo(), an EAI_ code (EAI_SYSTEM: see errno), or a LOOKUP_ code. */
+int lookup_addrinfo(const char *host, const char *service, const struct addrinfo *hints, struct addrinfo **res);
+
+/* lookup_strerror: what R (lookup_addrinfo()'s, with errno as it left it) means. */
+const char *lookup_strerror(int r);
