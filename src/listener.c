@@ -67,7 +67,8 @@ static const char *spec_origin(const Conf *conf, const ListenSpec *spec) {
         return spec && spec->at ? spec->at : conf->path ? conf->path : CONF_DEFAULTS_NAME;
 }
 
-/* look_up_or_explain: look_up(), or -EADDRNOTAVAIL with the reason in ERR. */
+/* look_up_or_explain: look_up(), or -EADDRNOTAVAIL with the reason in ERR (-ECANCELED: the
+ * lookup was given up, hellod is stopping). */
 static int look_up_or_explain(const ListenSpec *spec, unsigned port, struct addrinfo **res, char *err,
                               size_t err_size) {
         int r = look_up(spec, port, res);
@@ -75,7 +76,7 @@ static int look_up_or_explain(const ListenSpec *spec, unsigned port, struct addr
         if (r == 0)
                 return 0;
         snprintf(err, err_size, "cannot resolve listen address '%s': %s", spec->host, lookup_strerror(r));
-        return -EADDRNOTAVAIL;
+        return r == LOOKUP_ABANDONED ? -ECANCELED : -EADDRNOTAVAIL;
 }
 
 static int resolve_one(const ListenSpec *spec, unsigned port, ListenerSet *set, char *err, size_t err_size) {

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,8 +28,12 @@ typedef struct Lookup {
         int rc, error;
 } Lookup;
 
-static LookupWaiter waiter;
-static void *waiter_userdata;
+/* The lookups given up on whose threads still run: each reload against a dead name server
+ * leaves one for as long as the resolver tries, so they are capped. */
+static unsigned running;
+
+static _Thread_local LookupWaiter waiter;
+static _Thread_local void *waiter_userdata;
 
 void lookup_set_waiter(LookupWaiter fn, void *userdata) {
         waiter = fn;
@@ -55,6 +60,7 @@ static void *look_up(void *arg) {
         __atomic_store_n(&l->done, true, __ATOMIC_RELEASE);
         (void) eventfd_write(l->done_fd, 1);
         unref(l);
+        __atomic_sub_fetch(&running, 1, __ATOMIC_RELAXED);
         return NULL;
 }
 
@@ -65,57 +71,91 @@ static uint64_t now_msec(void) {
         return (uint64_t) ts.tv_sec * 1000u + (uint64_t) ts.tv_nsec / 1000000u;
 }
 
+static bool is_done(Lookup *l) {
+        return __atomic_load_n(&l->done, __ATOMIC_ACQUIRE);
+}
+
 /* wait_done: until L is done (0), LOOKUP_TIMEOUT_SEC has passed or the waiter gave up. */
 static int wait_done(Lookup *l) {
         uint64_t deadline = now_msec() + LOOKUP_TIMEOUT_SEC * 1000u;
 
-        while (!__atomic_load_n(&l->done, __ATOMIC_ACQUIRE)) {
+        while (!is_done(l)) {
                 uint64_t now = now_msec();
                 if (now >= deadline)
                         return LOOKUP_TIMED_OUT;
                 uint64_t left = deadline - now;
                 struct pollfd pfd = { .fd = l->done_fd, .events = POLLIN };
                 (void) poll(&pfd, 1, (int) (waiter && left > LOOKUP_TICK_MSEC ? LOOKUP_TICK_MSEC : left));
-                if (waiter && !waiter(waiter_userdata))
+                if (!is_done(l) && waiter && !waiter(waiter_userdata))
                         return LOOKUP_ABANDONED;
         }
         return 0;
 }
 
-/* start: L looked up on a detached thread; false when no thread could be started. */
-static bool start(Lookup *l) {
+/* start: L looked up on a detached thread, with every signal blocked (the daemon's are read
+ * by its main thread; one delivered here would take its default action); 0 or -errno. */
+static int start(Lookup *l) {
+        sigset_t all, old;
         pthread_attr_t attr;
         pthread_t thread;
-        bool started;
+        int r;
 
-        if (pthread_attr_init(&attr) != 0)
-                return false;
-        started = pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
-                  pthread_create(&thread, &attr, look_up, l) == 0;
-        pthread_attr_destroy(&attr);
-        return started;
+        if (__atomic_add_fetch(&running, 1, __ATOMIC_RELAXED) > LOOKUP_RUNNING_MAX) {
+                __atomic_sub_fetch(&running, 1, __ATOMIC_RELAXED);
+                return -EBUSY;
+        }
+        sigfillset(&all);
+        r = pthread_attr_init(&attr);
+        if (r == 0) {
+                r = pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+                if (r == 0 && (r = pthread_sigmask(SIG_SETMASK, &all, &old)) == 0) {
+                        r = pthread_create(&thread, &attr, look_up, l);
+                        (void) pthread_sigmask(SIG_SETMASK, &old, NULL);
+                        if (r == 0)
+                                (void) pthread_setname_np(thread, "hellod-lookup");
+                }
+                pthread_attr_destroy(&attr);
+        }
+        if (r != 0)
+                __atomic_sub_fetch(&running, 1, __ATOMIC_RELAXED);
+        return -r;
+}
+
+/* numeric: HOST as a numeric address, at once (most listen entries are). */
+static int numeric(const char *host, const char *service, const struct addrinfo *hints, struct addrinfo **res) {
+        struct addrinfo numeric_hints = *hints;
+
+        numeric_hints.ai_flags |= AI_NUMERICHOST;
+        return getaddrinfo(host, service, &numeric_hints, res);
 }
 
 int lookup_addrinfo(const char *host, const char *service, const struct addrinfo *hints, struct addrinfo **res) {
-        Lookup *l = calloc(1, sizeof(*l));
+        int r = numeric(host, service, hints, res), error = 0, failed = 0;
+        Lookup *l;
 
-        *res = NULL;
-        if (l) {
-                l->refs = 2;
-                l->hints = *hints;
-                l->host = host ? strdup(host) : NULL;
-                l->service = service ? strdup(service) : NULL;
-                l->done_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (r != EAI_NONAME)
+                return r;
+        if (!(l = calloc(1, sizeof(*l))))
+                return EAI_MEMORY;
+        l->refs = 2;
+        l->hints = *hints;
+        l->host = host ? strdup(host) : NULL;
+        l->service = service ? strdup(service) : NULL;
+        l->done_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if ((host && !l->host) || (service && !l->service))
+                failed = EAI_MEMORY;
+        else if (l->done_fd < 0) {
+                failed = EAI_SYSTEM;
+                error = errno;
+        } else if ((error = -start(l)) != 0)
+                failed = error == EBUSY ? LOOKUP_BUSY : EAI_SYSTEM;
+        if (failed) { /* no thread holds a reference */
+                l->refs = 1;
+                unref(l);
+                errno = error;
+                return failed;
         }
-        if (!l || (host && !l->host) || (service && !l->service) || l->done_fd < 0 || !start(l)) {
-                /* Out of memory, descriptors or threads: the lookup as glibc makes it, unbounded. */
-                if (l) {
-                        l->refs = 1;
-                        unref(l);
-                }
-                return getaddrinfo(host, service, hints, res);
-        }
-        int r = wait_done(l), error = 0;
+        r = wait_done(l);
         if (r == 0) {
                 r = l->rc;
                 error = l->error;
@@ -132,7 +172,9 @@ const char *lookup_strerror(int r) {
         case LOOKUP_TIMED_OUT:
                 return "no answer within " STRINGIFY(LOOKUP_TIMEOUT_SEC) " s";
         case LOOKUP_ABANDONED:
-                return "hellod is stopping";
+                return "lookup given up";
+        case LOOKUP_BUSY:
+                return STRINGIFY(LOOKUP_RUNNING_MAX) " earlier lookups that timed out are still running";
         case EAI_SYSTEM:
                 return strerror(errno);
         default:

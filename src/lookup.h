@@ -12,16 +12,17 @@
 
 #define LOOKUP_TIMEOUT_SEC 30 /* nginx's resolver_timeout; glibc's default gives up after 10 s a server */
 #define LOOKUP_TICK_MSEC 100
+#define LOOKUP_RUNNING_MAX 4 /* threads looking up at once, most of them given up on */
 
 /* Besides getaddrinfo()'s codes (negative): the lookup gave no answer within LOOKUP_TIMEOUT_SEC,
- * or the waiter gave it up (the only waiter does when hellod is to stop). */
-enum { LOOKUP_TIMED_OUT = 1, LOOKUP_ABANDONED = 2 };
+ * the waiter gave it up (hellod's does when it is to stop), or LOOKUP_RUNNING_MAX
+ * lookups given up on still run. A numeric address is read at once, on the caller's thread. */
+enum { LOOKUP_TIMED_OUT = 1, LOOKUP_ABANDONED = 2, LOOKUP_BUSY = 3 };
 
 /* LookupWaiter: called on the waiting thread while a lookup runs; false gives the lookup up. */
 typedef bool (*LookupWaiter)(void *userdata);
 
-/* lookup_set_waiter: WAITER (NULL: none) for the lookups that follow; set and used by one
- * thread (the main thread). */
+/* lookup_set_waiter: WAITER (NULL: none) for the lookups the calling thread makes from now on. */
 void lookup_set_waiter(LookupWaiter waiter, void *userdata);
 
 /* lookup_addrinfo: getaddrinfo(HOST, SERVICE, HINTS, RES), bounded; 0 with *RES to

@@ -86,9 +86,10 @@ static unsigned warn_memory(const Conf *conf) {
 
 static int check_listen(const Conf *conf, char *err, size_t err_size) {
         ListenerSet set;
+        int r = listeners_resolve(conf, &set, err, err_size);
 
-        if (listeners_resolve(conf, &set, err, err_size) < 0) /* ERR names the file and line */
-                return -EINVAL;
+        if (r < 0) /* ERR names the file and line */
+                return r == -ECANCELED ? r : -EINVAL;
         listener_set_done(&set);
         return 0;
 }

@@ -788,6 +788,11 @@ static void reload(Server *s) {
                 r = preflight_check(conf, s->opts.config_path, err, sizeof(err));
         if (r >= 0)
                 r = reload_listeners(s, conf, err, sizeof(err));
+        if (r == -ECANCELED) { /* a stop came while a name was looked up: the loop reads it next */
+                log_notice("reload abandoned, hellod is stopping: %s", err);
+                conf_unref(conf);
+                return;
+        }
         if (r < 0) {
                 log_error("reload failed, keeping the running configuration: %s", err);
                 conf_unref(conf);
@@ -1044,9 +1049,9 @@ static void feed_watchdog(Server *s) {
         s->watchdog_next = now + s->watchdog_usec / 2;
 }
 
-/* keep_waiting_for_lookup: the LookupWaiter of the main thread. A listen address looked up
- * (at the start, at a reload) keeps systemd's watchdog fed, and gives way to a stop: SIGTERM
- * or SIGINT, left pending for the loop to read. */
+/* keep_waiting_for_lookup: the LookupWaiter of the main thread. A listen name looked up at a
+ * reload keeps systemd's watchdog fed, and gives way to a stop: SIGTERM or SIGINT, left pending
+ * for the loop to read. (STATUS= stays "Reloading configuration" meanwhile: that is the news.) */
 static bool keep_waiting_for_lookup(void *userdata) {
         sigset_t pending;
 
@@ -1083,6 +1088,10 @@ int server_run(Server *s, InheritedStore *store) {
         log_started(s);
         ready(s);
         s->watchdog_usec = notify_watchdog_usec();
+        /* Up and serving: from now on (a reload) a lookup keeps the watchdog fed and gives way to
+         * a stop. At the start, a stop waits for the lookup (at most its bound) and then ends
+         * the started daemon cleanly. */
+        lookup_set_waiter(keep_waiting_for_lookup, s);
         for (;;) {
                 feed_watchdog(s);
                 tick(s);
@@ -1346,7 +1355,6 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
         s->exhaustion_log = (RateLimit) RATELIMIT_INIT(1);
         pthread_mutex_init(&s->lock, NULL);
         apply_log_level(s);
-        lookup_set_waiter(keep_waiting_for_lookup, s);
 
         handled_sigset(&set);
         s->signal_fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);

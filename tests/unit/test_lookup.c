@@ -1,0 +1,150 @@
+/* test_lookup: lookup_addrinfo() against glibc's own resolver. A numeric address is read at
+ * once, on the caller's thread; a name is looked up on a thread of its own while the waiter
+ * runs, and a waiter that gives up ends the wait at once; lookups given up on still running
+ * are capped. The name server that never answers is a UDP socket on 127.0.0.1:53 in a network
+ * namespace of the test's own, named by a resolv.conf bound over /etc/resolv.conf in a mount
+ * namespace of its own (each test runs in a process of its own). */
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <errno.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "lookup.h"
+
+static const struct addrinfo hints = {
+        .ai_flags = AI_PASSIVE | AI_NUMERICSERV,
+        .ai_family = AF_UNSPEC,
+        .ai_socktype = SOCK_STREAM,
+        .ai_protocol = IPPROTO_TCP,
+};
+
+/* Waiter: counts its calls; gives up from call GIVE_UP_AT on (0: never). */
+typedef struct Waiter {
+        unsigned calls, give_up_at;
+} Waiter;
+
+static bool count_and_maybe_give_up(void *userdata) {
+        Waiter *w = userdata;
+
+        w->calls++;
+        return w->give_up_at == 0 || w->calls < w->give_up_at;
+}
+
+static int thread_count(void) {
+        DIR *d = opendir("/proc/self/task");
+        int n = 0;
+
+        cr_assert_not_null(d);
+        for (struct dirent *e; (e = readdir(d));)
+                n += e->d_name[0] != '.';
+        closedir(d);
+        return n;
+}
+
+/* silent_name_server: the name server of this process, from now on, never answers. */
+static int silent_name_server(void) {
+        static const char resolv[] = "nameserver 127.0.0.1\noptions timeout:30 attempts:5\n";
+        char path[] = "/tmp/hellod-test-resolv.XXXXXX";
+        struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(53),
+                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        struct ifreq ifr = { .ifr_name = "lo" };
+        int fd, udp;
+
+        cr_assert_eq(unshare(CLONE_NEWNET | CLONE_NEWNS), 0, "unshare: %s (this test needs root; it does not skip)",
+                     strerror(errno));
+        cr_assert_eq(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), 0, "mount --make-rprivate /: %s",
+                     strerror(errno));
+        udp = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        cr_assert(udp >= 0);
+        cr_assert(ioctl(udp, SIOCGIFFLAGS, &ifr) == 0);
+        ifr.ifr_flags |= IFF_UP;
+        cr_assert(ioctl(udp, SIOCSIFFLAGS, &ifr) == 0, "lo up: %s", strerror(errno));
+        cr_assert_eq(bind(udp, (struct sockaddr *) &a, sizeof(a)), 0, "bind 127.0.0.1:53: %s", strerror(errno));
+        fd = mkstemp(path);
+        cr_assert(fd >= 0);
+        cr_assert_eq(write(fd, resolv, sizeof(resolv) - 1), (ssize_t) sizeof(resolv) - 1);
+        close(fd);
+        cr_assert_eq(mount(path, "/etc/resolv.conf", NULL, MS_BIND, NULL), 0, "bind %s over /etc/resolv.conf: %s",
+                     path, strerror(errno));
+        unlink(path); /* the bind mount keeps it */
+        return udp;
+}
+
+Test(lookup, a_numeric_address_is_read_at_once_on_the_callers_thread) {
+        Waiter w = { 0 };
+        struct addrinfo *res = NULL;
+        int threads = thread_count();
+
+        lookup_set_waiter(count_and_maybe_give_up, &w);
+        cr_assert_eq(lookup_addrinfo("127.0.0.1", "9999", &hints, &res), 0);
+        cr_assert_not_null(res);
+        cr_assert_eq(res->ai_family, AF_INET);
+        cr_assert_eq(ntohs(((struct sockaddr_in *) res->ai_addr)->sin_port), 9999);
+        freeaddrinfo(res);
+        cr_assert_eq(lookup_addrinfo("::1", "9999", &hints, &res), 0);
+        cr_assert_eq(res->ai_family, AF_INET6);
+        freeaddrinfo(res);
+        cr_assert_eq(w.calls, 0, "the waiter ran %u times for a numeric address", w.calls);
+        cr_assert_eq(thread_count(), threads);
+}
+
+/* "localhost" is in /etc/hosts: looked up on the thread, its answer handed back whole. */
+Test(lookup, a_name_is_answered_through_the_lookup_thread) {
+        struct addrinfo *res = NULL;
+        bool v4 = false;
+
+        cr_assert_eq(lookup_addrinfo("localhost", "7000", &hints, &res), 0);
+        for (const struct addrinfo *ai = res; ai; ai = ai->ai_next)
+                v4 |= ai->ai_family == AF_INET &&
+                      ((struct sockaddr_in *) ai->ai_addr)->sin_addr.s_addr == htonl(INADDR_LOOPBACK);
+        cr_assert(v4, "localhost did not give 127.0.0.1");
+        freeaddrinfo(res);
+        cr_assert_eq(lookup_addrinfo("no-such-host.invalid.", "7000", &(struct addrinfo) {
+                                             .ai_family = AF_INET, .ai_flags = AI_NUMERICSERV }, &res) != 0,
+                     true);
+}
+
+Test(lookup, a_waiter_that_gives_up_ends_the_wait) {
+        int dns = silent_name_server();
+        Waiter w = { .give_up_at = 3 };
+        struct addrinfo *res = NULL;
+
+        lookup_set_waiter(count_and_maybe_give_up, &w);
+        cr_assert_eq(lookup_addrinfo("hellod-lookup.test", "9999", &hints, &res), LOOKUP_ABANDONED);
+        cr_assert_null(res);
+        cr_assert_eq(w.calls, 3);
+        cr_assert_str_eq(lookup_strerror(LOOKUP_ABANDONED), "lookup given up");
+        close(dns);
+}
+
+/* Each lookup given up on leaves its thread waiting on the name server: at most
+ * LOOKUP_RUNNING_MAX of them, then a lookup fails at once; numeric addresses still work. */
+Test(lookup, lookups_given_up_on_are_capped) {
+        int dns = silent_name_server();
+        int threads = thread_count();
+        struct addrinfo *res = NULL;
+
+        for (int i = 0; i < LOOKUP_RUNNING_MAX; i++) {
+                Waiter w = { .give_up_at = 1 };
+                lookup_set_waiter(count_and_maybe_give_up, &w);
+                cr_assert_eq(lookup_addrinfo("hellod-lookup.test", "9999", &hints, &res), LOOKUP_ABANDONED);
+        }
+        cr_assert_eq(thread_count(), threads + LOOKUP_RUNNING_MAX);
+        Waiter w = { 0 };
+        lookup_set_waiter(count_and_maybe_give_up, &w);
+        cr_assert_eq(lookup_addrinfo("hellod-lookup.test", "9999", &hints, &res), LOOKUP_BUSY);
+        cr_assert_eq(w.calls, 0);
+        cr_assert(strstr(lookup_strerror(LOOKUP_BUSY), "still running"));
+        cr_assert_eq(lookup_addrinfo("127.0.0.1", "9999", &hints, &res), 0);
+        freeaddrinfo(res);
+        close(dns);
+}
