@@ -55,6 +55,8 @@ static void unref(Lookup *l) {
 static void *look_up(void *arg) {
         Lookup *l = arg;
 
+        /* Named by itself: detached, it may be gone before its creator could name it. */
+        (void) pthread_setname_np(pthread_self(), "hellod-lookup");
         l->rc = getaddrinfo(l->host, l->service, &l->hints, &l->res);
         l->error = errno;
         __atomic_store_n(&l->done, true, __ATOMIC_RELEASE);
@@ -111,8 +113,6 @@ static int start(Lookup *l) {
                 if (r == 0 && (r = pthread_sigmask(SIG_SETMASK, &all, &old)) == 0) {
                         r = pthread_create(&thread, &attr, look_up, l);
                         (void) pthread_sigmask(SIG_SETMASK, &old, NULL);
-                        if (r == 0)
-                                (void) pthread_setname_np(thread, "hellod-lookup");
                 }
                 pthread_attr_destroy(&attr);
         }

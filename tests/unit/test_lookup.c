@@ -39,13 +39,24 @@ static bool count_and_maybe_give_up(void *userdata) {
         return w->give_up_at == 0 || w->calls < w->give_up_at;
 }
 
-static int thread_count(void) {
+/* thread_count: this process's threads, all (NAME NULL) or those called NAME. */
+static int thread_count(const char *name) {
         DIR *d = opendir("/proc/self/task");
         int n = 0;
 
         cr_assert_not_null(d);
-        for (struct dirent *e; (e = readdir(d));)
-                n += e->d_name[0] != '.';
+        for (struct dirent *e; (e = readdir(d));) {
+                char path[sizeof("/proc/self/task//comm") + sizeof(e->d_name)], comm[32] = "";
+                if (e->d_name[0] == '.')
+                        continue;
+                snprintf(path, sizeof(path), "/proc/self/task/%s/comm", e->d_name);
+                FILE *f = fopen(path, "re");
+                if (f && fgets(comm, sizeof(comm), f))
+                        comm[strcspn(comm, "\n")] = '\0';
+                if (f)
+                        fclose(f);
+                n += !name || strcmp(comm, name) == 0;
+        }
         closedir(d);
         return n;
 }
@@ -82,7 +93,7 @@ static int silent_name_server(void) {
 Test(lookup, a_numeric_address_is_read_at_once_on_the_callers_thread) {
         Waiter w = { 0 };
         struct addrinfo *res = NULL;
-        int threads = thread_count();
+        int threads = thread_count(NULL);
 
         lookup_set_waiter(count_and_maybe_give_up, &w);
         cr_assert_eq(lookup_addrinfo("127.0.0.1", "9999", &hints, &res), 0);
@@ -94,7 +105,7 @@ Test(lookup, a_numeric_address_is_read_at_once_on_the_callers_thread) {
         cr_assert_eq(res->ai_family, AF_INET6);
         freeaddrinfo(res);
         cr_assert_eq(w.calls, 0, "the waiter ran %u times for a numeric address", w.calls);
-        cr_assert_eq(thread_count(), threads);
+        cr_assert_eq(thread_count(NULL), threads);
 }
 
 /* "localhost" is in /etc/hosts: looked up on the thread, its answer handed back whole. */
@@ -130,7 +141,7 @@ Test(lookup, a_waiter_that_gives_up_ends_the_wait) {
  * LOOKUP_RUNNING_MAX of them, then a lookup fails at once; numeric addresses still work. */
 Test(lookup, lookups_given_up_on_are_capped) {
         int dns = silent_name_server();
-        int threads = thread_count();
+        int threads = thread_count(NULL);
         struct addrinfo *res = NULL;
 
         for (int i = 0; i < LOOKUP_RUNNING_MAX; i++) {
@@ -138,7 +149,8 @@ Test(lookup, lookups_given_up_on_are_capped) {
                 lookup_set_waiter(count_and_maybe_give_up, &w);
                 cr_assert_eq(lookup_addrinfo("hellod-lookup.test", "9999", &hints, &res), LOOKUP_ABANDONED);
         }
-        cr_assert_eq(thread_count(), threads + LOOKUP_RUNNING_MAX);
+        cr_assert_eq(thread_count(NULL), threads + LOOKUP_RUNNING_MAX);
+        cr_assert_eq(thread_count("hellod-lookup"), LOOKUP_RUNNING_MAX);
         Waiter w = { 0 };
         lookup_set_waiter(count_and_maybe_give_up, &w);
         cr_assert_eq(lookup_addrinfo("hellod-lookup.test", "9999", &hints, &res), LOOKUP_BUSY);
