@@ -67,8 +67,9 @@ static const char *spec_origin(const Conf *conf, const ListenSpec *spec) {
         return spec && spec->at ? spec->at : conf->path ? conf->path : CONF_DEFAULTS_NAME;
 }
 
-/* look_up_or_explain: look_up(), or -EADDRNOTAVAIL with the reason in ERR (-ECANCELED: the
- * lookup was given up, hellod is stopping). */
+/* look_up_or_explain: look_up(), or -EADDRNOTAVAIL with the reason in ERR (-EAGAIN: no answer
+ * for now, the name server's fault rather than the file's; -ECANCELED: the lookup was given
+ * up, hellod is stopping). */
 static int look_up_or_explain(const ListenSpec *spec, unsigned port, struct addrinfo **res, char *err,
                               size_t err_size) {
         int r = look_up(spec, port, res);
@@ -76,7 +77,7 @@ static int look_up_or_explain(const ListenSpec *spec, unsigned port, struct addr
         if (r == 0)
                 return 0;
         snprintf(err, err_size, "cannot resolve listen address '%s': %s", spec->host, lookup_strerror(r));
-        return r == LOOKUP_ABANDONED ? -ECANCELED : -EADDRNOTAVAIL;
+        return r == LOOKUP_ABANDONED ? -ECANCELED : lookup_transient(r) ? -EAGAIN : -EADDRNOTAVAIL;
 }
 
 static int resolve_one(const ListenSpec *spec, unsigned port, ListenerSet *set, char *err, size_t err_size) {
@@ -750,10 +751,12 @@ void listeners_set_proxy(ListenerSet *set, const bool *marks) {
                 set->items[i].proxy = marks[i];
 }
 
-void listeners_report_match(const ListenerSet *inherited, const Conf *conf) {
+int listeners_report_match(const ListenerSet *inherited, const Conf *conf) {
         char why[1024];
         int r = listeners_match_conf(inherited, conf, why, sizeof(why));
 
+        if (r == -ECANCELED)
+                return r;
         /* Under socket activation systemd owns the addresses, and hellod-socket-generator makes
          * them the configuration's; they differ when the file changed since the last
          * daemon-reload, names a host, or a hand-made drop-in overrides the generated one. */
@@ -769,6 +772,7 @@ void listeners_report_match(const ListenerSet *inherited, const Conf *conf) {
                 log_warning("socket-activated: cannot compare the passed sockets with 'listen' and 'port' (%s); "
                             "serving the passed sockets",
                             why);
+        return 0;
 }
 
 AcceptError listener_accept_error(int errnum) {

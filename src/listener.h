@@ -137,8 +137,9 @@ int listeners_proxy_marks(const ListenerSet *set, const Conf *conf, bool **ret, 
 void listeners_set_proxy(ListenerSet *set, const bool *marks);
 
 /* listeners_report_match: logs whether the passed sockets match CONF: info when they do, a
- * warning with the fix (daemon-reload, restart hellod.socket) when they do not. */
-void listeners_report_match(const ListenerSet *inherited, const Conf *conf);
+ * warning with the fix (daemon-reload, restart hellod.socket) when they do not. 0, or
+ * -ECANCELED: a name's lookup was given up, hellod is stopping. */
+int listeners_report_match(const ListenerSet *inherited, const Conf *conf);
 
 /* What a failed accept4() means for the accepting loop. */
 typedef enum AcceptError {

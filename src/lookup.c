@@ -59,10 +59,11 @@ static void *look_up(void *arg) {
         (void) pthread_setname_np(pthread_self(), "hellod-lookup");
         l->rc = getaddrinfo(l->host, l->service, &l->hints, &l->res);
         l->error = errno;
+        /* No longer counted once done: the caller may look the next name up at once. */
+        __atomic_sub_fetch(&running, 1, __ATOMIC_RELAXED);
         __atomic_store_n(&l->done, true, __ATOMIC_RELEASE);
         (void) eventfd_write(l->done_fd, 1);
         unref(l);
-        __atomic_sub_fetch(&running, 1, __ATOMIC_RELAXED);
         return NULL;
 }
 
@@ -135,6 +136,10 @@ int lookup_addrinfo(const char *host, const char *service, const struct addrinfo
 
         if (r != EAI_NONAME)
                 return r;
+        /* Once for every name, however quick its answer: many names each answered within a
+         * tick would otherwise starve the watchdog; and a stop already pending starts none. */
+        if (waiter && !waiter(waiter_userdata))
+                return LOOKUP_ABANDONED;
         if (!(l = calloc(1, sizeof(*l))))
                 return EAI_MEMORY;
         l->refs = 2;
@@ -167,6 +172,10 @@ int lookup_addrinfo(const char *host, const char *service, const struct addrinfo
         return r;
 }
 
+bool lookup_transient(int r) {
+        return r == EAI_AGAIN || r == LOOKUP_TIMED_OUT || r == LOOKUP_BUSY;
+}
+
 const char *lookup_strerror(int r) {
         switch (r) {
         case LOOKUP_TIMED_OUT:
@@ -174,7 +183,7 @@ const char *lookup_strerror(int r) {
         case LOOKUP_ABANDONED:
                 return "lookup given up";
         case LOOKUP_BUSY:
-                return STRINGIFY(LOOKUP_RUNNING_MAX) " earlier lookups that timed out are still running";
+                return STRINGIFY(LOOKUP_RUNNING_MAX) " earlier lookups are still running";
         case EAI_SYSTEM:
                 return strerror(errno);
         default:

@@ -19,7 +19,8 @@
  * lookups given up on still run. A numeric address is read at once, on the caller's thread. */
 enum { LOOKUP_TIMED_OUT = 1, LOOKUP_ABANDONED = 2, LOOKUP_BUSY = 3 };
 
-/* LookupWaiter: called on the waiting thread while a lookup runs; false gives the lookup up. */
+/* LookupWaiter: called on the waiting thread before a name is looked up and while the lookup
+ * runs; false gives the lookup up. */
 typedef bool (*LookupWaiter)(void *userdata);
 
 /* lookup_set_waiter: WAITER (NULL: none) for the lookups the calling thread makes from now on. */
@@ -31,3 +32,6 @@ int lookup_addrinfo(const char *host, const char *service, const struct addrinfo
 
 /* lookup_strerror: what R (lookup_addrinfo()'s, with errno as it left it) means. */
 const char *lookup_strerror(int r);
+
+/* lookup_transient: whether R may well not recur (no answer, for now): not a fault of the file. */
+bool lookup_transient(int r);

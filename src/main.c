@@ -183,7 +183,9 @@ int main(int argc, char *argv[]) {
         r = preflight_check(conf, path, err, sizeof(err));
         if (r < 0) {
                 log_error("%s", err);
-                code = EXIT_CONFIG;
+                /* A name server that does not answer, for now, is no fault of the file: 78 would
+                 * keep systemd from restarting (RestartPreventExitStatus=). */
+                code = r == -EAGAIN ? EXIT_RUNTIME : EXIT_CONFIG;
                 goto out;
         }
         if (arg_check) {

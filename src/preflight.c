@@ -89,7 +89,7 @@ static int check_listen(const Conf *conf, char *err, size_t err_size) {
         int r = listeners_resolve(conf, &set, err, err_size);
 
         if (r < 0) /* ERR names the file and line */
-                return r == -ECANCELED ? r : -EINVAL;
+                return r == -ECANCELED || r == -EAGAIN ? r : -EINVAL;
         listener_set_done(&set);
         return 0;
 }

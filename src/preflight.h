@@ -18,7 +18,8 @@ unsigned long long preflight_fds_needed(const Conf *conf);
 
 /* preflight_check: what would make the start fail: `user` and `group` must exist, `listen`
  * names resolve. Returns 0, or -EINVAL with ERR naming the file, the line, the key and the fix
- * (-ECANCELED: a lookup was given up, hellod is stopping). */
+ * (-EAGAIN: a listen name got no answer, for now; -ECANCELED: a lookup was given up, hellod is
+ * stopping). */
 int preflight_check(const Conf *conf, const char *path, char *err, size_t err_size);
 
 /* preflight_warn: logs what is allowed but maybe not meant: max_connections beyond the

@@ -730,7 +730,10 @@ static int reload_listeners(Server *s, const Conf *conf, char *err, size_t err_s
                 bool *marks;
                 int r;
 
-                listeners_report_match(&s->listeners, conf);
+                if ((r = listeners_report_match(&s->listeners, conf)) == -ECANCELED) {
+                        snprintf(err, err_size, "comparing the passed sockets with 'listen': lookup given up");
+                        return r;
+                }
                 /* Which passed sockets speak the PROXY protocol may have changed: the marks are
                  * worked out (names looked up) while the loops accept, then the loops take the
                  * marked set up like a new one. A name that cannot be looked up fails the
@@ -1401,7 +1404,7 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
                 *inherited = (ListenerSet) { 0 };
                 s->activated = true;
                 bool *marks;
-                listeners_report_match(&s->listeners, conf);
+                (void) listeners_report_match(&s->listeners, conf); /* no waiter yet: never -ECANCELED */
                 if ((r = listeners_proxy_marks(&s->listeners, conf, &marks, err, sizeof(err))) < 0) {
                         log_error("%s", err);
                         goto fail;

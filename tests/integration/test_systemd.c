@@ -384,8 +384,19 @@ static void resolver_premises(void) {
 
         cr_assert_eq(access("/etc/resolv.conf", F_OK), 0,
                      "/etc/resolv.conf is missing (%s): the test binds its own over it", strerror(errno));
-        cr_assert(hosts && strstr(hosts, " dns") && strstr(hosts, " dns") < strchrnul(hosts + 1, '\n'),
-                  "/etc/nsswitch.conf's hosts: line does not ask dns (resolv.conf's name servers): %s", nss);
+        bool dns = false, resolve = false;
+
+        if (hosts) {
+                char line[512];
+                snprintf(line, sizeof(line), "%.*s", (int) strcspn(hosts + 1, "\n"), hosts + (hosts != nss));
+                for (char *save = NULL, *w = strtok_r(line, " \t", &save); w; w = strtok_r(NULL, " \t", &save)) {
+                        dns |= strcmp(w, "dns") == 0;
+                        resolve |= strcmp(w, "resolve") == 0;
+                }
+        }
+        cr_assert(dns && !resolve,
+                  "/etc/nsswitch.conf's hosts: line must ask dns (resolv.conf's name servers), not resolve "
+                  "(systemd-resolved's): %s", nss);
         free(nss);
 }
 
@@ -476,6 +487,31 @@ Test(systemd, a_reload_stuck_on_a_name_lookup_feeds_the_watchdog_and_gives_up, .
         hellod_free(d);
 }
 
+/* A listen name that gets no answer (the name server timed out), at the start: the check and
+ * the start say so and exit 1, not 78: the file is not at fault, and 78 would keep systemd
+ * from restarting hellod (RestartPreventExitStatus=78 in the unit). */
+Test(systemd, a_listen_name_without_an_answer_is_no_configuration_error, .timeout = 60) {
+        const char *const check[] = { "-t", NULL };
+        Hellod *d = hellod_new();
+        SilentResolver resolver;
+        int status;
+
+        silent_resolver_open(&resolver, d, "timeout:1 attempts:1");
+        hellod_write_config(d, "listen = [ \"" UNANSWERED_NAME "\" ];\nport = %u;\n", (unsigned) d->port);
+        for (int i = 0; i < 2; i++) {
+                harness_step("%s", i == 0 ? "hellod -t" : "hellod");
+                hellod_spawn(d, &(HellodOpts) { .wrapper = resolver.wrapper, .extra_args = i == 0 ? check : NULL });
+                status = hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
+                char *err = hellod_stderr(d);
+                cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == HELLOD_EXIT_FAILURE, "status %d: %s", status, err);
+                cr_assert(strstr(err, "hellod.conf:1: listen: cannot resolve listen address '" UNANSWERED_NAME "': "),
+                          "%s", err);
+                free(err);
+        }
+        close(resolver.fd);
+        hellod_free(d);
+}
+
 /* SIGTERM during a reload stuck on a name lookup: hellod stops at once, the reload abandoned,
  * not when the lookup ends (systemctl stop would otherwise wait it out). */
 Test(systemd, a_stop_during_a_stuck_name_lookup_is_not_held_up, .timeout = 120) {
@@ -550,10 +586,13 @@ Test(systemd, plain_stderr_outside_systemd, .timeout = 60) {
 
 Test(systemd, bad_log_target_is_a_usage_error, .timeout = 60) {
         Hellod *d = hellod_new();
-        const char *const args[] = { harness_env_path("HELLOD_BIN"), "--log-target=syslog", NULL };
+        const char *const args[] = { "--log-target=syslog", NULL }; /* hellod_run() puts hellod in front */
         int status = hellod_run(d, args);
+        char *err = hellod_stderr(d);
 
         cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == HELLOD_EXIT_USAGE, "status %d", status);
+        cr_assert(strstr(err, "invalid log target 'syslog'"), "%s", err);
+        free(err);
         hellod_free(d);
 }
 

@@ -61,8 +61,10 @@ static int thread_count(const char *name) {
         return n;
 }
 
-/* silent_name_server: the name server of this process, from now on, never answers. */
-static int silent_name_server(void) {
+/* private_name_server: the name server of this process, from now on: one that never answers
+ * (SILENT: a socket that takes the queries; returned), or none at all (-1: the queries are
+ * refused at once). */
+static int private_name_server(bool silent) {
         static const char resolv[] = "nameserver 127.0.0.1\noptions timeout:30 attempts:5\n";
         char path[] = "/tmp/hellod-test-resolv.XXXXXX";
         struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(53),
@@ -80,6 +82,10 @@ static int silent_name_server(void) {
         ifr.ifr_flags |= IFF_UP;
         cr_assert(ioctl(udp, SIOCSIFFLAGS, &ifr) == 0, "lo up: %s", strerror(errno));
         cr_assert_eq(bind(udp, (struct sockaddr *) &a, sizeof(a)), 0, "bind 127.0.0.1:53: %s", strerror(errno));
+        if (!silent) {
+                close(udp);
+                udp = -1;
+        }
         fd = mkstemp(path);
         cr_assert(fd >= 0);
         cr_assert_eq(write(fd, resolv, sizeof(resolv) - 1), (ssize_t) sizeof(resolv) - 1);
@@ -119,14 +125,38 @@ Test(lookup, a_name_is_answered_through_the_lookup_thread) {
                       ((struct sockaddr_in *) ai->ai_addr)->sin_addr.s_addr == htonl(INADDR_LOOPBACK);
         cr_assert(v4, "localhost did not give 127.0.0.1");
         freeaddrinfo(res);
-        cr_assert_eq(lookup_addrinfo("no-such-host.invalid.", "7000", &(struct addrinfo) {
-                                             .ai_family = AF_INET, .ai_flags = AI_NUMERICSERV }, &res) != 0,
-                     true);
+}
+
+/* No name server at all: the failure comes back through the thread at once, as one that may
+ * not recur (not the configuration's fault). */
+Test(lookup, a_refused_query_is_a_transient_failure) {
+        struct addrinfo *res = NULL;
+
+        (void) private_name_server(false);
+        int r = lookup_addrinfo("hellod-lookup.test", "7000", &hints, &res);
+        cr_assert_eq(r, EAI_AGAIN, "%d: %s", r, lookup_strerror(r));
+        cr_assert(lookup_transient(r));
+        cr_assert_null(res);
+}
+
+/* The waiter is asked before a name's lookup starts (a stop already pending starts none; the
+ * watchdog is fed for every name, however quick). */
+Test(lookup, the_waiter_is_asked_before_a_lookup_starts) {
+        int dns = private_name_server(true);
+        int threads = thread_count(NULL);
+        Waiter w = { .give_up_at = 1 };
+        struct addrinfo *res = NULL;
+
+        lookup_set_waiter(count_and_maybe_give_up, &w);
+        cr_assert_eq(lookup_addrinfo("hellod-lookup.test", "9999", &hints, &res), LOOKUP_ABANDONED);
+        cr_assert_eq(w.calls, 1);
+        cr_assert_eq(thread_count(NULL), threads);
+        close(dns);
 }
 
 Test(lookup, a_waiter_that_gives_up_ends_the_wait) {
-        int dns = silent_name_server();
-        Waiter w = { .give_up_at = 3 };
+        int dns = private_name_server(true);
+        Waiter w = { .give_up_at = 3 }; /* once before the start, twice while it runs */
         struct addrinfo *res = NULL;
 
         lookup_set_waiter(count_and_maybe_give_up, &w);
@@ -140,21 +170,24 @@ Test(lookup, a_waiter_that_gives_up_ends_the_wait) {
 /* Each lookup given up on leaves its thread waiting on the name server: at most
  * LOOKUP_RUNNING_MAX of them, then a lookup fails at once; numeric addresses still work. */
 Test(lookup, lookups_given_up_on_are_capped) {
-        int dns = silent_name_server();
+        int dns = private_name_server(true);
         int threads = thread_count(NULL);
         struct addrinfo *res = NULL;
 
         for (int i = 0; i < LOOKUP_RUNNING_MAX; i++) {
-                Waiter w = { .give_up_at = 1 };
+                Waiter w = { .give_up_at = 2 }; /* given up once started */
                 lookup_set_waiter(count_and_maybe_give_up, &w);
                 cr_assert_eq(lookup_addrinfo("hellod-lookup.test", "9999", &hints, &res), LOOKUP_ABANDONED);
         }
         cr_assert_eq(thread_count(NULL), threads + LOOKUP_RUNNING_MAX);
+        /* Each thread names itself as it starts: give them the time to. */
+        for (int i = 0; i < 100 && thread_count("hellod-lookup") < LOOKUP_RUNNING_MAX; i++)
+                usleep(50000);
         cr_assert_eq(thread_count("hellod-lookup"), LOOKUP_RUNNING_MAX);
         Waiter w = { 0 };
         lookup_set_waiter(count_and_maybe_give_up, &w);
         cr_assert_eq(lookup_addrinfo("hellod-lookup.test", "9999", &hints, &res), LOOKUP_BUSY);
-        cr_assert_eq(w.calls, 0);
+        cr_assert_eq(w.calls, 1, "the waiter was asked %u times: once before, never while waiting", w.calls);
         cr_assert(strstr(lookup_strerror(LOOKUP_BUSY), "still running"));
         cr_assert_eq(lookup_addrinfo("127.0.0.1", "9999", &hints, &res), 0);
         freeaddrinfo(res);
