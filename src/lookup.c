@@ -28,8 +28,8 @@ typedef struct Lookup {
         int rc, error;
 } Lookup;
 
-/* The lookups given up on whose threads still run: each reload against a dead name server
- * leaves one for as long as the resolver tries, so they are capped. */
+/* The lookup threads still running, most of them given up on: each reload against a dead
+ * name server leaves one for as long as the resolver tries, so they are capped. */
 static unsigned running;
 
 static _Thread_local LookupWaiter waiter;
@@ -131,9 +131,11 @@ static int numeric(const char *host, const char *service, const struct addrinfo 
 }
 
 int lookup_addrinfo(const char *host, const char *service, const struct addrinfo *hints, struct addrinfo **res) {
-        int r = numeric(host, service, hints, res), error = 0, failed = 0;
+        int r, error = 0, failed = 0;
         Lookup *l;
 
+        *res = NULL; /* on every failure too, as the callers had it before */
+        r = numeric(host, service, hints, res);
         if (r != EAI_NONAME)
                 return r;
         /* Once for every name, however quick its answer: many names each answered within a
