@@ -12,8 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "session.h" /* now_usec() */
 
 #define STRINGIFY_(x) #x
 #define STRINGIFY(x) STRINGIFY_(x)
@@ -67,26 +68,19 @@ static void *look_up(void *arg) {
         return NULL;
 }
 
-static uint64_t now_msec(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000u + (uint64_t) ts.tv_nsec / 1000000u;
-}
-
 static bool is_done(Lookup *l) {
         return __atomic_load_n(&l->done, __ATOMIC_ACQUIRE);
 }
 
 /* wait_done: until L is done (0), LOOKUP_TIMEOUT_SEC has passed or the waiter gave up. */
 static int wait_done(Lookup *l) {
-        uint64_t deadline = now_msec() + LOOKUP_TIMEOUT_SEC * 1000u;
+        uint64_t deadline = now_usec() + LOOKUP_TIMEOUT_SEC * 1000000u;
 
         while (!is_done(l)) {
-                uint64_t now = now_msec();
+                uint64_t now = now_usec();
                 if (now >= deadline)
                         return LOOKUP_TIMED_OUT;
-                uint64_t left = deadline - now;
+                uint64_t left = (deadline - now + 999u) / 1000u; /* msec */
                 struct pollfd pfd = { .fd = l->done_fd, .events = POLLIN };
                 (void) poll(&pfd, 1, (int) (waiter && left > LOOKUP_TICK_MSEC ? LOOKUP_TICK_MSEC : left));
                 if (!is_done(l) && waiter && !waiter(waiter_userdata))

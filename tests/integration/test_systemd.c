@@ -381,11 +381,10 @@ typedef struct SilentResolver {
 static void resolver_premises(void) {
         char *nss = harness_read_file("/etc/nsswitch.conf", NULL); /* fails the test when missing */
         const char *hosts = strncmp(nss, "hosts:", 6) == 0 ? nss : strstr(nss, "\nhosts:");
+        bool dns = false, resolve = false;
 
         cr_assert_eq(access("/etc/resolv.conf", F_OK), 0,
                      "/etc/resolv.conf is missing (%s): the test binds its own over it", strerror(errno));
-        bool dns = false, resolve = false;
-
         if (hosts) {
                 char line[512];
                 snprintf(line, sizeof(line), "%.*s", (int) strcspn(hosts + 1, "\n"), hosts + (hosts != nss));
