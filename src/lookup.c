@@ -9,23 +9,33 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "privileges.h"
 #include "session.h" /* now_usec() */
 
 #define STRINGIFY_(x) #x
 #define STRINGIFY(x) STRINGIFY_(x)
 
+/* What is looked up: an address (getaddrinfo()) or the IDs of a user and group
+ * (privileges_resolve(), through getpwnam_r() and getgrnam_r()). */
+typedef enum LookupKind { LOOKUP_ADDRESS, LOOKUP_IDENTITY } LookupKind;
+
 typedef struct Lookup {
         int refs;
-        bool done; /* set (release) by the thread once RC, ERROR and RES are written */
+        bool done; /* set (release) by the thread once the results below are written */
         int done_fd;
-        char *host, *service;
+        LookupKind kind;
+        char *host, *service; /* LOOKUP_ADDRESS: host, service; LOOKUP_IDENTITY: user, group */
         struct addrinfo hints;
         struct addrinfo *res;
+        uid_t uid;
+        gid_t gid;
+        char why[256]; /* LOOKUP_IDENTITY: what privileges_resolve() said of a failure */
         int rc, error;
 } Lookup;
 
@@ -58,8 +68,11 @@ static void *look_up(void *arg) {
 
         /* Named by itself: detached, it may be gone before its creator could name it. */
         (void) pthread_setname_np(pthread_self(), "hellod-lookup");
-        l->rc = getaddrinfo(l->host, l->service, &l->hints, &l->res);
-        l->error = errno;
+        if (l->kind == LOOKUP_ADDRESS) {
+                l->rc = getaddrinfo(l->host, l->service, &l->hints, &l->res);
+                l->error = errno;
+        } else
+                l->rc = privileges_resolve(l->host, l->service, &l->uid, &l->gid, l->why, sizeof(l->why));
         /* No longer counted once done: the caller may look the next name up at once. */
         __atomic_sub_fetch(&running, 1, __ATOMIC_RELAXED);
         __atomic_store_n(&l->done, true, __ATOMIC_RELEASE);
@@ -124,40 +137,61 @@ static int numeric(const char *host, const char *service, const struct addrinfo 
         return getaddrinfo(host, service, &numeric_hints, res);
 }
 
+/* lookup_new: a request for KIND of A and B (either may be NULL), with its two references
+ * (the caller's, the thread's); NULL without memory. */
+static Lookup *lookup_new(LookupKind kind, const char *a, const char *b) {
+        Lookup *l = calloc(1, sizeof(*l));
+
+        if (!l)
+                return NULL;
+        l->refs = 2;
+        l->kind = kind;
+        l->done_fd = -1;
+        l->host = a ? strdup(a) : NULL;
+        l->service = b ? strdup(b) : NULL;
+        if ((a && !l->host) || (b && !l->service)) {
+                l->refs = 1;
+                unref(l);
+                return NULL;
+        }
+        return l;
+}
+
+/* run: L on its thread, waited for; 0 with the results in L (the caller's reference still to
+ * let go), or a LOOKUP_ code, or -errno (the thread could not start; L is freed then). */
+static int run(Lookup *l) {
+        int r;
+
+        /* Once for every lookup, however quick its answer: many names each answered within a
+         * tick would otherwise starve the watchdog; and a stop already pending starts none. */
+        if (waiter && !waiter(waiter_userdata))
+                r = LOOKUP_ABANDONED;
+        else if ((l->done_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0)
+                r = -errno;
+        else if ((r = start(l)) == 0)
+                return wait_done(l);
+        else if (r == -EBUSY)
+                r = LOOKUP_BUSY;
+        l->refs = 1; /* no thread holds a reference */
+        return r;
+}
+
 int lookup_addrinfo(const char *host, const char *service, const struct addrinfo *hints, struct addrinfo **res) {
-        int r, error = 0, failed = 0;
+        int r, error = 0;
         Lookup *l;
 
         *res = NULL; /* on every failure too, as the callers had it before */
         r = numeric(host, service, hints, res);
         if (r != EAI_NONAME)
                 return r;
-        /* Once for every name, however quick its answer: many names each answered within a
-         * tick would otherwise starve the watchdog; and a stop already pending starts none. */
-        if (waiter && !waiter(waiter_userdata))
-                return LOOKUP_ABANDONED;
-        if (!(l = calloc(1, sizeof(*l))))
+        if (!(l = lookup_new(LOOKUP_ADDRESS, host, service)))
                 return EAI_MEMORY;
-        l->refs = 2;
         l->hints = *hints;
-        l->host = host ? strdup(host) : NULL;
-        l->service = service ? strdup(service) : NULL;
-        l->done_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-        if ((host && !l->host) || (service && !l->service))
-                failed = EAI_MEMORY;
-        else if (l->done_fd < 0) {
-                failed = EAI_SYSTEM;
-                error = errno;
-        } else if ((error = -start(l)) != 0)
-                failed = error == EBUSY ? LOOKUP_BUSY : EAI_SYSTEM;
-        if (failed) { /* no thread holds a reference */
-                l->refs = 1;
-                unref(l);
-                errno = error;
-                return failed;
-        }
-        r = wait_done(l);
-        if (r == 0) {
+        r = run(l);
+        if (r < 0) {
+                error = -r;
+                r = EAI_SYSTEM;
+        } else if (r == 0) {
                 r = l->rc;
                 error = l->error;
                 *res = l->res;
@@ -165,6 +199,29 @@ int lookup_addrinfo(const char *host, const char *service, const struct addrinfo
         }
         unref(l);
         errno = error; /* for EAI_SYSTEM */
+        return r;
+}
+
+int lookup_identity(const char *user, const char *group, uid_t *ret_uid, gid_t *ret_gid, char *why,
+                    size_t why_size) {
+        Lookup *l = lookup_new(LOOKUP_IDENTITY, user, group);
+        int r;
+
+        if (!l) {
+                snprintf(why, why_size, "%s", strerror(ENOMEM));
+                return -ENOMEM;
+        }
+        r = run(l);
+        if (r < 0)
+                snprintf(why, why_size, "cannot start a lookup: %s", strerror(-r));
+        else if (r == 0 && (r = l->rc) < 0)
+                snprintf(why, why_size, "%s", l->why);
+        else if (r == 0) {
+                *ret_uid = l->uid;
+                *ret_gid = l->gid;
+        } else
+                snprintf(why, why_size, "%s", lookup_strerror(r));
+        unref(l);
         return r;
 }
 

@@ -1,14 +1,18 @@
-/* lookup: getaddrinfo() that neither holds its caller past a bound nor keeps it from its
- * duties meanwhile. glibc's lookup cannot be interrupted and may take as long as the
- * resolver's timeouts add up to (minutes, with resolv.conf's options raised). The main thread
- * that reloads the configuration must keep feeding systemd's watchdog, and must be able to
- * stop, while a listen address is looked up; so the lookup runs on a thread of its own and
- * the caller waits for it, calling the waiter (lookup_set_waiter) every LOOKUP_TICK_MSEC.
+/* lookup: the name service's lookups (getaddrinfo(), and the user and group entries) made so
+ * that they neither hold their caller past a bound nor keep it from its duties meanwhile.
+ * glibc's lookups cannot be interrupted, and may take as long as the name server's or the
+ * directory's timeouts add up to (minutes, with resolv.conf's options raised, or an LDAP server
+ * gone). The main thread that reloads the configuration must keep feeding systemd's watchdog,
+ * and must be able to stop, while a listen address or the user is looked up; so the lookup
+ * runs on a thread of its own and the caller waits for it, calling the waiter
+ * (lookup_set_waiter) every LOOKUP_TICK_MSEC.
  * A lookup given up on (the bound, or the waiter) finishes on its thread and frees itself. */
 #pragma once
 
 #include <netdb.h>
 #include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
 
 #define LOOKUP_TIMEOUT_SEC 30 /* nginx's resolver_timeout; glibc's default gives up after 10 s a server */
 #define LOOKUP_TICK_MSEC 100
@@ -29,6 +33,11 @@ void lookup_set_waiter(LookupWaiter waiter, void *userdata);
 /* lookup_addrinfo: getaddrinfo(HOST, SERVICE, HINTS, RES), bounded; 0 with *RES to
  * freeaddrinfo(), an EAI_ code (EAI_SYSTEM: see errno), or a LOOKUP_ code. */
 int lookup_addrinfo(const char *host, const char *service, const struct addrinfo *hints, struct addrinfo **res);
+
+/* lookup_identity: privileges_resolve(USER, GROUP, RET_UID, RET_GID), bounded: 0, its negative
+ * errno (-EAGAIN: the name service failed, not the file), or a LOOKUP_ code; WHY says why. */
+int lookup_identity(const char *user, const char *group, uid_t *ret_uid, gid_t *ret_gid, char *why,
+                    size_t why_size);
 
 /* lookup_strerror: what R (lookup_addrinfo()'s, with errno as it left it) means. */
 const char *lookup_strerror(int r);

@@ -183,8 +183,8 @@ int main(int argc, char *argv[]) {
         r = preflight_check(conf, path, err, sizeof(err));
         if (r < 0) {
                 log_error("%s", err);
-                /* A name server that does not answer, for now, is no fault of the file: 78 would
-                 * keep systemd from restarting (RestartPreventExitStatus=). */
+                /* A name server or directory that does not answer, for now, is no fault of the
+                 * file: 78 would keep systemd from restarting (RestartPreventExitStatus=). */
                 code = r == -EAGAIN ? EXIT_RUNTIME : EXIT_CONFIG;
                 goto out;
         }

@@ -11,7 +11,7 @@
 #include "engine.h"
 #include "listener.h"
 #include "log.h"
-#include "privileges.h"
+#include "lookup.h"
 #include "session.h"
 
 unsigned long long preflight_fds_needed(const Conf *conf) {
@@ -31,19 +31,39 @@ static unsigned long long physical_memory(void) {
         return pages > 0 && size > 0 ? (unsigned long long) pages * (unsigned long long) size : 0;
 }
 
+/* check_identity: USER and GROUP name entries (looked up within a bound, as listen names are):
+ * -EINVAL when one is unknown; -EAGAIN when the name service failed or gave no answer (its
+ * fault, not the file's); -ECANCELED when the waiter gave the lookup up (hellod is to stop). */
 static int check_identity(const Conf *conf, const char *path, char *err, size_t err_size) {
+        const char *at = conf->user_at ? conf->user_at : path;
         char why[256];
         uid_t uid;
         gid_t gid;
 
         if (!conf->user && !conf->group)
                 return 0;
-        if (privileges_resolve(conf->user, conf->group, &uid, &gid, why, sizeof(why)) >= 0)
+        int r = lookup_identity(conf->user, conf->group, &uid, &gid, why, sizeof(why));
+        if (r == 0)
                 return 0;
-        /* Which key: an unknown group names the group; anything else is about the user. */
+        if (r > 0) { /* a LOOKUP_ code: either entry may be the one not answered */
+                char names[2 * CONF_NAME_MAX + 32];
+                if (conf->user && conf->group)
+                        snprintf(names, sizeof(names), "user '%s' and group '%s'", conf->user, conf->group);
+                else
+                        snprintf(names, sizeof(names), "%s '%s'", conf->user ? "user" : "group",
+                                 conf->user ? conf->user : conf->group);
+                snprintf(err, err_size, "%s: %s: cannot look %s up: %s", at, conf->user ? "user" : "group", names, why);
+                return r == LOOKUP_ABANDONED ? -ECANCELED : -EAGAIN;
+        }
+        /* Which key: a failure of the group's names the group; anything else is about the user. */
         bool group = conf->group && strstr(why, "group");
-        const char *at = group ? conf->group_at : conf->user_at;
-        snprintf(err, err_size, "%s: %s: %s: create it (adduser --system), or name an existing one", at ? at : path,
+        if (group && conf->group_at)
+                at = conf->group_at;
+        if (r != -ESRCH && r != -EINVAL) {
+                snprintf(err, err_size, "%s: %s: %s", at, group ? "group" : "user", why);
+                return -EAGAIN;
+        }
+        snprintf(err, err_size, "%s: %s: %s: create it (adduser --system), or name an existing one", at,
                  group ? "group" : "user", why);
         return -EINVAL;
 }

@@ -6,12 +6,18 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <pwd.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "log.h"
+
+/* A passwd or group entry's strings: enough for most; a group with thousands of members may
+ * need more, up to the cap. */
+#define ENTRY_BUFFER_MIN 1024
+#define ENTRY_BUFFER_MAX (1024 * 1024)
 
 /* parse_id: NAME as a decimal ID ("65534"), or -1. */
 static long long parse_id(const char *name) {
@@ -26,42 +32,118 @@ static long long parse_id(const char *name) {
         return (long long) v;
 }
 
-static int resolve_user(const char *user, uid_t *ret_uid, gid_t *ret_gid, char *err, size_t err_size) {
-        long long id = parse_id(user);
-        struct passwd *pw;
+/* not_found: whether getpwnam_r()'s or getgrnam_r()'s R says only that the name has no entry
+ * (getpwnam_r(3): 0, ENOENT, ESRCH, EBADF or EPERM); anything else is the name service
+ * failing (EIO from a directory server that went away, say), not the file. */
+static bool not_found(int r) {
+        return r == 0 || r == ENOENT || r == ESRCH || r == EBADF || r == EPERM;
+}
 
-        errno = 0;
-        pw = id >= 0 ? getpwuid((uid_t) id) : getpwnam(user);
+/* with_entry_buffer: QUERY (a getpwnam_r()-like call that keeps what it found in CTX) given
+ * a buffer for the entry's strings, doubled while it says ERANGE, up to the cap; its error
+ * number. */
+static int with_entry_buffer(int (*query)(void *ctx, char *buf, size_t size), void *ctx) {
+        size_t size = ENTRY_BUFFER_MIN;
+        char *buf = malloc(size);
+        int r = ENOMEM;
+
+        while (buf && (r = query(ctx, buf, size)) == ERANGE && size < ENTRY_BUFFER_MAX) {
+                char *bigger = realloc(buf, size * 2);
+                if (!bigger) {
+                        r = ENOMEM;
+                        break;
+                }
+                buf = bigger;
+                size *= 2;
+        }
+        free(buf);
+        return r;
+}
+
+typedef struct UserQuery {
+        const char *name;
+        long long id; /* -1: look NAME up */
+        bool found;
+        uid_t uid;
+        gid_t gid;
+} UserQuery;
+
+static int user_query(void *ctx, char *buf, size_t size) {
+        UserQuery *q = ctx;
+        struct passwd entry, *pw = NULL;
+        int r = q->id >= 0 ? getpwuid_r((uid_t) q->id, &entry, buf, size, &pw)
+                           : getpwnam_r(q->name, &entry, buf, size, &pw);
+
         if (pw) {
-                *ret_uid = pw->pw_uid;
-                *ret_gid = pw->pw_gid;
+                q->found = true;
+                q->uid = pw->pw_uid;
+                q->gid = pw->pw_gid;
+        }
+        return r;
+}
+
+typedef struct GroupQuery {
+        const char *name;
+        bool found;
+        gid_t gid;
+} GroupQuery;
+
+static int group_query(void *ctx, char *buf, size_t size) {
+        GroupQuery *q = ctx;
+        struct group entry, *gr = NULL;
+        int r = getgrnam_r(q->name, &entry, buf, size, &gr);
+
+        if (gr) {
+                q->found = true;
+                q->gid = gr->gr_gid;
+        }
+        return r;
+}
+
+/* The reentrant lookups: lookup.c runs these on threads of its own, and a lookup given up on
+ * may still run when the next starts (getpwnam()'s static entry and its lock would be shared). */
+static int resolve_user(const char *user, uid_t *ret_uid, gid_t *ret_gid, char *err, size_t err_size) {
+        UserQuery q = { .name = user, .id = parse_id(user) };
+        int r = with_entry_buffer(user_query, &q);
+
+        if (q.found) {
+                *ret_uid = q.uid;
+                *ret_gid = q.gid;
                 return 0;
         }
-        if (id >= 0) { /* a numeric ID need not have a name; its group must then be given */
-                *ret_uid = (uid_t) id;
+        if (!not_found(r)) {
+                snprintf(err, err_size, "cannot look user '%s' up: %s", user, strerror(r));
+                return -EAGAIN;
+        }
+        if (q.id >= 0) { /* a numeric ID need not have a name; its group must then be given */
+                *ret_uid = (uid_t) q.id;
                 *ret_gid = (gid_t) -1;
                 return 0;
         }
         snprintf(err, err_size, "unknown user '%s'", user);
-        return errno > 0 ? -errno : -ESRCH;
+        return -ESRCH;
 }
 
 static int resolve_group(const char *group, gid_t *ret, char *err, size_t err_size) {
         long long id = parse_id(group);
-        struct group *gr;
+        GroupQuery q = { .name = group };
+        int r;
 
         if (id >= 0) {
                 *ret = (gid_t) id;
                 return 0;
         }
-        errno = 0;
-        gr = getgrnam(group);
-        if (!gr) {
-                snprintf(err, err_size, "unknown group '%s'", group);
-                return errno > 0 ? -errno : -ESRCH;
+        r = with_entry_buffer(group_query, &q);
+        if (q.found) {
+                *ret = q.gid;
+                return 0;
         }
-        *ret = gr->gr_gid;
-        return 0;
+        if (!not_found(r)) {
+                snprintf(err, err_size, "cannot look group '%s' up: %s", group, strerror(r));
+                return -EAGAIN;
+        }
+        snprintf(err, err_size, "unknown group '%s'", group);
+        return -ESRCH;
 }
 
 static int fail(int r, const char *what, char *err, size_t err_size) {

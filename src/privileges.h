@@ -12,6 +12,8 @@ int privileges_drop(const char *user, const char *group, char *err, size_t err_s
 
 /* privileges_resolve: the IDs USER and GROUP name (numeric IDs too; GROUP NULL: the user's own
  * group), without changing anything: for the start-time checks. Returns 0, or a negative errno
- * with "unknown user 'x'" or the like in ERR. */
+ * with "unknown user 'x'" or the like in ERR (-EAGAIN: the name service failed, e.g. a
+ * directory server that does not answer, rather than the name being unknown). Thread-safe:
+ * lookup.c calls it on threads of its own. */
 int privileges_resolve(const char *user, const char *group, uid_t *ret_uid, gid_t *ret_gid, char *err,
                        size_t err_size);

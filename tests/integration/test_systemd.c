@@ -4,6 +4,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <arpa/inet.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -374,8 +375,17 @@ Test(systemd, no_notify_socket_is_harmless, .timeout = 60) {
 typedef struct SilentResolver {
         int fd;
         char conf_path[320];
-        const char *wrapper[8];
+        const char *wrapper[9];
 } SilentResolver;
+
+/* bound_over_wrapper: WRAPPER (9 entries, the last NULL) runs hellod in a mount namespace of its own, where
+ * the file PATH is seen in place of TARGET. */
+static void bound_over_wrapper(const char **wrapper, const char *path, const char *target) {
+        const char *argv[] = { "/usr/bin/unshare", "--mount", "--", "/bin/sh", "-c",
+                               "mount --bind \"$0\" \"$1\" && shift && exec \"$@\"", path, target, NULL };
+
+        memcpy(wrapper, argv, sizeof(argv));
+}
 
 /* resolver_premises: what the silent name server needs of this host, said plainly. */
 static void resolver_premises(void) {
@@ -421,23 +431,56 @@ static void silent_resolver_open(SilentResolver *r, const Hellod *d, const char 
         cr_assert_lt((size_t) snprintf(r->conf_path, sizeof(r->conf_path), "%s/resolv.conf", d->dir),
                      sizeof(r->conf_path));
         harness_write_file(r->conf_path, resolv, (size_t) len);
-        const char *wrapper[] = { "/usr/bin/unshare", "--mount", "--", "/bin/sh", "-c",
-                                  "mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"", r->conf_path, NULL };
-        memcpy(r->wrapper, wrapper, sizeof(wrapper));
+        bound_over_wrapper(r->wrapper, r->conf_path, "/etc/resolv.conf");
 }
 
 /* The name hellod is asked to listen on: not in /etc/hosts, so asked of the name server. */
 #define UNANSWERED_NAME "hellod-lookup.test"
 
-/* A reload whose listen address is a name the name server never answers: the watchdog is fed
- * all the while (systemd would kill a daemon that stops pinging, WatchdogSec= in the unit),
- * clients are served meanwhile, and hellod gives up on its own after 30 s however long the
- * resolver is told to try (here 5 × 30 s), keeping the running configuration. */
+/* reload_stuck_on_a_lookup: D, started with N's notification socket and WATCHDOG_USEC of 1 s,
+ * reloads the file just written, whose lookup gets no answer: clients are served while it
+ * waits, the watchdog is fed all the while (systemd kills a daemon that stops pinging,
+ * WatchdogSec= in the unit), and hellod gives up on its own after 30 s however long the
+ * lookup would go on, with FAILURE logged and the running configuration kept. */
+static void reload_stuck_on_a_lookup(Hellod *d, Notify *n, const char *failure) {
+        int fd, pings = 0;
+
+        hellod_signal(d, SIGHUP);
+        notify_wait(n, "RELOADING=1");
+        hellod_wait_stderr(d, "reloading configuration");
+
+        harness_step("a client is served while the reload waits");
+        fd = client_connect_greeted("127.0.0.1", d->port, NULL, HELLOD_GREETING, NULL);
+        client_hello(fd, "during the lookup");
+        client_close(fd);
+
+        harness_step("pings until the reload gives up (hellod's bound: 30 s)");
+        for (;;) {
+                const char *msg = notify_wait_within(n, "=1", 60000);
+                if (has_line(msg, "WATCHDOG=1"))
+                        pings++;
+                if (has_line(msg, "READY=1"))
+                        break;
+        }
+        /* Twice a WatchdogSec= of 1 s, over 30 s: about 60. Without pings, systemd kills. */
+        cr_assert_geq(pings, 10, "%d watchdog pings while the reload waited 30 s", pings);
+        hellod_wait_stderr(d, "reload failed, keeping the running configuration");
+        char *err = hellod_stderr(d);
+        cr_assert(strstr(err, failure), "no '%s' in: %s", failure, err);
+        free(err);
+
+        harness_step("the running configuration serves");
+        fd = client_connect_greeted("127.0.0.1", d->port, NULL, HELLOD_GREETING, NULL);
+        client_hello(fd, "after");
+        client_close(fd);
+}
+
+/* A reload whose listen address is a name the name server never answers (told to try for
+ * 5 × 30 s): see reload_stuck_on_a_lookup. */
 Test(systemd, a_reload_stuck_on_a_name_lookup_feeds_the_watchdog_and_gives_up, .timeout = 120) {
         Hellod *d = hellod_new();
         SilentResolver resolver;
         Notify n;
-        int fd, pings = 0;
 
         silent_resolver_open(&resolver, d, "timeout:30 attempts:5");
         notify_open(&n, d);
@@ -450,63 +493,43 @@ Test(systemd, a_reload_stuck_on_a_name_lookup_feeds_the_watchdog_and_gives_up, .
         harness_step("reload with a listen name the name server never answers");
         hellod_write_config(d, "listen = [ \"127.0.0.1\", \"" UNANSWERED_NAME "\" ];\nport = %u;\n",
                             (unsigned) d->port);
-        hellod_signal(d, SIGHUP);
-        notify_wait(&n, "RELOADING=1");
-        hellod_wait_stderr(d, "reloading configuration");
-
-        harness_step("a client is served while the reload waits");
-        fd = client_connect_greeted("127.0.0.1", d->port, NULL, HELLOD_GREETING, NULL);
-        client_hello(fd, "during the lookup");
-        client_close(fd);
-
-        harness_step("pings until the reload gives up (hellod's bound: 30 s)");
-        for (;;) {
-                const char *msg = notify_wait_within(&n, "=1", 60000);
-                if (has_line(msg, "WATCHDOG=1"))
-                        pings++;
-                if (has_line(msg, "READY=1"))
-                        break;
-        }
-        /* Twice a WatchdogSec= of 1 s, over 30 s: about 60. Without pings, systemd kills. */
-        cr_assert_geq(pings, 10, "%d watchdog pings while the reload waited 30 s", pings);
-        hellod_wait_stderr(d, "reload failed, keeping the running configuration");
-        char *err = hellod_stderr(d);
-        cr_assert(strstr(err, "hellod.conf:1: listen: cannot resolve listen address '" UNANSWERED_NAME
-                              "': no answer within 30 s"),
-                  "%s", err);
-        free(err);
-
-        harness_step("the running configuration serves");
-        fd = client_connect_greeted("127.0.0.1", d->port, NULL, HELLOD_GREETING, NULL);
-        client_hello(fd, "after");
-        client_close(fd);
+        reload_stuck_on_a_lookup(d, &n, "hellod.conf:1: listen: cannot resolve listen address '" UNANSWERED_NAME
+                                        "': no answer within 30 s");
         hellod_stop_clean(d);
         close(n.fd);
         close(resolver.fd);
         hellod_free(d);
 }
 
+/* check_and_start_exit_1: `hellod -t`, then a start, each run with OPTS, exit 1 (runtime
+ * failure) saying EXPECTED. */
+static void check_and_start_exit_1(Hellod *d, const HellodOpts *opts, const char *expected) {
+        const char *const check[] = { "-t", NULL };
+
+        for (int i = 0; i < 2; i++) {
+                HellodOpts run = *opts;
+                harness_step("%s", i == 0 ? "hellod -t" : "hellod");
+                run.extra_args = i == 0 ? check : NULL;
+                hellod_spawn(d, &run);
+                int status = hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
+                char *err = hellod_stderr(d);
+                cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == HELLOD_EXIT_FAILURE, "status %d: %s", status, err);
+                cr_assert(strstr(err, expected), "no '%s' in: %s", expected, err);
+                free(err);
+        }
+}
+
 /* A listen name that gets no answer (the name server timed out), at the start: the check and
  * the start say so and exit 1, not 78: the file is not at fault, and 78 would keep systemd
  * from restarting hellod (RestartPreventExitStatus=78 in the unit). */
 Test(systemd, a_listen_name_without_an_answer_is_no_configuration_error, .timeout = 60) {
-        const char *const check[] = { "-t", NULL };
         Hellod *d = hellod_new();
         SilentResolver resolver;
-        int status;
 
         silent_resolver_open(&resolver, d, "timeout:1 attempts:1");
         hellod_write_config(d, "listen = [ \"" UNANSWERED_NAME "\" ];\nport = %u;\n", (unsigned) d->port);
-        for (int i = 0; i < 2; i++) {
-                harness_step("%s", i == 0 ? "hellod -t" : "hellod");
-                hellod_spawn(d, &(HellodOpts) { .wrapper = resolver.wrapper, .extra_args = i == 0 ? check : NULL });
-                status = hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
-                char *err = hellod_stderr(d);
-                cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == HELLOD_EXIT_FAILURE, "status %d: %s", status, err);
-                cr_assert(strstr(err, "hellod.conf:1: listen: cannot resolve listen address '" UNANSWERED_NAME "': "),
-                          "%s", err);
-                free(err);
-        }
+        check_and_start_exit_1(d, &(HellodOpts) { .wrapper = resolver.wrapper },
+                               "hellod.conf:1: listen: cannot resolve listen address '" UNANSWERED_NAME "': ");
         close(resolver.fd);
         hellod_free(d);
 }
@@ -536,6 +559,98 @@ Test(systemd, a_stop_during_a_stuck_name_lookup_is_not_held_up, .timeout = 120) 
         cr_assert_null(strstr(err, "reload failed"), "%s", err);
         free(err);
         close(resolver.fd);
+        hellod_free(d);
+}
+
+/* --- user and group lookups during a reload ------------------------------------------- */
+
+/* A directory (LDAP, sssd) that went away: tests/nss's module, asked after /etc/passwd and
+ * /etc/group by an nsswitch.conf that hellod sees in place of /etc/nsswitch.conf (WRAPPER, ENV:
+ * LD_LIBRARY_PATH naming the module's directory). A name it is asked for blocks its lookup for
+ * good, but one starting with "hellod-unavail", which fails at once (EIO). */
+typedef struct SilentDirectory {
+        char conf_path[320], library_path[PATH_MAX + 32];
+        const char *wrapper[9];
+} SilentDirectory;
+
+static void silent_directory_open(SilentDirectory *sd, const Hellod *d) {
+        static const char nss[] = "passwd: files hellodstall\ngroup: files hellodstall\nhosts: files\n";
+        const char *dir = harness_env_path("HELLOD_TEST_NSS_DIR");
+        char module[PATH_MAX];
+
+        cr_assert_lt((size_t) snprintf(module, sizeof(module), "%s/libnss_hellodstall.so.2", dir), sizeof(module));
+        cr_assert_eq(access(module, R_OK), 0, "%s: %s", module, strerror(errno));
+        cr_assert_lt((size_t) snprintf(sd->library_path, sizeof(sd->library_path), "LD_LIBRARY_PATH=%s", dir),
+                     sizeof(sd->library_path));
+        cr_assert_lt((size_t) snprintf(sd->conf_path, sizeof(sd->conf_path), "%s/nsswitch.conf", d->dir),
+                     sizeof(sd->conf_path));
+        harness_write_file(sd->conf_path, nss, sizeof(nss) - 1);
+        bound_over_wrapper(sd->wrapper, sd->conf_path, "/etc/nsswitch.conf");
+}
+
+/* The user hellod is asked to run as: in no file, so asked of the directory. */
+#define UNANSWERED_USER "hellod-stuck"
+
+/* A reload whose user the directory never answers: see reload_stuck_on_a_lookup. */
+Test(systemd, a_reload_stuck_on_a_user_lookup_feeds_the_watchdog_and_gives_up, .timeout = 120) {
+        Hellod *d = hellod_new();
+        SilentDirectory directory;
+        Notify n;
+
+        silent_directory_open(&directory, d);
+        notify_open(&n, d);
+        const char *const env[] = { n.env, "WATCHDOG_USEC=1000000", directory.library_path, NULL };
+        hellod_write_config_std(d, NULL);
+        hellod_spawn(d, &(HellodOpts) { .env = env, .wrapper = directory.wrapper });
+        notify_wait(&n, "READY=1");
+        hellod_wait_ready(d);
+
+        harness_step("reload with a user the directory never answers");
+        hellod_write_config_std(d, "user = \"" UNANSWERED_USER "\";\n");
+        reload_stuck_on_a_lookup(d, &n, "hellod.conf:3: user: cannot look user '" UNANSWERED_USER
+                                        "' up: no answer within 30 s");
+        hellod_stop_clean(d);
+        close(n.fd);
+        hellod_free(d);
+}
+
+/* SIGTERM during a reload stuck on the user's lookup: hellod stops at once. */
+Test(systemd, a_stop_during_a_stuck_user_lookup_is_not_held_up, .timeout = 120) {
+        Hellod *d = hellod_new();
+        SilentDirectory directory;
+
+        silent_directory_open(&directory, d);
+        const char *const env[] = { directory.library_path, NULL };
+        hellod_write_config_std(d, NULL);
+        hellod_spawn(d, &(HellodOpts) { .env = env, .wrapper = directory.wrapper });
+        hellod_wait_ready(d);
+
+        hellod_write_config_std(d, "user = \"" UNANSWERED_USER "\";\ngroup = \"nogroup\";\n");
+        hellod_signal(d, SIGHUP);
+        hellod_wait_stderr(d, "reloading configuration");
+        hellod_signal(d, SIGTERM);
+        cr_assert_eq(hellod_wait_exit(d, HARNESS_STOP_TIMEOUT_MS), 0);
+        char *err = hellod_stderr(d);
+        cr_assert(strstr(err, "reload abandoned, hellod is stopping: ") &&
+                          strstr(err, "user: cannot look user '" UNANSWERED_USER "' and group 'nogroup' up: "
+                                      "lookup given up"),
+                  "%s", err);
+        cr_assert_null(strstr(err, "reload failed"), "%s", err);
+        free(err);
+        hellod_free(d);
+}
+
+/* A directory that fails (EIO) at the start: the check and the start exit 1, not 78, as for a
+ * name server without an answer (the file is not at fault). */
+Test(systemd, a_failing_directory_is_no_configuration_error, .timeout = 60) {
+        Hellod *d = hellod_new();
+        SilentDirectory directory;
+
+        silent_directory_open(&directory, d);
+        const char *const env[] = { directory.library_path, NULL };
+        hellod_write_config_std(d, "user = \"nobody\";\ngroup = \"hellod-unavail-group\";\n");
+        check_and_start_exit_1(d, &(HellodOpts) { .env = env, .wrapper = directory.wrapper },
+                               "hellod.conf:4: group: cannot look group 'hellod-unavail-group' up: Input/output error");
         hellod_free(d);
 }
 

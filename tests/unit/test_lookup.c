@@ -1,12 +1,17 @@
-/* test_lookup: lookup_addrinfo() against glibc's own resolver. A numeric address is read at
+/* test_lookup: lookup_addrinfo() against glibc's own resolver, and lookup_identity() against
+ * its user and group lookups. A numeric address is read at
  * once, on the caller's thread; a name is looked up on a thread of its own while the waiter
  * runs, and a waiter that gives up ends the wait at once; lookups given up on still running
  * are capped. The name server that never answers is a UDP socket on 127.0.0.1:53 in a network
  * namespace of the test's own, named by a resolv.conf bound over /etc/resolv.conf in a mount
- * namespace of its own (each test runs in a process of its own). */
+ * namespace of its own (each test runs in a process of its own). The directory that fails is
+ * tests/nss's module, named after "files" by an nsswitch.conf bound over /etc/nsswitch.conf the
+ * same way (LD_LIBRARY_PATH, set by meson, names the module's directory). */
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <errno.h>
+#include <grp.h>
+#include <limits.h>
 #include <net/if.h>
 #include <netinet/in.h>
 #include <sched.h>
@@ -16,6 +21,7 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "lookup.h"
@@ -192,4 +198,96 @@ Test(lookup, lookups_given_up_on_are_capped) {
         cr_assert_eq(lookup_addrinfo("127.0.0.1", "9999", &hints, &res), 0);
         freeaddrinfo(res);
         close(dns);
+}
+
+/* --- users and groups ----------------------------------------------------------------- */
+
+/* private_directory: this process's user and group lookups from now on: /etc/passwd and
+ * /etc/group, then tests/nss's module, which blocks every name that reaches it but those
+ * starting with "hellod-unavail" (failed at once, EIO). */
+static void private_directory(void) {
+        static const char nss[] = "passwd: files hellodstall\ngroup: files hellodstall\nhosts: files\n";
+        const char *dirs = getenv("LD_LIBRARY_PATH");
+        char module[PATH_MAX], path[] = "/tmp/hellod-test-nss.XXXXXX";
+        struct stat st;
+        int fd;
+
+        cr_assert_not_null(dirs, "LD_LIBRARY_PATH must name the directory of libnss_hellodstall.so.2 (meson sets it)");
+        snprintf(module, sizeof(module), "%.*s/libnss_hellodstall.so.2", (int) strcspn(dirs, ":"), dirs);
+        cr_assert_eq(stat(module, &st), 0, "%s: %s", module, strerror(errno));
+        cr_assert_eq(unshare(CLONE_NEWNS), 0, "unshare: %s (this test needs root; it does not skip)", strerror(errno));
+        cr_assert_eq(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), 0, "mount --make-rprivate /: %s",
+                     strerror(errno));
+        fd = mkstemp(path);
+        cr_assert(fd >= 0);
+        cr_assert_eq(write(fd, nss, sizeof(nss) - 1), (ssize_t) sizeof(nss) - 1);
+        close(fd);
+        cr_assert_eq(mount(path, "/etc/nsswitch.conf", NULL, MS_BIND, NULL), 0,
+                     "bind %s over /etc/nsswitch.conf: %s", path, strerror(errno));
+        unlink(path);
+}
+
+/* root and its group are in the files: answered through the thread, the waiter asked first. */
+Test(lookup, a_user_and_group_are_answered_through_the_lookup_thread) {
+        Waiter w = { 0 };
+        uid_t uid = 1;
+        gid_t gid = 1;
+        char why[256] = "";
+
+        private_directory();
+        lookup_set_waiter(count_and_maybe_give_up, &w);
+        cr_assert_eq(lookup_identity("root", NULL, &uid, &gid, why, sizeof(why)), 0, "%s", why);
+        cr_assert_eq(uid, 0);
+        cr_assert_eq(gid, 0);
+        cr_assert_geq(w.calls, 1);
+        cr_assert_eq(lookup_identity("root", "root", &uid, &gid, why, sizeof(why)), 0, "%s", why);
+        cr_assert_eq(lookup_identity("0", "0", &uid, &gid, why, sizeof(why)), 0, "%s", why);
+}
+
+/* A name no source has: unknown, said as such (the file is at fault, not the service). */
+Test(lookup, an_unknown_user_is_unknown) {
+        uid_t uid;
+        gid_t gid;
+        char why[256] = "";
+
+        cr_assert_eq(lookup_identity("no-such-user-hellod", NULL, &uid, &gid, why, sizeof(why)), -ESRCH);
+        cr_assert_str_eq(why, "unknown user 'no-such-user-hellod'");
+        cr_assert_eq(lookup_identity("root", "no-such-group-hellod", &uid, &gid, why, sizeof(why)), -ESRCH);
+        cr_assert_str_eq(why, "unknown group 'no-such-group-hellod'");
+}
+
+/* A directory that fails (EIO) is the service's fault: -EAGAIN, with its reason. */
+Test(lookup, a_failing_directory_is_a_transient_failure) {
+        uid_t uid;
+        gid_t gid;
+        char why[256] = "";
+
+        private_directory();
+        cr_assert_eq(lookup_identity("hellod-unavail-user", NULL, &uid, &gid, why, sizeof(why)), -EAGAIN, "%s", why);
+        cr_assert_str_eq(why, "cannot look user 'hellod-unavail-user' up: Input/output error");
+        cr_assert_eq(lookup_identity("root", "hellod-unavail-group", &uid, &gid, why, sizeof(why)), -EAGAIN, "%s", why);
+        cr_assert_str_eq(why, "cannot look group 'hellod-unavail-group' up: Input/output error");
+}
+
+/* A directory that never answers: the waiter runs while the lookup does and ends it, and the
+ * lookup's thread goes on alone. The next lookup of a name the files have is not held up by it
+ * (the reentrant lookups share no lock: getpwnam()'s would be held by the stuck thread). */
+Test(lookup, a_directory_that_never_answers_is_given_up_on) {
+        Waiter w = { .give_up_at = 3 }; /* once before the start, twice while it runs */
+        int threads = thread_count(NULL);
+        uid_t uid = 1;
+        gid_t gid = 1;
+        char why[256] = "";
+
+        private_directory();
+        lookup_set_waiter(count_and_maybe_give_up, &w);
+        cr_assert_eq(lookup_identity("hellod-stuck", NULL, &uid, &gid, why, sizeof(why)), LOOKUP_ABANDONED);
+        cr_assert_str_eq(why, "lookup given up");
+        cr_assert_eq(w.calls, 3);
+        cr_assert_eq(thread_count(NULL), threads + 1);
+
+        Waiter patient = { .give_up_at = 50 }; /* 5 s: a held lock fails the test, not hangs it */
+        lookup_set_waiter(count_and_maybe_give_up, &patient);
+        cr_assert_eq(lookup_identity("root", "root", &uid, &gid, why, sizeof(why)), 0, "%s", why);
+        cr_assert_eq(uid, 0);
 }

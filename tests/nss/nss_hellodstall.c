@@ -1,0 +1,56 @@
+/* libnss_hellodstall.so.2: a name service module that fails as a directory server (LDAP,
+ * sssd) that went away does. A test names it after "files" in an nsswitch.conf of its own
+ * (passwd: files hellodstall), with LD_LIBRARY_PATH naming this directory; a name that is not
+ * in /etc/passwd or /etc/group then reaches it, and
+ * - one starting with "hellod-unavail" fails at once, the service unavailable (EIO);
+ * - any other blocks its lookup for good, as glibc's lookups do against a server that takes
+ *   the connection and never answers.
+ * A test fixture: never installed. */
+#include <errno.h>
+#include <grp.h>
+#include <nss.h>
+#include <poll.h>
+#include <pwd.h>
+#include <stddef.h>
+#include <string.h>
+#include <sys/types.h>
+
+#define UNAVAIL_PREFIX "hellod-unavail"
+
+/* glibc finds these by name (_nss_SERVICE_FUNCTION); no header declares them. */
+enum nss_status _nss_hellodstall_getpwnam_r(const char *name, struct passwd *pw, char *buf, size_t size,
+                                            int *errnop);
+_Noreturn enum nss_status _nss_hellodstall_getpwuid_r(uid_t uid, struct passwd *pw, char *buf, size_t size,
+                                                      int *errnop);
+enum nss_status _nss_hellodstall_getgrnam_r(const char *name, struct group *gr, char *buf, size_t size,
+                                            int *errnop);
+
+static _Noreturn void stall(void) {
+        for (;;)
+                (void) poll(NULL, 0, -1);
+}
+
+static enum nss_status answer(const char *name, int *errnop) {
+        if (strncmp(name, UNAVAIL_PREFIX, strlen(UNAVAIL_PREFIX)) != 0)
+                stall();
+        *errnop = EIO;
+        return NSS_STATUS_UNAVAIL;
+}
+
+enum nss_status _nss_hellodstall_getpwnam_r(const char *name, struct passwd *pw, char *buf, size_t size,
+                                            int *errnop) {
+        (void) pw, (void) buf, (void) size;
+        return answer(name, errnop);
+}
+
+_Noreturn enum nss_status _nss_hellodstall_getpwuid_r(uid_t uid, struct passwd *pw, char *buf, size_t size,
+                                                      int *errnop) {
+        (void) uid, (void) pw, (void) buf, (void) size, (void) errnop;
+        stall();
+}
+
+enum nss_status _nss_hellodstall_getgrnam_r(const char *name, struct group *gr, char *buf, size_t size,
+                                            int *errnop) {
+        (void) gr, (void) buf, (void) size;
+        return answer(name, errnop);
+}
