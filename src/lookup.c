@@ -157,8 +157,8 @@ static Lookup *lookup_new(LookupKind kind, const char *a, const char *b) {
         return l;
 }
 
-/* run: L on its thread, waited for; 0 with the results in L (the caller's reference still to
- * let go), or a LOOKUP_ code, or -errno (the thread could not start; L is freed then). */
+/* run: L on its thread, waited for: 0 with the results in L, a LOOKUP_ code, or -errno (the
+ * thread could not start). The caller's reference is still the caller's to let go. */
 static int run(Lookup *l) {
         int r;
 
@@ -204,10 +204,14 @@ int lookup_addrinfo(const char *host, const char *service, const struct addrinfo
 
 int lookup_identity(const char *user, const char *group, uid_t *ret_uid, gid_t *ret_gid, char *why,
                     size_t why_size) {
-        Lookup *l = lookup_new(LOOKUP_IDENTITY, user, group);
+        Lookup *l;
         int r;
 
-        if (!l) {
+        /* Numeric IDs at once, as numeric addresses: nothing to wait for, and not held up by
+         * lookups still running. */
+        if (privileges_numeric(user, group))
+                return privileges_resolve(user, group, ret_uid, ret_gid, why, why_size);
+        if (!(l = lookup_new(LOOKUP_IDENTITY, user, group))) {
                 snprintf(why, why_size, "%s", strerror(ENOMEM));
                 return -ENOMEM;
         }

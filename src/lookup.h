@@ -34,8 +34,10 @@ void lookup_set_waiter(LookupWaiter waiter, void *userdata);
  * freeaddrinfo(), an EAI_ code (EAI_SYSTEM: see errno), or a LOOKUP_ code. */
 int lookup_addrinfo(const char *host, const char *service, const struct addrinfo *hints, struct addrinfo **res);
 
-/* lookup_identity: privileges_resolve(USER, GROUP, RET_UID, RET_GID), bounded: 0, its negative
- * errno (-EAGAIN: the name service failed, not the file), or a LOOKUP_ code; WHY says why. */
+/* lookup_identity: privileges_resolve(USER, GROUP, RET_UID, RET_GID), bounded (numeric IDs
+ * at once, on the caller's thread): 0, its negative errno (-EAGAIN: the name service failed,
+ * not the file), -ENOMEM or another -errno when no lookup could start, or a LOOKUP_ code;
+ * WHY says why. */
 int lookup_identity(const char *user, const char *group, uid_t *ret_uid, gid_t *ret_gid, char *why,
                     size_t why_size);
 

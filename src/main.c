@@ -158,6 +158,8 @@ int main(int argc, char *argv[]) {
         InheritedStore store = INHERITED_STORE_NULL;
         Conf *conf = NULL;
         Server *server = NULL;
+        /* -1: unchanged, which the drop's own verification refuses, were the check not to set it */
+        Identity identity = { .uid = (uid_t) -1, .gid = (gid_t) -1 };
         char err[512];
         bool defaulted;
         int r, code;
@@ -180,7 +182,7 @@ int main(int argc, char *argv[]) {
         }
         if (defaulted && !arg_check)
                 log_notice("%s not found, built-in defaults apply", path);
-        r = preflight_check(conf, path, err, sizeof(err));
+        r = preflight_check(conf, path, &identity, err, sizeof(err));
         if (r < 0) {
                 log_error("%s", err);
                 /* A name server or directory that does not answer, for now, is no fault of the
@@ -223,7 +225,7 @@ int main(int argc, char *argv[]) {
         }
         /* The listeners are bound (ports below 1024 need root): now stop being root, before
          * server_run() serves the first client. */
-        r = privileges_drop(conf->user, conf->group, err, sizeof(err));
+        r = privileges_drop(conf->user, conf->group, &identity, err, sizeof(err));
         if (r < 0) {
                 log_error("cannot drop privileges: %s", err);
                 code = EXIT_RUNTIME;

@@ -34,29 +34,33 @@ static unsigned long long physical_memory(void) {
 /* check_identity: USER and GROUP name entries (looked up within a bound, as listen names are):
  * -EINVAL when one is unknown; -EAGAIN when the name service failed or gave no answer (its
  * fault, not the file's); -ECANCELED when the waiter gave the lookup up (hellod is to stop). */
-static int check_identity(const Conf *conf, const char *path, char *err, size_t err_size) {
+static int check_identity(const Conf *conf, const char *path, Identity *ret_identity, char *err,
+                          size_t err_size) {
         const char *at = conf->user_at ? conf->user_at : path;
+        Identity identity;
         char why[256];
-        uid_t uid;
-        gid_t gid;
 
         if (!conf->user && !conf->group)
                 return 0;
-        int r = lookup_identity(conf->user, conf->group, &uid, &gid, why, sizeof(why));
-        if (r == 0)
+        int r = lookup_identity(conf->user, conf->group, &identity.uid, &identity.gid, why, sizeof(why));
+        if (r == 0) {
+                if (ret_identity)
+                        *ret_identity = identity;
                 return 0;
-        if (r > 0) { /* a LOOKUP_ code: either entry may be the one not answered */
-                char names[2 * CONF_NAME_MAX + 32];
-                if (conf->user && conf->group)
-                        snprintf(names, sizeof(names), "user '%s' and group '%s'", conf->user, conf->group);
-                else
-                        snprintf(names, sizeof(names), "%s '%s'", conf->user ? "user" : "group",
-                                 conf->user ? conf->user : conf->group);
-                snprintf(err, err_size, "%s: %s: cannot look %s up: %s", at, conf->user ? "user" : "group", names, why);
+        }
+        /* A LOOKUP_ code: either entry may be the one not answered (conf refuses a group
+         * without a user). */
+        if (r > 0 && conf->user) {
+                snprintf(err, err_size, "%s: user: cannot look user '%s'%s%s%s up: %s", at, conf->user,
+                         conf->group ? " and group '" : "", conf->group ? conf->group : "", conf->group ? "'" : "",
+                         why);
                 return r == LOOKUP_ABANDONED ? -ECANCELED : -EAGAIN;
         }
-        /* Which key: a failure of the group's names the group; anything else is about the user. */
-        bool group = conf->group && strstr(why, "group");
+        /* Which key: a failure of the group's names the group (privileges_resolve() says which
+         * first); anything else is about the user. */
+        static const char unknown_group[] = "unknown group", failed_group[] = "cannot look group";
+        bool group = conf->group && (strncmp(why, unknown_group, sizeof(unknown_group) - 1) == 0 ||
+                                     strncmp(why, failed_group, sizeof(failed_group) - 1) == 0);
         if (group && conf->group_at)
                 at = conf->group_at;
         if (r != -ESRCH && r != -EINVAL) {
@@ -114,8 +118,8 @@ static int check_listen(const Conf *conf, char *err, size_t err_size) {
         return 0;
 }
 
-int preflight_check(const Conf *conf, const char *path, char *err, size_t err_size) {
-        int r = check_identity(conf, path, err, err_size);
+int preflight_check(const Conf *conf, const char *path, Identity *ret_identity, char *err, size_t err_size) {
+        int r = check_identity(conf, path, ret_identity, err, err_size);
 
         if (r >= 0)
                 r = check_listen(conf, err, err_size);

@@ -102,10 +102,18 @@ static int group_query(void *ctx, char *buf, size_t size) {
 
 /* The reentrant lookups: lookup.c runs these on threads of its own, and a lookup given up on
  * may still run when the next starts (getpwnam()'s static entry and its lock would be shared). */
-static int resolve_user(const char *user, uid_t *ret_uid, gid_t *ret_gid, char *err, size_t err_size) {
+static int resolve_user(const char *user, bool need_gid, uid_t *ret_uid, gid_t *ret_gid, char *err,
+                        size_t err_size) {
         UserQuery q = { .name = user, .id = parse_id(user) };
-        int r = with_entry_buffer(user_query, &q);
+        int r;
 
+        /* A numeric ID with the group given needs no entry: no name service to wait for. */
+        if (q.id >= 0 && !need_gid) {
+                *ret_uid = (uid_t) q.id;
+                *ret_gid = (gid_t) -1;
+                return 0;
+        }
+        r = with_entry_buffer(user_query, &q);
         if (q.found) {
                 *ret_uid = q.uid;
                 *ret_gid = q.gid;
@@ -146,6 +154,10 @@ static int resolve_group(const char *group, gid_t *ret, char *err, size_t err_si
         return -ESRCH;
 }
 
+bool privileges_numeric(const char *user, const char *group) {
+        return (!user || parse_id(user) >= 0) && (!group || parse_id(group) >= 0) && (group || !user);
+}
+
 static int fail(int r, const char *what, char *err, size_t err_size) {
         snprintf(err, err_size, "%s: %s", what, strerror(-r));
         return r;
@@ -162,7 +174,7 @@ int privileges_resolve(const char *user, const char *group, uid_t *ret_uid, gid_
                 snprintf(err, err_size, "'group' is set without 'user'");
                 return -EINVAL;
         }
-        if (user && (r = resolve_user(user, &uid, &user_gid, err, err_size)) < 0)
+        if (user && (r = resolve_user(user, !group, &uid, &user_gid, err, err_size)) < 0)
                 return r;
         if (group) {
                 if ((r = resolve_group(group, &gid, err, err_size)) < 0)
@@ -178,11 +190,7 @@ int privileges_resolve(const char *user, const char *group, uid_t *ret_uid, gid_
         return 0;
 }
 
-int privileges_drop(const char *user, const char *group, char *err, size_t err_size) {
-        uid_t uid = geteuid();
-        gid_t gid = getegid();
-        int r;
-
+int privileges_drop(const char *user, const char *group, const Identity *to, char *err, size_t err_size) {
         if (geteuid() != 0) {
                 if (user || group)
                         log_notice("not started as root: 'user' and 'group' are not used");
@@ -192,9 +200,8 @@ int privileges_drop(const char *user, const char *group, char *err, size_t err_s
                 log_warning("running as root: set 'user' and 'group' in the configuration to drop privileges");
                 return 0;
         }
-        r = privileges_resolve(user, group, &uid, &gid, err, err_size);
-        if (r < 0)
-                return r;
+        uid_t uid = to->uid;
+        gid_t gid = to->gid;
 
         /* Order matters: groups and gid can only be changed while still root. */
         if (setgroups(1, &gid) < 0)

@@ -1,14 +1,26 @@
 /* privileges: dropping root after the listeners are bound, as sshd and nginx do. */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
 
+/* Identity: the IDs a `user` and `group` name. */
+typedef struct Identity {
+        uid_t uid;
+        gid_t gid;
+} Identity;
+
 /* privileges_drop: when running as root and USER or GROUP is set (either may be NULL; a
- * missing group is the user's primary group), switches to them for good: supplementary
- * groups, then group, then user, then checks that root cannot be regained. Returns 0 (also
- * when there was nothing to do), or a negative errno with the reason in ERR. */
-int privileges_drop(const char *user, const char *group, char *err, size_t err_size);
+ * missing group is the user's primary group), switches to TO (what they were resolved to, by
+ * the start's check) for good: supplementary groups, then group, then user, then checks that
+ * root cannot be regained. Returns 0 (also when there was nothing to do), or a negative errno
+ * with the reason in ERR. */
+int privileges_drop(const char *user, const char *group, const Identity *to, char *err, size_t err_size);
+
+/* privileges_numeric: whether privileges_resolve(USER, GROUP) asks no name service (numeric
+ * IDs, the group's given: a numeric user's own group is in its passwd entry). */
+bool privileges_numeric(const char *user, const char *group);
 
 /* privileges_resolve: the IDs USER and GROUP name (numeric IDs too; GROUP NULL: the user's own
  * group), without changing anything: for the start-time checks. Returns 0, or a negative errno

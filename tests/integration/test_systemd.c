@@ -578,6 +578,10 @@ static void silent_directory_open(SilentDirectory *sd, const Hellod *d) {
         const char *dir = harness_env_path("HELLOD_TEST_NSS_DIR");
         char module[PATH_MAX];
 
+        /* nscd answers before nsswitch.conf is read, from the host's configuration */
+        cr_assert_neq(access("/run/nscd/socket", F_OK), 0,
+                      "nscd runs (/run/nscd/socket): it would answer in place of the test's nsswitch.conf");
+
         cr_assert_lt((size_t) snprintf(module, sizeof(module), "%s/libnss_hellodstall.so.2", dir), sizeof(module));
         cr_assert_eq(access(module, R_OK), 0, "%s: %s", module, strerror(errno));
         cr_assert_lt((size_t) snprintf(sd->library_path, sizeof(sd->library_path), "LD_LIBRARY_PATH=%s", dir),
@@ -648,7 +652,7 @@ Test(systemd, a_failing_directory_is_no_configuration_error, .timeout = 60) {
 
         silent_directory_open(&directory, d);
         const char *const env[] = { directory.library_path, NULL };
-        hellod_write_config_std(d, "user = \"nobody\";\ngroup = \"hellod-unavail-group\";\n");
+        hellod_write_config_std(d, "user = \"root\";\ngroup = \"hellod-unavail-group\";\n");
         check_and_start_exit_1(d, &(HellodOpts) { .env = env, .wrapper = directory.wrapper },
                                "hellod.conf:4: group: cannot look group 'hellod-unavail-group' up: Input/output error");
         hellod_free(d);

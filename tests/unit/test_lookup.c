@@ -202,46 +202,102 @@ Test(lookup, lookups_given_up_on_are_capped) {
 
 /* --- users and groups ----------------------------------------------------------------- */
 
-/* private_directory: this process's user and group lookups from now on: /etc/passwd and
- * /etc/group, then tests/nss's module, which blocks every name that reaches it but those
- * starting with "hellod-unavail" (failed at once, EIO). */
-static void private_directory(void) {
-        static const char nss[] = "passwd: files hellodstall\ngroup: files hellodstall\nhosts: files\n";
-        const char *dirs = getenv("LD_LIBRARY_PATH");
-        char module[PATH_MAX], path[] = "/tmp/hellod-test-nss.XXXXXX";
-        struct stat st;
+/* bind_over: FILE seen in place of TARGET by this process from now on (in a mount namespace of
+ * its own), holding TEXT. */
+static void bind_over(const char *target, const char *text) {
+        char path[] = "/tmp/hellod-test-etc.XXXXXX";
+        size_t len = strlen(text);
         int fd;
 
+        fd = mkstemp(path);
+        cr_assert(fd >= 0);
+        cr_assert_eq(write(fd, text, len), (ssize_t) len);
+        close(fd);
+        cr_assert_eq(mount(path, target, NULL, MS_BIND, NULL), 0, "bind %s over %s: %s", path, target, strerror(errno));
+        unlink(path); /* the bind mount keeps it */
+}
+
+/* private_directory: this process's user and group lookups from now on: /etc/passwd and
+ * /etc/group only, or (FAILING) then tests/nss's module, which blocks every name that reaches
+ * it but those starting with "hellod-unavail" (failed at once, EIO). */
+static void private_directory(bool failing) {
+        const char *dirs = getenv("LD_LIBRARY_PATH");
+        char module[PATH_MAX];
+        struct stat st;
+
+        /* nscd answers before nsswitch.conf is read, from the host's configuration */
+        cr_assert_neq(access("/run/nscd/socket", F_OK), 0,
+                      "nscd runs (/run/nscd/socket): it would answer in place of the test's nsswitch.conf");
         cr_assert_not_null(dirs, "LD_LIBRARY_PATH must name the directory of libnss_hellodstall.so.2 (meson sets it)");
         snprintf(module, sizeof(module), "%.*s/libnss_hellodstall.so.2", (int) strcspn(dirs, ":"), dirs);
         cr_assert_eq(stat(module, &st), 0, "%s: %s", module, strerror(errno));
         cr_assert_eq(unshare(CLONE_NEWNS), 0, "unshare: %s (this test needs root; it does not skip)", strerror(errno));
         cr_assert_eq(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), 0, "mount --make-rprivate /: %s",
                      strerror(errno));
-        fd = mkstemp(path);
-        cr_assert(fd >= 0);
-        cr_assert_eq(write(fd, nss, sizeof(nss) - 1), (ssize_t) sizeof(nss) - 1);
-        close(fd);
-        cr_assert_eq(mount(path, "/etc/nsswitch.conf", NULL, MS_BIND, NULL), 0,
-                     "bind %s over /etc/nsswitch.conf: %s", path, strerror(errno));
-        unlink(path);
+        bind_over("/etc/nsswitch.conf", failing ? "passwd: files hellodstall\ngroup: files hellodstall\nhosts: files\n"
+                                                : "passwd: files\ngroup: files\nhosts: files\n");
 }
 
-/* root and its group are in the files: answered through the thread, the waiter asked first. */
-Test(lookup, a_user_and_group_are_answered_through_the_lookup_thread) {
+/* root and its group are in the files: answered (through the lookup thread), the waiter asked
+ * before the lookup starts. */
+Test(lookup, a_user_and_group_in_the_files_are_answered) {
         Waiter w = { 0 };
         uid_t uid = 1;
         gid_t gid = 1;
         char why[256] = "";
 
-        private_directory();
+        private_directory(true);
         lookup_set_waiter(count_and_maybe_give_up, &w);
         cr_assert_eq(lookup_identity("root", NULL, &uid, &gid, why, sizeof(why)), 0, "%s", why);
         cr_assert_eq(uid, 0);
         cr_assert_eq(gid, 0);
         cr_assert_geq(w.calls, 1);
         cr_assert_eq(lookup_identity("root", "root", &uid, &gid, why, sizeof(why)), 0, "%s", why);
-        cr_assert_eq(lookup_identity("0", "0", &uid, &gid, why, sizeof(why)), 0, "%s", why);
+}
+
+/* Numeric IDs, the group given, ask no name service: read at once on the caller's thread,
+ * even with a directory that never answers. */
+Test(lookup, numeric_ids_are_read_at_once_on_the_callers_thread) {
+        Waiter w = { 0 };
+        int threads;
+        uid_t uid = 1;
+        gid_t gid = 1;
+        char why[256] = "";
+
+        private_directory(true);
+        threads = thread_count(NULL);
+        lookup_set_waiter(count_and_maybe_give_up, &w);
+        cr_assert_eq(lookup_identity("4242", "4243", &uid, &gid, why, sizeof(why)), 0, "%s", why);
+        cr_assert_eq(uid, 4242);
+        cr_assert_eq(gid, 4243);
+        cr_assert_eq(w.calls, 0);
+        cr_assert_eq(thread_count(NULL), threads);
+}
+
+/* A group whose entry outgrows the first buffer (1 KiB) is read whole all the same. */
+Test(lookup, a_large_group_entry_is_read) {
+        char *etc_group = NULL, line[8192];
+        size_t size = 0;
+        FILE *f = open_memstream(&etc_group, &size);
+        FILE *real = fopen("/etc/group", "re");
+        uid_t uid;
+        gid_t gid = 0;
+        char why[256] = "";
+
+        cr_assert(f && real);
+        while (fgets(line, sizeof(line), real))
+                fputs(line, f);
+        fclose(real);
+        fputs("hellod-big:x:4244:", f);
+        for (int i = 0; i < 600; i++) /* about 8 KiB of members */
+                fprintf(f, "%shellod-member-%03d", i ? "," : "", i);
+        fputs("\n", f);
+        fclose(f);
+        private_directory(false);
+        bind_over("/etc/group", etc_group);
+        free(etc_group);
+        cr_assert_eq(lookup_identity("root", "hellod-big", &uid, &gid, why, sizeof(why)), 0, "%s", why);
+        cr_assert_eq(gid, 4244);
 }
 
 /* A name no source has: unknown, said as such (the file is at fault, not the service). */
@@ -250,6 +306,7 @@ Test(lookup, an_unknown_user_is_unknown) {
         gid_t gid;
         char why[256] = "";
 
+        private_directory(false);
         cr_assert_eq(lookup_identity("no-such-user-hellod", NULL, &uid, &gid, why, sizeof(why)), -ESRCH);
         cr_assert_str_eq(why, "unknown user 'no-such-user-hellod'");
         cr_assert_eq(lookup_identity("root", "no-such-group-hellod", &uid, &gid, why, sizeof(why)), -ESRCH);
@@ -262,7 +319,7 @@ Test(lookup, a_failing_directory_is_a_transient_failure) {
         gid_t gid;
         char why[256] = "";
 
-        private_directory();
+        private_directory(true);
         cr_assert_eq(lookup_identity("hellod-unavail-user", NULL, &uid, &gid, why, sizeof(why)), -EAGAIN, "%s", why);
         cr_assert_str_eq(why, "cannot look user 'hellod-unavail-user' up: Input/output error");
         cr_assert_eq(lookup_identity("root", "hellod-unavail-group", &uid, &gid, why, sizeof(why)), -EAGAIN, "%s", why);
@@ -274,17 +331,18 @@ Test(lookup, a_failing_directory_is_a_transient_failure) {
  * (the reentrant lookups share no lock: getpwnam()'s would be held by the stuck thread). */
 Test(lookup, a_directory_that_never_answers_is_given_up_on) {
         Waiter w = { .give_up_at = 3 }; /* once before the start, twice while it runs */
-        int threads = thread_count(NULL);
         uid_t uid = 1;
         gid_t gid = 1;
         char why[256] = "";
 
-        private_directory();
+        private_directory(true);
         lookup_set_waiter(count_and_maybe_give_up, &w);
         cr_assert_eq(lookup_identity("hellod-stuck", NULL, &uid, &gid, why, sizeof(why)), LOOKUP_ABANDONED);
         cr_assert_str_eq(why, "lookup given up");
         cr_assert_eq(w.calls, 3);
-        cr_assert_eq(thread_count(NULL), threads + 1);
+        for (int i = 0; i < 100 && thread_count("hellod-lookup") < 1; i++)
+                usleep(50000);
+        cr_assert_eq(thread_count("hellod-lookup"), 1, "the given-up lookup's thread goes on");
 
         Waiter patient = { .give_up_at = 50 }; /* 5 s: a held lock fails the test, not hangs it */
         lookup_set_waiter(count_and_maybe_give_up, &patient);
