@@ -100,36 +100,38 @@ static int group_query(void *ctx, char *buf, size_t size) {
         return r;
 }
 
+/* entry_missing: why KIND NAME has no entry (R from its lookup), said in ERR: -EAGAIN when the
+ * name service failed, -ESRCH when the name is unknown. */
+static int entry_missing(const char *kind, const char *name, int r, char *err, size_t err_size) {
+        if (!not_found(r)) {
+                snprintf(err, err_size, "cannot look %s '%s' up: %s", kind, name, strerror(r));
+                return -EAGAIN;
+        }
+        snprintf(err, err_size, "unknown %s '%s'", kind, name);
+        return -ESRCH;
+}
+
 /* The reentrant lookups: lookup.c runs these on threads of its own, and a lookup given up on
  * may still run when the next starts (getpwnam()'s static entry and its lock would be shared). */
 static int resolve_user(const char *user, bool need_gid, uid_t *ret_uid, gid_t *ret_gid, char *err,
                         size_t err_size) {
         UserQuery q = { .name = user, .id = parse_id(user) };
-        int r;
+        int r = 0;
 
         /* A numeric ID with the group given needs no entry: no name service to wait for. */
-        if (q.id >= 0 && !need_gid) {
-                *ret_uid = (uid_t) q.id;
-                *ret_gid = (gid_t) -1;
-                return 0;
-        }
-        r = with_entry_buffer(user_query, &q);
+        if (q.id < 0 || need_gid)
+                r = with_entry_buffer(user_query, &q);
         if (q.found) {
                 *ret_uid = q.uid;
                 *ret_gid = q.gid;
                 return 0;
         }
-        if (!not_found(r)) {
-                snprintf(err, err_size, "cannot look user '%s' up: %s", user, strerror(r));
-                return -EAGAIN;
-        }
-        if (q.id >= 0) { /* a numeric ID need not have a name; its group must then be given */
+        if (q.id >= 0 && not_found(r)) { /* a numeric ID need not have a name; its group must then be given */
                 *ret_uid = (uid_t) q.id;
                 *ret_gid = (gid_t) -1;
                 return 0;
         }
-        snprintf(err, err_size, "unknown user '%s'", user);
-        return -ESRCH;
+        return entry_missing("user", user, r, err, err_size);
 }
 
 static int resolve_group(const char *group, gid_t *ret, char *err, size_t err_size) {
@@ -146,12 +148,7 @@ static int resolve_group(const char *group, gid_t *ret, char *err, size_t err_si
                 *ret = q.gid;
                 return 0;
         }
-        if (!not_found(r)) {
-                snprintf(err, err_size, "cannot look group '%s' up: %s", group, strerror(r));
-                return -EAGAIN;
-        }
-        snprintf(err, err_size, "unknown group '%s'", group);
-        return -ESRCH;
+        return entry_missing("group", group, r, err, err_size);
 }
 
 bool privileges_numeric(const char *user, const char *group) {

@@ -67,21 +67,40 @@ static int thread_count(const char *name) {
         return n;
 }
 
+/* private_namespaces: this process in namespaces of its own from now on: a mount namespace
+ * whose mounts do not reach the host's, and those of FLAGS (CLONE_NEWNET). */
+static void private_namespaces(int flags) {
+        cr_assert_eq(unshare(CLONE_NEWNS | flags), 0, "unshare: %s (this test needs root; it does not skip)",
+                     strerror(errno));
+        cr_assert_eq(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), 0, "mount --make-rprivate /: %s",
+                     strerror(errno));
+}
+
+/* bind_over: TARGET read by this process, from now on, as a file holding TEXT (bound over it:
+ * private_namespaces() first). */
+static void bind_over(const char *target, const char *text) {
+        char path[] = "/tmp/hellod-test-etc.XXXXXX";
+        size_t len = strlen(text);
+        int fd;
+
+        fd = mkstemp(path);
+        cr_assert(fd >= 0);
+        cr_assert_eq(write(fd, text, len), (ssize_t) len);
+        close(fd);
+        cr_assert_eq(mount(path, target, NULL, MS_BIND, NULL), 0, "bind %s over %s: %s", path, target, strerror(errno));
+        unlink(path); /* the bind mount keeps it */
+}
+
 /* private_name_server: the name server of this process, from now on: one that never answers
  * (SILENT: a socket that takes the queries; returned), or none at all (-1: the queries are
  * refused at once). */
 static int private_name_server(bool silent) {
-        static const char resolv[] = "nameserver 127.0.0.1\noptions timeout:30 attempts:5\n";
-        char path[] = "/tmp/hellod-test-resolv.XXXXXX";
         struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(53),
                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
         struct ifreq ifr = { .ifr_name = "lo" };
-        int fd, udp;
+        int udp;
 
-        cr_assert_eq(unshare(CLONE_NEWNET | CLONE_NEWNS), 0, "unshare: %s (this test needs root; it does not skip)",
-                     strerror(errno));
-        cr_assert_eq(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), 0, "mount --make-rprivate /: %s",
-                     strerror(errno));
+        private_namespaces(CLONE_NEWNET);
         udp = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
         cr_assert(udp >= 0);
         cr_assert(ioctl(udp, SIOCGIFFLAGS, &ifr) == 0);
@@ -92,13 +111,7 @@ static int private_name_server(bool silent) {
                 close(udp);
                 udp = -1;
         }
-        fd = mkstemp(path);
-        cr_assert(fd >= 0);
-        cr_assert_eq(write(fd, resolv, sizeof(resolv) - 1), (ssize_t) sizeof(resolv) - 1);
-        close(fd);
-        cr_assert_eq(mount(path, "/etc/resolv.conf", NULL, MS_BIND, NULL), 0, "bind %s over /etc/resolv.conf: %s",
-                     path, strerror(errno));
-        unlink(path); /* the bind mount keeps it */
+        bind_over("/etc/resolv.conf", "nameserver 127.0.0.1\noptions timeout:30 attempts:5\n");
         return udp;
 }
 
@@ -202,21 +215,6 @@ Test(lookup, lookups_given_up_on_are_capped) {
 
 /* --- users and groups ----------------------------------------------------------------- */
 
-/* bind_over: FILE seen in place of TARGET by this process from now on (in a mount namespace of
- * its own), holding TEXT. */
-static void bind_over(const char *target, const char *text) {
-        char path[] = "/tmp/hellod-test-etc.XXXXXX";
-        size_t len = strlen(text);
-        int fd;
-
-        fd = mkstemp(path);
-        cr_assert(fd >= 0);
-        cr_assert_eq(write(fd, text, len), (ssize_t) len);
-        close(fd);
-        cr_assert_eq(mount(path, target, NULL, MS_BIND, NULL), 0, "bind %s over %s: %s", path, target, strerror(errno));
-        unlink(path); /* the bind mount keeps it */
-}
-
 /* private_directory: this process's user and group lookups from now on: /etc/passwd and
  * /etc/group only, or (FAILING) then tests/nss's module, which blocks every name that reaches
  * it but those starting with "hellod-unavail" (failed at once, EIO). */
@@ -231,9 +229,7 @@ static void private_directory(bool failing) {
         cr_assert_not_null(dirs, "LD_LIBRARY_PATH must name the directory of libnss_hellodstall.so.2 (meson sets it)");
         snprintf(module, sizeof(module), "%.*s/libnss_hellodstall.so.2", (int) strcspn(dirs, ":"), dirs);
         cr_assert_eq(stat(module, &st), 0, "%s: %s", module, strerror(errno));
-        cr_assert_eq(unshare(CLONE_NEWNS), 0, "unshare: %s (this test needs root; it does not skip)", strerror(errno));
-        cr_assert_eq(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), 0, "mount --make-rprivate /: %s",
-                     strerror(errno));
+        private_namespaces(0);
         bind_over("/etc/nsswitch.conf", failing ? "passwd: files hellodstall\ngroup: files hellodstall\nhosts: files\n"
                                                 : "passwd: files\ngroup: files\nhosts: files\n");
 }
