@@ -145,12 +145,12 @@ void session_drain_at_stop(const Session *s) {
 }
 
 size_t session_lines_taken(const Session *s, const char *buf, size_t k) {
-        if (memchr(buf, 0xff, k))
+        if (memchr(buf, 0xff, k) || s->proto.telnet != PROTO_TELNET_DATA)
                 return k;
         const char *nl = memrchr(buf, '\n', k);
         if (nl)
                 return (size_t) (nl - buf) + 1;
-        return k == s->in_cap ? k : 0;
+        return k == s->in_cap || k > s->conf->max_line_length ? k : 0;
 }
 
 static bool still_established(const Session *s) {

@@ -128,10 +128,11 @@ void session_say_last(int fd, const char *line);
 /* session_lines_taken: of K bytes peeked into BUF from a stored session (handover = "always":
  * only whole lines leave the kernel, so that a crash loses no partial line), how many to take:
  * up to the last line end, also when they fill the read buffer (the rest is read next, and a
- * line cut there would leave a partial line in hellod's hands); all K when they fill it with
- * no line end (a line longer than it) or hold a telnet command (an interrupt has no line end,
- * and the client waits for its answer); 0 when they are one partial line, to be left waiting
- * for its end. */
+ * line cut there would leave a partial line in hellod's hands); all K when no line end can
+ * complete them: with no line end, they fill it or are longer than max_line_length (the
+ * client waits for its ERR); or they hold a telnet command, or the rest of one whose IAC was
+ * taken before (an interrupt has no line end, and the client waits for its answer). 0 when
+ * they are one partial line within the limit, left waiting for its end. */
 size_t session_lines_taken(const Session *s, const char *buf, size_t k);
 
 /* session_line_end_awaited: a peek of a stored session (handover = "always") held a partial

@@ -337,6 +337,47 @@ Test(handover, always_answers_bursts_and_telnet_interrupts, .timeout = 60) {
         always_answers_bursts_and_telnet_interrupts_in("workers = \"per-connection\";");
 }
 
+/* handover = "always" leaves a partial line in the kernel until its end comes, but two things
+ * without a line end cannot wait for one: the rest of a telnet command whose IAC came in a read
+ * of its own, and a line already over max_line_length. Both used to wait (for good, with no
+ * idle timeout): Ctrl+C or "are you there" got no answer until the next line, and the overlong
+ * line no ERR until its end. */
+static void always_takes_what_no_line_end_completes_in(const char *model) {
+        Rig r;
+
+        rig_start(&r);
+        rig_serve(&r, "handover = \"always\";\n%s\nidle_timeout = 0;\nmax_line_length = 16;\n", model);
+        int fd = client_connect(r.port);
+        client_expect_str(fd, HELLOD_GREETING);
+        harness_step("IAC, then AYT in a write of its own");
+        client_send(fd, "\xff", 1);
+        usleep(300 * 1000); /* read alone, most likely: the test cannot fail for the wrong reason */
+        client_send(fd, "\xf6", 1);
+        client_expect_str(fd, "[Yes]\r\n");
+        client_send_str(fd, "bob\n");
+        client_expect_str(fd, "Hello, bob!\r\n");
+        harness_step("IAC, then IP (Ctrl+C)");
+        client_send(fd, "\xff", 1);
+        usleep(300 * 1000);
+        client_send(fd, "\xf4", 1);
+        client_expect_eof(fd, false);
+        client_close(fd);
+
+        fd = client_connect(r.port);
+        client_expect_str(fd, HELLOD_GREETING);
+        harness_step("40 bytes of a line, no line end, over max_line_length = 16");
+        client_send_str(fd, "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
+        client_expect_str(fd, "ERR line too long\r\n");
+        client_expect_eof(fd, true);
+        client_close(fd);
+        rig_end(&r);
+}
+
+Test(handover, always_takes_what_no_line_end_completes, .timeout = 90) {
+        always_takes_what_no_line_end_completes_in("io_backend = \"epoll\";");
+        always_takes_what_no_line_end_completes_in("workers = \"per-connection\";");
+}
+
 /* rig_serve_behind_a_balancer: R serves a PROXY listener on its port, handover = "always". */
 static void rig_serve_behind_a_balancer(Rig *r) {
         rig_serve(r,
