@@ -173,6 +173,13 @@ int main(int argc, char *argv[]) {
                 log_open(arg_log_target);
         if (arg_log_level >= 0)
                 log_set_max_level(arg_log_level);
+        /* A reload asked for while the start still looks names up (up to 30 s each) would end
+         * hellod, by SIGHUP's default action, with nothing logged: held, it is a reload once
+         * started. A stop meanwhile still ends the start at once. */
+        if (!arg_check && (r = server_hold_reloads()) < 0) {
+                log_error_errno(r, "cannot block SIGHUP");
+                return EXIT_RUNTIME;
+        }
 
         const char *path = arg_config ? arg_config : CONF_DEFAULT_PATH;
         r = conf_load_for(path, !arg_config, &conf, &defaulted, err, sizeof(err));

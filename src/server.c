@@ -95,6 +95,14 @@ static void handled_sigset(sigset_t *set) {
                 sigaddset(set, handled_signals[i]);
 }
 
+int server_hold_reloads(void) {
+        sigset_t set;
+
+        sigemptyset(&set);
+        sigaddset(&set, SIGHUP);
+        return -pthread_sigmask(SIG_BLOCK, &set, NULL);
+}
+
 int server_block_signals(void) {
         sigset_t set;
 

@@ -22,6 +22,10 @@ typedef struct Server Server;
  * thread (before any thread starts) with server_block_signals(). */
 int server_block_signals(void);
 
+/* server_hold_reloads: blocks SIGHUP alone, first thing at a start: a reload asked for while
+ * the start looks names up waits for the server's signalfd. */
+int server_hold_reloads(void);
+
 /* server_new: takes a reference to CONF. Takes INHERITED (socket activation; the set is moved
  * into the server) when it is not empty, else binds the listeners CONF names. Nothing is
  * accepted or served yet: clients wait in the backlog until server_run(), so that the caller

@@ -641,6 +641,37 @@ Test(systemd, a_stop_during_a_stuck_user_lookup_is_not_held_up, .timeout = 120) 
         hellod_free(d);
 }
 
+/* A SIGHUP while the start still looks its user up (tests/nss answers "hellod-slow" after 2 s;
+ * a slow directory can take up to hellod's 30 s bound): it used to end hellod at once, by the
+ * signal's default action, with nothing logged. It is held now, and is a reload once hellod
+ * has started. */
+Test(systemd, a_reload_asked_for_during_the_start_is_done_after_it, .timeout = 60) {
+        Hellod *d = hellod_new();
+        SilentDirectory directory;
+        int waited_ms = 0;
+
+        silent_directory_open(&directory, d);
+        hellod_write_config_std(d, "user = \"hellod-slow\";\n");
+        hellod_spawn(d, &(HellodOpts) { .env = directory.env, .wrapper = directory.wrapper });
+        harness_step("SIGHUP while the start looks the user up");
+        while (harness_proc_thread_count(d->pid, "hellod-lookup") < 1) {
+                cr_assert(hellod_alive(d) && waited_ms < HARNESS_TIMEOUT_MS, "no lookup thread seen in hellod");
+                usleep(10 * 1000);
+                waited_ms += 10;
+        }
+        hellod_signal(d, SIGHUP);
+        hellod_wait_ready(d);
+        char *err = hellod_stderr(d);
+        cr_assert(strstr(err, "dropped privileges to uid 0") != NULL, "stderr:\n%s", err);
+        free(err);
+        hellod_wait_stderr(d, "configuration reloaded");
+        int fd = client_connect_greeted("127.0.0.1", d->port, NULL, HELLOD_GREETING, NULL);
+        client_hello(fd, "after the reload");
+        client_close(fd);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 /* A directory that fails (EIO) at the start: the check and the start exit 1, not 78, as for a
  * name server without an answer (the file is not at fault). */
 Test(systemd, a_failing_directory_is_no_configuration_error, .timeout = 60) {
