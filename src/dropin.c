@@ -69,7 +69,7 @@ static int collect(const Conf *conf, Streams *s, char *err, size_t err_size) {
                          "%s: listen: '%s' is a host name; under socket activation 'listen' takes IP "
                          "addresses (and \"localhost\") only, since names cannot be resolved before the "
                          "network is up: write the address instead",
-                         conf->path ? conf->path : "hellod.conf", spec->host);
+                         spec->at ? spec->at : conf->path ? conf->path : "hellod.conf", spec->host);
                 return -EINVAL;
         }
         if (s->n == 0) {

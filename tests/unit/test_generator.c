@@ -95,7 +95,7 @@ Test(dropin, a_host_name_is_refused_with_the_file_and_the_name) {
 
         cr_assert_eq(f.r, -EINVAL);
         cr_assert_null(f.text);
-        cr_expect(strstr(f.err, "/etc/hellod/hellod.conf: listen: 'example.org'"), "%s", f.err);
+        cr_expect(strstr(f.err, "/etc/hellod/hellod.conf:1: listen: 'example.org'"), "%s", f.err);
         cr_expect(strstr(f.err, "write the address instead"), "%s", f.err);
 }
 
@@ -303,10 +303,11 @@ Test(binary, a_host_name_leaves_the_packaged_socket_and_says_why) {
         Run r;
 
         run_setup(&r);
-        write_file(r.conf, "listen = [\"example.org\"];\nmax_connections = 50;\n");
+        write_file(r.conf, "max_connections = 50;\nlisten = [\"example.org\"];\n");
         generate(&r, r.conf);
         cr_expect_eq(r.status, 0, "said: %s", r.said);
-        cr_expect(strstr(r.said, "'example.org' is a host name"), "%s", r.said);
+        /* the file and the line of the entry, as every other error about the file */
+        cr_expect(strstr(r.said, ".conf:2: listen: 'example.org' is a host name"), "%s", r.said);
         cr_expect_eq(access(r.dropin, F_OK), -1, "a socket drop-in was written");
         const char *text = read_file(r.service_dropin);
         cr_assert_not_null(text, "no %s", r.service_dropin);
