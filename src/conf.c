@@ -157,12 +157,26 @@ static void err_prefix(const ConfCtx *ctx, const char *file, unsigned line) {
         err_append(ctx->err + n, ctx->err_size - n, ": ");
 }
 
+/* line_of: the line of the setting or list entry S in the text libconfig parsed. */
+static unsigned line_of(const ConfCtx *ctx, const config_setting_t *s) {
+        unsigned line = config_setting_source_line(s), own;
+        const config_setting_t *parent = config_setting_parent(s);
+        const char *value;
+
+        /* libconfig gave an entry the line of the token after it: the entry's own string, at
+         * or before that line, is where it is (not found: written with escapes). */
+        if (ctx->text && parent && !config_setting_name(s) && config_setting_type(s) == CONFIG_TYPE_STRING &&
+            (value = config_setting_get_string(s)) && (own = conf_text_string_line(ctx->text, line, value)) > 0)
+                return own;
+        return line;
+}
+
 /* origin: "FILE:LINE" of the setting S, kept for what only the start can check (a user that
  * must exist, a name that must resolve); NULL when out of memory. */
 static char *origin(const ConfCtx *ctx, const config_setting_t *s) {
         char buf[CONF_ORIGIN_MAX];
 
-        where(ctx, NULL, config_setting_source_line(s), buf, sizeof(buf));
+        where(ctx, NULL, line_of(ctx, s), buf, sizeof(buf));
         return strdup(buf);
 }
 
@@ -186,7 +200,7 @@ static int key_error(const ConfCtx *ctx, const config_setting_t *s, const char *
         char k[ECHO_BUF_SIZE];
         va_list ap;
 
-        err_prefix(ctx, NULL, config_setting_source_line(s));
+        err_prefix(ctx, NULL, line_of(ctx, s));
         err_append(ctx->err, ctx->err_size, "%s: ", echo(key, k));
         va_start(ap, format);
         err_vappend(ctx->err, ctx->err_size, format, ap);

@@ -493,6 +493,26 @@ void conf_text_locate(const ConfText *t, unsigned line, const char **ret_file, u
         *ret_line = s->file_line + (line - s->first);
 }
 
+unsigned conf_text_string_line(const ConfText *t, unsigned line, const char *value) {
+        const char *text = t->text, *end = text, *at = NULL;
+        size_t value_len = strlen(value);
+        unsigned n = 1;
+
+        /* END: the end of line LINE. */
+        for (unsigned l = 1; *end && (l < line || *end != '\n'); end++)
+                l += *end == '\n';
+        /* Every quote is tried as an opening one: a quote in a comment cannot throw the count
+         * of opening and closing ones off. */
+        for (const char *p = text; p < end && (p = memchr(p, '"', (size_t) (end - p))); p++)
+                if ((size_t) (end - p) > value_len && memcmp(p + 1, value, value_len) == 0 && p[value_len + 1] == '"')
+                        at = p;
+        if (!at)
+                return 0;
+        for (const char *p = text; p < at; p++)
+                n += *p == '\n';
+        return n;
+}
+
 /* ---- libconfig 1.5 integer truncation ---- */
 
 /* libconfig 1.5 reads an integer literal without an L suffix through a plain cast to int, so

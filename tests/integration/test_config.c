@@ -201,6 +201,19 @@ Test(config, reload_refuses_what_the_check_refuses, .timeout = 60) {
         hellod_free(d);
 }
 
+/* An allow list written one entry a line, its last entry wrong, in an included file: the
+ * error names that file and the entry's line, not the closing bracket's (libconfig's). */
+Test(config, check_names_the_line_of_a_last_list_entry, .timeout = 60) {
+        Hellod *d = hellod_new();
+        char path[512], needle[600];
+
+        write_in_dir(d, "access.conf", "allow = [\n  \"10.0.0.0/8\",\n  \"192.168.1.1/16\"\n\n];\n");
+        hellod_write_config_std(d, "@include \"access.conf\"\n");
+        snprintf(needle, sizeof(needle), "%s:3: allow: \"192.168.1.1/16\"", in_dir(d, "access.conf", path, sizeof(path)));
+        expect_check_fails(d, (const char *const[]) { needle, "did you mean 192.168.0.0/16", NULL });
+        hellod_free(d);
+}
+
 /* ---- -t runs what a start would, -T prints the settings ---- */
 
 /* Each configuration of issue 10 point 3 that used to pass -t and fail at start: 78, and a

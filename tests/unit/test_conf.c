@@ -1037,6 +1037,20 @@ Test(conf_access, list_errors_name_line_and_key) {
         expect_error("allow = [ \"10.0.0.0/33\" ];\n", 1, "allow", "prefix length");
 }
 
+/* libconfig 1.5 stamps a list entry with the line of the token after it: for the last entry of
+ * a list written one entry a line, the closing bracket's, past blank and comment lines. */
+Test(conf_access, a_last_entry_on_a_line_of_its_own_is_named_by_its_line) {
+        expect_error("allow = [\n  \"10.0.0.0/8\",\n  \"192.168.1.1/16\"\n];\n", 3, "allow", "did you mean");
+        expect_error("deny = [\n  \"10.0.0.0/8\",\n  \"10.0.0.1/8\"\n\n  # the last one\n\n];\n", 3, "deny",
+                     "did you mean");
+        expect_error("proxy_from = [\n  \"127.0.0.1\"\n  ,\n  \"example.com\"\n];\n", 4, "proxy_from",
+                     "not an IPv4 or IPv6 address");
+        expect_error("listen = [\n  \"127.0.0.1\",\n  \"127.0.0.1\"\n];\n", 3, "listen", "listed twice");
+        expect_error("listen = [\n  \"127.0.0.1:99999\"\n];\n", 2, "listen", "");
+        /* the same text earlier in the file is not the entry */
+        expect_error("# \"10.0.0.1/8\" was here\nallow = [\n  \"10.0.0.1/8\"\n];\n", 3, "allow", "did you mean");
+}
+
 Test(conf_access, overload) {
         Conf *c = load_ok("overload = \"queue\";\n");
 
