@@ -95,7 +95,7 @@ HandoverLimits handoff_limits(const Conf *conf) {
         return (HandoverLimits) {
                 .framing = conf->framing,
                 .max_line_length = conf->max_line_length,
-                .input_max = session_handover_input_max(conf),
+                .input_max = session_handover_input_max(conf) + HANDOVER_INPUT_HEAD_MAX, /* telnet's */
                 .output_max = session_output_size(conf),
                 .discard_max = SESSION_LINGER_BYTES,
                 /* Not this process's max_connections: a restart that lowers it keeps the
@@ -143,6 +143,9 @@ void handoff_record(const Session *s, uint64_t now, HandoverRecord *rec) {
                 .output = (const uint8_t *) s->out.data + s->out_off,
                 .output_len = s->out.len - s->out_off,
         };
+        _Static_assert(PROTO_TELNET_RESTART_MAX <= HANDOVER_INPUT_HEAD_MAX, "the record's input head is too small");
+        if (!s->lingering)
+                rec->input_head_len = proto_telnet_restart(&s->proto, rec->input_head);
 }
 
 HandoffLingering *handoff_lingering_new(const Session *s) {
@@ -158,7 +161,7 @@ HandoffLingering *handoff_lingering_new(const Session *s) {
         l->rec.flags = HANDOVER_LINGERING | HANDOVER_LOGGED; /* by the done hook, about to run */
         /* Lingering: nothing of the conversation is kept but its counters and its end. */
         l->rec.pending = l->rec.input = l->rec.output = NULL;
-        l->rec.pending_len = l->rec.input_len = l->rec.output_len = 0;
+        l->rec.pending_len = l->rec.input_head_len = l->rec.input_len = l->rec.output_len = 0;
         return l;
 }
 

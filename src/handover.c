@@ -180,7 +180,7 @@ size_t handover_state_size_max(const HandoverLimits *limits) {
 }
 
 static size_t record_size(const HandoverRecord *rec) {
-        return RECORD_FIXED + rec->listen_len + rec->pending_len + rec->input_len + rec->output_len;
+        return RECORD_FIXED + rec->listen_len + rec->pending_len + rec->input_head_len + rec->input_len + rec->output_len;
 }
 
 static bool encodable(const HandoverRecord *rec) {
@@ -190,12 +190,12 @@ static bool encodable(const HandoverRecord *rec) {
                rec->end >= PROTO_END_NONE && rec->end <= _PROTO_END_LAST && (rec->flags & ~_HANDOVER_FLAGS_ALL) == 0 &&
                (family == AF_INET || family == AF_INET6) && rec->listen_len <= UINT16_MAX &&
                (rec->listen || rec->listen_len == 0) && rec->pending_len <= UINT32_MAX &&
-               (rec->pending || rec->pending_len == 0) && rec->input_len <= UINT32_MAX &&
-               (rec->input || rec->input_len == 0) && rec->output_len <= UINT32_MAX &&
-               (rec->output || rec->output_len == 0) &&
+               (rec->pending || rec->pending_len == 0) && rec->input_head_len <= HANDOVER_INPUT_HEAD_MAX &&
+               rec->input_len <= UINT32_MAX - HANDOVER_INPUT_HEAD_MAX && (rec->input || rec->input_len == 0) &&
+               rec->output_len <= UINT32_MAX && (rec->output || rec->output_len == 0) &&
                /* Together within the u32 length field. */
-               add_sat(add_sat(rec->listen_len, rec->pending_len), add_sat(rec->input_len, rec->output_len)) <=
-                       UINT32_MAX - RECORD_FIXED;
+               add_sat(add_sat(rec->listen_len, rec->pending_len),
+                       add_sat(rec->input_head_len + rec->input_len, rec->output_len)) <= UINT32_MAX - RECORD_FIXED;
 }
 
 static void write_peer(Writer *w, const struct sockaddr_storage *peer) {
@@ -247,7 +247,8 @@ int handover_record_encode(HandoverBuf *b, const HandoverRecord *rec) {
         w_bytes(&w, rec->listen, rec->listen_len);
         w_int(&w, rec->pending_len, 4);
         w_bytes(&w, rec->pending, rec->pending_len);
-        w_int(&w, rec->input_len, 4);
+        w_int(&w, rec->input_head_len + rec->input_len, 4);
+        w_bytes(&w, rec->input_head, rec->input_head_len);
         w_bytes(&w, rec->input, rec->input_len);
         w_int(&w, rec->output_len, 4);
         w_bytes(&w, rec->output, rec->output_len);

@@ -36,6 +36,8 @@
 /* The longest listener name (ADDR_STR_MAX - 1) and writer name a reader accepts. */
 #define HANDOVER_LISTEN_MAX 79
 #define HANDOVER_WRITER_MAX 64
+/* The most bytes HandoverRecord.input_head holds. */
+#define HANDOVER_INPUT_HEAD_MAX 4
 /* deadline_left_usec of a session without a deadline (idle_timeout = 0). */
 #define HANDOVER_NO_DEADLINE UINT64_MAX
 
@@ -76,6 +78,11 @@ typedef struct HandoverRecord {
         size_t pending_len;
         const uint8_t *input; /* read, not yet fed to the protocol */
         size_t input_len;
+        /* Encoding only: bytes written in front of INPUT, as its first bytes (a telnet command
+         * the protocol stopped inside, begun again: proto_telnet_restart()); a decoded record
+         * has them in INPUT. */
+        uint8_t input_head[HANDOVER_INPUT_HEAD_MAX];
+        size_t input_head_len;
         const uint8_t *output; /* produced, not yet sent */
         size_t output_len;
 } HandoverRecord;

@@ -391,6 +391,29 @@ static size_t feed_telnet(Proto *p, const char *in, size_t n, Buf *out, ProtoSta
         return n;
 }
 
+size_t proto_telnet_restart(const Proto *p, uint8_t out[PROTO_TELNET_RESTART_MAX]) {
+        if (p->end != PROTO_END_NONE)
+                return 0;
+        out[0] = TELNET_IAC;
+        switch (p->telnet) {
+        case PROTO_TELNET_DATA:
+                return 0;
+        case PROTO_TELNET_IAC:
+                return 1;
+        case PROTO_TELNET_OPTION:
+                out[1] = p->telnet_verb;
+                return 2;
+        case PROTO_TELNET_SB:
+                out[1] = TELNET_SB;
+                return 2;
+        case PROTO_TELNET_SB_IAC:
+                out[1] = TELNET_SB;
+                out[2] = TELNET_IAC;
+                return 3;
+        }
+        return 0;
+}
+
 static size_t feed_chunk(Proto *p, const char *in, size_t n, Buf *out, ProtoStatus *status) {
         size_t len = n;
 

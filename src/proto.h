@@ -63,9 +63,20 @@ void proto_done(Proto *p);
 
 /* proto_resume: the state of a conversation another process had (hand-over): the pending
  * line (at most max_line_length + 1 bytes, line framing only), the counters and the end.
- * Telnet command state is not carried: a command cut by the hand-over is read as new. Returns
- * 0, -EINVAL when PENDING does not fit, or -ENOMEM. */
+ * A telnet command cut by the hand-over comes as input: the writer put the bytes of
+ * proto_telnet_restart() in front of the input it kept. Returns 0, -EINVAL when PENDING does
+ * not fit, or -ENOMEM. */
 int proto_resume(Proto *p, const char *pending, size_t pending_len, uint64_t lines, uint64_t messages, ProtoEnd end);
+
+/* The most bytes proto_telnet_restart() gives: IAC SB IAC. */
+#define PROTO_TELNET_RESTART_MAX 3
+
+/* proto_telnet_restart: the bytes that begin again the telnet command the input so far stopped
+ * inside (IAC; IAC and its WILL, WONT, DO or DONT; IAC SB; IAC SB IAC), into OUT; 0 between
+ * commands and after the end. A hand-over puts them in front of the input it keeps, and the
+ * next process reads the command whole. (The bytes of a subnegotiation skipped so far are not
+ * among them: its length counts from there again.) */
+size_t proto_telnet_restart(const Proto *p, uint8_t out[PROTO_TELNET_RESTART_MAX]);
 
 /* proto_output_min: the smallest output buffer that always holds one reply or ERR line. */
 size_t proto_output_min(const Conf *conf);

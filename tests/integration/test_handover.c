@@ -251,6 +251,57 @@ static void corrupt_state(const char *mode) {
         rig_end(&r);
 }
 
+/* telnet_commands_cut_by_a_restart_from: telnet commands cut by the hand-over from a process
+ * of the model FROM to one of TO: what the first read of each (IAC alone; IAC DO; IAC SB and
+ * the start of a subnegotiation) is begun again in the next process, which reads the rest as
+ * the command's, not as a line's bytes: "are you there" gets its "[Yes]", the option is
+ * refused, the subnegotiation skipped. The next process used to read them as data:
+ * "Hello, \xf6x!", "Hello, \x01z!". */
+static void telnet_commands_cut_by_a_restart_from(const char *from, const char *to) {
+        static const struct {
+                const char *before, *after, *want;
+        } cuts[] = {
+                { "\xff", "\xf6x\n", "[Yes]\r\nHello, x!\r\n" },
+                { "\xff\xfd", "\x18y\n", "\xff\xfc\x18Hello, y!\r\n" },
+                { "\xff\xfa\x18", "\x01\xff\xf0z\n", "Hello, z!\r\n" },
+                { "\xff\xfa\x18\x01\xff", "\xf0w\n", "Hello, w!\r\n" },
+        };
+        enum { N = sizeof(cuts) / sizeof(cuts[0]) };
+        int fds[N];
+        Rig r;
+
+        harness_step("from %s to %s", from, to);
+        rig_start(&r);
+        rig_serve(&r, "%s", MODEL(from, 1));
+        for (int i = 0; i < N; i++) {
+                fds[i] = client_connect(r.port);
+                client_expect_str(fds[i], HELLOD_GREETING);
+                client_send_str(fds[i], "bob\n");
+                client_expect_str(fds[i], "Hello, bob!\r\n");
+                client_send(fds[i], cuts[i].before, strlen(cuts[i].before));
+        }
+        harness_sleep_ms(200); /* the first bytes of each command are in hellod */
+        stop_and_wait(r.d);
+        hellod_wait_stderr(r.d, "handed 4 conversations over to the next process");
+        hellod_write_config(r.d, "%s", MODEL(to, 1));
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "resumed 4 conversations handed over by the previous process");
+        not_fallen_back(r.d);
+        for (int i = 0; i < N; i++) {
+                harness_step("the rest of command %d", i);
+                client_send(fds[i], cuts[i].after, strlen(cuts[i].after));
+                client_expect_str(fds[i], cuts[i].want);
+                client_close(fds[i]);
+        }
+        rig_end(&r);
+}
+
+Test(handover, telnet_commands_cut_by_a_restart_are_read_whole, .timeout = 90) {
+        telnet_commands_cut_by_a_restart_from("epoll", "per-connection");
+        telnet_commands_cut_by_a_restart_from("per-connection", "io_uring");
+        telnet_commands_cut_by_a_restart_from("io_uring", "epoll");
+}
+
 Test(handover, a_corrupt_state_closes_the_conversations_cleanly, .timeout = 60) {
         corrupt_state("restart");
 }

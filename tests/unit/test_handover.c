@@ -208,6 +208,33 @@ Test(record, small_round_trip_and_layout) {
         free(b.data);
 }
 
+/* A telnet command cut by the hand-over: its bytes begun again go in front of the input, and
+ * the reader finds them there, as its first bytes. */
+Test(record, the_input_head_comes_first_in_the_input) {
+        HandoverRecord rec = small_record(), back;
+        const char *reason = NULL;
+        size_t used = 0;
+
+        rec.input = (const uint8_t *) "\xf6x\n";
+        rec.input_len = 3;
+        rec.input_head[0] = 0xff;
+        rec.input_head_len = 1;
+        HandoverBuf b = encode(&rec);
+        cr_assert_eq(b.len, 112 + 14 + 2 + 4);
+        cr_assert_eq(handover_record_decode(b.data, b.len, &LIMITS, &back, &used, &reason), 0, "%s", reason);
+        cr_assert_eq(back.input_len, 4);
+        cr_assert_eq(memcmp(back.input, "\xff\xf6x\n", 4), 0);
+        cr_assert_eq(back.input_head_len, 0, "a decoded record has its head in its input");
+        free(b.data);
+
+        rec.input = NULL;
+        rec.input_len = 0;
+        b = encode(&rec);
+        cr_assert_eq(handover_record_decode(b.data, b.len, &LIMITS, &back, &used, &reason), 0, "%s", reason);
+        cr_assert_eq(back.input_len, 1, "a head alone is input");
+        free(b.data);
+}
+
 Test(record, random_round_trips_reencode_identically) {
         static Strings s;
 

@@ -744,3 +744,45 @@ Test(telnet, an_interrupt_and_what_follows_it) {
         cr_assert_eq(feed_lit("exit\n" IAC "\xf4"), PROTO_CLOSE);
         cr_assert(proto.input_after_end, "a command after exit");
 }
+
+/* restart_then: FIRST fed, the bytes proto_telnet_restart() gives compared with RESTART, then
+ * a fresh Proto (the next process after a hand-over) fed them and REST: its output is WANT,
+ * as if the whole had come to one process. */
+static void restart_then(const char *first, size_t first_len, const char *restart, size_t restart_len,
+                         const char *rest, const char *want) {
+        uint8_t head[PROTO_TELNET_RESTART_MAX];
+        char input[64];
+
+        feed(first, first_len);
+        size_t n = proto_telnet_restart(&proto, head);
+        cr_assert_eq(n, restart_len, "after %zu bytes: %zu bytes to begin again", first_len, n);
+        cr_assert_eq(memcmp(head, restart, n), 0);
+        teardown();
+        setup_line();
+        memcpy(input, head, n);
+        memcpy(input + n, rest, strlen(rest));
+        feed(input, n + strlen(rest));
+        expect_out_str(want);
+        teardown();
+        setup_line();
+}
+#define restart_then_lit(first, restart, rest, want) \
+        restart_then((first), sizeof(first) - 1, (restart), sizeof(restart) - 1, (rest), (want))
+
+/* A hand-over between two bytes of a command: the next process reads it whole. */
+Test(telnet, a_command_cut_by_a_hand_over_begins_again) {
+        restart_then_lit("bob\n", "", "x\n", "Hello, x!\r\n");
+        restart_then_lit(IAC, IAC, "\xf6x\n", "[Yes]\r\nHello, x!\r\n");
+        restart_then_lit("a" IAC DO, IAC DO, "\x18" "b\n", "\xff\xfc\x18" "Hello, b!\r\n");
+        restart_then_lit(IAC SB "\x18\x01", IAC SB, "\x02" IAC SE "c\n", "Hello, c!\r\n");
+        restart_then_lit(IAC SB "\x18" IAC, IAC SB IAC, SE "d\n", "Hello, d!\r\n");
+        restart_then_lit(IAC IAC, "", "e\n", "Hello, e!\r\n"); /* an escaped 0xff: data, not a command */
+}
+
+/* After the end there is nothing to begin again. */
+Test(telnet, no_restart_after_the_end) {
+        uint8_t head[PROTO_TELNET_RESTART_MAX];
+
+        cr_assert_eq(feed_lit("exit\n" IAC), PROTO_CLOSE);
+        cr_assert_eq(proto_telnet_restart(&proto, head), 0);
+}
