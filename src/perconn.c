@@ -333,8 +333,9 @@ static int converse(Session *s, ServingThread *me) {
         return r == HANDING_OVER ? r : flush(s, &send_timer, 0);
 }
 
-/* proxy_header: reads the PROXY header (at most SESSION_PROXY_TIMEOUT_USEC) and hands it to
- * the server; the bytes after it are kept in S->in. 0: go on; -1: the session ends here;
+/* proxy_header: reads the PROXY header (at most SESSION_PROXY_TIMEOUT_USEC: peeks, and what
+ * session_proxy_taken() says read) and hands it to the server; the bytes after it wait in the
+ * kernel for the conversation's first read. 0: go on; -1: the session ends here;
  * HANDING_OVER: still waiting for it at the hand-over. */
 static int proxy_header(Session *s) {
         const EngineHooks *hooks = &s->engine->hooks;
@@ -343,20 +344,25 @@ static int proxy_header(Session *s) {
         const char *reason = "no PROXY header in time";
         ProxyStatus status = PROXY_INVALID;
         ProxyHeader header;
-        size_t used = 0;
         ssize_t n = 0;
 
         while (timer_arm(s, &recv_timer, deadline, now_usec())) {
                 if (handing_over(s))
                         return HANDING_OVER; /* not greeted: the server closes it in silence */
-                n = recv(s->fd, s->in, s->in_cap, 0);
+                n = recv(s->fd, s->in, s->in_cap, MSG_PEEK);
                 if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK))
                         continue;
                 if (n <= 0) {
                         reason = n == 0 ? "closed before its PROXY header was complete" : strerror(errno);
                         break;
                 }
-                status = proxy_feed(s->proxy, s->in, (size_t) n, &used, &header, &reason);
+                size_t take = session_proxy_taken(s, s->in, (size_t) n, &status, &header, &reason);
+                ssize_t taken = recv(s->fd, s->in, take, 0); /* what the peek saw: at once */
+                if (taken != (ssize_t) take) {
+                        reason = taken < 0 ? strerror(errno) : "its PROXY header could not be read again";
+                        status = PROXY_INVALID;
+                        break;
+                }
                 if (status != PROXY_NEED_MORE)
                         break;
         }
@@ -366,8 +372,6 @@ static int proxy_header(Session *s) {
                 (void) set_timeout(s->fd, SO_RCVTIMEO, 0);
         if (!hooks->proxied(hooks->userdata, s, status == PROXY_NEED_MORE ? PROXY_INVALID : status, &header, reason))
                 return -1;
-        s->in_off = used;
-        s->in_len = (size_t) n;
         return 0;
 }
 

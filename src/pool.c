@@ -340,21 +340,25 @@ static Fate proxy_refused(Loop *l, Session *s, const char *reason) {
         return finish(l, s, 0);
 }
 
-/* serve_proxy: a read while the PROXY header is awaited; once it is in and the server admits
- * the client it names, the greeting, and the bytes after the header as kept input. */
+/* serve_proxy: a peek while the PROXY header is awaited, and what session_proxy_taken() says
+ * read; once the header is in and the server admits the client it names, the greeting. The
+ * bytes after the header wait in the kernel for the first read of the conversation. */
 static Fate serve_proxy(Loop *l, Session *s, bool *more) {
         const EngineHooks *hooks = hooks_of(l);
         const char *reason = NULL;
         ProxyHeader header;
-        size_t used;
-        ssize_t k = recv(s->fd, l->in_buf, s->in_cap, 0);
+        ProxyStatus status;
+        ssize_t k = recv(s->fd, l->in_buf, s->in_cap, MSG_PEEK);
 
         *more = false;
         if (k == 0)
                 return proxy_refused(l, s, "closed before its PROXY header was complete");
         if (k < 0)
                 return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? ALIVE : finish(l, s, -errno);
-        ProxyStatus status = proxy_feed(s->proxy, l->in_buf, (size_t) k, &used, &header, &reason);
+        size_t take = session_proxy_taken(s, l->in_buf, (size_t) k, &status, &header, &reason);
+        ssize_t taken = recv(s->fd, l->in_buf, take, 0); /* what the peek saw: at once */
+        if (taken != (ssize_t) take)
+                return finish(l, s, taken < 0 ? -errno : -EIO);
         if (status == PROXY_NEED_MORE) {
                 *more = (size_t) k == s->in_cap || s->urgent || s->peer_shut; /* edge-triggered: see serve_once */
                 return ALIVE;
@@ -363,18 +367,16 @@ static Fate serve_proxy(Loop *l, Session *s, bool *more) {
                 return finish(l, s, 0);
 
         Buf out = { .data = l->out_buf, .cap = s->out.cap };
-        int r = (size_t) k > used ? keep_input(s, l->in_buf + used, (size_t) k - used) : 0;
         proto_greeting(&s->proto, &out);
-        if (r == 0)
-                r = send_out(l, s, &out);
+        int r = send_out(l, s, &out);
         if (r < 0)
                 return finish(l, s, r);
         if (!s->want_write)
                 set_deadline(l, s, session_idle_deadline(s, l->now));
-        /* Edge-triggered: a full read, or the client's FIN behind the header, brings no new
-         * event (see serve_once). */
-        s->unread = (size_t) k == s->in_cap || s->urgent;
-        *more = !s->want_write && (has_kept_input(s) || s->unread || s->peer_shut);
+        /* Edge-triggered: the bytes behind the header, more than a full peek saw, or the
+         * client's FIN behind the header bring no new event (see serve_once). */
+        s->unread = (size_t) k > take || (size_t) k == s->in_cap || s->urgent;
+        *more = !s->want_write && (s->unread || s->peer_shut);
         return ALIVE;
 }
 

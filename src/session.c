@@ -121,6 +121,14 @@ uint64_t session_write_deadline(const Session *s, uint64_t now) {
         return session_idle_deadline(s, now);
 }
 
+size_t session_proxy_taken(Session *s, const char *buf, size_t k, ProxyStatus *ret_status, ProxyHeader *ret_header,
+                           const char **ret_reason) {
+        size_t used = 0;
+
+        *ret_status = proxy_feed(s->proxy, buf, k, &used, ret_header, ret_reason);
+        return *ret_status == PROXY_DONE ? used : k;
+}
+
 bool session_lingers(const Session *s) {
         /* Also after a clean exit: bytes the client sent after it may still be in flight, and
          * closing before they arrive would answer them with a RST. */

@@ -98,6 +98,27 @@ Test(proxy, v2_header_and_first_line_together, .timeout = 60) {
         hellod_free(d);
 }
 
+/* Chunk framing reads one message a read, at most max_line_length + 2 bytes: the header and a
+ * message of 16 bytes in one segment must give that message whole. The header used to be read
+ * in reads of that size, and what followed it in the last one (the message's first 15 bytes)
+ * was a message of its own: "Hello, 0123456789abcde!", then "Hello, f!". */
+Test(proxy, chunk_framing_reads_the_message_behind_the_header_whole, .timeout = 60) {
+        uint16_t port;
+        Hellod *d = start(&port, "\"127.0.0.1\"", "framing = \"chunk\";\nmax_line_length = 16;\n");
+        int fd = client_connect(port);
+        char reply[64];
+        ClientReadEnd end;
+
+        client_send_str(fd, "PROXY TCP4 192.0.2.7 127.0.0.1 1111 2222\r\n0123456789abcdef\n");
+        client_expect_str(fd, "Welcome!Hello, 0123456789abcdef!"); /* chunk framing: no line ends */
+        size_t n = client_read(fd, reply, sizeof(reply) - 1, "\n", 300, &end);
+        reply[n] = '\0';
+        cr_expect_eq(n, 0, "more after the reply: '%s'", reply);
+        client_close(fd);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 /* A LOCAL header (HAProxy's health check with send-proxy-v2) is the balancer speaking for itself:
  * greeted, and its close is not an info line. */
 Test(proxy, v2_local_is_a_health_check, .timeout = 60) {
