@@ -37,12 +37,15 @@ LoopBase *loopset_loop(const LoopSet *set, unsigned i) {
         return (LoopBase *) ((char *) set->loops + (size_t) i * set->loop_size);
 }
 
-int loopset_start(LoopSet *set, LoopBase *l, size_t stack_size, int eventfd_flags, void *(*main)(void *)) {
+int loopset_start(LoopSet *set, LoopBase *l, size_t stack_size, int eventfd_flags, int (*prepare)(LoopBase *l),
+                  void *(*main)(void *)) {
         pthread_attr_t attr;
         int r;
 
         if ((l->wake_fd = eventfd(0, eventfd_flags | EFD_CLOEXEC)) < 0)
                 return -errno;
+        if (prepare && (r = prepare(l)) < 0)
+                return r;
         r = pthread_attr_init(&attr);
         if (r != 0)
                 return -r;

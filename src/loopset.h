@@ -54,9 +54,11 @@ struct LoopSet {
 int loopset_init(LoopSet *set, unsigned n, size_t loop_size, const EngineOps *ops, const EngineHooks *hooks);
 LoopBase *loopset_loop(const LoopSet *set, unsigned i);
 
-/* loopset_start: L's eventfd (with EVENTFD_FLAGS) and its thread running MAIN(L) on a stack of
- * STACK_SIZE. 0 or a negative errno. */
-int loopset_start(LoopSet *set, LoopBase *l, size_t stack_size, int eventfd_flags, void *(*main)(void *));
+/* loopset_start: L's eventfd (with EVENTFD_FLAGS), then PREPARE(L) if not NULL (what the loop
+ * needs before it runs: a loop that could not be woken could not be stopped), then its thread
+ * running MAIN(L) on a stack of STACK_SIZE. 0 or a negative errno (no thread started). */
+int loopset_start(LoopSet *set, LoopBase *l, size_t stack_size, int eventfd_flags, int (*prepare)(LoopBase *l),
+                  void *(*main)(void *));
 /* loopset_exited: the last thing a loop thread does. */
 void loopset_exited(LoopBase *l);
 

@@ -701,16 +701,23 @@ static void run_deadlines(Loop *l) {
                 (void) on_deadline(l, session_of(l->deadlines.first));
 }
 
+/* loop_prepare: L's epoll set, with its eventfd in it, before its thread runs. A loop that
+ * failed to add it used to exit at once, and the engine started all the same: sessions given
+ * to the loop (resumed after a hand-over) were never served, and held their slots. */
+static int loop_prepare(LoopBase *base) {
+        Loop *l = (Loop *) base;
+        struct epoll_event wake = { .events = EPOLLIN, .data.u64 = 0 };
+
+        if ((l->epoll_fd = epoll_create1(EPOLL_CLOEXEC)) < 0 || epoll_ctl(l->epoll_fd, EPOLL_CTL_ADD, base->wake_fd, &wake) < 0)
+                return log_error_errno(-errno, "cannot start an event loop");
+        return 0;
+}
+
 static void *loop_main(void *arg) {
         Loop *l = arg;
         struct epoll_event events[EVENTS_MAX];
-        struct epoll_event wake = { .events = EPOLLIN, .data.u64 = 0 };
 
         (void) pthread_setname_np(pthread_self(), "hellod-loop");
-        if (epoll_ctl(l->epoll_fd, EPOLL_CTL_ADD, l->base.wake_fd, &wake) < 0) {
-                log_error_errno(-errno, "cannot start an event loop");
-                l->exiting = true;
-        }
         l->now = now_usec();
         while (!l->exiting || l->deadlines.first) {
                 if (l->handing_over) {
@@ -824,13 +831,9 @@ int pool_engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks) {
                 Loop *l = (Loop *) loopset_loop(&p->set, i);
                 l->epoll_fd = l->queued_fd = -1;
         }
-        for (unsigned i = 0; i < conf->workers && r == 0; i++) {
-                Loop *l = (Loop *) loopset_loop(&p->set, i);
-                if ((l->epoll_fd = epoll_create1(EPOLL_CLOEXEC)) < 0)
-                        r = -errno;
-                else
-                        r = loopset_start(&p->set, &l->base, conf->worker_stack_size, EFD_NONBLOCK, loop_main);
-        }
+        for (unsigned i = 0; i < conf->workers && r == 0; i++)
+                r = loopset_start(&p->set, loopset_loop(&p->set, i), conf->worker_stack_size, EFD_NONBLOCK, loop_prepare,
+                                  loop_main);
         if (r < 0) {
                 (void) pool_stop(&p->set.engine, UINT64_MAX);
                 return r;

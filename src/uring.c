@@ -1186,7 +1186,7 @@ static void loop_done(LoopBase *base) {
 
 /* loop_start: the thread, and its ring's setup result (WHY says what failed). */
 static int loop_start(Uring *p, Loop *l, size_t stack_size, char *why, size_t size) {
-        int r = loopset_start(&p->set, &l->base, stack_size, 0, loop_main);
+        int r = loopset_start(&p->set, &l->base, stack_size, 0, NULL, loop_main);
 
         if (r < 0)
                 return r;

@@ -20,14 +20,15 @@
 #error "deny_io_uring: add this architecture's AUDIT_ARCH"
 #endif
 
-/* Returns 0, or -errno. */
-static inline int deny_io_uring(int errnum) {
+/* deny_syscall: makes the system call NR fail with ERRNUM in this process and what it execs.
+ * Returns 0, or -errno. */
+static inline int deny_syscall(unsigned nr, int errnum) {
         struct sock_filter code[] = {
                 /* Another architecture's system call numbers mean something else: allow. */
                 BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
                 BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, DENY_IO_URING_ARCH, 0, 3),
                 BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, nr, 0, 1),
                 BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ((unsigned) errnum & SECCOMP_RET_DATA)),
                 BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
         };
@@ -38,4 +39,9 @@ static inline int deny_io_uring(int errnum) {
         if (syscall(__NR_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) < 0)
                 return -errno;
         return 0;
+}
+
+/* Returns 0, or -errno. */
+static inline int deny_io_uring(int errnum) {
+        return deny_syscall(__NR_io_uring_setup, errnum);
 }

@@ -710,6 +710,37 @@ static void redirect_stderr(void) {
         cr_redirect_stderr();
 }
 
+/* A pool loop that cannot add its eventfd to its epoll set (ENOMEM, or ENOSPC past
+ * fs.epoll.max_user_watches) fails the engine's start, which names why. It used to exit at
+ * once while the engine was reported started: the sessions given to it were never served. */
+Test(engine, a_loop_that_cannot_be_woken_fails_the_start, .init = redirect_stderr, .timeout = 30) {
+        pid_t pid = fork();
+
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+                /* In a child: the filter cannot be taken off again. */
+                Engine *e = NULL;
+                Conf *conf = NULL;
+                char err[256];
+
+                if (conf_load_text("test.conf", "workers = 2;\n", 13, &conf, err, sizeof(err)) < 0)
+                        _exit(3);
+                if (deny_syscall(__NR_epoll_ctl, ENOMEM) < 0)
+                        _exit(4);
+                int r = pool_engine_new(&e, conf, &hooks);
+                _exit(r == -ENOMEM ? 0 : r == 0 ? 5 : 6);
+        }
+        int status;
+        cr_assert_eq(waitpid(pid, &status, 0), pid);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                  "the child failed (status %#x; 5: the engine started without its loop)", status);
+        fflush(stderr);
+        char text[4096];
+        size_t n = fread(text, 1, sizeof(text) - 1, cr_get_redirected_stderr());
+        text[n] = '\0';
+        cr_expect(strstr(text, "cannot start an event loop: Cannot allocate memory"), "stderr: %s", text);
+}
+
 /* Where io_uring is refused (a seccomp filter, as systemd's SystemCallFilter= makes, with
  * either error the kernel or a filter gives), io_backend = "io_uring" says so and serves on
  * epoll. */
