@@ -677,6 +677,10 @@ static int parse_name(Conf *c, const ConfKey *k, const config_setting_t *s, cons
         return replace(field(c, k->offset), v, ctx);
 }
 
+bool conf_same_workers(const Conf *a, const Conf *b) {
+        return (a->workers_auto && b->workers_auto) || a->workers == b->workers;
+}
+
 /* workers_auto: one event loop per CPU. */
 static unsigned workers_auto(void) {
         long cpus = sysconf(_SC_NPROCESSORS_ONLN);

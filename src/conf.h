@@ -141,6 +141,11 @@ const char *io_backend_to_string(IoBackend b);
  * `allow` entry if there are any, and no `deny` entry. */
 bool conf_admits(const Conf *c, const IpKey *client);
 
+/* conf_same_workers: whether A and B ask for the same worker model and loop count: "auto" in
+ * both is the same whatever the CPUs online when each was read (a reload after a CPU went
+ * offline changes nothing). */
+bool conf_same_workers(const Conf *a, const Conf *b);
+
 /* conf_proxy_trusted: whether BALANCER (the peer of a PROXY listener) is in `proxy_from`, so
  * that the PROXY header it sends is believed. */
 bool conf_proxy_trusted(const Conf *c, const IpKey *balancer);

@@ -814,7 +814,7 @@ static void reload(Server *s) {
          * takes up what it can of the rest. */
         if (!same_name(conf->user, s->started->user) || !same_name(conf->group, s->started->group))
                 log_warning("a change of 'user' or 'group' takes effect when hellod is restarted");
-        if (conf->workers != s->started->workers)
+        if (!conf_same_workers(conf, s->started))
                 log_warning("a change of 'workers' takes effect when hellod is restarted");
         else if (conf->io_backend != s->started->io_backend && conf->workers != 0)
                 log_warning("a change of 'io_backend' takes effect when hellod is restarted");

@@ -1223,7 +1223,7 @@ static void uring_slot_freed(Engine *e) {
 
 static void uring_reconfigure(Engine *e, const Conf *started, const Conf *conf) {
         (void) e;
-        if (conf->workers == started->workers && conf->worker_stack_size != started->worker_stack_size)
+        if (conf_same_workers(conf, started) && conf->worker_stack_size != started->worker_stack_size)
                 log_warning("a change of 'worker_stack_size' takes effect for the event loops when hellod is "
                             "restarted");
 }

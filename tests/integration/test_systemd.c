@@ -672,6 +672,47 @@ Test(systemd, a_reload_asked_for_during_the_start_is_done_after_it, .timeout = 6
         hellod_free(d);
 }
 
+/* write_in_place: TEXT into the file PATH, the same file (a bind mount of it shows the new text;
+ * harness_write_file() puts a new file in its place). */
+static void write_in_place(const char *path, const char *text) {
+        FILE *f = fopen(path, "w");
+
+        cr_assert_not_null(f, "%s: %s", path, strerror(errno));
+        cr_assert_geq(fputs(text, f), 0);
+        cr_assert_eq(fclose(f), 0);
+}
+
+/* workers = "auto" is one loop per CPU online at the start (glibc reads the count from
+ * /sys/devices/system/cpu/online, here a file of the test's in hellod's mount namespace). A
+ * reload after a CPU went offline keeps the running loops, and used to warn of a change of
+ * 'workers' that the file never made, and then to say nothing of a real change of
+ * worker_stack_size. */
+Test(systemd, a_reload_after_the_cpus_changed_is_no_change_of_workers, .timeout = 60) {
+        Hellod *d = hellod_new();
+        const char *wrapper[9];
+        char online[320];
+
+        cr_assert_lt((size_t) snprintf(online, sizeof(online), "%s/online", d->dir), sizeof(online));
+        write_in_place(online, "0-1\n");
+        bound_over_wrapper(wrapper, online, "/sys/devices/system/cpu/online");
+        hellod_write_config_std(d, "workers = \"auto\";\n");
+        hellod_spawn(d, &(HellodOpts) { .wrapper = wrapper });
+        hellod_wait_ready(d);
+        hellod_wait_stderr(d, "a pool of 2 event loops");
+
+        harness_step("CPU 1 offline, and a reload that changes worker_stack_size");
+        write_in_place(online, "0\n");
+        hellod_write_config_std(d, "workers = \"auto\";\nworker_stack_size = 262144;\n");
+        hellod_signal(d, SIGHUP);
+        hellod_wait_stderr(d, "configuration reloaded");
+        char *err = hellod_stderr(d);
+        cr_expect_null(strstr(err, "a change of 'workers'"), "stderr:\n%s", err);
+        cr_expect(strstr(err, "a change of 'worker_stack_size' takes effect for the event loops"), "stderr:\n%s", err);
+        free(err);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 /* A directory that fails (EIO) at the start: the check and the start exit 1, not 78, as for a
  * name server without an answer (the file is not at fault). */
 Test(systemd, a_failing_directory_is_no_configuration_error, .timeout = 60) {
