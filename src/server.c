@@ -827,6 +827,7 @@ static void reload(Server *s) {
         s->conf = conf;
         __atomic_store_n(&s->queue_overload, conf->overload == OVERLOAD_QUEUE, __ATOMIC_RELAXED);
         pthread_mutex_unlock(&s->lock);
+        keep_state_place_if_always(s); /* before the first accept that stores its connection */
         engine_set_listeners(s->engine, &s->listeners); /* accepting again, under CONF */
         warn_proxy_unread(s);
         pthread_mutex_lock(&s->lock);
@@ -838,7 +839,6 @@ static void reload(Server *s) {
         }
         pthread_mutex_unlock(&s->lock);
         conf_unref(old);
-        keep_state_place_if_always(s);
         apply_log_level(s);
         (void) preflight_warn(conf);
 
