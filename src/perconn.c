@@ -344,12 +344,11 @@ static int proxy_header(Session *s) {
         const char *reason = "no PROXY header in time";
         ProxyStatus status = PROXY_INVALID;
         ProxyHeader header;
-        ssize_t n = 0;
 
         while (timer_arm(s, &recv_timer, deadline, now_usec())) {
                 if (handing_over(s))
                         return HANDING_OVER; /* not greeted: the server closes it in silence */
-                n = recv(s->fd, s->in, s->in_cap, MSG_PEEK);
+                ssize_t n = recv(s->fd, s->in, s->in_cap, MSG_PEEK);
                 if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK))
                         continue;
                 if (n <= 0) {
