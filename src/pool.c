@@ -358,7 +358,7 @@ static Fate serve_proxy(Loop *l, Session *s, bool *more) {
         size_t take = session_proxy_taken(s, l->in_buf, (size_t) k, &status, &header, &reason);
         ssize_t taken = recv(s->fd, l->in_buf, take, 0); /* what the peek saw: at once */
         if (taken != (ssize_t) take)
-                return finish(l, s, taken < 0 ? -errno : -EIO);
+                return proxy_refused(l, s, taken < 0 ? strerror(errno) : "its PROXY header could not be read again");
         if (status == PROXY_NEED_MORE) {
                 *more = (size_t) k == s->in_cap || s->urgent || s->peer_shut; /* edge-triggered: see serve_once */
                 return ALIVE;

@@ -591,10 +591,9 @@ static bool proxied(Server *s, Session *session, ProxyStatus status, const Proxy
                 return true;
         }
         /* Refused as it would have been without a balancer: an ERR line for the limits, not a
-         * word for a denied client or a broken header. */
-        const char *line = refusal_line(reason);
-        if (line)
-                session_say_last(session->fd, line);
+         * word for a denied client or a broken header; either way the FIN, and what came
+         * behind the header (peeked, left unread) read away, or the close would send a reset. */
+        session_say_last(session->fd, refusal_line(reason));
         session->refused = true;
         pthread_mutex_lock(&s->lock);
         s->n_accepted--;

@@ -351,6 +351,22 @@ Test(proxy, per_source_limits_and_deny_see_the_real_client, .timeout = 60) {
         hellod_free(d);
 }
 
+/* A denied client whose first line came in the header's segment: nothing said, and a clean
+ * end, not a reset (the balancer logs a reset as the server's failure). Since the header is
+ * peeked and only its bytes taken, the line is left unread, and a close over it sends one. */
+Test(proxy, a_denied_client_with_a_line_behind_its_header_gets_a_clean_end, .timeout = 60) {
+        uint16_t port;
+        Hellod *d = start(&port, "\"127.0.0.1\"", "deny = [ \"192.0.2.9\" ];\n");
+        int fd = client_connect(port);
+
+        client_send_str(fd, "PROXY TCP4 192.0.2.9 127.0.0.1 5 9999\r\nMallory\n");
+        client_expect_eof(fd, false);
+        client_close(fd);
+        hellod_wait_stderr(d, "refused 192.0.2.9:5 via 127.0.0.1:");
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 /* A client refused after its header, with more of what it sent still unread: the ERR line,
  * then a clean end, not a reset (closing over unread bytes sends one, and it can destroy the
  * line before the client reads it). */
