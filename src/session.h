@@ -93,8 +93,10 @@ Session *session_free(Session *s);
 size_t session_output_size(const Conf *conf);
 size_t session_input_size(const Conf *conf);
 /* session_handover_input_max: the most input read and not yet answered that a session can be
- * handed over with, and so the most a resumed one brings. An epoll loop keeps at most one read
- * (session_input_size()); an io_uring loop in line framing, SESSION_URING_KEPT_MAX. */
+ * handed over with. An epoll loop keeps at most one read (session_input_size()); an io_uring
+ * loop in line framing, SESSION_URING_KEPT_MAX. A resumed one brings up to
+ * HANDOVER_INPUT_HEAD_MAX bytes more in line framing: a telnet command cut by the hand-over,
+ * begun again (handoff_limits()). */
 size_t session_handover_input_max(const Conf *conf);
 
 /* session_idle_deadline: NOW plus idle_timeout, or SESSION_NO_DEADLINE. The idle timer runs
@@ -129,8 +131,8 @@ void session_say_last(int fd, const char *line);
  * only whole lines leave the kernel, so that a crash loses no partial line), how many to take:
  * up to the last line end, also when they fill the read buffer (the rest is read next, and a
  * line cut there would leave a partial line in hellod's hands); all K when no line end can
- * complete them: with no line end, they fill it or are longer than max_line_length (the
- * client waits for its ERR); or they hold a telnet command, or the rest of one whose IAC was
+ * complete them: with no line end, they fill it or are already too long for max_line_length
+ * (the client waits for its ERR); or they hold a telnet command, or the rest of one whose IAC was
  * taken before (an interrupt has no line end, and the client waits for its answer). 0 when
  * they are one partial line within the limit, left waiting for its end. */
 size_t session_lines_taken(const Session *s, const char *buf, size_t k);

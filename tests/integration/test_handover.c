@@ -274,13 +274,15 @@ static void telnet_commands_cut_by_a_restart_from(const char *from, const char *
         rig_start(&r);
         rig_serve(&r, "%s", MODEL(from, 1));
         for (int i = 0; i < N; i++) {
+                char first[16];
+                int n = snprintf(first, sizeof(first), "bob\n%s", cuts[i].before);
+
                 fds[i] = client_connect(r.port);
                 client_expect_str(fds[i], HELLOD_GREETING);
-                client_send_str(fds[i], "bob\n");
+                /* One write, one read: the reply says the command's first bytes are in hellod. */
+                client_send(fds[i], first, (size_t) n);
                 client_expect_str(fds[i], "Hello, bob!\r\n");
-                client_send(fds[i], cuts[i].before, strlen(cuts[i].before));
         }
-        harness_sleep_ms(200); /* the first bytes of each command are in hellod */
         stop_and_wait(r.d);
         hellod_wait_stderr(r.d, "handed 4 conversations over to the next process");
         hellod_write_config(r.d, "%s", MODEL(to, 1));
@@ -400,16 +402,14 @@ static void always_takes_what_no_line_end_completes_in(const char *model) {
         rig_serve(&r, "handover = \"always\";\n%s\nidle_timeout = 0;\nmax_line_length = 16;\n", model);
         int fd = client_connect(r.port);
         client_expect_str(fd, HELLOD_GREETING);
-        harness_step("IAC, then AYT in a write of its own");
-        client_send(fd, "\xff", 1);
-        usleep(300 * 1000); /* read alone, most likely: the test cannot fail for the wrong reason */
+        harness_step("a line and IAC, then AYT in a write of its own");
+        client_send(fd, "bob\n\xff", 5); /* one read: the reply says the IAC is in hellod */
+        client_expect_str(fd, "Hello, bob!\r\n");
         client_send(fd, "\xf6", 1);
         client_expect_str(fd, "[Yes]\r\n");
-        client_send_str(fd, "bob\n");
-        client_expect_str(fd, "Hello, bob!\r\n");
-        harness_step("IAC, then IP (Ctrl+C)");
-        client_send(fd, "\xff", 1);
-        usleep(300 * 1000);
+        harness_step("a line and IAC, then IP (Ctrl+C)");
+        client_send(fd, "eve\n\xff", 5);
+        client_expect_str(fd, "Hello, eve!\r\n");
         client_send(fd, "\xf4", 1);
         client_expect_eof(fd, false);
         client_close(fd);
@@ -553,6 +553,30 @@ static int crash_after_half_line(Rig *r, const char *config, int lines) {
         rig_crash(r);
         hellod_wait_stderr(r->d, "resumed 1 conversation");
         return fd;
+}
+
+/* A partial line of max_line_length bytes and a CR is still within the limit (the CR may be
+ * its end's first half): it waits in the kernel for its LF, and a crash loses nothing. It used
+ * to be taken in as a line over the limit, and lost. */
+static void crash_keeps_a_line_at_its_limit_with_its_cr(const char *config) {
+        Rig r;
+
+        rig_start(&r);
+        int fd = stored_client(&r, config, "max_line_length = 16;\n");
+        client_send_str(fd, "0123456789abcdef\r");
+        harness_sleep_ms(200); /* the line waits in hellod's socket */
+        harness_step("%s: kill -9 with 16 bytes and a CR waiting", config);
+        rig_crash(&r);
+        hellod_wait_stderr(r.d, "resumed 1 conversation");
+        client_send_str(fd, "\n");
+        client_expect_str(fd, "Hello, 0123456789abcdef!\r\n");
+        client_close(fd);
+        rig_end(&r);
+}
+
+Test(handover, always_a_crash_keeps_a_line_at_its_limit_with_its_cr, .timeout = 60) {
+        crash_keeps_a_line_at_its_limit_with_its_cr("workers = 1; io_backend = \"epoll\";");
+        crash_keeps_a_line_at_its_limit_with_its_cr("workers = \"per-connection\";");
 }
 
 /* crash_resumed_idles_out: CONFIG (the model); the conversation of a client that sent half a
