@@ -493,24 +493,41 @@ void conf_text_locate(const ConfText *t, unsigned line, const char **ret_file, u
         *ret_line = s->file_line + (line - s->first);
 }
 
-unsigned conf_text_string_line(const ConfText *t, unsigned line, const char *value) {
-        const char *text = t->text, *end = text, *at = NULL;
-        size_t value_len = strlen(value);
-        unsigned n = 1;
+/* lines_in: the line ends in [P, END). */
+static unsigned lines_in(const char *p, const char *end) {
+        unsigned n = 0;
 
-        /* END: the end of line LINE. */
-        for (unsigned l = 1; *end && (l < line || *end != '\n'); end++)
-                l += *end == '\n';
-        /* Every quote is tried as an opening one: a quote in a comment cannot throw the count
-         * of opening and closing ones off. */
-        for (const char *p = text; p < end && (p = memchr(p, '"', (size_t) (end - p))); p++)
-                if ((size_t) (end - p) > value_len && memcmp(p + 1, value, value_len) == 0 && p[value_len + 1] == '"')
-                        at = p;
-        if (!at)
-                return 0;
-        for (const char *p = text; p < at; p++)
+        for (; p < end; p++)
                 n += *p == '\n';
         return n;
+}
+
+unsigned conf_text_string_line(const ConfText *t, unsigned line, const char *value) {
+        size_t value_len = strlen(value);
+        unsigned n = 1, found = 0;
+
+        /* libconfig's own lexing, as far as it matters here: comments (#, //, C style) and
+         * string literals with their escapes. The text has parsed, so it is well formed. */
+        for (const char *p = t->text; *p && n <= line;) {
+                if (*p == '#' || (p[0] == '/' && p[1] == '/')) {
+                        p += strcspn(p, "\n");
+                } else if (p[0] == '/' && p[1] == '*') {
+                        const char *close = strstr(p + 2, "*/"), *after = close ? close + 2 : p + strlen(p);
+                        n += lines_in(p, after);
+                        p = after;
+                } else if (*p == '"') {
+                        const char *q = p + 1;
+                        while (*q && *q != '"' && *q != '\n')
+                                q += q[0] == '\\' && q[1] ? 2 : 1;
+                        if (*q == '"' && (size_t) (q - p - 1) == value_len && memcmp(p + 1, value, value_len) == 0)
+                                found = n;
+                        p = *q == '"' ? q + 1 : q;
+                } else {
+                        n += *p == '\n';
+                        p++;
+                }
+        }
+        return found;
 }
 
 /* ---- libconfig 1.5 integer truncation ---- */

@@ -53,7 +53,8 @@ void conf_text_done(ConfText *t);
 void conf_text_locate(const ConfText *t, unsigned line, const char **ret_file, unsigned *ret_line);
 
 /* conf_text_string_line: the line of the spliced text where the string literal "VALUE"
- * written as it is (no escapes) last begins at or before line LINE; 0 when there is none.
+ * written as it is (no escapes), outside comments, last begins at or before line LINE; 0
+ * when there is none.
  * libconfig 1.5 gives a list entry the line of the token after it (the closing bracket's for
  * the last entry of a list written one entry a line): this finds the entry's own. */
 unsigned conf_text_string_line(const ConfText *t, unsigned line, const char *value);

@@ -1047,8 +1047,12 @@ Test(conf_access, a_last_entry_on_a_line_of_its_own_is_named_by_its_line) {
                      "not an IPv4 or IPv6 address");
         expect_error("listen = [\n  \"127.0.0.1\",\n  \"127.0.0.1\"\n];\n", 3, "listen", "listed twice");
         expect_error("listen = [\n  \"127.0.0.1:99999\"\n];\n", 2, "listen", "");
-        /* the same text earlier in the file is not the entry */
+        /* the same text earlier in the file, or in a comment after the entry, is not the entry */
         expect_error("# \"10.0.0.1/8\" was here\nallow = [\n  \"10.0.0.1/8\"\n];\n", 3, "allow", "did you mean");
+        expect_error("allow = [\n  \"10.0.0.1/8\"\n  # was \"10.0.0.1/8\"\n];\n", 2, "allow", "did you mean");
+        expect_error("allow = [\n  \"10.0.0.1/8\" /* not \"10.0.0.1/8\",\n  \"10.0.0.1/8\" */\n];\n", 2, "allow",
+                     "did you mean");
+        expect_error("allow = [\n  \"10.0.0.1/8\"\n  // \"10.0.0.1/8\"\n];\n", 2, "allow", "did you mean");
 }
 
 Test(conf_access, overload) {
