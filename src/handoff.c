@@ -95,7 +95,9 @@ HandoverLimits handoff_limits(const Conf *conf) {
         return (HandoverLimits) {
                 .framing = conf->framing,
                 .max_line_length = conf->max_line_length,
-                .input_max = session_handover_input_max(conf) + HANDOVER_INPUT_HEAD_MAX, /* telnet's */
+                /* In line framing, a telnet command cut by the hand-over comes in front. */
+                .input_max = session_handover_input_max(conf) +
+                             (conf->framing == FRAMING_LINE ? HANDOVER_INPUT_HEAD_MAX : 0),
                 .output_max = session_output_size(conf),
                 .discard_max = SESSION_LINGER_BYTES,
                 /* Not this process's max_connections: a restart that lowers it keeps the

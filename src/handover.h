@@ -97,9 +97,10 @@ typedef struct HandoverHeader {
 } HandoverHeader;
 
 /* HandoverLimits: what the reading process can take; a record beyond them is refused. The
- * caller fills them from its own Conf: framing and max_line_length, input_max =
- * session_input_size(), output_max = session_output_size(), discard_max =
- * SESSION_LINGER_BYTES, records_max = the most max_connections can be. */
+ * caller fills them from its own Conf (handoff_limits()): framing and max_line_length,
+ * input_max = session_handover_input_max() (and in line framing HANDOVER_INPUT_HEAD_MAX more),
+ * output_max = session_output_size(), discard_max = SESSION_LINGER_BYTES, records_max = the
+ * most max_connections can be. */
 typedef struct HandoverLimits {
         Framing framing;
         size_t max_line_length;

@@ -265,9 +265,8 @@ static int converse(Session *s, ServingThread *me) {
                 proto_greeting(&s->proto, &s->out);
         }
         if (s->in_len > s->in_off) {
-                /* Handed over with replies still to send and input still to answer, or bytes
-                 * that came after a PROXY header: the replies first (a hand-over meanwhile
-                 * keeps the input where it is). */
+                /* Handed over with replies still to send and input still to answer: the
+                 * replies first (a hand-over meanwhile keeps the input where it is). */
                 if ((r = flush(s, &send_timer, kept_deadline)) < 0)
                         return r;
                 kept_deadline = 0; /* the kept output is out: new replies get a deadline of their own */
