@@ -528,28 +528,28 @@ static int stored_client(Rig *r, const char *config, const char *extra) {
         return fd;
 }
 
-/* crash_after_half_line: hellod started with CONFIG and handover = "always", a greeted client
- * that sent LINES lines "ab" (answered) and "Ali" in one write, kill -9, and the next process
- * resuming it. Returns the client. */
-static int crash_after_half_line(Rig *r, const char *config, int lines) {
+/* crash_after_half_line: hellod started with CONFIG, EXTRA and handover = "always", a greeted
+ * client that sent LINES lines "ab" (answered) and HALF ("Ali" if NULL) in one write, kill -9,
+ * and the next process resuming it. Returns the client. */
+static int crash_after_half_line(Rig *r, const char *config, const char *extra, int lines, const char *half) {
         enum { LINE = 3, REPLY = 12 };
-        int fd = stored_client(r, config, "");
-        char *burst = malloc((size_t) lines * LINE + 4), *want = malloc((size_t) lines * REPLY + 1);
+        int fd = stored_client(r, config, extra);
+        half = half ? half : "Ali";
+        char *burst = malloc((size_t) lines * LINE + strlen(half) + 1), *want = malloc((size_t) lines * REPLY + 1);
 
         cr_assert(burst && want);
         for (int i = 0; i < lines; i++) {
                 memcpy(burst + i * LINE, "ab\n", LINE);
                 memcpy(want + i * REPLY, "Hello, ab!\r\n", REPLY);
         }
-        memcpy(burst + lines * LINE, "Ali", 4);
+        memcpy(burst + lines * LINE, half, strlen(half) + 1);
         client_send_str(fd, burst);
-        if (lines > 0) {
+        if (lines > 0)
                 client_expect(fd, want, (size_t) lines * REPLY);
-                harness_sleep_ms(100); /* "Ali" reaches hellod's socket */
-        }
+        harness_sleep_ms(lines > 0 ? 100 : 200); /* the half line reaches hellod's socket, and hellod */
         free(burst);
         free(want);
-        harness_step("%s: kill -9 after %d lines and \"Ali\"", config, lines);
+        harness_step("%s: kill -9 after %d lines and \"%s\"", config, lines, half);
         rig_crash(r);
         hellod_wait_stderr(r->d, "resumed 1 conversation");
         return fd;
@@ -562,12 +562,7 @@ static void crash_keeps_a_line_at_its_limit_with_its_cr(const char *config) {
         Rig r;
 
         rig_start(&r);
-        int fd = stored_client(&r, config, "max_line_length = 16;\n");
-        client_send_str(fd, "0123456789abcdef\r");
-        harness_sleep_ms(200); /* the line waits in hellod's socket */
-        harness_step("%s: kill -9 with 16 bytes and a CR waiting", config);
-        rig_crash(&r);
-        hellod_wait_stderr(r.d, "resumed 1 conversation");
+        int fd = crash_after_half_line(&r, config, "max_line_length = 16;\n", 0, "0123456789abcdef\r");
         client_send_str(fd, "\n");
         client_expect_str(fd, "Hello, 0123456789abcdef!\r\n");
         client_close(fd);
@@ -586,7 +581,7 @@ static void crash_resumed_idles_out(const char *config) {
         Rig r;
 
         rig_start(&r);
-        int fd = crash_after_half_line(&r, config, 0);
+        int fd = crash_after_half_line(&r, config, "", 0, NULL);
         harness_step("%s: the resumed client stays silent", config);
         client_expect_str(fd, HELLOD_ERR_IDLE);
         client_expect_eof(fd, false);
@@ -879,7 +874,7 @@ static void crash_keeps_partial_line(const char *config, int lines) {
         Rig r;
 
         rig_start(&r);
-        int fd = crash_after_half_line(&r, config, lines);
+        int fd = crash_after_half_line(&r, config, "", lines, NULL);
         client_send_str(fd, "ce\n");
         client_expect_str(fd, "Hello, Alice!\r\n");
         client_close(fd);
