@@ -201,17 +201,26 @@ Test(config, reload_refuses_what_the_check_refuses, .timeout = 60) {
         hellod_free(d);
 }
 
+/* expect_included_error: `hellod -t` of MAIN_TEXT, which includes NAME (TEXT), fails, naming NAME
+ * and its LINE, then WHAT. */
+static void expect_included_error(const char *name, const char *text, const char *main_text, unsigned line,
+                                  const char *what) {
+        Hellod *d = hellod_new();
+        char path[512], needle[700];
+
+        write_in_dir(d, name, text);
+        hellod_write_config(d, "%s", main_text);
+        snprintf(needle, sizeof(needle), "%s:%u: %s", in_dir(d, name, path, sizeof(path)), line, what);
+        expect_check_fails(d, (const char *const[]) { needle, NULL });
+        hellod_free(d);
+}
+
 /* An allow list written one entry a line, its last entry wrong, in an included file: the
  * error names that file and the entry's line, not the closing bracket's (libconfig's). */
 Test(config, check_names_the_line_of_a_last_list_entry, .timeout = 60) {
-        Hellod *d = hellod_new();
-        char path[512], needle[600];
-
-        write_in_dir(d, "access.conf", "allow = [\n  \"10.0.0.0/8\",\n  \"192.168.1.1/16\"\n\n];\n");
-        hellod_write_config_std(d, "@include \"access.conf\"\n");
-        snprintf(needle, sizeof(needle), "%s:3: allow: \"192.168.1.1/16\"", in_dir(d, "access.conf", path, sizeof(path)));
-        expect_check_fails(d, (const char *const[]) { needle, "did you mean 192.168.0.0/16", NULL });
-        hellod_free(d);
+        expect_included_error("access.conf", "allow = [\n  \"10.0.0.0/8\",\n  \"192.168.1.1/16\"\n\n];\n",
+                              "@include \"access.conf\"\n", 3,
+                              "allow: \"192.168.1.1/16\": has host bits set beyond /16 (did you mean 192.168.0.0/16?)");
 }
 
 /* ---- -t runs what a start would, -T prints the settings ---- */
@@ -269,14 +278,8 @@ Test(config, a_start_with_only_socket_names_says_where_and_why, .timeout = 60) {
 
 /* A user named in an @included file: the message names that file and its line. */
 Test(config, check_names_the_included_file_of_an_unknown_user, .timeout = 60) {
-        Hellod *d = hellod_new();
-        char where[600], path[512];
-
-        write_in_dir(d, "who.conf", "# who runs hellod\n\nuser = \"no-such-user-hellod\";\n");
-        hellod_write_config(d, "greeting = \"Hi\";\n@include \"who.conf\"\n");
-        snprintf(where, sizeof(where), "%s:3: user: unknown user", in_dir(d, "who.conf", path, sizeof(path)));
-        expect_check_fails(d, (const char *const[]) { where, NULL });
-        hellod_free(d);
+        expect_included_error("who.conf", "# who runs hellod\n\nuser = \"no-such-user-hellod\";\n",
+                              "greeting = \"Hi\";\n@include \"who.conf\"\n", 3, "user: unknown user");
 }
 
 static unsigned count_lines(const char *s) {
