@@ -178,6 +178,12 @@ static void strip_cr(const char *a, size_t *a_len, const char *b, size_t *b_len)
                 (*a_len)--;
 }
 
+bool proto_line_too_long(const Conf *conf, size_t len, char last) {
+        const size_t max_pending = (size_t) conf->max_line_length + 1;
+
+        return len > max_pending || (len == max_pending && last != '\r');
+}
+
 static size_t feed_line(Proto *p, const char *in, size_t n, Buf *out, ProtoStatus *status) {
         const size_t max_pending = (size_t) p->conf->max_line_length + 1;
         size_t i = 0;
@@ -187,11 +193,11 @@ static size_t feed_line(Proto *p, const char *in, size_t n, Buf *out, ProtoStatu
 
                 if (!nl) {
                         /* An unterminated tail: carry it, unless it is already too long to
-                         * ever become a valid line (only a final '\r' may exceed the limit). */
+                         * ever become a valid line. */
                         size_t rest = n - i;
                         size_t total = p->pending_len + rest;
 
-                        if (total > max_pending || (total == max_pending && in[n - 1] != '\r')) {
+                        if (proto_line_too_long(p->conf, total, in[n - 1])) {
                                 if (buf_room(out) < PROTO_ERR_MAX)
                                         return i;
                                 end_with(p, PROTO_END_TOO_LONG, out);

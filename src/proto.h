@@ -81,6 +81,11 @@ size_t proto_telnet_restart(const Proto *p, uint8_t out[PROTO_TELNET_RESTART_MAX
 /* proto_output_min: the smallest output buffer that always holds one reply or ERR line. */
 size_t proto_output_min(const Conf *conf);
 
+/* proto_line_too_long: an unterminated line of LEN bytes so far (line framing), LAST the last
+ * of them, can never become a valid one: over max_line_length, where only a final CR (the line
+ * end's first half) may exceed it. */
+bool proto_line_too_long(const Conf *conf, size_t len, char last);
+
 /* proto_input_max: in chunk framing every read is one message, so the session reads at most
  * this many bytes at once (the longest message plus its line terminator, plus one byte to
  * notice a longer one). Line framing accepts reads of any size. */

@@ -158,10 +158,7 @@ size_t session_lines_taken(const Session *s, const char *buf, size_t k) {
         const char *nl = memrchr(buf, '\n', k);
         if (nl)
                 return (size_t) (nl - buf) + 1;
-        /* Over the limit as proto_feed() counts it: a last CR may stand for the line end. */
-        size_t max = (size_t) s->conf->max_line_length + 1;
-        bool too_long = k > max || (k == max && buf[k - 1] != '\r');
-        return k == s->in_cap || too_long ? k : 0;
+        return k == s->in_cap || proto_line_too_long(s->conf, s->proto.pending_len + k, buf[k - 1]) ? k : 0;
 }
 
 static bool still_established(const Session *s) {
