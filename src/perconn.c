@@ -333,7 +333,7 @@ static int converse(Session *s, ServingThread *me) {
 }
 
 /* proxy_header: reads the PROXY header (at most SESSION_PROXY_TIMEOUT_USEC: peeks, and what
- * session_proxy_taken() says read) and hands it to the server; the bytes after it wait in the
+ * session_proxy_take() says read) and hands it to the server; the bytes after it wait in the
  * kernel for the conversation's first read. 0: go on; -1: the session ends here;
  * HANDING_OVER: still waiting for it at the hand-over. */
 static int proxy_header(Session *s) {
@@ -354,14 +354,8 @@ static int proxy_header(Session *s) {
                         reason = n == 0 ? "closed before its PROXY header was complete" : strerror(errno);
                         break;
                 }
-                size_t take = session_proxy_taken(s, s->in, (size_t) n, &status, &header, &reason);
-                ssize_t taken = recv(s->fd, s->in, take, 0); /* what the peek saw: at once */
-                if (taken != (ssize_t) take) {
-                        reason = taken < 0 ? strerror(errno) : "its PROXY header could not be read again";
-                        status = PROXY_INVALID;
-                        break;
-                }
-                if (status != PROXY_NEED_MORE)
+                if (session_proxy_take(s, s->in, (size_t) n, &status, &header, &reason) < 0 ||
+                    status != PROXY_NEED_MORE)
                         break;
         }
         /* The conversation arms its own timeout, if it has one: none of the header's is left

@@ -340,7 +340,7 @@ static Fate proxy_refused(Loop *l, Session *s, const char *reason) {
         return finish(l, s, 0);
 }
 
-/* serve_proxy: a peek while the PROXY header is awaited, and what session_proxy_taken() says
+/* serve_proxy: a peek while the PROXY header is awaited, and what session_proxy_take() says
  * read; once the header is in and the server admits the client it names, the greeting. The
  * bytes after the header wait in the kernel for the first read of the conversation. */
 static Fate serve_proxy(Loop *l, Session *s, bool *more) {
@@ -355,10 +355,9 @@ static Fate serve_proxy(Loop *l, Session *s, bool *more) {
                 return proxy_refused(l, s, "closed before its PROXY header was complete");
         if (k < 0)
                 return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? ALIVE : finish(l, s, -errno);
-        size_t take = session_proxy_taken(s, l->in_buf, (size_t) k, &status, &header, &reason);
-        ssize_t taken = recv(s->fd, l->in_buf, take, 0); /* what the peek saw: at once */
-        if (taken != (ssize_t) take)
-                return proxy_refused(l, s, taken < 0 ? strerror(errno) : "its PROXY header could not be read again");
+        ssize_t taken = session_proxy_take(s, l->in_buf, (size_t) k, &status, &header, &reason);
+        if (taken < 0)
+                return proxy_refused(l, s, reason);
         if (status == PROXY_NEED_MORE) {
                 *more = (size_t) k == s->in_cap || s->urgent || s->peer_shut; /* edge-triggered: see serve_once */
                 return ALIVE;
@@ -375,7 +374,7 @@ static Fate serve_proxy(Loop *l, Session *s, bool *more) {
                 set_deadline(l, s, session_idle_deadline(s, l->now));
         /* Edge-triggered: the bytes behind the header, more than a full peek saw, or the
          * client's FIN behind the header bring no new event (see serve_once). */
-        s->unread = (size_t) k > take || (size_t) k == s->in_cap || s->urgent;
+        s->unread = k > taken || (size_t) k == s->in_cap || s->urgent;
         *more = !s->want_write && (s->unread || s->peer_shut);
         return ALIVE;
 }

@@ -121,12 +121,18 @@ uint64_t session_write_deadline(const Session *s, uint64_t now) {
         return session_idle_deadline(s, now);
 }
 
-size_t session_proxy_taken(Session *s, const char *buf, size_t k, ProxyStatus *ret_status, ProxyHeader *ret_header,
+ssize_t session_proxy_take(Session *s, char *buf, size_t k, ProxyStatus *ret_status, ProxyHeader *ret_header,
                            const char **ret_reason) {
         size_t used = 0;
 
         *ret_status = proxy_feed(s->proxy, buf, k, &used, ret_header, ret_reason);
-        return *ret_status == PROXY_DONE ? used : k;
+        size_t take = *ret_status == PROXY_DONE ? used : k;
+        ssize_t taken = recv(s->fd, buf, take, 0); /* what the peek saw: at once */
+        if (taken == (ssize_t) take)
+                return taken;
+        *ret_status = PROXY_INVALID;
+        *ret_reason = taken < 0 ? strerror(errno) : "its PROXY header could not be read again";
+        return -1;
 }
 
 bool session_lingers(const Session *s) {

@@ -137,13 +137,14 @@ void session_say_last(int fd, const char *line);
  * they are one partial line within the limit, left waiting for its end. */
 size_t session_lines_taken(const Session *s, const char *buf, size_t k);
 
-/* session_proxy_taken: of K bytes peeked into BUF while S's PROXY header is awaited, fed to
- * its parser: how many to take out of the kernel, into *RET_STATUS, *RET_HEADER and
- * *RET_REASON as proxy_feed() says. The header's bytes alone once it is complete: what follows
- * is read as any later bytes are (in chunk framing a read is a message, and one that the
- * header's read cut in two would be two). All K otherwise: the header's so far, or the bytes
- * of a connection refused, read away so that its close sends no reset. */
-size_t session_proxy_taken(Session *s, const char *buf, size_t k, ProxyStatus *ret_status, ProxyHeader *ret_header,
+/* session_proxy_take: K bytes peeked into BUF while S's PROXY header is awaited, fed to its
+ * parser (*RET_STATUS, *RET_HEADER and *RET_REASON as proxy_feed() says), and read out of the
+ * kernel: the header's bytes alone once it is complete, so that what follows is read as any
+ * later bytes are (in chunk framing a read is a message, and one that the header's read cut in
+ * two would be two); all K otherwise (the header's so far, or the bytes of a connection
+ * refused). Returns the bytes taken, or -1 when they could not be read again (*RET_STATUS is
+ * then PROXY_INVALID, and *RET_REASON says why). */
+ssize_t session_proxy_take(Session *s, char *buf, size_t k, ProxyStatus *ret_status, ProxyHeader *ret_header,
                            const char **ret_reason);
 
 /* session_line_end_awaited: a peek of a stored session (handover = "always") held a partial
