@@ -417,7 +417,7 @@ static void always_takes_what_no_line_end_completes_in(const char *model) {
         fd = client_connect(r.port);
         client_expect_str(fd, HELLOD_GREETING);
         harness_step("40 bytes of a line, no line end, over max_line_length = 16");
-        client_send_str(fd, "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
+        client_send_str(fd, "0123456789012345678901234567890123456789");
         client_expect_str(fd, "ERR line too long\r\n");
         client_expect_eof(fd, true);
         client_close(fd);

@@ -710,6 +710,23 @@ static void redirect_stderr(void) {
         cr_redirect_stderr();
 }
 
+/* expect_child_exit_0: PID, a child the test forked (a seccomp filter cannot be taken off
+ * again), must exit 0; WHAT says what the other statuses mean. */
+static void expect_child_exit_0(pid_t pid, const char *what) {
+        int status;
+
+        cr_assert_eq(waitpid(pid, &status, 0), pid);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the child failed (status %#x%s%s)", status,
+                  what ? "; " : "", what ? what : "");
+}
+
+/* redirected_stderr: what the test and its children wrote to the redirected stderr, into TEXT. */
+static void redirected_stderr(char *text, size_t size) {
+        fflush(stderr);
+        size_t n = fread(text, 1, size - 1, cr_get_redirected_stderr());
+        text[n] = '\0';
+}
+
 /* A pool loop that cannot add its eventfd to its epoll set (ENOMEM, or ENOSPC past
  * fs.epoll.max_user_watches) fails the engine's start, which names why. It used to exit at
  * once while the engine was reported started: the sessions given to it were never served. */
@@ -718,7 +735,6 @@ Test(engine, a_loop_that_cannot_be_woken_fails_the_start, .init = redirect_stder
 
         cr_assert_geq(pid, 0);
         if (pid == 0) {
-                /* In a child: the filter cannot be taken off again. */
                 Engine *e = NULL;
                 Conf *conf = NULL;
                 char err[256];
@@ -730,14 +746,9 @@ Test(engine, a_loop_that_cannot_be_woken_fails_the_start, .init = redirect_stder
                 int r = pool_engine_new(&e, conf, &hooks);
                 _exit(r == -ENOMEM ? 0 : r == 0 ? 5 : 6);
         }
-        int status;
-        cr_assert_eq(waitpid(pid, &status, 0), pid);
-        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-                  "the child failed (status %#x; 5: the engine started without its loop)", status);
-        fflush(stderr);
+        expect_child_exit_0(pid, "5: the engine started without its loop");
         char text[4096];
-        size_t n = fread(text, 1, sizeof(text) - 1, cr_get_redirected_stderr());
-        text[n] = '\0';
+        redirected_stderr(text, sizeof(text));
         cr_expect(strstr(text, "cannot start an event loop: Cannot allocate memory"), "stderr: %s", text);
 }
 
@@ -765,14 +776,10 @@ Test(engine, io_uring_unavailable_falls_back_to_epoll, .init = redirect_stderr, 
                         bench_free(&b);
                         _exit(0);
                 }
-                int status;
-                cr_assert_eq(waitpid(pid, &status, 0), pid);
-                cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the child failed (status %#x)", status);
+                expect_child_exit_0(pid, NULL);
         }
-        fflush(stderr);
         char text[4096];
-        size_t n = fread(text, 1, sizeof(text) - 1, cr_get_redirected_stderr());
-        text[n] = '\0';
+        redirected_stderr(text, sizeof(text));
         cr_expect(strstr(text, "io_backend = \"io_uring\" is unavailable (cannot set up io_uring: Function not "
                                "implemented); the event loops use epoll"),
                   "no notice of ENOSYS in: %s", text);
