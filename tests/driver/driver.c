@@ -13,7 +13,12 @@
  * stream cut into random writes, sometimes a byte of urgent data among them (sent out of band,
  * so not part of the stream the model answers; the kernel ends every read at its mark), read
  * in random sizes with pauses where the client reads nothing, and an ending: a half-close,
- * `exit`, a close once everything is answered, or a reset at a random point. The daemon runs
+ * `exit` (or a telnet Interrupt Process), a close once everything is answered, or a reset at a
+ * random point. One plan in four speaks telnet as well: commands (Are You There, option
+ * negotiation with any option byte, subnegotiations, the ones hellod ignores, an IAC before a
+ * data byte, IAC IAC for a 0xFF data byte) between the lines and inside them, even between a
+ * line's CR and its LF, and so cut anywhere by the writes, the reads, a stored session's
+ * peeks and a restart. The daemon runs
  * once per configuration, with reply templates from the default to the 1,024-byte maximum;
  * HELLOD_TEST_CONF_EXTRA picks the worker model as in the integration suite. With --stored the
  * daemon runs as a service under the test's PID 1 (store.h) with handover = "always": every
@@ -58,6 +63,9 @@
 #define BURST_MIN_LINES 1000
 #define BURST_MAX_LINES 6000
 #define INPUT_MAX (512 * 1024)
+#define MAX_LINE_MAX 5000     /* the largest max_line_length of the setups */
+#define TELNET_SB_MAX 8       /* a short subnegotiation's data */
+#define TELNET_PER_LINE_MAX 4 /* commands among a line's bytes, at most */
 #define FAILURES_KEPT 8
 #define RESTART_MIN_MS 200    /* --restarts: the time between two restarts, at random */
 #define RESTART_MAX_MS 1200
@@ -104,13 +112,15 @@ typedef struct Plan {
         bool burst;
         bool urgent;      /* a byte of urgent data is sent once URGENT_AT bytes of IN are */
         size_t urgent_at; /* written (one at most: a second could pull the first into the stream) */
-        bool too_long; /* the last line is over max_line_length */
+        bool too_long; /* the last line (or subnegotiation) is over max_line_length */
+        bool telnet;   /* telnet commands among the lines */
+        size_t commands;
         size_t lines;
 } Plan;
 
 /* Shared figures. */
 static atomic_uint_fast64_t n_sessions, n_lines, n_bytes_sent, n_bytes_checked, n_bursts, n_pauses,
-        n_too_long, n_urgent, n_endings[N_ENDINGS];
+        n_too_long, n_urgent, n_commands, n_endings[N_ENDINGS];
 static atomic_uint_fast64_t n_failures;
 static pthread_mutex_t failures_lock = PTHREAD_MUTEX_INITIALIZER;
 static char failures[FAILURES_KEPT][1024];
@@ -172,19 +182,135 @@ static size_t line_length(Rng *r, size_t max_line, bool burst) {
         return rng_below(r, (max_line < 30 ? max_line : 30) + 1);
 }
 
-/* append_line: one line of LEN bytes, '\r\n' or '\n' terminated; never "exit" by chance. */
-static void append_line(Plan *p, Rng *r, size_t len) {
-        for (size_t i = 0; i < len; i++)
-                p->in[p->n + i] = line_byte(r);
-        if (len == 4 && memcmp(p->in + p->n, "exit", 4) == 0)
-                p->in[p->n] = 'E';
-        p->n += len;
-        if (len > 0 && rng_below(r, 4) == 0 && p->in[p->n - 1] != '\r') {
-                /* A CRLF terminator: the '\r' is not part of the line, so the limit holds. */
-                p->in[p->n++] = '\r';
+/* ---- telnet (README, Protocol) ---- */
+
+#define IAC 0xff
+#define SB 250
+#define SE 240
+
+static void put(Plan *p, unsigned char c) {
+        p->in[p->n++] = c;
+}
+
+/* append_command: one telnet command that leaves the line it interrupts as it was: Are You
+ * There, option negotiation (any option byte, IAC and LF included), a short subnegotiation
+ * (IAC IAC inside it too), or one of the commands hellod ignores (NOP, DM, GA, EL, EC, a stray
+ * SE). The model answers it in place. */
+static void append_command(Plan *p, Rng *r) {
+        static const unsigned char ignored[] = { 241, 242, 249, 248, 247, SE };
+
+        put(p, IAC);
+        switch (rng_below(r, 6)) {
+        case 0:
+                put(p, 246); /* AYT */
+                break;
+        case 1:
+                put(p, ignored[rng_below(r, sizeof(ignored))]);
+                break;
+        case 2:
+        case 3:
+                put(p, (unsigned char) (251 + rng_below(r, 4))); /* WILL WONT DO DONT */
+                put(p, (unsigned char) (rng_below(r, 8) == 0 ? (rng_below(r, 2) ? IAC : '\n') : rng_below(r, 256)));
+                break;
+        default: {
+                size_t len = rng_below(r, TELNET_SB_MAX + 1);
+                put(p, SB);
+                for (size_t i = 0; i < len; i++) {
+                        unsigned char c = (unsigned char) rng_below(r, 256);
+                        put(p, c);
+                        if (c == IAC)
+                                put(p, IAC);
+                }
+                put(p, IAC);
+                put(p, SE);
+                break;
         }
-        p->in[p->n++] = '\n';
+        }
+        p->commands++;
+}
+
+/* maybe_command: before the next byte of a telnet plan, now and then a command. */
+static void maybe_command(Plan *p, Rng *r, unsigned *budget) {
+        if (p->telnet && *budget > 0 && rng_below(r, 12) == 0) {
+                append_command(p, r);
+                --*budget;
+        }
+}
+
+/* put_data: the data byte C of a line; in a telnet plan sometimes written the long way: a
+ * 0xFF as IAC IAC, a byte that is no command (below 236) behind an IAC that is dropped. */
+static void put_data(Plan *p, Rng *r, unsigned char c) {
+        if (p->telnet && rng_below(r, 16) == 0 && c >= 0x80 && c < 236) {
+                put(p, IAC);
+        } else if (p->telnet && rng_below(r, 24) == 0) {
+                put(p, IAC);
+                c = IAC;
+        }
+        put(p, c);
+}
+
+/* line_room: the most bytes of IN a line can take: each byte doubled, its commands, CRLF. */
+static size_t line_room(const Plan *p, size_t max_line) {
+        return p->telnet ? 2 * max_line + TELNET_PER_LINE_MAX * (2 * TELNET_SB_MAX + 6) + 4 : max_line + 2;
+}
+
+/* append_line: one line of LEN data bytes, '\r\n' or '\n' terminated; never "exit" by chance. */
+static void append_line(Plan *p, Rng *r, size_t len) {
+        unsigned char data[MAX_LINE_MAX + 1];
+        unsigned budget = TELNET_PER_LINE_MAX;
+
+        for (size_t i = 0; i < len; i++)
+                data[i] = line_byte(r);
+        if (len == 4 && memcmp(data, "exit", 4) == 0)
+                data[0] = 'E';
+        for (size_t i = 0; i < len; i++) {
+                maybe_command(p, r, &budget);
+                put_data(p, r, data[i]);
+        }
+        if (len > 0 && rng_below(r, 4) == 0 && data[len - 1] != '\r') {
+                /* A CRLF terminator: the '\r' is not part of the line, so the limit holds. */
+                maybe_command(p, r, &budget);
+                put(p, '\r');
+        }
+        maybe_command(p, r, &budget);
+        put(p, '\n');
         p->lines++;
+}
+
+/* append_too_long: what ends the plan with the ERR: a line one over the limit, or in a telnet
+ * plan sometimes a subnegotiation one over it. */
+static void append_too_long(Plan *p, Rng *r, size_t max_line) {
+        if (p->telnet && rng_below(r, 2) == 0) {
+                put(p, IAC);
+                put(p, SB);
+                for (size_t i = 0; i < max_line + 1; i++)
+                        put(p, 'S');
+                put(p, IAC);
+                put(p, SE);
+                p->commands++;
+        } else {
+                for (size_t i = 0; i < max_line + 1; i++)
+                        put(p, 'L');
+                put(p, '\n');
+                p->lines++;
+        }
+        p->too_long = true;
+}
+
+/* append_exit: the plan's last words: exit, or a telnet command that ends it as exit does
+ * (IP, AO, BRK, EOF, ABORT). */
+static void append_exit(Plan *p, Rng *r) {
+        static const unsigned char ending[] = { 244, 245, 243, 236, 238 };
+
+        if (p->telnet && rng_below(r, 3) == 0) {
+                put(p, IAC);
+                put(p, ending[rng_below(r, sizeof(ending))]);
+                p->commands++;
+                return;
+        }
+        const char *line = rng_below(r, 2) ? "exit\r\n" : "exit\n";
+        memcpy(p->in + p->n, line, strlen(line));
+        p->n += strlen(line);
 }
 
 static bool plan_make(Plan *p, uint64_t seed) {
@@ -197,23 +323,16 @@ static bool plan_make(Plan *p, uint64_t seed) {
         p->burst = rng_below(&r, 5) == 0;
         size_t lines = p->burst ? BURST_MIN_LINES + rng_below(&r, BURST_MAX_LINES - BURST_MIN_LINES + 1)
                                 : rng_below(&r, 40);
-        if (!(p->in = malloc(INPUT_MAX + max_line + 16)))
+        p->telnet = rng_below(&r, 4) == 0;
+        if (max_line > MAX_LINE_MAX || !(p->in = malloc(INPUT_MAX + line_room(p, max_line) + max_line + 16)))
                 return false;
-        for (size_t i = 0; i < lines && p->n + max_line + 2 < INPUT_MAX; i++)
+        for (size_t i = 0; i < lines && p->n + line_room(p, max_line) < INPUT_MAX; i++)
                 append_line(p, &r, line_length(&r, max_line, p->burst));
         if (!p->burst && rng_below(&r, 12) == 0) {
-                /* One over the limit, last: the daemon answers ERR and discards the rest. */
-                size_t len = max_line + 1;
-                for (size_t i = 0; i < len; i++)
-                        p->in[p->n + i] = 'L';
-                p->n += len;
-                p->in[p->n++] = '\n';
-                p->lines++;
-                p->too_long = true;
+                /* Over the limit, last: the daemon answers ERR and discards the rest. */
+                append_too_long(p, &r, max_line);
         } else if (p->ending == END_EXIT) {
-                const char *line = rng_below(&r, 2) ? "exit\r\n" : "exit\n";
-                memcpy(p->in + p->n, line, strlen(line));
-                p->n += strlen(line);
+                append_exit(p, &r);
         } else if (p->ending == END_HALF_CLOSE && rng_below(&r, 3) == 0) {
                 /* An unterminated last line: answered at EOF. */
                 size_t len = 1 + rng_below(&r, max_line < 20 ? max_line : 20);
@@ -223,7 +342,8 @@ static bool plan_make(Plan *p, uint64_t seed) {
         }
 
         size_t pl = strlen(setup->prefix), sl = strlen(setup->suffix);
-        size_t room = strlen(HELLOD_GREETING) + (p->lines + 2) * (pl + sl + max_line + 4) + 64;
+        /* A telnet command costs the model at most 4 bytes of output per byte of input. */
+        size_t room = strlen(HELLOD_GREETING) + (p->lines + 2) * (pl + sl + max_line + 4) + 4 * p->n + 64;
         if (!(p->want = malloc(room)))
                 return false;
         memcpy(p->want, HELLOD_GREETING, strlen(HELLOD_GREETING));
@@ -336,10 +456,23 @@ static bool run_session(Plan *p, Rng *r) {
                                 written = p->n, urgent_sent = true; /* nothing more goes through */
                         }
                 } else if (pfd.revents & POLLOUT) {
-                        if (written == chunk_end) /* a new write: 1 byte to everything left */
+                        bool cut_command = false;
+                        if (written == chunk_end) { /* a new write: 1 byte to everything left */
                                 chunk_end = written + 1 + rng_below(r, rng_below(r, 4) == 0 ? p->n - written : 64);
+                                cut_command = p->telnet && rng_below(r, 3) == 0;
+                        }
                         if (chunk_end > p->n)
                                 chunk_end = p->n;
+                        if (cut_command) {
+                                /* The write ends just behind an IAC, and sometimes the client pauses
+                                 * there: the daemon holds part of a command for a while (a restart
+                                 * may come then). */
+                                const unsigned char *iac = memchr(p->in + written, IAC, chunk_end - written);
+                                if (iac && iac + 1 < p->in + p->n)
+                                        chunk_end = (size_t) (iac - p->in) + 1;
+                                else
+                                        cut_command = false;
+                        }
                         if (!urgent_sent && written < p->urgent_at && chunk_end > p->urgent_at)
                                 chunk_end = p->urgent_at; /* the urgent byte goes between two writes */
                         ssize_t k = send(fd, p->in + written, chunk_end - written, MSG_NOSIGNAL);
@@ -347,7 +480,7 @@ static bool run_session(Plan *p, Rng *r) {
                                 written += (size_t) k;
                                 progress = now_ms();
                                 atomic_fetch_add(&n_bytes_sent, (uint64_t) k);
-                                if (rng_below(r, 50) == 0)
+                                if (rng_below(r, cut_command && written == chunk_end ? 2 : 50) == 0)
                                         write_pause_until = now_ms() + (int64_t) rng_below(r, WRITE_PAUSE_MAX_MS);
                         } else if (k < 0 && errno != EAGAIN && errno != EINTR) {
                                 /* The daemon may close after exit or ERR while the rest is in flight. */
@@ -413,6 +546,7 @@ static void *load_thread(void *arg) {
                         atomic_fetch_add(&n_bursts, p.burst ? 1 : 0);
                         if (p.too_long)
                                 atomic_fetch_add(&n_too_long, 1);
+                        atomic_fetch_add(&n_commands, p.commands);
                 }
                 plan_free(&p);
         }
@@ -650,11 +784,12 @@ int main(int argc, char **argv) {
 
         printf("driver figures: %" PRIu64 " sessions, %" PRIu64 " lines, %" PRIu64 " bursts of %d-%d lines, %" PRIu64
                " bytes sent, %" PRIu64 " bytes received and checked, %" PRIu64 " read pauses, %" PRIu64
-               " lines over the limit, %" PRIu64 " bytes of urgent data; endings: %" PRIu64 " half-close, %" PRIu64
+               " ended over the limit, %" PRIu64 " bytes of urgent data, %" PRIu64 " telnet commands; endings: %" PRIu64 " half-close, %" PRIu64
                " exit, %" PRIu64 " close, %" PRIu64 " reset\n",
                atomic_load(&n_sessions), atomic_load(&n_lines), atomic_load(&n_bursts), BURST_MIN_LINES,
                BURST_MAX_LINES, atomic_load(&n_bytes_sent), atomic_load(&n_bytes_checked), atomic_load(&n_pauses),
-               atomic_load(&n_too_long), atomic_load(&n_urgent), atomic_load(&n_endings[END_HALF_CLOSE]),
+               atomic_load(&n_too_long), atomic_load(&n_urgent), atomic_load(&n_commands),
+               atomic_load(&n_endings[END_HALF_CLOSE]),
                atomic_load(&n_endings[END_EXIT]), atomic_load(&n_endings[END_CLOSE]),
                atomic_load(&n_endings[END_RESET]));
         uint64_t nf = atomic_load(&n_failures);
