@@ -18,9 +18,9 @@
  * negotiation with any option byte, subnegotiations, the ones hellod ignores, an IAC before a
  * data byte, IAC IAC for a 0xFF data byte) between the lines and inside them, even between a
  * line's CR and its LF, and so cut anywhere by the writes, the reads, a stored session's
- * peeks and a restart. The daemon runs
- * once per configuration, with reply templates from the default to the 1,024-byte maximum;
- * HELLOD_TEST_CONF_EXTRA picks the worker model as in the integration suite. With --stored the
+ * peeks and a restart. The daemon runs once per configuration, with reply templates from the
+ * default to the 1,024-byte maximum, and (not as a service) once behind a PROXY listener, every
+ * session opening with a header; HELLOD_TEST_CONF_EXTRA picks the worker model as in the integration suite. With --stored the
  * daemon runs as a service under the test's PID 1 (store.h) with handover = "always": every
  * session is stored, so it reads with MSG_PEEK and takes whole lines only (and, in the
  * per-connection model, waits for a line's end with SO_RCVLOWAT). With --restarts it runs as
@@ -77,14 +77,17 @@ typedef struct Setup {
         const char *name;
         unsigned max_line;
         const char *prefix, *suffix; /* the reply template around {name} */
+        bool proxy; /* the clients connect to a PROXY listener and send a header first */
 } Setup;
 
 static char long_prefix[1024];
 static Setup setups[] = {
-        { "default reply, max_line_length 64", 64, "Hello, ", "!" },
+        { "default reply, max_line_length 64", 64, "Hello, ", "!", false },
         { "100-byte reply, max_line_length 1024", 1024,
-          "Hello there, dear client; this reply is long on purpose so that the output fills up: ", " -- bye!" },
-        { "1,024-byte reply, max_line_length 5000", 5000, long_prefix, "" },
+          "Hello there, dear client; this reply is long on purpose so that the output fills up: ", " -- bye!", false },
+        { "1,024-byte reply, max_line_length 5000", 5000, long_prefix, "", false },
+        /* Not as a service (--stored, --restarts): PID 1's listener is no PROXY listener. */
+        { "behind a PROXY listener, default reply, max_line_length 64", 64, "Hello, ", "!", true },
 };
 #define N_SETUPS (sizeof(setups) / sizeof(setups[0]))
 
@@ -114,6 +117,7 @@ typedef struct Plan {
         size_t urgent_at; /* written (one at most: a second could pull the first into the stream) */
         bool too_long; /* the last line (or subnegotiation) is over max_line_length */
         bool telnet;   /* telnet commands among the lines */
+        size_t header_len; /* a PROXY header in front of IN's lines (Setup.proxy) */
         size_t commands;
         size_t lines;
 } Plan;
@@ -126,7 +130,7 @@ static pthread_mutex_t failures_lock = PTHREAD_MUTEX_INITIALIZER;
 static char failures[FAILURES_KEPT][1024];
 
 static atomic_bool stop_load;
-static uint16_t port;
+static uint16_t port;       /* where the clients connect: the PROXY listener's with Setup.proxy */
 static const Setup *setup;
 static uint64_t base_seed;
 static uint64_t replay_seed; /* --replay: every session runs this plan; 0: none */
@@ -313,6 +317,41 @@ static void append_exit(Plan *p, Rng *r) {
         p->n += strlen(line);
 }
 
+/* ---- PROXY headers (haproxy's doc/proxy-protocol.txt) ---- */
+
+/* append_proxy_header: a header such as a balancer sends, naming a random client: v1 TCP4 or
+ * TCP6 or UNKNOWN, or v2 PROXY over IPv4 or IPv6, or v2 LOCAL (a health check's: the
+ * connection stays the balancer's). */
+static void append_proxy_header(Plan *p, Rng *r) {
+        static const unsigned char sig[12] = { 0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a };
+        unsigned src_port = 1 + rng_below(r, 65535), dst_port = 1 + rng_below(r, 65535);
+        unsigned char a = (unsigned char) rng_below(r, 256), b = (unsigned char) rng_below(r, 256);
+        unsigned kind = rng_below(r, 5);
+
+        if (kind < 3) {
+                char text[128];
+                int k = kind == 0   ? snprintf(text, sizeof(text), "PROXY TCP4 198.51.%u.%u 127.0.0.1 %u %u\r\n", a, b,
+                                                 src_port, dst_port)
+                        : kind == 1 ? snprintf(text, sizeof(text), "PROXY TCP6 2001:db8::%x:%x ::1 %u %u\r\n", a, b,
+                                                 src_port, dst_port)
+                                    : snprintf(text, sizeof(text), "PROXY UNKNOWN\r\n");
+                memcpy(p->in + p->n, text, (size_t) k);
+                p->n += (size_t) k;
+        } else {
+                bool local = kind == 4, v6 = rng_below(r, 2);
+                memcpy(p->in + p->n, sig, sizeof(sig));
+                p->n += sizeof(sig);
+                put(p, local ? 0x20 : 0x21);
+                put(p, local ? 0x00 : v6 ? 0x21 : 0x11); /* AF_INET6 or AF_INET, STREAM */
+                size_t len = local ? 0 : v6 ? 36 : 12;
+                put(p, 0);
+                put(p, (unsigned char) len);
+                for (size_t i = 0; i < len; i++) /* the addresses, then the ports */
+                        put(p, (unsigned char) rng_below(r, 256));
+        }
+        p->header_len = p->n;
+}
+
 static bool plan_make(Plan *p, uint64_t seed) {
         Rng r = { seed };
         size_t max_line = setup->max_line;
@@ -324,8 +363,10 @@ static bool plan_make(Plan *p, uint64_t seed) {
         size_t lines = p->burst ? BURST_MIN_LINES + rng_below(&r, BURST_MAX_LINES - BURST_MIN_LINES + 1)
                                 : rng_below(&r, 40);
         p->telnet = rng_below(&r, 4) == 0;
-        if (max_line > MAX_LINE_MAX || !(p->in = malloc(INPUT_MAX + line_room(p, max_line) + max_line + 16)))
+        if (max_line > MAX_LINE_MAX || !(p->in = malloc(INPUT_MAX + line_room(p, max_line) + max_line + 128)))
                 return false;
+        if (setup->proxy)
+                append_proxy_header(p, &r);
         for (size_t i = 0; i < lines && p->n + line_room(p, max_line) < INPUT_MAX; i++)
                 append_line(p, &r, line_length(&r, max_line, p->burst));
         if (!p->burst && rng_below(&r, 12) == 0) {
@@ -347,7 +388,8 @@ static bool plan_make(Plan *p, uint64_t seed) {
         if (!(p->want = malloc(room)))
                 return false;
         memcpy(p->want, HELLOD_GREETING, strlen(HELLOD_GREETING));
-        p->want_n = strlen(HELLOD_GREETING) + harness_model_replies(setup->prefix, setup->suffix, p->in, p->n,
+        p->want_n = strlen(HELLOD_GREETING) + harness_model_replies(setup->prefix, setup->suffix, p->in + p->header_len,
+                                                                     p->n - p->header_len,
                                                                      max_line, p->want + strlen(HELLOD_GREETING));
         /* The daemon closes after exit, ERR and at EOF; after CLOSE and RESET the client does. */
         p->want_eof = p->ending == END_HALF_CLOSE || p->ending == END_EXIT || p->too_long;
@@ -356,7 +398,8 @@ static bool plan_make(Plan *p, uint64_t seed) {
         p->reset_written = rng_below(&r, p->n + 1);
         p->reset_received = rng_below(&r, p->want_n + 1);
         p->urgent = rng_below(&r, 4) == 0;
-        p->urgent_at = rng_below(&r, p->n + 1);
+        /* Behind the header: an urgent mark inside it is left alone (a balancer sends none). */
+        p->urgent_at = p->header_len + rng_below(&r, p->n - p->header_len + 1);
         return true;
 }
 
@@ -633,6 +676,18 @@ static void run_setup(const Setup *s, unsigned seconds) {
                 store_start_hellod(d, &st, listener);
                 store_wait_ready(d, &st, 1); /* counted before the first restart counts on */
                 hellod_wait_stderr(d, "started");
+        } else if (s->proxy) {
+                /* A plain listener for the harness's readiness probe, the PROXY one for the clients. */
+                d = hellod_new();
+                port = harness_pick_port();
+                hellod_write_config(d,
+                                    "listen = ( \"127.0.0.1:%u\", { address = \"127.0.0.1:%u\"; proxy_protocol = true; },\n"
+                                    "           { address = \"[::1]:%u\"; proxy_protocol = true; } );\n"
+                                    "proxy_from = [ \"127.0.0.1\", \"::1\" ];\n" CONFIG,
+                                    (unsigned) d->port, (unsigned) port, (unsigned) port, IDLE_TIMEOUT, s->max_line,
+                                    s->prefix, s->suffix);
+                hellod_spawn(d, NULL);
+                hellod_wait_ready(d);
         } else {
                 d = hellod_start(CONFIG, IDLE_TIMEOUT, s->max_line, s->prefix, s->suffix);
                 port = d->port;
@@ -778,9 +833,12 @@ int main(int argc, char **argv) {
                CLIENT_THREADS, extra && *extra ? extra : "the default", stored ? ", stored sessions" : "",
                restarts ? ", restarted every " STR(RESTART_MIN_MS) "-" STR(RESTART_MAX_MS) " ms" : "");
         fflush(stdout);
+        size_t n_run = 0;
         for (size_t i = 0; i < N_SETUPS; i++)
-                if (only_setup < 0 || (size_t) only_setup == i)
-                        run_setup(&setups[i], only_setup < 0 ? (seconds + N_SETUPS - 1) / N_SETUPS : seconds);
+                n_run += !setups[i].proxy || !as_service();
+        for (size_t i = 0; i < N_SETUPS; i++)
+                if ((only_setup < 0 && (!setups[i].proxy || !as_service())) || (size_t) only_setup == i)
+                        run_setup(&setups[i], only_setup < 0 ? (unsigned) ((seconds + n_run - 1) / n_run) : seconds);
 
         printf("driver figures: %" PRIu64 " sessions, %" PRIu64 " lines, %" PRIu64 " bursts of %d-%d lines, %" PRIu64
                " bytes sent, %" PRIu64 " bytes received and checked, %" PRIu64 " read pauses, %" PRIu64
