@@ -20,10 +20,11 @@
  * line's CR and its LF, and so cut anywhere by the writes, the reads, a stored session's
  * peeks and a restart. The daemon runs once per configuration, with reply templates from the
  * default to the 1,024-byte maximum, and (not as a service) once behind a PROXY listener, every
- * session opening with a header; HELLOD_TEST_CONF_EXTRA picks the worker model as in the integration suite. With --stored the
- * daemon runs as a service under the test's PID 1 (store.h) with handover = "always": every
- * session is stored, so it reads with MSG_PEEK and takes whole lines only (and, in the
- * per-connection model, waits for a line's end with SO_RCVLOWAT). With --restarts it runs as
+ * session opening with a header; HELLOD_TEST_CONF_EXTRA picks the worker model as in the
+ * integration suite. With --stored the daemon runs as a service under the test's PID 1
+ * (store.h) with handover = "always": every session is stored, so it reads with MSG_PEEK and
+ * takes whole lines only (and, in the per-connection model, waits for a line's end with
+ * SO_RCVLOWAT). With --restarts it runs as
  * such a service too, and the test restarts it every RESTART_MIN_MS to RESTART_MAX_MS while the
  * clients go on: each process hands every conversation over to the next (docs/zero-downtime.md)
  * at whatever point it has reached, and the clients, who see none of it, still check every
