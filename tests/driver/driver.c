@@ -2,9 +2,9 @@
  * over loopback and every byte they receive is checked against the protocol's model
  * (harness_model_replies, the one the fuzzer and the hostile tests use).
  *
- *   driver [--seconds N] [--seed N] [--hellod PATH] [--stored] [--restarts]
+ *   driver [--seconds N] [--seed N] [--hellod PATH] [--stored] [--restarts] [--reloads]
  *          (20 s; else $HELLOD_BIN)
- *   driver --replay SESSION-SEED --setup I [--seconds N] [--stored] [--restarts]
+ *   driver --replay SESSION-SEED --setup I [--seconds N] [--stored] [--restarts] [--reloads]
  *          (one failed plan, on every client thread)
  *
  * Each session follows a random plan made from its own seed (printed on failure, so that a
@@ -24,11 +24,13 @@
  * integration suite. With --stored the daemon runs as a service under the test's PID 1
  * (store.h) with handover = "always": every session is stored, so it reads with MSG_PEEK and
  * takes whole lines only (and, in the per-connection model, waits for a line's end with
- * SO_RCVLOWAT). With --restarts it runs as
- * such a service too, and the test restarts it every RESTART_MIN_MS to RESTART_MAX_MS while the
- * clients go on: each process hands every conversation over to the next (docs/zero-downtime.md)
- * at whatever point it has reached, and the clients, who see none of it, still check every
- * byte against the model: nothing lost, nothing doubled, no second greeting.
+ * SO_RCVLOWAT). With --restarts it runs as such a service too, and the test restarts it every
+ * RESTART_MIN_MS to RESTART_MAX_MS while the clients go on: each process hands every
+ * conversation over to the next (docs/zero-downtime.md) at whatever point it has reached, and
+ * the clients, who see none of it, still check every byte against the model: nothing lost,
+ * nothing doubled, no second greeting. With --reloads the test rewrites the configuration every
+ * RELOAD_MIN_MS to RELOAD_MAX_MS (log level, per-source limits, access lists: reload_variants)
+ * and sends SIGHUP, and every reload must apply while no client notices.
  *
  * A burst must be answered without waiting for any timeout: idle_timeout is far above any
  * pause a client makes, so a session that stalls in the daemon shows as `ERR idle timeout`
@@ -70,6 +72,8 @@
 #define FAILURES_KEPT 8
 #define RESTART_MIN_MS 200    /* --restarts: the time between two restarts, at random */
 #define RESTART_MAX_MS 1200
+#define RELOAD_MIN_MS 100     /* --reloads: the time between two reloads, at random */
+#define RELOAD_MAX_MS 400
 #define STR_(x) #x
 #define STR(x) STR_(x)
 
@@ -138,6 +142,7 @@ static uint64_t base_seed;
 static uint64_t replay_seed; /* --replay: every session runs this plan; 0: none */
 static bool stored;          /* --stored: handover = "always", under the test's PID 1 */
 static bool restarts;        /* --restarts: under the test's PID 1, restarted again and again */
+static bool reloads;         /* --reloads: its configuration changed and reloaded again and again */
 static atomic_uint_fast64_t next_session;
 
 /* as_service: the daemon runs under the test's PID 1 (store.h). */
@@ -331,9 +336,10 @@ static void append_exit(Plan *p, Rng *r) {
 
 /* ---- PROXY headers (haproxy's doc/proxy-protocol.txt) ---- */
 
-/* append_proxy_header: a header such as a balancer sends, naming a random client: v1 TCP4 or
- * TCP6 or UNKNOWN, or v2 PROXY over IPv4 or IPv6, or v2 LOCAL (a health check's: the
- * connection stays the balancer's). */
+/* append_proxy_header: a header such as a balancer sends, naming a random client in
+ * 198.51.0.0/16 or 2001:db8::/32 (reload_variants allow them): v1 TCP4 or TCP6 or UNKNOWN, or
+ * v2 PROXY over IPv4 or IPv6, or v2 LOCAL (a health check's: the connection stays the
+ * balancer's). */
 static void append_proxy_header(Plan *p, Rng *r) {
         static const unsigned char sig[12] = { 0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a };
         unsigned src_port = 1 + rng_below(r, 65535), dst_port = 1 + rng_below(r, 65535);
@@ -355,11 +361,15 @@ static void append_proxy_header(Plan *p, Rng *r) {
                 p->n += sizeof(sig);
                 put(p, local ? 0x20 : 0x21);
                 put(p, local ? 0x00 : v6 ? 0x21 : 0x11); /* AF_INET6 or AF_INET, STREAM */
+                static const unsigned char net4[] = { 198, 51 }, net6[] = { 0x20, 0x01, 0x0d, 0xb8 };
                 size_t len = local ? 0 : v6 ? 36 : 12;
                 put(p, 0);
                 put(p, (unsigned char) len);
-                for (size_t i = 0; i < len; i++) /* the addresses, then the ports */
-                        put(p, (unsigned char) rng_below(r, 256));
+                /* The addresses, then the ports; the source in 198.51.0.0/16 or 2001:db8::/32. */
+                for (size_t i = 0; i < len; i++)
+                        put(p, v6 && i < sizeof(net6)    ? net6[i]
+                               : !v6 && i < sizeof(net4) ? net4[i]
+                                                         : (unsigned char) rng_below(r, 256));
         }
         p->header_len = p->n;
 }
@@ -680,6 +690,56 @@ static void restarts_verdict(Hellod *d, const Setup *s, unsigned n, unsigned unc
                 conversations, closed, refused ? ", a record refused" : "");
 }
 
+/* What --reloads changes, in turn: settings a reload applies to the running daemon, none of
+ * which changes what the model answers (the sources behind a PROXY header are allowed). */
+static const char *const reload_variants[] = {
+        "",
+        "log_level = \"info\";\nmax_connections_per_ip = 100000;\n",
+        "rate_limit_per_ip = 1000000;\nrate_limit_burst = 1000000;\ndeny = [ \"192.0.2.0/24\" ];\n",
+        "allow = [ \"127.0.0.0/8\", \"::1\", \"198.51.0.0/16\", \"2001:db8::/32\" ];\nlog_level = \"debug\";\n",
+};
+#define N_RELOAD_VARIANTS (sizeof(reload_variants) / sizeof(reload_variants[0]))
+
+/* write_config: D's configuration for S, with the reload variant V. As a service the listener
+ * is PID 1's (on port); else a plain one on D's port (the harness's readiness probe), and
+ * behind a balancer the PROXY ones on port, for the clients. */
+static void write_config(Hellod *d, const Setup *s, size_t v) {
+        const char *variant = reload_variants[v % N_RELOAD_VARIANTS];
+
+        if (as_service() && s->proxy)
+                hellod_write_config(d,
+                                    "listen = ( { address = \"127.0.0.1:%u\"; proxy_protocol = true; } );\n"
+                                    "proxy_from = [ \"127.0.0.1\" ];\n" CONFIG "handover = \"%s\";\n%s",
+                                    (unsigned) port, IDLE_TIMEOUT, s->max_line, s->prefix, s->suffix,
+                                    stored ? "always" : "restart", variant);
+        else if (as_service())
+                hellod_write_config(d, CONFIG "handover = \"%s\";\n%s", IDLE_TIMEOUT, s->max_line, s->prefix, s->suffix,
+                                    stored ? "always" : "restart", variant);
+        else if (s->proxy)
+                hellod_write_config(d,
+                                    "listen = ( \"127.0.0.1:%u\", { address = \"127.0.0.1:%u\"; proxy_protocol = true; },\n"
+                                    "           { address = \"[::1]:%u\"; proxy_protocol = true; } );\n"
+                                    "proxy_from = [ \"127.0.0.1\", \"::1\" ];\n" CONFIG "%s",
+                                    (unsigned) d->port, (unsigned) port, (unsigned) port, IDLE_TIMEOUT, s->max_line,
+                                    s->prefix, s->suffix, variant);
+        else
+                hellod_write_config_std(d, CONFIG "%s", IDLE_TIMEOUT, s->max_line, s->prefix, s->suffix, variant);
+}
+
+/* reloads_verdict: every reload applied, none failed. */
+static void reloads_verdict(Hellod *d, const Setup *s, unsigned n) {
+        char *err = hellod_stderr(d);
+        unsigned applied = 0;
+
+        for (const char *at = strstr(err, "configuration reloaded from"); at; at = strstr(at + 1, "configuration reloaded from"))
+                applied++;
+        bool failed = strstr(err, "reload failed") != NULL;
+        free(err);
+        /* SIGHUPs that come during a reload make one more, not one each. */
+        verdict(n > 0 && applied > 0 && applied <= n && !failed, "%s: %u reloads asked for, %u applied%s", s->name, n,
+                applied, failed ? ", one failed" : "");
+}
+
 static void run_setup(const Setup *s, unsigned seconds) {
         pthread_t threads[CLIENT_THREADS];
         uint64_t before = atomic_load(&n_sessions), failed_before = atomic_load(&n_failures);
@@ -693,33 +753,16 @@ static void run_setup(const Setup *s, unsigned seconds) {
                 d = hellod_new();
                 store_start(&st, d->dir);
                 listener = store_listener(&port);
-                if (s->proxy) /* PID 1's listener, a PROXY listener by its address */
-                        hellod_write_config(d,
-                                            "listen = ( { address = \"127.0.0.1:%u\"; proxy_protocol = true; } );\n"
-                                            "proxy_from = [ \"127.0.0.1\" ];\n" CONFIG "handover = \"%s\";\n",
-                                            (unsigned) port, IDLE_TIMEOUT, s->max_line, s->prefix, s->suffix,
-                                            stored ? "always" : "restart");
-                else
-                        hellod_write_config(d, CONFIG "handover = \"%s\";\n", IDLE_TIMEOUT, s->max_line, s->prefix,
-                                            s->suffix, stored ? "always" : "restart");
+                write_config(d, s, 0);
                 store_start_hellod(d, &st, listener);
                 store_wait_ready(d, &st, 1); /* counted before the first restart counts on */
                 hellod_wait_stderr(d, "started");
-        } else if (s->proxy) {
-                /* A plain listener for the harness's readiness probe, the PROXY one for the clients. */
+        } else {
                 d = hellod_new();
-                port = harness_pick_port();
-                hellod_write_config(d,
-                                    "listen = ( \"127.0.0.1:%u\", { address = \"127.0.0.1:%u\"; proxy_protocol = true; },\n"
-                                    "           { address = \"[::1]:%u\"; proxy_protocol = true; } );\n"
-                                    "proxy_from = [ \"127.0.0.1\", \"::1\" ];\n" CONFIG,
-                                    (unsigned) d->port, (unsigned) port, (unsigned) port, IDLE_TIMEOUT, s->max_line,
-                                    s->prefix, s->suffix);
+                port = s->proxy ? harness_pick_port() : d->port;
+                write_config(d, s, 0);
                 hellod_spawn(d, NULL);
                 hellod_wait_ready(d);
-        } else {
-                d = hellod_start(CONFIG, IDLE_TIMEOUT, s->max_line, s->prefix, s->suffix);
-                port = d->port;
         }
         harness_sleep_ms(100); /* hellod_start's readiness probe: its connection is gone */
         int fds_before = hellod_fd_count(d);
@@ -728,10 +771,16 @@ static void run_setup(const Setup *s, unsigned seconds) {
                 if (pthread_create(&threads[i], NULL, load_thread, NULL) != 0)
                         fail_hard("cannot start a client thread");
         Rng rng = { base_seed ^ (uint64_t) (s - setups) };
-        unsigned n_restarts = 0, n_unclean = 0;
+        unsigned n_restarts = 0, n_unclean = 0, n_reloads = 0;
         int64_t next_restart = now_ms() + RESTART_MIN_MS + (int64_t) rng_below(&rng, RESTART_MAX_MS - RESTART_MIN_MS);
+        int64_t next_reload = now_ms() + RELOAD_MIN_MS + (int64_t) rng_below(&rng, RELOAD_MAX_MS - RELOAD_MIN_MS);
         for (int64_t end = now_ms() + (int64_t) seconds * 1000; now_ms() < end && hellod_alive(d);) {
-                harness_sleep_ms(restarts ? 10 : 100);
+                harness_sleep_ms(restarts || reloads ? 10 : 100);
+                if (reloads && now_ms() >= next_reload) {
+                        write_config(d, s, ++n_reloads);
+                        hellod_signal(d, SIGHUP);
+                        next_reload = now_ms() + RELOAD_MIN_MS + (int64_t) rng_below(&rng, RELOAD_MAX_MS - RELOAD_MIN_MS);
+                }
                 if (!restarts || now_ms() < next_restart)
                         continue;
                 int status = hellod_stop(d); /* SIGTERM: it hands over, as systemctl restart has it */
@@ -760,6 +809,8 @@ static void run_setup(const Setup *s, unsigned seconds) {
                 sessions, failed);
         if (restarts)
                 restarts_verdict(d, s, n_restarts, n_unclean);
+        if (reloads)
+                reloads_verdict(d, s, n_reloads);
         bool alive = hellod_alive(d);
         verdict(alive, "%s: the daemon is still running", s->name);
         if (!alive) {
@@ -840,6 +891,8 @@ int main(int argc, char **argv) {
                         stored = true;
                 else if (strcmp(argv[i], "--restarts") == 0)
                         restarts = true;
+                else if (strcmp(argv[i], "--reloads") == 0)
+                        reloads = true;
                 else if (strcmp(argv[i], "--hellod") == 0 && i + 1 < argc)
                         bin = argv[++i];
                 else if (strcmp(argv[i], "--replay") == 0 && i + 1 < argc && parse_u64(argv[i + 1], &replay_seed) &&
@@ -849,7 +902,7 @@ int main(int argc, char **argv) {
                         only_setup = (long) (setup_arg < N_SETUPS ? setup_arg : N_SETUPS), i++;
                 else {
                         fprintf(stderr, "usage: driver [--seconds N] [--seed N] [--hellod PATH] "
-                                        "[--replay SESSION-SEED --setup I] [--stored] [--restarts]\n");
+                                        "[--replay SESSION-SEED --setup I] [--stored] [--restarts] [--reloads]\n");
                         return 2;
                 }
         }
@@ -871,9 +924,10 @@ int main(int argc, char **argv) {
         long_prefix[sizeof(long_prefix) - 1 - strlen("{name}")] = '\0';
 
         const char *extra = getenv("HELLOD_TEST_CONF_EXTRA");
-        printf("driver: seed %" PRIu64 ", %u s, %d client threads, worker model: %s%s%s\n", base_seed, seconds,
+        printf("driver: seed %" PRIu64 ", %u s, %d client threads, worker model: %s%s%s%s\n", base_seed, seconds,
                CLIENT_THREADS, extra && *extra ? extra : "the default", stored ? ", stored sessions" : "",
-               restarts ? ", restarted every " STR(RESTART_MIN_MS) "-" STR(RESTART_MAX_MS) " ms" : "");
+               restarts ? ", restarted every " STR(RESTART_MIN_MS) "-" STR(RESTART_MAX_MS) " ms" : "",
+               reloads ? ", reloaded every " STR(RELOAD_MIN_MS) "-" STR(RELOAD_MAX_MS) " ms" : "");
         fflush(stdout);
         for (size_t i = 0; i < N_SETUPS; i++)
                 if (only_setup < 0 || (size_t) only_setup == i)
