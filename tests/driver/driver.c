@@ -29,8 +29,9 @@
  * conversation over to the next (docs/zero-downtime.md) at whatever point it has reached, and
  * the clients, who see none of it, still check every byte against the model: nothing lost,
  * nothing doubled, no second greeting. With --reloads the test rewrites the configuration every
- * RELOAD_MIN_MS to RELOAD_MAX_MS (log level, per-source limits, access lists: reload_variants)
- * and sends SIGHUP, and every reload must apply while no client notices.
+ * RELOAD_MIN_MS to RELOAD_MAX_MS (log level, per-source limits, access lists: reload_variants;
+ * a listener added and removed) and sends SIGHUP, and every reload must apply while no client
+ * notices.
  *
  * A burst must be answered without waiting for any timeout: idle_timeout is far above any
  * pause a client makes, so a session that stalls in the daemon shows as `ERR idle timeout`
@@ -137,6 +138,7 @@ static char failures[FAILURES_KEPT][1024];
 
 static atomic_bool stop_load;
 static uint16_t port;       /* where the clients connect: the PROXY listener's with Setup.proxy */
+static uint16_t spare_port; /* --reloads: a listener that comes and goes */
 static const Setup *setup;
 static uint64_t base_seed;
 static uint64_t replay_seed; /* --replay: every session runs this plan; 0: none */
@@ -700,30 +702,32 @@ static const char *const reload_variants[] = {
 };
 #define N_RELOAD_VARIANTS (sizeof(reload_variants) / sizeof(reload_variants[0]))
 
-/* write_config: D's configuration for S, with the reload variant V. As a service the listener
- * is PID 1's (on port); else a plain one on D's port (the harness's readiness probe), and
- * behind a balancer the PROXY ones on port, for the clients. */
+/* write_config: D's configuration for S, with the reload variant V; the odd ones listen on
+ * spare_port as well, so that the reloads add and remove a listener (the clients never use
+ * it). As a service the clients' listener is PID 1's (on port); else a plain one on D's port
+ * (the harness's readiness probe), and behind a balancer PROXY ones on port, for the clients. */
 static void write_config(Hellod *d, const Setup *s, size_t v) {
         const char *variant = reload_variants[v % N_RELOAD_VARIANTS];
+        char spare[64] = "";
 
-        if (as_service() && s->proxy)
-                hellod_write_config(d,
-                                    "listen = ( { address = \"127.0.0.1:%u\"; proxy_protocol = true; } );\n"
-                                    "proxy_from = [ \"127.0.0.1\" ];\n" CONFIG "handover = \"%s\";\n%s",
-                                    (unsigned) port, IDLE_TIMEOUT, s->max_line, s->prefix, s->suffix,
-                                    stored ? "always" : "restart", variant);
-        else if (as_service())
-                hellod_write_config(d, CONFIG "handover = \"%s\";\n%s", IDLE_TIMEOUT, s->max_line, s->prefix, s->suffix,
-                                    stored ? "always" : "restart", variant);
+        if (v % 2 == 1)
+                snprintf(spare, sizeof(spare), ", \"127.0.0.1:%u\"", (unsigned) spare_port);
+        if (as_service())
+                hellod_write_config(d, "listen = ( { address = \"127.0.0.1:%u\"; proxy_protocol = %s; }%s );\n%s" CONFIG
+                                    "handover = \"%s\";\n%s",
+                                    (unsigned) port, s->proxy ? "true" : "false", spare,
+                                    s->proxy ? "proxy_from = [ \"127.0.0.1\" ];\n" : "", IDLE_TIMEOUT, s->max_line,
+                                    s->prefix, s->suffix, stored ? "always" : "restart", variant);
         else if (s->proxy)
                 hellod_write_config(d,
                                     "listen = ( \"127.0.0.1:%u\", { address = \"127.0.0.1:%u\"; proxy_protocol = true; },\n"
-                                    "           { address = \"[::1]:%u\"; proxy_protocol = true; } );\n"
+                                    "           { address = \"[::1]:%u\"; proxy_protocol = true; }%s );\n"
                                     "proxy_from = [ \"127.0.0.1\", \"::1\" ];\n" CONFIG "%s",
-                                    (unsigned) d->port, (unsigned) port, (unsigned) port, IDLE_TIMEOUT, s->max_line,
-                                    s->prefix, s->suffix, variant);
+                                    (unsigned) d->port, (unsigned) port, (unsigned) port, spare, IDLE_TIMEOUT,
+                                    s->max_line, s->prefix, s->suffix, variant);
         else
-                hellod_write_config_std(d, CONFIG "%s", IDLE_TIMEOUT, s->max_line, s->prefix, s->suffix, variant);
+                hellod_write_config(d, "listen = ( \"127.0.0.1:%u\", \"[::1]:%u\"%s );\n" CONFIG "%s", (unsigned) port,
+                                    (unsigned) port, spare, IDLE_TIMEOUT, s->max_line, s->prefix, s->suffix, variant);
 }
 
 /* reloads_verdict: every reload applied, none failed. */
@@ -753,6 +757,7 @@ static void run_setup(const Setup *s, unsigned seconds) {
                 d = hellod_new();
                 store_start(&st, d->dir);
                 listener = store_listener(&port);
+                spare_port = harness_pick_port();
                 write_config(d, s, 0);
                 store_start_hellod(d, &st, listener);
                 store_wait_ready(d, &st, 1); /* counted before the first restart counts on */
@@ -760,6 +765,7 @@ static void run_setup(const Setup *s, unsigned seconds) {
         } else {
                 d = hellod_new();
                 port = s->proxy ? harness_pick_port() : d->port;
+                spare_port = harness_pick_port();
                 write_config(d, s, 0);
                 hellod_spawn(d, NULL);
                 hellod_wait_ready(d);
@@ -823,6 +829,7 @@ static void run_setup(const Setup *s, unsigned seconds) {
         /* Every session has ended on the client's side; the daemon's lingering closes end
          * within a second. */
         int fds = hellod_fd_count(d);
+        fds_before += (int) (n_reloads % 2); /* the spare listener, in the odd variants */
         for (int64_t end = now_ms() + 5000; fds > fds_before && now_ms() < end; fds = hellod_fd_count(d))
                 harness_sleep_ms(50);
         verdict(fds <= fds_before, "%s: descriptors back to %d (now %d)", s->name, fds_before, fds);
