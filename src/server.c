@@ -1261,14 +1261,25 @@ static void resume_records(Server *s, InheritedStore *store, ResumeCounts *c) {
         free(data);
 }
 
-/* drop_unwritten_state: an empty state is the place a previous process kept for its records
- * and never filled (it crashed, or ended during its hand-over): no state, a crash. */
-static void drop_unwritten_state(InheritedStore *store) {
+/* state_unwritten: FD is the place a previous process kept for its records and never filled
+ * (it crashed, or ended during its hand-over): empty, or not sealed against writes, which the
+ * writer does last (handoff_memfd_fill()): a crash while it wrote leaves part of the records. */
+static bool state_unwritten(int fd) {
         struct stat st;
 
-        if (store->state_fd < 0 || fstat(store->state_fd, &st) < 0 || st.st_size != 0)
+        if (fstat(fd, &st) < 0)
+                return false;
+        if (st.st_size == 0)
+                return true;
+        int seals = fcntl(fd, F_GET_SEALS);
+        return seals >= 0 && !(seals & F_SEAL_WRITE); /* not a memfd (-1): read it as it is */
+}
+
+/* drop_unwritten_state: an unwritten state is no state: a crash. */
+static void drop_unwritten_state(InheritedStore *store) {
+        if (store->state_fd < 0 || !state_unwritten(store->state_fd))
                 return;
-        log_debug("the previous process wrote no state (it ended without a hand-over)");
+        log_debug("the previous process left its state unwritten (it ended without finishing a hand-over)");
         close(store->state_fd);
         store->state_fd = -1;
         (void) notify_fdstore_remove(HANDOVER_FDNAME_STATE);

@@ -159,6 +159,19 @@ unsigned store_count(Store *st, const char *prefix) {
         return n;
 }
 
+int store_dup(Store *st, const char *name) {
+        int fd = -1;
+
+        pthread_mutex_lock(&st->lock);
+        for (unsigned i = 0; i < st->n && fd < 0; i++)
+                if (strcmp(st->names[i], name) == 0)
+                        fd = fcntl(st->fds[i], F_DUPFD_CLOEXEC, 3);
+        pthread_mutex_unlock(&st->lock);
+        if (fd < 0)
+                harness_fail("the store holds no descriptor named %s", name);
+        return fd;
+}
+
 unsigned store_conns_added(Store *st) {
         pthread_mutex_lock(&st->lock);
         unsigned n = st->conns_added;

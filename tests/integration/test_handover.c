@@ -229,8 +229,11 @@ static void corrupt_state(const char *mode) {
                 ssize_t k = pread(r.st.fds[i], buf, sizeof(buf), 0);
                 cr_assert_gt(k, 40);
                 buf[13] ^= 0x40; /* in the header: nothing of the state can be trusted */
-                int copy = memfd_create("state-copy", MFD_CLOEXEC);
+                int copy = memfd_create("state-copy", MFD_CLOEXEC | MFD_ALLOW_SEALING);
                 cr_assert_eq(write(copy, buf, (size_t) k), k);
+                /* Sealed, as its writer leaves a state it finished (unsealed, it is one a crash
+                 * cut short: always_a_crash_while_the_state_is_written_is_a_crash). */
+                cr_assert_eq(fcntl(copy, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL), 0);
                 close(r.st.fds[i]);
                 r.st.fds[i] = copy;
         }
@@ -514,6 +517,36 @@ Test(handover, always_an_empty_state_is_a_crash, .timeout = 60) {
         /* The next state's place: stored after the old one was removed, and after the "resumed"
          * line (the conversations may be answered before it is). */
         store_wait(r.d, &r.st, "state", 1);
+        rig_end(&r);
+}
+
+/* handover = "always": a crash while the hand-over writes its records leaves the state's place
+ * written in part and not sealed (the writer seals it last, handoff_memfd_fill()). That is a
+ * crash too, not a state refused: the stored conversations go on from their next line. They
+ * used to be closed, the part-written state refused as corrupt. */
+Test(handover, always_a_crash_while_the_state_is_written_is_a_crash, .timeout = 60) {
+        static const char part[] = "hellodST\x01\x00"; /* the state's magic (handover.h), its version */
+        Rig r;
+        int fds[3];
+
+        rig_start(&r);
+        rig_serve(&r, "workers = 1;\nio_backend = \"epoll\";\nhandover = \"always\";\nlog_level = \"info\";\n");
+        greeted_clients(r.port, fds, 3);
+        store_wait(r.d, &r.st, "c", 3);
+        store_wait(r.d, &r.st, "state", 1);
+        hellod_signal(r.d, SIGKILL);
+        (void) hellod_wait_exit(r.d, HARNESS_TIMEOUT_MS);
+
+        harness_step("the state's place as a crash in the middle of its writing leaves it");
+        int state = store_dup(&r.st, "state");
+        cr_assert_eq(pwrite(state, part, sizeof(part) - 1, 0), (ssize_t) (sizeof(part) - 1), "pwrite: %s", strerror(errno));
+        close(state);
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "resumed 3 conversations kept in the store");
+        for (int i = 0; i < 3; i++) {
+                client_hello(fds[i], "again");
+                client_close(fds[i]);
+        }
         rig_end(&r);
 }
 
