@@ -174,8 +174,8 @@ const HandoverRecord *handoff_lingering_at(HandoffLingering *l, uint64_t now, ui
         return &l->rec;
 }
 
-/* restore: the buffers and state of REC into the new session S. */
-static int restore(Session *s, const HandoverRecord *rec, uint64_t now, const char **reason) {
+/* restore: the buffers and state of REC into the new session S, GAP_USEC after it was written. */
+static int restore(Session *s, const HandoverRecord *rec, uint64_t now, uint64_t gap_usec, const char **reason) {
         if (proto_resume(&s->proto, (const char *) rec->pending, rec->pending_len, rec->lines, rec->messages,
                          (ProtoEnd) rec->end) < 0) {
                 *reason = "cannot restore the pending line";
@@ -200,7 +200,9 @@ static int restore(Session *s, const HandoverRecord *rec, uint64_t now, const ch
         if (s->lingering)
                 s->in_len = rec->discarded;
         s->want_write = rec->output_len > 0;
-        s->started_usec = now > rec->age_usec ? now - rec->age_usec : 0;
+        /* Its age counts the gap: the client lived through it. */
+        uint64_t age = rec->age_usec + gap_usec < rec->age_usec ? UINT64_MAX : rec->age_usec + gap_usec;
+        s->started_usec = now > age ? now - age : 0;
         /* The gap is not the client's idleness: what was left of its deadline starts now. */
         s->timer.at = rec->deadline_left_usec == HANDOVER_NO_DEADLINE ? SESSION_NO_DEADLINE
                                                                        : now + rec->deadline_left_usec;
@@ -208,7 +210,7 @@ static int restore(Session *s, const HandoverRecord *rec, uint64_t now, const ch
         return 0;
 }
 
-int handoff_session(const HandoverRecord *rec, int fd, Conf *conf, uint64_t now, Session **ret,
+int handoff_session(const HandoverRecord *rec, int fd, Conf *conf, uint64_t now, uint64_t gap_usec, Session **ret,
                     const char **reason) {
         char listen[ADDR_STR_MAX];
         Session *s;
@@ -221,7 +223,7 @@ int handoff_session(const HandoverRecord *rec, int fd, Conf *conf, uint64_t now,
                 return r;
         }
         s->id = rec->id;
-        r = restore(s, rec, now, reason);
+        r = restore(s, rec, now, gap_usec, reason);
         if (r < 0) {
                 if (r == -ENOMEM)
                         *reason = "out of memory";

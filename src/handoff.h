@@ -46,9 +46,10 @@ HandoffLingering *handoff_lingering_new(const Session *s);
 const HandoverRecord *handoff_lingering_at(HandoffLingering *l, uint64_t now, uint64_t deadline, size_t discarded);
 
 /* handoff_session: the session REC describes, on the connection FD, under CONF: no greeting,
- * the protocol's state, the kept input and output, the deadline from NOW. Takes FD (closed on
- * failure, with a static *REASON). Returns 0 or a negative errno. */
-int handoff_session(const HandoverRecord *rec, int fd, Conf *conf, uint64_t now, Session **ret,
+ * the protocol's state, the kept input and output, the deadline from NOW; GAP_USEC the time
+ * between the processes, which the session's age counts. Takes FD (closed on failure, with a
+ * static *REASON). Returns 0 or a negative errno. */
+int handoff_session(const HandoverRecord *rec, int fd, Conf *conf, uint64_t now, uint64_t gap_usec, Session **ret,
                     const char **reason);
 
 /* handoff_session_fresh: a session for a connection whose state is lost (a crash): the

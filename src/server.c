@@ -1248,7 +1248,7 @@ static void resume_records(Server *s, InheritedStore *store, ResumeCounts *c) {
                         c->gone++; /* the client left during the gap; PID 1 dropped it */
                         continue;
                 }
-                if (handoff_session(&rec, fd, s->conf, now, &session, &reason) < 0) {
+                if (handoff_session(&rec, fd, s->conf, now, c->gap_usec, &session, &reason) < 0) {
                         log_warning("cannot resume connection %" PRIu64 ": %s, closing it", rec.id, reason);
                         (void) notify_fdstore_remove(handover_fdname_conn(rec.id, err, sizeof(err)));
                         c->refused++;

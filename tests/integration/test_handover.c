@@ -550,6 +550,34 @@ Test(handover, always_a_crash_while_the_state_is_written_is_a_crash, .timeout = 
         rig_end(&r);
 }
 
+/* A resumed conversation's age (its close line's duration, HELLOD_DURATION_USEC) counts the
+ * gap between the processes, as the client lived through it: it used to be left out (a
+ * conversation of 1.5 s and more was logged as 0.04 s). */
+Test(handover, the_age_of_a_resumed_conversation_counts_the_gap, .timeout = 60) {
+        Rig r;
+        double seconds = 0;
+
+        rig_start(&r);
+        rig_serve(&r, "workers = 1;\nio_backend = \"epoll\";\nlog_level = \"info\";\n");
+        int fd = client_connect(r.port);
+        client_expect_str(fd, HELLOD_GREETING);
+        stop_and_wait(r.d);
+        harness_sleep_ms(1500); /* the gap */
+        cr_assert_eq(truncate(r.d->stderr_path, 0), 0);
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "resumed 1 conversation handed over");
+        client_send_str(fd, "exit\n");
+        client_expect_eof(fd, false);
+        client_close(fd);
+        hellod_wait_stderr(r.d, "closed: exit");
+        char *err = hellod_stderr(r.d);
+        const char *at = strstr(err, "closed: exit, 0 lines, ");
+        cr_assert(at && sscanf(at, "closed: exit, 0 lines, %lf s", &seconds) == 1, "no duration in: %s", err);
+        free(err);
+        cr_expect_geq(seconds, 1.5, "a conversation of at least 1.5 s was logged as %.3f s", seconds);
+        rig_end(&r);
+}
+
 /* stored_client: hellod started with CONFIG, then EXTRA, and handover = "always"; returns a
  * greeted client it has stored. */
 static int stored_client(Rig *r, const char *config, const char *extra) {
