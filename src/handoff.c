@@ -107,8 +107,7 @@ HandoverLimits handoff_limits(const Conf *conf) {
 }
 
 /* peer_of: the client the session was admitted as: behind a balancer, the one its PROXY
- * header named, not the socket's peer. (The balancer itself is not recorded: after a resume
- * the journal names the client alone.) */
+ * header named, not the socket's peer (the balancer: HANDOVER_VIA_BALANCER, restore_balancer()). */
 static struct sockaddr_storage peer_of(const Session *s) {
         struct sockaddr_storage peer = s->peer_addr;
         socklen_t len = sizeof(peer);
@@ -125,7 +124,8 @@ void handoff_record(const Session *s, uint64_t now, HandoverRecord *rec) {
                 .framing = s->conf->framing,
                 .end = (int) s->proto.end,
                 .flags = (s->lingering ? HANDOVER_LINGERING : 0u) | (s->want_write ? HANDOVER_WANT_WRITE : 0u) |
-                         (s->close_logged ? HANDOVER_LOGGED : 0u),
+                         (s->close_logged ? HANDOVER_LOGGED : 0u) | (s->balancer[0] ? HANDOVER_VIA_BALANCER : 0u) |
+                         (s->proxy_local ? HANDOVER_BALANCER_OWN : 0u),
                 .peer = peer_of(s),
                 .age_usec = now - s->started_usec,
                 .deadline_left_usec = s->timer.at == SESSION_NO_DEADLINE ? HANDOVER_NO_DEADLINE
@@ -174,6 +174,18 @@ const HandoverRecord *handoff_lingering_at(HandoffLingering *l, uint64_t now, ui
         return &l->rec;
 }
 
+/* restore_balancer: behind a balancer (REC's flags), S's balancer is its socket's peer. */
+static void restore_balancer(Session *s, const HandoverRecord *rec) {
+        struct sockaddr_storage peer;
+        socklen_t len = sizeof(peer);
+
+        if (!(rec->flags & HANDOVER_VIA_BALANCER))
+                return;
+        if (getpeername(s->fd, (struct sockaddr *) &peer, &len) == 0) /* else gone: nothing to wait for */
+                addr_format((const struct sockaddr *) &peer, s->balancer, sizeof(s->balancer));
+        s->proxy_local = rec->flags & HANDOVER_BALANCER_OWN;
+}
+
 /* restore: the buffers and state of REC into the new session S, GAP_USEC after it was written. */
 static int restore(Session *s, const HandoverRecord *rec, uint64_t now, uint64_t gap_usec, const char **reason) {
         if (proto_resume(&s->proto, (const char *) rec->pending, rec->pending_len, rec->lines, rec->messages,
@@ -195,6 +207,7 @@ static int restore(Session *s, const HandoverRecord *rec, uint64_t now, uint64_t
                 memcpy(s->out.data, rec->output, rec->output_len);
                 s->out.len = rec->output_len;
         }
+        restore_balancer(s, rec);
         s->lingering = rec->flags & HANDOVER_LINGERING;
         s->close_logged = rec->flags & HANDOVER_LOGGED;
         if (s->lingering)

@@ -359,6 +359,8 @@ static const char *check_state(const HandoverRecord *rec, const HandoverLimits *
                 return "waiting to write with no output";
         if ((rec->flags & HANDOVER_LOGGED) && !lingering)
                 return "logged as closed but not lingering";
+        if ((rec->flags & HANDOVER_BALANCER_OWN) && !(rec->flags & HANDOVER_VIA_BALANCER))
+                return "a balancer's own connection not through a balancer";
         if (lingering && (rec->end == PROTO_END_NONE || rec->end == PROTO_END_EOF || rec->end == PROTO_END_SHUTDOWN))
                 return "lingering after an end that does not linger";
         if (lingering && (rec->pending_len || rec->input_len || rec->output_len))

@@ -54,7 +54,13 @@ typedef enum HandoverFlags {
          * the conversation ends, before its socket lingers (a hellod before this flag refuses
          * the record and closes that lingering socket) */
         HANDOVER_LOGGED = 1u << 2,
-        _HANDOVER_FLAGS_ALL = HANDOVER_LINGERING | HANDOVER_WANT_WRITE | HANDOVER_LOGGED,
+        /* through a load balancer (a PROXY listener): the socket's peer is the balancer, the
+         * record's peer the client its header named (a hellod before these two flags refuses
+         * the record and closes the connection) */
+        HANDOVER_VIA_BALANCER = 1u << 3,
+        HANDOVER_BALANCER_OWN = 1u << 4, /* the balancer's own connection (PROXY LOCAL): a health check */
+        _HANDOVER_FLAGS_ALL = HANDOVER_LINGERING | HANDOVER_WANT_WRITE | HANDOVER_LOGGED | HANDOVER_VIA_BALANCER |
+                              HANDOVER_BALANCER_OWN,
 } HandoverFlags;
 
 /* HandoverRecord: one live session. The byte strings point into the caller's memory: the

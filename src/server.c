@@ -1158,7 +1158,8 @@ static void adopt_session(Server *s, Session *session) {
         (void) fcntl(session->fd, F_SETFD, FD_CLOEXEC);
         pthread_mutex_lock(&s->lock);
         ip_key_mask(&session->ip, s->conf->per_ip_ipv4_prefix, s->conf->per_ip_ipv6_prefix);
-        session->counted = iptable_inc(s->ips, &session->ip) == 0;
+        /* A balancer's own connection counts against no source, as in the process before. */
+        session->counted = !session->proxy_local && iptable_inc(s->ips, &session->ip) == 0;
         if (session->id == 0)
                 session->id = ++s->next_id;
         else if (session->id > s->next_id)

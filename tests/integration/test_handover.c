@@ -578,6 +578,55 @@ Test(handover, the_age_of_a_resumed_conversation_counts_the_gap, .timeout = 60) 
         rig_end(&r);
 }
 
+/* Behind a balancer a resumed conversation is still the balancer's connection. The record used
+ * to forget it: after a restart a close line named the client without "via" the balancer, a
+ * health check's connection (PROXY LOCAL) counted against the balancer's address for
+ * max_connections_per_ip (and was logged at info level), and the close after exit no longer
+ * waited for the balancer's acknowledgements (session.c, asked_to_end). */
+Test(handover, a_resumed_balancer_connection_stays_the_balancers, .timeout = 60) {
+        static const unsigned char local[16] = { 0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51,
+                                                 0x55, 0x49, 0x54, 0x0a, 0x20, 0x00, 0x00, 0x00 };
+        Rig r;
+
+        rig_start(&r);
+        rig_serve(&r,
+                  "listen = ( { address = \"127.0.0.1:%u\"; proxy_protocol = true; } );\n"
+                  "proxy_from = [ \"127.0.0.1\" ];\nmax_connections_per_ip = 1;\nlog_level = \"info\";\n"
+                  "workers = 1;\nio_backend = \"epoll\";\n",
+                  (unsigned) r.port);
+        int client = client_connect(r.port);
+        client_send_str(client, "PROXY TCP4 192.0.2.7 127.0.0.1 40000 9999\r\n");
+        client_expect_str(client, HELLOD_GREETING);
+        int check = client_connect(r.port); /* the balancer's own: it speaks for itself */
+        client_send(check, local, sizeof(local));
+        client_expect_str(check, HELLOD_GREETING);
+        stop_and_wait(r.d);
+        cr_assert_eq(truncate(r.d->stderr_path, 0), 0);
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "resumed 2 conversations handed over");
+
+        harness_step("a client the balancer names by its own address: the health check holds no slot of it");
+        int same = client_connect(r.port);
+        client_send_str(same, "PROXY TCP4 127.0.0.1 127.0.0.1 40001 9999\r\n");
+        client_expect_str(same, HELLOD_GREETING);
+        client_hello(same, "balancer");
+        client_close(same);
+
+        harness_step("the resumed conversations end");
+        client_hello(client, "again");
+        client_send_str(client, "exit\n");
+        client_expect_eof(client, false);
+        client_close(client);
+        client_send_str(check, "exit\n");
+        client_expect_eof(check, false);
+        client_close(check);
+        hellod_wait_stderr(r.d, "from 192.0.2.7:40000 via 127.0.0.1:");
+        stop_and_wait(r.d);
+        /* At info level: the client's and the new one's close lines, not the health check's. */
+        cr_expect_eq(hellod_count_in_stderr(r.d, " closed: "), 2, "close lines at info level");
+        store_end_rig(r.d, &r.st, r.listener);
+}
+
 /* stored_client: hellod started with CONFIG, then EXTRA, and handover = "always"; returns a
  * greeted client it has stored. */
 static int stored_client(Rig *r, const char *config, const char *extra) {

@@ -96,6 +96,8 @@ static HandoverRecord random_record(Strings *s) {
         rec.output = s->output;
         if (rec.output_len > 0 && (rnd() & 1))
                 rec.flags = HANDOVER_WANT_WRITE;
+        if (rnd_below(3) == 0) /* behind a balancer; sometimes its own connection */
+                rec.flags |= HANDOVER_VIA_BALANCER | (rnd() & 1 ? HANDOVER_BALANCER_OWN : 0u);
         return rec;
 }
 
@@ -391,6 +393,9 @@ static void want_write_without_output(HandoverRecord *r) {
 static void logged_not_lingering(HandoverRecord *r) {
         r->flags = HANDOVER_LOGGED;
 }
+static void balancer_own_not_via_a_balancer(HandoverRecord *r) {
+        r->flags = HANDOVER_BALANCER_OWN;
+}
 static void empty_listen(HandoverRecord *r) {
         r->listen_len = 0;
 }
@@ -423,6 +428,7 @@ Test(hostile, fields_a_live_session_cannot_have) {
         expect_hostile(lingering_with_pending, &LIMITS, "data still to handle");
         expect_hostile(want_write_without_output, &LIMITS, "no output");
         expect_hostile(logged_not_lingering, &LIMITS, "not lingering");
+        expect_hostile(balancer_own_not_via_a_balancer, &LIMITS, "not through a balancer");
         expect_hostile(empty_listen, &LIMITS, "listener name");
         expect_hostile(unprintable_listen, &LIMITS, "listener name");
         expect_hostile(long_listen, &LIMITS, "listener name");
@@ -458,7 +464,7 @@ Test(hostile, raw_fields_out_of_range) {
         } cases[] = {
                 { 16, 2, "chunk framing" },       /* framing 2 is neither, so not the configured one */
                 { 17, _PROTO_END_LAST + 1, "unknown end reason" }, /* end past the last ProtoEnd */
-                { 18, 8, "unknown flags" },       /* flag bit 3 */
+                { 18, 32, "unknown flags" },      /* flag bit 5 */
                 { 19, 5, "neither IPv4 nor IPv6" }, /* family */
                 { 26, 1, "stray bytes" },         /* IPv4 address byte 5 */
         };
