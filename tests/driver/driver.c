@@ -42,6 +42,7 @@
  * "driver checks: P passed, F failed"; exit status 1 on any failure. */
 #include <errno.h>
 #include <inttypes.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -730,8 +731,27 @@ static void write_config(Hellod *d, const Setup *s, size_t v) {
                                     (unsigned) port, spare, IDLE_TIMEOUT, s->max_line, s->prefix, s->suffix, variant);
 }
 
-/* reloads_verdict: every reload applied, none failed. */
+/* spare_listening: whether something accepts on 127.0.0.1:spare_port. */
+static bool spare_listening(void) {
+        struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons(spare_port),
+                                    .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        bool ok = fd >= 0 && connect(fd, (const struct sockaddr *) &addr, sizeof(addr)) == 0;
+
+        if (fd >= 0)
+                close(fd);
+        return ok;
+}
+
+/* reloads_verdict: every reload applied, none failed, and the last one's listeners in place:
+ * the spare one after an odd count of reloads (a SIGHUP during a reload makes one more
+ * reload, which reads the last file). */
 static void reloads_verdict(Hellod *d, const Setup *s, unsigned n) {
+        bool want = n % 2 == 1, spare = spare_listening();
+        for (int64_t end = now_ms() + 5000; spare != want && now_ms() < end; spare = spare_listening())
+                harness_sleep_ms(50);
+        verdict(spare == want, "%s: the spare listener %s after %u reloads", s->name,
+                spare ? "accepts" : "is closed", n);
         char *err = hellod_stderr(d);
         unsigned applied = 0;
 
