@@ -82,6 +82,7 @@ struct Server {
         unsigned slots;
         bool queue_overload; /* atomic: the current Conf's overload is "queue" */
         HandoverBuf handover;   /* under lock: the records of the sessions handed over */
+        uint64_t handover_usec; /* under lock: when the state's header was stamped (now_usec()) */
         int state_fd;           /* the state's place in systemd's store, stored empty; -1: none yet */
         Conf *started;          /* the configuration the process started with: its engine, its user */
         size_t n_handed, n_handed_failed; /* counted by the engine's threads (atomic), read once they are gone */
@@ -236,8 +237,13 @@ static void store_session(Server *s, Session *session) {
 static int hand_over_record(Server *s, const HandoverRecord *rec, int fd, bool stored) {
         char name[HANDOVER_FDNAME_MAX];
 
+        /* The next process adds the time since the header was stamped to each age: the record
+         * gives the age as of then, or the hand-over's own time would be counted twice. */
+        HandoverRecord at_header = *rec;
         pthread_mutex_lock(&s->lock);
-        int r = rec->peer.ss_family == AF_UNSPEC ? -ENOTCONN : handover_state_add(&s->handover, rec);
+        uint64_t since = now_usec() - s->handover_usec;
+        at_header.age_usec = rec->age_usec > since ? rec->age_usec - since : 0;
+        int r = rec->peer.ss_family == AF_UNSPEC ? -ENOTCONN : handover_state_add(&s->handover, &at_header);
         pthread_mutex_unlock(&s->lock);
         if (r == 0 && !stored)
                 r = notify_fdstore_add(fd, handover_fdname_conn(rec->id, name, sizeof(name)));
@@ -940,6 +946,7 @@ static int hand_over(Server *s) {
 
         pthread_mutex_lock(&s->lock);
         handoff_header(&header, s->next_id); /* nothing is accepted any more */
+        s->handover_usec = now_usec();
         r = handover_state_begin(&s->handover, &header);
         pthread_mutex_unlock(&s->lock);
         if (r >= 0)
@@ -1263,8 +1270,9 @@ static void resume_records(Server *s, InheritedStore *store, ResumeCounts *c) {
 }
 
 /* state_unwritten: FD is the place a previous process kept for its records and never filled
- * (it crashed, or ended during its hand-over): empty, or not sealed against writes, which the
- * writer does last (handoff_memfd_fill()): a crash while it wrote leaves part of the records. */
+ * (it crashed, or ended during its hand-over): empty, or a memfd that can still be sealed,
+ * which its writer does last (handoff_memfd_fill(): F_SEAL_SEAL among the seals): a crash
+ * while it wrote leaves part of the records. */
 static bool state_unwritten(int fd) {
         struct stat st;
 
@@ -1272,8 +1280,10 @@ static bool state_unwritten(int fd) {
                 return false;
         if (st.st_size == 0)
                 return true;
+        /* One that cannot be sealed (a disk file: -1; a memfd made without sealing, a tmpfs file:
+         * F_SEAL_SEAL alone) is read as it is. */
         int seals = fcntl(fd, F_GET_SEALS);
-        return seals >= 0 && !(seals & F_SEAL_WRITE); /* not a memfd (-1): read it as it is */
+        return seals >= 0 && !(seals & F_SEAL_SEAL);
 }
 
 /* drop_unwritten_state: an unwritten state is no state: a crash. */

@@ -82,6 +82,8 @@ static void check_record(const HandoverRecord *rec, const HandoverLimits *limits
         check(rec->framing == limits->framing, "framing %d accepted", (int) rec->framing);
         check(rec->end >= PROTO_END_NONE && rec->end <= _PROTO_END_LAST, "end %d", rec->end);
         check(rec->lines <= rec->messages, "lines over messages");
+        check(!(rec->flags & HANDOVER_BALANCER_OWN) || (rec->flags & HANDOVER_VIA_BALANCER),
+              "a balancer's own connection not through a balancer");
         check(rec->deadline_left_usec == HANDOVER_NO_DEADLINE ||
                       rec->deadline_left_usec <= (uint64_t) CONF_IDLE_TIMEOUT_MAX * 1000000u,
               "deadline %llu µs away", (unsigned long long) rec->deadline_left_usec);
