@@ -72,7 +72,7 @@ typedef struct HandoverRecord {
         int end;      /* a ProtoEnd: PROTO_END_NONE while the conversation goes on */
         unsigned flags; /* HandoverFlags */
         struct sockaddr_storage peer; /* AF_INET or AF_INET6: the client (PROXY header's if any) */
-        uint64_t age_usec;            /* since the connection was accepted */
+        uint64_t age_usec;            /* since the connection was accepted, as of the header's written_usec */
         uint64_t deadline_left_usec;  /* idle, write or linger deadline; HANDOVER_NO_DEADLINE */
         uint64_t lines, messages;     /* Proto's counters: lines <= messages */
         uint64_t conf_generation;     /* the writer's reload counter for the session's Conf */
