@@ -498,22 +498,33 @@ Test(handover, always_a_restart_before_the_proxy_header_closes_it_and_leaves_no_
  * hand-over fills it, so that a full store cannot refuse it then. A crash leaves it empty, and
  * an empty state is no state: the stored conversations go on from their next line (not closed
  * as for a state refused). */
-Test(handover, always_an_empty_state_is_a_crash, .timeout = 60) {
-        Rig r;
-        int fds[3];
+/* always_three_stored: R serves in the crash mode with three clients greeted (FDS), each
+ * stored, and the state's place in the store. */
+static void always_three_stored(Rig *r, int fds[3]) {
+        rig_start(r);
+        rig_serve(r, "workers = 1;\nio_backend = \"epoll\";\nhandover = \"always\";\nlog_level = \"info\";\n");
+        greeted_clients(r->port, fds, 3);
+        store_wait(r->d, &r->st, "c", 3);
+        store_wait(r->d, &r->st, "state", 1);
+}
 
-        rig_start(&r);
-        rig_serve(&r, "workers = 1;\nio_backend = \"epoll\";\nhandover = \"always\";\nlog_level = \"info\";\n");
-        greeted_clients(r.port, fds, 3);
-        store_wait(r.d, &r.st, "c", 3);
-        store_wait(r.d, &r.st, "state", 1);
-        rig_crash(&r);
-
-        hellod_wait_stderr(r.d, "resumed 3 conversations kept in the store");
+/* three_go_on: the three conversations of always_three_stored() went on in the next process
+ * (from their next line) and end. */
+static void three_go_on(Rig *r, int fds[3]) {
+        hellod_wait_stderr(r->d, "resumed 3 conversations kept in the store");
         for (int i = 0; i < 3; i++) {
                 client_hello(fds[i], "again");
                 client_close(fds[i]);
         }
+}
+
+Test(handover, always_an_empty_state_is_a_crash, .timeout = 60) {
+        Rig r;
+        int fds[3];
+
+        always_three_stored(&r, fds);
+        rig_crash(&r);
+        three_go_on(&r, fds);
         /* The next state's place: stored after the old one was removed, and after the "resumed"
          * line (the conversations may be answered before it is). */
         store_wait(r.d, &r.st, "state", 1);
@@ -529,11 +540,7 @@ Test(handover, always_a_crash_while_the_state_is_written_is_a_crash, .timeout = 
         Rig r;
         int fds[3];
 
-        rig_start(&r);
-        rig_serve(&r, "workers = 1;\nio_backend = \"epoll\";\nhandover = \"always\";\nlog_level = \"info\";\n");
-        greeted_clients(r.port, fds, 3);
-        store_wait(r.d, &r.st, "c", 3);
-        store_wait(r.d, &r.st, "state", 1);
+        always_three_stored(&r, fds);
         hellod_signal(r.d, SIGKILL);
         (void) hellod_wait_exit(r.d, HARNESS_TIMEOUT_MS);
 
@@ -542,11 +549,7 @@ Test(handover, always_a_crash_while_the_state_is_written_is_a_crash, .timeout = 
         cr_assert_eq(pwrite(state, part, sizeof(part) - 1, 0), (ssize_t) (sizeof(part) - 1), "pwrite: %s", strerror(errno));
         close(state);
         store_start_hellod(r.d, &r.st, r.listener);
-        hellod_wait_stderr(r.d, "resumed 3 conversations kept in the store");
-        for (int i = 0; i < 3; i++) {
-                client_hello(fds[i], "again");
-                client_close(fds[i]);
-        }
+        three_go_on(&r, fds);
         rig_end(&r);
 }
 
