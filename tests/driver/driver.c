@@ -344,7 +344,6 @@ static void append_exit(Plan *p, Rng *r) {
  * v2 PROXY over IPv4 or IPv6, or v2 LOCAL (a health check's: the connection stays the
  * balancer's). */
 static void append_proxy_header(Plan *p, Rng *r) {
-        static const unsigned char sig[12] = { 0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a };
         unsigned src_port = 1 + rng_below(r, 65535), dst_port = 1 + rng_below(r, 65535);
         unsigned char a = (unsigned char) rng_below(r, 256), b = (unsigned char) rng_below(r, 256);
         unsigned kind = rng_below(r, 5);
@@ -360,8 +359,8 @@ static void append_proxy_header(Plan *p, Rng *r) {
                 p->n += (size_t) k;
         } else {
                 bool local = kind == 4, v6 = rng_below(r, 2);
-                memcpy(p->in + p->n, sig, sizeof(sig));
-                p->n += sizeof(sig);
+                memcpy(p->in + p->n, PROXY_V2_SIG, PROXY_V2_SIG_LEN);
+                p->n += PROXY_V2_SIG_LEN;
                 put(p, local ? 0x20 : 0x21);
                 put(p, local ? 0x00 : v6 ? 0x21 : 0x11); /* AF_INET6 or AF_INET, STREAM */
                 static const unsigned char net4[] = { 198, 51 }, net6[] = { 0x20, 0x01, 0x0d, 0xb8 };
@@ -796,7 +795,7 @@ static void run_setup(const Setup *s, unsigned seconds) {
                 hellod_spawn(d, NULL);
                 hellod_wait_ready(d);
         }
-        harness_sleep_ms(100); /* hellod_start's readiness probe: its connection is gone */
+        harness_sleep_ms(100); /* the readiness probe's connection is gone */
         int fds_before = hellod_fd_count(d);
         atomic_store(&stop_load, false);
         for (int i = 0; i < CLIENT_THREADS; i++)

@@ -23,6 +23,11 @@
 #define HELLOD_ERR_TOO_LONG "ERR line too long\r\n"
 #define HELLOD_ERR_SHUTDOWN "ERR shutting down\r\n"
 
+/* The PROXY protocol v2 signature (haproxy's doc/proxy-protocol.txt, 2.2): a balancer's header
+ * begins with these 12 bytes, a NUL among them. */
+#define PROXY_V2_SIG "\r\n\r\n\0\r\nQUIT\n"
+#define PROXY_V2_SIG_LEN 12
+
 /* Exit statuses of the daemon's CLI contract. */
 #define HELLOD_EXIT_OK 0
 #define HELLOD_EXIT_FAILURE 1

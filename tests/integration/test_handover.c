@@ -587,8 +587,7 @@ Test(handover, the_age_of_a_resumed_conversation_counts_the_gap, .timeout = 60) 
  * max_connections_per_ip (and was logged at info level), and the close after exit no longer
  * waited for the balancer's acknowledgements (session.c, asked_to_end). */
 Test(handover, a_resumed_balancer_connection_stays_the_balancers, .timeout = 60) {
-        static const unsigned char local[16] = { 0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51,
-                                                 0x55, 0x49, 0x54, 0x0a, 0x20, 0x00, 0x00, 0x00 };
+        static const char local[] = PROXY_V2_SIG "\x20\x00\x00\x00"; /* LOCAL, no addresses */
         Rig r;
 
         rig_start(&r);
@@ -601,7 +600,7 @@ Test(handover, a_resumed_balancer_connection_stays_the_balancers, .timeout = 60)
         client_send_str(client, "PROXY TCP4 192.0.2.7 127.0.0.1 40000 9999\r\n");
         client_expect_str(client, HELLOD_GREETING);
         int check = client_connect(r.port); /* the balancer's own: it speaks for itself */
-        client_send(check, local, sizeof(local));
+        client_send(check, local, PROXY_V2_SIG_LEN + 4);
         client_expect_str(check, HELLOD_GREETING);
         stop_and_wait(r.d);
         cr_assert_eq(truncate(r.d->stderr_path, 0), 0);

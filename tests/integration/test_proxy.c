@@ -34,10 +34,9 @@ static Hellod *start(uint16_t *proxy_port, const char *trusted, const char *extr
 
 /* v2: the signature, version 2 with COMMAND, then FAMILY/TRANSPORT and the addresses. */
 static size_t v2_header(unsigned char *buf, bool local, const char *src, unsigned src_port, unsigned dst_port) {
-        static const unsigned char sig[12] = { 0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a };
         unsigned a, b, c, e;
 
-        memcpy(buf, sig, 12);
+        memcpy(buf, PROXY_V2_SIG, PROXY_V2_SIG_LEN);
         buf[12] = local ? 0x20 : 0x21;
         if (local) {
                 buf[13] = 0x00;
