@@ -462,6 +462,18 @@ static bool check(const Plan *p, const char *got, size_t n, size_t at) {
         return false;
 }
 
+/* record_eof_short: the daemon closed before the model's last byte: what was missing, and
+ * how the input ended (the lines those replies answer). */
+static void record_eof_short(const Plan *p, size_t received) {
+        char missing[200], input_end[200];
+        size_t m = p->want_n - received < 60 ? p->want_n - received : 60;
+        size_t t = p->n < 60 ? p->n : 60;
+
+        record_failure(p, "EOF after %zu of %zu bytes: missing \"%s\"; the input (%zu bytes) ended \"%s\"", received,
+                       p->want_n, harness_escape(p->want + received, m, missing, sizeof(missing)), p->n,
+                       harness_escape((const char *) p->in + p->n - t, t, input_end, sizeof(input_end)));
+}
+
 /* run_session: the plan against the daemon; false on a failure (recorded). */
 static bool run_session(Plan *p, Rng *r) {
         bool v4 = rng_below(r, 2) || as_service(); /* PID 1's listener (store_listener) is IPv4 */
@@ -586,7 +598,7 @@ static bool run_session(Plan *p, Rng *r) {
                                         record_failure(p, "EOF after %zu of %zu bytes; the model keeps it open", received,
                                                        p->want_n);
                                 else if (received != p->want_n)
-                                        record_failure(p, "EOF after %zu of %zu bytes", received, p->want_n);
+                                        record_eof_short(p, received);
                                 else
                                         ok = true;
                                 break;
