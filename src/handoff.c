@@ -146,8 +146,14 @@ void handoff_record(const Session *s, uint64_t now, HandoverRecord *rec) {
                 .output_len = s->out.len - s->out_off,
         };
         _Static_assert(PROTO_TELNET_RESTART_MAX <= HANDOVER_INPUT_HEAD_MAX, "the record's input head is too small");
-        if (!s->lingering)
-                rec->input_head_len = proto_telnet_restart(&s->proto, rec->input_head);
+        if (s->lingering)
+                return;
+        rec->input_head_len = proto_telnet_restart(&s->proto, rec->input_head);
+        size_t skipped;
+        if (proto_subnegotiation(&s->proto, &skipped)) { /* at most max_line_length */
+                rec->flags |= HANDOVER_SUBNEGOTIATION;
+                rec->subnegotiation_len = (uint32_t) skipped;
+        }
 }
 
 HandoffLingering *handoff_lingering_new(const Session *s) {
@@ -191,6 +197,11 @@ static int restore(Session *s, const HandoverRecord *rec, uint64_t now, uint64_t
         if (proto_resume(&s->proto, (const char *) rec->pending, rec->pending_len, rec->lines, rec->messages,
                          (ProtoEnd) rec->end) < 0) {
                 *reason = "cannot restore the pending line";
+                return -EINVAL;
+        }
+        /* Before the input, which may begin with the IAC inside it (handoff_record). */
+        if ((rec->flags & HANDOVER_SUBNEGOTIATION) && proto_resume_subnegotiation(&s->proto, rec->subnegotiation_len) < 0) {
+                *reason = "cannot restore the telnet subnegotiation";
                 return -EINVAL;
         }
         if (rec->input_len > 0) {

@@ -12,8 +12,9 @@
 
 #include "proto.h"
 
-/* Fixed parts: everything but the byte strings. */
+/* Fixed parts: everything but the byte strings (and the fields that come with a flag). */
 #define RECORD_FIXED 112u
+#define RECORD_SUBNEGOTIATION 4u /* subnegotiation_len, with HANDOVER_SUBNEGOTIATION */
 #define HEADER_FIXED 53u /* with an empty writer name */
 #define FAMILY_IPV4 4u
 #define FAMILY_IPV6 6u
@@ -163,7 +164,7 @@ uint64_t handover_conf_hash(const Conf *conf) {
 /* ---- records ---------------------------------------------------------------------------- */
 
 size_t handover_record_size_max(const HandoverLimits *limits) {
-        size_t n = RECORD_FIXED + HANDOVER_LISTEN_MAX;
+        size_t n = RECORD_FIXED + RECORD_SUBNEGOTIATION + HANDOVER_LISTEN_MAX;
 
         n = add_sat(n, add_sat(limits->max_line_length, 1));
         n = add_sat(n, limits->input_max);
@@ -180,7 +181,8 @@ size_t handover_state_size_max(const HandoverLimits *limits) {
 }
 
 static size_t record_size(const HandoverRecord *rec) {
-        return RECORD_FIXED + rec->listen_len + rec->pending_len + rec->input_head_len + rec->input_len + rec->output_len;
+        return RECORD_FIXED + (rec->flags & HANDOVER_SUBNEGOTIATION ? RECORD_SUBNEGOTIATION : 0) + rec->listen_len +
+               rec->pending_len + rec->input_head_len + rec->input_len + rec->output_len;
 }
 
 static bool encodable(const HandoverRecord *rec) {
@@ -195,7 +197,8 @@ static bool encodable(const HandoverRecord *rec) {
                rec->output_len <= UINT32_MAX && (rec->output || rec->output_len == 0) &&
                /* Together within the u32 length field. */
                add_sat(add_sat(rec->listen_len, rec->pending_len),
-                       add_sat(rec->input_head_len + rec->input_len, rec->output_len)) <= UINT32_MAX - RECORD_FIXED;
+                       add_sat(rec->input_head_len + rec->input_len, rec->output_len)) <=
+                       UINT32_MAX - RECORD_FIXED - RECORD_SUBNEGOTIATION;
 }
 
 static void write_peer(Writer *w, const struct sockaddr_storage *peer) {
@@ -252,6 +255,8 @@ int handover_record_encode(HandoverBuf *b, const HandoverRecord *rec) {
         w_bytes(&w, rec->input, rec->input_len);
         w_int(&w, rec->output_len, 4);
         w_bytes(&w, rec->output, rec->output_len);
+        if (rec->flags & HANDOVER_SUBNEGOTIATION)
+                w_int(&w, rec->subnegotiation_len, 4);
         w_int(&w, handover_crc32c(0, start, size - 4), 4);
         b->len += size;
         return 0;
@@ -361,6 +366,12 @@ static const char *check_state(const HandoverRecord *rec, const HandoverLimits *
                 return "logged as closed but not lingering";
         if ((rec->flags & HANDOVER_BALANCER_OWN) && !(rec->flags & HANDOVER_VIA_BALANCER))
                 return "a balancer's own connection not through a balancer";
+        if ((rec->flags & HANDOVER_SUBNEGOTIATION) && rec->framing != FRAMING_LINE)
+                return "a telnet subnegotiation in chunk framing";
+        if ((rec->flags & HANDOVER_SUBNEGOTIATION) && rec->end != PROTO_END_NONE)
+                return "inside a telnet subnegotiation after the end";
+        if (rec->subnegotiation_len > limits->max_line_length)
+                return "subnegotiation longer than max_line_length allows";
         if (lingering && (rec->end == PROTO_END_NONE || rec->end == PROTO_END_EOF || rec->end == PROTO_END_SHUTDOWN))
                 return "lingering after an end that does not linger";
         if (lingering && (rec->pending_len || rec->input_len || rec->output_len))
@@ -408,6 +419,8 @@ int handover_record_decode(const uint8_t *data, size_t size, const HandoverLimit
         rec.pending = read_string(&r, 4, &rec.pending_len);
         rec.input = read_string(&r, 4, &rec.input_len);
         rec.output = read_string(&r, 4, &rec.output_len);
+        if (rec.flags & HANDOVER_SUBNEGOTIATION)
+                rec.subnegotiation_len = (uint32_t) r_int(&r, 4);
         if (r.failed)
                 return refuse(reason, "a length points past the end of the record");
         if (r.left != 0)

@@ -15,7 +15,8 @@
  *           | u32 peer_scope_id | u64 age_usec | u64 deadline_left_usec | u64 lines
  *           | u64 messages | u64 conf_generation | u64 conf_hash | u32 discarded
  *           | u16 listen_len | listen | u32 pending_len | pending | u32 input_len | input
- *           | u32 output_len | output | u32 crc32c of the record up to here
+ *           | u32 output_len | output | [u32 subnegotiation_len: with HANDOVER_SUBNEGOTIATION only]
+ *           | u32 crc32c of the record up to here
  *
  * Times are durations, not instants: a session's age and what is left of its deadline when the
  * state was written. The header's written_usec (CLOCK_BOOTTIME, which counts a suspend too) and
@@ -59,8 +60,12 @@ typedef enum HandoverFlags {
          * the record and closes the connection) */
         HANDOVER_VIA_BALANCER = 1u << 3,
         HANDOVER_BALANCER_OWN = 1u << 4, /* the balancer's own connection (PROXY LOCAL): a health check */
+        /* inside a telnet subnegotiation: subnegotiation_len, the bytes of it skipped so far (they
+         * count against max_line_length), follows the output; a hellod before this flag refuses
+         * the record and closes the connection */
+        HANDOVER_SUBNEGOTIATION = 1u << 5,
         _HANDOVER_FLAGS_ALL = HANDOVER_LINGERING | HANDOVER_WANT_WRITE | HANDOVER_LOGGED | HANDOVER_VIA_BALANCER |
-                              HANDOVER_BALANCER_OWN,
+                              HANDOVER_BALANCER_OWN | HANDOVER_SUBNEGOTIATION,
 } HandoverFlags;
 
 /* HandoverRecord: one live session. The byte strings point into the caller's memory: the
@@ -78,6 +83,7 @@ typedef struct HandoverRecord {
         uint64_t conf_generation;     /* the writer's reload counter for the session's Conf */
         uint64_t conf_hash;           /* handover_conf_hash() of the session's Conf */
         uint32_t discarded;           /* lingering: bytes discarded so far */
+        uint32_t subnegotiation_len;  /* HANDOVER_SUBNEGOTIATION: proto_subnegotiation()'s count */
         const char *listen;           /* the listener's name, "127.0.0.1:9999" */
         size_t listen_len;
         const uint8_t *pending; /* Proto's unterminated line (line framing) */

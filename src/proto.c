@@ -409,14 +409,26 @@ size_t proto_telnet_restart(const Proto *p, uint8_t out[PROTO_TELNET_RESTART_MAX
         case PROTO_TELNET_OPTION:
                 out[1] = p->telnet_verb;
                 return 2;
-        case PROTO_TELNET_SB:
-                out[1] = TELNET_SB;
-                return 2;
+        case PROTO_TELNET_SB: /* proto_subnegotiation() has it */
+                return 0;
         case PROTO_TELNET_SB_IAC:
-                out[1] = TELNET_SB;
-                out[2] = TELNET_IAC;
-                return 3;
+                return 1;
         }
+        return 0;
+}
+
+bool proto_subnegotiation(const Proto *p, size_t *skipped) {
+        if (p->end != PROTO_END_NONE || (p->telnet != PROTO_TELNET_SB && p->telnet != PROTO_TELNET_SB_IAC))
+                return false;
+        *skipped = p->telnet_sb_len;
+        return true;
+}
+
+int proto_resume_subnegotiation(Proto *p, size_t skipped) {
+        if (p->conf->framing != FRAMING_LINE || skipped > p->conf->max_line_length)
+                return -EINVAL;
+        p->telnet = PROTO_TELNET_SB;
+        p->telnet_sb_len = skipped;
         return 0;
 }
 

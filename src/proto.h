@@ -68,15 +68,24 @@ void proto_done(Proto *p);
  * not fit, or -ENOMEM. */
 int proto_resume(Proto *p, const char *pending, size_t pending_len, uint64_t lines, uint64_t messages, ProtoEnd end);
 
-/* The most bytes proto_telnet_restart() gives: IAC SB IAC. */
-#define PROTO_TELNET_RESTART_MAX 3
+/* The most bytes proto_telnet_restart() gives: IAC and its WILL, WONT, DO or DONT. */
+#define PROTO_TELNET_RESTART_MAX 2
 
 /* proto_telnet_restart: the bytes that begin again the telnet command the input so far stopped
- * inside (IAC; IAC and its WILL, WONT, DO or DONT; IAC SB; IAC SB IAC), into OUT; 0 between
- * commands and after the end. A hand-over puts them in front of the input it keeps, and the
- * next process reads the command whole. (The bytes of a subnegotiation skipped so far are not
- * among them: its length counts from there again.) */
+ * inside (IAC; IAC and its WILL, WONT, DO or DONT; the IAC inside a subnegotiation), into OUT;
+ * 0 between commands, inside a subnegotiation otherwise and after the end. A hand-over puts
+ * them in front of the input it keeps, and the next process reads the command whole. */
 size_t proto_telnet_restart(const Proto *p, uint8_t out[PROTO_TELNET_RESTART_MAX]);
+
+/* proto_subnegotiation: whether the input so far stopped inside a telnet subnegotiation (before
+ * the end), and *SKIPPED, the bytes of it so far: they count against max_line_length. A
+ * hand-over carries the count along; the next process takes it back with
+ * proto_resume_subnegotiation(), before the input (and proto_telnet_restart()'s IAC). */
+bool proto_subnegotiation(const Proto *p, size_t *skipped);
+
+/* proto_resume_subnegotiation: inside a subnegotiation SKIPPED bytes long so far. Returns 0, or
+ * -EINVAL in chunk framing (no telnet) or when SKIPPED is over max_line_length. */
+int proto_resume_subnegotiation(Proto *p, size_t skipped);
 
 /* proto_output_min: the smallest output buffer that always holds one reply or ERR line. */
 size_t proto_output_min(const Conf *conf);

@@ -97,6 +97,12 @@ static void check_record(const HandoverRecord *rec, const HandoverLimits *limits
               rec->peer.ss_family);
         if (rec->flags & HANDOVER_LINGERING)
                 check(rec->pending_len + rec->input_len + rec->output_len == 0, "lingering with data");
+        if (rec->flags & HANDOVER_SUBNEGOTIATION)
+                check(rec->framing == FRAMING_LINE && rec->end == PROTO_END_NONE &&
+                              rec->subnegotiation_len <= limits->max_line_length,
+                      "a subnegotiation of %u bytes", rec->subnegotiation_len);
+        else
+                check(rec->subnegotiation_len == 0, "a subnegotiation count without its flag");
 }
 
 /* check_reencodes: REC encodes back to the LEN bytes at P it came from. */

@@ -259,7 +259,9 @@ static void corrupt_state(const char *mode) {
  * the start of a subnegotiation) is begun again in the next process, which reads the rest as
  * the command's, not as a line's bytes: "are you there" gets its "[Yes]", the option is
  * refused, the subnegotiation skipped. The next process used to read them as data:
- * "Hello, \xf6x!", "Hello, \x01z!". */
+ * "Hello, \xf6x!", "Hello, \x01z!". A subnegotiation goes on counting its bytes against
+ * max_line_length (16): it used to count from zero again, and one over the limit in all went
+ * through. */
 static void telnet_commands_cut_by_a_restart_from(const char *from, const char *to) {
         static const struct {
                 const char *before, *after, *want;
@@ -268,6 +270,8 @@ static void telnet_commands_cut_by_a_restart_from(const char *from, const char *
                 { "\xff\xfd", "\x18y\n", "\xff\xfc\x18Hello, y!\r\n" },
                 { "\xff\xfa\x18", "\x01\xff\xf0z\n", "Hello, z!\r\n" },
                 { "\xff\xfa\x18\x01\xff", "\xf0w\n", "Hello, w!\r\n" },
+                { "\xff\xfa" "0123456789", "abcdefg", "ERR line too long\r\n" },
+                { "\xff\xfa" "012345678\xff", "\xff" "abcde\xff\xf0v\n", "Hello, v!\r\n" },
         };
         enum { N = sizeof(cuts) / sizeof(cuts[0]) };
         int fds[N];
@@ -275,9 +279,9 @@ static void telnet_commands_cut_by_a_restart_from(const char *from, const char *
 
         harness_step("from %s to %s", from, to);
         rig_start(&r);
-        rig_serve(&r, "%s", MODEL(from, 1));
+        rig_serve(&r, "%smax_line_length = 16;\n", MODEL(from, 1));
         for (int i = 0; i < N; i++) {
-                char first[16];
+                char first[32];
                 int n = snprintf(first, sizeof(first), "bob\n%s", cuts[i].before);
 
                 fds[i] = client_connect(r.port);
@@ -287,10 +291,10 @@ static void telnet_commands_cut_by_a_restart_from(const char *from, const char *
                 client_expect_str(fds[i], "Hello, bob!\r\n");
         }
         stop_and_wait(r.d);
-        hellod_wait_stderr(r.d, "handed 4 conversations over to the next process");
-        hellod_write_config(r.d, "%s", MODEL(to, 1));
+        hellod_wait_stderr(r.d, "handed 6 conversations over to the next process");
+        hellod_write_config(r.d, "%smax_line_length = 16;\n", MODEL(to, 1));
         store_start_hellod(r.d, &r.st, r.listener);
-        hellod_wait_stderr(r.d, "resumed 4 conversations handed over by the previous process");
+        hellod_wait_stderr(r.d, "resumed 6 conversations handed over by the previous process");
         not_fallen_back(r.d);
         for (int i = 0; i < N; i++) {
                 harness_step("the rest of command %d", i);

@@ -98,6 +98,10 @@ static HandoverRecord random_record(Strings *s) {
                 rec.flags = HANDOVER_WANT_WRITE;
         if (rnd_below(3) == 0) /* behind a balancer; sometimes its own connection */
                 rec.flags |= HANDOVER_VIA_BALANCER | (rnd() & 1 ? HANDOVER_BALANCER_OWN : 0u);
+        if (rnd_below(4) == 0) { /* inside a telnet subnegotiation */
+                rec.flags |= HANDOVER_SUBNEGOTIATION;
+                rec.subnegotiation_len = (uint32_t) rnd_below(LIMITS.max_line_length + 1);
+        }
         return rec;
 }
 
@@ -116,6 +120,7 @@ static void expect_same(const HandoverRecord *a, const HandoverRecord *b) {
         cr_assert_eq(a->conf_generation, b->conf_generation);
         cr_assert_eq(a->conf_hash, b->conf_hash);
         cr_assert_eq(a->discarded, b->discarded);
+        cr_assert_eq(a->subnegotiation_len, b->subnegotiation_len);
         cr_assert_eq(a->listen_len, b->listen_len);
         cr_assert_eq(memcmp(a->listen, b->listen, a->listen_len), 0);
         cr_assert_eq(a->pending_len, b->pending_len);
@@ -234,6 +239,31 @@ Test(record, the_input_head_comes_first_in_the_input) {
         b = encode(&rec);
         cr_assert_eq(handover_record_decode(b.data, b.len, &LIMITS, &back, &used, &reason), 0, "%s", reason);
         cr_assert_eq(back.input_len, 1, "a head alone is input");
+        free(b.data);
+}
+
+/* Inside a telnet subnegotiation: the bytes of it skipped so far, in 4 bytes after the output
+ * (only then: a record outside one is as it was before the flag). */
+Test(record, a_subnegotiation_count_comes_after_the_output) {
+        HandoverRecord rec = small_record(), back;
+        const char *reason = NULL;
+        size_t used = 0;
+
+        rec.flags = HANDOVER_SUBNEGOTIATION;
+        rec.subnegotiation_len = 0x3a;
+        HandoverBuf b = encode(&rec);
+        cr_assert_eq(b.len, 112 + 14 + 2 + 4);
+        cr_assert_eq(b.data[b.len - 8], 0x3a);
+        cr_assert_eq(handover_record_decode(b.data, b.len, &LIMITS, &back, &used, &reason), 0, "%s", reason);
+        cr_assert_eq(used, b.len);
+        expect_same(&rec, &back);
+        free(b.data);
+
+        rec.flags = 0; /* the count goes with the flag only */
+        b = encode(&rec);
+        cr_assert_eq(b.len, 112 + 14 + 2);
+        cr_assert_eq(handover_record_decode(b.data, b.len, &LIMITS, &back, &used, &reason), 0, "%s", reason);
+        cr_assert_eq(back.subnegotiation_len, 0);
         free(b.data);
 }
 
@@ -396,6 +426,19 @@ static void logged_not_lingering(HandoverRecord *r) {
 static void balancer_own_not_via_a_balancer(HandoverRecord *r) {
         r->flags = HANDOVER_BALANCER_OWN;
 }
+static void subnegotiation_in_chunk_framing(HandoverRecord *r) {
+        r->framing = FRAMING_CHUNK;
+        r->pending_len = 0;
+        r->flags = HANDOVER_SUBNEGOTIATION;
+}
+static void subnegotiation_after_the_end(HandoverRecord *r) {
+        r->end = PROTO_END_EXIT;
+        r->flags = HANDOVER_SUBNEGOTIATION;
+}
+static void subnegotiation_over_max_line_length(HandoverRecord *r) {
+        r->flags = HANDOVER_SUBNEGOTIATION;
+        r->subnegotiation_len = 65;
+}
 static void empty_listen(HandoverRecord *r) {
         r->listen_len = 0;
 }
@@ -429,6 +472,11 @@ Test(hostile, fields_a_live_session_cannot_have) {
         expect_hostile(want_write_without_output, &LIMITS, "no output");
         expect_hostile(logged_not_lingering, &LIMITS, "not lingering");
         expect_hostile(balancer_own_not_via_a_balancer, &LIMITS, "not through a balancer");
+        HandoverLimits chunk = LIMITS;
+        chunk.framing = FRAMING_CHUNK;
+        expect_hostile(subnegotiation_in_chunk_framing, &chunk, "subnegotiation in chunk framing");
+        expect_hostile(subnegotiation_after_the_end, &LIMITS, "subnegotiation after the end");
+        expect_hostile(subnegotiation_over_max_line_length, &LIMITS, "subnegotiation longer than max_line_length");
         expect_hostile(empty_listen, &LIMITS, "listener name");
         expect_hostile(unprintable_listen, &LIMITS, "listener name");
         expect_hostile(long_listen, &LIMITS, "listener name");
@@ -464,7 +512,7 @@ Test(hostile, raw_fields_out_of_range) {
         } cases[] = {
                 { 16, 2, "chunk framing" },       /* framing 2 is neither, so not the configured one */
                 { 17, _PROTO_END_LAST + 1, "unknown end reason" }, /* end past the last ProtoEnd */
-                { 18, 32, "unknown flags" },      /* flag bit 5 */
+                { 18, 64, "unknown flags" },      /* flag bit 6 */
                 { 19, 5, "neither IPv4 nor IPv6" }, /* family */
                 { 26, 1, "stray bytes" },         /* IPv4 address byte 5 */
         };
@@ -531,8 +579,8 @@ Test(hostile, limits_that_overflow_saturate) {
         huge.records_max = SIZE_MAX;
         cr_assert_eq(handover_record_size_max(&huge), SIZE_MAX);
         cr_assert_eq(handover_state_size_max(&huge), SIZE_MAX);
-        cr_assert_lt(handover_state_size_max(&LIMITS), 1024u * (112 + 79 + 65 + 4096 + 16384) + 200);
-        cr_assert_gt(handover_state_size_max(&LIMITS), 1024u * (112 + 79 + 65 + 4096 + 16384));
+        cr_assert_lt(handover_state_size_max(&LIMITS), 1024u * (112 + 4 + 79 + 65 + 4096 + 16384) + 200);
+        cr_assert_gt(handover_state_size_max(&LIMITS), 1024u * (112 + 4 + 79 + 65 + 4096 + 16384));
 }
 
 /* ---- the state file --------------------------------------------------------------------------- */

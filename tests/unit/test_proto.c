@@ -1,5 +1,6 @@
 /* test_proto: the protocol as bytes in → bytes out, no sockets. */
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -746,19 +747,24 @@ Test(telnet, an_interrupt_and_what_follows_it) {
 }
 
 /* restart_then: FIRST fed, the bytes proto_telnet_restart() gives compared with RESTART, then
- * a fresh Proto (the next process after a hand-over) fed them and REST: its output is WANT,
- * as if the whole had come to one process. */
+ * a fresh Proto (the next process after a hand-over) given the subnegotiation the first was
+ * inside, if any, and fed those bytes and REST: its output is WANT, as if the whole had come
+ * to one process. */
 static void restart_then(const char *first, size_t first_len, const char *restart, size_t restart_len,
                          const char *rest, const char *want) {
         uint8_t head[PROTO_TELNET_RESTART_MAX];
         char input[64];
+        size_t skipped = 0;
 
         feed(first, first_len);
         size_t n = proto_telnet_restart(&proto, head);
         cr_assert_eq(n, restart_len, "after %zu bytes: %zu bytes to begin again", first_len, n);
         cr_assert_eq(memcmp(head, restart, n), 0);
+        bool in_subnegotiation = proto_subnegotiation(&proto, &skipped);
         teardown();
         setup_line();
+        if (in_subnegotiation)
+                cr_assert_eq(proto_resume_subnegotiation(&proto, skipped), 0);
         memcpy(input, head, n);
         memcpy(input + n, rest, strlen(rest));
         feed(input, n + strlen(rest));
@@ -774,9 +780,48 @@ Test(telnet, a_command_cut_by_a_hand_over_begins_again) {
         restart_then_lit("bob\n", "", "x\n", "Hello, x!\r\n");
         restart_then_lit(IAC, IAC, "\xf6x\n", "[Yes]\r\nHello, x!\r\n");
         restart_then_lit("a" IAC DO, IAC DO, "\x18" "b\n", "\xff\xfc\x18" "Hello, b!\r\n");
-        restart_then_lit(IAC SB "\x18\x01", IAC SB, "\x02" IAC SE "c\n", "Hello, c!\r\n");
-        restart_then_lit(IAC SB "\x18" IAC, IAC SB IAC, SE "d\n", "Hello, d!\r\n");
+        restart_then_lit(IAC SB "\x18\x01", "", "\x02" IAC SE "c\n", "Hello, c!\r\n");
+        restart_then_lit(IAC SB "\x18" IAC, IAC, SE "d\n", "Hello, d!\r\n");
         restart_then_lit(IAC IAC, "", "e\n", "Hello, e!\r\n"); /* an escaped 0xff: data, not a command */
+}
+
+/* A subnegotiation cut by a hand-over goes on counting its bytes in the next process: one
+ * over max_line_length in all still ends the session, one at it still does not. (It used to
+ * count from zero again: a driver run found the too-long one answered as a line.) */
+Test(telnet, a_subnegotiation_cut_by_a_hand_over_keeps_its_count) {
+        size_t skipped = 0;
+
+        feed_lit("a" IAC SB "0123456789");
+        cr_assert(proto_subnegotiation(&proto, &skipped));
+        cr_assert_eq(skipped, 10);
+        teardown();
+        setup_line();
+        restart_then_lit(IAC SB "0123456789", "", "abcdef" IAC SE "x\n", "Hello, x!\r\n");
+        restart_then_lit(IAC SB "0123456789", "", "abcdefg", "ERR line too long\r\n");
+        /* Stopped at an IAC inside: the pair counts two once the next process reads it. */
+        restart_then_lit(IAC SB "012345678" IAC, IAC, IAC "abcde" IAC SE "x\n", "Hello, x!\r\n");
+        restart_then_lit(IAC SB "012345678" IAC, IAC, IAC "abcdef", "ERR line too long\r\n");
+}
+
+Test(telnet, no_subnegotiation_outside_one_or_after_the_end) {
+        size_t skipped = 7;
+
+        feed_lit("a" IAC SB "01" IAC SE);
+        cr_assert_not(proto_subnegotiation(&proto, &skipped));
+        teardown();
+        setup_line();
+        cr_assert_eq(feed_lit("exit\n" IAC SB "01"), PROTO_CLOSE);
+        cr_assert_not(proto_subnegotiation(&proto, &skipped));
+}
+
+Test(telnet, a_resumed_subnegotiation_is_bounded) {
+        cr_assert_eq(proto_resume_subnegotiation(&proto, 17), -EINVAL, "over max_line_length (16)");
+        cr_assert_eq(proto_resume_subnegotiation(&proto, 16), 0);
+        cr_assert_eq(feed_lit("x"), PROTO_CLOSE);
+        expect_out_str("ERR line too long\r\n");
+        teardown();
+        setup_chunk();
+        cr_assert_eq(proto_resume_subnegotiation(&proto, 1), -EINVAL, "no telnet in chunk framing");
 }
 
 /* After the end there is nothing to begin again. */
