@@ -37,7 +37,9 @@
 /* The longest listener name (ADDR_STR_MAX - 1) and writer name a reader accepts. */
 #define HANDOVER_LISTEN_MAX 79
 #define HANDOVER_WRITER_MAX 64
-/* The most bytes HandoverRecord.input_head holds. */
+/* The most bytes HandoverRecord.input_head holds, and a reader allows for in front of the
+ * input. Not lowered to PROTO_TELNET_RESTART_MAX (2): a hellod before HANDOVER_SUBNEGOTIATION
+ * wrote up to 3 (IAC SB IAC), and its records must still fit. */
 #define HANDOVER_INPUT_HEAD_MAX 4
 /* deadline_left_usec of a session without a deadline (idle_timeout = 0). */
 #define HANDOVER_NO_DEADLINE UINT64_MAX

@@ -469,7 +469,7 @@ static void record_eof_short(const Plan *p, size_t received) {
         size_t m = p->want_n - received < 60 ? p->want_n - received : 60;
         size_t t = p->n < 60 ? p->n : 60;
 
-        record_failure(p, "EOF after %zu of %zu bytes: missing \"%s\"; the input (%zu bytes) ended \"%s\"", received,
+        record_failure(p, "EOF after %zu of %zu bytes: missing \"%s\"; the plan's input (%zu bytes) ends \"%s\"", received,
                        p->want_n, harness_escape(p->want + received, m, missing, sizeof(missing)), p->n,
                        harness_escape((const char *) p->in + p->n - t, t, input_end, sizeof(input_end)));
 }

@@ -272,6 +272,7 @@ static void telnet_commands_cut_by_a_restart_from(const char *from, const char *
                 { "\xff\xfa\x18\x01\xff", "\xf0w\n", "Hello, w!\r\n" },
                 { "\xff\xfa" "0123456789", "abcdefg", "ERR line too long\r\n" },
                 { "\xff\xfa" "012345678\xff", "\xff" "abcde\xff\xf0v\n", "Hello, v!\r\n" },
+                { "\xff\xfa" "012345678\xff", "\xff" "abcdef", "ERR line too long\r\n" },
         };
         enum { N = sizeof(cuts) / sizeof(cuts[0]) };
         int fds[N];
@@ -291,10 +292,10 @@ static void telnet_commands_cut_by_a_restart_from(const char *from, const char *
                 client_expect_str(fds[i], "Hello, bob!\r\n");
         }
         stop_and_wait(r.d);
-        hellod_wait_stderr(r.d, "handed 6 conversations over to the next process");
+        hellod_wait_stderr(r.d, "handed 7 conversations over to the next process");
         hellod_write_config(r.d, "%smax_line_length = 16;\n", MODEL(to, 1));
         store_start_hellod(r.d, &r.st, r.listener);
-        hellod_wait_stderr(r.d, "resumed 6 conversations handed over by the previous process");
+        hellod_wait_stderr(r.d, "resumed 7 conversations handed over by the previous process");
         not_fallen_back(r.d);
         for (int i = 0; i < N; i++) {
                 harness_step("the rest of command %d", i);

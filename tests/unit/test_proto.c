@@ -810,7 +810,9 @@ Test(telnet, no_subnegotiation_outside_one_or_after_the_end) {
         cr_assert_not(proto_subnegotiation(&proto, &skipped));
         teardown();
         setup_line();
-        cr_assert_eq(feed_lit("exit\n" IAC SB "01"), PROTO_CLOSE);
+        /* Ended by one too long, its ERR line perhaps not sent yet: a hand-over now carries the
+         * end, not a subnegotiation (a record would be refused with both). */
+        cr_assert_eq(feed_lit(IAC SB "0123456789abcdefg"), PROTO_CLOSE);
         cr_assert_not(proto_subnegotiation(&proto, &skipped));
 }
 
