@@ -258,10 +258,11 @@ int handoff_session(const HandoverRecord *rec, int fd, Conf *conf, uint64_t now,
         return 0;
 }
 
-int handoff_session_fresh(int fd, Conf *conf, Session **ret) {
+int handoff_session_fresh(int fd, Conf *conf, const HandoverConnName *name, Session **ret) {
         struct sockaddr_storage peer = { 0 }, local = { 0 };
         socklen_t peer_len = sizeof(peer), local_len = sizeof(local);
         char listen[ADDR_STR_MAX];
+        bool client_named = name->via_balancer && !name->balancer_own;
         Session *s;
         int r;
 
@@ -272,9 +273,15 @@ int handoff_session_fresh(int fd, Conf *conf, Session **ret) {
                 return r;
         }
         addr_format((const struct sockaddr *) &local, listen, sizeof(listen));
-        r = session_new(&s, fd, conf, (const struct sockaddr *) &peer, listen);
+        r = session_new(&s, fd, conf, (const struct sockaddr *) (client_named ? &name->client : &peer), listen);
         if (r < 0)
                 return r;
+        s->id = name->id;
+        if (name->via_balancer) { /* as restore_balancer(): the socket's peer is the balancer */
+                addr_format((const struct sockaddr *) &peer, s->balancer, sizeof(s->balancer));
+                s->proxy_local = name->balancer_own;
+                s->stored_via = true;
+        }
         s->resumed = true; /* greeted by the process that crashed */
         s->timer.at = session_idle_deadline(s, now_usec()); /* its deadline was lost too */
         /* A per-connection thread may have crashed waiting for a line's end with the mark past
@@ -283,6 +290,16 @@ int handoff_session_fresh(int fd, Conf *conf, Session **ret) {
         (void) setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
         *ret = s;
         return 0;
+}
+
+HandoverConnName handoff_conn_name(const Session *s) {
+        HandoverConnName name = { .id = s->id, .via_balancer = s->stored_via && s->balancer[0] };
+
+        if (name.via_balancer) {
+                name.balancer_own = s->proxy_local;
+                name.client = s->peer_addr;
+        }
+        return name;
 }
 
 int handoff_memfd_new(void) {

@@ -52,9 +52,16 @@ const HandoverRecord *handoff_lingering_at(HandoffLingering *l, uint64_t now, ui
 int handoff_session(const HandoverRecord *rec, int fd, Conf *conf, uint64_t now, uint64_t gap_usec, Session **ret,
                     const char **reason);
 
-/* handoff_session_fresh: a session for a connection whose state is lost (a crash): the
- * conversation goes on from the next line, without a greeting. Takes FD. */
-int handoff_session_fresh(int fd, Conf *conf, Session **ret);
+/* handoff_session_fresh: a session for the connection FD whose state is lost (a crash): the
+ * conversation goes on from the next line, without a greeting. NAME is what its name in the
+ * store says: its id, and behind a balancer the client its PROXY header named (or that it is
+ * the balancer's own), which the session takes up as such. Takes FD. */
+int handoff_session_fresh(int fd, Conf *conf, const HandoverConnName *name, Session **ret);
+
+/* handoff_conn_name: the name S is stored under: "c<id>", behind a balancer with its client
+ * when it was stored so (Session.stored_via: the crash mode's names say it, a restart's
+ * records do instead). */
+HandoverConnName handoff_conn_name(const Session *s);
 
 /* handoff_memfd_new: an empty memfd for the state, stored before the connections so that a
  * full store refuses connections, not the state all of them need. The fd or a negative

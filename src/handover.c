@@ -594,26 +594,93 @@ uint64_t handover_gap_usec(const HandoverHeader *header, uint64_t now_boottime_u
 
 /* ---- file descriptor names -------------------------------------------------------------- */
 
-const char *handover_fdname_conn(uint64_t id, char *buf, size_t size) {
-        snprintf(buf, size, HANDOVER_FDNAME_CONN_PREFIX "%" PRIu64, id);
+/* put_hex: N bytes of P as 2N lowercase hex digits at OUT. */
+static char *put_hex(char *out, const uint8_t *p, size_t n) {
+        static const char digits[] = "0123456789abcdef";
+
+        for (size_t i = 0; i < n; i++) {
+                *out++ = digits[p[i] >> 4];
+                *out++ = digits[p[i] & 15];
+        }
+        return out;
+}
+
+/* get_hex: 2N lowercase hex digits at IN into N bytes at P; NULL unless all are such digits. */
+static const char *get_hex(const char *in, uint8_t *p, size_t n) {
+        for (size_t i = 0; i < 2 * n; i++) {
+                char c = in[i];
+                unsigned d = c >= '0' && c <= '9' ? (unsigned) (c - '0') : c >= 'a' && c <= 'f' ? (unsigned) (c - 'a' + 10) : 16;
+                if (d == 16)
+                        return NULL;
+                p[i / 2] = (uint8_t) (i % 2 ? p[i / 2] | d : d << 4);
+        }
+        return in + 2 * n;
+}
+
+const char *handover_fdname_conn(const HandoverConnName *conn, char *buf, size_t size) {
+        char name[HANDOVER_FDNAME_MAX];
+        int family = conn->client.ss_family;
+        int n = snprintf(name, sizeof(name), HANDOVER_FDNAME_CONN_PREFIX "%" PRIu64, conn->id);
+        char *p = name + n;
+
+        if (conn->via_balancer && (conn->balancer_own || family == AF_INET || family == AF_INET6)) {
+                *p++ = 'b';
+                if (family == AF_INET && !conn->balancer_own) {
+                        const struct sockaddr_in *in = (const struct sockaddr_in *) &conn->client;
+                        *p++ = '4';
+                        p = put_hex(p, (const uint8_t *) &in->sin_addr, 4);
+                        p = put_hex(p, (const uint8_t *) &in->sin_port, 2);
+                } else if (!conn->balancer_own) {
+                        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *) &conn->client;
+                        *p++ = '6';
+                        p = put_hex(p, in6->sin6_addr.s6_addr, 16);
+                        p = put_hex(p, (const uint8_t *) &in6->sin6_port, 2);
+                }
+        }
+        *p = '\0';
+        snprintf(buf, size, "%s", name);
         return buf;
 }
 
-bool handover_fdname_parse_conn(const char *name, uint64_t *ret_id) {
-        uint64_t id = 0;
+/* parse_client: the client's part of a name behind a balancer, after its "b4" or "b6". */
+static bool parse_client(const char *p, int family, struct sockaddr_storage *ret) {
+        memset(ret, 0, sizeof(*ret));
+        if (family == AF_INET) {
+                struct sockaddr_in *in = (struct sockaddr_in *) ret;
+                in->sin_family = AF_INET;
+                p = get_hex(p, (uint8_t *) &in->sin_addr, 4);
+                p = p ? get_hex(p, (uint8_t *) &in->sin_port, 2) : NULL;
+        } else {
+                struct sockaddr_in6 *in6 = (struct sockaddr_in6 *) ret;
+                in6->sin6_family = AF_INET6;
+                p = get_hex(p, in6->sin6_addr.s6_addr, 16);
+                p = p ? get_hex(p, (uint8_t *) &in6->sin6_port, 2) : NULL;
+        }
+        return p && *p == '\0';
+}
+
+bool handover_fdname_parse_conn(const char *name, HandoverConnName *ret) {
+        HandoverConnName conn = { 0 };
         const char *p = name + 1;
 
         if (name[0] != HANDOVER_FDNAME_CONN_PREFIX[0] || *p < '1' || *p > '9')
                 return false;
-        for (; *p; p++) {
-                if (*p < '0' || *p > '9')
-                        return false;
+        for (; *p >= '0' && *p <= '9'; p++) {
                 unsigned d = (unsigned) (*p - '0');
-                if (id > (UINT64_MAX - d) / 10)
+                if (conn.id > (UINT64_MAX - d) / 10)
                         return false;
-                id = id * 10 + d;
+                conn.id = conn.id * 10 + d;
         }
-        *ret_id = id;
+        if (*p == 'b') {
+                conn.via_balancer = true;
+                p++;
+                if (*p == '\0')
+                        conn.balancer_own = true;
+                else if ((*p != '4' && *p != '6') || !parse_client(p + 1, *p == '4' ? AF_INET : AF_INET6, &conn.client))
+                        return false;
+        } else if (*p != '\0')
+                return false;
+        *ret = conn;
         return true;
 }
 

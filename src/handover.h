@@ -48,7 +48,7 @@
  * FileDescriptorName= (the socket unit's). */
 #define HANDOVER_FDNAME_STATE "state"
 #define HANDOVER_FDNAME_CONN_PREFIX "c" /* "c<id>", id in decimal without leading zeros */
-#define HANDOVER_FDNAME_MAX 24          /* "c" + 20 digits + NUL, rounded up */
+#define HANDOVER_FDNAME_MAX 64          /* "c" + 20 digits + "b6" + 36 hex digits + NUL, rounded up */
 
 typedef enum HandoverFlags {
         HANDOVER_LINGERING = 1u << 0,  /* ended; discarding what the client still sends */
@@ -189,12 +189,28 @@ void handover_state_done(HandoverState *state);
  * says it was written in the future. */
 uint64_t handover_gap_usec(const HandoverHeader *header, uint64_t now_boottime_usec);
 
-/* File descriptor names. handover_fdname_conn: "c<id>" into BUF (HANDOVER_FDNAME_MAX).
- * handover_fdname_parse_conn: whether NAME is exactly such a name (id 1..UINT64_MAX, no
- * leading zeros, no sign), and its id. handover_fdname_is_stored: whether NAME is in the
- * namespace hellod stores under ("state..." or "c" and a digit), known or not: a passed
- * descriptor with such a name that is no listener is closed and removed from the store rather
- * than refused as a misconfigured socket. */
-const char *handover_fdname_conn(uint64_t id, char *buf, size_t size);
-bool handover_fdname_parse_conn(const char *name, uint64_t *ret_id);
+/* HandoverConnName: what a stored connection's name says. Its id; and, for a connection behind
+ * a balancer that the crash mode stored once its PROXY header was in, the client the header
+ * named, or that it is the balancer's own (PROXY LOCAL): after a crash there is no record, and
+ * the name is all the next process has to go on knowing the connection as the balancer's. */
+typedef struct HandoverConnName {
+        uint64_t id; /* 1..UINT64_MAX */
+        bool via_balancer;
+        bool balancer_own;              /* via_balancer: no client named */
+        struct sockaddr_storage client; /* via_balancer and not balancer_own: AF_INET or AF_INET6 */
+} HandoverConnName;
+
+/* File descriptor names. handover_fdname_conn: CONN's name into BUF (HANDOVER_FDNAME_MAX):
+ * "c<id>" (the id in decimal without leading zeros); behind a balancer "c<id>b" for its own
+ * connection, "c<id>b4<address><port>" or "c<id>b6<address><port>" for a client's (the
+ * address's 4 or 16 bytes and the port's 2 in lowercase hex, network order; no scope id: a
+ * PROXY header has none); a client of another family goes unnamed ("c<id>").
+ * handover_fdname_parse_conn: whether NAME is exactly such a name (each name has one
+ * spelling: handover_fdname_conn() gives NAME back), and what it says.
+ * handover_fdname_is_stored: whether NAME is in the namespace hellod stores under ("state..."
+ * or "c" and a digit), known or not: a passed descriptor with such a name that is no listener
+ * is closed and removed from the store rather than refused as a misconfigured socket (so a
+ * hellod from before the balancer's names closes those connections). */
+const char *handover_fdname_conn(const HandoverConnName *conn, char *buf, size_t size);
+bool handover_fdname_parse_conn(const char *name, HandoverConnName *ret);
 bool handover_fdname_is_stored(const char *name);

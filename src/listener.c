@@ -375,14 +375,14 @@ static int adopt(Listener *l, int fd) {
         return 0;
 }
 
-InheritRole inherit_classify(const char *name, FdKind kind, uint64_t *ret_id) {
+InheritRole inherit_classify(const char *name, FdKind kind, HandoverConnName *ret_conn) {
         if (kind == FD_KIND_LISTENING_TCP)
                 return INHERIT_LISTENER;
         if (!handover_fdname_is_stored(name))
                 return INHERIT_INVALID;
         if (strcmp(name, HANDOVER_FDNAME_STATE) == 0)
                 return kind == FD_KIND_REGULAR ? INHERIT_STATE : INHERIT_UNKNOWN_STORED;
-        if (kind == FD_KIND_CONNECTED_TCP && handover_fdname_parse_conn(name, ret_id))
+        if (kind == FD_KIND_CONNECTED_TCP && handover_fdname_parse_conn(name, ret_conn))
                 return INHERIT_CONNECTION;
         return INHERIT_UNKNOWN_STORED;
 }
@@ -401,22 +401,22 @@ static FdKind fd_kind(int fd) {
 
 static bool store_has_conn(const InheritedStore *store, uint64_t id) {
         for (size_t i = 0; i < store->n_conns; i++)
-                if (store->conns[i].id == id)
+                if (store->conns[i].name.id == id)
                         return true;
         return false;
 }
 
 /* keep_stored: takes FD into STORE in ROLE. 1: taken; 0: a second descriptor of a name
  * already taken (the caller closes it); -ENOMEM. */
-static int keep_stored(InheritedStore *store, InheritRole role, int fd, uint64_t id) {
+static int keep_stored(InheritedStore *store, InheritRole role, int fd, const HandoverConnName *conn) {
         if (role == INHERIT_STATE) {
                 if (store->state_fd >= 0)
                         return 0;
                 store->state_fd = fd;
         } else {
-                if (store_has_conn(store, id))
+                if (store_has_conn(store, conn->id))
                         return 0;
-                store->conns[store->n_conns++] = (StoredConn) { .fd = fd, .id = id };
+                store->conns[store->n_conns++] = (StoredConn) { .fd = fd, .name = *conn };
         }
         (void) fcntl(fd, F_SETFD, FD_CLOEXEC);
         return 1;
@@ -425,11 +425,11 @@ static int keep_stored(InheritedStore *store, InheritRole role, int fd, uint64_t
 /* store_keeps_name: whether a descriptor named NAME was taken, so that removing NAME from the
  * store would drop it too. */
 static bool store_keeps_name(const InheritedStore *store, const char *name) {
-        uint64_t id;
+        HandoverConnName conn;
 
         if (strcmp(name, HANDOVER_FDNAME_STATE) == 0)
                 return store->state_fd >= 0;
-        return handover_fdname_parse_conn(name, &id) && store_has_conn(store, id);
+        return handover_fdname_parse_conn(name, &conn) && store_has_conn(store, conn.id);
 }
 
 /* drop_unknown: closes the stored descriptors classify() could not use, and removes their
@@ -463,9 +463,9 @@ static int split(int n, char **names, ListenerSet *set, InheritedStore *store, I
         for (int i = 0; i < n; i++) {
                 int fd = SD_LISTEN_FDS_START + i, r;
                 const char *name = names && names[i] ? names[i] : "unknown";
-                uint64_t id = 0;
+                HandoverConnName conn = { 0 };
 
-                roles[i] = inherit_classify(name, fd_kind(fd), &id);
+                roles[i] = inherit_classify(name, fd_kind(fd), &conn);
                 switch (roles[i]) {
                 case INHERIT_LISTENER:
                         r = adopt(&set->items[set->n], fd);
@@ -481,7 +481,7 @@ static int split(int n, char **names, ListenerSet *set, InheritedStore *store, I
                         break;
                 case INHERIT_STATE:
                 case INHERIT_CONNECTION:
-                        taken[i] = keep_stored(store, roles[i], fd, id) > 0;
+                        taken[i] = keep_stored(store, roles[i], fd, &conn) > 0;
                         break;
                 case INHERIT_UNKNOWN_STORED:
                         break;
@@ -560,7 +560,7 @@ void inherited_store_discard(InheritedStore *store, const char *why) {
                 return;
         }
         for (size_t i = 0; i < store->n_conns; i++)
-                (void) notify_fdstore_remove(handover_fdname_conn(store->conns[i].id, name, sizeof(name)));
+                (void) notify_fdstore_remove(handover_fdname_conn(&store->conns[i].name, name, sizeof(name)));
         if (state)
                 (void) notify_fdstore_remove(HANDOVER_FDNAME_STATE);
         log_warning("%zu stored connection%s%s closed and removed from the file descriptor store: %s", n,

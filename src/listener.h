@@ -8,6 +8,7 @@
 
 #include "addr.h"
 #include "conf.h"
+#include "handover.h"
 
 typedef struct Listener {
         int fd;
@@ -57,7 +58,7 @@ int listeners_reopen(const Conf *conf, const ListenersReopen *how, ListenerSet *
  * the connections, each close-on-exec and otherwise as stored. */
 typedef struct StoredConn {
         int fd;
-        uint64_t id; /* from its name, "c<id>" */
+        HandoverConnName name; /* what its name said: "c<id>", behind a balancer more */
 } StoredConn;
 
 typedef struct InheritedStore {
@@ -88,8 +89,8 @@ typedef enum InheritRole {
  * is a listener whatever its FileDescriptorName=; otherwise the name decides: "state" (a
  * regular file) and "c<id>" (a connected TCP socket) are taken, any other name of the store's
  * namespace (handover_fdname_is_stored()) is unknown (left by another version of hellod, or
- * damaged), and anything else is invalid. *RET_ID is set for a connection. Pure. */
-InheritRole inherit_classify(const char *name, FdKind kind, uint64_t *ret_id);
+ * damaged), and anything else is invalid. *RET_CONN is set for a connection. Pure. */
+InheritRole inherit_classify(const char *name, FdKind kind, HandoverConnName *ret_conn);
 
 /* listeners_inherit_split: the descriptors systemd passed (LISTEN_FDS,
  * sd_listen_fds_with_names()): the listening sockets into RET (made non-blocking and

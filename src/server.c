@@ -204,9 +204,10 @@ static void unregister(Server *s, Session *session) {
  * connection open after this process closes it. */
 static void forget_stored(const Session *session) {
         char name[HANDOVER_FDNAME_MAX];
+        HandoverConnName conn = handoff_conn_name(session);
 
         if (session->stored)
-                (void) notify_fdstore_remove(handover_fdname_conn(session->id, name, sizeof(name)));
+                (void) notify_fdstore_remove(handover_fdname_conn(&conn, name, sizeof(name)));
 }
 
 /* session_done: the engine's done callback, on the thread that drove the session: the one
@@ -220,22 +221,27 @@ static void session_done(Session *session, void *userdata) {
 /* store_session: handover = "always": the conversation goes into systemd's store as soon as
  * it is one, so that the next process finds it after a crash and goes on from its next line.
  * Behind a balancer that is once its PROXY header is in: a connection still waiting for it
- * would have the header answered as a line. */
+ * would have the header answered as a line; and its name then says what the header said (a
+ * crash leaves no record). */
 static void store_session(Server *s, Session *session) {
         char name[HANDOVER_FDNAME_MAX];
+        HandoverConnName conn;
 
         /* An engine that takes partial lines in (io_uring, turned to "always" by a reload) would
          * have the next process answer the end of a line as a whole one: a crash closes its
          * connections instead, as those of a process not in the crash mode. */
         if (session->conf->handover != HANDOVER_MODE_ALWAYS || session->proxy || !s->keeps_partial_lines)
                 return;
-        session->stored = notify_fdstore_add(session->fd, handover_fdname_conn(session->id, name, sizeof(name))) > 0;
+        session->stored_via = session->balancer[0] != '\0';
+        conn = handoff_conn_name(session);
+        session->stored = notify_fdstore_add(session->fd, handover_fdname_conn(&conn, name, sizeof(name))) > 0;
 }
 
 /* hand_over_record: REC into the state for the next process, and its connection FD into
  * systemd's store (unless STORED there already). 0 or a negative errno. */
 static int hand_over_record(Server *s, const HandoverRecord *rec, int fd, bool stored) {
         char name[HANDOVER_FDNAME_MAX];
+        HandoverConnName conn = { .id = rec->id }; /* the record says the rest */
 
         /* The next process adds the time since the header was stamped to each age: the record
          * gives the age as of then, or the hand-over's own time would be counted twice. */
@@ -246,7 +252,7 @@ static int hand_over_record(Server *s, const HandoverRecord *rec, int fd, bool s
         int r = rec->peer.ss_family == AF_UNSPEC ? -ENOTCONN : handover_state_add(&s->handover, &at_header);
         pthread_mutex_unlock(&s->lock);
         if (r == 0 && !stored)
-                r = notify_fdstore_add(fd, handover_fdname_conn(rec->id, name, sizeof(name)));
+                r = notify_fdstore_add(fd, handover_fdname_conn(&conn, name, sizeof(name)));
         /* Counted once its connection is stored as well (PID 1 may still refuse it, in silence:
          * the next process then counts its record as without a descriptor). */
         __atomic_add_fetch(r >= 0 ? &s->n_handed : &s->n_handed_failed, 1, __ATOMIC_RELAXED);
@@ -1182,29 +1188,36 @@ static void adopt_session(Server *s, Session *session) {
         if (engine_add(s->engine, session) < 0) {
                 /* Closed without a word, like a refused resume, and out of the store. */
                 char name[HANDOVER_FDNAME_MAX];
+                HandoverConnName conn = handoff_conn_name(session);
                 log_warning("connection %" PRIu64 " from %s cannot be resumed by this worker model, closing it",
                             session->id, session->peer);
-                (void) notify_fdstore_remove(handover_fdname_conn(session->id, name, sizeof(name)));
+                (void) notify_fdstore_remove(handover_fdname_conn(&conn, name, sizeof(name)));
                 unregister(s, session);
         }
 }
 
-/* take_conn: the stored connection ID, moved out of STORE; -1 when there is none. */
-static int take_conn(InheritedStore *store, uint64_t id) {
+/* take_conn: the stored connection ID, its descriptor moved out of STORE; NULL when there is
+ * none. */
+static const StoredConn *take_conn(InheritedStore *store, uint64_t id, int *ret_fd) {
         for (size_t i = 0; i < store->n_conns; i++)
-                if (store->conns[i].fd >= 0 && store->conns[i].id == id) {
-                        int fd = store->conns[i].fd;
+                if (store->conns[i].fd >= 0 && store->conns[i].name.id == id) {
+                        *ret_fd = store->conns[i].fd;
                         store->conns[i].fd = -1;
-                        return fd;
+                        return &store->conns[i];
                 }
-        return -1;
+        return NULL;
+}
+
+/* unstore: the stored connection CONN out of systemd's store. */
+static void unstore(const StoredConn *conn) {
+        char name[HANDOVER_FDNAME_MAX];
+
+        (void) notify_fdstore_remove(handover_fdname_conn(&conn->name, name, sizeof(name)));
 }
 
 /* forget_conn: a stored connection that is not resumed: out of the store, closed. */
-static void forget_conn(int fd, uint64_t id) {
-        char name[HANDOVER_FDNAME_MAX];
-
-        (void) notify_fdstore_remove(handover_fdname_conn(id, name, sizeof(name)));
+static void forget_conn(int fd, const StoredConn *conn) {
+        unstore(conn);
         close(fd);
 }
 
@@ -1251,17 +1264,19 @@ static void resume_records(Server *s, InheritedStore *store, ResumeCounts *c) {
                         c->refused++;
                         continue;
                 }
-                int fd = take_conn(store, rec.id);
-                if (fd < 0) {
+                int fd = -1;
+                const StoredConn *conn = take_conn(store, rec.id, &fd);
+                if (!conn) {
                         c->gone++; /* the client left during the gap; PID 1 dropped it */
                         continue;
                 }
                 if (handoff_session(&rec, fd, s->conf, now, c->gap_usec, &session, &reason) < 0) {
                         log_warning("cannot resume connection %" PRIu64 ": %s, closing it", rec.id, reason);
-                        (void) notify_fdstore_remove(handover_fdname_conn(rec.id, err, sizeof(err)));
+                        unstore(conn);
                         c->refused++;
                         continue;
                 }
+                session->stored_via = conn->name.via_balancer; /* the name it is stored under */
                 adopt_session(s, session);
                 c->resumed++;
         }
@@ -1304,7 +1319,6 @@ static void drop_unwritten_state(InheritedStore *store) {
 static void resume(Server *s, InheritedStore *store) {
         ResumeCounts c = { 0 };
         bool keep_stored = s->conf->handover == HANDOVER_MODE_ALWAYS;
-        char name[HANDOVER_FDNAME_MAX];
 
         drop_unwritten_state(store);
         /* A state that was passed but cannot be used (corrupt, another format or boot) is
@@ -1323,14 +1337,13 @@ static void resume(Server *s, InheritedStore *store) {
                 conn->fd = -1;
                 if (fd < 0) { /* resumed from its record */
                         if (!keep_stored)
-                                (void) notify_fdstore_remove(handover_fdname_conn(conn->id, name, sizeof(name)));
+                                unstore(conn);
                         continue;
                 }
                 /* No state (a crash) but a connection kept in the store: it goes on from its next
                  * line. handoff_session_fresh() closes FD when it cannot. */
                 bool fresh = !state_passed && keep_stored;
-                if (fresh && handoff_session_fresh(fd, s->conf, &session) == 0) {
-                        session->id = conn->id;
+                if (fresh && handoff_session_fresh(fd, s->conf, &conn->name, &session) == 0) {
                         adopt_session(s, session);
                         c.fresh++;
                         continue;
@@ -1338,9 +1351,9 @@ static void resume(Server *s, InheritedStore *store) {
                 /* With a state, a connection without a usable record (counted with its record) is
                  * closed; without one, it could not be taken up. */
                 if (fresh)
-                        (void) notify_fdstore_remove(handover_fdname_conn(conn->id, name, sizeof(name)));
+                        unstore(conn);
                 else
-                        forget_conn(fd, conn->id);
+                        forget_conn(fd, conn);
                 if (!c.have_state)
                         c.refused++;
         }

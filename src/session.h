@@ -78,6 +78,7 @@ typedef struct Session {
         bool resumed; /* taken over from another process: greeted already, state restored */
         bool close_logged; /* its closing line is logged already (HANDOVER_LOGGED) */
         bool stored;  /* in systemd's file descriptor store (handover = "always") */
+        bool stored_via; /* stored under a name that says it is the balancer's (handoff_conn_name) */
         bool fd_kept; /* perconn: the socket outlives the session (the lingerer keeps it);
                        * session_free() leaves it open. Never read by the server thread. */
 } Session;

@@ -22,10 +22,10 @@ static void must(bool cond, const char *what) {
 
 static void store_take(Store *st, const char *msg, int fd) {
         const char *name = strstr(msg, "FDNAME=");
-        char n[32] = "";
+        char n[64] = "";
 
         if (name)
-                sscanf(name + 7, "%31[^\n]", n);
+                sscanf(name + 7, "%63[^\n]", n);
         pthread_mutex_lock(&st->lock);
         const char *extend = strstr(msg, "EXTEND_TIMEOUT_USEC=");
         if (extend)

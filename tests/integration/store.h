@@ -23,7 +23,7 @@ typedef struct Store {
         char path[108];
         pthread_t thread;
         pthread_mutex_t lock;
-        char names[STORE_CAPACITY][32];
+        char names[STORE_CAPACITY][64]; /* hellod's longest is 59 bytes (HANDOVER_FDNAME_MAX) */
         int fds[STORE_CAPACITY];
         unsigned limit;    /* FileDescriptorStoreMax=: what is stored beyond it is refused */
         unsigned delay_us; /* how long each message takes, as a slow PID 1 would (set atomically) */

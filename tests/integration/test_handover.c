@@ -586,31 +586,40 @@ Test(handover, the_age_of_a_resumed_conversation_counts_the_gap, .timeout = 60) 
         rig_end(&r);
 }
 
-/* Behind a balancer a resumed conversation is still the balancer's connection. The record used
- * to forget it: after a restart a close line named the client without "via" the balancer, a
- * health check's connection (PROXY LOCAL) counted against the balancer's address for
- * max_connections_per_ip (and was logged at info level), and the close after exit no longer
- * waited for the balancer's acknowledgements (session.c, asked_to_end). */
-Test(handover, a_resumed_balancer_connection_stays_the_balancers, .timeout = 60) {
+/* Behind a balancer a resumed conversation is still the balancer's connection, and its client
+ * the one the PROXY header named. The record used to forget it: after a restart a close line
+ * named the client without "via" the balancer, a health check's connection (PROXY LOCAL)
+ * counted against the balancer's address for max_connections_per_ip (and was logged at info
+ * level), and the close after exit no longer waited for the balancer's acknowledgements
+ * (session.c, asked_to_end). After a crash (no record) the same: the connection's name in the
+ * store says what the header said (handover.h, HandoverConnName); the next process used to
+ * take the balancer for the client. */
+static void balancer_connections_stay_the_balancers(bool crash) {
         static const char local[] = PROXY_V2_SIG "\x20\x00\x00\x00"; /* LOCAL, no addresses */
         Rig r;
 
+        harness_step("across a %s", crash ? "crash" : "restart");
         rig_start(&r);
         rig_serve(&r,
                   "listen = ( { address = \"127.0.0.1:%u\"; proxy_protocol = true; } );\n"
                   "proxy_from = [ \"127.0.0.1\" ];\nmax_connections_per_ip = 1;\nlog_level = \"info\";\n"
-                  "workers = 1;\nio_backend = \"epoll\";\n",
-                  (unsigned) r.port);
+                  "workers = 1;\nio_backend = \"epoll\";\n%s",
+                  (unsigned) r.port, crash ? "handover = \"always\";\n" : "");
         int client = client_connect(r.port);
         client_send_str(client, "PROXY TCP4 192.0.2.7 127.0.0.1 40000 9999\r\n");
         client_expect_str(client, HELLOD_GREETING);
         int check = client_connect(r.port); /* the balancer's own: it speaks for itself */
         client_send(check, local, PROXY_V2_SIG_LEN + 4);
         client_expect_str(check, HELLOD_GREETING);
-        stop_and_wait(r.d);
+        if (crash) {
+                store_wait(r.d, &r.st, "c", 2);
+                hellod_signal(r.d, SIGKILL);
+                (void) hellod_wait_exit(r.d, HARNESS_TIMEOUT_MS);
+        } else
+                stop_and_wait(r.d);
         cr_assert_eq(truncate(r.d->stderr_path, 0), 0);
         store_start_hellod(r.d, &r.st, r.listener);
-        hellod_wait_stderr(r.d, "resumed 2 conversations handed over");
+        hellod_wait_stderr(r.d, crash ? "resumed 2 conversations kept in the store" : "resumed 2 conversations handed over");
 
         harness_step("a client the balancer names by its own address: the health check holds no slot of it");
         int same = client_connect(r.port);
@@ -631,7 +640,17 @@ Test(handover, a_resumed_balancer_connection_stays_the_balancers, .timeout = 60)
         stop_and_wait(r.d);
         /* At info level: the client's and the new one's close lines, not the health check's. */
         cr_expect_eq(hellod_count_in_stderr(r.d, " closed: "), 2, "close lines at info level");
+        if (crash)
+                cr_expect_eq(store_count(&r.st, "c"), 0, "a connection left in the store under another name");
         store_end_rig(r.d, &r.st, r.listener);
+}
+
+Test(handover, a_resumed_balancer_connection_stays_the_balancers, .timeout = 60) {
+        balancer_connections_stay_the_balancers(false);
+}
+
+Test(handover, always_a_balancer_connection_resumed_after_a_crash_stays_the_balancers, .timeout = 60) {
+        balancer_connections_stay_the_balancers(true);
 }
 
 /* stored_client: hellod started with CONFIG, then EXTRA, and handover = "always"; returns a

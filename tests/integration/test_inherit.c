@@ -214,7 +214,7 @@ static void check_everything(int r, const char *err, ListenerSet *set, Inherited
                 return fail("%zu listeners, the first fd %d", set->n, set->n ? set->items[0].fd : -1);
         if (store->state_fd != 5)
                 return fail("state fd %d, expected 5", store->state_fd);
-        if (store->n_conns != 1 || store->conns[0].fd != 4 || store->conns[0].id != 7)
+        if (store->n_conns != 1 || store->conns[0].fd != 4 || store->conns[0].name.id != 7)
                 return fail("%zu connections", store->n_conns);
         for (int fd = 3; fd <= 5; fd++)
                 if (!cloexec(fd))

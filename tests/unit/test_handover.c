@@ -781,17 +781,91 @@ Test(state, a_damaged_record_is_refused_alone) {
 
 Test(fdname, connection_names) {
         char buf[HANDOVER_FDNAME_MAX];
-        uint64_t id = 0;
+        HandoverConnName conn = { .id = 42 };
 
-        cr_assert_str_eq(handover_fdname_conn(42, buf, sizeof(buf)), "c42");
-        cr_assert_str_eq(handover_fdname_conn(UINT64_MAX, buf, sizeof(buf)), "c18446744073709551615");
-        cr_assert(handover_fdname_parse_conn(buf, &id));
-        cr_assert_eq(id, UINT64_MAX);
-        cr_assert(handover_fdname_parse_conn("c1", &id) && id == 1);
+        cr_assert_str_eq(handover_fdname_conn(&conn, buf, sizeof(buf)), "c42");
+        conn.id = UINT64_MAX;
+        cr_assert_str_eq(handover_fdname_conn(&conn, buf, sizeof(buf)), "c18446744073709551615");
+        conn.id = 0;
+        cr_assert(handover_fdname_parse_conn(buf, &conn));
+        cr_assert_eq(conn.id, UINT64_MAX);
+        cr_assert_not(conn.via_balancer);
+        cr_assert(handover_fdname_parse_conn("c1", &conn) && conn.id == 1);
         const char *bad[] = { "c", "c0", "c01", "c-1", "c+1", "c1x", "c 1", "C1", "1", "",
-                              "c18446744073709551616", "c99999999999999999999", "state", "hellod" };
+                              "c18446744073709551616", "c99999999999999999999", "state", "hellod",
+                              /* behind a balancer: a family, then exactly its digits, lowercase */
+                              "c1b5", "c1b4", "c1b4c0a8000101bb0", "c1b4c0a8000101b", "c1b4C0A8000101BB",
+                              "c1b4c0a80001g1bb", "c1bb", "c1b6c0a8000101bb", "c0b", "c01b", "cb" };
         for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-                cr_expect_not(handover_fdname_parse_conn(bad[i], &id), "'%s' parsed", bad[i]);
+                cr_expect_not(handover_fdname_parse_conn(bad[i], &conn), "'%s' parsed", bad[i]);
+}
+
+/* Behind a balancer the crash mode's name says what the PROXY header said: the client (its
+ * address and port in hex), or that the connection is the balancer's own. */
+Test(fdname, names_behind_a_balancer) {
+        char buf[HANDOVER_FDNAME_MAX];
+        HandoverConnName conn = { .id = 7, .via_balancer = true }, back;
+        struct sockaddr_in *in = (struct sockaddr_in *) &conn.client;
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *) &conn.client;
+
+        in->sin_family = AF_INET;
+        in->sin_port = htons(443);
+        in->sin_addr.s_addr = htonl(0xc0a80001); /* 192.168.0.1 */
+        cr_assert_str_eq(handover_fdname_conn(&conn, buf, sizeof(buf)), "c7b4c0a8000101bb");
+        cr_assert(handover_fdname_parse_conn(buf, &back));
+        cr_assert(back.id == 7 && back.via_balancer && !back.balancer_own);
+        cr_assert_eq(back.client.ss_family, AF_INET);
+        cr_assert_eq(memcmp(&back.client, &conn.client, sizeof(struct sockaddr_in)), 0);
+
+        memset(&conn.client, 0, sizeof(conn.client));
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons(65535);
+        inet_pton(AF_INET6, "2001:db8::ff", &in6->sin6_addr);
+        in6->sin6_scope_id = 3; /* a PROXY header has none: not named */
+        conn.id = UINT64_MAX;
+        cr_assert_str_eq(handover_fdname_conn(&conn, buf, sizeof(buf)),
+                         "c18446744073709551615b620010db80000000000000000000000ffffff");
+        cr_assert_lt(strlen(buf), HANDOVER_FDNAME_MAX);
+        cr_assert(handover_fdname_parse_conn(buf, &back));
+        cr_assert_eq(back.client.ss_family, AF_INET6);
+        cr_assert_eq(memcmp(&back.client, &conn.client, offsetof(struct sockaddr_in6, sin6_scope_id)), 0);
+        cr_assert_eq(((struct sockaddr_in6 *) &back.client)->sin6_scope_id, 0);
+
+        conn.balancer_own = true; /* no client named */
+        conn.id = 9;
+        cr_assert_str_eq(handover_fdname_conn(&conn, buf, sizeof(buf)), "c9b");
+        cr_assert(handover_fdname_parse_conn(buf, &back));
+        cr_assert(back.id == 9 && back.via_balancer && back.balancer_own);
+
+        conn.balancer_own = false; /* a client of no IP family goes unnamed */
+        conn.client.ss_family = AF_UNIX;
+        cr_assert_str_eq(handover_fdname_conn(&conn, buf, sizeof(buf)), "c9");
+}
+
+/* Each name has one spelling: random ones come back as they went. */
+Test(fdname, every_name_comes_back_as_it_went) {
+        for (int i = 0; i < 2000; i++) {
+                char buf[HANDOVER_FDNAME_MAX], again[HANDOVER_FDNAME_MAX];
+                HandoverConnName conn = { .id = rnd() >> rnd_below(64) | 1, .via_balancer = rnd() & 1 }, back;
+
+                conn.balancer_own = conn.via_balancer && rnd_below(3) == 0;
+                if (rnd() & 1) {
+                        struct sockaddr_in *in = (struct sockaddr_in *) &conn.client;
+                        in->sin_family = AF_INET;
+                        in->sin_port = (uint16_t) rnd();
+                        in->sin_addr.s_addr = (uint32_t) rnd();
+                } else {
+                        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *) &conn.client;
+                        in6->sin6_family = AF_INET6;
+                        in6->sin6_port = (uint16_t) rnd();
+                        fill(in6->sin6_addr.s6_addr, 16);
+                }
+                cr_assert(handover_fdname_parse_conn(handover_fdname_conn(&conn, buf, sizeof(buf)), &back), "%s", buf);
+                cr_assert_str_eq(handover_fdname_conn(&back, again, sizeof(again)), buf);
+                cr_assert(back.id == conn.id && back.via_balancer == conn.via_balancer &&
+                          back.balancer_own == conn.balancer_own);
+                cr_assert(handover_fdname_is_stored(buf));
+        }
 }
 
 Test(fdname, the_stored_namespace) {
@@ -830,7 +904,7 @@ Test(conf_hash, changes_with_what_shapes_the_bytes) {
 #include "listener.h"
 
 Test(inherit, classify) {
-        uint64_t id = 0;
+        HandoverConnName id = { 0 };
 
         /* A listening socket is a listener, whatever its name. */
         cr_expect_eq(inherit_classify("hellod", FD_KIND_LISTENING_TCP, &id), INHERIT_LISTENER);
@@ -839,7 +913,9 @@ Test(inherit, classify) {
         /* What the store keeps, when name and kind agree. */
         cr_expect_eq(inherit_classify("state", FD_KIND_REGULAR, &id), INHERIT_STATE);
         cr_expect_eq(inherit_classify("c17", FD_KIND_CONNECTED_TCP, &id), INHERIT_CONNECTION);
-        cr_expect_eq(id, 17);
+        cr_expect_eq(id.id, 17);
+        cr_expect_eq(inherit_classify("c18b4c0a8000101bb", FD_KIND_CONNECTED_TCP, &id), INHERIT_CONNECTION);
+        cr_expect(id.id == 18 && id.via_balancer);
         /* Ours by name, unusable: closed and removed. */
         cr_expect_eq(inherit_classify("state", FD_KIND_CONNECTED_TCP, &id), INHERIT_UNKNOWN_STORED);
         cr_expect_eq(inherit_classify("state", FD_KIND_OTHER, &id), INHERIT_UNKNOWN_STORED);
