@@ -27,7 +27,12 @@
  *     of line framing included, byte by byte, which keeps whole lines in an unbounded buffer)
  *     predicts for the same reads;
  *   - proto.end, proto.lines (replies) and proto.messages (complete lines, the activity that resets
- *     the idle timer) agree with the model. */
+ *     the idle timer) agree with the model;
+ *   - a hand-over between two reads (one boundary in four, from the read sizes' seed) changes
+ *     nothing the client sees: the next process's Proto is made as handoff.c makes it (the
+ *     pending line, the counters, a subnegotiation's count, and the bytes of a telnet command
+ *     cut by it in front of the next read), and the model, which knows nothing of it, still
+ *     predicts every byte and every cut. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -488,6 +493,26 @@ static ProtoStatus run_read(Run *r, const char *in, size_t n) {
         return status;
 }
 
+/* hand_over: R's session passes to the next process between two reads, as handoff.c records
+ * and restores it: a fresh Proto under CONF with the pending line, the counters and the
+ * subnegotiation; the bytes that begin again a telnet command cut by it go into HEAD, to come
+ * in front of the next read. Returns their number. */
+static size_t hand_over(Run *r, const Conf *conf, uint8_t head[PROTO_TELNET_RESTART_MAX]) {
+        size_t n = proto_telnet_restart(&r->proto, head), skipped = 0;
+        bool in_subnegotiation = proto_subnegotiation(&r->proto, &skipped);
+        Proto next;
+
+        check(proto_init(&next, conf) == 0, "proto_init failed");
+        check(proto_resume(&next, r->proto.pending, r->proto.pending_len, r->proto.lines, r->proto.messages,
+                           r->proto.end) == 0,
+              "proto_resume refused a pending line of %zu bytes", r->proto.pending_len);
+        check(!in_subnegotiation || proto_resume_subnegotiation(&next, skipped) == 0,
+              "proto_resume_subnegotiation refused %zu bytes", skipped);
+        proto_done(&r->proto);
+        r->proto = next;
+        return n;
+}
+
 /* check_closed: once closed, nothing more comes out of proto. */
 static void check_closed(Run *r, const char *in, size_t n) {
         static const char more[] = "late\nexit\n";
@@ -581,6 +606,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         char *prefix = input_text(&in, lens & TEMPLATE_PART_MAX);
         char *suffix = input_text(&in, (size_t) (lens >> 4) & TEMPLATE_PART_MAX);
         uint32_t rng = 0x9e3779b9u ^ ((uint32_t) input_byte(&in) * 0x01000193u);
+        uint32_t handover_rng = rng ^ 0x85ebca6bu; /* its own: the read sizes stay as they were */
+        char *read_buf;
         const char *payload = (const char *) data + in.pos;
         size_t payload_len = size - (in.pos < size ? in.pos : size);
         int end_action = (flags >> 1) & 3, split = (flags >> 4) & 7;
@@ -605,9 +632,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         r.out.cap = (flags & 0x80) ? (out_min > SESSION_OUT_SIZE ? out_min : SESSION_OUT_SIZE) + extra
                                    : out_min + extra;
         r.out.data = malloc(r.out.cap);
-        if (!r.out.data)
-                abort();
         read_max = conf.framing == FRAMING_CHUNK ? proto_input_max(&conf) : SESSION_READ_SIZE;
+        read_buf = malloc(PROTO_TELNET_RESTART_MAX + read_max);
+        if (!r.out.data || !read_buf)
+                abort();
         check(proto_init(&r.proto, &conf) == 0, "proto_init failed");
         check(out_min >= PROTO_ERR_MAX, "proto_output_min %zu < PROTO_ERR_MAX", out_min);
         check(read_max > (size_t) conf.max_line_length + 2 || conf.framing == FRAMING_LINE,
@@ -657,7 +685,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                         print_escaped(payload + pos, n);
                         fputs("\"\n", stderr);
                 }
-                status = run_read(&r, payload + pos, n);
+                size_t head_n = 0;
+                if (pos > 0 && rng_next(&handover_rng) % 4 == 0) {
+                        uint8_t head[PROTO_TELNET_RESTART_MAX];
+                        head_n = hand_over(&r, &conf, head);
+                        memcpy(read_buf, head, head_n);
+                        if (verbose())
+                                fprintf(stderr, "fuzz_proto: hand-over, %zu bytes begun again\n", head_n);
+                }
+                memcpy(read_buf + head_n, payload + pos, n);
+                status = run_read(&r, read_buf, head_n + n);
                 model_read(&m, payload + pos, n);
                 pos += n;
                 check((status == PROTO_CLOSE) == m.closed, "after the read ending at %zu: proto %s, model %s",
@@ -711,5 +748,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         cuts_free(&m.cuts);
         free(prefix);
         free(suffix);
+        free(read_buf);
         return 0;
 }
