@@ -769,13 +769,8 @@ static void reloads_verdict(Hellod *d, const Setup *s, unsigned n) {
                 harness_sleep_ms(50);
         verdict(spare == want, "%s: the spare listener %s after %u reloads", s->name,
                 spare ? "accepts" : "is closed", n);
-        char *err = hellod_stderr(d);
-        unsigned applied = 0;
-
-        for (const char *at = strstr(err, "configuration reloaded from"); at; at = strstr(at + 1, "configuration reloaded from"))
-                applied++;
-        bool failed = strstr(err, "reload failed") != NULL;
-        free(err);
+        unsigned applied = (unsigned) hellod_count_in_stderr(d, "configuration reloaded from");
+        bool failed = hellod_count_in_stderr(d, "reload failed") > 0;
         /* SIGHUPs that come during a reload make one more, not one each. */
         verdict(n > 0 && applied > 0 && applied <= n && !failed, "%s: %u reloads asked for, %u applied%s", s->name, n,
                 applied, failed ? ", one failed" : "");

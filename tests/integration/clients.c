@@ -58,16 +58,6 @@ bool baseline_wait_settled(Hellod *d, const Baseline *b, int timeout_ms, Usage *
         }
 }
 
-int hellod_count_in_stderr(Hellod *d, const char *needle) {
-        char *log = hellod_stderr(d);
-        int n = 0;
-
-        for (const char *p = log; (p = strstr(p, needle)); p += strlen(needle))
-                n++;
-        free(log);
-        return n;
-}
-
 /* --- statistics and error tallies ----------------------------------------------------------- */
 
 void stats_add(Stats *s, int64_t us) {

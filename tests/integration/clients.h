@@ -47,8 +47,6 @@ long baseline_rss_bound(const Baseline *b);
  * session left open), no more workers than the cache keeps, no more other threads. Whether it
  * got there; the last figures in *RET. */
 bool baseline_wait_settled(Hellod *d, const Baseline *b, int timeout_ms, Usage *ret);
-/* hellod_count_in_stderr: occurrences of NEEDLE in what the daemon logged so far. */
-int hellod_count_in_stderr(Hellod *d, const char *needle);
 
 /* --- statistics and error tallies ----------------------------------------------------------- */
 

@@ -1067,6 +1067,16 @@ char *hellod_stderr(Hellod *d) {
         return harness_read_file(d->stderr_path, NULL);
 }
 
+int hellod_count_in_stderr(Hellod *d, const char *needle) {
+        char *log = hellod_stderr(d);
+        int n = 0;
+
+        for (const char *p = log; (p = strstr(p, needle)); p += strlen(needle))
+                n++;
+        free(log);
+        return n;
+}
+
 void hellod_wait_stderr(Hellod *d, const char *needle) {
         int64_t deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;
 

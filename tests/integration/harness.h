@@ -175,6 +175,8 @@ void hellod_stop_clean(Hellod *d);
 /* hellod_stdout/_stderr: what the daemon wrote so far, malloc'd, NUL-terminated. */
 char *hellod_stdout(Hellod *d);
 char *hellod_stderr(Hellod *d);
+/* hellod_count_in_stderr: occurrences of NEEDLE in what the daemon logged so far. */
+int hellod_count_in_stderr(Hellod *d, const char *needle);
 /* hellod_wait_stderr: until stderr contains NEEDLE (bounded). */
 void hellod_wait_stderr(Hellod *d, const char *needle);
 /* The running daemon's resources (harness_proc_*); these fail if it is not running. */
