@@ -293,7 +293,7 @@ int handoff_session_fresh(int fd, Conf *conf, const HandoverConnName *name, Sess
 }
 
 HandoverConnName handoff_conn_name(const Session *s) {
-        HandoverConnName name = { .id = s->id, .via_balancer = s->stored_via && s->balancer[0] };
+        HandoverConnName name = { .id = s->id, .via_balancer = s->stored_via };
 
         if (name.via_balancer) {
                 name.balancer_own = s->proxy_local;

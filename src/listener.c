@@ -423,13 +423,17 @@ static int keep_stored(InheritedStore *store, InheritRole role, int fd, const Ha
 }
 
 /* store_keeps_name: whether a descriptor named NAME was taken, so that removing NAME from the
- * store would drop it too. */
+ * store would drop it too. (A connection of the same id under another name, "c5b" beside "c5",
+ * is not: each name has one spelling.) */
 static bool store_keeps_name(const InheritedStore *store, const char *name) {
-        HandoverConnName conn;
+        char taken[HANDOVER_FDNAME_MAX];
 
         if (strcmp(name, HANDOVER_FDNAME_STATE) == 0)
                 return store->state_fd >= 0;
-        return handover_fdname_parse_conn(name, &conn) && store_has_conn(store, conn.id);
+        for (size_t i = 0; i < store->n_conns; i++)
+                if (strcmp(handover_fdname_conn(&store->conns[i].name, taken, sizeof(taken)), name) == 0)
+                        return true;
+        return false;
 }
 
 /* drop_unknown: closes the stored descriptors classify() could not use, and removes their
@@ -441,7 +445,8 @@ static void drop_unknown(const InheritedStore *store, char **names, const Inheri
 
                 if (roles[i] == INHERIT_LISTENER || taken[i])
                         continue;
-                if (roles[i] == INHERIT_UNKNOWN_STORED && !store_keeps_name(store, name)) {
+                if ((roles[i] == INHERIT_UNKNOWN_STORED || roles[i] == INHERIT_CONNECTION) &&
+                    !store_keeps_name(store, name)) {
                         log_warning("passed file descriptor %d ('%s') is not one hellod can resume: closed and "
                                     "removed from the file descriptor store",
                                     SD_LISTEN_FDS_START + i, name);

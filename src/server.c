@@ -238,10 +238,18 @@ static void store_session(Server *s, Session *session) {
 }
 
 /* hand_over_record: REC into the state for the next process, and its connection FD into
- * systemd's store (unless STORED there already). 0 or a negative errno. */
+ * systemd's store (unless STORED there already): named as the crash mode names it when this
+ * process is in that mode (the next one most likely is too, and after a crash there it has
+ * only the name), else "c<id>" (the record says the rest). 0 or a negative errno. */
 static int hand_over_record(Server *s, const HandoverRecord *rec, int fd, bool stored) {
         char name[HANDOVER_FDNAME_MAX];
-        HandoverConnName conn = { .id = rec->id }; /* the record says the rest */
+        HandoverConnName conn = { .id = rec->id };
+
+        if (s->conf->handover == HANDOVER_MODE_ALWAYS && (rec->flags & HANDOVER_VIA_BALANCER)) {
+                conn.via_balancer = true;
+                conn.balancer_own = rec->flags & HANDOVER_BALANCER_OWN;
+                conn.client = rec->peer;
+        }
 
         /* The next process adds the time since the header was stamped to each age: the record
          * gives the age as of then, or the hand-over's own time would be counted twice. */

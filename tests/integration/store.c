@@ -209,18 +209,18 @@ void store_stays(Hellod *d, Store *st, const char *prefix, unsigned n, int ms) {
 
 pid_t store_start_hellod(Hellod *d, Store *st, int listener) {
         static int fds[STORE_CAPACITY + 1];
-        static char names[STORE_CAPACITY * 32 + 16], env_names[sizeof(names) + 16];
+        /* Every name and its ':' fit: the names are NUL-terminated within sizeof(st->names[0]). */
+        static char names[STORE_CAPACITY * sizeof(st->names[0]) + 16], env_names[sizeof(names) + 16];
         char env_fds[32], env_notify[160];
         unsigned n = 0;
+        size_t len = (size_t) snprintf(names, sizeof(names), "hellod");
 
-        snprintf(names, sizeof(names), "hellod");
         fds[n++] = listener;
         store_settle(st);
         pthread_mutex_lock(&st->lock);
         for (unsigned i = 0; i < st->n; i++) {
                 fds[n++] = st->fds[i];
-                strcat(names, ":");
-                strcat(names, st->names[i]);
+                len += (size_t) snprintf(names + len, sizeof(names) - len, ":%s", st->names[i]);
         }
         pthread_mutex_unlock(&st->lock);
         snprintf(env_fds, sizeof(env_fds), "LISTEN_FDS=%u", n);

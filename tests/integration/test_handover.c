@@ -593,26 +593,31 @@ Test(handover, the_age_of_a_resumed_conversation_counts_the_gap, .timeout = 60) 
  * level), and the close after exit no longer waited for the balancer's acknowledgements
  * (session.c, asked_to_end). After a crash (no record) the same: the connection's name in the
  * store says what the header said (handover.h, HandoverConnName); the next process used to
- * take the balancer for the client. */
-static void balancer_connections_stay_the_balancers(bool crash) {
+ * take the balancer for the client. In the crash mode a restart keeps those names, and each
+ * connection leaves the store under the name it came with. */
+static void balancer_connections_stay_the_balancers(bool always, bool crash) {
         static const char local[] = PROXY_V2_SIG "\x20\x00\x00\x00"; /* LOCAL, no addresses */
         Rig r;
 
-        harness_step("across a %s", crash ? "crash" : "restart");
+        harness_step("across a %s%s", crash ? "crash" : "restart", always ? " in the crash mode" : "");
         rig_start(&r);
         rig_serve(&r,
                   "listen = ( { address = \"127.0.0.1:%u\"; proxy_protocol = true; } );\n"
                   "proxy_from = [ \"127.0.0.1\" ];\nmax_connections_per_ip = 1;\nlog_level = \"info\";\n"
                   "workers = 1;\nio_backend = \"epoll\";\n%s",
-                  (unsigned) r.port, crash ? "handover = \"always\";\n" : "");
+                  (unsigned) r.port, always ? "handover = \"always\";\n" : "");
         int client = client_connect(r.port);
         client_send_str(client, "PROXY TCP4 192.0.2.7 127.0.0.1 40000 9999\r\n");
         client_expect_str(client, HELLOD_GREETING);
         int check = client_connect(r.port); /* the balancer's own: it speaks for itself */
         client_send(check, local, PROXY_V2_SIG_LEN + 4);
         client_expect_str(check, HELLOD_GREETING);
-        if (crash) {
+        if (always) { /* named as the header said: the client's address and port, the balancer's own */
                 store_wait(r.d, &r.st, "c", 2);
+                cr_expect_eq(store_count(&r.st, "c1b4c00002079c40"), 1, "the client's connection's name");
+                cr_expect_eq(store_count(&r.st, "c2b"), 1, "the health check's connection's name");
+        }
+        if (crash) {
                 hellod_signal(r.d, SIGKILL);
                 (void) hellod_wait_exit(r.d, HARNESS_TIMEOUT_MS);
         } else
@@ -640,17 +645,17 @@ static void balancer_connections_stay_the_balancers(bool crash) {
         stop_and_wait(r.d);
         /* At info level: the client's and the new one's close lines, not the health check's. */
         cr_expect_eq(hellod_count_in_stderr(r.d, " closed: "), 2, "close lines at info level");
-        if (crash)
-                cr_expect_eq(store_count(&r.st, "c"), 0, "a connection left in the store under another name");
+        cr_expect_eq(store_count(&r.st, "c"), 0, "a connection left in the store under another name");
         store_end_rig(r.d, &r.st, r.listener);
 }
 
-Test(handover, a_resumed_balancer_connection_stays_the_balancers, .timeout = 60) {
-        balancer_connections_stay_the_balancers(false);
+Test(handover, a_resumed_balancer_connection_stays_the_balancers, .timeout = 90) {
+        balancer_connections_stay_the_balancers(false, false);
+        balancer_connections_stay_the_balancers(true, false);
 }
 
 Test(handover, always_a_balancer_connection_resumed_after_a_crash_stays_the_balancers, .timeout = 60) {
-        balancer_connections_stay_the_balancers(true);
+        balancer_connections_stay_the_balancers(true, true);
 }
 
 /* stored_client: hellod started with CONFIG, then EXTRA, and handover = "always"; returns a

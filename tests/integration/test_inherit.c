@@ -219,7 +219,7 @@ static void check_everything(int r, const char *err, ListenerSet *set, Inherited
         for (int fd = 3; fd <= 5; fd++)
                 if (!cloexec(fd))
                         return fail("fd %d is not close-on-exec", fd);
-        for (int fd = 6; fd <= 9; fd++)
+        for (int fd = 6; fd <= 10; fd++)
                 if (is_open(fd))
                         return fail("fd %d is still open", fd);
         /* The stored connection is the client's conversation. */
@@ -235,16 +235,18 @@ static void check_everything(int r, const char *err, ListenerSet *set, Inherited
 Test(inherit, listeners_connections_state_and_unknowns) {
         const Passed p[] = {
                 { LISTENER, "hellod" }, { CONNECTION, "c7" },   { MEMFD, "state" },     { CONNECTION, "c0" },
-                { MEMFD, "c9" },        { CONNECTION, "state" }, { CONNECTION, "c7" },
+                { MEMFD, "c9" },        { CONNECTION, "state" }, { CONNECTION, "c7" },  { CONNECTION, "c7b" },
         };
         Outcome o = run(p, sizeof(p) / sizeof(p[0]), false, check_everything);
 
         cr_assert_str_empty(o.failure, "%s", o.failure);
         /* c0 (no valid id) and c9 (not a socket) are removed; the second "state" and "c7" only
-         * closed, since removing their names would drop the ones taken. */
-        cr_assert_eq(o.n_messages, 2, "%zu messages, the first '%s'", o.n_messages, o.messages[0]);
+         * closed, since removing their names would drop the ones taken; "c7b", the id of one
+         * taken under another name, removed (it was kept open in the store for good). */
+        cr_assert_eq(o.n_messages, 3, "%zu messages, the first '%s'", o.n_messages, o.messages[0]);
         cr_expect_str_eq(o.messages[0], "FDSTOREREMOVE=1\nFDNAME=c0");
         cr_expect_str_eq(o.messages[1], "FDSTOREREMOVE=1\nFDNAME=c9");
+        cr_expect_str_eq(o.messages[2], "FDSTOREREMOVE=1\nFDNAME=c7b");
 }
 
 static void check_discarded(int r, const char *err, ListenerSet *set, InheritedStore *store, const int clients[]) {

@@ -842,12 +842,16 @@ Test(fdname, names_behind_a_balancer) {
         cr_assert_str_eq(handover_fdname_conn(&conn, buf, sizeof(buf)), "c9");
 }
 
-/* Each name has one spelling: random ones come back as they went. */
+/* Each name has one spelling: random ones come back as they went, and a name damaged at random
+ * (a byte changed, dropped or added) is refused or read as a name that is spelled so. */
 Test(fdname, every_name_comes_back_as_it_went) {
-        for (int i = 0; i < 2000; i++) {
-                char buf[HANDOVER_FDNAME_MAX], again[HANDOVER_FDNAME_MAX];
-                HandoverConnName conn = { .id = rnd() >> rnd_below(64) | 1, .via_balancer = rnd() & 1 }, back;
+        static const char alphabet[] = "0123456789abcdefABb46x:c";
 
+        for (int i = 0; i < 2000; i++) {
+                char buf[HANDOVER_FDNAME_MAX], again[HANDOVER_FDNAME_MAX], damaged[HANDOVER_FDNAME_MAX + 1];
+                HandoverConnName conn = { .id = rnd() >> rnd_below(64), .via_balancer = rnd() & 1 }, back;
+
+                conn.id += conn.id == 0;
                 conn.balancer_own = conn.via_balancer && rnd_below(3) == 0;
                 if (rnd() & 1) {
                         struct sockaddr_in *in = (struct sockaddr_in *) &conn.client;
@@ -865,6 +869,21 @@ Test(fdname, every_name_comes_back_as_it_went) {
                 cr_assert(back.id == conn.id && back.via_balancer == conn.via_balancer &&
                           back.balancer_own == conn.balancer_own);
                 cr_assert(handover_fdname_is_stored(buf));
+
+                size_t len = strlen(buf), at = rnd_below(len + 1);
+                char c = alphabet[rnd_below(sizeof(alphabet) - 1)];
+                memcpy(damaged, buf, len + 1);
+                if (at < len && rnd() % 3 == 0)
+                        damaged[at] = c;
+                else if (at < len && rnd() & 1)
+                        memmove(damaged + at, damaged + at + 1, len - at);
+                else {
+                        memmove(damaged + at + 1, damaged + at, len - at + 1);
+                        damaged[at] = c;
+                }
+                if (handover_fdname_parse_conn(damaged, &back))
+                        cr_assert_str_eq(handover_fdname_conn(&back, again, sizeof(again)), damaged,
+                                         "'%s' read as another spelling", damaged);
         }
 }
 
@@ -915,7 +934,10 @@ Test(inherit, classify) {
         cr_expect_eq(inherit_classify("c17", FD_KIND_CONNECTED_TCP, &id), INHERIT_CONNECTION);
         cr_expect_eq(id.id, 17);
         cr_expect_eq(inherit_classify("c18b4c0a8000101bb", FD_KIND_CONNECTED_TCP, &id), INHERIT_CONNECTION);
-        cr_expect(id.id == 18 && id.via_balancer);
+        cr_expect(id.id == 18 && id.via_balancer && !id.balancer_own);
+        cr_expect(id.client.ss_family == AF_INET &&
+                  ((struct sockaddr_in *) &id.client)->sin_addr.s_addr == htonl(0xc0a80001) &&
+                  ((struct sockaddr_in *) &id.client)->sin_port == htons(443));
         /* Ours by name, unusable: closed and removed. */
         cr_expect_eq(inherit_classify("state", FD_KIND_CONNECTED_TCP, &id), INHERIT_UNKNOWN_STORED);
         cr_expect_eq(inherit_classify("state", FD_KIND_OTHER, &id), INHERIT_UNKNOWN_STORED);
