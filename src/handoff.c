@@ -166,7 +166,9 @@ HandoffLingering *handoff_lingering_new(const Session *s) {
         l->started_usec = s->started_usec;
         memcpy(l->listen, s->listen, listen_len + 1);
         l->rec.listen = l->listen;
-        l->rec.flags = HANDOVER_LINGERING | HANDOVER_LOGGED; /* by the done hook, about to run */
+        /* Logged by the done hook, about to run; still the balancer's, if it was. */
+        l->rec.flags = HANDOVER_LINGERING | HANDOVER_LOGGED |
+                       (l->rec.flags & (HANDOVER_VIA_BALANCER | HANDOVER_BALANCER_OWN));
         /* Lingering: nothing of the conversation is kept but its counters and its end. */
         l->rec.pending = l->rec.input = l->rec.output = NULL;
         l->rec.pending_len = l->rec.input_head_len = l->rec.input_len = l->rec.output_len = 0;

@@ -245,20 +245,20 @@ static int hand_over_record(Server *s, const HandoverRecord *rec, int fd, bool s
         char name[HANDOVER_FDNAME_MAX];
         HandoverConnName conn = { .id = rec->id };
 
-        if (s->conf->handover == HANDOVER_MODE_ALWAYS && (rec->flags & HANDOVER_VIA_BALANCER)) {
-                conn.via_balancer = true;
-                conn.balancer_own = rec->flags & HANDOVER_BALANCER_OWN;
-                conn.client = rec->peer;
-        }
-
         /* The next process adds the time since the header was stamped to each age: the record
          * gives the age as of then, or the hand-over's own time would be counted twice. */
         HandoverRecord at_header = *rec;
         pthread_mutex_lock(&s->lock);
+        bool crash_mode = s->conf->handover == HANDOVER_MODE_ALWAYS;
         uint64_t since = now_usec() - s->handover_usec;
         at_header.age_usec = rec->age_usec > since ? rec->age_usec - since : 0;
         int r = rec->peer.ss_family == AF_UNSPEC ? -ENOTCONN : handover_state_add(&s->handover, &at_header);
         pthread_mutex_unlock(&s->lock);
+        if (crash_mode && (rec->flags & HANDOVER_VIA_BALANCER)) {
+                conn.via_balancer = true;
+                conn.balancer_own = rec->flags & HANDOVER_BALANCER_OWN;
+                conn.client = rec->peer;
+        }
         if (r == 0 && !stored)
                 r = notify_fdstore_add(fd, handover_fdname_conn(&conn, name, sizeof(name)));
         /* Counted once its connection is stored as well (PID 1 may still refuse it, in silence:
