@@ -294,14 +294,24 @@ int handoff_session_fresh(int fd, Conf *conf, const HandoverConnName *name, Sess
         return 0;
 }
 
-HandoverConnName handoff_conn_name(const Session *s) {
-        HandoverConnName name = { .id = s->id, .via_balancer = s->stored_via };
+/* conn_name: ID's name; behind a balancer (VIA) the balancer's own (OWN) or CLIENT's. */
+static HandoverConnName conn_name(uint64_t id, bool via, bool own, const struct sockaddr_storage *client) {
+        HandoverConnName name = { .id = id, .via_balancer = via };
 
-        if (name.via_balancer) {
-                name.balancer_own = s->proxy_local;
-                name.client = s->peer_addr;
+        if (via) {
+                name.balancer_own = own;
+                name.client = *client;
         }
         return name;
+}
+
+HandoverConnName handoff_conn_name(const Session *s) {
+        return conn_name(s->id, s->stored_via, s->proxy_local, &s->peer_addr);
+}
+
+HandoverConnName handoff_record_conn_name(const HandoverRecord *rec, bool via_name) {
+        return conn_name(rec->id, via_name && (rec->flags & HANDOVER_VIA_BALANCER), rec->flags & HANDOVER_BALANCER_OWN,
+                         &rec->peer);
 }
 
 int handoff_memfd_new(void) {

@@ -62,6 +62,9 @@ int handoff_session_fresh(int fd, Conf *conf, const HandoverConnName *name, Sess
  * when it was stored so (Session.stored_via: the crash mode's names say it, a restart's
  * records do instead). */
 HandoverConnName handoff_conn_name(const Session *s);
+/* handoff_record_conn_name: the name REC's connection is stored under at a hand-over: behind a
+ * balancer with its client when VIA_NAME (the crash mode's names), else "c<id>". */
+HandoverConnName handoff_record_conn_name(const HandoverRecord *rec, bool via_name);
 
 /* handoff_memfd_new: an empty memfd for the state, stored before the connections so that a
  * full store refuses connections, not the state all of them need. The fd or a negative

@@ -204,10 +204,11 @@ static void unregister(Server *s, Session *session) {
  * connection open after this process closes it. */
 static void forget_stored(const Session *session) {
         char name[HANDOVER_FDNAME_MAX];
-        HandoverConnName conn = handoff_conn_name(session);
 
-        if (session->stored)
+        if (session->stored) {
+                HandoverConnName conn = handoff_conn_name(session);
                 (void) notify_fdstore_remove(handover_fdname_conn(&conn, name, sizeof(name)));
+        }
 }
 
 /* session_done: the engine's done callback, on the thread that drove the session: the one
@@ -243,7 +244,6 @@ static void store_session(Server *s, Session *session) {
  * only the name), else "c<id>" (the record says the rest). 0 or a negative errno. */
 static int hand_over_record(Server *s, const HandoverRecord *rec, int fd, bool stored) {
         char name[HANDOVER_FDNAME_MAX];
-        HandoverConnName conn = { .id = rec->id };
 
         /* The next process adds the time since the header was stamped to each age: the record
          * gives the age as of then, or the hand-over's own time would be counted twice. */
@@ -254,13 +254,10 @@ static int hand_over_record(Server *s, const HandoverRecord *rec, int fd, bool s
         at_header.age_usec = rec->age_usec > since ? rec->age_usec - since : 0;
         int r = rec->peer.ss_family == AF_UNSPEC ? -ENOTCONN : handover_state_add(&s->handover, &at_header);
         pthread_mutex_unlock(&s->lock);
-        if (crash_mode && (rec->flags & HANDOVER_VIA_BALANCER)) {
-                conn.via_balancer = true;
-                conn.balancer_own = rec->flags & HANDOVER_BALANCER_OWN;
-                conn.client = rec->peer;
-        }
-        if (r == 0 && !stored)
+        if (r == 0 && !stored) {
+                HandoverConnName conn = handoff_record_conn_name(rec, crash_mode);
                 r = notify_fdstore_add(fd, handover_fdname_conn(&conn, name, sizeof(name)));
+        }
         /* Counted once its connection is stored as well (PID 1 may still refuse it, in silence:
          * the next process then counts its record as without a descriptor). */
         __atomic_add_fetch(r >= 0 ? &s->n_handed : &s->n_handed_failed, 1, __ATOMIC_RELAXED);

@@ -44,6 +44,22 @@ typedef struct Strings {
         uint8_t output[16384];
 } Strings;
 
+/* random_address: an IPv4 or IPv6 address and port at random (a scope id, sometimes) into SS. */
+static void random_address(struct sockaddr_storage *ss) {
+        if (rnd() & 1) {
+                struct sockaddr_in *in = (struct sockaddr_in *) ss;
+                in->sin_family = AF_INET;
+                in->sin_port = (uint16_t) rnd();
+                in->sin_addr.s_addr = (uint32_t) rnd();
+        } else {
+                struct sockaddr_in6 *in6 = (struct sockaddr_in6 *) ss;
+                in6->sin6_family = AF_INET6;
+                in6->sin6_port = (uint16_t) rnd();
+                fill(in6->sin6_addr.s6_addr, 16);
+                in6->sin6_scope_id = (uint32_t) (rnd_below(4) ? 0 : rnd());
+        }
+}
+
 /* random_record: a record that LIMITS accept, with every field drawn at random. */
 static HandoverRecord random_record(Strings *s) {
         HandoverRecord rec = { .id = rnd() | 1, .framing = FRAMING_LINE };
@@ -55,18 +71,7 @@ static HandoverRecord random_record(Strings *s) {
         rec.lines = rec.messages ? rnd() % rec.messages : 0;
         rec.conf_generation = rnd();
         rec.conf_hash = rnd();
-        if (rnd() & 1) {
-                struct sockaddr_in *in = (struct sockaddr_in *) &rec.peer;
-                in->sin_family = AF_INET;
-                in->sin_port = (uint16_t) rnd();
-                in->sin_addr.s_addr = (uint32_t) rnd();
-        } else {
-                struct sockaddr_in6 *in6 = (struct sockaddr_in6 *) &rec.peer;
-                in6->sin6_family = AF_INET6;
-                in6->sin6_port = (uint16_t) rnd();
-                fill(in6->sin6_addr.s6_addr, 16);
-                in6->sin6_scope_id = (uint32_t) (rnd_below(4) ? 0 : rnd());
-        }
+        random_address(&rec.peer);
         rec.listen_len = 1 + rnd_below(sizeof(s->listen));
         for (size_t i = 0; i < rec.listen_len; i++)
                 s->listen[i] = (char) (0x20 + rnd_below(0x5f));
@@ -853,17 +858,7 @@ Test(fdname, every_name_comes_back_as_it_went) {
 
                 conn.id += conn.id == 0;
                 conn.balancer_own = conn.via_balancer && rnd_below(3) == 0;
-                if (rnd() & 1) {
-                        struct sockaddr_in *in = (struct sockaddr_in *) &conn.client;
-                        in->sin_family = AF_INET;
-                        in->sin_port = (uint16_t) rnd();
-                        in->sin_addr.s_addr = (uint32_t) rnd();
-                } else {
-                        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *) &conn.client;
-                        in6->sin6_family = AF_INET6;
-                        in6->sin6_port = (uint16_t) rnd();
-                        fill(in6->sin6_addr.s6_addr, 16);
-                }
+                random_address(&conn.client); /* the name has no scope id: it comes back as it went */
                 cr_assert(handover_fdname_parse_conn(handover_fdname_conn(&conn, buf, sizeof(buf)), &back), "%s", buf);
                 cr_assert_str_eq(handover_fdname_conn(&back, again, sizeof(again)), buf);
                 cr_assert(back.id == conn.id && back.via_balancer == conn.via_balancer &&
