@@ -110,6 +110,7 @@ typedef struct Conn {
         bool throttled;    /* after back-pressure: single-shot receives of one buffer, until one
                             * finds the socket drained (stop_recv) */
         bool recv_armed, recv_cancelling, sending, eof, ended;
+        bool answered; /* the send in flight carries replies to messages (feed) */
         bool handing; /* the hand-over: its operations are being cancelled (hand_over_begin) */
 } Conn;
 
@@ -370,10 +371,12 @@ static int out_begin(Loop *l, Session *s) {
 
 /* out_end: sends what the protocol wrote, if anything. */
 static void out_end(Loop *l, Conn *c) {
-        if (c->s->out.len > 0)
+        if (c->s->out.len > 0) {
                 submit_send(l, c);
-        else
+        } else {
+                c->answered = false;
                 obuf_put(l, c->s);
+        }
 }
 
 /* conclude: the protocol has ended and its last words are sent: linger or close. */
@@ -438,7 +441,8 @@ static Fate feed(Loop *l, Conn *c, const char *data, size_t n) {
         } else if (used < n && (r = keep(c, data + used, n - used)) < 0) {
                 return finish(l, c, r);
         }
-        if (s->proto.messages != messages)
+        c->answered = s->proto.messages != messages;
+        if (c->answered)
                 deadline_set(l, c, session_idle_deadline(s, l->now));
         out_end(l, c);
         return ALIVE;
@@ -665,9 +669,12 @@ static Fate on_send(Loop *l, Conn *c, int res) {
                 return ALIVE;
         }
         obuf_put(l, s);
-        if (s->want_write) {
-                /* The client took its replies: that is progress, not idleness. */
-                s->want_write = false;
+        if (s->want_write || c->answered) {
+                /* The client took its replies: that is progress, not idleness. A send waits
+                 * for a slow reader in the kernel, not in want_write, so the idle timeout
+                 * counts from its completion, as the other engines count from the write that
+                 * went through (pool.c's flush_kept, perconn.c's clock after the writes). */
+                s->want_write = c->answered = false;
                 if (s->proto.end == PROTO_END_NONE)
                         deadline_set(l, c, session_idle_deadline(s, l->now));
         }

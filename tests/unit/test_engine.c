@@ -524,6 +524,63 @@ Test(engine, per_connection_idle_timeout_after_kept_output_is_taken, .timeout = 
         bench_free(&b);
 }
 
+/* fill_send_buffer: writes to the daemon's end FD until its send buffer is full; returns the
+ * bytes written (the client reads them before anything the daemon writes after). */
+static size_t fill_send_buffer(int fd) {
+        static const char junk[4096] = { 0 };
+        size_t n = 0;
+
+        for (;;) {
+                ssize_t k = send(fd, junk, sizeof(junk), MSG_NOSIGNAL | MSG_DONTWAIT);
+                if (k < 0) {
+                        cr_assert(errno == EAGAIN || errno == EWOULDBLOCK, "send: %s", strerror(errno));
+                        return n;
+                }
+                n += (size_t) k;
+        }
+}
+
+ParameterizedTestParameters(engine, idle_timeout_counts_from_a_blocked_reply_taken) {
+        return cr_make_param_array(int, model_ids, N_MODELS);
+}
+
+/* A reply that waits for a slow reader (the socket's send buffer full) is not idleness: once
+ * the client has taken it, the idle timeout counts from then in every model, not from the
+ * line that asked for it (session.h). The io_uring loop, whose send waits in the kernel, used
+ * to count from the line (a review: ERR idle timeout 2 s after the read, not 4). */
+ParameterizedTest(int *model, engine, idle_timeout_counts_from_a_blocked_reply_taken, .timeout = 60) {
+        enum { READ_AT_MS = 2000 };
+        /* Seconds apart, the two outcomes (from the line: 2 s after the read; from the read:
+         * 4 s), so that a slow machine's late wake-up cannot make one look like the other. */
+        Bench b = bench_new(models[*model], "idle_timeout = 4;\n");
+        struct sockaddr_in peer = { .sin_family = AF_INET, .sin_port = htons(4242),
+                                    .sin_addr.s_addr = htonl(0x7f000001) };
+        struct timeval tv = { .tv_sec = WAIT_MS / 1000 };
+        Session *s;
+        int sv[2];
+
+        cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+        if (engine_nonblocking(b.engine))
+                cr_assert_eq(fcntl(sv[0], F_SETFL, O_NONBLOCK), 0);
+        cr_assert_eq(setsockopt(sv[1], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
+        cr_assert_eq(session_new(&s, sv[0], b.conf, (struct sockaddr *) &peer, "test"), 0);
+        cr_assert_eq(engine_add(b.engine, s), 0);
+        expect_str(sv[1], "Welcome!\r\n");
+        size_t filled = fill_send_buffer(sv[0]); /* the daemon is at rest, waiting for a line */
+        char *junk = malloc(filled);
+        cr_assert(junk);
+        send_all(sv[1], "a\n", 2); /* its reply cannot leave until the client reads */
+        usleep(READ_AT_MS * 1000);
+        recv_exactly(sv[1], junk, filled);
+        expect_str(sv[1], "Hello, a!\r\n");
+        double waited = idle_timeout_in(sv[1]);
+        cr_expect_gt(waited, 3.0, "ERR idle timeout came %.2f s after the blocked reply was taken", waited);
+        close(sv[1]);
+        wait_done(1);
+        free(junk);
+        bench_free(&b);
+}
+
 ParameterizedTestParameters(engine, deadline_with_reset_pending) {
         static int pool_models[] = { 0, 3 };
         return cr_make_param_array(int, pool_models, 2);
