@@ -14,7 +14,8 @@
  *            meant to save), and an armed multishot accept keeps accepting while every slot
  *            is taken (overload = "queue"). The kernel wakes one waiter per connection for
  *            accept (its poll is exclusive), so every loop arms every listener, as with
- *            EPOLLEXCLUSIVE in pool.c.
+ *            EPOLLEXCLUSIVE in pool.c. Out of descriptors, an IORING_OP_POLL_ADD on the listener
+ *            comes first after the pause (see on_accept).
  *   receive  line framing: one multishot IORING_OP_RECV per session with buffers from the
  *            loop's provided-buffer ring (an idle session holds no buffer); chunk framing, where
  *            each read is one message of up to session_input_size() bytes: a single-shot
@@ -45,6 +46,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <liburing.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -120,6 +122,8 @@ typedef struct Acceptor {
         struct sockaddr_storage peer;
         socklen_t peer_len;
         bool armed, cancelling;
+        bool poll_first; /* out of descriptors: wait for a client before the next accept */
+        bool polling;    /* what is armed is that wait (IORING_OP_POLL_ADD), not an accept */
 } Acceptor;
 
 typedef struct Loop {
@@ -743,8 +747,14 @@ static Fate start(Loop *l, Session *s) {
 static void arm_accept(Loop *l, Acceptor *a) {
         struct io_uring_sqe *e = sqe(l);
 
-        a->peer_len = sizeof(a->peer);
-        io_uring_prep_accept(e, a->via->fd, (struct sockaddr *) &a->peer, &a->peer_len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        a->polling = a->poll_first;
+        if (a->polling) {
+                io_uring_prep_poll_add(e, a->via->fd, POLLIN);
+        } else {
+                a->peer_len = sizeof(a->peer);
+                io_uring_prep_accept(e, a->via->fd, (struct sockaddr *) &a->peer, &a->peer_len,
+                                     SOCK_NONBLOCK | SOCK_CLOEXEC);
+        }
         io_uring_sqe_set_data64(e, tag(a, OP_ACCEPT));
         a->armed = true;
         l->acc_inflight++;
@@ -799,6 +809,13 @@ static void on_accept(Loop *l, Acceptor *a, int res) {
 
         a->armed = a->cancelling = false;
         l->acc_inflight--;
+        if (a->polling) {
+                /* A client waits (or the poll failed, which the accept will say): the next
+                 * round arms the accept. */
+                a->polling = false;
+                a->poll_first = res == -ECANCELED;
+                return;
+        }
         if (res == -ECANCELED)
                 return;
         if (res >= 0 && l->exiting) {
@@ -821,6 +838,11 @@ static void on_accept(Loop *l, Acceptor *a, int res) {
                 return;
         case ACCEPT_EXHAUSTED:
                 hooks->exhausted(hooks->userdata, a->via->fd, res);
+                /* io_uring's accept takes its descriptor before it looks for a client: at the
+                 * limit it would fail at once after every pause, client or not, and warn and
+                 * spend the reserve descriptor each time. After the pause it waits for a
+                 * client first, as the epoll loop waits for the listener to be readable. */
+                a->poll_first = true;
                 break;
         case ACCEPT_FAILED:
                 log_error_errno(res, "accept on %s failed, pausing", a->via->name);
@@ -1021,7 +1043,7 @@ static int probe_ops(struct io_uring *ring, char *why, size_t size) {
         } needed[] = {
                 { IORING_OP_ACCEPT, "accept" }, { IORING_OP_RECV, "recv" },
                 { IORING_OP_SEND, "send" },     { IORING_OP_READ, "read" },
-                { IORING_OP_ASYNC_CANCEL, "cancel" },
+                { IORING_OP_ASYNC_CANCEL, "cancel" }, { IORING_OP_POLL_ADD, "poll" },
         };
         struct io_uring_probe *probe = io_uring_get_probe_ring(ring);
 

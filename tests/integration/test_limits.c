@@ -321,6 +321,48 @@ Test(limits, descriptor_exhaustion, .timeout = 90) {
         hellod_free(d);
 }
 
+/* Out of descriptors with no client waiting, the daemon has no one to refuse and nothing to
+ * say: it warns while clients meet the limit and is quiet once the backlog is empty, in every
+ * model. (The io_uring loop's accept takes a descriptor before it looks for a client: it used
+ * to fail, warn and spend the reserve descriptor after every pause for as long as the limit
+ * held, a review found.) A slot that frees is taken by the next client. */
+Test(limits, descriptor_exhaustion_is_quiet_once_no_client_waits, .timeout = 90) {
+        enum { NOFILE = 40, MAX_CLIENTS = 64, SETTLE_MS = 1500, QUIET_MS = 3500 };
+        Hellod *d = hellod_start_opts(&(HellodOpts) { .nofile = NOFILE }, NULL);
+        int fds[MAX_CLIENTS], n = 0;
+        ClientState last = CLIENT_SERVED;
+
+        harness_step("connect clients one at a time until one is refused");
+        while (last == CLIENT_SERVED) {
+                cr_assert_lt(n, MAX_CLIENTS, "%d clients served with RLIMIT_NOFILE = %d", n, NOFILE);
+                fds[n] = client_connect(d->port);
+                cr_assert(client_wait_readable(fds[n], HARNESS_TIMEOUT_MS), "client %d: no greeting, no refusal", n);
+                last = client_classify(fds[n++]);
+        }
+        cr_assert_eq(last, CLIENT_REFUSED);
+        harness_sleep_ms(SETTLE_MS);
+        int warned = hellod_count_in_stderr(d, "cannot accept connections");
+        cr_assert_gt(warned, 0, "the refused client met no descriptor limit");
+
+        harness_step("at the limit, no client waiting: %d ms", QUIET_MS);
+        harness_sleep_ms(QUIET_MS);
+        int later = hellod_count_in_stderr(d, "cannot accept connections");
+        cr_expect_eq(later, warned, "%d more warnings of exhaustion with no client waiting", later - warned);
+
+        harness_step("a freed slot serves the next client");
+        client_close(fds[0]);
+        harness_sleep_ms(200);
+        fds[0] = client_connect(d->port);
+        cr_assert(client_wait_readable(fds[0], HARNESS_TIMEOUT_MS));
+        cr_assert_eq(client_classify(fds[0]), CLIENT_SERVED);
+        client_hello(fds[0], "freed");
+        for (int i = 0; i < n; i++)
+                client_close(fds[i]);
+        cr_assert(hellod_alive(d));
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 /* worker_tids: the daemon's threads other than its main thread, from /proc. */
 static size_t worker_tids(pid_t pid, pid_t *tids, size_t max) {
         char path[64];
