@@ -73,8 +73,10 @@
 #define KEPT_MAX (64u * 1024u)
 _Static_assert(KEPT_MAX + (size_t) BUF_COUNT * BUF_SIZE <= SESSION_URING_KEPT_MAX,
                "what a loop may keep of a session's input can be handed over");
-/* Output buffers a loop keeps for reuse. */
+/* Output buffers a loop keeps for reuse: at most OBUF_CACHE, and at most OBUF_CACHE_BYTES
+ * together (64 of the usual 16 KiB; one when replies may be a MiB long). */
 #define OBUF_CACHE 64
+#define OBUF_CACHE_BYTES (1024u * 1024u)
 /* Completions copied out of the ring at a time. */
 #define CQE_BATCH 64
 
@@ -219,7 +221,7 @@ static void obuf_put(Loop *l, Session *s) {
                         free(l->obufs[--l->n_obufs]);
                 l->obuf_size = s->out.cap;
         }
-        if (l->n_obufs < OBUF_CACHE)
+        if (l->n_obufs < OBUF_CACHE && (l->n_obufs == 0 || (l->n_obufs + 1) * l->obuf_size <= OBUF_CACHE_BYTES))
                 l->obufs[l->n_obufs++] = s->out.data;
         else
                 free(s->out.data);

@@ -6,6 +6,7 @@
 #include <criterion/redirect.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
@@ -578,6 +579,61 @@ ParameterizedTest(int *model, engine, idle_timeout_counts_from_a_blocked_reply_t
         close(sv[1]);
         wait_done(1);
         free(junk);
+        bench_free(&b);
+}
+
+/* heap_in_use: the bytes malloc has handed out and not had back, every arena and mapping. */
+static size_t heap_in_use(void) {
+        struct mallinfo2 m = mallinfo2();
+
+        return m.uordblks + m.hblkhd;
+}
+
+ParameterizedTestParameters(engine, long_replies_leave_no_buffers_behind) {
+        static int pool_models[] = { 0, 1, 3, 4 }; /* a thread per connection keeps its own */
+        return cr_make_param_array(int, pool_models, 4);
+}
+
+/* A pool session that has caught up holds no buffer, whatever the size of its replies: once
+ * CLIENTS clients have each had a reply of about a MiB at the same time and read it, the
+ * heap is back within a few buffers of where it was. (The io_uring loop kept up to 64 output
+ * buffers for reuse whatever their size: 1 MiB each with max_line_length = 1048576, a
+ * review found.) */
+ParameterizedTest(int *model, engine, long_replies_leave_no_buffers_behind, .timeout = 60) {
+        enum { CLIENTS = 16, LINE = 1000000, SLACK = 4 << 20 };
+        char extra[128];
+        snprintf(extra, sizeof(extra), "max_line_length = %d;\nidle_timeout = 30;\n", LINE);
+        Bench b = bench_new(models[*model], extra);
+        char *line = malloc(LINE + 1), *reply = malloc(LINE + 16), *want = malloc(LINE + 16);
+        int fds[CLIENTS];
+
+        cr_assert(line && reply && want);
+        memset(line, 'x', LINE);
+        line[LINE] = '\n';
+        size_t wn = (size_t) snprintf(want, LINE + 16, "Hello, %.*s!\r\n", LINE, line);
+        for (int i = 0; i < CLIENTS; i++) {
+                fds[i] = bench_client(&b);
+                expect_str(fds[i], "Welcome!\r\n");
+        }
+        size_t before = heap_in_use();
+        /* Every client sends its line before any reads: the replies wait, all at once. */
+        for (int i = 0; i < CLIENTS; i++)
+                send_all(fds[i], line, LINE + 1);
+        for (int i = 0; i < CLIENTS; i++) {
+                recv_exactly(fds[i], reply, wn);
+                cr_assert(memcmp(reply, want, wn) == 0, "client %d: the reply differs", i);
+        }
+        send_all(fds[0], "a\n", 2); /* a round trip: the loops have put the buffers back */
+        expect_str(fds[0], "Hello, a!\r\n");
+        size_t after = heap_in_use();
+        cr_expect_leq(after, before + SLACK, "%zu KiB more on the heap after the replies were taken",
+                      (after - before) / 1024);
+        for (int i = 0; i < CLIENTS; i++)
+                close(fds[i]);
+        wait_done(CLIENTS);
+        free(line);
+        free(reply);
+        free(want);
         bench_free(&b);
 }
 
