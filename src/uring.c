@@ -221,7 +221,8 @@ static void obuf_put(Loop *l, Session *s) {
                         free(l->obufs[--l->n_obufs]);
                 l->obuf_size = s->out.cap;
         }
-        if (l->n_obufs < OBUF_CACHE && (l->n_obufs == 0 || (l->n_obufs + 1) * l->obuf_size <= OBUF_CACHE_BYTES))
+        size_t kept = (size_t) l->n_obufs + 1; /* with this one */
+        if (kept <= OBUF_CACHE && (kept == 1 || kept * l->obuf_size <= OBUF_CACHE_BYTES))
                 l->obufs[l->n_obufs++] = s->out.data;
         else
                 free(s->out.data);
