@@ -194,9 +194,21 @@ static unsigned port_of(const Listener *l) {
         return 0;
 }
 
-/* same_port: whether A and B are of one family and port (one may hold the other's port). */
-static bool same_port(const Listener *a, const Listener *b) {
-        return a->addr.ss_family == b->addr.ss_family && port_of(a) == port_of(b);
+/* is_wildcard: L is 0.0.0.0 or ::, every address of its family. */
+static bool is_wildcard(const Listener *l) {
+        if (l->addr.ss_family == AF_INET)
+                return ((const struct sockaddr_in *) &l->addr)->sin_addr.s_addr == htonl(INADDR_ANY);
+        if (l->addr.ss_family == AF_INET6)
+                return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *) &l->addr)->sin6_addr);
+        return false;
+}
+
+/* may_hold_port: whether A's socket can stand in the way of binding B: one family and port,
+ * and the same address or the wildcard on either side. Two specific addresses share a port
+ * (SO_REUSEADDR): when B's bind fails, A is not why. */
+static bool may_hold_port(const Listener *a, const Listener *b) {
+        return a->addr.ss_family == b->addr.ss_family && port_of(a) == port_of(b) &&
+               (same_addr(a, b) || is_wildcard(a) || is_wildcard(b));
 }
 
 /* holds_port_of: whether OLD has a socket that WANT does not keep on L's family and port:
@@ -204,7 +216,7 @@ static bool same_port(const Listener *a, const Listener *b) {
 static bool holds_port_of(const ListenerSet *old, const ListenerSet *want, const Listener *l) {
         for (size_t i = 0; old && i < old->n; i++) {
                 const Listener *o = &old->items[i];
-                if (o->fd >= 0 && !contains(want, o) && same_port(o, l))
+                if (o->fd >= 0 && !contains(want, o) && may_hold_port(o, l))
                         return true;
         }
         return false;
@@ -218,7 +230,7 @@ static void release_departing(ListenerSet *old, const ListenerSet *want, const b
                 Listener *o = &old->items[i];
                 bool holds = false;
                 for (size_t j = 0; j < want->n && !holds; j++)
-                        holds = port_held[j] && same_port(o, &want->items[j]);
+                        holds = port_held[j] && may_hold_port(o, &want->items[j]);
                 if (o->fd >= 0 && holds && !contains(want, o)) {
                         close(o->fd);
                         o->fd = -1;

@@ -471,30 +471,31 @@ Test(lifecycle, sighup_reconciles_listeners, .timeout = 60) {
         hellod_free(d);
 }
 
-/* failed_reload_keeps_the_backlog_with: a reload that fails on one address (SECOND, beside
- * "127.0.0.1", which needs the running wildcard socket's port) touches none of the running
- * listeners: clients waiting in the wildcard socket's backlog (every slot taken, overload =
- * "queue") stay there and are served once a slot frees, whichever is greeted first. The reload
- * used to close that socket to free its port for "127.0.0.1", then fail on SECOND and bind it
- * anew: they met a reset. */
-static void failed_reload_keeps_the_backlog_with(const char *second) {
+/* failed_reload_keeps_the_backlog_with: a reload from listening on RUNNING to the list
+ * RELOAD_TO (libconfig list items) on PORT (0: any free one), which fails, touches none of the running listeners:
+ * clients waiting in the running socket's backlog (every slot taken, overload = "queue") stay
+ * there and are served once a slot frees, whichever is greeted first. The reload used to close
+ * the wildcard socket to free its port for "127.0.0.1", then fail on the other address and bind
+ * it anew: they met a reset. It also closed a specific address's socket that cannot hold the
+ * port of another specific one (127.0.0.2 and 127.0.0.1), when another process had that port. */
+static void failed_reload_keeps_the_backlog_with(const char *running, const char *reload_to, uint16_t port) {
         static const char limits[] = "max_connections = 1;\noverload = \"queue\";\n";
         enum { WAITING = 3 };
-        Hellod *d = hellod_new();
+        Hellod *d = port ? hellod_new_with_port(port) : hellod_new();
         int waiting[WAITING];
 
-        hellod_write_config(d, "listen = [\"0.0.0.0\"];\nport = %u;\n%s", (unsigned) d->port, limits);
+        harness_step("listening on %s", running);
+        hellod_write_config(d, "listen = [\"%s\"];\nport = %u;\n%s", running, (unsigned) d->port, limits);
         hellod_spawn(d, NULL);
-        hellod_wait_ready(d);
-        int served = client_connect(d->port);
+        hellod_wait_stderr(d, " started: "); /* its readiness probe would meet the blocker */
+        int served = client_connect_to(running, d->port, NULL);
         client_expect_str(served, HELLOD_GREETING);
         for (int i = 0; i < WAITING; i++) /* some may wait in a loop, the others in the backlog */
-                waiting[i] = client_connect(d->port);
+                waiting[i] = client_connect_to(running, d->port, NULL);
         client_expect_silence(waiting[WAITING - 1], 200);
 
-        harness_step("a reload to 127.0.0.1 and %s", second);
-        hellod_write_config(d, "listen = [\"127.0.0.1\", \"%s\"];\nport = %u;\n%s", second, (unsigned) d->port,
-                            limits);
+        harness_step("a reload to [%s]", reload_to);
+        hellod_write_config(d, "listen = [%s];\nport = %u;\n%s", reload_to, (unsigned) d->port, limits);
         hellod_signal(d, SIGHUP);
         hellod_wait_stderr(d, "reload failed");
         for (int left = WAITING; left > 0; left--) {
@@ -514,8 +515,8 @@ static void failed_reload_keeps_the_backlog_with(const char *second) {
         hellod_free(d);
 }
 
-Test(lifecycle, a_failed_reload_keeps_the_backlog, .timeout = 60) {
-        char taken_at[32];
+Test(lifecycle, a_failed_reload_keeps_the_backlog, .timeout = 90) {
+        char reload_to[64];
         uint16_t taken = harness_pick_port();
         struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(taken),
                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
@@ -523,9 +524,23 @@ Test(lifecycle, a_failed_reload_keeps_the_backlog, .timeout = 60) {
 
         cr_assert(blocker >= 0 && bind(blocker, (struct sockaddr *) &a, sizeof(a)) == 0 && listen(blocker, 1) == 0);
 
-        failed_reload_keeps_the_backlog_with("192.0.2.1"); /* not on this host */
-        snprintf(taken_at, sizeof(taken_at), "127.0.0.1:%u", (unsigned) taken);
-        failed_reload_keeps_the_backlog_with(taken_at); /* in use, but not by hellod */
+        failed_reload_keeps_the_backlog_with("0.0.0.0", "\"127.0.0.1\", \"192.0.2.1\"", 0); /* not on this host */
+        snprintf(reload_to, sizeof(reload_to), "\"127.0.0.1\", \"127.0.0.1:%u\"", (unsigned) taken);
+        failed_reload_keeps_the_backlog_with("0.0.0.0", reload_to, 0); /* in use, but not by hellod */
+        close(blocker);
+}
+
+/* The port another process holds on 127.0.0.1 is not the running 127.0.0.2 socket's doing:
+ * two specific addresses share a port. The failed reload leaves that socket and its backlog
+ * alone. */
+Test(lifecycle, a_failed_reload_keeps_the_backlog_of_another_address, .timeout = 60) {
+        uint16_t port = harness_pick_port();
+        struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port),
+                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        int blocker = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+        cr_assert(blocker >= 0 && bind(blocker, (struct sockaddr *) &a, sizeof(a)) == 0 && listen(blocker, 1) == 0);
+        failed_reload_keeps_the_backlog_with("127.0.0.2", "\"127.0.0.1\"", port);
         close(blocker);
 }
 
