@@ -711,6 +711,25 @@ static bool listener_is(const Listener *l, const struct sockaddr *sa, socklen_t 
         return in->sin_addr.s_addr == htonl(INADDR_ANY) && in->sin_port == in6->sin6_port;
 }
 
+/* no_socket_named: the error for a PROXY entry whose NAME no socket of SET has (a typo, or a
+ * socket unit not restarted since): skipped, the socket meant would be served as a plain one. */
+static int no_socket_named(const ListenerSet *set, const char *name, char *err, size_t err_size) {
+        char passed[256] = "";
+        size_t n = 0;
+
+        for (size_t i = 0; i < set->n && n < sizeof(passed); i++) {
+                bool seen = false;
+                for (size_t j = 0; j < i && !seen; j++)
+                        seen = strcmp(set->items[j].fdname, set->items[i].fdname) == 0;
+                if (!seen && set->items[i].fdname[0] != '\0')
+                        n += (size_t) snprintf(passed + n, sizeof(passed) - n, "%s%s", n > 0 ? ", " : "",
+                                               set->items[i].fdname);
+        }
+        snprintf(err, err_size, "name \"%s\": no passed socket has that name (passed: %s)", name,
+                 n > 0 ? passed : "none named");
+        return -ENOENT;
+}
+
 /* mark_entry: MARKS[i] for each listener of SET that SPEC names: by its FileDescriptorName=,
  * or by an address its host resolves to, looked up once and as listeners_resolve() does
  * ("localhost" is 127.0.0.1 and ::1: matched numerically only, a PROXY listener written so was
@@ -722,9 +741,11 @@ static int mark_entry(const ListenerSet *set, const ListenSpec *spec, unsigned p
         int r;
 
         if (spec->fdname) {
+                bool found = false;
                 for (size_t i = 0; i < set->n; i++)
-                        marks[i] |= strcmp(set->items[i].fdname, spec->fdname) == 0;
-                return 0;
+                        if (strcmp(set->items[i].fdname, spec->fdname) == 0)
+                                marks[i] = found = true;
+                return found ? 0 : no_socket_named(set, spec->fdname, err, err_size);
         }
         if (!spec->host)
                 return 0;

@@ -256,6 +256,66 @@ Test(proxy, socket_activated_a_proxy_name_that_cannot_be_looked_up_fails_the_rel
         hellod_free(d);
 }
 
+/* Socket-activated, a PROXY entry by FileDescriptorName= that matches no passed socket (a
+ * typo) is an error naming the file, the line and the names passed: at a reload, which fails
+ * and leaves the socket a PROXY listener, and at the start. Such an entry used to be skipped in
+ * silence: the socket it meant was served as a plain one, every client taken for the balancer. */
+Test(proxy, socket_activated_a_proxy_name_no_socket_has_fails, .timeout = 60) {
+        Hellod *d = hellod_new();
+        char needle[512];
+        Activation a;
+
+        activation_init(&a, d);
+        const char *const wrapper[] = { "/usr/bin/systemd-socket-activate", "-l", a.plain, "-l", a.proxied,
+                                        "--fdname=plain:balancer", NULL };
+        memcpy(a.wrapper, wrapper, sizeof(wrapper));
+        hellod_write_config(d,
+                            "listen = ( \"127.0.0.1:%u\", { name = \"balancer\"; proxy_protocol = true; } );\n"
+                            "proxy_from = [ \"127.0.0.1\" ];\n",
+                            (unsigned) d->port);
+        hellod_spawn(d, &(HellodOpts) { .wrapper = a.wrapper });
+        hellod_wait_ready(d);
+        uint16_t port = a.port;
+
+        harness_step("a reload naming \"balancr\" for the PROXY listener");
+        hellod_write_config(d,
+                            "listen = ( \"127.0.0.1:%u\", { name = \"balancr\"; proxy_protocol = true; } );\n"
+                            "proxy_from = [ \"127.0.0.1\" ];\n",
+                            (unsigned) d->port);
+        hellod_signal(d, SIGHUP);
+        snprintf(needle, sizeof(needle),
+                 "%s:1: listen: name \"balancr\": no passed socket has that name (passed: plain, balancer)",
+                 d->conf_path);
+        hellod_wait_stderr(d, needle);
+        hellod_wait_stderr(d, "reload failed");
+
+        harness_step("the passed socket still wants the header");
+        int fd = client_connect(port);
+        client_send_str(fd, "Michael\n");
+        refused_unanswered(fd);
+        fd = proxied_client(port, "192.0.2.7", 51234);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_hello(fd, "Michael");
+        client_close(fd);
+
+        harness_step("and such a file does not start the daemon");
+        hellod_stop_clean(d);
+        hellod_spawn(d, &(HellodOpts) { .wrapper = a.wrapper });
+        /* systemd-socket-activate starts hellod on the first connection, once it listens. */
+        for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS; (fd = client_try_connect("127.0.0.1", d->port, NULL)) < 0;
+             harness_sleep_ms(10))
+                if (harness_now_ms() > end)
+                        hellod_fail(d, "systemd-socket-activate never listened: %s", strerror(-fd));
+        int status = hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
+        client_close(fd);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) != 0, "started with a PROXY name no socket has: status %d",
+                  status);
+        char *err = hellod_stderr(d);
+        cr_expect(strstr(err, needle), "stderr lacks \"%s\":\n%s", needle, err);
+        free(err);
+        hellod_free(d);
+}
+
 Test(proxy, a_direct_client_without_a_header_gets_nothing, .timeout = 60) {
         uint16_t port;
         Hellod *d = start(&port, "\"127.0.0.1\"", NULL);
