@@ -29,8 +29,8 @@ static bool contains(const ListenerSet *set, const Listener *l) {
         return false;
 }
 
-static int append(ListenerSet *set, const struct sockaddr *sa, socklen_t len, bool proxy) {
-        Listener l = { .fd = -1, .addr_len = len, .proxy = proxy };
+static int append(ListenerSet *set, const struct sockaddr *sa, socklen_t len, bool proxy, size_t spec) {
+        Listener l = { .fd = -1, .addr_len = len, .proxy = proxy, .spec = spec };
 
         memcpy(&l.addr, sa, len);
         for (size_t i = 0; i < set->n; i++)
@@ -67,6 +67,14 @@ static const char *spec_origin(const Conf *conf, const ListenSpec *spec) {
         return spec && spec->at ? spec->at : conf->path ? conf->path : CONF_DEFAULTS_NAME;
 }
 
+/* cannot_listen: ERR for L of CONF that cannot be bound: "FILE:LINE: listen: cannot listen on
+ * ADDRESS: REASON", the line of the entry it came from. */
+static void cannot_listen(const Conf *conf, const Listener *l, int r, char *err, size_t err_size) {
+        const ListenSpec *spec = l->spec < conf->n_listen ? &conf->listen[l->spec] : NULL;
+
+        snprintf(err, err_size, "%s: listen: cannot listen on %s: %s", spec_origin(conf, spec), l->name, strerror(-r));
+}
+
 /* look_up_or_explain: look_up(), or -EADDRNOTAVAIL with the reason in ERR (-EAGAIN: no answer
  * for now, the name server's fault rather than the file's; -ECANCELED: the lookup was given
  * up, hellod is stopping). */
@@ -80,7 +88,9 @@ static int look_up_or_explain(const ListenSpec *spec, unsigned port, struct addr
         return r == LOOKUP_ABANDONED ? -ECANCELED : lookup_transient(r) ? -EAGAIN : -EADDRNOTAVAIL;
 }
 
-static int resolve_one(const ListenSpec *spec, unsigned port, ListenerSet *set, char *err, size_t err_size) {
+static int resolve_one(const Conf *conf, size_t index, ListenerSet *set, char *err, size_t err_size) {
+        const ListenSpec *spec = &conf->listen[index];
+        unsigned port = conf->port;
         struct addrinfo *res;
         int r = look_up_or_explain(spec, port, &res, err, err_size);
 
@@ -89,7 +99,7 @@ static int resolve_one(const ListenSpec *spec, unsigned port, ListenerSet *set, 
         for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
                 if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
                         continue;
-                r = append(set, ai->ai_addr, ai->ai_addrlen, spec->proxy_protocol);
+                r = append(set, ai->ai_addr, ai->ai_addrlen, spec->proxy_protocol, index);
                 if (r == -ENOTUNIQ) {
                         char name[ADDR_STR_MAX];
                         snprintf(err, err_size,
@@ -125,7 +135,7 @@ int listeners_resolve(const Conf *conf, ListenerSet *ret, char *err, size_t err_
 
                 if (!conf->listen[i].host)
                         continue; /* a socket systemd passes by name: never bound here */
-                r = resolve_one(&conf->listen[i], conf->port, &set, why, sizeof(why));
+                r = resolve_one(conf, i, &set, why, sizeof(why));
                 if (r < 0) {
                         snprintf(err, err_size, "%s: listen: %s", spec_origin(conf, &conf->listen[i]), why);
                         listener_set_done(&set);
@@ -299,7 +309,7 @@ static ssize_t bind_new(const Conf *conf, ListenerSet *want, ListenerSet *old, b
                         continue;
                 }
                 if (r < 0) {
-                        snprintf(err, err_size, "cannot listen on %s: %s", l->name, strerror(-r));
+                        cannot_listen(conf, l, r, err, err_size);
                         listener_set_done(want);
                         return r;
                 }
@@ -343,7 +353,7 @@ int listeners_reopen(const Conf *conf, const ListenersReopen *how, ListenerSet *
         for (size_t i = 0; i < want.n && waiting; i++) {
                 Listener *l = &want.items[i];
                 if (port_held[i] && (r = open_socket(l, conf->backlog)) < 0) {
-                        snprintf(err, err_size, "cannot listen on %s: %s", l->name, strerror(-r));
+                        cannot_listen(conf, l, r, err, err_size);
                         listener_set_done(&want);
                         restore_departing(old, how->old_backlog);
                         free(port_held);
@@ -378,6 +388,7 @@ static int adopt(Listener *l, int fd) {
         if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
                 return -errno;
         l->fd = fd;
+        l->spec = SIZE_MAX;
         /* As for our own listeners (hellod.socket sets NoDelay=true too). */
         (void) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &(int) { 1 }, sizeof(int));
         l->addr_len = sizeof(l->addr);
@@ -645,14 +656,14 @@ static int endpoints(const ListenerSet *inherited, const Conf *conf, ListenerSet
                 const Listener *l = &inherited->items[i];
                 if (named_by_conf(l, conf))
                         continue;
-                r = append(&set, (const struct sockaddr *) &l->addr, l->addr_len, false);
+                r = append(&set, (const struct sockaddr *) &l->addr, l->addr_len, false, SIZE_MAX);
                 if (r >= 0 && is_dual_stack(l)) {
                         struct sockaddr_in in = {
                                 .sin_family = AF_INET,
                                 .sin_port = ((const struct sockaddr_in6 *) &l->addr)->sin6_port,
                                 .sin_addr.s_addr = htonl(INADDR_ANY),
                         };
-                        r = append(&set, (const struct sockaddr *) &in, sizeof(in), false);
+                        r = append(&set, (const struct sockaddr *) &in, sizeof(in), false, SIZE_MAX);
                 }
         }
         if (r < 0) {

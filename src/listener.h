@@ -17,6 +17,8 @@ typedef struct Listener {
         char name[ADDR_STR_MAX]; /* "127.0.0.1:9999", "[::]:9999" */
         bool proxy;              /* each client's connection starts with a PROXY header */
         char fdname[64];         /* an inherited socket's FileDescriptorName=; "" for hellod's own */
+        size_t spec; /* the listen entry it was resolved from, an index into the configuration
+                      * that resolved it (for messages); SIZE_MAX for a passed socket */
 } Listener;
 
 typedef struct ListenerSet {

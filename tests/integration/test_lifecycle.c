@@ -225,7 +225,8 @@ Test(lifecycle, command_line, .timeout = 60) {
         hellod_free(d);
 }
 
-/* A port that is taken: exit status 1, and stderr names the address and the errno text. */
+/* A port that is taken: exit status 1, and stderr names the entry's file and line, the
+ * address and the errno text. */
 Test(lifecycle, bind_failure, .timeout = 60) {
         Hellod *d = hellod_new();
         struct sockaddr_in a = {
@@ -233,7 +234,7 @@ Test(lifecycle, bind_failure, .timeout = 60) {
                 .sin_port = htons(d->port),
                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
         };
-        char needle[64], buf[96], *err;
+        char needle[512], buf[96], *err;
         int holder, status;
 
         /* A plain listener, no SO_REUSEADDR/SO_REUSEPORT: nobody else can bind this port now. */
@@ -251,9 +252,9 @@ Test(lifecycle, bind_failure, .timeout = 60) {
                             harness_describe_status(status, buf, sizeof(buf)), HELLOD_EXIT_FAILURE);
 
         err = hellod_stderr(d);
-        (void) snprintf(needle, sizeof(needle), "127.0.0.1:%u", (unsigned) d->port);
-        cr_assert(strstr(err, needle), "stderr does not name \"%s\":\n%s", needle, err);
-        cr_assert(strstr(err, "Address already in use"), "stderr lacks the errno text:\n%s", err);
+        (void) snprintf(needle, sizeof(needle), "%s:1: listen: cannot listen on 127.0.0.1:%u: Address already in use",
+                        d->conf_path, (unsigned) d->port);
+        cr_assert(strstr(err, needle), "stderr lacks \"%s\":\n%s", needle, err);
         free(err);
 
         (void) close(holder);
@@ -498,6 +499,9 @@ static void failed_reload_keeps_the_backlog_with(const char *running, const char
         hellod_write_config(d, "listen = [%s];\nport = %u;\n%s", reload_to, (unsigned) d->port, limits);
         hellod_signal(d, SIGHUP);
         hellod_wait_stderr(d, "reload failed");
+        char needle[512]; /* the entry's file and line: every list here is on line 1 */
+        snprintf(needle, sizeof(needle), "%s:1: listen: cannot listen on ", d->conf_path);
+        hellod_wait_stderr(d, needle);
         for (int left = WAITING; left > 0; left--) {
                 int next;
 
