@@ -585,6 +585,45 @@ static int listed_twice(const Conf *c, size_t *earlier) {
         return -1;
 }
 
+/* listen_family: AF_INET or AF_INET6 when SPEC is a numeric address, *WILDCARD saying whether
+ * it is 0.0.0.0 or ::; AF_UNSPEC for a host name (looked up at the start) or a passed socket. */
+static int listen_family(const ListenSpec *spec, bool *wildcard) {
+        static const unsigned char zero[sizeof(struct in6_addr)];
+        unsigned char a[sizeof(struct in6_addr)];
+
+        if (!spec->host)
+                return AF_UNSPEC;
+        if (inet_pton(AF_INET, spec->host, a) == 1) {
+                *wildcard = memcmp(a, zero, sizeof(struct in_addr)) == 0;
+                return AF_INET;
+        }
+        if (inet_pton(AF_INET6, spec->host, a) == 1) {
+                *wildcard = memcmp(a, zero, sizeof(struct in6_addr)) == 0;
+                return AF_INET6;
+        }
+        return AF_UNSPEC;
+}
+
+/* beside_wildcard: the first `listen` entry that one wildcard address and one specific address
+ * of a family make on one port, *EARLIER the other; -1: none. The wildcard's socket takes
+ * every address of its family on that port, so the specific one could not be bound. */
+static int beside_wildcard(const Conf *c, size_t *earlier) {
+        for (size_t j = 1; j < c->n_listen; j++) {
+                bool wild_j = false;
+                int family = listen_family(&c->listen[j], &wild_j);
+                unsigned port = c->listen[j].port ? c->listen[j].port : c->port;
+                for (size_t i = 0; i < j && family != AF_UNSPEC; i++) {
+                        bool wild_i = false;
+                        if (listen_family(&c->listen[i], &wild_i) == family && wild_i != wild_j &&
+                            (c->listen[i].port ? c->listen[i].port : c->port) == port) {
+                                *earlier = i;
+                                return (int) j;
+                        }
+                }
+        }
+        return -1;
+}
+
 /* parse_listen: a list of entries, each a string (an address) or a group; an array (strings
  * only) too. */
 static int parse_listen(Conf *c, const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx) {
@@ -1031,6 +1070,21 @@ static int conf_validate(const Conf *c, const config_t *cfg, const ConfCtx *ctx)
                 return key_error(ctx, e ? e : s, "listen", "%s\"%s\" is listed twice%s", b->fdname ? "name " : "",
                                  e ? echo(listen_entry_text(e), buf) : "",
                                  a->port != b->port ? " (an entry without a port takes 'port')" : "");
+        }
+        int beside = c->listen_is_default ? -1 : beside_wildcard(c, &earlier);
+        if (beside >= 0) {
+                char buf[ECHO_BUF_SIZE], other[ECHO_BUF_SIZE];
+                bool wild = false;
+                const config_setting_t *s = config_lookup(cfg, "listen");
+                const config_setting_t *e = s ? config_setting_get_elem(s, (unsigned) beside) : NULL;
+                const config_setting_t *o = s ? config_setting_get_elem(s, (unsigned) earlier) : NULL;
+                (void) listen_family(&c->listen[beside], &wild);
+                return key_error(ctx, e ? e : s, "listen",
+                                 "\"%s\" %s \"%s\" (a wildcard address takes every address of its family on "
+                                 "its port: list one or the other)",
+                                 e ? echo(listen_entry_text(e), buf) : "",
+                                 wild ? "would also serve" : "is already served by",
+                                 o ? echo(listen_entry_text(o), other) : "");
         }
         /* A PROXY header from anyone would let any client claim any address. */
         if (any_proxy_listener(c) && c->n_proxy_from == 0) {

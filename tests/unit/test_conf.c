@@ -611,24 +611,19 @@ Test(conf_string, log_level) {
 /* ---- listen ---- */
 
 Test(conf_listen, valid_forms_through_a_file) {
-        char text[2048];
-        size_t n = 0;
+        char text[256];
         Conf *c;
 
-        n += (size_t) snprintf(text + n, sizeof(text) - n, "listen = [");
-        for (size_t i = 0; i < sizeof(valid_specs) / sizeof(valid_specs[0]); i++)
-                n += (size_t) snprintf(text + n, sizeof(text) - n, "%s\"%s\"", i ? ", " : " ",
-                                       valid_specs[i].text);
-        snprintf(text + n, sizeof(text) - n, " ];\n");
-
-        c = load_ok(text);
-        cr_assert_eq(c->n_listen, sizeof(valid_specs) / sizeof(valid_specs[0]));
-        cr_expect_not(c->listen_is_default);
-        for (size_t i = 0; i < c->n_listen; i++) {
-                cr_expect_str_eq(c->listen[i].host, valid_specs[i].host);
-                cr_expect_eq(c->listen[i].port, valid_specs[i].port);
+        /* One at a time: "::" beside "::1" on one port is an error of its own (below). */
+        for (size_t i = 0; i < sizeof(valid_specs) / sizeof(valid_specs[0]); i++) {
+                snprintf(text, sizeof(text), "listen = [ \"%s\" ];\n", valid_specs[i].text);
+                c = load_ok(text);
+                cr_assert_eq(c->n_listen, 1);
+                cr_expect_not(c->listen_is_default);
+                cr_expect_str_eq(c->listen[0].host, valid_specs[i].host);
+                cr_expect_eq(c->listen[0].port, valid_specs[i].port);
+                conf_unref(c);
         }
-        conf_unref(c);
 
         /* A ( ... ) list works like a [ ... ] array. */
         c = load_ok("listen = ( \"127.0.0.1:7000\", \"[::1]:7000\" );");
@@ -670,6 +665,16 @@ Test(conf_listen, list_errors) {
                      "\"127.0.0.1:7003\" is listed twice (an entry without a port takes 'port')");
         Conf *other_port = load_ok("listen = [ \"127.0.0.1\", \"127.0.0.1:7004\" ];\nport = 7003;\n");
         conf_unref(other_port);
+        /* A wildcard address takes every address of its family on its port: a specific one
+         * beside it could not be bound (nginx would serve both on the wildcard's socket). */
+        expect_error("listen = [ \"0.0.0.0:7000\",\n  \"127.0.0.1:7000\" ];\n", 2, "listen",
+                     "\"127.0.0.1:7000\" is already served by \"0.0.0.0:7000\"");
+        expect_error("listen = [ \"127.0.0.1\",\n  \"0.0.0.0\" ];\nport = 7003;\n", 2, "listen",
+                     "\"0.0.0.0\" would also serve \"127.0.0.1\"");
+        expect_error("listen = [ \"::\", \"[::1]:7003\" ];\nport = 7003;\n", 1, "listen", "already served by \"::\"");
+        Conf *apart = load_ok("listen = [ \"0.0.0.0:7000\", \"127.0.0.1:7001\", \"::\", \"127.0.0.2\" ];\n"
+                              "port = 7002;\n");
+        conf_unref(apart);
 
         /* CONF_LISTEN_MAX distinct entries are fine, one more is not. */
         n = (size_t) snprintf(text, sizeof(text), "listen = [ \"h0\"");
