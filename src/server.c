@@ -809,7 +809,11 @@ static void reload(Server *s) {
 
         notify_reloading();
         log_info("reloading configuration from %s", s->opts.config_path);
-        int r = conf_load_for(s->opts.config_path, s->opts.config_optional, &conf, &defaulted, err, sizeof(err));
+        /* The default path may be absent only while it has been: a file read before that has
+         * disappeared (deleted, or moved while being edited) fails the reload, as in nginx and
+         * sshd, rather than put every key back to its default (0.0.0.0 and ::, no allow list). */
+        bool optional = s->opts.config_optional && s->opts.config_defaulted;
+        int r = conf_load_for(s->opts.config_path, optional, &conf, &defaulted, err, sizeof(err));
         /* What `hellod -t` and a start check too: a file they refuse is not applied. */
         if (r >= 0)
                 r = preflight_check(conf, s->opts.config_path, NULL, err, sizeof(err));
@@ -858,6 +862,7 @@ static void reload(Server *s) {
         apply_log_level(s);
         (void) preflight_warn(conf);
 
+        s->opts.config_defaulted = defaulted;
         listeners_describe(&s->listeners, names, sizeof(names));
         LogField fields[] = { { "HELLOD_LISTEN", names }, { "HELLOD_CONFIG", s->opts.config_path } };
         log_struct(LOG_NOTICE, MESSAGE_ID_RELOADED, fields, 2, "configuration reloaded from %s%s, listening on %s",

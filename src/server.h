@@ -12,7 +12,7 @@
 typedef struct ServerOptions {
         const char *config_path; /* re-read on SIGHUP */
         bool config_optional;    /* the default path: when absent, built-in defaults apply */
-        bool config_defaulted;   /* ... and it was absent at start-up */
+        bool config_defaulted;   /* ... and it was absent when last read (start-up or reload) */
         int log_level_override;  /* from --log-level, kept across reloads; -1: none */
 } ServerOptions;
 

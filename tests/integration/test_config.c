@@ -104,6 +104,59 @@ Test(config, check_refuses_group_without_user, .timeout = 60) {
         hellod_free(d);
 }
 
+/* Without --config hellod reads its default path, and runs on built-in defaults while that file
+ * is absent. Once it has read the file, a reload that finds it gone fails and keeps the running
+ * configuration (as nginx and sshd refuse a missing file): it used to put every key back to its
+ * default, listening on every address with no access list. The test gives hellod a private
+ * mount over the default path's etc directory (unshare, as root), dropping --config. */
+Test(config, a_reload_without_the_default_file_it_read_fails, .timeout = 60) {
+        static const char script[] = "mount --bind \"$1\" \"$2\" && bin=$3 && shift 5 && exec \"$bin\" \"$@\"";
+        const char *path = getenv("HELLOD_DEFAULT_CONF"); /* PREFIX/etc/hellod/hellod.conf */
+        char etc[256], mine[300], dir[320], file[400], text[128];
+        Hellod *d = hellod_new();
+
+        cr_assert_not_null(path, "HELLOD_DEFAULT_CONF is not set (run through meson test)");
+        snprintf(etc, sizeof(etc), "%s", path);
+        for (int up = 0; up < 2; up++) {
+                char *slash = strrchr(etc, '/');
+                cr_assert(slash && slash > etc, "%s: not PREFIX/etc/hellod/hellod.conf", path);
+                *slash = '\0';
+        }
+        cr_assert(strcmp(etc, "/etc") != 0, "a build for prefix /usr: this test mounts over %s", etc);
+        snprintf(mine, sizeof(mine), "%s/etc", d->dir);
+        snprintf(file, sizeof(file), "%s%s", mine, path + strlen(etc)); /* MINE/hellod/hellod.conf */
+        snprintf(dir, sizeof(dir), "%s/hellod", mine);
+        cr_assert(mkdir(mine, 0755) == 0 && mkdir(dir, 0755) == 0, "mkdir %s: %s", dir, strerror(errno));
+        int n = snprintf(text, sizeof(text), "listen = [ \"127.0.0.1\" ];\nport = %u;\n", (unsigned) d->port);
+        harness_write_file(file, text, (size_t) n);
+
+        const char *const wrapper[] = { "/usr/bin/unshare", "--mount", "--propagation", "private", "/bin/sh", "-c",
+                                        script, "sh", mine, etc, NULL };
+        hellod_spawn(d, &(HellodOpts) { .wrapper = wrapper });
+        hellod_wait_ready(d);
+        char *err = hellod_stderr(d);
+        cr_assert(strstr(err, path) && !strstr(err, "built-in defaults"), "not started on %s:\n%s", path, err);
+        free(err);
+
+        harness_step("the file gone, a reload");
+        cr_assert(unlink(file) == 0, "unlink %s: %s", file, strerror(errno));
+        hellod_signal(d, SIGHUP);
+        hellod_wait_stderr(d, "reload failed, keeping the running configuration");
+        int fd = client_connect(d->port);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_close(fd);
+
+        harness_step("the file back, a reload");
+        harness_write_file(file, text, (size_t) n);
+        hellod_signal(d, SIGHUP);
+        hellod_wait_stderr(d, "configuration reloaded from");
+        err = hellod_stderr(d);
+        cr_expect(!strstr(err, "built-in defaults"), "%s", err);
+        free(err);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 /* A reload whose includes cannot be read keeps the running configuration, and never blocks. */
 Test(config, reload_with_bad_include_keeps_old_config, .timeout = 90) {
         static const char *const bad[] = { "dir.conf", "fifo.conf", "wide.conf" };
