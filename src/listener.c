@@ -674,6 +674,23 @@ static int endpoints(const ListenerSet *inherited, const Conf *conf, ListenerSet
         return 0;
 }
 
+/* is_localhost: SPEC names "localhost", which hellod-socket-generator writes as 127.0.0.1 and
+ * ::1 (RFC 6761: the loopback, whatever a resolver says; a hosts file often maps only one). */
+static bool is_localhost(const ListenSpec *spec) {
+        return spec->host && strcasecmp(spec->host, "localhost") == 0;
+}
+
+/* add_loopbacks: 127.0.0.1 and ::1 on PORT into SET. */
+static int add_loopbacks(ListenerSet *set, unsigned port) {
+        struct sockaddr_in in = { .sin_family = AF_INET, .sin_port = htons((uint16_t) port),
+                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        struct sockaddr_in6 in6 = { .sin6_family = AF_INET6, .sin6_port = htons((uint16_t) port),
+                                    .sin6_addr = IN6ADDR_LOOPBACK_INIT };
+        int r = append(set, (const struct sockaddr *) &in, sizeof(in), false, SIZE_MAX);
+
+        return r < 0 ? r : append(set, (const struct sockaddr *) &in6, sizeof(in6), false, SIZE_MAX);
+}
+
 static bool subset(const ListenerSet *a, const ListenerSet *b) {
         for (size_t i = 0; i < a->n; i++)
                 if (!contains(b, &a->items[i]))
@@ -687,8 +704,15 @@ int listeners_match_conf(const ListenerSet *inherited, const Conf *conf, char *w
         int r;
 
         r = listeners_resolve(conf, &want, why, why_size);
-        if (r < 0)
+        for (size_t i = 0; i < conf->n_listen && r >= 0; i++) /* as the generator writes it */
+                if (is_localhost(&conf->listen[i]))
+                        r = add_loopbacks(&want, conf->listen[i].port ? conf->listen[i].port : conf->port);
+        if (r == -ENOMEM)
+                snprintf(why, why_size, "out of memory");
+        if (r < 0) {
+                listener_set_done(&want);
                 return r;
+        }
         r = endpoints(inherited, conf, &have);
         if (r < 0) {
                 snprintf(why, why_size, "out of memory");
@@ -767,6 +791,18 @@ static int mark_entry(const ListenerSet *set, const ListenSpec *spec, unsigned p
                 for (size_t i = 0; i < set->n; i++)
                         marks[i] |= listener_is(&set->items[i], ai->ai_addr, ai->ai_addrlen);
         freeaddrinfo(res);
+        if (is_localhost(spec)) {
+                ListenerSet loop = { 0 };
+                if (add_loopbacks(&loop, spec->port ? spec->port : port) < 0) {
+                        snprintf(err, err_size, "out of memory");
+                        return -ENOMEM;
+                }
+                for (size_t j = 0; j < loop.n; j++)
+                        for (size_t i = 0; i < set->n; i++)
+                                marks[i] |= listener_is(&set->items[i], (const struct sockaddr *) &loop.items[j].addr,
+                                                        loop.items[j].addr_len);
+                listener_set_done(&loop);
+        }
         return 0;
 }
 

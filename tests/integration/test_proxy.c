@@ -210,6 +210,42 @@ Test(proxy, socket_activated_a_proxy_entry_by_host_name_is_a_proxy_listener, .ti
         hellod_free(d);
 }
 
+/* Socket-activated, a PROXY entry "localhost" marks the passed sockets on 127.0.0.1 and on ::1,
+ * as hellod-socket-generator writes it (RFC 6761), whatever the hosts file maps: one that maps
+ * only 127.0.0.1, as Debian's often does, used to leave the ::1 socket a plain listener. (Where
+ * the hosts file maps both, this test cannot tell the two apart.) */
+Test(proxy, socket_activated_localhost_is_both_loopbacks, .timeout = 60) {
+        Hellod *d = hellod_new();
+        char v6[48];
+        Activation a;
+
+        activation_init(&a, d);
+        snprintf(v6, sizeof(v6), "[::1]:%u", (unsigned) a.port);
+        const char *const wrapper[] = { "/usr/bin/systemd-socket-activate", "-l", a.plain, "-l", a.proxied, "-l", v6,
+                                        NULL };
+        memcpy(a.wrapper, wrapper, sizeof(wrapper));
+        hellod_write_config(d,
+                            "listen = ( \"127.0.0.1:%u\", { address = \"localhost:%u\"; proxy_protocol = true; } );\n"
+                            "proxy_from = [ \"127.0.0.1\", \"::1\" ];\n",
+                            (unsigned) d->port, (unsigned) a.port);
+        hellod_spawn(d, &(HellodOpts) { .wrapper = a.wrapper });
+        hellod_wait_ready(d);
+        snprintf(v6, sizeof(v6), "[::1]:%u (PROXY)", (unsigned) a.port);
+        hellod_wait_stderr(d, v6);
+
+        int fd = client_connect6(a.port);
+        client_send_str(fd, "Michael\n");
+        refused_unanswered(fd);
+        fd = client_connect(a.port);
+        client_send_str(fd, "Michael\n");
+        refused_unanswered(fd);
+        char *err = hellod_stderr(d);
+        cr_expect(!strstr(err, "do not match"), "the passed sockets are what the generator writes:\n%s", err);
+        free(err);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 /* Socket-activated, a reload whose PROXY entry names a host that cannot be looked up fails,
  * and the passed socket stays a PROXY listener; such a file does not start hellod either. (The
  * checks a reload runs first look the names up; the marks' own lookup failing a moment later,
