@@ -680,15 +680,16 @@ static bool is_localhost(const ListenSpec *spec) {
         return spec->host && strcasecmp(spec->host, "localhost") == 0;
 }
 
-/* add_loopbacks: 127.0.0.1 and ::1 on PORT into SET. */
-static int add_loopbacks(ListenerSet *set, unsigned port) {
+/* add_loopbacks: 127.0.0.1 and ::1 on PORT into SET, PROXY listeners or not as SPEC is; the
+ * errors of append(). */
+static int add_loopbacks(ListenerSet *set, const ListenSpec *spec, unsigned port) {
         struct sockaddr_in in = { .sin_family = AF_INET, .sin_port = htons((uint16_t) port),
                                   .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
         struct sockaddr_in6 in6 = { .sin6_family = AF_INET6, .sin6_port = htons((uint16_t) port),
                                     .sin6_addr = IN6ADDR_LOOPBACK_INIT };
-        int r = append(set, (const struct sockaddr *) &in, sizeof(in), false, SIZE_MAX);
+        int r = append(set, (const struct sockaddr *) &in, sizeof(in), spec->proxy_protocol, SIZE_MAX);
 
-        return r < 0 ? r : append(set, (const struct sockaddr *) &in6, sizeof(in6), false, SIZE_MAX);
+        return r < 0 ? r : append(set, (const struct sockaddr *) &in6, sizeof(in6), spec->proxy_protocol, SIZE_MAX);
 }
 
 static bool subset(const ListenerSet *a, const ListenerSet *b) {
@@ -704,12 +705,18 @@ int listeners_match_conf(const ListenerSet *inherited, const Conf *conf, char *w
         int r;
 
         r = listeners_resolve(conf, &want, why, why_size);
-        for (size_t i = 0; i < conf->n_listen && r >= 0; i++) /* as the generator writes it */
-                if (is_localhost(&conf->listen[i]))
-                        r = add_loopbacks(&want, conf->listen[i].port ? conf->listen[i].port : conf->port);
-        if (r == -ENOMEM)
-                snprintf(why, why_size, "out of memory");
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < conf->n_listen && r >= 0; i++) { /* as the generator writes it */
+                const ListenSpec *spec = &conf->listen[i];
+                if (is_localhost(spec))
+                        r = add_loopbacks(&want, spec, spec->port ? spec->port : conf->port);
+        }
         if (r < 0) {
+                snprintf(why, why_size, "%s",
+                         r == -ENOMEM ? "out of memory"
+                                      : "\"localhost\" is 127.0.0.1 and ::1, which another entry names, one with "
+                                        "proxy_protocol and one without");
                 listener_set_done(&want);
                 return r;
         }
@@ -793,7 +800,8 @@ static int mark_entry(const ListenerSet *set, const ListenSpec *spec, unsigned p
         freeaddrinfo(res);
         if (is_localhost(spec)) {
                 ListenerSet loop = { 0 };
-                if (add_loopbacks(&loop, spec->port ? spec->port : port) < 0) {
+                if (add_loopbacks(&loop, spec, spec->port ? spec->port : port) < 0) {
+                        listener_set_done(&loop);
                         snprintf(err, err_size, "out of memory");
                         return -ENOMEM;
                 }
@@ -837,7 +845,7 @@ void listeners_set_proxy(ListenerSet *set, const bool *marks) {
 }
 
 int listeners_report_match(const ListenerSet *inherited, const Conf *conf) {
-        char why[1024];
+        char why[1024] = "";
         int r = listeners_match_conf(inherited, conf, why, sizeof(why));
 
         if (r == -ECANCELED)

@@ -132,8 +132,9 @@ int listeners_match_conf(const ListenerSet *inherited, const Conf *conf, char *w
 /* listeners_proxy_marks: *RET[i] (malloc'd, one per listener of SET): whether a listen entry
  * with proxy_protocol = true names the inherited listener i: by its FileDescriptorName= (the
  * entry's `name`), or by an address its host resolves to (each entry looked up once; a
- * dual-stack "[::]:P" socket stands for "0.0.0.0:P" and "[::]:P"). 0, -ENOMEM, or
- * -EADDRNOTAVAIL when such an entry's name cannot be looked up (ERR says which and why).
+ * dual-stack "[::]:P" socket stands for "0.0.0.0:P" and "[::]:P"; "localhost" for 127.0.0.1
+ * and ::1, as the generator writes it). 0, -ENOMEM, -EADDRNOTAVAIL when such an entry's host
+ * cannot be looked up, or -ENOENT when no passed socket has its name (ERR says which and why).
  * listeners_set_proxy: MARKS into SET's `proxy` flags, set or cleared (a reload computes the
  * marks first, with names looked up while the listeners still accept, then swaps them in). */
 int listeners_proxy_marks(const ListenerSet *set, const Conf *conf, bool **ret, char *err, size_t err_size);

@@ -227,7 +227,8 @@ int main(int argc, char *argv[]) {
         };
         r = server_new(&server, conf, &opts, &inherited);
         if (r < 0) {
-                code = EXIT_RUNTIME;
+                /* 78 keeps systemd from restarting a file that cannot work (RestartPreventExitStatus=). */
+                code = r == SERVER_CONF_MISMATCH ? EXIT_CONFIG : EXIT_RUNTIME;
                 goto out;
         }
         /* The listeners are bound (ports below 1024 need root): now stop being root, before

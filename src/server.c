@@ -1459,6 +1459,8 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
                 (void) listeners_report_match(&s->listeners, conf); /* no waiter yet: never -ECANCELED */
                 if ((r = listeners_proxy_marks(&s->listeners, conf, &marks, err, sizeof(err))) < 0) {
                         log_error("%s", err);
+                        if (r == -ENOENT)
+                                r = SERVER_CONF_MISMATCH;
                         goto fail;
                 }
                 listeners_set_proxy(&s->listeners, marks);

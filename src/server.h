@@ -32,6 +32,9 @@ int server_hold_reloads(void);
  * can drop its privileges in between. On failure returns a negative errno, having logged why
  * (e.g. "cannot listen on 127.0.0.1:9999: Address already in use"). */
 int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet *inherited);
+/* What server_new() returns, no errno, when the configuration does not fit the sockets systemd
+ * passed (a PROXY entry's name no passed socket has): the file's fault, not the moment's. */
+#define SERVER_CONF_MISMATCH (-4096)
 
 /* server_run: resumes the conversations STORE holds (handed over by the previous process, or
  * kept across a crash; what it takes is moved out of STORE), accepts and serves until
