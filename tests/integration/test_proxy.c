@@ -185,6 +185,38 @@ static void activated_start(Hellod *d, Activation *a, const char *proxy_host, co
         hellod_wait_ready(d);
 }
 
+/* expect_header_wanted: the PROXY listener on PORT still wants the header: a client without one
+ * gets nothing, a balancer's client is served. */
+static void expect_header_wanted(uint16_t port) {
+        int fd = client_connect(port);
+        client_send_str(fd, "Michael\n");
+        refused_unanswered(fd);
+        fd = proxied_client(port, "192.0.2.7", 51234);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_hello(fd, "Michael");
+        client_close(fd);
+}
+
+/* activated_start_refused: D, stopped, started again under A's systemd-socket-activate with a
+ * file that must not start it; returns its wait status, once stderr holds NEEDLE. */
+static int activated_start_refused(Hellod *d, const Activation *a, const char *needle) {
+        int fd;
+
+        hellod_stop_clean(d);
+        hellod_spawn(d, &(HellodOpts) { .wrapper = a->wrapper });
+        /* systemd-socket-activate starts hellod on the first connection, once it listens. */
+        for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS; (fd = client_try_connect("127.0.0.1", d->port, NULL)) < 0;
+             harness_sleep_ms(10))
+                if (harness_now_ms() > end)
+                        hellod_fail(d, "systemd-socket-activate never listened: %s", strerror(-fd));
+        int status = hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
+        client_close(fd);
+        char *err = hellod_stderr(d);
+        cr_expect(strstr(err, needle), "stderr lacks \"%s\":\n%s", needle, err);
+        free(err);
+        return status;
+}
+
 /* Socket-activated (systemd passes the sockets, hellod binds nothing): a PROXY entry by host
  * name marks the passed socket its name resolves to. "localhost" used to be matched
  * numerically only, never, so its socket was served as a plain one: direct clients greeted,
@@ -268,28 +300,11 @@ Test(proxy, socket_activated_a_proxy_name_that_cannot_be_looked_up_fails_the_rel
         hellod_wait_stderr(d, "reload failed");
 
         harness_step("the passed socket still wants the header");
-        int fd = client_connect(port);
-        client_send_str(fd, "Michael\n");
-        refused_unanswered(fd);
-        fd = proxied_client(port, "192.0.2.7", 51234);
-        client_expect_str(fd, HELLOD_GREETING);
-        client_hello(fd, "Michael");
-        client_close(fd);
+        expect_header_wanted(port);
 
         harness_step("and such a file does not start the daemon");
-        hellod_stop_clean(d);
-        hellod_spawn(d, &(HellodOpts) { .wrapper = a.wrapper });
-        /* systemd-socket-activate starts hellod on the first connection, once it listens. */
-        for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS; (fd = client_try_connect("127.0.0.1", d->port, NULL)) < 0;
-             harness_sleep_ms(10))
-                if (harness_now_ms() > end)
-                        hellod_fail(d, "systemd-socket-activate never listened: %s", strerror(-fd));
-        int status = hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
-        client_close(fd);
+        int status = activated_start_refused(d, &a, needle);
         cr_assert(WIFEXITED(status) && WEXITSTATUS(status) != 0, "started with an unknown PROXY name: status %d", status);
-        char *err = hellod_stderr(d);
-        cr_expect(strstr(err, needle), "stderr lacks \"%s\":\n%s", needle, err);
-        free(err);
         hellod_free(d);
 }
 
@@ -327,30 +342,13 @@ Test(proxy, socket_activated_a_proxy_name_no_socket_has_fails, .timeout = 60) {
         hellod_wait_stderr(d, "reload failed");
 
         harness_step("the passed socket still wants the header");
-        int fd = client_connect(port);
-        client_send_str(fd, "Michael\n");
-        refused_unanswered(fd);
-        fd = proxied_client(port, "192.0.2.7", 51234);
-        client_expect_str(fd, HELLOD_GREETING);
-        client_hello(fd, "Michael");
-        client_close(fd);
+        expect_header_wanted(port);
 
         harness_step("and such a file does not start the daemon");
-        hellod_stop_clean(d);
-        hellod_spawn(d, &(HellodOpts) { .wrapper = a.wrapper });
-        /* systemd-socket-activate starts hellod on the first connection, once it listens. */
-        for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS; (fd = client_try_connect("127.0.0.1", d->port, NULL)) < 0;
-             harness_sleep_ms(10))
-                if (harness_now_ms() > end)
-                        hellod_fail(d, "systemd-socket-activate never listened: %s", strerror(-fd));
-        int status = hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
-        client_close(fd);
+        int status = activated_start_refused(d, &a, needle);
         cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == HELLOD_EXIT_CONFIG,
                   "started with a PROXY name no socket has: status %d, expected exit %d (the file's fault: no restart)",
                   status, HELLOD_EXIT_CONFIG);
-        char *err = hellod_stderr(d);
-        cr_expect(strstr(err, needle), "stderr lacks \"%s\":\n%s", needle, err);
-        free(err);
         hellod_free(d);
 }
 

@@ -201,9 +201,10 @@ static void bench_free(Bench *b) {
         conf_unref(b->conf);
 }
 
-/* bench_client: a session on one end of a socketpair, driven by the engine; returns the
- * client's end (blocking, with a receive timeout). */
-static int bench_client(Bench *b) {
+/* bench_client_pair: a session on one end of a socketpair, driven by the engine; returns the
+ * client's end (blocking, with a receive timeout), and the daemon's in *DAEMON_END if not NULL
+ * (for a test that acts on it behind the engine's back). bench_client: without it. */
+static int bench_client_pair(Bench *b, int *daemon_end) {
         struct sockaddr_in peer = { .sin_family = AF_INET, .sin_port = htons(4242),
                                     .sin_addr.s_addr = htonl(0x7f000001) };
         struct timeval tv = { .tv_sec = WAIT_MS / 1000 };
@@ -216,7 +217,13 @@ static int bench_client(Bench *b) {
         cr_assert_eq(setsockopt(sv[1], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
         cr_assert_eq(session_new(&s, sv[0], b->conf, (struct sockaddr *) &peer, "test"), 0);
         cr_assert_eq(engine_add(b->engine, s), 0);
+        if (daemon_end)
+                *daemon_end = sv[0];
         return sv[1];
+}
+
+static int bench_client(Bench *b) {
+        return bench_client_pair(b, NULL);
 }
 
 static void send_all(int fd, const void *buf, size_t n) {
@@ -558,18 +565,9 @@ ParameterizedTest(int *model, engine, idle_timeout_counts_from_a_blocked_reply_t
         /* Seconds apart, the two outcomes (from the line: 2 s after the read; from the read:
          * 4 s), so that a slow machine's late wake-up cannot make one look like the other. */
         Bench b = bench_new(models[*model], "idle_timeout = 4;\n");
-        struct sockaddr_in peer = { .sin_family = AF_INET, .sin_port = htons(4242),
-                                    .sin_addr.s_addr = htonl(0x7f000001) };
-        struct timeval tv = { .tv_sec = WAIT_MS / 1000 };
-        Session *s;
         int sv[2];
 
-        cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-        if (engine_nonblocking(b.engine))
-                cr_assert_eq(fcntl(sv[0], F_SETFL, O_NONBLOCK), 0);
-        cr_assert_eq(setsockopt(sv[1], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
-        cr_assert_eq(session_new(&s, sv[0], b.conf, (struct sockaddr *) &peer, "test"), 0);
-        cr_assert_eq(engine_add(b.engine, s), 0);
+        sv[1] = bench_client_pair(&b, &sv[0]);
         expect_str(sv[1], "Welcome!\r\n");
         size_t filled = fill_send_buffer(sv[0]); /* the daemon is at rest, waiting for a line */
         char *junk = malloc(filled);
