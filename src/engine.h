@@ -96,6 +96,12 @@ typedef struct EngineOps {
          * rest between two reads, writes nothing more to its client, and passes it to the
          * handed_over hook. */
         int (*hand_over)(Engine *e, uint64_t timeout_msec);
+        /* answered: whether the threads the engine cannot do without (the event loops; with a
+         * thread per connection, those waiting for clients) have all woken to the previous
+         * call's question (true at the first), then asks them again. The server asks twice per
+         * watchdog interval and pings systemd only when they answered: a stuck loop then gets
+         * the daemon restarted, as WatchdogSec= means. */
+        bool (*answered)(Engine *e);
         bool nonblocking; /* the sessions' sockets must be non-blocking */
         bool reads_proxy; /* reads a PROXY header before the greeting (EngineHooks.proxied) */
         /* keeps_partial_lines: a stored session's partial line stays in the kernel until its
@@ -180,6 +186,10 @@ static inline void engine_set_listeners(Engine *e, const ListenerSet *set) {
 
 static inline int engine_hand_over(Engine *e, uint64_t timeout_msec) {
         return e->ops->hand_over(e, timeout_msec);
+}
+
+static inline bool engine_answered(Engine *e) {
+        return e->ops->answered(e);
 }
 
 static inline void engine_slot_freed(Engine *e) {

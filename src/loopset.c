@@ -96,6 +96,8 @@ bool loopset_take_incoming(LoopBase *l, Session **ret) {
         Session *list, *reversed = NULL;
         bool go_on;
 
+        /* Woken, so not stuck: the answer to loopset_answered(). */
+        __atomic_store_n(&l->alive_acked, __atomic_load_n(&l->set->alive_gen, __ATOMIC_ACQUIRE), __ATOMIC_RELEASE);
         pthread_mutex_lock(&l->lock);
         list = l->incoming;
         l->incoming = NULL;
@@ -114,6 +116,18 @@ bool loopset_take_incoming(LoopBase *l, Session **ret) {
 void loopset_wake_all(LoopSet *set) {
         for (unsigned i = 0; i < set->n; i++)
                 (void) eventfd_write(loopset_loop(set, i)->wake_fd, 1);
+}
+
+bool loopset_answered(LoopSet *set) {
+        uint64_t gen = __atomic_load_n(&set->alive_gen, __ATOMIC_ACQUIRE);
+        bool all = true;
+
+        for (unsigned i = 0; i < set->n; i++)
+                if (__atomic_load_n(&loopset_loop(set, i)->alive_acked, __ATOMIC_ACQUIRE) < gen)
+                        all = false;
+        __atomic_store_n(&set->alive_gen, gen + 1, __ATOMIC_RELEASE);
+        loopset_wake_all(set);
+        return all;
 }
 
 static bool all_acked(const LoopSet *set, uint64_t gen) {

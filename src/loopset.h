@@ -29,6 +29,7 @@ typedef struct LoopBase {
         bool stopping;
         unsigned n_sessions;   /* atomic: queued and running, for loopset_add() */
         uint64_t listen_acked; /* under set->lock: the listener generation taken up */
+        uint64_t alive_acked;  /* atomic: the last question of loopset_answered() it woke to */
 } LoopBase;
 
 struct LoopSet {
@@ -46,6 +47,7 @@ struct LoopSet {
         size_t n_listeners;
         uint64_t listen_gen; /* written under lock, read atomically by the loops */
         bool hand_over;      /* under lock: the stop hands the sessions over (loopset_hand_over) */
+        uint64_t alive_gen;  /* atomic: loopset_answered()'s last question */
 };
 
 /* loopset_init: room for N loops of LOOP_SIZE bytes (zeroed), no thread yet. 0 or -ENOMEM.
@@ -68,6 +70,11 @@ int loopset_add(LoopSet *set, Session *s);
  * driver reads its eventfd itself. */
 bool loopset_take_incoming(LoopBase *l, Session **ret);
 void loopset_wake_all(LoopSet *set);
+/* loopset_answered: whether every loop has woken to the previous call's question (true at the
+ * first call), then asks again: wakes every loop, which answers as it takes its incoming
+ * sessions. A loop that does not answer is stuck: the server's watchdog stands for the loops
+ * this way. One caller at a time (the server thread). */
+bool loopset_answered(LoopSet *set);
 
 /* loopset_publish_listeners: from now on LISTENERS' sockets are the loops' listeners;
  * returns once every loop has taken up the new set (see loopset_take_listeners). The array is

@@ -42,7 +42,7 @@
 
 /* epoll data of the control descriptors; a listener's is (generation << 32) | its index,
  * generations starting at 1. */
-enum { KEY_STOP = 1, KEY_RESUME = 2 };
+enum { KEY_STOP = 1, KEY_RESUME = 2, KEY_PING = 3 };
 
 /* How often the hand-over wakes the threads still serving: a signal that comes just before a
  * thread blocks (after it looked at `handing`) is lost, and the next one wakes it. The first
@@ -69,6 +69,8 @@ typedef struct PerConn {
         int stop_fd;   /* eventfd: written at the stop and never read, so that every waiting
                         * thread wakes to it in turn (level-triggered) */
         int resume_fd; /* timerfd: accepting resumes (a slot freed, or a pause ended) */
+        int ping_fd;   /* eventfd: perconn_answered()'s question, for a waiting thread */
+        uint64_t alive_gen, alive_acked; /* atomic: the question asked last, answered last */
         pthread_rwlock_t listen_lock; /* read: a thread accepting; write: a new set */
         const Listener *listeners;    /* the server's set (its array: engine.h, set_listeners) */
         size_t n_listeners;
@@ -608,6 +610,13 @@ static void *wait_for_client(void *userdata) {
                         continue;
                 if (ev.data.u64 == KEY_STOP)
                         return NULL;
+                if (ev.data.u64 == KEY_PING) { /* one thread reads it; the others find it empty */
+                        eventfd_t question;
+                        (void) eventfd_read(p->ping_fd, &question);
+                        __atomic_store_n(&p->alive_acked, __atomic_load_n(&p->alive_gen, __ATOMIC_ACQUIRE),
+                                         __ATOMIC_RELEASE);
+                        continue;
+                }
                 if (ev.data.u64 == KEY_RESUME) {
                         uint64_t expirations;
                         Session *s = NULL;
@@ -709,6 +718,8 @@ static void perconn_free(PerConn *p) {
                 close(p->stop_fd);
         if (p->resume_fd >= 0)
                 close(p->resume_fd);
+        if (p->ping_fd >= 0)
+                close(p->ping_fd);
         orphan_queued(p); /* no thread is left to take the lock */
         if (handing(p)) /* greeted and handed over by the server */
                 queued_give_all(&p->orphans, p->engine.hooks.handed_over_waiting, p->engine.hooks.userdata);
@@ -765,6 +776,18 @@ static void perconn_reconfigure(Engine *e, const Conf *started, const Conf *conf
         lingerer_set_max(p->lingerer, conf->max_connections);
 }
 
+/* perconn_answered: a thread that waits for clients is the one that must not be stuck: each
+ * session has a thread of its own, and a stuck one holds up its client alone. */
+static bool perconn_answered(Engine *e) {
+        PerConn *p = (PerConn *) e;
+        uint64_t gen = __atomic_load_n(&p->alive_gen, __ATOMIC_ACQUIRE);
+        bool answered = __atomic_load_n(&p->alive_acked, __ATOMIC_ACQUIRE) >= gen;
+
+        __atomic_store_n(&p->alive_gen, gen + 1, __ATOMIC_RELEASE);
+        (void) eventfd_write(p->ping_fd, 1);
+        return answered;
+}
+
 static const EngineOps perconn_ops = {
         .add = perconn_add,
         .stop = perconn_stop,
@@ -773,22 +796,26 @@ static const EngineOps perconn_ops = {
         .set_listeners = perconn_set_listeners,
         .slot_freed = perconn_slot_freed,
         .hand_over = perconn_hand_over,
+        .answered = perconn_answered,
         .nonblocking = false,
         .reads_proxy = true,
         .keeps_partial_lines = true,
 };
 
-/* open_control: the epoll set, its stop eventfd and resume timerfd. */
+/* open_control: the epoll set, its stop and ping eventfds and resume timerfd. */
 static int open_control(PerConn *p) {
         struct epoll_event stop_ev = { .events = EPOLLIN, .data.u64 = KEY_STOP };
         struct epoll_event resume_ev = { .events = EPOLLIN, .data.u64 = KEY_RESUME };
+        struct epoll_event ping_ev = { .events = EPOLLIN, .data.u64 = KEY_PING };
 
         p->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
         p->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         p->resume_fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
-        if (p->epoll_fd < 0 || p->stop_fd < 0 || p->resume_fd < 0 ||
+        p->ping_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (p->epoll_fd < 0 || p->stop_fd < 0 || p->resume_fd < 0 || p->ping_fd < 0 ||
             epoll_ctl(p->epoll_fd, EPOLL_CTL_ADD, p->stop_fd, &stop_ev) < 0 ||
-            epoll_ctl(p->epoll_fd, EPOLL_CTL_ADD, p->resume_fd, &resume_ev) < 0)
+            epoll_ctl(p->epoll_fd, EPOLL_CTL_ADD, p->resume_fd, &resume_ev) < 0 ||
+            epoll_ctl(p->epoll_fd, EPOLL_CTL_ADD, p->ping_fd, &ping_ev) < 0)
                 return -errno;
         return 0;
 }
@@ -800,7 +827,7 @@ int perconn_engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks)
 
         if (!p)
                 return -ENOMEM;
-        p->epoll_fd = p->stop_fd = p->resume_fd = -1;
+        p->epoll_fd = p->stop_fd = p->resume_fd = p->ping_fd = -1;
         /* A new listener set must not wait behind a stream of accepting threads. */
         pthread_rwlockattr_init(&attr);
         pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);

@@ -788,6 +788,10 @@ static int pool_hand_over(Engine *e, uint64_t timeout_msec) {
         return loopset_hand_over(&((Pool *) e)->set, timeout_msec, loop_done);
 }
 
+static bool pool_answered(Engine *e) {
+        return loopset_answered(&((Pool *) e)->set);
+}
+
 static void pool_set_listeners(Engine *e, const ListenerSet *set) {
         loopset_publish_listeners(&((Pool *) e)->set, set);
 }
@@ -810,6 +814,7 @@ static const EngineOps pool_ops = {
         .set_listeners = pool_set_listeners,
         .slot_freed = pool_slot_freed,
         .hand_over = pool_hand_over,
+        .answered = pool_answered,
         .nonblocking = true,
         .reads_proxy = true,
         .keeps_partial_lines = true,

@@ -60,6 +60,7 @@ struct Server {
         RateLimit exhaustion_log;
         uint64_t watchdog_usec;    /* 0: no watchdog */
         uint64_t watchdog_next;    /* usec, CLOCK_MONOTONIC */
+        bool watchdog_withheld;    /* the engine did not answer: no WATCHDOG=1 (feed_watchdog) */
         uint64_t status_next;      /* usec; when STATUS= may be refreshed again */
         char status_sent[128];
         uint64_t changes_sent; /* the value of `changes` that status_sent shows */
@@ -1072,14 +1073,30 @@ static int poll_timeout(Server *s) {
         return wake <= now ? 0 : (int) ((wake - now + 999u) / 1000u);
 }
 
+/* feed_watchdog: WATCHDOG=1 twice per interval, as sd_watchdog_enabled(3) recommends, while
+ * the engine's threads answer (engine.h, answered): a ping from this thread alone would keep a
+ * daemon whose event loop is stuck running for ever, its clients waiting. */
 static void feed_watchdog(Server *s) {
         uint64_t now = now_usec();
 
         if (s->watchdog_usec == 0 || now < s->watchdog_next)
                 return;
-        notify_watchdog();
-        /* Twice per interval, as sd_watchdog_enabled(3) recommends. */
         s->watchdog_next = now + s->watchdog_usec / 2;
+        bool answered = engine_answered(s->engine);
+        if (answered == !s->watchdog_withheld) {
+                if (answered)
+                        notify_watchdog();
+                return;
+        }
+        s->watchdog_withheld = !answered;
+        if (answered) {
+                log_notice("the event loops answer again: watchdog pings resumed");
+                notify_watchdog();
+        } else
+                log_warning("an event loop (or, with a thread per connection, every thread waiting for clients) "
+                            "has not answered for %.1f s: no watchdog ping until it does; systemd restarts hellod "
+                            "after WatchdogSec=",
+                            (double) s->watchdog_usec / 2e6);
 }
 
 /* keep_waiting_for_lookup: the LookupWaiter of the main thread. A listen name looked up at a

@@ -1243,6 +1243,10 @@ static int uring_hand_over(Engine *e, uint64_t timeout_msec) {
         return loopset_hand_over(&((Uring *) e)->set, timeout_msec, loop_done);
 }
 
+static bool uring_answered(Engine *e) {
+        return loopset_answered(&((Uring *) e)->set);
+}
+
 static void uring_set_listeners(Engine *e, const ListenerSet *set) {
         /* Each loop takes up the new set once the last completion of its accepts on the old
          * sockets is in (sync_listeners): only then may the server close them. */
@@ -1267,6 +1271,7 @@ static const EngineOps uring_ops = {
         .set_listeners = uring_set_listeners,
         .slot_freed = uring_slot_freed,
         .hand_over = uring_hand_over,
+        .answered = uring_answered,
         .nonblocking = true,
 };
 

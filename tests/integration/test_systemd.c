@@ -4,6 +4,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -11,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ptrace.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -286,6 +288,118 @@ Test(systemd, notify_protocol, .timeout = 60) {
         hellod_signal(d, SIGTERM);
         notify_wait(&n, "STOPPING=1");
         cr_assert_eq(hellod_wait_exit(d, HARNESS_STOP_TIMEOUT_MS), 0);
+        close(n.fd);
+        hellod_free(d);
+}
+
+/* --- the watchdog answers for the engine ------------------------------------------------ */
+
+/* Wedged: stops (ptrace, PTRACE_INTERRUPT) the first of hellod's event loops, or, with a thread
+ * per connection, every thread but the main one (the threads that wait for clients), as a
+ * deadlock or a write to a stalled journal would. Their tids are kept for thaw. The main thread
+ * runs on: only it sends WATCHDOG=1. */
+typedef struct Wedged {
+        pid_t tids[64];
+        int n;
+} Wedged;
+
+static void wedge_thread(Wedged *w, pid_t tid) {
+        int status;
+
+        cr_assert_lt(w->n, (int) (sizeof(w->tids) / sizeof(w->tids[0])));
+        cr_assert_eq(ptrace(PTRACE_SEIZE, tid, NULL, NULL), 0, "PTRACE_SEIZE %d: %s", (int) tid, strerror(errno));
+        cr_assert_eq(ptrace(PTRACE_INTERRUPT, tid, NULL, NULL), 0, "PTRACE_INTERRUPT: %s", strerror(errno));
+        cr_assert_eq(waitpid(tid, &status, __WALL), tid, "waitpid %d: %s", (int) tid, strerror(errno));
+        cr_assert(WIFSTOPPED(status), "thread %d: status %d", (int) tid, status);
+        w->tids[w->n++] = tid;
+}
+
+static void wedge_engine(Wedged *w, pid_t pid) {
+        char path[64], comm[64];
+        struct dirent *e;
+        DIR *dir;
+        bool loops = harness_proc_thread_count(pid, "hellod-loop") > 0;
+
+        w->n = 0;
+        (void) snprintf(path, sizeof(path), "/proc/%d/task", (int) pid);
+        cr_assert((dir = opendir(path)) != NULL, "%s: %s", path, strerror(errno));
+        while ((e = readdir(dir)) != NULL && !(loops && w->n == 1)) {
+                pid_t tid = (pid_t) atoi(e->d_name);
+                FILE *f;
+
+                if (tid <= 0 || tid == pid)
+                        continue;
+                (void) snprintf(path, sizeof(path), "/proc/%d/task/%d/comm", (int) pid, (int) tid);
+                if (!(f = fopen(path, "re")))
+                        continue; /* the thread has exited */
+                bool named = fgets(comm, sizeof(comm), f) != NULL;
+                (void) fclose(f);
+                if (!named || (loops && strncmp(comm, "hellod-loop", 11) != 0) || strncmp(comm, "iou-", 4) == 0)
+                        continue;
+                wedge_thread(w, tid);
+        }
+        closedir(dir);
+        cr_assert_gt(w->n, 0, "no engine thread of hellod %d found", (int) pid);
+}
+
+static void thaw_engine(Wedged *w) {
+        for (int i = 0; i < w->n; i++)
+                cr_assert_eq(ptrace(PTRACE_DETACH, w->tids[i], NULL, NULL), 0, "PTRACE_DETACH: %s", strerror(errno));
+        w->n = 0;
+}
+
+/* notify_count_within: how many messages with LINE come within MS. */
+static int notify_count_within(Notify *n, const char *line, int ms) {
+        char msg[4096];
+        int64_t deadline = harness_now_ms() + ms;
+        int count = 0;
+
+        for (int64_t left; (left = deadline - harness_now_ms()) > 0;) {
+                struct pollfd pfd = { .fd = n->fd, .events = POLLIN };
+                if (poll(&pfd, 1, (int) left) <= 0)
+                        continue;
+                ssize_t k = recv(n->fd, msg, sizeof(msg) - 1, MSG_DONTWAIT);
+                if (k <= 0)
+                        continue;
+                msg[k] = '\0';
+                count += has_line(msg, line);
+        }
+        return count;
+}
+
+/* The watchdog stands for the threads that serve, not for the main thread alone: with an event
+ * loop (or every thread that waits for clients) stopped, WATCHDOG=1 stops too, and systemd
+ * restarts the daemon; once the thread runs again, so do the pings. (The pings once came from the
+ * main loop whatever the engine did: a wedged loop kept its clients waiting for ever.) */
+Test(systemd, watchdog_stops_while_the_engine_is_wedged, .timeout = 60) {
+        Hellod *d = hellod_new();
+        Wedged w;
+        Notify n;
+
+        notify_open(&n, d);
+        const char *const env[] = { n.env, "WATCHDOG_USEC=400000", NULL };
+        hellod_write_config_std(d, NULL);
+        hellod_spawn(d, &(HellodOpts) { .env = env });
+        notify_wait(&n, "READY=1");
+        hellod_wait_ready(d);
+        notify_wait(&n, "WATCHDOG=1");
+
+        harness_step("an engine thread stopped: one ping in flight at most, then none");
+        wedge_engine(&w, d->pid);
+        int pings = notify_count_within(&n, "WATCHDOG=1", 1600), wedged = w.n;
+        thaw_engine(&w); /* first: a failed assertion would leave the daemon stopped */
+        cr_assert_leq(pings, 1, "%d WATCHDOG=1 in 1.6 s (4 intervals) with %d engine thread(s) stopped", pings, wedged);
+
+        hellod_wait_stderr(d, "no watchdog ping until it does");
+
+        harness_step("running again: the pings resume");
+        notify_wait(&n, "WATCHDOG=1");
+        hellod_wait_stderr(d, "watchdog pings resumed");
+        int fd = client_connect(d->port);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_hello(fd, "awake");
+        client_close(fd);
+        hellod_stop_clean(d);
         close(n.fd);
         hellod_free(d);
 }
