@@ -721,6 +721,27 @@ Test(state, foreign_version_magic_and_boot) {
         }
 }
 
+/* A writer that could not read its boot id (the packaged unit's ProcSubset=pid hides
+ * /proc/sys) writes zeros: that says "unknown", not "another boot", to a reader that can read
+ * its own (a drop-in that relaxes the sandbox, then a restart). Once refused: every
+ * conversation closed at that restart. */
+Test(state, a_writer_without_a_boot_id_is_not_another_boot) {
+        static const uint8_t unknown[16] = { 0 };
+        HandoverHeader h = { .written_usec = 1, .next_id = 2 };
+        HandoverBuf b = { 0 };
+        HandoverState st;
+        char err[256] = "";
+
+        snprintf(h.writer, sizeof(h.writer), "hellod 0.1.0");
+        cr_assert_eq(handover_state_begin(&b, &h), 0);
+        cr_assert_eq(handover_state_finish(&b), 0);
+        cr_assert_eq(handover_state_decode(b.data, b.len, &LIMITS, BOOT, &st, err, sizeof(err)), 0, "%s", err);
+        handover_state_done(&st);
+        cr_assert_eq(handover_state_decode(b.data, b.len, &LIMITS, unknown, &st, err, sizeof(err)), 0, "%s", err);
+        handover_state_done(&st);
+        free(b.data);
+}
+
 Test(state, hostile_counts) {
         HandoverBuf b = state_of(2, NULL);
         char err[256];
