@@ -100,6 +100,7 @@ HandoverLimits handoff_limits(const Conf *conf) {
                              (conf->framing == FRAMING_LINE ? HANDOVER_INPUT_HEAD_MAX : 0),
                 .output_max = session_output_size(conf),
                 .discard_max = SESSION_LINGER_BYTES,
+                .linger_max_usec = SESSION_LINGER_USEC,
                 /* Not this process's max_connections: a restart that lowers it keeps the
                  * conversations admitted before, as a reload does. */
                 .records_max = CONF_MAX_CONNECTIONS_LIMIT,

@@ -376,6 +376,9 @@ static const char *check_state(const HandoverRecord *rec, const HandoverLimits *
                 return "lingering after an end that does not linger";
         if (lingering && (rec->pending_len || rec->input_len || rec->output_len))
                 return "lingering with data still to handle";
+        if (lingering && rec->deadline_left_usec != HANDOVER_NO_DEADLINE &&
+            rec->deadline_left_usec > limits->linger_max_usec)
+                return "lingering longer than a lingering close waits";
         return NULL;
 }
 

@@ -122,6 +122,7 @@ typedef struct HandoverLimits {
         size_t output_max;
         size_t discard_max;
         size_t records_max;
+        uint64_t linger_max_usec; /* the longest a lingering close waits */
 } HandoverLimits;
 
 /* HandoverBuf: a growing byte buffer for the encoder; free(data) when done. */

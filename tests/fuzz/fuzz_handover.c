@@ -87,6 +87,9 @@ static void check_record(const HandoverRecord *rec, const HandoverLimits *limits
         check(rec->deadline_left_usec == HANDOVER_NO_DEADLINE ||
                       rec->deadline_left_usec <= (uint64_t) CONF_IDLE_TIMEOUT_MAX * 1000000u,
               "deadline %llu µs away", (unsigned long long) rec->deadline_left_usec);
+        check(!(rec->flags & HANDOVER_LINGERING) || rec->deadline_left_usec == HANDOVER_NO_DEADLINE ||
+                      rec->deadline_left_usec <= limits->linger_max_usec,
+              "lingering %llu µs", (unsigned long long) rec->deadline_left_usec);
         check(rec->listen_len >= 1 && rec->listen_len <= HANDOVER_LISTEN_MAX, "listen of %zu", rec->listen_len);
         check(rec->pending_len <= limits->max_line_length + 1, "pending of %zu", rec->pending_len);
         check(rec->pending_len == 0 || !memchr(rec->pending, '\n', rec->pending_len), "LF in pending");
@@ -179,6 +182,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 .output_max = 16384,
                 .discard_max = 65536,
                 .records_max = 64,
+                .linger_max_usec = 1000000,
         };
         /* session_input_size(): 4 KiB, or in chunk framing one message with its CRLF and a byte. */
         limits.input_max = limits.framing == FRAMING_CHUNK ? limits.max_line_length + 3 : 4096;

@@ -18,6 +18,7 @@ static const HandoverLimits LIMITS = {
         .output_max = 16384,
         .discard_max = 65536,
         .records_max = 1024,
+        .linger_max_usec = 1000000,
 };
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15u;
@@ -80,6 +81,8 @@ static HandoverRecord random_record(Strings *s) {
                 rec.end = PROTO_END_EXIT;
                 rec.flags = HANDOVER_LINGERING | (rnd() & 1 ? HANDOVER_LOGGED : 0u);
                 rec.discarded = (uint32_t) rnd_below(LIMITS.discard_max + 1);
+                if (rec.deadline_left_usec != HANDOVER_NO_DEADLINE)
+                        rec.deadline_left_usec %= LIMITS.linger_max_usec + 1;
                 return rec;
         }
         rec.pending_len = rnd_below(sizeof(s->pending)); /* up to max_line_length */
@@ -422,6 +425,14 @@ static void lingering_with_pending(HandoverRecord *r) {
         r->flags = HANDOVER_LINGERING;
         r->end = PROTO_END_EXIT;
 }
+/* A lingering close waits a second at most: a record saying an hour would hold its socket and
+ * its slot for that hour in the pools. */
+static void lingering_for_an_hour(HandoverRecord *r) {
+        r->flags = HANDOVER_LINGERING;
+        r->end = PROTO_END_EXIT;
+        r->pending_len = 0;
+        r->deadline_left_usec = 3600u * 1000000u;
+}
 static void want_write_without_output(HandoverRecord *r) {
         r->flags = HANDOVER_WANT_WRITE;
 }
@@ -474,6 +485,7 @@ Test(hostile, fields_a_live_session_cannot_have) {
         expect_hostile(discarded_not_lingering, &LIMITS, "not lingering");
         expect_hostile(lingering_without_end, &LIMITS, "does not linger");
         expect_hostile(lingering_with_pending, &LIMITS, "data still to handle");
+        expect_hostile(lingering_for_an_hour, &LIMITS, "lingering longer than");
         expect_hostile(want_write_without_output, &LIMITS, "no output");
         expect_hostile(logged_not_lingering, &LIMITS, "not lingering");
         expect_hostile(balancer_own_not_via_a_balancer, &LIMITS, "not through a balancer");
