@@ -333,6 +333,8 @@ static const char *check_state(const HandoverRecord *rec, const HandoverLimits *
 
         if (rec->id == 0)
                 return "connection id 0";
+        if (rec->id > HANDOVER_ID_MAX)
+                return "connection id beyond 2^63";
         if (rec->framing != limits->framing)
                 return rec->framing == FRAMING_LINE ? "session in line framing, the configuration now says chunk"
                                                     : "session in chunk framing, the configuration now says line";
@@ -532,6 +534,8 @@ static int decode_header(const uint8_t *data, size_t size, HandoverHeader *h, si
         h->writer[writer_len] = '\0';
         if (!printable(h->writer, writer_len))
                 return fail(err, err_size, -EBADMSG, "writer name not printable");
+        if (h->next_id > HANDOVER_ID_MAX)
+                return fail(err, err_size, -EBADMSG, "next connection id beyond 2^63");
         *ret_size = len;
         return 0;
 }

@@ -41,6 +41,10 @@
  * input. Not lowered to PROTO_TELNET_RESTART_MAX (2): a hellod before HANDOVER_SUBNEGOTIATION
  * wrote up to 3 (IAC SB IAC), and its records must still fit. */
 #define HANDOVER_INPUT_HEAD_MAX 4
+/* The largest connection id a state may hold (a record's, and the header's next_id): no
+ * process counts that far, and ids near 2^64 would wrap to 0 (which no record may have) and
+ * then meet those resumed. */
+#define HANDOVER_ID_MAX (UINT64_MAX >> 1)
 /* deadline_left_usec of a session without a deadline (idle_timeout = 0). */
 #define HANDOVER_NO_DEADLINE UINT64_MAX
 

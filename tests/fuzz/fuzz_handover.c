@@ -78,7 +78,7 @@ static void reseal_state(uint8_t *p, size_t size) {
 }
 
 static void check_record(const HandoverRecord *rec, const HandoverLimits *limits) {
-        check(rec->id != 0, "id 0 accepted");
+        check(rec->id != 0 && rec->id <= HANDOVER_ID_MAX, "id %llu accepted", (unsigned long long) rec->id);
         check(rec->framing == limits->framing, "framing %d accepted", (int) rec->framing);
         check(rec->end >= PROTO_END_NONE && rec->end <= _PROTO_END_LAST, "end %d", rec->end);
         check(rec->lines <= rec->messages, "lines over messages");

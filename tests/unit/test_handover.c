@@ -63,7 +63,7 @@ static void random_address(struct sockaddr_storage *ss) {
 
 /* random_record: a record that LIMITS accept, with every field drawn at random. */
 static HandoverRecord random_record(Strings *s) {
-        HandoverRecord rec = { .id = rnd() | 1, .framing = FRAMING_LINE };
+        HandoverRecord rec = { .id = (rnd() & HANDOVER_ID_MAX) | 1, .framing = FRAMING_LINE };
         int kind = (int) rnd_below(4);
 
         rec.age_usec = rnd();
@@ -545,6 +545,11 @@ Test(hostile, raw_fields_out_of_range) {
         memset(copy + 8, 0, 8);
         reseal(copy, b.len);
         decode_fails(copy, b.len, &LIMITS, "connection id 0");
+        /* An id that the next ones would wrap from. */
+        memcpy(copy, b.data, b.len);
+        memset(copy + 8, 0xff, 8);
+        reseal(copy, b.len);
+        decode_fails(copy, b.len, &LIMITS, "connection id beyond 2^63");
         free(copy);
         free(b.data);
 }
@@ -751,6 +756,31 @@ Test(state, a_writer_without_a_boot_id_is_not_another_boot) {
         handover_state_done(&st);
         cr_assert_eq(handover_state_decode(b.data, b.len, &LIMITS, unknown, &st, err, sizeof(err)), 0, "%s", err);
         handover_state_done(&st);
+        free(b.data);
+}
+
+/* A next id the new process would count on from and wrap to 0 (then 1, 2, ... meeting the
+ * resumed ones: two connections under one store name). */
+Test(state, a_next_id_that_would_wrap_is_refused) {
+        HandoverHeader h = { .written_usec = 1, .next_id = HANDOVER_ID_MAX };
+        HandoverBuf b = { 0 };
+        HandoverState st;
+        char err[256] = "";
+
+        memcpy(h.boot_id, BOOT, 16);
+        snprintf(h.writer, sizeof(h.writer), "hellod 0.1.0");
+        cr_assert_eq(handover_state_begin(&b, &h), 0);
+        cr_assert_eq(handover_state_finish(&b), 0);
+        cr_assert_eq(handover_state_decode(b.data, b.len, &LIMITS, BOOT, &st, err, sizeof(err)), 0, "%s", err);
+        handover_state_done(&st);
+        free(b.data);
+
+        h.next_id = HANDOVER_ID_MAX + 1;
+        b = (HandoverBuf) { 0 };
+        cr_assert_eq(handover_state_begin(&b, &h), 0);
+        cr_assert_eq(handover_state_finish(&b), 0);
+        cr_assert_eq(handover_state_decode(b.data, b.len, &LIMITS, BOOT, &st, err, sizeof(err)), -EBADMSG);
+        cr_assert(strstr(err, "next connection id beyond 2^63"), "%s", err);
         free(b.data);
 }
 
