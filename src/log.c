@@ -7,6 +7,7 @@
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
@@ -196,6 +197,7 @@ static void write_journal(int level, int errnum, const char *message_id, const L
                           size_t n_fields, const char *message) {
         char priority[16], errno_field[24], id_field[48];
         char field_text[LOG_FIELDS_MAX][LOG_FIELD_MAX];
+        char *field_heap[LOG_FIELDS_MAX] = { NULL }; /* a field longer than LOG_FIELD_MAX */
         struct iovec iov[4 + 1 + LOG_FIELDS_MAX];
         size_t n = 0;
 
@@ -213,16 +215,24 @@ static void write_journal(int level, int errnum, const char *message_id, const L
                 iov[n++] = (struct iovec) { .iov_base = errno_field, .iov_len = strlen(errno_field) };
         }
         for (size_t i = 0; i < n_fields && i < LOG_FIELDS_MAX; i++) {
-                int m = snprintf(field_text[i], LOG_FIELD_MAX, "%s=%s", fields[i].name, fields[i].value);
+                char *text = field_text[i];
+                int m = snprintf(text, LOG_FIELD_MAX, "%s=%s", fields[i].name, fields[i].value);
                 if (m < 0)
                         continue;
-                iov[n++] = (struct iovec) { .iov_base = field_text[i],
-                                            .iov_len = (size_t) m < LOG_FIELD_MAX ? (size_t) m : LOG_FIELD_MAX - 1 };
+                /* A whole value, or `journalctl FIELD=VALUE` would miss the entry (a long path);
+                 * cut only when there is no memory for it. */
+                if ((size_t) m >= LOG_FIELD_MAX && (field_heap[i] = malloc((size_t) m + 1)) != NULL)
+                        (void) snprintf(text = field_heap[i], (size_t) m + 1, "%s=%s", fields[i].name, fields[i].value);
+                else if ((size_t) m >= LOG_FIELD_MAX)
+                        m = LOG_FIELD_MAX - 1;
+                iov[n++] = (struct iovec) { .iov_base = text, .iov_len = (size_t) m };
         }
         int r;
         do /* a signal, as for write_whole() */
                 r = sd_journal_sendv(iov, (int) n);
         while (r == -EINTR);
+        for (size_t i = 0; i < LOG_FIELDS_MAX; i++)
+                free(field_heap[i]);
         if (r < 0)
                 write_stderr(level, message + strlen("MESSAGE="), strlen(message) - strlen("MESSAGE="));
 }

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/ptrace.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -882,6 +883,72 @@ Test(systemd, plain_stderr_outside_systemd, .timeout = 60) {
         cr_assert_not_null(strstr(err, " notice: hellod "), "stderr:\n%s", err);
         cr_assert_null(strstr(err, "<5>"), "stderr:\n%s", err);
         free(err);
+}
+
+/* journal_entry_with: the next datagram on the journal socket FD (native protocol, text fields)
+ * with the line NEEDLE, within the harness's timeout; into BUF. */
+static const char *journal_entry_with(int fd, const char *needle, char *buf, size_t size) {
+        int64_t deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;
+
+        for (int64_t left; (left = deadline - harness_now_ms()) > 0;) {
+                struct pollfd pfd = { .fd = fd, .events = POLLIN };
+                if (poll(&pfd, 1, (int) left) <= 0)
+                        continue;
+                ssize_t k = recv(fd, buf, size - 1, MSG_DONTWAIT);
+                if (k <= 0)
+                        continue;
+                buf[k] = '\0';
+                if (has_line(buf, needle))
+                        return buf;
+        }
+        cr_assert_fail("no journal entry with the line '%s'", needle);
+        return NULL;
+}
+
+/* The journal fields carry their whole value: a configuration path of 300 bytes is the
+ * HELLOD_CONFIG= of the start's entry, and the listeners' HELLOD_LISTEN= too. Fields were cut
+ * at 255 bytes, so `journalctl HELLOD_CONFIG=PATH` missed the entries of a long path. hellod
+ * logs to a journal socket of the test's, mounted over /run/systemd in a mount namespace of
+ * its own (unshare, as root). */
+Test(systemd, journal_fields_are_never_cut, .timeout = 60) {
+        static const char script[] = "mount --bind \"$1\" /run/systemd && bin=$3 && exec \"$bin\" --config \"$2\" "
+                                     "--log-target=journal";
+        struct sockaddr_un a = { .sun_family = AF_UNIX };
+        char run[300], conf[400], line[600], entry[8192];
+        Hellod *d = hellod_new();
+        int fd;
+
+        snprintf(run, sizeof(run), "%s/run-systemd", d->dir);
+        cr_assert_eq(mkdir(run, 0755), 0, "mkdir %s: %s", run, strerror(errno));
+        cr_assert_lt((size_t) snprintf(a.sun_path, sizeof(a.sun_path), "%s/journal", run), 80u);
+        cr_assert_eq(mkdir(a.sun_path, 0755), 0, "mkdir %s: %s", a.sun_path, strerror(errno));
+        strcat(a.sun_path, "/socket");
+        cr_assert((fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0)) >= 0);
+        cr_assert_eq(bind(fd, (struct sockaddr *) &a, sizeof(a)), 0, "bind %s: %s", a.sun_path, strerror(errno));
+        int n = snprintf(conf, sizeof(conf), "%s", d->dir);
+        for (int level = 0; level < 2; level++) { /* two directories of 150 bytes, then the file */
+                conf[n++] = '/';
+                for (int i = 0; i < 150; i++)
+                        conf[n++] = 'c';
+                conf[n] = '\0';
+                cr_assert_eq(mkdir(conf, 0755), 0, "mkdir %s: %s", conf, strerror(errno));
+        }
+        strcat(conf, "/hellod.conf");
+        int len = snprintf(line, sizeof(line), "listen = [ \"127.0.0.1\" ];\nport = %u;\n", (unsigned) d->port);
+        harness_write_file(conf, line, (size_t) len);
+
+        const char *const wrapper[] = { "/usr/bin/unshare", "--mount", "--propagation", "private", "/bin/sh", "-c",
+                                        script, "sh", run, conf, NULL };
+        hellod_spawn(d, &(HellodOpts) { .wrapper = wrapper });
+        hellod_wait_ready(d);
+        snprintf(line, sizeof(line), "HELLOD_CONFIG=%s", conf);
+        const char *msg = journal_entry_with(fd, line, entry, sizeof(entry));
+        snprintf(line, sizeof(line), "HELLOD_LISTEN=127.0.0.1:%u", (unsigned) d->port);
+        cr_assert(has_line(msg, line), "%s", msg);
+        cr_assert(has_line(msg, "SYSLOG_IDENTIFIER=hellod") && strstr(msg, "MESSAGE=hellod "), "%s", msg);
+        hellod_stop_clean(d);
+        close(fd);
+        hellod_free(d);
 }
 
 Test(systemd, bad_log_target_is_a_usage_error, .timeout = 60) {
