@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include "conf.h"
 #include "listener.h"
@@ -142,6 +143,18 @@ static int check_config(const Conf *conf, const char *path, bool defaulted) {
 
 /* raise_fd_limit: a daemon that never calls select() can use every descriptor it is allowed:
  * lift the soft limit to the hard one (preflight_check() measured against the hard one). */
+/* warn_unreadable_config: a reload reads PATH as the user hellod switched to (the start read
+ * it as root): a file that user cannot read would fail every reload. Said at the start, not at
+ * the first SIGHUP. */
+static void warn_unreadable_config(const char *path, const Conf *conf) {
+        if (access(path, R_OK) == 0)
+                return;
+        log_warning_errno(-errno,
+                          "%s cannot be read by %s: a reload will fail; make it readable by that %s, or restart "
+                          "hellod to apply a change",
+                          path, conf->user ? conf->user : conf->group, conf->user ? "user" : "group");
+}
+
 static void raise_fd_limit(void) {
         struct rlimit rl;
 
@@ -233,12 +246,15 @@ int main(int argc, char *argv[]) {
         }
         /* The listeners are bound (ports below 1024 need root): now stop being root, before
          * server_run() serves the first client. */
+        bool as_root = geteuid() == 0;
         r = privileges_drop(conf->user, conf->group, &identity, err, sizeof(err));
         if (r < 0) {
                 log_error("cannot drop privileges: %s", err);
                 code = EXIT_RUNTIME;
                 goto out;
         }
+        if (as_root && (conf->user || conf->group) && !defaulted)
+                warn_unreadable_config(path, conf);
         r = server_run(server, &store);
         code = r < 0 ? EXIT_RUNTIME : EXIT_OK;
 out:

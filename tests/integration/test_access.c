@@ -370,6 +370,32 @@ Test(access, root_drops_to_user_and_group, .timeout = 60) {
         hellod_free(d);
 }
 
+/* A file the user cannot read: the start (as root) reads it, every reload would fail. hellod
+ * says so at the start, naming the file and the user, rather than at the first reload. */
+Test(access, a_file_the_user_cannot_read_is_named_at_the_start, .timeout = 60) {
+        Hellod *d = hellod_new();
+
+        cr_assert_eq(geteuid(), 0, "this test checks what hellod does when started as root");
+        hellod_write_config_std(d, "user = \"nobody\";\ngroup = \"nogroup\";\n");
+        cr_assert_eq(chmod(d->dir, 0755), 0);
+        cr_assert_eq(chmod(d->conf_path, 0600), 0);
+        hellod_spawn(d, NULL);
+        hellod_wait_ready(d);
+        hellod_wait_stderr(d, "dropped privileges to uid 65534, gid 65534");
+        char *err = hellod_stderr(d);
+        cr_assert(strstr(err, "warning: ") && strstr(err, d->conf_path) && strstr(err, "cannot be read by nobody") &&
+                          strstr(err, "a reload will fail"),
+                  "%s", err);
+        free(err);
+
+        harness_step("the reload it announced");
+        hellod_signal(d, SIGHUP);
+        hellod_wait_stderr(d, "reload failed, keeping the running configuration");
+        expect_served("127.0.0.1", NULL, d->port, HELLOD_GREETING);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 /* The listeners are bound as root, but nothing is served before the privileges are dropped:
  * clients that connect the moment the port is bound wait in the backlog, and are greeted by a
  * process that is already nobody. Each client is logged when its session opens (debug), so
