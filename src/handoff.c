@@ -3,6 +3,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -261,6 +263,18 @@ int handoff_session(const HandoverRecord *rec, int fd, Conf *conf, uint64_t now,
         return 0;
 }
 
+/* fin_sent: whether the socket has sent its FIN (shut for writing): an event loop keeps a
+ * conversation that ended in the store while it lingers (handover = "always"). */
+static bool fin_sent(int fd) {
+        struct tcp_info info;
+        socklen_t len = sizeof(info);
+
+        if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) < 0)
+                return false;
+        return info.tcpi_state == TCP_FIN_WAIT1 || info.tcpi_state == TCP_FIN_WAIT2 ||
+               info.tcpi_state == TCP_CLOSING || info.tcpi_state == TCP_LAST_ACK;
+}
+
 int handoff_session_fresh(int fd, Conf *conf, const HandoverConnName *name, Session **ret) {
         struct sockaddr_storage peer = { 0 }, local = { 0 };
         socklen_t peer_len = sizeof(peer), local_len = sizeof(local);
@@ -287,6 +301,10 @@ int handoff_session_fresh(int fd, Conf *conf, const HandoverConnName *name, Sess
         }
         s->resumed = true; /* greeted by the process that crashed */
         s->timer.at = session_idle_deadline(s, now_usec()); /* its deadline was lost too */
+        if (fin_sent(fd)) { /* it had ended, and lingered: it lingers on, as long as a close does */
+                s->lingering = true;
+                s->timer.at = now_usec() + SESSION_LINGER_USEC;
+        }
         /* A per-connection thread may have crashed waiting for a line's end with the mark past
          * it (perconn.c, recv_lines): an epoll pool would not see the next bytes. */
         int one = 1;

@@ -690,6 +690,37 @@ Test(handover, always_a_lingering_balancer_connection_keeps_its_name_across_a_re
         store_end_rig(r.d, &r.st, r.listener);
 }
 
+/* In the crash mode an event loop keeps a conversation that has ended in the store while it
+ * lingers (its FIN sent, waiting for the client's). Crashed then, the next process took it for
+ * a live one, with no state: a fresh conversation with a whole idle timeout, answering the next
+ * line on a socket whose sending side was shut (logged as a broken pipe). It now sees the FIN
+ * sent (the socket's TCP state) and lingers out the close: the line is read and dropped, the
+ * socket closed and out of the store within the lingering close's second. */
+Test(handover, always_a_conversation_that_ended_lingers_on_after_a_crash, .timeout = 60) {
+        Rig r;
+
+        rig_start(&r);
+        rig_serve(&r, "max_line_length = 8;\nidle_timeout = 3600;\nhandover = \"always\";\nworkers = 1;\n"
+                      "io_backend = \"epoll\";\nlog_level = \"info\";\n");
+        int fd = client_connect(r.port);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_send_str(fd, "far too long a line\n");
+        client_expect_str(fd, "ERR line too long\r\n");
+        client_expect_eof(fd, false);
+        store_wait(r.d, &r.st, "c", 1); /* the lingering conversation's socket, still stored */
+
+        harness_step("kill -9 while it lingers");
+        cr_assert_eq(truncate(r.d->stderr_path, 0), 0);
+        rig_crash(&r);
+        hellod_wait_stderr(r.d, "resumed 1 conversation kept in the store");
+        client_send_str(fd, "late\n");
+        store_wait(r.d, &r.st, "c", 0);
+        cr_expect_eq(hellod_count_in_stderr(r.d, "broken-pipe"), 0, "answered on a shut socket");
+        cr_expect_eq(hellod_count_in_stderr(r.d, "Hello"), 0);
+        client_close(fd);
+        rig_end(&r);
+}
+
 /* stored_client: hellod started with CONFIG, then EXTRA, and handover = "always"; returns a
  * greeted client it has stored. */
 static int stored_client(Rig *r, const char *config, const char *extra) {
