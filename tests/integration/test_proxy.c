@@ -507,6 +507,48 @@ Test(proxy, a_header_then_the_close_ends_at_once, .timeout = 60) {
         hellod_free(d);
 }
 
+/* A header that names no client (v1 UNKNOWN: HAProxy relaying a client of a unix socket) but
+ * opens a real conversation is logged at info level like any other; a health check that says
+ * nothing (LOCAL) stays at debug. Every UNKNOWN and LOCAL close used to be at debug, so a whole
+ * population of clients left no trace at the default level. */
+Test(proxy, a_conversation_without_a_named_client_is_logged_at_info, .timeout = 60) {
+        unsigned char local[64];
+        uint16_t port;
+        Hellod *d = start(&port, "\"127.0.0.1\"", NULL);
+        int fd = client_connect(port);
+
+        client_send_str(fd, "PROXY UNKNOWN\r\n");
+        client_expect_str(fd, HELLOD_GREETING);
+        client_hello(fd, "relayed");
+        client_send_str(fd, "exit\n");
+        client_expect_eof(fd, false);
+        client_close(fd);
+        hellod_wait_stderr(d, "closed: exit, 1 line");
+
+        int check = client_connect(port);
+        size_t n = v2_header(local, true, NULL, 0, 0);
+        client_send(check, local, n);
+        client_expect_str(check, HELLOD_GREETING);
+        client_close(check);
+        for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS; hellod_count_in_stderr(d, "closed: eof") < 2;)
+                if (harness_now_ms() > end) /* the readiness probe's, then the check's */
+                        cr_assert_fail("no close line for the health check");
+                else
+                        harness_sleep_ms(10);
+        char *err = hellod_stderr(d);
+        const char *conversation = strstr(err, "closed: exit, 1 line"), *health = strstr(err, "closed: eof");
+        health = strstr(health + 1, "closed: eof");
+        while (conversation > err && conversation[-1] != '\n')
+                conversation--;
+        while (health > err && health[-1] != '\n')
+                health--;
+        cr_expect(strncmp(strchr(conversation, ' '), " info: ", 7) == 0, "the conversation's close:\n%s", err);
+        cr_expect(strncmp(strchr(health, ' '), " debug: ", 8) == 0, "the health check's close:\n%s", err);
+        free(err);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 /* daemon_end: a duplicate (pidfd_getfd) of PID's socket whose peer is the local end of FD: the
  * daemon's side of that connection, to read its socket options. */
 static int daemon_end(pid_t pid, int fd) {
