@@ -293,14 +293,14 @@ void session_log_opened(const Session *s) {
 }
 
 /* health_check: a connection that said nothing (a balancer's health check, a port scan), or
- * a balancer's own (PROXY LOCAL) that sent no message: counted, but logged at debug level only,
- * so that checks every few seconds do not fill the journal. A header that names no client
- * (UNKNOWN: HAProxy relaying a client of a unix socket) makes the balancer's own connection too,
- * but a conversation on it is a client's, logged at info. */
+ * a balancer's own (PROXY LOCAL) that got no Hello (a check may say exit): counted, but logged
+ * at debug level only, so that checks every few seconds do not fill the journal. A header that
+ * names no client (UNKNOWN: HAProxy relaying a client of a unix socket) makes the balancer's
+ * own connection too, but a conversation on it is a client's, logged at info. */
 static bool health_check(const Session *s) {
         bool silent = s->proto.messages == 0 && s->proto.pending_len == 0 &&
                       (s->proto.end == PROTO_END_EOF || (s->error && strcmp(s->error, "reset") == 0));
-        return silent || (s->proxy_local && s->proto.messages == 0);
+        return silent || (s->proxy_local && s->proto.lines == 0);
 }
 
 void session_log_closed(const Session *s) {
