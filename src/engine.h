@@ -96,8 +96,8 @@ typedef struct EngineOps {
          * rest between two reads, writes nothing more to its client, and passes it to the
          * handed_over hook. */
         int (*hand_over)(Engine *e, uint64_t timeout_msec);
-        /* answered: whether the threads the engine cannot do without (the event loops; with a
-         * thread per connection, those waiting for clients) have all woken to the previous
+        /* answered: whether the threads the engine cannot do without (every event loop; with a
+         * thread per connection, one of those waiting for clients) have all woken to the previous
          * call's question (true at the first), then asks them again. The server asks twice per
          * watchdog interval and pings systemd only when they answered: a stuck loop then gets
          * the daemon restarted, as WatchdogSec= means. */

@@ -1073,15 +1073,17 @@ static int poll_timeout(Server *s) {
         return wake <= now ? 0 : (int) ((wake - now + 999u) / 1000u);
 }
 
-/* feed_watchdog: WATCHDOG=1 twice per interval, as sd_watchdog_enabled(3) recommends, while
- * the engine's threads answer (engine.h, answered): a ping from this thread alone would keep a
- * daemon whose event loop is stuck running for ever, its clients waiting. */
+/* feed_watchdog: WATCHDOG=1 while the engine's threads answer (engine.h, answered): a ping
+ * from this thread alone would keep a daemon whose event loop is stuck running for ever, its
+ * clients waiting. Asked four times per interval (sd_watchdog_enabled(3) asks for at least
+ * two), and pinged at each answer: a loop that stalls just before it answers still has three
+ * quarters of WatchdogSec= to come back before systemd restarts hellod. */
 static void feed_watchdog(Server *s) {
         uint64_t now = now_usec();
 
         if (s->watchdog_usec == 0 || now < s->watchdog_next)
                 return;
-        s->watchdog_next = now + s->watchdog_usec / 2;
+        s->watchdog_next = now + s->watchdog_usec / 4;
         bool answered = engine_answered(s->engine);
         if (answered == !s->watchdog_withheld) {
                 if (answered)
@@ -1096,7 +1098,7 @@ static void feed_watchdog(Server *s) {
                 log_warning("an event loop (or, with a thread per connection, every thread waiting for clients) "
                             "has not answered for %.1f s: no watchdog ping until it does; systemd restarts hellod "
                             "after WatchdogSec=",
-                            (double) s->watchdog_usec / 2e6);
+                            (double) s->watchdog_usec / 4e6);
 }
 
 /* keep_waiting_for_lookup: the LookupWaiter of the main thread. A listen name looked up at a
