@@ -264,7 +264,8 @@ int handoff_session(const HandoverRecord *rec, int fd, Conf *conf, uint64_t now,
 }
 
 /* fin_sent: whether the socket has sent its FIN (shut for writing): an event loop keeps a
- * conversation that ended in the store while it lingers (handover = "always"). */
+ * conversation that ended in the store while it lingers (handover = "always"). One that is
+ * closed by now (the client's FIN came too, or a reset) has no peer: refused before this. */
 static bool fin_sent(int fd) {
         struct tcp_info info;
         socklen_t len = sizeof(info);

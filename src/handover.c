@@ -378,8 +378,8 @@ static const char *check_state(const HandoverRecord *rec, const HandoverLimits *
                 return "lingering after an end that does not linger";
         if (lingering && (rec->pending_len || rec->input_len || rec->output_len))
                 return "lingering with data still to handle";
-        if (lingering && rec->deadline_left_usec != HANDOVER_NO_DEADLINE &&
-            rec->deadline_left_usec > limits->linger_max_usec)
+        if (lingering && (rec->deadline_left_usec == HANDOVER_NO_DEADLINE ||
+                          rec->deadline_left_usec > limits->linger_max_usec))
                 return "lingering longer than a lingering close waits";
         return NULL;
 }
@@ -676,7 +676,7 @@ bool handover_fdname_parse_conn(const char *name, HandoverConnName *ret) {
                 return false;
         for (; *p >= '0' && *p <= '9'; p++) {
                 unsigned d = (unsigned) (*p - '0');
-                if (conn.id > (UINT64_MAX - d) / 10)
+                if (conn.id > (HANDOVER_ID_MAX - d) / 10) /* as in a record: the next ids would wrap */
                         return false;
                 conn.id = conn.id * 10 + d;
         }

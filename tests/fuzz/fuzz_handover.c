@@ -87,8 +87,7 @@ static void check_record(const HandoverRecord *rec, const HandoverLimits *limits
         check(rec->deadline_left_usec == HANDOVER_NO_DEADLINE ||
                       rec->deadline_left_usec <= (uint64_t) CONF_IDLE_TIMEOUT_MAX * 1000000u,
               "deadline %llu µs away", (unsigned long long) rec->deadline_left_usec);
-        check(!(rec->flags & HANDOVER_LINGERING) || rec->deadline_left_usec == HANDOVER_NO_DEADLINE ||
-                      rec->deadline_left_usec <= limits->linger_max_usec,
+        check(!(rec->flags & HANDOVER_LINGERING) || rec->deadline_left_usec <= limits->linger_max_usec,
               "lingering %llu µs", (unsigned long long) rec->deadline_left_usec);
         check(rec->listen_len >= 1 && rec->listen_len <= HANDOVER_LISTEN_MAX, "listen of %zu", rec->listen_len);
         check(rec->pending_len <= limits->max_line_length + 1, "pending of %zu", rec->pending_len);

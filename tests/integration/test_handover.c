@@ -695,10 +695,13 @@ Test(handover, always_a_lingering_balancer_connection_keeps_its_name_across_a_re
  * a live one, with no state: a fresh conversation with a whole idle timeout, answering the next
  * line on a socket whose sending side was shut (logged as a broken pipe). It now sees the FIN
  * sent (the socket's TCP state) and lingers out the close: the line is read and dropped, the
- * socket closed and out of the store within the lingering close's second. */
-Test(handover, always_a_conversation_that_ended_lingers_on_after_a_crash, .timeout = 60) {
+ * socket closed and out of the store within the lingering close's second. When the client's
+ * line and FIN came while the process could not read them (frozen, then killed), the socket is
+ * closed by then, with no peer: refused, closed, never answered. */
+static void ended_conversation_crashes(bool client_closed) {
         Rig r;
 
+        harness_step("the client %s", client_closed ? "sends a line and closes before the crash" : "waits");
         rig_start(&r);
         rig_serve(&r, "max_line_length = 8;\nidle_timeout = 3600;\nhandover = \"always\";\nworkers = 1;\n"
                       "io_backend = \"epoll\";\nlog_level = \"info\";\n");
@@ -709,16 +712,28 @@ Test(handover, always_a_conversation_that_ended_lingers_on_after_a_crash, .timeo
         client_expect_eof(fd, false);
         store_wait(r.d, &r.st, "c", 1); /* the lingering conversation's socket, still stored */
 
-        harness_step("kill -9 while it lingers");
+        if (client_closed) {
+                hellod_freeze(r.d);
+                client_send_str(fd, "late\n");
+                client_shutdown_write(fd);
+                harness_sleep_ms(100); /* the FIN in, on loopback */
+        }
         cr_assert_eq(truncate(r.d->stderr_path, 0), 0);
         rig_crash(&r);
-        hellod_wait_stderr(r.d, "resumed 1 conversation kept in the store");
-        client_send_str(fd, "late\n");
+        hellod_wait_stderr(r.d, client_closed ? "resumed 0 conversations kept in the store" :
+                                                "resumed 1 conversation kept in the store");
+        if (!client_closed)
+                client_send_str(fd, "late\n");
         store_wait(r.d, &r.st, "c", 0);
         cr_expect_eq(hellod_count_in_stderr(r.d, "broken-pipe"), 0, "answered on a shut socket");
         cr_expect_eq(hellod_count_in_stderr(r.d, "Hello"), 0);
         client_close(fd);
         rig_end(&r);
+}
+
+Test(handover, always_a_conversation_that_ended_lingers_on_after_a_crash, .timeout = 60) {
+        ended_conversation_crashes(false);
+        ended_conversation_crashes(true);
 }
 
 /* stored_client: hellod started with CONFIG, then EXTRA, and handover = "always"; returns a

@@ -81,8 +81,7 @@ static HandoverRecord random_record(Strings *s) {
                 rec.end = PROTO_END_EXIT;
                 rec.flags = HANDOVER_LINGERING | (rnd() & 1 ? HANDOVER_LOGGED : 0u);
                 rec.discarded = (uint32_t) rnd_below(LIMITS.discard_max + 1);
-                if (rec.deadline_left_usec != HANDOVER_NO_DEADLINE)
-                        rec.deadline_left_usec %= LIMITS.linger_max_usec + 1;
+                rec.deadline_left_usec = rnd() % (LIMITS.linger_max_usec + 1); /* always one */
                 return rec;
         }
         rec.pending_len = rnd_below(sizeof(s->pending)); /* up to max_line_length */
@@ -433,6 +432,10 @@ static void lingering_for_an_hour(HandoverRecord *r) {
         r->pending_len = 0;
         r->deadline_left_usec = 3600u * 1000000u;
 }
+static void lingering_for_ever(HandoverRecord *r) {
+        lingering_for_an_hour(r);
+        r->deadline_left_usec = HANDOVER_NO_DEADLINE;
+}
 static void want_write_without_output(HandoverRecord *r) {
         r->flags = HANDOVER_WANT_WRITE;
 }
@@ -486,6 +489,7 @@ Test(hostile, fields_a_live_session_cannot_have) {
         expect_hostile(lingering_without_end, &LIMITS, "does not linger");
         expect_hostile(lingering_with_pending, &LIMITS, "data still to handle");
         expect_hostile(lingering_for_an_hour, &LIMITS, "lingering longer than");
+        expect_hostile(lingering_for_ever, &LIMITS, "lingering longer than");
         expect_hostile(want_write_without_output, &LIMITS, "no output");
         expect_hostile(logged_not_lingering, &LIMITS, "not lingering");
         expect_hostile(balancer_own_not_via_a_balancer, &LIMITS, "not through a balancer");
@@ -852,15 +856,16 @@ Test(fdname, connection_names) {
         HandoverConnName conn = { .id = 42 };
 
         cr_assert_str_eq(handover_fdname_conn(&conn, buf, sizeof(buf)), "c42");
-        conn.id = UINT64_MAX;
-        cr_assert_str_eq(handover_fdname_conn(&conn, buf, sizeof(buf)), "c18446744073709551615");
+        conn.id = HANDOVER_ID_MAX;
+        cr_assert_str_eq(handover_fdname_conn(&conn, buf, sizeof(buf)), "c9223372036854775807");
         conn.id = 0;
         cr_assert(handover_fdname_parse_conn(buf, &conn));
-        cr_assert_eq(conn.id, UINT64_MAX);
+        cr_assert_eq(conn.id, HANDOVER_ID_MAX);
         cr_assert_not(conn.via_balancer);
         cr_assert(handover_fdname_parse_conn("c1", &conn) && conn.id == 1);
         const char *bad[] = { "c", "c0", "c01", "c-1", "c+1", "c1x", "c 1", "C1", "1", "",
-                              "c18446744073709551616", "c99999999999999999999", "state", "hellod",
+                              "c9223372036854775808", /* past HANDOVER_ID_MAX: the next ids would wrap */
+                              "c18446744073709551615", "c18446744073709551616", "c99999999999999999999", "state", "hellod",
                               /* behind a balancer: a family, then exactly its digits, lowercase */
                               "c1b5", "c1b4", "c1b4c0a8000101bb0", "c1b4c0a8000101b", "c1b4C0A8000101BB",
                               "c1b4c0a80001g1bb", "c1bb", "c1b6c0a8000101bb", "c0b", "c01b", "cb" };
@@ -890,9 +895,9 @@ Test(fdname, names_behind_a_balancer) {
         in6->sin6_port = htons(65535);
         inet_pton(AF_INET6, "2001:db8::ff", &in6->sin6_addr);
         in6->sin6_scope_id = 3; /* a PROXY header has none: not named */
-        conn.id = UINT64_MAX;
+        conn.id = HANDOVER_ID_MAX; /* the longest name a reader takes */
         cr_assert_str_eq(handover_fdname_conn(&conn, buf, sizeof(buf)),
-                         "c18446744073709551615b620010db80000000000000000000000ffffff");
+                         "c9223372036854775807b620010db80000000000000000000000ffffff");
         cr_assert_lt(strlen(buf), HANDOVER_FDNAME_MAX);
         cr_assert(handover_fdname_parse_conn(buf, &back));
         cr_assert_eq(back.client.ss_family, AF_INET6);
@@ -917,7 +922,8 @@ Test(fdname, every_name_comes_back_as_it_went) {
 
         for (int i = 0; i < 2000; i++) {
                 char buf[HANDOVER_FDNAME_MAX], again[HANDOVER_FDNAME_MAX], damaged[HANDOVER_FDNAME_MAX + 1];
-                HandoverConnName conn = { .id = rnd() >> rnd_below(64), .via_balancer = rnd() & 1 }, back;
+                HandoverConnName conn = { .id = (rnd() >> rnd_below(64)) & HANDOVER_ID_MAX, .via_balancer = rnd() & 1 },
+                                 back;
 
                 conn.id += conn.id == 0;
                 conn.balancer_own = conn.via_balancer && rnd_below(3) == 0;
