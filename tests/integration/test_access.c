@@ -340,17 +340,23 @@ static void status_line(pid_t pid, const char *key, char *out, size_t size) {
         free(text);
 }
 
-Test(access, root_drops_to_user_and_group, .timeout = 60) {
+/* started_as_root_for_nobody: hellod started as root with user nobody, group nogroup, its
+ * configuration file of MODE in a directory anyone may search; serving. */
+static Hellod *started_as_root_for_nobody(mode_t mode) {
         Hellod *d = hellod_new();
-        char ids[128];
 
         cr_assert_eq(geteuid(), 0, "this test checks what hellod does when started as root");
         hellod_write_config_std(d, "user = \"nobody\";\ngroup = \"nogroup\";\n");
-        /* nobody must be able to read the configuration again on reload. */
         cr_assert_eq(chmod(d->dir, 0755), 0);
-        cr_assert_eq(chmod(d->conf_path, 0644), 0);
+        cr_assert_eq(chmod(d->conf_path, mode), 0);
         hellod_spawn(d, NULL);
         hellod_wait_ready(d);
+        return d;
+}
+
+Test(access, root_drops_to_user_and_group, .timeout = 60) {
+        Hellod *d = started_as_root_for_nobody(0644); /* nobody must read it again on reload */
+        char ids[128];
 
         status_line(d->pid, "Uid:", ids, sizeof(ids));
         cr_assert_str_eq(ids, "65534\t65534\t65534\t65534", "Uid: %s", ids);
@@ -373,14 +379,8 @@ Test(access, root_drops_to_user_and_group, .timeout = 60) {
 /* A file the user cannot read: the start (as root) reads it, every reload would fail. hellod
  * says so at the start, naming the file and the user, rather than at the first reload. */
 Test(access, a_file_the_user_cannot_read_is_named_at_the_start, .timeout = 60) {
-        Hellod *d = hellod_new();
+        Hellod *d = started_as_root_for_nobody(0600);
 
-        cr_assert_eq(geteuid(), 0, "this test checks what hellod does when started as root");
-        hellod_write_config_std(d, "user = \"nobody\";\ngroup = \"nogroup\";\n");
-        cr_assert_eq(chmod(d->dir, 0755), 0);
-        cr_assert_eq(chmod(d->conf_path, 0600), 0);
-        hellod_spawn(d, NULL);
-        hellod_wait_ready(d);
         hellod_wait_stderr(d, "dropped privileges to uid 65534, gid 65534");
         char *err = hellod_stderr(d);
         cr_assert(strstr(err, "warning: ") && strstr(err, d->conf_path) && strstr(err, "cannot be read by nobody") &&
