@@ -98,8 +98,8 @@ typedef struct EngineOps {
         int (*hand_over)(Engine *e, uint64_t timeout_msec);
         /* answered: whether the threads the engine cannot do without (every event loop; with a
          * thread per connection, one of those waiting for clients) have all woken to the previous
-         * call's question (true at the first), then asks them again. The server asks twice per
-         * watchdog interval and pings systemd only when they answered: a stuck loop then gets
+         * call's question (true at the first), then asks them again. The server asks four times
+         * per watchdog interval and pings systemd only when they answered: a stuck loop then gets
          * the daemon restarted, as WatchdogSec= means. */
         bool (*answered)(Engine *e);
         bool nonblocking; /* the sessions' sockets must be non-blocking */
