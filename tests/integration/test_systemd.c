@@ -49,21 +49,30 @@ static void notify_open(Notify *n, const Hellod *d) {
 
 /* notify_wait_within: the next message containing NEEDLE within MS (messages before it are
  * kept in SEEN); notify_wait: within the harness's timeout. */
+/* datagram_before: the next datagram on FD into BUF (NUL-terminated), or false once DEADLINE
+ * (harness_now_ms()) has passed without one. */
+static bool datagram_before(int fd, char *buf, size_t size, int64_t deadline) {
+        for (int64_t left; (left = deadline - harness_now_ms()) > 0;) {
+                struct pollfd pfd = { .fd = fd, .events = POLLIN };
+                if (poll(&pfd, 1, (int) left) <= 0)
+                        continue;
+                ssize_t k = recv(fd, buf, size - 1, MSG_DONTWAIT);
+                if (k <= 0)
+                        continue;
+                buf[k] = '\0';
+                return true;
+        }
+        return false;
+}
+
 static const char *notify_wait_within(Notify *n, const char *needle, int ms) {
         static char msg[4096];
         int64_t deadline = harness_now_ms() + ms;
 
         for (;;) {
-                struct pollfd pfd = { .fd = n->fd, .events = POLLIN };
-                int64_t left = deadline - harness_now_ms();
-
-                if (left <= 0 || poll(&pfd, 1, (int) left) <= 0)
+                if (!datagram_before(n->fd, msg, sizeof(msg), deadline))
                         cr_assert_fail("no notification with '%s' within %d ms; got:\n%.*s", needle, ms,
                                        (int) n->seen_len, n->seen);
-                ssize_t k = recv(n->fd, msg, sizeof(msg) - 1, 0);
-                if (k < 0)
-                        continue;
-                msg[k] = '\0';
                 int m = snprintf(n->seen + n->seen_len, sizeof(n->seen) - n->seen_len, "%s\n--\n", msg);
                 if (m > 0 && (size_t) m < sizeof(n->seen) - n->seen_len)
                         n->seen_len += (size_t) m;
@@ -355,16 +364,8 @@ static int notify_count_within(Notify *n, const char *line, int ms) {
         int64_t deadline = harness_now_ms() + ms;
         int count = 0;
 
-        for (int64_t left; (left = deadline - harness_now_ms()) > 0;) {
-                struct pollfd pfd = { .fd = n->fd, .events = POLLIN };
-                if (poll(&pfd, 1, (int) left) <= 0)
-                        continue;
-                ssize_t k = recv(n->fd, msg, sizeof(msg) - 1, MSG_DONTWAIT);
-                if (k <= 0)
-                        continue;
-                msg[k] = '\0';
+        while (datagram_before(n->fd, msg, sizeof(msg), deadline))
                 count += has_line(msg, line);
-        }
         return count;
 }
 
@@ -891,17 +892,9 @@ Test(systemd, plain_stderr_outside_systemd, .timeout = 60) {
 static const char *journal_entry_with(int fd, const char *needle, char *buf, size_t size) {
         int64_t deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;
 
-        for (int64_t left; (left = deadline - harness_now_ms()) > 0;) {
-                struct pollfd pfd = { .fd = fd, .events = POLLIN };
-                if (poll(&pfd, 1, (int) left) <= 0)
-                        continue;
-                ssize_t k = recv(fd, buf, size - 1, MSG_DONTWAIT);
-                if (k <= 0)
-                        continue;
-                buf[k] = '\0';
+        while (datagram_before(fd, buf, size, deadline))
                 if (has_line(buf, needle))
                         return buf;
-        }
         cr_assert_fail("no journal entry with the line '%s'", needle);
         return NULL;
 }
