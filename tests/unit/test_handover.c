@@ -746,16 +746,24 @@ Test(state, foreign_version_magic_and_boot) {
  * /proc/sys) writes zeros: that says "unknown", not "another boot", to a reader that can read
  * its own (a drop-in that relaxes the sandbox, then a restart). Once refused: every
  * conversation closed at that restart. */
-Test(state, a_writer_without_a_boot_id_is_not_another_boot) {
-        static const uint8_t unknown[16] = { 0 };
-        HandoverHeader h = { .written_usec = 1, .next_id = 2 };
+/* empty_state: a state of no record, written by "hellod 0.1.0" with BOOT_ID and NEXT_ID. */
+static HandoverBuf empty_state(const uint8_t *boot_id, uint64_t next_id) {
+        HandoverHeader h = { .written_usec = 1, .next_id = next_id };
         HandoverBuf b = { 0 };
-        HandoverState st;
-        char err[256] = "";
 
+        memcpy(h.boot_id, boot_id, 16);
         snprintf(h.writer, sizeof(h.writer), "hellod 0.1.0");
         cr_assert_eq(handover_state_begin(&b, &h), 0);
         cr_assert_eq(handover_state_finish(&b), 0);
+        return b;
+}
+
+Test(state, a_writer_without_a_boot_id_is_not_another_boot) {
+        static const uint8_t unknown[16] = { 0 };
+        HandoverBuf b = empty_state(unknown, 2);
+        HandoverState st;
+        char err[256] = "";
+
         cr_assert_eq(handover_state_decode(b.data, b.len, &LIMITS, BOOT, &st, err, sizeof(err)), 0, "%s", err);
         handover_state_done(&st);
         cr_assert_eq(handover_state_decode(b.data, b.len, &LIMITS, unknown, &st, err, sizeof(err)), 0, "%s", err);
@@ -766,23 +774,15 @@ Test(state, a_writer_without_a_boot_id_is_not_another_boot) {
 /* A next id the new process would count on from and wrap to 0 (then 1, 2, ... meeting the
  * resumed ones: two connections under one store name). */
 Test(state, a_next_id_that_would_wrap_is_refused) {
-        HandoverHeader h = { .written_usec = 1, .next_id = HANDOVER_ID_MAX };
-        HandoverBuf b = { 0 };
+        HandoverBuf b = empty_state(BOOT, HANDOVER_ID_MAX);
         HandoverState st;
         char err[256] = "";
 
-        memcpy(h.boot_id, BOOT, 16);
-        snprintf(h.writer, sizeof(h.writer), "hellod 0.1.0");
-        cr_assert_eq(handover_state_begin(&b, &h), 0);
-        cr_assert_eq(handover_state_finish(&b), 0);
         cr_assert_eq(handover_state_decode(b.data, b.len, &LIMITS, BOOT, &st, err, sizeof(err)), 0, "%s", err);
         handover_state_done(&st);
         free(b.data);
 
-        h.next_id = HANDOVER_ID_MAX + 1;
-        b = (HandoverBuf) { 0 };
-        cr_assert_eq(handover_state_begin(&b, &h), 0);
-        cr_assert_eq(handover_state_finish(&b), 0);
+        b = empty_state(BOOT, HANDOVER_ID_MAX + 1);
         cr_assert_eq(handover_state_decode(b.data, b.len, &LIMITS, BOOT, &st, err, sizeof(err)), -EBADMSG);
         cr_assert(strstr(err, "next connection id beyond 2^63"), "%s", err);
         free(b.data);
