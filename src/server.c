@@ -434,6 +434,31 @@ static Session *register_session(Server *s, int *fd, const struct sockaddr *peer
         return session;
 }
 
+/* open_reserve: under the lock: the reserve descriptor (see out_of_descriptors) opened again. */
+static void open_reserve(Server *s) {
+        s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
+/* reserve_kept: under the lock, with *FD a client just accepted: whether the reserve descriptor
+ * is held. Spent and not opened again (another thread's accept took its number in the moment it
+ * was free, or the limit was lowered), it is opened now; at the limit the client gives its own
+ * number up: told busy, and its socket closed by the dup3() that makes the number the reserve,
+ * so that no other thread's accept can take it in between (*FD is then -1). Without a reserve,
+ * every later client at the limit would wait unanswered for as long as the limit holds. */
+static bool reserve_kept(Server *s, int *fd) {
+        if (s->reserve_fd < 0)
+                open_reserve(s);
+        if (s->reserve_fd >= 0)
+                return true;
+        session_say_last(*fd, PROTO_ERR_BUSY);
+        if (dup3(s->wake_fd, *fd, O_CLOEXEC) >= 0)
+                s->reserve_fd = *fd;
+        else
+                close(*fd);
+        *fd = -1;
+        return false;
+}
+
 /* refusal_line: what a client refused for REASON is told before the close: nothing when it may
  * not talk to us at all (denied, or not a balancer's header on a PROXY listener). */
 static const char *refusal_line(const char *reason) {
@@ -488,7 +513,10 @@ static Session *admit(Server *s, int fd, const struct sockaddr *peer, const List
         }
         else if (via->proxy ? !conf_proxy_trusted(s->conf, &ip) : !conf_admits(s->conf, &ip))
                 reason = via->proxy ? "untrusted-proxy" : "denied";
-        else
+        else if (!reserve_kept(s, &fd)) {
+                reason = "out-of-descriptors";
+                detail = "out of descriptors, and its own was kept in reserve to turn clients away";
+        } else
                 session = register_session(s, &fd, peer, &ip, via, waited, queued, &reason, &detail);
         if (waited || (queued && *queued))
                 wake_if_slot_free(s);
@@ -538,7 +566,7 @@ static void out_of_descriptors(Server *s, int listen_fd, int error) {
                         turn_away(fd, PROTO_ERR_BUSY);
                         refused = true;
                 }
-                s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+                open_reserve(s); /* may fail: see reserve_kept() */
         }
         pthread_mutex_unlock(&s->lock);
         if (refused)
@@ -677,10 +705,6 @@ static void tick(Server *s) {
         }
         pthread_mutex_lock(&s->lock);
         iptable_expire(s->ips, now);
-        /* Spent, and its number taken by another thread's socket before it could be opened
-         * again (out_of_descriptors): without it a client is no longer told it is refused. */
-        if (s->reserve_fd < 0)
-                s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
         pthread_mutex_unlock(&s->lock);
         engine_reap(s->engine);
 }
@@ -1436,7 +1460,7 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
                 r = log_error_errno(-errno, "cannot create a signalfd");
                 goto fail;
         }
-        s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        open_reserve(s);
         if (s->reserve_fd < 0) {
                 r = log_error_errno(-errno, "cannot open /dev/null");
                 goto fail;

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -321,6 +322,25 @@ Test(limits, descriptor_exhaustion, .timeout = 90) {
         hellod_free(d);
 }
 
+/* fill_until_refused: clients into FDS (at most MAX), one at a time, each answered before the
+ * next connects, until one is told busy; returns how many (the refused one last). */
+static int fill_until_refused(Hellod *d, int *fds, int max) {
+        ClientState last = CLIENT_SERVED;
+        int n = 0;
+
+        while (last == CLIENT_SERVED) {
+                if (n == max)
+                        hellod_fail(d, "%d clients served: no descriptor limit met", n);
+                fds[n] = client_connect(d->port);
+                if (!client_wait_readable(fds[n], HARNESS_TIMEOUT_MS))
+                        hellod_fail(d, "client %d: no greeting, no refusal within %d ms", n, HARNESS_TIMEOUT_MS);
+                last = client_classify(fds[n++]);
+        }
+        if (last != CLIENT_REFUSED)
+                hellod_fail(d, "client %d: neither greeted nor told busy", n - 1);
+        return n;
+}
+
 /* Out of descriptors with no client waiting, the daemon has no one to refuse and nothing to
  * say: it warns while clients meet the limit and is quiet once the backlog is empty, in every
  * model. (The io_uring loop's accept takes a descriptor before it looks for a client: it used
@@ -329,17 +349,10 @@ Test(limits, descriptor_exhaustion, .timeout = 90) {
 Test(limits, descriptor_exhaustion_is_quiet_once_no_client_waits, .timeout = 90) {
         enum { NOFILE = 40, MAX_CLIENTS = 64, SETTLE_MS = 1500, QUIET_MS = 3500 };
         Hellod *d = hellod_start_opts(&(HellodOpts) { .nofile = NOFILE }, NULL);
-        int fds[MAX_CLIENTS], n = 0;
-        ClientState last = CLIENT_SERVED;
+        int fds[MAX_CLIENTS], n;
 
         harness_step("connect clients one at a time until one is refused");
-        while (last == CLIENT_SERVED) {
-                cr_assert_lt(n, MAX_CLIENTS, "%d clients served with RLIMIT_NOFILE = %d", n, NOFILE);
-                fds[n] = client_connect(d->port);
-                cr_assert(client_wait_readable(fds[n], HARNESS_TIMEOUT_MS), "client %d: no greeting, no refusal", n);
-                last = client_classify(fds[n++]);
-        }
-        cr_assert_eq(last, CLIENT_REFUSED);
+        n = fill_until_refused(d, fds, MAX_CLIENTS);
         /* Settled: no new warning for longer than their rate limit (one a second). */
         int warned = hellod_count_in_stderr(d, "cannot accept connections"), settled;
         for (int tries = 0; tries < 10; tries++, warned = settled) {
@@ -357,6 +370,55 @@ Test(limits, descriptor_exhaustion_is_quiet_once_no_client_waits, .timeout = 90)
         harness_step("a freed slot serves the next client");
         client_close(fds[0]);
         fds[0] = connect_served(d->port, NULL); /* told busy until the daemon has closed its side */
+        client_hello(fds[0], "freed");
+        for (int i = 0; i < n; i++)
+                client_close(fds[i]);
+        cr_assert(hellod_alive(d));
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* The reserve descriptor, spent to turn a client away, can fail to come back: its number taken
+ * by another thread's socket in the moment it was free (two loops accept from one listener),
+ * or a limit lowered on the running daemon. With no reserve, every later client at the limit
+ * waited unanswered for as long as the limit held. The next client accepted gives its descriptor
+ * up for the reserve (told busy), and every client at the limit is answered again. The lowered
+ * limit makes the loss certain; prlimit(1) is how an operator would do it. */
+Test(limits, a_reserve_descriptor_lost_at_the_limit_is_taken_back, .timeout = 90) {
+        enum { NOFILE = 40, MAX_CLIENTS = 64 };
+        Hellod *d = hellod_start_opts(&(HellodOpts) { .nofile = NOFILE }, NULL);
+        struct rlimit lowered = { .rlim_cur = 3, .rlim_max = NOFILE }, full = { .rlim_cur = NOFILE, .rlim_max = NOFILE };
+        int fds[MAX_CLIENTS], n, extra[2];
+
+        harness_step("at the limit");
+        n = fill_until_refused(d, fds, MAX_CLIENTS);
+        client_close(fds[--n]);
+
+        harness_step("the limit lowered below every descriptor: the reserve cannot come back");
+        int warned = hellod_count_in_stderr(d, "cannot accept connections");
+        cr_assert_eq(prlimit(d->pid, RLIMIT_NOFILE, &lowered, NULL), 0, "prlimit: %s", strerror(errno));
+        extra[0] = client_connect(d->port);
+        for (int tries = 0; hellod_count_in_stderr(d, "cannot accept connections") == warned; tries++) {
+                if (tries == 100)
+                        hellod_fail(d, "no descriptor warning in 10 s with RLIMIT_NOFILE lowered to %d",
+                                    (int) lowered.rlim_cur);
+                harness_sleep_ms(100);
+        }
+
+        harness_step("the limit restored: every client answered");
+        cr_assert_eq(prlimit(d->pid, RLIMIT_NOFILE, &full, NULL), 0, "prlimit: %s", strerror(errno));
+        if (!client_wait_readable(extra[0], HARNESS_TIMEOUT_MS))
+                hellod_fail(d, "the client that met the lowered limit: no greeting, no refusal");
+        extra[1] = client_connect(d->port);
+        if (!client_wait_readable(extra[1], HARNESS_TIMEOUT_MS))
+                hellod_fail(d, "the next client at the limit: no greeting, no refusal (no reserve descriptor?)");
+        cr_assert_eq(client_classify(extra[1]), CLIENT_REFUSED, "the next client at the limit was not told busy");
+
+        harness_step("a freed slot serves the next client");
+        for (int i = 0; i < 2; i++)
+                client_close(extra[i]);
+        client_close(fds[0]);
+        fds[0] = connect_served(d->port, NULL);
         client_hello(fds[0], "freed");
         for (int i = 0; i < n; i++)
                 client_close(fds[i]);
