@@ -128,8 +128,8 @@ int preflight_check(const Conf *conf, const char *path, Identity *ret_identity, 
 
 /* warn_v4_space: KEY's IPv6 prefix over where IPv4 addresses live (::ffff:0:0/96: "::/0",
  * "::/8") matches IPv6 clients only; with no IPv4 prefix in the same list, it was most likely
- * meant for everyone. */
-static unsigned warn_v4_space(const char *key, const Cidr *list, size_t n) {
+ * meant for everyone. ADVICE: what to add for the IPv4 clients. */
+static unsigned warn_v4_space(const char *key, const Cidr *list, size_t n, const char *advice) {
         static const IpKey v4_zero = { .bytes = { [10] = 0xff, [11] = 0xff } };
         const Cidr *wide = NULL;
         char text[INET6_ADDRSTRLEN + 8];
@@ -144,14 +144,18 @@ static unsigned warn_v4_space(const char *key, const Cidr *list, size_t n) {
         }
         if (!wide)
                 return 0;
-        log_warning("%s: \"%s\" matches IPv6 clients only, no IPv4 one; add \"0.0.0.0/0\" (or an IPv4 prefix) "
-                    "for those",
-                    key, cidr_format(wide, text, sizeof(text)));
+        log_warning("%s: \"%s\" matches IPv6 clients only, no IPv4 one; %s", key,
+                    cidr_format(wide, text, sizeof(text)), advice);
         return 1;
 }
 
 unsigned preflight_warn(const Conf *conf) {
-        return warn_fds(conf) + warn_memory(conf) + warn_v4_space("allow", conf->allow, conf->n_allow) +
-               warn_v4_space("deny", conf->deny, conf->n_deny) +
-               warn_v4_space("proxy_from", conf->proxy_from, conf->n_proxy_from);
+        static const char everyone[] = "add \"0.0.0.0/0\" (or an IPv4 prefix) for those";
+
+        /* Not everyone in proxy_from: a peer there names the client it likes, past allow, deny
+         * and the per-source limits. */
+        return warn_fds(conf) + warn_memory(conf) + warn_v4_space("allow", conf->allow, conf->n_allow, everyone) +
+               warn_v4_space("deny", conf->deny, conf->n_deny, everyone) +
+               warn_v4_space("proxy_from", conf->proxy_from, conf->n_proxy_from,
+                             "list the balancers' IPv4 addresses if some connect over IPv4");
 }

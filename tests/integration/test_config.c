@@ -388,18 +388,20 @@ static char *check_with_nofile(Hellod *d, const char *body, rlim_t nofile) {
 
 /* An IPv6 prefix over where IPv4 addresses live ("::/0", "::/8") is for IPv6 clients only:
  * written alone in a list, it was most likely meant for everyone, and -t says so; with an
- * IPv4 prefix beside it, it was not. */
+ * IPv4 prefix beside it, it was not. The advice fits the list: "0.0.0.0/0" in proxy_from would
+ * let every IPv4 peer name the client it likes (past allow, deny and the per-source limits). */
 Test(config, check_warns_of_an_ipv6_prefix_meant_for_everyone, .timeout = 60) {
         static const struct {
                 const char *text;
                 bool warned;
+                const char *advice;
         } cases[] = {
-                { "allow = [ \"::/0\" ];\n", true },
-                { "deny = [ \"::/8\" ];\n", true },
-                { "proxy_from = [ \"::/0\" ];\n", true },
-                { "allow = [ \"::/0\", \"0.0.0.0/0\" ];\n", false },
-                { "allow = [ \"2001:db8::/32\" ];\n", false },
-                { "allow = [ \"::ffff:0:0/96\" ];\n", false },
+                { "allow = [ \"::/0\" ];\n", true, "add \"0.0.0.0/0\"" },
+                { "deny = [ \"::/8\" ];\n", true, "add \"0.0.0.0/0\"" },
+                { "proxy_from = [ \"::/0\" ];\n", true, "list the balancers' IPv4 addresses" },
+                { "allow = [ \"::/0\", \"0.0.0.0/0\" ];\n", false, NULL },
+                { "allow = [ \"2001:db8::/32\" ];\n", false, NULL },
+                { "allow = [ \"::ffff:0:0/96\" ];\n", false, NULL },
         };
         Hellod *d = hellod_new();
 
@@ -411,6 +413,12 @@ Test(config, check_warns_of_an_ipv6_prefix_meant_for_everyone, .timeout = 60) {
                 cr_expect(exited_with(status, HELLOD_EXIT_OK), "status %d\n%s", status, err);
                 bool warned = strstr(err, "matches IPv6 clients only") != NULL;
                 cr_expect_eq(warned, cases[i].warned, "%s: warned %d:\n%s", cases[i].text, warned, err);
+                if (cases[i].advice)
+                        cr_expect(strstr(err, cases[i].advice), "%s: not advised to %s:\n%s", cases[i].text,
+                                  cases[i].advice, err);
+                if (strncmp(cases[i].text, "proxy_from", 10) == 0)
+                        cr_expect(!strstr(err, "0.0.0.0/0"), "%s: advised to trust every IPv4 peer:\n%s",
+                                  cases[i].text, err);
                 free(err);
         }
         hellod_free(d);
