@@ -213,6 +213,10 @@ int conf_text_read(const char *path, char **ret, size_t *ret_size, ConfTextError
                 r = read_fd(fd, CONF_TEXT_SIZE_MAX, ret, ret_size);
         if (fd >= 0)
                 (void) close(fd);
+        /* A symbolic link to nothing is a mistake to show, not an absent file: the default
+         * path read as absent runs hellod on built-in defaults (every address, no access list). */
+        if (r == -ENOENT && lstat(path, &st) == 0 && S_ISLNK(st.st_mode))
+                return text_error(err, -EINVAL, NULL, 0, "a symbolic link to a file that does not exist");
         if (r == -ENOTSUP)
                 return text_error(err, -EINVAL, NULL, 0, "is not a regular file");
         if (r == -EFBIG)

@@ -104,32 +104,41 @@ Test(config, check_refuses_group_without_user, .timeout = 60) {
         hellod_free(d);
 }
 
-/* Without --config hellod reads its default path, and runs on built-in defaults while that file
- * is absent. Once it has read the file, a reload that finds it gone fails and keeps the running
- * configuration (as nginx and sshd refuse a missing file): it used to put every key back to its
- * default, listening on every address with no access list. The test gives hellod a private
- * mount over the default path's directory (unshare, as root), dropping --config; the directory
- * is made if the machine has none (and left: another test's mount may stand on it). */
-Test(config, a_reload_without_the_default_file_it_read_fails, .timeout = 60) {
+/* spawn_on_default_dir: hellod without --config (ARGS, NULL-terminated, or NULL), with MINE
+ * mounted over the directory of its default path in a private mount namespace (unshare, as
+ * root); that directory is made if the machine has none (and left: another test's mount may
+ * stand on it). Returns the default path, SYSCONFDIR/hellod/hellod.conf. */
+static const char *spawn_on_default_dir(Hellod *d, const char *mine, const char *const *args) {
         static const char script[] = "mount --bind \"$1\" \"$2\" && bin=$3 && shift 5 && exec \"$bin\" \"$@\"";
-        const char *path = getenv("HELLOD_DEFAULT_CONF"); /* SYSCONFDIR/hellod/hellod.conf */
-        char dir[256], mine[300], file[400], text[128];
-        Hellod *d = hellod_new();
+        static char dir[256];
+        const char *path = getenv("HELLOD_DEFAULT_CONF");
 
         cr_assert_not_null(path, "HELLOD_DEFAULT_CONF is not set (run through meson test)");
         const char *base = strrchr(path, '/');
         cr_assert(base && base > path, "%s: no directory", path);
         snprintf(dir, sizeof(dir), "%.*s", (int) (base - path), path);
         cr_assert(mkdir(dir, 0755) == 0 || errno == EEXIST, "mkdir %s: %s", dir, strerror(errno));
+        const char *const wrapper[] = { "/usr/bin/unshare", "--mount", "--propagation", "private", "/bin/sh", "-c",
+                                        script, "sh", mine, dir, NULL };
+        hellod_spawn(d, &(HellodOpts) { .wrapper = wrapper, .extra_args = args });
+        return path;
+}
+
+/* Without --config hellod reads its default path, and runs on built-in defaults while that file
+ * is absent. Once it has read the file, a reload that finds it gone fails and keeps the running
+ * configuration (as nginx and sshd refuse a missing file): it used to put every key back to its
+ * default, listening on every address with no access list. */
+Test(config, a_reload_without_the_default_file_it_read_fails, .timeout = 60) {
+        char mine[300], file[400], text[128];
+        Hellod *d = hellod_new();
+
         snprintf(mine, sizeof(mine), "%s/defaults", d->dir);
-        snprintf(file, sizeof(file), "%s%s", mine, base);
+        snprintf(file, sizeof(file), "%s/hellod.conf", mine);
         cr_assert(mkdir(mine, 0755) == 0, "mkdir %s: %s", mine, strerror(errno));
         int n = snprintf(text, sizeof(text), "listen = [ \"127.0.0.1\" ];\nport = %u;\n", (unsigned) d->port);
         harness_write_file(file, text, (size_t) n);
 
-        const char *const wrapper[] = { "/usr/bin/unshare", "--mount", "--propagation", "private", "/bin/sh", "-c",
-                                        script, "sh", mine, dir, NULL };
-        hellod_spawn(d, &(HellodOpts) { .wrapper = wrapper });
+        const char *path = spawn_on_default_dir(d, mine, NULL);
         hellod_wait_ready(d);
         char *err = hellod_stderr(d);
         cr_assert(strstr(err, path) && !strstr(err, "built-in defaults"), "not started on %s:\n%s", path, err);
@@ -152,6 +161,34 @@ Test(config, a_reload_without_the_default_file_it_read_fails, .timeout = 60) {
         free(err);
         hellod_stop_clean(d);
         hellod_free(d);
+}
+
+/* A dangling symbolic link at the default path is a mistake, not an absent file: it used to
+ * read as "no file", and hellod ran on built-in defaults (every address, no access list). It
+ * is a configuration error naming the path, for -t and for a start alike. */
+Test(config, a_dangling_link_at_the_default_path_is_an_error, .timeout = 60) {
+        const char *const modes[][2] = { { "-t", NULL }, { NULL, NULL } };
+        char mine[300], link_path[400], target[400], needle[600];
+
+        for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+                Hellod *d = hellod_new();
+
+                harness_step("%s", modes[i][0] ? "hellod -t" : "hellod");
+                snprintf(mine, sizeof(mine), "%s/defaults", d->dir);
+                snprintf(link_path, sizeof(link_path), "%s/hellod.conf", mine);
+                snprintf(target, sizeof(target), "%s/moved.conf", d->dir);
+                cr_assert(mkdir(mine, 0755) == 0, "mkdir %s: %s", mine, strerror(errno));
+                cr_assert(symlink(target, link_path) == 0, "symlink %s: %s", link_path, strerror(errno));
+                const char *path = spawn_on_default_dir(d, mine, modes[i][0] ? modes[i] : NULL);
+                int status = hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
+                char *err = hellod_stderr(d);
+                cr_expect(exited_with(status, HELLOD_EXIT_CONFIG), "status %d:\n%s", status, err);
+                snprintf(needle, sizeof(needle), "%s: a symbolic link to", path);
+                cr_expect(strstr(err, needle) && !strstr(err, "built-in defaults"), "no error naming %s:\n%s",
+                          path, err);
+                free(err);
+                hellod_free(d);
+        }
 }
 
 /* A reload whose includes cannot be read keeps the running configuration, and never blocks. */
