@@ -961,7 +961,7 @@ static const ConfKey *conf_key_find(const char *name, size_t len) {
 
 /* ---- loading ---- */
 
-static int wide_literal_error(const ConfWide *w, const ConfCtx *ctx) {
+static int wide_literal_error(const ConfSpot *w, const ConfCtx *ctx) {
         char key[ECHO_BUF_SIZE], lit[ECHO_BUF_SIZE], *k, *t;
         const ConfKey *known = conf_key_find(w->key, w->key_len);
         int r;
@@ -1102,17 +1102,38 @@ static int conf_validate(const Conf *c, const config_t *cfg, const ConfCtx *ctx)
         return 0;
 }
 
+static int joined_strings_error(const ConfSpot *j, const ConfCtx *ctx) {
+        char key[ECHO_BUF_SIZE], first[ECHO_BUF_SIZE], second[ECHO_BUF_SIZE], *k, *a, *b;
+        int r;
+
+        k = strndup(j->key, j->key_len);
+        a = strndup(j->text, j->text_len);
+        b = strndup(j->next, j->next_len);
+        if (!k || !a || !b)
+                r = oom_error(ctx);
+        else
+                r = file_error(ctx, -EINVAL, NULL, j->line,
+                               "%s: no ',' between \"%s\" and \"%s\": libconfig would join them into one entry",
+                               echo(k, key), echo(a, first), echo(b, second));
+        free(k);
+        free(a);
+        free(b);
+        return r;
+}
+
 /* conf_parse: TEXT, which libconfig may read: no @include is left in it. */
 static int conf_parse(Conf *c, const ConfCtx *ctx, const char *text) {
-        ConfWide wide;
+        ConfSpot spot;
         config_t cfg;
         int r;
 
         config_init(&cfg);
         if (!config_read_string(&cfg, text))
                 r = syntax_error(&cfg, ctx);
-        else if (ctx->text && conf_text_find_wide(ctx->text, &wide))
-                r = wide_literal_error(&wide, ctx);
+        else if (ctx->text && conf_text_find_wide(ctx->text, &spot))
+                r = wide_literal_error(&spot, ctx);
+        else if (ctx->text && conf_text_find_joined(ctx->text, &spot))
+                r = joined_strings_error(&spot, ctx);
         else {
                 r = conf_apply(c, &cfg, ctx);
                 if (r >= 0)

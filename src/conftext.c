@@ -578,7 +578,7 @@ static bool literal_is_wide(const char *t, size_t len) {
         return saturated || v > limit + (negative ? 1 : 0);
 }
 
-bool conf_text_find_wide(const ConfText *t, ConfWide *ret) {
+bool conf_text_find_wide(const ConfText *t, ConfSpot *ret) {
         Token tk, name = { .type = TOK_END }, key = { .type = TOK_END };
         Scanner sc;
 
@@ -589,7 +589,7 @@ bool conf_text_find_wide(const ConfText *t, ConfWide *ret) {
                 else if ((is_punct(&tk, '=') || is_punct(&tk, ':')) && name.type == TOK_NAME)
                         key = name;
                 else if (tk.type == TOK_NUMBER && key.type == TOK_NAME && literal_is_wide(tk.start, tk.len)) {
-                        *ret = (ConfWide) { .key = key.start, .key_len = key.len, .line = key.line,
+                        *ret = (ConfSpot) { .key = key.start, .key_len = key.len, .line = key.line,
                                             .text = tk.start, .text_len = tk.len };
                         return true;
                 }
@@ -597,9 +597,41 @@ bool conf_text_find_wide(const ConfText *t, ConfWide *ret) {
         return false;
 }
 
-/* ---- duplicate names ---- */
+/* ---- strings joined in a list ---- */
 
 #define SCOPES_MAX 64
+
+bool conf_text_find_joined(const ConfText *t, ConfSpot *ret) {
+        Token tk, prev = { .type = TOK_END }, name = { .type = TOK_END }, key = { .type = TOK_END };
+        Token keys[SCOPES_MAX]; /* the setting each open bracket belongs to */
+        char open[SCOPES_MAX];
+        unsigned depth = 0;
+        Scanner sc;
+
+        scanner_init(&sc, t->text);
+        while ((tk = scan_next(&sc)).type != TOK_END) {
+                if (tk.type == TOK_PUNCT && strchr("[({", tk.start[0]) && depth < SCOPES_MAX) {
+                        keys[depth] = key;
+                        open[depth++] = tk.start[0];
+                } else if (tk.type == TOK_PUNCT && strchr("])}", tk.start[0]) && depth > 0) {
+                        key = keys[--depth];
+                } else if (tk.type == TOK_NAME) {
+                        name = tk;
+                } else if ((is_punct(&tk, '=') || is_punct(&tk, ':')) && name.type == TOK_NAME) {
+                        key = name;
+                } else if (tk.type == TOK_STRING && prev.type == TOK_STRING && depth > 0 && open[depth - 1] != '{' &&
+                           prev.len >= 2 && tk.len >= 2) {
+                        *ret = (ConfSpot) { .key = keys[depth - 1].start, .key_len = keys[depth - 1].len,
+                                            .line = tk.line, .text = prev.start + 1, .text_len = prev.len - 2,
+                                            .next = tk.start + 1, .next_len = tk.len - 2 };
+                        return true;
+                }
+                prev = tk;
+        }
+        return false;
+}
+
+/* ---- duplicate names ---- */
 
 /* Setting NAMEs followed by '=' or ':', with the group ('{' ... '}') they are in: group 0 is the
  * file itself. VISIT returns true to stop. */

@@ -59,13 +59,22 @@ void conf_text_locate(const ConfText *t, unsigned line, const char **ret_file, u
  * the last entry of a list written one entry a line): this finds the entry's own. */
 unsigned conf_text_string_line(const ConfText *t, unsigned line, const char *value);
 
-/* An integer literal wider than libconfig 1.5's int, which it would silently truncate. */
-typedef struct ConfWide {
-        const char *key, *text; /* into the ConfText, not NUL-terminated */
-        size_t key_len, text_len;
+/* What libconfig reads without an error and gets wrong: the setting it is in, the text. */
+typedef struct ConfSpot {
+        const char *key, *text, *next; /* into the ConfText, not NUL-terminated */
+        size_t key_len, text_len, next_len;
         unsigned line; /* of the spliced text */
-} ConfWide;
-bool conf_text_find_wide(const ConfText *t, ConfWide *ret);
+} ConfSpot;
+
+/* conf_text_find_wide: an integer literal wider than libconfig 1.5's int, which it would
+ * silently truncate. */
+bool conf_text_find_wide(const ConfText *t, ConfSpot *ret);
+
+/* conf_text_find_joined: two string literals with nothing between them in a list ('[ ]' or
+ * '( )'), which libconfig joins into one entry where a ',' was surely forgotten: the key is the
+ * list's, the text the first string's and next the second's (within their quotes), the line the
+ * second's. */
+bool conf_text_find_joined(const ConfText *t, ConfSpot *ret);
 
 /* conf_text_duplicate: the name of a setting given twice in the same group whose second
  * occurrence is on LINE (where libconfig reports "duplicate setting name"), into BUF; and the

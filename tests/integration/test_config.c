@@ -547,6 +547,40 @@ Test(config, messages, .timeout = 60) {
         hellod_free(d);
 }
 
+/* libconfig joins two strings with nothing between them into one: in a list, a ',' forgotten
+ * between two entries made one entry of them, valid and wrong ("192.0.2.1" "0" allowed
+ * 192.0.2.10). A list refuses them, naming the file, the line and both strings; a value outside
+ * a list may still be written in pieces. */
+Test(config, check_refuses_two_strings_without_a_comma_in_a_list, .timeout = 60) {
+        static const struct {
+                const char *text, *key;
+                unsigned line;
+        } cases[] = {
+                { "allow = [ \"192.0.2.1\" \"0\" ];\n", "allow", 1 },
+                { "deny = [ \"192.0.2.1\",\n  \"198.51.100.0/24\" # no comma\n  \"203.0.113.0/24\" ];\n", "deny", 3 },
+                { "listen = ( { name = \"web\"; }, \"127.0.0.1\" /* x */ \"1\" );\n", "listen", 1 },
+        };
+        Hellod *d = hellod_new();
+        char needle[600];
+
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                harness_step("%s", cases[i].text);
+                hellod_write_config(d, "%s", cases[i].text);
+                snprintf(needle, sizeof(needle), "%s:%u: %s: ", d->conf_path, cases[i].line, cases[i].key);
+                expect_check_fails(d, (const char *const[]) { needle, "no ',' between", NULL });
+        }
+
+        harness_step("a greeting in two pieces is one string");
+        hellod_write_config_std(d, "greeting = \"Hello \"\n  \"there!\";\n");
+        int status = hellod_run(d, (const char *const[]) { "-T", "-c", d->conf_path, NULL });
+        char *out = harness_read_file(d->stdout_path, NULL), *err = hellod_stderr(d);
+        cr_expect(exited_with(status, HELLOD_EXIT_OK), "status %d:\n%s", status, err);
+        cr_expect(strstr(out, "greeting = \"Hello there!\""), "-T:\n%s", out);
+        free(out);
+        free(err);
+        hellod_free(d);
+}
+
 /* --log-target=journal without a journal: stderr, with a warning, never silence. */
 Test(config, journal_unreachable_falls_back_to_stderr, .timeout = 60) {
         /* Hide any real journal: the daemon runs in its own mount namespace with an empty /run. */

@@ -693,6 +693,22 @@ Test(conf_listen, list_errors) {
         conf_unref(c);
 }
 
+/* libconfig joins adjacent strings: in a list a forgotten ',' made one entry of two. */
+Test(conf_file, strings_without_a_comma_in_a_list) {
+        expect_error("allow = [ \"192.0.2.1\" \"0\" ];", 1, "allow",
+                     "no ',' between \"192.0.2.1\" and \"0\": libconfig would join them");
+        expect_error("proxy_from = (\n  \"192.0.2.1\" // one\n  \"192.0.2.2\" );", 3, "proxy_from", "no ','");
+        expect_error("listen = ( { name = \"a\"; },\n  \"127.0.0.1\" /* x */ \"::1\" );", 2, "listen", "no ','");
+        expect_error("deny = [ \"\" \"\" ];", 1, "deny", "no ','");
+        /* Outside a list a value may be written in pieces, in a group in a list too. */
+        Conf *c = load_ok("greeting = \"Hel\" \"lo!\";\nlisten = ( { name = \"we\" \"b\"; } );");
+        cr_expect_str_eq(c->greeting, "Hello!");
+        conf_unref(c);
+        c = load_ok("allow = [ \"192.0.2.1\", \"0.0.0.0/0\" ];");
+        cr_expect_eq(c->n_allow, 2);
+        conf_unref(c);
+}
+
 /* ---- file-level errors ---- */
 
 Test(conf_file, unknown_keys) {
