@@ -11,6 +11,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "conf.h"
@@ -585,23 +586,29 @@ static int listed_twice(const Conf *c, size_t *earlier) {
         return -1;
 }
 
-/* listen_family: AF_INET or AF_INET6 when SPEC is a numeric address, *WILDCARD saying whether
- * it is 0.0.0.0 or ::; AF_UNSPEC for a host name (looked up at the start) or a passed socket. */
-static int listen_family(const ListenSpec *spec, bool *wildcard) {
+/* Address families, as a mask: what listen_families() knows of an entry without a lookup. */
+enum { FAMILY_V4 = 1, FAMILY_V6 = 2 };
+
+/* listen_families: the families of SPEC's address when it is known without a lookup: one for
+ * a numeric address, *WILDCARD saying whether it is 0.0.0.0 or ::; both for "localhost", which
+ * RFC 6761 makes 127.0.0.1 and ::1 whatever a resolver says (the generator binds those); 0 for
+ * another host name (looked up at the start) or a passed socket. */
+static unsigned listen_families(const ListenSpec *spec, bool *wildcard) {
         static const unsigned char zero[sizeof(struct in6_addr)];
         unsigned char a[sizeof(struct in6_addr)];
 
+        *wildcard = false;
         if (!spec->host)
-                return AF_UNSPEC;
+                return 0;
         if (inet_pton(AF_INET, spec->host, a) == 1) {
                 *wildcard = memcmp(a, zero, sizeof(struct in_addr)) == 0;
-                return AF_INET;
+                return FAMILY_V4;
         }
         if (inet_pton(AF_INET6, spec->host, a) == 1) {
                 *wildcard = memcmp(a, zero, sizeof(struct in6_addr)) == 0;
-                return AF_INET6;
+                return FAMILY_V6;
         }
-        return AF_UNSPEC;
+        return strcasecmp(spec->host, "localhost") == 0 ? FAMILY_V4 | FAMILY_V6 : 0;
 }
 
 /* beside_wildcard: the first `listen` entry that one wildcard address and one specific address
@@ -609,12 +616,11 @@ static int listen_family(const ListenSpec *spec, bool *wildcard) {
  * every address of its family on that port, so the specific one could not be bound. */
 static int beside_wildcard(const Conf *c, size_t *earlier) {
         for (size_t j = 1; j < c->n_listen; j++) {
-                bool wild_j = false;
-                int family = listen_family(&c->listen[j], &wild_j);
+                bool wild_j, wild_i;
+                unsigned families = listen_families(&c->listen[j], &wild_j);
                 unsigned port = c->listen[j].port ? c->listen[j].port : c->port;
-                for (size_t i = 0; i < j && family != AF_UNSPEC; i++) {
-                        bool wild_i = false;
-                        if (listen_family(&c->listen[i], &wild_i) == family && wild_i != wild_j &&
+                for (size_t i = 0; i < j && families; i++) {
+                        if ((listen_families(&c->listen[i], &wild_i) & families) && wild_i != wild_j &&
                             (c->listen[i].port ? c->listen[i].port : c->port) == port) {
                                 *earlier = i;
                                 return (int) j;
@@ -1078,7 +1084,7 @@ static int conf_validate(const Conf *c, const config_t *cfg, const ConfCtx *ctx)
                 const config_setting_t *s = config_lookup(cfg, "listen");
                 const config_setting_t *e = s ? config_setting_get_elem(s, (unsigned) beside) : NULL;
                 const config_setting_t *o = s ? config_setting_get_elem(s, (unsigned) earlier) : NULL;
-                (void) listen_family(&c->listen[beside], &wild);
+                (void) listen_families(&c->listen[beside], &wild);
                 return key_error(ctx, e ? e : s, "listen",
                                  "\"%s\" %s \"%s\" (a wildcard address takes every address of its family on "
                                  "its port: list one or the other)",

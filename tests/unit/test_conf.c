@@ -270,7 +270,7 @@ Test(conf_defaults, shipped_sample_setting_lines_state_the_defaults) {
 
 /* ---- every key, valid values ---- */
 
-static const char all_keys[] = "listen = [ \"127.0.0.1:7000\", \"[::1]:7001\", \"::\", \"localhost\" ];\n"
+static const char all_keys[] = "listen = [ \"127.0.0.1:7000\", \"[::1]:7001\", \"::\", \"localhost:7003\" ];\n"
                                "port = 8080;\n"
                                "backlog = 128;\n"
                                "max_connections = 10;\n"
@@ -295,7 +295,7 @@ Test(conf_keys, every_key_set_to_a_non_default_value) {
         cr_expect_str_eq(c->listen[2].host, "::");
         cr_expect_eq(c->listen[2].port, 0);
         cr_expect_str_eq(c->listen[3].host, "localhost");
-        cr_expect_eq(c->listen[3].port, 0);
+        cr_expect_eq(c->listen[3].port, 7003);
         cr_expect_not(c->listen_is_default);
         cr_expect_eq(c->port, 8080);
         cr_expect_eq(c->backlog, 128);
@@ -675,6 +675,13 @@ Test(conf_listen, list_errors) {
         Conf *apart = load_ok("listen = [ \"0.0.0.0:7000\", \"127.0.0.1:7001\", \"::\", \"127.0.0.2\" ];\n"
                               "port = 7002;\n");
         conf_unref(apart);
+        /* "localhost" is 127.0.0.1 and ::1 (RFC 6761), with no lookup: beside either wildcard. */
+        expect_error("listen = [ \"0.0.0.0\",\n  \"localhost\" ];\n", 2, "listen",
+                     "\"localhost\" is already served by \"0.0.0.0\"");
+        expect_error("listen = [ \"LocalHost:7000\", \"[::]:7000\" ];\n", 1, "listen",
+                     "\"[::]:7000\" would also serve \"LocalHost:7000\"");
+        apart = load_ok("listen = [ \"localhost:7000\", \"0.0.0.0:7001\", \"[::]:7001\" ];\n");
+        conf_unref(apart);
 
         /* CONF_LISTEN_MAX distinct entries are fine, one more is not. */
         n = (size_t) snprintf(text, sizeof(text), "listen = [ \"h0\"");
@@ -892,7 +899,7 @@ Test(conf_print, every_key_round_trips) {
         expect_same(l.conf, again);
         snprintf(header, sizeof(header), "# hellod effective configuration (from %s)\n", l.path);
         cr_expect(strncmp(out, header, strlen(header)) == 0, "%s", out);
-        cr_expect(strstr(out, "\nlisten = [ \"127.0.0.1:7000\", \"[::1]:7001\", \"::\", \"localhost\" ];\n"),
+        cr_expect(strstr(out, "\nlisten = [ \"127.0.0.1:7000\", \"[::1]:7001\", \"::\", \"localhost:7003\" ];\n"),
                   "%s", out);
         cr_expect(strstr(out, "\ngreeting = \"Hi \\\"there\\\" \\\\ 100% %s\";\n"), "%s", out);
         cr_expect(strstr(out, "\nreply = \"%s<{name}>%n\\\\\";\n"), "%s", out);
