@@ -111,6 +111,13 @@ int64_t stats_max(const Stats *s) {
         return max;
 }
 
+int64_t stats_median(Stats *s) {
+        if (s->n == 0)
+                return 0;
+        qsort(s->v, s->n, sizeof(*s->v), cmp_i64);
+        return s->v[s->n / 2];
+}
+
 void stats_free(Stats *s) {
         free(s->v);
         *s = (Stats) { 0 };

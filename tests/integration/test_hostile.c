@@ -156,7 +156,10 @@ enum {
         LORIS_PROBE_MAX = 400,        /* well-behaved sessions during the attack, at most */
         LORIS_PROBE_PAUSE_MS = 100,
         LORIS_PROBE_NAMES = 3,
-        LORIS_RTT_BOUND_MS = 2000, /* generous: only catches a client starved by the attack */
+        /* The middle wait of a well-behaved client: a client starved by the attack waits long
+         * every time, where one stalled by a loaded machine (a sanitizer build beside other
+         * tests) waits long once; every wait is bounded by HARNESS_TIMEOUT_MS. */
+        LORIS_MEDIAN_BOUND_MS = 2000,
         LORIS_IDLE_TIMEOUT = 3,
         LORIS_MAX_LINE = 16,
 };
@@ -171,7 +174,7 @@ Test(hostile, slowloris, .timeout = 180) {
         static const char *const greetings[] = { HELLOD_GREETING, NULL };
         Loris *l;
         Stats greet = { 0 }, rtt = { 0 };
-        int64_t greet_max, rtt_max, t0, t1;
+        int64_t t0, t1;
         uint64_t cpu0, cpu1;
         long hz = sysconf(_SC_CLK_TCK);
         RssSampler rss;
@@ -239,15 +242,16 @@ Test(hostile, slowloris, .timeout = 180) {
                l->close_ms_max[LORIS_FAST], l->err.n);
         report("slowloris: daemon CPU during the attack: %.2f s in %.1f s", (double) (cpu1 - cpu0) / (double) hz,
                (double) (t1 - t0) / 1000.0);
-        greet_max = stats_report("slowloris: well-behaved connect to greeting", &greet);
-        rtt_max = stats_report("slowloris: well-behaved round trip", &rtt);
+        (void) stats_report("slowloris: well-behaved connect to greeting", &greet);
+        (void) stats_report("slowloris: well-behaved round trip", &rtt);
         cr_assert(l->err.n == 0, "%u of %d attackers were not closed as the protocol says; first: %s", l->err.n,
                   l->sessions, l->err.first[0]);
         cr_assert(l->closed[LORIS_SLOW] > 0 && l->closed[LORIS_FAST] > 0);
         cr_assert(rounds > 0, "no well-behaved session ran during the attack");
-        cr_assert(greet_max < LORIS_RTT_BOUND_MS * 1000 && rtt_max < LORIS_RTT_BOUND_MS * 1000,
-                  "a well-behaved client waited %.3f ms for a greeting, %.3f ms for a reply (bound %d ms)",
-                  greet_max / 1000.0, rtt_max / 1000.0, LORIS_RTT_BOUND_MS);
+        int64_t greet_median = stats_median(&greet), rtt_median = stats_median(&rtt);
+        cr_assert(greet_median < LORIS_MEDIAN_BOUND_MS * 1000 && rtt_median < LORIS_MEDIAN_BOUND_MS * 1000,
+                  "a well-behaved client waited %.3f ms for a greeting, %.3f ms for a reply (medians, bound %d ms)",
+                  greet_median / 1000.0, rtt_median / 1000.0, LORIS_MEDIAN_BOUND_MS);
         stats_free(&greet);
         stats_free(&rtt);
         loris_free(l);
@@ -395,7 +399,9 @@ Test(hostile, flood_pipelined_then_read, .timeout = 180) {
         sent_quiet = sent;
         peak_quiet = atomic_load(&rss.peak_kib);
         cr_assert(other_us >= 0);
-        cr_assert(other_us < 2000000, "a bystander's session took %.3f ms while the flooder was blocked",
+        /* A loop blocked writing to the flooder would hold the bystander until the test failed
+         * waiting for it: the bound only adds a stall of seconds, never a loaded machine's. */
+        cr_assert(other_us < HARNESS_TIMEOUT_MS * 500LL, "a bystander's session took %.3f ms while the flooder was blocked",
                   other_us / 1000.0);
         if (t_stall >= 0)
                 report("flood: without reading, the flooder sent %" PRIu64 " of %" PRIu64 " bytes (%" PRIu64
