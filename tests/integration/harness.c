@@ -1675,32 +1675,48 @@ static struct tcp_info tcp_info_of(int fd) {
         return info;
 }
 
-int client_exit_replies_unread(uint16_t port) {
-        enum { LINES = 100, NAME_LEN = 70 }; /* 8 KiB of replies against a window of about 2 */
-        static const char name[NAME_LEN + 1] = "the-client-reads-none-of-these-replies-until-hellod-has-ended-it-01234";
-        char request[LINES * (NAME_LEN + 1)], want[sizeof(HELLOD_GREETING) + LINES * (NAME_LEN + 12)];
-        size_t reply_len = strlen("Hello, ") + NAME_LEN + strlen("!\r\n"), glen = strlen(HELLOD_GREETING);
+/* The conversation of client_exit_unread(): replies to NAME, LINES of them, in a receive
+ * window of about 2 KiB: 8 KiB of replies. */
+enum { EXIT_UNREAD_LINES = 100, EXIT_UNREAD_NAME_LEN = 70 };
+static const char exit_unread_name[EXIT_UNREAD_NAME_LEN + 1] =
+        "the-client-reads-none-of-these-replies-until-hellod-has-ended-it-01234";
+
+int client_exit_unread(uint16_t port) {
+        char request[EXIT_UNREAD_LINES * (EXIT_UNREAD_NAME_LEN + 1)];
         int fd = try_connect("127.0.0.1", port, NULL, 2048);
         int64_t deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;
 
         if (fd < 0)
                 harness_fail("connect(127.0.0.1:%u) with a small window: %s", port, strerror(-fd));
-        for (int i = 0; i < LINES; i++) {
-                memcpy(request + i * (NAME_LEN + 1), name, NAME_LEN);
-                request[i * (NAME_LEN + 1) + NAME_LEN] = '\n';
+        for (int i = 0; i < EXIT_UNREAD_LINES; i++) {
+                memcpy(request + i * (EXIT_UNREAD_NAME_LEN + 1), exit_unread_name, EXIT_UNREAD_NAME_LEN);
+                request[i * (EXIT_UNREAD_NAME_LEN + 1) + EXIT_UNREAD_NAME_LEN] = '\n';
         }
-        client_send(fd, request, LINES * (NAME_LEN + 1));
+        client_send(fd, request, sizeof(request));
         client_send_str(fd, "exit\n");
         while (tcp_state_v4(port, local_port_of(fd)) != TCP_FIN_WAIT1) {
                 if (harness_now_ms() > deadline)
                         harness_fail("hellod did not end the conversation after exit within %d ms", HARNESS_TIMEOUT_MS);
                 harness_sleep_ms(5);
         }
+        return fd;
+}
+
+void client_expect_exit_replies(int fd) {
+        size_t reply_len = strlen("Hello, ") + EXIT_UNREAD_NAME_LEN + strlen("!\r\n"), glen = strlen(HELLOD_GREETING);
+        char want[sizeof(HELLOD_GREETING) + EXIT_UNREAD_LINES * (EXIT_UNREAD_NAME_LEN + 12)];
+
         memcpy(want, HELLOD_GREETING, glen);
-        for (int i = 0; i < LINES; i++)
-                snprintf(want + glen + i * reply_len, reply_len + 1, "Hello, %s!\r\n", name);
-        client_expect(fd, want, glen + LINES * reply_len);
+        for (int i = 0; i < EXIT_UNREAD_LINES; i++)
+                snprintf(want + glen + i * reply_len, reply_len + 1, "Hello, %s!\r\n", exit_unread_name);
+        client_expect(fd, want, glen + EXIT_UNREAD_LINES * reply_len);
         client_expect_eof(fd, false);
+}
+
+int client_exit_replies_unread(uint16_t port) {
+        int fd = client_exit_unread(port);
+
+        client_expect_exit_replies(fd);
         return fd;
 }
 

@@ -262,11 +262,14 @@ void client_reset(int fd);
  * pipelined with `exit`, and waits until hellod has ended the conversation (its socket in
  * FIN_WAIT1, read from /proc/net/tcp) with replies still unacknowledged: the case hellod
  * lingers for. Then reads the greeting, every reply and the EOF. Returns the fd, its end still
- * open. client_write_late: writes a line after the EOF and tells what met it: the lingering
- * server reading and acknowledging it (the client stays in CLOSE_WAIT with nothing
- * unacknowledged), or a closed socket's reset.
+ * open. client_exit_unread and client_expect_exit_replies are its two halves, for a test that
+ * acts while hellod lingers and the replies are unread. client_write_late: writes a line after
+ * the EOF and tells what met it: the lingering server reading and acknowledging it (the client
+ * stays in CLOSE_WAIT with nothing unacknowledged), or a closed socket's reset.
  */
 int client_exit_replies_unread(uint16_t port);
+int client_exit_unread(uint16_t port);
+void client_expect_exit_replies(int fd);
 typedef enum ClientLate { CLIENT_LATE_DISCARDED, CLIENT_LATE_RESET } ClientLate;
 ClientLate client_write_late(int fd);
 /* The server's end of an IPv4 connection on 127.0.0.1, as /proc/net/tcp has it. */
