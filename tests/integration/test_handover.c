@@ -1421,13 +1421,14 @@ Test(handover, kept_output_and_input_cross_the_hand_over_per_connection, .timeou
 }
 
 /* write_deadline_carried: MODEL, in both processes. A client that takes none of its replies
- * has idle_timeout (4 s here) from the moment they back up, not counting the gap between the
- * processes: a restart 2 s in hands what is left of the deadline (at most 2 s) over with the
- * replies, and the next process closes the session when it comes, at most 2 s after it resumed.
- * A deadline that the hand-over started afresh would come 4 s after. (Measured from the resume,
- * not the stall: a sanitized process can take over a second to exit and start.) */
+ * has idle_timeout (8 s here) from the moment they back up, not counting the gap between the
+ * processes: a restart 2 s in hands what is left of the deadline (at most 6 s) over with the
+ * replies, and the next process closes the session when it comes, at most 6 s after it resumed.
+ * A deadline that the hand-over started afresh would come 8 s after. (Measured from the resume,
+ * not the stall: a sanitized process can take over a second to exit and start; and the old
+ * process has seconds to begin the hand-over before the deadline closes the session there.) */
 static void write_deadline_carried(const char *model) {
-        enum { LINES = 2000000, IDLE_S = 4, RESTART_MS = 2000, BOUND_MS = 3000, QUIET_MS = 300 };
+        enum { LINES = 2000000, IDLE_S = 8, RESTART_MS = 2000, BOUND_MS = 7000, QUIET_MS = 300 };
         static char in[LINES * 3 + 1];
         size_t n = 0, sent = 0;
         Rig r;
