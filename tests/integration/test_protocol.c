@@ -351,15 +351,15 @@ Test(protocol, chunk_framing, .timeout = 60) {
 /* A complete line is activity even when the same read ends in the middle of the next one. */
 Test(protocol, idle_timer_restarts_at_a_complete_line_followed_by_a_partial_one, .timeout = 60) {
         /* Seconds, not fractions of one: the valgrind pass runs this test too. */
-        Hellod *d = hellod_start("idle_timeout = 4;\n");
+        Hellod *d = hellod_start("idle_timeout = 8;\n");
         int fd = client_connect(d->port);
 
         client_expect_str(fd, HELLOD_GREETING);
         client_send_str(fd, "a");
-        harness_sleep_ms(2400);
+        harness_sleep_ms(4800);
         client_send_str(fd, "\nb"); /* a line completes; another begins */
         client_expect_str(fd, "Hello, a!\r\n");
-        harness_sleep_ms(2600); /* 5 s since connect, 2.6 s since the last complete line */
+        harness_sleep_ms(5200); /* 10 s since connect, 5.2 s since the last complete line */
         client_send_str(fd, "\n");
         client_expect_str(fd, "Hello, b!\r\n");
         client_close(fd);
