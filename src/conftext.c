@@ -278,6 +278,15 @@ static int add_seg(Builder *b, unsigned file_line, const char *file) {
         return 0;
 }
 
+/* first_nul_line: the line of TEXT's first NUL (the one that ends it as a C string). */
+static unsigned first_nul_line(const char *text) {
+        unsigned line = 1;
+
+        for (const char *p = text; *p; p++)
+                line += *p == '\n';
+        return line;
+}
+
 /* printable: NAME for a message, with anything but printable ASCII shown as '?'. */
 static const char *printable(const char *name, char *buf, size_t size) {
         size_t i;
@@ -363,8 +372,10 @@ static int include(Builder *b, const char *file, unsigned line, const char *name
                 why = "is not a regular file";
         else if ((r = read_fd(fd, CONF_TEXT_SIZE_MAX, &text, &size)) < 0)
                 why = r == -EFBIG ? "file is too large" : strerror_r(-r, msg, sizeof(msg));
-        else if (strlen(text) != size)
-                why = "NUL byte in file";
+        else if (strlen(text) != size) {
+                snprintf(msg, sizeof(msg), "NUL byte on its line %u", first_nul_line(text));
+                why = msg;
+        }
         if (fd >= 0)
                 (void) close(fd);
         if (why) {
@@ -444,13 +455,8 @@ int conf_text_build(ConfText *t, const char *name, const char *text, size_t size
         *t = (ConfText) { 0 };
         *err = (ConfTextError) { 0 };
         /* libconfig reads a C string: anything after a NUL would be silently ignored. */
-        if (strlen(text) != size) {
-                unsigned line = 1;
-
-                for (size_t i = 0; i < strlen(text); i++)
-                        line += text[i] == '\n';
-                return text_error(err, -EINVAL, NULL, line, "NUL byte in file");
-        }
+        if (strlen(text) != size)
+                return text_error(err, -EINVAL, NULL, first_nul_line(text), "NUL byte in file");
         t->files = calloc(CONF_INCLUDE_FILES_MAX + 1, sizeof(char *));
         b.dir = slash ? strndup(name, slash == name ? 1 : (size_t) (slash - name)) : strdup(".");
         if (!t->files || !b.dir || !(t->files[0] = strdup(name))) {

@@ -1285,6 +1285,15 @@ Test(conf_include, missing_directory_fifo_and_unreadable, .timeout = 20) {
         inc_write(&d, "main.conf", "@include \"/dev/null\"\n");
         inc_expect_error(&d, "main.conf", 1, "is not a regular file");
 
+        static const char with_nul[] = "port = 1;\n\n# a\0b\n";
+        snprintf(path, sizeof(path), "%s/nul.conf", d.dir);
+        FILE *f = fopen(path, "w");
+        cr_assert_not_null(f);
+        cr_assert_eq(fwrite(with_nul, 1, sizeof(with_nul) - 1, f), sizeof(with_nul) - 1);
+        cr_assert_eq(fclose(f), 0);
+        inc_write(&d, "main.conf", "\n@include \"nul.conf\"\n");
+        inc_expect_error(&d, "main.conf", 2, "NUL byte on its line 3");
+
         inc_write(&d, "secret.conf", "port = 1;\n");
         snprintf(path, sizeof(path), "%s/secret.conf", d.dir);
         cr_assert_eq(chmod(path, 0), 0);
