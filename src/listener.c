@@ -501,7 +501,8 @@ static int split(int n, char **names, ListenerSet *set, InheritedStore *store, I
                                 snprintf(err, err_size, "passed file descriptor %d ('%s'): %s", fd, name, strerror(-r));
                                 return r;
                         }
-                        /* Longer names cannot match a `listen` entry's name (CONF_FDNAME_MAX). */
+                        /* Whole: systemd's names fit, and one cut short could match a `listen`
+                         * entry's name that it is not. */
                         snprintf(set->items[set->n].fdname, sizeof(set->items[set->n].fdname), "%s",
                                  names && names[i] ? names[i] : "");
                         set->n++;

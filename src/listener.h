@@ -16,7 +16,7 @@ typedef struct Listener {
         socklen_t addr_len;
         char name[ADDR_STR_MAX]; /* "127.0.0.1:9999", "[::]:9999" */
         bool proxy;              /* each client's connection starts with a PROXY header */
-        char fdname[64];         /* an inherited socket's FileDescriptorName=; "" for hellod's own */
+        char fdname[256]; /* an inherited socket's FileDescriptorName= (255 at most); "" for hellod's own */
         size_t spec; /* the listen entry it was resolved from, an index into the configuration
                       * that resolved it (for messages); SIZE_MAX for a passed socket */
 } Listener;

@@ -199,10 +199,9 @@ static void expect_header_wanted(uint16_t port) {
 
 /* activated_start_refused: D, stopped, started again under A's systemd-socket-activate with a
  * file that must not start it; returns its wait status, once stderr holds NEEDLE. */
-static int activated_start_refused(Hellod *d, const Activation *a, const char *needle) {
+static int activated_spawn_refused(Hellod *d, const Activation *a, const char *needle) {
         int fd;
 
-        hellod_stop_clean(d);
         hellod_spawn(d, &(HellodOpts) { .wrapper = a->wrapper });
         /* systemd-socket-activate starts hellod on the first connection, once it listens. */
         for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS; (fd = client_try_connect("127.0.0.1", d->port, NULL)) < 0;
@@ -215,6 +214,11 @@ static int activated_start_refused(Hellod *d, const Activation *a, const char *n
         cr_expect(strstr(err, needle), "stderr lacks \"%s\":\n%s", needle, err);
         free(err);
         return status;
+}
+
+static int activated_start_refused(Hellod *d, const Activation *a, const char *needle) {
+        hellod_stop_clean(d);
+        return activated_spawn_refused(d, a, needle);
 }
 
 /* Socket-activated (systemd passes the sockets, hellod binds nothing): a PROXY entry by host
@@ -348,6 +352,33 @@ Test(proxy, socket_activated_a_proxy_name_no_socket_has_fails, .timeout = 60) {
         int status = activated_start_refused(d, &a, needle);
         cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == HELLOD_EXIT_CONFIG,
                   "started with a PROXY name no socket has: status %d, expected exit %d (the file's fault: no restart)",
+                  status, HELLOD_EXIT_CONFIG);
+        hellod_free(d);
+}
+
+/* A passed socket's name is kept whole (systemd allows 255 characters): cut to 63, a name
+ * longer than a `listen` entry's but beginning with it matched that entry, and its socket
+ * was served as the PROXY listener it was not. */
+Test(proxy, socket_activated_a_long_name_is_not_cut_to_match, .timeout = 60) {
+        static const char entry[] = "a-name-of-sixty-three-characters-for-the-balancer-listener-0063";
+        char fdnames[160], needle[512];
+        Hellod *d = hellod_new();
+        Activation a;
+
+        cr_assert_eq(strlen(entry), 63);
+        activation_init(&a, d);
+        snprintf(fdnames, sizeof(fdnames), "--fdname=plain:%s-and-more", entry);
+        const char *const wrapper[] = { "/usr/bin/systemd-socket-activate", "-l", a.plain, "-l", a.proxied, fdnames,
+                                        NULL };
+        memcpy(a.wrapper, wrapper, sizeof(wrapper));
+        hellod_write_config(d,
+                            "listen = ( \"127.0.0.1:%u\", { name = \"%s\"; proxy_protocol = true; } );\n"
+                            "proxy_from = [ \"127.0.0.1\" ];\n",
+                            (unsigned) d->port, entry);
+        snprintf(needle, sizeof(needle), "%s:1: listen: name \"%s\": no passed socket has that name", d->conf_path,
+                 entry);
+        int status = activated_spawn_refused(d, &a, needle);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == HELLOD_EXIT_CONFIG, "status %d, expected exit %d",
                   status, HELLOD_EXIT_CONFIG);
         hellod_free(d);
 }
