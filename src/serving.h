@@ -22,9 +22,11 @@
  * (the write has a deadline of its own) gets these too: send() returns what it sent, and the
  * thread goes on; once a second at most after the first few.
  *
- * Only a serving thread takes the signal: every other thread of hellod blocks it (the server
- * blocks it from the start, and a thread unblocks it while it is listed), so that a SIGURG
- * sent to the process from outside interrupts nothing else. */
+ * The watch signals listed threads only. The server blocks the signal from the start, and a
+ * thread unblocks it when it is first listed; a per-connection thread keeps it unblocked
+ * between its sessions (serving_remove() with BLOCK false: two system calls fewer a session),
+ * and so do the threads it starts. A SIGURG sent to the process from outside may therefore
+ * interrupt such a thread's wait for its next client, which is retried. */
 #pragma once
 
 #include <pthread.h>

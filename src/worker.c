@@ -253,6 +253,12 @@ static int spawn(Workers *pool, void *first) {
                 return -r;
         }
         pthread_mutex_lock(&pool->lock);
+        if (pool->stopping) { /* workers_shutdown(): none is started from then on */
+                pthread_mutex_unlock(&pool->lock);
+                pthread_attr_destroy(&attr);
+                free(w);
+                return -ECANCELED;
+        }
         size_t stack_size = w->stack_size = __atomic_load_n(&pool->stack_size, __ATOMIC_RELAXED);
         pool->n_alive++;
         pthread_mutex_unlock(&pool->lock);

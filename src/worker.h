@@ -4,8 +4,9 @@
  * always waits: the thread that takes the last waiting place starts another before it
  * serves, and where none can be started it turns its client away and waits again; a thread
  * leaves only if another waits. At most MAX_IDLE threads wait; one that would be the next
- * leaves after its session instead. Every thread is joined, none detached. All calls but wait and serve come from one
- * thread (the server's). */
+ * leaves after its session instead. Every thread is joined, none detached. The calls come from
+ * the server's thread, but workers_run() and workers_stale(), which the pool's own threads
+ * make too (a queued client admitted, a stack size checked). */
 #pragma once
 
 #include <stdbool.h>

@@ -146,6 +146,21 @@ Test(workers, one_thread_waits_from_the_start) {
         cr_assert_eq(stop(w, 5000), 0);
 }
 
+/* workers_shutdown() promises that no thread is started from then on: a job run after it is
+ * left to the caller, who turns it away. */
+Test(workers, no_thread_is_started_after_the_shutdown) {
+        Workers *w = pool_new(128 * 1024, 4);
+        Job job = { .block = false };
+
+        cr_assert_eq(workers_start(w), 0);
+        settle(w, 1, 1);
+        workers_shutdown(w);
+        cr_assert_eq(workers_run(w, &job), -ECANCELED);
+        cr_assert_eq(workers_count(w), 1, "a thread was started after the shutdown");
+        cr_assert_eq(stop(w, 5000), 0);
+        cr_assert_eq(q.done, 0);
+}
+
 Test(workers, sequential_jobs_reuse_the_threads) {
         Workers *w = pool_new(128 * 1024, 4);
         Job job = { .block = false };
