@@ -278,8 +278,40 @@ static int parse_string(const ConfKey *k, const config_setting_t *s, const ConfC
         return 0;
 }
 
+/* utf8_decode: the length of the well-formed UTF-8 character at P (LEFT bytes from there), its
+ * code point in *CP; 0 for a byte that begins none (a stray continuation byte, an overlong
+ * form, a surrogate, beyond U+10FFFF, cut short). */
+static size_t utf8_decode(const unsigned char *p, size_t left, uint32_t *cp) {
+        static const uint32_t least[] = { 0, 0, 0x80, 0x800, 0x10000 }; /* below: overlong */
+        size_t n;
+        uint32_t v;
+
+        if (p[0] < 0x80)
+                n = 1, v = p[0];
+        else if (p[0] >= 0xc2 && p[0] < 0xe0)
+                n = 2, v = p[0] & 0x1fu;
+        else if (p[0] >= 0xe0 && p[0] < 0xf0)
+                n = 3, v = p[0] & 0x0fu;
+        else if (p[0] >= 0xf0 && p[0] < 0xf5)
+                n = 4, v = p[0] & 0x07u;
+        else
+                return 0;
+        if (n > left)
+                return 0;
+        for (size_t i = 1; i < n; i++) {
+                if ((p[i] & 0xc0) != 0x80)
+                        return 0;
+                v = v << 6 | (p[i] & 0x3fu);
+        }
+        if (v < least[n] || v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff))
+                return 0;
+        *cp = v;
+        return n;
+}
+
 /* parse_text: a string that is sent to clients as part of a line, so CR, LF, NUL and friends would
- * break the protocol. */
+ * break the protocol; and text, UTF-8, so that no byte reads as something else to a client
+ * (telnet's IAC, 0xff, begins a command; a lone 0x9b is a terminal's CSI). */
 static int parse_text(const ConfKey *k, const config_setting_t *s, const ConfCtx *ctx, const char **ret) {
         const char *v = NULL;
         size_t len;
@@ -291,13 +323,21 @@ static int parse_text(const ConfKey *k, const config_setting_t *s, const ConfCtx
         len = strlen(v);
         if (len > CONF_TEXT_MAX)
                 return key_error(ctx, s, k->name, "is too long (%zu bytes, at most %d)", len, CONF_TEXT_MAX);
-        for (size_t i = 0; i < len; i++) {
-                unsigned char ch = (unsigned char) v[i];
+        for (size_t i = 0, n; i < len; i += n) {
+                const unsigned char *at = (const unsigned char *) v + i;
+                uint32_t cp = 0;
 
-                if (ch < 0x20 || ch == 0x7f)
+                n = utf8_decode(at, len - i, &cp);
+                if (n == 0)
+                        return key_error(ctx, s, k->name, "is not UTF-8 text: byte \\x%02x at byte %zu", at[0], i);
+                if (cp < 0x20 || cp == 0x7f)
                         return key_error(ctx, s, k->name,
                                          "must not contain control characters, found \\x%02x at byte %zu",
-                                         ch, i);
+                                         (unsigned) cp, i);
+                if (cp >= 0x80 && cp <= 0x9f)
+                        return key_error(ctx, s, k->name,
+                                         "must not contain control characters, found U+%04X at byte %zu",
+                                         (unsigned) cp, i);
         }
         *ret = v;
         return 0;

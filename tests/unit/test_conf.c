@@ -512,6 +512,19 @@ Test(conf_string, greeting) {
         c = load_ok("greeting = \"Gr\xc3\xbc\xc3\x9f dich\";"); /* UTF-8 passes */
         cr_expect_str_eq(c->greeting, "Gr\xc3\xbc\xc3\x9f dich");
         conf_unref(c);
+        c = load_ok("greeting = \"\xe2\x82\xac \xf0\x9f\x91\x8b \xef\xbf\xbd\";"); /* 3 and 4 bytes */
+        conf_unref(c);
+        /* Bytes a client would take for something else: telnet's IAC (0xff) begins a command
+         * (0xff 0xf4 is "interrupt"), a lone 0x9b is a terminal's CSI. Text is UTF-8, and its
+         * C1 controls (U+0080 to U+009F) are control characters too. */
+        expect_error("\n\ngreeting = \"\\xff\\xf4\";", 3, "greeting", "not UTF-8 text: byte \\xff at byte 0");
+        expect_error("\n\ngreeting = \"ab\\x9b2J\";", 3, "greeting", "not UTF-8 text: byte \\x9b at byte 2");
+        expect_error("\n\ngreeting = \"\xc2\x85\";", 3, "greeting", "control characters, found U+0085 at byte 0");
+        expect_error("\n\ngreeting = \"\xc0\xaf\";", 3, "greeting", "not UTF-8 text"); /* overlong '/' */
+        expect_error("\n\ngreeting = \"\xed\xa0\x80\";", 3, "greeting", "not UTF-8 text"); /* a surrogate */
+        expect_error("\n\ngreeting = \"\xf4\x90\x80\x80\";", 3, "greeting", "not UTF-8 text"); /* > U+10FFFF */
+        expect_error("\n\ngreeting = \"a\xe2\x82\";", 3, "greeting", "not UTF-8 text: byte \\xe2 at byte 1");
+        expect_error("\n\nreply = \"{name}\xe9\";", 3, "reply", "not UTF-8 text");
 }
 
 Test(conf_string, greeting_and_reply_length_limit) {
