@@ -581,6 +581,18 @@ Test(config, check_refuses_two_strings_without_a_comma_in_a_list, .timeout = 60)
         hellod_free(d);
 }
 
+/* A greeting goes to every client as it is written: a byte a client would take for something
+ * else (telnet's IAC, 0xff: "\xff\xf4" is an interrupt command) is refused, named by offset. */
+Test(config, check_refuses_a_greeting_that_is_not_utf8_text, .timeout = 60) {
+        Hellod *d = hellod_new();
+        char needle[600];
+
+        hellod_write_config_std(d, "greeting = \"Hi \\xff\\xf4\";\n");
+        snprintf(needle, sizeof(needle), "%s:3: greeting: is not UTF-8 text: byte \\xff at byte 3", d->conf_path);
+        expect_check_fails(d, (const char *const[]) { needle, NULL });
+        hellod_free(d);
+}
+
 /* --log-target=journal without a journal: stderr, with a warning, never silence. */
 Test(config, journal_unreachable_falls_back_to_stderr, .timeout = 60) {
         /* Hide any real journal: the daemon runs in its own mount namespace with an empty /run. */
