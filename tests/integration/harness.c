@@ -310,8 +310,7 @@ rlim_t harness_raise_nofile(void) {
 
 /* --- /proc (never fails: sampler threads use these) -------------------------------------- */
 
-/* read_small: up to SIZE-1 bytes of PATH, NUL-terminated; -1 if it cannot be read. */
-static ssize_t read_small(const char *path, char *buf, size_t size) {
+ssize_t harness_read_small(const char *path, char *buf, size_t size) {
         size_t n = 0;
         int fd = open(path, O_RDONLY | O_CLOEXEC);
 
@@ -337,7 +336,7 @@ long harness_proc_status_field(pid_t pid, const char *name) {
         char *p;
 
         (void) snprintf(path, sizeof(path), "/proc/%d/status", (int) pid);
-        if (read_small(path, buf, sizeof(buf)) < 0)
+        if (harness_read_small(path, buf, sizeof(buf)) < 0)
                 return -1;
         klen = (size_t) snprintf(key, sizeof(key), "%s:", name);
         for (p = buf; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
@@ -388,7 +387,7 @@ static int count_threads(pid_t pid, const char *name, bool prefix, int *ret_name
                         continue;
                 }
                 (void) snprintf(comm_path, sizeof(comm_path), "%s/%s/comm", path, e->d_name);
-                k = read_small(comm_path, comm, sizeof(comm));
+                k = harness_read_small(comm_path, comm, sizeof(comm));
                 if (k <= 0) /* the thread ended meanwhile */
                         continue;
                 if (comm[k - 1] == '\n')
@@ -979,7 +978,7 @@ static bool all_stopped(pid_t pid) {
                 if (e->d_name[0] == '.')
                         continue;
                 (void) snprintf(stat_path, sizeof(stat_path), "%s/%s/stat", path, e->d_name);
-                if (read_small(stat_path, stat, sizeof(stat)) <= 0) /* the thread ended meanwhile */
+                if (harness_read_small(stat_path, stat, sizeof(stat)) <= 0) /* the thread ended meanwhile */
                         continue;
                 const char *end_of_name = strrchr(stat, ')');
                 stopped = end_of_name && end_of_name[1] == ' ' && (end_of_name[2] == 'T' || end_of_name[2] == 't');

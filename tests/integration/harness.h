@@ -86,6 +86,9 @@ rlim_t harness_raise_nofile(void);
  */
 /* harness_proc_status_field: the number after "NAME:" in /proc/PID/status (VmRSS in KiB,
  * Threads, ...). */
+/* harness_read_small: up to SIZE-1 bytes of PATH, NUL-terminated; -1 if it cannot be read (a
+ * thread's file under /proc once the thread has ended). */
+ssize_t harness_read_small(const char *path, char *buf, size_t size);
 long harness_proc_status_field(pid_t pid, const char *name);
 /* harness_proc_fd_count: the entries of /proc/PID/fd. */
 int harness_proc_fd_count(pid_t pid);

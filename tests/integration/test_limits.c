@@ -486,12 +486,11 @@ static size_t threads_named(pid_t pid, const char *name) {
         size_t n = worker_tids(pid, tids, 512), count = 0;
 
         for (size_t i = 0; i < n; i++) {
-                char path[64], *comm;
+                char path[64], comm[64];
                 snprintf(path, sizeof(path), "/proc/%d/task/%d/comm", (int) pid, (int) tids[i]);
-                comm = harness_read_file(path, NULL);
-                if (strncmp(comm, name, strlen(name)) == 0)
+                /* A thread that ended since the listing has no name to count. */
+                if (harness_read_small(path, comm, sizeof(comm)) > 0 && strncmp(comm, name, strlen(name)) == 0)
                         count++;
-                free(comm);
         }
         return count;
 }
@@ -542,35 +541,32 @@ static void reload_with(Hellod *d, const char *extra) {
 /* in_read: whether the daemon's thread TID is blocked in a read (recv() is recvfrom(2)), as
  * the thread serving an idle connection is; waiting threads are in epoll_wait(). */
 static bool in_read(pid_t pid, pid_t tid) {
-        char path[64], *text;
+        char path[64], text[256];
         long nr;
 
         snprintf(path, sizeof(path), "/proc/%d/task/%d/syscall", (int) pid, (int) tid);
-        text = harness_read_file(path, NULL);
-        bool yes = text && sscanf(text, "%ld", &nr) == 1 && nr == SYS_recvfrom;
-        free(text);
-        return yes;
+        return harness_read_small(path, text, sizeof(text)) > 0 && sscanf(text, "%ld", &nr) == 1 &&
+               nr == SYS_recvfrom; /* a thread that ended since the listing reads nothing */
 }
 
 /* reading_thread: the one thread of PID blocked in a read, waited for (a thread that sent the
- * greeting is about to read), or 0 when there is none or more than one. */
+ * greeting is about to read; another may still be reading the readiness probe's close), or 0
+ * when there is none, or more than one, for HARNESS_TIMEOUT_MS. */
 static pid_t reading_thread(pid_t pid) {
         enum { MAX_TIDS = 256 };
         pid_t tids[MAX_TIDS], found = 0;
 
-        for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS; found == 0 && harness_now_ms() < end;) {
+        for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS; harness_now_ms() < end; harness_sleep_ms(10)) {
                 size_t n = worker_tids(pid, tids, MAX_TIDS), readers = 0;
                 for (size_t i = 0; i < n; i++)
                         if (in_read(pid, tids[i])) {
                                 readers++;
                                 found = tids[i];
                         }
-                if (readers > 1)
-                        return 0;
-                if (found == 0)
-                        harness_sleep_ms(10);
+                if (readers == 1)
+                        return found;
         }
-        return found;
+        return 0;
 }
 
 static bool tid_in(pid_t tid, const pid_t *set, size_t n) {
