@@ -111,11 +111,11 @@ int64_t stats_max(const Stats *s) {
         return max;
 }
 
-int64_t stats_median(Stats *s) {
+int64_t stats_percentile(Stats *s, unsigned percent) {
         if (s->n == 0)
                 return 0;
         qsort(s->v, s->n, sizeof(*s->v), cmp_i64);
-        return s->v[s->n / 2];
+        return s->v[(s->n - 1) * percent / 100];
 }
 
 void stats_free(Stats *s) {

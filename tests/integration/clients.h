@@ -64,8 +64,8 @@ void stats_merge(Stats *into, const Stats *from);
 const char *stats_describe(Stats *s, char *buf, size_t size);
 /* stats_max: the largest sample, 0 if none. */
 int64_t stats_max(const Stats *s);
-/* stats_median: the middle sample (sorting them), 0 if none. */
-int64_t stats_median(Stats *s);
+/* stats_percentile: the sample below which PERCENT of them lie (sorting them), 0 if none. */
+int64_t stats_percentile(Stats *s, unsigned percent);
 void stats_free(Stats *s);
 
 /* Errors: a count and the first few messages. */

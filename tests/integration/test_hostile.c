@@ -156,10 +156,10 @@ enum {
         LORIS_PROBE_MAX = 400,        /* well-behaved sessions during the attack, at most */
         LORIS_PROBE_PAUSE_MS = 100,
         LORIS_PROBE_NAMES = 3,
-        /* The middle wait of a well-behaved client: a client starved by the attack waits long
-         * every time, where one stalled by a loaded machine (a sanitizer build beside other
-         * tests) waits long once; every wait is bounded by HARNESS_TIMEOUT_MS. */
-        LORIS_MEDIAN_BOUND_MS = 2000,
+        /* Nine waits in ten of a well-behaved client: a client starved by the attack, even now
+         * and then, waits long often, where a loaded machine (a sanitizer build beside other
+         * tests) stalls one wait; every wait is bounded by HARNESS_TIMEOUT_MS. */
+        LORIS_P90_BOUND_MS = 2000,
         LORIS_IDLE_TIMEOUT = 3,
         LORIS_MAX_LINE = 16,
 };
@@ -248,10 +248,10 @@ Test(hostile, slowloris, .timeout = 180) {
                   l->sessions, l->err.first[0]);
         cr_assert(l->closed[LORIS_SLOW] > 0 && l->closed[LORIS_FAST] > 0);
         cr_assert(rounds > 0, "no well-behaved session ran during the attack");
-        int64_t greet_median = stats_median(&greet), rtt_median = stats_median(&rtt);
-        cr_assert(greet_median < LORIS_MEDIAN_BOUND_MS * 1000 && rtt_median < LORIS_MEDIAN_BOUND_MS * 1000,
-                  "a well-behaved client waited %.3f ms for a greeting, %.3f ms for a reply (medians, bound %d ms)",
-                  greet_median / 1000.0, rtt_median / 1000.0, LORIS_MEDIAN_BOUND_MS);
+        int64_t greet_p90 = stats_percentile(&greet, 90), rtt_p90 = stats_percentile(&rtt, 90);
+        cr_assert(greet_p90 < LORIS_P90_BOUND_MS * 1000 && rtt_p90 < LORIS_P90_BOUND_MS * 1000,
+                  "a well-behaved client waited %.3f ms for a greeting, %.3f ms for a reply (p90, bound %d ms)",
+                  greet_p90 / 1000.0, rtt_p90 / 1000.0, LORIS_P90_BOUND_MS);
         stats_free(&greet);
         stats_free(&rtt);
         loris_free(l);
