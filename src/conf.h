@@ -39,7 +39,7 @@
 #define CONF_NAME_MAX 64   /* `user`, `group` */
 #define CONF_ORIGIN_MAX 4200 /* "FILE:LINE", the file's name escaped */
 #define CONF_DEFAULTS_NAME "(built-in defaults)" /* the file name of what no file set */
-#define CONF_FDNAME_MAX 63 /* a listen group's `name`: fits Listener.fdname */
+#define CONF_FDNAME_MAX 255 /* a listen group's `name`: systemd's FDNAME_MAX; fits Listener.fdname */
 #define CONF_WORKERS_MAX 256
 #define CONF_WORKER_STACK_MIN (64 * 1024)
 #define CONF_WORKER_STACK_MAX (64 * 1024 * 1024)

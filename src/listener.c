@@ -18,6 +18,8 @@
 #include "lookup.h"
 #include "notify.h"
 
+_Static_assert(CONF_FDNAME_MAX < sizeof(((Listener *) 0)->fdname), "a listen entry's name fits Listener.fdname");
+
 static bool same_addr(const Listener *a, const Listener *b) {
         return a->addr_len == b->addr_len && memcmp(&a->addr, &b->addr, a->addr_len) == 0;
 }
