@@ -194,8 +194,25 @@ static int read_fd(int fd, size_t limit, char **ret, size_t *ret_size) {
         return 0;
 }
 
+/* dangling_link_on: whether PATH or a directory on its way is a symbolic link whose target
+ * does not exist; that one into BUF. */
+static bool dangling_link_on(const char *path, char *buf, size_t size) {
+        struct stat st;
+
+        if (snprintf(buf, size, "%s", path) >= (int) size)
+                return false;
+        for (;;) {
+                if (lstat(buf, &st) == 0 && S_ISLNK(st.st_mode) && stat(buf, &st) < 0 && errno == ENOENT)
+                        return true;
+                char *slash = strrchr(buf, '/');
+                if (!slash || slash == buf)
+                        return false;
+                *slash = '\0';
+        }
+}
+
 int conf_text_read(const char *path, char **ret, size_t *ret_size, ConfTextError *err) {
-        char msg[128];
+        char msg[128], dangling[PATH_MAX];
         struct stat st;
         int fd, r;
 
@@ -213,10 +230,13 @@ int conf_text_read(const char *path, char **ret, size_t *ret_size, ConfTextError
                 r = read_fd(fd, CONF_TEXT_SIZE_MAX, ret, ret_size);
         if (fd >= 0)
                 (void) close(fd);
-        /* A symbolic link to nothing is a mistake to show, not an absent file: the default
-         * path read as absent runs hellod on built-in defaults (every address, no access list). */
-        if (r == -ENOENT && lstat(path, &st) == 0 && S_ISLNK(st.st_mode))
-                return text_error(err, -EINVAL, NULL, 0, "a symbolic link to a file that does not exist");
+        /* A symbolic link to nothing, the file's or a directory's on its way, is a mistake to
+         * show, not an absent file: the default path read as absent runs hellod on built-in
+         * defaults (every address, no access list). */
+        if (r == -ENOENT && dangling_link_on(path, dangling, sizeof(dangling)))
+                return strcmp(dangling, path) == 0
+                               ? text_error(err, -EINVAL, NULL, 0, "a symbolic link to a file that does not exist")
+                               : text_error(err, -EINVAL, NULL, 0, "%s is a symbolic link to nothing", dangling);
         if (r == -ENOTSUP)
                 return text_error(err, -EINVAL, NULL, 0, "is not a regular file");
         if (r == -EFBIG)

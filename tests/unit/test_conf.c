@@ -770,6 +770,33 @@ Test(conf_file, missing_file) {
         cr_expect_str_eq(err, want);
 }
 
+/* A symbolic link to nothing, at the file or at a directory on its way, is no absent file (an
+ * absent default file means built-in defaults: every address, no access list). */
+Test(conf_file, dangling_link) {
+        char dir[] = "/tmp/test-conf-link-XXXXXX", link[128], path[256], want[512], err[2048];
+        Conf *c = NULL;
+
+        cr_assert_not_null(mkdtemp(dir));
+        snprintf(link, sizeof(link), "%s/hellod.conf", dir);
+        cr_assert_eq(symlink("/nonexistent/hellod.conf", link), 0);
+        cr_expect_eq(conf_load(link, &c, err, sizeof(err)), -EINVAL);
+        snprintf(want, sizeof(want), "%s: a symbolic link to a file that does not exist", link);
+        cr_expect_str_eq(err, want);
+
+        snprintf(link, sizeof(link), "%s/etc", dir);
+        cr_assert_eq(symlink("/nonexistent-dir", link), 0);
+        snprintf(path, sizeof(path), "%s/hellod/hellod.conf", link);
+        cr_expect_eq(conf_load(path, &c, err, sizeof(err)), -EINVAL);
+        snprintf(want, sizeof(want), "%s: %s is a symbolic link to nothing", path, link);
+        cr_expect_str_eq(err, want);
+        cr_expect_null(c);
+
+        snprintf(path, sizeof(path), "%s/absent/hellod.conf", dir); /* no link: absent */
+        cr_expect_eq(conf_load(path, &c, err, sizeof(err)), -ENOENT);
+        snprintf(want, sizeof(want), "rm -rf '%s'", dir);
+        cr_expect_eq(system(want), 0);
+}
+
 Test(conf_file, directory) {
         char err[1024];
         Conf *c = NULL;
