@@ -630,9 +630,10 @@ static int listed_twice(const Conf *c, size_t *earlier) {
 enum { FAMILY_V4 = 1, FAMILY_V6 = 2 };
 
 /* listen_families: the families of SPEC's address when it is known without a lookup: one for
- * a numeric address, *WILDCARD saying whether it is 0.0.0.0 or ::; both for "localhost", which
- * RFC 6761 makes 127.0.0.1 and ::1 whatever a resolver says (the generator binds those); 0 for
- * another host name (looked up at the start) or a passed socket. */
+ * a numeric address, *WILDCARD saying whether it is 0.0.0.0 or ::; IPv4 for "localhost",
+ * which is 127.0.0.1 wherever hellod looks it up (::1 only where the resolver says so: the
+ * bind tells then, and the generator, which binds both, checks its own); 0 for another host
+ * name (looked up at the start) or a passed socket. */
 static unsigned listen_families(const ListenSpec *spec, bool *wildcard) {
         static const unsigned char zero[sizeof(struct in6_addr)];
         unsigned char a[sizeof(struct in6_addr)];
@@ -648,7 +649,7 @@ static unsigned listen_families(const ListenSpec *spec, bool *wildcard) {
                 *wildcard = memcmp(a, zero, sizeof(struct in6_addr)) == 0;
                 return FAMILY_V6;
         }
-        return strcasecmp(spec->host, "localhost") == 0 ? FAMILY_V4 | FAMILY_V6 : 0;
+        return strcasecmp(spec->host, "localhost") == 0 ? FAMILY_V4 : 0;
 }
 
 /* beside_wildcard: the first `listen` entry that one wildcard address and one specific address

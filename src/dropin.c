@@ -47,6 +47,20 @@ static bool add_literal(Streams *s, const char *host, unsigned port) {
         return true;
 }
 
+/* ipv6_wildcard_on: the `listen` entry of CONF that is "::" (in any spelling) on PORT, or NULL. */
+static const ListenSpec *ipv6_wildcard_on(const Conf *conf, unsigned port) {
+        static const struct in6_addr any = IN6ADDR_ANY_INIT;
+        struct in6_addr a;
+
+        for (size_t i = 0; i < conf->n_listen; i++) {
+                const ListenSpec *spec = &conf->listen[i];
+                if (spec->host && inet_pton(AF_INET6, spec->host, &a) == 1 && memcmp(&a, &any, sizeof(a)) == 0 &&
+                    (spec->port ? spec->port : conf->port) == port)
+                        return spec;
+        }
+        return NULL;
+}
+
 static int collect(const Conf *conf, Streams *s, char *err, size_t err_size) {
         for (size_t i = 0; i < conf->n_listen; i++) {
                 const ListenSpec *spec = &conf->listen[i];
@@ -61,6 +75,17 @@ static int collect(const Conf *conf, Streams *s, char *err, size_t err_size) {
                 /* RFC 6761: "localhost" is the loopback, whatever a resolver says; it is the one
                  * name that needs no lookup. */
                 if (strcasecmp(spec->host, "localhost") == 0) {
+                        /* Here ::1 too, which a socket on [::] of the port would hold already
+                         * (hellod.conf's check knows "localhost" as 127.0.0.1 only). */
+                        const ListenSpec *wild = ipv6_wildcard_on(conf, port);
+                        if (wild) {
+                                snprintf(err, err_size,
+                                         "%s: listen: '%s' is 127.0.0.1 and ::1 under socket activation, and ::1 "
+                                         "port %u is already served by '%s': list one or the other",
+                                         spec->at ? spec->at : conf->path ? conf->path : "hellod.conf", spec->host,
+                                         port, wild->host);
+                                return -EINVAL;
+                        }
                         add_literal(s, "127.0.0.1", port);
                         add_literal(s, "::1", port);
                         continue;

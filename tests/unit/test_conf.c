@@ -688,12 +688,13 @@ Test(conf_listen, list_errors) {
         Conf *apart = load_ok("listen = [ \"0.0.0.0:7000\", \"127.0.0.1:7001\", \"::\", \"127.0.0.2\" ];\n"
                               "port = 7002;\n");
         conf_unref(apart);
-        /* "localhost" is 127.0.0.1 and ::1 (RFC 6761), with no lookup: beside either wildcard. */
+        /* "localhost" is 127.0.0.1 wherever it is looked up: beside 0.0.0.0, never. Whether
+         * it is ::1 too is the resolver's to say (the bind tells; the generator checks its own). */
         expect_error("listen = [ \"0.0.0.0\",\n  \"localhost\" ];\n", 2, "listen",
                      "\"localhost\" is already served by \"0.0.0.0\"");
-        expect_error("listen = [ \"LocalHost:7000\", \"[::]:7000\" ];\n", 1, "listen",
-                     "\"[::]:7000\" would also serve \"LocalHost:7000\"");
-        apart = load_ok("listen = [ \"localhost:7000\", \"0.0.0.0:7001\", \"[::]:7001\" ];\n");
+        expect_error("listen = [ \"LocalHost:7000\", \"0.0.0.0:7000\" ];\n", 1, "listen",
+                     "\"0.0.0.0:7000\" would also serve \"LocalHost:7000\"");
+        apart = load_ok("listen = [ \"localhost:7000\", \"0.0.0.0:7001\", \"[::]:7000\" ];\n");
         conf_unref(apart);
 
         /* CONF_LISTEN_MAX distinct entries are fine, one more is not. */

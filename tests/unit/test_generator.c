@@ -90,6 +90,20 @@ Test(dropin, localhost_is_both_loopbacks_once) {
                       "BindIPv6Only=ipv6-only\nFreeBind=yes\nBacklog=511\n");
 }
 
+/* "localhost" is ::1 here too: beside "::" on its port, systemd could not bind both. */
+Test(dropin, localhost_beside_the_ipv6_wildcard_is_refused) {
+        Formatted f = format_conf("listen = [\"::\", \"127.0.0.1:8000\",\n  \"LocalHost\"];\n");
+
+        cr_assert_eq(f.r, -EINVAL);
+        cr_assert_null(f.text);
+        cr_expect(strstr(f.err, "/etc/hellod/hellod.conf:2: listen: 'LocalHost' is 127.0.0.1 and ::1 under socket "
+                                "activation, and ::1 port 9999 is already served by '::'"),
+                  "%s", f.err);
+        f = format_conf("listen = [\"[::]:8000\", \"localhost\"];\n");
+        cr_expect_eq(f.r, 0, "%s", f.err);
+        free(f.text);
+}
+
 Test(dropin, a_host_name_is_refused_with_the_file_and_the_name) {
         Formatted f = format_conf("listen = [\"127.0.0.1\", \"example.org:8000\"];\n");
 
