@@ -460,19 +460,24 @@ static QueuedClient *queue_take(PerConn *p, QueuedClient **head) {
         return q;
 }
 
-/* turn_away: S, admitted, gets the busy line instead of a thread: none can be had. */
-static void turn_away(PerConn *p, Session *s) {
-        session_say_last(s->fd, PROTO_ERR_BUSY);
-        s->error = "out-of-threads";
+/* turn_away: S, admitted, gets LINE instead of a thread (REASON: why none can be had). */
+static void turn_away(PerConn *p, Session *s, const char *line, const char *reason) {
+        session_say_last(s->fd, line);
+        s->error = reason;
         s->turned_away = true;
         engine_session_done(&p->engine, s);
 }
 
 /* start_elsewhere: S, admitted by a thread that serves another, gets a thread of its own; or
- * the busy line, when no thread can be had. */
+ * the busy line, when no thread can be had, the shutdown line once hellod stops (admitted just
+ * before, it met the stop on its way to a thread). */
 static void start_elsewhere(PerConn *p, Session *s) {
-        if (workers_run(p->workers, s) < 0)
-                turn_away(p, s);
+        int r = workers_run(p->workers, s);
+
+        if (r == -ECANCELED)
+                turn_away(p, s, PROTO_ERR_SHUTDOWN, "shutdown");
+        else if (r < 0)
+                turn_away(p, s, PROTO_ERR_BUSY, "out-of-threads");
 }
 
 /* queue_of: the list where clients of the listener I wait (under listen_lock). */
@@ -636,7 +641,7 @@ static void *wait_for_client(void *userdata) {
 
 /* refuse: WorkerCalls.refuse: no other thread could be started to accept after this one. */
 static void refuse(void *userdata, void *job) {
-        turn_away(userdata, job);
+        turn_away(userdata, job, PROTO_ERR_BUSY, "out-of-threads");
 }
 
 /* serve: WorkerCalls.serve: the whole session, then the engine's done path. A lingering
