@@ -108,6 +108,7 @@ typedef struct Worker {
         uint64_t err[_ERR_MAX];
         char sample[_ERR_MAX][SAMPLE_MAX]; /* the first error of each kind, escaped */
         int64_t t_ramped; /* hold: when the last connection of this worker was greeted */
+        bool started; /* rr: the clock runs; a connection greeted from now on sends at once */
         int setup_error; /* a negative errno if the worker could not even start */
 } Worker;
 

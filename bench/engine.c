@@ -380,11 +380,13 @@ static inline bool in_window(const Run *run, int64_t t) {
 }
 
 static int rr_complete(Worker *w, Conn *c, int64_t now) {
-        if (c->step == STEP_GREETING) {
+        if (c->step == STEP_GREETING && !w->started) {
                 c->state = ST_IDLE; /* ready: the run starts when every connection is */
                 return 0;
         }
-        if (in_window(w->run, now)) {
+        /* A greeting later than the wait for them (the server was slow) starts its requests
+         * at once: left idle, no sweep would end it, and the run would never finish. */
+        if (c->step != STEP_GREETING && in_window(w->run, now)) {
                 hist_record(&w->hist, (uint64_t) (now - c->t_sent));
                 counter_add(&w->completed, 1);
         }
@@ -586,6 +588,7 @@ static void run_rr(Worker *w) {
                         break;
         }
         start_together(w);
+        w->started = true;
         for (unsigned i = 0; i < w->n_conns; i++)
                 if (w->conns[i].state == ST_IDLE)
                         (void) conn_send_request(w, &w->conns[i], now_ns());

@@ -425,8 +425,9 @@ static void watch_hold(Main *m) {
         unsigned threads;
 
         sample_server_cpu(m, &cpu0);
-        /* Ramp: wait for every worker to have opened (and had greeted, or failed) its share. */
-        while (atomic_load(&run->ramped) < o->threads) {
+        /* Ramp: wait for every worker to have opened (and had greeted, or failed) its share; a
+         * worker that ended before (its epoll_wait failed) never will. */
+        while (atomic_load(&run->ramped) < o->threads && atomic_load(&run->finished) == 0) {
                 sleep_until(now_ns() + 100 * NSEC_PER_MSEC);
                 progress(m, "%s: opened %" PRIu64 " of %u, greeted %" PRIu64 ", %" PRIu64 " errors",
                          o->target, SUM(m, opened), o->connections, SUM(m, greeted), SUM(m, errors));
