@@ -475,7 +475,7 @@ static void start_elsewhere(PerConn *p, Session *s) {
         int r = workers_run(p->workers, s);
 
         if (r == -ECANCELED)
-                turn_away(p, s, PROTO_ERR_SHUTDOWN, "shutdown");
+                turn_away(p, s, PROTO_ERR_SHUTDOWN, "shutting-down"); /* as refusals at a stop */
         else if (r < 0)
                 turn_away(p, s, PROTO_ERR_BUSY, "out-of-threads");
 }

@@ -593,6 +593,44 @@ Test(config, check_refuses_a_greeting_that_is_not_utf8_text, .timeout = 60) {
         hellod_free(d);
 }
 
+/* A host name that resolves to an address a wildcard of the list takes too could not be bound:
+ * "localhost" beside "::" where the resolver says ::1 (Debian's stock /etc/hosts does). -t
+ * says so with the file and line, as for numeric addresses; where localhost is 127.0.0.1
+ * alone, the same list is valid. The test gives hellod its own /etc/hosts (a private mount). */
+Test(config, check_refuses_a_name_beside_a_wildcard_as_it_resolves, .timeout = 60) {
+        static const char script[] = "mount --bind \"$1\" /etc/hosts && shift && exec \"$@\"";
+        static const struct {
+                const char *hosts;
+                bool refused;
+        } cases[] = {
+                { "127.0.0.1 localhost\n::1 localhost ip6-localhost\n", true },
+                { "127.0.0.1 localhost\n", false },
+        };
+        Hellod *d = hellod_new();
+        char hosts[300], needle[600];
+
+        snprintf(hosts, sizeof(hosts), "%s/hosts", d->dir);
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                harness_step("/etc/hosts: %s", cases[i].hosts);
+                harness_write_file(hosts, cases[i].hosts, strlen(cases[i].hosts));
+                hellod_write_config(d, "port = %u;\nlisten = [ \"::\",\n  \"localhost\" ];\n", (unsigned) d->port);
+                const char *const wrapper[] = { "/usr/bin/unshare", "--mount", "--propagation", "private", "/bin/sh", "-c",
+                                                script, "sh", hosts, NULL };
+                hellod_spawn(d, &(HellodOpts) { .wrapper = wrapper, .extra_args = (const char *const[]) { "-t", NULL } });
+                int status = hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
+                char *err = hellod_stderr(d);
+                snprintf(needle, sizeof(needle), "%s:3: listen: 'localhost' is [::1]:%u, which '::' already serves",
+                         d->conf_path, (unsigned) d->port);
+                if (cases[i].refused)
+                        cr_expect(exited_with(status, HELLOD_EXIT_CONFIG) && strstr(err, needle),
+                                  "status %d, no \"%s\":\n%s", status, needle, err);
+                else
+                        cr_expect(exited_with(status, HELLOD_EXIT_OK), "status %d:\n%s", status, err);
+                free(err);
+        }
+        hellod_free(d);
+}
+
 /* --log-target=journal without a journal: stderr, with a warning, never silence. */
 Test(config, journal_unreachable_falls_back_to_stderr, .timeout = 60) {
         /* Hide any real journal: the daemon runs in its own mount namespace with an empty /run. */
