@@ -341,6 +341,20 @@ static int fill_until_refused(Hellod *d, int *fds, int max) {
         return n;
 }
 
+/* freed_slot_serves_the_next: at the limit with FDS (N clients) held, the first closed: the
+ * next client is served (told busy until the daemon has closed its side); then the end of the
+ * test: every client closed, hellod alive and stopped cleanly, D freed. */
+static void freed_slot_serves_the_next(Hellod *d, int *fds, int n) {
+        client_close(fds[0]);
+        fds[0] = connect_served(d->port, NULL);
+        client_hello(fds[0], "freed");
+        for (int i = 0; i < n; i++)
+                client_close(fds[i]);
+        cr_assert(hellod_alive(d));
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 /* Out of descriptors with no client waiting, the daemon has no one to refuse and nothing to
  * say: it warns while clients meet the limit and is quiet once the backlog is empty, in every
  * model. (The io_uring loop's accept takes a descriptor before it looks for a client: it used
@@ -368,14 +382,7 @@ Test(limits, descriptor_exhaustion_is_quiet_once_no_client_waits, .timeout = 90)
         cr_expect_eq(later, warned, "%d more warnings of exhaustion with no client waiting", later - warned);
 
         harness_step("a freed slot serves the next client");
-        client_close(fds[0]);
-        fds[0] = connect_served(d->port, NULL); /* told busy until the daemon has closed its side */
-        client_hello(fds[0], "freed");
-        for (int i = 0; i < n; i++)
-                client_close(fds[i]);
-        cr_assert(hellod_alive(d));
-        hellod_stop_clean(d);
-        hellod_free(d);
+        freed_slot_serves_the_next(d, fds, n);
 }
 
 /* The reserve descriptor, spent to turn a client away, can fail to come back: its number taken
@@ -417,14 +424,7 @@ Test(limits, a_reserve_descriptor_lost_at_the_limit_is_taken_back, .timeout = 90
         harness_step("a freed slot serves the next client");
         for (int i = 0; i < 2; i++)
                 client_close(extra[i]);
-        client_close(fds[0]);
-        fds[0] = connect_served(d->port, NULL);
-        client_hello(fds[0], "freed");
-        for (int i = 0; i < n; i++)
-                client_close(fds[i]);
-        cr_assert(hellod_alive(d));
-        hellod_stop_clean(d);
-        hellod_free(d);
+        freed_slot_serves_the_next(d, fds, n);
 }
 
 /* worker_tids: the daemon's threads other than its main thread, from /proc. */
