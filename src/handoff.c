@@ -143,9 +143,10 @@ void handoff_record(const Session *s, uint64_t now, HandoverRecord *rec) {
                 .listen_len = strlen(s->listen),
                 .pending = (const uint8_t *) s->proto.pending,
                 .pending_len = s->proto.pending_len,
-                .input = s->lingering ? NULL : (const uint8_t *) s->in + s->in_off,
+                /* No buffer, nothing kept: NULL + 0 would be undefined (clang's UBSan says so). */
+                .input = s->lingering || !s->in ? NULL : (const uint8_t *) s->in + s->in_off,
                 .input_len = s->lingering ? 0 : s->in_len - s->in_off,
-                .output = (const uint8_t *) s->out.data + s->out_off,
+                .output = s->out.data ? (const uint8_t *) s->out.data + s->out_off : NULL,
                 .output_len = s->out.len - s->out_off,
         };
         _Static_assert(PROTO_TELNET_RESTART_MAX <= HANDOVER_INPUT_HEAD_MAX, "the record's input head is too small");
@@ -355,21 +356,22 @@ int handoff_memfd_fill(int fd, const HandoverBuf *b) {
         return fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0 ? -errno : 0;
 }
 
-int handoff_read_state(int fd, size_t max, uint8_t **ret, size_t *ret_size) {
-        struct stat st;
-        uint8_t *data;
+/* sealed_for_good: FD can change no more: neither its size nor its bytes (mapped, it cannot
+ * shrink under the reader into a SIGBUS). */
+static bool sealed_for_good(int fd) {
+        int seals = fcntl(fd, F_GET_SEALS);
+
+        return seals >= 0 && (seals & (F_SEAL_SHRINK | F_SEAL_WRITE)) == (F_SEAL_SHRINK | F_SEAL_WRITE);
+}
+
+static int copy_state(int fd, size_t size, StateBytes *ret) {
+        uint8_t *data = malloc(size > 0 ? size : 1);
         size_t done = 0;
 
-        if (fstat(fd, &st) < 0)
-                return -errno;
-        if (!S_ISREG(st.st_mode))
-                return -EBADF;
-        if (st.st_size < 0 || (uint64_t) st.st_size > max)
-                return -EFBIG;
-        if (!(data = malloc(st.st_size > 0 ? (size_t) st.st_size : 1)))
+        if (!data)
                 return -ENOMEM;
-        while (done < (size_t) st.st_size) {
-                ssize_t n = pread(fd, data + done, (size_t) st.st_size - done, (off_t) done);
+        while (done < size) {
+                ssize_t n = pread(fd, data + done, size - done, (off_t) done);
                 if (n < 0 && errno == EINTR)
                         continue;
                 if (n <= 0) {
@@ -378,9 +380,35 @@ int handoff_read_state(int fd, size_t max, uint8_t **ret, size_t *ret_size) {
                 }
                 done += (size_t) n;
         }
-        *ret = data;
-        *ret_size = done;
+        *ret = (StateBytes) { .data = data, .size = size };
         return 0;
+}
+
+int handoff_read_state(int fd, size_t max, StateBytes *ret) {
+        struct stat st;
+
+        if (fstat(fd, &st) < 0)
+                return -errno;
+        if (!S_ISREG(st.st_mode))
+                return -EBADF;
+        if (st.st_size < 0 || (uint64_t) st.st_size > max)
+                return -EFBIG;
+        size_t size = (size_t) st.st_size;
+        if (size == 0 || !sealed_for_good(fd))
+                return copy_state(fd, size, ret);
+        void *data = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+        if (data == MAP_FAILED)
+                return -errno;
+        *ret = (StateBytes) { .data = data, .size = size, .mapped = true };
+        return 0;
+}
+
+void handoff_state_release(StateBytes *b) {
+        if (b->mapped)
+                (void) munmap((void *) b->data, b->size);
+        else
+                free((void *) b->data);
+        *b = (StateBytes) { 0 };
 }
 
 uint64_t handoff_boottime_usec(void) {

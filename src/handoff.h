@@ -72,8 +72,20 @@ HandoverConnName handoff_record_conn_name(const HandoverRecord *rec, bool via_na
  * never finished (handoff_state_written()). */
 int handoff_memfd_new(void);
 int handoff_memfd_fill(int fd, const HandoverBuf *b);
-/* handoff_read_state: the whole of FD (from its start) if it is at most MAX bytes, malloc'd. */
-int handoff_read_state(int fd, size_t max, uint8_t **ret, size_t *ret_size);
+/* StateBytes: the state's bytes as handoff_read_state() found them: mapped (a sealed memfd, as
+ * its writer leaves it: nothing can change it any more), or copied. */
+typedef struct StateBytes {
+        const uint8_t *data;
+        size_t size;
+        bool mapped;
+} StateBytes;
+
+/* handoff_read_state: the whole of FD (from its start), if it is at most MAX bytes; 0 or a
+ * negative errno (-EFBIG: too big). A sealed memfd is mapped, not copied: the size is the
+ * writer's word, and a state of any size costs the pages its decoding reads. Anything else
+ * is copied. handoff_state_release(): unmapped or freed. */
+int handoff_read_state(int fd, size_t max, StateBytes *ret);
+void handoff_state_release(StateBytes *b);
 
 /* handoff_header: a state header for this process: the version, the boot (zeros when it
  * cannot be read), the time. */

@@ -237,6 +237,7 @@ int handover_record_encode(HandoverBuf *b, const HandoverRecord *rec) {
         w_int(&w, rec->id, 8);
         w_int(&w, (uint64_t) rec->framing, 1);
         w_int(&w, (uint64_t) rec->end, 1);
+        _Static_assert(_HANDOVER_FLAGS_ALL <= 0xff, "the record's flags take one byte");
         w_int(&w, rec->flags, 1);
         write_peer(&w, &rec->peer);
         w_int(&w, rec->age_usec, 8);

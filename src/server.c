@@ -1278,25 +1278,25 @@ static void forget_conn(int fd, const StoredConn *conn) {
 static void resume_records(Server *s, InheritedStore *store, ResumeCounts *c) {
         HandoverLimits limits = handoff_limits(s->conf);
         HandoverState state;
-        uint8_t boot_id[16], *data = NULL;
+        StateBytes bytes = { 0 };
+        uint8_t boot_id[16];
         bool have_boot_id;
-        size_t size = 0;
         char err[256];
         int r;
 
-        r = handoff_read_state(store->state_fd, handover_state_size_max(&limits), &data, &size);
+        r = handoff_read_state(store->state_fd, handover_state_size_max(&limits), &bytes);
         if (r < 0)
                 snprintf(err, sizeof(err), "%s", strerror(-r));
         /* A sandbox may hide the boot id (handoff_header()): then it is not checked. */
         have_boot_id = handoff_boot_id(boot_id) == 0;
         if (r == 0)
-                r = handover_state_decode(data, size, &limits, have_boot_id ? boot_id : NULL, &state, err, sizeof(err));
+                r = handover_state_decode(bytes.data, bytes.size, &limits, have_boot_id ? boot_id : NULL, &state, err, sizeof(err));
         close(store->state_fd);
         store->state_fd = -1;
         (void) notify_fdstore_remove(HANDOVER_FDNAME_STATE);
         if (r < 0) {
                 log_warning("cannot resume the conversations of the previous process: its state: %s", err);
-                free(data);
+                handoff_state_release(&bytes);
                 return;
         }
         c->have_state = true;
@@ -1334,7 +1334,7 @@ static void resume_records(Server *s, InheritedStore *store, ResumeCounts *c) {
                 c->resumed++;
         }
         handover_state_done(&state);
-        free(data);
+        handoff_state_release(&bytes);
 }
 
 /* state_unwritten: FD is the place a previous process kept for its records and never filled

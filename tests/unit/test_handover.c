@@ -1016,3 +1016,87 @@ Test(inherit, classify) {
         cr_expect_eq(inherit_classify("hellod", FD_KIND_CONNECTED_TCP, &id), INHERIT_INVALID);
         cr_expect_eq(inherit_classify("unknown", FD_KIND_REGULAR, &id), INHERIT_INVALID);
 }
+
+/* ---- reading the state from its descriptor (handoff.c) ----------------------------------------- */
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "handoff.h"
+
+static long max_rss_kib(void) {
+        struct rusage ru;
+
+        cr_assert_eq(getrusage(RUSAGE_SELF, &ru), 0);
+        return ru.ru_maxrss;
+}
+
+/* sealed_memfd: SIZE bytes (DATA, or a hole when NULL), sealed as handoff_memfd_fill() leaves
+ * the state. */
+static int sealed_memfd(const uint8_t *data, size_t size) {
+        int fd = memfd_create("test-state", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+
+        cr_assert_geq(fd, 0);
+        cr_assert_eq(ftruncate(fd, (off_t) size), 0);
+        if (data)
+                cr_assert_eq(pwrite(fd, data, size, 0), (ssize_t) size);
+        cr_assert_eq(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL), 0);
+        return fd;
+}
+
+/* A state's size is the writer's word, like the rest of it: 256 MiB of zeros where the state
+ * should be cost the reader one page, not 256 MiB copied before the header is looked at (the
+ * next start would meet the same state after an out-of-memory kill, and the one after). In a
+ * child of its own, so that its peak memory is the reading's alone. */
+Test(read, a_sealed_state_is_mapped_not_copied) {
+        pid_t pid = fork();
+
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+                const size_t size = 256u << 20;
+                int fd = sealed_memfd(NULL, size);
+                long before = max_rss_kib();
+                StateBytes bytes;
+                HandoverState st;
+                char err[256] = "";
+
+                if (handoff_read_state(fd, SIZE_MAX, &bytes) < 0 || bytes.size != size)
+                        _exit(2);
+                if (handover_state_decode(bytes.data, bytes.size, &LIMITS, BOOT, &st, err, sizeof(err)) != -EBADMSG)
+                        _exit(3);
+                long grown = max_rss_kib() - before;
+                handoff_state_release(&bytes);
+                _exit(grown < 16384 ? 0 : 4);
+        }
+        int status = 0;
+        cr_assert_eq(waitpid(pid, &status, 0), pid);
+        cr_assert(WIFEXITED(status));
+        cr_assert_eq(WEXITSTATUS(status), 0, "child: %d (2: not read, 3: not refused, 4: copied)", WEXITSTATUS(status));
+}
+
+/* A state mapped or copied reads the same: one that can be sealed no more (a memfd made
+ * without sealing, a file) is copied, one bigger than the limit refused. */
+Test(read, sealed_or_not_the_bytes_are_the_state) {
+        HandoverBuf b = state_of(3, NULL);
+        int unsealed = memfd_create("test-state", MFD_CLOEXEC);
+        int fds[2] = { sealed_memfd(b.data, b.len), unsealed };
+        StateBytes bytes;
+
+        cr_assert_eq(pwrite(unsealed, b.data, b.len, 0), (ssize_t) b.len);
+        for (int i = 0; i < 2; i++) {
+                char err[256] = "";
+                cr_assert_eq(handoff_read_state(fds[i], b.len, &bytes), 0);
+                cr_expect_eq(bytes.mapped, i == 0);
+                cr_assert_eq(bytes.size, b.len);
+                cr_expect_eq(memcmp(bytes.data, b.data, b.len), 0);
+                cr_expect_eq(state_verdict(bytes.data, bytes.size, &LIMITS, err, sizeof(err)), 3, "%s", err);
+                handoff_state_release(&bytes);
+                cr_expect_null(bytes.data);
+                cr_expect_eq(handoff_read_state(fds[i], b.len - 1, &bytes), -EFBIG);
+                close(fds[i]);
+        }
+        free(b.data);
+}
