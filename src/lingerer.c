@@ -39,7 +39,9 @@ struct Lingerer {
 /* ---- the list (under the lock) ---- */
 
 static Lingering *first_lingering(const Lingerer *g) {
-        return g->list.first ? DEADLINE_OWNER(g->list.first, Lingering, timer) : NULL;
+        Deadline *d = deadlines_first(&g->list);
+
+        return d ? DEADLINE_OWNER(d, Lingering, timer) : NULL;
 }
 
 static void unlink_lingering(Lingerer *g, Lingering *l) {

@@ -528,7 +528,8 @@ static bool take_incoming(Loop *l, Session **ret) {
 }
 
 static int poll_timeout(const Loop *l) {
-        uint64_t wake = l->deadlines.first ? l->deadlines.first->at : SESSION_NO_DEADLINE;
+        Deadline *first = deadlines_first(&l->deadlines);
+        uint64_t wake = first ? first->at : SESSION_NO_DEADLINE;
 
         if (l->ready)
                 return 0;
@@ -650,8 +651,10 @@ static void on_listener(Loop *l, const Listener *via) {
 static void hand_over_all(Loop *l) {
         const EngineHooks *hooks = hooks_of(l);
 
-        while (l->deadlines.first) {
-                Session *s = session_of(l->deadlines.first);
+        Deadline *d;
+
+        while ((d = deadlines_first(&l->deadlines))) {
+                Session *s = session_of(d);
                 deadlines_remove(&l->deadlines, &s->timer);
                 ready_remove(l, s);
                 __atomic_sub_fetch(&l->base.n_sessions, 1, __ATOMIC_RELAXED);
@@ -696,8 +699,10 @@ static void run_ready(Loop *l) {
  * session or moves its deadline to the future, so this terminates. */
 static void run_deadlines(Loop *l) {
         l->now = now_usec(); /* the turn's work took time: expire what is due now */
-        while (l->deadlines.first && l->deadlines.first->at <= l->now)
-                (void) on_deadline(l, session_of(l->deadlines.first));
+        Deadline *d;
+
+        while ((d = deadlines_first(&l->deadlines)) && d->at <= l->now)
+                (void) on_deadline(l, session_of(d));
 }
 
 /* loop_prepare: L's epoll set, with its eventfd in it, before its thread runs. A loop that
@@ -718,7 +723,7 @@ static void *loop_main(void *arg) {
 
         (void) pthread_setname_np(pthread_self(), "hellod-loop");
         l->now = now_usec();
-        while (!l->exiting || l->deadlines.first) {
+        while (!l->exiting || deadlines_first(&l->deadlines)) {
                 if (l->handing_over) {
                         hand_over_all(l);
                         break;

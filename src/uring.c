@@ -195,7 +195,7 @@ static void cancel(Loop *l, uint64_t user_data) {
         io_uring_sqe_set_data64(e, OP_IGNORE);
 }
 
-/* ---- the deadline list ---- */
+/* ---- the deadlines ---- */
 
 static Conn *conn_of(Deadline *d) {
         return DEADLINE_OWNER(d, Conn, timer);
@@ -558,9 +558,9 @@ static Fate give(Loop *l, Conn *c) {
 static void hand_over_begin(Loop *l) {
         Deadline *next;
 
-        for (Deadline *d = l->deadlines.first; d; d = next) {
+        for (Deadline *d = deadlines_after(&l->deadlines, NULL); d; d = next) {
                 Conn *c = conn_of(d);
-                next = d->next;
+                next = deadlines_after(&l->deadlines, d);
                 c->handing = true;
                 if (c->recv_armed && !c->recv_cancelling) {
                         c->recv_cancelling = true;
@@ -984,13 +984,16 @@ static void dispatch(Loop *l, const Completion *cqe) {
 static void run_deadlines(Loop *l) {
         if (l->handing_over) /* the deadlines go with the sessions */
                 return;
-        while (l->deadlines.first && l->deadlines.first->at <= l->now)
-                (void) on_deadline(l, conn_of(l->deadlines.first));
+        Deadline *d;
+
+        while ((d = deadlines_first(&l->deadlines)) && d->at <= l->now)
+                (void) on_deadline(l, conn_of(d));
 }
 
 /* wait_time: until the first deadline or the end of an accept pause; false: no limit. */
 static bool wait_time(const Loop *l, struct __kernel_timespec *ts) {
-        uint64_t wake = l->deadlines.first ? l->deadlines.first->at : SESSION_NO_DEADLINE;
+        Deadline *first = deadlines_first(&l->deadlines);
+        uint64_t wake = first ? first->at : SESSION_NO_DEADLINE;
 
         if (l->handing_over) /* the cancellations' completions are what comes next */
                 return false;

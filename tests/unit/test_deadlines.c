@@ -4,6 +4,7 @@
 #include <criterion/criterion.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "deadlines.h"
 
@@ -26,22 +27,17 @@ static uint64_t next_random(uint64_t *state) {
         return *state * 2685821657736338717ull;
 }
 
-/* check: LIST against the model ITEMS: exactly those set and not removed, each at the time it
- * was given, in order of (at, order). */
-static void check(const Deadlines *list, const Timed *items, uint64_t seed, int step) {
+/* check_lane: lane I of LIST: links consistent both ways, each entry the model's, earliest
+ * first, equal deadlines in the order they were set. Returns how many it holds. */
+static size_t check_lane(const Deadlines *list, unsigned i, uint64_t seed, int step) {
+        const DeadlineLane *lane = &list->lanes[i];
         const Deadline *prev = NULL;
-        size_t n_list = 0, n_model = 0;
+        size_t n = 0;
 
-        for (int i = 0; i < ENTRIES; i++) {
-                n_model += items[i].in;
-                cr_assert_eq(items[i].timer.linked, items[i].in, "seed %llu step %d: entry %d is %s, the model says %s",
-                             (unsigned long long) seed, step, i, items[i].timer.linked ? "linked" : "not linked",
-                             items[i].in ? "set" : "removed");
-        }
-        for (const Deadline *d = list->first; d; prev = d, d = d->next) {
+        for (const Deadline *d = lane->first; d; prev = d, d = d->next) {
                 const Timed *t = DEADLINE_OWNER(d, const Timed, timer);
-                cr_assert(d->linked, "seed %llu step %d: entry %d in the list, not marked linked",
-                          (unsigned long long) seed, step, t->id);
+                cr_assert(d->linked && d->lane == i, "seed %llu step %d: entry %d in lane %u, marked %s in lane %u",
+                          (unsigned long long) seed, step, t->id, i, d->linked ? "linked" : "not linked", d->lane);
                 cr_assert_eq(d->prev, prev, "seed %llu step %d: entry %d's prev link is wrong",
                              (unsigned long long) seed, step, t->id);
                 cr_assert(t->in && d->at == t->at, "seed %llu step %d: entry %d in the list at %llu, the model says %s %llu",
@@ -55,12 +51,39 @@ static void check(const Deadlines *list, const Timed *items, uint64_t seed, int 
                                   (unsigned long long) t->order, p->id, (unsigned long long) prev->at,
                                   (unsigned long long) p->order);
                 }
-                cr_assert(++n_list <= ENTRIES, "seed %llu step %d: the list loops", (unsigned long long) seed, step);
+                cr_assert(++n <= ENTRIES, "seed %llu step %d: lane %u loops", (unsigned long long) seed, step, i);
         }
-        cr_assert_eq(list->last, prev, "seed %llu step %d: last is not the list's last entry",
-                     (unsigned long long) seed, step);
+        cr_assert_eq(lane->last, prev, "seed %llu step %d: lane %u's last is not its last entry",
+                     (unsigned long long) seed, step, i);
+        return n;
+}
+
+/* check: LIST against the model ITEMS: exactly those set and not removed, each at the time it
+ * was given, every lane in order, the first the earliest of all, the walk over all complete. */
+static void check(const Deadlines *list, const Timed *items, uint64_t seed, int step) {
+        size_t n_list = 0, n_model = 0, n_walk = 0;
+        const Timed *earliest = NULL;
+
+        for (int i = 0; i < ENTRIES; i++) {
+                n_model += items[i].in;
+                cr_assert_eq(items[i].timer.linked, items[i].in, "seed %llu step %d: entry %d is %s, the model says %s",
+                             (unsigned long long) seed, step, i, items[i].timer.linked ? "linked" : "not linked",
+                             items[i].in ? "set" : "removed");
+                if (items[i].in && (!earliest || items[i].at < earliest->at))
+                        earliest = &items[i];
+        }
+        for (unsigned i = 0; i < DEADLINE_LANES; i++)
+                n_list += check_lane(list, i, seed, step);
         cr_assert_eq(n_list, n_model, "seed %llu step %d: %zu entries in the list, %zu set",
                      (unsigned long long) seed, step, n_list, n_model);
+        const Deadline *first = deadlines_first(list);
+        cr_assert(earliest ? first && first->at == earliest->at : !first,
+                  "seed %llu step %d: the first is not the earliest", (unsigned long long) seed, step);
+        for (const Deadline *d = deadlines_after(list, NULL); d; d = deadlines_after(list, d))
+                cr_assert(++n_walk <= n_model, "seed %llu step %d: the walk over all loops", (unsigned long long) seed,
+                          step);
+        cr_assert_eq(n_walk, n_model, "seed %llu step %d: the walk over all saw %zu of %zu", (unsigned long long) seed,
+                     step, n_walk, n_model);
 }
 
 /* Deadlines as a loop makes them: idle ones late, lingering ones early, many equal (whole
@@ -109,9 +132,21 @@ Test(deadlines, random_operations_keep_the_order_a_model_predicts) {
         }
 }
 
-Test(deadlines, an_early_deadline_goes_before_the_idle_ones_a_late_one_after_them) {
+/* pop_all: LIST emptied earliest first; the times into AT (N at most); returns how many. */
+static size_t pop_all(Deadlines *list, uint64_t *at, size_t n) {
+        size_t k = 0;
+
+        for (Deadline *d; (d = deadlines_first(list)) && k < n; k++) {
+                at[k] = d->at;
+                deadlines_remove(list, d);
+        }
+        return k;
+}
+
+Test(deadlines, lingering_and_idle_deadlines_come_due_in_time_order) {
         Timed idle[4] = { 0 }, linger = { .id = 10 }, later = { .id = 11 }, first = { .id = 12 };
         Deadlines list = { 0 };
+        uint64_t at[8];
 
         for (int i = 0; i < 4; i++) {
                 idle[i].id = i;
@@ -120,18 +155,89 @@ Test(deadlines, an_early_deadline_goes_before_the_idle_ones_a_late_one_after_the
         deadlines_set(&list, &linger.timer, 5);
         deadlines_set(&list, &first.timer, 5);
         deadlines_set(&list, &later.timer, 302);
-        cr_assert_eq(list.first, &linger.timer);
-        cr_assert_eq(linger.timer.next, &first.timer, "equal deadlines keep the order they were set in");
-        cr_assert_eq(first.timer.next, &idle[0].timer);
-        cr_assert_eq(idle[2].timer.next, &later.timer, "an equal later deadline goes after the earlier one");
-        cr_assert_eq(later.timer.next, &idle[3].timer);
-        cr_assert_eq(list.last, &idle[3].timer);
-
+        cr_assert_eq(deadlines_first(&list)->at, 5);
         deadlines_remove(&list, &linger.timer);
         deadlines_remove(&list, &linger.timer); /* not linked: nothing */
-        cr_assert_eq(list.first, &first.timer);
-        cr_assert_null(first.timer.prev);
+        cr_assert_eq(deadlines_first(&list), &first.timer);
         deadlines_set(&list, &idle[3].timer, 1);
-        cr_assert_eq(list.first, &idle[3].timer, "a deadline moved earlier moves to the front");
-        cr_assert_eq(list.last, &later.timer);
+        cr_assert_eq(deadlines_first(&list), &idle[3].timer, "a deadline moved earlier comes first");
+        cr_assert_eq(pop_all(&list, at, 8), 6);
+        static const uint64_t want[] = { 1, 5, 300, 301, 302, 302 };
+        for (size_t i = 0; i < 6; i++)
+                cr_expect_eq(at[i], want[i], "due #%zu at %llu, not %llu", i, (unsigned long long) at[i],
+                             (unsigned long long) want[i]);
+        cr_assert_null(deadlines_first(&list));
+        cr_assert_null(deadlines_after(&list, NULL));
+}
+
+/* Every lane in use, none that the new deadline fits at either end: lane 0 is walked, and
+ * the order holds. Lane K is made [10 K, 1000 - 10 K], so 500 fits none. */
+Test(deadlines, with_every_lane_taken_one_is_walked_in_order) {
+        Timed t[2 * DEADLINE_LANES + 1] = { 0 };
+        Deadlines list = { 0 };
+        uint64_t at[2 * DEADLINE_LANES + 1];
+
+        for (unsigned k = 0; k < DEADLINE_LANES; k++) {
+                deadlines_set(&list, &t[2 * k].timer, 10 * k);
+                deadlines_set(&list, &t[2 * k + 1].timer, 1000 - 10 * k);
+                cr_assert_eq(t[2 * k].timer.lane, k);
+                cr_assert_eq(t[2 * k + 1].timer.lane, k);
+        }
+        cr_assert_eq(list.walked, 0);
+        deadlines_set(&list, &t[2 * DEADLINE_LANES].timer, 500);
+        cr_assert_eq(t[2 * DEADLINE_LANES].timer.lane, 0);
+        cr_assert_eq(list.walked, 1);
+        cr_assert_eq(pop_all(&list, at, 2 * DEADLINE_LANES + 1), 2 * DEADLINE_LANES + 1);
+        for (size_t i = 1; i < 2 * DEADLINE_LANES + 1; i++)
+                cr_assert_geq(at[i], at[i - 1], "due #%zu before #%zu", i, i - 1);
+}
+
+enum { LOOP_SESSIONS = 20000 };
+#define SECOND 1000000u
+
+/* reset_all: every session of a loop answers a request, oldest deadline first, as time goes
+ * on: each gets NOW + TIMEOUT. Returns the entries the placements walked past. */
+static uint64_t reset_all(Deadlines *list, Timed *s, size_t n, uint64_t *now, uint64_t timeout) {
+        uint64_t before = list->walked;
+
+        for (size_t i = 0; i < n; i++) {
+                *now += 1000;
+                deadlines_set(list, &s[i].timer, *now + timeout);
+        }
+        return list->walked - before;
+}
+
+/* A reload that changes idle_timeout leaves a loop with sessions of the old timeout and of the
+ * new: an old session's next deadline falls between the two populations, and one list walked
+ * from its nearer end passed every old session on each request (raised) or every new one
+ * (lowered). Setting a deadline walks past nothing, whichever way it changed, with lingering
+ * closes and write deadlines beside. */
+Test(deadlines, a_reload_that_changes_idle_timeout_costs_no_walk) {
+        static const uint64_t timeouts[][2] = { { 60, 300 }, { 300, 10 } };
+
+        for (size_t k = 0; k < 2; k++) {
+                Timed *s = calloc(LOOP_SESSIONS, sizeof(*s));
+                Deadlines list = { 0 };
+                uint64_t now = 1000 * SECOND, old = timeouts[k][0] * SECOND, new = timeouts[k][1] * SECOND;
+                size_t half = LOOP_SESSIONS / 2;
+
+                cr_assert_not_null(s);
+                (void) reset_all(&list, s, half, &now, old);         /* accepted before the reload */
+                (void) reset_all(&list, s + half, 1, &now, new);     /* the first after it */
+                cr_expect_eq(reset_all(&list, s, half, &now, old), 0, "old sessions walked (%llu s to %llu s)",
+                             (unsigned long long) timeouts[k][0], (unsigned long long) timeouts[k][1]);
+                (void) reset_all(&list, s + half + 1, half - 1, &now, new); /* the new ones come */
+                cr_expect_eq(reset_all(&list, s, half, &now, old), 0, "old sessions walked, beside the new");
+                cr_expect_eq(reset_all(&list, s + half, half, &now, new), 0, "new sessions walked");
+                /* Lingering closes (a second) and write deadlines (the same timeout) beside. */
+                cr_expect_eq(reset_all(&list, s, 100, &now, SECOND), 0, "lingering closes walked");
+                cr_expect_eq(reset_all(&list, s + 100, 100, &now, old), 0, "a write deadline walked");
+                uint64_t *at = calloc(LOOP_SESSIONS, sizeof(*at));
+                cr_assert_not_null(at);
+                cr_assert_eq(pop_all(&list, at, LOOP_SESSIONS), LOOP_SESSIONS);
+                for (size_t i = 1; i < LOOP_SESSIONS; i++)
+                        cr_assert_geq(at[i], at[i - 1], "due #%zu before #%zu", i, i - 1);
+                free(at);
+                free(s);
+        }
 }
