@@ -390,7 +390,7 @@ static Fate serve_once(Loop *l, Session *s, bool *more) {
 
         *more = false;
         if (session_stop_requested(s))
-                return s->proxy ? finish(l, s, 0) : end_with(l, s, PROTO_END_SHUTDOWN);
+                return s->proxy ? proxy_refused(l, s, NULL) : end_with(l, s, PROTO_END_SHUTDOWN);
         if (s->proxy)
                 return serve_proxy(l, s, more);
         if (!kept) {

@@ -608,9 +608,14 @@ static bool proxied(Server *s, Session *session, ProxyStatus status, const Proxy
         if (status == PROXY_DONE && !header)
                 status = PROXY_INVALID;
         if (status != PROXY_DONE) {
-                reason = "proxy-invalid";
+                /* Cut short by a stop (the engine's own wake-up may look like the client's close):
+                 * no conversation began, so none is served; it is refused as one that came in
+                 * during the stop, though in silence like any connection without its header. */
+                bool stopping = session_stop_requested(session);
+                reason = stopping ? "shutting-down" : "proxy-invalid";
                 snprintf(name, sizeof(name), "%s", session->peer);
-                snprintf(detail_buf, sizeof(detail_buf), "PROXY protocol listener: %s", why ? why : "no header");
+                snprintf(detail_buf, sizeof(detail_buf), "PROXY protocol listener: %s",
+                         stopping ? "the server stopped before the header was complete" : why ? why : "no header");
                 detail = detail_buf;
         } else if (header->command != PROXY_COMMAND_PROXY) {
                 /* The balancer's own connection (a health check): it speaks for itself. */
@@ -637,16 +642,17 @@ static bool proxied(Server *s, Session *session, ProxyStatus status, const Proxy
                 return true;
         }
         /* Refused as it would have been without a balancer: an ERR line for the limits, not a
-         * word for a denied client or a broken header; either way the FIN, and what came
-         * behind the header (peeked, left unread) read away, or the close would send a reset. */
-        session_say_last(session->fd, refusal_line(reason));
+         * word for a denied client or without a header (a balancer given no byte may try
+         * another server); either way the FIN, and what came behind the header (peeked, left
+         * unread) read away, or the close would send a reset. */
+        session_say_last(session->fd, status == PROXY_DONE ? refusal_line(reason) : NULL);
         session->refused = true;
         pthread_mutex_lock(&s->lock);
         s->n_accepted--;
         pthread_mutex_unlock(&s->lock);
         count_refusal(s);
-        /* A broken header is the balancer's (or a direct client's): no "via" then. */
-        log_refusal_via(s, name, strcmp(reason, "proxy-invalid") == 0 ? NULL : session->balancer, reason, detail);
+        /* Without a header the connection is the balancer's (or a direct client's): no "via". */
+        log_refusal_via(s, name, status == PROXY_DONE ? session->balancer : NULL, reason, detail);
         return false;
 }
 

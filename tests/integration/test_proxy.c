@@ -426,6 +426,30 @@ Test(proxy, a_slow_or_truncated_header_is_refused, .timeout = 60) {
         hellod_free(d);
 }
 
+/* A stop before the header is in: no conversation began, so none is logged as served; the
+ * balancer's connection is refused as shutting-down, without a word, so that HAProxy (which
+ * redispatches a connection closed before any byte) can try another server. */
+Test(proxy, a_stop_refuses_a_header_still_awaited_in_silence, .timeout = 60) {
+        uint16_t port;
+        Hellod *d = start(&port, "\"127.0.0.1\"", NULL);
+
+        int fd = client_connect(port);
+        client_send_str(fd, "PROXY TCP4 192.0.2.7 ");
+        hellod_wait_stderr(d, "connection 2 from 127.0.0.1:"); /* opened: the probe was 1 */
+        hellod_signal(d, SIGTERM);
+        refused_unanswered(fd);
+        cr_assert_eq(hellod_wait_exit(d, HARNESS_STOP_TIMEOUT_MS), 0);
+
+        char *err = hellod_stderr(d);
+        cr_expect(strstr(err, "stopped: 1 connection served, 1 refused"), "%s", err);
+        cr_expect(strstr(err, "PROXY protocol listener: the server stopped before the header was complete"),
+                  "%s", err);
+        cr_expect(!strstr(err, "closed before its PROXY header"), "%s", err);
+        cr_expect(!strstr(err, "closed: none"), "%s", err);
+        free(err);
+        hellod_free(d);
+}
+
 Test(proxy, a_v1_line_over_107_bytes_is_refused, .timeout = 60) {
         uint16_t port;
         Hellod *d = start(&port, "\"127.0.0.1\"", NULL);
