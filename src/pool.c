@@ -79,7 +79,8 @@ typedef struct Loop {
 
         /* Loop thread only. */
         Deadlines deadlines; /* running sessions (Session.timer) */
-        Session *ready;        /* sessions with kept input waiting for a turn */
+        Session *ready;        /* sessions with kept input waiting for a turn ... */
+        Session *ready_now;    /* ... and those taking it now (run_ready) */
         char *in_buf, *out_buf;
         size_t in_cap, out_cap;
         const Listener *listening; /* the listener set this loop accepts from ... */
@@ -125,20 +126,29 @@ static void ready_push(Loop *l, Session *s) {
         if (s->ready)
                 return;
         s->ready = true;
+        s->ready_prev = NULL;
         s->ready_next = l->ready;
+        if (l->ready)
+                l->ready->ready_prev = s;
         l->ready = s;
 }
 
+/* ready_remove: S off the list it is on, the one waiting or the one taking its turn: doubly
+ * linked, so that sessions ending while many others have kept input (a pipelining crowd) do
+ * not each walk all of them. */
 static void ready_remove(Loop *l, Session *s) {
         if (!s->ready)
                 return;
-        for (Session **p = &l->ready; *p; p = &(*p)->ready_next)
-                if (*p == s) {
-                        *p = s->ready_next;
-                        break;
-                }
+        if (s->ready_next)
+                s->ready_next->ready_prev = s->ready_prev;
+        if (s->ready_prev)
+                s->ready_prev->ready_next = s->ready_next;
+        else if (l->ready == s)
+                l->ready = s->ready_next;
+        else
+                l->ready_now = s->ready_next;
         s->ready = false;
-        s->ready_next = NULL;
+        s->ready_prev = s->ready_next = NULL;
 }
 
 /* ---- one session ---- */
@@ -683,14 +693,12 @@ static void on_wake(Loop *l) {
 /* run_ready: one more turn for each session that has kept input. Sessions that still have
  * some after their turn queue up again for the next round, after the next poll. */
 static void run_ready(Loop *l) {
-        Session *list = l->ready;
+        Session *s;
 
+        l->ready_now = l->ready;
         l->ready = NULL;
-        while (list) {
-                Session *s = list;
-                list = s->ready_next;
-                s->ready = false;
-                s->ready_next = NULL;
+        while ((s = l->ready_now)) {
+                ready_remove(l, s);
                 (void) serve(l, s);
         }
 }

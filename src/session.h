@@ -67,7 +67,7 @@ typedef struct Session {
                                         * links it in its loop's list, io_uring keeps its own
                                         * in its Conn from the start on */
         struct Session *incoming_next; /* loopset: queued for a loop (loopset_add) */
-        struct Session *ready_next;              /* pool: kept input waiting for its turn */
+        struct Session *ready_prev, *ready_next; /* pool: kept input waiting for its turn */
         bool ready;                              /* pool: on the loop's ready list */
         bool peer_shut;                          /* pool: the client's FIN has arrived (EPOLLRDHUP) */
         bool unread; /* pool: more may wait in the kernel (a full read, or an edge not read yet) */
