@@ -385,6 +385,7 @@ static int copy_state(int fd, size_t size, StateBytes *ret) {
 }
 
 int handoff_read_state(int fd, size_t max, StateBytes *ret) {
+        bool sealed = sealed_for_good(fd); /* before the size: sealed, it is the size for good */
         struct stat st;
 
         if (fstat(fd, &st) < 0)
@@ -394,11 +395,14 @@ int handoff_read_state(int fd, size_t max, StateBytes *ret) {
         if (st.st_size < 0 || (uint64_t) st.st_size > max)
                 return -EFBIG;
         size_t size = (size_t) st.st_size;
-        if (size == 0 || !sealed_for_good(fd))
+        if (size == 0 || !sealed)
                 return copy_state(fd, size, ret);
-        void *data = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+        /* Private: before Linux 6.7 (Debian 12 runs 6.1) any shared mapping of a memfd sealed
+         * against writes fails with EPERM, read-only or not. The pages are never written, so
+         * a private mapping shows the file's own bytes. Should it fail all the same, a copy. */
+        void *data = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
         if (data == MAP_FAILED)
-                return -errno;
+                return copy_state(fd, size, ret);
         *ret = (StateBytes) { .data = data, .size = size, .mapped = true };
         return 0;
 }
