@@ -59,6 +59,11 @@ typedef struct EngineHooks {
         /* handed_over_waiting: the same for a client admit() left waiting (QUEUED), never
          * greeted: FD, accepted from VIA (a copy) with PEER; the hook owns FD from then on. */
         void (*handed_over_waiting)(void *userdata, int fd, const struct sockaddr_storage *peer, const Listener *via);
+        /* stopped_waiting: the engine stops with no hand-over, and FD, a client admit() left
+         * waiting (QUEUED), never greeted, is still in its hands: the hook tells it the server
+         * is stopping, as admit() tells a client that comes during a stop, and owns FD from
+         * then on. (The wakeup of a freed slot, which has admit() tell it, may come too late.) */
+        void (*stopped_waiting)(void *userdata, int fd, const struct sockaddr_storage *peer, const Listener *via);
         /* proxied: S came through a PROXY listener and its header is in (STATUS PROXY_DONE,
          * HEADER), malformed or late (PROXY_INVALID, REASON): the server admits the client the
          * header names, or turns it away. true: go on (greet, then the bytes after the

@@ -726,9 +726,10 @@ static void perconn_free(PerConn *p) {
         if (p->ping_fd >= 0)
                 close(p->ping_fd);
         orphan_queued(p); /* no thread is left to take the lock */
-        if (handing(p)) /* greeted and handed over by the server */
-                queued_give_all(&p->orphans, p->engine.hooks.handed_over_waiting, p->engine.hooks.userdata);
-        queued_close_all(&p->orphans);
+        /* Greeted and handed over by the server, or told it is stopping. */
+        queued_give_all(&p->orphans,
+                        handing(p) ? p->engine.hooks.handed_over_waiting : p->engine.hooks.stopped_waiting,
+                        p->engine.hooks.userdata);
         pthread_rwlock_destroy(&p->listen_lock);
         pthread_mutex_destroy(&p->queue_lock);
         serving_free(p->serving);

@@ -768,11 +768,10 @@ static void *loop_main(void *arg) {
         }
 
         detach(l);
-        if (l->queued_fd >= 0 && l->handing_over) { /* greeted and handed over by the server */
+        if (l->queued_fd >= 0) { /* greeted and handed over by the server, or told it is stopping */
                 const EngineHooks *hooks = hooks_of(l);
-                hooks->handed_over_waiting(hooks->userdata, l->queued_fd, &l->queued_peer, &l->queued_via);
-        } else if (l->queued_fd >= 0) { /* never greeted: like a client left in the backlog at a stop */
-                close(l->queued_fd);
+                (l->handing_over ? hooks->handed_over_waiting : hooks->stopped_waiting)(
+                        hooks->userdata, l->queued_fd, &l->queued_peer, &l->queued_via);
         }
         loopset_exited(&l->base);
         return NULL;

@@ -31,13 +31,6 @@ QueuedClient *queued_take(QueuedClient **head) {
         return q;
 }
 
-void queued_close_all(QueuedClient **head) {
-        for (QueuedClient *q; (q = queued_take(head));) {
-                close(q->fd);
-                free(q);
-        }
-}
-
 void queued_give_all(QueuedClient **head, QueuedGive give, void *userdata) {
         for (QueuedClient *q; (q = queued_take(head));) {
                 give(userdata, q->fd, &q->peer, &q->via);

@@ -26,14 +26,11 @@ void queued_put(QueuedClient **head, QueuedClient *q, bool front);
 /* queued_take: the oldest client of the list *HEAD (the caller owns it), or NULL. */
 QueuedClient *queued_take(QueuedClient **head);
 
-/* queued_close_all: every client of *HEAD closed, never greeted (like clients left in a
- * backlog at a stop), the list emptied. */
-void queued_close_all(QueuedClient **head);
-
 /* QueuedGive: takes a waiting client's descriptor FD (it owns it from then on), accepted from
  * VIA with PEER: EngineHooks.handed_over_waiting's shape. */
 typedef void (*QueuedGive)(void *userdata, int fd, const struct sockaddr_storage *peer, const Listener *via);
 
 /* queued_give_all: every client of *HEAD, oldest first, to GIVE, the list emptied: at a
- * hand-over they go on in the next process (as clients left in the backlog do). */
+ * hand-over they go on in the next process (as clients left in the backlog do); at a stop
+ * they are told so. */
 void queued_give_all(QueuedClient **head, QueuedGive give, void *userdata);

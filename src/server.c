@@ -296,6 +296,23 @@ static void lingering_handed_over(void *userdata, const HandoverRecord *rec, int
         close(fd);
 }
 
+/* waiting_stopped: the engine's stopped_waiting hook: a client kept waiting for a slot when
+ * the engine stopped is refused as one that comes during the stop: told so, counted and
+ * logged. Behind a PROXY listener its header is not read yet: closed without a word, as a
+ * header still awaited at a stop is (a balancer may try another server). */
+static void waiting_stopped(void *userdata, int fd, const struct sockaddr_storage *peer, const Listener *via) {
+        Server *s = userdata;
+        char name[ADDR_STR_MAX];
+
+        if (via->proxy)
+                close(fd);
+        else
+                turn_away(fd, PROTO_ERR_SHUTDOWN);
+        count_refusal(s);
+        log_refusal(s, addr_format((const struct sockaddr *) peer, name, sizeof(name)), "shutting-down",
+                    "hellod is stopping");
+}
+
 /* waiting_handed_over: the engine's handed_over_waiting hook: a client accepted while every
  * slot was taken (overload = "queue"), not greeted yet. In the socket's backlog it would have
  * been greeted by the next process; so it is greeted now (its socket has room: nothing was
@@ -1491,6 +1508,7 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
                 .handed_over = session_handed_over,
                 .handed_over_lingering = lingering_handed_over,
                 .handed_over_waiting = waiting_handed_over,
+                .stopped_waiting = waiting_stopped,
                 .proxied = hook_proxied,
         };
         r = engine_new(&s->engine, conf, &hooks);

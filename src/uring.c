@@ -822,7 +822,10 @@ static void on_accept(Loop *l, Acceptor *a, int res) {
         if (res == -ECANCELED)
                 return;
         if (res >= 0 && l->exiting) {
-                close(res); /* accepted as the loop stopped: nobody would stop that session */
+                /* Accepted as the loop stopped: nobody would stop a session of it. It waits with
+                 * the parked clients, which the loop's end hands over or tells of the stop. */
+                if (!park(l, res, &a->peer, a->via, false))
+                        close(res);
                 return;
         }
         if (res >= 0) {
@@ -1033,11 +1036,10 @@ static void loop_run(Loop *l) {
                 }
                 run_deadlines(l);
         }
-        if (l->handing_over) { /* greeted and handed over by the server */
-                const EngineHooks *hooks = &l->base.set->engine.hooks;
-                queued_give_all(&l->parked, hooks->handed_over_waiting, hooks->userdata);
-        }
-        queued_close_all(&l->parked);
+        /* Greeted and handed over by the server, or told it is stopping. */
+        const EngineHooks *hooks = &l->base.set->engine.hooks;
+        queued_give_all(&l->parked, l->handing_over ? hooks->handed_over_waiting : hooks->stopped_waiting,
+                        hooks->userdata);
 }
 
 /* ---- setting up a loop's ring, on its own thread ---- */

@@ -251,7 +251,7 @@ Test(access, overload_queue_a_waiting_client_is_not_passed_by_the_backlog, .time
 /* A stop while clients queue: the client served is told the server is shutting down, and no
  * queued client is greeted, whether the kernel still holds it in the backlog (reset when the
  * listener closes) or a loop has accepted it already (io_uring's armed accepts complete while
- * every slot is taken): it is closed, or told "ERR shutting down". The stop then ends at once.
+ * every slot is taken): it is reset, or told "ERR shutting down". The stop then ends at once.
  * (A queued client used to be admitted as the served one left: greeted after the stop began,
  * never stopped, the stop waited for shutdown_timeout and hellod exited failed.) */
 Test(access, overload_queue_a_stop_greets_no_queued_client, .timeout = 90) {

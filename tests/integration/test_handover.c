@@ -1696,6 +1696,24 @@ Test(handover, a_client_waiting_for_a_slot_is_greeted_by_the_next_process, .time
         waiting_client_crosses_to("per-connection");
 }
 
+/* both_told_of_the_stop: R's process, stopped, tells SERVED and WAITING (see
+ * rig_serve_one_and_park_one) it is stopping and closes them, then exits 0 having logged
+ * LOGGED; R is ended. */
+static void both_told_of_the_stop(Rig *r, int served, int waiting, const char *logged) {
+        client_expect_str(served, HELLOD_ERR_SHUTDOWN);
+        client_expect_eof(served, false);
+        client_expect_str(waiting, HELLOD_ERR_SHUTDOWN);
+        client_expect_eof(waiting, false);
+        int status = hellod_wait_exit(r->d, HARNESS_STOP_TIMEOUT_MS);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "hellod %s",
+                  harness_describe_status(status, (char[64]) { 0 }, 64));
+        hellod_wait_stderr(r->d, logged);
+        client_close(served);
+        client_close(waiting);
+        close(r->listener);
+        hellod_free(r->d);
+}
+
 /* A hand-over that cannot begin (systemd's store takes no place for the state: here PID 1's
  * socket is gone) is a stop after all: the conversation gets the shutdown line, and a client
  * that waited for a slot, kept waiting while a hand-over was on its way, is told at once. With
@@ -1709,18 +1727,23 @@ Test(handover, a_hand_over_that_cannot_begin_is_a_stop, .timeout = 60) {
         harness_step("PID 1's socket gone, then the stop");
         store_stop(&r.st);
         hellod_signal(r.d, SIGTERM);
-        client_expect_str(served, HELLOD_ERR_SHUTDOWN);
-        client_expect_eof(served, false);
-        client_expect_str(waiting, HELLOD_ERR_SHUTDOWN);
-        client_expect_eof(waiting, false);
-        int status = hellod_wait_exit(r.d, HARNESS_STOP_TIMEOUT_MS);
-        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "hellod %s",
-                  harness_describe_status(status, (char[64]) { 0 }, 64));
-        hellod_wait_stderr(r.d, "cannot hand the conversations over, ending them");
-        client_close(served);
-        client_close(waiting);
-        close(r.listener);
-        hellod_free(r.d);
+        both_told_of_the_stop(&r, served, waiting, "cannot hand the conversations over, ending them");
+}
+
+/* A plain stop (handover = "off") with a client kept waiting for a slot: both the conversation
+ * and the waiting client are told the server is stopping, and the waiting client is counted
+ * and logged as refused. It used to be told only when its loop took the wakeup of the freed
+ * slot before the stop's: when the two came together, the loop closed it without a word (a CI
+ * run met that in the test above). */
+Test(handover, a_stop_tells_a_client_waiting_for_a_slot, .timeout = 60) {
+        int served, waiting;
+        Rig r;
+
+        rig_serve_one_and_park_one(&r, "handover = \"off\";\n", &served, &waiting);
+
+        harness_step("the stop");
+        hellod_signal(r.d, SIGTERM);
+        both_told_of_the_stop(&r, served, waiting, ": hellod is stopping");
 }
 
 /* A hand-over that fails once the connections are stored leaves an empty state (the threads

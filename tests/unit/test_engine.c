@@ -129,9 +129,9 @@ static unsigned admitted;
 /* With it set, admit() leaves every client waiting, as the server does for overload = "queue"
  * with every slot taken; the hand-over gives them to handed_over_waiting, into GIVEN. */
 static bool queue_everyone;
-static unsigned left_waiting, given;
+static unsigned left_waiting, given, stopped;
 static unsigned waited_again; /* admit() calls for a client that had been left waiting */
-static int given_fds[4];
+static int given_fds[4], stopped_fds[4];
 
 static Session *test_admit(void *userdata, int fd, const struct sockaddr *peer, const Listener *via, bool *queued) {
         Session *s;
@@ -163,17 +163,28 @@ static void test_exhausted(void *userdata, int listen_fd, int error) {
         (void) error;
 }
 
-static void test_waiting_handed_over(void *userdata, int fd, const struct sockaddr_storage *peer,
-                                     const Listener *via) {
-        (void) userdata;
-        (void) peer;
-        (void) via;
+/* keep_given: FD, a waiting client an engine gave away, into FDS (*N of them so far). */
+static void keep_given(int fd, int fds[4], unsigned *n) {
         pthread_mutex_lock(&rec.lock);
-        if (given < sizeof(given_fds) / sizeof(given_fds[0]))
-                given_fds[given++] = fd;
+        if (*n < 4)
+                fds[(*n)++] = fd;
         else
                 close(fd);
         pthread_mutex_unlock(&rec.lock);
+}
+
+/* test_waiting_handed_over, test_waiting_stopped: a hand-over's waiting clients into GIVEN, a
+ * stop's into STOPPED (the server greets and hands over the first, tells the second it is
+ * stopping). */
+static void test_waiting_handed_over(void *userdata, int fd, const struct sockaddr_storage *peer,
+                                     const Listener *via) {
+        (void) userdata, (void) peer, (void) via;
+        keep_given(fd, given_fds, &given);
+}
+
+static void test_waiting_stopped(void *userdata, int fd, const struct sockaddr_storage *peer, const Listener *via) {
+        (void) userdata, (void) peer, (void) via;
+        keep_given(fd, stopped_fds, &stopped);
 }
 
 static const EngineHooks hooks = {
@@ -182,6 +193,7 @@ static const EngineHooks hooks = {
         .must_wait = test_must_wait,
         .exhausted = test_exhausted,
         .handed_over_waiting = test_waiting_handed_over,
+        .stopped_waiting = test_waiting_stopped,
 };
 
 static Bench bench_new(const char *model, const char *extra) {
@@ -780,20 +792,15 @@ ParameterizedTestParameters(engine, a_waiting_client_is_given_at_the_hand_over) 
         return cr_make_param_array(int, accepting, 3);
 }
 
-/* A client admit() leaves waiting for a slot (overload = "queue", every slot taken) is never
- * greeted here. At a hand-over the engine gives it, still connected, to handed_over_waiting
- * (the server greets it and hands it over), where a stop closes it (access.overload_queue_*). */
-ParameterizedTest(int *model, engine, a_waiting_client_is_given_at_the_hand_over, .timeout = 30) {
-        Bench b = bench_new(models[*model], NULL);
-        Listener l;
-        struct sockaddr_in addr = bench_listener(&l);
+/* leave_one_waiting: a client of L, which B's engine accepts and admit() leaves waiting for a
+ * slot, and once more after a slot frees; the client's end. */
+static int leave_one_waiting(Bench *b, Listener *l, const struct sockaddr_in *addr) {
         struct timeval tv = { .tv_sec = WAIT_MS / 1000 };
-        char buf[16];
 
         __atomic_store_n(&queue_everyone, true, __ATOMIC_RELEASE);
-        engine_set_listeners(b.engine, &(ListenerSet) { .items = &l, .n = 1 });
+        engine_set_listeners(b->engine, &(ListenerSet) { .items = l, .n = 1 });
         int client = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        cr_assert_eq(connect(client, (struct sockaddr *) &addr, sizeof(addr)), 0);
+        cr_assert_eq(connect(client, (const struct sockaddr *) addr, sizeof(*addr)), 0);
         cr_assert_eq(setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
         for (int ms = 0; __atomic_load_n(&left_waiting, __ATOMIC_ACQUIRE) == 0; ms += 10) {
                 cr_assert_lt(ms, WAIT_MS, "the client was never accepted");
@@ -802,7 +809,7 @@ ParameterizedTest(int *model, engine, a_waiting_client_is_given_at_the_hand_over
         cr_expect(!readable_within(client, 200), "a client left waiting was greeted, or closed");
 
         /* A slot frees: the client is admitted again, as one that waited, and waits on. */
-        engine_slot_freed(b.engine);
+        engine_slot_freed(b->engine);
         /* test_admit counts it admitted again, then left waiting again: both, not the first. */
         for (int ms = 0; __atomic_load_n(&waited_again, __ATOMIC_ACQUIRE) == 0 ||
                          __atomic_load_n(&left_waiting, __ATOMIC_ACQUIRE) < 2;
@@ -811,19 +818,56 @@ ParameterizedTest(int *model, engine, a_waiting_client_is_given_at_the_hand_over
                 (void) usleep(10000);
         }
         cr_expect_eq(__atomic_load_n(&left_waiting, __ATOMIC_ACQUIRE), 2);
+        engine_set_listeners(b->engine, &(ListenerSet) { 0 }); /* as the server's stop does */
+        return client;
+}
 
-        engine_set_listeners(b.engine, &(ListenerSet) { 0 }); /* as the server's stop does */
-        cr_assert_eq(engine_hand_over(b.engine, WAIT_MS), 0);
-        cr_assert_eq(given, 1, "%u clients given at the hand-over", given);
-        send_all(given_fds[0], "next\n", 5); /* the very connection, still open */
+/* waiting_client_given: a client left waiting in MODEL's engine, which then hands over
+ * (HAND_OVER) or stops: the engine gives the very connection, still open, to
+ * handed_over_waiting or to stopped_waiting, and nothing to the other. */
+static void waiting_client_given(int model, bool hand_over) {
+        Bench b = bench_new(models[model], NULL);
+        Listener l;
+        struct sockaddr_in addr = bench_listener(&l);
+        char buf[16];
+        int client = leave_one_waiting(&b, &l, &addr);
+
+        if (hand_over)
+                cr_assert_eq(engine_hand_over(b.engine, WAIT_MS), 0);
+        else
+                cr_assert_eq(engine_stop(b.engine, WAIT_MS), 0);
+        unsigned got = hand_over ? given : stopped, other = hand_over ? stopped : given;
+        int fd = hand_over ? given_fds[0] : stopped_fds[0];
+        cr_assert_eq(got, 1, "%u clients given at the %s", got, hand_over ? "hand-over" : "stop");
+        cr_expect_eq(other, 0, "%u clients given to the other hook", other);
+        send_all(fd, "next\n", 5); /* the very connection, still open */
         cr_assert_eq(recv(client, buf, sizeof(buf), 0), 5);
         cr_expect_eq(memcmp(buf, "next\n", 5), 0);
-        close(given_fds[0]);
+        close(fd);
         close(client);
         close(l.fd);
         __atomic_store_n(&queue_everyone, false, __ATOMIC_RELEASE);
-        left_waiting = given = waited_again = 0;
+        left_waiting = given = stopped = waited_again = 0;
         conf_unref(b.conf);
+}
+
+/* A client admit() leaves waiting for a slot (overload = "queue", every slot taken) is never
+ * greeted here. At a hand-over the engine gives it, still connected, to handed_over_waiting
+ * (the server greets it and hands it over). */
+ParameterizedTest(int *model, engine, a_waiting_client_is_given_at_the_hand_over, .timeout = 30) {
+        waiting_client_given(*model, true);
+}
+
+ParameterizedTestParameters(engine, a_waiting_client_is_given_at_a_stop) {
+        static int accepting[] = { 0, 2, 3 }; /* a loop (epoll, io_uring), per-connection */
+        return cr_make_param_array(int, accepting, 3);
+}
+
+/* At a stop the engine gives a client still waiting to stopped_waiting (the server tells it
+ * it is stopping), whether or not a freed slot's wakeup came first: it used to close it
+ * without a word. */
+ParameterizedTest(int *model, engine, a_waiting_client_is_given_at_a_stop, .timeout = 30) {
+        waiting_client_given(*model, false);
 }
 
 static void redirect_stderr(void) {
