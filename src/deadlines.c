@@ -90,6 +90,18 @@ Deadline *deadlines_first(const Deadlines *list) {
         return first;
 }
 
+uint64_t deadlines_next_at(const Deadlines *list) {
+        const Deadline *first = deadlines_first(list);
+
+        return first ? first->at : UINT64_MAX;
+}
+
+Deadline *deadlines_due(const Deadlines *list, uint64_t now) {
+        Deadline *first = deadlines_first(list);
+
+        return first && first->at <= now ? first : NULL;
+}
+
 Deadline *deadlines_after(const Deadlines *list, const Deadline *d) {
         if (d && d->next)
                 return d->next;

@@ -44,6 +44,10 @@ void deadlines_set(Deadlines *list, Deadline *d, uint64_t at);
 void deadlines_remove(Deadlines *list, Deadline *d);
 /* deadlines_first: the earliest entry of LIST (of equal ones, any), or NULL when it is empty. */
 Deadline *deadlines_first(const Deadlines *list);
+/* deadlines_next_at: when LIST's earliest entry is due; UINT64_MAX when it is empty. */
+uint64_t deadlines_next_at(const Deadlines *list);
+/* deadlines_due: LIST's earliest entry when it is due by NOW, else NULL. */
+Deadline *deadlines_due(const Deadlines *list, uint64_t now);
 /* deadlines_after: the entry after D in a walk over every entry of LIST (not in time order),
  * the walk's first when D is NULL, NULL after the last. Taken before D is removed, it stays
  * valid when D goes. */

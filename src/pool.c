@@ -538,8 +538,7 @@ static bool take_incoming(Loop *l, Session **ret) {
 }
 
 static int poll_timeout(const Loop *l) {
-        Deadline *first = deadlines_first(&l->deadlines);
-        uint64_t wake = first ? first->at : SESSION_NO_DEADLINE;
+        uint64_t wake = deadlines_next_at(&l->deadlines); /* SESSION_NO_DEADLINE: none */
 
         if (l->ready)
                 return 0;
@@ -709,7 +708,7 @@ static void run_deadlines(Loop *l) {
         l->now = now_usec(); /* the turn's work took time: expire what is due now */
         Deadline *d;
 
-        while ((d = deadlines_first(&l->deadlines)) && d->at <= l->now)
+        while ((d = deadlines_due(&l->deadlines, l->now)))
                 (void) on_deadline(l, session_of(d));
 }
 

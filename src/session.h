@@ -19,7 +19,7 @@
  * leftovers are read and discarded before closing (nginx's lingering close). */
 #define SESSION_LINGER_USEC 1000000u
 #define SESSION_LINGER_BYTES (64u * 1024u)
-/* A deadline that never comes (idle_timeout = 0). */
+/* A deadline that never comes (idle_timeout = 0); deadlines_next_at() of no deadline. */
 #define SESSION_NO_DEADLINE UINT64_MAX
 /* On a PROXY protocol listener, how long the balancer has to send the whole header. A
  * balancer sends it at once, in one segment; a client that dawdles is not a balancer. */

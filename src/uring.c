@@ -989,14 +989,13 @@ static void run_deadlines(Loop *l) {
                 return;
         Deadline *d;
 
-        while ((d = deadlines_first(&l->deadlines)) && d->at <= l->now)
+        while ((d = deadlines_due(&l->deadlines, l->now)))
                 (void) on_deadline(l, conn_of(d));
 }
 
 /* wait_time: until the first deadline or the end of an accept pause; false: no limit. */
 static bool wait_time(const Loop *l, struct __kernel_timespec *ts) {
-        Deadline *first = deadlines_first(&l->deadlines);
-        uint64_t wake = first ? first->at : SESSION_NO_DEADLINE;
+        uint64_t wake = deadlines_next_at(&l->deadlines); /* SESSION_NO_DEADLINE: none */
 
         if (l->handing_over) /* the cancellations' completions are what comes next */
                 return false;

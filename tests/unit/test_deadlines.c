@@ -79,6 +79,19 @@ static void check(const Deadlines *list, const Timed *items, uint64_t seed, int 
         const Deadline *first = deadlines_first(list);
         cr_assert(earliest ? first && first->at == earliest->at : !first,
                   "seed %llu step %d: the first is not the earliest", (unsigned long long) seed, step);
+        uint64_t next = earliest ? earliest->at : UINT64_MAX;
+        cr_assert_eq(deadlines_next_at(list), next, "seed %llu step %d: the next deadline is not the earliest's",
+                     (unsigned long long) seed, step);
+        /* Due just before, at and just after the earliest: the first only from its time on. */
+        for (int delta = -1; delta <= 1; delta++) {
+                uint64_t now = next + (uint64_t) (int64_t) delta;
+                if ((delta < 0 && next == 0) || (delta > 0 && next == UINT64_MAX))
+                        continue; /* no such time */
+                const Deadline *due = deadlines_due(list, now);
+                cr_assert(earliest && delta >= 0 ? due && due->at == next : !due,
+                          "seed %llu step %d: deadlines_due at %+d of the earliest", (unsigned long long) seed, step,
+                          delta);
+        }
         for (const Deadline *d = deadlines_after(list, NULL); d; d = deadlines_after(list, d))
                 cr_assert(++n_walk <= n_model, "seed %llu step %d: the walk over all loops", (unsigned long long) seed,
                           step);
