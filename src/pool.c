@@ -724,6 +724,21 @@ static int loop_prepare(LoopBase *base) {
         return 0;
 }
 
+/* give_queued: the client that waits in L, never greeted, at the loop's end. */
+static void give_queued(Loop *l) {
+        const EngineHooks *hooks = hooks_of(l);
+
+        if (l->handing_over) /* greeted and handed over by the server */
+                hooks->handed_over_waiting(hooks->userdata, l->queued_fd, &l->queued_peer, &l->queued_via);
+        else if (l->exiting) /* told it is stopping */
+                hooks->stopped_waiting(hooks->userdata, l->queued_fd, &l->queued_peer, &l->queued_via);
+        else { /* the loop failed under it (epoll_wait): the other loops must not wait behind it */
+                engine_waiting_add(&l->base.set->engine, -1);
+                close(l->queued_fd);
+        }
+        l->queued_fd = -1;
+}
+
 static void *loop_main(void *arg) {
         Loop *l = arg;
         struct epoll_event events[EVENTS_MAX];
@@ -767,11 +782,8 @@ static void *loop_main(void *arg) {
         }
 
         detach(l);
-        if (l->queued_fd >= 0) { /* greeted and handed over by the server, or told it is stopping */
-                const EngineHooks *hooks = hooks_of(l);
-                (l->handing_over ? hooks->handed_over_waiting : hooks->stopped_waiting)(
-                        hooks->userdata, l->queued_fd, &l->queued_peer, &l->queued_via);
-        }
+        if (l->queued_fd >= 0)
+                give_queued(l);
         loopset_exited(&l->base);
         return NULL;
 }

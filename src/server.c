@@ -552,13 +552,17 @@ static Session *admit(Server *s, int fd, const struct sockaddr *peer, const List
                 return session;
         }
         addr_format(peer, name, sizeof(name));
-        const char *line = refusal_line(reason);
+        /* Behind a PROXY listener nothing comes before the header, not even at a stop: a
+         * balancer may try another server (so waiting_stopped(), and a header still awaited). */
+        bool silent = via->proxy && strcmp(reason, "shutting-down") == 0;
+        const char *line = silent ? NULL : refusal_line(reason);
         if (!line) {
                 /* Not worth an answer: the address may not talk to us at all (or not in the
                  * PROXY protocol: no greeting before a header). */
                 close(fd);
-                detail = via->proxy ? "a PROXY protocol listener, and not from a balancer in proxy_from"
-                                    : "denied by allow/deny";
+                if (!detail)
+                        detail = via->proxy ? "a PROXY protocol listener, and not from a balancer in proxy_from"
+                                            : "denied by allow/deny";
         } else if (fd >= 0) {
                 turn_away(fd, line);
         }

@@ -21,6 +21,7 @@
 #define SESSION_LINGER_BYTES (64u * 1024u)
 /* A deadline that never comes (idle_timeout = 0); deadlines_next_at() of no deadline. */
 #define SESSION_NO_DEADLINE UINT64_MAX
+_Static_assert(SESSION_NO_DEADLINE == UINT64_MAX, "deadlines_next_at() says none with UINT64_MAX");
 /* On a PROXY protocol listener, how long the balancer has to send the whole header. A
  * balancer sends it at once, in one segment; a client that dawdles is not a balancer. */
 #define SESSION_PROXY_TIMEOUT_USEC 3000000u

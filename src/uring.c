@@ -797,6 +797,14 @@ static void admit(Loop *l, int fd, const struct sockaddr_storage *peer, const Li
         (void) start(l, s);
 }
 
+/* give_waiting: FD, a client never greeted, at the loop's end: greeted and handed over by the
+ * server, or told it is stopping. */
+static void give_waiting(Loop *l, int fd, const struct sockaddr_storage *peer, const Listener *via) {
+        const EngineHooks *hooks = &l->base.set->engine.hooks;
+
+        (l->handing_over ? hooks->handed_over_waiting : hooks->stopped_waiting)(hooks->userdata, fd, peer, via);
+}
+
 /* admit_parked: the clients accepted while every slot was taken, oldest first, as long as
  * slots are free. */
 static void admit_parked(Loop *l) {
@@ -822,10 +830,9 @@ static void on_accept(Loop *l, Acceptor *a, int res) {
         if (res == -ECANCELED)
                 return;
         if (res >= 0 && l->exiting) {
-                /* Accepted as the loop stopped: nobody would stop a session of it. It waits with
-                 * the parked clients, which the loop's end hands over or tells of the stop. */
-                if (!park(l, res, &a->peer, a->via, false))
-                        close(res);
+                /* Accepted as the loop stopped: nobody would stop a session of it. It goes
+                 * where the parked clients go at the loop's end. */
+                give_waiting(l, res, &a->peer, a->via);
                 return;
         }
         if (res >= 0) {
@@ -1035,10 +1042,8 @@ static void loop_run(Loop *l) {
                 }
                 run_deadlines(l);
         }
-        /* Greeted and handed over by the server, or told it is stopping. */
-        const EngineHooks *hooks = &l->base.set->engine.hooks;
-        queued_give_all(&l->parked, l->handing_over ? hooks->handed_over_waiting : hooks->stopped_waiting,
-                        hooks->userdata);
+        for (QueuedClient *q; (q = queued_take(&l->parked)); free(q))
+                give_waiting(l, q->fd, &q->peer, &q->via);
 }
 
 /* ---- setting up a loop's ring, on its own thread ---- */
