@@ -65,7 +65,7 @@ typedef struct StoredConn {
 
 typedef struct InheritedStore {
         int state_fd; /* -1: none */
-        StoredConn *conns;
+        StoredConn *conns; /* by id, one for each (inherited_store_conn()) */
         size_t n_conns;
 } InheritedStore;
 
@@ -108,6 +108,9 @@ int listeners_inherit_split(ListenerSet *ret, InheritedStore *ret_store, char *e
  * store kept is closed and removed from it, with one log line. */
 int listeners_inherit(ListenerSet *ret, char *err, size_t err_size);
 
+/* inherited_store_conn: STORE's connection of id ID, or NULL. A binary search: the resume looks
+ * up every record's, and a store may hold tens of thousands. */
+StoredConn *inherited_store_conn(InheritedStore *store, uint64_t id);
 /* inherited_store_discard: closes what STORE still holds, removes it from the file descriptor
  * store, logs how many with WHY, and empties STORE. */
 void inherited_store_discard(InheritedStore *store, const char *why);

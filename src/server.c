@@ -1276,16 +1276,16 @@ static void adopt_session(Server *s, Session *session) {
         }
 }
 
-/* take_conn: the stored connection ID, its descriptor moved out of STORE; NULL when there is
- * none. */
+/* take_conn: the stored connection ID, its descriptor moved out of STORE (-1 when a record
+ * before took it); NULL when there is none. */
 static const StoredConn *take_conn(InheritedStore *store, uint64_t id, int *ret_fd) {
-        for (size_t i = 0; i < store->n_conns; i++)
-                if (store->conns[i].fd >= 0 && store->conns[i].name.id == id) {
-                        *ret_fd = store->conns[i].fd;
-                        store->conns[i].fd = -1;
-                        return &store->conns[i];
-                }
-        return NULL;
+        StoredConn *conn = inherited_store_conn(store, id);
+
+        if (conn) {
+                *ret_fd = conn->fd;
+                conn->fd = -1;
+        }
+        return conn;
 }
 
 /* unstore: the stored connection CONN out of systemd's store. */
@@ -1348,6 +1348,12 @@ static void resume_records(Server *s, InheritedStore *store, ResumeCounts *c) {
                 const StoredConn *conn = take_conn(store, rec.id, &fd);
                 if (!conn) {
                         c->gone++; /* the client left during the gap; PID 1 dropped it */
+                        continue;
+                }
+                if (fd < 0) { /* the state is not ours as written: the first record has it */
+                        log_warning("cannot resume record %zu of the hand-over state: a second record of connection %" PRIu64,
+                                    i, rec.id);
+                        c->refused++;
                         continue;
                 }
                 if (handoff_session(&rec, fd, s->conf, now, c->gap_usec, &session, &reason) < 0) {

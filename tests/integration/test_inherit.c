@@ -249,6 +249,54 @@ Test(inherit, listeners_connections_state_and_unknowns) {
         cr_expect_str_eq(o.messages[2], "FDSTOREREMOVE=1\nFDNAME=c7b");
 }
 
+/* The connections as check_indexed expects them: passed out of order, with "c2" twice and "c5b"
+ * beside "c5" (descriptors 3 to 10). */
+static const Passed out_of_order[] = {
+        { LISTENER, "hellod" }, { CONNECTION, "c9" }, { CONNECTION, "c2" },  { CONNECTION, "c5" },
+        { CONNECTION, "c2" },   { CONNECTION, "c7" }, { CONNECTION, "c5b" }, { CONNECTION, "c3" },
+};
+
+static void check_indexed(int r, const char *err, ListenerSet *set, InheritedStore *store, const int clients[]) {
+        static const struct {
+                uint64_t id;
+                int fd;
+        } want[] = { { 2, 5 }, { 3, 10 }, { 5, 6 }, { 7, 8 }, { 9, 4 } };
+        static const uint64_t absent[] = { 0, 1, 4, 6, 8, 10, UINT64_MAX };
+
+        (void) clients;
+        if (r < 0)
+                return fail("failed: %s", err);
+        if (store->n_conns != 5)
+                return fail("%zu connections, expected 5", store->n_conns);
+        for (size_t i = 0; i < 5; i++) {
+                if (store->conns[i].name.id != want[i].id || store->conns[i].fd != want[i].fd)
+                        return fail("connection %zu: c%llu on fd %d, expected c%llu on fd %d", i,
+                                    (unsigned long long) store->conns[i].name.id, store->conns[i].fd,
+                                    (unsigned long long) want[i].id, want[i].fd);
+                const StoredConn *found = inherited_store_conn(store, want[i].id);
+                if (found != &store->conns[i])
+                        return fail("c%llu not found", (unsigned long long) want[i].id);
+        }
+        for (size_t i = 0; i < sizeof(absent) / sizeof(absent[0]); i++)
+                if (inherited_store_conn(store, absent[i]))
+                        return fail("c%llu found, and none was passed", (unsigned long long) absent[i]);
+        if (is_open(7) || is_open(9))
+                return fail("a second descriptor of an id is still open");
+        listener_set_done(set);
+        inherited_store_done(store);
+}
+
+/* Connections passed in any order are found by id, and of several of one id the first passed
+ * is kept, as before they were indexed (listeners_connections_state_and_unknowns). */
+Test(inherit, stored_connections_are_found_by_id_in_any_order) {
+        Outcome o = run(out_of_order, sizeof(out_of_order) / sizeof(out_of_order[0]), false, check_indexed);
+
+        cr_assert_str_empty(o.failure, "%s", o.failure);
+        /* The second "c2" only closed (its name is the first's); "c5b" removed. */
+        cr_assert_eq(o.n_messages, 1, "%zu messages, the first '%s'", o.n_messages, o.messages[0]);
+        cr_expect_str_eq(o.messages[0], "FDSTOREREMOVE=1\nFDNAME=c5b");
+}
+
 static void check_discarded(int r, const char *err, ListenerSet *set, InheritedStore *store, const int clients[]) {
         char c;
 
