@@ -296,23 +296,6 @@ static void lingering_handed_over(void *userdata, const HandoverRecord *rec, int
         close(fd);
 }
 
-/* waiting_stopped: the engine's stopped_waiting hook: a client kept waiting for a slot when
- * the engine stopped is refused as one that comes during the stop: told so, counted and
- * logged. Behind a PROXY listener its header is not read yet: closed without a word, as a
- * header still awaited at a stop is (a balancer may try another server). */
-static void waiting_stopped(void *userdata, int fd, const struct sockaddr_storage *peer, const Listener *via) {
-        Server *s = userdata;
-        char name[ADDR_STR_MAX];
-
-        if (via->proxy)
-                close(fd);
-        else
-                turn_away(fd, PROTO_ERR_SHUTDOWN);
-        count_refusal(s);
-        log_refusal(s, addr_format((const struct sockaddr *) peer, name, sizeof(name)), "shutting-down",
-                    "hellod is stopping");
-}
-
 /* waiting_handed_over: the engine's handed_over_waiting hook: a client accepted while every
  * slot was taken (overload = "queue"), not greeted yet. In the socket's backlog it would have
  * been greeted by the next process; so it is greeted now (its socket has room: nothing was
@@ -487,6 +470,38 @@ static const char *refusal_line(const char *reason) {
         return strcmp(reason, "rate-limited") == 0 ? PROTO_ERR_RATE : PROTO_ERR_BUSY;
 }
 
+/* refuse: FD (-1: none left to tell), accepted from VIA with PEER, turned away for REASON:
+ * told refusal_line()'s line, or nothing; counted and logged with DETAIL (NULL: what the
+ * silence means). */
+static void refuse(Server *s, int fd, const struct sockaddr *peer, const Listener *via, const char *reason,
+                   const char *detail) {
+        char name[ADDR_STR_MAX];
+        /* Behind a PROXY listener nothing comes before the header, not even at a stop: a
+         * balancer may try another server (as with a header still awaited at a stop). */
+        bool silent = via->proxy && strcmp(reason, "shutting-down") == 0;
+        const char *line = silent ? NULL : refusal_line(reason);
+
+        if (!line) {
+                /* Not worth an answer: the address may not talk to us at all (or not in the
+                 * PROXY protocol: no greeting before a header). */
+                close(fd);
+                if (!detail)
+                        detail = via->proxy ? "a PROXY protocol listener, and not from a balancer in proxy_from"
+                                            : "denied by allow/deny";
+        } else if (fd >= 0) {
+                turn_away(fd, line);
+        }
+        count_refusal(s);
+        log_refusal(s, addr_format(peer, name, sizeof(name)), reason, detail);
+}
+
+/* waiting_stopped: the engine's stopped_waiting hook: a client kept waiting for a slot when
+ * the engine stopped is refused as one that comes during the stop (admit()): told so (behind
+ * a PROXY listener, nothing), counted and logged. */
+static void waiting_stopped(void *userdata, int fd, const struct sockaddr_storage *peer, const Listener *via) {
+        refuse(userdata, fd, (const struct sockaddr *) peer, via, "shutting-down", "hellod is stopping");
+}
+
 /* admit: the access lists and limits for a connection accepted from VIA, on any thread.
  * Returns the registered session, or NULL: the client was turned away (FD closed), or it is
  * queued (*QUEUED set, see register_session: FD is still the caller's). */
@@ -551,23 +566,7 @@ static Session *admit(Server *s, int fd, const struct sockaddr *peer, const List
                 store_session(s, session);
                 return session;
         }
-        addr_format(peer, name, sizeof(name));
-        /* Behind a PROXY listener nothing comes before the header, not even at a stop: a
-         * balancer may try another server (so waiting_stopped(), and a header still awaited). */
-        bool silent = via->proxy && strcmp(reason, "shutting-down") == 0;
-        const char *line = silent ? NULL : refusal_line(reason);
-        if (!line) {
-                /* Not worth an answer: the address may not talk to us at all (or not in the
-                 * PROXY protocol: no greeting before a header). */
-                close(fd);
-                if (!detail)
-                        detail = via->proxy ? "a PROXY protocol listener, and not from a balancer in proxy_from"
-                                            : "denied by allow/deny";
-        } else if (fd >= 0) {
-                turn_away(fd, line);
-        }
-        count_refusal(s);
-        log_refusal(s, name, reason, detail);
+        refuse(s, fd, peer, via, reason, detail);
         return NULL;
 }
 

@@ -797,12 +797,12 @@ static void admit(Loop *l, int fd, const struct sockaddr_storage *peer, const Li
         (void) start(l, s);
 }
 
-/* give_waiting: FD, a client never greeted, at the loop's end: greeted and handed over by the
- * server, or told it is stopping. */
-static void give_waiting(Loop *l, int fd, const struct sockaddr_storage *peer, const Listener *via) {
+/* waiting_give: where a client never greeted goes at the loop's end: to the server, which
+ * greets it and hands it over, or tells it it is stopping. */
+static QueuedGive waiting_give(const Loop *l) {
         const EngineHooks *hooks = &l->base.set->engine.hooks;
 
-        (l->handing_over ? hooks->handed_over_waiting : hooks->stopped_waiting)(hooks->userdata, fd, peer, via);
+        return l->handing_over ? hooks->handed_over_waiting : hooks->stopped_waiting;
 }
 
 /* admit_parked: the clients accepted while every slot was taken, oldest first, as long as
@@ -832,7 +832,7 @@ static void on_accept(Loop *l, Acceptor *a, int res) {
         if (res >= 0 && l->exiting) {
                 /* Accepted as the loop stopped: nobody would stop a session of it. It goes
                  * where the parked clients go at the loop's end. */
-                give_waiting(l, res, &a->peer, a->via);
+                waiting_give(l)(hooks->userdata, res, &a->peer, a->via);
                 return;
         }
         if (res >= 0) {
@@ -1042,8 +1042,7 @@ static void loop_run(Loop *l) {
                 }
                 run_deadlines(l);
         }
-        for (QueuedClient *q; (q = queued_take(&l->parked)); free(q))
-                give_waiting(l, q->fd, &q->peer, &q->via);
+        queued_give_all(&l->parked, waiting_give(l), l->base.set->engine.hooks.userdata);
 }
 
 /* ---- setting up a loop's ring, on its own thread ---- */
