@@ -100,6 +100,20 @@ int ip_key_from_sockaddr(const struct sockaddr *sa, IpKey *ret) {
         return -EAFNOSUPPORT;
 }
 
+/* port_of: SA's port in network order; SA is AF_INET or AF_INET6. */
+static uint16_t port_of(const struct sockaddr *sa) {
+        return sa->sa_family == AF_INET ? ((const struct sockaddr_in *) sa)->sin_port
+                                        : ((const struct sockaddr_in6 *) sa)->sin6_port;
+}
+
+bool addr_same_endpoint(const struct sockaddr *a, const struct sockaddr *b) {
+        IpKey ka, kb;
+
+        if (ip_key_from_sockaddr(a, &ka) < 0 || ip_key_from_sockaddr(b, &kb) < 0)
+                return false;
+        return memcmp(&ka, &kb, sizeof(ka)) == 0 && port_of(a) == port_of(b);
+}
+
 bool ip_key_is_ipv4(const IpKey *k) {
         return memcmp(k->bytes, v4_mapped_prefix, sizeof(v4_mapped_prefix)) == 0;
 }

@@ -47,8 +47,9 @@ const HandoverRecord *handoff_lingering_at(HandoffLingering *l, uint64_t now, ui
 
 /* handoff_session: the session REC describes, on the connection FD, under CONF: no greeting,
  * the protocol's state, the kept input and output, the deadline from NOW; GAP_USEC the time
- * between the processes, which the session's age counts. Takes FD (closed on failure, with a
- * static *REASON). Returns 0 or a negative errno. */
+ * between the processes, which the session's age counts. FD connected to another peer than
+ * REC names is refused (-EINVAL). Takes FD (closed on failure, with a static *REASON).
+ * Returns 0 or a negative errno. */
 int handoff_session(const HandoverRecord *rec, int fd, Conf *conf, uint64_t now, uint64_t gap_usec, Session **ret,
                     const char **reason);
 

@@ -324,6 +324,65 @@ Test(handover, always_a_refused_state_closes_the_conversations, .timeout = 60) {
         corrupt_state("always");
 }
 
+/* A record whose stored socket is connected to another peer than the one it names is not
+ * resumed: the store gave the wrong descriptor under its name, and going on would hand one
+ * client another's conversation (its pending line, its counters). Two connections' descriptors
+ * are swapped in the store; the third, in its place, goes on. */
+Test(handover, a_stored_socket_of_another_peer_is_not_resumed, .timeout = 60) {
+        Rig r;
+        int fds[3];
+
+        rig_start(&r);
+        rig_serve(&r, "workers = 1;\nio_backend = \"epoll\";\n");
+        greeted_clients(r.port, fds, 3);
+        client_send_str(fds[0], "al"); /* pending lines the wrong client would have finished */
+        client_send_str(fds[1], "bo");
+        client_send_str(fds[2], "cy");
+        harness_sleep_ms(200); /* the partial lines are in hellod */
+        stop_and_wait(r.d);
+        store_wait(r.d, &r.st, "c", 3);
+
+        harness_step("the descriptors of the first two connections swapped in the store");
+        pthread_mutex_lock(&r.st.lock);
+        int *swap[2] = { NULL, NULL };
+        char first[64] = "";
+        for (unsigned i = 0, k = 0; i < r.st.n && k < 2; i++) {
+                struct sockaddr_storage peer;
+                socklen_t len = sizeof(peer);
+                if (r.st.names[i][0] != 'c' || getpeername(r.st.fds[i], (struct sockaddr *) &peer, &len) < 0)
+                        continue;
+                /* fds[2]'s stays in place: the connection of the third client's port is left. */
+                struct sockaddr_in third;
+                socklen_t third_len = sizeof(third);
+                cr_assert_eq(getsockname(fds[2], (struct sockaddr *) &third, &third_len), 0);
+                if (((struct sockaddr_in *) &peer)->sin_port == third.sin_port)
+                        continue;
+                if (k == 0)
+                        snprintf(first, sizeof(first), "%s", r.st.names[i]);
+                swap[k++] = &r.st.fds[i];
+        }
+        cr_assert(swap[0] && swap[1], "two connections of the first two clients in the store");
+        int t = *swap[0];
+        *swap[0] = *swap[1];
+        *swap[1] = t;
+        pthread_mutex_unlock(&r.st.lock);
+
+        store_start_hellod(r.d, &r.st, r.listener);
+        char want[192];
+        snprintf(want, sizeof(want), "cannot resume connection %s: its socket is connected to another peer", first + 1);
+        hellod_wait_stderr(r.d, want);
+        for (int i = 0; i < 2; i++) {
+                if (!client_wait_readable(fds[i], HARNESS_TIMEOUT_MS))
+                        hellod_fail(r.d, "swapped connection %d was not closed", i);
+                client_expect_eof(fds[i], true);
+                client_close(fds[i]);
+        }
+        client_send_str(fds[2], "ril\n");
+        client_expect_str(fds[2], "Hello, cyril!\r\n");
+        client_close(fds[2]);
+        rig_end(&r);
+}
+
 /* handover = "always": each connection is stored from accept to close and removed when it
  * ends, while the store keeps its copy; the daemon must never touch a session it ended
  * (the copy keeps the socket, and its events, alive). */

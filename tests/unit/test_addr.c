@@ -120,6 +120,25 @@ Test(addr, v4_and_v4_mapped_are_the_same_client) {
         cr_assert_neq(memcmp(&ka, &kc, sizeof(ka)), 0);
 }
 
+/* A resumed connection's record names its peer; the stored socket must be connected to it
+ * (handoff_session()), IPv4 or IPv4-mapped alike. */
+Test(addr, same_endpoint_takes_the_address_and_the_port) {
+        struct sockaddr_in a = v4("192.0.2.7", 4000), a_port = v4("192.0.2.7", 4001), other = v4("192.0.2.8", 4000);
+        struct sockaddr_in6 mapped = v6("::ffff:192.0.2.7", 4000), six = v6("2001:db8::7", 4000);
+        struct sockaddr_in6 six_same = v6("2001:db8::7", 4000), six_port = v6("2001:db8::7", 1);
+        struct sockaddr unix_sa = { .sa_family = AF_UNIX };
+
+        cr_assert(addr_same_endpoint((struct sockaddr *) &a, (struct sockaddr *) &a));
+        cr_assert(addr_same_endpoint((struct sockaddr *) &a, (struct sockaddr *) &mapped));
+        cr_assert(addr_same_endpoint((struct sockaddr *) &mapped, (struct sockaddr *) &a));
+        cr_assert(addr_same_endpoint((struct sockaddr *) &six, (struct sockaddr *) &six_same));
+        cr_assert_not(addr_same_endpoint((struct sockaddr *) &a, (struct sockaddr *) &a_port));
+        cr_assert_not(addr_same_endpoint((struct sockaddr *) &a, (struct sockaddr *) &other));
+        cr_assert_not(addr_same_endpoint((struct sockaddr *) &a, (struct sockaddr *) &six));
+        cr_assert_not(addr_same_endpoint((struct sockaddr *) &six, (struct sockaddr *) &six_port));
+        cr_assert_not(addr_same_endpoint(&unix_sa, &unix_sa));
+}
+
 Test(addr, non_ip_family_is_refused) {
         struct sockaddr sa = { .sa_family = AF_UNIX };
         IpKey k;
