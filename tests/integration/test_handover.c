@@ -210,6 +210,37 @@ Test(handover, restart_keeps_every_conversation_per_connection, .timeout = 90) {
 /* A state whose header does not check out (one byte changed): every stored connection is
  * closed, cleanly and logged; the new process serves new clients. (A damaged record costs its
  * own connection only: tests/unit/test_handover.c.) */
+#define STATE_CAP 65536
+
+/* edit_state: the state R's store holds, read into a buffer of STATE_CAP bytes, changed by EDIT
+ * (which returns the new length), and put back as a new memfd, sealed as its writer leaves a
+ * state it finished (unsealed, it is one a crash cut short:
+ * always_a_crash_while_the_state_is_written_is_a_crash). */
+static void edit_state(Rig *r, size_t (*edit)(uint8_t *buf, size_t len)) {
+        pthread_mutex_lock(&r->st.lock);
+        for (unsigned i = 0; i < r->st.n; i++) {
+                if (strcmp(r->st.names[i], "state") != 0)
+                        continue;
+                static uint8_t buf[STATE_CAP];
+                ssize_t k = pread(r->st.fds[i], buf, sizeof(buf), 0);
+                cr_assert_gt(k, 40);
+                cr_assert_lt(k, sizeof(buf), "the state outgrows the test's buffer");
+                size_t len = edit(buf, (size_t) k);
+                int copy = memfd_create("state-copy", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+                cr_assert_eq(write(copy, buf, len), (ssize_t) len);
+                cr_assert_eq(fcntl(copy, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL), 0);
+                close(r->st.fds[i]);
+                r->st.fds[i] = copy;
+        }
+        pthread_mutex_unlock(&r->st.lock);
+}
+
+/* flip_header_bit: one bit of the header's count changed: nothing of the state can be trusted. */
+static size_t flip_header_bit(uint8_t *buf, size_t len) {
+        buf[13] ^= 0x40;
+        return len;
+}
+
 static void corrupt_state(const char *mode) {
         Rig r;
         int fds[5];
@@ -221,23 +252,7 @@ static void corrupt_state(const char *mode) {
         store_wait(r.d, &r.st, "state", 1);
 
         harness_step("one byte of the state changed");
-        pthread_mutex_lock(&r.st.lock);
-        for (unsigned i = 0; i < r.st.n; i++) {
-                if (strcmp(r.st.names[i], "state") != 0)
-                        continue;
-                char buf[65536];
-                ssize_t k = pread(r.st.fds[i], buf, sizeof(buf), 0);
-                cr_assert_gt(k, 40);
-                buf[13] ^= 0x40; /* in the header: nothing of the state can be trusted */
-                int copy = memfd_create("state-copy", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-                cr_assert_eq(write(copy, buf, (size_t) k), k);
-                /* Sealed, as its writer leaves a state it finished (unsealed, it is one a crash
-                 * cut short: always_a_crash_while_the_state_is_written_is_a_crash). */
-                cr_assert_eq(fcntl(copy, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL), 0);
-                close(r.st.fds[i]);
-                r.st.fds[i] = copy;
-        }
-        pthread_mutex_unlock(&r.st.lock);
+        edit_state(&r, flip_header_bit);
 
         store_start_hellod(r.d, &r.st, r.listener);
         hellod_wait_stderr(r.d, "cannot resume");
@@ -322,6 +337,76 @@ Test(handover, a_corrupt_state_closes_the_conversations_cleanly, .timeout = 60) 
  * lingering and PROXY peer silently dropped. */
 Test(handover, always_a_refused_state_closes_the_conversations, .timeout = 60) {
         corrupt_state("always");
+}
+
+/* crc32c: CRC-32C (Castagnoli), bit by bit: the test's own, as any reader of the format's. */
+static uint32_t crc32c(const uint8_t *p, size_t n) {
+        uint32_t crc = ~0u;
+
+        for (size_t i = 0; i < n; i++) {
+                crc ^= p[i];
+                for (int k = 0; k < 8; k++)
+                        crc = (crc >> 1) ^ (0x82f63b78u & (0u - (crc & 1u)));
+        }
+        return ~crc;
+}
+
+static uint32_t get_le32(const uint8_t *p) {
+        return (uint32_t) p[0] | (uint32_t) p[1] << 8 | (uint32_t) p[2] << 16 | (uint32_t) p[3] << 24;
+}
+
+static void put_le32(uint8_t *p, uint32_t v) {
+        for (int i = 0; i < 4; i++)
+                p[i] = (uint8_t) (v >> (8 * i));
+}
+
+/* repeat_first_record: the state with its first record written twice, the second time last,
+ * the header's count and checksum made right (src/handover.h has the layout): framing the
+ * reader cannot fault, as a writer with a bug would leave it. */
+static size_t repeat_first_record(uint8_t *buf, size_t len) {
+        enum { COUNT_AT = 12, WRITER_LEN_AT = 48 };
+        size_t header_crc_at = WRITER_LEN_AT + 1 + buf[WRITER_LEN_AT], first = header_crc_at + 4;
+
+        cr_assert_lt(first + 8, len, "no record in the state");
+        cr_assert_eq(memcmp(buf + first, "hrec", 4), 0, "the first record is not where the layout puts it");
+        uint32_t record_len = get_le32(buf + first + 4);
+        cr_assert_leq(first + record_len, len);
+        cr_assert_lt(len + record_len, STATE_CAP);
+        memcpy(buf + len, buf + first, record_len);
+        cr_assert_eq(crc32c(buf, header_crc_at), get_le32(buf + header_crc_at), "the test reads the header's checksum wrong");
+        put_le32(buf + COUNT_AT, get_le32(buf + COUNT_AT) + 1);
+        put_le32(buf + header_crc_at, crc32c(buf, header_crc_at));
+        return len + record_len;
+}
+
+/* A second record of one connection (hellod never writes one) is refused and logged; the first
+ * has the connection, which goes on where it was, as do the others. */
+Test(handover, a_second_record_of_a_connection_is_refused, .timeout = 60) {
+        Rig r;
+        int fds[3];
+
+        rig_start(&r);
+        rig_serve(&r, "workers = 1;\nio_backend = \"epoll\";\n");
+        greeted_clients(r.port, fds, 3);
+        for (int i = 0; i < 3; i++)
+                client_send_str(fds[i], "part");
+        harness_sleep_ms(200); /* the partial lines are in hellod */
+        stop_and_wait(r.d);
+        store_wait(r.d, &r.st, "state", 1);
+        store_wait(r.d, &r.st, "c", 3);
+
+        harness_step("the first record written twice");
+        edit_state(&r, repeat_first_record);
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "cannot resume record 3 of the hand-over state: a second record of connection");
+        hellod_wait_stderr(r.d, "resumed 3 conversations handed over by the previous process");
+        hellod_wait_stderr(r.d, "(1 refused, 0 ended during the gap)");
+        for (int i = 0; i < 3; i++) {
+                client_send_str(fds[i], "ial\n");
+                client_expect_str(fds[i], "Hello, partial!\r\n");
+                client_close(fds[i]);
+        }
+        rig_end(&r);
 }
 
 /* A record whose stored socket is connected to another peer than the one it names is not
