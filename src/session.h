@@ -25,10 +25,11 @@ _Static_assert(SESSION_NO_DEADLINE == UINT64_MAX, "deadlines_next_at() says none
 /* On a PROXY protocol listener, how long the balancer has to send the whole header. A
  * balancer sends it at once, in one segment; a client that dawdles is not a balancer. */
 #define SESSION_PROXY_TIMEOUT_USEC 3000000u
-/* What an io_uring loop may keep of a session's input while its replies back up (uring.c:
- * KEPT_MAX before it stops the receive, and what was already on its way, at worst its whole
- * buffer ring). */
-#define SESSION_URING_KEPT_MAX ((64u + 256u * 4u) * 1024u)
+/* What an io_uring loop keeps of a session's input while its replies back up before it stops
+ * the receive (uring.c), and what it may keep in all: what was already on its way then too, at
+ * worst its whole buffer ring. */
+#define SESSION_URING_KEPT_STOP (64u * 1024u)
+#define SESSION_URING_KEPT_MAX (SESSION_URING_KEPT_STOP + 256u * 4u * 1024u)
 
 typedef struct Session {
         int fd;

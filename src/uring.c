@@ -70,7 +70,7 @@
 #define BUF_COUNT 256
 #define BUF_SIZE 4096
 /* Input kept while output is pending, beyond which the receive is cancelled. */
-#define KEPT_MAX (64u * 1024u)
+#define KEPT_MAX SESSION_URING_KEPT_STOP
 _Static_assert(KEPT_MAX + (size_t) BUF_COUNT * BUF_SIZE <= SESSION_URING_KEPT_MAX,
                "what a loop may keep of a session's input can be handed over");
 /* Output buffers a loop keeps for reuse: at most OBUF_CACHE, and at most OBUF_CACHE_BYTES
@@ -241,7 +241,7 @@ static bool has_kept(const Conn *c) {
 }
 
 /* kept_capacity: room for NEED bytes of kept input, from CAP: doubling, with a stop at KEPT_MAX
- * and one buffer more (what usually arrives before the receive stops; doubling straight past it
+ * and one buffer more (session_memory_max() counts that much a session) (what usually arrives before the receive stops; doubling straight past it
  * took 128 KiB for 68). Geometric beyond as well: completions already on their way when the
  * receive stopped can add many buffers, and growing a buffer at a time copies (and, under
  * ASan, quarantines) quadratically. */
