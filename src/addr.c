@@ -106,12 +106,19 @@ static uint16_t port_of(const struct sockaddr *sa) {
                                         : ((const struct sockaddr_in6 *) sa)->sin6_port;
 }
 
+/* scope_of: the interface a link-local IPv6 address is on, 0 for any other address. */
+static uint32_t scope_of(const struct sockaddr *sa) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *) sa;
+
+        return sa->sa_family == AF_INET6 && IN6_IS_ADDR_LINKLOCAL(&in6->sin6_addr) ? in6->sin6_scope_id : 0;
+}
+
 bool addr_same_endpoint(const struct sockaddr *a, const struct sockaddr *b) {
         IpKey ka, kb;
 
         if (ip_key_from_sockaddr(a, &ka) < 0 || ip_key_from_sockaddr(b, &kb) < 0)
                 return false;
-        return memcmp(&ka, &kb, sizeof(ka)) == 0 && port_of(a) == port_of(b);
+        return memcmp(&ka, &kb, sizeof(ka)) == 0 && port_of(a) == port_of(b) && scope_of(a) == scope_of(b);
 }
 
 bool ip_key_is_ipv4(const IpKey *k) {

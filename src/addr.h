@@ -21,8 +21,8 @@ const char *addr_format(const struct sockaddr *sa, char *buf, size_t size);
 /* addr_strip_port: the address alone of what addr_format() wrote ("a.b.c.d", "v6"). */
 const char *addr_strip_port(const char *formatted, char *buf, size_t size);
 
-/* addr_same_endpoint: whether A and B are one IP address and port, an IPv4 address and its
- * IPv4-mapped IPv6 form alike; false for any other family. */
+/* addr_same_endpoint: whether A and B are one IP address and port (and, link-local, on one
+ * interface), an IPv4 address and its IPv4-mapped IPv6 form alike; false for any other family. */
 bool addr_same_endpoint(const struct sockaddr *a, const struct sockaddr *b);
 
 /* ip_key_from_sockaddr: returns 0, or -EAFNOSUPPORT for non-IP families. */

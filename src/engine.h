@@ -154,6 +154,25 @@ static inline bool engine_conf_has_proxy(const Conf *conf) {
         return false;
 }
 
+/* engine_uring_unfit: why CONF's pool cannot run on io_uring whatever the kernel offers (the
+ * notice's words), or NULL. */
+static inline const char *engine_uring_unfit(const Conf *conf) {
+        if (engine_conf_has_proxy(conf))
+                return "io_backend = \"io_uring\" does not read PROXY protocol headers";
+        /* Its multishot receive takes every byte in: a partial line is not left in the kernel
+         * (pool.c, read_lines), and a crash would lose it. */
+        if (conf->handover == HANDOVER_MODE_ALWAYS)
+                return "io_backend = \"io_uring\" cannot leave partial lines in the kernel for "
+                       "handover = \"always\"";
+        return NULL;
+}
+
+/* engine_runs_uring: whether CONF asks for a pool on io_uring that it can have (the kernel
+ * willing: uring_engine_new() finds out). */
+static inline bool engine_runs_uring(const Conf *conf) {
+        return conf->workers != 0 && conf->io_backend == IO_BACKEND_IO_URING && !engine_uring_unfit(conf);
+}
+
 static inline int engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks) {
         if (conf->workers == 0)
                 return perconn_engine_new(ret, conf, hooks);

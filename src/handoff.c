@@ -240,16 +240,21 @@ static int restore(Session *s, const HandoverRecord *rec, uint64_t now, uint64_t
         return 0;
 }
 
-/* another_peer: whether FD is connected to another peer than REC names. Behind a balancer the
- * socket's peer is the balancer, which the record does not keep; a socket without a peer by
- * now (reset in the gap) is the session's to find out, as any reset. */
-static bool another_peer(const HandoverRecord *rec, int fd) {
+int handoff_peer_check(const HandoverRecord *rec, int fd, char *why, size_t size) {
         struct sockaddr_storage peer;
         socklen_t len = sizeof(peer);
+        char got[ADDR_STR_MAX], want[ADDR_STR_MAX];
 
-        if ((rec->flags & HANDOVER_VIA_BALANCER) || getpeername(fd, (struct sockaddr *) &peer, &len) < 0)
-                return false;
-        return !addr_same_endpoint((const struct sockaddr *) &peer, (const struct sockaddr *) &rec->peer);
+        /* Behind a balancer the socket's peer is the balancer, which the record does not keep;
+         * a socket without a peer by now (reset in the gap) is the session's to find out, as
+         * any reset. */
+        if ((rec->flags & HANDOVER_VIA_BALANCER) || getpeername(fd, (struct sockaddr *) &peer, &len) < 0 ||
+            addr_same_endpoint((const struct sockaddr *) &peer, (const struct sockaddr *) &rec->peer))
+                return 0;
+        snprintf(why, size, "its socket is connected to %s, its record names %s",
+                 addr_format((const struct sockaddr *) &peer, got, sizeof(got)),
+                 addr_format((const struct sockaddr *) &rec->peer, want, sizeof(want)));
+        return -ESTALE;
 }
 
 int handoff_session(const HandoverRecord *rec, int fd, Conf *conf, uint64_t now, uint64_t gap_usec, Session **ret,
@@ -258,13 +263,6 @@ int handoff_session(const HandoverRecord *rec, int fd, Conf *conf, uint64_t now,
         Session *s;
         int r;
 
-        /* The store gave another connection under this one's name: going on would give one
-         * client another's conversation. */
-        if (another_peer(rec, fd)) {
-                *reason = "its socket is connected to another peer than its record names";
-                close(fd);
-                return -EINVAL;
-        }
         snprintf(listen, sizeof(listen), "%.*s", (int) rec->listen_len, rec->listen);
         r = session_new(&s, fd, conf, (const struct sockaddr *) &rec->peer, listen);
         if (r < 0) {

@@ -45,11 +45,15 @@ HandoffLingering *handoff_lingering_new(const Session *s);
  * away so far. */
 const HandoverRecord *handoff_lingering_at(HandoffLingering *l, uint64_t now, uint64_t deadline, size_t discarded);
 
+/* handoff_peer_check: -ESTALE, with both ends in WHY (SIZE bytes), when FD is connected to
+ * another peer than REC names: the store gave another connection under its name, and going on
+ * would give one client another's conversation. 0 otherwise. */
+int handoff_peer_check(const HandoverRecord *rec, int fd, char *why, size_t size);
+
 /* handoff_session: the session REC describes, on the connection FD, under CONF: no greeting,
  * the protocol's state, the kept input and output, the deadline from NOW; GAP_USEC the time
- * between the processes, which the session's age counts. FD connected to another peer than
- * REC names is refused (-EINVAL). Takes FD (closed on failure, with a static *REASON).
- * Returns 0 or a negative errno. */
+ * between the processes, which the session's age counts. Takes FD (closed on failure, with a
+ * static *REASON). Returns 0 or a negative errno. */
 int handoff_session(const HandoverRecord *rec, int fd, Conf *conf, uint64_t now, uint64_t gap_usec, Session **ret,
                     const char **reason);
 

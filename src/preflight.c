@@ -90,21 +90,28 @@ static unsigned warn_fds(const Conf *conf) {
 }
 
 /* warn_memory: max_connections sessions at their limits would need a lot of memory (a large
- * max_line_length times many connections): bounded, but maybe not meant. */
+ * max_line_length times many connections; on io_uring, what it keeps of flooding clients'
+ * input): bounded, but maybe not meant. */
 static unsigned warn_memory(const Conf *conf) {
-        unsigned long long per = session_memory_max(conf), worst = per * conf->max_connections;
+        bool io_uring = engine_runs_uring(conf);
+        unsigned long long per = session_memory_max(conf, io_uring), worst = per * conf->max_connections;
         unsigned long long ram = physical_memory();
+        char backend[80] = "";
 
         if (worst <= PREFLIGHT_MEMORY_WARN_BYTES && (ram == 0 || worst <= ram))
                 return 0;
+        if (io_uring)
+                snprintf(backend, sizeof(backend), " on io_uring (%u KiB of a flooding client's input each)",
+                         SESSION_URING_KEPT_SOFT / 1024u);
         if (ram > 0 && worst > ram)
-                log_warning("max_connections %u clients at max_line_length %u could need %llu MiB, more than the "
+                log_warning("max_connections %u clients at max_line_length %u%s could need %llu MiB, more than the "
                             "%llu MiB of memory of this machine: lower max_connections to %llu or less, or "
-                            "max_line_length",
-                            conf->max_connections, conf->max_line_length, worst >> 20, ram >> 20, ram / per);
+                            "max_line_length%s",
+                            conf->max_connections, conf->max_line_length, backend, worst >> 20, ram >> 20, ram / per,
+                            io_uring ? ", or use io_backend = \"epoll\"" : "");
         else
-                log_warning("max_connections %u clients at max_line_length %u could make hellod use up to %llu MiB",
-                            conf->max_connections, conf->max_line_length, worst >> 20);
+                log_warning("max_connections %u clients at max_line_length %u%s could make hellod use up to %llu MiB",
+                            conf->max_connections, conf->max_line_length, backend, worst >> 20);
         return 1;
 }
 

@@ -1355,6 +1355,12 @@ static void resume_records(Server *s, InheritedStore *store, ResumeCounts *c) {
                         c->refused++;
                         continue;
                 }
+                if (handoff_peer_check(&rec, fd, err, sizeof(err)) < 0) {
+                        log_warning("cannot resume connection %" PRIu64 ": %s, closing it", rec.id, err);
+                        forget_conn(fd, conn);
+                        c->refused++;
+                        continue;
+                }
                 if (handoff_session(&rec, fd, s->conf, now, c->gap_usec, &session, &reason) < 0) {
                         log_warning("cannot resume connection %" PRIu64 ": %s, closing it", rec.id, reason);
                         unstore(conn);

@@ -30,6 +30,8 @@ _Static_assert(SESSION_NO_DEADLINE == UINT64_MAX, "deadlines_next_at() says none
  * worst its whole buffer ring. */
 #define SESSION_URING_KEPT_STOP (64u * 1024u)
 #define SESSION_URING_KEPT_MAX (SESSION_URING_KEPT_STOP + 256u * 4u * 1024u)
+/* The kept input's buffer as the stop leaves it: the stop and one receive buffer more. */
+#define SESSION_URING_KEPT_SOFT (SESSION_URING_KEPT_STOP + 4096u)
 
 typedef struct Session {
         int fd;
@@ -196,5 +198,8 @@ void session_log_closed(const Session *s);
 uint64_t now_usec(void);
 
 /* session_memory_max: what one session can come to hold at worst (its buffers at their limits,
- * and in the per-connection model its thread's stack), for the operator's arithmetic. */
-size_t session_memory_max(const Conf *conf);
+ * and in the per-connection model its thread's stack), for the operator's arithmetic. IO_URING:
+ * CONF's pool runs on io_uring, whose kept input is counted as far as the receive's stop
+ * (SESSION_URING_KEPT_SOFT), not to what a flood may have on its way then
+ * (SESSION_URING_KEPT_MAX): that is rare, and would put a MiB on every client. */
+size_t session_memory_max(const Conf *conf, bool io_uring);

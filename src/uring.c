@@ -73,6 +73,7 @@
 #define KEPT_MAX SESSION_URING_KEPT_STOP
 _Static_assert(KEPT_MAX + (size_t) BUF_COUNT * BUF_SIZE <= SESSION_URING_KEPT_MAX,
                "what a loop may keep of a session's input can be handed over");
+_Static_assert(KEPT_MAX + BUF_SIZE == SESSION_URING_KEPT_SOFT, "session_memory_max() counts the stop");
 /* Output buffers a loop keeps for reuse: at most OBUF_CACHE, and at most OBUF_CACHE_BYTES
  * together (64 of the usual 16 KiB; one when replies may be a MiB long). */
 #define OBUF_CACHE 64
@@ -241,12 +242,12 @@ static bool has_kept(const Conn *c) {
 }
 
 /* kept_capacity: room for NEED bytes of kept input, from CAP: doubling, with a stop at KEPT_MAX
- * and one buffer more (session_memory_max() counts that much a session) (what usually arrives before the receive stops; doubling straight past it
- * took 128 KiB for 68). Geometric beyond as well: completions already on their way when the
+ * and one buffer more, SESSION_URING_KEPT_SOFT (what usually arrives before the receive stops,
+ * and what session_memory_max() counts; doubling straight past it took 128 KiB for 68). Geometric beyond as well: completions already on their way when the
  * receive stopped can add many buffers, and growing a buffer at a time copies (and, under
  * ASan, quarantines) quadratically. */
 static size_t kept_capacity(size_t cap, size_t need) {
-        const size_t soft = KEPT_MAX + BUF_SIZE;
+        const size_t soft = SESSION_URING_KEPT_SOFT;
 
         if (cap == 0)
                 cap = BUF_SIZE;
@@ -1312,16 +1313,10 @@ static int uring_try(Engine **ret, const Conf *conf, const EngineHooks *hooks, c
 int uring_engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks) {
         char why[96] = "";
 
-        if (engine_conf_has_proxy(conf)) {
-                log_notice("io_backend = \"io_uring\" does not read PROXY protocol headers; the event loops use "
-                           "epoll");
-                return pool_engine_new(ret, conf, hooks);
-        }
-        if (conf->handover == HANDOVER_MODE_ALWAYS) {
-                /* Its multishot receive takes every byte in: a partial line is not left in the
-                 * kernel (pool.c, read_lines), and a crash would lose it. */
-                log_notice("io_backend = \"io_uring\" cannot leave partial lines in the kernel for "
-                           "handover = \"always\"; the event loops use epoll");
+        const char *unfit = engine_uring_unfit(conf);
+
+        if (unfit) {
+                log_notice("%s; the event loops use epoll", unfit);
                 return pool_engine_new(ret, conf, hooks);
         }
         int r = uring_try(ret, conf, hooks, why, sizeof(why));

@@ -207,9 +207,6 @@ Test(handover, restart_keeps_every_conversation_per_connection, .timeout = 90) {
                 restart_keeps_every_conversation_from(PERCONN_CROSSINGS[i][0], PERCONN_CROSSINGS[i][1]);
 }
 
-/* A state whose header does not check out (one byte changed): every stored connection is
- * closed, cleanly and logged; the new process serves new clients. (A damaged record costs its
- * own connection only: tests/unit/test_handover.c.) */
 #define STATE_CAP 65536
 
 /* edit_state: the state R's store holds, read into a buffer of STATE_CAP bytes, changed by EDIT
@@ -241,6 +238,9 @@ static size_t flip_header_bit(uint8_t *buf, size_t len) {
         return len;
 }
 
+/* A state whose header does not check out (one byte changed): every stored connection is
+ * closed, cleanly and logged; the new process serves new clients. (A damaged record costs its
+ * own connection only: tests/unit/test_handover.c.) */
 static void corrupt_state(const char *mode) {
         Rig r;
         int fds[5];
@@ -428,19 +428,17 @@ Test(handover, a_stored_socket_of_another_peer_is_not_resumed, .timeout = 60) {
         store_wait(r.d, &r.st, "c", 3);
 
         harness_step("the descriptors of the first two connections swapped in the store");
+        struct sockaddr_in third; /* the third client's: its connection stays in place */
+        socklen_t third_len = sizeof(third);
+        cr_assert_eq(getsockname(fds[2], (struct sockaddr *) &third, &third_len), 0);
         pthread_mutex_lock(&r.st.lock);
         int *swap[2] = { NULL, NULL };
         char first[64] = "";
         for (unsigned i = 0, k = 0; i < r.st.n && k < 2; i++) {
                 struct sockaddr_storage peer;
                 socklen_t len = sizeof(peer);
-                if (r.st.names[i][0] != 'c' || getpeername(r.st.fds[i], (struct sockaddr *) &peer, &len) < 0)
-                        continue;
-                /* fds[2]'s stays in place: the connection of the third client's port is left. */
-                struct sockaddr_in third;
-                socklen_t third_len = sizeof(third);
-                cr_assert_eq(getsockname(fds[2], (struct sockaddr *) &third, &third_len), 0);
-                if (((struct sockaddr_in *) &peer)->sin_port == third.sin_port)
+                if (r.st.names[i][0] != 'c' || getpeername(r.st.fds[i], (struct sockaddr *) &peer, &len) < 0 ||
+                    ((struct sockaddr_in *) &peer)->sin_port == third.sin_port)
                         continue;
                 if (k == 0)
                         snprintf(first, sizeof(first), "%s", r.st.names[i]);
@@ -454,8 +452,10 @@ Test(handover, a_stored_socket_of_another_peer_is_not_resumed, .timeout = 60) {
 
         store_start_hellod(r.d, &r.st, r.listener);
         char want[192];
-        snprintf(want, sizeof(want), "cannot resume connection %s: its socket is connected to another peer", first + 1);
+        snprintf(want, sizeof(want), "cannot resume connection %s: its socket is connected to 127.0.0.1:", first + 1);
         hellod_wait_stderr(r.d, want);
+        hellod_wait_stderr(r.d, "resumed 1 conversation");
+        hellod_wait_stderr(r.d, "(2 refused, 0 ended during the gap)");
         for (int i = 0; i < 2; i++) {
                 if (!client_wait_readable(fds[i], HARNESS_TIMEOUT_MS))
                         hellod_fail(r.d, "swapped connection %d was not closed", i);

@@ -121,12 +121,17 @@ Test(addr, v4_and_v4_mapped_are_the_same_client) {
 }
 
 /* A resumed connection's record names its peer; the stored socket must be connected to it
- * (handoff_session()), IPv4 or IPv4-mapped alike. */
+ * (handoff_session()), IPv4 or IPv4-mapped alike, a link-local one on its interface. */
 Test(addr, same_endpoint_takes_the_address_and_the_port) {
         struct sockaddr_in a = v4("192.0.2.7", 4000), a_port = v4("192.0.2.7", 4001), other = v4("192.0.2.8", 4000);
         struct sockaddr_in6 mapped = v6("::ffff:192.0.2.7", 4000), six = v6("2001:db8::7", 4000);
         struct sockaddr_in6 six_same = v6("2001:db8::7", 4000), six_port = v6("2001:db8::7", 1);
+        struct sockaddr_in6 link = v6("fe80::7", 4000), link_other = v6("fe80::7", 4000);
         struct sockaddr unix_sa = { .sa_family = AF_UNIX };
+
+        link.sin6_scope_id = 2;
+        link_other.sin6_scope_id = 3;
+        six_same.sin6_scope_id = 5; /* a global address: no interface of its own */
 
         cr_assert(addr_same_endpoint((struct sockaddr *) &a, (struct sockaddr *) &a));
         cr_assert(addr_same_endpoint((struct sockaddr *) &a, (struct sockaddr *) &mapped));
@@ -136,6 +141,9 @@ Test(addr, same_endpoint_takes_the_address_and_the_port) {
         cr_assert_not(addr_same_endpoint((struct sockaddr *) &a, (struct sockaddr *) &other));
         cr_assert_not(addr_same_endpoint((struct sockaddr *) &a, (struct sockaddr *) &six));
         cr_assert_not(addr_same_endpoint((struct sockaddr *) &six, (struct sockaddr *) &six_port));
+        cr_assert(addr_same_endpoint((struct sockaddr *) &link, (struct sockaddr *) &link));
+        cr_assert_not(addr_same_endpoint((struct sockaddr *) &link, (struct sockaddr *) &link_other),
+                      "one link-local address on two interfaces is two peers");
         cr_assert_not(addr_same_endpoint(&unix_sa, &unix_sa));
 }
 
