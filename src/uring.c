@@ -243,9 +243,10 @@ static bool has_kept(const Conn *c) {
 
 /* kept_capacity: room for NEED bytes of kept input, from CAP: doubling, with a stop at KEPT_MAX
  * and one buffer more, SESSION_URING_KEPT_SOFT (what usually arrives before the receive stops,
- * and what session_memory_max() counts; doubling straight past it took 128 KiB for 68). Geometric beyond as well: completions already on their way when the
- * receive stopped can add many buffers, and growing a buffer at a time copies (and, under
- * ASan, quarantines) quadratically. */
+ * and what session_memory_max() counts; doubling straight past it took 128 KiB for 68).
+ * Geometric beyond as well: completions already on their way when the receive stopped can add
+ * many buffers, and growing a buffer at a time copies (and, under ASan, quarantines)
+ * quadratically. */
 static size_t kept_capacity(size_t cap, size_t need) {
         const size_t soft = SESSION_URING_KEPT_SOFT;
 
