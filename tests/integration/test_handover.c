@@ -379,21 +379,27 @@ static size_t repeat_first_record(uint8_t *buf, size_t len) {
         return len + record_len;
 }
 
+/* three_handed_over: R serving three clients (FDS) on epoll, each with its partial line
+ * PARTS[i] in hellod, then stopped: their connections and the state are in the store. */
+static void three_handed_over(Rig *r, int fds[3], const char *const parts[3]) {
+        rig_start(r);
+        rig_serve(r, "workers = 1;\nio_backend = \"epoll\";\n");
+        greeted_clients(r->port, fds, 3);
+        for (int i = 0; i < 3; i++)
+                client_send_str(fds[i], parts[i]);
+        harness_sleep_ms(200); /* the partial lines are in hellod */
+        stop_and_wait(r->d);
+        store_wait(r->d, &r->st, "state", 1);
+        store_wait(r->d, &r->st, "c", 3);
+}
+
 /* A second record of one connection (hellod never writes one) is refused and logged; the first
  * has the connection, which goes on where it was, as do the others. */
 Test(handover, a_second_record_of_a_connection_is_refused, .timeout = 60) {
         Rig r;
         int fds[3];
 
-        rig_start(&r);
-        rig_serve(&r, "workers = 1;\nio_backend = \"epoll\";\n");
-        greeted_clients(r.port, fds, 3);
-        for (int i = 0; i < 3; i++)
-                client_send_str(fds[i], "part");
-        harness_sleep_ms(200); /* the partial lines are in hellod */
-        stop_and_wait(r.d);
-        store_wait(r.d, &r.st, "state", 1);
-        store_wait(r.d, &r.st, "c", 3);
+        three_handed_over(&r, fds, (const char *const[]) { "part", "part", "part" });
 
         harness_step("the first record written twice");
         edit_state(&r, repeat_first_record);
@@ -417,15 +423,8 @@ Test(handover, a_stored_socket_of_another_peer_is_not_resumed, .timeout = 60) {
         Rig r;
         int fds[3];
 
-        rig_start(&r);
-        rig_serve(&r, "workers = 1;\nio_backend = \"epoll\";\n");
-        greeted_clients(r.port, fds, 3);
-        client_send_str(fds[0], "al"); /* pending lines the wrong client would have finished */
-        client_send_str(fds[1], "bo");
-        client_send_str(fds[2], "cy");
-        harness_sleep_ms(200); /* the partial lines are in hellod */
-        stop_and_wait(r.d);
-        store_wait(r.d, &r.st, "c", 3);
+        /* Pending lines the wrong client would have finished. */
+        three_handed_over(&r, fds, (const char *const[]) { "al", "bo", "cy" });
 
         harness_step("the descriptors of the first two connections swapped in the store");
         struct sockaddr_in third; /* the third client's: its connection stays in place */
