@@ -25,12 +25,14 @@ _Static_assert(SESSION_NO_DEADLINE == UINT64_MAX, "deadlines_next_at() says none
 /* On a PROXY protocol listener, how long the balancer has to send the whole header. A
  * balancer sends it at once, in one segment; a client that dawdles is not a balancer. */
 #define SESSION_PROXY_TIMEOUT_USEC 3000000u
-/* What an io_uring loop keeps of a session's input while its replies back up before it stops
- * the receive (uring.c), and what it may keep in all: what was already on its way then too, at
- * worst its whole buffer ring. */
+/* An io_uring loop keeps a session's input while its replies back up (uring.c): its receive
+ * stops at the first input that must wait for a send, and what the multishot receive had taken
+ * by then is kept, at worst its whole buffer ring (SESSION_URING_KEPT_MAX). The kept buffer
+ * grows by doubling to SESSION_URING_KEPT_STOP, then one receive buffer more. */
 #define SESSION_URING_KEPT_STOP (64u * 1024u)
 #define SESSION_URING_KEPT_MAX (SESSION_URING_KEPT_STOP + 256u * 4u * 1024u)
-/* The kept input's buffer as the stop leaves it: the stop and one receive buffer more. */
+/* What session_memory_max() counts of it: the buffer at its step past SESSION_URING_KEPT_STOP,
+ * which a flood's burst rarely outgrows (900 flooding clients held 85 KiB each in all). */
 #define SESSION_URING_KEPT_SOFT (SESSION_URING_KEPT_STOP + 4096u)
 
 typedef struct Session {
@@ -199,7 +201,7 @@ uint64_t now_usec(void);
 
 /* session_memory_max: what one session can come to hold at worst (its buffers at their limits,
  * and in the per-connection model its thread's stack), for the operator's arithmetic. IO_URING:
- * CONF's pool runs on io_uring, whose kept input is counted as far as the receive's stop
- * (SESSION_URING_KEPT_SOFT), not to what a flood may have on its way then
+ * CONF's pool runs on io_uring, whose kept input is counted as a flood's usual burst
+ * (SESSION_URING_KEPT_SOFT), not as the whole buffer ring it could be at worst
  * (SESSION_URING_KEPT_MAX): that is rare, and would put a MiB on every client. */
 size_t session_memory_max(const Conf *conf, bool io_uring);

@@ -35,8 +35,9 @@
  * Kept input: data that arrives while a send is in flight (or that the protocol could not take
  * because the output was full) is kept in the Conn and fed once the send completes; that
  * completion is the event that brings it back, so no ready list is needed. Its size is bounded:
- * the receive is cancelled as soon as input must be kept while a send is in flight (or past
- * KEPT_MAX), and resumes with receives of one buffer at a time (stop_recv).
+ * the receive is cancelled as soon as input must be kept while a send is in flight, and resumes
+ * with receives of one buffer at a time (stop_recv). What is kept is what the multishot receive
+ * had already taken by then: a burst, tens of KiB under a flood, at worst the buffer ring.
  *
  * Hand-over (docs/zero-downtime.md): the loop cancels each session's receive and send, keeps
  * what the receive still brings without answering it, counts what the send wrote, and passes
@@ -69,7 +70,8 @@
 #define BUF_GROUP 0
 #define BUF_COUNT 256
 #define BUF_SIZE 4096
-/* Input kept while output is pending, beyond which the receive is cancelled. */
+/* Kept input beyond which the receive is cancelled even with no send in flight: a guard, since
+ * pump() leaves input kept only behind a send, and input behind a send cancels it at once. */
 #define KEPT_MAX SESSION_URING_KEPT_STOP
 _Static_assert(KEPT_MAX + (size_t) BUF_COUNT * BUF_SIZE <= SESSION_URING_KEPT_MAX,
                "what a loop may keep of a session's input can be handed over");
@@ -509,8 +511,7 @@ static Fate on_input(Loop *l, Conn *c, const char *data, size_t n) {
                 if ((r = keep(c, data, n)) < 0)
                         return finish(l, c, r);
                 /* The replies back up: no more input until they are out, but what a multishot
-                 * receive has already taken must be kept (bounded by KEPT_MAX, at worst by the
-                 * buffer ring). */
+                 * receive has already taken must be kept (at worst the buffer ring). */
                 if (c->sending || c->kept_len - c->kept_off > KEPT_MAX)
                         stop_recv(l, c);
                 return ALIVE;
@@ -1097,7 +1098,7 @@ static int probe_multishot(Loop *l, char *why, size_t size) {
         io_uring_prep_recv_multishot(e, sv[0], NULL, 0, 0);
         e->flags |= IOSQE_BUFFER_SELECT;
         e->buf_group = BUF_GROUP;
-        io_uring_sqe_set_data64(e, 1);
+        io_uring_sqe_set_data64(e, OP_IGNORE); /* a completion left by a failed drain is not a Conn's */
         r = (int) send(sv[1], "x", 1, MSG_NOSIGNAL);
         if (r == 1)
                 r = io_uring_submit_and_wait(&l->ring, 1);

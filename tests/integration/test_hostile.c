@@ -560,9 +560,9 @@ enum {
         FLOODER_KIB = 96,          /* what one costs the daemon on average: its buffers, the input
                                     * a backend keeps while a reply waits, and slack (measured: epoll
                                     * 8 KiB, a thread each 24) */
-        /* io_uring keeps what its multishot receive took before the receive stopped: up to 64 KiB
-         * (KEPT_MAX), and a burst the kernel reads in one go, up to 32 buffers of 4 KiB; the kept
-         * buffer grows by doubling, so past its soft stop it takes 136 KiB (measured: 10 KiB, up
+        /* io_uring keeps what its multishot receive took before the receive stopped (at the first
+         * input that had to wait for a send): a burst the kernel reads in one go, up to 32 buffers
+         * of 4 KiB; the kept buffer grows by doubling, to 64, 68, then 136 KiB (measured: 10 KiB, up
          * to 103 with the cores busy, once 265 with the suite's next test on the other core;
          * 114-242 before the receive stopped at once, 0.5 MiB before it was bounded). */
         FLOODER_KIB_IO_URING = FLOODER_KIB + 224,
