@@ -75,7 +75,7 @@
 #define KEPT_MAX SESSION_URING_KEPT_STOP
 _Static_assert(KEPT_MAX + (size_t) BUF_COUNT * BUF_SIZE <= SESSION_URING_KEPT_MAX,
                "what a loop may keep of a session's input can be handed over");
-_Static_assert(KEPT_MAX + BUF_SIZE == SESSION_URING_KEPT_SOFT, "session_memory_max() counts the stop");
+_Static_assert(KEPT_MAX + BUF_SIZE == SESSION_URING_KEPT_SOFT, "session_memory_max() counts kept_capacity()'s step past KEPT_MAX");
 /* Output buffers a loop keeps for reuse: at most OBUF_CACHE, and at most OBUF_CACHE_BYTES
  * together (64 of the usual 16 KiB; one when replies may be a MiB long). */
 #define OBUF_CACHE 64

@@ -121,7 +121,7 @@ Test(addr, v4_and_v4_mapped_are_the_same_client) {
 }
 
 /* A resumed connection's record names its peer; the stored socket must be connected to it
- * (handoff_session()), IPv4 or IPv4-mapped alike, a link-local one on its interface. */
+ * (handoff_peer_check()), IPv4 or IPv4-mapped alike, a link-local one on its interface. */
 Test(addr, same_endpoint_takes_the_address_and_the_port) {
         struct sockaddr_in a = v4("192.0.2.7", 4000), a_port = v4("192.0.2.7", 4001), other = v4("192.0.2.8", 4000);
         struct sockaddr_in6 mapped = v6("::ffff:192.0.2.7", 4000), six = v6("2001:db8::7", 4000);
