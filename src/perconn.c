@@ -1,9 +1,9 @@
 /* perconn: the per-connection driver: each session runs on a thread of its own with
  * blocking I/O: the greeting, then read → proto → write until the client leaves, says exit,
  * idles out or the server stops. A read that runs past the idle deadline is woken by a signal
- * (serving.h); a write that blocks, by a send timeout (SO_SNDTIMEO) measured against the
- * session's write deadline. The lingering close is the lingerer's (lingerer.h): a thread
- * leaves the socket to it and goes on.
+ * (serving.h); a write that blocks, by a send timeout (SO_SNDTIMEO, socktimer.h) measured
+ * against the session's write deadline. The lingering close is the lingerer's (lingerer.h): a
+ * thread leaves the socket to it and goes on.
  *
  * Accepting: the threads that wait for a connection (worker.c) all wait in one epoll set
  * holding the listeners, each one-shot (EPOLLONESHOT). epoll wakes one waiting thread per
@@ -38,6 +38,7 @@
 #include "log.h"
 #include "queued.h"
 #include "serving.h"
+#include "socktimer.h"
 #include "worker.h"
 
 /* epoll data of the control descriptors; a listener's is (generation << 32) | its index,
@@ -97,39 +98,6 @@ static bool handing_over(const Session *s) {
         return handing((const PerConn *) s->engine);
 }
 
-static int set_timeout(int fd, int option, uint64_t usec) {
-        struct timeval tv = { .tv_sec = (time_t) (usec / 1000000u), .tv_usec = (suseconds_t) (usec % 1000000u) };
-
-        if (setsockopt(fd, SOL_SOCKET, option, &tv, sizeof(tv)) < 0)
-                return -errno;
-        return 0;
-}
-
-/* A socket timeout is armed only when it must shrink or grow back: a well-behaved client
- * costs no extra system call per line. */
-typedef struct Timer {
-        int option; /* SO_RCVTIMEO or SO_SNDTIMEO */
-        uint64_t armed; /* usec in force; 0: none */
-} Timer;
-
-/* How late a timeout may fire rather than pay a setsockopt() per read. */
-#define TIMER_SLACK_USEC 20000u
-
-/* timer_arm: the socket's timeout ends at DEADLINE (or within TIMER_SLACK_USEC after it),
- * NOW being the time; false when DEADLINE has passed. The caller loops on EAGAIN: a timeout
- * that fires early only costs a wakeup. */
-static bool timer_arm(Session *s, Timer *t, uint64_t deadline, uint64_t now) {
-        if (deadline == SESSION_NO_DEADLINE)
-                return true;
-        if (now >= deadline)
-                return false;
-        uint64_t left = deadline - now;
-        bool rearm = t->armed == 0 || left + TIMER_SLACK_USEC < t->armed || left / 2 > t->armed;
-        if (rearm && set_timeout(s->fd, t->option, left) == 0)
-                t->armed = left;
-        return true;
-}
-
 /* flush: writes all of OUT; the client has until the session's write deadline to take it,
  * in total, so that one reading a trickle cannot hold its thread for several timeouts. The
  * first send does not block: when the socket has room, as it nearly always has, no send
@@ -137,7 +105,7 @@ static bool timer_arm(Session *s, Timer *t, uint64_t deadline, uint64_t now) {
  * the clock is not read (perf under rr: three clock reads a request cost 3% of the server's
  * time, more than all of hellod's own code). DEADLINE: the write deadline already running
  * (kept output a session was handed over with), or 0: from the first wait. */
-static int flush(Session *s, Timer *send_timer, uint64_t deadline) {
+static int flush(Session *s, SockTimer *send_timer, uint64_t deadline) {
         bool blocking = false;
         int r = 0;
 
@@ -151,7 +119,7 @@ static int flush(Session *s, Timer *send_timer, uint64_t deadline) {
                         uint64_t now = now_usec();
                         if (deadline == 0)
                                 deadline = session_write_deadline(s, now);
-                        if (!timer_arm(s, send_timer, deadline, now)) {
+                        if (!socktimer_arm(send_timer, deadline, now)) {
                                 r = -ETIMEDOUT;
                                 break;
                         }
@@ -176,7 +144,7 @@ static int flush(Session *s, Timer *send_timer, uint64_t deadline) {
 
 /* feed: hands one read (the N bytes at S->in) to the protocol, flushing whenever the output
  * buffer fills. At a hand-over what the protocol has not taken stays in S->in as kept input. */
-static int feed(Session *s, size_t n, ProtoStatus *status, Timer *send_timer) {
+static int feed(Session *s, size_t n, ProtoStatus *status, SockTimer *send_timer) {
         size_t done = 0;
 
         for (;;) {
@@ -253,7 +221,7 @@ static bool reads_lines(const Session *s) {
 /* converse: greeting, then read → proto → write; returns 0 when the protocol ended the
  * session, or a negative errno when the connection failed under it. */
 static int converse(Session *s, ServingThread *me) {
-        Timer send_timer = { .option = SO_SNDTIMEO };
+        SockTimer send_timer = { .fd = s->fd, .option = SO_SNDTIMEO };
         int lowat = 1; /* SO_RCVLOWAT, for recv_lines */
         ProtoStatus status = PROTO_CONTINUE;
         uint64_t messages = s->proto.messages, now;
@@ -341,12 +309,12 @@ static int converse(Session *s, ServingThread *me) {
 static int proxy_header(Session *s) {
         const EngineHooks *hooks = &s->engine->hooks;
         const uint64_t deadline = now_usec() + SESSION_PROXY_TIMEOUT_USEC;
-        Timer recv_timer = { .option = SO_RCVTIMEO };
+        SockTimer recv_timer = { .fd = s->fd, .option = SO_RCVTIMEO };
         const char *reason = "no PROXY header in time";
         ProxyStatus status = PROXY_INVALID;
         ProxyHeader header;
 
-        while (timer_arm(s, &recv_timer, deadline, now_usec())) {
+        while (socktimer_arm(&recv_timer, deadline, now_usec())) {
                 if (handing_over(s))
                         return HANDING_OVER; /* not greeted: the server closes it in silence */
                 ssize_t n = recv(s->fd, s->in, s->in_cap, MSG_PEEK);
@@ -362,8 +330,7 @@ static int proxy_header(Session *s) {
         }
         /* The conversation arms its own timeout, if it has one: none of the header's is left
          * (without an idle timeout, it would wake the thread up as long as the client idles). */
-        if (recv_timer.armed != 0)
-                (void) set_timeout(s->fd, SO_RCVTIMEO, 0);
+        socktimer_disarm(&recv_timer);
         if (!hooks->proxied(hooks->userdata, s, status == PROXY_NEED_MORE ? PROXY_INVALID : status, &header, reason))
                 return -1;
         return 0;
@@ -398,8 +365,8 @@ static Outcome run(Session *s, ServingThread *me, Linger *linger) {
         if (r < 0)
                 return OUTCOME_DONE;
         if (s->resumed) { /* the timeouts of the process it comes from, if it set them */
-                (void) set_timeout(s->fd, SO_RCVTIMEO, 0);
-                (void) set_timeout(s->fd, SO_SNDTIMEO, 0);
+                (void) socktimer_set(s->fd, SO_RCVTIMEO, 0);
+                (void) socktimer_set(s->fd, SO_SNDTIMEO, 0);
         }
         r = converse(s, me);
         serving_idle_until(me, 0);
