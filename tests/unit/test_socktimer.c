@@ -4,6 +4,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -100,9 +101,13 @@ Test(socktimer, no_deadline_after_one_leaves_no_timeout) {
 }
 
 Test(socktimer, no_deadline_costs_nothing_when_none_is_armed) {
-        SockTimer t = { .fd = -1, .option = SO_SNDTIMEO }; /* a system call on it would fail */
+        SockTimer t = { .fd = pair[0], .option = SO_SNDTIMEO };
 
+        /* A marker that a setsockopt() from it would overwrite: a line answered at once, in a
+         * session without deadlines, costs no system call for its timeout. */
+        cr_assert_eq(socktimer_set(pair[0], SO_SNDTIMEO, 7000000), 0);
         cr_assert(socktimer_arm(&t, SESSION_NO_DEADLINE, 0));
+        assert_about(in_force(SO_SNDTIMEO), 7000000, "untouched");
         cr_assert_eq(t.armed, 0);
 }
 
