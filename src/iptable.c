@@ -10,10 +10,14 @@
 /* A power of two; chains stay short for tens of thousands of distinct clients. */
 #define IPTABLE_BUCKETS 4096
 
+/* A token, in the bucket's unit: a microtoken, so that RATE tokens a second are RATE units a
+ * microsecond, with no division to round away what a fast retry gained. */
+#define TOKEN 1000000u
+
 typedef struct IpEntry {
         IpKey key;
         unsigned count;    /* live connections */
-        uint64_t tokens;   /* rate bucket, in millitokens */
+        uint64_t tokens;   /* rate bucket, in microtokens (TOKEN) */
         uint64_t refilled; /* usec of the last refill */
         uint64_t full_at;  /* usec when the bucket is full again; 0: full (or never used) */
         struct IpEntry *next;
@@ -124,7 +128,9 @@ size_t iptable_size(const IpTable *t) {
 }
 
 int iptable_take_token(IpTable *t, const IpKey *key, unsigned rate, unsigned burst, uint64_t now) {
-        const uint64_t full = (uint64_t) burst * 1000u;
+        /* At most 1e6 × 1e6. The gain below is computed only before the bucket's full_at:
+         * under 1e12 × 1e6 even when a reload raised the rate from 1 to 1e6. */
+        const uint64_t full = (uint64_t) burst * TOKEN;
         IpEntry **p = find(t, key);
         IpEntry *e = *p;
 
@@ -141,17 +147,17 @@ int iptable_take_token(IpTable *t, const IpKey *key, unsigned rate, unsigned bur
         }
         if (e->full_at == 0 || now >= e->full_at)
                 e->tokens = full; /* never drawn from, or refilled by now */
-        else /* millitokens gained: rate/s × elapsed µs / 1000 */
-                e->tokens = e->tokens + (now - e->refilled) * rate / 1000u >= full
-                                    ? full
-                                    : e->tokens + (now - e->refilled) * rate / 1000u;
+        else /* rate tokens a second: rate microtokens a microsecond, exactly; capped at a
+              * full bucket, which a reload may have made smaller */
+                e->tokens = e->tokens + (now - e->refilled) * rate >= full ? full
+                                                                            : e->tokens + (now - e->refilled) * rate;
         e->refilled = now;
 
-        int allowed = e->tokens >= 1000u;
+        int allowed = e->tokens >= TOKEN;
         if (allowed)
-                e->tokens -= 1000u;
+                e->tokens -= TOKEN;
         /* The entry must stay until the bucket is full again. */
-        e->full_at = now + ((full - e->tokens) * 1000u + rate - 1) / rate;
+        e->full_at = now + (full - e->tokens + rate - 1) / rate;
         return allowed;
 }
 

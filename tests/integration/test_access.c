@@ -127,6 +127,41 @@ Test(access, rate_limit_refuses_the_excess_of_one_source_only, .timeout = 60) {
         hellod_free(d);
 }
 
+/* A source retrying faster than 1,000 times a token still gets its rate: each try's refill
+ * used to be rounded down to whole thousandths of a token and lost, so such a source was let
+ * in once and then never while it retried (and every client of its network block with it).
+ * Bounded in time and tries; the rate is checked both ways against the time it took. */
+Test(access, a_source_retrying_fast_still_gets_its_rate, .timeout = 60) {
+        Hellod *d = hellod_start("rate_limit_per_ip = 1;\nrate_limit_burst = 1;\n");
+        const char *source = "127.0.0.9";
+        const int64_t start = harness_now_ms();
+        unsigned tries = 0, admitted = 0;
+
+        harness_step("a client from %s connecting again and again for 3 s, at 1 a second", source);
+        while (harness_now_ms() < start + 3000 && tries < 40000) {
+                char line[64];
+                int fd = client_connect_to("127.0.0.1", d->port, source);
+                client_read_line(fd, line, sizeof(line));
+                if (strcmp(line, HELLOD_GREETING) == 0)
+                        admitted++;
+                else
+                        cr_assert_str_eq(line, "ERR rate limited\r\n", "try %u", tries + 1);
+                client_close(fd);
+                tries++;
+        }
+        int64_t elapsed = harness_now_ms() - start;
+        harness_step("%u of %u tries let in over %lld ms", admitted, tries, (long long) elapsed);
+        /* The burst's token at once, then one at each second: one at 1 s and one at 2 s at
+         * least; never more than the burst plus one a second started. */
+        cr_assert(admitted >= 3, "%u of %u tries let in over %lld ms at 1 a second", admitted, tries,
+                  (long long) elapsed);
+        cr_assert(admitted <= 2 + (unsigned) (elapsed / 1000), "%u let in over %lld ms at 1 a second", admitted,
+                  (long long) elapsed);
+        expect_served("127.0.0.1", "127.0.0.10", d->port, HELLOD_GREETING);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 Test(access, ipv4_sources_grouped_by_prefix, .timeout = 60) {
         Hellod *d = hellod_start("max_connections_per_ip = 1;\nper_ip_ipv4_prefix = 24;\n");
         int held, fd;

@@ -335,6 +335,91 @@ Test(bucket, a_full_table_fails_open_to_the_caller) {
         iptable_free(t);
 }
 
+/* flood: a source trying every GAP usec for SECONDS from NOW, against RATE and BURST; how
+ * many were let in. */
+static unsigned flood(IpTable *t, const IpKey *k, unsigned rate, unsigned burst, uint64_t now, uint64_t gap,
+                      unsigned seconds) {
+        unsigned admitted = 0;
+
+        for (uint64_t at = now; at < now + seconds * 1000000ull; at += gap)
+                admitted += iptable_take_token(t, k, rate, burst, at) == 1;
+        return admitted;
+}
+
+/* The refill is exact however fast a source retries: each attempt used to add what the time
+ * since the last one was worth in whole millitokens, and drop the rest, so a source trying
+ * more than 1,000 times a token got nothing after its burst (and legitimate clients behind
+ * the same address block with it). */
+Test(bucket, a_source_retrying_fast_still_gets_the_rate) {
+        static const struct { unsigned rate, burst; uint64_t gap; } cases[] = {
+                { 1, 1, 999 },   /* just under a millitoken a try */
+                { 1, 1, 1 },     /* every microsecond */
+                { 3, 1, 250 },
+                { 10, 10, 150 }, /* 1.5 millitokens a try: a third lost */
+                { 1000, 5, 7 },
+                { 1000000, 1, 1 },
+        };
+
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                IpTable *t = NULL;
+                IpKey k = key_of("192.0.2.1");
+                unsigned seconds = cases[i].gap < 10 ? 1 : 10;
+
+                cr_assert_eq(iptable_new(&t), 0);
+                unsigned admitted = flood(t, &k, cases[i].rate, cases[i].burst, 1000000000, cases[i].gap, seconds);
+                /* The burst at once, then RATE a second: the last token may fall just after
+                 * the last try. */
+                unsigned most = cases[i].burst + cases[i].rate * seconds;
+                cr_assert(admitted <= most && admitted + 1 >= most,
+                          "rate %u, burst %u, a try every %llu us for %u s: %u let in, %u wanted", cases[i].rate,
+                          cases[i].burst, (unsigned long long) cases[i].gap, seconds, admitted, most);
+                iptable_free(t);
+        }
+}
+
+/* Never more than the burst plus the rate, whatever the spacing of the tries. */
+Test(bucket, random_tries_never_get_more_than_the_rate) {
+        uint64_t state = 0x9e3779b97f4a7c15ull;
+
+        for (int round = 0; round < 200; round++) {
+                IpTable *t = NULL;
+                IpKey k = key_of("192.0.2.9");
+                state ^= state << 13, state ^= state >> 7, state ^= state << 17;
+                unsigned rate = 1 + (unsigned) (state % 500), burst = 1 + (unsigned) ((state >> 20) % 20);
+                uint64_t start = 1000000000, at = start;
+                unsigned admitted = 0;
+
+                cr_assert_eq(iptable_new(&t), 0);
+                for (int i = 0; i < 5000; i++) {
+                        state ^= state << 13, state ^= state >> 7, state ^= state << 17;
+                        at += state % 3000;
+                        admitted += iptable_take_token(t, &k, rate, burst, at) == 1;
+                        uint64_t most = burst + (at - start) * rate / 1000000;
+                        cr_assert(admitted <= most, "round %d: %u let in by %llu us, at most %llu (rate %u, burst %u)",
+                                  round, admitted, (unsigned long long) (at - start), (unsigned long long) most, rate,
+                                  burst);
+                }
+                iptable_free(t);
+        }
+}
+
+/* A reload that makes the burst smaller: a bucket fuller than that is capped at the new
+ * burst, and its entry is forgotten once it refills. */
+Test(bucket, a_smaller_burst_caps_a_fuller_bucket) {
+        IpTable *t = NULL;
+        IpKey k = key_of("192.0.2.1");
+        uint64_t now = 1000000000;
+
+        cr_assert_eq(iptable_new(&t), 0);
+        cr_assert_eq(iptable_take_token(t, &k, 1, 10, now), 1); /* 9 left */
+        for (int i = 0; i < 2; i++)
+                cr_assert_eq(iptable_take_token(t, &k, 1, 2, now + 1), 1, "token %d of the new burst", i);
+        cr_assert_eq(iptable_take_token(t, &k, 1, 2, now + 1), 0, "capped at the new burst of 2");
+        iptable_expire(t, now + 3000000);
+        cr_assert_eq(iptable_size(t), 0, "refilled after 2 s at 1/s, and forgotten");
+        iptable_free(t);
+}
+
 /* ---- listen entries ---- */
 
 Test(listen_spec, valid_forms) {
