@@ -10,6 +10,11 @@
 /* A power of two; chains stay short for tens of thousands of distinct clients. */
 #define IPTABLE_BUCKETS 4096
 
+/* How many chains a new source looks through for a refilled entry when the table is full:
+ * about 16 entries each when it is, so the cost of a source is bounded (the server's lock is
+ * held) and the whole table is looked through every 512 new sources. */
+#define IPTABLE_SWEEP_CHAINS 8
+
 /* A token, in the bucket's unit: a microtoken, so that RATE tokens a second are RATE units a
  * microsecond, with no division to round away what a fast retry gained. */
 #define TOKEN 1000000u
@@ -26,6 +31,8 @@ typedef struct IpEntry {
 struct IpTable {
         IpEntry *buckets[IPTABLE_BUCKETS];
         size_t size;
+        size_t live;      /* entries with connections (bounded by max_connections) */
+        size_t sweep;     /* the next chain a full table looks through */
         uint64_t seed;    /* per-table, so that clients cannot aim at one chain */
 };
 
@@ -110,7 +117,8 @@ int iptable_inc(IpTable *t, const IpKey *key) {
 
         if (!*p && !add(t, p, key))
                 return -ENOMEM;
-        (*p)->count++;
+        if ((*p)->count++ == 0)
+                t->live++;
         return 0;
 }
 
@@ -119,12 +127,30 @@ void iptable_dec(IpTable *t, const IpKey *key, uint64_t now) {
 
         if (!*p || (*p)->count == 0)
                 return;
-        (*p)->count--;
+        if (--(*p)->count == 0)
+                t->live--;
         drop_if_idle(t, p, now);
 }
 
 size_t iptable_size(const IpTable *t) {
         return t->size;
+}
+
+/* rate_entries: the entries kept by their bucket alone: the ones IPTABLE_RATE_ENTRIES_MAX
+ * bounds (those with connections are bounded by max_connections). */
+static size_t rate_entries(const IpTable *t) {
+        return t->size - t->live;
+}
+
+/* sweep: drops the idle entries of the next IPTABLE_SWEEP_CHAINS chains. */
+static void sweep(IpTable *t, uint64_t now) {
+        for (size_t n = 0; n < IPTABLE_SWEEP_CHAINS; n++, t->sweep = (t->sweep + 1) & (IPTABLE_BUCKETS - 1))
+                for (IpEntry **p = &t->buckets[t->sweep]; *p;) {
+                        if (idle(*p, now))
+                                drop_if_idle(t, p, now);
+                        else
+                                p = &(*p)->next;
+                }
 }
 
 int iptable_take_token(IpTable *t, const IpKey *key, unsigned rate, unsigned burst, uint64_t now) {
@@ -135,9 +161,9 @@ int iptable_take_token(IpTable *t, const IpKey *key, unsigned rate, unsigned bur
         IpEntry *e = *p;
 
         if (!e) {
-                if (t->size >= IPTABLE_RATE_ENTRIES_MAX) {
-                        iptable_expire(t, now);
-                        if (t->size >= IPTABLE_RATE_ENTRIES_MAX)
+                if (rate_entries(t) >= IPTABLE_RATE_ENTRIES_MAX) {
+                        sweep(t, now);
+                        if (rate_entries(t) >= IPTABLE_RATE_ENTRIES_MAX)
                                 return -ENOSPC;
                         p = find(t, key);
                 }

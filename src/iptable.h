@@ -9,8 +9,10 @@
 
 #include "addr.h"
 
-/* A bound on the sources tracked; when it is reached and nothing has expired, the rate limit
- * fails open (admits) rather than refuse everyone, and the server says so. */
+/* A bound on the sources tracked for their rate bucket alone (a source with connections is
+ * bounded by max_connections); when it is reached and none of the few chains a new source
+ * looks through has an entry to forget, the rate limit fails open (admits) rather than refuse
+ * everyone, and the server says so. */
 #define IPTABLE_RATE_ENTRIES_MAX 65536
 
 typedef struct IpTable IpTable;

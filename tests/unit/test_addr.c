@@ -420,6 +420,48 @@ Test(bucket, a_smaller_burst_caps_a_fuller_bucket) {
         iptable_free(t);
 }
 
+/* Sources with live connections are bounded by max_connections: only entries kept by their
+ * bucket alone count against IPTABLE_RATE_ENTRIES_MAX, so a server with more connected
+ * sources than that still limits the rate of a new one. */
+Test(bucket, connected_sources_do_not_fill_the_table) {
+        IpTable *t = NULL;
+        IpKey fresh = { { 0x20, 0x01, 0x0d, 0xb9 } };
+
+        cr_assert_eq(iptable_new(&t), 0);
+        for (uint32_t i = 0; i < IPTABLE_RATE_ENTRIES_MAX; i++) {
+                IpKey k = { { 0x20, 0x01, 0x0d, 0xb8 } };
+                memcpy(k.bytes + 12, &i, sizeof(i));
+                cr_assert_eq(iptable_inc(t, &k), 0);
+        }
+        cr_assert_eq(iptable_take_token(t, &fresh, 1, 1, 5000000), 1);
+        cr_assert_eq(iptable_take_token(t, &fresh, 1, 1, 5000000), 0, "the new source is rate limited");
+        iptable_free(t);
+}
+
+/* A full table looks for room a few chains at a time, not in a walk of every entry for each
+ * new source (under the server's lock, which every loop's admissions wait for): the
+ * once-a-second tick walks it all. */
+Test(bucket, a_full_table_is_not_walked_for_each_new_source) {
+        IpTable *t = NULL;
+        uint64_t now = 5000000;
+
+        cr_assert_eq(iptable_new(&t), 0);
+        for (uint32_t i = 0; i < IPTABLE_RATE_ENTRIES_MAX; i++) {
+                IpKey k = { { 0x20, 0x01, 0x0d, 0xb8 } };
+                memcpy(k.bytes + 12, &i, sizeof(i));
+                cr_assert_eq(iptable_take_token(t, &k, 1, 1, now), 1);
+        }
+        /* A second later every bucket has refilled: all of them could go. */
+        IpKey extra = { { 0x20, 0x01, 0x0d, 0xb9 } };
+        cr_assert_eq(iptable_take_token(t, &extra, 1, 1, now + 1000000), 1, "room found among the refilled");
+        cr_assert_gt(iptable_size(t), IPTABLE_RATE_ENTRIES_MAX / 2, "%zu entries left: the whole table was walked",
+                     iptable_size(t));
+        /* The tick's walk forgets them all. */
+        iptable_expire(t, now + 2000000);
+        cr_assert_eq(iptable_size(t), 0);
+        iptable_free(t);
+}
+
 /* ---- listen entries ---- */
 
 Test(listen_spec, valid_forms) {
