@@ -154,6 +154,14 @@ Test(addr, non_ip_family_is_refused) {
         cr_assert_eq(ip_key_from_sockaddr(&sa, &k), -EAFNOSUPPORT);
 }
 
+/* numbered_source: the source numbered I, in 2001:db8::/32. */
+static IpKey numbered_source(uint32_t i) {
+        IpKey k = { { 0x20, 0x01, 0x0d, 0xb8 } };
+
+        memcpy(k.bytes + 12, &i, sizeof(i));
+        return k;
+}
+
 Test(iptable, counts_up_and_down_and_forgets_at_zero) {
         struct sockaddr_in a = v4("192.0.2.1", 1), b = v4("192.0.2.2", 1);
         IpTable *t = NULL;
@@ -186,14 +194,12 @@ Test(iptable, many_distinct_clients) {
 
         cr_assert_eq(iptable_new(&t), 0);
         for (uint32_t i = 0; i < N; i++) {
-                IpKey k = { { 0x20, 0x01, 0x0d, 0xb8 } };
-                memcpy(k.bytes + 12, &i, sizeof(i));
+                IpKey k = numbered_source(i);
                 cr_assert_eq(iptable_inc(t, &k), 0);
         }
         cr_assert_eq(iptable_size(t), N);
         for (uint32_t i = 0; i < N; i++) {
-                IpKey k = { { 0x20, 0x01, 0x0d, 0xb8 } };
-                memcpy(k.bytes + 12, &i, sizeof(i));
+                IpKey k = numbered_source(i);
                 cr_assert_eq(iptable_count(t, &k), 1);
                 iptable_dec(t, &k, 0);
         }
@@ -284,6 +290,19 @@ Test(cidr, invalid_forms) {
 
 /* ---- the connection-rate bucket ---- */
 
+/* fill: a new table holding IPTABLE_RATE_ENTRIES_MAX sources, each of which took a token
+ * (RATE and BURST) at NOW, or opened a connection when RATE is 0. */
+static IpTable *fill(unsigned rate, unsigned burst, uint64_t now) {
+        IpTable *t = NULL;
+
+        cr_assert_eq(iptable_new(&t), 0);
+        for (uint32_t i = 0; i < IPTABLE_RATE_ENTRIES_MAX; i++) {
+                IpKey k = numbered_source(i);
+                cr_assert_eq(rate ? iptable_take_token(t, &k, rate, burst, now) : iptable_inc(t, &k), rate ? 1 : 0);
+        }
+        return t;
+}
+
 Test(bucket, burst_then_refill_at_the_rate) {
         IpTable *t = NULL;
         IpKey k = key_of("192.0.2.1"), other = key_of("192.0.2.2");
@@ -319,15 +338,8 @@ Test(bucket, an_entry_with_connections_outlives_its_bucket) {
 }
 
 Test(bucket, a_full_table_fails_open_to_the_caller) {
-        IpTable *t = NULL;
         uint64_t now = 5000000;
-
-        cr_assert_eq(iptable_new(&t), 0);
-        for (uint32_t i = 0; i < IPTABLE_RATE_ENTRIES_MAX; i++) {
-                IpKey k = { { 0x20, 0x01, 0x0d, 0xb8 } };
-                memcpy(k.bytes + 12, &i, sizeof(i));
-                cr_assert_eq(iptable_take_token(t, &k, 1, 2, now), 1);
-        }
+        IpTable *t = fill(1, 2, now);
         IpKey extra = { { 0x20, 0x01, 0x0d, 0xb9 } };
         cr_assert_eq(iptable_take_token(t, &extra, 1, 2, now), -ENOSPC);
         /* Once the buckets refill, room comes back. */
@@ -424,15 +436,9 @@ Test(bucket, a_smaller_burst_caps_a_fuller_bucket) {
  * bucket alone count against IPTABLE_RATE_ENTRIES_MAX, so a server with more connected
  * sources than that still limits the rate of a new one. */
 Test(bucket, connected_sources_do_not_fill_the_table) {
-        IpTable *t = NULL;
+        IpTable *t = fill(0, 0, 0);
         IpKey fresh = { { 0x20, 0x01, 0x0d, 0xb9 } };
 
-        cr_assert_eq(iptable_new(&t), 0);
-        for (uint32_t i = 0; i < IPTABLE_RATE_ENTRIES_MAX; i++) {
-                IpKey k = { { 0x20, 0x01, 0x0d, 0xb8 } };
-                memcpy(k.bytes + 12, &i, sizeof(i));
-                cr_assert_eq(iptable_inc(t, &k), 0);
-        }
         cr_assert_eq(iptable_take_token(t, &fresh, 1, 1, 5000000), 1);
         cr_assert_eq(iptable_take_token(t, &fresh, 1, 1, 5000000), 0, "the new source is rate limited");
         iptable_free(t);
@@ -442,15 +448,9 @@ Test(bucket, connected_sources_do_not_fill_the_table) {
  * new source (under the server's lock, which every loop's admissions wait for): the
  * once-a-second tick walks it all. */
 Test(bucket, a_full_table_is_not_walked_for_each_new_source) {
-        IpTable *t = NULL;
         uint64_t now = 5000000;
+        IpTable *t = fill(1, 1, now);
 
-        cr_assert_eq(iptable_new(&t), 0);
-        for (uint32_t i = 0; i < IPTABLE_RATE_ENTRIES_MAX; i++) {
-                IpKey k = { { 0x20, 0x01, 0x0d, 0xb8 } };
-                memcpy(k.bytes + 12, &i, sizeof(i));
-                cr_assert_eq(iptable_take_token(t, &k, 1, 1, now), 1);
-        }
         /* A second later every bucket has refilled: all of them could go. */
         IpKey extra = { { 0x20, 0x01, 0x0d, 0xb9 } };
         cr_assert_eq(iptable_take_token(t, &extra, 1, 1, now + 1000000), 1, "room found among the refilled");
