@@ -363,19 +363,20 @@ static unsigned flood(IpTable *t, const IpKey *k, unsigned rate, unsigned burst,
  * more than 1,000 times a token got nothing after its burst (and legitimate clients behind
  * the same address block with it). */
 Test(bucket, a_source_retrying_fast_still_gets_the_rate) {
-        static const struct { unsigned rate, burst; uint64_t gap; } cases[] = {
-                { 1, 1, 999 },   /* just under a millitoken a try */
-                { 1, 1, 1 },     /* every microsecond */
-                { 3, 1, 250 },
-                { 10, 10, 150 }, /* 1.5 millitokens a try: a third lost */
-                { 1000, 5, 7 },
-                { 1000000, 1, 1 },
+        static const struct { unsigned rate, burst; uint64_t gap; unsigned seconds; } cases[] = {
+                { 1, 1, 999, 10 },  /* just under a millitoken a try */
+                { 1, 1, 1, 3 },     /* every microsecond */
+                { 3, 1, 250, 10 },
+                { 10, 10, 150, 10 }, /* 1.5 millitokens a try: a third lost */
+                /* whole millitokens a try, which the old bucket got right too */
+                { 1000, 5, 7, 1 },
+                { 1000000, 1, 1, 1 },
         };
 
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
                 IpTable *t = NULL;
                 IpKey k = key_of("192.0.2.1");
-                unsigned seconds = cases[i].gap < 10 ? 1 : 10;
+                unsigned seconds = cases[i].seconds;
 
                 cr_assert_eq(iptable_new(&t), 0);
                 unsigned admitted = flood(t, &k, cases[i].rate, cases[i].burst, 1000000000, cases[i].gap, seconds);
