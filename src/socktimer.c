@@ -1,3 +1,4 @@
+/* socktimer: setsockopt() for a timeout only when it must change (socktimer.h). */
 #include "socktimer.h"
 
 #include <errno.h>
