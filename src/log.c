@@ -125,18 +125,34 @@ static void flatten(char *s, size_t n) {
                         s[i] = '?';
 }
 
+/* utf8_boundary: N, or less, so that S[0..N) does not end inside a UTF-8 sequence: a message
+ * cut at the line's limit loses the whole character (journalctl shows a MESSAGE= that is not
+ * valid UTF-8 as "[blob data]"). Bytes that are no UTF-8 are left as they are. */
+static size_t utf8_boundary(const char *s, size_t n) {
+        size_t lead = n;
+
+        while (lead > 0 && n - lead < 3 && ((unsigned char) s[lead - 1] & 0xc0) == 0x80)
+                lead--; /* over continuation bytes, to the lead byte's end */
+        if (lead == 0)
+                return n;
+        unsigned char c = (unsigned char) s[lead - 1];
+        size_t len = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 1;
+        return n - (lead - 1) < len ? lead - 1 : n;
+}
+
 /* format_message: the message with ": strerror" appended, flattened; returns its length. */
 static size_t format_message(char *buf, size_t size, int errnum, const char *format, va_list ap)
         __attribute__((format(printf, 4, 0)));
 
 static size_t format_message(char *buf, size_t size, int errnum, const char *format, va_list ap) {
         int m = vsnprintf(buf, size, format, ap);
-        size_t n = m < 0 ? 0 : (size_t) m < size ? (size_t) m : size - 1;
+        bool cut = m >= 0 && (size_t) m >= size;
+        size_t n = m < 0 ? 0 : cut ? utf8_boundary(buf, size - 1) : (size_t) m;
 
-        if (errnum != 0 && n < size - 1) {
+        if (errnum != 0 && !cut && n < size - 1) {
                 char ebuf[128];
                 m = snprintf(buf + n, size - n, ": %s", strerror_r(errnum, ebuf, sizeof(ebuf)));
-                n = m < 0 ? n : (size_t) m < size - n ? n + (size_t) m : size - 1;
+                n = m < 0 ? n : (size_t) m < size - n ? n + (size_t) m : utf8_boundary(buf, size - 1);
         }
         buf[n] = '\0';
         flatten(buf, n);
