@@ -142,15 +142,20 @@ static size_t rate_entries(const IpTable *t) {
         return t->size - t->live;
 }
 
+/* expire_chain: drops the idle entries of chain I. */
+static void expire_chain(IpTable *t, size_t i, uint64_t now) {
+        for (IpEntry **p = &t->buckets[i]; *p;) {
+                if (idle(*p, now))
+                        drop_if_idle(t, p, now);
+                else
+                        p = &(*p)->next;
+        }
+}
+
 /* sweep: drops the idle entries of the next IPTABLE_SWEEP_CHAINS chains. */
 static void sweep(IpTable *t, uint64_t now) {
         for (size_t n = 0; n < IPTABLE_SWEEP_CHAINS; n++, t->sweep = (t->sweep + 1) & (IPTABLE_BUCKETS - 1))
-                for (IpEntry **p = &t->buckets[t->sweep]; *p;) {
-                        if (idle(*p, now))
-                                drop_if_idle(t, p, now);
-                        else
-                                p = &(*p)->next;
-                }
+                expire_chain(t, t->sweep, now);
 }
 
 int iptable_take_token(IpTable *t, const IpKey *key, unsigned rate, unsigned burst, uint64_t now) {
@@ -171,12 +176,14 @@ int iptable_take_token(IpTable *t, const IpKey *key, unsigned rate, unsigned bur
                 if (!e)
                         return -ENOMEM;
         }
-        if (e->full_at == 0 || now >= e->full_at)
+        if (e->full_at == 0 || now >= e->full_at) {
                 e->tokens = full; /* never drawn from, or refilled by now */
-        else /* rate tokens a second: rate microtokens a microsecond, exactly; capped at a
-              * full bucket, which a reload may have made smaller */
-                e->tokens = e->tokens + (now - e->refilled) * rate >= full ? full
-                                                                            : e->tokens + (now - e->refilled) * rate;
+        } else {
+                /* rate tokens a second: rate microtokens a microsecond, exactly; capped at a
+                 * full bucket, which a reload may have made smaller */
+                uint64_t filled = e->tokens + (now - e->refilled) * rate;
+                e->tokens = filled < full ? filled : full;
+        }
         e->refilled = now;
 
         int allowed = e->tokens >= TOKEN;
@@ -189,10 +196,5 @@ int iptable_take_token(IpTable *t, const IpKey *key, unsigned rate, unsigned bur
 
 void iptable_expire(IpTable *t, uint64_t now) {
         for (size_t i = 0; i < IPTABLE_BUCKETS; i++)
-                for (IpEntry **p = &t->buckets[i]; *p;) {
-                        if (idle(*p, now))
-                                drop_if_idle(t, p, now);
-                        else
-                                p = &(*p)->next;
-                }
+                expire_chain(t, i, now);
 }
