@@ -31,7 +31,7 @@ struct Lingerer {
         int wake_fd;  /* eventfd: an earlier deadline, or the stop */
         pthread_mutex_t lock; /* everything below */
         Deadlines list;
-        size_t n, max; /* in the list; at most */
+        size_t n, max; /* in the list or reserved (lingerer_reserve); at most */
         uint64_t sleep_until; /* the lingerer's next look, at the latest */
         bool stop;
 };
@@ -104,14 +104,26 @@ static void drain(Lingerer *g, Lingering *l) {
         }
 }
 
+bool lingerer_reserve(Lingerer *g) {
+        pthread_mutex_lock(&g->lock);
+        bool room = g->n < g->max;
+        if (room)
+                g->n++;
+        pthread_mutex_unlock(&g->lock);
+        return room;
+}
+
 void lingerer_add(Lingerer *g, int fd, uint64_t deadline, size_t discarded, void *record) {
         Lingering *l = malloc(sizeof(*l));
         struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP, .data.ptr = l };
         uint64_t sleep_until;
 
-        if (!l) { /* cannot wait for the client: the FIN is out, close now */
+        if (!l) { /* cannot wait for the client: close now, its place given back */
                 close(fd);
                 free(record);
+                pthread_mutex_lock(&g->lock);
+                g->n--;
+                pthread_mutex_unlock(&g->lock);
                 return;
         }
         /* At most the linger time from now, whatever a resumed session brought. */
@@ -120,16 +132,10 @@ void lingerer_add(Lingerer *g, int fd, uint64_t deadline, size_t discarded, void
                 deadline = latest;
         *l = (Lingering) { .fd = fd, .discarded = discarded, .record = record };
         pthread_mutex_lock(&g->lock);
-        if (g->n >= g->max) {
-                pthread_mutex_unlock(&g->lock);
-                release(g, l); /* not registered: the EPOLL_CTL_DEL fails, harmlessly */
-                return;
-        }
         /* Listed and registered in one step under the lock: the lingerer cannot close it (its
          * deadline may have passed already) before it is registered, nor read it before it is
          * listed. Without the registration (out of memory) it still closes at its deadline. */
-        deadlines_set(&g->list, &l->timer, deadline);
-        g->n++;
+        deadlines_set(&g->list, &l->timer, deadline); /* counted in N since lingerer_reserve() */
         if (epoll_ctl(g->epoll_fd, EPOLL_CTL_ADD, fd, &ev) < 0)
                 log_warning_errno(-errno, "cannot wait for a lingering client, closing it at its deadline");
         sleep_until = g->sleep_until;

@@ -3,15 +3,18 @@
  * discards what the client still sends and closes the socket at the client's EOF, after
  * SESSION_LINGER_BYTES or at its deadline, while the thread that served it goes on to its
  * next client. (A thread that kept the socket itself left it open and unread for as long as
- * its next conversation lasted.) At most a set number of sockets linger: past it, a socket is
- * closed at once (its FIN is out; a reset may then answer bytes the client still sends), so
- * that lingering needs no more descriptors than the connections themselves.
+ * its next conversation lasted.) At most a set number of sockets linger here, each in a place
+ * taken with lingerer_reserve() before the connection is let go. Past that, the thread lingers
+ * itself and the connection keeps its slot: a socket closed at once answers the bytes its
+ * client still sends with a reset, which destroys the replies not yet delivered. So lingering
+ * needs no more descriptors than the connections themselves, twice over.
  *
  * The lingerer sleeps in an epoll set holding the lingering sockets and an eventfd (an earlier
  * deadline, or the stop), until the earliest deadline (within LINGERER_SLACK_USEC, so that
  * deadlines close together cost one wakeup). */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -37,7 +40,11 @@ typedef void (*LingererGive)(void *userdata, int fd, void *record, uint64_t dead
  * of being closed (to linger on in the next process). */
 void lingerer_hand_over(Lingerer *g, LingererGive give, void *userdata);
 
+/* lingerer_reserve: a place for one more socket, taken now, so that the caller knows before
+ * it lets go of the connection; false when MAX sockets linger or have places. lingerer_add()
+ * fills it. */
+bool lingerer_reserve(Lingerer *g);
 /* lingerer_add: FD (its FIN sent) is the lingerer's until DEADLINE, DISCARDED bytes of it read
- * already; RECORD (malloc'd, or NULL) goes with it: freed when it closes, or given at a
- * hand-over. */
+ * already, in the place lingerer_reserve() took; RECORD (malloc'd, or NULL) goes with it:
+ * freed when it closes, or given at a hand-over. */
 void lingerer_add(Lingerer *g, int fd, uint64_t deadline, size_t discarded, void *record);

@@ -343,8 +343,51 @@ typedef struct Linger {
         size_t discarded;
 } Linger;
 
-/* run: the whole session on a worker thread; *LINGER: its socket, if it lingers. */
-static Outcome run(Session *s, ServingThread *me, Linger *linger) {
+/* linger_here: S's FIN is out and the lingerer is full: this thread reads and discards what
+ * the client still sends until its EOF, SESSION_LINGER_BYTES or DEADLINE, DISCARDED bytes read
+ * already, the session keeping its slot (as a pool's lingering session does). HANDING_OVER:
+ * it lingers on in the next process (S says how), or 0. */
+static int linger_here(Session *s, uint64_t deadline, size_t discarded) {
+        SockTimer recv_timer = { .fd = s->fd, .option = SO_RCVTIMEO };
+        uint64_t latest = now_usec() + SESSION_LINGER_USEC; /* whatever a resumed session brought */
+
+        if (deadline > latest)
+                deadline = latest;
+        while (discarded < SESSION_LINGER_BYTES && !session_stop_requested(s)) {
+                if (handing_over(s)) {
+                        s->lingering = true; /* lingering, in_len counts what was discarded */
+                        s->want_write = false;
+                        s->timer.at = deadline;
+                        s->in_off = 0;
+                        s->in_len = discarded;
+                        return HANDING_OVER;
+                }
+                if (!socktimer_arm(&recv_timer, deadline, now_usec()))
+                        break; /* its time is up */
+                ssize_t n = recv(s->fd, s->in, s->in_cap, 0);
+                if (n > 0)
+                        discarded += (size_t) n;
+                else if (n == 0 || (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK))
+                        break; /* its EOF, or the connection failed */
+        }
+        return 0;
+}
+
+/* let_linger: S's socket lingers until DEADLINE, DISCARDED bytes read already: in the lingerer
+ * (*LINGER), so that this thread goes on at once and the slot frees, when it has room;
+ * otherwise here. */
+static Outcome let_linger(PerConn *p, Session *s, uint64_t deadline, size_t discarded, Linger *linger) {
+        if (lingerer_reserve(p->lingerer)) {
+                *linger = (Linger) { .fd = s->fd, .deadline = deadline, .discarded = discarded };
+                s->fd_kept = true;
+                return OUTCOME_DONE;
+        }
+        return linger_here(s, deadline, discarded) == HANDING_OVER ? OUTCOME_HANDED : OUTCOME_DONE;
+}
+
+/* run: the whole session on a worker thread; *LINGER: its socket, if it lingers in the
+ * lingerer. */
+static Outcome run(PerConn *p, Session *s, ServingThread *me, Linger *linger) {
         /* A resumed session may have brought buffers of its own. */
         if (!s->in)
                 s->in = malloc(s->in_cap);
@@ -354,11 +397,8 @@ static Outcome run(Session *s, ServingThread *me, Linger *linger) {
                 session_fail(s, -ENOMEM);
                 return OUTCOME_DONE;
         }
-        if (s->lingering) { /* resumed after its FIN was sent: with what it brought */
-                *linger = (Linger) { .fd = s->fd, .deadline = s->timer.at, .discarded = s->in_len };
-                s->fd_kept = true;
-                return OUTCOME_DONE;
-        }
+        if (s->lingering) /* resumed after its FIN was sent: with what it brought */
+                return let_linger(p, s, s->timer.at, s->in_len, linger);
         int r = s->proxy ? proxy_header(s) : 0;
         if (r == HANDING_OVER)
                 return OUTCOME_HANDED;
@@ -390,8 +430,7 @@ static Outcome run(Session *s, ServingThread *me, Linger *linger) {
                         s->in_off = s->in_len = 0;
                         return OUTCOME_HANDED;
                 }
-                *linger = (Linger) { .fd = s->fd, .deadline = deadline };
-                s->fd_kept = true;
+                return let_linger(p, s, deadline, 0, linger);
         }
         return OUTCOME_DONE;
 }
@@ -623,7 +662,7 @@ static void serve(void *userdata, void *job) {
         Linger linger = { .fd = -1 };
 
         serving_add(p->serving, &me);
-        Outcome outcome = run(s, &me, &linger);
+        Outcome outcome = run(p, s, &me, &linger);
         serving_remove(p->serving, &me, handing(p));
         if (outcome == OUTCOME_HANDED) {
                 p->engine.hooks.handed_over(s, p->engine.hooks.userdata);

@@ -1689,6 +1689,54 @@ Test(handover, a_lingering_close_goes_on_in_the_next_process_per_connection, .ti
                 lingering_crosses_from(PERCONN_CROSSINGS[i][0], PERCONN_CROSSINGS[i][1]);
 }
 
+/* With the lingerer full (max_connections = 1 socket, a first client's), a conversation that
+ * ends lingers on its own thread, its slot kept; at a hand-over that socket goes on lingering
+ * in the next process as the lingerer's do: a line written late in the gap is read and dropped
+ * there, and the socket closes without a reset. */
+Test(handover, a_lingering_close_on_its_own_thread_goes_on_in_the_next_process, .timeout = 60) {
+        enum { ATTEMPTS = 3 };
+        struct tcp_info info;
+        socklen_t len = sizeof(info);
+        Rig r;
+        int first, fd;
+
+        rig_start(&r);
+        rig_serve(&r, "workers = \"per-connection\";\nmax_connections = 1;\nlog_level = \"info\";\n");
+        for (int attempt = 1;; attempt++) {
+                harness_step("a first client's lingering socket fills the lingerer");
+                first = client_exit_replies_unread(r.port);
+                harness_step("the next conversation ends with its replies unread");
+                fd = client_exit_unread(r.port);
+                if (hellod_holds_socket_of(r.port, first)) /* held then: the lingerer was full at fd's end */
+                        break;
+                cr_assert_lt(attempt, ATTEMPTS, "in %d attempts the first socket's second ran out before the next "
+                                                "conversation ended", ATTEMPTS);
+                client_close(first);
+                client_close(fd);
+                harness_sleep_ms(1200);
+        }
+        stop_and_wait(r.d);
+        hellod_wait_stderr(r.d, "handed 2 conversations over");
+        client_expect_exit_replies(fd);
+        store_wait(r.d, &r.st, "state", 1);
+        cr_assert_eq(client_write_late(fd), CLIENT_LATE_DISCARDED, "a late write met a reset in the gap");
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "resumed 2 conversations");
+        client_close(first);
+        int64_t start = harness_now_ms();
+        while (hellod_holds_socket_of(r.port, fd)) {
+                if (harness_now_ms() - start > HARNESS_TIMEOUT_MS)
+                        hellod_fail(r.d, "the resumed lingering close did not end within %d ms", HARNESS_TIMEOUT_MS);
+                harness_sleep_ms(20);
+        }
+        cr_assert_eq(getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len), 0);
+        cr_assert_eq(info.tcpi_state, TCP_CLOSE_WAIT, "the lingering socket was closed with the late line unread (state %u)",
+                     info.tcpi_state);
+        client_close(fd);
+        stop_and_wait(r.d);
+        store_end_rig(r.d, &r.st, r.listener);
+}
+
 /* ending_during_hand_over: MODEL, in both processes. A hand-over that takes a while (PID 1
  * takes 10 ms a descriptor), and a quarter of the clients say exit, a quarter close, a quarter
  * reset and a quarter wait: FROZEN, all while hellod is stopped with the SIGTERM pending, so

@@ -143,10 +143,12 @@ Test(limits, per_connection_slot_frees_when_the_conversation_ends, .timeout = 60
 }
 
 /* ... and the sockets lingering there are bounded like the conversations, at max_connections:
- * past that an ended conversation's socket closes at once, so that clients that end their
- * conversations in a loop and keep their ends open cannot run hellod out of descriptors. */
+ * past that, an ended conversation lingers on in its own thread and keeps its slot meanwhile,
+ * as a pool's lingering session does, so that clients that end their conversations in a loop
+ * and keep their ends open cannot run hellod out of descriptors (nor threads): the next client
+ * is told busy. */
 Test(limits, per_connection_lingering_is_bounded_by_max_connections, .timeout = 60) {
-        enum { MAX = 2, CLIENTS = 4, ATTEMPTS = 3 };
+        enum { MAX = 2, CLIENTS = 2 * MAX, ATTEMPTS = 3 };
         Hellod *d = hellod_start("workers = \"per-connection\";\nmax_connections = %d;\n", MAX);
         int fds[CLIENTS];
 
@@ -156,28 +158,36 @@ Test(limits, per_connection_lingering_is_bounded_by_max_connections, .timeout = 
                 int64_t start = harness_now_ms();
                 for (int i = 0; i < CLIENTS; i++)
                         fds[i] = client_exit_replies_unread(d->port);
+                harness_step("the next client, while they linger");
+                int next = client_connect(d->port);
+                ClientState next_state = CLIENT_WAITING;
+                while (next_state == CLIENT_WAITING && client_wait_readable(next, HARNESS_TIMEOUT_MS))
+                        next_state = client_classify(next);
                 bool held[CLIENTS];
                 int n_held = 0;
                 for (int i = 0; i < CLIENTS; i++)
                         n_held += held[i] = hellod_holds_socket_of(d->port, fds[i]);
                 int64_t took = harness_now_ms() - start; /* the first socket's linger began after START */
-                harness_step("hellod holds %d of their sockets, %lld ms after the first conversation began", n_held,
-                             (long long) took);
-                cr_assert_leq(n_held, MAX, "%d sockets lingered with max_connections = %d", n_held, MAX);
-                /* A socket let go is never held again: the first two held at that look were held
-                 * when the last two conversations ended, and the bound was full then. */
-                bool first_held = held[0] && held[1];
-                ClientLate first = first_held ? client_write_late(fds[0]) : CLIENT_LATE_RESET;
-                if (first_held && first == CLIENT_LATE_DISCARDED) {
-                        cr_assert(!held[2] && !held[3], "sockets lingered past the bound");
-                        cr_assert_eq(client_write_late(fds[CLIENTS - 1]), CLIENT_LATE_RESET,
-                                     "the last client's socket lingered past the bound");
+                harness_step("hellod holds %d of their sockets, %lld ms after the first conversation began; the "
+                             "next client was %s",
+                             n_held, (long long) took, next_state == CLIENT_REFUSED ? "told busy" : "served");
+                /* A socket let go is never held again: all held at that look were held when the
+                 * next client came. */
+                if (n_held == CLIENTS) {
+                        cr_assert_eq(next_state, CLIENT_REFUSED,
+                                     "%d sockets lingered with max_connections = %d, and the next client was served "
+                                     "all the same",
+                                     CLIENTS, MAX);
+                        for (int i = 0; i < CLIENTS; i++)
+                                cr_assert_eq(client_write_late(fds[i]), CLIENT_LATE_DISCARDED,
+                                             "client %d's socket did not linger", i + 1);
+                        client_close(next);
                         break;
                 }
-                took = harness_now_ms() - start;
+                client_close(next);
                 /* Let go within its linger time (a second): lingering is broken. Later, a slow
                  * machine let the first ones' lingering end before the test could look. */
-                cr_assert_geq(took, 1000, "the first sockets were let go %lld ms after their conversations began",
+                cr_assert_geq(took, 1000, "a socket was let go %lld ms after the first conversation began",
                               (long long) took);
                 cr_assert_lt(attempt, ATTEMPTS, "in %d attempts the %d conversations took over a second", ATTEMPTS,
                              CLIENTS);
@@ -185,8 +195,52 @@ Test(limits, per_connection_lingering_is_bounded_by_max_connections, .timeout = 
                         client_close(fds[i]);
                 harness_sleep_ms(1200); /* every lingering socket closed: the lingerer is empty again */
         }
+        harness_step("once they close their ends, the slots are free again");
         for (int i = 0; i < CLIENTS; i++)
                 client_close(fds[i]);
+        int last = connect_served(d->port, NULL);
+        client_hello(last, "last");
+        client_close(last);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* A conversation that ends with its replies unsent while the lingerer is full lingers on in
+ * its thread: closed at once, a line the client sent after its exit met a socket with replies
+ * still unsent, and the reset that answers it destroyed them. */
+Test(limits, per_connection_last_replies_survive_a_full_lingerer, .timeout = 60) {
+        enum { ATTEMPTS = 3 };
+        Hellod *d = hellod_start("workers = \"per-connection\";\nmax_connections = 1;\n");
+
+        for (int attempt = 1;; attempt++) {
+                harness_step("a client's lingering socket fills the lingerer (max_connections = 1)");
+                int64_t start = harness_now_ms();
+                int first = client_exit_replies_unread(d->port);
+
+                harness_step("the next client says exit before taking its replies, and sends a line after it");
+                int next = client_exit_unread(d->port);
+                bool full = hellod_holds_socket_of(d->port, first); /* held then: held at next's end */
+                int64_t took = harness_now_ms() - start;
+                cr_assert_eq(client_try_send(next, "late\n", 5), 0, "the socket was reset before its replies were read");
+                if (full) {
+                        harness_step("it gets every reply, and the EOF");
+                        client_expect_exit_replies(next);
+                        cr_assert_eq(client_write_late(next), CLIENT_LATE_DISCARDED, "its socket did not linger");
+                        client_close(next);
+                        client_close(first);
+                        break;
+                }
+                cr_assert_geq(took, 1000, "the first socket was let go %lld ms after its conversation began",
+                              (long long) took);
+                cr_assert_lt(attempt, ATTEMPTS, "in %d attempts the two conversations took over a second", ATTEMPTS);
+                client_close(next);
+                client_close(first);
+                harness_sleep_ms(1200);
+        }
+        harness_step("the slot frees once the client closes its end");
+        int last = connect_served(d->port, NULL);
+        client_hello(last, "last");
+        client_close(last);
         hellod_stop_clean(d);
         hellod_free(d);
 }
