@@ -56,13 +56,16 @@ static bool stale(Workers *pool, const Worker *w) {
 /* keep_one_waiting: called by a thread about to serve or to leave (still counted alive, so
  * that the pool cannot be freed meanwhile); starts a waiting thread when none waits. false
  * when none waits and none could be started (TasksMax, RLIMIT_NPROC, memory): the caller is
- * then the only thread left to accept, and must neither serve nor leave. */
+ * then the only thread left to accept, and must neither serve nor leave. Stopping, none need
+ * wait: spawn() says so under the pool's lock (-ECANCELED), so that a stop that begins
+ * meanwhile is not taken for a failure to start one, and the client is served (the stop or the
+ * hand-over reaches it there), not told busy. */
 static bool keep_one_waiting(Workers *pool) {
-        if (stopping(pool) || __atomic_load_n(&pool->n_waiting, __ATOMIC_ACQUIRE) > 0)
+        if (__atomic_load_n(&pool->n_waiting, __ATOMIC_ACQUIRE) > 0)
                 return true;
         unsigned suppressed;
         int r = spawn(pool, NULL);
-        if (r >= 0)
+        if (r >= 0 || r == -ECANCELED)
                 return true;
         if (ratelimit_allow(&pool->spawn_log, &suppressed))
                 log_warning_errno(r, "cannot start a worker thread to accept connections; new clients are "

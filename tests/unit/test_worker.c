@@ -16,7 +16,8 @@
 enum { QUEUE_MAX = 64 };
 
 typedef struct Job {
-        bool block; /* wait for the gate to open */
+        bool block;          /* wait for the gate to open */
+        bool shutdown_first; /* the wait that takes it calls workers_shutdown() first */
 } Job;
 
 /* The queue the threads wait on, and what the jobs did. */
@@ -42,6 +43,8 @@ static void *queue_wait(void *userdata) {
          * listener). */
         if (!q.closed && !workers_stale(q.pool))
                 job = q.jobs[--q.n];
+        if (job && job->shutdown_first)
+                workers_shutdown(q.pool);
         pthread_cond_broadcast(&q.cond);
         pthread_mutex_unlock(&q.lock);
         return job;
@@ -120,6 +123,18 @@ static void wait_refused(unsigned n) {
         cr_assert_eq(refused, n, "%u jobs turned away, %u served, expected %u turned away", refused, done, n);
 }
 
+/* wait_handled: until N jobs were served or turned away, bounded. */
+static void wait_handled(unsigned n) {
+        struct timespec deadline;
+
+        clock_gettime(CLOCK_REALTIME, &deadline);
+        deadline.tv_sec += 5;
+        pthread_mutex_lock(&q.lock);
+        while (q.done + q.refused < n && pthread_cond_timedwait(&q.cond, &q.lock, &deadline) == 0)
+                ;
+        pthread_mutex_unlock(&q.lock);
+}
+
 /* settle: a job returns before its thread waits again or leaves; give it a moment, bounded. */
 static void settle(Workers *w, unsigned want_waiting, unsigned want_count) {
         for (int i = 0; i < 5000 && (workers_waiting(w) != want_waiting || workers_count(w) != want_count); i++)
@@ -159,6 +174,21 @@ Test(workers, no_thread_is_started_after_the_shutdown) {
         cr_assert_eq(workers_count(w), 1, "a thread was started after the shutdown");
         cr_assert_eq(stop(w, 5000), 0);
         cr_assert_eq(q.done, 0);
+}
+
+/* A job taken as the shutdown begins is served, not turned away as if no thread could be
+ * started: in hellod the stop (ERR shutting down) or the hand-over reaches it in its session. */
+Test(workers, a_job_taken_as_the_shutdown_begins_is_served) {
+        Workers *w = pool_new(128 * 1024, 4);
+        Job job = { .block = false, .shutdown_first = true };
+
+        cr_assert_eq(workers_start(w), 0);
+        settle(w, 1, 1);
+        push(&job);
+        wait_handled(1);
+        cr_assert_eq(q.refused, 0, "the job was turned away");
+        cr_assert_eq(q.done, 1, "the job was not served");
+        cr_assert_eq(stop(w, 5000), 0);
 }
 
 Test(workers, sequential_jobs_reuse_the_threads) {
