@@ -1629,6 +1629,24 @@ Test(handover, kept_output_keeps_its_write_deadline_across_the_hand_over, .timeo
         write_deadline_carried("per-connection");
 }
 
+/* expect_lingering_ends_quietly: the next process's lingering close of FD (a late line written
+ * to it unread) ends within the harness's timeout, and with a FIN: the client is left in
+ * CLOSE_WAIT, not reset. */
+static void expect_lingering_ends_quietly(Rig *r, int fd) {
+        struct tcp_info info;
+        socklen_t len = sizeof(info);
+        int64_t start = harness_now_ms();
+
+        while (hellod_holds_socket_of(r->port, fd)) {
+                if (harness_now_ms() - start > HARNESS_TIMEOUT_MS)
+                        hellod_fail(r->d, "the resumed lingering close did not end within %d ms", HARNESS_TIMEOUT_MS);
+                harness_sleep_ms(20);
+        }
+        cr_assert_eq(getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len), 0);
+        cr_assert_eq(info.tcpi_state, TCP_CLOSE_WAIT, "the lingering socket was closed with the late line unread (state %u)",
+                     info.tcpi_state);
+}
+
 /* lingering_crosses_from: a lingering close (the client said exit before taking its replies:
  * src/session.c) handed over from a loop on FROM to one on TO goes on in the next process: a
  * line the client writes late (between the processes) is read and dropped there, and the socket
@@ -1636,8 +1654,6 @@ Test(handover, kept_output_keeps_its_write_deadline_across_the_hand_over, .timeo
  * on their way). */
 static void lingering_crosses_from(const char *from, const char *to) {
         Rig r;
-        struct tcp_info info;
-        socklen_t len = sizeof(info);
 
         harness_step("from %s to %s", from, to);
         rig_start(&r);
@@ -1657,15 +1673,7 @@ static void lingering_crosses_from(const char *from, const char *to) {
         hellod_wait_stderr(r.d, "resumed 1 conversation");
         not_fallen_back(r.d);
         store_wait(r.d, &r.st, "c", 0); /* resumed: out of the store */
-        int64_t start = harness_now_ms();
-        while (hellod_holds_socket_of(r.port, fd)) {
-                if (harness_now_ms() - start > HARNESS_TIMEOUT_MS)
-                        hellod_fail(r.d, "the resumed lingering close did not end within %d ms", HARNESS_TIMEOUT_MS);
-                harness_sleep_ms(20);
-        }
-        cr_assert_eq(getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len), 0);
-        cr_assert_eq(info.tcpi_state, TCP_CLOSE_WAIT, "the lingering socket was closed with the late line unread (state %u)",
-                     info.tcpi_state);
+        expect_lingering_ends_quietly(&r, fd);
         client_close(fd);
         stop_and_wait(r.d);
         /* Logged once, by whichever process saw it close (the per-connection model logs it
@@ -1695,8 +1703,6 @@ Test(handover, a_lingering_close_goes_on_in_the_next_process_per_connection, .ti
  * there, and the socket closes without a reset. */
 Test(handover, a_lingering_close_on_its_own_thread_goes_on_in_the_next_process, .timeout = 60) {
         enum { ATTEMPTS = 3 };
-        struct tcp_info info;
-        socklen_t len = sizeof(info);
         Rig r;
         int first, fd;
 
@@ -1723,15 +1729,7 @@ Test(handover, a_lingering_close_on_its_own_thread_goes_on_in_the_next_process, 
         store_start_hellod(r.d, &r.st, r.listener);
         hellod_wait_stderr(r.d, "resumed 2 conversations");
         client_close(first);
-        int64_t start = harness_now_ms();
-        while (hellod_holds_socket_of(r.port, fd)) {
-                if (harness_now_ms() - start > HARNESS_TIMEOUT_MS)
-                        hellod_fail(r.d, "the resumed lingering close did not end within %d ms", HARNESS_TIMEOUT_MS);
-                harness_sleep_ms(20);
-        }
-        cr_assert_eq(getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len), 0);
-        cr_assert_eq(info.tcpi_state, TCP_CLOSE_WAIT, "the lingering socket was closed with the late line unread (state %u)",
-                     info.tcpi_state);
+        expect_lingering_ends_quietly(&r, fd);
         client_close(fd);
         stop_and_wait(r.d);
         store_end_rig(r.d, &r.st, r.listener);

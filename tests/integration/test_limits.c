@@ -20,6 +20,17 @@ static int connect_served(uint16_t port, const char *src_ip) {
         return client_connect_greeted("127.0.0.1", port, src_ip, HELLOD_GREETING, HELLOD_ERR_BUSY);
 }
 
+/* served_then_stopped: one more client is served (once a slot frees), then D stops cleanly and
+ * is freed. */
+static void served_then_stopped(Hellod *d) {
+        int last = connect_served(d->port, NULL);
+
+        client_hello(last, "last");
+        client_close(last);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 /* 200 clients connected at once: every greeting, then a distinct reply on each. */
 Test(limits, two_hundred_concurrent_clients, .timeout = 60) {
         enum { N = 200 };
@@ -198,11 +209,7 @@ Test(limits, per_connection_lingering_is_bounded_by_max_connections, .timeout = 
         harness_step("once they close their ends, the slots are free again");
         for (int i = 0; i < CLIENTS; i++)
                 client_close(fds[i]);
-        int last = connect_served(d->port, NULL);
-        client_hello(last, "last");
-        client_close(last);
-        hellod_stop_clean(d);
-        hellod_free(d);
+        served_then_stopped(d);
 }
 
 /* A conversation that ends with its replies unsent while the lingerer is full lingers on in
@@ -238,11 +245,7 @@ Test(limits, per_connection_last_replies_survive_a_full_lingerer, .timeout = 60)
                 harness_sleep_ms(1200);
         }
         harness_step("the slot frees once the client closes its end");
-        int last = connect_served(d->port, NULL);
-        client_hello(last, "last");
-        client_close(last);
-        hellod_stop_clean(d);
-        hellod_free(d);
+        served_then_stopped(d);
 }
 
 /* max_connections_per_ip counts per source address: 127.0.0.2 is not limited by 127.0.0.1. */
