@@ -65,7 +65,7 @@ static bool keep_one_waiting(Workers *pool) {
                 return true;
         unsigned suppressed;
         int r = spawn(pool, NULL);
-        if (r >= 0 || r == -ECANCELED)
+        if (r >= 0 || r == -ECANCELED || stopping(pool)) /* the last: a failure as the stop began */
                 return true;
         if (ratelimit_allow(&pool->spawn_log, &suppressed))
                 log_warning_errno(r, "cannot start a worker thread to accept connections; new clients are "

@@ -1751,6 +1751,19 @@ bool hellod_holds_socket_of(uint16_t port, int fd) {
         return sock.state >= 0 && sock.inode != 0;
 }
 
+void hellod_expect_lingering_ends_quietly(Hellod *d, uint16_t port, int fd) {
+        int64_t start = harness_now_ms();
+
+        while (hellod_holds_socket_of(port, fd)) {
+                if (harness_now_ms() - start > HARNESS_TIMEOUT_MS)
+                        hellod_fail(d, "the lingering close did not end within %d ms", HARNESS_TIMEOUT_MS);
+                harness_sleep_ms(20);
+        }
+        struct tcp_info info = tcp_info_of(fd);
+        if (info.tcpi_state != TCP_CLOSE_WAIT)
+                hellod_fail(d, "the lingering socket was closed with the late line unread (state %u)", info.tcpi_state);
+}
+
 ClientLate client_write_late(int fd) {
         int64_t deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;
 

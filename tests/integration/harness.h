@@ -287,6 +287,10 @@ TcpSocket hellod_socket_of(uint16_t port, int fd);
 /* hellod_holds_socket_of: whether a process (hellod) still holds the server's end of the IPv4
  * connection of FD to PORT: its socket in /proc/net/tcp with an inode. */
 bool hellod_holds_socket_of(uint16_t port, int fd);
+/* hellod_expect_lingering_ends_quietly: D's lingering close of FD's connection to PORT (a late
+ * line written to it) ends within HARNESS_TIMEOUT_MS, and with the line read: FD is left in
+ * CLOSE_WAIT, not reset. */
+void hellod_expect_lingering_ends_quietly(Hellod *d, uint16_t port, int fd);
 
 /* What a client of a saturated daemon has seen so far. */
 typedef enum ClientState {

@@ -184,12 +184,15 @@ Test(limits, per_connection_lingering_is_bounded_by_max_connections, .timeout = 
                              n_held, (long long) took, next_state == CLIENT_REFUSED ? "told busy" : "served");
                 /* A socket let go is never held again: all held at that look were held when the
                  * next client came. */
-                if (n_held == CLIENTS) {
+                if (n_held == CLIENTS)
                         cr_assert_eq(next_state, CLIENT_REFUSED,
                                      "%d sockets lingered with max_connections = %d, and the next client was served "
                                      "all the same",
                                      CLIENTS, MAX);
-                        for (int i = 0; i < CLIENTS; i++)
+                /* The late lines while well inside the linger's second: those past the lingerer's
+                 * bound are read on their threads. */
+                if (n_held == CLIENTS && took < 700) {
+                        for (int i = MAX; i < CLIENTS; i++)
                                 cr_assert_eq(client_write_late(fds[i]), CLIENT_LATE_DISCARDED,
                                              "client %d's socket did not linger", i + 1);
                         client_close(next);
@@ -198,10 +201,10 @@ Test(limits, per_connection_lingering_is_bounded_by_max_connections, .timeout = 
                 client_close(next);
                 /* Let go within its linger time (a second): lingering is broken. Later, a slow
                  * machine let the first ones' lingering end before the test could look. */
-                cr_assert_geq(took, 1000, "a socket was let go %lld ms after the first conversation began",
-                              (long long) took);
-                cr_assert_lt(attempt, ATTEMPTS, "in %d attempts the %d conversations took over a second", ATTEMPTS,
-                             CLIENTS);
+                cr_assert(n_held == CLIENTS || took >= 1000,
+                          "a socket was let go %lld ms after the first conversation began", (long long) took);
+                cr_assert_lt(attempt, ATTEMPTS, "in %d attempts the %d conversations took over %s", ATTEMPTS, CLIENTS,
+                             n_held == CLIENTS ? "700 ms" : "a second");
                 for (int i = 0; i < CLIENTS; i++)
                         client_close(fds[i]);
                 harness_sleep_ms(1200); /* every lingering socket closed: the lingerer is empty again */
@@ -218,22 +221,23 @@ Test(limits, per_connection_lingering_is_bounded_by_max_connections, .timeout = 
 Test(limits, per_connection_last_replies_survive_a_full_lingerer, .timeout = 60) {
         enum { ATTEMPTS = 3 };
         Hellod *d = hellod_start("workers = \"per-connection\";\nmax_connections = 1;\n");
+        int first, next;
 
         for (int attempt = 1;; attempt++) {
                 harness_step("a client's lingering socket fills the lingerer (max_connections = 1)");
                 int64_t start = harness_now_ms();
-                int first = client_exit_replies_unread(d->port);
+                first = client_exit_replies_unread(d->port);
 
                 harness_step("the next client says exit before taking its replies, and sends a line after it");
-                int next = client_exit_unread(d->port);
+                next = client_exit_unread(d->port);
                 bool full = hellod_holds_socket_of(d->port, first); /* held then: held at next's end */
                 int64_t took = harness_now_ms() - start;
                 cr_assert_eq(client_try_send(next, "late\n", 5), 0, "the socket was reset before its replies were read");
                 if (full) {
                         harness_step("it gets every reply, and the EOF");
                         client_expect_exit_replies(next);
-                        cr_assert_eq(client_write_late(next), CLIENT_LATE_DISCARDED, "its socket did not linger");
-                        client_close(next);
+                        harness_step("its end kept open, hellod lets go of it once the linger ends, quietly");
+                        hellod_expect_lingering_ends_quietly(d, d->port, next);
                         client_close(first);
                         break;
                 }
@@ -244,8 +248,9 @@ Test(limits, per_connection_last_replies_survive_a_full_lingerer, .timeout = 60)
                 client_close(first);
                 harness_sleep_ms(1200);
         }
-        harness_step("the slot frees once the client closes its end");
+        harness_step("its slot is free again, its end still open");
         served_then_stopped(d);
+        client_close(next);
 }
 
 /* max_connections_per_ip counts per source address: 127.0.0.2 is not limited by 127.0.0.1. */
