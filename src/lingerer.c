@@ -244,6 +244,19 @@ static void stop_thread(Lingerer *g) {
         (void) pthread_join(g->thread, NULL);
 }
 
+void lingerer_wait_empty(Lingerer *g, uint64_t timeout_usec) {
+        uint64_t deadline = now_usec() + timeout_usec;
+
+        for (;;) {
+                pthread_mutex_lock(&g->lock);
+                size_t n = g->n;
+                pthread_mutex_unlock(&g->lock);
+                if (n == 0 || now_usec() >= deadline)
+                        return;
+                (void) usleep(LINGERER_SLACK_USEC / 2); /* a stop's last second: no wakeup to wait for */
+        }
+}
+
 void lingerer_free(Lingerer *g) {
         if (!g)
                 return;

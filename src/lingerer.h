@@ -36,6 +36,9 @@ void lingerer_free(Lingerer *g);
  * its DEADLINE and the bytes DISCARDED so far; it owns FD and RECORD from then on. */
 typedef void (*LingererGive)(void *userdata, int fd, void *record, uint64_t deadline, size_t discarded);
 
+/* lingerer_wait_empty: until no socket lingers (each closes by its deadline), for at most
+ * TIMEOUT_USEC. */
+void lingerer_wait_empty(Lingerer *g, uint64_t timeout_usec);
 /* lingerer_hand_over: lingerer_free(), but each socket that has a record goes to GIVE instead
  * of being closed (to linger on in the next process). */
 void lingerer_hand_over(Lingerer *g, LingererGive give, void *userdata);

@@ -353,7 +353,7 @@ static int linger_here(Session *s, uint64_t deadline, size_t discarded) {
 
         if (deadline > latest)
                 deadline = latest;
-        while (discarded < SESSION_LINGER_BYTES && !session_stop_requested(s)) {
+        while (discarded < SESSION_LINGER_BYTES) { /* a stop lets it run out (session_stop) */
                 if (handing_over(s)) {
                         s->lingering = true; /* lingering, in_len counts what was discarded */
                         s->want_write = false;
@@ -716,13 +716,17 @@ static int perconn_add(Engine *e, Session *s) {
         return workers_run(((PerConn *) e)->workers, s);
 }
 
-static void perconn_free(PerConn *p) {
-        /* Every thread has left. At a hand-over the lingering sockets linger on in the next
-         * process. */
-        if (handing(p) && p->lingerer)
+/* perconn_free: every thread has left. At a hand-over the lingering sockets linger on in the
+ * next process; at a stop they get up to LINGER_USEC to run out. */
+static void perconn_free(PerConn *p, uint64_t linger_usec) {
+        if (handing(p) && p->lingerer) {
                 lingerer_hand_over(p->lingerer, give_lingering, p);
-        else
+        } else if (p->lingerer) {
+                /* A stop lets each lingering close run out, as the server's wait does a
+                 * session's (session_stop): none is added any more. */
+                lingerer_wait_empty(p->lingerer, linger_usec);
                 lingerer_free(p->lingerer);
+        }
         if (p->epoll_fd >= 0)
                 close(p->epoll_fd);
         if (p->stop_fd >= 0)
@@ -764,13 +768,19 @@ static int perconn_hand_over(Engine *e, uint64_t timeout_msec) {
 
 static int perconn_stop(Engine *e, uint64_t timeout_msec) {
         PerConn *p = (PerConn *) e;
+        /* "No limit" (UINT64_MAX) is a day, as for workers_stop(). */
+        uint64_t deadline = now_usec() + (timeout_msec < 86400000u ? timeout_msec : 86400000u) * 1000u;
 
         workers_shutdown(p->workers);
         (void) eventfd_write(p->stop_fd, 1); /* every waiting thread, one after the other */
         int r = workers_stop(p->workers, timeout_msec);
         if (r < 0)
                 return r; /* a job still runs and uses P: leave it to the exiting process */
-        perconn_free(p);
+        /* The lingering closes within what is left of the timeout (systemd's TimeoutStopSec=
+         * counts on it), and at most as long as one lasts. */
+        uint64_t now = now_usec(), left = deadline > now ? deadline - now : 0;
+        uint64_t most = SESSION_LINGER_USEC + LINGERER_SLACK_USEC;
+        perconn_free(p, left < most ? left : most);
         return 0;
 }
 
@@ -859,7 +869,7 @@ int perconn_engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks)
         if (r == 0 && (r = workers_start(p->workers)) < 0)
                 p->workers = workers_free(p->workers);
         if (r < 0) {
-                perconn_free(p);
+                perconn_free(p, 0);
                 return r;
         }
         *ret = &p->engine;

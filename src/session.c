@@ -238,11 +238,12 @@ static bool asked_to_end(const Session *s) {
  * recv() and the socket's teardown on the server's side (docs/benchmarks.md measures it). In
  * every other case the lingering close stays: nginx's default (lingering_close "on") also
  * lingers only when more may come. */
-bool session_send_fin(const Session *s) {
+bool session_send_fin(Session *s) {
         int unacked = 0, unsent = 0, unread = 0; /* valgrind does not know what SIOCOUTQNSD writes */
 
         if (shutdown(s->fd, SHUT_WR) < 0)
                 return false;
+        __atomic_store_n(&s->fin_sent, true, __ATOMIC_RELEASE); /* session_stop() lets it linger */
         if (!asked_to_end(s))
                 return true;
         return ioctl(s->fd, SIOCOUTQ, &unacked) < 0 || unacked > 1 || ioctl(s->fd, SIOCOUTQNSD, &unsent) < 0 ||
@@ -282,8 +283,12 @@ const char *session_reason(const Session *s) {
 
 void session_stop(Session *s) {
         __atomic_store_n(&s->stop_requested, true, __ATOMIC_RELEASE);
-        /* A reader blocked in recv() sees EOF; a writer finishes what it is writing. */
-        (void) shutdown(s->fd, SHUT_RD);
+        /* A reader blocked in recv() sees EOF; a writer finishes what it is writing. A
+         * lingering close runs out (at most SESSION_LINGER_USEC): cut short, the socket would
+         * answer a line the client still sends with a reset that destroys the replies not yet
+         * delivered. */
+        if (!__atomic_load_n(&s->fin_sent, __ATOMIC_ACQUIRE))
+                (void) shutdown(s->fd, SHUT_RD);
 }
 
 void session_kill(Session *s) {

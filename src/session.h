@@ -62,6 +62,7 @@ typedef struct Session {
         size_t in_off, in_len; /* unconsumed input kept in IN */
 
         bool stop_requested; /* atomic: set by session_stop() from the server thread */
+        bool fin_sent;       /* atomic: the lingering close began (session_send_fin, or resumed so) */
         const char *error;   /* why I/O ended early (a static string), or NULL */
 
         struct Session *prev, *next; /* the server's list of live sessions (under its lock) */
@@ -170,7 +171,7 @@ ssize_t session_read_end(const Session *s, void *buf, size_t size);
 /* session_send_fin: for a session that lingers: its FIN goes out (shutdown(SHUT_WR)), and the
  * answer is whether the socket must then linger, reading and discarding what the client still
  * sends until its own FIN, or may be closed at once (also when the FIN could not be sent). */
-bool session_send_fin(const Session *s);
+bool session_send_fin(Session *s);
 
 /* session_fail: records why I/O ended early, from a negative errno (the first cause wins). */
 void session_fail(Session *s, int r);
