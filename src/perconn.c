@@ -149,6 +149,8 @@ static int feed(Session *s, size_t n, ProtoStatus *status, SockTimer *send_timer
 
         for (;;) {
                 done += proto_feed(&s->proto, s->in + done, n - done, &s->out, status);
+                if (*status == PROTO_CLOSE)
+                        session_ended(s); /* before its last words are flushed */
                 if (done == n || *status == PROTO_CLOSE)
                         return 0;
                 int r = flush(s, send_timer, 0);
@@ -299,6 +301,8 @@ static int converse(Session *s, ServingThread *me) {
         }
         if (lowat != 1) /* a wait for a line's end ended otherwise: the lingerer's epoll needs 1 */
                 (void) set_lowat(s->fd, 1, &lowat);
+        if (s->proto.end != PROTO_END_NONE)
+                session_ended(s); /* the EOF's answer, an ERR line: before they are flushed */
         return r == HANDING_OVER ? r : flush(s, &send_timer, 0);
 }
 

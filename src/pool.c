@@ -292,6 +292,7 @@ static Fate end_with(Loop *l, Session *s, ProtoEnd reason) {
                 proto_eof(&s->proto, &out);
         else
                 proto_abort(&s->proto, reason, &out);
+        session_ended(s);
         int r = send_out(l, s, &out);
         if (r < 0)
                 return finish(l, s, r);
@@ -420,6 +421,8 @@ static Fate serve_once(Loop *l, Session *s, bool *more) {
         Buf out = { .data = l->out_buf, .cap = s->out.cap };
         uint64_t messages = s->proto.messages;
         size_t used = proto_feed(&s->proto, data, n, &out, &status);
+        if (status == PROTO_CLOSE)
+                session_ended(s);
         if (status == PROTO_CONTINUE && used < n) {
                 r = keep_input(s, data + used, n - used);
         } else { /* fed to the end: the kept input's buffer goes back, as the output's does */

@@ -241,9 +241,9 @@ static bool asked_to_end(const Session *s) {
 bool session_send_fin(Session *s) {
         int unacked = 0, unsent = 0, unread = 0; /* valgrind does not know what SIOCOUTQNSD writes */
 
+        session_ended(s); /* if the engine has not said so yet: before the FIN, for session_stop() */
         if (shutdown(s->fd, SHUT_WR) < 0)
                 return false;
-        __atomic_store_n(&s->fin_sent, true, __ATOMIC_RELEASE); /* session_stop() lets it linger */
         if (!asked_to_end(s))
                 return true;
         return ioctl(s->fd, SIOCOUTQ, &unacked) < 0 || unacked > 1 || ioctl(s->fd, SIOCOUTQNSD, &unsent) < 0 ||
@@ -281,13 +281,18 @@ const char *session_reason(const Session *s) {
         return s->error ? s->error : proto_end_to_string(s->proto.end);
 }
 
+void session_ended(Session *s) {
+        __atomic_store_n(&s->ended, true, __ATOMIC_RELEASE);
+}
+
 void session_stop(Session *s) {
         __atomic_store_n(&s->stop_requested, true, __ATOMIC_RELEASE);
         /* A reader blocked in recv() sees EOF; a writer finishes what it is writing. A
-         * lingering close runs out (at most SESSION_LINGER_USEC): cut short, the socket would
-         * answer a line the client still sends with a reset that destroys the replies not yet
+         * conversation that has ended finishes: its last replies, then its lingering close
+         * (at most SESSION_LINGER_USEC). A socket shut for reading would answer a line the
+         * client still sends with a reset once its FIN is out, destroying the replies not yet
          * delivered. */
-        if (!__atomic_load_n(&s->fin_sent, __ATOMIC_ACQUIRE))
+        if (!__atomic_load_n(&s->ended, __ATOMIC_ACQUIRE))
                 (void) shutdown(s->fd, SHUT_RD);
 }
 

@@ -62,7 +62,7 @@ typedef struct Session {
         size_t in_off, in_len; /* unconsumed input kept in IN */
 
         bool stop_requested; /* atomic: set by session_stop() from the server thread */
-        bool fin_sent;       /* atomic: the lingering close began (session_send_fin, or resumed so) */
+        bool ended;          /* atomic: the conversation ended (session_ended): a stop lets it finish */
         const char *error;   /* why I/O ended early (a static string), or NULL */
 
         struct Session *prev, *next; /* the server's list of live sessions (under its lock) */
@@ -168,6 +168,12 @@ bool session_line_end_awaited(const Session *s);
  * byte at its mark without taking it, and a socket closed with it unread sends a reset, not a
  * FIN, which can destroy the last replies. */
 ssize_t session_read_end(const Session *s, void *buf, size_t size);
+/* session_ended: the protocol has ended S's conversation (exit, an ERR line, the EOF): its last
+ * replies and its lingering close follow. Called by the thread that drives it, before those
+ * replies are flushed: from then on session_stop() leaves the socket readable, so that a line the
+ * client sends meanwhile is read away by the lingering close, not answered with a reset that
+ * destroys the replies not yet delivered. */
+void session_ended(Session *s);
 /* session_send_fin: for a session that lingers: its FIN goes out (shutdown(SHUT_WR)), and the
  * answer is whether the socket must then linger, reading and discarding what the client still
  * sends until its own FIN, or may be closed at once (also when the FIN could not be sent). */

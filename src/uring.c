@@ -420,6 +420,7 @@ static Fate end_with(Loop *l, Conn *c, ProtoEnd reason) {
                 proto_eof(&s->proto, &s->out);
         else
                 proto_abort(&s->proto, reason, &s->out);
+        session_ended(s);
         /* What arrives from here on is not read as requests (on_input), and the receive
          * stays armed for the lingering close. */
         kept_drop(c);
@@ -444,6 +445,7 @@ static Fate feed(Loop *l, Conn *c, const char *data, size_t n) {
         uint64_t messages = s->proto.messages;
         size_t used = proto_feed(&s->proto, data, n, &s->out, &status);
         if (status == PROTO_CLOSE) {
+                session_ended(s);
                 kept_drop(c);
         } else if (from_kept) {
                 c->kept_off += used;

@@ -1721,6 +1721,73 @@ Test(handover, a_lingering_close_on_its_own_thread_goes_on_in_the_next_process, 
         store_end_rig(r.d, &r.st, r.listener);
 }
 
+/* stop_with_last_words_backed_up: MODEL, stopped (handover = "off"). A conversation ends (exit)
+ * while hellod still holds replies the client has not made room for (a 4 KiB send buffer, the
+ * listener's, which its connections inherit), and SIGTERM comes before its FIN could go out.
+ * The client then takes replies until the FIN is out and writes a line: every reply arrives
+ * all the same, then the end of file. The stop shut the socket for reading, and once the FIN
+ * was out the line drew a reset that destroyed the replies still unsent. */
+static void stop_with_last_words_backed_up(const char *model) {
+        enum { LINES = 1000 }; /* "a": 11 KiB of replies, inside one output buffer */
+        static const char reply[] = "Hello, a!\r\n";
+        char request[LINES * 2 + sizeof("exit\n")], got[LINES * (sizeof(reply) - 1)];
+        size_t have = 0;
+        ClientReadEnd end;
+        Rig r;
+
+        harness_step("%s", model);
+        rig_start(&r);
+        cr_assert_eq(setsockopt(r.listener, SOL_SOCKET, SO_SNDBUF, &(int) { 4096 }, sizeof(int)), 0);
+        rig_serve(&r, "%shandover = \"off\";\nlog_level = \"info\";\n", MODEL(model, 1));
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        cr_assert_geq(fd, 0);
+        cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &(int) { 2048 }, sizeof(int)), 0);
+        struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons(r.port),
+                                    .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        cr_assert_eq(connect(fd, (struct sockaddr *) &addr, sizeof(addr)), 0);
+        client_expect_str(fd, HELLOD_GREETING);
+        for (int i = 0; i < LINES; i++)
+                memcpy(request + 2 * i, "a\n", 2);
+        memcpy(request + 2 * LINES, "exit\n", 5);
+        client_send(fd, request, 2 * LINES + 5);
+
+        harness_step("%s: hellod backs up with the conversation ended, its FIN not out", model);
+        unsigned long last = 0;
+        for (int same = 0; same < 3; harness_sleep_ms(100)) {
+                TcpSocket sock = hellod_socket_of(r.port, fd);
+                cr_assert_eq(sock.state, TCP_ESTABLISHED, "%s: hellod's end is in state %d, not backed up", model,
+                             sock.state);
+                same = sock.tx_queue > 0 && sock.tx_queue == last ? same + 1 : 0;
+                last = sock.tx_queue;
+        }
+        hellod_signal(r.d, SIGTERM);
+        hellod_wait_stderr(r.d, "stopping:");
+
+        harness_step("%s: the client takes replies until the FIN is out, then writes a line", model);
+        while (hellod_socket_of(r.port, fd).state == TCP_ESTABLISHED) {
+                size_t n = client_read(fd, got + have, sizeof(got) - have < 256 ? sizeof(got) - have : 256, NULL,
+                                       HARNESS_TIMEOUT_MS, &end);
+                cr_assert_gt(n, 0, "%s: the replies stopped before the FIN", model);
+                have += n;
+        }
+        cr_assert_eq(client_try_send(fd, "late\n", 5), 0, "%s: reset before the late line", model);
+        harness_step("%s: every reply, then the end of file", model);
+        have += client_read(fd, got + have, sizeof(got) - have, NULL, HARNESS_TIMEOUT_MS, &end);
+        cr_assert_eq(have, sizeof(got), "%s: %zu of %zu reply bytes arrived", model, have, sizeof(got));
+        for (size_t i = 0; i < LINES; i++)
+                cr_assert(memcmp(got + i * (sizeof(reply) - 1), reply, sizeof(reply) - 1) == 0, "%s: reply %zu", model, i);
+        client_expect_eof(fd, false);
+        (void) hellod_wait_exit(r.d, HARNESS_STOP_TIMEOUT_MS);
+        client_close(fd);
+        store_end_rig(r.d, &r.st, r.listener);
+}
+
+Test(handover, off_a_stop_lets_an_ended_conversation_deliver_its_backed_up_replies, .timeout = 90) {
+        stop_with_last_words_backed_up("epoll");
+        stop_with_last_words_backed_up("io_uring");
+        stop_with_last_words_backed_up("per-connection");
+}
+
 /* ending_during_hand_over: MODEL, in both processes. A hand-over that takes a while (PID 1
  * takes 10 ms a descriptor), and a quarter of the clients say exit, a quarter close, a quarter
  * reset and a quarter wait: FROZEN, all while hellod is stopped with the SIGTERM pending, so
