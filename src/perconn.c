@@ -347,6 +347,16 @@ typedef struct Linger {
         size_t discarded;
 } Linger;
 
+/* lingers_on_elsewhere: S, its FIN out, is handed over lingering until DEADLINE, DISCARDED
+ * bytes read away so far (lingering, in_len counts them), to linger on in the next process. */
+static void lingers_on_elsewhere(Session *s, uint64_t deadline, size_t discarded) {
+        s->lingering = true;
+        s->want_write = false; /* a resumed session's, its output long sent */
+        s->timer.at = deadline;
+        s->in_off = 0;
+        s->in_len = discarded;
+}
+
 /* linger_here: S's FIN is out and the lingerer is full: this thread reads and discards what
  * the client still sends until its EOF, SESSION_LINGER_BYTES or DEADLINE, DISCARDED bytes read
  * already, the session keeping its slot (as a pool's lingering session does). HANDING_OVER:
@@ -359,11 +369,7 @@ static int linger_here(Session *s, uint64_t deadline, size_t discarded) {
                 deadline = latest;
         while (discarded < SESSION_LINGER_BYTES) { /* a stop lets it run out (session_stop) */
                 if (handing_over(s)) {
-                        s->lingering = true; /* lingering, in_len counts what was discarded */
-                        s->want_write = false;
-                        s->timer.at = deadline;
-                        s->in_off = 0;
-                        s->in_len = discarded;
+                        lingers_on_elsewhere(s, deadline, discarded);
                         return HANDING_OVER;
                 }
                 if (!socktimer_arm(&recv_timer, deadline, now_usec()))
@@ -426,12 +432,8 @@ static Outcome run(PerConn *p, Session *s, ServingThread *me, Linger *linger) {
                 uint64_t deadline = now_usec() + SESSION_LINGER_USEC;
                 if (handing_over(s)) {
                         /* Ended during the hand-over: it lingers on in the next process,
-                         * handed over now rather than through the lingerer, which is stopping.
-                         * Lingering, in_len counts what was discarded. */
-                        s->lingering = true;
-                        s->want_write = false; /* a resumed session's, its output long sent */
-                        s->timer.at = deadline;
-                        s->in_off = s->in_len = 0;
+                         * handed over now rather than through the lingerer, which is stopping. */
+                        lingers_on_elsewhere(s, deadline, 0);
                         return OUTCOME_HANDED;
                 }
                 return let_linger(p, s, deadline, 0, linger);
@@ -772,8 +774,7 @@ static int perconn_hand_over(Engine *e, uint64_t timeout_msec) {
 
 static int perconn_stop(Engine *e, uint64_t timeout_msec) {
         PerConn *p = (PerConn *) e;
-        /* "No limit" (UINT64_MAX) is a day, as for workers_stop(). */
-        uint64_t deadline = now_usec() + (timeout_msec < 86400000u ? timeout_msec : 86400000u) * 1000u;
+        uint64_t start = now_usec();
 
         workers_shutdown(p->workers);
         (void) eventfd_write(p->stop_fd, 1); /* every waiting thread, one after the other */
@@ -781,10 +782,11 @@ static int perconn_stop(Engine *e, uint64_t timeout_msec) {
         if (r < 0)
                 return r; /* a job still runs and uses P: leave it to the exiting process */
         /* The lingering closes within what is left of the timeout (systemd's TimeoutStopSec=
-         * counts on it), and at most as long as one lasts. */
-        uint64_t now = now_usec(), left = deadline > now ? deadline - now : 0;
-        uint64_t most = SESSION_LINGER_USEC + LINGERER_SLACK_USEC;
-        perconn_free(p, left < most ? left : most);
+         * counts on it), and at most as long as one lasts. In milliseconds, which "no limit"
+         * (UINT64_MAX) cannot overflow. */
+        uint64_t spent = (now_usec() - start) / 1000u, most = (SESSION_LINGER_USEC + LINGERER_SLACK_USEC) / 1000u;
+        uint64_t left = timeout_msec > spent ? timeout_msec - spent : 0;
+        perconn_free(p, (left < most ? left : most) * 1000u);
         return 0;
 }
 
