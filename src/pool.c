@@ -364,8 +364,9 @@ static Fate serve_proxy(Loop *l, Session *s, bool *more) {
         *more = false;
         if (k == 0)
                 return proxy_refused(l, s, "closed before its PROXY header was complete");
-        if (k < 0)
-                return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? ALIVE : finish(l, s, -errno);
+        if (k < 0) /* a reset, say: refused, as a close before the header is (perconn.c) */
+                return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? ALIVE
+                                                                                : proxy_refused(l, s, strerror(errno));
         ssize_t taken = session_proxy_take(s, l->in_buf, (size_t) k, &status, &header, &reason);
         if (taken < 0)
                 return proxy_refused(l, s, reason);

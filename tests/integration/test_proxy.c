@@ -422,7 +422,17 @@ Test(proxy, a_slow_or_truncated_header_is_refused, .timeout = 60) {
         client_shutdown_write(fd);
         refused_unanswered(fd);
         hellod_wait_stderr(d, "closed before its PROXY header was complete");
-        hellod_stop_clean(d);
+
+        harness_step("half a header, then a reset: refused too, not counted as served");
+        fd = client_connect(port);
+        client_send_str(fd, "PROXY TCP4 192.0.2.7 ");
+        client_reset(fd);
+        hellod_wait_stderr(d, "PROXY protocol listener: Connection reset by peer");
+        hellod_signal(d, SIGTERM);
+        cr_assert_eq(hellod_wait_exit(d, HARNESS_STOP_TIMEOUT_MS), 0);
+        char *err = hellod_stderr(d);
+        cr_expect(strstr(err, "stopped: 1 connection served, 3 refused"), "%s", err); /* served: the probe */
+        free(err);
         hellod_free(d);
 }
 
