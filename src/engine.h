@@ -45,10 +45,10 @@ typedef struct EngineHooks {
         /* must_wait: overload = "queue" and every slot taken: accept nothing now; the server
          * calls engine_slot_freed() when one frees. */
         bool (*must_wait)(void *userdata);
-        /* exhausted: accepting from LISTEN_FD failed for lack of descriptors or memory
-         * (-ERROR): the server turns that client away with its reserve descriptor. The engine
-         * then pauses accepting for ENGINE_ACCEPT_PAUSE_USEC. */
-        void (*exhausted)(void *userdata, int listen_fd, int error);
+        /* exhausted: accepting from VIA failed for lack of descriptors or memory (-ERROR):
+         * the server turns that client away with its reserve descriptor. The engine then
+         * pauses accepting for ENGINE_ACCEPT_PAUSE_USEC. */
+        void (*exhausted)(void *userdata, const Listener *via, int error);
         /* handed_over: S is at rest for the hand-over to the next process (engine_hand_over):
          * the hook records it and owns it from then on, like done. */
         void (*handed_over)(Session *s, void *userdata);

@@ -935,7 +935,7 @@ AcceptError listener_accept_error(int errnum) {
 }
 
 int listener_accept(const Listener *l, int flags, struct sockaddr_storage *peer, AcceptError *kind,
-                    void (*exhausted)(void *userdata, int listen_fd, int error), void *userdata) {
+                    void (*exhausted)(void *userdata, const Listener *via, int error), void *userdata) {
         socklen_t len = sizeof(*peer);
         int fd = accept4(l->fd, (struct sockaddr *) peer, &len, flags);
 
@@ -944,7 +944,7 @@ int listener_accept(const Listener *l, int flags, struct sockaddr_storage *peer,
         int r = -errno;
         *kind = listener_accept_error(-r);
         if (*kind == ACCEPT_EXHAUSTED)
-                exhausted(userdata, l->fd, r);
+                exhausted(userdata, l, r);
         else if (*kind == ACCEPT_FAILED)
                 log_error_errno(r, "accept on %s failed, pausing", l->name);
         return -1;

@@ -160,7 +160,7 @@ AcceptError listener_accept_error(int errnum);
 
 /* listener_accept: one connection from L (accept4() with FLAGS), its peer in *PEER. Returns
  * the descriptor, or -1 with *KIND saying what the failure means for the loop; an
- * ACCEPT_EXHAUSTED one has been passed to EXHAUSTED(USERDATA, L's fd, -errno) (which turns the
+ * ACCEPT_EXHAUSTED one has been passed to EXHAUSTED(USERDATA, L, -errno) (which turns the
  * client away), an ACCEPT_FAILED one logged. On either, the caller pauses accepting. */
 int listener_accept(const Listener *l, int flags, struct sockaddr_storage *peer, AcceptError *kind,
-                    void (*exhausted)(void *userdata, int listen_fd, int error), void *userdata);
+                    void (*exhausted)(void *userdata, const Listener *via, int error), void *userdata);

@@ -470,6 +470,14 @@ static const char *refusal_line(const char *reason) {
         return strcmp(reason, "rate-limited") == 0 ? PROTO_ERR_RATE : PROTO_ERR_BUSY;
 }
 
+/* unwelcome: under the lock: why the client at IP, come through VIA, may not talk to hellod at
+ * all (not a balancer in proxy_from on a PROXY listener, or denied), or NULL. */
+static const char *unwelcome(const Server *s, const IpKey *ip, const Listener *via) {
+        if (via->proxy)
+                return conf_proxy_trusted(s->conf, ip) ? NULL : "untrusted-proxy";
+        return conf_admits(s->conf, ip) ? NULL : "denied";
+}
+
 /* refuse: FD (-1: none left to tell), accepted from VIA with PEER, turned away for REASON:
  * told refusal_line()'s line, or nothing; counted and logged with DETAIL (NULL: what the
  * silence means). */
@@ -484,7 +492,8 @@ static void refuse(Server *s, int fd, const struct sockaddr *peer, const Listene
         if (!line) {
                 /* Not worth an answer: the address may not talk to us at all (or not in the
                  * PROXY protocol: no greeting before a header). */
-                close(fd);
+                if (fd >= 0)
+                        close(fd);
                 if (!detail)
                         detail = via->proxy ? "a PROXY protocol listener, and not from a balancer in proxy_from"
                                             : "denied by allow/deny";
@@ -542,14 +551,14 @@ static Session *admit(Server *s, int fd, const struct sockaddr *peer, const List
         } else if (s->stopping) {
                 reason = "shutting-down";
                 detail = "hellod is stopping";
-        }
-        else if (via->proxy ? !conf_proxy_trusted(s->conf, &ip) : !conf_admits(s->conf, &ip))
-                reason = via->proxy ? "untrusted-proxy" : "denied";
-        else if (!reserve_kept(s, &fd)) {
+        } else if ((reason = unwelcome(s, &ip, via))) {
+                /* refused below, without a word */
+        } else if (!reserve_kept(s, &fd)) {
                 reason = "out-of-descriptors";
                 detail = "out of descriptors, and its own was kept in reserve to turn clients away";
-        } else
+        } else {
                 session = register_session(s, &fd, peer, &ip, via, waited, queued, &reason, &detail);
+        }
         if (waited || (queued && *queued))
                 wake_if_slot_free(s);
         pthread_mutex_unlock(&s->lock);
@@ -573,23 +582,34 @@ static Session *admit(Server *s, int fd, const struct sockaddr *peer, const List
 /* out_of_descriptors: EMFILE/ENFILE/ENOBUFS/ENOMEM, on any accepting thread. The pending
  * client would otherwise keep the listener readable and the loop spinning: spend the reserve
  * descriptor to accept and turn it away; the accepting loop then pauses briefly. */
-static void out_of_descriptors(Server *s, int listen_fd, int error) {
+static void out_of_descriptors(Server *s, const Listener *via, int error) {
+        struct sockaddr_storage peer;
+        socklen_t len = sizeof(peer);
+        const char *reason = NULL;
         unsigned suppressed;
-        bool refused = false;
+        int fd = -1;
 
         pthread_mutex_lock(&s->lock);
         if (s->reserve_fd >= 0) {
                 close(s->reserve_fd);
                 s->reserve_fd = -1;
-                int fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
+                fd = accept4(via->fd, (struct sockaddr *) &peer, &len, SOCK_CLOEXEC);
                 if (fd >= 0) {
-                        turn_away(fd, PROTO_ERR_BUSY);
-                        refused = true;
+                        IpKey ip;
+                        (void) ip_key_from_sockaddr((const struct sockaddr *) &peer, &ip);
+                        /* Told busy, unless it may not talk to hellod at all (admit()): closed
+                         * here either way, so that the reserve can take the number back. */
+                        if ((reason = unwelcome(s, &ip, via)))
+                                close(fd);
+                        else
+                                turn_away(fd, PROTO_ERR_BUSY);
                 }
                 open_reserve(s); /* may fail: see reserve_kept() */
         }
         pthread_mutex_unlock(&s->lock);
-        if (refused)
+        if (reason)
+                refuse(s, -1, (const struct sockaddr *) &peer, via, reason, NULL);
+        else if (fd >= 0)
                 count_refusal(s);
         if (ratelimit_allow(&s->exhaustion_log, &suppressed))
                 log_warning_errno(error, "cannot accept connections, pausing for %u ms",
@@ -686,8 +706,8 @@ static bool hook_must_wait(void *userdata) {
         return at_capacity(userdata);
 }
 
-static void hook_exhausted(void *userdata, int listen_fd, int error) {
-        out_of_descriptors(userdata, listen_fd, error);
+static void hook_exhausted(void *userdata, const Listener *via, int error) {
+        out_of_descriptors(userdata, via, error);
 }
 
 static bool hook_proxied(void *userdata, Session *session, ProxyStatus status, const ProxyHeader *header,

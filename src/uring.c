@@ -855,7 +855,7 @@ static void on_accept(Loop *l, Acceptor *a, int res) {
         case ACCEPT_RETRY:
                 return;
         case ACCEPT_EXHAUSTED:
-                hooks->exhausted(hooks->userdata, a->via->fd, res);
+                hooks->exhausted(hooks->userdata, a->via, res);
                 /* io_uring's accept takes its descriptor before it looks for a client: at the
                  * limit it would fail at once after every pause, client or not, and warn and
                  * spend the reserve descriptor each time. After the pause it waits for a

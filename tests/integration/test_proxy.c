@@ -436,6 +436,58 @@ Test(proxy, a_slow_or_truncated_header_is_refused, .timeout = 60) {
         hellod_free(d);
 }
 
+/* Out of descriptors, hellod spends its reserve descriptor to turn the waiting client away:
+ * told busy, unless it may not talk to hellod at all. A client outside proxy_from on a PROXY
+ * listener, or one that deny names, gets no byte then either, and its refusal is logged with its
+ * address (they were told "ERR server busy", and only the exhaustion was logged). */
+Test(proxy, out_of_descriptors_an_unwelcome_client_still_gets_nothing, .timeout = 90) {
+        enum { NOFILE = 40, MAX_CLIENTS = 64 };
+        Hellod *d = hellod_new();
+        uint16_t proxy_port = harness_pick_port();
+        int fds[MAX_CLIENTS], n = 0, fd;
+
+        hellod_write_config(d,
+                            "listen = ( \"127.0.0.1:%u\", { address = \"127.0.0.1:%u\"; proxy_protocol = true; } );\n"
+                            "proxy_from = [ \"127.0.0.1\" ];\ndeny = [ \"127.0.0.3\" ];\n",
+                            (unsigned) d->port, (unsigned) proxy_port);
+        hellod_spawn(d, &(HellodOpts) { .nofile = NOFILE });
+        hellod_wait_ready(d);
+
+        harness_step("clients until one is told busy: out of descriptors");
+        for (ClientState last = CLIENT_SERVED; last == CLIENT_SERVED;) {
+                if (n == MAX_CLIENTS)
+                        hellod_fail(d, "%d clients served: no descriptor limit met", n);
+                fds[n] = client_connect(d->port);
+                if (!client_wait_readable(fds[n], HARNESS_TIMEOUT_MS))
+                        hellod_fail(d, "client %d: no greeting, no refusal", n);
+                last = client_classify(fds[n++]);
+                if (last != CLIENT_SERVED && last != CLIENT_REFUSED)
+                        hellod_fail(d, "client %d: neither greeted nor told busy", n - 1);
+        }
+        hellod_wait_stderr(d, "cannot accept connections");
+
+        harness_step("a client from outside proxy_from on the PROXY listener: nothing");
+        fd = client_connect_to("127.0.0.1", proxy_port, "127.0.0.2");
+        refused_unanswered(fd);
+        hellod_wait_stderr(d, "refused 127.0.0.2:");
+
+        harness_step("a client that deny names: nothing");
+        fd = client_connect_to("127.0.0.1", d->port, "127.0.0.3");
+        refused_unanswered(fd);
+        hellod_wait_stderr(d, "refused 127.0.0.3:");
+
+        harness_step("a welcome client at the limit is still told busy");
+        fd = client_connect(d->port);
+        if (!client_wait_readable(fd, HARNESS_TIMEOUT_MS))
+                hellod_fail(d, "no greeting, no refusal");
+        cr_expect_eq(client_classify(fd), CLIENT_REFUSED);
+        client_close(fd);
+        for (int i = 0; i < n; i++)
+                client_close(fds[i]);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 /* A stop before the header is in: no conversation began, so none is logged as served; the
  * balancer's connection is refused as shutting-down, without a word, so that HAProxy (which
  * redispatches a connection closed before any byte) can try another server. */

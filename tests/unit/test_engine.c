@@ -157,9 +157,9 @@ static bool test_must_wait(void *userdata) {
         return false;
 }
 
-static void test_exhausted(void *userdata, int listen_fd, int error) {
+static void test_exhausted(void *userdata, const Listener *via, int error) {
         (void) userdata;
-        (void) listen_fd;
+        (void) via;
         (void) error;
 }
 
