@@ -3,6 +3,8 @@
 
 #include <time.h>
 
+#define WINDOW_USEC 1000000u
+
 static uint64_t monotonic_usec(void) {
         struct timespec ts;
 
@@ -10,23 +12,42 @@ static uint64_t monotonic_usec(void) {
         return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
 }
 
-bool ratelimit_allow(RateLimit *rl, unsigned *ret_suppressed) {
+RateVerdict ratelimit_check(RateLimit *rl, unsigned *ret_suppressed) {
         uint64_t now = monotonic_usec();
-        bool allow;
+        RateVerdict verdict = RATE_PASS;
 
         pthread_mutex_lock(&rl->lock);
         *ret_suppressed = 0;
-        if (rl->window_start == 0 || now - rl->window_start >= 1000000u) {
+        if (rl->window_start == 0 || now - rl->window_start >= WINDOW_USEC) {
                 *ret_suppressed = rl->suppressed;
                 rl->window_start = now;
                 rl->in_window = 0;
                 rl->suppressed = 0;
         }
-        allow = rl->in_window < rl->burst;
-        if (allow)
+        if (rl->in_window < rl->burst)
                 rl->in_window++;
         else
-                rl->suppressed++;
+                verdict = rl->suppressed++ == 0 ? RATE_HELD_FIRST : RATE_HELD;
         pthread_mutex_unlock(&rl->lock);
-        return allow;
+        return verdict;
+}
+
+bool ratelimit_allow(RateLimit *rl, unsigned *ret_suppressed) {
+        return ratelimit_check(rl, ret_suppressed) == RATE_PASS;
+}
+
+unsigned ratelimit_held_back(RateLimit *rl, uint64_t *ret_due) {
+        uint64_t now = monotonic_usec();
+        unsigned held = 0;
+
+        pthread_mutex_lock(&rl->lock);
+        *ret_due = 0;
+        if (rl->suppressed > 0 && now - rl->window_start >= WINDOW_USEC) {
+                held = rl->suppressed;
+                rl->suppressed = 0; /* reported: the next event starts a window of its own */
+        } else if (rl->suppressed > 0) {
+                *ret_due = rl->window_start + WINDOW_USEC;
+        }
+        pthread_mutex_unlock(&rl->lock);
+        return held;
 }

@@ -16,6 +16,21 @@ typedef struct RateLimit {
 
 #define RATELIMIT_INIT(b) { .lock = PTHREAD_MUTEX_INITIALIZER, .burst = (b) }
 
-/* ratelimit_allow: true when one more event may pass now; *RET_SUPPRESSED is set to the
- * number held back in the window that just ended (worth a line of its own), else 0. */
+typedef enum RateVerdict {
+        RATE_PASS,       /* the event may pass */
+        RATE_HELD_FIRST, /* held back, the first in its window: worth a wakeup (ratelimit_held_back) */
+        RATE_HELD,       /* held back */
+} RateVerdict;
+
+/* ratelimit_check: whether one more event may pass now; *RET_SUPPRESSED is set to the number
+ * held back in the window that just ended and not yet reported (worth a line of its own), else 0. */
+RateVerdict ratelimit_check(RateLimit *rl, unsigned *ret_suppressed);
+
+/* ratelimit_allow: ratelimit_check() == RATE_PASS. */
 bool ratelimit_allow(RateLimit *rl, unsigned *ret_suppressed);
+
+/* ratelimit_held_back: the number held back in a window that has ended, to be reported now (0:
+ * none, or their window still runs); *RET_DUE: when the running window that holds some back
+ * ends, in CLOCK_MONOTONIC microseconds, else 0. So those held back last are reported once
+ * their second is over, whether or not another event comes. */
+unsigned ratelimit_held_back(RateLimit *rl, uint64_t *ret_due);

@@ -57,6 +57,7 @@ struct Server {
         bool abandoned;   /* the engine did not stop in time: its threads may still use `lock` */
         bool activated;        /* the listeners came from systemd and stay across reloads */
         RateLimit refusal_log;
+        uint64_t refusals_due; /* server thread: when those refusal_log holds back are reported, or 0 */
         RateLimit exhaustion_log;
         uint64_t watchdog_usec;    /* 0: no watchdog */
         uint64_t watchdog_next;    /* usec, CLOCK_MONOTONIC */
@@ -118,6 +119,11 @@ int server_block_signals(void) {
         return -pthread_sigmask(SIG_BLOCK, &set, NULL);
 }
 
+static void log_refusals_held_back(unsigned n) {
+        if (n > 0)
+                log_warning("%u more connections refused in the last second", n);
+}
+
 /* log_refusal: PEER ("addr:port") refused for REASON; BALANCER ("addr:port" or NULL): the
  * load balancer it came through. */
 static void log_refusal_via(Server *s, const char *peer, const char *balancer, const char *reason,
@@ -125,10 +131,12 @@ static void log_refusal_via(Server *s, const char *peer, const char *balancer, c
         char address[ADDR_STR_MAX];
         unsigned suppressed;
 
-        if (!ratelimit_allow(&s->refusal_log, &suppressed))
+        RateVerdict verdict = ratelimit_check(&s->refusal_log, &suppressed);
+        log_refusals_held_back(suppressed);
+        if (verdict == RATE_HELD_FIRST)
+                (void) eventfd_write(s->wake_fd, 1); /* the server thread reports them (report_held_back) */
+        if (verdict != RATE_PASS)
                 return;
-        if (suppressed > 0)
-                log_warning("%u more connections refused in the last second", suppressed);
         addr_strip_port(peer, address, sizeof(address));
         LogField fields[] = { { "HELLOD_PEER", peer },
                               { "HELLOD_PEER_ADDRESS", address },
@@ -1129,13 +1137,21 @@ static uint64_t earliest(uint64_t a, uint64_t b) {
         return a == 0 ? b : b == 0 ? a : a < b ? a : b;
 }
 
+/* report_held_back: the refusals the log held back, once their second is over: a flood that
+ * stops is counted then, not whenever (if ever) the next refusal comes. */
+static void report_held_back(Server *s) {
+        log_refusals_held_back(ratelimit_held_back(&s->refusal_log, &s->refusals_due));
+}
+
 /* poll_timeout: until the next timed duty: the watchdog ping, the tick after connections
- * came or went; -1 when there is none, so an idle daemon sleeps. */
+ * came or went, the report of refusals held back; -1 when there is none, so an idle daemon
+ * sleeps. */
 static int poll_timeout(Server *s) {
         uint64_t now = now_usec(), wake = 0;
 
         if (s->watchdog_usec > 0)
                 wake = earliest(wake, s->watchdog_next);
+        wake = earliest(wake, s->refusals_due);
         if (status_stale(s))
                 wake = earliest(wake, s->status_next > now ? s->status_next : now);
         if (wake == 0)
@@ -1217,6 +1233,7 @@ int server_run(Server *s, InheritedStore *store) {
         for (;;) {
                 feed_watchdog(s);
                 tick(s);
+                report_held_back(s);
 
                 /* The engine's threads accept and serve; this thread answers signals and
                  * keeps the books. */
