@@ -58,6 +58,7 @@ struct Server {
         bool activated;        /* the listeners came from systemd and stay across reloads */
         RateLimit refusal_log;
         uint64_t refusals_due; /* server thread: when those refusal_log holds back are reported, or 0 */
+        uint64_t closes_due;   /* server thread: the same for the close lines (session_log_closed_held_back) */
         RateLimit exhaustion_log;
         uint64_t watchdog_usec;    /* 0: no watchdog */
         uint64_t watchdog_next;    /* usec, CLOCK_MONOTONIC */
@@ -1137,10 +1138,11 @@ static uint64_t earliest(uint64_t a, uint64_t b) {
         return a == 0 ? b : b == 0 ? a : a < b ? a : b;
 }
 
-/* report_held_back: the refusals the log held back, once their second is over: a flood that
- * stops is counted then, not whenever (if ever) the next refusal comes. */
+/* report_held_back: the refusals and close lines the log held back, once their second is over:
+ * a flood that stops is counted then, not whenever (if ever) the next one comes. */
 static void report_held_back(Server *s) {
         log_refusals_held_back(ratelimit_held_back(&s->refusal_log, &s->refusals_due));
+        session_log_closed_held_back(&s->closes_due);
 }
 
 /* poll_timeout: until the next timed duty: the watchdog ping, the tick after connections
@@ -1152,6 +1154,7 @@ static int poll_timeout(Server *s) {
         if (s->watchdog_usec > 0)
                 wake = earliest(wake, s->watchdog_next);
         wake = earliest(wake, s->refusals_due);
+        wake = earliest(wake, s->closes_due);
         if (status_stale(s))
                 wake = earliest(wake, s->status_next > now ? s->status_next : now);
         if (wake == 0)

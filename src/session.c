@@ -320,19 +320,29 @@ static bool health_check(const Session *s) {
         return silent || (s->proxy_local && s->proto.lines == 0);
 }
 
+/* The close lines of every session, at most SESSION_LOG_BURST a second. */
+static RateLimit close_log = RATELIMIT_INIT(SESSION_LOG_BURST);
+
+static void log_closes_held_back(unsigned n) {
+        if (n > 0)
+                log_info("%u more connection log line%s suppressed in the last second", n, n == 1 ? " was" : "s were");
+}
+
+void session_log_closed_held_back(uint64_t *ret_due) {
+        log_closes_held_back(ratelimit_held_back(&close_log, ret_due));
+}
+
 void session_log_closed(const Session *s) {
-        static RateLimit limit = RATELIMIT_INIT(SESSION_LOG_BURST);
         char id[24], lines[24], usec_text[24], address[ADDR_STR_MAX];
         unsigned suppressed;
         int level = health_check(s) ? LOG_DEBUG : LOG_INFO;
 
         if (s->refused || s->close_logged || !log_enabled(level))
                 return;
-        if (!ratelimit_allow(&limit, &suppressed))
+        bool allowed = ratelimit_allow(&close_log, &suppressed);
+        log_closes_held_back(suppressed);
+        if (!allowed)
                 return;
-        if (suppressed > 0)
-                log_info("%u more connection log line%s suppressed in the last second", suppressed,
-                         suppressed == 1 ? " was" : "s were");
 
         uint64_t usec = now_usec() - s->started_usec;
         const char *reason = session_reason(s);

@@ -203,6 +203,11 @@ void session_proxy_end(Session *s);
  * second across all sessions. */
 void session_log_opened(const Session *s);
 void session_log_closed(const Session *s);
+/* session_log_closed_held_back: how many close lines were held back, once their second is over
+ * (ratelimit_held_back); *RET_DUE: when to ask again, or 0. For the server thread, which the
+ * close of a session wakes (its figures change after the line): so the count comes without
+ * waiting for the next close. */
+void session_log_closed_held_back(uint64_t *ret_due);
 
 uint64_t now_usec(void);
 

@@ -2,6 +2,7 @@
 #include "harness.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -1074,6 +1075,20 @@ int hellod_count_in_stderr(Hellod *d, const char *needle) {
                 n++;
         free(log);
         return n;
+}
+
+int hellod_sum_in_stderr(Hellod *d, const char *marker) {
+        char *log = hellod_stderr(d);
+        int sum = 0;
+
+        for (const char *p = strstr(log, marker); p; p = strstr(p + 1, marker)) {
+                const char *digits = p;
+                while (digits > log && isdigit((unsigned char) digits[-1]))
+                        digits--;
+                sum += atoi(digits);
+        }
+        free(log);
+        return sum;
 }
 
 void hellod_wait_stderr(Hellod *d, const char *needle) {

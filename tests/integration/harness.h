@@ -180,6 +180,8 @@ char *hellod_stdout(Hellod *d);
 char *hellod_stderr(Hellod *d);
 /* hellod_count_in_stderr: occurrences of NEEDLE in what the daemon logged so far. */
 int hellod_count_in_stderr(Hellod *d, const char *needle);
+/* hellod_sum_in_stderr: the sum of the numbers written right before each MARKER ("12 more ..."). */
+int hellod_sum_in_stderr(Hellod *d, const char *marker);
 /* hellod_wait_stderr: until stderr contains NEEDLE (bounded). */
 void hellod_wait_stderr(Hellod *d, const char *needle);
 /* The running daemon's resources (harness_proc_*); these fail if it is not running. */

@@ -136,6 +136,29 @@ Test(protocol, crlf_and_lf_sessions_identical, .timeout = 60) {
         hellod_free(d);
 }
 
+/* Close lines past a hundred a second are not logged one by one; how many were held back is
+ * logged once their second is over, even when no session closes after them (it used to wait
+ * for the next close, however late, and still say "in the last second"). */
+Test(protocol, close_lines_held_back_are_counted_when_their_second_ends, .timeout = 90) {
+        enum { SESSIONS = 150 };
+        Hellod *d = hellod_start("log_level = \"info\";\n");
+
+        for (int i = 0; i < SESSIONS; i++) {
+                int fd = client_connect(d->port);
+                client_expect_str(fd, HELLOD_GREETING);
+                client_send_str(fd, "exit\n");
+                client_expect_eof(fd, false);
+                client_close(fd);
+        }
+        hellod_wait_stderr(d, "suppressed in the last second");
+        int logged = hellod_count_in_stderr(d, " closed: exit");
+        int held = hellod_sum_in_stderr(d, " more connection log lines were suppressed in the last second") +
+                   hellod_sum_in_stderr(d, " more connection log line was suppressed in the last second");
+        cr_expect_eq(logged + held, SESSIONS, "%d close lines logged and %d held back, of %d", logged, held, SESSIONS);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 /* `exit` closes without a reply; what follows it in the same segment is never answered. */
 Test(protocol, exit_closes_without_reply, .timeout = 60) {
         Hellod *d = hellod_start(NULL);
