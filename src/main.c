@@ -10,6 +10,7 @@
 #include "conf.h"
 #include "listener.h"
 #include "log.h"
+#include "notify.h"
 #include "preflight.h"
 #include "privileges.h"
 #include "server.h"
@@ -224,6 +225,9 @@ int main(int argc, char *argv[]) {
                 code = EXIT_RUNTIME;
                 goto out;
         }
+        r = notify_open();
+        if (r < 0)
+                log_debug_errno(r, "no socket of its own for $NOTIFY_SOCKET, one for each message then");
         r = server_block_signals();
         if (r < 0) {
                 log_error_errno(r, "cannot block signals");

@@ -1,45 +1,127 @@
-/* notify: sd_notify() wrappers; failures are logged at debug level and otherwise ignored,
- * since the daemon serves the same with or without a service manager. */
+/* notify: the sd_notify protocol over one socket kept open from the start; failures are
+ * logged at debug level and otherwise ignored, since the daemon serves the same with or
+ * without a service manager. */
 #include "notify.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <systemd/sd-daemon.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "log.h"
 
+/* sd_notify() opens a socket for every message. At the descriptor limit every message then
+ * fails, the hand-over's and the store's (handover = "always") with them: hellod keeps one
+ * socket open instead, taken at the start (notify_open), and sends each message on it. */
+static int notify_fd = -1;
+static struct sockaddr_un notify_addr;
+static socklen_t notify_addr_len;
+
+int notify_open(void) {
+        const char *path = getenv("NOTIFY_SOCKET");
+
+        if (!path || !*path)
+                return 0;
+        size_t n = strlen(path);
+        /* A file system path, or an abstract one ('@'); systemd ≥ 254's "vsock:" is not ours. */
+        if ((path[0] != '/' && path[0] != '@') || n >= sizeof(notify_addr.sun_path))
+                return -EAFNOSUPPORT;
+        int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return -errno;
+        notify_addr.sun_family = AF_UNIX;
+        memcpy(notify_addr.sun_path, path, n);
+        if (path[0] == '@')
+                notify_addr.sun_path[0] = '\0';
+        notify_addr_len = (socklen_t) (offsetof(struct sockaddr_un, sun_path) + n + (path[0] == '/'));
+        notify_fd = fd;
+        return 1;
+}
+
+/* send_message: MSG, with N_FDS descriptors, in one datagram. The per-connection model's
+ * threads take SIGURG without SA_RESTART while they serve, and they store and remove their
+ * connections themselves (handover = "always"): a datagram goes whole, descriptors with it, or
+ * not at all, so a send the signal ended sent nothing, and is made again. Returns 1 when sent,
+ * 0 outside systemd, or a negative errno. Without a socket of its own (notify_open() failed, or
+ * was not called), libsystemd's, opened for the message. */
+static int send_message(const char *msg, const int *fds, unsigned n_fds) {
+        int r;
+
+        if (notify_fd < 0) {
+                do
+                        r = sd_pid_notify_with_fds(0, false, msg, fds, n_fds);
+                while (r == -EINTR);
+                return r > 0 ? 1 : r;
+        }
+        union {
+                struct cmsghdr header;
+                char buf[CMSG_SPACE(sizeof(int))];
+        } control = { 0 };
+        struct iovec iov = { .iov_base = (void *) msg, .iov_len = strlen(msg) };
+        struct msghdr mh = { .msg_name = &notify_addr, .msg_namelen = notify_addr_len, .msg_iov = &iov, .msg_iovlen = 1 };
+
+        if (n_fds > 1)
+                return -EINVAL; /* one descriptor a message is all hellod sends */
+        if (n_fds == 1) {
+                mh.msg_control = control.buf;
+                mh.msg_controllen = sizeof(control.buf);
+                struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+                c->cmsg_level = SOL_SOCKET;
+                c->cmsg_type = SCM_RIGHTS;
+                c->cmsg_len = CMSG_LEN(sizeof(int));
+                memcpy(CMSG_DATA(c), fds, sizeof(int));
+        }
+        do
+                r = (int) sendmsg(notify_fd, &mh, MSG_NOSIGNAL);
+        while (r < 0 && errno == EINTR);
+        return r < 0 ? -errno : 1;
+}
+
 static void send_state(const char *state) {
-        int r = sd_notify(false, state);
+        int r = send_message(state, NULL, 0);
 
         if (r < 0)
                 log_debug_errno(r, "sd_notify failed, ignoring");
+}
+
+static void send_statef(const char *format, ...) __attribute__((format(printf, 1, 2)));
+
+static void send_statef(const char *format, ...) {
+        char msg[512];
+        va_list ap;
+
+        va_start(ap, format);
+        int n = vsnprintf(msg, sizeof(msg), format, ap);
+        va_end(ap);
+        if (n < 0 || (size_t) n >= sizeof(msg)) {
+                log_debug("sd_notify message too long, not sent");
+                return;
+        }
+        send_state(msg);
 }
 
 void notify_ready(const char *status) {
-        int r = sd_notifyf(false, "READY=1\nSTATUS=%s", status);
-
-        if (r < 0)
-                log_debug_errno(r, "sd_notify failed, ignoring");
+        send_statef("READY=1\nSTATUS=%s", status);
 }
 
 void notify_status(const char *status) {
-        int r = sd_notifyf(false, "STATUS=%s", status);
-
-        if (r < 0)
-                log_debug_errno(r, "sd_notify failed, ignoring");
+        send_statef("STATUS=%s", status);
 }
 
 void notify_reloading(void) {
         struct timespec ts;
 
         clock_gettime(CLOCK_MONOTONIC, &ts);
-        int r = sd_notifyf(false, "RELOADING=1\nSTATUS=Reloading configuration\nMONOTONIC_USEC=%llu",
-                           (unsigned long long) ts.tv_sec * 1000000ULL + (unsigned long long) ts.tv_nsec / 1000u);
-        if (r < 0)
-                log_debug_errno(r, "sd_notify failed, ignoring");
+        send_statef("RELOADING=1\nSTATUS=Reloading configuration\nMONOTONIC_USEC=%llu",
+                    (unsigned long long) ts.tv_sec * 1000000ULL + (unsigned long long) ts.tv_nsec / 1000u);
 }
 
 void notify_stopping(void) {
@@ -47,10 +129,7 @@ void notify_stopping(void) {
 }
 
 void notify_extend_timeout(uint64_t usec) {
-        int r = sd_notifyf(false, "EXTEND_TIMEOUT_USEC=%llu", (unsigned long long) usec);
-
-        if (r < 0)
-                log_debug_errno(r, "sd_notify failed, ignoring");
+        send_statef("EXTEND_TIMEOUT_USEC=%llu", (unsigned long long) usec);
 }
 
 uint64_t notify_watchdog_usec(void) {
@@ -78,19 +157,6 @@ bool notify_fdname_valid(const char *name) {
         return true;
 }
 
-/* send_with_fds: the per-connection model's threads take SIGURG without SA_RESTART while they
- * serve, and they store and remove their connections themselves (handover = "always"). The
- * message is one datagram on a Unix socket, which goes whole, descriptors with it, or not at
- * all: a send the signal ended sent nothing, and is made again. */
-static int send_with_fds(const char *msg, const int *fds, unsigned n_fds) {
-        int r;
-
-        do
-                r = sd_pid_notify_with_fds(0, false, msg, fds, n_fds);
-        while (r == -EINTR);
-        return r > 0 ? 1 : r;
-}
-
 int notify_fdstore_add(int fd, const char *name) {
         char msg[32 + FDNAME_MAX];
 
@@ -98,7 +164,7 @@ int notify_fdstore_add(int fd, const char *name) {
                 return -EINVAL;
         snprintf(msg, sizeof(msg), "FDSTORE=1\nFDNAME=%s", name);
         /* One descriptor, one name, one message: FDNAME= names every descriptor sent with it. */
-        return send_with_fds(msg, &fd, 1);
+        return send_message(msg, &fd, 1);
 }
 
 int notify_fdstore_remove(const char *name) {
@@ -107,5 +173,5 @@ int notify_fdstore_remove(const char *name) {
         if (!notify_fdname_valid(name))
                 return -EINVAL;
         snprintf(msg, sizeof(msg), "FDSTOREREMOVE=1\nFDNAME=%s", name);
-        return send_with_fds(msg, NULL, 0);
+        return send_message(msg, NULL, 0);
 }

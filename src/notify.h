@@ -6,6 +6,11 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+/* notify_open: the socket every message goes out on, for $NOTIFY_SOCKET; 1, 0 outside systemd,
+ * or a negative errno (the messages then open a socket each, as sd_notify() does). Called once,
+ * at the start, before any other thread runs. */
+int notify_open(void);
+
 void notify_ready(const char *status);
 void notify_status(const char *status);
 /* notify_reloading: RELOADING=1 with MONOTONIC_USEC= (systemd ≥ 253 wants it; 252 ignores it). */

@@ -9,7 +9,8 @@
 
 /* Past this, the worst case of max_connections sessions earns a warning. */
 #define PREFLIGHT_MEMORY_WARN_BYTES (1ULL << 30)
-/* Descriptors the daemon needs besides its clients: signalfd, reserve, stdio, journal... */
+/* Descriptors the daemon needs besides its clients: signalfd, reserve, stdio, journal, the
+ * notify socket... */
 #define PREFLIGHT_FD_OVERHEAD 32
 
 /* preflight_fds_needed: descriptors for max_connections clients (and, with a thread per

@@ -507,6 +507,83 @@ Test(handover, always_stores_and_removes_each_connection, .timeout = 60) {
         rig_end(&r);
 }
 
+/* fill_to_the_descriptor_limit: R's process limited to NOFILE open files, then clients into
+ * FDS (at most MAX) until one is told busy; each greeted one says a line. Returns how many were
+ * greeted (closes the one told busy). */
+static int fill_to_the_descriptor_limit(Rig *r, rlim_t nofile, int *fds, int max) {
+        struct rlimit limit = { .rlim_cur = nofile, .rlim_max = nofile };
+        int n = 0;
+
+        cr_assert_eq(prlimit(r->d->pid, RLIMIT_NOFILE, &limit, NULL), 0, "prlimit: %s", strerror(errno));
+        for (;;) {
+                if (n == max)
+                        hellod_fail(r->d, "%d clients served: no descriptor limit met", n);
+                fds[n] = client_connect(r->port);
+                if (!client_wait_readable(fds[n], HARNESS_TIMEOUT_MS))
+                        hellod_fail(r->d, "client %d: no greeting, no refusal", n);
+                ClientState state = client_classify(fds[n]);
+                if (state == CLIENT_REFUSED) {
+                        client_close(fds[n]);
+                        return n;
+                }
+                cr_assert_eq(state, CLIENT_SERVED, "client %d: neither greeted nor told busy", n);
+                client_hello(fds[n++], "before");
+        }
+}
+
+/* Every message to systemd needs a socket; hellod keeps one open for them from the start. It
+ * opened one for each (as sd_notify() does), so at the descriptor limit none could be sent: a
+ * restart ended every conversation ("cannot hand the conversations over, ending them: Too many
+ * open files"). */
+Test(handover, at_the_descriptor_limit_a_restart_hands_every_conversation_over, .timeout = 90) {
+        enum { NOFILE = 40, MAX_CLIENTS = 64 };
+        char handed[64];
+        int fds[MAX_CLIENTS];
+        Rig r;
+
+        rig_start(&r);
+        rig_serve(&r, "workers = 2;\nlog_level = \"info\";\n");
+        int n = fill_to_the_descriptor_limit(&r, NOFILE, fds, MAX_CLIENTS);
+
+        harness_step("SIGTERM with %d conversations at the limit", n);
+        stop_and_wait(r.d);
+        snprintf(handed, sizeof(handed), "handed %d conversation%s over", n, n == 1 ? "" : "s");
+        hellod_wait_stderr(r.d, handed);
+        store_wait(r.d, &r.st, "c", (unsigned) n);
+        hellod_write_config(r.d, "workers = 2;\nlog_level = \"info\";\n");
+        store_start_hellod(r.d, &r.st, r.listener);
+        for (int i = 0; i < n; i++) {
+                client_hello(fds[i], "after");
+                client_close(fds[i]);
+        }
+        rig_end(&r);
+}
+
+/* handover = "always" at the descriptor limit: each connection is stored, and one that ends is
+ * taken out of the store again, so that its close reaches the client (with PID 1's copy left in
+ * the store, a client that half-closed got its reply and never the end of file). */
+Test(handover, always_at_the_descriptor_limit_stores_and_removes_each_connection, .timeout = 90) {
+        enum { NOFILE = 40, MAX_CLIENTS = 64 };
+        int fds[MAX_CLIENTS];
+        Rig r;
+
+        rig_start(&r);
+        rig_serve(&r, "handover = \"always\";\nworkers = 2;\nlog_level = \"info\";\n");
+        int n = fill_to_the_descriptor_limit(&r, NOFILE, fds, MAX_CLIENTS);
+        store_wait(r.d, &r.st, "c", (unsigned) n);
+
+        harness_step("a client half-closes: its reply, then the end of file");
+        client_send_str(fds[0], "hi\n");
+        client_shutdown_write(fds[0]);
+        client_expect_str(fds[0], "Hello, hi!\r\n");
+        client_expect_eof(fds[0], false);
+        client_close(fds[0]);
+        store_wait(r.d, &r.st, "c", (unsigned) n - 1);
+        for (int i = 1; i < n; i++)
+                client_close(fds[i]);
+        rig_end(&r);
+}
+
 /* handover = "always" reads whole lines only (a partial one stays in the kernel): a burst
  * larger than the read buffer is still answered in full, and a telnet interrupt, which has no
  * line end, still ends the session at once. */

@@ -247,6 +247,7 @@ Test(signals, a_signal_during_a_blocked_fd_store_stores_the_connection_once) {
         char env[80];
         snprintf(env, sizeof(env), "@%s", name);
         cr_assert_eq(setenv("NOTIFY_SOCKET", env, 1), 0);
+        cr_assert_eq(notify_open(), 1, "no socket of its own for an abstract $NOTIFY_SOCKET");
 
         install_handler();
         d = (NotifyDrainer) { .b = { .tid = (pid_t) syscall(SYS_gettid), .call = SYS_sendmsg }, .sock = sock };
