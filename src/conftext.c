@@ -461,8 +461,9 @@ static int splice_text(Builder *b, const char *file, const char *text, unsigned 
         if (sc.nul_line != 0)
                 return text_error(b->err, -EINVAL, file, sc.nul_line, "\\x00 in a string: a string cannot hold a NUL byte");
         r = emit(b, copied, strlen(copied));
-        /* Whatever follows an included file starts on a line of its own. */
-        if (r >= 0 && depth > 0 && b->t->size > 0 && b->t->text[b->t->size - 1] != '\n')
+        /* Whatever follows an included file starts on a line of its own; and a file that ends
+         * in a '#' or '//' comment without its newline is a syntax error to libconfig 1.5. */
+        if (r >= 0 && b->t->size > 0 && b->t->text[b->t->size - 1] != '\n')
                 r = emit(b, "\n", 1);
         return r;
 }
@@ -488,6 +489,8 @@ int conf_text_build(ConfText *t, const char *name, const char *text, size_t size
         r = splice_text(&b, t->files[0], text, 0);
         if (r >= 0 && !t->text)
                 r = emit(&b, "", 0);
+        if (r >= 0)
+                t->last_line = b.line > 1 ? b.line - 1 : 1;
         free(b.dir);
         if (r < 0) {
                 /* The message may point at a file name the ConfText owns: keep them. */
@@ -512,6 +515,8 @@ void conf_text_done(ConfText *t) {
 void conf_text_locate(const ConfText *t, unsigned line, const char **ret_file, unsigned *ret_line) {
         const ConfSegment *s = NULL;
 
+        if (t->last_line > 0 && line > t->last_line)
+                line = t->last_line;
         for (size_t i = 0; i < t->n_segs && t->segs[i].first <= line; i++)
                 s = &t->segs[i];
         if (!s) {

@@ -26,6 +26,8 @@ typedef struct ConfText {
         size_t n_segs;
         char **files; /* every file name the segments point to */
         size_t n_files;
+        unsigned last_line; /* the text's last line (it ends in a newline): where libconfig's
+                             * errors at the end of the file are placed, not on the line past it */
 } ConfText;
 
 /* Why building failed: FILE (NULL: the main file) and LINE (0: none) and a message. FILE points

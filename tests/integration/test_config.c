@@ -568,6 +568,29 @@ Test(config, messages, .timeout = 60) {
         hellod_free(d);
 }
 
+/* The end of the file: a '#' or '//' comment on its last line without a newline is a comment
+ * (libconfig 1.5 took it for a syntax error), and an error at the end of the file names its
+ * last line, not the line past it. */
+Test(config, the_end_of_the_file_comments_and_errors, .timeout = 60) {
+        Hellod *d = hellod_new();
+        char needle[600];
+
+        harness_step("a comment ends the file without a newline: valid, at the start too");
+        hellod_write_config(d, "listen = [ \"127.0.0.1\" ];\nport = %u;\n# the end", (unsigned) d->port);
+        cr_expect(exited_with(run_check(d, "-t"), 0), "-t refused a comment at the end of the file");
+        hellod_write_config(d, "listen = [ \"127.0.0.1\" ];\nport = %u;\n// the end", (unsigned) d->port);
+        cr_expect(exited_with(run_check(d, "-t"), 0), "-t refused a // comment at the end of the file");
+        hellod_spawn(d, NULL);
+        hellod_wait_ready(d);
+        hellod_stop_clean(d);
+
+        harness_step("a list left open at the end: its last line is named");
+        hellod_write_config(d, "port = %u;\nlisten = [ \"127.0.0.1\"\n", (unsigned) d->port);
+        snprintf(needle, sizeof(needle), "%s:2: syntax error", d->conf_path);
+        expect_check_fails(d, (const char *const[]) { needle, NULL });
+        hellod_free(d);
+}
+
 /* libconfig joins two strings with nothing between them into one: in a list, a ',' forgotten
  * between two entries made one entry of them, valid and wrong ("192.0.2.1" "0" allowed
  * 192.0.2.10). A list refuses them, naming the file, the line and both strings; a value outside
