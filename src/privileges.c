@@ -200,6 +200,13 @@ int privileges_drop(const char *user, const char *group, const Identity *to, cha
         uid_t uid = to->uid;
         gid_t gid = to->gid;
 
+        if (uid == 0) {
+                /* user = "root" (or uid 0): root stays root, whatever the group; nothing to drop. */
+                log_warning("running as root: 'user' is root; set 'user' and 'group' to an unprivileged "
+                            "account to drop privileges");
+                return 0;
+        }
+
         /* Order matters: groups and gid can only be changed while still root. */
         if (setgroups(1, &gid) < 0)
                 return fail(-errno, "setgroups", err, err_size);
@@ -216,7 +223,7 @@ int privileges_drop(const char *user, const char *group, const Identity *to, cha
                 snprintf(err, err_size, "the user and group IDs did not all change");
                 return -EPERM;
         }
-        if (uid != 0 && (setuid(0) == 0 || seteuid(0) == 0)) {
+        if (setuid(0) == 0 || seteuid(0) == 0) {
                 snprintf(err, err_size, "root privileges could be regained after dropping them");
                 return -EPERM;
         }

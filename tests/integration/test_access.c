@@ -530,6 +530,20 @@ Test(access, unknown_user_is_a_config_error, .timeout = 60) {
         hellod_free(d);
 }
 
+/* user = "root" drops nothing: hellod says it runs as root, as without 'user', rather than
+ * "dropped privileges to uid 0" (a review found that, and no warning). */
+Test(access, root_as_the_user_warns_and_claims_no_drop, .timeout = 60) {
+        Hellod *d = hellod_start("user = \"root\";\n");
+
+        cr_assert_eq(geteuid(), 0, "this test checks what hellod does when started as root");
+        hellod_wait_stderr(d, "running as root");
+        int dropped = hellod_count_in_stderr(d, "dropped privileges");
+        cr_expect_eq(dropped, 0, "hellod claims to have dropped privileges as root");
+        cr_assert_eq(harness_proc_status_field(d->pid, "Uid"), 0);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 Test(access, root_without_user_warns, .timeout = 60) {
         Hellod *d = hellod_start(NULL);
 
