@@ -1168,6 +1168,21 @@ static int joined_strings_error(const ConfSpot *j, const ConfCtx *ctx) {
         return r;
 }
 
+static int stray_string_error(const ConfSpot *j, const ConfCtx *ctx) {
+        char buf[ECHO_BUF_SIZE], *a = strndup(j->text, j->text_len);
+        int r;
+
+        if (!a)
+                r = oom_error(ctx);
+        else
+                r = file_error(ctx, -EINVAL, NULL, j->line,
+                               "syntax error at \"%s\": a setting is written name = value; and the entries of a "
+                               "list are separated by ','",
+                               echo(a, buf));
+        free(a);
+        return r;
+}
+
 /* conf_parse: TEXT, which libconfig may read: no @include is left in it. */
 static int conf_parse(Conf *c, const ConfCtx *ctx, const char *text) {
         ConfSpot spot;
@@ -1175,7 +1190,9 @@ static int conf_parse(Conf *c, const ConfCtx *ctx, const char *text) {
         int r;
 
         config_init(&cfg);
-        if (!config_read_string(&cfg, text))
+        if (ctx->text && conf_text_find_stray_string(ctx->text, &spot))
+                r = stray_string_error(&spot, ctx); /* before libconfig, which would leak it */
+        else if (!config_read_string(&cfg, text))
                 r = syntax_error(&cfg, ctx);
         else if (ctx->text && conf_text_find_wide(ctx->text, &spot))
                 r = wide_literal_error(&spot, ctx);

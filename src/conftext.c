@@ -628,9 +628,40 @@ bool conf_text_find_wide(const ConfText *t, ConfSpot *ret) {
         return false;
 }
 
-/* ---- strings joined in a list ---- */
+/* ---- a string out of place ---- */
 
 #define SCOPES_MAX 64
+
+bool conf_text_find_stray_string(const ConfText *t, ConfSpot *ret) {
+        Token tk, prev = { .type = TOK_END };
+        char open[SCOPES_MAX]; /* the brackets open around the token */
+        unsigned depth = 0;
+        Scanner sc;
+
+        scanner_init(&sc, t->text);
+        while ((tk = scan_next(&sc)).type != TOK_END) {
+                /* A value (after '=' or ':'), a list's entry, or the next piece of a string. A
+                 * ',' ends a setting too, outside a list ("port = 1, "a";"). */
+                bool in_list = depth > 0 && open[depth - 1] != '{';
+                bool in_place = prev.type == TOK_STRING || is_punct(&prev, '=') || is_punct(&prev, ':') ||
+                                is_punct(&prev, '[') || is_punct(&prev, '(') || (is_punct(&prev, ',') && in_list);
+                if (tk.type == TOK_STRING && !in_place && tk.len >= 2) {
+                        *ret = (ConfSpot) { .line = tk.line, .text = tk.start + 1, .text_len = tk.len - 2 };
+                        return true;
+                }
+                if (tk.type == TOK_PUNCT && strchr("[({", tk.start[0])) {
+                        if (depth == SCOPES_MAX)
+                                return false; /* deeper than any configuration: libconfig decides */
+                        open[depth++] = tk.start[0];
+                } else if (tk.type == TOK_PUNCT && strchr("])}", tk.start[0]) && depth > 0) {
+                        depth--;
+                }
+                prev = tk;
+        }
+        return false;
+}
+
+/* ---- strings joined in a list ---- */
 
 bool conf_text_find_joined(const ConfText *t, ConfSpot *ret) {
         Token tk, prev = { .type = TOK_END }, name = { .type = TOK_END }, key = { .type = TOK_END };

@@ -72,6 +72,12 @@ typedef struct ConfSpot {
  * silently truncate. */
 bool conf_text_find_wide(const ConfText *t, ConfSpot *ret);
 
+/* conf_text_find_stray_string: a string literal where libconfig's grammar has none (after a
+ * name without '=', after a value, at the start of a setting): a syntax error, which
+ * libconfig 1.5 reports without freeing the string (a failed reload would leak it each time).
+ * The text is the string's, within its quotes; no key. */
+bool conf_text_find_stray_string(const ConfText *t, ConfSpot *ret);
+
 /* conf_text_find_joined: two string literals with nothing between them in a list ('[ ]' or
  * '( )'), which libconfig joins into one entry where a ',' was surely forgotten: the key is the
  * list's, the text the first string's and next the second's (within their quotes), the line the
