@@ -1207,6 +1207,27 @@ static int conf_parse(Conf *c, const ConfCtx *ctx, const char *text) {
         return r;
 }
 
+static void free_includes(Conf *c) {
+        for (size_t i = 0; i < c->n_includes; i++)
+                free(c->includes[i]);
+        free(c->includes);
+        c->includes = NULL;
+        c->n_includes = 0;
+}
+
+/* keep_includes: the names of the files T spliced in besides the main one, into C. */
+static int keep_includes(Conf *c, const ConfText *t, const ConfCtx *ctx) {
+        free_includes(c);
+        if (t->n_files <= 1)
+                return 0;
+        if (!(c->includes = calloc(t->n_files - 1, sizeof(char *))))
+                return oom_error(ctx);
+        for (size_t i = 1; i < t->n_files; i++, c->n_includes++)
+                if (!(c->includes[c->n_includes] = strdup(t->files[i])))
+                        return oom_error(ctx);
+        return 0;
+}
+
 /* conf_parse_text: NAME's TEXT (SIZE bytes, NUL-terminated), its includes spliced in first. */
 static int conf_parse_text(Conf *c, const char *name, const ConfCtx *outer, const char *text, size_t size) {
         ConfCtx ctx = *outer;
@@ -1222,6 +1243,8 @@ static int conf_parse_text(Conf *c, const char *name, const ConfCtx *outer, cons
         }
         ctx.text = &t;
         r = conf_parse(c, &ctx, t.text);
+        if (r >= 0)
+                r = keep_includes(c, &t, &ctx);
         conf_text_done(&t);
         return r;
 }
@@ -1230,6 +1253,7 @@ static void conf_free(Conf *c) {
         if (!c)
                 return;
         free(c->path);
+        free_includes(c);
         listen_specs_free(c->listen, c->n_listen);
         free(c->greeting);
         free(c->reply_prefix);

@@ -70,6 +70,8 @@ typedef enum IoBackend {
 
 typedef struct Conf {
         char *path; /* the file it came from; NULL for built-in defaults */
+        char **includes; /* the files it @included, as opened; a reload opens them again */
+        size_t n_includes;
 
         ListenSpec *listen;
         size_t n_listen;

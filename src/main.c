@@ -144,16 +144,23 @@ static int check_config(const Conf *conf, const char *path, bool defaulted) {
 
 /* raise_fd_limit: a daemon that never calls select() can use every descriptor it is allowed:
  * lift the soft limit to the hard one (preflight_check() measured against the hard one). */
-/* warn_unreadable_config: a reload reads PATH as the user hellod switched to (the start read
- * it as root): a file that user cannot read would fail every reload. Said at the start, not at
- * the first SIGHUP. */
-static void warn_unreadable_config(const char *path, const Conf *conf) {
+/* warn_unreadable: a reload reads PATH as the user hellod switched to (the start read it as
+ * root): a file that user cannot read would fail every reload. Said at the start, not at the
+ * first SIGHUP. */
+static void warn_unreadable(const char *path, const Conf *conf) {
         if (access(path, R_OK) == 0)
                 return;
         log_warning_errno(-errno,
                           "%s cannot be read by %s: a reload will fail; make it readable by that %s, or restart "
                           "hellod to apply a change",
                           path, conf->user ? conf->user : conf->group, conf->user ? "user" : "group");
+}
+
+/* warn_unreadable_config: the file at PATH and every file it includes. */
+static void warn_unreadable_config(const char *path, const Conf *conf) {
+        warn_unreadable(path, conf);
+        for (size_t i = 0; i < conf->n_includes; i++)
+                warn_unreadable(conf->includes[i], conf);
 }
 
 static void raise_fd_limit(void) {

@@ -431,6 +431,31 @@ static Hellod *started_as_root_for_nobody(mode_t mode) {
         return d;
 }
 
+/* The same for a file the configuration includes: a reload opens it again as the user (the
+ * warning covered the main file only, and every reload then failed unannounced). */
+Test(access, an_included_file_the_user_cannot_read_is_named_at_the_start, .timeout = 60) {
+        Hellod *d = hellod_new();
+        char secret[512];
+
+        cr_assert_eq(geteuid(), 0, "this test checks what hellod does when started as root");
+        snprintf(secret, sizeof(secret), "%s/secret.inc", d->dir);
+        harness_write_file(secret, "idle_timeout = 30;\n", strlen("idle_timeout = 30;\n"));
+        cr_assert_eq(chmod(secret, 0600), 0);
+        hellod_write_config_std(d, "user = \"nobody\";\ngroup = \"nogroup\";\n@include \"secret.inc\"\n");
+        cr_assert_eq(chmod(d->dir, 0755), 0);
+        cr_assert_eq(chmod(d->conf_path, 0644), 0);
+        hellod_spawn(d, NULL);
+        hellod_wait_ready(d);
+
+        hellod_wait_stderr(d, "dropped privileges to uid 65534, gid 65534");
+        char *err = hellod_stderr(d);
+        cr_assert(strstr(err, "secret.inc cannot be read by nobody: a reload will fail"), "%s", err);
+        cr_expect(!strstr(err, "hellod.conf cannot be read"), "%s", err);
+        free(err);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 Test(access, root_drops_to_user_and_group, .timeout = 60) {
         Hellod *d = started_as_root_for_nobody(0644); /* nobody must read it again on reload */
         char ids[128];
