@@ -416,12 +416,18 @@ static int include(Builder *b, const char *file, unsigned line, const char *name
 }
 
 /* splice: TEXT of FILE onto the output, its @include lines replaced. */
+/* The UTF-8 byte order mark some editors put first: no text of the file, and libconfig would
+ * call it a syntax error on line 1. */
+#define UTF8_BOM "\xef\xbb\xbf"
+
 static int splice_text(Builder *b, const char *file, const char *text, unsigned depth) {
-        const char *copied = text;
         Scanner sc;
         Token tk;
         int r;
 
+        if (strncmp(text, UTF8_BOM, strlen(UTF8_BOM)) == 0)
+                text += strlen(UTF8_BOM);
+        const char *copied = text;
         r = add_seg(b, 1, file);
         if (r < 0)
                 return r;

@@ -612,6 +612,21 @@ Test(config, a_string_out_of_place_is_named_and_a_failed_reload_costs_nothing, .
         hellod_free(d);
 }
 
+/* A UTF-8 byte order mark, which some editors write first, is not text of the file (libconfig
+ * gave a bare "syntax error" on line 1), in the main file and in an included one. */
+Test(config, a_byte_order_mark_is_not_text, .timeout = 60) {
+        Hellod *d = hellod_new();
+
+        write_in_dir(d, "bom.inc", "\xef\xbb\xbfidle_timeout = 30;\n");
+        hellod_write_config(d, "\xef\xbb\xbflisten = [ \"127.0.0.1\" ];\nport = %u;\n@include \"bom.inc\"\n",
+                            (unsigned) d->port);
+        cr_expect(exited_with(run_check(d, "-t"), 0), "-t refused a byte order mark");
+        hellod_spawn(d, NULL);
+        hellod_wait_ready(d);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 /* The end of the file: a '#' or '//' comment on its last line without a newline is a comment
  * (libconfig 1.5 took it for a syntax error), and an error at the end of the file names its
  * last line, not the line past it. */
