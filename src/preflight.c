@@ -190,6 +190,15 @@ static unsigned warn_v4_space(const char *key, const Cidr *list, size_t n, const
         return 1;
 }
 
+unsigned preflight_warn_reloaded(const Conf *conf, const Conf *started) {
+        Conf running = *conf; /* a view for reading, not a reference: nothing of it is freed */
+
+        running.workers = started->workers;
+        running.workers_auto = started->workers_auto;
+        running.io_backend = started->io_backend;
+        return preflight_warn(&running);
+}
+
 unsigned preflight_warn(const Conf *conf) {
         static const char everyone[] = "add \"0.0.0.0/0\" (or an IPv4 prefix) for those";
 

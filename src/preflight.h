@@ -30,3 +30,6 @@ int preflight_check(const Conf *conf, const char *path, Identity *ret_identity, 
  * sessions above PREFLIGHT_MEMORY_WARN_BYTES or the machine's memory. Returns the number of
  * warnings. */
 unsigned preflight_warn(const Conf *conf);
+/* preflight_warn_reloaded: the same for CONF taken up by a reload, counted with the worker
+ * model and backend hellod STARTED with (a change of those takes a restart). */
+unsigned preflight_warn_reloaded(const Conf *conf, const Conf *started);

@@ -940,7 +940,7 @@ static void reload(Server *s) {
         pthread_mutex_unlock(&s->lock);
         conf_unref(old);
         apply_log_level(s);
-        (void) preflight_warn(conf);
+        (void) preflight_warn_reloaded(conf, s->started);
 
         s->opts.config_defaulted = defaulted;
         listeners_describe(&s->listeners, names, sizeof(names));

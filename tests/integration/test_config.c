@@ -461,6 +461,27 @@ Test(config, check_warns_of_an_ipv6_prefix_meant_for_everyone, .timeout = 60) {
         hellod_free(d);
 }
 
+/* A reload's warnings count with the worker model hellod runs, not one the file asks for and a
+ * restart would bring: max_connections 200 with a thread per connection (about 439 open files)
+ * is past a limit of 300 even when the reloaded file says workers = 2 (about 238); the warning
+ * went missing. */
+Test(config, reload_warnings_count_with_the_worker_model_in_force, .timeout = 60) {
+        Hellod *d = hellod_new();
+
+        hellod_write_config_std(d, "workers = \"per-connection\";\nmax_connections = 100;\n");
+        hellod_spawn(d, &(HellodOpts) { .nofile = 300 });
+        hellod_wait_ready(d);
+        cr_assert_eq(hellod_count_in_stderr(d, "open files"), 0, "a warning at the start already");
+
+        hellod_write_config_std(d, "workers = 2;\nmax_connections = 200;\n");
+        hellod_signal(d, SIGHUP);
+        hellod_wait_stderr(d, "configuration reloaded");
+        hellod_wait_stderr(d, "a change of 'workers' takes effect when hellod is restarted");
+        hellod_wait_stderr(d, "max_connections 200 needs about");
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 Test(config, check_shows_limit_warnings, .timeout = 60) {
         Hellod *d = hellod_new();
         char *err;
