@@ -235,9 +235,15 @@ static int restore(Session *s, const HandoverRecord *rec, uint64_t now, uint64_t
         /* Its age counts the gap: the client lived through it. */
         uint64_t age = rec->age_usec + gap_usec < rec->age_usec ? UINT64_MAX : rec->age_usec + gap_usec;
         s->started_usec = now > age ? now - age : 0;
-        /* The gap is not the client's idleness: what was left of its deadline starts now. */
+        /* The gap is not the client's idleness: what was left of its deadline starts now. A
+         * conversation still going has this process's idle_timeout at most, or none if it has
+         * none (what ended goes on to its end as it was). */
         s->timer.at = rec->deadline_left_usec == HANDOVER_NO_DEADLINE ? SESSION_NO_DEADLINE
                                                                        : now + rec->deadline_left_usec;
+        if (!s->lingering && s->proto.end == PROTO_END_NONE) {
+                uint64_t idle = session_idle_deadline(s, now);
+                s->timer.at = idle == SESSION_NO_DEADLINE || idle < s->timer.at ? idle : s->timer.at;
+        }
         s->resumed = true;
         return 0;
 }

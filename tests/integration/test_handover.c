@@ -507,6 +507,48 @@ Test(handover, always_stores_and_removes_each_connection, .timeout = 60) {
         rig_end(&r);
 }
 
+/* A restart that sets an idle timeout, or shortens it, reaches the conversations it resumes:
+ * what was left of a deadline, at most the new idle_timeout (one with none had none until its
+ * next line, however long the client kept silent). And a restart that removes the timeout
+ * removes it for them too. */
+Test(handover, a_restart_gives_resumed_conversations_its_idle_timeout, .timeout = 60) {
+        Rig r;
+
+        rig_start(&r);
+        rig_serve(&r, "idle_timeout = 0;\n");
+        int fd = client_connect(r.port);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_hello(fd, "before");
+
+        harness_step("restart with idle_timeout = 1: the silent client is told after about a second");
+        stop_and_wait(r.d);
+        store_wait(r.d, &r.st, "c", 1);
+        hellod_write_config(r.d, "idle_timeout = 1;\n");
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "resumed 1 conversation");
+        if (!client_wait_readable(fd, HARNESS_TIMEOUT_MS))
+                hellod_fail(r.d, "a resumed conversation with no deadline was not ended by the new idle_timeout");
+        client_expect_str(fd, "ERR idle timeout\r\n");
+        client_expect_eof(fd, true);
+        client_close(fd);
+
+        harness_step("restart with idle_timeout = 0: a resumed conversation keeps no deadline");
+        hellod_write_config(r.d, "idle_timeout = 4;\n");
+        hellod_signal(r.d, SIGHUP);
+        hellod_wait_stderr(r.d, "configuration reloaded");
+        fd = client_connect(r.port);
+        client_expect_str(fd, HELLOD_GREETING);
+        stop_and_wait(r.d);
+        store_wait(r.d, &r.st, "c", 1);
+        hellod_write_config(r.d, "idle_timeout = 0;\n");
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "resumed 1 conversation");
+        client_expect_silence(fd, 5000); /* past the 4 s the first process gave it */
+        client_hello(fd, "after");
+        client_close(fd);
+        rig_end(&r);
+}
+
 /* fill_to_the_descriptor_limit: R's process limited to NOFILE open files, then clients into
  * FDS (at most MAX) until one is told busy; each greeted one says a line. Returns how many were
  * greeted (closes the one told busy). */
