@@ -3,8 +3,8 @@
  * (passwd: files hellodstall), with LD_LIBRARY_PATH naming this directory; a name that is not
  * in /etc/passwd or /etc/group then reaches it, and
  * - one starting with "hellod-unavail" fails at once, the service unavailable (EIO);
- * - the user "hellod-slow" is answered after 2 s, as root (uid 0, gid 0: the drop to it
- *   changes nothing, so the test's files stay readable), as a slow server answers;
+ * - the user "hellod-slow" is answered after 2 s, as root (uid 0, gid 0: hellod stays root
+ *   and says so, and the test's files stay readable), as a slow server answers;
  * - any other blocks its lookup for good, as glibc's lookups do against a server that takes
  *   the connection and never answers.
  * A test fixture: never installed. */
