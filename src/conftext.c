@@ -474,6 +474,16 @@ static int splice_text(Builder *b, const char *file, const char *text, unsigned 
         return r;
 }
 
+/* lines_of: the lines of SIZE bytes of TEXT, the last one without its newline counted too (at
+ * least 1). */
+static unsigned lines_of(const char *text, size_t size) {
+        unsigned n = 0;
+
+        for (size_t i = 0; i < size; i++)
+                n += text[i] == '\n';
+        return size > 0 && text[size - 1] != '\n' ? n + 1 : n > 0 ? n : 1;
+}
+
 int conf_text_build(ConfText *t, const char *name, const char *text, size_t size, ConfTextError *err) {
         Builder b = { .t = t, .line = 1, .err = err };
         const char *slash = strrchr(name, '/');
@@ -495,8 +505,10 @@ int conf_text_build(ConfText *t, const char *name, const char *text, size_t size
         r = splice_text(&b, t->files[0], text, 0);
         if (r >= 0 && !t->text)
                 r = emit(&b, "", 0);
-        if (r >= 0)
+        if (r >= 0) {
                 t->last_line = b.line > 1 ? b.line - 1 : 1;
+                t->main_last_line = lines_of(text, size);
+        }
         free(b.dir);
         if (r < 0) {
                 /* The message may point at a file name the ConfText owns: keep them. */
@@ -521,8 +533,12 @@ void conf_text_done(ConfText *t) {
 void conf_text_locate(const ConfText *t, unsigned line, const char **ret_file, unsigned *ret_line) {
         const ConfSegment *s = NULL;
 
-        if (t->last_line > 0 && line > t->last_line)
-                line = t->last_line;
+        if (t->last_line > 0 && line > t->last_line) {
+                /* The end of the text, which is the main file's end. */
+                *ret_file = t->n_files > 0 ? t->files[0] : NULL;
+                *ret_line = t->main_last_line;
+                return;
+        }
         for (size_t i = 0; i < t->n_segs && t->segs[i].first <= line; i++)
                 s = &t->segs[i];
         if (!s) {

@@ -26,8 +26,10 @@ typedef struct ConfText {
         size_t n_segs;
         char **files; /* every file name the segments point to */
         size_t n_files;
-        unsigned last_line; /* the text's last line (it ends in a newline): where libconfig's
-                             * errors at the end of the file are placed, not on the line past it */
+        unsigned last_line;      /* the text's last line (it ends in a newline) */
+        unsigned main_last_line; /* the main file's: where libconfig's errors at the end of the
+                                  * text are placed, not on the line past it (nor in a file the
+                                  * main one includes last) */
 } ConfText;
 
 /* Why building failed: FILE (NULL: the main file) and LINE (0: none) and a message. FILE points

@@ -21,6 +21,8 @@
 /* sd_notify() opens a socket for every message. At the descriptor limit every message then
  * fails, the hand-over's and the store's (handover = "always") with them: hellod keeps one
  * socket open instead, taken at the start (notify_open), and sends each message on it. */
+#define NOTIFY_SNDBUF (8 * 1024 * 1024)
+
 static int notify_fd = -1;
 static struct sockaddr_un notify_addr;
 static socklen_t notify_addr_len;
@@ -37,6 +39,12 @@ int notify_open(void) {
         int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
         if (fd < 0)
                 return -errno;
+        /* Room for a burst of messages while PID 1 is busy (handover = "always" stores and
+         * removes a connection each), as libsystemd gives each of its sockets: 8 MiB, forced
+         * past net.core.wmem_max while hellod is still root. */
+        int size = NOTIFY_SNDBUF;
+        if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, sizeof(size)) < 0)
+                (void) setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
         notify_addr.sun_family = AF_UNIX;
         memcpy(notify_addr.sun_path, path, n);
         if (path[0] == '@')

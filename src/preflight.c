@@ -14,15 +14,21 @@
 #include "lookup.h"
 #include "session.h"
 
-unsigned long long preflight_fds_needed(const Conf *conf) {
+/* fds_needed: preflight_fds_needed() for CONF served by WORKERS loops (0: a thread per
+ * connection). */
+static unsigned long long fds_needed(const Conf *conf, unsigned workers) {
         unsigned long long clients = conf->max_connections, base = clients + conf->n_listen + PREFLIGHT_FD_OVERHEAD;
 
         /* Each pool loop holds an epoll and an eventfd. */
-        if (conf->workers > 0)
-                return base + 2ULL * conf->workers;
+        if (workers > 0)
+                return base + 2ULL * workers;
         /* A thread per connection: an epoll, an eventfd and a timerfd; the lingerer's epoll and
          * eventfd, and up to max_connections sockets lingering there (lingerer.h). */
         return base + 3 + 2 + clients;
+}
+
+unsigned long long preflight_fds_needed(const Conf *conf) {
+        return fds_needed(conf, conf->workers);
 }
 
 static unsigned long long physical_memory(void) {
@@ -75,8 +81,8 @@ static int check_identity(const Conf *conf, const char *path, Identity *ret_iden
 /* warn_fds: max_connections the open-files limit cannot hold. Not an error: the daemon refuses
  * clients beyond it as busy, and keeps serving the others. The figure is the worst case (in
  * the per-connection model, every client's socket also lingering). */
-static unsigned warn_fds(const Conf *conf) {
-        unsigned long long need = preflight_fds_needed(conf), spare = need - conf->max_connections;
+static unsigned warn_fds(const Conf *conf, unsigned workers) {
+        unsigned long long need = fds_needed(conf, workers), spare = need - conf->max_connections;
         struct rlimit rl;
 
         if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_max == RLIM_INFINITY || need <= rl.rlim_max)
@@ -92,9 +98,9 @@ static unsigned warn_fds(const Conf *conf) {
 /* warn_memory: max_connections sessions at their limits would need a lot of memory (a large
  * max_line_length times many connections; on io_uring, what it keeps of flooding clients'
  * input): bounded, but maybe not meant. */
-static unsigned warn_memory(const Conf *conf) {
-        bool io_uring = engine_runs_uring(conf);
-        unsigned long long per = session_memory_max(conf, io_uring), worst = per * conf->max_connections;
+static unsigned warn_memory(const Conf *conf, const Conf *model) {
+        bool io_uring = engine_runs_uring(model);
+        unsigned long long per = session_memory_max(conf, model->workers, io_uring), worst = per * conf->max_connections;
         unsigned long long ram = physical_memory();
         char backend[80] = "";
 
@@ -190,22 +196,22 @@ static unsigned warn_v4_space(const char *key, const Cidr *list, size_t n, const
         return 1;
 }
 
-unsigned preflight_warn_reloaded(const Conf *conf, const Conf *started) {
-        Conf running = *conf; /* a view for reading, not a reference: nothing of it is freed */
-
-        running.workers = started->workers;
-        running.workers_auto = started->workers_auto;
-        running.io_backend = started->io_backend;
-        return preflight_warn(&running);
-}
-
-unsigned preflight_warn(const Conf *conf) {
+/* warn_all: preflight_warn() for CONF served by the worker model and backend of MODEL. */
+static unsigned warn_all(const Conf *conf, const Conf *model) {
         static const char everyone[] = "add \"0.0.0.0/0\" (or an IPv4 prefix) for those";
 
         /* Not everyone in proxy_from: a peer there names the client it likes, past allow, deny
          * and the per-source limits. */
-        return warn_fds(conf) + warn_memory(conf) + warn_v4_space("allow", conf->allow, conf->n_allow, everyone) +
+        return warn_fds(conf, model->workers) + warn_memory(conf, model) + warn_v4_space("allow", conf->allow, conf->n_allow, everyone) +
                warn_v4_space("deny", conf->deny, conf->n_deny, everyone) +
                warn_v4_space("proxy_from", conf->proxy_from, conf->n_proxy_from,
                              "list the balancers' IPv4 addresses if some connect over IPv4");
+}
+
+unsigned preflight_warn(const Conf *conf) {
+        return warn_all(conf, conf);
+}
+
+unsigned preflight_warn_reloaded(const Conf *conf, const Conf *started) {
+        return warn_all(conf, started);
 }

@@ -12,11 +12,13 @@ static uint64_t monotonic_usec(void) {
         return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
 }
 
+/* Both read the clock under the lock: read before it, a caller that waited for the lock could
+ * find a window newer than its "now", and the subtraction below would wrap. */
 RateVerdict ratelimit_check(RateLimit *rl, unsigned *ret_suppressed) {
-        uint64_t now = monotonic_usec();
         RateVerdict verdict = RATE_PASS;
 
         pthread_mutex_lock(&rl->lock);
+        uint64_t now = monotonic_usec();
         *ret_suppressed = 0;
         if (rl->window_start == 0 || now - rl->window_start >= WINDOW_USEC) {
                 *ret_suppressed = rl->suppressed;
@@ -37,10 +39,10 @@ bool ratelimit_allow(RateLimit *rl, unsigned *ret_suppressed) {
 }
 
 unsigned ratelimit_held_back(RateLimit *rl, uint64_t *ret_due) {
-        uint64_t now = monotonic_usec();
         unsigned held = 0;
 
         pthread_mutex_lock(&rl->lock);
+        uint64_t now = monotonic_usec();
         *ret_due = 0;
         if (rl->suppressed > 0 && now - rl->window_start >= WINDOW_USEC) {
                 held = rl->suppressed;

@@ -45,7 +45,7 @@ size_t session_handover_input_max(const Conf *conf) {
         return conf->framing == FRAMING_LINE ? SESSION_URING_KEPT_MAX : session_input_size(conf);
 }
 
-size_t session_memory_max(const Conf *conf, bool io_uring) {
+size_t session_memory_max(const Conf *conf, unsigned workers, bool io_uring) {
         size_t input = session_input_size(conf);
 
         /* In line framing an io_uring loop reads into its buffer ring (the loop's, not counted
@@ -57,7 +57,7 @@ size_t session_memory_max(const Conf *conf, bool io_uring) {
         size_t n = sizeof(Session) + session_output_size(conf) + input + (size_t) conf->max_line_length + 1;
 
         /* A pool loop's stack is shared by all its sessions; a thread per connection is not. */
-        return conf->workers == 0 ? n + conf->worker_stack_size : n;
+        return workers == 0 ? n + conf->worker_stack_size : n;
 }
 
 int session_new(Session **ret, int fd, Conf *conf, const struct sockaddr *peer, const char *listen) {

@@ -215,5 +215,6 @@ uint64_t now_usec(void);
  * and in the per-connection model its thread's stack), for the operator's arithmetic. IO_URING:
  * CONF's pool runs on io_uring, whose kept input is counted as a flood's usual burst
  * (SESSION_URING_KEPT_SOFT), not as the whole buffer ring it could be at worst
- * (SESSION_URING_KEPT_MAX): that is rare, and would put a MiB on every client. */
-size_t session_memory_max(const Conf *conf, bool io_uring);
+ * (SESSION_URING_KEPT_MAX): that is rare, and would put a MiB on every client. WORKERS: the
+ * pool's loops, or 0 for a thread per connection. */
+size_t session_memory_max(const Conf *conf, unsigned workers, bool io_uring);

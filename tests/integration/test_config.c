@@ -653,19 +653,23 @@ Test(config, a_byte_order_mark_is_not_text, .timeout = 60) {
  * last line, not the line past it. */
 Test(config, the_end_of_the_file_comments_and_errors, .timeout = 60) {
         Hellod *d = hellod_new();
-        char needle[600];
+        char text[256], needle[600];
 
+        /* Written as they are: the suite's HELLOD_TEST_CONF_EXTRA would add a line at the end. */
         harness_step("a comment ends the file without a newline: valid, at the start too");
-        hellod_write_config(d, "listen = [ \"127.0.0.1\" ];\nport = %u;\n# the end", (unsigned) d->port);
-        cr_expect(exited_with(run_check(d, "-t"), 0), "-t refused a comment at the end of the file");
-        hellod_write_config(d, "listen = [ \"127.0.0.1\" ];\nport = %u;\n// the end", (unsigned) d->port);
+        snprintf(text, sizeof(text), "listen = [ \"127.0.0.1\" ];\nport = %u;\n// the end", (unsigned) d->port);
+        harness_write_file(d->conf_path, text, strlen(text));
         cr_expect(exited_with(run_check(d, "-t"), 0), "-t refused a // comment at the end of the file");
+        snprintf(text, sizeof(text), "listen = [ \"127.0.0.1\" ];\nport = %u;\n# the end", (unsigned) d->port);
+        harness_write_file(d->conf_path, text, strlen(text));
+        cr_expect(exited_with(run_check(d, "-t"), 0), "-t refused a comment at the end of the file");
         hellod_spawn(d, NULL);
         hellod_wait_ready(d);
         hellod_stop_clean(d);
 
         harness_step("a list left open at the end: its last line is named");
-        hellod_write_config(d, "port = %u;\nlisten = [ \"127.0.0.1\"\n", (unsigned) d->port);
+        snprintf(text, sizeof(text), "port = %u;\nlisten = [ \"127.0.0.1\"\n", (unsigned) d->port);
+        harness_write_file(d->conf_path, text, strlen(text));
         snprintf(needle, sizeof(needle), "%s:2: syntax error", d->conf_path);
         expect_check_fails(d, (const char *const[]) { needle, NULL });
         hellod_free(d);
