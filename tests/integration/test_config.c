@@ -667,6 +667,13 @@ Test(config, the_end_of_the_file_comments_and_errors, .timeout = 60) {
         hellod_wait_ready(d);
         hellod_stop_clean(d);
 
+        harness_step("a group left open by a file that ends with an @include: the main file is named");
+        write_in_dir(d, "last.inc", "a = 1;\nb = 2;\n");
+        snprintf(text, sizeof(text), "port = %u;\ng = {\n@include \"last.inc\"\n", (unsigned) d->port);
+        harness_write_file(d->conf_path, text, strlen(text));
+        snprintf(needle, sizeof(needle), "%s:3: syntax error", d->conf_path);
+        expect_check_fails(d, (const char *const[]) { needle, NULL });
+
         harness_step("a list left open at the end: its last line is named");
         snprintf(text, sizeof(text), "port = %u;\nlisten = [ \"127.0.0.1\"\n", (unsigned) d->port);
         harness_write_file(d->conf_path, text, strlen(text));
