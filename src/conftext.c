@@ -415,11 +415,11 @@ static int include(Builder *b, const char *file, unsigned line, const char *name
         return r;
 }
 
-/* splice: TEXT of FILE onto the output, its @include lines replaced. */
 /* The UTF-8 byte order mark some editors put first: no text of the file, and libconfig would
  * call it a syntax error on line 1. */
 #define UTF8_BOM "\xef\xbb\xbf"
 
+/* splice: TEXT of FILE onto the output, its @include lines replaced. */
 static int splice_text(Builder *b, const char *file, const char *text, unsigned depth) {
         Scanner sc;
         Token tk;

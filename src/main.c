@@ -142,8 +142,6 @@ static int check_config(const Conf *conf, const char *path, bool defaulted) {
         return EXIT_OK;
 }
 
-/* raise_fd_limit: a daemon that never calls select() can use every descriptor it is allowed:
- * lift the soft limit to the hard one (preflight_check() measured against the hard one). */
 /* warn_unreadable: a reload reads PATH as the user hellod switched to (the start read it as
  * root): a file that user cannot read would fail every reload. Said at the start, not at the
  * first SIGHUP. */
@@ -163,6 +161,8 @@ static void warn_unreadable_config(const char *path, const Conf *conf) {
                 warn_unreadable(conf->includes[i], conf);
 }
 
+/* raise_fd_limit: a daemon that never calls select() can use every descriptor it is allowed:
+ * lift the soft limit to the hard one (preflight_check() measured against the hard one). */
 static void raise_fd_limit(void) {
         struct rlimit rl;
 
