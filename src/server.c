@@ -1146,7 +1146,7 @@ static void report_held_back(Server *s) {
 }
 
 /* poll_timeout: until the next timed duty: the watchdog ping, the tick after connections
- * came or went, the report of refusals held back; -1 when there is none, so an idle daemon
+ * came or went, the report of log lines held back; -1 when there is none, so an idle daemon
  * sleeps. */
 static int poll_timeout(Server *s) {
         uint64_t now = now_usec(), wake = 0;
