@@ -20,6 +20,7 @@
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -491,6 +492,27 @@ static void local_port_range(unsigned *ret_lo, unsigned *ret_hi) {
  * which fails the daemon with EADDRINUSE. Ports below (or above) the ephemeral range are
  * never auto-assigned, so a random one that binds now stays ours in practice.
  */
+/* claim_port: whether this process may take PORT: no other process of the suite has claimed
+ * it. Free ports picked by two tests at once stayed free until either daemon bound one, and
+ * then met: a valgrind run's readiness probe was greeted by another test's daemon on "its"
+ * port, and its own daemon, signalled while valgrind still started it, died without a word.
+ * The claim is a lock on a file named after the port, held until the process exits (each test
+ * runs in a process of its own; the daemons, exec'd, do not inherit it). */
+static bool claim_port(uint16_t port) {
+        char path[64];
+
+        (void) mkdir("/tmp/hellod-test-ports", 0700);
+        (void) snprintf(path, sizeof(path), "/tmp/hellod-test-ports/%u", (unsigned) port);
+        int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (fd < 0)
+                return true; /* no claims to be had: the bind checks alone, as before */
+        if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+                close(fd);
+                return false;
+        }
+        return true; /* FD stays open: the claim lasts as long as this process */
+}
+
 uint16_t harness_pick_port(void) {
         /* One generator per process: two picks in the same millisecond must differ. */
         static uint64_t seed;
@@ -514,7 +536,7 @@ uint16_t harness_pick_port(void) {
 
                 seed = seed * 6364136223846793005u + 1442695040888963407u;
                 port = (uint16_t) (first + (unsigned) (seed >> 33) % count);
-                if (port_free_on("127.0.0.1", port) && port_free_on("::1", port))
+                if (port_free_on("127.0.0.1", port) && port_free_on("::1", port) && claim_port(port))
                         return port;
         }
         harness_fail("no free TCP port on both 127.0.0.1 and ::1 in %u-%u (is IPv6 loopback "
