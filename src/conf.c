@@ -1183,6 +1183,11 @@ static int stray_string_error(const ConfSpot *j, const ConfCtx *ctx) {
         return r;
 }
 
+static int too_deep_error(const ConfSpot *j, const ConfCtx *ctx) {
+        return file_error(ctx, -EINVAL, NULL, j->line, "'%c' nested deeper than %d brackets", j->text[0],
+                          CONF_NESTING_MAX);
+}
+
 /* conf_parse: TEXT, which libconfig may read: no @include is left in it. */
 static int conf_parse(Conf *c, const ConfCtx *ctx, const char *text) {
         ConfSpot spot;
@@ -1190,7 +1195,9 @@ static int conf_parse(Conf *c, const ConfCtx *ctx, const char *text) {
         int r;
 
         config_init(&cfg);
-        if (ctx->text && conf_text_find_stray_string(ctx->text, &spot))
+        if (ctx->text && conf_text_find_too_deep(ctx->text, &spot))
+                r = too_deep_error(&spot, ctx);
+        else if (ctx->text && conf_text_find_stray_string(ctx->text, &spot))
                 r = stray_string_error(&spot, ctx); /* before libconfig, which would leak it */
         else if (!config_read_string(&cfg, text))
                 r = syntax_error(&cfg, ctx);

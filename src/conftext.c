@@ -650,9 +650,28 @@ bool conf_text_find_wide(const ConfText *t, ConfSpot *ret) {
         return false;
 }
 
+/* ---- nesting ---- */
+
+bool conf_text_find_too_deep(const ConfText *t, ConfSpot *ret) {
+        unsigned depth = 0;
+        Scanner sc;
+        Token tk;
+
+        scanner_init(&sc, t->text);
+        while ((tk = scan_next(&sc)).type != TOK_END) {
+                if (tk.type == TOK_PUNCT && strchr("[({", tk.start[0]) && ++depth > CONF_NESTING_MAX) {
+                        *ret = (ConfSpot) { .line = tk.line, .text = tk.start, .text_len = 1 };
+                        return true;
+                }
+                if (tk.type == TOK_PUNCT && strchr("])}", tk.start[0]) && depth > 0)
+                        depth--;
+        }
+        return false;
+}
+
 /* ---- a string out of place ---- */
 
-#define SCOPES_MAX 64
+#define SCOPES_MAX CONF_NESTING_MAX
 
 bool conf_text_find_stray_string(const ConfText *t, ConfSpot *ret) {
         Token tk, prev = { .type = TOK_END };
@@ -673,7 +692,7 @@ bool conf_text_find_stray_string(const ConfText *t, ConfSpot *ret) {
                 }
                 if (tk.type == TOK_PUNCT && strchr("[({", tk.start[0])) {
                         if (depth == SCOPES_MAX)
-                                return false; /* deeper than any configuration: libconfig decides */
+                                return false; /* conf_text_find_too_deep refuses such a file */
                         open[depth++] = tk.start[0];
                 } else if (tk.type == TOK_PUNCT && strchr("])}", tk.start[0]) && depth > 0) {
                         depth--;

@@ -11,6 +11,9 @@
 /* libconfig's own limit; deeper nesting is almost certainly a file including itself. */
 #define CONF_INCLUDE_DEPTH_MAX 10
 #define CONF_INCLUDE_FILES_MAX 64
+/* Brackets ('[', '(', '{') open at once: hellod's settings need three; the scans below track this
+ * many, and conf_text_find_too_deep refuses a file that goes deeper. */
+#define CONF_NESTING_MAX 64
 
 /* Lines FIRST.. of the spliced text come from FILE, starting at its line FILE_LINE. */
 typedef struct ConfSegment {
@@ -73,6 +76,10 @@ typedef struct ConfSpot {
 /* conf_text_find_wide: an integer literal wider than libconfig 1.5's int, which it would
  * silently truncate. */
 bool conf_text_find_wide(const ConfText *t, ConfSpot *ret);
+
+/* conf_text_find_too_deep: the first bracket ('[', '(' or '{') open inside CONF_NESTING_MAX
+ * others; the text is the bracket. Run first: the other scans track that many. */
+bool conf_text_find_too_deep(const ConfText *t, ConfSpot *ret);
 
 /* conf_text_find_stray_string: a string literal where libconfig's grammar has none (after a
  * name without '=', after a value, at the start of a setting): a syntax error, which

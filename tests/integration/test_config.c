@@ -633,6 +633,37 @@ Test(config, a_string_out_of_place_is_named_and_a_failed_reload_costs_nothing, .
         hellod_free(d);
 }
 
+/* Brackets nested deeper than 64 are refused before libconfig reads the file, naming the line of
+ * the first one too deep: past the depth hellod tracked, a string where libconfig has none went
+ * unnoticed, and libconfig 1.5 leaked it on each failed reload (fuzz_conf, with leak checks). */
+Test(config, brackets_nested_too_deep_are_named_and_a_failed_reload_costs_nothing, .timeout = 60) {
+        enum { RELOADS = 3, DEPTH = 70 };
+        char deep[DEPTH + 1], shut[DEPTH + 1], needle[700];
+        Hellod *d = hellod_new();
+
+        memset(deep, '(', DEPTH);
+        memset(shut, ')', DEPTH);
+        deep[DEPTH] = shut[DEPTH] = '\0';
+        harness_step("hellod -t names the line");
+        hellod_write_config(d, "backlog = 5;\ngreeting = %s 1 \"a\" %s;\n", deep, shut);
+        snprintf(needle, sizeof(needle), "%s:2: '(' nested deeper than 64 brackets", d->conf_path);
+        expect_check_fails(d, (const char *const[]) { needle, NULL });
+
+        harness_step("%d failed reloads: under ASan, LeakSanitizer judges the exit", RELOADS);
+        hellod_write_config_std(d, NULL);
+        hellod_spawn(d, NULL);
+        hellod_wait_ready(d);
+        hellod_write_config_std(d, "greeting = %s 1 \"a\" %s;\n", deep, shut);
+        for (int i = 1; i <= RELOADS; i++) {
+                hellod_signal(d, SIGHUP);
+                while (hellod_count_in_stderr(d, "reload failed") < i)
+                        harness_sleep_ms(10);
+        }
+        cr_expect_eq(hellod_count_in_stderr(d, "nested deeper than 64 brackets"), RELOADS);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 /* A UTF-8 byte order mark, which some editors write first, is not text of the file (libconfig
  * gave a bare "syntax error" on line 1), in the main file and in an included one. */
 Test(config, a_byte_order_mark_is_not_text, .timeout = 60) {

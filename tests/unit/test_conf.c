@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "conf.h"
+#include "conftext.h"
 #include "listen_cases.h"
 #include "log.h"
 
@@ -1203,9 +1204,49 @@ Test(conf_workers, round_trip) {
 }
 
 Test(conf_file, syntax_error_after_a_string) {
-        /* libconfig 1.5 leaks the token (its issue #142): suppressed in tests/sanitizers/lsan.supp. */
+        /* libconfig 1.5 would leak the token (its issue #142): hellod refuses it first. */
         expect_error("port = 1;\n\"str\"\n", 2, NULL, "syntax error");
         expect_error("listen = [ \"::1\" ];\nli\"notice\" ];\n", 2, NULL, "syntax error");
+}
+
+/* Brackets nested deeper than CONF_NESTING_MAX: refused before libconfig reads the file, on the
+ * line of the bracket one too deep. (Past the depth hellod tracked, a string where libconfig has
+ * none went unnoticed, and libconfig 1.5 leaked it: found by fuzz_conf.) */
+Test(conf_file, brackets_nested_too_deep) {
+        static const char opens[] = "([{";
+        char text[1024];
+
+        for (const char *o = opens; *o; o++) {
+                char close = *o == '(' ? ')' : *o == '[' ? ']' : '}';
+                int n = snprintf(text, sizeof(text), "port = 1;\na = ");
+
+                for (int i = 0; i < CONF_NESTING_MAX; i++)
+                        text[n++] = '(';
+                n += snprintf(text + n, sizeof(text) - (size_t) n, "\n%c 1 \"leak\" %c", *o, close);
+                for (int i = 0; i < CONF_NESTING_MAX; i++)
+                        text[n++] = ')';
+                snprintf(text + n, sizeof(text) - (size_t) n, ";\n");
+                expect_error(text, 3, NULL, "nested deeper than 64");
+        }
+
+        /* Closed brackets do not count; and CONF_NESTING_MAX levels are libconfig's to judge. */
+        int n = snprintf(text, sizeof(text), "a = ");
+        for (int round = 0; round < 2; round++) {
+                for (int i = 0; i < CONF_NESTING_MAX; i++)
+                        text[n++] = '(';
+                text[n++] = '1';
+                for (int i = 0; i < CONF_NESTING_MAX; i++)
+                        text[n++] = ')';
+                text[n++] = round == 0 ? ',' : ';';
+                if (round == 0)
+                        n += snprintf(text + n, sizeof(text) - (size_t) n, "\nb = ");
+        }
+        text[n] = '\0';
+        Loaded l = load_text(text);
+        cr_expect_eq(l.r, -EINVAL, "<<%s>>: %d", text, l.r);
+        cr_expect_null(strstr(l.err, "nested"), "%s", l.err);
+        cr_expect(strstr(l.err, "unknown key 'a'"), "%s", l.err);
+        conf_unref(l.conf);
 }
 
 /* ---- @include ---- */
