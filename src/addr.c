@@ -327,6 +327,23 @@ static int bare_ipv6_check(const char *host, char *err, size_t size) {
                                  "address", head, colon + 1, colon + 1, head, host);
 }
 
+/* never_listenable: why no host can listen on the address literal HOST, or NULL. */
+static const char *never_listenable(const char *host) {
+        struct in6_addr a6;
+        struct in_addr a4;
+
+        if (inet_pton(AF_INET6, host, &a6) == 1) {
+                if (IN6_IS_ADDR_LINKLOCAL(&a6))
+                        return "a link-local address is bound with its interface (fe80::1%eth0), which hellod does "
+                               "not take: listen on \"::\" or a global address";
+                if (IN6_IS_ADDR_MULTICAST(&a6))
+                        return "a multicast address takes no TCP connections";
+        } else if (inet_pton(AF_INET, host, &a4) == 1 && IN_MULTICAST(ntohl(a4.s_addr))) {
+                return "a multicast address takes no TCP connections";
+        }
+        return NULL;
+}
+
 int listen_spec_parse(const char *text, ListenSpec *ret, char *err, size_t err_size) {
         struct in6_addr a6;
         const char *host_start, *host_end, *port_text = NULL, *first_colon;
@@ -392,6 +409,8 @@ int listen_spec_parse(const char *text, ListenSpec *ret, char *err, size_t err_s
                            "IPv6-only); write \"%s%s%s\" instead",
                            v4, port_text ? ":" : "", port_text ? port_text : "");
         }
+        if (r >= 0 && never_listenable(host))
+                r = reason(err, err_size, "%s", never_listenable(host));
         if (r >= 0 && port_text)
                 r = port_parse(port_text, &port, err, err_size);
         if (r < 0) {

@@ -326,6 +326,8 @@ Test(config, check_runs_the_start_time_checks, .timeout = 60) {
                 { "listen = [ \"::1:9999\" ];\n", 1, "listen: \"::1:9999\"", "write \"[::1]:9999\"" },
                 { "listen = [ \"[::ffff:127.0.0.1]:7003\" ];\n", 1, "listen: \"[::ffff:127.0.0.1]:7003\"",
                   "write \"127.0.0.1:7003\" instead" },
+                { "listen = [ \"127.0.0.1\",\n  \"fe80::1\" ];\n", 2, "listen: \"fe80::1\": a link-local address",
+                  "listen on \"::\" or a global address" },
                 { "listen = ( \"localhost:7003\",\n  { address = \"127.0.0.1:7003\"; proxy_protocol = true; } );\n"
                   "proxy_from = [ \"127.0.0.1\" ];\n",
                   2, "listen: listen address '127.0.0.1' is 127.0.0.1:7003, which another entry also names",

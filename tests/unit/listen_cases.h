@@ -14,11 +14,9 @@ static const ValidSpec valid_specs[] = {
         { "127.0.0.1:7000", "127.0.0.1", 7000 },
         { "0.0.0.0:1", "0.0.0.0", 1 },
         { "[::1]:7000", "::1", 7000 },
-        { "[fe80::2]", "fe80::2", 0 },
         { "[::]:65535", "::", 65535 },
         { "::", "::", 0 },
         { "::1", "::1", 0 },
-        { "fe80::1", "fe80::1", 0 },
         { "::1:ffff", "::1:ffff", 0 }, /* the last group is no decimal port: not ambiguous */
         { "[::1:9999]", "::1:9999", 0 },
         { "localhost", "localhost", 0 },
@@ -63,6 +61,12 @@ static const char *const invalid_specs[] = {
         "*:80",
         "fe80::zz",
         "fe80::1%eth0",
+        "fe80::1",                   /* link-local: no interface, so no host can listen on it */
+        "[fe80::2]:7000",
+        "ff02::1",                   /* multicast: no TCP listener */
+        "[ff05::2]:7000",
+        "224.0.0.1",
+        "239.1.2.3:7000",
         "::1:9999",                  /* [::1]:9999 or [::1:9999]? */
         "2001:db8::1:80",
         "::ffff:192.0.2.1",          /* IPv4-mapped: IPv6-only sockets cannot take IPv4 */

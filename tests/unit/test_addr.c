@@ -508,6 +508,10 @@ Test(listen_spec, reasons) {
                 { "::1:9999", "write \"[::1]:9999\" for port 9999 on ::1, or \"[::1:9999]\"" },
                 { "[::ffff:127.0.0.1]:7003", "write \"127.0.0.1:7003\" instead" },
                 { "::ffff:10.0.0.1", "IPv4-mapped" },
+                { "fe80::1", "link-local" },
+                { "[fe80::1]:7000", "listen on \"::\" or a global address" },
+                { "ff02::1", "multicast" },
+                { "224.0.0.1:7000", "multicast" },
         };
 
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
