@@ -271,6 +271,9 @@ void session_fail(Session *s, int r) {
                 reason = "io-error";
                 break;
         }
+        /* The socket hellod shut itself at the stop: no fault of the client's. */
+        if (__atomic_load_n(&s->killed, __ATOMIC_ACQUIRE))
+                reason = proto_end_to_string(PROTO_END_SHUTDOWN);
         if (!s->error) {
                 s->error = reason;
                 log_debug_errno(r, "connection %" PRIu64 " from %s: I/O failed", s->id, s->peer);
@@ -297,6 +300,7 @@ void session_stop(Session *s) {
 }
 
 void session_kill(Session *s) {
+        __atomic_store_n(&s->killed, true, __ATOMIC_RELEASE);
         __atomic_store_n(&s->stop_requested, true, __ATOMIC_RELEASE);
         (void) shutdown(s->fd, SHUT_RDWR);
 }

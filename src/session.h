@@ -63,6 +63,7 @@ typedef struct Session {
 
         bool stop_requested; /* atomic: set by session_stop() from the server thread */
         bool ended;          /* atomic: the conversation ended (session_ended): a stop lets it finish */
+        bool killed;         /* atomic: cut off by session_kill(): what fails next is the stop's doing */
         const char *error;   /* why I/O ended early (a static string), or NULL */
 
         struct Session *prev, *next; /* the server's list of live sessions (under its lock) */

@@ -171,6 +171,44 @@ Test(lifecycle, a_stop_lets_a_lingering_close_run_out, .timeout = 90) {
         }
 }
 
+/* A client the stop cuts off (shutdown_timeout = 0: busy clients at once) is logged as closed by
+ * the shutdown: its write failed because hellod shut the socket, which is no broken pipe of the
+ * client's (HELLOD_REASON said "broken-pipe"). The client sends without reading until hellod,
+ * blocked writing to it, stops reading. */
+Test(lifecycle, a_client_cut_off_by_the_stop_is_logged_as_shutdown, .timeout = 60) {
+        enum { STALL_MS = 300, CHUNK = 64 * 1024 };
+        Hellod *d = hellod_start("shutdown_timeout = 0;\nlog_level = \"info\";\n");
+        static char lines[CHUNK];
+        int fd = client_connect(d->port), status;
+        int64_t t0 = harness_now_ms();
+        char buf[96];
+
+        client_expect_str(fd, HELLOD_GREETING);
+        for (size_t i = 0; i < sizeof(lines); i += 2)
+                memcpy(lines + i, "x\n", 2);
+        cr_assert_eq(fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK), 0);
+        harness_step("send without reading until hellod stops reading");
+        for (;;) {
+                struct pollfd pfd = { .fd = fd, .events = POLLOUT };
+
+                if (poll(&pfd, 1, STALL_MS) == 0)
+                        break;
+                if (send(fd, lines, sizeof(lines), MSG_NOSIGNAL) < 0 && errno != EAGAIN)
+                        hellod_fail(d, "send(): %s", strerror(errno));
+                cr_assert_lt(harness_now_ms() - t0, HARNESS_TIMEOUT_MS, "hellod never stopped reading");
+        }
+        harness_step("SIGTERM");
+        hellod_signal(d, SIGTERM);
+        status = hellod_wait_exit(d, HARNESS_STOP_TIMEOUT_MS);
+        if (!exited_with(status, HELLOD_EXIT_OK))
+                hellod_fail(d, "after SIGTERM: %s, expected exit status 0", harness_describe_status(status, buf, sizeof(buf)));
+        cr_expect_eq(hellod_count_in_stderr(d, "closing 1 remaining connection"), 1);
+        cr_expect_eq(hellod_count_in_stderr(d, "closed: shutdown"), 1);
+        cr_expect_eq(hellod_count_in_stderr(d, "closed: broken-pipe"), 0);
+        client_close(fd);
+        hellod_free(d);
+}
+
 /* SIGINT (Ctrl-C in a terminal) is a clean shutdown too. */
 Test(lifecycle, sigint_clean_exit, .timeout = 60) {
         Hellod *d = hellod_start("shutdown_timeout = 3;\n");
