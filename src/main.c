@@ -1,5 +1,6 @@
 /* main: command line, configuration, and the exit code; the daemon itself is server.c. */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -174,6 +175,24 @@ static void raise_fd_limit(void) {
                                   (unsigned long long) rl.rlim_max);
 }
 
+/* open_standard_fds: descriptors 0, 1 and 2 open, on /dev/null where they were closed (as sshd
+ * does): else the next descriptor hellod opens takes the place of one, and a log line meant for
+ * stderr goes to a signalfd or a client. open() takes the lowest free number. False when
+ * /dev/null cannot be opened. */
+static bool open_standard_fds(void) {
+        for (int fd = 0; fd <= 2; fd++) {
+                if (fcntl(fd, F_GETFD) >= 0 || errno != EBADF)
+                        continue;
+                int null = open("/dev/null", O_RDWR);
+                if (null != fd) {
+                        if (null >= 0)
+                                (void) close(null);
+                        return false;
+                }
+        }
+        return true;
+}
+
 int main(int argc, char *argv[]) {
         ListenerSet inherited = { 0 };
         InheritedStore store = INHERITED_STORE_NULL;
@@ -185,6 +204,8 @@ int main(int argc, char *argv[]) {
         bool defaulted;
         int r, code;
 
+        if (!open_standard_fds())
+                return EXIT_RUNTIME; /* nowhere to say so */
         code = parse_argv(argc, argv);
         if (code >= 0)
                 return code;

@@ -635,6 +635,33 @@ Test(config, a_string_out_of_place_is_named_and_a_failed_reload_costs_nothing, .
         hellod_free(d);
 }
 
+/* Started with descriptors 0, 1 and 2 closed, hellod opens /dev/null on them first, as sshd does:
+ * otherwise the next descriptor it opens (its signalfd) became stderr, and every log line went
+ * to it; a socket there would have received them. */
+Test(config, closed_standard_descriptors_are_opened_on_dev_null, .timeout = 60) {
+        const char *const wrapper[] = { "/bin/sh", "-c", "exec \"$@\" <&- >&- 2>&-", "sh", NULL };
+        Hellod *d = hellod_new();
+
+        hellod_write_config_std(d, "log_level = \"debug\";\n");
+        hellod_spawn(d, &(HellodOpts) { .wrapper = wrapper });
+        hellod_wait_ready(d);
+        for (int fd = 0; fd <= 2; fd++) {
+                char link[64], target[256] = "";
+
+                snprintf(link, sizeof(link), "/proc/%d/fd/%d", (int) d->pid, fd);
+                ssize_t n = readlink(link, target, sizeof(target) - 1);
+                cr_expect(n > 0 && strcmp(target, "/dev/null") == 0, "%s -> '%s'", link, target);
+        }
+        int c = client_connect(d->port);
+        client_expect_str(c, HELLOD_GREETING);
+        client_hello(c, "no log line here");
+        client_send(c, "exit\n", 5);
+        client_expect_eof(c, false);
+        client_close(c);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 /* Brackets nested deeper than 64 are refused before libconfig reads the file, naming the line of
  * the first one too deep: past the depth hellod tracked, a string where libconfig has none went
  * unnoticed, and libconfig 1.5 leaked it on each failed reload (fuzz_conf, with leak checks). */
