@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -54,6 +55,38 @@ static void help(void) {
                "Signals: SIGHUP reloads the configuration; SIGTERM or SIGINT stop gracefully.\n"
                "Exit status: 0 clean exit, 1 runtime failure, 2 usage error, 78 configuration error.\n",
                CONF_DEFAULT_PATH);
+}
+
+/* output_written: CODE, once what went to stdout is out; else EXIT_RUNTIME, said on stderr
+ * (`hellod -T > /dev/full` must not pass for a dump). */
+static int output_written(int code) {
+        errno = 0;
+        if (fflush(stdout) == 0 && !ferror(stdout))
+                return code;
+        fprintf(stderr, "hellod: cannot write the output: %s\n", errno ? strerror(errno) : "write error");
+        return EXIT_RUNTIME;
+}
+
+/* misused: what getopt_long() refused in ARG: a long option it has none of, or several (a
+ * prefix), or given a value it takes none of; or the short option SHORT. */
+static void misused(const struct option *options, const char *arg, int short_option) {
+        if (strncmp(arg, "--", 2) != 0) {
+                fprintf(stderr, "hellod: unknown option '-%c'\n", short_option);
+                return;
+        }
+        size_t len = strcspn(arg + 2, "="), matches = 0;
+        const struct option *match = NULL;
+        for (const struct option *o = options; o->name; o++)
+                if (strncmp(o->name, arg + 2, len) == 0) {
+                        match = o;
+                        matches += strlen(o->name) == len ? 1000 : 1; /* an exact name wins */
+                }
+        if (matches > 1 && matches < 1000)
+                fprintf(stderr, "hellod: option '%.*s' is ambiguous\n", (int) len + 2, arg);
+        else if (match && arg[2 + len] == '=')
+                fprintf(stderr, "hellod: option '%.*s' takes no argument\n", (int) len + 2, arg);
+        else
+                fprintf(stderr, "hellod: unknown option '%s'\n", arg);
 }
 
 /* parse_argv: returns -1 to go on, or the exit code to exit with now. */
@@ -107,19 +140,16 @@ static int parse_argv(int argc, char *argv[]) {
                 }
                 case 'h':
                         help();
-                        return EXIT_OK;
+                        return output_written(EXIT_OK);
                 case 'V':
                         printf("hellod %s\n", VERSION);
-                        return EXIT_OK;
+                        return output_written(EXIT_OK);
                 case ':':
                         fprintf(stderr, "hellod: option '%s' needs an argument\n", argv[optind - 1]);
                         fprintf(stderr, "Try 'hellod --help' for more information.\n");
                         return EXIT_USAGE;
                 default:
-                        if (optopt)
-                                fprintf(stderr, "hellod: unknown option '-%c'\n", optopt);
-                        else
-                                fprintf(stderr, "hellod: unknown option '%s'\n", argv[optind - 1]);
+                        misused(options, argv[optind - 1], optopt);
                         fprintf(stderr, "Try 'hellod --help' for more information.\n");
                         return EXIT_USAGE;
                 }
@@ -134,8 +164,11 @@ static int parse_argv(int argc, char *argv[]) {
 /* check_config: `hellod -t` (a verdict) and `-T` (the settings too), as nginx splits them. The
  * checks themselves already ran: they are the start's. */
 static int check_config(const Conf *conf, const char *path, bool defaulted) {
-        if (arg_dump)
+        if (arg_dump) {
                 conf_print(conf, stdout);
+                if (output_written(EXIT_OK) != EXIT_OK)
+                        return EXIT_RUNTIME;
+        }
         if (defaulted)
                 fprintf(stderr, "hellod: %s not found, built-in defaults apply\n", path);
         else

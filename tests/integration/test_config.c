@@ -574,6 +574,35 @@ Test(config, messages, .timeout = 60) {
         cr_expect(strncmp(err, "hellod: unknown option '--no-such-option'", 41) == 0, "%s", err);
         free(err);
 
+        harness_step("an option given an argument it does not take, and an ambiguous one, are named so");
+        status = hellod_run(d, (const char *const[]) { "--help=1", NULL });
+        err = hellod_stderr(d);
+        cr_expect(exited_with(status, HELLOD_EXIT_USAGE), "status %d", status);
+        cr_expect(strstr(err, "hellod: option '--help' takes no argument"), "%s", err);
+        free(err);
+        status = hellod_run(d, (const char *const[]) { "--c", "x", NULL });
+        err = hellod_stderr(d);
+        cr_expect(exited_with(status, HELLOD_EXIT_USAGE), "status %d", status);
+        cr_expect(strstr(err, "hellod: option '--c' is ambiguous"), "%s", err);
+        free(err);
+
+        harness_step("output that cannot be written fails the command (-V, --help, -T to /dev/full)");
+        for (int i = 0; i < 3; i++) {
+                static const char *const opts[] = { "-V", "--help", "-T" };
+                char script[600];
+
+                snprintf(script, sizeof(script), "exec \"$0\" %s --config=%s >/dev/full", opts[i], d->conf_path);
+                hellod_write_config_std(d, NULL);
+                const char *const argv[] = { "/bin/sh", "-c", script, harness_env_path("HELLOD_BIN"), NULL };
+                HarnessSpawn spawn = { .argv = argv, .stdout_path = d->stdout_path, .stderr_path = d->stderr_path };
+                status = harness_run(&spawn, 30000);
+                err = hellod_stderr(d);
+                cr_expect(exited_with(status, 1), "%s >/dev/full: status %d", opts[i], status);
+                cr_expect(strstr(err, "hellod: cannot write the output: No space left on device"), "%s: %s", opts[i],
+                          err);
+                free(err);
+        }
+
         harness_step("the duplicate key is named");
         hellod_write_config_std(d, "backlog = 5;\nbacklog = 6;\n");
         char needle[600];
