@@ -91,7 +91,9 @@ struct Server {
         size_t n_handed, n_handed_failed; /* counted by the engine's threads (atomic), read once they are gone */
 };
 
-static const int handled_signals[] = { SIGTERM, SIGINT, SIGHUP };
+/* SIGUSR1 and SIGUSR2 only to say that they are ignored: their default action would end the
+ * daemon, and an nginx operator may send them to reopen logs (hellod writes none). */
+static const int handled_signals[] = { SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2 };
 
 static void handled_sigset(sigset_t *set) {
         sigemptyset(set);
@@ -1260,6 +1262,9 @@ int server_run(Server *s, InheritedStore *store) {
                         }
                         if (sig == SIGHUP)
                                 reload(s);
+                        else if (sig == SIGUSR1 || sig == SIGUSR2)
+                                log_notice("received %s, ignoring it: hellod writes no log file to reopen, and "
+                                           "SIGHUP reloads", sig == SIGUSR1 ? "SIGUSR1" : "SIGUSR2");
                 }
         }
         int k = shut_down(s);

@@ -209,6 +209,24 @@ Test(lifecycle, a_client_cut_off_by_the_stop_is_logged_as_shutdown, .timeout = 6
         hellod_free(d);
 }
 
+/* SIGUSR1 and SIGUSR2 (nginx's "reopen the logs" and "upgrade") are logged and ignored: hellod
+ * writes no log file, and their default action ended it with nothing logged and every client
+ * cut. */
+Test(lifecycle, sigusr1_and_sigusr2_are_logged_and_ignored, .timeout = 60) {
+        Hellod *d = hellod_start(NULL);
+        int fd = client_connect(d->port);
+
+        client_expect_str(fd, HELLOD_GREETING);
+        hellod_signal(d, SIGUSR1);
+        hellod_signal(d, SIGUSR2);
+        hellod_wait_stderr(d, "received SIGUSR2");
+        cr_expect_eq(hellod_count_in_stderr(d, "received SIGUSR1"), 1);
+        client_hello(fd, "still here");
+        client_close(fd);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 /* SIGINT (Ctrl-C in a terminal) is a clean shutdown too. */
 Test(lifecycle, sigint_clean_exit, .timeout = 60) {
         Hellod *d = hellod_start("shutdown_timeout = 3;\n");
