@@ -1188,18 +1188,46 @@ static int too_deep_error(const ConfSpot *j, const ConfCtx *ctx) {
                           CONF_NESTING_MAX);
 }
 
+/* refused_first: what hellod refuses before libconfig reads TEXT (which would leak a string
+ * there), the first in the text; 0 when there is nothing, else the error. A syntax error
+ * libconfig finds on an earlier line is the file's first, and named instead: libconfig reads the
+ * text up to the token refused, which holds nothing it would leak. */
+static int refused_first(const ConfCtx *ctx, const char *text) {
+        ConfSpot deep, stray;
+        bool too_deep = conf_text_find_too_deep(ctx->text, &deep);
+        /* It tracks the brackets up to the first one too deep: a string it finds comes first. */
+        bool stray_string = conf_text_find_stray_string(ctx->text, &stray);
+        const ConfSpot *first = stray_string ? &stray : too_deep ? &deep : NULL;
+        config_t cfg;
+        int r = 0;
+
+        if (!first)
+                return 0; /* nothing refused */
+        char *before = strndup(text, (size_t) (first->token - text));
+        if (!before)
+                return oom_error(ctx);
+        config_init(&cfg);
+        if (!config_read_string(&cfg, before) && (unsigned) config_error_line(&cfg) < first->line)
+                r = syntax_error(&cfg, ctx);
+        config_destroy(&cfg);
+        free(before);
+        if (r < 0)
+                return r;
+        return first == &stray ? stray_string_error(&stray, ctx) : too_deep_error(&deep, ctx);
+}
+
 /* conf_parse: TEXT, which libconfig may read: no @include is left in it. */
 static int conf_parse(Conf *c, const ConfCtx *ctx, const char *text) {
         ConfSpot spot;
         config_t cfg;
         int r;
 
+        /* Before libconfig reads it all. */
+        r = ctx->text ? refused_first(ctx, text) : 0;
+        if (r < 0)
+                return r;
         config_init(&cfg);
-        if (ctx->text && conf_text_find_too_deep(ctx->text, &spot))
-                r = too_deep_error(&spot, ctx);
-        else if (ctx->text && conf_text_find_stray_string(ctx->text, &spot))
-                r = stray_string_error(&spot, ctx); /* before libconfig, which would leak it */
-        else if (!config_read_string(&cfg, text))
+        if (!config_read_string(&cfg, text))
                 r = syntax_error(&cfg, ctx);
         else if (ctx->text && conf_text_find_wide(ctx->text, &spot))
                 r = wide_literal_error(&spot, ctx);

@@ -660,7 +660,7 @@ bool conf_text_find_too_deep(const ConfText *t, ConfSpot *ret) {
         scanner_init(&sc, t->text);
         while ((tk = scan_next(&sc)).type != TOK_END) {
                 if (tk.type == TOK_PUNCT && strchr("[({", tk.start[0]) && ++depth > CONF_NESTING_MAX) {
-                        *ret = (ConfSpot) { .line = tk.line, .text = tk.start, .text_len = 1 };
+                        *ret = (ConfSpot) { .line = tk.line, .text = tk.start, .text_len = 1, .token = tk.start };
                         return true;
                 }
                 if (tk.type == TOK_PUNCT && strchr("])}", tk.start[0]) && depth > 0)
@@ -687,7 +687,8 @@ bool conf_text_find_stray_string(const ConfText *t, ConfSpot *ret) {
                 bool in_place = prev.type == TOK_STRING || is_punct(&prev, '=') || is_punct(&prev, ':') ||
                                 is_punct(&prev, '[') || is_punct(&prev, '(') || (is_punct(&prev, ',') && in_list);
                 if (tk.type == TOK_STRING && !in_place && tk.len >= 2) {
-                        *ret = (ConfSpot) { .line = tk.line, .text = tk.start + 1, .text_len = tk.len - 2 };
+                        *ret = (ConfSpot) { .line = tk.line, .text = tk.start + 1, .text_len = tk.len - 2,
+                                            .token = tk.start };
                         return true;
                 }
                 if (tk.type == TOK_PUNCT && strchr("[({", tk.start[0])) {

@@ -69,6 +69,7 @@ unsigned conf_text_string_line(const ConfText *t, unsigned line, const char *val
 /* What libconfig reads without an error and gets wrong: the setting it is in, the text. */
 typedef struct ConfSpot {
         const char *key, *text, *next; /* into the ConfText, not NUL-terminated */
+        const char *token;             /* where the token found begins (the scans that refuse) */
         size_t key_len, text_len, next_len;
         unsigned line; /* of the spliced text */
 } ConfSpot;

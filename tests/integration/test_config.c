@@ -638,6 +638,11 @@ Test(config, a_string_out_of_place_is_named_and_a_failed_reload_costs_nothing, .
                 expect_check_fails(d, (const char *const[]) { needle, NULL });
         }
 
+        harness_step("a syntax error on an earlier line is the one named");
+        hellod_write_config(d, "port = ;\ngreeting \"a\";\n");
+        snprintf(needle, sizeof(needle), "%s:1: syntax error", d->conf_path);
+        expect_check_fails(d, (const char *const[]) { needle, NULL });
+
         harness_step("%d failed reloads of a %d-byte string out of place", RELOADS, STRING);
         hellod_write_config_std(d, NULL);
         hellod_spawn(d, NULL);

@@ -1249,6 +1249,23 @@ Test(conf_file, brackets_nested_too_deep) {
         conf_unref(l.conf);
 }
 
+/* A file with a syntax error before what hellod refuses ahead of libconfig (a string out of place,
+ * brackets too deep) names the earlier line, as libconfig alone did: the first error. */
+Test(conf_file, the_first_error_is_named_before_a_string_out_of_place) {
+        char text[512];
+        int n;
+
+        expect_error("port = ;\ngreeting \"hi\";\n", 1, NULL, "syntax error");
+        expect_error("port = 1;\nport = 2;\ngreeting \"hi\";\n", 2, NULL, "duplicate");
+        n = snprintf(text, sizeof(text), "port = 7000 7001;\n\n\ngreeting = ");
+        for (int i = 0; i < CONF_NESTING_MAX + 5; i++)
+                text[n++] = '(';
+        snprintf(text + n, sizeof(text) - (size_t) n, "\"x\"\n");
+        expect_error(text, 1, NULL, "syntax error");
+        /* The refused one first: still named. */
+        expect_error("greeting \"hi\";\nport = ;\n", 1, NULL, "syntax error at \"hi\"");
+}
+
 /* ---- @include ---- */
 
 /* An include tree under a fresh directory: main.conf and whatever files a test puts next to it. */
