@@ -573,11 +573,13 @@ unsigned conf_text_string_line(const ConfText *t, unsigned line, const char *val
                         n += lines_in(p, after);
                         p = after;
                 } else if (*p == '"') {
+                        /* A string may span lines: libconfig keeps the newlines in it. */
                         const char *q = p + 1;
-                        while (*q && *q != '"' && *q != '\n')
-                                q += q[0] == '\\' && q[1] ? 2 : 1;
+                        unsigned begins = n;
+                        for (; *q && *q != '"'; q += q[0] == '\\' && q[1] ? 2 : 1)
+                                n += q[0] == '\n' || (q[0] == '\\' && q[1] == '\n');
                         if (*q == '"' && (size_t) (q - p - 1) == value_len && memcmp(p + 1, value, value_len) == 0)
-                                found = n;
+                                found = begins;
                         p = *q == '"' ? q + 1 : q;
                 } else {
                         n += *p == '\n';

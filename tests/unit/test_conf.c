@@ -1266,6 +1266,13 @@ Test(conf_file, the_first_error_is_named_before_a_string_out_of_place) {
         expect_error("greeting \"hi\";\nport = ;\n", 1, NULL, "syntax error at \"hi\"");
 }
 
+/* A list entry that spans lines (a newline inside its quotes, which libconfig keeps) is named
+ * on the line it begins, not on the line of the token after it (libconfig's). */
+Test(conf_file, a_list_entry_over_two_lines_is_named_where_it_begins) {
+        expect_error("listen = [\"bo\ngus\"\n\n];\n", 1, "listen", NULL);
+        expect_error("port = 1;\nlisten = [ \"127.0.0.1\",\n  \"x\\\ny\"\n\n\n];\n", 3, "listen", NULL);
+}
+
 /* ---- @include ---- */
 
 /* An include tree under a fresh directory: main.conf and whatever files a test puts next to it. */
