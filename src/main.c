@@ -252,7 +252,7 @@ int main(int argc, char *argv[]) {
          * hellod, by SIGHUP's default action, with nothing logged: held, it is a reload once
          * started. A stop meanwhile still ends the start at once. */
         if (!arg_check && (r = server_hold_reloads()) < 0) {
-                log_error_errno(r, "cannot block SIGHUP");
+                log_error_errno(r, "cannot block SIGHUP, SIGUSR1 and SIGUSR2");
                 return EXIT_RUNTIME;
         }
 

@@ -106,6 +106,8 @@ int server_hold_reloads(void) {
 
         sigemptyset(&set);
         sigaddset(&set, SIGHUP);
+        sigaddset(&set, SIGUSR1); /* ignored once started: their default action ends hellod */
+        sigaddset(&set, SIGUSR2);
         return -pthread_sigmask(SIG_BLOCK, &set, NULL);
 }
 

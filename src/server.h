@@ -22,8 +22,9 @@ typedef struct Server Server;
  * thread (before any thread starts) with server_block_signals(). */
 int server_block_signals(void);
 
-/* server_hold_reloads: blocks SIGHUP alone, first thing at a start: a reload asked for while
- * the start looks names up waits for the server's signalfd. */
+/* server_hold_reloads: blocks SIGHUP (and SIGUSR1/2, which hellod ignores) but not a stop,
+ * first thing at a start: a reload asked for while the start looks names up waits for the
+ * server's signalfd. */
 int server_hold_reloads(void);
 
 /* server_new: takes a reference to CONF. Takes INHERITED (socket activation; the set is moved

@@ -776,12 +776,14 @@ Test(systemd, a_reload_asked_for_during_the_start_is_done_after_it, .timeout = 6
                 usleep(10 * 1000);
                 waited_ms += 10;
         }
+        hellod_signal(d, SIGUSR1); /* held too, and then ignored: it ended the start */
         hellod_signal(d, SIGHUP);
         hellod_wait_ready(d);
         char *err = hellod_stderr(d);
         cr_assert(strstr(err, "running as root: 'user' is root") != NULL, "stderr:\n%s", err); /* hellod-slow is uid 0 */
         free(err);
         hellod_wait_stderr(d, "configuration reloaded");
+        hellod_wait_stderr(d, "received SIGUSR1, ignoring it");
         int fd = client_connect_greeted("127.0.0.1", d->port, NULL, HELLOD_GREETING, NULL);
         client_hello(fd, "after the reload");
         client_close(fd);
