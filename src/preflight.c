@@ -82,7 +82,8 @@ static int check_identity(const Conf *conf, const char *path, Identity *ret_iden
  * clients beyond it as busy, and keeps serving the others. The figure is the worst case (in
  * the per-connection model, every client's socket also lingering). */
 static unsigned warn_fds(const Conf *conf, unsigned workers) {
-        unsigned long long need = fds_needed(conf, workers), spare = need - conf->max_connections;
+        unsigned long long need = fds_needed(conf, workers), each = workers > 0 ? 1 : 2; /* a client's */
+        unsigned long long fixed = need - each * conf->max_connections;
         struct rlimit rl;
 
         if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_max == RLIM_INFINITY || need <= rl.rlim_max)
@@ -91,7 +92,7 @@ static unsigned warn_fds(const Conf *conf, unsigned workers) {
                     "beyond %llu may be refused as busy; lower max_connections, or raise the limit "
                     "(LimitNOFILE= in the service, ulimit -Hn)",
                     conf->max_connections, need, (unsigned long long) rl.rlim_max,
-                    rl.rlim_max > spare ? (unsigned long long) rl.rlim_max - spare : 0ULL);
+                    rl.rlim_max > fixed ? ((unsigned long long) rl.rlim_max - fixed) / each : 0ULL);
         return 1;
 }
 

@@ -552,6 +552,12 @@ Test(config, check_shows_limit_warnings, .timeout = 60) {
                           per_connection ? "per-connection" : "pool", per_connection ? "no" : "an", err);
                 free(err);
         }
+        /* Two descriptors a client there: the clients that fit are half of what the limit leaves
+         * (1024 less 2 listeners, 32 for the daemon, 5 for the model: 492); "beyond 0" said
+         * nothing. */
+        err = check_with_nofile(d, "max_connections = 600;\nworkers = \"per-connection\";\n", 1024);
+        cr_expect(strstr(err, "clients beyond 492 may be refused"), "per-connection, the clients that fit:\n%s", err);
+        free(err);
         hellod_free(d);
 }
 
