@@ -409,8 +409,9 @@ int listen_spec_parse(const char *text, ListenSpec *ret, char *err, size_t err_s
                            "IPv6-only); write \"%s%s%s\" instead",
                            v4, port_text ? ":" : "", port_text ? port_text : "");
         }
-        if (r >= 0 && never_listenable(host))
-                r = reason(err, err_size, "%s", never_listenable(host));
+        const char *never = r >= 0 ? never_listenable(host) : NULL;
+        if (never)
+                r = reason(err, err_size, "%s", never);
         if (r >= 0 && port_text)
                 r = port_parse(port_text, &port, err, err_size);
         if (r < 0) {

@@ -1192,7 +1192,8 @@ static int too_deep_error(const ConfSpot *j, const ConfCtx *ctx) {
  * there), the first in the text; 0 when there is nothing, else the error. A syntax error
  * libconfig finds on an earlier line is the file's first, and named instead: libconfig reads the
  * text up to the token refused, which holds nothing it would leak. */
-static int refused_first(const ConfCtx *ctx, const char *text) {
+static int refused_first(const ConfCtx *ctx) {
+        const char *text = ctx->text->text;
         ConfSpot deep, stray;
         bool too_deep = conf_text_find_too_deep(ctx->text, &deep);
         /* It tracks the brackets up to the first one too deep: a string it finds comes first. */
@@ -1223,7 +1224,7 @@ static int conf_parse(Conf *c, const ConfCtx *ctx, const char *text) {
         int r;
 
         /* Before libconfig reads it all. */
-        r = ctx->text ? refused_first(ctx, text) : 0;
+        r = ctx->text ? refused_first(ctx) : 0;
         if (r < 0)
                 return r;
         config_init(&cfg);

@@ -11,7 +11,7 @@
 /* libconfig's own limit; deeper nesting is almost certainly a file including itself. */
 #define CONF_INCLUDE_DEPTH_MAX 10
 #define CONF_INCLUDE_FILES_MAX 64
-/* Brackets ('[', '(', '{') open at once: hellod's settings need three; the scans below track this
+/* Brackets ('[', '(', '{') open at once: hellod's settings need two; the scans below track this
  * many, and conf_text_find_too_deep refuses a file that goes deeper. */
 #define CONF_NESTING_MAX 64
 

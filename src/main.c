@@ -70,7 +70,11 @@ static int output_written(int code) {
 /* misused: what getopt_long() refused in ARG: a long option it has none of, or several (a
  * prefix), or given a value it takes none of; or the short option SHORT. */
 static void misused(const struct option *options, const char *arg, int short_option) {
-        if (strncmp(arg, "--", 2) != 0) {
+        /* glibc sets optopt to a long option's letter when it was given a value it takes none
+         * of; to the letter itself for an unknown short one, where ARG may be an earlier
+         * argument (optind stays on a cluster like -xV until its last letter). */
+        bool known_letter = short_option > 0 && short_option < 0x100 && strchr("ctTlhV", short_option);
+        if (short_option != 0 && !known_letter) {
                 fprintf(stderr, "hellod: unknown option '-%c'\n", short_option);
                 return;
         }
@@ -84,7 +88,7 @@ static void misused(const struct option *options, const char *arg, int short_opt
         if (matches > 1 && matches < 1000)
                 fprintf(stderr, "hellod: option '%.*s' is ambiguous\n", (int) len + 2, arg);
         else if (match && arg[2 + len] == '=')
-                fprintf(stderr, "hellod: option '%.*s' takes no argument\n", (int) len + 2, arg);
+                fprintf(stderr, "hellod: option '--%s' takes no argument\n", match->name);
         else
                 fprintf(stderr, "hellod: unknown option '%s'\n", arg);
 }
@@ -237,8 +241,10 @@ int main(int argc, char *argv[]) {
         bool defaulted;
         int r, code;
 
-        if (!open_standard_fds())
-                return EXIT_RUNTIME; /* nowhere to say so */
+        if (!open_standard_fds()) {
+                fprintf(stderr, "hellod: cannot open /dev/null: %s\n", strerror(errno)); /* if fd 2 is open */
+                return EXIT_RUNTIME;
+        }
         code = parse_argv(argc, argv);
         if (code >= 0)
                 return code;

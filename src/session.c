@@ -271,8 +271,8 @@ void session_fail(Session *s, int r) {
                 reason = "io-error";
                 break;
         }
-        /* The socket hellod shut itself at the stop: no fault of the client's. */
-        if (__atomic_load_n(&s->killed, __ATOMIC_ACQUIRE))
+        /* On the socket hellod shut itself at the stop: no fault of the client's. */
+        if ((r == -EPIPE || r == -ECONNRESET || r == -ENOTCONN) && __atomic_load_n(&s->killed, __ATOMIC_ACQUIRE))
                 reason = proto_end_to_string(PROTO_END_SHUTDOWN);
         if (!s->error) {
                 s->error = reason;

@@ -586,6 +586,11 @@ Test(config, messages, .timeout = 60) {
         cr_expect(exited_with(status, HELLOD_EXIT_USAGE), "status %d", status);
         cr_expect(strstr(err, "hellod: option '--help' takes no argument"), "%s", err);
         free(err);
+        status = hellod_run(d, (const char *const[]) { "--check-config", "-xV", NULL });
+        err = hellod_stderr(d);
+        cr_expect(exited_with(status, HELLOD_EXIT_USAGE), "status %d", status);
+        cr_expect(strstr(err, "hellod: unknown option '-x'"), "an unknown letter in a cluster: %s", err);
+        free(err);
         status = hellod_run(d, (const char *const[]) { "--c", "x", NULL });
         err = hellod_stderr(d);
         cr_expect(exited_with(status, HELLOD_EXIT_USAGE), "status %d", status);
