@@ -67,25 +67,34 @@ static int output_written(int code) {
         return EXIT_RUNTIME;
 }
 
+/* The short options, for getopt_long() (a leading ':' reports a missing argument apart). */
+static const char short_options[] = ":c:tTl:hV";
+
 /* misused: what getopt_long() refused in ARG: a long option it has none of, or several (a
  * prefix), or given a value it takes none of; or the short option SHORT. */
 static void misused(const struct option *options, const char *arg, int short_option) {
         /* glibc sets optopt to a long option's letter when it was given a value it takes none
          * of; to the letter itself for an unknown short one, where ARG may be an earlier
          * argument (optind stays on a cluster like -xV until its last letter). */
-        bool known_letter = short_option > 0 && short_option < 0x100 && strchr("ctTlhV", short_option);
+        bool known_letter = short_option > 0 && short_option < 0x100 && short_option != ':' &&
+                            strchr(short_options, short_option);
         if (short_option != 0 && !known_letter) {
                 fprintf(stderr, "hellod: unknown option '-%c'\n", short_option);
                 return;
         }
         size_t len = strcspn(arg + 2, "="), matches = 0;
         const struct option *match = NULL;
-        for (const struct option *o = options; o->name; o++)
-                if (strncmp(o->name, arg + 2, len) == 0) {
-                        match = o;
-                        matches += strlen(o->name) == len ? 1000 : 1; /* an exact name wins */
+        for (const struct option *o = options; o->name; o++) {
+                if (strncmp(o->name, arg + 2, len) != 0)
+                        continue;
+                match = o;
+                if (strlen(o->name) == len) { /* the whole name: no abbreviation of another */
+                        matches = 1;
+                        break;
                 }
-        if (matches > 1 && matches < 1000)
+                matches++;
+        }
+        if (matches > 1)
                 fprintf(stderr, "hellod: option '%.*s' is ambiguous\n", (int) len + 2, arg);
         else if (match && arg[2 + len] == '=')
                 fprintf(stderr, "hellod: option '--%s' takes no argument\n", match->name);
@@ -110,7 +119,7 @@ static int parse_argv(int argc, char *argv[]) {
 
         /* getopt's own messages would name argv[0] ("../build/src/hellod: ..."): ours say hellod. */
         opterr = 0;
-        while ((c = getopt_long(argc, argv, ":c:tTl:hV", options, NULL)) >= 0)
+        while ((c = getopt_long(argc, argv, short_options, options, NULL)) >= 0)
                 switch (c) {
                 case 'c':
                         if (!*optarg) {
