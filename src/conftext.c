@@ -145,6 +145,15 @@ static bool is_punct(const Token *t, char c) {
         return t->type == TOK_PUNCT && t->start[0] == c;
 }
 
+/* opens, closes: a bracket of a list, an array or a group. */
+static bool opens(const Token *t) {
+        return t->type == TOK_PUNCT && strchr("[({", t->start[0]);
+}
+
+static bool closes(const Token *t) {
+        return t->type == TOK_PUNCT && strchr("])}", t->start[0]);
+}
+
 /* ---- reading ---- */
 
 /* read_fd: all of FD, NUL-terminated, at most LIMIT bytes. */
@@ -661,11 +670,11 @@ bool conf_text_find_too_deep(const ConfText *t, ConfSpot *ret) {
 
         scanner_init(&sc, t->text);
         while ((tk = scan_next(&sc)).type != TOK_END) {
-                if (tk.type == TOK_PUNCT && strchr("[({", tk.start[0]) && ++depth > CONF_NESTING_MAX) {
+                if (opens(&tk) && ++depth > CONF_NESTING_MAX) {
                         *ret = (ConfSpot) { .line = tk.line, .text = tk.start, .text_len = 1, .token = tk.start };
                         return true;
                 }
-                if (tk.type == TOK_PUNCT && strchr("])}", tk.start[0]) && depth > 0)
+                if (closes(&tk) && depth > 0)
                         depth--;
         }
         return false;
@@ -693,11 +702,11 @@ bool conf_text_find_stray_string(const ConfText *t, ConfSpot *ret) {
                                             .token = tk.start };
                         return true;
                 }
-                if (tk.type == TOK_PUNCT && strchr("[({", tk.start[0])) {
+                if (opens(&tk)) {
                         if (depth == SCOPES_MAX)
                                 return false; /* conf_text_find_too_deep refuses such a file */
                         open[depth++] = tk.start[0];
-                } else if (tk.type == TOK_PUNCT && strchr("])}", tk.start[0]) && depth > 0) {
+                } else if (closes(&tk) && depth > 0) {
                         depth--;
                 }
                 prev = tk;
@@ -716,10 +725,10 @@ bool conf_text_find_joined(const ConfText *t, ConfSpot *ret) {
 
         scanner_init(&sc, t->text);
         while ((tk = scan_next(&sc)).type != TOK_END) {
-                if (tk.type == TOK_PUNCT && strchr("[({", tk.start[0]) && depth < SCOPES_MAX) {
+                if (opens(&tk) && depth < SCOPES_MAX) {
                         keys[depth] = key;
                         open[depth++] = tk.start[0];
-                } else if (tk.type == TOK_PUNCT && strchr("])}", tk.start[0]) && depth > 0) {
+                } else if (closes(&tk) && depth > 0) {
                         key = keys[--depth];
                 } else if (tk.type == TOK_NAME) {
                         name = tk;
