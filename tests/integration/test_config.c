@@ -561,17 +561,23 @@ Test(config, check_shows_limit_warnings, .timeout = 60) {
         hellod_free(d);
 }
 
+/* expect_usage_error: `hellod ARGS` exits with the usage status, and its stderr holds NEEDLE. */
+static void expect_usage_error(Hellod *d, const char *const *args, const char *needle) {
+        int status = hellod_run(d, args);
+        char *err = hellod_stderr(d);
+
+        cr_expect(exited_with(status, HELLOD_EXIT_USAGE), "%s: status %d", args[0], status);
+        cr_expect(strstr(err, needle), "%s: no \"%s\" in:\n%s", args[0], needle, err);
+        free(err);
+}
+
 Test(config, messages, .timeout = 60) {
         Hellod *d = hellod_new();
         char *err;
         int status;
 
         harness_step("--config= (empty)");
-        status = hellod_run(d, (const char *const[]) { "--config=", NULL });
-        err = hellod_stderr(d);
-        cr_expect(exited_with(status, HELLOD_EXIT_USAGE), "status %d", status);
-        cr_expect(strstr(err, "hellod: --config needs a file name"), "%s", err);
-        free(err);
+        expect_usage_error(d, (const char *const[]) { "--config=", NULL }, "hellod: --config needs a file name");
 
         harness_step("an unknown option names hellod, not argv[0]");
         status = hellod_run(d, (const char *const[]) { "--no-such-option", NULL });
@@ -581,21 +587,10 @@ Test(config, messages, .timeout = 60) {
         free(err);
 
         harness_step("an option given an argument it does not take, and an ambiguous one, are named so");
-        status = hellod_run(d, (const char *const[]) { "--help=1", NULL });
-        err = hellod_stderr(d);
-        cr_expect(exited_with(status, HELLOD_EXIT_USAGE), "status %d", status);
-        cr_expect(strstr(err, "hellod: option '--help' takes no argument"), "%s", err);
-        free(err);
-        status = hellod_run(d, (const char *const[]) { "--check-config", "-xV", NULL });
-        err = hellod_stderr(d);
-        cr_expect(exited_with(status, HELLOD_EXIT_USAGE), "status %d", status);
-        cr_expect(strstr(err, "hellod: unknown option '-x'"), "an unknown letter in a cluster: %s", err);
-        free(err);
-        status = hellod_run(d, (const char *const[]) { "--c", "x", NULL });
-        err = hellod_stderr(d);
-        cr_expect(exited_with(status, HELLOD_EXIT_USAGE), "status %d", status);
-        cr_expect(strstr(err, "hellod: option '--c' is ambiguous"), "%s", err);
-        free(err);
+        expect_usage_error(d, (const char *const[]) { "--help=1", NULL }, "hellod: option '--help' takes no argument");
+        /* An unknown letter in a cluster: getopt's optind still names the argument before it. */
+        expect_usage_error(d, (const char *const[]) { "--check-config", "-xV", NULL }, "hellod: unknown option '-x'");
+        expect_usage_error(d, (const char *const[]) { "--c", "x", NULL }, "hellod: option '--c' is ambiguous");
 
         harness_step("output that cannot be written fails the command (-V, --help, -T to /dev/full)");
         for (int i = 0; i < 3; i++) {
