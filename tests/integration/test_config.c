@@ -140,6 +140,8 @@ Test(config, a_reload_without_the_default_file_it_read_fails, .timeout = 60) {
 
         const char *path = spawn_on_default_dir(d, mine, NULL);
         hellod_wait_ready(d);
+        /* The listeners serve a moment before the line is written (CI's TSan run saw the gap). */
+        hellod_wait_stderr(d, " started: config ");
         char *err = hellod_stderr(d);
         cr_assert(strstr(err, path) && !strstr(err, "built-in defaults"), "not started on %s:\n%s", path, err);
         free(err);
