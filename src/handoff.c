@@ -109,6 +109,13 @@ HandoverLimits handoff_limits(const Conf *conf) {
         };
 }
 
+/* discarded_bound: what a lingering close has read away, for its record: past
+ * SESSION_LINGER_BYTES it goes on only while its replies are on their way
+ * (session_linger_spent), and the next process needs to know no more than that it is past. */
+static uint32_t discarded_bound(size_t discarded) {
+        return discarded > SESSION_LINGER_BYTES ? SESSION_LINGER_BYTES : (uint32_t) discarded;
+}
+
 /* peer_of: the client the session was admitted as: behind a balancer, the one its PROXY
  * header named, not the socket's peer (the balancer: HANDOVER_VIA_BALANCER, restore_balancer()). */
 static struct sockaddr_storage peer_of(const Session *s) {
@@ -138,7 +145,7 @@ void handoff_record(const Session *s, uint64_t now, HandoverRecord *rec) {
                 .messages = s->proto.messages,
                 .conf_hash = handover_conf_hash(s->conf),
                 /* While lingering, in_len counts what was discarded (pool.c). */
-                .discarded = s->lingering ? (uint32_t) s->in_len : 0,
+                .discarded = s->lingering ? discarded_bound(s->in_len) : 0,
                 .listen = s->listen,
                 .listen_len = strlen(s->listen),
                 .pending = (const uint8_t *) s->proto.pending,
@@ -182,7 +189,7 @@ HandoffLingering *handoff_lingering_new(const Session *s) {
 const HandoverRecord *handoff_lingering_at(HandoffLingering *l, uint64_t now, uint64_t deadline, size_t discarded) {
         l->rec.age_usec = now - l->started_usec;
         l->rec.deadline_left_usec = deadline > now ? deadline - now : 0;
-        l->rec.discarded = discarded > UINT32_MAX ? UINT32_MAX : (uint32_t) discarded;
+        l->rec.discarded = discarded_bound(discarded);
         return &l->rec;
 }
 

@@ -82,16 +82,22 @@ static void release_all(Lingerer *g, Lingering *l) {
         }
 }
 
-/* drain: reads what the client sent; closes the socket at its EOF, on an error, or past
- * SESSION_LINGER_BYTES. On the lingerer's thread. */
+/* drain: reads what the client sent; closes the socket at its EOF, on an error, or once
+ * session_linger_spent(). At most SESSION_LINGER_BYTES a call, so that a client that goes on
+ * sending while its replies are on their way does not keep the others waiting: the socket is
+ * watched level-triggered, and what is left brings the lingerer back. On its thread. */
 static void drain(Lingerer *g, Lingering *l) {
         char sink[4096];
 
-        for (;;) {
+        for (size_t turn = 0; turn < SESSION_LINGER_BYTES;) {
                 ssize_t n = recv(l->fd, sink, sizeof(sink), MSG_DONTWAIT);
 
-                if (n > 0 && (l->discarded += (size_t) n) < SESSION_LINGER_BYTES)
-                        continue;
+                if (n > 0) {
+                        turn += (size_t) n;
+                        l->discarded += (size_t) n;
+                        if (!session_linger_spent(l->fd, l->discarded))
+                                continue;
+                }
                 if (n < 0 && errno == EINTR)
                         continue;
                 if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))

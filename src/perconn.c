@@ -358,7 +358,7 @@ static void lingers_on_elsewhere(Session *s, uint64_t deadline, size_t discarded
 }
 
 /* linger_here: S's FIN is out and the lingerer is full: this thread reads and discards what
- * the client still sends until its EOF, SESSION_LINGER_BYTES or DEADLINE, DISCARDED bytes read
+ * the client still sends until its EOF, session_linger_spent() or DEADLINE, DISCARDED bytes read
  * already, the session keeping its slot (as a pool's lingering session does). HANDING_OVER:
  * it lingers on in the next process (S says how), or 0. */
 static int linger_here(Session *s, uint64_t deadline, size_t discarded) {
@@ -367,7 +367,7 @@ static int linger_here(Session *s, uint64_t deadline, size_t discarded) {
 
         if (deadline > latest)
                 deadline = latest;
-        while (discarded < SESSION_LINGER_BYTES) { /* a stop lets it run out (session_stop) */
+        while (!session_linger_spent(s->fd, discarded)) { /* a stop lets it run out (session_stop) */
                 if (handing_over(s)) {
                         lingers_on_elsewhere(s, deadline, discarded);
                         return HANDING_OVER;

@@ -271,16 +271,25 @@ static Fate conclude(Loop *l, Session *s) {
         return ALIVE;
 }
 
+/* linger: reads away what the client still sends, until its EOF or session_linger_spent();
+ * SESSION_LINGER_BYTES a turn, so that a client that goes on sending while its replies are
+ * on their way does not keep the loop from the others. */
 static Fate linger(Loop *l, Session *s) {
-        for (;;) {
+        for (size_t turn = 0; turn < SESSION_LINGER_BYTES;) {
                 ssize_t n = recv(s->fd, l->in_buf, l->in_cap, 0);
                 if (n < 0 && errno == EINTR)
                         continue;
                 if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
                         return ALIVE;
-                if (n <= 0 || (s->in_len += (size_t) n) >= SESSION_LINGER_BYTES)
+                if (n <= 0)
+                        return finish(l, s, 0);
+                turn += (size_t) n;
+                s->in_len += (size_t) n;
+                if (session_linger_spent(s->fd, s->in_len))
                         return finish(l, s, 0);
         }
+        ready_push(l, s); /* edge-triggered: what is left brings no new event */
+        return ALIVE;
 }
 
 /* end_with: the protocol's closing words (EOF answer, ERR line), then conclude once they
@@ -693,8 +702,9 @@ static void on_wake(Loop *l) {
         }
 }
 
-/* run_ready: one more turn for each session that has kept input. Sessions that still have
- * some after their turn queue up again for the next round, after the next poll. */
+/* run_ready: one more turn for each session that has kept input (or, lingering, more to read
+ * away). Sessions that still have some after their turn queue up again for the next round,
+ * after the next poll. */
 static void run_ready(Loop *l) {
         Session *s;
 
@@ -702,7 +712,7 @@ static void run_ready(Loop *l) {
         l->ready = NULL;
         while ((s = l->ready_now)) {
                 ready_remove(l, s);
-                (void) serve(l, s);
+                (void) (s->lingering ? linger(l, s) : serve(l, s));
         }
 }
 

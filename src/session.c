@@ -250,6 +250,12 @@ bool session_send_fin(Session *s) {
                unsent > 0 || ioctl(s->fd, SIOCINQ, &unread) < 0 || unread > 0;
 }
 
+bool session_linger_spent(int fd, size_t discarded) {
+        int unacked = 0;
+
+        return discarded >= SESSION_LINGER_BYTES && (ioctl(fd, SIOCOUTQ, &unacked) < 0 || unacked <= 1);
+}
+
 void session_fail(Session *s, int r) {
         const char *reason;
 

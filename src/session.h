@@ -16,7 +16,9 @@
 #include "proxyproto.h"
 
 /* After the server ends a conversation (exit, ERR), how long and how much of the client's
- * leftovers are read and discarded before closing (nginx's lingering close). */
+ * leftovers are read and discarded before closing (nginx's lingering close); past the bytes
+ * only while replies are still on their way (session_linger_spent). The bytes are also what
+ * one turn of an event loop reads away before the other sessions get theirs. */
 #define SESSION_LINGER_USEC 1000000u
 #define SESSION_LINGER_BYTES (64u * 1024u)
 /* A deadline that never comes (idle_timeout = 0); deadlines_next_at() of no deadline. */
@@ -175,6 +177,13 @@ ssize_t session_read_end(const Session *s, void *buf, size_t size);
  * client sends meanwhile is read away by the lingering close, not answered with a reset that
  * destroys the replies not yet delivered. */
 void session_ended(Session *s);
+/* session_linger_spent: whether a lingering close that has read away DISCARDED bytes of FD's
+ * may end before the client's EOF: past SESSION_LINGER_BYTES, once the client has acknowledged
+ * all that hellod sent (only the FIN may be outstanding). Until then the reset that a close
+ * with bytes unread sends would destroy replies still queued in hellod's socket (a client that
+ * pipelines far past its exit while reading), so the reading away goes on, within the
+ * linger's time. */
+bool session_linger_spent(int fd, size_t discarded);
 /* session_send_fin: for a session that lingers: its FIN goes out (shutdown(SHUT_WR)), and the
  * answer is whether the socket must then linger, reading and discarding what the client still
  * sends until its own FIN, or may be closed at once (also when the FIN could not be sent). */

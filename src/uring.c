@@ -499,7 +499,7 @@ static Fate on_input(Loop *l, Conn *c, const char *data, size_t n) {
 
         if (s->lingering) {
                 c->discarded += n;
-                return c->discarded >= SESSION_LINGER_BYTES ? finish(l, c, 0) : ALIVE;
+                return session_linger_spent(s->fd, c->discarded) ? finish(l, c, 0) : ALIVE;
         }
         if (s->proto.end != PROTO_END_NONE) {
                 s->proto.input_after_end = true; /* the client goes on sending: linger */
@@ -585,7 +585,7 @@ static Fate handing_recv(Loop *l, Conn *c, const Completion *cqe, bool buffer, u
         int r = 0;
 
         if (cqe->res > 0 && s->lingering) /* as on_input: the linger's bound holds */
-                r = (c->discarded += (size_t) cqe->res) >= SESSION_LINGER_BYTES ? -ECONNABORTED : 0;
+                r = session_linger_spent(s->fd, c->discarded += (size_t) cqe->res) ? -ECONNABORTED : 0;
         else if (cqe->res > 0 && s->proto.end != PROTO_END_NONE)
                 s->proto.input_after_end = true; /* as on_input: not a request, not kept */
         else if (cqe->res > 0)

@@ -13,8 +13,9 @@
  * stream cut into random writes, sometimes a byte of urgent data among them (sent out of band,
  * so not part of the stream the model answers; the kernel ends every read at its mark), read
  * in random sizes with pauses where the client reads nothing, and an ending: a half-close,
- * `exit` (or a telnet Interrupt Process), a close once everything is answered, or a reset at a
- * random point. One plan in four speaks telnet as well: commands (Are You There, option
+ * `exit` (or a telnet Interrupt Process; in one plan of three, more lines behind it, sometimes
+ * more than the 64 KiB a lingering close reads away at least), a close once everything is
+ * answered, or a reset at a random point. One plan in four speaks telnet as well: commands (Are You There, option
  * negotiation with any option byte, subnegotiations, the ones hellod ignores, an IAC before a
  * data byte, IAC IAC for a 0xFF data byte) between the lines and inside them, even between a
  * line's CR and its LF, and so cut anywhere by the writes, the reads, a stored session's
@@ -68,6 +69,10 @@
 #define BURST_MIN_LINES 1000
 #define BURST_MAX_LINES 6000
 #define INPUT_MAX (512 * 1024)
+/* Bytes after an exit: a few, or past the 64 KiB a lingering close reads away at least. */
+#define TRAILING_SMALL_MAX 4096
+#define TRAILING_LARGE_MIN (64 * 1024)
+#define TRAILING_MAX (256 * 1024)
 #define MAX_LINE_MAX 5000     /* the largest max_line_length of the setups */
 #define TELNET_SB_MAX 8       /* a short subnegotiation's data */
 #define TELNET_PER_LINE_MAX 4 /* commands among a line's bytes, at most */
@@ -126,11 +131,12 @@ typedef struct Plan {
         size_t header_len; /* a PROXY header in front of IN's lines (Setup.proxy) */
         size_t commands;
         size_t lines;
+        size_t trailing; /* bytes after the exit, which the model leaves unanswered */
 } Plan;
 
 /* Shared figures. */
 static atomic_uint_fast64_t n_sessions, n_lines, n_bytes_sent, n_bytes_checked, n_bursts, n_pauses,
-        n_too_long, n_urgent, n_commands, n_endings[N_ENDINGS];
+        n_too_long, n_urgent, n_commands, n_trailing, n_endings[N_ENDINGS];
 static atomic_uint_fast64_t n_failures;
 static atomic_uint_fast64_t n_closed_unheadered; /* see closed_before_its_header() */
 static atomic_uint_fast64_t n_reset_ungreeted;   /* reset by the client before the greeting came */
@@ -337,6 +343,21 @@ static void append_exit(Plan *p, Rng *r) {
         p->n += strlen(line);
 }
 
+/* append_trailing: lines after the exit, sent while its last replies are on their way:
+ * hellod reads them away unanswered, and every reply before the exit still arrives, then the
+ * end of file. Sometimes far more than the 64 KiB a lingering close reads at least: it used to
+ * close there, and the reset that a close with bytes unread sends destroyed the replies the
+ * client had not read yet. */
+static void append_trailing(Plan *p, Rng *r) {
+        size_t len = rng_below(r, 2) ? 1 + rng_below(r, TRAILING_SMALL_MAX)
+                                     : TRAILING_LARGE_MIN + rng_below(r, TRAILING_MAX - TRAILING_LARGE_MIN + 1);
+
+        for (size_t i = 0; i < len; i++)
+                p->in[p->n + i] = i % 8 == 7 ? '\n' : (unsigned char) ('a' + rng_below(r, 26));
+        p->n += len;
+        p->trailing = len;
+}
+
 /* ---- PROXY headers (haproxy's doc/proxy-protocol.txt) ---- */
 
 /* append_proxy_header: a header such as a balancer sends, naming a random client in
@@ -387,7 +408,7 @@ static bool plan_make(Plan *p, uint64_t seed) {
         size_t lines = p->burst ? BURST_MIN_LINES + rng_below(&r, BURST_MAX_LINES - BURST_MIN_LINES + 1)
                                 : rng_below(&r, 40);
         p->telnet = rng_below(&r, 4) == 0;
-        if (max_line > MAX_LINE_MAX || !(p->in = malloc(INPUT_MAX + line_room(p, max_line) + max_line + 128)))
+        if (max_line > MAX_LINE_MAX || !(p->in = malloc(INPUT_MAX + line_room(p, max_line) + max_line + 128 + TRAILING_MAX)))
                 return false;
         if (setup->proxy)
                 append_proxy_header(p, &r);
@@ -398,6 +419,8 @@ static bool plan_make(Plan *p, uint64_t seed) {
                 append_too_long(p, &r, max_line);
         } else if (p->ending == END_EXIT) {
                 append_exit(p, &r);
+                if (rng_below(&r, 3) == 0)
+                        append_trailing(p, &r);
         } else if (p->ending == END_HALF_CLOSE && rng_below(&r, 3) == 0) {
                 /* An unterminated last line: answered at EOF. */
                 size_t len = 1 + rng_below(&r, max_line < 20 ? max_line : 20);
@@ -635,6 +658,7 @@ static void *load_thread(void *arg) {
                         if (p.too_long)
                                 atomic_fetch_add(&n_too_long, 1);
                         atomic_fetch_add(&n_commands, p.commands);
+                        atomic_fetch_add(&n_trailing, p.trailing > TRAILING_SMALL_MAX ? 1 : 0);
                 }
                 plan_free(&p);
         }
@@ -975,12 +999,12 @@ int main(int argc, char **argv) {
         printf("driver figures: %" PRIu64 " sessions, %" PRIu64 " lines, %" PRIu64 " bursts of %d-%d lines, %" PRIu64
                " bytes sent, %" PRIu64 " bytes received and checked, %" PRIu64 " read pauses, %" PRIu64
                " ended over the limit, %" PRIu64 " bytes of urgent data, %" PRIu64 " telnet commands; endings: %" PRIu64 " half-close, %" PRIu64
-               " exit, %" PRIu64 " close, %" PRIu64 " reset\n",
+               " exit (%" PRIu64 " with over 64 KiB behind it), %" PRIu64 " close, %" PRIu64 " reset\n",
                atomic_load(&n_sessions), atomic_load(&n_lines), atomic_load(&n_bursts), BURST_MIN_LINES,
                BURST_MAX_LINES, atomic_load(&n_bytes_sent), atomic_load(&n_bytes_checked), atomic_load(&n_pauses),
                atomic_load(&n_too_long), atomic_load(&n_urgent), atomic_load(&n_commands),
                atomic_load(&n_endings[END_HALF_CLOSE]),
-               atomic_load(&n_endings[END_EXIT]), atomic_load(&n_endings[END_CLOSE]),
+               atomic_load(&n_endings[END_EXIT]), atomic_load(&n_trailing), atomic_load(&n_endings[END_CLOSE]),
                atomic_load(&n_endings[END_RESET]));
         uint64_t nf = atomic_load(&n_failures);
         for (uint64_t i = 0; i < nf && i < FAILURES_KEPT; i++)

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "clients.h"
 #include "suite.h"
 
 HELLOD_SUITE(pipeline);
@@ -147,6 +148,46 @@ Test(pipeline, lines_behind_an_urgent_mark_are_answered_at_once, .timeout = 60) 
         client_send_str(fd, "exit\n");
         client_expect_eof(fd, false);
         client_close(fd);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* A client that pipelines far past its exit, reading all the while, gets every reply before
+ * the exit and then the end of file: the lingering close reads away what follows the exit for
+ * as long as replies are still on their way (within its second), not just 64 KiB. It used to
+ * close once 64 KiB were discarded; the reset that closing with bytes unread sends destroyed
+ * the replies still queued in hellod's socket, and the client read a truncated stream. */
+Test(pipeline, a_client_pipelining_far_past_its_exit_gets_every_reply, .timeout = 60) {
+        enum { LINES = 200000, FLOOD = 4 * 1024 * 1024 };
+        size_t n = LINES * 2 + 5 + FLOOD, want_room = (size_t) LINES * 11 + 64;
+        char *in = malloc(n), *want = malloc(want_room);
+        Hellod *d = hellod_start("log_level = \"info\";\n");
+        Rng rng = { 0xe817 };
+        Exchange ex;
+
+        cr_assert(in && want);
+        for (size_t i = 0; i < LINES; i++)
+                memcpy(in + 2 * i, "a\n", 2);
+        memcpy(in + LINES * 2, "exit\n", 5);
+        for (size_t i = LINES * 2 + 5; i < n; i += 2)
+                memcpy(in + i, "b\n", 2);
+        size_t want_n = harness_model_replies("Hello, ", "!", (const unsigned char *) in, n, 1024, want);
+        cr_assert(want_n < want_room);
+        int fd = client_connect(d->port);
+        /* A fixed window (no autotuning): the replies queue up in hellod's socket, where a reset
+         * destroys them. Not below the loopback MSS (64 KiB): TCP then sends by window probes. */
+        cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &(int) { 131072 }, sizeof(int)), 0);
+        client_expect_str(fd, HELLOD_GREETING);
+        harness_step("%d lines, exit, then %d MiB more, read all the while", LINES, FLOOD >> 20);
+        cr_assert_eq(client_exchange(fd, in, n, &rng, 65536, &ex), 0);
+        size_t at = bytes_first_difference(want, want_n, ex.got, ex.n);
+        cr_assert(at == want_n && ex.n == want_n && ex.end == CLIENT_READ_EOF,
+                  "%zu of %zu reply bytes as the model has them, %zu received, then %s", at, want_n, ex.n,
+                  ex.end == CLIENT_READ_EOF ? "the end of file" : ex.end == CLIENT_READ_RESET ? "a reset" : "a timeout");
+        free(ex.got);
+        client_close(fd);
+        free(in);
+        free(want);
         hellod_stop_clean(d);
         hellod_free(d);
 }
