@@ -964,6 +964,16 @@ static int read_signal(Server *s) {
         return (int) si.ssi_signo;
 }
 
+/* say_ignored: SIGUSR1, SIGUSR2, and SIGHUP once the stop has begun, do nothing: said, so that
+ * an operator's signal is not lost without a word. */
+static void say_ignored(int sig) {
+        if (sig == SIGHUP)
+                log_notice("received SIGHUP while stopping, not reloading");
+        else if (sig == SIGUSR1 || sig == SIGUSR2)
+                log_notice("received %s, ignoring it: hellod writes no log file to reopen, and SIGHUP reloads",
+                           sig == SIGUSR1 ? "SIGUSR1" : "SIGUSR2");
+}
+
 static void stop_sessions(Server *s, void (*how)(Session *)) {
         pthread_mutex_lock(&s->lock);
         for (Session *session = s->sessions; session; session = session->next)
@@ -997,6 +1007,7 @@ static bool wait_drained(Server *s, uint64_t timeout_msec) {
                         int sig = read_signal(s);
                         if (sig == SIGTERM || sig == SIGINT)
                                 return false;
+                        say_ignored(sig);
                 }
         }
         return true;
@@ -1264,9 +1275,8 @@ int server_run(Server *s, InheritedStore *store) {
                         }
                         if (sig == SIGHUP)
                                 reload(s);
-                        else if (sig == SIGUSR1 || sig == SIGUSR2)
-                                log_notice("received %s, ignoring it: hellod writes no log file to reopen, and "
-                                           "SIGHUP reloads", sig == SIGUSR1 ? "SIGUSR1" : "SIGUSR2");
+                        else
+                                say_ignored(sig);
                 }
         }
         int k = shut_down(s);

@@ -175,15 +175,13 @@ Test(lifecycle, a_stop_lets_a_lingering_close_run_out, .timeout = 90) {
  * the shutdown: its write failed because hellod shut the socket, which is no broken pipe of the
  * client's (HELLOD_REASON said "broken-pipe"). The client sends without reading until hellod,
  * blocked writing to it, stops reading. */
-Test(lifecycle, a_client_cut_off_by_the_stop_is_logged_as_shutdown, .timeout = 60) {
+/* stall: FD, greeted by D, sends lines without reading until hellod, blocked writing to it,
+ * stops reading (nothing taken for STALL_MS). */
+static void stall(Hellod *d, int fd) {
         enum { STALL_MS = 300, CHUNK = 64 * 1024 };
-        Hellod *d = hellod_start("shutdown_timeout = 0;\nlog_level = \"info\";\n");
         static char lines[CHUNK];
-        int fd = client_connect(d->port), status;
         int64_t t0 = harness_now_ms();
-        char buf[96];
 
-        client_expect_str(fd, HELLOD_GREETING);
         for (size_t i = 0; i < sizeof(lines); i += 2)
                 memcpy(lines + i, "x\n", 2);
         cr_assert_eq(fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK), 0);
@@ -197,6 +195,15 @@ Test(lifecycle, a_client_cut_off_by_the_stop_is_logged_as_shutdown, .timeout = 6
                         hellod_fail(d, "send(): %s", strerror(errno));
                 cr_assert_lt(harness_now_ms() - t0, HARNESS_TIMEOUT_MS, "hellod never stopped reading");
         }
+}
+
+Test(lifecycle, a_client_cut_off_by_the_stop_is_logged_as_shutdown, .timeout = 60) {
+        Hellod *d = hellod_start("shutdown_timeout = 0;\nlog_level = \"info\";\n");
+        int fd = client_connect(d->port), status;
+        char buf[96];
+
+        client_expect_str(fd, HELLOD_GREETING);
+        stall(d, fd);
         harness_step("SIGTERM");
         hellod_signal(d, SIGTERM);
         status = hellod_wait_exit(d, HARNESS_STOP_TIMEOUT_MS);
@@ -224,6 +231,32 @@ Test(lifecycle, sigusr1_and_sigusr2_are_logged_and_ignored, .timeout = 60) {
         client_hello(fd, "still here");
         client_close(fd);
         hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* During a stop (here one that waits for a client busy with its replies) SIGHUP, SIGUSR1 and
+ * SIGUSR2 are logged as ignored, as they are before it: the wait read them without a word. */
+Test(lifecycle, signals_during_a_stop_are_logged_and_ignored, .timeout = 60) {
+        Hellod *d = hellod_start("shutdown_timeout = 3;\n");
+        int fd = client_connect(d->port);
+        char buf[96];
+
+        client_expect_str(fd, HELLOD_GREETING);
+        stall(d, fd); /* hellod blocked writing to it: the stop waits */
+        hellod_signal(d, SIGTERM);
+        hellod_wait_stderr(d, "waiting up to 3 s");
+        harness_step("SIGHUP, SIGUSR1 and SIGUSR2 meanwhile");
+        hellod_signal(d, SIGHUP);
+        hellod_wait_stderr(d, "received SIGHUP while stopping");
+        hellod_signal(d, SIGUSR1);
+        hellod_wait_stderr(d, "received SIGUSR1");
+        hellod_signal(d, SIGUSR2);
+        hellod_wait_stderr(d, "received SIGUSR2");
+        int status = hellod_wait_exit(d, HARNESS_STOP_TIMEOUT_MS);
+        if (!exited_with(status, HELLOD_EXIT_OK))
+                hellod_fail(d, "after SIGTERM: %s, expected exit status 0", harness_describe_status(status, buf, sizeof(buf)));
+        cr_expect_eq(hellod_count_in_stderr(d, "reloaded"), 0);
+        client_close(fd);
         hellod_free(d);
 }
 
