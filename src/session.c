@@ -251,9 +251,10 @@ bool session_send_fin(Session *s) {
 }
 
 bool session_linger_spent(int fd, size_t discarded) {
-        int unacked = 0;
+        int unacked = 0, unsent = 0; /* valgrind does not know what SIOCOUTQNSD writes */
 
-        return discarded >= SESSION_LINGER_BYTES && (ioctl(fd, SIOCOUTQ, &unacked) < 0 || unacked <= 1);
+        return discarded >= SESSION_LINGER_BYTES && (ioctl(fd, SIOCOUTQ, &unacked) < 0 || unacked <= 1) &&
+               (ioctl(fd, SIOCOUTQNSD, &unsent) < 0 || unsent == 0);
 }
 
 void session_fail(Session *s, int r) {

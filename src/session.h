@@ -179,10 +179,11 @@ ssize_t session_read_end(const Session *s, void *buf, size_t size);
 void session_ended(Session *s);
 /* session_linger_spent: whether a lingering close that has read away DISCARDED bytes of FD's
  * may end before the client's EOF: past SESSION_LINGER_BYTES, once the client has acknowledged
- * all that hellod sent (only the FIN may be outstanding). Until then the reset that a close
- * with bytes unread sends would destroy replies still queued in hellod's socket (a client that
- * pipelines far past its exit while reading), so the reading away goes on, within the
- * linger's time. */
+ * all that hellod sent and the FIN has left (a zero window can hold it back after the last
+ * reply: a reset without it reads as ECONNRESET, not the end of file). Until then the reset
+ * that a close with bytes unread sends would destroy replies still queued in hellod's socket
+ * (a client that pipelines far past its exit while reading), so the reading away goes on,
+ * within the linger's time, as nginx's lingering close reads for its lingering_time. */
 bool session_linger_spent(int fd, size_t discarded);
 /* session_send_fin: for a session that lingers: its FIN goes out (shutdown(SHUT_WR)), and the
  * answer is whether the socket must then linger, reading and discarding what the client still
