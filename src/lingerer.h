@@ -1,13 +1,14 @@
 /* lingerer: the per-connection model's helper thread for lingering sockets. A conversation that
  * ended with its FIN sent (session_send_fin) leaves its socket here; the lingerer reads and
  * discards what the client still sends and closes the socket at the client's EOF, after
- * SESSION_LINGER_BYTES (once its replies are acknowledged: session_linger_spent) or at its deadline, while the thread that served it goes on to its
- * next client. (A thread that kept the socket itself left it open and unread for as long as
- * its next conversation lasted.) At most a set number of sockets linger here, each in a place
- * taken with lingerer_reserve() before the connection is let go. Past that, the thread lingers
- * itself and the connection keeps its slot: a socket closed at once answers the bytes its
- * client still sends with a reset, which destroys the replies not yet delivered. So lingering
- * needs no more descriptors than the connections themselves, twice over.
+ * SESSION_LINGER_BYTES once its replies are acknowledged (session_linger_spent) or at its
+ * deadline, while the thread that served it goes on to its next client. (A thread that kept the
+ * socket itself left it open and unread for as long as its next conversation lasted.) At most a
+ * set number of sockets linger here, each in a place taken with lingerer_reserve() before the
+ * connection is let go. Past that, the thread lingers itself and the connection keeps its slot:
+ * a socket closed at once answers the bytes its client still sends with a reset, which destroys
+ * the replies not yet delivered. So lingering needs no more descriptors than the connections
+ * themselves, twice over.
  *
  * The lingerer sleeps in an epoll set holding the lingering sockets and an eventfd (an earlier
  * deadline, or the stop), until the earliest deadline (within LINGERER_SLACK_USEC, so that
