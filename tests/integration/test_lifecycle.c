@@ -171,10 +171,6 @@ Test(lifecycle, a_stop_lets_a_lingering_close_run_out, .timeout = 90) {
         }
 }
 
-/* A client the stop cuts off (shutdown_timeout = 0: busy clients at once) is logged as closed by
- * the shutdown: its write failed because hellod shut the socket, which is no broken pipe of the
- * client's (HELLOD_REASON said "broken-pipe"). The client sends without reading until hellod,
- * blocked writing to it, stops reading. */
 /* stall: FD, greeted by D, sends lines without reading until hellod, blocked writing to it,
  * stops reading (nothing taken for STALL_MS). */
 static void stall(Hellod *d, int fd) {
@@ -197,6 +193,10 @@ static void stall(Hellod *d, int fd) {
         }
 }
 
+/* A client the stop cuts off (shutdown_timeout = 0: busy clients at once) is logged as closed by
+ * the shutdown: its write failed because hellod shut the socket, which is no broken pipe of the
+ * client's (HELLOD_REASON said "broken-pipe"). The client sends without reading until hellod,
+ * blocked writing to it, stops reading. */
 Test(lifecycle, a_client_cut_off_by_the_stop_is_logged_as_shutdown, .timeout = 60) {
         Hellod *d = hellod_start("shutdown_timeout = 0;\nlog_level = \"info\";\n");
         int fd = client_connect(d->port), status;
