@@ -7,7 +7,6 @@
 #include <stdlib.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include "clock.h"
@@ -82,32 +81,18 @@ static void release_all(Lingerer *g, Lingering *l) {
         }
 }
 
-/* drain: reads what the client sent; closes the socket at its EOF, on an error, or once
- * session_linger_spent(). At most SESSION_LINGER_BYTES a call, so that a client that goes on
- * sending while its replies are on their way does not keep the others waiting: the socket is
- * watched level-triggered, and what is left brings the lingerer back. On its thread. */
+/* drain: a turn of reading away what the client sent (session_linger_turn); closes the socket
+ * when the linger is done. The socket is watched level-triggered: what a turn leaves brings the
+ * lingerer back. On its thread. */
 static void drain(Lingerer *g, Lingering *l) {
         char sink[4096];
 
-        for (size_t turn = 0; turn < SESSION_LINGER_BYTES;) {
-                ssize_t n = recv(l->fd, sink, sizeof(sink), MSG_DONTWAIT);
-
-                if (n > 0) {
-                        turn += (size_t) n;
-                        l->discarded += (size_t) n;
-                        if (!session_linger_spent(l->fd, l->discarded))
-                                continue;
-                }
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-                        return;
-                pthread_mutex_lock(&g->lock);
-                unlink_lingering(g, l);
-                pthread_mutex_unlock(&g->lock);
-                release(g, l);
+        if (session_linger_turn(l->fd, sink, sizeof(sink), &l->discarded) != LINGER_DONE)
                 return;
-        }
+        pthread_mutex_lock(&g->lock);
+        unlink_lingering(g, l);
+        pthread_mutex_unlock(&g->lock);
+        release(g, l);
 }
 
 bool lingerer_reserve(Lingerer *g) {

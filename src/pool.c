@@ -271,25 +271,18 @@ static Fate conclude(Loop *l, Session *s) {
         return ALIVE;
 }
 
-/* linger: reads away what the client still sends, until its EOF or session_linger_spent();
- * SESSION_LINGER_BYTES a turn, so that a client that goes on sending while its replies are
- * on their way does not keep the loop from the others. */
+/* linger: a turn of reading away what the client still sends (session_linger_turn). */
 static Fate linger(Loop *l, Session *s) {
-        for (size_t turn = 0; turn < SESSION_LINGER_BYTES;) {
-                ssize_t n = recv(s->fd, l->in_buf, l->in_cap, 0);
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-                        return ALIVE;
-                if (n <= 0)
-                        return finish(l, s, 0);
-                turn += (size_t) n;
-                s->in_len += (size_t) n;
-                if (session_linger_spent(s->fd, s->in_len))
-                        return finish(l, s, 0);
+        switch (session_linger_turn(s->fd, l->in_buf, l->in_cap, &s->in_len)) {
+        case LINGER_DONE:
+                return finish(l, s, 0);
+        case LINGER_MORE:
+                ready_push(l, s); /* edge-triggered: what is left brings no new event */
+                return ALIVE;
+        case LINGER_WAIT:
+        default:
+                return ALIVE;
         }
-        ready_push(l, s); /* edge-triggered: what is left brings no new event */
-        return ALIVE;
 }
 
 /* end_with: the protocol's closing words (EOF answer, ERR line), then conclude once they

@@ -238,23 +238,45 @@ static bool asked_to_end(const Session *s) {
  * recv() and the socket's teardown on the server's side (docs/benchmarks.md measures it). In
  * every other case the lingering close stays: nginx's default (lingering_close "on") also
  * lingers only when more may come. */
+/* delivered: after the FIN, whether the client has acknowledged every byte sent before it (at
+ * most the FIN itself is outstanding) and the FIN has left; false when that cannot be told. */
+static bool delivered(int fd) {
+        int unacked = 0, unsent = 0; /* valgrind does not know what SIOCOUTQNSD writes */
+
+        return ioctl(fd, SIOCOUTQ, &unacked) == 0 && unacked <= 1 && ioctl(fd, SIOCOUTQNSD, &unsent) == 0 &&
+               unsent == 0;
+}
+
 bool session_send_fin(Session *s) {
-        int unacked = 0, unsent = 0, unread = 0; /* valgrind does not know what SIOCOUTQNSD writes */
+        int unread = 0;
 
         session_ended(s); /* if the engine has not said so yet: before the FIN, for session_stop() */
         if (shutdown(s->fd, SHUT_WR) < 0)
                 return false;
         if (!asked_to_end(s))
                 return true;
-        return ioctl(s->fd, SIOCOUTQ, &unacked) < 0 || unacked > 1 || ioctl(s->fd, SIOCOUTQNSD, &unsent) < 0 ||
-               unsent > 0 || ioctl(s->fd, SIOCINQ, &unread) < 0 || unread > 0;
+        return !delivered(s->fd) || ioctl(s->fd, SIOCINQ, &unread) < 0 || unread > 0;
 }
 
 bool session_linger_spent(int fd, size_t discarded) {
-        int unacked = 0, unsent = 0; /* valgrind does not know what SIOCOUTQNSD writes */
+        return discarded >= SESSION_LINGER_BYTES && delivered(fd);
+}
 
-        return discarded >= SESSION_LINGER_BYTES && (ioctl(fd, SIOCOUTQ, &unacked) < 0 || unacked <= 1) &&
-               (ioctl(fd, SIOCOUTQNSD, &unsent) < 0 || unsent == 0);
+LingerTurn session_linger_turn(int fd, char *buf, size_t size, size_t *discarded) {
+        for (size_t turn = 0; turn < SESSION_LINGER_BYTES;) {
+                ssize_t n = recv(fd, buf, size, MSG_DONTWAIT);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+                        return LINGER_WAIT;
+                if (n <= 0)
+                        return LINGER_DONE; /* the client's EOF, or the connection failed */
+                turn += (size_t) n;
+                *discarded += (size_t) n;
+                if (session_linger_spent(fd, *discarded))
+                        return LINGER_DONE;
+        }
+        return LINGER_MORE;
 }
 
 void session_fail(Session *s, int r) {

@@ -185,6 +185,14 @@ void session_ended(Session *s);
  * (a client that pipelines far past its exit while reading), so the reading away goes on,
  * within the linger's time, as nginx's lingering close reads for its lingering_time. */
 bool session_linger_spent(int fd, size_t discarded);
+/* session_linger_turn: one turn of a lingering close on FD, for the event loops: reads into BUF
+ * (of SIZE) without waiting and discards, counting in *DISCARDED, SESSION_LINGER_BYTES at
+ * most, so that a client that goes on sending while its replies are on their way does not keep
+ * the others waiting. LINGER_DONE: close now (its EOF, a failure, session_linger_spent());
+ * LINGER_WAIT: nothing more to read for now; LINGER_MORE: the turn is used up, more may be
+ * left. */
+typedef enum LingerTurn { LINGER_WAIT, LINGER_MORE, LINGER_DONE } LingerTurn;
+LingerTurn session_linger_turn(int fd, char *buf, size_t size, size_t *discarded);
 /* session_send_fin: for a session that lingers: its FIN goes out (shutdown(SHUT_WR)), and the
  * answer is whether the socket must then linger, reading and discarding what the client still
  * sends until its own FIN, or may be closed at once (also when the FIN could not be sent). */
