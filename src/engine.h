@@ -84,6 +84,12 @@ typedef struct EngineOps {
          * TIMEOUT_MSEC. 0: joined and freed. -ETIMEDOUT: a thread is still running and the
          * engine is left to it (its done callback may still come); stop may be called again. */
         int (*stop)(Engine *e, uint64_t timeout_msec);
+        /* end_conversations: the server has asked every session to stop (session_stop(), which
+         * leaves the socket alone): the engine's threads look at their sessions, and each one
+         * waiting for its client's next line ends with the shutdown line; one writing goes on
+         * until its replies are out. Called once, after the last session the engine serves was
+         * registered: none is admitted during a stop, and resumed ones come before serving. */
+        void (*end_conversations)(Engine *e);
         /* reap: housekeeping from the server thread (joins exited threads). */
         void (*reap)(Engine *e);
         /* reconfigure: applies what it can of CONF to the running engine, logs what it cannot;
@@ -189,6 +195,10 @@ static inline int engine_add(Engine *e, Session *s) {
 /* engine_stop: NULL-safe. */
 static inline int engine_stop(Engine *e, uint64_t timeout_msec) {
         return e ? e->ops->stop(e, timeout_msec) : 0;
+}
+
+static inline void engine_end_conversations(Engine *e) {
+        e->ops->end_conversations(e);
 }
 
 static inline void engine_reap(Engine *e) {

@@ -236,8 +236,6 @@ static int restore(Session *s, const HandoverRecord *rec, uint64_t now, uint64_t
         s->close_logged = rec->flags & HANDOVER_LOGGED;
         if (s->lingering)
                 s->in_len = rec->discarded;
-        if (s->lingering || s->proto.end != PROTO_END_NONE)
-                s->ended = true; /* not yet registered: no other thread sees it */
         s->want_write = rec->output_len > 0;
         /* Its age counts the gap: the client lived through it. */
         uint64_t age = rec->age_usec + gap_usec < rec->age_usec ? UINT64_MAX : rec->age_usec + gap_usec;
@@ -336,7 +334,7 @@ int handoff_session_fresh(int fd, Conf *conf, const HandoverConnName *name, Sess
         s->resumed = true; /* greeted by the process that crashed */
         s->timer.at = session_idle_deadline(s, now_usec()); /* its deadline was lost too */
         if (fin_sent(fd)) { /* it had ended, and lingered: it lingers on, as long as a close does */
-                s->lingering = s->ended = true;
+                s->lingering = true;
                 s->timer.at = now_usec() + SESSION_LINGER_USEC;
         }
         /* A per-connection thread may have crashed waiting for a line's end with the mark past

@@ -130,6 +130,15 @@ bool loopset_answered(LoopSet *set) {
         return all;
 }
 
+void loopset_end_conversations(LoopSet *set) {
+        __atomic_store_n(&set->ending, true, __ATOMIC_RELEASE);
+        loopset_wake_all(set);
+}
+
+bool loopset_ending_conversations(const LoopSet *set) {
+        return __atomic_load_n(&set->ending, __ATOMIC_ACQUIRE);
+}
+
 static bool all_acked(const LoopSet *set, uint64_t gen) {
         for (unsigned i = 0; i < set->n; i++)
                 if (loopset_loop(set, i)->listen_acked < gen)

@@ -47,6 +47,7 @@ struct LoopSet {
         size_t n_listeners;
         uint64_t listen_gen; /* written under lock, read atomically by the loops */
         bool hand_over;      /* under lock: the stop hands the sessions over (loopset_hand_over) */
+        bool ending;         /* atomic: the server stops the conversations (loopset_end_conversations) */
         uint64_t alive_gen;  /* atomic: loopset_answered()'s last question */
 };
 
@@ -75,6 +76,11 @@ void loopset_wake_all(LoopSet *set);
  * sessions. A loop that does not answer is stuck: the server's watchdog stands for the loops
  * this way. One caller at a time (the server thread). */
 bool loopset_answered(LoopSet *set);
+/* loopset_end_conversations: every loop is woken to look at its sessions, which the server has
+ * asked to stop (EngineOps.end_conversations); loopset_ending_conversations: whether it has, for
+ * a loop that is woken. */
+void loopset_end_conversations(LoopSet *set);
+bool loopset_ending_conversations(const LoopSet *set);
 
 /* loopset_publish_listeners: from now on LISTENERS' sockets are the loops' listeners;
  * returns once every loop has taken up the new set (see loopset_take_listeners). The array is

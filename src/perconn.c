@@ -149,8 +149,6 @@ static int feed(Session *s, size_t n, ProtoStatus *status, SockTimer *send_timer
 
         for (;;) {
                 done += proto_feed(&s->proto, s->in + done, n - done, &s->out, status);
-                if (*status == PROTO_CLOSE)
-                        session_ended(s); /* before its last words are flushed */
                 if (done == n || *status == PROTO_CLOSE)
                         return 0;
                 int r = flush(s, send_timer, 0);
@@ -301,8 +299,6 @@ static int converse(Session *s, ServingThread *me) {
         }
         if (lowat != 1) /* a wait for a line's end ended otherwise: the lingerer's epoll needs 1 */
                 (void) set_lowat(s->fd, 1, &lowat);
-        if (s->proto.end != PROTO_END_NONE)
-                session_ended(s); /* the EOF's answer, an ERR line: before they are flushed */
         return r == HANDING_OVER ? r : flush(s, &send_timer, 0);
 }
 
@@ -321,6 +317,8 @@ static int proxy_header(Session *s) {
         while (socktimer_arm(&recv_timer, deadline, now_usec())) {
                 if (handing_over(s))
                         return HANDING_OVER; /* not greeted: the server closes it in silence */
+                if (session_stop_requested(s))
+                        break; /* woken by the conversations' end: the proxied hook says so */
                 ssize_t n = recv(s->fd, s->in, s->in_cap, MSG_PEEK);
                 if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK))
                         continue;
@@ -426,9 +424,7 @@ static Outcome run(PerConn *p, Session *s, ServingThread *me, Linger *linger) {
         }
         if (r < 0)
                 session_fail(s, r);
-        else if (!session_lingers(s))
-                session_drain_at_stop(s);
-        else if (session_send_fin(s)) {
+        else if (session_lingers(s) && session_send_fin(s)) {
                 uint64_t deadline = now_usec() + SESSION_LINGER_USEC;
                 if (handing_over(s)) {
                         /* Ended during the hand-over: it lingers on in the next process,
@@ -772,6 +768,13 @@ static int perconn_hand_over(Engine *e, uint64_t timeout_msec) {
         return perconn_stop(e, now < deadline ? (deadline - now) / 1000u : 0);
 }
 
+/* perconn_end_conversations: EngineOps.end_conversations: the watch wakes every serving thread
+ * until it leaves (serving_end_all): one blocked reading sees its session's stop; one writing
+ * goes on with what is left of its write. */
+static void perconn_end_conversations(Engine *e) {
+        serving_end_all(((PerConn *) e)->serving);
+}
+
 static int perconn_stop(Engine *e, uint64_t timeout_msec) {
         PerConn *p = (PerConn *) e;
         uint64_t start = now_usec();
@@ -819,6 +822,7 @@ static bool perconn_answered(Engine *e) {
 static const EngineOps perconn_ops = {
         .add = perconn_add,
         .stop = perconn_stop,
+        .end_conversations = perconn_end_conversations,
         .reap = perconn_reap,
         .reconfigure = perconn_reconfigure,
         .set_listeners = perconn_set_listeners,

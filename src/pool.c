@@ -88,6 +88,7 @@ typedef struct Loop {
         uint64_t listen_gen;  /* ... its generation */
         bool attached;        /* ... and whether it is in the epoll set now */
         bool exiting;         /* the pool is stopping: accept nothing more */
+        bool ending;          /* the server stops the conversations (end_conversations) */
         bool handing_over;    /* the pool is handing its sessions over: pass them on, then exit */
         bool waiting_slot;    /* overload = "queue": every slot taken */
         uint64_t paused_until; /* usec: out of descriptors; 0: not paused */
@@ -258,10 +259,8 @@ static bool client_gone(Loop *l, Session *s) {
 
 /* conclude: the protocol has ended and its last words are sent: linger or close. */
 static Fate conclude(Loop *l, Session *s) {
-        if (!session_lingers(s)) {
-                session_drain_at_stop(s);
+        if (!session_lingers(s))
                 return finish(l, s, 0);
-        }
         if (client_gone(l, s) || !session_send_fin(s))
                 return finish(l, s, 0);
         s->lingering = true;
@@ -294,7 +293,6 @@ static Fate end_with(Loop *l, Session *s, ProtoEnd reason) {
                 proto_eof(&s->proto, &out);
         else
                 proto_abort(&s->proto, reason, &out);
-        session_ended(s);
         int r = send_out(l, s, &out);
         if (r < 0)
                 return finish(l, s, r);
@@ -424,8 +422,6 @@ static Fate serve_once(Loop *l, Session *s, bool *more) {
         Buf out = { .data = l->out_buf, .cap = s->out.cap };
         uint64_t messages = s->proto.messages;
         size_t used = proto_feed(&s->proto, data, n, &out, &status);
-        if (status == PROTO_CLOSE)
-                session_ended(s);
         if (status == PROTO_CONTINUE && used < n) {
                 r = keep_input(s, data + used, n - used);
         } else { /* fed to the end: the kept input's buffer goes back, as the output's does */
@@ -677,7 +673,19 @@ static void hand_over_all(Loop *l) {
         }
 }
 
-/* on_wake: the eventfd: sessions handed over, a slot freed, new listeners, or the stop. */
+/* end_conversations: the server has asked every session to stop: each one waiting for its
+ * client's input gets a turn (run_ready), whose serve_once() ends it with the shutdown line;
+ * one writing gets it once its replies are out (on_event). */
+static void end_conversations(Loop *l) {
+        for (Deadline *d = deadlines_after(&l->deadlines, NULL); d; d = deadlines_after(&l->deadlines, d)) {
+                Session *s = session_of(d);
+                if (!s->lingering && !s->want_write && s->proto.end == PROTO_END_NONE)
+                        ready_push(l, s);
+        }
+}
+
+/* on_wake: the eventfd: sessions handed over, a slot freed, new listeners, the conversations'
+ * end, or the stop. */
 static void on_wake(Loop *l) {
         Session *queued;
 
@@ -692,6 +700,10 @@ static void on_wake(Loop *l) {
                 queued->incoming_next = NULL;
                 (void) start(l, queued);
                 queued = next;
+        }
+        if (!l->ending && loopset_ending_conversations(l->base.set)) {
+                l->ending = true;
+                end_conversations(l);
         }
 }
 
@@ -814,6 +826,10 @@ static int pool_stop(Engine *e, uint64_t timeout_msec) {
         return loopset_stop(&((Pool *) e)->set, timeout_msec, loop_done);
 }
 
+static void pool_end_conversations(Engine *e) {
+        loopset_end_conversations(&((Pool *) e)->set);
+}
+
 static int pool_hand_over(Engine *e, uint64_t timeout_msec) {
         return loopset_hand_over(&((Pool *) e)->set, timeout_msec, loop_done);
 }
@@ -840,6 +856,7 @@ static void pool_reconfigure(Engine *e, const Conf *started, const Conf *conf) {
 static const EngineOps pool_ops = {
         .add = pool_add,
         .stop = pool_stop,
+        .end_conversations = pool_end_conversations,
         .reconfigure = pool_reconfigure,
         .set_listeners = pool_set_listeners,
         .slot_freed = pool_slot_freed,

@@ -1130,6 +1130,7 @@ static int shut_down(Server *s) {
                            "stopping: %u connection%s open, waiting up to %u s for them to finish", n,
                            n == 1 ? "" : "s", s->conf->shutdown_timeout);
         stop_sessions(s, session_stop);
+        engine_end_conversations(s->engine);
         if (!wait_drained(s, (uint64_t) s->conf->shutdown_timeout * 1000u)) {
                 n = active(s);
                 log_warning("closing %u remaining connection%s", n, n == 1 ? "" : "s");

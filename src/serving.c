@@ -13,6 +13,7 @@ struct ServingSet {
         pthread_cond_t wake;  /* the watch's sleep (CLOCK_MONOTONIC) */
         ServingThread *head;
         bool watch_idle; /* the watch sleeps until a thread is listed */
+        bool ending;     /* serving_end_all(): every listed thread is due */
         bool stop;
         bool watch_started;
         pthread_t watch;
@@ -57,13 +58,16 @@ static bool signal_due(ServingThread *t, uint64_t deadline, uint64_t now) {
         return true;
 }
 
+/* A deadline long past: every thread's, once the conversations end (serving_end_all). */
+#define ENDING_DEADLINE 1u
+
 /* wake_idle: signals the threads whose session is past its idle deadline at NOW (signal_due);
  * returns when to look again (under the lock). */
 static uint64_t wake_idle(ServingSet *set, uint64_t now) {
         uint64_t next = now + SERVING_HORIZON_USEC, gap = SERVING_GAP_USEC;
 
         for (ServingThread *t = set->head; t; t = t->next) {
-                uint64_t deadline = __atomic_load_n(&t->idle_deadline, __ATOMIC_RELAXED);
+                uint64_t deadline = set->ending ? ENDING_DEADLINE : __atomic_load_n(&t->idle_deadline, __ATOMIC_RELAXED);
                 gap += SERVING_GAP_PER_THREAD_NSEC / 1000u;
                 if (deadline == 0)
                         continue;
@@ -171,6 +175,13 @@ void serving_remove(ServingSet *set, ServingThread *me, bool block) {
         pthread_mutex_unlock(&set->lock);
         if (block)
                 take_signal(false);
+}
+
+void serving_end_all(ServingSet *set) {
+        pthread_mutex_lock(&set->lock);
+        set->ending = true;
+        pthread_cond_signal(&set->wake);
+        pthread_mutex_unlock(&set->lock);
 }
 
 bool serving_wake_all(ServingSet *set) {

@@ -71,7 +71,11 @@ void serving_add(ServingSet *set, ServingThread *me);
  * (two system calls a session fewer), as its next session would: the threads that wait for a
  * connection take an EINTR in their stride. */
 void serving_remove(ServingSet *set, ServingThread *me, bool block);
-/* serving_wake_all: signals every listed thread; false when none is listed. */
+/* serving_end_all: from now on the watch treats every listed thread as past its deadline (and
+ * so signals each one again and again, at the intervals above, until it leaves the list): the
+ * conversations end (EngineOps.end_conversations), and each thread looks at its session's stop.
+ * serving_wake_all: signals every listed thread once; false when none is listed. */
+void serving_end_all(ServingSet *set);
 bool serving_wake_all(ServingSet *set);
 
 /* serving_idle_until: ME's session idles out at DEADLINE (UINT64_MAX: never; 0: not

@@ -143,9 +143,9 @@ ssize_t session_proxy_take(Session *s, char *buf, size_t k, ProxyStatus *ret_sta
 }
 
 bool session_lingers(const Session *s) {
-        /* Also after a clean exit: bytes the client sent after it may still be in flight, and
-         * closing before they arrive would answer them with a RST. */
-        return s->proto.end != PROTO_END_EOF && s->proto.end != PROTO_END_SHUTDOWN;
+        /* Also after a clean exit, or the stop's shutdown line: bytes the client sent after it
+         * may still be in flight, and closing before they arrive would answer them with a RST. */
+        return s->proto.end != PROTO_END_EOF;
 }
 
 void session_say_last(int fd, const char *line) {
@@ -158,11 +158,6 @@ void session_say_last(int fd, const char *line) {
         (void) shutdown(fd, SHUT_WR);
         while (drained < SESSION_LINGER_BYTES && (n = recv(fd, sink, sizeof(sink), MSG_DONTWAIT)) > 0)
                 drained += (size_t) n;
-}
-
-void session_drain_at_stop(const Session *s) {
-        if (s->proto.end == PROTO_END_SHUTDOWN && !s->error)
-                session_say_last(s->fd, NULL);
 }
 
 size_t session_lines_taken(const Session *s, const char *buf, size_t k) {
@@ -237,7 +232,8 @@ static bool asked_to_end(const Session *s) {
  * writes fail. Lingering on such a socket would only wait for the client's FIN: a wakeup, a
  * recv() and the socket's teardown on the server's side (docs/benchmarks.md measures it). In
  * every other case the lingering close stays: nginx's default (lingering_close "on") also
- * lingers only when more may come. */
+ * lingers only when more may come. The stop's shutdown line is closed the same way: a client
+ * that sits idle gets its end of file at once, one that pipelines gets its replies first. */
 /* delivered: after the FIN, whether the client has acknowledged every byte sent before it (at
  * most the FIN itself is outstanding) and the FIN has left; false when that cannot be told. */
 static bool delivered(int fd) {
@@ -250,10 +246,9 @@ static bool delivered(int fd) {
 bool session_send_fin(Session *s) {
         int unread = 0;
 
-        session_ended(s); /* if the engine has not said so yet: before the FIN, for session_stop() */
         if (shutdown(s->fd, SHUT_WR) < 0)
                 return false;
-        if (!asked_to_end(s))
+        if (!asked_to_end(s) && s->proto.end != PROTO_END_SHUTDOWN)
                 return true;
         return !delivered(s->fd) || ioctl(s->fd, SIOCINQ, &unread) < 0 || unread > 0;
 }
@@ -313,19 +308,12 @@ const char *session_reason(const Session *s) {
         return s->error ? s->error : proto_end_to_string(s->proto.end);
 }
 
-void session_ended(Session *s) {
-        __atomic_store_n(&s->ended, true, __ATOMIC_RELEASE);
-}
-
 void session_stop(Session *s) {
+        /* The engine wakes its readers (engine_end_conversations). The socket is not shut for
+         * reading to wake them: once hellod's FIN is out, Linux answers a line the client still
+         * sends to such a socket with a reset, which destroys the replies not yet delivered (a
+         * client pipelining when the stop comes). */
         __atomic_store_n(&s->stop_requested, true, __ATOMIC_RELEASE);
-        /* A reader blocked in recv() sees EOF; a writer finishes what it is writing. A
-         * conversation that has ended finishes: its last replies, then its lingering close
-         * (at most SESSION_LINGER_USEC). A socket shut for reading would answer a line the
-         * client still sends with a reset once its FIN is out, destroying the replies not yet
-         * delivered. */
-        if (!__atomic_load_n(&s->ended, __ATOMIC_ACQUIRE))
-                (void) shutdown(s->fd, SHUT_RD);
 }
 
 void session_kill(Session *s) {

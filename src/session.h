@@ -64,7 +64,6 @@ typedef struct Session {
         size_t in_off, in_len; /* unconsumed input kept in IN */
 
         bool stop_requested; /* atomic: set by session_stop() from the server thread */
-        bool ended;          /* atomic: the conversation ended (session_ended): a stop lets it finish */
         bool killed;         /* atomic: cut off by session_kill(): what fails next is the stop's doing */
         const char *error;   /* why I/O ended early (a static string), or NULL */
 
@@ -119,18 +118,11 @@ uint64_t session_idle_deadline(const Session *s, uint64_t now);
  * neither writes nor reads cannot hold its slot for two timeouts. */
 uint64_t session_write_deadline(const Session *s, uint64_t now);
 
-/* session_lingers: whether the server ended the conversation and may have to read the
- * client's leftovers before closing (exit, ERR lines: session_send_fin decides), rather than
- * close at once (EOF, shutdown). */
+/* session_lingers: whether the conversation ended otherwise than by the client's EOF, so that
+ * the client may still be sending and its leftovers may have to be read away before the close
+ * (exit, ERR lines, the stop's shutdown line: session_send_fin decides), rather than close at
+ * once. */
 bool session_lingers(const Session *s);
-
-/* session_drain_at_stop: for a session that does not linger, just before its close. A stop
- * (ERR shutting down) does not wait for the client, who may still be sending: what it sent
- * and hellod did not read is read away after the FIN (session_say_last: up to 64 KiB, without
- * waiting), so that the close does not answer it with a reset that could destroy the line and
- * the replies before it. Bytes arriving after that still draw a reset, behind the FIN. After
- * the client's EOF nothing can follow: nothing to do. */
-void session_drain_at_stop(const Session *s);
 
 /* session_say_last: LINE (none if NULL) as the last words on FD, the FIN, then what the
  * client has sent so far read away (up to SESSION_LINGER_BYTES, without waiting), so that the
@@ -171,12 +163,6 @@ bool session_line_end_awaited(const Session *s);
  * byte at its mark without taking it, and a socket closed with it unread sends a reset, not a
  * FIN, which can destroy the last replies. */
 ssize_t session_read_end(const Session *s, void *buf, size_t size);
-/* session_ended: the protocol has ended S's conversation (exit, an ERR line, the EOF): its last
- * replies and its lingering close follow. Called by the thread that drives it, before those
- * replies are flushed: from then on session_stop() leaves the socket readable, so that a line the
- * client sends meanwhile is read away by the lingering close, not answered with a reset that
- * destroys the replies not yet delivered. */
-void session_ended(Session *s);
 /* session_linger_spent: whether a lingering close that has read away DISCARDED bytes of FD's
  * may end before the client's EOF: past SESSION_LINGER_BYTES, once the client has acknowledged
  * all that hellod sent and the FIN has left (a zero window can hold it back after the last
@@ -204,9 +190,9 @@ void session_fail(Session *s, int r);
 const char *session_reason(const Session *s);
 
 /* session_stop: asks a running session, from another thread, to finish the message in hand
- * and close: wakes a blocked read. session_kill: ends a session that is stuck writing.
- * Both only act on the socket, so they are safe while the caller keeps the session
- * registered (its fd cannot be closed and reused meanwhile). */
+ * and close: a flag, which the engine's threads look at when engine_end_conversations() wakes
+ * them. session_kill: ends a session that is stuck writing (shuts its socket). Both are safe
+ * while the caller keeps the session registered (its fd cannot be closed and reused meanwhile). */
 void session_stop(Session *s);
 void session_kill(Session *s);
 bool session_stop_requested(const Session *s);

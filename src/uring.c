@@ -157,6 +157,7 @@ typedef struct Loop {
         bool retiring;    /* the accepts of the previous set are being cancelled */
         bool acc_failed;  /* the acceptors of the current set could not be allocated */
         bool exiting;     /* the pool is stopping */
+        bool ending;      /* the server stops the conversations (end_conversations) */
         bool handing_over; /* ... by handing its sessions over: each goes once its operations are in */
         bool waiting_slot; /* overload = "queue": every slot taken */
         uint64_t paused_until;
@@ -394,10 +395,8 @@ static void out_end(Loop *l, Conn *c) {
 static Fate conclude(Loop *l, Conn *c) {
         Session *s = c->s;
 
-        if (!session_lingers(s)) {
-                session_drain_at_stop(s);
+        if (!session_lingers(s))
                 return finish(l, c, 0);
-        }
         if (c->eof || !session_send_fin(s))
                 return finish(l, c, 0);
         s->lingering = true;
@@ -420,7 +419,6 @@ static Fate end_with(Loop *l, Conn *c, ProtoEnd reason) {
                 proto_eof(&s->proto, &s->out);
         else
                 proto_abort(&s->proto, reason, &s->out);
-        session_ended(s);
         /* What arrives from here on is not read as requests (on_input), and the receive
          * stays armed for the lingering close. */
         kept_drop(c);
@@ -445,7 +443,6 @@ static Fate feed(Loop *l, Conn *c, const char *data, size_t n) {
         uint64_t messages = s->proto.messages;
         size_t used = proto_feed(&s->proto, data, n, &s->out, &status);
         if (status == PROTO_CLOSE) {
-                session_ended(s);
                 kept_drop(c);
         } else if (from_kept) {
                 c->kept_off += used;
@@ -946,7 +943,21 @@ static void arm_wake(Loop *l) {
         io_uring_sqe_set_data64(e, tag(l, OP_WAKE));
 }
 
-/* on_wake: sessions handed over, a slot freed, new listeners, or the stop. */
+/* end_conversations: the server has asked every session to stop: pump() ends each one waiting
+ * for its client's input with the shutdown line (its receive stays armed, for the lingering
+ * close); one sending does once its replies are out (on_send). A session that pump() moves to
+ * another deadline may come again in the walk, ended by then. */
+static void end_conversations(Loop *l) {
+        for (Deadline *d = deadlines_after(&l->deadlines, NULL), *next; d; d = next) {
+                next = deadlines_after(&l->deadlines, d);
+                Conn *c = conn_of(d);
+                if (!c->s->lingering && c->s->proto.end == PROTO_END_NONE)
+                        (void) pump(l, c);
+        }
+}
+
+/* on_wake: sessions handed over, a slot freed, new listeners, the conversations' end, or the
+ * stop. */
 static void on_wake(Loop *l, int res) {
         Session *reversed;
 
@@ -971,6 +982,10 @@ static void on_wake(Loop *l, int res) {
         l->waiting_slot = false; /* must_wait() says whether it is still full */
         if (!l->exiting)
                 admit_parked(l);
+        if (!l->ending && loopset_ending_conversations(l->base.set)) {
+                l->ending = true;
+                end_conversations(l);
+        }
 }
 
 static void dispatch(Loop *l, const Completion *cqe) {
@@ -1252,6 +1267,10 @@ static int uring_stop(Engine *e, uint64_t timeout_msec) {
         return loopset_stop(&((Uring *) e)->set, timeout_msec, loop_done);
 }
 
+static void uring_end_conversations(Engine *e) {
+        loopset_end_conversations(&((Uring *) e)->set);
+}
+
 static int uring_hand_over(Engine *e, uint64_t timeout_msec) {
         return loopset_hand_over(&((Uring *) e)->set, timeout_msec, loop_done);
 }
@@ -1280,6 +1299,7 @@ static void uring_reconfigure(Engine *e, const Conf *started, const Conf *conf) 
 static const EngineOps uring_ops = {
         .add = uring_add,
         .stop = uring_stop,
+        .end_conversations = uring_end_conversations,
         .reconfigure = uring_reconfigure,
         .set_listeners = uring_set_listeners,
         .slot_freed = uring_slot_freed,

@@ -278,7 +278,13 @@ static int exchange_recv(int fd, Exchange *ret, size_t *cap) {
 }
 
 int client_exchange(int fd, const void *in, size_t n, Rng *r, size_t max_piece, Exchange *ret) {
+        return client_exchange_cued(fd, in, n, r, max_piece, NULL, ret);
+}
+
+int client_exchange_cued(int fd, const void *in, size_t n, Rng *r, size_t max_piece, const ExchangeCue *cue,
+                         Exchange *ret) {
         static const int one = 1;
+        bool cued = cue == NULL;
         int64_t deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;
         size_t off = 0, cap = 4096;
         bool shut = false;
@@ -308,6 +314,10 @@ int client_exchange(int fd, const void *in, size_t n, Rng *r, size_t max_piece, 
 
                         if (k <= 0)
                                 return k;
+                        if (!cued && ret->n >= cue->at) {
+                                cue->act(cue->arg);
+                                cued = true;
+                        }
                 }
         }
         return 0;

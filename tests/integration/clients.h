@@ -111,6 +111,17 @@ typedef struct Exchange {
  * a reset or the timeout. Stops sending once the daemon is gone, and reads what it said. 0, or
  * -errno when the client itself failed (poll(), recv(), memory); *RET holds what came anyway. */
 int client_exchange(int fd, const void *in, size_t n, Rng *r, size_t max_piece, Exchange *ret);
+/* ExchangeCue: what client_exchange_cued() does, once, as soon as AT bytes have come (a signal
+ * to the daemon in the middle of the conversation, say). */
+typedef struct ExchangeCue {
+        size_t at;
+        void (*act)(void *arg);
+        void *arg;
+} ExchangeCue;
+/* client_exchange_cued: client_exchange(), with CUE's act done once AT bytes have come; 0 also
+ * when the exchange ended before (the caller asserts on what came). */
+int client_exchange_cued(int fd, const void *in, size_t n, Rng *r, size_t max_piece, const ExchangeCue *cue,
+                         Exchange *ret);
 
 /* --- slowloris ------------------------------------------------------------------------------ */
 

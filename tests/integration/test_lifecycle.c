@@ -15,6 +15,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "clients.h"
 #include "suite.h"
 
 HELLOD_SUITE(lifecycle);
@@ -169,6 +170,55 @@ Test(lifecycle, a_stop_lets_a_lingering_close_run_out, .timeout = 90) {
                 cr_assert_lt(attempt, ATTEMPTS, "in %d attempts the stop took %d ms or more to begin", ATTEMPTS,
                              WITHIN_MS);
         }
+}
+
+static void send_sigterm(void *arg) {
+        harness_step("SIGTERM in the middle of the stream");
+        hellod_signal(arg, SIGTERM);
+}
+
+/* A client pipelining at full speed, reading all the while, when the stop comes gets a reply to
+ * every line hellod took, byte for byte as the model has them, then the shutdown line and the end
+ * of file. The stop shut the socket for reading to wake its session; once hellod's FIN was out,
+ * Linux answered the lines still coming with a reset that destroyed the replies not yet
+ * delivered. In every worker model. */
+Test(lifecycle, a_full_speed_pipeliner_gets_every_reply_up_to_the_stop, .timeout = 90) {
+        enum { LINES = 2000000, CUE_AT = 1 << 20 };
+        static const char reply[] = "Hello, a!\r\n";
+        const size_t n = (size_t) LINES * 2, err_len = strlen(HELLOD_ERR_SHUTDOWN);
+        char *in = malloc(n), *want = malloc((size_t) LINES * (sizeof(reply) - 1) + 64), buf[96];
+        Hellod *d = hellod_start("shutdown_timeout = 10;\nlog_level = \"info\";\n");
+        const ExchangeCue cue = { .at = CUE_AT, .act = send_sigterm, .arg = d };
+        Rng rng = { 0x5709 };
+        Exchange ex;
+
+        cr_assert(in && want);
+        for (size_t i = 0; i < n; i += 2)
+                memcpy(in + i, "a\n", 2);
+        size_t want_n = harness_model_replies("Hello, ", "!", (const unsigned char *) in, n, 1024, want);
+        int fd = client_connect(d->port);
+        /* A fixed window (as in the pipeline suite): the replies queue up in hellod's socket. */
+        cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &(int) { 131072 }, sizeof(int)), 0);
+        client_expect_str(fd, HELLOD_GREETING);
+        harness_step("%d lines, read all the while; SIGTERM after %d KiB of replies", LINES, CUE_AT >> 10);
+        cr_assert_eq(client_exchange_cued(fd, in, n, &rng, 65536, &cue, &ex), 0);
+        size_t at = bytes_first_difference(want, want_n, ex.got, ex.n);
+        cr_assert(ex.n >= CUE_AT, "the stream ended after %zu bytes, before the stop", ex.n);
+        if (!(at % (sizeof(reply) - 1) == 0 && ex.n == at + err_len &&
+              memcmp(ex.got + at, HELLOD_ERR_SHUTDOWN, err_len) == 0 && ex.end == CLIENT_READ_EOF))
+                hellod_fail(d, "%zu reply bytes as the model has them (%zu lines), then %zu more (%.*s), then %s", at,
+                            at / (sizeof(reply) - 1), ex.n - at, (int) (ex.n - at < 40 ? ex.n - at : 40), ex.got + at,
+                            ex.end == CLIENT_READ_EOF     ? "the end of file"
+                            : ex.end == CLIENT_READ_RESET ? "a reset"
+                                                          : "a timeout");
+        int status = hellod_wait_exit(d, HARNESS_STOP_TIMEOUT_MS);
+        if (!exited_with(status, HELLOD_EXIT_OK))
+                hellod_fail(d, "after SIGTERM: %s, expected exit status 0", harness_describe_status(status, buf, sizeof(buf)));
+        free(ex.got);
+        client_close(fd);
+        free(in);
+        free(want);
+        hellod_free(d);
 }
 
 /* stall: FD, greeted by D, sends lines without reading until hellod, blocked writing to it,
