@@ -2,7 +2,7 @@
  * over loopback and every byte they receive is checked against the protocol's model
  * (harness_model_replies, the one the fuzzer and the hostile tests use).
  *
- *   driver [--seconds N] [--seed N] [--hellod PATH] [--stored] [--restarts] [--reloads]
+ *   driver [--seconds N] [--seed N] [--hellod PATH] [--stored] [--restarts] [--reloads] [--stops]
  *          (20 s; else $HELLOD_BIN)
  *   driver --replay SESSION-SEED --setup I [--seconds N] [--stored] [--restarts] [--reloads]
  *          (one failed plan, on every client thread)
@@ -32,7 +32,13 @@
  * nothing doubled, no second greeting. With --reloads the test rewrites the configuration every
  * RELOAD_MIN_MS to RELOAD_MAX_MS (log level, per-source limits, access lists: reload_variants;
  * a listener added and removed, but for a service: spare_wanted()) and sends SIGHUP, and every
- * reload must apply while no client notices.
+ * reload must apply while no client notices. With --stops the test stops the daemon (SIGTERM: it
+ * runs as no service, so nothing is handed over) every STOP_MIN_MS to STOP_MAX_MS and starts it
+ * again: a session the stop ends must get the model's bytes up to the end of a reply (or of a
+ * telnet command's answer), then `ERR shutting down` and the end of file, whatever it was doing
+ * (pipelining, pausing its reads, half-closed, past its exit); one that connects while the
+ * daemon is down, or waits in the backlog of the listener the stop closes, is refused or reset
+ * before a byte comes, and counted.
  *
  * A burst must be answered without waiting for any timeout: idle_timeout is far above any
  * pause a client makes, so a session that stalls in the daemon shows as `ERR idle timeout`
@@ -81,6 +87,8 @@
 #define RESTART_MAX_MS 1200
 #define RELOAD_MIN_MS 100     /* --reloads: the time between two reloads, at random */
 #define RELOAD_MAX_MS 400
+#define STOP_MIN_MS 200       /* --stops: the time between two stops, at random */
+#define STOP_MAX_MS 1200
 #define STR_(x) #x
 #define STR(x) STR_(x)
 
@@ -132,6 +140,7 @@ typedef struct Plan {
         size_t commands;
         size_t lines;
         size_t trailing; /* bytes after the exit, which the model leaves unanswered */
+        size_t stop_at;  /* --stops: where the stop's ERR line began in what came; SIZE_MAX: not yet */
 } Plan;
 
 /* Shared figures. */
@@ -140,6 +149,8 @@ static atomic_uint_fast64_t n_sessions, n_lines, n_bytes_sent, n_bytes_checked, 
 static atomic_uint_fast64_t n_failures;
 static atomic_uint_fast64_t n_closed_unheadered; /* see closed_before_its_header() */
 static atomic_uint_fast64_t n_reset_ungreeted;   /* reset by the client before the greeting came */
+static atomic_uint_fast64_t n_stopped;           /* --stops: sessions a stop ended, as check_stop() has it */
+static atomic_uint_fast64_t n_refused_stopped;   /* --stops: refused or reset while the daemon was down */
 static pthread_mutex_t failures_lock = PTHREAD_MUTEX_INITIALIZER;
 static char failures[FAILURES_KEPT][1024];
 
@@ -152,6 +163,7 @@ static uint64_t replay_seed; /* --replay: every session runs this plan; 0: none 
 static bool stored;          /* --stored: handover = "always", under the test's PID 1 */
 static bool restarts;        /* --restarts: under the test's PID 1, restarted again and again */
 static bool reloads;         /* --reloads: its configuration changed and reloaded again and again */
+static bool stops;           /* --stops: stopped (no hand-over) and started again and again */
 static atomic_uint_fast64_t next_session;
 
 /* as_service: the daemon runs under the test's PID 1 (store.h). */
@@ -161,11 +173,11 @@ static bool as_service(void) {
 
 static void record_failure(const Plan *p, const char *format, ...) __attribute__((format(printf, 2, 3)));
 
-/* closed_before_its_header: a balancer's connection that a restart closed before the daemon
- * had read its PROXY header, as documented (docs/zero-downtime.md: the balancer retries). It
- * got nothing, not even the greeting; counted, and bounded in run_setup(). */
+/* closed_before_its_header: a balancer's connection that a restart (or a stop) closed before
+ * the daemon had read its PROXY header, as documented (docs/zero-downtime.md: the balancer
+ * retries). It got nothing, not even the greeting; counted, and bounded in run_setup(). */
 static bool closed_before_its_header(size_t received) {
-        if (!setup->proxy || !restarts || received > 0)
+        if (!setup->proxy || !(restarts || stops) || received > 0)
                 return false;
         atomic_fetch_add(&n_closed_unheadered, 1);
         return true;
@@ -485,6 +497,52 @@ static bool check(const Plan *p, const char *got, size_t n, size_t at) {
         return false;
 }
 
+/* check_stop: with --stops, the bytes that just arrived at offset AT: the model's up to the end
+ * of a reply (with telnet commands, whose answers come in place, anywhere), then the stop's ERR
+ * line, and nothing after it. Its first bytes may have agreed with the model's (an ERR line the
+ * model has there too): it may have begun up to its length back. P->stop_at: where it began. */
+static bool check_stop(Plan *p, const char *got, size_t n, size_t at) {
+        static const char err[] = HELLOD_ERR_SHUTDOWN;
+        const size_t err_len = sizeof(err) - 1;
+        char e1[200];
+
+        if (p->stop_at == SIZE_MAX) {
+                size_t i = 0;
+                while (i < n && at + i < p->want_n && p->want[at + i] == got[i])
+                        i++;
+                if (i == n)
+                        return true;
+                size_t end = at + i;
+                for (size_t b = end;; b--) {
+                        size_t k = end - b; /* of the ERR line, agreeing with the model */
+                        if ((b == 0 || p->want[b - 1] == '\n' || p->telnet) && memcmp(p->want + b, err, k) == 0 &&
+                            n - i <= err_len - k && memcmp(err + k, got + i, n - i) == 0) {
+                                p->stop_at = b;
+                                return true;
+                        }
+                        if (b == 0 || k == err_len)
+                                break;
+                }
+                return check(p, got, n, at); /* records the difference */
+        }
+        size_t k = at - p->stop_at;
+        if (n <= err_len - k && memcmp(err + k, got, n) == 0)
+                return true;
+        record_failure(p, "after the model's first %zu bytes, the stop's ERR line, then \"%s\"", p->stop_at,
+                       harness_escape(got, n < 60 ? n : 60, e1, sizeof(e1)));
+        return false;
+}
+
+/* refused_by_a_stop: with --stops, a connection refused, or reset with nothing received (it waited
+ * in the backlog of the listener the stop closed): counted, not a failure. */
+static bool refused_by_a_stop(size_t received, int error) {
+        if (!stops || received > 0 || (error != ECONNREFUSED && error != ECONNRESET))
+                return false;
+        atomic_fetch_add(&n_refused_stopped, 1);
+        harness_sleep_ms(5); /* the daemon is down: its clients do not spin meanwhile */
+        return true;
+}
+
 /* record_eof_short: the daemon closed before the model's last byte: what was missing, and
  * how the input ended (the lines those replies answer). */
 static void record_eof_short(const Plan *p, size_t received) {
@@ -507,8 +565,10 @@ static bool run_session(Plan *p, Rng *r) {
         char buf[65536];
         int fd = client_start_connect(ip, port);
 
+        p->stop_at = SIZE_MAX;
         if (fd < 0) {
-                record_failure(p, "connect: %s", strerror(-fd));
+                if (!refused_by_a_stop(0, -fd))
+                        record_failure(p, "connect: %s", strerror(-fd));
                 return false;
         }
         for (;;) {
@@ -553,9 +613,9 @@ static bool run_session(Plan *p, Rng *r) {
                                 progress = now_ms();
                                 atomic_fetch_add(&n_urgent, 1);
                         } else if (k < 0 && errno != EAGAIN && errno != EINTR) {
-                                if (closed_before_its_header(received))
+                                if (refused_by_a_stop(received, errno) || closed_before_its_header(received))
                                         break;
-                                if (!p->want_eof) {
+                                if (!p->want_eof && !stops) {
                                         record_failure(p, "urgent send after %zu bytes: %s", written, strerror(errno));
                                         break;
                                 }
@@ -589,10 +649,11 @@ static bool run_session(Plan *p, Rng *r) {
                                 if (rng_below(r, cut_command && written == chunk_end ? 2 : 50) == 0)
                                         write_pause_until = now_ms() + (int64_t) rng_below(r, WRITE_PAUSE_MAX_MS);
                         } else if (k < 0 && errno != EAGAIN && errno != EINTR) {
-                                /* The daemon may close after exit or ERR while the rest is in flight. */
-                                if (closed_before_its_header(received))
+                                /* The daemon may close after exit or ERR (a stop's too) while the rest
+                                 * is in flight. */
+                                if (refused_by_a_stop(received, errno) || closed_before_its_header(received))
                                         break;
-                                if (!p->want_eof) {
+                                if (!p->want_eof && !stops) {
                                         record_failure(p, "send after %zu bytes: %s", written, strerror(errno));
                                         break;
                                 }
@@ -605,7 +666,7 @@ static bool run_session(Plan *p, Rng *r) {
                                 want = p->reset_received - received;
                         ssize_t k = recv(fd, buf, want, 0);
                         if (k > 0) {
-                                if (!check(p, buf, (size_t) k, received))
+                                if (!(stops ? check_stop(p, buf, (size_t) k, received) : check(p, buf, (size_t) k, received)))
                                         break;
                                 received += (size_t) k;
                                 progress = now_ms();
@@ -617,6 +678,14 @@ static bool run_session(Plan *p, Rng *r) {
                         } else if (k == 0) {
                                 if (closed_before_its_header(received))
                                         break;
+                                if (p->stop_at != SIZE_MAX) {
+                                        ok = received == p->stop_at + strlen(HELLOD_ERR_SHUTDOWN);
+                                        if (ok)
+                                                atomic_fetch_add(&n_stopped, 1);
+                                        else
+                                                record_failure(p, "EOF %zu bytes into the stop's ERR line", received - p->stop_at);
+                                        break;
+                                }
                                 if (!p->want_eof)
                                         record_failure(p, "EOF after %zu of %zu bytes; the model keeps it open", received,
                                                        p->want_n);
@@ -626,7 +695,7 @@ static bool run_session(Plan *p, Rng *r) {
                                         ok = true;
                                 break;
                         } else if (errno != EAGAIN && errno != EINTR) {
-                                if (!closed_before_its_header(received))
+                                if (!refused_by_a_stop(received, errno) && !closed_before_its_header(received))
                                         record_failure(p, "recv after %zu of %zu bytes: %s", received, p->want_n,
                                                        strerror(errno));
                                 break;
@@ -833,8 +902,10 @@ static void run_setup(const Setup *s, unsigned seconds) {
                 if (pthread_create(&threads[i], NULL, load_thread, NULL) != 0)
                         fail_hard("cannot start a client thread");
         Rng rng = { base_seed ^ (uint64_t) (s - setups) };
-        unsigned n_restarts = 0, n_unclean = 0, n_reloads = 0;
+        unsigned n_restarts = 0, n_unclean = 0, n_reloads = 0, n_stops = 0;
+        uint64_t stopped_before = atomic_load(&n_stopped), refused_before = atomic_load(&n_refused_stopped);
         int64_t next_restart = now_ms() + RESTART_MIN_MS + (int64_t) rng_below(&rng, RESTART_MAX_MS - RESTART_MIN_MS);
+        int64_t next_stop = now_ms() + STOP_MIN_MS + (int64_t) rng_below(&rng, STOP_MAX_MS - STOP_MIN_MS);
         int64_t next_reload = now_ms() + RELOAD_MIN_MS + (int64_t) rng_below(&rng, RELOAD_MAX_MS - RELOAD_MIN_MS);
         for (int64_t end = now_ms() + (int64_t) seconds * 1000; now_ms() < end && hellod_alive(d);) {
                 harness_sleep_ms(restarts || reloads ? 10 : 100);
@@ -842,6 +913,14 @@ static void run_setup(const Setup *s, unsigned seconds) {
                         write_config(d, s, ++n_reloads);
                         hellod_signal(d, SIGHUP);
                         next_reload = now_ms() + RELOAD_MIN_MS + (int64_t) rng_below(&rng, RELOAD_MAX_MS - RELOAD_MIN_MS);
+                }
+                if (stops && now_ms() >= next_stop) {
+                        int status = hellod_stop(d); /* SIGTERM: no service, so a plain stop */
+                        n_unclean += !WIFEXITED(status) || WEXITSTATUS(status) != 0;
+                        hellod_spawn(d, NULL);
+                        hellod_wait_ready(d);
+                        n_stops++;
+                        next_stop = now_ms() + STOP_MIN_MS + (int64_t) rng_below(&rng, STOP_MAX_MS - STOP_MIN_MS);
                 }
                 if (!restarts || now_ms() < next_restart)
                         continue;
@@ -860,12 +939,13 @@ static void run_setup(const Setup *s, unsigned seconds) {
                 pthread_join(threads[i], NULL);
 
         uint64_t sessions = atomic_load(&n_sessions) - before, failed = atomic_load(&n_failures) - failed_before;
-        if (s->proxy && restarts) {
-                /* Each restart can close at most the sessions then in flight, one a client thread. */
+        if (s->proxy && (restarts || stops)) {
+                /* Each restart (stop) can close at most the sessions then in flight, one a client thread. */
                 uint64_t unheadered = atomic_load(&n_closed_unheadered) - unheadered_before;
-                verdict(unheadered <= (uint64_t) n_restarts * CLIENT_THREADS,
-                        "%s: %" PRIu64 " balancer connections closed by a restart before their header was read, "
-                        "at most %u (%u restarts)", s->name, unheadered, n_restarts * CLIENT_THREADS, n_restarts);
+                unsigned n = restarts ? n_restarts : n_stops;
+                verdict(unheadered <= (uint64_t) n * CLIENT_THREADS,
+                        "%s: %" PRIu64 " balancer connections closed by a %s before their header was read, "
+                        "at most %u (%u of them)", s->name, unheadered, restarts ? "restart" : "stop", n * CLIENT_THREADS, n);
         }
         verdict(failed == 0 && sessions > 0, "%s: %" PRIu64 " sessions matched the model, %" PRIu64 " failed", s->name,
                 sessions, failed);
@@ -873,6 +953,13 @@ static void run_setup(const Setup *s, unsigned seconds) {
                 restarts_verdict(d, s, n_restarts, n_unclean);
         if (reloads)
                 reloads_verdict(d, s, n_reloads);
+        if (stops) {
+                uint64_t stopped = atomic_load(&n_stopped) - stopped_before;
+                verdict(n_stops > 0 && n_unclean == 0, "%s: %u stops, %u without a clean exit", s->name, n_stops, n_unclean);
+                verdict(stopped > 0, "%s: %" PRIu64 " sessions ended by a stop got every reply up to it, then ERR shutting "
+                        "down and the end of file; %" PRIu64 " connections refused or reset while it was down",
+                        s->name, stopped, atomic_load(&n_refused_stopped) - refused_before);
+        }
         bool alive = hellod_alive(d);
         verdict(alive, "%s: the daemon is still running", s->name);
         if (!alive) {
@@ -956,6 +1043,8 @@ int main(int argc, char **argv) {
                         restarts = true;
                 else if (strcmp(argv[i], "--reloads") == 0)
                         reloads = true;
+                else if (strcmp(argv[i], "--stops") == 0)
+                        stops = true;
                 else if (strcmp(argv[i], "--hellod") == 0 && i + 1 < argc)
                         bin = argv[++i];
                 else if (strcmp(argv[i], "--replay") == 0 && i + 1 < argc && parse_u64(argv[i + 1], &replay_seed) &&
@@ -965,9 +1054,13 @@ int main(int argc, char **argv) {
                         only_setup = (long) (setup_arg < N_SETUPS ? setup_arg : N_SETUPS), i++;
                 else {
                         fprintf(stderr, "usage: driver [--seconds N] [--seed N] [--hellod PATH] "
-                                        "[--replay SESSION-SEED --setup I] [--stored] [--restarts] [--reloads]\n");
+                                        "[--replay SESSION-SEED --setup I] [--stored] [--restarts] [--reloads] [--stops]\n");
                         return 2;
                 }
+        }
+        if (stops && as_service()) {
+                fprintf(stderr, "driver: --stops stops a daemon that is no service: not with --stored or --restarts\n");
+                return 2;
         }
         if (only_setup >= (long) N_SETUPS || (replay_seed && only_setup < 0)) {
                 fprintf(stderr, "driver: --setup must be 0..%zu (needed with --replay)\n", N_SETUPS - 1);
@@ -987,10 +1080,11 @@ int main(int argc, char **argv) {
         long_prefix[sizeof(long_prefix) - 1 - strlen("{name}")] = '\0';
 
         const char *extra = getenv("HELLOD_TEST_CONF_EXTRA");
-        printf("driver: seed %" PRIu64 ", %u s, %d client threads, worker model: %s%s%s%s\n", base_seed, seconds,
+        printf("driver: seed %" PRIu64 ", %u s, %d client threads, worker model: %s%s%s%s%s\n", base_seed, seconds,
                CLIENT_THREADS, extra && *extra ? extra : "the default", stored ? ", stored sessions" : "",
                restarts ? ", restarted every " STR(RESTART_MIN_MS) "-" STR(RESTART_MAX_MS) " ms" : "",
-               reloads ? ", reloaded every " STR(RELOAD_MIN_MS) "-" STR(RELOAD_MAX_MS) " ms" : "");
+               reloads ? ", reloaded every " STR(RELOAD_MIN_MS) "-" STR(RELOAD_MAX_MS) " ms" : "",
+               stops ? ", stopped and started every " STR(STOP_MIN_MS) "-" STR(STOP_MAX_MS) " ms" : "");
         fflush(stdout);
         for (size_t i = 0; i < N_SETUPS; i++)
                 if (only_setup < 0 || (size_t) only_setup == i)
