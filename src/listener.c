@@ -652,14 +652,21 @@ void listener_set_done(ListenerSet *set) {
 }
 
 const char *listeners_describe(const ListenerSet *set, char *buf, size_t size) {
+        /* Room kept behind every name but the last for what stands in for those that do not fit. */
+        _Static_assert(CONF_LISTEN_MAX < 100, "the count of names left out takes two digits");
+        static const size_t tail_room = sizeof(", and 99 more");
         size_t n = 0;
 
         buf[0] = '\0';
-        for (size_t i = 0; i < set->n && n < size; i++) {
-                int m = snprintf(buf + n, size - n, "%s%s%s", i ? ", " : "", set->items[i].name,
+        for (size_t i = 0; i < set->n; i++) {
+                size_t room = size - n, keep = i + 1 < set->n ? tail_room : 0;
+                int m = snprintf(buf + n, room, "%s%s%s", i ? ", " : "", set->items[i].name,
                                  set->items[i].proxy ? " (PROXY)" : "");
-                if (m < 0)
+                if (m < 0 || (size_t) m + keep >= room) {
+                        buf[n] = '\0'; /* whole names only */
+                        (void) snprintf(buf + n, room, "%sand %zu more", i ? ", " : "", set->n - i);
                         break;
+                }
                 n += (size_t) m;
         }
         return buf;

@@ -121,7 +121,9 @@ void inherited_store_done(InheritedStore *store);
 /* listener_set_done: closes every socket still in the set and frees it. */
 void listener_set_done(ListenerSet *set);
 
-/* listeners_describe: "127.0.0.1:9999, [::1]:9999" into BUF. */
+/* listeners_describe: "127.0.0.1:9999, [::1]:9999" into BUF; whole names only, as many as fit,
+ * then ", and N more" for the rest (64 listeners do not fit a log line). BUF holds at least
+ * 64 bytes. */
 const char *listeners_describe(const ListenerSet *set, char *buf, size_t size);
 
 /* listeners_match_conf: whether the sockets systemd passed (INHERITED) are the ones CONF's

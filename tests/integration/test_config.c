@@ -165,6 +165,39 @@ Test(config, a_reload_without_the_default_file_it_read_fails, .timeout = 60) {
         hellod_free(d);
 }
 
+/* 64 listeners, the most a configuration may name, do not fit the "started" line: it names as
+ * many as fit, each one whole, and counts the rest. It used to cut the list at 1,024 bytes, in
+ * the middle of a name, with nothing to say that more followed. */
+Test(config, the_started_line_counts_the_listeners_it_cannot_name, .timeout = 60) {
+        enum { LISTENERS = 64 };
+        char text[2048], tail[32];
+        Hellod *d = hellod_new();
+        unsigned more = 0, named = 0;
+        size_t n = (size_t) snprintf(text, sizeof(text), "port = %u;\nlisten = [", (unsigned) d->port);
+
+        for (int i = 1; i <= LISTENERS; i++)
+                n += (size_t) snprintf(text + n, sizeof(text) - n, "%s\"127.0.0.%d\"", i > 1 ? ", " : " ", i);
+        cr_assert_lt(n, sizeof(text) - 8);
+        hellod_write_config(d, "%s ];\n", text);
+        hellod_spawn(d, NULL);
+        hellod_wait_ready(d);
+        hellod_wait_stderr(d, " started: config ");
+        char *err = hellod_stderr(d);
+        char *line = strstr(err, "listening on ");
+        cr_assert(line, "no listeners in the started line:\n%s", err);
+        *strchrnul(line, '\n') = '\0';
+        for (const char *p = line; (p = strstr(p, "127.0.0.")); p++)
+                named++;
+        const char *and = strstr(line, ", and ");
+        cr_assert(and && sscanf(and, ", and %u more", &more) == 1, "no count of the rest: %s", line);
+        snprintf(tail, sizeof(tail), ":%u, and ", (unsigned) d->port);
+        cr_expect(strstr(line, tail) == and - strlen(tail) + strlen(", and "), "the last name is cut: %s", line);
+        cr_expect_eq(named + more, LISTENERS, "%u named and %u more: %s", named, more, line);
+        free(err);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 /* A dangling symbolic link at the default path is a mistake, not an absent file: it used to
  * read as "no file", and hellod ran on built-in defaults (every address, no access list). It
  * is a configuration error naming the path, for -t and for a start alike. */
