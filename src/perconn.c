@@ -317,8 +317,10 @@ static int proxy_header(Session *s) {
         while (socktimer_arm(&recv_timer, deadline, now_usec())) {
                 if (handing_over(s))
                         return HANDING_OVER; /* not greeted: the server closes it in silence */
-                if (session_stop_requested(s))
-                        break; /* woken by the conversations' end: the proxied hook says so */
+                if (session_stop_requested(s)) {
+                        reason = NULL; /* woken by the conversations' end: the proxied hook says so */
+                        break;
+                }
                 ssize_t n = recv(s->fd, s->in, s->in_cap, MSG_PEEK);
                 if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK))
                         continue;

@@ -661,9 +661,9 @@ static bool proxied(Server *s, Session *session, ProxyStatus status, const Proxy
         if (status == PROXY_DONE && !header)
                 status = PROXY_INVALID;
         if (status != PROXY_DONE) {
-                /* Cut short by a stop (the engine's own wake-up may look like the client's close):
-                 * no conversation began, so none is served; it is refused as one that came in
-                 * during the stop, though in silence like any connection without its header. */
+                /* Cut short by a stop (engine_end_conversations woke the wait): no conversation
+                 * began, so none is served; it is refused as one that came in during the stop,
+                 * though in silence like any connection without its header. */
                 bool stopping = session_stop_requested(session);
                 reason = stopping ? "shutting-down" : "proxy-invalid";
                 snprintf(name, sizeof(name), "%s", session->peer);

@@ -217,6 +217,12 @@ static bool asked_to_end(const Session *s) {
                !s->proto.input_after_end && s->balancer[0] == '\0';
 }
 
+/* stopped_quietly: the stop ended the conversation (its shutdown line), with no balancer in
+ * between whose acknowledgements would stand for the client's (as in asked_to_end). */
+static bool stopped_quietly(const Session *s) {
+        return s->proto.end == PROTO_END_SHUTDOWN && s->balancer[0] == '\0';
+}
+
 /* A reset destroys what the closing side still had to send, and on some stacks what the
  * receiving side had not yet read. So, once the FIN is out: if the client asked to end, has
  * acknowledged every byte sent before the FIN (at most the FIN itself is outstanding: its ACK
@@ -232,8 +238,10 @@ static bool asked_to_end(const Session *s) {
  * writes fail. Lingering on such a socket would only wait for the client's FIN: a wakeup, a
  * recv() and the socket's teardown on the server's side (docs/benchmarks.md measures it). In
  * every other case the lingering close stays: nginx's default (lingering_close "on") also
- * lingers only when more may come. The stop's shutdown line is closed the same way: a client
- * that sits idle gets its end of file at once, one that pipelines gets its replies first. */
+ * lingers only when more may come. The stop's shutdown line is closed the same way: once an
+ * idle client has acknowledged it (on loopback, within the send), at once; otherwise the
+ * linger waits for the client's FIN or its second, within shutdown_timeout, and a client that
+ * pipelines gets its replies first. */
 /* delivered: after the FIN, whether the client has acknowledged every byte sent before it (at
  * most the FIN itself is outstanding) and the FIN has left; false when that cannot be told. */
 static bool delivered(int fd) {
@@ -248,7 +256,7 @@ bool session_send_fin(Session *s) {
 
         if (shutdown(s->fd, SHUT_WR) < 0)
                 return false;
-        if (!asked_to_end(s) && s->proto.end != PROTO_END_SHUTDOWN)
+        if (!asked_to_end(s) && !stopped_quietly(s))
                 return true;
         return !delivered(s->fd) || ioctl(s->fd, SIOCINQ, &unread) < 0 || unread > 0;
 }

@@ -89,6 +89,9 @@
 #define RELOAD_MAX_MS 400
 #define STOP_MIN_MS 200       /* --stops: the time between two stops, at random */
 #define STOP_MAX_MS 1200
+/* --stops: the longest a stop may take: half the default shutdown_timeout (10 s), which a
+ * session the stop failed to wake would wait out; a lingering close takes a second at most. */
+#define STOP_TOOK_MAX_MS 5000
 #define STR_(x) #x
 #define STR(x) STR_(x)
 
@@ -497,8 +500,17 @@ static bool check(const Plan *p, const char *got, size_t n, size_t at) {
         return false;
 }
 
+/* reply_ends_at: whether a reply (or the greeting) of P's model ends at offset B, or a telnet
+ * command's answer does (IAC, WILL/WONT/DO/DONT, the option: it comes in place, within a line);
+ * B = 0 too (the stop came before the greeting). */
+static bool reply_ends_at(const Plan *p, size_t b) {
+        const unsigned char *w = (const unsigned char *) p->want;
+
+        return b == 0 || w[b - 1] == '\n' || (p->telnet && b >= 3 && w[b - 3] == IAC && w[b - 2] >= 251 && w[b - 2] <= 254);
+}
+
 /* check_stop: with --stops, the bytes that just arrived at offset AT: the model's up to the end
- * of a reply (with telnet commands, whose answers come in place, anywhere), then the stop's ERR
+ * of a reply (reply_ends_at), then the stop's ERR
  * line, and nothing after it. Its first bytes may have agreed with the model's (an ERR line the
  * model has there too): it may have begun up to its length back. P->stop_at: where it began. */
 static bool check_stop(Plan *p, const char *got, size_t n, size_t at) {
@@ -515,7 +527,7 @@ static bool check_stop(Plan *p, const char *got, size_t n, size_t at) {
                 size_t end = at + i;
                 for (size_t b = end;; b--) {
                         size_t k = end - b; /* of the ERR line, agreeing with the model */
-                        if ((b == 0 || p->want[b - 1] == '\n' || p->telnet) && memcmp(p->want + b, err, k) == 0 &&
+                        if (reply_ends_at(p, b) && memcmp(p->want + b, err, k) == 0 &&
                             n - i <= err_len - k && memcmp(err + k, got + i, n - i) == 0) {
                                 p->stop_at = b;
                                 return true;
@@ -903,6 +915,7 @@ static void run_setup(const Setup *s, unsigned seconds) {
                         fail_hard("cannot start a client thread");
         Rng rng = { base_seed ^ (uint64_t) (s - setups) };
         unsigned n_restarts = 0, n_unclean = 0, n_reloads = 0, n_stops = 0;
+        int64_t longest_stop = 0;
         uint64_t stopped_before = atomic_load(&n_stopped), refused_before = atomic_load(&n_refused_stopped);
         int64_t next_restart = now_ms() + RESTART_MIN_MS + (int64_t) rng_below(&rng, RESTART_MAX_MS - RESTART_MIN_MS);
         int64_t next_stop = now_ms() + STOP_MIN_MS + (int64_t) rng_below(&rng, STOP_MAX_MS - STOP_MIN_MS);
@@ -915,8 +928,11 @@ static void run_setup(const Setup *s, unsigned seconds) {
                         next_reload = now_ms() + RELOAD_MIN_MS + (int64_t) rng_below(&rng, RELOAD_MAX_MS - RELOAD_MIN_MS);
                 }
                 if (stops && now_ms() >= next_stop) {
+                        int64_t began = now_ms();
                         int status = hellod_stop(d); /* SIGTERM: no service, so a plain stop */
                         n_unclean += !WIFEXITED(status) || WEXITSTATUS(status) != 0;
+                        if (now_ms() - began > longest_stop)
+                                longest_stop = now_ms() - began;
                         hellod_spawn(d, NULL);
                         hellod_wait_ready(d);
                         n_stops++;
@@ -955,7 +971,9 @@ static void run_setup(const Setup *s, unsigned seconds) {
                 reloads_verdict(d, s, n_reloads);
         if (stops) {
                 uint64_t stopped = atomic_load(&n_stopped) - stopped_before;
-                verdict(n_stops > 0 && n_unclean == 0, "%s: %u stops, %u without a clean exit", s->name, n_stops, n_unclean);
+                verdict(n_stops > 0 && n_unclean == 0 && longest_stop <= STOP_TOOK_MAX_MS,
+                        "%s: %u stops, %u without a clean exit, the longest in %" PRId64 " ms (at most " STR(STOP_TOOK_MAX_MS) ")",
+                        s->name, n_stops, n_unclean, longest_stop);
                 verdict(stopped > 0, "%s: %" PRIu64 " sessions ended by a stop got every reply up to it, then ERR shutting "
                         "down and the end of file; %" PRIu64 " connections refused or reset while it was down",
                         s->name, stopped, atomic_load(&n_refused_stopped) - refused_before);
