@@ -8,6 +8,7 @@
  *   receive timeout (SO_RCVTIMEO) did this before: it sets and deletes a kernel timer in every
  *   blocking read, and costs a setsockopt() a connection (docs/benchmarks.md measures both).
  *   A thread now publishes its session's idle deadline with a store (serving_idle_until).
+ *   Once the stop ends the conversations (serving_end_all), every listed thread is past it.
  *
  * The watch sleeps until the earliest published deadline, or SERVING_HORIZON_USEC at most, so
  * that a deadline published meanwhile is seen in time: a fresh idle deadline is at least a
