@@ -1578,28 +1578,41 @@ Test(handover, a_slow_store_gets_the_time_thousands_of_conversations_need, .time
         rig_end(&r);
 }
 
-/* wait_backed_up: until hellod, serving FD's LINE-byte lines (each answered with REPLY bytes) of
- * which SENT bytes were written, holds replies (or lines read and not yet answered, counted as
- * their replies) that are not in the kernel, and nothing has moved for 300 ms: it has filled
- * the kernel's buffers and stopped reading, and what it holds can only go with the hand-over.
- * Counted, not waited for: under TSan with the other core busy, hellod can pause longer than a
- * fixed sleep mid-way. Returns the reply bytes it holds (an io_uring loop, which stops reading
- * as soon as a send waits, may hold a few dozen; an epoll loop up to its 16 KiB). */
+/* held_now: the reply bytes hellod, serving FD's LINE-byte lines (each answered with REPLY
+ * bytes) of which SENT bytes were written, holds now: replies (or lines read and not yet
+ * answered, counted as their replies) that are not in the kernel. *QUEUED: all four queues'
+ * bytes (to tell whether anything moved); *RET_READ, *RET_IN_KERNEL: what hellod read, and the
+ * reply bytes in the kernel. */
+static size_t held_now(Hellod *d, uint16_t port, int fd, size_t sent, size_t line, size_t reply, unsigned long *queued,
+                       size_t *ret_read, size_t *ret_in_kernel) {
+        int in = 0, out = 0;
+
+        cr_assert_eq(ioctl(fd, SIOCINQ, &in), 0);
+        cr_assert_eq(ioctl(fd, SIOCOUTQ, &out), 0);
+        TcpSocket sock = hellod_socket_of(port, fd);
+        if (sock.state < 0)
+                hellod_fail(d, "hellod's end of the connection is not in /proc/net/tcp");
+        unsigned long tx = sock.tx_queue, rx = sock.rx_queue;
+        size_t read = sent - (size_t) out - rx, in_kernel = tx + (size_t) in;
+        size_t answerable = read / line * reply;
+        *queued = tx + rx + (unsigned long) in + (unsigned long) out;
+        *ret_read = read;
+        *ret_in_kernel = in_kernel;
+        return answerable > in_kernel ? answerable - in_kernel : 0;
+}
+
+/* wait_backed_up: until hellod holds replies (held_now) and nothing has moved for 300 ms: it has
+ * filled the kernel's buffers and stopped reading, and what it holds can only go with the
+ * hand-over. Counted, not waited for: under TSan with the other core busy, hellod can pause
+ * longer than a fixed sleep mid-way. Returns the reply bytes it holds (an io_uring loop, which
+ * stops reading as soon as a send waits, may hold a few dozen; an epoll loop up to its 16 KiB). */
 static size_t wait_backed_up(Hellod *d, uint16_t port, int fd, size_t sent, size_t line, size_t reply) {
-        unsigned long last = 0;
-        int in = 0, out = 0, same = 0;
-        size_t held = 0;
+        unsigned long last = 0, now;
+        size_t held = 0, read, in_kernel;
+        int same = 0;
 
         for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS; same < 3; harness_sleep_ms(100)) {
-                cr_assert_eq(ioctl(fd, SIOCINQ, &in), 0);
-                cr_assert_eq(ioctl(fd, SIOCOUTQ, &out), 0);
-                TcpSocket sock = hellod_socket_of(port, fd);
-                cr_assert_geq(sock.state, 0, "hellod's end of the connection is not in /proc/net/tcp");
-                unsigned long tx = sock.tx_queue, rx = sock.rx_queue;
-                size_t read = sent - (size_t) out - rx, in_kernel = tx + (size_t) in;
-                size_t answerable = read / line * reply;
-                unsigned long now = tx + rx + (unsigned long) in + (unsigned long) out;
-                held = answerable > in_kernel ? answerable - in_kernel : 0;
+                held = held_now(d, port, fd, sent, line, reply, &now, &read, &in_kernel);
                 same = held >= reply && now == last ? same + 1 : 0;
                 last = now;
                 if (harness_now_ms() > end)
@@ -1693,6 +1706,7 @@ Test(handover, kept_output_and_input_cross_the_hand_over_per_connection, .timeou
 static void write_deadline_carried(const char *model) {
         enum { LINES = 2000000, IDLE_S = 8, RESTART_MS = 2000, BOUND_MS = 7000, QUIET_MS = 300 };
         static char in[LINES * 3 + 1];
+        const size_t reply = strlen("Hello, ab!\r\n");
         size_t n = 0, sent = 0;
         Rig r;
 
@@ -1706,8 +1720,10 @@ static void write_deadline_carried(const char *model) {
         /* Small buffers on the client's side, so that megabytes do not vanish into them. */
         cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &(int) { 16384 }, sizeof(int)), 0);
         cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &(int) { 16384 }, sizeof(int)), 0);
-        /* Sent without blocking until hellod stops reading: then its replies have backed up. */
-        for (int64_t moved = harness_now_ms(); sent < n && harness_now_ms() - moved < QUIET_MS;) {
+        /* Sent without blocking until hellod stops reading with replies held: then they have
+         * backed up. A quiet spell without any held is a pause of hellod's (TSan, a busy
+         * machine: a CI run stopped sending there, hellod answered it all, and idled out). */
+        for (int64_t moved = harness_now_ms(), end = moved + HARNESS_TIMEOUT_MS; sent < n;) {
                 ssize_t k = send(fd, in + sent, n - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
                 if (k > 0) {
                         sent += (size_t) k;
@@ -1715,10 +1731,18 @@ static void write_deadline_carried(const char *model) {
                         continue;
                 }
                 cr_assert(k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK), "send: %s", strerror(errno));
+                if (harness_now_ms() - moved >= QUIET_MS) {
+                        unsigned long queued;
+                        size_t read, in_kernel;
+                        if (held_now(r.d, r.port, fd, sent, 3, reply, &queued, &read, &in_kernel) >= reply)
+                                break;
+                        moved = harness_now_ms();
+                }
+                cr_assert_lt(harness_now_ms(), end, "hellod never backed up");
                 harness_sleep_ms(10);
         }
         cr_assert_lt(sent, n, "hellod took all %zu bytes: its replies never backed up", n);
-        (void) wait_backed_up(r.d, r.port, fd, sent, 3, strlen("Hello, ab!\r\n"));
+        (void) wait_backed_up(r.d, r.port, fd, sent, 3, reply);
         int64_t stalled = harness_now_ms(); /* the deadline began before this */
         harness_sleep_ms(RESTART_MS);
         harness_step("%s: the restart, %d ms after the stall", model, RESTART_MS);
