@@ -510,9 +510,9 @@ static bool reply_ends_at(const Plan *p, size_t b) {
 }
 
 /* check_stop: with --stops, the bytes that just arrived at offset AT: the model's up to the end
- * of a reply (reply_ends_at), then the stop's ERR
- * line, and nothing after it. Its first bytes may have agreed with the model's (an ERR line the
- * model has there too): it may have begun up to its length back. P->stop_at: where it began. */
+ * of a reply (reply_ends_at), then the stop's ERR line, and nothing after it. Its first bytes
+ * may have agreed with the model's (an ERR line the model has there too): it may have begun up
+ * to its length back. P->stop_at: where it began. */
 static bool check_stop(Plan *p, const char *got, size_t n, size_t at) {
         static const char err[] = HELLOD_ERR_SHUTDOWN;
         const size_t err_len = sizeof(err) - 1;
