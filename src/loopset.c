@@ -135,8 +135,11 @@ void loopset_end_conversations(LoopSet *set) {
         loopset_wake_all(set);
 }
 
-bool loopset_ending_conversations(const LoopSet *set) {
-        return __atomic_load_n(&set->ending, __ATOMIC_ACQUIRE);
+bool loopset_ending_conversations(LoopBase *l) {
+        if (l->ending_seen || !__atomic_load_n(&l->set->ending, __ATOMIC_ACQUIRE))
+                return false;
+        l->ending_seen = true;
+        return true;
 }
 
 static bool all_acked(const LoopSet *set, uint64_t gen) {

@@ -27,6 +27,7 @@ typedef struct LoopBase {
         pthread_mutex_t lock; /* guards incoming and stopping (and what a driver adds) */
         Session *incoming;    /* handed over by loopset_add(), linked through incoming_next */
         bool stopping;
+        bool ending_seen;      /* loop thread only: loopset_ending_conversations() said so */
         unsigned n_sessions;   /* atomic: queued and running, for loopset_add() */
         uint64_t listen_acked; /* under set->lock: the listener generation taken up */
         uint64_t alive_acked;  /* atomic: the last question of loopset_answered() it woke to */
@@ -78,9 +79,9 @@ void loopset_wake_all(LoopSet *set);
 bool loopset_answered(LoopSet *set);
 /* loopset_end_conversations: every loop is woken to look at its sessions, which the server has
  * asked to stop (EngineOps.end_conversations); loopset_ending_conversations: whether it has, for
- * a loop that is woken. */
+ * loop L that is woken: true once, the first time L asks after it. */
 void loopset_end_conversations(LoopSet *set);
-bool loopset_ending_conversations(const LoopSet *set);
+bool loopset_ending_conversations(LoopBase *l);
 
 /* loopset_publish_listeners: from now on LISTENERS' sockets are the loops' listeners;
  * returns once every loop has taken up the new set (see loopset_take_listeners). The array is

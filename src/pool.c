@@ -88,7 +88,6 @@ typedef struct Loop {
         uint64_t listen_gen;  /* ... its generation */
         bool attached;        /* ... and whether it is in the epoll set now */
         bool exiting;         /* the pool is stopping: accept nothing more */
-        bool ending;          /* the server stops the conversations (end_conversations) */
         bool handing_over;    /* the pool is handing its sessions over: pass them on, then exit */
         bool waiting_slot;    /* overload = "queue": every slot taken */
         uint64_t paused_until; /* usec: out of descriptors; 0: not paused */
@@ -701,10 +700,8 @@ static void on_wake(Loop *l) {
                 (void) start(l, queued);
                 queued = next;
         }
-        if (!l->ending && loopset_ending_conversations(l->base.set)) {
-                l->ending = true;
+        if (loopset_ending_conversations(&l->base))
                 end_conversations(l);
-        }
 }
 
 /* run_ready: one more turn for each session that has kept input (or, lingering, more to read

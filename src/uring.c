@@ -157,7 +157,6 @@ typedef struct Loop {
         bool retiring;    /* the accepts of the previous set are being cancelled */
         bool acc_failed;  /* the acceptors of the current set could not be allocated */
         bool exiting;     /* the pool is stopping */
-        bool ending;      /* the server stops the conversations (end_conversations) */
         bool handing_over; /* ... by handing its sessions over: each goes once its operations are in */
         bool waiting_slot; /* overload = "queue": every slot taken */
         uint64_t paused_until;
@@ -982,10 +981,8 @@ static void on_wake(Loop *l, int res) {
         l->waiting_slot = false; /* must_wait() says whether it is still full */
         if (!l->exiting)
                 admit_parked(l);
-        if (!l->ending && loopset_ending_conversations(l->base.set)) {
-                l->ending = true;
+        if (loopset_ending_conversations(&l->base))
                 end_conversations(l);
-        }
 }
 
 static void dispatch(Loop *l, const Completion *cqe) {
