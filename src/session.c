@@ -223,6 +223,15 @@ static bool stopped_quietly(const Session *s) {
         return s->proto.end == PROTO_END_SHUTDOWN && s->balancer[0] == '\0';
 }
 
+/* delivered: after the FIN, whether the client has acknowledged every byte sent before it (at
+ * most the FIN itself is outstanding) and the FIN has left; false when that cannot be told. */
+static bool delivered(int fd) {
+        int unacked = 0, unsent = 0; /* valgrind does not know what SIOCOUTQNSD writes */
+
+        return ioctl(fd, SIOCOUTQ, &unacked) == 0 && unacked <= 1 && ioctl(fd, SIOCOUTQNSD, &unsent) == 0 &&
+               unsent == 0;
+}
+
 /* A reset destroys what the closing side still had to send, and on some stacks what the
  * receiving side had not yet read. So, once the FIN is out: if the client asked to end, has
  * acknowledged every byte sent before the FIN (at most the FIN itself is outstanding: its ACK
@@ -242,15 +251,6 @@ static bool stopped_quietly(const Session *s) {
  * idle client has acknowledged it (on loopback, within the send), at once; otherwise the
  * linger waits for the client's FIN or its second, within shutdown_timeout, and a client that
  * pipelines gets its replies first. */
-/* delivered: after the FIN, whether the client has acknowledged every byte sent before it (at
- * most the FIN itself is outstanding) and the FIN has left; false when that cannot be told. */
-static bool delivered(int fd) {
-        int unacked = 0, unsent = 0; /* valgrind does not know what SIOCOUTQNSD writes */
-
-        return ioctl(fd, SIOCOUTQ, &unacked) == 0 && unacked <= 1 && ioctl(fd, SIOCOUTQNSD, &unsent) == 0 &&
-               unsent == 0;
-}
-
 bool session_send_fin(Session *s) {
         int unread = 0;
 
