@@ -1578,13 +1578,18 @@ Test(handover, a_slow_store_gets_the_time_thousands_of_conversations_need, .time
         rig_end(&r);
 }
 
-/* held_now: the reply bytes hellod, serving FD's LINE-byte lines (each answered with REPLY
- * bytes) of which SENT bytes were written, holds now: replies (or lines read and not yet
- * answered, counted as their replies) that are not in the kernel. *QUEUED: all four queues'
- * bytes (to tell whether anything moved); *RET_READ, *RET_IN_KERNEL: what hellod read, and the
- * reply bytes in the kernel. */
-static size_t held_now(Hellod *d, uint16_t port, int fd, size_t sent, size_t line, size_t reply, unsigned long *queued,
-                       size_t *ret_read, size_t *ret_in_kernel) {
+/* Held: what held_now() sees of a connection's queues. */
+typedef struct Held {
+        size_t held;          /* reply bytes hellod holds that are not in the kernel */
+        size_t read;          /* bytes of lines hellod has read */
+        size_t in_kernel;     /* reply bytes in the kernel (hellod's send queue, FD's receive queue) */
+        unsigned long queued; /* all four queues' bytes: whether anything moved */
+} Held;
+
+/* held_now: how hellod, serving FD's LINE-byte lines (each answered with REPLY bytes) of which
+ * SENT bytes were written, stands now: the replies (or lines read and not yet answered,
+ * counted as their replies) it holds that are not in the kernel. */
+static Held held_now(Hellod *d, uint16_t port, int fd, size_t sent, size_t line, size_t reply) {
         int in = 0, out = 0;
 
         cr_assert_eq(ioctl(fd, SIOCINQ, &in), 0);
@@ -1593,12 +1598,11 @@ static size_t held_now(Hellod *d, uint16_t port, int fd, size_t sent, size_t lin
         if (sock.state < 0)
                 hellod_fail(d, "hellod's end of the connection is not in /proc/net/tcp");
         unsigned long tx = sock.tx_queue, rx = sock.rx_queue;
-        size_t read = sent - (size_t) out - rx, in_kernel = tx + (size_t) in;
-        size_t answerable = read / line * reply;
-        *queued = tx + rx + (unsigned long) in + (unsigned long) out;
-        *ret_read = read;
-        *ret_in_kernel = in_kernel;
-        return answerable > in_kernel ? answerable - in_kernel : 0;
+        Held h = { .read = sent - (size_t) out - rx, .in_kernel = tx + (size_t) in,
+                   .queued = tx + rx + (unsigned long) in + (unsigned long) out };
+        size_t answerable = h.read / line * reply;
+        h.held = answerable > h.in_kernel ? answerable - h.in_kernel : 0;
+        return h;
 }
 
 /* wait_backed_up: until hellod holds replies (held_now) and nothing has moved for 300 ms: it has
@@ -1607,19 +1611,19 @@ static size_t held_now(Hellod *d, uint16_t port, int fd, size_t sent, size_t lin
  * longer than a fixed sleep mid-way. Returns the reply bytes it holds (an io_uring loop, which
  * stops reading as soon as a send waits, may hold a few dozen; an epoll loop up to its 16 KiB). */
 static size_t wait_backed_up(Hellod *d, uint16_t port, int fd, size_t sent, size_t line, size_t reply) {
-        unsigned long last = 0, now;
-        size_t held = 0, read, in_kernel;
+        unsigned long last = 0;
+        Held h = { 0 };
         int same = 0;
 
         for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS; same < 3; harness_sleep_ms(100)) {
-                held = held_now(d, port, fd, sent, line, reply, &now, &read, &in_kernel);
-                same = held >= reply && now == last ? same + 1 : 0;
-                last = now;
+                h = held_now(d, port, fd, sent, line, reply);
+                same = h.held >= reply && h.queued == last ? same + 1 : 0;
+                last = h.queued;
                 if (harness_now_ms() > end)
                         hellod_fail(d, "hellod did not back up within %d ms: it read %zu bytes, %zu reply bytes in the kernel",
-                                    HARNESS_TIMEOUT_MS, read, in_kernel);
+                                    HARNESS_TIMEOUT_MS, h.read, h.in_kernel);
         }
-        return held;
+        return h.held;
 }
 
 /* kept_line: the line I of kept_cross_from, LINE bytes long (2 or 3, its newline included). */
@@ -1732,9 +1736,7 @@ static void write_deadline_carried(const char *model) {
                 }
                 cr_assert(k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK), "send: %s", strerror(errno));
                 if (harness_now_ms() - moved >= QUIET_MS) {
-                        unsigned long queued;
-                        size_t read, in_kernel;
-                        if (held_now(r.d, r.port, fd, sent, 3, reply, &queued, &read, &in_kernel) >= reply)
+                        if (held_now(r.d, r.port, fd, sent, 3, reply).held >= reply)
                                 break;
                         moved = harness_now_ms();
                 }
