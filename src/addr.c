@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <net/if.h>
 #include <stdarg.h>
 #include <limits.h>
 #include <netinet/in.h>
@@ -33,10 +34,21 @@ static char *put_ipv4(char *p, const uint8_t *a) {
         return p;
 }
 
+/* put_scope: "%eth0" (or "%3", the interface gone) after a link-local address, at P; returns
+ * the end. The interface is part of such an address: fe80::1 is on every link. */
+static char *put_scope(char *p, const struct sockaddr_in6 *in6) {
+        if (!IN6_IS_ADDR_LINKLOCAL(&in6->sin6_addr) || in6->sin6_scope_id == 0)
+                return p;
+        *p++ = '%';
+        if (if_indextoname(in6->sin6_scope_id, p))
+                return p + strlen(p);
+        return put_decimal(p, in6->sin6_scope_id);
+}
+
 /* Every accepted connection is named, so IPv4 (and v4-mapped) text is built by hand: the
  * libc formatters (inet_ntop prints IPv4 through sprintf) cost a churn session 1% of its
  * CPU. IPv6 keeps inet_ntop, for its zero compression. Cut at SIZE like snprintf. */
-_Static_assert(ADDR_STR_MAX >= INET6_ADDRSTRLEN + sizeof("[]:65535"), "room for the longest address");
+_Static_assert(ADDR_STR_MAX >= INET6_ADDRSTRLEN + IF_NAMESIZE + sizeof("[%]:65535"), "room for the longest address");
 
 const char *addr_format(const struct sockaddr *sa, char *buf, size_t size) {
         char text[ADDR_STR_MAX], *end = text;
@@ -54,6 +66,7 @@ const char *addr_format(const struct sockaddr *sa, char *buf, size_t size) {
                         *end++ = '[';
                         inet_ntop(AF_INET6, &in6->sin6_addr, end, INET6_ADDRSTRLEN);
                         end += strlen(end);
+                        end = put_scope(end, in6);
                         *end++ = ']';
                 }
                 port = ntohs(in6->sin6_port);
@@ -327,21 +340,48 @@ static int bare_ipv6_check(const char *host, char *err, size_t size) {
                                  "address", head, colon + 1, colon + 1, head, host);
 }
 
-/* never_listenable: why no host can listen on the address literal HOST, or NULL. */
-static const char *never_listenable(const char *host) {
+/* never_listenable: why no host can listen on the address literal HOST (its interface, if
+ * any, taken off: SCOPED), or NULL. */
+static const char *never_listenable(const char *host, bool scoped) {
         struct in6_addr a6;
         struct in_addr a4;
 
         if (inet_pton(AF_INET6, host, &a6) == 1) {
-                if (IN6_IS_ADDR_LINKLOCAL(&a6))
-                        return "a link-local address is bound with its interface (fe80::1%eth0), which hellod does "
-                               "not take: listen on \"::\" or a global address";
+                if (IN6_IS_ADDR_LINKLOCAL(&a6) && !scoped)
+                        return "a link-local address is bound on one interface: write it with the interface's "
+                               "name (fe80::1%eth0), or listen on \"::\" or a global address";
+                if (!IN6_IS_ADDR_LINKLOCAL(&a6) && scoped)
+                        return "an interface (%NAME) goes with a link-local address (fe80::/10) only";
                 if (IN6_IS_ADDR_MULTICAST(&a6))
                         return "a multicast address takes no TCP connections";
         } else if (inet_pton(AF_INET, host, &a4) == 1 && IN_MULTICAST(ntohl(a4.s_addr))) {
                 return "a multicast address takes no TCP connections";
         }
         return NULL;
+}
+
+/* interface_name_check: NAME as Linux takes an interface's name (dev_valid_name()): 1 to 15
+ * bytes, no '/', ':' or white space, not "." or "..". */
+static int interface_name_check(const char *name, char *err, size_t size) {
+        size_t n = strlen(name);
+
+        if (n == 0 || n >= IF_NAMESIZE || strcmp(name, ".") == 0 || strcmp(name, "..") == 0 ||
+            strpbrk(name, "/: \t\n\v\f\r%"))
+                return reason(err, size, "'%s' is not an interface name (1 to %d bytes, no '/', ':' or spaces)", name,
+                              IF_NAMESIZE - 1);
+        return 0;
+}
+
+bool listen_host_ipv6(const char *host, void *ret) {
+        const char *scope = strchr(host, '%');
+        char text[INET6_ADDRSTRLEN];
+        size_t n = scope ? (size_t) (scope - host) : strlen(host);
+
+        if (n >= sizeof(text))
+                return false;
+        memcpy(text, host, n);
+        text[n] = '\0';
+        return inet_pton(AF_INET6, text, ret) == 1;
 }
 
 int listen_spec_parse(const char *text, ListenSpec *ret, char *err, size_t err_size) {
@@ -385,6 +425,10 @@ int listen_spec_parse(const char *text, ListenSpec *ret, char *err, size_t err_s
                 (void) reason(err, err_size, "out of memory");
                 return -ENOMEM;
         }
+        /* "fe80::1%eth0": the interface is checked here and put back once the address is. */
+        char *scope = strchr(host, ':') ? strchr(host, '%') : NULL;
+        if (scope)
+                *scope++ = '\0';
 
         if (text[0] == '[') {
                 if (inet_pton(AF_INET6, host, &a6) != 1)
@@ -409,9 +453,13 @@ int listen_spec_parse(const char *text, ListenSpec *ret, char *err, size_t err_s
                            "IPv6-only); write \"%s%s%s\" instead",
                            v4, port_text ? ":" : "", port_text ? port_text : "");
         }
-        const char *never = r >= 0 ? never_listenable(host) : NULL;
+        const char *never = r >= 0 ? never_listenable(host, scope != NULL) : NULL;
         if (never)
                 r = reason(err, err_size, "%s", never);
+        if (r >= 0 && scope)
+                r = interface_name_check(scope, err, err_size);
+        if (r >= 0 && scope)
+                scope[-1] = '%';
         if (r >= 0 && port_text)
                 r = port_parse(port_text, &port, err, err_size);
         if (r < 0) {

@@ -61,9 +61,13 @@ typedef struct ListenSpec {
         char *at;            /* "FILE:LINE" of the entry, for errors at the start; NULL: built in */
 } ListenSpec;
 
-/* listen_spec_parse: "host", "host:port", "[v6]", "[v6]:port" or a bare IPv6 literal.
- * Returns 0, -EINVAL with a reason in ERR (RET untouched), or -ENOMEM. */
+/* listen_spec_parse: "host", "host:port", "[v6]", "[v6]:port" or a bare IPv6 literal; a
+ * link-local one always with its interface ("fe80::1%eth0", "[fe80::1%eth0]:7000"), which
+ * stays in the host. Returns 0, -EINVAL with a reason in ERR (RET untouched), or -ENOMEM. */
 int listen_spec_parse(const char *text, ListenSpec *ret, char *err, size_t err_size);
 void listen_spec_done(ListenSpec *s);
+/* listen_host_ipv6: whether a ListenSpec's HOST is an IPv6 literal (its interface, if any,
+ * left aside), and which: its 16 bytes into RET. */
+bool listen_host_ipv6(const char *host, void *ret);
 /* listen_specs_free: done on each of N specs, then the array; NULL-safe. */
 void listen_specs_free(ListenSpec *specs, size_t n);

@@ -645,7 +645,7 @@ static unsigned listen_families(const ListenSpec *spec, bool *wildcard) {
                 *wildcard = memcmp(a, zero, sizeof(struct in_addr)) == 0;
                 return FAMILY_V4;
         }
-        if (inet_pton(AF_INET6, spec->host, a) == 1) {
+        if (listen_host_ipv6(spec->host, a)) {
                 *wildcard = memcmp(a, zero, sizeof(struct in6_addr)) == 0;
                 return FAMILY_V6;
         }

@@ -3,14 +3,15 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <net/if.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
-/* "[" INET6_ADDRSTRLEN "]:65535" */
-#define STREAM_MAX (INET6_ADDRSTRLEN + 9)
+/* "[" INET6_ADDRSTRLEN "]:65535%" IF_NAMESIZE */
+#define STREAM_MAX (INET6_ADDRSTRLEN + 10 + IF_NAMESIZE)
 /* "localhost" names two addresses. */
 #define STREAMS_MAX (2 * CONF_LISTEN_MAX)
 
@@ -30,17 +31,20 @@ static void add(Streams *s, const char *text) {
 }
 
 /* add_literal: HOST, an IPv4 or IPv6 literal, in the canonical form inet_ntop() writes
- * (so that "::0" and "::" are one socket), with PORT. Returns false if HOST is no literal. */
+ * (so that "::0" and "::" are one socket), with PORT. A link-local address's interface goes
+ * after the port, where systemd.socket(5) takes it ("[fe80::1]:9999%eth0"). Returns false if
+ * HOST is no literal. */
 static bool add_literal(Streams *s, const char *host, unsigned port) {
         unsigned char bytes[sizeof(struct in6_addr)];
         char canon[INET6_ADDRSTRLEN], text[STREAM_MAX];
+        const char *scope = strchr(host, '%');
 
         if (inet_pton(AF_INET, host, bytes) == 1) {
                 inet_ntop(AF_INET, bytes, canon, sizeof(canon));
                 snprintf(text, sizeof(text), "%s:%u", canon, port);
-        } else if (inet_pton(AF_INET6, host, bytes) == 1) {
+        } else if (listen_host_ipv6(host, bytes)) {
                 inet_ntop(AF_INET6, bytes, canon, sizeof(canon));
-                snprintf(text, sizeof(text), "[%s]:%u", canon, port);
+                snprintf(text, sizeof(text), "[%s]:%u%s", canon, port, scope ? scope : "");
         } else
                 return false;
         add(s, text);
@@ -54,7 +58,7 @@ static const ListenSpec *ipv6_wildcard_on(const Conf *conf, unsigned port) {
 
         for (size_t i = 0; i < conf->n_listen; i++) {
                 const ListenSpec *spec = &conf->listen[i];
-                if (spec->host && inet_pton(AF_INET6, spec->host, &a) == 1 && memcmp(&a, &any, sizeof(a)) == 0 &&
+                if (spec->host && listen_host_ipv6(spec->host, &a) && memcmp(&a, &any, sizeof(a)) == 0 &&
                     (spec->port ? spec->port : conf->port) == port)
                         return spec;
         }

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <net/if.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -49,6 +50,24 @@ static int append(ListenerSet *set, const struct sockaddr *sa, socklen_t len, bo
         return 0;
 }
 
+/* interface_index: the index of the interface NAME, or NAME itself when it is a number; 0 for
+ * none. */
+static unsigned interface_index(const char *name) {
+        char *end;
+        unsigned long index = strtoul(name, &end, 10);
+
+        if (*name >= '0' && *name <= '9' && *end == '\0')
+                return index <= UINT32_MAX ? (unsigned) index : 0;
+        return if_nametoindex(name);
+}
+
+/* unseen_interface: whether L is a link-local address whose interface hellod cannot see. */
+static bool unseen_interface(const Listener *l) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *) &l->addr;
+
+        return l->addr.ss_family == AF_INET6 && IN6_IS_ADDR_LINKLOCAL(&in6->sin6_addr) && in6->sin6_scope_id == 0;
+}
+
 /* look_up: the addresses SPEC's host and port (PORT when it has none) stand for, into *RES
  * (freeaddrinfo() it); lookup_addrinfo()'s result. The one lookup binding and marking share. */
 static int look_up(const ListenSpec *spec, unsigned port, struct addrinfo **res) {
@@ -58,10 +77,24 @@ static int look_up(const ListenSpec *spec, unsigned port, struct addrinfo **res)
                 .ai_socktype = SOCK_STREAM,
                 .ai_protocol = IPPROTO_TCP,
         };
-        char service[8];
+        char service[8], address[INET6_ADDRSTRLEN];
+        const char *scope = strchr(spec->host, '%');
 
         snprintf(service, sizeof(service), "%u", spec->port ? spec->port : port);
-        return lookup_addrinfo(spec->host, service, &hints, res);
+        if (!scope)
+                return lookup_addrinfo(spec->host, service, &hints, res);
+        /* "fe80::1%eth0": the interface is not looked up by getaddrinfo(), which fails where it
+         * cannot be seen (the unit's network namespace: the socket systemd bound is still
+         * there). Its index stays 0 then: a bind says no such interface (cannot_listen), and
+         * a passed socket on the address is taken as the one meant (adopt_interfaces). */
+        snprintf(address, sizeof(address), "%.*s", (int) (scope - spec->host), spec->host);
+        int r = lookup_addrinfo(address, service, &hints, res);
+        if (r != 0)
+                return r;
+        for (struct addrinfo *ai = *res; ai; ai = ai->ai_next)
+                if (ai->ai_family == AF_INET6)
+                        ((struct sockaddr_in6 *) ai->ai_addr)->sin6_scope_id = interface_index(scope + 1);
+        return 0;
 }
 
 /* spec_origin: "FILE:LINE" of SPEC, or the file, for messages. */
@@ -73,7 +106,13 @@ static const char *spec_origin(const Conf *conf, const ListenSpec *spec) {
  * ADDRESS: REASON", the line of the entry it came from. */
 static void cannot_listen(const Conf *conf, const Listener *l, int r, char *err, size_t err_size) {
         const ListenSpec *spec = l->spec < conf->n_listen ? &conf->listen[l->spec] : NULL;
+        const char *scope = spec && spec->host ? strchr(spec->host, '%') : NULL;
 
+        if (scope && unseen_interface(l)) {
+                snprintf(err, err_size, "%s: listen: cannot listen on '%s': no network interface '%s'",
+                         spec_origin(conf, spec), spec->host, scope + 1);
+                return;
+        }
         snprintf(err, err_size, "%s: listen: cannot listen on %s: %s", spec_origin(conf, spec), l->name, strerror(-r));
 }
 
@@ -737,6 +776,27 @@ static int add_loopbacks(ListenerSet *set, const ListenSpec *spec, unsigned port
         return r < 0 ? r : append(set, (const struct sockaddr *) &in6, sizeof(in6), spec->proxy_protocol, SIZE_MAX);
 }
 
+/* adopt_interface: WANT, a link-local address whose interface hellod cannot see, takes the
+ * interface of HAVE if HAVE is a socket on that address and port (systemd, which bound it,
+ * could see it); true if so. */
+static bool adopt_interface(Listener *want, const Listener *have) {
+        struct sockaddr_in6 *w = (struct sockaddr_in6 *) &want->addr;
+        const struct sockaddr_in6 *h = (const struct sockaddr_in6 *) &have->addr;
+
+        if (!unseen_interface(want) || have->addr.ss_family != AF_INET6 || h->sin6_port != w->sin6_port ||
+            !IN6_ARE_ADDR_EQUAL(&h->sin6_addr, &w->sin6_addr))
+                return false;
+        w->sin6_scope_id = h->sin6_scope_id;
+        addr_format((const struct sockaddr *) w, want->name, sizeof(want->name));
+        return true;
+}
+
+static void adopt_interfaces(ListenerSet *want, const ListenerSet *have) {
+        for (size_t i = 0; i < want->n; i++)
+                for (size_t j = 0; j < have->n && !adopt_interface(&want->items[i], &have->items[j]); j++)
+                        ;
+}
+
 static bool subset(const ListenerSet *a, const ListenerSet *b) {
         for (size_t i = 0; i < a->n; i++)
                 if (!contains(b, &a->items[i]))
@@ -771,6 +831,7 @@ int listeners_match_conf(const ListenerSet *inherited, const Conf *conf, char *w
                 listener_set_done(&want);
                 return r;
         }
+        adopt_interfaces(&want, &have);
         r = subset(&have, &want) && subset(&want, &have);
         if (!r)
                 snprintf(why, why_size, "systemd passed %s, the configuration asks for %s",
@@ -791,6 +852,8 @@ static bool listener_is(const Listener *l, const struct sockaddr *sa, socklen_t 
         memcpy(&want.addr, sa, len);
         if (same_addr(l, &want))
                 return true;
+        if (adopt_interface(&want, l))
+                return same_addr(l, &want);
         if (sa->sa_family != AF_INET || !is_dual_stack(l))
                 return false;
         const struct sockaddr_in *in = (const struct sockaddr_in *) sa;

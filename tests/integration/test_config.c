@@ -1,11 +1,16 @@
 /* test-config: the configuration through the real binary: `-t` and `-T`, @include, reloads of a
  * broken configuration, and the messages an operator reads. */
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -914,5 +919,130 @@ Test(config, journal_unreachable_falls_back_to_stderr, .timeout = 60) {
         hellod_wait_stderr(d, "cannot reach the journal at /run/systemd/journal/socket, logging to stderr instead");
         hellod_wait_stderr(d, "listening on");
         hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* run_ok: a shell command, which must succeed. */
+static void run_ok(const char *command) {
+        int status = system(command);
+
+        cr_assert(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0, "'%s' failed (%d)", command, status);
+}
+
+/* connect_link_local_raw: a client of fe80::1 on INTERFACE, PORT, once something listens there
+ * (within 5 s: systemd-socket-activate starting). */
+static int connect_link_local_raw(const char *interface, uint16_t port) {
+        struct sockaddr_in6 a = { .sin6_family = AF_INET6, .sin6_port = htons(port) };
+
+        cr_assert_eq(inet_pton(AF_INET6, "fe80::1", &a.sin6_addr), 1);
+        a.sin6_scope_id = if_nametoindex(interface);
+        cr_assert_neq(a.sin6_scope_id, 0, "no interface %s", interface);
+        for (int i = 0; i < 100; i++) {
+                int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+                cr_assert_geq(fd, 0, "socket(): %s", strerror(errno));
+                if (connect(fd, (struct sockaddr *) &a, sizeof(a)) == 0)
+                        return fd;
+                (void) close(fd);
+                harness_sleep_ms(50);
+        }
+        cr_assert_fail("nothing listens on [fe80::1%%%s]:%u", interface, (unsigned) port);
+        return -1;
+}
+
+/* connect_link_local: the same, greeted. */
+static int connect_link_local(const char *interface, uint16_t port) {
+        int fd = connect_link_local_raw(interface, port);
+
+        client_expect_str(fd, HELLOD_GREETING);
+        return fd;
+}
+
+/* A link-local address listens on the interface it is written with (OpenSSH's ListenAddress
+ * fe80::1%eth0): one address on two interfaces is two listeners on one port, each named with
+ * its interface; an interface that does not exist is an error that says so. In a network of
+ * the test's own, with a veth pair. */
+Test(config, a_link_local_address_listens_on_its_interface, .timeout = 60) {
+        Hellod *d = hellod_new();
+        unsigned port = d->port;
+        char needle[512];
+        int fds[2];
+
+        cr_assert_eq(unshare(CLONE_NEWNET), 0, "unshare(CLONE_NEWNET): %s (needs root)", strerror(errno));
+        harness_loopback_up();
+        run_ok("ip link add hd0 type veth peer name hd1 && ip link set hd0 up && ip link set hd1 up && "
+               "ip -6 addr add fe80::1/64 dev hd0 nodad && ip -6 addr add fe80::1/64 dev hd1 nodad");
+
+        hellod_write_config(d, "listen = [ \"[fe80::1%%hd0]:%u\", \"fe80::1%%hd1\" ];\nport = %u;\n", port, port);
+        hellod_spawn(d, NULL);
+        snprintf(needle, sizeof(needle), "listening on [fe80::1%%hd0]:%u, [fe80::1%%hd1]:%u", port, port);
+        hellod_wait_stderr(d, needle); /* started: no 127.0.0.1 for hellod_wait_ready() */
+        fds[0] = connect_link_local("hd0", (uint16_t) port);
+        fds[1] = connect_link_local("hd1", (uint16_t) port);
+        client_hello(fds[0], "hd0");
+        client_hello(fds[1], "hd1");
+        for (int i = 0; i < 2; i++)
+                client_close(fds[i]);
+
+        harness_step("a reload to an interface that does not exist fails, and the listeners stay");
+        hellod_write_config(d, "listen = [ \"[fe80::1%%hd9]:%u\" ];\nport = %u;\n", port, port);
+        hellod_signal(d, SIGHUP);
+        hellod_wait_stderr(d, "cannot listen on 'fe80::1%hd9': no network interface 'hd9'");
+        hellod_wait_stderr(d, "reload failed");
+        fds[0] = connect_link_local("hd0", (uint16_t) port);
+        client_hello(fds[0], "still");
+        client_close(fds[0]);
+        hellod_stop_clean(d);
+
+        harness_step("socket-activated, the socket written as hellod-socket-generator writes it");
+        char stream[64];
+        snprintf(stream, sizeof(stream), "[fe80::1]:%u%%hd0", port); /* systemd.socket(5)'s form */
+        const char *const activate[] = { "/usr/bin/systemd-socket-activate", "-l", stream, NULL };
+        hellod_write_config(d, "listen = [ \"fe80::1%%hd0\" ];\nport = %u;\n", port);
+        hellod_spawn(d, &(HellodOpts) { .wrapper = activate });
+        fds[0] = connect_link_local_raw("hd0", (uint16_t) port); /* it starts hellod on the first connection */
+        client_expect_str(fds[0], HELLOD_GREETING);
+        client_hello(fds[0], "activated");
+        client_close(fds[0]);
+        snprintf(needle, sizeof(needle), "serving the sockets passed by systemd: [fe80::1%%hd0]:%u", port);
+        hellod_wait_stderr(d, needle);
+        hellod_wait_stderr(d, "socket-activated: serving 1 passed socket, as 'listen' and 'port' say");
+        hellod_stop_clean(d);
+
+        harness_step("socket-activated into a network of its own, as the shipped unit's PrivateNetwork=yes does");
+        const char *const private[] = { "/usr/bin/systemd-socket-activate", "-l", stream, "/usr/bin/unshare", "--net",
+                                        "--", NULL };
+        hellod_spawn(d, &(HellodOpts) { .wrapper = private });
+        fds[0] = connect_link_local_raw("hd0", (uint16_t) port);
+        client_expect_str(fds[0], HELLOD_GREETING);
+        client_hello(fds[0], "private");
+        client_close(fds[0]);
+        /* No hd0 in there: the socket is named by the interface's number, and matched all the same. */
+        snprintf(needle, sizeof(needle), "serving the sockets passed by systemd: [fe80::1%%%u]:%u", if_nametoindex("hd0"),
+                 port);
+        hellod_wait_stderr(d, needle);
+        hellod_wait_stderr(d, "socket-activated: serving 1 passed socket, as 'listen' and 'port' say");
+        hellod_stop_clean(d);
+
+        harness_step("there, a PROXY listener on it is still one");
+        hellod_write_config(d, "listen = ( { address = \"fe80::1%%hd0\"; proxy_protocol = true; } );\nport = %u;\n"
+                               "proxy_from = [ \"fe80::/10\" ];\n", port);
+        hellod_spawn(d, &(HellodOpts) { .wrapper = private });
+        fds[0] = connect_link_local_raw("hd0", (uint16_t) port);
+        client_send_str(fds[0], "PROXY TCP4 192.0.2.7 192.0.2.1 51234 9999\r\nMichael\n");
+        client_expect_str(fds[0], HELLOD_GREETING);
+        client_expect_str(fds[0], "Hello, Michael!\r\n");
+        client_close(fds[0]);
+        hellod_stop_clean(d);
+
+        harness_step("an interface that does not exist");
+        hellod_write_config(d, "listen = [ \"127.0.0.1\",\n  \"[fe80::1%%hd9]\" ];\nport = %u;\n", port);
+        hellod_spawn(d, NULL);
+        int status = hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
+        cr_expect(WIFEXITED(status) && WEXITSTATUS(status) != 0, "started without its interface: status %d", status);
+        char *err = hellod_stderr(d);
+        snprintf(needle, sizeof(needle), "%s:2: listen: cannot listen on 'fe80::1%%hd9': no network interface 'hd9'",
+                 d->conf_path);
+        cr_expect(strstr(err, needle), "stderr lacks \"%s\":\n%s", needle, err);
+        free(err);
         hellod_free(d);
 }

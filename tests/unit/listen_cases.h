@@ -25,6 +25,10 @@ static const ValidSpec valid_specs[] = {
         { "my-host.example.com:65535", "my-host.example.com", 65535 },
         { "a", "a", 0 },
         { "1.2.3.4a", "1.2.3.4a", 0 }, /* not all digits and dots: a name */
+        { "fe80::1%eth0", "fe80::1%eth0", 0 }, /* link-local, on its interface */
+        { "[fe80::1%eth0]:7000", "fe80::1%eth0", 7000 },
+        { "[FE80::A%br-lan.10]", "FE80::A%br-lan.10", 0 },
+        { "fe80::1%3", "fe80::1%3", 0 }, /* an interface's index */
 };
 
 static const char *const invalid_specs[] = {
@@ -60,8 +64,19 @@ static const char *const invalid_specs[] = {
         "*",
         "*:80",
         "fe80::zz",
-        "fe80::1%eth0",
         "fe80::1",                   /* link-local: no interface, so no host can listen on it */
+        "fe80::1%",
+        "fe80::1%eth0:80",           /* a bare IPv6 literal takes no port */
+        "[fe80::1%eth0]x",
+        "fe80::1%a/b",
+        "fe80::1%a b",
+        "fe80::1%..",
+        "fe80::1%0123456789abcdef",  /* 16 bytes: more than an interface's name can have */
+        "[fe80::1%e%f]",
+        "::1%lo",                    /* an interface goes with a link-local address only */
+        "[2001:db8::1%eth0]:7000",
+        "127.0.0.1%lo",
+        "fe80::zz%eth0",
         "[fe80::2]:7000",
         "ff02::1",                   /* multicast: no TCP listener */
         "[ff05::2]:7000",

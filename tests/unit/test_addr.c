@@ -2,6 +2,7 @@
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +33,22 @@ Test(addr, format_ipv4_and_ipv6) {
 
         cr_assert_str_eq(addr_format((struct sockaddr *) &a, buf, sizeof(buf)), "127.0.0.1:9999");
         cr_assert_str_eq(addr_format((struct sockaddr *) &b, buf, sizeof(buf)), "[::1]:7000");
+}
+
+/* A link-local address is shown with its interface, by name, or by index once it is gone; any
+ * other address without, whatever its scope ID. */
+Test(addr, a_link_local_address_is_shown_on_its_interface) {
+        char buf[ADDR_STR_MAX];
+        struct sockaddr_in6 a = v6("fe80::7", 4000), b = v6("2001:db8::7", 4000);
+
+        cr_assert_str_eq(addr_format((struct sockaddr *) &a, buf, sizeof(buf)), "[fe80::7]:4000");
+        a.sin6_scope_id = if_nametoindex("lo");
+        cr_assert_neq(a.sin6_scope_id, 0, "no interface lo");
+        cr_assert_str_eq(addr_format((struct sockaddr *) &a, buf, sizeof(buf)), "[fe80::7%lo]:4000");
+        a.sin6_scope_id = 999999;
+        cr_assert_str_eq(addr_format((struct sockaddr *) &a, buf, sizeof(buf)), "[fe80::7%999999]:4000");
+        b.sin6_scope_id = 1;
+        cr_assert_str_eq(addr_format((struct sockaddr *) &b, buf, sizeof(buf)), "[2001:db8::7]:4000");
 }
 
 Test(addr, v4_mapped_is_shown_as_ipv4) {
@@ -509,6 +526,10 @@ Test(listen_spec, reasons) {
                 { "[::ffff:127.0.0.1]:7003", "write \"127.0.0.1:7003\" instead" },
                 { "::ffff:10.0.0.1", "IPv4-mapped" },
                 { "fe80::1", "link-local" },
+                { "fe80::1", "fe80::1%eth0" },
+                { "::1%lo", "a link-local address (fe80::/10) only" },
+                { "fe80::1%a/b", "not an interface name" },
+                { "fe80::1%0123456789abcdef", "not an interface name" },
                 { "[fe80::1]:7000", "listen on \"::\" or a global address" },
                 { "ff02::1", "multicast" },
                 { "224.0.0.1:7000", "multicast" },

@@ -75,6 +75,13 @@ Test(dropin, every_listen_form) {
                       "ListenStream=[2001:db8::3]:7000\nBindIPv6Only=ipv6-only\nFreeBind=yes\nBacklog=1000\n");
 }
 
+/* systemd.socket(5) takes a link-local address's interface after the port. */
+Test(dropin, a_link_local_address_keeps_its_interface) {
+        expect_dropin("listen = [\"[fe80::1%eth0]:8001\", \"FE80:0::2%br0\"];\nport = 7000;\n",
+                      "[Socket]\nListenStream=\nListenStream=[fe80::1]:8001%eth0\nListenStream=[fe80::2]:7000%br0\n"
+                      "BindIPv6Only=ipv6-only\nFreeBind=yes\nBacklog=511\n");
+}
+
 /* Both wildcards listed: two sockets, which can coexist only because the IPv6 one is
  * IPv6-only (as hellod's own are). */
 Test(dropin, both_wildcards_are_two_sockets) {
