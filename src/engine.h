@@ -90,6 +90,10 @@ typedef struct EngineOps {
          * until its replies are out. Called once, after the last session the engine serves was
          * registered: none is admitted during a stop, and resumed ones come before serving. */
         void (*end_conversations)(Engine *e);
+        /* lingering: the sockets of conversations that ended and are no session any more, still
+         * lingering (session_send_fin) in the engine: each closes within SESSION_LINGER_USEC.
+         * NULL: an engine whose sessions linger as sessions (the pools). */
+        size_t (*lingering)(Engine *e);
         /* reap: housekeeping from the server thread (joins exited threads). */
         void (*reap)(Engine *e);
         /* reconfigure: applies what it can of CONF to the running engine, logs what it cannot;
@@ -199,6 +203,10 @@ static inline int engine_stop(Engine *e, uint64_t timeout_msec) {
 
 static inline void engine_end_conversations(Engine *e) {
         e->ops->end_conversations(e);
+}
+
+static inline size_t engine_lingering(Engine *e) {
+        return e->ops->lingering ? e->ops->lingering(e) : 0;
 }
 
 static inline void engine_reap(Engine *e) {

@@ -235,13 +235,18 @@ static void stop_thread(Lingerer *g) {
         (void) pthread_join(g->thread, NULL);
 }
 
+size_t lingerer_count(Lingerer *g) {
+        pthread_mutex_lock(&g->lock);
+        size_t n = g->n;
+        pthread_mutex_unlock(&g->lock);
+        return n;
+}
+
 void lingerer_wait_empty(Lingerer *g, uint64_t timeout_usec) {
         uint64_t deadline = now_usec() + timeout_usec;
 
         for (;;) {
-                pthread_mutex_lock(&g->lock);
-                size_t n = g->n;
-                pthread_mutex_unlock(&g->lock);
+                size_t n = lingerer_count(g);
                 if (n == 0 || now_usec() >= deadline)
                         return;
                 (void) usleep(LINGERER_SLACK_USEC / 2); /* a stop's last second: no wakeup to wait for */

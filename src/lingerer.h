@@ -37,6 +37,8 @@ void lingerer_free(Lingerer *g);
  * its DEADLINE and the bytes DISCARDED so far; it owns FD and RECORD from then on. */
 typedef void (*LingererGive)(void *userdata, int fd, void *record, uint64_t deadline, size_t discarded);
 
+/* lingerer_count: the sockets lingering, and the places taken for more. */
+size_t lingerer_count(Lingerer *g);
 /* lingerer_wait_empty: until no socket lingers (each closes by its deadline), for at most
  * TIMEOUT_USEC. */
 void lingerer_wait_empty(Lingerer *g, uint64_t timeout_usec);

@@ -777,6 +777,10 @@ static void perconn_end_conversations(Engine *e) {
         serving_end_all(((PerConn *) e)->serving);
 }
 
+static size_t perconn_lingering(Engine *e) {
+        return lingerer_count(((PerConn *) e)->lingerer);
+}
+
 static int perconn_stop(Engine *e, uint64_t timeout_msec) {
         PerConn *p = (PerConn *) e;
         uint64_t start = now_usec();
@@ -825,6 +829,7 @@ static const EngineOps perconn_ops = {
         .add = perconn_add,
         .stop = perconn_stop,
         .end_conversations = perconn_end_conversations,
+        .lingering = perconn_lingering,
         .reap = perconn_reap,
         .reconfigure = perconn_reconfigure,
         .set_listeners = perconn_set_listeners,

@@ -39,6 +39,9 @@
 
 /* After shutdown_timeout, how long killed sessions get to notice. */
 #define KILL_GRACE_MSEC 5000
+/* The longest a conversation that ended lingers in the engine at a stop: its second, and a
+ * margin for the thread that closes it (lingerer.h's slack). */
+#define LINGER_WAIT_MSEC (SESSION_LINGER_USEC / 1000u + 100u)
 /* What a hand-over may take per conversation on top of that (see hand_over_budget_msec()). */
 #define HANDOVER_MSEC_PER_CONVERSATION 1
 /* Refusals logged per second at most; the rest are counted and summarised. */
@@ -991,11 +994,23 @@ static unsigned active(Server *s) {
 /* wait_drained: until no session is left or TIMEOUT_MSEC pass; a SIGTERM/SIGINT meanwhile
  * (the impatient second Ctrl+C) cuts the wait short. Returns true when drained. The
  * watchdog is fed meanwhile: draining is progress, not a hang. */
-static bool wait_drained(Server *s, uint64_t timeout_msec) {
+/* lingering: whether conversations that ended still linger in the engine, outside any session. */
+static bool lingering(Server *s) {
+        return engine_lingering(s->engine) > 0;
+}
+
+static bool has_active(Server *s) {
+        return active(s) > 0;
+}
+
+/* wait_while: until BUSY(S) is false (true), or for TIMEOUT_MSEC at most (false), feeding the
+ * watchdog and saying which signals the stop ignores; a second SIGTERM or SIGINT ends the wait
+ * at once (false). */
+static bool wait_while(Server *s, bool (*busy)(Server *), uint64_t timeout_msec) {
         uint64_t deadline = now_usec() + timeout_msec * 1000u;
         struct pollfd pfd = { .fd = s->signal_fd, .events = POLLIN };
 
-        while (active(s) > 0) {
+        while (busy(s)) {
                 uint64_t now = now_usec();
                 if (now >= deadline)
                         return false;
@@ -1011,6 +1026,10 @@ static bool wait_drained(Server *s, uint64_t timeout_msec) {
                 }
         }
         return true;
+}
+
+static bool wait_drained(Server *s, uint64_t timeout_msec) {
+        return wait_while(s, has_active, timeout_msec);
 }
 
 /* forget_engine: the engine is stopped (or left to threads that would not stop, which may
@@ -1138,6 +1157,10 @@ static int shut_down(Server *s) {
                 if (!wait_drained(s, KILL_GRACE_MSEC))
                         log_error("%u connections did not close", active(s));
         }
+        /* Per connection, a conversation that ended lingers in the engine, no session any
+         * more: its second is the stop's too, and signals meanwhile are said to be ignored as
+         * before (engine_stop would wait for it without a word). */
+        (void) wait_while(s, lingering, LINGER_WAIT_MSEC);
         /* A worker stuck outside socket I/O must not keep the daemon from exiting: after the
          * grace period the engine is left to the exiting process, and with it what its
          * threads may still touch (see server_free). */
