@@ -991,9 +991,6 @@ static unsigned active(Server *s) {
         return n;
 }
 
-/* wait_drained: until no session is left or TIMEOUT_MSEC pass; a SIGTERM/SIGINT meanwhile
- * (the impatient second Ctrl+C) cuts the wait short. Returns true when drained. The
- * watchdog is fed meanwhile: draining is progress, not a hang. */
 /* lingering: whether conversations that ended still linger in the engine, outside any session. */
 static bool lingering(Server *s) {
         return engine_lingering(s->engine) > 0;
@@ -1003,9 +1000,10 @@ static bool has_active(Server *s) {
         return active(s) > 0;
 }
 
-/* wait_while: until BUSY(S) is false (true), or for TIMEOUT_MSEC at most (false), feeding the
- * watchdog and saying which signals the stop ignores; a second SIGTERM or SIGINT ends the wait
- * at once (false). */
+/* wait_while: until BUSY(S) is false (true), or for TIMEOUT_MSEC at most (false); a
+ * SIGTERM/SIGINT meanwhile (the impatient second Ctrl+C) cuts the wait short (false), and any
+ * other signal is said to be ignored. The watchdog is fed meanwhile: draining is progress, not
+ * a hang. */
 static bool wait_while(Server *s, bool (*busy)(Server *), uint64_t timeout_msec) {
         uint64_t deadline = now_usec() + timeout_msec * 1000u;
         struct pollfd pfd = { .fd = s->signal_fd, .events = POLLIN };
@@ -1028,6 +1026,7 @@ static bool wait_while(Server *s, bool (*busy)(Server *), uint64_t timeout_msec)
         return true;
 }
 
+/* wait_drained: until no session is left, or TIMEOUT_MSEC pass. */
 static bool wait_drained(Server *s, uint64_t timeout_msec) {
         return wait_while(s, has_active, timeout_msec);
 }
