@@ -259,7 +259,11 @@ Test(lifecycle, a_client_cut_off_by_the_stop_is_logged_as_shutdown, .timeout = 6
         status = hellod_wait_exit(d, HARNESS_STOP_TIMEOUT_MS);
         if (!exited_with(status, HELLOD_EXIT_OK))
                 hellod_fail(d, "after SIGTERM: %s, expected exit status 0", harness_describe_status(status, buf, sizeof(buf)));
-        cr_expect_eq(hellod_count_in_stderr(d, "closing 1 remaining connection"), 1);
+        /* Usually cut off ("closing 1 remaining connection"); but a thread per connection,
+         * woken by the stop in the middle of its send, may finish that send and end the
+         * session itself before the server looks (the CI's ASan run did): the reason is
+         * "shutdown" either way. */
+        cr_expect_leq(hellod_count_in_stderr(d, "closing 1 remaining connection"), 1);
         cr_expect_eq(hellod_count_in_stderr(d, "closed: shutdown"), 1);
         cr_expect_eq(hellod_count_in_stderr(d, "closed: broken-pipe"), 0);
         client_close(fd);
