@@ -296,6 +296,13 @@ void harness_loopback_up(void) {
         (void) close(fd);
 }
 
+void harness_shell(const char *command) {
+        int status = system(command);
+
+        if (status == -1 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+                harness_fail("'%s' failed (%d)", command, status);
+}
+
 rlim_t harness_raise_nofile(void) {
         struct rlimit rl;
 

@@ -76,6 +76,9 @@ uint64_t harness_cpu_ticks(pid_t pid);
 double harness_cpu_quietest(pid_t pid, int window_ms, int windows, double quiet);
 /* harness_loopback_up: sets IFF_UP on `lo` of the current network namespace. */
 void harness_loopback_up(void);
+/* harness_shell: runs COMMAND with /bin/sh (ip(8) setting up a test's own network, say); fails
+ * the test unless it exits 0. */
+void harness_shell(const char *command);
 /* harness_raise_nofile: raises the calling process's soft RLIMIT_NOFILE to its hard limit
  * (for tests that hold hundreds of sockets); returns the new soft limit. */
 rlim_t harness_raise_nofile(void);

@@ -204,14 +204,6 @@ Test(access, ipv4_sources_grouped_by_prefix, .timeout = 60) {
         hellod_free(d);
 }
 
-/* run: a command, which must succeed. */
-static void run(const char *command) {
-        int status = system(command);
-
-        cr_assert(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0, "'%s' failed (%d)", command,
-                  status);
-}
-
 Test(access, ipv6_sources_grouped_by_64_in_a_private_namespace, .timeout = 60) {
         Hellod *d;
         int held, fd;
@@ -220,7 +212,7 @@ Test(access, ipv6_sources_grouped_by_64_in_a_private_namespace, .timeout = 60) {
          * can give its loopback the IPv6 addresses of two /64 networks. */
         cr_assert_eq(unshare(CLONE_NEWNET), 0, "unshare(CLONE_NEWNET): %s (needs root)", strerror(errno));
         harness_loopback_up();
-        run("ip -6 addr add 2001:db8:0:1::a/64 dev lo nodad && ip -6 addr add 2001:db8:0:1::b/64 dev lo nodad && "
+        harness_shell("ip -6 addr add 2001:db8:0:1::a/64 dev lo nodad && ip -6 addr add 2001:db8:0:1::b/64 dev lo nodad && "
             "ip -6 addr add 2001:db8:0:2::a/64 dev lo nodad");
 
         d = hellod_start("max_connections_per_ip = 1;\n");

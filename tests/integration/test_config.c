@@ -922,13 +922,6 @@ Test(config, journal_unreachable_falls_back_to_stderr, .timeout = 60) {
         hellod_free(d);
 }
 
-/* run_ok: a shell command, which must succeed. */
-static void run_ok(const char *command) {
-        int status = system(command);
-
-        cr_assert(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0, "'%s' failed (%d)", command, status);
-}
-
 /* connect_link_local_raw: a client of fe80::1 on INTERFACE, PORT, once something listens there
  * (within 5 s: systemd-socket-activate starting). */
 static int connect_link_local_raw(const char *interface, uint16_t port) {
@@ -969,7 +962,7 @@ Test(config, a_link_local_address_listens_on_its_interface, .timeout = 60) {
 
         cr_assert_eq(unshare(CLONE_NEWNET), 0, "unshare(CLONE_NEWNET): %s (needs root)", strerror(errno));
         harness_loopback_up();
-        run_ok("ip link add hd0 type veth peer name hd1 && ip link set hd0 up && ip link set hd1 up && "
+        harness_shell("ip link add hd0 type veth peer name hd1 && ip link set hd0 up && ip link set hd1 up && "
                "ip -6 addr add fe80::1/64 dev hd0 nodad && ip -6 addr add fe80::1/64 dev hd1 nodad");
 
         hellod_write_config(d, "listen = [ \"[fe80::1%%hd0]:%u\", \"fe80::1%%hd1\" ];\nport = %u;\n", port, port);
