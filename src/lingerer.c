@@ -266,7 +266,7 @@ void lingerer_hand_over(Lingerer *g, LingererGive give, void *userdata) {
         stop_thread(g);
         while ((l = first_lingering(g))) {
                 unlink_lingering(g, l);
-                if (!l->record) { /* nothing to hand over with it: closed, as at a stop */
+                if (!l->record) { /* no record (out of memory when it began): closed now */
                         release(g, l);
                         continue;
                 }

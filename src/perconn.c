@@ -18,8 +18,8 @@
  * The hand-over (perconn_hand_over): a thread blocked in recv() or send() is woken by the
  * same signal (serving_wake_all) and sees the engine handing over: it leaves its session at
  * rest, with what it read and did not answer as kept input and what it did not send as kept
- * output, for the server's handed_over hook. The connection is not shut down (as the stop's
- * shutdown(SHUT_RD) would, for the next process too): the next one goes on with it. */
+ * output, for the server's handed_over hook. The connection is not shut down: the next
+ * process goes on with it. */
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
@@ -480,12 +480,13 @@ static void turn_away(PerConn *p, Session *s, const char *line, const char *reas
 
 /* start_elsewhere: S, admitted by a thread that serves another, gets a thread of its own; or
  * the busy line, when no thread can be had, the shutdown line once hellod stops (admitted just
- * before, it met the stop on its way to a thread). */
+ * before, it met the stop on its way to a thread): as the server's refusals at a stop, none
+ * before a PROXY header is in (a balancer may try another server). */
 static void start_elsewhere(PerConn *p, Session *s) {
         int r = workers_run(p->workers, s);
 
         if (r == -ECANCELED)
-                turn_away(p, s, PROTO_ERR_SHUTDOWN, "shutting-down"); /* as refusals at a stop */
+                turn_away(p, s, s->proxy ? NULL : PROTO_ERR_SHUTDOWN, "shutting-down");
         else if (r < 0)
                 turn_away(p, s, PROTO_ERR_BUSY, "out-of-threads");
 }
@@ -657,8 +658,9 @@ static void refuse(void *userdata, void *job) {
 /* serve: WorkerCalls.serve: the whole session, then the engine's done path. A lingering
  * socket goes to the lingerer only after that: the lingerer may close it at once, and the
  * server calls shutdown() on the sockets of its registered sessions. It takes the session's
- * record along, for a hand-over while it lingers (none is made with handover = "off"; and
- * without memory the socket closes at a hand-over, as at a stop). */
+ * record along, for a hand-over while it lingers: always, since whether there is one is for
+ * the configuration in force then to say, not the session's (a reload may have turned the
+ * hand-over on since it began); without memory the socket closes at a hand-over. */
 static void serve(void *userdata, void *job) {
         PerConn *p = userdata;
         Session *s = job;
@@ -672,8 +674,7 @@ static void serve(void *userdata, void *job) {
                 p->engine.hooks.handed_over(s, p->engine.hooks.userdata);
                 return;
         }
-        HandoffLingering *record =
-                linger.fd >= 0 && s->conf->handover != HANDOVER_MODE_OFF ? handoff_lingering_new(s) : NULL;
+        HandoffLingering *record = linger.fd >= 0 ? handoff_lingering_new(s) : NULL;
         engine_session_done(s->engine, s);
         if (linger.fd >= 0)
                 lingerer_add(p->lingerer, linger.fd, linger.deadline, linger.discarded, record);

@@ -1749,8 +1749,18 @@ static int connect_small_window_served(uint16_t port) {
 }
 
 int client_exit_unread(uint16_t port) {
+        int fd = client_connect_small_window(port);
+
+        client_exit_unread_on(port, fd);
+        return fd;
+}
+
+int client_connect_small_window(uint16_t port) {
+        return connect_small_window_served(port);
+}
+
+void client_exit_unread_on(uint16_t port, int fd) {
         char request[EXIT_UNREAD_LINES * (EXIT_UNREAD_NAME_LEN + 1)];
-        int fd = connect_small_window_served(port);
         int64_t deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;
 
         for (int i = 0; i < EXIT_UNREAD_LINES; i++) {
@@ -1764,7 +1774,6 @@ int client_exit_unread(uint16_t port) {
                         harness_fail("hellod did not end the conversation after exit within %d ms", HARNESS_TIMEOUT_MS);
                 harness_sleep_ms(5);
         }
-        return fd;
 }
 
 void client_expect_exit_replies(int fd) {

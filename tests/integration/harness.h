@@ -274,9 +274,13 @@ void client_reset(int fd);
  * acts while hellod lingers and the replies are unread. client_write_late: writes a line after
  * the EOF and tells what met it: the lingering server reading and acknowledging it (the client
  * stays in CLOSE_WAIT with nothing unacknowledged), or a closed socket's reset.
+ * client_connect_small_window and client_exit_unread_on are client_exit_unread's two halves,
+ * for a test that acts between the connection and its exit (the greeting is left unread).
  */
 int client_exit_replies_unread(uint16_t port);
 int client_exit_unread(uint16_t port);
+int client_connect_small_window(uint16_t port);
+void client_exit_unread_on(uint16_t port, int fd);
 void client_expect_exit_replies(int fd);
 typedef enum ClientLate { CLIENT_LATE_DISCARDED, CLIENT_LATE_RESET } ClientLate;
 ClientLate client_write_late(int fd);

@@ -1843,6 +1843,42 @@ Test(handover, a_lingering_close_goes_on_in_the_next_process_per_connection, .ti
                 lingering_crosses_from(PERCONN_CROSSINGS[i][0], PERCONN_CROSSINGS[i][1]);
 }
 
+/* reload_turns_the_hand_over_on: MODEL. A conversation that began under handover = "off" and
+ * ends lingering after a reload turned the hand-over on: the restart hands its lingering
+ * socket over like any other, since whether there is a hand-over is the configuration in
+ * force's to say. Per connection it was closed at once (the record the hand-over needs was
+ * made only under the session's own configuration), over the late line: a reset, which can
+ * destroy replies still on their way. */
+static void reload_turns_the_hand_over_on(const char *model) {
+        Rig r;
+
+        harness_step("%s: a conversation under handover = \"off\", then a reload to \"restart\"", model);
+        rig_start(&r);
+        rig_serve(&r, "%shandover = \"off\";\nlog_level = \"info\";\n", MODEL(model, 1));
+        int fd = client_connect_small_window(r.port);
+        hellod_write_config(r.d, "%shandover = \"restart\";\nlog_level = \"info\";\n", MODEL(model, 1));
+        hellod_signal(r.d, SIGHUP);
+        hellod_wait_stderr(r.d, "configuration reloaded");
+        harness_step("%s: the conversation ends lingering, then the restart", model);
+        client_exit_unread_on(r.port, fd);
+        stop_and_wait(r.d);
+        hellod_wait_stderr(r.d, "handed 1 conversation over");
+        client_expect_exit_replies(fd);
+        store_wait(r.d, &r.st, "state", 1);
+        cr_assert_eq(client_write_late(fd), CLIENT_LATE_DISCARDED, "%s: a late write met a reset in the gap", model);
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "resumed 1 conversation");
+        hellod_expect_lingering_ends_quietly(r.d, r.port, fd);
+        client_close(fd);
+        rig_end(&r);
+}
+
+Test(handover, a_reload_that_turns_the_hand_over_on_hands_older_lingering_closes_over, .timeout = 60) {
+        reload_turns_the_hand_over_on("epoll");
+        reload_turns_the_hand_over_on("io_uring");
+        reload_turns_the_hand_over_on("per-connection");
+}
+
 /* With the lingerer full (max_connections = 1 socket, a first client's), a conversation that
  * ends lingers on its own thread, its slot kept; at a hand-over that socket goes on lingering
  * in the next process as the lingerer's do: a line written late in the gap is read and dropped
