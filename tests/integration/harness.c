@@ -1724,10 +1724,10 @@ enum { EXIT_UNREAD_LINES = 100, EXIT_UNREAD_NAME_LEN = 70 };
 static const char exit_unread_name[EXIT_UNREAD_NAME_LEN + 1] =
         "the-client-reads-none-of-these-replies-until-hellod-has-ended-it-01234";
 
-/* connect_small_window_served: a connection from 127.0.0.1 with a receive window of about
+/* client_connect_small_window: a connection from 127.0.0.1 with a receive window of about
  * 2 KiB, once it is greeted (peeked at, left unread): a client told busy (the slot of the
  * previous one frees only once hellod has seen its close) is closed and tried again. */
-static int connect_small_window_served(uint16_t port) {
+int client_connect_small_window(uint16_t port) {
         size_t busy_len = strlen(HELLOD_ERR_BUSY);
         int64_t deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;
         char first[64];
@@ -1753,10 +1753,6 @@ int client_exit_unread(uint16_t port) {
 
         client_exit_unread_on(port, fd);
         return fd;
-}
-
-int client_connect_small_window(uint16_t port) {
-        return connect_small_window_served(port);
 }
 
 void client_exit_unread_on(uint16_t port, int fd) {
