@@ -103,11 +103,13 @@ int ip_key_from_sockaddr(const struct sockaddr *sa, IpKey *ret) {
                 const struct sockaddr_in *in = (const struct sockaddr_in *) sa;
                 memcpy(ret->bytes, v4_mapped_prefix, sizeof(v4_mapped_prefix));
                 memcpy(ret->bytes + 12, &in->sin_addr, 4);
+                ret->prefix = 0;
                 return 0;
         }
         if (sa->sa_family == AF_INET6) {
                 const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *) sa;
                 memcpy(ret->bytes, &in6->sin6_addr, 16);
+                ret->prefix = 0;
                 return 0;
         }
         return -EAFNOSUPPORT;
@@ -149,7 +151,10 @@ static void clear_after(IpKey *k, unsigned bits) {
 }
 
 void ip_key_mask(IpKey *k, unsigned v4_prefix, unsigned v6_prefix) {
-        clear_after(k, ip_key_is_ipv4(k) ? 96 + v4_prefix : v6_prefix);
+        unsigned bits = ip_key_is_ipv4(k) ? 96 + v4_prefix : v6_prefix;
+
+        clear_after(k, bits);
+        k->prefix = (uint8_t) bits;
 }
 
 int cidr_parse(const char *text, Cidr *ret, char *err, size_t err_size) {
@@ -211,7 +216,7 @@ bool cidr_match(const Cidr *c, const IpKey *k) {
                 return false;
 
         clear_after(&masked, c->bits);
-        return memcmp(&masked, &c->net, sizeof(masked)) == 0;
+        return memcmp(masked.bytes, c->net.bytes, sizeof(masked.bytes)) == 0;
 }
 
 const char *cidr_format(const Cidr *c, char *buf, size_t size) {

@@ -14,6 +14,10 @@
  * client reaching a dual-stack socket counts as the same client as over plain IPv4. */
 typedef struct IpKey {
         uint8_t bytes[16];
+        /* ip_key_mask()'s prefix, of the 128 bits (0: a whole address): part of the key, so
+         * that a network counted under one prefix is not found under another (127.0.0.0/8 and
+         * 127.0.0.0/24 mask to the same bytes, and per_ip_ipv4_prefix may change on reload). */
+        uint8_t prefix;
 } IpKey;
 
 /* addr_format: "a.b.c.d:port" or "[v6]:port" into BUF (ADDR_STR_MAX); returns BUF. */

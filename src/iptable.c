@@ -37,13 +37,15 @@ struct IpTable {
 };
 
 static size_t bucket_of(const IpTable *t, const IpKey *key) {
-        /* FNV-1a over the seed and the 16 address bytes. */
+        /* FNV-1a over the seed, the 16 address bytes and the prefix. */
         uint64_t h = 0xcbf29ce484222325ULL ^ t->seed;
 
         for (size_t i = 0; i < sizeof(key->bytes); i++) {
                 h ^= key->bytes[i];
                 h *= 0x100000001b3ULL;
         }
+        h ^= key->prefix;
+        h *= 0x100000001b3ULL;
         return (size_t) (h ^ (h >> 32)) & (IPTABLE_BUCKETS - 1);
 }
 

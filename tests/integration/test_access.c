@@ -207,6 +207,41 @@ Test(access, ipv4_sources_grouped_by_prefix, .timeout = 60) {
         hellod_free(d);
 }
 
+/* A reload that narrows the prefix groups the connections that come from then on, those open
+ * staying counted in their former source: 127.1.2.3, counted in 127.0.0.0/8, does not count
+ * against the new source 127.0.0.0/24 (the same bytes once masked; the count was found under
+ * them, and that network, with no connection, was told busy), and 127.1.2.4 is a source of its
+ * own now. Then back to /8: the sources counted under /24 are not 127.0.0.0/8's either. */
+Test(access, a_new_prefix_starts_its_sources_afresh, .timeout = 60) {
+        Hellod *d = hellod_start("max_connections_per_ip = 1;\nper_ip_ipv4_prefix = 8;\n");
+        int held = client_connect_greeted("127.0.0.1", d->port, "127.1.2.3", HELLOD_GREETING, HELLOD_ERR_BUSY);
+
+        harness_step("per_ip_ipv4_prefix = 24");
+        hellod_write_config_std(d, "max_connections_per_ip = 1;\nper_ip_ipv4_prefix = 24;\n");
+        hellod_signal(d, SIGHUP);
+        hellod_wait_stderr(d, "configuration reloaded");
+        int narrow = client_connect_greeted("127.0.0.1", d->port, "127.0.0.5", HELLOD_GREETING, HELLOD_ERR_BUSY);
+        expect_served("127.0.0.1", "127.1.2.4", d->port, HELLOD_GREETING);
+
+        harness_step("per_ip_ipv4_prefix = 8 again");
+        hellod_write_config_std(d, "max_connections_per_ip = 1;\nper_ip_ipv4_prefix = 8;\n");
+        hellod_signal(d, SIGHUP);
+        for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS; hellod_count_in_stderr(d, "configuration reloaded") < 2;
+             harness_sleep_ms(10))
+                cr_assert_lt(harness_now_ms(), end, "the second reload was not logged");
+        client_hello(narrow, "narrow");
+        client_close(narrow);
+        /* 127.1.2.3 still holds 127.0.0.0/8's one connection. */
+        int fd = client_connect_to("127.0.0.1", d->port, "127.9.9.9");
+        client_expect_str(fd, HELLOD_ERR_BUSY);
+        client_expect_eof(fd, false);
+        client_close(fd);
+        client_hello(held, "held");
+        client_close(held);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 Test(access, ipv6_sources_grouped_by_64_in_a_private_namespace, .timeout = 60) {
         Hellod *d;
         int held, fd;

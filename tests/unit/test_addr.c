@@ -173,7 +173,7 @@ Test(addr, non_ip_family_is_refused) {
 
 /* numbered_source: the source numbered I, in 2001:db8::/32. */
 static IpKey numbered_source(uint32_t i) {
-        IpKey k = { { 0x20, 0x01, 0x0d, 0xb8 } };
+        IpKey k = { .bytes = { 0x20, 0x01, 0x0d, 0xb8 } };
 
         memcpy(k.bytes + 12, &i, sizeof(i));
         return k;
@@ -260,7 +260,22 @@ Test(mask, ipv4_keeps_its_own_prefix_and_stays_ipv4) {
         cr_assert_eq(memcmp(&a, &b, sizeof(a)), 0);
         cr_assert(ip_key_is_ipv4(&a));
         IpKey unmasked = key_of("192.0.2.7");
-        cr_assert_eq(memcmp(&c, &unmasked, sizeof(c)), 0);
+        cr_assert_eq(memcmp(c.bytes, unmasked.bytes, sizeof(c.bytes)), 0, "a /32 keeps every bit");
+}
+
+/* The prefix is part of the key: a network counted under one prefix is not found under another
+ * (per_ip_ipv4_prefix changed on reload), though both mask to the same bytes. */
+Test(mask, one_network_under_two_prefixes_is_two_keys) {
+        IpKey wide = key_of("127.1.2.3"), narrow = key_of("127.0.0.5"), v6_wide = key_of("2001:db8:1::1"),
+              v6_narrow = key_of("2001:db8:1::2");
+
+        ip_key_mask(&wide, 8, 64);
+        ip_key_mask(&narrow, 24, 64);
+        cr_assert_eq(memcmp(wide.bytes, narrow.bytes, sizeof(wide.bytes)), 0, "127.0.0.0 either way");
+        cr_assert_neq(memcmp(&wide, &narrow, sizeof(wide)), 0);
+        ip_key_mask(&v6_wide, 32, 48);
+        ip_key_mask(&v6_narrow, 32, 64);
+        cr_assert_neq(memcmp(&v6_wide, &v6_narrow, sizeof(v6_wide)), 0);
 }
 
 Test(cidr, parse_match_and_format) {
@@ -357,7 +372,7 @@ Test(bucket, an_entry_with_connections_outlives_its_bucket) {
 Test(bucket, a_full_table_fails_open_to_the_caller) {
         uint64_t now = 5000000;
         IpTable *t = fill(1, 2, now);
-        IpKey extra = { { 0x20, 0x01, 0x0d, 0xb9 } };
+        IpKey extra = { .bytes = { 0x20, 0x01, 0x0d, 0xb9 } };
         cr_assert_eq(iptable_take_token(t, &extra, 1, 2, now), -ENOSPC);
         /* Once the buckets refill, room comes back. */
         cr_assert_eq(iptable_take_token(t, &extra, 1, 2, now + 2 * 1000000), 1);
@@ -455,7 +470,7 @@ Test(bucket, a_smaller_burst_caps_a_fuller_bucket) {
  * sources than that still limits the rate of a new one. */
 Test(bucket, connected_sources_do_not_fill_the_table) {
         IpTable *t = fill(0, 0, 0);
-        IpKey fresh = { { 0x20, 0x01, 0x0d, 0xb9 } };
+        IpKey fresh = { .bytes = { 0x20, 0x01, 0x0d, 0xb9 } };
 
         cr_assert_eq(iptable_take_token(t, &fresh, 1, 1, 5000000), 1);
         cr_assert_eq(iptable_take_token(t, &fresh, 1, 1, 5000000), 0, "the new source is rate limited");
@@ -470,7 +485,7 @@ Test(bucket, a_full_table_is_not_walked_for_each_new_source) {
         IpTable *t = fill(1, 1, now);
 
         /* A second later every bucket has refilled: all of them could go. */
-        IpKey extra = { { 0x20, 0x01, 0x0d, 0xb9 } };
+        IpKey extra = { .bytes = { 0x20, 0x01, 0x0d, 0xb9 } };
         cr_assert_eq(iptable_take_token(t, &extra, 1, 1, now + 1000000), 1, "room found among the refilled");
         cr_assert_gt(iptable_size(t), IPTABLE_RATE_ENTRIES_MAX / 2, "%zu entries left: the whole table was walked",
                      iptable_size(t));

@@ -1085,9 +1085,9 @@ Test(conf_access, allow_and_deny_lists) {
         cr_assert_eq(c->n_allow, 3);
         cr_assert_eq(c->n_deny, 1);
         cr_expect_str_eq(cidr_format(&c->allow[1], buf, sizeof(buf)), "2001:db8::/32");
-        IpKey in = { { [10] = 0xff, [11] = 0xff, 10, 1, 2, 3 } };
-        IpKey denied = { { [10] = 0xff, [11] = 0xff, 10, 9, 2, 3 } };
-        IpKey outside = { { [10] = 0xff, [11] = 0xff, 11, 1, 2, 3 } };
+        IpKey in = { .bytes = { [10] = 0xff, [11] = 0xff, 10, 1, 2, 3 } };
+        IpKey denied = { .bytes = { [10] = 0xff, [11] = 0xff, 10, 9, 2, 3 } };
+        IpKey outside = { .bytes = { [10] = 0xff, [11] = 0xff, 11, 1, 2, 3 } };
         cr_expect(conf_admits(c, &in));
         cr_expect_not(conf_admits(c, &denied), "deny wins over allow");
         cr_expect_not(conf_admits(c, &outside), "not in a non-empty allow list");
