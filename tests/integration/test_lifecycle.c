@@ -66,6 +66,39 @@ Test(lifecycle, sighup_reload_changes_idle_timeout_for_new_connections, .timeout
         hellod_free(d);
 }
 
+/* A reload's log_level applies at once, to the connections already open too (an operator who
+ * turns on info or debug to look at a client stuck since yesterday wants its lines): a close
+ * after a reload to info is logged, one after a reload back to warning is not, whatever the
+ * level when the connection began. */
+Test(lifecycle, a_reload_changes_the_log_level_at_once, .timeout = 60) {
+        Hellod *d = hellod_start("log_level = \"warning\";\n");
+        int early = client_connect(d->port), late;
+
+        client_expect_str(early, HELLOD_GREETING);
+        harness_step("reload to info: a connection begun under warning is logged");
+        hellod_write_config_std(d, "log_level = \"info\";\n");
+        hellod_signal(d, SIGHUP);
+        hellod_wait_stderr(d, "configuration reloaded");
+        late = client_connect(d->port);
+        client_expect_str(late, HELLOD_GREETING);
+        client_send_str(early, "exit\n");
+        client_expect_eof(early, false);
+        client_close(early);
+        hellod_wait_stderr(d, "closed: exit");
+
+        harness_step("reload to warning: a connection begun under info is not");
+        /* Nothing is logged at warning to say the reload is done: the new greeting says so. */
+        hellod_write_config_std(d, "log_level = \"warning\";\ngreeting = \"Quiet\";\n");
+        hellod_signal(d, SIGHUP);
+        client_close(client_connect_greeted("127.0.0.1", d->port, NULL, "Quiet\r\n", HELLOD_GREETING));
+        client_send_str(late, "exit\n");
+        client_expect_eof(late, false);
+        client_close(late);
+        hellod_stop_clean(d);
+        cr_expect_eq(hellod_count_in_stderr(d, "closed: exit"), 1, "the close after the reload to warning was logged");
+        hellod_free(d);
+}
+
 /* SIGHUP re-reads the file: new connections get the new greeting, a broken file changes nothing. */
 Test(lifecycle, sighup_reload, .timeout = 60) {
         Hellod *d = hellod_start(NULL);
