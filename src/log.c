@@ -22,7 +22,8 @@
 #define LOG_FIELD_MAX 256
 #define LOG_FIELDS_MAX 12
 
-/* Written once at start-up (log_open, log_set_max_level) and read by every thread. */
+/* Written at start-up (log_open) and, for the level, at each reload (log_set_max_level);
+ * read by every thread. */
 static int max_level = LOG_INFO;
 static LogTarget target = LOG_TARGET_STDERR;
 static bool stderr_prefixed; /* "<N>" prefixes: stderr is read by journald or syslog */

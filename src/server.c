@@ -933,6 +933,8 @@ static void reload(Server *s) {
         Conf *old = s->conf;
         s->conf = conf;
         __atomic_store_n(&s->queue_overload, conf->overload == OVERLOAD_QUEUE, __ATOMIC_RELAXED);
+        /* With the configuration: a client greeted under the new one is logged at its level. */
+        apply_log_level(s);
         pthread_mutex_unlock(&s->lock);
         keep_state_place_if_always(s); /* before the first accept that stores its connection */
         engine_set_listeners(s->engine, &s->listeners); /* accepting again, under CONF */
@@ -946,7 +948,6 @@ static void reload(Server *s) {
         }
         pthread_mutex_unlock(&s->lock);
         conf_unref(old);
-        apply_log_level(s);
         (void) preflight_warn_reloaded(conf, s->started);
 
         s->opts.config_defaulted = defaulted;

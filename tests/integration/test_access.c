@@ -231,6 +231,7 @@ Test(access, a_new_prefix_starts_its_sources_afresh, .timeout = 60) {
                 cr_assert_lt(harness_now_ms(), end, "the second reload was not logged");
         client_hello(narrow, "narrow");
         client_close(narrow);
+        hellod_wait_stderr(d, "from 127.0.0.5:"); /* its close, so that its count is given back */
         /* 127.1.2.3 still holds 127.0.0.0/8's one connection. */
         int fd = client_connect_to("127.0.0.1", d->port, "127.9.9.9");
         client_expect_str(fd, HELLOD_ERR_BUSY);

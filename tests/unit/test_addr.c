@@ -276,6 +276,13 @@ Test(mask, one_network_under_two_prefixes_is_two_keys) {
         ip_key_mask(&v6_wide, 32, 48);
         ip_key_mask(&v6_narrow, 32, 64);
         cr_assert_neq(memcmp(&v6_wide, &v6_narrow, sizeof(v6_wide)), 0);
+
+        IpTable *t = NULL;
+        cr_assert_eq(iptable_new(&t), 0);
+        cr_assert_eq(iptable_inc(t, &wide), 0);
+        cr_assert_eq(iptable_count(t, &narrow), 0, "a count under /8 found under /24");
+        cr_assert_eq(iptable_count(t, &wide), 1);
+        iptable_free(t);
 }
 
 Test(cidr, parse_match_and_format) {
