@@ -1120,21 +1120,17 @@ int hellod_sum_in_stderr(Hellod *d, const char *marker) {
         return sum;
 }
 
-void hellod_wait_stderr(Hellod *d, const char *needle) {
+void hellod_wait_stderr_count(Hellod *d, const char *needle, int n) {
         int64_t deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;
 
-        for (;;) {
-                char *err = hellod_stderr(d);
-                bool found = strstr(err, needle) != NULL;
-
-                free(err);
-                if (found)
-                        return;
+        for (int seen; (seen = hellod_count_in_stderr(d, needle)) < n; harness_sleep_ms(50))
                 if (harness_now_ms() >= deadline)
-                        hellod_fail(d, "hellod's stderr does not contain \"%s\" after %d ms", needle,
-                                    HARNESS_TIMEOUT_MS);
-                harness_sleep_ms(50);
-        }
+                        hellod_fail(d, "hellod's stderr contains \"%s\" %d times after %d ms, not %d", needle, seen,
+                                    HARNESS_TIMEOUT_MS, n);
+}
+
+void hellod_wait_stderr(Hellod *d, const char *needle) {
+        hellod_wait_stderr_count(d, needle, 1);
 }
 
 static pid_t running_pid(Hellod *d) {

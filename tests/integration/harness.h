@@ -185,8 +185,10 @@ char *hellod_stderr(Hellod *d);
 int hellod_count_in_stderr(Hellod *d, const char *needle);
 /* hellod_sum_in_stderr: the sum of the numbers written right before each MARKER ("12 more ..."). */
 int hellod_sum_in_stderr(Hellod *d, const char *marker);
-/* hellod_wait_stderr: until stderr contains NEEDLE (bounded). */
+/* hellod_wait_stderr: until stderr contains NEEDLE (bounded). hellod_wait_stderr_count: until
+ * it contains NEEDLE at least N times (the Nth reload, say; bounded alike). */
 void hellod_wait_stderr(Hellod *d, const char *needle);
+void hellod_wait_stderr_count(Hellod *d, const char *needle, int n);
 /* The running daemon's resources (harness_proc_*); these fail if it is not running. */
 int hellod_fd_count(Hellod *d);
 /* hellod_thread_count: all its threads but the kernel's io_uring workers (iou-wrk-*, iou-sqp-*:

@@ -702,8 +702,7 @@ Test(config, a_string_out_of_place_is_named_and_a_failed_reload_costs_nothing, .
         long before = hellod_rss_kib(d);
         for (int i = 1; i <= RELOADS; i++) {
                 hellod_signal(d, SIGHUP);
-                while (hellod_count_in_stderr(d, "reload failed") < i)
-                        harness_sleep_ms(10);
+                hellod_wait_stderr_count(d, "reload failed", i);
         }
         long grown = hellod_rss_kib(d) - before;
         /* Under ASan freed memory waits in quarantine, so VmRSS grows all the same: there
@@ -765,8 +764,7 @@ Test(config, brackets_nested_too_deep_are_named_and_a_failed_reload_costs_nothin
         hellod_write_config_std(d, "greeting = %s 1 \"a\" %s;\n", deep, shut);
         for (int i = 1; i <= RELOADS; i++) {
                 hellod_signal(d, SIGHUP);
-                while (hellod_count_in_stderr(d, "reload failed") < i)
-                        harness_sleep_ms(10);
+                hellod_wait_stderr_count(d, "reload failed", i);
         }
         cr_expect_eq(hellod_count_in_stderr(d, "nested deeper than 64 brackets"), RELOADS);
         hellod_stop_clean(d);

@@ -647,11 +647,7 @@ Test(proxy, a_conversation_without_a_named_client_is_logged_at_info, .timeout = 
         client_send(check, local, n);
         client_expect_str(check, HELLOD_GREETING);
         client_close(check);
-        for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS; hellod_count_in_stderr(d, "closed: eof") < 2;)
-                if (harness_now_ms() > end) /* the readiness probe's, then the check's */
-                        cr_assert_fail("no close line for the health check");
-                else
-                        harness_sleep_ms(10);
+        hellod_wait_stderr_count(d, "closed: eof", 2); /* the readiness probe's, then the check's */
         char *err = hellod_stderr(d);
         const char *conversation = strstr(err, "closed: exit, 1 line"), *health = strstr(err, "closed: eof");
         health = strstr(health + 1, "closed: eof");
