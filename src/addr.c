@@ -99,17 +99,16 @@ const char *addr_strip_port(const char *formatted, char *buf, size_t size) {
 static const uint8_t v4_mapped_prefix[12] = { [10] = 0xff, [11] = 0xff };
 
 int ip_key_from_sockaddr(const struct sockaddr *sa, IpKey *ret) {
+        ret->prefix = 0;
         if (sa->sa_family == AF_INET) {
                 const struct sockaddr_in *in = (const struct sockaddr_in *) sa;
                 memcpy(ret->bytes, v4_mapped_prefix, sizeof(v4_mapped_prefix));
                 memcpy(ret->bytes + 12, &in->sin_addr, 4);
-                ret->prefix = 0;
                 return 0;
         }
         if (sa->sa_family == AF_INET6) {
                 const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *) sa;
                 memcpy(ret->bytes, &in6->sin6_addr, 16);
-                ret->prefix = 0;
                 return 0;
         }
         return -EAFNOSUPPORT;
