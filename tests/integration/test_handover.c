@@ -1608,12 +1608,13 @@ static Held held_now(Hellod *d, uint16_t port, int fd, size_t sent, size_t line,
 /* wait_backed_up: until hellod holds replies (held_now) and nothing has moved for 300 ms: it has
  * filled the kernel's buffers and stopped reading, and what it holds can only go with the
  * hand-over. Counted, not waited for: under TSan with the other core busy, hellod can pause
- * longer than a fixed sleep mid-way. Returns the reply bytes it holds (an io_uring loop, which
- * stops reading as soon as a send waits, may hold a few dozen; an epoll loop up to its 16 KiB).
+ * longer than a fixed sleep mid-way. Returns what it saw last: the reply bytes held (an io_uring
+ * loop, which stops reading as soon as a send waits, may hold a few dozen; an epoll loop up to
+ * its 16 KiB), and the queues.
  * Any byte counts: the kernel may take all but the end of the last reply (a loaded run held 8
  * bytes of a 12-byte one, and a wait for a whole reply lasted until the deadline closed the
  * session). */
-static size_t wait_backed_up(Hellod *d, uint16_t port, int fd, size_t sent, size_t line, size_t reply) {
+static Held wait_backed_up(Hellod *d, uint16_t port, int fd, size_t sent, size_t line, size_t reply) {
         unsigned long last = 0;
         Held h = { 0 };
         int same = 0;
@@ -1626,7 +1627,7 @@ static size_t wait_backed_up(Hellod *d, uint16_t port, int fd, size_t sent, size
                         hellod_fail(d, "hellod did not back up within %d ms: it read %zu bytes, %zu reply bytes in the kernel",
                                     HARNESS_TIMEOUT_MS, h.read, h.in_kernel);
         }
-        return h.held;
+        return h;
 }
 
 /* kept_line: the line I of kept_cross_from, LINE bytes long (2 or 3, its newline included). */
@@ -1664,7 +1665,7 @@ static void kept_cross_from(const char *from, const char *to, size_t line) {
                 sent += n - sent > 4096 ? 4096 : n - sent;
         }
         harness_step("sent %zu of %zu bytes", sent, n);
-        size_t held = wait_backed_up(r.d, r.port, fd, sent, line, line + strlen("Hello, !\r\n") - 1);
+        size_t held = wait_backed_up(r.d, r.port, fd, sent, line, line + strlen("Hello, !\r\n") - 1).held;
         harness_step("hellod holds %zu reply bytes (or their lines), the state is to carry them", held);
         stop_and_wait(r.d);
         store_wait(r.d, &r.st, "state", 1);
@@ -1756,8 +1757,7 @@ static void write_deadline_carried(const char *model) {
          * again, once (two tries fit well inside the 8 s deadline). */
         int64_t stalled;
         for (int attempt = 1;; attempt++) {
-                (void) wait_backed_up(r.d, r.port, fd, sent, 3, reply);
-                Held before = held_now(r.d, r.port, fd, sent, 3, reply);
+                Held before = wait_backed_up(r.d, r.port, fd, sent, 3, reply);
                 stalled = harness_now_ms(); /* the deadline began before this */
                 harness_sleep_ms(RESTART_MS);
                 Held after = held_now(r.d, r.port, fd, sent, 3, reply);
