@@ -54,8 +54,13 @@ typedef struct EngineHooks {
         void (*handed_over)(Session *s, void *userdata);
         /* handed_over_lingering: the same for a conversation that ended before (its done hook
          * was called) and lingers on the socket FD, which the engine kept: REC is its record
-         * (handoff_lingering_at()); the hook owns FD from then on. */
-        void (*handed_over_lingering)(void *userdata, const HandoverRecord *rec, int fd);
+         * (handoff_lingering_at()), STORED_AS its name in systemd's store if it is still there
+         * (HandoffLingering), else ""; the hook owns FD from then on. */
+        void (*handed_over_lingering)(void *userdata, const HandoverRecord *rec, int fd, const char *stored_as);
+        /* lingering_closed: such a conversation's socket, still in systemd's store under the
+         * name STORED_AS, is about to be closed: out of the store first (as the done hook does
+         * for a session that closes). */
+        void (*lingering_closed)(void *userdata, const char *stored_as);
         /* handed_over_waiting: the same for a client admit() left waiting (QUEUED), never
          * greeted: FD, accepted from VIA (a copy) with PEER; the hook owns FD from then on. */
         void (*handed_over_waiting)(void *userdata, int fd, const struct sockaddr_storage *peer, const Listener *via);

@@ -175,6 +175,11 @@ HandoffLingering *handoff_lingering_new(const Session *s) {
                 return NULL;
         handoff_record(s, s->started_usec, &l->rec);
         l->started_usec = s->started_usec;
+        l->stored_as[0] = '\0';
+        if (s->stored) {
+                HandoverConnName conn = handoff_conn_name(s);
+                handover_fdname_conn(&conn, l->stored_as, sizeof(l->stored_as));
+        }
         memcpy(l->listen, s->listen, listen_len + 1);
         l->rec.listen = l->listen;
         /* Logged by the done hook, about to run; still the balancer's, if it was. */

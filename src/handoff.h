@@ -35,11 +35,14 @@ void handoff_record(const Session *s, uint64_t now, HandoverRecord *rec);
 typedef struct HandoffLingering {
         HandoverRecord rec;    /* LINGERING; listen points into the text below; nothing kept */
         uint64_t started_usec; /* the connection's accept, for rec.age_usec */
+        /* Its name in systemd's store (handover = "always"), where it stays until it closes
+         * so that a crash meanwhile does not close it; "" when it is not stored. */
+        char stored_as[HANDOVER_FDNAME_MAX];
         char listen[];
 } HandoffLingering;
 
-/* handoff_lingering_new: S's record as it goes to linger (its conversation over); NULL when
- * out of memory. Freed with free(). */
+/* handoff_lingering_new: S's record as it goes to linger (its conversation over), with the
+ * name S is stored under if it is; NULL when out of memory. Freed with free(). */
 HandoffLingering *handoff_lingering_new(const Session *s);
 /* handoff_lingering_at: L's record as of NOW: lingering until DEADLINE, DISCARDED bytes read
  * away so far. */

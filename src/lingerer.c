@@ -33,6 +33,8 @@ struct Lingerer {
         size_t n, max; /* in the list or reserved (lingerer_reserve); at most */
         uint64_t sleep_until; /* the lingerer's next look, at the latest */
         bool stop;
+        LingererClosing closing; /* set once, before the thread starts */
+        void *userdata;
 };
 
 /* ---- the list (under the lock) ---- */
@@ -64,12 +66,19 @@ static uint64_t take_expired(Lingerer *g, uint64_t now, Lingering **expired) {
 
 /* ---- closing ---- */
 
+/* close_with_record: FD closed, its RECORD told first (LingererClosing) and freed. */
+static void close_with_record(Lingerer *g, int fd, void *record) {
+        if (record && g->closing)
+                g->closing(g->userdata, record);
+        close(fd);
+        free(record);
+}
+
 /* release: out of the epoll set first: with handover = "always", systemd may still hold a copy
  * of the socket for a moment, and the registration would outlive the close. */
 static void release(Lingerer *g, Lingering *l) {
         (void) epoll_ctl(g->epoll_fd, EPOLL_CTL_DEL, l->fd, NULL);
-        close(l->fd);
-        free(l->record);
+        close_with_record(g, l->fd, l->record);
         free(l);
 }
 
@@ -110,8 +119,7 @@ void lingerer_add(Lingerer *g, int fd, uint64_t deadline, size_t discarded, void
         uint64_t sleep_until;
 
         if (!l) { /* cannot wait for the client: close now, its place given back */
-                close(fd);
-                free(record);
+                close_with_record(g, fd, record);
                 pthread_mutex_lock(&g->lock);
                 g->n--;
                 pthread_mutex_unlock(&g->lock);
@@ -195,7 +203,7 @@ static void destroy(Lingerer *g) {
         free(g);
 }
 
-int lingerer_new(Lingerer **ret, size_t max) {
+int lingerer_new(Lingerer **ret, size_t max, LingererClosing closing, void *userdata) {
         Lingerer *g = calloc(1, sizeof(*g));
         struct epoll_event ev = { .events = EPOLLIN, .data.ptr = NULL };
         int r;
@@ -204,6 +212,8 @@ int lingerer_new(Lingerer **ret, size_t max) {
                 return -ENOMEM;
         pthread_mutex_init(&g->lock, NULL);
         g->max = max;
+        g->closing = closing;
+        g->userdata = userdata;
         g->sleep_until = SESSION_NO_DEADLINE;
         g->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
         g->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);

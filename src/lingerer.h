@@ -24,9 +24,14 @@ typedef struct Lingerer Lingerer;
 /* How late the lingerer may close a socket past its deadline. */
 #define LINGERER_SLACK_USEC 20000u
 
-/* lingerer_new: starts the thread; at most MAX sockets linger at a time. 0 or a negative
- * errno. */
-int lingerer_new(Lingerer **ret, size_t max);
+/* LingererClosing: a lingering socket that has a RECORD (lingerer_add()) is about to be closed
+ * (its linger over, or the lingerer freed); RECORD is freed after. Not at a hand-over, where
+ * LingererGive takes both. On whichever thread closes it. */
+typedef void (*LingererClosing)(void *userdata, void *record);
+
+/* lingerer_new: starts the thread; at most MAX sockets linger at a time; CLOSING (or NULL)
+ * with USERDATA before each close. 0 or a negative errno. */
+int lingerer_new(Lingerer **ret, size_t max, LingererClosing closing, void *userdata);
 /* lingerer_set_max: at most MAX from now on (a reload). */
 void lingerer_set_max(Lingerer *g, size_t max);
 /* lingerer_free: stops and joins the thread, and closes the lingering sockets at once (the

@@ -660,7 +660,11 @@ static void refuse(void *userdata, void *job) {
  * server calls shutdown() on the sockets of its registered sessions. It takes the session's
  * record along, for a hand-over while it lingers: always, since whether there is one is for
  * the configuration in force then to say, not the session's (a reload may have turned the
- * hand-over on since it began); without memory the socket closes at a hand-over. */
+ * hand-over on since it began); without memory the socket closes at a hand-over. A stored
+ * session (handover = "always") stays stored until the lingerer closes it (its record names
+ * it), as a pool's lingering session does, so that a crash meanwhile leaves its socket open
+ * for the next process to linger out: closed with this one, it would answer the client's
+ * late bytes with a reset. Without memory it leaves the store with its session. */
 static void serve(void *userdata, void *job) {
         PerConn *p = userdata;
         Session *s = job;
@@ -675,6 +679,8 @@ static void serve(void *userdata, void *job) {
                 return;
         }
         HandoffLingering *record = linger.fd >= 0 ? handoff_lingering_new(s) : NULL;
+        if (record && record->stored_as[0] != '\0')
+                s->stored = false; /* the record's now: not the done hook's to take out */
         engine_session_done(s->engine, s);
         if (linger.fd >= 0)
                 lingerer_add(p->lingerer, linger.fd, linger.deadline, linger.discarded, record);
@@ -685,8 +691,17 @@ static void give_lingering(void *userdata, int fd, void *record, uint64_t deadli
         const EngineHooks *hooks = &((PerConn *) userdata)->engine.hooks;
         const HandoverRecord *rec = handoff_lingering_at(record, now_usec(), deadline, discarded);
 
-        hooks->handed_over_lingering(hooks->userdata, rec, fd);
+        hooks->handed_over_lingering(hooks->userdata, rec, fd, ((HandoffLingering *) record)->stored_as);
         free(record);
+}
+
+/* lingering_closing: LingererClosing: a lingering socket still stored leaves the store. */
+static void lingering_closing(void *userdata, void *record) {
+        const EngineHooks *hooks = &((PerConn *) userdata)->engine.hooks;
+        const char *stored_as = ((HandoffLingering *) record)->stored_as;
+
+        if (stored_as[0] != '\0')
+                hooks->lingering_closed(hooks->userdata, stored_as);
 }
 
 static void perconn_set_listeners(Engine *e, const ListenerSet *set) {
@@ -879,7 +894,7 @@ int perconn_engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks)
         if (r == 0)
                 r = serving_new(&p->serving);
         if (r == 0)
-                r = lingerer_new(&p->lingerer, conf->max_connections);
+                r = lingerer_new(&p->lingerer, conf->max_connections, lingering_closing, p);
         if (r == 0)
                 r = workers_new(&p->workers, conf->worker_stack_size, PERCONN_MAX_IDLE,
                                 &(WorkerCalls) { .wait = wait_for_client, .serve = serve, .refuse = refuse,

@@ -228,6 +228,15 @@ static void forget_stored(const Session *session) {
         }
 }
 
+/* lingering_closed: the engine's lingering_closed hook: a conversation's socket that lingered
+ * on after its session, still stored under STORED_AS (if not ""), leaves the store before it
+ * closes. */
+static void lingering_closed(void *userdata, const char *stored_as) {
+        (void) userdata;
+        if (stored_as[0] != '\0')
+                (void) notify_fdstore_remove(stored_as);
+}
+
 /* session_done: the engine's done callback, on the thread that drove the session: the one
  * way every session ends. */
 static void session_done(Session *session, void *userdata) {
@@ -304,11 +313,13 @@ static void session_handed_over(Session *session, void *userdata) {
 
 /* lingering_handed_over: the engine's handed_over_lingering hook: the connection lingers on in
  * the next process; this one lets go of it. */
-static void lingering_handed_over(void *userdata, const HandoverRecord *rec, int fd) {
-        int r = hand_over_record(userdata, rec, fd, false);
+static void lingering_handed_over(void *userdata, const HandoverRecord *rec, int fd, const char *stored_as) {
+        int r = hand_over_record(userdata, rec, fd, stored_as[0] != '\0');
 
-        if (r < 0)
+        if (r < 0) {
                 log_warning_errno(r, "lingering connection %" PRIu64 " cannot be handed over, closing it", rec->id);
+                lingering_closed(userdata, stored_as);
+        }
         close(fd);
 }
 
@@ -1603,6 +1614,7 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
                 .exhausted = hook_exhausted,
                 .handed_over = session_handed_over,
                 .handed_over_lingering = lingering_handed_over,
+                .lingering_closed = lingering_closed,
                 .handed_over_waiting = waiting_handed_over,
                 .stopped_waiting = waiting_stopped,
                 .proxied = hook_proxied,
