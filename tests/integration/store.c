@@ -159,6 +159,11 @@ unsigned store_count(Store *st, const char *prefix) {
         return n;
 }
 
+unsigned store_count_settled(Store *st, const char *prefix) {
+        store_settle(st);
+        return store_count(st, prefix);
+}
+
 int store_dup(Store *st, const char *name) {
         int fd = -1;
 

@@ -40,6 +40,9 @@ void store_start(Store *st, const char *dir);
 void store_stop(Store *st);
 /* store_count: descriptors held whose name starts with PREFIX. */
 unsigned store_count(Store *st, const char *prefix);
+/* store_count_settled: the same once every message already sent to the store is in (for a
+ * process that sends no more: frozen, or gone). */
+unsigned store_count_settled(Store *st, const char *prefix);
 /* store_dup: a duplicate of the descriptor held as NAME (the caller closes it); fails the test
  * when there is none. */
 int store_dup(Store *st, const char *name);
