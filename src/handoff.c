@@ -299,8 +299,9 @@ int handoff_session(const HandoverRecord *rec, int fd, Conf *conf, uint64_t now,
         return 0;
 }
 
-/* fin_sent: whether the socket has sent its FIN (shut for writing): an event loop keeps a
- * conversation that ended in the store while it lingers (handover = "always"). One that is
+/* fin_sent: whether the socket has sent its FIN (shut for writing): an event loop, or the
+ * per-connection model's lingerer, keeps a conversation that ended in the store while it
+ * lingers (handover = "always"). One that is
  * closed by now (the client's FIN came too, or a reset) has no peer: refused before this. */
 static bool fin_sent(int fd) {
         struct tcp_info info;

@@ -25,8 +25,9 @@ typedef struct Lingerer Lingerer;
 #define LINGERER_SLACK_USEC 20000u
 
 /* LingererClosing: a lingering socket that has a RECORD (lingerer_add()) is about to be closed
- * (its linger over, or the lingerer freed); RECORD is freed after. Not at a hand-over, where
- * LingererGive takes both. On whichever thread closes it. */
+ * (its linger over, the lingerer freed, or no memory to wait with in lingerer_add()); RECORD
+ * is freed after. Not at a hand-over, where LingererGive takes both. On whichever thread
+ * closes it: the lingerer's, lingerer_add()'s caller's, or lingerer_free()'s. */
 typedef void (*LingererClosing)(void *userdata, void *record);
 
 /* lingerer_new: starts the thread; at most MAX sockets linger at a time; CLOSING (or NULL)
