@@ -57,6 +57,10 @@ typedef struct EngineHooks {
          * (handoff_lingering_at()), STORED_AS its name in systemd's store if it is still there
          * (HandoffLingering), else ""; the hook owns FD from then on. */
         void (*handed_over_lingering)(void *userdata, const HandoverRecord *rec, int fd, const char *stored_as);
+        /* ending: S, stored (Session.stored), has ended its conversation (proto.end) and waits
+         * for its client to take the last replies before its FIN; on its engine thread, once or
+         * more. */
+        void (*ending)(Session *s, void *userdata);
         /* lingering_closed: such a conversation's socket, still in systemd's store under the
          * name STORED_AS, is about to be closed: out of the store first (as the done hook does
          * for a session that closes). */

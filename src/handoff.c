@@ -337,9 +337,13 @@ int handoff_session_fresh(int fd, Conf *conf, const HandoverConnName *name, Sess
                 s->proxy_local = name->balancer_own;
                 s->stored_via = true;
         }
+        s->stored_ended = name->ended;
         s->resumed = true; /* greeted by the process that crashed */
         s->timer.at = session_idle_deadline(s, now_usec()); /* its deadline was lost too */
-        if (fin_sent(fd)) { /* it had ended, and lingered: it lingers on, as long as a close does */
+        /* It had ended, and lingered; or it had ended and waited for its client to take its
+         * last replies (those not sent are lost), and its FIN goes now: it lingers on, as long
+         * as a close does. */
+        if (fin_sent(fd) || (name->ended && shutdown(fd, SHUT_WR) == 0)) {
                 s->lingering = true;
                 s->timer.at = now_usec() + SESSION_LINGER_USEC;
         }
@@ -363,12 +367,18 @@ static HandoverConnName conn_name(uint64_t id, bool via, bool own, const struct 
 }
 
 HandoverConnName handoff_conn_name(const Session *s) {
-        return conn_name(s->id, s->stored_via, s->proxy_local, &s->peer_addr);
+        HandoverConnName name = conn_name(s->id, s->stored_via, s->proxy_local, &s->peer_addr);
+
+        name.ended = s->stored_ended;
+        return name;
 }
 
 HandoverConnName handoff_record_conn_name(const HandoverRecord *rec, bool via_name) {
-        return conn_name(rec->id, via_name && (rec->flags & HANDOVER_VIA_BALANCER), rec->flags & HANDOVER_BALANCER_OWN,
-                         &rec->peer);
+        HandoverConnName name = conn_name(rec->id, via_name && (rec->flags & HANDOVER_VIA_BALANCER),
+                                          rec->flags & HANDOVER_BALANCER_OWN, &rec->peer);
+
+        name.ended = via_name && rec->end != PROTO_END_NONE && !(rec->flags & HANDOVER_LINGERING);
+        return name;
 }
 
 int handoff_memfd_new(void) {

@@ -62,16 +62,18 @@ int handoff_session(const HandoverRecord *rec, int fd, Conf *conf, uint64_t now,
 
 /* handoff_session_fresh: a session for the connection FD whose state is lost (a crash): the
  * conversation goes on from the next line, without a greeting. NAME is what its name in the
- * store says: its id, and behind a balancer the client its PROXY header named (or that it is
- * the balancer's own), which the session takes up as such. Takes FD. */
+ * store says: its id, behind a balancer the client its PROXY header named (or that it is the
+ * balancer's own), which the session takes up as such, and whether it had ended. One that had
+ * ended, or whose FIN is out (it lingered), lingers on for a close's time. Takes FD. */
 int handoff_session_fresh(int fd, Conf *conf, const HandoverConnName *name, Session **ret);
 
 /* handoff_conn_name: the name S is stored under: "c<id>", behind a balancer with its client
  * when it was stored so (Session.stored_via: the crash mode's names say it, a restart's
- * records do instead). */
+ * records do instead), ended when it was stored so (Session.stored_ended). */
 HandoverConnName handoff_conn_name(const Session *s);
 /* handoff_record_conn_name: the name REC's connection is stored under at a hand-over: behind a
- * balancer with its client when VIA_NAME (the crash mode's names), else "c<id>". */
+ * balancer with its client, and ended when its conversation is over but not its output, when
+ * VIA_NAME (the crash mode's names); else "c<id>". */
 HandoverConnName handoff_record_conn_name(const HandoverRecord *rec, bool via_name);
 
 /* handoff_memfd_new: an empty memfd for the state, stored before the connections so that a

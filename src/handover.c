@@ -648,6 +648,8 @@ const char *handover_fdname_conn(const HandoverConnName *conn, char *buf, size_t
                 }
         }
         *p = '\0';
+        if (conn->ended)
+                strcat(p, HANDOVER_FDNAME_ENDED);
         snprintf(buf, size, "%s", name);
         return buf;
 }
@@ -671,8 +673,19 @@ static bool parse_client(const char *p, int family, struct sockaddr_storage *ret
 
 bool handover_fdname_parse_conn(const char *name, HandoverConnName *ret) {
         HandoverConnName conn = { 0 };
-        const char *p = name + 1;
+        char head[HANDOVER_FDNAME_MAX];
+        size_t len = strlen(name), suffix = strlen(HANDOVER_FDNAME_ENDED);
+        const char *p;
 
+        if (len >= sizeof(head))
+                return false;
+        memcpy(head, name, len + 1);
+        if (len > suffix && strcmp(head + len - suffix, HANDOVER_FDNAME_ENDED) == 0) {
+                conn.ended = true;
+                head[len - suffix] = '\0';
+        }
+        name = head;
+        p = name + 1;
         if (name[0] != HANDOVER_FDNAME_CONN_PREFIX[0] || *p < '1' || *p > '9')
                 return false;
         for (; *p >= '0' && *p <= '9'; p++) {

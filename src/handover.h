@@ -52,7 +52,8 @@
  * FileDescriptorName= (the socket unit's). */
 #define HANDOVER_FDNAME_STATE "state"
 #define HANDOVER_FDNAME_CONN_PREFIX "c" /* "c<id>", id in decimal without leading zeros */
-#define HANDOVER_FDNAME_MAX 64          /* "c" + 20 digits + "b6" + 36 hex digits + NUL, rounded up */
+#define HANDOVER_FDNAME_MAX 64          /* "c" + 20 digits + "b6" + 36 hex digits + ".end" + NUL */
+#define HANDOVER_FDNAME_ENDED ".end"    /* the suffix of an ended conversation's name */
 
 typedef enum HandoverFlags {
         HANDOVER_LINGERING = 1u << 0,  /* ended; discarding what the client still sends */
@@ -203,13 +204,18 @@ typedef struct HandoverConnName {
         bool via_balancer;
         bool balancer_own;              /* via_balancer: no client named */
         struct sockaddr_storage client; /* via_balancer and not balancer_own: AF_INET or AF_INET6 */
+        /* The conversation has ended (its exit answered, or an ERR line) and waits for the
+         * client to take its last replies before the FIN: after a crash the next process ends
+         * it (FIN, then the lingering close) rather than taking it for a live one. */
+        bool ended;
 } HandoverConnName;
 
 /* File descriptor names. handover_fdname_conn: CONN's name into BUF (HANDOVER_FDNAME_MAX):
  * "c<id>" (the id in decimal without leading zeros); behind a balancer "c<id>b" for its own
  * connection, "c<id>b4<address><port>" or "c<id>b6<address><port>" for a client's (the
  * address's 4 or 16 bytes and the port's 2 in lowercase hex, network order; no scope id: a
- * PROXY header has none); a client of another family goes unnamed ("c<id>").
+ * PROXY header has none); a client of another family goes unnamed ("c<id>"). An ended
+ * conversation's name ends in ".end" ("c<id>.end", "c<id>b4<address><port>.end").
  * handover_fdname_parse_conn: whether NAME is exactly such a name (each name has one
  * spelling: handover_fdname_conn() gives NAME back), and what it says.
  * handover_fdname_is_stored: whether NAME is in the namespace hellod stores under ("state..."

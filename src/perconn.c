@@ -130,6 +130,8 @@ static int flush(Session *s, SockTimer *send_timer, uint64_t deadline) {
                         continue;
                 if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
                         blocking = true; /* from now on the send timeout bounds the wait */
+                        if (s->proto.end != PROTO_END_NONE && s->stored) /* its last replies */
+                                s->engine->hooks.ending(s, s->engine->hooks.userdata);
                         continue;
                 }
                 if (n < 0) {

@@ -283,6 +283,18 @@ static Fate linger(Loop *l, Session *s) {
         }
 }
 
+/* conclude_when_sent: the conversation has ended: conclude() now, or once the client has taken
+ * its last replies, its store's name saying so meanwhile (EngineHooks.ending). */
+static Fate conclude_when_sent(Loop *l, Session *s) {
+        const EngineHooks *hooks = hooks_of(l);
+
+        if (!s->want_write)
+                return conclude(l, s);
+        if (s->stored)
+                hooks->ending(s, hooks->userdata);
+        return ALIVE;
+}
+
 /* end_with: the protocol's closing words (EOF answer, ERR line), then conclude once they
  * are sent. */
 static Fate end_with(Loop *l, Session *s, ProtoEnd reason) {
@@ -295,7 +307,7 @@ static Fate end_with(Loop *l, Session *s, ProtoEnd reason) {
         int r = send_out(l, s, &out);
         if (r < 0)
                 return finish(l, s, r);
-        return s->want_write ? ALIVE : conclude(l, s);
+        return conclude_when_sent(l, s);
 }
 
 /* read_lines: the read of a stored session: peeked first, then what session_lines_taken()
@@ -433,7 +445,7 @@ static Fate serve_once(Loop *l, Session *s, bool *more) {
         if (r < 0)
                 return finish(l, s, r);
         if (status == PROTO_CLOSE)
-                return s->want_write ? ALIVE : conclude(l, s);
+                return conclude_when_sent(l, s);
         if (s->proto.messages != messages && !s->want_write)
                 set_deadline(l, s, session_idle_deadline(s, l->now));
         /* Back-pressure: nothing more is read until the client takes its replies. A read

@@ -237,6 +237,24 @@ static void lingering_closed(void *userdata, const char *stored_as) {
                 (void) notify_fdstore_remove(stored_as);
 }
 
+/* session_ending: the engine's ending hook: SESSION, stored, has ended its conversation and
+ * waits for the client to take its last replies before the FIN. Its name in the store says so
+ * from now on, so that after a crash the next process ends it rather than taking it for a live
+ * one (handoff_session_fresh). Out under its old name first: PID 1 keeps the first name of a
+ * socket it holds and drops a second copy. (A crash between the two closes the connection with
+ * this process: its client sees the end, without the replies not sent yet.) */
+static void session_ending(Session *session, void *userdata) {
+        char name[HANDOVER_FDNAME_MAX];
+
+        (void) userdata;
+        if (!session->stored || session->stored_ended)
+                return;
+        forget_stored(session);
+        session->stored_ended = true;
+        HandoverConnName conn = handoff_conn_name(session);
+        session->stored = notify_fdstore_add(session->fd, handover_fdname_conn(&conn, name, sizeof(name))) > 0;
+}
+
 /* session_done: the engine's done callback, on the thread that drove the session: the one
  * way every session ends. */
 static void session_done(Session *session, void *userdata) {
@@ -1460,6 +1478,7 @@ static void resume_records(Server *s, InheritedStore *store, ResumeCounts *c) {
                         continue;
                 }
                 session->stored_via = conn->name.via_balancer; /* the name it is stored under */
+                session->stored_ended = conn->name.ended;
                 adopt_session(s, session);
                 c->resumed++;
         }
@@ -1615,6 +1634,7 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
                 .handed_over = session_handed_over,
                 .handed_over_lingering = lingering_handed_over,
                 .lingering_closed = lingering_closed,
+                .ending = session_ending,
                 .handed_over_waiting = waiting_handed_over,
                 .stopped_waiting = waiting_stopped,
                 .proxied = hook_proxied,

@@ -88,6 +88,7 @@ typedef struct Session {
         bool close_logged; /* its closing line is logged already (HANDOVER_LOGGED) */
         bool stored;  /* in systemd's file descriptor store (handover = "always") */
         bool stored_via; /* stored under a name that says it is the balancer's (handoff_conn_name) */
+        bool stored_ended; /* ... and one that says its conversation has ended (HandoverConnName) */
         bool fd_kept; /* perconn: the socket outlives the session (the lingerer keeps it);
                        * session_free() leaves it open. Never read by the server thread. */
 } Session;

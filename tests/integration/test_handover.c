@@ -1026,6 +1026,58 @@ Test(handover, always_a_conversation_that_ended_lingers_on_after_a_crash, .timeo
         }
 }
 
+/* In the crash mode a conversation that has ended (its exit read) while its client was not
+ * taking its replies waits for it to take the last ones before its FIN. Crashed then, the next
+ * process took it for a live one: it answered the next line, and with idle_timeout = 0 never
+ * closed it, while the client waited for the end after its exit. Its name in the store now
+ * says that it ended ("c<id>.end"): the next process sends the FIN after what the kernel still
+ * holds (the replies the crashed process held are lost, as docs/zero-downtime.md says) and
+ * lingers out the close. hellod's send buffer is made small through the store's copy of its
+ * socket, so that one read's replies overflow it (over loopback it is megabytes). MODEL: the
+ * worker model (model_config()). */
+static void ended_with_replies_held_crashes(const char *model) {
+        enum { LINES = 1300, REPLY = 12, SNDBUF = 4096 };
+        static char burst[LINES * 3 + sizeof("exit\n")], want[LINES * REPLY], got[LINES * REPLY + 1];
+        Rig r;
+
+        harness_step("%s", model);
+        rig_start(&r);
+        rig_serve(&r, "idle_timeout = 0;\nhandover = \"always\";\n%s", MODEL(model, 1));
+        int fd = client_connect_small_window(r.port);
+        client_expect_str(fd, HELLOD_GREETING);
+        store_wait(r.d, &r.st, "c1", 1);
+        int server_end = store_dup(&r.st, "c1"); /* the very socket hellod serves it on */
+        cr_assert_eq(setsockopt(server_end, SOL_SOCKET, SO_SNDBUF, &(int) { SNDBUF }, sizeof(int)), 0);
+        close(server_end);
+        for (int i = 0; i < LINES; i++) {
+                memcpy(burst + 3 * i, "ab\n", 3);
+                memcpy(want + REPLY * i, "Hello, ab!\r\n", REPLY);
+        }
+        memcpy(burst + 3 * LINES, "exit\n", sizeof("exit\n"));
+        client_send_str(fd, burst); /* one read: 15,600 bytes of replies for a few KiB of room */
+        store_wait(r.d, &r.st, "c1.end", 1);
+
+        harness_step("%s: kill -9 while it holds its last replies", model);
+        rig_crash(&r);
+        hellod_wait_stderr(r.d, "resumed 1 conversation kept in the store");
+        ClientReadEnd end;
+        size_t n = client_read(fd, got, sizeof(got), NULL, HARNESS_TIMEOUT_MS, &end);
+        cr_assert_lt(n, sizeof(want), "every reply arrived: the crashed process held none");
+        cr_assert_eq(memcmp(got, want, n), 0, "the replies before the crash, byte for byte");
+        if (end != CLIENT_READ_EOF)
+                hellod_fail(r.d, "after %zu bytes of replies: %s, not the end after its exit", n,
+                            end == CLIENT_READ_RESET ? "a reset" : "no end");
+        store_wait(r.d, &r.st, "c", 0); /* its lingering close done */
+        cr_expect_eq(hellod_count_in_stderr(r.d, "Hello"), 0);
+        client_close(fd);
+        rig_end(&r);
+}
+
+Test(handover, always_a_conversation_that_ended_with_replies_held_ends_after_a_crash, .timeout = 90) {
+        ended_with_replies_held_crashes("epoll"); /* io_uring leaves the crash mode to epoll */
+        ended_with_replies_held_crashes("per-connection");
+}
+
 /* stored_client: hellod started with CONFIG, then EXTRA, and handover = "always"; returns a
  * greeted client it has stored. */
 static int stored_client(Rig *r, const char *config, const char *extra) {

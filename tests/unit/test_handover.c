@@ -862,8 +862,12 @@ Test(fdname, connection_names) {
         cr_assert(handover_fdname_parse_conn(buf, &conn));
         cr_assert_eq(conn.id, HANDOVER_ID_MAX);
         cr_assert_not(conn.via_balancer);
-        cr_assert(handover_fdname_parse_conn("c1", &conn) && conn.id == 1);
-        const char *bad[] = { "c", "c0", "c01", "c-1", "c+1", "c1x", "c 1", "C1", "1", "",
+        cr_assert(handover_fdname_parse_conn("c1", &conn) && conn.id == 1 && !conn.ended);
+        conn.ended = true; /* a conversation over, its last replies on their way */
+        cr_assert_str_eq(handover_fdname_conn(&conn, buf, sizeof(buf)), "c1.end");
+        conn = (HandoverConnName) { 0 };
+        cr_assert(handover_fdname_parse_conn(buf, &conn) && conn.id == 1 && conn.ended && !conn.via_balancer);
+        const char *bad[] = { "c1.end.end", "c1.END", "c1.en", "c1end", "c1.endx", ".end", "c.end", "c0.end", "c", "c0", "c01", "c-1", "c+1", "c1x", "c 1", "C1", "1", "",
                               "c9223372036854775808", /* past HANDOVER_ID_MAX: the next ids would wrap */
                               "c18446744073709551615", "c18446744073709551616", "c99999999999999999999", "state", "hellod",
                               /* behind a balancer: a family, then exactly its digits, lowercase */
@@ -898,11 +902,16 @@ Test(fdname, names_behind_a_balancer) {
         conn.id = HANDOVER_ID_MAX; /* the longest name a reader takes */
         cr_assert_str_eq(handover_fdname_conn(&conn, buf, sizeof(buf)),
                          "c9223372036854775807b620010db80000000000000000000000ffffff");
-        cr_assert_lt(strlen(buf), HANDOVER_FDNAME_MAX);
         cr_assert(handover_fdname_parse_conn(buf, &back));
         cr_assert_eq(back.client.ss_family, AF_INET6);
         cr_assert_eq(memcmp(&back.client, &conn.client, offsetof(struct sockaddr_in6, sin6_scope_id)), 0);
         cr_assert_eq(((struct sockaddr_in6 *) &back.client)->sin6_scope_id, 0);
+        conn.ended = true; /* the longest name of all */
+        cr_assert_str_eq(handover_fdname_conn(&conn, buf, sizeof(buf)),
+                         "c9223372036854775807b620010db80000000000000000000000ffffff.end");
+        cr_assert_lt(strlen(buf), HANDOVER_FDNAME_MAX);
+        cr_assert(handover_fdname_parse_conn(buf, &back) && back.ended && back.id == HANDOVER_ID_MAX);
+        conn.ended = false;
 
         conn.balancer_own = true; /* no client named */
         conn.id = 9;
@@ -918,7 +927,7 @@ Test(fdname, names_behind_a_balancer) {
 /* Each name has one spelling: random ones come back as they went, and a name damaged at random
  * (a byte changed, dropped or added) is refused or read as a name that is spelled so. */
 Test(fdname, every_name_comes_back_as_it_went) {
-        static const char alphabet[] = "0123456789abcdefABb46x:c";
+        static const char alphabet[] = "0123456789abcdefABb46x:c.end";
 
         for (int i = 0; i < 2000; i++) {
                 char buf[HANDOVER_FDNAME_MAX], again[HANDOVER_FDNAME_MAX], damaged[HANDOVER_FDNAME_MAX + 1];
@@ -927,11 +936,12 @@ Test(fdname, every_name_comes_back_as_it_went) {
 
                 conn.id += conn.id == 0;
                 conn.balancer_own = conn.via_balancer && rnd_below(3) == 0;
+                conn.ended = rnd() & 1;
                 random_address(&conn.client); /* the name has no scope id: it comes back as it went */
                 cr_assert(handover_fdname_parse_conn(handover_fdname_conn(&conn, buf, sizeof(buf)), &back), "%s", buf);
                 cr_assert_str_eq(handover_fdname_conn(&back, again, sizeof(again)), buf);
                 cr_assert(back.id == conn.id && back.via_balancer == conn.via_balancer &&
-                          back.balancer_own == conn.balancer_own);
+                          back.balancer_own == conn.balancer_own && back.ended == conn.ended);
                 cr_assert(handover_fdname_is_stored(buf));
 
                 size_t len = strlen(buf), at = rnd_below(len + 1);
