@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/pidfd.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/file.h>
@@ -1849,4 +1850,38 @@ ClientState client_classify(int fd) {
                              harness_escape(&c, 1, esc, sizeof(esc)));
         client_expect_str(fd, &HELLOD_GREETING[1]);
         return CLIENT_SERVED;
+}
+
+int hellod_socket_dup(Hellod *d, int fd) {
+        pid_t pid = d->pid;
+        struct sockaddr_storage mine, theirs;
+        socklen_t len = sizeof(mine);
+        char dir[64];
+        struct dirent *e;
+        int pidfd = pidfd_open(pid, 0), found = -1;
+        DIR *fds;
+
+        if (pidfd < 0)
+                hellod_fail(d, "pidfd_open(%d): %s", (int) pid, strerror(errno));
+        if (getsockname(fd, (struct sockaddr *) &mine, &len) < 0)
+                harness_fail("getsockname: %s", strerror(errno));
+        (void) snprintf(dir, sizeof(dir), "/proc/%d/fd", (int) pid);
+        fds = opendir(dir);
+        if (!fds)
+                hellod_fail(d, "%s: %s", dir, strerror(errno));
+        while (found < 0 && (e = readdir(fds))) {
+                int dup = atoi(e->d_name) > 0 ? pidfd_getfd(pidfd, atoi(e->d_name), 0) : -1;
+
+                len = sizeof(theirs);
+                if (dup >= 0 && getpeername(dup, (struct sockaddr *) &theirs, &len) == 0 && len == sizeof(struct sockaddr_in) &&
+                    ((struct sockaddr_in *) &theirs)->sin_port == ((struct sockaddr_in *) &mine)->sin_port)
+                        found = dup;
+                else if (dup >= 0)
+                        close(dup);
+        }
+        closedir(fds);
+        close(pidfd);
+        if (found < 0)
+                hellod_fail(d, "no socket of hellod (pid %d) is connected to this client", (int) pid);
+        return found;
 }

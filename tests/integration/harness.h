@@ -295,6 +295,10 @@ typedef struct TcpSocket {
 } TcpSocket;
 /* hellod_socket_of: the server's end of the connection of FD to PORT. */
 TcpSocket hellod_socket_of(uint16_t port, int fd);
+/* hellod_socket_dup: a duplicate (pidfd_getfd) of D's socket whose peer is the local end of
+ * the IPv4 client FD: hellod's side of that connection, to read or set its socket options.
+ * The caller closes it. */
+int hellod_socket_dup(Hellod *d, int fd);
 /* hellod_holds_socket_of: whether a process (hellod) still holds the server's end of the IPv4
  * connection of FD to PORT: its socket in /proc/net/tcp with an inode. */
 bool hellod_holds_socket_of(uint16_t port, int fd);

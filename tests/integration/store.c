@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -20,6 +21,20 @@ static void must(bool cond, const char *what) {
                 harness_fail("%s: %s", what, strerror(errno));
 }
 
+/* held_already: whether ST holds FD's file (socket) under any name (under ST's lock). */
+static bool held_already(const Store *st, int fd) {
+        struct stat a, b;
+
+        if (fstat(fd, &a) < 0)
+                return false;
+        for (unsigned i = 0; i < st->n; i++)
+                if (fstat(st->fds[i], &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+                        return true;
+        return false;
+}
+
+/* store_take: one message. A second copy of a socket the store holds is dropped, its first
+ * name kept, as PID 1 does ("Suppressing duplicate fd in fd store"). */
 static void store_take(Store *st, const char *msg, int fd) {
         const char *name = strstr(msg, "FDNAME=");
         char n[64] = "";
@@ -31,7 +46,9 @@ static void store_take(Store *st, const char *msg, int fd) {
         if (extend)
                 st->extended_usec = strtoull(extend + 20, NULL, 10);
         st->readies += strstr(msg, "READY=1") != NULL;
-        if (strstr(msg, "FDSTORE=1") && fd >= 0 && st->n < st->limit) {
+        if (strstr(msg, "FDSTORE=1") && fd >= 0 && held_already(st, fd)) {
+                st->duplicates++;
+        } else if (strstr(msg, "FDSTORE=1") && fd >= 0 && st->n < st->limit) {
                 snprintf(st->names[st->n], sizeof(st->names[0]), "%s", n);
                 st->fds[st->n++] = fd;
                 st->added++;

@@ -23,12 +23,13 @@ typedef struct Store {
         char path[108];
         pthread_t thread;
         pthread_mutex_t lock;
-        char names[STORE_CAPACITY][64]; /* hellod's longest is 59 bytes (HANDOVER_FDNAME_MAX) */
+        char names[STORE_CAPACITY][64]; /* hellod's longest is 63 bytes (HANDOVER_FDNAME_MAX) */
         int fds[STORE_CAPACITY];
         unsigned limit;    /* FileDescriptorStoreMax=: what is stored beyond it is refused */
         unsigned delay_us; /* how long each message takes, as a slow PID 1 would (set atomically) */
         unsigned long long extended_usec; /* the last EXTEND_TIMEOUT_USEC= */
         unsigned n, added, removed;
+        unsigned duplicates; /* second copies of a socket held, dropped as PID 1 drops them */
         unsigned conns_added; /* of ADDED, the connections ("c<id>") */
         unsigned readies;     /* READY=1 notifications taken */
         bool stop;

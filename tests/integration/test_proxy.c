@@ -1,14 +1,12 @@
 /* test-proxy: PROXY protocol listeners through the real daemon: headers as HAProxy sends them,
  * written by hand (v1 text, v2 binary), and everything a direct client can do wrong. */
 #include <criterion/criterion.h>
-#include <dirent.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/pidfd.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -662,37 +660,6 @@ Test(proxy, a_conversation_without_a_named_client_is_logged_at_info, .timeout = 
         hellod_free(d);
 }
 
-/* daemon_end: a duplicate (pidfd_getfd) of PID's socket whose peer is the local end of FD: the
- * daemon's side of that connection, to read its socket options. */
-static int daemon_end(pid_t pid, int fd) {
-        struct sockaddr_storage mine, theirs;
-        socklen_t len = sizeof(mine);
-        char dir[64];
-        struct dirent *e;
-        int pidfd = pidfd_open(pid, 0), found = -1;
-        DIR *fds;
-
-        cr_assert_geq(pidfd, 0, "pidfd_open(%d): %s", (int) pid, strerror(errno));
-        cr_assert_eq(getsockname(fd, (struct sockaddr *) &mine, &len), 0);
-        (void) snprintf(dir, sizeof(dir), "/proc/%d/fd", (int) pid);
-        fds = opendir(dir);
-        cr_assert_not_null(fds, "%s: %s", dir, strerror(errno));
-        while (found < 0 && (e = readdir(fds))) {
-                int dup = atoi(e->d_name) > 0 ? pidfd_getfd(pidfd, atoi(e->d_name), 0) : -1;
-
-                len = sizeof(theirs);
-                if (dup >= 0 && getpeername(dup, (struct sockaddr *) &theirs, &len) == 0 && len == sizeof(struct sockaddr_in) &&
-                    ((struct sockaddr_in *) &theirs)->sin_port == ((struct sockaddr_in *) &mine)->sin_port)
-                        found = dup;
-                else if (dup >= 0)
-                        close(dup);
-        }
-        closedir(fds);
-        close(pidfd);
-        cr_assert_geq(found, 0, "no socket of hellod (pid %d) is connected to this client", (int) pid);
-        return found;
-}
-
 /* A thread per connection reads with a receive timeout (SO_RCVTIMEO) for the header's deadline;
  * without an idle timeout nothing must be left of it once the conversation starts, or the
  * thread would wake up every few seconds (or milliseconds) for as long as the client idles. */
@@ -705,7 +672,7 @@ Test(proxy, no_header_timeout_outlives_the_header, .timeout = 60) {
 
         client_expect_str(fd, HELLOD_GREETING);
         client_hello(fd, "Michael");
-        end = daemon_end(d->pid, fd);
+        end = hellod_socket_dup(d, fd);
         cr_assert_eq(getsockopt(end, SOL_SOCKET, SO_RCVTIMEO, &tv, &len), 0);
         cr_expect(tv.tv_sec == 0 && tv.tv_usec == 0, "a receive timeout of %ld.%06ld s is left on the connection",
                   (long) tv.tv_sec, (long) tv.tv_usec);
