@@ -374,11 +374,8 @@ HandoverConnName handoff_conn_name(const Session *s) {
 }
 
 HandoverConnName handoff_record_conn_name(const HandoverRecord *rec, bool via_name) {
-        HandoverConnName name = conn_name(rec->id, via_name && (rec->flags & HANDOVER_VIA_BALANCER),
-                                          rec->flags & HANDOVER_BALANCER_OWN, &rec->peer);
-
-        name.ended = via_name && rec->end != PROTO_END_NONE && !(rec->flags & HANDOVER_LINGERING);
-        return name;
+        return conn_name(rec->id, via_name && (rec->flags & HANDOVER_VIA_BALANCER), rec->flags & HANDOVER_BALANCER_OWN,
+                         &rec->peer);
 }
 
 int handoff_memfd_new(void) {

@@ -529,8 +529,8 @@ static Fate start(Loop *l, Session *s) {
                 /* Greeted by the process that handed it over: go on where it was. An io_uring
                  * loop can hand over a conversation that has ended with its last words sent,
                  * before it concluded. */
-                if (s->proto.end != PROTO_END_NONE && !s->want_write && !s->lingering)
-                        return conclude(l, s);
+                if (s->proto.end != PROTO_END_NONE && !s->lingering)
+                        return conclude_when_sent(l, s); /* if stored, renamed ended now */
                 if (has_kept_input(s) && !s->want_write && !s->lingering)
                         ready_push(l, s);
                 return ALIVE;

@@ -249,7 +249,9 @@ static void session_ending(Session *session, void *userdata) {
         (void) userdata;
         if (!session->stored || session->stored_ended)
                 return;
-        forget_stored(session);
+        HandoverConnName old = handoff_conn_name(session);
+        if (notify_fdstore_remove(handover_fdname_conn(&old, name, sizeof(name))) < 0)
+                return; /* still stored under its old name: no second copy */
         session->stored_ended = true;
         HandoverConnName conn = handoff_conn_name(session);
         session->stored = notify_fdstore_add(session->fd, handover_fdname_conn(&conn, name, sizeof(name))) > 0;

@@ -1078,6 +1078,7 @@ Test(handover, always_a_conversation_that_ended_with_replies_held_ends_after_a_c
         ended_with_replies_held_crashes("per-connection");
 }
 
+
 /* stored_client: hellod started with CONFIG, then EXTRA, and handover = "always"; returns a
  * greeted client it has stored. */
 static int stored_client(Rig *r, const char *config, const char *extra) {
@@ -1708,6 +1709,67 @@ static Held wait_backed_up(Hellod *d, uint16_t port, int fd, size_t sent, size_t
                                     HARNESS_TIMEOUT_MS, h.read, h.in_kernel);
         }
         return h;
+}
+
+/* The same conversation handed over by a process in the restart mode (which names it "c<id>":
+ * its record says it has ended) to one in the crash mode: the next process renames it as it
+ * takes it up, so that a crash there ends it too. An epoll loop took it up waiting for its
+ * client, and the name stayed; per connection the thread's first send renamed it. */
+static void ended_with_replies_held_handed_to_the_crash_mode(const char *model) {
+        enum { LINES = 1300, REPLY = 12, SNDBUF = 4096 };
+        static char burst[LINES * 3 + sizeof("exit\n")], want[LINES * REPLY], got[LINES * REPLY + 1];
+        Rig r;
+
+        harness_step("%s", model);
+        rig_start(&r);
+        rig_serve(&r, "idle_timeout = 0;\nhandover = \"restart\";\n%s", MODEL(model, 1));
+        int fd = client_connect_small_window(r.port);
+        client_expect_str(fd, HELLOD_GREETING);
+        int server_end = hellod_socket_dup(r.d, fd);
+        cr_assert_eq(setsockopt(server_end, SOL_SOCKET, SO_SNDBUF, &(int) { SNDBUF }, sizeof(int)), 0);
+        close(server_end);
+        for (int i = 0; i < LINES; i++) {
+                memcpy(burst + 3 * i, "ab\n", 3);
+                memcpy(want + REPLY * i, "Hello, ab!\r\n", REPLY);
+        }
+        memcpy(burst + 3 * LINES, "exit\n", sizeof("exit\n"));
+        client_send_str(fd, burst);
+        /* Its replies back up: fewer in the kernel than there are, and nothing moving. */
+        unsigned long last = 0;
+        for (int same = 0, tries = 0; same < 3; harness_sleep_ms(100)) {
+                Held h = held_now(r.d, r.port, fd, sizeof(burst) - 1, 3, REPLY);
+                same = h.in_kernel < sizeof(want) && h.queued == last ? same + 1 : 0;
+                last = h.queued;
+                if (++tries > HARNESS_TIMEOUT_MS / 100)
+                        hellod_fail(r.d, "its replies did not back up: %zu bytes in the kernel", h.in_kernel);
+        }
+
+        harness_step("%s: handed over to the crash mode", model);
+        stop_and_wait(r.d);
+        store_wait(r.d, &r.st, "c1", 1);
+        hellod_write_config(r.d, "idle_timeout = 0;\nhandover = \"always\";\n%s", MODEL(model, 1));
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "resumed 1 conversation");
+        store_wait(r.d, &r.st, "c1.end", 1);
+
+        harness_step("%s: kill -9 while it holds its last replies", model);
+        rig_crash(&r);
+        hellod_wait_stderr(r.d, "resumed 1 conversation kept in the store");
+        ClientReadEnd end;
+        size_t n = client_read(fd, got, sizeof(got), NULL, HARNESS_TIMEOUT_MS, &end);
+        cr_assert_lt(n, sizeof(want), "every reply arrived: the crashed process held none");
+        cr_assert_eq(memcmp(got, want, n), 0, "the replies before the crash, byte for byte");
+        if (end != CLIENT_READ_EOF)
+                hellod_fail(r.d, "after %zu bytes of replies: %s, not the end after its exit", n,
+                            end == CLIENT_READ_RESET ? "a reset" : "no end");
+        store_wait(r.d, &r.st, "c", 0);
+        client_close(fd);
+        rig_end(&r);
+}
+
+Test(handover, always_takes_up_an_ended_conversation_handed_over_under_its_ended_name, .timeout = 90) {
+        ended_with_replies_held_handed_to_the_crash_mode("epoll");
+        ended_with_replies_held_handed_to_the_crash_mode("per-connection");
 }
 
 /* kept_line: the line I of kept_cross_from, LINE bytes long (2 or 3, its newline included). */
