@@ -804,6 +804,31 @@ static bool subset(const ListenerSet *a, const ListenerSet *b) {
         return true;
 }
 
+static bool listener_is(const Listener *l, const struct sockaddr *sa, socklen_t len);
+
+/* split_roles: a dual-stack socket of INHERITED (not named by CONF) that stands for a
+ * "0.0.0.0:P" and a "[::]:P" which WANT gives different roles, one with proxy_protocol and one
+ * without: one socket has one role, so the clients of one half would be served wrongly. NULL
+ * when there is none. */
+static const Listener *split_roles(const ListenerSet *inherited, const Conf *conf, const ListenerSet *want) {
+        for (size_t i = 0; i < inherited->n; i++) {
+                const Listener *l = &inherited->items[i];
+                const Listener *v4 = NULL, *v6 = NULL;
+                if (named_by_conf(l, conf) || !is_dual_stack(l))
+                        continue;
+                for (size_t j = 0; j < want->n; j++) {
+                        const Listener *w = &want->items[j];
+                        if (same_addr(w, l))
+                                v6 = w;
+                        else if (listener_is(l, (const struct sockaddr *) &w->addr, w->addr_len))
+                                v4 = w;
+                }
+                if (v4 && v6 && v4->proxy != v6->proxy)
+                        return l;
+        }
+        return NULL;
+}
+
 int listeners_match_conf(const ListenerSet *inherited, const Conf *conf, char *why, size_t why_size) {
         ListenerSet have = { 0 }, want = { 0 };
         char have_names[512], want_names[512];
@@ -833,7 +858,14 @@ int listeners_match_conf(const ListenerSet *inherited, const Conf *conf, char *w
         }
         adopt_interfaces(&want, &have);
         r = subset(&have, &want) && subset(&want, &have);
-        if (!r)
+        const Listener *split = r ? split_roles(inherited, conf, &want) : NULL;
+        if (split) {
+                r = 0;
+                snprintf(why, why_size,
+                         "systemd passed one dual-stack socket %s, for which the configuration has two entries, "
+                         "one with proxy_protocol and one without: its clients are all served as one of them",
+                         split->name);
+        } else if (!r)
                 snprintf(why, why_size, "systemd passed %s, the configuration asks for %s",
                          listeners_describe(inherited, have_names, sizeof(have_names)),
                          listeners_describe(&want, want_names, sizeof(want_names)));

@@ -444,6 +444,19 @@ static void check_marked(int r, const char *err, ListenerSet *set, InheritedStor
         if (r != 0)
                 return fail("listeners_match_conf without the name: %d, %s", r, why);
 
+        /* The dual-stack socket's two halves with different roles: one socket has one, so the
+         * addresses match but the sockets do not (it used to be reported as a match, and one
+         * half's clients were served in the other's role without a word). */
+        c = conf_text("listen = ( { name = \"hellod-proxy\"; }, \"127.0.0.1:%u\", \"127.0.0.1:%u\", \"0.0.0.0:%u\",\n"
+                      "  { address = \"[::]:%u\"; proxy_protocol = true; } );\nproxy_from = [ \"::1\" ];\n",
+                      p1, p2, p3, p3);
+        if (!c)
+                return;
+        r = listeners_match_conf(set, c, why, sizeof(why));
+        conf_unref(c);
+        if (r != 0 || !strstr(why, "one dual-stack socket [::]:") || !strstr(why, "one with proxy_protocol and one without"))
+                return fail("listeners_match_conf with the halves in two roles: %d, %s", r, why);
+
         /* A reload: marks follow the new file, cleared where it no longer asks; "[::]:P" names the
          * dual-stack socket too, and a host name what it resolves to, as when hellod binds for
          * itself ("localhost" is 127.0.0.1: once never matched, so served without PROXY). */
