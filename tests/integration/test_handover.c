@@ -1026,18 +1026,53 @@ Test(handover, always_a_conversation_that_ended_lingers_on_after_a_crash, .timeo
         }
 }
 
+/* The burst of ending_burst(): its lines, and the bytes of their replies. */
+enum { ENDING_LINES = 1300, ENDING_REPLY = 12 };
+
+/* ending_burst: hellod's end of FD (SERVER_END, a duplicate, closed here) gets a small send
+ * buffer (over loopback it is megabytes), and FD sends ENDING_LINES lines and exit in one
+ * write: one read, whose 15,600 bytes of replies do not fit in the few KiB of room. */
+static void ending_burst(int fd, int server_end) {
+        static char burst[ENDING_LINES * 3 + sizeof("exit\n")];
+
+        cr_assert_eq(setsockopt(server_end, SOL_SOCKET, SO_SNDBUF, &(int) { 4096 }, sizeof(int)), 0);
+        close(server_end);
+        for (int i = 0; i < ENDING_LINES; i++)
+                memcpy(burst + 3 * i, "ab\n", 3);
+        memcpy(burst + 3 * ENDING_LINES, "exit\n", sizeof("exit\n"));
+        client_send_str(fd, burst);
+}
+
+/* ended_after_crash: kill -9 of R's process while FD's conversation, ended by ending_burst(),
+ * holds its last replies; the next process ends it: FD reads the replies sent before the
+ * crash, byte for byte, and the end of the stream, and nothing answers a line. */
+static void ended_after_crash(Rig *r, int fd, const char *model) {
+        static char want[ENDING_LINES * ENDING_REPLY], got[ENDING_LINES * ENDING_REPLY + 1];
+        ClientReadEnd end;
+
+        harness_step("%s: kill -9 while it holds its last replies", model);
+        for (int i = 0; i < ENDING_LINES; i++)
+                memcpy(want + ENDING_REPLY * i, "Hello, ab!\r\n", ENDING_REPLY);
+        rig_crash(r);
+        hellod_wait_stderr(r->d, "resumed 1 conversation kept in the store");
+        size_t n = client_read(fd, got, sizeof(got), NULL, HARNESS_TIMEOUT_MS, &end);
+        cr_assert_lt(n, sizeof(want), "every reply arrived: the crashed process held none");
+        cr_assert_eq(memcmp(got, want, n), 0, "the replies before the crash, byte for byte");
+        if (end != CLIENT_READ_EOF)
+                hellod_fail(r->d, "after %zu bytes of replies: %s, not the end after its exit", n,
+                            end == CLIENT_READ_RESET ? "a reset" : "no end");
+        store_wait(r->d, &r->st, "c", 0); /* its lingering close done */
+        cr_expect_eq(hellod_count_in_stderr(r->d, "Hello"), 0);
+}
+
 /* In the crash mode a conversation that has ended (its exit read) while its client was not
  * taking its replies waits for it to take the last ones before its FIN. Crashed then, the next
  * process took it for a live one: it answered the next line, and with idle_timeout = 0 never
  * closed it, while the client waited for the end after its exit. Its name in the store now
  * says that it ended ("c<id>.end"): the next process sends the FIN after what the kernel still
  * holds (the replies the crashed process held are lost, as docs/zero-downtime.md says) and
- * lingers out the close. hellod's send buffer is made small through the store's copy of its
- * socket, so that one read's replies overflow it (over loopback it is megabytes). MODEL: the
- * worker model (model_config()). */
+ * lingers out the close. MODEL: the worker model (model_config()). */
 static void ended_with_replies_held_crashes(const char *model) {
-        enum { LINES = 1300, REPLY = 12, SNDBUF = 4096 };
-        static char burst[LINES * 3 + sizeof("exit\n")], want[LINES * REPLY], got[LINES * REPLY + 1];
         Rig r;
 
         harness_step("%s", model);
@@ -1046,29 +1081,9 @@ static void ended_with_replies_held_crashes(const char *model) {
         int fd = client_connect_small_window(r.port);
         client_expect_str(fd, HELLOD_GREETING);
         store_wait(r.d, &r.st, "c1", 1);
-        int server_end = store_dup(&r.st, "c1"); /* the very socket hellod serves it on */
-        cr_assert_eq(setsockopt(server_end, SOL_SOCKET, SO_SNDBUF, &(int) { SNDBUF }, sizeof(int)), 0);
-        close(server_end);
-        for (int i = 0; i < LINES; i++) {
-                memcpy(burst + 3 * i, "ab\n", 3);
-                memcpy(want + REPLY * i, "Hello, ab!\r\n", REPLY);
-        }
-        memcpy(burst + 3 * LINES, "exit\n", sizeof("exit\n"));
-        client_send_str(fd, burst); /* one read: 15,600 bytes of replies for a few KiB of room */
+        ending_burst(fd, store_dup(&r.st, "c1")); /* the store's copy: the very socket hellod serves */
         store_wait(r.d, &r.st, "c1.end", 1);
-
-        harness_step("%s: kill -9 while it holds its last replies", model);
-        rig_crash(&r);
-        hellod_wait_stderr(r.d, "resumed 1 conversation kept in the store");
-        ClientReadEnd end;
-        size_t n = client_read(fd, got, sizeof(got), NULL, HARNESS_TIMEOUT_MS, &end);
-        cr_assert_lt(n, sizeof(want), "every reply arrived: the crashed process held none");
-        cr_assert_eq(memcmp(got, want, n), 0, "the replies before the crash, byte for byte");
-        if (end != CLIENT_READ_EOF)
-                hellod_fail(r.d, "after %zu bytes of replies: %s, not the end after its exit", n,
-                            end == CLIENT_READ_RESET ? "a reset" : "no end");
-        store_wait(r.d, &r.st, "c", 0); /* its lingering close done */
-        cr_expect_eq(hellod_count_in_stderr(r.d, "Hello"), 0);
+        ended_after_crash(&r, fd, model);
         client_close(fd);
         rig_end(&r);
 }
@@ -1716,8 +1731,6 @@ static Held wait_backed_up(Hellod *d, uint16_t port, int fd, size_t sent, size_t
  * takes it up, so that a crash there ends it too. An epoll loop took it up waiting for its
  * client, and the name stayed; per connection the thread's first send renamed it. */
 static void ended_with_replies_held_handed_to_the_crash_mode(const char *model) {
-        enum { LINES = 1300, REPLY = 12, SNDBUF = 4096 };
-        static char burst[LINES * 3 + sizeof("exit\n")], want[LINES * REPLY], got[LINES * REPLY + 1];
         Rig r;
 
         harness_step("%s", model);
@@ -1725,20 +1738,12 @@ static void ended_with_replies_held_handed_to_the_crash_mode(const char *model) 
         rig_serve(&r, "idle_timeout = 0;\nhandover = \"restart\";\n%s", MODEL(model, 1));
         int fd = client_connect_small_window(r.port);
         client_expect_str(fd, HELLOD_GREETING);
-        int server_end = hellod_socket_dup(r.d, fd);
-        cr_assert_eq(setsockopt(server_end, SOL_SOCKET, SO_SNDBUF, &(int) { SNDBUF }, sizeof(int)), 0);
-        close(server_end);
-        for (int i = 0; i < LINES; i++) {
-                memcpy(burst + 3 * i, "ab\n", 3);
-                memcpy(want + REPLY * i, "Hello, ab!\r\n", REPLY);
-        }
-        memcpy(burst + 3 * LINES, "exit\n", sizeof("exit\n"));
-        client_send_str(fd, burst);
+        ending_burst(fd, hellod_socket_dup(r.d, fd));
         /* Its replies back up: fewer in the kernel than there are, and nothing moving. */
         unsigned long last = 0;
         for (int same = 0, tries = 0; same < 3; harness_sleep_ms(100)) {
-                Held h = held_now(r.d, r.port, fd, sizeof(burst) - 1, 3, REPLY);
-                same = h.in_kernel < sizeof(want) && h.queued == last ? same + 1 : 0;
+                Held h = held_now(r.d, r.port, fd, ENDING_LINES * 3 + strlen("exit\n"), 3, ENDING_REPLY);
+                same = h.in_kernel < ENDING_LINES * ENDING_REPLY && h.queued == last ? same + 1 : 0;
                 last = h.queued;
                 if (++tries > HARNESS_TIMEOUT_MS / 100)
                         hellod_fail(r.d, "its replies did not back up: %zu bytes in the kernel", h.in_kernel);
@@ -1751,18 +1756,7 @@ static void ended_with_replies_held_handed_to_the_crash_mode(const char *model) 
         store_start_hellod(r.d, &r.st, r.listener);
         hellod_wait_stderr(r.d, "resumed 1 conversation");
         store_wait(r.d, &r.st, "c1.end", 1);
-
-        harness_step("%s: kill -9 while it holds its last replies", model);
-        rig_crash(&r);
-        hellod_wait_stderr(r.d, "resumed 1 conversation kept in the store");
-        ClientReadEnd end;
-        size_t n = client_read(fd, got, sizeof(got), NULL, HARNESS_TIMEOUT_MS, &end);
-        cr_assert_lt(n, sizeof(want), "every reply arrived: the crashed process held none");
-        cr_assert_eq(memcmp(got, want, n), 0, "the replies before the crash, byte for byte");
-        if (end != CLIENT_READ_EOF)
-                hellod_fail(r.d, "after %zu bytes of replies: %s, not the end after its exit", n,
-                            end == CLIENT_READ_RESET ? "a reset" : "no end");
-        store_wait(r.d, &r.st, "c", 0);
+        ended_after_crash(&r, fd, model);
         client_close(fd);
         rig_end(&r);
 }
