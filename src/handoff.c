@@ -343,7 +343,9 @@ int handoff_session_fresh(int fd, Conf *conf, const HandoverConnName *name, Sess
         /* It had ended, and lingered; or it had ended and waited for its client to take its
          * last replies (those not sent are lost), and its FIN goes now: it lingers on, as long
          * as a close does. */
-        if (fin_sent(fd) || (name->ended && shutdown(fd, SHUT_WR) == 0)) {
+        if (name->ended)
+                (void) shutdown(fd, SHUT_WR); /* a no-op once sent; failing only for a connection gone */
+        if (name->ended || fin_sent(fd)) {
                 s->lingering = true;
                 s->timer.at = now_usec() + SESSION_LINGER_USEC;
         }

@@ -73,8 +73,8 @@ int handoff_session_fresh(int fd, Conf *conf, const HandoverConnName *name, Sess
 HandoverConnName handoff_conn_name(const Session *s);
 /* handoff_record_conn_name: the name REC's connection is stored under at a hand-over: behind a
  * balancer with its client when VIA_NAME (the crash mode's names), else "c<id>". Never ended:
- * the record says so, and a next process in the crash mode renames it if it still waits (an
- * older hellod would close a connection under a name it cannot read). */
+ * the record says so, and a next process in the crash mode renames it if it still waits (a
+ * hellod from before that name would close the connection). */
 HandoverConnName handoff_record_conn_name(const HandoverRecord *rec, bool via_name);
 
 /* handoff_memfd_new: an empty memfd for the state, stored before the connections so that a

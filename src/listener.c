@@ -858,13 +858,13 @@ int listeners_match_conf(const ListenerSet *inherited, const Conf *conf, char *w
         }
         adopt_interfaces(&want, &have);
         r = subset(&have, &want) && subset(&want, &have);
-        const Listener *split = r ? split_roles(inherited, conf, &want) : NULL;
-        if (split) {
+        const Listener *divided = r ? split_roles(inherited, conf, &want) : NULL;
+        if (divided) {
                 r = 0;
                 snprintf(why, why_size,
                          "systemd passed one dual-stack socket %s, for which the configuration has two entries, "
                          "one with proxy_protocol and one without: its clients are all served as one of them",
-                         split->name);
+                         divided->name);
         } else if (!r)
                 snprintf(why, why_size, "systemd passed %s, the configuration asks for %s",
                          listeners_describe(inherited, have_names, sizeof(have_names)),

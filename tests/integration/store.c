@@ -47,7 +47,7 @@ static void store_take(Store *st, const char *msg, int fd) {
                 st->extended_usec = strtoull(extend + 20, NULL, 10);
         st->readies += strstr(msg, "READY=1") != NULL;
         if (strstr(msg, "FDSTORE=1") && fd >= 0 && held_already(st, fd)) {
-                st->duplicates++;
+                /* dropped: closed below */
         } else if (strstr(msg, "FDSTORE=1") && fd >= 0 && st->n < st->limit) {
                 snprintf(st->names[st->n], sizeof(st->names[0]), "%s", n);
                 st->fds[st->n++] = fd;

@@ -29,7 +29,6 @@ typedef struct Store {
         unsigned delay_us; /* how long each message takes, as a slow PID 1 would (set atomically) */
         unsigned long long extended_usec; /* the last EXTEND_TIMEOUT_USEC= */
         unsigned n, added, removed;
-        unsigned duplicates; /* second copies of a socket held, dropped as PID 1 drops them */
         unsigned conns_added; /* of ADDED, the connections ("c<id>") */
         unsigned readies;     /* READY=1 notifications taken */
         bool stop;

@@ -939,8 +939,8 @@ Test(handover, always_a_lingering_balancer_connection_keeps_its_name_across_a_re
         store_wait(r.d, &r.st, "c1b4c00002079c40", 1);
         client_send_str(fd, "exit\n");
         client_expect_eof(fd, false);
-        hellod_wait_stderr(r.d, " closed: ");
-        store_wait(r.d, &r.st, "c1b4c00002079c40", 1); /* over, lingering in the lingerer, still stored */
+        hellod_wait_stderr(r.d, " closed: "); /* over: the lingerer holds the socket, stored (as
+                                               * always_a_conversation_that_ended_lingers_on_after_a_crash shows) */
 
         harness_step("a restart while it lingers");
         stop_and_wait(r.d);
@@ -1007,12 +1007,14 @@ static void ended_conversation_crashes(const char *model, bool client_closed) {
         rig_crash(&r);
         hellod_wait_stderr(r.d, client_closed ? "resumed 0 conversations kept in the store" :
                                                 "resumed 1 conversation kept in the store");
+        int64_t resumed = harness_now_ms(); /* its lingering second began before */
         if (!client_closed)
                 client_send_str(fd, "late\n");
+        bool in_time = harness_now_ms() - resumed < 500; /* the late line, read away: no reset */
         store_wait(r.d, &r.st, "c", 0);
         cr_expect_eq(hellod_count_in_stderr(r.d, "broken-pipe"), 0, "answered on a shut socket");
         cr_expect_eq(hellod_count_in_stderr(r.d, "Hello"), 0);
-        client_expect_eof(fd, false); /* the FIN it had, not a reset */
+        client_expect_eof(fd, !in_time); /* the FIN it had, not a reset */
         client_close(fd);
         rig_end(&r);
 }
@@ -1045,7 +1047,8 @@ static void ending_burst(int fd, int server_end) {
 
 /* ended_after_crash: kill -9 of R's process while FD's conversation, ended by ending_burst(),
  * holds its last replies; the next process ends it: FD reads the replies sent before the
- * crash, byte for byte, and the end of the stream, and nothing answers a line. */
+ * crash, byte for byte, and the end of the stream (a live conversation would never end: its
+ * idle_timeout is 0), and the store lets it go. */
 static void ended_after_crash(Rig *r, int fd, const char *model) {
         static char want[ENDING_LINES * ENDING_REPLY], got[ENDING_LINES * ENDING_REPLY + 1];
         ClientReadEnd end;
@@ -1062,7 +1065,6 @@ static void ended_after_crash(Rig *r, int fd, const char *model) {
                 hellod_fail(r->d, "after %zu bytes of replies: %s, not the end after its exit", n,
                             end == CLIENT_READ_RESET ? "a reset" : "no end");
         store_wait(r->d, &r->st, "c", 0); /* its lingering close done */
-        cr_expect_eq(hellod_count_in_stderr(r->d, "Hello"), 0);
 }
 
 /* In the crash mode a conversation that has ended (its exit read) while its client was not
@@ -1092,7 +1094,6 @@ Test(handover, always_a_conversation_that_ended_with_replies_held_ends_after_a_c
         ended_with_replies_held_crashes("epoll"); /* io_uring leaves the crash mode to epoll */
         ended_with_replies_held_crashes("per-connection");
 }
-
 
 /* stored_client: hellod started with CONFIG, then EXTRA, and handover = "always"; returns a
  * greeted client it has stored. */
@@ -1728,8 +1729,8 @@ static Held wait_backed_up(Hellod *d, uint16_t port, int fd, size_t sent, size_t
 
 /* The same conversation handed over by a process in the restart mode (which names it "c<id>":
  * its record says it has ended) to one in the crash mode: the next process renames it as it
- * takes it up, so that a crash there ends it too. An epoll loop took it up waiting for its
- * client, and the name stayed; per connection the thread's first send renamed it. */
+ * takes it up, so that a crash there ends it too. An epoll loop used to take it up under its
+ * plain name, waiting for its client; per connection the thread's first send renamed it. */
 static void ended_with_replies_held_handed_to_the_crash_mode(const char *model) {
         Rig r;
 

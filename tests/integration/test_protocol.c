@@ -444,8 +444,8 @@ static ClientLate late_after(Hellod *d, const char *send, const char *want, bool
                 for (int64_t start = harness_now_ms(); at_once && hellod_holds_socket_of(d->port, fd) &&
                                                        harness_now_ms() - start < AT_ONCE_MS - DECIDED_MS;)
                         harness_sleep_ms(10);
-                bool in_time = harness_now_ms() - sent < LINGER_MS;
                 late = client_write_late(fd);
+                bool in_time = harness_now_ms() - sent < LINGER_MS; /* the write was, surely */
                 client_close(fd);
                 if (at_once || late == CLIENT_LATE_DISCARDED || in_time || attempt == ATTEMPTS)
                         return late;
