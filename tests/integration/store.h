@@ -25,6 +25,7 @@ typedef struct Store {
         pthread_mutex_t lock;
         char names[STORE_CAPACITY][64]; /* hellod's longest is 63 bytes (HANDOVER_FDNAME_MAX) */
         int fds[STORE_CAPACITY];
+        ino_t inos[STORE_CAPACITY]; /* each socket's inode (0: not a socket), for held_already() */
         unsigned limit;    /* FileDescriptorStoreMax=: what is stored beyond it is refused */
         unsigned delay_us; /* how long each message takes, as a slow PID 1 would (set atomically) */
         unsigned long long extended_usec; /* the last EXTEND_TIMEOUT_USEC= */
