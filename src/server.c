@@ -218,14 +218,23 @@ static void unregister(Server *s, Session *session) {
 }
 
 /* forget_stored: SESSION leaves systemd's store, if it is there: PID 1's copy would keep the
- * connection open after this process closes it. */
-static void forget_stored(const Session *session) {
+ * connection open after this process closes it. 0, or notify_fdstore_remove()'s error. */
+static int forget_stored(const Session *session) {
         char name[HANDOVER_FDNAME_MAX];
 
-        if (session->stored) {
-                HandoverConnName conn = handoff_conn_name(session);
-                (void) notify_fdstore_remove(handover_fdname_conn(&conn, name, sizeof(name)));
-        }
+        if (!session->stored)
+                return 0;
+        HandoverConnName conn = handoff_conn_name(session);
+        return notify_fdstore_remove(handover_fdname_conn(&conn, name, sizeof(name)));
+}
+
+/* put_stored: SESSION into systemd's store under the name it says (handoff_conn_name);
+ * Session.stored says whether it went. */
+static void put_stored(Session *session) {
+        char name[HANDOVER_FDNAME_MAX];
+        HandoverConnName conn = handoff_conn_name(session);
+
+        session->stored = notify_fdstore_add(session->fd, handover_fdname_conn(&conn, name, sizeof(name))) > 0;
 }
 
 /* lingering_closed: the engine's lingering_closed hook: a conversation's socket that lingered
@@ -244,24 +253,19 @@ static void lingering_closed(void *userdata, const char *stored_as) {
  * socket it holds and drops a second copy. (A crash between the two closes the connection with
  * this process: its client sees the end, without the replies not sent yet.) */
 static void session_ending(Session *session, void *userdata) {
-        char name[HANDOVER_FDNAME_MAX];
-
         (void) userdata;
-        if (!session->stored || session->stored_ended)
+        /* Not stored, renamed already, or still under its old name (no second copy). */
+        if (!session->stored || session->stored_ended || forget_stored(session) < 0)
                 return;
-        HandoverConnName old = handoff_conn_name(session);
-        if (notify_fdstore_remove(handover_fdname_conn(&old, name, sizeof(name))) < 0)
-                return; /* still stored under its old name: no second copy */
         session->stored_ended = true;
-        HandoverConnName conn = handoff_conn_name(session);
-        session->stored = notify_fdstore_add(session->fd, handover_fdname_conn(&conn, name, sizeof(name))) > 0;
+        put_stored(session);
 }
 
 /* session_done: the engine's done callback, on the thread that drove the session: the one
  * way every session ends. */
 static void session_done(Session *session, void *userdata) {
         session_log_closed(session);
-        forget_stored(session); /* before the socket closes */
+        (void) forget_stored(session); /* before the socket closes */
         unregister(userdata, session);
 }
 
@@ -271,17 +275,13 @@ static void session_done(Session *session, void *userdata) {
  * would have the header answered as a line; and its name then says what the header said (a
  * crash leaves no record). */
 static void store_session(Server *s, Session *session) {
-        char name[HANDOVER_FDNAME_MAX];
-        HandoverConnName conn;
-
         /* An engine that takes partial lines in (io_uring, turned to "always" by a reload) would
          * have the next process answer the end of a line as a whole one: a crash closes its
          * connections instead, as those of a process not in the crash mode. */
         if (session->conf->handover != HANDOVER_MODE_ALWAYS || session->proxy || !s->keeps_partial_lines)
                 return;
         session->stored_via = session->balancer[0] != '\0';
-        conn = handoff_conn_name(session);
-        session->stored = notify_fdstore_add(session->fd, handover_fdname_conn(&conn, name, sizeof(name))) > 0;
+        put_stored(session);
 }
 
 /* hand_over_record: REC into the state for the next process, and its connection FD into
@@ -326,7 +326,7 @@ static void session_handed_over(Session *session, void *userdata) {
         if (r < 0) {
                 log_warning_errno(r, "connection %" PRIu64 " from %s cannot be handed over, closing it", session->id,
                                   session->peer);
-                forget_stored(session);
+                (void) forget_stored(session);
         }
         unregister(s, session);
 }
