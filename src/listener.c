@@ -359,6 +359,26 @@ static ssize_t bind_new(const Conf *conf, ListenerSet *want, ListenerSet *old, b
         return usable;
 }
 
+/* name_without_sockets: the error for a `{ name = ...; }` entry beside addresses when hellod
+ * binds its own sockets: no socket is passed for it to mark, and skipping it would leave the
+ * listener meant (a PROXY one, usually) silently absent. -ENOENT, as for a name no passed
+ * socket has; 0 when no entry is a name, or every one is (no_address() explains that). */
+static int name_without_sockets(const Conf *conf, char *err, size_t err_size) {
+        if (all_by_name(conf))
+                return 0;
+        for (size_t i = 0; i < conf->n_listen; i++) {
+                const ListenSpec *spec = &conf->listen[i];
+                if (!spec->fdname)
+                        continue;
+                snprintf(err, err_size,
+                         "%s: listen: name \"%s\": no socket was passed (a name marks a socket systemd passes; "
+                         "started without socket activation, hellod binds only the addresses listed)",
+                         spec_origin(conf, spec), spec->fdname);
+                return -ENOENT;
+        }
+        return 0;
+}
+
 int listeners_reopen(const Conf *conf, const ListenersReopen *how, ListenerSet *ret, char *err, size_t err_size) {
         ListenerSet want = { 0 }, *old = how ? how->old : NULL;
         unsigned cap = somaxconn();
@@ -369,6 +389,8 @@ int listeners_reopen(const Conf *conf, const ListenersReopen *how, ListenerSet *
         if (cap > 0 && conf->backlog > cap)
                 log_notice("backlog %u exceeds net.core.somaxconn, the kernel uses %u", conf->backlog, cap);
 
+        if ((r = name_without_sockets(conf, err, err_size)) < 0)
+                return r;
         r = listeners_resolve(conf, &want, err, err_size);
         if (r < 0)
                 return r;

@@ -33,7 +33,8 @@ int listeners_resolve(const Conf *conf, ListenerSet *ret, char *err, size_t err_
 
 /* listeners_open: the sockets CONF asks for, each bound anew (at the start). With
  * conf->listen_is_default, an unavailable IPv6 stack is skipped with a warning. ERR names the
- * address that failed and the reason. */
+ * address that failed and the reason. A `{ name = ...; }` entry beside addresses is -ENOENT:
+ * no socket was passed for it to mark. */
 int listeners_open(const Conf *conf, ListenerSet *ret, char *err, size_t err_size);
 
 /* ListenersReopen: the running set at a reload, and how to take sockets from it. */

@@ -1666,6 +1666,8 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
                 r = listeners_open(conf, &s->listeners, err, sizeof(err));
                 if (r < 0) {
                         log_error("%s", err);
+                        if (r == -ENOENT) /* a socket name, and no socket passed */
+                                r = SERVER_CONF_MISMATCH;
                         goto fail;
                 }
         }

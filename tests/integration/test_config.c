@@ -405,6 +405,40 @@ Test(config, a_start_with_only_socket_names_says_where_and_why, .timeout = 60) {
         hellod_free(d);
 }
 
+/* Started without socket activation, a socket name beside addresses has no socket to mark:
+ * the start fails with a configuration error naming it (the name used to be skipped without a
+ * word, and the PROXY listener meant was simply not there), and so does a reload adding one. */
+Test(config, a_socket_name_without_socket_activation_is_a_configuration_error, .timeout = 60) {
+        Hellod *d = hellod_new();
+        char needle[600];
+
+        hellod_write_config(d, "listen = ( \"127.0.0.1:%u\",\n  { name = \"balancer\"; proxy_protocol = true; } );\n"
+                               "proxy_from = [ \"127.0.0.1\" ];\n",
+                            (unsigned) d->port);
+        cr_expect(exited_with(run_check(d, "-t"), HELLOD_EXIT_OK), "-t cannot know whether systemd will pass sockets");
+        hellod_spawn(d, NULL);
+        int status = hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
+        cr_expect(exited_with(status, HELLOD_EXIT_CONFIG), "a start with a name and no socket passed did not exit 78");
+        snprintf(needle, sizeof(needle),
+                 "%s:2: listen: name \"balancer\": no socket was passed (a name marks a socket systemd passes;", d->conf_path);
+        hellod_wait_stderr(d, needle);
+        hellod_free(d);
+
+        harness_step("a reload adding a name");
+        d = hellod_start("greeting = \"Before!\";\n");
+        hellod_write_config(d, "greeting = \"After!\";\nlisten = ( \"127.0.0.1:%u\", { name = \"balancer\"; } );\n",
+                            (unsigned) d->port);
+        snprintf(needle, sizeof(needle), "reload failed, keeping the running configuration: %s:", d->conf_path);
+        hellod_signal(d, SIGHUP);
+        hellod_wait_stderr(d, needle);
+        hellod_wait_stderr(d, "listen: name \"balancer\": no socket was passed");
+        int fd = client_connect(d->port);
+        client_expect_str(fd, "Before!\r\n");
+        client_close(fd);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 /* A user named in an @included file: the message names that file and its line. */
 Test(config, check_names_the_included_file_of_an_unknown_user, .timeout = 60) {
         expect_included_error("who.conf", "# who runs hellod\n\nuser = \"no-such-user-hellod\";\n",
