@@ -1145,6 +1145,13 @@ static int hand_over(Server *s) {
         return 0;
 }
 
+/* stop_budget_msec: the longest a stop with clients open may wait: SHUTDOWN_TIMEOUT seconds
+ * for them to finish, the grace of those cut off, the last lingering second, and the grace of
+ * the engine's threads (shut_down). */
+static uint64_t stop_budget_msec(unsigned shutdown_timeout) {
+        return (uint64_t) shutdown_timeout * 1000u + KILL_GRACE_MSEC + LINGER_WAIT_MSEC + KILL_GRACE_MSEC;
+}
+
 static int shut_down(Server *s) {
         unsigned n = active(s);
         char count[16];
@@ -1175,10 +1182,14 @@ static int shut_down(Server *s) {
         forget_state_place(s);
         if (n == 0)
                 log_struct(LOG_NOTICE, MESSAGE_ID_STOPPING, fields, 1, "stopping: no connection open");
-        else
+        else {
                 log_struct(LOG_NOTICE, MESSAGE_ID_STOPPING, fields, 1,
                            "stopping: %u connection%s open, waiting up to %u s for them to finish", n,
                            n == 1 ? "" : "s", s->conf->shutdown_timeout);
+                /* shutdown_timeout may exceed the unit's TimeoutStopSec=: the waits below get
+                 * their time rather than a SIGKILL that takes the busy clients' ERR lines. */
+                notify_extend_timeout(stop_budget_msec(s->conf->shutdown_timeout) * 1000u);
+        }
         stop_sessions(s, session_stop);
         engine_end_conversations(s->engine);
         if (!wait_drained(s, (uint64_t) s->conf->shutdown_timeout * 1000u)) {

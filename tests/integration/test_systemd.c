@@ -302,6 +302,35 @@ Test(systemd, notify_protocol, .timeout = 60) {
         hellod_free(d);
 }
 
+/* A stop with clients open tells systemd it may take shutdown_timeout and the cut-off's grace
+ * (EXTEND_TIMEOUT_USEC=), so that a shutdown_timeout above the unit's TimeoutStopSec= is not
+ * cut short by SIGKILL, as it was: the busy clients lost their ERR line. */
+Test(systemd, a_stop_with_clients_open_asks_systemd_for_its_shutdown_timeout, .timeout = 60) {
+        Hellod *d = hellod_new();
+        Notify n;
+        const char *msg;
+
+        notify_open(&n, d);
+        const char *const env[] = { n.env, NULL };
+        hellod_write_config_std(d, "shutdown_timeout = 120;\nhandover = \"off\";\n");
+        hellod_spawn(d, &(HellodOpts) { .env = env });
+        notify_wait(&n, "READY=1");
+        hellod_wait_ready(d);
+        int fd = client_connect(d->port);
+        client_expect_str(fd, HELLOD_GREETING);
+
+        hellod_signal(d, SIGTERM);
+        msg = notify_wait(&n, "EXTEND_TIMEOUT_USEC=");
+        unsigned long long usec = strtoull(strstr(msg, "EXTEND_TIMEOUT_USEC=") + strlen("EXTEND_TIMEOUT_USEC="), NULL, 10);
+        cr_expect_geq(usec, 120ULL * 1000000u, "systemd was given %llu usec for a shutdown_timeout of 120 s", usec);
+        cr_expect_leq(usec, 140ULL * 1000000u, "systemd was given %llu usec for a shutdown_timeout of 120 s", usec);
+        client_expect_str(fd, "ERR shutting down\r\n");
+        client_close(fd);
+        cr_expect_eq(hellod_wait_exit(d, HARNESS_STOP_TIMEOUT_MS), 0);
+        close(n.fd);
+        hellod_free(d);
+}
+
 /* --- the watchdog answers for the engine ------------------------------------------------ */
 
 /* Wedged: stops (ptrace, PTRACE_INTERRUPT) the first of hellod's event loops, or, with a thread
