@@ -590,16 +590,17 @@ static Session *admit(Server *s, int fd, const struct sockaddr *peer, const List
         pthread_mutex_lock(&s->lock);
         if (waited) /* its turn: counted again if it must wait on */
                 engine_waiting_add(s->engine, -1);
-        if (s->stopping && s->handing_over && queued) {
-                /* Accepted while every slot was taken, and now the hand-over: it waits on in
-                 * the engine, which gives it to the next process (handed_over_waiting). */
-                *queued = true;
-                engine_waiting_add(s->engine, 1);
-        } else if (s->stopping) {
+        if (s->stopping && !(s->handing_over && queued)) {
                 reason = "shutting-down";
                 detail = "hellod is stopping";
         } else if ((reason = unwelcome(s, &ip, via))) {
                 /* refused below, without a word */
+        } else if (s->stopping) {
+                /* Accepted while every slot was taken, and now the hand-over: it waits on in
+                 * the engine, which gives it to the next process (handed_over_waiting), greeted:
+                 * so only once the access lists let it in. */
+                *queued = true;
+                engine_waiting_add(s->engine, 1);
         } else if (!reserve_kept(s, &fd)) {
                 reason = "out-of-descriptors";
                 detail = "out of descriptors, and its own was kept in reserve to turn clients away";

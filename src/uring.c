@@ -780,8 +780,9 @@ static bool park(Loop *l, int fd, const struct sockaddr_storage *peer, const Lis
         return true;
 }
 
-/* admit: FD, accepted from VIA. With overload = "queue" and the last slot taken by another loop
- * since must_wait(), it is parked (at the FRONT when it was the oldest). */
+/* admit: FD, accepted from VIA. With overload = "queue" and every slot taken (by another loop
+ * since must_wait(), or before an accept armed earlier completed), it is parked once the
+ * server has let it in (at the FRONT when it was the oldest). */
 static void admit(Loop *l, int fd, const struct sockaddr_storage *peer, const Listener *via, bool front) {
         const EngineHooks *hooks = &l->base.set->engine.hooks;
         bool queued = front; /* FRONT: it waited (admit_parked) */
@@ -837,12 +838,9 @@ static void on_accept(Loop *l, Acceptor *a, int res) {
                 return;
         }
         if (res >= 0) {
-                /* Accepted a moment too late: it waits here, as in the backlog. */
-                if (hooks->must_wait(hooks->userdata) && park(l, res, &a->peer, a->via, false)) {
-                        /* Counted here: admit() counts the clients it tells to wait. */
-                        engine_waiting_add(&l->base.set->engine, 1);
-                        return;
-                }
+                /* Accepted while every slot is taken (the accept was armed before): the server
+                 * decides, as for any client, and may tell it to wait; it must not wait
+                 * unchecked, or a hand-over would greet a client allow/deny refuses. */
                 admit(l, res, &a->peer, a->via, false);
                 return;
         }

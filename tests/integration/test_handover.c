@@ -2337,6 +2337,45 @@ Test(handover, a_stop_tells_a_client_waiting_for_a_slot, .timeout = 60) {
         both_told_of_the_stop(&r, served, waiting, ": hellod is stopping");
 }
 
+/* A client that allow/deny turns away, accepted while every slot is taken (the other io_uring
+ * loop's accept, armed before the server filled, takes it): refused at once, as with a slot
+ * free. The loop used to park it without asking the server, so without the access check, and
+ * a restart then greeted it and handed it over; the next process served it. Should no accept
+ * be armed when it comes, it stays in the socket's backlog (hellod holds no socket of it) and
+ * the rig is built again, as in rig_serve_one_and_park_one. */
+Test(handover, a_denied_client_accepted_while_every_slot_is_taken_is_refused_at_once, .timeout = 90) {
+        enum { ATTEMPTS = 5 };
+
+        for (int attempt = 1;; attempt++) {
+                Rig r;
+                char byte;
+
+                rig_start(&r);
+                rig_serve(&r, "%s" QUEUE_OF_ONE "deny = [ \"127.0.0.2\" ];\n", MODEL("io_uring", 2));
+                not_fallen_back(r.d);
+                int served = client_connect(r.port);
+                client_expect_str(served, HELLOD_GREETING);
+                int denied = client_connect_to("127.0.0.1", r.port, "127.0.0.2");
+                struct pollfd p = { .fd = denied, .events = POLLIN };
+                int ready = poll(&p, 1, 1000);
+                if (ready == 1) {
+                        ssize_t n = recv(denied, &byte, 1, 0);
+                        cr_expect(n == 0 || (n < 0 && errno == ECONNRESET), "the denied client was answered (%zd: %s)", n,
+                                  n < 0 ? strerror(errno) : "a byte");
+                        hellod_wait_stderr(r.d, "refused 127.0.0.2:");
+                }
+                bool kept = ready != 1 && hellod_holds_socket_of(r.port, denied);
+                client_close(denied);
+                client_hello(served, "still served");
+                client_close(served);
+                rig_end(&r);
+                cr_assert(!kept, "the denied client was taken in and kept waiting for a slot, unchecked");
+                if (ready == 1)
+                        return;
+                cr_assert_lt(attempt, ATTEMPTS, "in %d rigs no loop took the denied client", ATTEMPTS);
+        }
+}
+
 /* A hand-over that fails once the connections are stored leaves an empty state (the threads
  * did not finish, the state could not be written, the process was killed): a next process in
  * the crash mode takes the stored connections up as conversations already greeted. A client
