@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "dropin.h"
 #include "engine.h"
 #include "handoff.h"
 #include "handover.h"
@@ -865,6 +866,20 @@ static void pause_accepting(void *userdata) {
  * nothing: the caller hands it the new set once CONF is in force, so that no client of a new
  * listener meets the old access lists or PROXY sources. On failure the engine accepts from
  * S->listeners as before (the sockets of a port moving between addresses bound again). */
+/* warn_store_size: a reload from OLD that raises max_connections does not resize systemd's
+ * file descriptor store: the generator does, at `systemctl daemon-reload`
+ * (FileDescriptorStoreMax=, dropin.h), and hellod cannot ask what it holds. Past it, a restart
+ * hands over only the conversations that fit. Said where something is handed over. */
+static void warn_store_size(const Conf *old, const Conf *conf) {
+        if (conf->max_connections <= old->max_connections || conf->handover == HANDOVER_MODE_OFF ||
+            !getenv("NOTIFY_SOCKET"))
+                return;
+        log_notice("max_connections raised from %u to %u: a restart hands over only as many conversations as "
+                   "systemd's file descriptor store holds, and `systemctl daemon-reload` sizes it "
+                   "(FileDescriptorStoreMax=, max_connections + %u): run it if it has not run since the edit",
+                   old->max_connections, conf->max_connections, (unsigned) DROPIN_FDSTORE_SLACK);
+}
+
 static int reload_listeners(Server *s, const Conf *conf, char *err, size_t err_size) {
         Pause pause = { .engine = s->engine };
         ListenerSet listeners;
@@ -960,6 +975,7 @@ static void reload(Server *s) {
         if (conf->handover == HANDOVER_MODE_ALWAYS && !s->keeps_partial_lines)
                 log_warning("handover = \"always\" takes effect when hellod is restarted: the io_uring loops "
                             "cannot leave partial lines in the kernel (epoll will serve instead)");
+        warn_store_size(s->conf, conf);
         engine_reconfigure(s->engine, s->started, conf);
         pthread_mutex_lock(&s->lock);
         Conf *old = s->conf;

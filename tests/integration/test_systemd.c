@@ -331,6 +331,41 @@ Test(systemd, a_stop_with_clients_open_asks_systemd_for_its_shutdown_timeout, .t
         hellod_free(d);
 }
 
+/* A reload that raises max_connections says that systemd's file descriptor store, which a
+ * restart hands the conversations over through, is sized by `systemctl daemon-reload` (the
+ * generator's FileDescriptorStoreMax=), not by the reload: beyond it a restart cuts clients.
+ * Not said when nothing is handed over (handover = "off"), nor for a lower limit. */
+Test(systemd, a_reload_raising_max_connections_says_the_store_needs_a_daemon_reload, .timeout = 60) {
+        static const char said[] = "max_connections raised from 100 to 200: a restart hands over";
+        Hellod *d = hellod_new();
+        Notify n;
+
+        notify_open(&n, d);
+        const char *const env[] = { n.env, NULL };
+        hellod_write_config_std(d, "max_connections = 100;\n");
+        hellod_spawn(d, &(HellodOpts) { .env = env });
+        notify_wait(&n, "READY=1");
+
+        harness_step("raised");
+        hellod_write_config_std(d, "max_connections = 200;\n");
+        hellod_signal(d, SIGHUP);
+        hellod_wait_stderr(d, said);
+        hellod_wait_stderr(d, "`systemctl daemon-reload` sizes it (FileDescriptorStoreMax=, max_connections + 64)");
+
+        harness_step("lowered, then raised with handover = \"off\"");
+        hellod_write_config_std(d, "max_connections = 100;\n");
+        hellod_signal(d, SIGHUP);
+        hellod_wait_stderr_count(d, "configuration reloaded from", 2);
+        hellod_write_config_std(d, "max_connections = 200;\nhandover = \"off\";\n");
+        hellod_signal(d, SIGHUP);
+        hellod_wait_stderr_count(d, "configuration reloaded from", 3);
+        cr_expect_eq(hellod_count_in_stderr(d, "max_connections raised"), 1, "said again where nothing is handed over");
+        hellod_signal(d, SIGTERM);
+        cr_expect_eq(hellod_wait_exit(d, HARNESS_STOP_TIMEOUT_MS), 0);
+        close(n.fd);
+        hellod_free(d);
+}
+
 /* --- the watchdog answers for the engine ------------------------------------------------ */
 
 /* Wedged: stops (ptrace, PTRACE_INTERRUPT) the first of hellod's event loops, or, with a thread
