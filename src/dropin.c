@@ -32,8 +32,9 @@ static void add(Streams *s, const char *text) {
 
 /* add_literal: HOST, an IPv4 or IPv6 literal, in the canonical form inet_ntop() writes
  * (so that "::0" and "::" are one socket), with PORT. A link-local address's interface goes
- * after the port, where systemd.socket(5) takes it ("[fe80::1]:9999%eth0"). Returns false if
- * HOST is no literal. */
+ * after the port, where systemd.socket(5) takes it, its '%' doubled: systemd expands
+ * specifiers in ListenStream=, and read "[fe80::1]:9999%eth0" as the unknown specifier %e (the
+ * line ignored) and "%lo" as the host name. Returns false if HOST is no literal. */
 static bool add_literal(Streams *s, const char *host, unsigned port) {
         unsigned char bytes[sizeof(struct in6_addr)];
         char canon[INET6_ADDRSTRLEN], text[STREAM_MAX];
@@ -44,7 +45,7 @@ static bool add_literal(Streams *s, const char *host, unsigned port) {
                 snprintf(text, sizeof(text), "%s:%u", canon, port);
         } else if (listen_host_ipv6(host, bytes)) {
                 inet_ntop(AF_INET6, bytes, canon, sizeof(canon));
-                snprintf(text, sizeof(text), "[%s]:%u%s", canon, port, scope ? scope : "");
+                snprintf(text, sizeof(text), "[%s]:%u%s%s", canon, port, scope ? "%%" : "", scope ? scope + 1 : "");
         } else
                 return false;
         add(s, text);
@@ -74,6 +75,16 @@ static int collect(const Conf *conf, Streams *s, char *err, size_t err_size) {
                  * FileDescriptorName= and in hellod.service's Sockets=), not to hellod.socket. */
                 if (!spec->host)
                         continue;
+                const char *scope = strchr(spec->host, '%');
+                if (scope && strchr(scope, '\\')) {
+                        /* Linux allows it in an interface's name; a unit file line ending in
+                         * one would run on into the next. */
+                        snprintf(err, err_size,
+                                 "%s: listen: '%s': an interface name with a '\\' cannot be written into a "
+                                 "socket unit",
+                                 spec->at ? spec->at : conf->path ? conf->path : "hellod.conf", spec->host);
+                        return -EINVAL;
+                }
                 if (add_literal(s, spec->host, port))
                         continue;
                 /* RFC 6761: "localhost" is the loopback, whatever a resolver says; it is the one

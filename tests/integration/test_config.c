@@ -1018,9 +1018,10 @@ Test(config, a_link_local_address_listens_on_its_interface, .timeout = 60) {
         client_close(fds[0]);
         hellod_stop_clean(d);
 
-        harness_step("socket-activated, the socket written as hellod-socket-generator writes it");
+        harness_step("socket-activated, the socket as systemd reads hellod-socket-generator's line");
         char stream[64];
-        snprintf(stream, sizeof(stream), "[fe80::1]:%u%%hd0", port); /* systemd.socket(5)'s form */
+        /* systemd.socket(5)'s form; the drop-in doubles the '%' for systemd's specifiers */
+        snprintf(stream, sizeof(stream), "[fe80::1]:%u%%hd0", port);
         const char *const activate[] = { "/usr/bin/systemd-socket-activate", "-l", stream, NULL };
         hellod_write_config(d, "listen = [ \"fe80::1%%hd0\" ];\nport = %u;\n", port);
         hellod_spawn(d, &(HellodOpts) { .wrapper = activate });

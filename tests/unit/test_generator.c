@@ -75,11 +75,23 @@ Test(dropin, every_listen_form) {
                       "ListenStream=[2001:db8::3]:7000\nBindIPv6Only=ipv6-only\nFreeBind=yes\nBacklog=1000\n");
 }
 
-/* systemd.socket(5) takes a link-local address's interface after the port. */
+/* systemd.socket(5) takes a link-local address's interface after the port, with its '%'
+ * doubled: systemd expands specifiers there (binary/a_link_local_dropin_is_read_by_systemd). */
 Test(dropin, a_link_local_address_keeps_its_interface) {
         expect_dropin("listen = [\"[fe80::1%eth0]:8001\", \"FE80:0::2%br0\"];\nport = 7000;\n",
-                      "[Socket]\nListenStream=\nListenStream=[fe80::1]:8001%eth0\nListenStream=[fe80::2]:7000%br0\n"
+                      "[Socket]\nListenStream=\nListenStream=[fe80::1]:8001%%eth0\nListenStream=[fe80::2]:7000%%br0\n"
                       "BindIPv6Only=ipv6-only\nFreeBind=yes\nBacklog=511\n");
+}
+
+/* Linux allows a '\\' in an interface's name; ending a unit file line, it would continue the
+ * line into the next. */
+Test(dropin, an_interface_name_with_a_backslash_is_refused) {
+        Formatted f = format_conf("listen = [\"127.0.0.1\",\n  \"fe80::1%eth\\\\\"];\n");
+
+        cr_assert_eq(f.r, -EINVAL);
+        cr_assert_null(f.text);
+        cr_expect(strstr(f.err, "/etc/hellod/hellod.conf:2: listen: 'fe80::1%eth\\': an interface name with a '\\'"),
+                  "%s", f.err);
 }
 
 /* Both wildcards listed: two sockets, which can coexist only because the IPv6 one is
@@ -288,6 +300,35 @@ Test(binary, a_valid_config_becomes_the_dropin) {
         cr_expect(strstr(text, "\n[Service]\n"), "%s", text);
         cr_expect(strstr(text, "\nFileDescriptorStoreMax=1088\n"), "%s", text);
         cr_expect_eq(out_entries(&r), 2, "more than hellod.socket.d/ and hellod.service.d/ in the output directory");
+        run_cleanup(&r);
+}
+
+/* systemd's own parser (systemd-analyze verify) reads every line of the drop-in as written:
+ * a link-local address's interface came out as "%eth0", which systemd took for the unknown
+ * specifier %e and ignored the line ("%lo" became the host name), so hellod.socket never
+ * listened there. */
+Test(binary, a_link_local_dropin_is_read_by_systemd) {
+        char unit[PATH_MAX + 32], cmd[2 * PATH_MAX], said[4096];
+        Run r;
+
+        run_setup(&r);
+        write_file(r.conf, "listen = [\"[fe80::1%eth0]:8001\", \"fe80::2%lo\", \"fe80::3%7\", \"127.0.0.1\"];\n");
+        generate(&r, r.conf);
+        cr_assert_eq(r.status, 0, "said: %s", r.said);
+        const char *text = read_file(r.dropin);
+        cr_assert_not_null(text, "no %s", r.dropin);
+        snprintf(unit, sizeof(unit), "%s/hellod.socket", r.dir);
+        write_file(unit, text);
+        snprintf(unit, sizeof(unit), "%s/hellod.service", r.dir);
+        write_file(unit, "[Service]\nExecStart=/bin/true\n");
+        snprintf(cmd, sizeof(cmd), "systemd-analyze verify '%s/hellod.socket' 2>&1", r.dir);
+        FILE *p = popen(cmd, "r");
+        cr_assert_not_null(p);
+        size_t n = fread(said, 1, sizeof(said) - 1, p);
+        said[n] = '\0';
+        int status = pclose(p);
+        cr_expect(WIFEXITED(status) && WEXITSTATUS(status) == 0 && !strstr(said, "ignoring"),
+                  "systemd-analyze verify of\n%s\nsaid (status %d):\n%s", text, status, said);
         run_cleanup(&r);
 }
 
