@@ -329,8 +329,10 @@ int main(int argc, char *argv[]) {
         bool as_root = geteuid() == 0;
         r = privileges_drop(conf->user, conf->group, &identity, err, sizeof(err));
         if (r < 0) {
+                /* Not permitted: the same at every attempt (a unit's capability bounding set),
+                 * so 78, which systemd does not restart after. */
                 log_error("cannot drop privileges: %s", err);
-                code = EXIT_RUNTIME;
+                code = r == -EPERM ? EXIT_CONFIG : EXIT_RUNTIME;
                 goto out;
         }
         if (as_root && (conf->user || conf->group) && !defaulted)

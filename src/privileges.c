@@ -156,7 +156,8 @@ bool privileges_numeric(const char *user, const char *group) {
 }
 
 static int fail(int r, const char *what, char *err, size_t err_size) {
-        snprintf(err, err_size, "%s: %s", what, strerror(-r));
+        snprintf(err, err_size, "%s: %s%s", what, strerror(-r),
+                 r == -EPERM ? " (hellod needs CAP_SETGID and CAP_SETUID to become 'user')" : "");
         return r;
 }
 

@@ -512,6 +512,25 @@ Test(access, root_drops_to_user_and_group, .timeout = 60) {
         hellod_free(d);
 }
 
+/* Root without the capabilities to change its IDs (a unit's CapabilityBoundingSet= without
+ * CAP_SETGID and CAP_SETUID, here setpriv's bounding set) cannot become 'user': the start fails
+ * with 78, a setting that fails the same way every time, so that systemd does not restart it
+ * over and over (RestartPreventExitStatus=); it exited 1. */
+Test(access, root_that_cannot_change_its_ids_is_a_configuration_error, .timeout = 60) {
+        Hellod *d = hellod_new();
+        const char *const wrapper[] = { "/usr/bin/setpriv", "--bounding-set", "-setgid,-setuid", "--", NULL };
+
+        cr_assert_eq(geteuid(), 0, "this test checks what hellod does when started as root");
+        hellod_write_config_std(d, "user = \"nobody\";\ngroup = \"nogroup\";\n");
+        hellod_spawn(d, &(HellodOpts) { .wrapper = wrapper });
+        int status = hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
+        hellod_wait_stderr(d, "cannot drop privileges: setgroups: Operation not permitted (hellod needs CAP_SETGID "
+                              "and CAP_SETUID to become 'user')");
+        cr_expect(WIFEXITED(status) && WEXITSTATUS(status) == 78, "hellod %s, expected exit 78",
+                  harness_describe_status(status, (char[64]) { 0 }, 64));
+        hellod_free(d);
+}
+
 /* A file the user cannot read: the start (as root) reads it, every reload would fail. hellod
  * says so at the start, naming the file and the user, rather than at the first reload. */
 Test(access, a_file_the_user_cannot_read_is_named_at_the_start, .timeout = 60) {
