@@ -27,7 +27,8 @@
 static int max_level = LOG_INFO;
 static LogTarget target = LOG_TARGET_STDERR;
 static bool stderr_prefixed; /* "<N>" prefixes: stderr is read by journald or syslog */
-static bool stderr_console;  /* "hellod: LEVEL: " prefixes: a person reads it (hellod -t) */
+static bool stderr_console;  /* "hellod: LEVEL: " prefixes: a person reads it (hellod -t), after
+                              * any "<N>" */
 
 static const char *const level_names[] = {
         [LOG_EMERG] = "emerg",     [LOG_ALERT] = "alert",     [LOG_CRIT] = "crit",
@@ -107,7 +108,8 @@ void log_open(LogTarget t) {
 void log_open_console(void) {
         log_open(LOG_TARGET_STDERR);
         stderr_console = true;
-        stderr_prefixed = false;
+        /* Run by ExecReload=, stderr is the journal: the priority goes in front of the words. */
+        stderr_prefixed = stderr_is_journal();
 }
 
 void log_set_max_level(int level) {
@@ -192,12 +194,11 @@ static void write_stderr(int level, const char *message, size_t len) {
         char line[LOG_LINE_MAX + 64];
         size_t n;
 
+        n = stderr_prefixed ? (size_t) snprintf(line, sizeof(line), "<%d>", level) : 0;
         if (stderr_console)
-                n = (size_t) snprintf(line, sizeof(line), "hellod: %s%s", level <= LOG_ERR ? "" : log_level_to_string(level),
-                                      level <= LOG_ERR ? "" : ": ");
-        else if (stderr_prefixed)
-                n = (size_t) snprintf(line, sizeof(line), "<%d>", level);
-        else {
+                n += (size_t) snprintf(line + n, sizeof(line) - n, "hellod: %s%s",
+                                       level <= LOG_ERR ? "" : log_level_to_string(level), level <= LOG_ERR ? "" : ": ");
+        else if (!stderr_prefixed) {
                 n = format_timestamp(line, sizeof(line));
                 n += (size_t) snprintf(line + n, sizeof(line) - n, "%s: ", log_level_to_string(level));
         }

@@ -935,6 +935,27 @@ Test(systemd, stderr_target_under_systemd_uses_priority_prefixes, .timeout = 60)
         free(err);
 }
 
+/* `hellod -t` as ExecReload= runs it, its stderr the journal stream: the words a person
+ * reads, behind the priority prefix journald reads. Without it the check's errors reached the
+ * journal at priority 6 (info), and `journalctl -p err` did not show why a reload was refused. */
+Test(systemd, a_check_whose_stderr_is_the_journal_keeps_its_priorities, .timeout = 60) {
+        Hellod *d = hellod_new();
+        char path[512], cmd[2048];
+
+        hellod_write_config(d, "idle_timeout = -1;\n");
+        snprintf(path, sizeof(path), "%s/check.err", d->dir);
+        snprintf(cmd, sizeof(cmd),
+                 ": >'%s' && JOURNAL_STREAM=$(stat -c %%d:%%i '%s') '%s' -t -c '%s' 2>>'%s'; test $? = 78", path,
+                 path, harness_env_path("HELLOD_BIN"), d->conf_path, path);
+        harness_shell(cmd);
+        char *err = harness_read_file(path, NULL);
+        cr_assert_not_null(err);
+        cr_expect(strncmp(err, "<3>hellod: ", 11) == 0, "stderr:\n%s", err);
+        cr_expect(strstr(err, ":1: idle_timeout"), "stderr:\n%s", err);
+        free(err);
+        hellod_free(d);
+}
+
 Test(systemd, auto_target_with_a_foreign_journal_stream_stays_on_stderr, .timeout = 60) {
         const char *const env[] = { "JOURNAL_STREAM=1:1", NULL };
         char *err = run_briefly(NULL, env);
