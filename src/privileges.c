@@ -156,8 +156,10 @@ bool privileges_numeric(const char *user, const char *group) {
 }
 
 static int fail(int r, const char *what, char *err, size_t err_size) {
-        snprintf(err, err_size, "%s: %s%s", what, strerror(-r),
-                 r == -EPERM ? " (hellod needs CAP_SETGID and CAP_SETUID to become 'user')" : "");
+        static const char needs[] = " (to become 'user', hellod needs CAP_SETGID and CAP_SETUID, and no system "
+                                    "call filter against them)";
+
+        snprintf(err, err_size, "%s: %s%s", what, strerror(-r), r == -EPERM ? needs : "");
         return r;
 }
 

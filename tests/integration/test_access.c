@@ -524,8 +524,8 @@ Test(access, root_that_cannot_change_its_ids_is_a_configuration_error, .timeout 
         hellod_write_config_std(d, "user = \"nobody\";\ngroup = \"nogroup\";\n");
         hellod_spawn(d, &(HellodOpts) { .wrapper = wrapper });
         int status = hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
-        hellod_wait_stderr(d, "cannot drop privileges: setgroups: Operation not permitted (hellod needs CAP_SETGID "
-                              "and CAP_SETUID to become 'user')");
+        hellod_wait_stderr(d, "cannot drop privileges: setgroups: Operation not permitted (to become 'user', hellod "
+                              "needs CAP_SETGID and CAP_SETUID, and no system call filter against them)");
         cr_expect(WIFEXITED(status) && WEXITSTATUS(status) == 78, "hellod %s, expected exit 78",
                   harness_describe_status(status, (char[64]) { 0 }, 64));
         hellod_free(d);
