@@ -282,6 +282,24 @@ LingerTurn session_linger_turn(int fd, char *buf, size_t size, size_t *discarded
         return LINGER_MORE;
 }
 
+/* The connection lines of every session (opened, I/O failed, closed), at most
+ * SESSION_LOG_BURST a second together. */
+static RateLimit close_log = RATELIMIT_INIT(SESSION_LOG_BURST);
+
+static void log_closes_held_back(unsigned n) {
+        if (n > 0)
+                log_info("%u more connection log line%s suppressed in the last second", n, n == 1 ? " was" : "s were");
+}
+
+/* connection_line_allowed: whether a connection line may be logged now (counted otherwise). */
+static bool connection_line_allowed(void) {
+        unsigned suppressed;
+        bool allowed = ratelimit_allow(&close_log, &suppressed);
+
+        log_closes_held_back(suppressed);
+        return allowed;
+}
+
 void session_fail(Session *s, int r) {
         const char *reason;
 
@@ -308,7 +326,8 @@ void session_fail(Session *s, int r) {
                 reason = proto_end_to_string(PROTO_END_SHUTDOWN);
         if (!s->error) {
                 s->error = reason;
-                log_debug_errno(r, "connection %" PRIu64 " from %s: I/O failed", s->id, s->peer);
+                if (log_enabled(LOG_DEBUG) && connection_line_allowed())
+                        log_debug_errno(r, "connection %" PRIu64 " from %s: I/O failed", s->id, s->peer);
         }
 }
 
@@ -335,7 +354,8 @@ bool session_stop_requested(const Session *s) {
 }
 
 void session_log_opened(const Session *s) {
-        log_debug("connection %" PRIu64 " from %s opened", s->id, s->peer);
+        if (log_enabled(LOG_DEBUG) && connection_line_allowed())
+                log_debug("connection %" PRIu64 " from %s opened", s->id, s->peer);
 }
 
 /* health_check: a connection that said nothing (a balancer's health check, a port scan), or
@@ -349,28 +369,15 @@ static bool health_check(const Session *s) {
         return silent || (s->proxy_local && s->proto.lines == 0);
 }
 
-/* The close lines of every session, at most SESSION_LOG_BURST a second. */
-static RateLimit close_log = RATELIMIT_INIT(SESSION_LOG_BURST);
-
-static void log_closes_held_back(unsigned n) {
-        if (n > 0)
-                log_info("%u more connection log line%s suppressed in the last second", n, n == 1 ? " was" : "s were");
-}
-
 void session_log_closed_held_back(uint64_t *ret_due) {
         log_closes_held_back(ratelimit_held_back(&close_log, ret_due));
 }
 
 void session_log_closed(const Session *s) {
         char id[24], lines[24], usec_text[24], address[ADDR_STR_MAX];
-        unsigned suppressed;
         int level = health_check(s) ? LOG_DEBUG : LOG_INFO;
 
-        if (s->refused || s->close_logged || !log_enabled(level))
-                return;
-        bool allowed = ratelimit_allow(&close_log, &suppressed);
-        log_closes_held_back(suppressed);
-        if (!allowed)
+        if (s->refused || s->close_logged || !log_enabled(level) || !connection_line_allowed())
                 return;
 
         uint64_t usec = now_usec() - s->started_usec;

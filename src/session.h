@@ -205,11 +205,11 @@ int session_proxy_begin(Session *s);
 void session_proxy_end(Session *s);
 
 /* session_log_opened: a debug line. session_log_closed: one info line with the peer, lines
- * answered, duration and reason (and the same as journal fields), at most SESSION_LOG_BURST a
- * second across all sessions. */
+ * answered, duration and reason (and the same as journal fields). These and session_fail()'s
+ * debug line: at most SESSION_LOG_BURST a second together, across all sessions. */
 void session_log_opened(const Session *s);
 void session_log_closed(const Session *s);
-/* session_log_closed_held_back: how many close lines were held back, once their second is over
+/* session_log_closed_held_back: how many connection lines were held back, once their second is over
  * (ratelimit_held_back); *RET_DUE: when to ask again, or 0. For the server thread, which the
  * close of a session wakes (its figures change after the line): so the count comes without
  * waiting for the next close. */

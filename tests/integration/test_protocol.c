@@ -165,6 +165,50 @@ Test(protocol, close_lines_held_back_are_counted_when_their_second_ends, .timeou
         hellod_free(d);
 }
 
+/* At debug level the opened lines (and the I/O failures) count against the same hundred a
+ * second as the close lines: a flood of connections logged them without limit. Each line is
+ * logged or counted as held back; no second of the log holds more than two windows' worth
+ * (a window of the limiter may straddle two seconds of the clock). */
+Test(protocol, debug_lines_are_held_back_with_the_close_lines, .timeout = 90) {
+        enum { SESSIONS = 400, BURST = 100 };
+        Hellod *d = hellod_start("log_level = \"debug\";\n");
+
+        for (int i = 0; i < SESSIONS; i++) {
+                int fd = client_connect(d->port);
+                client_expect_str(fd, HELLOD_GREETING);
+                client_send_str(fd, "exit\n");
+                client_expect_eof(fd, false);
+                client_close(fd);
+        }
+        int logged, held;
+        for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS;; harness_sleep_ms(50)) {
+                logged = hellod_count_in_stderr(d, " closed: exit") + hellod_count_in_stderr(d, " opened");
+                held = hellod_sum_in_stderr(d, " more connection log lines were suppressed in the last second") +
+                       hellod_sum_in_stderr(d, " more connection log line was suppressed in the last second");
+                if (logged + held >= 2 * SESSIONS || harness_now_ms() > end)
+                        break;
+        }
+        /* The readiness probe's lines may be among them. */
+        cr_expect_geq(logged + held, 2 * SESSIONS, "%d lines logged and %d held back, of %d", logged, held, 2 * SESSIONS);
+        char *err = hellod_stderr(d);
+        char second[32] = "";
+        int in_second = 0, most = 0;
+        for (char *line = strtok(err, "\n"); line; line = strtok(NULL, "\n")) {
+                if (!strstr(line, " opened") && !strstr(line, " closed: "))
+                        continue;
+                if (strncmp(line, second, 19) != 0) { /* 2026-12-06T06:15:02 */
+                        snprintf(second, sizeof(second), "%.19s", line);
+                        in_second = 0;
+                }
+                if (++in_second > most)
+                        most = in_second;
+        }
+        free(err);
+        cr_expect_leq(most, 2 * BURST, "%d connection lines logged in one second", most);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 /* `exit` closes without a reply; what follows it in the same segment is never answered. */
 Test(protocol, exit_closes_without_reply, .timeout = 60) {
         Hellod *d = hellod_start(NULL);
