@@ -615,7 +615,11 @@ static Session *admit(Server *s, int fd, const struct sockaddr *peer, const List
                 return NULL;
 
         if (session && via->proxy && session_proxy_begin(session) < 0) {
+                /* Closed before a byte, as any refusal before the header: counted and logged
+                 * as one, not as a client served. */
                 session_fail(session, -ENOMEM);
+                session->turned_away = true;
+                log_refusal(s, session->peer, "out-of-memory", "out of memory for the PROXY header");
                 unregister(s, session);
                 return NULL;
         }
