@@ -10,7 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
-/* "[" INET6_ADDRSTRLEN "]:65535%" IF_NAMESIZE */
+/* "[" INET6_ADDRSTRLEN "]:65535%%" IF_NAMESIZE (the NUL counted once) */
 #define STREAM_MAX (INET6_ADDRSTRLEN + 10 + IF_NAMESIZE)
 /* "localhost" names two addresses. */
 #define STREAMS_MAX (2 * CONF_LISTEN_MAX)

@@ -322,7 +322,8 @@ static int no_address(const Conf *conf, ListenerSet *want, char *err, size_t err
                  all_by_name(conf) ? "each entry names a socket systemd passes, and none was passed"
                                    : "IPv6 is not available here");
         listener_set_done(want);
-        return -EADDRNOTAVAIL;
+        /* Names with no socket passed: the configuration's fault, as name_without_sockets() says. */
+        return all_by_name(conf) ? -ENOENT : -EADDRNOTAVAIL;
 }
 
 /* bind_new: binds the entries of WANT that OLD has no socket for, leaving OLD as it is. An

@@ -866,10 +866,6 @@ static void pause_accepting(void *userdata) {
         p->paused = true;
 }
 
-/* reload_listeners: S->listeners made what CONF asks for. On success the engine accepts from
- * nothing: the caller hands it the new set once CONF is in force, so that no client of a new
- * listener meets the old access lists or PROXY sources. On failure the engine accepts from
- * S->listeners as before (the sockets of a port moving between addresses bound again). */
 /* warn_store_size: a reload from OLD that raises max_connections does not resize systemd's
  * file descriptor store: the generator does, at `systemctl daemon-reload`
  * (FileDescriptorStoreMax=, dropin.h), and hellod cannot ask what it holds. Past it, a restart
@@ -884,6 +880,10 @@ static void warn_store_size(const Conf *old, const Conf *conf) {
                    old->max_connections, conf->max_connections, (unsigned) DROPIN_FDSTORE_SLACK);
 }
 
+/* reload_listeners: S->listeners made what CONF asks for. On success the engine accepts from
+ * nothing: the caller hands it the new set once CONF is in force, so that no client of a new
+ * listener meets the old access lists or PROXY sources. On failure the engine accepts from
+ * S->listeners as before (the sockets of a port moving between addresses bound again). */
 static int reload_listeners(Server *s, const Conf *conf, char *err, size_t err_size) {
         Pause pause = { .engine = s->engine };
         ListenerSet listeners;
@@ -1168,9 +1168,9 @@ static int hand_over(Server *s) {
 
 /* stop_budget_msec: the longest a stop with clients open may wait: SHUTDOWN_TIMEOUT seconds
  * for them to finish, the grace of those cut off, the last lingering second, and the grace of
- * the engine's threads (shut_down). */
+ * the engine's threads (shut_down), and a second more for the exit itself. */
 static uint64_t stop_budget_msec(unsigned shutdown_timeout) {
-        return (uint64_t) shutdown_timeout * 1000u + KILL_GRACE_MSEC + LINGER_WAIT_MSEC + KILL_GRACE_MSEC;
+        return (uint64_t) shutdown_timeout * 1000u + KILL_GRACE_MSEC + LINGER_WAIT_MSEC + KILL_GRACE_MSEC + 1000u;
 }
 
 static int shut_down(Server *s) {

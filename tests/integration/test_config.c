@@ -398,7 +398,7 @@ Test(config, a_start_with_only_socket_names_says_where_and_why, .timeout = 60) {
         hellod_write_config(d, "greeting = \"Hi\";\nlisten = ( { name = \"hellod-extra\"; } );\n");
         hellod_spawn(d, NULL);
         int status = hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
-        cr_expect(!exited_with(status, HELLOD_EXIT_OK), "started with nothing to listen on");
+        cr_expect(exited_with(status, HELLOD_EXIT_CONFIG), "started with nothing to listen on, and not exit 78");
         snprintf(needle, sizeof(needle), "%s:2: listen: no address to listen on (each entry names a socket systemd passes",
                  d->conf_path);
         hellod_wait_stderr(d, needle);
