@@ -498,18 +498,37 @@ static QueuedClient **queue_of(PerConn *p, size_t i) {
         return p->queued ? &p->queued[i] : &p->orphans;
 }
 
+/* resume_in: every listener is armed again in USEC (at least 1). */
+static void resume_in(PerConn *p, uint64_t usec) {
+        struct itimerspec t = { .it_value = { .tv_sec = (time_t) (usec / 1000000u),
+                                              .tv_nsec = (long) (usec % 1000000u) * 1000 + 1 } };
+
+        if (timerfd_settime(p->resume_fd, 0, &t, NULL) < 0)
+                log_error_errno(-errno, "cannot schedule accepting");
+}
+
 /* admit_queue: the clients of the list *HEAD, oldest first, as long as slots are free: the
  * first admitted goes to *MINE (for this thread to serve), the others get threads of their
  * own. true when the list is empty now; false: every slot is taken again. */
 static bool admit_queue(PerConn *p, QueuedClient **head, Session **mine) {
         const EngineHooks *hooks = &p->engine.hooks;
-        QueuedClient *q;
 
-        while ((q = queue_take(p, head))) {
+        for (;;) {
+                /* Read before the server can say "full" (see take_connection()). */
+                uint64_t resumes = __atomic_load_n(&p->resumes, __ATOMIC_ACQUIRE);
+                QueuedClient *q = queue_take(p, head);
+                if (!q)
+                        break;
                 bool queued = true; /* it waited */
                 Session *s = hooks->admit(hooks->userdata, q->fd, (const struct sockaddr *) &q->peer, &q->via, &queued);
                 if (queued) {
                         queue_put(p, head, q, true);
+                        /* A slot that freed after admit() said "full" was announced to a
+                         * resume() that may have looked at this list while Q was out of it,
+                         * found it empty and armed the listener: once more, or Q waits on
+                         * with a slot free, and so does every client after it. */
+                        if (__atomic_load_n(&p->resumes, __ATOMIC_ACQUIRE) != resumes)
+                                resume_in(p, 0);
                         return false;
                 }
                 free(q);
@@ -549,15 +568,6 @@ static void orphan_queued(PerConn *p) {
                 while ((q = queue_take(p, &p->queued[i])))
                         queue_put(p, &p->orphans, q, false);
         }
-}
-
-/* resume_in: every listener is armed again in USEC (at least 1). */
-static void resume_in(PerConn *p, uint64_t usec) {
-        struct itimerspec t = { .it_value = { .tv_sec = (time_t) (usec / 1000000u),
-                                              .tv_nsec = (long) (usec % 1000000u) * 1000 + 1 } };
-
-        if (timerfd_settime(p->resume_fd, 0, &t, NULL) < 0)
-                log_error_errno(-errno, "cannot schedule accepting");
 }
 
 /* take_connection: the listener behind KEY said a client is waiting: accept and admit it.
