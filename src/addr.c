@@ -371,8 +371,9 @@ static int interface_name_check(const char *name, char *err, size_t size) {
 
         if (n == 0 || n >= IF_NAMESIZE || strcmp(name, ".") == 0 || strcmp(name, "..") == 0 ||
             strpbrk(name, "/: \t\n\v\f\r%"))
-                return reason(err, size, "'%s' is not an interface name (1 to %d bytes, no '/', ':' or spaces)", name,
-                              IF_NAMESIZE - 1);
+                /* The caller quotes the whole address, escaped: NAME may hold any byte. */
+                return reason(err, size, "what follows '%%' is not an interface name (1 to %d bytes, no '/', ':' "
+                              "or spaces)", IF_NAMESIZE - 1);
         return 0;
 }
 
