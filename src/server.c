@@ -866,13 +866,18 @@ static void pause_accepting(void *userdata) {
         p->paused = true;
 }
 
+/* may_hand_over: whether CONF lets conversations be handed over and a systemd is there to keep
+ * their descriptors. */
+static bool may_hand_over(const Conf *conf) {
+        return conf->handover != HANDOVER_MODE_OFF && getenv("NOTIFY_SOCKET");
+}
+
 /* warn_store_size: a reload from OLD that raises max_connections does not resize systemd's
  * file descriptor store: the generator does, at `systemctl daemon-reload`
  * (FileDescriptorStoreMax=, dropin.h), and hellod cannot ask what it holds. Past it, a restart
  * hands over only the conversations that fit. Said where something is handed over. */
 static void warn_store_size(const Conf *old, const Conf *conf) {
-        if (conf->max_connections <= old->max_connections || conf->handover == HANDOVER_MODE_OFF ||
-            !getenv("NOTIFY_SOCKET"))
+        if (conf->max_connections <= old->max_connections || !may_hand_over(conf))
                 return;
         log_notice("max_connections raised from %u to %u: a restart hands over only as many conversations as "
                    "systemd's file descriptor store holds, and `systemctl daemon-reload` sizes it "
@@ -1099,7 +1104,7 @@ static void forget_engine(Server *s) {
 static bool wants_hand_over(Server *s) {
         char why[256];
 
-        if (s->conf->handover == HANDOVER_MODE_OFF || !getenv("NOTIFY_SOCKET"))
+        if (!may_hand_over(s->conf))
                 return false;
         HandoffJob job = handoff_job(why, sizeof(why));
         log_info("%s: %s", why,
