@@ -365,15 +365,20 @@ static const char *never_listenable(const char *host, bool scoped) {
 }
 
 /* interface_name_check: NAME as Linux takes an interface's name (dev_valid_name()): 1 to 15
- * bytes, no '/', ':' or white space, not "." or "..". */
+ * bytes, no '/', ':' or white space, not "." or ".."; and as systemd does (ifname_valid(),
+ * which the generator's ListenStream= lines meet), printable ASCII only. So no byte of it is
+ * left to escape where an error repeats the address (listener.c, cannot_listen). */
 static int interface_name_check(const char *name, char *err, size_t size) {
         size_t n = strlen(name);
+        bool printable = true;
 
-        if (n == 0 || n >= IF_NAMESIZE || strcmp(name, ".") == 0 || strcmp(name, "..") == 0 ||
-            strpbrk(name, "/: \t\n\v\f\r%"))
+        for (const unsigned char *c = (const unsigned char *) name; *c; c++)
+                printable = printable && *c > 0x20 && *c < 0x7f;
+        if (n == 0 || n >= IF_NAMESIZE || !printable || strcmp(name, ".") == 0 || strcmp(name, "..") == 0 ||
+            strpbrk(name, "/:%"))
                 /* The caller quotes the whole address, escaped: NAME may hold any byte. */
-                return reason(err, size, "what follows '%%' is not an interface name (1 to %d bytes, no '/', ':' "
-                              "or spaces)", IF_NAMESIZE - 1);
+                return reason(err, size, "what follows '%%' is not an interface name (1 to %d printable ASCII "
+                              "characters, no '/' or ':')", IF_NAMESIZE - 1);
         return 0;
 }
 

@@ -265,7 +265,8 @@ int main(int argc, char *argv[]) {
                 log_set_max_level(arg_log_level);
         /* A reload asked for while the start still looks names up (up to 30 s each) would end
          * hellod, by SIGHUP's default action, with nothing logged: held, it is a reload once
-         * started. A stop meanwhile still ends the start at once. */
+         * started. A stop meanwhile still ends the start at once, up to server_new(): from
+         * there the stop waits for its second round of lookups (server.c, server_run). */
         if (!arg_check && (r = server_hold_reloads()) < 0) {
                 log_error_errno(r, "cannot block SIGHUP, SIGUSR1 and SIGUSR2");
                 return EXIT_RUNTIME;

@@ -164,9 +164,11 @@ static Fate finish(Loop *l, Session *s, int r) {
         /* Closing the socket takes it out of the epoll set only when it is the last
          * descriptor of the connection: one systemd keeps in its store (handover = "always",
          * or a resumed one until PID 1 drops its copy) would go on reporting events for a
-         * freed session. Otherwise no EPOLL_CTL_DEL: the done path closes the socket, and
-         * nothing in this loop runs in between. */
-        if (s->stored || s->resumed)
+         * freed session. So would one whose renaming at its end (EngineHooks.ending) took it
+         * out of the store and failed to put it back: PID 1 may not have dropped it yet.
+         * Otherwise no EPOLL_CTL_DEL: the done path closes the socket, and nothing in this
+         * loop runs in between. */
+        if (s->stored || s->stored_ended || s->resumed)
                 (void) epoll_ctl(l->epoll_fd, EPOLL_CTL_DEL, s->fd, NULL);
         deadlines_remove(&l->deadlines, &s->timer);
         ready_remove(l, s);

@@ -552,6 +552,8 @@ Test(listen_spec, reasons) {
                 { "::1%lo", "a link-local address (fe80::/10) only" },
                 { "fe80::1%a/b", "not an interface name" },
                 { "fe80::1%0123456789abcdef", "not an interface name" },
+                { "fe80::1%\xc9\xcf", "not an interface name" }, /* systemd takes printable ASCII only */
+                { "fe80::1%e\x7f", "not an interface name" },
                 { "[fe80::1]:7000", "listen on \"::\" or a global address" },
                 { "ff02::1", "multicast" },
                 { "224.0.0.1:7000", "multicast" },
