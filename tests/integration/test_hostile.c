@@ -270,6 +270,7 @@ enum {
         FLOOD_REPLY_LEN = FLOOD_LINE_LEN - 1 + 10,  /* "Hello, flood-NNNNNNN-xxx...!\r\n" */
         FLOOD_NEVER_READ_LINES = 2000000,       /* stops long before: when the daemon stops reading */
         FLOOD_RELEASE_BOUND_MS = 4500,          /* idle_timeout 2 s, twice, and slack */
+        FLOOD_QUIET_RSS_KIB = 4096,             /* what hellod may grow by meanwhile (4 times, sanitized) */
         FLOOD_QUIET_MS = 1500,                  /* the flooder sends without reading for this long */
         FLOOD_STALL_MS = 500,                   /* ... or (never reading) until stalled this long */
         FLOOD_DEADLINE_MS = 90000,
@@ -413,6 +414,12 @@ Test(hostile, flood_pipelined_then_read, .timeout = 180) {
                        "buffers held them all, no back-pressure was needed",
                        in_total, FLOOD_QUIET_MS);
         report("flood: meanwhile a bystander's whole session (connect to EOF) took %.3f ms", other_us / 1000.0);
+        /* The kernel's buffers on loopback (tcp_rmem and tcp_wmem, 6 and 4 MB at most) take about
+         * 8.6 MB of the 11.5 MB of lines, with the replies to them: a daemon that went on reading
+         * and kept the replies it could not send would take the whole flood, and hold megabytes. */
+        cr_assert(t_stall >= 0, "the flooder sent all %" PRIu64 " bytes without reading: no back-pressure", in_total);
+        cr_assert(peak_quiet - b.rss_kib <= (b.sanitized ? 4 : 1) * FLOOD_QUIET_RSS_KIB,
+                  "hellod's RSS grew by %ld KiB while the flooder did not read", peak_quiet - b.rss_kib);
 
         harness_step("flood: the flooder reads every reply");
         t_read = harness_now_ms();
