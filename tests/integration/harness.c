@@ -1813,8 +1813,12 @@ void hellod_expect_lingering_ends_quietly(Hellod *d, uint16_t port, int fd) {
 ClientLate client_write_late(int fd) {
         int64_t deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;
 
-        if (client_try_send(fd, "late\n", 5) < 0)
+        int r = client_try_send(fd, "late\n", 5);
+
+        if (r == -ECONNRESET || r == -EPIPE)
                 return CLIENT_LATE_RESET;
+        if (r < 0)
+                harness_fail("a late write: %s", strerror(-r));
         for (;;) {
                 struct tcp_info info = tcp_info_of(fd);
                 int unacked;

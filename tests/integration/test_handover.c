@@ -2200,8 +2200,7 @@ static void ending_during_hand_over(const char *model, bool frozen) {
          * what a process sent before it acts on its exit. */
         __atomic_store_n(&r.st.delay_us, 0, __ATOMIC_RELAXED);
         store_wait(r.d, &r.st, "state", 1);
-        for (unsigned stored = ~0u; stored != store_count(&r.st, "c"); harness_sleep_ms(200))
-                stored = store_count(&r.st, "c");
+        (void) store_count_settled(&r.st, "c");
         store_start_hellod(r.d, &r.st, r.listener);
         hellod_wait_stderr(r.d, "resumed");
         store_wait(r.d, &r.st, "c", 0); /* resumed, or ended: out of the store */

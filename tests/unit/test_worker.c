@@ -99,10 +99,16 @@ static void open_gate(void) {
 }
 
 static void wait_done(unsigned n) {
+        struct timespec deadline;
+
+        clock_gettime(CLOCK_REALTIME, &deadline);
+        deadline.tv_sec += 5;
         pthread_mutex_lock(&q.lock);
-        while (q.done < n)
-                pthread_cond_wait(&q.cond, &q.lock);
+        while (q.done < n && pthread_cond_timedwait(&q.cond, &q.lock, &deadline) == 0)
+                ;
+        unsigned done = q.done;
         pthread_mutex_unlock(&q.lock);
+        cr_assert_geq(done, n, "%u jobs served in 5 s, expected %u", done, n);
 }
 
 /* wait_refused: until N jobs were turned away, bounded: a pool with no thread left to take
