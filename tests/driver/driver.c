@@ -62,6 +62,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clients.h"
 #include "harness.h"
 #include "store.h"
 
@@ -907,8 +908,10 @@ static void run_setup(const Setup *s, unsigned seconds) {
                 hellod_spawn(d, NULL);
                 hellod_wait_ready(d);
         }
-        harness_sleep_ms(100); /* the readiness probe's connection is gone */
-        int fds_before = hellod_fd_count(d);
+        Baseline baseline = baseline_take(d); /* the readiness probe's connection gone */
+        if (!baseline.steady)
+                fail_hard("hellod's descriptors did not settle before the load");
+        int fds_before = baseline.fds;
         atomic_store(&stop_load, false);
         for (int i = 0; i < CLIENT_THREADS; i++)
                 if (pthread_create(&threads[i], NULL, load_thread, NULL) != 0)

@@ -627,6 +627,8 @@ int main(int argc, char **argv) {
         hellod_wait_ready(d);
         pid = d->pid;
         start = baseline_take(d);
+        if (!start.steady) /* one descriptor high, it would let one leaked pass */
+                harness_fail("hellod's descriptors did not settle before the load (%d)", start.fds);
         rss_peak = start.rss_kib;
         printf("soak: %" PRIu64 " s against %s (pid %d%s) on port %u, seed %" PRIu64 "%s%s\n", seconds,
                harness_env_path("HELLOD_BIN"), (int) pid, start.sanitized ? ", sanitized" : "", (unsigned) port, seed,
