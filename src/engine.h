@@ -154,6 +154,18 @@ static inline unsigned engine_waiting(const Engine *e) {
         return e ? __atomic_load_n(&e->waiting, __ATOMIC_ACQUIRE) : 0;
 }
 
+/* engine_send_fin: session_send_fin() for S of E. Stored, a session that lingers lingers in
+ * systemd's store too, under the name of one that has ended (EngineHooks.ending, once: it may
+ * have been renamed as its last replies waited): kept there through its client's hang-up
+ * (notify_fdstore_add), for the next process to read away after a crash. */
+static inline bool engine_send_fin(Engine *e, Session *s) {
+        bool lingers = session_send_fin(s);
+
+        if (lingers && s->stored)
+                e->hooks.ending(s, e->hooks.userdata);
+        return lingers;
+}
+
 /* workers = "per-connection": waiting threads kept for the next connections; more leave after
  * their session. */
 #define PERCONN_MAX_IDLE 64

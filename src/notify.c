@@ -165,12 +165,12 @@ bool notify_fdname_valid(const char *name) {
         return true;
 }
 
-int notify_fdstore_add(int fd, const char *name) {
-        char msg[32 + FDNAME_MAX];
+int notify_fdstore_add(int fd, const char *name, bool keep_on_hangup) {
+        char msg[48 + FDNAME_MAX];
 
         if (fd < 0 || !notify_fdname_valid(name))
                 return -EINVAL;
-        snprintf(msg, sizeof(msg), "FDSTORE=1\nFDNAME=%s", name);
+        snprintf(msg, sizeof(msg), "FDSTORE=1\nFDNAME=%s%s", name, keep_on_hangup ? "\nFDPOLL=0" : "");
         /* One descriptor, one name, one message: FDNAME= names every descriptor sent with it. */
         return send_message(msg, &fd, 1);
 }

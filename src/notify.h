@@ -30,15 +30,19 @@ void notify_watchdog(void);
  * store, so every descriptor gets its own (handover.h lists them).
  *
  * notify_fdstore_add: FDSTORE=1 with FDNAME=NAME and a duplicate of FD (the caller keeps
- * FD). No FDPOLL=0: PID 1 then drops a stored connection by itself once the client hangs up or
- * resets (EPOLLHUP/EPOLLERR), which is what a conversation that ended needs; a memfd cannot be
- * polled and is kept regardless. PID 1 drops, with a log line of its own, what goes beyond
+ * FD). PID 1 then drops a stored connection by itself once it reports EPOLLHUP or EPOLLERR: a
+ * client that reset, or one that closed its side after hellod closed its own (EPOLLHUP is both
+ * sides shut), which is what a live conversation the client ended needs. Not so a lingering
+ * close (its FIN sent, replies perhaps still on their way): dropped with the client's last
+ * bytes unread, its last copy would close with a reset and destroy those replies. So with
+ * KEEP_ON_HANGUP (FDPOLL=0, systemd ≥ 246), PID 1 keeps it until the next process takes it
+ * up. A memfd cannot be polled and is kept regardless. PID 1 drops, with a log line of its own, what goes beyond
  * FileDescriptorStoreMax=: a success here does not mean it was kept.
  * notify_fdstore_remove: FDSTOREREMOVE=1 with FDNAME=NAME: PID 1 closes every stored
  * descriptor of that name.
  * Both return 1 when sent, 0 outside systemd (no $NOTIFY_SOCKET), -EINVAL for a name systemd
  * would refuse (notify_fdname_valid()), or another negative errno. Non-logging. */
-int notify_fdstore_add(int fd, const char *name);
+int notify_fdstore_add(int fd, const char *name, bool keep_on_hangup);
 int notify_fdstore_remove(const char *name);
 /* notify_fdname_valid: what systemd accepts as FDNAME=: 1 to 255 printable ASCII characters,
  * no space and no ':' (LISTEN_FDNAMES separates names with ':'). */

@@ -428,7 +428,7 @@ static Outcome run(PerConn *p, Session *s, ServingThread *me, Linger *linger) {
         }
         if (r < 0)
                 session_fail(s, r);
-        else if (session_lingers(s) && session_send_fin(s)) {
+        else if (session_lingers(s) && engine_send_fin(&p->engine, s)) {
                 uint64_t deadline = now_usec() + SESSION_LINGER_USEC;
                 if (handing_over(s)) {
                         /* Ended during the hand-over: it lingers on in the next process,

@@ -262,7 +262,7 @@ static bool client_gone(Loop *l, Session *s) {
 static Fate conclude(Loop *l, Session *s) {
         if (!session_lingers(s))
                 return finish(l, s, 0);
-        if (client_gone(l, s) || !session_send_fin(s))
+        if (client_gone(l, s) || !engine_send_fin(&l->base.set->engine, s))
                 return finish(l, s, 0);
         s->lingering = true;
         s->in_off = s->in_len = 0; /* from here on in_len counts what was discarded */

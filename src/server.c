@@ -230,12 +230,14 @@ static int forget_stored(const Session *session) {
 }
 
 /* put_stored: SESSION into systemd's store under the name it says (handoff_conn_name);
- * Session.stored says whether it went. */
+ * Session.stored says whether it went. One that has ended is kept through a hang-up: it will
+ * linger there (notify_fdstore_add). */
 static void put_stored(Session *session) {
         char name[HANDOVER_FDNAME_MAX];
         HandoverConnName conn = handoff_conn_name(session);
 
-        session->stored = notify_fdstore_add(session->fd, handover_fdname_conn(&conn, name, sizeof(name))) > 0;
+        session->stored = notify_fdstore_add(session->fd, handover_fdname_conn(&conn, name, sizeof(name)),
+                                             session->stored_ended) > 0;
 }
 
 /* lingering_closed: the engine's lingering_closed hook: a conversation's socket that lingered
@@ -303,7 +305,8 @@ static int hand_over_record(Server *s, const HandoverRecord *rec, int fd, bool s
         pthread_mutex_unlock(&s->lock);
         if (r == 0 && !stored) {
                 HandoverConnName conn = handoff_record_conn_name(rec, crash_mode);
-                r = notify_fdstore_add(fd, handover_fdname_conn(&conn, name, sizeof(name)));
+                r = notify_fdstore_add(fd, handover_fdname_conn(&conn, name, sizeof(name)),
+                                       rec->flags & HANDOVER_LINGERING);
         }
         /* Counted once its connection is stored as well (PID 1 may still refuse it, in silence:
          * the next process then counts its record as without a descriptor). */
@@ -823,7 +826,7 @@ static int keep_state_place(Server *s) {
         if (s->state_fd >= 0)
                 return 0;
         int fd = handoff_memfd_new();
-        int r = fd < 0 ? fd : notify_fdstore_add(fd, HANDOVER_FDNAME_STATE);
+        int r = fd < 0 ? fd : notify_fdstore_add(fd, HANDOVER_FDNAME_STATE, false);
 
         if (r < 0) {
                 if (fd >= 0)

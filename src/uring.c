@@ -396,7 +396,7 @@ static Fate conclude(Loop *l, Conn *c) {
 
         if (!session_lingers(s))
                 return finish(l, c, 0);
-        if (c->eof || !session_send_fin(s))
+        if (c->eof || !engine_send_fin(s->engine, s))
                 return finish(l, c, 0);
         s->lingering = true;
         kept_drop(c);

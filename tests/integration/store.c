@@ -31,6 +31,42 @@ static bool held_already(const Store *st, ino_t ino) {
         return false;
 }
 
+/* drop: entry I of ST closed and gone (under ST's lock). */
+static void drop(Store *st, unsigned i) {
+        close(st->fds[i]);
+        st->n--;
+        st->fds[i] = st->fds[st->n];
+        st->inos[i] = st->inos[st->n];
+        st->unpolled[i] = st->unpolled[st->n];
+        memcpy(st->names[i], st->names[st->n], sizeof(st->names[0]));
+}
+
+/* watch: into P, ST's socket, then every stored socket PID 1 polls; how many (under ST's lock). */
+static nfds_t watch(Store *st, struct pollfd *p) {
+        nfds_t n = 0;
+
+        p[n++] = (struct pollfd) { .fd = st->sock, .events = POLLIN };
+        for (unsigned i = 0; i < st->n; i++)
+                if (st->inos[i] != 0 && !st->unpolled[i])
+                        p[n++] = (struct pollfd) { .fd = st->fds[i] }; /* EPOLLHUP and EPOLLERR only */
+        return n;
+}
+
+/* drop_hung_up: the stored sockets of P[1..N) that hung up or failed, dropped (PID 1's
+ * on_fd_store_io()); under ST's lock, the store unchanged since watch(). */
+static void drop_hung_up(Store *st, const struct pollfd *p, nfds_t n) {
+        for (nfds_t k = 1; k < n; k++) {
+                if (!(p[k].revents & (POLLHUP | POLLERR)))
+                        continue;
+                for (unsigned i = 0; i < st->n; i++)
+                        if (st->fds[i] == p[k].fd) {
+                                drop(st, i);
+                                st->hung_up++;
+                                break;
+                        }
+        }
+}
+
 /* store_take: one message. A second copy of a socket the store holds is dropped, its first
  * name kept, as PID 1 does ("Suppressing duplicate fd in fd store"). */
 static void store_take(Store *st, const char *msg, int fd) {
@@ -51,6 +87,7 @@ static void store_take(Store *st, const char *msg, int fd) {
                 /* dropped: closed below */
         } else if (store && st->n < st->limit) {
                 st->inos[st->n] = socket ? file.st_ino : 0;
+                st->unpolled[st->n] = strstr(msg, "FDPOLL=0") != NULL;
                 snprintf(st->names[st->n], sizeof(st->names[0]), "%s", n);
                 st->fds[st->n++] = fd;
                 st->added++;
@@ -59,10 +96,7 @@ static void store_take(Store *st, const char *msg, int fd) {
         } else if (strstr(msg, "FDSTOREREMOVE=1")) {
                 for (unsigned i = 0; i < st->n; i++)
                         if (strcmp(st->names[i], n) == 0) {
-                                close(st->fds[i]);
-                                st->fds[i] = st->fds[--st->n];
-                                st->inos[i] = st->inos[st->n];
-                                memcpy(st->names[i], st->names[st->n], sizeof(st->names[0]));
+                                drop(st, i);
                                 st->removed++;
                                 break;
                         }
@@ -118,9 +152,21 @@ static void *store_main(void *arg) {
         int64_t done_us = 0; /* pace() */
         bool queued = false; /* a message waited as the last one was done */
 
+        struct pollfd *p = calloc(STORE_CAPACITY + 1, sizeof(*p));
+
+        must(p != NULL, "the store's poll set");
         while (!__atomic_load_n(&st->stop, __ATOMIC_ACQUIRE)) {
-                struct pollfd p = { .fd = st->sock, .events = POLLIN };
-                if (poll(&p, 1, 100) <= 0)
+                /* Only this thread changes the store: what it watches stays open meanwhile. */
+                pthread_mutex_lock(&st->lock);
+                nfds_t n = watch(st, p);
+                pthread_mutex_unlock(&st->lock);
+                int ready = poll(p, n, 100);
+                pthread_mutex_lock(&st->lock);
+                if (ready > 0)
+                        drop_hung_up(st, p, n);
+                st->polls++;
+                pthread_mutex_unlock(&st->lock);
+                if (ready <= 0 || !(p[0].revents & POLLIN))
                         continue;
                 char msg[4096], control[CMSG_SPACE(sizeof(int) * 8)];
                 struct iovec iov = { .iov_base = msg, .iov_len = sizeof(msg) - 1 };
@@ -143,6 +189,7 @@ static void *store_main(void *arg) {
                 queued = ioctl(st->sock, FIONREAD, &next) == 0 && next > 0;
                 set_reading(st, false);
         }
+        free(p);
         return NULL;
 }
 
@@ -211,6 +258,48 @@ void store_wait(Hellod *d, Store *st, const char *prefix, unsigned n) {
                                      prefix, n);
 }
 
+void store_wait_turn(Store *st) {
+        pthread_mutex_lock(&st->lock);
+        unsigned long start = st->polls;
+        pthread_mutex_unlock(&st->lock);
+        for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS;; harness_sleep_ms(5)) {
+                pthread_mutex_lock(&st->lock);
+                bool turned = st->polls >= start + 2; /* the one under way may have begun before */
+                pthread_mutex_unlock(&st->lock);
+                if (turned)
+                        return;
+                if (harness_now_ms() > end)
+                        harness_fail("the store's thread made no turn in %d ms", HARNESS_TIMEOUT_MS);
+        }
+}
+
+unsigned store_hung_up(Store *st) {
+        pthread_mutex_lock(&st->lock);
+        unsigned n = st->hung_up;
+        pthread_mutex_unlock(&st->lock);
+        return n;
+}
+
+static unsigned count_suffix(Store *st, const char *suffix) {
+        size_t len = strlen(suffix);
+        unsigned n = 0;
+
+        pthread_mutex_lock(&st->lock);
+        for (unsigned i = 0; i < st->n; i++) {
+                size_t name_len = strlen(st->names[i]);
+                n += name_len >= len && strcmp(st->names[i] + name_len - len, suffix) == 0;
+        }
+        pthread_mutex_unlock(&st->lock);
+        return n;
+}
+
+void store_wait_suffix(Hellod *d, Store *st, const char *suffix, unsigned n) {
+        for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS; count_suffix(st, suffix) != n; harness_sleep_ms(5))
+                if (harness_now_ms() > end)
+                        hellod_fail(d, "the store holds %u descriptors named *%s, expected %u", count_suffix(st, suffix),
+                                    suffix, n);
+}
+
 unsigned store_readies(Store *st) {
         pthread_mutex_lock(&st->lock);
         unsigned n = st->readies;
@@ -242,9 +331,12 @@ pid_t store_start_hellod(Hellod *d, Store *st, int listener) {
 
         fds[n++] = listener;
         store_settle(st);
+        /* Copies, taken under the lock: the store's thread may drop (close) a stored socket
+         * that hangs up at any time, and the number could be another file's by the fork. */
         pthread_mutex_lock(&st->lock);
         for (unsigned i = 0; i < st->n; i++) {
-                fds[n++] = st->fds[i];
+                fds[n] = fcntl(st->fds[i], F_DUPFD_CLOEXEC, 3);
+                must(fds[n++] >= 0, "a copy of a stored descriptor");
                 len += (size_t) snprintf(names + len, sizeof(names) - len, ":%s", st->names[i]);
         }
         pthread_mutex_unlock(&st->lock);
@@ -278,6 +370,8 @@ pid_t store_start_hellod(Hellod *d, Store *st, int listener) {
                 _exit(127);
         }
         close(err);
+        for (unsigned i = 1; i < n; i++) /* the copies; the store keeps its own, as PID 1 does */
+                close(fds[i]);
         d->pid = pid;
         d->reaped = false;
         return pid;

@@ -1,6 +1,8 @@
 /* store: the test plays PID 1's part in a hand-over, without systemd. It owns the listening
  * socket (as hellod.socket would) and a $NOTIFY_SOCKET that keeps what hellod stores
- * (FDSTORE=1) and drops what it removes (FDSTOREREMOVE=1), and it starts hellod with the
+ * (FDSTORE=1) and drops what it removes (FDSTOREREMOVE=1), and, as PID 1 does, a stored
+ * socket that reports EPOLLHUP or EPOLLERR unless it came with FDPOLL=0 (sd_notify(3): systemd
+ * 252 polls them for nothing else). It starts hellod with the
  * listener and the stored descriptors in LISTEN_FDS, named in LISTEN_FDNAMES, as systemd does.
  * With INVOCATION_ID set and no system bus to ask, hellod cannot tell a stop from a restart and
  * hands over (docs/zero-downtime.md). Used by test-handover and by the driver's stored
@@ -26,12 +28,15 @@ typedef struct Store {
         char names[STORE_CAPACITY][64]; /* hellod's longest is 63 bytes (HANDOVER_FDNAME_MAX) */
         int fds[STORE_CAPACITY];
         ino_t inos[STORE_CAPACITY]; /* each socket's inode (0: not a socket), for held_already() */
+        bool unpolled[STORE_CAPACITY]; /* stored with FDPOLL=0: kept through a hang-up */
         unsigned limit;    /* FileDescriptorStoreMax=: what is stored beyond it is refused */
         unsigned delay_us; /* how long each message takes, as a slow PID 1 would (set atomically) */
         unsigned long long extended_usec; /* the last EXTEND_TIMEOUT_USEC= */
         unsigned n, added, removed;
         unsigned conns_added; /* of ADDED, the connections ("c<id>") */
         unsigned readies;     /* READY=1 notifications taken */
+        unsigned hung_up;     /* sockets dropped on EPOLLHUP or EPOLLERR */
+        unsigned long polls;  /* turns of the store's thread */
         bool stop;
         bool reading;       /* the store's thread is taking a message in (under LOCK) */
         bool not_a_service; /* start hellod without INVOCATION_ID: a stop ends the conversations */
@@ -52,6 +57,8 @@ unsigned store_conns_added(Store *st);
 /* store_wait: until the store holds N descriptors whose name starts with PREFIX (the
  * messages of a process that just exited may still be on their way). */
 void store_wait(Hellod *d, Store *st, const char *prefix, unsigned n);
+/* store_wait_suffix: until the store holds N descriptors whose name ends in SUFFIX. */
+void store_wait_suffix(Hellod *d, Store *st, const char *suffix, unsigned n);
 /* store_stays: the store holds N descriptors named PREFIX* for MS milliseconds on end (a
  * message that is not sent can only be waited for). */
 void store_stays(Hellod *d, Store *st, const char *prefix, unsigned n, int ms);
@@ -61,6 +68,10 @@ pid_t store_start_hellod(Hellod *d, Store *st, int listener);
 /* store_wait_ready: until the store has taken N READY=1 notifications in all (a start job
  * done, as `systemctl restart` waits for it). A reload sends one too, done or failed. */
 void store_wait_ready(Hellod *d, Store *st, unsigned n);
+/* store_wait_turn: until the store's thread has made a whole turn since the call: a hang-up
+ * that came before it has been seen. store_hung_up: the sockets dropped on a hang-up so far. */
+void store_wait_turn(Store *st);
+unsigned store_hung_up(Store *st);
 /* store_readies: the READY=1 notifications taken so far. */
 unsigned store_readies(Store *st);
 /* store_listener: PID 1's listening socket on 127.0.0.1, on a free *PORT. */

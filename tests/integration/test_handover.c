@@ -494,11 +494,13 @@ Test(handover, always_stores_and_removes_each_connection, .timeout = 60) {
         for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS; store_count(&r.st, "c") > 0; harness_sleep_ms(20))
                 cr_assert_lt(harness_now_ms(), end, "%u connections still stored", store_count(&r.st, "c"));
         pthread_mutex_lock(&r.st.lock);
-        unsigned added = r.st.added, removed = r.st.removed;
+        unsigned added = r.st.added, removed = r.st.removed, hung_up = r.st.hung_up;
         pthread_mutex_unlock(&r.st.lock);
         cr_expect_geq(added, 201, "%u stored", added);
-        /* Every connection out again; the state's place stays, empty, for a hand-over. */
-        cr_expect_eq(added, removed + 1, "%u stored, %u removed", added, removed);
+        /* Every connection out again, removed by hellod or, reset or closed on both sides
+         * before it was, dropped by PID 1; the state's place stays, empty, for a hand-over. */
+        cr_expect_eq(added, removed + hung_up + 1, "%u stored, %u removed, %u dropped on a hang-up", added, removed,
+                     hung_up);
         cr_expect_eq(store_count(&r.st, "state"), 1);
         cr_assert(hellod_alive(r.d), "hellod died");
         int fd = client_connect(r.port);
@@ -972,8 +974,12 @@ Test(handover, always_a_lingering_balancer_connection_keeps_its_name_across_a_re
  * socket whose sending side was shut (logged as a broken pipe). It now sees the FIN sent (the
  * socket's TCP state) and lingers out the close: the line is read and dropped, the socket
  * closed and out of the store within the lingering close's second. When the client's line and
- * FIN came while the process could not read them (frozen, then killed), the socket is closed
- * by then, with no peer: refused, closed, never answered. Per connection the socket lingers in
+ * FIN came while the process could not read them (frozen, then killed), TCP is done with the
+ * socket by then (both FINs in and acknowledged): refused, closed, never answered. PID 1 keeps
+ * it until then: it drops a stored socket that hangs up, but not one stored under its ended
+ * name (FDPOLL=0), and closed by PID 1 with a line unread and replies still on their way, it
+ * would have reset them (a_lingering_close_whose_client_hangs_up_in_the_gap_keeps_its_replies).
+ * Per connection the socket lingers in
  * the lingerer, after its session is done: it left the store with its session, so that a crash
  * within the second closed it with the process, and the late line met a reset. hellod is
  * frozen within the second (SESSION_LINGER_USEC), and all again if a loaded machine let the
@@ -997,6 +1003,9 @@ static void ended_conversation_crashes(const char *model, bool client_closed) {
                 client_expect_eof(fd, false);
                 if (strcmp(model, "per-connection") == 0) /* its session is done: the lingerer holds it */
                         hellod_wait_stderr(r.d, " closed: ");
+                /* Renamed once its FIN is out (a crash before that leaves it under its live name,
+                 * for PID 1 to drop at the client's FIN). */
+                store_wait_suffix(r.d, &r.st, ".end", 1);
                 hellod_freeze(r.d); /* within the lingering second, if the machine keeps up */
                 int64_t elapsed = harness_now_ms() - sent;
                 if (store_count_settled(&r.st, "c") == 1) /* the lingering conversation's socket */
@@ -1991,6 +2000,48 @@ Test(handover, a_lingering_close_goes_on_in_the_next_process, .timeout = 60) {
 Test(handover, a_lingering_close_goes_on_in_the_next_process_per_connection, .timeout = 60) {
         for (size_t i = 0; i < N_PERCONN_CROSSINGS; i++)
                 lingering_crosses_from(PERCONN_CROSSINGS[i][0], PERCONN_CROSSINGS[i][1]);
+}
+
+/* lingering_hangs_up_in_the_gap: a lingering close handed over from MODEL (its FIN sent, its
+ * replies still on their way to a client that reads none yet), whose client writes a late line
+ * and closes its side in the gap: the stored socket now reports EPOLLHUP, and PID 1 drops a
+ * stored socket that does unless it came with FDPOLL=0. Dropped, the last copy closed with the
+ * late line unread, and the reset destroyed the replies still in the socket's send queue. Kept,
+ * the next process reads the line and the client's FIN away and closes it: every reply, and
+ * the end of file. */
+static void lingering_hangs_up_in_the_gap(const char *model) {
+        Rig r;
+
+        harness_step("%s: the client of a lingering close hangs up between the processes", model);
+        rig_start(&r);
+        rig_serve(&r, "%slog_level = \"info\";\n", MODEL(model, 1));
+        int fd = client_exit_unread(r.port); /* hellod lingers for a second from here */
+        stop_and_wait(r.d);
+        hellod_wait_stderr(r.d, "handed 1 conversation over");
+        store_wait(r.d, &r.st, "state", 1);
+        cr_assert_eq(client_try_send(fd, "late\n", 5), 0);
+        cr_assert_eq(shutdown(fd, SHUT_WR), 0);
+        for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS;; harness_sleep_ms(5)) { /* the FIN in */
+                TcpSocket sock = hellod_socket_of(r.port, fd);
+                if (sock.state == TCP_CLOSING || sock.state == TCP_LAST_ACK || sock.state < 0)
+                        break;
+                cr_assert(harness_now_ms() < end, "the client's FIN did not reach the stored socket (state %d)",
+                          sock.state);
+        }
+        store_wait_turn(&r.st);
+        cr_expect_eq(store_hung_up(&r.st), 0, "%s: PID 1 dropped the lingering socket when its client hung up", model);
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "resumed");
+        client_expect_exit_replies(fd);
+        client_close(fd);
+        store_wait(r.d, &r.st, "c", 0);
+        rig_end(&r);
+}
+
+Test(handover, a_lingering_close_whose_client_hangs_up_in_the_gap_keeps_its_replies, .timeout = 90) {
+        lingering_hangs_up_in_the_gap("epoll");
+        lingering_hangs_up_in_the_gap("io_uring");
+        lingering_hangs_up_in_the_gap("per-connection");
 }
 
 /* reload_turns_the_hand_over_on: MODEL. A conversation that began under handover = "off" and

@@ -255,7 +255,7 @@ Test(signals, a_signal_during_a_blocked_fd_store_stores_the_connection_once) {
         int stored = open("/dev/null", O_RDONLY | O_CLOEXEC);
         cr_assert_geq(stored, 0);
         __atomic_store_n(&d.b.calling, true, __ATOMIC_RELEASE);
-        int r = notify_fdstore_add(stored, "conn-1");
+        int r = notify_fdstore_add(stored, "conn-1", false);
         __atomic_store_n(&d.b.done, true, __ATOMIC_RELEASE);
         pthread_join(drainer, NULL);
         close(stored);
