@@ -58,8 +58,8 @@ typedef struct EngineHooks {
          * (HandoffLingering), else ""; the hook owns FD from then on. */
         void (*handed_over_lingering)(void *userdata, const HandoverRecord *rec, int fd, const char *stored_as);
         /* ending: S, stored (Session.stored), has ended its conversation (proto.end) and waits
-         * for its client to take the last replies before its FIN; on its engine thread, once or
-         * more. */
+         * for its client to take the last replies before its FIN, or lingers after it
+         * (engine_send_fin); on its engine thread, once or more. */
         void (*ending)(Session *s, void *userdata);
         /* lingering_closed: such a conversation's socket, still in systemd's store under the
          * name STORED_AS, is about to be closed: out of the store first (as the done hook does
@@ -161,7 +161,8 @@ static inline unsigned engine_waiting(const Engine *e) {
 static inline bool engine_send_fin(Engine *e, Session *s) {
         bool lingers = session_send_fin(s);
 
-        if (lingers && s->stored)
+        /* Not at a stop: systemd empties the store then, and the messages would only slow it. */
+        if (lingers && s->stored && s->proto.end != PROTO_END_SHUTDOWN)
                 e->hooks.ending(s, e->hooks.userdata);
         return lingers;
 }

@@ -32,11 +32,11 @@ void notify_watchdog(void);
  * notify_fdstore_add: FDSTORE=1 with FDNAME=NAME and a duplicate of FD (the caller keeps
  * FD). PID 1 then drops a stored connection by itself once it reports EPOLLHUP or EPOLLERR: a
  * client that reset, or one that closed its side after hellod closed its own (EPOLLHUP is both
- * sides shut), which is what a live conversation the client ended needs. Not so a lingering
- * close (its FIN sent, replies perhaps still on their way): dropped with the client's last
- * bytes unread, its last copy would close with a reset and destroy those replies. So with
- * KEEP_ON_HANGUP (FDPOLL=0, systemd ≥ 246), PID 1 keeps it until the next process takes it
- * up. A memfd cannot be polled and is kept regardless. PID 1 drops, with a log line of its own, what goes beyond
+ * sides shut), which is what a live conversation the client ended needs. Not so one that has
+ * ended (its FIN sent, or to be sent once its last replies are out) and lingers: dropped with
+ * the client's last bytes unread, its last copy would close with a reset and destroy the
+ * replies still on their way. So with KEEP_ON_HANGUP (FDPOLL=0, systemd ≥ 246), PID 1 keeps it
+ * until this process removes it or the next one takes it up. A memfd cannot be polled and is kept regardless. PID 1 drops, with a log line of its own, what goes beyond
  * FileDescriptorStoreMax=: a success here does not mean it was kept.
  * notify_fdstore_remove: FDSTOREREMOVE=1 with FDNAME=NAME: PID 1 closes every stored
  * descriptor of that name.

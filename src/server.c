@@ -250,11 +250,13 @@ static void lingering_closed(void *userdata, const char *stored_as) {
 }
 
 /* session_ending: the engine's ending hook: SESSION, stored, has ended its conversation and
- * waits for the client to take its last replies before the FIN. Its name in the store says so
- * from now on, so that after a crash the next process ends it rather than taking it for a live
- * one (handoff_session_fresh). Out under its old name first: PID 1 keeps the first name of a
+ * waits for the client to take its last replies before the FIN, or lingers after it. Its name
+ * in the store says so from now on, so that after a crash the next process ends it rather than
+ * taking it for a live one (handoff_session_fresh), and PID 1 keeps it through its client's
+ * hang-up (notify_fdstore_add). Out under its old name first: PID 1 keeps the first name of a
  * socket it holds and drops a second copy. (A crash between the two closes the connection with
- * this process: its client sees the end, without the replies not sent yet.) */
+ * this process: its client sees the end without the replies not sent yet, or, lingering with
+ * bytes of the client's unread, a reset.) */
 static void session_ending(Session *session, void *userdata) {
         (void) userdata;
         /* Not stored, renamed already, or still under its old name (no second copy). */

@@ -156,17 +156,25 @@ static void *store_main(void *arg) {
 
         must(p != NULL, "the store's poll set");
         while (!__atomic_load_n(&st->stop, __ATOMIC_ACQUIRE)) {
-                /* Only this thread changes the store: what it watches stays open meanwhile. */
-                pthread_mutex_lock(&st->lock);
-                nfds_t n = watch(st, p);
-                pthread_mutex_unlock(&st->lock);
-                int ready = poll(p, n, 100);
-                pthread_mutex_lock(&st->lock);
-                if (ready > 0)
-                        drop_hung_up(st, p, n);
-                st->polls++;
-                pthread_mutex_unlock(&st->lock);
-                if (ready <= 0 || !(p[0].revents & POLLIN))
+                /* Messages first, as PID 1's notify socket has the higher event priority: the
+                 * stored sockets are looked at when none is queued (a turn that looks at all
+                 * of them for each message made a slow store of thousands slower still). Only
+                 * this thread closes a stored socket (tests swap descriptors under the lock). */
+                int next = 0;
+                bool message = ioctl(st->sock, FIONREAD, &next) == 0 && next > 0;
+                if (!message) {
+                        pthread_mutex_lock(&st->lock);
+                        nfds_t n = watch(st, p);
+                        pthread_mutex_unlock(&st->lock);
+                        int ready = poll(p, n, 100);
+                        pthread_mutex_lock(&st->lock);
+                        if (ready > 0)
+                                drop_hung_up(st, p, n);
+                        st->polls++;
+                        pthread_mutex_unlock(&st->lock);
+                        message = ready > 0 && (p[0].revents & POLLIN);
+                }
+                if (!message)
                         continue;
                 char msg[4096], control[CMSG_SPACE(sizeof(int) * 8)];
                 struct iovec iov = { .iov_base = msg, .iov_len = sizeof(msg) - 1 };
@@ -185,7 +193,7 @@ static void *store_main(void *arg) {
                                 memcpy(&fd, CMSG_DATA(c), sizeof(int));
                 pace(__atomic_load_n(&st->delay_us, __ATOMIC_RELAXED), queued, &done_us);
                 store_take(st, msg, fd);
-                int next = 0;
+                next = 0;
                 queued = ioctl(st->sock, FIONREAD, &next) == 0 && next > 0;
                 set_reading(st, false);
         }
@@ -280,7 +288,7 @@ unsigned store_hung_up(Store *st) {
         return n;
 }
 
-static unsigned count_suffix(Store *st, const char *suffix) {
+unsigned store_count_suffix(Store *st, const char *suffix) {
         size_t len = strlen(suffix);
         unsigned n = 0;
 
@@ -291,13 +299,6 @@ static unsigned count_suffix(Store *st, const char *suffix) {
         }
         pthread_mutex_unlock(&st->lock);
         return n;
-}
-
-void store_wait_suffix(Hellod *d, Store *st, const char *suffix, unsigned n) {
-        for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS; count_suffix(st, suffix) != n; harness_sleep_ms(5))
-                if (harness_now_ms() > end)
-                        hellod_fail(d, "the store holds %u descriptors named *%s, expected %u", count_suffix(st, suffix),
-                                    suffix, n);
 }
 
 unsigned store_readies(Store *st) {
@@ -319,6 +320,14 @@ void store_stays(Hellod *d, Store *st, const char *prefix, unsigned n, int ms) {
                 if (store_count(st, prefix) != n)
                         hellod_fail(d, "the store holds %u descriptors named %s*, expected %u", store_count(st, prefix),
                                     prefix, n);
+}
+
+/* exec_failed: in the child of store_start_hellod(), errno to REPORT, and out. */
+static _Noreturn void exec_failed(int report) {
+        int e = errno;
+
+        (void) !write(report, &e, sizeof(e));
+        _exit(127);
 }
 
 pid_t store_start_hellod(Hellod *d, Store *st, int listener) {
@@ -345,6 +354,9 @@ pid_t store_start_hellod(Hellod *d, Store *st, int listener) {
         snprintf(env_notify, sizeof(env_notify), "NOTIFY_SOCKET=%s", st->path);
         int err = open(d->stderr_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
         must(err >= 0, d->stderr_path);
+        const char *bin = harness_env_path("HELLOD_BIN"); /* may fail the test: not in the child */
+        int exec_err[2]; /* the child's errno, when it cannot become hellod (close-on-exec) */
+        must(pipe2(exec_err, O_CLOEXEC) == 0, "pipe2");
 
         pid_t pid = fork();
         must(pid >= 0, "fork");
@@ -352,24 +364,33 @@ pid_t store_start_hellod(Hellod *d, Store *st, int listener) {
                 /* Above every descriptor to be placed, then 3, 4, ... as systemd does. The
                  * stderr file too: opened in the test, it may have a number among 3, 4, ...
                  * (the driver's restarts wrote hellod's log into a client's connection). */
+                int report = fcntl(exec_err[1], F_DUPFD_CLOEXEC, 3 + (int) n + 64);
                 err = fcntl(err, F_DUPFD_CLOEXEC, 3 + (int) n + 64);
                 for (unsigned i = 0; i < n; i++)
                         fds[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 3 + (int) n + 64);
                 for (unsigned i = 0; i < n; i++)
                         if (dup2(fds[i], 3 + (int) i) < 0)
-                                _exit(127);
+                                exec_failed(report);
                 char env_pid[32], invocation[] = "INVOCATION_ID=0123456789abcdef0123456789abcdef",
                                   path[] = "PATH=/usr/bin:/bin";
                 snprintf(env_pid, sizeof(env_pid), "LISTEN_PID=%d", (int) getpid());
                 char *envp[] = { env_fds, env_names, env_pid, env_notify, path, invocation, NULL };
                 if (st->not_a_service)
                         envp[5] = NULL;
-                dup2(err, 2);
-                execle(harness_env_path("HELLOD_BIN"), "hellod", "--config", d->conf_path, "--log-target=stderr",
-                       (char *) NULL, envp);
-                _exit(127);
+                if (dup2(err, 2) < 0)
+                        exec_failed(report);
+                execle(bin, "hellod", "--config", d->conf_path, "--log-target=stderr", (char *) NULL, envp);
+                exec_failed(report);
         }
         close(err);
+        close(exec_err[1]);
+        int child_errno = 0;
+        ssize_t k;
+        while ((k = read(exec_err[0], &child_errno, sizeof(child_errno))) < 0 && errno == EINTR)
+                ;
+        close(exec_err[0]);
+        if (k == (ssize_t) sizeof(child_errno))
+                harness_fail("cannot start %s with the store's descriptors: %s", bin, strerror(child_errno));
         for (unsigned i = 1; i < n; i++) /* the copies; the store keeps its own, as PID 1 does */
                 close(fds[i]);
         d->pid = pid;

@@ -57,8 +57,8 @@ unsigned store_conns_added(Store *st);
 /* store_wait: until the store holds N descriptors whose name starts with PREFIX (the
  * messages of a process that just exited may still be on their way). */
 void store_wait(Hellod *d, Store *st, const char *prefix, unsigned n);
-/* store_wait_suffix: until the store holds N descriptors whose name ends in SUFFIX. */
-void store_wait_suffix(Hellod *d, Store *st, const char *suffix, unsigned n);
+/* store_count_suffix: descriptors held whose name ends in SUFFIX. */
+unsigned store_count_suffix(Store *st, const char *suffix);
 /* store_stays: the store holds N descriptors named PREFIX* for MS milliseconds on end (a
  * message that is not sent can only be waited for). */
 void store_stays(Hellod *d, Store *st, const char *prefix, unsigned n, int ms);
