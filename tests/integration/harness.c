@@ -559,7 +559,7 @@ static _Noreturn void spawn_child(const HarnessSpawn *s, char **envp, pid_t pare
         struct sigaction sa = { .sa_handler = SIG_DFL };
         struct rlimit rl = { .rlim_cur = s->nofile, .rlim_max = s->nofile };
         sigset_t none;
-        int in, out, err, e;
+        int in, out, err;
 
         /* Dispositions and the mask survive exec: give the daemon a pristine signal state. */
         for (int sig = 1; sig < NSIG; sig++)
@@ -593,9 +593,32 @@ static _Noreturn void spawn_child(const HarnessSpawn *s, char **envp, pid_t pare
 
         execve(s->argv[0], (char *const *) s->argv, envp);
 fail:
-        e = errno;
-        (void) !write(errpipe, &e, sizeof(e));
+        harness_exec_failed(errpipe);
+}
+
+void harness_exec_failed(int write_fd) {
+        int e = errno;
+
+        (void) !write(write_fd, &e, sizeof(e));
         _exit(127);
+}
+
+void harness_expect_exec(int read_fd, pid_t pid, const char *program) {
+        struct pollfd pfd = { .fd = read_fd, .events = POLLIN };
+        ssize_t k;
+        int e = 0;
+
+        /* EOF on the CLOEXEC pipe means exec succeeded; an int on it is the child's errno. */
+        if (poll(&pfd, 1, HARNESS_TIMEOUT_MS) <= 0)
+                harness_fail("%s: no exec within %d ms", program, HARNESS_TIMEOUT_MS);
+        do
+                k = read(read_fd, &e, sizeof(e));
+        while (k < 0 && errno == EINTR);
+        (void) close(read_fd);
+        if (k > 0) {
+                (void) harness_wait_pid(pid, HARNESS_TIMEOUT_MS, NULL);
+                harness_fail("cannot start %s: %s", program, strerror(e));
+        }
 }
 
 /* build_env: environ plus EXTRA, built before fork() so that the child only calls execve(). */
@@ -617,11 +640,9 @@ static char **build_env(const char *const *extra) {
 }
 
 pid_t harness_spawn(const HarnessSpawn *s) {
-        struct pollfd pfd;
         pid_t parent = getpid(), pid;
         char **envp = build_env(s->env);
-        ssize_t k;
-        int p[2], e = 0;
+        int p[2];
 
         if (pipe2(p, O_CLOEXEC) < 0)
                 harness_fail("pipe2(): %s", strerror(errno));
@@ -634,19 +655,7 @@ pid_t harness_spawn(const HarnessSpawn *s) {
         }
         (void) close(p[1]);
         free(envp);
-
-        /* EOF on the CLOEXEC pipe means exec succeeded; an int on it is the child's errno. */
-        pfd = (struct pollfd) { .fd = p[0], .events = POLLIN };
-        if (poll(&pfd, 1, HARNESS_TIMEOUT_MS) <= 0)
-                harness_fail("%s: no exec within %d ms", s->argv[0], HARNESS_TIMEOUT_MS);
-        do
-                k = read(p[0], &e, sizeof(e));
-        while (k < 0 && errno == EINTR);
-        (void) close(p[0]);
-        if (k > 0) {
-                (void) harness_wait_pid(pid, HARNESS_TIMEOUT_MS, NULL);
-                harness_fail("cannot start %s: %s", s->argv[0], strerror(e));
-        }
+        harness_expect_exec(p[0], pid, s->argv[0]);
         return pid;
 }
 

@@ -115,6 +115,13 @@ typedef struct HarnessSpawn {
 
 /* harness_spawn: fork+exec; returns once exec succeeded (fails loudly if it did not). */
 pid_t harness_spawn(const HarnessSpawn *s);
+/* The exec check of a fork+exec of one's own, over a close-on-exec pipe made before the fork:
+ * harness_exec_failed, in the child where it cannot go on: errno into the pipe's WRITE_FD, and
+ * out (async-signal-safe). harness_expect_exec, in the parent once it closed the write end:
+ * until the pipe's end of file (exec succeeded); the child's errno there reaps PID and fails
+ * the test for PROGRAM. Closes READ_FD. */
+_Noreturn void harness_exec_failed(int write_fd);
+void harness_expect_exec(int read_fd, pid_t pid, const char *program);
 /* harness_wait_pid: reaps PID within TIMEOUT_MS; false (and PID untouched) on timeout. */
 bool harness_wait_pid(pid_t pid, int timeout_ms, int *ret_status);
 /* harness_run: spawn, wait TIMEOUT_MS (SIGKILL and fail after), return the wait status. */

@@ -322,14 +322,6 @@ void store_stays(Hellod *d, Store *st, const char *prefix, unsigned n, int ms) {
                                     prefix, n);
 }
 
-/* exec_failed: in the child of store_start_hellod(), errno to REPORT, and out. */
-static _Noreturn void exec_failed(int report) {
-        int e = errno;
-
-        (void) !write(report, &e, sizeof(e));
-        _exit(127);
-}
-
 pid_t store_start_hellod(Hellod *d, Store *st, int listener) {
         static int fds[STORE_CAPACITY + 1];
         /* Every name and its ':' fit: the names are NUL-terminated within sizeof(st->names[0]). */
@@ -370,7 +362,7 @@ pid_t store_start_hellod(Hellod *d, Store *st, int listener) {
                         fds[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 3 + (int) n + 64);
                 for (unsigned i = 0; i < n; i++)
                         if (dup2(fds[i], 3 + (int) i) < 0)
-                                exec_failed(report);
+                                harness_exec_failed(report);
                 char env_pid[32], invocation[] = "INVOCATION_ID=0123456789abcdef0123456789abcdef",
                                   path[] = "PATH=/usr/bin:/bin";
                 snprintf(env_pid, sizeof(env_pid), "LISTEN_PID=%d", (int) getpid());
@@ -378,19 +370,13 @@ pid_t store_start_hellod(Hellod *d, Store *st, int listener) {
                 if (st->not_a_service)
                         envp[5] = NULL;
                 if (dup2(err, 2) < 0)
-                        exec_failed(report);
+                        harness_exec_failed(report);
                 execle(bin, "hellod", "--config", d->conf_path, "--log-target=stderr", (char *) NULL, envp);
-                exec_failed(report);
+                harness_exec_failed(report);
         }
         close(err);
         close(exec_err[1]);
-        int child_errno = 0;
-        ssize_t k;
-        while ((k = read(exec_err[0], &child_errno, sizeof(child_errno))) < 0 && errno == EINTR)
-                ;
-        close(exec_err[0]);
-        if (k == (ssize_t) sizeof(child_errno))
-                harness_fail("cannot start %s with the store's descriptors: %s", bin, strerror(child_errno));
+        harness_expect_exec(exec_err[0], pid, bin);
         for (unsigned i = 1; i < n; i++) /* the copies; the store keeps its own, as PID 1 does */
                 close(fds[i]);
         d->pid = pid;
