@@ -28,8 +28,12 @@
  * Returns 0 and the text in *RET (free() it), -EINVAL with the reason in ERR, or -ENOMEM. */
 int dropin_format(const Conf *conf, char **ret, char *err, size_t err_size);
 
-/* dropin_service_format: the [Service] drop-in that sizes the file descriptor store for CONF:
- * `FileDescriptorStoreMax=` max_connections + DROPIN_FDSTORE_SLACK, so that every live
- * conversation can be handed to the next process (docs/zero-downtime.md). Returns 0 and the
- * text in *RET (free() it), or -ENOMEM. */
+/* dropin_fdstore_max: the `FileDescriptorStoreMax=` CONF needs so that every conversation can be
+ * handed to the next process (docs/zero-downtime.md): max_connections, twice that for a thread
+ * per connection (whose ended conversations linger outside their slots, up to max_connections
+ * of them: lingerer.h), plus DROPIN_FDSTORE_SLACK. */
+unsigned dropin_fdstore_max(const Conf *conf);
+
+/* dropin_service_format: the [Service] drop-in that sizes the file descriptor store for CONF
+ * (dropin_fdstore_max). Returns 0 and the text in *RET (free() it), or -ENOMEM. */
 int dropin_service_format(const Conf *conf, char **ret);

@@ -879,15 +879,15 @@ static bool may_hand_over(const Conf *conf) {
 
 /* warn_store_size: a reload from OLD that raises max_connections does not resize systemd's
  * file descriptor store: the generator does, at `systemctl daemon-reload`
- * (FileDescriptorStoreMax=, dropin.h), and hellod cannot ask what it holds. Past it, a restart
- * hands over only the conversations that fit. Said where something is handed over. */
+ * (FileDescriptorStoreMax=, dropin_fdstore_max), and hellod cannot ask what it holds. Past it,
+ * a restart hands over only the conversations that fit. Said where something is handed over. */
 static void warn_store_size(const Conf *old, const Conf *conf) {
-        if (conf->max_connections <= old->max_connections || !may_hand_over(conf))
+        if (dropin_fdstore_max(conf) <= dropin_fdstore_max(old) || !may_hand_over(conf))
                 return;
         log_notice("max_connections raised from %u to %u: a restart hands over only as many conversations as "
                    "systemd's file descriptor store holds, and `systemctl daemon-reload` sizes it "
-                   "(FileDescriptorStoreMax=, max_connections + %u): run it if it has not run since the edit",
-                   old->max_connections, conf->max_connections, (unsigned) DROPIN_FDSTORE_SLACK);
+                   "(FileDescriptorStoreMax=%u): run it if it has not run since the edit",
+                   old->max_connections, conf->max_connections, dropin_fdstore_max(conf));
 }
 
 /* reload_listeners: S->listeners made what CONF asks for. On success the engine accepts from
