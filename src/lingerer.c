@@ -82,9 +82,14 @@ static void release(Lingerer *g, Lingering *l) {
         free(l);
 }
 
-static void release_all(Lingerer *g, Lingering *l) {
+/* release_expired: the sockets whose linger ran out, each read one last time first: what came
+ * since the last turn (after epoll_wait returned) would otherwise draw a reset at the close. */
+static void release_expired(Lingerer *g, Lingering *l) {
+        char sink[4096];
+
         while (l) {
                 Lingering *next = l->expired_next;
+                (void) session_linger_turn(l->fd, sink, sizeof(sink), &l->discarded);
                 release(g, l);
                 l = next;
         }
@@ -115,7 +120,9 @@ bool lingerer_reserve(Lingerer *g) {
 
 void lingerer_add(Lingerer *g, int fd, uint64_t deadline, size_t discarded, void *record) {
         Lingering *l = malloc(sizeof(*l));
-        struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP, .data.ptr = l };
+        /* EPOLLPRI: an urgent byte alone at its mark raises no EPOLLIN (Linux reads past it, so a
+         * turn takes it), and a close with it unread sends a reset. */
+        struct epoll_event ev = { .events = EPOLLIN | EPOLLPRI | EPOLLRDHUP, .data.ptr = l };
         uint64_t sleep_until;
 
         if (!l) { /* cannot wait for the client: close now, its place given back */
@@ -170,7 +177,7 @@ static void *lingerer_main(void *arg) {
                 uint64_t now = now_usec();
                 uint64_t until = g->sleep_until = take_expired(g, now, &expired);
                 pthread_mutex_unlock(&g->lock);
-                release_all(g, expired);
+                release_expired(g, expired);
 
                 int n = epoll_wait(g->epoll_fd, events, 64, msec_until(until, now));
                 if (n < 0 && errno != EINTR) {

@@ -631,6 +631,28 @@ Test(protocol, exit_lingers_while_replies_are_unacknowledged, .timeout = 60) {
         hellod_free(d);
 }
 
+/* An urgent byte is data the lingering close must read away too: alone at its mark it wakes
+ * no reader waiting for ordinary data (Linux raises the read threshold by one there), and a
+ * socket closed with it unread when the linger's second ends sends a reset, which destroys the
+ * replies still queued behind hellod's FIN. The per-connection model's lingerer slept through
+ * it. */
+Test(protocol, an_urgent_byte_while_replies_wait_is_read_away, .timeout = 60) {
+        Hellod *d = hellod_start(NULL);
+        int fd = client_exit_unread(d->port); /* hellod's FIN sent, 8 KiB of replies behind it unread */
+        int64_t start = harness_now_ms();
+
+        cr_assert_eq(send(fd, "!", 1, MSG_OOB), 1, "send(MSG_OOB): %s", strerror(errno));
+        harness_step("hellod lets go of the socket when the linger's second is over");
+        while (hellod_holds_socket_of(d->port, fd) && harness_now_ms() - start < 5000)
+                harness_sleep_ms(20);
+        cr_assert(!hellod_holds_socket_of(d->port, fd), "the socket still lingered after 5 s");
+        harness_step("the replies and the EOF, whole: no reset");
+        client_expect_exit_replies(fd);
+        client_close(fd);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 /* The linger's bound holds whatever else the server does meanwhile. Here other clients
  * connect and stay: in the per-connection model, the thread that served the lingering
  * conversation goes on to one of them (it used to keep the lingering socket, unread and open,
