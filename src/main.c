@@ -280,7 +280,14 @@ int main(int argc, char *argv[]) {
         }
         if (defaulted && !arg_check)
                 log_notice("%s not found, built-in defaults apply", path);
-        r = preflight_check(conf, path, &identity, err, sizeof(err));
+        /* Take the passed sockets first, before anything could open a descriptor of ours
+         * over their numbers. Served, they make `listen` a comparison only (preflight.h). */
+        if (!arg_check && (r = listeners_inherit_split(&inherited, &store, err, sizeof(err))) < 0) {
+                log_error("%s", err);
+                code = EXIT_RUNTIME;
+                goto out;
+        }
+        r = preflight_check(conf, path, inherited.n > 0, &identity, err, sizeof(err));
         if (r < 0) {
                 log_error("%s", err);
                 /* A name server or directory that does not answer, for now, is no fault of the
@@ -294,14 +301,6 @@ int main(int argc, char *argv[]) {
                 goto out;
         }
 
-        /* Take the passed sockets first, before anything could open a descriptor of ours
-         * over their numbers. */
-        r = listeners_inherit_split(&inherited, &store, err, sizeof(err));
-        if (r < 0) {
-                log_error("%s", err);
-                code = EXIT_RUNTIME;
-                goto out;
-        }
         r = notify_open();
         if (r < 0)
                 log_debug_errno(r, "no socket of its own for $NOTIFY_SOCKET, one for each message then");

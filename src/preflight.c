@@ -166,10 +166,11 @@ static int check_listen(const Conf *conf, char *err, size_t err_size) {
         return r;
 }
 
-int preflight_check(const Conf *conf, const char *path, Identity *ret_identity, char *err, size_t err_size) {
+int preflight_check(const Conf *conf, const char *path, bool sockets_passed, Identity *ret_identity, char *err,
+                    size_t err_size) {
         int r = check_identity(conf, path, ret_identity, err, err_size);
 
-        if (r >= 0)
+        if (r >= 0 && !sockets_passed)
                 r = check_listen(conf, err, err_size);
         return r;
 }

@@ -19,11 +19,14 @@
 unsigned long long preflight_fds_needed(const Conf *conf);
 
 /* preflight_check: what would make the start fail: `user` and `group` must exist, `listen`
- * names resolve. Returns 0 with the IDs `user` and `group` name in *RET_IDENTITY (when they are
- * set and RET_IDENTITY is not NULL), or -EINVAL with ERR naming the file, the line, the key
- * and the fix (-EAGAIN: a listen name, the user or the group got no answer, or the directory
- * failed, for now; -ECANCELED: a lookup was given up, hellod is stopping). */
-int preflight_check(const Conf *conf, const char *path, Identity *ret_identity, char *err, size_t err_size);
+ * names resolve, unless SOCKETS_PASSED (socket activation: systemd's sockets are served, and
+ * `listen` is only compared with them, with a warning where it cannot be: listener.h).
+ * Returns 0 with the IDs `user` and `group` name in *RET_IDENTITY (when they are set and
+ * RET_IDENTITY is not NULL), or -EINVAL with ERR naming the file, the line, the key and the
+ * fix (-EAGAIN: a listen name, the user or the group got no answer, or the directory failed,
+ * for now; -ECANCELED: a lookup was given up, hellod is stopping). */
+int preflight_check(const Conf *conf, const char *path, bool sockets_passed, Identity *ret_identity, char *err,
+                    size_t err_size);
 
 /* preflight_warn: logs what is allowed but maybe not meant: max_connections beyond the
  * open-files limit (the hard one: the daemon raises its soft limit to it), or a worst case of

@@ -964,7 +964,7 @@ static void reload(Server *s) {
         int r = conf_load_for(s->opts.config_path, optional, &conf, &defaulted, err, sizeof(err));
         /* What `hellod -t` and a start check too: a file they refuse is not applied. */
         if (r >= 0)
-                r = preflight_check(conf, s->opts.config_path, NULL, err, sizeof(err));
+                r = preflight_check(conf, s->opts.config_path, s->activated, NULL, err, sizeof(err));
         if (r >= 0)
                 r = reload_listeners(s, conf, err, sizeof(err));
         if (r == -ECANCELED) { /* a stop came while a name was looked up: the loop reads it next */

@@ -719,6 +719,48 @@ Test(systemd, a_listen_name_without_an_answer_is_no_configuration_error, .timeou
         hellod_free(d);
 }
 
+/* Under socket activation the addresses are systemd's (hellod-socket-generator writes
+ * `listen` into hellod.socket, and refuses host names there): a name that cannot be resolved
+ * (the packaged unit's sandbox has no network) only leaves hellod nothing to compare the passed
+ * sockets with. It serves them with a warning, at the start and at each reload, as it does
+ * when they differ. It used to fail its start (exit 1), and systemd restarted it until the
+ * start limit took hellod.socket down with it. */
+Test(systemd, a_listen_name_without_an_answer_under_socket_activation_serves_the_passed_sockets, .timeout = 60) {
+        static const char cannot[] = "socket-activated: cannot compare the passed sockets with 'listen' and 'port'";
+        static const char why[] = "hellod.conf:1: listen: cannot resolve listen address '" UNANSWERED_NAME "': ";
+        Hellod *d = hellod_new();
+        SilentResolver resolver;
+        const char *wrapper[12];
+        char stream[32];
+        int fd;
+
+        silent_resolver_open(&resolver, d, "timeout:1 attempts:1");
+        snprintf(stream, sizeof(stream), "127.0.0.1:%u", (unsigned) d->port);
+        memcpy(wrapper, resolver.wrapper, 8 * sizeof(*wrapper)); /* its 9th entry is the NULL */
+        wrapper[8] = "/usr/bin/systemd-socket-activate";
+        wrapper[9] = "-l";
+        wrapper[10] = stream;
+        wrapper[11] = NULL;
+        hellod_write_config(d, "listen = [ \"" UNANSWERED_NAME "\" ];\nport = %u;\n", (unsigned) d->port);
+        hellod_spawn(d, &(HellodOpts) { .wrapper = wrapper });
+        hellod_wait_ready(d); /* systemd-socket-activate starts hellod on the first connection */
+        hellod_wait_stderr(d, cannot);
+        hellod_wait_stderr(d, why);
+        fd = client_connect_greeted("127.0.0.1", d->port, NULL, HELLOD_GREETING, NULL);
+        client_hello(fd, "started");
+
+        harness_step("a reload");
+        hellod_signal(d, SIGHUP);
+        hellod_wait_stderr(d, "configuration reloaded from");
+        hellod_wait_stderr_count(d, cannot, 2);
+        hellod_wait_stderr_count(d, why, 2);
+        client_hello(fd, "reloaded");
+        client_close(fd);
+        hellod_stop_clean(d);
+        close(resolver.fd);
+        hellod_free(d);
+}
+
 /* stop_during_a_stuck_reload: D reloads the file just written, whose lookup gets no answer,
  * and is sent SIGTERM meanwhile: it stops cleanly, well inside hellod's own 30 s bound on the
  * lookup, the reload abandoned with ABANDONED logged, not failed. */
