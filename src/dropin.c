@@ -172,10 +172,8 @@ out:
         return r;
 }
 
-unsigned dropin_fdstore_max(const Conf *conf) {
-        unsigned lingering = conf->workers == 0 ? conf->max_connections : 0;
-
-        return conf->max_connections + lingering + DROPIN_FDSTORE_SLACK;
+unsigned dropin_fdstore_max(unsigned max_connections, bool per_connection) {
+        return max_connections * (per_connection ? 2u : 1u) + DROPIN_FDSTORE_SLACK;
 }
 
 int dropin_service_format(const Conf *conf, char **ret) {
@@ -187,7 +185,8 @@ int dropin_service_format(const Conf *conf, char **ret) {
                          "# Every live conversation,%s and the hand-over state, kept across a restart.\n"
                          "FileDescriptorStoreMax=%u\n",
                          conf->path ? conf->path : "the built-in defaults",
-                         conf->workers == 0 ? " every lingering close," : "", dropin_fdstore_max(conf));
+                         conf->workers == 0 ? " every lingering close," : "",
+                         dropin_fdstore_max(conf->max_connections, conf->workers == 0));
 
         if (n < 0)
                 return -ENOMEM;

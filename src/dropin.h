@@ -2,6 +2,7 @@
  * `max_connections` as one for hellod.service. */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "conf.h"
@@ -28,11 +29,11 @@
  * Returns 0 and the text in *RET (free() it), -EINVAL with the reason in ERR, or -ENOMEM. */
 int dropin_format(const Conf *conf, char **ret, char *err, size_t err_size);
 
-/* dropin_fdstore_max: the `FileDescriptorStoreMax=` CONF needs so that every conversation can be
- * handed to the next process (docs/zero-downtime.md): max_connections, twice that for a thread
- * per connection (whose ended conversations linger outside their slots, up to max_connections
- * of them: lingerer.h), plus DROPIN_FDSTORE_SLACK. */
-unsigned dropin_fdstore_max(const Conf *conf);
+/* dropin_fdstore_max: the `FileDescriptorStoreMax=` that lets every conversation be handed to
+ * the next process (docs/zero-downtime.md): MAX_CONNECTIONS, twice that for a thread per
+ * connection (PER_CONNECTION: its ended conversations linger outside their slots, up to
+ * max_connections of them, lingerer.h), plus DROPIN_FDSTORE_SLACK. */
+unsigned dropin_fdstore_max(unsigned max_connections, bool per_connection);
 
 /* dropin_service_format: the [Service] drop-in that sizes the file descriptor store for CONF
  * (dropin_fdstore_max). Returns 0 and the text in *RET (free() it), or -ENOMEM. */

@@ -83,7 +83,10 @@ static void release(Lingerer *g, Lingering *l) {
 }
 
 /* release_expired: the sockets whose linger ran out, each read one last time first: what came
- * since the last turn (after epoll_wait returned) would otherwise draw a reset at the close. */
+ * since the last turn, or an urgent byte, would otherwise draw a reset at the close. An urgent
+ * byte alone at its mark raises no EPOLLIN (a read takes it, passing over the mark), and not
+ * EPOLLPRI instead: that one stays raised while the byte waits behind a segment still missing,
+ * and would wake the lingerer again and again for nothing to read. */
 static void release_expired(Lingerer *g, Lingering *l) {
         char sink[4096];
 
@@ -120,9 +123,7 @@ bool lingerer_reserve(Lingerer *g) {
 
 void lingerer_add(Lingerer *g, int fd, uint64_t deadline, size_t discarded, void *record) {
         Lingering *l = malloc(sizeof(*l));
-        /* EPOLLPRI: an urgent byte alone at its mark raises no EPOLLIN (Linux reads past it, so a
-         * turn takes it), and a close with it unread sends a reset. */
-        struct epoll_event ev = { .events = EPOLLIN | EPOLLPRI | EPOLLRDHUP, .data.ptr = l };
+        struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP, .data.ptr = l };
         uint64_t sleep_until;
 
         if (!l) { /* cannot wait for the client: close now, its place given back */

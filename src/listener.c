@@ -167,7 +167,12 @@ static bool all_by_name(const Conf *conf) {
         return true;
 }
 
-int listeners_resolve(const Conf *conf, ListenerSet *ret, char *err, size_t err_size) {
+/* unresolved: whether R from resolve_one() is a lookup that failed (not one given up). */
+static bool unresolved(int r) {
+        return r == -EAGAIN || r == -EADDRNOTAVAIL;
+}
+
+static int resolve(const Conf *conf, bool sockets_passed, ListenerSet *ret, char *err, size_t err_size) {
         ListenerSet set = { 0 };
         char why[512];
 
@@ -177,6 +182,8 @@ int listeners_resolve(const Conf *conf, ListenerSet *ret, char *err, size_t err_
                 if (!conf->listen[i].host)
                         continue; /* a socket systemd passes by name: never bound here */
                 r = resolve_one(conf, i, &set, why, sizeof(why));
+                if (r < 0 && sockets_passed && !conf->listen[i].proxy_protocol && unresolved(r))
+                        continue;
                 if (r < 0) {
                         snprintf(err, err_size, "%s: listen: %s", spec_origin(conf, &conf->listen[i]), why);
                         listener_set_done(&set);
@@ -185,6 +192,14 @@ int listeners_resolve(const Conf *conf, ListenerSet *ret, char *err, size_t err_
         }
         *ret = set;
         return 0;
+}
+
+int listeners_resolve(const Conf *conf, ListenerSet *ret, char *err, size_t err_size) {
+        return resolve(conf, false, ret, err, err_size);
+}
+
+int listeners_resolve_passed(const Conf *conf, ListenerSet *ret, char *err, size_t err_size) {
+        return resolve(conf, true, ret, err, err_size);
 }
 
 static int open_socket(Listener *l, unsigned backlog) {

@@ -30,6 +30,11 @@ typedef struct ListenerSet {
  * result's fds are -1. Errors (a name that does not resolve) are described in ERR, from the
  * entry's "FILE:LINE: listen: " on. */
 int listeners_resolve(const Conf *conf, ListenerSet *ret, char *err, size_t err_size);
+/* listeners_resolve_passed: listeners_resolve() for a start or reload that serves the sockets
+ * systemd passed, where a plain entry is only compared with them (listeners_report_match): one
+ * whose name cannot be looked up (-EAGAIN, -EADDRNOTAVAIL) is left out. A PROXY entry's
+ * lookup still fails it, since its sockets must be marked; so does a lookup given up. */
+int listeners_resolve_passed(const Conf *conf, ListenerSet *ret, char *err, size_t err_size);
 
 /* listeners_open: the sockets CONF asks for, each bound anew (at the start). With
  * conf->listen_is_default, an unavailable IPv6 stack is skipped with a warning. ERR names the

@@ -155,9 +155,10 @@ static int beside_wildcard(const Conf *conf, const ListenerSet *set, char *err, 
         return 0;
 }
 
-static int check_listen(const Conf *conf, char *err, size_t err_size) {
+static int check_listen(const Conf *conf, bool sockets_passed, char *err, size_t err_size) {
         ListenerSet set;
-        int r = listeners_resolve(conf, &set, err, err_size);
+        int r = sockets_passed ? listeners_resolve_passed(conf, &set, err, err_size)
+                               : listeners_resolve(conf, &set, err, err_size);
 
         if (r < 0) /* ERR names the file and line */
                 return r == -ECANCELED || r == -EAGAIN ? r : -EINVAL;
@@ -170,8 +171,8 @@ int preflight_check(const Conf *conf, const char *path, bool sockets_passed, Ide
                     size_t err_size) {
         int r = check_identity(conf, path, ret_identity, err, err_size);
 
-        if (r >= 0 && !sockets_passed)
-                r = check_listen(conf, err, err_size);
+        if (r >= 0)
+                r = check_listen(conf, sockets_passed, err, err_size);
         return r;
 }
 

@@ -19,8 +19,9 @@
 unsigned long long preflight_fds_needed(const Conf *conf);
 
 /* preflight_check: what would make the start fail: `user` and `group` must exist, `listen`
- * names resolve, unless SOCKETS_PASSED (socket activation: systemd's sockets are served, and
- * `listen` is only compared with them, with a warning where it cannot be: listener.h).
+ * names resolve (with SOCKETS_PASSED, socket activation, those of PROXY entries only: the
+ * others are only compared with systemd's sockets, with a warning where they cannot be:
+ * listeners_resolve_passed), and no address is listed twice, with and without proxy_protocol.
  * Returns 0 with the IDs `user` and `group` name in *RET_IDENTITY (when they are set and
  * RET_IDENTITY is not NULL), or -EINVAL with ERR naming the file, the line, the key and the
  * fix (-EAGAIN: a listen name, the user or the group got no answer, or the directory failed,

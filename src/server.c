@@ -880,14 +880,16 @@ static bool may_hand_over(const Conf *conf) {
 /* warn_store_size: a reload from OLD that raises max_connections does not resize systemd's
  * file descriptor store: the generator does, at `systemctl daemon-reload`
  * (FileDescriptorStoreMax=, dropin_fdstore_max), and hellod cannot ask what it holds. Past it,
- * a restart hands over only the conversations that fit. Said where something is handed over. */
-static void warn_store_size(const Conf *old, const Conf *conf) {
-        if (dropin_fdstore_max(conf) <= dropin_fdstore_max(old) || !may_hand_over(conf))
+ * a restart hands over only the conversations that fit. Said where something is handed over,
+ * with the figure for the worker model running (a reload does not change it). */
+static void warn_store_size(const Server *s, const Conf *old, const Conf *conf) {
+        if (conf->max_connections <= old->max_connections || !may_hand_over(conf))
                 return;
         log_notice("max_connections raised from %u to %u: a restart hands over only as many conversations as "
                    "systemd's file descriptor store holds, and `systemctl daemon-reload` sizes it "
                    "(FileDescriptorStoreMax=%u): run it if it has not run since the edit",
-                   old->max_connections, conf->max_connections, dropin_fdstore_max(conf));
+                   old->max_connections, conf->max_connections,
+                   dropin_fdstore_max(conf->max_connections, s->started->workers == 0));
 }
 
 /* reload_listeners: S->listeners made what CONF asks for. On success the engine accepts from
@@ -962,7 +964,8 @@ static void reload(Server *s) {
          * sshd, rather than put every key back to its default (0.0.0.0 and ::, no allow list). */
         bool optional = s->opts.config_optional && s->opts.config_defaulted;
         int r = conf_load_for(s->opts.config_path, optional, &conf, &defaulted, err, sizeof(err));
-        /* What `hellod -t` and a start check too: a file they refuse is not applied. */
+        /* What `hellod -t` and a start check too: a file they refuse is not applied (but for a
+         * name in `listen` that cannot be resolved under socket activation: preflight.h). */
         if (r >= 0)
                 r = preflight_check(conf, s->opts.config_path, s->activated, NULL, err, sizeof(err));
         if (r >= 0)
@@ -989,7 +992,7 @@ static void reload(Server *s) {
         if (conf->handover == HANDOVER_MODE_ALWAYS && !s->keeps_partial_lines)
                 log_warning("handover = \"always\" takes effect when hellod is restarted: the io_uring loops "
                             "cannot leave partial lines in the kernel (epoll will serve instead)");
-        warn_store_size(s->conf, conf);
+        warn_store_size(s, s->conf, conf);
         engine_reconfigure(s->engine, s->started, conf);
         pthread_mutex_lock(&s->lock);
         Conf *old = s->conf;

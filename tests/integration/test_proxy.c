@@ -310,6 +310,29 @@ Test(proxy, socket_activated_a_proxy_name_that_cannot_be_looked_up_fails_the_rel
         hellod_free(d);
 }
 
+/* Socket-activated, one address listed twice, with and without proxy_protocol ("localhost"
+ * beside 127.0.0.1), cannot be served either way: hellod does not start (78), as `hellod -t`
+ * says. Under socket activation a name that cannot be resolved is left out of the check, and
+ * it once skipped the whole check, then served the socket as a PROXY listener. */
+Test(proxy, socket_activated_an_address_with_and_without_proxy_protocol_does_not_start, .timeout = 60) {
+        Hellod *d = hellod_new();
+        char needle[512];
+        Activation a;
+
+        activation_init(&a, d);
+        hellod_write_config(d,
+                            "listen = ( \"127.0.0.1:%u\",\n  \"localhost:%u\",\n"
+                            "  { address = \"127.0.0.1:%u\"; proxy_protocol = true; } );\n"
+                            "proxy_from = [ \"127.0.0.1\" ];\n",
+                            (unsigned) d->port, (unsigned) a.port, (unsigned) a.port);
+        snprintf(needle, sizeof(needle),
+                 "%s:3: listen: listen address '127.0.0.1' is 127.0.0.1:%u, which another entry also names",
+                 d->conf_path, (unsigned) a.port);
+        int status = activated_spawn_refused(d, &a, needle);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == HELLOD_EXIT_CONFIG, "status %d", status);
+        hellod_free(d);
+}
+
 /* Socket-activated, a PROXY entry by FileDescriptorName= that matches no passed socket (a
  * typo) is an error naming the file, the line and the names passed: at a reload, which fails
  * and leaves the socket a PROXY listener, and at the start. Such an entry used to be skipped in
