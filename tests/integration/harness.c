@@ -116,6 +116,12 @@ _Noreturn void harness_fail(const char *format, ...) {
 
 /* --- small utilities -------------------------------------------------------------------- */
 
+bool harness_model_is(const char *word) {
+        const char *extra = getenv("HELLOD_TEST_CONF_EXTRA");
+
+        return extra && strstr(extra, word);
+}
+
 int64_t harness_now_ms(void) {
         struct timespec ts;
 

@@ -50,6 +50,10 @@ void harness_step(const char *format, ...) __attribute__((format(printf, 1, 2)))
  * Never fails. */
 void harness_cleanup(void);
 
+/* harness_model_is: whether the suite's pass for a worker model or backend
+ * (HELLOD_TEST_CONF_EXTRA, e.g. 'workers = "per-connection";') names WORD. */
+bool harness_model_is(const char *word);
+
 /* Small utilities. */
 int64_t harness_now_ms(void);
 int64_t harness_now_us(void);

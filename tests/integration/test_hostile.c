@@ -587,8 +587,7 @@ Test(hostile, flooders_that_never_read_cost_bounded_memory_each, .timeout = 120)
         uint64_t sent[FLOODERS] = { 0 };
         int fds[FLOODERS];
         RssSampler rss;
-        const char *extra = getenv("HELLOD_TEST_CONF_EXTRA"); /* the suite's pass for a backend */
-        bool uring = extra && strstr(extra, "io_uring");
+        bool uring = harness_model_is("io_uring");
         long peak, per, bound = b.sanitized ? FLOODER_KIB_SANITIZED : uring ? FLOODER_KIB_IO_URING : FLOODER_KIB;
         int64_t end;
 
@@ -704,8 +703,7 @@ static int caught_up_client(Hellod *d) {
  * the suite's pass for a model; REPLY_KIB: the longest reply it was sent, which a thread per
  * connection keeps in its output buffer for the session's life (by design: it is the thread's). */
 static long idle_client_bound(const Baseline *b, long reply_kib) {
-        const char *extra = getenv("HELLOD_TEST_CONF_EXTRA");
-        bool per_connection = extra && strstr(extra, "per-connection");
+        bool per_connection = harness_model_is("per-connection");
 
         return b->sanitized ? CAUGHT_UP_KIB_SANITIZED
                : per_connection ? CAUGHT_UP_KIB_PER_CONNECTION + reply_kib

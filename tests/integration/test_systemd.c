@@ -351,8 +351,7 @@ Test(systemd, a_reload_raising_max_connections_says_the_store_needs_a_daemon_rel
         hellod_signal(d, SIGHUP);
         hellod_wait_stderr(d, said);
         /* 200 + 64, and 200 more lingering closes for a thread per connection (dropin.h). */
-        const char *extra = getenv("HELLOD_TEST_CONF_EXTRA"); /* the suite's pass for a model */
-        hellod_wait_stderr(d, extra && strstr(extra, "per-connection")
+        hellod_wait_stderr(d, harness_model_is("per-connection")
                                       ? "`systemctl daemon-reload` sizes it (FileDescriptorStoreMax=464)"
                                       : "`systemctl daemon-reload` sizes it (FileDescriptorStoreMax=264)");
 
