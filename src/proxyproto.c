@@ -361,7 +361,7 @@ static ProxyStatus parse_v2(const uint8_t *in, size_t n, ProxyHeader *ret, size_
                 return PROXY_NEED_MORE;
         total = PROXY_V2_HEADER_MIN + ((size_t) in[14] << 8 | in[15]);
         if (total > PROXY_HEADER_MAX)
-                return invalid(ret_reason, "v2: the header is longer than 536 bytes");
+                return invalid(ret_reason, "v2: the header is longer than 4096 bytes");
         if (n < total)
                 return PROXY_NEED_MORE;
         {

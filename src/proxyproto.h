@@ -11,10 +11,12 @@
 
 /* The longest v1 line, CRLF included ("PROXY UNKNOWN" with two full IPv6 addresses and ports). */
 #define PROXY_V1_MAX 107
-/* The longest header of either version: the spec designs both to fit the smallest TCP segment
- * every host must accept (576 - 40 bytes), so that the header always arrives in one read on a
- * fresh connection. A v2 header announcing more (16 + its length field) is refused. */
-#define PROXY_HEADER_MAX 536
+/* The longest header of either version. The spec sizes v2's address block to fit the smallest
+ * TCP segment every host must accept (576 - 40 bytes), but TLVs follow it: those HAProxy adds
+ * for a TLS client (authority, unique id, SSL details) pass 536 bytes. As nginx, hellod reads
+ * up to 4,096 bytes; a v2 header announcing more (16 + its length field) is refused. The
+ * parser holds what came while the header is awaited, and goes once it is in. */
+#define PROXY_HEADER_MAX 4096
 #define PROXY_V2_HEADER_MIN 16
 
 typedef enum ProxyStatus {

@@ -555,6 +555,80 @@ Test(proxy, a_v1_line_over_107_bytes_is_refused, .timeout = 60) {
         hellod_free(d);
 }
 
+/* tlv: appends a TLV of TYPE with LEN bytes of FILL at P; returns the end. */
+static unsigned char *tlv(unsigned char *p, unsigned char type, size_t len, unsigned char fill) {
+        p[0] = type;
+        p[1] = (unsigned char) (len >> 8);
+        p[2] = (unsigned char) len;
+        memset(p + 3, fill, len);
+        return p + 3 + len;
+}
+
+/* v2_header_of: a v2 header for SRC:SRC_PORT of TOTAL bytes in all: the addresses, then TLVs
+ * as a TLS-terminating HAProxy sends them with proxy-v2-options authority,unique-id,ssl (an
+ * SNI of 255 bytes, a unique id of 128, the SSL TLV with a client certificate's details),
+ * padded with a NOOP TLV. */
+static size_t v2_header_of(unsigned char *buf, size_t total, const char *src, unsigned src_port, unsigned dst_port) {
+        unsigned char *p = buf + v2_header(buf, false, src, src_port, dst_port);
+
+        p = tlv(p, 0x02, 255, 'a'); /* PP2_TYPE_AUTHORITY */
+        p = tlv(p, 0x05, 128, 'u'); /* PP2_TYPE_UNIQUE_ID */
+        p = tlv(p, 0x20, 5 + 3 + 7 + 3 + 64, 0); /* PP2_TYPE_SSL: client, verify, two sub-TLVs */
+        p[-(5 + 3 + 7 + 3 + 64)] = 0x07; /* PP2_CLIENT_SSL | CERT_CONN | CERT_SESS */
+        unsigned char *sub = p - (3 + 7 + 3 + 64);
+        sub = tlv(sub, 0x21, 7, 'v'); /* PP2_SUBTYPE_SSL_VERSION */
+        (void) tlv(sub, 0x22, 64, 'c'); /* PP2_SUBTYPE_SSL_CN */
+        cr_assert_geq(total, (size_t) (p - buf) + 3);
+        p = tlv(p, 0x04, total - (size_t) (p - buf) - 3, 0); /* PP2_TYPE_NOOP */
+        buf[14] = (unsigned char) ((total - 16) >> 8);
+        buf[15] = (unsigned char) (total - 16);
+        return total;
+}
+
+/* A header with the TLVs HAProxy adds for a TLS client is longer than the 536 bytes the spec
+ * designs the address block for; as nginx, hellod reads headers of up to 4,096 bytes (it
+ * refused any over 536, and such a balancer's every client). Sent in pieces, the first line
+ * behind the header: both the longest taken and one byte more refused, the daemon unaffected. */
+Test(proxy, a_v2_header_with_tlvs_up_to_4096_bytes_is_read, .timeout = 60) {
+        uint16_t port;
+        Hellod *d = start(&port, "\"127.0.0.1\"", NULL);
+        static unsigned char buf[4200];
+
+        for (size_t total = 700; total <= 4096; total += 4096 - 700) {
+                harness_step("a header of %zu bytes in pieces of 1000, then a line", total);
+                size_t n = v2_header_of(buf, total, "203.0.113.5", 41000 + (unsigned) total / 1000, port);
+                int fd = client_connect(port);
+
+                memcpy(buf + n, "Tracy\n", 6);
+                for (size_t off = 0; off < n + 6; off += 1000) {
+                        client_send(fd, buf + off, off + 1000 < n + 6 ? 1000 : n + 6 - off);
+                        harness_sleep_ms(20);
+                }
+                client_expect_str(fd, HELLOD_GREETING "Hello, Tracy!\r\n");
+                client_close(fd);
+                char from[64];
+                snprintf(from, sizeof(from), "from 203.0.113.5:%u via 127.0.0.1:", 41000 + (unsigned) total / 1000);
+                hellod_wait_stderr(d, from);
+        }
+
+        harness_step("a header announcing 4,097 bytes is refused as soon as its length is in");
+        v2_header_of(buf, 4096, "203.0.113.5", 1, port);
+        buf[14] = (unsigned char) ((4097 - 16) >> 8);
+        buf[15] = (unsigned char) (4097 - 16);
+        int fd = client_connect(port);
+        client_send(fd, buf, 16);
+        refused_unanswered(fd);
+        hellod_wait_stderr(d, "v2: the header is longer than 4096 bytes");
+
+        harness_step("the daemon is unaffected");
+        fd = proxied_client(port, "192.0.2.7", 1);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_hello(fd, "after");
+        client_close(fd);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 /* Limits and access lists apply to the client the header names, not to the balancer. */
 Test(proxy, per_source_limits_and_deny_see_the_real_client, .timeout = 60) {
         uint16_t port;

@@ -480,18 +480,18 @@ Test(proxyproto, v2_length_is_bounded) {
         size_t n = v2_inet_body(body), max_body = PROXY_HEADER_MAX - 16;
         const char *reason = NULL;
 
-        /* Filled with NOOP TLVs up to the bound exactly: 536 bytes in all. */
+        /* Filled with NOOP TLVs up to the bound exactly: 4,096 bytes in all. */
         body[n] = 0x04;
         body[n + 1] = (uint8_t) ((max_body - n - 3) >> 8);
         body[n + 2] = (uint8_t) (max_body - n - 3);
         cr_assert_eq(expect_done(buf, v2(buf, 0x21, 0x11, body, max_body)).command, PROXY_COMMAND_PROXY);
 
-        /* One byte more is refused as soon as the length field is in, not after 537 bytes. */
+        /* One byte more is refused as soon as the length field is in, not after 4,097 bytes. */
         v2(buf, 0x21, 0x11, body, max_body);
         buf[14] = (uint8_t) ((max_body + 1) >> 8);
         buf[15] = (uint8_t) (max_body + 1);
         cr_assert_eq(invalid_at(buf, 16, &reason), 16);
-        cr_assert_str_eq(reason, "v2: the header is longer than 536 bytes");
+        cr_assert_str_eq(reason, "v2: the header is longer than 4096 bytes");
         buf[14] = buf[15] = 0xff;
         cr_assert_eq(invalid_at(buf, 16, &reason), 16);
 }
