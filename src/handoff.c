@@ -78,8 +78,9 @@ HandoffJob handoff_job(char *why, size_t why_size) {
                 snprintf(why, why_size, "%s has no job: not stopped by systemd", unit ? unit : "the unit");
                 job = HANDOFF_JOB_STOP;
         } else if (r < 0) {
-                /* dbus-daemon cuts off a DynamicUser= service (it cannot resolve the user
-                 * without deadlocking on PID 1); dbus-broker does not. */
+                /* Debian 12's dbus-daemon cuts off a DynamicUser= service (it does not
+                 * look transient users up, to avoid deadlocking on PID 1); dbus-broker does
+                 * not. The packaged unit runs as a static user for this. */
                 snprintf(why, why_size, "cannot ask systemd whether this is a restart: %s", strerror(-r));
         } else {
                 /* A try-restart collapses into a restart job when the unit is running. */

@@ -16,7 +16,7 @@
 typedef enum HandoffJob {
         HANDOFF_JOB_RESTART, /* a restart (or try-restart) job on the unit */
         HANDOFF_JOB_STOP,    /* any other job, or none: a stop, or a SIGTERM not from systemd */
-        HANDOFF_JOB_UNKNOWN, /* cannot ask: no system bus, or the bus refuses a DynamicUser= */
+        HANDOFF_JOB_UNKNOWN, /* cannot ask: no system bus, or dbus-daemon refuses a DynamicUser= unit */
 } HandoffJob;
 
 /* handoff_job: asks PID 1 over the system bus, with a short timeout, about the job on this
