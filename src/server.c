@@ -694,6 +694,20 @@ static bool at_capacity(Server *s) {
         return full;
 }
 
+/* balancer_trusted: whether SESSION's balancer (the peer of its connection) is in proxy_from
+ * now: checked at the accept (unwelcome), and again once its header is in, since a reload
+ * may have dropped it meanwhile. */
+static bool balancer_trusted(Server *s, const Session *session) {
+        IpKey ip;
+
+        if (ip_key_from_sockaddr((const struct sockaddr *) &session->peer_addr, &ip) < 0)
+                return false;
+        pthread_mutex_lock(&s->lock);
+        bool trusted = conf_proxy_trusted(s->conf, &ip);
+        pthread_mutex_unlock(&s->lock);
+        return trusted;
+}
+
 /* proxied: the PROXY header of SESSION (see EngineHooks.proxied): the client it names goes
  * through the access lists and the per-source limits in the balancer's stead. */
 static bool proxied(Server *s, Session *session, ProxyStatus status, const ProxyHeader *header,
@@ -705,12 +719,18 @@ static bool proxied(Server *s, Session *session, ProxyStatus status, const Proxy
         session_proxy_end(session);
         if (status == PROXY_DONE && !header)
                 status = PROXY_INVALID;
+        bool untrusted = status == PROXY_DONE && !balancer_trusted(s, session);
+        if (untrusted) {
+                /* Not believed, so refused as the connection it is: in silence, no "via". */
+                status = PROXY_INVALID;
+                why = "its balancer is no longer in proxy_from";
+        }
         if (status != PROXY_DONE) {
                 /* Cut short by a stop (engine_end_conversations woke the wait): no conversation
                  * began, so none is served; it is refused as one that came in during the stop,
                  * though in silence like any connection without its header. */
                 bool stopping = session_stop_requested(session);
-                reason = stopping ? "shutting-down" : "proxy-invalid";
+                reason = stopping ? "shutting-down" : untrusted ? "untrusted-proxy" : "proxy-invalid";
                 snprintf(name, sizeof(name), "%s", session->peer);
                 snprintf(detail_buf, sizeof(detail_buf), "PROXY protocol listener: %s",
                          stopping ? "the server stopped before the header was complete" : why ? why : "no header");

@@ -427,6 +427,46 @@ Test(proxy, a_header_from_an_untrusted_address_is_refused, .timeout = 60) {
         hellod_free(d);
 }
 
+/* proxy_from is checked at the accept and again when the header is in: a balancer a reload
+ * dropped meanwhile (a compromised one, say) is no longer believed, as it would not be for a
+ * new connection. Its header used to be taken for up to the header's time limit. */
+Test(proxy, a_balancer_dropped_from_proxy_from_while_its_header_is_awaited_is_refused, .timeout = 60) {
+        uint16_t port;
+        Hellod *d = start(&port, "\"127.0.0.1\"", NULL);
+        int before = hellod_fd_count(d);
+        int fd = client_connect(port);
+
+        harness_step("the connection accepted, its header not sent yet");
+        int64_t end = harness_now_ms() + 5000;
+        while (hellod_fd_count(d) <= before && harness_now_ms() < end)
+                harness_sleep_ms(10);
+        cr_assert_gt(hellod_fd_count(d), before, "hellod did not accept the balancer's connection");
+
+        harness_step("a reload drops the balancer from proxy_from; then its header");
+        hellod_write_config(d,
+                            "listen = ( \"127.0.0.1:%u\", { address = \"127.0.0.1:%u\"; proxy_protocol = true; } );\n"
+                            "proxy_from = [ \"127.0.0.2\" ];\nlog_level = \"debug\";\n",
+                            (unsigned) d->port, (unsigned) port);
+        hellod_signal(d, SIGHUP);
+        hellod_wait_stderr(d, "configuration reloaded from");
+        client_send_str(fd, "PROXY TCP4 192.0.2.7 127.0.0.1 51234 2222\r\n");
+        refused_unanswered(fd);
+        hellod_wait_stderr(d, "its balancer is no longer in proxy_from");
+
+        harness_step("a balancer still in proxy_from is served");
+        hellod_write_config(d,
+                            "listen = ( \"127.0.0.1:%u\", { address = \"127.0.0.1:%u\"; proxy_protocol = true; } );\n"
+                            "proxy_from = [ \"127.0.0.1\" ];\nlog_level = \"debug\";\n",
+                            (unsigned) d->port, (unsigned) port);
+        hellod_signal(d, SIGHUP);
+        hellod_wait_stderr_count(d, "configuration reloaded from", 2);
+        fd = proxied_client(port, "192.0.2.8", 1);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_close(fd);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 Test(proxy, a_slow_or_truncated_header_is_refused, .timeout = 60) {
         uint16_t port;
         Hellod *d = start(&port, "\"127.0.0.1\"", NULL);
