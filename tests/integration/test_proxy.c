@@ -573,6 +573,18 @@ Test(proxy, a_stop_refuses_a_header_still_awaited_in_silence, .timeout = 60) {
         hellod_free(d);
 }
 
+/* expect_unaffected_then_stop: after a refusal, D still greets and answers a client behind
+ * its PROXY listener on PORT; then it stops cleanly and is freed. */
+static void expect_unaffected_then_stop(Hellod *d, uint16_t port) {
+        harness_step("the daemon is unaffected");
+        int fd = proxied_client(port, "192.0.2.7", 1);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_hello(fd, "after");
+        client_close(fd);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 Test(proxy, a_v1_line_over_107_bytes_is_refused, .timeout = 60) {
         uint16_t port;
         Hellod *d = start(&port, "\"127.0.0.1\"", NULL);
@@ -586,13 +598,7 @@ Test(proxy, a_v1_line_over_107_bytes_is_refused, .timeout = 60) {
         refused_unanswered(fd);
         hellod_wait_stderr(d, "PROXY protocol listener: ");
 
-        harness_step("the daemon is unaffected");
-        fd = proxied_client(port, "192.0.2.7", 1);
-        client_expect_str(fd, HELLOD_GREETING);
-        client_hello(fd, "after");
-        client_close(fd);
-        hellod_stop_clean(d);
-        hellod_free(d);
+        expect_unaffected_then_stop(d, port);
 }
 
 /* tlv: appends a TLV of TYPE with LEN bytes of FILL at P; returns the end. */
@@ -660,13 +666,7 @@ Test(proxy, a_v2_header_with_tlvs_up_to_4096_bytes_is_read, .timeout = 60) {
         refused_unanswered(fd);
         hellod_wait_stderr(d, "v2: the header is longer than 4096 bytes");
 
-        harness_step("the daemon is unaffected");
-        fd = proxied_client(port, "192.0.2.7", 1);
-        client_expect_str(fd, HELLOD_GREETING);
-        client_hello(fd, "after");
-        client_close(fd);
-        hellod_stop_clean(d);
-        hellod_free(d);
+        expect_unaffected_then_stop(d, port);
 }
 
 /* Limits and access lists apply to the client the header names, not to the balancer. */
