@@ -20,7 +20,7 @@
  * buffers of its own only while it has input it could not consume yet or output the client
  * has not taken (then it stops reading until the output is gone: back-pressure). An idle
  * session costs its Session struct and nothing else (and, behind a PROXY listener, the
- * header's parser until the header is in).
+ * header's parser until the header is in, without a buffer of the conversation).
  *
  * Sessions are edge-triggered (EPOLLET): an event says something new arrived (or room to
  * write), not that something is there. Fairness: a session gets READS_PER_EVENT rounds per

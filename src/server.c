@@ -729,8 +729,8 @@ static bool proxied(Server *s, Session *session, ProxyStatus status, const Proxy
                 /* Cut short by a stop (engine_end_conversations woke the wait): no conversation
                  * began, so none is served; it is refused as one that came in during the stop,
                  * though in silence like any connection without its header. */
-                bool stopping = session_stop_requested(session);
-                reason = stopping ? "shutting-down" : untrusted ? "untrusted-proxy" : "proxy-invalid";
+                bool stopping = !untrusted && session_stop_requested(session);
+                reason = untrusted ? "untrusted-proxy" : stopping ? "shutting-down" : "proxy-invalid";
                 snprintf(name, sizeof(name), "%s", session->peer);
                 snprintf(detail_buf, sizeof(detail_buf), "PROXY protocol listener: %s",
                          stopping ? "the server stopped before the header was complete" : why ? why : "no header");

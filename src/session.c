@@ -54,11 +54,13 @@ size_t session_memory_max(const Conf *conf, unsigned workers, bool io_uring) {
          * buffer, as epoll does. */
         if (io_uring && conf->framing == FRAMING_LINE)
                 input = SESSION_URING_KEPT_SOFT;
-        size_t n = sizeof(Session) + session_output_size(conf) + input + (size_t) conf->max_line_length + 1;
-        /* Behind a PROXY listener a client holds the header's parser (4 KiB) until its header
-         * is in, and no buffer of the conversation yet: more only with tiny chunk messages. */
-        if (n < sizeof(Session) + sizeof(ProxyParser))
-                n = sizeof(Session) + sizeof(ProxyParser);
+        /* A partial line, or, behind a PROXY listener (which needs proxy_from) before the
+         * header is in, the header's parser: never both. A thread per connection holds its
+         * buffers meanwhile. */
+        size_t pending = (size_t) conf->max_line_length + 1;
+        if (conf->n_proxy_from > 0 && pending < sizeof(ProxyParser))
+                pending = sizeof(ProxyParser);
+        size_t n = sizeof(Session) + session_output_size(conf) + input + pending;
 
         /* A pool loop's stack is shared by all its sessions; a thread per connection is not. */
         return workers == 0 ? n + conf->worker_stack_size : n;

@@ -11,6 +11,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "clients.h"
 #include "suite.h"
 
 HELLOD_SUITE(proxy);
@@ -433,7 +434,9 @@ Test(proxy, a_header_from_an_untrusted_address_is_refused, .timeout = 60) {
 Test(proxy, a_balancer_dropped_from_proxy_from_while_its_header_is_awaited_is_refused, .timeout = 60) {
         uint16_t port;
         Hellod *d = start(&port, "\"127.0.0.1\"", NULL);
-        int before = hellod_fd_count(d);
+        Baseline b = baseline_take(d); /* the readiness probe's session closed */
+        cr_assert(b.steady, "hellod's descriptors did not settle after the readiness probe");
+        int before = b.fds;
         int fd = client_connect(port);
 
         harness_step("the connection accepted, its header not sent yet");

@@ -951,3 +951,27 @@ Test(engine, io_uring_unavailable_falls_back_to_epoll, .init = redirect_stderr, 
                                "permitted); the event loops use epoll"),
                   "no notice of EPERM in: %s", text);
 }
+
+/* memory_max_of: session_memory_max() for the configuration TEXT, in the pool, on epoll. */
+static size_t memory_max_of(const char *text) {
+        char err[512];
+        Conf *conf = NULL;
+
+        cr_assert_eq(conf_load_text("test.conf", text, strlen(text), &conf, err, sizeof(err)), 0, "%s", err);
+        size_t n = session_memory_max(conf, 2, false);
+        conf_unref(conf);
+        return n;
+}
+
+/* Behind a PROXY listener a client holds the header's parser until the header is in, and only
+ * then may it hold a partial line: the bound counts the larger of the two, not their sum. */
+Test(engine, the_memory_bound_counts_a_proxy_header_or_a_partial_line) {
+        static const char proxied[] = "listen = ( { address = \"127.0.0.1:7000\"; proxy_protocol = true; } );\n"
+                                      "proxy_from = [ \"127.0.0.1\" ];\n";
+        char text[512];
+
+        snprintf(text, sizeof(text), "%smax_line_length = 16;\n", proxied);
+        cr_expect_eq(memory_max_of(text) - memory_max_of("max_line_length = 16;\n"), sizeof(ProxyParser) - 17);
+        snprintf(text, sizeof(text), "%smax_line_length = 65536;\n", proxied);
+        cr_expect_eq(memory_max_of(text), memory_max_of("max_line_length = 65536;\n"));
+}
