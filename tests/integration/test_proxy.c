@@ -16,16 +16,22 @@
 
 HELLOD_SUITE(proxy);
 
-/* A daemon with a plain listener on d->port (the harness's readiness probe uses it) and a
- * PROXY listener on *PROXY_PORT, trusting the balancers in TRUSTED, with EXTRA settings. */
+/* write_config: D's configuration: a plain listener on d->port (the harness's readiness probe
+ * uses it) and a PROXY listener on PROXY_PORT, trusting the balancers in TRUSTED, with EXTRA
+ * settings. */
+static void write_config(Hellod *d, uint16_t proxy_port, const char *trusted, const char *extra) {
+        hellod_write_config(d,
+                            "listen = ( \"127.0.0.1:%u\", { address = \"127.0.0.1:%u\"; proxy_protocol = true; } );\n"
+                            "proxy_from = [ %s ];\nlog_level = \"debug\";\n%s",
+                            (unsigned) d->port, (unsigned) proxy_port, trusted, extra ? extra : "");
+}
+
+/* start: a daemon of write_config(), serving. */
 static Hellod *start(uint16_t *proxy_port, const char *trusted, const char *extra) {
         Hellod *d = hellod_new();
 
         *proxy_port = harness_pick_port();
-        hellod_write_config(d,
-                            "listen = ( \"127.0.0.1:%u\", { address = \"127.0.0.1:%u\"; proxy_protocol = true; } );\n"
-                            "proxy_from = [ %s ];\nlog_level = \"debug\";\n%s",
-                            (unsigned) d->port, (unsigned) *proxy_port, trusted, extra ? extra : "");
+        write_config(d, *proxy_port, trusted, extra);
         hellod_spawn(d, NULL);
         hellod_wait_ready(d);
         return d;
@@ -446,10 +452,7 @@ Test(proxy, a_balancer_dropped_from_proxy_from_while_its_header_is_awaited_is_re
         cr_assert_gt(hellod_fd_count(d), before, "hellod did not accept the balancer's connection");
 
         harness_step("a reload drops the balancer from proxy_from; then its header");
-        hellod_write_config(d,
-                            "listen = ( \"127.0.0.1:%u\", { address = \"127.0.0.1:%u\"; proxy_protocol = true; } );\n"
-                            "proxy_from = [ \"127.0.0.2\" ];\nlog_level = \"debug\";\n",
-                            (unsigned) d->port, (unsigned) port);
+        write_config(d, port, "\"127.0.0.2\"", NULL);
         hellod_signal(d, SIGHUP);
         hellod_wait_stderr(d, "configuration reloaded from");
         client_send_str(fd, "PROXY TCP4 192.0.2.7 127.0.0.1 51234 2222\r\n");
@@ -457,10 +460,7 @@ Test(proxy, a_balancer_dropped_from_proxy_from_while_its_header_is_awaited_is_re
         hellod_wait_stderr(d, "its balancer is no longer in proxy_from");
 
         harness_step("a balancer still in proxy_from is served");
-        hellod_write_config(d,
-                            "listen = ( \"127.0.0.1:%u\", { address = \"127.0.0.1:%u\"; proxy_protocol = true; } );\n"
-                            "proxy_from = [ \"127.0.0.1\" ];\nlog_level = \"debug\";\n",
-                            (unsigned) d->port, (unsigned) port);
+        write_config(d, port, "\"127.0.0.1\"", NULL);
         hellod_signal(d, SIGHUP);
         hellod_wait_stderr_count(d, "configuration reloaded from", 2);
         fd = proxied_client(port, "192.0.2.8", 1);
@@ -622,11 +622,10 @@ static size_t v2_header_of(unsigned char *buf, size_t total, const char *src, un
 
         p = tlv(p, 0x02, 255, 'a'); /* PP2_TYPE_AUTHORITY */
         p = tlv(p, 0x05, 128, 'u'); /* PP2_TYPE_UNIQUE_ID */
-        p = tlv(p, 0x20, 5 + 3 + 7 + 3 + 64, 0); /* PP2_TYPE_SSL: client, verify, two sub-TLVs */
-        p[-(5 + 3 + 7 + 3 + 64)] = 0x07; /* PP2_CLIENT_SSL | CERT_CONN | CERT_SESS */
-        unsigned char *sub = p - (3 + 7 + 3 + 64);
-        sub = tlv(sub, 0x21, 7, 'v'); /* PP2_SUBTYPE_SSL_VERSION */
-        (void) tlv(sub, 0x22, 64, 'c'); /* PP2_SUBTYPE_SSL_CN */
+        unsigned char *ssl = p + 3; /* PP2_TYPE_SSL's value: client, verify, two sub-TLVs */
+        p = tlv(p, 0x20, 5 + 3 + 7 + 3 + 64, 0);
+        ssl[0] = 0x07; /* PP2_CLIENT_SSL | CERT_CONN | CERT_SESS */
+        (void) tlv(tlv(ssl + 5, 0x21, 7, 'v'), 0x22, 64, 'c'); /* PP2_SUBTYPE_SSL_VERSION, _CN */
         cr_assert_geq(total, (size_t) (p - buf) + 3);
         p = tlv(p, 0x04, total - (size_t) (p - buf) - 3, 0); /* PP2_TYPE_NOOP */
         buf[14] = (unsigned char) ((total - 16) >> 8);
@@ -641,11 +640,13 @@ static size_t v2_header_of(unsigned char *buf, size_t total, const char *src, un
 Test(proxy, a_v2_header_with_tlvs_up_to_4096_bytes_is_read, .timeout = 60) {
         uint16_t port;
         Hellod *d = start(&port, "\"127.0.0.1\"", NULL);
+        static const size_t totals[] = { 700, 4096 };
         static unsigned char buf[4200];
 
-        for (size_t total = 700; total <= 4096; total += 4096 - 700) {
-                harness_step("a header of %zu bytes in pieces of 1000, then a line", total);
-                size_t n = v2_header_of(buf, total, "203.0.113.5", 41000 + (unsigned) total / 1000, port);
+        for (size_t i = 0; i < sizeof(totals) / sizeof(totals[0]); i++) {
+                unsigned src_port = 41000 + (unsigned) i;
+                harness_step("a header of %zu bytes in pieces of 1000, then a line", totals[i]);
+                size_t n = v2_header_of(buf, totals[i], "203.0.113.5", src_port, port);
                 int fd = client_connect(port);
 
                 memcpy(buf + n, "Tracy\n", 6);
@@ -656,7 +657,7 @@ Test(proxy, a_v2_header_with_tlvs_up_to_4096_bytes_is_read, .timeout = 60) {
                 client_expect_str(fd, HELLOD_GREETING "Hello, Tracy!\r\n");
                 client_close(fd);
                 char from[64];
-                snprintf(from, sizeof(from), "from 203.0.113.5:%u via 127.0.0.1:", 41000 + (unsigned) total / 1000);
+                snprintf(from, sizeof(from), "from 203.0.113.5:%u via 127.0.0.1:", src_port);
                 hellod_wait_stderr(d, from);
         }
 

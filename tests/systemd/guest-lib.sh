@@ -53,6 +53,12 @@ wait_for() {
 
 sctl() { timeout 60 systemctl "$@"; }
 prop() { systemctl show -P "$2" "$1"; }
+# runs_as_hellod: hellod.service's main process runs as the system user hellod (its sysusers.d file).
+runs_as_hellod() {
+        local user
+        user=$(ps -o user= -p "$(prop hellod.service MainPID)")
+        [ "$user" = hellod ] || { echo "hellod runs as '$user', not as the system user hellod"; return 1; }
+}
 
 # converse HOST PORT INPUT EXPECTED [nc options]: one client; what it receives must be exactly
 # EXPECTED. INPUT and EXPECTED are printf formats ('Michael\n'). nc -N half-closes after the
