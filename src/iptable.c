@@ -34,6 +34,8 @@ struct IpTable {
         size_t live;      /* entries with connections (bounded by max_connections) */
         size_t sweep;     /* the next chain a full table looks through */
         uint64_t seed;    /* per-table, so that clients cannot aim at one chain */
+        unsigned rate;    /* tokens a second; 0: no limit (iptable_set_rate) */
+        unsigned burst;   /* tokens a full bucket holds */
 };
 
 static size_t bucket_of(const IpTable *t, const IpKey *key) {
@@ -160,13 +162,63 @@ static void sweep(IpTable *t, uint64_t now) {
                 expire_chain(t, t->sweep, now);
 }
 
-int iptable_take_token(IpTable *t, const IpKey *key, unsigned rate, unsigned burst, uint64_t now) {
-        /* At most 1e6 × 1e6. The gain below is computed only before the bucket's full_at:
-         * under 1e12 × 1e6 even when a reload raised the rate from 1 to 1e6. */
+/* refill: E's bucket brought up to NOW at RATE, capped at BURST tokens. E's full_at was
+ * computed at RATE (iptable_set_rate keeps it so), which bounds the gain below the bucket's
+ * size: at most 1e6 × 1e6 microtokens. */
+static void refill(IpEntry *e, unsigned rate, unsigned burst, uint64_t now) {
         const uint64_t full = (uint64_t) burst * TOKEN;
+
+        if (e->full_at == 0 || now >= e->full_at) {
+                e->tokens = full; /* never drawn from, or refilled by now */
+        } else {
+                /* rate tokens a second: rate microtokens a microsecond, exactly */
+                uint64_t filled = e->tokens + (now - e->refilled) * rate;
+                e->tokens = filled < full ? filled : full;
+        }
+        e->refilled = now;
+}
+
+/* schedule_full: when E's bucket, as of NOW, is full again at RATE: the entry must stay until
+ * then. */
+static void schedule_full(IpEntry *e, unsigned rate, unsigned burst, uint64_t now) {
+        const uint64_t full = (uint64_t) burst * TOKEN;
+
+        e->full_at = now + (full - e->tokens + rate - 1) / rate;
+}
+
+void iptable_set_rate(IpTable *t, unsigned rate, unsigned burst, uint64_t now) {
+        if (rate == t->rate && burst == t->burst)
+                return;
+        for (size_t i = 0; i < IPTABLE_BUCKETS; i++)
+                for (IpEntry **p = &t->buckets[i]; *p;) {
+                        IpEntry *e = *p;
+
+                        if (e->full_at != 0) { /* drawn from: only ever under a rate */
+                                refill(e, t->rate, t->burst, now); /* what the old rate gave back */
+                                if (rate == 0) {
+                                        e->full_at = 0; /* no limit: the bucket is forgotten */
+                                } else {
+                                        const uint64_t full = (uint64_t) burst * TOKEN;
+                                        if (e->tokens > full)
+                                                e->tokens = full;
+                                        schedule_full(e, rate, burst, now);
+                                }
+                        }
+                        if (idle(e, now))
+                                drop_if_idle(t, p, now);
+                        else
+                                p = &e->next;
+                }
+        t->rate = rate;
+        t->burst = burst;
+}
+
+int iptable_take_token(IpTable *t, const IpKey *key, uint64_t now) {
         IpEntry **p = find(t, key);
         IpEntry *e = *p;
 
+        if (t->rate == 0)
+                return 1;
         if (!e) {
                 if (rate_entries(t) >= IPTABLE_RATE_ENTRIES_MAX) {
                         sweep(t, now);
@@ -178,21 +230,12 @@ int iptable_take_token(IpTable *t, const IpKey *key, unsigned rate, unsigned bur
                 if (!e)
                         return -ENOMEM;
         }
-        if (e->full_at == 0 || now >= e->full_at) {
-                e->tokens = full; /* never drawn from, or refilled by now */
-        } else {
-                /* rate tokens a second: rate microtokens a microsecond, exactly; capped at a
-                 * full bucket, which a reload may have made smaller */
-                uint64_t filled = e->tokens + (now - e->refilled) * rate;
-                e->tokens = filled < full ? filled : full;
-        }
-        e->refilled = now;
+        refill(e, t->rate, t->burst, now);
 
         int allowed = e->tokens >= TOKEN;
         if (allowed)
                 e->tokens -= TOKEN;
-        /* The entry must stay until the bucket is full again. */
-        e->full_at = now + (full - e->tokens + rate - 1) / rate;
+        schedule_full(e, t->rate, t->burst, now);
         return allowed;
 }
 

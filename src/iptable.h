@@ -26,10 +26,16 @@ int iptable_inc(IpTable *t, const IpKey *key);
 void iptable_dec(IpTable *t, const IpKey *key, uint64_t now_usec);
 size_t iptable_size(const IpTable *t);
 
-/* iptable_take_token: one connection from KEY's bucket, which holds BURST tokens and refills
- * at RATE a second. Returns 1 (take it), 0 (over the rate), -ENOSPC (table full: the caller
- * decides), -ENOMEM. */
-int iptable_take_token(IpTable *t, const IpKey *key, unsigned rate, unsigned burst, uint64_t now_usec);
+/* iptable_set_rate: the connection rate from NOW_USEC on: buckets of BURST tokens refilling at
+ * RATE a second (0: no limit; a new table has none). A bucket drawn from keeps what the old
+ * rate gave back by then, capped at the new burst, and refills at the new rate, so a reload
+ * that lowers the rate does not hand a drained source a full bucket when the old rate would
+ * have refilled it. Walks every entry: for a start or a reload. */
+void iptable_set_rate(IpTable *t, unsigned rate, unsigned burst, uint64_t now_usec);
+
+/* iptable_take_token: one connection from KEY's bucket. Returns 1 (take it; also with no rate
+ * set), 0 (over the rate), -ENOSPC (table full: the caller decides), -ENOMEM. */
+int iptable_take_token(IpTable *t, const IpKey *key, uint64_t now_usec);
 
 /* iptable_expire: drops the entries with no connection whose bucket has refilled. */
 void iptable_expire(IpTable *t, uint64_t now_usec);

@@ -410,7 +410,7 @@ static const char *rate_check(Server *s, const IpKey *source) {
 
         if (conf->rate_limit_per_ip == 0)
                 return NULL;
-        int r = iptable_take_token(s->ips, source, conf->rate_limit_per_ip, conf->rate_limit_burst, now_usec());
+        int r = iptable_take_token(s->ips, source, now_usec());
         if (r == 0)
                 return "rate-limited";
         if (r < 0 && ratelimit_allow(&s->table_full_log, &suppressed))
@@ -1017,6 +1017,7 @@ static void reload(Server *s) {
         pthread_mutex_lock(&s->lock);
         Conf *old = s->conf;
         s->conf = conf;
+        iptable_set_rate(s->ips, conf->rate_limit_per_ip, conf->rate_limit_burst, now_usec());
         __atomic_store_n(&s->queue_overload, conf->overload == OVERLOAD_QUEUE, __ATOMIC_RELAXED);
         /* With the configuration: a client greeted under the new one is logged at its level. */
         apply_log_level(s);
@@ -1691,6 +1692,7 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
                 log_error_errno(r, "cannot start");
                 goto fail;
         }
+        iptable_set_rate(s->ips, conf->rate_limit_per_ip, conf->rate_limit_burst, now_usec());
         __atomic_store_n(&s->queue_overload, conf->overload == OVERLOAD_QUEUE, __ATOMIC_RELAXED);
         EngineHooks hooks = {
                 .userdata = s,

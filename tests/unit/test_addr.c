@@ -335,9 +335,10 @@ static IpTable *fill(unsigned rate, unsigned burst, uint64_t now) {
         IpTable *t = NULL;
 
         cr_assert_eq(iptable_new(&t), 0);
+        iptable_set_rate(t, rate, burst, now);
         for (uint32_t i = 0; i < IPTABLE_RATE_ENTRIES_MAX; i++) {
                 IpKey k = numbered_source(i);
-                cr_assert_eq(rate ? iptable_take_token(t, &k, rate, burst, now) : iptable_inc(t, &k), rate ? 1 : 0);
+                cr_assert_eq(rate ? iptable_take_token(t, &k, now) : iptable_inc(t, &k), rate ? 1 : 0);
         }
         return t;
 }
@@ -348,17 +349,18 @@ Test(bucket, burst_then_refill_at_the_rate) {
         uint64_t now = 1000000000;
 
         cr_assert_eq(iptable_new(&t), 0);
+        iptable_set_rate(t, 2, 3, now);
         for (int i = 0; i < 3; i++)
-                cr_assert_eq(iptable_take_token(t, &k, 2, 3, now), 1, "burst token %d", i);
-        cr_assert_eq(iptable_take_token(t, &k, 2, 3, now), 0, "the burst is spent");
-        cr_assert_eq(iptable_take_token(t, &other, 2, 3, now), 1, "another source is not affected");
-        cr_assert_eq(iptable_take_token(t, &k, 2, 3, now + 400000), 0, "0.8 tokens after 0.4 s at 2/s");
-        cr_assert_eq(iptable_take_token(t, &k, 2, 3, now + 500000), 1, "1 token after 0.5 s at 2/s");
-        cr_assert_eq(iptable_take_token(t, &k, 2, 3, now + 500000), 0);
+                cr_assert_eq(iptable_take_token(t, &k, now), 1, "burst token %d", i);
+        cr_assert_eq(iptable_take_token(t, &k, now), 0, "the burst is spent");
+        cr_assert_eq(iptable_take_token(t, &other, now), 1, "another source is not affected");
+        cr_assert_eq(iptable_take_token(t, &k, now + 400000), 0, "0.8 tokens after 0.4 s at 2/s");
+        cr_assert_eq(iptable_take_token(t, &k, now + 500000), 1, "1 token after 0.5 s at 2/s");
+        cr_assert_eq(iptable_take_token(t, &k, now + 500000), 0);
         /* Refilled and unused: the entries are forgotten. */
         iptable_expire(t, now + 10 * 1000000);
         cr_assert_eq(iptable_size(t), 0);
-        cr_assert_eq(iptable_take_token(t, &k, 2, 3, now + 10 * 1000000), 1);
+        cr_assert_eq(iptable_take_token(t, &k, now + 10 * 1000000), 1);
         iptable_free(t);
 }
 
@@ -367,7 +369,8 @@ Test(bucket, an_entry_with_connections_outlives_its_bucket) {
         IpKey k = key_of("192.0.2.1");
 
         cr_assert_eq(iptable_new(&t), 0);
-        cr_assert_eq(iptable_take_token(t, &k, 1, 1, 1000), 1);
+        iptable_set_rate(t, 1, 1, 1000);
+        cr_assert_eq(iptable_take_token(t, &k, 1000), 1);
         cr_assert_eq(iptable_inc(t, &k), 0);
         iptable_expire(t, 1000 + 60 * 1000000);
         cr_assert_eq(iptable_count(t, &k), 1);
@@ -380,9 +383,9 @@ Test(bucket, a_full_table_fails_open_to_the_caller) {
         uint64_t now = 5000000;
         IpTable *t = fill(1, 2, now);
         IpKey extra = { .bytes = { 0x20, 0x01, 0x0d, 0xb9 } };
-        cr_assert_eq(iptable_take_token(t, &extra, 1, 2, now), -ENOSPC);
+        cr_assert_eq(iptable_take_token(t, &extra, now), -ENOSPC);
         /* Once the buckets refill, room comes back. */
-        cr_assert_eq(iptable_take_token(t, &extra, 1, 2, now + 2 * 1000000), 1);
+        cr_assert_eq(iptable_take_token(t, &extra, now + 2 * 1000000), 1);
         iptable_free(t);
 }
 
@@ -392,8 +395,9 @@ static unsigned flood(IpTable *t, const IpKey *k, unsigned rate, unsigned burst,
                       unsigned seconds) {
         unsigned admitted = 0;
 
+        iptable_set_rate(t, rate, burst, now);
         for (uint64_t at = now; at < now + seconds * 1000000ull; at += gap)
-                admitted += iptable_take_token(t, k, rate, burst, at) == 1;
+                admitted += iptable_take_token(t, k, at) == 1;
         return admitted;
 }
 
@@ -442,10 +446,11 @@ Test(bucket, random_tries_never_get_more_than_the_rate) {
                 unsigned admitted = 0;
 
                 cr_assert_eq(iptable_new(&t), 0);
+                iptable_set_rate(t, rate, burst, start);
                 for (int i = 0; i < 5000; i++) {
                         state ^= state << 13, state ^= state >> 7, state ^= state << 17;
                         at += state % 3000;
-                        admitted += iptable_take_token(t, &k, rate, burst, at) == 1;
+                        admitted += iptable_take_token(t, &k, at) == 1;
                         uint64_t most = burst + (at - start) * rate / 1000000;
                         cr_assert(admitted <= most, "round %d: %u let in by %llu us, at most %llu (rate %u, burst %u)",
                                   round, admitted, (unsigned long long) (at - start), (unsigned long long) most, rate,
@@ -463,12 +468,87 @@ Test(bucket, a_smaller_burst_caps_a_fuller_bucket) {
         uint64_t now = 1000000000;
 
         cr_assert_eq(iptable_new(&t), 0);
-        cr_assert_eq(iptable_take_token(t, &k, 1, 10, now), 1); /* 9 left */
+        iptable_set_rate(t, 1, 10, now);
+        cr_assert_eq(iptable_take_token(t, &k, now), 1); /* 9 left */
+        iptable_set_rate(t, 1, 2, now + 1); /* a reload */
         for (int i = 0; i < 2; i++)
-                cr_assert_eq(iptable_take_token(t, &k, 1, 2, now + 1), 1, "token %d of the new burst", i);
-        cr_assert_eq(iptable_take_token(t, &k, 1, 2, now + 1), 0, "capped at the new burst of 2");
+                cr_assert_eq(iptable_take_token(t, &k, now + 1), 1, "token %d of the new burst", i);
+        cr_assert_eq(iptable_take_token(t, &k, now + 1), 0, "capped at the new burst of 2");
         iptable_expire(t, now + 3000000);
         cr_assert_eq(iptable_size(t), 0, "refilled after 2 s at 1/s, and forgotten");
+        iptable_free(t);
+}
+
+/* spend: takes KEY's tokens at NOW until one is refused; how many were let in. */
+static unsigned spend(IpTable *t, const IpKey *k, uint64_t now) {
+        unsigned admitted = 0;
+
+        while (iptable_take_token(t, k, now) == 1)
+                cr_assert_lt(++admitted, 1000u);
+        return admitted;
+}
+
+/* A reload that lowers the rate: what the old rate gave back until the reload stays, and the
+ * new rate refills the rest. The bucket used to be full again at the time the old rate would
+ * have filled it, once per source, as if the reload had not happened; and the sweep dropped
+ * the entry by that time too, forgetting the bucket. */
+Test(bucket, a_lower_rate_refills_from_the_reload_on) {
+        IpTable *t = NULL;
+        IpKey k = key_of("192.0.2.1");
+        const uint64_t s = 1000000, now = 1000000000;
+
+        cr_assert_eq(iptable_new(&t), 0);
+        iptable_set_rate(t, 5, 10, now);
+        cr_assert_eq(spend(t, &k, now), 10);
+        iptable_set_rate(t, 1, 10, now + s / 5); /* 1 token back by then, at 5 a second */
+        iptable_expire(t, now + 2 * s + s / 2);
+        cr_assert_eq(iptable_size(t), 1, "the drained bucket was forgotten when 5 a second would have filled it");
+        /* 2.5 s after: 1 token at the old rate, 2.3 at the new one. */
+        cr_assert_eq(spend(t, &k, now + 2 * s + s / 2), 3);
+        /* 0.3 left: full again 9.7 s later at 1 a second, and forgotten then. */
+        iptable_expire(t, now + 12 * s + s / 5 - 1);
+        cr_assert_eq(iptable_size(t), 1);
+        iptable_expire(t, now + 12 * s + s / 5);
+        cr_assert_eq(iptable_size(t), 0);
+        iptable_free(t);
+}
+
+/* A reload that raises the rate: the new rate applies from the reload on, and the bucket is
+ * full (its entry forgotten) as soon as that rate fills it. */
+Test(bucket, a_higher_rate_refills_from_the_reload_on) {
+        IpTable *t = NULL;
+        IpKey k = key_of("192.0.2.1");
+        const uint64_t s = 1000000, now = 1000000000;
+
+        cr_assert_eq(iptable_new(&t), 0);
+        iptable_set_rate(t, 1, 4, now);
+        cr_assert_eq(spend(t, &k, now), 4);
+        iptable_set_rate(t, 1000, 4, now + s / 2); /* half a token back by then */
+        cr_assert_eq(spend(t, &k, now + s / 2 + 500), 1, "0.5 + 0.5 tokens");
+        iptable_expire(t, now + s / 2 + 4500);
+        cr_assert_eq(iptable_size(t), 0, "full after 4 ms at 1,000 a second, and forgotten");
+        iptable_free(t);
+}
+
+/* A reload that turns the limit off forgets the buckets (an entry with connections stays for
+ * its count), and one that turns it on again starts every source with a full bucket. */
+Test(bucket, no_rate_forgets_the_buckets) {
+        IpTable *t = NULL;
+        IpKey k = key_of("192.0.2.1"), connected = key_of("192.0.2.2");
+        const uint64_t now = 1000000000;
+
+        cr_assert_eq(iptable_new(&t), 0);
+        cr_assert_eq(iptable_take_token(t, &k, now), 1, "no rate set: no limit");
+        iptable_set_rate(t, 1, 2, now);
+        cr_assert_eq(spend(t, &k, now), 2);
+        cr_assert_eq(spend(t, &connected, now), 2);
+        cr_assert_eq(iptable_inc(t, &connected), 0);
+        iptable_set_rate(t, 0, 2, now + 1);
+        cr_assert_eq(iptable_size(t), 1, "the bucket kept only its entry with a connection");
+        cr_assert_eq(iptable_count(t, &connected), 1);
+        iptable_set_rate(t, 1, 2, now + 2);
+        cr_assert_eq(spend(t, &k, now + 2), 2);
+        cr_assert_eq(spend(t, &connected, now + 2), 2);
         iptable_free(t);
 }
 
@@ -479,8 +559,9 @@ Test(bucket, connected_sources_do_not_fill_the_table) {
         IpTable *t = fill(0, 0, 0);
         IpKey fresh = { .bytes = { 0x20, 0x01, 0x0d, 0xb9 } };
 
-        cr_assert_eq(iptable_take_token(t, &fresh, 1, 1, 5000000), 1);
-        cr_assert_eq(iptable_take_token(t, &fresh, 1, 1, 5000000), 0, "the new source is rate limited");
+        iptable_set_rate(t, 1, 1, 5000000);
+        cr_assert_eq(iptable_take_token(t, &fresh, 5000000), 1);
+        cr_assert_eq(iptable_take_token(t, &fresh, 5000000), 0, "the new source is rate limited");
         iptable_free(t);
 }
 
@@ -493,7 +574,7 @@ Test(bucket, a_full_table_is_not_walked_for_each_new_source) {
 
         /* A second later every bucket has refilled: all of them could go. */
         IpKey extra = { .bytes = { 0x20, 0x01, 0x0d, 0xb9 } };
-        cr_assert_eq(iptable_take_token(t, &extra, 1, 1, now + 1000000), 1, "room found among the refilled");
+        cr_assert_eq(iptable_take_token(t, &extra, now + 1000000), 1, "room found among the refilled");
         cr_assert_gt(iptable_size(t), IPTABLE_RATE_ENTRIES_MAX / 2, "%zu entries left: the whole table was walked",
                      iptable_size(t));
         /* The tick's walk forgets them all. */
