@@ -975,7 +975,7 @@ static const ConfKey conf_keys[] = {
         INT_KEY("max_connections", max_connections, 1, CONF_MAX_CONNECTIONS_LIMIT, CONF_DEFAULT_MAX_CONNECTIONS),
         INT_KEY("max_connections_per_ip", max_connections_per_ip, 0, 1000000, CONF_DEFAULT_MAX_CONNECTIONS_PER_IP),
         INT_KEY("idle_timeout", idle_timeout, 0, CONF_IDLE_TIMEOUT_MAX, CONF_DEFAULT_IDLE_TIMEOUT),
-        INT_KEY("max_line_length", max_line_length, 1, CONF_MAX_LINE_LENGTH_MAX, CONF_DEFAULT_MAX_LINE_LENGTH),
+        INT_KEY("max_line_length", max_line_length, CONF_MAX_LINE_LENGTH_MIN, CONF_MAX_LINE_LENGTH_MAX, CONF_DEFAULT_MAX_LINE_LENGTH),
         INT_KEY("shutdown_timeout", shutdown_timeout, 0, 3600, CONF_DEFAULT_SHUTDOWN_TIMEOUT),
         KEY("greeting", parse_greeting, print_string, greeting, "\"" CONF_DEFAULT_GREETING "\""),
         KEY("reply", parse_reply, print_reply, reply_prefix, "\"" CONF_DEFAULT_REPLY "\""),

@@ -33,6 +33,9 @@
 
 /* Upper bounds: a config cannot ask for more than these. */
 #define CONF_MAX_LINE_LENGTH_MAX (1024 * 1024)
+/* The shortest max_line_length: `exit` must fit, or a client could not leave (it would be
+ * answered ERR line too long). */
+#define CONF_MAX_LINE_LENGTH_MIN 4
 #define CONF_TEXT_MAX 1024 /* greeting and reply template, in bytes */
 #define CONF_LISTEN_MAX 64
 #define CONF_CIDR_MAX 1024 /* entries in `allow` or `deny` */

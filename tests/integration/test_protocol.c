@@ -391,6 +391,27 @@ Test(protocol, line_too_long, .timeout = 60) {
         hellod_free(d);
 }
 
+/* At the shortest max_line_length a client can still leave: `exit` fits (a setting below
+ * it answered `exit` with ERR line too long, and is refused now). */
+Test(protocol, the_shortest_max_line_length_still_lets_a_client_exit, .timeout = 60) {
+        Hellod *d = hellod_start("max_line_length = 4;\n");
+        int fd = client_connect(d->port);
+
+        client_expect_str(fd, HELLOD_GREETING);
+        client_hello(fd, "four");
+        client_send_str(fd, "exit\r\n");
+        client_expect_eof(fd, false);
+        client_close(fd);
+        fd = client_connect(d->port);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_send_str(fd, "fives\n");
+        client_expect_str(fd, HELLOD_ERR_TOO_LONG);
+        client_expect_eof(fd, true);
+        client_close(fd);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 /* An endless line with no newline at all is cut off too: the line buffer is bounded. */
 Test(protocol, unterminated_flood_is_cut_off, .timeout = 60) {
         Hellod *d = hellod_start("max_line_length = 16;\n");

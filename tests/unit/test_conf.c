@@ -334,7 +334,7 @@ static const IntKey int_keys[] = {
         INT_KEY(max_connections, 1, 1000000),
         INT_KEY(max_connections_per_ip, 0, 1000000),
         INT_KEY(idle_timeout, 0, 86400),
-        INT_KEY(max_line_length, 1, CONF_MAX_LINE_LENGTH_MAX),
+        INT_KEY(max_line_length, 4, CONF_MAX_LINE_LENGTH_MAX), /* `exit` fits: CONF_MAX_LINE_LENGTH_MIN */
         INT_KEY(shutdown_timeout, 0, 3600),
         INT_KEY(worker_stack_size, CONF_WORKER_STACK_MIN, CONF_WORKER_STACK_MAX),
         INT_KEY(per_ip_ipv4_prefix, 1, 32),
