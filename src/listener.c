@@ -21,8 +21,11 @@
 
 _Static_assert(CONF_FDNAME_MAX < sizeof(((Listener *) 0)->fdname), "a listen entry's name fits Listener.fdname");
 
+/* same_addr: A and B listen on one address: the same bytes, or an IPv4 address and its
+ * IPv4-mapped form (which a socket unit may bind: "[::ffff:127.0.0.1]:P" is "127.0.0.1:P"). */
 static bool same_addr(const Listener *a, const Listener *b) {
-        return a->addr_len == b->addr_len && memcmp(&a->addr, &b->addr, a->addr_len) == 0;
+        return (a->addr_len == b->addr_len && memcmp(&a->addr, &b->addr, a->addr_len) == 0) ||
+               addr_same_endpoint((const struct sockaddr *) &a->addr, (const struct sockaddr *) &b->addr);
 }
 
 static bool contains(const ListenerSet *set, const Listener *l) {

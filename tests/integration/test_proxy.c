@@ -251,6 +251,29 @@ Test(proxy, socket_activated_a_proxy_entry_by_host_name_is_a_proxy_listener, .ti
         hellod_free(d);
 }
 
+/* Socket-activated, a passed socket bound to an IPv4-mapped address ("[::ffff:127.0.0.1]:P" in a
+ * socket unit) is the one "127.0.0.1:P" names: it used to be compared byte for byte, an IPv6
+ * address against an IPv4 one, so a PROXY entry did not mark it (its clients were all taken for
+ * the balancer, its header for a line) and the start warned of a mismatch. */
+Test(proxy, socket_activated_an_ipv4_mapped_socket_is_its_ipv4_entry, .timeout = 60) {
+        Hellod *d = hellod_new();
+        Activation a;
+
+        activation_init(&a, d);
+        snprintf(a.proxied, sizeof(a.proxied), "[::ffff:127.0.0.1]:%u", (unsigned) a.port);
+        activation_write_config(d, &a, "127.0.0.1", "");
+        hellod_spawn(d, &(HellodOpts) { .wrapper = a.wrapper });
+        hellod_wait_ready(d);
+        hellod_wait_stderr(d, "(PROXY)");
+        expect_header_wanted(a.port);
+        hellod_wait_stderr(d, "from 192.0.2.7:51234 via ");
+        char *err = hellod_stderr(d);
+        cr_expect_null(strstr(err, "do not match"), "warned about matching sockets:\n%s", err);
+        free(err);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 /* Socket-activated, a PROXY entry "localhost" marks the passed sockets on 127.0.0.1 and on ::1,
  * as hellod-socket-generator writes it (RFC 6761), whatever the hosts file maps: one that maps
  * only 127.0.0.1, as Debian's often does, used to leave the ::1 socket a plain listener. (Where
