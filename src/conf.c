@@ -1317,7 +1317,9 @@ static int conf_defaults(Conf *c) {
         for (size_t i = 0; i < sizeof(conf_keys) / sizeof(conf_keys[0]); i++)
                 if (conf_keys[i].def)
                         fprintf(f, "%s = %s;\n", conf_keys[i].name, conf_keys[i].def);
-        if (fclose(f) != 0) {
+        /* A write the stream could not grow for leaves its error set, not fclose()'s result. */
+        bool cut = ferror(f) != 0;
+        if (fclose(f) != 0 || cut) {
                 free(text);
                 return -ENOMEM;
         }

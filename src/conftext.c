@@ -323,6 +323,8 @@ static const char *printable(const char *name, char *buf, size_t size) {
         for (i = 0; name[i] && i + 1 < size; i++)
                 buf[i] = (unsigned char) name[i] < 0x20 || (unsigned char) name[i] >= 0x7f ? '?' : name[i];
         buf[i] = '\0';
+        if (name[i] && i >= 3) /* cut: say so */
+                memcpy(buf + i - 3, "...", 3);
         return buf;
 }
 
@@ -410,9 +412,10 @@ static int include(Builder *b, const char *file, unsigned line, const char *name
         if (why) {
                 char resolved[256];
 
-                r = text_error(b->err, -EINVAL, file, line, "@include \"%s\"%s%s%s: %s", shown,
+                /* The reason before the resolved path, which a long name could push it out. */
+                r = text_error(b->err, -EINVAL, file, line, "@include \"%s\": %s%s%s%s", shown, why,
                                name[0] == '/' ? "" : " (", name[0] == '/' ? "" : printable(path, resolved, sizeof(resolved)),
-                               name[0] == '/' ? "" : ")", why);
+                               name[0] == '/' ? "" : ")");
                 free(path);
                 free(text);
                 return r;
@@ -642,18 +645,26 @@ static bool literal_is_wide(const char *t, size_t len) {
         return saturated || v > limit + (negative ? 1 : 0);
 }
 
+#define SCOPES_MAX CONF_NESTING_MAX
+
 bool conf_text_find_wide(const ConfText *t, ConfSpot *ret) {
         Token tk, name = { .type = TOK_END }, key = { .type = TOK_END };
+        Token keys[SCOPES_MAX]; /* the setting each open bracket belongs to */
+        unsigned depth = 0;
         Scanner sc;
 
         scanner_init(&sc, t->text);
         while ((tk = scan_next(&sc)).type != TOK_END) {
-                if (tk.type == TOK_NAME)
+                if (opens(&tk) && depth < SCOPES_MAX)
+                        keys[depth++] = key;
+                else if (closes(&tk) && depth > 0)
+                        key = keys[--depth]; /* a group's last key is not the setting after it */
+                else if (tk.type == TOK_NAME)
                         name = tk;
                 else if ((is_punct(&tk, '=') || is_punct(&tk, ':')) && name.type == TOK_NAME)
                         key = name;
                 else if (tk.type == TOK_NUMBER && key.type == TOK_NAME && literal_is_wide(tk.start, tk.len)) {
-                        *ret = (ConfSpot) { .key = key.start, .key_len = key.len, .line = key.line,
+                        *ret = (ConfSpot) { .key = key.start, .key_len = key.len, .line = tk.line,
                                             .text = tk.start, .text_len = tk.len };
                         return true;
                 }
@@ -681,8 +692,6 @@ bool conf_text_find_too_deep(const ConfText *t, ConfSpot *ret) {
 }
 
 /* ---- a string out of place ---- */
-
-#define SCOPES_MAX CONF_NESTING_MAX
 
 bool conf_text_find_stray_string(const ConfText *t, ConfSpot *ret) {
         Token tk, prev = { .type = TOK_END };

@@ -159,7 +159,10 @@ int dropin_format(const Conf *conf, char **ret, char *err, size_t err_size) {
         if (!f)
                 goto out;
         print(f, conf, s);
-        if (fclose(f) != 0) {
+        /* A write the stream could not grow for leaves its error set, not fclose()'s result:
+         * a drop-in cut short could lose its BindIPv6Only= or FreeBind= lines. */
+        bool cut = ferror(f) != 0;
+        if (fclose(f) != 0 || cut) {
                 free(text);
                 goto out;
         }

@@ -469,6 +469,16 @@ Test(conf_int, message_names_the_value) {
         expect_error("port = 70000;", 1, "port", "must be between 1 and 65535, got 70000");
 }
 
+/* A literal too wide for libconfig 1.5 is named with its own setting and line: one in a list
+ * after a group used to be blamed on the group's last key, at that key's line. */
+Test(conf_int, a_wide_literal_is_named_with_its_setting_and_line) {
+        expect_error("max_connections = 10;\n"
+                     "listen = ( { address = \"127.0.0.1\"; },\n"
+                     "  4294967296 );\n",
+                     3, "listen", "4294967296");
+        expect_error("idle_timeout =\n  4294967296;\n", 2, "idle_timeout", "must be between 0 and 86400, got 4294967296");
+}
+
 /* Big numbers where libconfig does not read them as integers must not trip the truncation check. */
 Test(conf_int, big_numbers_in_comments_and_strings_are_not_integers) {
         Conf *c = load_ok("# port = 99999999999;\n"
@@ -1374,8 +1384,18 @@ Test(conf_include, missing_directory_fifo_and_unreadable, .timeout = 20) {
 
         inc_dir(&d);
         inc_write(&d, "main.conf", "port = 7000;\n@include \"nope.conf\"\n");
-        inc_expect_error(&d, "main.conf", 2, "@include \"nope.conf\"");
-        inc_expect_error(&d, "main.conf", 2, "/nope.conf): No such file or directory");
+        inc_expect_error(&d, "main.conf", 2, "@include \"nope.conf\": No such file or directory (");
+        inc_expect_error(&d, "main.conf", 2, "/nope.conf)");
+
+        /* The reason comes first: a long name (its resolved path after it) used to push it out of
+         * the message. */
+        char name[201];
+        memset(name, 'n', sizeof(name) - 1);
+        name[sizeof(name) - 1] = '\0';
+        char text[256];
+        snprintf(text, sizeof(text), "@include \"%s\"\n", name);
+        inc_write(&d, "main.conf", text);
+        inc_expect_error(&d, "main.conf", 1, ": No such file or directory");
 
         snprintf(path, sizeof(path), "%s/dir.conf", d.dir);
         cr_assert_eq(mkdir(path, 0755), 0);
