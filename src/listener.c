@@ -870,6 +870,26 @@ static const Listener *split_roles(const ListenerSet *inherited, const Conf *con
         return NULL;
 }
 
+/* host_has_ipv6: false where no IPv6 socket can be had (a kernel booted with ipv6.disable=1). */
+static bool host_has_ipv6(void) {
+        int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+        if (fd < 0)
+                return errno != EAFNOSUPPORT;
+        close(fd);
+        return true;
+}
+
+/* drop_ipv6: SET's IPv6 entries taken out. */
+static void drop_ipv6(ListenerSet *set) {
+        size_t n = 0;
+
+        for (size_t i = 0; i < set->n; i++)
+                if (set->items[i].addr.ss_family != AF_INET6)
+                        set->items[n++] = set->items[i];
+        set->n = n;
+}
+
 int listeners_match_conf(const ListenerSet *inherited, const Conf *conf, char *why, size_t why_size) {
         ListenerSet have = { 0 }, want = { 0 };
         char have_names[512], want_names[512];
@@ -878,6 +898,10 @@ int listeners_match_conf(const ListenerSet *inherited, const Conf *conf, char *w
         r = listeners_resolve(conf, &want, why, why_size);
         if (r < 0)
                 return r;
+        /* What systemd binds for the default there (ListenStream=PORT is 0.0.0.0:PORT), and what
+         * hellod would bind itself: "::" is skipped, as bind_new() does. */
+        if (conf->listen_is_default && !host_has_ipv6())
+                drop_ipv6(&want);
         for (size_t i = 0; i < conf->n_listen && r >= 0; i++) { /* as the generator writes it */
                 const ListenSpec *spec = &conf->listen[i];
                 if (is_localhost(spec))

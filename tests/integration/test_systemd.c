@@ -189,6 +189,56 @@ Test(systemd, socket_activation_dual_stack_matches_the_default_listen, .timeout 
         hellod_free(d);
 }
 
+/* no_ipv6_helper: tests/seccomp/no-ipv6.c, which runs a command as on a host booted with
+ * ipv6.disable=1 (socket(AF_INET6) fails with EAFNOSUPPORT), into PATH. */
+static void no_ipv6_helper(char *path, size_t size) {
+        const char *dir = harness_env_path("HELLOD_TEST_NSS_DIR");
+
+        cr_assert_lt((size_t) snprintf(path, size, "%s/hellod-test-no-ipv6", dir), size);
+        cr_assert_eq(access(path, X_OK), 0, "%s: %s", path, strerror(errno));
+}
+
+/* On a host without IPv6, `ListenStream=PORT` is one IPv4 socket on 0.0.0.0:PORT, which is all
+ * the built-in listen default can have there (outside systemd hellod skips "::" with a warning):
+ * no mismatch to warn about, at the start or on reload. It used to want [::]:PORT as well, and
+ * told the administrator to restart hellod.socket, which could not change it. */
+Test(systemd, socket_activation_without_ipv6_matches_the_default_listen, .timeout = 60) {
+        Hellod *d = hellod_new();
+        char helper[PATH_MAX], any4[32];
+
+        no_ipv6_helper(helper, sizeof(helper));
+        snprintf(any4, sizeof(any4), "0.0.0.0:%u", (unsigned) d->port);
+        const char *const wrapper[] = { helper, SOCKET_ACTIVATE, "-l", any4, NULL };
+        hellod_write_config(d, "port = %u;\n", (unsigned) d->port);
+        hellod_spawn(d, &(HellodOpts) { .wrapper = wrapper });
+        hellod_wait_ready(d);
+        expect_match_verdict(d);
+        hellod_signal(d, SIGHUP);
+        hellod_wait_stderr(d, "configuration reloaded");
+        expect_match_verdict(d);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* The same host without systemd: hellod binds 0.0.0.0 and skips "::" with a warning. */
+Test(systemd, without_ipv6_the_default_listen_serves_ipv4, .timeout = 60) {
+        Hellod *d = hellod_new();
+        char helper[PATH_MAX];
+
+        no_ipv6_helper(helper, sizeof(helper));
+        const char *const wrapper[] = { helper, NULL };
+        hellod_write_config(d, "port = %u;\n", (unsigned) d->port);
+        hellod_spawn(d, &(HellodOpts) { .wrapper = wrapper });
+        hellod_wait_ready(d);
+        hellod_wait_stderr(d, "IPv6 is not available, not listening on [::]:");
+        int fd = client_connect(d->port);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_hello(fd, "v4 only");
+        client_close(fd);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
 /* trigger_unix: systemd-socket-activate execs the daemon on the first connection. */
 static void trigger_unix(const char *path) {
         struct sockaddr_un a = { .sun_family = AF_UNIX };
