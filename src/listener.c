@@ -21,11 +21,16 @@
 
 _Static_assert(CONF_FDNAME_MAX < sizeof(((Listener *) 0)->fdname), "a listen entry's name fits Listener.fdname");
 
-/* same_addr: A and B listen on one address: the same bytes, or an IPv4 address and its
- * IPv4-mapped form (which a socket unit may bind: "[::ffff:127.0.0.1]:P" is "127.0.0.1:P"). */
 static bool same_addr(const Listener *a, const Listener *b) {
-        return (a->addr_len == b->addr_len && memcmp(&a->addr, &b->addr, a->addr_len) == 0) ||
-               addr_same_endpoint((const struct sockaddr *) &a->addr, (const struct sockaddr *) &b->addr);
+        return a->addr_len == b->addr_len && memcmp(&a->addr, &b->addr, a->addr_len) == 0;
+}
+
+/* same_endpoint: a passed socket A listens where B says: the same address, or B's IPv4 address
+ * in its IPv4-mapped form, which a socket unit may bind ("[::ffff:127.0.0.1]:P"). Only for the
+ * sockets systemd passes: hellod's own never take a mapped address (the configuration refuses
+ * one), and a socket kept across a reload must be of the family asked for. */
+static bool same_endpoint(const Listener *a, const Listener *b) {
+        return same_addr(a, b) || addr_same_endpoint((const struct sockaddr *) &a->addr, (const struct sockaddr *) &b->addr);
 }
 
 static bool contains(const ListenerSet *set, const Listener *l) {
@@ -838,10 +843,15 @@ static void adopt_interfaces(ListenerSet *want, const ListenerSet *have) {
                         ;
 }
 
+/* subset: every socket of A is one B asks for (passed sockets against the configuration). */
 static bool subset(const ListenerSet *a, const ListenerSet *b) {
-        for (size_t i = 0; i < a->n; i++)
-                if (!contains(b, &a->items[i]))
+        for (size_t i = 0; i < a->n; i++) {
+                bool found = false;
+                for (size_t j = 0; j < b->n && !found; j++)
+                        found = same_endpoint(&a->items[i], &b->items[j]);
+                if (!found)
                         return false;
+        }
         return true;
 }
 
@@ -870,7 +880,9 @@ static const Listener *split_roles(const ListenerSet *inherited, const Conf *con
         return NULL;
 }
 
-/* host_has_ipv6: false where no IPv6 socket can be had (a kernel booted with ipv6.disable=1). */
+/* host_has_ipv6: false where no IPv6 socket can be had: a kernel booted with ipv6.disable=1,
+ * but also a sandbox's RestrictAddressFamilies= (the packaged unit allows AF_UNIX alone), so
+ * only together with the passed sockets (passes_ipv6) does it say the host has none. */
 static bool host_has_ipv6(void) {
         int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
 
@@ -878,6 +890,14 @@ static bool host_has_ipv6(void) {
                 return errno != EAFNOSUPPORT;
         close(fd);
         return true;
+}
+
+/* passes_ipv6: whether a socket of SET is an IPv6 one. */
+static bool passes_ipv6(const ListenerSet *set) {
+        for (size_t i = 0; i < set->n; i++)
+                if (set->items[i].addr.ss_family == AF_INET6)
+                        return true;
+        return false;
 }
 
 /* drop_ipv6: SET's IPv6 entries taken out. */
@@ -898,9 +918,11 @@ int listeners_match_conf(const ListenerSet *inherited, const Conf *conf, char *w
         r = listeners_resolve(conf, &want, why, why_size);
         if (r < 0)
                 return r;
-        /* What systemd binds for the default there (ListenStream=PORT is 0.0.0.0:PORT), and what
-         * hellod would bind itself: "::" is skipped, as bind_new() does. */
-        if (conf->listen_is_default && !host_has_ipv6())
+        /* On a host without IPv6, what systemd binds for the default (ListenStream=PORT is
+         * 0.0.0.0:PORT alone), and what hellod would bind itself: "::" is skipped, as bind_new()
+         * does. Not where an IPv6 socket was passed: the packaged unit's sandbox fails the probe
+         * on every host, and its hellod.socket passes a dual-stack [::]:PORT. */
+        if (conf->listen_is_default && !passes_ipv6(inherited) && !host_has_ipv6())
                 drop_ipv6(&want);
         for (size_t i = 0; i < conf->n_listen && r >= 0; i++) { /* as the generator writes it */
                 const ListenSpec *spec = &conf->listen[i];
@@ -947,10 +969,10 @@ static bool listener_is(const Listener *l, const struct sockaddr *sa, socklen_t 
         if (len > sizeof(want.addr))
                 return false;
         memcpy(&want.addr, sa, len);
-        if (same_addr(l, &want))
+        if (same_endpoint(l, &want))
                 return true;
         if (adopt_interface(&want, l))
-                return same_addr(l, &want);
+                return same_endpoint(l, &want);
         if (sa->sa_family != AF_INET || !is_dual_stack(l))
                 return false;
         const struct sockaddr_in *in = (const struct sockaddr_in *) sa;

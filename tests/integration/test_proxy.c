@@ -267,6 +267,7 @@ Test(proxy, socket_activated_an_ipv4_mapped_socket_is_its_ipv4_entry, .timeout =
         hellod_wait_stderr(d, "(PROXY)");
         expect_header_wanted(a.port);
         hellod_wait_stderr(d, "from 192.0.2.7:51234 via ");
+        hellod_wait_stderr(d, "as 'listen' and 'port' say");
         char *err = hellod_stderr(d);
         cr_expect_null(strstr(err, "do not match"), "warned about matching sockets:\n%s", err);
         free(err);
