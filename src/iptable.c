@@ -193,6 +193,8 @@ void iptable_set_rate(IpTable *t, unsigned rate, unsigned burst, uint64_t now) {
                 for (IpEntry **p = &t->buckets[i]; *p;) {
                         IpEntry *e = *p;
 
+                        if (e->full_at != 0 && now >= e->full_at)
+                                e->full_at = 0; /* full: full at the new burst too */
                         if (e->full_at != 0) { /* drawn from: only ever under a rate */
                                 refill(e, t->rate, t->burst, now); /* what the old rate gave back */
                                 if (rate == 0) {

@@ -530,6 +530,23 @@ Test(bucket, a_higher_rate_refills_from_the_reload_on) {
         iptable_free(t);
 }
 
+/* A reload that raises the burst: a bucket already full is full at the new size, whether its
+ * entry is still kept (here by a connection) or was forgotten; it used to be refilled to the
+ * old burst first, and had to earn the rest at the rate. */
+Test(bucket, a_larger_burst_fills_a_full_bucket) {
+        IpTable *t = NULL;
+        IpKey k = key_of("192.0.2.1");
+        const uint64_t s = 1000000, now = 1000000000;
+
+        cr_assert_eq(iptable_new(&t), 0);
+        iptable_set_rate(t, 1, 2, now);
+        cr_assert_eq(iptable_take_token(t, &k, now), 1);
+        cr_assert_eq(iptable_inc(t, &k), 0); /* kept while it refills, and after */
+        iptable_set_rate(t, 1, 10, now + 5 * s);
+        cr_assert_eq(spend(t, &k, now + 5 * s), 10);
+        iptable_free(t);
+}
+
 /* A reload that turns the limit off forgets the buckets (an entry with connections stays for
  * its count), and one that turns it on again starts every source with a full bucket. */
 Test(bucket, no_rate_forgets_the_buckets) {
