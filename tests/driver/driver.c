@@ -15,7 +15,9 @@
  * in random sizes with pauses where the client reads nothing, and an ending: a half-close,
  * `exit` (or a telnet Interrupt Process; in one plan of three, more lines behind it, sometimes
  * more than the 64 KiB a lingering close reads away at least), a close once everything is
- * answered, or a reset at a random point. One plan in four speaks telnet as well: commands (Are You There, option
+ * answered, a reset at a random point, or (in the setup with a short idle_timeout) a stall:
+ * nothing more sent, every reply read, then `ERR idle timeout` and the end of file, whether
+ * the daemon is blocked on the client or not. One plan in four speaks telnet as well: commands (Are You There, option
  * negotiation with any option byte, subnegotiations, the ones hellod ignores, an IAC before a
  * data byte, IAC IAC for a 0xFF data byte) between the lines and inside them, even between a
  * line's CR and its LF, and so cut anywhere by the writes, the reads, a stored session's
@@ -41,8 +43,10 @@
  * before a byte comes, and counted.
  *
  * A burst must be answered without waiting for any timeout: idle_timeout is far above any
- * pause a client makes, so a session that stalls in the daemon shows as `ERR idle timeout`
- * where the model has a reply (a byte mismatch), or as no progress within IO_TIMEOUT_MS.
+ * pause a client makes (15 times the longest in the stall setup), so a session that stalls in
+ * the daemon shows as `ERR idle timeout` where the model has a reply (a byte mismatch), or as
+ * no progress within IO_TIMEOUT_MS. In the io_uring pass each setup but the PROXY one checks
+ * that io_uring served it (a PROXY listener, or --stored, sends the whole daemon to epoll).
  *
  * Load threads never call harness_fail(): they record what went wrong; the main thread
  * reports. Output: the figures, one PASS/FAIL line per check, then
@@ -71,6 +75,7 @@
 #define CLIENT_THREADS 8
 #define IO_TIMEOUT_MS 20000   /* no progress at all for this long: a stall */
 #define IDLE_TIMEOUT 30       /* seconds; no client pause comes near it */
+#define STALL_IDLE_TIMEOUT 5  /* seconds: the setup whose clients stall (END_STALL), 15 times the longest pause */
 #define READ_PAUSE_MAX_MS 300 /* "not reading for a while" */
 #define WRITE_PAUSE_MAX_MS 20
 #define BURST_MIN_LINES 1000
@@ -102,15 +107,18 @@ typedef struct Setup {
         unsigned max_line;
         const char *prefix, *suffix; /* the reply template around {name} */
         bool proxy; /* the clients connect to a PROXY listener and send a header first */
+        unsigned idle_timeout; /* 0: IDLE_TIMEOUT; else some clients stall until it ends them (END_STALL) */
 } Setup;
 
 static char long_prefix[1024];
 static Setup setups[] = {
-        { "default reply, max_line_length 64", 64, "Hello, ", "!", false },
+        { "default reply, max_line_length 64", 64, "Hello, ", "!", false, 0 },
         { "100-byte reply, max_line_length 1024", 1024,
-          "Hello there, dear client; this reply is long on purpose so that the output fills up: ", " -- bye!", false },
-        { "1,024-byte reply, max_line_length 5000", 5000, long_prefix, "", false },
-        { "behind a PROXY listener, default reply, max_line_length 64", 64, "Hello, ", "!", true },
+          "Hello there, dear client; this reply is long on purpose so that the output fills up: ", " -- bye!", false, 0 },
+        { "1,024-byte reply, max_line_length 5000", 5000, long_prefix, "", false, 0 },
+        { "behind a PROXY listener, default reply, max_line_length 64", 64, "Hello, ", "!", true, 0 },
+        { "idle_timeout " STR(STALL_IDLE_TIMEOUT) ", clients that stall, max_line_length 64", 64, "Hello, ", "!", false,
+          STALL_IDLE_TIMEOUT },
 };
 #define N_SETUPS (sizeof(setups) / sizeof(setups[0]))
 
@@ -119,10 +127,11 @@ typedef enum Ending {
         END_EXIT,       /* the last line is exit: its answers, then EOF */
         END_CLOSE,      /* close() once every reply has arrived */
         END_RESET,      /* RST at a random point: what arrived must be a prefix of the model */
+        END_STALL,      /* nothing more sent, replies read: ERR idle timeout, then EOF (Setup.idle_timeout) */
         N_ENDINGS,
 } Ending;
 
-static const char *const ending_names[N_ENDINGS] = { "half-close", "exit", "close", "reset" };
+static const char *const ending_names[N_ENDINGS] = { "half-close", "exit", "close", "reset", "stall" };
 
 /* A session's plan. */
 typedef struct Plan {
@@ -419,7 +428,10 @@ static bool plan_make(Plan *p, uint64_t seed) {
 
         memset(p, 0, sizeof(*p));
         p->seed = seed;
-        p->ending = (Ending) rng_below(&r, N_ENDINGS);
+        /* A stall only where the idle timeout is short enough to wait for, and there one
+         * session in four, by its seed: consecutive sessions' seeds step by an odd constant, so
+         * any four in a row have one, and a slow run still has its stalls. */
+        p->ending = setup->idle_timeout && seed % 4 == 0 ? END_STALL : (Ending) rng_below(&r, END_STALL);
         p->burst = rng_below(&r, 5) == 0;
         size_t lines = p->burst ? BURST_MIN_LINES + rng_below(&r, BURST_MAX_LINES - BURST_MIN_LINES + 1)
                                 : rng_below(&r, 40);
@@ -454,8 +466,15 @@ static bool plan_make(Plan *p, uint64_t seed) {
         p->want_n = strlen(HELLOD_GREETING) + harness_model_replies(setup->prefix, setup->suffix, p->in + p->header_len,
                                                                      p->n - p->header_len,
                                                                      max_line, p->want + strlen(HELLOD_GREETING));
-        /* The daemon closes after exit, ERR and at EOF; after CLOSE and RESET the client does. */
-        p->want_eof = p->ending == END_HALF_CLOSE || p->ending == END_EXIT || p->too_long;
+        /* A stalled client's complete lines are answered, then the timeout ends it (an ERR line
+         * too long ends it first). */
+        if (p->ending == END_STALL && !p->too_long) {
+                memcpy(p->want + p->want_n, HELLOD_ERR_IDLE, strlen(HELLOD_ERR_IDLE));
+                p->want_n += strlen(HELLOD_ERR_IDLE);
+        }
+        /* The daemon closes after exit, ERR, at EOF and at the idle timeout; after CLOSE and
+         * RESET the client does. */
+        p->want_eof = p->ending == END_HALF_CLOSE || p->ending == END_EXIT || p->ending == END_STALL || p->too_long;
         if (p->want_eof && p->ending == END_CLOSE)
                 p->ending = END_HALF_CLOSE; /* the ERR ends it anyway: wait for the daemon's EOF */
         p->reset_written = rng_below(&r, p->n + 1);
@@ -820,6 +839,10 @@ static const char *const reload_variants[] = {
 };
 #define N_RELOAD_VARIANTS (sizeof(reload_variants) / sizeof(reload_variants[0]))
 
+static int idle_timeout_of(const Setup *s) {
+        return (int) (s->idle_timeout ? s->idle_timeout : IDLE_TIMEOUT);
+}
+
 /* write_config: D's configuration for S, with the reload variant V; the odd ones listen on
  * spare_port as well, so that the reloads add and remove a listener (the clients never use
  * it). As a service the clients' listener is PID 1's (on port); else a plain one on D's port
@@ -834,18 +857,18 @@ static void write_config(Hellod *d, const Setup *s, size_t v) {
                 hellod_write_config(d, "listen = ( { address = \"127.0.0.1:%u\"; proxy_protocol = %s; }%s );\n%s" CONFIG
                                     "handover = \"%s\";\n%s",
                                     (unsigned) port, s->proxy ? "true" : "false", spare,
-                                    s->proxy ? "proxy_from = [ \"127.0.0.1\" ];\n" : "", IDLE_TIMEOUT, s->max_line,
+                                    s->proxy ? "proxy_from = [ \"127.0.0.1\" ];\n" : "", idle_timeout_of(s), s->max_line,
                                     s->prefix, s->suffix, stored ? "always" : "restart", variant);
         else if (s->proxy)
                 hellod_write_config(d,
                                     "listen = ( \"127.0.0.1:%u\", { address = \"127.0.0.1:%u\"; proxy_protocol = true; },\n"
                                     "           { address = \"[::1]:%u\"; proxy_protocol = true; }%s );\n"
                                     "proxy_from = [ \"127.0.0.1\", \"::1\" ];\n" CONFIG "%s",
-                                    (unsigned) d->port, (unsigned) port, (unsigned) port, spare, IDLE_TIMEOUT,
+                                    (unsigned) d->port, (unsigned) port, (unsigned) port, spare, idle_timeout_of(s),
                                     s->max_line, s->prefix, s->suffix, variant);
         else
                 hellod_write_config(d, "listen = ( \"127.0.0.1:%u\", \"[::1]:%u\"%s );\n" CONFIG "%s", (unsigned) port,
-                                    (unsigned) port, spare, IDLE_TIMEOUT, s->max_line, s->prefix, s->suffix, variant);
+                                    (unsigned) port, spare, idle_timeout_of(s), s->max_line, s->prefix, s->suffix, variant);
 }
 
 /* spare_listening: whether something accepts on 127.0.0.1:spare_port. */
@@ -886,6 +909,7 @@ static void run_setup(const Setup *s, unsigned seconds) {
         pthread_t threads[CLIENT_THREADS];
         uint64_t before = atomic_load(&n_sessions), failed_before = atomic_load(&n_failures);
         uint64_t unheadered_before = atomic_load(&n_closed_unheadered), ungreeted_before = atomic_load(&n_reset_ungreeted);
+        uint64_t stalled_before = atomic_load(&n_endings[END_STALL]);
 
         setup = s;
         Store st;
@@ -968,6 +992,11 @@ static void run_setup(const Setup *s, unsigned seconds) {
         }
         verdict(failed == 0 && sessions > 0, "%s: %" PRIu64 " sessions matched the model, %" PRIu64 " failed", s->name,
                 sessions, failed);
+        if (s->idle_timeout) {
+                /* What the setup is for: clients that stalled, ended by the timeout as the model has it. */
+                uint64_t stalled = atomic_load(&n_endings[END_STALL]) - stalled_before;
+                verdict(stalled > 0, "%s: %" PRIu64 " stalled sessions ended by the idle timeout", s->name, stalled);
+        }
         if (restarts)
                 restarts_verdict(d, s, n_restarts, n_unclean);
         if (reloads)
@@ -1029,6 +1058,11 @@ static void run_setup(const Setup *s, unsigned seconds) {
         verdict(clean, "%s: no sanitizer report", s->name);
         if (!clean)
                 fprintf(stderr, "%s\n", err);
+        /* The io_uring pass runs on io_uring, not on the epoll it falls back to where io_uring
+         * cannot be had. By design epoll serves a daemon with a PROXY listener (that setup is
+         * an epoll run on every pass) and one with handover = "always" (--stored). */
+        if (harness_model_is("io_uring") && !s->proxy && !stored)
+                verdict(!strstr(err, "the event loops use epoll"), "%s: the loops ran on io_uring", s->name);
         free(err);
         end_daemon(d, &st, listener);
 }
@@ -1114,13 +1148,13 @@ int main(int argc, char **argv) {
         printf("driver figures: %" PRIu64 " sessions, %" PRIu64 " lines, %" PRIu64 " bursts of %d-%d lines, %" PRIu64
                " bytes sent, %" PRIu64 " bytes received and checked, %" PRIu64 " read pauses, %" PRIu64
                " ended over the limit, %" PRIu64 " bytes of urgent data, %" PRIu64 " telnet commands; endings: %" PRIu64 " half-close, %" PRIu64
-               " exit (%" PRIu64 " with over 64 KiB behind it), %" PRIu64 " close, %" PRIu64 " reset\n",
+               " exit (%" PRIu64 " with over 64 KiB behind it), %" PRIu64 " close, %" PRIu64 " reset, %" PRIu64 " stall\n",
                atomic_load(&n_sessions), atomic_load(&n_lines), atomic_load(&n_bursts), BURST_MIN_LINES,
                BURST_MAX_LINES, atomic_load(&n_bytes_sent), atomic_load(&n_bytes_checked), atomic_load(&n_pauses),
                atomic_load(&n_too_long), atomic_load(&n_urgent), atomic_load(&n_commands),
                atomic_load(&n_endings[END_HALF_CLOSE]),
                atomic_load(&n_endings[END_EXIT]), atomic_load(&n_trailing), atomic_load(&n_endings[END_CLOSE]),
-               atomic_load(&n_endings[END_RESET]));
+               atomic_load(&n_endings[END_RESET]), atomic_load(&n_endings[END_STALL]));
         uint64_t nf = atomic_load(&n_failures);
         for (uint64_t i = 0; i < nf && i < FAILURES_KEPT; i++)
                 printf("failure: %s\n", failures[i]);
