@@ -9,13 +9,17 @@
  *
  * Each session follows a random plan made from its own seed (printed on failure, so that a
  * plan can be replayed with --replay, against the setup it failed in): lines of 0 bytes to
- * max_line_length (sometimes one over), sometimes a pipelined burst of thousands of lines, the
+ * max_line_length (sometimes one over, then in one plan of three more lines behind it, read away
+ * by the lingering close), sometimes a pipelined burst of thousands of lines, the
  * stream cut into random writes, sometimes a byte of urgent data among them (sent out of band,
  * so not part of the stream the model answers; the kernel ends every read at its mark), read
- * in random sizes with pauses where the client reads nothing, and an ending: a half-close,
+ * in random sizes with pauses where the client reads nothing (in one session of eight through
+ * a receive buffer of a few KiB, so that the daemon meets back-pressure), and an ending: a half-close,
  * `exit` (or a telnet Interrupt Process; in one plan of three, more lines behind it, sometimes
  * more than the 64 KiB a lingering close reads away at least), a close once everything is
- * answered, a reset at a random point, or (in the setup with a short idle_timeout) a stall:
+ * answered, a reset at a random point (in one plan of three after an exit, in another after a
+ * half-close: it may come while the daemon flushes its last replies or lingers), or (in the
+ * setup with a short idle_timeout) a stall:
  * nothing more sent, every reply read, then `ERR idle timeout` and the end of file, whether
  * the daemon is blocked on the client or not. One plan in four speaks telnet as well: commands (Are You There, option
  * negotiation with any option byte, subnegotiations, the ones hellod ignores, an IAC before a
@@ -89,6 +93,7 @@
 #define TELNET_SB_MAX 8       /* a short subnegotiation's data */
 #define TELNET_PER_LINE_MAX 4 /* commands among a line's bytes, at most */
 #define FAILURES_KEPT 8
+#define SMALL_WINDOW 4096     /* bytes of receive buffer asked for (the kernel doubles it) */
 #define RESTART_MIN_MS 200    /* --restarts: the time between two restarts, at random */
 #define RESTART_MAX_MS 1200
 #define RELOAD_MIN_MS 100     /* --reloads: the time between two reloads, at random */
@@ -148,6 +153,9 @@ typedef struct Plan {
         bool urgent;      /* a byte of urgent data is sent once URGENT_AT bytes of IN are */
         size_t urgent_at; /* written (one at most: a second could pull the first into the stream) */
         bool too_long; /* the last line (or subnegotiation) is over max_line_length */
+        bool shut_first;   /* END_RESET: a half-close once everything is written, the reset after */
+        bool exits;        /* the input ends with an exit (then maybe lines read away unanswered) */
+        bool small_window; /* a receive buffer of SMALL_WINDOW: the daemon meets back-pressure */
         bool telnet;   /* telnet commands among the lines */
         size_t header_len; /* a PROXY header in front of IN's lines (Setup.proxy) */
         size_t commands;
@@ -442,10 +450,17 @@ static bool plan_make(Plan *p, uint64_t seed) {
                 append_proxy_header(p, &r);
         for (size_t i = 0; i < lines && p->n + line_room(p, max_line) < INPUT_MAX; i++)
                 append_line(p, &r, line_length(&r, max_line, p->burst));
-        if (!p->burst && rng_below(&r, 12) == 0) {
-                /* Over the limit, last: the daemon answers ERR and discards the rest. */
+        if (rng_below(&r, 12) == 0) {
+                /* Over the limit, last (after a burst too): the daemon answers ERR and discards
+                 * the rest; in one plan of three more lines come behind it, read away by the
+                 * lingering close as after an exit, so that the ERR is not destroyed by a reset. */
                 append_too_long(p, &r, max_line);
-        } else if (p->ending == END_EXIT) {
+                if (rng_below(&r, 3) == 0)
+                        append_trailing(p, &r);
+        } else if (p->ending == END_EXIT || (p->ending == END_RESET && rng_below(&r, 3) == 0)) {
+                /* A reset may come while the daemon lingers after the exit, or flushes its
+                 * last replies. */
+                p->exits = true;
                 append_exit(p, &r);
                 if (rng_below(&r, 3) == 0)
                         append_trailing(p, &r);
@@ -474,12 +489,15 @@ static bool plan_make(Plan *p, uint64_t seed) {
         }
         /* The daemon closes after exit, ERR, at EOF and at the idle timeout; after CLOSE and
          * RESET the client does. */
-        p->want_eof = p->ending == END_HALF_CLOSE || p->ending == END_EXIT || p->ending == END_STALL || p->too_long;
+        p->shut_first = p->ending == END_RESET && !p->too_long && rng_below(&r, 3) == 0;
+        p->want_eof = p->ending == END_HALF_CLOSE || p->ending == END_EXIT || p->ending == END_STALL || p->too_long ||
+                      p->shut_first || p->exits;
         if (p->want_eof && p->ending == END_CLOSE)
                 p->ending = END_HALF_CLOSE; /* the ERR ends it anyway: wait for the daemon's EOF */
         p->reset_written = rng_below(&r, p->n + 1);
         p->reset_received = rng_below(&r, p->want_n + 1);
         p->urgent = rng_below(&r, 4) == 0;
+        p->small_window = rng_below(&r, 8) == 0;
         /* Behind the header: an urgent mark inside it is left alone (a balancer sends none). */
         p->urgent_at = p->header_len + rng_below(&r, p->n - p->header_len + 1);
         return true;
@@ -595,7 +613,7 @@ static bool run_session(Plan *p, Rng *r) {
         int64_t progress = now_ms(), read_pause_until = 0, write_pause_until = 0;
         bool write_shut = false, urgent_sent = !p->urgent, ok = false;
         char buf[65536];
-        int fd = client_start_connect(ip, port);
+        int fd = client_start_connect_window(ip, port, p->small_window ? SMALL_WINDOW : 0);
 
         p->stop_at = SIZE_MAX;
         if (fd < 0) {
@@ -621,7 +639,7 @@ static bool run_session(Plan *p, Rng *r) {
                         close(fd);
                         return true;
                 }
-                if (!writes_left && p->ending == END_HALF_CLOSE && !write_shut) {
+                if (!writes_left && (p->ending == END_HALF_CLOSE || p->shut_first) && !write_shut) {
                         (void) shutdown(fd, SHUT_WR);
                         write_shut = true;
                 }

@@ -1291,6 +1291,10 @@ int client_try_connect(const char *ip, uint16_t port, const char *src_ip) {
 }
 
 int client_start_connect(const char *ip, uint16_t port) {
+        return client_start_connect_window(ip, port, 0);
+}
+
+int client_start_connect_window(const char *ip, uint16_t port, int rcvbuf) {
         struct sockaddr_storage ss;
         socklen_t len = make_addr(ip, port, &ss);
         int fd;
@@ -1298,6 +1302,12 @@ int client_start_connect(const char *ip, uint16_t port) {
         fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd < 0)
                 return -errno;
+        if (rcvbuf > 0 && setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf)) < 0) {
+                int r = -errno;
+
+                (void) close(fd);
+                return r;
+        }
         if (connect(fd, (struct sockaddr *) &ss, len) < 0 && errno != EINPROGRESS) {
                 int r = -errno;
 

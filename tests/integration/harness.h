@@ -236,6 +236,9 @@ int client_connect6(uint16_t port); /* ::1 */
  * still be in progress: wait for POLLOUT, then read SO_ERROR); -errno on failure. Never calls
  * harness_fail() for a network error, so helper threads may use it. */
 int client_start_connect(const char *ip, uint16_t port);
+/* client_start_connect_window: the same with a receive buffer of RCVBUF bytes set before the
+ * connect (so that the window the client advertises is that small), unless 0. */
+int client_start_connect_window(const char *ip, uint16_t port, int rcvbuf);
 /*
  * client_connect_greeted: connects and reads the first CRLF-terminated line. WANT: returns
  * the fd. RETRY_ON (e.g. the busy error while a slot frees asynchronously): closes and retries
