@@ -20,8 +20,9 @@
  * answered, a reset at a random point (in one plan of three after an exit, in another after a
  * half-close: it may come while the daemon flushes its last replies or lingers), or (in the
  * setup with a short idle_timeout) a stall:
- * nothing more sent, every reply read, then `ERR idle timeout` and the end of file, whether
- * the daemon is blocked on the client or not. One plan in four speaks telnet as well: commands (Are You There, option
+ * nothing more sent, every reply read, then `ERR idle timeout` and the end of file (a client
+ * that stops reading, whose blocked write the timeout also ends, is not among them). One plan
+ * in four speaks telnet as well: commands (Are You There, option
  * negotiation with any option byte, subnegotiations, the ones hellod ignores, an IAC before a
  * data byte, IAC IAC for a 0xFF data byte) between the lines and inside them, even between a
  * line's CR and its LF, and so cut anywhere by the writes, the reads, a stored session's
@@ -171,6 +172,7 @@ static atomic_uint_fast64_t n_failures;
 static atomic_uint_fast64_t n_closed_unheadered; /* see closed_before_its_header() */
 static atomic_uint_fast64_t n_reset_ungreeted;   /* reset by the client before the greeting came */
 static atomic_uint_fast64_t n_stopped;           /* --stops: sessions a stop ended, as check_stop() has it */
+static atomic_uint_fast64_t n_timed_out;         /* stalled sessions the idle timeout ended, as the model has it */
 static atomic_uint_fast64_t n_refused_stopped;   /* --stops: refused or reset while the daemon was down */
 static pthread_mutex_t failures_lock = PTHREAD_MUTEX_INITIALIZER;
 static char failures[FAILURES_KEPT][1024];
@@ -494,7 +496,8 @@ static bool plan_make(Plan *p, uint64_t seed) {
                       p->shut_first || p->exits;
         if (p->want_eof && p->ending == END_CLOSE)
                 p->ending = END_HALF_CLOSE; /* the ERR ends it anyway: wait for the daemon's EOF */
-        p->reset_written = rng_below(&r, p->n + 1);
+        /* After an exit or a half-close, the reset comes once everything is written. */
+        p->reset_written = p->shut_first || p->exits ? p->n : rng_below(&r, p->n + 1);
         p->reset_received = rng_below(&r, p->want_n + 1);
         p->urgent = rng_below(&r, 4) == 0;
         p->small_window = rng_below(&r, 8) == 0;
@@ -628,20 +631,22 @@ static bool run_session(Plan *p, Rng *r) {
                                        IO_TIMEOUT_MS, written, p->n, received, p->want_n);
                         break;
                 }
-                if (p->ending == END_RESET && written >= p->reset_written && received >= p->reset_received) {
+                bool writes_left = written < p->n || !urgent_sent;
+                if (!writes_left && (p->ending == END_HALF_CLOSE || p->shut_first) && !write_shut) {
+                        (void) shutdown(fd, SHUT_WR);
+                        write_shut = true;
+                }
+                /* A reset after a half-close comes once the FIN is out. */
+                if (p->ending == END_RESET && written >= p->reset_written && received >= p->reset_received &&
+                    (write_shut || !p->shut_first)) {
                         if (received == 0)
                                 atomic_fetch_add(&n_reset_ungreeted, 1);
                         reset_close(fd);
                         return true; /* every byte so far was checked */
                 }
-                bool writes_left = written < p->n || !urgent_sent;
                 if (p->ending == END_CLOSE && !writes_left && received == p->want_n) {
                         close(fd);
                         return true;
-                }
-                if (!writes_left && (p->ending == END_HALF_CLOSE || p->shut_first) && !write_shut) {
-                        (void) shutdown(fd, SHUT_WR);
-                        write_shut = true;
                 }
 
                 bool can_write = writes_left && now >= write_pause_until;
@@ -743,6 +748,8 @@ static bool run_session(Plan *p, Rng *r) {
                                         record_eof_short(p, received);
                                 else
                                         ok = true;
+                                if (ok && p->ending == END_STALL && !p->too_long)
+                                        atomic_fetch_add(&n_timed_out, 1);
                                 break;
                         } else if (errno != EAGAIN && errno != EINTR) {
                                 if (!refused_by_a_stop(received, errno) && !closed_before_its_header(received))
@@ -857,6 +864,19 @@ static const char *const reload_variants[] = {
 };
 #define N_RELOAD_VARIANTS (sizeof(reload_variants) / sizeof(reload_variants[0]))
 
+/* fell_back_to_epoll: whether D's process (its stderr is truncated at each start) ran its
+ * loops on epoll where the pass asks for io_uring. By design epoll serves a daemon with a PROXY
+ * listener (that setup is an epoll run on every pass) and one with handover = "always"
+ * (--stored): not counted. */
+static bool fell_back_to_epoll(Hellod *d, const Setup *s) {
+        if (!harness_model_is("io_uring") || s->proxy || stored)
+                return false;
+        char *err = hellod_stderr(d);
+        bool fell = strstr(err, "the event loops use epoll") != NULL;
+        free(err);
+        return fell;
+}
+
 static int idle_timeout_of(const Setup *s) {
         return (int) (s->idle_timeout ? s->idle_timeout : IDLE_TIMEOUT);
 }
@@ -927,7 +947,7 @@ static void run_setup(const Setup *s, unsigned seconds) {
         pthread_t threads[CLIENT_THREADS];
         uint64_t before = atomic_load(&n_sessions), failed_before = atomic_load(&n_failures);
         uint64_t unheadered_before = atomic_load(&n_closed_unheadered), ungreeted_before = atomic_load(&n_reset_ungreeted);
-        uint64_t stalled_before = atomic_load(&n_endings[END_STALL]);
+        uint64_t timed_out_before = atomic_load(&n_timed_out);
 
         setup = s;
         Store st;
@@ -959,7 +979,7 @@ static void run_setup(const Setup *s, unsigned seconds) {
                 if (pthread_create(&threads[i], NULL, load_thread, NULL) != 0)
                         fail_hard("cannot start a client thread");
         Rng rng = { base_seed ^ (uint64_t) (s - setups) };
-        unsigned n_restarts = 0, n_unclean = 0, n_reloads = 0, n_stops = 0;
+        unsigned n_restarts = 0, n_unclean = 0, n_reloads = 0, n_stops = 0, n_epoll = 0;
         int64_t longest_stop = 0;
         uint64_t stopped_before = atomic_load(&n_stopped), refused_before = atomic_load(&n_refused_stopped);
         int64_t next_restart = now_ms() + RESTART_MIN_MS + (int64_t) rng_below(&rng, RESTART_MAX_MS - RESTART_MIN_MS);
@@ -976,6 +996,7 @@ static void run_setup(const Setup *s, unsigned seconds) {
                         int64_t began = now_ms();
                         int status = hellod_stop(d); /* SIGTERM: no service, so a plain stop */
                         n_unclean += !WIFEXITED(status) || WEXITSTATUS(status) != 0;
+                        n_epoll += fell_back_to_epoll(d, s);
                         if (now_ms() - began > longest_stop)
                                 longest_stop = now_ms() - began;
                         hellod_spawn(d, NULL);
@@ -987,6 +1008,7 @@ static void run_setup(const Setup *s, unsigned seconds) {
                         continue;
                 int status = hellod_stop(d); /* SIGTERM: it hands over, as systemctl restart has it */
                 n_unclean += !WIFEXITED(status) || WEXITSTATUS(status) != 0;
+                n_epoll += fell_back_to_epoll(d, s);
                 unsigned readies = store_readies(&st);
                 store_start_hellod(d, &st, listener);
                 /* The next restart once this start is done, as systemctl's waits for it: a
@@ -1011,9 +1033,15 @@ static void run_setup(const Setup *s, unsigned seconds) {
         verdict(failed == 0 && sessions > 0, "%s: %" PRIu64 " sessions matched the model, %" PRIu64 " failed", s->name,
                 sessions, failed);
         if (s->idle_timeout) {
-                /* What the setup is for: clients that stalled, ended by the timeout as the model has it. */
-                uint64_t stalled = atomic_load(&n_endings[END_STALL]) - stalled_before;
-                verdict(stalled > 0, "%s: %" PRIu64 " stalled sessions ended by the idle timeout", s->name, stalled);
+                /* What the setup is for: clients that stalled, ended by the timeout as the model
+                 * has it. Not required where stops (every 0.2-1.2 s) end nearly every stall first,
+                 * nor for a replayed plan, which may be no stall. */
+                uint64_t timed_out = atomic_load(&n_timed_out) - timed_out_before;
+                if (stops || replay_seed)
+                        printf("%s: %" PRIu64 " stalled sessions ended by the idle timeout\n", s->name, timed_out);
+                else
+                        verdict(timed_out > 0, "%s: %" PRIu64 " stalled sessions ended by the idle timeout", s->name,
+                                timed_out);
         }
         if (restarts)
                 restarts_verdict(d, s, n_restarts, n_unclean);
@@ -1077,10 +1105,11 @@ static void run_setup(const Setup *s, unsigned seconds) {
         if (!clean)
                 fprintf(stderr, "%s\n", err);
         /* The io_uring pass runs on io_uring, not on the epoll it falls back to where io_uring
-         * cannot be had. By design epoll serves a daemon with a PROXY listener (that setup is
-         * an epoll run on every pass) and one with handover = "always" (--stored). */
-        if (harness_model_is("io_uring") && !s->proxy && !stored)
-                verdict(!strstr(err, "the event loops use epoll"), "%s: the loops ran on io_uring", s->name);
+         * cannot be had: every process of the setup. */
+        if (harness_model_is("io_uring") && !s->proxy && !stored) {
+                n_epoll += strstr(err, "the event loops use epoll") != NULL;
+                verdict(n_epoll == 0, "%s: the loops ran on io_uring (%u processes fell back to epoll)", s->name, n_epoll);
+        }
         free(err);
         end_daemon(d, &st, listener);
 }
