@@ -864,15 +864,25 @@ static const char *const reload_variants[] = {
 };
 #define N_RELOAD_VARIANTS (sizeof(reload_variants) / sizeof(reload_variants[0]))
 
+/* uring_expected: whether the pass asks for io_uring and S's daemon can have it. By design epoll
+ * serves a daemon with a PROXY listener (that setup is an epoll run on every pass) and one with
+ * handover = "always" (--stored). */
+static bool uring_expected(const Setup *s) {
+        return harness_model_is("io_uring") && !s->proxy && !stored;
+}
+
+/* fell_back: whether the log ERR of one process says its loops run on epoll. */
+static bool fell_back(const char *err) {
+        return strstr(err, "the event loops use epoll") != NULL;
+}
+
 /* fell_back_to_epoll: whether D's process (its stderr is truncated at each start) ran its
- * loops on epoll where the pass asks for io_uring. By design epoll serves a daemon with a PROXY
- * listener (that setup is an epoll run on every pass) and one with handover = "always"
- * (--stored): not counted. */
+ * loops on epoll where io_uring was expected. */
 static bool fell_back_to_epoll(Hellod *d, const Setup *s) {
-        if (!harness_model_is("io_uring") || s->proxy || stored)
+        if (!uring_expected(s))
                 return false;
         char *err = hellod_stderr(d);
-        bool fell = strstr(err, "the event loops use epoll") != NULL;
+        bool fell = fell_back(err);
         free(err);
         return fell;
 }
@@ -1106,8 +1116,8 @@ static void run_setup(const Setup *s, unsigned seconds) {
                 fprintf(stderr, "%s\n", err);
         /* The io_uring pass runs on io_uring, not on the epoll it falls back to where io_uring
          * cannot be had: every process of the setup. */
-        if (harness_model_is("io_uring") && !s->proxy && !stored) {
-                n_epoll += strstr(err, "the event loops use epoll") != NULL;
+        if (uring_expected(s)) {
+                n_epoll += fell_back(err);
                 verdict(n_epoll == 0, "%s: the loops ran on io_uring (%u processes fell back to epoll)", s->name, n_epoll);
         }
         free(err);
