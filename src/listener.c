@@ -14,6 +14,7 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include "engine.h"
 #include "handover.h"
 #include "log.h"
 #include "lookup.h"
@@ -1134,7 +1135,14 @@ int listener_accept(const Listener *l, int flags, struct sockaddr_storage *peer,
         *kind = listener_accept_error(-r);
         if (*kind == ACCEPT_EXHAUSTED)
                 exhausted(userdata, l, r);
-        else if (*kind == ACCEPT_FAILED)
-                log_error_errno(r, "accept on %s failed, pausing", l->name);
         return -1;
+}
+
+void listener_log_failing(const Listener *l, int error) {
+        log_error_errno(error, "accept on %s failed; trying it again every %u ms, the other listeners go on", l->name,
+                        ENGINE_ACCEPT_PAUSE_USEC / 1000u);
+}
+
+void listener_log_accepting(const Listener *l) {
+        log_notice("accept on %s works again", l->name);
 }

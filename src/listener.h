@@ -161,7 +161,7 @@ typedef enum AcceptError {
         ACCEPT_DRAINED,   /* EAGAIN: nothing more to accept now */
         ACCEPT_RETRY,     /* the client's problem (accept(2), "Error handling"): go on */
         ACCEPT_EXHAUSTED, /* out of descriptors or memory: turn the client away, pause */
-        ACCEPT_FAILED,    /* anything else: log, pause */
+        ACCEPT_FAILED,    /* anything else, the listener's own (shut down, say): pause it alone */
 } AcceptError;
 
 AcceptError listener_accept_error(int errnum);
@@ -169,6 +169,11 @@ AcceptError listener_accept_error(int errnum);
 /* listener_accept: one connection from L (accept4() with FLAGS), its peer in *PEER. Returns
  * the descriptor, or -1 with *KIND saying what the failure means for the loop; an
  * ACCEPT_EXHAUSTED one has been passed to EXHAUSTED(USERDATA, L, -errno) (which turns the
- * client away), an ACCEPT_FAILED one logged. On either, the caller pauses accepting. */
+ * client away): the caller pauses accepting. On an ACCEPT_FAILED one (errno says why) it pauses
+ * accepting from L alone (for ENGINE_ACCEPT_PAUSE_USEC, again and again): the other listeners go on. */
 int listener_accept(const Listener *l, int flags, struct sockaddr_storage *peer, AcceptError *kind,
                     void (*exhausted)(void *userdata, const Listener *via, int error), void *userdata);
+/* listener_log_failing: L's accept() failed with -ERROR (ACCEPT_FAILED), where it did not
+ * just before: logged once, not at every retry. listener_log_accepting: it accepts again. */
+void listener_log_failing(const Listener *l, int error);
+void listener_log_accepting(const Listener *l);

@@ -12,7 +12,8 @@
  * Admission (limits, access lists) is the server's, through its hooks. A listener stays
  * disarmed while overload = "queue" finds every slot taken (until the server says one freed)
  * and, after descriptors ran out, for ENGINE_ACCEPT_PAUSE_USEC: a timerfd in the same set
- * re-arms every listener then. The listener set is replaced under a write lock, so that once
+ * re-arms every listener then; a listener whose accept() failed for a reason of its own stays
+ * disarmed as long, alone. The listener set is replaced under a write lock, so that once
  * perconn_set_listeners() returns no thread uses a socket of the old set.
  *
  * The hand-over (perconn_hand_over): a thread blocked in recv() or send() is woken by the
@@ -81,6 +82,9 @@ typedef struct PerConn {
          * backlog, and their listener is armed again once none is left. NULL when it could
          * not be allocated: they wait with the orphans then (queue_of). */
         QueuedClient **queued;
+        /* one a listener, atomic: its accept() failed (ACCEPT_FAILED), logged, and it has not
+         * accepted since; NULL: no memory for them (every failure is logged then) */
+        bool *failing;
         QueuedClient *orphans; /* queued through listeners of an earlier set: admitted first */
         pthread_mutex_t queue_lock; /* the lists of queued and orphans */
         uint64_t resumes; /* atomic: resume() calls begun */
@@ -570,6 +574,20 @@ static void orphan_queued(PerConn *p) {
         }
 }
 
+/* note_accept: listener I accepted (ERROR 0) or failed with KIND: the failure of its own
+ * (ACCEPT_FAILED) logged once until it accepts again. It alone stays disarmed meanwhile. */
+static void note_accept(PerConn *p, size_t i, int error, AcceptError kind) {
+        const Listener *l = &p->listeners[i];
+
+        if (error == 0) {
+                if (p->failing && __atomic_load_n(&p->failing[i], __ATOMIC_RELAXED) &&
+                    __atomic_exchange_n(&p->failing[i], false, __ATOMIC_RELAXED))
+                        listener_log_accepting(l);
+        } else if (kind == ACCEPT_FAILED && (!p->failing || !__atomic_exchange_n(&p->failing[i], true, __ATOMIC_RELAXED))) {
+                listener_log_failing(l, error);
+        }
+}
+
 /* take_connection: the listener behind KEY said a client is waiting: accept and admit it.
  * NULL when there is none to serve (taken by another thread, refused, or not now); *LEAVE
  * when this thread should leave instead (workers_stale). */
@@ -578,7 +596,7 @@ static Session *take_connection(PerConn *p, uint64_t key, bool *leave) {
         size_t i = (uint32_t) key;
         struct sockaddr_storage peer;
         Session *s = NULL;
-        AcceptError kind;
+        AcceptError kind = ACCEPT_DRAINED; /* set on a failure only */
 
         pthread_rwlock_rdlock(&p->listen_lock);
         if (key >> 32 != p->listen_gen || i >= p->n_listeners) {
@@ -593,6 +611,7 @@ static Session *take_connection(PerConn *p, uint64_t key, bool *leave) {
                 uint64_t resumes = __atomic_load_n(&p->resumes, __ATOMIC_ACQUIRE);
                 bool queued = false;
                 int fd = listener_accept(l, SOCK_CLOEXEC, &peer, &kind, hooks->exhausted, hooks->userdata);
+                note_accept(p, i, fd < 0 ? -errno : 0, kind);
                 if (fd >= 0 && (s = hooks->admit(hooks->userdata, fd, (const struct sockaddr *) &peer, l, &queued)))
                         s->engine = &p->engine;
                 /* Re-armed once this client is admitted, not before: the next thread's
@@ -721,15 +740,18 @@ static void perconn_set_listeners(Engine *e, const ListenerSet *set) {
         /* Only this can fail: the listeners are borrowed, and without the lists their queued
          * clients wait with the orphans. */
         QueuedClient **queued = set->n ? calloc(set->n, sizeof(*queued)) : NULL;
+        bool *failing = set->n ? calloc(set->n, sizeof(*failing)) : NULL;
 
         pthread_rwlock_wrlock(&p->listen_lock);
         orphan_queued(p);
         for (size_t i = 0; i < p->n_listeners; i++)
                 (void) epoll_ctl(p->epoll_fd, EPOLL_CTL_DEL, p->listeners[i].fd, NULL);
         free(p->queued);
+        free(p->failing);
         p->listeners = set->items;
         p->n_listeners = set->n;
         p->queued = queued;
+        p->failing = failing;
         p->listen_gen++;
         for (size_t i = 0; i < p->n_listeners; i++)
                 listen_ctl(p, EPOLL_CTL_ADD, i);
@@ -776,6 +798,7 @@ static void perconn_free(PerConn *p, uint64_t linger_usec) {
         pthread_mutex_destroy(&p->queue_lock);
         serving_free(p->serving);
         free(p->queued);
+        free(p->failing);
         free(p);
 }
 

@@ -8,7 +8,8 @@
  * the top of its next round; the server waits until every loop has let go of the previous set
  * before it closes any of its sockets. A loop stops accepting (takes the listeners out of its
  * set) while it is out of descriptors (for ENGINE_ACCEPT_PAUSE_USEC) and, with overload =
- * "queue", while every slot is taken (until the server says one freed).
+ * "queue", while every slot is taken (until the server says one freed). A listener whose
+ * accept() fails for a reason of its own is taken out alone, for as long (ListenerFault).
  *
  * Ownership: from the moment a loop starts a session (accepted there, or handed over by
  * pool_add()), only that loop's thread touches it, until engine_session_done() hands it
@@ -74,6 +75,15 @@ typedef enum Fate {
         GONE, /* ended and freed: do not touch */
 } Fate;
 
+/* ListenerFault: a listener of the loop whose accept() failed for a reason of its own
+ * (ACCEPT_FAILED: shut down, say): out of the loop's epoll set until RETRY_AT, while the other
+ * listeners go on (pausing them all, as for descriptors, starved them: the failing one came
+ * first in every batch after the pause). */
+typedef struct ListenerFault {
+        uint64_t retry_at; /* usec; 0: in the set whenever the loop is attached */
+        bool failing;      /* logged: failed, and has not accepted since */
+} ListenerFault;
+
 typedef struct Loop {
         LoopBase base; /* first: the shared part (loopset.h) */
         int epoll_fd;
@@ -92,6 +102,8 @@ typedef struct Loop {
         bool handing_over;    /* the pool is handing its sessions over: pass them on, then exit */
         bool waiting_slot;    /* overload = "queue": every slot taken */
         uint64_t paused_until; /* usec: out of descriptors; 0: not paused */
+        ListenerFault *faults; /* one a listening entry; NULL: no memory for them (a failure then
+                                * pauses every listener, as running out of descriptors does) */
         /* usec: read once as each turn begins (after epoll_wait) and again before the deadlines
          * run, as nginx and Redis do. A deadline set during a turn counts from the turn's
          * start, a few microseconds early; a clock read a request cost ~1% of a round trip. */
@@ -560,6 +572,9 @@ static int poll_timeout(const Loop *l) {
                 return 0;
         if (l->paused_until != 0 && l->paused_until < wake)
                 wake = l->paused_until;
+        for (size_t i = 0; l->attached && l->faults && i < l->n_listening; i++)
+                if (l->faults[i].retry_at != 0 && l->faults[i].retry_at < wake)
+                        wake = l->faults[i].retry_at;
         if (wake == SESSION_NO_DEADLINE)
                 return -1;
         if (wake <= l->now) /* l->now: read as the deadlines ran, just before */
@@ -570,24 +585,59 @@ static int poll_timeout(const Loop *l) {
 
 /* ---- accepting ---- */
 
+/* add_listener: listener I into the epoll set (its fault, if any, waited out). */
+static void add_listener(Loop *l, size_t i) {
+        struct epoll_event ev = { .events = EPOLLIN | EPOLLEXCLUSIVE,
+                                  .data.u64 = (uintptr_t) &l->listening[i] | LISTENER_TAG };
+
+        if (l->faults)
+                l->faults[i].retry_at = 0;
+        if (epoll_ctl(l->epoll_fd, EPOLL_CTL_ADD, l->listening[i].fd, &ev) < 0)
+                log_error_errno(-errno, "cannot accept from %s in an event loop", l->listening[i].name);
+}
+
+/* failing: listener I is out of the set for now (ListenerFault). */
+static bool failing(const Loop *l, size_t i) {
+        return l->faults && l->faults[i].retry_at > l->now;
+}
+
 /* attach, detach: the loop's listeners in or out of its epoll set. EPOLLEXCLUSIVE can only be
  * given to EPOLL_CTL_ADD, so a pause is a removal and a resumption an addition. */
 static void attach(Loop *l) {
-        for (size_t i = 0; i < l->n_listening; i++) {
-                struct epoll_event ev = { .events = EPOLLIN | EPOLLEXCLUSIVE,
-                                          .data.u64 = (uintptr_t) &l->listening[i] | LISTENER_TAG };
-                if (epoll_ctl(l->epoll_fd, EPOLL_CTL_ADD, l->listening[i].fd, &ev) < 0)
-                        log_error_errno(-errno, "cannot accept from %s in an event loop", l->listening[i].name);
-        }
+        for (size_t i = 0; i < l->n_listening; i++)
+                if (!failing(l, i))
+                        add_listener(l, i);
         l->attached = true;
 }
 
+/* detach: every listener out (one already out for its fault: ENOENT, ignored). */
 static void detach(Loop *l) {
         if (!l->attached)
                 return;
         for (size_t i = 0; i < l->n_listening; i++)
                 (void) epoll_ctl(l->epoll_fd, EPOLL_CTL_DEL, l->listening[i].fd, NULL);
         l->attached = false;
+}
+
+/* retry_failed: the listeners out for their fault whose time has come, back in the set. */
+static void retry_failed(Loop *l) {
+        for (size_t i = 0; l->faults && i < l->n_listening; i++)
+                if (l->faults[i].retry_at != 0 && !failing(l, i))
+                        add_listener(l, i);
+}
+
+/* listener_failed: VIA's accept() failed for a reason of its own (-ERROR): it alone is out of
+ * the set until the pause ends; false without the memory to keep that apart. */
+static bool listener_failed(Loop *l, const Listener *via, int error) {
+        if (!l->faults)
+                return false;
+        ListenerFault *f = &l->faults[via - l->listening];
+        if (!f->failing)
+                listener_log_failing(via, error);
+        f->failing = true;
+        f->retry_at = l->now + ENGINE_ACCEPT_PAUSE_USEC;
+        (void) epoll_ctl(l->epoll_fd, EPOLL_CTL_DEL, via->fd, NULL);
+        return true;
 }
 
 /* begin: S, admitted, is this loop's. */
@@ -622,13 +672,17 @@ static void sync_listeners(Loop *l) {
         if (loopset_listen_gen(l->base.set) != l->listen_gen) {
                 detach(l);
                 l->listen_gen = loopset_take_listeners(&l->base, &l->listening, &l->n_listening);
+                free(l->faults);
+                l->faults = l->n_listening ? calloc(l->n_listening, sizeof(*l->faults)) : NULL;
         }
         if (l->paused_until != 0 && l->now >= l->paused_until)
                 l->paused_until = 0;
         bool accepting = !l->exiting && !l->waiting_slot && l->paused_until == 0;
         if (accepting && !l->attached)
                 attach(l);
-        else if (!accepting)
+        else if (accepting)
+                retry_failed(l);
+        else
                 detach(l);
 }
 
@@ -650,11 +704,21 @@ static void on_listener(Loop *l, const Listener *via) {
                 if (fd < 0 && kind == ACCEPT_RETRY)
                         continue;
                 if (fd < 0) {
+                        int error = -errno;
+                        if (kind == ACCEPT_FAILED && listener_failed(l, via, error))
+                                return;
+                        if (kind == ACCEPT_FAILED)
+                                log_error_errno(error, "accept on %s failed, pausing", via->name);
                         if (kind != ACCEPT_DRAINED) {
                                 l->paused_until = l->now + ENGINE_ACCEPT_PAUSE_USEC;
                                 detach(l);
                         }
                         return;
+                }
+                ListenerFault *f = l->faults ? &l->faults[via - l->listening] : NULL;
+                if (f && f->failing) {
+                        f->failing = false;
+                        listener_log_accepting(via);
                 }
                 bool queued = false;
                 Session *s = hooks->admit(hooks->userdata, fd, (const struct sockaddr *) &peer, via, &queued);
@@ -828,6 +892,7 @@ static void loop_done(LoopBase *base) {
                 close(l->epoll_fd);
         free(l->in_buf);
         free(l->out_buf);
+        free(l->faults);
 }
 
 static int pool_add(Engine *e, Session *s) {

@@ -129,6 +129,12 @@ typedef struct Acceptor {
         bool armed, cancelling;
         bool poll_first; /* out of descriptors: wait for a client before the next accept */
         bool polling;    /* what is armed is that wait (IORING_OP_POLL_ADD), not an accept */
+        /* Its accept failed for a reason of its own (ACCEPT_FAILED: shut down, say): not armed
+         * again before RETRY_AT (usec; 0: none), while the other listeners go on (a pause of
+         * them all kept every client waiting out each of its 100 ms); logged once, not at every
+         * retry, until it accepts again. */
+        uint64_t retry_at;
+        bool failing;
 } Acceptor;
 
 typedef struct Loop {
@@ -831,6 +837,10 @@ static void on_accept(Loop *l, Acceptor *a, int res) {
         }
         if (res == -ECANCELED)
                 return;
+        if (res >= 0 && a->failing) {
+                a->failing = false;
+                listener_log_accepting(a->via);
+        }
         if (res >= 0 && l->exiting) {
                 /* Accepted as the loop stopped: nobody would stop a session of it. It goes
                  * where the parked clients go at the loop's end. */
@@ -857,8 +867,11 @@ static void on_accept(Loop *l, Acceptor *a, int res) {
                 a->poll_first = true;
                 break;
         case ACCEPT_FAILED:
-                log_error_errno(res, "accept on %s failed, pausing", a->via->name);
-                break;
+                if (!a->failing)
+                        listener_log_failing(a->via, res);
+                a->failing = true;
+                a->retry_at = l->now + ENGINE_ACCEPT_PAUSE_USEC;
+                return;
         }
         l->paused_until = l->now + ENGINE_ACCEPT_PAUSE_USEC;
 }
@@ -919,7 +932,7 @@ static void sync_listeners(Loop *l) {
         if (!accepting(l))
                 return;
         for (size_t i = 0; i < l->n_acc; i++)
-                if (!l->acc[i].armed) {
+                if (!l->acc[i].armed && l->now >= l->acc[i].retry_at) {
                         /* An accept armed while clients wait for a slot (here or in another
                          * loop) would take the next one from the backlog past them. */
                         const EngineHooks *hooks = &l->base.set->engine.hooks;
@@ -1023,6 +1036,9 @@ static bool wait_time(const Loop *l, struct __kernel_timespec *ts) {
                 return false;
         if (l->paused_until != 0 && l->paused_until < wake)
                 wake = l->paused_until;
+        for (size_t i = 0; accepting(l) && i < l->n_acc; i++) /* a failed listener's retry */
+                if (!l->acc[i].armed && l->acc[i].retry_at > l->now && l->acc[i].retry_at < wake)
+                        wake = l->acc[i].retry_at;
         if (wake == SESSION_NO_DEADLINE)
                 return false;
         uint64_t now = now_usec(), usec = wake > now ? wake - now : 0;

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -795,6 +796,93 @@ Test(lifecycle, sighup_moves_a_port_from_wildcard_to_loopback, .timeout = 60) {
         fd = client_connect(d->port);
         client_expect_str(fd, HELLOD_GREETING);
         client_close(fd);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* listening_copy: a copy of D's socket listening on 127.0.0.1:PORT, taken from the process
+ * (pidfd_getfd), as another holder of the socket would have one (systemd, PID 1's store). */
+static int listening_copy(Hellod *d, uint16_t port) {
+        int pidfd = (int) syscall(SYS_pidfd_open, d->pid, 0);
+        int error = 0;
+        cr_assert_geq(pidfd, 0, "pidfd_open(%d): %s", (int) d->pid, strerror(errno));
+        for (int n = 3; n < 1024; n++) {
+                int fd = (int) syscall(SYS_pidfd_getfd, pidfd, n, 0);
+                if (fd < 0 && errno != EBADF)
+                        error = errno;
+                struct sockaddr_in addr;
+                socklen_t len = sizeof(addr);
+                int listening = 0;
+                socklen_t opt_len = sizeof(listening);
+
+                if (fd < 0)
+                        continue;
+                if (getsockname(fd, (struct sockaddr *) &addr, &len) == 0 && addr.sin_family == AF_INET &&
+                    ntohs(addr.sin_port) == port &&
+                    getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &opt_len) == 0 && listening) {
+                        close(pidfd);
+                        return fd;
+                }
+                close(fd);
+        }
+        close(pidfd);
+        cr_assert_fail("hellod (pid %d) has no socket listening on 127.0.0.1:%u%s%s", (int) d->pid, (unsigned) port,
+                       error ? "; pidfd_getfd: " : "", error ? strerror(error) : "");
+        return -1;
+}
+
+/* A listener whose accept() fails for a reason of its own (here: shut down by another holder
+ * of the socket, so that accept() says EINVAL, and epoll or io_uring says it is ready at once
+ * after every pause) is retried alone: the other listener serves on, the failure is logged
+ * once (by each event loop at most), not at every retry, and once the socket listens again
+ * it serves again, which is logged too. Every model and backend. Before, the pool paused
+ * every listener after each failure, and the failing one came first in each batch after the
+ * pause: the other listener's clients were never accepted; io_uring kept each waiting out a
+ * 100 ms pause, and both logged the failure 10 times a second and event loop. */
+Test(lifecycle, a_listener_that_fails_leaves_the_others_serving, .timeout = 90) {
+        Hellod *d = hellod_new();
+        uint16_t broken = harness_pick_port();
+        char failed[96], again[96];
+
+        snprintf(failed, sizeof(failed), "accept on 127.0.0.1:%u failed", (unsigned) broken);
+        snprintf(again, sizeof(again), "accept on 127.0.0.1:%u works again", (unsigned) broken);
+        /* The failing listener first: it comes first in a batch of events then. */
+        hellod_write_config(d, "listen = [\"127.0.0.1:%u\", \"127.0.0.1\"];\nport = %u;\n", (unsigned) broken,
+                            (unsigned) d->port);
+        hellod_spawn(d, NULL);
+        hellod_wait_ready(d);
+        int copy = listening_copy(d, broken);
+
+        harness_step("shut 127.0.0.1:%u down through a copy of hellod's socket", (unsigned) broken);
+        cr_assert_eq(shutdown(copy, SHUT_RD), 0, "shutdown: %s", strerror(errno));
+        hellod_wait_stderr(d, failed);
+        for (int i = 0; i < 50; i++) {
+                int fd = client_connect(d->port);
+                client_expect_str(fd, HELLOD_GREETING);
+                client_hello(fd, "the other listener");
+                client_close(fd);
+        }
+        /* Retried every 100 ms meanwhile, by every event loop (the shutdown woke them all):
+         * each logs the failure once, however many retries (about 9 more each by now). */
+        harness_sleep_ms(900);
+        int logged = hellod_count_in_stderr(d, failed), loops = 1;
+        char *err = hellod_stderr(d), *pool = strstr(err, "a pool of ");
+        if (pool)
+                loops = atoi(pool + strlen("a pool of "));
+        free(err);
+        cr_assert(logged >= 1 && logged <= loops, "the failure was logged %d times by %d event loop(s)", logged, loops);
+
+        harness_step("the socket listens again");
+        cr_assert_eq(listen(copy, 16), 0, "listen: %s", strerror(errno));
+        /* Each loop that failed says so at its next accept: a few clients, until one has. */
+        for (int i = 0; i < 20 && hellod_count_in_stderr(d, again) == 0; i++) {
+                int fd = client_connect_to("127.0.0.1", broken, NULL);
+                client_expect_str(fd, HELLOD_GREETING);
+                client_hello(fd, "the listener back");
+                client_close(fd);
+        }
+        hellod_wait_stderr(d, again);
+        close(copy);
         hellod_stop_clean(d);
         hellod_free(d);
 }
