@@ -1138,9 +1138,10 @@ int listener_accept(const Listener *l, int flags, struct sockaddr_storage *peer,
         return -1;
 }
 
-void listener_log_failing(const Listener *l, int error) {
-        log_error_errno(error, "accept on %s failed; trying it again every %u ms, the other listeners go on", l->name,
-                        ENGINE_ACCEPT_PAUSE_USEC / 1000u);
+void listener_note_failure(const Listener *l, bool *failing, int error) {
+        if (!__atomic_exchange_n(failing, true, __ATOMIC_RELAXED))
+                log_error_errno(error, "accept on %s failed; trying it again every %u ms, the other listeners go on",
+                                l->name, ENGINE_ACCEPT_PAUSE_USEC / 1000u);
 }
 
 void listener_log_accepting(const Listener *l) {

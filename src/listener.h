@@ -173,7 +173,14 @@ AcceptError listener_accept_error(int errnum);
  * accepting from L alone (for ENGINE_ACCEPT_PAUSE_USEC, again and again): the other listeners go on. */
 int listener_accept(const Listener *l, int flags, struct sockaddr_storage *peer, AcceptError *kind,
                     void (*exhausted)(void *userdata, const Listener *via, int error), void *userdata);
-/* listener_log_failing: L's accept() failed with -ERROR (ACCEPT_FAILED), where it did not
- * just before: logged once, not at every retry. listener_log_accepting: it accepts again. */
-void listener_log_failing(const Listener *l, int error);
+/* listener_note_failure: L's accept() failed with -ERROR for a reason of its own
+ * (ACCEPT_FAILED): logged if *FAILING was clear (the first failure since L last accepted),
+ * not at every retry; *FAILING is set. listener_note_accepted: L accepted: "works again" is
+ * logged if *FAILING was set, and it is cleared. *FAILING is the caller's, one a listener and
+ * event loop (or one a listener, for threads that share it: it is accessed atomically). */
+void listener_note_failure(const Listener *l, bool *failing, int error);
 void listener_log_accepting(const Listener *l);
+static inline void listener_note_accepted(const Listener *l, bool *failing) {
+        if (__atomic_load_n(failing, __ATOMIC_RELAXED) && __atomic_exchange_n(failing, false, __ATOMIC_RELAXED))
+                listener_log_accepting(l);
+}

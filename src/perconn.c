@@ -574,20 +574,6 @@ static void orphan_queued(PerConn *p) {
         }
 }
 
-/* note_accept: listener I accepted (ERROR 0) or failed with KIND: the failure of its own
- * (ACCEPT_FAILED) logged once until it accepts again. It alone stays disarmed meanwhile. */
-static void note_accept(PerConn *p, size_t i, int error, AcceptError kind) {
-        const Listener *l = &p->listeners[i];
-
-        if (error == 0) {
-                if (p->failing && __atomic_load_n(&p->failing[i], __ATOMIC_RELAXED) &&
-                    __atomic_exchange_n(&p->failing[i], false, __ATOMIC_RELAXED))
-                        listener_log_accepting(l);
-        } else if (kind == ACCEPT_FAILED && (!p->failing || !__atomic_exchange_n(&p->failing[i], true, __ATOMIC_RELAXED))) {
-                listener_log_failing(l, error);
-        }
-}
-
 /* take_connection: the listener behind KEY said a client is waiting: accept and admit it.
  * NULL when there is none to serve (taken by another thread, refused, or not now); *LEAVE
  * when this thread should leave instead (workers_stale). */
@@ -596,7 +582,7 @@ static Session *take_connection(PerConn *p, uint64_t key, bool *leave) {
         size_t i = (uint32_t) key;
         struct sockaddr_storage peer;
         Session *s = NULL;
-        AcceptError kind = ACCEPT_DRAINED; /* set on a failure only */
+        AcceptError kind;
 
         pthread_rwlock_rdlock(&p->listen_lock);
         if (key >> 32 != p->listen_gen || i >= p->n_listeners) {
@@ -611,7 +597,12 @@ static Session *take_connection(PerConn *p, uint64_t key, bool *leave) {
                 uint64_t resumes = __atomic_load_n(&p->resumes, __ATOMIC_ACQUIRE);
                 bool queued = false;
                 int fd = listener_accept(l, SOCK_CLOEXEC, &peer, &kind, hooks->exhausted, hooks->userdata);
-                note_accept(p, i, fd < 0 ? -errno : 0, kind);
+                bool unshared = false; /* without p->failing: every failure logged */
+                bool *failing = p->failing ? &p->failing[i] : &unshared;
+                if (fd >= 0)
+                        listener_note_accepted(l, failing);
+                else if (kind == ACCEPT_FAILED) /* it alone stays disarmed, until the resume */
+                        listener_note_failure(l, failing, -errno);
                 if (fd >= 0 && (s = hooks->admit(hooks->userdata, fd, (const struct sockaddr *) &peer, l, &queued)))
                         s->engine = &p->engine;
                 /* Re-armed once this client is admitted, not before: the next thread's

@@ -104,6 +104,7 @@ typedef struct Loop {
         uint64_t paused_until; /* usec: out of descriptors; 0: not paused */
         ListenerFault *faults; /* one a listening entry; NULL: no memory for them (a failure then
                                 * pauses every listener, as running out of descriptors does) */
+        uint64_t retry_at;     /* usec: the earliest ListenerFault.retry_at, or earlier; 0: none */
         /* usec: read once as each turn begins (after epoll_wait) and again before the deadlines
          * run, as nginx and Redis do. A deadline set during a turn counts from the turn's
          * start, a few microseconds early; a clock read a request cost ~1% of a round trip. */
@@ -572,9 +573,8 @@ static int poll_timeout(const Loop *l) {
                 return 0;
         if (l->paused_until != 0 && l->paused_until < wake)
                 wake = l->paused_until;
-        for (size_t i = 0; l->attached && l->faults && i < l->n_listening; i++)
-                if (l->faults[i].retry_at != 0 && l->faults[i].retry_at < wake)
-                        wake = l->faults[i].retry_at;
+        if (l->attached && l->retry_at != 0 && l->retry_at < wake)
+                wake = l->retry_at;
         if (wake == SESSION_NO_DEADLINE)
                 return -1;
         if (wake <= l->now) /* l->now: read as the deadlines ran, just before */
@@ -596,8 +596,8 @@ static void add_listener(Loop *l, size_t i) {
                 log_error_errno(-errno, "cannot accept from %s in an event loop", l->listening[i].name);
 }
 
-/* failing: listener I is out of the set for now (ListenerFault). */
-static bool failing(const Loop *l, size_t i) {
+/* waiting_out: listener I is out of the set for its fault, for now (ListenerFault). */
+static bool waiting_out(const Loop *l, size_t i) {
         return l->faults && l->faults[i].retry_at > l->now;
 }
 
@@ -605,7 +605,7 @@ static bool failing(const Loop *l, size_t i) {
  * given to EPOLL_CTL_ADD, so a pause is a removal and a resumption an addition. */
 static void attach(Loop *l) {
         for (size_t i = 0; i < l->n_listening; i++)
-                if (!failing(l, i))
+                if (!waiting_out(l, i))
                         add_listener(l, i);
         l->attached = true;
 }
@@ -619,11 +619,18 @@ static void detach(Loop *l) {
         l->attached = false;
 }
 
-/* retry_failed: the listeners out for their fault whose time has come, back in the set. */
+/* retry_failed: once the earliest retry is due, the listeners out for their fault whose time
+ * has come back in the set, and the next retry found (a round with none due costs a compare). */
 static void retry_failed(Loop *l) {
-        for (size_t i = 0; l->faults && i < l->n_listening; i++)
-                if (l->faults[i].retry_at != 0 && !failing(l, i))
+        if (l->retry_at == 0 || l->now < l->retry_at)
+                return;
+        l->retry_at = 0;
+        for (size_t i = 0; l->faults && i < l->n_listening; i++) {
+                if (l->faults[i].retry_at != 0 && !waiting_out(l, i))
                         add_listener(l, i);
+                if (l->faults[i].retry_at != 0 && (l->retry_at == 0 || l->faults[i].retry_at < l->retry_at))
+                        l->retry_at = l->faults[i].retry_at;
+        }
 }
 
 /* listener_failed: VIA's accept() failed for a reason of its own (-ERROR): it alone is out of
@@ -632,10 +639,10 @@ static bool listener_failed(Loop *l, const Listener *via, int error) {
         if (!l->faults)
                 return false;
         ListenerFault *f = &l->faults[via - l->listening];
-        if (!f->failing)
-                listener_log_failing(via, error);
-        f->failing = true;
+        listener_note_failure(via, &f->failing, error);
         f->retry_at = l->now + ENGINE_ACCEPT_PAUSE_USEC;
+        if (l->retry_at == 0 || f->retry_at < l->retry_at)
+                l->retry_at = f->retry_at;
         (void) epoll_ctl(l->epoll_fd, EPOLL_CTL_DEL, via->fd, NULL);
         return true;
 }
@@ -674,6 +681,7 @@ static void sync_listeners(Loop *l) {
                 l->listen_gen = loopset_take_listeners(&l->base, &l->listening, &l->n_listening);
                 free(l->faults);
                 l->faults = l->n_listening ? calloc(l->n_listening, sizeof(*l->faults)) : NULL;
+                l->retry_at = 0;
         }
         if (l->paused_until != 0 && l->now >= l->paused_until)
                 l->paused_until = 0;
@@ -715,11 +723,8 @@ static void on_listener(Loop *l, const Listener *via) {
                         }
                         return;
                 }
-                ListenerFault *f = l->faults ? &l->faults[via - l->listening] : NULL;
-                if (f && f->failing) {
-                        f->failing = false;
-                        listener_log_accepting(via);
-                }
+                if (l->faults)
+                        listener_note_accepted(via, &l->faults[via - l->listening].failing);
                 bool queued = false;
                 Session *s = hooks->admit(hooks->userdata, fd, (const struct sockaddr *) &peer, via, &queued);
                 if (queued) { /* another loop took the last slot since must_wait() */

@@ -166,6 +166,7 @@ typedef struct Loop {
         bool handing_over; /* ... by handing its sessions over: each goes once its operations are in */
         bool waiting_slot; /* overload = "queue": every slot taken */
         uint64_t paused_until;
+        uint64_t retry_at; /* usec: the earliest Acceptor.retry_at ahead, or earlier; 0: none */
         /* CLOCK_MONOTONIC, read once a round: deadlines are whole seconds, and reading the
          * clock per request was 3-4% of the loop's time under load (perf). */
         uint64_t now;
@@ -837,10 +838,8 @@ static void on_accept(Loop *l, Acceptor *a, int res) {
         }
         if (res == -ECANCELED)
                 return;
-        if (res >= 0 && a->failing) {
-                a->failing = false;
-                listener_log_accepting(a->via);
-        }
+        if (res >= 0)
+                listener_note_accepted(a->via, &a->failing);
         if (res >= 0 && l->exiting) {
                 /* Accepted as the loop stopped: nobody would stop a session of it. It goes
                  * where the parked clients go at the loop's end. */
@@ -867,10 +866,10 @@ static void on_accept(Loop *l, Acceptor *a, int res) {
                 a->poll_first = true;
                 break;
         case ACCEPT_FAILED:
-                if (!a->failing)
-                        listener_log_failing(a->via, res);
-                a->failing = true;
+                listener_note_failure(a->via, &a->failing, res);
                 a->retry_at = l->now + ENGINE_ACCEPT_PAUSE_USEC;
+                if (l->retry_at == 0 || a->retry_at < l->retry_at)
+                        l->retry_at = a->retry_at;
                 return;
         }
         l->paused_until = l->now + ENGINE_ACCEPT_PAUSE_USEC;
@@ -894,6 +893,7 @@ static void acceptors_take(Loop *l) {
         free(l->acc);
         l->acc = NULL;
         l->n_acc = 0;
+        l->retry_at = 0;
         l->listen_gen = loopset_take_listeners(&l->base, &listeners, &n);
         if (n > 0 && (l->acc = calloc(n, sizeof(Acceptor)))) {
                 l->n_acc = n;
@@ -929,6 +929,12 @@ static void sync_listeners(Loop *l) {
         }
         if (l->paused_until != 0 && l->now >= l->paused_until)
                 l->paused_until = 0;
+        if (l->retry_at != 0 && l->now >= l->retry_at) { /* the next failed listener's retry */
+                l->retry_at = 0;
+                for (size_t i = 0; i < l->n_acc; i++)
+                        if (l->acc[i].retry_at > l->now && (l->retry_at == 0 || l->acc[i].retry_at < l->retry_at))
+                                l->retry_at = l->acc[i].retry_at;
+        }
         if (!accepting(l))
                 return;
         for (size_t i = 0; i < l->n_acc; i++)
@@ -1036,9 +1042,8 @@ static bool wait_time(const Loop *l, struct __kernel_timespec *ts) {
                 return false;
         if (l->paused_until != 0 && l->paused_until < wake)
                 wake = l->paused_until;
-        for (size_t i = 0; accepting(l) && i < l->n_acc; i++) /* a failed listener's retry */
-                if (!l->acc[i].armed && l->acc[i].retry_at > l->now && l->acc[i].retry_at < wake)
-                        wake = l->acc[i].retry_at;
+        if (accepting(l) && l->retry_at > l->now && l->retry_at < wake) /* a failed listener's retry */
+                wake = l->retry_at;
         if (wake == SESSION_NO_DEADLINE)
                 return false;
         uint64_t now = now_usec(), usec = wake > now ? wake - now : 0;
