@@ -468,6 +468,12 @@ static size_t chunk_name(const unsigned char *msg, size_t len) {
         return len;
 }
 
+/* want_add: LEN bytes of the model's answer, behind what it has. */
+static void want_add(Plan *p, const void *bytes, size_t len) {
+        memcpy(p->want + p->want_n, bytes, len);
+        p->want_n += len;
+}
+
 /* chunk_add: one message, its terminator (none, LF or CRLF) and the model's answer: the reply,
  * ERR line too long, or nothing for exit. */
 static void chunk_add(Plan *p, Rng *r, const unsigned char *data, size_t len, size_t max_line) {
@@ -481,17 +487,14 @@ static void chunk_add(Plan *p, Rng *r, const unsigned char *data, size_t len, si
         p->msg_end[p->messages++] = p->n;
         size_t name = chunk_name(msg, len + strlen(t));
         if (name > max_line) {
-                memcpy(p->want + p->want_n, HELLOD_ERR_TOO_LONG, strlen(HELLOD_ERR_TOO_LONG));
-                p->want_n += strlen(HELLOD_ERR_TOO_LONG);
+                want_add(p, HELLOD_ERR_TOO_LONG, strlen(HELLOD_ERR_TOO_LONG));
                 p->too_long = true;
         } else if (name == 4 && memcmp(msg, "exit", 4) == 0) {
                 p->exits = true;
         } else {
-                size_t pl = strlen(setup->prefix), sl = strlen(setup->suffix);
-                memcpy(p->want + p->want_n, setup->prefix, pl);
-                memcpy(p->want + p->want_n + pl, msg, name);
-                memcpy(p->want + p->want_n + pl + name, setup->suffix, sl);
-                p->want_n += pl + name + sl;
+                want_add(p, setup->prefix, strlen(setup->prefix));
+                want_add(p, msg, name);
+                want_add(p, setup->suffix, strlen(setup->suffix));
                 p->lines++;
         }
         p->gate[p->messages] = p->want_n;
@@ -506,12 +509,12 @@ static bool chunk_plan(Plan *p, Rng *r, size_t max_line) {
         size_t pl = strlen(setup->prefix), sl = strlen(setup->suffix);
         unsigned char data[MAX_LINE_MAX + 256];
 
-        if (max_line > MAX_LINE_MAX || !(p->in = malloc((count + 1) * (max_line + 256))) || !(p->msg_end = malloc((count + 2) * sizeof(size_t))) ||
-            !(p->gate = malloc((count + 2) * sizeof(size_t))) ||
+        if (max_line > MAX_LINE_MAX || !(p->in = malloc((count + 1) * (max_line + 256))) ||
+            !(p->msg_end = malloc((count + 2) * sizeof(size_t))) || !(p->gate = malloc((count + 2) * sizeof(size_t))) ||
             !(p->want = malloc(greeting + count * (pl + max_line + sl) + 64)))
                 return false;
-        memcpy(p->want, HELLOD_GREETING, greeting);
-        p->want_n = p->gate[0] = greeting;
+        want_add(p, HELLOD_GREETING, greeting);
+        p->gate[0] = p->want_n;
         for (size_t i = 0; i < count; i++) {
                 size_t len = line_length(r, max_line, false);
                 for (size_t k = 0; k < len; k++)
@@ -595,8 +598,7 @@ static bool plan_make(Plan *p, uint64_t seed) {
         /* A stalled client's complete lines are answered, then the timeout ends it (an ERR line
          * too long ends it first). */
         if (p->ending == END_STALL && !p->too_long) {
-                memcpy(p->want + p->want_n, HELLOD_ERR_IDLE, strlen(HELLOD_ERR_IDLE));
-                p->want_n += strlen(HELLOD_ERR_IDLE);
+                want_add(p, HELLOD_ERR_IDLE, strlen(HELLOD_ERR_IDLE));
         }
         if (!plan_end(p, &r))
                 return false;
