@@ -375,7 +375,9 @@ static const char *check_state(const HandoverRecord *rec, const HandoverLimits *
                 return "inside a telnet subnegotiation after the end";
         if (rec->subnegotiation_len > limits->max_line_length)
                 return "subnegotiation longer than max_line_length allows";
-        if (lingering && (rec->end == PROTO_END_NONE || rec->end == PROTO_END_EOF || rec->end == PROTO_END_SHUTDOWN))
+        /* Lingering with no end is a close taken up after a crash, how it ended lost with the
+         * crashed process (handoff_session_fresh): it lingers on like any other. */
+        if (lingering && (rec->end == PROTO_END_EOF || rec->end == PROTO_END_SHUTDOWN))
                 return "lingering after an end that does not linger";
         if (lingering && (rec->pending_len || rec->input_len || rec->output_len))
                 return "lingering with data still to handle";

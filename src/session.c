@@ -338,6 +338,8 @@ void session_fail(Session *s, int r) {
 }
 
 const char *session_reason(const Session *s) {
+        if (!s->error && s->lingering && s->proto.end == PROTO_END_NONE)
+                return "ended-before-a-crash"; /* taken up with its state lost (handoff_session_fresh) */
         return s->error ? s->error : proto_end_to_string(s->proto.end);
 }
 

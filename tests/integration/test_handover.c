@@ -975,6 +975,46 @@ Test(handover, always_a_lingering_balancer_connection_keeps_its_name_across_a_re
         store_end_rig(r.d, &r.st, r.listener);
 }
 
+/* frozen_while_lingering: a conversation of R's new process on MODEL ended by a line over the
+ * limit (hellod's FIN sent), hellod frozen while it lingers (its socket in the store under its
+ * ended name); returns the client's end. */
+static int frozen_while_lingering(Rig *r, const char *model) {
+        enum { ATTEMPTS = 3, LINGER_MS = 1000 };
+        int fd;
+
+        for (int attempt = 1;; attempt++) {
+                rig_start(r);
+                rig_serve(r,
+                          "max_line_length = 8;\nidle_timeout = 3600;\nhandover = \"always\";\n%slog_level = \"info\";\n",
+                          MODEL(model, 1));
+                fd = client_connect(r->port);
+                client_expect_str(fd, HELLOD_GREETING);
+                int64_t sent = harness_now_ms(); /* before hellod's FIN, which starts the second */
+                client_send_str(fd, "far too long a line\n");
+                client_expect_str(fd, "ERR line too long\r\n");
+                client_expect_eof(fd, false);
+                if (strcmp(model, "per-connection") == 0) /* its session is done: the lingerer holds it */
+                        hellod_wait_stderr(r->d, " closed: ");
+                /* Renamed once its FIN is out (a crash before that leaves it under its live name,
+                 * for PID 1 to drop at the client's FIN): waited for within the second. */
+                while (store_count_suffix(&r->st, ".end") == 0 && harness_now_ms() - sent < LINGER_MS)
+                        harness_sleep_ms(5);
+                hellod_freeze(r->d); /* within the lingering second, if the machine keeps up */
+                int64_t elapsed = harness_now_ms() - sent;
+                if (store_count_settled(&r->st, "c") == 1 && store_count_suffix(&r->st, ".end") == 1)
+                        break; /* the lingering conversation's socket, renamed */
+                /* Out of the store before its second was over, or its second ran out first on a
+                 * loaded machine (then again). */
+                cr_assert(elapsed >= LINGER_MS, "out of the store %lld ms after the line, before its lingering second ended",
+                          (long long) elapsed);
+                cr_assert(attempt < ATTEMPTS, "the lingering second ran out before the freeze in %d attempts", ATTEMPTS);
+                hellod_thaw(r->d);
+                client_close(fd);
+                rig_end(r);
+        }
+        return fd;
+}
+
 /* In the crash mode a conversation that has ended stays in the store while it lingers (its
  * FIN sent, waiting for the client's). Crashed then, the next process took it for a live one,
  * with no state: a fresh conversation with a whole idle timeout, answering the next line on a
@@ -992,42 +1032,10 @@ Test(handover, always_a_lingering_balancer_connection_keeps_its_name_across_a_re
  * frozen within the second (SESSION_LINGER_USEC), and all again if a loaded machine let the
  * second run out first. MODEL: the worker model (model_config()). */
 static void ended_conversation_crashes(const char *model, bool client_closed) {
-        enum { ATTEMPTS = 3, LINGER_MS = 1000 };
         Rig r;
-        int fd;
 
         harness_step("%s: the client %s", model, client_closed ? "sends a line and closes before the crash" : "waits");
-        for (int attempt = 1;; attempt++) {
-                rig_start(&r);
-                rig_serve(&r,
-                          "max_line_length = 8;\nidle_timeout = 3600;\nhandover = \"always\";\n%slog_level = \"info\";\n",
-                          MODEL(model, 1));
-                fd = client_connect(r.port);
-                client_expect_str(fd, HELLOD_GREETING);
-                int64_t sent = harness_now_ms(); /* before hellod's FIN, which starts the second */
-                client_send_str(fd, "far too long a line\n");
-                client_expect_str(fd, "ERR line too long\r\n");
-                client_expect_eof(fd, false);
-                if (strcmp(model, "per-connection") == 0) /* its session is done: the lingerer holds it */
-                        hellod_wait_stderr(r.d, " closed: ");
-                /* Renamed once its FIN is out (a crash before that leaves it under its live name,
-                 * for PID 1 to drop at the client's FIN): waited for within the second. */
-                while (store_count_suffix(&r.st, ".end") == 0 && harness_now_ms() - sent < LINGER_MS)
-                        harness_sleep_ms(5);
-                hellod_freeze(r.d); /* within the lingering second, if the machine keeps up */
-                int64_t elapsed = harness_now_ms() - sent;
-                if (store_count_settled(&r.st, "c") == 1 && store_count_suffix(&r.st, ".end") == 1)
-                        break; /* the lingering conversation's socket, renamed */
-                /* Out of the store before its second was over, or its second ran out first on a
-                 * loaded machine (then again). */
-                cr_assert(elapsed >= LINGER_MS, "out of the store %lld ms after the line, before its lingering second ended",
-                          (long long) elapsed);
-                cr_assert(attempt < ATTEMPTS, "the lingering second ran out before the freeze in %d attempts", ATTEMPTS);
-                hellod_thaw(r.d);
-                client_close(fd);
-                rig_end(&r);
-        }
-
+        int fd = frozen_while_lingering(&r, model);
         if (client_closed) {
                 client_send_str(fd, "late\n");
                 client_shutdown_write(fd);
@@ -1049,12 +1057,45 @@ static void ended_conversation_crashes(const char *model, bool client_closed) {
         rig_end(&r);
 }
 
+/* The close that ended_conversation_crashes() lingers out after the crash is taken up with no
+ * state (handoff_session_fresh): how it ended is not known. A restart within its second handed
+ * it over as lingering after no end at all, a record the next process refused ("lingering
+ * after an end that does not linger"): it closed the socket at once, and the line the client
+ * wrote in the gap, unread, met a reset. It now lingers on in the next process. MODEL: the
+ * worker model (model_config()). */
+static void ended_conversation_crashes_then_restarts(const char *model) {
+        Rig r;
+
+        harness_step("%s: a restart within the lingering second the crash left", model);
+        int fd = frozen_while_lingering(&r, model);
+        cr_assert_eq(truncate(r.d->stderr_path, 0), 0);
+        rig_crash(&r);
+        hellod_wait_stderr(r.d, "resumed 1 conversation kept in the store");
+        stop_and_wait(r.d); /* at once: its second began at the resume */
+        hellod_wait_stderr(r.d, "handed 1 conversation over");
+        store_wait(r.d, &r.st, "state", 1);
+        cr_assert_eq(client_write_late(fd), CLIENT_LATE_DISCARDED, "a late write met a reset in the gap");
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "resumed 1 conversation");
+        store_wait(r.d, &r.st, "c", 0); /* resumed: out of the store */
+        hellod_expect_lingering_ends_quietly(r.d, r.port, fd);
+        cr_expect_eq(hellod_count_in_stderr(r.d, "cannot resume"), 0, "a record of the hand-over refused");
+        stop_and_wait(r.d);
+        /* Its close logged once, with what is known of its end. */
+        int closed = hellod_count_in_stderr(r.d, "closed: ended-before-a-crash");
+        if (closed != 1 || hellod_count_in_stderr(r.d, "closed: none") != 0)
+                hellod_fail(r.d, "the close after the crash logged %d times as ended before it", closed);
+        client_close(fd);
+        store_end_rig(r.d, &r.st, r.listener);
+}
+
 Test(handover, always_a_conversation_that_ended_lingers_on_after_a_crash, .timeout = 90) {
         const char *models[] = { "epoll", "per-connection" }; /* io_uring leaves the crash mode to epoll */
 
         for (size_t i = 0; i < sizeof(models) / sizeof(models[0]); i++) {
                 ended_conversation_crashes(models[i], false);
                 ended_conversation_crashes(models[i], true);
+                ended_conversation_crashes_then_restarts(models[i]);
         }
 }
 

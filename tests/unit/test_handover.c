@@ -416,8 +416,9 @@ static void too_much_output(HandoverRecord *r) {
 static void discarded_not_lingering(HandoverRecord *r) {
         r->discarded = 1;
 }
-static void lingering_without_end(HandoverRecord *r) {
+static void lingering_after_eof(HandoverRecord *r) {
         r->flags = HANDOVER_LINGERING;
+        r->end = PROTO_END_EOF;
         r->pending_len = 0;
 }
 static void lingering_with_pending(HandoverRecord *r) {
@@ -486,7 +487,7 @@ Test(hostile, fields_a_live_session_cannot_have) {
         expect_hostile(too_much_input, &LIMITS, "more unread input");
         expect_hostile(too_much_output, &LIMITS, "more unsent output");
         expect_hostile(discarded_not_lingering, &LIMITS, "not lingering");
-        expect_hostile(lingering_without_end, &LIMITS, "does not linger");
+        expect_hostile(lingering_after_eof, &LIMITS, "does not linger");
         expect_hostile(lingering_with_pending, &LIMITS, "data still to handle");
         expect_hostile(lingering_for_an_hour, &LIMITS, "lingering longer than");
         expect_hostile(lingering_for_ever, &LIMITS, "lingering longer than");
@@ -503,6 +504,23 @@ Test(hostile, fields_a_live_session_cannot_have) {
         expect_hostile(long_listen, &LIMITS, "listener name");
         expect_hostile(deadline_past_any_timeout, &LIMITS, "deadline");
         expect_hostile(deadline_that_wraps_the_clock, &LIMITS, "deadline");
+}
+
+/* A close taken up after a crash lingers with its end unknown (handoff_session_fresh); handed
+ * over within its second, its record must be taken up again, not refused. */
+Test(hostile, a_lingering_close_whose_end_a_crash_lost_is_accepted) {
+        HandoverRecord rec = small_record(), back;
+        const char *reason = NULL;
+
+        rec.flags = HANDOVER_LINGERING;
+        rec.end = PROTO_END_NONE;
+        rec.pending_len = 0;
+        rec.deadline_left_usec = 400000;
+        HandoverBuf b = encode(&rec);
+        cr_assert_eq(handover_record_decode(b.data, b.len, &LIMITS, &back, NULL, &reason), 0, "%s", reason);
+        cr_assert_eq(back.end, PROTO_END_NONE);
+        cr_assert(back.flags & HANDOVER_LINGERING);
+        free(b.data);
 }
 
 /* A smaller max_line_length in the new configuration refuses a pending line the old allowed. */
