@@ -213,10 +213,12 @@ static void restore_balancer(Session *s, const HandoverRecord *rec) {
 
 /* restore: the buffers and state of REC into the new session S, GAP_USEC after it was written. */
 static int restore(Session *s, const HandoverRecord *rec, uint64_t now, uint64_t gap_usec, const char **reason) {
-        if (proto_resume(&s->proto, (const char *) rec->pending, rec->pending_len, rec->lines, rec->messages,
-                         (ProtoEnd) rec->end) < 0) {
-                *reason = "cannot restore the pending line";
-                return -EINVAL;
+        int r = proto_resume(&s->proto, (const char *) rec->pending, rec->pending_len, rec->lines, rec->messages,
+                             (ProtoEnd) rec->end);
+        if (r < 0) {
+                if (r != -ENOMEM) /* handoff_session() says that one */
+                        *reason = "cannot restore the pending line";
+                return r;
         }
         /* Before the input, which may begin with the IAC inside it (handoff_record). */
         if ((rec->flags & HANDOVER_SUBNEGOTIATION) && proto_resume_subnegotiation(&s->proto, rec->subnegotiation_len) < 0) {

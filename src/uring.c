@@ -1132,9 +1132,8 @@ static int probe_multishot(Loop *l, char *why, size_t size) {
         e->flags |= IOSQE_BUFFER_SELECT;
         e->buf_group = BUF_GROUP;
         io_uring_sqe_set_data64(e, OP_IGNORE); /* a completion left by a failed drain is not a Conn's */
-        r = (int) send(sv[1], "x", 1, MSG_NOSIGNAL);
-        if (r == 1)
-                r = io_uring_submit_and_wait(&l->ring, 1);
+        ssize_t sent = send(sv[1], "x", 1, MSG_NOSIGNAL);
+        r = sent == 1 ? io_uring_submit_and_wait(&l->ring, 1) : sent < 0 ? -errno : -EIO;
         if (r >= 0 && (r = io_uring_peek_cqe(&l->ring, &cqe)) == 0) {
                 ok = cqe->res == 1 && (cqe->flags & IORING_CQE_F_MORE) && (cqe->flags & IORING_CQE_F_BUFFER);
                 if (cqe->flags & IORING_CQE_F_BUFFER)
