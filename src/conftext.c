@@ -65,7 +65,7 @@ typedef struct Scanner {
         unsigned line;
         unsigned open_line;    /* where a string or block comment that runs to the end opens; 0: none */
         const char *open_what; /* "string" or "comment" */
-        unsigned nul_line;     /* the first line with a "\x00" in a string; 0: none */
+        unsigned nul_line;     /* the first line with a "\x00" (or "\X00") in a string; 0: none */
 } Scanner;
 
 static void scanner_init(Scanner *sc, const char *text) {
@@ -112,7 +112,7 @@ static Token scan_next(Scanner *sc) {
                 t.line_start = strspn(sc->bol, " \t") >= (size_t) (p - sc->bol);
                 if (*p == '"') {
                         for (q = p + 1; *q && *q != '"'; q++) {
-                                if (q[0] == '\\' && q[1] == 'x' && q[2] == '0' && q[3] == '0' && !sc->nul_line)
+                                if (q[0] == '\\' && (q[1] == 'x' || q[1] == 'X') && q[2] == '0' && q[3] == '0' && !sc->nul_line)
                                         sc->nul_line = sc->line;
                                 if (*q == '\\' && q[1])
                                         q++;
@@ -475,7 +475,7 @@ static int splice_text(Builder *b, const char *file, const char *text, unsigned 
         if (sc.open_line != 0)
                 return text_error(b->err, -EINVAL, file, sc.open_line, "a %s opened here runs to the end of the file",
                                   sc.open_what);
-        /* libconfig drops a NUL byte from a string in silence ("a\x00b" is "ab"). */
+        /* libconfig drops a NUL byte from a string in silence ("a\x00b" and "a\X00b" are "ab"). */
         if (sc.nul_line != 0)
                 return text_error(b->err, -EINVAL, file, sc.nul_line, "\\x00 in a string: a string cannot hold a NUL byte");
         r = emit(b, copied, strlen(copied));

@@ -1689,6 +1689,8 @@ Test(conf_text, a_comment_or_string_left_open_is_an_error_where_it_opens) {
 Test(conf_text, a_nul_escape_in_a_string_is_an_error) {
         expect_error("port = 7000;\ngreeting = \"Hello\\x00 there\";\n", 2, NULL, "cannot hold a NUL byte");
         expect_error("user = \"nobody\\x00x\";\n", 1, NULL, "cannot hold a NUL byte");
+        /* libconfig takes \X as \x: user = "nobody\X00x" was "nobodyx", and valid. */
+        expect_error("user = \"nobody\\X00x\";\n", 1, NULL, "cannot hold a NUL byte");
         Conf *c = load_ok("greeting = \"an escaped backslash: \\\\x00 is text\";\n");
         cr_expect_str_eq(c->greeting, "an escaped backslash: \\x00 is text");
         conf_unref(c);
