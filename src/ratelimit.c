@@ -53,3 +53,11 @@ unsigned ratelimit_held_back(RateLimit *rl, uint64_t *ret_due) {
         pthread_mutex_unlock(&rl->lock);
         return held;
 }
+
+unsigned ratelimit_held_back_now(RateLimit *rl) {
+        pthread_mutex_lock(&rl->lock);
+        unsigned held = rl->suppressed;
+        rl->suppressed = 0;
+        pthread_mutex_unlock(&rl->lock);
+        return held;
+}

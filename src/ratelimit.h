@@ -34,3 +34,7 @@ bool ratelimit_allow(RateLimit *rl, unsigned *ret_suppressed);
  * ends, in CLOCK_MONOTONIC microseconds, else 0. So those held back last are reported once
  * their second is over, whether or not another event comes. */
 unsigned ratelimit_held_back(RateLimit *rl, uint64_t *ret_due);
+
+/* ratelimit_held_back_now: the number held back and not yet reported, whether or not their
+ * window has ended: for a last report before the process exits. */
+unsigned ratelimit_held_back_now(RateLimit *rl);

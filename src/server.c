@@ -1281,6 +1281,13 @@ static void report_held_back(Server *s) {
         session_log_closed_held_back(&s->closes_due);
 }
 
+/* report_held_back_at_exit: the same, their second over or not: the stop's own close lines
+ * (refusals too) would otherwise go unreported with the process. */
+static void report_held_back_at_exit(Server *s) {
+        log_refusals_held_back(ratelimit_held_back_now(&s->refusal_log));
+        session_log_closed_held_back_now();
+}
+
 /* poll_timeout: until the next timed duty: the watchdog ping, the tick after connections
  * came or went, the report of log lines held back; -1 when there is none, so an idle daemon
  * sleeps. */
@@ -1401,6 +1408,7 @@ int server_run(Server *s, InheritedStore *store) {
                 }
         }
         int k = shut_down(s);
+        report_held_back_at_exit(s);
         if (r == 0)
                 r = k;
         if (r == 0)

@@ -381,6 +381,10 @@ void session_log_closed_held_back(uint64_t *ret_due) {
         log_closes_held_back(ratelimit_held_back(&close_log, ret_due));
 }
 
+void session_log_closed_held_back_now(void) {
+        log_closes_held_back(ratelimit_held_back_now(&close_log));
+}
+
 void session_log_closed(const Session *s) {
         char id[24], lines[24], usec_text[24], address[ADDR_STR_MAX];
         int level = health_check(s) ? LOG_DEBUG : LOG_INFO;

@@ -214,6 +214,9 @@ void session_log_closed(const Session *s);
  * close of a session wakes (its figures change after the line): so the count comes without
  * waiting for the next close. */
 void session_log_closed_held_back(uint64_t *ret_due);
+/* session_log_closed_held_back_now: the same for those held back in a second still running,
+ * once no session is left to log: the last line before the process exits. */
+void session_log_closed_held_back_now(void);
 
 uint64_t now_usec(void);
 

@@ -171,6 +171,37 @@ Test(lifecycle, sigterm_with_clients, .timeout = 60) {
         hellod_free(d);
 }
 
+/* The close lines a stop produces past a hundred a second are counted in a last summary line
+ * before the daemon exits: held back in the stop's last second, they used to go unreported,
+ * since the summary of a second comes once it is over and the process was gone by then. Every
+ * client is accounted for: logged one by one, or in a summary. In every worker model. */
+Test(lifecycle, close_lines_a_stop_holds_back_are_counted_before_the_exit, .timeout = 90) {
+        enum { N = 250 };
+        Hellod *d = hellod_start("log_level = \"info\";\nshutdown_timeout = 3;\n");
+        static int fds[N];
+        char buf[96];
+
+        for (int i = 0; i < N; i++) {
+                fds[i] = client_connect(d->port);
+                client_expect_str(fds[i], HELLOD_GREETING);
+        }
+        harness_step("SIGTERM with %d clients", N);
+        hellod_signal(d, SIGTERM);
+        int status = hellod_wait_exit(d, HARNESS_STOP_TIMEOUT_MS);
+        if (!exited_with(status, HELLOD_EXIT_OK))
+                hellod_fail(d, "after SIGTERM with %d clients: %s, expected exit status 0", N,
+                            harness_describe_status(status, buf, sizeof(buf)));
+        int logged = hellod_count_in_stderr(d, " closed: shutdown");
+        int held = hellod_sum_in_stderr(d, " more connection log lines were suppressed in the last second") +
+                   hellod_sum_in_stderr(d, " more connection log line was suppressed in the last second");
+        if (logged + held != N)
+                hellod_fail(d, "%d clients closed by the stop: %d close lines logged, %d said held back", N, logged,
+                            held);
+        for (int i = 0; i < N; i++)
+                client_close(fds[i]);
+        hellod_free(d);
+}
+
 /* A stop lets a lingering close that has begun run out (at most its second): a conversation
  * that ended just before SIGTERM, with its replies still on their way, gets every one of them
  * even if the client writes another line meanwhile. Cut short, the socket answered that line
