@@ -993,6 +993,9 @@ static void reload(Server *s) {
         if (r == -ECANCELED) { /* a stop came while a name was looked up: the loop reads it next */
                 log_notice("reload abandoned, hellod is stopping: %s", err);
                 conf_unref(conf);
+                /* The reload is over, and sd_notify(3) wants its RELOADING=1 answered by
+                 * READY=1 whatever came of it; STOPPING=1 follows. */
+                ready(s);
                 return;
         }
         if (r < 0) {

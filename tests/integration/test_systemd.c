@@ -833,18 +833,25 @@ Test(systemd, a_listen_name_without_an_answer_under_socket_activation_serves_the
         hellod_free(d);
 }
 
-/* stop_during_a_stuck_reload: D reloads the file just written, whose lookup gets no answer,
- * and is sent SIGTERM meanwhile: it stops cleanly, well inside hellod's own 30 s bound on the
- * lookup, the reload abandoned with ABANDONED logged, not failed. */
-static void stop_during_a_stuck_reload(Hellod *d, const char *abandoned) {
+/* stop_during_a_stuck_reload: D (notifying N) reloads the file just written, whose lookup gets
+ * no answer, and is sent SIGTERM meanwhile: it stops cleanly, well inside hellod's own 30 s
+ * bound on the lookup, the reload abandoned with ABANDONED logged, not failed; and it tells
+ * systemd the reload is over (READY=1, as sd_notify(3) wants after RELOADING=1) before
+ * STOPPING=1: it sent none, and left systemd to take the unit for still reloading. */
+static void stop_during_a_stuck_reload(Hellod *d, Notify *n, const char *abandoned) {
         hellod_signal(d, SIGHUP);
         hellod_wait_stderr(d, "reloading configuration");
+        notify_wait(n, "RELOADING=1");
+        size_t reloading = n->seen_len;
         hellod_signal(d, SIGTERM);
         cr_assert_eq(hellod_wait_exit(d, HARNESS_STOP_TIMEOUT_MS), 0);
         char *err = hellod_stderr(d);
         cr_assert(strstr(err, "reload abandoned, hellod is stopping: ") && strstr(err, abandoned), "%s", err);
         cr_assert_null(strstr(err, "reload failed"), "%s", err);
         free(err);
+        notify_wait(n, "STOPPING=1");
+        const char *after = n->seen + reloading, *ready = strstr(after, "READY=1"), *stopping = strstr(after, "STOPPING=1");
+        cr_assert(ready && ready < stopping, "no READY=1 between RELOADING=1 and STOPPING=1:\n%s", after);
 }
 
 /* SIGTERM during a reload stuck on a name lookup: hellod stops at once, the reload abandoned,
@@ -852,15 +859,19 @@ static void stop_during_a_stuck_reload(Hellod *d, const char *abandoned) {
 Test(systemd, a_stop_during_a_stuck_name_lookup_is_not_held_up, .timeout = 120) {
         Hellod *d = hellod_new();
         SilentResolver resolver;
+        Notify n;
 
         silent_resolver_open(&resolver, d, "timeout:30 attempts:5");
+        notify_open(&n, d);
+        const char *const env[] = { n.env, NULL };
         hellod_write_config_std(d, NULL);
-        hellod_spawn(d, &(HellodOpts) { .wrapper = resolver.wrapper });
+        hellod_spawn(d, &(HellodOpts) { .env = env, .wrapper = resolver.wrapper });
         hellod_wait_ready(d);
 
         hellod_write_config(d, "listen = [ \"127.0.0.1\", \"" UNANSWERED_NAME "\" ];\nport = %u;\n",
                             (unsigned) d->port);
-        stop_during_a_stuck_reload(d, "cannot resolve listen address '" UNANSWERED_NAME "': lookup given up");
+        stop_during_a_stuck_reload(d, &n, "cannot resolve listen address '" UNANSWERED_NAME "': lookup given up");
+        close(n.fd);
         close(resolver.fd);
         hellod_free(d);
 }
@@ -928,15 +939,19 @@ Test(systemd, a_reload_stuck_on_a_user_lookup_feeds_the_watchdog_and_gives_up, .
 Test(systemd, a_stop_during_a_stuck_user_lookup_is_not_held_up, .timeout = 120) {
         Hellod *d = hellod_new();
         SilentDirectory directory;
+        Notify n;
 
         silent_directory_open(&directory, d);
+        notify_open(&n, d);
+        const char *const env[] = { directory.env[0], n.env, NULL };
         hellod_write_config_std(d, NULL);
-        hellod_spawn(d, &(HellodOpts) { .env = directory.env, .wrapper = directory.wrapper });
+        hellod_spawn(d, &(HellodOpts) { .env = env, .wrapper = directory.wrapper });
         hellod_wait_ready(d);
 
         hellod_write_config_std(d, "user = \"" UNANSWERED_USER "\";\ngroup = \"nogroup\";\n");
-        stop_during_a_stuck_reload(d, "user: cannot look user '" UNANSWERED_USER "' and group 'nogroup' up: "
+        stop_during_a_stuck_reload(d, &n, "user: cannot look user '" UNANSWERED_USER "' and group 'nogroup' up: "
                                       "lookup given up");
+        close(n.fd);
         hellod_free(d);
 }
 
