@@ -5,11 +5,14 @@
 #include <grp.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <linux/capability.h>
 #include <pwd.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -232,4 +235,38 @@ int privileges_drop(const char *user, const char *group, const Identity *to, cha
         }
         log_notice("dropped privileges to uid %ju, gid %ju", (uintmax_t) uid, (uintmax_t) gid);
         return 0;
+}
+
+/* glibc has no wrappers for capget() and capset(), and libcap is not worth a dependency for
+ * clearing every set. */
+int privileges_drop_capabilities(char *err, size_t err_size) {
+        struct __user_cap_header_struct header = { .version = _LINUX_CAPABILITY_VERSION_3 };
+        struct __user_cap_data_struct sets[_LINUX_CAPABILITY_U32S_3] = { 0 };
+        bool held = false;
+
+        if (geteuid() == 0)
+                return 0;
+        if (syscall(SYS_capget, &header, sets) < 0) {
+                int r = -errno;
+                snprintf(err, err_size, "capget: %s", strerror(-r));
+                return r;
+        }
+        /* The ambient set is within the permitted and the inheritable ones. */
+        for (size_t i = 0; i < _LINUX_CAPABILITY_U32S_3; i++)
+                held = held || sets[i].effective || sets[i].permitted || sets[i].inheritable;
+        if (!held)
+                return 0;
+        if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL) {
+                int r = -errno;
+                snprintf(err, err_size, "clearing the ambient capabilities: %s", strerror(-r));
+                return r;
+        }
+        memset(sets, 0, sizeof(sets));
+        if (syscall(SYS_capset, &header, sets) < 0) {
+                int r = -errno;
+                snprintf(err, err_size, "capset: %s%s", strerror(-r),
+                         r == -EPERM ? " (a system call filter? allow capset)" : "");
+                return r;
+        }
+        return 1;
 }

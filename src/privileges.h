@@ -18,6 +18,14 @@ typedef struct Identity {
  * with the reason in ERR. */
 int privileges_drop(const char *user, const char *group, const Identity *to, char *err, size_t err_size);
 
+/* privileges_drop_capabilities: a process not started as root that holds capabilities (a
+ * unit's AmbientCapabilities=CAP_NET_BIND_SERVICE, for a port below 1024) gives every one up,
+ * ambient, permitted, effective and inheritable, once its listeners are bound. Capabilities
+ * belong to each thread: the caller must be the only thread that serves (the engine's threads
+ * inherit the empty sets). Returns 1 when it gave some up, 0 when it held none (or runs as
+ * root: privileges_drop's business), or a negative errno with the reason in ERR. */
+int privileges_drop_capabilities(char *err, size_t err_size);
+
 /* privileges_numeric: whether privileges_resolve(USER, GROUP) asks no name service (numeric
  * IDs, the group's given: a numeric user's own group is in its passwd entry). */
 bool privileges_numeric(const char *user, const char *group);

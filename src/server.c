@@ -1705,26 +1705,6 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
         }
         iptable_set_rate(s->ips, conf->rate_limit_per_ip, conf->rate_limit_burst, now_usec());
         __atomic_store_n(&s->queue_overload, conf->overload == OVERLOAD_QUEUE, __ATOMIC_RELAXED);
-        EngineHooks hooks = {
-                .userdata = s,
-                .done = session_done,
-                .admit = hook_admit,
-                .must_wait = hook_must_wait,
-                .exhausted = hook_exhausted,
-                .handed_over = session_handed_over,
-                .handed_over_lingering = lingering_handed_over,
-                .lingering_closed = lingering_closed,
-                .ending = session_ending,
-                .handed_over_waiting = waiting_handed_over,
-                .stopped_waiting = waiting_stopped,
-                .proxied = hook_proxied,
-        };
-        r = engine_new(&s->engine, conf, &hooks);
-        if (r < 0) {
-                log_error_errno(r, "cannot start the worker threads");
-                goto fail;
-        }
-        s->keeps_partial_lines = s->engine->ops->keeps_partial_lines;
         if (inherited && inherited->n > 0) {
                 /* Socket activation: systemd owns the addresses; the config's are not used. */
                 s->listeners = *inherited;
@@ -1749,6 +1729,34 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
                         goto fail;
                 }
         }
+        /* Bound: what a unit granted for a port below 1024 is no longer needed (root's own
+         * drop comes after, in main). Before the engine's threads, which inherit the sets. */
+        r = privileges_drop_capabilities(err, sizeof(err));
+        if (r > 0)
+                log_notice("gave up the capabilities it was started with, its listeners bound (a port below 1024 "
+                           "now takes a restart)");
+        else if (r < 0)
+                log_warning("cannot give up the capabilities it was started with: %s", err);
+        EngineHooks hooks = {
+                .userdata = s,
+                .done = session_done,
+                .admit = hook_admit,
+                .must_wait = hook_must_wait,
+                .exhausted = hook_exhausted,
+                .handed_over = session_handed_over,
+                .handed_over_lingering = lingering_handed_over,
+                .lingering_closed = lingering_closed,
+                .ending = session_ending,
+                .handed_over_waiting = waiting_handed_over,
+                .stopped_waiting = waiting_stopped,
+                .proxied = hook_proxied,
+        };
+        r = engine_new(&s->engine, conf, &hooks);
+        if (r < 0) {
+                log_error_errno(r, "cannot start the worker threads");
+                goto fail;
+        }
+        s->keeps_partial_lines = s->engine->ops->keeps_partial_lines;
         *ret = s;
         return 0;
 fail:

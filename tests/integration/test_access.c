@@ -2,6 +2,7 @@
  * (IPv4 and, in a network namespace of the test's own, IPv6 /64), the connection-rate
  * limit, overload = "queue", and dropping root privileges. */
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
 #include <sched.h>
 #include <signal.h>
@@ -556,6 +557,66 @@ Test(access, root_drops_to_user_and_group, .timeout = 60) {
         hellod_signal(d, SIGHUP);
         hellod_wait_stderr(d, "configuration reloaded");
         expect_served("127.0.0.1", NULL, d->port, "Howdy!\r\n");
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* task_capabilities_clear: no thread of PID holds a capability, in any of its sets. */
+static void task_capabilities_clear(pid_t pid) {
+        static const char *const sets[] = { "CapInh:", "CapPrm:", "CapEff:", "CapAmb:" };
+        char dir[64];
+        int tasks = 0;
+
+        snprintf(dir, sizeof(dir), "/proc/%d/task", (int) pid);
+        DIR *listing = opendir(dir);
+        cr_assert_not_null(listing, "%s: %s", dir, strerror(errno));
+        for (struct dirent *e; (e = readdir(listing));) {
+                if (e->d_name[0] == '.')
+                        continue;
+                char path[sizeof(dir) + sizeof(e->d_name) + 8], *text;
+                snprintf(path, sizeof(path), "%s/%s/status", dir, e->d_name);
+                text = harness_read_file(path, NULL);
+                for (size_t i = 0; i < sizeof(sets) / sizeof(sets[0]); i++) {
+                        const char *p = strstr(text, sets[i]);
+                        cr_assert_not_null(p, "no %s in %s", sets[i], path);
+                        p += strlen(sets[i]);
+                        p += strspn(p, " \t");
+                        cr_expect_eq(strncmp(p, "0000000000000000\n", 17), 0, "thread %s: %s %.16s", e->d_name, sets[i], p);
+                }
+                free(text);
+                tasks++;
+        }
+        closedir(listing);
+        cr_assert_gt(tasks, 1, "the engine's threads were not found");
+}
+
+/* Started as an unprivileged user with CAP_NET_BIND_SERVICE (hellod-standalone.conf's
+ * AmbientCapabilities=, for a port below 1024), hellod gives it up once its listeners are
+ * bound: no thread holds a capability, and a reload cannot bind a port below 1024 (restart to
+ * add one, as after a drop from root). It kept the capability for its whole life. */
+Test(access, capabilities_granted_to_an_unprivileged_start_are_given_up_once_bound, .timeout = 60) {
+        Hellod *d = hellod_new();
+        const char *const wrapper[] = { "/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                        "--inh-caps=+net_bind_service", "--ambient-caps=+net_bind_service", "--",
+                                        NULL };
+        unsigned low = 600 + (unsigned) getpid() % 400;
+
+        cr_assert_eq(geteuid(), 0, "this test starts hellod as nobody with a capability");
+        hellod_write_config_std(d, NULL);
+        cr_assert_eq(chmod(d->dir, 0755), 0);
+        cr_assert_eq(chmod(d->conf_path, 0644), 0);
+        hellod_spawn(d, &(HellodOpts) { .wrapper = wrapper });
+        hellod_wait_ready(d);
+        hellod_wait_stderr(d, "gave up the capabilities it was started with");
+        task_capabilities_clear(d->pid);
+        expect_served("127.0.0.1", NULL, d->port, HELLOD_GREETING);
+
+        harness_step("a reload that adds 127.0.0.1:%u", low);
+        hellod_write_config(d, "listen = [ \"127.0.0.1\", \"127.0.0.1:%u\" ];\nport = %u;\n", low, (unsigned) d->port);
+        hellod_signal(d, SIGHUP);
+        hellod_wait_stderr(d, "reload failed, keeping the running configuration");
+        hellod_wait_stderr(d, "Permission denied");
+        expect_served("127.0.0.1", NULL, d->port, HELLOD_GREETING);
         hellod_stop_clean(d);
         hellod_free(d);
 }
