@@ -606,12 +606,28 @@ static const char *listen_entry_text(const config_setting_t *e) {
         return text ? text : "";
 }
 
+/* same_host: whether hosts A and B are one address: the same text, or two spellings of one
+ * IPv6 literal ("::1" and "0:0::1"; a link-local one's interface compared as written), or of
+ * one IPv4 literal as inet_pton() reads it. Names are compared as written. */
+static bool same_host(const char *a, const char *b) {
+        unsigned char x[sizeof(struct in6_addr)], y[sizeof(struct in6_addr)];
+        const char *scope_a = strchr(a, '%'), *scope_b = strchr(b, '%');
+
+        if (strcmp(a, b) == 0)
+                return true;
+        if (inet_pton(AF_INET, a, x) == 1 && inet_pton(AF_INET, b, y) == 1)
+                return memcmp(x, y, sizeof(struct in_addr)) == 0;
+        if (!listen_host_ipv6(a, x) || !listen_host_ipv6(b, y) || memcmp(x, y, sizeof(x)) != 0)
+                return false;
+        return (!scope_a && !scope_b) || (scope_a && scope_b && strcmp(scope_a, scope_b) == 0);
+}
+
 /* listen_same: whether A and B name one socket, an entry without a port taking PORT
  * ("127.0.0.1" and "127.0.0.1:9999" with port = 9999). */
 static bool listen_same(const ListenSpec *a, const ListenSpec *b, unsigned port) {
         if (a->fdname || b->fdname)
                 return a->fdname && b->fdname && strcmp(a->fdname, b->fdname) == 0;
-        return (a->port ? a->port : port) == (b->port ? b->port : port) && strcmp(a->host, b->host) == 0;
+        return (a->port ? a->port : port) == (b->port ? b->port : port) && same_host(a->host, b->host);
 }
 
 /* listed_twice: the first `listen` entry that names the socket of an earlier one, *EARLIER;

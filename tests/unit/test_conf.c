@@ -684,6 +684,13 @@ Test(conf_listen, list_errors) {
         expect_error("\n\nlisten = [ \"a\", \"b\", \"a\" ];", 3, "listen", "\"a\" is listed twice");
         expect_error("\n\nlisten = [ \"[::1]:80\", \"::1\", \"[::1]\" ];", 3, "listen", "listed twice");
         expect_error("\n\nlisten = [ \"a:80\", \"a:80\" ];", 3, "listen", "listed twice");
+        /* Two spellings of one address: one socket (the second was dropped without a word). */
+        expect_error("\n\nlisten = [ \"::1\", \"0:0::1\" ];", 3, "listen", "\"0:0::1\" is listed twice");
+        expect_error("\n\nlisten = [ \"[::]:80\", \"[0::0]:80\" ];", 3, "listen", "listed twice");
+        expect_error("\n\nlisten = [ \"fe80::1%lo\", \"fe80:0::1%lo\" ];", 3, "listen", "listed twice");
+        c = load_ok("listen = [ \"fe80::1%lo\", \"fe80::2%lo\", \"fe80::1%eth0\", \"127.0.0.1\", \"::1\" ];\n");
+        cr_expect_eq(c->n_listen, 5);
+        conf_unref(c);
         /* An entry without a port takes `port`, which may come after `listen`. */
         expect_error("listen = [ \"127.0.0.1\",\n  \"127.0.0.1:7003\" ];\nport = 7003;\n", 2, "listen",
                      "\"127.0.0.1:7003\" is listed twice (an entry without a port takes 'port')");

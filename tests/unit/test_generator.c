@@ -103,7 +103,7 @@ Test(dropin, both_wildcards_are_two_sockets) {
 }
 
 Test(dropin, localhost_is_both_loopbacks_once) {
-        expect_dropin("listen = [\"localhost\", \"127.0.0.1\", \"LocalHost:8000\", \"[::0]:8001\", \"[::]:8001\"];\n",
+        expect_dropin("listen = [\"localhost\", \"127.0.0.1\", \"LocalHost:8000\", \"[::0]:8001\"];\n",
                       "[Socket]\nListenStream=\nListenStream=127.0.0.1:9999\nListenStream=[::1]:9999\n"
                       "ListenStream=127.0.0.1:8000\nListenStream=[::1]:8000\nListenStream=[::]:8001\n"
                       "BindIPv6Only=ipv6-only\nFreeBind=yes\nBacklog=511\n");
