@@ -1,6 +1,7 @@
 /* ratelimit: a fixed one-second window. */
 #include "ratelimit.h"
 
+#include <stdio.h>
 #include <time.h>
 
 #define WINDOW_USEC 1000000u
@@ -60,4 +61,11 @@ unsigned ratelimit_held_back_now(RateLimit *rl) {
         rl->suppressed = 0;
         pthread_mutex_unlock(&rl->lock);
         return held;
+}
+
+const char *ratelimit_repeats(unsigned n, char *buf, size_t size) {
+        if (n == 0)
+                return "";
+        snprintf(buf, size, " (%u more time%s in the second before)", n, n == 1 ? "" : "s");
+        return buf;
 }

@@ -4,6 +4,7 @@
 
 #include <pthread.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct RateLimit {
@@ -38,3 +39,7 @@ unsigned ratelimit_held_back(RateLimit *rl, uint64_t *ret_due);
 /* ratelimit_held_back_now: the number held back and not yet reported, whether or not their
  * window has ended: for a last report before the process exits. */
 unsigned ratelimit_held_back_now(RateLimit *rl);
+
+/* ratelimit_repeats: " (N more times in the second before)" for a line that passes after N
+ * like it were held back (ratelimit_check's *RET_SUPPRESSED), in BUF; "" when N is 0. */
+const char *ratelimit_repeats(unsigned n, char *buf, size_t size);

@@ -415,7 +415,8 @@ static const char *rate_check(Server *s, const IpKey *source) {
                 return "rate-limited";
         if (r < 0 && ratelimit_allow(&s->table_full_log, &suppressed))
                 /* Fail open: a flood of distinct sources must not lock everyone out. */
-                log_warning_errno(r, "cannot track more sources for rate_limit_per_ip, admitting");
+                log_warning_errno(r, "cannot track more sources for rate_limit_per_ip, admitting%s",
+                                  ratelimit_repeats(suppressed, (char[48]) { 0 }, 48));
         return NULL;
 }
 
@@ -670,8 +671,8 @@ static void out_of_descriptors(Server *s, const Listener *via, int error) {
         else if (fd >= 0)
                 count_refusal(s);
         if (ratelimit_allow(&s->exhaustion_log, &suppressed))
-                log_warning_errno(error, "cannot accept connections, pausing for %u ms",
-                                  ENGINE_ACCEPT_PAUSE_USEC / 1000u);
+                log_warning_errno(error, "cannot accept connections, pausing for %u ms%s",
+                                  ENGINE_ACCEPT_PAUSE_USEC / 1000u, ratelimit_repeats(suppressed, (char[48]) { 0 }, 48));
 }
 
 /* at_capacity: with overload = "queue", whether accepting must wait for a free slot; if so,

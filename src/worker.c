@@ -69,7 +69,8 @@ static bool keep_one_waiting(Workers *pool) {
                 return true;
         if (ratelimit_allow(&pool->spawn_log, &suppressed))
                 log_warning_errno(r, "cannot start a worker thread to accept connections; new clients are "
-                                     "turned away as busy until one can be");
+                                     "turned away as busy until one can be%s",
+                                  ratelimit_repeats(suppressed, (char[48]) { 0 }, 48));
         return false;
 }
 

@@ -352,6 +352,12 @@ Test(limits, descriptor_exhaustion, .timeout = 90) {
                   cpu, CPU_WINDOWS,
                   WINDOW_MS / 1000.0);
 
+        /* One warning a second at most, the next one saying how many it stood for: seconds
+         * of pauses every 100 ms are more than one a second. */
+        int repeats = hellod_count_in_stderr(d, "more times in the second before") +
+                      hellod_count_in_stderr(d, "more time in the second before");
+        cr_expect_gt(repeats, 0, "no warning of exhaustion said how many it stood for");
+
         harness_step("every client served, refused or waiting");
         for (int i = 0; i < N; i++) {
                 state[i] = client_classify(fds[i]);
