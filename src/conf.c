@@ -1068,6 +1068,12 @@ static int syntax_error(const config_t *cfg, const ConfCtx *ctx) {
                                    escape(first_file, SIZE_MAX, shown, sizeof(shown)), first);
                 return -EINVAL;
         }
+        /* libconfig finds a bracket left open where the text goes on, or at its end: in the
+         * file that included the one at fault, or at the main file's last line. */
+        const ConfUnclosed *u = ctx->text ? &ctx->text->unclosed : NULL;
+        if (u && u->file && (line == 0 || line >= u->after))
+                return file_error(ctx, -EINVAL, u->file, u->line, "syntax error: %s opened here ('%c') is not closed by the end of the file",
+                                  u->what == '[' ? "an array" : u->what == '(' ? "a list" : "a group", u->what);
         return file_error(ctx, -EINVAL, NULL, line, "%s", what ? what : "syntax error");
 }
 

@@ -431,8 +431,27 @@ static int include(Builder *b, const char *file, unsigned line, const char *name
  * call it a syntax error on line 1. */
 #define UTF8_BOM "\xef\xbb\xbf"
 
+/* Brackets: where the ones a file opened and has not closed yet open, the outermost first. */
+typedef struct Brackets {
+        unsigned depth;
+        unsigned line[16]; /* of the outermost ones; deeper ones are counted only */
+        char what[16];
+} Brackets;
+
+static void brackets_see(Brackets *k, const Token *t) {
+        if (opens(t)) {
+                if (k->depth < sizeof(k->line) / sizeof(k->line[0])) {
+                        k->line[k->depth] = t->line;
+                        k->what[k->depth] = t->start[0];
+                }
+                k->depth++;
+        } else if (closes(t) && k->depth > 0) /* one the file did not open: libconfig's to judge */
+                k->depth--;
+}
+
 /* splice: TEXT of FILE onto the output, its @include lines replaced. */
 static int splice_text(Builder *b, const char *file, const char *text, unsigned depth) {
+        Brackets brackets = { 0 };
         Scanner sc;
         Token tk;
         int r;
@@ -448,6 +467,7 @@ static int splice_text(Builder *b, const char *file, const char *text, unsigned 
                 const char *end = NULL, *bol = sc.bol;
                 char *name = NULL;
 
+                brackets_see(&brackets, &tk);
                 if (!is_punct(&tk, '@'))
                         continue;
                 if (!tk.line_start)
@@ -483,6 +503,11 @@ static int splice_text(Builder *b, const char *file, const char *text, unsigned 
          * in a '#' or '//' comment without its newline is a syntax error to libconfig 1.5. */
         if (r >= 0 && b->t->size > 0 && b->t->text[b->t->size - 1] != '\n')
                 r = emit(b, "\n", 1);
+        /* The first file to end with a bracket of its own open, for conf.c to name if libconfig
+         * fails at or after that end (conf_text_unclosed). */
+        if (r >= 0 && brackets.depth > 0 && !b->t->unclosed.file)
+                b->t->unclosed = (ConfUnclosed) { .file = file, .line = brackets.line[0], .what = brackets.what[0],
+                                                  .after = b->line };
         return r;
 }
 

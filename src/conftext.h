@@ -22,6 +22,15 @@ typedef struct ConfSegment {
         const char *file; /* owned by the ConfText */
 } ConfSegment;
 
+/* ConfUnclosed: the outermost bracket ('[', '(' or '{') that FILE opened at LINE and had not
+ * closed when it ended, at line AFTER of the spliced text; FILE NULL: none. */
+typedef struct ConfUnclosed {
+        const char *file;
+        unsigned line;
+        char what;
+        unsigned after;
+} ConfUnclosed;
+
 typedef struct ConfText {
         char *text; /* NUL-terminated; no @include left in it */
         size_t size;
@@ -33,6 +42,7 @@ typedef struct ConfText {
         unsigned main_last_line; /* the main file's: where libconfig's errors at the end of the
                                   * text are placed, not on the line past it (nor in a file the
                                   * main one includes last) */
+        ConfUnclosed unclosed; /* the first file to end with a bracket of its own open */
 } ConfText;
 
 /* Why building failed: FILE (NULL: the main file) and LINE (0: none) and a message. FILE points

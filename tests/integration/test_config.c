@@ -821,8 +821,8 @@ Test(config, a_byte_order_mark_is_not_text, .timeout = 60) {
 }
 
 /* The end of the file: a '#' or '//' comment on its last line without a newline is a comment
- * (libconfig 1.5 took it for a syntax error), and an error at the end of the file names its
- * last line, not the line past it. */
+ * (libconfig 1.5 took it for a syntax error), and a bracket left open at the end of the file is
+ * named where it opens (libconfig names the end). */
 Test(config, the_end_of_the_file_comments_and_errors, .timeout = 60) {
         Hellod *d = hellod_new();
         char text[256], needle[600];
@@ -839,17 +839,17 @@ Test(config, the_end_of_the_file_comments_and_errors, .timeout = 60) {
         hellod_wait_ready(d);
         hellod_stop_clean(d);
 
-        harness_step("a group left open by a file that ends with an @include: the main file is named");
+        harness_step("a group left open by a file that ends with an @include: the main file is named, where it opens");
         write_in_dir(d, "last.inc", "a = 1;\nb = 2;\n");
         snprintf(text, sizeof(text), "port = %u;\ng = {\n@include \"last.inc\"\n", (unsigned) d->port);
         harness_write_file(d->conf_path, text, strlen(text));
-        snprintf(needle, sizeof(needle), "%s:3: syntax error", d->conf_path);
+        snprintf(needle, sizeof(needle), "%s:2: syntax error: a group opened here ('{') is not closed", d->conf_path);
         expect_check_fails(d, (const char *const[]) { needle, NULL });
 
-        harness_step("a list left open at the end: its last line is named");
-        snprintf(text, sizeof(text), "port = %u;\nlisten = [ \"127.0.0.1\"\n", (unsigned) d->port);
+        harness_step("a list left open at the end: the line where it opens is named");
+        snprintf(text, sizeof(text), "port = %u;\nlisten = [ \"127.0.0.1\",\n  \"::1\"\n", (unsigned) d->port);
         harness_write_file(d->conf_path, text, strlen(text));
-        snprintf(needle, sizeof(needle), "%s:2: syntax error", d->conf_path);
+        snprintf(needle, sizeof(needle), "%s:2: syntax error: an array opened here ('[') is not closed", d->conf_path);
         expect_check_fails(d, (const char *const[]) { needle, NULL });
         hellod_free(d);
 }

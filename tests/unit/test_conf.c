@@ -1372,6 +1372,39 @@ Test(conf_include, relative_to_the_main_file_and_lines_stay_right) {
         inc_cleanup(&d);
 }
 
+/* A bracket an included file leaves open: libconfig says "syntax error" at the main file's
+ * next line, or at its last one when the include comes last, and the file at fault went
+ * unnamed; hellod names where the bracket opens. A file that opens a bracket around an
+ * include and closes it after is fine, and an error before the bracket is still the one named. */
+Test(conf_include, a_bracket_an_included_file_leaves_open_is_named_there) {
+        IncDir d;
+        Conf *c = NULL;
+        char err[1024];
+
+        inc_dir(&d);
+        inc_write(&d, "acl.conf", "# the clients\nallow = [ \"10.0.0.0/8\",\n  \"192.168.0.0/16\"\n");
+        inc_write(&d, "main.conf", "port = 7000;\n@include \"acl.conf\"\nbacklog = 7;\n");
+        inc_expect_error(&d, "acl.conf", 2, "an array opened here ('[') is not closed by the end of the file");
+        inc_write(&d, "main.conf", "port = 7000;\n@include \"acl.conf\"\n");
+        inc_expect_error(&d, "acl.conf", 2, "an array opened here ('[') is not closed by the end of the file");
+        inc_write(&d, "groups.conf", "\nlisten = ( \"127.0.0.1\",\n  { address = \"[::1]:7001\"; proxy_protocol = true; }\n");
+        inc_write(&d, "main.conf", "port = 7000;\n@include \"groups.conf\"\nbacklog = 7;\n");
+        inc_expect_error(&d, "groups.conf", 2, "a list opened here ('(') is not closed");
+        /* Mismatched: libconfig's error, where it is. */
+        inc_write(&d, "groups.conf", "listen = ( \"127.0.0.1\",\n  { address = \"[::1]:7001\"; proxy_protocol = true;\n);\n");
+        inc_expect_error(&d, "groups.conf", 3, "syntax error");
+        inc_write(&d, "main.conf", "port = 7000;\nbacklog = 7;\nallow = [\n");
+        inc_expect_error(&d, "main.conf", 3, "an array opened here ('[') is not closed");
+
+        inc_write(&d, "list.conf", "\"10.0.0.0/8\", \"192.168.0.0/16\"\n");
+        inc_write(&d, "main.conf", "port = 7000;\nallow = [\n@include \"list.conf\"\n];\n");
+        cr_assert_eq(conf_load(d.main, &c, err, sizeof(err)), 0, "%s", err);
+        conf_unref(c);
+        inc_write(&d, "main.conf", "port = ;\n@include \"acl.conf\"\n");
+        inc_expect_error(&d, "main.conf", 1, "syntax error");
+        inc_cleanup(&d);
+}
+
 /* libconfig 1.5 would truncate these in an included file as it does in the main one. */
 Test(conf_include, wide_integers_in_an_included_file) {
         IncDir d;
