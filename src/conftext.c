@@ -257,13 +257,46 @@ int conf_text_read(const char *path, char **ret, size_t *ret_size, ConfTextError
 
 /* ---- splicing ---- */
 
+/* Brackets: those open at this point of the spliced text, whichever file opened them (a list
+ * may open around an @include and close after it): where each of the outermost ones opens and,
+ * once its file has ended, the line of the spliced text where that file ended. */
+#define BRACKETS_KEPT 16
+typedef struct OpenBracket {
+        const char *file;
+        unsigned line;
+        char what;
+        unsigned file_end; /* 0: its file goes on */
+} OpenBracket;
+
+typedef struct Brackets {
+        unsigned depth;
+        OpenBracket open[BRACKETS_KEPT]; /* deeper ones are counted only */
+} Brackets;
+
 typedef struct Builder {
         ConfText *t;
         size_t alloc, segs_alloc;
         unsigned line; /* the line of the spliced text being written */
         char *dir;     /* where relative include names start */
         ConfTextError *err;
+        Brackets brackets;
 } Builder;
+
+static void brackets_see(Brackets *k, const char *file, const Token *t) {
+        if (opens(t)) {
+                if (k->depth < BRACKETS_KEPT)
+                        k->open[k->depth] = (OpenBracket) { .file = file, .line = t->line, .what = t->start[0] };
+                k->depth++;
+        } else if (closes(t) && k->depth > 0) /* one never opened: libconfig's to judge */
+                k->depth--;
+}
+
+/* brackets_file_ended: FILE has ended at line END of the spliced text. */
+static void brackets_file_ended(Brackets *k, const char *file, unsigned end) {
+        for (unsigned i = 0; i < k->depth && i < BRACKETS_KEPT; i++)
+                if (k->open[i].file == file && k->open[i].file_end == 0)
+                        k->open[i].file_end = end;
+}
 
 static int emit(Builder *b, const char *s, size_t n) {
         ConfText *t = b->t;
@@ -431,27 +464,8 @@ static int include(Builder *b, const char *file, unsigned line, const char *name
  * call it a syntax error on line 1. */
 #define UTF8_BOM "\xef\xbb\xbf"
 
-/* Brackets: where the ones a file opened and has not closed yet open, the outermost first. */
-typedef struct Brackets {
-        unsigned depth;
-        unsigned line[16]; /* of the outermost ones; deeper ones are counted only */
-        char what[16];
-} Brackets;
-
-static void brackets_see(Brackets *k, const Token *t) {
-        if (opens(t)) {
-                if (k->depth < sizeof(k->line) / sizeof(k->line[0])) {
-                        k->line[k->depth] = t->line;
-                        k->what[k->depth] = t->start[0];
-                }
-                k->depth++;
-        } else if (closes(t) && k->depth > 0) /* one the file did not open: libconfig's to judge */
-                k->depth--;
-}
-
 /* splice: TEXT of FILE onto the output, its @include lines replaced. */
 static int splice_text(Builder *b, const char *file, const char *text, unsigned depth) {
-        Brackets brackets = { 0 };
         Scanner sc;
         Token tk;
         int r;
@@ -467,7 +481,7 @@ static int splice_text(Builder *b, const char *file, const char *text, unsigned 
                 const char *end = NULL, *bol = sc.bol;
                 char *name = NULL;
 
-                brackets_see(&brackets, &tk);
+                brackets_see(&b->brackets, file, &tk);
                 if (!is_punct(&tk, '@'))
                         continue;
                 if (!tk.line_start)
@@ -503,11 +517,7 @@ static int splice_text(Builder *b, const char *file, const char *text, unsigned 
          * in a '#' or '//' comment without its newline is a syntax error to libconfig 1.5. */
         if (r >= 0 && b->t->size > 0 && b->t->text[b->t->size - 1] != '\n')
                 r = emit(b, "\n", 1);
-        /* The first file to end with a bracket of its own open, for conf.c to name if libconfig
-         * fails at or after that end (conf_text_unclosed). */
-        if (r >= 0 && brackets.depth > 0 && !b->t->unclosed.file)
-                b->t->unclosed = (ConfUnclosed) { .file = file, .line = brackets.line[0], .what = brackets.what[0],
-                                                  .after = b->line };
+        brackets_file_ended(&b->brackets, file, b->line);
         return r;
 }
 
@@ -546,6 +556,11 @@ int conf_text_build(ConfText *t, const char *name, const char *text, size_t size
                 t->last_line = b.line > 1 ? b.line - 1 : 1;
                 t->main_last_line = lines_of(text, size);
         }
+        /* The outermost bracket still open at the end of the text, for conf.c to name where
+         * libconfig fails at or after the end of the file that opened it. */
+        if (r >= 0 && b.brackets.depth > 0)
+                t->unclosed = (ConfUnclosed) { .file = b.brackets.open[0].file, .line = b.brackets.open[0].line,
+                                               .what = b.brackets.open[0].what, .after = b.brackets.open[0].file_end };
         free(b.dir);
         if (r < 0) {
                 /* The message may point at a file name the ConfText owns: keep them. */

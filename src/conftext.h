@@ -22,8 +22,8 @@ typedef struct ConfSegment {
         const char *file; /* owned by the ConfText */
 } ConfSegment;
 
-/* ConfUnclosed: the outermost bracket ('[', '(' or '{') that FILE opened at LINE and had not
- * closed when it ended, at line AFTER of the spliced text; FILE NULL: none. */
+/* ConfUnclosed: the outermost bracket ('[', '(' or '{') still open at the end of the text:
+ * FILE opened it at LINE and ended at line AFTER of the spliced text; FILE NULL: none. */
 typedef struct ConfUnclosed {
         const char *file;
         unsigned line;
@@ -42,7 +42,7 @@ typedef struct ConfText {
         unsigned main_last_line; /* the main file's: where libconfig's errors at the end of the
                                   * text are placed, not on the line past it (nor in a file the
                                   * main one includes last) */
-        ConfUnclosed unclosed; /* the first file to end with a bracket of its own open */
+        ConfUnclosed unclosed; /* a bracket left open at the end of the text */
 } ConfText;
 
 /* Why building failed: FILE (NULL: the main file) and LINE (0: none) and a message. FILE points

@@ -1402,6 +1402,10 @@ Test(conf_include, a_bracket_an_included_file_leaves_open_is_named_there) {
         conf_unref(c);
         inc_write(&d, "main.conf", "port = ;\n@include \"acl.conf\"\n");
         inc_expect_error(&d, "main.conf", 1, "syntax error");
+        /* Opened in one file and closed in another: not the error, which comes later. */
+        inc_write(&d, "open.conf", "allow = [\n");
+        inc_write(&d, "main.conf", "@include \"open.conf\"\n\"10.0.0.0/8\" ];\nbacklog = ;\n");
+        inc_expect_error(&d, "main.conf", 3, "syntax error");
         inc_cleanup(&d);
 }
 
