@@ -66,6 +66,6 @@ unsigned ratelimit_held_back_now(RateLimit *rl) {
 const char *ratelimit_repeats(unsigned n, char *buf, size_t size) {
         if (n == 0)
                 return "";
-        snprintf(buf, size, " (%u more time%s in the second before)", n, n == 1 ? "" : "s");
+        snprintf(buf, size, " (%u more held back since the last one)", n);
         return buf;
 }

@@ -40,6 +40,7 @@ unsigned ratelimit_held_back(RateLimit *rl, uint64_t *ret_due);
  * window has ended: for a last report before the process exits. */
 unsigned ratelimit_held_back_now(RateLimit *rl);
 
-/* ratelimit_repeats: " (N more times in the second before)" for a line that passes after N
- * like it were held back (ratelimit_check's *RET_SUPPRESSED), in BUF; "" when N is 0. */
+/* ratelimit_repeats: " (N more held back since the last one)" for a line that passes after N
+ * like it were held back since the last one passed (ratelimit_check's *RET_SUPPRESSED: they
+ * are counted until the next one passes, however late), in BUF; "" when N is 0. */
 const char *ratelimit_repeats(unsigned n, char *buf, size_t size);
