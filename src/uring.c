@@ -1133,7 +1133,8 @@ static int probe_multishot(Loop *l, char *why, size_t size) {
         e->buf_group = BUF_GROUP;
         io_uring_sqe_set_data64(e, OP_IGNORE); /* a completion left by a failed drain is not a Conn's */
         ssize_t sent = send(sv[1], "x", 1, MSG_NOSIGNAL);
-        r = sent == 1 ? io_uring_submit_and_wait(&l->ring, 1) : sent < 0 ? -errno : -EIO;
+        bool tried = sent == 1; /* else the probe could not be made: no verdict on the kernel */
+        r = tried ? io_uring_submit_and_wait(&l->ring, 1) : sent < 0 ? -errno : -EIO;
         if (r >= 0 && (r = io_uring_peek_cqe(&l->ring, &cqe)) == 0) {
                 ok = cqe->res == 1 && (cqe->flags & IORING_CQE_F_MORE) && (cqe->flags & IORING_CQE_F_BUFFER);
                 if (cqe->flags & IORING_CQE_F_BUFFER)
@@ -1153,7 +1154,8 @@ static int probe_multishot(Loop *l, char *why, size_t size) {
                 io_uring_cqe_seen(&l->ring, cqe);
         }
         if (!ok)
-                snprintf(why, size, "the kernel lacks multishot receive (Linux 6.0)");
+                snprintf(why, size, tried ? "the kernel lacks multishot receive (Linux 6.0)"
+                                          : "cannot send the multishot receive probe its byte");
         return ok ? 0 : r < 0 ? r : -EOPNOTSUPP;
 }
 
