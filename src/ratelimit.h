@@ -44,3 +44,4 @@ unsigned ratelimit_held_back_now(RateLimit *rl);
  * like it were held back since the last one passed (ratelimit_check's *RET_SUPPRESSED: they
  * are counted until the next one passes, however late), in BUF; "" when N is 0. */
 const char *ratelimit_repeats(unsigned n, char *buf, size_t size);
+#define RATELIMIT_REPEATS_SIZE 64 /* BUF's size: the text with the largest unsigned N */

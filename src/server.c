@@ -416,7 +416,7 @@ static const char *rate_check(Server *s, const IpKey *source) {
         if (r < 0 && ratelimit_allow(&s->table_full_log, &suppressed))
                 /* Fail open: a flood of distinct sources must not lock everyone out. */
                 log_warning_errno(r, "cannot track more sources for rate_limit_per_ip, admitting%s",
-                                  ratelimit_repeats(suppressed, (char[64]) { 0 }, 64));
+                                  ratelimit_repeats(suppressed, (char[RATELIMIT_REPEATS_SIZE]) { 0 }, RATELIMIT_REPEATS_SIZE));
         return NULL;
 }
 
@@ -672,7 +672,7 @@ static void out_of_descriptors(Server *s, const Listener *via, int error) {
                 count_refusal(s);
         if (ratelimit_allow(&s->exhaustion_log, &suppressed))
                 log_warning_errno(error, "cannot accept connections, pausing for %u ms%s",
-                                  ENGINE_ACCEPT_PAUSE_USEC / 1000u, ratelimit_repeats(suppressed, (char[64]) { 0 }, 64));
+                                  ENGINE_ACCEPT_PAUSE_USEC / 1000u, ratelimit_repeats(suppressed, (char[RATELIMIT_REPEATS_SIZE]) { 0 }, RATELIMIT_REPEATS_SIZE));
 }
 
 /* at_capacity: with overload = "queue", whether accepting must wait for a free slot; if so,

@@ -70,7 +70,7 @@ static bool keep_one_waiting(Workers *pool) {
         if (ratelimit_allow(&pool->spawn_log, &suppressed))
                 log_warning_errno(r, "cannot start a worker thread to accept connections; new clients are "
                                      "turned away as busy until one can be%s",
-                                  ratelimit_repeats(suppressed, (char[64]) { 0 }, 64));
+                                  ratelimit_repeats(suppressed, (char[RATELIMIT_REPEATS_SIZE]) { 0 }, RATELIMIT_REPEATS_SIZE));
         return false;
 }
 
