@@ -94,8 +94,11 @@ Test(access, refusals_held_back_from_the_log_are_counted_when_their_second_ends,
         enum { CLIENTS = 25 };
         Hellod *d = hellod_start("deny = [ \"127.0.0.2\" ];\n");
 
+        int64_t began = harness_now_ms();
         for (int i = 0; i < CLIENTS; i++)
                 expect_closed_unanswered("127.0.0.2", d->port);
+        /* The refusals spanned at most this many of the limit's one-second windows. */
+        int64_t windows = (harness_now_ms() - began) / 1000 + 1;
         /* Every refusal counted, logged or held back, with no refusal after them. */
         int logged, held;
         for (int64_t end = harness_now_ms() + HARNESS_TIMEOUT_MS;; harness_sleep_ms(50)) {
@@ -105,6 +108,8 @@ Test(access, refusals_held_back_from_the_log_are_counted_when_their_second_ends,
                         break;
         }
         cr_expect_eq(logged + held, CLIENTS, "%d refusals logged and %d held back, of %d", logged, held, CLIENTS);
+        cr_expect_leq(logged, 10 * windows, "%d refusals logged one by one in %d second(s), at most 10 a second",
+                      logged, (int) windows);
         hellod_stop_clean(d);
         hellod_free(d);
 }

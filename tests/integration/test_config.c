@@ -113,8 +113,10 @@ Test(config, check_refuses_group_without_user, .timeout = 60) {
  * mounted over the directory of its default path in a private mount namespace (unshare, as
  * root); that directory is made if the machine has none (and left: another test's mount may
  * stand on it). Returns the default path, SYSCONFDIR/hellod/hellod.conf. */
-static const char *spawn_on_default_dir(Hellod *d, const char *mine, const char *const *args) {
+static const char *spawn_on_default_dir_in(Hellod *d, const char *mine, const char *const *args, bool own_net) {
         static const char script[] = "mount --bind \"$1\" \"$2\" && bin=$3 && shift 5 && exec \"$bin\" \"$@\"";
+        static const char net_script[] = "ip link set lo up && mount --bind \"$1\" \"$2\" && bin=$3 && shift 5 && "
+                                         "exec \"$bin\" \"$@\"";
         static char dir[256];
         const char *path = getenv("HELLOD_DEFAULT_CONF");
 
@@ -125,8 +127,58 @@ static const char *spawn_on_default_dir(Hellod *d, const char *mine, const char 
         cr_assert(mkdir(dir, 0755) == 0 || errno == EEXIST, "mkdir %s: %s", dir, strerror(errno));
         const char *const wrapper[] = { "/usr/bin/unshare", "--mount", "--propagation", "private", "/bin/sh", "-c",
                                         script, "sh", mine, dir, NULL };
-        hellod_spawn(d, &(HellodOpts) { .wrapper = wrapper, .extra_args = args });
+        const char *const net_wrapper[] = { "/usr/bin/unshare", "--mount", "--propagation", "private", "--net",
+                                            "/bin/sh", "-c", net_script, "sh", mine, dir, NULL };
+        hellod_spawn(d, &(HellodOpts) { .wrapper = own_net ? net_wrapper : wrapper, .extra_args = args });
         return path;
+}
+
+static const char *spawn_on_default_dir(Hellod *d, const char *mine, const char *const *args) {
+        return spawn_on_default_dir_in(d, mine, args, false);
+}
+
+/* With no file at its default path (a fresh install, a minimal container) hellod says so and
+ * runs on the built-in defaults: -t and -T accept them (port 9999), and a start serves on port
+ * 9999, every address; that start runs in a network namespace of its own, where port 9999 is
+ * free whatever the machine runs. */
+Test(config, a_start_without_the_default_file_runs_on_the_built_in_defaults, .timeout = 60) {
+        char mine[300], cmd[256], reply[256] = "", buf[96];
+        Hellod *d = hellod_new();
+
+        snprintf(mine, sizeof(mine), "%s/defaults", d->dir);
+        cr_assert(mkdir(mine, 0755) == 0, "mkdir %s: %s", mine, strerror(errno));
+        harness_step("hellod -T");
+        const char *path = spawn_on_default_dir(d, mine, (const char *const[]) { "-T", NULL });
+        int status = hellod_wait_exit(d, HARNESS_TIMEOUT_MS);
+        char *err = hellod_stderr(d), *out = hellod_stdout(d);
+        cr_expect(exited_with(status, HELLOD_EXIT_OK), "-T without %s: %s\n%s", path,
+                  harness_describe_status(status, buf, sizeof(buf)), err);
+        cr_expect(strstr(err, "not found, built-in defaults apply"), "no word of the defaults:\n%s", err);
+        cr_expect(strstr(out, "(built-in defaults)") && strstr(out, "port = 9999;"), "-T printed:\n%s", out);
+        free(err);
+        free(out);
+        hellod_free(d);
+
+        harness_step("hellod, in a network namespace of its own");
+        d = hellod_new();
+        snprintf(mine, sizeof(mine), "%s/defaults", d->dir);
+        cr_assert(mkdir(mine, 0755) == 0, "mkdir %s: %s", mine, strerror(errno));
+        spawn_on_default_dir_in(d, mine, NULL, true);
+        hellod_wait_stderr(d, " started: config ");
+        err = hellod_stderr(d);
+        cr_expect(strstr(err, "(absent: built-in defaults)"), "not started on the defaults:\n%s", err);
+        free(err);
+        snprintf(cmd, sizeof(cmd),
+                 "nsenter -t %d -n bash -c 'exec 3<>/dev/tcp/127.0.0.1/9999 && printf \"x\\nexit\\n\" >&3 && "
+                 "timeout 10 cat <&3'", (int) d->pid);
+        FILE *p = popen(cmd, "r");
+        cr_assert_not_null(p, "popen: %s", strerror(errno));
+        size_t n = fread(reply, 1, sizeof(reply) - 1, p);
+        reply[n] = '\0';
+        cr_expect_eq(pclose(p), 0, "%s", cmd);
+        cr_expect_str_eq(reply, HELLOD_GREETING "Hello, x!\r\n", "port 9999 in the namespace answered");
+        hellod_stop_clean(d);
+        hellod_free(d);
 }
 
 /* Without --config hellod reads its default path, and runs on built-in defaults while that file
@@ -745,6 +797,38 @@ Test(config, a_string_out_of_place_is_named_and_a_failed_reload_costs_nothing, .
         if (!hellod_sanitized(d))
                 cr_expect_lt(grown, 4096, "VmRSS grew by %ld KiB in %d failed reloads", grown, RELOADS);
         hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* --log-level overrides the file's log_level, at the start and across reloads (someone
+ * debugging with --log-level=debug keeps the debug lines after `systemctl reload`); a level
+ * that does not exist is a usage error (exit 2) naming the levels. */
+Test(config, the_log_level_option_outlasts_a_reload, .timeout = 60) {
+        Hellod *d = hellod_new();
+        char buf[96];
+
+        hellod_write_config_std(d, "log_level = \"warning\";\n");
+        hellod_spawn(d, &(HellodOpts) { .extra_args = (const char *const[]) { "--log-level=debug", NULL } });
+        hellod_wait_ready(d); /* a client round trip: one debug line "opened" */
+        hellod_wait_stderr(d, " opened");
+        hellod_signal(d, SIGHUP);
+        hellod_wait_stderr(d, "configuration reloaded from"); /* a notice: the file says warning */
+        int fd = client_connect(d->port);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_close(fd);
+        hellod_wait_stderr_count(d, " opened", 2);
+        hellod_stop_clean(d);
+        hellod_free(d);
+
+        harness_step("--log-level=verbose");
+        d = hellod_new();
+        hellod_write_config_std(d, NULL);
+        int status = hellod_run(d, (const char *const[]) { "--log-level=verbose", "--config", d->conf_path, NULL });
+        char *err = hellod_stderr(d);
+        cr_expect(exited_with(status, HELLOD_EXIT_USAGE), "--log-level=verbose: %s, expected 2\n%s",
+                  harness_describe_status(status, buf, sizeof(buf)), err);
+        cr_expect(strstr(err, "invalid log level 'verbose' (error, warning, notice, info, debug)"), "%s", err);
+        free(err);
         hellod_free(d);
 }
 

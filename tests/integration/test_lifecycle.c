@@ -384,6 +384,38 @@ Test(lifecycle, signals_during_a_stop_are_logged_and_ignored, .timeout = 60) {
         hellod_free(d);
 }
 
+/* A second SIGTERM or SIGINT during a stop (the impatient second Ctrl+C) cuts the wait for busy
+ * clients short: the stop closes them at once and hellod exits 0, where the shutdown_timeout
+ * of a minute would have kept it (longer than the harness waits for an exit). */
+static void second_stop_signal_cuts_the_wait(int first, int second) {
+        Hellod *d = hellod_start("shutdown_timeout = 60;\n");
+        int fd = client_connect(d->port);
+        char buf[96];
+
+        client_expect_str(fd, HELLOD_GREETING);
+        stall(d, fd); /* hellod blocked writing to it: the stop waits */
+        hellod_signal(d, first);
+        hellod_wait_stderr(d, "waiting up to 60 s");
+        harness_step("the second signal");
+        hellod_signal(d, second);
+        int status = hellod_wait_exit(d, HARNESS_STOP_TIMEOUT_MS);
+        if (!exited_with(status, HELLOD_EXIT_OK))
+                hellod_fail(d, "after a second stop signal: %s, expected exit status 0 before the 60 s",
+                            harness_describe_status(status, buf, sizeof(buf)));
+        cr_expect_eq(hellod_count_in_stderr(d, "closing 1 remaining connection"), 1);
+        cr_expect_eq(hellod_count_in_stderr(d, "while stopping"), 0, "a stop signal is not ignored");
+        client_close(fd);
+        hellod_free(d);
+}
+
+Test(lifecycle, a_second_sigterm_during_a_stop_cuts_its_wait_short, .timeout = 60) {
+        second_stop_signal_cuts_the_wait(SIGTERM, SIGTERM);
+}
+
+Test(lifecycle, a_sigint_during_a_stop_cuts_its_wait_short, .timeout = 60) {
+        second_stop_signal_cuts_the_wait(SIGTERM, SIGINT);
+}
+
 /* SIGINT (Ctrl-C in a terminal) is a clean shutdown too. */
 Test(lifecycle, sigint_clean_exit, .timeout = 60) {
         Hellod *d = hellod_start("shutdown_timeout = 3;\n");
