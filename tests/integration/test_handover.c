@@ -550,8 +550,10 @@ Test(handover, a_restart_gives_resumed_conversations_its_idle_timeout, .timeout 
         stop_and_wait(r.d);
         store_wait(r.d, &r.st, "c", 1);
         hellod_write_config(r.d, "idle_timeout = 0;\n");
+        /* The log is the processes' together: this process's line, not the last one's. */
+        int resumed_before = hellod_count_in_stderr(r.d, "resumed 1 conversation");
         store_start_hellod(r.d, &r.st, r.listener);
-        hellod_wait_stderr(r.d, "resumed 1 conversation");
+        hellod_wait_stderr_count(r.d, "resumed 1 conversation", resumed_before + 1);
         client_expect_silence(fd, 5000); /* past the 4 s the first process gave it */
         client_hello(fd, "after");
         client_close(fd);
@@ -1087,8 +1089,9 @@ static void ended_conversation_crashes_then_restarts(const char *model) {
         }
         store_wait(r.d, &r.st, "state", 1);
         cr_assert_eq(client_write_late(fd), CLIENT_LATE_DISCARDED, "a late write met a reset in the gap");
+        int resumed_before = hellod_count_in_stderr(r.d, "resumed 1 conversation"); /* the crashed one's */
         store_start_hellod(r.d, &r.st, r.listener);
-        hellod_wait_stderr(r.d, "resumed 1 conversation");
+        hellod_wait_stderr_count(r.d, "resumed 1 conversation", resumed_before + 1);
         store_wait(r.d, &r.st, "c", 0); /* resumed: out of the store */
         hellod_expect_lingering_ends_quietly(r.d, r.port, fd);
         cr_expect_eq(hellod_count_in_stderr(r.d, "cannot resume"), 0, "a record of the hand-over refused");

@@ -141,14 +141,16 @@ Test(protocol, crlf_and_lf_sessions_identical, .timeout = 60) {
 /* exit_sessions: N clients connected and greeted, then "exit" from each at once and the
  * closes: a burst of N sessions ending (and with them N opening) well inside a second, on a
  * loaded machine too, so that the log's limit of a hundred a second must hold lines back. */
-static void exit_sessions(const Hellod *d, int n) {
+static int64_t exit_sessions(const Hellod *d, int n) {
         int *fds = calloc((size_t) n, sizeof(*fds));
+        int64_t began;
 
         cr_assert_not_null(fds);
         for (int i = 0; i < n; i++) {
                 fds[i] = client_connect(d->port);
                 client_expect_str(fds[i], HELLOD_GREETING);
         }
+        began = harness_now_ms();
         for (int i = 0; i < n; i++)
                 client_send_str(fds[i], "exit\n");
         for (int i = 0; i < n; i++) {
@@ -156,6 +158,20 @@ static void exit_sessions(const Hellod *d, int n) {
                 client_close(fds[i]);
         }
         free(fds);
+        return harness_now_ms() - began;
+}
+
+/* burst_too_slow: whether a burst whose closes took CLOSING_MS and held nothing back was too
+ * slow to test the limit (a loaded machine, valgrind): then the test tries again, ATTEMPTS
+ * times at most. */
+enum { BURST_ATTEMPTS = 3 };
+static bool burst_too_slow(int held, int64_t closing_ms, int attempt) {
+        if (held > 0 || closing_ms < 900)
+                return false;
+        cr_assert_lt(attempt, BURST_ATTEMPTS, "the closes took %lld ms or more in all %d attempts",
+                     (long long) closing_ms, BURST_ATTEMPTS);
+        harness_step("the closes took %lld ms, nothing held back: again", (long long) closing_ms);
+        return true;
 }
 
 /* LinesAccounted: the close lines of "exit" (and the opened lines, with OPENED) D logged, and
@@ -182,11 +198,19 @@ static LinesAccounted connection_lines_accounted(Hellod *d, bool opened, int wan
  * for the next close, however late, and still say "in the last second"). */
 Test(protocol, close_lines_held_back_are_counted_when_their_second_ends, .timeout = 90) {
         enum { SESSIONS = 150 };
-        Hellod *d = hellod_start("log_level = \"info\";\n");
+        Hellod *d;
+        LinesAccounted n;
 
-        exit_sessions(d, SESSIONS);
-        /* Every session counted, logged or held back, with no session after them. */
-        LinesAccounted n = connection_lines_accounted(d, false, SESSIONS);
+        for (int attempt = 1;; attempt++) {
+                d = hellod_start("log_level = \"info\";\n");
+                int64_t closing_ms = exit_sessions(d, SESSIONS);
+                /* Every session counted, logged or held back, with no session after them. */
+                n = connection_lines_accounted(d, false, SESSIONS);
+                if (!burst_too_slow(n.held, closing_ms, attempt))
+                        break;
+                hellod_stop_clean(d);
+                hellod_free(d);
+        }
         cr_expect_gt(n.held, 0, "no close line of a burst of %d was held back (%d logged)", SESSIONS, n.logged);
         cr_expect_eq(n.logged + n.held, SESSIONS, "%d close lines logged and %d held back, of %d", n.logged, n.held,
                      SESSIONS);
@@ -200,11 +224,19 @@ Test(protocol, close_lines_held_back_are_counted_when_their_second_ends, .timeou
  * (a window of the limiter may straddle two seconds of the clock). */
 Test(protocol, debug_lines_are_held_back_with_the_close_lines, .timeout = 90) {
         enum { SESSIONS = 400, BURST = 100 };
-        Hellod *d = hellod_start("log_level = \"debug\";\n");
+        Hellod *d;
+        LinesAccounted n;
 
-        exit_sessions(d, SESSIONS);
-        /* The readiness probe's opened line may be among them. */
-        LinesAccounted n = connection_lines_accounted(d, true, 2 * SESSIONS);
+        for (int attempt = 1;; attempt++) {
+                d = hellod_start("log_level = \"debug\";\n");
+                int64_t closing_ms = exit_sessions(d, SESSIONS);
+                /* The readiness probe's opened line may be among them. */
+                n = connection_lines_accounted(d, true, 2 * SESSIONS);
+                if (!burst_too_slow(n.held, closing_ms, attempt))
+                        break;
+                hellod_stop_clean(d);
+                hellod_free(d);
+        }
         cr_expect_gt(n.held, 0, "no connection line of a burst of %d sessions was held back", SESSIONS);
         cr_expect_geq(n.logged + n.held, 2 * SESSIONS, "%d lines logged and %d held back, of %d", n.logged, n.held,
                       2 * SESSIONS);
