@@ -130,8 +130,8 @@ static void print(FILE *f, const Conf *conf, const Streams *s) {
                 "[Socket]\n"
                 "ListenStream=\n",
                 conf->path ? conf->path : "the built-in defaults");
-        if (conf->listen_is_default)
-                fprintf(f, "ListenStream=%u\n", conf->port);
+        if (conf->listen_is_default) /* dual stack, whatever net.ipv6.bindv6only says */
+                fprintf(f, "ListenStream=%u\nBindIPv6Only=both\n", conf->port);
         else {
                 for (size_t i = 0; i < s->n; i++)
                         fprintf(f, "ListenStream=%s\n", s->items[i]);

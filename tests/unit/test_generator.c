@@ -57,8 +57,8 @@ static void expect_dropin(const char *conf_text, const char *expected) {
 }
 
 Test(dropin, default_listen_is_the_packaged_dual_stack_form) {
-        expect_dropin("", "[Socket]\nListenStream=\nListenStream=9999\nBacklog=511\n");
-        expect_dropin("port = 7777;\nbacklog = 64;\n", "[Socket]\nListenStream=\nListenStream=7777\nBacklog=64\n");
+        expect_dropin("", "[Socket]\nListenStream=\nListenStream=9999\nBindIPv6Only=both\nBacklog=511\n");
+        expect_dropin("port = 7777;\nbacklog = 64;\n", "[Socket]\nListenStream=\nListenStream=7777\nBindIPv6Only=both\nBacklog=64\n");
 }
 
 Test(dropin, the_issue_example) {
