@@ -122,7 +122,16 @@ static void cannot_listen(const Conf *conf, const Listener *l, int r, char *err,
                          spec_origin(conf, spec), spec->host, scope + 1);
                 return;
         }
-        snprintf(err, err_size, "%s: listen: cannot listen on %s: %s", spec_origin(conf, spec), l->name, strerror(-r));
+        /* Under systemd (INVOCATION_ID) a unit that allows no network socket of hellod's own
+         * (the packaged RestrictAddressFamilies=AF_UNIX) gets here only when hellod.socket
+         * passed none: a daemon-reload that changed its addresses leaves it none until it is
+         * restarted. The administrator needs the command, not the errno. */
+        bool no_socket_passed = r == -EAFNOSUPPORT && getenv("INVOCATION_ID");
+        snprintf(err, err_size, "%s: listen: cannot listen on %s: %s%s", spec_origin(conf, spec), l->name,
+                 strerror(-r),
+                 no_socket_passed ? "; the unit lets hellod open no network socket itself, and systemd passed "
+                                    "none, as after a daemon-reload that changed hellod.socket's addresses: "
+                                    "systemctl restart hellod.socket" : "");
 }
 
 /* look_up_or_explain: look_up(), or -EADDRNOTAVAIL with the reason in ERR (-EAGAIN: no answer
