@@ -386,7 +386,10 @@ Test(lifecycle, signals_during_a_stop_are_logged_and_ignored, .timeout = 60) {
 
 /* A second SIGTERM or SIGINT during a stop (the impatient second Ctrl+C) cuts the wait for busy
  * clients short: the stop closes them at once and hellod exits 0, where the shutdown_timeout
- * of a minute would have kept it (longer than the harness waits for an exit). */
+ * of a minute would have kept it (longer than the harness waits for an exit). With a thread
+ * per connection the stop's wake-up may let the thread write what is left of its replies
+ * into the room a retried write takes (see signals_during_a_stop_are_logged_and_ignored):
+ * then the stop ends by itself before the second signal, and nothing is left to close. */
 static void second_stop_signal_cuts_the_wait(int first, int second) {
         Hellod *d = hellod_start("shutdown_timeout = 60;\n");
         int fd = client_connect(d->port);
@@ -402,7 +405,11 @@ static void second_stop_signal_cuts_the_wait(int first, int second) {
         if (!exited_with(status, HELLOD_EXIT_OK))
                 hellod_fail(d, "after a second stop signal: %s, expected exit status 0 before the 60 s",
                             harness_describe_status(status, buf, sizeof(buf)));
-        cr_expect_eq(hellod_count_in_stderr(d, "closing 1 remaining connection"), 1);
+        int closed = hellod_count_in_stderr(d, "closing 1 remaining connection");
+        if (harness_model_is("per-connection"))
+                cr_expect_leq(closed, 1);
+        else
+                cr_expect_eq(closed, 1, "the busy client was not closed by the second signal");
         cr_expect_eq(hellod_count_in_stderr(d, "while stopping"), 0, "a stop signal is not ignored");
         client_close(fd);
         hellod_free(d);
