@@ -44,7 +44,7 @@
 
 /* epoll data of the control descriptors; a listener's is (generation << 32) | its index,
  * generations starting at 1. */
-enum { KEY_STOP = 1, KEY_RESUME = 2, KEY_PING = 3 };
+enum { KEY_STOP = 1, KEY_RESUME = 2, KEY_PING = 3, KEY_SLOT = 4 };
 
 /* How often the hand-over wakes the threads still serving: a signal that comes just before a
  * thread blocks (after it looked at `handing`) is lost, and the next one wakes it. The first
@@ -70,8 +70,14 @@ typedef struct PerConn {
         int epoll_fd;  /* the listeners (one-shot), stop_fd and resume_fd */
         int stop_fd;   /* eventfd: written at the stop and never read, so that every waiting
                         * thread wakes to it in turn (level-triggered) */
-        int resume_fd; /* timerfd: accepting resumes (a slot freed, or a pause ended) */
+        int resume_fd; /* timerfd: a pause of accepting (out of descriptors, a failed accept) ends */
+        int slot_fd;   /* eventfd: accepting resumes now (a slot freed, or may have) */
         int ping_fd;   /* eventfd: perconn_answered()'s question, for a waiting thread */
+        /* atomic, usec: until when accepting pauses. Kept apart from the slot's wake-up, as
+         * the pool's paused_until is: a slot freeing during the pause (its socket may linger
+         * on, its descriptor not freed yet) admits the queued clients but arms no listener,
+         * and one shared timer re-armed by both lost the pause, or delayed the wake-up. */
+        uint64_t paused_until;
         uint64_t alive_gen, alive_acked; /* atomic: the question asked last, answered last */
         pthread_rwlock_t listen_lock; /* read: a thread accepting; write: a new set */
         const Listener *listeners;    /* the server's set (its array: engine.h, set_listeners) */
@@ -502,12 +508,19 @@ static QueuedClient **queue_of(PerConn *p, size_t i) {
         return p->queued ? &p->queued[i] : &p->orphans;
 }
 
-/* resume_in: every listener is armed again in USEC (at least 1). */
-static void resume_in(PerConn *p, uint64_t usec) {
+/* pause_for: accepting pauses for USEC; then every listener is armed again. */
+static void pause_for(PerConn *p, uint64_t usec) {
         struct itimerspec t = { .it_value = { .tv_sec = (time_t) (usec / 1000000u),
                                               .tv_nsec = (long) (usec % 1000000u) * 1000 + 1 } };
 
+        __atomic_store_n(&p->paused_until, now_usec() + usec, __ATOMIC_RELEASE);
         if (timerfd_settime(p->resume_fd, 0, &t, NULL) < 0)
+                log_error_errno(-errno, "cannot schedule accepting");
+}
+
+/* resume_now: a waiting thread resumes accepting (resume()), as far as a pause allows. */
+static void resume_now(PerConn *p) {
+        if (eventfd_write(p->slot_fd, 1) < 0)
                 log_error_errno(-errno, "cannot schedule accepting");
 }
 
@@ -532,7 +545,7 @@ static bool admit_queue(PerConn *p, QueuedClient **head, Session **mine) {
                          * found it empty and armed the listener: once more, or Q waits on
                          * with a slot free, and so does every client after it. */
                         if (__atomic_load_n(&p->resumes, __ATOMIC_ACQUIRE) != resumes)
-                                resume_in(p, 0);
+                                resume_now(p);
                         return false;
                 }
                 free(q);
@@ -548,17 +561,19 @@ static bool admit_queue(PerConn *p, QueuedClient **head, Session **mine) {
 }
 
 /* resume: accepting resumes (a slot freed, or a pause ended): the queued clients are admitted
- * first, oldest first, then each listener without one waiting is armed. Returns one client
- * admitted for this thread to serve; the others admitted get threads of their own. */
+ * first, oldest first, then each listener without one waiting is armed, unless accepting is
+ * paused (its timer arms them at its end). Returns one client admitted for this thread to
+ * serve; the others admitted get threads of their own. */
 static Session *resume(PerConn *p) {
         Session *mine = NULL;
+        bool paused = now_usec() < __atomic_load_n(&p->paused_until, __ATOMIC_ACQUIRE);
 
         /* Counted before any queue is looked at: see take_connection(). */
         __atomic_add_fetch(&p->resumes, 1, __ATOMIC_ACQ_REL);
         pthread_rwlock_rdlock(&p->listen_lock);
         (void) admit_queue(p, &p->orphans, &mine);
         for (size_t i = 0; i < p->n_listeners; i++)
-                if (admit_queue(p, queue_of(p, i), &mine)) /* else still full: stays disarmed */
+                if (admit_queue(p, queue_of(p, i), &mine) && !paused) /* else still full: stays disarmed */
                         arm(p, i);
         pthread_rwlock_unlock(&p->listen_lock);
         return mine;
@@ -620,11 +635,11 @@ static Session *take_connection(PerConn *p, uint64_t key, bool *leave) {
                         /* A slot that freed after admit() said "full" may have been announced
                          * to a resume() that found no client queued here yet: once more. */
                         if (__atomic_load_n(&p->resumes, __ATOMIC_ACQUIRE) != resumes)
-                                resume_in(p, 0);
+                                resume_now(p);
                 } else if (fd >= 0 || kind == ACCEPT_DRAINED || kind == ACCEPT_RETRY)
                         arm(p, i);
                 else
-                        resume_in(p, ENGINE_ACCEPT_PAUSE_USEC); /* disarmed until then */
+                        pause_for(p, ENGINE_ACCEPT_PAUSE_USEC); /* disarmed until then */
         }
         pthread_rwlock_unlock(&p->listen_lock);
         return s;
@@ -655,10 +670,11 @@ static void *wait_for_client(void *userdata) {
                                          __ATOMIC_RELEASE);
                         continue;
                 }
-                if (ev.data.u64 == KEY_RESUME) {
-                        uint64_t expirations;
+                if (ev.data.u64 == KEY_RESUME || ev.data.u64 == KEY_SLOT) {
+                        /* One thread reads it (the others find it empty) and resumes. */
+                        uint64_t count;
                         Session *s = NULL;
-                        if (read(p->resume_fd, &expirations, sizeof(expirations)) > 0)
+                        if (read(ev.data.u64 == KEY_RESUME ? p->resume_fd : p->slot_fd, &count, sizeof(count)) > 0)
                                 s = resume(p);
                         if (s)
                                 return s;
@@ -752,7 +768,7 @@ static void perconn_set_listeners(Engine *e, const ListenerSet *set) {
 /* perconn_slot_freed: overload = "queue": a slot is free; a waiting thread re-arms the
  * listeners (under the server's lock: no lock of ours is taken here). */
 static void perconn_slot_freed(Engine *e) {
-        resume_in((PerConn *) e, 0);
+        resume_now((PerConn *) e);
 }
 
 /* ---- the engine ---- */
@@ -778,6 +794,8 @@ static void perconn_free(PerConn *p, uint64_t linger_usec) {
                 close(p->stop_fd);
         if (p->resume_fd >= 0)
                 close(p->resume_fd);
+        if (p->slot_fd >= 0)
+                close(p->slot_fd);
         if (p->ping_fd >= 0)
                 close(p->ping_fd);
         orphan_queued(p); /* no thread is left to take the lock */
@@ -883,19 +901,22 @@ static const EngineOps perconn_ops = {
         .keeps_partial_lines = true,
 };
 
-/* open_control: the epoll set, its stop and ping eventfds and resume timerfd. */
+/* open_control: the epoll set, its stop, slot and ping eventfds and resume timerfd. */
 static int open_control(PerConn *p) {
         struct epoll_event stop_ev = { .events = EPOLLIN, .data.u64 = KEY_STOP };
         struct epoll_event resume_ev = { .events = EPOLLIN, .data.u64 = KEY_RESUME };
+        struct epoll_event slot_ev = { .events = EPOLLIN, .data.u64 = KEY_SLOT };
         struct epoll_event ping_ev = { .events = EPOLLIN, .data.u64 = KEY_PING };
 
         p->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
         p->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         p->resume_fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+        p->slot_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
         p->ping_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-        if (p->epoll_fd < 0 || p->stop_fd < 0 || p->resume_fd < 0 || p->ping_fd < 0 ||
+        if (p->epoll_fd < 0 || p->stop_fd < 0 || p->resume_fd < 0 || p->slot_fd < 0 || p->ping_fd < 0 ||
             epoll_ctl(p->epoll_fd, EPOLL_CTL_ADD, p->stop_fd, &stop_ev) < 0 ||
             epoll_ctl(p->epoll_fd, EPOLL_CTL_ADD, p->resume_fd, &resume_ev) < 0 ||
+            epoll_ctl(p->epoll_fd, EPOLL_CTL_ADD, p->slot_fd, &slot_ev) < 0 ||
             epoll_ctl(p->epoll_fd, EPOLL_CTL_ADD, p->ping_fd, &ping_ev) < 0)
                 return -errno;
         return 0;
@@ -908,7 +929,7 @@ int perconn_engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks)
 
         if (!p)
                 return -ENOMEM;
-        p->epoll_fd = p->stop_fd = p->resume_fd = p->ping_fd = -1;
+        p->epoll_fd = p->stop_fd = p->resume_fd = p->slot_fd = p->ping_fd = -1;
         /* A new listener set must not wait behind a stream of accepting threads. */
         pthread_rwlockattr_init(&attr);
         pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
