@@ -180,7 +180,9 @@ static void *lingerer_main(void *arg) {
                 pthread_mutex_unlock(&g->lock);
                 release_expired(g, expired);
 
-                int n = epoll_wait(g->epoll_fd, events, 64, msec_until(until, now));
+                /* The clock again: releasing (a read, a close, the closing hook's message to
+                 * systemd for a stored socket) takes time that must not push UNTIL back. */
+                int n = epoll_wait(g->epoll_fd, events, 64, msec_until(until, now_usec()));
                 if (n < 0 && errno != EINTR) {
                         log_error_errno(-errno, "the lingerer's epoll_wait failed");
                         (void) usleep(LINGERER_SLACK_USEC);
