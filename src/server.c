@@ -1427,11 +1427,14 @@ typedef struct ResumeCounts {
         size_t resumed, refused, gone, fresh;
         uint64_t gap_usec;
         bool have_state;
+        bool said_unserved; /* the first conversation the engine could not take is logged */
 } ResumeCounts;
 
 /* adopt_session: registers a resumed SESSION (no limits: it was admitted before) and hands it
- * to the engine. */
-static void adopt_session(Server *s, Session *session) {
+ * to the engine. false when the engine cannot take it (no thread can be started for it,
+ * TasksMax=): it is closed and out of the store, to be counted as refused; the first such is
+ * logged with its cause, the others only counted (a restart may bring thousands). */
+static bool adopt_session(Server *s, Session *session, ResumeCounts *c) {
         int flags = fcntl(session->fd, F_GETFL);
         bool nonblocking = engine_nonblocking(s->engine);
 
@@ -1454,15 +1457,21 @@ static void adopt_session(Server *s, Session *session) {
         changed(s);
         pthread_mutex_unlock(&s->lock);
         session->stored = s->conf->handover == HANDOVER_MODE_ALWAYS;
-        if (engine_add(s->engine, session) < 0) {
+        int r = engine_add(s->engine, session);
+        if (r < 0) {
                 /* Closed without a word, like a refused resume, and out of the store. */
                 char name[HANDOVER_FDNAME_MAX];
                 HandoverConnName conn = handoff_conn_name(session);
-                log_warning("connection %" PRIu64 " from %s cannot be resumed by this worker model, closing it",
-                            session->id, session->peer);
+                if (!c->said_unserved)
+                        log_warning_errno(r, "connection %" PRIu64 " from %s cannot be resumed, closing it "
+                                          "(any more like it are counted as refused in the resume's line)",
+                                          session->id, session->peer);
+                c->said_unserved = true;
                 (void) notify_fdstore_remove(handover_fdname_conn(&conn, name, sizeof(name)));
                 unregister(s, session);
+                return false;
         }
+        return true;
 }
 
 /* take_conn: the stored connection ID, its descriptor moved out of STORE (-1 when a record
@@ -1559,8 +1568,10 @@ static void resume_records(Server *s, InheritedStore *store, ResumeCounts *c) {
                 }
                 session->stored_via = conn->name.via_balancer; /* the name it is stored under */
                 session->stored_ended = conn->name.ended;
-                adopt_session(s, session);
-                c->resumed++;
+                if (adopt_session(s, session, c))
+                        c->resumed++;
+                else
+                        c->refused++;
         }
         handover_state_done(&state);
         handoff_state_release(&bytes);
@@ -1626,8 +1637,10 @@ static void resume(Server *s, InheritedStore *store) {
                  * line. handoff_session_fresh() closes FD when it cannot. */
                 bool fresh = !state_passed && keep_stored;
                 if (fresh && handoff_session_fresh(fd, s->conf, &conn->name, &session) == 0) {
-                        adopt_session(s, session);
-                        c.fresh++;
+                        if (adopt_session(s, session, &c))
+                                c.fresh++;
+                        else
+                                c.refused++;
                         continue;
                 }
                 /* With a state, a connection without a usable record (counted with its record) is

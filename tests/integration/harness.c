@@ -427,6 +427,53 @@ int harness_proc_thread_count_but(pid_t pid, const char *prefix, int *ret_exclud
         return n < 0 ? n : n - *ret_excluded;
 }
 
+void harness_cgroup_write(const char *dir, const char *name, const char *value) {
+        char path[256];
+        FILE *f;
+
+        (void) snprintf(path, sizeof(path), "%s/%s", dir, name);
+        f = fopen(path, "w");
+        if (!f)
+                harness_fail("%s: %s", path, strerror(errno));
+        if (fputs(value, f) < 0 || fclose(f) != 0)
+                harness_fail("writing '%s' to %s: %s", value, path, strerror(errno));
+}
+
+long harness_cgroup_read(const char *dir, const char *name) {
+        char path[256];
+
+        (void) snprintf(path, sizeof(path), "%s/%s", dir, name);
+        char *text = harness_read_file(path, NULL);
+        long v = strtol(strncmp(text, "max ", 4) == 0 ? text + 4 : text, NULL, 10);
+        free(text);
+        return v;
+}
+
+void harness_pids_cgroup(char *buf, size_t size) {
+        DIR *dir = opendir(HARNESS_PIDS_CGROUP_ROOT);
+        struct dirent *e;
+
+        /* Those of failed runs (named after a test process no longer there): empty once their
+         * daemons were killed; rmdir refuses one in use. A live test's may be empty still. */
+        while (dir && (e = readdir(dir))) {
+                char path[320];
+
+                if (strncmp(e->d_name, "hellod-test-", 12) != 0)
+                        continue;
+                pid_t owner = (pid_t) strtol(e->d_name + 12, NULL, 10);
+                if (owner > 0 && (kill(owner, 0) == 0 || errno == EPERM))
+                        continue;
+                (void) snprintf(path, sizeof(path), HARNESS_PIDS_CGROUP_ROOT "/%s", e->d_name);
+                (void) rmdir(path);
+        }
+        if (dir)
+                closedir(dir);
+        (void) snprintf(buf, size, HARNESS_PIDS_CGROUP_ROOT "/hellod-test-%d", (int) getpid());
+        if (mkdir(buf, 0755) < 0 && errno != EEXIST)
+                harness_fail("mkdir %s: %s (this test needs the cgroup v1 pids controller at "
+                             HARNESS_PIDS_CGROUP_ROOT ")", buf, strerror(errno));
+}
+
 bool harness_proc_maps_contain(pid_t pid, const char *needle) {
         char path[64], *line = NULL;
         size_t cap = 0;

@@ -105,6 +105,14 @@ int harness_proc_thread_count(pid_t pid, const char *name);
 /* harness_proc_thread_count_but: threads of PID whose name does not begin with PREFIX; those
  * that do in *RET_EXCLUDED (one look at /proc). -1 if PID's threads cannot be listed. */
 int harness_proc_thread_count_but(pid_t pid, const char *prefix, int *ret_excluded);
+/* harness_pids_cgroup: a pids cgroup of this test process's own (the cgroup v1 pids controller
+ * at HARNESS_PIDS_CGROUP_ROOT), its path in BUF; those a failed run left are removed first.
+ * harness_cgroup_write: VALUE into its file NAME; harness_cgroup_read: the number in NAME
+ * ("max N" of pids.events: N). */
+#define HARNESS_PIDS_CGROUP_ROOT "/sys/fs/cgroup/pids"
+void harness_pids_cgroup(char *buf, size_t size);
+void harness_cgroup_write(const char *dir, const char *name, const char *value);
+long harness_cgroup_read(const char *dir, const char *name);
 /* harness_proc_maps_contain: whether a mapping of PID names a file containing NEEDLE. */
 bool harness_proc_maps_contain(pid_t pid, const char *needle);
 

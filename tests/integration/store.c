@@ -374,6 +374,15 @@ pid_t store_start_hellod(Hellod *d, Store *st, int listener) {
                         envp[5] = NULL;
                 if (dup2(err, 2) < 0)
                         harness_exec_failed(report);
+                if (st->cgroup) {
+                        char procs[256], pid_text[16];
+                        snprintf(procs, sizeof(procs), "%s/cgroup.procs", st->cgroup);
+                        int pid_len = snprintf(pid_text, sizeof(pid_text), "%d", (int) getpid());
+                        int c = open(procs, O_WRONLY | O_CLOEXEC);
+                        if (c < 0 || write(c, pid_text, (size_t) pid_len) != pid_len)
+                                harness_exec_failed(report);
+                        close(c);
+                }
                 execle(bin, "hellod", "--config", d->conf_path, "--log-target=stderr", (char *) NULL, envp);
                 harness_exec_failed(report);
         }

@@ -40,6 +40,8 @@ typedef struct Store {
         bool stop;
         bool reading;       /* the store's thread is taking a message in (under LOCK) */
         bool not_a_service; /* start hellod without INVOCATION_ID: a stop ends the conversations */
+        const char *cgroup; /* a cgroup the next hellod joins before it runs (as TasksMax= would
+                             * put it in one), or NULL */
 } Store;
 
 void store_start(Store *st, const char *dir);

@@ -588,6 +588,66 @@ static int fill_to_the_descriptor_limit(Rig *r, rlim_t nofile, int *fds, int max
  * opened one for each (as sd_notify() does), so at the descriptor limit none could be sent: a
  * restart ended every conversation ("cannot hand the conversations over, ending them: Too many
  * open files"). */
+/* A restart into a process that cannot start a thread for every conversation it takes up
+ * (TasksMax=: here pids.max of a cgroup of the test's own): those it cannot serve are closed,
+ * and counted as refused, not as resumed; the warning names the cause, once, and the others
+ * are counted. They used to be counted as resumed, with a warning each that blamed the
+ * worker model. */
+Test(handover, conversations_a_restart_has_no_thread_for_are_refused_not_resumed, .timeout = 90) {
+        enum { N = 20, SPARE_THREADS = 3 };
+        static const char conf[] = "workers = \"per-connection\";\nlog_level = \"info\";\n";
+        char cgroup[128], value[32], line[64], needle[96];
+        int fds[N];
+        Rig r;
+
+        rig_start(&r);
+        rig_serve(&r, "%s", conf);
+        /* What a process of this configuration runs with no conversation, once settled. */
+        harness_sleep_ms(300);
+        int base = harness_proc_thread_count(r.d->pid, NULL);
+        cr_assert_gt(base, 0);
+        for (int i = 0; i < N; i++) {
+                fds[i] = client_connect(r.port);
+                client_expect_str(fds[i], HELLOD_GREETING);
+        }
+        stop_and_wait(r.d);
+        store_wait(r.d, &r.st, "c", N);
+
+        harness_step("the next process may run %d threads", base + SPARE_THREADS);
+        harness_pids_cgroup(cgroup, sizeof(cgroup));
+        snprintf(value, sizeof(value), "%d", base + SPARE_THREADS);
+        harness_cgroup_write(cgroup, "pids.max", value);
+        r.st.cgroup = cgroup;
+        store_start_hellod(r.d, &r.st, r.listener);
+        hellod_wait_stderr(r.d, "resumed ");
+        int answered = 0;
+        for (int i = 0; i < N; i++) {
+                ClientReadEnd end;
+                client_send_str(fds[i], "after\n");
+                size_t n = client_read(fds[i], line, sizeof(line) - 1, "\r\n", HARNESS_TIMEOUT_MS, &end);
+                line[n] = '\0';
+                if (end == CLIENT_READ_DONE) {
+                        cr_expect_str_eq(line, "Hello, after!\r\n");
+                        answered++;
+                } else
+                        cr_expect(end == CLIENT_READ_EOF || end == CLIENT_READ_RESET, "client %d: neither answered nor closed", i);
+        }
+        cr_expect_gt(harness_cgroup_read(cgroup, "pids.events"), 0, "the cap never refused a thread");
+        cr_expect_lt(answered, N, "every conversation got a thread under the cap");
+        snprintf(needle, sizeof(needle), "resumed %d conversation%s handed over", answered, answered == 1 ? "" : "s");
+        char *err = hellod_stderr(r.d);
+        cr_expect(strstr(err, needle), "no '%s' (%d answered):\n%s", needle, answered, err);
+        snprintf(needle, sizeof(needle), "(%d refused", N - answered);
+        cr_expect(strstr(err, needle), "no '%s':\n%s", needle, err);
+        free(err);
+        cr_expect_eq(hellod_count_in_stderr(r.d, "cannot be resumed"), 1, "one warning, the rest counted");
+        cr_expect_eq(hellod_count_in_stderr(r.d, "Resource temporarily unavailable"), 1, "the warning names the cause");
+        harness_cgroup_write(cgroup, "pids.max", "max");
+        for (int i = 0; i < N; i++)
+                client_close(fds[i]);
+        rig_end(&r);
+}
+
 Test(handover, at_the_descriptor_limit_a_restart_hands_every_conversation_over, .timeout = 90) {
         enum { NOFILE = 40, MAX_CLIENTS = 64 };
         char handed[64];

@@ -681,51 +681,6 @@ Test(limits, reload_retires_threads_of_the_old_stack_size, .timeout = 60) {
         hellod_free(d);
 }
 
-#define PIDS_CGROUP_ROOT "/sys/fs/cgroup/pids"
-
-/* cgroup_write: VALUE into the cgroup file DIR/NAME. */
-static void cgroup_write(const char *dir, const char *name, const char *value) {
-        char path[256];
-        FILE *f;
-
-        (void) snprintf(path, sizeof(path), "%s/%s", dir, name);
-        f = fopen(path, "w");
-        cr_assert_not_null(f, "%s: %s", path, strerror(errno));
-        cr_assert(fputs(value, f) >= 0 && fclose(f) == 0, "writing '%s' to %s: %s", value, path, strerror(errno));
-}
-
-/* cgroup_read: the number in DIR/NAME. */
-static long cgroup_read(const char *dir, const char *name) {
-        char path[256];
-        char *text;
-        long v;
-
-        (void) snprintf(path, sizeof(path), "%s/%s", dir, name);
-        text = harness_read_file(path, NULL);
-        /* pids.events reads "max N": the forks the cap refused. */
-        v = strtol(strncmp(text, "max ", 4) == 0 ? text + 4 : text, NULL, 10);
-        free(text);
-        return v;
-}
-
-/* remove_stale_cgroups: the cgroups a failed run of the test below left (empty once its daemon
- * was killed); rmdir refuses one still in use. */
-static void remove_stale_cgroups(void) {
-        DIR *dir = opendir(PIDS_CGROUP_ROOT);
-        struct dirent *e;
-
-        while (dir && (e = readdir(dir))) {
-                char path[320];
-
-                if (strncmp(e->d_name, "hellod-test-", 12) != 0)
-                        continue;
-                (void) snprintf(path, sizeof(path), PIDS_CGROUP_ROOT "/%s", e->d_name);
-                (void) rmdir(path);
-        }
-        if (dir)
-                closedir(dir);
-}
-
 /* Threads run out (TasksMax, RLIMIT_NPROC, memory): the per-connection model keeps one
  * thread accepting, which turns new clients away as busy rather than leaving them in the
  * backlog with no thread to accept them, even a thread of an old stack size after a reload;
@@ -740,28 +695,24 @@ Test(limits, out_of_threads_new_clients_are_told_busy_then_served_again, .timeou
         Hellod *d = hellod_start(conf);
         int served, fd;
 
-        remove_stale_cgroups();
-        (void) snprintf(cgroup, sizeof(cgroup), PIDS_CGROUP_ROOT "/hellod-test-%d", (int) getpid());
-        cr_assert(mkdir(cgroup, 0755) == 0 || errno == EEXIST,
-                  "mkdir %s: %s (this test needs the cgroup v1 pids controller at " PIDS_CGROUP_ROOT ")", cgroup,
-                  strerror(errno));
+        harness_pids_cgroup(cgroup, sizeof(cgroup));
         (void) snprintf(value, sizeof(value), "%d", (int) d->pid);
-        cgroup_write(cgroup, "cgroup.procs", value); /* the whole process, every thread */
+        harness_cgroup_write(cgroup, "cgroup.procs", value); /* the whole process, every thread */
 
         harness_step("a client is served; then no thread more can be started");
         served = connect_served(d->port, NULL); /* its thread started one to wait before greeting */
         /* The cap at the threads there are once none is starting or leaving (a busy machine may
          * still be finishing one): read until two reads 200 ms apart agree. */
-        long current = cgroup_read(cgroup, "pids.current");
+        long current = harness_cgroup_read(cgroup, "pids.current");
         for (int64_t end = harness_now_ms() + 5000; harness_now_ms() < end;) {
                 harness_sleep_ms(200);
-                long again = cgroup_read(cgroup, "pids.current");
+                long again = harness_cgroup_read(cgroup, "pids.current");
                 if (again == current)
                         break;
                 current = again;
         }
         (void) snprintf(value, sizeof(value), "%ld", current);
-        cgroup_write(cgroup, "pids.max", value);
+        harness_cgroup_write(cgroup, "pids.max", value);
 
         /* A thread already waiting serves its client without starting another. Usually one
          * waits; two do when the probe's thread was still finishing the probe as `served` was
@@ -789,7 +740,7 @@ Test(limits, out_of_threads_new_clients_are_told_busy_then_served_again, .timeou
                 client_close(fd);
         }
         hellod_wait_stderr(d, "cannot start a worker thread to accept connections");
-        cr_assert_gt(cgroup_read(cgroup, "pids.events"), 0, "the cap never refused a thread");
+        cr_assert_gt(harness_cgroup_read(cgroup, "pids.events"), 0, "the cap never refused a thread");
         client_hello(served, "still served");
         for (int i = 0; i < n_greeted; i++) /* kept open: their threads must not wait again */
                 client_hello(greeted[i], "greeted by a thread that was waiting");
@@ -802,7 +753,7 @@ Test(limits, out_of_threads_new_clients_are_told_busy_then_served_again, .timeou
         client_close(fd);
 
         harness_step("threads can be started again: new clients are served");
-        cgroup_write(cgroup, "pids.max", "max");
+        harness_cgroup_write(cgroup, "pids.max", "max");
         for (int i = 0; i < n_greeted; i++)
                 client_close(greeted[i]);
         for (int i = 0; i < 3; i++) {
