@@ -230,7 +230,9 @@ int lookup_identity(const char *user, const char *group, uid_t *ret_uid, gid_t *
 }
 
 bool lookup_transient(int r) {
-        return r == EAI_AGAIN || r == LOOKUP_TIMED_OUT || r == LOOKUP_BUSY;
+        /* EAI_SYSTEM, EAI_MEMORY: out of descriptors, threads or memory (the lookup's own
+         * eventfd and thread among them), the machine's state for now, not the file's fault. */
+        return r == EAI_AGAIN || r == LOOKUP_TIMED_OUT || r == LOOKUP_BUSY || r == EAI_SYSTEM || r == EAI_MEMORY;
 }
 
 const char *lookup_strerror(int r) {

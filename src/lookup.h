@@ -44,5 +44,6 @@ int lookup_identity(const char *user, const char *group, uid_t *ret_uid, gid_t *
 /* lookup_strerror: what R (lookup_addrinfo()'s, with errno as it left it) means. */
 const char *lookup_strerror(int r);
 
-/* lookup_transient: whether R may well not recur (no answer, for now): not a fault of the file. */
+/* lookup_transient: whether R may well not recur (no answer for now; out of descriptors,
+ * threads or memory): not a fault of the file. */
 bool lookup_transient(int r);

@@ -22,6 +22,7 @@
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "lookup.h"
@@ -144,6 +145,27 @@ Test(lookup, a_name_is_answered_through_the_lookup_thread) {
                       ((struct sockaddr_in *) ai->ai_addr)->sin_addr.s_addr == htonl(INADDR_LOOPBACK);
         cr_assert(v4, "localhost did not give 127.0.0.1");
         freeaddrinfo(res);
+}
+
+/* Out of descriptors (or threads, or memory), a lookup fails with EAI_SYSTEM: the machine's
+ * state, not the configuration's fault, and it may well not recur; so a start that meets it
+ * exits 1 (systemd's Restart= tries again), not 78 (RestartPreventExitStatus=: given up). */
+Test(lookup, out_of_descriptors_a_lookup_failure_is_transient) {
+        struct addrinfo *res = NULL;
+        int lowest_free = dup(0);
+
+        cr_assert_geq(lowest_free, 0);
+        close(lowest_free);
+        cr_assert_eq(setrlimit(RLIMIT_NOFILE, &(struct rlimit) { .rlim_cur = (rlim_t) lowest_free,
+                                                                 .rlim_max = (rlim_t) lowest_free }),
+                     0, "setrlimit: %s", strerror(errno));
+        int r = lookup_addrinfo("hellod-lookup.test", "7000", &hints, &res);
+        int error = errno;
+        cr_assert_eq(r, EAI_SYSTEM, "%d: %s", r, lookup_strerror(r));
+        cr_assert_eq(error, EMFILE, "errno %d", error);
+        cr_assert(lookup_transient(r), "out of descriptors is taken for the file's fault");
+        cr_assert(lookup_transient(EAI_MEMORY));
+        cr_assert_null(res);
 }
 
 /* No name server at all: the failure comes back through the thread at once, as one that may
