@@ -111,6 +111,17 @@ static const char *spec_origin(const Conf *conf, const ListenSpec *spec) {
         return spec && spec->at ? spec->at : conf->path ? conf->path : CONF_DEFAULTS_NAME;
 }
 
+/* inet_sockets_allowed: whether this process may open an IPv4 socket at all (a sandbox's
+ * RestrictAddressFamilies= says no with EAFNOSUPPORT, as a kernel without IPv6 says it of AF_INET6). */
+static bool inet_sockets_allowed(void) {
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+        if (fd < 0)
+                return errno != EAFNOSUPPORT;
+        close(fd);
+        return true;
+}
+
 /* cannot_listen: ERR for L of CONF that cannot be bound: "FILE:LINE: listen: cannot listen on
  * ADDRESS: REASON", the line of the entry it came from. */
 static void cannot_listen(const Conf *conf, const Listener *l, int r, char *err, size_t err_size) {
@@ -126,7 +137,7 @@ static void cannot_listen(const Conf *conf, const Listener *l, int r, char *err,
          * (the packaged RestrictAddressFamilies=AF_UNIX) gets here only when hellod.socket
          * passed none: a daemon-reload that changed its addresses leaves it none until it is
          * restarted. The administrator needs the command, not the errno. */
-        bool no_socket_passed = r == -EAFNOSUPPORT && getenv("INVOCATION_ID");
+        bool no_socket_passed = r == -EAFNOSUPPORT && getenv("INVOCATION_ID") && !inet_sockets_allowed();
         snprintf(err, err_size, "%s: listen: cannot listen on %s: %s%s", spec_origin(conf, spec), l->name,
                  strerror(-r),
                  no_socket_passed ? "; the unit lets hellod open no network socket itself, and systemd passed "

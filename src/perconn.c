@@ -518,6 +518,12 @@ static void pause_for(PerConn *p, uint64_t usec) {
                 log_error_errno(-errno, "cannot schedule accepting");
 }
 
+/* paused: whether accepting pauses now. Read at each arm: a pause may begin while resume()
+ * admits the queued clients (a thread of another listener out of descriptors). */
+static bool paused(PerConn *p) {
+        return now_usec() < __atomic_load_n(&p->paused_until, __ATOMIC_ACQUIRE);
+}
+
 /* resume_now: a waiting thread resumes accepting (resume()), as far as a pause allows. */
 static void resume_now(PerConn *p) {
         if (eventfd_write(p->slot_fd, 1) < 0)
@@ -566,14 +572,13 @@ static bool admit_queue(PerConn *p, QueuedClient **head, Session **mine) {
  * serve; the others admitted get threads of their own. */
 static Session *resume(PerConn *p) {
         Session *mine = NULL;
-        bool paused = now_usec() < __atomic_load_n(&p->paused_until, __ATOMIC_ACQUIRE);
 
         /* Counted before any queue is looked at: see take_connection(). */
         __atomic_add_fetch(&p->resumes, 1, __ATOMIC_ACQ_REL);
         pthread_rwlock_rdlock(&p->listen_lock);
         (void) admit_queue(p, &p->orphans, &mine);
         for (size_t i = 0; i < p->n_listeners; i++)
-                if (admit_queue(p, queue_of(p, i), &mine) && !paused) /* else still full: stays disarmed */
+                if (admit_queue(p, queue_of(p, i), &mine) && !paused(p)) /* else still full: stays disarmed */
                         arm(p, i);
         pthread_rwlock_unlock(&p->listen_lock);
         return mine;
