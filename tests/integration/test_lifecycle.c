@@ -309,6 +309,22 @@ static void stall(Hellod *d, int fd) {
         }
 }
 
+/* stop_waiting_for_a_busy_client: a hellod with shutdown_timeout TIMEOUT_SEC, a client *RET_FD
+ * that keeps it blocked writing (stall), and SIG: the stop waits for that client. */
+static Hellod *stop_waiting_for_a_busy_client(unsigned timeout_sec, int sig, int *ret_fd) {
+        Hellod *d = hellod_start("shutdown_timeout = %u;\n", timeout_sec);
+        int fd = client_connect(d->port);
+        char waiting[32];
+
+        client_expect_str(fd, HELLOD_GREETING);
+        stall(d, fd); /* hellod blocked writing to it: the stop waits */
+        hellod_signal(d, sig);
+        snprintf(waiting, sizeof(waiting), "waiting up to %u s", timeout_sec);
+        hellod_wait_stderr(d, waiting);
+        *ret_fd = fd;
+        return d;
+}
+
 /* A client the stop cuts off (shutdown_timeout = 0: busy clients at once) is logged as closed by
  * the shutdown: its write failed because hellod shut the socket, which is no broken pipe of the
  * client's (HELLOD_REASON said "broken-pipe"). The client sends without reading until hellod,
@@ -361,14 +377,10 @@ Test(lifecycle, sigusr1_and_sigusr2_are_logged_and_ignored, .timeout = 60) {
  * buffer is free, and takes a retried write into less), and then the stop lasts only the
  * lingering second, too short on a loaded machine for three signals each waited for. */
 Test(lifecycle, signals_during_a_stop_are_logged_and_ignored, .timeout = 60) {
-        Hellod *d = hellod_start("shutdown_timeout = 3;\n");
-        int fd = client_connect(d->port);
+        int fd;
+        Hellod *d = stop_waiting_for_a_busy_client(3, SIGTERM, &fd);
         char buf[96];
 
-        client_expect_str(fd, HELLOD_GREETING);
-        stall(d, fd); /* hellod blocked writing to it: the stop waits */
-        hellod_signal(d, SIGTERM);
-        hellod_wait_stderr(d, "waiting up to 3 s");
         harness_step("SIGHUP, SIGUSR1 and SIGUSR2 meanwhile");
         hellod_signal(d, SIGHUP);
         hellod_signal(d, SIGUSR1);
@@ -391,14 +403,10 @@ Test(lifecycle, signals_during_a_stop_are_logged_and_ignored, .timeout = 60) {
  * into the room a retried write takes (see signals_during_a_stop_are_logged_and_ignored):
  * then the stop ends by itself before the second signal, and nothing is left to close. */
 static void second_stop_signal_cuts_the_wait(int first, int second) {
-        Hellod *d = hellod_start("shutdown_timeout = 60;\n");
-        int fd = client_connect(d->port);
+        int fd;
+        Hellod *d = stop_waiting_for_a_busy_client(60, first, &fd);
         char buf[96];
 
-        client_expect_str(fd, HELLOD_GREETING);
-        stall(d, fd); /* hellod blocked writing to it: the stop waits */
-        hellod_signal(d, first);
-        hellod_wait_stderr(d, "waiting up to 60 s");
         harness_step("the second signal");
         hellod_signal(d, second);
         int status = hellod_wait_exit(d, HARNESS_STOP_TIMEOUT_MS);
