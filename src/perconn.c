@@ -508,14 +508,22 @@ static QueuedClient **queue_of(PerConn *p, size_t i) {
         return p->queued ? &p->queued[i] : &p->orphans;
 }
 
-/* pause_for: accepting pauses for USEC; then every listener is armed again. */
-static void pause_for(PerConn *p, uint64_t usec) {
+/* resume_in: every listener is armed again in USEC (at least 1), those disarmed meanwhile too.
+ * Always ENGINE_ACCEPT_PAUSE_USEC from now: a later call never moves the timer before the end
+ * of a pause set earlier (paused_until). */
+static void resume_in(PerConn *p, uint64_t usec) {
         struct itimerspec t = { .it_value = { .tv_sec = (time_t) (usec / 1000000u),
                                               .tv_nsec = (long) (usec % 1000000u) * 1000 + 1 } };
 
-        __atomic_store_n(&p->paused_until, now_usec() + usec, __ATOMIC_RELEASE);
         if (timerfd_settime(p->resume_fd, 0, &t, NULL) < 0)
                 log_error_errno(-errno, "cannot schedule accepting");
+}
+
+/* pause_for: accepting pauses for USEC (out of descriptors or memory): no listener is armed
+ * until then, whatever wakes a thread meanwhile. */
+static void pause_for(PerConn *p, uint64_t usec) {
+        __atomic_store_n(&p->paused_until, now_usec() + usec, __ATOMIC_RELEASE);
+        resume_in(p, usec);
 }
 
 /* paused: whether accepting pauses now. Read at each arm: a pause may begin while resume()
@@ -643,8 +651,10 @@ static Session *take_connection(PerConn *p, uint64_t key, bool *leave) {
                                 resume_now(p);
                 } else if (fd >= 0 || kind == ACCEPT_DRAINED || kind == ACCEPT_RETRY)
                         arm(p, i);
-                else
-                        pause_for(p, ENGINE_ACCEPT_PAUSE_USEC); /* disarmed until then */
+                else if (kind == ACCEPT_FAILED) /* this listener alone stays disarmed until then */
+                        resume_in(p, ENGINE_ACCEPT_PAUSE_USEC);
+                else /* out of descriptors or memory: every listener waits */
+                        pause_for(p, ENGINE_ACCEPT_PAUSE_USEC);
         }
         pthread_rwlock_unlock(&p->listen_lock);
         return s;
