@@ -111,10 +111,11 @@ static const char *spec_origin(const Conf *conf, const ListenSpec *spec) {
         return spec && spec->at ? spec->at : conf->path ? conf->path : CONF_DEFAULTS_NAME;
 }
 
-/* inet_sockets_allowed: whether this process may open an IPv4 socket at all (a sandbox's
- * RestrictAddressFamilies= says no with EAFNOSUPPORT, as a kernel without IPv6 says it of AF_INET6). */
-static bool inet_sockets_allowed(void) {
-        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+/* family_allowed: whether this process may open a TCP socket of FAMILY: not when the kernel
+ * has none (IPv6 under ipv6.disable=1), nor when a sandbox's RestrictAddressFamilies= forbids
+ * it (the packaged unit allows AF_UNIX alone); both say EAFNOSUPPORT. */
+static bool family_allowed(int family) {
+        int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 
         if (fd < 0)
                 return errno != EAFNOSUPPORT;
@@ -137,7 +138,7 @@ static void cannot_listen(const Conf *conf, const Listener *l, int r, char *err,
          * (the packaged RestrictAddressFamilies=AF_UNIX) gets here only when hellod.socket
          * passed none: a daemon-reload that changed its addresses leaves it none until it is
          * restarted. The administrator needs the command, not the errno. */
-        bool no_socket_passed = r == -EAFNOSUPPORT && getenv("INVOCATION_ID") && !inet_sockets_allowed();
+        bool no_socket_passed = r == -EAFNOSUPPORT && getenv("INVOCATION_ID") && !family_allowed(AF_INET);
         snprintf(err, err_size, "%s: listen: cannot listen on %s: %s%s", spec_origin(conf, spec), l->name,
                  strerror(-r),
                  no_socket_passed ? "; the unit lets hellod open no network socket itself, and systemd passed "
@@ -901,18 +902,6 @@ static const Listener *split_roles(const ListenerSet *inherited, const Conf *con
         return NULL;
 }
 
-/* host_has_ipv6: false where no IPv6 socket can be had: a kernel booted with ipv6.disable=1,
- * but also a sandbox's RestrictAddressFamilies= (the packaged unit allows AF_UNIX alone), so
- * only together with the passed sockets (passes_ipv6) does it say the host has none. */
-static bool host_has_ipv6(void) {
-        int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-        if (fd < 0)
-                return errno != EAFNOSUPPORT;
-        close(fd);
-        return true;
-}
-
 /* passes_ipv6: whether a socket of SET is an IPv6 one. */
 static bool passes_ipv6(const ListenerSet *set) {
         for (size_t i = 0; i < set->n; i++)
@@ -943,7 +932,7 @@ int listeners_match_conf(const ListenerSet *inherited, const Conf *conf, char *w
          * 0.0.0.0:PORT alone), and what hellod would bind itself: "::" is skipped, as bind_new()
          * does. Not where an IPv6 socket was passed: the packaged unit's sandbox fails the probe
          * on every host, and its hellod.socket passes a dual-stack [::]:PORT. */
-        if (conf->listen_is_default && !passes_ipv6(inherited) && !host_has_ipv6())
+        if (conf->listen_is_default && !passes_ipv6(inherited) && !family_allowed(AF_INET6))
                 drop_ipv6(&want);
         for (size_t i = 0; i < conf->n_listen && r >= 0; i++) { /* as the generator writes it */
                 const ListenSpec *spec = &conf->listen[i];
