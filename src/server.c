@@ -218,15 +218,19 @@ static void unregister(Server *s, Session *session) {
         session_free(session);
 }
 
-/* forget_stored: SESSION leaves systemd's store, if it is there: PID 1's copy would keep the
- * connection open after this process closes it. 0, or notify_fdstore_remove()'s error. */
-static int forget_stored(const Session *session) {
+/* unstore_session: SESSION leaves systemd's store, where it may be (a resumed one, not yet
+ * marked stored): PID 1's copy would keep the connection open after this process closes it.
+ * 0, or notify_fdstore_remove()'s error. */
+static int unstore_session(const Session *session) {
         char name[HANDOVER_FDNAME_MAX];
-
-        if (!session->stored)
-                return 0;
         HandoverConnName conn = handoff_conn_name(session);
+
         return notify_fdstore_remove(handover_fdname_conn(&conn, name, sizeof(name)));
+}
+
+/* forget_stored: SESSION leaves systemd's store, if it is there (unstore_session). */
+static int forget_stored(const Session *session) {
+        return session->stored ? unstore_session(session) : 0;
 }
 
 /* put_stored: SESSION into systemd's store under the name it says (handoff_conn_name);
@@ -1430,6 +1434,26 @@ typedef struct ResumeCounts {
         bool said_unserved; /* the first conversation the engine could not take is logged */
 } ResumeCounts;
 
+/* resume_denied: whether the access lists turn SESSION's client away now: the configuration
+ * may have changed since its admission, and a restart is how an administrator expects a new
+ * deny to take effect on conversations going on (a reload leaves them, as nginx's does). It
+ * is then closed in silence, out of the store, and logged as a refusal, as at the accept.
+ * Behind a balancer the client the header named is checked; a health check speaks for itself. */
+static bool resume_denied(Server *s, Session *session) {
+        if (session->proxy_local)
+                return false;
+        pthread_mutex_lock(&s->lock);
+        bool admitted = conf_admits(s->conf, &session->ip);
+        pthread_mutex_unlock(&s->lock);
+        if (admitted)
+                return false;
+        (void) unstore_session(session);
+        log_refusal_via(s, session->peer, session->balancer[0] ? session->balancer : NULL, "denied",
+                        "denied by allow/deny, its conversation not resumed");
+        session_free(session);
+        return true;
+}
+
 /* adopt_session: registers a resumed SESSION (no limits: it was admitted before) and hands it
  * to the engine. false when the engine cannot take it (no thread can be started for it,
  * TasksMax=): it is closed and out of the store, to be counted as refused; the first such is
@@ -1438,6 +1462,8 @@ static bool adopt_session(Server *s, Session *session, ResumeCounts *c) {
         int flags = fcntl(session->fd, F_GETFL);
         bool nonblocking = engine_nonblocking(s->engine);
 
+        if (resume_denied(s, session))
+                return false;
         if (flags >= 0)
                 (void) fcntl(session->fd, F_SETFL, nonblocking ? flags | O_NONBLOCK : flags & ~O_NONBLOCK);
         (void) fcntl(session->fd, F_SETFD, FD_CLOEXEC);
@@ -1460,14 +1486,12 @@ static bool adopt_session(Server *s, Session *session, ResumeCounts *c) {
         int r = engine_add(s->engine, session);
         if (r < 0) {
                 /* Closed without a word, like a refused resume, and out of the store. */
-                char name[HANDOVER_FDNAME_MAX];
-                HandoverConnName conn = handoff_conn_name(session);
                 if (!c->said_unserved)
                         log_warning_errno(r, "connection %" PRIu64 " from %s cannot be resumed, closing it "
                                           "(any more like it are counted as refused in the resume's line)",
                                           session->id, session->peer);
                 c->said_unserved = true;
-                (void) notify_fdstore_remove(handover_fdname_conn(&conn, name, sizeof(name)));
+                (void) unstore_session(session);
                 unregister(s, session);
                 return false;
         }

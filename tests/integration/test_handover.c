@@ -2610,3 +2610,80 @@ Test(handover, always_a_failed_hand_over_after_a_waiting_client_still_greets_it,
         client_close(served);
         rig_end(&r);
 }
+
+/* denied_after_restart: under MODEL, a client that the next process's allow/deny turns away
+ * is not resumed, across a restart or, in the crash mode, a crash: it is closed in silence
+ * and logged as refused, as it would be at the accept, while the others go on. Behind a
+ * balancer (PROXY) the client the header named is the one checked. A restart used to resume
+ * them all: a new deny ended nothing but a stop, where the docs say a resumed conversation
+ * continues under the new process's configuration (docs/zero-downtime.md). */
+static void denied_after_restart(const char *model, bool crash, bool proxy) {
+        const char *mode = crash ? "handover = \"always\";\n" : "";
+        char listen[160] = "";
+        int fds[2];
+        Rig r;
+
+        harness_step("%s, %s, across a %s", model, proxy ? "behind a balancer" : "direct",
+                     crash ? "crash in the crash mode" : "restart");
+        rig_start(&r);
+        if (proxy)
+                (void) snprintf(listen, sizeof(listen),
+                                "listen = ( { address = \"127.0.0.1:%u\"; proxy_protocol = true; } );\n"
+                                "proxy_from = [ \"127.0.0.1\" ];\n",
+                                (unsigned) r.port);
+        rig_serve(&r, "%s%slog_level = \"info\";\n%s", model, listen, mode);
+        if (proxy) {
+                fds[0] = client_connect(r.port);
+                client_send_str(fds[0], "PROXY TCP4 192.0.2.8 127.0.0.1 40000 9999\r\n");
+                fds[1] = client_connect(r.port);
+                client_send_str(fds[1], "PROXY TCP4 192.0.2.7 127.0.0.1 40000 9999\r\n");
+        } else {
+                fds[0] = client_connect(r.port);
+                fds[1] = client_connect_to("127.0.0.1", r.port, "127.0.0.2");
+        }
+        for (size_t i = 0; i < 2; i++) {
+                client_expect_str(fds[i], HELLOD_GREETING);
+                client_hello(fds[i], "before");
+        }
+        const char *deny = "deny = [ \"127.0.0.2\", \"192.0.2.7\" ];\n";
+        if (crash) {
+                store_wait(r.d, &r.st, "c", 2);
+                hellod_write_config(r.d, "%s%slog_level = \"info\";\n%s%s", model, listen, mode, deny);
+                cr_assert_eq(truncate(r.d->stderr_path, 0), 0);
+                rig_crash(&r);
+                hellod_wait_stderr(r.d, "resumed 1 conversation kept in the store");
+                hellod_wait_stderr(r.d, "1 refused)");
+        } else {
+                stop_and_wait(r.d);
+                cr_assert_eq(truncate(r.d->stderr_path, 0), 0);
+                rig_serve(&r, "%s%slog_level = \"info\";\n%s%s", model, listen, mode, deny);
+                hellod_wait_stderr(r.d, "resumed 1 conversation handed over");
+                hellod_wait_stderr(r.d, "(1 refused,");
+        }
+        hellod_wait_stderr(r.d, proxy ? "refused 192.0.2.7:40000 via 127.0.0.1:" : "refused 127.0.0.2:");
+        harness_step("the denied conversation is closed, the other goes on");
+        client_try_send(fds[1], "still\n", 6);
+        client_expect_eof(fds[1], true);
+        client_hello(fds[0], "still");
+        for (size_t i = 0; i < 2; i++)
+                client_close(fds[i]);
+        rig_end(&r);
+}
+
+#define EPOLL_LOOP "workers = 1;\nio_backend = \"epoll\";\n"
+#define PER_CONNECTION "workers = \"per-connection\";\n"
+
+Test(handover, a_restart_does_not_resume_conversations_its_allow_deny_turns_away, .timeout = 120) {
+        denied_after_restart(EPOLL_LOOP, false, false);
+        denied_after_restart(EPOLL_LOOP, false, true);
+        denied_after_restart(PER_CONNECTION, false, false);
+        denied_after_restart(PER_CONNECTION, false, true);
+        denied_after_restart("workers = 1;\nio_backend = \"io_uring\";\n", false, false);
+}
+
+Test(handover, always_a_crash_does_not_resume_conversations_its_allow_deny_turns_away, .timeout = 120) {
+        denied_after_restart(EPOLL_LOOP, true, false);
+        denied_after_restart(EPOLL_LOOP, true, true);
+        denied_after_restart(PER_CONNECTION, true, false);
+        denied_after_restart(PER_CONNECTION, true, true);
+}
