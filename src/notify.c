@@ -103,7 +103,7 @@ static void send_state(const char *state) {
 static void send_statef(const char *format, ...) __attribute__((format(printf, 1, 2)));
 
 static void send_statef(const char *format, ...) {
-        char msg[512];
+        char msg[NOTIFY_STATUS_MAX + 64]; /* STATUS= text and what comes with it */
         va_list ap;
 
         va_start(ap, format);

@@ -11,6 +11,9 @@
  * at the start, before any other thread runs. */
 int notify_open(void);
 
+/* The longest STATUS= text that notify_ready() and notify_status() send whole: a longer one
+ * is not sent at all (and READY=1 with it). */
+#define NOTIFY_STATUS_MAX 768
 void notify_ready(const char *status);
 void notify_status(const char *status);
 /* notify_reloading: RELOADING=1 with MONOTONIC_USEC= (systemd ≥ 253 wants it; 252 ignores it). */

@@ -49,6 +49,9 @@
 #define REFUSAL_LOG_BURST 10
 /* How often STATUS= is refreshed while the counters change. */
 #define STATUS_INTERVAL_MSEC 1000
+/* What STATUS= adds after a failed reload, before why (at most RELOAD_FAILURE_MAX bytes). */
+#define RELOAD_FAILED_STATUS "; reload failed, running configuration kept: "
+#define RELOAD_FAILURE_MAX 256 /* the journal has the rest */
 
 struct Server {
         ServerOptions opts;
@@ -68,7 +71,11 @@ struct Server {
         uint64_t watchdog_next;    /* usec, CLOCK_MONOTONIC */
         bool watchdog_withheld;    /* the engine did not answer: no WATCHDOG=1 (feed_watchdog) */
         uint64_t status_next;      /* usec; when STATUS= may be refreshed again */
-        char status_sent[128];
+        /* Why the last reload failed, "" once one succeeded: STATUS= says so meanwhile, as the
+         * file on disk is not in force (the server thread's alone). */
+        char reload_failure[RELOAD_FAILURE_MAX];
+        char status_sent[sizeof("4294967295 active, 18446744073709551615 served, 18446744073709551615 refused") +
+                         sizeof(RELOAD_FAILED_STATUS) + RELOAD_FAILURE_MAX];
         uint64_t changes_sent; /* the value of `changes` that status_sent shows */
         RateLimit table_full_log;
 
@@ -802,12 +809,14 @@ static void apply_log_level(const Server *s) {
         log_set_max_level(s->opts.log_level_override >= 0 ? s->opts.log_level_override : s->conf->log_level);
 }
 
+_Static_assert(sizeof(((Server *) 0)->status_sent) <= NOTIFY_STATUS_MAX, "STATUS= would not be sent");
+
 /* format_status: the STATUS= text, and the change count it reflects noted as sent. */
 static void format_status(Server *s, char *buf, size_t size) {
         pthread_mutex_lock(&s->lock);
         s->changes_sent = s->changes;
-        snprintf(buf, size, "%u active, %" PRIu64 " served, %" PRIu64 " refused", s->n_active, s->n_accepted,
-                 s->n_refused);
+        snprintf(buf, size, "%u active, %" PRIu64 " served, %" PRIu64 " refused%s%s", s->n_active, s->n_accepted,
+                 s->n_refused, s->reload_failure[0] ? RELOAD_FAILED_STATUS : "", s->reload_failure);
         pthread_mutex_unlock(&s->lock);
 }
 
@@ -1005,6 +1014,9 @@ static void reload(Server *s) {
         }
         if (r < 0) {
                 log_error("reload failed, keeping the running configuration: %s", err);
+                size_t n = strnlen(err, sizeof(s->reload_failure) - 1); /* cut short: STATUS= */
+                memcpy(s->reload_failure, err, n);
+                s->reload_failure[n] = '\0';
                 conf_unref(conf);
                 ready(s);
                 return;
@@ -1049,6 +1061,7 @@ static void reload(Server *s) {
         LogField fields[] = { { "HELLOD_LISTEN", names }, { "HELLOD_CONFIG", s->opts.config_path } };
         log_struct(LOG_NOTICE, MESSAGE_ID_RELOADED, fields, 2, "configuration reloaded from %s%s, listening on %s",
                    s->opts.config_path, defaulted ? " (absent: built-in defaults)" : "", names);
+        s->reload_failure[0] = '\0';
         ready(s);
 }
 

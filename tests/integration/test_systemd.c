@@ -375,6 +375,55 @@ Test(systemd, notify_protocol, .timeout = 60) {
         hellod_free(d);
 }
 
+/* A reload that fails says so in STATUS= (`systemctl status`), until one succeeds: the
+ * `hellod -t` that `systemctl reload` runs first cannot foresee every failure (a file deleted
+ * since the start, an address that cannot be bound), and `systemctl reload` then succeeds;
+ * STATUS= used to show the counters alone, and only the journal told that the file on disk was
+ * not in force. */
+Test(systemd, a_failed_reload_shows_in_the_status_until_one_succeeds, .timeout = 60) {
+        Hellod *d = hellod_new();
+        Notify n;
+        const char *msg;
+
+        notify_open(&n, d);
+        const char *const env[] = { n.env, NULL };
+        hellod_write_config_std(d, NULL);
+        hellod_spawn(d, &(HellodOpts) { .env = env });
+        notify_wait(&n, "READY=1");
+        hellod_wait_ready(d);
+
+        harness_step("a reload that fails: the file is gone");
+        char moved[PATH_MAX];
+        (void) snprintf(moved, sizeof(moved), "%s.moved", d->conf_path);
+        cr_assert_eq(rename(d->conf_path, moved), 0);
+        hellod_signal(d, SIGHUP);
+        notify_wait(&n, "RELOADING=1");
+        msg = notify_wait(&n, "READY=1");
+        cr_assert(strstr(msg, "STATUS=") && strstr(msg, "served") && strstr(msg, "reload failed") &&
+                          strstr(msg, "running configuration kept"),
+                  "a failed reload's STATUS=: %s", msg);
+
+        harness_step("the counters still refresh it, and it still says so");
+        int fd = client_connect(d->port);
+        client_expect_str(fd, HELLOD_GREETING);
+        client_close(fd);
+        msg = notify_wait(&n, "2 served");
+        cr_assert(strstr(msg, "reload failed"), "a refreshed STATUS= forgot the failed reload: %s", msg);
+
+        harness_step("a reload that succeeds clears it");
+        cr_assert_eq(rename(moved, d->conf_path), 0);
+        hellod_signal(d, SIGHUP);
+        notify_wait(&n, "RELOADING=1");
+        msg = notify_wait(&n, "READY=1");
+        cr_assert(strstr(msg, "STATUS=") && strstr(msg, "served") && !strstr(msg, "reload failed"),
+                  "a good reload's STATUS=: %s", msg);
+
+        hellod_signal(d, SIGTERM);
+        cr_assert_eq(hellod_wait_exit(d, HARNESS_STOP_TIMEOUT_MS), 0);
+        close(n.fd);
+        hellod_free(d);
+}
+
 /* A stop with clients open tells systemd it may take shutdown_timeout and the cut-off's grace
  * (EXTEND_TIMEOUT_USEC=), so that a shutdown_timeout above the unit's TimeoutStopSec= is not
  * cut short by SIGKILL, as it was: the busy clients lost their ERR line. */
