@@ -340,6 +340,15 @@ static ProxyStatus v2_body(const uint8_t *in, size_t total, ProxyHeader *h, cons
         return PROXY_DONE;
 }
 
+/* v2_pair_defined: whether FAMILY and TRANSPORT make one of the seven pairs the spec defines
+ * (UNSPEC, or a family with a transport); any other "must be rejected as invalid by
+ * receivers". LOCAL's is not looked at. */
+static bool v2_pair_defined(unsigned family, unsigned transport) {
+        if (family == V2_AF_UNSPEC)
+                return transport == V2_TRANSPORT_UNSPEC;
+        return family <= V2_AF_UNIX && (transport == V2_TRANSPORT_STREAM || transport == V2_TRANSPORT_DGRAM);
+}
+
 static ProxyStatus parse_v2(const uint8_t *in, size_t n, ProxyHeader *ret, size_t *ret_len,
                             const char **ret_reason) {
         size_t total;
@@ -354,9 +363,8 @@ static ProxyStatus parse_v2(const uint8_t *in, size_t n, ProxyHeader *ret, size_
                 return invalid(ret_reason, "v2: the command is neither LOCAL nor PROXY");
         if (n <= 13)
                 return PROXY_NEED_MORE;
-        if ((in[12] & 0x0f) == V2_COMMAND_PROXY &&
-            ((in[13] >> 4) > V2_AF_UNIX || (in[13] & 0x0f) > V2_TRANSPORT_DGRAM))
-                return invalid(ret_reason, "v2: an unknown address family or transport");
+        if ((in[12] & 0x0f) == V2_COMMAND_PROXY && !v2_pair_defined(in[13] >> 4, in[13] & 0x0f))
+                return invalid(ret_reason, "v2: an undefined address family and transport");
         if (n < PROXY_V2_HEADER_MIN)
                 return PROXY_NEED_MORE;
         total = PROXY_V2_HEADER_MIN + ((size_t) in[14] << 8 | in[15]);

@@ -387,9 +387,25 @@ Test(proxyproto, v2_local_uses_the_real_endpoints_whatever_the_block_says) {
         cr_assert_eq(h.command, PROXY_COMMAND_LOCAL);
 }
 
+/* Byte 14 of a PROXY command: the seven pairs the spec defines (UNSPEC, TCP and UDP over
+ * IPv4 and IPv6, UNIX stream and datagram); any other "must be rejected as invalid by
+ * receivers" (haproxy's doc/proxy-protocol.txt, 2.2). They used to be taken as UNKNOWN, and
+ * such a connection was the balancer's own: past allow/deny and the per-source limits. */
+Test(proxyproto, v2_an_undefined_family_and_transport_pair_is_refused) {
+        uint8_t body[300] = { 0 }, buf[PROXY_HEADER_MAX];
+        static const uint8_t undefined[] = { 0x01, 0x02, 0x10, 0x20, 0x30, 0x13, 0x23, 0x33, 0x03 };
+
+        for (size_t i = 0; i < sizeof(undefined); i++) {
+                cr_log_info("family/transport 0x%02x", undefined[i]);
+                expect_invalid(buf, v2(buf, 0x21, undefined[i], body, 36));
+        }
+        /* LOCAL: the block is the balancer's own business, ignored whatever it says. */
+        expect_done(buf, v2(buf, 0x20, 0x30, body, 12));
+}
+
 Test(proxyproto, v2_unspec_unix_and_datagrams_fall_back_to_the_real_endpoints) {
         uint8_t body[300] = { 0 }, buf[PROXY_HEADER_MAX];
-        static const uint8_t fams[] = { 0x00, 0x01, 0x10, 0x12, 0x22, 0x31, 0x32, 0x30 };
+        static const uint8_t fams[] = { 0x00, 0x12, 0x22, 0x31, 0x32 };
         ProxyHeader h;
 
         for (size_t i = 0; i < sizeof(fams); i++) {
