@@ -143,6 +143,17 @@ static size_t utf8_boundary(const char *s, size_t n) {
         return n - (lead - 1) < len ? lead - 1 : n;
 }
 
+size_t log_one_line(char *dst, size_t size, const char *src) {
+        size_t n = strnlen(src, size - 1);
+
+        if (src[n] != '\0')
+                n = utf8_boundary(src, n);
+        memcpy(dst, src, n);
+        dst[n] = '\0';
+        flatten(dst, n);
+        return n;
+}
+
 /* format_message: the message with ": strerror" appended, flattened; returns its length. */
 static size_t format_message(char *buf, size_t size, int errnum, const char *format, va_list ap)
         __attribute__((format(printf, 4, 0)));

@@ -40,6 +40,11 @@ void log_open(LogTarget target);
  * no timestamps. */
 void log_open_console(void);
 
+/* log_one_line: SRC into DST (SIZE bytes, at least 1) as a message is kept: cut where it must
+ * be at a UTF-8 character's end, control bytes as '?'. Returns its length. For text that goes
+ * elsewhere as a log line does (STATUS=). */
+size_t log_one_line(char *dst, size_t size, const char *src);
+
 void log_set_max_level(int level);
 int log_get_max_level(void);
 static inline bool log_enabled(int level) {

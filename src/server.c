@@ -1014,9 +1014,7 @@ static void reload(Server *s) {
         }
         if (r < 0) {
                 log_error("reload failed, keeping the running configuration: %s", err);
-                size_t n = strnlen(err, sizeof(s->reload_failure) - 1); /* cut short: STATUS= */
-                memcpy(s->reload_failure, err, n);
-                s->reload_failure[n] = '\0';
+                (void) log_one_line(s->reload_failure, sizeof(s->reload_failure), err); /* STATUS= */
                 conf_unref(conf);
                 ready(s);
                 return;
@@ -1447,22 +1445,53 @@ typedef struct ResumeCounts {
         bool said_unserved; /* the first conversation the engine could not take is logged */
 } ResumeCounts;
 
-/* resume_denied: whether the access lists turn SESSION's client away now: the configuration
- * may have changed since its admission, and a restart is how an administrator expects a new
- * deny to take effect on conversations going on (a reload leaves them, as nginx's does). It
- * is then closed in silence, out of the store, and logged as a refusal, as at the accept.
- * Behind a balancer the client the header named is checked; a health check speaks for itself. */
+/* resume_refusal: why the configuration turns SESSION's client away now, or NULL (*DETAIL
+ * says more): it may have changed since the admission, and a restart is how an administrator
+ * expects a new deny to reach conversations going on (a reload leaves them, as nginx's does).
+ * Behind a balancer the client the header named is checked, and the balancer against
+ * proxy_from (as proxied() does); a health check speaks for itself. */
+static const char *resume_refusal(Server *s, const Session *session, const char **detail) {
+        struct sockaddr_storage peer;
+        socklen_t len = sizeof(peer);
+        const char *reason = NULL;
+        IpKey balancer;
+
+        bool via = session->balancer[0] != '\0';
+        if (via && (getpeername(session->fd, (struct sockaddr *) &peer, &len) < 0 ||
+                    ip_key_from_sockaddr((const struct sockaddr *) &peer, &balancer) < 0))
+                via = false; /* gone in the gap: closed on its first read */
+        pthread_mutex_lock(&s->lock);
+        if (via && !conf_proxy_trusted(s->conf, &balancer)) {
+                reason = "untrusted-proxy";
+                *detail = "its balancer is no longer in proxy_from, its conversation not resumed";
+        } else if (!session->proxy_local && !conf_admits(s->conf, &session->ip)) {
+                reason = "denied";
+                *detail = "denied by allow/deny, its conversation not resumed";
+        }
+        pthread_mutex_unlock(&s->lock);
+        return reason;
+}
+
+/* resume_denied: whether SESSION is refused (resume_refusal) rather than resumed: then it is
+ * closed as a denied client is at the accept (no word, the FIN, what it sent read away, so
+ * that no reset comes instead), out of the store, counted and logged as a refusal. A
+ * conversation that has ended already is left to end. */
 static bool resume_denied(Server *s, Session *session) {
-        if (session->proxy_local)
+        const char *detail = NULL;
+
+        if (session->lingering || session->proto.end != PROTO_END_NONE)
+                return false;
+        const char *reason = resume_refusal(s, session, &detail);
+        if (!reason)
                 return false;
         pthread_mutex_lock(&s->lock);
-        bool admitted = conf_admits(s->conf, &session->ip);
+        if (session->id > s->next_id) /* its number is not given to a new client */
+                s->next_id = session->id;
         pthread_mutex_unlock(&s->lock);
-        if (admitted)
-                return false;
+        session_say_last(session->fd, NULL);
         (void) unstore_session(session);
-        log_refusal_via(s, session->peer, session->balancer[0] ? session->balancer : NULL, "denied",
-                        "denied by allow/deny, its conversation not resumed");
+        count_refusal(s);
+        log_refusal_via(s, session->peer, session->balancer[0] ? session->balancer : NULL, reason, detail);
         session_free(session);
         return true;
 }

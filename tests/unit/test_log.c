@@ -103,3 +103,17 @@ Test(log, a_message_that_fits_is_whole) {
         cr_assert_str_eq(line, "caf\xc3\xa9 \xe2\x82\xac\xf0\x9f\x98\x80");
         cr_assert_eq(n, strlen(line));
 }
+
+/* log_one_line: what goes to STATUS= as a log line would: cut at a character's end, control
+ * bytes (a newline would split the notify message) as '?'. */
+Test(log, one_line_is_cut_at_a_character_and_flattened) {
+        char dst[8];
+
+        cr_assert_eq(log_one_line(dst, sizeof(dst), "a\nb\tc"), 5);
+        cr_assert_str_eq(dst, "a?b?c");
+        /* "abcde" then U+20AC (3 bytes): 7 bytes fit, the euro sign does not, whole or cut. */
+        cr_assert_eq(log_one_line(dst, sizeof(dst), "abcde\xe2\x82\xac"), 5);
+        cr_assert_str_eq(dst, "abcde");
+        cr_assert_eq(log_one_line(dst, sizeof(dst), "abcd\xe2\x82\xac"), 7);
+        cr_assert_str_eq(dst, "abcd\xe2\x82\xac");
+}
