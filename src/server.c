@@ -706,18 +706,23 @@ static bool at_capacity(Server *s) {
         return full;
 }
 
-/* balancer_trusted: whether SESSION's balancer (the peer of its connection) is in proxy_from
- * now: checked at the accept (unwelcome), and again once its header is in, since a reload
- * may have dropped it meanwhile. */
-static bool balancer_trusted(Server *s, const Session *session) {
+/* balancer_trusted_at: whether the balancer at ADDR is in proxy_from now. */
+static bool balancer_trusted_at(Server *s, const struct sockaddr *addr) {
         IpKey ip;
 
-        if (ip_key_from_sockaddr((const struct sockaddr *) &session->peer_addr, &ip) < 0)
+        if (ip_key_from_sockaddr(addr, &ip) < 0)
                 return false;
         pthread_mutex_lock(&s->lock);
         bool trusted = conf_proxy_trusted(s->conf, &ip);
         pthread_mutex_unlock(&s->lock);
         return trusted;
+}
+
+/* balancer_trusted: whether SESSION's balancer (the peer of its connection) is in proxy_from
+ * now: checked at the accept (unwelcome), and again once its header is in, since a reload
+ * may have dropped it meanwhile. */
+static bool balancer_trusted(Server *s, const Session *session) {
+        return balancer_trusted_at(s, (const struct sockaddr *) &session->peer_addr);
 }
 
 /* proxied: the PROXY header of SESSION (see EngineHooks.proxied): the client it names goes
@@ -1453,23 +1458,20 @@ typedef struct ResumeCounts {
 static const char *resume_refusal(Server *s, const Session *session, const char **detail) {
         struct sockaddr_storage peer;
         socklen_t len = sizeof(peer);
-        const char *reason = NULL;
-        IpKey balancer;
 
-        bool via = session->balancer[0] != '\0';
-        if (via && (getpeername(session->fd, (struct sockaddr *) &peer, &len) < 0 ||
-                    ip_key_from_sockaddr((const struct sockaddr *) &peer, &balancer) < 0))
-                via = false; /* gone in the gap: closed on its first read */
-        pthread_mutex_lock(&s->lock);
-        if (via && !conf_proxy_trusted(s->conf, &balancer)) {
-                reason = "untrusted-proxy";
+        /* A balancer's connection gone in the gap is closed on its first read. */
+        if (session->balancer[0] != '\0' && getpeername(session->fd, (struct sockaddr *) &peer, &len) == 0 &&
+            !balancer_trusted_at(s, (const struct sockaddr *) &peer)) {
                 *detail = "its balancer is no longer in proxy_from, its conversation not resumed";
-        } else if (!session->proxy_local && !conf_admits(s->conf, &session->ip)) {
-                reason = "denied";
-                *detail = "denied by allow/deny, its conversation not resumed";
+                return "untrusted-proxy";
         }
+        pthread_mutex_lock(&s->lock);
+        bool admitted = session->proxy_local || conf_admits(s->conf, &session->ip);
         pthread_mutex_unlock(&s->lock);
-        return reason;
+        if (admitted)
+                return NULL;
+        *detail = "denied by allow/deny, its conversation not resumed";
+        return "denied";
 }
 
 /* resume_denied: whether SESSION is refused (resume_refusal) rather than resumed: then it is
