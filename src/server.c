@@ -63,6 +63,7 @@ struct Server {
         bool keeps_partial_lines; /* the engine's EngineOps.keeps_partial_lines, for any thread */
         bool abandoned;   /* the engine did not stop in time: its threads may still use `lock` */
         bool activated;        /* the listeners came from systemd and stay across reloads */
+        bool started_as_root;  /* only root switches to 'user' and 'group' (privileges_drop) */
         RateLimit refusal_log;
         uint64_t refusals_due; /* server thread: when those refusal_log holds back are reported, or 0 */
         uint64_t closes_due;   /* server thread: the same for the close lines (session_log_closed_held_back) */
@@ -1026,8 +1027,13 @@ static void reload(Server *s) {
         }
         /* The user, the worker model and the backend are the ones started with; the engine
          * takes up what it can of the rest. */
-        if (!same_name(conf->user, s->started->user) || !same_name(conf->group, s->started->group))
-                log_warning("a change of 'user' or 'group' takes effect when hellod is restarted");
+        if (!same_name(conf->user, s->started->user) || !same_name(conf->group, s->started->group)) {
+                /* Under a unit's User=, hellod never switches: a restart would not use them either. */
+                if (s->started_as_root)
+                        log_warning("a change of 'user' or 'group' takes effect when hellod is restarted");
+                else
+                        log_notice("not started as root: 'user' and 'group' are not used");
+        }
         if (!conf_same_workers(conf, s->started))
                 log_warning("a change of 'workers' takes effect when hellod is restarted");
         else if (conf->io_backend != s->started->io_backend && conf->workers != 0)
@@ -1751,6 +1757,7 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
         if (!s)
                 return log_error_errno(-ENOMEM, "cannot start");
         s->opts = *opts;
+        s->started_as_root = geteuid() == 0; /* main() drops privileges after server_new() */
         s->conf = conf_ref(conf);
         s->started = conf_ref(conf);
         (void) preflight_warn(conf);
