@@ -78,7 +78,11 @@ struct Server {
         char status_sent[sizeof("4294967295 active, 18446744073709551615 served, 18446744073709551615 refused") +
                          sizeof(RELOAD_FAILED_STATUS) + RELOAD_FAILURE_MAX];
         uint64_t changes_sent; /* the value of `changes` that status_sent shows */
-        RateLimit table_full_log;
+        /* Under lock: clients admitted without a rate check since the last tick, the table of
+         * sources full (-ENOSPC) or out of memory (-ENOMEM, untracked_error); logged by tick(),
+         * not by rate_check(): a log write may block, and the lock is every loop's. */
+        uint64_t n_untracked;
+        int untracked_error;
 
         pthread_mutex_t lock;
         Session *sessions;      /* under lock */
@@ -418,17 +422,17 @@ static void waiting_handed_over(void *userdata, int fd, const struct sockaddr_st
  * refusal reason, or NULL to go on. */
 static const char *rate_check(Server *s, const IpKey *source) {
         const Conf *conf = s->conf;
-        unsigned suppressed;
 
         if (conf->rate_limit_per_ip == 0)
                 return NULL;
         int r = iptable_take_token(s->ips, source, now_usec());
         if (r == 0)
                 return "rate-limited";
-        if (r < 0 && ratelimit_allow(&s->table_full_log, &suppressed))
+        if (r < 0) {
                 /* Fail open: a flood of distinct sources must not lock everyone out. */
-                log_warning_errno(r, "cannot track more sources for rate_limit_per_ip, admitting%s",
-                                  ratelimit_repeats(suppressed, (char[RATELIMIT_REPEATS_SIZE]) { 0 }, RATELIMIT_REPEATS_SIZE));
+                s->n_untracked++;
+                s->untracked_error = r;
+        }
         return NULL;
 }
 
@@ -849,7 +853,16 @@ static void tick(Server *s) {
         }
         pthread_mutex_lock(&s->lock);
         iptable_expire(s->ips, now);
+        uint64_t untracked = s->n_untracked;
+        int untracked_error = s->untracked_error;
+        s->n_untracked = 0;
         pthread_mutex_unlock(&s->lock);
+        /* Admitting a client makes the status stale: no tick passes over one. */
+        if (untracked > 0)
+                log_warning_errno(untracked_error,
+                                  "cannot track more sources for rate_limit_per_ip: %" PRIu64
+                                  " client(s) admitted without a rate check since the last such warning",
+                                  untracked);
         engine_reap(s->engine);
 }
 
@@ -1765,7 +1778,6 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
         s->reserve_fd = -1;
         s->wake_fd = -1;
         s->state_fd = -1;
-        s->table_full_log = (RateLimit) RATELIMIT_INIT(1);
         s->refusal_log = (RateLimit) RATELIMIT_INIT(REFUSAL_LOG_BURST);
         s->exhaustion_log = (RateLimit) RATELIMIT_INIT(1);
         pthread_mutex_init(&s->lock, NULL);
@@ -1879,7 +1891,6 @@ Server *server_free(Server *s) {
         pthread_mutex_destroy(&s->lock);
         pthread_mutex_destroy(&s->refusal_log.lock);
         pthread_mutex_destroy(&s->exhaustion_log.lock);
-        pthread_mutex_destroy(&s->table_full_log.lock);
         free(s);
         return NULL;
 }
