@@ -140,9 +140,17 @@ int server_block_signals(void) {
         return -pthread_sigmask(SIG_BLOCK, &set, NULL);
 }
 
+/* log_refusals_held_back: N refusals the log held back, in one entry under the refusals'
+ * MESSAGE_ID, so that the journal's entries for it add up to every refusal (one each, plus
+ * HELLOD_HELD_BACK= of the summaries, which name no peer). */
 static void log_refusals_held_back(unsigned n) {
-        if (n > 0)
-                log_warning("%u more connections refused in the last second", n);
+        char count[sizeof("4294967295")];
+
+        if (n == 0)
+                return;
+        snprintf(count, sizeof(count), "%u", n);
+        LogField fields[] = { { "HELLOD_HELD_BACK", count } };
+        log_struct(LOG_WARNING, MESSAGE_ID_REFUSED, fields, 1, "%u more connections refused in the last second", n);
 }
 
 /* log_refusal: PEER ("addr:port") refused for REASON; BALANCER ("addr:port" or NULL): the
