@@ -21,6 +21,7 @@ typedef struct Lingering {
         struct Lingering *expired_next; /* off the list, to be closed (take_expired) */
         int fd;
         size_t discarded;
+        LingerProgress progress; /* whether it goes on past its deadline (session_linger_next) */
         void *record; /* lingerer_add()'s, or NULL */
 } Lingering;
 
@@ -51,12 +52,18 @@ static void unlink_lingering(Lingerer *g, Lingering *l) {
 }
 
 /* take_expired: the sockets whose deadline has passed, off the list into *EXPIRED (linked by
- * expired_next), to be closed outside the lock; returns the next deadline. */
+ * expired_next), to be closed outside the lock, but for those whose client still takes its
+ * replies, which get another second; returns the next deadline. */
 static uint64_t take_expired(Lingerer *g, uint64_t now, Lingering **expired) {
         Lingering *l;
 
         *expired = NULL;
         while ((l = first_lingering(g)) && l->timer.at <= now) {
+                uint64_t next = session_linger_next(&l->progress, l->fd, now);
+                if (next > 0) {
+                        deadlines_set(&g->list, &l->timer, next);
+                        continue;
+                }
                 unlink_lingering(g, l);
                 l->expired_next = *expired;
                 *expired = l;
@@ -138,6 +145,7 @@ void lingerer_add(Lingerer *g, int fd, uint64_t deadline, size_t discarded, void
         if (deadline > latest)
                 deadline = latest;
         *l = (Lingering) { .fd = fd, .discarded = discarded, .record = record };
+        session_linger_begin(&l->progress, fd, now_usec());
         pthread_mutex_lock(&g->lock);
         /* Listed and registered in one step under the lock: the lingerer cannot close it (its
          * deadline may have passed already) before it is registered, nor read it before it is

@@ -375,8 +375,10 @@ static void lingers_on_elsewhere(Session *s, uint64_t deadline, size_t discarded
  * it lingers on in the next process (S says how), or 0. */
 static int linger_here(Session *s, uint64_t deadline, size_t discarded) {
         SockTimer recv_timer = { .fd = s->fd, .option = SO_RCVTIMEO };
-        uint64_t latest = now_usec() + SESSION_LINGER_USEC; /* whatever a resumed session brought */
+        uint64_t now = now_usec(), latest = now + SESSION_LINGER_USEC; /* whatever a resumed session brought */
+        LingerProgress progress;
 
+        session_linger_begin(&progress, s->fd, now);
         if (deadline > latest)
                 deadline = latest;
         while (!session_linger_spent(s->fd, discarded)) { /* a stop lets it run out (session_stop) */
@@ -384,8 +386,12 @@ static int linger_here(Session *s, uint64_t deadline, size_t discarded) {
                         lingers_on_elsewhere(s, deadline, discarded);
                         return HANDING_OVER;
                 }
-                if (!socktimer_arm(&recv_timer, deadline, now_usec()))
-                        break; /* its time is up */
+                if (!socktimer_arm(&recv_timer, deadline, now = now_usec())) {
+                        /* Its second is up; more while the client still takes its replies. */
+                        if (!(deadline = session_linger_next(&progress, s->fd, now)))
+                                break;
+                        continue;
+                }
                 ssize_t n = recv(s->fd, s->in, s->in_cap, 0);
                 if (n > 0)
                         discarded += (size_t) n;
@@ -793,7 +799,8 @@ static int perconn_add(Engine *e, Session *s) {
 }
 
 /* perconn_free: every thread has left. At a hand-over the lingering sockets linger on in the
- * next process; at a stop they get up to LINGER_USEC to run out. */
+ * next process; at a stop they get up to LINGER_USEC to run out (what is left of the
+ * timeout, for one whose client still takes its replies). */
 static void perconn_free(PerConn *p, uint64_t linger_usec) {
         if (handing(p) && p->lingerer) {
                 lingerer_hand_over(p->lingerer, give_lingering, p);
@@ -868,7 +875,7 @@ static int perconn_stop(Engine *e, uint64_t timeout_msec) {
         /* The lingering closes within what is left of the timeout (systemd's TimeoutStopSec=
          * counts on it), and at most as long as one lasts. In milliseconds, which "no limit"
          * (UINT64_MAX) cannot overflow. */
-        uint64_t spent = (now_usec() - start) / 1000u, most = (SESSION_LINGER_USEC + LINGERER_SLACK_USEC) / 1000u;
+        uint64_t spent = (now_usec() - start) / 1000u, most = (SESSION_LINGER_MAX_USEC + LINGERER_SLACK_USEC) / 1000u;
         uint64_t left = timeout_msec > spent ? timeout_msec - spent : 0;
         perconn_free(p, (left < most ? left : most) * 1000u);
         return 0;

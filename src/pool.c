@@ -280,7 +280,11 @@ static Fate conclude(Loop *l, Session *s) {
                 return finish(l, s, 0);
         s->lingering = true;
         s->in_off = s->in_len = 0; /* from here on in_len counts what was discarded */
-        ready_remove(l, s);
+        session_linger_begin(&s->linger, s->fd, l->now);
+        /* A turn at once: edge-triggered, what already waits in the kernel brings no new event,
+         * and with the window shut (the client pipelined while its replies backed up) neither
+         * its next bytes nor its FIN can come. */
+        ready_push(l, s);
         set_deadline(l, s, l->now + SESSION_LINGER_USEC);
         return ALIVE;
 }
@@ -503,8 +507,13 @@ static Fate on_event(Loop *l, Session *s) {
 static Fate on_deadline(Loop *l, Session *s) {
         if (s->proxy)
                 return proxy_refused(l, s, "no PROXY header in time");
-        if (s->lingering)
-                return finish(l, s, 0);
+        if (s->lingering) { /* its second is up; more while the client still takes its replies */
+                uint64_t next = session_linger_next(&s->linger, s->fd, l->now);
+                if (next == 0)
+                        return finish(l, s, 0);
+                set_deadline(l, s, next);
+                return ALIVE;
+        }
         if (s->want_write) /* the client stopped reading its replies */
                 return finish(l, s, -ETIMEDOUT);
         /* Idle: the ERR line; if the client does not take it, send_out() gave it the last

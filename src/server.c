@@ -1298,6 +1298,7 @@ static int shut_down(Server *s) {
         }
         stop_sessions(s, session_stop);
         engine_end_conversations(s->engine);
+        uint64_t wait_end = now_usec() + (uint64_t) s->conf->shutdown_timeout * 1000000u;
         if (!wait_drained(s, (uint64_t) s->conf->shutdown_timeout * 1000u)) {
                 n = active(s);
                 log_warning("closing %u remaining connection%s", n, n == 1 ? "" : "s");
@@ -1306,9 +1307,12 @@ static int shut_down(Server *s) {
                         log_error("%u connections did not close", active(s));
         }
         /* Per connection, a conversation that ended lingers in the engine, no session any
-         * more: its second is the stop's too, and signals meanwhile are said to be ignored as
-         * before (engine_stop would wait for it without a word). */
-        (void) wait_while(s, lingering, LINGER_WAIT_MSEC);
+         * more: its second is the stop's too (and what is left of shutdown_timeout, for a
+         * client still taking its replies, as a pool's lingering session gets), and signals
+         * meanwhile are said to be ignored as before (engine_stop would wait for it without a
+         * word). */
+        uint64_t now = now_usec(), left_msec = wait_end > now ? (wait_end - now) / 1000u : 0;
+        (void) wait_while(s, lingering, left_msec > LINGER_WAIT_MSEC ? left_msec : LINGER_WAIT_MSEC);
         /* A worker stuck outside socket I/O must not keep the daemon from exiting: after the
          * grace period the engine is left to the exiting process, and with it what its
          * threads may still touch (see server_free). */

@@ -408,6 +408,7 @@ static Fate conclude(Loop *l, Conn *c) {
         s->lingering = true;
         kept_drop(c);
         c->discarded = 0;
+        session_linger_begin(&s->linger, s->fd, l->now);
         deadline_set(l, c, l->now + SESSION_LINGER_USEC);
         arm_recv(l, c);
         return ALIVE;
@@ -697,8 +698,13 @@ static Fate on_send(Loop *l, Conn *c, int res) {
 }
 
 static Fate on_deadline(Loop *l, Conn *c) {
-        if (c->s->lingering)
-                return finish(l, c, 0);
+        if (c->s->lingering) { /* its second is up; more while the client still takes its replies */
+                uint64_t next = session_linger_next(&c->s->linger, c->s->fd, l->now);
+                if (next == 0)
+                        return finish(l, c, 0);
+                deadline_set(l, c, next);
+                return ALIVE;
+        }
         if (c->sending) /* the client stopped reading its replies */
                 return finish(l, c, -ETIMEDOUT);
         return end_with(l, c, PROTO_END_IDLE);

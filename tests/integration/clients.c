@@ -253,8 +253,9 @@ static void exchange_send(int fd, const char *in, size_t n, size_t *off, Rng *r,
                 *off = n;
 }
 
-/* exchange_recv: 1 while reading on, 0 at the end (ret->end set), or -errno. */
-static int exchange_recv(int fd, Exchange *ret, size_t *cap) {
+/* exchange_recv: at most MAX bytes (0: as many as fit); 1 while reading on, 0 at the end
+ * (ret->end set), or -errno. */
+static int exchange_recv_max(int fd, Exchange *ret, size_t *cap, size_t max) {
         ssize_t k;
 
         if (ret->n == *cap) {
@@ -265,7 +266,8 @@ static int exchange_recv(int fd, Exchange *ret, size_t *cap) {
                 ret->got = grown;
                 *cap *= 2;
         }
-        k = recv(fd, ret->got + ret->n, *cap - ret->n, MSG_DONTWAIT);
+        size_t room = *cap - ret->n;
+        k = recv(fd, ret->got + ret->n, max && max < room ? max : room, MSG_DONTWAIT);
         if (k > 0) {
                 ret->n += (size_t) k;
                 return 1;
@@ -275,6 +277,50 @@ static int exchange_recv(int fd, Exchange *ret, size_t *cap) {
                 return 0;
         }
         return errno == EAGAIN || errno == EINTR ? 1 : -errno;
+}
+
+static int exchange_recv(int fd, Exchange *ret, size_t *cap) {
+        return exchange_recv_max(fd, ret, cap, 0);
+}
+
+int client_exchange_slow(int fd, const void *in, size_t n, const SlowReader *how, const ExchangeCue *cue,
+                         Exchange *ret) {
+        int64_t now = harness_now_ms(), deadline = now + HARNESS_TIMEOUT_MS, next_read = now, next_late = now;
+        size_t off = 0, cap = 4096, lates = 0;
+        bool cued = cue == NULL;
+
+        *ret = (Exchange) { .got = malloc(cap), .end = CLIENT_READ_TIMEOUT };
+        if (!ret->got)
+                return -ENOMEM;
+        (void) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &(int) { 1 }, sizeof(int));
+        while ((now = harness_now_ms()) <= deadline) {
+                if (off < n) {
+                        ssize_t k = send(fd, (const char *) in + off, n - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+                        if (k > 0)
+                                off += (size_t) k;
+                        else if (k < 0 && errno != EAGAIN && errno != EINTR)
+                                off = n, lates = how->lates; /* the daemon is gone: read what it said */
+                } else if (lates < how->lates && now >= next_late) {
+                        if (send(fd, how->late, strlen(how->late), MSG_NOSIGNAL | MSG_DONTWAIT) < 0 &&
+                            errno != EAGAIN && errno != EINTR)
+                                lates = how->lates;
+                        else
+                                lates++;
+                        next_late = now + how->late_every_ms;
+                }
+                if (now >= next_read) {
+                        int k = exchange_recv_max(fd, ret, &cap, how->read_max);
+                        if (k <= 0)
+                                return k;
+                        next_read = now + how->read_every_ms;
+                        if (!cued && ret->n >= cue->at) {
+                                cue->act(cue->arg);
+                                cued = true;
+                        }
+                }
+                harness_sleep_ms(1);
+        }
+        return 0;
 }
 
 int client_exchange(int fd, const void *in, size_t n, Rng *r, size_t max_piece, Exchange *ret) {

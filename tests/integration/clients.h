@@ -123,6 +123,20 @@ typedef struct ExchangeCue {
 int client_exchange_cued(int fd, const void *in, size_t n, Rng *r, size_t max_piece, const ExchangeCue *cue,
                          Exchange *ret);
 
+/* SlowReader: how client_exchange_slow() reads and what it sends once all is sent. */
+typedef struct SlowReader {
+        size_t read_max;   /* bytes a read takes at most */
+        int read_every_ms; /* between reads */
+        const char *late;  /* sent after the input, LATES times, one every LATE_EVERY_MS */
+        size_t lates;
+        int late_every_ms;
+} SlowReader;
+/* client_exchange_slow: sends the N bytes of IN as fast as the daemon takes them, then HOW's late
+ * lines (no half-close), reading as HOW says all the while, until EOF, a reset or the timeout;
+ * CUE (or NULL) as client_exchange_cued()'s. 0, or -errno when the client itself failed. */
+int client_exchange_slow(int fd, const void *in, size_t n, const SlowReader *how, const ExchangeCue *cue,
+                         Exchange *ret);
+
 /* --- slowloris ------------------------------------------------------------------------------ */
 
 #define LORIS_FAST_BYTES_MAX 64

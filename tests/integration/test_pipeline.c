@@ -191,3 +191,40 @@ Test(pipeline, a_client_pipelining_far_past_its_exit_gets_every_reply, .timeout 
         hellod_stop_clean(d);
         hellod_free(d);
 }
+
+/* A client that pipelines past its exit and reads slowly gets every reply before the exit and
+ * then the end of file: the lingering close goes on past its second while the client is still
+ * taking replies. It used to close at the second with the client's late lines unread, and the
+ * reset that sends destroyed the replies still queued in hellod's socket. */
+Test(pipeline, a_slow_reader_pipelining_past_its_exit_gets_every_reply, .timeout = 90) {
+        enum { LINES = 200000 };
+        size_t n = LINES * 2 + 5, want_room = (size_t) LINES * 11 + 64;
+        char *in = malloc(n), *want = malloc(want_room);
+        Hellod *d = hellod_start("log_level = \"info\";\n");
+        /* About 800 KB/s, slower than hellod answers, and a line every 10 ms after the exit. */
+        const SlowReader slow = { .read_max = 16384, .read_every_ms = 20, .late = "late\n", .lates = 3000, .late_every_ms = 10 };
+        Exchange ex;
+
+        cr_assert(in && want);
+        for (size_t i = 0; i < LINES; i++)
+                memcpy(in + 2 * i, "a\n", 2);
+        memcpy(in + LINES * 2, "exit\n", 5);
+        size_t want_n = harness_model_replies("Hello, ", "!", (const unsigned char *) in, n, 1024, want);
+        cr_assert(want_n < want_room);
+        int fd = client_connect(d->port);
+        /* A fixed window (as above): the replies queue up in hellod's socket, where a reset destroys them. */
+        cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &(int) { 131072 }, sizeof(int)), 0);
+        client_expect_str(fd, HELLOD_GREETING);
+        harness_step("%d lines, exit, then a line every 10 ms, reading 16 KiB every 20 ms", LINES);
+        cr_assert_eq(client_exchange_slow(fd, in, n, &slow, NULL, &ex), 0);
+        size_t at = bytes_first_difference(want, want_n, ex.got, ex.n);
+        if (!(at == want_n && ex.n == want_n && ex.end == CLIENT_READ_EOF))
+                hellod_fail(d, "%zu of %zu reply bytes as the model has them, %zu received, then %s", at, want_n, ex.n,
+                            ex.end == CLIENT_READ_EOF ? "the end of file" : ex.end == CLIENT_READ_RESET ? "a reset" : "a timeout");
+        free(ex.got);
+        client_close(fd);
+        free(in);
+        free(want);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
