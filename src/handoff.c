@@ -244,7 +244,7 @@ static int restore(Session *s, const HandoverRecord *rec, uint64_t now, uint64_t
         s->close_logged = rec->flags & HANDOVER_LOGGED;
         if (s->lingering) {
                 s->in_len = rec->discarded;
-                session_linger_begin(&s->linger, s->fd, now); /* its progress counted afresh */
+                session_linger_begin(&s->linger, s->fd, s->in_len, now); /* its progress counted afresh */
         }
         s->want_write = rec->output_len > 0;
         /* Its age counts the gap: the client lived through it. */
@@ -353,7 +353,7 @@ int handoff_session_fresh(int fd, Conf *conf, const HandoverConnName *name, Sess
         if (name->ended || fin_sent(fd)) {
                 s->lingering = true;
                 s->timer.at = now_usec() + SESSION_LINGER_USEC;
-                session_linger_begin(&s->linger, fd, now_usec());
+                session_linger_begin(&s->linger, fd, s->in_len, now_usec());
         }
         /* A per-connection thread may have crashed waiting for a line's end with the mark past
          * it (perconn.c, recv_lines): an epoll pool would not see the next bytes. */

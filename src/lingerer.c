@@ -59,7 +59,7 @@ static uint64_t take_expired(Lingerer *g, uint64_t now, Lingering **expired) {
 
         *expired = NULL;
         while ((l = first_lingering(g)) && l->timer.at <= now) {
-                uint64_t next = session_linger_next(&l->progress, l->fd, now);
+                uint64_t next = session_linger_next(&l->progress, l->fd, l->discarded, now);
                 if (next > 0) {
                         deadlines_set(&g->list, &l->timer, next);
                         continue;
@@ -145,7 +145,7 @@ void lingerer_add(Lingerer *g, int fd, uint64_t deadline, size_t discarded, void
         if (deadline > latest)
                 deadline = latest;
         *l = (Lingering) { .fd = fd, .discarded = discarded, .record = record };
-        session_linger_begin(&l->progress, fd, now_usec());
+        session_linger_begin(&l->progress, fd, discarded, now_usec());
         pthread_mutex_lock(&g->lock);
         /* Listed and registered in one step under the lock: the lingerer cannot close it (its
          * deadline may have passed already) before it is registered, nor read it before it is

@@ -378,7 +378,7 @@ static int linger_here(Session *s, uint64_t deadline, size_t discarded) {
         uint64_t now = now_usec(), latest = now + SESSION_LINGER_USEC; /* whatever a resumed session brought */
         LingerProgress progress;
 
-        session_linger_begin(&progress, s->fd, now);
+        session_linger_begin(&progress, s->fd, discarded, now);
         if (deadline > latest)
                 deadline = latest;
         while (!session_linger_spent(s->fd, discarded)) { /* a stop lets it run out (session_stop) */
@@ -388,7 +388,7 @@ static int linger_here(Session *s, uint64_t deadline, size_t discarded) {
                 }
                 if (!socktimer_arm(&recv_timer, deadline, now = now_usec())) {
                         /* Its second is up; more while the client still takes its replies. */
-                        if (!(deadline = session_linger_next(&progress, s->fd, now)))
+                        if (!(deadline = session_linger_next(&progress, s->fd, discarded, now)))
                                 break;
                         continue;
                 }
@@ -799,8 +799,8 @@ static int perconn_add(Engine *e, Session *s) {
 }
 
 /* perconn_free: every thread has left. At a hand-over the lingering sockets linger on in the
- * next process; at a stop they get up to LINGER_USEC to run out (what is left of the
- * timeout, for one whose client still takes its replies). */
+ * next process; at a stop they get up to LINGER_USEC to run out (the server has given those
+ * whose client still takes its replies what was left of shutdown_timeout already). */
 static void perconn_free(PerConn *p, uint64_t linger_usec) {
         if (handing(p) && p->lingerer) {
                 lingerer_hand_over(p->lingerer, give_lingering, p);
@@ -875,7 +875,7 @@ static int perconn_stop(Engine *e, uint64_t timeout_msec) {
         /* The lingering closes within what is left of the timeout (systemd's TimeoutStopSec=
          * counts on it), and at most as long as one lasts. In milliseconds, which "no limit"
          * (UINT64_MAX) cannot overflow. */
-        uint64_t spent = (now_usec() - start) / 1000u, most = (SESSION_LINGER_MAX_USEC + LINGERER_SLACK_USEC) / 1000u;
+        uint64_t spent = (now_usec() - start) / 1000u, most = (SESSION_LINGER_USEC + LINGERER_SLACK_USEC) / 1000u;
         uint64_t left = timeout_msec > spent ? timeout_msec - spent : 0;
         perconn_free(p, (left < most ? left : most) * 1000u);
         return 0;

@@ -280,7 +280,7 @@ static Fate conclude(Loop *l, Session *s) {
                 return finish(l, s, 0);
         s->lingering = true;
         s->in_off = s->in_len = 0; /* from here on in_len counts what was discarded */
-        session_linger_begin(&s->linger, s->fd, l->now);
+        session_linger_begin(&s->linger, s->fd, 0, l->now);
         /* A turn at once: edge-triggered, what already waits in the kernel brings no new event,
          * and with the window shut (the client pipelined while its replies backed up) neither
          * its next bytes nor its FIN can come. */
@@ -508,7 +508,7 @@ static Fate on_deadline(Loop *l, Session *s) {
         if (s->proxy)
                 return proxy_refused(l, s, "no PROXY header in time");
         if (s->lingering) { /* its second is up; more while the client still takes its replies */
-                uint64_t next = session_linger_next(&s->linger, s->fd, l->now);
+                uint64_t next = session_linger_next(&s->linger, s->fd, s->in_len, l->now);
                 if (next == 0)
                         return finish(l, s, 0);
                 set_deadline(l, s, next);

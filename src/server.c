@@ -437,8 +437,10 @@ static const char *rate_check(Server *s, const IpKey *source) {
         if (r == 0)
                 return "rate-limited";
         if (r < 0) {
-                /* Fail open: a flood of distinct sources must not lock everyone out. */
-                s->n_untracked++;
+                /* Fail open: a flood of distinct sources must not lock everyone out. Behind a
+                 * PROXY listener no other change follows: tick() must run all the same. */
+                if (s->n_untracked++ == 0)
+                        changed(s);
                 s->untracked_error = r;
         }
         return NULL;
@@ -865,11 +867,10 @@ static void tick(Server *s) {
         int untracked_error = s->untracked_error;
         s->n_untracked = 0;
         pthread_mutex_unlock(&s->lock);
-        /* Admitting a client makes the status stale: no tick passes over one. */
-        if (untracked > 0)
+        if (untracked > 0) /* rate_check() made the status stale: no tick passes over them */
                 log_warning_errno(untracked_error,
                                   "cannot track more sources for rate_limit_per_ip: %" PRIu64
-                                  " client(s) admitted without a rate check since the last such warning",
+                                  " client(s) not held to it since the last such warning",
                                   untracked);
         engine_reap(s->engine);
 }
@@ -1286,9 +1287,12 @@ static int shut_down(Server *s) {
                 pthread_mutex_unlock(&s->lock);
         }
         forget_state_place(s);
-        if (n == 0)
+        if (n == 0) {
                 log_struct(LOG_NOTICE, MESSAGE_ID_STOPPING, fields, 1, "stopping: no connection open");
-        else {
+                /* Per connection, conversations that ended may still linger (see below). */
+                if (lingering(s))
+                        notify_extend_timeout(stop_budget_msec(s->conf->shutdown_timeout) * 1000u);
+        } else {
                 log_struct(LOG_NOTICE, MESSAGE_ID_STOPPING, fields, 1,
                            "stopping: %u connection%s open, waiting up to %u s for them to finish", n,
                            n == 1 ? "" : "s", s->conf->shutdown_timeout);
@@ -1299,7 +1303,8 @@ static int shut_down(Server *s) {
         stop_sessions(s, session_stop);
         engine_end_conversations(s->engine);
         uint64_t wait_end = now_usec() + (uint64_t) s->conf->shutdown_timeout * 1000000u;
-        if (!wait_drained(s, (uint64_t) s->conf->shutdown_timeout * 1000u)) {
+        bool drained = wait_drained(s, (uint64_t) s->conf->shutdown_timeout * 1000u);
+        if (!drained) { /* its time is up, or a second signal came */
                 n = active(s);
                 log_warning("closing %u remaining connection%s", n, n == 1 ? "" : "s");
                 stop_sessions(s, session_kill);
@@ -1307,11 +1312,11 @@ static int shut_down(Server *s) {
                         log_error("%u connections did not close", active(s));
         }
         /* Per connection, a conversation that ended lingers in the engine, no session any
-         * more: its second is the stop's too (and what is left of shutdown_timeout, for a
-         * client still taking its replies, as a pool's lingering session gets), and signals
-         * meanwhile are said to be ignored as before (engine_stop would wait for it without a
-         * word). */
-        uint64_t now = now_usec(), left_msec = wait_end > now ? (wait_end - now) / 1000u : 0;
+         * more: its second is the stop's too (and, the sessions drained in time, what is left
+         * of shutdown_timeout, for a client still taking its replies, as a pool's lingering
+         * session gets), and signals meanwhile are said to be ignored as before (engine_stop
+         * would wait for it without a word). */
+        uint64_t now = now_usec(), left_msec = drained && wait_end > now ? (wait_end - now) / 1000u : 0;
         (void) wait_while(s, lingering, left_msec > LINGER_WAIT_MSEC ? left_msec : LINGER_WAIT_MSEC);
         /* A worker stuck outside socket I/O must not keep the daemon from exiting: after the
          * grace period the engine is left to the exiting process, and with it what its

@@ -289,20 +289,23 @@ LingerTurn session_linger_turn(int fd, char *buf, size_t size, size_t *discarded
         return LINGER_MORE;
 }
 
-void session_linger_begin(LingerProgress *p, int fd, uint64_t now) {
+void session_linger_begin(LingerProgress *p, int fd, size_t discarded, uint64_t now) {
         int unacked = 0;
 
         /* Unknown (a failed ioctl): the largest, so that any progress counts. */
-        *p = (LingerProgress) { .began = now, .unacked = ioctl(fd, SIOCOUTQ, &unacked) == 0 ? unacked : INT_MAX };
+        *p = (LingerProgress) { .began = now,
+                                .discarded = discarded,
+                                .unacked = ioctl(fd, SIOCOUTQ, &unacked) == 0 ? unacked : INT_MAX };
 }
 
-uint64_t session_linger_next(LingerProgress *p, int fd, uint64_t now) {
+uint64_t session_linger_next(LingerProgress *p, int fd, size_t discarded, uint64_t now) {
         int unacked = 0;
 
-        if (p->began == 0 || now - p->began >= SESSION_LINGER_MAX_USEC || delivered(fd) ||
-            ioctl(fd, SIOCOUTQ, &unacked) < 0 || unacked >= p->unacked)
+        if (p->began == 0 || now - p->began >= SESSION_LINGER_MAX_USEC || discarded == p->discarded ||
+            delivered(fd) || ioctl(fd, SIOCOUTQ, &unacked) < 0 || unacked >= p->unacked)
                 return 0;
         p->unacked = unacked;
+        p->discarded = discarded;
         uint64_t next = now + SESSION_LINGER_USEC, last = p->began + SESSION_LINGER_MAX_USEC;
         return next < last ? next : last;
 }

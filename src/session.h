@@ -21,17 +21,22 @@
  * one turn of an event loop reads away before the other sessions get theirs. */
 #define SESSION_LINGER_USEC 1000000u
 #define SESSION_LINGER_BYTES (64u * 1024u)
-/* A lingering close whose replies are still on their way at the end of its second goes on, a
- * second at a time, for as long as the client takes some of them within each second (its
- * unacknowledged bytes shrink), up to this long in all (nginx's lingering_time): a slow reader
- * that pipelined past its exit gets them all, and one that reads nothing is still closed after
- * the first second (session_linger_next). */
+/* A lingering close whose replies are still on their way at the end of its second, and whose
+ * client still sends, goes on, a second at a time, for as long as the client both sends and
+ * takes some of its replies within each second (its unacknowledged bytes shrink), up to this
+ * long in all (nginx's lingering_time): a slow reader that pipelines past its exit gets every
+ * reply, where a close with its late bytes unread would send a reset that destroys those still
+ * queued. One that reads nothing is still closed after the first second, and so is one that
+ * has stopped sending: closing with nothing unread sends no reset, and the kernel delivers the
+ * rest (session_linger_next). */
 #define SESSION_LINGER_MAX_USEC (30u * 1000000u)
 
-/* LingerProgress: what session_linger_next() compares against: when the lingering began and
- * how much the client had not acknowledged at its last deadline. Zeroed: never goes on. */
+/* LingerProgress: what session_linger_next() compares against: when the lingering began, and
+ * at its last deadline how much the client had not acknowledged and how many bytes of its had
+ * been read away. Zeroed: never goes on. */
 typedef struct LingerProgress {
         uint64_t began;
+        size_t discarded;
         int unacked;
 } LingerProgress;
 /* A deadline that never comes (idle_timeout = 0); deadlines_next_at() of no deadline. */
@@ -195,12 +200,13 @@ bool session_linger_spent(int fd, size_t discarded);
 typedef enum LingerTurn { LINGER_WAIT, LINGER_MORE, LINGER_DONE } LingerTurn;
 LingerTurn session_linger_turn(int fd, char *buf, size_t size, size_t *discarded);
 /* session_linger_begin: *P for a lingering close of FD beginning at NOW (its first deadline is
- * NOW + SESSION_LINGER_USEC). */
-void session_linger_begin(LingerProgress *p, int fd, uint64_t now);
-/* session_linger_next: at a lingering close's deadline, NOW: the next one when it goes on
- * (replies still on their way, fewer unacknowledged than at the last deadline, within
- * SESSION_LINGER_MAX_USEC of its beginning), or 0: close now. */
-uint64_t session_linger_next(LingerProgress *p, int fd, uint64_t now);
+ * NOW + SESSION_LINGER_USEC), DISCARDED bytes read away so far. */
+void session_linger_begin(LingerProgress *p, int fd, size_t discarded, uint64_t now);
+/* session_linger_next: at a lingering close's deadline, NOW, DISCARDED bytes read away so far:
+ * the next deadline when it goes on (the client sent more since the last one, replies are
+ * still on their way and fewer unacknowledged than then, within SESSION_LINGER_MAX_USEC of its
+ * beginning), or 0: close now. */
+uint64_t session_linger_next(LingerProgress *p, int fd, size_t discarded, uint64_t now);
 /* session_send_fin: for a session that lingers: its FIN goes out (shutdown(SHUT_WR)), and the
  * answer is whether the socket must then linger, reading and discarding what the client still
  * sends until its own FIN, or may be closed at once (also when the FIN could not be sent). */

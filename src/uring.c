@@ -408,7 +408,7 @@ static Fate conclude(Loop *l, Conn *c) {
         s->lingering = true;
         kept_drop(c);
         c->discarded = 0;
-        session_linger_begin(&s->linger, s->fd, l->now);
+        session_linger_begin(&s->linger, s->fd, 0, l->now);
         deadline_set(l, c, l->now + SESSION_LINGER_USEC);
         arm_recv(l, c);
         return ALIVE;
@@ -699,7 +699,7 @@ static Fate on_send(Loop *l, Conn *c, int res) {
 
 static Fate on_deadline(Loop *l, Conn *c) {
         if (c->s->lingering) { /* its second is up; more while the client still takes its replies */
-                uint64_t next = session_linger_next(&c->s->linger, c->s->fd, l->now);
+                uint64_t next = session_linger_next(&c->s->linger, c->s->fd, c->discarded, l->now);
                 if (next == 0)
                         return finish(l, c, 0);
                 deadline_set(l, c, next);

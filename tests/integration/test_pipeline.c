@@ -4,6 +4,7 @@
  * of its replies. idle_timeout is short here, so a stall shows as that ERR line, byte for
  * byte against the model, not as a measured delay. */
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -225,6 +226,46 @@ Test(pipeline, a_slow_reader_pipelining_past_its_exit_gets_every_reply, .timeout
         client_close(fd);
         free(in);
         free(want);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* The same client reading nothing at all is closed after the lingering close's first second,
+ * not kept for its 30 s: no reply reached it in that second. Its late lines then draw a reset. */
+Test(pipeline, a_client_that_reads_nothing_past_its_exit_is_closed_after_a_second, .timeout = 60) {
+        enum { LINES = 200000 };
+        size_t n = LINES * 2 + 5;
+        char *in = malloc(n);
+        Hellod *d = hellod_start("log_level = \"info\";\n");
+        size_t off = 0;
+
+        cr_assert(in);
+        for (size_t i = 0; i < LINES; i++)
+                memcpy(in + 2 * i, "a\n", 2);
+        memcpy(in + LINES * 2, "exit\n", 5);
+        int fd = client_connect(d->port);
+        cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &(int) { 131072 }, sizeof(int)), 0);
+        client_expect_str(fd, HELLOD_GREETING);
+        harness_step("%d lines, exit, then a line every 10 ms, reading nothing", LINES);
+        int64_t deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;
+        int error = 0;
+        while (!error && harness_now_ms() < deadline) {
+                const char *what = off < n ? in + off : "late\n";
+                size_t len = off < n ? n - off : 5;
+                ssize_t k = send(fd, what, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+                if (k < 0 && errno != EAGAIN && errno != EINTR)
+                        error = errno;
+                else if (k > 0 && off < n)
+                        off += (size_t) k;
+                harness_sleep_ms(off < n ? 1 : 10);
+        }
+        cr_assert_eq(off, n, "hellod took %zu of the %zu bytes up to the exit", off, n);
+        if (error != ECONNRESET && error != EPIPE)
+                hellod_fail(d, "still open %d ms after the exit (%s): the linger went on without a reply reaching the client",
+                            HARNESS_TIMEOUT_MS, error ? strerror(error) : "no error");
+        cr_expect_eq(hellod_count_in_stderr(d, "closed: exit, 200000 lines"), 1);
+        client_close(fd);
+        free(in);
         hellod_stop_clean(d);
         hellod_free(d);
 }
