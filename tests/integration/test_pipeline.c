@@ -153,6 +153,19 @@ Test(pipeline, lines_behind_an_urgent_mark_are_answered_at_once, .timeout = 60) 
         hellod_free(d);
 }
 
+/* expect_replies_then_eof: EX holds the WANT_N bytes of WANT, then the end of file; frees what
+ * it got. */
+static void expect_replies_then_eof(Hellod *d, Exchange *ex, const char *want, size_t want_n) {
+        size_t at = bytes_first_difference(want, want_n, ex->got, ex->n);
+
+        if (!(at == want_n && ex->n == want_n && ex->end == CLIENT_READ_EOF))
+                hellod_fail(d, "%zu of %zu reply bytes as the model has them, %zu received, then %s", at, want_n, ex->n,
+                            ex->end == CLIENT_READ_EOF     ? "the end of file"
+                            : ex->end == CLIENT_READ_RESET ? "a reset"
+                                                           : "a timeout");
+        free(ex->got);
+}
+
 /* A client that pipelines far past its exit, reading all the while, gets every reply before
  * the exit and then the end of file: the lingering close reads away what follows the exit for
  * as long as replies are still on their way (within its second), not just 64 KiB. It used to
@@ -181,11 +194,7 @@ Test(pipeline, a_client_pipelining_far_past_its_exit_gets_every_reply, .timeout 
         client_expect_str(fd, HELLOD_GREETING);
         harness_step("%d lines, exit, then %d MiB more, read all the while", LINES, FLOOD >> 20);
         cr_assert_eq(client_exchange(fd, in, n, &rng, 65536, &ex), 0);
-        size_t at = bytes_first_difference(want, want_n, ex.got, ex.n);
-        cr_assert(at == want_n && ex.n == want_n && ex.end == CLIENT_READ_EOF,
-                  "%zu of %zu reply bytes as the model has them, %zu received, then %s", at, want_n, ex.n,
-                  ex.end == CLIENT_READ_EOF ? "the end of file" : ex.end == CLIENT_READ_RESET ? "a reset" : "a timeout");
-        free(ex.got);
+        expect_replies_then_eof(d, &ex, want, want_n);
         client_close(fd);
         free(in);
         free(want);
@@ -218,11 +227,7 @@ Test(pipeline, a_slow_reader_pipelining_past_its_exit_gets_every_reply, .timeout
         client_expect_str(fd, HELLOD_GREETING);
         harness_step("%d lines, exit, then a line every 10 ms, reading 16 KiB every 20 ms", LINES);
         cr_assert_eq(client_exchange_slow(fd, in, n, &slow, NULL, &ex), 0);
-        size_t at = bytes_first_difference(want, want_n, ex.got, ex.n);
-        if (!(at == want_n && ex.n == want_n && ex.end == CLIENT_READ_EOF))
-                hellod_fail(d, "%zu of %zu reply bytes as the model has them, %zu received, then %s", at, want_n, ex.n,
-                            ex.end == CLIENT_READ_EOF ? "the end of file" : ex.end == CLIENT_READ_RESET ? "a reset" : "a timeout");
-        free(ex.got);
+        expect_replies_then_eof(d, &ex, want, want_n);
         client_close(fd);
         free(in);
         free(want);
