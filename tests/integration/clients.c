@@ -283,11 +283,9 @@ static int exchange_recv(int fd, Exchange *ret, size_t *cap) {
         return exchange_recv_max(fd, ret, cap, 0);
 }
 
-int client_exchange_slow(int fd, const void *in, size_t n, const SlowReader *how, const ExchangeCue *cue,
-                         Exchange *ret) {
+int client_exchange_slow(int fd, const void *in, size_t n, const SlowReader *how, Exchange *ret) {
         int64_t now = harness_now_ms(), deadline = now + HARNESS_TIMEOUT_MS, next_read = now, next_late = now;
         size_t off = 0, cap = 4096, lates = 0;
-        bool cued = cue == NULL;
 
         *ret = (Exchange) { .got = malloc(cap), .end = CLIENT_READ_TIMEOUT };
         if (!ret->got)
@@ -313,10 +311,6 @@ int client_exchange_slow(int fd, const void *in, size_t n, const SlowReader *how
                         if (k <= 0)
                                 return k;
                         next_read = now + how->read_every_ms;
-                        if (!cued && ret->n >= cue->at) {
-                                cue->act(cue->arg);
-                                cued = true;
-                        }
                 }
                 harness_sleep_ms(1);
         }

@@ -132,10 +132,9 @@ typedef struct SlowReader {
         int late_every_ms;
 } SlowReader;
 /* client_exchange_slow: sends the N bytes of IN as fast as the daemon takes them, then HOW's late
- * lines (no half-close), reading as HOW says all the while, until EOF, a reset or the timeout;
- * CUE (or NULL) as client_exchange_cued()'s. 0, or -errno when the client itself failed. */
-int client_exchange_slow(int fd, const void *in, size_t n, const SlowReader *how, const ExchangeCue *cue,
-                         Exchange *ret);
+ * lines (no half-close), reading as HOW says all the while, until EOF, a reset or the timeout.
+ * 0, or -errno when the client itself failed. */
+int client_exchange_slow(int fd, const void *in, size_t n, const SlowReader *how, Exchange *ret);
 
 /* --- slowloris ------------------------------------------------------------------------------ */
 

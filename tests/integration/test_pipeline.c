@@ -153,6 +153,26 @@ Test(pipeline, lines_behind_an_urgent_mark_are_answered_at_once, .timeout = 60) 
         hellod_free(d);
 }
 
+/* lines_then_exit: N "a" lines and "exit" into IN (of at least N * 2 + 5 bytes); returns the
+ * bytes written. */
+static size_t lines_then_exit(char *in, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                memcpy(in + 2 * i, "a\n", 2);
+        memcpy(in + n * 2, "exit\n", 5);
+        return n * 2 + 5;
+}
+
+/* connect_fixed_window: a client of D, greeted, with a 128 KiB receive window (no autotuning):
+ * the replies it does not take queue up in hellod's socket, where a reset destroys them. Not
+ * below the loopback MSS (64 KiB): TCP then sends by window probes. */
+static int connect_fixed_window(Hellod *d) {
+        int fd = client_connect(d->port);
+
+        cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &(int) { 131072 }, sizeof(int)), 0);
+        client_expect_str(fd, HELLOD_GREETING);
+        return fd;
+}
+
 /* expect_replies_then_eof: EX holds the WANT_N bytes of WANT, then the end of file; frees what
  * it got. */
 static void expect_replies_then_eof(Hellod *d, Exchange *ex, const char *want, size_t want_n) {
@@ -180,18 +200,11 @@ Test(pipeline, a_client_pipelining_far_past_its_exit_gets_every_reply, .timeout 
         Exchange ex;
 
         cr_assert(in && want);
-        for (size_t i = 0; i < LINES; i++)
-                memcpy(in + 2 * i, "a\n", 2);
-        memcpy(in + LINES * 2, "exit\n", 5);
-        for (size_t i = LINES * 2 + 5; i < n; i += 2)
+        for (size_t i = lines_then_exit(in, LINES); i < n; i += 2)
                 memcpy(in + i, "b\n", 2);
         size_t want_n = harness_model_replies("Hello, ", "!", (const unsigned char *) in, n, 1024, want);
         cr_assert(want_n < want_room);
-        int fd = client_connect(d->port);
-        /* A fixed window (no autotuning): the replies queue up in hellod's socket, where a reset
-         * destroys them. Not below the loopback MSS (64 KiB): TCP then sends by window probes. */
-        cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &(int) { 131072 }, sizeof(int)), 0);
-        client_expect_str(fd, HELLOD_GREETING);
+        int fd = connect_fixed_window(d);
         harness_step("%d lines, exit, then %d MiB more, read all the while", LINES, FLOOD >> 20);
         cr_assert_eq(client_exchange(fd, in, n, &rng, 65536, &ex), 0);
         expect_replies_then_eof(d, &ex, want, want_n);
@@ -216,17 +229,12 @@ Test(pipeline, a_slow_reader_pipelining_past_its_exit_gets_every_reply, .timeout
         Exchange ex;
 
         cr_assert(in && want);
-        for (size_t i = 0; i < LINES; i++)
-                memcpy(in + 2 * i, "a\n", 2);
-        memcpy(in + LINES * 2, "exit\n", 5);
+        lines_then_exit(in, LINES);
         size_t want_n = harness_model_replies("Hello, ", "!", (const unsigned char *) in, n, 1024, want);
         cr_assert(want_n < want_room);
-        int fd = client_connect(d->port);
-        /* A fixed window (as above): the replies queue up in hellod's socket, where a reset destroys them. */
-        cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &(int) { 131072 }, sizeof(int)), 0);
-        client_expect_str(fd, HELLOD_GREETING);
+        int fd = connect_fixed_window(d);
         harness_step("%d lines, exit, then a line every 10 ms, reading 16 KiB every 20 ms", LINES);
-        cr_assert_eq(client_exchange_slow(fd, in, n, &slow, NULL, &ex), 0);
+        cr_assert_eq(client_exchange_slow(fd, in, n, &slow, &ex), 0);
         expect_replies_then_eof(d, &ex, want, want_n);
         client_close(fd);
         free(in);
@@ -245,12 +253,8 @@ Test(pipeline, a_client_that_reads_nothing_past_its_exit_is_closed_after_a_secon
         size_t off = 0;
 
         cr_assert(in);
-        for (size_t i = 0; i < LINES; i++)
-                memcpy(in + 2 * i, "a\n", 2);
-        memcpy(in + LINES * 2, "exit\n", 5);
-        int fd = client_connect(d->port);
-        cr_assert_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &(int) { 131072 }, sizeof(int)), 0);
-        client_expect_str(fd, HELLOD_GREETING);
+        lines_then_exit(in, LINES);
+        int fd = connect_fixed_window(d);
         harness_step("%d lines, exit, then a line every 10 ms, reading nothing", LINES);
         int64_t deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;
         int error = 0;
