@@ -294,6 +294,7 @@ void session_linger_begin(LingerProgress *p, int fd, size_t discarded, uint64_t 
 
         /* Unknown (a failed ioctl): the largest, so that any progress counts. */
         *p = (LingerProgress) { .began = now,
+                                .took_at = now,
                                 .discarded = discarded,
                                 .unacked = ioctl(fd, SIOCOUTQ, &unacked) == 0 ? unacked : INT_MAX };
 }
@@ -302,9 +303,14 @@ uint64_t session_linger_next(LingerProgress *p, int fd, size_t discarded, uint64
         int unacked = 0;
 
         if (p->began == 0 || now - p->began >= SESSION_LINGER_MAX_USEC || discarded == p->discarded ||
-            delivered(fd) || ioctl(fd, SIOCOUTQ, &unacked) < 0 || unacked >= p->unacked)
+            delivered(fd) || ioctl(fd, SIOCOUTQ, &unacked) < 0)
                 return 0;
-        p->unacked = unacked;
+        if (unacked < p->unacked) {
+                p->unacked = unacked;
+                p->took_at = now;
+        } else if (now - p->took_at >= SESSION_LINGER_STALL_USEC) {
+                return 0;
+        }
         p->discarded = discarded;
         uint64_t next = now + SESSION_LINGER_USEC, last = p->began + SESSION_LINGER_MAX_USEC;
         return next < last ? next : last;

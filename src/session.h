@@ -22,20 +22,25 @@
 #define SESSION_LINGER_USEC 1000000u
 #define SESSION_LINGER_BYTES (64u * 1024u)
 /* A lingering close whose replies are still on their way at the end of its second, and whose
- * client still sends, goes on, a second at a time, for as long as the client both sends and
- * takes some of its replies within each second (its unacknowledged bytes shrink), up to this
- * long in all (nginx's lingering_time): a slow reader that pipelines past its exit gets every
- * reply, where a close with its late bytes unread would send a reset that destroys those still
- * queued. One that reads nothing is still closed after the first second, and so is one that
- * has stopped sending: closing with nothing unread sends no reset, and the kernel delivers the
- * rest (session_linger_next). */
+ * client still sends, goes on, a second at a time, for as long as the client also takes some
+ * of its replies (its unacknowledged bytes shrink) at least once every SESSION_LINGER_STALL_USEC,
+ * up to SESSION_LINGER_MAX_USEC in all (nginx's lingering_time): a slow reader that pipelines
+ * past its exit gets every reply, where a close with its late bytes unread would send a reset
+ * that destroys those still queued. Not every second: a receiver opens its window in steps,
+ * once its buffer has drained (on loopback, with a 256 KiB buffer, a whole buffer at a time:
+ * 1.6 s apart at 160 KB/s), and till then no byte more is acknowledged. One that takes nothing
+ * is closed after SESSION_LINGER_STALL_USEC, and one that has stopped sending at the end of
+ * its second: closing with nothing unread sends no reset, and the kernel delivers the rest
+ * (session_linger_next). */
 #define SESSION_LINGER_MAX_USEC (30u * 1000000u)
+#define SESSION_LINGER_STALL_USEC (5u * 1000000u) /* nginx's lingering_timeout */
 
-/* LingerProgress: what session_linger_next() compares against: when the lingering began, and
- * at its last deadline how much the client had not acknowledged and how many bytes of its had
- * been read away. Zeroed: never goes on. */
+/* LingerProgress: what session_linger_next() compares against: when the lingering began, how
+ * many bytes of the client's had been read away at its last deadline, and the fewest bytes the
+ * client had not acknowledged at a deadline, and when that was. Zeroed: never goes on. */
 typedef struct LingerProgress {
         uint64_t began;
+        uint64_t took_at;
         size_t discarded;
         int unacked;
 } LingerProgress;
@@ -204,8 +209,8 @@ LingerTurn session_linger_turn(int fd, char *buf, size_t size, size_t *discarded
 void session_linger_begin(LingerProgress *p, int fd, size_t discarded, uint64_t now);
 /* session_linger_next: at a lingering close's deadline, NOW, DISCARDED bytes read away so far:
  * the next deadline when it goes on (the client sent more since the last one, replies are
- * still on their way and fewer unacknowledged than then, within SESSION_LINGER_MAX_USEC of its
- * beginning), or 0: close now. */
+ * still on their way, fewer of them unacknowledged than ever before within the last
+ * SESSION_LINGER_STALL_USEC, within SESSION_LINGER_MAX_USEC of its beginning), or 0: close now. */
 uint64_t session_linger_next(LingerProgress *p, int fd, size_t discarded, uint64_t now);
 /* session_send_fin: for a session that lingers: its FIN goes out (shutdown(SHUT_WR)), and the
  * answer is whether the socket must then linger, reading and discarding what the client still

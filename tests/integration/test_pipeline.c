@@ -5,6 +5,9 @@
  * byte against the model, not as a measured delay. */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -243,9 +246,114 @@ Test(pipeline, a_slow_reader_pipelining_past_its_exit_gets_every_reply, .timeout
         hellod_free(d);
 }
 
-/* The same client reading nothing at all is closed after the lingering close's first second,
- * not kept for its 30 s: no reply reached it in that second. Its late lines then draw a reset. */
-Test(pipeline, a_client_that_reads_nothing_past_its_exit_is_closed_after_a_second, .timeout = 60) {
+/* The same, slower than the client's window opens in a second: a receiver opens its window in
+ * steps, once its buffer has drained (here 256 KiB, 1.3 s apart at 200 KB/s), and in between
+ * hellod sees none of its replies acknowledged. The lingering close used to be cut at the
+ * first second without one; the reset destroyed the replies still queued. */
+Test(pipeline, a_reader_slower_than_its_window_opens_gets_every_reply, .timeout = 90) {
+        enum { LINES = 100000 };
+        size_t n = LINES * 2 + 5, want_room = (size_t) LINES * 11 + 64;
+        char *in = malloc(n), *want = malloc(want_room);
+        Hellod *d = hellod_start("log_level = \"info\";\n");
+        /* About 200 KB/s, and a line every 100 ms after the exit. */
+        const SlowReader slow = { .read_max = 16384, .read_every_ms = 80, .late = "late\n", .lates = 100, .late_every_ms = 100 };
+        Exchange ex;
+
+        cr_assert(in && want);
+        lines_then_exit(in, LINES);
+        size_t want_n = harness_model_replies("Hello, ", "!", (const unsigned char *) in, n, 1024, want);
+        cr_assert(want_n < want_room);
+        int fd = connect_fixed_window(d);
+        harness_step("%d lines, exit, then a line every 100 ms, reading 16 KiB every 80 ms", LINES);
+        cr_assert_eq(client_exchange_slow(fd, in, n, &slow, &ex), 0);
+        expect_replies_then_eof(d, &ex, want, want_n);
+        client_close(fd);
+        free(in);
+        free(want);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* Keeper: a client whose lingering close goes on for as long as the test needs: it pipelines
+ * LINES lines and its exit, then sends a late line and takes at most 16 KiB of its replies
+ * every 100 ms (about 160 KB/s, so that its replies take seconds to drain), until told to stop. */
+typedef struct Keeper {
+        int fd;
+        const char *in;
+        size_t n;
+        atomic_bool stop;
+        atomic_bool ended; /* it met the end of file or a reset before it was told to stop */
+        pthread_t thread;
+} Keeper;
+
+static void *keeper_main(void *arg) {
+        Keeper *k = arg;
+        char buf[16384];
+        size_t off = 0;
+
+        while (!atomic_load(&k->stop)) {
+                ssize_t r = off < k->n ? send(k->fd, k->in + off, k->n - off, MSG_NOSIGNAL | MSG_DONTWAIT)
+                                       : send(k->fd, "late\n", 5, MSG_NOSIGNAL | MSG_DONTWAIT);
+                if (r > 0 && off < k->n)
+                        off += (size_t) r;
+                bool failed = r < 0 && errno != EAGAIN && errno != EINTR;
+                if (!failed && (r = recv(k->fd, buf, sizeof(buf), MSG_DONTWAIT)) < 0)
+                        failed = errno != EAGAIN && errno != EINTR;
+                if (failed || r == 0) {
+                        atomic_store(&k->ended, true);
+                        break;
+                }
+                harness_sleep_ms(off < k->n ? 1 : 100);
+        }
+        return NULL;
+}
+
+/* Per connection, a conversation that ends while the helper thread that keeps lingering
+ * sockets is full (at most max_connections of them) lingers on its own thread: that lingering
+ * close, too, goes on past its second for a slow reader that pipelines past its exit. Here one
+ * slot: a first client's lingering close fills the helper thread and goes on while a second
+ * client, served after it, does what a_slow_reader_pipelining_past_its_exit_gets_every_reply
+ * does. */
+Test(pipeline, per_connection_a_slow_reader_lingering_on_its_own_thread_gets_every_reply, .timeout = 90) {
+        enum { LINES = 200000 };
+        size_t n = LINES * 2 + 5, want_room = (size_t) LINES * 11 + 64;
+        char *in = malloc(n), *want = malloc(want_room);
+        Hellod *d = hellod_start("log_level = \"info\";\nworkers = \"per-connection\";\nmax_connections = 1;\n"
+                                 "overload = \"queue\";\n");
+        const SlowReader slow = { .read_max = 16384, .read_every_ms = 20, .late = "late\n", .lates = 3000, .late_every_ms = 10 };
+        Keeper keeper = { .in = in, .n = n };
+        Exchange ex;
+
+        cr_assert(in && want);
+        lines_then_exit(in, LINES);
+        size_t want_n = harness_model_replies("Hello, ", "!", (const unsigned char *) in, n, 1024, want);
+        cr_assert(want_n < want_room);
+        harness_step("a first client: %d lines, exit, then a line and 16 KiB of replies every 100 ms", LINES);
+        keeper.fd = connect_fixed_window(d);
+        cr_assert_eq(pthread_create(&keeper.thread, NULL, keeper_main, &keeper), 0);
+        harness_step("a second client, served once the first one's conversation ended: %d lines, exit, then a "
+                     "line every 10 ms, reading 16 KiB every 20 ms",
+                     LINES);
+        int fd = connect_fixed_window(d);
+        cr_assert_eq(client_exchange_slow(fd, in, n, &slow, &ex), 0);
+        bool first_lingered_throughout = !atomic_load(&keeper.ended);
+        atomic_store(&keeper.stop, true);
+        pthread_join(keeper.thread, NULL);
+        expect_replies_then_eof(d, &ex, want, want_n);
+        if (!first_lingered_throughout)
+                hellod_fail(d, "the first client's lingering close ended before the second's did: the second "
+                               "lingered in the helper thread, not on its own");
+        client_close(fd);
+        client_close(keeper.fd);
+        free(in);
+        free(want);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* The same client reading nothing at all is closed once the lingering close has gone 5 s
+ * without a reply taken, not kept for its 30 s. Its late lines then draw a reset. */
+Test(pipeline, a_client_that_reads_nothing_past_its_exit_is_not_kept_lingering, .timeout = 60) {
         enum { LINES = 200000 };
         size_t n = LINES * 2 + 5;
         char *in = malloc(n);
