@@ -546,7 +546,7 @@ static int decode_header(const uint8_t *data, size_t size, HandoverHeader *h, si
 int handover_state_decode(const uint8_t *data, size_t size, const HandoverLimits *limits, const uint8_t *boot_id,
                           HandoverState *ret, char *err, size_t err_size) {
         HandoverState st = { .data = data, .size = size };
-        size_t pos = 0, record_max = handover_record_size_max(limits);
+        size_t pos = 0;
         int r;
 
         r = decode_header(data, size, &st.header, &pos, err, err_size);
@@ -571,7 +571,9 @@ int handover_state_decode(const uint8_t *data, size_t size, const HandoverLimits
         for (uint32_t i = 0; i < st.header.count; i++) {
                 size_t len = size - pos >= 8 ? (size_t) get_le(data + pos + 4, 4) : 0;
 
-                if (len < RECORD_FIXED || len > size - pos || len > record_max) {
+                /* Only the framing here: a record longer than this process's limits allow
+                 * (they may have been lowered) is refused alone, by handover_state_record(). */
+                if (len < RECORD_FIXED || len > size - pos) {
                         handover_state_done(&st);
                         return fail(err, err_size, -EBADMSG, "record %" PRIu32 " of %" PRIu32 " has a bad length",
                                     i + 1, st.header.count);

@@ -179,8 +179,9 @@ typedef struct HandoverState {
 } HandoverState;
 
 /* handover_state_decode: the header and the framing of every record: the version, the magic,
- * the checksum of the header, count <= records_max, each record's length within the data and
- * the limits, and nothing after the last. On refusal nothing can be resumed: -EBADMSG (or
+ * the checksum of the header, count <= records_max, each record's length within the data
+ * (within the limits is the record's own check), and nothing after the last. On refusal
+ * nothing can be resumed: -EBADMSG (or
  * -EPROTONOSUPPORT for a version this hellod does not read) with a REASON in ERR, or -ENOMEM.
  * BOOT_ID (may be NULL) must match the header's. The records themselves are checked one by one
  * by handover_state_record(), so that one damaged record costs one connection. */

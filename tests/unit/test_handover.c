@@ -11,6 +11,9 @@
 #include "handover.h"
 #include "proto.h"
 
+/* An output buffer larger than LIMITS allow (a_record_over_the_new_limits_is_refused_alone). */
+#define LIMITS_OUTPUT_LARGE (4 * 16384)
+
 static const HandoverLimits LIMITS = {
         .framing = FRAMING_LINE,
         .max_line_length = 64,
@@ -842,6 +845,43 @@ Test(state, a_bad_record_length_refuses_all) {
         put32(b.data + second + 4, 20);
         cr_assert_eq(state_verdict(b.data, b.len, &LIMITS, err, sizeof(err)), -1);
         cr_assert(strstr(err, "record 2 of 3 has a bad length"), "%s", err);
+        free(b.data);
+}
+
+/* A record longer than the next process's limits allow (a restart that lowered max_line_length
+ * while a client held a large backlog of replies) costs its connection only: the state's
+ * framing holds, and the other records are resumed. It used to refuse the whole state. */
+Test(state, a_record_over_the_new_limits_is_refused_alone) {
+        static uint8_t output[LIMITS_OUTPUT_LARGE];
+        HandoverHeader h = { .written_usec = 123456789, .next_id = 5000 };
+        HandoverBuf b = { 0 };
+        HandoverState st;
+        HandoverRecord rec = small_record();
+        HandoverLimits large = LIMITS;
+        const char *reason = NULL;
+        char err[256];
+
+        large.output_max = sizeof(output);
+        memcpy(h.boot_id, BOOT, 16);
+        snprintf(h.writer, sizeof(h.writer), "hellod 0.1.0");
+        cr_assert_eq(handover_state_begin(&b, &h), 0);
+        for (uint64_t id = 1; id <= 3; id++) {
+                rec.id = id;
+                rec.output = id == 2 ? output : NULL;
+                rec.output_len = id == 2 ? sizeof(output) : 0;
+                cr_assert_eq(handover_state_add(&b, &rec), 0);
+        }
+        cr_assert_eq(handover_state_finish(&b), 0);
+        cr_assert_eq(state_verdict(b.data, b.len, &large, err, sizeof(err)), 3, "%s", err);
+
+        cr_assert_eq(handover_state_decode(b.data, b.len, &LIMITS, BOOT, &st, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(handover_state_record(&st, 0, &LIMITS, &rec, &reason), 0);
+        cr_assert_eq(rec.id, 1);
+        cr_assert_eq(handover_state_record(&st, 1, &LIMITS, &rec, &reason), -EBADMSG);
+        cr_assert_str_eq(reason, "record longer than the limits allow");
+        cr_assert_eq(handover_state_record(&st, 2, &LIMITS, &rec, &reason), 0);
+        cr_assert_eq(rec.id, 3);
+        handover_state_done(&st);
         free(b.data);
 }
 
