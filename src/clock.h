@@ -1,4 +1,5 @@
-/* clock: deadlines for timed waits (pthread_cond_timedwait() on a CLOCK_MONOTONIC condition). */
+/* clock: deadlines for timed waits (pthread_cond_timedwait() on a CLOCK_MONOTONIC condition,
+ * poll() and epoll_wait()). */
 #pragma once
 
 #include <stdint.h>
@@ -17,4 +18,16 @@ static inline struct timespec timespec_in_msec(uint64_t msec) {
                 ts.tv_nsec -= 1000000000L;
         }
         return ts;
+}
+
+/* poll_msec_until: a poll() or epoll_wait() timeout for WAKE, a time in usec on NOW's clock: 0
+ * once it has passed, else rounded up to the millisecond and at most a minute, after which the
+ * caller wakes early and asks again: a deadline however far (a WatchdogSec= of months) never
+ * turns into a negative timeout, which would mean no timeout at all. */
+#define POLL_MSEC_MAX 60000
+static inline int poll_msec_until(uint64_t wake, uint64_t now) {
+        if (wake <= now)
+                return 0;
+        uint64_t usec = wake - now, msec = usec / 1000u + (usec % 1000u != 0); /* no "+ 999": it could wrap */
+        return msec > POLL_MSEC_MAX ? POLL_MSEC_MAX : (int) msec;
 }

@@ -54,6 +54,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "engine.h"
 #include "log.h"
 #include "loopset.h"
@@ -586,10 +587,7 @@ static int poll_timeout(const Loop *l) {
                 wake = l->retry_at;
         if (wake == SESSION_NO_DEADLINE)
                 return -1;
-        if (wake <= l->now) /* l->now: read as the deadlines ran, just before */
-                return 0;
-        uint64_t ms = (wake - l->now + 999u) / 1000u;
-        return ms > 60000 ? 60000 : (int) ms;
+        return poll_msec_until(wake, l->now); /* l->now: read as the deadlines ran, just before */
 }
 
 /* ---- accepting ---- */

@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "dropin.h"
 #include "engine.h"
 #include "handoff.h"
@@ -1362,7 +1363,7 @@ static int poll_timeout(Server *s) {
                 wake = earliest(wake, s->status_next > now ? s->status_next : now);
         if (wake == 0)
                 return -1;
-        return wake <= now ? 0 : (int) ((wake - now + 999u) / 1000u);
+        return poll_msec_until(wake, now);
 }
 
 /* feed_watchdog: WATCHDOG=1 while the engine's threads answer (engine.h, answered): a ping

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "clock.h"
 #include "deadlines.h"
 
 enum { ENTRIES = 24 };
@@ -253,4 +254,18 @@ Test(deadlines, a_reload_that_changes_idle_timeout_costs_no_walk) {
                 free(at);
                 free(s);
         }
+}
+
+/* A poll timeout for any wake-up time: 0 once it has passed, rounded up to the millisecond,
+ * and at most a minute. A WatchdogSec= of about 100 days used to give the server thread a
+ * negative one: poll() waited without end and missed its pings. */
+Test(deadlines, a_poll_timeout_is_never_negative) {
+        cr_assert_eq(poll_msec_until(1000, 2000), 0);
+        cr_assert_eq(poll_msec_until(2000, 2000), 0);
+        cr_assert_eq(poll_msec_until(2001, 2000), 1);
+        cr_assert_eq(poll_msec_until(3000, 2000), 1);
+        cr_assert_eq(poll_msec_until(3001, 2000), 2);
+        cr_assert_eq(poll_msec_until(2000 + 60000000u, 2000), POLL_MSEC_MAX);
+        cr_assert_eq(poll_msec_until(2000 + 8600000000000u / 4, 2000), POLL_MSEC_MAX);
+        cr_assert_eq(poll_msec_until(UINT64_MAX, 0), POLL_MSEC_MAX);
 }
