@@ -297,6 +297,9 @@ int main(int argc, char *argv[]) {
                 goto out;
         }
         if (arg_check) {
+                /* The settings in force: --log-level's over the file's (sshd -T applies -o). */
+                if (arg_log_level >= 0)
+                        conf->log_level = arg_log_level;
                 (void) preflight_warn(conf);
                 code = check_config(conf, path, defaulted);
                 goto out;

@@ -529,6 +529,15 @@ Test(config, check_is_short_and_dump_prints_settings, .timeout = 60) {
         cr_expect(strstr(out, "greeting = \"Hi\";"), "-T lacks the greeting:\n%s", out);
         cr_expect(strstr(out, "max_connections = 1024;"), "-T lacks max_connections:\n%s", out);
         free(out);
+
+        /* The effective settings: --log-level overrides the file's, as sshd -T applies -o. */
+        hellod_write_config_std(d, "log_level = \"warning\";\n");
+        status = hellod_run(d, (const char *const[]) { "-T", "--log-level", "debug", "-c", d->conf_path, NULL });
+        out = hellod_stdout(d);
+        cr_assert(exited_with(status, HELLOD_EXIT_OK), "-T -l: %s", harness_describe_status(status, buf, sizeof(buf)));
+        cr_expect(strstr(out, "log_level = \"debug\";") && !strstr(out, "\"warning\""),
+                  "-T --log-level debug does not show the level in force:\n%s", out);
+        free(out);
         hellod_free(d);
 }
 
