@@ -1045,7 +1045,44 @@ static int wide_literal_error(const ConfSpot *w, const ConfCtx *ctx) {
         return r;
 }
 
-/* syntax_error: libconfig's message, and for a duplicate the name it does not give. */
+/* trailing_comma_error: "FILE:LINE: KEY: ..." at the comma J found (conf_text_find_trailing_comma),
+ * where libconfig's "syntax error" names the bracket's line. */
+static int trailing_comma_error(const ConfSpot *j, const ConfCtx *ctx) {
+        char buf[ECHO_BUF_SIZE], *key = j->key_len > 0 ? strndup(j->key, j->key_len) : NULL;
+
+        if (j->key_len > 0 && !key)
+                return oom_error(ctx);
+        (void) file_error(ctx, -EINVAL, NULL, j->line, "%s%s',' after the last entry of a list: libconfig takes none before '%c'",
+                   key ? echo(key, buf) : "", key ? ": " : "", j->next[0]);
+        free(key);
+        return -EINVAL;
+}
+
+/* file_error_quoting_line: "FILE:LINE: WHAT in "TEXT"", TEXT the line as written (its blanks
+ * around taken away), so that a bare "syntax error" shows what it is about; WHAT alone for a
+ * blank line. */
+static int file_error_quoting_line(const ConfCtx *ctx, unsigned line, const char *what) {
+        size_t len = 0;
+        const char *text = ctx->text && line > 0 ? conf_text_line(ctx->text, line, &len) : NULL;
+
+        while (len > 0 && strchr(" \t\r\f\v", text[0])) {
+                text++;
+                len--;
+        }
+        while (len > 0 && strchr(" \t\r\f\v", text[len - 1]))
+                len--;
+        if (len == 0)
+                return file_error(ctx, -EINVAL, NULL, line, "%s", what);
+        char buf[ECHO_BUF_SIZE], *copy = strndup(text, len);
+        if (!copy)
+                return oom_error(ctx);
+        (void) file_error(ctx, -EINVAL, NULL, line, "%s in \"%s\"", what, echo(copy, buf));
+        free(copy);
+        return -EINVAL;
+}
+
+/* syntax_error: libconfig's message, with the line it names quoted; for a duplicate, the name it
+ * does not give; for a comma after a list's last entry, the comma's line and what is wrong. */
 static int syntax_error(const config_t *cfg, const ConfCtx *ctx) {
         const char *what = config_error_text(cfg);
         unsigned line = config_error_line(cfg) > 0 ? (unsigned) config_error_line(cfg) : 0;
@@ -1074,7 +1111,10 @@ static int syntax_error(const config_t *cfg, const ConfCtx *ctx) {
         if (u && u->file && (line == 0 || line >= u->after))
                 return file_error(ctx, -EINVAL, u->file, u->line, "syntax error: %s opened here ('%c') is not closed by the end of the file",
                                   u->what == '[' ? "an array" : u->what == '(' ? "a list" : "a group", u->what);
-        return file_error(ctx, -EINVAL, NULL, line, "%s", what ? what : "syntax error");
+        ConfSpot comma;
+        if (ctx->text && line > 0 && conf_text_find_trailing_comma(ctx->text, &comma) && comma.next_line == line)
+                return trailing_comma_error(&comma, ctx);
+        return file_error_quoting_line(ctx, line, what ? what : "syntax error");
 }
 
 static int conf_apply(Conf *c, const config_t *cfg, const ConfCtx *ctx) {

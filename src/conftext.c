@@ -795,6 +795,49 @@ bool conf_text_find_joined(const ConfText *t, ConfSpot *ret) {
         return false;
 }
 
+bool conf_text_find_trailing_comma(const ConfText *t, ConfSpot *ret) {
+        Token tk, prev = { .type = TOK_END }, name = { .type = TOK_END }, key = { .type = TOK_END };
+        Token keys[SCOPES_MAX]; /* the setting each open bracket belongs to */
+        unsigned depth = 0;
+        Scanner sc;
+
+        scanner_init(&sc, t->text);
+        while ((tk = scan_next(&sc)).type != TOK_END) {
+                if ((is_punct(&tk, ']') || is_punct(&tk, ')')) && is_punct(&prev, ',')) {
+                        const Token *list = depth > 0 ? &keys[depth - 1] : &key;
+                        *ret = (ConfSpot) { .key = list->start, .key_len = list->type == TOK_END ? 0 : list->len,
+                                            .line = prev.line, .text = prev.start, .text_len = 1,
+                                            .next = tk.start, .next_len = 1, .next_line = tk.line };
+                        return true;
+                }
+                if (opens(&tk) && depth < SCOPES_MAX) {
+                        keys[depth++] = key;
+                } else if (closes(&tk) && depth > 0) {
+                        key = keys[--depth];
+                } else if (tk.type == TOK_NAME) {
+                        name = tk;
+                } else if ((is_punct(&tk, '=') || is_punct(&tk, ':')) && name.type == TOK_NAME) {
+                        key = name;
+                }
+                prev = tk;
+        }
+        return false;
+}
+
+const char *conf_text_line(const ConfText *t, unsigned line, size_t *ret_len) {
+        const char *p = t->text;
+
+        for (unsigned at = 1; at < line && p; at++)
+                if ((p = strchr(p, '\n')))
+                        p++;
+        if (!p || line == 0) {
+                *ret_len = 0;
+                return t->text + t->size;
+        }
+        *ret_len = strcspn(p, "\n");
+        return p;
+}
+
 /* ---- duplicate names ---- */
 
 /* Setting NAMEs followed by '=' or ':', with the group ('{' ... '}') they are in: group 0 is the

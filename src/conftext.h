@@ -81,7 +81,8 @@ typedef struct ConfSpot {
         const char *key, *text, *next; /* into the ConfText, not NUL-terminated */
         const char *token;             /* where the token found begins (the scans that refuse) */
         size_t key_len, text_len, next_len;
-        unsigned line; /* of the spliced text */
+        unsigned line;      /* of the spliced text */
+        unsigned next_line; /* where NEXT is (conf_text_find_trailing_comma) */
 } ConfSpot;
 
 /* conf_text_find_wide: an integer literal wider than libconfig 1.5's int, which it would
@@ -103,6 +104,15 @@ bool conf_text_find_stray_string(const ConfText *t, ConfSpot *ret);
  * list's, the text the first string's and next the second's (within their quotes), the line the
  * second's. */
 bool conf_text_find_joined(const ConfText *t, ConfSpot *ret);
+
+/* conf_text_find_trailing_comma: a ',' after the last entry of a list or array, before its
+ * ']' or ')', which libconfig 1.5 calls a syntax error on the bracket's line: the text is the
+ * comma, NEXT the bracket, the key the list's (none, key_len 0, outside any setting). */
+bool conf_text_find_trailing_comma(const ConfText *t, ConfSpot *ret);
+
+/* conf_text_line: line LINE of the spliced text, without its newline (*RET_LEN bytes); empty
+ * past the end. */
+const char *conf_text_line(const ConfText *t, unsigned line, size_t *ret_len);
 
 /* conf_text_duplicate: the name of a setting given twice in the same group whose second
  * occurrence is on LINE (where libconfig reports "duplicate setting name"), into BUF; and the

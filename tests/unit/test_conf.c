@@ -760,6 +760,22 @@ Test(conf_file, syntax_errors) {
         expect_error("port = 1;\n\nbacklog = ;\n", 3, NULL, "syntax error");
         /* An unterminated string is reported where it opens. */
         expect_error("port = 1;\ngreeting = \"unterminated;\nbacklog = 5;\n", 2, NULL, "a string opened here");
+        /* A bare "syntax error" quotes the line it is about (nginx names the token). */
+        expect_error("port 31100;\n", 1, NULL, "syntax error in \"port 31100;\"");
+        expect_error("backlog = 5;\n  port = = 1;  \n", 2, NULL, "syntax error in \"port = = 1;\"");
+        expect_error("max_connections = 0b101;\n", 1, NULL, "syntax error in \"max_connections = 0b101;\"");
+        expect_error("greeting = \"\\x01\";\nport = = 1;\n", 2, NULL, "in \"port = = 1;\"");
+}
+
+/* A comma after a list's last entry, a habit from JSON and nginx, is named at the comma, with
+ * the list's key; libconfig's bare "syntax error" names the closing bracket's line. */
+Test(conf_file, a_comma_after_the_last_entry) {
+        expect_error("port = 1;\nlisten = [ \"127.0.0.1\", ];\n", 2, "listen", "',' after the last entry of a list");
+        expect_error("listen = [\n  \"127.0.0.1\",\n  \"::1\", # both\n];\n", 3, "listen",
+                     "libconfig takes none before ']'");
+        expect_error("allow = ( \"10.0.0.0/8\", );\n", 1, "allow", "none before ')'");
+        /* Inside a string it is no comma, and the error is libconfig's own. */
+        expect_error("greeting = \"a, ]\";\nport = = 1;\n", 2, NULL, "syntax error in \"port = = 1;\"");
 }
 
 Test(conf_file, nul_byte) {
