@@ -1058,6 +1058,23 @@ static int trailing_comma_error(const ConfSpot *j, const ConfCtx *ctx) {
         return -EINVAL;
 }
 
+/* comma_is_the_error: whether libconfig reads the text past LINE, where it failed, once the
+ * comma J found is taken away: then that comma is what it stumbled on, and not something else
+ * on the same line. */
+static bool comma_is_the_error(const ConfSpot *j, unsigned line, const ConfCtx *ctx) {
+        char *text = strdup(ctx->text->text);
+        config_t cfg;
+
+        if (!text)
+                return false;
+        text[j->text - ctx->text->text] = ' ';
+        config_init(&cfg);
+        bool past = config_read_string(&cfg, text) || (unsigned) config_error_line(&cfg) > line;
+        config_destroy(&cfg);
+        free(text);
+        return past;
+}
+
 /* file_error_quoting_line: "FILE:LINE: WHAT in "TEXT"", TEXT the line as written (its blanks
  * around taken away), so that a bare "syntax error" shows what it is about; WHAT alone for a
  * blank line. */
@@ -1112,7 +1129,8 @@ static int syntax_error(const config_t *cfg, const ConfCtx *ctx) {
                 return file_error(ctx, -EINVAL, u->file, u->line, "syntax error: %s opened here ('%c') is not closed by the end of the file",
                                   u->what == '[' ? "an array" : u->what == '(' ? "a list" : "a group", u->what);
         ConfSpot comma;
-        if (ctx->text && line > 0 && conf_text_find_trailing_comma(ctx->text, &comma) && comma.next_line == line)
+        if (ctx->text && line > 0 && conf_text_find_trailing_comma(ctx->text, &comma) && comma.next_line == line &&
+            comma_is_the_error(&comma, line, ctx))
                 return trailing_comma_error(&comma, ctx);
         return file_error_quoting_line(ctx, line, what ? what : "syntax error");
 }

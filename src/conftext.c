@@ -795,15 +795,21 @@ bool conf_text_find_joined(const ConfText *t, ConfSpot *ret) {
         return false;
 }
 
+/* ends_value: whether T can be the last token of a list's entry. */
+static bool ends_value(const Token *t) {
+        return t->type == TOK_STRING || t->type == TOK_NUMBER || t->type == TOK_NAME || closes(t);
+}
+
 bool conf_text_find_trailing_comma(const ConfText *t, ConfSpot *ret) {
-        Token tk, prev = { .type = TOK_END }, name = { .type = TOK_END }, key = { .type = TOK_END };
+        Token tk, prev = { .type = TOK_END }, before = { .type = TOK_END }, name = { .type = TOK_END },
+                  key = { .type = TOK_END };
         Token keys[SCOPES_MAX]; /* the setting each open bracket belongs to */
         unsigned depth = 0;
         Scanner sc;
 
         scanner_init(&sc, t->text);
         while ((tk = scan_next(&sc)).type != TOK_END) {
-                if ((is_punct(&tk, ']') || is_punct(&tk, ')')) && is_punct(&prev, ',')) {
+                if ((is_punct(&tk, ']') || is_punct(&tk, ')')) && is_punct(&prev, ',') && ends_value(&before)) {
                         const Token *list = depth > 0 ? &keys[depth - 1] : &key;
                         *ret = (ConfSpot) { .key = list->start, .key_len = list->type == TOK_END ? 0 : list->len,
                                             .line = prev.line, .text = prev.start, .text_len = 1,
@@ -819,6 +825,7 @@ bool conf_text_find_trailing_comma(const ConfText *t, ConfSpot *ret) {
                 } else if ((is_punct(&tk, '=') || is_punct(&tk, ':')) && name.type == TOK_NAME) {
                         key = name;
                 }
+                before = prev;
                 prev = tk;
         }
         return false;

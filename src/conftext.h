@@ -105,8 +105,8 @@ bool conf_text_find_stray_string(const ConfText *t, ConfSpot *ret);
  * second's. */
 bool conf_text_find_joined(const ConfText *t, ConfSpot *ret);
 
-/* conf_text_find_trailing_comma: a ',' after the last entry of a list or array, before its
- * ']' or ')', which libconfig 1.5 calls a syntax error on the bracket's line: the text is the
+/* conf_text_find_trailing_comma: a ',' after the last entry of a list or array (after a value,
+ * before its ']' or ')'), which libconfig 1.5 calls a syntax error on the bracket's line: the text is the
  * comma, NEXT the bracket, the key the list's (none, key_len 0, outside any setting). */
 bool conf_text_find_trailing_comma(const ConfText *t, ConfSpot *ret);
 

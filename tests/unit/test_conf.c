@@ -774,8 +774,15 @@ Test(conf_file, a_comma_after_the_last_entry) {
         expect_error("listen = [\n  \"127.0.0.1\",\n  \"::1\", # both\n];\n", 3, "listen",
                      "libconfig takes none before ']'");
         expect_error("allow = ( \"10.0.0.0/8\", );\n", 1, "allow", "none before ')'");
-        /* Inside a string it is no comma, and the error is libconfig's own. */
+        /* Inside a string or a comment it is no comma, and the error is libconfig's own. */
         expect_error("greeting = \"a, ]\";\nport = = 1;\n", 2, NULL, "syntax error in \"port = = 1;\"");
+        expect_error("port = = 1; /* , ] */\n", 1, NULL, "syntax error in");
+        /* Another error on the bracket's line is the one named; a comma after no entry is no
+         * comma after the last entry. */
+        expect_error("port = = 1; listen = [ \"127.0.0.1\", ];\n", 1, NULL, "syntax error in \"port = = 1;");
+        expect_error("allow = ( \"10.0.0.0/8\" ), ];\n", 1, NULL, "syntax error in");
+        expect_error("listen = [ , ];\n", 1, NULL, "syntax error in");
+        expect_error("listen = [ \"::1\",, ];\n", 1, NULL, "syntax error in");
 }
 
 Test(conf_file, nul_byte) {
