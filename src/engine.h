@@ -100,7 +100,8 @@ typedef struct EngineOps {
          * registered: none is admitted during a stop, and resumed ones come before serving. */
         void (*end_conversations)(Engine *e);
         /* lingering: the sockets of conversations that ended and are no session any more, still
-         * lingering (session_send_fin) in the engine: each closes within SESSION_LINGER_USEC.
+         * lingering (session_send_fin) in the engine: each closes within its lingering close's
+         * time (a second, more while its client still sends: session_linger_next).
          * NULL: an engine whose sessions linger as sessions (the pools). */
         size_t (*lingering)(Engine *e);
         /* reap: housekeeping from the server thread (joins exited threads). */

@@ -41,8 +41,10 @@
 
 /* After shutdown_timeout, how long killed sessions get to notice. */
 #define KILL_GRACE_MSEC 5000
-/* The longest a conversation that ended lingers in the engine at a stop: its second, and a
- * margin for the thread that closes it (lingerer.h's slack). */
+/* The least the stop gives conversations that ended and linger in the engine, once
+ * shutdown_timeout is spent: the lingering close's first second, and a margin for the thread
+ * that closes it (lingerer.h's slack). One that would go on past it (session_linger_next) is
+ * closed when the engine stops. */
 #define LINGER_WAIT_MSEC (SESSION_LINGER_USEC / 1000u + 100u)
 /* What a hand-over may take per conversation on top of that (see hand_over_budget_msec()). */
 #define HANDOVER_MSEC_PER_CONVERSATION 1

@@ -256,8 +256,9 @@ static bool delivered(int fd) {
  * every other case the lingering close stays: nginx's default (lingering_close "on") also
  * lingers only when more may come. The stop's shutdown line is closed the same way: once an
  * idle client has acknowledged it (on loopback, within the send), at once; otherwise the
- * linger waits for the client's FIN or its second, within shutdown_timeout, and a client that
- * pipelines gets its replies first. */
+ * linger waits for the client's FIN or its time (a second, more while the client still sends:
+ * session_linger_next), within shutdown_timeout, and a client that pipelines gets its replies
+ * first. */
 bool session_send_fin(Session *s) {
         int unread = 0;
 
