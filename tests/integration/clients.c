@@ -284,7 +284,8 @@ static int exchange_recv(int fd, Exchange *ret, size_t *cap) {
 }
 
 int client_exchange_slow(int fd, const void *in, size_t n, const SlowReader *how, Exchange *ret) {
-        int64_t now = harness_now_ms(), deadline = now + HARNESS_TIMEOUT_MS, next_read = now, next_late = now;
+        int64_t now = harness_now_ms(), next_read = now, next_late = now;
+        int64_t deadline = now + (how->timeout_ms > 0 ? how->timeout_ms : HARNESS_TIMEOUT_MS);
         size_t off = 0, cap = 4096, lates = 0;
 
         *ret = (Exchange) { .got = malloc(cap), .end = CLIENT_READ_TIMEOUT };

@@ -130,9 +130,10 @@ typedef struct SlowReader {
         const char *late;  /* sent after the input, LATES times, one every LATE_EVERY_MS */
         size_t lates;
         int late_every_ms;
+        int timeout_ms; /* 0: HARNESS_TIMEOUT_MS */
 } SlowReader;
 /* client_exchange_slow: sends the N bytes of IN as fast as the daemon takes them, then HOW's late
- * lines (no half-close), reading as HOW says all the while, until EOF, a reset or the timeout.
+ * lines (no half-close), reading as HOW says all the while, until EOF, a reset or HOW's timeout.
  * 0, or -errno when the client itself failed. */
 int client_exchange_slow(int fd, const void *in, size_t n, const SlowReader *how, Exchange *ret);
 

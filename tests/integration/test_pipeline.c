@@ -255,8 +255,9 @@ Test(pipeline, a_reader_slower_than_its_window_opens_gets_every_reply, .timeout 
         size_t n = LINES * 2 + 5, want_room = (size_t) LINES * 11 + 64;
         char *in = malloc(n), *want = malloc(want_room);
         Hellod *d = hellod_start("log_level = \"info\";\n");
-        /* About 200 KB/s, and a line every 100 ms after the exit. */
-        const SlowReader slow = { .read_max = 16384, .read_every_ms = 80, .late = "late\n", .lates = 100, .late_every_ms = 100 };
+        /* About 200 KB/s (5.5 s for the replies, twice that given), and a line every 100 ms. */
+        const SlowReader slow = { .read_max = 16384, .read_every_ms = 80, .late = "late\n", .lates = 200,
+                                  .late_every_ms = 100, .timeout_ms = 2 * HARNESS_TIMEOUT_MS };
         Exchange ex;
 
         cr_assert(in && want);
@@ -364,7 +365,9 @@ Test(pipeline, a_client_that_reads_nothing_past_its_exit_is_not_kept_lingering, 
         lines_then_exit(in, LINES);
         int fd = connect_fixed_window(d);
         harness_step("%d lines, exit, then a line every 10 ms, reading nothing", LINES);
-        int64_t deadline = harness_now_ms() + HARNESS_TIMEOUT_MS;
+        /* The linger's 5 s, and the harness's own time for the rest. */
+        const int wait_ms = HARNESS_TIMEOUT_MS + 5000;
+        int64_t deadline = harness_now_ms() + wait_ms;
         int error = 0;
         while (!error && harness_now_ms() < deadline) {
                 const char *what = off < n ? in + off : "late\n";
@@ -379,7 +382,7 @@ Test(pipeline, a_client_that_reads_nothing_past_its_exit_is_not_kept_lingering, 
         cr_assert_eq(off, n, "hellod took %zu of the %zu bytes up to the exit", off, n);
         if (error != ECONNRESET && error != EPIPE)
                 hellod_fail(d, "still open %d ms after the exit (%s): the linger went on without a reply reaching the client",
-                            HARNESS_TIMEOUT_MS, error ? strerror(error) : "no error");
+                            wait_ms, error ? strerror(error) : "no error");
         cr_expect_eq(hellod_count_in_stderr(d, "closed: exit, 200000 lines"), 1);
         client_close(fd);
         free(in);
