@@ -1060,18 +1060,23 @@ static int trailing_comma_error(const ConfSpot *j, const ConfCtx *ctx) {
 
 /* comma_is_the_error: whether libconfig reads the text past LINE, where it failed, once the
  * comma J found is taken away: then that comma is what it stumbled on, and not something else
- * on the same line. */
+ * on the same line. Not asked when the text holds what hellod refuses before libconfig reads
+ * it (refused_first: libconfig would leak a stray string). */
 static bool comma_is_the_error(const ConfSpot *j, unsigned line, const ConfCtx *ctx) {
-        char *text = strdup(ctx->text->text);
+        ConfText without = *ctx->text;
+        ConfSpot refused;
         config_t cfg;
+        bool past = false;
 
-        if (!text)
+        if (!(without.text = strdup(ctx->text->text)))
                 return false;
-        text[j->text - ctx->text->text] = ' ';
-        config_init(&cfg);
-        bool past = config_read_string(&cfg, text) || (unsigned) config_error_line(&cfg) > line;
-        config_destroy(&cfg);
-        free(text);
+        without.text[j->text - ctx->text->text] = ' ';
+        if (!conf_text_find_stray_string(&without, &refused) && !conf_text_find_too_deep(&without, &refused)) {
+                config_init(&cfg);
+                past = config_read_string(&cfg, without.text) || (unsigned) config_error_line(&cfg) > line;
+                config_destroy(&cfg);
+        }
+        free(without.text);
         return past;
 }
 
