@@ -1133,6 +1133,12 @@ static int syntax_error(const config_t *cfg, const ConfCtx *ctx) {
         if (u && u->file && (line == 0 || line >= u->after))
                 return file_error(ctx, -EINVAL, u->file, u->line, "syntax error: %s opened here ('%c') is not closed by the end of the file",
                                   u->what == '[' ? "an array" : u->what == '(' ? "a list" : "a group", u->what);
+        /* libconfig finds an included file that ends inside a setting where the including file
+         * goes on. */
+        const ConfUnfinished *f = ctx->text ? &ctx->text->unfinished : NULL;
+        if (f && f->file && (line == 0 || line >= f->after))
+                return file_error(ctx, -EINVAL, f->file, f->line, "syntax error: the file ends inside a setting, in \"%s\"",
+                                  echo(f->text, shown));
         ConfSpot comma;
         if (ctx->text && line > 0 && conf_text_find_trailing_comma(ctx->text, &comma) && comma.next_line == line &&
             comma_is_the_error(&comma, line, ctx))

@@ -464,10 +464,39 @@ static int include(Builder *b, const char *file, unsigned line, const char *name
  * call it a syntax error on line 1. */
 #define UTF8_BOM "\xef\xbb\xbf"
 
+/* ends_inside_setting: whether a file whose last tokens are BEFORE and LAST ends inside a
+ * setting: after its '=' or ':', or after a name that is no value (not after '=', ':', ',',
+ * '[' or '('): libconfig lets a setting's ';' out, not the rest. */
+static bool ends_inside_setting(const Token *before, const Token *last) {
+        if (is_punct(last, '=') || is_punct(last, ':'))
+                return true;
+        return last->type == TOK_NAME && !is_punct(before, '=') && !is_punct(before, ':') && !is_punct(before, ',') &&
+               !is_punct(before, '[') && !is_punct(before, '(');
+}
+
+/* note_unfinished: FILE (TEXT), included, ended inside a setting at LAST, the including file
+ * going on at line AFTER of the spliced text. */
+static void note_unfinished(ConfText *t, const char *file, const char *text, const Token *last, unsigned after) {
+        const char *bol = last->start, *eol = last->start + strcspn(last->start, "\n");
+
+        while (bol > text && bol[-1] != '\n')
+                bol--;
+        bol += strspn(bol, " \t");
+        while (eol > bol && strchr(" \t\r", eol[-1]))
+                eol--;
+        char shown[256];
+        size_t n = (size_t) (eol - bol) < sizeof(shown) - 1 ? (size_t) (eol - bol) : sizeof(shown) - 1;
+
+        memcpy(shown, bol, n);
+        shown[n] = '\0';
+        t->unfinished = (ConfUnfinished) { .file = file, .line = last->line, .after = after };
+        printable(shown, t->unfinished.text, sizeof(t->unfinished.text));
+}
+
 /* splice: TEXT of FILE onto the output, its @include lines replaced. */
 static int splice_text(Builder *b, const char *file, const char *text, unsigned depth) {
         Scanner sc;
-        Token tk;
+        Token tk, last = { .type = TOK_END }, before = { .type = TOK_END };
         int r;
 
         if (strncmp(text, UTF8_BOM, strlen(UTF8_BOM)) == 0)
@@ -482,8 +511,12 @@ static int splice_text(Builder *b, const char *file, const char *text, unsigned 
                 char *name = NULL;
 
                 brackets_see(&b->brackets, file, &tk);
-                if (!is_punct(&tk, '@'))
+                if (!is_punct(&tk, '@')) {
+                        before = last;
+                        last = tk;
                         continue;
+                }
+                last = before = (Token) { .type = TOK_END }; /* the include's text is its own */
                 if (!tk.line_start)
                         return text_error(b->err, -EINVAL, file, tk.line,
                                           "'@' outside a string: only a line @include \"FILE\" is understood");
@@ -518,6 +551,8 @@ static int splice_text(Builder *b, const char *file, const char *text, unsigned 
         if (r >= 0 && b->t->size > 0 && b->t->text[b->t->size - 1] != '\n')
                 r = emit(b, "\n", 1);
         brackets_file_ended(&b->brackets, file, b->line);
+        if (r >= 0 && depth > 0 && !b->t->unfinished.file && ends_inside_setting(&before, &last))
+                note_unfinished(b->t, file, text, &last, b->line);
         return r;
 }
 

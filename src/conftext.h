@@ -31,6 +31,17 @@ typedef struct ConfUnclosed {
         unsigned after;
 } ConfUnclosed;
 
+/* ConfUnfinished: the first included file whose text ends inside a setting (after its name, or
+ * its '=' or ':'), which libconfig finds only where the including file goes on: FILE, the LINE
+ * of its last token, TEXT that line (blanks around taken away, cut), and AFTER the line of the
+ * spliced text where the including file goes on; FILE NULL: none. */
+typedef struct ConfUnfinished {
+        const char *file;
+        unsigned line;
+        unsigned after;
+        char text[72];
+} ConfUnfinished;
+
 typedef struct ConfText {
         char *text; /* NUL-terminated; no @include left in it */
         size_t size;
@@ -42,7 +53,8 @@ typedef struct ConfText {
         unsigned main_last_line; /* the main file's: where libconfig's errors at the end of the
                                   * text are placed, not on the line past it (nor in a file the
                                   * main one includes last) */
-        ConfUnclosed unclosed; /* a bracket left open at the end of the text */
+        ConfUnclosed unclosed;     /* a bracket left open at the end of the text */
+        ConfUnfinished unfinished; /* an included file that ends inside a setting */
 } ConfText;
 
 /* Why building failed: FILE (NULL: the main file) and LINE (0: none) and a message. FILE points

@@ -1436,6 +1436,38 @@ Test(conf_include, a_bracket_an_included_file_leaves_open_is_named_there) {
         inc_cleanup(&d);
 }
 
+/* An included file that ends inside a setting: libconfig says "syntax error" on a line of the
+ * including file that is not at fault (the one after the include, or the include's own); hellod
+ * names the included file's last setting. A setting without its ';' is fine, and a setting cut
+ * across the include and the line after it is libconfig's to judge. */
+Test(conf_include, an_included_file_that_ends_inside_a_setting_is_named_there) {
+        IncDir d;
+        Conf *c = NULL;
+        char err[1024];
+
+        inc_dir(&d);
+        inc_write(&d, "main.conf", "port = 7000;\n@include \"limits.conf\"\nbacklog = 5;\n");
+        inc_write(&d, "limits.conf", "max_connections = 5;\nidle_timeout =\n");
+        inc_expect_error(&d, "limits.conf", 2, "syntax error: the file ends inside a setting, in \"idle_timeout =\"");
+        inc_write(&d, "limits.conf", "max_connections = 5;\n  idle_timeout  \n\n# the end\n");
+        inc_expect_error(&d, "limits.conf", 2, "the file ends inside a setting, in \"idle_timeout\"");
+        inc_write(&d, "limits.conf", "x");
+        inc_expect_error(&d, "limits.conf", 1, "the file ends inside a setting, in \"x\"");
+        inc_write(&d, "main.conf", "port = 7000;\n@include \"limits.conf\"\n");
+        inc_expect_error(&d, "limits.conf", 1, "the file ends inside a setting");
+
+        inc_write(&d, "limits.conf", "max_connections = 5;\nidle_timeout = 9\n");
+        inc_write(&d, "main.conf", "port = 7000;\n@include \"limits.conf\"\nbacklog = 5;\n");
+        cr_assert_eq(conf_load(d.main, &c, err, sizeof(err)), 0, "%s", err);
+        cr_expect_eq(c->idle_timeout, 9);
+        conf_unref(c);
+        /* An error before it is the one named. */
+        inc_write(&d, "main.conf", "port = ;\n@include \"limits.conf\"\n");
+        inc_write(&d, "limits.conf", "idle_timeout =\n");
+        inc_expect_error(&d, "main.conf", 1, "syntax error in \"port = ;\"");
+        inc_cleanup(&d);
+}
+
 /* libconfig 1.5 would truncate these in an included file as it does in the main one. */
 Test(conf_include, wide_integers_in_an_included_file) {
         IncDir d;
