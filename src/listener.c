@@ -268,19 +268,6 @@ static Listener *find_open(ListenerSet *set, const Listener *l) {
         return NULL;
 }
 
-/* somaxconn: the kernel's cap on listen() backlogs; 0 when it cannot be read. */
-static unsigned somaxconn(void) {
-        unsigned value = 0;
-        FILE *f = fopen("/proc/sys/net/core/somaxconn", "re");
-
-        if (!f)
-                return 0;
-        if (fscanf(f, "%u", &value) != 1)
-                value = 0;
-        fclose(f);
-        return value;
-}
-
 /* port_of: L's port, in host order (0 for a family without one). */
 static unsigned port_of(const Listener *l) {
         if (l->addr.ss_family == AF_INET)
@@ -427,13 +414,8 @@ static int name_without_sockets(const Conf *conf, char *err, size_t err_size) {
 
 int listeners_reopen(const Conf *conf, const ListenersReopen *how, ListenerSet *ret, char *err, size_t err_size) {
         ListenerSet want = { 0 }, *old = how ? how->old : NULL;
-        unsigned cap = somaxconn();
         bool *port_held, waiting = false;
         int r;
-
-        /* The kernel clamps silently; an administrator tuning backlog should hear about it. */
-        if (cap > 0 && conf->backlog > cap)
-                log_notice("backlog %u exceeds net.core.somaxconn, the kernel uses %u", conf->backlog, cap);
 
         if ((r = name_without_sockets(conf, err, err_size)) < 0)
                 return r;

@@ -560,6 +560,27 @@ static char *check_with_nofile(Hellod *d, const char *body, rlim_t nofile) {
         return err;
 }
 
+/* A backlog the kernel clamps: -t says so as a start does (the check an administrator runs
+ * after tuning it), and still says valid. */
+Test(config, check_notes_a_backlog_over_somaxconn, .timeout = 60) {
+        Hellod *d = hellod_new();
+        unsigned cap = 0;
+        FILE *f = fopen("/proc/sys/net/core/somaxconn", "re");
+
+        cr_assert(f && fscanf(f, "%u", &cap) == 1, "cannot read net.core.somaxconn");
+        fclose(f);
+        cr_assert_lt(cap, 65535u, "net.core.somaxconn is %u: no backlog is over it", cap);
+        char *err = check_with_nofile(d, "backlog = 65535;\n", 8192);
+        char want[96];
+        snprintf(want, sizeof(want), "backlog 65535 exceeds net.core.somaxconn, the kernel uses %u", cap);
+        cr_expect(strstr(err, want) && strstr(err, "is valid"), "-t:\n%s", err);
+        free(err);
+        err = check_with_nofile(d, "backlog = 16;\n", 8192);
+        cr_expect(!strstr(err, "somaxconn"), "-t with a backlog the kernel takes:\n%s", err);
+        free(err);
+        hellod_free(d);
+}
+
 /* An IPv6 prefix over where IPv4 addresses live ("::/0", "::/8") is for IPv6 clients only:
  * written alone in a list, it was most likely meant for everyone, and -t says so; with an
  * IPv4 prefix beside it, it was not. The advice fits the list: "0.0.0.0/0" in proxy_from would
