@@ -1438,8 +1438,7 @@ Test(conf_include, a_bracket_an_included_file_leaves_open_is_named_there) {
 
 /* An included file that ends inside a setting: libconfig says "syntax error" on a line of the
  * including file that is not at fault (the one after the include, or the include's own); hellod
- * names the included file's last setting. A setting without its ';' is fine, and a setting cut
- * across the include and the line after it is libconfig's to judge. */
+ * names the included file's last setting. A setting without its ';' is fine. */
 Test(conf_include, an_included_file_that_ends_inside_a_setting_is_named_there) {
         IncDir d;
         Conf *c = NULL;
