@@ -1058,24 +1058,36 @@ static int trailing_comma_error(const ConfSpot *j, const ConfCtx *ctx) {
         return -EINVAL;
 }
 
-/* comma_is_the_error: whether libconfig reads the text past LINE, where it failed, once the
- * comma J found is taken away: then that comma is what it stumbled on, and not something else
- * on the same line. Not asked when the text holds what hellod refuses before libconfig reads
- * it (refused_first: libconfig would leak a stray string). */
-static bool comma_is_the_error(const ConfSpot *j, unsigned line, const ConfCtx *ctx) {
-        ConfText without = *ctx->text;
+/* reads_past: whether libconfig reads T's text without an error, or (LINE > 0) past LINE. Not
+ * asked of a text that holds what hellod refuses before libconfig reads it (refused_first:
+ * libconfig would leak a stray string). */
+static bool reads_past(const ConfText *t, unsigned line) {
         ConfSpot refused;
         config_t cfg;
-        bool past = false;
+
+        if (conf_text_find_stray_string(t, &refused) || conf_text_find_too_deep(t, &refused))
+                return false;
+        config_init(&cfg);
+        bool past = config_read_string(&cfg, t->text) || (line > 0 && (unsigned) config_error_line(&cfg) > line);
+        config_destroy(&cfg);
+        return past;
+}
+
+/* comma_is_the_error: whether the comma J found is what libconfig stumbled on at LINE, and not
+ * something else on that line: without it, the text up to the list's bracket reads without an
+ * error (a list outside any group), or the whole text reads past LINE. */
+static bool comma_is_the_error(const ConfSpot *j, unsigned line, const ConfCtx *ctx) {
+        ConfText without = *ctx->text;
 
         if (!(without.text = strdup(ctx->text->text)))
                 return false;
         without.text[j->text - ctx->text->text] = ' ';
-        if (!conf_text_find_stray_string(&without, &refused) && !conf_text_find_too_deep(&without, &refused)) {
-                config_init(&cfg);
-                past = config_read_string(&cfg, without.text) || (unsigned) config_error_line(&cfg) > line;
-                config_destroy(&cfg);
-        }
+        char *cut = without.text + (j->next - ctx->text->text) + 1, kept = *cut;
+        *cut = '\0';
+        bool past = reads_past(&without, 0);
+        *cut = kept;
+        if (!past)
+                past = reads_past(&without, line);
         free(without.text);
         return past;
 }

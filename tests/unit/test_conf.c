@@ -774,7 +774,8 @@ Test(conf_file, a_comma_after_the_last_entry) {
         expect_error("listen = [\n  \"127.0.0.1\",\n  \"::1\", # both\n];\n", 3, "listen",
                      "libconfig takes none before ']'");
         expect_error("allow = ( \"10.0.0.0/8\", );\n", 1, "allow", "none before ')'");
-        /* Inside a string or a comment it is no comma, and the error is libconfig's own. */
+        /* Inside a string or a comment it is no comma, and the error is libconfig's own (the
+         * re-read without such a "comma" would not get past the line either). */
         expect_error("greeting = \"a, ]\";\nport = = 1;\n", 2, NULL, "syntax error in \"port = = 1;\"");
         expect_error("port = = 1; /* , ] */\n", 1, NULL, "syntax error in");
         /* Another error on the bracket's line is the one named; a comma after no entry is no
@@ -783,10 +784,16 @@ Test(conf_file, a_comma_after_the_last_entry) {
         expect_error("allow = ( \"10.0.0.0/8\" ), ];\n", 1, NULL, "syntax error in");
         expect_error("listen = [ , ];\n", 1, NULL, "syntax error in");
         expect_error("listen = [ \"::1\",, ];\n", 1, NULL, "syntax error in");
-        /* A syntax error before a string out of place is named first (refused_first); the comma
-         * check does not read on into the string, which libconfig would leak (ASan's leak check
-         * caught it), and libconfig's message stands. */
-        expect_error("listen = [ \"::1\", ];\ngreeting \"hi\";\n", 1, NULL, "syntax error in \"listen");
+        /* The comma is the first error on its line, whatever follows it there. */
+        expect_error("allow = [ \"10.0.0.0/8\", ]; deny = [ \"10.1.0.0/16\", ];\n", 1, "allow", "after the last entry");
+        expect_error("listen = [ \"::1\", ]; port = = 1;\n", 1, "listen", "after the last entry");
+        /* A syntax error before a string out of place is named first (refused_first), a comma
+         * too; the re-read stops before the string, which libconfig would leak (ASan's leak
+         * check caught a re-read of the whole text). */
+        expect_error("listen = [ \"::1\", ];\ngreeting \"hi\";\n", 1, "listen", "after the last entry");
+        /* A list of groups; and a list in a group, where the whole text is read again. */
+        expect_error("listen = ( { address = \"::1\"; }, );\nport = 1;\n", 1, "listen", "after the last entry");
+        expect_error("hellod = {\n  allow = [ \"10.0.0.0/8\", ];\n};\n", 2, "allow", "after the last entry");
 }
 
 Test(conf_file, nul_byte) {
@@ -1460,6 +1467,13 @@ Test(conf_include, an_included_file_that_ends_inside_a_setting_is_named_there) {
         cr_assert_eq(conf_load(d.main, &c, err, sizeof(err)), 0, "%s", err);
         cr_expect_eq(c->idle_timeout, 9);
         conf_unref(c);
+        /* Nor is a name that is a value, its ';' left out. */
+        inc_write(&d, "pp.conf", "proxy_protocol = true\n");
+        inc_write(&d, "main.conf", "listen = ( { address = \"127.0.0.1:7001\";\n@include \"pp.conf\"\n} );\nproxy_from = [ \"127.0.0.1\" ];\n");
+        cr_assert_eq(conf_load(d.main, &c, err, sizeof(err)), 0, "%s", err);
+        cr_expect(c->listen[0].proxy_protocol);
+        conf_unref(c);
+        inc_write(&d, "main.conf", "port = 7000;\n@include \"limits.conf\"\nbacklog = 5;\n");
         /* An error before it is the one named. */
         inc_write(&d, "main.conf", "port = ;\n@include \"limits.conf\"\n");
         inc_write(&d, "limits.conf", "idle_timeout =\n");
