@@ -268,6 +268,19 @@ static Listener *find_open(ListenerSet *set, const Listener *l) {
         return NULL;
 }
 
+/* somaxconn: the kernel's cap on listen() backlogs; 0 when it cannot be read. */
+static unsigned somaxconn(void) {
+        unsigned value = 0;
+        FILE *f = fopen("/proc/sys/net/core/somaxconn", "re");
+
+        if (!f)
+                return 0;
+        if (fscanf(f, "%u", &value) != 1)
+                value = 0;
+        fclose(f);
+        return value;
+}
+
 /* port_of: L's port, in host order (0 for a family without one). */
 static unsigned port_of(const Listener *l) {
         if (l->addr.ss_family == AF_INET)
@@ -412,11 +425,22 @@ static int name_without_sockets(const Conf *conf, char *err, size_t err_size) {
         return 0;
 }
 
+bool listeners_warn_backlog(const Conf *conf) {
+        unsigned cap = somaxconn();
+
+        /* The kernel clamps silently; an administrator tuning backlog should hear about it. */
+        if (cap == 0 || conf->backlog <= cap)
+                return false;
+        log_notice("backlog %u exceeds net.core.somaxconn, the kernel uses %u", conf->backlog, cap);
+        return true;
+}
+
 int listeners_reopen(const Conf *conf, const ListenersReopen *how, ListenerSet *ret, char *err, size_t err_size) {
         ListenerSet want = { 0 }, *old = how ? how->old : NULL;
         bool *port_held, waiting = false;
         int r;
 
+        (void) listeners_warn_backlog(conf);
         if ((r = name_without_sockets(conf, err, err_size)) < 0)
                 return r;
         r = listeners_resolve(conf, &want, err, err_size);

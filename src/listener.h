@@ -62,6 +62,12 @@ typedef struct ListenersReopen {
  * from OLD, with an error logged, if another process took the port meanwhile). */
 int listeners_reopen(const Conf *conf, const ListenersReopen *how, ListenerSet *ret, char *err, size_t err_size);
 
+/* listeners_warn_backlog: a notice when CONF's backlog is over net.core.somaxconn, which the
+ * kernel clamps it to in silence; returns whether it was. listeners_reopen() gives it for the
+ * sockets it binds (not for sockets systemd passed, which keep their own backlog), and
+ * `hellod -t` for the file. */
+bool listeners_warn_backlog(const Conf *conf);
+
 /* What the file descriptor store gave back (handover.h has the names): the state memfd and
  * the connections, each close-on-exec and otherwise as stored. */
 typedef struct StoredConn {

@@ -301,6 +301,7 @@ int main(int argc, char *argv[]) {
                 if (arg_log_level >= 0)
                         conf->log_level = arg_log_level;
                 (void) preflight_warn(conf);
+                (void) listeners_warn_backlog(conf);
                 code = check_config(conf, path, defaulted);
                 goto out;
         }

@@ -199,37 +199,13 @@ static unsigned warn_v4_space(const char *key, const Cidr *list, size_t n, const
         return 1;
 }
 
-/* somaxconn: the kernel's cap on listen() backlogs; 0 when it cannot be read. */
-static unsigned somaxconn(void) {
-        unsigned value = 0;
-        FILE *f = fopen("/proc/sys/net/core/somaxconn", "re");
-
-        if (!f)
-                return 0;
-        if (fscanf(f, "%u", &value) != 1)
-                value = 0;
-        fclose(f);
-        return value;
-}
-
-/* warn_backlog: the kernel clamps a backlog in silence; an administrator tuning it should hear
- * about it (a notice: the clients still queue, only fewer of them). */
-static unsigned warn_backlog(const Conf *conf) {
-        unsigned cap = somaxconn();
-
-        if (cap == 0 || conf->backlog <= cap)
-                return 0;
-        log_notice("backlog %u exceeds net.core.somaxconn, the kernel uses %u", conf->backlog, cap);
-        return 1;
-}
-
 /* warn_all: preflight_warn() for CONF served by the worker model and backend of MODEL. */
 static unsigned warn_all(const Conf *conf, const Conf *model) {
         static const char everyone[] = "add \"0.0.0.0/0\" (or an IPv4 prefix) for those";
 
         /* Not everyone in proxy_from: a peer there names the client it likes, past allow, deny
          * and the per-source limits. */
-        return warn_fds(conf, model->workers) + warn_memory(conf, model) + warn_backlog(conf) + warn_v4_space("allow", conf->allow, conf->n_allow, everyone) +
+        return warn_fds(conf, model->workers) + warn_memory(conf, model) + warn_v4_space("allow", conf->allow, conf->n_allow, everyone) +
                warn_v4_space("deny", conf->deny, conf->n_deny, everyone) +
                warn_v4_space("proxy_from", conf->proxy_from, conf->n_proxy_from,
                              "list the balancers' IPv4 addresses if some connect over IPv4");
