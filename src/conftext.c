@@ -800,29 +800,56 @@ bool conf_text_find_stray_string(const ConfText *t, ConfSpot *ret) {
 
 /* ---- strings joined in a list ---- */
 
-bool conf_text_find_joined(const ConfText *t, ConfSpot *ret) {
-        Token tk, prev = { .type = TOK_END }, name = { .type = TOK_END }, key = { .type = TOK_END };
-        Token keys[SCOPES_MAX]; /* the setting each open bracket belongs to */
+/* SettingTrack: as a scan goes, the setting a token belongs to: the name before the last '=' or
+ * ':', and for each bracket open the setting it belongs to and which bracket it is. */
+typedef struct SettingTrack {
+        Token name, key;
+        Token keys[SCOPES_MAX];
         char open[SCOPES_MAX];
-        unsigned depth = 0;
+        unsigned depth;
+} SettingTrack;
+
+static void track_init(SettingTrack *k) {
+        k->name = k->key = (Token) { .type = TOK_END };
+        k->depth = 0;
+}
+
+/* track_see: TK seen by K; false for a token that changes nothing K tracks (a value, a ';'). */
+static bool track_see(SettingTrack *k, const Token *tk) {
+        if (opens(tk) && k->depth < SCOPES_MAX) {
+                k->keys[k->depth] = k->key;
+                k->open[k->depth++] = tk->start[0];
+        } else if (closes(tk) && k->depth > 0) {
+                k->key = k->keys[--k->depth];
+        } else if (tk->type == TOK_NAME) {
+                k->name = *tk;
+        } else if ((is_punct(tk, '=') || is_punct(tk, ':')) && k->name.type == TOK_NAME) {
+                k->key = k->name;
+        } else {
+                return false;
+        }
+        return true;
+}
+
+/* track_list: the setting of the innermost bracket open, or outside any the last one named. */
+static const Token *track_list(const SettingTrack *k) {
+        return k->depth > 0 ? &k->keys[k->depth - 1] : &k->key;
+}
+
+bool conf_text_find_joined(const ConfText *t, ConfSpot *ret) {
+        Token tk, prev = { .type = TOK_END };
+        SettingTrack k;
         Scanner sc;
 
+        track_init(&k);
         scanner_init(&sc, t->text);
         while ((tk = scan_next(&sc)).type != TOK_END) {
-                if (opens(&tk) && depth < SCOPES_MAX) {
-                        keys[depth] = key;
-                        open[depth++] = tk.start[0];
-                } else if (closes(&tk) && depth > 0) {
-                        key = keys[--depth];
-                } else if (tk.type == TOK_NAME) {
-                        name = tk;
-                } else if ((is_punct(&tk, '=') || is_punct(&tk, ':')) && name.type == TOK_NAME) {
-                        key = name;
-                } else if (tk.type == TOK_STRING && prev.type == TOK_STRING && depth > 0 && open[depth - 1] != '{' &&
-                           prev.len >= 2 && tk.len >= 2) {
-                        *ret = (ConfSpot) { .key = keys[depth - 1].start, .key_len = keys[depth - 1].len,
-                                            .line = tk.line, .text = prev.start + 1, .text_len = prev.len - 2,
-                                            .next = tk.start + 1, .next_len = tk.len - 2 };
+                if (!track_see(&k, &tk) && tk.type == TOK_STRING && prev.type == TOK_STRING && k.depth > 0 &&
+                    k.open[k.depth - 1] != '{' && prev.len >= 2 && tk.len >= 2) {
+                        const Token *list = track_list(&k);
+                        *ret = (ConfSpot) { .key = list->start, .key_len = list->len, .line = tk.line,
+                                            .text = prev.start + 1, .text_len = prev.len - 2, .next = tk.start + 1,
+                                            .next_len = tk.len - 2 };
                         return true;
                 }
                 prev = tk;
@@ -836,30 +863,21 @@ static bool ends_value(const Token *t) {
 }
 
 bool conf_text_find_trailing_comma(const ConfText *t, ConfSpot *ret) {
-        Token tk, prev = { .type = TOK_END }, before = { .type = TOK_END }, name = { .type = TOK_END },
-                  key = { .type = TOK_END };
-        Token keys[SCOPES_MAX]; /* the setting each open bracket belongs to */
-        unsigned depth = 0;
+        Token tk, prev = { .type = TOK_END }, before = { .type = TOK_END };
+        SettingTrack k;
         Scanner sc;
 
+        track_init(&k);
         scanner_init(&sc, t->text);
         while ((tk = scan_next(&sc)).type != TOK_END) {
                 if ((is_punct(&tk, ']') || is_punct(&tk, ')')) && is_punct(&prev, ',') && ends_value(&before)) {
-                        const Token *list = depth > 0 ? &keys[depth - 1] : &key;
+                        const Token *list = track_list(&k);
                         *ret = (ConfSpot) { .key = list->start, .key_len = list->type == TOK_END ? 0 : list->len,
                                             .line = prev.line, .text = prev.start, .text_len = 1,
                                             .next = tk.start, .next_len = 1, .next_line = tk.line };
                         return true;
                 }
-                if (opens(&tk) && depth < SCOPES_MAX) {
-                        keys[depth++] = key;
-                } else if (closes(&tk) && depth > 0) {
-                        key = keys[--depth];
-                } else if (tk.type == TOK_NAME) {
-                        name = tk;
-                } else if ((is_punct(&tk, '=') || is_punct(&tk, ':')) && name.type == TOK_NAME) {
-                        key = name;
-                }
+                (void) track_see(&k, &tk);
                 before = prev;
                 prev = tk;
         }

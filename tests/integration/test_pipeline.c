@@ -218,26 +218,22 @@ Test(pipeline, a_client_pipelining_far_past_its_exit_gets_every_reply, .timeout 
         hellod_free(d);
 }
 
-/* A client that pipelines past its exit and reads slowly gets every reply before the exit and
- * then the end of file: the lingering close goes on past its second while the client is still
- * taking replies. It used to close at the second with the client's late lines unread, and the
- * reset that sends destroyed the replies still queued in hellod's socket. */
-Test(pipeline, a_slow_reader_pipelining_past_its_exit_gets_every_reply, .timeout = 90) {
-        enum { LINES = 200000 };
-        size_t n = LINES * 2 + 5, want_room = (size_t) LINES * 11 + 64;
+/* slow_reader_gets_every_reply: a client with a fixed window pipelines LINES lines and its exit,
+ * then reads and sends late lines as SLOW says (described by HOW), and gets every reply before
+ * the exit, then the end of file. */
+static void slow_reader_gets_every_reply(size_t lines, const SlowReader *slow, const char *how) {
+        size_t n = lines * 2 + 5, want_room = lines * 11 + 64;
         char *in = malloc(n), *want = malloc(want_room);
         Hellod *d = hellod_start("log_level = \"info\";\n");
-        /* About 800 KB/s, slower than hellod answers, and a line every 10 ms after the exit. */
-        const SlowReader slow = { .read_max = 16384, .read_every_ms = 20, .late = "late\n", .lates = 3000, .late_every_ms = 10 };
         Exchange ex;
 
         cr_assert(in && want);
-        lines_then_exit(in, LINES);
+        lines_then_exit(in, lines);
         size_t want_n = harness_model_replies("Hello, ", "!", (const unsigned char *) in, n, 1024, want);
         cr_assert(want_n < want_room);
         int fd = connect_fixed_window(d);
-        harness_step("%d lines, exit, then a line every 10 ms, reading 16 KiB every 20 ms", LINES);
-        cr_assert_eq(client_exchange_slow(fd, in, n, &slow, &ex), 0);
+        harness_step("%zu lines, exit, then %s", lines, how);
+        cr_assert_eq(client_exchange_slow(fd, in, n, slow, &ex), 0);
         expect_replies_then_eof(d, &ex, want, want_n);
         client_close(fd);
         free(in);
@@ -246,33 +242,27 @@ Test(pipeline, a_slow_reader_pipelining_past_its_exit_gets_every_reply, .timeout
         hellod_free(d);
 }
 
+/* A client that pipelines past its exit and reads slowly gets every reply before the exit and
+ * then the end of file: the lingering close goes on past its second while the client is still
+ * taking replies. It used to close at the second with the client's late lines unread, and the
+ * reset that sends destroyed the replies still queued in hellod's socket. */
+Test(pipeline, a_slow_reader_pipelining_past_its_exit_gets_every_reply, .timeout = 90) {
+        /* About 800 KB/s, slower than hellod answers, and a line every 10 ms after the exit. */
+        const SlowReader slow = { .read_max = 16384, .read_every_ms = 20, .late = "late\n", .lates = 3000, .late_every_ms = 10 };
+
+        slow_reader_gets_every_reply(200000, &slow, "a line every 10 ms, reading 16 KiB every 20 ms");
+}
+
 /* The same, slower than the client's window opens in a second: a receiver opens its window in
  * steps, once its buffer has drained (here 256 KiB, 1.3 s apart at 200 KB/s), and in between
  * hellod sees none of its replies acknowledged. The lingering close used to be cut at the
  * first second without one; the reset destroyed the replies still queued. */
 Test(pipeline, a_reader_slower_than_its_window_opens_gets_every_reply, .timeout = 90) {
-        enum { LINES = 100000 };
-        size_t n = LINES * 2 + 5, want_room = (size_t) LINES * 11 + 64;
-        char *in = malloc(n), *want = malloc(want_room);
-        Hellod *d = hellod_start("log_level = \"info\";\n");
         /* About 200 KB/s (5.5 s for the replies, twice that given), and a line every 100 ms. */
         const SlowReader slow = { .read_max = 16384, .read_every_ms = 80, .late = "late\n", .lates = 200,
                                   .late_every_ms = 100, .timeout_ms = 2 * HARNESS_TIMEOUT_MS };
-        Exchange ex;
 
-        cr_assert(in && want);
-        lines_then_exit(in, LINES);
-        size_t want_n = harness_model_replies("Hello, ", "!", (const unsigned char *) in, n, 1024, want);
-        cr_assert(want_n < want_room);
-        int fd = connect_fixed_window(d);
-        harness_step("%d lines, exit, then a line every 100 ms, reading 16 KiB every 80 ms", LINES);
-        cr_assert_eq(client_exchange_slow(fd, in, n, &slow, &ex), 0);
-        expect_replies_then_eof(d, &ex, want, want_n);
-        client_close(fd);
-        free(in);
-        free(want);
-        hellod_stop_clean(d);
-        hellod_free(d);
+        slow_reader_gets_every_reply(100000, &slow, "a line every 100 ms, reading 16 KiB every 80 ms");
 }
 
 /* Keeper: a client whose lingering close goes on for as long as the test needs: it pipelines
