@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ascii.h"
+
 /* put_decimal: V's digits at P; returns the end. */
 static char *put_decimal(char *p, unsigned v) {
         char digits[10];
@@ -231,14 +233,6 @@ const char *cidr_format(const Cidr *c, char *buf, size_t size) {
 }
 
 /* ---- listen specs ---- */
-
-static bool is_ascii_digit(char c) {
-        return c >= '0' && c <= '9';
-}
-
-static bool is_ascii_alpha(char c) {
-        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
-}
 
 static int reason(char *err, size_t size, const char *format, ...) __attribute__((format(printf, 3, 4)));
 static int reason(char *err, size_t size, const char *format, ...) {

@@ -1,9 +1,22 @@
-/* clock: deadlines for timed waits (pthread_cond_timedwait() on a CLOCK_MONOTONIC condition,
- * poll() and epoll_wait()). */
+/* clock: the time in microseconds, and deadlines for timed waits (pthread_cond_timedwait() on
+ * a CLOCK_MONOTONIC condition, poll() and epoll_wait()). */
 #pragma once
 
 #include <stdint.h>
 #include <time.h>
+
+/* clock_usec: CLOCK's time in microseconds. */
+static inline uint64_t clock_usec(clockid_t clock) {
+        struct timespec ts;
+
+        clock_gettime(clock, &ts);
+        return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
+}
+
+/* now_usec: CLOCK_MONOTONIC in microseconds, the clock of every deadline. */
+static inline uint64_t now_usec(void) {
+        return clock_usec(CLOCK_MONOTONIC);
+}
 
 /* timespec_in_msec: CLOCK_MONOTONIC now plus MSEC, at most a day (so that "no limit",
  * UINT64_MAX, cannot overflow time_t). */

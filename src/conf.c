@@ -1,4 +1,4 @@
-/* conf: the libconfig file turned into a validated, immutable, reference-counted Conf.
+/* conf: the libconfig file turned into a validated, reference-counted Conf, immutable once shared.
  *
  * Every key is one line of conf_keys[]: its name, its parser, its printer, where it goes in Conf,
  * its range and its default. The defaults are applied by parsing them like a file would, so a
@@ -14,6 +14,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "ascii.h"
 #include "conf.h"
 #include "conftext.h"
 #include "log.h"
@@ -57,14 +58,6 @@ static const char *const handover_names[] = { [HANDOVER_MODE_RESTART] = "restart
                                               NULL };
 static const char *const io_backend_names[] = { [IO_BACKEND_EPOLL] = "epoll", [IO_BACKEND_IO_URING] = "io_uring",
                                                 NULL };
-
-static bool is_ascii_digit(char c) {
-        return c >= '0' && c <= '9';
-}
-
-static bool is_ascii_alpha(char c) {
-        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
-}
 
 /* escape: S as printable ASCII into BUF: `"` and `\` backslashed, anything else outside 0x20..0x7e as
  * \xNN. At most MAX_IN input bytes are taken ("..." marks the cut), and an escape sequence is never split
@@ -489,19 +482,6 @@ static int listen_address(const ConfKey *k, const config_setting_t *e, const cha
         if (r < 0)
                 return key_error(ctx, e, k->name, "\"%s\": %s", echo(text, buf), why);
         return 0;
-}
-
-/* fdname_valid: what systemd takes as FileDescriptorName= (printable ASCII, no ':'), short
- * enough for Listener.fdname. */
-static bool fdname_valid(const char *name) {
-        size_t len = strlen(name);
-
-        if (len == 0 || len > CONF_FDNAME_MAX)
-                return false;
-        for (size_t i = 0; i < len; i++)
-                if (name[i] < 0x21 || name[i] > 0x7e || name[i] == ':')
-                        return false;
-        return true;
 }
 
 static int listen_name(const ConfKey *k, const config_setting_t *e, const char *text, ListenSpec *ret,
@@ -1185,7 +1165,7 @@ static int conf_apply(Conf *c, const config_t *cfg, const ConfCtx *ctx) {
         return 0;
 }
 
-static bool any_proxy_listener(const Conf *c) {
+bool conf_has_proxy_listener(const Conf *c) {
         for (size_t i = 0; i < c->n_listen; i++)
                 if (c->listen[i].proxy_protocol)
                         return true;
@@ -1198,7 +1178,7 @@ static void warn_unused_proxy_from(const Conf *c, const config_t *cfg, const Con
         char msg[ERR_REASON_MAX + PATH_MAX];
         ConfCtx quiet = *ctx;
 
-        if (c->n_proxy_from == 0 || any_proxy_listener(c))
+        if (c->n_proxy_from == 0 || conf_has_proxy_listener(c))
                 return;
         msg[0] = '\0';
         quiet.err = msg;
@@ -1237,7 +1217,7 @@ static int conf_validate(const Conf *c, const config_t *cfg, const ConfCtx *ctx)
                                  o ? echo(listen_entry_text(o), other) : "");
         }
         /* A PROXY header from anyone would let any client claim any address. */
-        if (any_proxy_listener(c) && c->n_proxy_from == 0) {
+        if (conf_has_proxy_listener(c) && c->n_proxy_from == 0) {
                 const config_setting_t *s = config_lookup(cfg, "proxy_from");
                 return key_error(ctx, s ? s : config_lookup(cfg, "listen"), "proxy_from",
                                  "must list the balancers trusted to send a PROXY header (e.g. [ \"127.0.0.1\" ]), "
@@ -1560,14 +1540,6 @@ void conf_print(const Conf *c, FILE *f) {
 
 const char *framing_to_string(Framing f) {
         return f <= FRAMING_CHUNK ? framing_names[f] : NULL;
-}
-
-const char *io_backend_to_string(IoBackend b) {
-        return b == IO_BACKEND_IO_URING ? io_backend_names[IO_BACKEND_IO_URING] : io_backend_names[IO_BACKEND_EPOLL];
-}
-
-const char *overload_to_string(Overload o) {
-        return o == OVERLOAD_QUEUE ? overload_names[OVERLOAD_QUEUE] : overload_names[OVERLOAD_REFUSE];
 }
 
 bool conf_admits(const Conf *c, const IpKey *client) {

@@ -1,4 +1,4 @@
-/* conf: the libconfig file turned into a validated, immutable, reference-counted Conf. */
+/* conf: the libconfig file turned into a validated, reference-counted Conf, immutable once shared. */
 #pragma once
 
 #include <stdbool.h>
@@ -7,6 +7,7 @@
 #include <stdio.h>
 
 #include "addr.h"
+#include "fdname.h"
 
 #define CONF_DEFAULT_PATH SYSCONFDIR "/hellod/hellod.conf"
 
@@ -42,7 +43,7 @@
 #define CONF_NAME_MAX 64   /* `user`, `group` */
 #define CONF_ORIGIN_MAX 4200 /* "FILE:LINE", the file's name escaped */
 #define CONF_DEFAULTS_NAME "(built-in defaults)" /* the file name of what no file set */
-#define CONF_FDNAME_MAX 255 /* a listen group's `name`: systemd's FDNAME_MAX; fits Listener.fdname */
+#define CONF_FDNAME_MAX FDNAME_MAX /* a listen group's `name` (fdname.h); fits Listener.fdname */
 #define CONF_WORKERS_MAX 256
 #define CONF_WORKER_STACK_MIN (64 * 1024)
 #define CONF_WORKER_STACK_MAX (64 * 1024 * 1024)
@@ -139,8 +140,9 @@ void conf_unrefp(Conf **c);
 void conf_print(const Conf *c, FILE *f);
 
 const char *framing_to_string(Framing f);
-const char *overload_to_string(Overload o);
-const char *io_backend_to_string(IoBackend b);
+
+/* conf_has_proxy_listener: whether a listen entry of C reads PROXY protocol headers. */
+bool conf_has_proxy_listener(const Conf *c);
 
 /* conf_admits: whether the client address passes `allow` and `deny`: it must match an
  * `allow` entry if there are any, and no `deny` entry. */

@@ -17,13 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static bool is_ascii_digit(char c) {
-        return c >= '0' && c <= '9';
-}
-
-static bool is_ascii_alpha(char c) {
-        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
-}
+#include "ascii.h"
 
 static int text_error(ConfTextError *err, int r, const char *file, unsigned line, const char *format, ...)
         __attribute__((format(printf, 5, 6)));

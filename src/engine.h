@@ -179,18 +179,10 @@ int perconn_engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks)
  * returns the epoll pool. */
 int uring_engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks);
 
-/* engine_new: the model CONF chooses (its `workers`, and for the pool its `io_backend`). */
-static inline bool engine_conf_has_proxy(const Conf *conf) {
-        for (size_t i = 0; i < conf->n_listen; i++)
-                if (conf->listen[i].proxy_protocol)
-                        return true;
-        return false;
-}
-
 /* engine_uring_unfit: why CONF's pool cannot run on io_uring whatever the kernel offers (the
  * notice's words), or NULL. */
 static inline const char *engine_uring_unfit(const Conf *conf) {
-        if (engine_conf_has_proxy(conf))
+        if (conf_has_proxy_listener(conf))
                 return "io_backend = \"io_uring\" does not read PROXY protocol headers";
         /* Its multishot receive takes every byte in: a partial line is not left in the kernel
          * (pool.c, read_lines), and a crash would lose it. */
@@ -206,6 +198,7 @@ static inline bool engine_runs_uring(const Conf *conf) {
         return conf->workers != 0 && conf->io_backend == IO_BACKEND_IO_URING && !engine_uring_unfit(conf);
 }
 
+/* engine_new: the model CONF chooses (its `workers`, and for the pool its `io_backend`). */
 static inline int engine_new(Engine **ret, const Conf *conf, const EngineHooks *hooks) {
         if (conf->workers == 0)
                 return perconn_engine_new(ret, conf, hooks);

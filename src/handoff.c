@@ -467,10 +467,7 @@ void handoff_state_release(StateBytes *b) {
 }
 
 uint64_t handoff_boottime_usec(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_BOOTTIME, &ts);
-        return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
+        return clock_usec(CLOCK_BOOTTIME);
 }
 
 int handoff_boot_id(uint8_t ret[16]) {

@@ -238,11 +238,11 @@ static int open_socket(Listener *l, unsigned backlog) {
 
         if (fd < 0)
                 return -errno;
-        /* Restarts must not wait for TIME_WAIT; v6 sockets must not claim IPv4 too, so that
-         * "0.0.0.0" and "::" can both be bound. */
         /* Accepted sockets inherit TCP_NODELAY from their listener: one call here instead of
          * one per connection. Replies answer requests; Nagle would only delay them. */
         (void) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        /* Restarts must not wait for TIME_WAIT; v6 sockets must not claim IPv4 too, so that
+         * "0.0.0.0" and "::" can both be bound. */
         if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
             (l->addr.ss_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0) ||
             bind(fd, (const struct sockaddr *) &l->addr, l->addr_len) < 0 || listen(fd, (int) backlog) < 0) {
@@ -551,6 +551,8 @@ static int keep_stored(InheritedStore *store, InheritRole role, int fd, const Ha
                 store->state_fd = fd;
         } else
                 store->conns[store->n_conns++] = (StoredConn) { .fd = fd, .name = *conn };
+        /* Unchecked: it fails only on a bad descriptor, which its first read reports; a
+         * connection's mode is set again, checked, when it is resumed (adopt_session()). */
         (void) fcntl(fd, F_SETFD, FD_CLOEXEC);
         return 1;
 }
@@ -719,17 +721,9 @@ int listeners_inherit_split(ListenerSet *ret, InheritedStore *ret_store, char *e
         return 0;
 }
 
-int listeners_inherit(ListenerSet *ret, char *err, size_t err_size) {
-        InheritedStore store;
-        int r = listeners_inherit_split(ret, &store, err, err_size);
-
-        if (r < 0)
-                return r;
-        inherited_store_discard(&store, "this process resumes no connections");
-        return 0;
-}
-
-void inherited_store_discard(InheritedStore *store, const char *why) {
+/* inherited_store_discard: closes what STORE still holds, removes it from the file descriptor
+ * store, logs how many with WHY, and empties STORE. */
+static void inherited_store_discard(InheritedStore *store, const char *why) {
         char name[HANDOVER_FDNAME_MAX];
         size_t n = store->n_conns;
         bool state = store->state_fd >= 0;
@@ -745,6 +739,16 @@ void inherited_store_discard(InheritedStore *store, const char *why) {
         log_warning("%zu stored connection%s%s closed and removed from the file descriptor store: %s", n,
                     n == 1 ? "" : "s", state ? " and the hand-over state" : "", why);
         inherited_store_done(store);
+}
+
+int listeners_inherit(ListenerSet *ret, char *err, size_t err_size) {
+        InheritedStore store;
+        int r = listeners_inherit_split(ret, &store, err, err_size);
+
+        if (r < 0)
+                return r;
+        inherited_store_discard(&store, "this process resumes no connections");
+        return 0;
 }
 
 void inherited_store_done(InheritedStore *store) {

@@ -16,7 +16,7 @@ typedef struct Listener {
         socklen_t addr_len;
         char name[ADDR_STR_MAX]; /* "127.0.0.1:9999", "[::]:9999" */
         bool proxy;              /* each client's connection starts with a PROXY header */
-        char fdname[256]; /* an inherited socket's FileDescriptorName= (255 at most); "" for hellod's own */
+        char fdname[FDNAME_MAX + 1]; /* an inherited socket's FileDescriptorName=; "" for hellod's own */
         size_t spec; /* the listen entry it was resolved from, an index into the configuration
                       * that resolved it (for messages); SIZE_MAX for a passed socket */
 } Listener;
@@ -123,9 +123,6 @@ int listeners_inherit(ListenerSet *ret, char *err, size_t err_size);
 /* inherited_store_conn: STORE's connection of id ID, or NULL. A binary search: the resume looks
  * up every record's, and a store may hold tens of thousands. */
 StoredConn *inherited_store_conn(InheritedStore *store, uint64_t id);
-/* inherited_store_discard: closes what STORE still holds, removes it from the file descriptor
- * store, logs how many with WHY, and empties STORE. */
-void inherited_store_discard(InheritedStore *store, const char *why);
 /* inherited_store_done: closes what STORE still holds (left in the file descriptor store) and
  * frees it. */
 void inherited_store_done(InheritedStore *store);

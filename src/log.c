@@ -18,6 +18,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#define LOG_JOURNAL_SOCKET "/run/systemd/journal/socket"
+
 #define LOG_LINE_MAX 2048
 #define LOG_FIELD_MAX 256
 #define LOG_FIELDS_MAX 12

@@ -31,8 +31,6 @@ int log_level_from_string(const char *s);
 const char *log_level_to_string(int level);
 int log_target_from_string(const char *s);
 
-#define LOG_JOURNAL_SOCKET "/run/systemd/journal/socket"
-
 /* log_open: picks the backend; AUTO is resolved here, once, from JOURNAL_STREAM. When the
  * journal cannot be reached, stderr is used instead, with a warning. */
 void log_open(LogTarget target);

@@ -10,6 +10,9 @@
 #include "clock.h"
 #include "log.h"
 
+/* How long the server waits for the loops to let go of a listener set before it says so. */
+#define LOOPSET_LISTENERS_WAIT_WARN_SEC 5
+
 int loopset_init(LoopSet *set, unsigned n, size_t loop_size, const EngineOps *ops, const EngineHooks *hooks) {
         pthread_condattr_t attr;
 

@@ -15,9 +15,6 @@
 #include "listener.h"
 #include "session.h"
 
-/* How long the server waits for the loops to let go of a listener set before it says so. */
-#define LOOPSET_LISTENERS_WAIT_WARN_SEC 5
-
 typedef struct LoopSet LoopSet;
 
 typedef struct LoopBase {

@@ -4,6 +4,7 @@
 #include "notify.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -16,6 +17,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
+#include "fdname.h"
 #include "log.h"
 
 /* sd_notify() opens a socket for every message. At the descriptor limit every message then
@@ -125,11 +128,7 @@ void notify_status(const char *status) {
 }
 
 void notify_reloading(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        send_statef("RELOADING=1\nSTATUS=Reloading configuration\nMONOTONIC_USEC=%llu",
-                    (unsigned long long) ts.tv_sec * 1000000ULL + (unsigned long long) ts.tv_nsec / 1000u);
+        send_statef("RELOADING=1\nSTATUS=Reloading configuration\nMONOTONIC_USEC=%" PRIu64, now_usec());
 }
 
 void notify_stopping(void) {
@@ -151,24 +150,10 @@ void notify_watchdog(void) {
         send_state("WATCHDOG=1");
 }
 
-/* FDNAME_MAX in systemd's fdset.h. */
-#define FDNAME_MAX 255
-
-bool notify_fdname_valid(const char *name) {
-        size_t n = strlen(name);
-
-        if (n == 0 || n > FDNAME_MAX)
-                return false;
-        for (const char *p = name; *p; p++)
-                if (*p <= ' ' || *p >= 0x7f || *p == ':')
-                        return false;
-        return true;
-}
-
 int notify_fdstore_add(int fd, const char *name, bool keep_on_hangup) {
         char msg[48 + FDNAME_MAX];
 
-        if (fd < 0 || !notify_fdname_valid(name))
+        if (fd < 0 || !fdname_valid(name))
                 return -EINVAL;
         snprintf(msg, sizeof(msg), "FDSTORE=1\nFDNAME=%s%s", name, keep_on_hangup ? "\nFDPOLL=0" : "");
         /* One descriptor, one name, one message: FDNAME= names every descriptor sent with it. */
@@ -178,7 +163,7 @@ int notify_fdstore_add(int fd, const char *name, bool keep_on_hangup) {
 int notify_fdstore_remove(const char *name) {
         char msg[32 + FDNAME_MAX];
 
-        if (!notify_fdname_valid(name))
+        if (!fdname_valid(name))
                 return -EINVAL;
         snprintf(msg, sizeof(msg), "FDSTOREREMOVE=1\nFDNAME=%s", name);
         return send_message(msg, NULL, 0);

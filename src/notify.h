@@ -44,9 +44,6 @@ void notify_watchdog(void);
  * notify_fdstore_remove: FDSTOREREMOVE=1 with FDNAME=NAME: PID 1 closes every stored
  * descriptor of that name.
  * Both return 1 when sent, 0 outside systemd (no $NOTIFY_SOCKET), -EINVAL for a name systemd
- * would refuse (notify_fdname_valid()), or another negative errno. Non-logging. */
+ * would refuse (fdname_valid() in fdname.h), or another negative errno. Non-logging. */
 int notify_fdstore_add(int fd, const char *name, bool keep_on_hangup);
 int notify_fdstore_remove(const char *name);
-/* notify_fdname_valid: what systemd accepts as FDNAME=: 1 to 255 printable ASCII characters,
- * no space and no ':' (LISTEN_FDNAMES separates names with ':'). */
-bool notify_fdname_valid(const char *name);

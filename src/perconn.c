@@ -226,10 +226,6 @@ static ssize_t recv_lines(Session *s, int *lowat) {
         return recv(s->fd, s->in, take ? take : (size_t) k, 0);
 }
 
-static bool reads_lines(const Session *s) {
-        return s->stored && s->conf->framing == FRAMING_LINE && s->proto.pending_len == 0;
-}
-
 /* converse: greeting, then read → proto → write; returns 0 when the protocol ended the
  * session, or a negative errno when the connection failed under it. */
 static int converse(Session *s, ServingThread *me) {
@@ -284,7 +280,7 @@ static int converse(Session *s, ServingThread *me) {
                         break;
                 }
                 serving_idle_until(me, s->timer.at);
-                ssize_t n = reads_lines(s) ? recv_lines(s, &lowat) : recv(s->fd, s->in, s->in_cap, 0);
+                ssize_t n = session_reads_lines(s) ? recv_lines(s, &lowat) : recv(s->fd, s->in, s->in_cap, 0);
                 if (n < 0) {
                         if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)
                                 return -errno;
@@ -488,8 +484,8 @@ static QueuedClient *queue_take(PerConn *p, QueuedClient **head) {
         return q;
 }
 
-/* turn_away: S, admitted, gets LINE instead of a thread (REASON: why none can be had). */
-static void turn_away(PerConn *p, Session *s, const char *line, const char *reason) {
+/* refuse_session: S, admitted, gets LINE instead of a thread (REASON: why none can be had). */
+static void refuse_session(PerConn *p, Session *s, const char *line, const char *reason) {
         session_say_last(s->fd, line);
         s->error = reason;
         s->turned_away = true;
@@ -504,9 +500,9 @@ static void start_elsewhere(PerConn *p, Session *s) {
         int r = workers_run(p->workers, s);
 
         if (r == -ECANCELED)
-                turn_away(p, s, s->proxy ? NULL : PROTO_ERR_SHUTDOWN, "shutting-down");
+                refuse_session(p, s, s->proxy ? NULL : PROTO_ERR_SHUTDOWN, "shutting-down");
         else if (r < 0)
-                turn_away(p, s, PROTO_ERR_BUSY, "out-of-threads");
+                refuse_session(p, s, PROTO_ERR_BUSY, "out-of-threads");
 }
 
 /* queue_of: the list where clients of the listener I wait (under listen_lock). */
@@ -711,7 +707,7 @@ static void *wait_for_client(void *userdata) {
 
 /* refuse: WorkerCalls.refuse: no other thread could be started to accept after this one. */
 static void refuse(void *userdata, void *job) {
-        turn_away(userdata, job, PROTO_ERR_BUSY, "out-of-threads");
+        refuse_session(userdata, job, PROTO_ERR_BUSY, "out-of-threads");
 }
 
 /* serve: WorkerCalls.serve: the whole session, then the engine's done path. A lingering
@@ -799,7 +795,7 @@ static int perconn_add(Engine *e, Session *s) {
 }
 
 /* perconn_free: every thread has left. At a hand-over the lingering sockets linger on in the
- * next process; at a stop they get up to LINGER_USEC to run out (the server has given those
+ * next process; at a stop they get up to linger_usec to run out (the server has given those
  * whose client still takes its replies what was left of shutdown_timeout already). */
 static void perconn_free(PerConn *p, uint64_t linger_usec) {
         if (handing(p) && p->lingerer) {

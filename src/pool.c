@@ -355,12 +355,8 @@ static ssize_t read_lines(Loop *l, Session *s, bool *more) {
         return recv(s->fd, l->in_buf, take, 0);
 }
 
-static bool reads_lines(const Session *s) {
-        return s->stored && s->conf->framing == FRAMING_LINE && s->proto.pending_len == 0;
-}
-
 static ssize_t read_once(Loop *l, Session *s, bool *left) {
-        return reads_lines(s) ? read_lines(l, s, left) : recv(s->fd, l->in_buf, s->in_cap, 0);
+        return session_reads_lines(s) ? read_lines(l, s, left) : recv(s->fd, l->in_buf, s->in_cap, 0);
 }
 
 /* read_input: the session's next read. After urgent data, one that found nothing is made

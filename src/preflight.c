@@ -14,8 +14,9 @@
 #include "lookup.h"
 #include "session.h"
 
-/* fds_needed: preflight_fds_needed() for CONF served by WORKERS loops (0: a thread per
- * connection). */
+/* fds_needed: descriptors for CONF's max_connections clients (and, with a thread per
+ * connection, as many lingering sockets: lingerer.h), its listeners and the event loops of
+ * WORKERS loops (0: a thread per connection). */
 static unsigned long long fds_needed(const Conf *conf, unsigned workers) {
         unsigned long long clients = conf->max_connections, base = clients + conf->n_listen + PREFLIGHT_FD_OVERHEAD;
 
@@ -25,10 +26,6 @@ static unsigned long long fds_needed(const Conf *conf, unsigned workers) {
         /* A thread per connection: an epoll, an eventfd and a timerfd; the lingerer's epoll and
          * eventfd, and up to max_connections sockets lingering there (lingerer.h). */
         return base + 3 + 2 + clients;
-}
-
-unsigned long long preflight_fds_needed(const Conf *conf) {
-        return fds_needed(conf, conf->workers);
 }
 
 static unsigned long long physical_memory(void) {

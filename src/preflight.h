@@ -13,10 +13,6 @@
  * notify socket... */
 #define PREFLIGHT_FD_OVERHEAD 32
 
-/* preflight_fds_needed: descriptors for max_connections clients (and, with a thread per
- * connection, as many lingering sockets: lingerer.h), the listeners and the workers' event
- * loops. */
-unsigned long long preflight_fds_needed(const Conf *conf);
 
 /* preflight_check: what would make the start fail: `user` and `group` must exist, `listen`
  * names resolve (with SOCKETS_PASSED, socket activation, those of PROXY entries only: the

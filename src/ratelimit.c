@@ -2,16 +2,10 @@
 #include "ratelimit.h"
 
 #include <stdio.h>
-#include <time.h>
+
+#include "clock.h"
 
 #define WINDOW_USEC 1000000u
-
-static uint64_t monotonic_usec(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
-}
 
 /* Both read the clock under the lock: read before it, a caller that waited for the lock could
  * find a window newer than its "now", and the subtraction below would wrap. */
@@ -19,7 +13,7 @@ RateVerdict ratelimit_check(RateLimit *rl, unsigned *ret_suppressed) {
         RateVerdict verdict = RATE_PASS;
 
         pthread_mutex_lock(&rl->lock);
-        uint64_t now = monotonic_usec();
+        uint64_t now = now_usec();
         *ret_suppressed = 0;
         if (rl->window_start == 0 || now - rl->window_start >= WINDOW_USEC) {
                 *ret_suppressed = rl->suppressed;
@@ -43,7 +37,7 @@ unsigned ratelimit_held_back(RateLimit *rl, uint64_t *ret_due) {
         unsigned held = 0;
 
         pthread_mutex_lock(&rl->lock);
-        uint64_t now = monotonic_usec();
+        uint64_t now = now_usec();
         *ret_due = 0;
         if (rl->suppressed > 0 && now - rl->window_start >= WINDOW_USEC) {
                 held = rl->suppressed;

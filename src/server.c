@@ -156,7 +156,7 @@ static void log_refusals_held_back(unsigned n) {
         log_struct(LOG_WARNING, MESSAGE_ID_REFUSED, fields, 1, "%u more connections refused in the last second", n);
 }
 
-/* log_refusal: PEER ("addr:port") refused for REASON; BALANCER ("addr:port" or NULL): the
+/* log_refusal_via: PEER ("addr:port") refused for REASON; BALANCER ("addr:port" or NULL): the
  * load balancer it came through. */
 static void log_refusal_via(Server *s, const char *peer, const char *balancer, const char *reason,
                             const char *detail) {
@@ -1537,19 +1537,26 @@ static bool resume_denied(Server *s, Session *session) {
         return true;
 }
 
+/* set_io_mode: FD blocking or not, as the engine's I/O wants it, and closed on exec. */
+static int set_io_mode(int fd, bool nonblocking) {
+        int flags = fcntl(fd, F_GETFL);
+
+        if (flags < 0 || fcntl(fd, F_SETFL, nonblocking ? flags | O_NONBLOCK : flags & ~O_NONBLOCK) < 0 ||
+            fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
+                return -errno;
+        return 0;
+}
+
 /* adopt_session: registers a resumed SESSION (no limits: it was admitted before) and hands it
  * to the engine. false when the engine cannot take it (no thread can be started for it,
- * TasksMax=): it is closed and out of the store, to be counted as refused; the first such is
+ * TasksMax=), or its descriptor's mode cannot be set: it is closed and out of the store, to be counted as refused; the first such is
  * logged with its cause, the others only counted (a restart may bring thousands). */
 static bool adopt_session(Server *s, Session *session, ResumeCounts *c) {
-        int flags = fcntl(session->fd, F_GETFL);
-        bool nonblocking = engine_nonblocking(s->engine);
-
         if (resume_denied(s, session))
                 return false;
-        if (flags >= 0)
-                (void) fcntl(session->fd, F_SETFL, nonblocking ? flags | O_NONBLOCK : flags & ~O_NONBLOCK);
-        (void) fcntl(session->fd, F_SETFD, FD_CLOEXEC);
+        /* A descriptor left blocking in a loop would stall every session of that loop: one
+         * whose mode cannot be set goes the way of one the engine cannot take. */
+        int r = set_io_mode(session->fd, engine_nonblocking(s->engine));
         pthread_mutex_lock(&s->lock);
         ip_key_mask(&session->ip, s->conf->per_ip_ipv4_prefix, s->conf->per_ip_ipv6_prefix);
         /* A balancer's own connection counts against no source, as in the process before. */
@@ -1566,7 +1573,8 @@ static bool adopt_session(Server *s, Session *session, ResumeCounts *c) {
         changed(s);
         pthread_mutex_unlock(&s->lock);
         session->stored = s->conf->handover == HANDOVER_MODE_ALWAYS;
-        int r = engine_add(s->engine, session);
+        if (r == 0)
+                r = engine_add(s->engine, session);
         if (r < 0) {
                 /* Closed without a word, like a refused resume, and out of the store. */
                 if (!c->said_unserved)

@@ -25,13 +25,6 @@
 /* Connection log lines per second, across all sessions; the rest are counted. */
 #define SESSION_LOG_BURST 100
 
-uint64_t now_usec(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
-}
-
 size_t session_output_size(const Conf *conf) {
         size_t min = proto_output_min(conf);
 

@@ -10,6 +10,7 @@
 
 #include "addr.h"
 #include "buf.h"
+#include "clock.h"
 #include "conf.h"
 #include "deadlines.h"
 #include "proto.h"
@@ -183,6 +184,12 @@ ssize_t session_proxy_take(Session *s, char *buf, size_t k, ProxyStatus *ret_sta
  * may then offer no window): no wait would bring the line's end. Otherwise the line is taken as
  * it is. */
 bool session_line_end_awaited(const Session *s);
+/* session_reads_lines: whether S's reads peek and take whole lines only, leaving a partial one
+ * in the kernel (docs/zero-downtime.md): a stored session in line framing, with no partial line
+ * carried in its Proto (one resumed from a record). */
+static inline bool session_reads_lines(const Session *s) {
+        return s->stored && s->conf->framing == FRAMING_LINE && s->proto.pending_len == 0;
+}
 /* session_read_end: a stored session's peek found the end of the stream: the same read
  * without MSG_PEEK into BUF (of SIZE), returned as recv() returns it. A peek passes an urgent
  * byte at its mark without taking it, and a socket closed with it unread sends a reset, not a
@@ -249,8 +256,6 @@ void session_log_closed_held_back(uint64_t *ret_due);
 /* session_log_closed_held_back_now: the same for those held back in a second still running,
  * once no session is left to log: the last line before the process exits. */
 void session_log_closed_held_back_now(void);
-
-uint64_t now_usec(void);
 
 /* session_memory_max: what one session can come to hold at worst (its buffers at their limits,
  * and in the per-connection model its thread's stack), for the operator's arithmetic. IO_URING:

@@ -981,21 +981,21 @@ static void end_conversations(Loop *l) {
 /* on_wake: sessions handed over, a slot freed, new listeners, the conversations' end, or the
  * stop. */
 static void on_wake(Loop *l, int res) {
-        Session *reversed;
+        Session *incoming;
 
         if (res < 0 && res != -EINTR && res != -EAGAIN && res != -ECANCELED)
                 log_error_errno(res, "reading the event loop's eventfd failed");
-        if (!loopset_take_incoming(&l->base, &reversed))
+        if (!loopset_take_incoming(&l->base, &incoming))
                 l->exiting = true;
         if (!l->exiting)
                 arm_wake(l);
         else
                 l->handing_over = loopset_handing_over(l->base.set);
-        while (reversed) { /* oldest first */
-                Session *next = reversed->incoming_next;
-                reversed->incoming_next = NULL;
-                (void) start(l, reversed);
-                reversed = next;
+        while (incoming) { /* oldest first */
+                Session *next = incoming->incoming_next;
+                incoming->incoming_next = NULL;
+                (void) start(l, incoming);
+                incoming = next;
         }
         if (l->handing_over) {
                 hand_over_begin(l);
