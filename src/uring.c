@@ -62,6 +62,7 @@
 #include "log.h"
 #include "loopset.h"
 #include "queued.h"
+#include "uring.h"
 
 #define SQ_ENTRIES 256
 #define CQ_ENTRIES 4096
@@ -1089,24 +1090,27 @@ static void loop_run(Loop *l) {
 
 /* ---- setting up a loop's ring, on its own thread ---- */
 
+/* The operations a loop submits: the kernel must offer each, and its ring takes no other. */
+static const struct {
+        unsigned char op;
+        const char *name;
+} ring_ops[] = {
+        { IORING_OP_ACCEPT, "accept" }, { IORING_OP_RECV, "recv" },
+        { IORING_OP_SEND, "send" },     { IORING_OP_READ, "read" },
+        { IORING_OP_ASYNC_CANCEL, "cancel" }, { IORING_OP_POLL_ADD, "poll" },
+};
+#define RING_OPS (sizeof(ring_ops) / sizeof(ring_ops[0]))
+
 static int probe_ops(struct io_uring *ring, char *why, size_t size) {
-        static const struct {
-                int op;
-                const char *name;
-        } needed[] = {
-                { IORING_OP_ACCEPT, "accept" }, { IORING_OP_RECV, "recv" },
-                { IORING_OP_SEND, "send" },     { IORING_OP_READ, "read" },
-                { IORING_OP_ASYNC_CANCEL, "cancel" }, { IORING_OP_POLL_ADD, "poll" },
-        };
         struct io_uring_probe *probe = io_uring_get_probe_ring(ring);
 
         if (!probe) {
                 snprintf(why, size, "cannot probe its operations");
                 return -EOPNOTSUPP;
         }
-        for (size_t i = 0; i < sizeof(needed) / sizeof(needed[0]); i++)
-                if (!io_uring_opcode_supported(probe, needed[i].op)) {
-                        snprintf(why, size, "the kernel lacks its %s operation", needed[i].name);
+        for (size_t i = 0; i < RING_OPS; i++)
+                if (!io_uring_opcode_supported(probe, ring_ops[i].op)) {
+                        snprintf(why, size, "the kernel lacks its %s operation", ring_ops[i].name);
                         io_uring_free_probe(probe);
                         return -EOPNOTSUPP;
                 }
@@ -1115,6 +1119,62 @@ static int probe_ops(struct io_uring *ring, char *why, size_t size) {
             !(ring->features & IORING_FEAT_NODROP)) {
                 snprintf(why, size, "the kernel lacks fast poll, extended wait arguments or no-drop completions");
                 return -EOPNOTSUPP;
+        }
+        return 0;
+}
+
+/* restrict_ops: RING, still disabled, takes only ring_ops, with no SQE flag but a provided
+ * buffer's, and no registration but a buffer ring's; then it is enabled, on this thread. */
+static int restrict_ops(struct io_uring *ring, char *why, size_t size) {
+        struct io_uring_restriction res[RING_OPS + 3];
+        unsigned n = 0;
+        int r;
+
+        memset(res, 0, sizeof(res));
+        for (size_t i = 0; i < RING_OPS; i++) {
+                res[n].opcode = IORING_RESTRICTION_SQE_OP;
+                res[n++].sqe_op = ring_ops[i].op;
+        }
+        res[n].opcode = IORING_RESTRICTION_SQE_FLAGS_ALLOWED;
+        res[n++].sqe_flags = IOSQE_BUFFER_SELECT;
+        res[n].opcode = IORING_RESTRICTION_REGISTER_OP;
+        res[n++].register_op = IORING_REGISTER_PBUF_RING;
+        res[n].opcode = IORING_RESTRICTION_REGISTER_OP;
+        res[n++].register_op = IORING_UNREGISTER_PBUF_RING;
+        /* Through io_uring_register(): Debian 12's liburing 2.3 declares
+         * io_uring_register_restrictions() and io_uring_enable_rings() but does not export
+         * them. It returns the kernel's negative errno. */
+        if ((r = io_uring_register((unsigned) ring->ring_fd, IORING_REGISTER_RESTRICTIONS, res, n)) < 0) {
+                snprintf(why, size, "cannot restrict its ring to its operations");
+                return r;
+        }
+        if ((r = io_uring_register((unsigned) ring->ring_fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0)) < 0) {
+                snprintf(why, size, "cannot enable its ring");
+                return r;
+        }
+        return 0;
+}
+
+int uring_ring_open(struct io_uring *ring, char *why, size_t size) {
+        struct io_uring_params params = {
+                .flags = IORING_SETUP_R_DISABLED | IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL |
+                         IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+                .cq_entries = CQ_ENTRIES,
+        };
+        int r = io_uring_queue_init_params(SQ_ENTRIES, ring, &params);
+
+        if (r == -EINVAL) { /* before Linux 6.1: without the task-work flags */
+                params = (struct io_uring_params) { .flags = IORING_SETUP_R_DISABLED | IORING_SETUP_CQSIZE,
+                                                    .cq_entries = CQ_ENTRIES };
+                r = io_uring_queue_init_params(SQ_ENTRIES, ring, &params);
+        }
+        if (r < 0) {
+                snprintf(why, size, "cannot set up io_uring");
+                return r;
+        }
+        if ((r = probe_ops(ring, why, size)) < 0 || (r = restrict_ops(ring, why, size)) < 0) {
+                io_uring_queue_exit(ring);
+                return r;
         }
         return 0;
 }
@@ -1166,24 +1226,11 @@ static int probe_multishot(Loop *l, char *why, size_t size) {
 }
 
 static int ring_setup(Loop *l, char *why, size_t size) {
-        struct io_uring_params params = {
-                .flags = IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN |
-                         IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
-                .cq_entries = CQ_ENTRIES,
-        };
-        int r = io_uring_queue_init_params(SQ_ENTRIES, &l->ring, &params);
+        int r = uring_ring_open(&l->ring, why, size);
 
-        if (r == -EINVAL) { /* before Linux 6.1: without the task-work flags */
-                params = (struct io_uring_params) { .flags = IORING_SETUP_CQSIZE, .cq_entries = CQ_ENTRIES };
-                r = io_uring_queue_init_params(SQ_ENTRIES, &l->ring, &params);
-        }
-        if (r < 0) {
-                snprintf(why, size, "cannot set up io_uring");
+        if (r < 0)
                 return r;
-        }
         l->ring_ok = true;
-        if ((r = probe_ops(&l->ring, why, size)) < 0)
-                return r;
 
         size_t ring_size = BUF_COUNT * sizeof(struct io_uring_buf);
         void *mem = mmap(NULL, ring_size, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
