@@ -234,6 +234,11 @@ int privileges_drop(const char *user, const char *group, const Identity *to, cha
                 return -EPERM;
         }
         log_notice("dropped privileges to uid %ju, gid %ju", (uintmax_t) uid, (uintmax_t) gid);
+        /* Not refused: a site may mean it. But group root opens what is root's to the group
+         * (files of mode 0640 root:root, /etc/shadow's group on some systems). */
+        if (gid == 0)
+                log_warning("running with group root (gid 0): set 'group' (or the user's primary group) "
+                            "to an unprivileged group");
         return 0;
 }
 

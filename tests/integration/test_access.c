@@ -568,6 +568,39 @@ Test(access, root_drops_to_user_and_group, .timeout = 60) {
         hellod_free(d);
 }
 
+/* A user with group root is served, with a warning, as sshd or nginx would be: the site may
+ * mean it, but the group opens root's group-readable files to hellod. */
+Test(access, a_drop_to_group_root_is_warned_about, .timeout = 60) {
+        Hellod *d = hellod_new();
+        char ids[128];
+
+        cr_assert_eq(geteuid(), 0, "this test checks what hellod does when started as root");
+        hellod_write_config_std(d, "user = \"nobody\";\ngroup = \"root\";\n");
+        cr_assert_eq(chmod(d->dir, 0755), 0);
+        cr_assert_eq(chmod(d->conf_path, 0644), 0);
+        hellod_spawn(d, NULL);
+        hellod_wait_ready(d);
+        hellod_wait_stderr(d, "dropped privileges to uid 65534, gid 0");
+        hellod_wait_stderr(d, "running with group root (gid 0)");
+        status_line(d->pid, "Gid:", ids, sizeof(ids));
+        cr_assert_str_eq(ids, "0\t0\t0\t0", "Gid: %s", ids);
+        expect_served("127.0.0.1", NULL, d->port, HELLOD_GREETING);
+        hellod_stop_clean(d);
+        hellod_free(d);
+}
+
+/* An unprivileged group draws no such warning. */
+Test(access, a_drop_to_an_unprivileged_group_is_not_warned_about, .timeout = 60) {
+        Hellod *d = started_as_root_for_nobody(0644);
+
+        hellod_wait_stderr(d, "dropped privileges to uid 65534, gid 65534");
+        hellod_stop_clean(d);
+        char *err = hellod_stderr(d);
+        cr_assert(!strstr(err, "group root"), "%s", err);
+        free(err);
+        hellod_free(d);
+}
+
 /* task_capabilities_clear: no thread of PID holds a capability, in any of its sets. */
 static void task_capabilities_clear(pid_t pid) {
         static const char *const sets[] = { "CapInh:", "CapPrm:", "CapEff:", "CapAmb:" };
