@@ -116,10 +116,20 @@ int ip_key_from_sockaddr(const struct sockaddr *sa, IpKey *ret) {
         return -EAFNOSUPPORT;
 }
 
-/* port_of: SA's port in network order; SA is AF_INET or AF_INET6. */
-static uint16_t port_of(const struct sockaddr *sa) {
-        return sa->sa_family == AF_INET ? ((const struct sockaddr_in *) sa)->sin_port
-                                        : ((const struct sockaddr_in6 *) sa)->sin6_port;
+unsigned addr_port(const struct sockaddr *sa) {
+        if (sa->sa_family == AF_INET)
+                return ntohs(((const struct sockaddr_in *) sa)->sin_port);
+        if (sa->sa_family == AF_INET6)
+                return ntohs(((const struct sockaddr_in6 *) sa)->sin6_port);
+        return 0;
+}
+
+bool addr_is_wildcard(const struct sockaddr *sa) {
+        if (sa->sa_family == AF_INET)
+                return ((const struct sockaddr_in *) sa)->sin_addr.s_addr == htonl(INADDR_ANY);
+        if (sa->sa_family == AF_INET6)
+                return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *) sa)->sin6_addr);
+        return false;
 }
 
 /* scope_of: the interface a link-local IPv6 address is on, 0 for any other address. */
@@ -134,7 +144,7 @@ bool addr_same_endpoint(const struct sockaddr *a, const struct sockaddr *b) {
 
         if (ip_key_from_sockaddr(a, &ka) < 0 || ip_key_from_sockaddr(b, &kb) < 0)
                 return false;
-        return memcmp(&ka, &kb, sizeof(ka)) == 0 && port_of(a) == port_of(b) && scope_of(a) == scope_of(b);
+        return memcmp(&ka, &kb, sizeof(ka)) == 0 && addr_port(a) == addr_port(b) && scope_of(a) == scope_of(b);
 }
 
 bool ip_key_is_ipv4(const IpKey *k) {

@@ -28,6 +28,10 @@ const char *addr_strip_port(const char *formatted, char *buf, size_t size);
 /* addr_same_endpoint: whether A and B are one IP address and port (and, link-local, on one
  * interface), an IPv4 address and its IPv4-mapped IPv6 form alike; false for any other family. */
 bool addr_same_endpoint(const struct sockaddr *a, const struct sockaddr *b);
+/* addr_port: SA's port in host order (0 for a family without one); addr_is_wildcard: whether SA
+ * is 0.0.0.0 or ::, every address of its family. */
+unsigned addr_port(const struct sockaddr *sa);
+bool addr_is_wildcard(const struct sockaddr *sa);
 
 /* ip_key_from_sockaddr: returns 0, or -EAFNOSUPPORT for non-IP families. */
 int ip_key_from_sockaddr(const struct sockaddr *sa, IpKey *ret);

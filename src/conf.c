@@ -655,10 +655,10 @@ static int beside_wildcard(const Conf *c, size_t *earlier) {
         for (size_t j = 1; j < c->n_listen; j++) {
                 bool wild_j, wild_i;
                 unsigned families = listen_families(&c->listen[j], &wild_j);
-                unsigned port = c->listen[j].port ? c->listen[j].port : c->port;
+                unsigned port = conf_listen_port(c, &c->listen[j]);
                 for (size_t i = 0; i < j && families; i++) {
                         if ((listen_families(&c->listen[i], &wild_i) & families) && wild_i != wild_j &&
-                            (c->listen[i].port ? c->listen[i].port : c->port) == port) {
+                            conf_listen_port(c, &c->listen[i]) == port) {
                                 *earlier = i;
                                 return (int) j;
                         }

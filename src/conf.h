@@ -141,6 +141,16 @@ void conf_print(const Conf *c, FILE *f);
 
 const char *framing_to_string(Framing f);
 
+/* conf_listen_port: SPEC's port, or C's `port` where SPEC names none. */
+static inline unsigned conf_listen_port(const Conf *c, const ListenSpec *spec) {
+        return spec->port ? spec->port : c->port;
+}
+
+/* conf_listen_origin: where SPEC is written ("FILE:LINE"), or C's file, for messages. */
+static inline const char *conf_listen_origin(const Conf *c, const ListenSpec *spec) {
+        return spec && spec->at ? spec->at : c->path ? c->path : CONF_DEFAULTS_NAME;
+}
+
 /* conf_has_proxy_listener: whether a listen entry of C reads PROXY protocol headers. */
 bool conf_has_proxy_listener(const Conf *c);
 

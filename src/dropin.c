@@ -60,7 +60,7 @@ static const ListenSpec *ipv6_wildcard_on(const Conf *conf, unsigned port) {
         for (size_t i = 0; i < conf->n_listen; i++) {
                 const ListenSpec *spec = &conf->listen[i];
                 if (spec->host && listen_host_ipv6(spec->host, &a) && memcmp(&a, &any, sizeof(a)) == 0 &&
-                    (spec->port ? spec->port : conf->port) == port)
+                    conf_listen_port(conf, spec) == port)
                         return spec;
         }
         return NULL;
@@ -69,7 +69,7 @@ static const ListenSpec *ipv6_wildcard_on(const Conf *conf, unsigned port) {
 static int collect(const Conf *conf, Streams *s, char *err, size_t err_size) {
         for (size_t i = 0; i < conf->n_listen; i++) {
                 const ListenSpec *spec = &conf->listen[i];
-                unsigned port = spec->port ? spec->port : conf->port;
+                unsigned port = conf_listen_port(conf, spec);
 
                 /* A socket by name belongs to a socket unit the administrator writes (with its
                  * FileDescriptorName= and in hellod.service's Sockets=), not to hellod.socket. */
@@ -82,7 +82,7 @@ static int collect(const Conf *conf, Streams *s, char *err, size_t err_size) {
                         snprintf(err, err_size,
                                  "%s: listen: '%s': an interface name with a '\\' cannot be written into a "
                                  "socket unit",
-                                 spec->at ? spec->at : conf->path ? conf->path : "hellod.conf", spec->host);
+                                 conf_listen_origin(conf, spec), spec->host);
                         return -EINVAL;
                 }
                 if (add_literal(s, spec->host, port))
@@ -97,7 +97,7 @@ static int collect(const Conf *conf, Streams *s, char *err, size_t err_size) {
                                 snprintf(err, err_size,
                                          "%s: listen: '%s' is 127.0.0.1 and ::1 under socket activation, and ::1 "
                                          "port %u is already served by '%s': list one or the other",
-                                         spec->at ? spec->at : conf->path ? conf->path : "hellod.conf", spec->host,
+                                         conf_listen_origin(conf, spec), spec->host,
                                          port, wild->host);
                                 return -EINVAL;
                         }
@@ -109,7 +109,7 @@ static int collect(const Conf *conf, Streams *s, char *err, size_t err_size) {
                          "%s: listen: '%s' is a host name; under socket activation 'listen' takes IP "
                          "addresses (and \"localhost\") only, since names cannot be resolved before the "
                          "network is up: write the address instead",
-                         spec->at ? spec->at : conf->path ? conf->path : "hellod.conf", spec->host);
+                         conf_listen_origin(conf, spec), spec->host);
                 return -EINVAL;
         }
         if (s->n == 0) {

@@ -106,11 +106,6 @@ static int look_up(const ListenSpec *spec, unsigned port, struct addrinfo **res)
         return 0;
 }
 
-/* spec_origin: "FILE:LINE" of SPEC, or the file, for messages. */
-static const char *spec_origin(const Conf *conf, const ListenSpec *spec) {
-        return spec && spec->at ? spec->at : conf->path ? conf->path : CONF_DEFAULTS_NAME;
-}
-
 /* family_allowed: whether this process may open a TCP socket of FAMILY: not when the kernel
  * has none (IPv6 under ipv6.disable=1), nor when a sandbox's RestrictAddressFamilies= forbids
  * it (the packaged unit allows AF_UNIX alone); both say EAFNOSUPPORT. */
@@ -131,7 +126,7 @@ static void cannot_listen(const Conf *conf, const Listener *l, int r, char *err,
 
         if (scope && unseen_interface(l)) {
                 snprintf(err, err_size, "%s: listen: cannot listen on '%s': no network interface '%s'",
-                         spec_origin(conf, spec), spec->host, scope + 1);
+                         conf_listen_origin(conf, spec), spec->host, scope + 1);
                 return;
         }
         /* Under systemd (INVOCATION_ID) a unit that allows no network socket of hellod's own
@@ -139,7 +134,7 @@ static void cannot_listen(const Conf *conf, const Listener *l, int r, char *err,
          * passed none: a daemon-reload that changed its addresses leaves it none until it is
          * restarted. The administrator needs the command, not the errno. */
         bool no_socket_passed = r == -EAFNOSUPPORT && getenv("INVOCATION_ID") && !family_allowed(AF_INET);
-        snprintf(err, err_size, "%s: listen: cannot listen on %s: %s%s", spec_origin(conf, spec), l->name,
+        snprintf(err, err_size, "%s: listen: cannot listen on %s: %s%s", conf_listen_origin(conf, spec), l->name,
                  strerror(-r),
                  no_socket_passed ? "; the unit lets hellod open no network socket itself, and systemd passed "
                                     "none, as after a daemon-reload that changed hellod.socket's addresses: "
@@ -215,7 +210,7 @@ static int resolve(const Conf *conf, bool sockets_passed, ListenerSet *ret, char
                 if (r < 0 && sockets_passed && !conf->listen[i].proxy_protocol && unresolved(r))
                         continue;
                 if (r < 0) {
-                        snprintf(err, err_size, "%s: listen: %s", spec_origin(conf, &conf->listen[i]), why);
+                        snprintf(err, err_size, "%s: listen: %s", conf_listen_origin(conf, &conf->listen[i]), why);
                         listener_set_done(&set);
                         return r;
                 }
@@ -281,30 +276,12 @@ static unsigned somaxconn(void) {
         return value;
 }
 
-/* port_of: L's port, in host order (0 for a family without one). */
-static unsigned port_of(const Listener *l) {
-        if (l->addr.ss_family == AF_INET)
-                return ntohs(((const struct sockaddr_in *) &l->addr)->sin_port);
-        if (l->addr.ss_family == AF_INET6)
-                return ntohs(((const struct sockaddr_in6 *) &l->addr)->sin6_port);
-        return 0;
-}
-
-/* is_wildcard: L is 0.0.0.0 or ::, every address of its family. */
-static bool is_wildcard(const Listener *l) {
-        if (l->addr.ss_family == AF_INET)
-                return ((const struct sockaddr_in *) &l->addr)->sin_addr.s_addr == htonl(INADDR_ANY);
-        if (l->addr.ss_family == AF_INET6)
-                return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *) &l->addr)->sin6_addr);
-        return false;
-}
-
 /* may_hold_port: whether A's socket can stand in the way of binding B: one family and port,
  * and the same address or the wildcard on either side. Two specific addresses share a port
  * (SO_REUSEADDR): when B's bind fails, A is not why. */
 static bool may_hold_port(const Listener *a, const Listener *b) {
-        return a->addr.ss_family == b->addr.ss_family && port_of(a) == port_of(b) &&
-               (same_addr(a, b) || is_wildcard(a) || is_wildcard(b));
+        return a->addr.ss_family == b->addr.ss_family && listener_port(a) == listener_port(b) &&
+               (same_addr(a, b) || listener_is_wildcard(a) || listener_is_wildcard(b));
 }
 
 /* holds_port_of: whether OLD has a socket that WANT does not keep on L's family and port:
@@ -363,7 +340,7 @@ static void restore_departing(ListenerSet *old, unsigned backlog) {
  * IPv6 address on a host without IPv6). */
 static int no_address(const Conf *conf, ListenerSet *want, char *err, size_t err_size) {
         snprintf(err, err_size, "%s: listen: no address to listen on (%s)",
-                 spec_origin(conf, conf->n_listen > 0 ? &conf->listen[0] : NULL),
+                 conf_listen_origin(conf, conf->n_listen > 0 ? &conf->listen[0] : NULL),
                  all_by_name(conf) ? "each entry names a socket systemd passes, and none was passed"
                                    : "IPv6 is not available here");
         listener_set_done(want);
@@ -419,7 +396,7 @@ static int name_without_sockets(const Conf *conf, char *err, size_t err_size) {
                 snprintf(err, err_size,
                          "%s: listen: name \"%s\": no socket was passed (a name marks a socket systemd passes; "
                          "started without socket activation, hellod binds only the addresses listed)",
-                         spec_origin(conf, spec), spec->fdname);
+                         conf_listen_origin(conf, spec), spec->fdname);
                 return -ENOENT;
         }
         return 0;
@@ -947,7 +924,7 @@ int listeners_match_conf(const ListenerSet *inherited, const Conf *conf, char *w
         for (size_t i = 0; i < conf->n_listen && r >= 0; i++) { /* as the generator writes it */
                 const ListenSpec *spec = &conf->listen[i];
                 if (is_localhost(spec))
-                        r = add_loopbacks(&want, spec, spec->port ? spec->port : conf->port);
+                        r = add_loopbacks(&want, spec, conf_listen_port(conf, spec));
         }
         if (r < 0) {
                 snprintf(why, why_size, "%s",
@@ -1077,7 +1054,7 @@ int listeners_proxy_marks(const ListenerSet *set, const Conf *conf, bool **ret, 
                         continue;
                 r = mark_entry(set, spec, conf->port, marks, why, sizeof(why));
                 if (r < 0) {
-                        snprintf(err, err_size, "%s: listen: %s", spec_origin(conf, spec), why);
+                        snprintf(err, err_size, "%s: listen: %s", conf_listen_origin(conf, spec), why);
                         free(marks);
                         return r;
                 }

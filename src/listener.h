@@ -21,6 +21,14 @@ typedef struct Listener {
                       * that resolved it (for messages); SIZE_MAX for a passed socket */
 } Listener;
 
+/* listener_port: L's port (host order); listener_is_wildcard: whether L is 0.0.0.0 or ::. */
+static inline unsigned listener_port(const Listener *l) {
+        return addr_port((const struct sockaddr *) &l->addr);
+}
+static inline bool listener_is_wildcard(const Listener *l) {
+        return addr_is_wildcard((const struct sockaddr *) &l->addr);
+}
+
 typedef struct ListenerSet {
         Listener *items;
         size_t n;

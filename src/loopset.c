@@ -245,3 +245,36 @@ int loopset_stop(LoopSet *set, uint64_t timeout_msec, void (*loop_done)(LoopBase
         free_set(set, loop_done);
         return 0;
 }
+
+/* ---- the EngineOps both pools share ---- */
+
+static LoopSet *set_of(Engine *e) {
+        return (LoopSet *) e; /* the engine is a LoopSet's first member */
+}
+
+int loopset_engine_add(Engine *e, Session *s) {
+        return loopset_add(set_of(e), s);
+}
+
+void loopset_engine_end_conversations(Engine *e) {
+        loopset_end_conversations(set_of(e));
+}
+
+void loopset_engine_reconfigure(Engine *e, const Conf *started, const Conf *conf) {
+        (void) e;
+        if (conf_same_workers(conf, started) && conf->worker_stack_size != started->worker_stack_size)
+                log_warning("a change of 'worker_stack_size' takes effect for the event loops when hellod is "
+                            "restarted");
+}
+
+void loopset_engine_set_listeners(Engine *e, const ListenerSet *set) {
+        loopset_publish_listeners(set_of(e), set);
+}
+
+void loopset_engine_slot_freed(Engine *e) {
+        loopset_wake_all(set_of(e));
+}
+
+bool loopset_engine_answered(Engine *e) {
+        return loopset_answered(set_of(e));
+}

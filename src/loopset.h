@@ -91,6 +91,16 @@ uint64_t loopset_listen_gen(const LoopSet *set);
  * is no longer used by L. Returns its generation. */
 uint64_t loopset_take_listeners(LoopBase *l, const Listener **ret, size_t *ret_n);
 
+/* The EngineOps both pools share, for an Engine that is a LoopSet's (its first member): each
+ * pool adds its own stop and hand_over (they free its loops) and its flags.
+ * loopset_engine_reconfigure warns of a change that waits for a restart. */
+int loopset_engine_add(Engine *e, Session *s);
+void loopset_engine_end_conversations(Engine *e);
+void loopset_engine_reconfigure(Engine *e, const Conf *started, const Conf *conf);
+void loopset_engine_set_listeners(Engine *e, const ListenerSet *set);
+void loopset_engine_slot_freed(Engine *e);
+bool loopset_engine_answered(Engine *e);
+
 /* loopset_stop: asks every loop to stop and waits at most TIMEOUT_MSEC for the threads (with
  * UINT64_MAX: no limit). 0: joined; LOOP_DONE was called for each loop and SET is freed.
  * -ETIMEDOUT: a thread still runs, SET is left to it; stop may be called again. */

@@ -240,11 +240,62 @@ static bool open_standard_fds(void) {
         return true;
 }
 
+/* serve: the daemon proper, once CONF (read from PATH, or DEFAULTED) has passed the checks a
+ * start makes: the server on the sockets INHERITED (taken) or its own, root left for IDENTITY,
+ * the conversations in STORE resumed (those it takes). Returns the exit code. */
+static int serve(Conf *conf, const char *path, bool defaulted, ListenerSet *inherited, InheritedStore *store,
+                 const Identity *identity) {
+        Server *server = NULL;
+        char err[512];
+        int r, code;
+
+        r = notify_open();
+        if (r < 0)
+                log_debug_errno(r, "no socket of its own for $NOTIFY_SOCKET, one for each message then");
+        r = server_block_signals();
+        if (r < 0) {
+                log_error_errno(r, "cannot block signals");
+                code = EXIT_RUNTIME;
+                goto out;
+        }
+        raise_fd_limit();
+
+        ServerOptions opts = {
+                .config_path = path,
+                .config_optional = !arg_config,
+                .config_defaulted = defaulted,
+                .log_level_override = arg_log_level,
+        };
+        r = server_new(&server, conf, &opts, inherited);
+        if (r < 0) {
+                /* 78 keeps systemd from restarting a file that cannot work (RestartPreventExitStatus=). */
+                code = r == SERVER_CONF_MISMATCH ? EXIT_CONFIG : EXIT_RUNTIME;
+                goto out;
+        }
+        /* The listeners are bound (ports below 1024 need root): now stop being root, before
+         * server_run() serves the first client. */
+        bool as_root = geteuid() == 0;
+        r = privileges_drop(conf->user, conf->group, identity, err, sizeof(err));
+        if (r < 0) {
+                /* Not permitted: the same at every attempt (a unit's capability bounding set),
+                 * so 78, which systemd does not restart after. */
+                log_error("cannot drop privileges: %s", err);
+                code = r == -EPERM ? EXIT_CONFIG : EXIT_RUNTIME;
+                goto out;
+        }
+        if (as_root && (conf->user || conf->group) && !defaulted)
+                warn_unreadable_config(path, conf);
+        r = server_run(server, store);
+        code = r < 0 ? EXIT_RUNTIME : EXIT_OK;
+out:
+        server_free(server);
+        return code;
+}
+
 int main(int argc, char *argv[]) {
         ListenerSet inherited = { 0 };
         InheritedStore store = INHERITED_STORE_NULL;
         Conf *conf = NULL;
-        Server *server = NULL;
         /* -1: unchanged, which the drop's own verification refuses, were the check not to set it */
         Identity identity = { .uid = (uid_t) -1, .gid = (gid_t) -1 };
         char err[512];
@@ -306,46 +357,8 @@ int main(int argc, char *argv[]) {
                 goto out;
         }
 
-        r = notify_open();
-        if (r < 0)
-                log_debug_errno(r, "no socket of its own for $NOTIFY_SOCKET, one for each message then");
-        r = server_block_signals();
-        if (r < 0) {
-                log_error_errno(r, "cannot block signals");
-                code = EXIT_RUNTIME;
-                goto out;
-        }
-        raise_fd_limit();
-
-        ServerOptions opts = {
-                .config_path = path,
-                .config_optional = !arg_config,
-                .config_defaulted = defaulted,
-                .log_level_override = arg_log_level,
-        };
-        r = server_new(&server, conf, &opts, &inherited);
-        if (r < 0) {
-                /* 78 keeps systemd from restarting a file that cannot work (RestartPreventExitStatus=). */
-                code = r == SERVER_CONF_MISMATCH ? EXIT_CONFIG : EXIT_RUNTIME;
-                goto out;
-        }
-        /* The listeners are bound (ports below 1024 need root): now stop being root, before
-         * server_run() serves the first client. */
-        bool as_root = geteuid() == 0;
-        r = privileges_drop(conf->user, conf->group, &identity, err, sizeof(err));
-        if (r < 0) {
-                /* Not permitted: the same at every attempt (a unit's capability bounding set),
-                 * so 78, which systemd does not restart after. */
-                log_error("cannot drop privileges: %s", err);
-                code = r == -EPERM ? EXIT_CONFIG : EXIT_RUNTIME;
-                goto out;
-        }
-        if (as_root && (conf->user || conf->group) && !defaulted)
-                warn_unreadable_config(path, conf);
-        r = server_run(server, &store);
-        code = r < 0 ? EXIT_RUNTIME : EXIT_OK;
+        code = serve(conf, path, defaulted, &inherited, &store, &identity);
 out:
-        server_free(server);
         listener_set_done(&inherited);
         /* Left in the store (server_run() took what it resumed): a start that failed leaves
          * the conversations to the next attempt. */

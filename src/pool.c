@@ -12,7 +12,7 @@
  * accept() fails for a reason of its own is taken out alone, for as long (ListenerFault).
  *
  * Ownership: from the moment a loop starts a session (accepted there, or handed over by
- * pool_add()), only that loop's thread touches it, until engine_session_done() hands it
+ * loopset_add()), only that loop's thread touches it, until engine_session_done() hands it
  * back. Every function below that can end a session returns a Fate, and GONE means the
  * session is freed: the caller returns at once without touching it.
  *
@@ -903,50 +903,23 @@ static void loop_done(LoopBase *base) {
         free(l->faults);
 }
 
-static int pool_add(Engine *e, Session *s) {
-        return loopset_add(&((Pool *) e)->set, s);
-}
-
 static int pool_stop(Engine *e, uint64_t timeout_msec) {
         return loopset_stop(&((Pool *) e)->set, timeout_msec, loop_done);
-}
-
-static void pool_end_conversations(Engine *e) {
-        loopset_end_conversations(&((Pool *) e)->set);
 }
 
 static int pool_hand_over(Engine *e, uint64_t timeout_msec) {
         return loopset_hand_over(&((Pool *) e)->set, timeout_msec, loop_done);
 }
 
-static bool pool_answered(Engine *e) {
-        return loopset_answered(&((Pool *) e)->set);
-}
-
-static void pool_set_listeners(Engine *e, const ListenerSet *set) {
-        loopset_publish_listeners(&((Pool *) e)->set, set);
-}
-
-static void pool_slot_freed(Engine *e) {
-        loopset_wake_all(&((Pool *) e)->set);
-}
-
-static void pool_reconfigure(Engine *e, const Conf *started, const Conf *conf) {
-        (void) e;
-        if (conf_same_workers(conf, started) && conf->worker_stack_size != started->worker_stack_size)
-                log_warning("a change of 'worker_stack_size' takes effect for the event loops when hellod is "
-                            "restarted");
-}
-
 static const EngineOps pool_ops = {
-        .add = pool_add,
+        .add = loopset_engine_add,
         .stop = pool_stop,
-        .end_conversations = pool_end_conversations,
-        .reconfigure = pool_reconfigure,
-        .set_listeners = pool_set_listeners,
-        .slot_freed = pool_slot_freed,
+        .end_conversations = loopset_engine_end_conversations,
+        .reconfigure = loopset_engine_reconfigure,
+        .set_listeners = loopset_engine_set_listeners,
+        .slot_freed = loopset_engine_slot_freed,
         .hand_over = pool_hand_over,
-        .answered = pool_answered,
+        .answered = loopset_engine_answered,
         .nonblocking = true,
         .reads_proxy = true,
         .keeps_partial_lines = true,

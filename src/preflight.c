@@ -119,18 +119,6 @@ static unsigned warn_memory(const Conf *conf, const Conf *model) {
         return 1;
 }
 
-/* wildcard_of: whether L is 0.0.0.0 or ::, the address that takes its port for its family. */
-static bool wildcard_of(const Listener *l) {
-        if (l->addr.ss_family == AF_INET)
-                return ((const struct sockaddr_in *) &l->addr)->sin_addr.s_addr == htonl(INADDR_ANY);
-        return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *) &l->addr)->sin6_addr);
-}
-
-static unsigned port_of(const Listener *l) {
-        return ntohs(l->addr.ss_family == AF_INET ? ((const struct sockaddr_in *) &l->addr)->sin_port
-                                                  : ((const struct sockaddr_in6 *) &l->addr)->sin6_port);
-}
-
 /* beside_wildcard: a specific address of SET on a port and family that a wildcard of SET takes
  * too, as a host name resolves (conf.c refuses the numeric case; "localhost" is ::1 too where
  * the resolver says so): it could not be bound. ERR names the entries. */
@@ -138,14 +126,14 @@ static int beside_wildcard(const Conf *conf, const ListenerSet *set, char *err, 
         for (size_t i = 0; i < set->n; i++)
                 for (size_t j = 0; j < set->n; j++) {
                         const Listener *wild = &set->items[i], *l = &set->items[j];
-                        if (!wildcard_of(wild) || wildcard_of(l) || wild->addr.ss_family != l->addr.ss_family ||
-                            port_of(wild) != port_of(l) || l->spec >= conf->n_listen || wild->spec >= conf->n_listen)
+                        if (!listener_is_wildcard(wild) || listener_is_wildcard(l) ||
+                            wild->addr.ss_family != l->addr.ss_family || listener_port(wild) != listener_port(l) || l->spec >= conf->n_listen || wild->spec >= conf->n_listen)
                                 continue;
                         const ListenSpec *spec = &conf->listen[l->spec], *other = &conf->listen[wild->spec];
                         snprintf(err, err_size,
                                  "%s: listen: '%s' is %s, which '%s' already serves (a wildcard address takes "
                                  "every address of its family on its port: list one or the other)",
-                                 spec->at ? spec->at : conf->path ? conf->path : CONF_DEFAULTS_NAME, spec->host,
+                                 conf_listen_origin(conf, spec), spec->host,
                                  l->name, other->host);
                         return -EINVAL;
                 }

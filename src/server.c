@@ -1017,6 +1017,50 @@ static bool same_name(const char *a, const char *b) {
         return a == b || (a && b && strcmp(a, b) == 0);
 }
 
+/* warn_restart_only: what of CONF waits for a restart: the user, the worker model and the
+ * backend are the ones started with; the engine takes up what it can of the rest. */
+static void warn_restart_only(const Server *s, const Conf *conf) {
+        if (!same_name(conf->user, s->started->user) || !same_name(conf->group, s->started->group)) {
+                /* Under a unit's User=, hellod never switches: a restart would not use them either. */
+                if (s->started_as_root)
+                        log_warning("a change of 'user' or 'group' takes effect when hellod is restarted");
+                else
+                        log_notice("not started as root: 'user' and 'group' are not used");
+        }
+        if (!conf_same_workers(conf, s->started))
+                log_warning("a change of 'workers' takes effect when hellod is restarted");
+        else if (conf->io_backend != s->started->io_backend && conf->workers != 0)
+                log_warning("a change of 'io_backend' takes effect when hellod is restarted");
+        if (conf->handover == HANDOVER_MODE_ALWAYS && !s->keeps_partial_lines)
+                log_warning("handover = \"always\" takes effect when hellod is restarted: the io_uring loops "
+                            "cannot leave partial lines in the kernel (epoll will serve instead)");
+}
+
+/* apply_conf: CONF (its reference taken over) is the configuration in force, the listeners
+ * reloaded for it accepting under it; the one before is let go. */
+static void apply_conf(Server *s, Conf *conf) {
+        pthread_mutex_lock(&s->lock);
+        Conf *old = s->conf;
+        s->conf = conf;
+        iptable_set_rate(s->ips, conf->rate_limit_per_ip, conf->rate_limit_burst, now_usec());
+        __atomic_store_n(&s->queue_overload, conf->overload == OVERLOAD_QUEUE, __ATOMIC_RELAXED);
+        /* With the configuration: a client greeted under the new one is logged at its level. */
+        apply_log_level(s);
+        pthread_mutex_unlock(&s->lock);
+        keep_state_place_if_always(s); /* before the first accept that stores its connection */
+        engine_set_listeners(s->engine, &s->listeners); /* accepting again, under CONF */
+        warn_proxy_unread(s);
+        pthread_mutex_lock(&s->lock);
+        if (s->waiting_for_slot) {
+                /* The limit or the overload policy may have changed: accepting that waits
+                 * for a slot checks again under the new configuration. */
+                s->waiting_for_slot = false;
+                engine_slot_freed(s->engine);
+        }
+        pthread_mutex_unlock(&s->lock);
+        conf_unref(old);
+}
+
 static void reload(Server *s) {
         char err[512], names[1024];
         Conf *conf = NULL;
@@ -1050,44 +1094,10 @@ static void reload(Server *s) {
                 ready(s);
                 return;
         }
-        /* The user, the worker model and the backend are the ones started with; the engine
-         * takes up what it can of the rest. */
-        if (!same_name(conf->user, s->started->user) || !same_name(conf->group, s->started->group)) {
-                /* Under a unit's User=, hellod never switches: a restart would not use them either. */
-                if (s->started_as_root)
-                        log_warning("a change of 'user' or 'group' takes effect when hellod is restarted");
-                else
-                        log_notice("not started as root: 'user' and 'group' are not used");
-        }
-        if (!conf_same_workers(conf, s->started))
-                log_warning("a change of 'workers' takes effect when hellod is restarted");
-        else if (conf->io_backend != s->started->io_backend && conf->workers != 0)
-                log_warning("a change of 'io_backend' takes effect when hellod is restarted");
-        if (conf->handover == HANDOVER_MODE_ALWAYS && !s->keeps_partial_lines)
-                log_warning("handover = \"always\" takes effect when hellod is restarted: the io_uring loops "
-                            "cannot leave partial lines in the kernel (epoll will serve instead)");
+        warn_restart_only(s, conf);
         warn_store_size(s, s->conf, conf);
         engine_reconfigure(s->engine, s->started, conf);
-        pthread_mutex_lock(&s->lock);
-        Conf *old = s->conf;
-        s->conf = conf;
-        iptable_set_rate(s->ips, conf->rate_limit_per_ip, conf->rate_limit_burst, now_usec());
-        __atomic_store_n(&s->queue_overload, conf->overload == OVERLOAD_QUEUE, __ATOMIC_RELAXED);
-        /* With the configuration: a client greeted under the new one is logged at its level. */
-        apply_log_level(s);
-        pthread_mutex_unlock(&s->lock);
-        keep_state_place_if_always(s); /* before the first accept that stores its connection */
-        engine_set_listeners(s->engine, &s->listeners); /* accepting again, under CONF */
-        warn_proxy_unread(s);
-        pthread_mutex_lock(&s->lock);
-        if (s->waiting_for_slot) {
-                /* The limit or the overload policy may have changed: accepting that waits
-                 * for a slot checks again under the new configuration. */
-                s->waiting_for_slot = false;
-                engine_slot_freed(s->engine);
-        }
-        pthread_mutex_unlock(&s->lock);
-        conf_unref(old);
+        apply_conf(s, conf);
         (void) preflight_warn_reloaded(conf, s->started);
 
         s->opts.config_defaulted = defaulted;
@@ -1789,9 +1799,67 @@ static void resume(Server *s, InheritedStore *store) {
                            c.fresh, c.fresh == 1 ? "" : "s", c.refused);
 }
 
+/* take_listeners: the sockets systemd passed (INHERITED, taken over; socket activation: the
+ * addresses are systemd's, CONF's are not used), or CONF's own, bound. Logs a failure; returns
+ * SERVER_CONF_MISMATCH for a socket name in CONF that nothing passed. */
+static int take_listeners(Server *s, const Conf *conf, ListenerSet *inherited) {
+        char err[512];
+        bool *marks;
+        int r;
+
+        if (!inherited || inherited->n == 0) {
+                r = listeners_open(conf, &s->listeners, err, sizeof(err));
+        } else {
+                s->listeners = *inherited;
+                *inherited = (ListenerSet) { 0 };
+                s->activated = true;
+                (void) listeners_report_match(&s->listeners, conf); /* no waiter yet: never -ECANCELED */
+                if ((r = listeners_proxy_marks(&s->listeners, conf, &marks, err, sizeof(err))) == 0) {
+                        listeners_set_proxy(&s->listeners, marks);
+                        free(marks);
+                }
+        }
+        if (r < 0) {
+                log_error("%s", err);
+                if (r == -ENOENT) /* a socket name, and no socket passed */
+                        r = SERVER_CONF_MISMATCH;
+        }
+        return r;
+}
+
+/* drop_start_capabilities: the listeners bound, what a unit granted for a port below 1024 is
+ * no longer needed (root's own drop comes after, in main). Before the engine's threads, which
+ * inherit the sets. */
+static void drop_start_capabilities(void) {
+        char err[512];
+        int r = privileges_drop_capabilities(err, sizeof(err));
+
+        if (r > 0)
+                log_notice("gave up the capabilities it was started with, its listeners bound (a port below 1024 "
+                           "now takes a restart)");
+        else if (r < 0)
+                log_warning("cannot give up the capabilities it was started with: %s", err);
+}
+
+static EngineHooks engine_hooks(Server *s) {
+        return (EngineHooks) {
+                .userdata = s,
+                .done = session_done,
+                .admit = hook_admit,
+                .must_wait = hook_must_wait,
+                .exhausted = hook_exhausted,
+                .handed_over = session_handed_over,
+                .handed_over_lingering = lingering_handed_over,
+                .lingering_closed = lingering_closed,
+                .ending = session_ending,
+                .handed_over_waiting = waiting_handed_over,
+                .stopped_waiting = waiting_stopped,
+                .proxied = hook_proxied,
+        };
+}
+
 int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet *inherited) {
         Server *s = calloc(1, sizeof(*s));
-        char err[512];
         sigset_t set;
         int r;
 
@@ -1834,52 +1902,10 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
         }
         iptable_set_rate(s->ips, conf->rate_limit_per_ip, conf->rate_limit_burst, now_usec());
         __atomic_store_n(&s->queue_overload, conf->overload == OVERLOAD_QUEUE, __ATOMIC_RELAXED);
-        if (inherited && inherited->n > 0) {
-                /* Socket activation: systemd owns the addresses; the config's are not used. */
-                s->listeners = *inherited;
-                *inherited = (ListenerSet) { 0 };
-                s->activated = true;
-                bool *marks;
-                (void) listeners_report_match(&s->listeners, conf); /* no waiter yet: never -ECANCELED */
-                if ((r = listeners_proxy_marks(&s->listeners, conf, &marks, err, sizeof(err))) < 0) {
-                        log_error("%s", err);
-                        if (r == -ENOENT)
-                                r = SERVER_CONF_MISMATCH;
-                        goto fail;
-                }
-                listeners_set_proxy(&s->listeners, marks);
-                free(marks);
-        } else {
-                r = listeners_open(conf, &s->listeners, err, sizeof(err));
-                if (r < 0) {
-                        log_error("%s", err);
-                        if (r == -ENOENT) /* a socket name, and no socket passed */
-                                r = SERVER_CONF_MISMATCH;
-                        goto fail;
-                }
-        }
-        /* Bound: what a unit granted for a port below 1024 is no longer needed (root's own
-         * drop comes after, in main). Before the engine's threads, which inherit the sets. */
-        r = privileges_drop_capabilities(err, sizeof(err));
-        if (r > 0)
-                log_notice("gave up the capabilities it was started with, its listeners bound (a port below 1024 "
-                           "now takes a restart)");
-        else if (r < 0)
-                log_warning("cannot give up the capabilities it was started with: %s", err);
-        EngineHooks hooks = {
-                .userdata = s,
-                .done = session_done,
-                .admit = hook_admit,
-                .must_wait = hook_must_wait,
-                .exhausted = hook_exhausted,
-                .handed_over = session_handed_over,
-                .handed_over_lingering = lingering_handed_over,
-                .lingering_closed = lingering_closed,
-                .ending = session_ending,
-                .handed_over_waiting = waiting_handed_over,
-                .stopped_waiting = waiting_stopped,
-                .proxied = hook_proxied,
-        };
+        if ((r = take_listeners(s, conf, inherited)) < 0)
+                goto fail;
+        drop_start_capabilities();
+        EngineHooks hooks = engine_hooks(s);
         r = engine_new(&s->engine, conf, &hooks);
         if (r < 0) {
                 log_error_errno(r, "cannot start the worker threads");

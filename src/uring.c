@@ -1329,52 +1329,25 @@ static int loop_start(Uring *p, Loop *l, size_t stack_size, char *why, size_t si
         return r;
 }
 
-static int uring_add(Engine *e, Session *s) {
-        return loopset_add(&((Uring *) e)->set, s);
-}
-
 static int uring_stop(Engine *e, uint64_t timeout_msec) {
         return loopset_stop(&((Uring *) e)->set, timeout_msec, loop_done);
-}
-
-static void uring_end_conversations(Engine *e) {
-        loopset_end_conversations(&((Uring *) e)->set);
 }
 
 static int uring_hand_over(Engine *e, uint64_t timeout_msec) {
         return loopset_hand_over(&((Uring *) e)->set, timeout_msec, loop_done);
 }
 
-static bool uring_answered(Engine *e) {
-        return loopset_answered(&((Uring *) e)->set);
-}
-
-static void uring_set_listeners(Engine *e, const ListenerSet *set) {
-        /* Each loop takes up the new set once the last completion of its accepts on the old
-         * sockets is in (sync_listeners): only then may the server close them. */
-        loopset_publish_listeners(&((Uring *) e)->set, set);
-}
-
-static void uring_slot_freed(Engine *e) {
-        loopset_wake_all(&((Uring *) e)->set);
-}
-
-static void uring_reconfigure(Engine *e, const Conf *started, const Conf *conf) {
-        (void) e;
-        if (conf_same_workers(conf, started) && conf->worker_stack_size != started->worker_stack_size)
-                log_warning("a change of 'worker_stack_size' takes effect for the event loops when hellod is "
-                            "restarted");
-}
-
 static const EngineOps uring_ops = {
-        .add = uring_add,
+        .add = loopset_engine_add,
         .stop = uring_stop,
-        .end_conversations = uring_end_conversations,
-        .reconfigure = uring_reconfigure,
-        .set_listeners = uring_set_listeners,
-        .slot_freed = uring_slot_freed,
+        .end_conversations = loopset_engine_end_conversations,
+        .reconfigure = loopset_engine_reconfigure,
+        /* Each loop takes up a new set once the last completion of its accepts on the old
+         * sockets is in (sync_listeners): only then may the server close them. */
+        .set_listeners = loopset_engine_set_listeners,
+        .slot_freed = loopset_engine_slot_freed,
         .hand_over = uring_hand_over,
-        .answered = uring_answered,
+        .answered = loopset_engine_answered,
         .nonblocking = true,
 };
 

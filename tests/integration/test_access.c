@@ -507,18 +507,23 @@ static void status_line(pid_t pid, const char *key, char *out, size_t size) {
         free(text);
 }
 
-/* started_as_root_for_nobody: hellod started as root with user nobody, group nogroup, its
+/* started_as_root_with: hellod started as root with SETTINGS (its user and group), its
  * configuration file of MODE in a directory anyone may search; serving. */
-static Hellod *started_as_root_for_nobody(mode_t mode) {
+static Hellod *started_as_root_with(const char *settings, mode_t mode) {
         Hellod *d = hellod_new();
 
         cr_assert_eq(geteuid(), 0, "this test checks what hellod does when started as root");
-        hellod_write_config_std(d, "user = \"nobody\";\ngroup = \"nogroup\";\n");
+        hellod_write_config_std(d, "%s", settings);
         cr_assert_eq(chmod(d->dir, 0755), 0);
         cr_assert_eq(chmod(d->conf_path, mode), 0);
         hellod_spawn(d, NULL);
         hellod_wait_ready(d);
         return d;
+}
+
+/* started_as_root_for_nobody: the same with user nobody, group nogroup. */
+static Hellod *started_as_root_for_nobody(mode_t mode) {
+        return started_as_root_with("user = \"nobody\";\ngroup = \"nogroup\";\n", mode);
 }
 
 /* The same for a file the configuration includes: a reload opens it again as the user (the
@@ -571,15 +576,9 @@ Test(access, root_drops_to_user_and_group, .timeout = 60) {
 /* A user with group root is served, with a warning, as sshd or nginx would be: the site may
  * mean it, but the group opens root's group-readable files to hellod. */
 Test(access, a_drop_to_group_root_is_warned_about, .timeout = 60) {
-        Hellod *d = hellod_new();
+        Hellod *d = started_as_root_with("user = \"nobody\";\ngroup = \"root\";\n", 0644);
         char ids[128];
 
-        cr_assert_eq(geteuid(), 0, "this test checks what hellod does when started as root");
-        hellod_write_config_std(d, "user = \"nobody\";\ngroup = \"root\";\n");
-        cr_assert_eq(chmod(d->dir, 0755), 0);
-        cr_assert_eq(chmod(d->conf_path, 0644), 0);
-        hellod_spawn(d, NULL);
-        hellod_wait_ready(d);
         hellod_wait_stderr(d, "dropped privileges to uid 65534, gid 0");
         hellod_wait_stderr(d, "running with group root (gid 0)");
         status_line(d->pid, "Gid:", ids, sizeof(ids));
