@@ -117,7 +117,7 @@ static int collect(const Conf *conf, Streams *s, char *err, size_t err_size) {
                          "%s: listen: every entry is a socket by name; hellod.socket needs at least one address "
                          "(or leave hellod.socket disabled and start hellod through the socket units that pass "
                          "those names)",
-                         conf->path ? conf->path : "hellod.conf");
+                         conf->path ? conf->path : CONF_DEFAULTS_NAME);
                 return -EINVAL;
         }
         return 0;

@@ -127,7 +127,8 @@ static int beside_wildcard(const Conf *conf, const ListenerSet *set, char *err, 
                 for (size_t j = 0; j < set->n; j++) {
                         const Listener *wild = &set->items[i], *l = &set->items[j];
                         if (!listener_is_wildcard(wild) || listener_is_wildcard(l) ||
-                            wild->addr.ss_family != l->addr.ss_family || listener_port(wild) != listener_port(l) || l->spec >= conf->n_listen || wild->spec >= conf->n_listen)
+                            wild->addr.ss_family != l->addr.ss_family || listener_port(wild) != listener_port(l) ||
+                            l->spec >= conf->n_listen || wild->spec >= conf->n_listen)
                                 continue;
                         const ListenSpec *spec = &conf->listen[l->spec], *other = &conf->listen[wild->spec];
                         snprintf(err, err_size,

@@ -13,7 +13,6 @@
  * notify socket... */
 #define PREFLIGHT_FD_OVERHEAD 32
 
-
 /* preflight_check: what would make the start fail: `user` and `group` must exist, `listen`
  * names resolve (with SOCKETS_PASSED, socket activation, those of PROXY entries only: the
  * others are only compared with systemd's sockets, with a warning where they cannot be:

@@ -14,8 +14,8 @@ typedef struct Identity {
 /* privileges_drop: when running as root and USER or GROUP is set (either may be NULL; a
  * missing group is the user's primary group), switches to TO (what they were resolved to, by
  * the start's check) for good: supplementary groups, then group, then user, then checks that
- * root cannot be regained. Returns 0 (also when there was nothing to do), or a negative errno
- * with the reason in ERR. */
+ * root cannot be regained; warns of a group that is root's (gid 0). Returns 0 (also when there
+ * was nothing to do), or a negative errno with the reason in ERR. */
 int privileges_drop(const char *user, const char *group, const Identity *to, char *err, size_t err_size);
 
 /* privileges_drop_capabilities: a process not started as root that holds capabilities (a

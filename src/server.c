@@ -1559,8 +1559,9 @@ static int set_io_mode(int fd, bool nonblocking) {
 
 /* adopt_session: registers a resumed SESSION (no limits: it was admitted before) and hands it
  * to the engine. false when the engine cannot take it (no thread can be started for it,
- * TasksMax=), or its descriptor's mode cannot be set: it is closed and out of the store, to be counted as refused; the first such is
- * logged with its cause, the others only counted (a restart may bring thousands). */
+ * TasksMax=), or its descriptor's mode cannot be set: it is closed and out of the store, to
+ * be counted as refused; the first such is logged with its cause, the others only counted (a
+ * restart may bring thousands). */
 static bool adopt_session(Server *s, Session *session, ResumeCounts *c) {
         if (resume_denied(s, session))
                 return false;
