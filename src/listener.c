@@ -473,12 +473,21 @@ int listeners_open(const Conf *conf, ListenerSet *ret, char *err, size_t err_siz
         return listeners_reopen(conf, NULL, ret, err, err_size);
 }
 
-static int adopt(Listener *l, int fd) {
+int passed_fd_set_mode(int fd, bool nonblocking) {
         int flags = fcntl(fd, F_GETFL);
 
-        /* systemd passes the sockets blocking and inheritable; the accept loop needs neither. */
-        if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
+        if (flags < 0 || fcntl(fd, F_SETFL, nonblocking ? flags | O_NONBLOCK : flags & ~O_NONBLOCK) < 0 ||
+            fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
                 return -errno;
+        return 0;
+}
+
+static int adopt(Listener *l, int fd) {
+        /* systemd passes the sockets blocking and inheritable; the accept loop needs neither. */
+        int r = passed_fd_set_mode(fd, true);
+
+        if (r < 0)
+                return r;
         l->fd = fd;
         l->spec = SIZE_MAX;
         /* As for our own listeners (hellod.socket sets NoDelay=true too). */

@@ -76,6 +76,10 @@ int listeners_reopen(const Conf *conf, const ListenersReopen *how, ListenerSet *
  * `hellod -t` for the file. */
 bool listeners_warn_backlog(const Conf *conf);
 
+/* passed_fd_set_mode: FD, a socket systemd or the process before passed, blocking or not as
+ * its reader wants (NONBLOCKING), and closed on exec. 0 or a negative errno. */
+int passed_fd_set_mode(int fd, bool nonblocking);
+
 /* What the file descriptor store gave back (handover.h has the names): the state memfd and
  * the connections, each close-on-exec and otherwise as stored. */
 typedef struct StoredConn {

@@ -1017,6 +1017,13 @@ static bool same_name(const char *a, const char *b) {
         return a == b || (a && b && strcmp(a, b) == 0);
 }
 
+/* apply_limits: CONF's per-source rate and overload policy, which admission reads (under the
+ * server's lock once the engine runs). */
+static void apply_limits(Server *s, const Conf *conf) {
+        iptable_set_rate(s->ips, conf->rate_limit_per_ip, conf->rate_limit_burst, now_usec());
+        __atomic_store_n(&s->queue_overload, conf->overload == OVERLOAD_QUEUE, __ATOMIC_RELAXED);
+}
+
 /* warn_restart_only: what of CONF waits for a restart: the user, the worker model and the
  * backend are the ones started with; the engine takes up what it can of the rest. */
 static void warn_restart_only(const Server *s, const Conf *conf) {
@@ -1042,8 +1049,7 @@ static void apply_conf(Server *s, Conf *conf) {
         pthread_mutex_lock(&s->lock);
         Conf *old = s->conf;
         s->conf = conf;
-        iptable_set_rate(s->ips, conf->rate_limit_per_ip, conf->rate_limit_burst, now_usec());
-        __atomic_store_n(&s->queue_overload, conf->overload == OVERLOAD_QUEUE, __ATOMIC_RELAXED);
+        apply_limits(s, conf);
         /* With the configuration: a client greeted under the new one is logged at its level. */
         apply_log_level(s);
         pthread_mutex_unlock(&s->lock);
@@ -1547,16 +1553,6 @@ static bool resume_denied(Server *s, Session *session) {
         return true;
 }
 
-/* set_io_mode: FD blocking or not, as the engine's I/O wants it, and closed on exec. */
-static int set_io_mode(int fd, bool nonblocking) {
-        int flags = fcntl(fd, F_GETFL);
-
-        if (flags < 0 || fcntl(fd, F_SETFL, nonblocking ? flags | O_NONBLOCK : flags & ~O_NONBLOCK) < 0 ||
-            fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
-                return -errno;
-        return 0;
-}
-
 /* adopt_session: registers a resumed SESSION (no limits: it was admitted before) and hands it
  * to the engine. false when the engine cannot take it (no thread can be started for it,
  * TasksMax=), or its descriptor's mode cannot be set: it is closed and out of the store, to
@@ -1567,7 +1563,7 @@ static bool adopt_session(Server *s, Session *session, ResumeCounts *c) {
                 return false;
         /* A descriptor left blocking in a loop would stall every session of that loop: one
          * whose mode cannot be set goes the way of one the engine cannot take. */
-        int r = set_io_mode(session->fd, engine_nonblocking(s->engine));
+        int r = passed_fd_set_mode(session->fd, engine_nonblocking(s->engine));
         pthread_mutex_lock(&s->lock);
         ip_key_mask(&session->ip, s->conf->per_ip_ipv4_prefix, s->conf->per_ip_ipv6_prefix);
         /* A balancer's own connection counts against no source, as in the process before. */
@@ -1901,8 +1897,7 @@ int server_new(Server **ret, Conf *conf, const ServerOptions *opts, ListenerSet 
                 log_error_errno(r, "cannot start");
                 goto fail;
         }
-        iptable_set_rate(s->ips, conf->rate_limit_per_ip, conf->rate_limit_burst, now_usec());
-        __atomic_store_n(&s->queue_overload, conf->overload == OVERLOAD_QUEUE, __ATOMIC_RELAXED);
+        apply_limits(s, conf);
         if ((r = take_listeners(s, conf, inherited)) < 0)
                 goto fail;
         drop_start_capabilities();

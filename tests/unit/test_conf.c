@@ -1473,7 +1473,6 @@ Test(conf_include, an_included_file_that_ends_inside_a_setting_is_named_there) {
         cr_assert_eq(conf_load(d.main, &c, err, sizeof(err)), 0, "%s", err);
         cr_expect(c->listen[0].proxy_protocol);
         conf_unref(c);
-        inc_write(&d, "main.conf", "port = 7000;\n@include \"limits.conf\"\nbacklog = 5;\n");
         /* An error before it is the one named. */
         inc_write(&d, "main.conf", "port = ;\n@include \"limits.conf\"\n");
         inc_write(&d, "limits.conf", "idle_timeout =\n");
